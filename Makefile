@@ -1,0 +1,44 @@
+# One entry point for people and CI. `make test` and `make demo` do all set-up on a fresh Debian machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test check lint typecheck layers pytest demo mosquitto docs bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+mosquitto:
+	@bash scripts/ensure-mosquitto.sh
+
+## every check CI runs: ruff, mypy --strict, import-linter, pytest
+test: $(STAMP) mosquitto
+	@bash scripts/check
+
+lint: $(STAMP)
+	$(BIN)/ruff check fleet models hub agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff format --check fleet models hub agent tests benchmarks scripts edgefleet_cli.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy fleet models hub agent edgefleet_cli.py
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP) mosquitto
+	$(BIN)/pytest
+
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_protocol_docs.py > docs/protocol.md
+
+demo: $(STAMP) mosquitto
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker, find_mosquitto, free_port
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    """The mosquitto binary; broker tests skip without it, except under CI=true where that fails."""
+    binary = os.environ.get("EDGEFLEET_MOSQUITTO") or find_mosquitto()
+    if binary is None:
+        message = (
+            "mosquitto is not installed: broker tests need it "
+            "(`make test` installs it as root, or run `apt-get install mosquitto`)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def broker(mosquitto_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One Mosquitto for the whole session. Tests isolate themselves with `topic_prefix`."""
+    b = Broker(mosquitto_binary, tmp_path_factory.mktemp("mosquitto"), free_port())
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def private_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test's own, for tests that kill or restart it."""
+    b = Broker(mosquitto_binary, tmp_path / "mosquitto", free_port())
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix no other test uses, so tests on the shared broker never see each other."""
+    return f"test/{uuid.uuid4().hex[:12]}/fleet/v1"
