@@ -1,0 +1,74 @@
+"""Encode and decode JSON wire messages with typed errors: never guess, never crash a caller's loop."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from fleet.errors import MessageError, UnsupportedSchema
+from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Wire
+
+# JSON messages are small (a birth of a 64-node cluster is ~40 KiB). Chunks travel as binary frames
+# and have their own limit (fleet.chunks). Oversized input is refused before it is parsed.
+MAX_MESSAGE_BYTES = 256 * 1024
+
+W = TypeVar("W", bound=Wire)
+_BY_KIND: dict[str, type[Wire]] = {t.model_fields["kind"].default: t for t in MESSAGE_TYPES}
+
+
+def encode(message: Wire) -> bytes:
+    """Serialise a message to compact UTF-8 JSON."""
+    return message.model_dump_json().encode()
+
+
+def _load(payload: bytes | str, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        raise MessageError(f"message of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise MessageError(f"not valid JSON: {str(e)[:200]}") from e
+    if not isinstance(obj, dict):
+        raise MessageError(f"a message must be a JSON object, got {type(obj).__name__}")
+    version = obj.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedSchema(f"schema_version {str(version)[:20]!r} is not supported (this build speaks 1)")
+    return obj
+
+
+def _validate(cls: type[W], obj: dict[str, Any]) -> W:
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as e:
+        raise MessageError(f"invalid {cls.__name__}: {summarise(e)}") from e
+
+
+def summarise(error: ValidationError, limit: int = 3) -> str:
+    """A one-line summary of a pydantic ValidationError: the first few field paths and reasons."""
+    parts = []
+    for err in error.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode(payload: bytes | str, cls: type[W], *, max_bytes: int = MAX_MESSAGE_BYTES) -> W:
+    """Parse `payload` as a message of type `cls`. Raises MessageError (or UnsupportedSchema)."""
+    obj = _load(payload, max_bytes)
+    expected = cls.model_fields["kind"].default
+    if obj.get("kind") != expected:
+        raise MessageError(f"expected a {expected!r} message, got kind {str(obj.get('kind'))[:40]!r}")
+    return _validate(cls, obj)
+
+
+def decode_any(payload: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Wire:
+    """Parse any JSON message by its `kind`."""
+    obj = _load(payload, max_bytes)
+    kind = obj.get("kind")
+    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message kind {str(kind)[:40]!r}")
+    return _validate(cls, obj)

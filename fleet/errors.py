@@ -1,0 +1,79 @@
+"""Typed errors of the wire contract. Each says what failed; callers decide to drop, report or retry."""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error raised by the fleet package."""
+
+
+class InvalidId(FleetError, ValueError):
+    """A device id, blob digest or topic prefix breaks its rules."""
+
+
+class InvalidTopic(FleetError, ValueError):
+    """A topic string does not match any topic of the protocol."""
+
+
+class MessageError(FleetError, ValueError):
+    """A payload is not a valid message: malformed, oversized, unknown kind or schema version."""
+
+
+class UnsupportedSchema(MessageError):
+    """The message names a schema version this build does not speak."""
+
+
+class SignatureError(FleetError):
+    """A signed envelope was refused. Subclasses say which check failed."""
+
+
+class MalformedEnvelope(SignatureError):
+    """The envelope itself cannot be parsed (bad JSON, bad base64, missing fields)."""
+
+
+class UnknownSigningKey(SignatureError):
+    """The envelope names a signing key other than the pinned hub key."""
+
+
+class BadSignature(SignatureError):
+    """The signature does not match the body: the body was altered or signed by another key."""
+
+
+class Expired(SignatureError):
+    """The signed body's expiry has passed."""
+
+
+class StaleVersion(SignatureError):
+    """The signed body's version is not newer than the last one accepted (replay or downgrade)."""
+
+
+class WrongSubject(SignatureError):
+    """The signed body is for another device than the one verifying it."""
+
+
+class ChunkError(FleetError):
+    """A chunk or blob was refused by the receiver."""
+
+
+class ChunkDecodeError(ChunkError, MessageError):
+    """A chunk frame is truncated, oversized or has a bad header."""
+
+
+class ChunkOutOfRange(ChunkError):
+    """A chunk index outside 0..count-1 for its blob."""
+
+
+class ChunkForeignBlob(ChunkError):
+    """A chunk frame names another blob than the receiver's."""
+
+
+class ChunkDigestMismatch(ChunkError):
+    """A chunk's bytes do not hash to the digest in the signed chunk list."""
+
+
+class BlobDigestMismatch(ChunkError):
+    """The reassembled blob does not hash to its sha256 (the chunk list and blob digest disagree)."""
+
+
+class ReceiverStateError(ChunkError):
+    """The on-disk partial state belongs to another manifest or is unreadable; it was discarded."""

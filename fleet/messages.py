@@ -1,0 +1,340 @@
+"""Message schemas of the protocol (pydantic v2, frozen, extra=forbid, a schema version on every one).
+
+Timestamps are Unix seconds (float). Sizes are bytes. Every JSON message carries `schema_version` and
+`kind`; `fleet.codec` refuses unknown versions and kinds with a typed error instead of guessing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleet.histogram import Histogram
+from fleet.ids import DeviceId, Sha256
+
+SCHEMA_VERSION = 1
+
+ModelName = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$", description="model name: like a device id"),
+]
+SemVer = Annotated[
+    str,
+    Field(
+        pattern=r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$",
+        max_length=64,
+        description="semantic version, e.g. 1.4.0 or 2.0.0-rc.1",
+    ),
+]
+Task = Literal["classification", "detection"]
+Timestamp = Annotated[float, Field(ge=0, description="Unix time, seconds")]
+ShortText = Annotated[str, Field(max_length=2048)]
+
+
+class Wire(BaseModel):
+    """Base of every JSON wire message: frozen, unknown fields refused, a schema version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = Field(default=1, description="protocol schema version")
+
+
+class Part(BaseModel):
+    """Base of nested parts of messages (no own schema version: the enclosing message has it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- status / birth ---------------------------------------------------------------------------------
+
+
+class MigInstance(Part):
+    profile: str = Field(max_length=64, description="MIG profile, e.g. 1g.10gb")
+    uuid: str | None = Field(default=None, max_length=128, description="MIG device UUID")
+    memory_bytes: int = Field(ge=0, description="memory of the instance")
+
+
+class GpuInfo(Part):
+    index: int = Field(ge=0, description="NVML index")
+    name: str = Field(max_length=128, description="product name, e.g. NVIDIA H100 80GB HBM3")
+    uuid: str | None = Field(default=None, max_length=128, description="GPU UUID")
+    memory_bytes: int = Field(ge=0, description="total memory")
+    mig_mode: bool = Field(default=False, description="MIG mode enabled")
+    mig_instances: list[MigInstance] = Field(default_factory=list, max_length=64, description="MIG slices")
+
+
+class NodeInfo(Part):
+    name: str = Field(max_length=253, description="Kubernetes node name")
+    ready: bool = Field(description="node Ready condition")
+    gpu_product: str | None = Field(default=None, max_length=128, description="nvidia.com/gpu.product label")
+    allocatable: dict[str, str] = Field(default_factory=dict, description="allocatable resources (quantities)")
+    labels: dict[str, str] = Field(default_factory=dict, description="node labels")
+
+
+class Capabilities(Part):
+    agent_version: str = Field(max_length=64, description="edgefleet agent version")
+    onnxruntime_version: str = Field(max_length=64, description="onnxruntime version")
+    providers: list[str] = Field(max_length=16, description="execution providers available on this device")
+    cpu_count: int = Field(ge=1, description="logical CPUs")
+    memory_bytes: int = Field(ge=0, description="total RAM")
+    disk_free_bytes: int | None = Field(default=None, ge=0, description="free bytes where models are stored")
+    platform: str = Field(default="", max_length=128, description="OS and machine, e.g. Linux-x86_64")
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=64, description="GPUs seen through NVML")
+    mode: Literal["single", "k3s"] = Field(default="single", description="single-device or cluster mode")
+    nodes: list[NodeInfo] = Field(default_factory=list, max_length=1024, description="K3s node inventory")
+
+
+class DeviceStatus(Wire):
+    """Retained on the status topic: a birth when the agent connects, `offline` as its last will."""
+
+    kind: Literal["status"] = "status"
+    device_id: DeviceId
+    state: Literal["online", "offline"]
+    ts: Timestamp
+    session: str = Field(default="", max_length=64, description="random id of this agent run")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels the agent was enrolled with")
+    capabilities: Capabilities | None = Field(default=None, description="present in a birth")
+
+
+# --- desired state (signed by the hub) ---------------------------------------------------------------
+
+
+class BlobManifest(Part):
+    """What an agent needs to fetch and verify a blob chunk by chunk."""
+
+    sha256: Sha256
+    size: int = Field(ge=0, le=1 << 40, description="blob size")
+    chunk_size: int = Field(ge=1024, le=64 << 20, description="bytes per chunk; the last may be shorter")
+    chunks: list[Sha256] = Field(max_length=1 << 20, description="sha256 of every chunk, in order")
+
+    @model_validator(mode="after")
+    def _check_count(self) -> BlobManifest:
+        expected = -(-self.size // self.chunk_size)
+        if len(self.chunks) != expected:
+            raise ValueError(
+                f"{self.size} bytes in chunks of {self.chunk_size} need {expected} chunk digests, "
+                f"got {len(self.chunks)}"
+            )
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.chunks)
+
+    def chunk_length(self, index: int) -> int:
+        """Length of chunk `index` (the last one may be short)."""
+        start = index * self.chunk_size
+        return min(self.chunk_size, self.size - start)
+
+
+class ModelRef(Part):
+    """A model version as an agent must fetch, check and run it."""
+
+    name: ModelName
+    version: SemVer
+    task: Task
+    blob: BlobManifest
+    descriptor: dict[str, Any] = Field(
+        default_factory=dict, description="the models package description (pre/post-processing, golden check)"
+    )
+
+
+class RuntimeOptions(Part):
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        max_length=8,
+        description="execution providers in order of preference; unavailable ones are skipped",
+    )
+    max_batch: int = Field(default=8, ge=1, le=1024, description="dynamic batching: largest batch")
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="batching: longest wait")
+    max_queue: int = Field(default=64, ge=1, le=100_000, description="requests queued before 503")
+    replicas: int = Field(default=1, ge=0, le=64, description="cluster mode: serving pods")
+    gpus: int = Field(default=0, ge=0, le=16, description="cluster mode: nvidia.com/gpu per pod")
+    mig_profile: str | None = Field(default=None, max_length=32, description="cluster mode: MIG slice per pod")
+    intra_op_threads: int | None = Field(default=None, ge=1, le=256, description="onnxruntime threads")
+
+
+class ShadowSpec(Part):
+    model: ModelRef
+    sample_rate: float = Field(gt=0, le=1, description="fraction of live requests also run on the candidate")
+
+
+class DesiredState(Wire):
+    """What one device should run. Published only inside a SignedEnvelope."""
+
+    kind: Literal["desired"] = "desired"
+    device_id: DeviceId
+    version: int = Field(ge=1, description="monotonic per device: an agent refuses anything not newer")
+    issued_at: Timestamp
+    expires_at: Timestamp
+    model: ModelRef | None = Field(default=None, description="None: serve nothing")
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
+    shadow: ShadowSpec | None = Field(default=None, description="a candidate to run beside the model")
+    rollout_id: str | None = Field(default=None, max_length=64, description="the rollout that set this")
+
+
+class CommandName(StrEnum):
+    PING = "ping"
+    REPORT_NOW = "report_now"
+    COLLECT_GARBAGE = "collect_garbage"
+
+
+class Command(Wire):
+    """A one-off instruction to a device. Published only inside a SignedEnvelope."""
+
+    kind: Literal["command"] = "command"
+    device_id: DeviceId
+    version: int = Field(ge=1, description="monotonic per device for commands")
+    issued_at: Timestamp
+    expires_at: Timestamp
+    correlation_id: str = Field(min_length=1, max_length=64)
+    name: CommandName
+    args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+# --- agent -> hub --------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    FAILED = "failed"
+
+
+class AppliedModel(Part):
+    name: ModelName
+    version: SemVer
+    sha256: Sha256
+    provider: str | None = Field(default=None, max_length=64, description="active execution provider")
+    activated_at: Timestamp | None = None
+
+
+class DownloadProgress(Part):
+    sha256: Sha256
+    have_chunks: int = Field(ge=0)
+    total_chunks: int = Field(ge=0)
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+
+
+class ErrorInfo(Part):
+    code: str = Field(max_length=64, description="stable machine-readable code, e.g. bad_signature")
+    message: ShortText
+    permanent: bool = Field(default=True, description="False: the agent retries by itself")
+    at: Timestamp
+
+
+class ReportedState(Wire):
+    """Retained on the reported topic: what the agent runs and what it is doing."""
+
+    kind: Literal["reported"] = "reported"
+    device_id: DeviceId
+    seq: int = Field(ge=0, description="increases with every report of this agent")
+    ts: Timestamp
+    desired_version: int | None = Field(default=None, ge=0, description="last desired version accepted")
+    phase: Phase
+    active: AppliedModel | None = None
+    previous: AppliedModel | None = None
+    shadow: AppliedModel | None = None
+    download: DownloadProgress | None = None
+    error: ErrorInfo | None = None
+
+
+class GpuSample(Part):
+    index: int = Field(ge=0)
+    util_percent: float = Field(ge=0, le=100)
+    memory_used_bytes: int = Field(ge=0)
+
+
+class ShadowStats(Part):
+    candidate_version: SemVer
+    samples: int = Field(ge=0)
+    agreements: int = Field(ge=0)
+    latency_delta_ms: float | None = Field(default=None, description="candidate minus active, mean ms")
+
+
+class TelemetryWindow(Wire):
+    """One metrics window. `seq` lets the hub drop duplicates and see gaps."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    device_id: DeviceId
+    seq: int = Field(ge=0)
+    start: Timestamp
+    end: Timestamp
+    model: ModelName | None = None
+    model_version: SemVer | None = None
+    provider: str | None = Field(default=None, max_length=64)
+    requests: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
+    latency: Histogram = Field(default_factory=Histogram)
+    queue_depth: int = Field(default=0, ge=0)
+    cpu_percent: float | None = Field(default=None, ge=0)
+    memory_bytes: int | None = Field(default=None, ge=0)
+    gpus: list[GpuSample] = Field(default_factory=list, max_length=64)
+    shadow: ShadowStats | None = None
+    spool_dropped: int = Field(default=0, ge=0, description="windows dropped because the spool was full")
+
+
+Range = tuple[int, int]
+
+
+class Want(Wire):
+    """The chunks an agent still misses, as sorted half-open ranges [start, end)."""
+
+    kind: Literal["want"] = "want"
+    device_id: DeviceId
+    sha256: Sha256
+    missing: list[Range] = Field(max_length=4096)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Want:
+        last = -1
+        for start, end in self.missing:
+            if start < 0 or end <= start or start <= last:
+                raise ValueError("missing must be sorted, disjoint, non-empty [start, end) ranges")
+            last = end - 1
+        return self
+
+    def indexes(self, limit: int) -> list[int]:
+        """The wanted indexes below `limit` (the blob's chunk count)."""
+        return [i for start, end in self.missing for i in range(start, min(end, limit))]
+
+
+class CommandAck(Wire):
+    kind: Literal["command_ack"] = "command_ack"
+    device_id: DeviceId
+    correlation_id: str = Field(min_length=1, max_length=64)
+    ok: bool
+    error: ErrorInfo | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignedEnvelope(Wire):
+    """An Ed25519 signature over the canonical JSON of `body` (see fleet.signing)."""
+
+    kind: Literal["signed"] = "signed"
+    alg: Literal["ed25519"] = "ed25519"
+    key_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="first 16 bytes of sha256(raw public key), hex")
+    body: dict[str, Any]
+    sig: str = Field(max_length=128, description="base64url signature, no padding")
+
+
+MESSAGE_TYPES: tuple[type[Wire], ...] = (
+    DeviceStatus, DesiredState, Command, ReportedState, TelemetryWindow, Want, CommandAck, SignedEnvelope,
+)  # fmt: skip
+
+
+def to_ranges(indexes: list[int] | set[int]) -> list[Range]:
+    """Compress indexes into sorted half-open ranges: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
+    out: list[Range] = []
+    for i in sorted(set(indexes)):
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
