@@ -1,6 +1,6 @@
 """Chunked blob transfer: split a blob into verified chunks; reassemble them in any order, resumably.
 
-Wire frame of one chunk (big-endian, binary, never base64)::
+Wire frame of one chunk (big-endian, binary, never base64):
 
     offset  size  field
     0       4     magic b"EFC1"

@@ -38,7 +38,7 @@ class TopicSpec:
 TOPIC_TABLE: tuple[TopicSpec, ...] = (
     TopicSpec(TopicKind.STATUS, "dev/{id}/status", "agent", "hub", True, 1, "DeviceStatus: birth or offline (will)"),
     TopicSpec(TopicKind.DESIRED, "dev/{id}/desired", "hub", "agent", True, 1, "SignedEnvelope over DesiredState"),
-    TopicSpec(TopicKind.REPORTED, "dev/{id}/reported", "agent", "hub", True, 1, "ReportedState: applied, progress, errors"),
+    TopicSpec(TopicKind.REPORTED, "dev/{id}/reported", "agent", "hub", True, 1, "ReportedState: applied, progress"),
     TopicSpec(TopicKind.TELEMETRY, "dev/{id}/telemetry", "agent", "hub", False, 1, "TelemetryWindow (QoS 0 allowed)"),
     TopicSpec(TopicKind.CMD, "dev/{id}/cmd", "hub", "agent", False, 1, "SignedEnvelope over Command"),
     TopicSpec(TopicKind.CMD_ACK, "dev/{id}/cmd/ack", "agent", "hub", False, 1, "CommandAck by correlation id"),
