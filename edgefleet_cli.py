@@ -1,10 +1,44 @@
-"""The `edgefleet` command line (placeholder until the CLI lands)."""
+"""The `edgefleet` command: one console script joining the hub, agent and model sub-commands.
+
+It lives outside the four packages because it is the one place allowed to know both the hub and the agent
+(which never import each other).
+"""
 
 from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Edge fleet manager for vision models: signed ONNX rollouts over MQTT to edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command("version")
+def show_version() -> None:
+    """Print the edgefleet version."""
+    try:
+        typer.echo(version("edgefleet"))
+    except PackageNotFoundError:
+        typer.echo("unknown (not installed)")
+
+
+@app.command("protocol")
+def show_protocol() -> None:
+    """Print the wire protocol reference (topics, messages, frames) as Markdown."""
+    from fleet.docs import protocol_markdown  # noqa: PLC0415  (keep `edgefleet --help` fast)
+
+    typer.echo(protocol_markdown(), nl=False)
 
 
 def main() -> None:
     """Entry point of the `edgefleet` console script."""
-    from hub.cli import app  # noqa: PLC0415
-
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -79,13 +79,13 @@ def test_restart_at_any_point_resumes(tmp_path: Path, data: bytes, plan: st.Data
     cut = plan.draw(st.integers(0, m.count))
     sync_every = plan.draw(st.integers(1, 4))
     workdir = tmp_path / os.urandom(4).hex()
-    rx = ChunkReceiver(m, workdir, sync_every=sync_every)
+    rx = ChunkReceiver(m, workdir, sync_every=sync_every, sync_interval_s=1e9)
     for i in order[:cut]:
         rx.accept(frames[i])
     durable = {i for i in range(m.count) if rx.has(i)} if rx._unsynced == 0 else None
     # crash without close(): only what the last flush recorded survives
     os.close(rx._fd)
-    rx2 = ChunkReceiver(m, workdir, sync_every=sync_every)
+    rx2 = ChunkReceiver(m, workdir, sync_every=sync_every, sync_interval_s=1e9)
     assert rx2.discarded is None
     recovered = {i for i in range(m.count) if rx2.has(i)}
     assert recovered <= set(order[:cut])
