@@ -34,7 +34,6 @@ from fleet import ChunkReceiver, Topics, iter_frames, plan_file
 from fleet.messages import BlobManifest
 from tests.support.broker import Broker, find_mosquitto, free_port
 
-
 WORKDIR: str | None = None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet import (  # noqa: E402
+from fleet import (
     ChunkReceiver,
     DesiredState,
     HubSigningKey,
@@ -27,9 +27,9 @@ from fleet import (  # noqa: E402
     iter_frames,
     plan_file,
 )
-from fleet.messages import SignedEnvelope  # noqa: E402
-from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
-from tests.support.mqtt import TestClient  # noqa: E402
+from fleet.messages import SignedEnvelope
+from tests.support.broker import Broker, find_mosquitto, free_port
+from tests.support.mqtt import TestClient
 
 DEVICES = ("cam-berlin-1", "cam-berlin-2", "cam-paris-1")
 
