@@ -244,7 +244,7 @@ class ModelDescriptor(_Frozen):
     @model_validator(mode="after")
     def _task_fits_output(self) -> Self:
         is_cls = isinstance(self.output, ClassificationOutput)
-        if is_cls != (self.task is Task.CLASSIFICATION):
+        if is_cls != (self.task == Task.CLASSIFICATION):
             raise ValueError(f"output kind {self.output.kind!r} does not fit task {self.task.value!r}")
         return self
 

@@ -112,9 +112,9 @@ def top_k(
 def to_xyxy(boxes: Array, fmt: BoxFormat) -> FloatArray:
     """Convert [..., 4] boxes of `fmt` to x1, y1, x2, y2 (float32)."""
     b = np.asarray(boxes, dtype=np.float32)
-    if fmt is BoxFormat.XYXY:
+    if fmt == BoxFormat.XYXY:
         return b
-    if fmt is BoxFormat.YXYX:
+    if fmt == BoxFormat.YXYX:
         return np.ascontiguousarray(b[..., [1, 0, 3, 2]])
     half = b[..., 2:4] * 0.5
     return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)

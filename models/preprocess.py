@@ -74,24 +74,24 @@ def decode_image(
         raise ImageTooLarge(f"image header claims too many pixels ({e}); limit is {max_pixels}") from e
     except UnidentifiedImageError as e:
         raise InvalidImage("image is not a JPEG or PNG (unrecognised header)") from e
-    except (OSError, ValueError, SyntaxError) as e:
+    except Exception as e:  # Pillow plugins raise OSError, SyntaxError, struct.error, IndexError...
         raise InvalidImage(f"image header does not decode: {e}") from e
     w, h = img.size
     if w <= 0 or h <= 0:
         raise InvalidImage(f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}: downscale it")
-    orientation = img.getexif().get(0x0112, 1)
-    original = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     try:
         if target is not None and img.format == "JPEG":
             side = max(target)
             img.draft("RGB", (side, side))
+        orientation = img.getexif().get(0x0112, 1)  # PNG: this loads the image
+        original = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # as above: any decoder failure means corrupt data
         raise InvalidImage(f"image data is corrupt or truncated: {e}") from e
     return img, original
 
@@ -105,7 +105,7 @@ def resize(
     """
     tw, th = spec.width, spec.height
     ow, oh = original_size or img.size
-    if spec.resize is ResizeMode.STRETCH:
+    if spec.resize == ResizeMode.STRETCH:
         out = img if img.size == (tw, th) else img.resize((tw, th), Image.Resampling.BILINEAR)
         pixels = np.asarray(out, dtype=np.uint8)
         return pixels, Transform(ow, oh, tw / ow, th / oh, 0.0, 0.0)
@@ -126,7 +126,7 @@ def to_tensor(pixels: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.
     x: npt.NDArray[np.generic] = pixels if pixels.ndim == 4 else pixels[np.newaxis]
     if x.shape[-1] != 3:
         raise InvalidImage(f"pixels must have 3 channels in the last axis, got shape {x.shape}")
-    if spec.channel_order is ChannelOrder.BGR:
+    if spec.channel_order == ChannelOrder.BGR:
         x = x[..., ::-1]
     dtype = _DTYPES[spec.dtype]
     if spec.dtype != "uint8":
@@ -137,7 +137,7 @@ def to_tensor(pixels: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.
         y *= gain
         y += bias
         x = y if dtype == np.float32 else y.astype(dtype)
-    if spec.layout is Layout.NCHW:
+    if spec.layout == Layout.NCHW:
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x, dtype=dtype)
 

@@ -205,9 +205,9 @@ def check_signature(
     if len(dims) != 4:
         raise SignatureMismatch(
             f"input {spec.name!r} has {len(dims)} dims; {task} needs 4 ({spec.layout.value}: batch, "
-            f"{'channels, height, width' if spec.layout is Layout.NCHW else 'height, width, channels'})"
+            f"{'channels, height, width' if spec.layout == Layout.NCHW else 'height, width, channels'})"
         )
-    c, h, w = (dims[1], dims[2], dims[3]) if spec.layout is Layout.NCHW else (dims[3], dims[1], dims[2])
+    c, h, w = (dims[1], dims[2], dims[3]) if spec.layout == Layout.NCHW else (dims[3], dims[1], dims[2])
     if isinstance(c, int) and c != 3:
         raise SignatureMismatch(
             f"input {spec.name!r} has {c} channels at the {spec.layout.value} channel axis; need 3"
