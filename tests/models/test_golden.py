@@ -41,7 +41,8 @@ def test_same_digest_across_runs(classifier: Sample) -> None:
 
 def test_same_digest_in_another_process(classifier: Sample) -> None:
     code = (
-        "import sys; from models.descriptor import ModelDescriptor; from models.engine import Engine, EngineOptions;"
+        "import sys; from models.descriptor import ModelDescriptor;"
+        "from models.engine import Engine, EngineOptions;"
         "from models.golden import digest, golden_input;"
         "d = ModelDescriptor.load(sys.argv[1]);"
         "e = Engine.load(sys.argv[2], d, EngineOptions(golden='skip', intra_op_threads=1));"
