@@ -240,6 +240,11 @@ class Engine:
     # --- running -------------------------------------------------------------------------------------
 
     @property
+    def session(self) -> Any:
+        """The underlying onnxruntime.InferenceSession (for benchmarks and diagnostics, unchecked)."""
+        return self._session
+
+    @property
     def max_batch(self) -> int | None:
         """The batch size the graph is fixed to, or None when the batch axis is dynamic."""
         dims = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], int)]
