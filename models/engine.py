@@ -54,6 +54,7 @@ _ORT_DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(int64)": np.dtype(np.int64),
     "tensor(bool)": np.dtype(np.bool_),
 }
+_NP_OF_ORT = {k: v.type for k, v in _ORT_DTYPES.items()}
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -338,20 +339,28 @@ class Engine:
             self._session.run_with_iobinding(bound.binding, run_options)
             return {name: bound.outputs[name].numpy() for name in self._output_names}
 
-    def _bind(self, feed: dict[str, Array], graph_id: int) -> _Bound:
+    def _bind(self, feed: dict[str, Array], index: int) -> _Bound:
+        """Fixed device buffers for one input shape; graph ids start at 1 (0 is reserved by onnxruntime)."""
         dev = self.options.device_id
-        shapes = self._session.run(self._output_names, feed)
-        binding = self._session.io_binding()
         ins = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", dev) for n, a in feed.items()}
+        probe = self._session.io_binding()
+        for n, v in ins.items():
+            probe.bind_ortvalue_input(n, v)
+        for n in self._output_names:
+            probe.bind_output(n, "cuda", dev)
+        skip = ort.RunOptions()
+        skip.add_run_config_entry("gpu_graph_id", "-1")  # learn output shapes without capturing a graph
+        self._session.run_with_iobinding(probe, skip)
+        binding = self._session.io_binding()
         outs = {
-            n: ort.OrtValue.ortvalue_from_shape_and_type(list(v.shape), v.dtype, "cuda", dev)
-            for n, v in zip(self._output_names, shapes, strict=True)
+            n: ort.OrtValue.ortvalue_from_shape_and_type(v.shape(), _NP_OF_ORT[v.data_type()], "cuda", dev)
+            for n, v in zip(self._output_names, probe.get_outputs(), strict=True)
         }
         for n, v in ins.items():
             binding.bind_ortvalue_input(n, v)
         for n, v in outs.items():
             binding.bind_ortvalue_output(n, v)
-        return _Bound(binding, ins, outs, graph_id)
+        return _Bound(binding, ins, outs, index + 1)
 
 
 def _spec(arg: Any) -> TensorSpec:
