@@ -1,10 +1,10 @@
 """Engine benchmark on CPU: raw session.run vs engine vs engine-with-batcher (issue 3).
 
-    python benchmarks/engine.py [--iterations N] [--requests N]
+    python benchmarks/engine.py [--iterations N] [--requests N] [--rounds N]
 
 Prints a markdown table (copy it into docs/benchmarks.md). Ratios compare against the raw session.run
-baseline measured in the same run: the batcher at 16 callers against raw throughput at the batcher's
-max batch size. Measured with onnxruntime intra-op spinning off and on.
+baseline measured in the same run, round by round (medians of paired ratios): the batcher at 16 callers
+against raw throughput at the batcher's max batch size. Measured with intra-op spinning off and on.
 """
 
 from __future__ import annotations
@@ -31,27 +31,70 @@ from common import (
 
 
 def bench_model(name: str, path: Path, desc: object, args: argparse.Namespace, spinning: bool) -> list[Row]:
+    """Interleaved rounds (raw b1, raw bN, engine b1, batcher) so load from other processes hits all alike.
+
+    Throughput is the median over rounds; ratios are medians of per-round ratios (paired measurements).
+    """
+    import statistics  # noqa: PLC0415
+
     from models.descriptor import ModelDescriptor  # noqa: PLC0415
 
     assert isinstance(desc, ModelDescriptor)
     engine = Engine.load(path, desc, EngineOptions(allow_spinning=spinning))
     label = f"{name} (spin {'on' if spinning else 'off'})"
-    rows = []
-    raw: dict[int, float] = {}
-    for batch in (1, args.max_batch):
-        p50, p99, ips = time_raw(
-            engine, batch, args.iterations if batch == 1 else max(args.iterations // 4, 5)
-        )
-        raw[batch] = ips
-        rows.append(Row(label, "raw session.run", batch, p50, p99, ips, 1.0))
-    p50, p99, ips = time_raw_engine(engine, args.iterations)
-    rows.append(Row(label, "engine.infer", 1, p50, p99, ips, ips / raw[1]))
+    per_round = max(args.iterations // args.rounds, 5)
     opts = BatcherOptions(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
-    p50, p99, ips, sizes = time_batcher(engine, args.callers, args.requests, opts)
-    mode = f"batcher, {args.callers} callers (batches {sizes})"
-    rows.append(Row(label, mode, args.max_batch, p50, p99, ips, ips / raw[args.max_batch]))
+    keys = ("raw1", "rawN", "engine1", "batcher")
+    p50s: dict[str, list[float]] = {k: [] for k in keys}
+    p99s: dict[str, list[float]] = {k: [] for k in keys}
+    ips: dict[str, list[float]] = {k: [] for k in keys}
+    sizes: dict[int, int] = {}
+    for _ in range(args.rounds):
+        for key, result in (
+            ("raw1", time_raw(engine, 1, per_round)),
+            ("rawN", time_raw(engine, args.max_batch, max(per_round // 4, 5))),
+            ("engine1", time_raw_engine(engine, per_round)),
+        ):
+            p50s[key].append(result[0])
+            p99s[key].append(result[1])
+            ips[key].append(result[2])
+        b50, b99, bips, bsizes = time_batcher(engine, args.callers, args.requests // args.rounds or 1, opts)
+        p50s["batcher"].append(b50)
+        p99s["batcher"].append(b99)
+        ips["batcher"].append(bips)
+        for k, v in bsizes.items():
+            sizes[k] = sizes.get(k, 0) + v
     engine.close()
-    return rows
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    def ratio(a: str, b: str) -> float:
+        return med([x / y for x, y in zip(ips[a], ips[b], strict=True)])
+
+    n = args.max_batch
+    return [
+        Row(label, "raw session.run", 1, med(p50s["raw1"]), med(p99s["raw1"]), med(ips["raw1"]), 1.0),
+        Row(label, "raw session.run", n, med(p50s["rawN"]), med(p99s["rawN"]), med(ips["rawN"]), 1.0),
+        Row(
+            label,
+            "engine.infer",
+            1,
+            med(p50s["engine1"]),
+            med(p99s["engine1"]),
+            med(ips["engine1"]),
+            ratio("engine1", "raw1"),
+        ),
+        Row(
+            label,
+            f"batcher, {args.callers} callers (batches {dict(sorted(sizes.items()))})",
+            n,
+            med(p50s["batcher"]),
+            med(p99s["batcher"]),
+            med(ips["batcher"]),
+            ratio("batcher", "rawN"),
+        ),
+    ]
 
 
 def time_raw_engine(engine: Engine, iterations: int) -> tuple[float, float, float]:
@@ -77,10 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=200, help="timed session.run calls at batch 1")
-    parser.add_argument("--requests", type=int, default=40, help="requests per caller through the batcher")
+    parser.add_argument(
+        "--requests", type=int, default=50, help="requests per caller through the batcher, in all"
+    )
     parser.add_argument("--callers", type=int, default=16, help="concurrent batcher callers")
     parser.add_argument("--max-batch", type=int, default=8, help="batcher max batch (and raw batch compared)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="batcher max queue delay")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved measurement rounds (medians reported)"
+    )
     args = parser.parse_args(argv)
     rows: list[Row] = []
     with tempdir() as tmp:
