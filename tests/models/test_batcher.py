@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from models.batcher import Batcher, BatcherOptions
-from models.engine import Engine
-from models.errors import EngineNotReady, InvalidInput, QueueFull
+from models.engine import Engine, EngineOptions
+from models.errors import EngineNotReady, InferenceFailed, InvalidInput, QueueFull
 from models.golden import golden_input
+from models.samples import classifier_descriptor
 from tests.models.conftest import Sample
 
 
@@ -138,3 +142,41 @@ def test_fixed_batch_model_limits_batches(layout_models: dict[str, Sample]) -> N
     assert set(sizes) == {1}
     for x, r in zip(xs, results, strict=True):
         assert np.array_equal(r["det_scores"], engine.infer({"images": x})["det_scores"])
+
+
+def _gather_model(tmp_path: Path) -> Engine:
+    """A real model that fails inside onnxruntime for some values (Gather with indices from the input)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    table = numpy_helper.from_array(np.arange(10, dtype=np.float32), "table")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=[table]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    path = tmp_path / "gather.onnx"
+    onnx.save(model, path)
+    return Engine.load(path, classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0))
+
+
+def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> None:
+    engine = _gather_model(tmp_path)
+    values = [1.0, 2.0, 42.0, 3.0, 4.0, 5.0]
+
+    async def main() -> tuple[list[object], int]:
+        async with Batcher(engine, BatcherOptions(max_batch=8, max_delay_ms=20)) as b:
+            res = await asyncio.gather(
+                *(b.infer({"x": np.array([[v]], np.float32)}) for v in values), return_exceptions=True
+            )
+            return res, b.stats().failed
+
+    results, failed = asyncio.run(main())
+    assert isinstance(results[2], InferenceFailed)
+    assert failed == 1
+    for i, v in enumerate(values):
+        if i != 2:
+            assert results[i]["y"].tolist() == [[v]]  # type: ignore[index]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models.engine import Engine, EngineOptions, available_providers, max_supported_opset, provider_name
-from models.errors import DescriptorError, EngineNotReady, InvalidInput, ProviderUnavailable
+from models.errors import DescriptorError, EngineNotReady, InferenceFailed, InvalidInput, ProviderUnavailable
 from models.golden import golden_input
 from tests.models.conftest import Sample
 
@@ -108,3 +110,19 @@ def test_spinning_and_threads_options(classifier: Sample) -> None:
         )
         assert e.report is not None
         assert e.report.golden is not None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.integers(0, 5), min_size=0, max_size=5),
+    st.sampled_from([np.float32, np.float64, np.float16, np.uint8, np.int64]),
+)
+def test_random_tensors_never_crash(classifier_engine: Engine, shape: list[int], dtype: type) -> None:
+    x = np.zeros(shape, dtype=dtype)
+    try:
+        out = classifier_engine.infer({"image": x})
+    except InvalidInput:
+        return
+    except InferenceFailed:
+        return
+    assert out["logits"].shape == (shape[0], 100)
