@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.errors import EngineNotReady, InvalidInput, ModelError, QueueFull
+from models.errors import EngineNotReady, InferenceFailed, InvalidInput, ModelError, QueueFull
 
 Array = npt.NDArray[np.generic]
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
@@ -257,7 +257,11 @@ class Batcher:
             if not live:
                 return
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._pool, self._run, live)
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, live)
+            except Exception as e:  # a bug, not a model error: still answer every caller
+                err = InferenceFailed(f"batch of {len(live)} failed unexpectedly: {type(e).__name__}: {e}")
+                results = [err] * len(live)
             self._batches += 1
             self._sizes[sum(r.rows for r in live)] += 1
             for req, res in zip(live, results, strict=True):

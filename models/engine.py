@@ -225,7 +225,7 @@ class Engine:
         engine = cls(session, descriptor, opts, p)
         load_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
-        feed = {descriptor.input.name: golden_input(descriptor.input, descriptor.golden.seed)}
+        feed = engine.golden_feed()
         outputs: dict[str, Array] = {}
         for _ in range(max(opts.warmup_runs, 1 if descriptor.golden.recorded else 0)):
             outputs = engine.infer(feed)
@@ -239,6 +239,11 @@ class Engine:
         return engine
 
     # --- running -------------------------------------------------------------------------------------
+
+    def golden_feed(self) -> dict[str, Array]:
+        """The golden input at the graph's fixed batch size (1 when the batch axis is dynamic)."""
+        d = self.descriptor
+        return {d.input.name: golden_input(d.input, d.golden.seed, self.max_batch or 1)}
 
     @property
     def session(self) -> Any:

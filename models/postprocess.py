@@ -214,8 +214,12 @@ def decode_detections(
     Threshold on score, then (unless the graph already ran NMS) per-class or class-agnostic NMS,
     keeping at most `max_detections` per image.
     """
-    first = next(iter(outputs.values()))
-    batch = int(np.asarray(first).shape[0])
+    if not outputs:
+        raise InvalidInput("no model outputs to decode")
+    first = np.asarray(next(iter(outputs.values())))
+    if first.ndim == 0:
+        raise InvalidInput("model outputs have no batch axis")
+    batch = int(first.shape[0])
     wh = np.array([input_spec.width, input_spec.height] * 2, dtype=np.float32)
     result = []
     for raw_boxes, raw_scores, raw_classes in _candidates(spec, batch, outputs):

@@ -147,3 +147,11 @@ def test_non_square_sizes(tmp_path: Path) -> None:
 
 def test_errors_are_model_errors() -> None:
     assert issubclass(SignatureMismatch, ModelError)
+
+
+def test_new_tolerances_rerecord_but_old_check_must_pass(classifier: Sample) -> None:
+    report = validate(classifier.path, classifier.descriptor, atol=1e-2, rtol=0.0)
+    g = report.descriptor.golden
+    assert (g.atol, g.rtol) == (1e-2, 0.0)
+    assert g.digest != classifier.descriptor.golden.digest
+    assert report.golden_matched is True
