@@ -24,6 +24,7 @@ from models.descriptor import (
     BoxFormat,
     ClassificationOutput,
     InputSpec,
+    Layout,
     ModelDescriptor,
     NmsOutput,
     OutputSpec,
@@ -107,10 +108,20 @@ class _Graph:
         return m
 
 
-def build_classifier(num_classes: int = 100, seed: int = 0) -> onnx.ModelProto:
-    """MobileNet-like classifier: input 'image' [batch, 3, height, width] -> 'logits' [batch, classes]."""
+def build_classifier(num_classes: int = 100, seed: int = 0, *, raw_nhwc: bool = False) -> onnx.ModelProto:
+    """MobileNet-like classifier: input 'image' [batch, 3, height, width] -> 'logits' [batch, classes].
+
+    With `raw_nhwc`, the same network (same weights) takes uint8 pixels [batch, height, width, 3] and does
+    the ImageNet normalisation inside the graph, as many exported edge models do.
+    """
     g = _Graph(seed)
-    x = g.relu6(g.conv("image", 3, 16, stride=2))
+    x = "image"
+    if raw_nhwc:
+        x = g.op("Transpose", [g.op("Cast", [x], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])
+        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+        std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+        x = g.op("Div", [g.op("Sub", [x, g.const(mean)]), g.const(std)])
+    x = g.relu6(g.conv(x, 3, 16, stride=2))
     cin = 16
     for cout, stride in [
         (32, 1),
@@ -131,24 +142,47 @@ def build_classifier(num_classes: int = 100, seed: int = 0) -> onnx.ModelProto:
     logits = g.op("Gemm", [x, g.const(w, "fc_w"), g.const(np.zeros(num_classes), "fc_b")])
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     vi = helper.make_tensor_value_info
+    image = (
+        vi("image", TensorProto.UINT8, ["batch", "height", "width", 3])
+        if raw_nhwc
+        else vi("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    )
     return g.model(
-        [vi("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [image],
         [vi("logits", TensorProto.FLOAT, ["batch", num_classes])],
         "mobilenet_like",
     )
 
 
 def classifier_descriptor(
-    num_classes: int = 100, height: int = 224, width: int = 224, name: str = "mobilenet-like"
+    num_classes: int = 100,
+    height: int = 224,
+    width: int = 224,
+    name: str = "mobilenet-like",
+    *,
+    raw_nhwc: bool = False,
 ) -> ModelDescriptor:
     """Description of `build_classifier` (any height/width: the graph's spatial axes are dynamic)."""
+    spec = (
+        InputSpec(
+            name="image",
+            layout=Layout.NHWC,
+            height=height,
+            width=width,
+            dynamic_size=True,
+            dtype="uint8",
+            scale=1.0,
+        )
+        if raw_nhwc
+        else InputSpec(
+            name="image", height=height, width=width, dynamic_size=True, mean=IMAGENET_MEAN, std=IMAGENET_STD
+        )
+    )
     return ModelDescriptor(
         name=name,
         version="1.0.0",
         task=Task.CLASSIFICATION,
-        input=InputSpec(
-            name="image", height=height, width=width, dynamic_size=True, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        ),
+        input=spec,
         output=ClassificationOutput(kind="classification", output="logits", scores="logits", top_k=5),
         labels=tuple(f"class_{i:03d}" for i in range(num_classes)),
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
+from models.engine import Engine
 from models.errors import (
     DigestMismatch,
     InvalidModelFile,
@@ -18,9 +20,10 @@ from models.errors import (
     SignatureMismatch,
     UnsupportedOpset,
 )
+from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import file_digest, validate
-from tests.models.conftest import Sample
+from tests.models.conftest import Sample, encode, scene
 
 
 def test_sample_validates_and_records(classifier: Sample) -> None:
@@ -155,3 +158,23 @@ def test_new_tolerances_rerecord_but_old_check_must_pass(classifier: Sample) -> 
     assert (g.atol, g.rtol) == (1e-2, 0.0)
     assert g.digest != classifier.descriptor.golden.digest
     assert report.golden_matched is True
+
+
+def test_nhwc_uint8_model_matches_float_model(
+    classifier: Sample, classifier_engine: Engine, tmp_path: Path
+) -> None:
+    d = classifier_descriptor(raw_nhwc=True, name="raw-nhwc")
+    onnx_path, yaml_path = write_model(build_classifier(raw_nhwc=True), d, tmp_path, "raw")
+    loaded = ModelDescriptor.load(yaml_path)
+    assert loaded.input.layout.value == "NHWC"
+    engine = Engine.load(onnx_path, loaded)
+    data = encode(scene(150, 200))
+    x_raw, _ = preprocess(data, loaded.input)
+    x_float, _ = preprocess(data, classifier.descriptor.input)
+    assert x_raw.dtype == np.uint8
+    assert x_raw.shape == (1, 224, 224, 3)
+    got = engine.infer({"image": x_raw})["logits"]
+    want = classifier_engine.infer({"image": x_float})["logits"]
+    assert np.allclose(got, want, atol=1e-3)
+    with pytest.raises(SignatureMismatch, match="fixed width 3"):
+        validate(onnx_path, loaded.model_copy(update={"input": classifier.descriptor.input, "sha256": None}))
