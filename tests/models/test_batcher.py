@@ -1,0 +1,182 @@
+"""The dynamic batcher: own results for every caller, no mixing, isolation of bad input, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models.batcher import Batcher, BatcherOptions
+from models.engine import Engine, EngineOptions
+from models.errors import EngineNotReady, InferenceFailed, InvalidInput, QueueFull
+from models.golden import golden_input
+from models.samples import classifier_descriptor
+from tests.models.conftest import Sample
+
+
+def _inputs(sample: Sample, n: int, h: int = 64, w: int = 64) -> list[np.ndarray]:
+    spec = sample.descriptor.input.model_copy(update={"height": h, "width": w})
+    return [golden_input(spec, 1000 + i) for i in range(n)]
+
+
+def test_sixteen_concurrent_callers_get_their_own_results(
+    classifier: Sample, classifier_engine: Engine
+) -> None:
+    xs = _inputs(classifier, 16)
+    expected = [classifier_engine.infer({"image": x})["logits"] for x in xs]
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], object]:
+        async with Batcher(classifier_engine, BatcherOptions(max_batch=8, max_delay_ms=5)) as b:
+            results = await asyncio.gather(*(b.infer({"image": x}) for x in xs))
+            return results, b.stats()
+
+    results, stats = asyncio.run(main())
+    for got, want in zip(results, expected, strict=True):
+        assert got["logits"].shape == (1, 100)
+        assert np.allclose(got["logits"], want, atol=1e-4)
+    # distinct inputs give distinct answers, so a mix-up could not pass the check above
+    assert len({r["logits"].tobytes() for r in results}) == 16
+    assert sum(size * count for size, count in stats.batch_sizes.items()) == 16  # type: ignore[attr-defined]
+    assert stats.requests == 16  # type: ignore[attr-defined]
+    assert stats.queue_depth == 0  # type: ignore[attr-defined]
+
+
+def test_incompatible_shapes_are_never_mixed(classifier: Sample, classifier_engine: Engine) -> None:
+    small, wide = _inputs(classifier, 6, 64, 64), _inputs(classifier, 6, 48, 96)
+    xs = [x for pair in zip(small, wide, strict=True) for x in pair]
+    multi = np.concatenate(_inputs(classifier, 3, 64, 64))  # one request with 3 rows
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        async with Batcher(classifier_engine, BatcherOptions(max_batch=4, max_delay_ms=5)) as b:
+            return await asyncio.gather(*(b.infer({"image": x}) for x in [*xs, multi]))
+
+    results = asyncio.run(main())
+    for x, got in zip([*xs, multi], results, strict=True):
+        assert np.allclose(got["logits"], classifier_engine.infer({"image": x})["logits"], atol=1e-4)
+    assert results[-1]["logits"].shape == (3, 100)
+
+
+def test_bad_input_fails_only_its_caller(classifier: Sample, classifier_engine: Engine) -> None:
+    xs: list[object] = [*_inputs(classifier, 7)]
+    xs.insert(3, np.zeros((1, 3, 64), np.float32))
+    xs.insert(5, np.zeros((1, 3, 64, 64), np.float64))
+
+    async def main() -> list[object]:
+        async with Batcher(classifier_engine) as b:
+            return await asyncio.gather(*(b.infer({"image": x}) for x in xs), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[3], InvalidInput)
+    assert "3 dims" in str(results[3])
+    assert isinstance(results[5], InvalidInput)
+    assert "float64" in str(results[5])
+    ok = [r for i, r in enumerate(results) if i not in (3, 5)]
+    assert all(isinstance(r, dict) and r["logits"].shape == (1, 100) for r in ok)
+
+
+def test_queue_full_is_typed(classifier: Sample, classifier_engine: Engine) -> None:
+    xs = _inputs(classifier, 5)
+
+    async def main() -> tuple[list[object], int]:
+        async with Batcher(classifier_engine, BatcherOptions(max_queue=1)) as b:
+            res = await asyncio.gather(*(b.infer({"image": x}) for x in xs), return_exceptions=True)
+            return res, b.stats().rejected
+
+    results, rejected = asyncio.run(main())
+    full = [r for r in results if isinstance(r, QueueFull)]
+    assert full
+    assert rejected == len(full)
+    assert not full[0].permanent
+    assert any(isinstance(r, dict) for r in results)
+
+
+def test_too_many_rows_and_closed_batcher(classifier: Sample, classifier_engine: Engine) -> None:
+    async def main() -> None:
+        b = Batcher(classifier_engine, BatcherOptions(max_batch=2))
+        with pytest.raises(EngineNotReady):
+            await b.infer({"image": _inputs(classifier, 1)[0]})
+        await b.start()
+        with pytest.raises(InvalidInput, match="at most 2"):
+            await b.infer({"image": np.concatenate(_inputs(classifier, 3))})
+        await b.close()
+        with pytest.raises(EngineNotReady):
+            await b.infer({"image": _inputs(classifier, 1)[0]})
+
+    asyncio.run(main())
+
+
+def test_cancelled_caller_does_not_disturb_others(classifier: Sample, classifier_engine: Engine) -> None:
+    xs = _inputs(classifier, 6)
+
+    async def main() -> list[object]:
+        async with Batcher(classifier_engine, BatcherOptions(max_batch=2, max_delay_ms=20)) as b:
+            tasks = [asyncio.create_task(b.infer({"image": x})) for x in xs]
+            await asyncio.sleep(0)
+            tasks[1].cancel()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[1], asyncio.CancelledError)
+    for i in (0, 2, 3, 4, 5):
+        assert np.allclose(
+            results[i]["logits"], classifier_engine.infer({"image": xs[i]})["logits"], atol=1e-4
+        )  # type: ignore[index]
+
+
+def test_fixed_batch_model_limits_batches(layout_models: dict[str, Sample]) -> None:
+    sample = layout_models["nms"]
+    engine = Engine.load(sample.path, sample.descriptor)
+    assert engine.max_batch == 1
+    xs = [golden_input(sample.descriptor.input, s) for s in range(4)]
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], dict[int, int]]:
+        async with Batcher(engine, BatcherOptions(max_batch=8)) as b:
+            res = await asyncio.gather(*(b.infer({"images": x}) for x in xs))
+            return res, b.stats().batch_sizes
+
+    results, sizes = asyncio.run(main())
+    assert set(sizes) == {1}
+    for x, r in zip(xs, results, strict=True):
+        assert np.array_equal(r["det_scores"], engine.infer({"images": x})["det_scores"])
+
+
+def _gather_model(tmp_path: Path) -> Engine:
+    """A real model that fails inside onnxruntime for some values (Gather with indices from the input)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    table = numpy_helper.from_array(np.arange(10, dtype=np.float32), "table")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=[table]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    path = tmp_path / "gather.onnx"
+    onnx.save(model, path)
+    return Engine.load(path, classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0))
+
+
+def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> None:
+    engine = _gather_model(tmp_path)
+    values = [1.0, 2.0, 42.0, 3.0, 4.0, 5.0]
+
+    async def main() -> tuple[list[object], int]:
+        async with Batcher(engine, BatcherOptions(max_batch=8, max_delay_ms=20)) as b:
+            res = await asyncio.gather(
+                *(b.infer({"x": np.array([[v]], np.float32)}) for v in values), return_exceptions=True
+            )
+            return res, b.stats().failed
+
+    results, failed = asyncio.run(main())
+    assert isinstance(results[2], InferenceFailed)
+    assert failed == 1
+    for i, v in enumerate(values):
+        if i != 2:
+            assert results[i]["y"].tolist() == [[v]]  # type: ignore[index]

@@ -1,0 +1,180 @@
+"""Validation of .onnx files: every failure is a typed error a user can act on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
+from models.engine import Engine
+from models.errors import (
+    DigestMismatch,
+    InvalidModelFile,
+    ModelError,
+    SignatureMismatch,
+    UnsupportedOpset,
+)
+from models.preprocess import preprocess
+from models.samples import build_classifier, classifier_descriptor
+from models.validate import file_digest, validate
+from tests.models.conftest import Sample, encode, scene
+
+
+def test_sample_validates_and_records(classifier: Sample) -> None:
+    report = validate(classifier.path, classifier.descriptor)
+    data = classifier.path.read_bytes()
+    assert report.sha256 == hashlib.sha256(data).hexdigest() == classifier.descriptor.sha256
+    assert report.size == len(data)
+    assert report.golden_matched is True
+    assert report.opset == 17
+    assert report.inputs == {"image": ("batch", 3, "height", "width")}
+    assert report.descriptor.complete
+
+
+def test_file_digest_streams(tmp_path: Path) -> None:
+    p = tmp_path / "big.bin"
+    data = bytes(range(256)) * 9000  # > 2 chunks
+    p.write_bytes(data)
+    assert file_digest(p) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_truncated_onnx(classifier: Sample, tmp_path: Path) -> None:
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(classifier.path.read_bytes()[:100_000])
+    with pytest.raises(InvalidModelFile, match="not an ONNX model|fails onnx.checker") as e:
+        validate(p, classifier_descriptor())
+    assert e.value.permanent
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"hello, I am a text file\n", b"\xff" * 10]
+)
+def test_non_onnx_file(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "x.onnx"
+    p.write_bytes(content)
+    with pytest.raises(InvalidModelFile):
+        validate(p, classifier_descriptor())
+
+
+def test_empty_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "e.onnx").write_bytes(b"")
+    with pytest.raises(InvalidModelFile, match="empty"):
+        validate(tmp_path / "e.onnx", classifier_descriptor())
+    with pytest.raises(InvalidModelFile, match="does not exist"):
+        validate(tmp_path / "nope.onnx", classifier_descriptor())
+
+
+def _flat_model(rank: int, opset: int = 17) -> onnx.ModelProto:
+    dims = ["batch", 3, 224][:rank]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["logits"], axes=[2], keepdims=0)]
+        if rank == 3
+        else [helper.make_node("Identity", ["image"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def test_wrong_input_rank_for_task(tmp_path: Path) -> None:
+    p = tmp_path / "rank3.onnx"
+    onnx.save(_flat_model(3), p)
+    d = classifier_descriptor(num_classes=3)
+    with pytest.raises(SignatureMismatch, match="input 'image' has 3 dims; classification needs 4"):
+        validate(p, d)
+
+
+def test_opset_newer_than_onnxruntime(tmp_path: Path) -> None:
+    p = tmp_path / "new.onnx"
+    m = _flat_model(2, opset=40)
+    onnx.save(m, p)
+    with pytest.raises(UnsupportedOpset, match="opset 40"):
+        validate(p, classifier_descriptor())
+
+
+def test_label_count_must_match_classes(classifier: Sample) -> None:
+    d = classifier.descriptor.model_copy(update={"labels": ("a", "b"), "sha256": None, "size": None})
+    with pytest.raises(SignatureMismatch, match="2 labels imply 2"):
+        validate(classifier.path, d)
+
+
+def test_dynamic_size_must_be_declared(classifier: Sample) -> None:
+    d = classifier.descriptor.model_copy(
+        update={"input": classifier.descriptor.input.model_copy(update={"dynamic_size": False})}
+    )
+    with pytest.raises(SignatureMismatch, match="dynamic_size"):
+        validate(classifier.path, d)
+
+
+def test_wrong_input_name_and_output_name(classifier: Sample) -> None:
+    d = classifier.descriptor
+    with pytest.raises(SignatureMismatch, match="no input 'pixels'"):
+        validate(
+            classifier.path, d.model_copy(update={"input": d.input.model_copy(update={"name": "pixels"})})
+        )
+    with pytest.raises(SignatureMismatch, match="no output 'probs'"):
+        validate(
+            classifier.path, d.model_copy(update={"output": d.output.model_copy(update={"output": "probs"})})
+        )
+
+
+def test_dtype_must_match(classifier: Sample) -> None:
+    d = classifier.descriptor
+    spec = d.input.model_copy(update={"dtype": "float16"})
+    with pytest.raises(SignatureMismatch, match="element type FLOAT; the description says float16"):
+        validate(classifier.path, d.model_copy(update={"input": spec}))
+
+
+def test_recorded_digest_must_match(classifier: Sample, tmp_path: Path) -> None:
+    d = classifier.descriptor.model_copy(update={"sha256": "0" * 64})
+    with pytest.raises(DigestMismatch, match="sha256"):
+        validate(classifier.path, d)
+
+
+def test_non_square_sizes(tmp_path: Path) -> None:
+    d = classifier_descriptor(num_classes=10, height=160, width=256)
+    onnx_path, yaml_path = write_model(build_classifier(num_classes=10), d, tmp_path, "wide")
+    loaded = ModelDescriptor.load(yaml_path)
+    assert loaded.golden.reference["logits"].shape == (1, 10)
+    assert validate(onnx_path, loaded).golden_matched
+
+
+def test_errors_are_model_errors() -> None:
+    assert issubclass(SignatureMismatch, ModelError)
+
+
+def test_new_tolerances_rerecord_but_old_check_must_pass(classifier: Sample) -> None:
+    report = validate(classifier.path, classifier.descriptor, atol=1e-2, rtol=0.0)
+    g = report.descriptor.golden
+    assert (g.atol, g.rtol) == (1e-2, 0.0)
+    assert g.digest != classifier.descriptor.golden.digest
+    assert report.golden_matched is True
+
+
+def test_nhwc_uint8_model_matches_float_model(
+    classifier: Sample, classifier_engine: Engine, tmp_path: Path
+) -> None:
+    d = classifier_descriptor(raw_nhwc=True, name="raw-nhwc")
+    onnx_path, yaml_path = write_model(build_classifier(raw_nhwc=True), d, tmp_path, "raw")
+    loaded = ModelDescriptor.load(yaml_path)
+    assert loaded.input.layout.value == "NHWC"
+    engine = Engine.load(onnx_path, loaded)
+    data = encode(scene(150, 200))
+    x_raw, _ = preprocess(data, loaded.input)
+    x_float, _ = preprocess(data, classifier.descriptor.input)
+    assert x_raw.dtype == np.uint8
+    assert x_raw.shape == (1, 224, 224, 3)
+    got = engine.infer({"image": x_raw})["logits"]
+    want = classifier_engine.infer({"image": x_float})["logits"]
+    assert np.allclose(got, want, atol=1e-3)
+    with pytest.raises(SignatureMismatch, match="fixed width 3"):
+        validate(onnx_path, loaded.model_copy(update={"input": classifier.descriptor.input, "sha256": None}))
