@@ -10,12 +10,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from models.cli import app as models_app
+
 app = typer.Typer(
     name="edgefleet",
     help="Edge fleet manager for vision models: signed ONNX rollouts over MQTT to edge devices.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(models_app, name="model", help="Build, validate and publish ONNX vision models.")
 
 
 @app.command("version")

@@ -122,9 +122,7 @@ def torchvision_models(workdir: Path) -> list[tuple[str, Path, ModelDescriptor]]
             name=name.replace("_", "-"),
             version="1.0.0",
             task=Task.CLASSIFICATION,
-            input=InputSpec(
-                name="input", height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-            ),
+            input=InputSpec(name="input", height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
             output=ClassificationOutput(kind="classification", output="logits"),
         )
         out.append((name, path, validate(path, desc).descriptor))
@@ -134,16 +132,12 @@ def torchvision_models(workdir: Path) -> list[tuple[str, Path, ModelDescriptor]]
 def machine() -> str:
     try:
         lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), platform.processor()
-        )
+        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Model name")), platform.processor())
     except OSError:
         model = platform.processor()
     import os  # noqa: PLC0415
 
-    return (
-        f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
-    )
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
 
 
 def table(rows: list[Row]) -> str:

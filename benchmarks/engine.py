@@ -116,19 +116,13 @@ def time_raw_engine(engine: Engine, iterations: int) -> tuple[float, float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=200, help="timed session.run calls at batch 1")
-    parser.add_argument(
-        "--requests", type=int, default=50, help="requests per caller through the batcher, in all"
-    )
+    parser.add_argument("--requests", type=int, default=50, help="requests per caller through the batcher, in all")
     parser.add_argument("--callers", type=int, default=16, help="concurrent batcher callers")
     parser.add_argument("--max-batch", type=int, default=8, help="batcher max batch (and raw batch compared)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="batcher max queue delay")
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="interleaved measurement rounds (medians reported)"
-    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds (medians reported)")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     with tempdir() as tmp:

@@ -54,9 +54,7 @@ def time_engine(engine: Engine, batch: int, iterations: int) -> tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=300, help="timed runs per configuration")
     parser.add_argument("--requests", type=int, default=50, help="requests per caller through the batcher")
     parser.add_argument("--callers", type=int, default=16, help="concurrent batcher callers")

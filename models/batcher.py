@@ -159,9 +159,7 @@ class Batcher:
             raise InvalidInput("every input needs the same batch size on axis 0")
         n = rows.pop()
         if n > self.max_batch:
-            raise InvalidInput(
-                f"request has {n} rows; the batcher takes at most {self.max_batch} per request"
-            )
+            raise InvalidInput(f"request has {n} rows; the batcher takes at most {self.max_batch} per request")
         sig: Signature = tuple((k, tuple(v.shape[1:]), v.dtype.str) for k, v in sorted(feed.items()))
         if self._waiting >= self.options.max_queue:
             self._rejected += 1

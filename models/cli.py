@@ -71,9 +71,7 @@ def validate_cmd(
     except ModelError as e:
         typer.echo(f"invalid: {type(e).__name__}: {e}", err=True)
         raise typer.Exit(code=1) from e
-    typer.echo(
-        f"ok: {report.descriptor.name} {report.descriptor.version} sha256={report.sha256} size={report.size}"
-    )
+    typer.echo(f"ok: {report.descriptor.name} {report.descriptor.version} sha256={report.sha256} size={report.size}")
     typer.echo(f"opset {report.opset}, inputs {report.inputs}, outputs {report.outputs}")
     if write is not None:
         report.descriptor.save(write)

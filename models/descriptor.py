@@ -196,9 +196,7 @@ class GoldenCheck(_Frozen):
     seed: int = Field(ge=0, lt=2**63, description="Seed of the numpy PCG64 generator of the input pixels.")
     atol: float = Field(default=1e-3, gt=0, description="Absolute tolerance per element.")
     rtol: float = Field(default=1e-3, ge=0, description="Relative tolerance per element.")
-    digest: str = Field(
-        default="", description="sha256 of the outputs quantised at atol; empty until recorded."
-    )
+    digest: str = Field(default="", description="sha256 of the outputs quantised at atol; empty until recorded.")
     reference: dict[str, OutputReference] = Field(
         default_factory=dict, description="Per-output summary and sample; empty until recorded."
     )
@@ -305,11 +303,7 @@ class ModelDescriptor(_Frozen):
         """Write the description as YAML (or JSON when the suffix is .json); returns the path."""
         p = Path(path)
         data = self.to_json()
-        text = (
-            json.dumps(data, indent=2) + "\n"
-            if p.suffix == ".json"
-            else yaml.safe_dump(data, sort_keys=False)
-        )
+        text = json.dumps(data, indent=2) + "\n" if p.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
         p.write_text(text, encoding="utf-8")
         return p
 
@@ -321,9 +315,7 @@ def sidecar_for(onnx_path: str | Path) -> Path:
         candidate = p.with_suffix(suffix)
         if candidate.is_file():
             return candidate
-    raise DescriptorError(
-        f"no description next to {p}: write {p.with_suffix('.yaml').name} (see docs/models.md)"
-    )
+    raise DescriptorError(f"no description next to {p}: write {p.with_suffix('.yaml').name} (see docs/models.md)")
 
 
 def _explain(e: ValidationError) -> str:

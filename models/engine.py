@@ -202,9 +202,7 @@ class Engine:
         self.report: LoadReport | None = None
 
     @classmethod
-    def load(
-        cls, path: str | Path, descriptor: ModelDescriptor, options: EngineOptions | None = None
-    ) -> Engine:
+    def load(cls, path: str | Path, descriptor: ModelDescriptor, options: EngineOptions | None = None) -> Engine:
         """Create the session, warm it up, run the golden check; return a ready engine.
 
         Raises:
@@ -372,9 +370,7 @@ def _spec(arg: Any) -> TensorSpec:
     dtype = _ORT_DTYPES.get(arg.type)
     if dtype is None:
         raise InvalidModelFile(f"graph tensor {arg.name!r} has unsupported type {arg.type}")
-    shape = tuple(
-        d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in arg.shape
-    )
+    shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in arg.shape)
     return TensorSpec(arg.name, shape, dtype)
 
 
@@ -417,9 +413,7 @@ def _create_session(path: Path, opts: EngineOptions) -> tuple[Any, tuple[tuple[s
     for i, wanted in enumerate(chain):
         providers = [_provider_entry(p, opts) for p in chain[i:]]
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=_session_options(opts), providers=providers
-            )
+            session = ort.InferenceSession(str(path), sess_options=_session_options(opts), providers=providers)
         except Exception as e:  # onnxruntime raises untyped errors
             text = str(e)
             if "Load model" in text or "INVALID_PROTOBUF" in text or "INVALID_GRAPH" in text:
@@ -431,6 +425,4 @@ def _create_session(path: Path, opts: EngineOptions) -> tuple[Any, tuple[tuple[s
         if active != wanted:
             fallbacks.append((wanted, f"onnxruntime fell back to {active} (provider failed to initialise)"))
         return session, tuple(fallbacks)
-    raise ProviderUnavailable(
-        f"no requested provider could create a session for {path.name}: {fallbacks}"
-    ) from last
+    raise ProviderUnavailable(f"no requested provider could create a session for {path.name}: {fallbacks}") from last

@@ -111,9 +111,7 @@ def compare(outputs: Mapping[str, npt.NDArray[np.generic]], golden: GoldenCheck)
     for name, ref in golden.reference.items():
         a = np.asarray(outputs[name])
         if tuple(a.shape) != ref.shape:
-            raise GoldenMismatch(
-                f"output {name!r} has shape {tuple(a.shape)}; the golden record has {ref.shape}"
-            )
+            raise GoldenMismatch(f"output {name!r} has shape {tuple(a.shape)}; the golden record has {ref.shape}")
         got = summarise(a)
         pairs = [("mean", got.mean, ref.mean), ("rms", got.rms, ref.rms)]
         pairs += [("min", got.min, ref.min), ("max", got.max, ref.max)]

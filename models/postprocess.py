@@ -64,9 +64,7 @@ class Detections:
     def to_list(self, labels: Sequence[str] = ()) -> list[Detection]:
         """As Detection objects, best score first."""
         out = []
-        for box, score, cls in zip(
-            self.boxes.tolist(), self.scores.tolist(), self.classes.tolist(), strict=True
-        ):
+        for box, score, cls in zip(self.boxes.tolist(), self.scores.tolist(), self.classes.tolist(), strict=True):
             label = labels[cls] if 0 <= cls < len(labels) else None
             out.append(Detection((box[0], box[1], box[2], box[3]), int(cls), label, float(score)))
         return out
@@ -83,9 +81,7 @@ def softmax(x: Array, axis: int = -1) -> FloatArray:
     return np.asarray(e / e.sum(axis=axis, keepdims=True), dtype=np.float32)
 
 
-def top_k(
-    scores: Array, k: int, *, logits: bool = True, labels: Sequence[str] = ()
-) -> list[list[Classification]]:
+def top_k(scores: Array, k: int, *, logits: bool = True, labels: Sequence[str] = ()) -> list[list[Classification]]:
     """Top-k classes per row of a [batch, classes] tensor, best first (ties: lower class id first)."""
     s = np.asarray(scores)
     if s.ndim != 2:
@@ -206,9 +202,7 @@ def _candidates(spec: DetectionOutput, batch: int, outputs: Mapping[str, Array])
     return res
 
 
-def decode_detections(
-    outputs: Mapping[str, Array], spec: DetectionOutput, input_spec: InputSpec
-) -> list[Detections]:
+def decode_detections(outputs: Mapping[str, Array], spec: DetectionOutput, input_spec: InputSpec) -> list[Detections]:
     """Decode raw detector outputs into per-image detections in model-input pixels (xyxy).
 
     Threshold on score, then (unless the graph already ran NMS) per-class or class-agnostic NMS,
@@ -251,9 +245,7 @@ def postprocess(
     if isinstance(spec, ClassificationOutput):
         if spec.output not in outputs:
             raise InvalidInput(f"model output {spec.output!r} is missing; outputs are {sorted(outputs)}")
-        return top_k(
-            outputs[spec.output], spec.top_k, logits=spec.scores == "logits", labels=descriptor.labels
-        )
+        return top_k(outputs[spec.output], spec.top_k, logits=spec.scores == "logits", labels=descriptor.labels)
     decoded = decode_detections(outputs, spec, descriptor.input)
     if len(transforms) != len(decoded):
         raise InvalidInput(f"{len(transforms)} transforms for a batch of {len(decoded)} images")

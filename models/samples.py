@@ -101,9 +101,7 @@ class _Graph:
         self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str
     ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
-        m = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgefleet"
-        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgefleet")
         m.ir_version = IR_VERSION
         return m
 

@@ -156,9 +156,7 @@ def _check_opset(model: Any) -> tuple[int, int]:
             f"re-export with opset <= {supported} or upgrade onnxruntime"
         )
     if model.ir_version > onnx.IR_VERSION:
-        raise UnsupportedOpset(
-            f"model IR version {model.ir_version} is newer than supported ({onnx.IR_VERSION})"
-        )
+        raise UnsupportedOpset(f"model IR version {model.ir_version} is newer than supported ({onnx.IR_VERSION})")
     return opset, int(model.ir_version)
 
 
@@ -193,9 +191,7 @@ def check_signature(
         raise SignatureMismatch(f"graph has no input {spec.name!r}; its inputs are {sorted(inputs)}")
     extra = sorted(set(inputs) - {spec.name})
     if extra:
-        raise SignatureMismatch(
-            f"graph has inputs {extra} besides {spec.name!r}; a vision model takes one image"
-        )
+        raise SignatureMismatch(f"graph has inputs {extra} besides {spec.name!r}; a vision model takes one image")
     dims = inputs[spec.name]
     if len(dims) != 4:
         raise SignatureMismatch(
@@ -204,14 +200,10 @@ def check_signature(
         )
     c, h, w = (dims[1], dims[2], dims[3]) if spec.layout == Layout.NCHW else (dims[3], dims[1], dims[2])
     if isinstance(c, int) and c != 3:
-        raise SignatureMismatch(
-            f"input {spec.name!r} has {c} channels at the {spec.layout.value} channel axis; need 3"
-        )
+        raise SignatureMismatch(f"input {spec.name!r} has {c} channels at the {spec.layout.value} channel axis; need 3")
     for axis, got, want in (("height", h, spec.height), ("width", w, spec.width)):
         if isinstance(got, int) and got != want:
-            raise SignatureMismatch(
-                f"input {spec.name!r} has fixed {axis} {got}; the description says {want}"
-            )
+            raise SignatureMismatch(f"input {spec.name!r} has fixed {axis} {got}; the description says {want}")
         if not isinstance(got, int) and not spec.dynamic_size:
             raise SignatureMismatch(
                 f"input {spec.name!r} has a dynamic {axis}; set input.dynamic_size: true in the description"
@@ -224,9 +216,7 @@ def check_signature(
 
     def need(name: str, rank: int, what: str) -> tuple[Dim, ...]:
         if name not in outputs:
-            raise SignatureMismatch(
-                f"graph has no output {name!r} ({what}); its outputs are {sorted(outputs)}"
-            )
+            raise SignatureMismatch(f"graph has no output {name!r} ({what}); its outputs are {sorted(outputs)}")
         got = outputs[name]
         if len(got) != rank:
             raise SignatureMismatch(f"output {name!r} has {len(got)} dims; {what} needs {rank}")
@@ -258,9 +248,7 @@ def check_signature(
 
 def _count(name: str, dim: Dim, n: int, offset: int, what: str) -> None:
     if isinstance(dim, int) and n and dim != n + offset:
-        raise SignatureMismatch(
-            f"output {name!r} has {dim} at the axis of {what}; the {n} labels imply {n + offset}"
-        )
+        raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; the {n} labels imply {n + offset}")
     if isinstance(dim, int) and dim <= offset:
         raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; too few")
 

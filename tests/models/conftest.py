@@ -31,16 +31,12 @@ def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier(samples_dir: Path) -> Sample:
-    return Sample(
-        samples_dir / "mobilenet-like.onnx", ModelDescriptor.load(samples_dir / "mobilenet-like.yaml")
-    )
+    return Sample(samples_dir / "mobilenet-like.onnx", ModelDescriptor.load(samples_dir / "mobilenet-like.yaml"))
 
 
 @pytest.fixture(scope="session")
 def detector(samples_dir: Path) -> Sample:
-    return Sample(
-        samples_dir / "tiny-detector.onnx", ModelDescriptor.load(samples_dir / "tiny-detector.yaml")
-    )
+    return Sample(samples_dir / "tiny-detector.onnx", ModelDescriptor.load(samples_dir / "tiny-detector.yaml"))
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,7 @@ def _inputs(sample: Sample, n: int, h: int = 64, w: int = 64) -> list[np.ndarray
     return [golden_input(spec, 1000 + i) for i in range(n)]
 
 
-def test_sixteen_concurrent_callers_get_their_own_results(
-    classifier: Sample, classifier_engine: Engine
-) -> None:
+def test_sixteen_concurrent_callers_get_their_own_results(classifier: Sample, classifier_engine: Engine) -> None:
     xs = _inputs(classifier, 16)
     expected = [classifier_engine.infer({"image": x})["logits"] for x in xs]
 
@@ -122,9 +120,7 @@ def test_cancelled_caller_does_not_disturb_others(classifier: Sample, classifier
     results = asyncio.run(main())
     assert isinstance(results[1], asyncio.CancelledError)
     for i in (0, 2, 3, 4, 5):
-        assert np.allclose(
-            results[i]["logits"], classifier_engine.infer({"image": xs[i]})["logits"], atol=1e-4
-        )  # type: ignore[index]
+        assert np.allclose(results[i]["logits"], classifier_engine.infer({"image": xs[i]})["logits"], atol=1e-4)  # type: ignore[index]
 
 
 def test_fixed_batch_model_limits_batches(layout_models: dict[str, Sample]) -> None:

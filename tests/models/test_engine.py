@@ -22,9 +22,7 @@ def test_loaded_engine_reports(classifier_engine: Engine) -> None:
 
 
 def test_provider_fallback_in_order(classifier: Sample) -> None:
-    engine = Engine.load(
-        classifier.path, classifier.descriptor, EngineOptions(providers=("tensorrt", "cuda", "cpu"))
-    )
+    engine = Engine.load(classifier.path, classifier.descriptor, EngineOptions(providers=("tensorrt", "cuda", "cpu")))
     assert engine.active_provider == "CPUExecutionProvider"
     assert engine.report is not None
     skipped = [p for p, _ in engine.report.fallbacks]
@@ -54,9 +52,7 @@ def test_golden_required(classifier: Sample) -> None:
     )
     with pytest.raises(DescriptorError, match="no recorded golden check"):
         Engine.load(classifier.path, d)
-    assert (
-        Engine.load(classifier.path, d, EngineOptions(golden="if_recorded", warmup_runs=0)).report is not None
-    )
+    assert Engine.load(classifier.path, d, EngineOptions(golden="if_recorded", warmup_runs=0)).report is not None
 
 
 @pytest.mark.parametrize(

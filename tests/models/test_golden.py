@@ -65,9 +65,7 @@ def _perturbed(src: Path, dst: Path, scale: float) -> None:
     w = numpy_helper.to_array(init)
     rng = np.random.default_rng(0)
     init.CopyFrom(
-        numpy_helper.from_array(
-            (w + rng.standard_normal(w.shape) * scale * w.std()).astype(w.dtype), init.name
-        )
+        numpy_helper.from_array((w + rng.standard_normal(w.shape) * scale * w.std()).astype(w.dtype), init.name)
     )
     onnx.save(model, dst)
 

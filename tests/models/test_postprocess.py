@@ -67,9 +67,7 @@ def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: i
                 cands.append((s, c, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
         return _ref_nms(cands, spec.iou_threshold, spec.max_detections)  # type: ignore[union-attr]
     if spec.kind == "ssd":
-        for box, logits in zip(
-            outputs["boxes"][item].tolist(), outputs["scores"][item].tolist(), strict=True
-        ):
+        for box, logits in zip(outputs["boxes"][item].tolist(), outputs["scores"][item].tolist(), strict=True):
             m = max(logits)
             exps = [math.exp(v - m) for v in logits]
             probs = [e / sum(exps) for e in exps]

@@ -62,9 +62,7 @@ def test_cli_commands(classifier: Sample, tmp_path: Path) -> None:
     assert ModelDescriptor.load(out) == classifier.descriptor
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"junk")
-    res = runner.invoke(
-        app, ["validate", str(bad), "--descriptor", str(classifier.path.with_suffix(".yaml"))]
-    )
+    res = runner.invoke(app, ["validate", str(bad), "--descriptor", str(classifier.path.with_suffix(".yaml"))])
     assert res.exit_code == 1
     assert "DigestMismatch" in res.output or "InvalidModelFile" in res.output
 

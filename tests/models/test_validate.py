@@ -52,9 +52,7 @@ def test_truncated_onnx(classifier: Sample, tmp_path: Path) -> None:
     assert e.value.permanent
 
 
-@pytest.mark.parametrize(
-    "content", [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"hello, I am a text file\n", b"\xff" * 10]
-)
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"hello, I am a text file\n", b"\xff" * 10])
 def test_non_onnx_file(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "x.onnx"
     p.write_bytes(content)
@@ -118,13 +116,9 @@ def test_dynamic_size_must_be_declared(classifier: Sample) -> None:
 def test_wrong_input_name_and_output_name(classifier: Sample) -> None:
     d = classifier.descriptor
     with pytest.raises(SignatureMismatch, match="no input 'pixels'"):
-        validate(
-            classifier.path, d.model_copy(update={"input": d.input.model_copy(update={"name": "pixels"})})
-        )
+        validate(classifier.path, d.model_copy(update={"input": d.input.model_copy(update={"name": "pixels"})}))
     with pytest.raises(SignatureMismatch, match="no output 'probs'"):
-        validate(
-            classifier.path, d.model_copy(update={"output": d.output.model_copy(update={"output": "probs"})})
-        )
+        validate(classifier.path, d.model_copy(update={"output": d.output.model_copy(update={"output": "probs"})}))
 
 
 def test_dtype_must_match(classifier: Sample) -> None:
@@ -160,9 +154,7 @@ def test_new_tolerances_rerecord_but_old_check_must_pass(classifier: Sample) -> 
     assert report.golden_matched is True
 
 
-def test_nhwc_uint8_model_matches_float_model(
-    classifier: Sample, classifier_engine: Engine, tmp_path: Path
-) -> None:
+def test_nhwc_uint8_model_matches_float_model(classifier: Sample, classifier_engine: Engine, tmp_path: Path) -> None:
     d = classifier_descriptor(raw_nhwc=True, name="raw-nhwc")
     onnx_path, yaml_path = write_model(build_classifier(raw_nhwc=True), d, tmp_path, "raw")
     loaded = ModelDescriptor.load(yaml_path)
