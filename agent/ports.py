@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleet.histogram import Histogram
-from fleet.messages import AppliedModel, ShadowStats
+from fleet.messages import AppliedModel, ClusterWorkload, DesiredState, NodeInfo, RuntimeOptions, ShadowStats
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,12 @@ class ServingWindow:
 class ServingPort(Protocol):
     """Implemented by the serving side; called by the control side."""
 
-    def activate(self, engine: Any, model: AppliedModel, descriptor: Any) -> None:
+    def activate(
+        self, engine: Any, model: AppliedModel, descriptor: Any, runtime: RuntimeOptions | None = None
+    ) -> None:
         """Make `engine` (a loaded, warmed-up, golden-checked models Engine) the active model.
+
+        `runtime` carries the batching and queue limits of the desired state (None: the serving defaults).
 
         Requests in flight finish on the old engine; new requests go to the new one. The old engine is
         closed by the serving side once its last request has finished.
@@ -43,3 +47,20 @@ class ServingPort(Protocol):
 
     def take_window(self) -> ServingWindow:
         """Counters since the last call, then reset them."""
+
+
+class ClusterPort(Protocol):
+    """Implemented by `agent.k3s` (cluster mode); called by the control side from its own thread.
+
+    Every method blocks and returns a result or raises `agent.errors.ClusterError`-like errors carrying a
+    reason; none may take the agent down. Without Kubernetes the agent has no ClusterPort at all.
+    """
+
+    def inventory(self) -> list[NodeInfo]:
+        """The cluster's nodes with allocatable GPU and MIG resources and readiness (for the birth message)."""
+
+    def apply(self, desired: DesiredState) -> ClusterWorkload:
+        """Server-side apply the serving workload for `desired` and wait until ready or our own deadline."""
+
+    def close(self) -> None:
+        """Release the client and its event loop."""

@@ -229,6 +229,20 @@ class ErrorInfo(Part):
     at: Timestamp
 
 
+class ClusterWorkload(Part):
+    """Cluster mode: the inference workload the agent applied on K3s and how far its rollout got."""
+
+    namespace: str = Field(max_length=63, description="Kubernetes namespace of the workload")
+    deployment: str = Field(max_length=253, description="name of the serving Deployment")
+    generation: int = Field(default=0, ge=0, description="metadata.generation of the applied Deployment")
+    observed_generation: int = Field(default=0, ge=0, description="status.observedGeneration")
+    replicas: int = Field(default=0, ge=0, description="desired serving pods")
+    ready_replicas: int = Field(default=0, ge=0, description="pods passing readiness")
+    updated_replicas: int = Field(default=0, ge=0, description="pods on the current template")
+    state: Literal["applying", "progressing", "ready", "failed"] = Field(description="rollout state")
+    message: ShortText | None = Field(default=None, description="why the rollout is failed or still waiting")
+
+
 class ReportedState(Wire):
     """Retained on the reported topic: what the agent runs and what it is doing."""
 
@@ -243,6 +257,7 @@ class ReportedState(Wire):
     shadow: AppliedModel | None = None
     download: DownloadProgress | None = None
     error: ErrorInfo | None = None
+    cluster: ClusterWorkload | None = Field(default=None, description="cluster mode: the serving workload")
 
 
 class GpuSample(Part):
@@ -278,6 +293,8 @@ class TelemetryWindow(Wire):
     gpus: list[GpuSample] = Field(default_factory=list, max_length=64)
     shadow: ShadowStats | None = None
     spool_dropped: int = Field(default=0, ge=0, description="windows dropped because the spool was full")
+    spool_capacity: int | None = Field(default=None, ge=0, description="bound of the agent's on-disk spool")
+    spool_pending: int = Field(default=0, ge=0, description="windows waiting in the spool when this one was made")
 
 
 Range = tuple[int, int]
