@@ -62,3 +62,6 @@ DeviceId = Annotated[str, _validated(check_device_id)]
 
 Sha256 = Annotated[str, _validated(check_sha256)]
 """A lowercase hex sha256 inside pydantic models."""
+
+Prefix = Annotated[str, _validated(check_prefix)]
+"""A topic prefix inside pydantic models."""
