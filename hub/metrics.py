@@ -32,12 +32,8 @@ class HubCollector(Collector):
             rejected.add_metric([kind, reason], n)
         yield rejected
         st = hub.store.ingest_stats()
-        yield CounterMetricFamily(
-            "edgefleet_hub_telemetry_persisted", "windows written", st.telemetry_persisted
-        )
-        yield CounterMetricFamily(
-            "edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates
-        )
+        yield CounterMetricFamily("edgefleet_hub_telemetry_persisted", "windows written", st.telemetry_persisted)
+        yield CounterMetricFamily("edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates)
         yield CounterMetricFamily("edgefleet_hub_store_write_errors", "failed ingest batches", st.write_errors)
         yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.store.queue_depth)
         t = hub.chunks.stats
