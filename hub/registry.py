@@ -69,8 +69,12 @@ class Registry:
                 if p.stat().st_mtime < cutoff:
                     p.unlink()
 
-    def push(self, upload: Path, descriptor: dict[str, Any] | ModelDescriptor, *, actor: str) -> PushResult:
+    def push(
+        self, upload: Path, descriptor: dict[str, Any] | ModelDescriptor, *, actor: str, filename: str | None = None
+    ) -> PushResult:
         """Validate the uploaded file against its description and register it. The upload file is consumed.
+
+        `filename` is the client's name of the file, used in error messages instead of the temporary name.
 
         Raises:
             InvalidModel: the description or the file fails validation (the reason is in the message).
@@ -81,7 +85,7 @@ class Registry:
                 d = descriptor if isinstance(descriptor, ModelDescriptor) else ModelDescriptor.from_json(descriptor)
                 report = validate(upload, d)
             except ModelError as e:
-                raise InvalidModel(str(e)) from e
+                raise InvalidModel(str(e).replace(upload.name, filename or "the upload")) from e
             existing = self.store.get_model_version(d.name, d.version)
             if existing is not None and existing.sha256 == report.sha256:
                 return PushResult(existing, created=False)

@@ -64,7 +64,8 @@ def models_router(hub: Hub) -> APIRouter:
                     descriptor[key] = override
             # the spooled part is copied in 1 MiB blocks: never the whole file in memory
             path = await run_in_threadpool(registry.receive, iter(lambda: file.file.read(_BLOCK), b""), max_bytes=limit)
-        result = await run_in_threadpool(registry.push, path, descriptor, actor=principal.name)
+            filename = (file.filename or "upload.onnx")[:200]
+        result = await run_in_threadpool(registry.push, path, descriptor, actor=principal.name, filename=filename)
         body = model_view(result.version) | {"created": result.created}
         return JSONResponse(body, status_code=201 if result.created else 200)
 
