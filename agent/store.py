@@ -122,17 +122,7 @@ class ModelStore:
         self._remove("active")
 
     def _write(self, name: PointerName, record: StoredModel) -> None:
-        path = self.root / f"{name}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        data = record.model_dump_json(indent=2).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(self.root)
+        atomic_write(self.root / f"{name}.json", record.model_dump_json(indent=2).encode())
 
     def _remove(self, name: PointerName) -> None:
         (self.root / f"{name}.json").unlink(missing_ok=True)
@@ -202,6 +192,21 @@ class ModelStore:
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
         return removed
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content: write, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
