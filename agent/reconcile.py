@@ -122,6 +122,7 @@ class Reconciler:
         self._retry_at: float | None = None
         self._seq = 0
         self._last_progress = 0.0
+        self._progress_due = False
 
     # -- start-up -------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -222,8 +223,9 @@ class Reconciler:
             self.outbox.unwatch_blob(dl.sha256)
             self.download = None
             self._advance()
-        elif new and time.monotonic() - self._last_progress >= self.settings.activation.report_interval_s:
-            self.report()
+        elif new:
+            self._progress_due = True
+            self._report_progress()
 
     def on_command(self, payload: bytes) -> None:
         """A signed command arrived: verify, run, acknowledge."""
@@ -248,6 +250,7 @@ class Reconciler:
         """Periodic work: re-want stalled chunks, retry temporary failures."""
         if self.download is not None:
             self.download.tick()
+            self._report_progress()
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
             self._advance()
@@ -448,7 +451,13 @@ class Reconciler:
             cluster=self.cluster_state,
         )
 
+    def _report_progress(self) -> None:
+        """Report download progress at most every `report_interval_s` (the last step is never lost)."""
+        if self._progress_due and time.monotonic() - self._last_progress >= self.settings.activation.report_interval_s:
+            self.report()
+
     def report(self) -> None:
         """Publish the reported state."""
+        self._progress_due = False
         self._last_progress = time.monotonic()
         self.outbox.report(self.snapshot())

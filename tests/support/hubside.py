@@ -3,7 +3,8 @@
 It speaks exactly the protocol of `fleet` over a real broker: desired states signed with `fleet.signing`
 and published retained (QoS 1); every want answered by publishing the wanted chunks on the blob's topic;
 reported states, births, telemetry and wants recorded for assertions. Faults on demand: corrupt or drop a
-chunk the next time it is served, or stop answering wants. The real hub replaces it in end-to-end tests.
+chunk the next time it is served (`corrupt_once`, `drop_once`), never serve some chunks (`withhold`), or
+stop answering wants (`serving = False`). The real hub replaces it in end-to-end tests.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class HubSide:
         self.served: list[tuple[str, int]] = []
         self.corrupt_once: set[int] = set()
         self.drop_once: set[int] = set()
+        self.withhold: set[int] = set()
         self.serving = True
         self.bad_messages = 0
         self._lock = threading.Lock()
@@ -148,6 +150,8 @@ class HubSide:
             for index in want.indexes(manifest.count):
                 data = bytearray(read_chunk(f, manifest, index))
                 with self._lock:
+                    if index in self.withhold:
+                        continue
                     if index in self.drop_once:
                         self.drop_once.discard(index)
                         continue
