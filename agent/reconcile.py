@@ -126,7 +126,7 @@ class Reconciler:
 
     # -- start-up -------------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Serve the stored active model (or, if it fails to load, the previous one) and resume work."""
+        """Serve the stored active model (or, if it fails to load, the previous one); `resume` continues."""
         self.state = self._load_state()
         record = None
         try:
@@ -148,8 +148,11 @@ class Reconciler:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
             except ValidationError:
                 self.desired = None
-        self._advance()
         self.report()
+
+    def resume(self) -> None:
+        """Continue the work of the accepted desired state (after `restore`, once the link is up)."""
+        self._advance()
 
     def _safe_previous(self) -> StoredModel | None:
         try:

@@ -74,6 +74,7 @@ class Agent:
         self._stop = threading.Event()
         self._control: threading.Thread | None = None
         self._birth: bytes = b""
+        self._resumed = False
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
         self._offline = encode(offline)
         self.link = MqttLink(
@@ -169,6 +170,7 @@ class Agent:
     def _run_control(self) -> None:
         r = self.reconciler
         next_tick = time.monotonic() + TICK_S
+        resume_by = time.monotonic() + self.settings.link.connect_timeout_s
         while not self._stop.is_set():
             try:
                 event = self._events.get(timeout=max(0.0, next_tick - time.monotonic()))
@@ -177,6 +179,8 @@ class Agent:
             try:
                 if event is not None:
                     self._dispatch(event)
+                if not self._resumed and time.monotonic() >= resume_by:
+                    self._resume()  # offline for long: carry on without the broker
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     r.tick()
@@ -195,6 +199,13 @@ class Agent:
         elif kind == "connected":
             r.on_connected()
             self.ready.set()
+            if not self._resumed:
+                self._resume()
+
+    def _resume(self) -> None:
+        """Resume the accepted desired state once: after the first connect reported the restored model."""
+        self._resumed = True
+        self.reconciler.resume()
 
     # -- network thread -----------------------------------------------------------------------------------
     def _on_connect(self) -> None:
