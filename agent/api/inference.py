@@ -70,11 +70,11 @@ class Inference:
         self.metrics = metrics
         self.pool = pool
 
-    def _done(self, served: Served | None, endpoint: str, response: Response, t0: float) -> Response:
+    def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
         seconds = time.perf_counter() - t0
         code = response.status_code
         if served is not None:
-            self.slot.release(served)
+            self.slot.release(served, submitted)
             self.metrics.observe(served.model.name, served.model.version, endpoint, code, seconds)
         else:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
@@ -82,6 +82,7 @@ class Inference:
         return response
 
     async def _run(self, served: Served, feed: dict[str, Any]) -> dict[str, Any]:
+        """Run through the batcher; the caller has already called `slot.submitted(served)`."""
         batcher = served.batcher
         if batcher is None:
             raise NotReady("the model is being unloaded; retry")
@@ -95,10 +96,13 @@ class Inference:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data)."""
         t0 = time.perf_counter()
         served = None
+        submitted = False
         try:
             served = self.slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
             req = parse_infer(body, request.headers.get(HEADER))
+            submitted = True
+            self.slot.submitted(served)
             outputs = await self._run(served, req.inputs)
             content, head = encode_infer(served.model.name, served.model.version, req, outputs, served.output_names)
             if head is None:
@@ -111,12 +115,13 @@ class Inference:
                 )
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
-        return self._done(served, "infer", response, t0)
+        return self._done(served, "infer", response, t0, submitted)
 
     async def predict(self, request: Request, name: str, k: int | None, threshold: float | None) -> Response:
         """POST /v1/models/{name}:predict with an image (multipart or raw body)."""
         t0 = time.perf_counter()
         served = None
+        submitted = False
         try:
             served = self.slot.acquire(name)
             body = await read_body(request, self.settings.max_body_bytes)
@@ -129,13 +134,15 @@ class Inference:
                 self.pool,
                 functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels),
             )
+            submitted = True
+            self.slot.submitted(served)
             outputs = await self._run(served, {d.input.name: tensor})
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
-        return self._done(served, "predict", response, t0)
+        return self._done(served, "predict", response, t0, submitted)
 
 
 async def _multipart_image(headers: Headers, body: bytes) -> bytes:

@@ -43,6 +43,7 @@ class Served:
     options: BatcherOptions
     batcher: Batcher | None = None
     inflight: int = 0
+    pending: int = 0  # acquired, not yet handed to the batcher (being read, parsed, preprocessed)
     retired: bool = False
     output_names: tuple[str, ...] = field(default=())
 
@@ -158,6 +159,7 @@ class ModelSlot:
         if s.inflight >= self.max_concurrency:
             raise Overloaded(f"{s.inflight} requests are in progress for {name!r}; retry later")
         s.inflight += 1
+        s.pending += 1
         return s
 
     def lookup(self, name: str, version: str | None = None) -> Served:
@@ -169,8 +171,15 @@ class ModelSlot:
             raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
         return s
 
-    def release(self, s: Served) -> None:
-        """The request that acquired `s` has finished."""
+    @staticmethod
+    def submitted(s: Served) -> None:
+        """The request that acquired `s` hands its inputs to the batcher now (see `release`)."""
+        s.pending -= 1
+
+    def release(self, s: Served, submitted: bool = True) -> None:
+        """The request that acquired `s` has finished (`submitted`: it called `submitted` before)."""
+        if not submitted:
+            s.pending -= 1
         s.inflight -= 1
         if s.retired and s.inflight == 0:
             self._spawn(self._close(s))
@@ -250,7 +259,7 @@ class ModelSlot:
         with self._lock:
             attached = self._loop is not None
         if attached:
-            s.batcher = Batcher(s.engine, s.options)
+            s.batcher = Batcher(s.engine, s.options, more_coming=lambda: s.pending > 0)
             await s.batcher.start()
 
     async def _install(self, new: Served | None) -> None:
