@@ -68,7 +68,16 @@ def make_client(settings: ClusterSettings) -> AsyncClient:
 
 
 def translate(error: BaseException, what: str) -> ApiCallError:
-    """Our error for a failed call `what` (e.g. "patch deployments.apps edgefleet/inference")."""
+    """Our error for a failed call `what` (e.g. "patch deployments.apps edgefleet/inference"). Never raises."""
+    try:
+        return _translate(error, what)
+    except Exception as e:  # a malformed Status must not take a loop down
+        return ApiCallError(
+            f"{what}: {type(error).__name__} ({type(e).__name__} reading it)", code="bad_response", permanent=False
+        )
+
+
+def _translate(error: BaseException, what: str) -> ApiCallError:
     if isinstance(error, ApiCallError):
         return error
     if isinstance(error, ApiError):
@@ -77,11 +86,19 @@ def translate(error: BaseException, what: str) -> ApiCallError:
         return _from_status(status, f"{what}: {reason}")
     if isinstance(error, httpx2.HTTPStatusError):
         status = error.response.status_code
-        return _from_status(status, f"{what}: HTTP {status} {error.response.text[:200]!r}")
+        return _from_status(status, f"{what}: HTTP {status} {_body(error.response)}")
     if isinstance(error, httpx2.TransportError):
         kind = type(error).__name__
         return ApiCallError(f"{what}: API server unreachable ({kind}: {error})", code="unreachable", permanent=False)
     return ApiCallError(f"{what}: {type(error).__name__}: {error}", code="bad_response", permanent=False)
+
+
+def _body(response: httpx2.Response) -> str:
+    """The start of an error body, or a note when it was streamed and not read (a watch)."""
+    try:
+        return repr(response.text[:200])
+    except httpx2.ResponseNotRead:
+        return f"({response.headers.get('content-type', 'no content type')} body not read)"
 
 
 def _from_status(status: int, message: str) -> ApiCallError:

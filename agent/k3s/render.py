@@ -214,7 +214,7 @@ def _pod_template(
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": "models", "mountPath": settings.store_path, "readOnly": True},
+            {"name": "models", "mountPath": settings.store_path, "subPath": settings.models_sub_path, "readOnly": True},
             {"name": "active", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -226,7 +226,13 @@ def _pod_template(
     )
     pod: dict[str, Any] = {
         "containers": [container],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "automountServiceAccountToken": False,
         "volumes": [
             models,

@@ -95,6 +95,12 @@ class ClusterSettings(BaseModel):
         pattern=r"^/",
         description="use this host directory as the model store instead of the claim (single-node clusters)",
     )
+    models_sub_path: str = Field(
+        default="store",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        max_length=255,
+        description="the model store inside the volume (the agent keeps it at <data dir>/store); '' for the root",
+    )
     store_path: str = Field(
         default="/models", pattern=r"^/", max_length=1024, description="mount path of the model store in serving pods"
     )

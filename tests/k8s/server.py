@@ -175,6 +175,9 @@ class ApiServer:
         }
         return self.store.put(BY_PATH[("", "v1", "nodes")], node)
 
+    def store_kind(self, plural: str) -> Kind:
+        return next(k for k in BY_PATH.values() if k.plural == plural)
+
     def get(self, group: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.store.get((group, plural, namespace, name))
 
