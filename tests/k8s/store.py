@@ -60,7 +60,7 @@ class Event:
 
 def _leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
     """Flatten a document into leaf paths; lists are atomic (as SSA treats lists without merge keys)."""
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict):  # an empty map owns nothing (and must not overwrite what is there)
         out: dict[Path, Any] = {}
         for k, v in value.items():
             out.update(_leaves(v, (*prefix, k)))
