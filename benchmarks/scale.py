@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,11 +126,17 @@ class Result:
         return self.rollout_s / self.raw_s if self.raw_s else float("nan")
 
 
-def _wait(predicate: object, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
+def _wait(
+    predicate: Callable[[], object], timeout: float, what: str, progress: Callable[[], str] | None = None
+) -> float:
+    start = last = time.monotonic()
+    while not predicate():
+        now = time.monotonic()
+        if now - start > timeout:
             raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+        if progress is not None and now - last >= 5:
+            last = now
+            print(f"  {what}: {now - start:.0f}s {progress()}", file=sys.stderr, flush=True)
         time.sleep(0.05)
     return time.monotonic() - start
 
@@ -141,7 +148,7 @@ def _python_cmd(module_call: str) -> list[str]:
 def run_one(n: int, blob_mib: int, telemetry_s: float, steady_s: float, threads: int, work: Path) -> Result:
     broker = Broker(find_mosquitto() or "mosquitto", work / f"mq-{n}", free_port(), max_packet_size=16 << 20)
     broker.start()
-    hub = MiniHub(broker.host, broker.port, "fleet/v1", batch_s=0.5, resend_s=15.0)
+    hub = MiniHub(broker.host, broker.port, "fleet/v1", batch_s=0.2, resend_s=1.0)
     me = psutil.Process()
     sim: subprocess.Popen[bytes] | None = None
     raw: subprocess.Popen[bytes] | None = None
@@ -194,7 +201,7 @@ def run_one(n: int, blob_mib: int, telemetry_s: float, steady_s: float, threads:
         _wait(lambda: drain() or len(ready) >= n, 120 + n / 10, "raw receivers subscribed")
         t_raw = time.monotonic()
         hub.fan_out(manifest.sha256)
-        _wait(lambda: drain() or len(done) >= n, 600, "raw fan-out complete")
+        _wait(lambda: drain() or len(done) >= n, 600, "raw fan-out complete", lambda: f"{len(done)} done")
         raw_s = time.monotonic() - t_raw
         listener.close()
         raw.send_signal(signal.SIGTERM)
@@ -212,7 +219,13 @@ def run_one(n: int, blob_mib: int, telemetry_s: float, steady_s: float, threads:
             with hub._lock:
                 return sum(1 for r in hub.reported.values() if r.active is not None) >= n
 
-        _wait(all_active, max(600, 20 * raw_s), "rollout to every agent")
+        def roll_progress() -> str:
+            with hub._lock:
+                phases = [r.phase.value for r in hub.reported.values()]
+            counts = {p: phases.count(p) for p in set(phases)}
+            return f"{counts} wants={hub.wants} chunks={hub.chunks_sent - sent_before}"
+
+        _wait(all_active, max(600, 20 * raw_s), "rollout to every agent", roll_progress)
         rollout_s = time.monotonic() - t_roll
         hub_rss = me.memory_info().rss / 2**20
         sim_rss = psutil.Process(sim.pid).memory_info().rss / 2**20
@@ -262,6 +275,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     BrokerAddress.parse("mqtt://127.0.0.1:1883")  # the simulator's config imports cleanly
     results = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp:

@@ -288,6 +288,11 @@ class SimAgent:
             return actions
         if self.slow:
             actions.append(PauseReading(self.config.faults.slow_chunk_s))
+        end_of_pass = download.last_index == download.manifest.count - 1 and not download.complete
+        if end_of_pass:
+            # the hub's pass over the blob ended and we still miss chunks (we joined late): ask at once
+            self._last_progress = now
+            actions.append(self._want(download))
         if result is Accepted.DUPLICATE:
             self.stats.duplicate_chunks += 1
             return actions

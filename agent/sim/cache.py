@@ -82,6 +82,7 @@ class Download:
         self._bits = bytearray((self.manifest.count + 7) // 8)
         self._have = 0
         self._generation = entry.generation
+        self.last_index = -1
 
     @property
     def sha256(self) -> str:
@@ -126,6 +127,7 @@ class Download:
         if self._generation != self._entry.generation:
             self.reset()
             self._generation = self._entry.generation
+        self.last_index = frame.index
         if self.has(frame.index):
             return Accepted.DUPLICATE
         entry = self._entry

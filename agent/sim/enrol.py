@@ -90,7 +90,7 @@ def enrol_via_hub(
 ) -> list[AgentIdentity]:
     """Enrol `count` devices through the hub's REST API and return their identities.
 
-    Each device is added with `POST {api_url}/api/v1/devices` (bearer `token`, operator role), whose answer
+    Each device is added with `POST {api_url}/api/v1/devices` (bearer `token`, admin role), whose answer
     is the device's bootstrap bundle. With `bundle_dir`, bundles are also saved there (mode 0600), so a
     later run can use `--bundles` without enrolling again.
 
@@ -102,7 +102,7 @@ def enrol_via_hub(
     with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s) as http:
         for device_id in device_ids(id_prefix, count):
             try:
-                response = http.post(DEVICES_PATH, json={"device_id": device_id, "labels": labels or {}})
+                response = http.post(DEVICES_PATH, json={"id": device_id, "labels": labels or {}})
             except httpx.HTTPError as e:
                 raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {device_id}: {e}") from e
             if response.status_code >= 400:

@@ -258,3 +258,16 @@ def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path
     corrupt[-1] ^= 1
     assert late.on_message(hub.topics.chunk(hub.manifest.sha256), bytes(corrupt), time.time()) == []
     assert late.stats.refused_chunks == 1  # a complete cache does not spare a late agent its checks
+
+
+def test_a_late_joiner_wants_the_missed_chunks_when_the_pass_ends(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    agent.on_connect(time.time())
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    topic = hub.topics.chunk(hub.manifest.sha256)
+    frames = hub.frames()
+    assert agent.on_message(topic, frames[2], time.time()) == []
+    actions = agent.on_message(topic, frames[-1], time.time())
+    wants = [decode(a.payload, Want) for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
+    assert wants[0].missing == [(0, 2)]
