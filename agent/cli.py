@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -133,7 +135,7 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
 ) -> None:
     """Serve the inference API only, following the store's active model (cluster mode's serving pods)."""
     _setup_logging(log_level, json_logs)
-    from agent.api import ApiSettings, ModelSlot, serve  # noqa: PLC0415
+    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
     from agent.follower import StoreFollower  # noqa: PLC0415
     from agent.store import ModelStore  # noqa: PLC0415
 
@@ -147,12 +149,23 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     slot = ModelSlot()
-    follower = StoreFollower(ModelStore(store), slot, poll_s=poll_s)
-    follower.start()
+    server = ApiServer(settings, slot)
     try:
-        serve(settings, slot)
+        server.start()
+    except (OSError, RuntimeError) as e:
+        typer.echo(f"error: cannot serve on {settings.host}:{settings.port}: {e}", err=True)
+        raise typer.Exit(2) from e
+    follower = StoreFollower(ModelStore(store), slot, poll_s=poll_s)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        follower.start()
+        logging.getLogger(__name__).info("inference API on %s, following %s", server.url, store)
+        stop.wait()
     finally:
         follower.stop()
+        server.stop()
 
 
 class _JsonFormatter(logging.Formatter):
