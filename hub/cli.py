@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,9 @@ def hub_serve(
         overrides["api"] = api
     hub = Hub(_settings(data_dir, **overrides))
     _run(hub.start)
+    # uvicorn hands SIGTERM back to the previous handler once it has stopped: make that a clean exit,
+    # so the `finally` below stops the hub and its local broker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server = ApiServer(hub)
         err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
