@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from hub.cli import MODEL_COMMANDS, deploy, device_app, hub_app
 from models.cli import app as models_app
 
 app = typer.Typer(
@@ -18,7 +19,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+for _name, _fn in MODEL_COMMANDS:  # the registry half of `edgefleet model`: push, list, show
+    models_app.command(_name)(_fn)
 app.add_typer(models_app, name="model", help="Build, validate and publish ONNX vision models.")
+app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
+app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")
+app.command("deploy")(deploy)
 
 
 @app.command("version")

@@ -1,0 +1,80 @@
+"""Loading a stored blob into a new, warmed-up, golden-checked engine (nothing is swapped here)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ActivationError
+from fleet.messages import RuntimeOptions
+from models.descriptor import ModelDescriptor
+from models.engine import Engine, EngineOptions
+from models.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A ready engine and the description it was checked against."""
+
+    engine: Engine
+    descriptor: ModelDescriptor
+
+    @property
+    def provider(self) -> str:
+        return self.engine.active_provider
+
+
+def error_code(e: BaseException) -> str:
+    """A stable snake_case code from an exception class name: GoldenMismatch -> golden_mismatch."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()[:64]
+
+
+def engine_options(runtime: RuntimeOptions, warmup_runs: int) -> EngineOptions:
+    """Engine options for a desired state's runtime options (golden check always required)."""
+    return EngineOptions(
+        providers=tuple(runtime.providers),
+        intra_op_threads=runtime.intra_op_threads or 0,
+        warmup_runs=warmup_runs,
+        golden="require",
+    )
+
+
+def load(
+    path: Path,
+    sha256: str,
+    *,
+    name: str,
+    version: str,
+    descriptor: dict[str, Any],
+    runtime: RuntimeOptions,
+    warmup_runs: int = 2,
+) -> Loaded:
+    """Load the verified blob at `path` as model `name` `version`: engine, warm-up and golden check.
+
+    Raises:
+        ActivationError: with a code naming the failed step (bad_descriptor, descriptor_mismatch,
+            golden_mismatch, provider_unavailable, invalid_model_file, ...) and the reason.
+    """
+    try:
+        desc = ModelDescriptor.from_json(descriptor)
+    except ModelError as e:
+        raise ActivationError(f"{name} {version}: {e}", code="bad_descriptor") from e
+    if desc.name != name or desc.version != version:
+        raise ActivationError(
+            f"the description is for {desc.name} {desc.version}, the desired state names {name} {version}",
+            code="descriptor_mismatch",
+        )
+    if desc.sha256 is not None and desc.sha256 != sha256:
+        raise ActivationError(
+            f"{name} {version}: the description records sha256 {desc.sha256[:12]}, the blob is {sha256[:12]}",
+            code="descriptor_mismatch",
+        )
+    try:
+        engine = Engine.load(path, desc, engine_options(runtime, warmup_runs))
+    except ModelError as e:
+        raise ActivationError(f"{name} {version}: {e}", code=error_code(e)) from e
+    except Exception as e:  # onnxruntime or numpy failing in an unforeseen way must not kill the agent
+        raise ActivationError(f"{name} {version}: unexpected load failure: {e}", code="load_failed") from e
+    return Loaded(engine, desc)

@@ -1,0 +1,161 @@
+"""One blob transfer over the want/chunk protocol: free-space check, verified chunks, resume, re-want.
+
+The transfer keeps its state in the store's `partial/` directory through `fleet.chunks.ChunkReceiver`, so
+it resumes after a broker restart (the agent wants what is still missing when the link is back) and after
+an agent restart (chunks whose bits were persisted are not wanted again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from agent.errors import DownloadError, InsufficientDisk
+from agent.hooks import pause_point
+from agent.settings import DownloadSettings
+from agent.store import ModelStore
+from fleet.chunks import Accepted, ChunkReceiver, decode_frame
+from fleet.errors import BlobDigestMismatch, ChunkError, MessageError
+from fleet.messages import BlobManifest, DownloadProgress, Range, Want
+
+log = logging.getLogger(__name__)
+
+SendWant = Callable[[Want], bool]
+
+
+class Download:
+    """Fetches one blob into the store.
+
+    Args:
+        store: the model store (its `partial/` holds the work files, `blobs/` receives the blob).
+        manifest: the signed manifest of the blob.
+        device_id: this device (named in wants).
+        settings: re-want delay and persistence cadence.
+        send_want: publishes a want; returns False when the link is down (the want is sent on reconnect).
+        min_free_bytes: free space to leave on the store's filesystem after the blob.
+
+    Raises:
+        InsufficientDisk: not enough free space for the rest of the blob.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        manifest: BlobManifest,
+        device_id: str,
+        settings: DownloadSettings,
+        send_want: SendWant,
+        *,
+        min_free_bytes: int = 0,
+    ) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.device_id = device_id
+        self.settings = settings
+        self._send_want = send_want
+        self.receiver = ChunkReceiver(
+            manifest, store.partial, sync_every=settings.sync_every, sync_interval_s=settings.sync_interval_s
+        )
+        needed = manifest.size - self.receiver.bytes_done + min_free_bytes
+        free = store.free_bytes()
+        if free < needed:
+            self.receiver.close()
+            raise InsufficientDisk(
+                f"blob {manifest.sha256[:12]} needs {needed} more bytes (incl. {min_free_bytes} reserve), "
+                f"{free} free under {store.root}"
+            )
+        self.resumed_chunks = self.receiver.have_count
+        self.refused = 0
+        self.duplicates = 0
+        self.wants_sent = 0
+        self._last_chunk = time.monotonic()
+        self._last_want = 0.0
+        self._paused_once = False
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def complete(self) -> bool:
+        return self.receiver.complete
+
+    def progress(self) -> DownloadProgress:
+        """Chunks and bytes verified so far."""
+        r = self.receiver
+        return DownloadProgress(
+            sha256=self.sha256,
+            have_chunks=r.have_count,
+            total_chunks=self.manifest.count,
+            bytes_done=r.bytes_done,
+            bytes_total=self.manifest.size,
+        )
+
+    def want(self, ranges: list[Range] | None = None) -> bool:
+        """Send a want for `ranges` (default: everything still missing). Returns whether it was sent."""
+        missing = ranges if ranges is not None else self.receiver.missing_ranges()
+        if not missing:
+            return True
+        want = Want(device_id=self.device_id, sha256=self.sha256, missing=missing[: self.settings.max_want_ranges])
+        self._last_want = time.monotonic()
+        sent = self._send_want(want)
+        self.wants_sent += int(sent)
+        return sent
+
+    def on_chunk(self, payload: bytes) -> bool:
+        """Verify and write one chunk frame; returns True when this chunk was new.
+
+        A refused chunk (truncated, foreign, not matching its signed digest) is counted and its index
+        wanted again at once when the frame names one.
+        """
+        try:
+            frame = decode_frame(payload, max_chunk=self.manifest.chunk_size)
+        except MessageError as e:
+            self.refused += 1
+            log.warning("refused chunk frame for %s: %s", self.sha256[:12], e)
+            return False
+        try:
+            result = self.receiver.accept(frame)
+        except ChunkError as e:
+            self.refused += 1
+            log.warning("refused chunk %s of %s: %s", frame.index, self.sha256[:12], e)
+            if frame.sha256 == self.sha256 and 0 <= frame.index < self.manifest.count:
+                self.want([(frame.index, frame.index + 1)])
+            return False
+        self._last_chunk = time.monotonic()
+        if result is Accepted.DUPLICATE:
+            self.duplicates += 1
+            return False
+        if not self._paused_once and self.receiver.have_count * 2 >= self.manifest.count and not self.complete:
+            self._paused_once = True
+            self.receiver.flush()
+            pause_point("download")
+        return True
+
+    def tick(self) -> None:
+        """Want the missing chunks again when nothing arrived for `rewant_after_s` (lost with the broker)."""
+        now = time.monotonic()
+        idle = now - max(self._last_chunk, self._last_want)
+        if not self.complete and idle >= self.settings.rewant_after_s:
+            self.want()
+
+    def finish(self) -> None:
+        """Verify the whole blob and move it into the store.
+
+        Raises:
+            DownloadError: the reassembled blob does not hash to its digest (every chunk is wanted again).
+        """
+        try:
+            self.receiver.finish(self.store.blob_path(self.sha256))
+        except BlobDigestMismatch as e:
+            self.want()
+            raise DownloadError(str(e), code="blob_digest_mismatch") from e
+
+    def close(self) -> None:
+        """Persist progress and release files (the transfer can resume later)."""
+        self.receiver.close()
+
+    def cancel(self) -> None:
+        """Drop the transfer and its work files (a newer desired state made it stale)."""
+        self.receiver.discard()

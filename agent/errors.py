@@ -1,0 +1,83 @@
+"""Typed errors of the agent. Each carries a stable `code` (reported to the hub) and whether a retry can help.
+
+Permanent errors (a bad signature, a corrupt model) are reported and the agent waits for a new desired
+state; temporary ones (no disk space yet, the broker gone) are retried by the agent itself.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error raised by the agent package."""
+
+    code: str = "agent_error"
+    permanent: bool = True
+
+    def __init__(self, message: str, *, code: str | None = None, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if permanent is not None:
+            self.permanent = permanent
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SettingsError(AgentError, ValueError):
+    """A setting (environment variable or option) has a bad value; the message names it."""
+
+    code = "bad_settings"
+
+
+class BundleError(AgentError, ValueError):
+    """The bootstrap bundle cannot be read or is not a valid device bundle."""
+
+    code = "bad_bundle"
+
+
+class DesiredRefused(AgentError):
+    """A desired state was refused (signature, expiry, version, subject or schema); the old model keeps serving."""
+
+    code = "desired_refused"
+
+
+class InsufficientDisk(AgentError):
+    """Not enough free disk space for a blob; retried when space may have been freed."""
+
+    code = "insufficient_disk"
+    permanent = False
+
+
+class DownloadError(AgentError):
+    """A blob could not be fetched or verified."""
+
+    code = "download_failed"
+    permanent = False
+
+
+class StoreError(AgentError):
+    """The model store on disk is unreadable or a pointer names a missing blob."""
+
+    code = "store_error"
+
+
+class ActivationError(AgentError):
+    """A model could not be loaded, warmed up or golden-checked; the previous model keeps serving."""
+
+    code = "activation_failed"
+
+
+class SpoolError(AgentError):
+    """The telemetry spool database cannot be opened or written."""
+
+    code = "spool_error"
+    permanent = False
+
+
+class ClusterError(AgentError):
+    """Cluster mode (agent.k3s) failed to inventory or apply; `permanent` says whether it retries."""
+
+    code = "cluster_error"
+    permanent = False

@@ -1,0 +1,250 @@
+"""The agent process: MQTT link, reconciler, telemetry and serving wired together.
+
+Threads: the MQTT network thread (paho; it only parses topics and queues work), one control thread (the
+reconciler: verification, downloads, activation, reports) and one telemetry thread (windows and spool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+from agent.errors import AgentError, BundleError
+from agent.hardware import capabilities
+from agent.mqtt import BrokerAddress, MqttLink
+from agent.ports import ClusterPort, ServingPort
+from agent.reconcile import Reconciler
+from agent.settings import AgentSettings
+from agent.spool import Spool
+from agent.store import ModelStore
+from agent.telemetry import Telemetry
+from fleet.bundle import DeviceBundle
+from fleet.codec import encode
+from fleet.errors import FleetError, InvalidTopic
+from fleet.messages import AppliedModel, CommandAck, DeviceStatus, NodeInfo, ReportedState, Want
+from fleet.signing import HubPublicKey, Verifier
+from fleet.topics import TopicKind, Topics
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+
+
+class Agent:
+    """One device's agent.
+
+    Args:
+        bundle: the bootstrap bundle (device id, broker account, pinned hub key, topic prefix).
+        settings: agent settings (data directory, intervals, bounds).
+        serving: the serving side (`agent.headless.HeadlessServing`, or the HTTP API's model slot).
+        cluster: cluster mode's K3s adapter (None: single-device mode).
+
+    Raises:
+        BundleError: the bundle's broker URL or hub key is unusable.
+        SpoolError: the telemetry spool cannot be opened.
+    """
+
+    def __init__(
+        self, bundle: DeviceBundle, settings: AgentSettings, serving: ServingPort, cluster: ClusterPort | None = None
+    ) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.serving = serving
+        self.cluster = cluster
+        self.device_id = bundle.device_id
+        self.topics = Topics(bundle.topic_prefix)
+        self.session = uuid.uuid4().hex[:16]
+        try:
+            key = HubPublicKey.from_text(bundle.hub_public_key)
+            address = BrokerAddress.parse(bundle.broker_url)
+        except (FleetError, AgentError) as e:
+            raise BundleError(f"bundle for {bundle.device_id}: {e}") from e
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ModelStore(settings.data_dir / "store", create=True)
+        self.spool = Spool(settings.data_dir / "telemetry.sqlite", settings.telemetry.spool_max_windows)
+        self.ready = threading.Event()
+        self.malformed = 0
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stop = threading.Event()
+        self._control: threading.Thread | None = None
+        self._birth: bytes = b""
+        self._resumed = False
+        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
+        self._offline = encode(offline)
+        self.link = MqttLink(
+            address,
+            MqttLink.client_id_for(self.device_id, bundle.topic_prefix),
+            username=bundle.mqtt_username,
+            password=bundle.mqtt_password,
+            will=(self.topics.status(self.device_id), self._offline),
+            settings=settings.link,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            ca_pem=bundle.ca_cert_pem,
+        )
+        self.reconciler = Reconciler(
+            device_id=self.device_id,
+            store=self.store,
+            serving=serving,
+            verifier=Verifier(key, self.device_id),
+            settings=settings,
+            outbox=self,
+            state_path=settings.data_dir / "state.json",
+            cluster=cluster,
+        )
+        self.telemetry = Telemetry(
+            self.device_id,
+            serving,
+            self.spool,
+            settings.telemetry,
+            publish=lambda payload: self.link.publish(self.topics.telemetry(self.device_id), payload, wait=True),
+            connected=lambda: self.link.connected,
+            active=self._active_model,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve the stored model, then connect, subscribe and start the control and telemetry threads."""
+        self.reconciler.restore()
+        self._birth = encode(self._make_birth())
+        self.link.subscribe(self.topics.desired(self.device_id), 1)
+        self.link.subscribe(self.topics.cmd(self.device_id), 1)
+        self._control = threading.Thread(target=self._run_control, name="agent-control", daemon=True)
+        self._control.start()
+        self.link.start()
+        self.telemetry.start()
+
+    def stop(self) -> None:
+        """Stop threads, persist download progress, publish `offline` and disconnect."""
+        self.telemetry.stop()
+        self._stop.set()
+        if self._control is not None:
+            self._control.join(timeout=30)
+        self.reconciler.close()
+        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
+        self.link.stop(final=(self.topics.status(self.device_id), encode(offline)))
+        self.spool.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+    def run_forever(self) -> None:
+        """Start, block until SIGINT or SIGTERM, then stop (the CLI's `agent run`)."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        try:
+            while not done.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the stored model (if any) serves and the link is up."""
+        return self.ready.wait(timeout)
+
+    def _active_model(self) -> AppliedModel | None:
+        return self.reconciler.active
+
+    def _make_birth(self) -> DeviceStatus:
+        nodes: list[NodeInfo] = []
+        if self.cluster is not None:
+            try:
+                nodes = self.cluster.inventory()
+            except Exception as e:  # the birth goes out without nodes; the error is logged
+                log.warning("cluster inventory failed: %s", e)
+        caps = capabilities(self.store.root, mode="k3s" if self.cluster else "single", nodes=nodes)
+        return DeviceStatus(
+            device_id=self.device_id, state="online", ts=time.time(), session=self.session,
+            labels=dict(self.bundle.labels), capabilities=caps,
+        )  # fmt: skip
+
+    # -- control thread ---------------------------------------------------------------------------------
+    def _run_control(self) -> None:
+        r = self.reconciler
+        next_tick = time.monotonic() + TICK_S
+        resume_by = time.monotonic() + self.settings.link.connect_timeout_s
+        while not self._stop.is_set():
+            try:
+                event = self._events.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    self._dispatch(event)
+                if not self._resumed and time.monotonic() >= resume_by:
+                    self._resume()  # offline for long: carry on without the broker
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    r.tick()
+            except Exception:  # the control loop never dies; the error is logged and the next event runs
+                log.exception("control loop error on %s", event[0] if event else "tick")
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        r = self.reconciler
+        if kind == "chunk":
+            r.on_chunk(event[1], event[2])
+        elif kind == "desired":
+            r.on_desired(event[1])
+        elif kind == "cmd":
+            r.on_command(event[1])
+        elif kind == "connected":
+            r.on_connected()
+            self.ready.set()
+            if not self._resumed:
+                self._resume()
+
+    def _resume(self) -> None:
+        """Resume the accepted desired state once: after the first connect reported the restored model."""
+        self._resumed = True
+        self.reconciler.resume()
+
+    # -- network thread -----------------------------------------------------------------------------------
+    def _on_connect(self) -> None:
+        self.link.publish(self.topics.status(self.device_id), self._birth, retain=True)
+        self._events.put(("connected",))
+        self.telemetry.kick()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            parsed = self.topics.parse(topic)
+        except InvalidTopic:
+            self.malformed += 1
+            return
+        if parsed.kind is TopicKind.CHUNK:
+            self._events.put(("chunk", parsed.sha256, payload))
+        elif parsed.kind is TopicKind.DESIRED and parsed.device_id == self.device_id:
+            self._events.put(("desired", payload))
+        elif parsed.kind is TopicKind.CMD and parsed.device_id == self.device_id:
+            self._events.put(("cmd", payload))
+        else:
+            self.malformed += 1
+
+    # -- Outbox (called on the control thread) ------------------------------------------------------------
+    def report(self, state: ReportedState) -> None:
+        """Publish the reported state, retained (dropped while offline: the next connect reports again)."""
+        self.link.publish(self.topics.reported(self.device_id), encode(state), retain=True)
+
+    def want(self, want: Want) -> bool:
+        """Publish a want for missing chunks."""
+        return self.link.publish(self.topics.want(want.sha256), encode(want))
+
+    def watch_blob(self, sha256: str) -> None:
+        """Subscribe to the chunks of a blob."""
+        self.link.subscribe(self.topics.chunk(sha256), 1)
+
+    def unwatch_blob(self, sha256: str) -> None:
+        """Unsubscribe from the chunks of a blob."""
+        self.link.unsubscribe(self.topics.chunk(sha256))
+
+    def ack(self, ack: CommandAck) -> None:
+        """Publish a command acknowledgement."""
+        self.link.publish(self.topics.cmd_ack(self.device_id), encode(ack))

@@ -1,0 +1,219 @@
+"""The model store on disk: content-addressed blobs and atomically switched `active`/`previous` pointers.
+
+Layout under the store root (one filesystem, so every rename is atomic)::
+
+    blobs/<sha256>        verified model bytes, named by their sha256
+    partial/              downloads in progress (fleet.chunks.ChunkReceiver work files)
+    active.json           the model serving now        } StoredModel JSON: blob sha256, AppliedModel,
+    previous.json         the last-known-good model    } descriptor and RuntimeOptions
+
+A pointer is replaced by writing a temporary file, fsyncing it, renaming it over the old one and fsyncing
+the directory, so a crash at any instant leaves either the old or the new pointer, both naming blobs that
+are present. `previous.json` is written before `active.json`: a crash between the two leaves both naming
+the old model, which is loadable. Other processes (cluster mode: `edgefleet agent serve` in pods) read the
+store with `ModelStore(root).active()` and never write it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import StoreError
+from fleet.ids import Sha256, check_sha256
+from fleet.messages import AppliedModel, RuntimeOptions
+
+MAX_POINTER_BYTES = 1 << 20
+PointerName = Literal["active", "previous"]
+
+
+class StoredModel(BaseModel):
+    """What a pointer file names: everything needed to load and serve one model version again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = Field(default=1, description="pointer file schema version")
+    sha256: Sha256 = Field(description="the blob in blobs/ holding the .onnx bytes")
+    model: AppliedModel = Field(description="name, version, sha256 and provider as last activated")
+    task: Literal["classification", "detection"] = Field(description="the model's task")
+    descriptor: dict[str, Any] = Field(description="the models package description (models.ModelDescriptor JSON)")
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="runtime options it runs with")
+    desired_version: int | None = Field(default=None, ge=0, description="desired-state version that set it")
+
+
+class ModelStore:
+    """A content-addressed model store rooted at `root`.
+
+    Args:
+        root: the store directory.
+        create: create the directories (the agent does; read-only readers pass False).
+    """
+
+    def __init__(self, root: str | Path, *, create: bool = False) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.partial = self.root / "partial"
+        if create:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self.partial.mkdir(parents=True, exist_ok=True)
+            for stray in self.root.glob("*.json.tmp"):
+                stray.unlink(missing_ok=True)
+
+    # -- pointers ---------------------------------------------------------------------------------------
+    def active(self) -> StoredModel | None:
+        """The model that should be serving (None: nothing activated yet).
+
+        Raises:
+            StoreError: the pointer file is unreadable or names a blob that is missing.
+        """
+        return self._read("active")
+
+    def previous(self) -> StoredModel | None:
+        """The last-known-good model kept for an instant rollback (None: none yet)."""
+        return self._read("previous")
+
+    def _read(self, name: PointerName) -> StoredModel | None:
+        path = self.root / f"{name}.json"
+        try:
+            if path.stat().st_size > MAX_POINTER_BYTES:
+                raise StoreError(f"{path} is larger than {MAX_POINTER_BYTES} bytes; not a pointer file")
+            record = StoredModel.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError, ValueError) as e:
+            raise StoreError(f"pointer {path} is unreadable: {str(e)[:300]}") from e
+        if not self.has_blob(record.sha256):
+            raise StoreError(f"pointer {path} names blob {record.sha256[:12]}, which is not in {self.blobs}")
+        return record
+
+    def promote(self, record: StoredModel) -> StoredModel | None:
+        """Make `record` active; the model active until now becomes `previous`. Returns the new previous.
+
+        Activating the model that is already active only rewrites its pointer (previous is kept).
+
+        Raises:
+            StoreError: the blob of `record` is not in the store.
+        """
+        if not self.has_blob(record.sha256):
+            raise StoreError(f"cannot activate {record.model.name} {record.model.version}: blob missing")
+        try:
+            current = self.active()
+        except StoreError:
+            current = None
+        previous = self.previous() if current is None or current.sha256 == record.sha256 else current
+        if previous is not None and previous.sha256 != record.sha256:
+            self._write("previous", previous)
+        elif previous is not None:  # rolling back onto previous: nothing older is known-good any more
+            previous = None
+            self._remove("previous")
+        self._write("active", record)
+        return previous
+
+    def clear_active(self) -> None:
+        """Serve nothing: the active model becomes previous (kept for a rollback), active is removed."""
+        current = self.active()
+        if current is not None:
+            self._write("previous", current)
+        self._remove("active")
+
+    def _write(self, name: PointerName, record: StoredModel) -> None:
+        atomic_write(self.root / f"{name}.json", record.model_dump_json(indent=2).encode())
+
+    def _remove(self, name: PointerName) -> None:
+        (self.root / f"{name}.json").unlink(missing_ok=True)
+        fsync_dir(self.root)
+
+    # -- blobs ----------------------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob `sha256` lives (whether or not it is present)."""
+        return self.blobs / check_sha256(sha256)
+
+    def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """True when the verified blob is present (and has `size` bytes when given)."""
+        try:
+            st = self.blob_path(sha256).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def free_bytes(self) -> int:
+        """Free bytes on the store's filesystem."""
+        return shutil.disk_usage(self.root).free
+
+    def referenced(self) -> set[str]:
+        """Blobs named by a pointer (never collected)."""
+        refs = set()
+        names: tuple[PointerName, ...] = ("active", "previous")
+        for name in names:
+            with contextlib.suppress(StoreError):
+                record = self._read(name)
+                if record is not None:
+                    refs.add(record.sha256)
+        return refs
+
+    def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete unreferenced blobs, least recently written first, while they take more than `keep_bytes`.
+
+        Blobs named by `active`, `previous` or in `keep` (a shadow candidate, a download in progress) stay.
+        Returns the deleted digests.
+        """
+        protected = self.referenced() | set(keep)
+        spare = []
+        for path in self.blobs.iterdir():
+            if path.name in protected or len(path.name) != 64:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                spare.append((st.st_mtime, path, st.st_size))
+        spare.sort()
+        total = sum(size for _, _, size in spare)
+        removed = []
+        for _, path, size in spare:
+            if total <= keep_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            removed.append(path.name)
+        if removed:
+            fsync_dir(self.blobs)
+        return removed
+
+    def discard_partials(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete download work files of blobs other than `keep` (stale transfers)."""
+        removed = []
+        for path in self.partial.iterdir():
+            digest = path.name.split(".", 1)[0]
+            if digest not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content: write, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable (best effort where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,148 @@
+"""Telemetry: a window every `interval_s`, sequence-numbered, written to the spool, sent in order.
+
+Every window goes to the on-disk spool first and leaves it only when the broker acknowledged it, so windows
+made while the broker is unreachable (or before an agent restart) are sent later, oldest first. Sending
+stops at the first unacknowledged window, which keeps the order; the hub deduplicates by `seq`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.errors import SpoolError
+from agent.hardware import HostSampler, gpu_samples
+from agent.ports import ServingPort
+from agent.settings import TelemetrySettings
+from agent.spool import Spool
+from fleet.codec import encode
+from fleet.messages import AppliedModel, TelemetryWindow
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[bytes], bool]
+
+
+class Telemetry:
+    """Makes windows on a timer thread and drains the spool whenever the link is up.
+
+    Args:
+        device_id: this device.
+        serving: where request counters come from (`take_window`).
+        spool: the on-disk spool.
+        settings: interval and batch size.
+        publish: sends one encoded window and waits for the broker's acknowledgement.
+        connected: whether the link is up now.
+        active: the active model now (None: none).
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        serving: ServingPort,
+        spool: Spool,
+        settings: TelemetrySettings,
+        *,
+        publish: Publish,
+        connected: Callable[[], bool],
+        active: Callable[[], AppliedModel | None],
+    ) -> None:
+        self.device_id = device_id
+        self.serving = serving
+        self.spool = spool
+        self.settings = settings
+        self._publish = publish
+        self._connected = connected
+        self._active = active
+        self._host = HostSampler()
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._window_start = time.time()
+        self.sent = 0
+
+    def start(self) -> None:
+        """Start the timer thread."""
+        self._window_start = time.time()
+        self._thread = threading.Thread(target=self._run, name="agent-telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (windows still in the spool are sent on the next start)."""
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def kick(self) -> None:
+        """Drain the spool now (the link came back)."""
+        self._kick.set()
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.settings.interval_s
+        while not self._stop.is_set():
+            self._kick.wait(max(0.0, due - time.monotonic()))
+            self._kick.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if time.monotonic() >= due:
+                    due += self.settings.interval_s
+                    if due < time.monotonic():  # fell behind (suspended): skip, do not burst
+                        due = time.monotonic() + self.settings.interval_s
+                    self.make_window()
+                self.drain()
+            except SpoolError as e:
+                log.error("telemetry spool failed: %s", e)
+            except Exception:  # one bad window must not stop telemetry
+                log.exception("telemetry window failed")
+
+    def make_window(self) -> TelemetryWindow:
+        """Close the current window and put it in the spool."""
+        end = time.time()
+        w = self.serving.take_window()
+        cpu, rss = self._host.sample()
+        model = self._active()
+        seq = self.spool.allocate_seq()
+        window = TelemetryWindow(
+            device_id=self.device_id,
+            seq=seq,
+            start=self._window_start,
+            end=max(end, self._window_start),
+            model=model.name if model else None,
+            model_version=model.version if model else None,
+            provider=model.provider if model else None,
+            requests=w.requests,
+            errors=w.errors,
+            latency=w.latency,
+            queue_depth=w.queue_depth,
+            cpu_percent=cpu,
+            memory_bytes=rss,
+            gpus=gpu_samples(),
+            shadow=w.shadow,
+            spool_dropped=self.spool.dropped,
+            spool_capacity=self.spool.capacity,
+            spool_pending=self.spool.pending,
+        )
+        self._window_start = end
+        dropped = self.spool.push(seq, encode(window))
+        if dropped:
+            log.warning("telemetry spool full (%s windows): dropped the %s oldest", self.spool.capacity, dropped)
+        return window
+
+    def drain(self) -> int:
+        """Send spooled windows in order while the link is up; returns how many were acknowledged."""
+        sent = 0
+        while self._connected() and not self._stop.is_set():
+            batch = self.spool.peek(self.settings.send_batch)
+            if not batch:
+                break
+            for seq, payload in batch:
+                if not self._publish(payload):
+                    return sent
+                self.spool.ack(seq)
+                sent += 1
+        self.sent += sent
+        return sent

@@ -1,0 +1,29 @@
+"""The hub's store: the `Store` interface and its SQLite backend (the only place that speaks SQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub.store.base import (
+    Desired,
+    Device,
+    Event,
+    IngestStats,
+    ModelVersion,
+    Store,
+    StoredWindow,
+    TelemetryPoint,
+    Token,
+)
+from hub.store.sqlite import SqliteStore
+
+
+def open_store(path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -> SqliteStore:
+    """Open (creating and migrating) the SQLite store at `path`."""
+    return SqliteStore(path, max_batch=max_batch, max_queue=max_queue)
+
+
+__all__ = [
+    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store", "StoredWindow",
+    "TelemetryPoint", "Token", "open_store",
+]  # fmt: skip

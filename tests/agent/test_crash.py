@@ -1,0 +1,82 @@
+"""The agent SIGKILLed mid-download and mid-activation: on restart it serves the old model, then completes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.store import ModelStore
+from tests.agent.conftest import AgentProcess, Sample, wait_file
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+
+Spawn = Callable[..., AgentProcess]
+
+
+def _with_v1_active(hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, samples, tmp_path: Path):
+    bundle = tmp_path / "bundle.json"
+    hub.bundle(device_id, broker.url).save(bundle)
+    data = tmp_path / "data"
+    first = spawn(bundle, data)
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 1, hub.model_ref(samples["v1"].path, samples["v1"].descriptor))
+    )
+    hub.wait_active("1.0.0")
+    first.kill()
+    hub.wait(lambda: any(s.state == "offline" for s in hub.statuses), what="last will")
+    return bundle, data
+
+
+def _first_report_after(hub: HubSide, start: int, version: int):
+    return hub.wait(lambda: next((r for r in hub.reported[start:] if r.desired_version == version), None))
+
+
+def test_killed_mid_download_serves_old_model_then_resumes(
+    broker: Broker, hub: HubSide, device_id: str, spawn_agent: Spawn, samples: dict[str, Sample], tmp_path: Path
+) -> None:
+    bundle, data = _with_v1_active(hub, broker, device_id, spawn_agent, samples, tmp_path)
+    v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    marker = tmp_path / "paused"
+    second = spawn_agent(bundle, data, EDGEFLEET_AGENT_PAUSE_AT="download", EDGEFLEET_AGENT_PAUSE_FILE=str(marker))
+    wait_file(marker)
+    second.kill()
+    persisted = -(-v2.blob.count // 2)
+    assert ModelStore(data / "store").active().model.version == "1.0.0"  # type: ignore[union-attr]
+
+    start, wants_before = len(hub.reported), len(hub.wants)
+    third = spawn_agent(bundle, data)
+    first = _first_report_after(hub, start, 2)
+    assert first.active is not None and first.active.version == "1.0.0", "the old model serves at once"
+    done = hub.wait_active("2.0.0", timeout=60)
+    assert done.previous is not None and done.previous.version == "1.0.0"
+    resumed = [w for w in hub.wants[wants_before:] if w.sha256 == v2.blob.sha256]
+    assert resumed, "the restarted agent wanted the rest"
+    assert min(i for w in resumed for i in w.indexes(v2.blob.count)) >= persisted, "persisted chunks not wanted"
+    assert third.stop() == 0
+
+
+def test_killed_mid_activation_serves_old_model_then_completes(
+    broker: Broker, hub: HubSide, device_id: str, spawn_agent: Spawn, samples: dict[str, Sample], tmp_path: Path
+) -> None:
+    bundle, data = _with_v1_active(hub, broker, device_id, spawn_agent, samples, tmp_path)
+    v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    marker = tmp_path / "paused"
+    second = spawn_agent(bundle, data, EDGEFLEET_AGENT_PAUSE_AT="activate", EDGEFLEET_AGENT_PAUSE_FILE=str(marker))
+    wait_file(marker)
+    second.kill()
+    store = ModelStore(data / "store")
+    active = store.active()
+    assert active is not None and active.model.version == "1.0.0", "a crash before the switch leaves the old pointer"
+    assert store.has_blob(v2.blob.sha256, v2.blob.size)
+
+    start, wants_before = len(hub.reported), len(hub.wants)
+    third = spawn_agent(bundle, data)
+    first = _first_report_after(hub, start, 2)
+    assert first.active is not None and first.active.version == "1.0.0"
+    done = hub.wait_active("2.0.0", timeout=60)
+    assert done.previous is not None and done.previous.version == "1.0.0"
+    assert hub.wants[wants_before:] == [], "the verified blob is not fetched again"
+    assert third.stop() == 0
+    hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline status after a clean stop")

@@ -1,0 +1,93 @@
+"""The want/chunk download: corrupted and lost chunks, stale downloads, disk space, broker restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.agent.conftest import AgentFactory, Sample
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+
+
+def test_corrupted_chunk_is_refused_and_wanted_again(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    make_agent(hub, device_id, broker.url)
+    ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.corrupt_once = {1, 3}
+    hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
+    hub.wait_active("1.0.0")
+    sha = ref.blob.sha256
+    assert [i for s, i in hub.served if s == sha].count(1) == 2
+    assert [i for s, i in hub.served if s == sha].count(3) == 2
+    singles = [w.missing for w in hub.wants if w.sha256 == sha][1:]
+    assert [(1, 2)] in singles and [(3, 4)] in singles, "each refused chunk is wanted again on its own"
+
+
+def test_lost_chunk_is_wanted_again_after_a_quiet_spell(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    make_agent(hub, device_id, broker.url, download={"rewant_after_s": 0.3})
+    ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.drop_once = {0, ref.blob.count - 1}
+    hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
+    hub.wait_active("1.0.0")
+    assert [w.missing for w in hub.wants][-1] == [(0, 1), (ref.blob.count - 1, ref.blob.count)]
+
+
+def test_newer_desired_state_cancels_a_stale_download(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    agent, _ = make_agent(hub, device_id, broker.url)
+    v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.withhold = set(range(v1.blob.count // 2, v1.blob.count))  # half of v1 arrives, then it stalls
+    hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    hub.wait_reported(lambda r: r.download is not None and r.download.have_chunks >= v1.blob.count // 2)
+    partial = agent.store.partial
+    assert any(p.name.startswith(v1.blob.sha256) for p in partial.iterdir())
+    v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.withhold = set()
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    r = hub.wait_active("2.0.0")
+    assert r.previous is None
+    assert list(partial.iterdir()) == [], "the stale transfer's files are gone"
+    assert not agent.store.has_blob(v1.blob.sha256)
+
+
+def test_not_enough_disk_space_is_reported_and_nothing_is_fetched(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    make_agent(hub, device_id, broker.url, store={"min_free_bytes": 1 << 60})
+    ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
+    r = hub.wait_reported(lambda r: r.error is not None and r.error.code == "insufficient_disk")
+    assert r.phase == "downloading" and not r.error.permanent  # type: ignore[union-attr]
+    assert hub.wants == [] and hub.served == []
+
+
+def test_broker_restart_mid_download_resumes_without_refetching(
+    private_broker: Broker,
+    topic_prefix: str,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    tmp_path: Path,
+) -> None:
+    hub = HubSide(private_broker.host, private_broker.port, topic_prefix)
+    try:
+        agent, _ = make_agent(hub, device_id, private_broker.url)
+        ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        half = ref.blob.count // 2
+        hub.withhold = set(range(half, ref.blob.count))
+        hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
+        hub.wait_reported(lambda r: r.download is not None and r.download.have_chunks == half)
+        private_broker.kill()
+        hub.withhold = set()
+        private_broker.start()
+        hub.wait_connected()
+        hub.wait_active("1.0.0", timeout=60)
+        served = [i for s, i in hub.served if s == ref.blob.sha256]
+        assert sorted(served) == list(range(ref.blob.count)), "no verified chunk was fetched twice"
+        assert agent.link.connects >= 2
+    finally:
+        hub.close()

@@ -1,0 +1,137 @@
+"""Refused desired states and models: each is reported with its reason and the old model keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from agent.headless import HeadlessServing
+from fleet.codec import encode
+from fleet.messages import ReportedState
+from fleet.signing import HubSigningKey
+from tests.agent.conftest import AgentFactory, Sample
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+
+IMAGE = {"image": np.zeros((1, 3, 64, 64), dtype=np.float32)}
+
+
+@pytest.fixture
+def serving_v1(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> Iterator[HeadlessServing]:
+    _agent, serving = make_agent(hub, device_id, broker.url)
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 5, hub.model_ref(samples["v1"].path, samples["v1"].descriptor))
+    )
+    hub.wait_active("1.0.0")
+    yield serving
+
+
+def _refused(hub: HubSide, code: str) -> ReportedState:
+    r = hub.wait_reported(lambda r: r.error is not None and r.error.code == code, what=code)
+    assert r.desired_version == 5 and r.phase == "active"
+    assert r.active is not None and r.active.version == "1.0.0"
+    return r
+
+
+def _still_serving_v1(serving: HeadlessServing) -> None:
+    assert serving.active_model is not None and serving.active_model.version == "1.0.0"
+    assert serving.infer(IMAGE)["logits"].shape == (1, 10)
+
+
+def test_altered_body_is_a_bad_signature(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+    env = hub.sign(hub.desired(device_id, 6, hub.model_ref(samples["v2"].path, samples["v2"].descriptor)))
+    forged = env.model_copy(update={"body": {**env.body, "version": 7}})
+    hub.publish_desired(device_id, forged)
+    r = _refused(hub, "bad_signature")
+    assert "signature" in r.error.message  # type: ignore[union-attr]
+    _still_serving_v1(serving_v1)
+
+
+def test_another_key_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+    state = hub.desired(device_id, 6, hub.model_ref(samples["v2"].path, samples["v2"].descriptor))
+    hub.publish_desired(device_id, HubSigningKey.generate().sign(state))
+    _refused(hub, "unknown_signing_key")
+    _still_serving_v1(serving_v1)
+
+
+def test_expired_desired_state_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+    ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 6, ref, expires_in=-3600))
+    _refused(hub, "expired")
+    _still_serving_v1(serving_v1)
+
+
+def test_downgrading_version_counter_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples
+) -> None:
+    ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 4, ref))
+    _refused(hub, "stale_version")
+    hub.publish_desired(device_id, hub.desired(device_id, 5, ref))  # a replay of the counter, other content
+    hub.wait(lambda: sum(1 for r in hub.reported if r.error and r.error.code == "stale_version") >= 2)
+    _still_serving_v1(serving_v1)
+
+
+def test_another_devices_state_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+    ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    env = hub.sign(hub.desired("someone-else", 6, ref))
+    hub.publish_desired(device_id, env)
+    _refused(hub, "wrong_subject")
+    _still_serving_v1(serving_v1)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b"{}", b"[1,2]", b'{"schema_version": 99, "kind": "signed"}', b"{" * 100_000, b"x" * 300_000],
+    ids=["text", "empty-object", "array", "future-schema", "deep", "oversized"],
+)
+def test_malformed_desired_payload_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, payload: bytes
+) -> None:
+    hub.publish_desired(device_id, payload)
+    _refused(hub, "malformed_envelope")
+    _still_serving_v1(serving_v1)
+
+
+def test_model_failing_its_golden_check_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
+    bad = hub.model_ref(samples["bad"].path, samples["bad"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 6, bad))
+    r = hub.wait_reported(lambda r: r.desired_version == 6 and r.phase == "failed", what="failed")
+    assert r.error is not None and r.error.code == "golden_mismatch" and r.error.permanent
+    assert r.active is not None and r.active.version == "1.0.0"
+    _still_serving_v1(serving_v1)
+    # the next good state still goes through
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 7, hub.model_ref(samples["v2"].path, samples["v2"].descriptor))
+    )
+    r = hub.wait_active("2.0.0")
+    assert r.error is None and r.previous is not None and r.previous.version == "1.0.0"
+
+
+def test_description_for_another_blob_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
+    ref = hub.model_ref(samples["v2"].path, samples["v1"].descriptor.model_copy(update={"version": "2.0.0"}))
+    hub.publish_desired(device_id, hub.desired(device_id, 6, ref))
+    r = hub.wait_reported(lambda r: r.desired_version == 6 and r.phase == "failed", what="failed")
+    assert r.error is not None and r.error.code == "descriptor_mismatch"
+    _still_serving_v1(serving_v1)
+
+
+def test_hostile_messages_never_stop_the_agent(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
+    t = hub.topics
+    ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    for payload in (b"", b"\x00" * 10, b"EFC1" + b"\xff" * 100, b"garbage" * 1000):
+        hub.publish_raw(t.chunk(ref.blob.sha256), payload)
+        hub.publish_raw(t.cmd(device_id), payload)
+    hub.publish_raw(t.cmd(device_id), encode(hub.desired(device_id, 9, None)))  # unsigned, wrong kind
+    hub.publish_desired(device_id, hub.desired(device_id, 6, ref))
+    hub.wait_active("2.0.0")
