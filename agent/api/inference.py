@@ -117,6 +117,10 @@ class Inference:
                 )
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
+        except BaseException:  # cancelled (server stopping): still give the slot back
+            if served is not None:
+                self.slot.release(served, submitted)
+            raise
         return self._done(served, "infer", response, t0, submitted)
 
     async def predict(self, request: Request, name: str, k: int | None, threshold: float | None) -> Response:
@@ -144,6 +148,10 @@ class Inference:
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
+        except BaseException:  # cancelled (server stopping): still give the slot back
+            if served is not None:
+                self.slot.release(served, submitted)
+            raise
         return self._done(served, "predict", response, t0, submitted)
 
 
