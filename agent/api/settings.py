@@ -70,7 +70,7 @@ class ApiSettings(BaseModel):
     )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> ApiSettings:
         """Settings from `EDGEFLEET_API_*` variables, then `overrides`.
 
         Raises:
