@@ -55,7 +55,13 @@ class ClusterBridge:
         if self._closed:
             coro.close()
             raise ClusterError("the cluster bridge is closed", code="closed", permanent=True)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except ClusterError:
+            raise
+        except Exception as e:  # a bug or a response we did not foresee: still an error with a reason
+            log.exception("unexpected error in cluster mode")
+            raise ClusterError(f"unexpected {type(e).__name__} in cluster mode: {e}"[:1500], code="internal") from e
 
     def inventory(self) -> list[NodeInfo]:
         """The cluster's nodes with allocatable GPU and MIG resources and readiness (for the birth message).

@@ -27,6 +27,8 @@ from agent.k3s.settings import ClusterSettings
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
+MAX_NODES = 1024  # what a birth message carries (fleet.messages.Capabilities.nodes)
+MAX_MESSAGE = 2000  # reported messages are at most 2048 characters on the wire
 KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap,
     "Service": Service,
@@ -61,7 +63,9 @@ class Cluster:
                 version: str | None = listing.resourceVersion
             except Exception:  # no items: lightkube cannot tell the version
                 version = None
-            return sorted(found, key=lambda n: n.name), version
+            if len(found) > MAX_NODES:
+                log.warning("%d nodes: the inventory reports the first %d by name", len(found), MAX_NODES)
+            return sorted(found, key=lambda n: n.name)[:MAX_NODES], version
 
         return await with_retries(self.settings, "list nodes", call)
 
@@ -156,9 +160,7 @@ class Cluster:
                             server_timeout=self.settings.watch_timeout_s,
                         ):
                             if kind == "DELETED":
-                                return current.model_copy(
-                                    update={"state": "failed", "message": "the Deployment was deleted during rollout"}
-                                )
+                                return failed(current, "the Deployment was deleted during rollout")
                             version = obj.metadata.resourceVersion if obj.metadata is not None else version
                             current = summarize(obj, self.settings.namespace)
                             failures = 0
@@ -169,7 +171,7 @@ class Cluster:
                     except Exception as e:
                         error = translate(e, f"watch deployments.apps {self.settings.namespace}/{name}")
                         if error.permanent and error.code != "expired":
-                            return current.model_copy(update={"state": "failed", "message": error.message})
+                            return failed(current, error.message)
                         if error.code == "expired":
                             version = None  # too old: watch again from the current state
                         failures += 1
@@ -178,13 +180,16 @@ class Cluster:
         except TimeoutError:
             waited = self.settings.rollout_deadline_s
             why = f"; last: {current.message}" if current.message else ""
-            return current.model_copy(
-                update={
-                    "state": "failed",
-                    "message": f"rollout not complete after our deadline of {waited:g}s: "
-                    f"{current.ready_replicas}/{current.replicas} pods ready{why}",
-                }
+            return failed(
+                current,
+                f"rollout not complete after our deadline of {waited:g}s: "
+                f"{current.ready_replicas}/{current.replicas} pods ready{why}",
             )
+
+
+def failed(current: ClusterWorkload, message: str) -> ClusterWorkload:
+    """`current` marked failed with `message` (validated, so it fits the wire message)."""
+    return ClusterWorkload.model_validate({**current.model_dump(), "state": "failed", "message": _short(message)})
 
 
 def summarize(deployment: Any, namespace: str) -> ClusterWorkload:
@@ -231,7 +236,7 @@ def summarize(deployment: Any, namespace: str) -> ClusterWorkload:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
 def _notify(on_change: Callable[[list[NodeInfo]], None], nodes: list[NodeInfo]) -> None:

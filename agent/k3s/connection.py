@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 K3S_KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
 TEMPORARY_STATUS = frozenset({408, 410, 425, 429, 500, 502, 503, 504})
+MAX_MESSAGE = 1500  # leaves room for context when the control side reports it (2048 on the wire)
 CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict", 410: "expired", 422: "invalid"}
 
 
@@ -70,7 +71,10 @@ def make_client(settings: ClusterSettings) -> AsyncClient:
 def translate(error: BaseException, what: str) -> ApiCallError:
     """Our error for a failed call `what` (e.g. "patch deployments.apps edgefleet/inference"). Never raises."""
     try:
-        return _translate(error, what)
+        translated = _translate(error, what)
+        if len(translated.message) > MAX_MESSAGE:  # a hostile or verbose server must not bloat our reports
+            translated.message = translated.message[: MAX_MESSAGE - 3] + "..."
+        return translated
     except Exception as e:  # a malformed Status must not take a loop down
         return ApiCallError(
             f"{what}: {type(error).__name__} ({type(e).__name__} reading it)", code="bad_response", permanent=False

@@ -189,3 +189,35 @@ def test_closed_bridge_refuses_calls(bridge: ClusterBridge) -> None:
         bridge.inventory()
     with pytest.raises(ClusterError, match="closed"):
         bridge.watch_inventory(lambda nodes: None)
+
+
+def test_garbage_in_the_rollout_watch_is_survived(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.controller_delay_s = 0.2
+    # a 200 whose body is not a watch event: lightkube fails to decode it, the watch resumes
+    api.fail(200, verb="watch", resource="deployments", times=2, reason="", message="not an event")
+    assert bridge.apply(desired(1)).state == "ready"
+    assert [r.code for r in api.requests if r.verb == "watch"][:2] == [200, 200]
+
+
+def test_huge_error_messages_are_cut(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.fail(422, verb="patch", resource="configmaps", reason="Invalid", message="x" * 100_000)
+    with pytest.raises(ApiCallError) as info:
+        bridge.apply(desired(1))
+    assert info.value.code == "invalid" and len(info.value.message) <= 1500
+
+
+def test_malformed_node_is_an_error_not_a_crash(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.store.put(api.store_kind("nodes"), {"metadata": {"name": "odd", "labels": ["not", "a", "map"]}})
+    with pytest.raises(ApiCallError) as info:
+        bridge.inventory()
+    assert info.value.code == "bad_response"
+    api.store.delete(("", "nodes", "", "odd"))
+    assert bridge.inventory() == []
+
+
+def test_inventory_is_capped_to_what_a_birth_message_carries(api: ApiServer, bridge: ClusterBridge) -> None:
+    kind = api.store_kind("nodes")
+    for i in range(1030):
+        api.store.put(kind, {"metadata": {"name": f"n{i:04d}"}})
+    nodes = bridge.inventory()
+    assert len(nodes) == 1024 and nodes[-1].name == "n1023"
