@@ -17,6 +17,7 @@ from agent.k3s.cluster import Cluster
 from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
 from agent.k3s.settings import ClusterSettings
+from agent.ports import ClusterPort
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -127,3 +128,8 @@ class ClusterBridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _implements_cluster_port(bridge: ClusterBridge) -> ClusterPort:
+    """Never called: mypy checks here that `ClusterBridge` satisfies `agent.ports.ClusterPort`."""
+    return bridge

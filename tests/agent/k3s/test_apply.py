@@ -132,3 +132,15 @@ def test_settings_namespace_and_field_manager_are_used(api: ApiServer) -> None:
         assert bridge.apply(desired(1)).deployment == "serve"
     dep = api.get("apps", "deployments", "edge-b", "serve")
     assert dep is not None and dep["metadata"]["managedFields"][0]["manager"] == "edgefleet-test"
+
+
+def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.put_node("n1")
+    api.controller_delay_s = 0.3
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1))))
+    worker.start()
+    inventories = [bridge.inventory() for _ in range(5)]  # not blocked by the rollout wait
+    worker.join()
+    assert all(len(i) == 1 for i in inventories)
+    assert results[0].state == "ready"  # type: ignore[attr-defined]
