@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 import yaml
@@ -25,10 +25,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.k8s.certs import make_pki, write_kubeconfig
+from tests.k8s.controller import Controller, deployment_status
 from tests.k8s.selectors import SelectorError, field_selector, label_selector
 from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
 
-Controller = Literal["ready", "never", "stalled", "off"]
 APPLY = "application/apply-patch+yaml"
 
 
@@ -373,30 +373,7 @@ class ApiServer:
         obj = self.store.get(key)
         if obj is None or self.controller == "off":
             return
-        generation = obj["metadata"].get("generation", 1)
-        replicas = obj["spec"].get("replicas", 1)
-        status: dict[str, Any] = {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas}
-        if self.controller == "ready":
-            status |= {"readyReplicas": replicas, "availableReplicas": replicas}
-            conditions = [
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
-            ]
-        elif self.controller == "never":
-            status |= {"unavailableReplicas": replicas}
-            conditions = [
-                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
-                {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
-            ]
-        else:  # stalled: Kubernetes' own progress deadline passed
-            status |= {"unavailableReplicas": replicas}
-            message = f'ReplicaSet "{key[3]}-5d4f8" has timed out progressing.'
-            conditions = [
-                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
-                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": message},
-            ]
-        status["conditions"] = conditions
-        self.store.set_status(key, status)
+        self.store.set_status(key, deployment_status(obj, self.controller))
 
 
 def _json(obj: Any, code: int = 200) -> Response:
