@@ -16,7 +16,7 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Node, Service
+from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
 from lightkube.types import PatchType
 
 from agent.k3s.connection import backoff, translate, with_retries
@@ -119,7 +119,34 @@ class Cluster:
             applied = await self._apply_one(obj)
             if obj["kind"] == "Deployment":
                 deployment = applied
-        return await self.wait_rollout(deployment, deadline)
+        result = await self.wait_rollout(deployment, deadline)
+        if result.state == "failed":
+            why = await self.pod_problems(workload.deployment["spec"]["selector"]["matchLabels"])
+            if why:
+                result = failed(result, f"{result.message}; pods: {why}")
+        return result
+
+    async def pod_problems(self, selector: dict[str, str]) -> str | None:
+        """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.
+
+        Best effort: None too when the pods cannot be listed.
+        """
+        labels: dict[str, Any] = dict(selector)
+        try:
+            pods = [p async for p in self.client.list(Pod, namespace=self.settings.namespace, labels=labels)]
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("cannot list the serving pods: %s", translate(e, "list pods"))
+            return None
+        reasons: dict[str, int] = {}
+        for pod in pods:
+            reason = pod_reason(pod)
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if not reasons:
+            return None
+        return "; ".join(f"{count}x {reason}" for reason, count in sorted(reasons.items(), key=lambda r: -r[1])[:3])
 
     async def _apply_one(self, obj: dict[str, Any]) -> Any:
         kind = obj["kind"]
@@ -185,6 +212,24 @@ class Cluster:
                 f"rollout not complete after our deadline of {waited:g}s: "
                 f"{current.ready_replicas}/{current.replicas} pods ready{why}",
             )
+
+
+def pod_reason(pod: Any) -> str | None:
+    """One line on why a pod is not ready: unschedulable (e.g. no free GPU), a waiting or crashed container."""
+    status = pod.status
+    if status is None:
+        return None
+    for cond in status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False":
+            return _short(f"{cond.reason or 'Unschedulable'}: {cond.message or ''}".strip(": "))[:300]
+    for container in status.containerStatuses or []:
+        state = container.state
+        waiting = state.waiting if state is not None else None
+        if waiting is not None and waiting.reason:
+            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:300]
+        if not container.ready and container.restartCount:
+            return f"{container.name} not ready after {container.restartCount} restarts"
+    return None
 
 
 def failed(current: ClusterWorkload, message: str) -> ClusterWorkload:

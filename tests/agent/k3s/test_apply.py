@@ -144,3 +144,59 @@ def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: Clust
     worker.join()
     assert all(len(i) == 1 for i in inventories)
     assert results[0].state == "ready"  # type: ignore[attr-defined]
+
+
+def pod(name: str, status: dict, labels: dict | None = None) -> dict:
+    selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": NAME}
+    return {
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels if labels is not None else selector},
+        "spec": {"containers": [{"name": "serve", "image": "x"}]},
+        "status": status,
+    }
+
+
+def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
+    api.controller = "never"
+    kind = api.store_kind("pods")
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.",
+            }
+        ],
+    }
+    crashing = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "serve",
+                "ready": False,
+                "restartCount": 4,
+                "image": "x",
+                "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            }
+        ],
+    }
+    api.store.put(kind, pod("p1", unschedulable))
+    api.store.put(kind, pod("p2", unschedulable))
+    api.store.put(kind, pod("p3", crashing))
+    api.store.put(kind, pod("other", crashing, labels={"app": "something-else"}))  # not ours: the selector skips it
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1, mig_profile="1g.10gb", replicas=3))
+    assert result.state == "failed"
+    assert result.message is not None
+    assert "pods: 2x Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb." in result.message
+    assert "1x serve CrashLoopBackOff: back-off 40s" in result.message
+
+
+def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) -> None:
+    api.controller = "never"
+    api.fail(403, verb="list", resource="pods")
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1))
+    assert result.state == "failed" and result.message is not None and "pods:" not in result.message
