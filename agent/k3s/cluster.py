@@ -92,7 +92,7 @@ class Cluster:
                         by_name.pop(info.name, None)
                     else:
                         by_name[info.name] = info
-                    current = sorted(by_name.values(), key=lambda n: n.name)
+                    current = sorted(by_name.values(), key=lambda n: n.name)[:MAX_NODES]
                     if current != last:
                         last = current
                         _notify(on_change, current)
