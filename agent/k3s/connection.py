@@ -24,6 +24,7 @@ from agent.k3s.settings import ClusterSettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 K3S_KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # where kubelet mounts the token
 TEMPORARY_STATUS = frozenset({408, 410, 425, 429, 500, 502, 503, 504})
 MAX_MESSAGE = 1500  # leaves room for context when the control side reports it (2048 on the wire)
 CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict", 410: "expired", 422: "invalid"}
@@ -39,7 +40,7 @@ def load_config(settings: ClusterSettings) -> KubeConfig:
         if settings.kubeconfig is not None:
             return KubeConfig.from_file(settings.kubeconfig)
         try:
-            return KubeConfig.from_service_account()
+            return KubeConfig.from_service_account(SERVICE_ACCOUNT_DIR)
         except (ConfigError, KeyError):
             pass
         path = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())

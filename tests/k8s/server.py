@@ -89,8 +89,16 @@ class _Route:
 class ApiServer:
     """The server; `start()` runs it in a thread, `kubeconfig` is the K3s-style file the client reads."""
 
-    def __init__(self, directory: Path, controller: Controller = "ready", controller_delay_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        controller: Controller = "ready",
+        controller_delay_s: float = 0.05,
+        token: str | None = None,
+    ) -> None:
+        """`token`: authenticate by this bearer token (a service account) instead of client certificates."""
         self.directory = directory
+        self.token = token
         self.store = Store()
         self.controller: Controller = controller
         self.controller_delay_s = controller_delay_s
@@ -124,7 +132,7 @@ class ApiServer:
             ssl_certfile=str(pki.server_cert),
             ssl_keyfile=str(pki.server_key),
             ssl_ca_certs=str(pki.ca_file),
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            ssl_cert_reqs=ssl.CERT_NONE if self.token else ssl.CERT_REQUIRED,
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
@@ -136,6 +144,7 @@ class ApiServer:
                 raise RuntimeError("the test API server did not start")
             time.sleep(0.01)
         write_kubeconfig(self.kubeconfig, self.url, pki)
+        self.ca_file = pki.ca_file
         return self
 
     @property
@@ -233,6 +242,8 @@ class ApiServer:
 
     async def _handle(self, request: Request) -> Response:
         self._loop = asyncio.get_running_loop()
+        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            return _error(401, "Unauthorized", "Unauthorized")
         route = self._route(request.url.path)
         if route is None:
             return _error(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")

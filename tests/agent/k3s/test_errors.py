@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from agent.k3s import ApiCallError, ClusterBridge, ClusterConfigError, ClusterError, ClusterSettings, WorkloadError
+from agent.k3s import (
+    ApiCallError,
+    ClusterBridge,
+    ClusterConfigError,
+    ClusterError,
+    ClusterSettings,
+    WorkloadError,
+    connection,
+)
 from agent.k3s.calls import API_CALLS
 from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
 from tests.k8s.certs import make_pki
@@ -171,6 +180,7 @@ def test_missing_kubeconfig(tmp_path: Path) -> None:
 def test_no_configuration_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none.yaml"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", tmp_path / "no-account")
     with pytest.raises(ClusterConfigError):
         ClusterBridge(ClusterSettings())
 
@@ -178,6 +188,7 @@ def test_no_configuration_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_kubeconfig_from_environment(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", api.directory / "no-account")
     with ClusterBridge(fast_settings(None)) as bridge:
         assert bridge.inventory() == []
 
@@ -221,3 +232,38 @@ def test_inventory_is_capped_to_what_a_birth_message_carries(api: ApiServer, bri
         api.store.put(kind, {"metadata": {"name": f"n{i:04d}"}})
     nodes = bridge.inventory()
     assert len(nodes) == 1024 and nodes[-1].name == "n1023"
+
+
+@pytest.fixture
+def token_api(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path / "k8s-sa", token="sa-token").start()
+    server.add_namespace(NAMESPACE)
+    yield server
+    server.stop()
+
+
+def service_account(tmp_path: Path, server: ApiServer, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(token)
+    (account / "namespace").write_text(NAMESPACE)
+    (account / "ca.crt").write_bytes(server.ca_file.read_bytes())
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+
+
+def test_in_cluster_service_account(tmp_path: Path, token_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    service_account(tmp_path, token_api, "sa-token", monkeypatch)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "not-used.yaml"))
+    token_api.put_node("n1")
+    with ClusterBridge(fast_settings(None)) as bridge:
+        assert [n.name for n in bridge.inventory()] == ["n1"]
+        assert bridge.apply(desired(1)).state == "ready"
+
+
+def test_a_revoked_token_is_unauthorized(tmp_path: Path, token_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    service_account(tmp_path, token_api, "stale-token", monkeypatch)
+    with ClusterBridge(fast_settings(None)) as bridge, pytest.raises(ApiCallError) as info:
+        bridge.inventory()
+    assert (info.value.code, info.value.status, info.value.permanent) == ("unauthorized", 401, True)
