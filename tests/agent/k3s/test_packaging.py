@@ -183,3 +183,9 @@ def test_agent_deployment_matches_rbac_and_storage() -> None:
         for doc in docs(path):
             if doc.get("kind") not in ("Kustomization", "Namespace", "ClusterRole", "ClusterRoleBinding"):
                 assert doc["metadata"].get("namespace") == namespace, f"{path.name}: {doc['kind']}"
+
+
+def test_docs_list_every_setting() -> None:
+    text = (ROOT / "docs" / "k3s.md").read_text()
+    missing = [name for name in ClusterSettings.model_fields if f"`{ENV_PREFIX}{name.upper()}`" not in text]
+    assert not missing, f"docs/k3s.md lacks {missing}"
