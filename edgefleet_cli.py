@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 
 from hub.cli import MODEL_COMMANDS, deploy, device_app, hub_app
+from hub.cli_rollout import rollout_app
 from models.cli import app as models_app
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(models_app, name="model", help="Build, validate and publish ONNX v
 app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
 app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")
 app.command("deploy")(deploy)
+app.add_typer(rollout_app, name="rollout", help="Roll out model versions through gated waves.")
 
 
 @app.command("version")
