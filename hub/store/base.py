@@ -120,6 +120,7 @@ class StoredWindow:
     queue_depth: int
     spool_dropped: int
     spool_pending: int
+    shadow: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

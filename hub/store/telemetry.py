@@ -50,8 +50,19 @@ def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
 
 _WINDOWS = (
     'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '  # noqa: S608
-    "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + " FROM telemetry WHERE device_id = ?"
+    "queue_depth, spool_dropped, spool_pending, extra, " + ", ".join(BUCKETS) + " FROM telemetry WHERE device_id = ?"
 )
+
+
+def _shadow(extra: str | None) -> dict[str, Any] | None:
+    """The window's shadow stats (candidate_version, samples, agreements, latency_delta_ms), if it has any."""
+    if not extra:
+        return None
+    try:
+        shadow = json.loads(extra).get("shadow")
+    except (ValueError, AttributeError):
+        return None
+    return dict(shadow) if isinstance(shadow, dict) else None
 
 
 def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], watermark: int) -> tuple[int, int]:
@@ -98,10 +109,11 @@ def query_windows(
                 requests=r[7],
                 errors=r[8],
                 latency_sum_ms=r[9],
-                latency_counts=tuple(r[13:]),
+                latency_counts=tuple(r[14:]),
                 queue_depth=r[10],
                 spool_dropped=r[11],
                 spool_pending=r[12],
+                shadow=_shadow(r[13]),
             )
         )
     return out
