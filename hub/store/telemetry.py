@@ -53,8 +53,9 @@ def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
 
 
 _WINDOWS = (
-    'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '  # noqa: S608
-    "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + " FROM telemetry WHERE device_id = ?"
+    'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '
+    "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + ", provider, cpu_percent, memory_bytes, extra "
+    "FROM telemetry WHERE device_id = ?"
 )
 
 
@@ -89,7 +90,9 @@ def query_windows(
     sql += " ORDER BY start DESC, seq DESC LIMIT ?"
     args.append(limit)
     out = []
+    n = 13 + len(BUCKETS)
     for r in conn.execute(sql, args):
+        extra = json.loads(r[n + 3]) if r[n + 3] else {}
         out.append(
             StoredWindow(
                 device_id=r[0],
@@ -102,10 +105,14 @@ def query_windows(
                 requests=r[7],
                 errors=r[8],
                 latency_sum_ms=r[9],
-                latency_counts=tuple(r[13:]),
+                latency_counts=tuple(r[13:n]),
                 queue_depth=r[10],
                 spool_dropped=r[11],
                 spool_pending=r[12],
+                provider=r[n],
+                cpu_percent=r[n + 1],
+                memory_bytes=r[n + 2],
+                gpus=tuple(extra.get("gpus") or ()),
             )
         )
     return out
