@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -49,19 +50,15 @@ def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
 
 
 _WINDOWS = (
-    'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '  # noqa: S608
-    "queue_depth, spool_dropped, spool_pending, extra, " + ", ".join(BUCKETS) + " FROM telemetry WHERE device_id = ?"
+    'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '
+    "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + ", provider, cpu_percent, memory_bytes, extra "
+    "FROM telemetry WHERE device_id = ?"
 )
 
 
-def _shadow(extra: str | None) -> dict[str, Any] | None:
+def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
     """The window's shadow stats (candidate_version, samples, agreements, latency_delta_ms), if it has any."""
-    if not extra:
-        return None
-    try:
-        shadow = json.loads(extra).get("shadow")
-    except (ValueError, AttributeError):
-        return None
+    shadow = extra.get("shadow")
     return dict(shadow) if isinstance(shadow, dict) else None
 
 
@@ -96,7 +93,9 @@ def query_windows(
     sql += " ORDER BY start DESC, seq DESC LIMIT ?"
     args.append(limit)
     out = []
+    n = 13 + len(BUCKETS)
     for r in conn.execute(sql, args):
+        extra = json.loads(r[n + 3]) if r[n + 3] else {}
         out.append(
             StoredWindow(
                 device_id=r[0],
@@ -109,11 +108,15 @@ def query_windows(
                 requests=r[7],
                 errors=r[8],
                 latency_sum_ms=r[9],
-                latency_counts=tuple(r[14:]),
+                latency_counts=tuple(r[13:n]),
                 queue_depth=r[10],
                 spool_dropped=r[11],
                 spool_pending=r[12],
-                shadow=_shadow(r[13]),
+                provider=r[n],
+                cpu_percent=r[n + 1],
+                memory_bytes=r[n + 2],
+                gpus=tuple(extra.get("gpus") or ()),
+                shadow=_shadow(extra),
             )
         )
     return out
