@@ -25,6 +25,7 @@ class ApiServer:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
+        self.sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: no start-up race
         self.host, self.port = host, int(self.sock.getsockname()[1])
         if hub.api_url is None:
             hub.api_url = self.url
