@@ -43,8 +43,9 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
         states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
         counts: dict[str, int] = {}
+        desired = {s.device_id: s for s in hub.store.list_desired()}
         for d in hub.store.list_devices():
-            state = hub.devices.state(d).value
+            state = hub.devices.state(d, desired.get(d.id)).value
             counts[state] = counts.get(state, 0) + 1
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)
