@@ -32,6 +32,7 @@ from hub.store.migrations import migrations
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
+_INGEST = frozenset(("tel", "status", "reported"))
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -51,7 +52,9 @@ def _j(value: Any) -> str:
 class SqliteStore(DeviceTables):
     """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
 
-    def __init__(self, path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -> None:
+    def __init__(
+        self, path: Path, *, max_batch: int = 5000, max_queue: int = 200_000, max_delay_s: float = 0.05
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         db = Database(path)
@@ -60,6 +63,7 @@ class SqliteStore(DeviceTables):
         db.close()
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_delay_s = max_delay_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -73,18 +77,37 @@ class SqliteStore(DeviceTables):
         self._thread.start()
 
     # -- writer ------------------------------------------------------------------------------------
+    def _collect(self) -> list[tuple[Any, ...]]:
+        """The next batch: what is queued, and for ingested messages up to `max_delay_s` more (group commit).
+
+        Every transaction has a fixed cost (rollup query, watermark, commit); waiting a few milliseconds
+        for more messages turns many tiny transactions into a few large ones. A job (an API write) or the
+        stop marker ends the wait at once.
+        """
+        first = self._q.get()
+        batch = [first]
+        deadline = time.monotonic() + (self.max_delay_s if first[0] in _INGEST else 0.0)
+        while len(batch) < self.max_batch:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, 0.002))
+                continue
+            batch.append(item)
+            if item[0] not in _INGEST:
+                break
+        return batch
+
     def _run(self) -> None:
         conn = self._wconn
         while True:
-            batch = [self._q.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
             for item in batch:
-                if item[0] in ("tel", "status", "reported"):
+                if item[0] in _INGEST:
                     ingest.append(item)
                     continue
                 if ingest:
