@@ -21,14 +21,15 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
+        accepted_counts, rejected_counts = hub.ingest.snapshot()
         accepted = CounterMetricFamily("edgefleet_hub_ingest_accepted", "messages accepted by kind", labels=["kind"])
-        for kind, n in sorted(hub.ingest.accepted.items()):
+        for kind, n in sorted(accepted_counts.items()):
             accepted.add_metric([kind], n)
         yield accepted
         rejected = CounterMetricFamily(
             "edgefleet_hub_ingest_rejected", "messages refused by kind and reason", labels=["kind", "reason"]
         )
-        for (kind, reason), n in sorted(hub.ingest.rejected.items()):
+        for (kind, reason), n in sorted(rejected_counts.items()):
             rejected.add_metric([kind, reason], n)
         yield rejected
         st = hub.store.ingest_stats()

@@ -126,7 +126,6 @@ class Hub:
             max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
         )  # fmt: skip
         self.chunks.start()
-        self._ready = True
         link.start()
         self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
         self._maintenance.start()

@@ -143,9 +143,10 @@ def fleet_router(hub: Hub) -> APIRouter:
     @r.get("/ingest", tags=["ops"], summary="Ingestion counters: accepted and refused messages")
     def ingest(_p: Viewer) -> dict[str, Any]:
         st = hub.store.ingest_stats()
+        accepted, rejected = hub.ingest.snapshot()
         return {
-            "accepted": dict(hub.ingest.accepted),
-            "rejected": {f"{k}/{reason}": n for (k, reason), n in hub.ingest.rejected.items()},
+            "accepted": accepted,
+            "rejected": {f"{k}/{reason}": n for (k, reason), n in rejected.items()},
             "store": st.__dict__, "transfer": hub.chunks.stats.__dict__,
         }  # fmt: skip
 
