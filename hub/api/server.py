@@ -27,8 +27,9 @@ class ApiServer:
         self.sock.bind((host, port))
         self.sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: no start-up race
         self.host, self.port = host, int(self.sock.getsockname()[1])
-        if hub.api_url is None:
-            hub.api_url = self.url
+        if hub.api_url is None:  # what bundles tell devices: a wildcard address is no address to dial
+            shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+            hub.api_url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}"
         config = uvicorn.Config(
             create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
         )

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.chunks import decode_frame
 from fleet.codec import encode
-from fleet.messages import DesiredState, DeviceStatus, Want
+from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
 from fleet.signing import HubPublicKey, Verifier
 from hub.errors import NotInitialised
 from hub.runtime import Hub
@@ -162,3 +162,24 @@ def test_mqtt5_and_resigning_before_expiry(broker: Broker, topic_prefix: str, tm
             dev.close()
     finally:
         h.stop()
+
+
+def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    with h.client() as c:
+        assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+    topics = h.hub.topics
+    h.stop()
+    dev = TestClient(broker.host, broker.port)
+    try:
+        for seq in range(3):
+            w = TelemetryWindow(device_id="cam-1", seq=seq, start=100.0 + seq, end=101.0 + seq, requests=2)
+            dev.publish(topics.telemetry("cam-1"), encode(w), qos=1)
+    finally:
+        dev.close()
+    h.start()  # same client id, persistent session: the broker kept the QoS 1 messages
+    wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
+    with h.client() as c:
+        assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
