@@ -102,6 +102,7 @@ def fleet_router(hub: Hub) -> APIRouter:
         since, until = _range(since, until)
         points = hub.telemetry.series(device_id=device_id, since=since, until=until)
         out: dict[str, Any] = {"device_id": device_id, "summary": summary_view(summarise(points))}
+        out["seq"] = hub.store.telemetry_seq(device_id, since=since, until=until).__dict__
         out["series"] = [point_json(p) for p in points]
         if raw:
             windows = hub.store.telemetry_windows(device_id, since=since, until=until, limit=limit)

@@ -10,6 +10,7 @@ from hub.store.base import (
     Event,
     IngestStats,
     ModelVersion,
+    SeqStats,
     Store,
     StoredWindow,
     TelemetryPoint,
@@ -26,6 +27,6 @@ def open_store(
 
 
 __all__ = [
-    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store", "StoredWindow",
+    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats", "SqliteStore", "Store", "StoredWindow",
     "TelemetryPoint", "Token", "open_store",
 ]  # fmt: skip

@@ -123,6 +123,17 @@ class StoredWindow:
 
 
 @dataclass(frozen=True)
+class SeqStats:
+    """Sequence numbers of a device's stored windows: gaps are windows lost or not yet sent (spooled)."""
+
+    first: int | None
+    last: int | None
+    count: int
+    missing: int
+    spool_dropped: int
+
+
+@dataclass(frozen=True)
 class IngestStats:
     """What the writer did with ingested messages since the store opened."""
 
@@ -194,6 +205,7 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
 
     # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key

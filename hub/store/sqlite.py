@@ -25,7 +25,7 @@ from sqlite_utils import Database
 from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
 from hub.errors import Conflict, NotFound
 from hub.store import telemetry as tsql
-from hub.store.base import Event, IngestStats, ModelVersion, StoredWindow, TelemetryPoint, Token
+from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
 from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
 
@@ -393,6 +393,9 @@ class SqliteStore(DeviceTables):
         return tsql.query_series(
             self._read(), device_id=device_id, model=model, model_version=model_version, since=since, until=until
         )
+
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
+        return tsql.seq_stats(self._read(), device_id, since=since, until=until)
 
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
         return self._write(
