@@ -183,3 +183,33 @@ def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
     wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
     with h.client() as c:
         assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
+
+
+def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) -> None:
+    from fastapi import APIRouter  # noqa: PLC0415
+
+    from hub.api.app import create_app  # noqa: PLC0415
+    from hub.api.deps import Viewer  # noqa: PLC0415
+    from hub.api.server import ApiServer  # noqa: PLC0415
+    from hub.errors import NotFound  # noqa: PLC0415
+
+    extra = APIRouter(prefix="/api/v1/extra")
+
+    @extra.get("/{name}")
+    def get(name: str, principal: Viewer) -> dict[str, str]:
+        if name == "missing":
+            raise NotFound("no such thing")
+        return {"name": name, "caller": principal.name}
+
+    server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
+    server.start()
+    try:
+        import httpx  # noqa: PLC0415
+
+        auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x", headers=auth).json() == {"name": "x", "caller": "admin"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x").status_code == 401
+        r = httpx.get(f"{server.url}/api/v1/extra/missing", headers=auth)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    finally:
+        server.stop()
