@@ -7,13 +7,18 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import APIRouter
 
 from fleet.chunks import decode_frame
 from fleet.codec import encode
 from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
 from fleet.signing import HubPublicKey, Verifier
-from hub.errors import NotInitialised
+from hub.api.app import create_app
+from hub.api.deps import Viewer
+from hub.api.server import ApiServer
+from hub.errors import NotFound, NotInitialised
 from hub.runtime import Hub
 from hub.settings import HubSettings
 from tests.support.broker import Broker
@@ -186,12 +191,6 @@ def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
 
 
 def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) -> None:
-    from fastapi import APIRouter  # noqa: PLC0415
-
-    from hub.api.app import create_app  # noqa: PLC0415
-    from hub.api.deps import Viewer  # noqa: PLC0415
-    from hub.api.server import ApiServer  # noqa: PLC0415
-    from hub.errors import NotFound  # noqa: PLC0415
 
     extra = APIRouter(prefix="/api/v1/extra")
 
@@ -204,8 +203,6 @@ def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) 
     server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
     server.start()
     try:
-        import httpx  # noqa: PLC0415
-
         auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
         assert httpx.get(f"{server.url}/api/v1/extra/x", headers=auth).json() == {"name": "x", "caller": "admin"}
         assert httpx.get(f"{server.url}/api/v1/extra/x").status_code == 401
