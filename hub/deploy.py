@@ -69,7 +69,9 @@ class Deployer:
     ) -> DeployResult:
         """Set MODEL:VERSION as the desired state of every device matching `selector`."""
         if not selector.strip():
-            raise InvalidInput("a deployment needs a non-empty selector (use `all` labels or list ids)")
+            raise InvalidInput(
+                "a deployment needs a non-empty selector; to reach every device, select a label all carry"
+            )
         ref = self.registry.model_ref(name, version)
         targets = [d.id for d in self.devices.find(selector)]
         if not targets:
