@@ -142,6 +142,14 @@ def fleet_router(hub: Hub) -> APIRouter:
         return {"name": body.name, "role": body.role,
                 "token": hub.auth.create_token(body.name, body.role, actor=principal.name)}  # fmt: skip
 
+    @r.get("/tokens", tags=["tokens"], summary="List tokens (names, roles, ids; never the secrets)")
+    def list_tokens(_p: Admin) -> list[dict[str, Any]]:
+        return [t.__dict__ for t in hub.store.list_tokens()]
+
+    @r.delete("/tokens/{token_id}", status_code=204, tags=["tokens"], summary="Revoke a token")
+    def revoke_token(token_id: int, principal: Admin) -> None:
+        hub.auth.revoke(token_id, actor=principal.name)
+
     @r.get("/ingest", tags=["ops"], summary="Ingestion counters: accepted and refused messages")
     def ingest(_p: Viewer) -> dict[str, Any]:
         st = hub.store.ingest_stats()

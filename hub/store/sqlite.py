@@ -273,6 +273,10 @@ class SqliteStore(DeviceTables):
         rows = self._read().execute("SELECT id, name, role, created_at, revoked FROM tokens ORDER BY id")
         return [Token(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
+    def revoke_token(self, token_id: int) -> bool:
+        sql = "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0"
+        return self._write(lambda c: c.execute(sql, (token_id,)).rowcount > 0)
+
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
         sql = "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, ?, ?, ?)"
         self._write(lambda c: c.execute(sql, (ts, actor, action, subject, _j(details))))

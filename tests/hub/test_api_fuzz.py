@@ -18,6 +18,8 @@ def test_no_operation_answers_5xx_to_generated_input(running_hub: RunningHub) ->
     seen = 0
     for result in schema.get_all_operations():
         op = result.ok()
+        if op.method.upper() == "DELETE" and op.path.startswith("/api/v1/tokens"):
+            continue  # revoking the fuzzer's own token would turn every later case into a 401
 
         @settings(
             max_examples=15, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
