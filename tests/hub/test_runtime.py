@@ -109,7 +109,9 @@ def test_wants_are_coalesced_per_round_and_unknown_blobs_counted(
         watcher.subscribe(h.hub.topics.chunk(sha))
         # hold the round open so both wants land in it
         chunks.settings = chunks.settings.model_copy(update={"round_interval_s": 0.5})
-        watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+        # a hostile range far past the blob's end only asks for the chunks that exist
+        hostile = Want(device_id="cam-1", sha256=sha, missing=[(0, 1 << 40)])
+        watcher.publish(h.hub.topics.want(sha), encode(hostile))
         watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-2", sha256=sha, missing=[(1, 2)])))
         got = sorted(decode_frame(watcher.get().payload).index for _ in range(count))
         assert got == list(range(count))
