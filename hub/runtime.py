@@ -157,7 +157,16 @@ class Hub:
         self.ingest.handle(topic, payload)
 
     def _on_connect(self) -> None:
-        n = self.deployer.republish_all()
+        # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
+        # publishes through paho
+        threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
+
+    def _republish(self) -> None:
+        try:
+            n = self.deployer.republish_all()
+        except Exception:
+            log.exception("hub: republishing desired states failed")
+            return
         if n:
             log.info("hub: republished %d desired states after connecting", n)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -212,3 +213,31 @@ def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) 
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     finally:
         server.stop()
+
+
+def test_concurrent_deploys_leave_the_newest_state_retained(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    _push_and_enrol(h, samples, "cam-1")
+    ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
+
+    def deploy_many() -> None:
+        for _ in range(10):
+            h.hub.deployer.set_desired(["cam-1"], ref)
+
+    threads = [threading.Thread(target=deploy_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = h.hub.store.get_desired("cam-1")
+    assert stored is not None and stored.version == 30
+    dev = TestClient(broker.host, broker.port)
+    try:
+        dev.subscribe(h.hub.topics.desired("cam-1"))
+        key = HubPublicKey(h.hub.key.public._key)
+        retained = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
+        assert retained.version == 30
+    finally:
+        dev.close()
