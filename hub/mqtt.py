@@ -158,10 +158,11 @@ class BoundedPublisher:
         deadline = time.monotonic() + self.timeout_s
         while len(self._inflight) >= self.max_inflight:
             info = self._inflight[0]
-            if info.rc != mqtt.MQTT_ERR_SUCCESS and not self.link.connected:
-                self._inflight.popleft()  # lost with the connection; the agent wants it again
+            try:
+                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                self._inflight.popleft()  # not sent (connection lost): the agent wants the chunk again
                 continue
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if info.is_published() or time.monotonic() >= deadline:
                 self._inflight.popleft()
         self._inflight.append(self.link.publish(topic, payload, qos=qos))

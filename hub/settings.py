@@ -90,6 +90,13 @@ class IngestSettings(_Group):
 
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
     max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long the writer waits for more messages before committing (group commit; bounds "
+        "how stale API reads of fresh telemetry can be)",
+    )
     max_queue: int = Field(
         default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
     )

@@ -128,6 +128,17 @@ class StoredWindow:
 
 
 @dataclass(frozen=True)
+class SeqStats:
+    """Sequence numbers of a device's stored windows: gaps are windows lost or not yet sent (spooled)."""
+
+    first: int | None
+    last: int | None
+    count: int
+    missing: int
+    spool_dropped: int
+
+
+@dataclass(frozen=True)
 class IngestStats:
     """What the writer did with ingested messages since the store opened."""
 
@@ -154,6 +165,7 @@ class Store(Protocol):
     def add_token(self, name: str, role: str, hashed: str, ts: float) -> int: ...
     def token_by_hash(self, hashed: str) -> Token | None: ...
     def list_tokens(self) -> list[Token]: ...
+    def revoke_token(self, token_id: int) -> bool: ...
 
     # events
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...
@@ -199,6 +211,7 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
 
     # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key
