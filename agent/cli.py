@@ -51,14 +51,19 @@ def run_cmd(
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
     """Run the agent in single-device mode without the HTTP API (headless serving) until SIGINT/SIGTERM."""
-    _setup_logging(log_level, json_logs)
     from agent.headless import HeadlessServing  # noqa: PLC0415  (keeps `--help` fast)
     from agent.runtime import Agent  # noqa: PLC0415
     from agent.settings import AgentSettings  # noqa: PLC0415
 
+    level = _log_level(log_level)
     try:
         device = load_bundle(bundle)
         settings = AgentSettings.from_env(data_dir=data_dir)
+    except AgentError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    _setup_logging(level, json_logs)
+    try:
         agent = Agent(device, settings, HeadlessServing())
     except AgentError as e:
         typer.echo(f"error: {e}", err=True)
@@ -73,14 +78,18 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
-def _setup_logging(level: str, as_json: bool) -> None:
-    numeric = logging.getLevelName(level.upper())
+def _log_level(name: str) -> int:
+    numeric = logging.getLevelName(name.upper())
     if not isinstance(numeric, int):
-        typer.echo(f"error: unknown log level {level!r}; use debug, info, warning or error", err=True)
+        typer.echo(f"error: unknown log level {name!r}; use debug, info, warning or error", err=True)
         raise typer.Exit(2)
+    return numeric
+
+
+def _setup_logging(level: int, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=numeric, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
