@@ -213,11 +213,12 @@ class MqttLink:
         if self.connected:
             self._client.subscribe(topic, qos)
 
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving `topic`."""
+    def unsubscribe(self, topic: str, *, force: bool = False) -> None:
+        """Stop receiving `topic`; `force` also unsubscribes a topic this run never subscribed (a left-over
+        of an earlier run's persistent session)."""
         with self._subs_lock:
             known = self._subs.pop(topic, None)
-        if known is not None and self.connected:
+        if (known is not None or force) and self.connected:
             self._client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:

@@ -264,6 +264,10 @@ class Reconciler:
             self.download.close()
 
     # -- the work -------------------------------------------------------------------------------------
+    def needed_blobs(self) -> set[str]:
+        """Digests of the blobs the accepted desired state names (model and shadow candidate)."""
+        return {r.blob.sha256 for r in self._refs()}
+
     def _refs(self) -> list[ModelRef]:
         d = self.desired
         if d is None:
