@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import activation
 from agent.download import Download
-from agent.errors import ActivationError, AgentError, StoreError
+from agent.errors import ActivationError, AgentError, DownloadError, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
@@ -142,7 +142,9 @@ class Reconciler:
             except ActivationError as e:
                 self._fail(e)
                 continue
-            break  # serving the previous model when the active one failed; the store is left for inspection
+            if rec is not record:  # serving previous because active failed; the pointers are left as they are
+                self.previous = None
+            break
         if self.state.envelope is not None:
             try:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
@@ -215,14 +217,14 @@ class Reconciler:
         if dl is None or dl.sha256 != sha256:
             self.stray_chunks += 1
             return
-        new = dl.on_chunk(payload)
-        if dl.complete:
-            try:
+        try:
+            new = dl.on_chunk(payload)
+            if dl.complete:
                 dl.finish()
-            except AgentError as e:
-                self._fail(e, permanent=False)
-                self.report()
-                return
+        except (AgentError, OSError) as e:  # a digest mismatch of the whole blob, or the disk failing
+            self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"writing {sha256[:12]}: {e}"))
+            return
+        if dl.complete:
             self.outbox.unwatch_blob(dl.sha256)
             self.download = None
             self._advance()
@@ -314,12 +316,9 @@ class Reconciler:
                     self.store, ref.blob, self.device_id, self.settings.download, self.outbox.want,
                     min_free_bytes=self.settings.store.min_free_bytes,
                 )  # fmt: skip
-            except AgentError as e:
+            except (AgentError, OSError) as e:
                 self.outbox.unwatch_blob(sha)
-                self._fail(e, permanent=False)
-                self.phase = Phase.DOWNLOADING
-                self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
-                self.report()
+                self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"cannot start {sha[:12]}: {e}"))
                 return False
             if not self.download.complete:
                 self.download.want()
@@ -328,14 +327,21 @@ class Reconciler:
             self.outbox.unwatch_blob(sha)
             try:
                 dl.finish()
-            except AgentError as e:
-                self._fail(e, permanent=False)
-                self._retry_at = time.monotonic()
+            except (AgentError, OSError) as e:
+                dl.close()
+                self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"storing {sha[:12]}: {e}"))
                 return False
             return True
         self.phase = Phase.DOWNLOADING
         self.report()
         return False
+
+    def _retry_later(self, e: AgentError) -> None:
+        """A temporary download failure: report it and try again after `rewant_after_s`."""
+        self._fail(e, permanent=False)
+        self.phase = Phase.DOWNLOADING
+        self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
+        self.report()
 
     def _cancel_download(self) -> None:
         if self.download is not None:
