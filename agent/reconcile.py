@@ -221,8 +221,14 @@ class Reconciler:
             new = dl.on_chunk(payload)
             if dl.complete:
                 dl.finish()
-        except (AgentError, OSError) as e:  # a digest mismatch of the whole blob, or the disk failing
-            self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"writing {sha256[:12]}: {e}"))
+        except AgentError as e:
+            if e.permanent:  # an inconsistent signed manifest: give up on this desired state
+                self._give_up(e)
+            else:
+                self._retry_later(e)
+            return
+        except OSError as e:  # the disk failing
+            self._retry_later(DownloadError(f"writing {sha256[:12]}: {e}"))
             return
         if dl.complete:
             self.outbox.unwatch_blob(dl.sha256)
@@ -327,9 +333,13 @@ class Reconciler:
             self.outbox.unwatch_blob(sha)
             try:
                 dl.finish()
-            except (AgentError, OSError) as e:
+            except AgentError as e:
+                dl.cancel()
+                self._give_up(e)
+                return False
+            except OSError as e:
                 dl.close()
-                self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"storing {sha[:12]}: {e}"))
+                self._retry_later(DownloadError(f"storing {sha[:12]}: {e}"))
                 return False
             return True
         self.phase = Phase.DOWNLOADING
@@ -341,6 +351,15 @@ class Reconciler:
         self._fail(e, permanent=False)
         self.phase = Phase.DOWNLOADING
         self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
+        self.report()
+
+    def _give_up(self, e: AgentError) -> None:
+        """A permanent failure of the accepted desired state: stop working on it, report, keep serving."""
+        self._cancel_download()
+        self._fail(e)
+        if self.desired is not None:
+            self._settled = self.desired.version
+        self.phase = Phase.FAILED
         self.report()
 
     def _cancel_download(self) -> None:
