@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -291,18 +292,31 @@ def main(argv: list[str] | None = None) -> int:
         # throughput: raw and API alternate in rounds, medians compared
         part = args.seconds / 3
         tputs: dict[str, list[float]] = {k: [] for k in ("raw", "api", "raw_img", "api_img")}
+        cpu: dict[str, list[float]] = {k: [] for k in tputs}  # CPU ms (every process involved) per image
         steady: list[tuple[float, float, int]] = []
         steady_img: list[tuple[float, float, int]] = []
+        server = psutil.Process(proc.pid)
+
+        def cpu_now() -> float:
+            t = server.cpu_times()
+            return time.process_time() + t.user + t.system
+
         for _ in range(3):
-            tputs["raw"].append(args.max_batch * runs_for(lambda: session.run(None, {"image": xb}), part) / part)
-            lat = load(url, binary, args.clients, part)
-            steady += lat
-            tputs["api"].append(throughput(lat))
-            tputs["raw_img"].append(args.max_batch * runs_for(raw_image_batch, part) / part)
-            lat = load(url, img, args.clients, part)
-            steady_img += lat
-            tputs["api_img"].append(throughput(lat))
+            for kind, raw_fn, req, into in (
+                ("", lambda: session.run(None, {"image": xb}), binary, steady),
+                ("_img", raw_image_batch, img, steady_img),
+            ):
+                c0 = time.process_time()
+                n = args.max_batch * runs_for(raw_fn, part)
+                cpu["raw" + kind].append((time.process_time() - c0) * 1e3 / n)
+                tputs["raw" + kind].append(n / part)
+                c0 = cpu_now()
+                lat = load(url, req, args.clients, part)
+                cpu["api" + kind].append((cpu_now() - c0) * 1e3 / len(lat))
+                into.extend(lat)
+                tputs["api" + kind].append(throughput(lat))
         tput = {k: statistics.median(v) for k, v in tputs.items()}
+        cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
 
         windows: dict[str, list[tuple[float, float]]] = {"swap": [], "reload": []}
 
@@ -357,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- |",
         f"| binary tensors | {tput['raw']:.0f} img/s | {tput['api']:.0f} req/s | {r_bin:.2f}x | >= 0.5x |",
         f"| image endpoint | {tput['raw_img']:.0f} img/s | {tput['api_img']:.0f} req/s | {r_img:.2f}x | >= 0.5x |",
+        "",
+        "| CPU per image (all processes) | raw | API: server + load generator | raw / API |",
+        "| --- | --- | --- | --- |",
+        f"| binary tensors | {cpu_ms['raw']:.2f} ms | {cpu_ms['api']:.2f} ms | {cpu_ms['raw'] / cpu_ms['api']:.2f}x |",
+        f"| image endpoint | {cpu_ms['raw_img']:.2f} ms | {cpu_ms['api_img']:.2f} ms "
+        f"| {cpu_ms['raw_img'] / cpu_ms['api_img']:.2f}x |",
         "",
         f"| {args.clients} clients, binary tensors, p99 | steady | around swaps (requests) | ratio | goal |",
         "| --- | --- | --- | --- | --- |",
