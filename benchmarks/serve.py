@@ -43,6 +43,7 @@ from models.postprocess import top_k
 from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 
+ROUNDS = 5  # raw and API measurements alternate this many times; medians are compared
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -279,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         # 1 client: interleave raw and API in rounds so background load hits both alike
         client = SyncClient(url)
         rows: dict[str, list[float]] = {k: [] for k in ("raw", "binary", "json", "raw_img", "image")}
-        n = max(args.iterations // 3, 20)
-        for _ in range(3):
+        n = max(args.iterations // ROUNDS, 20)
+        for _ in range(ROUNDS):
             rows["raw"].append(p50_raw(lambda: session.run(None, {"image": x1}), n))
             rows["binary"].append(p50_api(client, binary, n))
             rows["json"].append(p50_api(client, js, n))
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: statistics.median(v) for k, v in rows.items()}
 
         # throughput: raw and API alternate in rounds, medians compared
-        part = args.seconds / 3
+        part = args.seconds / ROUNDS
         tputs: dict[str, list[float]] = {k: [] for k in ("raw", "api", "raw_img", "api_img")}
         cpu: dict[str, list[float]] = {k: [] for k in tputs}  # CPU ms (every process involved) per image
         steady: list[tuple[float, float, int]] = []
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             t = server.cpu_times()
             return time.process_time() + t.user + t.system
 
-        for _ in range(3):
+        for _ in range(ROUNDS):
             for kind, raw_fn, req, into in (
                 ("", lambda: session.run(None, {"image": xb}), binary, steady),
                 ("_img", raw_image_batch, img, steady_img),
