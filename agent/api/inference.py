@@ -136,10 +136,11 @@ class Inference:
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
-            tensor, transform = await asyncio.get_running_loop().run_in_executor(
-                self.pool,
-                functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels),
-            )
+            job = functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels)
+            if served.inflight == 1:  # the only request: decode here, a thread hand-off costs more than it saves
+                tensor, transform = job()
+            else:  # others are being served: keep the event loop free for them
+                tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)
             submitted = True
             self.slot.submitted(served)
             outputs = await self._run(served, {d.input.name: tensor})
