@@ -158,6 +158,8 @@ def load(url: str, req: bytes, clients: int, seconds: float, during: Any = None)
 
 def throughput(lat: list[tuple[float, float, int]]) -> float:
     ok = [t for t in lat if t[2] == 200]
+    if len(ok) < 2:
+        return 0.0
     return len(ok) / (max(s + d for s, d, _ in ok) - min(s for s, _, _ in ok))
 
 
@@ -165,10 +167,11 @@ def runs_for(fn: Any, seconds: float) -> int:
     fn()
     n = 0
     until = time.perf_counter() + seconds
-    while time.perf_counter() < until:
+    while True:  # at least one timed run
         fn()
         n += 1
-    return n
+        if time.perf_counter() >= until:
+            return n
 
 
 def p50_raw(fn: Any, n: int) -> float:
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 tputs["raw" + kind].append(n / part)
                 c0 = cpu_now()
                 lat = load(url, req, args.clients, part)
-                cpu["api" + kind].append((cpu_now() - c0) * 1e3 / len(lat))
+                cpu["api" + kind].append((cpu_now() - c0) * 1e3 / max(len(lat), 1))
                 into.extend(lat)
                 tputs["api" + kind].append(throughput(lat))
         tput = {k: statistics.median(v) for k, v in tputs.items()}
@@ -354,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(1 for t in everything if t[2] != 200)
     steady_p99 = percentile([d for _, d, _ in base], 99) * 1e3
     swap_lat = {k: around(v, windows[k]) for k, v in during.items()}
-    swap_p99 = {k: percentile(v, 99) * 1e3 for k, v in swap_lat.items()}
+    swap_p99 = {k: percentile(v, 99) * 1e3 if v else float("nan") for k, v in swap_lat.items()}
     d_bin, d_json, d_img = med["binary"] - med["raw"], med["json"] - med["raw"], med["image"] - med["raw_img"]
     r_bin, r_img = tput["api"] / tput["raw"], tput["api_img"] / tput["raw_img"]
     lines = [
