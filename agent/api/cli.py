@@ -37,7 +37,7 @@ def serve_cmd(
         str | None, typer.Option("--host", help="Interface to listen on (default EDGEFLEET_API_HOST or 127.0.0.1).")
     ] = None,
     port: Annotated[
-        int | None, typer.Option("--port", help="TCP port (default EDGEFLEET_API_PORT or 8080; 0 picks one).")
+        int | None, typer.Option("--port", help="TCP port (default EDGEFLEET_API_PORT or 8000; 0 picks one).")
     ] = None,
     poll_s: Annotated[float, typer.Option("--poll-s", help="Seconds between checks of the store's pointer.")] = 2.0,
 ) -> None:
