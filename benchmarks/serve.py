@@ -43,7 +43,6 @@ from models.postprocess import top_k
 from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 
-ROUNDS = 5  # raw and API measurements alternate this many times; medians are compared
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -211,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="server dynamic batching: largest batch")
     parser.add_argument("--intra-op", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider")
+    parser.add_argument("--rounds", type=int, default=5, help="raw/API alternations (medians are compared)")
     parser.add_argument("--swaps", type=int, default=4, help="versions loaded and activated during the swap run")
     args = parser.parse_args(argv)
 
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         # 1 client: interleave raw and API in rounds so background load hits both alike
         client = SyncClient(url)
         rows: dict[str, list[float]] = {k: [] for k in ("raw", "binary", "json", "raw_img", "image")}
-        n = max(args.iterations // ROUNDS, 20)
-        for _ in range(ROUNDS):
+        n = max(args.iterations // args.rounds, 20)
+        for _ in range(args.rounds):
             rows["raw"].append(p50_raw(lambda: session.run(None, {"image": x1}), n))
             rows["binary"].append(p50_api(client, binary, n))
             rows["json"].append(p50_api(client, js, n))
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: statistics.median(v) for k, v in rows.items()}
 
         # throughput: raw and API alternate in rounds, medians compared
-        part = args.seconds / ROUNDS
+        part = args.seconds / args.rounds
         tputs: dict[str, list[float]] = {k: [] for k in ("raw", "api", "raw_img", "api_img")}
         cpu: dict[str, list[float]] = {k: [] for k in tputs}  # CPU ms (every process involved) per image
         steady: list[tuple[float, float, int]] = []
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             t = server.cpu_times()
             return time.process_time() + t.user + t.system
 
-        for _ in range(ROUNDS):
+        for _ in range(args.rounds):
             for kind, raw_fn, req, into in (
                 ("", lambda: session.run(None, {"image": xb}), binary, steady),
                 ("_img", raw_image_batch, img, steady_img),
