@@ -180,7 +180,7 @@ class ModelSlot:
         if s is None or s.batcher is None:
             raise NotReady("no model is active on this device yet; retry later")
         if name != s.model.name or (version is not None and version != s.model.version):
-            what = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
+            what = f"model {name[:100]!r}" + (f" version {version[:40]!r}" if version is not None else "")
             raise ModelNotFound(f"{what} is not served here; serving {s.model.name!r} version {s.model.version!r}")
         if s.inflight >= self.max_concurrency:
             raise Overloaded(f"{s.inflight} requests are in progress for {name!r}; retry later")
@@ -192,9 +192,9 @@ class ModelSlot:
         """Like `acquire`, without counting a request (metadata, readiness)."""
         s = self.current
         if s is None:
-            raise ModelNotFound(f"model {name!r} is not served here: no model is active")
+            raise ModelNotFound(f"model {name[:100]!r} is not served here: no model is active")
         if name != s.model.name or (version is not None and version != s.model.version):
-            raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
+            raise ModelNotFound(f"model {name[:100]!r} version {str(version)[:40]!r} is not served here")
         return s
 
     @staticmethod
