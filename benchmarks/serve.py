@@ -155,6 +155,21 @@ def load(url: str, req: bytes, clients: int, seconds: float, during: Any = None)
 # --- measurements ------------------------------------------------------------------------------------
 
 
+def batch_sizes(metrics: bytes) -> dict[str, int]:
+    """Engine runs per batch-size bucket (le=N), summed over versions, from the server's /metrics."""
+    total: dict[str, float] = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith("edgefleet_api_batch_size_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            total[le] = total.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    out, prev = {}, 0.0
+    for le, cum in total.items():  # cumulative buckets in increasing order
+        if cum - prev:
+            out[f"<={le}"] = int(cum - prev)
+        prev = cum
+    return out
+
+
 def throughput(lat: list[tuple[float, float, int]]) -> float:
     ok = [t for t in lat if t[2] == 200]
     if len(ok) < 2:
@@ -345,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                 during[cmd] += load(
                     url, binary, args.clients, args.seconds / 2, during=swapper(cmd, args.swaps // 2, args.seconds / 2)
                 )
+        probe = SyncClient(url)
+        _, metrics = probe.call(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        probe.close()
         parent.send("stop")
         parent.recv()
         proc.join(10)
@@ -390,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {args.swaps} swaps: {what} | {steady_p99:.2f} ms | {swap_p99[cmd]:.2f} ms ({len(swap_lat[cmd])}) "
             f"| {swap_p99[cmd] / steady_p99:.2f}x | <= 3x |"
         )
-    lines += ["", f"Failed requests: {failed} of {len(everything)}."]
+    lines += ["", f"Failed requests: {failed} of {len(everything)}. Engine runs by batch size: {batch_sizes(metrics)}."]
     print("\n".join(lines))
     return 0
 
