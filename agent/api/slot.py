@@ -117,12 +117,19 @@ class ModelSlot:
             options = BatcherOptions(
                 max_batch=runtime.max_batch, max_delay_ms=runtime.max_queue_delay_ms, max_queue=runtime.max_queue
             )
+        cur = self.current
+        if cur is not None and cur.engine is engine and cur.model == model and cur.options == options:
+            return  # the control side re-applied the same state: keep the batcher and its queue
         self._run(self._install, Served(engine, model, descriptor, options))
 
     def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
         """Run `engine` beside the active model on `sample_rate` (0..1] of requests; None stops shadowing."""
         if engine is None or model is None or sample_rate <= 0:
             self._run(self._install_shadow, None)
+            return
+        sh = self._shadow
+        if sh is not None and sh.served.engine is engine and sh.served.model == model:
+            sh.rate = min(sample_rate, 1.0)  # same candidate: keep its batcher and counters
             return
         served = Served(engine, model, engine.descriptor, self.defaults)
         self._run(self._install_shadow, _Shadow(served, min(sample_rate, 1.0), ShadowTally(model.version)))
