@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.api import ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelSlot
 from agent.api.app import create_app
 from agent.api.errors import SettingsError
 from fleet.messages import RuntimeOptions
@@ -115,3 +115,15 @@ def test_fastapi_routes_answer_like_the_fast_path(samples: dict[str, Sample], cl
     assert bad.status_code == 400
     assert "top_k" in bad.json()["error"]
     assert missing.status_code == 404
+
+
+def test_a_taken_port_is_an_oserror_and_start_stop_are_idempotent(make_server: Any) -> None:
+    server, _ = make_server()
+    port = int(server.url.rsplit(":", 1)[1])
+    server.start()  # already started: nothing happens
+    other = ApiServer(ApiSettings(port=port), ModelSlot())
+    with pytest.raises(OSError):
+        other.start()
+    other.stop()  # never started: nothing to stop
+    server.stop()
+    server.stop()
