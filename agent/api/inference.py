@@ -59,7 +59,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+        if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
+            chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
