@@ -124,13 +124,20 @@ class Inference:
             raise
         return self._done(served, "infer", response, t0, submitted)
 
-    async def predict(self, request: Request, name: str, k: int | None, threshold: float | None) -> Response:
-        """POST /v1/models/{name}:predict with an image (multipart or raw body)."""
+    async def predict(
+        self, request: Request, name: str, k: int | None, threshold: float | None, query: bytes | None = None
+    ) -> Response:
+        """POST /v1/models/{name}:predict with an image (multipart or raw body).
+
+        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast path).
+        """
         t0 = time.perf_counter()
         served = None
         submitted = False
         try:
             served = self.slot.acquire(name)
+            if query:
+                k, threshold = query_parameters(query)
             body = await read_body(request, self.settings.max_body_bytes)
             ctype = request.headers.get("content-type", "")
             data = await _multipart_image(request.headers, body) if ctype.startswith("multipart/") else body
@@ -260,13 +267,8 @@ class FastPath:
                 if "/" not in name and "/" not in version and (version or not sep):
                     response = await self.handlers.infer(Request(scope, receive), name, version if sep else None)
             elif path.startswith("/v1/models/") and path.endswith(":predict") and "/" not in path[11:-8]:
-                request = Request(scope, receive)
-                try:
-                    k, threshold = query_parameters(scope["query_string"])
-                except BadRequest as e:
-                    response = error_response(e, self.handlers.settings.retry_after_s)
-                else:
-                    response = await self.handlers.predict(request, path[11:-8], k, threshold)
+                query: bytes = scope["query_string"]
+                response = await self.handlers.predict(Request(scope, receive), path[11:-8], None, None, query)
             if response is not None:
                 await response(scope, receive, send)
                 return
