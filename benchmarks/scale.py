@@ -400,7 +400,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from agent.sim.cli import app; app()"
         sim_cmd = [
             sys.executable, "-c", boot,
-            *hub.sim_args(n, work, broker), "--json", "--telemetry-s", str(args.telemetry_s), "--want-retry-s", "5",
+            *hub.sim_args(n, work, broker), "--json", "--telemetry-s", str(args.telemetry_s),
+            "--want-retry-s", str(args.want_retry_s),
             "--threads", str(args.threads), "--connect-rate", "1000", "--seed", "1", "--cache", str(work / "cache"),
             *args.sim_args.split(),
         ]  # fmt: skip
@@ -470,7 +471,8 @@ def main() -> None:
     p.add_argument("--telemetry-s", type=float, default=10.0, help="telemetry window of every agent, s")
     p.add_argument("--steady-s", type=float, default=30.0, help="how long hub CPU and ingest lag are measured, s")
     p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
-    p.add_argument("--broker-inflight", type=int, default=4, help="Mosquitto max_inflight_messages (0: unbounded)")
+    p.add_argument("--broker-inflight", type=int, default=1, help="Mosquitto max_inflight_messages (0: unbounded)")
+    p.add_argument("--want-retry-s", type=float, default=5.0, help="agents re-want after this long without a chunk")
     p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
     args = p.parse_args()
