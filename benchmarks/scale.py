@@ -321,6 +321,7 @@ class Result:
     raw_s: float
     rollout_s: float
     chunks_published: int
+    active: int
     hub_rss_mib: float
     broker_rss_mib: float
     sim_rss_mib: float
@@ -422,14 +423,18 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         published_before = hub.chunks_published()
         t_roll = time.monotonic()
         hub.deploy(n)
-        _wait(lambda: hub.active() >= n, max(900, 20 * raw_s), "rollout", lambda: f"{hub.active()} active")
-        rollout_s = time.monotonic() - t_roll
+        try:
+            _wait(lambda: hub.active() >= n, args.rollout_timeout_s, "rollout", lambda: f"{hub.active()} active")
+            rollout_s = time.monotonic() - t_roll
+        except TimeoutError:
+            rollout_s = float("nan")
+        active = hub.active()
         return Result(
             n=n, hub=hub.name, online_s=online_s, hub_cpu_pct=cpu_pct,
             lag_p50_s=statistics.median(lags) if lags else float("nan"),
             lag_p99_s=lags[int(0.99 * (len(lags) - 1))] if lags else float("nan"),
             lag_max_s=lags[-1] if lags else float("nan"), windows=len(lags), raw_s=raw_s, rollout_s=rollout_s,
-            chunks_published=hub.chunks_published() - published_before,
+            chunks_published=hub.chunks_published() - published_before, active=active,
             hub_rss_mib=hub_proc.memory_info().rss / 2**20,
             broker_rss_mib=psutil.Process(broker.proc.pid).memory_info().rss / 2**20,
             sim_rss_mib=psutil.Process(sim.pid).memory_info().rss / 2**20,
@@ -445,6 +450,16 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         broker.stop()
 
 
+def _rollout(r: Result, args: argparse.Namespace) -> str:
+    if r.rollout_s == r.rollout_s:  # not NaN
+        return f"{r.rollout_s:.1f}"
+    return f"> {args.rollout_timeout_s:.0f} ({r.active}/{r.n} active)"
+
+
+def _ratio(r: Result) -> str:
+    return "-" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
+
+
 def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
@@ -454,7 +469,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
-            f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {r.rollout_s:.1f} | {r.ratio:.2f}x | "
+            f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {_rollout(r, args)} | {_ratio(r)} | "
             f"{r.chunks_published} | {r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
         )
     return "\n".join(lines)
@@ -473,6 +488,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
     p.add_argument("--broker-inflight", type=int, default=1, help="Mosquitto max_inflight_messages (0: unbounded)")
     p.add_argument("--want-retry-s", type=float, default=5.0, help="agents re-want after this long without a chunk")
+    p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
     p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
     args = p.parse_args()
