@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.sim.agent import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.actions import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.config import AgentIdentity
 from agent.sim.errors import TransportError
 

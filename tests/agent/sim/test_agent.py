@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.agent import GoOffline, PauseReading, Publish, SimAgent, Subscribe, Unsubscribe
+from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, BrokerAddress, Faults, SimConfig
 from agent.sim.profile import Profiles

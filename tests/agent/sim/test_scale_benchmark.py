@@ -19,7 +19,7 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
         pytest.skip("mosquitto is not installed")
     md = tmp_path / "scale.md"
     args = ["--agents", "5", "--hub", "stand-in", "--blob-mib", "1", "--steady-s", "1", "--telemetry-s", "0.5",
-            "--threads", "1", "--md", str(md)]  # fmt: skip
+            "--threads", "1", "--broker-inflight", "8", "--md", str(md)]  # fmt: skip
     res = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "scale.py"), *args],
         capture_output=True,
