@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from agent.sim.agent import Action, Publish, Subscribe  # noqa: E402
+from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from agent.sim.mqtt import Transport  # noqa: E402
 from fleet import ModelRef, TelemetryWindow, Topics, decode, encode_frame, plan_file  # noqa: E402
@@ -214,7 +214,8 @@ class ProductHub:
         self.pid = self.proc.pid
         self.api, self.token, self.db = info["api"], info["token"], info["db"]
         self.http = httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
-        self._lag_since = 0.0
+        self._listed: list[dict[str, Any]] = []
+        self._listed_at = 0.0
         self._rowid = 0
         self._lags: list[float] = []
         self._poller: threading.Thread | None = None
@@ -228,9 +229,11 @@ class ProductHub:
         return ["--bundles", str(bundles)]
 
     def _devices(self) -> list[dict[str, Any]]:
-        r = self.http.get("/api/v1/devices")
-        r.raise_for_status()
-        return list(r.json())
+        if time.monotonic() - self._listed_at >= 1.0:  # listing thousands of devices costs the hub CPU
+            r = self.http.get("/api/v1/devices")
+            r.raise_for_status()
+            self._listed, self._listed_at = list(r.json()), time.monotonic()
+        return self._listed
 
     def online(self) -> int:
         return sum(1 for d in self._devices() if d["status"] == "online")
