@@ -108,6 +108,7 @@ class _Shard(threading.Thread):
         self.calls: deque[Callable[[], None]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)  # a full wake pipe must never block (thousands of adds before start)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         self.stopping = False
         self.done = threading.Event()
