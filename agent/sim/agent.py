@@ -206,7 +206,11 @@ class SimAgent:
                 self.previous = self.active
             self.active = None
             self.phase = Phase.IDLE
-        elif self.active is not None and self.active.sha256 == model.blob.sha256:
+        elif self.active is not None and (self.active.sha256, self.active.name, self.active.version) == (
+            model.blob.sha256,
+            model.name,
+            model.version,
+        ):
             self.phase = Phase.ACTIVE
         elif model.blob.sha256 in self.held:
             self._start_activation(now)
