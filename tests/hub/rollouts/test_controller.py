@@ -267,3 +267,18 @@ def test_restarting_at_any_step_continues_and_never_sends_a_step_twice() -> None
     assert set(w.published.values()) == {1}
     steps = {st.rsplit("/", 1)[1] for _, st in w.published}
     assert steps == {"shadow", "activate"}
+
+
+def test_a_failed_shadow_with_pause_withdraws_the_shadow_and_resume_tries_again() -> None:
+    w = World(4, profiles={"2.0.0": Profile(agreement=0.0)})
+    r = w.run(start(w, shadow_rate=1.0, waves=["2", "100%"]))
+    assert r.state is RolloutState.PAUSED and "shadow_agreement" in (r.reason or "")
+    for _ in range(2):
+        r = w.tick(r).rollout
+    assert [classify(r, d, w.fleet[d]) for d in r.members(0)] == ["rolled_back", "rolled_back"]
+    assert all(w.fleet[d].shadow is None and w.fleet[d].active == OLD for d in r.members(0))
+    w.profiles["2.0.0"] = Profile()
+    r, _ = command(r, "resume", now=w.now)
+    assert r.waves[0].phase is WavePhase.SHADOW_LOADING
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
