@@ -120,6 +120,10 @@ class StoredWindow:
     queue_depth: int
     spool_dropped: int
     spool_pending: int
+    provider: str | None = None
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    gpus: tuple[dict[str, Any], ...] = ()
     shadow: dict[str, Any] | None = None
 
 

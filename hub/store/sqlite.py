@@ -44,6 +44,24 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _phase_event(conn: sqlite3.Connection, msg: ReportedState, previous: str | None, received: float) -> None:
+    """Record a device's phase change (download and activation history) as an event `device.phase`."""
+    model = msg.active if msg.phase.value in ("active", "idle") else None
+    details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
+    if model is not None:
+        details["model"] = f"{model.name}:{model.version}"
+        details["provider"] = model.provider
+    if msg.download is not None:
+        details["sha256"] = msg.download.sha256
+        details["bytes_total"] = msg.download.bytes_total
+    if msg.error is not None:
+        details["error"] = {"code": msg.error.code, "message": msg.error.message}
+    conn.execute(
+        "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, 'device.phase', ?, ?)",
+        (received, f"device/{msg.device_id}", f"device/{msg.device_id}", _j(details)),
+    )
+
+
 def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -158,6 +176,7 @@ class SqliteStore(DeviceTables):
 
     @staticmethod
     def _apply_reported(conn: sqlite3.Connection, msg: ReportedState, received: float) -> bool:
+        prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
         cur = conn.execute(
             "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, phase = excluded.phase, "
@@ -170,6 +189,8 @@ class SqliteStore(DeviceTables):
                 "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
                 (received, msg.device_id),
             )
+            if prev is None or prev[0] != msg.phase.value:
+                _phase_event(conn, msg, None if prev is None else prev[0], received)
         return cur.rowcount > 0
 
     def _write(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
