@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hub.store.base import (
     Desired,
+    DesiredSummary,
     Device,
     Event,
     IngestStats,
@@ -24,6 +25,6 @@ def open_store(path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -
 
 
 __all__ = [
-    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store", "StoredWindow",
-    "TelemetryPoint", "Token", "open_store",
+    "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store",
+    "StoredWindow", "TelemetryPoint", "Token", "open_store",
 ]  # fmt: skip

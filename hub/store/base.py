@@ -67,6 +67,20 @@ class Desired:
 
 
 @dataclass(frozen=True)
+class DesiredSummary:
+    """What a stored desired state names, without its signed body (cheap to list for every device)."""
+
+    device_id: str
+    version: int
+    rollout_id: str | None
+    model_name: str | None
+    model_version: str | None
+    shadow_name: str | None
+    shadow_version: str | None
+    runtime: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Event:
     """One audit-log entry: who did what to which subject."""
 
@@ -177,6 +191,7 @@ class Store(Protocol):
     def put_desired(self, states: list[Desired]) -> None: ...
     def get_desired(self, device_id: str) -> Desired | None: ...
     def list_desired(self) -> list[Desired]: ...
+    def list_desired_summaries(self) -> list[DesiredSummary]: ...
     def devices_wanting(self, name: str, version: str) -> list[str]: ...
 
     # ingestion (asynchronous, batched by the writer)
