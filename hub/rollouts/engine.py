@@ -43,20 +43,20 @@ def _ref(model: Any) -> Ref | None:
 
 def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, DeviceView]:
     """Every enrolled device as the controller sees it (labels, reachability, desired and reported state)."""
-    desired = {s.device_id: s for s in store.list_desired()}
+    desired = {s.device_id: s for s in store.list_desired_summaries()}
     out: dict[str, DeviceView] = {}
     for d in store.list_devices():
         s = desired.get(d.id)
-        body = s.body if s else {}
         rep = d.reported or {}
         online = d.status == "online" and d.last_seen is not None and now - d.last_seen <= settings.stale_after_s
-        shadow = body.get("shadow") or {}
         out[d.id] = DeviceView(
             id=d.id, labels=d.labels, online=online, desired_version=s.version if s else None,
-            desired_rollout=s.rollout_id if s else None, desired_model=_ref(body.get("model")),
-            desired_shadow=_ref(shadow.get("model")), desired_runtime=dict(body.get("runtime") or {}),
-            accepted=rep.get("desired_version"), phase=rep.get("phase"), active=_ref(rep.get("active")),
-            shadow=_ref(rep.get("shadow")), error_code=(rep.get("error") or {}).get("code"),
+            desired_rollout=s.rollout_id if s else None,
+            desired_model=(s.model_name, s.model_version) if s and s.model_name and s.model_version else None,
+            desired_shadow=(s.shadow_name, s.shadow_version) if s and s.shadow_name and s.shadow_version else None,
+            desired_runtime=s.runtime if s else {}, accepted=rep.get("desired_version"), phase=rep.get("phase"),
+            active=_ref(rep.get("active")), shadow=_ref(rep.get("shadow")),
+            error_code=(rep.get("error") or {}).get("code"),
         )  # fmt: skip
     return out
 
