@@ -256,8 +256,11 @@ def _advance(
                 d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is WavePhase.PENDING
             ]
             control = tel.windows(pending, since, until) if pending else []
-            span = until - since
-            baseline = tel.windows(judged, w.started_at - span, w.started_at)
+            on_old = sum(c.requests for c in control if c.model_version not in (None, spec.version))
+            span = until - since  # the baseline is read only when the control cohort cannot serve
+            baseline = (
+                tel.windows(judged, w.started_at - span, w.started_at) if on_old < spec.gates.min_requests else []
+            )
             found = [
                 error_rate_gate(windows, spec.version, spec.gates, since=since, until=until, now=now),
                 p95_gate(windows, control, baseline, spec.version, spec.gates, since=since, until=until, now=now),
