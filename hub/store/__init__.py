@@ -14,6 +14,7 @@ from hub.store.base import (
     Store,
     StoredWindow,
     TelemetryPoint,
+    TelemetryTotals,
     Token,
 )
 from hub.store.sqlite import SqliteStore
@@ -26,5 +27,5 @@ def open_store(path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -
 
 __all__ = [
     "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store",
-    "StoredWindow", "TelemetryPoint", "Token", "open_store",
+    "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

@@ -6,6 +6,7 @@ changes. Writes go through one writer; reads never wait for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,6 +143,22 @@ class StoredWindow:
 
 
 @dataclass(frozen=True)
+class TelemetryTotals:
+    """Raw windows of a set of devices over a time range, summed per model version and shadow candidate."""
+
+    model_version: str | None
+    shadow_version: str | None
+    devices: int
+    windows: int
+    requests: int
+    errors: int
+    latency_sum_ms: float
+    latency_counts: tuple[int, ...]
+    shadow_samples: int = 0
+    shadow_agreements: int = 0
+
+
+@dataclass(frozen=True)
 class IngestStats:
     """What the writer did with ingested messages since the store opened."""
 
@@ -214,6 +231,7 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
+    def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]: ...
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
 
     # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key
