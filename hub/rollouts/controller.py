@@ -248,19 +248,17 @@ def _advance(
             return r
         judged = [d for d in members if d not in w.set_aside]
         since, until = w.settled_at, max(w.bake_until, w.settled_at + 1e-3)
-        windows = tel.windows(judged, since, until)
+        windows = tel.totals(judged, since, until)
         if w.phase is WavePhase.SHADOW_BAKING:
             gates = [shadow_gate(windows, spec.version, spec.gates, since=since, until=until, now=now)]
         else:
             pending = [
                 d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is WavePhase.PENDING
             ]
-            control = tel.windows(pending, since, until) if pending else []
+            control = tel.totals(pending, since, until) if pending else []
             on_old = sum(c.requests for c in control if c.model_version not in (None, spec.version))
             span = until - since  # the baseline is read only when the control cohort cannot serve
-            baseline = (
-                tel.windows(judged, w.started_at - span, w.started_at) if on_old < spec.gates.min_requests else []
-            )
+            baseline = tel.totals(judged, w.started_at - span, w.started_at) if on_old < spec.gates.min_requests else []
             found = [
                 error_rate_gate(windows, spec.version, spec.gates, since=since, until=until, now=now),
                 p95_gate(windows, control, baseline, spec.version, spec.gates, since=since, until=until, now=now),

@@ -25,14 +25,13 @@ from hub.registry import Registry
 from hub.rollouts.cohort import DeviceView, Ref, Target, targets
 from hub.rollouts.controller import Command, Event, command, new_rollout, step
 from hub.rollouts.errors import RolloutConflict
-from hub.rollouts.gates import WindowStat
+from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Store
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
-_MAX_WINDOWS = 100_000
 
 
 def _ref(model: Any) -> Ref | None:
@@ -62,31 +61,25 @@ def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, 
 
 
 class StoreTelemetry:
-    """`TelemetryView` over the hub store's raw telemetry windows."""
+    """`TelemetryView` over the hub store's raw telemetry windows (summed in one query per call)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def windows(self, device_ids: Sequence[str], since: float, until: float) -> list[WindowStat]:
-        out = []
-        for device_id in device_ids:
-            for w in self.store.telemetry_windows(device_id, since=since, until=until, limit=_MAX_WINDOWS):
-                sh = w.shadow or {}
-                out.append(
-                    WindowStat(
-                        device_id=device_id,
-                        start=w.start,
-                        end=w.end,
-                        model_version=w.model_version,
-                        requests=w.requests,
-                        errors=w.errors,
-                        latency=Histogram(counts=w.latency_counts, sum_ms=max(w.latency_sum_ms, 0.0)),
-                        shadow_version=sh.get("candidate_version"),
-                        shadow_samples=int(sh.get("samples") or 0),
-                        shadow_agreements=int(sh.get("agreements") or 0),
-                    )
-                )
-        return out
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
+        return [
+            Totals(
+                model_version=t.model_version,
+                requests=t.requests,
+                errors=t.errors,
+                latency=Histogram(counts=t.latency_counts, sum_ms=max(t.latency_sum_ms, 0.0)),
+                devices=t.devices,
+                shadow_version=t.shadow_version,
+                shadow_samples=t.shadow_samples,
+                shadow_agreements=t.shadow_agreements,
+            )
+            for t in self.store.telemetry_totals(device_ids, since=since, until=until)
+        ]
 
 
 class RolloutEngine:
