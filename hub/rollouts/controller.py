@@ -247,7 +247,8 @@ def _advance(
         if now < w.bake_until + grace_s:
             return r
         judged = [d for d in members if d not in w.set_aside]
-        since, until = w.settled_at, max(w.bake_until, w.settled_at + 1e-3)
+        # the window grows past the bake while a gate lacks data (see below)
+        since, until = w.settled_at, max(w.bake_until, now - grace_s, w.settled_at + 1e-3)
         windows = tel.totals(judged, since, until)
         if w.phase is WavePhase.SHADOW_BAKING:
             gates = [shadow_gate(windows, spec.version, spec.gates, since=since, until=until, now=now)]
@@ -264,6 +265,12 @@ def _advance(
                 p95_gate(windows, control, baseline, spec.version, spec.gates, since=since, until=until, now=now),
             ]
             gates = [g for g in found if g is not None]
+        if any(g.status == "no_data" for g in gates):
+            if now < w.bake_until + grace_s + spec.offline_timeout_s:
+                return r  # too little data yet: keep baking (judged again next tick over a longer window)
+            if w.phase is WavePhase.SHADOW_BAKING:  # an unverified candidate is not activated
+                gates = [g.model_copy(update={"status": "fail", "detail": f"{g.detail} after the offline timeout"})
+                         if g.status == "no_data" else g for g in gates]  # fmt: skip
         w = w.model_copy(update={"gates": [*w.gates, *gates]})
         events.append(("rollout.gates", {"wave": w.index, "gates": [g.model_dump(mode="json") for g in gates]}))
         if not all(g.passed for g in gates):
