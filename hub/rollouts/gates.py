@@ -35,7 +35,7 @@ class TelemetryView(Protocol):
     """Read access to telemetry (the engine implements it over the hub store)."""
 
     def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
-        """Windows of these devices that overlap [since, until), summed per (model version, shadow candidate)."""
+        """Windows of these devices that start in [since, until), summed per (model version, shadow candidate)."""
 
 
 def _p95(groups: Iterable[Totals]) -> tuple[float | None, int]:

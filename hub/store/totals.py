@@ -20,7 +20,7 @@ _TOTALS = (
     "sum(coalesce(json_extract(extra, '$.shadow.samples'), 0)), "
     "sum(coalesce(json_extract(extra, '$.shadow.agreements'), 0)), "
     + ", ".join(f"sum({b})" for b in BUCKETS)
-    + ' FROM telemetry WHERE device_id IN (SELECT value FROM json_each(?)) AND "end" >= ? AND start < ? '
+    + " FROM telemetry WHERE device_id IN (SELECT value FROM json_each(?)) AND start >= ? AND start < ? "
     "GROUP BY model_version, sv ORDER BY model_version, sv"
 )
 
@@ -32,7 +32,10 @@ class TotalsQueries:
         raise NotImplementedError
 
     def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]:
-        """Windows of `device_ids` overlapping [since, until), summed per (model version, shadow candidate)."""
+        """Windows of `device_ids` that start in [since, until), summed per (model version, shadow candidate).
+
+        A window that started before `since` is left out even if it ends inside: it may mix what ran before.
+        """
         if not device_ids:
             return []
         rows = self._read().execute(_TOTALS, (json.dumps(list(device_ids)), since, until))

@@ -114,7 +114,7 @@ class World:
         ids = set(device_ids)
         groups: dict[tuple[str | None, str | None], list[Window]] = defaultdict(list)
         for w in self.log:
-            if w.device_id in ids and w.end >= since and w.start < until:
+            if w.device_id in ids and since <= w.start < until:
                 groups[(w.stat.model_version, w.stat.shadow_version)].append(w)
         return [
             Totals(
