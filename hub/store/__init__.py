@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hub.store.base import (
     Desired,
+    DesiredSummary,
     Device,
     Event,
     IngestStats,
@@ -14,6 +15,7 @@ from hub.store.base import (
     Store,
     StoredWindow,
     TelemetryPoint,
+    TelemetryTotals,
     Token,
 )
 from hub.store.sqlite import SqliteStore
@@ -27,6 +29,6 @@ def open_store(
 
 
 __all__ = [
-    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats", "SqliteStore", "Store", "StoredWindow",
-    "TelemetryPoint", "Token", "open_store",
+    "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats", "SqliteStore", "Store",
+    "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

@@ -28,6 +28,7 @@ from hub.store import telemetry as tsql
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
 from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
+from hub.store.totals import TotalsQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore(DeviceTables):
+class SqliteStore(DeviceTables, TotalsQueries):
     """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
 
     def __init__(
