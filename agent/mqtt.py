@@ -110,6 +110,7 @@ class MqttLink:
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         c.max_queued_messages_set(1000)
+        c.connect_timeout = settings.connect_timeout_s
         self._client = c
 
     @staticmethod

@@ -39,7 +39,13 @@ class LinkSettings(_Group):
         le=3600,
         description="longest reconnect delay, seconds (exponential growth stops here; every delay gets +-50 % jitter)",
     )
-    connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP connect timeout, seconds")
+    connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="MQTT connect timeout, seconds; also how long a restarted agent waits for the broker "
+        "before it resumes its work offline",
+    )
     publish_timeout_s: float = Field(default=5.0, gt=0, le=300, description="wait for a QoS 1 PUBACK, seconds")
 
 

@@ -74,13 +74,13 @@ class Spool:
 
     def peek(self, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` oldest windows, in sequence order (they stay until `ack`)."""
-        with self._lock:
+        with self._lock, self._tx():
             rows = self._db.execute("SELECT seq, payload FROM windows ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [(int(s), bytes(p)) for s, p in rows]
 
     def ack(self, seq: int) -> None:
         """Delete a window the broker acknowledged."""
-        with self._lock:
+        with self._lock, self._tx():
             self._db.execute("DELETE FROM windows WHERE seq = ?", (seq,))
 
     def _count(self) -> int:
@@ -89,13 +89,13 @@ class Spool:
     @property
     def pending(self) -> int:
         """Windows waiting to be sent."""
-        with self._lock:
+        with self._lock, self._tx():
             return self._count()
 
     @property
     def dropped(self) -> int:
         """Windows dropped because the spool was full, since the spool file was created."""
-        with self._lock:
+        with self._lock, self._tx():
             return self._meta("dropped")
 
     def close(self) -> None:
@@ -108,13 +108,24 @@ class Spool:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), for an autocommit connection."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), for an autocommit connection.
+
+    Any SQLite error inside becomes a SpoolError (disk full, file removed, database locked too long).
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise SpoolError(f"telemetry spool unavailable: {e}") from e
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __exit__(self, exc_type: object, exc: object, _tb: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        except sqlite3.Error as e:
+            raise SpoolError(f"telemetry spool write failed: {e}") from e
+        if isinstance(exc, sqlite3.Error):
+            raise SpoolError(f"telemetry spool write failed: {exc}") from exc

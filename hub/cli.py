@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
@@ -26,8 +28,8 @@ from hub.selectors import parse_label_args
 from hub.settings import HubSettings
 
 T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Hub API URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")]
@@ -45,7 +47,7 @@ def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except HubError as e:
-        err.print(f"[red]error[/red] ({e.code}): {e.message}")
+        err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
         raise typer.Exit(1) from None
 
 
@@ -100,6 +102,9 @@ def hub_serve(
         overrides["api"] = api
     hub = Hub(_settings(data_dir, **overrides))
     _run(hub.start)
+    # uvicorn hands SIGTERM back to the previous handler once it has stopped: make that a clean exit,
+    # so the `finally` below stops the hub and its local broker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server = ApiServer(hub)
         err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
@@ -147,7 +152,7 @@ def model_push(
     try:
         desc = ModelDescriptor.load(descriptor or sidecar_for(onnx_file)).to_json()
     except ModelError as e:
-        err.print(f"[red]error[/red]: {e}")
+        err.print(f"[red]error[/red]: {escape(str(e))}")
         raise typer.Exit(1) from None
     size = onnx_file.stat().st_size
     with _client(url, token) as c:

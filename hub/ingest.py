@@ -15,11 +15,12 @@ from collections.abc import Callable
 from fleet.codec import decode
 from fleet.errors import InvalidTopic, MessageError
 from fleet.messages import CommandAck, DeviceStatus, ReportedState, TelemetryWindow, Want
-from fleet.topics import TopicKind, Topics
+from fleet.topics import ParsedTopic, TopicKind, Topics
 from hub.store import Store
 from hub.transfer import ChunkServer
 
 log = logging.getLogger(__name__)
+_PARSE_CACHE = 100_000
 
 
 class Ingestor:
@@ -43,6 +44,7 @@ class Ingestor:
         self.on_ack = on_ack
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
+        self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
 
     def _reject(self, kind: str, reason: str, topic: str, detail: str = "") -> None:
         key = (kind, reason)
@@ -53,11 +55,16 @@ class Ingestor:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one message. Never raises on bad input."""
-        try:
-            parsed = self.topics.parse(topic)
-        except InvalidTopic as e:
-            self._reject("unknown", "bad_topic", topic, str(e))
-            return
+        parsed = self._parsed.get(topic)
+        if parsed is None:
+            try:
+                parsed = self.topics.parse(topic)
+            except InvalidTopic as e:
+                self._reject("unknown", "bad_topic", topic, str(e))
+                return
+            if len(self._parsed) >= _PARSE_CACHE:
+                self._parsed.clear()
+            self._parsed[topic] = parsed
         kind = parsed.kind
         if len(payload) > self.max_message_bytes:
             self._reject(kind.value, "oversized", topic, f"{len(payload)} bytes")

@@ -23,6 +23,7 @@ from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
 from hub.mqtt import BoundedPublisher, MqttLink
 from hub.registry import Registry
+from hub.rollouts.engine import RolloutEngine
 from hub.settings import HubSettings
 from hub.store import SqliteStore, open_store
 from hub.telemetry import TelemetryQueries
@@ -123,15 +124,19 @@ class Hub:
             self.store, self.topics, is_enrolled=self._enrolled.__contains__, chunk_server=self.chunks,
             max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
         )  # fmt: skip
+        self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
         self.chunks.start()
         self._ready = True
         link.start()
+        self.rollouts.start()
         self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
         self._maintenance.start()
 
     def stop(self) -> None:
         """Stop serving: MQTT, chunk server, maintenance, store (queued writes are flushed), local broker."""
         self._stop.set()
+        if getattr(self, "rollouts", None) is not None:
+            self.rollouts.stop()
         if self.link is not None:
             self.link.stop()
         if getattr(self, "chunks", None) is not None:

@@ -135,6 +135,21 @@ class DashboardSettings(_Group):
     session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
 
 
+class RolloutSettings(_Group):
+    """The rollout controller (hub.rollouts)."""
+
+    tick_interval_s: float = Field(
+        default=2.0, gt=0, le=600, description="how often the controller advances rollouts, seconds"
+    )
+    telemetry_grace_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="wait this long after a bake ends before judging it, seconds (windows still on their way; "
+        "the agents' default window is 10 s)",
+    )
+
+
 class HubSettings(BaseModel):
     """Everything the hub can be told. Build it directly, or with `from_env()`."""
 
@@ -149,6 +164,7 @@ class HubSettings(BaseModel):
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubSettings:

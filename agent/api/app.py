@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from agent.api.errors import BadRequest, NotReady
-from agent.api.inference import JSON, Inference, error_response
+from agent.api.inference import JSON, FastPath, Inference, error_response
 from agent.api.metrics import CONTENT_TYPE, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.slot import ModelSlot, Served
@@ -128,6 +128,12 @@ def _metadata(s: Served) -> dict[str, Any]:
     }
 
 
+def create_asgi(settings: ApiSettings, slot: ModelSlot) -> FastPath:
+    """The app as served: `create_app` behind the inference fast path (see `agent.api.inference.FastPath`)."""
+    app = create_app(settings, slot)
+    return FastPath(app, app.state.handlers)
+
+
 def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
     """The ASGI app serving `slot` under `settings`; its lifespan binds the slot to the server's loop."""
     metrics = ApiMetrics(slot)
@@ -152,6 +158,7 @@ def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
         redoc_url=None,
     )
     app.state.metrics = metrics
+    app.state.handlers = handlers
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -7,6 +7,8 @@ shape the Open Inference Protocol (and tritonclient) expects.
 
 from __future__ import annotations
 
+from starlette.requests import ClientDisconnect
+
 from models.errors import (
     EngineNotReady,
     ImageTooLarge,
@@ -72,6 +74,8 @@ def to_http(exc: BaseException) -> tuple[int, str]:
     """HTTP status and reason for any error raised while serving a request (the single mapping)."""
     if isinstance(exc, ApiError):
         return exc.status, exc.reason
+    if isinstance(exc, ClientDisconnect):  # the client is gone; nginx's 499, never counted as an error
+        return 499, "client closed the connection before the request body arrived"
     if isinstance(exc, ImageTooLarge):
         return 413, str(exc)
     if isinstance(exc, InvalidInput | InvalidImage):

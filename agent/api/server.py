@@ -8,7 +8,7 @@ import threading
 
 import uvicorn
 
-from agent.api.app import create_app
+from agent.api.app import create_asgi
 from agent.api.settings import ApiSettings
 from agent.api.slot import ModelSlot
 from models.batcher import BatcherOptions
@@ -26,7 +26,7 @@ def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
 
 def _config(settings: ApiSettings, slot: ModelSlot) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(settings, slot),
+        create_asgi(settings, slot),
         loop="uvloop",
         http="httptools",
         lifespan="on",

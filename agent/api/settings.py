@@ -1,7 +1,7 @@
 """Settings of the on-device inference API, grouped by concern; every field states its unit.
 
 Read from the environment with `ApiSettings.from_env()`: each field `x` is `EDGEFLEET_API_X` (for example
-`EDGEFLEET_API_PORT=8080`, `EDGEFLEET_API_MAX_BODY_BYTES=16777216`). Unknown `EDGEFLEET_API_*` variables
+`EDGEFLEET_API_PORT=8000`, `EDGEFLEET_API_MAX_BODY_BYTES=16777216`). Unknown `EDGEFLEET_API_*` variables
 are refused, so a typo never silently keeps a default.
 """
 
@@ -25,7 +25,12 @@ class ApiSettings(BaseModel):
 
     # --- listening ----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0 for every interface).")
-    port: int = Field(default=8080, ge=0, le=65535, description="TCP port; 0 picks a free one (see ApiServer.url).")
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="TCP port (8000: Triton's HTTP port, where tritonclient users look); 0 picks a free one.",
+    )
 
     # --- limits -------------------------------------------------------------------------------------
     max_body_bytes: int = Field(
@@ -70,7 +75,7 @@ class ApiSettings(BaseModel):
     )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> ApiSettings:
         """Settings from `EDGEFLEET_API_*` variables, then `overrides`.
 
         Raises:

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,31 @@ from models.descriptor import ModelDescriptor
 from models.errors import ModelError
 
 Array = npt.NDArray[Any]
+
+
+class _OneRunAtATime:
+    """An engine whose runs take a lock shared by every engine of the slot.
+
+    During a swap the old engine finishes its queued batches while the new one starts, and a shadow
+    candidate runs beside the active model. On CPU each onnxruntime run already uses every core, so two
+    runs at once only oversubscribe the cores (threads of one parallel section wait for each other);
+    one run at a time keeps the same total work without the stragglers.
+    """
+
+    def __init__(self, engine: Any, lock: threading.Lock) -> None:
+        self.engine = engine
+        self.lock = lock
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.engine.max_batch  # type: ignore[no-any-return]
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
+        return self.engine.check_inputs(inputs)  # type: ignore[no-any-return]
+
+    def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]:
+        with self.lock:
+            return self.engine.run_checked(feed)  # type: ignore[no-any-return]
 
 
 @dataclass(eq=False)
@@ -74,6 +99,7 @@ class ModelSlot:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()  # guards _loop and the window counters
+        self._run_lock = threading.Lock()  # one engine run at a time across active, retiring and shadow
         self._requests = self._errors = 0
         self._latency = LatencyRecorder()
         self._sizes: dict[tuple[str, str], Counter[int]] = {}
@@ -259,7 +285,8 @@ class ModelSlot:
         with self._lock:
             attached = self._loop is not None
         if attached:
-            s.batcher = Batcher(s.engine, s.options, more_coming=lambda: s.pending > 0)
+            backend = _OneRunAtATime(s.engine, self._run_lock)
+            s.batcher = Batcher(backend, s.options, more_coming=lambda: s.pending > 0)
             await s.batcher.start()
 
     async def _install(self, new: Served | None) -> None:

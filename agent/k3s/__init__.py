@@ -5,11 +5,25 @@ Public API: `ClusterSettings` (env `EDGEFLEET_K3S_*`), `ClusterBridge(settings)`
 and the errors. `agent.k3s.cli.app` is the `edgefleet k3s` command group.
 """
 
-from agent.k3s.bridge import ClusterBridge
+from typing import TYPE_CHECKING, Any
+
 from agent.k3s.calls import API_CALLS, ApiCall
 from agent.k3s.errors import ApiCallError, ClusterConfigError, ClusterError, WorkloadError
 from agent.k3s.render import Workload, render_workload, template_hash
 from agent.k3s.settings import ClusterSettings
+
+if TYPE_CHECKING:
+    from agent.k3s.bridge import ClusterBridge
+
+
+def __getattr__(name: str) -> Any:
+    """Import the bridge (and lightkube, ~150 ms) only when it is used, so `edgefleet --help` stays fast."""
+    if name == "ClusterBridge":
+        from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415
+
+        return ClusterBridge
+    raise AttributeError(f"module 'agent.k3s' has no attribute {name!r}")
+
 
 __all__ = [
     "API_CALLS",

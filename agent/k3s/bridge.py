@@ -17,6 +17,7 @@ from agent.k3s.cluster import Cluster
 from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
 from agent.k3s.settings import ClusterSettings
+from agent.ports import ClusterPort
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,13 @@ class ClusterBridge:
         if self._closed:
             coro.close()
             raise ClusterError("the cluster bridge is closed", code="closed", permanent=True)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except ClusterError:
+            raise
+        except Exception as e:  # a bug or a response we did not foresee: still an error with a reason
+            log.exception("unexpected error in cluster mode")
+            raise ClusterError(f"unexpected {type(e).__name__} in cluster mode: {e}"[:1500], code="internal") from e
 
     def inventory(self) -> list[NodeInfo]:
         """The cluster's nodes with allocatable GPU and MIG resources and readiness (for the birth message).
@@ -121,3 +128,8 @@ class ClusterBridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _implements_cluster_port(bridge: ClusterBridge) -> ClusterPort:
+    """Never called: mypy checks here that `ClusterBridge` satisfies `agent.ports.ClusterPort`."""
+    return bridge

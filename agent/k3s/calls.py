@@ -32,6 +32,7 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("patch", "deployments", "apps"),
     ApiCall("create", "horizontalpodautoscalers", "autoscaling"),
     ApiCall("patch", "horizontalpodautoscalers", "autoscaling"),
-    # rollout: watch the Deployment until ready or our deadline
+    # rollout: watch the Deployment until ready or our deadline; on failure, say why from its pods
     ApiCall("watch", "deployments", "apps"),
+    ApiCall("list", "pods", ""),
 )

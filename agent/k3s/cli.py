@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from agent.k3s.bridge import ClusterBridge
 from agent.k3s.errors import ClusterError
 from agent.k3s.inventory import gpu_totals
 from agent.k3s.render import render_workload
@@ -70,6 +69,8 @@ def _desired(path: Path) -> DesiredState:
 @app.command("inventory")
 def inventory(kubeconfig: KubeconfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the cluster's nodes with readiness, GPU product and allocatable GPU and MIG resources."""
+    from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
+
     settings = _settings(kubeconfig=kubeconfig)
     try:
         with ClusterBridge(settings) as bridge:
@@ -129,6 +130,8 @@ def apply(
 ) -> None:
     """Server-side apply the serving workload for a desired state and wait for its rollout, as the agent does."""
     settings = _settings(kubeconfig=kubeconfig, namespace=namespace, image=image, rollout_deadline_s=deadline)
+    from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
+
     state = _desired(desired)
     try:
         with ClusterBridge(settings) as bridge:

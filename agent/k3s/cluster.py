@@ -16,7 +16,7 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import ConfigMap, Node, Service
+from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
 from lightkube.types import PatchType
 
 from agent.k3s.connection import backoff, translate, with_retries
@@ -27,6 +27,8 @@ from agent.k3s.settings import ClusterSettings
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
+MAX_NODES = 1024  # what a birth message carries (fleet.messages.Capabilities.nodes)
+MAX_MESSAGE = 2000  # reported messages are at most 2048 characters on the wire
 KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap,
     "Service": Service,
@@ -61,7 +63,9 @@ class Cluster:
                 version: str | None = listing.resourceVersion
             except Exception:  # no items: lightkube cannot tell the version
                 version = None
-            return sorted(found, key=lambda n: n.name), version
+            if len(found) > MAX_NODES:
+                log.warning("%d nodes: the inventory reports the first %d by name", len(found), MAX_NODES)
+            return sorted(found, key=lambda n: n.name)[:MAX_NODES], version
 
         return await with_retries(self.settings, "list nodes", call)
 
@@ -88,7 +92,7 @@ class Cluster:
                         by_name.pop(info.name, None)
                     else:
                         by_name[info.name] = info
-                    current = sorted(by_name.values(), key=lambda n: n.name)
+                    current = sorted(by_name.values(), key=lambda n: n.name)[:MAX_NODES]
                     if current != last:
                         last = current
                         _notify(on_change, current)
@@ -115,7 +119,34 @@ class Cluster:
             applied = await self._apply_one(obj)
             if obj["kind"] == "Deployment":
                 deployment = applied
-        return await self.wait_rollout(deployment, deadline)
+        result = await self.wait_rollout(deployment, deadline)
+        if result.state == "failed":
+            why = await self.pod_problems(workload.deployment["spec"]["selector"]["matchLabels"])
+            if why:
+                result = failed(result, f"{result.message}; pods: {why}")
+        return result
+
+    async def pod_problems(self, selector: dict[str, str]) -> str | None:
+        """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.
+
+        Best effort: None too when the pods cannot be listed.
+        """
+        labels: dict[str, Any] = dict(selector)
+        try:
+            pods = [p async for p in self.client.list(Pod, namespace=self.settings.namespace, labels=labels)]
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("cannot list the serving pods: %s", translate(e, "list pods"))
+            return None
+        reasons: dict[str, int] = {}
+        for pod in pods:
+            reason = pod_reason(pod)
+            if reason:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if not reasons:
+            return None
+        return "; ".join(f"{count}x {reason}" for reason, count in sorted(reasons.items(), key=lambda r: -r[1])[:3])
 
     async def _apply_one(self, obj: dict[str, Any]) -> Any:
         kind = obj["kind"]
@@ -156,9 +187,7 @@ class Cluster:
                             server_timeout=self.settings.watch_timeout_s,
                         ):
                             if kind == "DELETED":
-                                return current.model_copy(
-                                    update={"state": "failed", "message": "the Deployment was deleted during rollout"}
-                                )
+                                return failed(current, "the Deployment was deleted during rollout")
                             version = obj.metadata.resourceVersion if obj.metadata is not None else version
                             current = summarize(obj, self.settings.namespace)
                             failures = 0
@@ -169,7 +198,7 @@ class Cluster:
                     except Exception as e:
                         error = translate(e, f"watch deployments.apps {self.settings.namespace}/{name}")
                         if error.permanent and error.code != "expired":
-                            return current.model_copy(update={"state": "failed", "message": error.message})
+                            return failed(current, error.message)
                         if error.code == "expired":
                             version = None  # too old: watch again from the current state
                         failures += 1
@@ -178,13 +207,34 @@ class Cluster:
         except TimeoutError:
             waited = self.settings.rollout_deadline_s
             why = f"; last: {current.message}" if current.message else ""
-            return current.model_copy(
-                update={
-                    "state": "failed",
-                    "message": f"rollout not complete after our deadline of {waited:g}s: "
-                    f"{current.ready_replicas}/{current.replicas} pods ready{why}",
-                }
+            return failed(
+                current,
+                f"rollout not complete after our deadline of {waited:g}s: "
+                f"{current.ready_replicas}/{current.replicas} pods ready{why}",
             )
+
+
+def pod_reason(pod: Any) -> str | None:
+    """One line on why a pod is not ready: unschedulable (e.g. no free GPU), a waiting or crashed container."""
+    status = pod.status
+    if status is None:
+        return None
+    for cond in status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False":
+            return _short(f"{cond.reason or 'Unschedulable'}: {cond.message or ''}".strip(": "))[:300]
+    for container in status.containerStatuses or []:
+        state = container.state
+        waiting = state.waiting if state is not None else None
+        if waiting is not None and waiting.reason:
+            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:300]
+        if not container.ready and container.restartCount:
+            return f"{container.name} not ready after {container.restartCount} restarts"
+    return None
+
+
+def failed(current: ClusterWorkload, message: str) -> ClusterWorkload:
+    """`current` marked failed with `message` (validated, so it fits the wire message)."""
+    return ClusterWorkload.model_validate({**current.model_dump(), "state": "failed", "message": _short(message)})
 
 
 def summarize(deployment: Any, namespace: str) -> ClusterWorkload:
@@ -231,7 +281,7 @@ def summarize(deployment: Any, namespace: str) -> ClusterWorkload:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
 def _notify(on_change: Callable[[list[NodeInfo]], None], nodes: list[NodeInfo]) -> None:

@@ -24,7 +24,9 @@ from agent.k3s.settings import ClusterSettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 K3S_KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # where kubelet mounts the token
 TEMPORARY_STATUS = frozenset({408, 410, 425, 429, 500, 502, 503, 504})
+MAX_MESSAGE = 1500  # leaves room for context when the control side reports it (2048 on the wire)
 CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict", 410: "expired", 422: "invalid"}
 
 
@@ -38,7 +40,7 @@ def load_config(settings: ClusterSettings) -> KubeConfig:
         if settings.kubeconfig is not None:
             return KubeConfig.from_file(settings.kubeconfig)
         try:
-            return KubeConfig.from_service_account()
+            return KubeConfig.from_service_account(SERVICE_ACCOUNT_DIR)
         except (ConfigError, KeyError):
             pass
         path = os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
@@ -70,7 +72,10 @@ def make_client(settings: ClusterSettings) -> AsyncClient:
 def translate(error: BaseException, what: str) -> ApiCallError:
     """Our error for a failed call `what` (e.g. "patch deployments.apps edgefleet/inference"). Never raises."""
     try:
-        return _translate(error, what)
+        translated = _translate(error, what)
+        if len(translated.message) > MAX_MESSAGE:  # a hostile or verbose server must not bloat our reports
+            translated.message = translated.message[: MAX_MESSAGE - 3] + "..."
+        return translated
     except Exception as e:  # a malformed Status must not take a loop down
         return ApiCallError(
             f"{what}: {type(error).__name__} ({type(e).__name__} reading it)", code="bad_response", permanent=False

@@ -184,8 +184,8 @@ def _pod_template(
         "args": ["agent", "serve", "--store", settings.store_path],
         "ports": [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}],
         "env": [
-            {"name": "EDGEFLEET_SERVE_PORT", "value": str(settings.port)},
-            {"name": "EDGEFLEET_ACTIVE_FILE", "value": f"{CONFIG_MOUNT}/{ACTIVE_FILE}"},
+            {"name": "EDGEFLEET_API_HOST", "value": "0.0.0.0"},  # a pod serves its Service
+            {"name": "EDGEFLEET_API_PORT", "value": str(settings.port)},
         ],
         "resources": {
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request, **accel},

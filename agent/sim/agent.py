@@ -42,6 +42,7 @@ from fleet.messages import (
     DownloadProgress,
     ErrorInfo,
     Phase,
+    Range,
     ReportedState,
     SignedEnvelope,
     TelemetryWindow,
@@ -282,14 +283,18 @@ class SimAgent:
         actions: list[Action] = []
         try:
             result = download.accept(payload)
-        except ChunkError as e:
+        except ChunkError:
             self.stats.refused_chunks += 1
-            self.error = ErrorInfo(code="bad_chunk", message=str(e)[:2000], permanent=False, at=now)
+            index = download.last_index
+            if index >= 0 and not download.has(index):  # like the agent: want a refused chunk again at once
+                self._last_progress = now
+                actions.append(self._want(download, [(index, index + 1)]))
             return actions
+        self._last_progress = now
         if self.slow:
             actions.append(PauseReading(self.config.faults.slow_chunk_s))
         end_of_pass = download.last_index == download.manifest.count - 1 and not download.complete
-        if end_of_pass:
+        if end_of_pass and self.config.want_at_pass_end:
             # the hub's pass over the blob ended and we still miss chunks (we joined late): ask at once
             self._last_progress = now
             actions.append(self._want(download))
@@ -297,7 +302,6 @@ class SimAgent:
             self.stats.duplicate_chunks += 1
             return actions
         self.stats.chunks += 1
-        self._last_progress = now
         self._since_report += 1
         if download.complete:
             try:
@@ -399,8 +403,9 @@ class SimAgent:
         topic = self.topics.build(kind, device_id=device, sha256=sha)
         return Publish(topic, encode(message), qos=row.qos, retain=row.retained)
 
-    def _want(self, download: Download) -> Publish:
-        want = Want(device_id=self.device_id, sha256=download.sha256, missing=download.missing_ranges()[:4096])
+    def _want(self, download: Download, ranges: list[Range] | None = None) -> Publish:
+        missing = download.missing_ranges() if ranges is None else ranges
+        want = Want(device_id=self.device_id, sha256=download.sha256, missing=missing[:4096])
         return self._publish(TopicKind.WANT, want)
 
     def _fail(self, code: str, message: str, now: float, *, phase: Phase | None) -> Publish:

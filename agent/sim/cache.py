@@ -119,15 +119,16 @@ class Download:
     def accept(self, payload: bytes | memoryview) -> Accepted:
         """Verify one chunk frame and record it. Raises a fleet ChunkError subclass when it is refused."""
         m = self.manifest
+        self.last_index = -1
         frame = decode_frame(payload, max_chunk=m.chunk_size)
         if frame.sha256 != m.sha256:
             raise ChunkForeignBlob(f"chunk of blob {frame.sha256[:12]} sent to the download of {m.sha256[:12]}")
         if frame.count != m.count or not 0 <= frame.index < m.count:
             raise ChunkOutOfRange(f"chunk {frame.index} of {frame.count} is outside 0..{m.count - 1}")
+        self.last_index = frame.index
         if self._generation != self._entry.generation:
             self.reset()
             self._generation = self._entry.generation
-        self.last_index = frame.index
         if self.has(frame.index):
             return Accepted.DUPLICATE
         entry = self._entry

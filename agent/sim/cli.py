@@ -101,6 +101,9 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
     telemetry_s: Annotated[float, typer.Option(help="Telemetry window, seconds.")] = 10.0,
     want_retry_s: Annotated[float, typer.Option(help="Re-send a want after this long without progress, s.")] = 5.0,
     activation_s: Annotated[float, typer.Option(help="Simulated activation time, seconds.")] = 0.2,
+    want_at_pass_end: Annotated[
+        bool, typer.Option(help="Want missed chunks as soon as a pass ends (not the product agent's behaviour).")
+    ] = False,
     offline_p: Annotated[float, typer.Option(help="Chance per telemetry window to drop offline abruptly.")] = 0.0,
     offline_s: Annotated[float, typer.Option(help="How long a dropped agent stays offline, seconds.")] = 30.0,
     fail_activation_p: Annotated[float, typer.Option(help="Chance that an activation fails.")] = 0.0,
@@ -121,6 +124,7 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
             telemetry_s=telemetry_s,
             want_retry_s=want_retry_s,
             activation_s=activation_s,
+            want_at_pass_end=want_at_pass_end,
             seed=seed,
             faults=Faults(
                 offline_p=offline_p,

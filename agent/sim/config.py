@@ -88,6 +88,11 @@ class SimConfig(BaseModel):
     want_retry_s: float = Field(
         default=5.0, gt=0, le=3600, description="re-send a want after this long without a new chunk, s"
     )
+    want_at_pass_end: bool = Field(
+        default=False,
+        description="want missed chunks as soon as the last chunk of a pass arrives (the product agent waits for "
+        "want_retry_s of silence instead); a proposed improvement, off to stay faithful",
+    )
     activation_s: float = Field(default=0.2, ge=0, le=3600, description="simulated load + warm-up time, s")
     report_every_chunks: int = Field(
         default=32, ge=1, le=1 << 20, description="publish download progress every this many new chunks"

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
+from hub.api.routes_rollouts import rollouts_router
 from hub.dashboard import mount_dashboard
 from hub.errors import HubError
 from hub.metrics import metrics_text
@@ -73,5 +74,6 @@ def create_app(hub: Hub) -> FastAPI:
 
     app.include_router(models_router(hub))
     app.include_router(fleet_router(hub))
+    app.include_router(rollouts_router(hub))
     mount_dashboard(app, hub)
     return app

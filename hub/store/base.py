@@ -124,6 +124,7 @@ class StoredWindow:
     cpu_percent: float | None = None
     memory_bytes: int | None = None
     gpus: tuple[dict[str, Any], ...] = ()
+    shadow: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

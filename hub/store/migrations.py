@@ -56,7 +56,6 @@ def m001_initial(db: Any) -> None:
             cpu_percent REAL, memory_bytes INTEGER, spool_dropped INTEGER NOT NULL, spool_pending INTEGER NOT NULL,
             extra TEXT, {buckets});
         CREATE UNIQUE INDEX telemetry_dedupe ON telemetry(device_id, seq);
-        CREATE INDEX telemetry_received ON telemetry(received_at);
         CREATE TABLE telemetry_minute (
             minute REAL NOT NULL, device_id TEXT NOT NULL, model TEXT NOT NULL, model_version TEXT NOT NULL,
             windows INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL, sum_ms REAL NOT NULL,

@@ -34,17 +34,14 @@ TOUCH_DEVICE = """
 """
 
 
+_EXTRA_FIELDS = {"gpus", "shadow", "spool_capacity"}
+
+
 def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
     """The row tuple of one window (built in the receiving thread, written by the writer)."""
     extra = None
     if w.gpus or w.shadow is not None or w.spool_capacity is not None:
-        extra = json.dumps(
-            {
-                "gpus": [g.model_dump() for g in w.gpus],
-                "shadow": w.shadow.model_dump() if w.shadow else None,
-                "spool_capacity": w.spool_capacity,
-            }
-        )
+        extra = w.model_dump_json(include=_EXTRA_FIELDS)
     return (
         w.device_id, w.seq, w.start, w.end, received_at, w.model or "", w.model_version or "", w.provider,
         w.requests, w.errors, w.latency.sum_ms, w.queue_depth, w.cpu_percent, w.memory_bytes,
@@ -57,6 +54,12 @@ _WINDOWS = (
     "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + ", provider, cpu_percent, memory_bytes, extra "
     "FROM telemetry WHERE device_id = ?"
 )
+
+
+def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The window's shadow stats (candidate_version, samples, agreements, latency_delta_ms), if it has any."""
+    shadow = extra.get("shadow")
+    return dict(shadow) if isinstance(shadow, dict) else None
 
 
 def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], watermark: int) -> tuple[int, int]:
@@ -113,6 +116,7 @@ def query_windows(
                 cpu_percent=r[n + 1],
                 memory_bytes=r[n + 2],
                 gpus=tuple(extra.get("gpus") or ()),
+                shadow=_shadow(extra),
             )
         )
     return out
@@ -159,9 +163,33 @@ def query_series(
     ]
 
 
+def _first_id_received_after(conn: sqlite3.Connection, cutoff: float) -> int | None:
+    """The smallest id whose window was received at or after `cutoff` (ids grow with arrival time).
+
+    A binary search over ids (each probe is a rowid lookup) instead of an index on received_at, which would
+    cost every insert on the ingest path.
+    """
+    lo_row = conn.execute("SELECT min(id), max(id) FROM telemetry").fetchone()
+    if lo_row is None or lo_row[0] is None:
+        return None
+    lo, hi = int(lo_row[0]), int(lo_row[1]) + 1
+    probe = "SELECT received_at FROM telemetry WHERE id >= ? ORDER BY id LIMIT 1"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(probe, (mid,)).fetchone()
+        if row is None or row[0] >= cutoff:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def sweep(conn: sqlite3.Connection, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
     """Delete raw windows older than `raw_before` or beyond `raw_max_rows`, and old rollups."""
-    deleted = conn.execute("DELETE FROM telemetry WHERE received_at < ?", (raw_before,)).rowcount
+    deleted = 0
+    first_kept = _first_id_received_after(conn, raw_before)
+    if first_kept is not None:
+        deleted += conn.execute("DELETE FROM telemetry WHERE id < ?", (first_kept,)).rowcount
     row = conn.execute("SELECT max(id) - ? FROM telemetry", (raw_max_rows,)).fetchone()
     if row and row[0] is not None and row[0] > 0:
         deleted += conn.execute("DELETE FROM telemetry WHERE id <= ?", (row[0],)).rowcount

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from agent.settings import AgentSettings
 from models.descriptor import ModelDescriptor
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import validate
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.hubside import HubSide
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +69,23 @@ def fast_settings(data_dir: Path, **groups: dict[str, Any]) -> AgentSettings:
     for name, values in groups.items():
         base.setdefault(name, {}).update(values)
     return AgentSettings.model_validate({"data_dir": data_dir, **base})
+
+
+@pytest.fixture
+def persistent_broker(mosquitto_binary: str) -> Iterator[Broker]:
+    """A broker of this test's own whose sessions survive a restart.
+
+    Mosquitto started as root drops to its own user, which cannot write into pytest's 0700 temporary
+    directories; its persistence file then is never saved and sessions vanish with a restart. This
+    broker's directory is world-writable so the session store works whoever runs the tests.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-agent-broker-"))
+    workdir.chmod(0o777)
+    b = Broker(mosquitto_binary, workdir, free_port())
+    b.start()
+    yield b
+    b.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -149,6 +168,7 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
                 "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
                 "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
                 "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
+                "EDGEFLEET_API_PORT": "0",  # the inference API on a free port: several agents per test
                 "PYTHONPATH": str(REPO),
             }
         )

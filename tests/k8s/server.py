@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 import yaml
@@ -25,10 +25,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.k8s.certs import make_pki, write_kubeconfig
+from tests.k8s.controller import Controller, deployment_status
 from tests.k8s.selectors import SelectorError, field_selector, label_selector
 from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
 
-Controller = Literal["ready", "never", "stalled", "off"]
 APPLY = "application/apply-patch+yaml"
 
 
@@ -89,8 +89,16 @@ class _Route:
 class ApiServer:
     """The server; `start()` runs it in a thread, `kubeconfig` is the K3s-style file the client reads."""
 
-    def __init__(self, directory: Path, controller: Controller = "ready", controller_delay_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        controller: Controller = "ready",
+        controller_delay_s: float = 0.05,
+        token: str | None = None,
+    ) -> None:
+        """`token`: authenticate by this bearer token (a service account) instead of client certificates."""
         self.directory = directory
+        self.token = token
         self.store = Store()
         self.controller: Controller = controller
         self.controller_delay_s = controller_delay_s
@@ -124,7 +132,7 @@ class ApiServer:
             ssl_certfile=str(pki.server_cert),
             ssl_keyfile=str(pki.server_key),
             ssl_ca_certs=str(pki.ca_file),
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            ssl_cert_reqs=ssl.CERT_NONE if self.token else ssl.CERT_REQUIRED,
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
@@ -136,6 +144,7 @@ class ApiServer:
                 raise RuntimeError("the test API server did not start")
             time.sleep(0.01)
         write_kubeconfig(self.kubeconfig, self.url, pki)
+        self.ca_file = pki.ca_file
         return self
 
     @property
@@ -233,6 +242,8 @@ class ApiServer:
 
     async def _handle(self, request: Request) -> Response:
         self._loop = asyncio.get_running_loop()
+        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            return _error(401, "Unauthorized", "Unauthorized")
         route = self._route(request.url.path)
         if route is None:
             return _error(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")
@@ -373,30 +384,7 @@ class ApiServer:
         obj = self.store.get(key)
         if obj is None or self.controller == "off":
             return
-        generation = obj["metadata"].get("generation", 1)
-        replicas = obj["spec"].get("replicas", 1)
-        status: dict[str, Any] = {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas}
-        if self.controller == "ready":
-            status |= {"readyReplicas": replicas, "availableReplicas": replicas}
-            conditions = [
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
-            ]
-        elif self.controller == "never":
-            status |= {"unavailableReplicas": replicas}
-            conditions = [
-                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
-                {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
-            ]
-        else:  # stalled: Kubernetes' own progress deadline passed
-            status |= {"unavailableReplicas": replicas}
-            message = f'ReplicaSet "{key[3]}-5d4f8" has timed out progressing.'
-            conditions = [
-                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
-                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": message},
-            ]
-        status["conditions"] = conditions
-        self.store.set_status(key, status)
+        self.store.set_status(key, deployment_status(obj, self.controller))
 
 
 def _json(obj: Any, code: int = 200) -> Response:

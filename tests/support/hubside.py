@@ -52,12 +52,20 @@ class HubSide:
         prefix: topic prefix (use the `topic_prefix` fixture).
         key: the signing key (default: a fresh one); agents pin `key.public`.
         chunk_size: chunk size of the blobs it serves.
+        persistent: keep a persistent session (messages sent while it reconnects are queued by the broker).
     """
 
     __test__ = False
 
     def __init__(
-        self, host: str, port: int, prefix: str, *, key: HubSigningKey | None = None, chunk_size: int = 64 * 1024
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        *,
+        key: HubSigningKey | None = None,
+        chunk_size: int = 64 * 1024,
+        persistent: bool = False,
     ) -> None:
         self.host, self.port, self.prefix = host, port, prefix
         self.topics = Topics(prefix)
@@ -78,7 +86,9 @@ class HubSide:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hubside-{uuid.uuid4().hex[:10]}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"hubside-{uuid.uuid4().hex[:10]}", clean_session=not persistent
+        )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.on_message = self._on_message

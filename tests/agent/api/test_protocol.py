@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,4 +249,19 @@ def test_hostile_bytes_never_kill_the_server(http: httpx.Client) -> None:
         headers = {"Inference-Header-Content-Length": str(int(rng.integers(1, 50)))} if i % 2 else {}
         r = _post(http, junk, headers)
         assert r.status_code in (400, 413), r.text
+    assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_client_gone_mid_body_frees_its_slot(served: tuple[ApiServer, ModelSlot], http: httpx.Client) -> None:
+    server, slot = served
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+    for _ in range(200):
+        if 'code="499"' in http.get("/metrics").text and slot.current is not None and slot.current.inflight == 0:
+            break
+        time.sleep(0.01)
+    assert 'edgefleet_api_requests_total{code="499",endpoint="infer"' in http.get("/metrics").text
+    assert slot.current is not None and slot.current.inflight == 0
     assert http.get("/v2/health/ready").status_code == 200

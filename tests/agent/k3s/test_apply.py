@@ -74,8 +74,7 @@ def test_a_deployment_that_never_becomes_ready_hits_our_deadline(api: ApiServer)
         assert "0/2 pods ready" in result.message
         assert result.ready_replicas == 0 and result.replicas == 2
         # the bridge is still usable afterwards
-        api.controller = "ready"
-        assert bridge.apply(desired(2, replicas=1)).state == "ready"
+        assert bridge.inventory() == []
 
 
 def test_kubernetes_progress_deadline_is_reported_before_ours(api: ApiServer, bridge: ClusterBridge) -> None:
@@ -133,3 +132,71 @@ def test_settings_namespace_and_field_manager_are_used(api: ApiServer) -> None:
         assert bridge.apply(desired(1)).deployment == "serve"
     dep = api.get("apps", "deployments", "edge-b", "serve")
     assert dep is not None and dep["metadata"]["managedFields"][0]["manager"] == "edgefleet-test"
+
+
+def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.put_node("n1")
+    api.controller_delay_s = 0.3
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1))))
+    worker.start()
+    inventories = [bridge.inventory() for _ in range(5)]  # not blocked by the rollout wait
+    worker.join()
+    assert all(len(i) == 1 for i in inventories)
+    assert results[0].state == "ready"  # type: ignore[attr-defined]
+
+
+def pod(name: str, status: dict, labels: dict | None = None) -> dict:
+    selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": NAME}
+    return {
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels if labels is not None else selector},
+        "spec": {"containers": [{"name": "serve", "image": "x"}]},
+        "status": status,
+    }
+
+
+def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
+    api.controller = "never"
+    kind = api.store_kind("pods")
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.",
+            }
+        ],
+    }
+    crashing = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "serve",
+                "ready": False,
+                "restartCount": 4,
+                "image": "x",
+                "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            }
+        ],
+    }
+    api.store.put(kind, pod("p1", unschedulable))
+    api.store.put(kind, pod("p2", unschedulable))
+    api.store.put(kind, pod("p3", crashing))
+    api.store.put(kind, pod("other", crashing, labels={"app": "something-else"}))  # not ours: the selector skips it
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1, mig_profile="1g.10gb", replicas=3))
+    assert result.state == "failed"
+    assert result.message is not None
+    assert "pods: 2x Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb." in result.message
+    assert "1x serve CrashLoopBackOff: back-off 40s" in result.message
+
+
+def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) -> None:
+    api.controller = "never"
+    api.fail(403, verb="list", resource="pods")
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1))
+    assert result.state == "failed" and result.message is not None and "pods:" not in result.message

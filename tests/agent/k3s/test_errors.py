@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from agent.k3s import ApiCallError, ClusterBridge, ClusterConfigError, ClusterError, ClusterSettings, WorkloadError
+from agent.k3s import (
+    ApiCallError,
+    ClusterBridge,
+    ClusterConfigError,
+    ClusterError,
+    ClusterSettings,
+    WorkloadError,
+    connection,
+)
 from agent.k3s.calls import API_CALLS
 from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
 from tests.k8s.certs import make_pki
@@ -171,6 +180,7 @@ def test_missing_kubeconfig(tmp_path: Path) -> None:
 def test_no_configuration_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none.yaml"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", tmp_path / "no-account")
     with pytest.raises(ClusterConfigError):
         ClusterBridge(ClusterSettings())
 
@@ -178,6 +188,7 @@ def test_no_configuration_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_kubeconfig_from_environment(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", api.directory / "no-account")
     with ClusterBridge(fast_settings(None)) as bridge:
         assert bridge.inventory() == []
 
@@ -189,3 +200,70 @@ def test_closed_bridge_refuses_calls(bridge: ClusterBridge) -> None:
         bridge.inventory()
     with pytest.raises(ClusterError, match="closed"):
         bridge.watch_inventory(lambda nodes: None)
+
+
+def test_garbage_in_the_rollout_watch_is_survived(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.controller_delay_s = 0.2
+    # a 200 whose body is not a watch event: lightkube fails to decode it, the watch resumes
+    api.fail(200, verb="watch", resource="deployments", times=2, reason="", message="not an event")
+    assert bridge.apply(desired(1)).state == "ready"
+    assert [r.code for r in api.requests if r.verb == "watch"][:2] == [200, 200]
+
+
+def test_huge_error_messages_are_cut(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.fail(422, verb="patch", resource="configmaps", reason="Invalid", message="x" * 100_000)
+    with pytest.raises(ApiCallError) as info:
+        bridge.apply(desired(1))
+    assert info.value.code == "invalid" and len(info.value.message) <= 1500
+
+
+def test_malformed_node_is_an_error_not_a_crash(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.store.put(api.store_kind("nodes"), {"metadata": {"name": "odd", "labels": ["not", "a", "map"]}})
+    with pytest.raises(ApiCallError) as info:
+        bridge.inventory()
+    assert info.value.code == "bad_response"
+    api.store.delete(("", "nodes", "", "odd"))
+    assert bridge.inventory() == []
+
+
+def test_inventory_is_capped_to_what_a_birth_message_carries(api: ApiServer, bridge: ClusterBridge) -> None:
+    kind = api.store_kind("nodes")
+    for i in range(1030):
+        api.store.put(kind, {"metadata": {"name": f"n{i:04d}"}})
+    nodes = bridge.inventory()
+    assert len(nodes) == 1024 and nodes[-1].name == "n1023"
+
+
+@pytest.fixture
+def token_api(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path / "k8s-sa", token="sa-token").start()
+    server.add_namespace(NAMESPACE)
+    yield server
+    server.stop()
+
+
+def service_account(tmp_path: Path, server: ApiServer, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(token)
+    (account / "namespace").write_text(NAMESPACE)
+    (account / "ca.crt").write_bytes(server.ca_file.read_bytes())
+    monkeypatch.setattr(connection, "SERVICE_ACCOUNT_DIR", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+
+
+def test_in_cluster_service_account(tmp_path: Path, token_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    service_account(tmp_path, token_api, "sa-token", monkeypatch)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "not-used.yaml"))
+    token_api.put_node("n1")
+    with ClusterBridge(fast_settings(None)) as bridge:
+        assert [n.name for n in bridge.inventory()] == ["n1"]
+        assert bridge.apply(desired(1)).state == "ready"
+
+
+def test_a_revoked_token_is_unauthorized(tmp_path: Path, token_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    service_account(tmp_path, token_api, "stale-token", monkeypatch)
+    with ClusterBridge(fast_settings(None)) as bridge, pytest.raises(ApiCallError) as info:
+        bridge.inventory()
+    assert (info.value.code, info.value.status, info.value.permanent) == ("unauthorized", 401, True)

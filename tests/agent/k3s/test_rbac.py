@@ -53,6 +53,9 @@ def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api:
         assert [n.name for n in bridge.inventory()] == ["gpu-1"]
         assert bridge.apply(desired(1, mig_profile="1g.10gb")).state == "ready"
         assert bridge.apply(desired(2, gpus=1)).state == "ready"  # update: patch, no create
+    api.controller = "never"  # a failed rollout also lists the pods to say why
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        assert bridge.apply(desired(3, gpus=2)).state == "failed"
     assert all(r.code < 400 for r in api.requests), [r for r in api.requests if r.code >= 400]
     used = api.calls()
     declared = {(c.verb, c.resource, c.group) for c in API_CALLS}

@@ -119,3 +119,23 @@ def test_host_path_store() -> None:
     w = render_workload(desired(1), S.model_copy(update={"models_host_path": "/var/lib/edgefleet"}))
     volumes = {v["name"]: v for v in w.deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["hostPath"]["path"] == "/var/lib/edgefleet"
+
+
+@pytest.mark.parametrize("runtime", [{}, {"gpus": 1}, {"mig_profile": "1g.10gb"}])
+def test_serving_pods_meet_pod_security_restricted(runtime: dict) -> None:
+    """The namespace enforces Pod Security `restricted` (deploy/base/namespace.yaml): the pods must pass it."""
+    pod = render_workload(desired(1, **runtime), S).deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any("hostPath" in v for v in pod["volumes"])
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert not sc.get("privileged")
+
+
+def test_gpu_without_runtime_class() -> None:
+    pod = render_workload(desired(1, gpus=1), S.model_copy(update={"gpu_runtime_class": None})).deployment
+    assert "runtimeClassName" not in pod["spec"]["template"]["spec"]

@@ -161,8 +161,11 @@ def test_bad_chunks_are_refused_and_stay_wanted(tmp_path: Path) -> None:
     topic = hub.topics.chunk(hub.manifest.sha256)
     good = hub.frames()[1]
     corrupt = good[:-1] + bytes([good[-1] ^ 1])
-    for payload in (corrupt, good[:30], b"", b"EFC1" + b"\x00" * 100, good[:-5]):
+    for payload in (good[:30], b"", b"EFC1" + b"\x00" * 100, good[:-5]):
         assert agent.on_message(topic, payload, time.time()) == []
+    # a chunk that fails its digest is wanted again at once, like the product agent does
+    again = agent.on_message(topic, corrupt, time.time())
+    assert [decode(a.payload, Want).missing for a in again if isinstance(a, Publish)] == [[(1, 2)]]
     assert agent.stats.refused_chunks == 5 and agent.download is not None and agent.download.have_count == 0
     agent.on_message(topic, good, time.time())
     agent.on_message(topic, good, time.time())
@@ -256,13 +259,13 @@ def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path
     late.on_message(hub.topics.desired("sim-late"), hub.desired("sim-late", hub.model()), time.time())
     corrupt = bytearray(hub.frames()[0])
     corrupt[-1] ^= 1
-    assert late.on_message(hub.topics.chunk(hub.manifest.sha256), bytes(corrupt), time.time()) == []
+    late.on_message(hub.topics.chunk(hub.manifest.sha256), bytes(corrupt), time.time())
     assert late.stats.refused_chunks == 1  # a complete cache does not spare a late agent its checks
 
 
 def test_a_late_joiner_wants_the_missed_chunks_when_the_pass_ends(tmp_path: Path) -> None:
     hub = Hub()
-    agent = make_agent(hub, tmp_path)
+    agent = make_agent(hub, tmp_path, want_at_pass_end=True)
     agent.on_connect(time.time())
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
     topic = hub.topics.chunk(hub.manifest.sha256)

@@ -1,0 +1,167 @@
+"""Agent footprint: resident memory and time from process start to ready, with the sample classifier.
+
+    .venv/bin/python benchmarks/footprint.py [--repeat 3]
+
+Runs a real Mosquitto and the hub stand-in of the tests (tests/support/hubside.py). The agent runs as
+`python -m agent run` in headless mode (no HTTP API yet: agent/api is wired in later, so its import cost
+and memory are not in these numbers). Two agent scenarios:
+
+  restart - the model is already in the store: process start -> first reported state with it active
+            (load, warm-up, golden check, MQTT connect, birth, report);
+  deploy  - an empty device: desired state published -> reported active (download, verify, activate).
+
+Raw baseline, same run: a bare Python process that imports onnxruntime, creates one session for the same
+file and runs it once (no MQTT, no checks). Ratios are agent / baseline. Goals: RSS <= 150 MB, ready <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from models.cli import build_samples  # noqa: E402
+from models.descriptor import ModelDescriptor  # noqa: E402
+from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
+from tests.support.hubside import HubSide  # noqa: E402
+
+RAW = """
+import sys, time, resource
+t0 = time.perf_counter()
+import numpy as np
+import onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+s.run(None, {"image": np.zeros((1, 3, 224, 224), dtype=np.float32)})
+import psutil
+print(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S"] = "3600"
+    return env
+
+
+def _spawn(bundle: Path, data: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--bundle", str(bundle), "--data-dir", str(data), "--log-level",
+         "warning"],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _rss_settled(pid: int, seconds: float = 1.0) -> tuple[int, int]:
+    """(highest RSS sampled over `seconds` after ready, the kernel's high-water mark VmHWM) in bytes."""
+    p = psutil.Process(pid)
+    peak = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        peak = max(peak, p.memory_info().rss)
+        time.sleep(0.05)
+    hwm = peak
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return peak, hwm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3, help="restarts measured (median reported)")
+    args = ap.parse_args()
+    binary = find_mosquitto()
+    if binary is None:
+        print("mosquitto is not installed: apt-get install mosquitto")
+        return
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-footprint-"))
+    broker = Broker(binary, work / "mosquitto", free_port())
+    broker.start()
+    hub = HubSide(broker.host, broker.port, f"bench/{uuid.uuid4().hex[:8]}/fleet/v1", chunk_size=256 * 1024)
+    try:
+        onnx_path, yaml_path = build_samples(work / "samples")[:2]
+        desc = ModelDescriptor.load(yaml_path)
+        model_mib = onnx_path.stat().st_size / (1 << 20)
+        device = "bench-001"
+        bundle = work / "bundle.json"
+        hub.bundle(device, broker.url).save(bundle)
+        data = work / "data"
+
+        # deploy onto an empty device
+        proc = _spawn(bundle, data)
+        hub.wait(lambda: any(s.state == "online" for s in hub.statuses), timeout=60, what="birth")
+        t0 = time.perf_counter()
+        hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
+        hub.wait_active(desc.version, timeout=120)
+        deploy_s = time.perf_counter() - t0
+        _stop(proc)
+
+        ready, rss, hwm = [], [], []
+        for _ in range(args.repeat):
+            before = len(hub.reported)
+            t0 = time.perf_counter()
+            proc = _spawn(bundle, data)
+            hub.wait(lambda b=before: any(r.active is not None for r in hub.reported[b:]), timeout=60, what="ready")
+            ready.append(time.perf_counter() - t0)
+            now_rss, high = _rss_settled(proc.pid)
+            rss.append(now_rss)
+            hwm.append(high)
+            _stop(proc)
+
+        raw_s, raw_rss, raw_hwm = [], [], []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", RAW, str(onnx_path)], capture_output=True, check=True)
+            raw_s.append(time.perf_counter() - t0)
+            now_raw, high_raw = (int(v) for v in out.stdout.decode().split()[-2:])
+            raw_rss.append(now_raw)
+            raw_hwm.append(high_raw)
+    finally:
+        hub.close()
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    mib = 1 << 20
+    r_ready, r_raw = statistics.median(ready), statistics.median(raw_s)
+    m_rss, m_raw = statistics.median(rss), statistics.median(raw_rss)
+    h_rss, h_raw = statistics.median(hwm), statistics.median(raw_hwm)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"model: {desc.name} {desc.version} ({model_mib:.1f} MiB), median of {args.repeat}")
+    print()
+    print("| measure | agent (headless) | raw onnxruntime process | ratio | goal |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    print(f"| RSS after ready | {m_rss / mib:.0f} MiB | {m_raw / mib:.0f} MiB | {m_rss / m_raw:.2f}x | <= 150 MB "
+          f"({'met' if m_rss <= 150e6 else 'missed'}) |")  # fmt: skip
+    print(f"| peak RSS (VmHWM) | {h_rss / mib:.0f} MiB | {h_raw / mib:.0f} MiB | {h_rss / h_raw:.2f}x | |")
+    print(f"| start -> ready (model in store) | {r_ready:.2f} s | {r_raw:.2f} s | {r_ready / r_raw:.2f}x | <= 2 s "
+          f"({'met' if r_ready <= 2 else 'missed'}) |")  # fmt: skip
+    print(f"| deploy: desired -> active (download + activate) | {deploy_s:.2f} s | | | |")
+
+
+if __name__ == "__main__":
+    main()

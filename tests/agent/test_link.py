@@ -1,0 +1,107 @@
+"""The MQTT link: retained birth with capabilities, retained last will, reconnect, backoff, commands."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from agent.errors import SettingsError
+from agent.mqtt import BrokerAddress, backoff_delay
+from fleet.codec import encode
+from fleet.messages import Command, CommandName
+from tests.agent.conftest import AgentFactory
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+from tests.support.mqtt import TestClient
+
+
+def test_birth_is_retained_with_capabilities_and_clean_stop_says_offline(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory
+) -> None:
+    agent, _ = make_agent(hub, device_id, broker.url)
+    assert agent.wait_ready(10)
+    late = TestClient(broker.host, broker.port)
+    try:
+        late.subscribe(hub.topics.status(device_id))
+        msg = late.get()
+        assert msg.retain
+        birth = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None))
+        caps = birth.capabilities
+        assert caps is not None and caps.mode == "single"
+        assert "CPUExecutionProvider" in caps.providers and caps.onnxruntime_version
+        assert caps.cpu_count >= 1 and caps.memory_bytes > 0 and caps.disk_free_bytes
+        assert caps.gpus == [] or all(g.memory_bytes > 0 for g in caps.gpus)
+        agent.stop()
+        hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline")
+        assert hub.statuses[-1].session == birth.session
+    finally:
+        late.close()
+
+
+def test_reconnects_and_resubscribes_after_broker_restart(
+    private_broker: Broker, topic_prefix: str, device_id: str, make_agent: AgentFactory
+) -> None:
+    hub = HubSide(private_broker.host, private_broker.port, topic_prefix)
+    try:
+        agent, _ = make_agent(hub, device_id, private_broker.url)
+        assert agent.wait_ready(10)
+        private_broker.kill()
+        private_broker.start()
+        hub.wait_connected()
+        hub.wait(lambda: agent.link.connects >= 2, what="reconnect")
+        hub.wait(lambda: sum(1 for s in hub.statuses if s.state == "online") >= 1)
+        # the desired subscription was renewed: a new desired state is acted on (here refused as malformed)
+        hub.publish_desired(device_id, b"garbage after restart")
+        hub.wait_reported(lambda r: r.error is not None and r.error.code == "malformed_envelope")
+    finally:
+        hub.close()
+
+
+def test_signed_commands_are_acknowledged_and_unsigned_ignored(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory
+) -> None:
+    agent, _ = make_agent(hub, device_id, broker.url)
+    assert agent.wait_ready(10)
+    now = time.time()
+    cmd = Command(device_id=device_id, version=1, issued_at=now, expires_at=now + 60, correlation_id="c-1",
+                  name=CommandName.PING)  # fmt: skip
+    hub.publish_raw(hub.topics.cmd(device_id), encode(cmd))  # not signed: ignored
+    hub.publish_raw(hub.topics.cmd(device_id), encode(hub.key.sign(cmd)))
+    ack = hub.wait(lambda: next((a for a in hub.acks if a.correlation_id == "c-1"), None))
+    assert ack.ok and ack.result == {"pong": True}
+    hub.publish_raw(hub.topics.cmd(device_id), encode(hub.key.sign(cmd)))  # replay: refused
+    gc = cmd.model_copy(update={"version": 2, "correlation_id": "c-2", "name": CommandName.COLLECT_GARBAGE})
+    hub.publish_raw(hub.topics.cmd(device_id), encode(hub.key.sign(gc)))
+    ack = hub.wait(lambda: next((a for a in hub.acks if a.correlation_id == "c-2"), None))
+    assert ack.ok and ack.result == {"removed": 0}
+    assert [a.correlation_id for a in hub.acks] == ["c-1", "c-2"]
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    rng = random.Random(7)
+    delays = [backoff_delay(n, 0.5, 30.0, rng) for n in range(12)]
+    for n, d in enumerate(delays):
+        base = min(30.0, 0.5 * 2**n)
+        assert 0.5 * base <= d <= 1.5 * base
+    assert len({round(d, 6) for d in delays}) == len(delays), "jittered"
+    assert backoff_delay(10_000, 0.5, 30.0, rng) <= 45.0
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://h:1884", BrokerAddress("h", 1884, False)),
+        ("mqtts://h", BrokerAddress("h", 8883, True)),
+        ("mqtt://127.0.0.1", BrokerAddress("127.0.0.1", 1883, False)),
+    ],
+)
+def test_broker_urls(url: str, expected: BrokerAddress) -> None:
+    assert BrokerAddress.parse(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h:1883", "mqtt://", "h:1883", "mqtt://h:99999", ""])
+def test_bad_broker_urls_are_refused(url: str) -> None:
+    with pytest.raises(SettingsError):
+        BrokerAddress.parse(url)

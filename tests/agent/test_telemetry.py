@@ -1,0 +1,85 @@
+"""Telemetry windows over a real broker: content, and the on-disk spool while the broker is down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fleet.messages import TelemetryWindow
+from models.errors import InvalidInput
+from tests.agent.conftest import AgentFactory, Sample
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+
+
+def _seqs(windows: list[TelemetryWindow]) -> list[int]:
+    return [w.seq for w in windows]
+
+
+def test_windows_count_requests_and_name_the_model(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    _agent, serving = make_agent(hub, device_id, broker.url, telemetry={"interval_s": 0.2})
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 1, hub.model_ref(samples["v1"].path, samples["v1"].descriptor))
+    )
+    hub.wait_active("1.0.0")
+    start = len(hub.telemetry)
+    for _ in range(5):
+        serving.infer({"image": np.zeros((1, 3, 64, 64), dtype=np.float32)})
+    with pytest.raises(InvalidInput):
+        serving.infer({"image": np.zeros((1, 3), dtype=np.float32)})
+    hub.wait(lambda: sum(w.requests for w in hub.telemetry[start:]) >= 5 and any(w.errors for w in hub.telemetry))
+    counted = [w for w in hub.telemetry[start:] if w.requests]
+    assert counted[0].model == "cls" and counted[0].model_version == "1.0.0"
+    assert counted[0].provider == "CPUExecutionProvider"
+    assert sum(w.latency.count for w in hub.telemetry[start:]) == 5
+    assert counted[0].memory_bytes and counted[0].spool_capacity == 8640
+    seqs = _seqs(hub.telemetry)
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def _broker_down_then_up(
+    persistent_broker: Broker, topic_prefix: str, device_id: str, make_agent: AgentFactory, capacity: int, due: int
+) -> tuple[HubSide, list[TelemetryWindow]]:
+    hub = HubSide(persistent_broker.host, persistent_broker.port, topic_prefix, persistent=True)
+    agent, _ = make_agent(
+        hub, device_id, persistent_broker.url, telemetry={"interval_s": 0.05, "spool_max_windows": capacity}
+    )
+    hub.wait(lambda: len(hub.telemetry) >= 3, what="first windows")
+    persistent_broker.stop()
+    hub.wait(lambda: agent.spool.pending + agent.spool.dropped >= due, what="windows due while down")
+    persistent_broker.start()
+    hub.wait_connected()
+    hub.wait(lambda: agent.spool.pending == 0 and agent.link.connected, what="spool drained")
+    last = agent.spool.allocate_seq() - 1
+    hub.wait(lambda: last in _seqs(hub.telemetry), what="every window received")
+    return hub, list(hub.telemetry)
+
+
+def test_spool_sends_every_window_in_order_after_broker_outage(
+    persistent_broker: Broker, topic_prefix: str, device_id: str, make_agent: AgentFactory
+) -> None:
+    hub, windows = _broker_down_then_up(persistent_broker, topic_prefix, device_id, make_agent, capacity=1000, due=8)
+    try:
+        seqs = _seqs(windows)
+        first_seen = list(dict.fromkeys(seqs))
+        assert first_seen == list(range(seqs[0], max(seqs) + 1)), "every window, in order"
+        assert len(seqs) - len(first_seen) <= 1, "at most the window in flight at the outage is sent twice"
+        assert max(w.spool_pending for w in windows) >= 5
+        assert all(w.spool_dropped == 0 for w in windows)
+    finally:
+        hub.close()
+
+
+def test_full_spool_drops_oldest_and_reports_it(
+    persistent_broker: Broker, topic_prefix: str, device_id: str, make_agent: AgentFactory
+) -> None:
+    hub, windows = _broker_down_then_up(persistent_broker, topic_prefix, device_id, make_agent, capacity=3, due=10)
+    try:
+        seqs = list(dict.fromkeys(_seqs(windows)))
+        assert seqs == sorted(seqs), "still in order"
+        assert max(seqs) - min(seqs) + 1 > len(seqs), "some windows were dropped"
+        assert windows[-1].spool_capacity == 3 and windows[-1].spool_dropped >= 5
+    finally:
+        hub.close()
