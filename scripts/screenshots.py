@@ -20,14 +20,9 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from models.cli import build_samples  # noqa: E402
 from tests.hub.dashboard.browser import find_chromium, launch  # noqa: E402
-from tests.hub.dashboard.fleet import seed_fleet  # noqa: E402
+from tests.hub.dashboard.fleet import seed_fleet, seed_rollouts  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.hub import start_hub  # noqa: E402
-
-try:
-    from tests.hub.dashboard.fleet import seed_rollouts  # type: ignore[attr-defined]
-except ImportError:  # rollouts not merged yet
-    seed_rollouts = None
 
 
 def _settle(page: Page) -> None:
@@ -56,7 +51,7 @@ def main() -> None:
         try:
             build_samples(tmp / "samples")
             fleet = seed_fleet(hub.hub, tmp / "samples", devices=args.devices)
-            rollout_ids = seed_rollouts(hub.hub, fleet) if seed_rollouts else []
+            rollout_ids = seed_rollouts(hub.hub, fleet)
             with sync_playwright() as pw:
                 browser = launch(pw, chromium)
                 page = browser.new_page(viewport={"width": args.width, "height": 900}, device_scale_factor=1)

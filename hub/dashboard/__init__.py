@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from hub.dashboard.live import live_router
 from hub.dashboard.render import STATIC
+from hub.dashboard.rollouts import rollouts_router
 from hub.dashboard.routes import Pages, dashboard_router
 from hub.dashboard.security import SecurityHeaders
 
@@ -32,4 +33,5 @@ def mount_dashboard(app: FastAPI, hub: Hub) -> None:
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.include_router(dashboard_router(hub, pages))
+    app.include_router(rollouts_router(hub, pages))
     app.include_router(live_router(hub))

@@ -36,6 +36,11 @@ def utc(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def hms(ts: float | None) -> str:
+    """`06:00:25Z` (the time of day only)."""
+    return "\u2014" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%SZ")
+
+
 def size(n: int | None) -> str:
     """Bytes as `12.3 MiB`."""
     if n is None:
@@ -83,6 +88,6 @@ def environment() -> Environment:
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), undefined=ChainableUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )  # fmt: skip
-    env.filters.update(ago=ago, utc=utc, size=size, num=num, pct=pct, qs=qs, j=tojson_compact)
+    env.filters.update(ago=ago, utc=utc, hms=hms, size=size, num=num, pct=pct, qs=qs, j=tojson_compact)
     env.globals.update(bar=bar)
     return env

@@ -84,6 +84,9 @@ class Pages:
             return await run_in_threadpool(build, who)
         except HubError as e:
             return self.error(request, who, e)
+        except Exception:  # a page never answers a bare 500: log it and say so in the page's own style
+            log.exception("dashboard: rendering %s failed", request.url.path)
+            return self.error(request, who, HubError("unexpected error while rendering this page; see the hub log"))
 
     # -- views --------------------------------------------------------------------------------------
     def device_query(self, request: Request) -> DeviceQuery:

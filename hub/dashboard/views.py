@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hub.dashboard.rollouts import rollout_statuses
 from hub.devices import DeviceState, derive_state
 from hub.errors import InvalidInput
 from hub.selectors import parse_selector
@@ -198,6 +199,7 @@ class Overview:
     day: Summary
     events: list[Event]
     models: int
+    rollouts: list[dict[str, Any]]
 
 
 def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
@@ -213,6 +215,23 @@ def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
     }
 
 
+OPERATOR_ACTIONS = (
+    "deploy", "model.push", "model.delete", "device.add", "device.label", "token.create", "rollout.start",
+    "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback", "rollout.gate_failed",
+    "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
+)  # fmt: skip
+
+
+def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
+    """The newest events of people and rollouts (devices' own phase changes are on their pages)."""
+    store = hub.store
+    found: dict[int, Event] = {}
+    for action in OPERATOR_ACTIONS:
+        for e in store.list_events(since=None, until=None, subject=None, action=action, limit=limit):
+            found[e.id] = e
+    return sorted(found.values(), key=lambda e: e.id, reverse=True)[:limit]
+
+
 def overview(hub: Hub, now: float | None = None) -> Overview:
     """Counts by state, versions across the fleet, telemetry summaries and recent events."""
     now = time.time() if now is None else now
@@ -221,11 +240,8 @@ def overview(hub: Hub, now: float | None = None) -> Overview:
     return Overview(
         total=len(rows), counts={s: counts.get(s, 0) for s in STATES}, versions=version_counts(rows),
         hour=hub.telemetry.summary(since=now - 3600), day=hub.telemetry.summary(since=now - 86400),
-        events=[
-            e for e in hub.store.list_events(since=None, until=None, subject=None, action=None, limit=500)
-            if e.action != "device.phase"
-        ][:12],
-        models=len(hub.registry.versions()),
+        events=recent_events(hub),
+        models=len(hub.registry.versions()), rollouts=rollout_statuses(hub, active_only=True),
     )  # fmt: skip
 
 

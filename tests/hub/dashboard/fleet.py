@@ -120,7 +120,7 @@ def seed_fleet(
     det_v = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.4.0")
     det_rc = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.5.0-rc.1")
     out.models = [cls_old, cls_new, det_v]
-    sha = {ref: hub.registry.get(*ref.split(":")).sha256 for ref in out.models}
+    sha = {ref: hub.registry.get(*ref.split(":")).sha256 for ref in (*out.models, det_rc)}
 
     meta: dict[str, dict[str, Any]] = {}
     for i in range(devices):
@@ -252,3 +252,96 @@ def seed_fleet(
             store.enqueue_telemetry(w, start + length)
     store.flush(timeout=300)
     return out
+
+
+def _gates(now: float, wave_size: int, *, requests: int, errors: int, p95: float, control: float) -> list[Any]:
+    from hub.rollouts.model import GateResult  # noqa: PLC0415
+
+    since, until = now - 900, now - 600
+    reg = (p95 - control) / control
+    rate = errors / requests
+    return [
+        GateResult(name="activation", phase="activation", status="pass", value=0.0, threshold=0.0,
+                   measured={"failed": 0, "ready": wave_size, "devices": wave_size, "failed_devices": []},
+                   detail=f"0 of {wave_size} device(s) failed to activate", at=until),
+        GateResult(name="availability", phase="activation", status="pass", value=float(wave_size), threshold=1.0,
+                   measured={"ready": wave_size, "offline": 0, "devices": wave_size, "offline_devices": []},
+                   detail=f"{wave_size} of {wave_size} device(s) ready; 0 offline set aside", at=until),
+        GateResult(name="error_rate", phase="activation", status="pass" if rate <= 0.01 else "fail", value=rate,
+                   threshold=0.01, measured={"requests": requests, "errors": errors, "windows": wave_size * 30},
+                   detail=f"error rate {rate:.4f} {'<=' if rate <= 0.01 else '>'} 0.01", since=since, until=until,
+                   at=until),
+        GateResult(name="p95_latency", phase="activation", status="pass" if reg <= 0.2 else "fail", value=reg,
+                   threshold=0.2, measured={"wave_p95_ms": p95, "wave_requests": requests, "control_p95_ms": control,
+                                            "control_requests": requests * 6, "control_source": "control",
+                                            "control_devices": 40},
+                   detail=f"p95 {p95:.2f} ms vs control {control:.2f} ms: {reg:+.1%} "
+                   f"({'within' if reg <= 0.2 else 'over'} 20%)", since=since, until=until, at=until),
+    ]  # fmt: skip
+
+
+def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
+    """Two rollouts with gate evaluations, as the controller records them: a classifier rollout paused by its
+    p95 gate in wave 3 (its first waves on the candidate, reporting and serving), and a finished one of the
+    detector. Returns their ids (paused first)."""
+    from hub.rollouts.engine import COLLECTION  # noqa: PLC0415
+    from hub.rollouts.model import DeviceEntry, Rollout, RolloutSpec, RolloutState, Wave, WavePhase  # noqa: PLC0415
+
+    now = fleet.now
+    ids: list[str] = []
+    targets = [d for d in fleet.devices if fleet.labels[d]["app"] == "classify" and fleet.labels[d]["tier"] == "prod"]
+    n = len(targets)
+    cuts = [1, max(2, n // 10), max(3, n // 2), n]
+    members = [targets[: cuts[0]], targets[cuts[0] : cuts[1]], targets[cuts[1] : cuts[2]], targets[cuts[2] :]]
+    entries = {d: DeviceEntry(wave=k, prev_model="mobilenet-like", prev_version="1.1.0", joined_at=now - 5400)
+               for k, group in enumerate(members) for d in group}  # fmt: skip
+    rid = "r-5c1e2a7f9b04"
+    waves = [
+        Wave(index=0, size="1", phase=WavePhase.PASSED, started_at=now - 5300, settled_at=now - 5200,
+             bake_until=now - 4900, finished_at=now - 4880,
+             gates=_gates(now - 4000, 1, requests=5400, errors=9, p95=12.9, control=12.6)),
+        Wave(index=1, size="10%", phase=WavePhase.PASSED, started_at=now - 4870, settled_at=now - 4700,
+             bake_until=now - 4400, finished_at=now - 4380,
+             gates=_gates(now - 3500, len(members[1]), requests=61200, errors=140, p95=13.4, control=12.7)),
+        Wave(index=2, size="50%", phase=WavePhase.FAILED, started_at=now - 4370, settled_at=now - 4100,
+             bake_until=now - 3800, finished_at=now - 3780, failed_in=WavePhase.ACTIVATING,
+             gates=_gates(now - 2900, len(members[2]), requests=288000, errors=610, p95=17.1, control=12.8)),
+        Wave(index=3, size="100%"),
+    ]  # fmt: skip
+    spec = RolloutSpec(model="mobilenet-like", version="1.2.0", selector="app=classify,tier=prod", bake_s=300)
+    paused = Rollout(
+        id=rid, spec=spec, state=RolloutState.PAUSED, created_at=now - 5400, created_by="ops-anna",
+        updated_at=now - 3780, seq=14, current=2, waves=waves, devices=entries,
+        reason="wave 3 failed its p95_latency gate: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)",
+    )  # fmt: skip
+    hub.store.put_doc(COLLECTION, rid, paused.model_dump(mode="json"))
+    ids.append(rid)
+    moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
+    if moved:
+        ref = hub.registry.model_ref("mobilenet-like", "1.2.0")
+        states = hub.deployer.set_desired(moved, ref, rollout_id=rid)
+        sha = hub.registry.get("mobilenet-like", "1.2.0").sha256
+        for st in states:
+            active = _applied("mobilenet-like:1.2.0", sha, CPU, now - 4000)
+            msg = ReportedState(device_id=st.device_id, seq=1000, ts=now - 30, desired_version=st.version,
+                                phase=Phase.ACTIVE, active=active)  # fmt: skip
+            hub.store.enqueue_reported(msg, now - 30)
+        hub.store.flush()
+
+    det = [d for d in fleet.devices if fleet.labels[d]["app"] == "detect"]
+    done_id = "r-0d3e1b66a2c8"
+    spec2 = RolloutSpec(model="tiny-detector", version="0.4.0", selector="app=detect", waves=["1", "100%"], bake_s=600)
+    done = Rollout(
+        id=done_id, spec=spec2, state=RolloutState.COMPLETED, created_at=now - 80000, created_by="ops-jonas",
+        updated_at=now - 76000, seq=9, current=2,
+        waves=[
+            Wave(index=0, size="1", phase=WavePhase.PASSED, started_at=now - 79900, finished_at=now - 79000,
+                 gates=_gates(now - 79000, 1, requests=4100, errors=3, p95=21.0, control=22.4)),
+            Wave(index=1, size="100%", phase=WavePhase.PASSED, started_at=now - 78990, finished_at=now - 76000,
+                 gates=_gates(now - 76000, max(1, len(det) - 1), requests=90000, errors=80, p95=21.4, control=22.1)),
+        ],
+        devices={d: DeviceEntry(wave=0 if i == 0 else 1, joined_at=now - 80000) for i, d in enumerate(det)},
+    )  # fmt: skip
+    hub.store.put_doc(COLLECTION, done_id, done.model_dump(mode="json"))
+    ids.append(done_id)
+    return ids
