@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -33,13 +34,14 @@ class Dash:
     def url(self) -> str:
         return self.hub.url
 
-    def client(self, role: str | None = "viewer", **kw: object) -> httpx.Client:
-        """A plain HTTP client, logged in as `role` (None: not logged in)."""
-        c = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30, **kw)  # type: ignore[arg-type]
-        if role is not None:
-            r = c.post("/login", data={"token": self.tokens[role], "next": "/"})
-            assert r.status_code == 303, r.text
-        return c
+    @contextlib.contextmanager
+    def client(self, role: str | None = "viewer") -> Iterator[httpx.Client]:
+        """A plain HTTP client, logged in as `role` through the form (None: not logged in)."""
+        with httpx.Client(base_url=self.url, follow_redirects=False, timeout=30) as c:
+            if role is not None:
+                r = c.post("/login", data={"token": self.tokens[role], "next": "/"})
+                assert r.status_code == 303, r.text
+            yield c
 
 
 @pytest.fixture(scope="module")
