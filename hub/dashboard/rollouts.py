@@ -17,10 +17,11 @@ from hub.credentials import Role
 from hub.dashboard import session
 from hub.errors import HubError, InvalidInput, Unauthorized
 from hub.rollouts.model import RolloutState
-from hub.rollouts.views import status_view
+from hub.rollouts.views import status_view, summary_view
 
 if TYPE_CHECKING:
     from hub.dashboard.routes import Pages
+    from hub.dashboard.views import DeviceRow
     from hub.runtime import Hub
 
 Action = Literal["pause", "resume", "abort", "rollback"]
@@ -56,6 +57,24 @@ def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, A
     for r in found:
         st = status_view(r, fleet)
         st["progress"] = progress(st)
+        out.append(st)
+    return out
+
+
+def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
+    """Active rollouts with their progress, counted from the device rows at hand (cheap: for the overview)."""
+    running = {r.id: r.model for r in rows}
+    out = []
+    for r in hub.rollouts.all():
+        if not r.state.active:
+            continue
+        st = summary_view(r)
+        target = f"{r.spec.model}:{r.spec.version}"
+        members = [d for d, e in r.devices.items() if e.left_at is None]
+        on_target = sum(1 for d in members if running.get(d) == target)
+        done = len(members) - on_target if r.state is RolloutState.ROLLING_BACK else on_target
+        wave = min(r.current + 1, len(r.waves))
+        st["progress"] = {"done": done, "total": max(1, len(members)), "wave": wave, "waves": len(r.waves)}
         out.append(st)
     return out
 

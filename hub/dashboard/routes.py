@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from hub.auth import Principal
 from hub.dashboard import charts, session
+from hub.dashboard.cache import TtlCache
 from hub.dashboard.detail import device_detail
 from hub.dashboard.render import environment
 from hub.dashboard.views import (
@@ -28,6 +29,7 @@ from hub.dashboard.views import (
     fleet_rows,
     model_rows,
     overview,
+    traffic,
 )
 from hub.errors import HubError, InvalidInput, Unauthorized
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 512
+TRAFFIC_TTL_S = 10.0  # fleet-wide sums over a day: shared by every browser for this long
+CHART_TTL_S = 5.0
 
 
 def _safe_next(target: str | None) -> str:
@@ -52,7 +56,7 @@ class Pages:
         self.hub = hub
         self.settings = hub.settings.dashboard
         self.env = environment()
-        self.extra_nav: list[tuple[str, str]] = []
+        self.cache = TtlCache()
 
     # -- rendering ----------------------------------------------------------------------------------
     def html(self, request: Request, template: str, who: Principal | None, status: int = 200, **ctx: Any) -> Response:
@@ -167,6 +171,14 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
     async def overview_fragment(request: Request) -> Response:
         return await pages.page(request, lambda who: pages.html(request, "_overview.html", who, o=overview(hub)))
 
+    @r.get("/ui/overview/traffic")
+    async def traffic_fragment(request: Request) -> Response:
+        def build(who: Principal) -> Response:
+            t = pages.cache.get("traffic", TRAFFIC_TTL_S, lambda: traffic(hub))
+            return pages.html(request, "_traffic.html", who, t=t)
+
+        return await pages.page(request, build)
+
     @r.get("/devices")
     async def devices_page(request: Request) -> Response:
         return await pages.page(request, lambda who: pages.device_table(request, who, fragment=False))
@@ -199,7 +211,12 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
     @r.get("/ui/data/fleet")
     async def fleet_data(request: Request) -> Response:
         rng = request.query_params.get("range", "1h")
-        return await pages.page(request, _json(lambda: charts.fleet_charts(hub, rng)))
+
+        def build() -> dict[str, Any]:
+            charts.range_seconds(rng)  # InvalidInput for unknown ranges, before anything is cached under them
+            return pages.cache.get(("fleet", rng), CHART_TTL_S, lambda: charts.fleet_charts(hub, rng))
+
+        return await pages.page(request, _json(build))
 
     @r.get("/ui/data/devices/{device_id}")
     async def device_data(request: Request, device_id: str) -> Response:

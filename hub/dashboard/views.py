@@ -8,12 +8,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hub.dashboard.rollouts import rollout_statuses
+from hub.dashboard.rollouts import active_rollouts
 from hub.devices import DeviceState, derive_state
 from hub.errors import InvalidInput
 from hub.selectors import parse_selector
 from hub.store import Desired, Device, Event, ModelVersion
-from hub.telemetry import Summary
+from hub.telemetry import Summary, summarise
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -95,7 +95,7 @@ def device_row(d: Device, desired: Desired | None, state: DeviceState) -> Device
 def fleet_rows(hub: Hub, now: float | None = None) -> list[DeviceRow]:
     """Every device as a row, with its derived state."""
     now = time.time() if now is None else now
-    desired = {s.device_id: s for s in hub.store.list_desired()}
+    desired = {s.device_id: s for s in hub.store.list_desired_heads()}
     settings = hub.settings.devices
     return [
         device_row(d, desired.get(d.id), derive_state(d, desired.get(d.id), now=now, settings=settings))
@@ -195,8 +195,6 @@ class Overview:
     total: int
     counts: dict[str, int]
     versions: dict[str, list[VersionCount]]
-    hour: Summary
-    day: Summary
     events: list[Event]
     models: int
     rollouts: list[dict[str, Any]]
@@ -233,16 +231,30 @@ def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
 
 
 def overview(hub: Hub, now: float | None = None) -> Overview:
-    """Counts by state, versions across the fleet, telemetry summaries and recent events."""
+    """Counts by state, versions across the fleet, active rollouts and recent events (traffic loads apart)."""
     now = time.time() if now is None else now
     rows = fleet_rows(hub, now)
     counts = Counter(r.state for r in rows)
     return Overview(
         total=len(rows), counts={s: counts.get(s, 0) for s in STATES}, versions=version_counts(rows),
-        hour=hub.telemetry.summary(since=now - 3600), day=hub.telemetry.summary(since=now - 86400),
-        events=recent_events(hub),
-        models=len(hub.registry.versions()), rollouts=rollout_statuses(hub, active_only=True),
+        events=recent_events(hub), models=len(hub.registry.versions()), rollouts=active_rollouts(hub, rows),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Fleet-wide telemetry summed over the last hour and day."""
+
+    hour: Summary
+    day: Summary
+
+
+def traffic(hub: Hub, now: float | None = None) -> Traffic:
+    """The overview's traffic numbers (one query over the day; the hour is summed from it)."""
+    now = time.time() if now is None else now
+    points = hub.telemetry.series(since=now - 86400)
+    hour_start = int((now - 3600) // 60) * 60
+    return Traffic(hour=summarise([p for p in points if p.minute >= hour_start]), day=summarise(points))
 
 
 @dataclass

@@ -29,6 +29,7 @@ def test_login_then_overview_shows_the_seeded_fleet(page: Page, dash: Dash) -> N
     for state, ids in dash.fleet.by_state.items():
         expect(page.locator(f"[data-count={state}]")).to_have_text(str(len(ids)))
     expect(page.locator(".user")).to_contain_text("viewer")
+    expect(page.locator("[data-traffic=hour-requests]")).not_to_have_text("0")  # loaded after the first render
     expect(page.locator("table.versions").first).to_contain_text("1.1.0")
     for chart in ("#chart-rps", "#chart-err", "#chart-p95"):
         assert _points(page, chart) > 30, chart
