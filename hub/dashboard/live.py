@@ -31,7 +31,7 @@ def fingerprint(hub: Hub) -> tuple[object, ...]:
     """Something that changes when anything the pages show changes."""
     st = hub.store.ingest_stats()
     last = hub.store.list_events(since=None, until=None, subject=None, action=None, limit=1)
-    desired = hub.store.list_desired()
+    desired = hub.store.list_desired_heads()
     return (
         st.telemetry_persisted, st.status_applied, st.reported_applied, last[0].id if last else 0,
         len(desired), max((d.version for d in desired), default=0), int(time.time() // _STATE_TICK_S),

@@ -20,11 +20,13 @@ from hub.auth import Principal
 from hub.dashboard import charts, session
 from hub.dashboard.cache import TtlCache
 from hub.dashboard.detail import device_detail
+from hub.dashboard.live import fingerprint
 from hub.dashboard.render import environment
 from hub.dashboard.views import (
     SORT_KEYS,
     STATES,
     DeviceQuery,
+    DeviceRow,
     device_page,
     fleet_rows,
     model_rows,
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_FIELD = 512
 TRAFFIC_TTL_S = 10.0  # fleet-wide sums over a day: shared by every browser for this long
 CHART_TTL_S = 5.0
+ROWS_TTL_S = 30.0  # keyed by the fleet's fingerprint: any change makes a new key at once
 
 
 def _safe_next(target: str | None) -> str:
@@ -93,6 +96,10 @@ class Pages:
             return self.error(request, who, HubError("unexpected error while rendering this page; see the hub log"))
 
     # -- views --------------------------------------------------------------------------------------
+    def rows(self) -> list[DeviceRow]:
+        """Every device as a row; shared by all pages and browsers until anything in the fleet changes."""
+        return self.cache.get(("rows", fingerprint(self.hub)), ROWS_TTL_S, lambda: fleet_rows(self.hub))
+
     def device_query(self, request: Request) -> DeviceQuery:
         p = request.query_params
         for key in ("selector", "state", "version", "sort", "page"):
@@ -114,7 +121,7 @@ class Pages:
 
     def device_table(self, request: Request, who: Principal, *, fragment: bool) -> Response:
         q = self.device_query(request)
-        result = device_page(fleet_rows(self.hub), q, self.settings.page_size)
+        result = device_page(self.rows(), q, self.settings.page_size)
         template = "_device_table.html" if fragment else "devices.html"
         resp = self.html(request, template, who, q=q, result=result, sort_keys=SORT_KEYS)
         if fragment:
@@ -165,11 +172,15 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
 
     @r.get("/")
     async def overview_page(request: Request) -> Response:
-        return await pages.page(request, lambda who: pages.html(request, "overview.html", who, o=overview(hub)))
+        return await pages.page(
+            request, lambda who: pages.html(request, "overview.html", who, o=overview(hub, pages.rows()))
+        )
 
     @r.get("/ui/overview")
     async def overview_fragment(request: Request) -> Response:
-        return await pages.page(request, lambda who: pages.html(request, "_overview.html", who, o=overview(hub)))
+        return await pages.page(
+            request, lambda who: pages.html(request, "_overview.html", who, o=overview(hub, pages.rows()))
+        )
 
     @r.get("/ui/overview/traffic")
     async def traffic_fragment(request: Request) -> Response:
@@ -202,7 +213,7 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
     @r.get("/models")
     async def models_page(request: Request) -> Response:
         return await pages.page(
-            request, lambda who: pages.html(request, "models.html", who, models=model_rows(hub, fleet_rows(hub)))
+            request, lambda who: pages.html(request, "models.html", who, models=model_rows(hub, pages.rows()))
         )
 
     def _json(build: Callable[[], dict[str, Any]]) -> Callable[[Principal], Response]:

@@ -230,10 +230,10 @@ def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
     return sorted(found.values(), key=lambda e: e.id, reverse=True)[:limit]
 
 
-def overview(hub: Hub, now: float | None = None) -> Overview:
+def overview(hub: Hub, rows: list[DeviceRow] | None = None, now: float | None = None) -> Overview:
     """Counts by state, versions across the fleet, active rollouts and recent events (traffic loads apart)."""
     now = time.time() if now is None else now
-    rows = fleet_rows(hub, now)
+    rows = fleet_rows(hub, now) if rows is None else rows
     counts = Counter(r.state for r in rows)
     return Overview(
         total=len(rows), counts={s: counts.get(s, 0) for s in STATES}, versions=version_counts(rows),
