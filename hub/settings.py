@@ -125,6 +125,23 @@ class DeviceSettings(_Group):
     )
 
 
+class DashboardSettings(_Group):
+    """The web dashboard served at `/`."""
+
+    enabled: bool = Field(default=True, description="serve the dashboard at / (False: the REST API only)")
+    live_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often the live stream looks for changes (seconds)"
+    )
+    live_max_stream_s: float = Field(
+        default=300.0, gt=0, description="a live stream ends after this and the browser reconnects (frees workers)"
+    )
+    page_size: int = Field(default=50, ge=5, le=1000, description="devices per page of the device table")
+    cookie_secure: bool = Field(
+        default=False, description="mark the session cookie Secure (set it when the hub is served over HTTPS)"
+    )
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
+
+
 class RolloutSettings(_Group):
     """The rollout controller (hub.rollouts)."""
 
@@ -153,6 +170,7 @@ class HubSettings(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="message ingestion")
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
 
     @classmethod

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
 from hub.api.routes_rollouts import rollouts_router
+from hub.dashboard import mount_dashboard
 from hub.errors import HubError
 from hub.metrics import metrics_text
 
@@ -81,4 +82,5 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     app.include_router(rollouts_router(hub))
     for router in extra_routers:
         app.include_router(router)
+    mount_dashboard(app, hub)
     return app
