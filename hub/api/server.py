@@ -26,18 +26,22 @@ class ApiServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = host, int(self.sock.getsockname()[1])
+        security = getattr(hub, "security", None)
+        self.tls = security.tls if security is not None else None  # HTTPS with the hub's TLS files
         if hub.api_url is None:
             hub.api_url = self.url
+        tls = {"ssl_certfile": str(self.tls.api_cert), "ssl_keyfile": str(self.tls.api_key)} if self.tls else {}
         config = uvicorn.Config(
-            create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
-        )
+            create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            **tls,  # type: ignore[arg-type]
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def serve(self) -> None:
         """Serve in this thread until interrupted (SIGINT/SIGTERM)."""
