@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import activation
 from agent.download import Download
-from agent.errors import ActivationError, AgentError, StoreError
+from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
@@ -215,7 +215,16 @@ class Reconciler:
         if dl is None or dl.sha256 != sha256:
             self.stray_chunks += 1
             return
-        new = dl.on_chunk(payload)
+        try:
+            new = dl.on_chunk(payload)
+        except AgentError as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+            if self.error is None or self.error.code != e.code:
+                log.warning("download of %s stalled: %s", dl.sha256[:12], e)
+                self._fail(e)
+                self.report()
+            return
+        if new and self.error is not None and self.error.code == InsufficientDisk.code:
+            self.error = None  # space again: the stall is over
         if dl.complete:
             try:
                 dl.finish()
