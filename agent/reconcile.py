@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import activation
 from agent.download import Download
-from agent.errors import ActivationError, AgentError, DownloadError, StoreError
+from agent.errors import ActivationError, AgentError, DownloadError, InsufficientDisk, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
@@ -219,18 +219,29 @@ class Reconciler:
             return
         try:
             new = dl.on_chunk(payload)
-            if dl.complete:
-                dl.finish()
+        except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+            if self.error is None or self.error.code != e.code:
+                log.warning("download of %s stalled: %s", dl.sha256[:12], e)
+                self._fail(e)
+                self.report()
+            return
         except AgentError as e:
-            if e.permanent:  # an inconsistent signed manifest: give up on this desired state
-                self._give_up(e)
-            else:
-                self._retry_later(e)
+            self._download_failed(e)
             return
         except OSError as e:  # the disk failing
             self._retry_later(DownloadError(f"writing {sha256[:12]}: {e}"))
             return
+        if new and self.error is not None and self.error.code == InsufficientDisk.code:
+            self.error = None  # space again: the stall is over
         if dl.complete:
+            try:
+                dl.finish()
+            except AgentError as e:
+                self._download_failed(e)
+                return
+            except OSError as e:
+                self._retry_later(DownloadError(f"finishing {sha256[:12]}: {e}"))
+                return
             self.outbox.unwatch_blob(dl.sha256)
             self.download = None
             self._advance()
@@ -345,6 +356,12 @@ class Reconciler:
         self.phase = Phase.DOWNLOADING
         self.report()
         return False
+
+    def _download_failed(self, e: AgentError) -> None:
+        if e.permanent:  # an inconsistent signed manifest: give up on this desired state
+            self._give_up(e)
+        else:
+            self._retry_later(e)
 
     def _retry_later(self, e: AgentError) -> None:
         """A temporary download failure: report it and try again after `rewant_after_s`."""

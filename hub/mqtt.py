@@ -55,6 +55,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         keepalive_s: int = 30,
+        ca_pem: str | None = None,
     ) -> None:
         self.url = url
         self.host, self.port, tls = parse_broker_url(url)
@@ -72,7 +73,7 @@ class MqttLink:
         if username:
             self._client.username_pw_set(username, password)
         if tls:
-            self._client.tls_set_context(ssl.create_default_context())
+            self._client.tls_set_context(ssl.create_default_context(cadata=ca_pem or None))
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(1, 5)

@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
 from hub.api.routes_rollouts import rollouts_router
+from hub.api.routes_security import security_router
+from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
 from hub.errors import HubError
 from hub.metrics import metrics_text
@@ -68,6 +70,7 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
         return _error(500, "internal", f"unexpected {type(e).__name__}; see the hub log")
 
     app.state.auth = hub.auth
+    install_security(app, hub)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and broker connection (no token needed)")
     def healthz() -> dict[str, Any]:
@@ -80,6 +83,7 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     app.include_router(models_router(hub))
     app.include_router(fleet_router(hub))
     app.include_router(rollouts_router(hub))
+    app.include_router(security_router(hub))
     for router in extra_routers:
         app.include_router(router)
     mount_dashboard(app, hub)

@@ -31,19 +31,24 @@ class ApiServer:
         self.sock.bind((host, port))
         self.sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: no start-up race
         self.host, self.port = host, int(self.sock.getsockname()[1])
+        security = getattr(hub, "security", None)
+        self.tls = security.tls if security is not None else None  # HTTPS with the hub's TLS files
         if hub.api_url is None:  # what bundles tell devices: a wildcard address is no address to dial
             shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-            hub.api_url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}"
+            scheme = "https" if self.tls else "http"
+            hub.api_url = f"{scheme}://{f'[{shown}]' if ':' in shown else shown}:{self.port}"
+        tls = {"ssl_certfile": str(self.tls.api_cert), "ssl_keyfile": str(self.tls.api_key)} if self.tls else {}
         config = uvicorn.Config(
-            app or create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
-        )
+            app or create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            **tls,  # type: ignore[arg-type]
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def serve(self) -> None:
         """Serve in this thread until interrupted (SIGINT/SIGTERM)."""

@@ -58,7 +58,7 @@ def test_local_mosquitto_is_started_supervised_and_stopped(tmp_path: Path, topic
         wait_for(lambda: lb.restarts == 1 and lb.pid != pid, timeout=20)
         wait_for(lambda: h.hub.mqtt_connected, timeout=20)
         # the hub works on the restarted broker
-        dev = TestClient(lb.host, lb.port)
+        dev = TestClient(lb.host, lb.port, username="cam-1", password=bundle["mqtt_password"])  # the ACL'd broker
         try:
             dev.publish(h.hub.topics.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0)))
             wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
