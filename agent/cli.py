@@ -119,12 +119,9 @@ def _serving(headless: bool, host: str | None, port: int | None) -> tuple[Servin
 
 
 def _cluster_port() -> ClusterPort:
-    from agent.k3s import ClusterBridge, ClusterError, ClusterSettings  # noqa: PLC0415
+    from agent.k3s import ClusterBridge, ClusterSettings  # noqa: PLC0415
 
-    try:
-        return ClusterBridge(ClusterSettings.from_env())
-    except ClusterError as e:
-        raise AgentError(f"cluster mode: {e}", code="cluster_config") from e
+    return ClusterBridge(ClusterSettings.from_env())  # its errors are AgentErrors naming the problem
 
 
 @app.command("serve")
