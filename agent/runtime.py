@@ -118,6 +118,8 @@ class Agent:
         """Serve the stored model, then connect, subscribe and start the control and telemetry threads."""
         self.reconciler.restore()
         self._birth = encode(self._make_birth())
+        if self.cluster is not None:  # the birth again whenever nodes, GPUs or MIG slices change
+            self.cluster.watch_inventory(self._inventory_changed)
         self.link.subscribe(self.topics.desired(self.device_id), 1)
         self.link.subscribe(self.topics.cmd(self.device_id), 1)
         self._control = threading.Thread(target=self._run_control, name="agent-control", daemon=True)
@@ -158,13 +160,23 @@ class Agent:
     def _active_model(self) -> AppliedModel | None:
         return self.reconciler.active
 
-    def _make_birth(self) -> DeviceStatus:
-        nodes: list[NodeInfo] = []
-        if self.cluster is not None:
-            try:
-                nodes = self.cluster.inventory()
-            except Exception as e:  # the birth goes out without nodes; the error is logged
-                log.warning("cluster inventory failed: %s", e)
+    def _inventory_changed(self, nodes: list[NodeInfo]) -> None:
+        birth = encode(self._make_birth(nodes))
+        if birth == self._birth:
+            return
+        self._birth = birth
+        log.info("cluster inventory changed (%d nodes): publishing the birth again", len(nodes))
+        if self.link.connected:
+            self.link.publish(self.topics.status(self.device_id), birth, retain=True)
+
+    def _make_birth(self, nodes: list[NodeInfo] | None = None) -> DeviceStatus:
+        if nodes is None:
+            nodes = []
+            if self.cluster is not None:
+                try:
+                    nodes = self.cluster.inventory()
+                except Exception as e:  # the birth goes out without nodes; the error is logged
+                    log.warning("cluster inventory failed: %s", e)
         caps = capabilities(self.store.root, mode="k3s" if self.cluster else "single", nodes=nodes)
         return DeviceStatus(
             device_id=self.device_id, state="online", ts=time.time(), session=self.session,
