@@ -146,6 +146,11 @@ class RolloutEngine:
             raise NotFound(f"rollout {rollout_id} does not exist")
         return Rollout.model_validate(doc)
 
+    def active(self) -> list[Rollout]:
+        """The rollouts that own their devices now (running, paused, rolling back)."""
+        with self._lock:
+            return list(self._active.values())
+
     def all(self) -> list[Rollout]:
         """Every rollout, newest first."""
         found = [Rollout.model_validate(doc) for _k, doc in self.store.list_docs(COLLECTION)]

@@ -167,3 +167,14 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     stored = Rollout.model_validate(h.store.get_doc(COLLECTION, r.id))
     assert stored.state is RolloutState.PAUSED and "availability" in (stored.reason or "")
     assert stored.seq > s.rollout.seq
+
+
+def test_metrics_show_active_rollouts_and_their_wave(hub: RunningHub) -> None:
+    with hub.client() as c:
+        rid = c.post("/api/v1/rollouts", json=body()).json()["id"]
+        c.post(f"/api/v1/rollouts/{rid}/pause")
+        text = c.get("/metrics").text
+    assert 'edgefleet_hub_rollouts_active{state="paused"} 1.0' in text
+    assert 'edgefleet_hub_rollouts_active{state="running"} 0.0' in text
+    assert f'edgefleet_hub_rollout_wave{{model="{MODEL}",rollout="{rid}",state="paused",version="1.0.0"}} 0.0' in text
+    assert "edgefleet_hub_rollout_tick_errors_total 0.0" in text
