@@ -103,6 +103,7 @@ class RolloutEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.tick_errors = 0
+        self.publish_errors = 0
         self._active: dict[str, Rollout] = {}
         for key, doc in store.list_docs(COLLECTION):
             try:
@@ -208,7 +209,7 @@ class RolloutEngine:
             r, events = command(r, action, now=now, reason=reason)
             self._save(r, events, actor, now)
             if r.state.active:
-                self._publish(r, self.fleet(now), now)
+                self._send(r, targets(r), self.fleet(now))
         return r
 
     def tick(self, now: float | None = None) -> None:
@@ -228,9 +229,6 @@ class RolloutEngine:
                     self._save(s.rollout, s.events, "rollout-controller", now)
                 self._send(s.rollout, s.targets, fleet)
 
-    def _publish(self, r: Rollout, fleet: dict[str, DeviceView], now: float) -> None:
-        self._send(r, targets(r), fleet)
-
     def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView]) -> int:
         """Sign and publish the targets the store does not hold yet, grouped by content."""
         groups: dict[str, list[Target]] = {}
@@ -249,7 +247,8 @@ class RolloutEngine:
                 ids = [x.device_id for x in group]
                 self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id)
                 sent += len(ids)
-            except (HubError, ValueError) as e:
+            except (HubError, ValueError) as e:  # retried at the next tick (e.g. a version deleted meanwhile)
+                self.publish_errors += 1
                 log.error("rollouts: %s cannot publish step %s to %d device(s): %s", r.id, t.step, len(group), e)
         if sent:
             log.info("rollouts: %s published %d desired state(s)", r.id, sent)

@@ -12,7 +12,7 @@ from hub.rollouts.model import RolloutState
 
 
 def rollout_metrics(engine: RolloutEngine) -> Iterator[Metric]:
-    """Active rollouts by state, each active rollout's current wave, and failed ticks."""
+    """Active rollouts by state, each active rollout's current wave, failed ticks and publishes."""
     active = engine.active()
     by_state = Counter(r.state for r in active)
     states = GaugeMetricFamily("edgefleet_hub_rollouts_active", "active rollouts by state", labels=["state"])
@@ -26,3 +26,6 @@ def rollout_metrics(engine: RolloutEngine) -> Iterator[Metric]:
         wave.add_metric([r.id, r.spec.model, r.spec.version, r.state.value], r.current)
     yield wave
     yield CounterMetricFamily("edgefleet_hub_rollout_tick_errors", "controller ticks that failed", engine.tick_errors)
+    yield CounterMetricFamily(
+        "edgefleet_hub_rollout_publish_errors", "desired-state groups that could not be signed", engine.publish_errors
+    )
