@@ -90,6 +90,13 @@ class IngestSettings(_Group):
 
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
     max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long the writer waits for more messages before committing (group commit; bounds "
+        "how stale API reads of fresh telemetry can be)",
+    )
     max_queue: int = Field(
         default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
     )
@@ -118,6 +125,23 @@ class DeviceSettings(_Group):
     )
 
 
+class DashboardSettings(_Group):
+    """The web dashboard served at `/`."""
+
+    enabled: bool = Field(default=True, description="serve the dashboard at / (False: the REST API only)")
+    live_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often the live stream looks for changes (seconds)"
+    )
+    live_max_stream_s: float = Field(
+        default=300.0, gt=0, description="a live stream ends after this and the browser reconnects (frees workers)"
+    )
+    page_size: int = Field(default=50, ge=5, le=1000, description="devices per page of the device table")
+    cookie_secure: bool = Field(
+        default=False, description="mark the session cookie Secure (set it when the hub is served over HTTPS)"
+    )
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
+
+
 class RolloutSettings(_Group):
     """The rollout controller (hub.rollouts)."""
 
@@ -130,6 +154,51 @@ class RolloutSettings(_Group):
         le=3600,
         description="wait this long after a bake ends before judging it, seconds (windows still on their way; "
         "the agents' default window is 10 s)",
+    )
+
+
+class TlsSettings(_Group):
+    """TLS for MQTT (mqtts) and HTTPS for the API. `edgefleet hub init --tls` creates a development CA."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="serve the local broker over mqtts and the API over https (None: on when `hub init --tls` "
+        "created data_dir/tls)",
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate; goes into device bundles"
+    )
+    broker_cert_file: Path | None = Field(default=None, description="local broker's certificate (None: dev one)")
+    broker_key_file: Path | None = Field(default=None, description="local broker's private key (None: dev one)")
+    api_cert_file: Path | None = Field(default=None, description="API server certificate (None: the dev one)")
+    api_key_file: Path | None = Field(default=None, description="API server private key (None: the dev one)")
+
+
+class SecuritySettings(_Group):
+    """Broker accounts and ACL, API hardening, per-device ingestion limits."""
+
+    broker_acl: bool = Field(
+        default=True,
+        description="generate the broker password and ACL files from the registry; the local broker enforces "
+        "them (off: an anonymous local broker, for experiments only)",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="origins allowed to call the API from a browser (empty: CORS off)"
+    )
+    auth_failure_burst: int = Field(
+        default=20, ge=0, description="failed authentications allowed per client address before 429 (0: no limit)"
+    )
+    auth_failure_per_minute: float = Field(
+        default=10.0, gt=0, description="failed authentications regained per minute per client address"
+    )
+    telemetry_per_s: float = Field(
+        default=5.0, gt=0, description="telemetry windows per second a device may send, sustained"
+    )
+    telemetry_burst: int = Field(
+        default=10_000,
+        ge=0,
+        description="telemetry windows a device may send at once (above an agent's spool of 8640 windows, so a "
+        "device draining a full day's spool is never cut; 0: no limit)",
     )
 
 
@@ -146,7 +215,10 @@ class HubSettings(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="message ingestion")
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
+    security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubSettings:
@@ -194,3 +266,7 @@ class HubSettings(BaseModel):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "mosquitto"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"

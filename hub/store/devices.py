@@ -131,6 +131,15 @@ class DeviceTables:
             for r in self._read().execute(sql)
         ]
 
+    def list_desired_heads(self) -> list[Desired]:
+        """Every desired state without its body and envelope (left empty): for listings of thousands of devices,
+        where parsing each signed document would dominate."""
+        sql = (
+            "SELECT device_id, version, model_name, model_version, sha256, issued_at, expires_at, rollout_id "
+            "FROM desired ORDER BY device_id"
+        )
+        return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
+
     def devices_wanting(self, name: str, version: str) -> list[str]:
         rows = self._read().execute(WANTING_SQL, (name, version, name, version))
         return sorted(r[0] for r in rows)
