@@ -77,6 +77,7 @@ class StoreTelemetry:
                 shadow_version=t.shadow_version,
                 shadow_samples=t.shadow_samples,
                 shadow_agreements=t.shadow_agreements,
+                shadow_delta_ms_sum=t.shadow_delta_ms_sum,
             )
             for t in self.store.telemetry_totals(device_ids, since=since, until=until)
         ]
