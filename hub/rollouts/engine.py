@@ -27,11 +27,13 @@ from hub.rollouts.controller import Command, Event, command, new_rollout, step
 from hub.rollouts.errors import RolloutConflict
 from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
+from hub.rollouts.views import summary_view
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Store
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
+INDEX = "rollout_index"  # one small summary per rollout, so that listing never loads whole records
 
 
 def _ref(model: Any) -> Ref | None:
@@ -106,6 +108,7 @@ class RolloutEngine:
         self.tick_errors = 0
         self.publish_errors = 0
         self._active: dict[str, Rollout] = {}
+        indexed = {key for key, _doc in store.list_docs(INDEX)}
         for key, doc in store.list_docs(COLLECTION):
             try:
                 r = Rollout.model_validate(doc)
@@ -114,6 +117,8 @@ class RolloutEngine:
                 continue
             if r.state.active:
                 self._active[r.id] = r
+            if r.id not in indexed:  # stored by a hub from before the index
+                store.put_doc(INDEX, r.id, summary_view(r))
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,9 +159,14 @@ class RolloutEngine:
             return list(self._active.values())
 
     def all(self) -> list[Rollout]:
-        """Every rollout, newest first."""
+        """Every rollout, whole, newest first (`summaries` is the cheap listing)."""
         found = [Rollout.model_validate(doc) for _k, doc in self.store.list_docs(COLLECTION)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """A summary of every rollout (`views.summary_view`), newest first, without loading whole records."""
+        found = [doc for _k, doc in self.store.list_docs(INDEX)]
+        return sorted(found, key=lambda d: float(d.get("created_at") or 0), reverse=True)
 
     def fleet(self, now: float | None = None) -> dict[str, DeviceView]:
         """The fleet view the controller sees now."""
@@ -170,6 +180,7 @@ class RolloutEngine:
 
     def _save(self, r: Rollout, events: list[Event], actor: str, now: float) -> None:
         self.store.put_doc(COLLECTION, r.id, r.model_dump(mode="json"))
+        self.store.put_doc(INDEX, r.id, summary_view(r))
         for action, details in events:
             self.store.add_event(now, actor, action, f"rollout/{r.id}", details)
         if r.state.active:

@@ -16,7 +16,7 @@ import pytest
 
 from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState
 from hub.rollouts.controller import step
-from hub.rollouts.engine import COLLECTION, RolloutEngine
+from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
@@ -150,8 +150,10 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     assert s.rollout.waves[0].phase is WavePhase.ACTIVATING and len(s.targets) == 1
     h.store.put_doc(COLLECTION, r.id, s.rollout.model_dump(mode="json"))
     assert all(d.rollout_id != r.id for d in h.store.list_desired())
+    h.store.delete_doc(INDEX, r.id)  # as stored by a hub from before the listing index
     restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     assert restarted.get(r.id) == s.rollout
+    assert [x["id"] for x in restarted.summaries()] == [r.id]
     restarted.tick(now + 0.1)
     (canary,) = s.rollout.members(0)
     desired = h.store.get_desired(canary)
@@ -208,6 +210,7 @@ def test_a_rollback_whose_previous_version_was_deleted_retries_until_it_is_back(
     spec = RolloutSpec.model_validate(body(version="2.0.0", selector="site=b", waves=["100%"], bake_s=0,
                                            offline_timeout_s=5))  # fmt: skip
     r = engine.start_rollout(spec, actor="t")
+    assert all(e.prev_runtime == {} and e.prev_version == "1.0.0" for e in r.devices.values())  # {}: defaults
     now = time.time()
     engine.tick(now)
     for i, d in enumerate(("cam-4", "cam-5")):
