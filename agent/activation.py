@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ActivationError
-from fleet.messages import RuntimeOptions
+from fleet.messages import AppliedModel, RuntimeOptions
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
 from models.errors import ModelError
@@ -16,14 +17,11 @@ from models.errors import ModelError
 
 @dataclass(frozen=True)
 class Loaded:
-    """A ready engine and the description it was checked against."""
+    """A ready engine, the description it was checked against, and the model as it will be reported."""
 
     engine: Engine
     descriptor: ModelDescriptor
-
-    @property
-    def provider(self) -> str:
-        return self.engine.active_provider
+    applied: AppliedModel
 
 
 def error_code(e: BaseException) -> str:
@@ -77,4 +75,7 @@ def load(
         raise ActivationError(f"{name} {version}: {e}", code=error_code(e)) from e
     except Exception as e:  # onnxruntime or numpy failing in an unforeseen way must not kill the agent
         raise ActivationError(f"{name} {version}: unexpected load failure: {e}", code="load_failed") from e
-    return Loaded(engine, desc)
+    applied = AppliedModel(
+        name=name, version=version, sha256=sha256, provider=engine.active_provider, activated_at=time.time()
+    )
+    return Loaded(engine, desc, applied)

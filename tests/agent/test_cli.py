@@ -97,7 +97,7 @@ def test_agent_run_serves_and_stops_on_sigterm(broker: Broker, hub: HubSide, dev
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
     assert proc.returncode == 0
     hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline")
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
