@@ -36,6 +36,7 @@ pytest: $(STAMP) mosquitto
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_protocol_docs.py > docs/protocol.md
+	$(BIN)/python scripts/gen_config_docs.py > docs/configuration.md
 
 demo: $(STAMP) mosquitto
 	@bash scripts/demo.sh

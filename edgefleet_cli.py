@@ -10,6 +10,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from agent.cli import app as agent_app
+from agent.k3s.cli import app as k3s_app
+from agent.sim.cli import app as sim_app
+from hub.cli import MODEL_COMMANDS, deploy, device_app, hub_app
+from hub.cli_rollout import rollout_app
 from models.cli import app as models_app
 
 app = typer.Typer(
@@ -18,7 +23,16 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+for _name, _fn in MODEL_COMMANDS:  # the registry half of `edgefleet model`: push, list, show
+    models_app.command(_name)(_fn)
 app.add_typer(models_app, name="model", help="Build, validate and publish ONNX vision models.")
+app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
+app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")
+app.command("deploy")(deploy)
+app.add_typer(agent_app, name="agent", help="Run the edge agent and its inference API.")
+app.add_typer(k3s_app, name="k3s", help="Cluster mode: K3s inventory and the serving workload.")
+app.add_typer(sim_app, name="sim", help="Simulate many protocol-faithful agents against a hub.")
+app.add_typer(rollout_app, name="rollout", help="Roll out model versions through gated waves.")
 
 
 @app.command("version")

@@ -23,6 +23,11 @@ class Loaded:
     descriptor: ModelDescriptor
     applied: AppliedModel
 
+    @property
+    def provider(self) -> str:
+        """The execution provider the engine runs on."""
+        return self.engine.active_provider
+
 
 def error_code(e: BaseException) -> str:
     """A stable snake_case code from an exception class name: GoldenMismatch -> golden_mismatch."""

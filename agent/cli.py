@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from agent.errors import AgentError, BundleError
+from agent.ports import ClusterPort, ServingPort
 from fleet.bundle import DeviceBundle
+
+if TYPE_CHECKING:
+    from agent.api import ApiServer
 
 app = typer.Typer(help="Run the edge agent: fetch signed models over MQTT, serve them, report.", no_args_is_help=True)
 
@@ -41,18 +47,33 @@ def _root() -> None:
 
 
 @app.command("run")
-def run_cmd(
+def run_cmd(  # noqa: PLR0917  (typer options)
     bundle: Annotated[Path, typer.Option("--bundle", help="Bootstrap bundle file from `edgefleet device add`.")],
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="Where the model store, spool and state live (env EDGEFLEET_AGENT_DATA_DIR)."),
     ] = None,
+    api_host: Annotated[
+        str | None, typer.Option("--api-host", help="Inference API interface (env EDGEFLEET_API_HOST).")
+    ] = None,
+    api_port: Annotated[
+        int | None, typer.Option("--api-port", help="Inference API port, 0 for a free one (env EDGEFLEET_API_PORT).")
+    ] = None,
+    headless: Annotated[
+        bool, typer.Option("--headless", help="No HTTP inference API: fetch, verify and activate models only.")
+    ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Cluster mode: also apply the serving workload on K3s (settings from EDGEFLEET_K3S_*).",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level: debug, info, warning, error.")] = "info",
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
-    """Run the agent in single-device mode without the HTTP API (headless serving) until SIGINT/SIGTERM."""
-    from agent.headless import HeadlessServing  # noqa: PLC0415  (keeps `--help` fast)
-    from agent.runtime import Agent  # noqa: PLC0415
+    """Run the agent until SIGINT/SIGTERM: models over MQTT, the inference API in the same process."""
+    from agent.runtime import Agent  # noqa: PLC0415  (keeps `--help` fast)
     from agent.settings import AgentSettings  # noqa: PLC0415
 
     level = _log_level(log_level)
@@ -63,12 +84,93 @@ def run_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     _setup_logging(level, json_logs)
+    server = None
     try:
-        agent = Agent(device, settings, HeadlessServing())
-    except AgentError as e:
+        serving, server = _serving(headless, api_host, api_port)
+        port = _cluster_port() if cluster else None
+        agent = Agent(device, settings, serving, port)
+    except (AgentError, OSError, RuntimeError, ValueError) as e:
+        if server is not None:
+            server.stop()
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
-    agent.run_forever()
+    if server is not None:
+        logging.getLogger(__name__).info("inference API on %s", server.url)
+    try:
+        agent.run_forever()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _serving(headless: bool, host: str | None, port: int | None) -> tuple[ServingPort, ApiServer | None]:
+    """The serving half: the HTTP inference API (default) or headless (activation only)."""
+    if headless:
+        from agent.headless import HeadlessServing  # noqa: PLC0415
+
+        return HeadlessServing(), None
+    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    slot = ModelSlot()
+    server = ApiServer(ApiSettings.from_env(**overrides), slot)
+    server.start()
+    return slot, server
+
+
+def _cluster_port() -> ClusterPort:
+    from agent.k3s import ClusterBridge, ClusterError, ClusterSettings  # noqa: PLC0415
+
+    try:
+        return ClusterBridge(ClusterSettings.from_env())
+    except ClusterError as e:
+        raise AgentError(f"cluster mode: {e}", code="cluster_config") from e
+
+
+@app.command("serve")
+def serve_cmd(  # noqa: PLR0917  (typer options)
+    store: Annotated[Path, typer.Option("--store", help="The model store shared with the agent (read only).")],
+    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on (env EDGEFLEET_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (env EDGEFLEET_API_PORT).")] = None,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", min=0.05, help="Seconds between checks of the store's active model.")
+    ] = 1.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level: debug, info, warning, error.")] = "info",
+    json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
+) -> None:
+    """Serve the inference API only, following the store's active model (cluster mode's serving pods)."""
+    _setup_logging(_log_level(log_level), json_logs)
+    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+    from agent.follower import StoreFollower  # noqa: PLC0415
+    from agent.store import ModelStore  # noqa: PLC0415
+
+    if not store.is_dir():
+        typer.echo(f"error: model store {store} does not exist (the agent creates it)", err=True)
+        raise typer.Exit(2)
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:
+        settings = ApiSettings.from_env(**overrides)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    slot = ModelSlot()
+    server = ApiServer(settings, slot)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as e:
+        typer.echo(f"error: cannot serve on {settings.host}:{settings.port}: {e}", err=True)
+        raise typer.Exit(2) from e
+    follower = StoreFollower(ModelStore(store), slot, poll_s=poll_s)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        follower.start()
+        logging.getLogger(__name__).info("inference API on %s, following %s", server.url, store)
+        stop.wait()
+    finally:
+        follower.stop()
+        server.stop()
 
 
 class _JsonFormatter(logging.Formatter):

@@ -124,6 +124,11 @@ class Download:
             if frame.sha256 == self.sha256 and 0 <= frame.index < self.manifest.count:
                 self.want([(frame.index, frame.index + 1)])
             return False
+        except OSError as e:  # disk full (or a file-size limit): the chunk is not taken, nothing is marked
+            raise InsufficientDisk(
+                f"chunk {frame.index} of blob {self.sha256[:12]} could not be written: {e.strerror or e}; "
+                "the download resumes from its last durable chunk once space is freed"
+            ) from e
         self._last_chunk = time.monotonic()
         if result is Accepted.DUPLICATE:
             self.duplicates += 1

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from agent import activation
 from agent.activation import Loaded
 from agent.download import Download, Fetcher
-from agent.errors import ActivationError, AgentError, StoreError
+from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
@@ -204,9 +204,17 @@ class Reconciler:
         """A chunk frame arrived on a blob topic."""
         try:
             result = self.fetcher.on_chunk(sha256, payload)
+        except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+            if self.error is None or self.error.code != e.code:
+                log.warning("download of %s stalled: %s", sha256[:12], e)
+                self._fail(e)
+                self.report()
+            return
         except AgentError as e:
             self._download_failed(e)
             return
+        if result in ("new", "complete") and self.error is not None and self.error.code == InsufficientDisk.code:
+            self.error = None  # space again: the stall is over
         if result == "complete":
             self._advance()
         elif result == "new":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,7 +21,7 @@ class Histogram(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    counts: tuple[int, ...] = Field(
+    counts: tuple[Annotated[int, Field(ge=0)], ...] = Field(
         default=(0,) * N_BUCKETS, description="observations per bucket; len(LATENCY_BOUNDS_MS) + 1 entries"
     )
     sum_ms: float = Field(default=0.0, ge=0, description="sum of all observations, milliseconds")
@@ -29,8 +30,6 @@ class Histogram(BaseModel):
     def _check(self) -> Histogram:
         if len(self.counts) != N_BUCKETS:
             raise ValueError(f"histogram needs {N_BUCKETS} counts, got {len(self.counts)}")
-        if any(c < 0 for c in self.counts):
-            raise ValueError("histogram counts must be >= 0")
         return self
 
     @property

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -87,9 +87,15 @@ class _Request:
 class Batcher:
     """Batches concurrent `infer` calls onto one engine. Use `async with Batcher(engine) as b:`."""
 
-    def __init__(self, engine: Backend, options: BatcherOptions | None = None) -> None:
+    def __init__(
+        self, engine: Backend, options: BatcherOptions | None = None, *, more_coming: Callable[[], bool] | None = None
+    ) -> None:
+        """`more_coming` (optional): called when the queue is empty while a batch fills; False means no
+        other request is on its way (e.g. an HTTP server knows none is being read), so the batch runs now
+        instead of waiting up to `max_delay_ms`. Without it the batcher always waits until the deadline."""
         self.engine = engine
         self.options = options or BatcherOptions()
+        self._more_coming = more_coming
         fixed = engine.max_batch
         self.max_batch = min(self.options.max_batch, fixed) if fixed else self.options.max_batch
         self._queue: asyncio.Queue[_Request] | None = None
@@ -217,6 +223,8 @@ class Batcher:
 
     async def _gather(self, head: _Request) -> list[_Request]:
         """Requests compatible with `head`: carried-over ones first, then the queue until the deadline."""
+        queue = self._queue
+        assert queue is not None
         batch, rows = [head], head.rows
         deferred: list[_Request] = []
 
@@ -237,6 +245,8 @@ class Batcher:
         deadline = head.arrived + self.options.max_delay_ms / 1e3
         try:
             while rows < self.max_batch:
+                if self._more_coming is not None and queue.empty() and not self._more_coming():
+                    break
                 nxt = await self._get_within(deadline - time.monotonic())
                 if nxt is None:
                     break

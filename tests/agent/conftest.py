@@ -168,6 +168,7 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
                 "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
                 "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
                 "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
+                "EDGEFLEET_API_PORT": "0",  # the inference API on a free port: several agents per test
                 "PYTHONPATH": str(REPO),
             }
         )

@@ -176,3 +176,20 @@ def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> No
     for i, v in enumerate(values):
         if i != 2:
             assert results[i]["y"].tolist() == [[v]]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("more", "sizes"), [(False, {1: 2}), (True, {2: 1})])
+def test_more_coming_cuts_the_wait_when_nothing_else_is_on_its_way(
+    classifier: Sample, classifier_engine: Engine, more: bool, sizes: dict[int, int]
+) -> None:
+    a, b = _inputs(classifier, 2)
+
+    async def main() -> dict[int, int]:
+        options = BatcherOptions(max_batch=8, max_delay_ms=500)
+        async with Batcher(classifier_engine, options, more_coming=lambda: more) as batcher:
+            first = asyncio.ensure_future(batcher.infer({"image": a}))
+            await asyncio.sleep(0.05)  # the collector has taken `a` by now
+            await asyncio.gather(first, batcher.infer({"image": b}))
+            return batcher.stats().batch_sizes
+
+    assert asyncio.run(main()) == sizes

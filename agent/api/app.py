@@ -1,0 +1,272 @@
+"""The FastAPI application: Open Inference Protocol v2 REST, the image endpoint, health and /metrics.
+
+The hot paths (infer, predict) take the raw `Request` and return bytes (see `agent.api.inference`);
+metadata and health are small JSON documents. Errors of every route become `{"error": reason}` with the
+status from `agent.api.errors.to_http` (400, 404, 413, 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Annotated, Any
+
+import orjson
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from agent.api.errors import BadRequest, NotReady
+from agent.api.inference import JSON, FastPath, Inference, error_response
+from agent.api.metrics import CONTENT_TYPE, ApiMetrics
+from agent.api.settings import ApiSettings
+from agent.api.slot import ModelSlot, Served
+from agent.api.tensors import DATATYPES, datatype_of
+
+SERVER_NAME = "edgefleet-agent"
+EXTENSIONS = ["binary_tensor_data", "image_predict"]
+
+try:
+    SERVER_VERSION = metadata.version("edgefleet")
+except metadata.PackageNotFoundError:  # running from a source tree
+    SERVER_VERSION = "0.0.0"
+
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Open Inference Protocol v2 request. With the binary tensor data extension, send "
+        "`Inference-Header-Content-Length` and append each tensor that has a `binary_data_size` parameter.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _TENSOR},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A JPEG or PNG image as the raw body, or as a file part of a multipart form.",
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {JSON: {"schema": {"type": "object", "properties": {"error": {}}}}}}
+    for code, text in {
+        400: "bad input",
+        404: "unknown model or version",
+        413: "too large",
+        503: "not ready or overloaded",
+    }.items()
+}
+
+ModelName = Annotated[str, Path(description="Model name.")]
+ModelVersion = Annotated[str, Path(description="Model version (semver).")]
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
+
+
+def _metadata(s: Served) -> dict[str, Any]:
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": t.name,
+                "datatype": datatype_of(t.dtype),
+                "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+            }
+            for t in specs
+        ]
+
+    return {
+        "name": s.model.name,
+        "versions": [s.model.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": tensors(s.engine.inputs),
+        "outputs": tensors(s.engine.outputs),
+        "parameters": {"task": str(s.descriptor.task), "provider": getattr(s.engine, "active_provider", None)},
+    }
+
+
+def create_asgi(settings: ApiSettings, slot: ModelSlot) -> FastPath:
+    """The app as served: `create_app` behind the inference fast path (see `agent.api.inference.FastPath`)."""
+    app = create_app(settings, slot)
+    return FastPath(app, app.state.handlers)
+
+
+def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
+    """The ASGI app serving `slot` under `settings`; its lifespan binds the slot to the server's loop."""
+    metrics = ApiMetrics(slot)
+    pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
+    handlers = Inference(settings, slot, metrics, pool)
+    retry = settings.retry_after_s
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await slot.attach()
+        try:
+            yield
+        finally:
+            await slot.detach()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="edgefleet on-device inference API",
+        version=SERVER_VERSION,
+        description="Open Inference Protocol v2 (KServe/Triton REST) plus an image endpoint.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    app.state.handlers = handlers
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return Response(orjson.dumps({"error": str(exc.detail)}), status_code=exc.status_code, media_type=JSON)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return error_response(BadRequest("; ".join(parts) or "invalid request"), retry)
+
+    async def any_error(_: Request, exc: Exception) -> Response:
+        return error_response(exc, retry)
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, any_error)
+
+    @app.get("/v2/health/live", tags=["health"], summary="Server liveness")
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready", tags=["health"], summary="Server readiness (a model is active)", responses=ERRORS)
+    async def ready() -> Response:
+        if not slot.is_ready():
+            return error_response(NotReady("no model is active on this device yet"), retry)
+        return _json({"ready": True})
+
+    @app.get("/v2", tags=["metadata"], summary="Server metadata")
+    async def server_metadata() -> Response:
+        return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+
+    async def model_metadata(name: str, version: str | None) -> Response:
+        try:
+            return _json(_metadata(slot.lookup(name, version)))
+        except Exception as e:
+            return error_response(e, retry)
+
+    async def model_ready(name: str, version: str | None) -> Response:
+        try:
+            s = slot.lookup(name, version)
+            if s.batcher is None:
+                raise NotReady(f"model {name!r} is loaded but not serving yet")
+            return _json({"name": s.model.name, "version": s.model.version, "ready": True})
+        except Exception as e:
+            return error_response(e, retry)
+
+    @app.get("/v2/models/{name}", tags=["metadata"], summary="Model metadata", responses=ERRORS)
+    async def metadata_latest(name: ModelName) -> Response:
+        return await model_metadata(name, None)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}", tags=["metadata"], summary="Model version metadata", responses=ERRORS
+    )
+    async def metadata_version(name: ModelName, version: ModelVersion) -> Response:
+        return await model_metadata(name, version)
+
+    @app.get("/v2/models/{name}/ready", tags=["health"], summary="Model readiness", responses=ERRORS)
+    async def ready_latest(name: ModelName) -> Response:
+        return await model_ready(name, None)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        tags=["health"],
+        summary="Model version readiness",
+        responses=ERRORS,
+    )
+    async def ready_version(name: ModelName, version: ModelVersion) -> Response:
+        return await model_ready(name, version)
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        tags=["inference"],
+        summary="Infer (v2 tensors)",
+        openapi_extra=INFER_BODY,
+        responses=ERRORS,
+    )
+    async def infer_latest(request: Request, name: ModelName) -> Response:
+        return await handlers.infer(request, name, None)
+
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["inference"],
+        summary="Infer on a version (v2 tensors)",
+        openapi_extra=INFER_BODY,
+        responses=ERRORS,
+    )
+    async def infer_version(request: Request, name: ModelName, version: ModelVersion) -> Response:
+        return await handlers.infer(request, name, version)
+
+    @app.post(
+        "/v1/models/{name}:predict",
+        tags=["inference"],
+        summary="Classify or detect on an image",
+        openapi_extra=IMAGE_BODY,
+        responses=ERRORS,
+    )
+    async def predict(
+        request: Request,
+        name: ModelName,
+        top_k: Annotated[
+            int | None, Query(ge=1, le=1000, description="Classes (classification) or boxes (detection) to return.")
+        ] = None,
+        threshold: Annotated[float | None, Query(ge=0, le=1, description="Minimum score of a class or box.")] = None,
+    ) -> Response:
+        return await handlers.predict(request, name, top_k, threshold)
+
+    @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,113 @@
+"""Prometheus metrics of the inference API, in a registry of its own (one per server).
+
+Counters and the latency histogram are updated on the hot path through cached label children (a few
+microseconds); queue depth, batch sizes, the active provider and shadow counts are read from the model
+slot only when `/metrics` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleet.histogram import LATENCY_BOUNDS_MS
+
+if TYPE_CHECKING:
+    from agent.api.slot import ModelSlot
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN = "unknown"  # model/version label for requests that named no served model (bounded cardinality)
+
+
+class ApiMetrics:
+    """The API's metric families and the cached children the hot path increments."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "edgefleet_api_requests",
+            "Inference requests by model, version, endpoint and HTTP status code.",
+            ["model", "version", "endpoint", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgefleet_api_request_duration_seconds",
+            "Inference request latency (body read to response built) by model and version.",
+            ["model", "version", "endpoint"],
+            buckets=[b / 1e3 for b in LATENCY_BOUNDS_MS],
+            registry=self.registry,
+        )
+        self.registry.register(_SlotCollector(slot))
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
+        """Count one request and its latency."""
+        key = (model, version, endpoint, code)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                self.requests.labels(model, version, endpoint, str(code)),
+                self.latency.labels(model, version, endpoint),
+            )
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _SlotCollector(Collector):
+    """Reads queue depth, batch sizes, provider and shadow counters from the slot at scrape time."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "edgefleet_api_queue_depth", "Requests waiting for the engine.", labels=["model", "version", "role"]
+        )
+        inflight = GaugeMetricFamily(
+            "edgefleet_api_in_progress", "Requests in progress.", labels=["model", "version", "role"]
+        )
+        provider = GaugeMetricFamily(
+            "edgefleet_api_active_provider",
+            "1 for the execution provider of each loaded model.",
+            labels=["model", "version", "role", "provider"],
+        )
+        batches = HistogramMetricFamily(
+            "edgefleet_api_batch_size", "Rows per engine run (dynamic batching).", labels=["model", "version"]
+        )
+        for role, s in self.slot.loaded():
+            labels = [s.model.name, s.model.version, role]
+            depth.add_metric(labels, s.queue_depth())
+            inflight.add_metric(labels, s.inflight)
+            provider.add_metric([*labels, str(getattr(s.engine, "active_provider", UNKNOWN))], 1)
+        for (model, version), sizes in self.slot.batch_sizes().items():
+            bounds = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+            buckets: list[tuple[str, float]] = []
+            for b in bounds:
+                buckets.append((str(b), float(sum(n for k, n in sizes.items() if k <= b))))
+            buckets.append(("+Inf", float(sum(sizes.values()))))
+            batches.add_metric([model, version], buckets, float(sum(k * n for k, n in sizes.items())))
+        yield depth
+        yield inflight
+        yield provider
+        yield batches
+        tally = self.slot.shadow_tally()
+        if tally is not None:
+            samples = GaugeMetricFamily(
+                "edgefleet_api_shadow_samples", "Rows compared with the shadow candidate.", labels=["version"]
+            )
+            agree = GaugeMetricFamily(
+                "edgefleet_api_shadow_agreements", "Compared rows where the candidate agreed.", labels=["version"]
+            )
+            samples.add_metric([tally.candidate_version], tally.total_samples)
+            agree.add_metric([tally.candidate_version], tally.total_agreements)
+            yield samples
+            yield agree

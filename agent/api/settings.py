@@ -1,0 +1,98 @@
+"""Settings of the on-device inference API, grouped by concern; every field states its unit.
+
+Read from the environment with `ApiSettings.from_env()`: each field `x` is `EDGEFLEET_API_X` (for example
+`EDGEFLEET_API_PORT=8000`, `EDGEFLEET_API_MAX_BODY_BYTES=16777216`). Unknown `EDGEFLEET_API_*` variables
+are refused, so a typo never silently keeps a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.api.errors import SettingsError
+
+ENV_PREFIX = "EDGEFLEET_API_"
+
+
+class ApiSettings(BaseModel):
+    """Where the API listens, what it accepts, and how long it waits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- listening ----------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0 for every interface).")
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="TCP port (8000: Triton's HTTP port, where tritonclient users look); 0 picks a free one.",
+    )
+
+    # --- limits -------------------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; larger ones get 413 before they are read. 64 MiB fits a "
+        "batch of 8 float32 3x640x640 tensors as binary data.",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Largest image (width x height, from its header) the image endpoint decodes; larger: 413.",
+    )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        description="Requests in progress per model (reading, queued, running); beyond it: 503 with Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request may wait for its inference (queue + run); then 503 with Retry-After.",
+    )
+    retry_after_s: int = Field(default=1, ge=0, le=3600, description="Retry-After (seconds) sent with every 503.")
+
+    # --- serving defaults (the desired state's runtime options override them) ------------------------
+    max_batch: int = Field(default=8, ge=1, le=1024, description="Dynamic batching: most rows per engine run.")
+    max_queue_delay_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="Dynamic batching: longest wait (ms) for a batch to fill."
+    )
+    max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine before 503.")
+    preprocess_threads: int = Field(
+        default=2, ge=1, le=64, description="Threads decoding and resizing images off the event loop."
+    )
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    activate_timeout_s: float = Field(
+        default=30.0, gt=0, description="Seconds activate()/set_shadow() wait for the server loop to install."
+    )
+    drain_timeout_s: float = Field(
+        default=10.0, ge=0, description="Seconds stop() lets in-flight requests finish before closing."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> ApiSettings:
+        """Settings from `EDGEFLEET_API_*` variables, then `overrides`.
+
+        Raises:
+            SettingsError: an unknown variable or a value that does not validate (the message names it).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for key, value in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            field = key[len(ENV_PREFIX) :].lower()
+            if field not in cls.model_fields:
+                raise SettingsError(f"{key}: unknown setting; known: {sorted(cls.model_fields)}")
+            values[field] = value
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            bad = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+            raise SettingsError(bad) from e

@@ -1,0 +1,350 @@
+"""The model slot: which engine serves, swapped atomically, with a shadow candidate beside it.
+
+`ModelSlot` implements `agent.ports.ServingPort`. The control side calls `activate`, `set_shadow`,
+`deactivate` and `take_window` from its own thread; everything that touches batchers runs on the
+server's event loop (the slot hands the work over and waits for it). Requests take a reference to the
+`Served` model they started on, so a swap never moves a request: requests in flight finish on the old
+engine, and the old batcher and engine are closed when the last of them has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy.typing as npt
+
+from agent.api.errors import ModelNotFound, NotReady, Overloaded
+from agent.api.shadow import ShadowTally, agreement
+from agent.ports import ServingWindow
+from fleet.histogram import LatencyRecorder
+from fleet.messages import AppliedModel, RuntimeOptions
+from models.batcher import Batcher, BatcherOptions
+from models.descriptor import ModelDescriptor
+from models.errors import ModelError
+
+Array = npt.NDArray[Any]
+
+
+class _OneRunAtATime:
+    """An engine whose runs take a lock shared by every engine of the slot.
+
+    During a swap the old engine finishes its queued batches while the new one starts, and a shadow
+    candidate runs beside the active model. On CPU each onnxruntime run already uses every core, so two
+    runs at once only oversubscribe the cores (threads of one parallel section wait for each other);
+    one run at a time keeps the same total work without the stragglers.
+    """
+
+    def __init__(self, engine: Any, lock: threading.Lock) -> None:
+        self.engine = engine
+        self.lock = lock
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.engine.max_batch  # type: ignore[no-any-return]
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
+        return self.engine.check_inputs(inputs)  # type: ignore[no-any-return]
+
+    def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]:
+        with self.lock:
+            return self.engine.run_checked(feed)  # type: ignore[no-any-return]
+
+
+@dataclass(eq=False)
+class Served:
+    """One loaded model version: its engine, description, batcher and requests in progress."""
+
+    engine: Any
+    model: AppliedModel
+    descriptor: ModelDescriptor
+    options: BatcherOptions
+    batcher: Batcher | None = None
+    inflight: int = 0
+    pending: int = 0  # acquired, not yet handed to the batcher (being read, parsed, preprocessed)
+    retired: bool = False
+    output_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        self.output_names = tuple(o.name for o in getattr(self.engine, "outputs", ()))
+
+    def queue_depth(self) -> int:
+        """Requests waiting in this model's batcher."""
+        return self.batcher.stats().queue_depth if self.batcher is not None else 0
+
+
+@dataclass(eq=False)
+class _Shadow:
+    served: Served
+    rate: float
+    tally: ShadowTally
+
+
+class ModelSlot:
+    """The serving side of `agent.ports.ServingPort`: the active model, an optional shadow, counters."""
+
+    def __init__(self, defaults: BatcherOptions | None = None, *, max_concurrency: int = 256) -> None:
+        self.defaults = defaults or BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64)
+        self.max_concurrency = max_concurrency
+        self.activate_timeout_s = 30.0
+        self.current: Served | None = None
+        self._shadow: _Shadow | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._lock = threading.Lock()  # guards _loop and the window counters
+        self._run_lock = threading.Lock()  # one engine run at a time across active, retiring and shadow
+        self._requests = self._errors = 0
+        self._latency = LatencyRecorder()
+        self._sizes: dict[tuple[str, str], Counter[int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+
+    # --- ServingPort (any thread) --------------------------------------------------------------------
+
+    def activate(
+        self, engine: Any, model: AppliedModel, descriptor: Any, runtime: RuntimeOptions | None = None
+    ) -> None:
+        """Make `engine` the active model; in-flight requests finish on the previous one (see ServingPort)."""
+        options = self.defaults
+        if runtime is not None:
+            options = BatcherOptions(
+                max_batch=runtime.max_batch, max_delay_ms=runtime.max_queue_delay_ms, max_queue=runtime.max_queue
+            )
+        cur = self.current
+        if cur is not None and cur.engine is engine and cur.model == model and cur.options == options:
+            return  # the control side re-applied the same state: keep the batcher and its queue
+        self._run(self._install, Served(engine, model, descriptor, options))
+
+    def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
+        """Run `engine` beside the active model on `sample_rate` (0..1] of requests; None stops shadowing."""
+        if engine is None or model is None or sample_rate <= 0:
+            self._run(self._install_shadow, None)
+            return
+        sh = self._shadow
+        if sh is not None and sh.served.engine is engine and sh.served.model == model:
+            sh.rate = min(sample_rate, 1.0)  # same candidate: keep its batcher and counters
+            return
+        served = Served(engine, model, engine.descriptor, self.defaults)
+        self._run(self._install_shadow, _Shadow(served, min(sample_rate, 1.0), ShadowTally(model.version)))
+
+    def deactivate(self) -> None:
+        """Serve nothing: new requests get 503; in-flight ones finish."""
+        self._run(self._install, None)
+
+    def take_window(self) -> ServingWindow:
+        """Counters since the previous call, then reset them."""
+        with self._lock:
+            requests, errors, self._requests, self._errors = self._requests, self._errors, 0, 0
+            latency = self._latency.snapshot(reset=True)
+        current, shadow = self.current, self._shadow
+        return ServingWindow(
+            requests=requests,
+            errors=errors,
+            latency=latency,
+            queue_depth=current.queue_depth() if current is not None else 0,
+            shadow=shadow.tally.take() if shadow is not None else None,
+        )
+
+    # --- server lifecycle (event loop) ---------------------------------------------------------------
+
+    async def attach(self) -> None:
+        """Bind to the running loop and start the batchers of the models already set."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+        for s in (self.current, self._shadow.served if self._shadow else None):
+            if s is not None and s.batcher is None:
+                await self._start(s)
+
+    async def detach(self) -> None:
+        """Stop every batcher (queued requests get 503) and unbind from the loop; engines stay loaded."""
+        with self._lock:
+            self._loop = None
+            self._loop_thread = None
+        for s in (self.current, self._shadow.served if self._shadow else None):
+            if s is not None and s.batcher is not None:
+                b, s.batcher = s.batcher, None
+                await b.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- request path (event loop only) --------------------------------------------------------------
+
+    def acquire(self, name: str, version: str | None = None) -> Served:
+        """The served model for a request (counted in progress until `release`).
+
+        Raises:
+            NotReady: nothing is active. ModelNotFound: another name or version. Overloaded: too many requests.
+        """
+        s = self.current
+        if s is None or s.batcher is None:
+            raise NotReady("no model is active on this device yet; retry later")
+        if name != s.model.name or (version is not None and version != s.model.version):
+            what = f"model {name[:100]!r}" + (f" version {version[:40]!r}" if version is not None else "")
+            raise ModelNotFound(f"{what} is not served here; serving {s.model.name!r} version {s.model.version!r}")
+        if s.inflight >= self.max_concurrency:
+            raise Overloaded(f"{s.inflight} requests are in progress for {name!r}; retry later")
+        s.inflight += 1
+        s.pending += 1
+        return s
+
+    def lookup(self, name: str, version: str | None = None) -> Served:
+        """Like `acquire`, without counting a request (metadata, readiness)."""
+        s = self.current
+        if s is None:
+            raise ModelNotFound(f"model {name[:100]!r} is not served here: no model is active")
+        if name != s.model.name or (version is not None and version != s.model.version):
+            raise ModelNotFound(f"model {name[:100]!r} version {str(version)[:40]!r} is not served here")
+        return s
+
+    @staticmethod
+    def submitted(s: Served) -> None:
+        """The request that acquired `s` hands its inputs to the batcher now (see `release`)."""
+        s.pending -= 1
+
+    def release(self, s: Served, submitted: bool = True) -> None:
+        """The request that acquired `s` has finished (`submitted`: it called `submitted` before)."""
+        if not submitted:
+            s.pending -= 1
+        s.inflight -= 1
+        if s.retired and s.inflight == 0:
+            self._spawn(self._close(s))
+
+    def record(self, code: int, ms: float) -> None:
+        """Count one inference request in the telemetry window."""
+        with self._lock:
+            self._requests += 1
+            if code >= 500:
+                self._errors += 1
+            self._latency.observe(ms)
+
+    def maybe_shadow(self, active: Served, feed: dict[str, Array], outputs: dict[str, Array], active_ms: float) -> None:
+        """On a sampled fraction of requests, run the candidate on the same inputs, off the response path."""
+        sh = self._shadow
+        if sh is None or sh.served.batcher is None or self._rng.random() >= sh.rate:
+            return
+        sh.served.inflight += 1
+        self._spawn(self._compare(sh, active, feed, outputs, active_ms))
+
+    def is_ready(self) -> bool:
+        """True when a model is active and its batcher runs."""
+        s = self.current
+        return s is not None and s.batcher is not None
+
+    def loaded(self) -> list[tuple[str, Served]]:
+        """(role, served) of the active and shadow models."""
+        out: list[tuple[str, Served]] = [("active", self.current)] if self.current is not None else []
+        if self._shadow is not None:
+            out.append(("shadow", self._shadow.served))
+        return out
+
+    def batch_sizes(self) -> dict[tuple[str, str], dict[int, int]]:
+        """Engine runs per batch size for every version served since start (for the batch histogram)."""
+        out = {k: dict(v) for k, v in self._sizes.items()}
+        s = self.current
+        if s is not None and s.batcher is not None:
+            key = (s.model.name, s.model.version)
+            merged = Counter(out.get(key, {}))
+            merged.update(s.batcher.stats().batch_sizes)
+            out[key] = dict(merged)
+        return out
+
+    def shadow_tally(self) -> ShadowTally | None:
+        """The current candidate's counters, if shadowing."""
+        return self._shadow.tally if self._shadow is not None else None
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _run(self, install: Callable[[Any], Coroutine[Any, Any, None]], arg: Any) -> None:
+        """Run `install(arg)` on the server loop and wait for it; without a loop, swap references here."""
+        with self._lock:
+            loop, thread = self._loop, self._loop_thread
+            if loop is None or not loop.is_running():  # no server: batchers start on attach
+                old = self._swap(install, arg)
+                if old is not None and id(old.engine) not in {id(x.engine) for _, x in self.loaded()}:
+                    old.engine.close()
+                return
+        if thread == threading.get_ident():
+            self._spawn(install(arg))  # called on the loop itself: cannot block; applies at the next await
+            return
+        asyncio.run_coroutine_threadsafe(install(arg), loop).result(timeout=self.activate_timeout_s)
+
+    def _swap(self, install: Callable[[Any], Coroutine[Any, Any, None]], arg: Any) -> Served | None:
+        if install == self._install:
+            old, self.current = self.current, arg
+            return old if old is not arg else None
+        prev, self._shadow = self._shadow, arg
+        return prev.served if prev is not None else None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, s: Served) -> None:
+        with self._lock:
+            attached = self._loop is not None
+        if attached:
+            backend = _OneRunAtATime(s.engine, self._run_lock)
+            s.batcher = Batcher(backend, s.options, more_coming=lambda: s.pending > 0)
+            await s.batcher.start()
+
+    async def _install(self, new: Served | None) -> None:
+        if new is not None:
+            await self._start(new)
+        old, self.current = self.current, new
+        if old is not None and old is not new:
+            self._retire(old)
+
+    async def _install_shadow(self, new: _Shadow | None) -> None:
+        if new is not None:
+            await self._start(new.served)
+        old, self._shadow = self._shadow, new
+        if old is not None:
+            self._retire(old.served)
+
+    def _retire(self, s: Served) -> None:
+        s.retired = True
+        if s.inflight == 0:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing was started
+                self._spawn(self._close(s))
+
+    async def _close(self, s: Served) -> None:
+        if s.batcher is not None:
+            b, s.batcher = s.batcher, None
+            key = (s.model.name, s.model.version)
+            self._sizes.setdefault(key, Counter()).update(b.stats().batch_sizes)
+            await b.close()
+        in_use = {id(x.engine) for _, x in self.loaded()}
+        if id(s.engine) not in in_use:
+            s.engine.close()
+
+    async def _compare(
+        self, sh: _Shadow, active: Served, feed: dict[str, Array], outputs: dict[str, Array], active_ms: float
+    ) -> None:
+        s = sh.served
+        try:
+            if s.batcher is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                cand = await s.batcher.infer(feed)
+            except ModelError:
+                sh.tally.error()
+                return
+            cand_ms = (time.perf_counter() - t0) * 1e3
+            try:
+                agrees = agreement(outputs, active.descriptor, cand, s.descriptor)
+            except ModelError:
+                sh.tally.error()
+                return
+            sh.tally.add(agrees, cand_ms - active_ms)
+        finally:
+            self.release(s)

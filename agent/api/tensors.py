@@ -1,0 +1,216 @@
+"""Open Inference Protocol v2 tensors: JSON and binary-extension request parsing, response encoding.
+
+The hot path never goes through pydantic or the standard `json` module: the body is read as bytes,
+parsed with orjson, binary tensors are `np.frombuffer` views of the body, and JSON outputs are written by
+orjson straight from numpy arrays. The binary tensor data extension: when the request carries an
+`Inference-Header-Content-Length` header, the first that many bytes are the JSON header and the rest are
+the tensors named with a `binary_data_size` parameter, in input order (little-endian, row-major).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from agent.api.errors import BadRequest
+
+Array = npt.NDArray[Any]
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_NAMES: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items()}
+MAX_TENSORS = 64
+MAX_NAME = 256
+HEADER = "inference-header-content-length"
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """The protocol's datatype name for a numpy dtype ('FP32' for float32)."""
+    name = _NAMES.get(np.dtype(dtype))
+    if name is None:
+        raise BadRequest(f"dtype {dtype} has no Open Inference Protocol datatype")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A parsed v2 infer request: input arrays, which outputs to return and how, and the request id."""
+
+    inputs: dict[str, Array]
+    outputs: tuple[tuple[str, bool], ...] | None  # (name, binary); None: every output
+    binary_default: bool
+    id: str | None
+
+
+def _header_length(value: str | None, size: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length {value[:32]!r} is not an integer") from None
+    if not 0 < n <= size:
+        raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body (1..{size} bytes)")
+    return n
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > 16:
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers")
+    for d in raw:
+        if type(d) is not int or d < 0:
+            raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r:.80}")
+    return tuple(raw)
+
+
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadRequest(f"{where}: 'parameters' must be an object")
+    return raw
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors).
+
+    Raises:
+        BadRequest: naming what is wrong (bad JSON, missing field, size mismatch, unknown datatype).
+    """
+    n = _header_length(header_length, len(body))
+    view = memoryview(body)
+    head = view[:n] if n is not None else view
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be a JSON object with 'inputs'")
+    rid = doc.get("id")
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_NAME):
+        raise BadRequest(f"'id' must be a string of at most {MAX_NAME} characters")
+    params = _parameters(doc.get("parameters"), "request")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
+        raise BadRequest(f"'inputs' must be a non-empty list of at most {MAX_TENSORS} tensors")
+    offset = n or 0
+    inputs: dict[str, Array] = {}
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise BadRequest("every entry of 'inputs' must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            raise BadRequest(f"every input needs a string 'name' of 1 to {MAX_NAME} characters")
+        if name in inputs:
+            raise BadRequest(f"input {name!r} is given twice")
+        dtype = DATATYPES.get(raw.get("datatype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise BadRequest(
+                f"input {name!r}: 'datatype' {raw.get('datatype')!r:.40} is not supported; "
+                f"use one of {sorted(DATATYPES)}"
+            )
+        shape = _shape(raw.get("shape"), name)
+        count = math.prod(shape)
+        size = _parameters(raw.get("parameters"), f"input {name!r}").get("binary_data_size")
+        if size is not None:
+            if n is None:
+                raise BadRequest(f"input {name!r} has binary_data_size but no Inference-Header-Content-Length header")
+            if type(size) is not int or size != count * dtype.itemsize:
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {size!r:.20} does not match shape {list(shape)} of "
+                    f"{raw['datatype']} ({count * dtype.itemsize} bytes)"
+                )
+            if offset + size > len(body):
+                raise BadRequest(f"input {name!r}: binary data ends past the body ({offset + size} > {len(body)})")
+            arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
+            if not arr.flags.aligned:
+                arr = arr.copy()
+            offset += size
+        else:
+            if "data" not in raw:
+                raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+            arr = _from_json(raw["data"], dtype, shape, name)
+        inputs[name] = arr
+    if offset != len(body) and n is not None:
+        raise BadRequest(f"{len(body) - offset} bytes of binary data are not claimed by any input")
+    return InferRequest(inputs, _requested(doc.get("outputs")), bool(params.get("binary_data_output", False)), rid)
+
+
+def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
+    if arr.size != math.prod(shape):
+        raise BadRequest(f"input {name!r}: 'data' has {arr.size} values, shape {list(shape)} needs {math.prod(shape)}")
+    return arr.reshape(shape)
+
+
+def _requested(raw: Any) -> tuple[tuple[str, bool], ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
+        raise BadRequest(f"'outputs' must be a list of at most {MAX_TENSORS} objects")
+    out = []
+    for o in raw:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or len(o["name"]) > MAX_NAME:
+            raise BadRequest(f"every entry of 'outputs' must be an object with a string 'name' (<= {MAX_NAME} chars)")
+        p = _parameters(o.get("parameters"), f"output {o['name']!r}")
+        if "classification" in p:
+            raise BadRequest("the classification extension is not supported; use the image endpoint for top-k")
+        out.append((o["name"], bool(p.get("binary_data", False))))
+    return tuple(out)
+
+
+def encode_infer(
+    model: str, version: str, request: InferRequest, outputs: dict[str, Array], order: Sequence[str]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header length.
+
+    Raises:
+        BadRequest: an output was requested that the model does not have.
+    """
+    wanted = request.outputs if request.outputs is not None else [(o, request.binary_default) for o in order]
+    head: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request.id is not None:
+        head["id"] = request.id
+    items: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in wanted:
+        arr = outputs.get(name)
+        if arr is None:
+            raise BadRequest(f"output {name!r} is not an output of {model}; it has {list(order)}")
+        a = np.ascontiguousarray(arr)
+        item: dict[str, Any] = {"name": name, "datatype": datatype_of(a.dtype), "shape": list(a.shape)}
+        if binary:
+            item["parameters"] = {"binary_data_size": a.nbytes}
+            blobs.append(a.tobytes())
+        else:
+            item["data"] = a.reshape(-1)
+        items.append(item)
+    head["outputs"] = items
+    js = orjson.dumps(head, option=_NUMPY)
+    if not blobs:
+        return js, None
+    return b"".join([js, *blobs]), len(js)

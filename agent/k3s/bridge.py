@@ -1,0 +1,135 @@
+"""`ClusterBridge`: the blocking `agent.ports.ClusterPort` over an asyncio loop of its own, in a thread.
+
+The agent's control side calls `inventory()` and `apply()` from its own thread; each call runs as a coroutine
+on the bridge's loop, where the one lightkube client lives, and blocks until it returns or raises our errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from agent.k3s.cluster import Cluster
+from agent.k3s.connection import make_client
+from agent.k3s.errors import ClusterError
+from agent.k3s.settings import ClusterSettings
+from agent.ports import ClusterPort
+from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ClusterBridge:
+    """Cluster mode for the agent: implements `agent.ports.ClusterPort`.
+
+    Args:
+        settings: where the workload goes and how long to wait for it; `ClusterSettings.from_env()` by default.
+
+    Raises:
+        ClusterConfigError: no usable Kubernetes configuration (raised by the constructor, before any thread
+            is left running).
+    """
+
+    def __init__(self, settings: ClusterSettings | None = None) -> None:
+        self.settings = settings or ClusterSettings.from_env()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgefleet-k3s", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._watch: Future[None] | None = None
+        try:
+            self._cluster = self._run(self._connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _connect(self) -> Cluster:
+        return Cluster(make_client(self.settings), self.settings)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise ClusterError("the cluster bridge is closed", code="closed", permanent=True)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except ClusterError:
+            raise
+        except Exception as e:  # a bug or a response we did not foresee: still an error with a reason
+            log.exception("unexpected error in cluster mode")
+            raise ClusterError(f"unexpected {type(e).__name__} in cluster mode: {e}"[:1500], code="internal") from e
+
+    def inventory(self) -> list[NodeInfo]:
+        """The cluster's nodes with allocatable GPU and MIG resources and readiness (for the birth message).
+
+        Raises:
+            ApiCallError: the nodes could not be listed (after retries for temporary failures).
+        """
+        return self._run(self._cluster.inventory())
+
+    def apply(self, desired: DesiredState) -> ClusterWorkload:
+        """Server-side apply the serving workload for `desired` and wait until ready or our own deadline.
+
+        Returns the rollout as far as it got: `ready`, or `failed` with the reason (our deadline passed, the
+        Deployment's progress deadline passed, the watch was refused).
+
+        Raises:
+            WorkloadError: the desired state cannot be served as asked (nothing was applied).
+            ApiCallError: an apply call was refused or the API stayed unreachable.
+        """
+        return self._run(self._cluster.apply(desired))
+
+    def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
+        """Call `on_change(nodes)` from the bridge's thread whenever the node inventory changes (first call at once).
+
+        Runs until `close()`; failures are logged and retried, never raised. A second call replaces the first.
+        """
+        with self._lock:
+            if self._closed:
+                raise ClusterError("the cluster bridge is closed", code="closed", permanent=True)
+            if self._watch is not None:
+                self._watch.cancel()
+            self._watch = asyncio.run_coroutine_threadsafe(self._cluster.watch_inventory(on_change), self._loop)
+
+    def close(self) -> None:
+        """Stop the inventory watch, close the client and stop the loop. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._watch is not None:
+                self._watch.cancel()
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+            except Exception:
+                log.exception("closing the Kubernetes client failed")
+            self._closed = True
+        self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._cluster.client.close()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> ClusterBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _implements_cluster_port(bridge: ClusterBridge) -> ClusterPort:
+    """Never called: mypy checks here that `ClusterBridge` satisfies `agent.ports.ClusterPort`."""
+    return bridge

@@ -1,0 +1,38 @@
+"""Every Kubernetes API call cluster mode makes, declared once.
+
+The Role and ClusterRole in `deploy/` must grant exactly these (a test parses the manifests and compares),
+and the tests record every request the code sends to the test API server and check it against this list.
+Verbs are RBAC verbs: a server-side apply is a `patch`, and one that creates the object also needs `create`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class ApiCall(NamedTuple):
+    """One RBAC permission: `verb` on `resource` of API `group` ("" is the core group)."""
+
+    verb: str
+    resource: str
+    group: str
+    cluster_scoped: bool = False
+
+
+API_CALLS: tuple[ApiCall, ...] = (
+    # inventory: nodes are cluster-scoped, so these come from a ClusterRole
+    ApiCall("list", "nodes", "", cluster_scoped=True),
+    ApiCall("watch", "nodes", "", cluster_scoped=True),
+    # the serving workload, by server-side apply (patch; create the first time)
+    ApiCall("create", "configmaps", ""),
+    ApiCall("patch", "configmaps", ""),
+    ApiCall("create", "services", ""),
+    ApiCall("patch", "services", ""),
+    ApiCall("create", "deployments", "apps"),
+    ApiCall("patch", "deployments", "apps"),
+    ApiCall("create", "horizontalpodautoscalers", "autoscaling"),
+    ApiCall("patch", "horizontalpodautoscalers", "autoscaling"),
+    # rollout: watch the Deployment until ready or our deadline; on failure, say why from its pods
+    ApiCall("watch", "deployments", "apps"),
+    ApiCall("list", "pods", ""),
+)

@@ -1,0 +1,152 @@
+"""`edgefleet k3s`: look at the cluster the way the agent does, render and apply the serving workload by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from agent.k3s.errors import ClusterError
+from agent.k3s.inventory import gpu_totals
+from agent.k3s.render import render_workload
+from agent.k3s.settings import ClusterSettings
+from fleet.messages import DesiredState
+
+app = typer.Typer(
+    name="k3s", help="Cluster mode on K3s: node inventory and the serving workload.", no_args_is_help=True
+)
+console = Console()
+err = Console(stderr=True)
+
+KubeconfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kubeconfig",
+        help="kubeconfig file (K3s: /etc/rancher/k3s/k3s.yaml, root only); default: in-cluster, $KUBECONFIG",
+    ),
+]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="namespace of the serving workload")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+DesiredOpt = Annotated[
+    Path, typer.Option("--desired", help="a desired state as JSON (the body of a signed envelope)", exists=False)
+]
+ImageOpt = Annotated[str | None, typer.Option("--image", help="serving image (CPU variant)")]
+
+
+def _settings(**overrides: Any) -> ClusterSettings:
+    try:
+        return ClusterSettings.from_env(**overrides)
+    except ClusterError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+
+
+def _desired(path: Path) -> DesiredState:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot read {path}: {e.strerror or e}")
+        raise typer.Exit(2) from e
+    if len(raw) > 4 << 20:
+        err.print(f"[red]error:[/red] {path} is larger than 4 MiB; not a desired state")
+        raise typer.Exit(2)
+    try:
+        return DesiredState.model_validate_json(raw)
+    except ValidationError as e:
+        err.print(f"[red]error:[/red] {path} is not a valid desired state: {e.error_count()} problems")
+        for problem in e.errors()[:10]:
+            loc = ".".join(str(p) for p in problem["loc"])
+            err.print(f"  {loc}: {problem['msg']}")
+        raise typer.Exit(2) from e
+
+
+@app.command("inventory")
+def inventory(kubeconfig: KubeconfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List the cluster's nodes with readiness, GPU product and allocatable GPU and MIG resources."""
+    from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
+
+    settings = _settings(kubeconfig=kubeconfig)
+    try:
+        with ClusterBridge(settings) as bridge:
+            nodes = bridge.inventory()
+    except ClusterError as e:
+        err.print(f"[red]error ({e.code}):[/red] {e}")
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps([n.model_dump() for n in nodes], indent=2))
+        return
+    table = Table("node", "ready", "GPU product", "cpu", "memory", "GPU / MIG")
+    for node in nodes:
+        accel = ", ".join(f"{k.removeprefix('nvidia.com/')}={v}" for k, v in node.allocatable.items() if "nvidia" in k)
+        table.add_row(
+            node.name,
+            "yes" if node.ready else "[red]no[/red]",
+            node.gpu_product or "-",
+            node.allocatable.get("cpu", "-"),
+            node.allocatable.get("memory", "-"),
+            accel or "-",
+        )
+    console.print(table)
+    totals = gpu_totals(nodes)
+    if totals:
+        console.print("ready nodes offer: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+
+
+@app.command("render")
+def render(
+    desired: DesiredOpt, *, namespace: NamespaceOpt = None, image: ImageOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Print the ConfigMap, Deployment, Service (and HPA) the agent would apply for a desired state."""
+    settings = _settings(namespace=namespace, image=image)
+    state = _desired(desired)
+    try:
+        workload = render_workload(state, settings)
+    except ClusterError as e:
+        err.print(f"[red]error ({e.code}):[/red] {e}")
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps({"template_hash": workload.template_hash, "objects": workload.objects()}, indent=2))
+    else:
+        typer.echo(yaml.safe_dump_all(workload.objects(), sort_keys=False), nl=False)
+
+
+@app.command("apply")
+def apply(
+    desired: DesiredOpt,
+    *,
+    kubeconfig: KubeconfigOpt = None,
+    namespace: NamespaceOpt = None,
+    image: ImageOpt = None,
+    deadline: Annotated[
+        float | None, typer.Option("--deadline", help="seconds to wait for the rollout (default: settings)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Server-side apply the serving workload for a desired state and wait for its rollout, as the agent does."""
+    settings = _settings(kubeconfig=kubeconfig, namespace=namespace, image=image, rollout_deadline_s=deadline)
+    from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
+
+    state = _desired(desired)
+    try:
+        with ClusterBridge(settings) as bridge:
+            result = bridge.apply(state)
+    except ClusterError as e:
+        err.print(f"[red]error ({e.code}):[/red] {e}")
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        colour = "green" if result.state == "ready" else "red"
+        console.print(
+            f"{result.namespace}/{result.deployment}: [{colour}]{result.state}[/{colour}] "
+            f"{result.ready_replicas}/{result.replicas} ready, generation {result.generation}"
+            + (f" — {result.message}" if result.message else "")
+        )
+    if result.state != "ready":
+        raise typer.Exit(1)

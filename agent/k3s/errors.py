@@ -1,0 +1,48 @@
+"""Typed errors of cluster mode. Each carries a stable `code` (reported to the hub) and whether a retry can help.
+
+The shape (`message`, `code`, `permanent`) matches the agent's own errors, so the control side reports them
+the same way. Permanent errors (RBAC denies a call, the API refuses an object) need a person or a new desired
+state; temporary ones (the API server unreachable, 5xx, 429) were already retried here and may pass later.
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Base of every error raised by `agent.k3s`."""
+
+    code: str = "cluster_error"
+    permanent: bool = True
+
+    def __init__(self, message: str, *, code: str | None = None, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if permanent is not None:
+            self.permanent = permanent
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ClusterConfigError(ClusterError, ValueError):
+    """No usable Kubernetes configuration (service account, KUBECONFIG or explicit path), or a bad setting."""
+
+    code = "cluster_config"
+
+
+class WorkloadError(ClusterError, ValueError):
+    """The desired state cannot be turned into a workload (a bad MIG profile, a too large descriptor)."""
+
+    code = "invalid_workload"
+
+
+class ApiCallError(ClusterError):
+    """The Kubernetes API refused a call or could not be reached; `status` is the HTTP status (0: no answer)."""
+
+    code = "cluster_api"
+
+    def __init__(self, message: str, *, code: str, permanent: bool, status: int = 0) -> None:
+        super().__init__(message, code=code, permanent=permanent)
+        self.status = status

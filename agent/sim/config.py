@@ -1,0 +1,103 @@
+"""Settings of the simulator: who each agent is, how it behaves, which faults it suffers."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.sim.errors import TransportError
+from fleet.bundle import DeviceBundle
+from fleet.ids import DeviceId, Prefix
+
+
+class BrokerAddress(BaseModel):
+    """Where an agent connects: host, port, TLS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(min_length=1, max_length=255, description="broker host name or address")
+    port: int = Field(ge=1, le=65535, description="broker TCP port")
+    tls: bool = Field(default=False, description="mqtts: connect with TLS")
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse `mqtt://host:port` or `mqtts://host:port` (default ports 1883 and 8883)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise TransportError(f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise TransportError(f"broker URL {url!r}: {e}") from e
+        return cls(host=parts.hostname, port=port, tls=tls)
+
+
+class AgentIdentity(BaseModel):
+    """One simulated device: its id, broker account, topic prefix, pinned hub key and labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device_id: DeviceId
+    broker: BrokerAddress
+    username: str | None = Field(default=None, max_length=256, description="MQTT user (None: anonymous)")
+    password: str | None = Field(default=None, max_length=256, description="MQTT password; never logged")
+    topic_prefix: Prefix = Field(default="fleet/v1", description="topic prefix the hub uses")
+    hub_public_key: str = Field(max_length=512, description="pinned hub signing key (fleet.signing text form)")
+    ca_cert_pem: str | None = Field(default=None, max_length=16384, description="CA for mqtts (None: system)")
+    labels: dict[str, str] = Field(default_factory=dict, description="device labels")
+
+    @classmethod
+    def from_bundle(cls, bundle: DeviceBundle, extra_labels: dict[str, str] | None = None) -> AgentIdentity:
+        """The identity a hub-issued bootstrap bundle describes."""
+        return cls(
+            device_id=bundle.device_id,
+            broker=BrokerAddress.parse(bundle.broker_url),
+            username=bundle.mqtt_username,
+            password=bundle.mqtt_password,
+            topic_prefix=bundle.topic_prefix,
+            hub_public_key=bundle.hub_public_key,
+            ca_cert_pem=bundle.ca_cert_pem,
+            labels={**bundle.labels, **(extra_labels or {})},
+        )
+
+
+class Faults(BaseModel):
+    """Faults the simulated agents suffer, so the hub's handling of them can be measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    offline_p: float = Field(
+        default=0.0, ge=0, le=1, description="chance per telemetry window that an agent drops its connection abruptly"
+    )
+    offline_s: float = Field(default=30.0, ge=0, le=86_400, description="how long a dropped agent stays away, s")
+    activation_fail_p: float = Field(default=0.0, ge=0, le=1, description="chance that an activation fails")
+    slow_fraction: float = Field(default=0.0, ge=0, le=1, description="fraction of agents on a slow link")
+    slow_chunk_s: float = Field(
+        default=0.5, ge=0, le=600, description="slow agents stop reading for this long after each chunk, s"
+    )
+
+
+class SimConfig(BaseModel):
+    """Behaviour shared by every simulated agent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    telemetry_s: float = Field(default=10.0, gt=0, le=3600, description="telemetry window length, s")
+    want_retry_s: float = Field(
+        default=5.0, gt=0, le=3600, description="re-send a want after this long without a new chunk, s"
+    )
+    want_at_pass_end: bool = Field(
+        default=False,
+        description="want missed chunks as soon as the last chunk of a pass arrives (the product agent waits for "
+        "want_retry_s of silence instead); a proposed improvement, off to stay faithful",
+    )
+    activation_s: float = Field(default=0.2, ge=0, le=3600, description="simulated load + warm-up time, s")
+    report_every_chunks: int = Field(
+        default=32, ge=1, le=1 << 20, description="publish download progress every this many new chunks"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s")
+    agent_version: str = Field(default="0.1.0-sim", max_length=64, description="agent version in the birth")
+    faults: Faults = Field(default_factory=Faults, description="fault injection")
+    seed: int | None = Field(default=None, description="random seed for reproducible runs (None: random)")

@@ -1,0 +1,129 @@
+"""Where simulated agents get their identities: hub enrolment, bundle files, or a direct broker (tests).
+
+Kept small on purpose: the hub's device API is the one moving part here (`enrol_via_hub`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from agent.sim.config import AgentIdentity, BrokerAddress
+from agent.sim.errors import EnrolmentError
+from fleet.bundle import DeviceBundle
+from fleet.ids import DEFAULT_PREFIX, check_device_id
+from fleet.signing import HubPublicKey
+
+DEVICES_PATH = "/api/v1/devices"
+
+
+def device_ids(id_prefix: str, count: int, start: int = 0) -> list[str]:
+    """`count` device ids like `sim-00000`, validated."""
+    width = max(5, len(str(start + count)))
+    return [check_device_id(f"{id_prefix}-{i:0{width}d}") for i in range(start, start + count)]
+
+
+def direct_identities(
+    broker_url: str,
+    hub_public_key: str,
+    count: int,
+    *,
+    id_prefix: str = "sim",
+    topic_prefix: str = DEFAULT_PREFIX,
+    labels: dict[str, str] | None = None,
+    username: str | None = None,
+    password: str | None = None,
+) -> list[AgentIdentity]:
+    """Identities for a broker that needs no per-device enrolment (tests, benchmarks, open brokers)."""
+    HubPublicKey.from_text(hub_public_key)  # fail early on a bad key
+    broker = BrokerAddress.parse(broker_url)
+    return [
+        AgentIdentity(
+            device_id=device_id,
+            broker=broker,
+            username=username,
+            password=password,
+            topic_prefix=topic_prefix,
+            hub_public_key=hub_public_key,
+            labels=dict(labels or {}),
+        )
+        for device_id in device_ids(id_prefix, count)
+    ]
+
+
+def load_bundles(directory: Path, extra_labels: dict[str, str] | None = None) -> list[AgentIdentity]:
+    """Identities from every `*.json` bootstrap bundle in `directory` (sorted by name).
+
+    Raises:
+        EnrolmentError: a file is not a valid bundle (the message names it), or there is none.
+    """
+    identities = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            identities.append(AgentIdentity.from_bundle(DeviceBundle.load(path), extra_labels))
+        except (OSError, ValueError) as e:
+            raise EnrolmentError(f"{path}: not a device bundle: {str(e)[:300]}") from e
+    if not identities:
+        raise EnrolmentError(f"no *.json bundle files in {directory}")
+    return identities
+
+
+def _bundle_from(body: Any) -> DeviceBundle:
+    if isinstance(body, dict) and isinstance(body.get("bundle"), dict):
+        body = body["bundle"]
+    return DeviceBundle.model_validate(body)
+
+
+def enrol_via_hub(
+    api_url: str,
+    token: str,
+    count: int,
+    *,
+    id_prefix: str = "sim",
+    labels: dict[str, str] | None = None,
+    bundle_dir: Path | None = None,
+    timeout_s: float = 30.0,
+) -> list[AgentIdentity]:
+    """Enrol `count` devices through the hub's REST API and return their identities.
+
+    Each device is added with `POST {api_url}/api/v1/devices` (bearer `token`, admin role), whose answer
+    is the device's bootstrap bundle. With `bundle_dir`, bundles are also saved there (mode 0600), so a
+    later run can use `--bundles` without enrolling again.
+
+    Raises:
+        EnrolmentError: the hub refused a device or could not be reached (with its answer).
+    """
+    identities = []
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s) as http:
+        for device_id in device_ids(id_prefix, count):
+            try:
+                response = http.post(DEVICES_PATH, json={"id": device_id, "labels": labels or {}})
+            except httpx.HTTPError as e:
+                raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {device_id}: {e}") from e
+            if response.status_code >= 400:
+                raise EnrolmentError(f"hub refused {device_id}: HTTP {response.status_code} {response.text[:300]}")
+            try:
+                bundle = _bundle_from(response.json())
+            except (json.JSONDecodeError, ValidationError) as e:
+                raise EnrolmentError(f"hub answered {device_id} with something that is not a bundle: {e}") from e
+            if bundle_dir is not None:
+                bundle_dir.mkdir(parents=True, exist_ok=True)
+                bundle.save(bundle_dir / f"{bundle.device_id}.json")
+            identities.append(AgentIdentity.from_bundle(bundle, labels))
+    return identities
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` into a dict (raises ValueError naming the bad part)."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"label {part!r}: expected key=value")
+        labels[key.strip()] = value.strip()
+    return labels

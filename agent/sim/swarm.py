@@ -1,0 +1,128 @@
+"""The simulator: N `SimAgent`s on one `Transport`, sharing one blob cache, with a fleet-wide snapshot."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent.sim.actions import AgentStats
+from agent.sim.agent import SimAgent
+from agent.sim.cache import BlobCache
+from agent.sim.config import AgentIdentity, SimConfig
+from agent.sim.mqtt import Transport
+from agent.sim.profile import Profiles
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where the simulated fleet stands (read without locks: counts may be a few messages stale)."""
+
+    agents: int
+    connected: int
+    phases: dict[str, int]
+    active_versions: dict[str, int]
+    errors: dict[str, int]
+    stats: dict[str, int]
+    transport: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agents": self.agents,
+            "connected": self.connected,
+            "phases": self.phases,
+            "active_versions": self.active_versions,
+            "errors": self.errors,
+            "stats": self.stats,
+            "transport": self.transport,
+        }
+
+
+class Simulator:
+    """Many simulated agents in this process.
+
+    Args:
+        identities: one per agent (from bundles, hub enrolment or `direct_identities`).
+        config: behaviour and faults shared by all agents.
+        profiles: latency/error distributions per model version.
+        cache_dir: the shared content-addressed blob cache.
+        threads: transport threads.
+        connect_rate: new MQTT connections per second.
+        tick_s: timer resolution of every agent, s.
+    """
+
+    def __init__(
+        self,
+        identities: list[AgentIdentity],
+        config: SimConfig,
+        profiles: Profiles,
+        cache_dir: Path,
+        *,
+        threads: int = 2,
+        connect_rate: float = 500.0,
+        tick_s: float = 0.25,
+    ) -> None:
+        seeder = random.Random(config.seed)
+        now = time.time()
+        self.cache = BlobCache(cache_dir)
+        self.agents = [
+            SimAgent(identity, config, self.cache, profiles, random.Random(seeder.getrandbits(64)), now=now)
+            for identity in identities
+        ]
+        self.transport = Transport(
+            threads=threads, tick_s=tick_s, connect_rate=connect_rate, keepalive_s=config.keepalive_s
+        )
+        for agent in self.agents:
+            self.transport.add(agent, agent.identity)
+
+    def start(self) -> None:
+        """Connect every agent (at the configured rate) and start their timers."""
+        self.transport.start()
+
+    def stop(self) -> None:
+        """Publish `offline` for each agent, disconnect cleanly and persist partial downloads."""
+        self.transport.stop()
+        self.cache.close()
+
+    def __enter__(self) -> Simulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def agent(self, device_id: str) -> SimAgent:
+        """The agent with `device_id` (KeyError if none)."""
+        for agent in self.agents:
+            if agent.device_id == device_id:
+                return agent
+        raise KeyError(device_id)
+
+    def snapshot(self) -> Snapshot:
+        """Counts over the fleet: connected, by phase, by active version, by last error, summed counters."""
+        totals: Counter[str] = Counter()
+        for agent in self.agents:
+            for f in fields(AgentStats):
+                totals[f.name] += getattr(agent.stats, f.name)
+        ts = self.transport.stats
+        return Snapshot(
+            agents=len(self.agents),
+            connected=sum(1 for a in self.agents if a.connected),
+            phases=dict(Counter(a.phase.value for a in self.agents)),
+            active_versions=dict(Counter(a.active.version for a in self.agents if a.active is not None)),
+            errors=dict(Counter(a.error.code for a in self.agents if a.error is not None)),
+            stats=dict(totals),
+            transport={
+                "connects": ts.connects,
+                "connect_failures": ts.connect_failures,
+                "disconnects": ts.disconnects,
+                "callback_errors": ts.callback_errors,
+                "messages_in": ts.messages_in,
+                "messages_out": ts.messages_out,
+                "bytes_in": ts.bytes_in,
+                "cache_chunks_written": self.cache.chunks_written,
+            },
+        )

@@ -1,0 +1,512 @@
+"""Scale benchmark (issue 7): hub + Mosquitto + simulated agents on this machine.
+
+For each N it measures, in one run:
+  online   - seconds from starting the simulator process until the hub has seen N agents online;
+  ingest   - hub CPU (% of one core) and telemetry ingest lag with every agent sending a window every
+             --telemetry-s seconds, over --steady-s seconds. Lag = window visible to the hub (product hub:
+             row readable in its SQLite store; stand-in: message parsed) minus the window's end;
+  raw      - the model's bytes published once (256 KiB chunks, QoS 1) to N plain subscribers that only count
+             messages: the broker's and the client library's raw fan-out, same process layout as the agents;
+  rollout  - the same bytes as a signed desired state to all N agents (want, chunk rounds, every agent verifying
+             every chunk, activation, reported `active` seen by the hub), and its ratio to raw;
+  RSS      - resident memory of the hub, the broker and the simulator at the end.
+
+    .venv/bin/python benchmarks/scale.py [--agents 100,500,2000] [--hub product|stand-in] [--md FILE]
+
+`--hub product` runs the real hub (hub.runtime.Hub + its REST API) in its own process: agents are enrolled
+through POST /api/v1/devices, the model is pushed through the API and deployed by label selector.
+`--hub stand-in` uses tests/support/sim_hub.MiniHub in this process (no store, no API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
+from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
+from agent.sim.mqtt import Transport  # noqa: E402
+from fleet import ModelRef, TelemetryWindow, Topics, decode, encode_frame, plan_file  # noqa: E402
+from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
+from tests.support.mqtt import TestClient  # noqa: E402
+from tests.support.sim_hub import MiniHub  # noqa: E402
+
+PREFIX = "fleet/v1"
+LABEL = {"bench": "scale"}
+
+
+class BenchBroker(Broker):
+    """The test broker with a bounded in-flight window per client (see docs/scale.md: unbounded in-flight
+    makes Mosquitto copy every queued chunk into every slow subscriber's packet list)."""
+
+    inflight: int = 20
+
+    def config(self) -> str:
+        return super().config().replace("max_inflight_messages 0", f"max_inflight_messages {self.inflight}")
+
+
+# -- raw receivers (their own process: `scale.py _raw ...`) ----------------------------------------------
+class RawReceiver:
+    """A transport endpoint that subscribes to one topic and counts messages; says ready and done."""
+
+    def __init__(self, device_id: str, topic: str, signal_topic: str, count: int) -> None:
+        self.device_id = device_id
+        self.connected = False
+        self.topic, self.signal_topic, self.count = topic, signal_topic, count
+        self.got = 0
+
+    def will(self, now: float) -> Publish | None:
+        return None
+
+    def on_connect(self, now: float) -> list[Action]:
+        self.connected = True
+        return [Subscribe(self.topic), Publish(f"{self.signal_topic}/ready", self.device_id.encode(), qos=1)]
+
+    def on_disconnect(self) -> None:
+        self.connected = False
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Action]:
+        self.got += 1
+        if self.got == self.count:
+            return [Publish(f"{self.signal_topic}/done", self.device_id.encode(), qos=1)]
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        return []
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+
+
+def raw_worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    for name in ("--broker", "--topic", "--signal"):
+        p.add_argument(name, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    identities = direct_identities(a.broker, "A" * 43, a.n, id_prefix="raw")  # raw receivers verify nothing
+    transport = Transport(threads=a.threads, connect_rate=1000)
+    for ident in identities:
+        transport.add(RawReceiver(ident.device_id, a.topic, a.signal, a.count), ident)
+    transport.start()
+    _wait_for_signal()
+    transport.stop(timeout=5)
+
+
+def hub_worker(argv: list[str]) -> None:
+    """Run the product hub (needs the `hub` package) on an external broker; print its API URL and token."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--broker", required=True)
+    p.add_argument("--group", default=None)
+    p.add_argument("--token", default=None)
+    a = p.parse_args(argv)
+    if os.environ.get("EDGEFLEET_HUB_ROOT"):  # measure a hub checkout other than this one
+        sys.path.insert(0, os.environ["EDGEFLEET_HUB_ROOT"])
+    from hub.api.server import ApiServer  # noqa: PLC0415
+    from hub.runtime import Hub, init_hub  # noqa: PLC0415
+    from hub.settings import HubSettings  # noqa: PLC0415
+
+    broker: dict[str, Any] = {"url": a.broker}
+    if a.group:
+        broker |= {"mqtt_version": "5", "shared_group": a.group}
+    settings = HubSettings.model_validate({
+        "data_dir": a.data, "topic_prefix": PREFIX, "broker": broker, "api": {"host": "127.0.0.1", "port": 0},
+        "retention": {"sweep_interval_s": 3600},
+    })  # fmt: skip
+    token = a.token or init_hub(settings)
+    hub = Hub(settings)
+    hub.start()
+    api = ApiServer(hub)
+    api.start()
+    print(json.dumps({"api": api.url, "token": token, "db": str(settings.db_path)}), flush=True)
+    _wait_for_signal()
+    api.stop()
+    hub.stop()
+
+
+# -- the hubs under test ----------------------------------------------------------------------------------
+class StandInHub:
+    name = "stand-in (tests/support/sim_hub.py)"
+
+    def __init__(self, broker: Broker, work: Path) -> None:
+        self.hub = MiniHub(broker.host, broker.port, PREFIX, batch_s=0.2, resend_s=1.0)
+        self.pid = os.getpid()
+        self.manifest = None
+        self._mark = 0
+
+    def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
+        return ["--agents", str(n), "--broker", broker.url, "--hub-key", self.hub.public_key]
+
+    def online(self) -> int:
+        return self.hub.online()
+
+    def start_lag_window(self) -> None:
+        self._mark = len(self.hub.telemetry)
+
+    def lags(self) -> list[float]:
+        return [got - decode(p, TelemetryWindow).end for got, p in self.hub.telemetry[self._mark :]]
+
+    def add_model(self, path: Path) -> str:
+        self.manifest = self.hub.add_blob(path.read_bytes())
+        return self.manifest.sha256
+
+    def chunks_published(self) -> int:
+        return self.hub.chunks_sent
+
+    def deploy(self, n: int) -> None:
+        assert self.manifest is not None
+        model = ModelRef(name="bench", version="1.0.0", task="classification", blob=self.manifest)
+        for i in range(n):
+            self.hub.publish_desired(self.hub.desired(f"sim-{i:05d}", model))
+
+    def active(self) -> int:
+        with self.hub._lock:
+            return sum(1 for r in self.hub.reported.values() if r.active is not None)
+
+    def close(self) -> None:
+        self.hub.close()
+
+
+class ProductHub:
+    name = "product (hub.runtime.Hub + REST API, SQLite)"
+
+    def __init__(self, broker: Broker, work: Path) -> None:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "_hub",
+            "--data",
+            str(work / "hub"),
+            "--broker",
+            broker.url,
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.pid = self.proc.pid
+        self.api, self.token, self.db = info["api"], info["token"], info["db"]
+        self.http = httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
+        self._listed: list[dict[str, Any]] = []
+        self._listed_at = 0.0
+        self._rowid = 0
+        self._lags: list[float] = []
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
+        bundles = work / "bundles"
+        t = time.monotonic()
+        enrol_via_hub(self.api, self.token, n, labels=LABEL, bundle_dir=bundles)
+        print(f"  enrolled {n} devices through the API in {time.monotonic() - t:.1f}s", file=sys.stderr, flush=True)
+        return ["--bundles", str(bundles)]
+
+    def _devices(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._listed_at >= 1.0:  # listing thousands of devices costs the hub CPU
+            r = self.http.get("/api/v1/devices")
+            r.raise_for_status()
+            self._listed, self._listed_at = list(r.json()), time.monotonic()
+        return self._listed
+
+    def online(self) -> int:
+        return sum(1 for d in self._devices() if d["status"] == "online")
+
+    def _poll_db(self) -> None:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            while not self._stop.wait(0.2):
+                rows = conn.execute('SELECT rowid, "end" FROM telemetry WHERE rowid > ?', (self._rowid,)).fetchall()
+                now = time.time()
+                for rowid, end in rows:
+                    self._rowid = max(self._rowid, rowid)
+                    self._lags.append(now - end)
+        finally:
+            conn.close()
+
+    def start_lag_window(self) -> None:
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
+            self._rowid = conn.execute("SELECT coalesce(max(rowid), 0) FROM telemetry").fetchone()[0]
+        self._lags = []
+        self._poller = threading.Thread(target=self._poll_db, daemon=True)
+        self._poller.start()
+
+    def lags(self) -> list[float]:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(5)
+        return list(self._lags)
+
+    def add_model(self, path: Path) -> str:
+        descriptor = json.loads((path.with_suffix(".json")).read_text())
+        with path.open("rb") as f:
+            r = self.http.post("/api/v1/models", data={"descriptor": json.dumps(descriptor)},
+                               files={"file": (path.name, f, "application/octet-stream")})  # fmt: skip
+        r.raise_for_status()
+        return str(r.json()["sha256"])
+
+    def chunks_published(self) -> int:
+        r = self.http.get("/api/v1/ingest")
+        return int(r.json()["transfer"]["chunks_published"]) if r.status_code == 200 else -1
+
+    def deploy(self, n: int) -> None:
+        body = {"model": "bench", "version": "1.0.0", "selector": "bench=scale"}
+        self.http.post("/api/v1/deployments", json=body).raise_for_status()
+
+    def active(self) -> int:
+        return sum(1 for d in self._devices() if d["active_model"] == "bench:1.0.0")
+
+    def close(self) -> None:
+        self.http.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def bench_model(work: Path, mib: int) -> Path:
+    """A valid classifier padded with an unused initializer to `mib` MiB (the hub validates what it stores)."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    from models.samples import build_classifier, classifier_descriptor  # noqa: PLC0415
+
+    model = build_classifier()
+    base = len(model.SerializeToString())
+    floats = max(0, ((mib << 20) - base) // 4 - 16)
+    pad = np.random.default_rng(0).standard_normal(floats, dtype=np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(pad, "bench_padding"))
+    path = work / "bench.onnx"
+    path.write_bytes(model.SerializeToString())
+    descriptor = classifier_descriptor().to_json() | {"name": "bench", "version": "1.0.0"}
+    path.with_suffix(".json").write_text(json.dumps(descriptor))
+    return path
+
+
+# -- orchestration ----------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    n: int
+    hub: str
+    online_s: float
+    hub_cpu_pct: float
+    lag_p50_s: float
+    lag_p99_s: float
+    lag_max_s: float
+    windows: int
+    raw_s: float
+    rollout_s: float
+    chunks_published: int
+    active: int
+    hub_rss_mib: float
+    broker_rss_mib: float
+    sim_rss_mib: float
+
+    @property
+    def ratio(self) -> float:
+        return self.rollout_s / self.raw_s if self.raw_s else float("nan")
+
+
+def _wait(
+    predicate: Callable[[], object], timeout: float, what: str, progress: Callable[[], str] | None = None
+) -> float:
+    start = last = time.monotonic()
+    while not predicate():
+        now = time.monotonic()
+        if now - start > timeout:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+        if progress is not None and now - last >= 10:
+            last = now
+            print(f"  {what}: {now - start:.0f}s {progress()}", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
+    """Seconds for the model's chunks, published once, to reach N plain subscribers."""
+    manifest = plan_file(model)
+    topic = Topics(PREFIX).chunk(manifest.sha256)  # the blob's own topic; no agent listens yet
+    signal_topic = f"bench/{uuid.uuid4().hex[:8]}"
+    listener = TestClient(broker.host, broker.port)
+    publisher = TestClient(broker.host, broker.port)
+    listener.subscribe(f"{signal_topic}/#")
+    ready: set[str] = set()
+    done: set[str] = set()
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "_raw", "--n", str(n), "--broker", broker.url, "--topic", topic,
+        "--signal", signal_topic, "--count", str(manifest.count), "--threads", str(threads),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+
+    def drain() -> None:
+        while not listener.messages.empty():
+            msg = listener.messages.get_nowait()
+            (ready if msg.topic.endswith("/ready") else done).add(msg.payload.decode())
+
+    try:
+        _wait(lambda: drain() or len(ready) >= n, 120 + n / 10, "raw receivers subscribed")
+        data = model.read_bytes()
+        start = time.monotonic()
+        infos = []
+        for i in range(manifest.count):
+            chunk = data[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+            infos.append(
+                publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
+            )
+        _wait(lambda: drain() or len(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
+        return time.monotonic() - start
+    finally:
+        listener.close()
+        publisher.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
+    work.mkdir(parents=True)
+    broker = BenchBroker(find_mosquitto() or "mosquitto", work / "mq", free_port(), max_packet_size=16 << 20)
+    broker.inflight = args.broker_inflight
+    broker.start()
+    assert broker.proc is not None
+    hub: StandInHub | ProductHub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work)
+    sim: subprocess.Popen[bytes] | None = None
+    hub_proc = psutil.Process(hub.pid)
+    try:
+        model = bench_model(work, args.blob_mib)
+        hub.add_model(model)
+        boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from agent.sim.cli import app; app()"
+        sim_cmd = [
+            sys.executable, "-c", boot,
+            *hub.sim_args(n, work, broker), "--json", "--telemetry-s", str(args.telemetry_s),
+            "--want-retry-s", str(args.want_retry_s),
+            "--threads", str(args.threads), "--connect-rate", "1000", "--seed", "1", "--cache", str(work / "cache"),
+            *args.sim_args.split(),
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        sim = subprocess.Popen(sim_cmd, cwd=ROOT, stdout=subprocess.PIPE)
+        _wait(lambda: hub.online() >= n, 120 + n / 5, f"{n} agents online", lambda: f"{hub.online()} online")
+        online_s = time.monotonic() - t0
+
+        time.sleep(min(args.telemetry_s, 5))  # the first windows are spread over one period
+        hub.start_lag_window()
+        cpu0, w0 = hub_proc.cpu_times(), time.monotonic()
+        time.sleep(args.steady_s)
+        cpu1, w1 = hub_proc.cpu_times(), time.monotonic()
+        cpu_pct = 100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (w1 - w0)
+        lags = sorted(hub.lags())
+
+        raw_s = raw_fan_out(broker, model, n, args.threads)
+        published_before = hub.chunks_published()
+        t_roll = time.monotonic()
+        hub.deploy(n)
+        try:
+            _wait(lambda: hub.active() >= n, args.rollout_timeout_s, "rollout", lambda: f"{hub.active()} active")
+            rollout_s = time.monotonic() - t_roll
+        except TimeoutError:
+            rollout_s = float("nan")
+        active = hub.active()
+        return Result(
+            n=n, hub=hub.name, online_s=online_s, hub_cpu_pct=cpu_pct,
+            lag_p50_s=statistics.median(lags) if lags else float("nan"),
+            lag_p99_s=lags[int(0.99 * (len(lags) - 1))] if lags else float("nan"),
+            lag_max_s=lags[-1] if lags else float("nan"), windows=len(lags), raw_s=raw_s, rollout_s=rollout_s,
+            chunks_published=hub.chunks_published() - published_before, active=active,
+            hub_rss_mib=hub_proc.memory_info().rss / 2**20,
+            broker_rss_mib=psutil.Process(broker.proc.pid).memory_info().rss / 2**20,
+            sim_rss_mib=psutil.Process(sim.pid).memory_info().rss / 2**20,
+        )  # fmt: skip
+    finally:
+        if sim is not None and sim.poll() is None:
+            sim.send_signal(signal.SIGINT)
+            try:
+                sim.wait(60)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+        hub.close()
+        broker.stop()
+
+
+def _rollout(r: Result, args: argparse.Namespace) -> str:
+    if r.rollout_s == r.rollout_s:  # not NaN
+        return f"{r.rollout_s:.1f}"
+    return f"> {args.rollout_timeout_s:.0f} ({r.active}/{r.n} active)"
+
+
+def _ratio(r: Result) -> str:
+    return "-" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    head = (
+        f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
+        "| rollout s | rollout / raw | chunks published | RSS hub / broker / sim MiB |"
+    )
+    lines = [head, "|" + " --- |" * 10]
+    for r in results:
+        lines.append(
+            f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
+            f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {_rollout(r, args)} | {_ratio(r)} | "
+            f"{r.chunks_published} | {r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("_raw", "_hub"):
+        (raw_worker if sys.argv[1] == "_raw" else hub_worker)(sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", default="100,500,2000", help="comma-separated fleet sizes")
+    p.add_argument("--hub", default="product", choices=["product", "stand-in"], help="which hub to measure")
+    p.add_argument("--blob-mib", type=int, default=16, help="model size, MiB")
+    p.add_argument("--telemetry-s", type=float, default=10.0, help="telemetry window of every agent, s")
+    p.add_argument("--steady-s", type=float, default=30.0, help="how long hub CPU and ingest lag are measured, s")
+    p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
+    p.add_argument("--broker-inflight", type=int, default=1, help="Mosquitto max_inflight_messages (0: unbounded)")
+    p.add_argument("--want-retry-s", type=float, default=5.0, help="agents re-want after this long without a chunk")
+    p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
+    p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
+    p.add_argument("--md", type=Path, help="also write the table to this markdown file")
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp:
+        for n in (int(x) for x in args.agents.split(",")):
+            r = run_one(n, args.hub, args, Path(tmp) / f"n{n}")
+            print(json.dumps(r.__dict__ | {"ratio": r.ratio}), flush=True)
+            results.append(r)
+    text = table(results, args)
+    print(text)
+    if args.md:
+        args.md.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Inference API benchmark (issue 6): raw session.run vs the HTTP API, at 1 and 16 clients, and during swaps.
+
+    python benchmarks/serve.py [--size 128] [--seconds 3] [--intra-op 0] [--provider cpu|cuda]
+
+The server runs in a child process (uvicorn + uvloop + httptools, as in the agent); the load generator is
+this process (raw keep-alive HTTP/1.1 over sockets, request bytes prepared once), sharing the same cores.
+Every ratio compares against raw `session.run` measured in the same run on the same model:
+
+- p50 at 1 client for binary tensors, JSON tensors and the image endpoint (raw image = preprocess +
+  session.run + top-k in-process);
+- throughput at 16 clients (binary tensors, image endpoint) vs raw `session.run` at the batch size the
+  server batches to (`--max-batch`, default 8; image raw adds preprocessing of each image);
+- p99 at 16 clients while the server loads and activates new versions vs steady p99.
+
+`--provider cuda` needs onnxruntime-gpu with CUDAExecutionProvider; without it the script says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import multiprocessing as mp
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, percentile, tempdir
+
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
+from models.engine import Engine, EngineOptions, available_providers
+from models.postprocess import top_k
+from models.preprocess import preprocess
+from models.samples import build_classifier, classifier_descriptor
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+# --- server child ------------------------------------------------------------------------------------
+
+
+def _server(conn: Any, paths: list[str], options: dict[str, Any], settings: dict[str, Any]) -> None:
+    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+    from fleet.messages import AppliedModel  # noqa: PLC0415
+
+    def load(i: int) -> tuple[Engine, AppliedModel, ModelDescriptor]:
+        p = Path(paths[i % len(paths)])
+        d = ModelDescriptor.load(p.with_suffix(".yaml"))
+        assert d.sha256 is not None
+        e = Engine.load(p, d, EngineOptions(**options))
+        return e, AppliedModel(name=d.name, version=d.version, sha256=d.sha256, provider=e.active_provider), d
+
+    slot = ModelSlot()
+    server = ApiServer(ApiSettings(port=0, **settings), slot)
+    server.start()
+    preloaded = [load(0), load(1)]
+    slot.activate(*preloaded[0])
+    conn.send(server.url)
+    swaps = 0
+    while True:
+        cmd = conn.recv()
+        if cmd in ("swap", "reload"):
+            swaps += 1
+            if cmd == "swap":  # the serving side's part: activate an engine the agent already loaded
+                slot.activate(*preloaded[swaps % 2])
+            else:  # with the agent's part: load, warm up, golden-check, then activate
+                slot.activate(*load(swaps))
+            conn.send("ok")
+        else:
+            server.stop()
+            conn.send("stopped")
+            return
+
+
+# --- raw HTTP/1.1 client -----------------------------------------------------------------------------
+
+
+def request_bytes(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return int(v)
+    return 0
+
+
+class SyncClient:
+    """One keep-alive connection; `call` sends prepared bytes and returns (status, body)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def call(self, req: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(req)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(1 << 20)
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        n = _content_length(head)
+        while len(rest) < n:
+            rest += self.sock.recv(1 << 20)
+        self.buf = rest[n:]
+        return int(head[9:12]), rest[:n]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _async_client(url: str, req: bytes, until: float, lat: list[tuple[float, float, int]]) -> None:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while time.perf_counter() < until:
+        t0 = time.perf_counter()
+        writer.write(req)
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(_content_length(head))
+        lat.append((t0, time.perf_counter() - t0, int(head[9:12])))
+    writer.close()
+
+
+def load(url: str, req: bytes, clients: int, seconds: float, during: Any = None) -> list[tuple[float, float, int]]:
+    """`clients` concurrent connections for `seconds`; (start, latency s, status) per request."""
+    import uvloop  # noqa: PLC0415
+
+    lat: list[tuple[float, float, int]] = []
+
+    async def main() -> None:
+        until = time.perf_counter() + seconds
+        tasks = [asyncio.create_task(_async_client(url, req, until, lat)) for _ in range(clients)]
+        if during is not None:
+            await asyncio.get_running_loop().run_in_executor(None, during)
+        await asyncio.gather(*tasks)
+
+    uvloop.run(main())
+    return lat
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+def batch_sizes(metrics: bytes) -> dict[str, int]:
+    """Engine runs per batch-size bucket (le=N), summed over versions, from the server's /metrics."""
+    total: dict[str, float] = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith("edgefleet_api_batch_size_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            total[le] = total.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    out, prev = {}, 0.0
+    for le, cum in total.items():  # cumulative buckets in increasing order
+        if cum - prev:
+            out[f"<={le}"] = int(cum - prev)
+        prev = cum
+    return out
+
+
+def throughput(lat: list[tuple[float, float, int]]) -> float:
+    ok = [t for t in lat if t[2] == 200]
+    if len(ok) < 2:
+        return 0.0
+    return len(ok) / (max(s + d for s, d, _ in ok) - min(s for s, _, _ in ok))
+
+
+def runs_for(fn: Any, seconds: float) -> int:
+    fn()
+    n = 0
+    until = time.perf_counter() + seconds
+    while True:  # at least one timed run
+        fn()
+        n += 1
+        if time.perf_counter() >= until:
+            return n
+
+
+def p50_raw(fn: Any, n: int) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def p50_api(client: SyncClient, req: bytes, n: int) -> float:
+    for _ in range(10):
+        status, _ = client.call(req)
+        assert status == 200, status
+    return p50_raw(lambda: client.call(req), n)
+
+
+def jpeg(width: int, height: int) -> bytes:
+    from PIL import Image  # noqa: PLC0415
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="model input height and width (pixels)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each 16-client run")
+    parser.add_argument("--iterations", type=int, default=300, help="timed requests per 1-client measurement")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients for throughput and swap")
+    parser.add_argument("--max-batch", type=int, default=8, help="server dynamic batching: largest batch")
+    parser.add_argument("--intra-op", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider")
+    parser.add_argument("--rounds", type=int, default=5, help="raw/API alternations (medians are compared)")
+    parser.add_argument("--swaps", type=int, default=4, help="versions loaded and activated during the swap run")
+    args = parser.parse_args(argv)
+
+    provider = PROVIDERS[args.provider]
+    if provider not in available_providers():
+        print(f"{provider} is not available in this onnxruntime build ({available_providers()}); nothing to measure.")
+        return 0
+    options = {"providers": (provider,), "intra_op_threads": args.intra_op}
+    with tempdir() as tmp:
+        base = classifier_descriptor(height=args.size, width=args.size)
+        paths = [
+            str(
+                write_model(
+                    build_classifier(seed=i),
+                    base.model_copy(update={"version": f"{i + 1}.0.0"}),
+                    Path(tmp),
+                    f"v{i + 1}",
+                )[0]
+            )
+            for i in range(2)
+        ]
+        d = ModelDescriptor.load(Path(paths[0]).with_suffix(".yaml"))
+        engine = Engine.load(paths[0], d, EngineOptions(**options))
+        session = engine.session
+        x1 = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
+        xb = np.repeat(x1, args.max_batch, axis=0)
+        image = jpeg(640, 480)
+
+        def raw_image() -> None:
+            t, _ = preprocess(image, d.input)
+            top_k(session.run(None, {"image": t})[0], 5, labels=d.labels)
+
+        def raw_image_batch() -> None:
+            t = np.concatenate([preprocess(image, d.input)[0] for _ in range(args.max_batch)])
+            top_k(session.run(None, {"image": t})[0], 5, labels=d.labels)
+
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        settings = {"max_batch": args.max_batch, "max_queue": 1024}
+        proc = ctx.Process(target=_server, args=(child, paths, options, settings), daemon=True)
+        proc.start()
+        url = parent.recv()
+        path = f"/v2/models/{d.name}/infer"
+        head = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": list(x1.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x1.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            }
+        )
+        binary = request_bytes(path, head + x1.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
+        js = request_bytes(
+            path,
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "shape": list(x1.shape), "datatype": "FP32", "data": x1.ravel().tolist()}
+                    ]
+                }
+            ),
+        )
+        img = request_bytes(f"/v1/models/{d.name}:predict", image, {"Content-Type": "image/jpeg"})
+
+        # 1 client: interleave raw and API in rounds so background load hits both alike
+        client = SyncClient(url)
+        rows: dict[str, list[float]] = {k: [] for k in ("raw", "binary", "json", "raw_img", "image")}
+        n = max(args.iterations // args.rounds, 20)
+        for _ in range(args.rounds):
+            rows["raw"].append(p50_raw(lambda: session.run(None, {"image": x1}), n))
+            rows["binary"].append(p50_api(client, binary, n))
+            rows["json"].append(p50_api(client, js, n))
+            rows["raw_img"].append(p50_raw(raw_image, n))
+            rows["image"].append(p50_api(client, img, n))
+        client.close()
+        med = {k: statistics.median(v) for k, v in rows.items()}
+
+        # throughput: raw and API alternate in rounds, medians compared
+        part = args.seconds / args.rounds
+        tputs: dict[str, list[float]] = {k: [] for k in ("raw", "api", "raw_img", "api_img")}
+        cpu: dict[str, list[float]] = {k: [] for k in tputs}  # CPU ms (every process involved) per image
+        steady: list[tuple[float, float, int]] = []
+        steady_img: list[tuple[float, float, int]] = []
+        server = psutil.Process(proc.pid)
+
+        def cpu_now() -> float:
+            t = server.cpu_times()
+            return time.process_time() + t.user + t.system
+
+        for _ in range(args.rounds):
+            for kind, raw_fn, req, into in (
+                ("", lambda: session.run(None, {"image": xb}), binary, steady),
+                ("_img", raw_image_batch, img, steady_img),
+            ):
+                c0 = time.process_time()
+                n = args.max_batch * runs_for(raw_fn, part)
+                cpu["raw" + kind].append((time.process_time() - c0) * 1e3 / n)
+                tputs["raw" + kind].append(n / part)
+                c0 = cpu_now()
+                lat = load(url, req, args.clients, part)
+                cpu["api" + kind].append((cpu_now() - c0) * 1e3 / max(len(lat), 1))
+                into.extend(lat)
+                tputs["api" + kind].append(throughput(lat))
+        tput = {k: statistics.median(v) for k, v in tputs.items()}
+        cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
+
+        windows: dict[str, list[tuple[float, float]]] = {"swap": [], "reload": []}
+
+        def swapper(cmd: str, n: int, seconds: float) -> Any:
+            def run() -> None:
+                time.sleep(seconds * 0.1)
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    parent.send(cmd)
+                    parent.recv()
+                    windows[cmd].append((t0, time.perf_counter() + 0.1))
+                    time.sleep(seconds * 0.8 / n)
+
+            return run
+
+        # steady and swap runs alternate in rounds, so background load hits all of them alike
+        base: list[tuple[float, float, int]] = []
+        during: dict[str, list[tuple[float, float, int]]] = {"swap": [], "reload": []}
+        for _ in range(2):
+            base += load(url, binary, args.clients, args.seconds / 2)
+            for cmd in during:
+                during[cmd] += load(
+                    url, binary, args.clients, args.seconds / 2, during=swapper(cmd, args.swaps // 2, args.seconds / 2)
+                )
+        probe = SyncClient(url)
+        _, metrics = probe.call(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        probe.close()
+        parent.send("stop")
+        parent.recv()
+        proc.join(10)
+
+    def around(lat: list[tuple[float, float, int]], spans: list[tuple[float, float]]) -> list[float]:
+        """Latencies of requests in flight during a swap or started up to 100 ms after it."""
+        return [d for s, d, _ in lat if any(s <= b and s + d >= a for a, b in spans)]
+
+    everything = steady + steady_img + base + during["swap"] + during["reload"]
+    failed = sum(1 for t in everything if t[2] != 200)
+    steady_p99 = percentile([d for _, d, _ in base], 99) * 1e3
+    swap_lat = {k: around(v, windows[k]) for k, v in during.items()}
+    swap_p99 = {k: percentile(v, 99) * 1e3 if v else float("nan") for k, v in swap_lat.items()}
+    d_bin, d_json, d_img = med["binary"] - med["raw"], med["json"] - med["raw"], med["image"] - med["raw_img"]
+    r_bin, r_img = tput["api"] / tput["raw"], tput["api_img"] / tput["raw_img"]
+    lines = [
+        f"## Inference API (sample classifier 3x{args.size}x{args.size}, {provider}, intra-op {args.intra_op})",
+        "",
+        f"{machine()}; server max_batch {args.max_batch}, max_queue_delay 2 ms; load generator on the same cores",
+        "",
+        "| 1 client, p50 | raw | API | API - raw | goal |",
+        "| --- | --- | --- | --- | --- |",
+        f"| binary tensors | {med['raw']:.2f} ms | {med['binary']:.2f} ms | {d_bin:+.2f} ms | <= +1.0 ms |",
+        f"| JSON tensors | {med['raw']:.2f} ms | {med['json']:.2f} ms | {d_json:+.2f} ms | |",
+        f"| image (640x480 JPEG) | {med['raw_img']:.2f} ms | {med['image']:.2f} ms | {d_img:+.2f} ms | <= +1.0 ms |",
+        "",
+        f"| {args.clients} clients, throughput | raw batch {args.max_batch} | API | ratio | goal |",
+        "| --- | --- | --- | --- | --- |",
+        f"| binary tensors | {tput['raw']:.0f} img/s | {tput['api']:.0f} req/s | {r_bin:.2f}x | >= 0.5x |",
+        f"| image endpoint | {tput['raw_img']:.0f} img/s | {tput['api_img']:.0f} req/s | {r_img:.2f}x | >= 0.5x |",
+        "",
+        "| CPU per image (all processes) | raw | API: server + load generator | raw / API |",
+        "| --- | --- | --- | --- |",
+        f"| binary tensors | {cpu_ms['raw']:.2f} ms | {cpu_ms['api']:.2f} ms | {cpu_ms['raw'] / cpu_ms['api']:.2f}x |",
+        f"| image endpoint | {cpu_ms['raw_img']:.2f} ms | {cpu_ms['api_img']:.2f} ms "
+        f"| {cpu_ms['raw_img'] / cpu_ms['api_img']:.2f}x |",
+        "",
+        f"| {args.clients} clients, binary tensors, p99 | steady | around swaps (requests) | ratio | goal |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for cmd, what in (("swap", "activate a loaded version"), ("reload", "load + warm-up + golden + activate")):
+        lines.append(
+            f"| {args.swaps} swaps: {what} | {steady_p99:.2f} ms | {swap_p99[cmd]:.2f} ms ({len(swap_lat[cmd])}) "
+            f"| {swap_p99[cmd] / steady_p99:.2f}x | <= 3x |"
+        )
+    lines += ["", f"Failed requests: {failed} of {len(everything)}. Engine runs by batch size: {batch_sizes(metrics)}."]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,361 @@
+"""`edgefleet hub|device|deploy` and the registry half of `edgefleet model` (push, list, show).
+
+The commands talk to a running hub over its REST API (`--url`, `--token`, or `EDGEFLEET_URL` /
+`EDGEFLEET_TOKEN`), except `hub init` and `hub serve`, which work on the local data directory.
+Human tables by default; `--json` prints the API's JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from fleet.bundle import DeviceBundle
+from hub.client import HubClient
+from hub.errors import HubError
+from hub.selectors import parse_label_args
+from hub.settings import HubSettings
+
+T = TypeVar("T")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Hub API URL.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Hub data directory (default: EDGEFLEET_HUB_DATA_DIR or ./hub-data).")
+]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+hub_app = typer.Typer(help="Initialise and run the hub.", no_args_is_help=True)
+device_app = typer.Typer(help="Enrol devices, list them, show and label them.", no_args_is_help=True)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except HubError as e:
+        err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
+        raise typer.Exit(1) from None
+
+
+def _client(url: str, token: str | None) -> HubClient:
+    return HubClient(url, token)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return _run(lambda: HubSettings.from_env(**overrides))
+
+
+# -- hub ---------------------------------------------------------------------------------------------
+@hub_app.command("init")
+def hub_init(
+    data_dir: DataDirOpt = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
+    ] = False,
+    tls_host: Annotated[
+        list[str] | None, typer.Option("--tls-host", help="Extra host name or IP for the certificates; repeatable.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the data directory, database, signing key and broker account; print the first admin token (once)."""
+    from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
+    from hub.tls import create_dev_pki  # noqa: PLC0415
+
+    settings = _settings(data_dir)
+    token = _run(lambda: init_hub(settings))
+    tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
+    if as_json:
+        _print_json({"data_dir": str(settings.data_dir), "admin_token": token, "tls_dir": tls_dir and str(tls_dir)})
+        return
+    out.print(f"hub initialised in {settings.data_dir}")
+    if tls_dir is not None:
+        out.print(f"development CA and certificates in {tls_dir}: the broker serves mqtts, the API https")
+    out.print(f"admin token (shown once; store it safely): [bold]{token}[/bold]")
+
+
+@hub_app.command("serve")
+def hub_serve(
+    data_dir: DataDirOpt = None,
+    broker_url: Annotated[
+        str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="API listen address.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="API listen port.")] = None,
+) -> None:
+    """Run the hub: broker link (or a supervised local Mosquitto), ingestion, chunk serving and the API."""
+    from hub.api.server import ApiServer  # noqa: PLC0415
+    from hub.runtime import Hub  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if broker_url:
+        overrides["broker"] = {"url": broker_url}
+    api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if api:
+        overrides["api"] = api
+    hub = Hub(_settings(data_dir, **overrides))
+    _run(hub.start)
+    # uvicorn hands SIGTERM back to the previous handler once it has stopped: make that a clean exit,
+    # so the `finally` below stops the hub and its local broker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server = ApiServer(hub)
+        err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.stop()
+
+
+@hub_app.command("token")
+def hub_token(
+    name: Annotated[str, typer.Argument(help="Who or what will use the token.")],
+    role: Annotated[str, typer.Option("--role", help="viewer, operator or admin.")] = "viewer",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token (needs an admin token); it is printed once."""
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", "/api/v1/tokens", json={"name": name, "role": role}))
+    if as_json:
+        _print_json(res)
+    else:
+        out.print(f"{role} token for {name} (shown once): [bold]{res['token']}[/bold]")
+
+
+# -- model (registry half) ---------------------------------------------------------------------------
+def model_push(
+    onnx_file: Annotated[Path, typer.Argument(help="The .onnx file to upload.", exists=True, dir_okay=False)],
+    *,
+    descriptor: Annotated[
+        Path | None, typer.Option("--descriptor", help="Description file (default: the sidecar .yaml next to it).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (overrides the description).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Semantic version (overrides it too).")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a model version to the hub, which validates it and stores it content-addressed."""
+    from models.descriptor import ModelDescriptor, sidecar_for  # noqa: PLC0415
+    from models.errors import ModelError  # noqa: PLC0415
+
+    try:
+        desc = ModelDescriptor.load(descriptor or sidecar_for(onnx_file)).to_json()
+    except ModelError as e:
+        err.print(f"[red]error[/red]: {escape(str(e))}")
+        raise typer.Exit(1) from None
+    size = onnx_file.stat().st_size
+    with _client(url, token) as c:
+        if as_json:
+            res = _run(lambda: c.push_model(onnx_file, desc, name=name, version=version))
+            _print_json(res)
+            return
+        cols = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*cols, console=err, transient=True) as progress:
+            task = progress.add_task("upload", total=size)
+            res = _run(
+                lambda: c.push_model(
+                    onnx_file, desc, name=name, version=version, on_progress=lambda n: progress.advance(task, n)
+                )
+            )
+    verb = "stored" if res.get("created") else "already stored"
+    out.print(f"{res['name']}:{res['version']} {verb} (sha256 {res['sha256'][:12]}, {res['size']} bytes)")
+
+
+def model_list(
+    name: Annotated[str | None, typer.Argument(help="Only versions of this model.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List model versions in the registry."""
+    with _client(url, token) as c:
+        rows = _run(lambda: c.request("GET", f"/api/v1/models/{name}" if name else "/api/v1/models"))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "version", "task", "sha256", "size", "chunks")
+    for r in rows:
+        table.add_row(r["name"], r["version"], r["task"], r["sha256"][:12], str(r["size"]), str(r["chunks"]))
+    out.print(table)
+
+
+def model_show(
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one model version: blob, description and the devices that want it."""
+    name, version = _split_ref(ref)
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("GET", f"/api/v1/models/{name}/{version}"))
+    if as_json:
+        _print_json(res)
+        return
+    for key in ("name", "version", "task", "sha256", "size", "chunk_size", "chunks", "created_by"):
+        out.print(f"{key:>11}: {res[key]}")
+    out.print(f"  wanted by: {', '.join(res['wanted_by']) or '-'}")
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, sep, version = ref.partition(":")
+    if not sep or not name or not version:
+        err.print(f"[red]error[/red]: {ref!r} must look like MODEL:VERSION")
+        raise typer.Exit(2)
+    return name, version
+
+
+MODEL_COMMANDS: list[tuple[str, Callable[..., None]]] = [
+    ("push", model_push), ("list", model_list), ("show", model_show),
+]  # fmt: skip
+
+
+# -- device ------------------------------------------------------------------------------------------
+def _device_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("id", "state", "labels", "desired", "active", "last seen")
+    for r in rows:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+        seen = f"{r['last_seen']:.0f}" if r.get("last_seen") else "-"
+        table.add_row(r["id"], r["state"], labels, r["desired_model"] or "-", r["active_model"] or "-", seen)
+    return table
+
+
+@device_app.command("add")
+def device_add(
+    device_id: Annotated[str, typer.Argument(help="Device id (a-z 0-9 . _ -).")],
+    *,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="A label key=value; repeatable.")] = None,
+    bundle_out: Annotated[
+        Path | None, typer.Option("--out", help="Write the bootstrap bundle here (default ./ID.bundle.json).")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enrol a device and write its bootstrap bundle (MQTT credentials, hub key, broker and API URLs)."""
+    labels = _run(lambda: parse_label_args(label or []))
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", "/api/v1/devices", json={"id": device_id, "labels": labels}))
+    bundle = DeviceBundle.model_validate(res["bundle"])
+    path = bundle_out or Path(f"{device_id}.bundle.json")
+    bundle.save(path)
+    if as_json:
+        _print_json({"device": res["device"], "bundle_path": str(path)})
+        return
+    out.print(f"device {device_id} enrolled; bootstrap bundle written to {path} (mode 0600, holds its password)")
+
+
+@device_app.command("list")
+def device_list(
+    selector: Annotated[str | None, typer.Option("--selector", "-s", help="e.g. site=berlin,tier!=canary")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List devices and their derived state."""
+    params = {"selector": selector} if selector else {}
+    with _client(url, token) as c:
+        rows = _run(lambda: c.request("GET", "/api/v1/devices", params=params))
+    _print_json(rows) if as_json else out.print(_device_table(rows))
+
+
+@device_app.command("show")
+def device_show(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one device: labels, state, desired and reported state, capabilities."""
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("GET", f"/api/v1/devices/{device_id}"))
+    if as_json:
+        _print_json(res)
+        return
+    out.print(_device_table([res]))
+    if res.get("reported"):
+        out.print_json(data=res["reported"])
+
+
+@device_app.command("label")
+def device_label(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    labels: Annotated[list[str] | None, typer.Argument(help="Labels to set, key=value.")] = None,
+    *,
+    remove: Annotated[list[str] | None, typer.Option("--remove", "-r", help="A label key to remove.")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set or remove labels of a device."""
+    to_set = _run(lambda: parse_label_args(labels or []))
+    with _client(url, token) as c:
+        body = {"set": to_set, "remove": remove or []}
+        res = _run(lambda: c.request("PATCH", f"/api/v1/devices/{device_id}/labels", json=body))
+    _print_json(res) if as_json else out.print(_device_table([res]))
+
+
+@device_app.command("revoke")
+def device_revoke(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device's broker account at once (the broker reloads; its session is closed)."""
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", f"/api/v1/devices/{device_id}/revoke"))
+    _print_json(res) if as_json else out.print(f"device {device_id} revoked")
+
+
+# -- deploy ------------------------------------------------------------------------------------------
+def deploy(
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to deploy.")],
+    *,
+    selector: Annotated[str, typer.Option("--selector", "-s", help="Devices to target, e.g. site=berlin.")],
+    provider: Annotated[
+        list[str] | None, typer.Option("--provider", help="Execution provider in order of preference; repeatable.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign and publish MODEL:VERSION as the desired state of every matching device."""
+    name, version = _split_ref(ref)
+    body: dict[str, Any] = {"model": name, "version": version, "selector": selector}
+    if provider:
+        body["runtime"] = {"providers": provider}
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", "/api/v1/deployments", json=body))
+    if as_json:
+        _print_json(res)
+        return
+    out.print(f"{name}:{version} desired on {len(res['devices'])} device(s)")
+    table = Table("device", "desired version")
+    for device_id, v in sorted(res["devices"].items()):
+        table.add_row(device_id, str(v))
+    out.print(table)

@@ -1,0 +1,83 @@
+"""A small HTTP client of the hub's REST API (the CLI uses it; scripts may too)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from hub.errors import HubError
+
+
+class ApiError(HubError):
+    """The API answered with an error; `status`, `code` and `message` come from its JSON body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class _ProgressReader:
+    """A file wrapper that reports bytes read (for an upload progress bar)."""
+
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._on_read(len(data))
+        return data
+
+
+class HubClient:
+    """Calls the hub API with a bearer token; raises ApiError for error answers."""
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 300.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; the decoded JSON answer (None for 204)."""
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiError(0, "unreachable", f"cannot reach the hub at {self._http.base_url}: {e}") from e
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise ApiError(r.status_code, str(err["code"]), str(err["message"]))
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(r.status_code, "http_error", r.text[:500]) from None
+        return None if r.status_code == 204 else r.json()
+
+    def push_model(
+        self,
+        onnx: Path,
+        descriptor: dict[str, Any],
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload a model file (streamed) with its description."""
+        data = {"descriptor": json.dumps(descriptor)}
+        if name:
+            data["name"] = name
+        if version:
+            data["version"] = version
+        with onnx.open("rb") as f:
+            body: Any = _ProgressReader(f, on_progress) if on_progress else f
+            return dict(self.request("POST", "/api/v1/models", data=data, files={"file": (onnx.name, body)}))

@@ -1,0 +1,128 @@
+"""Devices: enrolment with a bootstrap bundle, labels, selectors and the derived device state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from fleet.bundle import DeviceBundle
+from fleet.errors import InvalidId
+from fleet.ids import check_device_id
+from hub.credentials import mosquitto_hash, new_password
+from hub.errors import InvalidInput, NotFound
+from hub.selectors import check_labels, parse_selector
+from hub.settings import DeviceSettings
+from hub.store import Desired, Device, Store
+
+_LOOKUP = object()
+
+
+class DeviceState(StrEnum):
+    """What the hub makes of a device from its status, reported state and telemetry."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    UPDATING = "updating"
+    FAILED = "failed"
+    DEGRADED = "degraded"
+
+
+def derive_state(device: Device, desired: Desired | None, *, now: float, settings: DeviceSettings) -> DeviceState:
+    """Derive a device's state. Order: offline, failed, updating, degraded, online.
+
+    - offline: never connected, its last will / an offline status, or silent for `stale_after_s`;
+    - failed: its reported phase is `failed` (the running model, if any, still serves);
+    - updating: downloading or activating, or a newer desired version than it has accepted;
+    - degraded: its last telemetry window has an error rate above `degraded_error_rate`, or it reports a
+      temporary error;
+    - online: none of the above.
+    """
+    if device.status != "online" or device.last_seen is None or now - device.last_seen > settings.stale_after_s:
+        return DeviceState.OFFLINE
+    reported = device.reported or {}
+    phase = reported.get("phase")
+    if phase == "failed":
+        return DeviceState.FAILED
+    accepted = reported.get("desired_version")
+    if phase in ("downloading", "activating") or (
+        desired is not None and (accepted is None or accepted < desired.version)
+    ):
+        return DeviceState.UPDATING
+    requests, errors = device.last_requests or 0, device.last_errors or 0
+    if (requests and errors / requests > settings.degraded_error_rate) or reported.get("error"):
+        return DeviceState.DEGRADED
+    return DeviceState.ONLINE
+
+
+class Devices:
+    """Enrolment and labels. Transport-free: the API and the CLI both call this."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: DeviceSettings,
+        *,
+        bundle_fields: Callable[[], dict[str, Any]],
+        on_enrolled: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._bundle_fields = bundle_fields
+        self._on_enrolled = on_enrolled
+
+    def add(self, device_id: str, labels: dict[str, str], *, actor: str) -> tuple[Device, DeviceBundle]:
+        """Enrol a device; returns it and its bootstrap bundle (the only time the password is shown)."""
+        try:
+            check_device_id(device_id)
+        except InvalidId as e:
+            raise InvalidInput(str(e)) from e
+        check_labels(labels)
+        password = new_password()
+        device = Device(
+            id=device_id, labels=dict(labels), password_hash=mosquitto_hash(password), enrolled_at=time.time(),
+            enrolled_by=actor,
+        )  # fmt: skip
+        self.store.add_device(device)
+        self.store.add_event(time.time(), actor, "device.add", f"device/{device_id}", {"labels": labels})
+        if self._on_enrolled is not None:
+            self._on_enrolled(device_id)
+        bundle = DeviceBundle(
+            device_id=device_id, mqtt_username=device_id, mqtt_password=password, labels=dict(labels),
+            **self._bundle_fields(),
+        )  # fmt: skip
+        return self.get(device_id), bundle
+
+    def get(self, device_id: str) -> Device:
+        """A device, or NotFound."""
+        device = self.store.get_device(device_id)
+        if device is None:
+            raise NotFound(f"device {device_id} is not enrolled")
+        return device
+
+    def find(self, selector: str | None = None) -> list[Device]:
+        """Every device, or those matching a label selector (InvalidSelector names a bad position)."""
+        devices = self.store.list_devices()
+        if not selector:
+            return devices
+        sel = parse_selector(selector)
+        return [d for d in devices if sel.matches(d.labels)]
+
+    def label(self, device_id: str, set_: dict[str, str], remove: list[str], *, actor: str) -> Device:
+        """Set and remove labels of a device."""
+        device = self.get(device_id)
+        labels = {k: v for k, v in device.labels.items() if k not in remove}
+        labels.update(set_)
+        check_labels(labels)
+        updated = self.store.set_labels(device_id, labels)
+        self.store.add_event(time.time(), actor, "device.label", f"device/{device_id}", {"set": set_, "remove": remove})
+        return updated
+
+    def state(
+        self, device: Device, desired: Desired | object | None = _LOOKUP, *, now: float | None = None
+    ) -> DeviceState:
+        """The derived state of `device` now (`desired` as already read, or looked up when not given)."""
+        if not isinstance(desired, Desired | None):
+            desired = self.store.get_desired(device.id)
+        return derive_state(device, desired, now=time.time() if now is None else now, settings=self.settings)

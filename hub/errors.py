@@ -1,0 +1,91 @@
+"""Typed errors of the hub. Each carries a stable `code` and the HTTP status it maps to (in one place: hub.api)."""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+    code = "hub_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(HubError):
+    """The request or file is not acceptable; the message says why."""
+
+    code = "invalid_input"
+    status = 400
+
+
+class InvalidSelector(InvalidInput):
+    """A label selector does not parse; the message names the position."""
+
+    code = "invalid_selector"
+
+
+class InvalidModel(InvalidInput):
+    """An uploaded model failed validation; nothing was stored."""
+
+    code = "invalid_model"
+
+
+class NotFound(HubError):
+    """The named model, version, device or blob does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(HubError):
+    """The request contradicts what is stored (duplicate id, a version still wanted by devices)."""
+
+    code = "conflict"
+    status = 409
+
+
+class TooLarge(HubError):
+    """An upload or payload exceeds its configured limit."""
+
+    code = "too_large"
+    status = 413
+
+
+class Unauthorized(HubError):
+    """No bearer token, or one the hub does not know."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(HubError):
+    """The token's role is too low for the request."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotInitialised(HubError):
+    """The data directory has no hub in it: run `edgefleet hub init` first."""
+
+    code = "not_initialised"
+    status = 503
+
+
+class BrokerError(HubError):
+    """The MQTT broker cannot be started or reached."""
+
+    code = "broker_unavailable"
+    status = 503
+
+
+class RateLimited(HubError):
+    """Too many failed authentications (or messages) from one sender; retry after the delay given."""
+
+    code = "rate_limited"
+    status = 429

@@ -1,0 +1,145 @@
+"""Ingestion of status/birth, reported state, telemetry, wants and command acks from the MQTT link.
+
+`Ingestor.handle(topic, payload)` runs on the MQTT thread: it parses the topic, refuses oversized,
+malformed or foreign messages (counted by kind and reason, logged with a rate limit, never raised), and
+queues good ones for the store's writer, which writes them in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from fleet.codec import decode
+from fleet.errors import InvalidTopic, MessageError
+from fleet.messages import CommandAck, DeviceStatus, ReportedState, TelemetryWindow, Want
+from fleet.topics import ParsedTopic, TopicKind, Topics
+from hub.store import Store
+from hub.transfer import ChunkServer
+
+log = logging.getLogger(__name__)
+_PARSE_CACHE = 100_000
+
+
+class Ingestor:
+    """Turns MQTT messages into store writes and chunk wants; counts everything it accepts or refuses."""
+
+    def __init__(
+        self,
+        store: Store,
+        topics: Topics,
+        *,
+        is_enrolled: Callable[[str], bool],
+        chunk_server: ChunkServer,
+        max_message_bytes: int,
+        on_ack: Callable[[CommandAck], None] | None = None,
+        allow_telemetry: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.is_enrolled = is_enrolled
+        self.chunk_server = chunk_server
+        self.max_message_bytes = max_message_bytes
+        self.on_ack = on_ack
+        self.allow_telemetry = allow_telemetry  # a per-device rate limit (hub.security)
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
+
+    def _reject(self, kind: str, reason: str, topic: str, detail: str = "") -> None:
+        key = (kind, reason)
+        self.rejected[key] += 1
+        n = self.rejected[key]
+        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
+            log.warning("ingest: refused %s message on %s (%s, #%d): %s", kind, topic[:200], reason, n, detail[:300])
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one message. Never raises on bad input."""
+        parsed = self._parsed.get(topic)
+        if parsed is None:
+            try:
+                parsed = self.topics.parse(topic)
+            except InvalidTopic as e:
+                self._reject("unknown", "bad_topic", topic, str(e))
+                return
+            if len(self._parsed) >= _PARSE_CACHE:
+                self._parsed.clear()
+            self._parsed[topic] = parsed
+        kind = parsed.kind
+        if len(payload) > self.max_message_bytes:
+            self._reject(kind.value, "oversized", topic, f"{len(payload)} bytes")
+            return
+        if not payload:
+            return  # a cleared retained message
+        if (
+            kind is TopicKind.TELEMETRY and self.allow_telemetry is not None and parsed.device_id is not None
+            and self.is_enrolled(parsed.device_id) and not self.allow_telemetry(parsed.device_id)
+        ):  # fmt: skip
+            self._reject(kind.value, "rate_limited", topic, "telemetry flood: the device's rate limit is spent")
+            return
+        now = time.time()
+        try:
+            if kind is TopicKind.TELEMETRY:
+                self._device_msg(kind, topic, parsed.device_id, decode(payload, TelemetryWindow), now)
+            elif kind is TopicKind.STATUS:
+                self._device_msg(kind, topic, parsed.device_id, decode(payload, DeviceStatus), now)
+            elif kind is TopicKind.REPORTED:
+                self._device_msg(kind, topic, parsed.device_id, decode(payload, ReportedState), now)
+            elif kind is TopicKind.WANT:
+                want = decode(payload, Want)
+                if want.sha256 != parsed.sha256:
+                    self._reject(kind.value, "foreign", topic, "want names another blob than its topic")
+                elif not self.is_enrolled(want.device_id):
+                    self._reject(kind.value, "unknown_device", topic, want.device_id)
+                elif self.chunk_server.want(want):
+                    self.accepted[kind.value] += 1
+                else:
+                    self._reject(kind.value, "unknown_blob", topic, want.sha256)
+            elif kind is TopicKind.CMD_ACK:
+                ack = decode(payload, CommandAck)
+                if ack.device_id != parsed.device_id:
+                    self._reject(kind.value, "foreign", topic, "device id differs from the topic")
+                    return
+                self.accepted[kind.value] += 1
+                if self.on_ack is not None:
+                    self.on_ack(ack)
+            else:
+                self._reject(kind.value, "unexpected_topic", topic, "the hub does not consume this topic")
+        except MessageError as e:
+            self._reject(kind.value, "malformed", topic, str(e))
+
+    def _device_msg(
+        self, kind: TopicKind, topic: str, device_id: str | None, msg: TelemetryWindow | DeviceStatus | ReportedState,
+        now: float,
+    ) -> None:  # fmt: skip
+        if msg.device_id != device_id:
+            self._reject(kind.value, "foreign", topic, f"payload names device {msg.device_id!r}")
+            return
+        if not self.is_enrolled(msg.device_id):
+            self._reject(kind.value, "unknown_device", topic, msg.device_id)
+            return
+        if isinstance(msg, TelemetryWindow):
+            ok = self.store.enqueue_telemetry(msg, now)
+        elif isinstance(msg, DeviceStatus):
+            ok = self.store.enqueue_status(msg, now)
+        else:
+            ok = self.store.enqueue_reported(msg, now)
+        if ok:
+            self.accepted[kind.value] += 1
+        else:
+            self._reject(kind.value, "queue_full", topic, "the store's writer is behind")
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.snapshot()[1].values())
+
+    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Copies of the accepted and rejected counters, safe to take from any thread."""
+        for _ in range(10):
+            try:  # the MQTT thread may add a key while we copy
+                return dict(self.accepted), dict(self.rejected)
+            except RuntimeError:
+                continue
+        return {}, {}

@@ -1,0 +1,60 @@
+"""Prometheus metrics of one hub, collected at scrape time from the counters the parts keep anyway."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+
+class HubCollector(Collector):
+    """Reads ingest, store, transfer and fleet figures from a running hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        accepted_counts, rejected_counts = hub.ingest.snapshot()
+        accepted = CounterMetricFamily("edgefleet_hub_ingest_accepted", "messages accepted by kind", labels=["kind"])
+        for kind, n in sorted(accepted_counts.items()):
+            accepted.add_metric([kind], n)
+        yield accepted
+        rejected = CounterMetricFamily(
+            "edgefleet_hub_ingest_rejected", "messages refused by kind and reason", labels=["kind", "reason"]
+        )
+        for (kind, reason), n in sorted(rejected_counts.items()):
+            rejected.add_metric([kind, reason], n)
+        yield rejected
+        st = hub.store.ingest_stats()
+        yield CounterMetricFamily("edgefleet_hub_telemetry_persisted", "windows written", st.telemetry_persisted)
+        yield CounterMetricFamily("edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates)
+        yield CounterMetricFamily("edgefleet_hub_store_write_errors", "failed ingest batches", st.write_errors)
+        yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.store.queue_depth)
+        t = hub.chunks.stats
+        yield CounterMetricFamily("edgefleet_hub_chunks_published", "chunks published", t.chunks_published)
+        yield CounterMetricFamily("edgefleet_hub_chunk_bytes_published", "chunk bytes published", t.bytes_published)
+        yield CounterMetricFamily("edgefleet_hub_chunk_wants", "want messages accepted", t.wants)
+        yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
+        states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
+        counts: dict[str, int] = {}
+        desired = {s.device_id: s for s in hub.store.list_desired()}
+        for d in hub.store.list_devices():
+            state = hub.devices.state(d, desired.get(d.id)).value
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in sorted(counts.items()):
+            states.add_metric([state], n)
+        yield states
+
+
+def metrics_text(hub: Hub) -> bytes:
+    """The Prometheus exposition text of `hub`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    return generate_latest(registry)

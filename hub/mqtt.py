@@ -1,0 +1,169 @@
+"""The hub's MQTT link: the only module that imports paho. Connects, re-subscribes, dispatches, publishes.
+
+Speaks MQTT 3.1.1 or 5 to any broker (Mosquitto, EMQX, HiveMQ). The session is persistent (clean session
+off, a stable client id), so QoS 1 messages sent while the hub restarts wait at the broker. paho
+reconnects by itself; every (re)connect re-subscribes and calls `on_connect` so the hub can republish.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from hub.errors import BrokerError, InvalidInput
+
+log = logging.getLogger(__name__)
+MessageHandler = Callable[[str, bytes], None]
+SESSION_EXPIRY_S = 3600
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls). Raises InvalidInput otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise InvalidInput(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as e:
+        raise InvalidInput(f"broker URL {url!r}: {e}") from e
+    return parts.hostname, port, tls
+
+
+class MqttLink:
+    """One paho client with a network thread, subscriptions that survive reconnects, bounded publishing."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        on_message: MessageHandler,
+        subscriptions: list[tuple[str, int]],
+        on_connect: Callable[[], None] | None = None,
+        mqtt_version: str = "3.1.1",
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        ca_pem: str | None = None,
+    ) -> None:
+        self.url = url
+        self.host, self.port, tls = parse_broker_url(url)
+        self._v5 = mqtt_version == "5"
+        self._handler = on_message
+        self._subscriptions = list(subscriptions)
+        self._on_connect_cb = on_connect
+        self._keepalive = keepalive_s
+        self._connected = threading.Event()
+        self.connects = 0
+        self.handler_errors = 0
+        protocol = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
+        kwargs: dict[str, object] = {} if self._v5 else {"clean_session": False}
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)  # type: ignore[arg-type]
+        if username:
+            self._client.username_pw_set(username, password)
+        if tls:
+            self._client.tls_set_context(ssl.create_default_context(cadata=ca_pem or None))
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(1, 5)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect and start the network thread; raises BrokerError if not connected within `timeout`."""
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            if self._v5:
+                self._client.connect_async(self.host, self.port, self._keepalive, clean_start=False, properties=props)
+            else:
+                self._client.connect_async(self.host, self.port, self._keepalive)
+        except (OSError, ValueError) as e:
+            raise BrokerError(f"cannot connect to {self.url}: {e}") from e
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            self._client.loop_stop()
+            raise BrokerError(f"no MQTT connection to {self.url} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- callbacks (paho's network thread) -----------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("mqtt: connection to %s refused: %s", self.url, reason)
+            return
+        self.connects += 1
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos)
+        self._connected.set()
+        log.info("mqtt: connected to %s (connect #%d)", self.url, self.connects)
+        if self._on_connect_cb is not None:
+            try:
+                self._on_connect_cb()
+            except Exception:
+                log.exception("mqtt: on_connect callback failed")
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
+        self._connected.clear()
+        log.info("mqtt: disconnected from %s: %s", self.url, reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._handler(msg.topic, bytes(msg.payload))
+        except Exception:
+            self.handler_errors += 1
+            log.exception("mqtt: handler failed on a message on %s", msg.topic[:200])
+
+    # -- publishing ---------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Queue a message for sending (non-blocking). paho keeps it until the broker acknowledges it."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+
+class BoundedPublisher:
+    """Publishes through a link keeping at most `max_inflight` messages unacknowledged (bounded memory)."""
+
+    def __init__(self, link: MqttLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
+        self.link = link
+        self.max_inflight = max_inflight
+        self.timeout_s = timeout_s
+        self._inflight: deque[mqtt.MQTTMessageInfo] = deque()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish, first waiting while too many earlier messages are unacknowledged."""
+        while self._inflight and self._inflight[0].is_published():
+            self._inflight.popleft()
+        deadline = time.monotonic() + self.timeout_s
+        while len(self._inflight) >= self.max_inflight:
+            info = self._inflight[0]
+            try:
+                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                self._inflight.popleft()  # not sent (connection lost): the agent wants the chunk again
+                continue
+            if info.is_published() or time.monotonic() >= deadline:
+                self._inflight.popleft()
+        self._inflight.append(self.link.publish(topic, payload, qos=qos))

@@ -1,0 +1,148 @@
+"""The model registry: uploads streamed to disk, validated by `models`, stored content-addressed by sha256."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.chunks import plan_file
+from fleet.messages import BlobManifest, ModelRef
+from hub.errors import InvalidModel, NotFound, TooLarge
+from hub.store import ModelVersion, Store
+from models.descriptor import ModelDescriptor
+from models.errors import ModelError
+from models.validate import validate
+
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the stored version, and whether it was new (False: the same bytes were there)."""
+
+    version: ModelVersion
+    created: bool
+
+
+class Registry:
+    """Models, versions and blobs. Transport-free: the API and the CLI both call this."""
+
+    def __init__(self, store: Store, blob_dir: Path, tmp_dir: Path, *, chunk_size: int) -> None:
+        self.store = store
+        self.blob_dir = blob_dir
+        self.tmp_dir = tmp_dir
+        self.chunk_size = chunk_size
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob with this digest lives (whether or not it exists)."""
+        return self.blob_dir / sha256[:2] / sha256
+
+    def receive(self, blocks: Iterable[bytes], *, max_bytes: int) -> Path:
+        """Stream `blocks` into a new temporary file; TooLarge (file removed) beyond `max_bytes`."""
+        path = self.tmp_dir / f"upload-{uuid.uuid4().hex}.onnx"
+        size = 0
+        try:
+            with path.open("wb") as f:
+                for block in blocks:
+                    size += len(block)
+                    if size > max_bytes:
+                        raise TooLarge(f"upload exceeds the {max_bytes}-byte limit")
+                    f.write(block)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def cleanup_tmp(self, older_than_s: float = 3600.0) -> None:
+        """Remove abandoned uploads."""
+        cutoff = time.time() - older_than_s
+        for p in self.tmp_dir.glob("upload-*"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+
+    def push(
+        self, upload: Path, descriptor: dict[str, Any] | ModelDescriptor, *, actor: str, filename: str | None = None
+    ) -> PushResult:
+        """Validate the uploaded file against its description and register it. The upload file is consumed.
+
+        `filename` is the client's name of the file, used in error messages instead of the temporary name.
+
+        Raises:
+            InvalidModel: the description or the file fails validation (the reason is in the message).
+            Conflict: the name and version exist with other bytes.
+        """
+        try:
+            try:
+                d = descriptor if isinstance(descriptor, ModelDescriptor) else ModelDescriptor.from_json(descriptor)
+                report = validate(upload, d)
+            except ModelError as e:
+                raise InvalidModel(str(e).replace(upload.name, filename or "the upload")) from e
+            existing = self.store.get_model_version(d.name, d.version)
+            if existing is not None and existing.sha256 == report.sha256:
+                return PushResult(existing, created=False)
+            manifest = plan_file(upload, self.chunk_size)
+            dest = self.blob_path(report.sha256)
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with upload.open("rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(upload, dest)
+            mv = ModelVersion(
+                name=d.name, version=d.version, task=d.task.value, sha256=report.sha256, size=report.size,
+                descriptor=report.descriptor.to_json(), manifest=manifest.model_dump(mode="json"),
+                created_at=time.time(), created_by=actor,
+            )  # fmt: skip
+            try:
+                stored = self.store.add_model_version(mv)
+            except BaseException:
+                if self.store.blob_manifest(report.sha256) is None:  # no other version holds these bytes
+                    dest.unlink(missing_ok=True)
+                raise
+            self.store.add_event(
+                time.time(), actor, "model.push", f"model/{d.name}:{d.version}",
+                {"sha256": report.sha256, "size": report.size, "opset": report.opset},
+            )  # fmt: skip
+            return PushResult(stored, created=True)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        """A version, or NotFound."""
+        mv = self.store.get_model_version(name, version)
+        if mv is None:
+            raise NotFound(f"model {name}:{version} does not exist")
+        return mv
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        """All versions (of one model when `name` is given; NotFound if it has none)."""
+        out = self.store.list_model_versions(name)
+        if name is not None and not out:
+            raise NotFound(f"model {name} does not exist")
+        return out
+
+    def delete(self, name: str, version: str, *, actor: str) -> None:
+        """Delete a version; Conflict while a device still wants it, NotFound if absent."""
+        mv = self.get(name, version)
+        if self.store.delete_model_version(name, version):
+            self.blob_path(mv.sha256).unlink(missing_ok=True)
+        self.store.add_event(time.time(), actor, "model.delete", f"model/{name}:{version}", {"sha256": mv.sha256})
+
+    def model_ref(self, name: str, version: str) -> ModelRef:
+        """The ModelRef an agent needs for this version (its manifest and description)."""
+        mv = self.get(name, version)
+        return ModelRef(
+            name=mv.name,
+            version=mv.version,
+            task=mv.task,
+            blob=BlobManifest.model_validate(mv.manifest),
+            descriptor=mv.descriptor,
+        )

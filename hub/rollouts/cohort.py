@@ -1,0 +1,147 @@
+"""What the controller sees of each device (`DeviceView`), what it wants it to run (`Target`), and the derived
+per-device state inside a rollout (pending, shadowing, updating, active, failed, offline, ...).
+
+Transport-free: the engine builds `DeviceView`s from the store; tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.rollouts.model import DeviceEntry, Rollout, RolloutState, Wave, WavePhase
+
+Ref = tuple[str, str]  # (model name, version)
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One device as the hub knows it: labels, reachability, its stored desired state, its last report."""
+
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    online: bool = True
+    desired_version: int | None = None
+    desired_rollout: str | None = None
+    desired_model: Ref | None = None
+    desired_shadow: Ref | None = None
+    desired_runtime: dict[str, Any] = field(default_factory=dict)
+    accepted: int | None = None
+    phase: str | None = None
+    active: Ref | None = None
+    shadow: Ref | None = None
+    error_code: str | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        """The device has accepted its stored desired state (its reports are about it)."""
+        return self.desired_version is not None and self.accepted is not None and self.accepted >= self.desired_version
+
+
+@dataclass(frozen=True)
+class Target:
+    """The desired state the rollout wants a device to have."""
+
+    device_id: str
+    model: Ref | None
+    shadow: Ref | None = None
+    shadow_rate: float | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    step: str = ""
+
+    def published(self, view: DeviceView | None, rollout_id: str) -> bool:
+        """True when the device's stored desired state already is this target (from this rollout)."""
+        return (
+            view is not None
+            and view.desired_rollout == rollout_id
+            and view.desired_model == self.model
+            and view.desired_shadow == self.shadow
+        )
+
+
+def candidate(r: Rollout) -> Ref:
+    """The version the rollout brings."""
+    return (r.spec.model, r.spec.version)
+
+
+def previous(entry: DeviceEntry) -> Ref | None:
+    """What the device's desired state named before the rollout (None: no model)."""
+    if entry.prev_model is None or entry.prev_version is None:
+        return None
+    return (entry.prev_model, entry.prev_version)
+
+
+def in_shadow(wave: Wave) -> bool:
+    """The wave runs (or failed while running) the candidate as a shadow."""
+    return wave.phase.shadow or (
+        wave.phase is WavePhase.FAILED and wave.failed_in is not None and wave.failed_in.shadow
+    )
+
+
+def target_for(r: Rollout, device_id: str) -> Target | None:
+    """The target of one device now (None: the rollout leaves it alone)."""
+    entry = r.devices.get(device_id)
+    if entry is None or entry.left_at is not None or not r.state.active:
+        return None
+    wave = r.waves[entry.wave]
+    if wave.phase is WavePhase.PENDING:
+        return None
+    prev = previous(entry)
+    if r.state is RolloutState.ROLLING_BACK:
+        return Target(device_id, prev, runtime=entry.prev_runtime, step=f"{r.id}/rollback")
+    if in_shadow(wave):
+        if prev is None:
+            return None  # nothing to compare with: it sits the shadow phase out
+        if wave.phase is WavePhase.FAILED:
+            return Target(device_id, prev, runtime=entry.prev_runtime, step=f"{r.id}/w{wave.index}/shadow-stop")
+        return Target(
+            device_id, prev, shadow=candidate(r), shadow_rate=r.spec.shadow_rate, runtime=entry.prev_runtime,
+            step=f"{r.id}/w{wave.index}/shadow",
+        )  # fmt: skip
+    return Target(device_id, candidate(r), runtime=entry.prev_runtime, step=f"{r.id}/w{wave.index}/activate")
+
+
+def targets(r: Rollout) -> list[Target]:
+    """Every device's target now, in device order."""
+    return [t for d in sorted(r.devices) if (t := target_for(r, d)) is not None]
+
+
+def classify(r: Rollout, device_id: str, view: DeviceView | None) -> str:
+    """The device's state within the rollout.
+
+    One of: left, pending, no_baseline, offline, updating, shadowing, active, failed, rolled_back.
+    """
+    entry = r.devices[device_id]
+    if entry.left_at is not None or view is None:
+        return "left"
+    wave = r.waves[entry.wave]
+    if wave.phase is WavePhase.PENDING:
+        return "pending"
+    target = target_for(r, device_id)
+    rolling = r.state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
+    if target is None and not rolling:
+        if in_shadow(wave) and previous(entry) is None:
+            return "no_baseline"
+        target = Target(device_id, candidate(r))
+    if not view.online:
+        return "offline"
+    if rolling:
+        prev = previous(entry)
+        back = view.caught_up and view.desired_rollout == r.id and view.desired_model == prev
+        return "rolled_back" if back and (prev is None or view.active == prev) else "updating"
+    assert target is not None
+    if not target.published(view, r.id) or not view.caught_up:
+        return "updating"
+    if wave.phase is WavePhase.FAILED and target.shadow is None and in_shadow(wave):
+        return "rolled_back" if view.shadow is None else "updating"  # the shadow was withdrawn
+    if target.shadow is not None:
+        if view.shadow == target.shadow:
+            return "shadowing"
+        if view.phase == "failed" or (view.error_code or "").startswith("shadow_"):
+            return "failed"
+        return "updating"
+    if view.phase == "failed":
+        return "failed"
+    if target.model is not None and view.active == target.model and view.phase == "active":
+        return "active"
+    return "updating"

@@ -1,0 +1,254 @@
+"""The rollout engine: persists rollouts in the hub store, ticks the controller, publishes desired states.
+
+Order of every tick, per active rollout: build the fleet view, run `controller.step`, store the new record
+(before anything else), log its events, then sign and publish the targets the store does not already hold
+for that device from this rollout. Publishing is therefore idempotent: after a crash at any point, the next
+tick (of this hub or a restarted one) publishes exactly what is missing, never a second desired state for
+a step a device already has. Operator commands and the tick take the same lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fleet.histogram import Histogram
+from fleet.messages import ModelRef, RuntimeOptions, ShadowSpec
+from hub.deploy import Deployer
+from hub.errors import HubError, NotFound
+from hub.registry import Registry
+from hub.rollouts.cohort import DeviceView, Ref, Target, targets
+from hub.rollouts.controller import Command, Event, command, new_rollout, step
+from hub.rollouts.errors import RolloutConflict
+from hub.rollouts.gates import Totals
+from hub.rollouts.model import Rollout, RolloutSpec
+from hub.settings import DeviceSettings, RolloutSettings
+from hub.store import Store
+
+log = logging.getLogger(__name__)
+COLLECTION = "rollouts"
+
+
+def _ref(model: Any) -> Ref | None:
+    if not isinstance(model, dict) or "name" not in model or "version" not in model:
+        return None
+    return (str(model["name"]), str(model["version"]))
+
+
+def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, DeviceView]:
+    """Every enrolled device as the controller sees it (labels, reachability, desired and reported state)."""
+    desired = {s.device_id: s for s in store.list_desired_summaries()}
+    out: dict[str, DeviceView] = {}
+    for d in store.list_devices():
+        s = desired.get(d.id)
+        rep = d.reported or {}
+        online = d.status == "online" and d.last_seen is not None and now - d.last_seen <= settings.stale_after_s
+        out[d.id] = DeviceView(
+            id=d.id, labels=d.labels, online=online, desired_version=s.version if s else None,
+            desired_rollout=s.rollout_id if s else None,
+            desired_model=(s.model_name, s.model_version) if s and s.model_name and s.model_version else None,
+            desired_shadow=(s.shadow_name, s.shadow_version) if s and s.shadow_name and s.shadow_version else None,
+            desired_runtime=s.runtime if s else {}, accepted=rep.get("desired_version"), phase=rep.get("phase"),
+            active=_ref(rep.get("active")), shadow=_ref(rep.get("shadow")),
+            error_code=(rep.get("error") or {}).get("code"),
+        )  # fmt: skip
+    return out
+
+
+class StoreTelemetry:
+    """`TelemetryView` over the hub store's raw telemetry windows (summed in one query per call)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
+        return [
+            Totals(
+                model_version=t.model_version,
+                requests=t.requests,
+                errors=t.errors,
+                latency=Histogram(counts=t.latency_counts, sum_ms=max(t.latency_sum_ms, 0.0)),
+                devices=t.devices,
+                shadow_version=t.shadow_version,
+                shadow_samples=t.shadow_samples,
+                shadow_agreements=t.shadow_agreements,
+            )
+            for t in self.store.telemetry_totals(device_ids, since=since, until=until)
+        ]
+
+
+class RolloutEngine:
+    """Owns the rollouts of one hub: start, commands, status, and the tick that drives them."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        deployer: Deployer,
+        settings: RolloutSettings,
+        device_settings: DeviceSettings,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.deployer = deployer
+        self.settings = settings
+        self.device_settings = device_settings
+        self.telemetry = StoreTelemetry(store)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tick_errors = 0
+        self._active: dict[str, Rollout] = {}
+        for key, doc in store.list_docs(COLLECTION):
+            try:
+                r = Rollout.model_validate(doc)
+            except ValueError:
+                log.exception("rollouts: stored rollout %s does not load; left as it is", key)
+                continue
+            if r.state.active:
+                self._active[r.id] = r
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Tick every `tick_interval_s` on a background thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking (what is stored stays; a new engine continues from it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.tick_interval_s):
+            try:
+                self.tick()
+            except Exception:  # the loop never dies: the next tick retries from the stored record
+                self.tick_errors += 1
+                log.exception("rollouts: tick failed; retrying at the next interval")
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def get(self, rollout_id: str) -> Rollout:
+        """A rollout by id, or NotFound."""
+        with self._lock:
+            if rollout_id in self._active:
+                return self._active[rollout_id]
+        doc = self.store.get_doc(COLLECTION, rollout_id)
+        if doc is None:
+            raise NotFound(f"rollout {rollout_id} does not exist")
+        return Rollout.model_validate(doc)
+
+    def all(self) -> list[Rollout]:
+        """Every rollout, newest first."""
+        found = [Rollout.model_validate(doc) for _k, doc in self.store.list_docs(COLLECTION)]
+        return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def fleet(self, now: float | None = None) -> dict[str, DeviceView]:
+        """The fleet view the controller sees now."""
+        return fleet_view(self.store, self.device_settings, time.time() if now is None else now)
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def _claimed(self, exclude: str | None = None) -> dict[str, str]:
+        return {
+            d: r.id for r in self._active.values() if r.id != exclude for d, e in r.devices.items() if e.left_at is None
+        }
+
+    def _save(self, r: Rollout, events: list[Event], actor: str, now: float) -> None:
+        self.store.put_doc(COLLECTION, r.id, r.model_dump(mode="json"))
+        for action, details in events:
+            self.store.add_event(now, actor, action, f"rollout/{r.id}", details)
+        if r.state.active:
+            self._active[r.id] = r
+        else:
+            self._active.pop(r.id, None)
+
+    def start_rollout(self, spec: RolloutSpec, *, actor: str, now: float | None = None) -> Rollout:
+        """Create a rollout (its first wave starts at the next tick).
+
+        Raises:
+            NotFound: the model version is not registered.
+            InvalidSelector, NoTargets, RolloutConflict: see `controller.new_rollout`.
+        """
+        now = time.time() if now is None else now
+        self.registry.get(spec.model, spec.version)
+        with self._lock:
+            rollout_id = f"r-{uuid.uuid4().hex[:12]}"
+            r = new_rollout(rollout_id, spec, self.fleet(now), claimed=self._claimed(), actor=actor, now=now)
+            details = {"model": spec.model, "version": spec.version, "selector": spec.selector,
+                       "devices": len(r.devices), "waves": spec.waves}  # fmt: skip
+            self._save(r, [("rollout.start", details)], actor, now)
+        return r
+
+    def command(
+        self, rollout_id: str, action: Command, *, actor: str, reason: str | None = None, now: float | None = None
+    ) -> Rollout:
+        """Pause, resume, abort or roll back a rollout (InvalidTransition when its state does not allow it)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            r = self.get(rollout_id)
+            if action == "rollback" and not r.state.active:
+                taken = sorted(d for d in self._claimed(exclude=r.id) if d in r.devices)
+                if taken:
+                    raise RolloutConflict(
+                        f"cannot roll back {r.id}: {len(taken)} of its devices are now in another active rollout"
+                    )
+            r, events = command(r, action, now=now, reason=reason)
+            self._save(r, events, actor, now)
+            if r.state.active:
+                self._publish(r, self.fleet(now), now)
+        return r
+
+    def tick(self, now: float | None = None) -> None:
+        """Advance every active rollout once (the background thread calls this)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if not self._active:
+                return
+            fleet = self.fleet(now)
+            for rollout_id in sorted(self._active):
+                r = self._active[rollout_id]
+                s = step(
+                    r, fleet, self.telemetry, now=now, grace_s=self.settings.telemetry_grace_s,
+                    claimed=set(self._claimed(exclude=rollout_id)),
+                )  # fmt: skip
+                if s.rollout != r:
+                    self._save(s.rollout, s.events, "rollout-controller", now)
+                self._send(s.rollout, s.targets, fleet)
+
+    def _publish(self, r: Rollout, fleet: dict[str, DeviceView], now: float) -> None:
+        self._send(r, targets(r), fleet)
+
+    def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView]) -> int:
+        """Sign and publish the targets the store does not hold yet, grouped by content."""
+        groups: dict[str, list[Target]] = {}
+        for t in wanted:
+            if not t.published(fleet.get(t.device_id), r.id):
+                key = json.dumps([t.model, t.shadow, t.shadow_rate, t.runtime], sort_keys=True)
+                groups.setdefault(key, []).append(t)
+        sent = 0
+        for group in groups.values():
+            t = group[0]
+            try:
+                model = self._model_ref(t.model)
+                shadow_ref = self._model_ref(t.shadow)
+                shadow = ShadowSpec(model=shadow_ref, sample_rate=t.shadow_rate or 1.0) if shadow_ref else None
+                runtime = RuntimeOptions.model_validate(t.runtime) if t.runtime else None
+                ids = [x.device_id for x in group]
+                self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id)
+                sent += len(ids)
+            except (HubError, ValueError) as e:
+                log.error("rollouts: %s cannot publish step %s to %d device(s): %s", r.id, t.step, len(group), e)
+        if sent:
+            log.info("rollouts: %s published %d desired state(s)", r.id, sent)
+        return sent
+
+    def _model_ref(self, ref: Ref | None) -> ModelRef | None:
+        return None if ref is None else self.registry.model_ref(*ref)

@@ -1,0 +1,165 @@
+"""Gates: activation failures, availability, error rate, p95 latency against the control cohort, shadow agreement.
+
+Each gate is a pure function from telemetry totals (`Totals`) and thresholds to a `GateResult` that
+carries the numbers it judged. A gate with too little data records `no_data`, which does not fail the wave
+(the record shows it; `min_requests` sets how much is enough).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from fleet.histogram import Histogram, merge_all
+from hub.rollouts.model import GateResult, GateSpec
+
+Phase = Literal["shadow", "activation"]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Telemetry of some devices over a time range, summed per model version and shadow candidate."""
+
+    model_version: str | None
+    requests: int
+    errors: int
+    latency: Histogram
+    devices: int = 1
+    shadow_version: str | None = None
+    shadow_samples: int = 0
+    shadow_agreements: int = 0
+
+
+class TelemetryView(Protocol):
+    """Read access to telemetry (the engine implements it over the hub store)."""
+
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
+        """Windows of these devices that start in [since, until), summed per (model version, shadow candidate)."""
+
+
+def _p95(groups: Iterable[Totals]) -> tuple[float | None, int]:
+    h = merge_all(g.latency for g in groups)
+    return h.quantile(0.95), h.count
+
+
+def activation_gate(
+    phase: Phase, failed: Sequence[str], *, ready: int, total: int, spec: GateSpec, now: float
+) -> GateResult:
+    """Fail when more devices failed to activate (or load the shadow) than allowed."""
+    ok = len(failed) <= spec.max_activation_failures
+    return GateResult(
+        name="activation", phase=phase, status="pass" if ok else "fail", value=float(len(failed)),
+        threshold=float(spec.max_activation_failures),
+        measured={"failed": len(failed), "ready": ready, "devices": total, "failed_devices": list(failed)[:20]},
+        detail=f"{len(failed)} of {total} device(s) failed to {'load the shadow' if phase == 'shadow' else 'activate'}",
+        at=now,
+    )  # fmt: skip
+
+
+def availability_gate(phase: Phase, *, ready: int, offline: Sequence[str], total: int, now: float) -> GateResult:
+    """Fail when no device of the wave got ready before the offline timeout (nothing to judge)."""
+    ok = ready > 0
+    return GateResult(
+        name="availability", phase=phase, status="pass" if ok else "fail", value=float(ready), threshold=1.0,
+        measured={"ready": ready, "offline": len(offline), "devices": total, "offline_devices": list(offline)[:20]},
+        detail=f"{ready} of {total} device(s) ready; {len(offline)} offline set aside",
+        at=now,
+    )  # fmt: skip
+
+
+def error_rate_gate(
+    wave: Sequence[Totals], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
+) -> GateResult | None:
+    """Errors / requests of the wave's devices while they ran the candidate."""
+    if spec.max_error_rate is None:
+        return None
+    mine = [w for w in wave if w.model_version == candidate]
+    requests = sum(w.requests for w in mine)
+    errors = sum(w.errors for w in mine)
+    base = {"requests": requests, "errors": errors, "devices": sum(w.devices for w in mine)}
+    if requests < spec.min_requests:
+        return GateResult(
+            name="error_rate", phase="activation", status="no_data", threshold=spec.max_error_rate, measured=base,
+            detail=f"only {requests} request(s) on the candidate (need {spec.min_requests})",
+            since=since, until=until, at=now,
+        )  # fmt: skip
+    rate = errors / requests
+    ok = rate <= spec.max_error_rate
+    return GateResult(
+        name="error_rate", phase="activation", status="pass" if ok else "fail", value=rate,
+        threshold=spec.max_error_rate, measured=base,
+        detail=f"error rate {rate:.4f} {'<=' if ok else '>'} {spec.max_error_rate}", since=since, until=until, at=now,
+    )  # fmt: skip
+
+
+def p95_gate(
+    wave: Sequence[Totals],
+    control: Sequence[Totals],
+    baseline: Sequence[Totals],
+    candidate: str,
+    spec: GateSpec,
+    *,
+    since: float,
+    until: float,
+    now: float,
+) -> GateResult | None:
+    """p95 of the wave on the candidate against the control cohort (devices still on the old version).
+
+    The control is measured over the same window. When it has too little data (the last wave leaves no
+    device on the old version), the baseline is the wave's own devices on the old version over an equally
+    long window just before the wave started.
+    """
+    limit = spec.max_p95_regression
+    if limit is None:
+        return None
+    wave_p95, wave_n = _p95(w for w in wave if w.model_version == candidate)
+    ctl = [w for w in control if w.model_version is not None and w.model_version != candidate]
+    ref_p95, ref_n = _p95(ctl)
+    source = "control"
+    if ref_n < spec.min_requests:
+        ref_p95, ref_n = _p95(w for w in baseline if w.model_version is not None and w.model_version != candidate)
+        source = "baseline"
+    measured = {
+        "wave_p95_ms": wave_p95, "wave_requests": wave_n, "control_p95_ms": ref_p95, "control_requests": ref_n,
+        "control_source": source, "control_devices": sum(w.devices for w in ctl),
+    }  # fmt: skip
+    if wave_n < spec.min_requests or ref_n < spec.min_requests or not wave_p95 or not ref_p95:
+        return GateResult(
+            name="p95_latency", phase="activation", status="no_data", threshold=limit, measured=measured,
+            detail=f"not enough requests to compare (wave {wave_n}, {source} {ref_n}; need {spec.min_requests})",
+            since=since, until=until, at=now,
+        )  # fmt: skip
+    regression = (wave_p95 - ref_p95) / ref_p95
+    ok = regression <= limit
+    return GateResult(
+        name="p95_latency", phase="activation", status="pass" if ok else "fail", value=regression, threshold=limit,
+        measured=measured,
+        detail=f"p95 {wave_p95:.2f} ms vs {source} {ref_p95:.2f} ms: {regression:+.1%} "
+        f"({'within' if ok else 'over'} {limit:.0%})",
+        since=since, until=until, at=now,
+    )  # fmt: skip
+
+
+def shadow_gate(
+    wave: Sequence[Totals], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
+) -> GateResult:
+    """Agreements / samples of the candidate running as a shadow beside the current model."""
+    mine = [w for w in wave if w.shadow_version == candidate]
+    samples = sum(w.shadow_samples for w in mine)
+    agreements = sum(w.shadow_agreements for w in mine)
+    measured = {"samples": samples, "agreements": agreements, "devices": sum(w.devices for w in mine)}
+    if samples < spec.min_requests:
+        return GateResult(
+            name="shadow_agreement", phase="shadow", status="no_data", threshold=spec.min_agreement,
+            measured=measured, detail=f"only {samples} shadow sample(s) (need {spec.min_requests})",
+            since=since, until=until, at=now,
+        )  # fmt: skip
+    rate = agreements / samples
+    ok = rate >= spec.min_agreement
+    return GateResult(
+        name="shadow_agreement", phase="shadow", status="pass" if ok else "fail", value=rate,
+        threshold=spec.min_agreement, measured=measured,
+        detail=f"agreement {rate:.4f} {'>=' if ok else '<'} {spec.min_agreement} over {samples} sample(s)",
+        since=since, until=until, at=now,
+    )  # fmt: skip

@@ -1,0 +1,226 @@
+"""The `Hub` runtime: store, signing key, broker, MQTT link, ingestion, chunk serving and services.
+
+Used in-process by tests, by `edgefleet hub serve`, and by later parts (rollouts, dashboard), which reach the
+services through its attributes: `registry`, `devices`, `deployer`, `telemetry`, `auth`, `store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from fleet.messages import CommandAck
+from fleet.signing import HubSigningKey
+from fleet.topics import TopicKind, Topics, spec
+from hub.acl import hub_account
+from hub.auth import Auth
+from hub.broker import LocalBroker
+from hub.deploy import Deployer
+from hub.devices import Devices
+from hub.errors import Conflict, NotInitialised
+from hub.ingest import Ingestor
+from hub.mqtt import BoundedPublisher, MqttLink
+from hub.registry import Registry
+from hub.rollouts.engine import RolloutEngine
+from hub.security import HubSecurity
+from hub.settings import HubSettings
+from hub.store import SqliteStore, open_store
+from hub.telemetry import TelemetryQueries
+from hub.transfer import ChunkServer
+
+log = logging.getLogger(__name__)
+_SUBSCRIBED = (TopicKind.STATUS, TopicKind.REPORTED, TopicKind.TELEMETRY, TopicKind.WANT, TopicKind.CMD_ACK)
+
+
+def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
+    """Create the data directory, database, signing key and the first admin token (returned, shown once).
+
+    Raises Conflict when the directory already holds a hub.
+    """
+    if settings.key_path.exists():
+        raise Conflict(f"{settings.data_dir} already holds a hub (its signing key exists)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.db_path)
+    try:
+        HubSigningKey.generate().save(settings.key_path)
+        store.set_meta("instance_id", uuid.uuid4().hex[:16])
+        token = Auth(store).create_token(admin_name, "admin", actor="hub init")
+        hub_account(settings.data_dir)  # the hub's own broker account (full rights under the prefix)
+        store.add_event(time.time(), "hub init", "hub.init", "hub", {"data_dir": str(settings.data_dir)})
+    finally:
+        store.close()
+    return token
+
+
+class Hub:
+    """One hub process. `start()` brings everything up; `stop()` takes it down in reverse order."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.api_url: str | None = settings.api.public_url
+        self.local_broker: LocalBroker | None = None
+        self.link: MqttLink | None = None
+        self._enrolled: set[str] = set()
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self.started = False
+        self.acks: list[CommandAck] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, start (or reach) the broker, connect and start serving. NotInitialised without init."""
+        s = self.settings
+        if not s.key_path.exists() or not s.db_path.exists():
+            raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
+        self.key = HubSigningKey.load(s.key_path)
+        self.store: SqliteStore = open_store(
+            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s
+        )
+        try:
+            self._start_services()
+        except BaseException:
+            self.stop()
+            raise
+        self.started = True
+
+    def _start_services(self) -> None:
+        s = self.settings
+        self.instance_id = self.store.get_meta("instance_id") or uuid.uuid4().hex[:16]
+        self.security = HubSecurity(s, self.store)
+        self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
+        self.auth = Auth(self.store)
+        self.registry = Registry(self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size)
+        self.registry.cleanup_tmp()
+        self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
+        self.telemetry = TelemetryQueries(self.store)
+        if s.broker.url is None:
+            self.local_broker = LocalBroker(s.broker, s.broker_dir, **self.security.local_broker_options())
+            self.security.set_reload(self.local_broker.reload)
+            self.local_broker.start()
+            self.broker_url = self.local_broker.url
+        else:
+            self.broker_url = s.broker.url
+        self.link = MqttLink(
+            self.broker_url,
+            client_id=f"edgefleet-hub-{self.instance_id}",
+            on_message=self._on_message,
+            subscriptions=[(self.topics.subscription(k, shared_group=s.broker.shared_group), 1) for k in _SUBSCRIBED],
+            on_connect=self._on_connect,
+            mqtt_version=s.broker.mqtt_version,
+            username=self.security.link_credentials()[0],
+            password=self.security.link_credentials()[1],
+            keepalive_s=s.broker.keepalive_s,
+            ca_pem=self.security.ca_pem,
+        )
+        link = self.link
+        self.deployer = Deployer(
+            self.store, self.key, self.topics,
+            lambda topic, payload, qos, retain: link.publish(topic, payload, qos=qos, retain=retain),
+            s.devices, registry=self.registry, devices=self.devices,
+        )  # fmt: skip
+        chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
+        chunk_qos = spec(TopicKind.CHUNK).qos
+        self.chunks = ChunkServer(
+            self.store, self.registry.blob_path, self.topics,
+            lambda topic, frame: chunk_pub.publish(topic, frame, qos=chunk_qos), s.transfer,
+        )  # fmt: skip
+        self.ingest = Ingestor(
+            self.store, self.topics, is_enrolled=self._enrolled.__contains__, chunk_server=self.chunks,
+            max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
+            allow_telemetry=self.security.allow_telemetry,
+        )  # fmt: skip
+        self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
+        self.chunks.start()
+        link.start()
+        self.rollouts.start()
+        self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
+        self._maintenance.start()
+
+    def stop(self) -> None:
+        """Stop serving: MQTT, chunk server, maintenance, store (queued writes are flushed), local broker."""
+        self._stop.set()
+        if getattr(self, "rollouts", None) is not None:
+            self.rollouts.stop()
+        if self.link is not None:
+            self.link.stop()
+        if getattr(self, "chunks", None) is not None:
+            self.chunks.stop()
+        if self._maintenance is not None:
+            self._maintenance.join(10)
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        if self.local_broker is not None:
+            self.local_broker.stop()
+        self.started = False
+
+    def __enter__(self) -> Hub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- callbacks ----------------------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.ingest.handle(topic, payload)
+
+    def _on_connect(self) -> None:
+        # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
+        # publishes through paho
+        threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
+
+    def _republish(self) -> None:
+        try:
+            n = self.deployer.republish_all()
+        except Exception:
+            log.exception("hub: republishing desired states failed")
+            return
+        if n:
+            log.info("hub: republished %d desired states after connecting", n)
+
+    def _on_enrolled(self, device_id: str) -> None:
+        self._enrolled.add(device_id)
+        self.security.enrolled(device_id)
+
+    def revoke_device(self, device_id: str, *, actor: str) -> bool:
+        """Revoke a device: its broker account goes (the broker reloads) and its messages are refused."""
+        changed = self.security.revoke(device_id, actor=actor)
+        self._enrolled.discard(device_id)
+        return changed
+
+    def _on_ack(self, ack: CommandAck) -> None:
+        self.acks = [*self.acks[-999:], ack]
+
+    def _bundle_fields(self) -> dict[str, Any]:
+        return {
+            "broker_url": self.settings.broker.public_url or self.broker_url,
+            "topic_prefix": self.settings.topic_prefix,
+            "hub_public_key": self.key.public.to_text(),
+            "api_url": self.api_url,
+            "ca_cert_pem": self.security.ca_pem,
+        }
+
+    def _maintain(self) -> None:
+        r = self.settings.retention
+        while not self._stop.wait(r.sweep_interval_s):
+            try:
+                now = time.time()
+                self.store.sweep(
+                    raw_before=now - r.telemetry_raw_s, rollup_before=now - r.rollup_s,
+                    raw_max_rows=r.telemetry_raw_max_rows,
+                )  # fmt: skip
+                self.deployer.refresh_expiring(now=now)
+            except Exception:
+                log.exception("hub: maintenance failed; retrying at the next interval")
+
+    # -- status -------------------------------------------------------------------------------------
+    @property
+    def mqtt_connected(self) -> bool:
+        return self.link is not None and self.link.connected
+
+    def is_enrolled(self, device_id: str) -> bool:
+        return device_id in self._enrolled

@@ -1,0 +1,272 @@
+"""Hub settings, grouped by concern, each field with its unit and why its default is what it is.
+
+Every field can be set from the environment: top-level fields as `EDGEFLEET_HUB_<FIELD>` (for example
+`EDGEFLEET_HUB_DATA_DIR`), grouped ones as `EDGEFLEET_HUB_<GROUP>_<FIELD>` (for example
+`EDGEFLEET_HUB_BROKER_URL`, `EDGEFLEET_HUB_API_PORT`, `EDGEFLEET_HUB_TRANSFER_RATE_LIMIT_BYTES_PER_S`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.chunks import DEFAULT_CHUNK_SIZE
+from fleet.codec import MAX_MESSAGE_BYTES
+from fleet.ids import DEFAULT_PREFIX, Prefix
+from hub.errors import InvalidInput
+
+ENV_PREFIX = "EDGEFLEET_HUB_"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerSettings(_Group):
+    """Which MQTT broker the hub uses, or how it runs its own."""
+
+    url: str | None = Field(
+        default=None,
+        description="mqtt://host:port or mqtts://host:port of an existing broker; None: start a local Mosquitto",
+    )
+    mqtt_version: Literal["3.1.1", "5"] = Field(default="3.1.1", description="protocol version to speak")
+    username: str | None = Field(default=None, description="the hub's broker account (None: anonymous)")
+    password: str | None = Field(default=None, description="password of the hub's broker account")
+    shared_group: str | None = Field(
+        default=None, description="MQTT 5 shared-subscription group for several hub replicas (None: plain)"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive, seconds")
+    mosquitto_binary: str | None = Field(default=None, description="local broker: mosquitto path (None: search)")
+    local_host: str = Field(default="127.0.0.1", description="local broker: listener address (loopback)")
+    local_port: int = Field(default=1883, ge=0, le=65535, description="local broker: port (0: pick a free one)")
+    public_url: str | None = Field(
+        default=None, description="broker URL put into device bundles when devices reach it by another name"
+    )
+    max_message_bytes: int = Field(
+        default=8 << 20,
+        ge=64 << 10,
+        description="local broker's message_size_limit; 8 MiB holds a 256 KiB chunk many times over",
+    )
+    restart_backoff_s: float = Field(default=1.0, gt=0, description="local broker: wait before a restart")
+
+
+class ApiSettings(_Group):
+    """The REST API."""
+
+    host: str = Field(default="127.0.0.1", description="listen address (loopback unless you front it with TLS)")
+    port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: pick a free one)")
+    public_url: str | None = Field(default=None, description="API URL put into device bundles (None: derived)")
+    max_upload_bytes: int = Field(
+        default=1 << 30, ge=1024, description="largest model upload; bigger ones get 413 before they are stored"
+    )
+
+
+class TransferSettings(_Group):
+    """Chunk serving."""
+
+    chunk_size: int = Field(
+        default=DEFAULT_CHUNK_SIZE,
+        ge=1024,
+        le=64 << 20,
+        description="bytes per chunk of newly pushed blobs (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
+    )
+    rate_limit_bytes_per_s: int = Field(
+        default=0, ge=0, description="cap on chunk bytes published per second (0: unlimited)"
+    )
+    round_interval_s: float = Field(
+        default=0.05, gt=0, le=10, description="how long wants are coalesced before a publishing round"
+    )
+    max_inflight: int = Field(
+        default=32, ge=1, le=10_000, description="chunks published but not yet acknowledged (bounds memory)"
+    )
+
+
+class IngestSettings(_Group):
+    """Ingestion of status, reported and telemetry messages."""
+
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
+    max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long the writer waits for more messages before committing (group commit; bounds "
+        "how stale API reads of fresh telemetry can be)",
+    )
+    max_queue: int = Field(
+        default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
+    )
+
+
+class RetentionSettings(_Group):
+    """How long telemetry is kept."""
+
+    telemetry_raw_s: float = Field(default=7 * 86400, gt=0, description="raw windows are deleted after this")
+    telemetry_raw_max_rows: int = Field(default=10_000_000, ge=1000, description="and beyond this many rows")
+    rollup_s: float = Field(default=90 * 86400, gt=0, description="per-minute rollups are deleted after this")
+    sweep_interval_s: float = Field(default=60.0, gt=0, description="how often retention and re-signing run")
+
+
+class DeviceSettings(_Group):
+    """Device state derivation and signed desired states."""
+
+    desired_ttl_s: float = Field(
+        default=7 * 86400, ge=60, description="validity of a signed desired state; re-signed at half of it"
+    )
+    degraded_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="a device whose last window has more errors than this is degraded"
+    )
+    stale_after_s: float = Field(
+        default=300.0, gt=0, description="an online device silent this long counts as offline (lost will)"
+    )
+
+
+class DashboardSettings(_Group):
+    """The web dashboard served at `/`."""
+
+    enabled: bool = Field(default=True, description="serve the dashboard at / (False: the REST API only)")
+    live_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often the live stream looks for changes (seconds)"
+    )
+    live_max_stream_s: float = Field(
+        default=300.0, gt=0, description="a live stream ends after this and the browser reconnects (frees workers)"
+    )
+    page_size: int = Field(default=50, ge=5, le=1000, description="devices per page of the device table")
+    cookie_secure: bool = Field(
+        default=False, description="mark the session cookie Secure (set it when the hub is served over HTTPS)"
+    )
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
+
+
+class RolloutSettings(_Group):
+    """The rollout controller (hub.rollouts)."""
+
+    tick_interval_s: float = Field(
+        default=2.0, gt=0, le=600, description="how often the controller advances rollouts, seconds"
+    )
+    telemetry_grace_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="wait this long after a bake ends before judging it, seconds (windows still on their way; "
+        "the agents' default window is 10 s)",
+    )
+
+
+class TlsSettings(_Group):
+    """TLS for MQTT (mqtts) and HTTPS for the API. `edgefleet hub init --tls` creates a development CA."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="serve the local broker over mqtts and the API over https (None: on when `hub init --tls` "
+        "created data_dir/tls)",
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate; goes into device bundles"
+    )
+    broker_cert_file: Path | None = Field(default=None, description="local broker's certificate (None: dev one)")
+    broker_key_file: Path | None = Field(default=None, description="local broker's private key (None: dev one)")
+    api_cert_file: Path | None = Field(default=None, description="API server certificate (None: the dev one)")
+    api_key_file: Path | None = Field(default=None, description="API server private key (None: the dev one)")
+
+
+class SecuritySettings(_Group):
+    """Broker accounts and ACL, API hardening, per-device ingestion limits."""
+
+    broker_acl: bool = Field(
+        default=True,
+        description="generate the broker password and ACL files from the registry; the local broker enforces "
+        "them (off: an anonymous local broker, for experiments only)",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="origins allowed to call the API from a browser (empty: CORS off)"
+    )
+    auth_failure_burst: int = Field(
+        default=20, ge=0, description="failed authentications allowed per client address before 429 (0: no limit)"
+    )
+    auth_failure_per_minute: float = Field(
+        default=10.0, gt=0, description="failed authentications regained per minute per client address"
+    )
+    telemetry_per_s: float = Field(
+        default=5.0, gt=0, description="telemetry windows per second a device may send, sustained"
+    )
+    telemetry_burst: int = Field(
+        default=10_000,
+        ge=0,
+        description="telemetry windows a device may send at once (above an agent's spool of 8640 windows, so a "
+        "device draining a full day's spool is never cut; 0: no limit)",
+    )
+
+
+class HubSettings(BaseModel):
+    """Everything the hub can be told. Build it directly, or with `from_env()`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(default=Path("./hub-data"), description="database, blobs, signing key, broker state")
+    topic_prefix: Prefix = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix of the fleet")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="MQTT broker")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
+    transfer: TransferSettings = Field(default_factory=TransferSettings, description="chunk serving")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="message ingestion")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
+    devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
+    security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubSettings:
+        """Read `EDGEFLEET_HUB_*` variables; keyword overrides win (groups as dicts)."""
+        env = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, _Group):
+                group: dict[str, Any] = {}
+                for sub in annotation.model_fields:
+                    key = f"{ENV_PREFIX}{name}_{sub}".upper()
+                    if key in env:
+                        group[sub] = env[key] if env[key] != "" else None
+                if group:
+                    data[name] = group
+            elif (key := f"{ENV_PREFIX}{name}".upper()) in env:
+                data[name] = env[key]
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise InvalidInput(f"invalid hub settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hub.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "hub-signing.pem"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "mosquitto"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"

@@ -1,0 +1,255 @@
+"""The store interface: plain records and the `Store` protocol. No SQL here.
+
+A server-database backend (for several hub replicas) implements `Store`; nothing outside `hub/store`
+changes. Writes go through one writer; reads never wait for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleet.histogram import N_BUCKETS
+from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model version and its content-addressed blob."""
+
+    name: str
+    version: str
+    task: str
+    sha256: str
+    size: int
+    descriptor: dict[str, Any]
+    manifest: dict[str, Any]
+    created_at: float
+    created_by: str
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device and what the hub last heard from it."""
+
+    id: str
+    labels: dict[str, str]
+    password_hash: str
+    enrolled_at: float
+    enrolled_by: str
+    status: str | None = None
+    status_at: float | None = None
+    session: str | None = None
+    capabilities: dict[str, Any] | None = None
+    last_seen: float | None = None
+    reported: dict[str, Any] | None = None
+    reported_at: float | None = None
+    telemetry_at: float | None = None
+    last_requests: int | None = None
+    last_errors: int | None = None
+    desired_counter: int = 0
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The signed desired state of one device, as published."""
+
+    device_id: str
+    version: int
+    model_name: str | None
+    model_version: str | None
+    sha256: str | None
+    body: dict[str, Any]
+    envelope: dict[str, Any]
+    issued_at: float
+    expires_at: float
+    rollout_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DesiredSummary:
+    """What a stored desired state names, without its signed body (cheap to list for every device)."""
+
+    device_id: str
+    version: int
+    rollout_id: str | None
+    model_name: str | None
+    model_version: str | None
+    shadow_name: str | None
+    shadow_version: str | None
+    runtime: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit-log entry: who did what to which subject."""
+
+    id: int
+    ts: float
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API token (its secret is never stored, only a hash)."""
+
+    id: int
+    name: str
+    role: str
+    created_at: float
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class TelemetryPoint:
+    """Telemetry summed over one minute (and over devices, when a query spans several)."""
+
+    minute: float
+    windows: int
+    requests: int
+    errors: int
+    latency_sum_ms: float
+    latency_counts: tuple[int, ...]
+    queue_depth_max: int
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    """One raw telemetry window as stored."""
+
+    device_id: str
+    seq: int
+    start: float
+    end: float
+    received_at: float
+    model: str | None
+    model_version: str | None
+    requests: int
+    errors: int
+    latency_sum_ms: float
+    latency_counts: tuple[int, ...]
+    queue_depth: int
+    spool_dropped: int
+    spool_pending: int
+    provider: str | None = None
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    gpus: tuple[dict[str, Any], ...] = ()
+    shadow: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SeqStats:
+    """Sequence numbers of a device's stored windows: gaps are windows lost or not yet sent (spooled)."""
+
+    first: int | None
+    last: int | None
+    count: int
+    missing: int
+    spool_dropped: int
+
+
+@dataclass(frozen=True)
+class TelemetryTotals:
+    """Raw windows of a set of devices over a time range, summed per model version and shadow candidate."""
+
+    model_version: str | None
+    shadow_version: str | None
+    devices: int
+    windows: int
+    requests: int
+    errors: int
+    latency_sum_ms: float
+    latency_counts: tuple[int, ...]
+    shadow_samples: int = 0
+    shadow_agreements: int = 0
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """What the writer did with ingested messages since the store opened."""
+
+    telemetry_persisted: int = 0
+    telemetry_duplicates: int = 0
+    status_applied: int = 0
+    reported_applied: int = 0
+    stale_ignored: int = 0
+    dropped_queue_full: int = 0
+    write_errors: int = 0
+
+
+EMPTY_COUNTS = (0,) * N_BUCKETS
+
+
+class Store(Protocol):
+    """Everything the hub keeps. Methods raise hub.errors (NotFound, Conflict) for domain refusals."""
+
+    def close(self) -> None: ...
+
+    # meta and tokens
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def add_token(self, name: str, role: str, hashed: str, ts: float) -> int: ...
+    def token_by_hash(self, hashed: str) -> Token | None: ...
+    def list_tokens(self) -> list[Token]: ...
+    def revoke_token(self, token_id: int) -> bool: ...
+
+    # events
+    def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...
+    def list_events(
+        self, *, since: float | None, until: float | None, subject: str | None, action: str | None, limit: int
+    ) -> list[Event]: ...
+
+    # registry
+    def add_model_version(self, mv: ModelVersion) -> ModelVersion: ...
+    def get_model_version(self, name: str, version: str) -> ModelVersion | None: ...
+    def list_model_versions(self, name: str | None = None) -> list[ModelVersion]: ...
+    def delete_model_version(self, name: str, version: str) -> bool: ...
+    def blob_manifest(self, sha256: str) -> dict[str, Any] | None: ...
+
+    # devices and desired states
+    def add_device(self, device: Device) -> None: ...
+    def get_device(self, device_id: str) -> Device | None: ...
+    def list_devices(self) -> list[Device]: ...
+    def set_labels(self, device_id: str, labels: dict[str, str]) -> Device: ...
+    def allocate_desired_versions(self, device_ids: list[str]) -> dict[str, int]: ...
+    def put_desired(self, states: list[Desired]) -> None: ...
+    def get_desired(self, device_id: str) -> Desired | None: ...
+    def list_desired(self) -> list[Desired]: ...
+    def list_desired_summaries(self) -> list[DesiredSummary]: ...
+    def list_desired_heads(self) -> list[Desired]: ...
+    def devices_wanting(self, name: str, version: str) -> list[str]: ...
+
+    # ingestion (asynchronous, batched by the writer)
+    def enqueue_status(self, msg: DeviceStatus, received_at: float) -> bool: ...
+    def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool: ...
+    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool: ...
+    def flush(self, timeout: float = 30.0) -> None: ...
+    def ingest_stats(self) -> IngestStats: ...
+
+    # telemetry queries and retention
+    def telemetry_windows(
+        self, device_id: str, *, since: float | None, until: float | None, limit: int
+    ) -> list[StoredWindow]: ...
+    def telemetry_series(
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        model_version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[TelemetryPoint]: ...
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
+    def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]: ...
+    def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
+
+    # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key
+    def put_doc(self, collection: str, key: str, doc: dict[str, Any]) -> None: ...
+    def get_doc(self, collection: str, key: str) -> dict[str, Any] | None: ...
+    def list_docs(self, collection: str) -> list[tuple[str, dict[str, Any]]]: ...
+    def delete_doc(self, collection: str, key: str) -> bool: ...

@@ -1,0 +1,145 @@
+"""Device and desired-state tables of the SQLite store (a mixin of SqliteStore)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from hub.errors import Conflict, NotFound
+from hub.store.base import Desired, DesiredSummary, Device
+
+T = TypeVar("T")
+WANTING_SQL = (
+    "SELECT device_id FROM desired WHERE model_name = ? AND model_version = ? "
+    "UNION SELECT device_id FROM desired WHERE json_extract(body, '$.shadow.model.name') = ? "
+    "AND json_extract(body, '$.shadow.model.version') = ?"
+)
+_DEVICE = (
+    "SELECT d.id, d.labels, d.password_hash, d.enrolled_at, d.enrolled_by, d.status, d.status_at, d.session, "
+    "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
+    "d.desired_counter FROM devices d LEFT JOIN applied a ON a.device_id = d.id"
+)
+_DESIRED = (
+    "SELECT device_id, version, model_name, model_version, sha256, body, envelope, issued_at, expires_at, "
+    "rollout_id FROM desired"
+)
+
+
+def _device(r: Any) -> Device:
+    return Device(
+        id=r[0], labels=json.loads(r[1]), password_hash=r[2], enrolled_at=r[3], enrolled_by=r[4], status=r[5],
+        status_at=r[6], session=r[7], capabilities=json.loads(r[8]) if r[8] else None, last_seen=r[9],
+        reported=json.loads(r[10]) if r[10] else None, reported_at=r[11], telemetry_at=r[12],
+        last_requests=r[13], last_errors=r[14], desired_counter=r[15],
+    )  # fmt: skip
+
+
+def _desired(r: Any) -> Desired:
+    return Desired(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8], r[9])
+
+
+class DeviceTables:
+    """Devices, their labels and their signed desired states."""
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
+        raise NotImplementedError
+
+    def _read(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def add_device(self, device: Device) -> None:
+        """Enrol a device; Conflict when the id exists."""
+
+        def job(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM devices WHERE id = ?", (device.id,)).fetchone():
+                raise Conflict(f"device {device.id} is already enrolled")
+            c.execute(
+                "INSERT INTO devices (id, labels, password_hash, enrolled_at, enrolled_by) VALUES (?, ?, ?, ?, ?)",
+                (device.id, json.dumps(device.labels), device.password_hash, device.enrolled_at, device.enrolled_by),
+            )
+
+        self._write(job)
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._read().execute(_DEVICE + " WHERE d.id = ?", (device_id,)).fetchone()
+        return None if row is None else _device(row)
+
+    def list_devices(self) -> list[Device]:
+        return [_device(r) for r in self._read().execute(_DEVICE + " ORDER BY d.id")]
+
+    def set_labels(self, device_id: str, labels: dict[str, str]) -> Device:
+        """Replace a device's labels; NotFound for an unknown device."""
+
+        def job(c: sqlite3.Connection) -> Device:
+            if c.execute("UPDATE devices SET labels = ? WHERE id = ?", (json.dumps(labels), device_id)).rowcount == 0:
+                raise NotFound(f"device {device_id} is not enrolled")
+            return _device(c.execute(_DEVICE + " WHERE d.id = ?", (device_id,)).fetchone())
+
+        return self._write(job)
+
+    def allocate_desired_versions(self, device_ids: list[str]) -> dict[str, int]:
+        """Reserve the next desired-state version of each device (persisted: monotonic across restarts)."""
+
+        def job(c: sqlite3.Connection) -> dict[str, int]:
+            out = {}
+            for device_id in device_ids:
+                row = c.execute(
+                    "UPDATE devices SET desired_counter = desired_counter + 1 WHERE id = ? RETURNING desired_counter",
+                    (device_id,),
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"device {device_id} is not enrolled")
+                out[device_id] = int(row[0])
+            return out
+
+        return self._write(job)
+
+    def put_desired(self, states: list[Desired]) -> None:
+        """Record signed desired states (replacing each device's previous one)."""
+        rows = [
+            (s.device_id, s.version, s.model_name, s.model_version, s.sha256, json.dumps(s.body),
+             json.dumps(s.envelope), s.issued_at, s.expires_at, s.rollout_id)
+            for s in states
+        ]  # fmt: skip
+        sql = (
+            "INSERT INTO desired VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+            "version = excluded.version, model_name = excluded.model_name, model_version = excluded.model_version, "
+            "sha256 = excluded.sha256, body = excluded.body, envelope = excluded.envelope, "
+            "issued_at = excluded.issued_at, expires_at = excluded.expires_at, rollout_id = excluded.rollout_id "
+            "WHERE excluded.version > desired.version"
+        )
+        self._write(lambda c: c.executemany(sql, rows))
+
+    def get_desired(self, device_id: str) -> Desired | None:
+        row = self._read().execute(_DESIRED + " WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else _desired(row)
+
+    def list_desired(self) -> list[Desired]:
+        return [_desired(r) for r in self._read().execute(_DESIRED + " ORDER BY device_id")]
+
+    def list_desired_summaries(self) -> list[DesiredSummary]:
+        """Every desired state's names and runtime, without decoding signed bodies in Python."""
+        sql = (
+            "SELECT device_id, version, rollout_id, model_name, model_version, "
+            "json_extract(body, '$.shadow.model.name'), json_extract(body, '$.shadow.model.version'), "
+            "json_extract(body, '$.runtime') FROM desired ORDER BY device_id"
+        )
+        return [
+            DesiredSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
+            for r in self._read().execute(sql)
+        ]
+
+    def list_desired_heads(self) -> list[Desired]:
+        """Every desired state without its body and envelope (left empty): for listings of thousands of devices,
+        where parsing each signed document would dominate."""
+        sql = (
+            "SELECT device_id, version, model_name, model_version, sha256, issued_at, expires_at, rollout_id "
+            "FROM desired ORDER BY device_id"
+        )
+        return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
+
+    def devices_wanting(self, name: str, version: str) -> list[str]:
+        rows = self._read().execute(WANTING_SQL, (name, version, name, version))
+        return sorted(r[0] for r in rows)

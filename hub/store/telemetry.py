@@ -1,0 +1,212 @@
+"""Telemetry SQL: raw windows (deduplicated by device and seq), per-minute rollups, queries, retention."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from fleet.messages import TelemetryWindow
+from hub.store.base import SeqStats, StoredWindow, TelemetryPoint
+from hub.store.migrations import BUCKETS
+
+_RAW_COLS = (
+    'device_id, seq, start, "end", received_at, model, model_version, provider, requests, errors, sum_ms, '
+    "queue_depth, cpu_percent, memory_bytes, spool_dropped, spool_pending, extra, " + ", ".join(BUCKETS)
+)
+INSERT_RAW = f"INSERT OR IGNORE INTO telemetry ({_RAW_COLS}) VALUES ({', '.join('?' * (17 + len(BUCKETS)))})"  # noqa: S608
+_SUM_BUCKETS = ", ".join(f"sum({b})" for b in BUCKETS)
+_ADD_BUCKETS = ", ".join(f"{b} = {b} + excluded.{b}" for b in BUCKETS)
+ROLLUP = f"""
+    INSERT INTO telemetry_minute (minute, device_id, model, model_version, windows, requests, errors, sum_ms,
+                                  queue_depth_max, {", ".join(BUCKETS)})
+    SELECT CAST(start / 60 AS INTEGER) * 60, device_id, model, model_version, count(*), sum(requests),
+           sum(errors), sum(sum_ms), max(queue_depth), {_SUM_BUCKETS}
+    FROM telemetry WHERE id > ? GROUP BY 1, 2, 3, 4
+    ON CONFLICT (minute, device_id, model, model_version) DO UPDATE SET
+        windows = windows + excluded.windows, requests = requests + excluded.requests,
+        errors = errors + excluded.errors, sum_ms = sum_ms + excluded.sum_ms,
+        queue_depth_max = max(queue_depth_max, excluded.queue_depth_max), {_ADD_BUCKETS}
+"""  # noqa: S608
+TOUCH_DEVICE = """
+    UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?), telemetry_at = ?, last_requests = ?,
+           last_errors = ? WHERE id = ?
+"""
+
+
+_EXTRA_FIELDS = {"gpus", "shadow", "spool_capacity"}
+
+
+def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
+    """The row tuple of one window (built in the receiving thread, written by the writer)."""
+    extra = None
+    if w.gpus or w.shadow is not None or w.spool_capacity is not None:
+        extra = w.model_dump_json(include=_EXTRA_FIELDS)
+    return (
+        w.device_id, w.seq, w.start, w.end, received_at, w.model or "", w.model_version or "", w.provider,
+        w.requests, w.errors, w.latency.sum_ms, w.queue_depth, w.cpu_percent, w.memory_bytes,
+        w.spool_dropped, w.spool_pending, extra, *w.latency.counts,
+    )  # fmt: skip
+
+
+_WINDOWS = (
+    'SELECT device_id, seq, start, "end", received_at, model, model_version, requests, errors, sum_ms, '
+    "queue_depth, spool_dropped, spool_pending, " + ", ".join(BUCKETS) + ", provider, cpu_percent, memory_bytes, extra "
+    "FROM telemetry WHERE device_id = ?"
+)
+
+
+def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The window's shadow stats (candidate_version, samples, agreements, latency_delta_ms), if it has any."""
+    shadow = extra.get("shadow")
+    return dict(shadow) if isinstance(shadow, dict) else None
+
+
+def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], watermark: int) -> tuple[int, int]:
+    """Insert rows (duplicates ignored), roll the new ones up, touch devices. Returns (inserted, watermark)."""
+    cur = conn.executemany(INSERT_RAW, rows)
+    inserted = max(cur.rowcount, 0)
+    if inserted:
+        conn.execute(ROLLUP, (watermark,))
+        watermark = int(conn.execute("SELECT max(id) FROM telemetry").fetchone()[0] or watermark)
+        latest: dict[str, tuple[Any, ...]] = {}
+        for r in rows:
+            prev = latest.get(r[0])
+            if prev is None or r[3] >= prev[3]:
+                latest[r[0]] = r
+        conn.executemany(TOUCH_DEVICE, [(r[4], r[4], r[8], r[9], r[0]) for r in latest.values()])
+    return inserted, watermark
+
+
+def query_windows(
+    conn: sqlite3.Connection, device_id: str, *, since: float | None, until: float | None, limit: int
+) -> list[StoredWindow]:
+    """Raw windows of one device, newest first."""
+    sql = _WINDOWS
+    args: list[Any] = [device_id]
+    if since is not None:
+        sql += ' AND "end" >= ?'
+        args.append(since)
+    if until is not None:
+        sql += " AND start < ?"
+        args.append(until)
+    sql += " ORDER BY start DESC, seq DESC LIMIT ?"
+    args.append(limit)
+    out = []
+    n = 13 + len(BUCKETS)
+    for r in conn.execute(sql, args):
+        extra = json.loads(r[n + 3]) if r[n + 3] else {}
+        out.append(
+            StoredWindow(
+                device_id=r[0],
+                seq=r[1],
+                start=r[2],
+                end=r[3],
+                received_at=r[4],
+                model=r[5] or None,
+                model_version=r[6] or None,
+                requests=r[7],
+                errors=r[8],
+                latency_sum_ms=r[9],
+                latency_counts=tuple(r[13:n]),
+                queue_depth=r[10],
+                spool_dropped=r[11],
+                spool_pending=r[12],
+                provider=r[n],
+                cpu_percent=r[n + 1],
+                memory_bytes=r[n + 2],
+                gpus=tuple(extra.get("gpus") or ()),
+                shadow=_shadow(extra),
+            )
+        )
+    return out
+
+
+def query_series(
+    conn: sqlite3.Connection,
+    *,
+    device_id: str | None,
+    model: str | None,
+    model_version: str | None,
+    since: float | None,
+    until: float | None,
+) -> list[TelemetryPoint]:
+    """Per-minute sums over the matching devices and model versions, oldest first."""
+    where: list[str] = []
+    args: list[Any] = []
+    for col, value in (("device_id", device_id), ("model", model), ("model_version", model_version)):
+        if value is not None:
+            where.append(f"{col} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("minute >= ?")
+        args.append(int(since // 60) * 60)
+    if until is not None:
+        where.append("minute < ?")
+        args.append(until)
+    sql = (
+        f"SELECT minute, sum(windows), sum(requests), sum(errors), sum(sum_ms), max(queue_depth_max), "  # noqa: S608
+        f"{_SUM_BUCKETS} FROM telemetry_minute {'WHERE ' + ' AND '.join(where) if where else ''} "
+        "GROUP BY minute ORDER BY minute"
+    )
+    return [
+        TelemetryPoint(
+            minute=r[0],
+            windows=r[1],
+            requests=r[2],
+            errors=r[3],
+            latency_sum_ms=r[4],
+            queue_depth_max=r[5],
+            latency_counts=tuple(r[6:]),
+        )
+        for r in conn.execute(sql, args)
+    ]
+
+
+def seq_stats(conn: sqlite3.Connection, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
+    """First and last seq, count, and the windows missing between them (gaps), over stored windows."""
+    sql = "SELECT min(seq), max(seq), count(*), coalesce(sum(spool_dropped), 0) FROM telemetry WHERE device_id = ?"
+    args: list[Any] = [device_id]
+    if since is not None:
+        sql += ' AND "end" >= ?'
+        args.append(since)
+    if until is not None:
+        sql += " AND start < ?"
+        args.append(until)
+    first, last, count, dropped = conn.execute(sql, args).fetchone()
+    missing = 0 if first is None else int(last) - int(first) + 1 - int(count)
+    return SeqStats(first, last, int(count), missing, int(dropped))
+
+
+def _first_id_received_after(conn: sqlite3.Connection, cutoff: float) -> int | None:
+    """The smallest id whose window was received at or after `cutoff` (ids grow with arrival time).
+
+    A binary search over ids (each probe is a rowid lookup) instead of an index on received_at, which would
+    cost every insert on the ingest path.
+    """
+    lo_row = conn.execute("SELECT min(id), max(id) FROM telemetry").fetchone()
+    if lo_row is None or lo_row[0] is None:
+        return None
+    lo, hi = int(lo_row[0]), int(lo_row[1]) + 1
+    probe = "SELECT received_at FROM telemetry WHERE id >= ? ORDER BY id LIMIT 1"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(probe, (mid,)).fetchone()
+        if row is None or row[0] >= cutoff:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def sweep(conn: sqlite3.Connection, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
+    """Delete raw windows older than `raw_before` or beyond `raw_max_rows`, and old rollups."""
+    deleted = 0
+    first_kept = _first_id_received_after(conn, raw_before)
+    if first_kept is not None:
+        deleted += conn.execute("DELETE FROM telemetry WHERE id < ?", (first_kept,)).rowcount
+    row = conn.execute("SELECT max(id) - ? FROM telemetry", (raw_max_rows,)).fetchone()
+    if row and row[0] is not None and row[0] > 0:
+        deleted += conn.execute("DELETE FROM telemetry WHERE id <= ?", (row[0],)).rowcount
+    deleted += conn.execute("DELETE FROM telemetry_minute WHERE minute < ?", (rollup_before,)).rowcount
+    return int(deleted)

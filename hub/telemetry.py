@@ -1,0 +1,84 @@
+"""Telemetry queries: per device, per model version and fleet-wide, over time ranges, with latency quantiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.histogram import Histogram
+from hub.store import Store, TelemetryPoint
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Telemetry summed over a time range."""
+
+    windows: int
+    requests: int
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+
+
+def summarise(points: list[TelemetryPoint]) -> Summary:
+    """Sum points and estimate latency quantiles from the merged histogram."""
+    counts = [0] * len(points[0].latency_counts) if points else [0]
+    windows = requests = errors = 0
+    total_ms = 0.0
+    for p in points:
+        windows += p.windows
+        requests += p.requests
+        errors += p.errors
+        total_ms += p.latency_sum_ms
+        for i, c in enumerate(p.latency_counts):
+            counts[i] += c
+    h = Histogram(counts=tuple(counts), sum_ms=max(total_ms, 0.0)) if points else Histogram()
+    return Summary(
+        windows=windows, requests=requests, errors=errors, error_rate=errors / requests if requests else None,
+        p50_ms=h.quantile(0.5), p95_ms=h.quantile(0.95), p99_ms=h.quantile(0.99), mean_ms=h.mean_ms,
+    )  # fmt: skip
+
+
+def point_json(p: TelemetryPoint) -> dict[str, object]:
+    """One minute as JSON: sums, error rate and quantiles."""
+    s = summarise([p])
+    return {
+        "minute": p.minute, "windows": p.windows, "requests": p.requests, "errors": p.errors,
+        "error_rate": s.error_rate, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms,
+        "queue_depth_max": p.queue_depth_max,
+    }  # fmt: skip
+
+
+class TelemetryQueries:
+    """What the API, the dashboard and rollout gates ask about telemetry."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def series(
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[TelemetryPoint]:
+        """Per-minute points for a device, a model (version) or the whole fleet (no filter)."""
+        return self.store.telemetry_series(
+            device_id=device_id, model=model, model_version=version, since=since, until=until
+        )
+
+    def summary(
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Summary:
+        """The series summed over the range (rollout gates compare these between versions)."""
+        return summarise(self.series(device_id=device_id, model=model, version=version, since=since, until=until))

@@ -1,0 +1,267 @@
+"""Open Inference Protocol v2 against a running server: unmodified tritonclient, then hostile input."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+from agent.api import ApiServer, ApiSettings, ModelSlot
+from models.engine import Engine
+from tests.agent.api.conftest import Sample
+
+NAME = "mobilenet-like"
+
+
+@pytest.fixture(scope="module")
+def served(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[tuple[ApiServer, ModelSlot]]:
+    slot = ModelSlot()
+    server = ApiServer(ApiSettings(port=0, max_body_bytes=4 * 1024 * 1024), slot)
+    server.start()
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    yield server, slot
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def triton(served: tuple[ApiServer, ModelSlot]) -> Iterator[th.InferenceServerClient]:
+    client = th.InferenceServerClient(served[0].url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http(served: tuple[ApiServer, ModelSlot]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[0].url, timeout=30) as c:
+        yield c
+
+
+def _x(batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 64, 96)).astype(np.float32)
+
+
+def test_health_and_metadata_through_tritonclient(triton: th.InferenceServerClient) -> None:
+    assert triton.is_server_live()
+    assert triton.is_server_ready()
+    assert triton.is_model_ready(NAME)
+    assert triton.is_model_ready(NAME, "1.0.0")
+    assert not triton.is_model_ready(NAME, "9.9.9")
+    assert not triton.is_model_ready("other")
+    meta = triton.get_server_metadata()
+    assert "binary_tensor_data" in meta["extensions"]
+    model = triton.get_model_metadata(NAME)
+    assert model["versions"] == ["1.0.0"]
+    assert model["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    assert model["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 100]}]
+    assert triton.get_model_metadata(NAME, "1.0.0") == model
+    with pytest.raises(InferenceServerException, match="not served"):
+        triton.get_model_metadata("other")
+
+
+@pytest.mark.parametrize(("binary_in", "binary_out"), [(True, True), (False, False), (True, False), (False, True)])
+def test_infer_matches_the_engine(
+    triton: th.InferenceServerClient, clf_engine: Engine, binary_in: bool, binary_out: bool
+) -> None:
+    x = _x()
+    inp = th.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    out = th.InferRequestedOutput("logits", binary_data=binary_out)
+    result = triton.infer(NAME, [inp], outputs=[out], request_id="req-1", model_version="1.0.0")
+    np.testing.assert_allclose(result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+    response = result.get_response()
+    assert response["model_version"] == "1.0.0"
+    assert response["id"] == "req-1"
+
+
+def test_infer_without_requested_outputs_returns_all_binary(triton: th.InferenceServerClient) -> None:
+    inp = th.InferInput("image", [1, 3, 32, 32], "FP32")
+    inp.set_data_from_numpy(_x(1)[:, :, :32, :32].copy())
+    result = triton.infer(NAME, [inp])
+    assert result.as_numpy("logits").shape == (1, 100)
+    assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 400
+
+
+def test_json_infer_without_content_type_and_nested_data(http: httpx.Client, clf_engine: Engine) -> None:
+    x = _x(1)
+    body = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]}
+    r = http.post(f"/v2/models/{NAME}/infer", content=orjson.dumps(body))
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [1, 100]
+    np.testing.assert_allclose(
+        np.asarray(out["data"]).reshape(1, 100), clf_engine.infer({"image": x})["logits"], rtol=1e-5
+    )
+
+
+def _post(http: httpx.Client, body: bytes, headers: dict[str, str] | None = None, path: str = "") -> httpx.Response:
+    return http.post(path or f"/v2/models/{NAME}/infer", content=body, headers=headers or {})
+
+
+def _tensor(**over: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {"name": "image", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}
+    t.update(over)
+    return {k: v for k, v in t.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "not valid JSON"),
+        (b"{", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b'{"inputs": []}', "non-empty list"),
+        (b'{"inputs": [1]}', "must be an object"),
+        (orjson.dumps({"inputs": [_tensor(name=None)]}), "string 'name' of 1 to"),
+        (orjson.dumps({"inputs": [_tensor(datatype="BYTES")]}), "not supported"),
+        (orjson.dumps({"inputs": [_tensor(shape=[1, -3, 8, 8])]}), "non-negative"),
+        (orjson.dumps({"inputs": [_tensor(shape="1x3")]}), "list of at most"),
+        (orjson.dumps({"inputs": [_tensor(data=None)]}), "neither 'data'"),
+        (orjson.dumps({"inputs": [_tensor(data=[1.0] * 10)]}), "has 10 values"),
+        (orjson.dumps({"inputs": [_tensor(data=["a"] * 192)]}), "not a list of float32"),
+        (orjson.dumps({"inputs": [_tensor(data="abc")]}), "must be a (flat or nested) list"),
+        (orjson.dumps({"inputs": [_tensor(), _tensor()]}), "given twice"),
+        (orjson.dumps({"inputs": [_tensor(name="other")]}), "unknown input"),
+        (orjson.dumps({"inputs": [_tensor(datatype="FP64")]}), "dtype float64"),
+        (orjson.dumps({"inputs": [_tensor(shape=[1, 4, 6, 8])]}), "axis 1"),
+        (orjson.dumps({"inputs": [_tensor(shape=[1, 192])]}), "dims"),
+        (orjson.dumps({"inputs": [_tensor(shape=[0, 3, 8, 8], data=[])]}), "axis 0"),
+        (orjson.dumps({"inputs": [_tensor(shape=[99, 3, 8, 8], data=[0.0] * 99 * 192)]}), "at most 8"),
+        (orjson.dumps({"inputs": [_tensor()], "outputs": [{"name": "nope"}]}), "not an output"),
+        (
+            orjson.dumps({"inputs": [_tensor()], "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}),
+            "classification",
+        ),
+        (orjson.dumps({"inputs": [_tensor()], "id": 5}), "'id' must be a string"),
+        (orjson.dumps({"inputs": [_tensor(parameters={"binary_data_size": 768})]}), "no Inference-Header"),
+    ],
+)
+def test_malformed_json_requests_get_400_with_a_reason(http: httpx.Client, body: bytes, reason: str) -> None:
+    r = _post(http, body)
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"]
+
+
+def _binary(x: np.ndarray, declared: int | None = None, extra: bytes = b"") -> tuple[bytes, dict[str, str]]:
+    head = orjson.dumps(
+        {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                     "parameters": {"binary_data_size": x.nbytes if declared is None else declared}}]}
+    )  # fmt: skip
+    return head + x.tobytes() + extra, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def test_binary_request_errors(http: httpx.Client) -> None:
+    x = _x(1)[:, :, :8, :8].copy()
+    body, headers = _binary(x, declared=x.nbytes - 4)
+    assert "does not match shape" in _post(http, body, headers).json()["error"]
+    body, headers = _binary(x, extra=b"\0" * 8)
+    assert "not claimed" in _post(http, body, headers).json()["error"]
+    body, headers = _binary(x)
+    assert _post(http, body[:-4], headers).status_code == 400  # truncated: ends past the body
+    for bad in ("abc", "0", "-5", str(len(body) + 1)):
+        r = _post(http, body, {"Inference-Header-Content-Length": bad})
+        assert r.status_code == 400, bad
+        assert "Inference-Header-Content-Length" in r.json()["error"]
+    assert _post(http, body, headers).status_code == 200
+
+
+def test_unknown_model_version_and_route_are_404_json(http: httpx.Client) -> None:
+    body = orjson.dumps({"inputs": [_tensor()]})
+    for path in ("/v2/models/other/infer", f"/v2/models/{NAME}/versions/0.0.1/infer", "/v2/models/x/versions/1/ready"):
+        r = http.post(path, content=body) if path.endswith("infer") else http.get(path)
+        assert r.status_code == 404, path
+        assert "error" in r.json()
+    r = http.get("/v3/nothing")
+    assert r.status_code == 404
+    assert r.json() == {"error": "Not Found"}
+    assert http.get(f"/v2/models/{NAME}/infer").status_code == 405
+    assert _post(http, body, path=f"/v2/models/{NAME}/versions/1.0.0/infer").status_code == 200
+
+
+def test_body_limit_413_declared_and_streamed(http: httpx.Client) -> None:
+    big = b"{" + b" " * (4 * 1024 * 1024 + 10) + b"}"
+    r = _post(http, big)
+    assert r.status_code == 413
+    assert "limit" in r.json()["error"]
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(80):
+            yield b" " * 65536
+
+    r = http.post(f"/v2/models/{NAME}/infer", content=chunks())
+    assert r.status_code == 413
+    assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_overload_is_503_with_retry_after(samples: dict[str, Sample], clf_engine: Engine, make_server: Any) -> None:
+    server, slot = make_server(max_concurrency=1)
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    host, port = server.url.removeprefix("http://").split(":")
+    body = orjson.dumps({"inputs": [_tensor()]})
+    with socket.create_connection((host, int(port))) as held:
+        held.sendall(
+            f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        with httpx.Client(base_url=server.url) as c:
+            for _ in range(100):  # until the held request has been accepted (it holds the only slot)
+                r = c.post(f"/v2/models/{NAME}/infer", content=body)
+                if r.status_code == 503:
+                    break
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert "in progress" in r.json()["error"]
+            held.sendall(body[10:])
+            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+            assert c.post(f"/v2/models/{NAME}/infer", content=body).status_code == 200
+
+
+def test_not_ready_before_activation_and_after_deactivate(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        r = c.get("/v2/health/ready")
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        r = c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]}))
+        assert r.status_code == 503
+        slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]})).status_code == 200
+        slot.deactivate()
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get(f"/v2/models/{NAME}/ready").status_code == 404
+
+
+def test_hostile_bytes_never_kill_the_server(http: httpx.Client) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        junk = rng.integers(0, 256, int(rng.integers(0, 2000)), dtype=np.uint8).tobytes()
+        headers = {"Inference-Header-Content-Length": str(int(rng.integers(1, 50)))} if i % 2 else {}
+        r = _post(http, junk, headers)
+        assert r.status_code in (400, 413), r.text
+    assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_client_gone_mid_body_frees_its_slot(served: tuple[ApiServer, ModelSlot], http: httpx.Client) -> None:
+    server, slot = served
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+    for _ in range(200):
+        if 'code="499"' in http.get("/metrics").text and slot.current is not None and slot.current.inflight == 0:
+            break
+        time.sleep(0.01)
+    assert 'edgefleet_api_requests_total{code="499",endpoint="infer"' in http.get("/metrics").text
+    assert slot.current is not None and slot.current.inflight == 0
+    assert http.get("/v2/health/ready").status_code == 200

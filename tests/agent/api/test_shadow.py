@@ -1,0 +1,164 @@
+"""Shadow mode: a candidate runs beside the active model on sampled requests; answers come from the active one."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from agent.api import ModelSlot
+from agent.api.shadow import detections_match
+from fleet.messages import AppliedModel, ShadowStats
+from models.engine import Engine
+from models.postprocess import Detections
+from tests.agent.api.conftest import OPTIONS, Sample, jpeg
+
+REQUESTS = 12
+
+
+def _collect(slot: ModelSlot, want: int) -> ShadowStats:
+    """Sum shadow windows until `want` samples were compared (comparisons finish off the response path)."""
+    samples = agreements = 0
+    deltas: list[float] = []
+    version = ""
+    deadline = time.monotonic() + 30
+    while samples < want and time.monotonic() < deadline:
+        window = slot.take_window()
+        assert window.shadow is not None
+        samples += window.shadow.samples
+        agreements += window.shadow.agreements
+        version = window.shadow.candidate_version
+        if window.shadow.latency_delta_ms is not None:
+            deltas.append(window.shadow.latency_delta_ms)
+        time.sleep(0.01)
+    return ShadowStats(
+        candidate_version=version, samples=samples, agreements=agreements, latency_delta_ms=float(np.mean(deltas))
+    )
+
+
+def _candidate(sample: Sample, version: str, **output: Any) -> tuple[Engine, AppliedModel]:
+    d = sample.descriptor
+    if output:
+        d = d.model_copy(update={"output": d.output.model_copy(update=output)})
+    engine = Engine.load(sample.path, d, OPTIONS)
+    assert d.sha256 is not None
+    return engine, AppliedModel(name=d.name, version=version, sha256=d.sha256)
+
+
+@pytest.mark.parametrize(("candidate", "agree"), [("clf", True), ("clf-perm", False)])
+def test_classification_shadow_reports_agreement(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any, candidate: str, agree: bool
+) -> None:
+    server, slot = make_server()
+    active = samples["clf"]
+    slot.activate(clf_engine, active.applied(), active.descriptor)
+    engine, model = _candidate(samples[candidate], "1.1.0")
+    slot.set_shadow(engine, model, 1.0)
+    rng = np.random.default_rng(7)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for i in range(REQUESTS // 2):
+            x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+            body = {
+                "inputs": [{"name": "image", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]
+            }
+            r = c.post("/v2/models/mobilenet-like/infer", content=orjson.dumps(body))
+            assert r.status_code == 200
+            out = r.json()
+            assert out["model_version"] == "1.0.0"
+            got = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(2, 100)
+            np.testing.assert_allclose(got, clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+            r = c.post("/v1/models/mobilenet-like:predict", content=jpeg(96, 64, seed=i))
+            assert r.status_code == 200
+            assert r.json()["model_version"] == "1.0.0"
+    stats = _collect(slot, REQUESTS // 2 * 3)
+    assert stats.candidate_version == "1.1.0"
+    assert stats.samples == REQUESTS // 2 * 3  # two rows per tensor request, one per image
+    assert stats.agreements == (stats.samples if agree else 0)
+    assert stats.latency_delta_ms is not None
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'edgefleet_api_shadow_samples{version="1.1.0"}' in metrics
+    assert 'role="shadow"' in metrics
+    slot.set_shadow(None, None, 0)
+    assert slot.take_window().shadow is None
+    assert 'role="shadow"' not in httpx.get(server.url + "/metrics").text
+
+
+@pytest.mark.parametrize(("candidate", "agree"), [("det", True), ("det-perm", False)])
+def test_detection_shadow_matches_boxes_by_class_and_iou(
+    samples: dict[str, Sample], make_server: Any, candidate: str, agree: bool
+) -> None:
+    server, slot = make_server()
+    active = samples["det"]
+    low = active.descriptor.model_copy(
+        update={"output": active.descriptor.output.model_copy(update={"score_threshold": 0.05})}
+    )
+    det_engine = Engine.load(active.path, low, OPTIONS)
+    slot.activate(det_engine, active.applied(), low)
+    engine, model = _candidate(samples[candidate], "1.1.0", score_threshold=0.05)
+    slot.set_shadow(engine, model, 1.0)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for i in range(REQUESTS):
+            r = c.post("/v1/models/tiny-detector:predict", content=jpeg(320, 240, seed=i))
+            assert r.status_code == 200
+            body = r.json()
+            assert body["model_version"] == "1.0.0"
+            assert body["detections"], "the sample detector finds boxes at 0.05"
+    stats = _collect(slot, REQUESTS)
+    assert stats.samples == REQUESTS
+    assert stats.agreements == (REQUESTS if agree else 0)
+
+
+def test_detections_match_rules() -> None:
+    def d(boxes: list[list[float]], classes: list[int]) -> Detections:
+        return Detections(
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
+            np.asarray(classes, np.int64),
+        )
+
+    a = d([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2])
+    assert detections_match(a, d([[21, 21, 41, 41], [1, 1, 10, 10]], [2, 1]))
+    assert not detections_match(a, d([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 3]))  # class differs
+    assert not detections_match(a, d([[0, 0, 10, 10], [30, 30, 50, 50]], [1, 2]))  # IoU < 0.5
+    assert not detections_match(a, d([[0, 0, 10, 10]], [1]))  # a box missing
+    assert not detections_match(d([[0, 0, 10, 10]] * 2, [1, 1]), d([[0, 0, 10, 10], [50, 50, 60, 60]], [1, 1]))
+    assert detections_match(d([], []), d([], []))
+
+
+def test_shadow_failures_never_reach_the_response(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    engine, model = _candidate(samples["det"], "1.1.0")  # takes another input: every shadow run fails
+    slot.set_shadow(engine, model, 1.0)
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for i in range(4):
+            assert c.post("/v1/models/mobilenet-like:predict", content=jpeg(64, 64, seed=i)).status_code == 200
+    time.sleep(0.2)
+    window = slot.take_window()
+    assert window.requests == 4
+    assert window.errors == 0
+    assert window.shadow is not None
+    assert window.shadow.samples == 0
+
+
+def test_reapplying_the_same_state_keeps_batchers_and_counters(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    engine, model = _candidate(samples["clf"], "1.1.0")
+    slot.set_shadow(engine, model, 1.0)
+    active, shadow = slot.current, slot.shadow_tally()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.post("/v1/models/mobilenet-like:predict", content=jpeg(64, 64)).status_code == 200
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot.set_shadow(engine, model, 0.5)
+    assert slot.current is active
+    assert slot.shadow_tally() is shadow
+    assert _collect(slot, 1).samples == 1

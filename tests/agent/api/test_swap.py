@@ -1,0 +1,153 @@
+"""Zero-downtime swap: 8 clients keep sending while the control side activates a new version."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from agent.api import ApiServer, ApiSettings, ModelSlot
+from models.errors import EngineNotReady
+from tests.agent.api.conftest import Sample
+
+CLIENTS = 8
+AFTER_SWAP = 6  # responses each client must get after the swap before it stops
+
+
+def _request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    )
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def _decode(r: httpx.Response) -> tuple[str, np.ndarray]:
+    n = int(r.headers["inference-header-content-length"])
+    head = orjson.loads(r.content[:n])
+    return head["model_version"], np.frombuffer(r.content[n:], dtype=np.float32).reshape(head["outputs"][0]["shape"])
+
+
+def test_swap_under_load_fails_nothing_and_switches_once(samples: dict[str, Sample], make_server: Any) -> None:
+    v1, v2 = samples["clf"], samples["clf2"]
+    e1, e2 = v1.engine(), v2.engine()
+    server, slot = make_server(max_queue=256)
+    slot.activate(e1, v1.applied(), v1.descriptor)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(CLIENTS)]
+    expected = {
+        "1.0.0": [e1.infer({"image": x})["logits"] for x in inputs],
+        "2.0.0": [e2.infer({"image": x})["logits"] for x in inputs],
+    }
+    swapped = threading.Event()
+    swap_times: dict[str, float] = {}
+    results: list[list[tuple[float, float, int, str, np.ndarray | None]]] = [[] for _ in range(CLIENTS)]
+
+    def client(i: int) -> None:
+        body, headers = _request(inputs[i])
+        after = 0
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while after < AFTER_SWAP and time.monotonic() < deadline:
+                t0 = time.monotonic()
+                r = c.post("/v2/models/mobilenet-like/infer", content=body, headers=headers)
+                t1 = time.monotonic()
+                version, out = _decode(r) if r.status_code == 200 else ("", None)
+                results[i].append((t0, t1, r.status_code, version, out))
+                after += swapped.is_set() and t0 > swap_times["returned"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    while min(len(r) for r in results) < 5:  # every client is running on v1
+        time.sleep(0.005)
+    swap_times["called"] = time.monotonic()
+    slot.activate(e2, v2.applied(), v2.descriptor)
+    swap_times["returned"] = time.monotonic()
+    swapped.set()
+    for t in threads:
+        t.join()
+
+    total = sum(len(r) for r in results)
+    failed = [(s, v) for r in results for (_, _, s, v, _) in r if s != 200]
+    assert failed == [], f"{len(failed)} of {total} requests failed: {failed[:5]}"
+    for i, rows in enumerate(results):
+        versions = [v for (_, _, _, v, _) in rows]
+        switches = sum(a != b for a, b in zip(versions, versions[1:], strict=False))
+        assert versions[0] == "1.0.0" and versions[-1] == "2.0.0" and switches == 1, versions
+        for t0, t1, _, version, out in rows:
+            np.testing.assert_allclose(out, expected[version][i], rtol=1e-5)  # exactly that version's answer
+            if t1 < swap_times["called"]:
+                assert version == "1.0.0"
+            if t0 > swap_times["returned"]:
+                assert version == "2.0.0"
+    deadline = time.monotonic() + 10
+    while True:  # the old engine is closed once its last request finished
+        try:
+            e1.infer({"image": inputs[0]})
+        except EngineNotReady:
+            break
+        assert time.monotonic() < deadline, "old engine never closed"
+        time.sleep(0.01)
+    window = slot.take_window()
+    assert window.requests == total
+    assert window.errors == 0
+
+
+def test_swap_and_deactivate_without_a_running_server(samples: dict[str, Sample]) -> None:
+    slot = ModelSlot()
+    e1, e2 = samples["clf"].engine(), samples["clf2"].engine()
+    slot.activate(e1, samples["clf"].applied(), samples["clf"].descriptor)
+    slot.activate(e2, samples["clf2"].applied(), samples["clf2"].descriptor)
+    with pytest.raises(EngineNotReady):
+        e1.infer({"image": np.zeros((1, 3, 8, 8), np.float32)})
+    assert not slot.is_ready()  # no loop attached: nothing serves yet
+    slot.deactivate()
+    assert slot.current is None
+    assert slot.take_window().requests == 0
+
+
+def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
+    slot = ModelSlot()
+    server = ApiServer(ApiSettings(port=0, drain_timeout_s=5), slot)
+    server.start()
+    slot.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    body, headers = _request(x)
+    host, port = server.url.removeprefix("http://").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((host, int(port))) as held:
+        held.sendall(
+            f"POST /v2/models/mobilenet-like/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"{head}\r\n".encode()
+            + body[:20]
+        )
+        deadline = time.monotonic() + 10
+        while slot.current is None or slot.current.inflight == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        time.sleep(0.1)  # the server is shutting down now, with our request in flight
+        held.sendall(body[20:])
+        reply = held.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        stopper.join(15)
+        assert not stopper.is_alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/v2/health/live")

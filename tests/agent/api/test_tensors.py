@@ -1,0 +1,130 @@
+"""The v2 tensor codec without HTTP: round trips for every datatype; hostile bodies raise only BadRequest."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from agent.api.errors import BadRequest
+from agent.api.tensors import DATATYPES, InferRequest, datatype_of, encode_infer, parse_infer
+
+DTYPES = sorted(DATATYPES)
+
+
+def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": k,
+                    "shape": list(a.shape),
+                    "datatype": datatype_of(a.dtype),
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for k, a in arrays.items()
+            ]
+        }
+    )
+    return head + b"".join(a.tobytes() for a in arrays.values()), str(len(head))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda t: hnp.arrays(
+            DATATYPES[t],
+            hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
+            elements={"allow_nan": False} if t.startswith("FP") else None,
+        )
+    ),
+    st.booleans(),
+)
+def test_round_trip_binary_and_json(a: np.ndarray, binary: bool) -> None:
+    arrays = {"x": a, "y": a[..., :1].copy()}
+    if binary:
+        body, head = _binary_request(arrays)
+        req = parse_infer(body, head)
+    else:
+        doc = {
+            "inputs": [
+                {"name": k, "shape": list(v.shape), "datatype": datatype_of(v.dtype), "data": v.tolist()}
+                for k, v in arrays.items()
+            ]
+        }
+        req = parse_infer(orjson.dumps(doc), None)
+    for k, v in arrays.items():
+        assert req.inputs[k].dtype == v.dtype
+        np.testing.assert_array_equal(req.inputs[k], v)
+    out_req = InferRequest(req.inputs, (("x", binary), ("y", not binary)), False, "r")
+    content, n = encode_infer("m", "1.0.0", out_req, arrays, ["x", "y"])
+    head = orjson.loads(content[:n] if n is not None else content)
+    assert head["id"] == "r"
+    outs = {o["name"]: o for o in head["outputs"]}
+    assert outs["x"]["shape"] == list(a.shape)
+    if binary:
+        got = np.frombuffer(content[n : n + a.nbytes], dtype=a.dtype).reshape(a.shape)
+        np.testing.assert_array_equal(got, a)
+    else:
+        np.testing.assert_array_equal(np.asarray(outs["x"]["data"], dtype=a.dtype).reshape(a.shape), a)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.one_of(st.none(), st.integers(-5, 400).map(str), st.text(max_size=5)))
+def test_hostile_bodies_raise_only_bad_request(body: bytes, header: str | None) -> None:
+    try:
+        parse_infer(body, header)
+    except BadRequest:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda c: (
+            st.lists(c, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["inputs", "name", "shape", "datatype", "data", "parameters", "binary_data_size", "outputs", "id"]
+                ),
+                c,
+                max_size=5,
+            )
+        ),
+        max_leaves=30,
+    )
+)
+def test_hostile_json_documents_raise_only_bad_request(doc: object) -> None:
+    try:
+        parse_infer(orjson.dumps(doc), None)
+    except (BadRequest, orjson.JSONEncodeError):
+        pass
+
+
+def test_unaligned_binary_tensors_are_copied_aligned() -> None:
+    x = np.arange(6, dtype=np.float64)
+    head = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [6], "datatype": "FP64", "parameters": {"binary_data_size": 48}}]}
+    )
+    head = head + b" " * ((-len(head) + 3) % 8)  # header length not a multiple of 8
+    req = parse_infer(head + x.tobytes(), str(len(head)))
+    assert req.inputs["x"].flags.aligned
+    np.testing.assert_array_equal(req.inputs["x"], x)
+
+
+def test_huge_declared_shapes_are_refused_before_allocating() -> None:
+    doc = {"inputs": [{"name": "x", "shape": [10**9, 10**9], "datatype": "FP32", "data": [1.0]}]}
+    with pytest.raises(BadRequest, match="needs"):
+        parse_infer(orjson.dumps(doc), None)
+    doc = {
+        "inputs": [
+            {"name": "x", "shape": [10**9, 10**9], "datatype": "FP32", "parameters": {"binary_data_size": 4 * 10**18}}
+        ]
+    }
+    head = orjson.dumps(doc)
+    with pytest.raises(BadRequest, match="past the body"):
+        parse_infer(head + b"\0" * 16, str(len(head)))

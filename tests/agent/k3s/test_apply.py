@@ -1,0 +1,202 @@
+"""Server-side apply of the workload and the rollout watch, through the real lightkube client."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from agent.k3s import ClusterBridge
+from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
+from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
+from tests.k8s.server import ApiServer
+
+NAME = "edgefleet-inference"
+
+
+def deployment(api: ApiServer) -> dict:
+    obj = api.get("apps", "deployments", NAMESPACE, NAME)
+    assert obj is not None
+    return obj
+
+
+def test_apply_creates_every_object_and_waits_until_ready(api: ApiServer, bridge: ClusterBridge) -> None:
+    result = bridge.apply(desired(1, replicas=2))
+    assert result.state == "ready", result
+    assert (result.replicas, result.ready_replicas, result.updated_replicas) == (2, 2, 2)
+    assert result.generation == result.observed_generation == 1
+    assert result.namespace == NAMESPACE and result.deployment == NAME
+    dep = deployment(api)
+    assert dep["metadata"]["uid"]
+    assert [m["manager"] for m in dep["metadata"]["managedFields"]] == ["edgefleet-agent"]
+    assert api.get("", "services", NAMESPACE, NAME) is not None
+    cm = api.get("", "configmaps", NAMESPACE, NAME)
+    assert cm is not None
+    assert json.loads(cm["data"][ACTIVE_FILE])["model"]["name"] == "resnet"
+    assert api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME) is None
+    # the rollout was followed by a watch from the apply's resourceVersion, not by polling
+    watches = [r for r in api.requests if r.verb == "watch"]
+    assert len(watches) == 1 and watches[0].resource == "deployments"
+
+
+def test_apply_update_advances_generation_and_restarts_only_when_needed(api: ApiServer, bridge: ClusterBridge) -> None:
+    bridge.apply(desired(1))
+    first = deployment(api)
+    # a model change: only the ConfigMap changes, the Deployment is untouched (no pod restart)
+    result = bridge.apply(desired(2, model_version="2.0.0"))
+    assert result.state == "ready" and result.generation == 1
+    same = deployment(api)
+    assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    cm = api.get("", "configmaps", NAMESPACE, NAME)
+    assert cm is not None and json.loads(cm["data"][ACTIVE_FILE])["model"]["version"] == "2.0.0"
+    # a GPU request changes the pod template: generation advances, the controller rolls it out
+    result = bridge.apply(desired(3, model_version="2.0.0", gpus=1))
+    assert result.state == "ready"
+    assert result.generation == result.observed_generation == 2
+    changed = deployment(api)
+    assert changed["metadata"]["uid"] == first["metadata"]["uid"]
+    assert int(changed["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert changed["metadata"]["annotations"][HASH_ANNOTATION] != first["metadata"]["annotations"][HASH_ANNOTATION]
+    limits = changed["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    # scaling changes the spec (generation) but not the template
+    result = bridge.apply(desired(4, model_version="2.0.0", gpus=1, replicas=3))
+    assert (result.generation, result.replicas, result.ready_replicas) == (3, 3, 3)
+    scaled = deployment(api)
+    assert scaled["metadata"]["annotations"][HASH_ANNOTATION] == changed["metadata"]["annotations"][HASH_ANNOTATION]
+
+
+def test_a_deployment_that_never_becomes_ready_hits_our_deadline(api: ApiServer) -> None:
+    api.controller = "never"
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.5)) as bridge:
+        result = bridge.apply(desired(1, replicas=2))
+        assert result.state == "failed"
+        assert result.message is not None and "deadline of 0.5s" in result.message
+        assert "0/2 pods ready" in result.message
+        assert result.ready_replicas == 0 and result.replicas == 2
+        # the bridge is still usable afterwards
+        assert bridge.inventory() == []
+
+
+def test_kubernetes_progress_deadline_is_reported_before_ours(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.controller = "stalled"
+    result = bridge.apply(desired(1))
+    assert result.state == "failed"
+    assert result.message is not None and result.message.startswith("ProgressDeadlineExceeded")
+
+
+def test_deployment_deleted_during_rollout(api: ApiServer) -> None:
+    api.controller = "off"
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=10)) as bridge:
+
+        def delete_soon() -> None:
+            while api.get("apps", "deployments", NAMESPACE, NAME) is None:
+                threading.Event().wait(0.01)
+            threading.Event().wait(0.1)
+            api.store.delete(("apps", "deployments", NAMESPACE, NAME))
+
+        t = threading.Thread(target=delete_soon)
+        t.start()
+        result = bridge.apply(desired(1))
+        t.join()
+    assert result.state == "failed" and result.message == "the Deployment was deleted during rollout"
+
+
+def test_zero_replicas_is_ready_at_once(bridge: ClusterBridge) -> None:
+    result = bridge.apply(desired(1, replicas=0))
+    assert result.state == "ready" and result.replicas == 0
+
+
+def test_autoscaler_is_applied_and_owns_replicas(api: ApiServer) -> None:
+    with ClusterBridge(fast_settings(api.kubeconfig, hpa_max_replicas=4)) as bridge:
+        result = bridge.apply(desired(1, replicas=2))
+    assert result.state == "ready"
+    hpa = api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME)
+    assert hpa is not None and hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 4
+    assert "replicas" not in deployment(api)["spec"]
+
+
+def test_watch_resumes_after_an_error_and_after_410_gone(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.controller_delay_s = 0.3
+    api.fail(500, verb="watch", resource="deployments", times=1)
+    assert bridge.apply(desired(1)).state == "ready"
+    api.store.compacted = api.store.rv + 100  # every resourceVersion is now too old
+    assert bridge.apply(desired(2, gpus=1)).state == "ready"
+    watch_codes = [r.code for r in api.requests if r.verb == "watch"]
+    assert watch_codes[0] == 500 and len(watch_codes) >= 3
+
+
+def test_settings_namespace_and_field_manager_are_used(api: ApiServer) -> None:
+    api.add_namespace("edge-b")
+    s = fast_settings(api.kubeconfig, namespace="edge-b", field_manager="edgefleet-test", workload_name="serve")
+    with ClusterBridge(s) as bridge:
+        assert bridge.apply(desired(1)).deployment == "serve"
+    dep = api.get("apps", "deployments", "edge-b", "serve")
+    assert dep is not None and dep["metadata"]["managedFields"][0]["manager"] == "edgefleet-test"
+
+
+def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: ClusterBridge) -> None:
+    api.put_node("n1")
+    api.controller_delay_s = 0.3
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1))))
+    worker.start()
+    inventories = [bridge.inventory() for _ in range(5)]  # not blocked by the rollout wait
+    worker.join()
+    assert all(len(i) == 1 for i in inventories)
+    assert results[0].state == "ready"  # type: ignore[attr-defined]
+
+
+def pod(name: str, status: dict, labels: dict | None = None) -> dict:
+    selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": NAME}
+    return {
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels if labels is not None else selector},
+        "spec": {"containers": [{"name": "serve", "image": "x"}]},
+        "status": status,
+    }
+
+
+def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
+    api.controller = "never"
+    kind = api.store_kind("pods")
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.",
+            }
+        ],
+    }
+    crashing = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "serve",
+                "ready": False,
+                "restartCount": 4,
+                "image": "x",
+                "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            }
+        ],
+    }
+    api.store.put(kind, pod("p1", unschedulable))
+    api.store.put(kind, pod("p2", unschedulable))
+    api.store.put(kind, pod("p3", crashing))
+    api.store.put(kind, pod("other", crashing, labels={"app": "something-else"}))  # not ours: the selector skips it
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1, mig_profile="1g.10gb", replicas=3))
+    assert result.state == "failed"
+    assert result.message is not None
+    assert "pods: 2x Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb." in result.message
+    assert "1x serve CrashLoopBackOff: back-off 40s" in result.message
+
+
+def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) -> None:
+    api.controller = "never"
+    api.fail(403, verb="list", resource="pods")
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1))
+    assert result.state == "failed" and result.message is not None and "pods:" not in result.message

@@ -1,0 +1,141 @@
+"""The workload rendering, without a server: what changes the pod template and what does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.k3s import ClusterSettings, WorkloadError, render_workload
+from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION, MAX_CONFIG_BYTES
+from tests.agent.k3s.conftest import desired
+
+S = ClusterSettings(image="reg.local/agent:1", gpu_image="reg.local/agent:1-cuda")
+
+
+def container(w: object) -> dict:
+    return w.deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[attr-defined]
+
+
+def test_model_only_change_keeps_the_pod_template() -> None:
+    a = render_workload(desired(1, "1.0.0"), S)
+    b = render_workload(desired(2, "2.0.0", max_batch=32, providers=["CUDAExecutionProvider"]), S)
+    assert a.template_hash == b.template_hash
+    assert a.deployment["spec"]["template"] == b.deployment["spec"]["template"]
+    assert a.config_map != b.config_map  # the model travels in the ConfigMap the pods watch
+    active = json.loads(b.config_map["data"][ACTIVE_FILE])
+    assert active["model"]["version"] == "2.0.0"
+    assert active["runtime"]["max_batch"] == 32
+    assert b.deployment["metadata"]["annotations"][HASH_ANNOTATION] == b.template_hash
+
+
+@pytest.mark.parametrize(
+    ("change", "settings"),
+    [
+        ({"gpus": 1}, S),
+        ({"mig_profile": "1g.10gb"}, S),
+        ({}, S.model_copy(update={"image": "reg.local/agent:2"})),
+        ({}, S.model_copy(update={"memory_limit": "4Gi"})),
+    ],
+)
+def test_image_gpu_or_resources_change_the_template(change: dict, settings: ClusterSettings) -> None:
+    base = render_workload(desired(1), S)
+    changed = render_workload(desired(1, **change), settings)
+    assert changed.template_hash != base.template_hash
+
+
+def test_replicas_do_not_touch_the_template() -> None:
+    one = render_workload(desired(1, replicas=1), S)
+    three = render_workload(desired(1, replicas=3), S)
+    assert one.template_hash == three.template_hash
+    assert three.deployment["spec"]["replicas"] == 3
+
+
+def test_gpu_request_uses_the_cuda_image_runtime_class_and_limits() -> None:
+    w = render_workload(desired(1, gpus=2), S)
+    c = container(w)
+    assert c["image"] == "reg.local/agent:1-cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    pod = w.deployment["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert w.deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+
+
+def test_mig_slice_request() -> None:
+    c = container(render_workload(desired(1, mig_profile="3g.40gb"), S))
+    assert c["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+
+
+def test_cpu_only_pod() -> None:
+    w = render_workload(desired(1), S)
+    c = container(w)
+    assert c["image"] == "reg.local/agent:1"
+    assert set(c["resources"]["limits"]) == {"cpu", "memory"}
+    assert c["args"] == ["agent", "serve", "--store", "/models"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "runtimeClassName" not in w.deployment["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True
+    assert w.service["spec"]["selector"] == w.deployment["spec"]["selector"]["matchLabels"]
+    assert w.autoscaler is None
+    assert [o["kind"] for o in w.objects()] == ["ConfigMap", "Deployment", "Service"]
+
+
+def test_autoscaler_owns_replicas() -> None:
+    w = render_workload(desired(1, replicas=2), S.model_copy(update={"hpa_max_replicas": 6}))
+    assert "replicas" not in w.deployment["spec"]
+    assert w.autoscaler is not None
+    assert w.autoscaler["spec"]["minReplicas"] == 2
+    assert w.autoscaler["spec"]["maxReplicas"] == 6
+
+
+def test_no_model_renders_an_empty_active_document() -> None:
+    state = desired(1).model_copy(update={"model": None})
+    active = json.loads(render_workload(state, S).config_map["data"][ACTIVE_FILE])
+    assert active["model"] is None
+
+
+@pytest.mark.parametrize("profile", ["1g", "1g.10", "../etc", "1g.10gb;rm", "0g.5gb", ""])
+def test_bad_mig_profile_is_refused(profile: str) -> None:
+    with pytest.raises(WorkloadError, match="MIG profile"):
+        render_workload(desired(1, mig_profile=profile), S)
+
+
+def test_oversized_descriptor_is_refused() -> None:
+    state = desired(1)
+    assert state.model is not None
+    big = state.model.model_copy(update={"descriptor": {"labels": ["x" * 1000] * (MAX_CONFIG_BYTES // 900)}})
+    with pytest.raises(WorkloadError) as info:
+        render_workload(state.model_copy(update={"model": big}), S)
+    assert info.value.code == "descriptor_too_large"
+    assert info.value.permanent
+
+
+def test_host_path_store() -> None:
+    w = render_workload(desired(1), S.model_copy(update={"models_host_path": "/var/lib/edgefleet"}))
+    volumes = {v["name"]: v for v in w.deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["hostPath"]["path"] == "/var/lib/edgefleet"
+
+
+@pytest.mark.parametrize("runtime", [{}, {"gpus": 1}, {"mig_profile": "1g.10gb"}])
+def test_serving_pods_meet_pod_security_restricted(runtime: dict) -> None:
+    """The namespace enforces Pod Security `restricted` (deploy/base/namespace.yaml): the pods must pass it."""
+    pod = render_workload(desired(1, **runtime), S).deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any("hostPath" in v for v in pod["volumes"])
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert not sc.get("privileged")
+
+
+def test_gpu_without_runtime_class() -> None:
+    pod = render_workload(desired(1, gpus=1), S.model_copy(update={"gpu_runtime_class": None})).deployment
+    assert "runtimeClassName" not in pod["spec"]["template"]["spec"]

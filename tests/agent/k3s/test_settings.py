@@ -1,0 +1,54 @@
+"""Settings from the environment: good values, empty values for optional fields, bad values named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.k3s import ClusterConfigError, ClusterSettings
+
+
+def test_from_env_reads_prefixed_variables() -> None:
+    env = {
+        "EDGEFLEET_K3S_NAMESPACE": "edge",
+        "EDGEFLEET_K3S_ROLLOUT_DEADLINE_S": "42.5",
+        "EDGEFLEET_K3S_KUBECONFIG": "/etc/rancher/k3s/k3s.yaml",
+        "EDGEFLEET_K3S_HPA_MAX_REPLICAS": "",
+        "EDGEFLEET_K3S_FORCE_CONFLICTS": "false",
+        "UNRELATED": "x",
+    }
+    s = ClusterSettings.from_env(env)
+    assert s.namespace == "edge"
+    assert s.rollout_deadline_s == 42.5
+    assert s.kubeconfig == Path("/etc/rancher/k3s/k3s.yaml")
+    assert s.hpa_max_replicas is None
+    assert s.force_conflicts is False
+
+
+def test_overrides_win_and_none_is_ignored() -> None:
+    s = ClusterSettings.from_env({"EDGEFLEET_K3S_NAMESPACE": "edge"}, namespace="other", image=None)
+    assert s.namespace == "other"
+    assert s.image == ClusterSettings().image
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NAMESPACE", "Not_A_DNS_Label"),
+        ("ROLLOUT_DEADLINE_S", "-1"),
+        ("CPU_LIMIT", "two cores"),
+        ("FIELD_MANAGER", "a b"),
+        ("PORT", "70000"),
+        ("MODELS_HOST_PATH", "relative/path"),
+    ],
+)
+def test_bad_values_are_named(name: str, value: str) -> None:
+    with pytest.raises(ClusterConfigError, match=f"EDGEFLEET_K3S_{name}"):
+        ClusterSettings.from_env({f"EDGEFLEET_K3S_{name}": value})
+
+
+def test_gpu_image_defaults_to_image() -> None:
+    s = ClusterSettings(image="a:1")
+    assert s.serving_image(gpu=True) == "a:1"
+    assert s.model_copy(update={"gpu_image": "a:1-cuda"}).serving_image(gpu=True) == "a:1-cuda"

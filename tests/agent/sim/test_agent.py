@@ -1,0 +1,276 @@
+"""SimAgent without a network: decoded messages in, actions out."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.agent import SimAgent
+from agent.sim.cache import BlobCache
+from agent.sim.config import AgentIdentity, BrokerAddress, Faults, SimConfig
+from agent.sim.profile import Profiles
+from fleet import (
+    CommandAck,
+    DesiredState,
+    DeviceStatus,
+    HubSigningKey,
+    ModelRef,
+    Phase,
+    ReportedState,
+    TelemetryWindow,
+    Topics,
+    Want,
+    decode,
+    encode,
+    encode_frame,
+    plan_bytes,
+)
+from fleet.messages import Command, CommandName
+
+PREFIX = "fleet/v1"
+BLOB = bytes(range(256)) * 1024 * 3 + b"tail"  # 768 KiB + 4 bytes: 4 chunks of 256 KiB, the last short
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.key = HubSigningKey.generate()
+        self.topics = Topics(PREFIX)
+        self.manifest = plan_bytes(BLOB)
+        self.version = 0
+
+    def model(self, version: str = "1.0.0") -> ModelRef:
+        return ModelRef(name="resnet", version=version, task="classification", blob=self.manifest)
+
+    def desired(self, device_id: str, model: ModelRef | None, *, key: HubSigningKey | None = None,
+                ttl: float = 600, version: int | None = None) -> bytes:  # fmt: skip
+        self.version = version if version is not None else self.version + 1
+        now = time.time()
+        state = DesiredState(device_id=device_id, version=self.version, issued_at=now, expires_at=now + ttl,
+                             model=model)  # fmt: skip
+        return encode((key or self.key).sign(state))
+
+    def frames(self) -> list[bytes]:
+        m = self.manifest
+        return [
+            encode_frame(m.sha256, i, m.count, BLOB[i * m.chunk_size :][: m.chunk_length(i)]) for i in range(m.count)
+        ]
+
+
+def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", cache: BlobCache | None = None,
+               **config: object) -> SimAgent:  # fmt: skip
+    identity = AgentIdentity(device_id=device_id, broker=BrokerAddress(host="127.0.0.1", port=1883),
+                             hub_public_key=hub.key.public.to_text(), labels={"site": "a"})  # fmt: skip
+    cfg = SimConfig.model_validate({"activation_s": 0.0, "telemetry_s": 10.0, **config})
+    return SimAgent(identity, cfg, cache or BlobCache(tmp_path / "cache"), Profiles.parse(["1.0.0:p50=5ms,err=0.5"]),
+                    random.Random(1), now=time.time())  # fmt: skip
+
+
+def reports(actions: list[object]) -> list[ReportedState]:
+    return [
+        decode(a.payload, ReportedState) for a in actions if isinstance(a, Publish) and a.topic.endswith("/reported")
+    ]
+
+
+def download_all(agent: SimAgent, hub: Hub) -> list[object]:
+    actions: list[object] = []
+    for frame in hub.frames():
+        actions += agent.on_message(hub.topics.chunk(hub.manifest.sha256), frame, time.time())
+    return actions
+
+
+def test_connect_publishes_birth_subscribes_and_has_an_offline_will(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    will = decode(agent.will(time.time()).payload, DeviceStatus)
+    assert will.state == "offline" and agent.will(0).retain
+    actions = agent.on_connect(time.time())
+    subs = {a.topic for a in actions if isinstance(a, Subscribe)}
+    assert subs == {hub.topics.desired("sim-00001"), hub.topics.cmd("sim-00001")}
+    birth = decode(
+        next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/status")), DeviceStatus
+    )
+    assert birth.state == "online" and birth.labels == {"site": "a"} and birth.capabilities is not None
+    assert reports(actions)[0].phase is Phase.IDLE
+
+
+def test_desired_state_downloads_verifies_and_activates(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    agent.on_connect(time.time())
+    actions = agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    assert Subscribe(hub.topics.chunk(hub.manifest.sha256)) in actions
+    want = decode(next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")), Want)
+    assert want.missing == [(0, hub.manifest.count)]
+    assert reports(actions)[-1].phase is Phase.DOWNLOADING
+    actions = download_all(agent, hub)
+    assert Unsubscribe(hub.topics.chunk(hub.manifest.sha256)) in actions
+    assert reports(actions)[-1].phase is Phase.ACTIVATING
+    assert (tmp_path / "cache" / "blobs" / hub.manifest.sha256).read_bytes() == BLOB
+    final = reports(agent.tick(time.time()))[-1]
+    assert final.phase is Phase.ACTIVE and final.active is not None and final.active.version == "1.0.0"
+    assert final.desired_version == 1
+
+
+def test_redelivered_retained_state_is_ignored_and_a_downgrade_refused(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    payload = hub.desired("sim-00001", None, version=5)
+    agent.on_message(hub.topics.desired("sim-00001"), payload, time.time())
+    assert agent.on_message(hub.topics.desired("sim-00001"), payload, time.time()) == []
+    old = hub.desired("sim-00001", None, version=3)
+    refused = reports(agent.on_message(hub.topics.desired("sim-00001"), old, time.time()))[-1]
+    assert refused.error is not None and refused.error.code == "stale_version" and refused.desired_version == 5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        ("other_key", "unknown_signing_key"),
+        ("expired", "expired"),
+        ("other_device", "wrong_subject"),
+        ("tampered", "bad_signature"),
+        ("garbage", "malformed_envelope"),
+    ],
+)
+def test_hostile_desired_states_are_refused_with_a_reason(tmp_path: Path, mutate: str, code: str) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    if mutate == "other_key":
+        payload = hub.desired("sim-00001", hub.model(), key=HubSigningKey.generate())
+    elif mutate == "expired":
+        payload = hub.desired("sim-00001", hub.model(), ttl=-3600)
+    elif mutate == "other_device":
+        payload = hub.desired("sim-00002", hub.model())
+    elif mutate == "tampered":
+        payload = hub.desired("sim-00001", hub.model()).replace(b'"1.0.0"', b'"6.6.6"')
+    else:
+        payload = b"\xff{not json" * 10
+    refused = reports(agent.on_message(hub.topics.desired("sim-00001"), payload, time.time()))[-1]
+    assert refused.error is not None and refused.error.code == code
+    assert refused.phase is Phase.IDLE and agent.download is None and agent.stats.refused_desired == 1
+
+
+def test_bad_chunks_are_refused_and_stay_wanted(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path, want_retry_s=1.0)
+    agent.on_connect(time.time())
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    topic = hub.topics.chunk(hub.manifest.sha256)
+    good = hub.frames()[1]
+    corrupt = good[:-1] + bytes([good[-1] ^ 1])
+    for payload in (good[:30], b"", b"EFC1" + b"\x00" * 100, good[:-5]):
+        assert agent.on_message(topic, payload, time.time()) == []
+    # a chunk that fails its digest is wanted again at once, like the product agent does
+    again = agent.on_message(topic, corrupt, time.time())
+    assert [decode(a.payload, Want).missing for a in again if isinstance(a, Publish)] == [[(1, 2)]]
+    assert agent.stats.refused_chunks == 5 and agent.download is not None and agent.download.have_count == 0
+    agent.on_message(topic, good, time.time())
+    agent.on_message(topic, good, time.time())
+    assert agent.stats.duplicate_chunks == 1
+    retry = [a for a in agent.tick(time.time() + 2) if isinstance(a, Publish) and a.topic.endswith("/want")]
+    assert decode(retry[0].payload, Want).missing == [(0, 1), (2, hub.manifest.count)]
+
+
+def test_messages_on_foreign_or_malformed_topics_are_counted_not_fatal(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    assert agent.on_message("other/topic", b"x", 0) == []
+    assert agent.on_message(hub.topics.desired("sim-00002"), b"x", 0) == []
+    assert agent.on_message(hub.topics.reported("sim-00001"), b"x", 0) == []
+    assert agent.on_message(hub.topics.chunk("a" * 64), b"x" * 10_000, 0) == []
+    assert agent.on_message(hub.topics.desired("sim-00001"), b"", 0) == []  # a cleared retained state
+    assert agent.stats.malformed == 3
+
+
+def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    download_all(agent, hub)
+    agent.tick(time.time())
+    assert agent.active is not None
+    agent.config = agent.config.model_copy(update={"faults": Faults(activation_fail_p=1.0)})
+    other = hub.model("2.0.0")  # same blob, new version: no download needed, but a new activation
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", other), time.time())
+    failed = reports(agent.tick(time.time()))[-1]
+    assert failed.phase is Phase.FAILED and failed.error is not None and failed.error.code == "activation_failed"
+    assert failed.active is not None and failed.active.version == "1.0.0"
+
+
+def test_telemetry_follows_the_active_versions_profile(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path, telemetry_s=1.0)
+    agent.on_connect(time.time())
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    download_all(agent, hub)
+    agent.tick(time.time())
+    now = time.time()
+    agent.tick(now + 2)  # the first window starts at a random offset
+    actions = agent.tick(now + 12)
+    window = decode(
+        next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/telemetry")), TelemetryWindow
+    )
+    assert window.model_version == "1.0.0" and window.requests > 0 and window.latency.count == window.requests
+    assert 0 < window.errors < window.requests  # err=0.5
+
+
+def test_offline_fault_and_slow_link(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(
+        hub, tmp_path, faults={"offline_p": 1.0, "offline_s": 3.0, "slow_fraction": 1.0, "slow_chunk_s": 0.1}
+    )
+    agent.on_connect(time.time())
+    assert GoOffline(3.0) in agent.tick(time.time() + 20)
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    assert PauseReading(0.1) in agent.on_message(hub.topics.chunk(hub.manifest.sha256), hub.frames()[0], time.time())
+
+
+def test_signed_commands_are_acknowledged(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    now = time.time()
+    cmd = Command(device_id="sim-00001", version=1, issued_at=now, expires_at=now + 60, correlation_id="c1",
+                  name=CommandName.PING)  # fmt: skip
+    actions = agent.on_message(hub.topics.cmd("sim-00001"), encode(hub.key.sign(cmd)), now)
+    ack = decode(actions[-1].payload, CommandAck)  # type: ignore[union-attr]
+    assert ack.ok and ack.correlation_id == "c1"
+    replay = agent.on_message(hub.topics.cmd("sim-00001"), encode(hub.key.sign(cmd)), now)
+    refused = decode(replay[-1].payload, CommandAck)  # type: ignore[union-attr]
+    assert not refused.ok and refused.error is not None and refused.error.code == "stale_version"
+
+
+def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path) -> None:
+    hub = Hub()
+    cache = BlobCache(tmp_path / "cache")
+    agents = [make_agent(hub, tmp_path, f"sim-{i:05d}", cache=cache) for i in range(5)]
+    for agent in agents:
+        agent.on_message(hub.topics.desired(agent.device_id), hub.desired(agent.device_id, hub.model()), time.time())
+    for agent in agents:
+        download_all(agent, hub)
+        assert agent.phase is Phase.ACTIVATING
+    assert cache.chunks_written == hub.manifest.count
+    assert cache.chunks_verified == 5 * hub.manifest.count
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [hub.manifest.sha256]
+    late = make_agent(hub, tmp_path, "sim-late", cache=cache)
+    late.on_message(hub.topics.desired("sim-late"), hub.desired("sim-late", hub.model()), time.time())
+    corrupt = bytearray(hub.frames()[0])
+    corrupt[-1] ^= 1
+    late.on_message(hub.topics.chunk(hub.manifest.sha256), bytes(corrupt), time.time())
+    assert late.stats.refused_chunks == 1  # a complete cache does not spare a late agent its checks
+
+
+def test_a_late_joiner_wants_the_missed_chunks_when_the_pass_ends(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path, want_at_pass_end=True)
+    agent.on_connect(time.time())
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    topic = hub.topics.chunk(hub.manifest.sha256)
+    frames = hub.frames()
+    assert agent.on_message(topic, frames[2], time.time()) == []
+    actions = agent.on_message(topic, frames[-1], time.time())
+    wants = [decode(a.payload, Want) for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
+    assert wants[0].missing == [(0, 2)]

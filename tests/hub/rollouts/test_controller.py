@@ -1,0 +1,309 @@
+"""The rollout controller as a pure state machine: waves, bake, gates, pause/rollback, offline, membership."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.errors import InvalidSelector
+from hub.rollouts.cohort import classify
+from hub.rollouts.controller import command, new_rollout, step
+from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
+from hub.rollouts.model import Rollout, RolloutState, WavePhase
+from tests.hub.rollouts.world import OLD, Profile, World, spec
+
+NEW = ("cls", "2.0.0")
+
+
+def start(world: World, rid: str = "r-0001", **kw: object) -> Rollout:
+    return new_rollout(rid, spec(**kw), world.fleet, claimed={}, actor="alice", now=world.now)
+
+
+def test_a_healthy_version_rolls_through_every_wave_to_100_percent() -> None:
+    w = World(20)
+    r = start(w, waves=["1", "10%", "50%", "100%"])
+    assert [len(r.members(i)) for i in range(4)] == [1, 1, 8, 10]
+    seen_started = []
+    for _ in range(200):
+        s = w.tick(r)
+        r = s.rollout
+        seen_started += [d["wave"] for a, d in s.events if a == "rollout.wave_started"]
+        # a wave starts only after the previous one passed
+        for i, wave in enumerate(r.waves[1:], 1):
+            if wave.phase is not WavePhase.PENDING:
+                assert r.waves[i - 1].phase is WavePhase.PASSED
+        if r.state is not RolloutState.RUNNING:
+            break
+    assert r.state is RolloutState.COMPLETED
+    assert seen_started == [0, 1, 2, 3]
+    assert all(v.desired_model == NEW and v.active == NEW for v in w.fleet.values())
+    for wave in r.waves:
+        names = {g.name: g for g in wave.gates}
+        assert {"activation", "availability", "error_rate", "p95_latency"} <= set(names)
+        assert all(g.status != "fail" for g in wave.gates)
+    # control cohort: devices still on the old version in the same window; the last wave uses the baseline
+    assert r.waves[0].gates[-1].measured["control_source"] == "control"
+    assert r.waves[-1].gates[-1].measured["control_source"] == "baseline"
+    # each device got exactly one desired state for its step
+    assert set(w.published.values()) == {1}
+    assert len(w.published) == 20
+
+
+def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back() -> None:
+    w = World(20, profiles={"2.0.0": Profile(latency_ms=40.0)})
+    r = w.run(start(w, on_failure="rollback"))
+    assert r.state is RolloutState.ROLLED_BACK
+    canary = r.waves[0]
+    assert canary.phase is WavePhase.FAILED and canary.failed_in is WavePhase.BAKING
+    gate = next(g for g in canary.gates if g.name == "p95_latency")
+    assert gate.status == "fail"
+    assert gate.measured["wave_p95_ms"] > 30 and gate.measured["control_p95_ms"] < 10
+    assert gate.measured["control_source"] == "control" and gate.measured["control_devices"] == 19
+    assert "p95_latency" in (r.reason or "")
+    assert all(x.phase is WavePhase.PENDING for x in r.waves[1:])
+    (d,) = r.members(0)
+    assert w.fleet[d].desired_model == OLD and w.fleet[d].desired_rollout == r.id
+    w.tick(r)
+    assert w.fleet[d].active == OLD
+    assert classify(r, d, w.fleet[d]) == "rolled_back"
+    # no other device was ever touched
+    assert {dev for dev, _ in w.published} == {d}
+
+
+def test_error_rate_gate_pauses_then_resume_bakes_again_and_manual_rollback() -> None:
+    w = World(10, profiles={"2.0.0": Profile(error_rate=0.1)})
+    r = w.run(start(w, waves=["1", "100%"]))
+    assert r.state is RolloutState.PAUSED
+    gate = next(g for g in r.waves[0].gates if g.name == "error_rate")
+    assert gate.status == "fail" and gate.value == pytest.approx(0.1, abs=0.01)
+    # paused: nothing moves, the canary keeps the candidate
+    for _ in range(10):
+        r = w.tick(r).rollout
+    assert r.state is RolloutState.PAUSED and r.waves[1].phase is WavePhase.PENDING
+    w.profiles["2.0.0"] = Profile()  # "fixed" (e.g. a bad upstream dependency recovered)
+    r, events = command(r, "resume", now=w.now)
+    assert events[0][0] == "rollout.resume" and r.waves[0].phase is WavePhase.ACTIVATING
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+    r, _ = command(r, "rollback", now=w.now, reason="customer complaint")
+    assert r.state is RolloutState.ROLLING_BACK and r.reason == "customer complaint"
+    r = w.run(r)
+    assert r.state is RolloutState.ROLLED_BACK
+    assert all(v.desired_model == OLD for v in w.fleet.values())
+
+
+def test_a_disagreeing_candidate_fails_the_shadow_gate_before_any_device_activates_it() -> None:
+    w = World(10, profiles={"2.0.0": Profile(agreement=0.5)})
+    r = start(w, shadow_rate=0.5, on_failure="rollback", waves=["2", "100%"])
+    saw_shadow = False
+    for _ in range(100):
+        r = w.tick(r).rollout
+        saw_shadow |= any(v.shadow == NEW for v in w.fleet.values())
+        assert all(v.desired_model != NEW for v in w.fleet.values())
+        if not r.state.active:
+            break
+    assert saw_shadow
+    assert r.state is RolloutState.ROLLED_BACK
+    gate = next(g for g in r.waves[0].gates if g.name == "shadow_agreement")
+    assert gate.status == "fail" and gate.value == pytest.approx(0.5, abs=0.02)
+    assert r.waves[0].failed_in is WavePhase.SHADOW_BAKING
+    assert all(v.active == OLD and v.desired_shadow is None for v in w.fleet.values() if v.desired_rollout)
+
+
+def test_an_agreeing_shadow_passes_then_activates() -> None:
+    w = World(6)
+    r = w.run(start(w, shadow_rate=1.0, waves=["1", "100%"]))
+    assert r.state is RolloutState.COMPLETED
+    for wave in r.waves:
+        assert [g.name for g in wave.gates if g.phase == "shadow"][-1] == "shadow_agreement"
+        assert wave.shadow_started_at is not None
+    assert all(v.active == NEW for v in w.fleet.values())
+
+
+def test_activation_failures_fail_the_wave_at_once() -> None:
+    w = World(10, profiles={"2.0.0": Profile(fail_activation=True)})
+    r = w.run(start(w, waves=["3", "100%"], on_failure="rollback"))
+    assert r.state is RolloutState.ROLLED_BACK
+    gate = r.waves[0].gates[-1]
+    assert gate.name == "activation" and gate.status == "fail" and gate.measured["failed"] >= 1
+    assert r.waves[0].failed_in is WavePhase.ACTIVATING
+
+
+def test_offline_devices_are_set_aside_after_the_timeout_and_never_hold_a_wave() -> None:
+    w = World(10)
+    r = start(w, waves=["5", "100%"], offline_timeout_s=20)
+    victim = r.members(0)[0]
+    w.offline.add(victim)
+    for _ in range(10):
+        r = w.tick(r).rollout
+    assert r.waves[0].phase is WavePhase.ACTIVATING  # still waiting within the timeout
+    counts = [classify(r, d, w.fleet[d]) for d in r.members(0)]
+    assert counts.count("offline") == 1 and counts.count("active") == 4
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+    assert r.waves[0].set_aside == [victim]
+    avail = next(g for g in r.waves[0].gates if g.name == "availability")
+    assert avail.measured["offline"] == 1
+    # it still holds the candidate as its desired state and takes it when it comes back
+    w.offline.clear()
+    w.follow()
+    assert w.fleet[victim].active == NEW
+
+
+def test_a_wave_with_every_device_offline_pauses_with_the_reason() -> None:
+    w = World(4)
+    r = start(w, waves=["1", "100%"], offline_timeout_s=5)
+    w.offline |= set(r.members(0))
+    r = w.run(r)
+    assert r.state is RolloutState.PAUSED
+    assert "availability" in (r.reason or "")
+
+
+def test_online_devices_that_never_update_count_as_failures_at_the_timeout() -> None:
+    w = World(4)
+    r = start(w, waves=["1", "100%"], offline_timeout_s=5)
+    w.stuck |= set(r.members(0))
+    r = w.run(r)
+    assert r.state is RolloutState.PAUSED
+    assert r.waves[0].gates[-2].name == "activation" and r.waves[0].gates[-2].status == "fail"
+
+
+def test_devices_joining_go_to_the_next_wave_not_started_and_leavers_are_left_alone() -> None:
+    w = World(10)
+    r = start(w, waves=["1", "50%", "100%"])
+    for _ in range(3):
+        r = w.tick(r).rollout
+    assert r.waves[0].phase is not WavePhase.PENDING
+    w.add("late-1")
+    leaver = r.members(2)[0]
+    w.fleet[leaver] = w.fleet[leaver].__class__(**{**w.fleet[leaver].__dict__, "labels": {"site": "b"}})
+    r = w.tick(r).rollout
+    assert r.devices["late-1"].wave == 1
+    assert r.devices[leaver].left_at is not None
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+    assert w.fleet["late-1"].active == NEW
+    assert w.fleet[leaver].desired_model == OLD and (leaver, f"{r.id}/w2/activate") not in w.published
+    # after every wave started, a joiner goes to the last wave
+    w2 = World(4)
+    r2 = start(w2, waves=["1", "100%"])
+    while r2.waves[1].phase is WavePhase.PENDING:
+        r2 = w2.tick(r2).rollout
+    w2.add("late-2")
+    r2 = w2.tick(r2).rollout
+    assert r2.devices["late-2"].wave == 1
+
+
+def test_joiners_owned_by_another_active_rollout_are_not_taken() -> None:
+    w = World(3)
+    r = start(w, waves=["100%"])
+    w.add("other")
+    s = w.tick(r, claimed={"other"})
+    assert "other" not in s.rollout.devices
+
+
+def test_start_refuses_conflicts_no_targets_and_bad_selectors() -> None:
+    w = World(3)
+    with pytest.raises(RolloutConflict, match="r-beef"):
+        new_rollout("r-0002", spec(), w.fleet, claimed={"d01": "r-beef"}, actor="a", now=0)
+    with pytest.raises(NoTargets):
+        new_rollout("r-0002", spec(selector="site=nowhere"), w.fleet, claimed={}, actor="a", now=0)
+    with pytest.raises(InvalidSelector):
+        new_rollout("r-0002", spec(selector="site in (a"), w.fleet, claimed={}, actor="a", now=0)
+
+
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        (RolloutState.RUNNING, "resume"),
+        (RolloutState.PAUSED, "pause"),
+        (RolloutState.COMPLETED, "pause"),
+        (RolloutState.COMPLETED, "abort"),
+        (RolloutState.ROLLED_BACK, "rollback"),
+        (RolloutState.ABORTED, "resume"),
+        (RolloutState.ROLLING_BACK, "rollback"),
+    ],
+)
+def test_commands_refuse_transitions_their_state_does_not_allow(state: RolloutState, action: str) -> None:
+    r = start(World(2)).model_copy(update={"state": state})
+    with pytest.raises(InvalidTransition, match=state.value):
+        command(r, action, now=1)  # type: ignore[arg-type]
+
+
+def test_abort_leaves_devices_as_they_are_and_stops_targeting() -> None:
+    w = World(5)
+    r = start(w, waves=["1", "100%"])
+    for _ in range(3):
+        r = w.tick(r).rollout
+    r, _ = command(r, "abort", now=w.now)
+    s = w.tick(r)
+    assert s.targets == [] and s.rollout == r
+    assert sum(v.desired_model == NEW for v in w.fleet.values()) == 1
+
+
+def test_a_step_without_news_changes_nothing() -> None:
+    w = World(5)
+    r = w.run(start(w, waves=["1", "100%"], bake_s=1000), max_ticks=5)
+    s1 = step(r, w.fleet, w, now=w.now)
+    s2 = step(s1.rollout, w.fleet, w, now=w.now)
+    assert s2.rollout == s1.rollout and s2.rollout.seq == s1.rollout.seq
+    assert all(t.published(w.fleet[t.device_id], r.id) for t in s2.targets)
+
+
+def test_restarting_at_any_step_continues_and_never_sends_a_step_twice() -> None:
+    """Each tick the record goes through JSON (a restart); every third tick "crashes" before publishing."""
+    w = World(12)
+    r = start(w, shadow_rate=1.0)
+    for i in range(400):
+        w.now += 1
+        w.follow()
+        w.traffic(1)
+        s = step(Rollout.model_validate_json(r.model_dump_json()), w.fleet, w, now=w.now)
+        r = s.rollout
+        if i % 3 != 2:
+            w.publish(r, s.targets)
+        if not r.state.active:
+            break
+    assert r.state is RolloutState.COMPLETED
+    assert set(w.published.values()) == {1}
+    steps = {st.rsplit("/", 1)[1] for _, st in w.published}
+    assert steps == {"shadow", "activate"}
+
+
+def test_a_failed_shadow_with_pause_withdraws_the_shadow_and_resume_tries_again() -> None:
+    w = World(4, profiles={"2.0.0": Profile(agreement=0.0)})
+    r = w.run(start(w, shadow_rate=1.0, waves=["2", "100%"]))
+    assert r.state is RolloutState.PAUSED and "shadow_agreement" in (r.reason or "")
+    for _ in range(2):
+        r = w.tick(r).rollout
+    assert [classify(r, d, w.fleet[d]) for d in r.members(0)] == ["rolled_back", "rolled_back"]
+    assert all(w.fleet[d].shadow is None and w.fleet[d].active == OLD for d in r.members(0))
+    w.profiles["2.0.0"] = Profile()
+    r, _ = command(r, "resume", now=w.now)
+    assert r.waves[0].phase is WavePhase.SHADOW_LOADING
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+
+
+def test_without_traffic_a_wave_keeps_baking_until_the_timeout_then_records_no_data() -> None:
+    w = World(4, rps=0)
+    r = start(w, waves=["1", "100%"], bake_s=5, offline_timeout_s=30)
+    for _ in range(20):
+        r = w.tick(r).rollout
+    assert r.waves[0].phase is WavePhase.BAKING and r.waves[0].gates[-1].name == "availability"
+    w.rps = 50  # traffic arrives late: judged over the longer window
+    r = w.tick(r).rollout
+    assert r.waves[0].phase is WavePhase.PASSED
+    assert r.waves[0].gates[-1].status == "pass" and r.waves[0].gates[-1].until == w.now
+    w.rps = 0
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+    assert {g.status for g in r.waves[1].gates if g.name in ("error_rate", "p95_latency")} == {"no_data"}
+
+
+def test_a_shadow_nobody_could_compare_is_never_activated() -> None:
+    w = World(3, rps=0)
+    r = w.run(start(w, waves=["100%"], shadow_rate=0.5, offline_timeout_s=20))
+    assert r.state is RolloutState.PAUSED
+    gate = r.waves[0].gates[-1]
+    assert gate.name == "shadow_agreement" and gate.status == "fail" and "offline timeout" in gate.detail
+    assert all(v.desired_model == OLD for v in w.fleet.values())

@@ -1,0 +1,212 @@
+"""Bad inputs at the API and on every ingest topic: clear errors, nothing stored, the hub keeps serving."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.codec import encode
+from fleet.messages import DeviceStatus, TelemetryWindow
+from models.descriptor import ModelDescriptor
+from tests.support.broker import Broker
+from tests.support.hub import RunningHub, start_hub
+from tests.support.mqtt import TestClient, wait_for
+
+
+def _error(r) -> dict:  # type: ignore[no-untyped-def]
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return body["error"]
+
+
+def _nothing_stored(h: RunningHub) -> None:
+    assert h.hub.store.list_model_versions() == []
+    assert not any(p.is_file() for p in h.settings.blob_dir.rglob("*"))
+    assert not any(h.settings.tmp_dir.iterdir())
+
+
+def test_corrupt_model_upload_is_refused_with_the_reason(
+    running_hub: RunningHub, samples: Path, tmp_path: Path
+) -> None:
+    good = (samples / "mobilenet-like.onnx").read_bytes()
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(good[: len(good) // 2])  # truncated protobuf
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json()
+    desc.update(sha256=None, size=None)  # so the file itself is judged, not only its digest
+    r = running_hub.push_model(corrupt, desc)
+    assert r.status_code == 400
+    err = _error(r)
+    assert err["code"] == "invalid_model" and "corrupt.onnx" in err["message"]
+    _nothing_stored(running_hub)
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx at all" * 100)
+    r = running_hub.push_model(garbage, desc)
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_model"
+    # the bytes differ from the digest the description records
+    r = running_hub.push_model(garbage, samples / "mobilenet-like.yaml")
+    assert r.status_code == 400 and "sha256" in _error(r)["message"]
+    # a description that does not fit the graph (wrong input size)
+    desc["input"]["height"] = 17
+    r = running_hub.push_model(samples / "mobilenet-like.onnx", desc)
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_model"
+    # a description that is not a description
+    r = running_hub.push_model(samples / "mobilenet-like.onnx", {"name": "x"})
+    assert r.status_code == 400 and "description" in _error(r)["message"]
+    with running_hub.client() as c:
+        r = c.post("/api/v1/models", data={"descriptor": "{not json"}, files={"file": ("a.onnx", b"x")})
+        assert r.status_code == 400 and _error(r)["code"] == "invalid_model"
+        r = c.post("/api/v1/models", data={"descriptor": json.dumps(desc)})
+        assert r.status_code == 400 and "file" in _error(r)["message"]
+    _nothing_stored(running_hub)
+
+
+def test_oversized_upload_gets_413(broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path) -> None:
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, api={"max_upload_bytes": 200_000})
+    try:
+        r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")  # 1.5 MB
+        assert r.status_code == 413 and _error(r)["code"] == "too_large"
+        # without a Content-Length (chunked), the limit still holds while streaming
+        from hub.client import ApiError, HubClient  # noqa: PLC0415
+
+        desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json()
+        with HubClient(h.url, h.admin_token) as c, pytest.raises(ApiError) as info:
+            c.push_model(samples / "mobilenet-like.onnx", desc, on_progress=lambda _n: None)
+        assert info.value.status == 413
+        _nothing_stored(h)
+        with h.client() as c:
+            assert c.get("/healthz").json()["status"] == "ok"
+    finally:
+        h.stop()
+
+
+def test_unknown_device_or_model_is_404(running_hub: RunningHub) -> None:
+    with running_hub.client() as c:
+        for path in (
+            "/api/v1/devices/nope",
+            "/api/v1/devices/nope/desired",
+            "/api/v1/models/nope",
+            "/api/v1/models/nope/1.0.0",
+            "/api/v1/telemetry/devices/nope",
+            "/api/v1/telemetry/models/nope/1.0.0",
+            "/api/v1/no-such-route",
+        ):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            assert _error(r)["code"] == "not_found"
+        r = c.patch("/api/v1/devices/nope/labels", json={"set": {"a": "b"}})
+        assert r.status_code == 404
+        r = c.post("/api/v1/deployments", json={"model": "nope", "version": "1.0.0", "selector": "a=b"})
+        assert r.status_code == 404 and "nope" in _error(r)["message"]
+        assert c.delete("/api/v1/models/nope/1.0.0").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("selector", "position"),
+    [("site=", 6), ("site in (a,b", 13), ("=x", 1), ("a=b,,c", 5), ("site notin a", 12), ("a=b c", 5)],
+)
+def test_bad_selector_is_400_naming_the_position(running_hub: RunningHub, selector: str, position: int) -> None:
+    with running_hub.client() as c:
+        r = c.get("/api/v1/devices", params={"selector": selector})
+        assert r.status_code == 400
+        err = _error(r)
+        assert err["code"] == "invalid_selector" and f"position {position}" in err["message"], err
+
+
+def test_tokens_and_roles(running_hub: RunningHub) -> None:
+    h = running_hub
+    with h.client(token=None) as c:
+        r = c.get("/api/v1/devices")
+        assert r.status_code == 401 and _error(r)["code"] == "unauthorized"
+        assert c.get("/api/v1/devices", headers={"Authorization": "Bearer eft_wrong"}).status_code == 401
+        assert c.get("/api/v1/devices", headers={"Authorization": "Basic abc"}).status_code == 401
+        assert c.get("/healthz").status_code == 200
+    viewer, operator = h.token("viewer"), h.token("operator")
+    with h.client(viewer) as c:
+        assert c.get("/api/v1/devices").status_code == 200
+        r = c.post("/api/v1/devices", json={"id": "x1"})
+        assert r.status_code == 403 and _error(r)["code"] == "forbidden"
+        assert (
+            c.post("/api/v1/deployments", json={"model": "m", "version": "1.0.0", "selector": "a"}).status_code == 403
+        )
+    with h.client(operator) as c:
+        assert c.post("/api/v1/devices", json={"id": "x1"}).status_code == 403  # enrolment is admin-only
+        assert c.post("/api/v1/tokens", json={"name": "n", "role": "admin"}).status_code == 403
+    with h.client() as c:
+        r = c.post("/api/v1/tokens", json={"name": "n", "role": "root"})
+        assert r.status_code == 400
+    # tokens are stored hashed
+    assert viewer not in (h.data_dir / "hub.db").read_bytes().decode(errors="replace")
+    # revocation takes effect at once
+    with h.client() as c:
+        tokens = c.get("/api/v1/tokens").json()
+        assert {t["name"] for t in tokens} == {"admin", "test-viewer", "test-operator"}
+        viewer_id = next(t["id"] for t in tokens if t["name"] == "test-viewer")
+        assert c.delete(f"/api/v1/tokens/{viewer_id}").status_code == 204
+        assert c.delete(f"/api/v1/tokens/{viewer_id}").status_code == 404
+    with h.client(viewer) as c:
+        assert c.get("/api/v1/devices").status_code == 401
+
+
+def test_request_validation_errors_are_json_400(running_hub: RunningHub) -> None:
+    with running_hub.client() as c:
+        for body in ({"id": "Bad ID!"}, {"id": "ok", "labels": {"bad key!": "v"}}, {"id": "x", "extra": 1}, [1]):
+            r = c.post("/api/v1/devices", json=body)
+            assert r.status_code == 400, body
+            _error(r)
+        r = c.get("/api/v1/telemetry/fleet", params={"since": 10, "until": 5})
+        assert r.status_code == 400
+        r = c.post("/api/v1/devices", json={"id": "dup"})
+        assert r.status_code == 201
+        assert c.post("/api/v1/devices", json={"id": "dup"}).status_code == 409
+        r = c.post("/api/v1/deployments", json={"model": "m", "version": "1.0.0", "selector": ""})
+        assert r.status_code == 400
+
+
+def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: RunningHub, broker: Broker) -> None:
+    h = running_hub
+    t = h.hub.topics
+    with h.client() as c:
+        assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+    sha = "ab" * 32
+    topics = [t.status("cam-1"), t.reported("cam-1"), t.telemetry("cam-1"), t.want(sha), t.cmd_ack("cam-1")]
+    hostile = [
+        b"not json",
+        b"[]",
+        b'{"schema_version": 2, "kind": "telemetry"}',
+        b'{"schema_version": 1, "kind": "nonsense"}',
+        b'{"schema_version": 1}',
+        b"\xff\xfe\x00",
+        b"{" * 10_000,
+        b"x" * (300 * 1024),  # oversized
+    ]
+    dev = TestClient(broker.host, broker.port)
+    try:
+        for topic in topics:
+            for payload in hostile:
+                dev.publish(topic, payload)
+        # foreign: payload names another device than its topic; unknown device; a topic outside the protocol
+        w = TelemetryWindow(device_id="cam-2", seq=1, start=1, end=2)
+        dev.publish(t.telemetry("cam-1"), encode(w))
+        dev.publish(t.telemetry("cam-2"), encode(w))
+        dev.publish(f"{h.settings.topic_prefix}/dev/cam-1/bogus", b"{}")
+        expected = len(topics) * len(hostile) + 2
+        wait_for(lambda: h.hub.ingest.rejected_total >= expected)
+        # the hub still serves: a good message is accepted and the API answers
+        dev.publish(t.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=time.time())))
+        wait_for(lambda: h.hub.store.get_device("cam-1").status == "online")  # type: ignore[union-attr]
+    finally:
+        dev.close()
+    rejected = h.hub.ingest.rejected
+    for kind in ("status", "reported", "telemetry", "want", "cmd_ack"):
+        assert rejected[(kind, "malformed")] >= 6, kind
+        assert rejected[(kind, "oversized")] == 1, kind
+    assert rejected[("telemetry", "foreign")] == 1 and rejected[("telemetry", "unknown_device")] == 1
+    with h.client() as c:
+        counters = c.get("/api/v1/ingest").json()
+        assert counters["rejected"]["telemetry/malformed"] >= 6
+        metrics = c.get("/metrics").text
+        assert 'edgefleet_hub_ingest_rejected_total{kind="telemetry",reason="oversized"} 1.0' in metrics

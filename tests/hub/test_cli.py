@@ -1,0 +1,80 @@
+"""The hub's CLI commands against a real hub over HTTP."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edgefleet_cli import app
+from fleet.bundle import DeviceBundle
+from tests.support.hub import RunningHub
+
+runner = CliRunner()
+
+
+def _run(h: RunningHub, *args: str) -> str:
+    result = runner.invoke(app, [*args, "--url", h.url, "--token", h.admin_token])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_hub_init_prints_the_admin_token_once(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["hub", "init", "--data-dir", str(tmp_path / "d"), "--json"])
+    assert result.exit_code == 0, result.output
+    token = json.loads(result.output)["admin_token"]
+    assert token.startswith("eft_")
+    again = runner.invoke(app, ["hub", "init", "--data-dir", str(tmp_path / "d")])
+    assert again.exit_code == 1 and "already holds a hub" in again.output
+
+
+def test_model_device_deploy_commands(running_hub: RunningHub, samples: Path, tmp_path: Path) -> None:
+    h = running_hub
+    out = _run(h, "model", "push", str(samples / "mobilenet-like.onnx"))
+    assert "mobilenet-like:1.0.0 stored" in out
+    pushed = json.loads(_run(h, "model", "push", str(samples / "tiny-detector.onnx"), "--version", "2.0.0", "--json"))
+    assert pushed["version"] == "2.0.0" and pushed["created"] is True
+    listed = json.loads(_run(h, "model", "list", "--json"))
+    assert {(m["name"], m["version"]) for m in listed} == {("mobilenet-like", "1.0.0"), ("tiny-detector", "2.0.0")}
+    assert "mobilenet-like" in _run(h, "model", "list")
+    assert "wanted by: -" in _run(h, "model", "show", "mobilenet-like:1.0.0")
+
+    bundle_path = tmp_path / "cam-1.json"
+    _run(h, "device", "add", "cam-1", "--label", "site=berlin", "--label", "tier=canary", "--out", str(bundle_path))
+    assert stat.S_IMODE(bundle_path.stat().st_mode) == 0o600
+    bundle = DeviceBundle.load(bundle_path)
+    assert bundle.device_id == "cam-1" and bundle.labels == {"site": "berlin", "tier": "canary"}
+    assert bundle.hub_public_key == h.hub.key.public.to_text()
+    _run(h, "device", "add", "cam-2", "-l", "site=paris", "--out", str(tmp_path / "cam-2.json"))
+    rows = json.loads(_run(h, "device", "list", "--selector", "site in (berlin)", "--json"))
+    assert [r["id"] for r in rows] == ["cam-1"]
+    _run(h, "device", "label", "cam-2", "tier=prod", "--remove", "site")
+    assert json.loads(_run(h, "device", "show", "cam-2", "--json"))["labels"] == {"tier": "prod"}
+    assert "cam-2" in _run(h, "device", "list")
+
+    res = json.loads(_run(h, "deploy", "mobilenet-like:1.0.0", "--selector", "tier=canary", "--json"))
+    assert res["devices"] == {"cam-1": 1}
+    assert "cam-2" in _run(h, "deploy", "mobilenet-like:1.0.0", "-s", "tier", "--provider", "CPUExecutionProvider")
+    assert "cam-1" in _run(h, "model", "show", "mobilenet-like:1.0.0")
+
+    viewer = json.loads(_run(h, "hub", "token", "ci", "--role", "viewer", "--json"))["token"]
+    denied = runner.invoke(app, ["device", "add", "x", "--url", h.url, "--token", viewer])
+    assert denied.exit_code == 1 and "forbidden" in denied.output
+
+
+def test_cli_errors_are_one_line_and_exit_1(running_hub: RunningHub, tmp_path: Path) -> None:
+    h = running_hub
+    for args in (["device", "show", "nope"], ["deploy", "m:1.0.0", "-s", "site="], ["device", "list", "-s", "a in"]):
+        result = runner.invoke(app, [*args, "--url", h.url, "--token", h.admin_token])
+        assert result.exit_code == 1, result.output
+        assert "error" in result.output
+    bad_ref = runner.invoke(app, ["model", "show", "no-version", "--url", h.url])
+    assert bad_ref.exit_code == 2
+    unreachable = runner.invoke(app, ["device", "list", "--url", "http://127.0.0.1:9", "--token", "x"])
+    assert unreachable.exit_code == 1 and "cannot reach" in unreachable.output
+    bad_label = runner.invoke(
+        app, ["device", "add", "d", "-l", "novalue", "--url", h.url, "--out", str(tmp_path / "b")]
+    )
+    assert bad_label.exit_code == 1 and "key=value" in bad_label.output

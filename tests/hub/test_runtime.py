@@ -1,0 +1,243 @@
+"""The hub runtime against real brokers: local Mosquitto supervision, reconnects, chunk rounds, MQTT 5."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import APIRouter
+
+from fleet.chunks import decode_frame
+from fleet.codec import encode
+from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
+from fleet.signing import HubPublicKey, Verifier
+from hub.api.app import create_app
+from hub.api.deps import Viewer
+from hub.api.server import ApiServer
+from hub.errors import NotFound, NotInitialised
+from hub.runtime import Hub
+from hub.settings import HubSettings
+from tests.support.broker import Broker
+from tests.support.hub import RunningHub, start_hub
+from tests.support.mqtt import TestClient, wait_for
+
+
+def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict:  # type: ignore[type-arg]
+    r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
+    assert r.status_code in (200, 201), r.text
+    with h.client() as c:
+        for device_id in ids:
+            assert c.post("/api/v1/devices", json={"id": device_id, "labels": {"site": "x"}}).status_code == 201
+    return dict(r.json())
+
+
+def test_start_without_init_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(NotInitialised, match="hub init"):
+        Hub(HubSettings(data_dir=tmp_path)).start()
+
+
+def test_local_mosquitto_is_started_supervised_and_stopped(tmp_path: Path, topic_prefix: str, samples: Path) -> None:
+    h = start_hub(tmp_path / "hub", None, topic_prefix, broker={"restart_backoff_s": 0.05})
+    try:
+        lb = h.hub.local_broker
+        assert lb is not None and h.hub.broker_url == lb.url
+        conf = (h.settings.broker_dir / "mosquitto.conf").read_text()
+        assert "listener" in conf and "127.0.0.1" in conf and "persistence true" in conf
+        assert "message_size_limit" in conf
+        with h.client() as c:
+            bundle = c.post("/api/v1/devices", json={"id": "cam-1"}).json()["bundle"]
+        assert bundle["broker_url"] == lb.url
+        pid = lb.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: lb.restarts == 1 and lb.pid != pid, timeout=20)
+        wait_for(lambda: h.hub.mqtt_connected, timeout=20)
+        # the hub works on the restarted broker
+        dev = TestClient(lb.host, lb.port, username="cam-1", password=bundle["mqtt_password"])  # the ACL'd broker
+        try:
+            dev.publish(h.hub.topics.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0)))
+            wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
+        finally:
+            dev.close()
+        last_pid = lb.pid
+    finally:
+        h.stop()
+    assert last_pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(last_pid, 0)
+
+
+def test_desired_states_are_republished_after_the_broker_lost_them(
+    private_broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path
+) -> None:
+    h = start_hub(tmp_path / "hub", private_broker.url, topic_prefix)
+    try:
+        _push_and_enrol(h, samples, "cam-1")
+        with h.client() as c:
+            c.post("/api/v1/deployments", json={"model": "mobilenet-like", "version": "1.0.0", "selector": "site=x"})
+        private_broker.stop()
+        for p in private_broker.workdir.glob("*.db"):
+            p.unlink()  # the broker forgets every retained message
+        private_broker.start()
+        wait_for(lambda: h.hub.link is not None and h.hub.link.connects >= 2, timeout=20)
+        dev = TestClient(private_broker.host, private_broker.port)
+        try:
+            dev.subscribe(h.hub.topics.desired("cam-1"))
+            msg = dev.get()
+            key = HubPublicKey(h.hub.key.public._key)
+            body = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+            assert body.version == 1 and msg.retain
+        finally:
+            dev.close()
+    finally:
+        h.stop()
+
+
+def test_wants_are_coalesced_per_round_and_unknown_blobs_counted(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    model = _push_and_enrol(h, samples, "cam-1", "cam-2")
+    sha, count = model["sha256"], model["chunks"]
+    chunks = h.hub.chunks
+    watcher = TestClient(broker.host, broker.port)
+    try:
+        watcher.subscribe(h.hub.topics.chunk(sha))
+        # hold the round open so both wants land in it
+        chunks.settings = chunks.settings.model_copy(update={"round_interval_s": 0.5})
+        # a hostile range far past the blob's end only asks for the chunks that exist
+        hostile = Want(device_id="cam-1", sha256=sha, missing=[(0, 1 << 40)])
+        watcher.publish(h.hub.topics.want(sha), encode(hostile))
+        watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-2", sha256=sha, missing=[(1, 2)])))
+        got = sorted(decode_frame(watcher.get().payload).index for _ in range(count))
+        assert got == list(range(count))
+        wait_for(lambda: chunks.stats.wants == 2)
+        assert chunks.stats.chunks_published == count  # chunk 1 once, although two devices wanted it
+        # out-of-range indexes are ignored; a blob the hub does not have is counted
+        other = "cd" * 32
+        watcher.publish(h.hub.topics.want(other), encode(Want(device_id="cam-1", sha256=other, missing=[(0, 3)])))
+        wait_for(lambda: h.hub.ingest.rejected[("want", "unknown_blob")] == 1)
+        wait_for(lambda: chunks.stats.unknown_blob_wants == 1)
+    finally:
+        watcher.close()
+
+
+def test_rate_limited_serving_delivers_every_chunk(
+    broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path
+) -> None:
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, transfer={"rate_limit_bytes_per_s": 20_000_000})
+    try:
+        model = _push_and_enrol(h, samples, "cam-1")
+        sha, count = model["sha256"], model["chunks"]
+        dev = TestClient(broker.host, broker.port)
+        try:
+            dev.subscribe(h.hub.topics.chunk(sha))
+            dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+            assert sorted(decode_frame(dev.get().payload).index for _ in range(count)) == list(range(count))
+        finally:
+            dev.close()
+    finally:
+        h.stop()
+
+
+def test_mqtt5_and_resigning_before_expiry(broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path) -> None:
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, broker={"mqtt_version": "5"})
+    try:
+        _push_and_enrol(h, samples, "cam-1")
+        with h.client() as c:
+            c.post("/api/v1/deployments", json={"model": "mobilenet-like", "version": "1.0.0", "selector": "site"})
+        first = h.hub.store.get_desired("cam-1")
+        assert first is not None
+        assert h.hub.deployer.refresh_expiring(now=first.issued_at + 1) == 0
+        assert h.hub.deployer.refresh_expiring(now=(first.issued_at + first.expires_at) / 2 + 1) == 1
+        second = h.hub.store.get_desired("cam-1")
+        assert second is not None and second.version == 2 and second.model_version == "1.0.0"
+        # deleting a version a device still wants is refused
+        with h.client() as c:
+            r = c.delete("/api/v1/models/mobilenet-like/1.0.0")
+            assert r.status_code == 409 and "cam-1" in r.json()["error"]["message"]
+        # MQTT 5 ingestion works too
+        dev = TestClient(broker.host, broker.port)
+        try:
+            dev.publish(h.hub.topics.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0)))
+            wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
+        finally:
+            dev.close()
+    finally:
+        h.stop()
+
+
+def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    with h.client() as c:
+        assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+    topics = h.hub.topics
+    h.stop()
+    dev = TestClient(broker.host, broker.port)
+    try:
+        for seq in range(3):
+            w = TelemetryWindow(device_id="cam-1", seq=seq, start=100.0 + seq, end=101.0 + seq, requests=2)
+            dev.publish(topics.telemetry("cam-1"), encode(w), qos=1)
+    finally:
+        dev.close()
+    h.start()  # same client id, persistent session: the broker kept the QoS 1 messages
+    wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
+    with h.client() as c:
+        assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
+
+
+def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) -> None:
+
+    extra = APIRouter(prefix="/api/v1/extra")
+
+    @extra.get("/{name}")
+    def get(name: str, principal: Viewer) -> dict[str, str]:
+        if name == "missing":
+            raise NotFound("no such thing")
+        return {"name": name, "caller": principal.name}
+
+    server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
+    server.start()
+    try:
+        auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x", headers=auth).json() == {"name": "x", "caller": "admin"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x").status_code == 401
+        r = httpx.get(f"{server.url}/api/v1/extra/missing", headers=auth)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    finally:
+        server.stop()
+
+
+def test_concurrent_deploys_leave_the_newest_state_retained(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    _push_and_enrol(h, samples, "cam-1")
+    ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
+
+    def deploy_many() -> None:
+        for _ in range(10):
+            h.hub.deployer.set_desired(["cam-1"], ref)
+
+    threads = [threading.Thread(target=deploy_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = h.hub.store.get_desired("cam-1")
+    assert stored is not None and stored.version == 30
+    dev = TestClient(broker.host, broker.port)
+    try:
+        dev.subscribe(h.hub.topics.desired("cam-1"))
+        key = HubPublicKey(h.hub.key.public._key)
+        retained = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
+        assert retained.version == 30
+    finally:
+        dev.close()

@@ -1,0 +1,157 @@
+"""The SQLite store on real files: migrations, dedupe, ordering, rollups, retention, monotonic versions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.messages import DeviceStatus, Phase, ReportedState, TelemetryWindow
+from hub.errors import Conflict, NotFound
+from hub.store import Desired, Device, ModelVersion, SqliteStore, open_store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = open_store(tmp_path / "hub.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _dev(device_id: str) -> Device:
+    return Device(id=device_id, labels={"site": "a"}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t")
+
+
+def _mv(version: str, sha: str = "a" * 64) -> ModelVersion:
+    manifest = {"sha256": sha, "size": 10, "chunk_size": 1024, "chunks": ["b" * 64]}
+    return ModelVersion("m", version, "classification", sha, 10, {"name": "m"}, manifest, 1.0, "t")
+
+
+def test_reopening_keeps_data_and_applies_no_migration_twice(tmp_path: Path) -> None:
+    s = open_store(tmp_path / "hub.db")
+    s.add_device(_dev("d1"))
+    s.set_meta("k", "v")
+    s.close()
+    s = open_store(tmp_path / "hub.db")
+    try:
+        assert s.get_device("d1") is not None and s.get_meta("k") == "v"
+    finally:
+        s.close()
+
+
+def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
+    store.add_device(_dev("d1"))
+    base = 6000.0  # a minute boundary
+    for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
+        w = TelemetryWindow(device_id="d1", seq=seq, start=base + seq * 30, end=base + seq * 30 + 30, requests=4,
+                            errors=1, model="m", model_version="1.0.0")  # fmt: skip
+        store.enqueue_telemetry(w, time.time())
+    store.flush()
+    st = store.ingest_stats()
+    assert st.telemetry_persisted == 3 and st.telemetry_duplicates == 2
+    series = store.telemetry_series(device_id="d1")
+    assert [(p.minute, p.windows, p.requests) for p in series] == [(6000.0, 2, 8), (6060.0, 1, 4)]
+    assert sum(p.requests for p in store.telemetry_series(model="m", model_version="1.0.0")) == 12
+    assert store.telemetry_series(model="m", model_version="2.0.0") == []
+    assert [p.minute for p in store.telemetry_series(since=6060.0)] == [6060.0]
+    assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
+    seq = store.telemetry_seq("d1", since=None, until=None)
+    assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
+    store.enqueue_telemetry(
+        TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4), time.time()
+    )
+    store.flush()
+    assert store.telemetry_seq("d1", since=None, until=None).missing == 4  # 3..6 never arrived
+    assert store.telemetry_seq("nobody", since=None, until=None).first is None
+    windows = store.telemetry_windows("d1", since=None, until=None, limit=10)
+    assert [w.seq for w in windows] == [7, 2, 1, 0]
+    d = store.get_device("d1")
+    assert d is not None and d.last_requests == 4 and d.telemetry_at is not None
+
+
+def test_reported_state_ignores_older_reports(store: SqliteStore) -> None:
+    store.add_device(_dev("d1"))
+    for seq, ts, phase in ((2, 20.0, Phase.ACTIVE), (1, 10.0, Phase.DOWNLOADING), (3, 30.0, Phase.FAILED)):
+        store.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
+        store.flush()
+    d = store.get_device("d1")
+    assert d is not None and d.reported is not None and d.reported["phase"] == "failed"
+    assert store.ingest_stats().stale_ignored == 1
+    store.enqueue_status(DeviceStatus(device_id="d1", state="offline", ts=1.0), time.time())
+    store.enqueue_status(DeviceStatus(device_id="ghost", state="online", ts=1.0), time.time())  # unknown: no row
+    store.flush()
+    d = store.get_device("d1")
+    assert d is not None and d.status == "offline"
+
+
+def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(tmp_path: Path) -> None:
+    s = open_store(tmp_path / "hub.db")
+    s.add_device(_dev("d1"))
+    with pytest.raises(Conflict):
+        s.add_device(_dev("d1"))
+    assert s.allocate_desired_versions(["d1"]) == {"d1": 1}
+    s.add_model_version(_mv("1.0.0"))
+    s.add_model_version(_mv("1.0.1"))  # same blob, deduplicated
+    with pytest.raises(Conflict):
+        s.add_model_version(_mv("1.0.0", sha="c" * 64))
+    s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {"model": {"name": "m"}}, {}, 1.0, 2.0)])
+    with pytest.raises(Conflict, match="still wanted"):
+        s.delete_model_version("m", "1.0.0")
+    assert s.delete_model_version("m", "1.0.1") is False  # the blob is still used by 1.0.0
+    with pytest.raises(NotFound):
+        s.delete_model_version("m", "9.9.9")
+    with pytest.raises(NotFound):
+        s.allocate_desired_versions(["nope"])
+    s.close()
+    s = open_store(tmp_path / "hub.db")
+    try:
+        assert s.allocate_desired_versions(["d1"]) == {"d1": 2}
+        # an older version never replaces a newer one
+        s.put_desired([Desired("d1", 2, None, None, None, {}, {}, 1.0, 2.0)])
+        s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {}, {}, 1.0, 2.0)])
+        got = s.get_desired("d1")
+        assert got is not None and got.version == 2 and got.model_name is None
+        assert s.delete_model_version("m", "1.0.0") is True  # nobody wants it now; blob unused
+    finally:
+        s.close()
+
+
+def test_retention_sweep(store: SqliteStore) -> None:
+    store.add_device(_dev("d1"))
+    for seq in range(10):
+        store.enqueue_telemetry(TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1),
+                                received_at=100.0 + seq)  # fmt: skip
+    store.flush()
+    deleted = store.sweep(raw_before=105.0, rollup_before=120.0, raw_max_rows=1_000_000)
+    assert deleted == 5 + 2
+    assert len(store.telemetry_windows("d1", since=None, until=None, limit=100)) == 5
+    assert min(p.minute for p in store.telemetry_series()) == 120.0
+
+
+def test_reads_do_not_wait_for_a_busy_writer(store: SqliteStore) -> None:
+    store.add_device(_dev("d1"))
+    gate = threading.Event()
+    done = threading.Event()
+
+    def slow(_conn: object) -> None:
+        gate.wait(10)
+
+    t = threading.Thread(target=lambda: (store._write(slow), done.set()))
+    t.start()
+    try:
+        # the writer is inside a transaction; reads still answer from their own connection
+        assert store.get_device("d1") is not None
+        assert store.list_devices() and not done.is_set()
+    finally:
+        gate.set()
+        t.join(10)
+
+
+def test_documents(store: SqliteStore) -> None:
+    store.put_doc("rollouts", "r1", {"state": "running"})
+    store.put_doc("rollouts", "r1", {"state": "paused"})
+    assert store.get_doc("rollouts", "r1") == {"state": "paused"}
+    assert store.list_docs("rollouts") == [("r1", {"state": "paused"})]
+    assert store.delete_doc("rollouts", "r1") and store.get_doc("rollouts", "r1") is None

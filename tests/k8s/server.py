@@ -1,0 +1,394 @@
+"""A Kubernetes API test server reached by the real lightkube client over TLS on loopback.
+
+It creates on server-side apply, keeps uid/resourceVersion/generation, honours label and field selectors,
+streams watches from a resourceVersion (410 Gone after `compact()`), answers errors as Status objects, records
+every request as an RBAC verb, can enforce RBAC rules, inject faults, and act as a Deployment controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.k8s.certs import make_pki, write_kubeconfig
+from tests.k8s.controller import Controller, deployment_status
+from tests.k8s.selectors import SelectorError, field_selector, label_selector
+from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
+
+APPLY = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    verb: str
+    resource: str
+    group: str
+    namespace: str
+    name: str
+    code: int
+
+
+@dataclass
+class Fault:
+    verb: str | None
+    resource: str | None
+    code: int
+    times: int
+    reason: str = "InternalError"
+    message: str = "injected failure"
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Rule:
+    verb: str
+    resource: str
+    group: str
+    namespace: str | None  # None: cluster-wide (a ClusterRole)
+
+
+def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
+
+
+def _error(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
+    body = json.dumps(status_body(code, reason, message, details))
+    return Response(body, status_code=code, media_type="application/json")
+
+
+@dataclass
+class _Route:
+    kind: Kind
+    namespace: str
+    name: str
+
+
+class ApiServer:
+    """The server; `start()` runs it in a thread, `kubeconfig` is the K3s-style file the client reads."""
+
+    def __init__(
+        self,
+        directory: Path,
+        controller: Controller = "ready",
+        controller_delay_s: float = 0.05,
+        token: str | None = None,
+    ) -> None:
+        """`token`: authenticate by this bearer token (a service account) instead of client certificates."""
+        self.directory = directory
+        self.token = token
+        self.store = Store()
+        self.controller: Controller = controller
+        self.controller_delay_s = controller_delay_s
+        self.requests: list[Recorded] = []
+        self.faults: list[Fault] = []
+        self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
+        self.max_watch_s = 30.0
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+        self.port = 0
+        self.kubeconfig = directory / "k3s.yaml"
+        route = Route("/{path:path}", self._handle, methods=["GET", "PATCH", "POST", "PUT", "DELETE"])
+        self.app = Starlette(routes=[route])
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> ApiServer:
+        pki = make_pki(self.directory / "pki")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            ssl_certfile=str(pki.server_cert),
+            ssl_keyfile=str(pki.server_key),
+            ssl_ca_certs=str(pki.ca_file),
+            ssl_cert_reqs=ssl.CERT_NONE if self.token else ssl.CERT_REQUIRED,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test API server did not start")
+            time.sleep(0.01)
+        write_kubeconfig(self.kubeconfig, self.url, pki)
+        self.ca_file = pki.ca_file
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # --- helpers for tests -------------------------------------------------------------------------
+
+    def add_namespace(self, name: str) -> None:
+        with self.store.lock:
+            self.store.namespaces.add(name)
+        self.store.put(BY_PATH[("", "v1", "namespaces")], {"metadata": {"name": name}})
+
+    def put_node(
+        self,
+        name: str,
+        *,
+        ready: bool = True,
+        labels: dict[str, str] | None = None,
+        allocatable: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        node = {
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110", **(allocatable or {})},
+                "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110", **(allocatable or {})},
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady"}],
+            },
+        }
+        return self.store.put(BY_PATH[("", "v1", "nodes")], node)
+
+    def store_kind(self, plural: str) -> Kind:
+        return next(k for k in BY_PATH.values() if k.plural == plural)
+
+    def get(self, group: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.store.get((group, plural, namespace, name))
+
+    def fail(
+        self, code: int, *, verb: str | None = None, resource: str | None = None, times: int = 1, **kw: Any
+    ) -> None:
+        """Answer the next `times` matching requests with `code` (a Status, or `content_type` text)."""
+        self.faults.append(Fault(verb, resource, code, times, **kw))
+
+    def calls(self) -> set[tuple[str, str, str]]:
+        """Every (verb, resource, group) the clients used, as RBAC verbs (an apply that created: also create)."""
+        return {(r.verb, r.resource, r.group) for r in self.requests}
+
+    def allow(self, rules: set[Rule]) -> None:
+        self.rules = rules
+
+    # --- request handling --------------------------------------------------------------------------
+
+    def _route(self, path: str) -> _Route | None:
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return None
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        kind = BY_PATH.get((group, version, rest[0]))
+        if kind is None or len(rest) > 2 or (kind.namespaced and not namespace and len(rest) == 2):
+            return None
+        return _Route(kind, namespace, rest[1] if len(rest) == 2 else "")
+
+    def _allowed(self, verb: str, route: _Route) -> bool:
+        if self.rules is None:
+            return True
+        for rule in self.rules:
+            if (rule.verb, rule.resource, rule.group) == (verb, route.kind.plural, route.kind.group) and (
+                rule.namespace is None or rule.namespace == route.namespace
+            ):
+                return True
+        return False
+
+    def _forbidden(self, verb: str, route: _Route) -> Response:
+        scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+        user = "system:serviceaccount:edgefleet:edgefleet-agent"
+        message = (
+            f'{route.kind.plural}{"." + route.kind.group if route.kind.group else ""} "{route.name}" is forbidden: '
+            f'User "{user}" cannot {verb} resource "{route.kind.plural}" in API group "{route.kind.group}" {scope}'
+        )
+        return _error(403, "Forbidden", message, {"name": route.name, "kind": route.kind.plural})
+
+    async def _handle(self, request: Request) -> Response:
+        self._loop = asyncio.get_running_loop()
+        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            return _error(401, "Unauthorized", "Unauthorized")
+        route = self._route(request.url.path)
+        if route is None:
+            return _error(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")
+        params = request.query_params
+        watching = params.get("watch") in ("true", "1")
+        verb = {
+            "GET": ("watch" if watching else "list") if not route.name else "get",
+            "PATCH": "patch",
+            "POST": "create",
+            "PUT": "update",
+            "DELETE": "delete",
+        }[request.method]
+        response = await self._answer(request, route, verb)
+        self.requests.append(
+            Recorded(verb, route.kind.plural, route.kind.group, route.namespace, route.name, response.status_code)
+        )
+        if verb == "patch" and response.status_code == 201:
+            self.requests.append(
+                Recorded("create", route.kind.plural, route.kind.group, route.namespace, route.name, 201)
+            )
+        return response
+
+    async def _answer(self, request: Request, route: _Route, verb: str) -> Response:
+        for fault in self.faults:
+            if fault.times > 0 and fault.verb in (None, verb) and fault.resource in (None, route.kind.plural):
+                fault.times -= 1
+                if fault.content_type != "application/json":
+                    return Response(fault.message, status_code=fault.code, media_type=fault.content_type)
+                return _error(fault.code, fault.reason, fault.message)
+        if not self._allowed(verb, route):
+            return self._forbidden(verb, route)
+        try:
+            if verb == "get":
+                obj = self.store.get((route.kind.group, route.kind.plural, route.namespace, route.name))
+                if obj is None:
+                    return _error(404, "NotFound", f'{route.kind.plural} "{route.name}" not found')
+                return _json(obj)
+            if verb in ("list", "watch"):
+                labels = label_selector(request.query_params.get("labelSelector"))
+                fields = field_selector(request.query_params.get("fieldSelector"))
+                if verb == "watch":
+                    return self._watch(request, route, labels, fields)
+                return self._list(route, labels, fields)
+            if verb == "patch":
+                return await self._patch(request, route)
+            if verb == "delete":
+                self.store.delete((route.kind.group, route.kind.plural, route.namespace, route.name))
+                return _json(status_body(200, "", "deleted") | {"status": "Success"})
+            return _error(405, "MethodNotAllowed", f"{verb} is not supported by this test server")
+        except SelectorError as e:
+            return _error(400, "BadRequest", str(e))
+        except StoreError as e:
+            return _error(e.code, e.reason, e.message, e.details)
+
+    def _list(self, route: _Route, labels: Any, fields: Any) -> Response:
+        items, rv = self.store.list(route.kind, route.namespace if route.kind.namespaced and route.namespace else None)
+        items = [i for i in items if labels(i) and fields(i)]
+        return _json(
+            {
+                "kind": f"{route.kind.kind}List",
+                "apiVersion": route.kind.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            }
+        )
+
+    def _watch(self, request: Request, route: _Route, labels: Any, fields: Any) -> Response:
+        since_text = request.query_params.get("resourceVersion") or ""
+        timeout = min(float(request.query_params.get("timeoutSeconds") or self.max_watch_s), self.max_watch_s)
+        namespace = route.namespace if route.kind.namespaced else ""
+
+        def relevant(key: Key, obj: dict[str, Any]) -> bool:
+            return (
+                key[:2] == (route.kind.group, route.kind.plural)
+                and (not namespace or key[2] == namespace)
+                and labels(obj)
+                and fields(obj)
+            )
+
+        async def stream() -> Any:
+            if since_text and since_text != "0":
+                since = int(since_text)
+                if since < self.store.compacted:
+                    gone = status_body(410, "Expired", f"too old resource version: {since} ({self.store.compacted})")
+                    yield json.dumps({"type": "ERROR", "object": gone}) + "\n"
+                    return
+                with self.store.lock:
+                    pos = next((i for i, e in enumerate(self.store.events) if e.rv > since), len(self.store.events))
+            else:
+                with self.store.lock:
+                    pos = len(self.store.events)
+                    current = [(k, o) for k, o in sorted(self.store.objects.items()) if relevant(k, o)]
+                for _, obj in current:
+                    yield json.dumps({"type": "ADDED", "object": obj}) + "\n"
+            end = time.monotonic() + timeout
+            while not self._stopping and time.monotonic() < end:
+                with self.store.lock:
+                    fresh = self.store.events[pos:]
+                    pos = len(self.store.events)
+                for event in fresh:
+                    if relevant(event.key, event.obj):
+                        yield json.dumps({"type": event.type, "object": event.obj}) + "\n"
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+    async def _patch(self, request: Request, route: _Route) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type != APPLY:
+            return _error(415, "UnsupportedMediaType", f"only server-side apply is served here, not {content_type}")
+        manager = request.query_params.get("fieldManager")
+        if not manager:
+            return _error(400, "BadRequest", "PATCH, application/apply-patch+yaml: fieldManager is required")
+        try:
+            body = yaml.safe_load(await request.body())
+        except yaml.YAMLError as e:
+            return _error(400, "BadRequest", f"error decoding YAML: {e}")
+        if not isinstance(body, dict):
+            return _error(400, "BadRequest", "the apply body must be an object")
+        if body.get("apiVersion") != route.kind.api_version or body.get("kind") != route.kind.kind:
+            return _error(400, "BadRequest", f"apiVersion/kind must be {route.kind.api_version}/{route.kind.kind}")
+        meta = body.get("metadata") or {}
+        if meta.get("name") != route.name or meta.get("namespace", route.namespace) != route.namespace:
+            return _error(400, "BadRequest", "the name (and namespace) of the object does not match the URL")
+        key = (route.kind.group, route.kind.plural, route.namespace, route.name)
+        force = request.query_params.get("force") == "true"
+        existed = self.store.get(key) is not None
+        if not existed and not self._allowed("create", route):
+            return self._forbidden("create", route)
+        obj, created, spec_changed = self.store.apply(route.kind, key, body, manager, force)
+        if route.kind.kind == "Deployment" and spec_changed and self.controller != "off":
+            assert self._loop is not None
+            self._loop.call_later(self.controller_delay_s, self._reconcile, key)
+        return _json(obj, 201 if created else 200)
+
+    def _reconcile(self, key: Key) -> None:
+        """The Deployment controller: report the rollout of the current generation as the mode says."""
+        obj = self.store.get(key)
+        if obj is None or self.controller == "off":
+            return
+        self.store.set_status(key, deployment_status(obj, self.controller))
+
+
+def _json(obj: Any, code: int = 200) -> Response:
+    return Response(json.dumps(obj), status_code=code, media_type="application/json")
+
+
+__all__ = ["ApiServer", "Fault", "Recorded", "Rule"]

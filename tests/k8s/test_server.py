@@ -1,0 +1,137 @@
+"""The Kubernetes API test server itself, driven by the real (sync) lightkube client over TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import ConfigMap, Node
+from lightkube.types import PatchType
+
+from tests.k8s.server import ApiServer
+from tests.k8s.store import StoreError
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ApiServer]:
+    s = ApiServer(tmp_path, controller="off").start()
+    s.add_namespace("ns")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server: ApiServer) -> Iterator[Client]:
+    c = Client(KubeConfig.from_file(server.kubeconfig), field_manager="test", trust_env=False)
+    yield c
+    c.close()
+
+
+def cm(name: str, **data: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "ns"}, "data": data}
+
+
+def deploy(replicas: int) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "ns"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }
+
+
+def apply(client: Client, res: type, obj: dict, **kw: object) -> object:
+    return client.patch(res, obj["metadata"]["name"], obj, namespace="ns", patch_type=PatchType.APPLY, **kw)  # type: ignore[call-overload]
+
+
+def test_apply_creates_then_keeps_uid_and_advances_generation(client: Client) -> None:
+    first = apply(client, Deployment, deploy(1))
+    again = apply(client, Deployment, deploy(1))  # a no-op: nothing changes, not even resourceVersion
+    second = apply(client, Deployment, deploy(2))
+    assert first.metadata.generation == 1 and second.metadata.generation == 2  # type: ignore[attr-defined]
+    assert first.metadata.uid == second.metadata.uid  # type: ignore[attr-defined]
+    assert again.metadata.resourceVersion == first.metadata.resourceVersion  # type: ignore[attr-defined]
+    assert int(second.metadata.resourceVersion) > int(first.metadata.resourceVersion)  # type: ignore[attr-defined]
+
+
+def test_fields_dropped_from_the_applied_config_are_removed(client: Client) -> None:
+    apply(client, ConfigMap, cm("c", a="1", b="2"))
+    got = apply(client, ConfigMap, cm("c", a="1"))
+    assert got.data == {"a": "1"}  # type: ignore[attr-defined]
+
+
+def test_label_and_field_selectors(server: ApiServer, client: Client) -> None:
+    server.put_node("a", labels={"gpu": "yes", "zone": "x"})
+    server.put_node("b", labels={"gpu": "no"})
+    server.put_node("c", labels={"zone": "y"})
+
+    def names(**kw: object) -> list[str]:
+        return [n.metadata.name for n in client.list(Node, **kw)]  # type: ignore[arg-type, union-attr]
+
+    assert names(labels={"gpu": "yes"}) == ["a"]
+    assert names(labels={"gpu": None}) == ["a", "b"]  # exists
+    assert names(labels={"zone": ("x", "y")}) == ["a", "c"]  # in
+    assert names(fields={"metadata.name": "b"}) == ["b"]
+    with pytest.raises(ApiError) as info:
+        names(fields={"spec.unschedulable": "true"})
+    assert info.value.status.code == 400 and "not supported" in str(info.value.status.message)
+
+
+def test_watch_from_a_resource_version(server: ApiServer, client: Client) -> None:
+    server.put_node("a")
+    version = server.put_node("b")["metadata"]["resourceVersion"]
+    server.put_node("a", ready=False)
+    server.store.delete(("", "nodes", "", "b"))
+    server.max_watch_s = 0.2
+    events = []
+    for kind, node in client.watch(Node, resource_version=version, server_timeout=1):
+        events.append((kind, node.metadata.name))  # type: ignore[union-attr]
+        if len(events) == 2:
+            break
+    assert events == [("MODIFIED", "a"), ("DELETED", "b")]
+
+
+def test_errors_are_status_objects(server: ApiServer, client: Client) -> None:
+    with pytest.raises(ApiError) as info:
+        client.get(ConfigMap, "missing", namespace="ns")
+    assert (info.value.status.code, info.value.status.reason) == (404, "NotFound")
+    with pytest.raises(ApiError) as info:
+        client.patch(
+            ConfigMap, "x", {**cm("x"), "metadata": {"name": "x"}}, namespace="absent", patch_type=PatchType.APPLY
+        )
+    assert info.value.status.code == 404
+    with pytest.raises(ApiError) as info:  # the body names another namespace than the URL
+        apply(client, ConfigMap, {**cm("x"), "metadata": {"name": "x", "namespace": "absent"}})
+    assert info.value.status.code == 400
+
+
+def test_conflicts_between_field_managers(server: ApiServer, client: Client) -> None:
+    apply(client, ConfigMap, cm("c", a="1"))
+    with pytest.raises(ApiError) as info:
+        apply(client, ConfigMap, cm("c", a="2"), field_manager="other")
+    assert info.value.status.code == 409 and ".data.a" in str(info.value.status.message)
+    got = apply(client, ConfigMap, cm("c", a="2"), field_manager="other", force=True)
+    assert got.data == {"a": "2"}  # type: ignore[attr-defined]
+    with pytest.raises(StoreError):
+        server.store.delete(("", "configmaps", "ns", "nope"))
+
+
+def test_deployment_controller_marks_the_rollout_ready(server: ApiServer, client: Client) -> None:
+    server.controller = "ready"
+    created = apply(client, Deployment, deploy(3))
+    for kind, obj in client.watch(
+        Deployment,
+        namespace="ns",
+        resource_version=created.metadata.resourceVersion,
+        server_timeout=5,  # type: ignore[attr-defined]
+    ):
+        assert kind == "MODIFIED"
+        assert obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1  # type: ignore[union-attr]
+        break
