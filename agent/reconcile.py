@@ -131,23 +131,14 @@ class Reconciler:
     def restore(self) -> None:
         """Serve the stored active model (or, if it fails to load, the previous one); `resume` continues."""
         self.state = AcceptedState.load(self.state_path)
-        record = None
-        try:
-            record = self.store.active()
-            prev = self.store.previous()
-            self.previous = prev.model if prev else None
-        except StoreError as e:
-            self._fail(e, permanent=False)
-        candidates = [r for r in (record, self._safe_previous()) if r is not None]
-        for rec in candidates:
-            try:
-                self._serve(rec.sha256, rec.model.name, rec.model.version, rec.descriptor, rec.runtime)
-            except ActivationError as e:
-                self._fail(e)
-                continue
-            if rec is not record:  # serving previous because active failed; the pointers are left as they are
-                self.previous = None
-            break
+        restored = activation.restore(self.store, warmup_runs=self.settings.activation.warmup_runs)
+        for e in restored.errors:
+            self._fail(e)
+        if restored.loaded is not None:
+            loaded = restored.loaded
+            self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
+            self.active, self.active_runtime = loaded.applied, restored.runtime
+        self.previous = restored.previous
         if self.state.envelope is not None:
             try:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
@@ -158,12 +149,6 @@ class Reconciler:
     def resume(self) -> None:
         """Continue the work of the accepted desired state (after `restore`, once the link is up)."""
         self._advance()
-
-    def _safe_previous(self) -> StoredModel | None:
-        try:
-            return self.store.previous()
-        except StoreError:
-            return None
 
     # -- events ---------------------------------------------------------------------------------------
     def on_connected(self) -> None:
@@ -332,11 +317,6 @@ class Reconciler:
             self.store.blob_path(sha), sha, name=name, version=version, descriptor=descriptor, runtime=runtime,
             warmup_runs=self.settings.activation.warmup_runs,
         )  # fmt: skip
-
-    def _serve(self, sha: str, name: str, version: str, descriptor: dict[str, Any], runtime: RuntimeOptions) -> None:
-        loaded = self._load(sha, name, version, descriptor, runtime)
-        self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
-        self.active, self.active_runtime = loaded.applied, runtime
 
     def _activate(self, ref: ModelRef, runtime: RuntimeOptions, version: int) -> bool:
         self.phase = Phase.ACTIVATING
