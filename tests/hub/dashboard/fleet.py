@@ -30,6 +30,7 @@ from fleet.messages import (
     TelemetryWindow,
 )
 from hub.runtime import Hub
+from models.cli import build_samples
 from models.descriptor import ModelDescriptor
 
 SITES = ("berlin", "munich", "hamburg", "lyon", "turin", "porto")
@@ -114,11 +115,15 @@ def seed_fleet(
     rng = random.Random(seed)
     now = time.time() if now is None else now
     out = SeededFleet(now=now)
+    retrained = samples / "retrained"  # another training run: the newer versions have their own bytes
+    if not (retrained / "tiny-detector.onnx").exists():
+        build_samples(retrained, seed=3)
     mob, det = samples / "mobilenet-like", samples / "tiny-detector"
+    mob2, det2 = retrained / "mobilenet-like", retrained / "tiny-detector"
     cls_old = _push(hub, mob.with_suffix(".onnx"), mob.with_suffix(".yaml"), "1.1.0")
-    cls_new = _push(hub, mob.with_suffix(".onnx"), mob.with_suffix(".yaml"), "1.2.0")
+    cls_new = _push(hub, mob2.with_suffix(".onnx"), mob2.with_suffix(".yaml"), "1.2.0")
     det_v = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.4.0")
-    det_rc = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.5.0-rc.1")
+    det_rc = _push(hub, det2.with_suffix(".onnx"), det2.with_suffix(".yaml"), "0.5.0-rc.1")
     out.models = [cls_old, cls_new, det_v]
     sha = {ref: hub.registry.get(*ref.split(":")).sha256 for ref in (*out.models, det_rc)}
 
@@ -316,6 +321,15 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, rid, paused.model_dump(mode="json"))
     ids.append(rid)
+    subject = f"rollout/{rid}"
+    for ts, actor, action, details in (
+        (now - 5400, "ops-anna", "rollout.start", {"model": "mobilenet-like", "version": "1.2.0", "devices": n}),
+        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 0}),
+        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
+        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 2, "gate": "p95_latency"}),
+        (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": paused.reason}),
+    ):
+        hub.store.add_event(ts, actor, action, subject, details)
     moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
     if moved:
         ref = hub.registry.model_ref("mobilenet-like", "1.2.0")
