@@ -285,6 +285,24 @@ def _gates(now: float, wave_size: int, *, requests: int, errors: int, p95: float
     ]  # fmt: skip
 
 
+def _adopt(hub: Hub, fleet: SeededFleet, ids: list[str], ref: str, rollout_id: str, at: float) -> None:
+    """Sign `ref` for `ids` as rollout `rollout_id` and report it active on them (as after a good wave)."""
+    name, _, version = ref.partition(":")
+    model = hub.registry.model_ref(name, version)
+    sha = hub.registry.get(name, version).sha256
+    for gpu in (False, True):
+        group = [d for d in ids if (d in fleet.gpu_devices) == gpu]
+        if not group:
+            continue
+        runtime = RuntimeOptions(providers=[CUDA, CPU]) if gpu else None
+        for st in hub.deployer.set_desired(group, model, runtime=runtime, rollout_id=rollout_id):
+            active = _applied(ref, sha, CUDA if gpu else CPU, at)
+            msg = ReportedState(device_id=st.device_id, seq=1000, ts=fleet.now - 30, desired_version=st.version,
+                                phase=Phase.ACTIVE, active=active)  # fmt: skip
+            hub.store.enqueue_reported(msg, fleet.now - 30)
+    hub.store.flush()
+
+
 def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     """Two rollouts with gate evaluations, as the controller records them: a classifier rollout paused by its
     p95 gate in wave 3 (its first waves on the candidate, reporting and serving), and a finished one of the
@@ -331,16 +349,7 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     ):
         hub.store.add_event(ts, actor, action, subject, details)
     moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
-    if moved:
-        ref = hub.registry.model_ref("mobilenet-like", "1.2.0")
-        states = hub.deployer.set_desired(moved, ref, rollout_id=rid)
-        sha = hub.registry.get("mobilenet-like", "1.2.0").sha256
-        for st in states:
-            active = _applied("mobilenet-like:1.2.0", sha, CPU, now - 4000)
-            msg = ReportedState(device_id=st.device_id, seq=1000, ts=now - 30, desired_version=st.version,
-                                phase=Phase.ACTIVE, active=active)  # fmt: skip
-            hub.store.enqueue_reported(msg, now - 30)
-        hub.store.flush()
+    _adopt(hub, fleet, moved, "mobilenet-like:1.2.0", rid, now - 4000)
 
     det = [d for d in fleet.devices if fleet.labels[d]["app"] == "detect"]
     done_id = "r-0d3e1b66a2c8"
@@ -357,5 +366,7 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
         devices={d: DeviceEntry(wave=0 if i == 0 else 1, joined_at=now - 80000) for i, d in enumerate(det)},
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, done_id, done.model_dump(mode="json"))
+    healthy = set(fleet.by_state.get("online", [])) | set(fleet.by_state.get("degraded", []))
+    _adopt(hub, fleet, [d for d in det if d in healthy], "tiny-detector:0.4.0", done_id, now - 76000)
     ids.append(done_id)
     return ids
