@@ -296,10 +296,14 @@ def _adopt(hub: Hub, fleet: SeededFleet, ids: list[str], ref: str, rollout_id: s
             continue
         runtime = RuntimeOptions(providers=[CUDA, CPU]) if gpu else None
         for st in hub.deployer.set_desired(group, model, runtime=runtime, rollout_id=rollout_id):
-            active = _applied(ref, sha, CUDA if gpu else CPU, at)
-            msg = ReportedState(device_id=st.device_id, seq=1000, ts=fleet.now - 30, desired_version=st.version,
-                                phase=Phase.ACTIVE, active=active)  # fmt: skip
-            hub.store.enqueue_reported(msg, fleet.now - 30)
+            provider = CUDA if gpu else CPU
+            download = DownloadProgress(sha256=sha, have_chunks=0, total_chunks=6, bytes_done=0, bytes_total=6 << 18)
+            steps = ((Phase.DOWNLOADING, at - 40, download), (Phase.ACTIVATING, at - 5, None), (Phase.ACTIVE, at, None))
+            for seq, (phase, ts, dl) in enumerate(steps, 1000):
+                active = _applied(ref, sha, provider, at) if phase is Phase.ACTIVE else None
+                msg = ReportedState(device_id=st.device_id, seq=seq, ts=ts, desired_version=st.version, phase=phase,
+                                    active=active, download=dl)  # fmt: skip
+                hub.store.enqueue_reported(msg, ts)
     hub.store.flush()
 
 
