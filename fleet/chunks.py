@@ -66,6 +66,16 @@ def encode_frame(sha256: str, index: int, count: int, data: bytes | memoryview) 
     return header + bytes(data)
 
 
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of `data` at `offset`; a short write (disk full, file-size limit) continues or raises OSError."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(f"wrote nothing at offset {offset}")
+        view, offset = view[n:], offset + n
+
+
 def decode_frame(payload: bytes | memoryview, *, max_chunk: int = 64 << 20) -> ChunkFrame:
     """Parse a chunk frame. Raises ChunkDecodeError for anything truncated, oversized or foreign."""
     view = memoryview(payload)
@@ -255,7 +265,7 @@ class ChunkReceiver:
             raise ChunkDigestMismatch(f"chunk {frame.index} has {len(frame.data)} bytes, expected {expected}")
         if hashlib.sha256(frame.data).hexdigest() != m.chunks[frame.index]:
             raise ChunkDigestMismatch(f"chunk {frame.index} does not match its signed digest")
-        os.pwrite(self._fd, frame.data, frame.index * m.chunk_size)
+        _pwrite_all(self._fd, frame.data, frame.index * m.chunk_size)  # OSError (disk full): chunk not taken
         if frame.index == self._running_upto:
             self._running.update(frame.data)
             self._running_upto += 1

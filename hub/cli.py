@@ -67,16 +67,29 @@ def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
 
 # -- hub ---------------------------------------------------------------------------------------------
 @hub_app.command("init")
-def hub_init(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Create the data directory, database and signing key; print the first admin token (once)."""
+def hub_init(
+    data_dir: DataDirOpt = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
+    ] = False,
+    tls_host: Annotated[
+        list[str] | None, typer.Option("--tls-host", help="Extra host name or IP for the certificates; repeatable.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the data directory, database, signing key and broker account; print the first admin token (once)."""
     from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
+    from hub.tls import create_dev_pki  # noqa: PLC0415
 
     settings = _settings(data_dir)
     token = _run(lambda: init_hub(settings))
+    tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
     if as_json:
-        _print_json({"data_dir": str(settings.data_dir), "admin_token": token})
+        _print_json({"data_dir": str(settings.data_dir), "admin_token": token, "tls_dir": tls_dir and str(tls_dir)})
         return
     out.print(f"hub initialised in {settings.data_dir}")
+    if tls_dir is not None:
+        out.print(f"development CA and certificates in {tls_dir}: the broker serves mqtts, the API https")
     out.print(f"admin token (shown once; store it safely): [bold]{token}[/bold]")
 
 
@@ -304,6 +317,19 @@ def device_label(
         body = {"set": to_set, "remove": remove or []}
         res = _run(lambda: c.request("PATCH", f"/api/v1/devices/{device_id}/labels", json=body))
     _print_json(res) if as_json else out.print(_device_table([res]))
+
+
+@device_app.command("revoke")
+def device_revoke(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device's broker account at once (the broker reloads; its session is closed)."""
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", f"/api/v1/devices/{device_id}/revoke"))
+    _print_json(res) if as_json else out.print(f"device {device_id} revoked")
 
 
 # -- deploy ------------------------------------------------------------------------------------------

@@ -82,3 +82,10 @@ class BrokerError(HubError):
 
     code = "broker_unavailable"
     status = 503
+
+
+class RateLimited(HubError):
+    """Too many failed authentications (or messages) from one sender; retry after the delay given."""
+
+    code = "rate_limited"
+    status = 429

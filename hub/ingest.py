@@ -35,6 +35,7 @@ class Ingestor:
         chunk_server: ChunkServer,
         max_message_bytes: int,
         on_ack: Callable[[CommandAck], None] | None = None,
+        allow_telemetry: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -42,6 +43,7 @@ class Ingestor:
         self.chunk_server = chunk_server
         self.max_message_bytes = max_message_bytes
         self.on_ack = on_ack
+        self.allow_telemetry = allow_telemetry  # a per-device rate limit (hub.security)
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
         self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
@@ -71,6 +73,12 @@ class Ingestor:
             return
         if not payload:
             return  # a cleared retained message
+        if (
+            kind is TopicKind.TELEMETRY and self.allow_telemetry is not None and parsed.device_id is not None
+            and self.is_enrolled(parsed.device_id) and not self.allow_telemetry(parsed.device_id)
+        ):  # fmt: skip
+            self._reject(kind.value, "rate_limited", topic, "telemetry flood: the device's rate limit is spent")
+            return
         now = time.time()
         try:
             if kind is TopicKind.TELEMETRY:
@@ -125,4 +133,13 @@ class Ingestor:
 
     @property
     def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+        return sum(self.snapshot()[1].values())
+
+    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Copies of the accepted and rejected counters, safe to take from any thread."""
+        for _ in range(10):
+            try:  # the MQTT thread may add a key while we copy
+                return dict(self.accepted), dict(self.rejected)
+            except RuntimeError:
+                continue
+        return {}, {}

@@ -55,6 +55,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         keepalive_s: int = 30,
+        ca_pem: str | None = None,
     ) -> None:
         self.url = url
         self.host, self.port, tls = parse_broker_url(url)
@@ -72,7 +73,7 @@ class MqttLink:
         if username:
             self._client.username_pw_set(username, password)
         if tls:
-            self._client.tls_set_context(ssl.create_default_context())
+            self._client.tls_set_context(ssl.create_default_context(cadata=ca_pem or None))
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(1, 5)
@@ -158,10 +159,11 @@ class BoundedPublisher:
         deadline = time.monotonic() + self.timeout_s
         while len(self._inflight) >= self.max_inflight:
             info = self._inflight[0]
-            if info.rc != mqtt.MQTT_ERR_SUCCESS and not self.link.connected:
-                self._inflight.popleft()  # lost with the connection; the agent wants it again
+            try:
+                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                self._inflight.popleft()  # not sent (connection lost): the agent wants the chunk again
                 continue
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if info.is_published() or time.monotonic() >= deadline:
                 self._inflight.popleft()
         self._inflight.append(self.link.publish(topic, payload, qos=qos))

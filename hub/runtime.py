@@ -15,6 +15,7 @@ from typing import Any
 from fleet.messages import CommandAck
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
+from hub.acl import hub_account
 from hub.auth import Auth
 from hub.broker import LocalBroker
 from hub.deploy import Deployer
@@ -24,6 +25,7 @@ from hub.ingest import Ingestor
 from hub.mqtt import BoundedPublisher, MqttLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
+from hub.security import HubSecurity
 from hub.settings import HubSettings
 from hub.store import SqliteStore, open_store
 from hub.telemetry import TelemetryQueries
@@ -46,6 +48,7 @@ def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
         HubSigningKey.generate().save(settings.key_path)
         store.set_meta("instance_id", uuid.uuid4().hex[:16])
         token = Auth(store).create_token(admin_name, "admin", actor="hub init")
+        hub_account(settings.data_dir)  # the hub's own broker account (full rights under the prefix)
         store.add_event(time.time(), "hub init", "hub.init", "hub", {"data_dir": str(settings.data_dir)})
     finally:
         store.close()
@@ -74,7 +77,9 @@ class Hub:
         if not s.key_path.exists() or not s.db_path.exists():
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
         self.key = HubSigningKey.load(s.key_path)
-        self.store: SqliteStore = open_store(s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue)
+        self.store: SqliteStore = open_store(
+            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s
+        )
         try:
             self._start_services()
         except BaseException:
@@ -85,14 +90,16 @@ class Hub:
     def _start_services(self) -> None:
         s = self.settings
         self.instance_id = self.store.get_meta("instance_id") or uuid.uuid4().hex[:16]
-        self._enrolled = {d.id for d in self.store.list_devices()}
+        self.security = HubSecurity(s, self.store)
+        self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
         self.auth = Auth(self.store)
         self.registry = Registry(self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size)
         self.registry.cleanup_tmp()
-        self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._enrolled.add)
+        self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
         self.telemetry = TelemetryQueries(self.store)
         if s.broker.url is None:
-            self.local_broker = LocalBroker(s.broker, s.broker_dir)
+            self.local_broker = LocalBroker(s.broker, s.broker_dir, **self.security.local_broker_options())
+            self.security.set_reload(self.local_broker.reload)
             self.local_broker.start()
             self.broker_url = self.local_broker.url
         else:
@@ -104,9 +111,10 @@ class Hub:
             subscriptions=[(self.topics.subscription(k, shared_group=s.broker.shared_group), 1) for k in _SUBSCRIBED],
             on_connect=self._on_connect,
             mqtt_version=s.broker.mqtt_version,
-            username=s.broker.username,
-            password=s.broker.password,
+            username=self.security.link_credentials()[0],
+            password=self.security.link_credentials()[1],
             keepalive_s=s.broker.keepalive_s,
+            ca_pem=self.security.ca_pem,
         )
         link = self.link
         self.deployer = Deployer(
@@ -123,10 +131,10 @@ class Hub:
         self.ingest = Ingestor(
             self.store, self.topics, is_enrolled=self._enrolled.__contains__, chunk_server=self.chunks,
             max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
+            allow_telemetry=self.security.allow_telemetry,
         )  # fmt: skip
         self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
         self.chunks.start()
-        self._ready = True
         link.start()
         self.rollouts.start()
         self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
@@ -161,9 +169,28 @@ class Hub:
         self.ingest.handle(topic, payload)
 
     def _on_connect(self) -> None:
-        n = self.deployer.republish_all()
+        # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
+        # publishes through paho
+        threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
+
+    def _republish(self) -> None:
+        try:
+            n = self.deployer.republish_all()
+        except Exception:
+            log.exception("hub: republishing desired states failed")
+            return
         if n:
             log.info("hub: republished %d desired states after connecting", n)
+
+    def _on_enrolled(self, device_id: str) -> None:
+        self._enrolled.add(device_id)
+        self.security.enrolled(device_id)
+
+    def revoke_device(self, device_id: str, *, actor: str) -> bool:
+        """Revoke a device: its broker account goes (the broker reloads) and its messages are refused."""
+        changed = self.security.revoke(device_id, actor=actor)
+        self._enrolled.discard(device_id)
+        return changed
 
     def _on_ack(self, ack: CommandAck) -> None:
         self.acks = [*self.acks[-999:], ack]
@@ -174,6 +201,7 @@ class Hub:
             "topic_prefix": self.settings.topic_prefix,
             "hub_public_key": self.key.public.to_text(),
             "api_url": self.api_url,
+            "ca_cert_pem": self.security.ca_pem,
         }
 
     def _maintain(self) -> None:

@@ -90,6 +90,13 @@ class IngestSettings(_Group):
 
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
     max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long the writer waits for more messages before committing (group commit; bounds "
+        "how stale API reads of fresh telemetry can be)",
+    )
     max_queue: int = Field(
         default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
     )
@@ -150,6 +157,51 @@ class RolloutSettings(_Group):
     )
 
 
+class TlsSettings(_Group):
+    """TLS for MQTT (mqtts) and HTTPS for the API. `edgefleet hub init --tls` creates a development CA."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description="serve the local broker over mqtts and the API over https (None: on when `hub init --tls` "
+        "created data_dir/tls)",
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate; goes into device bundles"
+    )
+    broker_cert_file: Path | None = Field(default=None, description="local broker's certificate (None: dev one)")
+    broker_key_file: Path | None = Field(default=None, description="local broker's private key (None: dev one)")
+    api_cert_file: Path | None = Field(default=None, description="API server certificate (None: the dev one)")
+    api_key_file: Path | None = Field(default=None, description="API server private key (None: the dev one)")
+
+
+class SecuritySettings(_Group):
+    """Broker accounts and ACL, API hardening, per-device ingestion limits."""
+
+    broker_acl: bool = Field(
+        default=True,
+        description="generate the broker password and ACL files from the registry; the local broker enforces "
+        "them (off: an anonymous local broker, for experiments only)",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="origins allowed to call the API from a browser (empty: CORS off)"
+    )
+    auth_failure_burst: int = Field(
+        default=20, ge=0, description="failed authentications allowed per client address before 429 (0: no limit)"
+    )
+    auth_failure_per_minute: float = Field(
+        default=10.0, gt=0, description="failed authentications regained per minute per client address"
+    )
+    telemetry_per_s: float = Field(
+        default=5.0, gt=0, description="telemetry windows per second a device may send, sustained"
+    )
+    telemetry_burst: int = Field(
+        default=10_000,
+        ge=0,
+        description="telemetry windows a device may send at once (above an agent's spool of 8640 windows, so a "
+        "device draining a full day's spool is never cut; 0: no limit)",
+    )
+
+
 class HubSettings(BaseModel):
     """Everything the hub can be told. Build it directly, or with `from_env()`."""
 
@@ -165,6 +217,8 @@ class HubSettings(BaseModel):
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
+    security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubSettings:
@@ -212,3 +266,7 @@ class HubSettings(BaseModel):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "mosquitto"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"

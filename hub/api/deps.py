@@ -7,16 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from hub.auth import Auth, Principal
+from hub.api.security import authenticate
+from hub.auth import Principal
 from hub.credentials import Role
 
 
 def _needs(role: Role) -> Callable[[Request], Principal]:
     def check(request: Request) -> Principal:
-        auth: Auth = request.app.state.auth
-        principal = auth.authenticate(request.headers.get("authorization"))
-        auth.require(principal, role)
-        return principal
+        return authenticate(request, role)  # failed-auth rate limit, principal recorded for the audit log
 
     return check
 

@@ -1,7 +1,8 @@
 """Acceptance of rollouts over real Mosquitto: real agents (in-process, serving traffic) and simulated ones.
 
 - a healthy version rolls to 100 % through every wave;
-- a slower version fails the p95 gate in the canary wave and is rolled back, with both p95s recorded;
+- a slower version fails the p95 gate in the canary wave and is rolled back, with both p95s recorded (a
+  profile of simulated agents, and a really heavier model on real agents);
 - a version whose outputs disagree fails the shadow gate before any device activates it;
 - the hub stopped mid-wave and started again on the same data dir finishes the rollout, and no device
   receives a second desired state for a step it already had.
@@ -84,6 +85,27 @@ def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Flee
     assert {d["model_version"] for d in desired} == {"1.0.0"}
     events = f.api("GET", "/api/v1/events", params={"subject": f"rollout/{rid}"})
     assert {"rollout.gate_failed", "rollout.rollback", "rollout.rolled_back"} <= {e["action"] for e in events}
+
+
+def test_a_heavier_model_on_real_agents_fails_p95_in_the_canary_and_is_rolled_back(
+    fleet: Fleet, cls_models: Models
+) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "3.1.0")
+    for i in range(3):
+        f.real(f"cam-h{i}", {"fleet": "heavy"})
+    wait_for(lambda: len(f.active_versions("fleet=heavy")) == 3, timeout=30)
+    f.deploy("1.0.0", "fleet=heavy")
+    f.wait_all_active("1.0.0", "fleet=heavy")
+
+    rid = _start(f, "3.1.0", "fleet=heavy", waves=["1", "100%"], on_failure="rollback")
+    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    gate = next(g for g in status["waves"][0]["gates"] if g["name"] == "p95_latency")
+    m = gate["measured"]
+    assert gate["status"] == "fail" and m["control_source"] == "control" and m["control_devices"] == 2
+    assert m["wave_p95_ms"] > m["control_p95_ms"] * (1 + gate["threshold"])
+    assert status["waves"][1]["phase"] == "pending"
+    f.wait_all_active("1.0.0", "fleet=heavy")
 
 
 def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates_it(

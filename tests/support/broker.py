@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -39,10 +40,13 @@ class Broker:
     port: int
     max_packet_size: int = 8 * 1024 * 1024
     proc: subprocess.Popen[bytes] | None = None
+    password_file: Path | None = None  # with acl_file: no anonymous access, the ACL enforced
+    acl_file: Path | None = None
+    tls: tuple[Path, Path, Path] | None = None  # (CA, certificate, key): an mqtts listener
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -52,7 +56,7 @@ class Broker:
         return "\n".join(
             [
                 f"listener {self.port} 127.0.0.1",
-                "allow_anonymous true",
+                *self._security_lines(),
                 "persistence true",
                 f"persistence_location {self.workdir}/",
                 "autosave_interval 1",
@@ -65,6 +69,21 @@ class Broker:
                 "",
             ]
         )
+
+    def _security_lines(self) -> list[str]:
+        lines = []
+        if (self.password_file or self.tls) and os.geteuid() == 0:
+            lines.append("user root")  # Mosquitto's own user could not read files in pytest's 0700 directories
+        if self.tls is not None:
+            lines += [f"cafile {self.tls[0]}", f"certfile {self.tls[1]}", f"keyfile {self.tls[2]}"]
+        if self.password_file is None:
+            return [*lines, "allow_anonymous true"]
+        return [*lines, "allow_anonymous false", f"password_file {self.password_file}", f"acl_file {self.acl_file}"]
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

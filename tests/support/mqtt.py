@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -18,11 +19,25 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, host: str, port: int, *, client_id: str | None = None, **connect: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_pem: str | None = None,
+        **connect: Any,
+    ) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._subscribed = threading.Event()
         self._connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:10]}")
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if ca_pem is not None:
+            self.client.tls_set_context(ssl.create_default_context(cadata=ca_pem))
         self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
         self.client.on_connect = lambda *_a: self._connected.set()
         self.client.on_subscribe = lambda *_a: self._subscribed.set()

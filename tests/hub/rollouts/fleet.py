@@ -1,7 +1,8 @@
 """End-to-end rollout fixtures: a real hub on Mosquitto, real in-process agents with traffic, simulated agents.
 
-Models are small classifiers (`cls`): 1.0.0 and 2.0.0 (other weights), 3.0.0 (the "heavier" one: the
-simulated agents' profile makes it slow), and 2.1.0 = 1.0.0 with its labels permuted (disagrees in shadow).
+Models are small classifiers (`cls`): 1.0.0 and 2.0.0 (other weights), 3.0.0 (slow on simulated agents:
+their profile says so), 3.1.0 (really heavier: it runs the network on its input upscaled 8x) and 2.1.0 =
+1.0.0 with its labels permuted (disagrees in shadow).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from tests.support.mqtt import TestClient, wait_for
 HUB_OVERRIDES: dict[str, Any] = {
     "rollouts": {"tick_interval_s": 0.2, "telemetry_grace_s": 0.4},
 }
-PROFILES = ["*:p50=4ms,p95=8ms,rps=100", "3.0.0:p50=40ms,p95=80ms,rps=100"]
+# simulated devices are slower than the real ones here, so a real canary never looks slow against them
+PROFILES = ["*:p50=20ms,p95=40ms,rps=100", "3.0.0:p50=200ms,p95=400ms,rps=100"]
 
 
 def permute_output(model: onnx.ModelProto, output: str, indices: list[int]) -> onnx.ModelProto:
@@ -53,6 +55,19 @@ def permute_output(model: onnx.ModelProto, output: str, indices: list[int]) -> o
     return m
 
 
+def upscale_input(model: onnx.ModelProto, factor: int) -> onnx.ModelProto:
+    """The same network run on its input resized `factor` times larger: a genuinely heavier model."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inner = "image_upscaled"
+    for node in m.graph.node:
+        node.input[:] = [inner if i == "image" else i for i in node.input]
+    scales = np.asarray([1, 1, factor, factor], dtype=np.float32)
+    m.graph.initializer.append(numpy_helper.from_array(scales, "upscale"))
+    m.graph.node.insert(0, helper.make_node("Resize", ["image", "", "upscale"], [inner], mode="nearest"))
+    return m
+
+
 @pytest.fixture(scope="session", name="cls_models")
 def cls_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """version -> (onnx, descriptor yaml), validated."""
@@ -62,6 +77,7 @@ def cls_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
         "2.0.0": build_classifier(10, seed=1),
         "3.0.0": build_classifier(10, seed=2),
         "2.1.0": permute_output(build_classifier(10, seed=0), "logits", [(i + 3) % 10 for i in range(10)]),
+        "3.1.0": upscale_input(build_classifier(10, seed=2), 8),  # ~70x the compute of 1.0.0
     }
     found = {}
     for version, model in models.items():

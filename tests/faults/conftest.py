@@ -1,0 +1,179 @@
+"""Fault fixtures: a real hub with its own (ACL'd) Mosquitto and two model versions, agent processes from
+enrolment bundles (optionally with a file-size limit standing for a full disk), a TCP proxy that can
+partition an agent from the broker, and the outcome table printed at the end of the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.bundle import DeviceBundle
+from models.descriptor import ModelDescriptor
+from models.samples import build_classifier, classifier_descriptor
+from models.validate import validate
+from tests.faults.proxy import TcpProxy
+from tests.support.hub import RunningHub, start_hub
+from tests.support.mqtt import wait_for
+from tests.support.outcomes import print_table
+
+REPO = Path(__file__).resolve().parents[2]
+CHUNK = 16 * 1024
+AGENT_ENV = {
+    "EDGEFLEET_AGENT_LINK_BACKOFF_INITIAL_S": "0.05",
+    "EDGEFLEET_AGENT_LINK_BACKOFF_MAX_S": "0.3",
+    "EDGEFLEET_AGENT_LINK_KEEPALIVE_S": "5",
+    "EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S": "0.5",
+    "EDGEFLEET_AGENT_DOWNLOAD_SYNC_EVERY": "1",
+    "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
+    "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
+    "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
+    "EDGEFLEET_API_PORT": "0",
+}
+# runs the agent with RLIMIT_FSIZE set and SIGXFSZ ignored: a write past the limit fails with EFBIG, as a
+# full disk fails it with ENOSPC (no privileges or loop devices needed)
+_LIMITED = (
+    "import resource, runpy, signal, sys; limit = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "sys.argv[0] = 'agent'; runpy.run_module('agent', run_name='__main__', alter_sys=True)"
+)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    print_table(terminalreporter)
+
+
+@pytest.fixture(scope="session")
+def fault_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ModelDescriptor]]:
+    """Two versions of a small classifier (about 1.4 MB each: some 85 chunks of 16 KiB)."""
+    out = tmp_path_factory.mktemp("fault-models")
+    made = {}
+    for seed, version in enumerate(("1.0.0", "2.0.0")):
+        path = out / f"cls-{version}.onnx"
+        path.write_bytes(build_classifier(num_classes=10, seed=seed).SerializeToString())
+        desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls").model_copy(
+            update={"version": version}
+        )
+        made[version] = (path, validate(path, desc).descriptor)
+    return made
+
+
+class AgentProc:
+    """`python -m agent run --bundle B` as a process of its own."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=self._log)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class FaultWorld:
+    """A hub on its own broker, models v1 and v2 pushed, and the agents started in a test."""
+
+    hub: RunningHub
+    tmp: Path
+    agents: list[AgentProc] = field(default_factory=list)
+
+    def enrol(self, device_id: str, broker_url: str | None = None) -> Path:
+        """Enrol a device (label id=<device>); its bundle file, pointing at `broker_url` when given."""
+        with self.hub.client() as c:
+            r = c.post("/api/v1/devices", json={"id": device_id, "labels": {"id": device_id}})
+            assert r.status_code == 201, r.text
+        bundle = DeviceBundle.model_validate(r.json()["bundle"])
+        if broker_url is not None:
+            bundle = bundle.model_copy(update={"broker_url": broker_url})
+        path = self.tmp / f"{device_id}.bundle.json"
+        bundle.save(path)
+        return path
+
+    def spawn(self, bundle: Path, data_dir: Path, *, fsize_limit: int | None = None, **env: str) -> AgentProc:
+        """Start an agent process (optionally with a file-size limit: the disk-full stand-in)."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_AGENT_", "EDGEFLEET_API_"))}
+        full_env |= AGENT_ENV | env | {"PYTHONPATH": str(REPO)}
+        run = ["run", "--bundle", str(bundle), "--data-dir", str(data_dir), "--log-level", "info"]
+        if fsize_limit is None:
+            args = [sys.executable, "-m", "agent", *run]
+        else:
+            args = [sys.executable, "-c", _LIMITED, str(fsize_limit), *run]
+        p = AgentProc(args, full_env, self.tmp / f"agent-{len(self.agents)}.log")
+        self.agents.append(p)
+        return p
+
+    def deploy(self, device_id: str, version: str) -> int:
+        with self.hub.client() as c:
+            r = c.post("/api/v1/deployments", json={"model": "cls", "version": version, "selector": f"id={device_id}"})
+            assert r.status_code == 201, r.text
+            return int(r.json()["devices"][device_id])
+
+    def reported(self, device_id: str) -> dict[str, Any]:
+        d = self.hub.hub.store.get_device(device_id)
+        return (d.reported or {}) if d else {}
+
+    def wait_active(self, device_id: str, version: str, timeout: float = 60) -> dict[str, Any]:
+        def active() -> dict[str, Any] | None:
+            r = self.reported(device_id)
+            ok = r.get("phase") == "active" and (r.get("active") or {}).get("version") == version
+            return r if ok else None
+
+        return wait_for(active, timeout=timeout)
+
+
+@pytest.fixture
+def fault_world(
+    tmp_path: Path, topic_prefix: str, mosquitto_binary: str, fault_models: dict[str, tuple[Path, ModelDescriptor]]
+) -> Iterator[FaultWorld]:
+    h = start_hub(tmp_path / "hub", None, topic_prefix, transfer={"chunk_size": CHUNK},
+                  broker={"restart_backoff_s": 0.05})  # fmt: skip
+    w = FaultWorld(h, tmp_path)
+    try:
+        for path, desc in fault_models.values():
+            assert h.push_model(path, desc.to_json()).status_code == 201
+        yield w
+    finally:
+        for a in w.agents:
+            a.stop()
+        h.stop()
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """TCP proxies in front of the broker; all closed at teardown."""
+    made: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        p = TcpProxy(host, port)
+        p.start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()

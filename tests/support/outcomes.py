@@ -1,0 +1,42 @@
+"""Outcomes the security and fault suites record, printed as one table at the end of the run.
+
+Each test calls `record(suite, klass, outcome, count, lost)`: for example ("attack", "replayed desired
+state", "refused", 1, 0) or ("fault", "broker restart mid-transfer", "recovered", 1, 0). The conftests
+of tests/security and tests/faults call `print_table` from `pytest_terminal_summary`; it prints once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+_rows: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+_printed = False
+
+
+def record(suite: str, klass: str, outcome: str, count: int = 1, lost: int = 0) -> None:
+    """Add `count` inputs or faults of `klass` that ended in `outcome` ("refused" or "recovered")."""
+    row = _rows[(suite, klass, outcome)]
+    row[0] += count
+    row[1] += lost
+
+
+def print_table(terminalreporter: Any) -> None:
+    """Write the table (once per run, whichever conftest asks first)."""
+    global _printed
+    if _printed or not _rows:
+        return
+    _printed = True
+    tr = terminalreporter
+    tr.section("security and fault outcomes")
+    width = max(len(k[1]) for k in _rows) + 2
+    tr.write_line(f"{'suite':<8} {'fault or input class':<{width}} {'outcome':<10} {'count':>7} {'lost':>5}")
+    total_lost = 0
+    for (suite, klass, outcome), (count, lost) in sorted(_rows.items()):
+        total_lost += lost
+        tr.write_line(f"{suite:<8} {klass:<{width}} {outcome:<10} {count:>7} {lost:>5}")
+    totals = defaultdict(int)
+    for (_s, _k, outcome), (count, _l) in _rows.items():
+        totals[outcome] += count
+    summary = ", ".join(f"{o}: {n}" for o, n in sorted(totals.items()))
+    tr.write_line(f"total: {summary}; lost: {total_lost}")
