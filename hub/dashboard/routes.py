@@ -88,6 +88,8 @@ class Pages:
             who = await run_in_threadpool(session.principal, request, self.hub.auth)
         except Unauthorized:
             return self.login_redirect(request)
+        except HubError as e:  # RateLimited: too many failed attempts from this address
+            return self.error(request, None, e)
         try:
             return await run_in_threadpool(build, who)
         except HubError as e:
@@ -152,9 +154,10 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
         try:
             if not token:
                 raise Unauthorized("enter an API token")
-            await run_in_threadpool(hub.auth.authenticate, f"Bearer {token}")
+            await run_in_threadpool(session.check_token, request, hub.auth, token)
         except HubError as e:
-            return pages.html(request, "login.html", None, status=401, next=target, failed=e.message)
+            status = e.status if e.status == 429 else 401
+            return pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
         resp = RedirectResponse(target, status_code=303)
         session.set_session(resp, token, pages.settings)
         return resp
