@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import zlib
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -64,6 +65,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body after its Content-Encoding (gzip, deflate or none), refusing more than `limit` bytes.
+
+    Raises:
+        BadRequest: an unknown encoding or data that does not decompress. TooLarge: it inflates past `limit`.
+    """
+    if not encoding or encoding == "identity":
+        return body
+    if encoding == "gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        d = zlib.decompressobj()
+    else:
+        raise BadRequest(f"Content-Encoding {encoding[:20]!r} is not supported: send gzip, deflate or none")
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(f"the body does not decompress as {encoding}: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"the body inflates past the limit of {limit} bytes")
+    if not d.eof:
+        raise BadRequest(f"the {encoding} body is truncated")
+    return out
+
+
 class Inference:
     """Request handlers bound to one slot, its settings and metrics."""
 
@@ -103,6 +129,7 @@ class Inference:
         try:
             served = self.slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
+            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             req = parse_infer(body, request.headers.get(HEADER))
             submitted = True
             self.slot.submitted(served)
@@ -139,6 +166,7 @@ class Inference:
             if query:
                 k, threshold = query_parameters(query)
             body = await read_body(request, self.settings.max_body_bytes)
+            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             ctype = request.headers.get("content-type", "")
             data = await _multipart_image(request.headers, body) if ctype.startswith("multipart/") else body
             if not data:
