@@ -7,6 +7,7 @@ import socket
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from agent.api import ApiServer, ApiSettings, ModelSlot
+from fleet.messages import RuntimeOptions
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
 
@@ -295,3 +297,24 @@ def test_bad_and_oversized_compressed_bodies(http: httpx.Client) -> None:
     r = _post(http, bomb, {"Content-Encoding": "gzip"})
     assert r.status_code == 413
     assert _post(http, zlib.compress(body), {"Content-Encoding": "deflate"}).status_code == 200
+
+
+def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    slot.activate(
+        clf_engine, samples["clf"].applied(), samples["clf"].descriptor, RuntimeOptions(max_batch=1, max_queue=2)
+    )
+    body = orjson.dumps({"inputs": [_tensor()]})
+    with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
+        with slot._run_lock:  # the engine is busy: one request runs (blocked), two may wait
+            futures = [pool.submit(c.post, f"/v2/models/{NAME}/infer", content=body) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while sum(f.done() for f in futures) < 3:  # the three beyond running + queue are refused at once
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        codes = sorted(f.result().status_code for f in futures)
+    assert codes == [200, 200, 200, 503, 503, 503]
+    refused = [f.result() for f in futures if f.result().status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
