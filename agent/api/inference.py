@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
@@ -98,6 +98,13 @@ class Inference:
         self.slot = slot
         self.metrics = metrics
         self.pool = pool
+        # HTTP requests the server is handling (uvicorn's tasks, set by ApiServer): counts requests whose
+        # handlers have not started yet too, which the slot cannot see. None: never treat one as alone.
+        self.in_progress: Callable[[], int] | None = None
+
+    def _alone(self, served: Served) -> bool:
+        """True when this request is the only one on the server (no batching to gain, no one to block)."""
+        return served.inflight == 1 and self.in_progress is not None and self.in_progress() <= 1
 
     def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
         seconds = time.perf_counter() - t0
@@ -116,7 +123,7 @@ class Inference:
         if batcher is None:
             raise NotReady("the model is being unloaded; retry")
         t0 = time.perf_counter()
-        outputs = self.slot.run_alone(served, feed)
+        outputs = self.slot.run_alone(served, feed) if self._alone(served) else None
         if outputs is None:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 outputs = await batcher.infer(feed)
@@ -175,7 +182,7 @@ class Inference:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
             job = functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels)
-            if served.inflight == 1:  # the only request: decode here, a thread hand-off costs more than it saves
+            if self._alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
                 tensor, transform = job()
             else:  # others are being served: keep the event loop free for them
                 tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)

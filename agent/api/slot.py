@@ -227,7 +227,7 @@ class ModelSlot:
         """
         b = s.batcher
         if s.inflight != 1 or b is None or not self._run_lock.acquire(blocking=False):
-            return None
+            return None  # (the caller also checks that the server has no other request in progress)
         try:
             checked = s.engine.check_inputs(feed)
             rows = {int(a.shape[0]) for a in checked.values() if a.ndim}
