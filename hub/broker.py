@@ -114,7 +114,7 @@ class LocalBroker:
                 "autosave_interval 30",
                 f"message_size_limit {self.settings.max_message_bytes}",
                 "max_queued_messages 100000",
-                "max_inflight_messages 0",
+                f"max_inflight_messages {self.settings.max_inflight_messages}",
                 "log_dest stderr",
                 "log_type error",
                 "log_type warning",
