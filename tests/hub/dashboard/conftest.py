@@ -71,9 +71,10 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
-    """One headless chromium for the session."""
+    """One headless chromium per module: Playwright's sync API keeps an event loop running in this thread
+    while it is open, so it must be closed before other packages' tests call asyncio.run()."""
     with sync_playwright() as pw:
         b = launch(pw, chromium)
         yield b
