@@ -25,8 +25,9 @@ from hub.telemetry import point_json, summarise
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
-Since = Query(default=None, description="start of the range, Unix seconds")
-Until = Query(default=None, description="end of the range (exclusive), Unix seconds")
+MAX_TS = 1e11  # Unix seconds (year 5138): beyond it a bound overflows SQLite's integers
+Since = Query(default=None, ge=0, le=MAX_TS, description="start of the range, Unix seconds")
+Until = Query(default=None, ge=0, le=MAX_TS, description="end of the range (exclusive), Unix seconds")
 
 
 def _range(since: float | None, until: float | None) -> tuple[float | None, float | None]:
