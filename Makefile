@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck layers pytest demo mosquitto docs bench clean
+.PHONY: test check lint typecheck layers pytest demo mosquitto chromium docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,11 @@ venv: $(STAMP)
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 ## every check CI runs: ruff, mypy --strict, import-linter, pytest
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto chromium
 	@bash scripts/check
 
 lint: $(STAMP)
@@ -31,11 +34,12 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) mosquitto
+pytest: $(STAMP) mosquitto chromium
 	$(BIN)/pytest
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_protocol_docs.py > docs/protocol.md
+	$(BIN)/python scripts/gen_config_docs.py > docs/configuration.md
 
 demo: $(STAMP) mosquitto
 	@bash scripts/demo.sh

@@ -73,14 +73,19 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
     """Run the agent until SIGINT/SIGTERM: models over MQTT, the inference API in the same process."""
-    _setup_logging(log_level, json_logs)
     from agent.runtime import Agent  # noqa: PLC0415  (keeps `--help` fast)
     from agent.settings import AgentSettings  # noqa: PLC0415
 
-    server = None
+    level = _log_level(log_level)
     try:
         device = load_bundle(bundle)
         settings = AgentSettings.from_env(data_dir=data_dir)
+    except AgentError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    _setup_logging(level, json_logs)
+    server = None
+    try:
         serving, server = _serving(headless, api_host, api_port)
         port = _cluster_port() if cluster else None
         agent = Agent(device, settings, serving, port)
@@ -114,12 +119,9 @@ def _serving(headless: bool, host: str | None, port: int | None) -> tuple[Servin
 
 
 def _cluster_port() -> ClusterPort:
-    from agent.k3s import ClusterBridge, ClusterError, ClusterSettings  # noqa: PLC0415
+    from agent.k3s import ClusterBridge, ClusterSettings  # noqa: PLC0415
 
-    try:
-        return ClusterBridge(ClusterSettings.from_env())
-    except ClusterError as e:
-        raise AgentError(f"cluster mode: {e}", code="cluster_config") from e
+    return ClusterBridge(ClusterSettings.from_env())  # its errors are AgentErrors naming the problem
 
 
 @app.command("serve")
@@ -134,7 +136,7 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
     """Serve the inference API only, following the store's active model (cluster mode's serving pods)."""
-    _setup_logging(log_level, json_logs)
+    _setup_logging(_log_level(log_level), json_logs)
     from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
     from agent.follower import StoreFollower  # noqa: PLC0415
     from agent.store import ModelStore  # noqa: PLC0415
@@ -175,14 +177,18 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
-def _setup_logging(level: str, as_json: bool) -> None:
-    numeric = logging.getLevelName(level.upper())
+def _log_level(name: str) -> int:
+    numeric = logging.getLevelName(name.upper())
     if not isinstance(numeric, int):
-        typer.echo(f"error: unknown log level {level!r}; use debug, info, warning or error", err=True)
+        typer.echo(f"error: unknown log level {name!r}; use debug, info, warning or error", err=True)
         raise typer.Exit(2)
+    return numeric
+
+
+def _setup_logging(level: int, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=numeric, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler], force=True)

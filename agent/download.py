@@ -149,13 +149,17 @@ class Download:
         """Verify the whole blob and move it into the store.
 
         Raises:
-            DownloadError: the reassembled blob does not hash to its digest (every chunk is wanted again).
+            DownloadError: permanent: the chunks match the signed chunk list but the blob does not hash to
+                the signed digest, so the manifest itself is inconsistent and fetching again cannot help.
         """
         try:
             self.receiver.finish(self.store.blob_path(self.sha256))
         except BlobDigestMismatch as e:
-            self.want()
-            raise DownloadError(str(e), code="blob_digest_mismatch") from e
+            raise DownloadError(
+                f"{e}: the signed manifest is inconsistent; refusing the blob",
+                code="blob_digest_mismatch",
+                permanent=True,
+            ) from e
 
     def close(self) -> None:
         """Persist progress and release files (the transfer can resume later)."""

@@ -129,8 +129,6 @@ class MqttLink:
         if final is not None and self.connected:
             self.publish(final[0], final[1], retain=True, wait=True)
         self._stop.set()
-        if self._connected.is_set():
-            self._client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -162,7 +160,6 @@ class MqttLink:
                 rc = c.loop(timeout=0.1)
             self._connected.clear()
             if self._stop.is_set():
-                c.loop(timeout=0.1)  # flush the DISCONNECT
                 break
             if time.monotonic() - started > self.settings.backoff_max_s:
                 attempt = 0  # a long healthy session: start the backoff over
@@ -170,6 +167,17 @@ class MqttLink:
             log.info("link to broker lost (rc %s); reconnect in %.2fs", rc, delay)
             attempt += 1
             self._stop.wait(delay)
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        """Send DISCONNECT if a session is open, then make sure the socket is closed (stop may come mid-connect)."""
+        c = self._client
+        if c.socket() is not None:
+            c.disconnect()
+            c.loop(timeout=0.1)  # flush the DISCONNECT
+        sock = c.socket()
+        if sock is not None:
+            sock.close()
 
     # -- paho callbacks (network thread) --------------------------------------------------------------
     def _handle_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
@@ -205,11 +213,12 @@ class MqttLink:
         if self.connected:
             self._client.subscribe(topic, qos)
 
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving `topic`."""
+    def unsubscribe(self, topic: str, *, force: bool = False) -> None:
+        """Stop receiving `topic`; `force` also unsubscribes a topic this run never subscribed (a left-over
+        of an earlier run's persistent session)."""
         with self._subs_lock:
             known = self._subs.pop(topic, None)
-        if known is not None and self.connected:
+        if (known is not None or force) and self.connected:
             self._client.unsubscribe(topic)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:

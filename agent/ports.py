@@ -7,6 +7,7 @@ and cluster mode (`edgefleet agent serve` in pods) wire the same two halves diff
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +59,9 @@ class ClusterPort(Protocol):
 
     def inventory(self) -> list[NodeInfo]:
         """The cluster's nodes with allocatable GPU and MIG resources and readiness (for the birth message)."""
+
+    def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
+        """Call `on_change(nodes)` (from the port's own thread) whenever the node inventory changes."""
 
     def apply(self, desired: DesiredState) -> ClusterWorkload:
         """Server-side apply the serving workload for `desired` and wait until ready or our own deadline."""

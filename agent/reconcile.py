@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import activation
 from agent.download import Download
-from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
+from agent.errors import ActivationError, AgentError, DownloadError, InsufficientDisk, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
@@ -142,7 +142,9 @@ class Reconciler:
             except ActivationError as e:
                 self._fail(e)
                 continue
-            break  # serving the previous model when the active one failed; the store is left for inspection
+            if rec is not record:  # serving previous because active failed; the pointers are left as they are
+                self.previous = None
+            break
         if self.state.envelope is not None:
             try:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
@@ -217,11 +219,17 @@ class Reconciler:
             return
         try:
             new = dl.on_chunk(payload)
-        except AgentError as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+        except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
             if self.error is None or self.error.code != e.code:
                 log.warning("download of %s stalled: %s", dl.sha256[:12], e)
                 self._fail(e)
                 self.report()
+            return
+        except AgentError as e:
+            self._download_failed(e)
+            return
+        except OSError as e:  # the disk failing
+            self._retry_later(DownloadError(f"writing {sha256[:12]}: {e}"))
             return
         if new and self.error is not None and self.error.code == InsufficientDisk.code:
             self.error = None  # space again: the stall is over
@@ -229,8 +237,10 @@ class Reconciler:
             try:
                 dl.finish()
             except AgentError as e:
-                self._fail(e, permanent=False)
-                self.report()
+                self._download_failed(e)
+                return
+            except OSError as e:
+                self._retry_later(DownloadError(f"finishing {sha256[:12]}: {e}"))
                 return
             self.outbox.unwatch_blob(dl.sha256)
             self.download = None
@@ -273,6 +283,10 @@ class Reconciler:
             self.download.close()
 
     # -- the work -------------------------------------------------------------------------------------
+    def needed_blobs(self) -> set[str]:
+        """Digests of the blobs the accepted desired state names (model and shadow candidate)."""
+        return {r.blob.sha256 for r in self._refs()}
+
     def _refs(self) -> list[ModelRef]:
         d = self.desired
         if d is None:
@@ -319,12 +333,9 @@ class Reconciler:
                     self.store, ref.blob, self.device_id, self.settings.download, self.outbox.want,
                     min_free_bytes=self.settings.store.min_free_bytes,
                 )  # fmt: skip
-            except AgentError as e:
+            except (AgentError, OSError) as e:
                 self.outbox.unwatch_blob(sha)
-                self._fail(e, permanent=False)
-                self.phase = Phase.DOWNLOADING
-                self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
-                self.report()
+                self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"cannot start {sha[:12]}: {e}"))
                 return False
             if not self.download.complete:
                 self.download.want()
@@ -334,13 +345,39 @@ class Reconciler:
             try:
                 dl.finish()
             except AgentError as e:
-                self._fail(e, permanent=False)
-                self._retry_at = time.monotonic()
+                dl.cancel()
+                self._give_up(e)
+                return False
+            except OSError as e:
+                dl.close()
+                self._retry_later(DownloadError(f"storing {sha[:12]}: {e}"))
                 return False
             return True
         self.phase = Phase.DOWNLOADING
         self.report()
         return False
+
+    def _download_failed(self, e: AgentError) -> None:
+        if e.permanent:  # an inconsistent signed manifest: give up on this desired state
+            self._give_up(e)
+        else:
+            self._retry_later(e)
+
+    def _retry_later(self, e: AgentError) -> None:
+        """A temporary download failure: report it and try again after `rewant_after_s`."""
+        self._fail(e, permanent=False)
+        self.phase = Phase.DOWNLOADING
+        self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
+        self.report()
+
+    def _give_up(self, e: AgentError) -> None:
+        """A permanent failure of the accepted desired state: stop working on it, report, keep serving."""
+        self._cancel_download()
+        self._fail(e)
+        if self.desired is not None:
+            self._settled = self.desired.version
+        self.phase = Phase.FAILED
+        self.report()
 
     def _cancel_download(self) -> None:
         if self.download is not None:

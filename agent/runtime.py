@@ -7,6 +7,7 @@ reconciler: verification, downloads, activation, reports) and one telemetry thre
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import signal
@@ -22,11 +23,12 @@ from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from agent.store import ModelStore
+from agent.store import ModelStore, atomic_write
 from agent.telemetry import Telemetry
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
 from fleet.errors import FleetError, InvalidTopic
+from fleet.ids import check_sha256
 from fleet.messages import AppliedModel, CommandAck, DeviceStatus, NodeInfo, ReportedState, Want
 from fleet.signing import HubPublicKey, Verifier
 from fleet.topics import TopicKind, Topics
@@ -74,6 +76,9 @@ class Agent:
         self._stop = threading.Event()
         self._control: threading.Thread | None = None
         self._birth: bytes = b""
+        self._watched_path = settings.data_dir / "watched.json"
+        self._watched: set[str] = set()
+        self._stale_watched = self._load_watched()
         self._resumed = False
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
         self._offline = encode(offline)
@@ -113,6 +118,8 @@ class Agent:
         """Serve the stored model, then connect, subscribe and start the control and telemetry threads."""
         self.reconciler.restore()
         self._birth = encode(self._make_birth())
+        if self.cluster is not None:  # the birth again whenever nodes, GPUs or MIG slices change
+            self.cluster.watch_inventory(self._inventory_changed)
         self.link.subscribe(self.topics.desired(self.device_id), 1)
         self.link.subscribe(self.topics.cmd(self.device_id), 1)
         self._control = threading.Thread(target=self._run_control, name="agent-control", daemon=True)
@@ -153,13 +160,23 @@ class Agent:
     def _active_model(self) -> AppliedModel | None:
         return self.reconciler.active
 
-    def _make_birth(self) -> DeviceStatus:
-        nodes: list[NodeInfo] = []
-        if self.cluster is not None:
-            try:
-                nodes = self.cluster.inventory()
-            except Exception as e:  # the birth goes out without nodes; the error is logged
-                log.warning("cluster inventory failed: %s", e)
+    def _inventory_changed(self, nodes: list[NodeInfo]) -> None:
+        birth = encode(self._make_birth(nodes))
+        if birth == self._birth:
+            return
+        self._birth = birth
+        log.info("cluster inventory changed (%d nodes): publishing the birth again", len(nodes))
+        if self.link.connected:
+            self.link.publish(self.topics.status(self.device_id), birth, retain=True)
+
+    def _make_birth(self, nodes: list[NodeInfo] | None = None) -> DeviceStatus:
+        if nodes is None:
+            nodes = []
+            if self.cluster is not None:
+                try:
+                    nodes = self.cluster.inventory()
+                except Exception as e:  # the birth goes out without nodes; the error is logged
+                    log.warning("cluster inventory failed: %s", e)
         caps = capabilities(self.store.root, mode="k3s" if self.cluster else "single", nodes=nodes)
         return DeviceStatus(
             device_id=self.device_id, state="online", ts=time.time(), session=self.session,
@@ -196,6 +213,8 @@ class Agent:
             r.on_desired(event[1])
         elif kind == "cmd":
             r.on_command(event[1])
+        elif kind == "drop_stale":
+            self._drop_stale_subscriptions()
         elif kind == "connected":
             r.on_connected()
             self.ready.set()
@@ -210,6 +229,7 @@ class Agent:
     # -- network thread -----------------------------------------------------------------------------------
     def _on_connect(self) -> None:
         self.link.publish(self.topics.status(self.device_id), self._birth, retain=True)
+        self._events.put(("drop_stale",))
         self._events.put(("connected",))
         self.telemetry.kick()
 
@@ -238,12 +258,32 @@ class Agent:
         return self.link.publish(self.topics.want(want.sha256), encode(want))
 
     def watch_blob(self, sha256: str) -> None:
-        """Subscribe to the chunks of a blob."""
+        """Subscribe to the chunks of a blob (remembered on disk: the broker session outlives this run)."""
+        self._watched.add(sha256)
+        self._save_watched()
         self.link.subscribe(self.topics.chunk(sha256), 1)
 
     def unwatch_blob(self, sha256: str) -> None:
         """Unsubscribe from the chunks of a blob."""
+        self._watched.discard(sha256)
+        self._save_watched()
         self.link.unsubscribe(self.topics.chunk(sha256))
+
+    def _load_watched(self) -> set[str]:
+        try:
+            data = json.loads(self._watched_path.read_text())
+            return {check_sha256(s) for s in data} if isinstance(data, list) else set()
+        except (OSError, ValueError):
+            return set()
+
+    def _save_watched(self) -> None:
+        atomic_write(self._watched_path, json.dumps(sorted(self._watched)).encode())
+
+    def _drop_stale_subscriptions(self) -> None:
+        """Unsubscribe chunk topics an earlier run left in the persistent session (its download ended)."""
+        for sha in self._stale_watched - self._watched - self.reconciler.needed_blobs():
+            self.link.unsubscribe(self.topics.chunk(sha), force=True)
+        self._stale_watched = set()
 
     def ack(self, ack: CommandAck) -> None:
         """Publish a command acknowledgement."""

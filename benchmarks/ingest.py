@@ -1,13 +1,14 @@
 """Telemetry ingestion: windows persisted per second by the hub vs the raw paho receive rate, same broker, same run.
 
-N publisher processes send pre-encoded TelemetryWindow messages (QoS 1, as agents do) through one Mosquitto:
+N publisher processes send pre-encoded TelemetryWindow messages through one Mosquitto (QoS 0 by default, which
+the protocol allows for telemetry; `--qos 1` for acknowledged delivery; both subscribers subscribe at QoS 1):
   raw - one plain paho subscriber on the telemetry wildcard that only counts messages;
   hub - a real Hub (its MQTT link, fleet.codec decoding, checks, the store's batched single writer into
         SQLite WAL with dedupe by (device, seq) and per-minute rollups).
 Rate = windows / (publishers released -> last message counted, or last window committed). Rounds alternate
 raw and hub; the ratio is the median of the per-round ratios. Prints a markdown table.
 
-    .venv/bin/python benchmarks/ingest.py [--publishers 4] [--windows 100000] [--rounds 2]
+    .venv/bin/python benchmarks/ingest.py [--publishers 2] [--windows 100000] [--rounds 3] [--qos 0]
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from hub.broker import LocalBroker
 from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings
 
-QOS = 0
-
 
 def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -> list[tuple[str, bytes]]:
     topics = Topics(prefix)
@@ -59,7 +58,7 @@ def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -
     return out
 
 
-def _publisher(port: int, payloads: list[tuple[str, bytes]], ready: mp.Barrier, go: mp.Event) -> None:  # type: ignore[type-arg]
+def _publisher(port: int, payloads: list[tuple[str, bytes]], qos: int, ready: mp.Barrier, go: mp.Event) -> None:  # type: ignore[type-arg]
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
@@ -69,18 +68,18 @@ def _publisher(port: int, payloads: list[tuple[str, bytes]], ready: mp.Barrier, 
     go.wait()
     info = None
     for topic, payload in payloads:
-        info = c.publish(topic, payload, qos=QOS)
+        info = c.publish(topic, payload, qos=qos)
     if info is not None:
         info.wait_for_publish(120)
     c.disconnect()
     c.loop_stop()
 
 
-def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]]) -> tuple[list[mp.Process], float]:
+def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]], qos: int) -> tuple[list[mp.Process], float]:
     ctx = mp.get_context("fork")
     ready = ctx.Barrier(len(batches) + 1)
     go = ctx.Event()
-    procs = [ctx.Process(target=_publisher, args=(port, b, ready, go)) for b in batches]
+    procs = [ctx.Process(target=_publisher, args=(port, b, qos, ready, go)) for b in batches]
     for p in procs:
         p.start()
     ready.wait()
@@ -89,7 +88,7 @@ def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]]) -> tuple[
     return procs, t0
 
 
-def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]]) -> float:
+def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]], qos: int) -> float:
     total = sum(len(b) for b in batches)
     done = threading.Event()
     count = 0
@@ -110,7 +109,7 @@ def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]]) -> 
     c.loop_start()
     c.subscribe(Topics(prefix).subscription(TopicKind.TELEMETRY), 1)
     subscribed.wait(10)
-    procs, t0 = _run_publishers(port, batches)
+    procs, t0 = _run_publishers(port, batches, qos)
     if not done.wait(300):
         raise RuntimeError(f"raw subscriber got {count} of {total}")
     for p in procs:
@@ -120,7 +119,9 @@ def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]]) -> 
     return total / (last - t0)
 
 
-def hub_rate(broker_url: str, prefix: str, batches: list[list[tuple[str, bytes]]], devices: list[str]) -> float:
+def hub_rate(
+    broker_url: str, prefix: str, batches: list[list[tuple[str, bytes]]], devices: list[str], qos: int
+) -> float:
     total = sum(len(b) for b in batches)
     with tempfile.TemporaryDirectory(prefix="ef-bench-hub-") as d:
         settings = HubSettings(data_dir=Path(d), topic_prefix=prefix, broker=BrokerSettings(url=broker_url))
@@ -132,7 +133,7 @@ def hub_rate(broker_url: str, prefix: str, batches: list[list[tuple[str, bytes]]
                 hub.devices.add(device, {"bench": "yes"}, actor="bench")
             stats = hub.store.ingest_stats
             before = stats().telemetry_persisted
-            procs, t0 = _run_publishers(int(broker_url.rsplit(":", 1)[1]), batches)
+            procs, t0 = _run_publishers(int(broker_url.rsplit(":", 1)[1]), batches, qos)
             deadline = time.monotonic() + 300
             while stats().telemetry_persisted - before < total:
                 if time.monotonic() > deadline:
@@ -149,10 +150,11 @@ def hub_rate(broker_url: str, prefix: str, batches: list[list[tuple[str, bytes]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--publishers", type=int, default=4, help="publisher processes")
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--qos", type=int, default=0, choices=(0, 1), help="QoS the publishers send at")
     ap.add_argument("--devices", type=int, default=250, help="devices per publisher")
     ap.add_argument("--windows", type=int, default=100_000, help="windows per round, all publishers together")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of raw then hub")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of raw then hub")
     args = ap.parse_args()
     per = args.windows // args.publishers
     with tempfile.TemporaryDirectory(prefix="ef-bench-mq-") as d:
@@ -164,10 +166,10 @@ def main() -> None:
                 prefix = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
                 batches = [_payloads(prefix, p, args.devices, per, str(r)) for p in range(args.publishers)]
                 devices = sorted({t.split("/")[-2] for b in batches for t, _ in b})
-                raw = raw_rate(broker.port, prefix, batches)
+                raw = raw_rate(broker.port, prefix, batches, args.qos)
                 prefix2 = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
                 batches2 = [[(t.replace(prefix, prefix2), p) for t, p in b] for b in batches]
-                hub = hub_rate(broker.url, prefix2, batches2, devices)
+                hub = hub_rate(broker.url, prefix2, batches2, devices, args.qos)
                 raws.append(raw)
                 hubs.append(hub)
                 ratios.append(hub / raw)
@@ -175,7 +177,7 @@ def main() -> None:
         finally:
             broker.stop()
     size = len(batches[0][0][1])
-    print(f"## Telemetry ingestion ({platform.machine()}, {mp.cpu_count()} cores, Mosquitto, QoS 1)\n")
+    print(f"## Telemetry ingestion ({platform.machine()}, {mp.cpu_count()} cores, Mosquitto, publish QoS {args.qos})\n")
     print(f"{args.publishers} publisher processes, {args.publishers * args.devices} devices, "
           f"{per * args.publishers:,} windows of ~{size} B per round, {args.rounds} rounds (median).\n")  # fmt: skip
     print("| path | windows/s | ratio |")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -154,8 +155,25 @@ def load(url: str, req: bytes, clients: int, seconds: float, during: Any = None)
 # --- measurements ------------------------------------------------------------------------------------
 
 
+def batch_sizes(metrics: bytes) -> dict[str, int]:
+    """Engine runs per batch-size bucket (le=N), summed over versions, from the server's /metrics."""
+    total: dict[str, float] = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith("edgefleet_api_batch_size_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            total[le] = total.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    out, prev = {}, 0.0
+    for le, cum in total.items():  # cumulative buckets in increasing order
+        if cum - prev:
+            out[f"<={le}"] = int(cum - prev)
+        prev = cum
+    return out
+
+
 def throughput(lat: list[tuple[float, float, int]]) -> float:
     ok = [t for t in lat if t[2] == 200]
+    if len(ok) < 2:
+        return 0.0
     return len(ok) / (max(s + d for s, d, _ in ok) - min(s for s, _, _ in ok))
 
 
@@ -163,10 +181,11 @@ def runs_for(fn: Any, seconds: float) -> int:
     fn()
     n = 0
     until = time.perf_counter() + seconds
-    while time.perf_counter() < until:
+    while True:  # at least one timed run
         fn()
         n += 1
-    return n
+        if time.perf_counter() >= until:
+            return n
 
 
 def p50_raw(fn: Any, n: int) -> float:
@@ -206,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="server dynamic batching: largest batch")
     parser.add_argument("--intra-op", type=int, default=0, help="onnxruntime intra-op threads (0 = one per core)")
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="execution provider")
+    parser.add_argument("--rounds", type=int, default=5, help="raw/API alternations (medians are compared)")
     parser.add_argument("--swaps", type=int, default=4, help="versions loaded and activated during the swap run")
     args = parser.parse_args(argv)
 
@@ -278,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         # 1 client: interleave raw and API in rounds so background load hits both alike
         client = SyncClient(url)
         rows: dict[str, list[float]] = {k: [] for k in ("raw", "binary", "json", "raw_img", "image")}
-        n = max(args.iterations // 3, 20)
-        for _ in range(3):
+        n = max(args.iterations // args.rounds, 20)
+        for _ in range(args.rounds):
             rows["raw"].append(p50_raw(lambda: session.run(None, {"image": x1}), n))
             rows["binary"].append(p50_api(client, binary, n))
             rows["json"].append(p50_api(client, js, n))
@@ -289,20 +309,33 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: statistics.median(v) for k, v in rows.items()}
 
         # throughput: raw and API alternate in rounds, medians compared
-        part = args.seconds / 3
+        part = args.seconds / args.rounds
         tputs: dict[str, list[float]] = {k: [] for k in ("raw", "api", "raw_img", "api_img")}
+        cpu: dict[str, list[float]] = {k: [] for k in tputs}  # CPU ms (every process involved) per image
         steady: list[tuple[float, float, int]] = []
         steady_img: list[tuple[float, float, int]] = []
-        for _ in range(3):
-            tputs["raw"].append(args.max_batch * runs_for(lambda: session.run(None, {"image": xb}), part) / part)
-            lat = load(url, binary, args.clients, part)
-            steady += lat
-            tputs["api"].append(throughput(lat))
-            tputs["raw_img"].append(args.max_batch * runs_for(raw_image_batch, part) / part)
-            lat = load(url, img, args.clients, part)
-            steady_img += lat
-            tputs["api_img"].append(throughput(lat))
+        server = psutil.Process(proc.pid)
+
+        def cpu_now() -> float:
+            t = server.cpu_times()
+            return time.process_time() + t.user + t.system
+
+        for _ in range(args.rounds):
+            for kind, raw_fn, req, into in (
+                ("", lambda: session.run(None, {"image": xb}), binary, steady),
+                ("_img", raw_image_batch, img, steady_img),
+            ):
+                c0 = time.process_time()
+                n = args.max_batch * runs_for(raw_fn, part)
+                cpu["raw" + kind].append((time.process_time() - c0) * 1e3 / n)
+                tputs["raw" + kind].append(n / part)
+                c0 = cpu_now()
+                lat = load(url, req, args.clients, part)
+                cpu["api" + kind].append((cpu_now() - c0) * 1e3 / max(len(lat), 1))
+                into.extend(lat)
+                tputs["api" + kind].append(throughput(lat))
         tput = {k: statistics.median(v) for k, v in tputs.items()}
+        cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
 
         windows: dict[str, list[tuple[float, float]]] = {"swap": [], "reload": []}
 
@@ -327,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                 during[cmd] += load(
                     url, binary, args.clients, args.seconds / 2, during=swapper(cmd, args.swaps // 2, args.seconds / 2)
                 )
+        probe = SyncClient(url)
+        _, metrics = probe.call(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        probe.close()
         parent.send("stop")
         parent.recv()
         proc.join(10)
@@ -339,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(1 for t in everything if t[2] != 200)
     steady_p99 = percentile([d for _, d, _ in base], 99) * 1e3
     swap_lat = {k: around(v, windows[k]) for k, v in during.items()}
-    swap_p99 = {k: percentile(v, 99) * 1e3 for k, v in swap_lat.items()}
+    swap_p99 = {k: percentile(v, 99) * 1e3 if v else float("nan") for k, v in swap_lat.items()}
     d_bin, d_json, d_img = med["binary"] - med["raw"], med["json"] - med["raw"], med["image"] - med["raw_img"]
     r_bin, r_img = tput["api"] / tput["raw"], tput["api_img"] / tput["raw_img"]
     lines = [
@@ -358,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| binary tensors | {tput['raw']:.0f} img/s | {tput['api']:.0f} req/s | {r_bin:.2f}x | >= 0.5x |",
         f"| image endpoint | {tput['raw_img']:.0f} img/s | {tput['api_img']:.0f} req/s | {r_img:.2f}x | >= 0.5x |",
         "",
+        "| CPU per image (all processes) | raw | API: server + load generator | raw / API |",
+        "| --- | --- | --- | --- |",
+        f"| binary tensors | {cpu_ms['raw']:.2f} ms | {cpu_ms['api']:.2f} ms | {cpu_ms['raw'] / cpu_ms['api']:.2f}x |",
+        f"| image endpoint | {cpu_ms['raw_img']:.2f} ms | {cpu_ms['api_img']:.2f} ms "
+        f"| {cpu_ms['raw_img'] / cpu_ms['api_img']:.2f}x |",
+        "",
         f"| {args.clients} clients, binary tensors, p99 | steady | around swaps (requests) | ratio | goal |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -366,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {args.swaps} swaps: {what} | {steady_p99:.2f} ms | {swap_p99[cmd]:.2f} ms ({len(swap_lat[cmd])}) "
             f"| {swap_p99[cmd] / steady_p99:.2f}x | <= 3x |"
         )
-    lines += ["", f"Failed requests: {failed} of {len(everything)}."]
+    lines += ["", f"Failed requests: {failed} of {len(everything)}. Engine runs by batch size: {batch_sizes(metrics)}."]
     print("\n".join(lines))
     return 0
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from hub.credentials import Role, new_token, token_hash
-from hub.errors import Forbidden, InvalidInput, Unauthorized
+from hub.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.store import Store
 
 
@@ -54,3 +54,9 @@ class Auth:
         """Forbidden unless the principal's role includes `role`."""
         if not principal.role.allows(role):
             raise Forbidden(f"this needs the {role.value} role; token {principal.name!r} is {principal.role.value}")
+
+    def revoke(self, token_id: int, *, actor: str) -> None:
+        """Revoke a token at once (its next request gets 401). NotFound if unknown or already revoked."""
+        if not self.store.revoke_token(token_id):
+            raise NotFound(f"no active token with id {token_id}")
+        self.store.add_event(time.time(), actor, "token.revoke", f"token/{token_id}", {})

@@ -107,7 +107,11 @@ def list_rollouts(
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "model", "state", "wave", "devices", "selector", "created", "reason")
+    table = Table()
+    for name in ("id", "model", "state"):
+        table.add_column(name, no_wrap=True)
+    for name in ("wave", "devices", "selector", "created", "reason"):
+        table.add_column(name)
     for r in rows:
         wave = f"{min(r['wave'] + 1, r['wave_count'])}/{r['wave_count']} {r['wave_phase'] or ''}"
         table.add_row(

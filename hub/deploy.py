@@ -7,6 +7,7 @@ Versions come from a per-device counter in the store, so they stay monotonic acr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Deployer:
         self.registry = registry
         self.devices = devices
         self._spec = spec(TopicKind.DESIRED)
+        self._lock = threading.Lock()
 
     def deploy(
         self,
@@ -69,7 +71,9 @@ class Deployer:
     ) -> DeployResult:
         """Set MODEL:VERSION as the desired state of every device matching `selector`."""
         if not selector.strip():
-            raise InvalidInput("a deployment needs a non-empty selector (use `all` labels or list ids)")
+            raise InvalidInput(
+                "a deployment needs a non-empty selector; to reach every device, select a label all carry"
+            )
         ref = self.registry.model_ref(name, version)
         targets = [d.id for d in self.devices.find(selector)]
         if not targets:
@@ -90,21 +94,26 @@ class Deployer:
         shadow: ShadowSpec | None = None,
         rollout_id: str | None = None,
     ) -> list[Desired]:
-        """Sign, record and publish a desired state for each device (a fresh version each)."""
-        versions = self.store.allocate_desired_versions(device_ids)
-        now = time.time()
-        states = []
-        for device_id in device_ids:
-            body = DesiredState(
-                device_id=device_id, version=versions[device_id], issued_at=now,
-                expires_at=now + self.settings.desired_ttl_s, model=model, runtime=runtime or RuntimeOptions(),
-                shadow=shadow, rollout_id=rollout_id,
-            )  # fmt: skip
-            states.append(self._record(body, self.key.sign(body)))
-        self.store.put_desired(states)
-        for s in states:
-            self._send(s)
-        return states
+        """Sign, record and publish a desired state for each device (a fresh version each).
+
+        Serialised: two concurrent calls for the same device publish in version order, so the retained
+        message on the broker is always the newest recorded state.
+        """
+        with self._lock:
+            versions = self.store.allocate_desired_versions(device_ids)
+            now = time.time()
+            states = []
+            for device_id in device_ids:
+                body = DesiredState(
+                    device_id=device_id, version=versions[device_id], issued_at=now,
+                    expires_at=now + self.settings.desired_ttl_s, model=model, runtime=runtime or RuntimeOptions(),
+                    shadow=shadow, rollout_id=rollout_id,
+                )  # fmt: skip
+                states.append(self._record(body, self.key.sign(body)))
+            self.store.put_desired(states)
+            for s in states:
+                self._send(s)
+            return states
 
     @staticmethod
     def _record(body: DesiredState, env: SignedEnvelope) -> Desired:
@@ -122,10 +131,11 @@ class Deployer:
 
     def republish_all(self) -> int:
         """Publish every stored desired state again (after a (re)connect: the broker may have lost them)."""
-        states = self.store.list_desired()
-        for s in states:
-            self._send(s)
-        return len(states)
+        with self._lock:
+            states = self.store.list_desired()
+            for s in states:
+                self._send(s)
+            return len(states)
 
     def refresh_expiring(self, *, now: float | None = None) -> int:
         """Re-sign (as a new version, same content) every desired state past half of its validity."""

@@ -16,6 +16,8 @@ from hub.selectors import check_labels, parse_selector
 from hub.settings import DeviceSettings
 from hub.store import Desired, Device, Store
 
+_LOOKUP = object()
+
 
 class DeviceState(StrEnum):
     """What the hub makes of a device from its status, reported state and telemetry."""
@@ -117,8 +119,10 @@ class Devices:
         self.store.add_event(time.time(), actor, "device.label", f"device/{device_id}", {"set": set_, "remove": remove})
         return updated
 
-    def state(self, device: Device, desired: Desired | None = None, *, now: float | None = None) -> DeviceState:
-        """The derived state of `device` now."""
-        if desired is None:
+    def state(
+        self, device: Device, desired: Desired | object | None = _LOOKUP, *, now: float | None = None
+    ) -> DeviceState:
+        """The derived state of `device` now (`desired` as already read, or looked up when not given)."""
+        if not isinstance(desired, Desired | None):
             desired = self.store.get_desired(device.id)
         return derive_state(device, desired, now=time.time() if now is None else now, settings=self.settings)

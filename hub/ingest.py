@@ -133,4 +133,13 @@ class Ingestor:
 
     @property
     def rejected_total(self) -> int:
-        return sum(self.rejected.values())
+        return sum(self.snapshot()[1].values())
+
+    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Copies of the accepted and rejected counters, safe to take from any thread."""
+        for _ in range(10):
+            try:  # the MQTT thread may add a key while we copy
+                return dict(self.accepted), dict(self.rejected)
+            except RuntimeError:
+                continue
+        return {}, {}

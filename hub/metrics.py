@@ -21,14 +21,15 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
+        accepted_counts, rejected_counts = hub.ingest.snapshot()
         accepted = CounterMetricFamily("edgefleet_hub_ingest_accepted", "messages accepted by kind", labels=["kind"])
-        for kind, n in sorted(hub.ingest.accepted.items()):
+        for kind, n in sorted(accepted_counts.items()):
             accepted.add_metric([kind], n)
         yield accepted
         rejected = CounterMetricFamily(
             "edgefleet_hub_ingest_rejected", "messages refused by kind and reason", labels=["kind", "reason"]
         )
-        for (kind, reason), n in sorted(hub.ingest.rejected.items()):
+        for (kind, reason), n in sorted(rejected_counts.items()):
             rejected.add_metric([kind, reason], n)
         yield rejected
         st = hub.store.ingest_stats()
@@ -43,8 +44,9 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
         states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
         counts: dict[str, int] = {}
+        desired = {s.device_id: s for s in hub.store.list_desired()}
         for d in hub.store.list_devices():
-            state = hub.devices.state(d).value
+            state = hub.devices.state(d, desired.get(d.id)).value
             counts[state] = counts.get(state, 0) + 1
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)

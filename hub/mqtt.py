@@ -153,25 +153,22 @@ class BoundedPublisher:
         self._inflight: deque[mqtt.MQTTMessageInfo] = deque()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
-        """Publish, first waiting while too many earlier messages are unacknowledged.
-
-        A message paho refused to queue (no connection: its rc is an error, and paho raises on asking it
-        whether it was published) is dropped from the window: it was lost, and the agent wants it again.
-        """
+        """Publish, first waiting while too many earlier messages are unacknowledged."""
         while self._inflight and _settled(self._inflight[0]):
             self._inflight.popleft()
         deadline = time.monotonic() + self.timeout_s
         while len(self._inflight) >= self.max_inflight:
             info = self._inflight[0]
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self._inflight.popleft()  # lost with the connection; the agent wants it again
+            try:
+                info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                self._inflight.popleft()  # not sent (connection lost): the agent wants the chunk again
                 continue
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if info.is_published() or time.monotonic() >= deadline:
                 self._inflight.popleft()
         self._inflight.append(self.link.publish(topic, payload, qos=qos))
 
 
 def _settled(info: mqtt.MQTTMessageInfo) -> bool:
-    """Acknowledged, or never queued (paho raises on `is_published` for those)."""
+    """Acknowledged, or never queued (no connection: paho raises on `is_published` for those)."""
     return info.rc != mqtt.MQTT_ERR_SUCCESS or info.is_published()

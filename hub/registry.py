@@ -101,7 +101,12 @@ class Registry:
                 descriptor=report.descriptor.to_json(), manifest=manifest.model_dump(mode="json"),
                 created_at=time.time(), created_by=actor,
             )  # fmt: skip
-            stored = self.store.add_model_version(mv)
+            try:
+                stored = self.store.add_model_version(mv)
+            except BaseException:
+                if self.store.blob_manifest(report.sha256) is None:  # no other version holds these bytes
+                    dest.unlink(missing_ok=True)
+                raise
             self.store.add_event(
                 time.time(), actor, "model.push", f"model/{d.name}:{d.version}",
                 {"sha256": report.sha256, "size": report.size, "opset": report.opset},

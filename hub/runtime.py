@@ -77,7 +77,9 @@ class Hub:
         if not s.key_path.exists() or not s.db_path.exists():
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
         self.key = HubSigningKey.load(s.key_path)
-        self.store: SqliteStore = open_store(s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue)
+        self.store: SqliteStore = open_store(
+            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s
+        )
         try:
             self._start_services()
         except BaseException:
@@ -133,7 +135,6 @@ class Hub:
         )  # fmt: skip
         self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
         self.chunks.start()
-        self._ready = True
         link.start()
         self.rollouts.start()
         self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
@@ -168,7 +169,16 @@ class Hub:
         self.ingest.handle(topic, payload)
 
     def _on_connect(self) -> None:
-        n = self.deployer.republish_all()
+        # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
+        # publishes through paho
+        threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
+
+    def _republish(self) -> None:
+        try:
+            n = self.deployer.republish_all()
+        except Exception:
+            log.exception("hub: republishing desired states failed")
+            return
         if n:
             log.info("hub: republished %d desired states after connecting", n)
 

@@ -90,6 +90,13 @@ class IngestSettings(_Group):
 
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
     max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_delay_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="how long the writer waits for more messages before committing (group commit; bounds "
+        "how stale API reads of fresh telemetry can be)",
+    )
     max_queue: int = Field(
         default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
     )
@@ -116,6 +123,23 @@ class DeviceSettings(_Group):
     stale_after_s: float = Field(
         default=300.0, gt=0, description="an online device silent this long counts as offline (lost will)"
     )
+
+
+class DashboardSettings(_Group):
+    """The web dashboard served at `/`."""
+
+    enabled: bool = Field(default=True, description="serve the dashboard at / (False: the REST API only)")
+    live_interval_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often the live stream looks for changes (seconds)"
+    )
+    live_max_stream_s: float = Field(
+        default=300.0, gt=0, description="a live stream ends after this and the browser reconnects (frees workers)"
+    )
+    page_size: int = Field(default=50, ge=5, le=1000, description="devices per page of the device table")
+    cookie_secure: bool = Field(
+        default=False, description="mark the session cookie Secure (set it when the hub is served over HTTPS)"
+    )
+    session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
 
 
 class RolloutSettings(_Group):
@@ -191,6 +215,7 @@ class HubSettings(BaseModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="message ingestion")
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")

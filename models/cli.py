@@ -24,15 +24,20 @@ def write_model(model: onnx.ModelProto, descriptor: ModelDescriptor, out_dir: Pa
     return [onnx_path, yaml_path]
 
 
-def build_samples(out_dir: str | Path) -> list[Path]:
+def build_samples(out_dir: str | Path, *, version: str | None = None, seed: int = 0) -> list[Path]:
     """Build the sample classifier and detector into `out_dir`; returns the files written.
 
     Writes `mobilenet-like.onnx`/`.yaml` and `tiny-detector.onnx`/`.yaml` (YOLOv8 layout). Deterministic:
-    the same bytes on every run.
+    the same bytes on every run for the same `seed`. `version` and `seed` make "another training run" of
+    the same models (new weights, new version), which is what a rollout moves a fleet to.
     """
     out = Path(out_dir)
-    paths = write_model(build_classifier(), classifier_descriptor(), out, "mobilenet-like")
-    paths += write_model(build_detector("yolov8"), detector_descriptor("yolov8"), out, "tiny-detector")
+    cls_desc, det_desc = classifier_descriptor(), detector_descriptor("yolov8")
+    if version is not None:
+        cls_desc = ModelDescriptor.model_validate({**cls_desc.model_dump(), "version": version})  # validates it
+        det_desc = ModelDescriptor.model_validate({**det_desc.model_dump(), "version": version})
+    paths = write_model(build_classifier(seed=seed), cls_desc, out, "mobilenet-like")
+    paths += write_model(build_detector("yolov8", seed=seed + 1), det_desc, out, "tiny-detector")
     return paths
 
 
@@ -48,9 +53,18 @@ app = typer.Typer(help="Build, inspect and validate ONNX vision models.", no_arg
 @app.command("build-samples")
 def build_samples_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the sample .onnx and .yaml files into.")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Semantic version to give both models (default 1.0.0).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Weight seed: another seed is another 'training run'.")] = 0,
 ) -> None:
     """Build the deterministic sample classifier and detector with their descriptions."""
-    for p in build_samples(out_dir):
+    try:
+        paths = build_samples(out_dir, version=version, seed=seed)
+    except (ModelError, ValueError) as e:
+        typer.echo(f"error: {str(e).splitlines()[0]} ({version!r})", err=True)
+        raise typer.Exit(2) from e
+    for p in paths:
         typer.echo(str(p))
 
 

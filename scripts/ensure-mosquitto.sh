@@ -3,8 +3,9 @@
 # otherwise stops with instructions. Tests start their own broker on a free loopback port; the
 # system service the package enables is stopped so it does not hold port 1883 for nothing.
 set -euo pipefail
+SBIN="${EDGEFLEET_SBIN:-/usr/sbin}"  # where Debian puts the broker (not on a user's PATH); tests override it
 find_mosquitto() {
-    command -v mosquitto 2>/dev/null || { [ -x /usr/sbin/mosquitto ] && echo /usr/sbin/mosquitto; } || true
+    command -v mosquitto 2>/dev/null || { [ -x "$SBIN/mosquitto" ] && echo "$SBIN/mosquitto"; } || true
 }
 if [ -n "$(find_mosquitto)" ]; then
     exit 0

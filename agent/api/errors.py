@@ -33,7 +33,7 @@ class ApiError(Exception):
         return self.reason
 
 
-class SettingsError(ApiError):
+class SettingsError(ApiError, ValueError):
     """A setting (environment variable or argument) is unknown or invalid."""
 
 

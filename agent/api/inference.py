@@ -59,7 +59,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+        if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
+            chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -123,23 +124,31 @@ class Inference:
             raise
         return self._done(served, "infer", response, t0, submitted)
 
-    async def predict(self, request: Request, name: str, k: int | None, threshold: float | None) -> Response:
-        """POST /v1/models/{name}:predict with an image (multipart or raw body)."""
+    async def predict(
+        self, request: Request, name: str, k: int | None, threshold: float | None, query: bytes | None = None
+    ) -> Response:
+        """POST /v1/models/{name}:predict with an image (multipart or raw body).
+
+        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast path).
+        """
         t0 = time.perf_counter()
         served = None
         submitted = False
         try:
             served = self.slot.acquire(name)
+            if query:
+                k, threshold = query_parameters(query)
             body = await read_body(request, self.settings.max_body_bytes)
             ctype = request.headers.get("content-type", "")
             data = await _multipart_image(request.headers, body) if ctype.startswith("multipart/") else body
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
-            tensor, transform = await asyncio.get_running_loop().run_in_executor(
-                self.pool,
-                functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels),
-            )
+            job = functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels)
+            if served.inflight == 1:  # the only request: decode here, a thread hand-off costs more than it saves
+                tensor, transform = job()
+            else:  # others are being served: keep the event loop free for them
+                tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)
             submitted = True
             self.slot.submitted(served)
             outputs = await self._run(served, {d.input.name: tensor})
@@ -258,13 +267,8 @@ class FastPath:
                 if "/" not in name and "/" not in version and (version or not sep):
                     response = await self.handlers.infer(Request(scope, receive), name, version if sep else None)
             elif path.startswith("/v1/models/") and path.endswith(":predict") and "/" not in path[11:-8]:
-                request = Request(scope, receive)
-                try:
-                    k, threshold = query_parameters(scope["query_string"])
-                except BadRequest as e:
-                    response = error_response(e, self.handlers.settings.retry_after_s)
-                else:
-                    response = await self.handlers.predict(request, path[11:-8], k, threshold)
+                query: bytes = scope["query_string"]
+                response = await self.handlers.predict(Request(scope, receive), path[11:-8], None, None, query)
             if response is not None:
                 await response(scope, receive, send)
                 return

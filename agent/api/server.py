@@ -47,14 +47,14 @@ class ApiServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._url: str | None = None
 
     @property
     def url(self) -> str:
-        """http://host:port with the port actually bound (useful with port 0)."""
-        if self._sock is None:
+        """http://host:port with the port actually bound (useful with port 0); kept after stop()."""
+        if self._url is None:
             raise RuntimeError("server is not started")
-        host, port = self._sock.getsockname()[:2]
-        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        return self._url
 
     def start(self) -> None:
         """Bind, start uvicorn on a thread and wait until it serves.
@@ -75,6 +75,8 @@ class ApiServer:
             raise
         sock.set_inheritable(True)
         self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         server = uvicorn.Server(_config(self.settings, self.slot))
         self._server = server
         self._thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="edgefleet-api", daemon=True)

@@ -117,12 +117,19 @@ class ModelSlot:
             options = BatcherOptions(
                 max_batch=runtime.max_batch, max_delay_ms=runtime.max_queue_delay_ms, max_queue=runtime.max_queue
             )
+        cur = self.current
+        if cur is not None and cur.engine is engine and cur.model == model and cur.options == options:
+            return  # the control side re-applied the same state: keep the batcher and its queue
         self._run(self._install, Served(engine, model, descriptor, options))
 
     def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
         """Run `engine` beside the active model on `sample_rate` (0..1] of requests; None stops shadowing."""
         if engine is None or model is None or sample_rate <= 0:
             self._run(self._install_shadow, None)
+            return
+        sh = self._shadow
+        if sh is not None and sh.served.engine is engine and sh.served.model == model:
+            sh.rate = min(sample_rate, 1.0)  # same candidate: keep its batcher and counters
             return
         served = Served(engine, model, engine.descriptor, self.defaults)
         self._run(self._install_shadow, _Shadow(served, min(sample_rate, 1.0), ShadowTally(model.version)))
@@ -180,7 +187,7 @@ class ModelSlot:
         if s is None or s.batcher is None:
             raise NotReady("no model is active on this device yet; retry later")
         if name != s.model.name or (version is not None and version != s.model.version):
-            what = f"model {name!r}" + (f" version {version!r}" if version is not None else "")
+            what = f"model {name[:100]!r}" + (f" version {version[:40]!r}" if version is not None else "")
             raise ModelNotFound(f"{what} is not served here; serving {s.model.name!r} version {s.model.version!r}")
         if s.inflight >= self.max_concurrency:
             raise Overloaded(f"{s.inflight} requests are in progress for {name!r}; retry later")
@@ -192,9 +199,9 @@ class ModelSlot:
         """Like `acquire`, without counting a request (metadata, readiness)."""
         s = self.current
         if s is None:
-            raise ModelNotFound(f"model {name!r} is not served here: no model is active")
+            raise ModelNotFound(f"model {name[:100]!r} is not served here: no model is active")
         if name != s.model.name or (version is not None and version != s.model.version):
-            raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
+            raise ModelNotFound(f"model {name[:100]!r} version {str(version)[:40]!r} is not served here")
         return s
 
     @staticmethod

@@ -38,6 +38,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _NAMES: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items()}
 MAX_TENSORS = 64
+MAX_NAME = 256
 HEADER = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -105,8 +106,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with 'inputs'")
     rid = doc.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise BadRequest("'id' must be a string")
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_NAME):
+        raise BadRequest(f"'id' must be a string of at most {MAX_NAME} characters")
     params = _parameters(doc.get("parameters"), "request")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
@@ -117,8 +118,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(raw, dict):
             raise BadRequest("every entry of 'inputs' must be an object")
         name = raw.get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest("every input needs a non-empty string 'name'")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            raise BadRequest(f"every input needs a string 'name' of 1 to {MAX_NAME} characters")
         if name in inputs:
             raise BadRequest(f"input {name!r} is given twice")
         dtype = DATATYPES.get(raw.get("datatype"))  # type: ignore[arg-type]
@@ -173,8 +174,8 @@ def _requested(raw: Any) -> tuple[tuple[str, bool], ...] | None:
         raise BadRequest(f"'outputs' must be a list of at most {MAX_TENSORS} objects")
     out = []
     for o in raw:
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise BadRequest("every entry of 'outputs' must be an object with a string 'name'")
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or len(o["name"]) > MAX_NAME:
+            raise BadRequest(f"every entry of 'outputs' must be an object with a string 'name' (<= {MAX_NAME} chars)")
         p = _parameters(o.get("parameters"), f"output {o['name']!r}")
         if "classification" in p:
             raise BadRequest("the classification extension is not supported; use the image endpoint for top-k")

@@ -1,29 +1,19 @@
 """Typed errors of cluster mode. Each carries a stable `code` (reported to the hub) and whether a retry can help.
 
-The shape (`message`, `code`, `permanent`) matches the agent's own errors, so the control side reports them
-the same way. Permanent errors (RBAC denies a call, the API refuses an object) need a person or a new desired
+They are `agent.errors.AgentError`s (`message`, `code`, `permanent`), so the control side reports them like
+its own. Permanent errors (RBAC denies a call, the API refuses an object) need a person or a new desired
 state; temporary ones (the API server unreachable, 5xx, 429) were already retried here and may pass later.
 """
 
 from __future__ import annotations
 
+from agent.errors import AgentError
 
-class ClusterError(Exception):
-    """Base of every error raised by `agent.k3s`."""
+
+class ClusterError(AgentError):
+    """Base of every error raised by `agent.k3s` (an `AgentError`: the control side reports it like its own)."""
 
     code: str = "cluster_error"
-    permanent: bool = True
-
-    def __init__(self, message: str, *, code: str | None = None, permanent: bool | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if permanent is not None:
-            self.permanent = permanent
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class ClusterConfigError(ClusterError, ValueError):

@@ -6,12 +6,13 @@
 while the bytes of a blob are written once to a shared content-addressed cache.
 """
 
-from agent.sim.agent import Action, AgentStats, Publish, SimAgent, Subscribe, Unsubscribe
+from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache, Download
 from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.profile import VersionProfile, parse_profile
 
 __all__ = [
-    "Action", "AgentIdentity", "AgentStats", "BlobCache", "Download", "Faults", "Publish", "SimAgent",
-    "SimConfig", "Subscribe", "Unsubscribe", "VersionProfile", "parse_profile",
+    "Action", "AgentIdentity", "AgentStats", "BlobCache", "Download", "Faults", "GoOffline", "PauseReading",
+    "Publish", "SimAgent", "SimConfig", "Subscribe", "Unsubscribe", "VersionProfile", "parse_profile",
 ]  # fmt: skip

@@ -12,8 +12,8 @@ from __future__ import annotations
 import platform
 import random
 import uuid
-from dataclasses import dataclass
 
+from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.cache import BlobCache, Download
 from agent.sim.config import AgentIdentity, SimConfig
 from agent.sim.profile import Profiles, WindowSample, sample_window
@@ -61,63 +61,6 @@ _CODES: tuple[tuple[type[SignatureError], str], ...] = (
     (WrongSubject, "wrong_subject"),
     (MalformedEnvelope, "malformed_envelope"),
 )
-
-
-@dataclass(frozen=True)
-class Publish:
-    """Publish `payload` on `topic`."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    """Subscribe to `topic` at QoS 1."""
-
-    topic: str
-
-
-@dataclass(frozen=True)
-class Unsubscribe:
-    """Drop the subscription to `topic`."""
-
-    topic: str
-
-
-@dataclass(frozen=True)
-class GoOffline:
-    """Drop the connection abruptly (the broker publishes the last will) and stay away `seconds`."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class PauseReading:
-    """Stop reading from the network for `seconds` (a slow link: the broker's queue backs up)."""
-
-    seconds: float
-
-
-Action = Publish | Subscribe | Unsubscribe | GoOffline | PauseReading
-
-
-@dataclass
-class AgentStats:
-    """Counters of one agent (summed by the simulator)."""
-
-    malformed: int = 0
-    refused_desired: int = 0
-    refused_chunks: int = 0
-    chunks: int = 0
-    duplicate_chunks: int = 0
-    downloads_done: int = 0
-    activations: int = 0
-    activation_failures: int = 0
-    telemetry: int = 0
-    went_offline: int = 0
 
 
 def _code(error: SignatureError) -> str:
@@ -263,7 +206,11 @@ class SimAgent:
                 self.previous = self.active
             self.active = None
             self.phase = Phase.IDLE
-        elif self.active is not None and self.active.sha256 == model.blob.sha256:
+        elif self.active is not None and (self.active.sha256, self.active.name, self.active.version) == (
+            model.blob.sha256,
+            model.name,
+            model.version,
+        ):
             self.phase = Phase.ACTIVE
         elif model.blob.sha256 in self.held:
             self._start_activation(now)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.sim.agent import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.actions import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.config import AgentIdentity
 from agent.sim.errors import TransportError
 
@@ -108,6 +108,7 @@ class _Shard(threading.Thread):
         self.calls: deque[Callable[[], None]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)  # a full wake pipe must never block (thousands of adds before start)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         self.stopping = False
         self.done = threading.Event()

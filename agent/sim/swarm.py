@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.sim.agent import AgentStats, SimAgent
+from agent.sim.actions import AgentStats
+from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, SimConfig
 from agent.sim.mqtt import Transport

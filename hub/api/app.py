@@ -7,9 +7,10 @@ Every error answers `{"error": {"code": "...", "message": "..."}}` with the stat
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +20,7 @@ from hub.api.routes_models import models_router
 from hub.api.routes_rollouts import rollouts_router
 from hub.api.routes_security import security_router
 from hub.api.security import install as install_security
+from hub.dashboard import mount_dashboard
 from hub.errors import HubError
 from hub.metrics import metrics_text
 
@@ -32,8 +34,12 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(hub: Hub) -> FastAPI:
-    """The FastAPI app serving `hub` (OpenAPI at /docs and /openapi.json)."""
+def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The FastAPI app serving `hub` (OpenAPI at /docs and /openapi.json).
+
+    `extra_routers` are mounted after the hub's own routes (the dashboard and rollouts add theirs this way);
+    their HubErrors map to JSON errors like everything else.
+    """
     app = FastAPI(
         title="edgefleet hub",
         description="Models, devices, deployments, telemetry and events of an edge fleet. "
@@ -78,4 +84,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(fleet_router(hub))
     app.include_router(rollouts_router(hub))
     app.include_router(security_router(hub))
+    for router in extra_routers:
+        app.include_router(router)
+    mount_dashboard(app, hub)
     return app

@@ -25,7 +25,7 @@ from hub.telemetry import point_json, summarise
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
-MAX_TS = 1e11  # Unix seconds (year 5138): beyond it a bound overflows SQLite's integers
+MAX_TS = 1e11  # Unix seconds around the year 5138: anything larger is a mistake
 Since = Query(default=None, ge=0, le=MAX_TS, description="start of the range, Unix seconds")
 Until = Query(default=None, ge=0, le=MAX_TS, description="end of the range (exclusive), Unix seconds")
 
@@ -102,6 +102,7 @@ def fleet_router(hub: Hub) -> APIRouter:
         since, until = _range(since, until)
         points = hub.telemetry.series(device_id=device_id, since=since, until=until)
         out: dict[str, Any] = {"device_id": device_id, "summary": summary_view(summarise(points))}
+        out["seq"] = hub.store.telemetry_seq(device_id, since=since, until=until).__dict__
         out["series"] = [point_json(p) for p in points]
         if raw:
             windows = hub.store.telemetry_windows(device_id, since=since, until=until, limit=limit)
@@ -141,12 +142,21 @@ def fleet_router(hub: Hub) -> APIRouter:
         return {"name": body.name, "role": body.role,
                 "token": hub.auth.create_token(body.name, body.role, actor=principal.name)}  # fmt: skip
 
+    @r.get("/tokens", tags=["tokens"], summary="List tokens (names, roles, ids; never the secrets)")
+    def list_tokens(_p: Admin) -> list[dict[str, Any]]:
+        return [t.__dict__ for t in hub.store.list_tokens()]
+
+    @r.delete("/tokens/{token_id}", status_code=204, tags=["tokens"], summary="Revoke a token")
+    def revoke_token(token_id: int, principal: Admin) -> None:
+        hub.auth.revoke(token_id, actor=principal.name)
+
     @r.get("/ingest", tags=["ops"], summary="Ingestion counters: accepted and refused messages")
     def ingest(_p: Viewer) -> dict[str, Any]:
         st = hub.store.ingest_stats()
+        accepted, rejected = hub.ingest.snapshot()
         return {
-            "accepted": dict(hub.ingest.accepted),
-            "rejected": {f"{k}/{reason}": n for (k, reason), n in hub.ingest.rejected.items()},
+            "accepted": accepted,
+            "rejected": {f"{k}/{reason}": n for (k, reason), n in rejected.items()},
             "store": st.__dict__, "transfer": hub.chunks.stats.__dict__,
         }  # fmt: skip
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.auth import Auth, Principal
 from hub.credentials import Role
+from hub.dashboard.security import is_dashboard_path
 from hub.errors import RateLimited, Unauthorized
 from hub.ratelimit import KeyedLimiter
 from hub.store import Store
@@ -90,9 +91,10 @@ class AuditAndHeaders:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = MutableHeaders(scope=message)
-                for k, v in API_HEADERS.items():
-                    if k not in headers:
-                        headers[k] = v
+                if not is_dashboard_path(path):  # the dashboard sets its own (CSP, same-origin referrers)
+                    for k, v in API_HEADERS.items():
+                        if k not in headers:
+                            headers[k] = v
                 if path.startswith("/api/") and "cache-control" not in headers:
                     headers["cache-control"] = "no-store"
                 if self.hsts:

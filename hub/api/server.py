@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from hub.api.app import create_app
 
@@ -18,21 +19,27 @@ if TYPE_CHECKING:
 class ApiServer:
     """uvicorn serving a hub's API on a socket bound up front (so port 0 resolves before serving)."""
 
-    def __init__(self, hub: Hub, *, host: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, hub: Hub, *, host: str | None = None, port: int | None = None, app: ASGIApp | None = None
+    ) -> None:
+        """Bind the socket now; serve `app` (default: `create_app(hub)`) once started."""
         self.hub = hub
         host = host or hub.settings.api.host
         port = hub.settings.api.port if port is None else port
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
+        self.sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: no start-up race
         self.host, self.port = host, int(self.sock.getsockname()[1])
         security = getattr(hub, "security", None)
         self.tls = security.tls if security is not None else None  # HTTPS with the hub's TLS files
-        if hub.api_url is None:
-            hub.api_url = self.url
+        if hub.api_url is None:  # what bundles tell devices: a wildcard address is no address to dial
+            shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+            scheme = "https" if self.tls else "http"
+            hub.api_url = f"{scheme}://{f'[{shown}]' if ':' in shown else shown}:{self.port}"
         tls = {"ssl_certfile": str(self.tls.api_cert), "ssl_keyfile": str(self.tls.api_key)} if self.tls else {}
         config = uvicorn.Config(
-            create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            app or create_app(hub), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
             **tls,  # type: ignore[arg-type]
         )  # fmt: skip
         self.server = uvicorn.Server(config)

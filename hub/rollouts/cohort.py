@@ -132,6 +132,8 @@ def classify(r: Rollout, device_id: str, view: DeviceView | None) -> str:
     assert target is not None
     if not target.published(view, r.id) or not view.caught_up:
         return "updating"
+    if wave.phase is WavePhase.FAILED and target.shadow is None and in_shadow(wave):
+        return "rolled_back" if view.shadow is None else "updating"  # the shadow was withdrawn
     if target.shadow is not None:
         if view.shadow == target.shadow:
             return "shadowing"

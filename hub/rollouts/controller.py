@@ -247,22 +247,30 @@ def _advance(
         if now < w.bake_until + grace_s:
             return r
         judged = [d for d in members if d not in w.set_aside]
-        since, until = w.settled_at, max(w.bake_until, w.settled_at + 1e-3)
-        windows = tel.windows(judged, since, until)
+        # the window grows past the bake while a gate lacks data (see below)
+        since, until = w.settled_at, max(w.bake_until, now - grace_s, w.settled_at + 1e-3)
+        windows = tel.totals(judged, since, until)
         if w.phase is WavePhase.SHADOW_BAKING:
             gates = [shadow_gate(windows, spec.version, spec.gates, since=since, until=until, now=now)]
         else:
             pending = [
                 d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is WavePhase.PENDING
             ]
-            control = tel.windows(pending, since, until) if pending else []
-            span = until - since
-            baseline = tel.windows(judged, w.started_at - span, w.started_at)
+            control = tel.totals(pending, since, until) if pending else []
+            on_old = sum(c.requests for c in control if c.model_version not in (None, spec.version))
+            span = until - since  # the baseline is read only when the control cohort cannot serve
+            baseline = tel.totals(judged, w.started_at - span, w.started_at) if on_old < spec.gates.min_requests else []
             found = [
                 error_rate_gate(windows, spec.version, spec.gates, since=since, until=until, now=now),
                 p95_gate(windows, control, baseline, spec.version, spec.gates, since=since, until=until, now=now),
             ]
             gates = [g for g in found if g is not None]
+        if any(g.status == "no_data" for g in gates):
+            if now < w.bake_until + grace_s + spec.offline_timeout_s:
+                return r  # too little data yet: keep baking (judged again next tick over a longer window)
+            if w.phase is WavePhase.SHADOW_BAKING:  # an unverified candidate is not activated
+                gates = [g.model_copy(update={"status": "fail", "detail": f"{g.detail} after the offline timeout"})
+                         if g.status == "no_data" else g for g in gates]  # fmt: skip
         w = w.model_copy(update={"gates": [*w.gates, *gates]})
         events.append(("rollout.gates", {"wave": w.index, "gates": [g.model_dump(mode="json") for g in gates]}))
         if not all(g.passed for g in gates):

@@ -25,14 +25,13 @@ from hub.registry import Registry
 from hub.rollouts.cohort import DeviceView, Ref, Target, targets
 from hub.rollouts.controller import Command, Event, command, new_rollout, step
 from hub.rollouts.errors import RolloutConflict
-from hub.rollouts.gates import WindowStat
+from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Store
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
-_MAX_WINDOWS = 100_000
 
 
 def _ref(model: Any) -> Ref | None:
@@ -43,50 +42,44 @@ def _ref(model: Any) -> Ref | None:
 
 def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, DeviceView]:
     """Every enrolled device as the controller sees it (labels, reachability, desired and reported state)."""
-    desired = {s.device_id: s for s in store.list_desired()}
+    desired = {s.device_id: s for s in store.list_desired_summaries()}
     out: dict[str, DeviceView] = {}
     for d in store.list_devices():
         s = desired.get(d.id)
-        body = s.body if s else {}
         rep = d.reported or {}
         online = d.status == "online" and d.last_seen is not None and now - d.last_seen <= settings.stale_after_s
-        shadow = body.get("shadow") or {}
         out[d.id] = DeviceView(
             id=d.id, labels=d.labels, online=online, desired_version=s.version if s else None,
-            desired_rollout=s.rollout_id if s else None, desired_model=_ref(body.get("model")),
-            desired_shadow=_ref(shadow.get("model")), desired_runtime=dict(body.get("runtime") or {}),
-            accepted=rep.get("desired_version"), phase=rep.get("phase"), active=_ref(rep.get("active")),
-            shadow=_ref(rep.get("shadow")), error_code=(rep.get("error") or {}).get("code"),
+            desired_rollout=s.rollout_id if s else None,
+            desired_model=(s.model_name, s.model_version) if s and s.model_name and s.model_version else None,
+            desired_shadow=(s.shadow_name, s.shadow_version) if s and s.shadow_name and s.shadow_version else None,
+            desired_runtime=s.runtime if s else {}, accepted=rep.get("desired_version"), phase=rep.get("phase"),
+            active=_ref(rep.get("active")), shadow=_ref(rep.get("shadow")),
+            error_code=(rep.get("error") or {}).get("code"),
         )  # fmt: skip
     return out
 
 
 class StoreTelemetry:
-    """`TelemetryView` over the hub store's raw telemetry windows."""
+    """`TelemetryView` over the hub store's raw telemetry windows (summed in one query per call)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def windows(self, device_ids: Sequence[str], since: float, until: float) -> list[WindowStat]:
-        out = []
-        for device_id in device_ids:
-            for w in self.store.telemetry_windows(device_id, since=since, until=until, limit=_MAX_WINDOWS):
-                sh = w.shadow or {}
-                out.append(
-                    WindowStat(
-                        device_id=device_id,
-                        start=w.start,
-                        end=w.end,
-                        model_version=w.model_version,
-                        requests=w.requests,
-                        errors=w.errors,
-                        latency=Histogram(counts=w.latency_counts, sum_ms=max(w.latency_sum_ms, 0.0)),
-                        shadow_version=sh.get("candidate_version"),
-                        shadow_samples=int(sh.get("samples") or 0),
-                        shadow_agreements=int(sh.get("agreements") or 0),
-                    )
-                )
-        return out
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
+        return [
+            Totals(
+                model_version=t.model_version,
+                requests=t.requests,
+                errors=t.errors,
+                latency=Histogram(counts=t.latency_counts, sum_ms=max(t.latency_sum_ms, 0.0)),
+                devices=t.devices,
+                shadow_version=t.shadow_version,
+                shadow_samples=t.shadow_samples,
+                shadow_agreements=t.shadow_agreements,
+            )
+            for t in self.store.telemetry_totals(device_ids, since=since, until=until)
+        ]
 
 
 class RolloutEngine:

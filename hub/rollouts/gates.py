@@ -1,6 +1,6 @@
 """Gates: activation failures, availability, error rate, p95 latency against the control cohort, shadow agreement.
 
-Each gate is a pure function from telemetry windows (`WindowStat`) and thresholds to a `GateResult` that
+Each gate is a pure function from telemetry totals (`Totals`) and thresholds to a `GateResult` that
 carries the numbers it judged. A gate with too little data records `no_data`, which does not fail the wave
 (the record shows it; `min_requests` sets how much is enough).
 """
@@ -18,30 +18,28 @@ Phase = Literal["shadow", "activation"]
 
 
 @dataclass(frozen=True)
-class WindowStat:
-    """One telemetry window as gates need it."""
+class Totals:
+    """Telemetry of some devices over a time range, summed per model version and shadow candidate."""
 
-    device_id: str
-    start: float
-    end: float
     model_version: str | None
     requests: int
     errors: int
     latency: Histogram
+    devices: int = 1
     shadow_version: str | None = None
     shadow_samples: int = 0
     shadow_agreements: int = 0
 
 
 class TelemetryView(Protocol):
-    """Read access to telemetry windows (the engine implements it over the hub store)."""
+    """Read access to telemetry (the engine implements it over the hub store)."""
 
-    def windows(self, device_ids: Sequence[str], since: float, until: float) -> list[WindowStat]:
-        """Windows of these devices that overlap [since, until)."""
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
+        """Windows of these devices that start in [since, until), summed per (model version, shadow candidate)."""
 
 
-def _p95(windows: Iterable[WindowStat]) -> tuple[float | None, int]:
-    h = merge_all(w.latency for w in windows)
+def _p95(groups: Iterable[Totals]) -> tuple[float | None, int]:
+    h = merge_all(g.latency for g in groups)
     return h.quantile(0.95), h.count
 
 
@@ -71,7 +69,7 @@ def availability_gate(phase: Phase, *, ready: int, offline: Sequence[str], total
 
 
 def error_rate_gate(
-    wave: Sequence[WindowStat], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
+    wave: Sequence[Totals], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
 ) -> GateResult | None:
     """Errors / requests of the wave's devices while they ran the candidate."""
     if spec.max_error_rate is None:
@@ -79,7 +77,7 @@ def error_rate_gate(
     mine = [w for w in wave if w.model_version == candidate]
     requests = sum(w.requests for w in mine)
     errors = sum(w.errors for w in mine)
-    base = {"requests": requests, "errors": errors, "windows": len(mine)}
+    base = {"requests": requests, "errors": errors, "devices": sum(w.devices for w in mine)}
     if requests < spec.min_requests:
         return GateResult(
             name="error_rate", phase="activation", status="no_data", threshold=spec.max_error_rate, measured=base,
@@ -96,9 +94,9 @@ def error_rate_gate(
 
 
 def p95_gate(
-    wave: Sequence[WindowStat],
-    control: Sequence[WindowStat],
-    baseline: Sequence[WindowStat],
+    wave: Sequence[Totals],
+    control: Sequence[Totals],
+    baseline: Sequence[Totals],
     candidate: str,
     spec: GateSpec,
     *,
@@ -124,7 +122,7 @@ def p95_gate(
         source = "baseline"
     measured = {
         "wave_p95_ms": wave_p95, "wave_requests": wave_n, "control_p95_ms": ref_p95, "control_requests": ref_n,
-        "control_source": source, "control_devices": len({w.device_id for w in ctl}),
+        "control_source": source, "control_devices": sum(w.devices for w in ctl),
     }  # fmt: skip
     if wave_n < spec.min_requests or ref_n < spec.min_requests or not wave_p95 or not ref_p95:
         return GateResult(
@@ -144,13 +142,13 @@ def p95_gate(
 
 
 def shadow_gate(
-    wave: Sequence[WindowStat], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
+    wave: Sequence[Totals], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
 ) -> GateResult:
     """Agreements / samples of the candidate running as a shadow beside the current model."""
     mine = [w for w in wave if w.shadow_version == candidate]
     samples = sum(w.shadow_samples for w in mine)
     agreements = sum(w.shadow_agreements for w in mine)
-    measured = {"samples": samples, "agreements": agreements, "devices": len({w.device_id for w in mine})}
+    measured = {"samples": samples, "agreements": agreements, "devices": sum(w.devices for w in mine)}
     if samples < spec.min_requests:
         return GateResult(
             name="shadow_agreement", phase="shadow", status="no_data", threshold=spec.min_agreement,

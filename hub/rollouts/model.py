@@ -175,7 +175,3 @@ class Rollout(_Frozen):
     def members(self, wave: int, *, include_left: bool = False) -> list[str]:
         """Device ids of `wave`, sorted."""
         return sorted(d for d, e in self.devices.items() if e.wave == wave and (include_left or e.left_at is None))
-
-    def touched(self, wave: Wave) -> bool:
-        """True when the wave has sent desired states (it left `pending`)."""
-        return wave.phase is not WavePhase.PENDING

@@ -6,24 +6,29 @@ from pathlib import Path
 
 from hub.store.base import (
     Desired,
+    DesiredSummary,
     Device,
     Event,
     IngestStats,
     ModelVersion,
+    SeqStats,
     Store,
     StoredWindow,
     TelemetryPoint,
+    TelemetryTotals,
     Token,
 )
 from hub.store.sqlite import SqliteStore
 
 
-def open_store(path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -> SqliteStore:
+def open_store(
+    path: Path, *, max_batch: int = 5000, max_queue: int = 200_000, max_delay_s: float = 0.05
+) -> SqliteStore:
     """Open (creating and migrating) the SQLite store at `path`."""
-    return SqliteStore(path, max_batch=max_batch, max_queue=max_queue)
+    return SqliteStore(path, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s)
 
 
 __all__ = [
-    "Desired", "Device", "Event", "IngestStats", "ModelVersion", "SqliteStore", "Store", "StoredWindow",
-    "TelemetryPoint", "Token", "open_store",
+    "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats", "SqliteStore", "Store",
+    "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

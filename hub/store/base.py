@@ -6,6 +6,7 @@ changes. Writes go through one writer; reads never wait for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +65,20 @@ class Desired:
     issued_at: float
     expires_at: float
     rollout_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DesiredSummary:
+    """What a stored desired state names, without its signed body (cheap to list for every device)."""
+
+    device_id: str
+    version: int
+    rollout_id: str | None
+    model_name: str | None
+    model_version: str | None
+    shadow_name: str | None
+    shadow_version: str | None
+    runtime: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,33 @@ class StoredWindow:
 
 
 @dataclass(frozen=True)
+class SeqStats:
+    """Sequence numbers of a device's stored windows: gaps are windows lost or not yet sent (spooled)."""
+
+    first: int | None
+    last: int | None
+    count: int
+    missing: int
+    spool_dropped: int
+
+
+@dataclass(frozen=True)
+class TelemetryTotals:
+    """Raw windows of a set of devices over a time range, summed per model version and shadow candidate."""
+
+    model_version: str | None
+    shadow_version: str | None
+    devices: int
+    windows: int
+    requests: int
+    errors: int
+    latency_sum_ms: float
+    latency_counts: tuple[int, ...]
+    shadow_samples: int = 0
+    shadow_agreements: int = 0
+
+
+@dataclass(frozen=True)
 class IngestStats:
     """What the writer did with ingested messages since the store opened."""
 
@@ -154,6 +196,7 @@ class Store(Protocol):
     def add_token(self, name: str, role: str, hashed: str, ts: float) -> int: ...
     def token_by_hash(self, hashed: str) -> Token | None: ...
     def list_tokens(self) -> list[Token]: ...
+    def revoke_token(self, token_id: int) -> bool: ...
 
     # events
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...
@@ -177,6 +220,8 @@ class Store(Protocol):
     def put_desired(self, states: list[Desired]) -> None: ...
     def get_desired(self, device_id: str) -> Desired | None: ...
     def list_desired(self) -> list[Desired]: ...
+    def list_desired_summaries(self) -> list[DesiredSummary]: ...
+    def list_desired_heads(self) -> list[Desired]: ...
     def devices_wanting(self, name: str, version: str) -> list[str]: ...
 
     # ingestion (asynchronous, batched by the writer)
@@ -199,6 +244,8 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
+    def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]: ...
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
 
     # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key

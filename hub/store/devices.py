@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hub.errors import Conflict, NotFound
-from hub.store.base import Desired, Device
+from hub.store.base import Desired, DesiredSummary, Device
 
 T = TypeVar("T")
 WANTING_SQL = (
@@ -118,6 +118,27 @@ class DeviceTables:
 
     def list_desired(self) -> list[Desired]:
         return [_desired(r) for r in self._read().execute(_DESIRED + " ORDER BY device_id")]
+
+    def list_desired_summaries(self) -> list[DesiredSummary]:
+        """Every desired state's names and runtime, without decoding signed bodies in Python."""
+        sql = (
+            "SELECT device_id, version, rollout_id, model_name, model_version, "
+            "json_extract(body, '$.shadow.model.name'), json_extract(body, '$.shadow.model.version'), "
+            "json_extract(body, '$.runtime') FROM desired ORDER BY device_id"
+        )
+        return [
+            DesiredSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
+            for r in self._read().execute(sql)
+        ]
+
+    def list_desired_heads(self) -> list[Desired]:
+        """Every desired state without its body and envelope (left empty): for listings of thousands of devices,
+        where parsing each signed document would dominate."""
+        sql = (
+            "SELECT device_id, version, model_name, model_version, sha256, issued_at, expires_at, rollout_id "
+            "FROM desired ORDER BY device_id"
+        )
+        return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
 
     def devices_wanting(self, name: str, version: str) -> list[str]:
         rows = self._read().execute(WANTING_SQL, (name, version, name, version))

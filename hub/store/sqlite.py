@@ -25,13 +25,15 @@ from sqlite_utils import Database
 from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
 from hub.errors import Conflict, NotFound
 from hub.store import telemetry as tsql
-from hub.store.base import Event, IngestStats, ModelVersion, StoredWindow, TelemetryPoint, Token
+from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
 from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
+from hub.store.totals import TotalsQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
+_INGEST = frozenset(("tel", "status", "reported"))
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -66,10 +68,12 @@ def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore(DeviceTables):
+class SqliteStore(DeviceTables, TotalsQueries):
     """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
 
-    def __init__(self, path: Path, *, max_batch: int = 5000, max_queue: int = 200_000) -> None:
+    def __init__(
+        self, path: Path, *, max_batch: int = 5000, max_queue: int = 200_000, max_delay_s: float = 0.05
+    ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         db = Database(path)
@@ -78,6 +82,7 @@ class SqliteStore(DeviceTables):
         db.close()
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_delay_s = max_delay_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -91,18 +96,37 @@ class SqliteStore(DeviceTables):
         self._thread.start()
 
     # -- writer ------------------------------------------------------------------------------------
+    def _collect(self) -> list[tuple[Any, ...]]:
+        """The next batch: what is queued, and for ingested messages up to `max_delay_s` more (group commit).
+
+        Every transaction has a fixed cost (rollup query, watermark, commit); waiting a few milliseconds
+        for more messages turns many tiny transactions into a few large ones. A job (an API write) or the
+        stop marker ends the wait at once.
+        """
+        first = self._q.get()
+        batch = [first]
+        deadline = time.monotonic() + (self.max_delay_s if first[0] in _INGEST else 0.0)
+        while len(batch) < self.max_batch:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, 0.002))
+                continue
+            batch.append(item)
+            if item[0] not in _INGEST:
+                break
+        return batch
+
     def _run(self) -> None:
         conn = self._wconn
         while True:
-            batch = [self._q.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
             for item in batch:
-                if item[0] in ("tel", "status", "reported"):
+                if item[0] in _INGEST:
                     ingest.append(item)
                     continue
                 if ingest:
@@ -271,6 +295,10 @@ class SqliteStore(DeviceTables):
         rows = self._read().execute("SELECT id, name, role, created_at, revoked FROM tokens ORDER BY id")
         return [Token(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
+    def revoke_token(self, token_id: int) -> bool:
+        sql = "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0"
+        return self._write(lambda c: c.execute(sql, (token_id,)).rowcount > 0)
+
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
         sql = "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, ?, ?, ?)"
         self._write(lambda c: c.execute(sql, (ts, actor, action, subject, _j(details))))
@@ -391,6 +419,9 @@ class SqliteStore(DeviceTables):
         return tsql.query_series(
             self._read(), device_id=device_id, model=model, model_version=model_version, since=since, until=until
         )
+
+    def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
+        return tsql.seq_stats(self._read(), device_id, since=since, until=until)
 
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
         return self._write(

@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from fleet.messages import TelemetryWindow
-from hub.store.base import StoredWindow, TelemetryPoint
+from hub.store.base import SeqStats, StoredWindow, TelemetryPoint
 from hub.store.migrations import BUCKETS
 
 _RAW_COLS = (
@@ -161,6 +161,21 @@ def query_series(
         )
         for r in conn.execute(sql, args)
     ]
+
+
+def seq_stats(conn: sqlite3.Connection, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
+    """First and last seq, count, and the windows missing between them (gaps), over stored windows."""
+    sql = "SELECT min(seq), max(seq), count(*), coalesce(sum(spool_dropped), 0) FROM telemetry WHERE device_id = ?"
+    args: list[Any] = [device_id]
+    if since is not None:
+        sql += ' AND "end" >= ?'
+        args.append(since)
+    if until is not None:
+        sql += " AND start < ?"
+        args.append(until)
+    first, last, count, dropped = conn.execute(sql, args).fetchone()
+    missing = 0 if first is None else int(last) - int(first) + 1 - int(count)
+    return SeqStats(first, last, int(count), missing, int(dropped))
 
 
 def _first_id_received_after(conn: sqlite3.Connection, cutoff: float) -> int | None:

@@ -103,3 +103,8 @@ def test_agent_run_serves_and_stops_on_sigterm(broker: Broker, hub: HubSide, dev
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
     assert (tmp_path / "d" / "telemetry.sqlite").exists() and (tmp_path / "d" / "store" / "blobs").is_dir()
+
+
+def test_unknown_log_level_is_refused(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--bundle", str(tmp_path / "b.json"), "--log-level", "chatty"])
+    assert result.exit_code == 2

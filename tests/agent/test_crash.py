@@ -48,7 +48,7 @@ def test_killed_mid_download_serves_old_model_then_resumes(
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
     assert first.active is not None and first.active.version == "1.0.0", "the old model serves at once"
-    done = hub.wait_active("2.0.0", timeout=60)
+    done = hub.wait_active("2.0.0", timeout=60, since=start)
     assert done.previous is not None and done.previous.version == "1.0.0"
     resumed = [w for w in hub.wants[wants_before:] if w.sha256 == v2.blob.sha256]
     assert resumed, "the restarted agent wanted the rest"
@@ -75,8 +75,34 @@ def test_killed_mid_activation_serves_old_model_then_completes(
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
     assert first.active is not None and first.active.version == "1.0.0"
-    done = hub.wait_active("2.0.0", timeout=60)
+    done = hub.wait_active("2.0.0", timeout=60, since=start)
     assert done.previous is not None and done.previous.version == "1.0.0"
     assert hub.wants[wants_before:] == [], "the verified blob is not fetched again"
     assert third.stop() == 0
     hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline status after a clean stop")
+
+
+def test_damaged_active_blob_falls_back_to_previous_then_is_fetched_again(
+    broker: Broker, hub: HubSide, device_id: str, make_agent, samples: dict[str, Sample], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    agent, _ = make_agent(hub, device_id, broker.url, data_dir=data)
+    v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    hub.wait_active("1.0.0")
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    hub.wait_active("2.0.0")
+    agent.stop()
+    blob = ModelStore(data / "store").blob_path(v2.blob.sha256)
+    blob.write_bytes(blob.read_bytes()[:1000])  # torn by a disk fault
+
+    start, wants_before = len(hub.reported), len(hub.wants)
+    _again, serving = make_agent(hub, device_id, broker.url, data_dir=data)
+    first = hub.wait(lambda: next((r for r in hub.reported[start:]), None))
+    assert first.active is not None and first.active.version == "1.0.0", "previous serves when active is damaged"
+    assert first.error is not None and first.error.code == "invalid_model_file"
+    done = hub.wait_active("2.0.0", since=start)
+    assert done.previous is not None and done.previous.version == "1.0.0"
+    assert any(w.sha256 == v2.blob.sha256 for w in hub.wants[wants_before:]), "the damaged blob was fetched again"
+    assert serving.active_model is not None and serving.active_model.version == "2.0.0"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from agent.store import ModelStore
+from models.errors import EngineNotReady
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -44,3 +46,23 @@ def test_deploy_replace_and_instant_rollback(
     assert r3.previous is not None and r3.previous.version == "2.0.0"
     assert len(hub.wants) == wants_before, "a rollback must not download"
     assert np.allclose(serving.infer(_image())["logits"], out_v1)
+
+
+def test_desired_state_without_a_model_stops_serving_and_keeps_previous(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    agent, serving = make_agent(hub, device_id, broker.url, store={"gc_keep_bytes": 0})
+    v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    hub.wait_active("1.0.0")
+    hub.publish_desired(device_id, hub.desired(device_id, 2, None))
+    r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "idle")
+    assert r.active is None and r.previous is not None and r.previous.version == "1.0.0"
+    assert serving.active_model is None
+    with pytest.raises(EngineNotReady):
+        serving.infer(_image())
+    assert agent.store.active() is None and agent.store.has_blob(v1.blob.sha256), "kept as previous despite GC"
+    wants = len(hub.wants)
+    hub.publish_desired(device_id, hub.desired(device_id, 3, v1))
+    hub.wait_reported(lambda r: r.desired_version == 3 and r.phase == "active")
+    assert len(hub.wants) == wants and serving.active_model is not None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from fleet.codec import encode
+from fleet.messages import Command, CommandName
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -91,3 +94,49 @@ def test_broker_restart_mid_download_resumes_without_refetching(
         assert agent.link.connects >= 2
     finally:
         hub.close()
+
+
+def test_left_over_chunk_subscription_of_an_earlier_run_is_dropped(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first, _ = make_agent(hub, device_id, broker.url, data_dir=data)
+    v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+    hub.withhold = set(range(v1.blob.count))
+    hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    hub.wait_reported(lambda r: r.phase == "downloading")
+    first.stop()  # the broker keeps the persistent session, with its subscription to v1's chunks
+    # as if the agent had died just after accepting a newer state, before it unsubscribed v1's chunks
+    (data / "state.json").unlink()
+    hub.withhold = set()
+    v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    start = len(hub.reported)
+    second, _ = make_agent(hub, device_id, broker.url, data_dir=data)
+    hub.wait_active("2.0.0", since=start)
+    hub.publish_raw(hub.topics.chunk(v1.blob.sha256), b"chunk traffic of another device's download")
+    now = time.time()
+    ping = Command(device_id=device_id, version=1, issued_at=now, expires_at=now + 60, correlation_id="after",
+                   name=CommandName.PING)  # fmt: skip
+    hub.publish_raw(hub.topics.cmd(device_id), encode(hub.key.sign(ping)))
+    hub.wait(lambda: any(a.correlation_id == "after" for a in hub.acks), what="ack")
+    assert second.reconciler.stray_chunks == 0, "no chunks of a blob this device no longer fetches"
+
+
+def test_inconsistent_signed_manifest_is_refused_not_fetched_forever(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
+) -> None:
+    agent, serving = make_agent(hub, device_id, broker.url)
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 1, hub.model_ref(samples["v1"].path, samples["v1"].descriptor))
+    )
+    hub.wait_active("1.0.0")
+    good = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+    wrong = good.blob.model_copy(update={"sha256": "0" * 64})  # chunk digests right, whole digest wrong
+    hub.blobs[wrong.sha256] = (samples["v2"].path, wrong)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, good.model_copy(update={"blob": wrong})))
+    r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "failed")
+    assert r.error is not None and r.error.code == "blob_digest_mismatch" and r.error.permanent
+    assert r.active is not None and r.active.version == "1.0.0" and r.download is None
+    assert agent.reconciler.download is None, "the transfer was dropped: not fetched again and again"
+    assert serving.active_model is not None and serving.active_model.version == "1.0.0"

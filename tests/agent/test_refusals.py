@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from agent.headless import HeadlessServing
+from fleet.chunks import encode_frame
 from fleet.codec import encode
 from fleet.messages import ReportedState
 from fleet.signing import HubSigningKey
@@ -125,13 +126,36 @@ def test_description_for_another_blob_is_refused(
 
 
 def test_hostile_messages_never_stop_the_agent(
-    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
 ) -> None:
+    agent, serving = make_agent(hub, device_id, broker.url)
     t = hub.topics
     ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
-    for payload in (b"", b"\x00" * 10, b"EFC1" + b"\xff" * 100, b"garbage" * 1000):
-        hub.publish_raw(t.chunk(ref.blob.sha256), payload)
+    sha, count = ref.blob.sha256, ref.blob.count
+    hub.withhold = set(range(count))
+    hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
+    hub.wait_reported(lambda r: r.phase == "downloading")
+    good = samples["v2"].path.read_bytes()[: ref.blob.chunk_size]
+    hostile = [
+        b"",
+        b"\x00" * 10,
+        b"EFC1" + b"\xff" * 100,
+        encode_frame(sha, 0, count, good)[:-1],  # truncated
+        encode_frame("ab" * 32, 0, count, good),  # another blob's header
+        encode_frame(sha, count + 5, count, good),  # index out of range
+        encode_frame(sha, 0, count + 1, good),  # wrong chunk count
+        encode_frame(sha, 1, count, good),  # right size, wrong digest for index 1
+        encode_frame(sha, 0, count, good + b"x" * 1000),  # longer than a chunk
+    ]
+    for payload in hostile:
+        hub.publish_raw(t.chunk(sha), payload)
         hub.publish_raw(t.cmd(device_id), payload)
     hub.publish_raw(t.cmd(device_id), encode(hub.desired(device_id, 9, None)))  # unsigned, wrong kind
-    hub.publish_desired(device_id, hub.desired(device_id, 6, ref))
+    hub.wait(lambda: agent.reconciler.download is not None and agent.reconciler.download.refused >= len(hostile))
+    hub.withhold = set()
     hub.wait_active("2.0.0")
+    assert serving.active_model is not None and serving.active_model.version == "2.0.0"

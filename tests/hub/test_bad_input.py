@@ -140,6 +140,15 @@ def test_tokens_and_roles(running_hub: RunningHub) -> None:
         assert r.status_code == 400
     # tokens are stored hashed
     assert viewer not in (h.data_dir / "hub.db").read_bytes().decode(errors="replace")
+    # revocation takes effect at once
+    with h.client() as c:
+        tokens = c.get("/api/v1/tokens").json()
+        assert {t["name"] for t in tokens} == {"admin", "test-viewer", "test-operator"}
+        viewer_id = next(t["id"] for t in tokens if t["name"] == "test-viewer")
+        assert c.delete(f"/api/v1/tokens/{viewer_id}").status_code == 204
+        assert c.delete(f"/api/v1/tokens/{viewer_id}").status_code == 404
+    with h.client(viewer) as c:
+        assert c.get("/api/v1/devices").status_code == 401
 
 
 def test_request_validation_errors_are_json_400(running_hub: RunningHub) -> None:

@@ -133,6 +133,7 @@ def test_push_deploy_deliver_ingest_restart(
             assert t["summary"]["requests"] == 50 and t["summary"]["errors"] == 5
             assert t["summary"]["p95_ms"] is not None
             assert sorted(w["seq"] for w in t["windows"]) == [0, 1, 2, 3, 4]
+            assert t["seq"] == {"first": 0, "last": 4, "count": 5, "missing": 0, "spool_dropped": 0}
             m = api.get("/api/v1/telemetry/models/mobilenet-like/1.0.0").json()
             assert m["summary"]["requests"] == 50
             f = api.get("/api/v1/telemetry/fleet", params={"since": start - 120, "until": time.time() + 60}).json()

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import APIRouter
 
 from fleet.chunks import decode_frame
 from fleet.codec import encode
-from fleet.messages import DesiredState, DeviceStatus, Want
+from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
 from fleet.signing import HubPublicKey, Verifier
-from hub.errors import NotInitialised
+from hub.api.app import create_app
+from hub.api.deps import Viewer
+from hub.api.server import ApiServer
+from hub.errors import NotFound, NotInitialised
 from hub.runtime import Hub
 from hub.settings import HubSettings
 from tests.support.broker import Broker
@@ -104,7 +110,9 @@ def test_wants_are_coalesced_per_round_and_unknown_blobs_counted(
         watcher.subscribe(h.hub.topics.chunk(sha))
         # hold the round open so both wants land in it
         chunks.settings = chunks.settings.model_copy(update={"round_interval_s": 0.5})
-        watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+        # a hostile range far past the blob's end only asks for the chunks that exist
+        hostile = Want(device_id="cam-1", sha256=sha, missing=[(0, 1 << 40)])
+        watcher.publish(h.hub.topics.want(sha), encode(hostile))
         watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-2", sha256=sha, missing=[(1, 2)])))
         got = sorted(decode_frame(watcher.get().payload).index for _ in range(count))
         assert got == list(range(count))
@@ -162,3 +170,74 @@ def test_mqtt5_and_resigning_before_expiry(broker: Broker, topic_prefix: str, tm
             dev.close()
     finally:
         h.stop()
+
+
+def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    with h.client() as c:
+        assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+    topics = h.hub.topics
+    h.stop()
+    dev = TestClient(broker.host, broker.port)
+    try:
+        for seq in range(3):
+            w = TelemetryWindow(device_id="cam-1", seq=seq, start=100.0 + seq, end=101.0 + seq, requests=2)
+            dev.publish(topics.telemetry("cam-1"), encode(w), qos=1)
+    finally:
+        dev.close()
+    h.start()  # same client id, persistent session: the broker kept the QoS 1 messages
+    wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
+    with h.client() as c:
+        assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
+
+
+def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) -> None:
+
+    extra = APIRouter(prefix="/api/v1/extra")
+
+    @extra.get("/{name}")
+    def get(name: str, principal: Viewer) -> dict[str, str]:
+        if name == "missing":
+            raise NotFound("no such thing")
+        return {"name": name, "caller": principal.name}
+
+    server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
+    server.start()
+    try:
+        auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x", headers=auth).json() == {"name": "x", "caller": "admin"}
+        assert httpx.get(f"{server.url}/api/v1/extra/x").status_code == 401
+        r = httpx.get(f"{server.url}/api/v1/extra/missing", headers=auth)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    finally:
+        server.stop()
+
+
+def test_concurrent_deploys_leave_the_newest_state_retained(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    _push_and_enrol(h, samples, "cam-1")
+    ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
+
+    def deploy_many() -> None:
+        for _ in range(10):
+            h.hub.deployer.set_desired(["cam-1"], ref)
+
+    threads = [threading.Thread(target=deploy_many) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = h.hub.store.get_desired("cam-1")
+    assert stored is not None and stored.version == 30
+    dev = TestClient(broker.host, broker.port)
+    try:
+        dev.subscribe(h.hub.topics.desired("cam-1"))
+        key = HubPublicKey(h.hub.key.public._key)
+        retained = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
+        assert retained.version == 30
+    finally:
+        dev.close()

@@ -57,8 +57,16 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
     assert store.telemetry_series(model="m", model_version="2.0.0") == []
     assert [p.minute for p in store.telemetry_series(since=6060.0)] == [6060.0]
     assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
+    seq = store.telemetry_seq("d1", since=None, until=None)
+    assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
+    store.enqueue_telemetry(
+        TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4), time.time()
+    )
+    store.flush()
+    assert store.telemetry_seq("d1", since=None, until=None).missing == 4  # 3..6 never arrived
+    assert store.telemetry_seq("nobody", since=None, until=None).first is None
     windows = store.telemetry_windows("d1", since=None, until=None, limit=10)
-    assert [w.seq for w in windows] == [2, 1, 0]
+    assert [w.seq for w in windows] == [7, 2, 1, 0]
     d = store.get_device("d1")
     assert d is not None and d.last_requests == 4 and d.telemetry_at is not None
 

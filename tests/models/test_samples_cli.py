@@ -77,3 +77,15 @@ def test_every_command_has_help(command: list[str]) -> None:
         info = next(c for c in app.registered_commands if c.name == command[0])
         assert info.callback is not None
         assert info.callback.__doc__
+
+
+def test_build_samples_as_another_version(samples_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["build-samples", str(tmp_path / "v2"), "--version", "2.0.0", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    v2 = ModelDescriptor.load(tmp_path / "v2" / "mobilenet-like.yaml")
+    v1 = ModelDescriptor.load(samples_dir / "mobilenet-like.yaml")
+    assert v2.version == "2.0.0" and v1.version != "2.0.0"
+    assert v2.sha256 != v1.sha256  # new weights, new bytes
+    bad = runner.invoke(app, ["build-samples", str(tmp_path / "bad"), "--version", "not-semver"])
+    assert bad.exit_code == 2 and "not-semver" in bad.output

@@ -188,17 +188,18 @@ class HubSide:
         return self.reported[-1] if self.reported else None
 
     def wait_reported(
-        self, predicate: Callable[[ReportedState], bool], timeout: float = 30.0, what: str = "report"
+        self, predicate: Callable[[ReportedState], bool], timeout: float = 30.0, what: str = "report", since: int = 0
     ) -> ReportedState:
-        """The first reported state (received so far or later) matching `predicate`."""
-        return self.wait(lambda: next((r for r in self.reported if predicate(r)), None), timeout, what)
+        """The first reported state from index `since` on (received so far or later) matching `predicate`."""
+        return self.wait(lambda: next((r for r in self.reported[since:] if predicate(r)), None), timeout, what)
 
-    def wait_active(self, version: str, timeout: float = 30.0) -> ReportedState:
-        """Wait until an agent reports `version` active and settled."""
+    def wait_active(self, version: str, timeout: float = 30.0, since: int = 0) -> ReportedState:
+        """Wait until an agent reports `version` active and settled (in a report from index `since` on)."""
         return self.wait_reported(
             lambda r: r.phase == "active" and r.active is not None and r.active.version == version,
             timeout,
             f"active {version}",
+            since,
         )
 
     # -- sending -------------------------------------------------------------------------------------------

@@ -1,24 +1,18 @@
-"""Settings, metrics, timeouts, the FastAPI routes behind the fast path, and cluster mode's store follower."""
+"""Settings, metrics, timeouts, and the FastAPI routes behind the fast path."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 import pytest
-from typer.testing import CliRunner
 
-from agent.api import ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelSlot
 from agent.api.app import create_app
-from agent.api.cli import app as cli_app
 from agent.api.errors import SettingsError
-from agent.api.follow import StoreFollower
-from agent.store import ModelStore, StoredModel
 from fleet.messages import RuntimeOptions
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
@@ -123,54 +117,13 @@ def test_fastapi_routes_answer_like_the_fast_path(samples: dict[str, Sample], cl
     assert missing.status_code == 404
 
 
-def _record(sample: Sample, store: ModelStore, **update: Any) -> StoredModel:
-    d = sample.descriptor
-    assert d.sha256 is not None
-    shutil.copy(sample.path, store.blob_path(d.sha256))
-    record = StoredModel(sha256=d.sha256, model=sample.applied(), task=str(d.task), descriptor=d.to_json())  # type: ignore[arg-type]
-    return record.model_copy(update=update)
-
-
-def test_store_follower_serves_the_active_pointer(samples: dict[str, Sample], tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "store", create=True)
-    slot = ModelSlot()
-    follower = StoreFollower(store.root, slot, interval_s=0.05, warmup_runs=1)
-    assert not follower.poll()  # nothing active yet
-    store.promote(_record(samples["clf"], store))
-    assert follower.poll()
-    assert slot.current is not None and slot.current.model.version == "1.0.0"
-    assert slot.current.model.provider == "CPUExecutionProvider"
-    assert not follower.poll()  # unchanged pointer: nothing reloaded
-    bad = _record(samples["clf2"], store)
-    bad = bad.model_copy(update={"model": bad.model.model_copy(update={"version": "3.0.0"})})
-    store.promote(bad)  # the description says 2.0.0: refused, 1.0.0 keeps serving
-    assert not follower.poll()
-    assert follower.last_error is not None and "2.0.0" in follower.last_error
-    assert slot.current.model.version == "1.0.0"
-    assert not follower.poll()  # a failed pointer is not retried in a loop
-    store.promote(_record(samples["clf2"], store))
-    assert follower.poll()
-    assert slot.current.model.version == "2.0.0"
-    store.clear_active()
-    assert follower.poll()
-    assert slot.current is None
-
-
-def test_serve_command_refuses_a_missing_store_and_bad_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runner = CliRunner()
-    result = runner.invoke(cli_app, ["serve", "--store", str(tmp_path / "nope")])
-    assert result.exit_code == 2
-    assert "does not exist" in result.output
-    monkeypatch.setenv("EDGEFLEET_API_TIMEOUT", "3")
-    result = runner.invoke(cli_app, ["serve", "--store", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "unknown setting" in result.output
-
-
-def test_serve_command_has_help_on_every_option() -> None:
-    result = CliRunner().invoke(cli_app, ["serve", "--help"])
-    assert result.exit_code == 0
-    for option in ("--store", "--host", "--port", "--poll-s"):
-        assert option in result.output
+def test_a_taken_port_is_an_oserror_and_start_stop_are_idempotent(make_server: Any) -> None:
+    server, _ = make_server()
+    port = int(server.url.rsplit(":", 1)[1])
+    server.start()  # already started: nothing happens
+    other = ApiServer(ApiSettings(port=port), ModelSlot())
+    with pytest.raises(OSError):
+        other.start()
+    other.stop()  # never started: nothing to stop
+    server.stop()
+    server.stop()

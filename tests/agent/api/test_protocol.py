@@ -119,7 +119,7 @@ def _tensor(**over: Any) -> dict[str, Any]:
         (b"[]", "JSON object"),
         (b'{"inputs": []}', "non-empty list"),
         (b'{"inputs": [1]}', "must be an object"),
-        (orjson.dumps({"inputs": [_tensor(name=None)]}), "non-empty string 'name'"),
+        (orjson.dumps({"inputs": [_tensor(name=None)]}), "string 'name' of 1 to"),
         (orjson.dumps({"inputs": [_tensor(datatype="BYTES")]}), "not supported"),
         (orjson.dumps({"inputs": [_tensor(shape=[1, -3, 8, 8])]}), "non-negative"),
         (orjson.dumps({"inputs": [_tensor(shape="1x3")]}), "list of at most"),

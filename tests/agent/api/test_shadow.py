@@ -145,3 +145,20 @@ def test_shadow_failures_never_reach_the_response(
     assert window.errors == 0
     assert window.shadow is not None
     assert window.shadow.samples == 0
+
+
+def test_reapplying_the_same_state_keeps_batchers_and_counters(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    engine, model = _candidate(samples["clf"], "1.1.0")
+    slot.set_shadow(engine, model, 1.0)
+    active, shadow = slot.current, slot.shadow_tally()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.post("/v1/models/mobilenet-like:predict", content=jpeg(64, 64)).status_code == 200
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot.set_shadow(engine, model, 0.5)
+    assert slot.current is active
+    assert slot.shadow_tally() is shadow
+    assert _collect(slot, 1).samples == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.api import ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelSlot
 from models.errors import EngineNotReady
 from tests.agent.api.conftest import Sample
 
@@ -119,3 +120,34 @@ def test_swap_and_deactivate_without_a_running_server(samples: dict[str, Sample]
     slot.deactivate()
     assert slot.current is None
     assert slot.take_window().requests == 0
+
+
+def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
+    slot = ModelSlot()
+    server = ApiServer(ApiSettings(port=0, drain_timeout_s=5), slot)
+    server.start()
+    slot.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    body, headers = _request(x)
+    host, port = server.url.removeprefix("http://").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((host, int(port))) as held:
+        held.sendall(
+            f"POST /v2/models/mobilenet-like/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"{head}\r\n".encode()
+            + body[:20]
+        )
+        deadline = time.monotonic() + 10
+        while slot.current is None or slot.current.inflight == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        time.sleep(0.1)  # the server is shutting down now, with our request in flight
+        held.sendall(body[20:])
+        reply = held.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        stopper.join(15)
+        assert not stopper.is_alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/v2/health/live")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.agent import GoOffline, PauseReading, Publish, SimAgent, Subscribe, Unsubscribe
+from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, BrokerAddress, Faults, SimConfig
 from agent.sim.profile import Profiles
@@ -193,8 +194,7 @@ def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:
     agent.tick(time.time())
     assert agent.active is not None
     agent.config = agent.config.model_copy(update={"faults": Faults(activation_fail_p=1.0)})
-    other = hub.model("2.0.0")  # same blob, new version: no download needed
-    agent.active = agent.active.model_copy(update={"sha256": "b" * 64})
+    other = hub.model("2.0.0")  # same blob, new version: no download needed, but a new activation
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", other), time.time())
     failed = reports(agent.tick(time.time()))[-1]
     assert failed.phase is Phase.FAILED and failed.error is not None and failed.error.code == "activation_failed"

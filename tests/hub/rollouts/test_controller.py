@@ -267,3 +267,43 @@ def test_restarting_at_any_step_continues_and_never_sends_a_step_twice() -> None
     assert set(w.published.values()) == {1}
     steps = {st.rsplit("/", 1)[1] for _, st in w.published}
     assert steps == {"shadow", "activate"}
+
+
+def test_a_failed_shadow_with_pause_withdraws_the_shadow_and_resume_tries_again() -> None:
+    w = World(4, profiles={"2.0.0": Profile(agreement=0.0)})
+    r = w.run(start(w, shadow_rate=1.0, waves=["2", "100%"]))
+    assert r.state is RolloutState.PAUSED and "shadow_agreement" in (r.reason or "")
+    for _ in range(2):
+        r = w.tick(r).rollout
+    assert [classify(r, d, w.fleet[d]) for d in r.members(0)] == ["rolled_back", "rolled_back"]
+    assert all(w.fleet[d].shadow is None and w.fleet[d].active == OLD for d in r.members(0))
+    w.profiles["2.0.0"] = Profile()
+    r, _ = command(r, "resume", now=w.now)
+    assert r.waves[0].phase is WavePhase.SHADOW_LOADING
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+
+
+def test_without_traffic_a_wave_keeps_baking_until_the_timeout_then_records_no_data() -> None:
+    w = World(4, rps=0)
+    r = start(w, waves=["1", "100%"], bake_s=5, offline_timeout_s=30)
+    for _ in range(20):
+        r = w.tick(r).rollout
+    assert r.waves[0].phase is WavePhase.BAKING and r.waves[0].gates[-1].name == "availability"
+    w.rps = 50  # traffic arrives late: judged over the longer window
+    r = w.tick(r).rollout
+    assert r.waves[0].phase is WavePhase.PASSED
+    assert r.waves[0].gates[-1].status == "pass" and r.waves[0].gates[-1].until == w.now
+    w.rps = 0
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED
+    assert {g.status for g in r.waves[1].gates if g.name in ("error_rate", "p95_latency")} == {"no_data"}
+
+
+def test_a_shadow_nobody_could_compare_is_never_activated() -> None:
+    w = World(3, rps=0)
+    r = w.run(start(w, waves=["100%"], shadow_rate=0.5, offline_timeout_s=20))
+    assert r.state is RolloutState.PAUSED
+    gate = r.waves[0].gates[-1]
+    assert gate.name == "shadow_agreement" and gate.status == "fail" and "offline timeout" in gate.detail
+    assert all(v.desired_model == OLD for v in w.fleet.values())

@@ -3,16 +3,25 @@ telemetry drawn from a per-version profile. Plain data, no transport: the contro
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from fleet.histogram import LatencyRecorder
+from fleet.histogram import LatencyRecorder, merge_all
 from hub.rollouts.cohort import DeviceView, Target
 from hub.rollouts.controller import Step, step
-from hub.rollouts.gates import WindowStat
+from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
 
 OLD = ("cls", "1.0.0")
+
+
+@dataclass(frozen=True)
+class Window:
+    device_id: str
+    start: float
+    end: float
+    stat: Totals
 
 
 @dataclass
@@ -35,7 +44,7 @@ class World:
     rps: int = 50
     now: float = 1000.0
     fleet: dict[str, DeviceView] = field(default_factory=dict)
-    log: list[WindowStat] = field(default_factory=list)
+    log: list[Window] = field(default_factory=list)
     published: Counter[tuple[str, str]] = field(default_factory=Counter)  # (device, step) -> desired states sent
 
     def __post_init__(self) -> None:
@@ -90,24 +99,36 @@ class World:
                 rec.observe(p.latency_ms)
             shadow = self.profile(v.shadow[1]) if v.shadow else None
             samples = n if shadow else 0
-            self.log.append(
-                WindowStat(
-                    device_id=d,
-                    start=self.now - seconds,
-                    end=self.now,
-                    model_version=v.active[1],
-                    requests=n,
-                    errors=round(n * p.error_rate),
-                    latency=rec.snapshot(),
-                    shadow_version=v.shadow[1] if v.shadow else None,
-                    shadow_samples=samples,
-                    shadow_agreements=round(samples * shadow.agreement) if shadow else 0,
-                )  # fmt: skip
+            stat = Totals(
+                model_version=v.active[1],
+                requests=n,
+                errors=round(n * p.error_rate),
+                latency=rec.snapshot(),
+                shadow_version=v.shadow[1] if v.shadow else None,
+                shadow_samples=samples,
+                shadow_agreements=round(samples * shadow.agreement) if shadow else 0,
             )
+            self.log.append(Window(d, self.now - seconds, self.now, stat))
 
-    def windows(self, device_ids: list[str] | tuple[str, ...], since: float, until: float) -> list[WindowStat]:
+    def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
         ids = set(device_ids)
-        return [w for w in self.log if w.device_id in ids and w.end >= since and w.start < until]
+        groups: dict[tuple[str | None, str | None], list[Window]] = defaultdict(list)
+        for w in self.log:
+            if w.device_id in ids and since <= w.start < until:
+                groups[(w.stat.model_version, w.stat.shadow_version)].append(w)
+        return [
+            Totals(
+                model_version=mv,
+                shadow_version=sv,
+                devices=len({w.device_id for w in ws}),
+                requests=sum(w.stat.requests for w in ws),
+                errors=sum(w.stat.errors for w in ws),
+                latency=merge_all(w.stat.latency for w in ws),
+                shadow_samples=sum(w.stat.shadow_samples for w in ws),
+                shadow_agreements=sum(w.stat.shadow_agreements for w in ws),
+            )  # fmt: skip
+            for (mv, sv), ws in groups.items()
+        ]
 
     # -- driving ------------------------------------------------------------------------------------
     def tick(self, r: Rollout, dt: float = 1.0, *, claimed: set[str] | None = None) -> Step:

@@ -1,0 +1,74 @@
+"""Live updates: a server-sent event stream that says `update` whenever the fleet changed.
+
+The browser (static/app.js) answers an `update` by re-fetching the fragments and chart data on the page.
+A stream ends after `live_max_stream_s` (the browser reconnects) so no worker is held forever, and
+sends a comment every `_HEARTBEAT_S` so proxies keep it open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+
+from hub.dashboard import session
+from hub.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+_HEARTBEAT_S = 15.0
+_STATE_TICK_S = 30.0  # states change with time alone (silent devices go offline): refresh at least this often
+
+
+def fingerprint(hub: Hub) -> tuple[object, ...]:
+    """Something that changes when anything the pages show changes."""
+    st = hub.store.ingest_stats()
+    last = hub.store.list_events(since=None, until=None, subject=None, action=None, limit=1)
+    desired = hub.store.list_desired_heads()
+    return (
+        st.telemetry_persisted, st.status_applied, st.reported_applied, last[0].id if last else 0,
+        len(desired), max((d.version for d in desired), default=0), int(time.time() // _STATE_TICK_S),
+    )  # fmt: skip
+
+
+def live_router(hub: Hub) -> APIRouter:
+    """GET /live: the event stream of a logged-in browser."""
+    r = APIRouter(include_in_schema=False)
+    settings = hub.settings.dashboard
+
+    @r.get("/live")
+    async def live(request: Request) -> Response:
+        try:
+            await run_in_threadpool(session.principal, request, hub.auth)
+        except Unauthorized:
+            return Response("not logged in", status_code=401, media_type="text/plain")
+
+        async def events() -> AsyncIterator[str]:
+            yield f"retry: {int(settings.live_interval_s * 1000) + 1000}\n\n"
+            deadline = time.monotonic() + settings.live_max_stream_s
+            last: tuple[object, ...] | None = None
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline and not await request.is_disconnected():
+                fp = await run_in_threadpool(fingerprint, hub)
+                if fp != last:
+                    if last is not None:
+                        yield f"event: update\ndata: {json.dumps({'ts': time.time()})}\n\n"
+                    last = fp
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > _HEARTBEAT_S:
+                    yield ": heartbeat\n\n"
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(settings.live_interval_s)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
+        )
+
+    return r

@@ -1,0 +1,142 @@
+"""Rollout pages: the list, one rollout with every wave and gate evaluation, and the operator commands.
+
+Commands (pause, resume, abort, rollback) are POSTs that need the operator role, this session's CSRF token
+and a same-origin request; a viewer who presses a button gets the refusal in place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+
+from hub.credentials import Role
+from hub.dashboard import session
+from hub.errors import HubError, InvalidInput, Unauthorized
+from hub.rollouts.model import RolloutState
+from hub.rollouts.views import status_view, summary_view
+
+if TYPE_CHECKING:
+    from hub.dashboard.routes import Pages
+    from hub.dashboard.views import DeviceRow
+    from hub.runtime import Hub
+
+Action = Literal["pause", "resume", "abort", "rollback"]
+ACTIONS: tuple[Action, ...] = ("pause", "resume", "abort", "rollback")
+ALLOWED: dict[str, tuple[Action, ...]] = {
+    RolloutState.RUNNING.value: ("pause", "abort", "rollback"),
+    RolloutState.PAUSED.value: ("resume", "abort", "rollback"),
+    RolloutState.ROLLING_BACK.value: ("abort",),
+    RolloutState.COMPLETED.value: ("rollback",),
+}
+MAX_REASON = 500
+
+
+def progress(status: dict[str, Any]) -> dict[str, Any]:
+    """Done/total devices and the wave label of a rollout status."""
+    totals = status.get("totals", {})
+    total = max(1, int(status.get("devices") or 0))
+    done = int(totals.get("active", 0))
+    if status["state"] in ("rolling_back", "rolled_back"):
+        done = int(totals.get("rolled_back", 0))
+    wave = min(status["wave"] + 1, status["wave_count"])
+    return {"done": done, "total": total, "wave": wave, "waves": status["wave_count"]}
+
+
+def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, Any]]:
+    """Every rollout's status (newest first), with its progress."""
+    engine = hub.rollouts
+    found = [r for r in engine.all() if r.state.active or not active_only]
+    if not found:
+        return []
+    fleet = engine.fleet()
+    out = []
+    for r in found:
+        st = status_view(r, fleet)
+        st["progress"] = progress(st)
+        out.append(st)
+    return out
+
+
+def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
+    """Active rollouts with their progress, counted from the device rows at hand (cheap: for the overview)."""
+    running = {r.id: r.model for r in rows}
+    out = []
+    for r in hub.rollouts.all():
+        if not r.state.active:
+            continue
+        st = summary_view(r)
+        target = f"{r.spec.model}:{r.spec.version}"
+        members = [d for d, e in r.devices.items() if e.left_at is None]
+        on_target = sum(1 for d in members if running.get(d) == target)
+        done = len(members) - on_target if r.state is RolloutState.ROLLING_BACK else on_target
+        wave = min(r.current + 1, len(r.waves))
+        st["progress"] = {"done": done, "total": max(1, len(members)), "wave": wave, "waves": len(r.waves)}
+        out.append(st)
+    return out
+
+
+def rollout_detail(hub: Hub, rollout_id: str) -> dict[str, Any]:
+    """One rollout's status with per-device states (NotFound for unknown ids)."""
+    if len(rollout_id) > 40:
+        raise InvalidInput("a rollout id is at most 40 characters")
+    engine = hub.rollouts
+    st = status_view(engine.get(rollout_id), engine.fleet(), devices=True)
+    st["progress"] = progress(st)
+    st["allowed"] = ALLOWED.get(st["state"], ())
+    return st
+
+
+def rollouts_router(hub: Hub, pages: Pages) -> APIRouter:
+    """GET /rollouts, GET /rollouts/{id}, its fragment, and POST /rollouts/{id}/{action}."""
+    r = APIRouter(include_in_schema=False)
+
+    @r.get("/rollouts")
+    async def list_page(request: Request) -> Response:
+        return await pages.page(
+            request, lambda who: pages.html(request, "rollouts.html", who, rollouts=rollout_statuses(hub))
+        )
+
+    @r.get("/rollouts/{rollout_id}")
+    async def detail_page(request: Request, rollout_id: str) -> Response:
+        return await pages.page(
+            request, lambda who: pages.html(request, "rollout.html", who, ro=rollout_detail(hub, rollout_id))
+        )
+
+    @r.get("/ui/rollouts/{rollout_id}")
+    async def detail_fragment(request: Request, rollout_id: str) -> Response:
+        return await pages.page(
+            request, lambda who: pages.html(request, "_rollout.html", who, ro=rollout_detail(hub, rollout_id))
+        )
+
+    @r.post("/rollouts/{rollout_id}/{action}")
+    async def act(request: Request, rollout_id: str, action: str) -> Response:
+        htmx = bool(request.headers.get("hx-request"))
+        try:
+            who = await run_in_threadpool(session.principal, request, hub.auth)
+        except Unauthorized:
+            return pages.login_redirect(request)
+        try:
+            async with request.form(max_files=0, max_fields=4, max_part_size=4096) as form:
+                csrf, reason = form.get("csrf"), form.get("reason")
+            session.check_csrf(request, csrf if isinstance(csrf, str) else None)
+            session.require(who, Role.OPERATOR)
+            cmd = next((a for a in ACTIONS if a == action), None)
+            if cmd is None:
+                raise InvalidInput(f"unknown command {action[:20]!r}: use pause, resume, abort or rollback")
+            why = reason.strip()[:MAX_REASON] if isinstance(reason, str) and reason.strip() else None
+            await run_in_threadpool(hub.rollouts.command, rollout_id, cmd, actor=who.name, reason=why)
+        except HubError as e:
+            return pages.error(request, who, e)
+        if not htmx:
+            return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
+        resp = pages.html(
+            request, "_notice.html", who, message=f"{action} accepted ({who.name}, {time.strftime('%H:%M:%S')})"
+        )
+        resp.headers["HX-Trigger"] = "rollout:changed"
+        return resp
+
+    return r

@@ -1,0 +1,153 @@
+/* edgefleet dashboard: live updates (server-sent events) and uPlot charts. No inline scripts (CSP). */
+(function () {
+  "use strict";
+  var PALETTE = ["#2563eb", "#8a5cd6", "#d64545", "#1f9d55", "#d9822b", "#0891b2"];
+  var CHART_REFRESH_MS = 10000;
+  var plots = [];
+
+  function fmt(v) {
+    if (v === null || v === undefined) return "\u2014";
+    var a = Math.abs(v);
+    if (a === 0) return "0";
+    if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
+    if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
+    if (a >= 100) return v.toFixed(0);
+    if (a >= 10 || Number.isInteger(v)) return Number.isInteger(v) ? String(v) : v.toFixed(1);
+    return v.toFixed(2);
+  }
+
+  function pad(n) { return n < 10 ? "0" + n : String(n); }
+
+  function timeLabels(u, splits) {
+    var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+    return splits.map(function (ts) {
+      var d = new Date(ts * 1000);
+      var hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
+      return span > 2 * 86400 ? (d.getMonth() + 1) + "/" + d.getDate() : hm;
+    });
+  }
+
+  function alpha(hex, a) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
+  }
+
+  function draw(fig, x, series) {
+    var plotEl = fig.querySelector(".plot");
+    var points = 0;
+    series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null) points++; }); });
+    fig.dataset.points = String(points);
+    fig.dataset.ready = "1";
+    var data = [x].concat(series.map(function (s) { return s.values; }));
+    var existing = plots.find(function (p) { return p.fig === fig; });
+    var sig = series.map(function (s) { return s.label; }).join("|");
+    if (existing && existing.sig === sig) {
+      existing.u.setData(data);
+    } else {
+      if (existing) { existing.u.destroy(); plots.splice(plots.indexOf(existing), 1); }
+      plotEl.textContent = "";
+      var first = fig.dataset.color || PALETTE[0];
+      var opts = {
+        width: Math.max(200, plotEl.clientWidth), height: 190,
+        cursor: { drag: { x: true, y: false } },
+        legend: { live: true },
+        scales: { x: { time: true }, y: fig.dataset.max ? { range: [0, Number(fig.dataset.max)] } : { range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; } } },
+        axes: [
+          { stroke: "#677489", grid: { stroke: "#eef1f6" }, ticks: { stroke: "#e2e7ef" }, font: "11px system-ui", values: timeLabels },
+          { stroke: "#677489", grid: { stroke: "#eef1f6" }, ticks: { stroke: "#e2e7ef" }, font: "11px system-ui", size: 48, values: function (u, vals) { return vals.map(fmt); } }
+        ],
+        series: [{ label: "time" }].concat(series.map(function (s, i) {
+          var color = i === 0 ? first : PALETTE[(i + 1) % PALETTE.length];
+          return {
+            label: s.label, stroke: color, width: 1.5, fill: series.length === 1 ? alpha(color, 0.08) : undefined,
+            points: { show: false }, spanGaps: false,
+            value: function (u, v) { return v === null || v === undefined ? "\u2014" : fmt(v) + " " + s.unit; }
+          };
+        }))
+      };
+      var u = new uPlot(opts, data, plotEl);
+      plots.push({ fig: fig, u: u, sig: sig });
+    }
+    var empty = plotEl.querySelector(".nodata");
+    if (points === 0 && !empty) {
+      empty = document.createElement("div");
+      empty.className = "nodata";
+      empty.textContent = "No data in this range";
+      plotEl.appendChild(empty);
+    } else if (points > 0 && empty) {
+      empty.remove();
+    }
+  }
+
+  function loadGroup(group) {
+    var url = group.dataset.src + "?range=" + encodeURIComponent(group.dataset.range || "1h");
+    group.dataset.loading = "1";
+    return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) {
+        if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (d) {
+        group.querySelectorAll("figure.chart").forEach(function (fig) {
+          var key = fig.dataset.key;
+          if (key === "util" && d.util) { draw(fig, d.util.x, d.util.series); }
+          else if (d.charts && d.charts[key]) { draw(fig, d.x, d.charts[key]); }
+        });
+        group.dataset.loaded = String(Date.now());
+      })
+      .catch(function (e) { group.dataset.error = String(e); })
+      .finally(function () { delete group.dataset.loading; });
+  }
+
+  function initCharts(root) {
+    (root || document).querySelectorAll(".chart-group").forEach(function (group) {
+      if (group.dataset.init) return;
+      group.dataset.init = "1";
+      group.querySelectorAll(".seg button").forEach(function (b) {
+        b.addEventListener("click", function () {
+          group.querySelectorAll(".seg button").forEach(function (o) { o.classList.toggle("on", o === b); });
+          group.dataset.range = b.dataset.range;
+          loadGroup(group);
+        });
+      });
+      loadGroup(group);
+    });
+  }
+
+  function refreshCharts() {
+    document.querySelectorAll(".chart-group").forEach(function (group) {
+      var last = Number(group.dataset.loaded || 0);
+      if (!group.dataset.loading && Date.now() - last >= CHART_REFRESH_MS) loadGroup(group);
+    });
+  }
+
+  function startLive() {
+    var src = document.body.dataset.live;
+    if (!src || !window.EventSource) return;
+    var badge = document.getElementById("live");
+    var es = new EventSource(src);
+    es.addEventListener("open", function () { if (badge) { badge.classList.add("on"); badge.title = "live updates: connected"; } });
+    es.addEventListener("error", function () { if (badge) { badge.classList.remove("on"); badge.title = "live updates: reconnecting"; } });
+    es.addEventListener("update", function () {
+      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+      if (window.htmx) window.htmx.trigger(document.body, "fleet:update");
+      refreshCharts();
+    });
+    window.addEventListener("pagehide", function () { es.close(); });
+  }
+
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () {
+      plots.forEach(function (p) { var el = p.fig.querySelector(".plot"); p.u.setSize({ width: Math.max(200, el.clientWidth), height: 190 }); });
+    }, 100);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    initCharts(document);
+    startLive();
+    document.body.addEventListener("htmx:afterSettle", function (e) { initCharts(e.target); });
+  });
+})();

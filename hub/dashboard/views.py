@@ -1,0 +1,288 @@
+"""What the dashboard pages show, assembled from the hub's services. No HTTP and no HTML here."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hub.dashboard.rollouts import active_rollouts
+from hub.devices import DeviceState, derive_state
+from hub.errors import InvalidInput
+from hub.selectors import parse_selector
+from hub.store import Desired, Device, Event, ModelVersion
+from hub.telemetry import Summary, summarise
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
+
+TIMES = "\u00d7"
+STATES = tuple(s.value for s in DeviceState)
+SORT_KEYS = ("id", "state", "model", "desired", "provider", "gpu", "last_seen")
+_PROVIDER_NAMES = {
+    "CPUExecutionProvider": "CPU",
+    "CUDAExecutionProvider": "CUDA",
+    "TensorrtExecutionProvider": "TensorRT",
+    "OpenVINOExecutionProvider": "OpenVINO",
+    "ROCMExecutionProvider": "ROCm",
+    "CoreMLExecutionProvider": "CoreML",
+}
+_STATE_ORDER = {"failed": 0, "degraded": 1, "updating": 2, "offline": 3, "online": 4}
+
+
+def provider_name(provider: str | None) -> str | None:
+    """`CUDAExecutionProvider` -> `CUDA` (unknown names are kept, minus the suffix)."""
+    if not provider:
+        return None
+    return _PROVIDER_NAMES.get(provider, provider.removesuffix("ExecutionProvider"))
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """A sort key for semantic versions (pre-releases before their release); unparsable ones sort first."""
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?", version)
+    if not m:
+        return (-1, version)
+    pre = m.group(4)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, pre or "")
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One line of the device table."""
+
+    id: str
+    state: str
+    labels: dict[str, str]
+    model: str | None
+    desired: str | None
+    phase: str | None
+    provider: str | None
+    providers: list[str]
+    gpu: str | None
+    last_seen: float | None
+    error: str | None
+
+
+def gpu_summary(capabilities: dict[str, Any] | None) -> str | None:
+    """`2x NVIDIA A100 (MIG)` (with a multiplication sign) from a birth's capabilities; None without GPUs."""
+    gpus = (capabilities or {}).get("gpus") or []
+    if not gpus:
+        return None
+    names = Counter(str(g.get("name", "GPU")).removeprefix("NVIDIA ") for g in gpus)
+    parts = [f"{n}{TIMES} {name}" if n > 1 else name for name, n in names.items()]
+    mig = any(g.get("mig_mode") for g in gpus)
+    return ", ".join(parts) + (" (MIG)" if mig else "")
+
+
+def device_row(d: Device, desired: Desired | None, state: DeviceState) -> DeviceRow:
+    """A device as a table row."""
+    reported = d.reported or {}
+    active = reported.get("active") or {}
+    providers = [provider_name(p) or p for p in (d.capabilities or {}).get("providers", [])]
+    error = reported.get("error") or {}
+    return DeviceRow(
+        id=d.id, state=state.value, labels=d.labels,
+        model=f"{active['name']}:{active['version']}" if active else None,
+        desired=f"{desired.model_name}:{desired.model_version}" if desired and desired.model_name else None,
+        phase=reported.get("phase"), provider=provider_name(active.get("provider")), providers=providers,
+        gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
+        error=f"{error.get('code')}: {error.get('message')}" if error else None,
+    )  # fmt: skip
+
+
+def fleet_rows(hub: Hub, now: float | None = None) -> list[DeviceRow]:
+    """Every device as a row, with its derived state."""
+    now = time.time() if now is None else now
+    desired = {s.device_id: s for s in hub.store.list_desired_heads()}
+    settings = hub.settings.devices
+    return [
+        device_row(d, desired.get(d.id), derive_state(d, desired.get(d.id), now=now, settings=settings))
+        for d in hub.store.list_devices()
+    ]
+
+
+@dataclass(frozen=True)
+class DeviceQuery:
+    """Filters, order and page of the device table (already validated)."""
+
+    selector: str = ""
+    state: str = ""
+    version: str = ""
+    sort: str = "id"
+    desc: bool = False
+    page: int = 1
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """Query parameters of this query with `changes` applied (defaults left out)."""
+        values = {**self.__dict__, **changes}
+        out = {k: str(v) for k, v in values.items() if k in ("selector", "state", "version") and v}
+        if values["sort"] != "id":
+            out["sort"] = values["sort"]
+        if values["desc"]:
+            out["desc"] = "1"
+        if values["page"] != 1:
+            out["page"] = str(values["page"])
+        return out
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    """One page of the filtered, sorted device table."""
+
+    rows: list[DeviceRow]
+    total: int
+    matched: int
+    page: int
+    pages: int
+    first: int
+    last: int
+    versions: list[str]
+    error: str | None = None
+
+
+def _sort_key(sort: str) -> Any:
+    if sort == "state":
+        return lambda r: (_STATE_ORDER.get(r.state, 9), r.id)
+    if sort == "last_seen":
+        return lambda r: (r.last_seen or 0.0, r.id)
+    return lambda r: (getattr(r, sort) or "", r.id)
+
+
+def device_page(rows: list[DeviceRow], q: DeviceQuery, page_size: int) -> DevicePage:
+    """Filter, sort and page `rows`. A bad selector yields an empty page with the reason."""
+    versions = sorted({v for r in rows for v in (r.model, r.desired) if v}, key=_model_version_key)
+    found = rows
+    error = None
+    if q.selector:
+        try:
+            sel = parse_selector(q.selector)
+        except InvalidInput as e:  # InvalidSelector: shown next to the filter
+            return DevicePage([], len(rows), 0, 1, 1, 0, 0, versions, error=e.message)
+        found = [r for r in found if sel.matches(r.labels)]
+    if q.state:
+        found = [r for r in found if r.state == q.state]
+    if q.version:
+        found = [r for r in found if q.version in (r.model, r.desired)]
+    found = sorted(found, key=_sort_key(q.sort), reverse=q.desc)
+    pages = max(1, -(-len(found) // page_size))
+    page = min(max(1, q.page), pages)
+    start = (page - 1) * page_size
+    chunk = found[start : start + page_size]
+    return DevicePage(chunk, len(rows), len(found), page, pages, start + 1 if chunk else 0, start + len(chunk),
+                      versions, error)  # fmt: skip
+
+
+def _model_version_key(mv: str) -> tuple[Any, ...]:
+    name, _, version = mv.partition(":")
+    return (name, version_key(version))
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """How many devices run (and want) one version of a model."""
+
+    version: str
+    active: int
+    desired: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The overview page."""
+
+    total: int
+    counts: dict[str, int]
+    versions: dict[str, list[VersionCount]]
+    events: list[Event]
+    models: int
+    rollouts: list[dict[str, Any]]
+
+
+def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
+    """Per model name, its versions (newest first) with active and desired device counts."""
+    active: Counter[str] = Counter(r.model for r in rows if r.model)
+    desired: Counter[str] = Counter(r.desired for r in rows if r.desired)
+    by_model: dict[str, list[VersionCount]] = defaultdict(list)
+    for mv in set(active) | set(desired):
+        name, _, version = mv.partition(":")
+        by_model[name].append(VersionCount(version, active[mv], desired[mv]))
+    return {
+        name: sorted(vs, key=lambda v: version_key(v.version), reverse=True) for name, vs in sorted(by_model.items())
+    }
+
+
+OPERATOR_ACTIONS = (
+    "deploy", "model.push", "model.delete", "device.add", "device.label", "token.create", "rollout.start",
+    "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback", "rollout.gate_failed",
+    "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
+)  # fmt: skip
+
+
+def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
+    """The newest events of people and rollouts (devices' own phase changes are on their pages)."""
+    store = hub.store
+    found: dict[int, Event] = {}
+    for action in OPERATOR_ACTIONS:
+        for e in store.list_events(since=None, until=None, subject=None, action=action, limit=limit):
+            found[e.id] = e
+    return sorted(found.values(), key=lambda e: e.id, reverse=True)[:limit]
+
+
+def overview(hub: Hub, rows: list[DeviceRow] | None = None, now: float | None = None) -> Overview:
+    """Counts by state, versions across the fleet, active rollouts and recent events (traffic loads apart)."""
+    now = time.time() if now is None else now
+    rows = fleet_rows(hub, now) if rows is None else rows
+    counts = Counter(r.state for r in rows)
+    return Overview(
+        total=len(rows), counts={s: counts.get(s, 0) for s in STATES}, versions=version_counts(rows),
+        events=recent_events(hub), models=len(hub.registry.versions()), rollouts=active_rollouts(hub, rows),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Fleet-wide telemetry summed over the last hour and day."""
+
+    hour: Summary
+    day: Summary
+
+
+def traffic(hub: Hub, now: float | None = None) -> Traffic:
+    """The overview's traffic numbers (one query over the day; the hour is summed from it)."""
+    now = time.time() if now is None else now
+    points = hub.telemetry.series(since=now - 86400)
+    hour_start = int((now - 3600) // 60) * 60
+    return Traffic(hour=summarise([p for p in points if p.minute >= hour_start]), day=summarise(points))
+
+
+@dataclass
+class ModelRow:
+    """A model version and where it is deployed."""
+
+    mv: ModelVersion
+    golden: dict[str, Any]
+    input: str
+    wanted_by: list[str] = field(default_factory=list)
+    active_on: list[str] = field(default_factory=list)
+
+
+def model_rows(hub: Hub, rows: list[DeviceRow]) -> list[ModelRow]:
+    """Every registered version, newest first per model, with the devices that want and run it."""
+    active: dict[str, list[str]] = defaultdict(list)
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r.model:
+            active[r.model].append(r.id)
+        if r.desired:
+            wanted[r.desired].append(r.id)
+    out = []
+    versions = sorted(hub.registry.versions(), key=lambda m: (m.name, version_key(m.version)), reverse=True)
+    for mv in sorted(versions, key=lambda m: m.name):
+        golden = dict(mv.descriptor.get("golden") or {})
+        spec = mv.descriptor.get("input") or {}
+        size = f"{spec.get('height', '?')}{TIMES}{spec.get('width', '?')}" if spec else "?"
+        key = f"{mv.name}:{mv.version}"
+        out.append(ModelRow(mv, golden, size, wanted_by=sorted(wanted[key]), active_on=sorted(active[key])))
+    return out

@@ -1,0 +1,50 @@
+"""The agent in cluster mode, end to end: real agent runtime + real lightkube bridge + our K8s API test server.
+
+The birth carries the node inventory and goes out again when it changes; a desired state is activated and
+its serving workload server-side-applied, and the reported state says how far the rollout got.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.headless import HeadlessServing
+from agent.k3s import ClusterBridge, ClusterSettings
+from agent.runtime import Agent
+from tests.agent.conftest import Sample, fast_settings
+from tests.k8s.server import ApiServer
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+from tests.support.mqtt import wait_for
+
+
+def test_birth_inventory_and_workload_follow_the_cluster(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    api.put_node("edge-1", allocatable={"nvidia.com/gpu": "1"}, labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
+    agent = Agent(
+        hub.bundle(device_id, broker.url), fast_settings(tmp_path / "agent"), HeadlessServing(), ClusterBridge(settings)
+    )
+    agent.start()
+    try:
+
+        def nodes_in_last_birth() -> list[str]:
+            births = [s for s in hub.statuses if s.device_id == device_id and s.capabilities is not None]
+            return [n.name for n in births[-1].capabilities.nodes] if births else []  # type: ignore[union-attr]
+
+        wait_for(lambda: nodes_in_last_birth() == ["edge-1"], timeout=30)
+        assert hub.statuses[-1].capabilities is not None and hub.statuses[-1].capabilities.mode == "k3s"
+
+        api.put_node("edge-2", allocatable={"nvidia.com/mig-1g.10gb": "7"})  # a node joins: a new birth
+        wait_for(lambda: sorted(nodes_in_last_birth()) == ["edge-1", "edge-2"], timeout=30)
+
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        hub.wait_active("1.0.0")
+        reported = hub.wait_reported(lambda r: r.cluster is not None and r.cluster.state == "ready")
+        assert reported.cluster is not None and reported.cluster.ready_replicas == reported.cluster.replicas >= 1
+        deployment = api.get("apps", "deployments", settings.namespace, reported.cluster.deployment)
+        assert deployment is not None
+    finally:
+        agent.stop()

@@ -1,0 +1,163 @@
+"""Acceptance of rollouts over real Mosquitto: real agents (in-process, serving traffic) and simulated ones.
+
+- a healthy version rolls to 100 % through every wave;
+- a slower version fails the p95 gate in the canary wave and is rolled back, with both p95s recorded (a
+  profile of simulated agents, and a really heavier model on real agents);
+- a version whose outputs disagree fails the shadow gate before any device activates it;
+- the hub stopped mid-wave and started again on the same data dir finishes the rollout, and no device
+  receives a second desired state for a step it already had.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edgefleet_cli import app
+from tests.hub.rollouts.fleet import Fleet, cls_models_fixture, fleet_fixture  # noqa: F401
+from tests.support.mqtt import wait_for
+
+Models = dict[str, tuple[Path, Path]]
+
+
+def _start(f: Fleet, version: str, selector: str, **kw: object) -> str:
+    # a p95 from ~100 requests of one device is noisy: allow 50 % (the slow version is 10x slower)
+    body = {"model": "cls", "version": version, "selector": selector, "bake_s": 1.0,
+            "gates": {"max_p95_regression": 0.5}, **kw}  # fmt: skip
+    return str(f.api("POST", "/api/v1/rollouts", json=body)["id"])
+
+
+def test_a_healthy_version_rolls_to_100_percent_through_all_waves(fleet: Fleet, cls_models: Models) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "2.0.0")
+    f.real("cam-real-1", {"fleet": "e2e"})
+    f.real("cam-real-2", {"fleet": "e2e"})
+    f.sims(20, {"fleet": "e2e"})
+    wait_for(lambda: all(v is None for v in f.active_versions("fleet=e2e").values()), timeout=30)
+    wait_for(lambda: len(f.api("GET", "/api/v1/devices", params={"selector": "fleet=e2e"})) == 22, timeout=30)
+    f.deploy("1.0.0", "fleet=e2e")
+    f.wait_all_active("1.0.0", "fleet=e2e")
+
+    rid = _start(f, "2.0.0", "fleet=e2e", waves=["1", "10%", "50%", "100%"])
+    status = f.wait_rollout(rid, lambda s: s["state"] != "running")
+    assert status["state"] == "completed", status["reason"]
+    assert [w["devices"] for w in status["waves"]] == [1, 2, 8, 11]
+    assert all(w["phase"] == "passed" for w in status["waves"])
+    assert status["totals"]["active"] == 22
+    for w in status["waves"]:
+        gates = {g["name"]: g for g in w["gates"]}
+        assert {"activation", "availability", "error_rate", "p95_latency"} <= set(gates), w
+        assert all(g["status"] != "fail" for g in w["gates"])
+    f.wait_all_active("2.0.0", "fleet=e2e")
+    # the CLI shows the same status as a table, with the gates
+    res = CliRunner().invoke(app, ["rollout", "status", rid, "--url", f.hub.url, "--token", f.hub.admin_token])
+    assert res.exit_code == 0, res.output
+    assert "completed" in res.output and "p95" in res.output and "error_rate" in res.output
+    # a second rollout on the same devices is fine now; the first one refuses commands that make no sense
+    with f.hub.client() as c:
+        r = c.post(f"/api/v1/rollouts/{rid}/resume")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
+
+
+def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Fleet, cls_models: Models) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "3.0.0")
+    f.sims(20, {"fleet": "slow"})
+    wait_for(lambda: len(f.api("GET", "/api/v1/devices", params={"selector": "fleet=slow"})) == 20, timeout=30)
+    f.deploy("1.0.0", "fleet=slow")
+    f.wait_all_active("1.0.0", "fleet=slow")
+
+    rid = _start(f, "3.0.0", "fleet=slow", on_failure="rollback")
+    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    canary = status["waves"][0]
+    assert canary["phase"] == "failed" and canary["failed_in"] == "baking"
+    gate = next(g for g in canary["gates"] if g["name"] == "p95_latency")
+    assert gate["status"] == "fail"
+    m = gate["measured"]
+    assert m["control_source"] == "control" and m["control_devices"] == 19
+    assert m["wave_p95_ms"] > m["control_p95_ms"] * (1 + gate["threshold"])
+    assert all(w["phase"] == "pending" for w in status["waves"][1:])
+    # the canary got a newly signed desired state with the previous version and runs it again
+    f.wait_all_active("1.0.0", "fleet=slow")
+    desired = f.api("GET", "/api/v1/deployments")
+    assert {d["model_version"] for d in desired} == {"1.0.0"}
+    events = f.api("GET", "/api/v1/events", params={"subject": f"rollout/{rid}"})
+    assert {"rollout.gate_failed", "rollout.rollback", "rollout.rolled_back"} <= {e["action"] for e in events}
+
+
+def test_a_heavier_model_on_real_agents_fails_p95_in_the_canary_and_is_rolled_back(
+    fleet: Fleet, cls_models: Models
+) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "3.1.0")
+    for i in range(3):
+        f.real(f"cam-h{i}", {"fleet": "heavy"})
+    wait_for(lambda: len(f.active_versions("fleet=heavy")) == 3, timeout=30)
+    f.deploy("1.0.0", "fleet=heavy")
+    f.wait_all_active("1.0.0", "fleet=heavy")
+
+    rid = _start(f, "3.1.0", "fleet=heavy", waves=["1", "100%"], on_failure="rollback")
+    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    gate = next(g for g in status["waves"][0]["gates"] if g["name"] == "p95_latency")
+    m = gate["measured"]
+    assert gate["status"] == "fail" and m["control_source"] == "control" and m["control_devices"] == 2
+    assert m["wave_p95_ms"] > m["control_p95_ms"] * (1 + gate["threshold"])
+    assert status["waves"][1]["phase"] == "pending"
+    f.wait_all_active("1.0.0", "fleet=heavy")
+
+
+def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates_it(
+    fleet: Fleet, cls_models: Models
+) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "2.1.0")
+    f.real("cam-a", {"fleet": "shadow"})
+    f.real("cam-b", {"fleet": "shadow"})
+    wait_for(lambda: len(f.active_versions("fleet=shadow")) == 2, timeout=30)
+    f.deploy("1.0.0", "fleet=shadow")
+    f.wait_all_active("1.0.0", "fleet=shadow")
+    f.watch_desired()
+
+    rid = _start(f, "2.1.0", "fleet=shadow", waves=["1", "100%"], shadow_rate=1.0, on_failure="rollback")
+    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    canary = status["waves"][0]
+    assert canary["failed_in"] == "shadow_baking"
+    gate = next(g for g in canary["gates"] if g["name"] == "shadow_agreement")
+    assert gate["status"] == "fail" and gate["measured"]["samples"] >= 20
+    assert gate["value"] < 0.98
+    assert status["waves"][1]["phase"] == "pending"
+    # the candidate ran only as a shadow: never the desired model of any device, never active, never served
+    wait_for(lambda: len(f.desired_log) >= 2, timeout=10)
+    assert any(d.shadow is not None and d.shadow.model.version == "2.1.0" for d in f.desired_log)
+    assert all(d.model is not None and d.model.version == "1.0.0" for d in f.desired_log)
+    assert set(f.active_versions("fleet=shadow").values()) == {"1.0.0"}
+    for device in ("cam-a", "cam-b"):
+        windows = f.hub.hub.store.telemetry_windows(device, since=None, until=None, limit=10_000)
+        assert all(w.model_version != "2.1.0" for w in windows)
+
+
+def test_the_hub_restarted_mid_wave_finishes_and_sends_no_step_twice(fleet: Fleet, cls_models: Models) -> None:
+    f = fleet
+    f.push(cls_models, "1.0.0", "2.0.0")
+    devices = f.sims(20, {"fleet": "restart"})
+    wait_for(lambda: len(f.api("GET", "/api/v1/devices", params={"selector": "fleet=restart"})) == 20, timeout=30)
+    f.deploy("1.0.0", "fleet=restart")
+    f.wait_all_active("1.0.0", "fleet=restart")
+    f.watch_desired()
+
+    rid = _start(f, "2.0.0", "fleet=restart", waves=["1", "25%", "100%"], bake_s=1.5)
+    f.wait_rollout(rid, lambda s: s["waves"][1]["phase"] in ("activating", "baking"), timeout=60)
+    f.hub.restart()  # stop the hub object, start a new one on the same data dir
+    status = f.wait_rollout(rid, lambda s: s["state"] != "running")
+    assert status["state"] == "completed", status["reason"]
+    f.wait_all_active("2.0.0", "fleet=restart")
+    # per device and content, one desired version: a restart re-sends the same signed state, never a new one
+    versions: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for d in f.desired_log:
+        if d.rollout_id == rid:
+            assert d.model is not None
+            versions[(d.device_id, d.model.version)].add(d.version)
+    assert {dev for dev, _ in versions} == set(devices)
+    assert all(len(v) == 1 for v in versions.values()), versions

@@ -1,0 +1,138 @@
+"""The dashboard in headless chromium: log in, overview, filters, device detail with charts, live updates."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from playwright.sync_api import Page, expect
+
+from fleet.messages import DeviceStatus
+from tests.hub.dashboard.conftest import DEVICES, Dash, login
+
+
+def _points(page: Page, selector: str) -> int:
+    page.wait_for_selector(f"{selector}[data-ready='1']")
+    return int(page.get_attribute(selector, "data-points") or 0)
+
+
+def test_login_then_overview_shows_the_seeded_fleet(page: Page, dash: Dash) -> None:
+    page.goto(dash.url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=/$"))
+    page.fill("#token", "eft_not-a-real-token")
+    page.click("button[type=submit]")
+    expect(page.locator(".alert")).to_contain_text("invalid or revoked token")
+    page.fill("#token", dash.tokens["viewer"])
+    page.click("button[type=submit]")
+    expect(page).to_have_url(dash.url + "/")
+    expect(page.locator("[data-count=total]")).to_have_text(str(DEVICES))
+    for state, ids in dash.fleet.by_state.items():
+        expect(page.locator(f"[data-count={state}]")).to_have_text(str(len(ids)))
+    expect(page.locator(".user")).to_contain_text("viewer")
+    expect(page.locator("[data-traffic=hour-requests]")).not_to_have_text("0")  # loaded after the first render
+    expect(page.locator("table.versions").first).to_contain_text("1.1.0")
+    for chart in ("#chart-rps", "#chart-err", "#chart-p95"):
+        assert _points(page, chart) > 30, chart
+    page.click("#fleet-charts .seg button[data-range='24h']")
+    page.wait_for_function("() => document.querySelector('#fleet-charts').dataset.range === '24h'")
+    page.wait_for_function("() => !document.querySelector('#fleet-charts').dataset.loading")
+    assert _points(page, "#chart-rps") > 200  # 5-minute points over the day
+    expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))
+
+
+def test_filter_sort_and_page_devices(page: Page, dash: Dash) -> None:
+    login(page, dash, "viewer", "/devices")
+    rows = page.locator("#device-table tbody tr")
+    expect(rows).to_have_count(50)  # page size
+    expect(page.locator(".pager .current").first).to_have_text("1")
+    page.locator(".pager a[rel=next]").first.click()
+    expect(rows).to_have_count(DEVICES - 50)
+    expect(page).to_have_url(re.compile(r"/devices\?page=2$"))
+
+    page.fill("#f-selector", "site=berlin,hw=gpu")
+    expected = [d for d in dash.fleet.gpu_devices if d.startswith("ber-")]
+    expect(rows).to_have_count(len(expected))
+    for dev in expected:
+        expect(page.locator(f"tr[data-device='{dev}']")).to_contain_text("CUDA")
+    expect(page).to_have_url(re.compile(r"selector=site%3Dberlin%2Chw%3Dgpu"))
+
+    page.fill("#f-selector", "")
+    page.select_option("#f-state", "failed")
+    expect(rows).to_have_count(len(dash.fleet.by_state["failed"]))
+    page.select_option("#f-state", "")
+    page.select_option("#f-version", "mobilenet-like:1.2.0")
+    with dash.hub.client() as api:
+        listed = api.get("/api/v1/devices").json()
+    want = "mobilenet-like:1.2.0"
+    expected = {d["id"] for d in listed if want in (d["active_model"], d["desired_model"])}
+    assert expected
+    expect(rows).to_have_count(len(expected))
+    assert {r.get_attribute("data-device") for r in rows.all()} == expected
+
+    page.select_option("#f-version", "")
+    page.fill("#f-selector", "site in (berlin")
+    expect(page.locator("#device-table .alert")).to_contain_text("Invalid selector")
+    page.fill("#f-selector", "")
+    expect(rows).to_have_count(50)
+    page.get_by_role("link", name="Last seen").click()
+    expect(page.locator("th[aria-sort]")).to_contain_text("Last seen")
+    offline = set(dash.fleet.by_state["offline"])
+    page.select_option("#f-state", "")  # the filter keeps the order
+    expect(page).to_have_url(re.compile(r"sort=last_seen&desc=1"))
+    first = rows.first.get_attribute("data-device")
+    assert first not in offline  # newest first: offline devices fell silent half an hour ago
+
+
+def test_device_detail_has_capabilities_history_and_charts(page: Page, dash: Dash) -> None:
+    dev = dash.fleet.gpu_devices[1]
+    login(page, dash, "viewer", "/devices?selector=hw%3Dgpu")
+    page.click(f"a[href='/devices/{dev}']")
+    expect(page).to_have_url(dash.url + f"/devices/{dev}")
+    expect(page.locator("h1")).to_contain_text(dev)
+    expect(page.locator("dl.kv")).to_contain_text("NVIDIA L4")
+    expect(page.locator("table.compare")).to_contain_text("in sync")
+    expect(page.locator("ol.timeline li")).to_have_count(4)  # idle, downloading, activating, active
+    expect(page.locator("ol.timeline")).to_contain_text("activating")
+    for chart in ("#chart-latency", "#chart-throughput", "#chart-errors", "#chart-util"):
+        assert _points(page, chart) > 30, chart
+    expect(page.locator("#chart-util .u-legend")).to_contain_text("GPU 0")
+
+
+def test_failed_device_shows_its_error(page: Page, dash: Dash) -> None:
+    dev = dash.fleet.by_state["failed"][0]
+    login(page, dash, "viewer", f"/devices/{dev}")
+    expect(page.locator("[data-state]")).to_have_text("failed")
+    expect(page.locator("p.alert")).to_contain_text("golden_mismatch")
+    expect(page.locator("table.compare tr.mismatch")).not_to_have_count(0)
+
+
+def test_models_page_lists_versions_and_where_they_run(page: Page, dash: Dash) -> None:
+    login(page, dash, "viewer", "/models")
+    expect(page.locator("tr[data-model]")).to_have_count(4)
+    row = page.locator("tr[data-model='mobilenet-like:1.1.0']")
+    expect(row).to_contain_text("classification")
+    expect(row).to_contain_text("recorded")
+    candidate = page.locator("tr[data-model='tiny-detector:0.5.0-rc.1']")
+    expect(candidate).to_contain_text("detection")
+    expect(candidate.locator("td.num").nth(1)).to_have_text("0")  # running nowhere: it failed or is on its way
+
+
+def test_overview_updates_live_without_reload(page: Page, dash: Dash) -> None:
+    login(page, dash, "viewer", "/")
+    before = int(page.inner_text("[data-count=offline]"))
+    page.evaluate("() => { window.__marker = 1; }")  # survives only if the page is not reloaded
+    dev = dash.fleet.by_state["online"][0]
+    now = time.time()
+    dash.hub.hub.store.enqueue_status(DeviceStatus(device_id=dev, state="offline", ts=now), now)
+    expect(page.locator("[data-count=offline]")).to_have_text(str(before + 1))
+    assert page.evaluate("() => window.__marker") == 1
+    dash.fleet.by_state["online"].remove(dev)
+    dash.fleet.by_state["offline"].append(dev)
+
+
+def test_logout_ends_the_session(page: Page, dash: Dash) -> None:
+    login(page, dash, "viewer", "/")
+    page.click("text=Log out")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto(dash.url + "/devices")
+    expect(page).to_have_url(re.compile(r"/login\?next=/devices$"))

@@ -1,0 +1,213 @@
+"""The dashboard over plain HTTP: sessions, security headers, CSRF, roles, and malformed or hostile input."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from fleet.messages import ErrorInfo, Phase, ReportedState
+from hub.dashboard.session import COOKIE, csrf_token
+from tests.hub.dashboard.conftest import Dash
+
+PAGES = ["/", "/devices", "/models", "/rollouts"]
+
+
+def _csrf(c: httpx.Client) -> str:
+    return csrf_token(c.cookies[COOKIE])
+
+
+def test_pages_need_a_session(dash: Dash) -> None:
+    with dash.client(None) as c:
+        for path in [*PAGES, "/devices/x", "/ui/overview", "/ui/devices", "/ui/data/fleet"]:
+            r = c.get(path)
+            assert r.status_code == 303, path
+            assert r.headers["location"].startswith("/login?next=")
+        r = c.get("/ui/devices?state=failed", headers={"HX-Request": "true"})
+        assert r.status_code == 401
+        assert r.headers["HX-Redirect"] == "/login?next=/ui/devices%3Fstate%3Dfailed"
+        assert c.get("/live").status_code == 401
+        c.cookies.set(COOKIE, "eft_forged")
+        assert c.get("/").status_code == 303
+        c.cookies.set(COOKIE, "x" * 5000)
+        assert c.get("/").status_code == 303
+
+
+def test_login_cookie_and_security_headers(dash: Dash) -> None:
+    with dash.client(None) as c:
+        r = c.post("/login", data={"token": dash.tokens["viewer"], "next": "/devices?state=failed"})
+        assert r.status_code == 303
+        assert r.headers["location"] == "/devices?state=failed"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie
+        assert "samesite=strict" in cookie
+        assert "path=/" in cookie
+        for path in [*PAGES, "/login", "/static/app.js"]:
+            r = c.get(path)
+            assert r.status_code == 200, path
+            csp = r.headers["content-security-policy"]
+            assert "script-src 'self'" in csp
+            assert "unsafe-inline" not in csp
+            assert "frame-ancestors 'none'" in csp
+            assert r.headers["x-frame-options"] == "DENY"
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["referrer-policy"] == "same-origin"
+        assert "<script>" not in c.get("/").text  # no inline scripts: every script has a src
+        api = c.get("/api/v1/devices", headers={"Authorization": f"Bearer {dash.tokens['viewer']}"})
+        assert api.status_code == 200
+        assert "content-security-policy" not in api.headers  # the REST API and /docs are left alone
+        assert c.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)", "", "x" * 2000]
+)
+def test_login_never_redirects_off_site(dash: Dash, target: str) -> None:
+    with dash.client(None) as c:
+        r = c.post("/login", data={"token": dash.tokens["viewer"], "next": target})
+        assert r.status_code == 303
+        assert r.headers["location"] == "/"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"token": ""},
+        {"token": "   "},
+        {"token": "eft_" + "A" * 300},
+        {"token": "bearer-less\nInjected: header"},
+        {"token": "\x00\xff"},
+    ],
+)
+def test_login_refuses_bad_tokens(dash: Dash, data: dict[str, str]) -> None:
+    with dash.client(None) as c:
+        r = c.post("/login", data=data)
+        assert r.status_code == 401
+        assert "set-cookie" not in r.headers
+        assert 'role="alert"' in r.text
+
+
+def test_login_refuses_oversized_and_cross_origin_forms(dash: Dash) -> None:
+    with dash.client(None) as c:
+        r = c.post("/login", data={"token": "a" * 100_000})
+        assert r.status_code in (400, 401, 413)
+        assert "set-cookie" not in r.headers
+        r = c.post("/login", data={"token": dash.tokens["viewer"]}, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+        assert "set-cookie" not in r.headers
+
+
+def test_logout_needs_the_csrf_token(dash: Dash) -> None:
+    with dash.client("viewer") as c:
+        assert c.post("/logout", data={}).status_code == 403
+        assert c.post("/logout", data={"csrf": "0" * 40}).status_code == 403
+        assert c.get("/").status_code == 200  # still logged in
+        r = c.post("/logout", data={"csrf": _csrf(c)})
+        assert r.status_code == 303
+        assert COOKIE not in c.cookies or not c.cookies[COOKIE]
+        assert c.get("/").status_code == 303
+
+
+def test_commands_need_operator_csrf_and_same_origin(dash: Dash) -> None:
+    paused = dash.rollouts[0]
+    with dash.client("viewer") as c:
+        r = c.post(f"/rollouts/{paused}/resume", data={"csrf": _csrf(c)})
+        assert r.status_code == 403
+        assert "operator role" in r.text
+    with dash.client("operator") as c:
+        r = c.post(f"/rollouts/{paused}/resume", data={})
+        assert r.status_code == 403
+        assert "CSRF" in r.text
+        h = {"X-CSRF-Token": _csrf(c), "Origin": "https://evil.example"}
+        assert c.post(f"/rollouts/{paused}/resume", headers=h).status_code == 403
+        h = {"X-CSRF-Token": _csrf(c), "HX-Request": "true"}
+        r = c.post(f"/rollouts/{paused}/explode", headers=h)
+        assert r.status_code == 400
+        assert "unknown command" in r.text
+        r = c.post("/rollouts/r-000000000000/pause", headers=h)
+        assert r.status_code == 404
+        r = c.post(f"/rollouts/{dash.rollouts[1]}/pause", headers=h)  # completed
+        assert r.status_code == 409
+        assert "cannot pause" in r.text
+    assert dash.hub.hub.rollouts.get(paused).state.value == "paused"
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "text"),
+    [
+        ("state=bogus", 400, "unknown state"),
+        ("sort=password_hash", 400, "unknown sort column"),
+        ("page=0", 400, "page must be a number"),
+        ("page=-1", 400, "page must be a number"),
+        ("page=1e9", 400, "page must be a number"),
+        ("page=99999", 200, "data-matched"),  # beyond the last page: the last page
+        ("selector=" + "a" * 600, 400, "longer than 512"),
+        ("selector=site+in+(berlin", 200, "Invalid selector"),
+        ("selector=%00%ff", 200, "Invalid selector"),
+        ("version=nope:9.9.9", 200, "No device matches"),
+    ],
+)
+def test_device_table_bad_queries(dash: Dash, query: str, status: int, text: str) -> None:
+    with dash.client("viewer") as c:
+        for path in ("/devices", "/ui/devices"):
+            r = c.get(f"{path}?{query}")
+            assert r.status_code == status, (path, r.text[:300])
+            assert text in r.text
+
+
+def test_unknown_things_are_404_pages(dash: Dash) -> None:
+    with dash.client("viewer") as c:
+        for path in ("/devices/no-such-device", "/rollouts/r-0000000000", "/ui/data/devices/no-such-device"):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            assert "text/html" in r.headers["content-type"]
+        assert c.get("/rollouts/" + "r" * 100).status_code == 400
+        assert c.get("/ui/data/fleet?range=9y").status_code == 400
+        assert c.get("/devices/%3Cscript%3E").status_code == 404
+
+
+def test_chart_data(dash: Dash) -> None:
+    dev = dash.fleet.gpu_devices[0]
+    with dash.client("viewer") as c:
+        fleet = c.get("/ui/data/fleet?range=1h").json()
+        assert len(fleet["x"]) >= 60
+        assert sum(v for v in fleet["charts"]["rps"][0]["values"] if v) > 0
+        day = c.get("/ui/data/fleet?range=24h").json()
+        assert 280 <= len(day["x"]) <= 290  # 5-minute grid
+        d = c.get(f"/ui/data/devices/{dev}?range=6h").json()
+        assert [s["label"] for s in d["charts"]["latency"]] == ["p50", "p95", "p99"]
+        assert [s["label"] for s in d["util"]["series"]] == ["CPU", "GPU 0"]
+        assert all(v is None or 0 <= v <= 100 for s in d["util"]["series"] for v in s["values"])
+
+
+def test_hostile_device_text_is_escaped(dash: Dash) -> None:
+    dev = dash.fleet.by_state["online"][-1]
+    now = time.time()
+    err = ErrorInfo(code="x<script>", message='<img src=x onerror="alert(1)"><script>alert(2)</script>', at=now)
+    msg = ReportedState(device_id=dev, seq=10_000, ts=now, desired_version=None, phase=Phase.FAILED, error=err)
+    dash.hub.hub.store.enqueue_reported(msg, now)
+    dash.hub.hub.store.flush()
+    with dash.client("viewer") as c:
+        for path in (f"/devices/{dev}", "/devices?state=failed"):
+            body = c.get(path).text
+            assert "<script>alert" not in body
+            assert "<img src=x" not in body
+        assert "&lt;script&gt;alert(2)&lt;/script&gt;" in c.get(f"/devices/{dev}").text
+
+
+def test_live_stream_sends_an_update_when_the_fleet_changes(dash: Dash) -> None:
+    with (
+        dash.client("viewer") as c,
+        c.stream("GET", "/live", headers={"Accept": "text/event-stream"}, timeout=30) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert next(lines).startswith("retry: ")
+        dash.hub.hub.store.add_event(time.time(), "test", "test.ping", "hub", {})
+        for line in lines:
+            if line == "event: update":
+                break
+        assert next(lines).startswith("data: {")

@@ -1,0 +1,76 @@
+"""Rollout pages in headless chromium: gates with their numbers, operator commands, a viewer refused."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from hub.rollouts.model import RolloutSpec
+from tests.hub.dashboard.conftest import Dash, login
+
+
+@pytest.fixture
+def running(dash: Dash) -> Iterator[str]:
+    """A running rollout of the detector candidate (its devices never answer: it stays in wave 1)."""
+    spec = RolloutSpec(model="tiny-detector", version="0.5.0-rc.1", selector="app=detect,hw=cpu", bake_s=60)
+    r = dash.hub.hub.rollouts.start_rollout(spec, actor="test")
+    yield r.id
+    rollout = dash.hub.hub.rollouts.get(r.id)
+    if rollout.state.active:
+        dash.hub.hub.rollouts.command(r.id, "abort", actor="test")
+
+
+def test_rollout_list_and_gates(page: Page, dash: Dash) -> None:
+    paused, completed = dash.rollouts
+    login(page, dash, "viewer", "/rollouts")
+    expect(page.locator(f"tr[data-rollout='{completed}']")).to_contain_text("completed")
+    page.click(f"a[href='/rollouts/{paused}']")
+    expect(page).to_have_url(dash.url + f"/rollouts/{paused}")
+    expect(page.locator("[data-rollout-state]")).to_have_text("paused")
+    expect(page.locator("[data-reason]")).to_contain_text("p95_latency")
+    failed_wave = page.locator("section[data-wave='2']")
+    gate = failed_wave.locator("tr[data-gate='p95_latency']")
+    expect(gate).to_have_attribute("data-status", "fail")
+    expect(gate).to_contain_text("0.3359")  # the measured regression
+    expect(gate).to_contain_text("0.2")  # the limit
+    expect(gate).to_contain_text("wave_p95_ms=17.1")
+    expect(gate).to_contain_text("over 20%")
+    expect(failed_wave.locator("tr[data-status='pass']")).to_have_count(3)
+    expect(page.locator("section[data-wave='0'] tr[data-gate='error_rate']")).to_have_attribute("data-status", "pass")
+    expect(page.locator("button[data-action='pause']")).to_be_disabled()  # paused already
+
+
+def test_viewer_is_refused_and_operator_pauses(page: Page, dash: Dash, running: str) -> None:
+    login(page, dash, "viewer", f"/rollouts/{running}")
+    expect(page.locator("[data-rollout-state]")).to_have_text("running")
+    page.click("button[data-action='pause']")
+    expect(page.locator("#action-result .alert")).to_contain_text("needs the operator role")
+    assert dash.hub.hub.rollouts.get(running).state.value == "running"
+
+    page.click("text=Log out")
+    login(page, dash, "operator", f"/rollouts/{running}")
+    page.fill("#reason", "checking the canary by hand")
+    page.click("button[data-action='pause']")
+    expect(page.locator("#action-result .notice")).to_contain_text("pause accepted")
+    expect(page.locator("[data-rollout-state]")).to_have_text("paused")
+    expect(page.locator("[data-reason]")).to_contain_text("checking the canary by hand")
+    stored = dash.hub.hub.rollouts.get(running)
+    assert stored.state.value == "paused"
+    assert stored.reason == "checking the canary by hand"
+    events = dash.hub.hub.store.list_events(since=None, until=None, subject=f"rollout/{running}",
+                                             action="rollout.pause", limit=5)  # fmt: skip
+    assert events and events[0].actor == "dash-operator"
+    page.click("button[data-action='resume']")
+    expect(page.locator("[data-rollout-state]")).to_have_text("running")
+
+
+def test_overview_lists_active_rollouts(page: Page, dash: Dash, running: str) -> None:
+    login(page, dash, "viewer", "/")
+    expect(page.locator(f"tr[data-rollout='{running}']")).to_contain_text("running")
+    expect(page.locator(f"tr[data-rollout='{dash.rollouts[0]}']")).to_contain_text("3 / 4")
+    expect(page.locator(f"tr[data-rollout='{dash.rollouts[1]}']")).to_have_count(0)  # completed: not active
+    page.click(f"a[href='/rollouts/{running}']")
+    expect(page).to_have_url(re.compile(rf"/rollouts/{running}$"))

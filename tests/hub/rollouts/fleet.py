@@ -1,0 +1,202 @@
+"""End-to-end rollout fixtures: a real hub on Mosquitto, real in-process agents with traffic, simulated agents.
+
+Models are small classifiers (`cls`): 1.0.0 and 2.0.0 (other weights), 3.0.0 (slow on simulated agents:
+their profile says so), 3.1.0 (really heavier: it runs the network on its input upscaled 8x) and 2.1.0 =
+1.0.0 with its labels permuted (disagrees in shadow).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from agent.headless import HeadlessServing
+from agent.runtime import Agent
+from agent.settings import AgentSettings
+from agent.sim.config import SimConfig
+from agent.sim.enrol import enrol_via_hub
+from agent.sim.profile import Profiles
+from agent.sim.swarm import Simulator
+from fleet.bundle import DeviceBundle
+from fleet.codec import decode
+from fleet.messages import DesiredState, SignedEnvelope
+from fleet.topics import TopicKind
+from models.cli import write_model
+from models.errors import ModelError
+from models.samples import build_classifier, classifier_descriptor
+from tests.support.broker import Broker
+from tests.support.hub import RunningHub, start_hub
+from tests.support.mqtt import TestClient, wait_for
+
+HUB_OVERRIDES: dict[str, Any] = {
+    "rollouts": {"tick_interval_s": 0.2, "telemetry_grace_s": 0.4},
+}
+# simulated devices are slower than the real ones here, so a real canary never looks slow against them
+PROFILES = ["*:p50=20ms,p95=40ms,rps=100", "3.0.0:p50=200ms,p95=400ms,rps=100"]
+
+
+def permute_output(model: onnx.ModelProto, output: str, indices: list[int]) -> onnx.ModelProto:
+    """The same network with `output` gathered along axis 1 by `indices` (labels permuted)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inner = f"{output}_unpermuted"
+    for node in m.graph.node:
+        node.output[:] = [inner if o == output else o for o in node.output]
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray(indices, dtype=np.int64), "permutation"))
+    m.graph.node.append(helper.make_node("Gather", [inner, "permutation"], [output], axis=1))
+    return m
+
+
+def upscale_input(model: onnx.ModelProto, factor: int) -> onnx.ModelProto:
+    """The same network run on its input resized `factor` times larger: a genuinely heavier model."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inner = "image_upscaled"
+    for node in m.graph.node:
+        node.input[:] = [inner if i == "image" else i for i in node.input]
+    scales = np.asarray([1, 1, factor, factor], dtype=np.float32)
+    m.graph.initializer.append(numpy_helper.from_array(scales, "upscale"))
+    m.graph.node.insert(0, helper.make_node("Resize", ["image", "", "upscale"], [inner], mode="nearest"))
+    return m
+
+
+@pytest.fixture(scope="session", name="cls_models")
+def cls_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """version -> (onnx, descriptor yaml), validated."""
+    out = tmp_path_factory.mktemp("rollout-models")
+    models = {
+        "1.0.0": build_classifier(10, seed=0),
+        "2.0.0": build_classifier(10, seed=1),
+        "3.0.0": build_classifier(10, seed=2),
+        "2.1.0": permute_output(build_classifier(10, seed=0), "logits", [(i + 3) % 10 for i in range(10)]),
+        "3.1.0": upscale_input(build_classifier(10, seed=2), 8),  # ~70x the compute of 1.0.0
+    }
+    found = {}
+    for version, model in models.items():
+        desc = classifier_descriptor(10, 32, 32, name="cls").model_copy(update={"version": version})
+        onnx_path, yaml_path = write_model(model, desc, out, f"cls-{version}")
+        found[version] = (onnx_path, yaml_path)
+    return found
+
+
+def _traffic(serving: HeadlessServing, stop: threading.Event) -> None:
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    while not stop.wait(0.01):
+        try:
+            serving.infer({"image": x})
+        except ModelError:
+            pass
+
+
+@dataclass
+class Fleet:
+    """A hub with devices: `real(...)` in-process agents serving traffic, `sims(...)` simulated ones."""
+
+    hub: RunningHub
+    tmp: Path
+    broker: Broker
+    agents: list[Agent] = field(default_factory=list)
+    servings: dict[str, HeadlessServing] = field(default_factory=dict)
+    sim: Simulator | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    desired_log: list[DesiredState] = field(default_factory=list)
+    _watch: TestClient | None = None
+
+    def push(self, models: dict[str, tuple[Path, Path]], *versions: str) -> None:
+        for v in versions:
+            r = self.hub.push_model(*models[v])
+            assert r.status_code in (200, 201), r.text
+
+    def real(self, device_id: str, labels: dict[str, str]) -> None:
+        with self.hub.client() as api:
+            r = api.post("/api/v1/devices", json={"id": device_id, "labels": labels})
+            assert r.status_code == 201, r.text
+            bundle = DeviceBundle.model_validate(r.json()["bundle"])
+        settings = AgentSettings.model_validate(
+            {
+                "data_dir": self.tmp / device_id,
+                "link": {"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "keepalive_s": 5, "publish_timeout_s": 2},
+                "download": {"rewant_after_s": 1.0},
+                "telemetry": {"interval_s": 0.2},
+                "activation": {"warmup_runs": 1, "report_interval_s": 0.05},
+            }
+        )
+        serving = HeadlessServing(seed=1)
+        agent = Agent(bundle, settings, serving)
+        agent.start()
+        self.agents.append(agent)
+        self.servings[device_id] = serving
+        t = threading.Thread(target=_traffic, args=(serving, self._stop), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def sims(self, n: int, labels: dict[str, str], *, prefix: str = "sim") -> list[str]:
+        identities = enrol_via_hub(self.hub.url, self.hub.admin_token, n, id_prefix=prefix, labels=labels)
+        config = SimConfig(telemetry_s=0.2, want_retry_s=0.5, activation_s=0.05, seed=3)
+        self.sim = Simulator(identities, config, Profiles.parse(PROFILES), self.tmp / "cache", threads=2, tick_s=0.05)
+        self.sim.start()
+        return [i.device_id for i in identities]
+
+    def watch_desired(self) -> None:
+        """Record every desired state published from now on (to check nothing is sent twice)."""
+        topics = self.hub.hub.topics
+        self._watch = TestClient(self.broker.host, self.broker.port)
+        self._watch.client.on_message = lambda _c, _u, msg: self.desired_log.append(
+            DesiredState.model_validate(decode(msg.payload, SignedEnvelope).body)
+        )
+        self._watch.subscribe(topics.subscription(TopicKind.DESIRED))
+
+    # -- API helpers ----------------------------------------------------------------------------------
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        with self.hub.client() as c:
+            r = c.request(method, path, **kw)
+            assert r.status_code < 400, r.text
+            return r.json()
+
+    def deploy(self, version: str, selector: str) -> None:
+        self.api("POST", "/api/v1/deployments", json={"model": "cls", "version": version, "selector": selector})
+
+    def active_versions(self, selector: str) -> dict[str, str | None]:
+        rows = self.api("GET", "/api/v1/devices", params={"selector": selector})
+        return {r["id"]: (r["active_model"] or ":").split(":")[1] or None for r in rows}
+
+    def wait_all_active(self, version: str, selector: str, timeout: float = 60) -> None:
+        wait_for(lambda: set(self.active_versions(selector).values()) == {version}, timeout=timeout, interval=0.1)
+
+    def wait_rollout(self, rollout_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 90) -> Any:
+        def check() -> Any:
+            s = self.api("GET", f"/api/v1/rollouts/{rollout_id}")
+            return s if until(s) else None
+
+        return wait_for(check, timeout=timeout, interval=0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        if self._watch is not None:
+            self._watch.close()
+        if self.sim is not None:
+            self.sim.stop()
+        for agent in self.agents:
+            agent.stop()
+
+
+@pytest.fixture(name="fleet")
+def fleet_fixture(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[Fleet]:
+    hub = start_hub(tmp_path / "hub", broker.url, topic_prefix, **HUB_OVERRIDES)
+    f = Fleet(hub, tmp_path, broker)
+    try:
+        yield f
+    finally:
+        f.close()
+        hub.stop()

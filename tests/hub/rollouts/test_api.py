@@ -1,0 +1,169 @@
+"""The rollout API and engine on a real hub: bad input, roles, conflicts, commands, restart continuity.
+
+The hub's own tick is slowed to every 10 minutes here; tests call `engine.tick(now)` themselves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.rollouts.controller import step
+from hub.rollouts.engine import COLLECTION, RolloutEngine
+from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
+from tests.support.broker import Broker
+from tests.support.hub import RunningHub, start_hub
+
+MODEL = "mobilenet-like"
+
+
+def _hub(broker: Broker, data_dir: Path, samples: Path) -> RunningHub:
+    prefix = f"test/{uuid.uuid4().hex[:12]}/fleet/v1"
+    h = start_hub(data_dir, broker.url, prefix, rollouts={"tick_interval_s": 600})
+    r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
+    assert r.status_code == 201, r.text
+    with h.client() as c:
+        for i in range(6):
+            site = "a" if i < 4 else "b"
+            assert c.post("/api/v1/devices", json={"id": f"cam-{i}", "labels": {"site": site}}).status_code == 201
+    return h
+
+
+@pytest.fixture
+def hub(broker: Broker, tmp_path: Path, samples: Path) -> Iterator[RunningHub]:
+    h = _hub(broker, tmp_path / "hub", samples)
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_hub(broker: Broker, tmp_path_factory: pytest.TempPathFactory, samples: Path) -> Iterator[RunningHub]:
+    """One hub for the tests that only get refused (they change nothing)."""
+    h = _hub(broker, tmp_path_factory.mktemp("hub"), samples)
+    yield h
+    h.stop()
+
+
+def body(**kw: Any) -> dict[str, Any]:
+    return {"model": MODEL, "version": "1.0.0", "selector": "site=a", "bake_s": 1, **kw}
+
+
+def error(r: httpx.Response) -> tuple[int, str, str]:
+    e = r.json()["error"]
+    return r.status_code, e["code"], e["message"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code", "words"),
+    [
+        (body(version="9.9.9"), 404, "not_found", "9.9.9"),
+        (body(selector="site=nowhere"), 400, "no_match", "matches no"),
+        (body(selector="site in (a"), 400, "invalid_selector", "position"),
+        (body(selector="x" * 5000), 400, "invalid_request", "selector"),
+        (body(waves=["10%", "5%", "100%"]), 400, "invalid_request", "increase"),
+        (body(waves=["1", "50%"]), 400, "invalid_request", "100%"),
+        (body(bake_s=-1), 400, "invalid_request", "bake_s"),
+        (body(on_failure="explode"), 400, "invalid_request", "on_failure"),
+        (body(shadow_rate=0), 400, "invalid_request", "shadow_rate"),
+        (body(gates={"max_error_rate": 2}), 400, "invalid_request", "max_error_rate"),
+        (body(gates={"bogus": 1}), 400, "invalid_request", "bogus"),
+        (body(extra=1), 400, "invalid_request", "extra"),
+        ({"model": MODEL}, 400, "invalid_request", "version"),
+        (body(version="not-semver"), 400, "invalid_request", "version"),
+        (body(model="../etc"), 400, "invalid_request", "model"),
+    ],
+)
+def test_bad_starts_are_refused_with_the_reason_and_store_nothing(
+    shared_hub: RunningHub, payload: dict[str, Any], status: int, code: str, words: str
+) -> None:
+    with shared_hub.client() as c:
+        got = error(c.post("/api/v1/rollouts", json=payload))
+        assert got[:2] == (status, code), got
+        assert words in got[2]
+        assert c.get("/api/v1/rollouts").json() == []
+
+
+def test_malformed_and_oversized_bodies_are_refused(shared_hub: RunningHub) -> None:
+    with shared_hub.client() as c:
+        for content in (b"{", b"[]", b"\xff\xfe", b"null", b'{"model": ' + b"[" * 5000 + b"]" * 5000 + b"}"):
+            r = c.post("/api/v1/rollouts", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (content[:20], r.text)
+        r = c.post("/api/v1/rollouts", json=body(waves=["1"] * 100))
+        assert r.status_code == 400
+
+
+def test_roles_and_unknown_ids(hub: RunningHub) -> None:
+    viewer = hub.token("viewer")
+    with hub.client(token=None) as anon, hub.client(token=viewer) as v, hub.client() as admin:
+        assert anon.get("/api/v1/rollouts").status_code == 401
+        assert v.get("/api/v1/rollouts").status_code == 200
+        assert error(v.post("/api/v1/rollouts", json=body()))[:2] == (403, "forbidden")
+        rid = admin.post("/api/v1/rollouts", json=body()).json()["id"]
+        assert v.post(f"/api/v1/rollouts/{rid}/pause").status_code == 403
+        assert error(admin.get("/api/v1/rollouts/r-doesnotexist"))[:2] == (404, "not_found")
+        assert error(admin.post("/api/v1/rollouts/r-doesnotexist/pause"))[:2] == (404, "not_found")
+        assert admin.post(f"/api/v1/rollouts/{rid}/explode").status_code in (404, 405)
+        assert admin.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "x" * 501}).status_code == 400
+        assert admin.post(f"/api/v1/rollouts/{rid}/pause", json={"why": "x"}).status_code == 400
+        assert admin.get("/api/v1/rollouts", params={"state": "bogus"}).status_code == 400
+
+
+def test_a_conflicting_rollout_is_refused_naming_the_owner_and_commands_follow_the_state(hub: RunningHub) -> None:
+    with hub.client() as c:
+        first = c.post("/api/v1/rollouts", json=body()).json()
+        assert first["state"] == "running" and first["devices"] == 4
+        status, code, message = error(c.post("/api/v1/rollouts", json=body(selector="site")))
+        assert (status, code) == (409, "rollout_conflict") and first["id"] in message
+        # disjoint devices: fine
+        other = c.post("/api/v1/rollouts", json=body(selector="site=b"))
+        assert other.status_code == 201, other.text
+        rid = first["id"]
+        assert c.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}).json()["reason"] == "lunch"
+        assert error(c.post(f"/api/v1/rollouts/{rid}/pause"))[:2] == (409, "invalid_transition")
+        assert c.post(f"/api/v1/rollouts/{rid}/resume").json()["state"] == "running"
+        assert c.post(f"/api/v1/rollouts/{rid}/abort").json()["state"] == "aborted"
+        assert error(c.post(f"/api/v1/rollouts/{rid}/resume"))[:2] == (409, "invalid_transition")
+        assert error(c.post(f"/api/v1/rollouts/{rid}/rollback"))[:2] == (409, "invalid_transition")
+        # aborted: its devices are free again
+        assert c.post("/api/v1/rollouts", json=body()).status_code == 201
+        listed = c.get("/api/v1/rollouts", params={"active": True}).json()
+        assert len(listed) == 2 and all(x["state"] == "running" for x in listed)
+        events = c.get("/api/v1/events", params={"subject": f"rollout/{rid}"}).json()
+        assert [e["action"] for e in events][::-1] == ["rollout.start", "rollout.pause", "rollout.resume",
+                                                       "rollout.abort"]  # fmt: skip
+
+
+def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub: RunningHub) -> None:
+    h = hub.hub
+    engine: RolloutEngine = h.rollouts
+    r = engine.start_rollout(RolloutSpec.model_validate(body(waves=["1", "100%"])), actor="t")
+    now = time.time()
+    # a crash right after the transition was stored, before anything was published
+    s = step(r, engine.fleet(now), engine.telemetry, now=now)
+    assert s.rollout.waves[0].phase is WavePhase.ACTIVATING and len(s.targets) == 1
+    h.store.put_doc(COLLECTION, r.id, s.rollout.model_dump(mode="json"))
+    assert all(d.rollout_id != r.id for d in h.store.list_desired())
+    restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
+    assert restarted.get(r.id) == s.rollout
+    restarted.tick(now + 0.1)
+    (canary,) = s.rollout.members(0)
+    desired = h.store.get_desired(canary)
+    assert desired is not None and desired.rollout_id == r.id and desired.model_version == "1.0.0"
+    # more ticks, and another restart: nothing new is signed for the same step
+    again = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
+    for i in range(3):
+        again.tick(now + 1 + i)
+    assert h.store.get_desired(canary) == desired
+    assert [d.device_id for d in h.store.list_desired() if d.rollout_id == r.id] == [canary]
+    # devices never came online: after the offline timeout the wave pauses, with the reason stored
+    spec = s.rollout.spec
+    again.tick(now + spec.offline_timeout_s + 1)
+    stored = Rollout.model_validate(h.store.get_doc(COLLECTION, r.id))
+    assert stored.state is RolloutState.PAUSED and "availability" in (stored.reason or "")
+    assert stored.seq > s.rollout.seq
