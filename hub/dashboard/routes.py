@@ -151,9 +151,12 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
         try:
             if not token:
                 raise Unauthorized("enter an API token")
-            await run_in_threadpool(hub.auth.authenticate, f"Bearer {token}")
+            from hub.api.security import authenticate_header  # noqa: PLC0415  (it imports the dashboard)
+
+            await run_in_threadpool(authenticate_header, request, f"Bearer {token}")  # failed-auth limit
         except HubError as e:
-            return pages.html(request, "login.html", None, status=401, next=target, failed=e.message)
+            status = 429 if e.status == 429 else 401
+            return pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
         resp = RedirectResponse(target, status_code=303)
         session.set_session(resp, token, pages.settings)
         return resp

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.broker import Broker
@@ -103,3 +104,14 @@ def test_every_mutating_call_is_audited_refused_ones_too(running_hub: RunningHub
     assert any(m == "DELETE" and actor == "anonymous" for m, _s, _st, actor in calls)
     assert ("POST", "/api/v1/tokens", 201, "admin") in calls  # h.token() above
     assert not any(m == "GET" for m, *_r in calls)  # reads are not mutating calls
+
+
+def test_dashboard_login_shares_the_failed_auth_limit(strict_hub: RunningHub) -> None:
+    with httpx.Client(base_url=strict_hub.url, follow_redirects=False, timeout=30) as c:
+        codes = [c.post("/login", data={"token": "eft_guess", "next": "/"}).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        r = c.post("/login", data={"token": strict_hub.admin_token, "next": "/"})
+        assert r.status_code == 429 and "too many failed authentications" in r.text
+        page = c.get("/login")
+        assert "content-security-policy" in page.headers and page.headers["x-frame-options"] == "DENY"
+    record("attack", "token guessing (dashboard login form)", "refused", 2)
