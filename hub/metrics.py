@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hub.rollouts.metrics import rollout_metrics
+
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
@@ -51,6 +53,7 @@ class HubCollector(Collector):
         for state, n in sorted(counts.items()):
             states.add_metric([state], n)
         yield states
+        yield from rollout_metrics(hub.rollouts)
 
 
 def metrics_text(hub: Hub) -> bytes:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.api.deps import Operator, Viewer
 from hub.rollouts.engine import RolloutEngine
 from hub.rollouts.model import RolloutSpec, RolloutState
-from hub.rollouts.views import status_view, summary_view
+from hub.rollouts.views import status_view
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -45,9 +45,10 @@ def rollouts_router(hub: Hub) -> APIRouter:
         state: Annotated[RolloutState | None, Query(description="only rollouts in this state")] = None,
         active: Annotated[bool, Query(description="only running, paused or rolling-back rollouts")] = False,
     ) -> list[dict[str, Any]]:
-        found = engine().all()
         return [
-            summary_view(x) for x in found if (state is None or x.state is state) and (not active or x.state.active)
+            x
+            for x in engine().summaries()
+            if (state is None or x["state"] == state.value) and (not active or RolloutState(x["state"]).active)
         ]
 
     @r.get("/{rollout_id}", summary="A rollout's status: each wave's device counts per state and its gates")

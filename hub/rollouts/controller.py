@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fleet.messages import RuntimeOptions
 from hub.rollouts.cohort import DeviceView, Target, classify, targets
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.gates import (
@@ -41,11 +42,15 @@ class Step:
     events: list[Event] = field(default_factory=list)
 
 
+_DEFAULT_RUNTIME = RuntimeOptions().model_dump(mode="json")
+
+
 def _entry(view: DeviceView, wave: int, now: float) -> DeviceEntry:
     prev = view.desired_model
+    runtime = {} if view.desired_runtime == _DEFAULT_RUNTIME else dict(view.desired_runtime)  # {}: the defaults
     return DeviceEntry(
         wave=wave, prev_model=prev[0] if prev else None, prev_version=prev[1] if prev else None,
-        prev_runtime=dict(view.desired_runtime), joined_at=now,
+        prev_runtime=runtime, joined_at=now,
     )  # fmt: skip
 
 

@@ -27,11 +27,13 @@ from hub.rollouts.controller import Command, Event, command, new_rollout, step
 from hub.rollouts.errors import RolloutConflict
 from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
+from hub.rollouts.views import summary_view
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Store
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
+INDEX = "rollout_index"  # one small summary per rollout, so that listing never loads whole records
 
 
 def _ref(model: Any) -> Ref | None:
@@ -77,6 +79,7 @@ class StoreTelemetry:
                 shadow_version=t.shadow_version,
                 shadow_samples=t.shadow_samples,
                 shadow_agreements=t.shadow_agreements,
+                shadow_delta_ms_sum=t.shadow_delta_ms_sum,
             )
             for t in self.store.telemetry_totals(device_ids, since=since, until=until)
         ]
@@ -103,7 +106,9 @@ class RolloutEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.tick_errors = 0
+        self.publish_errors = 0
         self._active: dict[str, Rollout] = {}
+        indexed = {key for key, _doc in store.list_docs(INDEX)}
         for key, doc in store.list_docs(COLLECTION):
             try:
                 r = Rollout.model_validate(doc)
@@ -112,6 +117,8 @@ class RolloutEngine:
                 continue
             if r.state.active:
                 self._active[r.id] = r
+            if r.id not in indexed:  # stored by a hub from before the index
+                store.put_doc(INDEX, r.id, summary_view(r))
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,10 +153,20 @@ class RolloutEngine:
             raise NotFound(f"rollout {rollout_id} does not exist")
         return Rollout.model_validate(doc)
 
+    def active(self) -> list[Rollout]:
+        """The rollouts that own their devices now (running, paused, rolling back)."""
+        with self._lock:
+            return list(self._active.values())
+
     def all(self) -> list[Rollout]:
-        """Every rollout, newest first."""
+        """Every rollout, whole, newest first (`summaries` is the cheap listing)."""
         found = [Rollout.model_validate(doc) for _k, doc in self.store.list_docs(COLLECTION)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """A summary of every rollout (`views.summary_view`), newest first, without loading whole records."""
+        found = [doc for _k, doc in self.store.list_docs(INDEX)]
+        return sorted(found, key=lambda d: float(d.get("created_at") or 0), reverse=True)
 
     def fleet(self, now: float | None = None) -> dict[str, DeviceView]:
         """The fleet view the controller sees now."""
@@ -163,6 +180,7 @@ class RolloutEngine:
 
     def _save(self, r: Rollout, events: list[Event], actor: str, now: float) -> None:
         self.store.put_doc(COLLECTION, r.id, r.model_dump(mode="json"))
+        self.store.put_doc(INDEX, r.id, summary_view(r))
         for action, details in events:
             self.store.add_event(now, actor, action, f"rollout/{r.id}", details)
         if r.state.active:
@@ -203,7 +221,7 @@ class RolloutEngine:
             r, events = command(r, action, now=now, reason=reason)
             self._save(r, events, actor, now)
             if r.state.active:
-                self._publish(r, self.fleet(now), now)
+                self._send(r, targets(r), self.fleet(now))
         return r
 
     def tick(self, now: float | None = None) -> None:
@@ -223,9 +241,6 @@ class RolloutEngine:
                     self._save(s.rollout, s.events, "rollout-controller", now)
                 self._send(s.rollout, s.targets, fleet)
 
-    def _publish(self, r: Rollout, fleet: dict[str, DeviceView], now: float) -> None:
-        self._send(r, targets(r), fleet)
-
     def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView]) -> int:
         """Sign and publish the targets the store does not hold yet, grouped by content."""
         groups: dict[str, list[Target]] = {}
@@ -244,7 +259,8 @@ class RolloutEngine:
                 ids = [x.device_id for x in group]
                 self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id)
                 sent += len(ids)
-            except (HubError, ValueError) as e:
+            except (HubError, ValueError) as e:  # retried at the next tick (e.g. a version deleted meanwhile)
+                self.publish_errors += 1
                 log.error("rollouts: %s cannot publish step %s to %d device(s): %s", r.id, t.step, len(group), e)
         if sent:
             log.info("rollouts: %s published %d desired state(s)", r.id, sent)

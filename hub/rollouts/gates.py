@@ -29,6 +29,7 @@ class Totals:
     shadow_version: str | None = None
     shadow_samples: int = 0
     shadow_agreements: int = 0
+    shadow_delta_ms_sum: float = 0.0
 
 
 class TelemetryView(Protocol):
@@ -148,7 +149,9 @@ def shadow_gate(
     mine = [w for w in wave if w.shadow_version == candidate]
     samples = sum(w.shadow_samples for w in mine)
     agreements = sum(w.shadow_agreements for w in mine)
-    measured = {"samples": samples, "agreements": agreements, "devices": sum(w.devices for w in mine)}
+    delta = sum(w.shadow_delta_ms_sum for w in mine) / samples if samples else None
+    measured = {"samples": samples, "agreements": agreements, "devices": sum(w.devices for w in mine),
+                "mean_latency_delta_ms": delta}  # fmt: skip
     if samples < spec.min_requests:
         return GateResult(
             name="shadow_agreement", phase="shadow", status="no_data", threshold=spec.min_agreement,

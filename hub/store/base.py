@@ -167,6 +167,7 @@ class TelemetryTotals:
     latency_counts: tuple[int, ...]
     shadow_samples: int = 0
     shadow_agreements: int = 0
+    shadow_delta_ms_sum: float = 0.0  # candidate-minus-active latency, ms, times samples (summed)
 
 
 @dataclass(frozen=True)

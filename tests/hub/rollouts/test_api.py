@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState
 from hub.rollouts.controller import step
-from hub.rollouts.engine import COLLECTION, RolloutEngine
+from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
@@ -149,8 +150,10 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     assert s.rollout.waves[0].phase is WavePhase.ACTIVATING and len(s.targets) == 1
     h.store.put_doc(COLLECTION, r.id, s.rollout.model_dump(mode="json"))
     assert all(d.rollout_id != r.id for d in h.store.list_desired())
+    h.store.delete_doc(INDEX, r.id)  # as stored by a hub from before the listing index
     restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     assert restarted.get(r.id) == s.rollout
+    assert [x["id"] for x in restarted.summaries()] == [r.id]
     restarted.tick(now + 0.1)
     (canary,) = s.rollout.members(0)
     desired = h.store.get_desired(canary)
@@ -167,3 +170,62 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     stored = Rollout.model_validate(h.store.get_doc(COLLECTION, r.id))
     assert stored.state is RolloutState.PAUSED and "availability" in (stored.reason or "")
     assert stored.seq > s.rollout.seq
+
+
+def test_metrics_show_active_rollouts_and_their_wave(hub: RunningHub) -> None:
+    with hub.client() as c:
+        rid = c.post("/api/v1/rollouts", json=body()).json()["id"]
+        c.post(f"/api/v1/rollouts/{rid}/pause")
+        text = c.get("/metrics").text
+    assert 'edgefleet_hub_rollouts_active{state="paused"} 1.0' in text
+    assert 'edgefleet_hub_rollouts_active{state="running"} 0.0' in text
+    assert f'edgefleet_hub_rollout_wave{{model="{MODEL}",rollout="{rid}",state="paused",version="1.0.0"}} 0.0' in text
+    assert "edgefleet_hub_rollout_tick_errors_total 0.0" in text
+
+
+def _report(h: RunningHub, device: str, version: str, seq: int) -> None:
+    """The device says (through the hub's ingestion path) that it runs `version` of its current desired state."""
+    store = h.hub.store
+    desired = store.get_desired(device)
+    assert desired is not None and desired.sha256 is not None
+    now = time.time()
+    store.enqueue_status(DeviceStatus(device_id=device, state="online", ts=now, session="s"), now)
+    active = AppliedModel(name=MODEL, version=version, sha256=desired.sha256)
+    store.enqueue_reported(
+        ReportedState(device_id=device, seq=seq, ts=now, desired_version=desired.version, phase=Phase.ACTIVE,
+                      active=active), now,
+    )  # fmt: skip
+    store.flush()
+
+
+def test_a_rollback_whose_previous_version_was_deleted_retries_until_it_is_back(hub: RunningHub, samples: Path) -> None:
+    h = hub
+    onnx, yaml = samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml"
+    assert h.push_model(onnx, yaml, version="2.0.0").status_code == 201
+    with h.client() as c:
+        assert c.post("/api/v1/deployments", json={"model": MODEL, "version": "1.0.0", "selector": "site=b"}).is_success
+    for i, d in enumerate(("cam-4", "cam-5")):
+        _report(h, d, "1.0.0", i + 1)
+    engine: RolloutEngine = h.hub.rollouts
+    spec = RolloutSpec.model_validate(body(version="2.0.0", selector="site=b", waves=["100%"], bake_s=0,
+                                           offline_timeout_s=5))  # fmt: skip
+    r = engine.start_rollout(spec, actor="t")
+    assert all(e.prev_runtime == {} and e.prev_version == "1.0.0" for e in r.devices.values())  # {}: defaults
+    now = time.time()
+    engine.tick(now)
+    for i, d in enumerate(("cam-4", "cam-5")):
+        _report(h, d, "2.0.0", 10 + i)
+    engine.tick(now + 1)  # settled
+    engine.tick(now + 30)  # no traffic: after grace (15 s) and offline timeout the gates record no_data
+    assert engine.get(r.id).state is RolloutState.COMPLETED
+    with h.client() as c:
+        assert c.delete(f"/api/v1/models/{MODEL}/1.0.0").status_code == 204  # nobody wants it any more
+        assert c.post(f"/api/v1/rollouts/{r.id}/rollback").json()["state"] == "rolling_back"
+    assert engine.publish_errors == 1
+    engine.tick(now + 31)
+    assert engine.get(r.id).state is RolloutState.ROLLING_BACK and engine.publish_errors == 2
+    assert h.push_model(onnx, yaml).status_code == 201  # the previous version is back
+    engine.tick(now + 32)
+    engine.tick(now + 33)
+    assert engine.get(r.id).state is RolloutState.ROLLED_BACK
+    assert {h.hub.store.get_desired(d).model_version for d in ("cam-4", "cam-5")} == {"1.0.0"}  # type: ignore[union-attr]

@@ -35,7 +35,7 @@ def check(r: Rollout, w: World) -> None:
     assert all(n == 1 for n in w.published.values()), w.published
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(events, st.booleans(), st.sampled_from(["pause", "rollback"]))
 def test_random_fleets_keep_the_invariants_and_always_end(evs: list[Event], shadow: bool, on_failure: str) -> None:
     w = World(12)

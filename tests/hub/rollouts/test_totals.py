@@ -24,7 +24,7 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
     try:
         for d in ("a", "b", "c"):
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
-        sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7)
+        sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, latency_delta_ms=1.5)
         for seq, start in enumerate((100.0, 110.0, 120.0, 500.0)):
             store.enqueue_telemetry(_window("a", seq, start, "1.0.0", shadow=sh), 0)
             store.enqueue_telemetry(_window("b", seq, start, "2.0.0"), 0)
@@ -36,7 +36,7 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
         a = by[("1.0.0", "2.0.0")]
         # windows starting at 110 and 120 start in [105, 125); the one at 100 started before, 500 after
         assert (a.devices, a.windows, a.requests, a.errors) == (1, 2, 8, 2)
-        assert (a.shadow_samples, a.shadow_agreements) == (20, 14)
+        assert (a.shadow_samples, a.shadow_agreements, a.shadow_delta_ms_sum) == (20, 14, 30.0)
         assert sum(a.latency_counts) == 8 and a.latency_sum_ms == 2 * 46
         b = by[("2.0.0", None)]
         assert (b.devices, b.windows, b.shadow_samples) == (1, 2, 0)
