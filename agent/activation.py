@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ActivationError
-from fleet.messages import RuntimeOptions
+from agent.errors import ActivationError, AgentError, StoreError
+from agent.store import ModelStore, StoredModel
+from fleet.messages import AppliedModel, RuntimeOptions
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
 from models.errors import ModelError
@@ -16,13 +19,15 @@ from models.errors import ModelError
 
 @dataclass(frozen=True)
 class Loaded:
-    """A ready engine and the description it was checked against."""
+    """A ready engine, the description it was checked against, and the model as it will be reported."""
 
     engine: Engine
     descriptor: ModelDescriptor
+    applied: AppliedModel
 
     @property
     def provider(self) -> str:
+        """The execution provider the engine runs on."""
         return self.engine.active_provider
 
 
@@ -77,4 +82,49 @@ def load(
         raise ActivationError(f"{name} {version}: {e}", code=error_code(e)) from e
     except Exception as e:  # onnxruntime or numpy failing in an unforeseen way must not kill the agent
         raise ActivationError(f"{name} {version}: unexpected load failure: {e}", code="load_failed") from e
-    return Loaded(engine, desc)
+    applied = AppliedModel(
+        name=name, version=version, sha256=sha256, provider=engine.active_provider, activated_at=time.time()
+    )
+    return Loaded(engine, desc, applied)
+
+
+@dataclass
+class Restored:
+    """What `restore` started serving from the store, and what went wrong on the way."""
+
+    loaded: Loaded | None = None
+    runtime: RuntimeOptions | None = None
+    previous: AppliedModel | None = None
+    errors: list[AgentError] = field(default_factory=list)
+
+
+def restore(store: ModelStore, *, warmup_runs: int) -> Restored:
+    """Load the store's active model, or its previous one when the active one fails (not yet served).
+
+    The pointers are left as they are (for inspection); `previous` is what still counts as last-known-good.
+    """
+    out = Restored()
+    active = None
+    try:
+        active = store.active()
+        prev = store.previous()
+        out.previous = prev.model if prev else None
+    except StoreError as e:
+        out.errors.append(AgentError(str(e), code=e.code, permanent=False))
+    fallback: StoredModel | None = None
+    with contextlib.suppress(StoreError):
+        fallback = store.previous()
+    for rec in (r for r in (active, fallback) if r is not None):
+        try:
+            out.loaded = load(
+                store.blob_path(rec.sha256), rec.sha256, name=rec.model.name, version=rec.model.version,
+                descriptor=rec.descriptor, runtime=rec.runtime, warmup_runs=warmup_runs,
+            )  # fmt: skip
+        except ActivationError as e:
+            out.errors.append(e)
+            continue
+        out.runtime = rec.runtime
+        if rec is not active:  # serving previous because active failed: nothing older is known-good
+            out.previous = None
+        break
+    return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Literal
 
-from agent.errors import DownloadError, InsufficientDisk
+from agent.errors import AgentError, DownloadError, InsufficientDisk
 from agent.hooks import pause_point
 from agent.settings import DownloadSettings
 from agent.store import ModelStore
@@ -168,3 +169,123 @@ class Download:
     def cancel(self) -> None:
         """Drop the transfer and its work files (a newer desired state made it stale)."""
         self.receiver.discard()
+
+
+class Fetcher:
+    """At most one `Download` at a time, with its chunk-topic subscription, for the reconciler.
+
+    Args:
+        store: the model store.
+        device_id: this device (named in wants).
+        settings: download settings.
+        min_free_bytes: free space to leave after a blob.
+        send_want, watch, unwatch: the transport (publish a want; subscribe/unsubscribe a blob's chunks).
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        device_id: str,
+        settings: DownloadSettings,
+        *,
+        min_free_bytes: int,
+        send_want: SendWant,
+        watch: Callable[[str], None],
+        unwatch: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.device_id = device_id
+        self.settings = settings
+        self.min_free_bytes = min_free_bytes
+        self._send_want = send_want
+        self._watch = watch
+        self._unwatch = unwatch
+        self.current: Download | None = None
+        self.stray_chunks = 0
+
+    def ensure(self, manifest: BlobManifest) -> bool:
+        """Start or continue fetching `manifest`'s blob; True once it is in the store.
+
+        Raises:
+            AgentError: temporary (no disk space, disk errors: retry later) or permanent (the signed
+                manifest is inconsistent); the transfer is dropped or kept as fits.
+        """
+        sha = manifest.sha256
+        if self.current is not None and self.current.sha256 != sha:
+            self.cancel()
+        if self.current is None:
+            self._watch(sha)
+            try:
+                self.current = Download(self.store, manifest, self.device_id, self.settings, self._send_want,
+                                        min_free_bytes=self.min_free_bytes)  # fmt: skip
+            except (AgentError, OSError) as e:
+                self._unwatch(sha)
+                raise e if isinstance(e, AgentError) else DownloadError(f"cannot start {sha[:12]}: {e}") from e
+            if not self.current.complete:
+                self.current.want()
+        if self.current.complete:
+            self._finish()
+            return True
+        return False
+
+    def on_chunk(self, sha256: str, payload: bytes) -> Literal["stray", "new", "old", "complete"]:
+        """Handle one chunk frame; 'complete' when the blob just entered the store.
+
+        Raises:
+            AgentError: as for `ensure`.
+        """
+        dl = self.current
+        if dl is None or dl.sha256 != sha256:
+            self.stray_chunks += 1
+            return "stray"
+        try:
+            new = dl.on_chunk(payload)
+        except OSError as e:  # the disk failing: the chunk stays wanted
+            raise DownloadError(f"writing {sha256[:12]}: {e}") from e
+        if dl.complete:
+            self._finish()
+            return "complete"
+        return "new" if new else "old"
+
+    def _finish(self) -> None:
+        dl = self.current
+        assert dl is not None
+        try:
+            dl.finish()
+        except AgentError:
+            self.cancel()
+            raise
+        except OSError as e:
+            raise DownloadError(f"storing {dl.sha256[:12]}: {e}") from e
+        self._unwatch(dl.sha256)
+        self.current = None
+
+    def cancel(self) -> None:
+        """Drop the transfer in progress and its files."""
+        if self.current is not None:
+            log.info("cancelling download of %s", self.current.sha256[:12])
+            self._unwatch(self.current.sha256)
+            self.current.cancel()
+            self.current = None
+
+    def keep_only(self, needed: set[str]) -> None:
+        """Cancel the transfer in progress unless its blob is in `needed` (a newer desired state)."""
+        if self.current is not None and self.current.sha256 not in needed:
+            self.cancel()
+
+    def want_missing(self) -> None:
+        """Want everything still missing (the link came back)."""
+        if self.current is not None:
+            self.current.want()
+
+    def tick(self) -> None:
+        if self.current is not None:
+            self.current.tick()
+
+    def progress(self) -> DownloadProgress | None:
+        return self.current.progress() if self.current is not None else None
+
+    def close(self) -> None:
+        """Persist progress (the transfer resumes on the next start)."""
+        if self.current is not None:
+            self.current.close()

@@ -77,7 +77,10 @@ class SpoolError(AgentError):
 
 
 class ClusterError(AgentError):
-    """Cluster mode (agent.k3s) failed to inventory or apply; `permanent` says whether it retries."""
+    """Cluster mode (agent.k3s) failed to inventory or apply; `permanent` says whether a retry can help.
+
+    Base of `agent.k3s`'s errors. Permanent unless the subclass or the raiser says otherwise (RBAC denials
+    and refused objects need a person; unreachable API servers and 5xx are retried).
+    """
 
     code = "cluster_error"
-    permanent = False

@@ -178,6 +178,11 @@ class MqttLink:
         sock = c.socket()
         if sock is not None:
             sock.close()
+        # paho's wake-up socket pair (loopback TCP) is only closed in Client.__del__; when the client is
+        # collected as part of a cycle the sockets go first and warn. Close them now (private but stable).
+        reset = getattr(c, "_reset_sockets", None)
+        if callable(reset):
+            reset()
 
     # -- paho callbacks (network thread) --------------------------------------------------------------
     def _handle_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:

@@ -53,8 +53,8 @@ class ServingPort(Protocol):
 class ClusterPort(Protocol):
     """Implemented by `agent.k3s` (cluster mode); called by the control side from its own thread.
 
-    Every method blocks and returns a result or raises `agent.errors.ClusterError`-like errors carrying a
-    reason; none may take the agent down. Without Kubernetes the agent has no ClusterPort at all.
+    Every method blocks and returns a result or raises `agent.errors.ClusterError` (with a code and a
+    reason); none may take the agent down. Without Kubernetes the agent has no ClusterPort at all.
     """
 
     def inventory(self) -> list[NodeInfo]:

@@ -18,17 +18,19 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from agent import activation
-from agent.download import Download
-from agent.errors import ActivationError, AgentError, DownloadError, InsufficientDisk, StoreError
+from agent.activation import Loaded
+from agent.download import Download, Fetcher
+from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
 from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
-from agent.store import ModelStore, StoredModel, atomic_write
+from agent.state import AcceptedState
+from agent.store import ModelStore, StoredModel
 from fleet.codec import decode
 from fleet.errors import MessageError, SignatureError
 from fleet.messages import (
@@ -70,17 +72,6 @@ class Outbox(Protocol):
         """Publish a command acknowledgement."""
 
 
-class AcceptedState(BaseModel):
-    """Persisted in `state.json`: the last accepted desired state and command counters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schema_version: Literal[1] = Field(default=1, description="state file schema version")
-    desired_version: int | None = Field(default=None, description="version of the last accepted desired state")
-    envelope: SignedEnvelope | None = Field(default=None, description="that desired state, as signed")
-    command_version: int | None = Field(default=None, description="version of the last accepted command")
-
-
 class Reconciler:
     """Drives the device towards its desired state. Not thread-safe: call from the control thread only."""
 
@@ -115,36 +106,39 @@ class Reconciler:
         self.previous: AppliedModel | None = None
         self.shadow: AppliedModel | None = None
         self.cluster_state: ClusterWorkload | None = None
-        self.download: Download | None = None
+        self.fetcher = Fetcher(
+            store, device_id, settings.download, min_free_bytes=settings.store.min_free_bytes,
+            send_want=outbox.want, watch=outbox.watch_blob, unwatch=outbox.unwatch_blob,
+        )  # fmt: skip
         self.refused = 0
-        self.stray_chunks = 0
         self._settled: int | None = None
         self._retry_at: float | None = None
         self._seq = 0
         self._last_progress = 0.0
         self._progress_due = False
 
+    @property
+    def download(self) -> Download | None:
+        """The transfer in progress (None: none)."""
+        return self.fetcher.current
+
+    @property
+    def stray_chunks(self) -> int:
+        """Chunks received for blobs not being fetched."""
+        return self.fetcher.stray_chunks
+
     # -- start-up -------------------------------------------------------------------------------------
     def restore(self) -> None:
         """Serve the stored active model (or, if it fails to load, the previous one); `resume` continues."""
-        self.state = self._load_state()
-        record = None
-        try:
-            record = self.store.active()
-            prev = self.store.previous()
-            self.previous = prev.model if prev else None
-        except StoreError as e:
-            self._fail(e, permanent=False)
-        candidates = [r for r in (record, self._safe_previous()) if r is not None]
-        for rec in candidates:
-            try:
-                self._serve(rec.sha256, rec.model.name, rec.model.version, rec.descriptor, rec.runtime)
-            except ActivationError as e:
-                self._fail(e)
-                continue
-            if rec is not record:  # serving previous because active failed; the pointers are left as they are
-                self.previous = None
-            break
+        self.state = AcceptedState.load(self.state_path)
+        restored = activation.restore(self.store, warmup_runs=self.settings.activation.warmup_runs)
+        for e in restored.errors:
+            self._fail(e)
+        if restored.loaded is not None:
+            loaded = restored.loaded
+            self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
+            self.active, self.active_runtime = loaded.applied, restored.runtime
+        self.previous = restored.previous
         if self.state.envelope is not None:
             try:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
@@ -156,29 +150,10 @@ class Reconciler:
         """Continue the work of the accepted desired state (after `restore`, once the link is up)."""
         self._advance()
 
-    def _safe_previous(self) -> StoredModel | None:
-        try:
-            return self.store.previous()
-        except StoreError:
-            return None
-
-    def _load_state(self) -> AcceptedState:
-        try:
-            return AcceptedState.model_validate_json(self.state_path.read_bytes())
-        except FileNotFoundError:
-            return AcceptedState()
-        except (OSError, ValidationError, ValueError) as e:
-            log.error("state file %s unreadable (%s); starting without an accepted desired state", self.state_path, e)
-            return AcceptedState()
-
-    def _save_state(self) -> None:
-        atomic_write(self.state_path, self.state.model_dump_json().encode())
-
     # -- events ---------------------------------------------------------------------------------------
     def on_connected(self) -> None:
         """The link is (back) up: want what is still missing and report."""
-        if self.download is not None:
-            self.download.want()
+        self.fetcher.want_missing()
         self.report()
 
     def on_desired(self, payload: bytes) -> None:
@@ -201,51 +176,33 @@ class Reconciler:
             self._refuse(activation.error_code(e), f"desired state refused: {e}")
             return
         self.state = self.state.model_copy(update={"desired_version": body.version, "envelope": envelope})
-        self._save_state()
+        self.state.save(self.state_path)
         log.info("accepted desired state %s", body.version)
         self.desired = body
         self.error = None
         self._settled = None
         self._retry_at = None
-        if self.download is not None and self.download.sha256 not in {r.blob.sha256 for r in self._refs()}:
-            self._cancel_download()
+        self.fetcher.keep_only(self.needed_blobs())
         self._advance()
 
     def on_chunk(self, sha256: str, payload: bytes) -> None:
         """A chunk frame arrived on a blob topic."""
-        dl = self.download
-        if dl is None or dl.sha256 != sha256:
-            self.stray_chunks += 1
-            return
         try:
-            new = dl.on_chunk(payload)
+            result = self.fetcher.on_chunk(sha256, payload)
         except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
             if self.error is None or self.error.code != e.code:
-                log.warning("download of %s stalled: %s", dl.sha256[:12], e)
+                log.warning("download of %s stalled: %s", sha256[:12], e)
                 self._fail(e)
                 self.report()
             return
         except AgentError as e:
             self._download_failed(e)
             return
-        except OSError as e:  # the disk failing
-            self._retry_later(DownloadError(f"writing {sha256[:12]}: {e}"))
-            return
-        if new and self.error is not None and self.error.code == InsufficientDisk.code:
+        if result in ("new", "complete") and self.error is not None and self.error.code == InsufficientDisk.code:
             self.error = None  # space again: the stall is over
-        if dl.complete:
-            try:
-                dl.finish()
-            except AgentError as e:
-                self._download_failed(e)
-                return
-            except OSError as e:
-                self._retry_later(DownloadError(f"finishing {sha256[:12]}: {e}"))
-                return
-            self.outbox.unwatch_blob(dl.sha256)
-            self.download = None
+        if result == "complete":
             self._advance()
-        elif new:
+        elif result == "new":
             self._progress_due = True
             self._report_progress()
 
@@ -258,7 +215,7 @@ class Reconciler:
             log.warning("command refused: %s", e)
             return
         self.state = self.state.model_copy(update={"command_version": body.version})
-        self._save_state()
+        self.state.save(self.state_path)
         result: dict[str, object] = {}
         if body.name is CommandName.COLLECT_GARBAGE:
             result["removed"] = len(self._collect())
@@ -270,8 +227,8 @@ class Reconciler:
 
     def tick(self) -> None:
         """Periodic work: re-want stalled chunks, retry temporary failures."""
-        if self.download is not None:
-            self.download.tick()
+        if self.fetcher.current is not None:
+            self.fetcher.tick()
             self._report_progress()
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
@@ -279,8 +236,7 @@ class Reconciler:
 
     def close(self) -> None:
         """Persist download progress (it resumes on the next start)."""
-        if self.download is not None:
-            self.download.close()
+        self.fetcher.close()
 
     # -- the work -------------------------------------------------------------------------------------
     def needed_blobs(self) -> set[str]:
@@ -323,68 +279,28 @@ class Reconciler:
 
     def _fetch(self, ref: ModelRef) -> bool:
         """Start or continue the download of `ref`; True when the blob is now in the store."""
-        sha = ref.blob.sha256
-        if self.download is not None and self.download.sha256 != sha:
-            self._cancel_download()
-        if self.download is None:
-            self.outbox.watch_blob(sha)
-            try:
-                self.download = Download(
-                    self.store, ref.blob, self.device_id, self.settings.download, self.outbox.want,
-                    min_free_bytes=self.settings.store.min_free_bytes,
-                )  # fmt: skip
-            except (AgentError, OSError) as e:
-                self.outbox.unwatch_blob(sha)
-                self._retry_later(e if isinstance(e, AgentError) else DownloadError(f"cannot start {sha[:12]}: {e}"))
-                return False
-            if not self.download.complete:
-                self.download.want()
-        if self.download.complete:
-            dl, self.download = self.download, None
-            self.outbox.unwatch_blob(sha)
-            try:
-                dl.finish()
-            except AgentError as e:
-                dl.cancel()
-                self._give_up(e)
-                return False
-            except OSError as e:
-                dl.close()
-                self._retry_later(DownloadError(f"storing {sha[:12]}: {e}"))
-                return False
-            return True
+        try:
+            if self.fetcher.ensure(ref.blob):
+                return True
+        except AgentError as e:
+            self._download_failed(e)
+            return False
         self.phase = Phase.DOWNLOADING
         self.report()
         return False
 
     def _download_failed(self, e: AgentError) -> None:
-        if e.permanent:  # an inconsistent signed manifest: give up on this desired state
-            self._give_up(e)
-        else:
-            self._retry_later(e)
-
-    def _retry_later(self, e: AgentError) -> None:
-        """A temporary download failure: report it and try again after `rewant_after_s`."""
-        self._fail(e, permanent=False)
-        self.phase = Phase.DOWNLOADING
-        self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
-        self.report()
-
-    def _give_up(self, e: AgentError) -> None:
-        """A permanent failure of the accepted desired state: stop working on it, report, keep serving."""
-        self._cancel_download()
+        """Temporary: report and retry after `rewant_after_s`. Permanent: give up on this desired state."""
         self._fail(e)
-        if self.desired is not None:
-            self._settled = self.desired.version
-        self.phase = Phase.FAILED
+        if e.permanent:
+            self.fetcher.cancel()
+            if self.desired is not None:
+                self._settled = self.desired.version
+            self.phase = Phase.FAILED
+        else:
+            self.phase = Phase.DOWNLOADING
+            self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
         self.report()
-
-    def _cancel_download(self) -> None:
-        if self.download is not None:
-            log.info("cancelling stale download of %s", self.download.sha256[:12])
-            self.outbox.unwatch_blob(self.download.sha256)
-            self.download.cancel()
-            self.download = None
 
     def _is_active(self, ref: ModelRef, runtime: RuntimeOptions) -> bool:
         a = self.active
@@ -395,36 +311,28 @@ class Reconciler:
             and self.active_runtime == runtime
         )
 
-    def _serve(self, sha: str, name: str, version: str, descriptor: dict[str, object], runtime: RuntimeOptions) -> None:
-        loaded = activation.load(
-            self.store.blob_path(sha), sha, name=name, version=version, descriptor=dict(descriptor),
-            runtime=runtime, warmup_runs=self.settings.activation.warmup_runs,
+    def _load(self, sha: str, name: str, version: str, descriptor: dict[str, Any], runtime: RuntimeOptions) -> Loaded:
+        """Load a stored blob into a checked engine (raises ActivationError)."""
+        return activation.load(
+            self.store.blob_path(sha), sha, name=name, version=version, descriptor=descriptor, runtime=runtime,
+            warmup_runs=self.settings.activation.warmup_runs,
         )  # fmt: skip
-        applied = AppliedModel(name=name, version=version, sha256=sha, provider=loaded.provider,
-                               activated_at=self.clock())  # fmt: skip
-        self.serving.activate(loaded.engine, applied, loaded.descriptor, runtime)
-        self.active, self.active_runtime = applied, runtime
 
     def _activate(self, ref: ModelRef, runtime: RuntimeOptions, version: int) -> bool:
         self.phase = Phase.ACTIVATING
         self.report()
         sha = ref.blob.sha256
         try:
-            loaded = activation.load(
-                self.store.blob_path(sha), sha, name=ref.name, version=ref.version, descriptor=ref.descriptor,
-                runtime=runtime, warmup_runs=self.settings.activation.warmup_runs,
-            )  # fmt: skip
+            loaded = self._load(sha, ref.name, ref.version, ref.descriptor, runtime)
         except ActivationError as e:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
             self._fail(e)
             return False
         pause_point("activate")
-        applied = AppliedModel(name=ref.name, version=ref.version, sha256=sha, provider=loaded.provider,
-                               activated_at=self.clock())  # fmt: skip
-        self.serving.activate(loaded.engine, applied, loaded.descriptor, runtime)
-        self.active, self.active_runtime = applied, runtime
-        record = StoredModel(sha256=sha, model=applied, task=ref.task, descriptor=ref.descriptor, runtime=runtime,
-                             desired_version=version)  # fmt: skip
+        self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
+        self.active, self.active_runtime = loaded.applied, runtime
+        record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,
+                             runtime=runtime, desired_version=version)  # fmt: skip
         try:
             prev = self.store.promote(record)
             self.previous = prev.model if prev is not None else None
@@ -443,17 +351,12 @@ class Reconciler:
         if self.shadow is not None and self.shadow.sha256 == ref.blob.sha256:
             return
         try:
-            loaded = activation.load(
-                self.store.blob_path(ref.blob.sha256), ref.blob.sha256, name=ref.name, version=ref.version,
-                descriptor=ref.descriptor, runtime=d.runtime, warmup_runs=self.settings.activation.warmup_runs,
-            )  # fmt: skip
+            loaded = self._load(ref.blob.sha256, ref.name, ref.version, ref.descriptor, d.runtime)
         except ActivationError as e:
             self._fail(AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
-        applied = AppliedModel(name=ref.name, version=ref.version, sha256=ref.blob.sha256, provider=loaded.provider,
-                               activated_at=self.clock())  # fmt: skip
-        self.serving.set_shadow(loaded.engine, applied, spec.sample_rate)
-        self.shadow = applied
+        self.serving.set_shadow(loaded.engine, loaded.applied, spec.sample_rate)
+        self.shadow = loaded.applied
 
     def _apply_cluster(self, d: DesiredState) -> None:
         if self.cluster is None:
@@ -495,7 +398,7 @@ class Reconciler:
             active=self.active,
             previous=self.previous,
             shadow=self.shadow,
-            download=self.download.progress() if self.download is not None else None,
+            download=self.fetcher.progress(),
             error=self.error,
             cluster=self.cluster_state,
         )

@@ -7,7 +7,6 @@ reconciler: verification, downloads, activation, reports) and one telemetry thre
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import signal
@@ -23,12 +22,12 @@ from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from agent.store import ModelStore, atomic_write
+from agent.state import WatchedBlobs
+from agent.store import ModelStore
 from agent.telemetry import Telemetry
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
 from fleet.errors import FleetError, InvalidTopic
-from fleet.ids import check_sha256
 from fleet.messages import AppliedModel, CommandAck, DeviceStatus, NodeInfo, ReportedState, Want
 from fleet.signing import HubPublicKey, Verifier
 from fleet.topics import TopicKind, Topics
@@ -76,9 +75,7 @@ class Agent:
         self._stop = threading.Event()
         self._control: threading.Thread | None = None
         self._birth: bytes = b""
-        self._watched_path = settings.data_dir / "watched.json"
-        self._watched: set[str] = set()
-        self._stale_watched = self._load_watched()
+        self._watched = WatchedBlobs(settings.data_dir / "watched.json")
         self._resumed = False
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
         self._offline = encode(offline)
@@ -260,30 +257,17 @@ class Agent:
     def watch_blob(self, sha256: str) -> None:
         """Subscribe to the chunks of a blob (remembered on disk: the broker session outlives this run)."""
         self._watched.add(sha256)
-        self._save_watched()
         self.link.subscribe(self.topics.chunk(sha256), 1)
 
     def unwatch_blob(self, sha256: str) -> None:
         """Unsubscribe from the chunks of a blob."""
         self._watched.discard(sha256)
-        self._save_watched()
         self.link.unsubscribe(self.topics.chunk(sha256))
-
-    def _load_watched(self) -> set[str]:
-        try:
-            data = json.loads(self._watched_path.read_text())
-            return {check_sha256(s) for s in data} if isinstance(data, list) else set()
-        except (OSError, ValueError):
-            return set()
-
-    def _save_watched(self) -> None:
-        atomic_write(self._watched_path, json.dumps(sorted(self._watched)).encode())
 
     def _drop_stale_subscriptions(self) -> None:
         """Unsubscribe chunk topics an earlier run left in the persistent session (its download ended)."""
-        for sha in self._stale_watched - self._watched - self.reconciler.needed_blobs():
+        for sha in self._watched.take_stale(self.reconciler.needed_blobs()):
             self.link.unsubscribe(self.topics.chunk(sha), force=True)
-        self._stale_watched = set()
 
     def ack(self, ack: CommandAck) -> None:
         """Publish a command acknowledgement."""

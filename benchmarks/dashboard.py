@@ -30,6 +30,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
 from fleet.messages import DeviceStatus  # noqa: E402
+from hub.dashboard.charts import fleet_charts  # noqa: E402
+from hub.dashboard.views import traffic  # noqa: E402
 from models.cli import build_samples  # noqa: E402
 from tests.hub.dashboard.browser import find_chromium, launch  # noqa: E402
 from tests.hub.dashboard.fleet import seed_fleet, seed_rollouts  # noqa: E402
@@ -109,12 +111,16 @@ def main() -> None:
                         args.requests,
                     ),
                     "device page `GET /devices/{id}`": _median_ms(lambda: get(web, f"/devices/{dev}"), args.requests),
-                    "fleet chart data, last hour": _median_ms(
+                    "fleet chart data, last hour (HTTP, shared 5 s)": _median_ms(
                         lambda: get(web, "/ui/data/fleet?range=1h"), args.requests
                     ),
-                    "fleet chart data, last day": _median_ms(
-                        lambda: get(web, "/ui/data/fleet?range=24h"), args.requests
+                    "fleet chart data, last hour (computed, uncached)": _median_ms(
+                        lambda: fleet_charts(hub.hub, "1h"), 5
                     ),
+                    "fleet chart data, last day (computed, uncached)": _median_ms(
+                        lambda: fleet_charts(hub.hub, "24h"), 5
+                    ),
+                    "overview traffic sums, hour and day (computed, uncached)": _median_ms(lambda: traffic(hub.hub), 5),
                 }
             fcp, dcl, charts, ttfb = [], [], [], []
             with sync_playwright() as pw:

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/footprint.py [--repeat 3]
 
 Runs a real Mosquitto and the hub stand-in of the tests (tests/support/hubside.py). The agent runs as
-`python -m agent run` in headless mode (no HTTP API yet: agent/api is wired in later, so its import cost
-and memory are not in these numbers). Two agent scenarios:
+`python -m agent run`, measured in both serving modes: `--headless` (no HTTP API) and the default (the
+inference API of agent/api in the same process, on a free port). Two agent scenarios:
 
   restart - the model is already in the store: process start -> first reported state with it active
             (load, warm-up, golden check, MQTT connect, birth, report);
@@ -59,10 +59,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _spawn(bundle: Path, data: Path) -> subprocess.Popen[bytes]:
+MODES = {"headless": ["--headless"], "with API": ["--api-host", "127.0.0.1", "--api-port", "0"]}
+
+
+def _spawn(bundle: Path, data: Path, mode: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--bundle", str(bundle), "--data-dir", str(data), "--log-level",
-         "warning"],
+        [sys.executable, "-m", "agent", "run", *MODES[mode], "--bundle", str(bundle), "--data-dir", str(data),
+         "--log-level", "warning"],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -112,8 +115,8 @@ def main() -> None:
         hub.bundle(device, broker.url).save(bundle)
         data = work / "data"
 
-        # deploy onto an empty device
-        proc = _spawn(bundle, data)
+        # deploy onto an empty device (headless)
+        proc = _spawn(bundle, data, "headless")
         hub.wait(lambda: any(s.state == "online" for s in hub.statuses), timeout=60, what="birth")
         t0 = time.perf_counter()
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
@@ -121,17 +124,22 @@ def main() -> None:
         deploy_s = time.perf_counter() - t0
         _stop(proc)
 
-        ready, rss, hwm = [], [], []
-        for _ in range(args.repeat):
-            before = len(hub.reported)
-            t0 = time.perf_counter()
-            proc = _spawn(bundle, data)
-            hub.wait(lambda b=before: any(r.active is not None for r in hub.reported[b:]), timeout=60, what="ready")
-            ready.append(time.perf_counter() - t0)
-            now_rss, high = _rss_settled(proc.pid)
-            rss.append(now_rss)
-            hwm.append(high)
-            _stop(proc)
+        results: dict[str, tuple[list[float], list[int], list[int]]] = {}
+        for mode in MODES:
+            ready: list[float] = []
+            rss: list[int] = []
+            hwm: list[int] = []
+            for _ in range(args.repeat):
+                before = len(hub.reported)
+                t0 = time.perf_counter()
+                proc = _spawn(bundle, data, mode)
+                hub.wait(lambda b=before: any(r.active is not None for r in hub.reported[b:]), timeout=60, what="ready")
+                ready.append(time.perf_counter() - t0)
+                now_rss, high = _rss_settled(proc.pid)
+                rss.append(now_rss)
+                hwm.append(high)
+                _stop(proc)
+            results[mode] = (ready, rss, hwm)
 
         raw_s, raw_rss, raw_hwm = [], [], []
         for _ in range(args.repeat):
@@ -147,20 +155,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     mib = 1 << 20
-    r_ready, r_raw = statistics.median(ready), statistics.median(raw_s)
-    m_rss, m_raw = statistics.median(rss), statistics.median(raw_rss)
-    h_rss, h_raw = statistics.median(hwm), statistics.median(raw_hwm)
+    r_raw, m_raw, h_raw = statistics.median(raw_s), statistics.median(raw_rss), statistics.median(raw_hwm)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"model: {desc.name} {desc.version} ({model_mib:.1f} MiB), median of {args.repeat}")
     print()
-    print("| measure | agent (headless) | raw onnxruntime process | ratio | goal |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    print(f"| RSS after ready | {m_rss / mib:.0f} MiB | {m_raw / mib:.0f} MiB | {m_rss / m_raw:.2f}x | <= 150 MB "
-          f"({'met' if m_rss <= 150e6 else 'missed'}) |")  # fmt: skip
-    print(f"| peak RSS (VmHWM) | {h_rss / mib:.0f} MiB | {h_raw / mib:.0f} MiB | {h_rss / h_raw:.2f}x | |")
-    print(f"| start -> ready (model in store) | {r_ready:.2f} s | {r_raw:.2f} s | {r_ready / r_raw:.2f}x | <= 2 s "
-          f"({'met' if r_ready <= 2 else 'missed'}) |")  # fmt: skip
-    print(f"| deploy: desired -> active (download + activate) | {deploy_s:.2f} s | | | |")
+    print("| agent mode | measure | agent | raw onnxruntime process | ratio | goal |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for mode, (ready, rss, hwm) in results.items():
+        r, m, h = statistics.median(ready), statistics.median(rss), statistics.median(hwm)
+        print(f"| {mode} | RSS after ready | {m / mib:.0f} MiB ({m / 1e6:.0f} MB) | {m_raw / mib:.0f} MiB | "
+              f"{m / m_raw:.2f}x | <= 150 MB ({'met' if m <= 150e6 else 'missed'}) |")  # fmt: skip
+        print(f"| {mode} | peak RSS (VmHWM) | {h / mib:.0f} MiB | {h_raw / mib:.0f} MiB | {h / h_raw:.2f}x | |")
+        print(f"| {mode} | start -> ready (model in store) | {r:.2f} s | {r_raw:.2f} s | {r / r_raw:.2f}x | "
+              f"<= 2 s ({'met' if r <= 2 else 'missed'}) |")  # fmt: skip
+    print(f"| headless | deploy: desired -> active (download + activate) | {deploy_s:.2f} s | | | |")
 
 
 if __name__ == "__main__":

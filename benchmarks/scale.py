@@ -328,6 +328,8 @@ class Result:
     hub_rss_mib: float
     broker_rss_mib: float
     sim_rss_mib: float
+    sim_gib_in: float = 0.0
+    duplicate_chunks: int = 0
 
     @property
     def ratio(self) -> float:
@@ -389,6 +391,21 @@ def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
         proc.wait(30)
 
 
+def _stop_sim(sim: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Stop the simulator (SIGINT) and return its JSON summary ({} if it printed none)."""
+    sim.send_signal(signal.SIGINT)
+    try:
+        out, _ = sim.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+        return {}
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        return dict(json.loads(lines[-1])) if lines else {}
+    except ValueError:
+        return {}
+
+
 def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     work.mkdir(parents=True)
     broker = BenchBroker(find_mosquitto() or "mosquitto", work / "mq", free_port(), max_packet_size=16 << 20)
@@ -432,6 +449,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         except TimeoutError:
             rollout_s = float("nan")
         active = hub.active()
+        sim_rss = psutil.Process(sim.pid).memory_info().rss / 2**20
+        summary = _stop_sim(sim)
         return Result(
             n=n, hub=hub.name, online_s=online_s, hub_cpu_pct=cpu_pct,
             lag_p50_s=statistics.median(lags) if lags else float("nan"),
@@ -440,7 +459,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             chunks_published=hub.chunks_published() - published_before, active=active,
             hub_rss_mib=hub_proc.memory_info().rss / 2**20,
             broker_rss_mib=psutil.Process(broker.proc.pid).memory_info().rss / 2**20,
-            sim_rss_mib=psutil.Process(sim.pid).memory_info().rss / 2**20,
+            sim_rss_mib=sim_rss, sim_gib_in=summary.get("transport", {}).get("bytes_in", 0) / 2**30,
+            duplicate_chunks=summary.get("stats", {}).get("duplicate_chunks", 0),
         )  # fmt: skip
     finally:
         if sim is not None and sim.poll() is None:
@@ -466,14 +486,16 @@ def _ratio(r: Result) -> str:
 def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
-        "| rollout s | rollout / raw | chunks published | RSS hub / broker / sim MiB |"
+        "| rollout s | rollout / raw | chunks published | agents received GiB (duplicate chunks) "
+        "| RSS hub / broker / sim MiB |"
     )
-    lines = [head, "|" + " --- |" * 10]
+    lines = [head, "|" + " --- |" * 11]
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
             f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {_rollout(r, args)} | {_ratio(r)} | "
-            f"{r.chunks_published} | {r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
+            f"{r.chunks_published} | {r.sim_gib_in:.1f} ({r.duplicate_chunks}) | "
+            f"{r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
         )
     return "\n".join(lines)
 

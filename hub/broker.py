@@ -9,20 +9,46 @@ Mosquitto if it dies and stops it when the hub stops.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hub.errors import BrokerError
 from hub.settings import BrokerSettings
 from hub.tls import TlsFiles
 
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function making the broker get SIGTERM when the hub dies, even by SIGKILL (Linux only).
+
+    Without it a killed hub leaves its Mosquitto running and holding the port. libc is looked up here, in the
+    parent, so the child only makes the prctl(2) call. The signal fires when the spawning thread exits: the
+    supervisor restarts the broker from its own long-lived thread.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_pdeathsig
+
+
+_DIE_WITH_PARENT = _die_with_parent()
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +114,7 @@ class LocalBroker:
                 "autosave_interval 30",
                 f"message_size_limit {self.settings.max_message_bytes}",
                 "max_queued_messages 100000",
-                "max_inflight_messages 0",
+                f"max_inflight_messages {self.settings.max_inflight_messages}",
                 "log_dest stderr",
                 "log_type error",
                 "log_type warning",
@@ -127,7 +153,10 @@ class LocalBroker:
     def _spawn(self, timeout: float) -> None:
         with self._lock, (self.workdir / "mosquitto.log").open("ab") as logf:
             self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.workdir / "mosquitto.conf")], stdout=logf, stderr=logf
+                [self.binary, "-c", str(self.workdir / "mosquitto.conf")],
+                stdout=logf,
+                stderr=logf,
+                preexec_fn=_DIE_WITH_PARENT,  # noqa: PLW1509  (one async-signal-safe syscall in the child)
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

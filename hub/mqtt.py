@@ -105,6 +105,9 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        # paho closes its wake-up socket pair only in __del__; in cyclic garbage the sockets may be finalised
+        # first and warn (ResourceWarning). Close them now, as __del__ would.
+        self._client._reset_sockets()
 
     @property
     def connected(self) -> bool:

@@ -102,10 +102,12 @@ class ChunkServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            if not self._wake.wait(1.0):
+                continue
             if self._stop.is_set():
                 return
-            self._stop.wait(self.settings.round_interval_s)  # let concurrent wants coalesce
+            # a want woke us: the round starts after round_interval_s, so wants arriving meanwhile join it
+            self._stop.wait(self.settings.round_interval_s)
             self._wake.clear()
             with self._lock:
                 work, self._pending = self._pending, {}

@@ -184,8 +184,14 @@ def run(demo: Demo, exit_after: bool) -> None:
     out.rule("[bold]1. the hub")
     init = json.loads(demo.cli("hub", "init", "--data-dir", str(work / "hub"), "--json"))
     demo.token = init["admin_token"]
-    demo.spawn("hub", "hub", "serve", "--data-dir", str(work / "hub"), "--port", str(demo.hub_port))
-    wait_until("the hub API", lambda: httpx.get(f"{demo.hub_url}/healthz", timeout=2).status_code == 200, 60)
+    # its Mosquitto on a free port: a system broker (or another demo) may hold 1883
+    demo.spawn("hub", "hub", "serve", "--data-dir", str(work / "hub"), "--port", str(demo.hub_port),
+               env={"EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0"})  # fmt: skip
+    wait_until(
+        "the hub API",
+        lambda: demo.check_alive() or httpx.get(f"{demo.hub_url}/healthz", timeout=2).status_code == 200,
+        60,
+    )
     out.print(f"hub API on {demo.hub_url} (it started its own Mosquitto)")
 
     out.rule(f"[bold]2. three devices[/bold] [dim](+{time.monotonic() - t0:.0f} s)[/dim]")

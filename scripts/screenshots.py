@@ -63,7 +63,7 @@ def main() -> None:
                     ("overview.png", "/"),
                     ("devices.png", "/devices"),
                     ("devices-filtered.png", "/devices?selector=site%3Dberlin%2Chw%3Dgpu&sort=last_seen&desc=1"),
-                    ("device.png", f"/devices/{fleet.gpu_devices[0]}"),
+                    ("device.png", f"/devices/{next(d for d in fleet.gpu_devices if d in fleet.by_state['online'])}"),
                     ("device-failed.png", f"/devices/{fleet.by_state['failed'][0]}"),
                     ("models.png", "/models"),
                     ("rollouts.png", "/rollouts"),

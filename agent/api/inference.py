@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncGenerator
+import zlib
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
@@ -64,6 +65,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body after its Content-Encoding (gzip, deflate or none), refusing more than `limit` bytes.
+
+    Raises:
+        BadRequest: an unknown encoding or data that does not decompress. TooLarge: it inflates past `limit`.
+    """
+    if not encoding or encoding == "identity":
+        return body
+    if encoding == "gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        d = zlib.decompressobj()
+    else:
+        raise BadRequest(f"Content-Encoding {encoding[:20]!r} is not supported: send gzip, deflate or none")
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(f"the body does not decompress as {encoding}: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"the body inflates past the limit of {limit} bytes")
+    if not d.eof:
+        raise BadRequest(f"the {encoding} body is truncated")
+    return out
+
+
 class Inference:
     """Request handlers bound to one slot, its settings and metrics."""
 
@@ -72,6 +98,13 @@ class Inference:
         self.slot = slot
         self.metrics = metrics
         self.pool = pool
+        # HTTP requests the server is handling (uvicorn's tasks, set by ApiServer): counts requests whose
+        # handlers have not started yet too, which the slot cannot see. None: never treat one as alone.
+        self.in_progress: Callable[[], int] | None = None
+
+    def _alone(self, served: Served) -> bool:
+        """True when this request is the only one on the server (no batching to gain, no one to block)."""
+        return served.inflight == 1 and self.in_progress is not None and self.in_progress() <= 1
 
     def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
         seconds = time.perf_counter() - t0
@@ -90,8 +123,10 @@ class Inference:
         if batcher is None:
             raise NotReady("the model is being unloaded; retry")
         t0 = time.perf_counter()
-        async with asyncio.timeout(self.settings.request_timeout_s):
-            outputs = await batcher.infer(feed)
+        outputs = self.slot.run_alone(served, feed) if self._alone(served) else None
+        if outputs is None:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                outputs = await batcher.infer(feed)
         self.slot.maybe_shadow(served, feed, outputs, (time.perf_counter() - t0) * 1e3)
         return outputs
 
@@ -103,6 +138,7 @@ class Inference:
         try:
             served = self.slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
+            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             req = parse_infer(body, request.headers.get(HEADER))
             submitted = True
             self.slot.submitted(served)
@@ -139,13 +175,14 @@ class Inference:
             if query:
                 k, threshold = query_parameters(query)
             body = await read_body(request, self.settings.max_body_bytes)
+            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             ctype = request.headers.get("content-type", "")
             data = await _multipart_image(request.headers, body) if ctype.startswith("multipart/") else body
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
             job = functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels)
-            if served.inflight == 1:  # the only request: decode here, a thread hand-off costs more than it saves
+            if self._alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
                 tensor, transform = job()
             else:  # others are being served: keep the event loop free for them
                 tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)

@@ -9,6 +9,7 @@ import threading
 import uvicorn
 
 from agent.api.app import create_asgi
+from agent.api.inference import FastPath
 from agent.api.settings import ApiSettings
 from agent.api.slot import ModelSlot
 from models.batcher import BatcherOptions
@@ -24,9 +25,18 @@ def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
     slot.activate_timeout_s = settings.activate_timeout_s
 
 
-def _config(settings: ApiSettings, slot: ModelSlot) -> uvicorn.Config:
+def _server(settings: ApiSettings, slot: ModelSlot) -> uvicorn.Server:
+    """uvicorn around the app; the handlers learn how many HTTP requests uvicorn is handling."""
+    app = create_asgi(settings, slot)
+    server = uvicorn.Server(_config(settings, app))
+    tasks = server.server_state.tasks  # one per request being handled, created before its handler runs
+    app.handlers.in_progress = tasks.__len__
+    return server
+
+
+def _config(settings: ApiSettings, app: FastPath) -> uvicorn.Config:
     return uvicorn.Config(
-        create_asgi(settings, slot),
+        app,
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -77,7 +87,7 @@ class ApiServer:
         self._sock = sock
         host, port = sock.getsockname()[:2]
         self._url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        server = uvicorn.Server(_config(self.settings, self.slot))
+        server = _server(self.settings, self.slot)
         self._server = server
         self._thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="edgefleet-api", daemon=True)
         self._thread.start()
@@ -112,7 +122,6 @@ class ApiServer:
 def serve(settings: ApiSettings, slot: ModelSlot) -> None:
     """Serve until interrupted (SIGINT/SIGTERM): cluster mode's `edgefleet agent serve`."""
     _configure(settings, slot)
-    config = _config(settings, slot)
-    config.host, config.port = settings.host, settings.port
-    server = uvicorn.Server(config)
+    server = _server(settings, slot)
+    server.config.host, server.config.port = settings.host, settings.port
     server.run()

@@ -7,13 +7,9 @@ state; temporary ones (the API server unreachable, 5xx, 429) were already retrie
 
 from __future__ import annotations
 
-from agent.errors import AgentError
+from agent.errors import ClusterError
 
-
-class ClusterError(AgentError):
-    """Base of every error raised by `agent.k3s` (an `AgentError`: the control side reports it like its own)."""
-
-    code: str = "cluster_error"
+__all__ = ["ApiCallError", "ClusterConfigError", "ClusterError", "WorkloadError"]
 
 
 class ClusterConfigError(ClusterError, ValueError):

@@ -55,6 +55,7 @@ class AgentStats:
     refused_chunks: int = 0
     chunks: int = 0
     duplicate_chunks: int = 0
+    ignored_chunks: int = 0  # chunks of a blob the agent is not (or no longer) fetching
     downloads_done: int = 0
     activations: int = 0
     activation_failures: int = 0

@@ -226,7 +226,8 @@ class SimAgent:
     def _on_chunk(self, sha256: str, payload: bytes, now: float) -> list[Action]:
         download = self.download
         if download is None or download.sha256 != sha256:
-            return []  # a chunk of a blob we no longer want (other agents still fetch it)
+            self.stats.ignored_chunks += 1  # a blob we no longer want (other agents still fetch it)
+            return []
         actions: list[Action] = []
         try:
             result = download.accept(payload)

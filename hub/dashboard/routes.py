@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 512
-TRAFFIC_TTL_S = 10.0  # fleet-wide sums over a day: shared by every browser for this long
-CHART_TTL_S = 5.0
+TRAFFIC_TTL_S = 15.0  # fleet-wide sums over a day: shared by every browser for this long
+# fleet-wide chart data is shared this long per range: about one grid step (a day has 5-minute points)
+CHART_TTL_S = {"1h": 5.0, "6h": 15.0, "24h": 60.0, "7d": 300.0}
 ROWS_TTL_S = 30.0  # keyed by the fleet's fingerprint: any change makes a new key at once
 
 
@@ -87,6 +88,8 @@ class Pages:
             who = await run_in_threadpool(session.principal, request, self.hub.auth)
         except Unauthorized:
             return self.login_redirect(request)
+        except HubError as e:  # RateLimited: too many failed attempts from this address
+            return self.error(request, None, e)
         try:
             return await run_in_threadpool(build, who)
         except HubError as e:
@@ -151,11 +154,9 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
         try:
             if not token:
                 raise Unauthorized("enter an API token")
-            from hub.api.security import authenticate_header  # noqa: PLC0415  (it imports the dashboard)
-
-            await run_in_threadpool(authenticate_header, request, f"Bearer {token}")  # failed-auth limit
+            await run_in_threadpool(session.check_token, request, hub.auth, token)
         except HubError as e:
-            status = 429 if e.status == 429 else 401
+            status = e.status if e.status == 429 else 401
             return pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
         resp = RedirectResponse(target, status_code=303)
         session.set_session(resp, token, pages.settings)
@@ -228,7 +229,8 @@ def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
 
         def build() -> dict[str, Any]:
             charts.range_seconds(rng)  # InvalidInput for unknown ranges, before anything is cached under them
-            return pages.cache.get(("fleet", rng), CHART_TTL_S, lambda: charts.fleet_charts(hub, rng))
+            ttl = CHART_TTL_S[rng]
+            return pages.cache.get(("fleet", rng), ttl, lambda: charts.fleet_charts(hub, rng))
 
         return await pages.page(request, _json(build))
 

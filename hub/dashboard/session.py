@@ -17,7 +17,8 @@ from starlette.responses import Response
 
 from hub.auth import Auth, Principal
 from hub.credentials import Role
-from hub.errors import Forbidden, Unauthorized
+from hub.errors import Forbidden, RateLimited, Unauthorized
+from hub.ratelimit import KeyedLimiter
 from hub.settings import DashboardSettings
 
 COOKIE = "edgefleet_session"
@@ -38,12 +39,34 @@ def session_token(request: Request) -> str | None:
     return token
 
 
+def client_key(request: Request) -> str:
+    """Who failed authentications are counted against: the client address (as the REST API counts them)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def check_token(request: Request, auth: Auth, token: str) -> Principal:
+    """The principal of `token`. Failures count against the client in the API's failed-auth limiter
+    (`app.state.auth_failures`), so the login form and forged cookies are no way around it; RateLimited
+    (429) while the client's budget is spent."""
+    limiter: KeyedLimiter | None = getattr(request.app.state, "auth_failures", None)
+    key = client_key(request)
+    if limiter is not None and limiter.blocked(key):
+        wait = max(1, round(limiter.retry_after(key)))
+        raise RateLimited(f"too many failed logins from {key}; try again in {wait} s")
+    try:
+        return auth.authenticate(f"Bearer {token}")
+    except Unauthorized:
+        if limiter is not None:
+            limiter.allow(key)
+        raise
+
+
 def principal(request: Request, auth: Auth) -> Principal:
     """The logged-in principal; Unauthorized without a valid session."""
     token = session_token(request)
     if token is None:
         raise Unauthorized("not logged in")
-    return auth.authenticate(f"Bearer {token}")
+    return check_token(request, auth, token)
 
 
 def check_csrf(request: Request, form_value: str | None = None) -> None:

@@ -227,7 +227,7 @@ def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
     for action in OPERATOR_ACTIONS:
         for e in store.list_events(since=None, until=None, subject=None, action=action, limit=limit):
             found[e.id] = e
-    return sorted(found.values(), key=lambda e: e.id, reverse=True)[:limit]
+    return sorted(found.values(), key=lambda e: (e.ts, e.id), reverse=True)[:limit]
 
 
 def overview(hub: Hub, rows: list[DeviceRow] | None = None, now: float | None = None) -> Overview:

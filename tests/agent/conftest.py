@@ -128,8 +128,8 @@ class AgentProcess:
         self.log = log
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--bundle", str(bundle_path), "--data-dir", str(data_dir),
-             "--log-level", "info"],
+            [sys.executable, "-m", "agent", "run", "--headless", "--bundle", str(bundle_path),
+             "--data-dir", str(data_dir), "--log-level", "info"],
             cwd=REPO, env=env, stdout=self._log_file, stderr=self._log_file,
         )  # fmt: skip
 

@@ -87,7 +87,8 @@ def test_agent_run_serves_and_stops_on_sigterm(broker: Broker, hub: HubSide, dev
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--bundle", str(bundle), "--data-dir", str(tmp_path / "d"), "--json"],
+        [sys.executable, "-m", "agent", "run", "--headless", "--bundle", str(bundle), "--data-dir", str(tmp_path / "d"),
+         "--json"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -97,7 +98,7 @@ def test_agent_run_serves_and_stops_on_sigterm(broker: Broker, hub: HubSide, dev
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
     assert proc.returncode == 0
     hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline")
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]

@@ -14,4 +14,4 @@ def test_footprint_benchmark_smoke(mosquitto_binary: str) -> None:
         capture_output=True, text=True, check=False, timeout=240,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "| RSS after ready |" in res.stdout and "| start -> ready (model in store) |" in res.stdout
+    assert "| headless | RSS after ready |" in res.stdout and "| with API | start -> ready" in res.stdout

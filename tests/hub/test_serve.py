@@ -51,3 +51,29 @@ def test_serve_runs_a_local_broker_and_stops_it_on_sigterm(tmp_path: Path, mosqu
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_a_killed_hub_takes_its_broker_with_it(tmp_path: Path, mosquitto_binary: str) -> None:
+    env = {**os.environ, "EDGEFLEET_HUB_DATA_DIR": str(tmp_path / "hub"), "EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0",
+           "EDGEFLEET_HUB_BROKER_MOSQUITTO_BINARY": mosquitto_binary, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = [sys.executable, str(ROOT / "edgefleet_cli.py")]
+    subprocess.run([*cli, "hub", "init", "--json"], env=env, capture_output=True, timeout=60, check=True)
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen([*cli, "hub", "serve", "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        children: list[psutil.Process] = []
+        while not children and time.monotonic() < deadline:
+            assert proc.poll() is None, Path(log.name).read_text()
+            children = [c for c in psutil.Process(proc.pid).children() if "mosquitto" in c.name()]
+            time.sleep(0.05)
+        assert children, Path(log.name).read_text()
+        proc.kill()  # SIGKILL: no clean shutdown runs
+        proc.wait(10)
+        gone, _alive = psutil.wait_procs(children, timeout=10)
+        assert gone == children, "the hub's Mosquitto outlived it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelSlot
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
 from models.engine import Engine
 from models.postprocess import postprocess
 from models.preprocess import preprocess
+from models.samples import build_detector, detector_descriptor
 from tests.agent.api.conftest import Sample, jpeg
 
 
@@ -124,3 +127,35 @@ def test_unknown_model_on_the_image_endpoint_is_404(servers: Any) -> None:
         r = c.post("/v1/models/tiny-detector:predict", content=jpeg(32, 32))
         assert r.status_code == 404
         assert "not served" in r.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sample]:
+    out = tmp_path_factory.mktemp("layouts")
+    result = {}
+    for layout in ("yolov5", "ssd", "nms"):
+        onnx_path, yaml_path = write_model(build_detector(layout), detector_descriptor(layout), out, layout)
+        result[layout] = Sample(onnx_path, ModelDescriptor.load(yaml_path))
+    return result
+
+
+@pytest.mark.parametrize("layout", ["yolov5", "ssd", "nms"])
+def test_every_detection_layout_answers_in_original_pixels(
+    layouts: dict[str, Sample], make_server: Any, layout: str
+) -> None:
+    sample = layouts[layout]
+    d = sample.descriptor
+    engine = sample.engine()
+    server, slot = make_server()
+    slot.activate(engine, sample.applied(), d)
+    image = jpeg(500, 300, seed=2)
+    tensor, transform = preprocess(image, d.input)
+    expected = postprocess(engine.infer({d.input.name: tensor}), d, [transform])[0]
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post(f"/v1/models/{d.name}:predict", content=image)
+    assert r.status_code == 200, r.text
+    got = r.json()["detections"]
+    assert expected, f"the sample {layout} detector finds boxes in this image"
+    assert [g["class_id"] for g in got] == [e.class_id for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g["box"], e.box, atol=0.01)

@@ -78,7 +78,7 @@ def test_request_timeout_is_503_and_counted_as_error(
 ) -> None:
     server, slot = make_server(request_timeout_s=1e-6)
     slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
-    with httpx.Client(base_url=server.url) as c:
+    with httpx.Client(base_url=server.url) as c, slot._run_lock:  # engine busy: the request must wait in the queue
         r = c.post(f"/v2/models/{NAME}/infer", content=_infer_body(np.zeros((1, 3, 16, 16), np.float32)))
     assert r.status_code == 503
     assert "timed out" in r.json()["error"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import time
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -15,6 +18,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from agent.api import ApiServer, ApiSettings, ModelSlot
+from fleet.messages import RuntimeOptions
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
 
@@ -223,9 +227,7 @@ def test_overload_is_503_with_retry_after(samples: dict[str, Sample], clf_engine
             assert c.post(f"/v2/models/{NAME}/infer", content=body).status_code == 200
 
 
-def test_not_ready_before_activation_and_after_deactivate(
-    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
-) -> None:
+def test_not_ready_before_activation_and_after_deactivate(samples: dict[str, Sample], make_server: Any) -> None:
     server, slot = make_server()
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/v2/health/live").status_code == 200
@@ -234,7 +236,8 @@ def test_not_ready_before_activation_and_after_deactivate(
         assert r.headers["retry-after"] == "1"
         r = c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]}))
         assert r.status_code == 503
-        slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+        engine = samples["clf"].engine()  # deactivate() closes it: not the shared one
+        slot.activate(engine, samples["clf"].applied(), samples["clf"].descriptor)
         assert c.get("/v2/health/ready").status_code == 200
         assert c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]})).status_code == 200
         slot.deactivate()
@@ -265,3 +268,53 @@ def test_client_gone_mid_body_frees_its_slot(served: tuple[ApiServer, ModelSlot]
     assert 'edgefleet_api_requests_total{code="499",endpoint="infer"' in http.get("/metrics").text
     assert slot.current is not None and slot.current.inflight == 0
     assert http.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_through_tritonclient(
+    triton: th.InferenceServerClient, clf_engine: Engine, algorithm: str
+) -> None:
+    x = _x(1)
+    inp = th.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    result = triton.infer(
+        NAME, [inp], request_compression_algorithm=algorithm, response_compression_algorithm=algorithm
+    )
+    np.testing.assert_allclose(result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+
+
+def test_bad_and_oversized_compressed_bodies(http: httpx.Client) -> None:
+    body = orjson.dumps({"inputs": [_tensor()]})
+    r = _post(http, gzip.compress(body)[:-10], {"Content-Encoding": "gzip"})
+    assert r.status_code == 400
+    assert "truncated" in r.json()["error"] or "decompress" in r.json()["error"]
+    r = _post(http, b"not gzip at all", {"Content-Encoding": "gzip"})
+    assert r.status_code == 400
+    r = _post(http, body, {"Content-Encoding": "br"})
+    assert r.status_code == 400
+    assert "not supported" in r.json()["error"]
+    bomb = gzip.compress(b" " * (5 * 1024 * 1024))  # 5 KiB that inflate past the 4 MiB limit
+    r = _post(http, bomb, {"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert _post(http, zlib.compress(body), {"Content-Encoding": "deflate"}).status_code == 200
+
+
+def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
+    samples: dict[str, Sample], clf_engine: Engine, make_server: Any
+) -> None:
+    server, slot = make_server()
+    slot.activate(
+        clf_engine, samples["clf"].applied(), samples["clf"].descriptor, RuntimeOptions(max_batch=1, max_queue=2)
+    )
+    body = orjson.dumps({"inputs": [_tensor()]})
+    with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
+        with slot._run_lock:  # the engine is busy: one request runs (blocked), two may wait
+            futures = [pool.submit(c.post, f"/v2/models/{NAME}/infer", content=body) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while sum(f.done() for f in futures) < 3:  # the three beyond running + queue are refused at once
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        codes = sorted(f.result().status_code for f in futures)
+    assert codes == [200, 200, 200, 503, 503, 503]
+    refused = [f.result() for f in futures if f.result().status_code == 503]
+    assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)

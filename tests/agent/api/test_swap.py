@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -151,3 +152,23 @@ def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
         assert not stopper.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/v2/health/live")
+
+
+def test_concurrent_clients_are_batched_not_run_one_by_one(samples: dict[str, Sample], make_server: Any) -> None:
+    """Lone requests skip the batcher; under concurrency they must not (that would serialise everything)."""
+    server, slot = make_server()
+    slot.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    body, headers = _request(np.zeros((1, 3, 32, 32), np.float32))
+
+    def client() -> list[int]:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return [
+                c.post("/v2/models/mobilenet-like/infer", content=body, headers=headers).status_code for _ in range(10)
+            ]
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = [code for codes in pool.map(lambda _: client(), range(16)) for code in codes]
+    assert codes == [200] * 160
+    sizes = slot.batch_sizes()[("mobilenet-like", "1.0.0")]
+    assert sum(sizes.values()) < 160, sizes  # some engine runs served several requests
+    assert sum(k * n for k, n in sizes.items()) == 160

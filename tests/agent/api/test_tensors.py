@@ -38,7 +38,7 @@ def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
         lambda t: hnp.arrays(
             DATATYPES[t],
             hnp.array_shapes(min_dims=1, max_dims=4, max_side=5),
-            elements={"allow_nan": False} if t.startswith("FP") else None,
+            elements={"allow_nan": False, "allow_infinity": False} if t.startswith("FP") else None,
         )
     ),
     st.booleans(),

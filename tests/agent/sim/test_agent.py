@@ -183,7 +183,7 @@ def test_messages_on_foreign_or_malformed_topics_are_counted_not_fatal(tmp_path:
     assert agent.on_message(hub.topics.reported("sim-00001"), b"x", 0) == []
     assert agent.on_message(hub.topics.chunk("a" * 64), b"x" * 10_000, 0) == []
     assert agent.on_message(hub.topics.desired("sim-00001"), b"", 0) == []  # a cleared retained state
-    assert agent.stats.malformed == 3
+    assert agent.stats.malformed == 3 and agent.stats.ignored_chunks == 1
 
 
 def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:

@@ -30,4 +30,5 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     row = json.loads(res.stdout.splitlines()[0])
     assert row["n"] == 5 and row["raw_s"] > 0 and row["rollout_s"] > 0 and row["windows"] > 0
+    assert row["sim_gib_in"] > 0  # the simulator's own summary was read back
     assert "| 5 | stand-in |" in md.read_text()

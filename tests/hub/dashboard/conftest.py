@@ -88,8 +88,12 @@ def page(browser: Browser) -> Iterator[Page]:
     p = ctx.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
-    # refusals the tests provoke on purpose; anything else (a CSP violation, a script error) fails the test
-    expected = ("Failed to load resource", "Response Status Error Code 403", "Response Status Error Code 409")
+    # refusals the tests provoke on purpose, and a live refresh that a newer filter request aborts (hx-sync);
+    # anything else (a CSP violation, a script error) fails the test
+    expected = (
+        "Failed to load resource", "Response Status Error Code 403", "Response Status Error Code 409",
+        "htmx:sendAbort", "htmx:afterRequest",
+    )  # fmt: skip
     p.on("console", lambda m: errors.append(m.text) if m.type == "error" and not m.text.startswith(expected) else None)
     yield p
     ctx.close()

@@ -30,6 +30,7 @@ from fleet.messages import (
     TelemetryWindow,
 )
 from hub.runtime import Hub
+from models.cli import build_samples
 from models.descriptor import ModelDescriptor
 
 SITES = ("berlin", "munich", "hamburg", "lyon", "turin", "porto")
@@ -114,11 +115,15 @@ def seed_fleet(
     rng = random.Random(seed)
     now = time.time() if now is None else now
     out = SeededFleet(now=now)
+    retrained = samples / "retrained"  # another training run: the newer versions have their own bytes
+    if not (retrained / "tiny-detector.onnx").exists():
+        build_samples(retrained, seed=3)
     mob, det = samples / "mobilenet-like", samples / "tiny-detector"
+    mob2, det2 = retrained / "mobilenet-like", retrained / "tiny-detector"
     cls_old = _push(hub, mob.with_suffix(".onnx"), mob.with_suffix(".yaml"), "1.1.0")
-    cls_new = _push(hub, mob.with_suffix(".onnx"), mob.with_suffix(".yaml"), "1.2.0")
+    cls_new = _push(hub, mob2.with_suffix(".onnx"), mob2.with_suffix(".yaml"), "1.2.0")
     det_v = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.4.0")
-    det_rc = _push(hub, det.with_suffix(".onnx"), det.with_suffix(".yaml"), "0.5.0-rc.1")
+    det_rc = _push(hub, det2.with_suffix(".onnx"), det2.with_suffix(".yaml"), "0.5.0-rc.1")
     out.models = [cls_old, cls_new, det_v]
     sha = {ref: hub.registry.get(*ref.split(":")).sha256 for ref in (*out.models, det_rc)}
 
@@ -280,6 +285,28 @@ def _gates(now: float, wave_size: int, *, requests: int, errors: int, p95: float
     ]  # fmt: skip
 
 
+def _adopt(hub: Hub, fleet: SeededFleet, ids: list[str], ref: str, rollout_id: str, at: float) -> None:
+    """Sign `ref` for `ids` as rollout `rollout_id` and report it active on them (as after a good wave)."""
+    name, _, version = ref.partition(":")
+    model = hub.registry.model_ref(name, version)
+    sha = hub.registry.get(name, version).sha256
+    for gpu in (False, True):
+        group = [d for d in ids if (d in fleet.gpu_devices) == gpu]
+        if not group:
+            continue
+        runtime = RuntimeOptions(providers=[CUDA, CPU]) if gpu else None
+        for st in hub.deployer.set_desired(group, model, runtime=runtime, rollout_id=rollout_id):
+            provider = CUDA if gpu else CPU
+            download = DownloadProgress(sha256=sha, have_chunks=0, total_chunks=6, bytes_done=0, bytes_total=6 << 18)
+            steps = ((Phase.DOWNLOADING, at - 40, download), (Phase.ACTIVATING, at - 5, None), (Phase.ACTIVE, at, None))
+            for seq, (phase, ts, dl) in enumerate(steps, 1000):
+                active = _applied(ref, sha, provider, at) if phase is Phase.ACTIVE else None
+                msg = ReportedState(device_id=st.device_id, seq=seq, ts=ts, desired_version=st.version, phase=phase,
+                                    active=active, download=dl)  # fmt: skip
+                hub.store.enqueue_reported(msg, ts)
+    hub.store.flush()
+
+
 def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     """Two rollouts with gate evaluations, as the controller records them: a classifier rollout paused by its
     p95 gate in wave 3 (its first waves on the candidate, reporting and serving), and a finished one of the
@@ -316,17 +343,17 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, rid, paused.model_dump(mode="json"))
     ids.append(rid)
+    subject = f"rollout/{rid}"
+    for ts, actor, action, details in (
+        (now - 5400, "ops-anna", "rollout.start", {"model": "mobilenet-like", "version": "1.2.0", "devices": n}),
+        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 0}),
+        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
+        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 2, "gate": "p95_latency"}),
+        (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": paused.reason}),
+    ):
+        hub.store.add_event(ts, actor, action, subject, details)
     moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
-    if moved:
-        ref = hub.registry.model_ref("mobilenet-like", "1.2.0")
-        states = hub.deployer.set_desired(moved, ref, rollout_id=rid)
-        sha = hub.registry.get("mobilenet-like", "1.2.0").sha256
-        for st in states:
-            active = _applied("mobilenet-like:1.2.0", sha, CPU, now - 4000)
-            msg = ReportedState(device_id=st.device_id, seq=1000, ts=now - 30, desired_version=st.version,
-                                phase=Phase.ACTIVE, active=active)  # fmt: skip
-            hub.store.enqueue_reported(msg, now - 30)
-        hub.store.flush()
+    _adopt(hub, fleet, moved, "mobilenet-like:1.2.0", rid, now - 4000)
 
     det = [d for d in fleet.devices if fleet.labels[d]["app"] == "detect"]
     done_id = "r-0d3e1b66a2c8"
@@ -343,5 +370,7 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
         devices={d: DeviceEntry(wave=0 if i == 0 else 1, joined_at=now - 80000) for i, d in enumerate(det)},
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, done_id, done.model_dump(mode="json"))
+    healthy = set(fleet.by_state.get("online", [])) | set(fleet.by_state.get("degraded", []))
+    _adopt(hub, fleet, [d for d in det if d in healthy], "tiny-detector:0.4.0", done_id, now - 76000)
     ids.append(done_id)
     return ids

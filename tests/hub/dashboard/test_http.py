@@ -211,3 +211,22 @@ def test_live_stream_sends_an_update_when_the_fleet_changes(dash: Dash) -> None:
             if line == "event: update":
                 break
         assert next(lines).startswith("data: {")
+
+
+def test_failed_logins_share_the_apis_rate_limit(dash: Dash) -> None:
+    # a client address of its own (127.0.0.2), so the other tests' failures do not count
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=dash.url, transport=transport, follow_redirects=False, timeout=30) as c:
+        statuses = [c.post("/login", data={"token": f"eft_guess{i}"}).status_code for i in range(30)]
+        assert statuses[0] == 401
+        assert statuses[-1] == 429
+        r = c.post("/login", data={"token": dash.tokens["viewer"]})  # even the right token, until it refills
+        assert r.status_code == 429
+        assert "too many failed logins" in r.text
+        assert "set-cookie" not in r.headers
+        c.cookies.set(COOKIE, "eft_forged")
+        assert c.get("/").status_code == 429
+        r = c.get("/api/v1/devices", headers={"Authorization": "Bearer eft_guess"})
+        assert r.status_code == 429  # one budget for the API and the dashboard
+    with dash.client("viewer") as ok:  # other addresses are not affected
+        assert ok.get("/").status_code == 200
