@@ -114,7 +114,7 @@ class AuditAndHeaders:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if scope.get("method") in MUTATING:
+            if scope.get("method") in MUTATING and status != 429:  # rate-limited floods must not flood the log
                 await self._audit(scope, status)
 
     async def _audit(self, scope: Scope, status: int) -> None:
