@@ -6,15 +6,17 @@ import json
 import ssl
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from typer.testing import CliRunner
 
 from edgefleet_cli import app
 from hub.acl import HUB_USERNAME, acl_text, hub_account, password_text
 from hub.credentials import mosquitto_verify
+from hub.errors import InvalidInput
 from hub.ratelimit import KeyedLimiter
 from hub.settings import HubSettings
-from hub.tls import TlsFiles, resolve
+from hub.tls import TlsFiles, create_dev_pki, resolve
 from tests.support.hub import RunningHub
 
 runner = CliRunner()
@@ -79,3 +81,13 @@ def test_device_revoke_command(running_hub: RunningHub) -> None:
     assert "cam-cli:" not in (h.settings.broker_dir / "passwords").read_text()
     missing = runner.invoke(app, ["device", "revoke", "nope", "--url", h.url, "--token", h.admin_token])
     assert missing.exit_code == 1 and "not enrolled" in missing.output
+
+
+def test_a_ca_file_alone_verifies_an_external_broker_without_serving_https(tmp_path: Path) -> None:
+    ca = create_dev_pki(tmp_path / "elsewhere").ca_cert
+    settings = HubSettings(data_dir=tmp_path / "d", broker={"url": "mqtts://broker.lan:8883"}, tls={"ca_file": ca})
+    assert resolve(settings) is None
+    on = settings.model_copy(update={"tls": settings.tls.model_copy(update={"enabled": True})})
+    with pytest.raises(InvalidInput, match="api.pem") as refused:  # the API's certificate is missing: said clearly
+        resolve(on)
+    assert "broker.pem" not in str(refused.value)  # an external broker brings its own
