@@ -157,7 +157,7 @@ class BoundedPublisher:
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         """Publish, first waiting while too many earlier messages are unacknowledged."""
-        while self._inflight and self._inflight[0].is_published():
+        while self._inflight and _settled(self._inflight[0]):
             self._inflight.popleft()
         deadline = time.monotonic() + self.timeout_s
         while len(self._inflight) >= self.max_inflight:
@@ -170,3 +170,8 @@ class BoundedPublisher:
             if info.is_published() or time.monotonic() >= deadline:
                 self._inflight.popleft()
         self._inflight.append(self.link.publish(topic, payload, qos=qos))
+
+
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Acknowledged, or never queued (no connection: paho raises on `is_published` for those)."""
+    return info.rc != mqtt.MQTT_ERR_SUCCESS or info.is_published()

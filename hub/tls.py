@@ -139,19 +139,22 @@ def resolve(settings: HubSettings) -> TlsFiles | None:
     """The TLS files the hub serves with, or None when TLS is off.
 
     TLS is on when `settings.tls.enabled` says so, or (unset) when `hub init --tls` created the dev files.
-    Files given in the settings win over the dev ones. Raises InvalidInput when TLS is on and a file is missing.
+    Files given in the settings win over the dev ones. Raises InvalidInput when TLS is on and a file it
+    needs is missing. (`tls.ca_file` without TLS on only makes the hub verify an external mqtts broker.)
     """
     t = settings.tls
     dev = TlsFiles.in_dir(settings.tls_dir)
-    enabled = t.enabled if t.enabled is not None else (dev.exist() or t.ca_file is not None)
+    enabled = t.enabled if t.enabled is not None else dev.exist()  # a CA file alone only verifies a broker
     if not enabled:
         return None
     files = TlsFiles(
         t.ca_file or dev.ca_cert, t.broker_cert_file or dev.broker_cert, t.broker_key_file or dev.broker_key,
         t.api_cert_file or dev.api_cert, t.api_key_file or dev.api_key,
     )  # fmt: skip
-    missing = [str(p) for p in (files.ca_cert, files.broker_cert, files.broker_key, files.api_cert, files.api_key)
-               if not p.exists()]  # fmt: skip
+    needed = [files.ca_cert, files.api_cert, files.api_key]
+    if settings.broker.url is None:  # the local broker serves mqtts with its own pair
+        needed += [files.broker_cert, files.broker_key]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise InvalidInput(f"TLS is on but these files are missing: {', '.join(missing)} (run `hub init --tls`)")
     return files

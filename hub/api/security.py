@@ -53,6 +53,15 @@ def authenticate(request: Request, role: Role) -> Principal:
         RateLimited: the client's failed-authentication budget is spent (Retry-After says when to retry).
         Unauthorized, Forbidden: as Auth raises them.
     """
+    principal = authenticate_header(request, request.headers.get("authorization"))
+    auth: Auth = request.app.state.auth
+    auth.require(principal, role)
+    return principal
+
+
+def authenticate_header(request: Request, authorization: str | None) -> Principal:
+    """Authenticate an `Authorization` value (the API's header, the dashboard's login form) under the
+    failed-authentication limit of the request's client; records the principal for the audit log."""
     auth: Auth = request.app.state.auth
     limiter: KeyedLimiter | None = getattr(request.app.state, "auth_failures", None)
     key = client_key(request)
@@ -60,13 +69,12 @@ def authenticate(request: Request, role: Role) -> Principal:
         wait = max(1, round(limiter.retry_after(key)))
         raise RateLimited(f"too many failed authentications from {key}; retry in {wait} s")
     try:
-        principal = auth.authenticate(request.headers.get("authorization"))
+        principal = auth.authenticate(authorization)
     except Unauthorized:
         if limiter is not None:
             limiter.allow(key)
         raise
     request.state.principal = principal
-    auth.require(principal, role)
     return principal
 
 
@@ -106,7 +114,7 @@ class AuditAndHeaders:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if scope.get("method") in MUTATING:
+            if scope.get("method") in MUTATING and status != 429:  # rate-limited floods must not flood the log
                 await self._audit(scope, status)
 
     async def _audit(self, scope: Scope, status: int) -> None:

@@ -20,9 +20,11 @@ from models.descriptor import ModelDescriptor
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import validate
 from tests.faults.proxy import TcpProxy
-from tests.support.hub import RunningHub, start_hub
+from tests.support.hub import RunningHub, running_hub, start_hub
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import print_table
+
+__all__ = ["running_hub"]
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK = 16 * 1024

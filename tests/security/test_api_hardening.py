@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.broker import Broker
@@ -33,7 +34,10 @@ def test_failed_authentications_are_rate_limited_per_client(strict_hub: RunningH
         # while the budget is spent even a valid token from that address waits (no oracle for guesses)
         assert good.get("/api/v1/devices").status_code == 429
         assert good.get("/healthz").status_code == 200  # unauthenticated endpoints stay up
-        record("attack", "token guessing (failed auth)", "refused", 4)
+        assert all(bad.post("/api/v1/devices", json={"id": "x"}).status_code == 429 for _ in range(20))
+    events = h.hub.store.list_events(since=None, until=None, subject=None, action="api.call", limit=1000)
+    assert not [e for e in events if e.details.get("status") == 429]  # a refused flood does not flood the log
+    record("attack", "token guessing (failed auth)", "refused", 24)
 
 
 def test_successful_calls_do_not_spend_the_budget(strict_hub: RunningHub) -> None:
@@ -103,3 +107,14 @@ def test_every_mutating_call_is_audited_refused_ones_too(running_hub: RunningHub
     assert any(m == "DELETE" and actor == "anonymous" for m, _s, _st, actor in calls)
     assert ("POST", "/api/v1/tokens", 201, "admin") in calls  # h.token() above
     assert not any(m == "GET" for m, *_r in calls)  # reads are not mutating calls
+
+
+def test_dashboard_login_shares_the_failed_auth_limit(strict_hub: RunningHub) -> None:
+    with httpx.Client(base_url=strict_hub.url, follow_redirects=False, timeout=30) as c:
+        codes = [c.post("/login", data={"token": "eft_guess", "next": "/"}).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        r = c.post("/login", data={"token": strict_hub.admin_token, "next": "/"})
+        assert r.status_code == 429 and "too many failed" in r.text
+        page = c.get("/login")
+        assert "content-security-policy" in page.headers and page.headers["x-frame-options"] == "DENY"
+    record("attack", "token guessing (dashboard login form)", "refused", 2)
