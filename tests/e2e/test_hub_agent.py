@@ -16,26 +16,16 @@ from PIL import Image
 
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
-from models.samples import build_classifier, classifier_descriptor
-from models.validate import validate
 from tests.e2e.conftest import AgentProc
 from tests.support.broker import free_port
 from tests.support.hub import RunningHub
+from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ModelDescriptor]]:
-    out = tmp_path_factory.mktemp("e2e-models")
-    made = {}
-    for seed, version in enumerate(("1.0.0", "2.0.0")):
-        path = out / f"cls-{version}.onnx"
-        path.write_bytes(build_classifier(num_classes=10, seed=seed).SerializeToString())
-        desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls").model_copy(
-            update={"version": version}
-        )
-        made[version] = (path, validate(path, desc).descriptor)
-    return made
+    return classifier_versions(tmp_path_factory.mktemp("e2e-models"))
 
 
 def _png() -> bytes:

@@ -17,10 +17,9 @@ import pytest
 
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
-from models.samples import build_classifier, classifier_descriptor
-from models.validate import validate
 from tests.faults.proxy import TcpProxy
 from tests.support.hub import RunningHub, running_hub, start_hub
+from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import print_table
 
@@ -56,15 +55,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def fault_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ModelDescriptor]]:
     """Two versions of a small classifier (about 1.4 MB each: some 85 chunks of 16 KiB)."""
     out = tmp_path_factory.mktemp("fault-models")
-    made = {}
-    for seed, version in enumerate(("1.0.0", "2.0.0")):
-        path = out / f"cls-{version}.onnx"
-        path.write_bytes(build_classifier(num_classes=10, seed=seed).SerializeToString())
-        desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls").model_copy(
-            update={"version": version}
-        )
-        made[version] = (path, validate(path, desc).descriptor)
-    return made
+    return classifier_versions(out)
 
 
 class AgentProc:

@@ -25,11 +25,10 @@ from fleet.codec import encode
 from fleet.messages import BlobManifest, SignedEnvelope, TelemetryWindow
 from hub.acl import hub_account
 from models.descriptor import ModelDescriptor
-from models.samples import build_classifier, classifier_descriptor
-from models.validate import validate
 from tests.agent.conftest import fast_settings
 from tests.security.probe import NOT_AUTHORIZED, Probe
 from tests.support.hub import RunningHub, start_hub
+from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
 
@@ -39,15 +38,7 @@ CHUNK = 16 * 1024
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ModelDescriptor]]:
     out = tmp_path_factory.mktemp("attack-models")
-    made = {}
-    for seed, version in enumerate(("1.0.0", "2.0.0")):
-        path = out / f"cls-{version}.onnx"
-        path.write_bytes(build_classifier(num_classes=10, seed=seed).SerializeToString())
-        desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls").model_copy(
-            update={"version": version}
-        )
-        made[version] = (path, validate(path, desc).descriptor)
-    return made
+    return classifier_versions(out)
 
 
 @dataclass
