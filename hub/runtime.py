@@ -7,6 +7,7 @@ services through its attributes: `registry`, `devices`, `deployer`, `telemetry`,
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -87,6 +88,12 @@ class Hub:
             raise
         self.started = True
 
+    def _client_id(self) -> str:
+        """One broker session per hub process: replicas sharing a store (and so an instance id) add their name."""
+        b = self.settings.broker
+        replica = b.replica or (socket.gethostname() if b.shared_group else None)
+        return f"edgefleet-hub-{self.instance_id}" + (f"-{replica}" if replica else "")
+
     def _start_services(self) -> None:
         s = self.settings
         self.instance_id = self.store.get_meta("instance_id") or uuid.uuid4().hex[:16]
@@ -106,7 +113,7 @@ class Hub:
             self.broker_url = s.broker.url
         self.link = MqttLink(
             self.broker_url,
-            client_id=f"edgefleet-hub-{self.instance_id}",
+            client_id=self._client_id(),
             on_message=self._on_message,
             subscriptions=[(self.topics.subscription(k, shared_group=s.broker.shared_group), 1) for k in _SUBSCRIBED],
             on_connect=self._on_connect,
@@ -129,7 +136,7 @@ class Hub:
             lambda topic, frame: chunk_pub.publish(topic, frame, qos=chunk_qos), s.transfer,
         )  # fmt: skip
         self.ingest = Ingestor(
-            self.store, self.topics, is_enrolled=self._enrolled.__contains__, chunk_server=self.chunks,
+            self.store, self.topics, is_enrolled=self.is_enrolled, chunk_server=self.chunks,
             max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
             allow_telemetry=self.security.allow_telemetry,
         )  # fmt: skip
@@ -223,4 +230,10 @@ class Hub:
         return self.link is not None and self.link.connected
 
     def is_enrolled(self, device_id: str) -> bool:
-        return device_id in self._enrolled
+        """Known and not revoked. A miss asks the store once more: another replica may have enrolled it."""
+        if device_id in self._enrolled:
+            return True
+        if self.store.get_device(device_id) is None or device_id in self.security.revoked():
+            return False
+        self._enrolled.add(device_id)
+        return True

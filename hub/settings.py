@@ -39,6 +39,12 @@ class BrokerSettings(_Group):
     shared_group: str | None = Field(
         default=None, description="MQTT 5 shared-subscription group for several hub replicas (None: plain)"
     )
+    replica: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="this replica's name, part of its MQTT client id (each replica needs its own broker session); "
+        "None: the host name when shared_group is set",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive, seconds")
     mosquitto_binary: str | None = Field(default=None, description="local broker: mosquitto path (None: search)")
     local_host: str = Field(default="127.0.0.1", description="local broker: listener address (loopback)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,44 +26,23 @@ from hub.runtime import Hub, init_hub  # noqa: E402
 from hub.settings import HubSettings  # noqa: E402
 
 N = 20
-Replicas = tuple["Replica", "Replica", list[AgentIdentity]]
-
-
-class Replica(Hub):
-    """One hub replica. The hub names its MQTT client after the store's instance id, which replicas share, and
-    a broker keeps one session per client id; until the hub has a replica setting, each gets its own here."""
-
-    def __init__(self, settings: HubSettings, name: str) -> None:
-        super().__init__(settings)
-        self.replica = name
-
-    def _start_services(self) -> None:
-        real = self.store.get_meta
-
-        def get_meta(key: str) -> Any:
-            value = real(key)
-            return f"{value}-{self.replica}" if key == "instance_id" and value else value
-
-        self.store.get_meta = get_meta  # type: ignore[method-assign]
-        super()._start_services()
+Replicas = tuple[Hub, Hub, list[AgentIdentity]]
 
 
 @pytest.fixture
-def replicas(
-    broker: Broker, topic_prefix: str, tmp_path: Path
-) -> Iterator[tuple[Replica, Replica, list[AgentIdentity]]]:
+def replicas(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[Replicas]:
     settings = HubSettings.model_validate({
         "data_dir": tmp_path / "hub", "topic_prefix": topic_prefix,
         "broker": {"url": broker.url, "mqtt_version": "5", "shared_group": "hubs"},
         "api": {"port": 0}, "retention": {"sweep_interval_s": 3600},
     })  # fmt: skip
     init_hub(settings)
-    a = Replica(settings, "a")
+    a = Hub(settings.model_copy(update={"broker": settings.broker.model_copy(update={"replica": "a"})}))
     a.start()
-    # enrol before the second replica starts: each replica loads the enrolled set when it starts
-    bundles = [a.devices.add(f"rep-{i:03d}", {"ring": "all"}, actor="test")[1] for i in range(N)]
-    b = Replica(settings, "b")
+    b = Hub(settings.model_copy(update={"broker": settings.broker.model_copy(update={"replica": "b"})}))
     b.start()
+    # enrolled through replica a after b started: b learns of them from the shared store
+    bundles = [a.devices.add(f"rep-{i:03d}", {"ring": "all"}, actor="test")[1] for i in range(N)]
     try:
         yield a, b, [AgentIdentity.from_bundle(x) for x in bundles]
     finally:
