@@ -11,7 +11,9 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -235,11 +237,25 @@ MODEL_COMMANDS: list[tuple[str, Callable[..., None]]] = [
 
 
 # -- device ------------------------------------------------------------------------------------------
+def _ago(ts: float, now: float | None = None) -> str:
+    """Unix time as people read it in a table: '12 s ago', '5 min ago', '3 h ago', or the UTC date."""
+    age = (time.time() if now is None else now) - ts
+    if age < 0:
+        return "just now"
+    if age < 120:
+        return f"{age:.0f} s ago"
+    if age < 7200:
+        return f"{age / 60:.0f} min ago"
+    if age < 172800:
+        return f"{age / 3600:.0f} h ago"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _device_table(rows: list[dict[str, Any]]) -> Table:
     table = Table("id", "state", "labels", "desired", "active", "last seen")
     for r in rows:
         labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
-        seen = f"{r['last_seen']:.0f}" if r.get("last_seen") else "-"
+        seen = _ago(r["last_seen"]) if r.get("last_seen") else "-"
         table.add_row(r["id"], r["state"], labels, r["desired_model"] or "-", r["active_model"] or "-", seen)
     return table
 
