@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.agents import AgentProc
 from tests.support.hub import running_hub
 
 __all__ = ["AgentProc", "running_hub", "spawn_agent"]
@@ -25,35 +24,6 @@ FAST_AGENT_ENV = {
     "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
     "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "0.5",
 }
-
-
-class AgentProc:
-    """`edgefleet agent run` as a real process, API on `port`."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int) -> None:
-        self.port = port
-        self.log = log
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=self._log)
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        """SIGTERM and wait: the agent must stop cleanly."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture

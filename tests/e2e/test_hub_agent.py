@@ -16,7 +16,7 @@ from PIL import Image
 
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
-from tests.e2e.conftest import AgentProc
+from tests.support.agents import AgentProc
 from tests.support.broker import free_port
 from tests.support.hub import RunningHub
 from tests.support.models import classifier_versions

@@ -5,8 +5,6 @@ partition an agent from the broker, and the outcome table printed at the end of 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import pytest
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
 from tests.faults.proxy import TcpProxy
+from tests.support.agents import AgentProc
 from tests.support.hub import RunningHub, running_hub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
@@ -56,35 +55,6 @@ def fault_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     """Two versions of a small classifier (about 1.4 MB each: some 85 chunks of 16 KiB)."""
     out = tmp_path_factory.mktemp("fault-models")
     return classifier_versions(out)
-
-
-class AgentProc:
-    """`python -m agent run --bundle B` as a process of its own."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=self._log)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no clean shutdown."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @dataclass
