@@ -3,8 +3,11 @@
 N publisher processes send pre-encoded TelemetryWindow messages through one Mosquitto (QoS 0 by default, which
 the protocol allows for telemetry; `--qos 1` for acknowledged delivery; both subscribers subscribe at QoS 1):
   raw - one plain paho subscriber on the telemetry wildcard that only counts messages;
-  hub - a real Hub (its MQTT link, fleet.codec decoding, checks, the store's batched single writer into
-        SQLite WAL with dedupe by (device, seq) and per-minute rollups).
+  hub - a real Hub (its MQTT link, fleet.codec decoding, checks, batched writes into SQLite WAL with dedupe
+        by (device, seq) and per-minute rollups), as `hub serve` runs it: telemetry decoded and written by
+        the telemetry writer process (ingest.telemetry_process);
+  hub in-process - the same with ingest.telemetry_process off (everything in the hub's one process).
+After each hub round the windows are counted in the database (not only in the hub's counters).
 Rate = windows / (publishers released -> last message counted, or last window committed). Rounds alternate
 raw and hub; the ratio is the median of the per-round ratios. Prints a markdown table.
 
@@ -35,7 +38,7 @@ from fleet.messages import GpuSample, TelemetryWindow
 from fleet.topics import TopicKind, Topics
 from hub.broker import LocalBroker
 from hub.runtime import Hub, init_hub
-from hub.settings import BrokerSettings, HubSettings
+from hub.settings import BrokerSettings, HubSettings, IngestSettings
 
 
 def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -> list[tuple[str, bytes]]:
@@ -120,11 +123,20 @@ def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]], qos
 
 
 def hub_rate(
-    broker_url: str, prefix: str, batches: list[list[tuple[str, bytes]]], devices: list[str], qos: int
+    broker_url: str,
+    prefix: str,
+    batches: list[list[tuple[str, bytes]]],
+    devices: list[str],
+    qos: int,
+    *,
+    telemetry_process: bool = True,
 ) -> float:
     total = sum(len(b) for b in batches)
     with tempfile.TemporaryDirectory(prefix="ef-bench-hub-") as d:
-        settings = HubSettings(data_dir=Path(d), topic_prefix=prefix, broker=BrokerSettings(url=broker_url))
+        settings = HubSettings(
+            data_dir=Path(d), topic_prefix=prefix, broker=BrokerSettings(url=broker_url),
+            ingest=IngestSettings(telemetry_process=telemetry_process),
+        )  # fmt: skip
         init_hub(settings)
         hub = Hub(settings)
         hub.start()
@@ -143,6 +155,10 @@ def hub_rate(
             for p in procs:
                 p.join()
             assert hub.ingest.rejected_total == 0, dict(hub.ingest.rejected)
+            hub.store.flush()
+            stored = sum(hub.store.telemetry_seq(dev, since=None, until=None).count for dev in devices)
+            if stored != total:
+                raise RuntimeError(f"the database holds {stored} windows, {total} were sent")
         finally:
             hub.stop()
     return total / (last - t0)
@@ -161,7 +177,7 @@ def main() -> None:
         broker = LocalBroker(BrokerSettings(local_port=0), Path(d))
         broker.start()
         try:
-            raws, hubs, ratios = [], [], []
+            raws, hubs, ratios, inprocs, inratios = [], [], [], [], []
             for r in range(args.rounds):
                 prefix = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
                 batches = [_payloads(prefix, p, args.devices, per, str(r)) for p in range(args.publishers)]
@@ -170,10 +186,16 @@ def main() -> None:
                 prefix2 = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
                 batches2 = [[(t.replace(prefix, prefix2), p) for t, p in b] for b in batches]
                 hub = hub_rate(broker.url, prefix2, batches2, devices, args.qos)
+                prefix3 = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
+                batches3 = [[(t.replace(prefix, prefix3), p) for t, p in b] for b in batches]
+                inproc = hub_rate(broker.url, prefix3, batches3, devices, args.qos, telemetry_process=False)
                 raws.append(raw)
                 hubs.append(hub)
                 ratios.append(hub / raw)
-                print(f"round {r + 1}: raw {raw:,.0f}/s, hub {hub:,.0f}/s, ratio {hub / raw:.2f}", file=sys.stderr)
+                inprocs.append(inproc)
+                inratios.append(inproc / raw)
+                print(f"round {r + 1}: raw {raw:,.0f}/s, hub {hub:,.0f}/s ({hub / raw:.2f}), "
+                      f"hub in-process {inproc:,.0f}/s ({inproc / raw:.2f})", file=sys.stderr)  # fmt: skip
         finally:
             broker.stop()
     size = len(batches[0][0][1])
@@ -183,8 +205,10 @@ def main() -> None:
     print("| path | windows/s | ratio |")
     print("| --- | ---: | ---: |")
     print(f"| raw paho subscriber (receive only) | {statistics.median(raws):,.0f} | 1.00 |")
-    print(f"| hub: decode, check, persist (SQLite WAL, rollups) | {statistics.median(hubs):,.0f} "
-          f"| {statistics.median(ratios):.2f} |")  # fmt: skip
+    print(f"| hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default) "
+          f"| {statistics.median(hubs):,.0f} | {statistics.median(ratios):.2f} |")  # fmt: skip
+    print(f"| hub, all in one process (`ingest.telemetry_process` off) | {statistics.median(inprocs):,.0f} "
+          f"| {statistics.median(inratios):.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 `Ingestor.handle(topic, payload)` runs on the MQTT thread: it parses the topic, refuses oversized,
 malformed or foreign messages (counted by kind and reason, logged with a rate limit, never raised), and
 queues good ones for the store's writer, which writes them in batches.
+
+Telemetry, the bulk of the traffic, goes undecoded to the store's telemetry writer process when the store
+has one (`ingest.telemetry_process`, the default): this thread checks topic, size, enrolment and the
+per-device rate limit; the writer process decodes, refuses malformed and foreign windows and writes the
+rest. Its counts are merged into `accepted` and `rejected`, so both paths report the same way.
 """
 
 from __future__ import annotations
@@ -44,14 +49,14 @@ class Ingestor:
         self.max_message_bytes = max_message_bytes
         self.on_ack = on_ack
         self.allow_telemetry = allow_telemetry  # a per-device rate limit (hub.security)
-        self.accepted: Counter[str] = Counter()
-        self.rejected: Counter[tuple[str, str]] = Counter()
+        self._accepted: Counter[str] = Counter()
+        self._rejected: Counter[tuple[str, str]] = Counter()
         self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
 
     def _reject(self, kind: str, reason: str, topic: str, detail: str = "") -> None:
         key = (kind, reason)
-        self.rejected[key] += 1
-        n = self.rejected[key]
+        self._rejected[key] += 1
+        n = self._rejected[key]
         if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
             log.warning("ingest: refused %s message on %s (%s, #%d): %s", kind, topic[:200], reason, n, detail[:300])
 
@@ -73,6 +78,9 @@ class Ingestor:
             return
         if not payload:
             return  # a cleared retained message
+        if kind is TopicKind.TELEMETRY and parsed.device_id is not None and self.store.takes_raw_telemetry:
+            self._raw_telemetry(topic, parsed.device_id, payload)
+            return
         if (
             kind is TopicKind.TELEMETRY and self.allow_telemetry is not None and parsed.device_id is not None
             and self.is_enrolled(parsed.device_id) and not self.allow_telemetry(parsed.device_id)
@@ -94,7 +102,7 @@ class Ingestor:
                 elif not self.is_enrolled(want.device_id):
                     self._reject(kind.value, "unknown_device", topic, want.device_id)
                 elif self.chunk_server.want(want):
-                    self.accepted[kind.value] += 1
+                    self._accepted[kind.value] += 1
                 else:
                     self._reject(kind.value, "unknown_blob", topic, want.sha256)
             elif kind is TopicKind.CMD_ACK:
@@ -102,13 +110,22 @@ class Ingestor:
                 if ack.device_id != parsed.device_id:
                     self._reject(kind.value, "foreign", topic, "device id differs from the topic")
                     return
-                self.accepted[kind.value] += 1
+                self._accepted[kind.value] += 1
                 if self.on_ack is not None:
                     self.on_ack(ack)
             else:
                 self._reject(kind.value, "unexpected_topic", topic, "the hub does not consume this topic")
         except MessageError as e:
             self._reject(kind.value, "malformed", topic, str(e))
+
+    def _raw_telemetry(self, topic: str, device_id: str, payload: bytes) -> None:
+        """Checks that need the hub's state; decoding and the foreign check happen in the writer process."""
+        if not self.is_enrolled(device_id):
+            self._reject("telemetry", "unknown_device", topic, device_id)
+        elif self.allow_telemetry is not None and not self.allow_telemetry(device_id):
+            self._reject("telemetry", "rate_limited", topic, "telemetry flood: the device's rate limit is spent")
+        elif not self.store.submit_telemetry(device_id, payload, time.time()):
+            self._reject("telemetry", "queue_full", topic, "the telemetry writer is behind")
 
     def _device_msg(
         self, kind: TopicKind, topic: str, device_id: str | None, msg: TelemetryWindow | DeviceStatus | ReportedState,
@@ -127,9 +144,19 @@ class Ingestor:
         else:
             ok = self.store.enqueue_reported(msg, now)
         if ok:
-            self.accepted[kind.value] += 1
+            self._accepted[kind.value] += 1
         else:
             self._reject(kind.value, "queue_full", topic, "the store's writer is behind")
+
+    @property
+    def accepted(self) -> Counter[str]:
+        """Accepted messages by kind (a copy)."""
+        return Counter(self.snapshot()[0])
+
+    @property
+    def rejected(self) -> Counter[tuple[str, str]]:
+        """Refused messages by (kind, reason) (a copy)."""
+        return Counter(self.snapshot()[1])
 
     @property
     def rejected_total(self) -> int:
@@ -137,9 +164,19 @@ class Ingestor:
 
     def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Copies of the accepted and rejected counters, safe to take from any thread."""
+        accepted: dict[str, int] = {}
+        rejected: dict[tuple[str, str], int] = {}
         for _ in range(10):
             try:  # the MQTT thread may add a key while we copy
-                return dict(self.accepted), dict(self.rejected)
+                accepted, rejected = dict(self._accepted), dict(self._rejected)
+                break
             except RuntimeError:
                 continue
-        return {}, {}
+        if self.store.takes_raw_telemetry:  # what the telemetry writer process decided
+            st = self.store.ingest_stats()
+            for key, n in (("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign)):
+                if n:
+                    rejected[("telemetry", key)] = rejected.get(("telemetry", key), 0) + n
+            if st.telemetry_accepted:
+                accepted["telemetry"] = accepted.get("telemetry", 0) + st.telemetry_accepted
+        return accepted, rejected

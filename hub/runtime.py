@@ -79,8 +79,9 @@ class Hub:
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
         self.key = HubSigningKey.load(s.key_path)
         self.store: SqliteStore = open_store(
-            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s
-        )
+            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
+            telemetry_process=s.ingest.telemetry_process,
+        )  # fmt: skip
         try:
             self._start_services()
         except BaseException:

@@ -114,6 +114,11 @@ class IngestSettings(_Group):
     max_queue: int = Field(
         default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
     )
+    telemetry_process: bool = Field(
+        default=True,
+        description="decode and write telemetry in a writer process of its own, so ingestion is not bound to "
+        "the hub process's one Python GIL (off: in the hub process, one process less)",
+    )
 
 
 class RetentionSettings(_Group):

@@ -22,10 +22,20 @@ from hub.store.sqlite import SqliteStore
 
 
 def open_store(
-    path: Path, *, max_batch: int = 5000, max_queue: int = 200_000, max_delay_s: float = 0.05
+    path: Path,
+    *,
+    max_batch: int = 5000,
+    max_queue: int = 200_000,
+    max_delay_s: float = 0.05,
+    telemetry_process: bool = False,
 ) -> SqliteStore:
-    """Open (creating and migrating) the SQLite store at `path`."""
-    return SqliteStore(path, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s)
+    """Open (creating and migrating) the SQLite store at `path`.
+
+    `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does).
+    """
+    return SqliteStore(
+        path, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process
+    )
 
 
 __all__ = [

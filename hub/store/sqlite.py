@@ -25,9 +25,11 @@ from sqlite_utils import Database
 from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
 from hub.errors import Conflict, NotFound
 from hub.store import telemetry as tsql
+from hub.store import telemetry_proc as tproc
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
 from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
+from hub.store.telemetry_proc import TelemetryProcess
 from hub.store.totals import TotalsQueries
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,13 @@ class SqliteStore(DeviceTables, TotalsQueries):
     """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
 
     def __init__(
-        self, path: Path, *, max_batch: int = 5000, max_queue: int = 200_000, max_delay_s: float = 0.05
+        self,
+        path: Path,
+        *,
+        max_batch: int = 5000,
+        max_queue: int = 200_000,
+        max_delay_s: float = 0.05,
+        telemetry_process: bool = False,
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +97,12 @@ class SqliteStore(DeviceTables, TotalsQueries):
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
         self._wconn = _connect(path, readonly=False)
-        row = self._wconn.execute("SELECT value FROM meta WHERE key = 'telemetry_watermark'").fetchone()
-        self._watermark = int(row[0]) if row else 0
+        # Telemetry in a writer process of its own (hub.store.telemetry_proc), or on this process's writer.
+        self.telemetry_proc: TelemetryProcess | None = None
+        if telemetry_process:
+            self.telemetry_proc = TelemetryProcess(
+                str(path), max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
+            )
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -99,7 +111,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def _collect(self) -> list[tuple[Any, ...]]:
         """The next batch: what is queued, and for ingested messages up to `max_delay_s` more (group commit).
 
-        Every transaction has a fixed cost (rollup query, watermark, commit); waiting a few milliseconds
+        Every transaction has a fixed cost (rollup query, device updates, commit); waiting a few milliseconds
         for more messages turns many tiny transactions into a few large ones. A job (an API write) or the
         stop marker ends the wait at once.
         """
@@ -158,12 +170,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
             conn.execute("BEGIN IMMEDIATE")
             inserted = 0
             if rows:
-                inserted, self._watermark = tsql.write_windows(conn, rows, self._watermark)
-                conn.execute(
-                    "INSERT INTO meta VALUES ('telemetry_watermark', ?) ON CONFLICT(key) DO UPDATE SET value = "
-                    "excluded.value",
-                    (str(self._watermark),),
-                )
+                inserted = tsql.write_windows(conn, rows)
             applied_status = applied_reported = stale = 0
             for kind, msg, received in ((i[0], i[1], i[2]) for i in items if i[0] != "tel"):
                 if kind == "status":
@@ -234,9 +241,11 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return conn
 
     def close(self) -> None:
-        """Write what is queued, stop the writer and close every connection."""
+        """Write what is queued, stop the writers and close every connection."""
         if self._closed:
             return
+        if self.telemetry_proc is not None:
+            self.telemetry_proc.close()
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(60)
@@ -262,12 +271,39 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool:
         return self._enqueue(("tel", tsql.window_row(msg, received_at)))
 
+    @property
+    def takes_raw_telemetry(self) -> bool:
+        return self.telemetry_proc is not None
+
+    def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool:
+        """Queue an undecoded window for the telemetry writer process, which decodes, checks and writes it."""
+        if self.telemetry_proc is None:
+            raise RuntimeError("this store writes telemetry in-process: use enqueue_telemetry")
+        return self.telemetry_proc.submit(device_id, payload, received_at)
+
     def flush(self, timeout: float = 30.0) -> None:
-        """Return once everything queued before this call is written."""
+        """Return once everything queued before this call is written (telemetry writer process included)."""
+        if self.telemetry_proc is not None:
+            self.telemetry_proc.flush(timeout)
         self._write(lambda _c: None, timeout)
 
     def ingest_stats(self) -> IngestStats:
-        return self._stats
+        s, p = self._stats, self.telemetry_proc
+        if p is None:
+            return s
+        c = p.counters
+        return replace(
+            s,
+            telemetry_persisted=s.telemetry_persisted + c[tproc.PERSISTED],
+            telemetry_duplicates=s.telemetry_duplicates + c[tproc.DUPLICATES],
+            dropped_queue_full=s.dropped_queue_full + p.dropped,
+            write_errors=s.write_errors + c[tproc.WRITE_ERRORS],
+            telemetry_accepted=c[tproc.ACCEPTED],
+            telemetry_malformed=c[tproc.MALFORMED],
+            telemetry_foreign=c[tproc.FOREIGN],
+            telemetry_lost=p.lost,
+            writer_restarts=p.restarts,
+        )
 
     @property
     def queue_depth(self) -> int:

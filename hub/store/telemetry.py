@@ -62,20 +62,25 @@ def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
     return dict(shadow) if isinstance(shadow, dict) else None
 
 
-def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], watermark: int) -> tuple[int, int]:
-    """Insert rows (duplicates ignored), roll the new ones up, touch devices. Returns (inserted, watermark)."""
+def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows (duplicates ignored), roll the new ones up, touch devices. Returns how many were new.
+
+    Call inside a write transaction (BEGIN IMMEDIATE): the rollup takes exactly the rows this call inserted,
+    the ids above the largest id before the insert, so any number of writers (the in-process writer, the
+    telemetry writer process, hub replicas sharing the file) each roll up their own rows once.
+    """
+    before = int(conn.execute("SELECT coalesce(max(id), 0) FROM telemetry").fetchone()[0])
     cur = conn.executemany(INSERT_RAW, rows)
     inserted = max(cur.rowcount, 0)
     if inserted:
-        conn.execute(ROLLUP, (watermark,))
-        watermark = int(conn.execute("SELECT max(id) FROM telemetry").fetchone()[0] or watermark)
+        conn.execute(ROLLUP, (before,))
         latest: dict[str, tuple[Any, ...]] = {}
         for r in rows:
             prev = latest.get(r[0])
             if prev is None or r[3] >= prev[3]:
                 latest[r[0]] = r
         conn.executemany(TOUCH_DEVICE, [(r[4], r[4], r[8], r[9], r[0]) for r in latest.values()])
-    return inserted, watermark
+    return inserted
 
 
 def query_windows(

@@ -1,0 +1,187 @@
+"""The telemetry writer process on real SQLite files: decoding, refusals, rollups, back-pressure, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.codec import encode
+from fleet.messages import TelemetryWindow
+from hub.store import Device, SqliteStore, open_store
+from tests.support.mqtt import wait_for
+
+BASE = 6000.0  # a minute boundary
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = open_store(tmp_path / "hub.db", telemetry_process=True)
+    for d in ("d1", "d2"):
+        s.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _window(device: str, seq: int, requests: int = 4) -> TelemetryWindow:
+    return TelemetryWindow(device_id=device, seq=seq, start=BASE + seq * 30, end=BASE + seq * 30 + 30,
+                           requests=requests, errors=1, model="m", model_version="1.0.0")  # fmt: skip
+
+
+def _payload(device: str, seq: int, requests: int = 4) -> bytes:
+    return encode(_window(device, seq, requests))
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running, not gone and not a zombie (an exited process its parent has not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqliteStore) -> None:
+    assert store.takes_raw_telemetry
+    now = time.time()
+    for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
+        assert store.submit_telemetry("d1", _payload("d1", seq), now)
+    store.submit_telemetry("d1", b"not json", now)
+    store.submit_telemetry("d1", b'{"schema_version": 2, "kind": "telemetry"}', now)
+    store.submit_telemetry("d1", _payload("d2", 7), now)  # names another device than its topic
+    store.flush()
+    st = store.ingest_stats()
+    assert (st.telemetry_persisted, st.telemetry_duplicates) == (3, 2)
+    assert (st.telemetry_accepted, st.telemetry_malformed, st.telemetry_foreign) == (5, 2, 1)
+    assert st.write_errors == 0 and st.writer_restarts == 0 and st.telemetry_lost == 0
+    series = store.telemetry_series(device_id="d1")
+    assert [(p.minute, p.windows, p.requests) for p in series] == [(6000.0, 2, 8), (6060.0, 1, 4)]
+    assert [w.seq for w in store.telemetry_windows("d1", since=None, until=None, limit=10)] == [2, 1, 0]
+    assert store.telemetry_seq("d2", since=None, until=None).count == 0
+    dev = store.get_device("d1")
+    assert dev is not None and dev.last_seen == pytest.approx(now)
+
+
+def test_writers_sharing_a_file_roll_up_each_window_exactly_once(tmp_path: Path) -> None:
+    """The in-process writer, the writer process and a second store on the same file (a hub replica)."""
+    a = open_store(tmp_path / "hub.db", telemetry_process=True)
+    b = open_store(tmp_path / "hub.db")
+    try:
+        a.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        sent = 0
+        for seq in range(300):
+            if seq % 3 == 0:
+                a.submit_telemetry("d1", _payload("d1", seq, requests=1), time.time())
+            elif seq % 3 == 1:
+                b.enqueue_telemetry(_window("d1", seq, requests=1), time.time())
+            else:
+                a.enqueue_telemetry(_window("d1", seq, requests=1), time.time())
+            sent += 1
+            if seq % 50 == 49:
+                a.flush()
+                b.flush()
+        a.flush()
+        b.flush()
+        series = a.telemetry_series(device_id="d1")
+        assert sum(p.windows for p in series) == sent == a.telemetry_seq("d1", since=None, until=None).count
+        assert sum(p.requests for p in series) == sent
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqliteStore) -> None:
+    proc = store.telemetry_proc
+    assert proc is not None and proc.pid is not None
+    for seq in range(10):
+        store.submit_telemetry("d1", _payload("d1", seq), time.time())
+    store.flush()
+    first = proc.pid
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: store.ingest_stats().writer_restarts == 1)  # the supervisor noticed on its own
+    assert proc.pid != first
+    for seq in range(10, 20):
+        assert store.submit_telemetry("d1", _payload("d1", seq), time.time())
+    store.flush()
+    st = store.ingest_stats()
+    assert st.writer_restarts == 1
+    assert st.telemetry_lost == 0  # everything sent before the kill was committed (flushed)
+    assert store.telemetry_seq("d1", since=None, until=None).count == 20
+
+
+def test_flush_right_after_a_kill_accounts_for_every_window(store: SqliteStore) -> None:
+    """The writer dies between the supervisor's last look and a flush: flush restarts it, loses no count."""
+    proc = store.telemetry_proc
+    assert proc is not None and proc.pid is not None
+    for round_ in range(5):
+        pid = proc.pid
+        assert pid is not None
+        for seq in range(round_ * 20, round_ * 20 + 20):
+            store.submit_telemetry("d1", _payload("d1", seq), time.time())
+        os.kill(pid, signal.SIGKILL)
+        store.flush()  # must not raise
+    st = store.ingest_stats()
+    stored = store.telemetry_seq("d1", since=None, until=None).count
+    assert st.writer_restarts >= 1
+    assert stored == st.telemetry_persisted and stored + st.telemetry_lost == 100
+
+
+def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_accepted(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "hub.db", telemetry_process=True, max_queue=100)
+    try:
+        store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        blocker = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer process now waits for the lock (busy_timeout)
+        accepted = 0
+        for seq in range(3000):
+            accepted += store.submit_telemetry("d1", _payload("d1", seq), time.time())
+            if seq % 100 == 0:
+                time.sleep(0.01)  # let the forwarder fill the pipe
+        dropped = store.ingest_stats().dropped_queue_full
+        assert dropped > 0 and accepted + dropped == 3000
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.flush()
+        assert store.ingest_stats().telemetry_persisted == accepted
+        assert store.telemetry_seq("d1", since=None, until=None).count == accepted
+    finally:
+        store.close()
+
+
+def test_closed_store_refuses_new_windows(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "hub.db", telemetry_process=True)
+    proc = store.telemetry_proc
+    assert proc is not None
+    pid = proc.pid
+    store.close()
+    assert pid is not None and not _pid_alive(pid)
+    assert not proc.submit("d1", _payload("d1", 0), time.time())
+
+
+def test_the_writer_exits_when_the_hub_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the process that owns the store: its writer sees the pipe close and leaves (no orphan)."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from hub.store import open_store
+        store = open_store(__import__("pathlib").Path({str(tmp_path / "hub.db")!r}), telemetry_process=True)
+        print(store.telemetry_proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as owner:
+        try:
+            assert owner.stdout is not None
+            writer = int(owner.stdout.readline())
+            assert _pid_alive(writer)
+            owner.kill()
+            owner.wait(10)
+            wait_for(lambda: not _pid_alive(writer), timeout=10)
+        finally:
+            owner.kill()
