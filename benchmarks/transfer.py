@@ -3,7 +3,9 @@
 For N receivers, a 16 MiB blob is published once as 256 KiB chunks (QoS 1) on one topic:
   raw   - plain paho subscribers that only count bytes;
   fleet - paho subscribers feeding fleet.ChunkReceiver (per-chunk sha256 against the manifest, pwrite into a
-          partial file, resume bitmap, whole-blob sha256 and rename at the end).
+          partial file, resume bitmap, whole-blob sha256 and rename at the end);
+  floor - paho subscribers that do only the hashing design.md requires of every receiver (each chunk's
+          sha256 against the list, and the whole blob's sha256), no disk: no receiver can beat this row.
 Receivers live in a few worker processes (as agents would be separate processes) so one GIL is not the
 bottleneck. Time = first publish to the last receiver done. Prints a markdown table with the ratio.
 
@@ -13,6 +15,7 @@ bottleneck. Time = first publish to the last receiver done. Prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing as mp
 import os
 import platform
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet import ChunkReceiver, Topics, iter_frames, plan_file
+from fleet import ChunkReceiver, Topics, decode_frame, iter_frames, plan_file
 from fleet.messages import BlobManifest
 from tests.support.broker import Broker, find_mosquitto, free_port
 
@@ -66,6 +69,20 @@ def worker(
                     finish()
 
             c.on_message = on_raw
+        elif mode == "floor":
+            whole = hashlib.sha256()
+            seen = [0]
+
+            def on_floor(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+                frame = decode_frame(msg.payload)
+                assert hashlib.sha256(frame.data).hexdigest() == manifest.chunks[frame.index]
+                whole.update(frame.data)  # chunks arrive in order on one topic
+                seen[0] += 1
+                if seen[0] == manifest.count:
+                    assert whole.hexdigest() == manifest.sha256
+                    finish()
+
+            c.on_message = on_floor
         else:
             rx = ChunkReceiver(manifest, Path(workdir) / f"r{os.getpid()}-{i}")
 
@@ -163,21 +180,22 @@ def main() -> None:
             manifest = plan_file(blob, args.chunk_kib << 10)
             rows = []
             for n in (int(x) for x in args.receivers.split(",")):
-                raw, fleet = [], []
-                for _ in range(args.repeat):  # interleave so machine noise hits both alike
+                raw, fleet, floor = [], [], []
+                for _ in range(args.repeat):  # interleave so machine noise hits all alike
                     raw.append(run_once(broker.port, blob, manifest, n, "raw", args.procs))
                     fleet.append(run_once(broker.port, blob, manifest, n, "fleet", args.procs))
-                r, f = statistics.median(raw), statistics.median(fleet)
-                rows.append((n, r, f))
+                    floor.append(run_once(broker.port, blob, manifest, n, "floor", args.procs))
+                rows.append((n, statistics.median(raw), statistics.median(fleet), statistics.median(floor)))
         finally:
             broker.stop()
     print(f"# transfer: {args.size_mib} MiB blob, {args.chunk_kib} KiB chunks, QoS 1, median of {args.repeat}")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    print("| receivers | raw paho (s) | fleet codec + receiver (s) | ratio | goal |")
-    print("| --- | --- | --- | --- | --- |")
-    for n, r, f in rows:
+    print(f"# receivers in {args.procs} worker processes")
+    print("| receivers | raw paho (s) | fleet codec + receiver (s) | ratio | hashing only (s) | its ratio | goal |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for n, r, f, h in rows:
         goal = "<= 1.5" if n == 50 else ""
-        print(f"| {n} | {r:.2f} | {f:.2f} | {f / r:.2f} | {goal} |")
+        print(f"| {n} | {r:.2f} | {f:.2f} | {f / r:.2f} | {h:.2f} | {h / r:.2f} | {goal} |")
 
 
 if __name__ == "__main__":
