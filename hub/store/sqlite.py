@@ -307,7 +307,8 @@ class SqliteStore(DeviceTables, TotalsQueries):
 
     @property
     def queue_depth(self) -> int:
-        return self._q.qsize()
+        """Messages waiting for a writer: this process's queue and the telemetry writer's buffer."""
+        return self._q.qsize() + (self.telemetry_proc.queue_depth if self.telemetry_proc is not None else 0)
 
     # -- meta, tokens, events, documents ------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -32,10 +32,10 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any
 
 from fleet.codec import decode
@@ -69,9 +69,9 @@ def _child_main(cfg: _Config, inbox: Connection, acks: Connection, counters: Any
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the hub's terminal: the hub stops us in order
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry-writer] %(message)s")
     max_batch, max_delay_s = cfg.max_batch, cfg.max_delay_s
-    conn = sqlite3.connect(cfg.db_path, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    from hub.store.sqlite import _connect  # noqa: PLC0415 - sqlite.py imports this module
+
+    conn = _connect(Path(cfg.db_path), readonly=False)  # the same connection settings as the hub's writer
     writer = _Writer(conn, counters)
     rows: list[tuple[Any, ...]] = []
     upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
@@ -163,13 +163,11 @@ class TelemetryProcess:
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
-        on_restart: Callable[[int], None] | None = None,
     ) -> None:
         self.db_path = db_path
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
-        self.on_restart = on_restart
         self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.counters: Any = self._ctx.Array("q", _N_COUNTERS, lock=False)
         self._buf: list[tuple[str, float, bytes]] = []
@@ -230,8 +228,6 @@ class TelemetryProcess:
         log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why,
                   old.exitcode if old else None, self.restarts)  # fmt: skip
         self._spawn()
-        if self.on_restart is not None:
-            self.on_restart(self.restarts)
 
     @property
     def _unsent_estimate(self) -> int:
