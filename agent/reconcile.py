@@ -32,7 +32,7 @@ from agent.settings import AgentSettings
 from agent.state import AcceptedState
 from agent.store import ModelStore, StoredModel
 from fleet.codec import decode
-from fleet.errors import MessageError, SignatureError
+from fleet.errors import MessageError, SignatureError, error_code
 from fleet.messages import (
     AppliedModel,
     ClusterWorkload,
@@ -173,7 +173,7 @@ class Reconciler:
                 envelope, DesiredState, now=self.clock(), last_version=self.state.desired_version
             )
         except SignatureError as e:
-            self._refuse(activation.error_code(e), f"desired state refused: {e}")
+            self._refuse(error_code(e), f"desired state refused: {e}")
             return
         self.state = self.state.model_copy(update={"desired_version": body.version, "envelope": envelope})
         self.state.save(self.state_path)

@@ -46,7 +46,7 @@ import psutil  # noqa: E402
 
 from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
-from agent.sim.mqtt import Transport  # noqa: E402
+from agent.sim.transport import Transport  # noqa: E402
 from fleet import ModelRef, TelemetryWindow, Topics, decode, encode_frame, plan_file  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402

@@ -9,22 +9,24 @@ top-level fields as `EDGEFLEET_HUB_<FIELD>` (for example `EDGEFLEET_HUB_DATA_DIR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from fleet.address import check_broker_url
 from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
 from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
+BrokerUrl = Annotated[str, AfterValidator(check_broker_url)]
 
 
 class BrokerSettings(SettingsGroup):
     """Which MQTT broker the hub uses, or how it runs its own."""
 
-    url: str | None = Field(
+    url: BrokerUrl | None = Field(
         default=None,
         description="mqtt://host:port or mqtts://host:port of an existing broker; None: start a local Mosquitto",
     )
@@ -44,7 +46,7 @@ class BrokerSettings(SettingsGroup):
     mosquitto_binary: str | None = Field(default=None, description="local broker: mosquitto path (None: search)")
     local_host: str = Field(default="127.0.0.1", description="local broker: listener address (loopback)")
     local_port: int = Field(default=1883, ge=0, le=65535, description="local broker: port (0: pick a free one)")
-    public_url: str | None = Field(
+    public_url: BrokerUrl | None = Field(
         default=None, description="broker URL put into device bundles when devices reach it by another name"
     )
     max_inflight_messages: int = Field(

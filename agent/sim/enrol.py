@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from agent.sim.config import AgentIdentity, BrokerAddress
+from agent.sim.config import AgentIdentity
 from agent.sim.errors import EnrolmentError
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DEFAULT_PREFIX, check_device_id
 from fleet.signing import HubPublicKey

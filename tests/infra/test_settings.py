@@ -60,6 +60,8 @@ def test_values_are_parsed_and_bad_ones_named() -> None:
         HubSettings.from_env({"EDGEFLEET_HUB_SECURITY_CORS_ORIGINS": "https://a.example"})
     with pytest.raises(SettingsError, match="^EDGEFLEET_AGENT_LINK_KEEPALIVE_S: Input should be greater"):
         AgentSettings.from_env({"EDGEFLEET_AGENT_LINK_KEEPALIVE_S": "1"})
+    with pytest.raises(SettingsError, match="^EDGEFLEET_HUB_BROKER_URL: .*must look like mqtt://host:port"):
+        HubSettings.from_env({"EDGEFLEET_HUB_BROKER_URL": "http://broker:1883"})  # fleet.address parses it
     with pytest.raises(SettingsError, match="EDGEFLEET_API_PORT: Input should be a valid integer"):
         ApiSettings.from_env({"EDGEFLEET_API_PORT": "eighty"})
 
