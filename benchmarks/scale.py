@@ -130,7 +130,7 @@ def hub_worker(argv: list[str]) -> None:
     a = p.parse_args(argv)
     if os.environ.get("EDGEFLEET_HUB_ROOT"):  # measure a hub checkout other than this one
         sys.path.insert(0, os.environ["EDGEFLEET_HUB_ROOT"])
-    from hub.api.server import ApiServer  # noqa: PLC0415
+    from hub.api.server import api_server  # noqa: PLC0415
     from hub.runtime import Hub, init_hub  # noqa: PLC0415
     from hub.settings import HubSettings  # noqa: PLC0415
 
@@ -144,7 +144,7 @@ def hub_worker(argv: list[str]) -> None:
     token = a.token or init_hub(settings)
     hub = Hub(settings)
     hub.start()
-    api = ApiServer(hub)
+    api = api_server(hub)
     api.start()
     print(json.dumps({"api": api.url, "token": token, "db": str(settings.db_path)}), flush=True)
     _wait_for_signal()

@@ -17,6 +17,10 @@ class InvalidBrokerUrl(FleetError, ValueError):
     """A broker URL is not `mqtt://host:port` or `mqtts://host:port` (the message quotes it)."""
 
 
+class InvalidLabel(FleetError, ValueError):
+    """A device label breaks the Kubernetes label rules, or an argument is not `key=value`."""
+
+
 class InvalidTopic(FleetError, ValueError):
     """A topic string does not match any topic of the protocol."""
 

@@ -18,7 +18,7 @@ from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
 from fleet.signing import HubPublicKey, Verifier
 from hub.api.app import create_app
 from hub.api.deps import Viewer
-from hub.api.server import ApiServer
+from hub.api.server import api_server
 from hub.errors import NotFound, NotInitialised
 from hub.runtime import Hub
 from hub.settings import HubSettings
@@ -203,7 +203,7 @@ def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) 
             raise NotFound("no such thing")
         return {"name": name, "caller": principal.name}
 
-    server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
+    server = api_server(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
     server.start()
     try:
         auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
