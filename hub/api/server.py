@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def api_server(hub: Hub, *, host: str | None = None, port: int | None = None, app: ASGIApp | None = None) -> HttpServer:
-    """Bind the hub's API socket now and return the server (not yet serving: `start()` or `serve()`).
+    """Bind the started hub's API socket now and return the server (not yet serving: `start()` or `serve()`).
 
     Serves `app` (default: `create_app(hub)`) over HTTPS when the hub's TLS is on. Sets `hub.api_url` (what
     device bundles tell devices) when the settings do not: a wildcard address is no address to dial, so the
@@ -27,8 +27,7 @@ def api_server(hub: Hub, *, host: str | None = None, port: int | None = None, ap
     """
     host = host or hub.settings.api.host
     port = hub.settings.api.port if port is None else port
-    security = getattr(hub, "security", None)
-    tls = security.tls if security is not None else None
+    tls = hub.security.tls  # a started hub: its services exist
     files = ServerCert(cert=tls.api_cert, key=tls.api_key) if tls else None
     server = HttpServer(app or create_app(hub), host=host, port=port, tls=files, name="hub-api")
     if hub.api_url is None:
