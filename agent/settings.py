@@ -93,6 +93,12 @@ class ActivationSettings(SettingsGroup):
     """Loading a model into a new engine."""
 
     warmup_runs: int = Field(default=2, ge=0, le=100, description="golden-input runs before the swap")
+    update_lock_file: Path | None = Field(
+        default=None,
+        description="an update lock: while this file exists, new models are downloaded and verified but not "
+        "activated (the application holds it through work that must not see a model swap); activation follows "
+        "within a second of its removal. Unset: no lock",
+    )
     report_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, seconds"
     )
