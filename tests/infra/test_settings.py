@@ -22,6 +22,8 @@ def test_every_area_has_one_root_and_every_setting_a_description() -> None:
         for name, (_path, field) in root.variables().items():
             assert name.startswith(root.env_prefix())
             assert field.description, f"{name} has no description"
+            unit = {"_S": "second", "_MS": "ms", "_BYTES": "byte"}.get("_" + name.rsplit("_", 1)[-1], "")
+            assert unit.lower() in field.description.lower(), f"{name}: say the unit ({unit}) in the description"
 
 
 @pytest.mark.parametrize(
