@@ -32,7 +32,7 @@ RECONNECT = Backoff(initial_s=1.0, max_s=5.0)
 agent needs: a hub is one client, or a few replicas, so no herd to spread; a short cap brings it back fast)."""
 
 
-class MqttLink:
+class HubLink:
     """One paho client with a network thread, subscriptions that survive reconnects, bounded publishing."""
 
     def __init__(
@@ -145,7 +145,7 @@ class MqttLink:
 class BoundedPublisher:
     """Publishes through a link keeping at most `max_inflight` messages unacknowledged (bounded memory)."""
 
-    def __init__(self, link: MqttLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, link: HubLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
         self.link = link
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s

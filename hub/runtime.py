@@ -24,7 +24,7 @@ from hub.deploy import Deployer
 from hub.devices import Devices
 from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
-from hub.mqtt import BoundedPublisher, MqttLink
+from hub.mqtt import BoundedPublisher, HubLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
 from hub.security import HubSecurity
@@ -65,7 +65,7 @@ class Hub:
         self.topics = Topics(settings.topic_prefix)
         self.api_url: str | None = settings.api.public_url
         self.local_broker: LocalBroker | None = None
-        self.link: MqttLink | None = None
+        self.link: HubLink | None = None
         self._enrolled: set[str] = set()
         self._stop = threading.Event()
         self._running = contextlib.ExitStack()  # what start() brought up, each stop registered as it started
@@ -115,7 +115,7 @@ class Hub:
             self.broker_url = self.local_broker.url
         else:
             self.broker_url = s.broker.url
-        self.link = MqttLink(
+        self.link = HubLink(
             self.broker_url,
             client_id=self._client_id(),
             on_message=self._on_message,
