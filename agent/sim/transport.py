@@ -137,13 +137,17 @@ class Transport:
             loop.every(tick_s, functools.partial(self._tick, slots))
 
     def add(self, endpoint: Endpoint, identity: AgentIdentity, *, client_id: str | None = None) -> None:
-        """Add an endpoint; it connects as soon as the transport runs (at `connect_rate`)."""
+        """Add an endpoint; it connects as soon as the transport runs (at `connect_rate`).
+
+        Like the product agent it keeps a persistent session under the agent's client id (`client_id` overrides
+        the id, for endpoints that are no agent).
+        """
         index = self._count % len(self._loops)
         self._count += 1
         slot = _Slot(endpoint, self._stats)
         slot.link = MqttLink(
             identity.broker,
-            client_id or identity.device_id,
+            client_id or MqttLink.client_id_for(identity.device_id, identity.topic_prefix),
             username=identity.username,
             password=identity.password,
             will=slot.will,
@@ -152,7 +156,6 @@ class Transport:
             on_connect=slot.on_connect,
             ca_pem=identity.ca_cert_pem,
             loop=self._loops[index],
-            clean_session=True,
             on_disconnect=slot.on_disconnect,
         )
         self._slots[index].append(slot)
