@@ -189,23 +189,33 @@ class LinkLoop:
                         self._wake_r.recv(4096)
                     continue
                 if mask & selectors.EVENT_READ and link in self._masks:
-                    link.on_readable()
+                    self._guarded(link.on_readable, link)
                 if mask & selectors.EVENT_WRITE and link in self._masks:
-                    link.on_writable()
+                    self._guarded(link.on_writable, link)
             while self._calls:
-                self._calls.popleft()()
+                self._guarded(self._calls.popleft(), None)
             now = time.monotonic()
             budget = min(budget + (now - last) * self.connect_rate, max(1.0, self.connect_rate / 10))
             last = now
             while self._pending and budget >= 1 and not self._stopping:
                 budget -= 1
-                self._pending.popleft().begin_connect()
+                link = self._pending.popleft()
+                self._guarded(link.begin_connect, link)
             while self._timers and self._timers[0][0] <= now:
-                heapq.heappop(self._timers)[2]()
+                self._guarded(heapq.heappop(self._timers)[2], None)
             if now >= next_misc:
                 next_misc = now + _MISC_INTERVAL_S
                 for link in self._links:
-                    link.on_misc()  # keep-alive pings and timeouts (paho: no connection, no work)
+                    self._guarded(link.on_misc, link)  # keep-alive pings and timeouts (no connection: no work)
+
+    def _guarded(self, fn: Callable[[], None], link: Watched | None) -> None:
+        """Run `fn`; a failure costs at most its link's socket (it reconnects), never the loop and its other links."""
+        try:
+            fn()
+        except Exception:
+            log.exception("%s: a link's event handler failed", self.name)
+            if link is not None:
+                self.watch(link, None, read=False, write=False)
 
     def _forget_sockets(self) -> None:
         """Stop waiting for links whose broker never answered the DISCONNECT."""

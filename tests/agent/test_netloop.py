@@ -105,3 +105,24 @@ def test_a_link_of_its_own_starts_and_stops_its_loop(broker: Broker, topic_prefi
         link.stop(final=(f"{topic_prefix}/final", b"bye"))
     assert watcher.get(timeout=20).payload == b"bye" and not link.connected
     watcher.close()
+
+
+def test_a_failing_callback_never_stops_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    loop = LinkLoop("test-loop")
+    loop.start()
+    ran = threading.Event()
+
+    def broken() -> None:
+        raise ValueError("a bug in one link's handler")
+
+    try:
+        loop.call_soon(broken)
+        loop.call_later(0.01, broken)
+        loop.call_soon(ran.set)
+        assert ran.wait(10), "the loop died with the first failure"
+        later = threading.Event()
+        loop.call_later(0.05, later.set)
+        assert later.wait(10)
+    finally:
+        loop.stop(timeout=5)
+    assert "event handler failed" in caplog.text
