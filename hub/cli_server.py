@@ -7,7 +7,6 @@ installed (not in the agent image).
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -16,17 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from hub.errors import HubError
 from hub.settings import HubSettings
+from hubclient.cli import JsonOpt, _print_json, err, out
 from infra.errors import SettingsError
 
 T = TypeVar("T")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Hub data directory (default: EDGEFLEET_HUB_DATA_DIR or ./hub-data).")
 ]
@@ -38,10 +34,6 @@ def _run(fn: Callable[[], T]) -> T:
     except (HubError, SettingsError) as e:
         err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
         raise typer.Exit(1) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
