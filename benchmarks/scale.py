@@ -128,8 +128,8 @@ def hub_worker(argv: list[str]) -> None:
     p.add_argument("--group", default=None)
     p.add_argument("--token", default=None)
     a = p.parse_args(argv)
-    if os.environ.get("EDGEFLEET_HUB_ROOT"):  # measure a hub checkout other than this one
-        sys.path.insert(0, os.environ["EDGEFLEET_HUB_ROOT"])
+    if os.environ.get("EDGEFLEET_BENCH_HUB_ROOT"):  # measure another hub checkout (not EDGEFLEET_HUB_*: a setting)
+        sys.path.insert(0, os.environ["EDGEFLEET_BENCH_HUB_ROOT"])
     from hub.api.server import api_server  # noqa: PLC0415
     from hub.runtime import Hub, init_hub  # noqa: PLC0415
     from hub.settings import HubSettings  # noqa: PLC0415
