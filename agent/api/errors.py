@@ -19,10 +19,6 @@ class ApiError(ServingError):
     """Base of the HTTP layer's own errors; `status` is the HTTP status it maps to."""
 
 
-class SettingsError(ApiError, ValueError):
-    """A setting (environment variable or argument) is unknown or invalid."""
-
-
 class BadRequest(ApiError):
     """The request is malformed: bad JSON, wrong tensor description, bad parameter."""
 
