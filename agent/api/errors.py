@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from agent.serving.errors import ModelNotFound, NotReady, Overloaded, ServingError, classify
 
-__all__ = ["ApiError", "BadRequest", "ModelNotFound", "NotReady", "Overloaded", "SettingsError", "TooLarge", "to_http"]
+__all__ = ["ApiError", "BadRequest", "ModelNotFound", "NotReady", "Overloaded", "TooLarge", "to_http"]
 
 
 class ApiError(ServingError):
