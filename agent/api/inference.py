@@ -31,10 +31,10 @@ from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.tensors import HEADER, encode_infer, parse_infer
 from agent.serving import ModelSlot, Served
-from agent.serving.shadow import Prepared
+from agent.serving.shadow import ImageRequest
 from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor
 from models.postprocess import decode_detections, top_k
-from models.preprocess import Transform, decode_image, resize, to_tensor
+from models.preprocess import Transform, decode_image, draft_side, prepare
 
 JSON = "application/json"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -172,7 +172,7 @@ class Inference:
             submitted = True
             self.slot.submitted(served)
             outputs, ms = await self.slot.run(served, {d.input.name: tensor})
-            self.slot.shadow_image(served, outputs, transform, image=Prepared(image.prepare, self.pool), ms=ms)
+            self.slot.shadow_image(served, outputs, transform, image=ImageRequest(image.prepare, self.pool), ms=ms)
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
@@ -188,16 +188,16 @@ class Inference:
 class DecodedImage:
     """An image request's image, decoded once and preprocessed for any version's input description.
 
-    JPEGs decode at a reduced scale chosen from the target size (see `models.preprocess.decode_image`), so a
-    version whose target asks for another scale gets its own decode: every version sees exactly the pixels
-    it would see if it were the only one served.
+    A JPEG may decode at a reduced DCT scale chosen from the description (`models.preprocess.draft_side`), so
+    a version that asks for another scale gets its own decode: every version sees exactly the pixels it
+    would see if it were the only one served.
     """
 
     def __init__(self, data: bytes, max_pixels: int) -> None:
         self.data = data
         self.max_pixels = max_pixels
         self._decoded: tuple[Image.Image, tuple[int, int]] | None = None
-        self._side = 0
+        self._side: int | None = None
 
     def prepare(self, spec: InputSpec) -> tuple[npt.NDArray[Any], Transform]:
         """The [1, ...] input tensor for `spec` and the transform back to the image's pixels.
@@ -205,15 +205,15 @@ class DecodedImage:
         Raises:
             InvalidImage: the bytes do not decode. ImageTooLarge: more pixels than allowed.
         """
-        side = max(spec.width, spec.height)
+        side = draft_side(spec)
         decoded = self._decoded
         if decoded is None or (side != self._side and self.data.startswith(b"\xff\xd8")):  # JPEG: scale differs
-            decoded = decode_image(self.data, max_pixels=self.max_pixels, target=(spec.width, spec.height))
+            target = None if side is None else (side, side)
+            decoded = decode_image(self.data, max_pixels=self.max_pixels, target=target)
             if self._decoded is None:
                 self._decoded, self._side = decoded, side
         img, original = decoded
-        pixels, transform = resize(img, spec, original)
-        return to_tensor(pixels, spec), transform
+        return prepare(img, spec, original)
 
 
 async def _multipart_image(headers: Headers, body: bytes) -> bytes:

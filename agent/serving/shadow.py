@@ -83,7 +83,7 @@ class ShadowTally:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepared:
+class ImageRequest:
     """How to preprocess an image request's (already decoded) image for any version's input description."""
 
     prepare: Callable[[InputSpec], tuple[Array, Transform]]
@@ -131,7 +131,7 @@ class Shadow:
         active: ModelDescriptor,
         outputs: dict[str, Array],
         transform: Transform,
-        image: Prepared,
+        image: ImageRequest,
         active_ms: float,
         *,
         timeout_s: float,

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from agent.ports import ServingWindow
 from agent.serving.errors import ModelNotFound, NotReady, Overloaded
 from agent.serving.served import OneRunAtATime, Served
-from agent.serving.shadow import Prepared, Shadow, ShadowTally
+from agent.serving.shadow import ImageRequest, Shadow, ShadowTally
 from fleet.histogram import LatencyRecorder
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.batcher import Batcher, BatcherOptions
@@ -237,7 +237,7 @@ class ModelSlot:
         return outputs
 
     def shadow_image(
-        self, active: Served, outputs: dict[str, Array], transform: Transform, *, image: Prepared, ms: float
+        self, active: Served, outputs: dict[str, Array], transform: Transform, *, image: ImageRequest, ms: float
     ) -> None:
         """On a sampled image request, let the candidate preprocess the image its own way and compare."""
         sh = self._sample()
