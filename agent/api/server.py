@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agent.api.app import create_asgi
 from agent.api.settings import ApiSettings
-from agent.api.slot import ModelSlot
+from agent.serving import ModelSlot
 from infra.server import HttpServer
 from models.batcher import BatcherOptions
 
@@ -17,6 +17,7 @@ def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
         max_batch=settings.max_batch, max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue
     )
     slot.max_concurrency = settings.max_concurrency
+    slot.request_timeout_s = settings.request_timeout_s
     slot.activate_timeout_s = settings.activate_timeout_s
 
 
@@ -75,11 +76,11 @@ def serve(settings: ApiSettings, slot: ModelSlot) -> None:
 
 
 def _http_server(settings: ApiSettings, slot: ModelSlot) -> HttpServer:
-    """The app under uvicorn; its handlers learn how many HTTP requests uvicorn is handling."""
+    """The app under uvicorn; the slot learns how many HTTP requests uvicorn is handling."""
     app = create_asgi(settings, slot)
     http = HttpServer(
         app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, fast=True,
         lifespan="on", name="edgefleet-api",
     )  # fmt: skip
-    app.handlers.in_progress = http.tasks.__len__
+    slot.in_progress = http.tasks.__len__
     return http
