@@ -117,7 +117,7 @@ class IngestSettings(_Group):
     telemetry_process: bool = Field(
         default=True,
         description="decode and write telemetry in a writer process of its own, so ingestion is not bound to "
-        "the hub process's one Python GIL (off: in the hub process, one process less)",
+        "the hub process's one Python GIL (off: in a writer thread of the hub process, one process less)",
     )
 
 

@@ -27,11 +27,12 @@ def open_store(
     max_batch: int = 5000,
     max_queue: int = 200_000,
     max_delay_s: float = 0.05,
-    telemetry_process: bool = False,
+    telemetry_process: bool = True,
 ) -> SqliteStore:
     """Open (creating and migrating) the SQLite store at `path`.
 
-    `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does).
+    `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does by
+    default), or in a writer thread of this process (False).
     """
     return SqliteStore(
         path, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process

@@ -1,9 +1,10 @@
 """The SQLite backend: one file in WAL mode, one writer thread, a read connection per reading thread.
 
-Every write runs on the writer thread, so SQLite never sees two writers. Ingested messages are queued and
-written in batches (one transaction per batch); other writes are jobs that run in their own transaction,
-in queue order, and hand their result back to the caller. Readers use their own connections and never
-wait for the writer (WAL).
+Every write of this process runs on the writer thread, except telemetry, which the telemetry writer (a
+process or a thread, `hub.store.telemetry_writer`) writes with a connection of its own. Status and reported
+state are queued and written in batches (one transaction per batch); other writes are jobs that run in their
+own transaction, in queue order, and hand their result back to the caller. Readers use their own
+connections and never wait for the writer (WAL).
 """
 
 from __future__ import annotations
@@ -22,30 +23,21 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
+from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, NotFound
 from hub.store import telemetry as tsql
-from hub.store import telemetry_proc as tproc
+from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
+from hub.store.connection import connect
 from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
-from hub.store.telemetry_proc import TelemetryProcess
+from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
-_INGEST = frozenset(("tel", "status", "reported"))
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if readonly:
-        conn.execute("PRAGMA query_only = ON")
-    else:
-        conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
+_INGEST = frozenset(("status", "reported"))
 
 
 def _phase_event(conn: sqlite3.Connection, msg: ReportedState, previous: str | None, received: float) -> None:
@@ -80,7 +72,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
-        telemetry_process: bool = False,
+        telemetry_process: bool = True,
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +88,10 @@ class SqliteStore(DeviceTables, TotalsQueries):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
-        self._wconn = _connect(path, readonly=False)
-        # Telemetry in a writer process of its own (hub.store.telemetry_proc), or on this process's writer.
-        self.telemetry_proc: TelemetryProcess | None = None
-        if telemetry_process:
-            self.telemetry_proc = TelemetryProcess(
-                str(path), max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
-            )
+        self._wconn = connect(path, readonly=False)
+        self.telemetry = TelemetryWriter(
+            str(path), process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
+        )
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -164,15 +153,11 @@ class SqliteStore(DeviceTables, TotalsQueries):
             fut.set_result(result)
 
     def _write_ingest(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
-        rows = [i[1] for i in items if i[0] == "tel"]
         s = self._stats
         try:
             conn.execute("BEGIN IMMEDIATE")
-            inserted = 0
-            if rows:
-                inserted = tsql.write_windows(conn, rows)
             applied_status = applied_reported = stale = 0
-            for kind, msg, received in ((i[0], i[1], i[2]) for i in items if i[0] != "tel"):
+            for kind, msg, received in items:
                 if kind == "status":
                     applied_status += self._apply_status(conn, msg, received)
                 elif self._apply_reported(conn, msg, received):
@@ -188,8 +173,6 @@ class SqliteStore(DeviceTables, TotalsQueries):
             return
         self._stats = replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + inserted,
-            telemetry_duplicates=s.telemetry_duplicates + len(rows) - inserted,
             status_applied=s.status_applied + applied_status,
             reported_applied=s.reported_applied + applied_reported,
             stale_ignored=s.stale_ignored + stale,
@@ -234,7 +217,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def _read(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path, readonly=True)
+            conn = connect(self.path, readonly=True)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -244,8 +227,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
         """Write what is queued, stop the writers and close every connection."""
         if self._closed:
             return
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.close()
+        self.telemetry.close()
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(60)
@@ -268,47 +250,36 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool:
         return self._enqueue(("reported", msg, received_at))
 
-    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool:
-        return self._enqueue(("tel", tsql.window_row(msg, received_at)))
-
-    @property
-    def takes_raw_telemetry(self) -> bool:
-        return self.telemetry_proc is not None
-
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool:
-        """Queue an undecoded window for the telemetry writer process, which decodes, checks and writes it."""
-        if self.telemetry_proc is None:
-            raise RuntimeError("this store writes telemetry in-process: use enqueue_telemetry")
-        return self.telemetry_proc.submit(device_id, payload, received_at)
+        """Queue an undecoded window received on `device_id`'s topic; the telemetry writer decodes, checks and
+        writes it. False when the writer's buffer is full (the window is dropped and counted)."""
+        return self.telemetry.submit(device_id, payload, received_at)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Return once everything queued before this call is written (telemetry writer process included)."""
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.flush(timeout)
+        """Return once everything queued before this call is written (telemetry writer included)."""
+        self.telemetry.flush(timeout)
         self._write(lambda _c: None, timeout)
 
     def ingest_stats(self) -> IngestStats:
-        s, p = self._stats, self.telemetry_proc
-        if p is None:
-            return s
-        c = p.counters
+        s, w = self._stats, self.telemetry
+        c = w.counters
         return replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + c[tproc.PERSISTED],
-            telemetry_duplicates=s.telemetry_duplicates + c[tproc.DUPLICATES],
-            dropped_queue_full=s.dropped_queue_full + p.dropped,
-            write_errors=s.write_errors + c[tproc.WRITE_ERRORS],
-            telemetry_accepted=c[tproc.ACCEPTED],
-            telemetry_malformed=c[tproc.MALFORMED],
-            telemetry_foreign=c[tproc.FOREIGN],
-            telemetry_lost=p.lost,
-            writer_restarts=p.restarts,
+            telemetry_persisted=c[tw.PERSISTED],
+            telemetry_duplicates=c[tw.DUPLICATES],
+            dropped_queue_full=s.dropped_queue_full + w.dropped,
+            write_errors=s.write_errors + c[tw.WRITE_ERRORS],
+            telemetry_accepted=c[tw.ACCEPTED],
+            telemetry_malformed=c[tw.MALFORMED],
+            telemetry_foreign=c[tw.FOREIGN],
+            telemetry_lost=w.lost,
+            writer_restarts=w.restarts,
         )
 
     @property
     def queue_depth(self) -> int:
         """Messages waiting for a writer: this process's queue and the telemetry writer's buffer."""
-        return self._q.qsize() + (self.telemetry_proc.queue_depth if self.telemetry_proc is not None else 0)
+        return self._q.qsize() + self.telemetry.queue_depth
 
     # -- meta, tokens, events, documents ------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase, ReportedState, TelemetryWindow
 from hub.errors import Conflict, NotFound
 from hub.store import Desired, Device, ModelVersion, SqliteStore, open_store
@@ -47,7 +48,7 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
     for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
         w = TelemetryWindow(device_id="d1", seq=seq, start=base + seq * 30, end=base + seq * 30 + 30, requests=4,
                             errors=1, model="m", model_version="1.0.0")  # fmt: skip
-        store.enqueue_telemetry(w, time.time())
+        store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
     st = store.ingest_stats()
     assert st.telemetry_persisted == 3 and st.telemetry_duplicates == 2
@@ -59,9 +60,8 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
     assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
     seq = store.telemetry_seq("d1", since=None, until=None)
     assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
-    store.enqueue_telemetry(
-        TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4), time.time()
-    )
+    w = TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4)
+    store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
     assert store.telemetry_seq("d1", since=None, until=None).missing == 4  # 3..6 never arrived
     assert store.telemetry_seq("nobody", since=None, until=None).first is None
@@ -121,8 +121,8 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(tmp_p
 def test_retention_sweep(store: SqliteStore) -> None:
     store.add_device(_dev("d1"))
     for seq in range(10):
-        store.enqueue_telemetry(TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1),
-                                received_at=100.0 + seq)  # fmt: skip
+        w = TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1)
+        store.submit_telemetry("d1", encode(w), received_at=100.0 + seq)
     store.flush()
     deleted = store.sweep(raw_before=105.0, rollup_before=120.0, raw_max_rows=1_000_000)
     assert deleted == 5 + 2

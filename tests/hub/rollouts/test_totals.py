@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fleet.codec import encode
 from fleet.histogram import LatencyRecorder
 from fleet.messages import ShadowStats, TelemetryWindow
 from hub.store import Device, open_store
@@ -26,9 +27,9 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
         sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, latency_delta_ms=1.5)
         for seq, start in enumerate((100.0, 110.0, 120.0, 500.0)):
-            store.enqueue_telemetry(_window("a", seq, start, "1.0.0", shadow=sh), 0)
-            store.enqueue_telemetry(_window("b", seq, start, "2.0.0"), 0)
-            store.enqueue_telemetry(_window("c", seq, start, "1.0.0"), 0)
+            store.submit_telemetry("a", encode(_window("a", seq, start, "1.0.0", shadow=sh)), 0)
+            store.submit_telemetry("b", encode(_window("b", seq, start, "2.0.0")), 0)
+            store.submit_telemetry("c", encode(_window("c", seq, start, "1.0.0")), 0)
         store.flush()
         got = store.telemetry_totals(["a", "b", "zzz"], since=105, until=125)
         by = {(t.model_version, t.shadow_version): t for t in got}

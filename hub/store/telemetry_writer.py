@@ -1,25 +1,24 @@
-"""Telemetry decoding and writing in a separate process, so ingestion is not bound to the hub's one GIL.
+"""The one telemetry path: from an undecoded MQTT payload to stored, rolled-up rows, in a thread or a process.
 
-Telemetry is the bulk of what a fleet sends (one window per device every few seconds). In one process the
-MQTT thread's receive path, pydantic decoding and the writer's SQLite work all take turns on one GIL; on
-two cores that capped the hub at ~0.3x of a bare paho receiver (docs/bench/ingest.md). With this module the
-hub process only receives, checks topic, size, enrolment and the per-device rate limit, and appends the
-undecoded payload to a buffer; a writer process decodes and validates each window (`fleet.codec`), refuses
-windows that name another device than their topic, and writes them with the same SQL and group commit as
-the in-process writer (`hub.store.telemetry.write_windows`), while the hub process goes on receiving.
+Telemetry is the bulk of what a fleet sends (one window per device every few seconds). The hub's MQTT thread
+only checks topic, size, enrolment and the per-device rate limit and hands the payload to `submit()`; the
+writer decodes and validates each window (`decode_window`), refuses windows that name another device than
+their topic, and writes the rest with group commit (`hub.store.telemetry.write_windows`). The writer runs in
+a process of its own by default (`hub serve`: ingestion is not bound to the hub process's one GIL; on two
+cores one process capped the hub at ~0.3x of a bare paho receiver, docs/bench/ingest.md) or in a thread of
+the hub process (`ingest.telemetry_process` off: one process less). Both run the same code over the same pipe:
 
-    hub process                                         telemetry writer process (spawned)
-    MQTT thread -> submit() -> buffer --forwarder--> pipe --> decode, check -> rows -> SQLite (WAL)
+    hub process                                         telemetry writer (process or thread)
+    MQTT thread -> submit() -> buffer --forwarder--> pipe --> decode, check -> rows -> SQL (group commit)
                                                     pipe <-- flush acks
     counters: shared memory, written by the writer only, read by the hub's /metrics and API
 
 Failure handling:
-- The buffer is bounded (`max_queue`); beyond it windows are refused and counted (`dropped_queue_full`),
-  as with the in-process writer. A slow disk therefore back-pressures into counted drops, never into memory.
-- The writer process is supervised: if it dies it is started again and the windows it had not committed
-  are counted as `telemetry_lost` (at most one group-commit interval plus what was in the pipe).
-- When the hub process dies, the pipe closes and the writer commits what it has and exits.
-- Status and reported state stay on the in-process writer: they are few and their order matters.
+- The buffer is bounded (`max_queue`); beyond it windows are refused and counted (`dropped`). A slow disk
+  therefore back-pressures into counted drops, never into memory.
+- The writer is supervised: if it dies it is started again and the windows it had not committed are counted
+  as `lost` (at most one group-commit interval plus what was in the pipe).
+- When the hub process dies, the pipe closes and a writer process commits what it has and exits.
 """
 
 from __future__ import annotations
@@ -34,26 +33,40 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from fleet.codec import decode
 from fleet.errors import MessageError
 from fleet.messages import TelemetryWindow
-from hub.errors import HubError
+from hub.errors import RefusedWindow, WriterUnavailable
+from hub.ratelimit import log_sampled
 from hub.store import telemetry as tsql
+from hub.store.connection import connect
 
 log = logging.getLogger(__name__)
 
-# Counters in shared memory (signed 64-bit). The writer process is their only writer.
+# Counters in shared memory (signed 64-bit). The writer is their only writer.
 ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO = range(7)
 _N_COUNTERS = 7
+_REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN}
 _FORWARD_INTERVAL_S = 0.005
 
 
-class WriterUnavailable(HubError):
-    """The telemetry writer process did not answer in time."""
+def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[Any, ...]:
+    """The row of one telemetry payload received on `device_id`'s topic. Raises RefusedWindow.
+
+    The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields) and
+    windows that name another device than their topic are refused with the reason.
+    """
+    try:
+        w = decode(payload, TelemetryWindow)
+    except MessageError as e:
+        raise RefusedWindow("malformed", str(e)) from e
+    if w.device_id != device_id:
+        raise RefusedWindow("foreign", f"payload names device {w.device_id!r}")
+    return tsql.window_row(w, received_at)
 
 
 @dataclass(frozen=True)
@@ -61,80 +74,29 @@ class _Config:
     db_path: str
     max_batch: int
     max_delay_s: float
-    log_level: int
-
-
-def _child_main(cfg: _Config, inbox: Connection, acks: Connection, counters: Any) -> None:
-    """The writer process: decode, check and write windows until told to stop or the hub goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the hub's terminal: the hub stops us in order
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry-writer] %(message)s")
-    max_batch, max_delay_s = cfg.max_batch, cfg.max_delay_s
-    from hub.store.sqlite import _connect  # noqa: PLC0415 - sqlite.py imports this module
-
-    conn = _connect(Path(cfg.db_path), readonly=False)  # the same connection settings as the hub's writer
-    writer = _Writer(conn, counters)
-    rows: list[tuple[Any, ...]] = []
-    upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
-    deadline: float | None = None
-    try:
-        while True:
-            timeout = max_delay_s if deadline is None else max(0.0, deadline - time.monotonic())
-            msg: tuple[Any, ...] | None = None
-            try:
-                if inbox.poll(timeout):
-                    msg = pickle.loads(inbox.recv_bytes())  # noqa: S301 - our own process, over a private pipe
-            except EOFError:  # the hub process is gone: keep what we have and leave
-                writer.write(rows, upto)
-                return
-            if msg is not None and msg[0] == "batch":
-                upto = msg[1]
-                rows.extend(writer.decode(msg[2]))
-                if deadline is None:
-                    deadline = time.monotonic() + max_delay_s
-                if len(rows) < max_batch and time.monotonic() < deadline:
-                    continue
-            writer.write(rows, upto)
-            rows = []
-            deadline = None
-            if msg is not None and msg[0] == "flush":
-                acks.send(msg[1])
-            elif msg is not None and msg[0] == "stop":
-                acks.send(msg[1])
-                return
-    finally:
-        conn.close()
 
 
 class _Writer:
-    """The writer process's decoding and SQL; counts everything in the shared counters."""
+    """Decoding and SQL of the writer; counts everything in the shared counters."""
 
     def __init__(self, conn: sqlite3.Connection, counters: Any) -> None:
         self.conn = conn
         self.c = counters
-        self._logged = 0
 
     def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
         rows = []
         c = self.c
         for device_id, received_at, payload in batch:
             try:
-                w = decode(payload, TelemetryWindow)
-            except MessageError as e:
-                c[MALFORMED] += 1
-                self._refused("malformed", device_id, str(e), c[MALFORMED])
-                continue
-            if w.device_id != device_id:
-                c[FOREIGN] += 1
-                self._refused("foreign", device_id, f"payload names device {w.device_id!r}", c[FOREIGN])
-                continue
-            rows.append(tsql.window_row(w, received_at))
+                rows.append(decode_window(device_id, payload, received_at))
+            except RefusedWindow as e:
+                i = _REFUSAL_COUNTER[e.reason]
+                c[i] += 1
+                if log_sampled(c[i]):
+                    log.warning("ingest: refused telemetry of %s (%s, #%d): %s", device_id, e.reason, c[i],
+                                e.message[:300])  # fmt: skip
         c[ACCEPTED] += len(rows)
         return rows
-
-    @staticmethod
-    def _refused(reason: str, device_id: str, detail: str, n: int) -> None:
-        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two (as hub.ingest logs)
-            log.warning("ingest: refused telemetry of %s (%s, #%d): %s", device_id, reason, n, detail[:300])
 
     def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
         if rows:
@@ -153,21 +115,74 @@ class _Writer:
         self.c[COMMITTED_UPTO] = upto
 
 
-class TelemetryProcess:
-    """The hub side: a bounded buffer, a forwarder thread and a supervised writer process."""
+def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any) -> None:
+    """The writer loop (a thread's or a process's): decode, check and write windows until told to stop or the
+    hub side goes away. Windows wait up to `max_delay_s` for more (group commit), at most `max_batch`."""
+    conn = connect(Path(cfg.db_path), readonly=False)
+    writer = _Writer(conn, counters)
+    rows: list[tuple[Any, ...]] = []
+    upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
+    deadline: float | None = None
+    try:
+        while True:
+            timeout = cfg.max_delay_s if deadline is None else max(0.0, deadline - time.monotonic())
+            msg: tuple[Any, ...] | None = None
+            try:
+                if inbox.poll(timeout):
+                    msg = pickle.loads(inbox.recv_bytes())  # noqa: S301 - our own process, over a private pipe
+            except (EOFError, OSError):  # the hub side is gone: keep what we have and leave
+                writer.write(rows, upto)
+                return
+            if msg is not None and msg[0] == "batch":
+                upto = msg[1]
+                rows.extend(writer.decode(msg[2]))
+                if deadline is None:
+                    deadline = time.monotonic() + cfg.max_delay_s
+                if len(rows) < cfg.max_batch and time.monotonic() < deadline:
+                    continue
+            writer.write(rows, upto)
+            rows = []
+            deadline = None
+            if msg is not None and msg[0] in ("flush", "stop"):
+                acks.send(msg[1])
+                if msg[0] == "stop":
+                    return
+    finally:
+        conn.close()
+        for end in (inbox, acks):
+            with contextlib.suppress(OSError):
+                end.close()
+
+
+def _process_main(cfg: _Config, log_level: int, inbox: Connection, acks: Connection, counters: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the hub's terminal: the hub stops us in order
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry-writer] %(message)s")
+    run_writer(cfg, inbox, acks, counters)
+
+
+class TelemetryWriter:
+    """The hub side: a bounded buffer, a forwarder thread and a supervised writer (a process or a thread).
+
+    Args:
+        db_path: the SQLite file the writer writes to.
+        process: run the writer in a process of its own (True) or in a thread of this process.
+        max_batch: most windows written in one transaction.
+        max_queue: most windows buffered; beyond it `submit` refuses (counted in `dropped`).
+        max_delay_s: how long the writer waits for more windows before committing (group commit).
+    """
 
     def __init__(
         self,
         db_path: str,
         *,
+        process: bool = True,
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
     ) -> None:
-        self.db_path = db_path
-        self.max_batch = max_batch
+        self.cfg = _Config(db_path, max_batch, max_delay_s)
+        self.process = process
         self.max_queue = max_queue
-        self.max_delay_s = max_delay_s
         self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.counters: Any = self._ctx.Array("q", _N_COUNTERS, lock=False)
         self._buf: list[tuple[str, float, bytes]] = []
@@ -181,53 +196,63 @@ class TelemetryProcess:
         self.lost = 0
         self.restarts = 0
         self._closed = False
-        self._proc: SpawnProcess | None = None
+        self._worker: BaseProcess | threading.Thread | None = None
         self._inbox: Connection | None = None
         self._acks: Connection | None = None
-        self._spawn()
+        self._start_writer()
         self._thread = threading.Thread(target=self._forward, name="hub-telemetry-forwarder", daemon=True)
         self._thread.start()
 
-    # -- the process --------------------------------------------------------------------------------
-    def _spawn(self) -> None:
+    # -- the writer ---------------------------------------------------------------------------------
+    def _start_writer(self) -> None:
         inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
         acks_r, acks_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(
-            target=_child_main,
-            args=(
-                _Config(self.db_path, self.max_batch, self.max_delay_s, logging.getLogger().getEffectiveLevel()),
-                inbox_r, acks_w, self.counters,
-            ),
-            name="edgefleet-telemetry-writer",
-            daemon=True,
-        )  # fmt: skip
         self.counters[COMMITTED_UPTO] = self._seq  # everything sent to an earlier writer is accounted for
-        proc.start()
-        inbox_r.close()  # our copies of the child's ends: the child sees EOF when we go away
-        acks_w.close()
-        self._proc, self._inbox, self._acks = proc, inbox_w, acks_r
+        worker: BaseProcess | threading.Thread
+        if self.process:
+            level = logging.getLogger().getEffectiveLevel()
+            worker = self._ctx.Process(
+                target=_process_main, args=(self.cfg, level, inbox_r, acks_w, self.counters),
+                name="edgefleet-telemetry-writer", daemon=True,
+            )  # fmt: skip
+            worker.start()
+            inbox_r.close()  # our copies of the child's ends: the child sees EOF when we go away
+            acks_w.close()
+        else:
+            worker = threading.Thread(
+                target=run_writer, args=(self.cfg, inbox_r, acks_w, self.counters), name="hub-telemetry-writer",
+                daemon=True,
+            )  # fmt: skip
+            worker.start()
+        self._worker, self._inbox, self._acks = worker, inbox_w, acks_r
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        """The writer process's id (None for a writer thread)."""
+        return self._worker.pid if isinstance(self._worker, BaseProcess) else None
+
+    def _alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
 
     def _restart(self, why: str) -> None:
         """Start a new writer; windows sent but not committed by the old one are counted as lost."""
-        old = self._proc
-        if old is not None:
+        old = self._worker
+        if isinstance(old, BaseProcess):
             with contextlib.suppress(Exception):
                 old.kill()
             old.join(5)
-        for c in (self._inbox, self._acks):
+        for c in (self._inbox, self._acks):  # a writer thread sees EOF, commits what it has and leaves
             if c is not None:
                 with contextlib.suppress(OSError):
                     c.close()
+        if isinstance(old, threading.Thread):
+            old.join(5)
         self.lost += self._unsent_estimate
         self._sizes.clear()
         self.restarts += 1
-        log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why,
-                  old.exitcode if old else None, self.restarts)  # fmt: skip
-        self._spawn()
+        code = old.exitcode if isinstance(old, BaseProcess) else None
+        log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why, code, self.restarts)
+        self._start_writer()
 
     @property
     def _unsent_estimate(self) -> int:
@@ -251,7 +276,7 @@ class TelemetryProcess:
 
     def _send_pending(self) -> None:
         """Send the buffer as one batch (caller holds `_send_lock`). Restarts a dead writer first."""
-        if self._proc is not None and not self._proc.is_alive():
+        if self._worker is not None and not self._alive():
             self._restart("exited")
         with self._buf_lock:
             buf, self._buf = self._buf, []
@@ -315,7 +340,7 @@ class TelemetryProcess:
         self._round_trip("flush", timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything submitted, stop the writer process and the forwarder."""
+        """Write everything submitted, stop the writer and the forwarder."""
         if self._closed:
             return
         try:
@@ -326,11 +351,12 @@ class TelemetryProcess:
             self._closed = True
         self._wake.set()
         self._thread.join(5)
-        if self._proc is not None:
-            self._proc.join(5)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(5)
+        worker = self._worker
+        if worker is not None:
+            worker.join(5)
+            if isinstance(worker, BaseProcess) and worker.is_alive():
+                worker.kill()
+                worker.join(5)
         for c in (self._inbox, self._acks):
             if c is not None:
                 with contextlib.suppress(OSError):
