@@ -207,7 +207,7 @@ def main() -> None:
     print(f"| raw paho subscriber (receive only) | {statistics.median(raws):,.0f} | 1.00 |")
     print(f"| hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default) "
           f"| {statistics.median(hubs):,.0f} | {statistics.median(ratios):.2f} |")  # fmt: skip
-    print(f"| hub, all in one process (`ingest.telemetry_process` off: writer thread) | {statistics.median(inprocs):,.0f} "
+    print(f"| hub, writer thread (`ingest.telemetry_process` off) | {statistics.median(inprocs):,.0f} "
           f"| {statistics.median(inratios):.2f} |")  # fmt: skip
 
 

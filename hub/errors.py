@@ -106,3 +106,10 @@ class RefusedWindow(InvalidInput):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class DatabaseUnavailable(HubError):
+    """The store's database server cannot be reached (PostgreSQL): check the database URL and the server."""
+
+    code = "database_unavailable"
+    status = 503

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
 from hub.errors import InvalidInput
+from hub.store.connection import Database
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
 
@@ -227,6 +228,11 @@ class HubSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data_dir: Path = Field(default=Path("./hub-data"), description="database, blobs, signing key, broker state")
+    database_url: str | None = Field(
+        default=None,
+        description="where the store lives: postgresql://user:password@host:5432/db for a PostgreSQL server shared "
+        "by hub replicas (needs the `postgres` extra: psycopg); unset: the SQLite file hub.db in data_dir",
+    )
     topic_prefix: Prefix = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix of the fleet")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="MQTT broker")
     api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
@@ -266,9 +272,24 @@ class HubSettings(BaseModel):
         except ValidationError as e:
             raise InvalidInput(f"invalid hub settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return Database.from_url(value).url
+        except InvalidInput as e:
+            raise ValueError(e.message) from e
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hub.db"
+
+    @property
+    def database(self) -> Database:
+        """The store's database: `database_url`, or the SQLite file in the data directory."""
+        return Database.from_url(self.database_url) if self.database_url else Database.sqlite(self.db_path)
 
     @property
     def key_path(self) -> Path:

@@ -28,13 +28,11 @@ import logging
 import multiprocessing as mp
 import pickle
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from fleet.codec import decode
@@ -43,7 +41,7 @@ from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
 from hub.ratelimit import log_sampled
 from hub.store import telemetry as tsql
-from hub.store.connection import connect
+from hub.store.connection import Conn, Database
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[A
 
 @dataclass(frozen=True)
 class _Config:
-    db_path: str
+    database: Database
     max_batch: int
     max_delay_s: float
 
@@ -79,8 +77,9 @@ class _Config:
 class _Writer:
     """Decoding and SQL of the writer; counts everything in the shared counters."""
 
-    def __init__(self, conn: sqlite3.Connection, counters: Any) -> None:
-        self.conn = conn
+    def __init__(self, database: Database, counters: Any) -> None:
+        self.database = database
+        self.conn: Conn | None = None
         self.c = counters
 
     def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
@@ -98,28 +97,46 @@ class _Writer:
         c[ACCEPTED] += len(rows)
         return rows
 
+    def _connection(self) -> Conn:
+        """The writer's connection, opened (again) when there is none or the server dropped it."""
+        if self.conn is not None and self.conn.broken:
+            log.warning("store: the telemetry writer lost its database connection; reconnecting")
+            self.conn.close()
+            self.conn = None
+        if self.conn is None:
+            self.conn = self.database.connect()
+        return self.conn
+
     def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
-        if rows:
+        for attempt in range(3) if rows else ():
+            conn = self.conn
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                inserted = tsql.write_windows(self.conn, rows)
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
+                conn = self._connection()
+                conn.begin()
+                inserted = tsql.write_windows(conn, rows)
+                conn.commit()
+            except Exception as e:
+                if conn is not None:
+                    conn.rollback()
+                    if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
+                        continue  # a deadlock with another replica's writer: the whole batch again
                 log.exception("store: writing a batch of %d telemetry windows failed", len(rows))
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
                 self.c[WRITE_ERRORS] += 1
             else:
                 self.c[PERSISTED] += inserted
                 self.c[DUPLICATES] += len(rows) - inserted
+            break
         self.c[COMMITTED_UPTO] = upto
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any) -> None:
     """The writer loop (a thread's or a process's): decode, check and write windows until told to stop or the
     hub side goes away. Windows wait up to `max_delay_s` for more (group commit), at most `max_batch`."""
-    conn = connect(Path(cfg.db_path), readonly=False)
-    writer = _Writer(conn, counters)
+    writer = _Writer(cfg.database, counters)
     rows: list[tuple[Any, ...]] = []
     upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
     deadline: float | None = None
@@ -148,7 +165,7 @@ def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any)
                 if msg[0] == "stop":
                     return
     finally:
-        conn.close()
+        writer.close()
         for end in (inbox, acks):
             with contextlib.suppress(OSError):
                 end.close()
@@ -164,7 +181,7 @@ class TelemetryWriter:
     """The hub side: a bounded buffer, a forwarder thread and a supervised writer (a process or a thread).
 
     Args:
-        db_path: the SQLite file the writer writes to.
+        database: the database the writer writes to (it opens a connection of its own).
         process: run the writer in a process of its own (True) or in a thread of this process.
         max_batch: most windows written in one transaction.
         max_queue: most windows buffered; beyond it `submit` refuses (counted in `dropped`).
@@ -173,14 +190,14 @@ class TelemetryWriter:
 
     def __init__(
         self,
-        db_path: str,
+        database: Database,
         *,
         process: bool = True,
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
     ) -> None:
-        self.cfg = _Config(db_path, max_batch, max_delay_s)
+        self.cfg = _Config(database, max_batch, max_delay_s)
         self.process = process
         self.max_queue = max_queue
         self._ctx = mp.get_context("spawn")  # never fork a process that runs threads

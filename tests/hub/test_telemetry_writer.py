@@ -1,4 +1,5 @@
-"""The telemetry writer on real SQLite files: decoding, refusals, rollups, back-pressure, crashes.
+"""The telemetry writer on both backends (real SQLite files, a real PostgreSQL server): decoding, refusals, rollups,
+back-pressure, crashes.
 
 Every behaviour runs against both writers (`hub serve`'s default, a process, and the thread the
 `ingest.telemetry_process = false` setting selects); killing one applies to the process only.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,7 +19,7 @@ import pytest
 
 from fleet.codec import encode
 from fleet.messages import Phase, ReportedState, TelemetryWindow
-from hub.store import Device, SqliteStore, open_store
+from hub.store import Database, Device, SqlStore, open_store
 from tests.support.mqtt import wait_for
 
 BASE = 6000.0  # a minute boundary
@@ -32,8 +32,8 @@ def in_process(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def store(tmp_path: Path, in_process: bool) -> SqliteStore:
-    s = open_store(tmp_path / "hub.db", telemetry_process=in_process)
+def store(database: Database, in_process: bool) -> SqlStore:
+    s = open_store(database, telemetry_process=in_process)
     for d in ("d1", "d2"):
         s.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
     yield s  # type: ignore[misc]
@@ -58,7 +58,7 @@ def _pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqliteStore) -> None:
+def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqlStore) -> None:
     now = time.time()
     for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
         assert store.submit_telemetry("d1", _payload("d1", seq), now)
@@ -78,11 +78,11 @@ def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqliteSto
     assert dev is not None and dev.last_seen == pytest.approx(now)
 
 
-def test_writers_sharing_a_file_roll_up_each_window_exactly_once(tmp_path: Path) -> None:
-    """A writer process and a writer thread (a second store: a hub replica) on one file, beside the store's
+def test_writers_sharing_a_database_roll_up_each_window_exactly_once(database: Database) -> None:
+    """A writer process and a writer thread (a second store: a hub replica) on one database, beside the store's
     own writer thread writing reported states."""
-    a = open_store(tmp_path / "hub.db", telemetry_process=True)
-    b = open_store(tmp_path / "hub.db", telemetry_process=False)
+    a = open_store(database, telemetry_process=True)
+    b = open_store(database, telemetry_process=False)
     try:
         a.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
         sent = 0
@@ -105,7 +105,7 @@ def test_writers_sharing_a_file_roll_up_each_window_exactly_once(tmp_path: Path)
 
 
 @pytest.mark.parametrize("in_process", [True], ids=["process"])
-def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqliteStore) -> None:
+def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqlStore) -> None:
     proc = store.telemetry
     assert proc is not None and proc.pid is not None
     for seq in range(10):
@@ -125,7 +125,7 @@ def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqliteStore) 
 
 
 @pytest.mark.parametrize("in_process", [True], ids=["process"])
-def test_flush_right_after_a_kill_accounts_for_every_window(store: SqliteStore) -> None:
+def test_flush_right_after_a_kill_accounts_for_every_window(store: SqlStore) -> None:
     """The writer dies between the supervisor's last look and a flush: flush restarts it, loses no count."""
     proc = store.telemetry
     assert proc is not None and proc.pid is not None
@@ -143,13 +143,15 @@ def test_flush_right_after_a_kill_accounts_for_every_window(store: SqliteStore) 
 
 
 def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_accepted(
-    tmp_path: Path, in_process: bool
+    database: Database, in_process: bool
 ) -> None:
-    store = open_store(tmp_path / "hub.db", telemetry_process=in_process, max_queue=100)
+    store = open_store(database, telemetry_process=in_process, max_queue=100)
     try:
         store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-        blocker = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the writer process now waits for the lock (busy_timeout)
+        blocker = database.connect()
+        blocker.begin()  # SQLite: the write lock; the writer now waits for it (busy_timeout)
+        if database.dialect.postgres:
+            blocker.execute("LOCK TABLE telemetry IN EXCLUSIVE MODE")  # the writer waits for the table
         accepted = 0
         for seq in range(3000):
             accepted += store.submit_telemetry("d1", _payload("d1", seq), time.time())
@@ -157,7 +159,7 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
                 time.sleep(0.01)  # let the forwarder fill the pipe
         dropped = store.ingest_stats().dropped_queue_full
         assert dropped > 0 and accepted + dropped == 3000
-        blocker.execute("ROLLBACK")
+        blocker.rollback()
         blocker.close()
         store.flush()
         assert store.ingest_stats().telemetry_persisted == accepted
@@ -166,8 +168,8 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
         store.close()
 
 
-def test_closed_store_refuses_new_windows(tmp_path: Path, in_process: bool) -> None:
-    store = open_store(tmp_path / "hub.db", telemetry_process=in_process)
+def test_closed_store_refuses_new_windows(database: Database, in_process: bool) -> None:
+    store = open_store(database, telemetry_process=in_process)
     writer = store.telemetry
     pid = writer.pid
     store.close()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fleet.codec import encode
 from fleet.histogram import LatencyRecorder
 from fleet.messages import ShadowStats, TelemetryWindow
-from hub.store import Device, open_store
+from hub.store import Database, Device, open_store
 
 
 def _window(device: str, seq: int, start: float, version: str, *, shadow: ShadowStats | None = None) -> TelemetryWindow:
@@ -20,8 +18,8 @@ def _window(device: str, seq: int, start: float, version: str, *, shadow: Shadow
     )  # fmt: skip
 
 
-def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "hub.db")
+def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(database: Database) -> None:
+    store = open_store(database)
     try:
         for d in ("a", "b", "c"):
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
