@@ -266,10 +266,10 @@ class TelemetryWriter:
             old.join(5)
         self.lost += self._unsent_estimate
         self._sizes.clear()
-        self.restarts += 1
         code = old.exitcode if isinstance(old, BaseProcess) else None
-        log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why, code, self.restarts)
+        log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why, code, self.restarts + 1)
         self._start_writer()
+        self.restarts += 1  # after the new writer is in place: a reader that sees the count sees the new writer
 
     @property
     def _unsent_estimate(self) -> int:
