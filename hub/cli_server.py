@@ -23,6 +23,14 @@ from hubclient.cli import JsonOpt, _print_json, err, out
 from infra.errors import SettingsError
 
 T = TypeVar("T")
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Keep the store in this database: postgresql://user:password@host/db (shared by hub replicas). "
+        "Default: EDGEFLEET_HUB_DATABASE_URL, else the SQLite file hub.db in the data directory.",
+    ),
+]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Hub data directory (default: EDGEFLEET_HUB_DATA_DIR or ./hub-data).")
 ]
@@ -44,6 +52,7 @@ def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
 
 def hub_init(
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     tls: Annotated[
         bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
     ] = False,
@@ -56,7 +65,7 @@ def hub_init(
     from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
     from hub.tls import create_dev_pki  # noqa: PLC0415
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, **({"database_url": database_url} if database_url else {}))
     token = _run(lambda: init_hub(settings))
     tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
     if as_json:
@@ -70,6 +79,7 @@ def hub_init(
 
 def hub_serve(
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     broker_url: Annotated[
         str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
     ] = None,
@@ -84,6 +94,8 @@ def hub_serve(
     overrides: dict[str, Any] = {}
     if broker_url:
         overrides["broker"] = {"url": broker_url}
+    if database_url:
+        overrides["database_url"] = database_url
     api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if api:
         overrides["api"] = api
