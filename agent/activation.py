@@ -89,26 +89,28 @@ class Restored:
 
     loaded: Loaded | None = None
     runtime: RuntimeOptions | None = None
+    size: int = 0  # file bytes of the loaded model (for the memory budget)
     previous: AppliedModel | None = None
     errors: list[AgentError] = field(default_factory=list)
 
 
-def restore(store: ModelStore, *, warmup_runs: int) -> Restored:
-    """Load the store's active model, or its previous one when the active one fails (not yet served).
+def restore(store: ModelStore, name: str, *, warmup_runs: int) -> Restored:
+    """Load model `name`'s active version from the store, or its previous one when the active one fails.
 
     The pointers are left as they are (for inspection); `previous` is what still counts as last-known-good.
     """
     out = Restored()
     active = None
     try:
-        active = store.active()
-        prev = store.previous()
+        active = store.active(name)
+        prev = store.previous(name)
         out.previous = prev.model if prev else None
     except StoreError as e:
         out.errors.append(AgentError(str(e), code=e.code, permanent=False))
     fallback: StoredModel | None = None
-    with contextlib.suppress(StoreError):
-        fallback = store.previous()
+    if active is not None or out.errors:  # a model stopped on purpose (no active pointer) stays stopped
+        with contextlib.suppress(StoreError):
+            fallback = store.previous(name)
     for rec in (r for r in (active, fallback) if r is not None):
         try:
             out.loaded = load(
@@ -119,6 +121,8 @@ def restore(store: ModelStore, *, warmup_runs: int) -> Restored:
             out.errors.append(e)
             continue
         out.runtime = rec.runtime
+        with contextlib.suppress(OSError):
+            out.size = store.blob_path(rec.sha256).stat().st_size
         if rec is not active:  # serving previous because active failed: nothing older is known-good
             out.previous = None
         break

@@ -110,13 +110,13 @@ def _serving(headless: bool, host: str | None, port: int | None) -> tuple[Servin
         from agent.headless import HeadlessServing  # noqa: PLC0415
 
         return HeadlessServing(), None
-    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+    from agent.api import ApiServer, ApiSettings, ModelRepository  # noqa: PLC0415
 
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    slot = ModelSlot()
-    server = ApiServer(ApiSettings.from_env(**overrides), slot)
+    repo = ModelRepository()
+    server = ApiServer(ApiSettings.from_env(**overrides), repo)
     server.start()
-    return slot, server
+    return repo, server
 
 
 def _cluster_port() -> ClusterPort:
@@ -130,15 +130,23 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
     store: Annotated[Path, typer.Option("--store", help="The model store shared with the agent (read only).")],
     host: Annotated[str | None, typer.Option("--host", help="Interface to listen on (env EDGEFLEET_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (env EDGEFLEET_API_PORT).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Serve this model (repeatable; cluster mode runs one Deployment per model). "
+            "Default: every model the store has.",
+        ),
+    ] = None,
     poll_s: Annotated[
-        float, typer.Option("--poll-s", min=0.05, help="Seconds between checks of the store's active model.")
+        float, typer.Option("--poll-s", min=0.05, help="Seconds between checks of the store's active models.")
     ] = 1.0,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level: debug, info, warning, error.")] = "info",
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
-    """Serve the inference API only, following the store's active model (cluster mode's serving pods)."""
+    """Serve the inference API only, following the store's active models (cluster mode's serving pods)."""
     _setup_logging(_log_level(log_level), json_logs)
-    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+    from agent.api import ApiServer, ApiSettings, ModelRepository  # noqa: PLC0415
     from agent.follower import StoreFollower  # noqa: PLC0415
     from agent.store import ModelStore  # noqa: PLC0415
 
@@ -151,14 +159,14 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
-    slot = ModelSlot()
-    server = ApiServer(settings, slot)
+    repo = ModelRepository()
+    server = ApiServer(settings, repo)
     try:
         server.start()
     except (OSError, RuntimeError) as e:
         typer.echo(f"error: cannot serve on {settings.host}:{settings.port}: {e}", err=True)
         raise typer.Exit(2) from e
-    follower = StoreFollower(ModelStore(store), slot, poll_s=poll_s)
+    follower = StoreFollower(ModelStore(store), repo, models=model or None, poll_s=poll_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -63,6 +63,12 @@ class ActivationError(AgentError):
     code = "activation_failed"
 
 
+class MemoryBudgetExceeded(ActivationError):
+    """Loading a model would take the device's models past the memory budget; nothing was loaded."""
+
+    code = "memory_budget_exceeded"
+
+
 class SpoolError(AgentError):
     """The telemetry spool database cannot be opened or written."""
 

@@ -1,13 +1,14 @@
 """Cluster mode's serving pods: follow the shared model store and hot-swap what it names as active.
 
-In cluster mode the agent (one pod) downloads and verifies models and moves the store's `active.json`
-pointer; the serving pods (`edgefleet agent serve --store /models`) only read the store. A `StoreFollower`
-polls the pointer, and when it names another blob or runtime it loads the model (warm-up and golden check,
-exactly as the agent does), then hands it to the serving slot, which swaps without failing requests in
-flight. The pod template does not change for a model change, so no pod restarts (see docs/k3s.md).
+In cluster mode the agent (one pod) downloads and verifies models and moves each model's `active.json`
+pointer in the store; the serving pods (`edgefleet agent serve --store /models --model NAME`, one
+Deployment per model) only read the store. A `StoreFollower` polls the pointers of the models it follows,
+and when one names another blob or runtime it loads that version (warm-up and golden check, exactly as the
+agent does), then hands it to the serving repository, which swaps it without failing requests in flight.
+The pod template does not change for a model change, so no pod restarts (see docs/k3s.md).
 
-A pointer that cannot be read, or a model that fails to load, leaves the current model serving and is
-logged with its reason; the follower retries when the pointer changes again.
+A pointer that cannot be read, or a version that fails to load, leaves that model's current version
+serving and is logged with its reason; the follower retries when the pointer changes again.
 """
 
 from __future__ import annotations
@@ -26,53 +27,77 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FollowState:
-    """What the follower serves now and the last problem it met (for logs and the status command)."""
+    """What the follower serves now for one model and the last problem it met (for logs and status)."""
 
     serving: StoredModel | None
     error: str | None
 
 
+@dataclass
+class _Followed:
+    current: StoredModel | None = None
+    failed: StoredModel | None = None
+    error: str | None = None
+
+
 class StoreFollower:
-    """Polls `store.active()` every `poll_s` seconds and activates what it names on `serving`.
+    """Polls the store's active pointers every `poll_s` seconds and activates what they name on `serving`.
 
     Args:
         store: the shared model store (read only).
-        serving: the serving side (in practice `agent.api.ModelSlot`).
+        serving: the serving side (in practice `agent.serving.ModelRepository`).
+        models: the model names to follow (None: every model the store has pointers for).
         poll_s: seconds between pointer checks; a model change reaches the pods within about this delay.
         warmup_runs: engine warm-up runs before a model is made active.
     """
 
-    def __init__(self, store: ModelStore, serving: ServingPort, *, poll_s: float = 1.0, warmup_runs: int = 2) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        serving: ServingPort,
+        *,
+        models: list[str] | None = None,
+        poll_s: float = 1.0,
+        warmup_runs: int = 2,
+    ) -> None:
         self.store = store
         self.serving = serving
+        self.models = models
         self.poll_s = poll_s
         self.warmup_runs = warmup_runs
-        self._current: StoredModel | None = None
-        self._failed: StoredModel | None = None
-        self._error: str | None = None
+        self._followed: dict[str, _Followed] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def state(self) -> FollowState:
-        return FollowState(self._current, self._error)
+    def state(self, name: str) -> FollowState:
+        """What the follower serves for model `name` and its last problem."""
+        f = self._followed.get(name, _Followed())
+        return FollowState(f.current, f.error)
 
     def check(self) -> bool:
-        """Look at the pointer once; activate or deactivate if it changed. Returns True when it swapped."""
+        """Look at every followed pointer once; activate or deactivate what changed. True when any swapped."""
+        names = set(self.models) if self.models is not None else set(self.store.names())
+        swapped = False
+        for name in sorted(names | set(self._followed)):
+            swapped = self._check(name) or swapped
+        return swapped
+
+    def _check(self, name: str) -> bool:
+        f = self._followed.setdefault(name, _Followed())
         try:
-            record = self.store.active()
+            record = self.store.active(name)
         except StoreError as e:
-            self._error = f"cannot read the active pointer: {e}"
-            log.warning("%s; keeping the current model", self._error)
+            f.error = f"cannot read the active pointer of {name}: {e}"
+            log.warning("%s; keeping the current version", f.error)
             return False
         if record is None:
-            if self._current is None:
+            if f.current is None:
                 return False
-            self.serving.deactivate()
-            log.info("the store names no active model: serving nothing")
-            self._current, self._error = None, None
+            self.serving.deactivate(name)
+            log.info("the store names no active version of %s: not serving it", name)
+            f.current, f.error = None, None
             return True
-        if record in (self._current, self._failed):
+        if record in (f.current, f.failed):
             return False
         try:
             loaded = load(
@@ -85,12 +110,13 @@ class StoreFollower:
                 warmup_runs=self.warmup_runs,
             )
         except ActivationError as e:
-            self._failed, self._error = record, f"{e.code}: {e}"
-            log.error("cannot serve %s %s: %s; keeping the current model", record.model.name, record.model.version, e)
+            f.failed, f.error = record, f"{e.code}: {e}"
+            log.error("cannot serve %s %s: %s; keeping the current version", record.model.name,
+                      record.model.version, e)  # fmt: skip
             return False
         model = record.model.model_copy(update={"provider": loaded.provider})
         self.serving.activate(loaded.engine, model, loaded.descriptor, record.runtime)
-        self._current, self._failed, self._error = record, None, None
+        f.current, f.failed, f.error = record, None, None
         log.info("serving %s %s on %s", model.name, model.version, loaded.provider)
         return True
 

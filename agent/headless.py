@@ -2,9 +2,9 @@
 
 `edgefleet agent run --headless` wires it in when a device only fetches, verifies and activates models
 (nothing calls it then, and it starts no thread); tests, benchmarks and embedding programs call `infer`
-with numpy arrays. It is `agent.serving.ModelSlot` itself — the same swap, retirement of the old engine
-after its in-flight requests, batching, counters and shadow sampling as the HTTP API — driven from its own
-event-loop thread, started on the first request. Errors are those of the core and count the same way:
+with numpy arrays. It is `agent.serving.ModelRepository` itself — the same models by name, swap, retirement of the
+old engine after its in-flight requests, batching, counters and shadow sampling as the HTTP API — driven
+from its own event-loop thread, started on the first request. Errors are those of the core and count the same way:
 a client's mistake (bad shape, unknown model) is not a server error in telemetry.
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy.typing as npt
 
-from agent.serving import ModelSlot, Served, classify
+from agent.serving import ModelRepository, ModelSlot, Served, classify
 from models.batcher import BatcherOptions
 
 Array = npt.NDArray[Any]
 
 
-class HeadlessServing(ModelSlot):
+class HeadlessServing(ModelRepository):
     """The serving core with a synchronous `infer` for in-process callers. Thread-safe."""
 
     def __init__(self, defaults: BatcherOptions | None = None, *, seed: int | None = None) -> None:
@@ -35,10 +35,13 @@ class HeadlessServing(ModelSlot):
         self._start_lock = threading.Lock()
 
     def infer(self, inputs: Mapping[str, Any], name: str | None = None, version: str | None = None) -> dict[str, Array]:
-        """Run the active model (or `name`/`version`, which must be it) on `inputs` (name -> numpy array).
+        """Run model `name` (`version`, if given, must be its active one) on `inputs` (name -> numpy array).
+
+        Without a name, the one model served runs (with several, name one).
 
         Raises:
-            NotReady: no model is active. ModelNotFound: another model or version.
+            NotReady: no model is active. ModelNotFound: a model or version not served, or no name given
+                while several models are served.
             InvalidInput: the inputs do not fit the model. QueueFull, Overloaded, TimeoutError: overloaded.
             InferenceFailed: the engine failed (counted as a server error).
         """
@@ -47,21 +50,24 @@ class HeadlessServing(ModelSlot):
 
     async def _serve(self, feed: dict[str, Any], name: str | None, version: str | None) -> dict[str, Array]:
         t0 = time.perf_counter()
+        slot: ModelSlot | None = None
         served: Served | None = None
         submitted = False
         status = 200
         try:
-            current = self.current
-            served = self.acquire(name if name is not None else current.model.name if current else "", version)
+            slot = self.get(name) if name is not None else self.only()
+            current = slot.current
+            served = slot.acquire(name if name is not None else current.model.name if current else "", version)
             submitted = True
-            return await self.infer_tensors(served, feed)
+            return await slot.infer_tensors(served, feed)
         except Exception as e:
             status = classify(e)[0]
             raise
         finally:
-            if served is not None:
-                self.release(served, submitted)
-            self.record(status, (time.perf_counter() - t0) * 1e3)
+            if slot is not None:
+                if served is not None:
+                    slot.release(served, submitted)
+                slot.record(status, (time.perf_counter() - t0) * 1e3)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:

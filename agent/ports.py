@@ -3,7 +3,8 @@
 The control side owns *when* a model becomes active; the serving side owns *how* requests reach it. They
 meet only through `ServingPort`, so each is tested without the other and single-device mode (one process)
 and cluster mode (`edgefleet agent serve` in pods) wire the same two halves differently. Every serving mode
-implements the port with the same core, `agent.serving.ModelSlot` (HTTP API or headless).
+implements the port with the same core, `agent.serving.ModelRepository` (one `ModelSlot` per model name;
+HTTP API or headless). Every call names its model: a device serves several, each swapped on its own.
 """
 
 from __future__ import annotations
@@ -37,22 +38,22 @@ class ServingPort(Protocol):
     def activate(
         self, engine: Engine, model: AppliedModel, descriptor: ModelDescriptor, runtime: RuntimeOptions | None = None
     ) -> None:
-        """Make `engine` (loaded, warmed up, golden-checked) the active model, described by `descriptor`.
+        """Make `engine` (loaded, warmed up, golden-checked) the active version of model `model.name`.
 
-        `runtime` carries the batching and queue limits of the desired state (None: the serving defaults).
+        `runtime` carries the batching and queue limits of the model's slot (None: the serving defaults).
 
-        Requests in flight finish on the old engine; new requests go to the new one. The old engine is
-        closed by the serving side once its last request has finished.
+        Requests in flight finish on the old engine of that model; new requests go to the new one. The old
+        engine is closed by the serving side once its last request has finished. Other models are untouched.
         """
 
-    def set_shadow(self, engine: Engine | None, model: AppliedModel | None, sample_rate: float) -> None:
-        """Run `engine` beside the active model on `sample_rate` of requests (None: stop shadowing)."""
+    def set_shadow(self, name: str, engine: Engine | None, model: AppliedModel | None, sample_rate: float) -> None:
+        """Run `engine` beside model `name`'s active version on `sample_rate` of its requests (None: stop)."""
 
-    def deactivate(self) -> None:
-        """Serve nothing (the desired state names no model); requests get 503."""
+    def deactivate(self, name: str) -> None:
+        """Stop serving model `name` (its requests get 404); in-flight ones finish. Others are untouched."""
 
-    def take_window(self) -> ServingWindow:
-        """Counters since the last call, then reset them."""
+    def take_windows(self) -> dict[str, ServingWindow]:
+        """Counters of every model since the last call, by model name, then reset them."""
 
 
 class ClusterPort(Protocol):
@@ -68,8 +69,12 @@ class ClusterPort(Protocol):
     def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
         """Call `on_change(nodes)` (from the port's own thread) whenever the node inventory changes."""
 
-    def apply(self, desired: DesiredState) -> ClusterWorkload:
-        """Server-side apply the serving workload for `desired` and wait until ready or our own deadline."""
+    def apply(self, desired: DesiredState, name: str) -> ClusterWorkload:
+        """Server-side apply the serving workload of model `name` of `desired` (one Deployment per model) and
+        wait until it is ready or our own deadline."""
+
+    def remove(self, name: str) -> None:
+        """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""
 
     def close(self) -> None:
         """Release the client and its event loop."""

@@ -1,15 +1,21 @@
-"""The reconciler: turns verified desired states into a downloaded, checked, active model, and reports.
+"""The reconciler: turns verified desired states into downloaded, checked, active models, and reports.
 
 It is free of transport: MQTT reaches it through `Outbox` (what it sends) and its `on_*` methods (what it
-receives), all called from one control thread. The order of work for a desired state:
+receives), all called from one control thread. A desired state names several models (slots); each goes
+through the steps below on its own, in the order of the slots, with its own phase, error, active and
+previous versions (`agent.modelstate.ModelState`):
 
-1. verify the envelope (pinned key, expiry, version counter); refuse and report anything else;
-2. fetch every blob it names that the store lacks (model first, then the shadow candidate);
-3. load the model into a new engine, warm it up and golden-check it, then swap it in and switch the
-   store's pointers (`previous` keeps the old model for an instant rollback);
-4. load the shadow candidate, apply the cluster workload (cluster mode), collect spare blobs; report.
+1. verify the envelope (pinned key, schema, expiry, version counter); refuse and report anything else;
+2. stop serving the models the state no longer names (they stay as previous, for an instant re-deploy);
+3. for each slot: fetch the blobs it lacks (its model, then its shadow candidate; one transfer at a time,
+   a slot whose blobs are present does not wait for another's download); check the memory budget across
+   models; load the new version into a new engine, warm it up and golden-check it, then swap it in and
+   switch that model's store pointers (`previous` keeps the old version for an instant rollback); load
+   its shadow candidate;
+4. apply the cluster workloads (cluster mode), collect spare blobs; report.
 
-A failure at any step keeps the running model serving and is reported with its reason.
+A failure at any step of one model keeps that model's running version serving, is reported on that model
+with its reason, and leaves the other models alone.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -26,18 +32,21 @@ from agent import activation
 from agent.activation import Loaded
 from agent.download import Download, Fetcher
 from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
+from agent.memory import MemoryBudget
+from agent.modelstate import ModelState
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState
 from agent.store import ModelStore, StoredModel
 from fleet.codec import decode
-from fleet.errors import MessageError, SignatureError, error_code
+from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, UnsupportedSchema, error_code
 from fleet.messages import (
+    MAX_MODELS,
     AppliedModel,
-    ClusterWorkload,
     Command,
     CommandAck,
     CommandName,
+    DesiredModel,
     DesiredState,
     ErrorInfo,
     ModelRef,
@@ -73,7 +82,12 @@ class Outbox(Protocol):
 
 
 class Reconciler:
-    """Drives the device towards its desired state. Not thread-safe: call from the control thread only."""
+    """Drives the device towards its desired state. Not thread-safe: call from the control thread only.
+
+    Args:
+        memory: the memory budget across models checked before every load (None: no check, e.g. when the
+            models are served by pods of their own in cluster mode).
+    """
 
     def __init__(
         self,
@@ -86,6 +100,7 @@ class Reconciler:
         outbox: Outbox,
         state_path: Path,
         cluster: ClusterPort | None = None,
+        memory: MemoryBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.device_id = device_id
@@ -96,16 +111,12 @@ class Reconciler:
         self.outbox = outbox
         self.state_path = state_path
         self.cluster = cluster
+        self.memory = memory
         self.clock = clock
         self.state = AcceptedState()
         self.desired: DesiredState | None = None
-        self.phase = Phase.IDLE
-        self.error: ErrorInfo | None = None
-        self.active: AppliedModel | None = None
-        self.active_runtime: RuntimeOptions | None = None
-        self.previous: AppliedModel | None = None
-        self.shadow: AppliedModel | None = None
-        self.cluster_state: ClusterWorkload | None = None
+        self.error: ErrorInfo | None = None  # device-level: a refused desired state
+        self.models: dict[str, ModelState] = {}
         self.fetcher = Fetcher(
             store, device_id, settings.download, min_free_bytes=settings.store.min_free_bytes,
             send_want=outbox.want, watch=outbox.watch_blob, unwatch=outbox.unwatch_blob,
@@ -113,6 +124,7 @@ class Reconciler:
         self.refused = 0
         self._settled: int | None = None
         self._retry_at: float | None = None
+        self._locked = False
         self._seq = 0
         self._last_progress = 0.0
         self._progress_due = False
@@ -127,23 +139,41 @@ class Reconciler:
         """Chunks received for blobs not being fetched."""
         return self.fetcher.stray_chunks
 
+    def active_models(self) -> dict[str, AppliedModel]:
+        """The active version of every model serving, by name."""
+        return {n: m.active for n, m in self.models.items() if m.active is not None}
+
+    def _model(self, name: str) -> ModelState:
+        st = self.models.get(name)
+        if st is None:
+            st = self.models[name] = ModelState(name)
+        return st
+
     # -- start-up -------------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Serve the stored active model (or, if it fails to load, the previous one); `resume` continues."""
+        """Serve every model's stored active version (or, if it fails to load, its previous one); `resume`
+        continues the accepted desired state's work."""
         self.state = AcceptedState.load(self.state_path)
-        restored = activation.restore(self.store, warmup_runs=self.settings.activation.warmup_runs)
-        for e in restored.errors:
-            self._fail(e)
-        if restored.loaded is not None:
-            loaded = restored.loaded
-            self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
-            self.active, self.active_runtime = loaded.applied, restored.runtime
-        self.previous = restored.previous
+        for name in self.store.names():
+            st = self._model(name)
+            restored = activation.restore(self.store, name, warmup_runs=self.settings.activation.warmup_runs)
+            for e in restored.errors:
+                self._fail(st, e)
+            if restored.loaded is not None:
+                loaded = restored.loaded
+                self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
+                st.active, st.runtime, st.size = loaded.applied, restored.runtime, restored.size
+                st.phase = Phase.ACTIVE
+            st.previous = restored.previous
         if self.state.envelope is not None:
             try:
                 self.desired = DesiredState.model_validate(self.state.envelope.body)
             except ValidationError:
-                self.desired = None
+                self.desired = None  # accepted by an agent of an older schema: the retained state comes again
+        if self.desired is not None:  # models no longer desired and not serving are idle (kept as previous)
+            for name in set(self.models) - {m.name for m in self.desired.models}:
+                if self.models[name].active is None:
+                    self.models[name].removed_at = self.clock()
         self.report()
 
     def resume(self) -> None:
@@ -162,6 +192,9 @@ class Reconciler:
             return  # the retained message was cleared
         try:
             envelope = decode(payload, SignedEnvelope)
+        except UnsupportedSchema as e:
+            self._refuse("unsupported_schema", f"desired state refused: {e}")
+            return
         except MessageError as e:
             self._refuse("malformed_envelope", f"desired state refused: {e}")
             return
@@ -172,34 +205,45 @@ class Reconciler:
             body = self.verifier.verify(
                 envelope, DesiredState, now=self.clock(), last_version=self.state.desired_version
             )
+        except UnsupportedBodySchema as e:
+            self._refuse("unsupported_schema", f"desired state refused: {e}")
+            return
         except SignatureError as e:
             self._refuse(error_code(e), f"desired state refused: {e}")
             return
         self.state = self.state.model_copy(update={"desired_version": body.version, "envelope": envelope})
         self.state.save(self.state_path)
-        log.info("accepted desired state %s", body.version)
+        log.info("accepted desired state %s (%d model(s))", body.version, len(body.models))
         self.desired = body
         self.error = None
         self._settled = None
         self._retry_at = None
+        for slot in body.models:
+            st = self._model(slot.name)
+            st.removed_at = None
+            if not st.failed_before(slot):
+                st.error = None
         self.fetcher.keep_only(self.needed_blobs())
         self._advance()
 
     def on_chunk(self, sha256: str, payload: bytes) -> None:
         """A chunk frame arrived on a blob topic."""
+        st = self._downloading()
         try:
             result = self.fetcher.on_chunk(sha256, payload)
         except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
-            if self.error is None or self.error.code != e.code:
+            if st is not None and (st.error is None or st.error.code != e.code):
                 log.warning("download of %s stalled: %s", sha256[:12], e)
-                self._fail(e)
+                self._fail(st, e)
                 self.report()
             return
         except AgentError as e:
-            self._download_failed(e)
+            if st is not None:
+                self._download_failed(st, e)
             return
-        if result in ("new", "complete") and self.error is not None and self.error.code == InsufficientDisk.code:
-            self.error = None  # space again: the stall is over
+        stalled = st is not None and st.error is not None and st.error.code == InsufficientDisk.code
+        if st is not None and stalled and result in ("new", "complete"):
+            st.error = None  # space again: the stall is over
         if result == "complete":
             self._advance()
         elif result == "new":
@@ -210,7 +254,7 @@ class Reconciler:
         """A signed command arrived: verify, run, acknowledge."""
         try:
             body = self.verifier.verify(payload, Command, now=self.clock(), last_version=self.state.command_version)
-        except SignatureError as e:
+        except (SignatureError, MessageError) as e:
             self.refused += 1
             log.warning("command refused: %s", e)
             return
@@ -240,159 +284,239 @@ class Reconciler:
 
     # -- the work -------------------------------------------------------------------------------------
     def needed_blobs(self) -> set[str]:
-        """Digests of the blobs the accepted desired state names (model and shadow candidate)."""
-        return {r.blob.sha256 for r in self._refs()}
+        """Digests of the blobs the accepted desired state names (every model and shadow candidate)."""
+        return {r.blob.sha256 for slot in self._slots() for r in _refs(slot)}
 
-    def _refs(self) -> list[ModelRef]:
-        d = self.desired
-        if d is None:
-            return []
-        refs = [d.model] if d.model is not None else []
-        if d.shadow is not None:
-            refs.append(d.shadow.model)
-        return refs
+    def _slots(self) -> list[DesiredModel]:
+        return list(self.desired.models) if self.desired is not None else []
+
+    def _downloading(self) -> ModelState | None:
+        """The model whose blob is being fetched (None: no transfer, or a blob no slot names)."""
+        dl = self.fetcher.current
+        if dl is None:
+            return None
+        for slot in self._slots():
+            if any(r.blob.sha256 == dl.sha256 for r in _refs(slot)):
+                return self.models.get(slot.name)
+        return None
 
     def _advance(self) -> None:
         d = self.desired
         if d is None or self._settled == d.version:
             return
-        for ref in self._refs():
-            if self.store.has_blob(ref.blob.sha256, ref.blob.size):
+        self._remove_unwanted(d)
+        waiting = False
+        for slot in d.models:
+            st = self._model(slot.name)
+            if st.settled == d.version:
                 continue
-            if not self._fetch(ref):
+            if not self._blobs_ready(slot, st):
+                waiting = waiting or st.settled != d.version
+                continue
+            if self._update_locked(st):
                 return
-        if d.model is None:
-            self.serving.deactivate()
-            self.store.clear_active()
-            self.previous, self.active, self.active_runtime = self.active or self.previous, None, None
-        elif not self._is_active(d.model, d.runtime):
-            if self._update_locked():
-                return
-            if not self._activate(d.model, d.runtime, d.version):
-                self._settled = d.version
-                self.phase = Phase.FAILED
-                self.report()
-                return
-        self._apply_shadow(d)
+            self._apply_slot(slot, st, d.version)
+        if waiting:
+            self.report()
+            return
         self._apply_cluster(d)
         self._collect()
         self._settled = d.version
-        self.phase = Phase.ACTIVE if d.model is not None else Phase.IDLE
         self.report()
 
-    def _fetch(self, ref: ModelRef) -> bool:
+    def _blobs_ready(self, slot: DesiredModel, st: ModelState) -> bool:
+        """Start or continue the transfers `slot` needs; True once every blob of it is in the store."""
+        for ref in _refs(slot):
+            if self.store.has_blob(ref.blob.sha256, ref.blob.size):
+                continue
+            busy = self.fetcher.current
+            if busy is not None and busy.sha256 != ref.blob.sha256 and busy.sha256 in self.needed_blobs():
+                st.phase = Phase.DOWNLOADING  # queued behind another model's transfer (one at a time)
+                return False
+            return self._fetch(ref, st)
+        return True
+
+    def _fetch(self, ref: ModelRef, st: ModelState) -> bool:
         """Start or continue the download of `ref`; True when the blob is now in the store."""
         try:
             if self.fetcher.ensure(ref.blob):
                 return True
         except AgentError as e:
-            self._download_failed(e)
+            self._download_failed(st, e)
             return False
-        self.phase = Phase.DOWNLOADING
+        st.phase = Phase.DOWNLOADING
         self.report()
         return False
 
-    def _download_failed(self, e: AgentError) -> None:
-        """Temporary: report and retry after `rewant_after_s`. Permanent: give up on this desired state."""
-        self._fail(e)
+    def _download_failed(self, st: ModelState, e: AgentError) -> None:
+        """Temporary: report and retry after `rewant_after_s`. Permanent: give up on this model's slot."""
+        self._fail(st, e)
         if e.permanent:
             self.fetcher.cancel()
             if self.desired is not None:
-                self._settled = self.desired.version
-            self.phase = Phase.FAILED
+                st.settled = self.desired.version
+            st.phase = Phase.FAILED
         else:
-            self.phase = Phase.DOWNLOADING
+            st.phase = Phase.DOWNLOADING
             self._retry_at = time.monotonic() + self.settings.download.rewant_after_s
         self.report()
 
-    def _is_active(self, ref: ModelRef, runtime: RuntimeOptions) -> bool:
-        a = self.active
-        return (
-            a is not None
-            and a.sha256 == ref.blob.sha256
-            and (a.name, a.version) == (ref.name, ref.version)
-            and self.active_runtime == runtime
-        )
+    def _apply_slot(self, slot: DesiredModel, st: ModelState, version: int) -> None:
+        """Activate the slot's model (unless it serves already), then its shadow; settle the slot."""
+        st.settled = version
+        if not st.serves(slot):
+            if st.failed_before(slot):
+                st.phase = Phase.FAILED  # the same version with the same options failed: not retried
+                return
+            if not self._activate(slot, st, version):
+                st.failed = (slot.model.blob.sha256, slot.runtime)
+                st.phase = Phase.FAILED
+                self.report()
+                return
+        st.failed = None
+        self._apply_shadow(slot, st)
+        st.phase = Phase.ACTIVE
 
-    def _load(self, sha: str, name: str, version: str, descriptor: dict[str, Any], runtime: RuntimeOptions) -> Loaded:
+    def _load(self, ref: ModelRef, runtime: RuntimeOptions) -> Loaded:
         """Load a stored blob into a checked engine (raises ActivationError)."""
         return activation.load(
-            self.store.blob_path(sha), sha, name=name, version=version, descriptor=descriptor, runtime=runtime,
-            warmup_runs=self.settings.activation.warmup_runs,
+            self.store.blob_path(ref.blob.sha256), ref.blob.sha256, name=ref.name, version=ref.version,
+            descriptor=ref.descriptor, runtime=runtime, warmup_runs=self.settings.activation.warmup_runs,
         )  # fmt: skip
 
-    def _update_locked(self) -> bool:
-        """True while the update lock file exists: the verified model waits (checked again every second)."""
+    def _update_locked(self, st: ModelState) -> bool:
+        """True while the update lock file exists: verified models wait (checked again every second)."""
         lock = self.settings.activation.update_lock_file
         if lock is None or not lock.exists():
+            self._locked = False
             return False
-        if self.phase is not Phase.ACTIVATING:
-            log.info("model downloaded and verified; activation waits for the update lock %s to go", lock)
-            self.phase = Phase.ACTIVATING
+        if not self._locked:
+            log.info("models downloaded and verified; activation waits for the update lock %s to go", lock)
+            self._locked = True
+        if st.phase is not Phase.ACTIVATING:
+            st.phase = Phase.ACTIVATING
             self.report()
         self._retry_at = time.monotonic() + _LOCK_POLL_S
         return True
 
-    def _activate(self, ref: ModelRef, runtime: RuntimeOptions, version: int) -> bool:
-        self.phase = Phase.ACTIVATING
+    def _budget(self, st: ModelState, what: str, size: int, *, replacing: bool) -> None:
+        """Raise MemoryBudgetExceeded when loading `size` bytes of model beside what is loaded would not fit.
+
+        `replacing`: the active version of `st` is in memory until its requests finish (a swap), else the
+        shadow candidate being replaced is unloaded first.
+        """
+        if self.memory is None:
+            return
+        loaded: dict[str, int] = {}
+        for m in self.models.values():
+            if m.active is not None and (m is not st or replacing):
+                label = "until the swap" if m is st else "active"
+                loaded[f"{m.name} {m.active.version} ({label})"] = m.size
+            if m.shadow is not None and (m is not st or replacing):
+                loaded[f"{m.name} {m.shadow.version} (shadow)"] = m.shadow_size
+        self.memory.check(what, size, loaded)
+
+    def _activate(self, slot: DesiredModel, st: ModelState, version: int) -> bool:
+        ref, runtime = slot.model, slot.runtime
+        st.phase = Phase.ACTIVATING
         self.report()
         sha = ref.blob.sha256
         try:
-            loaded = self._load(sha, ref.name, ref.version, ref.descriptor, runtime)
+            self._budget(st, f"{ref.name} {ref.version}", ref.blob.size, replacing=True)
+            loaded = self._load(ref, runtime)
         except ActivationError as e:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
-            self._fail(e)
+            self._fail(st, e)
             return False
         self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
-        self.active, self.active_runtime = loaded.applied, runtime
+        st.active, st.runtime, st.size, st.error = loaded.applied, runtime, ref.blob.size, None
         record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,
                              runtime=runtime, desired_version=version)  # fmt: skip
         try:
             prev = self.store.promote(record)
-            self.previous = prev.model if prev is not None else None
+            st.previous = prev.model if prev is not None else None
         except (StoreError, OSError) as e:
-            self._fail(StoreError(f"{ref.name} {ref.version} serves, but its pointer was not written: {e}"))
+            self._fail(st, StoreError(f"{ref.name} {ref.version} serves, but its pointer was not written: {e}"))
         return True
 
-    def _apply_shadow(self, d: DesiredState) -> None:
-        spec = d.shadow
+    def _apply_shadow(self, slot: DesiredModel, st: ModelState) -> None:
+        spec = slot.shadow
         if spec is None:
-            if self.shadow is not None:
-                self.serving.set_shadow(None, None, 0.0)
-                self.shadow = None
+            if st.shadow is not None:
+                self.serving.set_shadow(slot.name, None, None, 0.0)
+                st.shadow, st.shadow_size = None, 0
             return
         ref = spec.model
-        if self.shadow is not None and self.shadow.sha256 == ref.blob.sha256:
+        if st.shadow is not None and st.shadow.sha256 == ref.blob.sha256:
             return
         try:
-            loaded = self._load(ref.blob.sha256, ref.name, ref.version, ref.descriptor, d.runtime)
+            self._budget(st, f"{ref.name} {ref.version} (shadow)", ref.blob.size, replacing=False)
+            loaded = self._load(ref, slot.runtime)
         except ActivationError as e:
-            self._fail(AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
+            self._fail(st, AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
-        self.serving.set_shadow(loaded.engine, loaded.applied, spec.sample_rate)
-        self.shadow = loaded.applied
+        self.serving.set_shadow(slot.name, loaded.engine, loaded.applied, spec.sample_rate)
+        st.shadow, st.shadow_size = loaded.applied, ref.blob.size
+
+    def _remove_unwanted(self, d: DesiredState) -> None:
+        """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
+        wanted = {m.name for m in d.models}
+        for name, st in sorted(self.models.items()):
+            if name in wanted or st.removed_at is not None:
+                continue
+            log.info("model %s is no longer desired: it stops serving", name)
+            self.serving.deactivate(name)
+            if st.active is not None:
+                try:
+                    self.store.clear_active(name)
+                except (StoreError, OSError) as e:
+                    self._fail(st, StoreError(f"{name} stopped serving, but its pointer was not cleared: {e}"))
+            if self.cluster is not None:
+                self._remove_cluster(st)
+            if st.active is None and st.previous is None:  # nothing to keep for a re-deploy
+                self.store.forget(name)
+                del self.models[name]
+                continue
+            st.previous = st.active or st.previous
+            st.active = st.shadow = st.runtime = st.cluster = st.failed = None
+            st.size = st.shadow_size = 0
+            st.phase, st.settled, st.removed_at = Phase.IDLE, None, self.clock()
+        idle = sorted((st.removed_at, n) for n, st in self.models.items() if st.removed_at is not None)
+        for _at, name in idle[: max(0, len(idle) - MAX_MODELS)]:
+            self.store.forget(name)  # beyond the bound: the oldest removed model is forgotten (blobs collectable)
+            del self.models[name]
 
     def _apply_cluster(self, d: DesiredState) -> None:
         if self.cluster is None:
             return
+        for slot in d.models:
+            st = self.models[slot.name]
+            if st.active is None:
+                continue
+            try:
+                st.cluster = self.cluster.apply(d, slot.name)
+            except Exception as e:  # ClusterPort promises typed errors; anything else must not stop the agent either
+                code = getattr(e, "code", "cluster_error")
+                self._fail(st, AgentError(f"cluster workload not applied: {e}", code=str(code)[:64], permanent=False))
+
+    def _remove_cluster(self, st: ModelState) -> None:
+        assert self.cluster is not None
         try:
-            self.cluster_state = self.cluster.apply(d)
-        except Exception as e:  # ClusterPort promises typed errors; anything else must not stop the agent either
+            self.cluster.remove(st.name)
+        except Exception as e:  # as in _apply_cluster
             code = getattr(e, "code", "cluster_error")
-            self._fail(AgentError(f"cluster workload not applied: {e}", code=str(code)[:64], permanent=False))
+            self._fail(st, AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False))
 
     def _collect(self) -> list[str]:
-        keep = {r.blob.sha256 for r in self._refs()}
-        if self.shadow is not None:
-            keep.add(self.shadow.sha256)
+        keep = self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
         removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=keep)
         self.store.discard_partials(keep={self.download.sha256} if self.download else set())
         return removed
 
     # -- reporting ------------------------------------------------------------------------------------
-    def _fail(self, e: AgentError, *, permanent: bool | None = None) -> None:
+    def _fail(self, st: ModelState, e: AgentError, *, permanent: bool | None = None) -> None:
         perm = e.permanent if permanent is None else permanent
-        self.error = ErrorInfo(code=e.code[:64], message=str(e)[:2048], permanent=perm, at=self.clock())
+        st.error = ErrorInfo(code=e.code[:64], message=str(e)[:2048], permanent=perm, at=self.clock())
 
     def _refuse(self, code: str, message: str) -> None:
         self.refused += 1
@@ -403,18 +527,20 @@ class Reconciler:
     def snapshot(self) -> ReportedState:
         """The reported state as of now (with a fresh sequence number)."""
         self._seq = max(self._seq + 1, int(self.clock() * 1000))
+        progress = self.fetcher.progress()
+        fetching = self._downloading()
+        order = [s.name for s in self._slots()]
+        order += sorted(n for n in self.models if n not in order)
+        models = [
+            self.models[n].status(progress if self.models[n] is fetching else None) for n in order if n in self.models
+        ]
         return ReportedState(
             device_id=self.device_id,
             seq=self._seq,
             ts=self.clock(),
             desired_version=self.state.desired_version,
-            phase=self.phase,
-            active=self.active,
-            previous=self.previous,
-            shadow=self.shadow,
-            download=self.fetcher.progress(),
+            models=models,
             error=self.error,
-            cluster=self.cluster_state,
         )
 
     def _report_progress(self) -> None:
@@ -427,3 +553,8 @@ class Reconciler:
         self._progress_due = False
         self._last_progress = time.monotonic()
         self.outbox.report(self.snapshot())
+
+
+def _refs(slot: DesiredModel) -> list[ModelRef]:
+    """The model versions a slot needs: its model, then its shadow candidate."""
+    return [slot.model] + ([slot.shadow.model] if slot.shadow is not None else [])

@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.errors import AgentError, BundleError
 from agent.hardware import capabilities
+from agent.memory import MemoryBudget
 from agent.mqtt import MqttLink
 from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
@@ -100,6 +101,7 @@ class Agent:
             outbox=self,
             state_path=settings.data_dir / "state.json",
             cluster=cluster,
+            memory=MemoryBudget.from_settings(settings.activation),
         )
         self.telemetry = Telemetry(
             self.device_id,
@@ -108,7 +110,7 @@ class Agent:
             settings.telemetry,
             publish=lambda payload: self.link.publish(self.topics.telemetry(self.device_id), payload, wait=True),
             connected=lambda: self.link.connected,
-            active=self._active_model,
+            active=self._active_models,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -155,8 +157,8 @@ class Agent:
         """Block until the stored model (if any) serves and the link is up."""
         return self.ready.wait(timeout)
 
-    def _active_model(self) -> AppliedModel | None:
-        return self.reconciler.active
+    def _active_models(self) -> dict[str, AppliedModel]:
+        return self.reconciler.active_models()
 
     def _inventory_changed(self, nodes: list[NodeInfo]) -> None:
         birth = encode(self._make_birth(nodes))

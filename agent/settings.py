@@ -122,6 +122,26 @@ class ActivationSettings(SettingsGroup):
     report_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, seconds"
     )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="memory the device's models may take together, bytes: an activation (or shadow) whose "
+        "estimated peak exceeds it is refused with the numbers instead of risking an OOM. Unset: 75 % of the "
+        "device's RAM (the rest for the OS, the agent itself and request buffers)",
+    )
+    memory_per_model_byte: float = Field(
+        default=2.5,
+        gt=0,
+        le=100,
+        description="estimated RSS of a loaded, warmed-up model per byte of its ONNX file (onnxruntime CPU "
+        "sessions measured 2.3-2.6x their file once past the first session; docs/agent.md)",
+    )
+    memory_per_model_bytes: int = Field(
+        default=8 << 20,
+        ge=0,
+        description="estimated RSS of a loaded model beyond its weights, bytes: session state and the "
+        "activation arena of batch-1 runs (1-3 MiB measured for 224-320 px inputs; 8 MiB leaves room for batches)",
+    )
 
 
 class AgentSettings(EnvSettings):

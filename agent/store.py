@@ -2,16 +2,20 @@
 
 Layout under the store root (one filesystem, so every rename is atomic)::
 
-    blobs/<sha256>        verified model bytes, named by their sha256
-    partial/              downloads in progress (fleet.chunks.ChunkReceiver work files)
-    active.json           the model serving now        } StoredModel JSON: blob sha256, AppliedModel,
-    previous.json         the last-known-good model    } descriptor and RuntimeOptions
+    blobs/<sha256>                  verified model bytes, named by their sha256
+    partial/                        downloads in progress (fleet.chunks.ChunkReceiver work files)
+    models/<name>/active.json       the version of model <name> serving now   } StoredModel JSON: blob sha256,
+    models/<name>/previous.json     its last-known-good version              } AppliedModel, descriptor, runtime
 
-A pointer is replaced by writing a temporary file, fsyncing it, renaming it over the old one and fsyncing
-the directory, so a crash at any instant leaves either the old or the new pointer, both naming blobs that
-are present. `previous.json` is written before `active.json`: a crash between the two leaves both naming
-the old model, which is loadable. Other processes (cluster mode: `edgefleet agent serve` in pods) read the
-store with `ModelStore(root).active()` and never write it.
+Each model has its own pair of pointers (a device serves several models, each versioned and rolled back on
+its own). A pointer is replaced by writing a temporary file, fsyncing it, renaming it over the old one and
+fsyncing the directory, so a crash at any instant leaves either the old or the new pointer, both naming
+blobs that are present. `previous.json` is written before `active.json`: a crash between the two leaves
+both naming the old model, which is loadable. Other processes (cluster mode: `edgefleet agent serve` in
+pods) read the store with `ModelStore(root).active(name)` and never write it.
+
+A store written by a single-model agent (schema 1: `active.json` and `previous.json` at the root) is moved
+under `models/<name>/` when the agent opens it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import StoreError
-from fleet.ids import Sha256, check_sha256
+from fleet.errors import InvalidId
+from fleet.ids import Sha256, check_device_id, check_sha256
 from fleet.messages import AppliedModel, RuntimeOptions
 
 MAX_POINTER_BYTES = 1 << 20
 PointerName = Literal["active", "previous"]
+_POINTERS: tuple[PointerName, ...] = ("active", "previous")
 
 
 class StoredModel(BaseModel):
@@ -58,27 +64,43 @@ class ModelStore:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.partial = self.root / "partial"
+        self.models = self.root / "models"
         if create:
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.partial.mkdir(parents=True, exist_ok=True)
-            for stray in self.root.glob("*.json.tmp"):
+            self.models.mkdir(parents=True, exist_ok=True)
+            for stray in (*self.root.glob("*.json.tmp"), *self.models.glob("*/*.json.tmp")):
                 stray.unlink(missing_ok=True)
+            self._adopt_single_model_layout()
 
     # -- pointers ---------------------------------------------------------------------------------------
-    def active(self) -> StoredModel | None:
-        """The model that should be serving (None: nothing activated yet).
+    def names(self) -> list[str]:
+        """The models that have pointers in this store (active or previous), sorted."""
+        if not self.models.is_dir():
+            return []
+        return sorted(p.name for p in self.models.iterdir() if p.is_dir() and any(p.glob("*.json")))
+
+    def active(self, name: str) -> StoredModel | None:
+        """The version of model `name` that should be serving (None: nothing activated yet).
 
         Raises:
             StoreError: the pointer file is unreadable or names a blob that is missing.
         """
-        return self._read("active")
+        return self._read(name, "active")
 
-    def previous(self) -> StoredModel | None:
-        """The last-known-good model kept for an instant rollback (None: none yet)."""
-        return self._read("previous")
+    def previous(self, name: str) -> StoredModel | None:
+        """The last-known-good version of model `name`, kept for an instant rollback (None: none yet)."""
+        return self._read(name, "previous")
 
-    def _read(self, name: PointerName) -> StoredModel | None:
-        path = self.root / f"{name}.json"
+    def _dir(self, name: str) -> Path:
+        try:
+            check_device_id(name)  # model names follow the device-id rules: a safe directory name
+        except InvalidId as e:
+            raise StoreError(f"not a model name: {e}") from e
+        return self.models / name
+
+    def _read(self, model: str, name: PointerName) -> StoredModel | None:
+        path = self._dir(model) / f"{name}.json"
         try:
             if path.stat().st_size > MAX_POINTER_BYTES:
                 raise StoreError(f"{path} is larger than {MAX_POINTER_BYTES} bytes; not a pointer file")
@@ -87,46 +109,82 @@ class ModelStore:
             return None
         except (OSError, ValidationError, ValueError) as e:
             raise StoreError(f"pointer {path} is unreadable: {str(e)[:300]}") from e
+        if record.model.name != model:
+            raise StoreError(f"pointer {path} names model {record.model.name!r}, not {model!r}")
         if not self.has_blob(record.sha256):
             raise StoreError(f"pointer {path} names blob {record.sha256[:12]}, which is not in {self.blobs}")
         return record
 
     def promote(self, record: StoredModel) -> StoredModel | None:
-        """Make `record` active; the model active until now becomes `previous`. Returns the new previous.
+        """Make `record` its model's active version; the version active until now becomes `previous`.
 
-        Activating the model that is already active only rewrites its pointer (previous is kept).
+        Returns the new previous. Activating the version that is already active only rewrites its pointer
+        (previous is kept). Other models' pointers are not touched.
 
         Raises:
             StoreError: the blob of `record` is not in the store.
         """
+        name = record.model.name
         if not self.has_blob(record.sha256):
-            raise StoreError(f"cannot activate {record.model.name} {record.model.version}: blob missing")
+            raise StoreError(f"cannot activate {name} {record.model.version}: blob missing")
         try:
-            current = self.active()
+            current = self.active(name)
         except StoreError:
             current = None
-        previous = self.previous() if current is None or current.sha256 == record.sha256 else current
+        previous = self.previous(name) if current is None or current.sha256 == record.sha256 else current
         if previous is not None and previous.sha256 != record.sha256:
-            self._write("previous", previous)
+            self._write(name, "previous", previous)
         elif previous is not None:  # rolling back onto previous: nothing older is known-good any more
             previous = None
-            self._remove("previous")
-        self._write("active", record)
+            self._remove(name, "previous")
+        self._write(name, "active", record)
         return previous
 
-    def clear_active(self) -> None:
-        """Serve nothing: the active model becomes previous (kept for a rollback), active is removed."""
-        current = self.active()
+    def clear_active(self, name: str) -> None:
+        """Stop serving model `name`: its active version becomes previous (kept for a rollback)."""
+        current = self.active(name)
         if current is not None:
-            self._write("previous", current)
-        self._remove("active")
+            self._write(name, "previous", current)
+        self._remove(name, "active")
 
-    def _write(self, name: PointerName, record: StoredModel) -> None:
-        atomic_write(self.root / f"{name}.json", record.model_dump_json(indent=2).encode())
+    def forget(self, name: str) -> None:
+        """Remove every pointer of model `name` (its blobs become spare, collected by `collect`)."""
+        for pointer in _POINTERS:
+            self._remove(name, pointer)
+        with contextlib.suppress(OSError):
+            self._dir(name).rmdir()
+            fsync_dir(self.models)
 
-    def _remove(self, name: PointerName) -> None:
-        (self.root / f"{name}.json").unlink(missing_ok=True)
-        fsync_dir(self.root)
+    def _write(self, model: str, name: PointerName, record: StoredModel) -> None:
+        folder = self._dir(model)
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.models)
+        atomic_write(folder / f"{name}.json", record.model_dump_json(indent=2).encode())
+
+    def _remove(self, model: str, name: PointerName) -> None:
+        path = self._dir(model) / f"{name}.json"
+        if path.exists():
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+
+    def _adopt_single_model_layout(self) -> None:
+        """Move the pointers of a single-model store (`active.json`, `previous.json` at the root) under
+        `models/<name>/`; the previous pointer first, as `promote` writes them. Unreadable ones stay put."""
+        order: tuple[PointerName, ...] = ("previous", "active")
+        for pointer in order:
+            old = self.root / f"{pointer}.json"
+            if not old.exists():
+                continue
+            try:
+                record = StoredModel.model_validate_json(old.read_bytes())
+            except (OSError, ValidationError, ValueError):
+                continue
+            target = self._dir(record.model.name) / f"{pointer}.json"
+            if not target.exists():
+                self._write(record.model.name, pointer, record)
+            old.unlink(missing_ok=True)
+            fsync_dir(self.root)
 
     # -- blobs ----------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -146,14 +204,14 @@ class ModelStore:
         return shutil.disk_usage(self.root).free
 
     def referenced(self) -> set[str]:
-        """Blobs named by a pointer (never collected)."""
+        """Blobs named by a pointer of any model (never collected)."""
         refs = set()
-        names: tuple[PointerName, ...] = ("active", "previous")
-        for name in names:
-            with contextlib.suppress(StoreError):
-                record = self._read(name)
-                if record is not None:
-                    refs.add(record.sha256)
+        for model in self.names():
+            for pointer in _POINTERS:
+                with contextlib.suppress(StoreError):
+                    record = self._read(model, pointer)
+                    if record is not None:
+                        refs.add(record.sha256)
         return refs
 
     def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:

@@ -1,5 +1,8 @@
 """Telemetry: a window every `interval_s`, sequence-numbered, written to the spool, sent in order.
 
+A window carries one entry per model served (its requests, errors, latency histogram, queue depth and
+shadow stats, labelled by model and version) beside the device's host metrics.
+
 Every window goes to the on-disk spool first and leaves it only when the broker acknowledged it, so windows
 made while the broker is unreachable (or before an agent restart) are sent later, oldest first. Sending
 stops at the first unacknowledged window, which keeps the order; the hub deduplicates by `seq`.
@@ -18,7 +21,8 @@ from agent.ports import ServingPort
 from agent.settings import TelemetrySettings
 from agent.spool import Spool
 from fleet.codec import encode
-from fleet.messages import AppliedModel, TelemetryWindow
+from fleet.histogram import Histogram
+from fleet.messages import MAX_MODELS, AppliedModel, ModelWindow, TelemetryWindow
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class Telemetry:
         settings: interval and batch size.
         publish: sends one encoded window and waits for the broker's acknowledgement.
         connected: whether the link is up now.
-        active: the active model now (None: none).
+        active: the active version of every model now, by name.
     """
 
     def __init__(
@@ -47,7 +51,7 @@ class Telemetry:
         *,
         publish: Publish,
         connected: Callable[[], bool],
-        active: Callable[[], AppliedModel | None],
+        active: Callable[[], dict[str, AppliedModel]],
     ) -> None:
         self.device_id = device_id
         self.serving = serving
@@ -61,6 +65,7 @@ class Telemetry:
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._window_start = time.time()
+        self._versions: dict[str, str] = {}  # last version reported per model
         self.sent = 0
 
     def start(self) -> None:
@@ -102,26 +107,42 @@ class Telemetry:
     def make_window(self) -> TelemetryWindow:
         """Close the current window and put it in the spool."""
         end = time.time()
-        w = self.serving.take_window()
+        windows = self.serving.take_windows()
         cpu, rss = self._host.sample()
-        model = self._active()
+        active = self._active()
         seq = self.spool.allocate_seq()
+        models = []
+        for name in sorted(set(windows) | set(active))[:MAX_MODELS]:
+            w, model = windows.get(name), active.get(name)
+            if model is None and (w is None or not w.requests):
+                continue  # stopped serving, nothing left to report
+            version = model.version if model is not None else None
+            if version is None:  # removed during the window: its last requests, under the version reported last
+                version = self._versions.get(name)
+            if version is None:
+                continue
+            self._versions[name] = version
+            models.append(
+                ModelWindow(
+                    name=name,
+                    version=version,
+                    provider=model.provider if model else None,
+                    requests=w.requests if w else 0,
+                    errors=w.errors if w else 0,
+                    latency=w.latency if w else Histogram(),
+                    queue_depth=w.queue_depth if w else 0,
+                    shadow=w.shadow if w else None,
+                )
+            )
         window = TelemetryWindow(
             device_id=self.device_id,
             seq=seq,
             start=self._window_start,
             end=max(end, self._window_start),
-            model=model.name if model else None,
-            model_version=model.version if model else None,
-            provider=model.provider if model else None,
-            requests=w.requests,
-            errors=w.errors,
-            latency=w.latency,
-            queue_depth=w.queue_depth,
+            models=models,
             cpu_percent=cpu,
             memory_bytes=rss,
             gpus=gpu_samples(),
-            shadow=w.shadow,
             spool_dropped=self.spool.dropped,
             spool_capacity=self.spool.capacity,
             spool_pending=self.spool.pending,

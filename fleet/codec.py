@@ -32,10 +32,25 @@ def _load(payload: bytes | str, max_bytes: int) -> dict[str, Any]:
         raise MessageError(f"not valid JSON: {str(e)[:200]}") from e
     if not isinstance(obj, dict):
         raise MessageError(f"a message must be a JSON object, got {type(obj).__name__}")
-    version = obj.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UnsupportedSchema(f"schema_version {str(version)[:20]!r} is not supported (this build speaks 1)")
+    check_schema(obj.get("schema_version"))
     return obj
+
+
+def check_schema(version: object) -> None:
+    """Raise UnsupportedSchema unless `version` is the schema this build speaks, saying which side is behind."""
+    if version == SCHEMA_VERSION and isinstance(version, int):
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise UnsupportedSchema(
+            f"schema_version {version} is newer than this build speaks ({SCHEMA_VERSION}): upgrade this side"
+        )
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        raise UnsupportedSchema(
+            f"schema_version {version} is older than this build speaks ({SCHEMA_VERSION}): upgrade the sender"
+        )
+    raise UnsupportedSchema(
+        f"schema_version {str(version)[:20]!r} is not supported (this build speaks {SCHEMA_VERSION})"
+    )
 
 
 def _validate(cls: type[W], obj: dict[str, Any]) -> W:

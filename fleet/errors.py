@@ -41,6 +41,10 @@ class MalformedEnvelope(SignatureError):
     """The envelope itself cannot be parsed (bad JSON, bad base64, missing fields)."""
 
 
+class UnsupportedBodySchema(SignatureError):
+    """The signed body names a schema version this build does not speak (newer or older than its own)."""
+
+
 class UnknownSigningKey(SignatureError):
     """The envelope names a signing key other than the pinned hub key."""
 

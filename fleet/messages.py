@@ -2,6 +2,12 @@
 
 Timestamps are Unix seconds (float). Sizes are bytes. Every JSON message carries `schema_version` and
 `kind`; `fleet.codec` refuses unknown versions and kinds with a typed error instead of guessing.
+
+Schema 2 (several models per device): a desired state holds up to `MAX_MODELS` model slots, unique by model
+name, each with its own blob, runtime options, shadow candidate and the rollout that set it; the reported
+state says per model what the agent runs (phase, active, previous, shadow, download, error, cluster
+workload) beside device-level fields; a telemetry window carries one entry per served model (counts,
+latency histogram, queue depth, shadow stats, labelled by model and version) beside host metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fleet.histogram import Histogram
 from fleet.ids import DeviceId, Sha256
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_MODELS = 16  # model slots per desired state (Triton-sized edge boxes serve a handful; 16 bounds the documents)
 
 ModelName = Annotated[
     str,
@@ -38,7 +45,7 @@ class Wire(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = Field(default=1, description="protocol schema version")
+    schema_version: Literal[2] = Field(default=2, description="protocol schema version")
 
 
 class Part(BaseModel):
@@ -162,18 +169,57 @@ class ShadowSpec(Part):
     sample_rate: float = Field(gt=0, le=1, description="fraction of live requests also run on the candidate")
 
 
+class DesiredModel(Part):
+    """One model slot of a desired state: a model version with its own blob, runtime options and shadow."""
+
+    model: ModelRef = Field(description="the model version to serve (its name names the slot)")
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="how to run it")
+    shadow: ShadowSpec | None = Field(
+        default=None, description="a candidate version of the same model to run beside it on sampled requests"
+    )
+    rollout_id: str | None = Field(default=None, max_length=64, description="the rollout that set this slot")
+
+    @model_validator(mode="after")
+    def _check_shadow(self) -> DesiredModel:
+        if self.shadow is not None and self.shadow.model.name != self.model.name:
+            raise ValueError(
+                f"the shadow of model {self.model.name!r} must be a version of it, not {self.shadow.model.name!r}"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """The slot's model name."""
+        return self.model.name
+
+
 class DesiredState(Wire):
-    """What one device should run. Published only inside a SignedEnvelope."""
+    """What one device should run: its model slots. Published only inside a SignedEnvelope.
+
+    A model absent from `models` is not served (an empty list: serve nothing). The hub re-signs the whole
+    document, as a new version, whenever any slot changes.
+    """
 
     kind: Literal["desired"] = "desired"
     device_id: DeviceId
     version: int = Field(ge=1, description="monotonic per device: an agent refuses anything not newer")
     issued_at: Timestamp
     expires_at: Timestamp
-    model: ModelRef | None = Field(default=None, description="None: serve nothing")
-    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
-    shadow: ShadowSpec | None = Field(default=None, description="a candidate to run beside the model")
-    rollout_id: str | None = Field(default=None, max_length=64, description="the rollout that set this")
+    models: list[DesiredModel] = Field(
+        default_factory=list, max_length=MAX_MODELS, description="the models to serve, unique by name"
+    )
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> DesiredState:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"model names must be unique in a desired state; repeated: {', '.join(twice)}")
+        return self
+
+    def slot(self, name: str) -> DesiredModel | None:
+        """The slot of model `name` (None: the device should not serve it)."""
+        return next((m for m in self.models if m.name == name), None)
 
 
 class CommandName(StrEnum):
@@ -243,21 +289,53 @@ class ClusterWorkload(Part):
     message: ShortText | None = Field(default=None, description="why the rollout is failed or still waiting")
 
 
+class ModelStatus(Part):
+    """What the agent does with one model: phase, the versions it holds, transfer, error, cluster workload."""
+
+    name: ModelName
+    phase: Phase
+    active: AppliedModel | None = Field(default=None, description="the version serving now")
+    previous: AppliedModel | None = Field(default=None, description="last-known-good, kept for an instant rollback")
+    shadow: AppliedModel | None = Field(default=None, description="the shadow candidate running beside it")
+    download: DownloadProgress | None = Field(default=None, description="its blob transfer in progress")
+    error: ErrorInfo | None = Field(default=None, description="why its last step failed (it keeps serving active)")
+    cluster: ClusterWorkload | None = Field(default=None, description="cluster mode: its serving workload")
+
+
+_BUSY = (Phase.DOWNLOADING, Phase.ACTIVATING)
+
+
 class ReportedState(Wire):
-    """Retained on the reported topic: what the agent runs and what it is doing."""
+    """Retained on the reported topic: what the agent runs, model by model, and what it is doing."""
 
     kind: Literal["reported"] = "reported"
     device_id: DeviceId
     seq: int = Field(ge=0, description="increases with every report of this agent")
     ts: Timestamp
     desired_version: int | None = Field(default=None, ge=0, description="last desired version accepted")
-    phase: Phase
-    active: AppliedModel | None = None
-    previous: AppliedModel | None = None
-    shadow: AppliedModel | None = None
-    download: DownloadProgress | None = None
-    error: ErrorInfo | None = None
-    cluster: ClusterWorkload | None = Field(default=None, description="cluster mode: the serving workload")
+    models: list[ModelStatus] = Field(
+        default_factory=list,
+        max_length=2 * MAX_MODELS,
+        description="every model it serves or was asked to serve, and models it stopped serving that it keeps "
+        "as previous (idle)",
+    )
+    error: ErrorInfo | None = Field(
+        default=None, description="device-level refusal: a desired state it did not accept (signature, schema)"
+    )
+
+    def model(self, name: str) -> ModelStatus | None:
+        """The status of model `name` (None: the device does not know it)."""
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def phase(self) -> Phase:
+        """The device as a whole: downloading or activating while any model is, else failed if any model
+        failed, else active if any model serves, else idle."""
+        phases = {m.phase for m in self.models}
+        for p in (*_BUSY, Phase.FAILED, Phase.ACTIVE):
+            if p in phases:
+                return p
+        return Phase.IDLE
 
 
 class GpuSample(Part):
@@ -281,6 +359,19 @@ class ShadowStats(Part):
     latency_delta_ms: float | None = Field(default=None, description="candidate minus active, mean ms")
 
 
+class ModelWindow(Part):
+    """One served model's share of a telemetry window."""
+
+    name: ModelName
+    version: SemVer = Field(description="the version that served (the active one when the window closed)")
+    provider: str | None = Field(default=None, max_length=64, description="its execution provider")
+    requests: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0, description="server errors (5xx); client errors are not")
+    latency: Histogram = Field(default_factory=Histogram)
+    queue_depth: int = Field(default=0, ge=0)
+    shadow: ShadowStats | None = Field(default=None, description="its shadow candidate, if one ran")
+
+
 class TelemetryWindow(Wire):
     """One metrics window. `seq` lets the hub drop duplicates and see gaps."""
 
@@ -289,20 +380,32 @@ class TelemetryWindow(Wire):
     seq: int = Field(ge=0)
     start: Timestamp
     end: Timestamp
-    model: ModelName | None = None
-    model_version: SemVer | None = None
-    provider: str | None = Field(default=None, max_length=64)
-    requests: int = Field(default=0, ge=0)
-    errors: int = Field(default=0, ge=0)
-    latency: Histogram = Field(default_factory=Histogram)
-    queue_depth: int = Field(default=0, ge=0)
+    models: list[ModelWindow] = Field(
+        default_factory=list, max_length=MAX_MODELS, description="per served model, unique by name"
+    )
     cpu_percent: float | None = Field(default=None, ge=0)
     memory_bytes: int | None = Field(default=None, ge=0)
     gpus: list[GpuSample] = Field(default_factory=list, max_length=64)
-    shadow: ShadowStats | None = None
     spool_dropped: int = Field(default=0, ge=0, description="windows dropped because the spool was full")
     spool_capacity: int | None = Field(default=None, ge=0, description="bound of the agent's on-disk spool")
     spool_pending: int = Field(default=0, ge=0, description="windows waiting in the spool when this one was made")
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> TelemetryWindow:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("a window has at most one entry per model")
+        return self
+
+    @property
+    def requests(self) -> int:
+        """Requests over every model."""
+        return sum(m.requests for m in self.models)
+
+    @property
+    def errors(self) -> int:
+        """Server errors over every model."""
+        return sum(m.errors for m in self.models)
 
 
 Range = tuple[int, int]

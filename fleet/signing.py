@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from fleet.codec import decode, summarise
+from fleet.codec import check_schema, decode, summarise
 from fleet.errors import (
     BadSignature,
     Expired,
@@ -27,6 +27,8 @@ from fleet.errors import (
     MessageError,
     StaleVersion,
     UnknownSigningKey,
+    UnsupportedBodySchema,
+    UnsupportedSchema,
     WrongSubject,
 )
 from fleet.messages import Command, DesiredState, SignedEnvelope
@@ -120,7 +122,8 @@ class Verifier:
     """Checks envelopes for one device against the pinned hub key.
 
     The checks run in a fixed order and each refusal is its own error type: the key id
-    (UnknownSigningKey), the signature (BadSignature), the body schema (MalformedEnvelope), the subject
+    (UnknownSigningKey), the signature (BadSignature), the body's schema version (UnsupportedBodySchema: a
+    state from a newer hub, say), the body schema (MalformedEnvelope), the subject
     device (WrongSubject), the expiry (Expired) and the version counter (StaleVersion).
     """
 
@@ -146,6 +149,10 @@ class Verifier:
         except ValueError as e:
             raise MalformedEnvelope(f"unreadable signature or body: {e}") from e
         self.public_key.verify_raw(signature, data)
+        try:
+            check_schema(envelope.body.get("schema_version"))
+        except UnsupportedSchema as e:
+            raise UnsupportedBodySchema(f"signed {cls.__name__} refused: {e}") from e
         try:
             body = cls.model_validate(envelope.body)
         except ValidationError as e:

@@ -2,15 +2,16 @@
 
 Public surface (wired by the agent):
 
-- `ModelSlot()` (from `agent.serving`, the core every serving mode shares): implements
-  `agent.ports.ServingPort` (activate / set_shadow / deactivate / take_window).
+- `ModelRepository()` (from `agent.serving`, the core every serving mode shares): every model the device
+  serves, one `ModelSlot` each; implements `agent.ports.ServingPort` (activate / set_shadow / deactivate /
+  take_windows, each naming its model).
 - `ApiSettings`: listening address, limits and timeouts (`ApiSettings.from_env()` reads `EDGEFLEET_API_*`).
-- `ApiServer(settings, slot)`: `start()` runs uvicorn on a background thread, `url`, `stop()`.
-- `serve(settings, slot)`: the same, blocking (cluster mode).
+- `ApiServer(settings, repo)`: `start()` runs uvicorn on a background thread, `url`, `stop()`.
+- `serve(settings, repo)`: the same, blocking (cluster mode).
 """
 
 from agent.api.server import ApiServer, serve
 from agent.api.settings import ApiSettings
-from agent.serving import ModelSlot
+from agent.serving import ModelRepository, ModelSlot
 
-__all__ = ["ApiServer", "ApiSettings", "ModelSlot", "serve"]
+__all__ = ["ApiServer", "ApiSettings", "ModelRepository", "ModelSlot", "serve"]

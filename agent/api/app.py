@@ -24,7 +24,7 @@ from agent.api.inference import JSON, FastPath, Inference, error_response
 from agent.api.metrics import CONTENT_TYPE, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.tensors import DATATYPES, datatype_of
-from agent.serving import ModelSlot, Served
+from agent.serving import ModelRepository, Served
 
 SERVER_NAME = "edgefleet-agent"
 EXTENSIONS = ["binary_tensor_data", "image_predict"]
@@ -128,26 +128,30 @@ def _metadata(s: Served) -> dict[str, Any]:
     }
 
 
-def create_asgi(settings: ApiSettings, slot: ModelSlot) -> FastPath:
+def create_asgi(settings: ApiSettings, repo: ModelRepository) -> FastPath:
     """The app as served: `create_app` behind the inference fast path (see `agent.api.inference.FastPath`)."""
-    app = create_app(settings, slot)
+    app = create_app(settings, repo)
     return FastPath(app, app.state.handlers)
 
 
-def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
-    """The ASGI app serving `slot` under `settings`; its lifespan binds the slot to the server's loop."""
-    metrics = ApiMetrics(slot)
+def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
+    """The ASGI app serving every model of `repo` under `settings`; its lifespan binds the repository to the
+    server's loop."""
+    metrics = ApiMetrics(repo)
     pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
-    handlers = Inference(settings, slot, metrics, pool)
+    handlers = Inference(settings, repo, metrics, pool)
     retry = settings.retry_after_s
+
+    def lookup(name: str, version: str | None) -> Served:
+        return repo.get(name).lookup(name, version)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await slot.attach()
+        await repo.attach()
         try:
             yield
         finally:
-            await slot.detach()
+            await repo.detach()
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -180,9 +184,14 @@ def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
     async def live() -> Response:
         return _json({"live": True})
 
-    @app.get("/v2/health/ready", tags=["health"], summary="Server readiness (a model is active)", responses=ERRORS)
+    @app.get(
+        "/v2/health/ready",
+        tags=["health"],
+        summary="Server readiness (every model it serves is ready)",
+        responses=ERRORS,
+    )
     async def ready() -> Response:
-        if not slot.is_ready():
+        if not repo.is_ready():
             return error_response(NotReady("no model is active on this device yet"), retry)
         return _json({"ready": True})
 
@@ -192,13 +201,13 @@ def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
 
     async def model_metadata(name: str, version: str | None) -> Response:
         try:
-            return _json(_metadata(slot.lookup(name, version)))
+            return _json(_metadata(lookup(name, version)))
         except Exception as e:
             return error_response(e, retry)
 
     async def model_ready(name: str, version: str | None) -> Response:
         try:
-            s = slot.lookup(name, version)
+            s = lookup(name, version)
             if s.batcher is None:
                 raise NotReady(f"model {name!r} is loaded but not serving yet")
             return _json({"name": s.model.name, "version": s.model.version, "ready": True})

@@ -30,7 +30,7 @@ from agent.api.errors import BadRequest, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.tensors import HEADER, encode_infer, parse_infer
-from agent.serving import ModelSlot, Served
+from agent.serving import ModelRepository, ModelSlot, Served
 from agent.serving.shadow import ImageRequest
 from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor
 from models.postprocess import decode_detections, top_k
@@ -94,37 +94,54 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 class Inference:
-    """Request handlers bound to one slot, its settings and metrics."""
+    """Request handlers bound to the device's model repository, the API settings and metrics.
 
-    def __init__(self, settings: ApiSettings, slot: ModelSlot, metrics: ApiMetrics, pool: ThreadPoolExecutor) -> None:
+    A request names its model; the repository gives that model's slot, and everything after (batching,
+    swap, shadow, counters) happens in the slot. A request for a model not served here is answered (404, or
+    503 while nothing serves yet) and counted in /metrics under `unknown`, not in any model's telemetry.
+    """
+
+    def __init__(
+        self, settings: ApiSettings, repo: ModelRepository, metrics: ApiMetrics, pool: ThreadPoolExecutor
+    ) -> None:
         self.settings = settings
-        self.slot = slot
+        self.repo = repo
         self.metrics = metrics
         self.pool = pool
 
-    def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
+    def _done(  # noqa: PLR0917
+        self,
+        slot: ModelSlot | None,
+        served: Served | None,
+        endpoint: str,
+        response: Response,
+        t0: float,
+        submitted: bool,
+    ) -> Response:
         seconds = time.perf_counter() - t0
         code = response.status_code
-        if served is not None:
-            self.slot.release(served, submitted)
+        if slot is not None and served is not None:
+            slot.release(served, submitted)
             self.metrics.observe(served.model.name, served.model.version, endpoint, code, seconds)
         else:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
-        self.slot.record(code, seconds * 1e3)
+        if slot is not None:
+            slot.record(code, seconds * 1e3)
         return response
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data)."""
         t0 = time.perf_counter()
-        served = None
+        slot = served = None
         submitted = False
         try:
-            served = self.slot.acquire(name, version)
+            slot = self.repo.get(name)
+            served = slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
             body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             req = parse_infer(body, request.headers.get(HEADER))
             submitted = True
-            outputs = await self.slot.infer_tensors(served, req.inputs)
+            outputs = await slot.infer_tensors(served, req.inputs)
             content, head = encode_infer(served.model.name, served.model.version, req, outputs, served.output_names)
             if head is None:
                 response = Response(content, media_type=JSON)
@@ -137,10 +154,10 @@ class Inference:
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
         except BaseException:  # cancelled (server stopping): still give the slot back
-            if served is not None:
-                self.slot.release(served, submitted)
+            if slot is not None and served is not None:
+                slot.release(served, submitted)
             raise
-        return self._done(served, "infer", response, t0, submitted)
+        return self._done(slot, served, "infer", response, t0, submitted)
 
     async def predict(
         self, request: Request, name: str, k: int | None, threshold: float | None, query: bytes | None = None
@@ -150,10 +167,11 @@ class Inference:
         `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast path).
         """
         t0 = time.perf_counter()
-        served = None
+        slot = served = None
         submitted = False
         try:
-            served = self.slot.acquire(name)
+            slot = self.repo.get(name)
+            served = slot.acquire(name)
             if query:
                 k, threshold = query_parameters(query)
             body = await read_body(request, self.settings.max_body_bytes)
@@ -165,24 +183,24 @@ class Inference:
             d = served.descriptor
             image = DecodedImage(data, self.settings.max_image_pixels)
             job = functools.partial(image.prepare, d.input)
-            if self.slot.alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
+            if slot.alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
                 tensor, transform = job()
             else:  # others are being served: keep the event loop free for them
                 tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)
             submitted = True
-            self.slot.submitted(served)
-            outputs, ms = await self.slot.run(served, {d.input.name: tensor})
-            self.slot.shadow_image(served, outputs, transform, image=ImageRequest(image.prepare, self.pool), ms=ms)
+            slot.submitted(served)
+            outputs, ms = await slot.run(served, {d.input.name: tensor})
+            slot.shadow_image(served, outputs, transform, image=ImageRequest(image.prepare, self.pool), ms=ms)
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
         except BaseException:  # cancelled (server stopping): still give the slot back
-            if served is not None:
-                self.slot.release(served, submitted)
+            if slot is not None and served is not None:
+                slot.release(served, submitted)
             raise
-        return self._done(served, "predict", response, t0, submitted)
+        return self._done(slot, served, "predict", response, t0, submitted)
 
 
 class DecodedImage:

@@ -1,8 +1,8 @@
 """Prometheus metrics of the inference API, in a registry of its own (one per server).
 
 Counters and the latency histogram are updated on the hot path through cached label children (a few
-microseconds); queue depth, batch sizes, the active provider and shadow counts are read from the model
-slot only when `/metrics` is scraped.
+microseconds); queue depth, batch sizes, the active provider and shadow counts are read from each model's
+slot only when `/metrics` is scraped. Every series carries the `model` label (a device serves several).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from fleet.histogram import LATENCY_BOUNDS_MS
 
 if TYPE_CHECKING:
-    from agent.serving import ModelSlot
+    from agent.serving import ModelRepository
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"  # model/version label for requests that named no served model (bounded cardinality)
@@ -26,7 +26,7 @@ UNKNOWN = "unknown"  # model/version label for requests that named no served mod
 class ApiMetrics:
     """The API's metric families and the cached children the hot path increments."""
 
-    def __init__(self, slot: ModelSlot) -> None:
+    def __init__(self, repo: ModelRepository) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "edgefleet_api_requests",
@@ -41,7 +41,7 @@ class ApiMetrics:
             buckets=[b / 1e3 for b in LATENCY_BOUNDS_MS],
             registry=self.registry,
         )
-        self.registry.register(_SlotCollector(slot))
+        self.registry.register(_SlotCollector(repo))
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, model: str, version: str, endpoint: str, code: int, seconds: float) -> None:
@@ -63,10 +63,10 @@ class ApiMetrics:
 
 
 class _SlotCollector(Collector):
-    """Reads queue depth, batch sizes, provider and shadow counters from the slot at scrape time."""
+    """Reads queue depth, batch sizes, provider and shadow counters from every model's slot at scrape time."""
 
-    def __init__(self, slot: ModelSlot) -> None:
-        self.slot = slot
+    def __init__(self, repo: ModelRepository) -> None:
+        self.repo = repo
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -83,12 +83,15 @@ class _SlotCollector(Collector):
         batches = HistogramMetricFamily(
             "edgefleet_api_batch_size", "Rows per engine run (dynamic batching).", labels=["model", "version"]
         )
-        for role, s in self.slot.loaded():
-            labels = [s.model.name, s.model.version, role]
-            depth.add_metric(labels, s.queue_depth())
-            inflight.add_metric(labels, s.inflight)
-            provider.add_metric([*labels, str(getattr(s.engine, "active_provider", UNKNOWN))], 1)
-        for (model, version), sizes in self.slot.batch_sizes().items():
+        slots = sorted(self.repo.slots.items())
+        for _name, slot in slots:
+            for role, s in slot.loaded():
+                labels = [s.model.name, s.model.version, role]
+                depth.add_metric(labels, s.queue_depth())
+                inflight.add_metric(labels, s.inflight)
+                provider.add_metric([*labels, str(getattr(s.engine, "active_provider", UNKNOWN))], 1)
+        sized = [(key, sizes) for _name, slot in slots for key, sizes in slot.batch_sizes().items()]
+        for (model, version), sizes in sized:
             bounds = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
             buckets: list[tuple[str, float]] = []
             for b in bounds:
@@ -99,22 +102,24 @@ class _SlotCollector(Collector):
         yield inflight
         yield provider
         yield batches
-        tally = self.slot.shadow_tally()
-        if tally is not None:
+        tallies = [(name, t) for name, slot in slots if (t := slot.shadow_tally()) is not None]
+        if tallies:
+            labels = ["model", "version"]
             samples = GaugeMetricFamily(
-                "edgefleet_api_shadow_samples", "Rows compared with the shadow candidate.", labels=["version"]
+                "edgefleet_api_shadow_samples", "Rows compared with the shadow candidate.", labels=labels
             )
             agree = GaugeMetricFamily(
-                "edgefleet_api_shadow_agreements", "Compared rows where the candidate agreed.", labels=["version"]
+                "edgefleet_api_shadow_agreements", "Compared rows where the candidate agreed.", labels=labels
             )
             incomparable = GaugeMetricFamily(
                 "edgefleet_api_shadow_incomparable",
                 "Sampled rows the candidate could not take (shapes or dtypes it does not accept): not compared.",
-                labels=["version"],
+                labels=labels,
             )
-            samples.add_metric([tally.candidate_version], tally.total_samples)
-            agree.add_metric([tally.candidate_version], tally.total_agreements)
-            incomparable.add_metric([tally.candidate_version], tally.total_incomparable)
+            for name, tally in tallies:
+                samples.add_metric([name, tally.candidate_version], tally.total_samples)
+                agree.add_metric([name, tally.candidate_version], tally.total_agreements)
+                incomparable.add_metric([name, tally.candidate_version], tally.total_incomparable)
             yield samples
             yield agree
             yield incomparable

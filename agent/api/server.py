@@ -5,29 +5,31 @@ from __future__ import annotations
 
 from agent.api.app import create_asgi
 from agent.api.settings import ApiSettings
-from agent.serving import ModelSlot
+from agent.serving import ModelRepository
 from infra.server import HttpServer
 from models.batcher import BatcherOptions
 
 _START_TIMEOUT_S = 30.0
 
 
-def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
-    slot.defaults = BatcherOptions(
-        max_batch=settings.max_batch, max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue
+def _configure(settings: ApiSettings, repo: ModelRepository) -> None:
+    repo.configure(
+        defaults=BatcherOptions(
+            max_batch=settings.max_batch, max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue
+        ),
+        max_concurrency=settings.max_concurrency,
+        request_timeout_s=settings.request_timeout_s,
+        activate_timeout_s=settings.activate_timeout_s,
     )
-    slot.max_concurrency = settings.max_concurrency
-    slot.request_timeout_s = settings.request_timeout_s
-    slot.activate_timeout_s = settings.activate_timeout_s
 
 
 class ApiServer:
     """The inference API on a background thread (`infra.server.HttpServer`); `start()` returns once it serves."""
 
-    def __init__(self, settings: ApiSettings, slot: ModelSlot) -> None:
+    def __init__(self, settings: ApiSettings, repo: ModelRepository) -> None:
         self.settings = settings
-        self.slot = slot
-        _configure(settings, slot)
+        self.repo = repo
+        _configure(settings, repo)
         self._http: HttpServer | None = None
         self._url: str | None = None
 
@@ -47,7 +49,7 @@ class ApiServer:
         """
         if self._http is not None:
             return
-        http = _http_server(self.settings, self.slot)
+        http = _http_server(self.settings, self.repo)
         self._http, self._url = http, http.url
         try:
             http.start(_START_TIMEOUT_S)
@@ -69,18 +71,18 @@ class ApiServer:
         self.stop()
 
 
-def serve(settings: ApiSettings, slot: ModelSlot) -> None:
+def serve(settings: ApiSettings, repo: ModelRepository) -> None:
     """Serve until interrupted (SIGINT/SIGTERM): cluster mode's `edgefleet agent serve`."""
-    _configure(settings, slot)
-    _http_server(settings, slot).serve()
+    _configure(settings, repo)
+    _http_server(settings, repo).serve()
 
 
-def _http_server(settings: ApiSettings, slot: ModelSlot) -> HttpServer:
-    """The app under uvicorn; the slot learns how many HTTP requests uvicorn is handling."""
-    app = create_asgi(settings, slot)
+def _http_server(settings: ApiSettings, repo: ModelRepository) -> HttpServer:
+    """The app under uvicorn; the repository learns how many HTTP requests uvicorn is handling."""
+    app = create_asgi(settings, repo)
     http = HttpServer(
         app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, fast=True,
         lifespan="on", name="edgefleet-api",
     )  # fmt: skip
-    slot.in_progress = http.tasks.__len__
+    repo.configure(in_progress=http.tasks.__len__)
     return http

@@ -1,8 +1,8 @@
 """Cluster mode on K3s: node inventory and server-side apply of the serving workload (the only lightkube user).
 
 Public API: `ClusterSettings` (env `EDGEFLEET_K3S_*`), `ClusterBridge(settings)` implementing
-`agent.ports.ClusterPort`, `render_workload(desired, settings)` (pure), `API_CALLS` (what the code may call)
-and the errors. `agent.k3s.cli.app` is the `edgefleet k3s` command group.
+`agent.ports.ClusterPort`, `render_workload(desired, model, settings)` (pure; one workload per model),
+`API_CALLS` (what the code may call) and the errors. `agent.k3s.cli.app` is the `edgefleet k3s` command group.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -72,8 +72,8 @@ class ClusterBridge:
         """
         return self._run(self._cluster.inventory())
 
-    def apply(self, desired: DesiredState) -> ClusterWorkload:
-        """Server-side apply the serving workload for `desired` and wait until ready or our own deadline.
+    def apply(self, desired: DesiredState, name: str) -> ClusterWorkload:
+        """Server-side apply model `name`'s serving workload of `desired`; wait until ready or our own deadline.
 
         Returns the rollout as far as it got: `ready`, or `failed` with the reason (our deadline passed, the
         Deployment's progress deadline passed, the watch was refused).
@@ -82,7 +82,15 @@ class ClusterBridge:
             WorkloadError: the desired state cannot be served as asked (nothing was applied).
             ApiCallError: an apply call was refused or the API stayed unreachable.
         """
-        return self._run(self._cluster.apply(desired))
+        return self._run(self._cluster.apply(desired, name))
+
+    def remove(self, name: str) -> None:
+        """Delete model `name`'s serving workload (it is no longer desired); absent objects are fine.
+
+        Raises:
+            ApiCallError: a delete call was refused or the API stayed unreachable.
+        """
+        self._run(self._cluster.remove(name))
 
     def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
         """Call `on_change(nodes)` from the bridge's thread whenever the node inventory changes (first call at once).

@@ -32,6 +32,11 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("patch", "deployments", "apps"),
     ApiCall("create", "horizontalpodautoscalers", "autoscaling"),
     ApiCall("patch", "horizontalpodautoscalers", "autoscaling"),
+    # a model no longer desired: its workload is deleted
+    ApiCall("delete", "configmaps", ""),
+    ApiCall("delete", "services", ""),
+    ApiCall("delete", "deployments", "apps"),
+    ApiCall("delete", "horizontalpodautoscalers", "autoscaling"),
     # rollout: watch the Deployment until ready or our deadline; on failure, say why from its pods
     ApiCall("watch", "deployments", "apps"),
     ApiCall("list", "pods", ""),

@@ -103,18 +103,20 @@ def inventory(kubeconfig: KubeconfigOpt = None, as_json: JsonOpt = False) -> Non
 def render(
     desired: DesiredOpt, *, namespace: NamespaceOpt = None, image: ImageOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """Print the ConfigMap, Deployment, Service (and HPA) the agent would apply for a desired state."""
+    """Print the ConfigMap, Deployment, Service (and HPA) the agent would apply for each model of a desired state."""
     settings = _settings(namespace=namespace, image=image)
     state = _desired(desired)
     try:
-        workload = render_workload(state, settings)
+        workloads = {slot.name: render_workload(state, slot.name, settings) for slot in state.models}
     except ClusterError as e:
         err.print(f"[red]error ({e.code}):[/red] {e}")
         raise typer.Exit(1) from e
     if as_json:
-        typer.echo(json.dumps({"template_hash": workload.template_hash, "objects": workload.objects()}, indent=2))
+        doc = {n: {"template_hash": w.template_hash, "objects": w.objects()} for n, w in workloads.items()}
+        typer.echo(json.dumps(doc, indent=2))
     else:
-        typer.echo(yaml.safe_dump_all(workload.objects(), sort_keys=False), nl=False)
+        objects = [obj for w in workloads.values() for obj in w.objects()]
+        typer.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
 
 
 @app.command("apply")
@@ -129,25 +131,27 @@ def apply(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Server-side apply the serving workload for a desired state and wait for its rollout, as the agent does."""
+    """Server-side apply the serving workload of each model of a desired state and wait for their rollouts, as
+    the agent does."""
     settings = _settings(kubeconfig=kubeconfig, namespace=namespace, image=image, rollout_deadline_s=deadline)
     from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
 
     state = _desired(desired)
     try:
         with ClusterBridge(settings) as bridge:
-            result = bridge.apply(state)
+            results = {slot.name: bridge.apply(state, slot.name) for slot in state.models}
     except ClusterError as e:
         err.print(f"[red]error ({e.code}):[/red] {e}")
         raise typer.Exit(1) from e
     if as_json:
-        typer.echo(result.model_dump_json(indent=2))
+        typer.echo(json.dumps({n: r.model_dump(mode="json") for n, r in results.items()}, indent=2))
     else:
-        colour = "green" if result.state == "ready" else "red"
-        console.print(
-            f"{result.namespace}/{result.deployment}: [{colour}]{result.state}[/{colour}] "
-            f"{result.ready_replicas}/{result.replicas} ready, generation {result.generation}"
-            + (f" — {result.message}" if result.message else "")
-        )
-    if result.state != "ready":
+        for name, result in results.items():
+            colour = "green" if result.state == "ready" else "red"
+            console.print(
+                f"{name}: {result.namespace}/{result.deployment}: [{colour}]{result.state}[/{colour}] "
+                f"{result.ready_replicas}/{result.replicas} ready, generation {result.generation}"
+                + (f" — {result.message}" if result.message else "")
+            )
+    if any(r.state != "ready" for r in results.values()):
         raise typer.Exit(1)

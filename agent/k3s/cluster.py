@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
@@ -22,7 +22,7 @@ from lightkube.types import PatchType
 from agent.k3s.connection import backoff, translate, with_retries
 from agent.k3s.errors import ApiCallError
 from agent.k3s.inventory import node_info
-from agent.k3s.render import render_workload
+from agent.k3s.render import render_workload, workload_name
 from agent.k3s.settings import ClusterSettings
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
@@ -105,14 +105,15 @@ class Cluster:
                 log.warning("node inventory watch: %s; re-listing in %.2fs", error, delay)
                 await asyncio.sleep(delay)
 
-    async def apply(self, desired: DesiredState) -> ClusterWorkload:
-        """Server-side apply the workload for `desired`, then wait until its rollout is ready or our deadline.
+    async def apply(self, desired: DesiredState, model: str) -> ClusterWorkload:
+        """Server-side apply model `model`'s workload of `desired`, then wait until its rollout is ready or our
+        deadline.
 
         Raises:
             WorkloadError: the desired state cannot be rendered (nothing was applied).
             ApiCallError: an apply call failed (permanent at once, temporary after the retries).
         """
-        workload = render_workload(desired, self.settings)
+        workload = render_workload(desired, model, self.settings)
         deadline = time.monotonic() + self.settings.rollout_deadline_s
         deployment: Any = None
         for obj in workload.objects():
@@ -125,6 +126,25 @@ class Cluster:
             if why:
                 result = failed(result, f"{result.message}; pods: {why}")
         return result
+
+    async def remove(self, model: str) -> None:
+        """Delete model `model`'s workload (HPA, Deployment, Service, ConfigMap); absent objects are fine.
+
+        Raises:
+            ApiCallError: a delete call failed (permanent at once, temporary after the retries).
+        """
+        name = workload_name(self.settings.workload_name, model)
+        namespace = self.settings.namespace
+        for kind in ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap"):
+
+            async def call(kind: str = kind) -> None:
+                try:
+                    await self.client.delete(KINDS[kind], name, namespace=namespace)
+                except ApiError as e:
+                    if e.status.code != 404:
+                        raise
+
+            await with_retries(self.settings, f"delete {PLURALS[kind]} {namespace}/{name}", call)
 
     async def pod_problems(self, selector: dict[str, str]) -> str | None:
         """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.

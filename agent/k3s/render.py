@@ -1,4 +1,8 @@
-"""The serving workload as plain Kubernetes objects, rendered from a desired state. Pure: no client, no I/O.
+"""The serving workloads as plain Kubernetes objects, rendered from a desired state. Pure: no client, no I/O.
+
+One workload per model (Deployment, Service, ConfigMap and optional HPA named `<workload_name>-<model>`):
+each model has its own replicas, GPU or MIG request and rollout, so a model's change or failure never
+restarts another's pods (docs/k3s.md has the measurements behind the choice).
 
 What goes where decides what restarts pods. The pod template holds only what needs a new pod (image, GPU or
 MIG resources, CPU and memory, ports, probes, volumes); the model and the serving knobs (batching, queue,
@@ -16,7 +20,7 @@ from typing import Any
 
 from agent.k3s.errors import WorkloadError
 from agent.k3s.settings import ClusterSettings
-from fleet.messages import DesiredState
+from fleet.messages import DesiredModel, DesiredState
 
 ACTIVE_FILE = "active.json"
 CONFIG_MOUNT = "/etc/edgefleet/active"
@@ -24,6 +28,7 @@ HASH_ANNOTATION = "edgefleet.io/template-hash"
 MAX_CONFIG_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB; keep room for metadata
 MIG_PROFILE = re.compile(r"^[1-9][0-9]?g\.[1-9][0-9]{0,3}gb(\+me)?$")
 GPU_RESOURCE = "nvidia.com/gpu"
+MODEL_LABEL = "edgefleet.io/model"
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,24 @@ def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def active_document(desired: DesiredState) -> dict[str, Any]:
-    """What the serving pods read from the ConfigMap: the active model and the serving knobs."""
-    model = desired.model
-    runtime = desired.runtime
+def workload_name(base: str, model: str) -> str:
+    """The name of model `model`'s objects: `<base>-<model>`, shortened with a digest to a DNS label."""
+    name = f"{base}-{model}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return f"{name[: 63 - 9].rstrip('-.')}-{digest}"
+
+
+def active_document(desired: DesiredState, slot: DesiredModel) -> dict[str, Any]:
+    """What model `slot`'s serving pods read from its ConfigMap: the active version and the serving knobs."""
+    model = slot.model
+    runtime = slot.runtime
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "device_id": desired.device_id,
         "desired_version": desired.version,
-        "model": None
-        if model is None
-        else {
+        "model": {
             "name": model.name,
             "version": model.version,
             "task": model.task,
@@ -91,21 +103,27 @@ def active_document(desired: DesiredState) -> dict[str, Any]:
     }
 
 
-def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workload:
-    """Render the ConfigMap, Deployment, Service and optional HPA that serve `desired`.
+def render_workload(desired: DesiredState, model: str, settings: ClusterSettings) -> Workload:
+    """Render the ConfigMap, Deployment, Service and optional HPA that serve model `model` of `desired`.
 
     Raises:
-        WorkloadError: the desired state cannot be served as asked (bad MIG profile, oversized descriptor).
+        WorkloadError: the desired state does not name the model, or cannot be served as asked (bad MIG
+            profile, oversized descriptor).
     """
-    name = settings.workload_name
+    slot = desired.slot(model)
+    if slot is None:
+        raise WorkloadError(f"desired state {desired.version} does not name model {model!r}", code="no_such_model")
+    runtime = slot.runtime
+    name = workload_name(settings.workload_name, model)
     ns = settings.namespace
     selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": name}
     labels = {
         **selector,
+        MODEL_LABEL: model,
         "app.kubernetes.io/managed-by": settings.field_manager,
         "app.kubernetes.io/part-of": "edgefleet",
     }
-    active = json.dumps(active_document(desired), sort_keys=True, indent=1)
+    active = json.dumps(active_document(desired, slot), sort_keys=True, indent=1)
     if len(active.encode()) > MAX_CONFIG_BYTES:
         raise WorkloadError(
             f"the model descriptor takes {len(active.encode())} bytes; a ConfigMap holds at most {MAX_CONFIG_BYTES}",
@@ -117,7 +135,7 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "data": {ACTIVE_FILE: active},
     }
-    template = _pod_template(desired, settings, name, labels)
+    template = _pod_template(slot, settings, name, labels)
     digest = template_hash(template)
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -126,11 +144,11 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": template,
     }
-    if accelerator_limits(desired.runtime.gpus, desired.runtime.mig_profile):
+    if accelerator_limits(runtime.gpus, runtime.mig_profile):
         # a GPU node rarely has room for a surge pod: replace one pod at a time instead
         spec["strategy"]["rollingUpdate"] = {"maxUnavailable": 1, "maxSurge": 0}
     if settings.hpa_max_replicas is None:
-        spec["replicas"] = desired.runtime.replicas  # with an HPA, the HPA owns replicas: we do not apply them
+        spec["replicas"] = runtime.replicas  # with an HPA, the HPA owns replicas: we do not apply them
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -155,7 +173,7 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                "minReplicas": max(1, min(desired.runtime.replicas, settings.hpa_max_replicas)),
+                "minReplicas": max(1, min(runtime.replicas, settings.hpa_max_replicas)),
                 "maxReplicas": settings.hpa_max_replicas,
                 "metrics": [
                     {
@@ -171,17 +189,15 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
     return Workload(config_map, deployment, service, autoscaler, digest)
 
 
-def _pod_template(
-    desired: DesiredState, settings: ClusterSettings, name: str, labels: dict[str, str]
-) -> dict[str, Any]:
-    accel = accelerator_limits(desired.runtime.gpus, desired.runtime.mig_profile)
+def _pod_template(slot: DesiredModel, settings: ClusterSettings, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    accel = accelerator_limits(slot.runtime.gpus, slot.runtime.mig_profile)
     probe_port = "http"
     container: dict[str, Any] = {
         "name": "serve",
         "image": settings.serving_image(bool(accel)),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["edgefleet"],
-        "args": ["agent", "serve", "--store", settings.store_path],
+        "args": ["agent", "serve", "--store", settings.store_path, "--model", slot.name],
         "ports": [{"name": "http", "containerPort": settings.port, "protocol": "TCP"}],
         "env": [
             {"name": "EDGEFLEET_API_HOST", "value": "0.0.0.0"},  # a pod serves its Service

@@ -1,13 +1,17 @@
 """The serving core shared by every serving mode: the model slot (swap, retirement, counters, shadow).
 
-- `ModelSlot`: implements `agent.ports.ServingPort`; the HTTP API (`agent.api`) and headless serving
-  (`agent.headless`) both serve through it.
+- `ModelRepository`: every model the device serves, by name; implements `agent.ports.ServingPort`; the
+  HTTP API (`agent.api`) and headless serving (`agent.headless`) both serve through it.
+- `ModelSlot`: one model's versions: the active one, swapped atomically, and its shadow candidate.
 - `Served`: one loaded model version as requests see it.
 - `classify`: which errors are the client's and which ours (HTTP status and reason).
 """
 
 from agent.serving.errors import ModelNotFound, NotReady, Overloaded, ServingError, classify
+from agent.serving.repository import ModelRepository
 from agent.serving.served import Served
 from agent.serving.slot import ModelSlot
 
-__all__ = ["ModelNotFound", "ModelSlot", "NotReady", "Overloaded", "Served", "ServingError", "classify"]
+__all__ = [
+    "ModelNotFound", "ModelRepository", "ModelSlot", "NotReady", "Overloaded", "Served", "ServingError", "classify",
+]  # fmt: skip

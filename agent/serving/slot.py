@@ -47,6 +47,7 @@ class ModelSlot:
         max_concurrency: int = 256,
         request_timeout_s: float = 10.0,
         seed: int | None = None,
+        run_lock: threading.Lock | None = None,
     ) -> None:
         self.defaults = defaults or BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64)
         self.max_concurrency = max_concurrency
@@ -60,7 +61,8 @@ class ModelSlot:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()  # guards _loop and the window counters
-        self._run_lock = threading.Lock()  # one engine run at a time across active, retiring and shadow
+        # one engine run at a time across active, retiring and shadow (and, shared, across a device's models)
+        self._run_lock = run_lock or threading.Lock()
         self._requests = self._errors = 0
         self._latency = LatencyRecorder()
         self._sizes: dict[tuple[str, str], Counter[int]] = {}
@@ -126,6 +128,12 @@ class ModelSlot:
         return sh.served.model if sh is not None else None
 
     # --- event loop lifecycle ------------------------------------------------------------------------
+
+    def bind(self, loop: asyncio.AbstractEventLoop, thread: int) -> None:
+        """Bind a slot that holds no model yet to a loop that is running (its thread id): the repository
+        creates slots for new models after the transport attached it."""
+        with self._lock:
+            self._loop, self._loop_thread = loop, thread
 
     async def attach(self) -> None:
         """Bind to the running loop and start the batchers of the models already set."""

@@ -4,7 +4,8 @@ It speaks the protocol like the real agent: a retained birth and an `offline` la
 states checked with `fleet.signing.Verifier` (pinned key, expiry, no downgrade), wants and chunk downloads
 verified chunk by chunk, reported states with progress and errors, signed commands acknowledged, and
 telemetry windows drawn from the per-version profiles. Only activation is simulated: it takes
-`activation_s` and fails with the configured probability, leaving the previous model serving.
+`activation_s` and fails with the configured probability, leaving the previous version serving. A desired
+state names several models: each has its own phase, versions and error; blobs download one at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import platform
 import random
 import uuid
+from dataclasses import dataclass
 
 from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.cache import BlobCache, Download
@@ -20,7 +22,6 @@ from agent.sim.profile import Profiles, WindowSample, sample_window
 from fleet.chunks import Accepted
 from fleet.codec import decode, encode
 from fleet.errors import ChunkError, FleetError, SignatureError, StaleVersion, error_code
-from fleet.histogram import Histogram
 from fleet.messages import (
     AppliedModel,
     Capabilities,
@@ -31,6 +32,9 @@ from fleet.messages import (
     DeviceStatus,
     DownloadProgress,
     ErrorInfo,
+    ModelRef,
+    ModelStatus,
+    ModelWindow,
     Phase,
     Range,
     ReportedState,
@@ -43,6 +47,19 @@ from fleet.signing import HubPublicKey, Verifier
 from fleet.topics import TopicKind, Topics, spec
 
 PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass
+class SimModel:
+    """One model of a simulated device."""
+
+    name: str
+    phase: Phase = Phase.IDLE
+    active: AppliedModel | None = None
+    previous: AppliedModel | None = None
+    error: ErrorInfo | None = None
+    activate_at: float | None = None
+    window_start: float = 0.0
 
 
 class SimAgent:
@@ -78,13 +95,11 @@ class SimAgent:
         self.stats = AgentStats()
         self.slow = rng.random() < config.faults.slow_fraction
         self.connected = False
-        self.phase = Phase.IDLE
         self.desired_version: int | None = None
         self.command_version: int | None = None
         self.desired: DesiredState | None = None
-        self.active: AppliedModel | None = None
-        self.previous: AppliedModel | None = None
-        self.error: ErrorInfo | None = None
+        self.models: dict[str, SimModel] = {}
+        self.error: ErrorInfo | None = None  # device-level: a refused desired state
         self.download: Download | None = None
         self.held: set[str] = set()
         self._seq = 0
@@ -92,7 +107,6 @@ class SimAgent:
         self._window_start = now
         # spread the fleet's windows evenly instead of every agent reporting in the same instant
         self._next_window = now + rng.uniform(0, config.telemetry_s)
-        self._activate_at: float | None = None
         self._last_progress = now
         self._since_report = 0
 
@@ -163,10 +177,10 @@ class SimAgent:
             if isinstance(e, StaleVersion) and envelope.body.get("version") == self.desired_version:
                 return []  # the retained state we already applied, redelivered on reconnect
             self.stats.refused_desired += 1
-            return [self._fail(error_code(e), str(e), now, phase=None)]
+            return [self._refuse(error_code(e), str(e), now)]
         except FleetError as e:
             self.stats.refused_desired += 1
-            return [self._fail("malformed_envelope", str(e), now, phase=None)]
+            return [self._refuse("malformed_envelope", str(e), now)]
         return self._apply(desired, now)
 
     def _apply(self, desired: DesiredState, now: float) -> list[Action]:
@@ -174,32 +188,44 @@ class SimAgent:
         self.desired_version = desired.version
         self.desired = desired
         self.error = None
-        self._activate_at = None
-        model = desired.model
-        if self.download is not None and (model is None or model.blob.sha256 != self.download.sha256):
+        wanted = {slot.name: slot.model for slot in desired.models}
+        if self.download is not None and self.download.sha256 not in {m.blob.sha256 for m in wanted.values()}:
             actions.append(Unsubscribe(self.topics.chunk(self.download.sha256)))
             self.download = None
-        if model is None:
-            if self.active is not None:
-                self.previous = self.active
-            self.active = None
-            self.phase = Phase.IDLE
-        elif self.active is not None and (self.active.sha256, self.active.name, self.active.version) == (
-            model.blob.sha256,
-            model.name,
-            model.version,
-        ):
-            self.phase = Phase.ACTIVE
-        elif model.blob.sha256 in self.held:
-            self._start_activation(now)
-        elif self.download is None:
-            self.download = self.cache.download(model.blob)
-            self.phase = Phase.DOWNLOADING
-            self._last_progress = now
-            self._since_report = 0
-            actions += [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
+        for name, m in list(self.models.items()):
+            if name not in wanted:  # no longer desired: stops serving, kept as previous
+                m.previous, m.active, m.activate_at, m.error, m.phase = (
+                    m.active or m.previous,
+                    None,
+                    None,
+                    None,
+                    Phase.IDLE,
+                )
+        for name, model in wanted.items():
+            m = self.models.setdefault(name, SimModel(name, window_start=now))
+            m.error, m.activate_at = None, None
+            if m.active is not None and (m.active.sha256, m.active.version) == (model.blob.sha256, model.version):
+                m.phase = Phase.ACTIVE
+            elif model.blob.sha256 in self.held:
+                self._start_activation(m, now)
+            else:
+                m.phase = Phase.DOWNLOADING
+        actions += self._next_download(now)
         actions.append(self._report(now))
         return actions
+
+    def _next_download(self, now: float) -> list[Action]:
+        """Start fetching the first wanted blob not held yet (one transfer at a time)."""
+        if self.download is not None or self.desired is None:
+            return []
+        for slot in self.desired.models:
+            model: ModelRef = slot.model
+            if model.blob.sha256 not in self.held and self.models[slot.name].phase is Phase.DOWNLOADING:
+                self.download = self.cache.download(model.blob)
+                self._last_progress = now
+                self._since_report = 0
+                return [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
+        return []
 
     def _on_chunk(self, sha256: str, payload: bytes, now: float) -> list[Action]:
         download = self.download
@@ -233,13 +259,17 @@ class SimAgent:
             try:
                 download.finish()
             except ChunkError as e:
-                actions += [self._fail("blob_digest_mismatch", str(e), now, phase=None), self._want(download)]
+                actions += [self._refuse("blob_digest_mismatch", str(e), now), self._want(download)]
                 return actions
             self.stats.downloads_done += 1
             self.held.add(download.sha256)
             self.download = None
             actions.append(Unsubscribe(self.topics.chunk(download.sha256)))
-            self._start_activation(now)
+            for slot in self.desired.models if self.desired is not None else []:
+                m = self.models[slot.name]
+                if slot.model.blob.sha256 == download.sha256 and m.phase is Phase.DOWNLOADING:
+                    self._start_activation(m, now)
+            actions += self._next_download(now)
             actions.append(self._report(now))
         elif self._since_report >= self.config.report_every_chunks:
             self._since_report = 0
@@ -276,8 +306,9 @@ class SimAgent:
     def tick(self, now: float) -> list[Action]:
         """Advance timers: finish activations, re-send stalled wants, emit telemetry, inject faults."""
         actions: list[Action] = []
-        if self._activate_at is not None and now >= self._activate_at:
-            actions.append(self._finish_activation(now))
+        for m in list(self.models.values()):
+            if m.activate_at is not None and now >= m.activate_at:
+                actions.append(self._finish_activation(m, now))
         if (
             self.download is not None
             and self.connected
@@ -296,29 +327,31 @@ class SimAgent:
                 actions.append(GoOffline(self.config.faults.offline_s))
         return actions
 
-    def _start_activation(self, now: float) -> None:
-        self.phase = Phase.ACTIVATING
-        self._activate_at = now + self.config.activation_s
+    def _start_activation(self, m: SimModel, now: float) -> None:
+        m.phase = Phase.ACTIVATING
+        m.activate_at = now + self.config.activation_s
 
-    def _finish_activation(self, now: float) -> Action:
-        self._activate_at = None
-        desired = self.desired
-        if desired is None or desired.model is None:
-            self.phase = Phase.IDLE
+    def _finish_activation(self, m: SimModel, now: float) -> Action:
+        m.activate_at = None
+        slot = self.desired.slot(m.name) if self.desired is not None else None
+        if slot is None:
+            m.phase = Phase.IDLE
             return self._report(now)
-        model = desired.model
+        model = slot.model
         if self.rng.random() < self.config.faults.activation_fail_p:
             self.stats.activation_failures += 1
-            message = f"simulated activation failure of {model.name} {model.version}; previous model still serving"
-            return self._fail("activation_failed", message, now, phase=Phase.FAILED)
-        if self.active is not None and self.active.sha256 != model.blob.sha256:
-            self.previous = self.active
-        self.active = AppliedModel(
+            message = f"simulated activation failure of {model.name} {model.version}; previous version still serving"
+            m.error = ErrorInfo(code="activation_failed", message=message, permanent=True, at=now)
+            m.phase = Phase.FAILED
+            return self._report(now)
+        if m.active is not None and m.active.sha256 != model.blob.sha256:
+            m.previous = m.active
+        m.active = AppliedModel(
             name=model.name, version=model.version, sha256=model.blob.sha256, provider=PROVIDER, activated_at=now
         )
         self.stats.activations += 1
-        self.phase = Phase.ACTIVE
-        self.error = None
+        m.phase = Phase.ACTIVE
+        m.error = None
         return self._report(now)
 
     # -- outgoing -----------------------------------------------------------------------------
@@ -334,10 +367,8 @@ class SimAgent:
         want = Want(device_id=self.device_id, sha256=download.sha256, missing=missing[:4096])
         return self._publish(TopicKind.WANT, want)
 
-    def _fail(self, code: str, message: str, now: float, *, phase: Phase | None) -> Publish:
+    def _refuse(self, code: str, message: str, now: float) -> Publish:
         self.error = ErrorInfo(code=code, message=message[:2000], permanent=True, at=now)
-        if phase is not None:
-            self.phase = phase
         return self._report(now)
 
     def _report(self, now: float) -> Publish:
@@ -352,36 +383,58 @@ class SimAgent:
                 bytes_done=d.bytes_done,
                 bytes_total=d.manifest.size,
             )
+        fetching = self._fetching()
+        models = [
+            ModelStatus(
+                name=m.name,
+                phase=m.phase,
+                active=m.active,
+                previous=m.previous,
+                error=m.error,
+                download=progress if m.name == fetching else None,
+            )
+            for m in self.models.values()
+        ]
         reported = ReportedState(
             device_id=self.device_id,
             seq=self._seq,
             ts=now,
             desired_version=self.desired_version,
-            phase=self.phase,
-            active=self.active,
-            previous=self.previous,
-            download=progress,
+            models=models,
             error=self.error,
         )
         return self._publish(TopicKind.REPORTED, reported)
 
+    def _fetching(self) -> str | None:
+        """The model whose blob is downloading."""
+        if self.download is None or self.desired is None:
+            return None
+        return next((s.name for s in self.desired.models if s.model.blob.sha256 == self.download.sha256), None)
+
     def _telemetry(self, now: float) -> Publish:
-        active = self.active
-        if active is None:
-            window = WindowSample(0, 0, Histogram())
-        else:
-            window = sample_window(self.profiles.for_version(active.version), self.rng, now - self._window_start)
+        windows = []
+        for m in self.models.values():
+            if m.active is None:
+                continue
+            w: WindowSample = sample_window(
+                self.profiles.for_version(m.active.version), self.rng, now - self._window_start
+            )
+            windows.append(
+                ModelWindow(
+                    name=m.name,
+                    version=m.active.version,
+                    provider=PROVIDER,
+                    requests=w.requests,
+                    errors=w.errors,
+                    latency=w.latency,
+                )
+            )
         telemetry = TelemetryWindow(
             device_id=self.device_id,
             seq=self._telemetry_seq,
             start=self._window_start,
             end=now,
-            model=active.name if active else None,
-            model_version=active.version if active else None,
-            provider=PROVIDER if active else None,
-            requests=window.requests,
-            errors=window.errors,
-            latency=window.latency,
+            models=windows,
             cpu_percent=round(self.rng.uniform(5, 60), 1),
             memory_bytes=int(self.rng.uniform(200, 400)) << 20,
         )
@@ -394,8 +447,14 @@ class SimAgent:
         return {
             "device_id": self.device_id,
             "connected": self.connected,
-            "phase": self.phase.value,
             "desired_version": self.desired_version,
-            "active": self.active.version if self.active else None,
+            "models": {
+                n: {
+                    "phase": m.phase.value,
+                    "active": m.active.version if m.active else None,
+                    "error": m.error.code if m.error else None,
+                }
+                for n, m in sorted(self.models.items())
+            },
             "error": self.error.code if self.error else None,
         }

@@ -102,7 +102,7 @@ class Simulator:
         raise KeyError(device_id)
 
     def snapshot(self) -> Snapshot:
-        """Counts over the fleet: connected, by phase, by active version, by last error, summed counters."""
+        """Counts over the fleet: connected, models by phase and by active `name:version`, last errors, counters."""
         totals: Counter[str] = Counter()
         for agent in self.agents:
             for f in fields(AgentStats):
@@ -111,9 +111,18 @@ class Simulator:
         return Snapshot(
             agents=len(self.agents),
             connected=sum(1 for a in self.agents if a.connected),
-            phases=dict(Counter(a.phase.value for a in self.agents)),
-            active_versions=dict(Counter(a.active.version for a in self.agents if a.active is not None)),
-            errors=dict(Counter(a.error.code for a in self.agents if a.error is not None)),
+            phases=dict(Counter(m.phase.value for a in self.agents for m in a.models.values())),
+            active_versions=dict(
+                Counter(f"{m.name}:{m.active.version}" for a in self.agents for m in a.models.values() if m.active)
+            ),
+            errors=dict(
+                Counter(
+                    e.code
+                    for a in self.agents
+                    for e in (a.error, *(m.error for m in a.models.values()))
+                    if e is not None
+                )
+            ),
             stats=dict(totals),
             transport={
                 "connects": ts.connects,
