@@ -50,7 +50,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def _server(conn: Any, paths: list[str], options: dict[str, Any], settings: dict[str, Any]) -> None:
-    from agent.api import ApiServer, ApiSettings, ModelSlot  # noqa: PLC0415
+    from agent.api import ApiServer, ApiSettings, ModelRepository  # noqa: PLC0415
     from fleet.messages import AppliedModel  # noqa: PLC0415
 
     def load(i: int) -> tuple[Engine, AppliedModel, ModelDescriptor]:
@@ -60,7 +60,7 @@ def _server(conn: Any, paths: list[str], options: dict[str, Any], settings: dict
         e = Engine.load(p, d, EngineOptions(**options))
         return e, AppliedModel(name=d.name, version=d.version, sha256=d.sha256, provider=e.active_provider), d
 
-    slot = ModelSlot()
+    slot = ModelRepository()
     server = ApiServer(ApiSettings(port=0, **settings), slot)
     server.start()
     preloaded = [load(0), load(1)]

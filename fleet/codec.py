@@ -37,7 +37,8 @@ def _load(payload: bytes | str, max_bytes: int) -> dict[str, Any]:
 
 
 def check_schema(version: object) -> None:
-    """Raise UnsupportedSchema unless `version` is the schema this build speaks, saying which side is behind."""
+    """Raise UnsupportedSchema unless `version` is the schema this build speaks, saying which side is behind
+    (MessageError when it is no version number at all)."""
     if version == SCHEMA_VERSION and isinstance(version, int):
         return
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
@@ -48,8 +49,8 @@ def check_schema(version: object) -> None:
         raise UnsupportedSchema(
             f"schema_version {version} is older than this build speaks ({SCHEMA_VERSION}): upgrade the sender"
         )
-    raise UnsupportedSchema(
-        f"schema_version {str(version)[:20]!r} is not supported (this build speaks {SCHEMA_VERSION})"
+    raise MessageError(
+        f"schema_version {str(version)[:20]!r} is not a schema version (this build speaks {SCHEMA_VERSION})"
     )
 
 

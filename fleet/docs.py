@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fleet import chunks, signing
+from fleet import chunks, messages, signing
 from fleet.histogram import LATENCY_BOUNDS_MS
 from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Part, Wire
 from fleet.topics import TOPIC_TABLE
@@ -60,7 +60,13 @@ def protocol_markdown() -> str:
         "",
         f"Schema version: **{SCHEMA_VERSION}**. MQTT 3.1.1 or 5. Prefix `{{p}}` is configurable (default `fleet/v1`).",
         "Every JSON message carries `schema_version` and `kind`; receivers refuse unknown versions and kinds",
-        "(counted and logged, never fatal). Timestamps are Unix seconds; sizes are bytes.",
+        "(counted and logged, never fatal). Timestamps are Unix seconds; sizes are bytes. A schema version other",
+        "than this one is refused saying which side is behind (`schema_version 3 is newer than this build",
+        "speaks (2): upgrade this side`); an agent reports a refused desired state as `unsupported_schema`.",
+        "",
+        "## Several models per device",
+        "",
+        inspect.cleandoc(messages.__doc__ or "").split("\n\n")[-1].replace("`MAX_MODELS`", str(messages.MAX_MODELS)),
         "",
         "## Topics",
         "",

@@ -153,6 +153,8 @@ class Verifier:
             check_schema(envelope.body.get("schema_version"))
         except UnsupportedSchema as e:
             raise UnsupportedBodySchema(f"signed {cls.__name__} refused: {e}") from e
+        except MessageError as e:
+            raise MalformedEnvelope(f"signed body is not a valid {cls.__name__}: {e}") from e
         try:
             body = cls.model_validate(envelope.body)
         except ValidationError as e:

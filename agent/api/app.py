@@ -142,9 +142,6 @@ def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
     handlers = Inference(settings, repo, metrics, pool)
     retry = settings.retry_after_s
 
-    def lookup(name: str, version: str | None) -> Served:
-        return repo.get(name).lookup(name, version)
-
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await repo.attach()
@@ -201,13 +198,13 @@ def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
 
     async def model_metadata(name: str, version: str | None) -> Response:
         try:
-            return _json(_metadata(lookup(name, version)))
+            return _json(_metadata(repo.lookup(name, version)))
         except Exception as e:
             return error_response(e, retry)
 
     async def model_ready(name: str, version: str | None) -> Response:
         try:
-            s = lookup(name, version)
+            s = repo.lookup(name, version)
             if s.batcher is None:
                 raise NotReady(f"model {name!r} is loaded but not serving yet")
             return _json({"name": s.model.name, "version": s.model.version, "ready": True})

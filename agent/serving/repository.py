@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.ports import ServingWindow
 from agent.serving.errors import ModelNotFound, NotReady
+from agent.serving.served import Served
 from agent.serving.slot import ModelSlot
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.batcher import BatcherOptions
@@ -133,6 +134,19 @@ class ModelRepository:
         if not served:
             raise NotReady("no model is active on this device yet; retry later")
         raise ModelNotFound(f"model {name[:100]!r} is not served here; serving {', '.join(map(repr, served))}")
+
+    def lookup(self, name: str, version: str | None = None) -> Served:
+        """The served version of model `name` for metadata and readiness (no request is counted).
+
+        Raises:
+            ModelNotFound: the model, or that version of it, is not served here.
+        """
+        slot = self.slots.get(name)
+        if slot is None or slot.current is None:
+            served = self.names()
+            what = f"serving {', '.join(map(repr, served))}" if served else "no model is active"
+            raise ModelNotFound(f"model {name[:100]!r} is unknown here; {what}")
+        return slot.lookup(name, version)
 
     def only(self) -> ModelSlot:
         """The one model served (for callers that name none).

@@ -8,7 +8,7 @@ from pathlib import Path
 from agent.store import ModelStore
 from tests.agent.conftest import AgentProcess, Sample
 from tests.support.broker import Broker
-from tests.support.hubside import HubSide
+from tests.support.hubside import HubSide, one
 
 Spawn = Callable[..., AgentProcess]
 
@@ -41,20 +41,20 @@ def test_killed_mid_download_serves_old_model_then_resumes(
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
     second = spawn_agent(bundle, data)  # sync_every=1 (the fixture): each verified chunk is durable when counted
     hub.wait(
-        lambda: any(r.download and r.download.sha256 == v2.blob.sha256 and r.download.have_chunks == persisted
+        lambda: any((d := one(r).download) and d.sha256 == v2.blob.sha256 and d.have_chunks == persisted
                     for r in hub.reported),
         timeout=60, what="half the chunks verified and persisted",
     )  # fmt: skip
     second.kill()
     hub.withhold = set()
-    assert ModelStore(data / "store").active().model.version == "1.0.0"  # type: ignore[union-attr]
+    assert ModelStore(data / "store").active("cls").model.version == "1.0.0"  # type: ignore[union-attr]
 
     start, wants_before = len(hub.reported), len(hub.wants)
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
-    assert first.active is not None and first.active.version == "1.0.0", "the old model serves at once"
+    assert one(first).active is not None and one(first).active.version == "1.0.0", "the old model serves at once"
     done = hub.wait_active("2.0.0", timeout=60, since=start)
-    assert done.previous is not None and done.previous.version == "1.0.0"
+    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
     resumed = [w for w in hub.wants[wants_before:] if w.sha256 == v2.blob.sha256]
     assert resumed, "the restarted agent wanted the rest"
     assert min(i for w in resumed for i in w.indexes(v2.blob.count)) >= persisted, "persisted chunks not wanted"
@@ -71,19 +71,19 @@ def test_killed_mid_activation_serves_old_model_then_completes(
     lock.touch()
     second = spawn_agent(bundle, data, EDGEFLEET_AGENT_ACTIVATION_UPDATE_LOCK_FILE=str(lock))
     held = hub.wait(lambda: next((r for r in hub.reported if r.desired_version == 2 and r.phase == "activating"), None))
-    assert held.active is not None and held.active.version == "1.0.0"
+    assert one(held).active is not None and one(held).active.version == "1.0.0"
     second.kill()  # killed while the verified v2 waits to be activated
     store = ModelStore(data / "store")
-    active = store.active()
+    active = store.active("cls")
     assert active is not None and active.model.version == "1.0.0", "a crash before the switch leaves the old pointer"
     assert store.has_blob(v2.blob.sha256, v2.blob.size)
 
     start, wants_before = len(hub.reported), len(hub.wants)
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
-    assert first.active is not None and first.active.version == "1.0.0"
+    assert one(first).active is not None and one(first).active.version == "1.0.0"
     done = hub.wait_active("2.0.0", timeout=60, since=start)
-    assert done.previous is not None and done.previous.version == "1.0.0"
+    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
     assert hub.wants[wants_before:] == [], "the verified blob is not fetched again"
     assert third.stop() == 0
     hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline status after a clean stop")
@@ -107,9 +107,11 @@ def test_damaged_active_blob_falls_back_to_previous_then_is_fetched_again(
     start, wants_before = len(hub.reported), len(hub.wants)
     _again, serving = make_agent(hub, device_id, broker.url, data_dir=data)
     first = hub.wait(lambda: next((r for r in hub.reported[start:]), None))
-    assert first.active is not None and first.active.version == "1.0.0", "previous serves when active is damaged"
-    assert first.error is not None and first.error.code == "invalid_model_file"
+    assert one(first).active is not None and one(first).active.version == "1.0.0", (
+        "previous serves when active is damaged"
+    )
+    assert one(first).error is not None and one(first).error.code == "invalid_model_file"  # type: ignore[union-attr]
     done = hub.wait_active("2.0.0", since=start)
-    assert done.previous is not None and done.previous.version == "1.0.0"
+    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
     assert any(w.sha256 == v2.blob.sha256 for w in hub.wants[wants_before:]), "the damaged blob was fetched again"
     assert serving.active_model is not None and serving.active_model.version == "2.0.0"

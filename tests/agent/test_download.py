@@ -9,7 +9,7 @@ from fleet.codec import encode
 from fleet.messages import Command, CommandName
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
-from tests.support.hubside import HubSide
+from tests.support.hubside import HubSide, one
 
 
 def test_corrupted_chunk_is_refused_and_wanted_again(
@@ -45,14 +45,14 @@ def test_newer_desired_state_cancels_a_stale_download(
     v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     hub.withhold = set(range(v1.blob.count // 2, v1.blob.count))  # half of v1 arrives, then it stalls
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
-    hub.wait_reported(lambda r: r.download is not None and r.download.have_chunks >= v1.blob.count // 2)
+    hub.wait_reported(lambda r: one(r).download is not None and one(r).download.have_chunks >= v1.blob.count // 2)
     partial = agent.store.partial
     assert any(p.name.startswith(v1.blob.sha256) for p in partial.iterdir())
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.withhold = set()
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
     r = hub.wait_active("2.0.0")
-    assert r.previous is None
+    assert one(r).previous is None
     assert list(partial.iterdir()) == [], "the stale transfer's files are gone"
     assert not agent.store.has_blob(v1.blob.sha256)
 
@@ -63,8 +63,8 @@ def test_not_enough_disk_space_is_reported_and_nothing_is_fetched(
     make_agent(hub, device_id, broker.url, store={"min_free_bytes": 1 << 60})
     ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
-    r = hub.wait_reported(lambda r: r.error is not None and r.error.code == "insufficient_disk")
-    assert r.phase == "downloading" and not r.error.permanent  # type: ignore[union-attr]
+    r = hub.wait_reported(lambda r: one(r).error is not None and one(r).error.code == "insufficient_disk")  # type: ignore[union-attr]
+    assert r.phase == "downloading" and not one(r).error.permanent  # type: ignore[union-attr]
     assert hub.wants == [] and hub.served == []
 
 
@@ -83,7 +83,7 @@ def test_broker_restart_mid_download_resumes_without_refetching(
         half = ref.blob.count // 2
         hub.withhold = set(range(half, ref.blob.count))
         hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
-        hub.wait_reported(lambda r: r.download is not None and r.download.have_chunks == half)
+        hub.wait_reported(lambda r: one(r).download is not None and one(r).download.have_chunks == half)
         private_broker.kill()
         hub.withhold = set()
         private_broker.start()
@@ -136,7 +136,7 @@ def test_inconsistent_signed_manifest_is_refused_not_fetched_forever(
     hub.blobs[wrong.sha256] = (samples["v2"].path, wrong)
     hub.publish_desired(device_id, hub.desired(device_id, 2, good.model_copy(update={"blob": wrong})))
     r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "failed")
-    assert r.error is not None and r.error.code == "blob_digest_mismatch" and r.error.permanent
-    assert r.active is not None and r.active.version == "1.0.0" and r.download is None
+    assert one(r).error is not None and one(r).error.code == "blob_digest_mismatch" and one(r).error.permanent  # type: ignore[union-attr]
+    assert one(r).active is not None and one(r).active.version == "1.0.0" and one(r).download is None
     assert agent.reconciler.download is None, "the transfer was dropped: not fetched again and again"
     assert serving.active_model is not None and serving.active_model.version == "1.0.0"

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.api import ModelSlot
+from agent.api import ModelRepository
 from agent.follower import StoreFollower
 from agent.store import ModelStore, StoredModel
 from fleet.messages import AppliedModel
@@ -39,13 +39,14 @@ def _put(store: ModelStore, sample: Sample) -> StoredModel:
     )
 
 
-def _served(slot: ModelSlot) -> str | None:
-    return None if slot.current is None else slot.current.model.version
+def _served(repo: ModelRepository, name: str = "cls") -> str | None:
+    model = repo.active_models().get(name)
+    return None if model is None else model.version
 
 
 def test_follower_swaps_and_survives_bad_pointers(tmp_path: Path, samples: dict[str, Sample]) -> None:
     store = ModelStore(tmp_path / "store", create=True)
-    slot = ModelSlot()
+    slot = ModelRepository()
     follower = StoreFollower(store, slot, poll_s=0.05, warmup_runs=1)
     assert follower.check() is False and _served(slot) is None  # empty store: nothing to serve
 
@@ -59,21 +60,33 @@ def test_follower_swaps_and_survives_bad_pointers(tmp_path: Path, samples: dict[
     # a model failing its golden check: refused, 2.0.0 keeps serving, tried once per pointer change
     store.promote(_put(store, samples["bad"]))
     assert follower.check() is False and _served(slot) == "2.0.0"
-    assert follower.state.error is not None and "golden" in follower.state.error
+    assert follower.state("cls").error is not None and "golden" in follower.state("cls").error
     assert follower.check() is False
 
     # hostile pointers: garbage, oversized, a blob that is missing
-    active = store.root / "active.json"
+    active = store.root / "models" / "cls" / "active.json"
     for content in (b"{not json", b"[]", b" " * (2 << 20)):
         active.write_bytes(content)
         assert follower.check() is False and _served(slot) == "2.0.0"
-        assert follower.state.error is not None
+        assert follower.state("cls").error is not None
     record = _put(store, samples["v1"])
     active.write_text(record.model_copy(update={"sha256": "0" * 64}).model_dump_json())
     assert follower.check() is False and _served(slot) == "2.0.0"
 
     active.unlink()  # the agent cleared the active model: serve nothing
     assert follower.check() is True and _served(slot) is None
+
+
+def test_a_follower_serves_only_the_models_it_follows(tmp_path: Path, samples: dict[str, Sample]) -> None:
+    store = ModelStore(tmp_path / "store", create=True)
+    other = samples["v2"].descriptor.model_copy(update={"name": "other"})
+    store.promote(_put(store, samples["v1"]))
+    store.promote(_put(store, Sample(samples["v2"].path, other)))
+    every, only = ModelRepository(), ModelRepository()
+    assert StoreFollower(store, every, warmup_runs=1).check() is True
+    assert every.names() == ["cls", "other"] and _served(every, "other") == "2.0.0"
+    assert StoreFollower(store, only, models=["other"], warmup_runs=1).check() is True
+    assert only.names() == ["other"], "a pod of one model's Deployment serves that model only"
 
 
 @pytest.mark.timeout(120)

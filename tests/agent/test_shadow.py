@@ -7,7 +7,7 @@ import numpy as np
 from fleet.messages import ShadowSpec
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
-from tests.support.hubside import HubSide
+from tests.support.hubside import HubSide, one
 
 
 def test_shadow_candidate_runs_beside_the_active_model(
@@ -17,20 +17,21 @@ def test_shadow_candidate_runs_beside_the_active_model(
     v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=v2, sample_rate=1.0)))
-    r = hub.wait_reported(lambda r: r.phase == "active" and r.shadow is not None)
-    assert r.active.version == "1.0.0" and r.shadow.version == "2.0.0"  # type: ignore[union-attr]
+    r = hub.wait_reported(lambda r: r.phase == "active" and one(r).shadow is not None)
+    assert one(r).active.version == "1.0.0" and one(r).shadow.version == "2.0.0"  # type: ignore[union-attr]
     start = len(hub.telemetry)
     image = {"image": np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     for _ in range(4):
         serving.infer(image)
-    hub.wait(lambda: sum(w.shadow.samples for w in hub.telemetry[start:] if w.shadow) >= 4, what="shadow stats")
-    stats = [w.shadow for w in hub.telemetry[start:] if w.shadow and w.shadow.samples]
+    shadows = lambda: [m.shadow for w in hub.telemetry[start:] for m in w.models if m.shadow]  # noqa: E731
+    hub.wait(lambda: sum(s.samples for s in shadows()) >= 4, what="shadow stats")
+    stats = [s for s in shadows() if s.samples]
     assert all(s.candidate_version == "2.0.0" and 0 <= s.agreements <= s.samples for s in stats)
     assert all(s.latency_delta_ms is not None for s in stats)
 
     hub.publish_desired(device_id, hub.desired(device_id, 2, v1))
     r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "active")
-    assert r.shadow is None and serving.shadow_model is None
+    assert one(r).shadow is None and serving.shadow_model is None
 
 
 def test_shadow_failing_its_golden_check_keeps_the_active_model(
@@ -40,6 +41,6 @@ def test_shadow_failing_its_golden_check_keeps_the_active_model(
     v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     bad = hub.model_ref(samples["bad"].path, samples["bad"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=bad, sample_rate=0.5)))
-    r = hub.wait_reported(lambda r: r.phase == "active" and r.error is not None)
-    assert r.error.code == "shadow_golden_mismatch" and r.shadow is None  # type: ignore[union-attr]
-    assert r.active is not None and r.active.version == "1.0.0" and serving.shadow_model is None
+    r = hub.wait_reported(lambda r: r.phase == "active" and one(r).error is not None)
+    assert one(r).error.code == "shadow_golden_mismatch" and one(r).shadow is None  # type: ignore[union-attr]
+    assert one(r).active is not None and one(r).active.version == "1.0.0" and serving.shadow_model is None

@@ -19,29 +19,29 @@ def _blob(store: ModelStore, data: bytes) -> str:
     return sha
 
 
-def _record(sha: str, version: str) -> StoredModel:
+def _record(sha: str, version: str, name: str = "m") -> StoredModel:
     return StoredModel(
         sha256=sha,
-        model=AppliedModel(name="m", version=version, sha256=sha),
+        model=AppliedModel(name=name, version=version, sha256=sha),
         task="classification",
-        descriptor={"name": "m", "version": version},
+        descriptor={"name": name, "version": version},
     )
 
 
 def test_promote_keeps_previous_and_rollback_swaps(tmp_path: Path) -> None:
     store = ModelStore(tmp_path, create=True)
-    assert store.active() is None and store.previous() is None
+    assert store.active("m") is None and store.previous("m") is None
     a, b = _blob(store, b"a" * 10), _blob(store, b"b" * 10)
     assert store.promote(_record(a, "1.0.0")) is None
     prev = store.promote(_record(b, "2.0.0"))
     assert prev is not None and prev.model.version == "1.0.0"
     reader = ModelStore(tmp_path)  # another process's view: read-only, no directories created
-    assert reader.active().model.version == "2.0.0"  # type: ignore[union-attr]
-    assert reader.previous().model.version == "1.0.0"  # type: ignore[union-attr]
+    assert reader.active("m").model.version == "2.0.0"  # type: ignore[union-attr]
+    assert reader.previous("m").model.version == "1.0.0"  # type: ignore[union-attr]
     store.promote(_record(a, "1.0.0"))  # rollback
-    assert store.active().sha256 == a and store.previous().sha256 == b  # type: ignore[union-attr]
+    assert store.active("m").sha256 == a and store.previous("m").sha256 == b  # type: ignore[union-attr]
     store.promote(_record(a, "1.0.0"))  # re-activating the active model keeps previous
-    assert store.previous().sha256 == b  # type: ignore[union-attr]
+    assert store.previous("m").sha256 == b  # type: ignore[union-attr]
 
 
 def test_crash_between_pointer_writes_leaves_a_loadable_state(tmp_path: Path) -> None:
@@ -49,13 +49,13 @@ def test_crash_between_pointer_writes_leaves_a_loadable_state(tmp_path: Path) ->
     a, b = _blob(store, b"a"), _blob(store, b"b")
     store.promote(_record(a, "1.0.0"))
     # what a crash after previous.json and before active.json leaves behind (plus a torn temporary file)
-    store._write("previous", _record(a, "1.0.0"))
-    (tmp_path / "active.json.tmp").write_bytes(b'{"schema_version": 1, "sha2')
+    store._write("m", "previous", _record(a, "1.0.0"))
+    (tmp_path / "models" / "m" / "active.json.tmp").write_bytes(b'{"schema_version": 1, "sha2')
     reopened = ModelStore(tmp_path, create=True)
-    assert not (tmp_path / "active.json.tmp").exists()
-    assert reopened.active().sha256 == a and reopened.previous().sha256 == a  # type: ignore[union-attr]
+    assert not (tmp_path / "models" / "m" / "active.json.tmp").exists()
+    assert reopened.active("m").sha256 == a and reopened.previous("m").sha256 == a  # type: ignore[union-attr]
     reopened.promote(_record(b, "2.0.0"))
-    assert reopened.active().sha256 == b and reopened.previous().sha256 == a  # type: ignore[union-attr]
+    assert reopened.active("m").sha256 == b and reopened.previous("m").sha256 == a  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -65,9 +65,10 @@ def test_crash_between_pointer_writes_leaves_a_loadable_state(tmp_path: Path) ->
 )
 def test_unreadable_pointer_is_a_store_error(tmp_path: Path, content: bytes) -> None:
     store = ModelStore(tmp_path, create=True)
-    (tmp_path / "active.json").write_bytes(content)
+    (tmp_path / "models" / "m").mkdir()
+    (tmp_path / "models" / "m" / "active.json").write_bytes(content)
     with pytest.raises(StoreError):
-        store.active()
+        store.active("m")
 
 
 def test_pointer_to_a_missing_blob_is_a_store_error(tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_pointer_to_a_missing_blob_is_a_store_error(tmp_path: Path) -> None:
     store.promote(_record(sha, "1.0.0"))
     store.blob_path(sha).unlink()
     with pytest.raises(StoreError, match="not in"):
-        store.active()
+        store.active("m")
     with pytest.raises(StoreError):
         store.promote(_record(sha, "1.0.0"))
 
@@ -102,5 +103,32 @@ def test_clear_active_keeps_the_model_as_previous(tmp_path: Path) -> None:
     store = ModelStore(tmp_path, create=True)
     sha = _blob(store, b"x")
     store.promote(_record(sha, "1.0.0"))
-    store.clear_active()
-    assert store.active() is None and store.previous().sha256 == sha  # type: ignore[union-attr]
+    store.clear_active("m")
+    assert store.active("m") is None and store.previous("m").sha256 == sha  # type: ignore[union-attr]
+
+
+def test_each_model_has_its_own_pointers(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, create=True)
+    a, b, c = _blob(store, b"a"), _blob(store, b"b"), _blob(store, b"c")
+    store.promote(_record(a, "1.0.0", "det"))
+    store.promote(_record(b, "1.0.0", "cls"))
+    store.promote(_record(c, "2.0.0", "cls"))
+    assert store.names() == ["cls", "det"]
+    assert store.active("det").sha256 == a and store.previous("det") is None  # type: ignore[union-attr]
+    assert store.active("cls").sha256 == c and store.previous("cls").sha256 == b  # type: ignore[union-attr]
+    assert store.referenced() == {a, b, c}
+    store.forget("cls")
+    assert store.names() == ["det"] and store.referenced() == {a}
+    assert sorted(store.collect(0)) == sorted([b, c])
+    with pytest.raises(StoreError, match="not a model name"):
+        store.active("../escape")
+
+
+def test_a_single_model_store_is_moved_under_its_model_name(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, create=True)
+    a, b = _blob(store, b"a"), _blob(store, b"b")
+    (tmp_path / "previous.json").write_text(_record(a, "1.0.0", "cls").model_dump_json())  # written by schema 1
+    (tmp_path / "active.json").write_text(_record(b, "2.0.0", "cls").model_dump_json())
+    reopened = ModelStore(tmp_path, create=True)
+    assert not (tmp_path / "active.json").exists() and not (tmp_path / "previous.json").exists()
+    assert reopened.active("cls").sha256 == b and reopened.previous("cls").sha256 == a  # type: ignore[union-attr]

@@ -32,9 +32,10 @@ def test_windows_count_requests_and_name_the_model(
     hub.wait(lambda: sum(w.requests for w in hub.telemetry[start:]) >= 6)
     counted = [w for w in hub.telemetry[start:] if w.requests]
     assert sum(w.errors for w in hub.telemetry[start:]) == 0
-    assert counted[0].model == "cls" and counted[0].model_version == "1.0.0"
-    assert counted[0].provider == "CPUExecutionProvider"
-    assert sum(w.latency.count for w in hub.telemetry[start:]) == 6
+    first = counted[0].models[0]
+    assert first.name == "cls" and first.version == "1.0.0"
+    assert first.provider == "CPUExecutionProvider"
+    assert sum(m.latency.count for w in hub.telemetry[start:] for m in w.models) == 6
     assert counted[0].memory_bytes and counted[0].spool_capacity == 8640
     seqs = _seqs(hub.telemetry)
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)

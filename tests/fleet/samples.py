@@ -8,6 +8,7 @@ from fleet import (
     Command,
     CommandAck,
     CommandName,
+    DesiredModel,
     DesiredState,
     DeviceStatus,
     DownloadProgress,
@@ -18,6 +19,8 @@ from fleet import (
     LatencyRecorder,
     MigInstance,
     ModelRef,
+    ModelStatus,
+    ModelWindow,
     NodeInfo,
     Phase,
     ReportedState,
@@ -35,9 +38,9 @@ BLOB = bytes(range(256)) * 5000  # 1.28 MB
 MANIFEST = plan_bytes(BLOB, chunk_size=64 * 1024)
 
 
-def model_ref(version: str = "1.0.0") -> ModelRef:
+def model_ref(version: str = "1.0.0", name: str = "resnet-lite") -> ModelRef:
     return ModelRef(
-        name="resnet-lite",
+        name=name,
         version=version,
         task="classification",
         blob=MANIFEST,
@@ -51,10 +54,15 @@ def desired(device_id: str = "cam-001", version: int = 7, expires_at: float = T0
         version=version,
         issued_at=T0,
         expires_at=expires_at,
-        model=model_ref(),
-        runtime=RuntimeOptions(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], max_batch=16),
-        shadow=ShadowSpec(model=model_ref("1.1.0"), sample_rate=0.1),
-        rollout_id="r-42",
+        models=[
+            DesiredModel(
+                model=model_ref(),
+                runtime=RuntimeOptions(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], max_batch=16),
+                shadow=ShadowSpec(model=model_ref("1.1.0"), sample_rate=0.1),
+                rollout_id="r-42",
+            ),
+            DesiredModel(model=model_ref("2.3.0", name="plate-ocr")),
+        ],
     )
 
 
@@ -109,29 +117,47 @@ def all_messages() -> list[Wire]:
             seq=12,
             ts=T0,
             desired_version=7,
-            phase=Phase.DOWNLOADING,
-            active=applied,
-            download=DownloadProgress(
-                sha256=MANIFEST.sha256, have_chunks=3, total_chunks=20, bytes_done=3 << 16, bytes_total=MANIFEST.size
-            ),
-            error=ErrorInfo(code="golden_mismatch", message="output differs by 0.3 > 0.001", at=T0),
+            models=[
+                ModelStatus(
+                    name="resnet-lite",
+                    phase=Phase.DOWNLOADING,
+                    active=applied,
+                    download=DownloadProgress(
+                        sha256=MANIFEST.sha256,
+                        have_chunks=3,
+                        total_chunks=20,
+                        bytes_done=3 << 16,
+                        bytes_total=MANIFEST.size,
+                    ),
+                    error=ErrorInfo(code="golden_mismatch", message="output differs by 0.3 > 0.001", at=T0),
+                ),
+                ModelStatus(
+                    name="plate-ocr", phase=Phase.IDLE, previous=applied.model_copy(update={"name": "plate-ocr"})
+                ),
+            ],
+            error=ErrorInfo(code="bad_signature", message="signature does not match the body", at=T0),
         ),
         TelemetryWindow(
             device_id="cam-001",
             seq=99,
             start=T0,
             end=T0 + 10,
-            model="resnet-lite",
-            model_version="1.0.0",
-            provider="CPUExecutionProvider",
-            requests=7,
-            errors=1,
-            latency=rec.snapshot(),
-            queue_depth=2,
+            models=[
+                ModelWindow(
+                    name="resnet-lite",
+                    version="1.0.0",
+                    provider="CPUExecutionProvider",
+                    requests=7,
+                    errors=1,
+                    latency=rec.snapshot(),
+                    queue_depth=2,
+                    shadow=ShadowStats(candidate_version="1.1.0", samples=10, agreements=9, latency_delta_ms=0.4),
+                ),
+                ModelWindow(name="plate-ocr", version="2.3.0", requests=3, latency=rec.snapshot()),
+            ],
             cpu_percent=37.5,
             memory_bytes=120 << 20,
             gpus=[GpuSample(index=0, util_percent=55.0, memory_used_bytes=1 << 30)],
-            shadow=ShadowStats(candidate_version="1.1.0", samples=10, agreements=9, latency_delta_ms=0.4),
         ),
         Want(device_id="cam-001", sha256=MANIFEST.sha256, missing=[(0, 3), (7, 8)]),
         CommandAck(device_id="cam-001", correlation_id="c-1", ok=True, result={"seq": 12}),

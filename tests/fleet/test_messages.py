@@ -52,12 +52,14 @@ def test_messages_are_frozen_and_forbid_extra_fields() -> None:
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"kind": "want"}', "schema_version"),
-        (b'{"schema_version": 2, "kind": "want"}', "schema_version"),
-        (b'{"schema_version": 1, "kind": "nope"}', "unknown message kind"),
-        (b'{"schema_version": 1, "kind": "want", "device_id": "D!"}', "invalid Want"),
+        (b'{"schema_version": 3, "kind": "want"}', "schema_version 3 is newer than this build speaks"),
+        (b'{"schema_version": 1, "kind": "want"}', "schema_version 1 is older than this build speaks"),
+        (b'{"schema_version": "2", "kind": "want"}', "schema_version"),
+        (b'{"schema_version": 2, "kind": "nope"}', "unknown message kind"),
+        (b'{"schema_version": 2, "kind": "want", "device_id": "D!"}', "invalid Want"),
         (b"[" * 200_000 + b"]" * 200_000, "exceeds"),
         (b"[" * 5000 + b"]" * 5000, "JSON object|not valid JSON"),
-        (json.dumps({"schema_version": 1, "kind": "want", "x": "a" * 300_000}).encode(), "exceeds"),
+        (json.dumps({"schema_version": 2, "kind": "want", "x": "a" * 300_000}).encode(), "exceeds"),
     ],
 )
 def test_malformed_payloads_are_refused_with_a_reason(payload: bytes, reason: str) -> None:
@@ -140,3 +142,34 @@ def test_histogram_merges_and_estimates_quantiles() -> None:
 def test_telemetry_window_rejects_negative_counts() -> None:
     with pytest.raises(ValidationError):
         TelemetryWindow(device_id="d1", seq=0, start=T0, end=T0 + 1, requests=-1)
+
+
+def test_a_desired_state_names_each_model_once_and_shadows_only_its_own_versions() -> None:
+    from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, ShadowSpec  # noqa: PLC0415
+    from tests.fleet.samples import model_ref  # noqa: PLC0415
+
+    base = {"device_id": "cam-001", "version": 1, "issued_at": 1.0, "expires_at": 2.0}
+    two = DesiredState(**base, models=[DesiredModel(model=model_ref()), DesiredModel(model=model_ref(name="ocr"))])
+    assert [m.name for m in two.models] == ["resnet-lite", "ocr"] and two.slot("ocr") is two.models[1]
+    assert two.slot("absent") is None
+    with pytest.raises(ValidationError, match="repeated: resnet-lite"):
+        DesiredState(**base, models=[DesiredModel(model=model_ref()), DesiredModel(model=model_ref("2.0.0"))])
+    with pytest.raises(ValidationError, match="must be a version of it"):
+        DesiredModel(model=model_ref(), shadow=ShadowSpec(model=model_ref(name="ocr"), sample_rate=0.5))
+    many = [DesiredModel(model=model_ref(name=f"m{i}")) for i in range(MAX_MODELS + 1)]
+    with pytest.raises(ValidationError, match="at most 16"):
+        DesiredState(**base, models=many)
+
+
+def test_the_reported_phase_of_a_device_sums_up_its_models() -> None:
+    from fleet.messages import ModelStatus, Phase, ReportedState  # noqa: PLC0415
+
+    def rep(*phases: Phase) -> ReportedState:
+        models = [ModelStatus(name=f"m{i}", phase=p) for i, p in enumerate(phases)]
+        return ReportedState(device_id="cam-001", seq=1, ts=1.0, models=models)
+
+    assert rep().phase is Phase.IDLE
+    assert rep(Phase.ACTIVE, Phase.IDLE).phase is Phase.ACTIVE
+    assert rep(Phase.ACTIVE, Phase.FAILED).phase is Phase.FAILED
+    assert rep(Phase.FAILED, Phase.DOWNLOADING).phase is Phase.DOWNLOADING
+    assert rep(Phase.ACTIVE).model("m0") is not None and rep(Phase.ACTIVE).model("x") is None

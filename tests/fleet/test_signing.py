@@ -34,7 +34,7 @@ def test_a_signed_state_verifies_from_bytes_and_object() -> None:
 
 def test_each_refusal_is_a_distinct_error() -> None:
     envelope = KEY.sign(desired(version=7))
-    tampered = envelope.model_copy(update={"body": {**envelope.body, "rollout_id": "evil"}})
+    tampered = envelope.model_copy(update={"body": {**envelope.body, "models": []}})
     other_key = HubSigningKey.generate()
     forged = other_key.sign(desired())
     # same key id, wrong key: a signature made by another key under our key id
@@ -87,3 +87,13 @@ def test_keys_save_and_load(tmp_path: Path) -> None:
     assert pub.raw == KEY.public.raw
     with pytest.raises(MalformedEnvelope):
         HubPublicKey.from_text("not a key")
+
+
+def test_a_body_of_another_schema_is_refused_saying_which_side_is_behind() -> None:
+    from fleet.errors import UnsupportedBodySchema  # noqa: PLC0415
+    from fleet.signing import _b64e  # noqa: PLC0415
+
+    body = {**desired().model_dump(mode="json"), "schema_version": 3, "models": [{"from": "the future"}]}
+    newer = SignedEnvelope(key_id=KEY.public.key_id, body=body, sig=_b64e(KEY._key.sign(canonical_json(body))))
+    with pytest.raises(UnsupportedBodySchema, match="newer than this build speaks"):
+        verifier().verify(newer, DesiredState, now=T0, last_version=None)

@@ -26,9 +26,12 @@ from fleet.errors import MessageError
 from fleet.messages import (
     BlobManifest,
     CommandAck,
+    DesiredModel,
     DesiredState,
     DeviceStatus,
     ModelRef,
+    ModelStatus,
+    Phase,
     ReportedState,
     RuntimeOptions,
     ShadowSpec,
@@ -193,14 +196,17 @@ class HubSide:
         """The first reported state from index `since` on (received so far or later) matching `predicate`."""
         return self.wait(lambda: next((r for r in self.reported[since:] if predicate(r)), None), timeout, what)
 
-    def wait_active(self, version: str, timeout: float = 30.0, since: int = 0) -> ReportedState:
-        """Wait until an agent reports `version` active and settled (in a report from index `since` on)."""
-        return self.wait_reported(
-            lambda r: r.phase == "active" and r.active is not None and r.active.version == version,
-            timeout,
-            f"active {version}",
-            since,
-        )
+    def wait_active(
+        self, version: str, timeout: float = 30.0, since: int = 0, *, model: str | None = None
+    ) -> ReportedState:
+        """Wait until an agent reports `version` of `model` (default: its only model) active and settled (in a
+        report from index `since` on)."""
+
+        def settled(r: ReportedState) -> bool:
+            m = r.model(model) if model is not None else one(r)
+            return m is not None and m.phase == "active" and m.active is not None and m.active.version == version
+
+        return self.wait_reported(settled, timeout, f"active {model or ''} {version}", since)
 
     # -- sending -------------------------------------------------------------------------------------------
     def add_blob(self, path: Path) -> BlobManifest:
@@ -230,16 +236,17 @@ class HubSide:
         expires_in: float = 3600.0,
         runtime: RuntimeOptions | None = None,
         shadow: ShadowSpec | None = None,
+        others: list[DesiredModel] | None = None,
     ) -> DesiredState:
+        """A desired state naming `model` (None: no model) with `runtime` and `shadow`, then `others`."""
         now = time.time()
+        slots = [] if model is None else [DesiredModel(model=model, runtime=runtime or RuntimeOptions(), shadow=shadow)]
         return DesiredState(
             device_id=device_id,
             version=version,
             issued_at=now,
             expires_at=max(0.0, now + expires_in),
-            model=model,
-            runtime=runtime or RuntimeOptions(),
-            shadow=shadow,
+            models=[*slots, *(others or [])],
         )
 
     def sign(self, state: DesiredState) -> SignedEnvelope:
@@ -266,3 +273,10 @@ class HubSide:
             hub_public_key=self.key.public.to_text(),
             **extra,
         )
+
+
+def one(r: ReportedState) -> ModelStatus:
+    """The status of a device's only model (an idle, empty status when it knows none): single-model tests."""
+    if len(r.models) > 1:
+        raise AssertionError(f"the device reports {len(r.models)} models; name one: {[m.name for m in r.models]}")
+    return r.models[0] if r.models else ModelStatus(name="none", phase=Phase.IDLE)

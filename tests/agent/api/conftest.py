@@ -1,4 +1,4 @@
-"""Fixtures for the inference API: sample models, engines, and a real uvicorn server around a ModelSlot."""
+"""Fixtures for the inference API: sample models, engines, and a real uvicorn server around a ModelRepository."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from fleet.messages import AppliedModel
 from models.cli import build_samples, write_model
 from models.descriptor import ModelDescriptor
@@ -83,15 +83,15 @@ def clf_engine(samples: dict[str, Sample]) -> Engine:
 
 @pytest.fixture
 def make_server() -> Iterator[object]:
-    """Factory: start an ApiServer on an ephemeral port around a fresh slot; stopped after the test."""
+    """Factory: start an ApiServer on an ephemeral port around a fresh repository; stopped after the test."""
     servers: list[ApiServer] = []
 
-    def make(**settings: object) -> tuple[ApiServer, ModelSlot]:
-        slot = ModelSlot()
-        server = ApiServer(ApiSettings(port=0, **settings), slot)  # type: ignore[arg-type]
+    def make(**settings: object) -> tuple[ApiServer, ModelRepository]:
+        repo = ModelRepository()
+        server = ApiServer(ApiSettings(port=0, **settings), repo)  # type: ignore[arg-type]
         server.start()
         servers.append(server)
-        return server, slot
+        return server, repo
 
     yield make
     for s in servers:

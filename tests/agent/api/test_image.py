@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
@@ -26,10 +26,10 @@ def servers(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[dict[str
     started = []
     urls = {}
     for key, sample, engine in (("clf", samples["clf"], clf_engine), ("det", samples["det"], det_engine)):
-        slot = ModelSlot()
-        server = ApiServer(ApiSettings(port=0, max_image_pixels=2_000_000, max_body_bytes=2 * 1024 * 1024), slot)
+        repo = ModelRepository()
+        server = ApiServer(ApiSettings(port=0, max_image_pixels=2_000_000, max_body_bytes=2 * 1024 * 1024), repo)
         server.start()
-        slot.activate(engine, sample.applied(), sample.descriptor)
+        repo.activate(engine, sample.applied(), sample.descriptor)
         started.append(server)
         urls[key] = (server.url, engine)
     yield urls
@@ -146,8 +146,9 @@ def test_every_detection_layout_answers_in_original_pixels(
     sample = layouts[layout]
     d = sample.descriptor
     engine = sample.engine()
-    server, slot = make_server()
-    slot.activate(engine, sample.applied(), d)
+    server, repo = make_server()
+    repo.activate(engine, sample.applied(), d)
+    repo.only()
     image = jpeg(500, 300, seed=2)
     tensor, transform = preprocess(image, d.input)
     expected = postprocess(engine.infer({d.input.name: tensor}), d, [transform])[0]

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from agent.api.app import create_app
 from fleet.messages import RuntimeOptions
 from infra.errors import SettingsError
@@ -42,8 +42,9 @@ def test_settings_from_env() -> None:
 def test_metrics_expose_requests_latency_batches_queue_and_provider(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
-    server, slot = make_server()
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor, RuntimeOptions(max_batch=4))
+    server, repo = make_server()
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor, RuntimeOptions(max_batch=4))
+    slot = repo.only()
     x = np.zeros((1, 3, 16, 16), np.float32)
     with httpx.Client(base_url=server.url) as c:
         for _ in range(3):
@@ -68,16 +69,17 @@ def test_metrics_expose_requests_latency_batches_queue_and_provider(
         'edgefleet_api_active_provider{model="mobilenet-like",provider="CPUExecutionProvider",'
         'role="active",version="1.0.0"} 1.0' in text
     )
-    window = slot.take_window()
-    assert (window.requests, window.errors, window.latency.count) == (5, 0, 5)
+    window = slot.take_window()  # the model's window: the request for an unknown model is in /metrics only
+    assert (window.requests, window.errors, window.latency.count) == (4, 0, 4)
     assert slot.take_window().requests == 0
 
 
 def test_request_timeout_is_503_and_counted_as_error(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
-    server, slot = make_server(request_timeout_s=1e-6)
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    server, repo = make_server(request_timeout_s=1e-6)
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     with httpx.Client(base_url=server.url) as c, slot._run_lock:  # engine busy: the request must wait in the queue
         r = c.post(f"/v2/models/{NAME}/infer", content=_infer_body(np.zeros((1, 3, 16, 16), np.float32)))
     assert r.status_code == 503
@@ -88,13 +90,13 @@ def test_request_timeout_is_503_and_counted_as_error(
 
 def test_fastapi_routes_answer_like_the_fast_path(samples: dict[str, Sample], clf_engine: Engine) -> None:
     """The documented FastAPI routes (what OpenAPI describes) behave as the fast path that serves them."""
-    slot = ModelSlot()
-    app = create_app(ApiSettings(), slot)
+    repo = ModelRepository()
+    app = create_app(ApiSettings(), repo)
     x = np.zeros((1, 3, 16, 16), np.float32)
 
     async def main() -> list[httpx.Response]:
-        await slot.attach()
-        slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+        await repo.attach()
+        repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
         await asyncio.sleep(0)
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -106,7 +108,7 @@ def test_fastapi_routes_answer_like_the_fast_path(samples: dict[str, Sample], cl
                     await c.post("/v2/models/other/infer", content=b"{}"),
                 ]
         finally:
-            await slot.detach()
+            await repo.detach()
 
     ok, versioned, image, bad, missing = asyncio.run(main())
     assert ok.status_code == versioned.status_code == image.status_code == 200
@@ -121,7 +123,7 @@ def test_a_taken_port_is_an_oserror_and_start_stop_are_idempotent(make_server: A
     server, _ = make_server()
     port = int(server.url.rsplit(":", 1)[1])
     server.start()  # already started: nothing happens
-    other = ApiServer(ApiSettings(port=port), ModelSlot())
+    other = ApiServer(ApiSettings(port=port), ModelRepository())
     with pytest.raises(OSError):
         other.start()
     other.stop()  # never started: nothing to stop

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository, ModelSlot
 from fleet.messages import RuntimeOptions
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
@@ -27,11 +27,11 @@ NAME = "mobilenet-like"
 
 @pytest.fixture(scope="module")
 def served(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[tuple[ApiServer, ModelSlot]]:
-    slot = ModelSlot()
-    server = ApiServer(ApiSettings(port=0, max_body_bytes=4 * 1024 * 1024), slot)
+    repo = ModelRepository()
+    server = ApiServer(ApiSettings(port=0, max_body_bytes=4 * 1024 * 1024), repo)
     server.start()
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
-    yield server, slot
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    yield server, repo.only()
     server.stop()
 
 
@@ -208,8 +208,9 @@ def test_body_limit_413_declared_and_streamed(http: httpx.Client) -> None:
 
 
 def test_overload_is_503_with_retry_after(samples: dict[str, Sample], clf_engine: Engine, make_server: Any) -> None:
-    server, slot = make_server(max_concurrency=1)
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    server, repo = make_server(max_concurrency=1)
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    repo.only()
     host, port = server.url.removeprefix("http://").split(":")
     body = orjson.dumps({"inputs": [_tensor()]})
     with socket.create_connection((host, int(port))) as held:
@@ -231,7 +232,7 @@ def test_overload_is_503_with_retry_after(samples: dict[str, Sample], clf_engine
 
 
 def test_not_ready_before_activation_and_after_deactivate(samples: dict[str, Sample], make_server: Any) -> None:
-    server, slot = make_server()
+    server, repo = make_server()
     with httpx.Client(base_url=server.url) as c:
         assert c.get("/v2/health/live").status_code == 200
         r = c.get("/v2/health/ready")
@@ -240,10 +241,11 @@ def test_not_ready_before_activation_and_after_deactivate(samples: dict[str, Sam
         r = c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]}))
         assert r.status_code == 503
         engine = samples["clf"].engine()  # deactivate() closes it: not the shared one
-        slot.activate(engine, samples["clf"].applied(), samples["clf"].descriptor)
+        repo.activate(engine, samples["clf"].applied(), samples["clf"].descriptor)
+        repo.only()
         assert c.get("/v2/health/ready").status_code == 200
         assert c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [_tensor()]})).status_code == 200
-        slot.deactivate()
+        repo.deactivate(NAME)
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get(f"/v2/models/{NAME}/ready").status_code == 404
 
@@ -305,10 +307,11 @@ def test_bad_and_oversized_compressed_bodies(http: httpx.Client) -> None:
 def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
-    server, slot = make_server()
-    slot.activate(
+    server, repo = make_server()
+    repo.activate(
         clf_engine, samples["clf"].applied(), samples["clf"].descriptor, RuntimeOptions(max_batch=1, max_queue=2)
     )
+    slot = repo.only()
     body = orjson.dumps({"inputs": [_tensor()]})
     with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
         with slot._run_lock:  # the engine is busy: one request runs (blocked), two may wait

@@ -14,7 +14,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
 
@@ -24,7 +24,7 @@ NAME = "mobilenet-like"
 
 @pytest.fixture(scope="module")
 def api_schema(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[Any]:
-    slot = ModelSlot()
+    slot = ModelRepository()
     server = ApiServer(ApiSettings(port=0, max_body_bytes=1024 * 1024, request_timeout_s=5), slot)
     server.start()
     slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.api import ModelSlot
+from agent.serving import ModelSlot
 from fleet.messages import AppliedModel, ShadowStats
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
@@ -60,9 +60,10 @@ def _candidate(sample: Sample, version: str, **output: Any) -> tuple[Engine, App
 def test_classification_shadow_reports_agreement(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any, candidate: str, agree: bool
 ) -> None:
-    server, slot = make_server()
+    server, repo = make_server()
     active = samples["clf"]
-    slot.activate(clf_engine, active.applied(), active.descriptor)
+    repo.activate(clf_engine, active.applied(), active.descriptor)
+    slot = repo.only()
     engine, model = _candidate(samples[candidate], "1.1.0")
     slot.set_shadow(engine, model, 1.0)
     rng = np.random.default_rng(7)
@@ -87,7 +88,7 @@ def test_classification_shadow_reports_agreement(
     assert stats.agreements == (stats.samples if agree else 0)
     assert stats.latency_delta_ms is not None
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'edgefleet_api_shadow_samples{version="1.1.0"}' in metrics
+    assert 'edgefleet_api_shadow_samples{model="mobilenet-like",version="1.1.0"}' in metrics
     assert 'role="shadow"' in metrics
     slot.set_shadow(None, None, 0)
     assert slot.take_window().shadow is None
@@ -98,13 +99,14 @@ def test_classification_shadow_reports_agreement(
 def test_detection_shadow_matches_boxes_by_class_and_iou(
     samples: dict[str, Sample], make_server: Any, candidate: str, agree: bool
 ) -> None:
-    server, slot = make_server()
+    server, repo = make_server()
     active = samples["det"]
     low = active.descriptor.model_copy(
         update={"output": active.descriptor.output.model_copy(update={"score_threshold": 0.05})}
     )
     det_engine = Engine.load(active.path, low, OPTIONS)
-    slot.activate(det_engine, active.applied(), low)
+    repo.activate(det_engine, active.applied(), low)
+    slot = repo.only()
     engine, model = _candidate(samples[candidate], "1.1.0", score_threshold=0.05)
     slot.set_shadow(engine, model, 1.0)
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -122,8 +124,9 @@ def test_detection_shadow_matches_boxes_by_class_and_iou(
 def test_shadow_failures_never_reach_the_response(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
-    server, slot = make_server()
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    server, repo = make_server()
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     engine, model = _candidate(samples["det"], "1.1.0")  # takes another input: every shadow run fails
     slot.set_shadow(engine, model, 1.0)
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -141,14 +144,16 @@ def test_shadow_failures_never_reach_the_response(
 def test_reapplying_the_same_state_keeps_batchers_and_counters(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
-    server, slot = make_server()
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    server, repo = make_server()
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     engine, model = _candidate(samples["clf"], "1.1.0")
     slot.set_shadow(engine, model, 1.0)
     active, shadow = slot.current, slot.shadow_tally()
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.post("/v1/models/mobilenet-like:predict", content=jpeg(64, 64)).status_code == 200
-    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     slot.set_shadow(engine, model, 0.5)
     assert slot.current is active
     assert slot.shadow_tally() is shadow
@@ -157,14 +162,15 @@ def test_reapplying_the_same_state_keeps_batchers_and_counters(
 
 def test_the_candidate_is_judged_on_its_own_preprocessing(tmp_path: Path, make_server: Any) -> None:
     """Versions with other input size, dtype, layout, channel order and normalisation: the share is true."""
-    server, slot = make_server()
+    server, repo = make_server()
     (p1, y1), (p2, y2) = (
         write_model(*colour_classifier(v, size, raw_bgr=raw, red_bias=bias), tmp_path, v)
         for v, size, raw, bias in (("1.0.0", 32, False, 0.0), ("1.1.0", 48, True, 0.1))
     )
     d1, d2 = ModelDescriptor.load(y1), ModelDescriptor.load(y2)
     assert d1.sha256 is not None and d2.sha256 is not None
-    slot.activate(Engine.load(p1, d1, OPTIONS), AppliedModel(name="colour", version="1.0.0", sha256=d1.sha256), d1)
+    repo.activate(Engine.load(p1, d1, OPTIONS), AppliedModel(name="colour", version="1.0.0", sha256=d1.sha256), d1)
+    slot = repo.only()
     candidate = Engine.load(p2, d2, OPTIONS)
     slot.set_shadow(candidate, AppliedModel(name="colour", version="1.1.0", sha256=d2.sha256), 1.0)
     photos, agrees = colour_photos()
@@ -188,4 +194,5 @@ def test_the_candidate_is_judged_on_its_own_preprocessing(tmp_path: Path, make_s
         incomparable += window.incomparable
         time.sleep(0.01)
     assert incomparable == 3
-    assert 'edgefleet_api_shadow_incomparable{version="1.1.0"} 3.0' in httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'edgefleet_api_shadow_incomparable{model="colour",version="1.1.0"} 3.0' in metrics

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository, ModelSlot
 from models.errors import EngineNotReady
 from tests.agent.api.conftest import Sample
 
@@ -47,8 +47,9 @@ def _decode(r: httpx.Response) -> tuple[str, np.ndarray]:
 def test_swap_under_load_fails_nothing_and_switches_once(samples: dict[str, Sample], make_server: Any) -> None:
     v1, v2 = samples["clf"], samples["clf2"]
     e1, e2 = v1.engine(), v2.engine()
-    server, slot = make_server(max_queue=256)
-    slot.activate(e1, v1.applied(), v1.descriptor)
+    server, repo = make_server(max_queue=256)
+    repo.activate(e1, v1.applied(), v1.descriptor)
+    slot = repo.only()
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(CLIENTS)]
     expected = {
@@ -78,7 +79,7 @@ def test_swap_under_load_fails_nothing_and_switches_once(samples: dict[str, Samp
     while min(len(r) for r in results) < 5:  # every client is running on v1
         time.sleep(0.005)
     swap_times["called"] = time.monotonic()
-    slot.activate(e2, v2.applied(), v2.descriptor)
+    repo.activate(e2, v2.applied(), v2.descriptor)
     swap_times["returned"] = time.monotonic()
     swapped.set()
     for t in threads:
@@ -124,10 +125,11 @@ def test_swap_and_deactivate_without_a_running_server(samples: dict[str, Sample]
 
 
 def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
-    slot = ModelSlot()
-    server = ApiServer(ApiSettings(port=0, drain_timeout_s=5), slot)
+    repo = ModelRepository()
+    server = ApiServer(ApiSettings(port=0, drain_timeout_s=5), repo)
     server.start()
-    slot.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    repo.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     x = np.zeros((1, 3, 16, 16), np.float32)
     body, headers = _request(x)
     host, port = server.url.removeprefix("http://").split(":")
@@ -156,8 +158,9 @@ def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
 
 def test_concurrent_clients_are_batched_not_run_one_by_one(samples: dict[str, Sample], make_server: Any) -> None:
     """Lone requests skip the batcher; under concurrency they must not (that would serialise everything)."""
-    server, slot = make_server()
-    slot.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    server, repo = make_server()
+    repo.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
+    slot = repo.only()
     body, headers = _request(np.zeros((1, 3, 32, 32), np.float32))
 
     def client() -> list[int]:
