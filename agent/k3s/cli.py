@@ -18,6 +18,14 @@ from agent.k3s.render import render_workload
 from agent.k3s.settings import ClusterSettings
 from fleet.messages import DesiredState
 
+
+class PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases (`&id001`/`*id001`): a shared dict is written out in full each time."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 app = typer.Typer(
     name="k3s", help="Cluster mode on K3s: node inventory and the serving workload.", no_args_is_help=True
 )
@@ -113,7 +121,7 @@ def render(
     if as_json:
         typer.echo(json.dumps({"template_hash": workload.template_hash, "objects": workload.objects()}, indent=2))
     else:
-        typer.echo(yaml.safe_dump_all(workload.objects(), sort_keys=False), nl=False)
+        typer.echo(yaml.dump_all(workload.objects(), Dumper=PlainDumper, sort_keys=False), nl=False)
 
 
 @app.command("apply")

@@ -110,14 +110,6 @@ class ClusterSettings(BaseModel):
         description="runtimeClassName for GPU pods (K3s registers `nvidia` when it finds the NVIDIA container "
         "runtime); None: the node default",
     )
-    hpa_max_replicas: int | None = Field(
-        default=None,
-        ge=1,
-        le=64,
-        description="apply a HorizontalPodAutoscaler up to this many pods (desired replicas is its minimum); "
-        "None: no HPA, the desired replicas are fixed",
-    )
-    hpa_cpu_percent: int = Field(default=80, ge=1, le=100, description="HPA target: average CPU utilisation, %")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClusterSettings:
@@ -146,4 +138,4 @@ class ClusterSettings(BaseModel):
         return self.gpu_image if gpu and self.gpu_image else self.image
 
 
-_NULLABLE = {"gpu_image", "kubeconfig", "context", "models_host_path", "gpu_runtime_class", "hpa_max_replicas"}
+_NULLABLE = {"gpu_image", "kubeconfig", "context", "models_host_path", "gpu_runtime_class"}
