@@ -102,10 +102,7 @@ def problem(device: Device, runtime: RuntimeOptions) -> str | None:
     fits = sum(count // request.count for count in per_node.values())
     if fits == 0:
         most = max(per_node.values())
-        return (
-            f"{name} offers at most {most} {_noun(request.resource)} on one node; "
-            f"a serving pod asks for {request.count}"
-        )
+        return f"{name} has at most {most} x {request.resource} on one node; a serving pod asks for {request.count}"
     if fits < pods:
         asked = f"autoscaling needs at least {pods}" if runtime.autoscaling is not None else f"{pods} asked"
         return f"{name} fits {fits} serving pod(s) of {request.label} on its ready nodes; {asked}"
