@@ -132,6 +132,13 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
         assert limits(d)["nvidia.com/mig-2g.20gb"] == "1"
         assert d["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
         wait_for(lambda: ((device().get("reported") or {}).get("cluster") or {}).get("state") == "ready", timeout=60)
+        # the dashboard's device page: the nodes with their GPUs and MIG slices, and the workload's rollout
+        with httpx.Client(base_url=h.url, timeout=30) as browser:
+            assert browser.post("/login", data={"token": h.admin_token, "next": "/"}).status_code in (200, 303)
+            page = browser.get("/devices/cam-3").text
+        assert "K3s cluster" in page and "NVIDIA-L4" in page
+        assert "gpu ×2" in page and "mig-2g.20gb ×3" in page
+        assert f"{NAMESPACE}/{WORKLOAD}</span>: ready, 3/3 ready" in page
 
         # a rollout to 2.0.0 on one GPU per pod, autoscaled between 1 and 2 pods at 70 % CPU
         started = cli(
