@@ -374,6 +374,9 @@ TargetCpuOpt = Annotated[
 ]
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 def runtime_body(  # noqa: PLR0917  (one argument per CLI option)
     provider: list[str] | None,
     gpus: int | None,
@@ -386,7 +389,7 @@ def runtime_body(  # noqa: PLR0917  (one argument per CLI option)
     """The `runtime` of a deployment or rollout request from the CLI options (None: none given).
 
     The hub checks the result against each device's advertised GPUs, MIG slices and nodes, and refuses
-    what a device cannot run with the reason.
+    what a device cannot run with the reason. GPUs or a MIG slice without --provider run CUDA first.
     """
     if (min_replicas is not None or target_cpu is not None) and max_replicas is None:
         raise typer.BadParameter("--min-replicas and --target-cpu need --max-replicas (autoscaling)")
@@ -395,6 +398,8 @@ def runtime_body(  # noqa: PLR0917  (one argument per CLI option)
     runtime: dict[str, Any] = {}
     if provider:
         runtime["providers"] = provider
+    elif gpus or mig_profile is not None:  # a GPU pod should run on it: CUDA first, CPU if it is missing
+        runtime["providers"] = list(GPU_PROVIDERS)
     if gpus is not None:
         runtime["gpus"] = gpus
     if mig_profile is not None:

@@ -130,6 +130,8 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
         assert done.returncode == 0, done.stderr
         d = wait_for(lambda: (x := serving(k8s)) and x["spec"].get("replicas") == 3 and x, timeout=60)
         assert limits(d)["nvidia.com/mig-2g.20gb"] == "1"
+        active = k8s.get("", "configmaps", NAMESPACE, WORKLOAD)
+        assert active is not None and '"CUDAExecutionProvider"' in active["data"]["active.json"]  # GPU pods: CUDA first
         assert d["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
         wait_for(lambda: ((device().get("reported") or {}).get("cluster") or {}).get("state") == "ready", timeout=60)
         # the dashboard's device page: the nodes with their GPUs and MIG slices, and the workload's rollout
