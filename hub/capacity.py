@@ -16,19 +16,12 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from fleet.messages import Capabilities, NodeInfo, RuntimeOptions
-from hub.errors import InvalidInput
+from hub.errors import Unplaceable
 from hub.store import Device
 
 GPU = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
 MAX_LISTED = 5  # devices named in one refusal; the rest are counted
-
-
-class Unplaceable(InvalidInput):
-    """A runtime option asks for more than a targeted device advertises (GPUs, MIG slices, pods)."""
-
-    code = "insufficient_capacity"
-    status = 422
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from fleet.messages import Autoscaling, Capabilities, NodeInfo, RuntimeOptions
-from hub.capacity import Unplaceable, advertised, check_runtime, needs_cluster, problem
+from hub.capacity import advertised, check_runtime, needs_cluster, problem
+from hub.errors import Unplaceable
 from hub.store import Device
 
 
