@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hub.cli import (
+from hubclient.cli import (
     DEFAULT_URL,
     GpusOpt,
     JsonOpt,
