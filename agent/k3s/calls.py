@@ -32,7 +32,8 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("patch", "deployments", "apps"),
     ApiCall("create", "horizontalpodautoscalers", "autoscaling"),
     ApiCall("patch", "horizontalpodautoscalers", "autoscaling"),
-    # a model no longer desired: its workload is deleted
+    # a model no longer desired: its workload is deleted; autoscaling turned off in a later desired state:
+    # the HPA we applied is removed (404 when there is none)
     ApiCall("delete", "configmaps", ""),
     ApiCall("delete", "services", ""),
     ApiCall("delete", "deployments", "apps"),

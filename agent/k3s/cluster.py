@@ -116,6 +116,8 @@ class Cluster:
         workload = render_workload(desired, model, self.settings)
         deadline = time.monotonic() + self.settings.rollout_deadline_s
         deployment: Any = None
+        if workload.autoscaler is None:  # fixed replicas: an HPA we applied before would fight them
+            await self._delete("HorizontalPodAutoscaler", workload_name(self.settings.workload_name, model))
         for obj in workload.objects():
             applied = await self._apply_one(obj)
             if obj["kind"] == "Deployment":
@@ -134,17 +136,8 @@ class Cluster:
             ApiCallError: a delete call failed (permanent at once, temporary after the retries).
         """
         name = workload_name(self.settings.workload_name, model)
-        namespace = self.settings.namespace
         for kind in ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap"):
-
-            async def call(kind: str = kind) -> None:
-                try:
-                    await self.client.delete(KINDS[kind], name, namespace=namespace)
-                except ApiError as e:
-                    if e.status.code != 404:
-                        raise
-
-            await with_retries(self.settings, f"delete {PLURALS[kind]} {namespace}/{name}", call)
+            await self._delete(kind, name)
 
     async def pod_problems(self, selector: dict[str, str]) -> str | None:
         """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.
@@ -186,6 +179,21 @@ class Cluster:
             )
 
         return await with_retries(self.settings, what, call)
+
+    async def _delete(self, kind: str, name: str) -> None:
+        """Delete one object of ours if it exists (404: there was none)."""
+        namespace = self.settings.namespace
+
+        async def call() -> None:
+            try:
+                await self.client.delete(KINDS[kind], name, namespace=namespace)
+            except ApiError as e:
+                if e.status.code != 404:
+                    raise
+                return
+            log.info("deleted %s %s/%s", kind, namespace, name)
+
+        await with_retries(self.settings, f"delete {PLURALS[kind]} {namespace}/{name}", call)
 
     async def wait_rollout(self, deployment: Any, deadline: float) -> ClusterWorkload:
         """Watch `deployment` (as the apply returned it) until its rollout completes, fails or `deadline` passes."""
