@@ -14,7 +14,7 @@ import typer
 from agent.cli import app as agent_app
 from agent.k3s.cli import app as k3s_app
 from agent.sim.cli import app as sim_app
-from hubclient.cli import MODEL_COMMANDS, deploy, device_app, hub_app
+from hubclient.cli import MODEL_COMMANDS, deploy, device_app, hub_app, undeploy
 from hubclient.rollout import rollout_app
 from models.cli import app as models_app
 
@@ -37,6 +37,7 @@ app.add_typer(models_app, name="model", help="Build, validate and publish ONNX v
 app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
 app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")
 app.command("deploy")(deploy)
+app.command("undeploy")(undeploy)
 app.add_typer(agent_app, name="agent", help="Run the edge agent and its inference API.")
 app.add_typer(k3s_app, name="k3s", help="Cluster mode: K3s inventory and the serving workload.")
 app.add_typer(sim_app, name="sim", help="Simulate many protocol-faithful agents against a hub.")

@@ -102,7 +102,8 @@ class Agent:
             outbox=self,
             state_path=settings.data_dir / "state.json",
             cluster=cluster,
-            memory=MemoryBudget.from_settings(settings.activation),
+            # in cluster mode the models run in pods of their own: the control agent checks one at a time
+            memory=None if cluster is not None else MemoryBudget.from_settings(settings.activation),
         )
         self.telemetry = Telemetry(
             self.device_id,

@@ -1,7 +1,9 @@
 """Desired states: build, sign (Ed25519), record and publish them retained at QoS 1, one per device.
 
-`Deployer.set_desired` is the primitive the rollout engine builds on; `deploy` targets a label selector.
-Versions come from a per-device counter in the store, so they stay monotonic across hub restarts.
+A device's desired state holds several model slots. `Deployer.set_slot` sets (or removes) ONE model's slot on
+some devices and keeps every other slot of each device as it is; the document is re-signed as a new version
+whenever any slot changes. It is the primitive the rollout engine builds on; `deploy` and `undeploy` target a
+label selector. Versions come from a per-device counter in the store, so they stay monotonic across restarts.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from fleet.codec import encode
-from fleet.messages import DesiredState, ModelRef, RuntimeOptions, ShadowSpec, SignedEnvelope
+from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.capacity import check_runtime
 from hub.devices import Devices
-from hub.errors import InvalidInput
+from hub.errors import Conflict, InvalidInput
 from hub.registry import Registry
 from hub.settings import DeviceSettings
-from hub.store import Desired, Store
+from hub.store import Desired, DesiredSlot, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
@@ -29,10 +34,10 @@ Publish = Callable[[str, bytes, int, bool], object]
 
 @dataclass(frozen=True)
 class DeployResult:
-    """The devices a deployment targeted and the desired-state version each got."""
+    """The devices a deployment targeted and the desired-state version each got (`version` None: removed)."""
 
     model: str
-    version: str
+    version: str | None
     devices: dict[str, int]
 
 
@@ -70,62 +75,116 @@ class Deployer:
         runtime: RuntimeOptions | None = None,
         rollout_id: str | None = None,
     ) -> DeployResult:
-        """Set MODEL:VERSION as the desired state of every device matching `selector`."""
-        if not selector.strip():
-            raise InvalidInput(
-                "a deployment needs a non-empty selector; to reach every device, select a label all carry"
-            )
+        """Set model `name` to `version` on every device matching `selector`; their other models stay."""
         ref = self.registry.model_ref(name, version)
-        found = self.devices.find(selector)
-        if not found:
-            raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
+        found = self._targets(selector)
         check_runtime(found, runtime)  # GPUs, MIG slices and pods each device advertises
         targets = [d.id for d in found]
-        states = self.set_desired(targets, ref, runtime=runtime, rollout_id=rollout_id)
+        slot = DesiredModel(model=ref, runtime=runtime or RuntimeOptions(), rollout_id=rollout_id)
+        states = self.set_slot(targets, name, slot)
         self.store.add_event(
             time.time(), actor, "deploy", f"model/{name}:{version}",
             {"selector": selector, "devices": targets, "rollout_id": rollout_id},
         )  # fmt: skip
         return DeployResult(name, version, {s.device_id: s.version for s in states})
 
-    def set_desired(
-        self,
-        device_ids: list[str],
-        model: ModelRef | None,
-        *,
-        runtime: RuntimeOptions | None = None,
-        shadow: ShadowSpec | None = None,
-        rollout_id: str | None = None,
-    ) -> list[Desired]:
-        """Sign, record and publish a desired state for each device (a fresh version each).
+    def undeploy(self, name: str, selector: str, *, actor: str) -> DeployResult:
+        """Remove model `name` from every device matching `selector` that has it; their other models stay.
+
+        Raises:
+            InvalidInput: the selector is empty or matches no device, or no matching device has the model.
+        """
+        found = self._targets(selector)
+        have = {s.device_id for s in self.store.list_desired_summaries() if s.slot(name) is not None}
+        targets = [d.id for d in found if d.id in have]
+        if not targets:
+            raise InvalidInput(
+                f"none of the {len(found)} device(s) matching {selector!r} has model {name!r} in its desired state",
+                code="no_match",
+            )
+        states = self.set_slot(targets, name, None)
+        self.store.add_event(
+            time.time(), actor, "undeploy", f"model/{name}", {"selector": selector, "devices": targets}
+        )  # fmt: skip
+        return DeployResult(name, None, {s.device_id: s.version for s in states})
+
+    def _targets(self, selector: str) -> list[Any]:
+        if not selector.strip():
+            raise InvalidInput(
+                "a deployment needs a non-empty selector; to reach every device, select a label all carry"
+            )
+        found = self.devices.find(selector)
+        if not found:
+            raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
+        return found
+
+    def set_slot(self, device_ids: list[str], name: str, slot: DesiredModel | None) -> list[Desired]:
+        """Set model `name`'s slot to `slot` (None: remove it) in each device's desired state, keep the other
+        slots, then sign, record and publish each (a fresh version each).
 
         Serialised: two concurrent calls for the same device publish in version order, so the retained
-        message on the broker is always the newest recorded state.
+        message on the broker is always the newest recorded state, and no call loses another's slot.
+
+        Raises:
+            Conflict: a device would serve more than MAX_MODELS models.
         """
+        if slot is not None and slot.name != name:
+            raise ValueError(f"slot of {slot.name!r} given for model {name!r}")
         with self._lock:
-            versions = self.store.allocate_desired_versions(device_ids)
-            now = time.time()
-            states = []
+            current = self._current(device_ids)
+            plans: dict[str, list[DesiredModel]] = {}
             for device_id in device_ids:
-                body = DesiredState(
-                    device_id=device_id, version=versions[device_id], issued_at=now,
-                    expires_at=now + self.settings.desired_ttl_s, model=model, runtime=runtime or RuntimeOptions(),
-                    shadow=shadow, rollout_id=rollout_id,
-                )  # fmt: skip
-                states.append(self._record(body, self.key.sign(body)))
-            self.store.put_desired(states)
-            for s in states:
-                self._send(s)
-            return states
+                models = [m for m in current.get(device_id, []) if m.name != name]
+                old = next((i for i, m in enumerate(current.get(device_id, [])) if m.name == name), None)
+                if slot is not None:
+                    models.insert(old if old is not None else len(models), slot)
+                if len(models) > MAX_MODELS:
+                    raise Conflict(f"device {device_id} would serve {len(models)} models; at most {MAX_MODELS}")
+                plans[device_id] = models
+            return self._sign(plans)
+
+    def _current(self, device_ids: list[str]) -> dict[str, list[DesiredModel]]:
+        """The model slots of each device's stored desired state (a state of another schema reads as empty)."""
+        wanted = set(device_ids)
+        out: dict[str, list[DesiredModel]] = {}
+        for s in self.store.list_desired() if len(wanted) > 8 else filter(None, map(self.store.get_desired, wanted)):
+            if s.device_id in wanted:
+                out[s.device_id] = _slots_of(s.body)
+        return out
+
+    def _sign(self, plans: dict[str, list[DesiredModel]]) -> list[Desired]:
+        """Sign, record and publish one desired state per device with the given slots (call under the lock)."""
+        versions = self.store.allocate_desired_versions(list(plans))
+        now = time.time()
+        states = []
+        for device_id, models in plans.items():
+            body = DesiredState(
+                device_id=device_id, version=versions[device_id], issued_at=now,
+                expires_at=now + self.settings.desired_ttl_s, models=models,
+            )  # fmt: skip
+            states.append(self._record(body, self.key.sign(body)))
+        self.store.put_desired(states)
+        for s in states:
+            self._send(s)
+        return states
 
     @staticmethod
     def _record(body: DesiredState, env: SignedEnvelope) -> Desired:
+        slots = tuple(
+            DesiredSlot(
+                model_name=m.name,
+                model_version=m.model.version,
+                sha256=m.model.blob.sha256,
+                shadow_name=m.shadow.model.name if m.shadow else None,
+                shadow_version=m.shadow.model.version if m.shadow else None,
+                runtime=m.runtime.model_dump(mode="json"),
+                rollout_id=m.rollout_id,
+            )
+            for m in body.models
+        )
         return Desired(
-            device_id=body.device_id, version=body.version, model_name=body.model.name if body.model else None,
-            model_version=body.model.version if body.model else None,
-            sha256=body.model.blob.sha256 if body.model else None, body=body.model_dump(mode="json"),
+            device_id=body.device_id, version=body.version, slots=slots, body=body.model_dump(mode="json"),
             envelope=env.model_dump(mode="json"), issued_at=body.issued_at, expires_at=body.expires_at,
-            rollout_id=body.rollout_id,
         )  # fmt: skip
 
     def _send(self, state: Desired) -> None:
@@ -141,13 +200,45 @@ class Deployer:
             return len(states)
 
     def refresh_expiring(self, *, now: float | None = None) -> int:
-        """Re-sign (as a new version, same content) every desired state past half of its validity."""
+        """Re-sign (as a new version, same slots) every desired state past half of its validity."""
         now = time.time() if now is None else now
         stale = [s for s in self.store.list_desired() if now >= s.issued_at + (s.expires_at - s.issued_at) / 2]
-        for s in stale:
-            body = DesiredState.model_validate(s.body)
-            ref, shadow = body.model, body.shadow
-            self.set_desired([s.device_id], ref, runtime=body.runtime, shadow=shadow, rollout_id=body.rollout_id)
         if stale:
+            with self._lock:
+                self._sign({s.device_id: _slots_of(s.body) for s in stale})
             log.info("deploy: re-signed %d desired states close to expiry", len(stale))
         return len(stale)
+
+    def upgrade_stored(self) -> int:
+        """Re-sign, as schema 2, every stored desired state signed by a hub of schema 1 (one model, or none):
+        agents of this release refuse the old documents. Runs once when the hub starts; returns how many."""
+        old = [s for s in self.store.list_desired() if s.body.get("schema_version") != 2]
+        if old:
+            with self._lock:
+                self._sign({s.device_id: _single_model_slots(s.body) for s in old})
+            log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
+        return len(old)
+
+
+def _slots_of(body: dict[str, Any]) -> list[DesiredModel]:
+    """The model slots of a stored desired-state body."""
+    try:
+        return list(DesiredState.model_validate(body).models)
+    except ValidationError:
+        return _single_model_slots(body)
+
+
+def _single_model_slots(body: dict[str, Any]) -> list[DesiredModel]:
+    """The one slot a schema-1 body names (`model`, `runtime`, `shadow`, `rollout_id`), or none."""
+    if not isinstance(body.get("model"), dict):
+        return []
+    try:
+        slot = DesiredModel(
+            model=body["model"], runtime=RuntimeOptions.model_validate(body.get("runtime") or {}),
+            shadow=ShadowSpec.model_validate(body["shadow"]) if body.get("shadow") else None,
+            rollout_id=body.get("rollout_id"),
+        )  # fmt: skip
+    except (ValidationError, TypeError) as e:
+        log.warning("deploy: a stored desired state of schema 1 does not convert (%s); it gets no model", e)
+        return []
+    return [slot]

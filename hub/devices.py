@@ -7,14 +7,17 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from fleet.bundle import DeviceBundle
 from fleet.errors import InvalidId
 from fleet.ids import check_device_id
+from fleet.messages import ReportedState
 from hub.credentials import mosquitto_hash, new_password
 from hub.errors import InvalidInput, NotFound
 from hub.selectors import check_labels, parse_selector
 from hub.settings import DeviceSettings
-from hub.store import Desired, Device, Store
+from hub.store import Desired, DesiredSummary, Device, Store
 
 _LOOKUP = object()
 
@@ -42,7 +45,7 @@ def derive_state(device: Device, desired: Desired | None, *, now: float, setting
     if device.status != "online" or device.last_seen is None or now - device.last_seen > settings.stale_after_s:
         return DeviceState.OFFLINE
     reported = device.reported or {}
-    phase = reported.get("phase")
+    phase = reported_phase(reported)
     if phase == "failed":
         return DeviceState.FAILED
     accepted = reported.get("desired_version")
@@ -51,9 +54,41 @@ def derive_state(device: Device, desired: Desired | None, *, now: float, setting
     ):
         return DeviceState.UPDATING
     requests, errors = device.last_requests or 0, device.last_errors or 0
-    if (requests and errors / requests > settings.degraded_error_rate) or reported.get("error"):
+    errored = reported.get("error") or any(m.get("error") for m in _statuses(reported))
+    if (requests and errors / requests > settings.degraded_error_rate) or errored:
         return DeviceState.DEGRADED
     return DeviceState.ONLINE
+
+
+def _statuses(reported: dict[str, Any]) -> list[dict[str, Any]]:
+    models = reported.get("models")
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def reported_phase(reported: dict[str, Any] | None) -> str | None:
+    """The phase of a device as a whole, from its stored reported state (`fleet.messages.ReportedState.phase`);
+    None when it never reported (or reported in a schema this hub does not read)."""
+    if not reported:
+        return None
+    try:
+        return ReportedState.model_validate(reported).phase.value
+    except ValidationError:
+        return None
+
+
+def active_models(reported: dict[str, Any] | None) -> list[str]:
+    """`name:version` of every model a device reports active, in its order."""
+    out = []
+    for m in _statuses(reported or {}):
+        active = m.get("active")
+        if isinstance(active, dict):
+            out.append(f"{active.get('name')}:{active.get('version')}")
+    return out
+
+
+def desired_models(desired: Desired | DesiredSummary | None) -> list[str]:
+    """`name:version` of every model slot of a stored desired state, in its order."""
+    return [f"{s.model_name}:{s.model_version}" for s in desired.slots] if desired is not None else []
 
 
 class Devices:

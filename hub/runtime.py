@@ -180,6 +180,7 @@ class Hub:
 
     def _republish(self) -> None:
         try:
+            self.deployer.upgrade_stored()  # states a hub of schema 1 signed: re-signed once, published below
             n = self.deployer.republish_all()
         except Exception:
             log.exception("hub: republishing desired states failed")

@@ -183,11 +183,21 @@ def _ago(ts: float, now: float | None = None) -> str:
 
 
 def _device_table(rows: list[dict[str, Any]]) -> Table:
+    """Devices, one line per model a device is asked to run or runs (a device serves several)."""
     table = Table("id", "state", "labels", "desired", "active", "last seen")
     for r in rows:
         labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
         seen = _ago(r["last_seen"]) if r.get("last_seen") else "-"
-        table.add_row(r["id"], r["state"], labels, r["desired_model"] or "-", r["active_model"] or "-", seen)
+        desired, active = r.get("desired_models") or [], r.get("active_models") or []
+        names = list(dict.fromkeys(m.split(":")[0] for m in [*desired, *active])) or [None]
+        for i, name in enumerate(names):
+            want = next((m for m in desired if m.split(":")[0] == name), "-")
+            run = next((m for m in active if m.split(":")[0] == name), "-")
+            first = i == 0
+            table.add_row(
+                r["id"] if first else "", r["state"] if first else "", labels if first else "", want, run,
+                seen if first else "",
+            )  # fmt: skip
     return table
 
 
@@ -361,10 +371,11 @@ def deploy(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sign and publish MODEL:VERSION as the desired state of every matching device.
+    """Sign and publish MODEL:VERSION in the desired state of every matching device.
 
-    Runtime options, when given, replace the devices' runtime options as a whole (the defaults for the
-    rest). GPUs, MIG slices, replicas and autoscaling apply in cluster mode (K3s); the hub refuses them
+    A device serves several models: this sets model MODEL's version and leaves the device's other models as
+    they are (`edgefleet undeploy MODEL` removes one). Runtime options, when given, replace that model's
+    runtime options as a whole (the defaults for the rest). GPUs, MIG slices, replicas and autoscaling apply in cluster mode (K3s); the hub refuses them
     for a device whose advertised nodes cannot run them.
     """
     name, version = _split_ref(ref)
@@ -378,6 +389,31 @@ def deploy(
         _print_json(res)
         return
     out.print(f"{name}:{version} desired on {len(res['devices'])} device(s)")
+    table = Table("device", "desired version")
+    for device_id, v in sorted(res["devices"].items()):
+        table.add_row(device_id, str(v))
+    out.print(table)
+
+
+def undeploy(
+    model: Annotated[str, typer.Argument(help="MODEL to remove from the devices.")],
+    *,
+    selector: Annotated[str, typer.Option("--selector", "-s", help="Devices to target, e.g. site=berlin.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove MODEL from the desired state of every matching device that has it; its other models stay.
+
+    The device stops serving MODEL and keeps its last version as previous, so a later deploy of that version
+    activates without a download.
+    """
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("DELETE", f"/api/v1/deployments/{model}", params={"selector": selector}))
+    if as_json:
+        _print_json(res)
+        return
+    out.print(f"{model} removed from {len(res['devices'])} device(s)")
     table = Table("device", "desired version")
     for device_id, v in sorted(res["devices"].items()):
         table.add_row(device_id, str(v))

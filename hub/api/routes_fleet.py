@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -72,12 +72,30 @@ def fleet_router(hub: Hub) -> APIRouter:
         devices.label(device_id, body.set, body.remove, actor=principal.name)
         return view(device_id, detail=False)
 
-    @r.post("/deployments", status_code=201, tags=["deployments"], summary="Deploy a version to matching devices")
+    @r.post(
+        "/deployments",
+        status_code=201,
+        tags=["deployments"],
+        summary="Deploy a version of one model to matching devices (their other models stay)",
+    )
     def deploy(body: DeployRequest, principal: Operator) -> dict[str, Any]:
         result = hub.deployer.deploy(
             body.model, body.version, body.selector, actor=principal.name, runtime=body.runtime
         )
         return {"model": result.model, "version": result.version, "devices": result.devices}
+
+    @r.delete(
+        "/deployments/{model}",
+        tags=["deployments"],
+        summary="Remove one model from matching devices that have it (their other models stay)",
+    )
+    def undeploy(
+        model: str,
+        principal: Operator,
+        selector: Annotated[str, Query(min_length=1, max_length=4096, description="label selector")],
+    ) -> dict[str, Any]:
+        result = hub.deployer.undeploy(model, selector, actor=principal.name)
+        return {"model": result.model, "version": None, "devices": result.devices}
 
     @r.get("/deployments", tags=["deployments"], summary="Desired state of every device")
     def list_desired(_p: Viewer) -> list[dict[str, Any]]:

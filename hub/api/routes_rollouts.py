@@ -37,7 +37,7 @@ def rollouts_router(hub: Hub) -> APIRouter:
     @r.post("", status_code=201, summary="Start a rollout of MODEL:VERSION through waves of matching devices")
     def start(spec: RolloutSpec, principal: Operator) -> dict[str, Any]:
         rollout = engine().start_rollout(spec, actor=principal.name)
-        return status_view(rollout, engine().fleet())
+        return status_view(rollout, engine().fleet(rollout.spec.model))
 
     @r.get("", summary="List rollouts, newest first")
     def list_all(
@@ -57,13 +57,14 @@ def rollouts_router(hub: Hub) -> APIRouter:
         _p: Viewer,
         devices: Annotated[bool, Query(description="also list each device's state per wave")] = False,
     ) -> dict[str, Any]:
-        return status_view(engine().get(rollout_id), engine().fleet(), devices=devices)
+        rollout = engine().get(rollout_id)
+        return status_view(rollout, engine().fleet(rollout.spec.model), devices=devices)
 
     def _command(rollout_id: str, action: Literal["pause", "resume", "abort", "rollback"], actor: str,
                  body: CommandBody | None) -> dict[str, Any]:  # fmt: skip
         reason = body.reason if body else None
         rollout = engine().command(rollout_id, action, actor=actor, reason=reason)
-        return status_view(rollout, engine().fleet())
+        return status_view(rollout, engine().fleet(rollout.spec.model))
 
     @r.post("/{rollout_id}/pause", summary="Pause: no further wave starts; devices keep what they have")
     def pause(rollout_id: str, principal: Operator, body: OptBody = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.messages import RuntimeOptions
-from hub.devices import DeviceState
+from hub.devices import DeviceState, active_models, desired_models, reported_phase
 from hub.store import Desired, Device, Event, ModelVersion, StoredWindow
 from hub.telemetry import Summary
 
@@ -53,14 +53,11 @@ def model_view(mv: ModelVersion, *, detail: bool = False, wanted_by: list[str] |
 
 def device_view(d: Device, state: DeviceState, desired: Desired | None, *, detail: bool = False) -> dict[str, Any]:
     """A device as JSON (capabilities and reported state only in detail; never the password hash)."""
-    reported = d.reported or {}
-    active = reported.get("active") or {}
     out: dict[str, Any] = {
         "id": d.id, "labels": d.labels, "state": state.value, "status": d.status, "last_seen": d.last_seen,
         "enrolled_at": d.enrolled_at, "desired_version": desired.version if desired else None,
-        "desired_model": f"{desired.model_name}:{desired.model_version}" if desired and desired.model_name else None,
-        "active_model": f"{active['name']}:{active['version']}" if active else None,
-        "phase": reported.get("phase"),
+        "desired_models": desired_models(desired), "active_models": active_models(d.reported),
+        "phase": reported_phase(d.reported),
     }  # fmt: skip
     if detail:
         out.update(
@@ -74,8 +71,12 @@ def device_view(d: Device, state: DeviceState, desired: Desired | None, *, detai
 def desired_view(s: Desired) -> dict[str, Any]:
     """A desired state as JSON."""
     return {
-        "device_id": s.device_id, "version": s.version, "model": s.model_name, "model_version": s.model_version,
-        "sha256": s.sha256, "issued_at": s.issued_at, "expires_at": s.expires_at, "rollout_id": s.rollout_id,
+        "device_id": s.device_id, "version": s.version, "issued_at": s.issued_at, "expires_at": s.expires_at,
+        "models": [
+            {"model": m.model_name, "model_version": m.model_version, "sha256": m.sha256, "rollout_id": m.rollout_id,
+             "shadow_version": m.shadow_version}
+            for m in s.slots
+        ],
     }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""One device's detail page: capabilities, desired against reported state, history and events."""
+"""One device's detail page: capabilities, each model's desired against reported state, history and events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hub.dashboard.views import gpu_summary, provider_name
-from hub.devices import derive_state
+from hub.devices import derive_state, reported_phase
 from hub.store import Desired, Device, Event
 
 if TYPE_CHECKING:
@@ -25,19 +25,31 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class ModelDetail:
+    """One model of the device: what the hub asks, what the device reports, line by line."""
+
+    name: str
+    phase: str | None
+    comparison: list[Comparison]
+    status: dict[str, Any]  # the model's reported status (active, previous, download, error, cluster)
+    rollout_id: str | None
+    download_pct: int | None
+
+
+@dataclass(frozen=True)
 class DeviceDetail:
     """Everything the device page shows."""
 
     device: Device
     state: str
+    phase: str | None
     desired: Desired | None
     capabilities: dict[str, Any]
     reported: dict[str, Any]
-    comparison: list[Comparison]
+    models: list[ModelDetail]
     gpu: str | None
     history: list[Event]
     events: list[Event]
-    download_pct: int | None
 
 
 def _model(ref: dict[str, Any] | None) -> str | None:
@@ -53,28 +65,48 @@ def _cmp(what: str, desired: str | None, reported: str | None) -> Comparison:
     return Comparison(what, desired, reported, ok)
 
 
-def compare(desired: Desired | None, reported: dict[str, Any]) -> list[Comparison]:
-    """Desired against reported, line by line."""
-    body = desired.body if desired else {}
-    want = body.get("model") or None
-    active = reported.get("active") or None
+def compare(slot: dict[str, Any], status: dict[str, Any]) -> list[Comparison]:
+    """One model's desired slot against its reported status, line by line."""
+    want = slot.get("model") or None
+    active = status.get("active") or None
     want_sha = (want or {}).get("blob", {}).get("sha256")
-    runtime = body.get("runtime") or {}
-    providers = runtime.get("providers") or []
-    shadow = body.get("shadow") or None
-    accepted = reported.get("desired_version")
+    providers = (slot.get("runtime") or {}).get("providers") or []
+    shadow = slot.get("shadow") or None
     out = [
-        _cmp("model", _model(want), _model(active)),
+        _cmp("version", _model(want), _model(active)),
         _cmp("blob", _short(want_sha), _short((active or {}).get("sha256"))),
-        _cmp("desired version", str(desired.version) if desired else None, None if accepted is None else str(accepted)),
     ]
     if providers or active:
         wanted = " > ".join(provider_name(p) or p for p in providers) or None
         got = provider_name((active or {}).get("provider"))
         ok = None if not providers or not got else got == provider_name(providers[0])
         out.append(Comparison("provider", wanted, got, ok))
-    if shadow or reported.get("shadow"):
-        out.append(_cmp("shadow", _model(shadow.get("model") if shadow else None), _model(reported.get("shadow"))))
+    if shadow or status.get("shadow"):
+        out.append(_cmp("shadow", _model(shadow.get("model") if shadow else None), _model(status.get("shadow"))))
+    return out
+
+
+def model_details(desired: Desired | None, reported: dict[str, Any]) -> list[ModelDetail]:
+    """Every model the hub asks for or the device reports, in the desired state's order, then the others."""
+    slots = {s["model"]["name"]: s for s in (desired.body.get("models") or []) if desired} if desired else {}
+    statuses = {m["name"]: m for m in reported.get("models") or [] if isinstance(m, dict) and "name" in m}
+    out = []
+    for name in [*slots, *(n for n in statuses if n not in slots)]:
+        slot, status = slots.get(name, {}), statuses.get(name, {})
+        download = status.get("download") or None
+        pct = None
+        if download and download.get("total_chunks"):
+            pct = int(100 * download.get("have_chunks", 0) / download["total_chunks"])
+        out.append(
+            ModelDetail(
+                name=name,
+                phase=status.get("phase"),
+                comparison=compare(slot, status),
+                status=status,
+                rollout_id=slot.get("rollout_id"),
+                download_pct=pct,
+            )  # fmt: skip
+        )
     return out
 
 
@@ -86,13 +118,9 @@ def device_detail(hub: Hub, device_id: str, now: float | None = None) -> DeviceD
     state = derive_state(d, desired, now=now, settings=hub.settings.devices)
     reported = d.reported or {}
     events = hub.store.list_events(since=None, until=None, subject=f"device/{device_id}", action=None, limit=200)
-    download = reported.get("download") or None
-    pct = None
-    if download and download.get("total_chunks"):
-        pct = int(100 * download.get("have_chunks", 0) / download["total_chunks"])
     return DeviceDetail(
-        device=d, state=state.value, desired=desired, capabilities=d.capabilities or {}, reported=reported,
-        comparison=compare(desired, reported), gpu=gpu_summary(d.capabilities),
-        history=[e for e in events if e.action == "device.phase"],
-        events=[e for e in events if e.action != "device.phase"], download_pct=pct,
+        device=d, state=state.value, phase=reported_phase(reported), desired=desired,
+        capabilities=d.capabilities or {}, reported=reported, models=model_details(desired, reported),
+        gpu=gpu_summary(d.capabilities), history=[e for e in events if e.action == "device.phase"],
+        events=[e for e in events if e.action != "device.phase"],
     )  # fmt: skip

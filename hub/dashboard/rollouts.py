@@ -52,9 +52,10 @@ def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, A
     found = [r for r in engine.all() if r.state.active or not active_only]
     if not found:
         return []
-    fleet = engine.fleet()
+    fleets: dict[str, Any] = {}
     out = []
     for r in found:
+        fleet = fleets.get(r.spec.model) or fleets.setdefault(r.spec.model, engine.fleet(r.spec.model))
         st = status_view(r, fleet)
         st["progress"] = progress(st)
         out.append(st)
@@ -63,7 +64,7 @@ def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, A
 
 def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
     """Active rollouts with their progress, counted from the device rows at hand (cheap: for the overview)."""
-    running = {r.id: r.model for r in rows}
+    running = {r.id: (r.model or "").split(", ") for r in rows}
     out = []
     for r in hub.rollouts.all():
         if not r.state.active:
@@ -71,7 +72,7 @@ def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
         st = summary_view(r)
         target = f"{r.spec.model}:{r.spec.version}"
         members = [d for d, e in r.devices.items() if e.left_at is None]
-        on_target = sum(1 for d in members if running.get(d) == target)
+        on_target = sum(1 for d in members if target in running.get(d, []))
         done = len(members) - on_target if r.state is RolloutState.ROLLING_BACK else on_target
         wave = min(r.current + 1, len(r.waves))
         st["progress"] = {"done": done, "total": max(1, len(members)), "wave": wave, "waves": len(r.waves)}
@@ -84,7 +85,8 @@ def rollout_detail(hub: Hub, rollout_id: str) -> dict[str, Any]:
     if len(rollout_id) > 40:
         raise InvalidInput("a rollout id is at most 40 characters")
     engine = hub.rollouts
-    st = status_view(engine.get(rollout_id), engine.fleet(), devices=True)
+    rollout = engine.get(rollout_id)
+    st = status_view(rollout, engine.fleet(rollout.spec.model), devices=True)
     st["progress"] = progress(st)
     st["allowed"] = ALLOWED.get(st["state"], ())
     return st

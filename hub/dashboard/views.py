@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hub.dashboard.rollouts import active_rollouts
-from hub.devices import DeviceState, derive_state
+from hub.devices import DeviceState, active_models, derive_state, desired_models, reported_phase
 from hub.errors import InvalidInput
 from hub.selectors import parse_selector
 from hub.store import Desired, Device, Event, ModelVersion
@@ -79,17 +79,23 @@ def gpu_summary(capabilities: dict[str, Any] | None) -> str | None:
 def device_row(d: Device, desired: Desired | None, state: DeviceState) -> DeviceRow:
     """A device as a table row."""
     reported = d.reported or {}
-    active = reported.get("active") or {}
+    statuses = [m for m in reported.get("models") or [] if isinstance(m, dict)]
     providers = [provider_name(p) or p for p in (d.capabilities or {}).get("providers", [])]
-    error = reported.get("error") or {}
+    errors = [reported.get("error") or {}] + [m.get("error") or {} for m in statuses]
+    error = next((e for e in errors if e), {})
+    running = [provider_name((m.get("active") or {}).get("provider")) for m in statuses]
     return DeviceRow(
         id=d.id, state=state.value, labels=d.labels,
-        model=f"{active['name']}:{active['version']}" if active else None,
-        desired=f"{desired.model_name}:{desired.model_version}" if desired and desired.model_name else None,
-        phase=reported.get("phase"), provider=provider_name(active.get("provider")), providers=providers,
-        gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
+        model=", ".join(active_models(reported)) or None, desired=", ".join(desired_models(desired)) or None,
+        phase=reported_phase(reported), provider=", ".join(sorted({p for p in running if p})) or None,
+        providers=providers, gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
         error=f"{error.get('code')}: {error.get('message')}" if error else None,
     )  # fmt: skip
+
+
+def _split(models: str | None) -> list[str]:
+    """The `name:version` entries of a row's model column."""
+    return models.split(", ") if models else []
 
 
 def fleet_rows(hub: Hub, now: float | None = None) -> list[DeviceRow]:
@@ -152,7 +158,7 @@ def _sort_key(sort: str) -> Any:
 
 def device_page(rows: list[DeviceRow], q: DeviceQuery, page_size: int) -> DevicePage:
     """Filter, sort and page `rows`. A bad selector yields an empty page with the reason."""
-    versions = sorted({v for r in rows for v in (r.model, r.desired) if v}, key=_model_version_key)
+    versions = sorted({v for r in rows for v in _split(r.model) + _split(r.desired)}, key=_model_version_key)
     found = rows
     error = None
     if q.selector:
@@ -164,7 +170,7 @@ def device_page(rows: list[DeviceRow], q: DeviceQuery, page_size: int) -> Device
     if q.state:
         found = [r for r in found if r.state == q.state]
     if q.version:
-        found = [r for r in found if q.version in (r.model, r.desired)]
+        found = [r for r in found if q.version in _split(r.model) + _split(r.desired)]
     found = sorted(found, key=_sort_key(q.sort), reverse=q.desc)
     pages = max(1, -(-len(found) // page_size))
     page = min(max(1, q.page), pages)

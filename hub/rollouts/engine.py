@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleet.histogram import Histogram
-from fleet.messages import ModelRef, RuntimeOptions, ShadowSpec
+from fleet.messages import DesiredModel, ModelRef, RuntimeOptions, ShadowSpec
 from hub.capacity import check_runtime
 from hub.deploy import Deployer
 from hub.errors import HubError, NotFound
@@ -43,31 +43,44 @@ def _ref(model: Any) -> Ref | None:
     return (str(model["name"]), str(model["version"]))
 
 
-def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, DeviceView]:
-    """Every enrolled device as the controller sees it (labels, reachability, desired and reported state)."""
+def _model_status(reported: dict[str, Any], model: str) -> dict[str, Any]:
+    """What a device reports about `model` (empty when it reports nothing about it)."""
+    models = reported.get("models")
+    if not isinstance(models, list):
+        return {}
+    return next((m for m in models if isinstance(m, dict) and m.get("name") == model), {})
+
+
+def fleet_view(store: Store, settings: DeviceSettings, now: float, model: str) -> dict[str, DeviceView]:
+    """Every enrolled device as the controller of a rollout of `model` sees it: labels, reachability, and the
+    desired and reported state of that one model (the device's other models are not the rollout's business)."""
     desired = {s.device_id: s for s in store.list_desired_summaries()}
     out: dict[str, DeviceView] = {}
     for d in store.list_devices():
         s = desired.get(d.id)
+        slot = s.slot(model) if s else None
         rep = d.reported or {}
+        ms = _model_status(rep, model)
         online = d.status == "online" and d.last_seen is not None and now - d.last_seen <= settings.stale_after_s
         out[d.id] = DeviceView(
             id=d.id, labels=d.labels, online=online, desired_version=s.version if s else None,
-            desired_rollout=s.rollout_id if s else None,
-            desired_model=(s.model_name, s.model_version) if s and s.model_name and s.model_version else None,
-            desired_shadow=(s.shadow_name, s.shadow_version) if s and s.shadow_name and s.shadow_version else None,
-            desired_runtime=s.runtime if s else {}, accepted=rep.get("desired_version"), phase=rep.get("phase"),
-            active=_ref(rep.get("active")), shadow=_ref(rep.get("shadow")),
-            error_code=(rep.get("error") or {}).get("code"),
+            desired_rollout=slot.rollout_id if slot else None,
+            desired_model=(slot.model_name, slot.model_version) if slot else None,
+            desired_shadow=(slot.shadow_name, slot.shadow_version) if slot and slot.shadow_name and slot.shadow_version
+            else None,
+            desired_runtime=slot.runtime if slot else {}, accepted=rep.get("desired_version"), phase=ms.get("phase"),
+            active=_ref(ms.get("active")), shadow=_ref(ms.get("shadow")),
+            error_code=(ms.get("error") or {}).get("code"),
         )  # fmt: skip
     return out
 
 
 class StoreTelemetry:
-    """`TelemetryView` over the hub store's raw telemetry windows (summed in one query per call)."""
+    """`TelemetryView` over the hub store's raw telemetry windows of one model (one query per call)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, model: str) -> None:
         self.store = store
+        self.model = model
 
     def totals(self, device_ids: Sequence[str], since: float, until: float) -> list[Totals]:
         return [
@@ -83,7 +96,7 @@ class StoreTelemetry:
                 shadow_delta_ms_sum=t.shadow_delta_ms_sum,
                 shadow_incomparable=t.shadow_incomparable,
             )
-            for t in self.store.telemetry_totals(device_ids, since=since, until=until)
+            for t in self.store.telemetry_totals(device_ids, since=since, until=until, model=self.model)
         ]
 
 
@@ -103,7 +116,6 @@ class RolloutEngine:
         self.deployer = deployer
         self.settings = settings
         self.device_settings = device_settings
-        self.telemetry = StoreTelemetry(store)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,14 +182,20 @@ class RolloutEngine:
         found = [doc for _k, doc in self.store.list_docs(INDEX)]
         return sorted(found, key=lambda d: float(d.get("created_at") or 0), reverse=True)
 
-    def fleet(self, now: float | None = None) -> dict[str, DeviceView]:
-        """The fleet view the controller sees now."""
-        return fleet_view(self.store, self.device_settings, time.time() if now is None else now)
+    def fleet(self, model: str, now: float | None = None) -> dict[str, DeviceView]:
+        """The fleet view the controller of a rollout of `model` sees now."""
+        return fleet_view(self.store, self.device_settings, time.time() if now is None else now, model)
 
     # -- writes ---------------------------------------------------------------------------------------
-    def _claimed(self, exclude: str | None = None) -> dict[str, str]:
+    def _claimed(self, model: str, exclude: str | None = None) -> dict[str, str]:
+        """Devices owned by active rollouts of `model` (a device takes part in one rollout per model at a time;
+        rollouts of other models may run on it at once)."""
         return {
-            d: r.id for r in self._active.values() if r.id != exclude for d, e in r.devices.items() if e.left_at is None
+            d: r.id
+            for r in self._active.values()
+            if r.id != exclude and r.spec.model == model
+            for d, e in r.devices.items()
+            if e.left_at is None
         }
 
     def _save(self, r: Rollout, events: list[Event], actor: str, now: float) -> None:
@@ -203,7 +221,9 @@ class RolloutEngine:
         check_runtime(self.deployer.devices.find(spec.selector), spec.runtime)
         with self._lock:
             rollout_id = f"r-{uuid.uuid4().hex[:12]}"
-            r = new_rollout(rollout_id, spec, self.fleet(now), claimed=self._claimed(), actor=actor, now=now)
+            r = new_rollout(
+                rollout_id, spec, self.fleet(spec.model, now), claimed=self._claimed(spec.model), actor=actor, now=now
+            )
             details = {"model": spec.model, "version": spec.version, "selector": spec.selector,
                        "devices": len(r.devices), "waves": spec.waves}  # fmt: skip
             self._save(r, [("rollout.start", details)], actor, now)
@@ -217,15 +237,16 @@ class RolloutEngine:
         with self._lock:
             r = self.get(rollout_id)
             if action == "rollback" and not r.state.active:
-                taken = sorted(d for d in self._claimed(exclude=r.id) if d in r.devices)
+                taken = sorted(d for d in self._claimed(r.spec.model, exclude=r.id) if d in r.devices)
                 if taken:
                     raise RolloutConflict(
-                        f"cannot roll back {r.id}: {len(taken)} of its devices are now in another active rollout"
+                        f"cannot roll back {r.id}: {len(taken)} of its devices are now in another active rollout "
+                        f"of {r.spec.model}"
                     )
             r, events = command(r, action, now=now, reason=reason)
             self._save(r, events, actor, now)
             if r.state.active:
-                self._send(r, targets(r), self.fleet(now))
+                self._send(r, targets(r), self.fleet(r.spec.model, now))
         return r
 
     def tick(self, now: float | None = None) -> None:
@@ -234,16 +255,21 @@ class RolloutEngine:
         with self._lock:
             if not self._active:
                 return
-            fleet = self.fleet(now)
+            fleets: dict[str, dict[str, DeviceView]] = {}  # per model: rollouts of one model share a view
             for rollout_id in sorted(self._active):
                 r = self._active[rollout_id]
+                model = r.spec.model
+                fleet = fleets.get(model)
+                if fleet is None:
+                    fleet = fleets[model] = self.fleet(model, now)
                 s = step(
-                    r, fleet, self.telemetry, now=now, grace_s=self.settings.telemetry_grace_s,
-                    claimed=set(self._claimed(exclude=rollout_id)),
+                    r, fleet, StoreTelemetry(self.store, model), now=now, grace_s=self.settings.telemetry_grace_s,
+                    claimed=set(self._claimed(model, exclude=rollout_id)),
                 )  # fmt: skip
                 if s.rollout != r:
                     self._save(s.rollout, s.events, "rollout-controller", now)
-                self._send(s.rollout, s.targets, fleet)
+                if self._send(s.rollout, s.targets, fleet):
+                    fleets.clear()  # desired states changed: views of every model are read again
 
     def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView]) -> int:
         """Sign and publish the targets the store does not hold yet, grouped by content."""
@@ -259,9 +285,12 @@ class RolloutEngine:
                 model = self._model_ref(t.model)
                 shadow_ref = self._model_ref(t.shadow)
                 shadow = ShadowSpec(model=shadow_ref, sample_rate=t.shadow_rate or 1.0) if shadow_ref else None
-                runtime = RuntimeOptions.model_validate(t.runtime) if t.runtime else None
+                runtime = RuntimeOptions.model_validate(t.runtime) if t.runtime else RuntimeOptions()
+                slot = None
+                if model is not None:  # None: the device had no version of the model before: the slot goes
+                    slot = DesiredModel(model=model, runtime=runtime, shadow=shadow, rollout_id=r.id)
                 ids = [x.device_id for x in group]
-                self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id)
+                self.deployer.set_slot(ids, r.spec.model, slot)
                 sent += len(ids)
             except (HubError, ValueError) as e:  # retried at the next tick (e.g. a version deleted meanwhile)
                 self.publish_errors += 1

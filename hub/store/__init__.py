@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hub.store.base import (
     Desired,
+    DesiredSlot,
     DesiredSummary,
     Device,
     Event,
@@ -43,6 +44,6 @@ def open_store(
 
 
 __all__ = [
-    "Database", "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats",
-    "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
+    "Database", "Desired", "DesiredSlot", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion",
+    "SeqStats", "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

@@ -52,19 +52,33 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DesiredSlot:
+    """What one model slot of a stored desired state names (columns of its own: listed without the body)."""
+
+    model_name: str
+    model_version: str
+    sha256: str
+    shadow_name: str | None = None
+    shadow_version: str | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    rollout_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Desired:
-    """The signed desired state of one device, as published."""
+    """The signed desired state of one device, as published, and its model slots."""
 
     device_id: str
     version: int
-    model_name: str | None
-    model_version: str | None
-    sha256: str | None
+    slots: tuple[DesiredSlot, ...]
     body: dict[str, Any]
     envelope: dict[str, Any]
     issued_at: float
     expires_at: float
-    rollout_id: str | None = None
+
+    def slot(self, name: str) -> DesiredSlot | None:
+        """The slot of model `name` (None: the state does not name it)."""
+        return next((s for s in self.slots if s.model_name == name), None)
 
 
 @dataclass(frozen=True)
@@ -73,12 +87,11 @@ class DesiredSummary:
 
     device_id: str
     version: int
-    rollout_id: str | None
-    model_name: str | None
-    model_version: str | None
-    shadow_name: str | None
-    shadow_version: str | None
-    runtime: dict[str, Any]
+    slots: tuple[DesiredSlot, ...]
+
+    def slot(self, name: str) -> DesiredSlot | None:
+        """The slot of model `name` (None: the state does not name it)."""
+        return next((s for s in self.slots if s.model_name == name), None)
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,7 @@ class Store(Protocol):
     def list_desired_summaries(self) -> list[DesiredSummary]: ...
     def list_desired_heads(self) -> list[Desired]: ...
     def devices_wanting(self, name: str, version: str) -> list[str]: ...
+    def wanted_versions(self) -> dict[str, dict[str, int]]: ...
 
     # ingestion (asynchronous, batched by the writer)
     def enqueue_status(self, msg: DeviceStatus, received_at: float) -> bool: ...
@@ -253,7 +267,9 @@ class Store(Protocol):
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
     def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
-    def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]: ...
+    def telemetry_totals(
+        self, device_ids: Sequence[str], *, since: float, until: float, model: str | None = None
+    ) -> list[TelemetryTotals]: ...
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int: ...
 
     # documents: small JSON records of other hub parts (rollouts, dashboard settings), by collection and key

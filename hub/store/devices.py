@@ -7,18 +7,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hub.errors import Conflict, NotFound
-from hub.store.base import Desired, DesiredSummary, Device
+from hub.store.base import Desired, DesiredSlot, DesiredSummary, Device
 from hub.store.connection import Conn, Dialect
 
 T = TypeVar("T")
 
 
 def wanting_sql(d: Dialect) -> str:
-    """Devices whose desired state names a model version, as the model or as the shadow candidate."""
+    """Devices whose desired state names a model version, as a model slot or as a slot's shadow candidate."""
     return (
-        "SELECT device_id FROM desired WHERE model_name = ? AND model_version = ? "  # noqa: S608
-        f"UNION SELECT device_id FROM desired WHERE {d.json_text('body', 'shadow', 'model', 'name')} = ? "
-        f"AND {d.json_text('body', 'shadow', 'model', 'version')} = ?"
+        "SELECT device_id FROM desired_models WHERE model_name = ? AND model_version = ? "
+        "UNION SELECT device_id FROM desired_models WHERE shadow_name = ? AND shadow_version = ?"
     )
 
 
@@ -27,9 +26,10 @@ _DEVICE = (
     "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
     "d.desired_counter FROM devices d LEFT JOIN applied a ON a.device_id = d.id"
 )
-_DESIRED = (
-    "SELECT device_id, version, model_name, model_version, sha256, body, envelope, issued_at, expires_at, "
-    "rollout_id FROM desired"
+_DESIRED = "SELECT device_id, version, body, envelope, issued_at, expires_at FROM desired"
+_SLOTS = (
+    "SELECT device_id, model_name, model_version, sha256, shadow_name, shadow_version, runtime, rollout_id "
+    "FROM desired_models"
 )
 
 
@@ -42,8 +42,18 @@ def _device(r: Any) -> Device:
     )  # fmt: skip
 
 
-def _desired(r: Any) -> Desired:
-    return Desired(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8], r[9])
+def _desired(r: Any, slots: dict[str, list[DesiredSlot]]) -> Desired:
+    return Desired(r[0], r[1], tuple(slots.get(r[0], ())), json.loads(r[2]), json.loads(r[3]), r[4], r[5])
+
+
+def _slots(conn: Conn, device_id: str | None = None) -> dict[str, list[DesiredSlot]]:
+    """The model slots of every stored desired state (or one device's), by device, in slot order."""
+    sql = _SLOTS + (" WHERE device_id = ?" if device_id is not None else "") + " ORDER BY device_id, position"
+    out: dict[str, list[DesiredSlot]] = {}
+    for r in conn.execute(sql, (device_id,) if device_id is not None else ()):
+        slot = DesiredSlot(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else {}, r[7])
+        out.setdefault(r[0], []).append(slot)
+    return out
 
 
 class DeviceTables:
@@ -103,50 +113,74 @@ class DeviceTables:
         return self._write(job)
 
     def put_desired(self, states: list[Desired]) -> None:
-        """Record signed desired states (replacing each device's previous one)."""
+        """Record signed desired states and their model slots (replacing each device's previous one; a state
+        older than the stored one is ignored)."""
         rows = [
-            (s.device_id, s.version, s.model_name, s.model_version, s.sha256, json.dumps(s.body),
-             json.dumps(s.envelope), s.issued_at, s.expires_at, s.rollout_id)
+            (s.device_id, s.version, json.dumps(s.body), json.dumps(s.envelope), s.issued_at, s.expires_at)
             for s in states
-        ]  # fmt: skip
+        ]
         sql = (
-            "INSERT INTO desired VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-            "version = excluded.version, model_name = excluded.model_name, model_version = excluded.model_version, "
-            "sha256 = excluded.sha256, body = excluded.body, envelope = excluded.envelope, "
-            "issued_at = excluded.issued_at, expires_at = excluded.expires_at, rollout_id = excluded.rollout_id "
+            "INSERT INTO desired (device_id, version, body, envelope, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET version = excluded.version, body = excluded.body, "
+            "envelope = excluded.envelope, issued_at = excluded.issued_at, expires_at = excluded.expires_at "
             "WHERE excluded.version > desired.version"
         )
-        self._write(lambda c: c.executemany(sql, rows))
+        slot_sql = (
+            "INSERT INTO desired_models (device_id, position, model_name, model_version, sha256, shadow_name, "
+            "shadow_version, runtime, rollout_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+
+        def job(c: Conn) -> None:
+            for state, row in zip(states, rows, strict=True):
+                if c.execute(sql, row).rowcount == 0:
+                    continue  # a newer state is stored: its slots stay
+                c.execute("DELETE FROM desired_models WHERE device_id = ?", (state.device_id,))
+                c.executemany(
+                    slot_sql,
+                    [
+                        (state.device_id, i, m.model_name, m.model_version, m.sha256, m.shadow_name,
+                         m.shadow_version, json.dumps(m.runtime), m.rollout_id)
+                        for i, m in enumerate(state.slots)
+                    ],
+                )  # fmt: skip
+
+        self._write(job)
 
     def get_desired(self, device_id: str) -> Desired | None:
-        row = self._read().execute(_DESIRED + " WHERE device_id = ?", (device_id,)).fetchone()
-        return None if row is None else _desired(row)
+        conn = self._read()
+        row = conn.execute(_DESIRED + " WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else _desired(row, _slots(conn, device_id))
 
     def list_desired(self) -> list[Desired]:
-        return [_desired(r) for r in self._read().execute(_DESIRED + " ORDER BY device_id")]
+        conn = self._read()
+        slots = _slots(conn)
+        return [_desired(r, slots) for r in conn.execute(_DESIRED + " ORDER BY device_id")]
 
     def list_desired_summaries(self) -> list[DesiredSummary]:
-        """Every desired state's names and runtime, without decoding signed bodies in Python."""
+        """Every desired state's model slots, without reading signed bodies."""
         conn = self._read()
-        d = conn.dialect
-        sql = (
-            "SELECT device_id, version, rollout_id, model_name, model_version, "  # noqa: S608
-            f"{d.json_text('body', 'shadow', 'model', 'name')}, {d.json_text('body', 'shadow', 'model', 'version')}, "
-            f"{d.json_text('body', 'runtime')} FROM desired ORDER BY device_id"
-        )
+        slots = _slots(conn)
         return [
-            DesiredSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
-            for r in conn.execute(sql)
+            DesiredSummary(r[0], r[1], tuple(slots.get(r[0], ())))
+            for r in conn.execute("SELECT device_id, version FROM desired ORDER BY device_id")
         ]
 
     def list_desired_heads(self) -> list[Desired]:
         """Every desired state without its body and envelope (left empty): for listings of thousands of devices,
         where parsing each signed document would dominate."""
-        sql = (
-            "SELECT device_id, version, model_name, model_version, sha256, issued_at, expires_at, rollout_id "
-            "FROM desired ORDER BY device_id"
-        )
-        return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
+        conn = self._read()
+        slots = _slots(conn)
+        sql = "SELECT device_id, version, issued_at, expires_at FROM desired ORDER BY device_id"
+        return [Desired(r[0], r[1], tuple(slots.get(r[0], ())), {}, {}, r[2], r[3]) for r in conn.execute(sql)]
+
+    def wanted_versions(self) -> dict[str, dict[str, int]]:
+        """For each model, how many devices' desired states name each of its versions (versions across the
+        fleet, per model)."""
+        out: dict[str, dict[str, int]] = {}
+        sql = "SELECT model_name, model_version, count(*) FROM desired_models GROUP BY model_name, model_version"
+        for name, version, n in self._read().execute(sql):
+            out.setdefault(name, {})[version] = int(n)
+        return out
 
     def devices_wanting(self, name: str, version: str) -> list[str]:
         conn = self._read()

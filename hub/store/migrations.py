@@ -94,6 +94,28 @@ def m001_initial(dialect: Dialect) -> str:
     """
 
 
+@migration
+def m002_model_slots(dialect: Dialect) -> str:
+    """Several models per device (schema 2): a desired state's model slots get a table of their own; the
+    single-model columns of `desired` go. Stored states of schema 1 are re-signed as schema 2 when the hub
+    starts (`hub.deploy.Deployer.upgrade_stored`), which fills the new table."""
+    return """
+        CREATE TABLE desired_models (
+            device_id TEXT NOT NULL REFERENCES devices(id), position {int} NOT NULL, model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL, sha256 TEXT NOT NULL, shadow_name TEXT, shadow_version TEXT,
+            runtime TEXT NOT NULL, rollout_id TEXT, PRIMARY KEY (device_id, model_name));
+        CREATE INDEX desired_models_model ON desired_models(model_name, model_version);
+        CREATE INDEX desired_models_shadow ON desired_models(shadow_name, shadow_version);
+        DROP INDEX desired_model;
+        ALTER TABLE desired DROP COLUMN model_name;
+        ALTER TABLE desired DROP COLUMN model_version;
+        ALTER TABLE desired DROP COLUMN sha256;
+        ALTER TABLE desired DROP COLUMN rollout_id;
+        DROP INDEX telemetry_dedupe;
+        CREATE UNIQUE INDEX telemetry_dedupe ON telemetry(device_id, seq, model)
+    """
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 

@@ -40,15 +40,23 @@ _INGEST = frozenset(("status", "reported"))
 
 
 def _phase_event(conn: Conn, msg: ReportedState, previous: str | None, received: float) -> None:
-    """Record a device's phase change (download and activation history) as an event `device.phase`."""
-    model = msg.active if msg.phase.value in ("active", "idle") else None
+    """Record a device's phase change (download and activation history) as an event `device.phase`, with the
+    phase, active version, transfer and error of each of its models."""
     details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
-    if model is not None:
-        details["model"] = f"{model.name}:{model.version}"
-        details["provider"] = model.provider
-    if msg.download is not None:
-        details["sha256"] = msg.download.sha256
-        details["bytes_total"] = msg.download.bytes_total
+    models: dict[str, Any] = {}
+    for m in msg.models:
+        entry: dict[str, Any] = {"phase": m.phase.value}
+        if m.active is not None:
+            entry["model"] = f"{m.name}:{m.active.version}"
+            entry["provider"] = m.active.provider
+        if m.download is not None:
+            entry["sha256"] = m.download.sha256
+            entry["bytes_total"] = m.download.bytes_total
+        if m.error is not None:
+            entry["error"] = {"code": m.error.code, "message": m.error.message}
+        models[m.name] = entry
+    if models:
+        details["models"] = models
     if msg.error is not None:
         details["error"] = {"code": msg.error.code, "message": msg.error.message}
     conn.execute(

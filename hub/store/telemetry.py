@@ -1,4 +1,8 @@
-"""Telemetry SQL: raw windows (deduplicated by device and seq), per-minute rollups, queries, retention.
+"""Telemetry SQL: raw windows (deduplicated by device, seq and model), per-minute rollups, queries, retention.
+
+A window carries one entry per model the device serves: it is stored as one row per model (model and version
+columns, the model's counts and histogram), the device's host metrics and spool counters on its first row
+only (so sums over rows stay true); a window of a device serving nothing is one row with an empty model.
 
 Writing differs per backend. SQLite (one writer at a time, `BEGIN IMMEDIATE`): insert the rows, then roll up
 the ids above the largest id before the insert. PostgreSQL (writers run concurrently, ids commit out of
@@ -13,7 +17,7 @@ import json
 from typing import Any
 
 from fleet.messages import TelemetryWindow
-from hub.store.base import SeqStats, StoredWindow, TelemetryPoint
+from hub.store.base import EMPTY_COUNTS, SeqStats, StoredWindow, TelemetryPoint
 from hub.store.connection import Conn, Dialect
 from hub.store.migrations import BUCKETS
 
@@ -53,26 +57,49 @@ _PG_STAGE = f"""
 _PG_WRITE = f"""
     WITH ins AS (
         INSERT INTO telemetry ({_RAW_COLS}) SELECT {_RAW_COLS} FROM telemetry_stage ORDER BY device_id, seq
-        ON CONFLICT (device_id, seq) DO NOTHING RETURNING *
+        ON CONFLICT (device_id, seq, model) DO NOTHING RETURNING *
     ), rolled AS ({_rollup(Dialect("postgresql"), "ins")})
     SELECT count(*) FROM ins
 """  # noqa: S608
 _TOUCH = "UPDATE devices SET last_seen = {last_seen}, telemetry_at = ?, last_requests = ?, last_errors = ? WHERE id = ?"
 
 
-_EXTRA_FIELDS = {"gpus", "shadow", "spool_capacity"}
-
-
-def window_row(w: TelemetryWindow, received_at: float) -> tuple[Any, ...]:
-    """The row tuple of one window (built in the receiving thread, written by the writer)."""
-    extra = None
-    if w.gpus or w.shadow is not None or w.spool_capacity is not None:
-        extra = w.model_dump_json(include=_EXTRA_FIELDS)
-    return (
-        w.device_id, w.seq, w.start, w.end, received_at, w.model or "", w.model_version or "", w.provider,
-        w.requests, w.errors, w.latency.sum_ms, w.queue_depth, w.cpu_percent, w.memory_bytes,
-        w.spool_dropped, w.spool_pending, extra, *w.latency.counts,
-    )  # fmt: skip
+def window_rows(w: TelemetryWindow, received_at: float) -> list[tuple[Any, ...]]:
+    """The rows of one window, one per model (built by the telemetry writer before it writes them)."""
+    rows = []
+    for i, m in enumerate(w.models or [None]):
+        extra: dict[str, Any] = {}
+        if i == 0 and w.gpus:
+            extra["gpus"] = [g.model_dump(mode="json") for g in w.gpus]
+        if i == 0 and w.spool_capacity is not None:
+            extra["spool_capacity"] = w.spool_capacity
+        if m is not None and m.shadow is not None:
+            extra["shadow"] = m.shadow.model_dump(mode="json")
+        host = i == 0  # host metrics and spool counters belong to the window, not to a model: stored once
+        latency = m.latency if m is not None else None
+        rows.append(
+            (
+                w.device_id,
+                w.seq,
+                w.start,
+                w.end,
+                received_at,
+                m.name if m else "",
+                m.version if m else "",
+                m.provider if m else None,
+                m.requests if m else 0,
+                m.errors if m else 0,
+                latency.sum_ms if latency else 0.0,
+                m.queue_depth if m else 0,
+                w.cpu_percent if host else None,
+                w.memory_bytes if host else None,
+                w.spool_dropped if host else 0,
+                w.spool_pending if host else 0,
+                json.dumps(extra, separators=(",", ":")) if extra else None,
+                *(latency.counts if latency else EMPTY_COUNTS),
+            )
+        )
+    return rows
 
 
 _WINDOWS = (
@@ -102,14 +129,20 @@ def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
         if inserted:
             conn.execute(_SQLITE_ROLLUP, (before,))
     if inserted:
-        latest: dict[str, tuple[Any, ...]] = {}
+        latest: dict[str, tuple[float, int]] = {}  # device -> (end, seq) of its newest window in the batch
         for r in rows:
             prev = latest.get(r[0])
-            if prev is None or r[3] >= prev[3]:
-                latest[r[0]] = r
+            if prev is None or (r[3], r[1]) >= prev:
+                latest[r[0]] = (r[3], r[1])
+        counts: dict[str, list[Any]] = {}  # device -> [received_at, requests, errors] over that window's models
+        for r in rows:
+            if latest[r[0]] == (r[3], r[1]):
+                c = counts.setdefault(r[0], [r[4], 0, 0])
+                c[1] += r[8]
+                c[2] += r[9]
         touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
         # in device order: writers on several replicas lock the same device rows in the same order
-        conn.executemany(touch, [(r[4], r[4], r[8], r[9], r[0]) for _, r in sorted(latest.items())])
+        conn.executemany(touch, [(c[0], c[0], c[1], c[2], d) for d, c in sorted(counts.items())])
     return inserted
 
 
@@ -212,9 +245,9 @@ def query_series(
 
 def seq_stats(conn: Conn, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
     """First and last seq, count, and the windows missing between them (gaps), over stored windows."""
-    sql = (
-        "SELECT min(seq), max(seq), count(*), CAST(coalesce(sum(spool_dropped), 0) AS BIGINT) FROM telemetry "
-        "WHERE device_id = ?"
+    sql = (  # one row per model of a window: windows are distinct seqs; spool counters are on one row each
+        "SELECT min(seq), max(seq), count(DISTINCT seq), CAST(coalesce(sum(spool_dropped), 0) AS BIGINT) "
+        "FROM telemetry WHERE device_id = ?"
     )
     args: list[Any] = [device_id]
     if since is not None:

@@ -52,8 +52,9 @@ _REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN}
 _FORWARD_INTERVAL_S = 0.005
 
 
-def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[Any, ...]:
-    """The row of one telemetry payload received on `device_id`'s topic. Raises RefusedWindow.
+def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tuple[Any, ...]]:
+    """The rows of one telemetry payload received on `device_id`'s topic (one per model of the window; the
+    writer's counters count these rows). Raises RefusedWindow.
 
     The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields) and
     windows that name another device than their topic are refused with the reason.
@@ -64,7 +65,7 @@ def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[A
         raise RefusedWindow("malformed", str(e)) from e
     if w.device_id != device_id:
         raise RefusedWindow("foreign", f"payload names device {w.device_id!r}")
-    return tsql.window_row(w, received_at)
+    return tsql.window_rows(w, received_at)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class _Writer:
         c = self.c
         for device_id, received_at, payload in batch:
             try:
-                rows.append(decode_window(device_id, payload, received_at))
+                rows.extend(decode_window(device_id, payload, received_at))
             except RefusedWindow as e:
                 i = _REFUSAL_COUNTER[e.reason]
                 c[i] += 1

@@ -24,7 +24,7 @@ def _totals_sql(d: Dialect) -> str:
         f"sum(sum_ms), sum(coalesce({shadow('samples')}, 0)), sum(coalesce({shadow('agreements')}, 0)), "
         f"sum({shadow('latency_delta_ms')} * {shadow('samples')}), sum(coalesce({shadow('incomparable')}, 0)), "
         + ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
-        + f" FROM telemetry WHERE {d.in_list('device_id')} AND start >= ? AND start < ? "
+        + f" FROM telemetry WHERE {d.in_list('device_id')} AND start >= ? AND start < ? AND (? = '' OR model = ?) "
         "GROUP BY model_version, sv ORDER BY model_version, sv NULLS FIRST"
     )
 
@@ -35,15 +35,19 @@ class TotalsQueries:
     def _read(self) -> Conn:
         raise NotImplementedError
 
-    def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]:
-        """Windows of `device_ids` that start in [since, until), summed per (model version, shadow candidate).
+    def telemetry_totals(
+        self, device_ids: Sequence[str], *, since: float, until: float, model: str | None = None
+    ) -> list[TelemetryTotals]:
+        """Windows of `device_ids` that start in [since, until), summed per (model version, shadow candidate);
+        only model `model`'s share of each window when given (a rollout's gates judge its model alone).
 
         A window that started before `since` is left out even if it ends inside: it may mix what ran before.
         """
         if not device_ids:
             return []
         conn = self._read()
-        rows = conn.execute(_totals_sql(conn.dialect), (conn.dialect.list_param(device_ids), since, until))
+        name = model or ""
+        rows = conn.execute(_totals_sql(conn.dialect), (conn.dialect.list_param(device_ids), since, until, name, name))
         return [
             TelemetryTotals(
                 model_version=r[0] or None,
