@@ -76,6 +76,7 @@ class Deployer:
         rollout_id: str | None = None,
     ) -> DeployResult:
         """Set model `name` to `version` on every device matching `selector`; their other models stay."""
+        _check_selector(selector)
         ref = self.registry.model_ref(name, version)
         found = self._targets(selector)
         check_runtime(found, runtime)  # GPUs, MIG slices and pods each device advertises
@@ -109,10 +110,7 @@ class Deployer:
         return DeployResult(name, None, {s.device_id: s.version for s in states})
 
     def _targets(self, selector: str) -> list[Any]:
-        if not selector.strip():
-            raise InvalidInput(
-                "a deployment needs a non-empty selector; to reach every device, select a label all carry"
-            )
+        _check_selector(selector)
         found = self.devices.find(selector)
         if not found:
             raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
@@ -218,6 +216,11 @@ class Deployer:
                 self._sign({s.device_id: _single_model_slots(s.body) for s in old})
             log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
         return len(old)
+
+
+def _check_selector(selector: str) -> None:
+    if not selector.strip():
+        raise InvalidInput("a deployment needs a non-empty selector; to reach every device, select a label all carry")
 
 
 def _slots_of(body: dict[str, Any]) -> list[DesiredModel]:

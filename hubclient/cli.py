@@ -375,8 +375,8 @@ def deploy(
 
     A device serves several models: this sets model MODEL's version and leaves the device's other models as
     they are (`edgefleet undeploy MODEL` removes one). Runtime options, when given, replace that model's
-    runtime options as a whole (the defaults for the rest). GPUs, MIG slices, replicas and autoscaling apply in cluster mode (K3s); the hub refuses them
-    for a device whose advertised nodes cannot run them.
+    runtime options as a whole (the defaults for the rest). GPUs, MIG slices, replicas and autoscaling apply
+    in cluster mode (K3s); the hub refuses them for a device whose advertised nodes cannot run them.
     """
     name, version = _split_ref(ref)
     body: dict[str, Any] = {"model": name, "version": version, "selector": selector}

@@ -105,7 +105,7 @@ def model_details(desired: Desired | None, reported: dict[str, Any]) -> list[Mod
                 status=status,
                 rollout_id=slot.get("rollout_id"),
                 download_pct=pct,
-            )  # fmt: skip
+            )
         )
     return out
 

@@ -81,7 +81,7 @@ def test_deploy_serve_update_and_report(
     assert all(len(a["classes"]) == 3 for a in answers)
     assert answers[0] == answers[-1]  # deterministic model, same image
 
-    wait_for(lambda: hub_view()["active_model"] == "cls:1.0.0", timeout=30)
+    wait_for(lambda: hub_view()["active_models"] == ["cls:1.0.0"], timeout=30)
 
     def served_requests() -> int:
         with h.client() as c:
@@ -94,7 +94,7 @@ def test_deploy_serve_update_and_report(
         r = hub_api.post("/api/v1/deployments", json={"model": "cls", "version": "2.0.0", "selector": "site=lab"})
         assert r.status_code == 201, r.text
     wait_for(lambda: _served_version(agent.api) == "2.0.0", timeout=60)
-    wait_for(lambda: hub_view()["active_model"] == "cls:2.0.0", timeout=30)
+    wait_for(lambda: hub_view()["active_models"] == ["cls:2.0.0"], timeout=30)
     r = httpx.post(f"{agent.api}/v1/models/cls:predict?top_k=3", content=_png(), timeout=10)
     assert r.status_code == 200
 

@@ -84,7 +84,7 @@ def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Flee
     # the canary got a newly signed desired state with the previous version and runs it again
     f.wait_all_active("1.0.0", "fleet=slow")
     desired = f.api("GET", "/api/v1/deployments")
-    assert {d["model_version"] for d in desired} == {"1.0.0"}
+    assert {m["model_version"] for d in desired for m in d["models"]} == {"1.0.0"}
     events = f.api("GET", "/api/v1/events", params={"subject": f"rollout/{rid}"})
     assert {"rollout.gate_failed", "rollout.rollback", "rollout.rolled_back"} <= {e["action"] for e in events}
 

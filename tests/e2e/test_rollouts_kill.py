@@ -116,7 +116,7 @@ def test_a_hub_killed_mid_wave_twice_finishes_the_rollout_without_sending_a_step
 
         def all_on(version: str) -> bool:
             rows = api("GET", "/api/v1/devices", params={"selector": "fleet=kill"})
-            return len(rows) == 20 and all(r["active_model"] == f"cls:{version}" for r in rows)
+            return len(rows) == 20 and all(r["active_models"] == [f"cls:{version}"] for r in rows)
 
         wait_for(lambda: sum(a.connected for a in sim.agents) == 20, timeout=30)
         api("POST", "/api/v1/deployments", json={"model": "cls", "version": "1.0.0", "selector": "fleet=kill"})

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from fleet.codec import encode
-from fleet.messages import DeviceStatus, TelemetryWindow
+from fleet.messages import DeviceStatus
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
 from tests.support.mqtt import TestClient, wait_for
+from tests.support.wire import one_model_window
 
 
 def _error(r) -> dict:  # type: ignore[no-untyped-def]
@@ -189,7 +190,7 @@ def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: Runni
             for payload in hostile:
                 dev.publish(topic, payload)
         # foreign: payload names another device than its topic; unknown device; a topic outside the protocol
-        w = TelemetryWindow(device_id="cam-2", seq=1, start=1, end=2)
+        w = one_model_window(device_id="cam-2", seq=1, start=1, end=2)
         dev.publish(t.telemetry("cam-1"), encode(w))
         dev.publish(t.telemetry("cam-2"), encode(w))
         dev.publish(f"{h.settings.topic_prefix}/dev/cam-1/bogus", b"{}")

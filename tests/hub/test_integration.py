@@ -17,7 +17,6 @@ from fleet.messages import (
     DesiredState,
     DeviceStatus,
     Phase,
-    ReportedState,
     TelemetryWindow,
     Want,
 )
@@ -25,13 +24,14 @@ from fleet.signing import HubPublicKey, Verifier
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub
 from tests.support.mqtt import TestClient, wait_for
+from tests.support.wire import one_model_report, one_model_window
 
 
 def _window(device: str, seq: int, start: float, requests: int = 10, errors: int = 1) -> TelemetryWindow:
     rec = LatencyRecorder()
     for i in range(requests):
         rec.observe(2.0 + i % 3)
-    return TelemetryWindow(
+    return one_model_window(
         device_id=device, seq=seq, start=start, end=start + 10, model="mobilenet-like", model_version="1.0.0",
         requests=requests, errors=errors, latency=rec.snapshot(),
     )  # fmt: skip
@@ -83,8 +83,8 @@ def test_push_deploy_deliver_ingest_restart(
         assert msg.topic == topics.desired("cam-1") and msg.retain in (False, True)
         verifier = Verifier(HubPublicKey.from_text(b1.hub_public_key), "cam-1")
         desired = verifier.verify(msg.payload, DesiredState, now=time.time(), last_version=None)
-        assert desired.version == 1 and desired.model is not None
-        manifest = desired.model.blob
+        assert desired.version == 1 and [m.name for m in desired.models] == ["mobilenet-like"]
+        manifest = desired.models[0].model.blob
         assert manifest.sha256 == model["sha256"]
 
         # want every chunk; reassemble the exact blob
@@ -101,7 +101,7 @@ def test_push_deploy_deliver_ingest_restart(
         assert dev2.get().topic == barrier
         assert dev2.messages.empty()
 
-        reported = ReportedState(
+        reported = one_model_report(
             device_id="cam-1", seq=1, ts=time.time(), desired_version=1, phase=Phase.ACTIVE,
             active=AppliedModel(name="mobilenet-like", version="1.0.0", sha256=manifest.sha256),
         )  # fmt: skip
@@ -124,10 +124,10 @@ def test_push_deploy_deliver_ingest_restart(
         with api_url_client.client() as api:
             dev = api.get("/api/v1/devices/cam-1").json()
             assert dev["labels"] == {"site": "berlin"} and dev["desired_version"] == 1
-            assert dev["active_model"] == "mobilenet-like:1.0.0"
+            assert dev["active_models"] == ["mobilenet-like:1.0.0"]
             assert {d["id"] for d in api.get("/api/v1/devices").json()} == {"cam-1", "cam-2"}
             desired = api.get("/api/v1/devices/cam-1/desired").json()["desired"]
-            assert desired["version"] == 1 and desired["model"] == "mobilenet-like"
+            assert desired["version"] == 1 and [m["model"] for m in desired["models"]] == ["mobilenet-like"]
             assert api.get("/api/v1/devices/cam-2/desired").json()["desired"] is None
             t = api.get("/api/v1/telemetry/devices/cam-1", params={"raw": True}).json()
             assert t["summary"]["requests"] == 50 and t["summary"]["errors"] == 5

@@ -17,11 +17,11 @@ import psutil
 import psycopg
 
 from fleet.codec import encode
-from fleet.messages import TelemetryWindow
 from fleet.topics import Topics
 from tests.support.broker import Broker
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.postgres import PostgresServer
+from tests.support.wire import one_model_window
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_serve_on_postgresql_keeps_its_store_in_the_database(
         assert httpx.post(f"{api_url}/api/v1/devices", json={"id": "cam-1"}, headers=auth).status_code == 201
         start = time.time() - 60
         for seq in range(3):
-            w = TelemetryWindow(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
             dev.publish(Topics(topic_prefix).telemetry("cam-1"), encode(w))
 
         def stored() -> Any:

@@ -9,9 +9,11 @@ import time
 import pytest
 
 from fleet.codec import encode
-from fleet.messages import DeviceStatus, Phase, ReportedState, TelemetryWindow
+from fleet.messages import DeviceStatus, Phase
+from hub.devices import reported_phase
 from hub.errors import Conflict, NotFound
-from hub.store import Database, Desired, Device, ModelVersion, SqlStore, open_store
+from hub.store import Database, Desired, DesiredSlot, Device, ModelVersion, SqlStore, open_store
+from tests.support.wire import one_model_report, one_model_window
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     base = 6000.0  # a minute boundary
     for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
-        w = TelemetryWindow(device_id="d1", seq=seq, start=base + seq * 30, end=base + seq * 30 + 30, requests=4,
+        w = one_model_window(device_id="d1", seq=seq, start=base + seq * 30, end=base + seq * 30 + 30, requests=4,
                             errors=1, model="m", model_version="1.0.0")  # fmt: skip
         store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
@@ -60,7 +62,7 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
     seq = store.telemetry_seq("d1", since=None, until=None)
     assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
-    w = TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4)
+    w = one_model_window(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4)
     store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
     assert store.telemetry_seq("d1", since=None, until=None).missing == 4  # 3..6 never arrived
@@ -74,10 +76,10 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
 def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq, ts, phase in ((2, 20.0, Phase.ACTIVE), (1, 10.0, Phase.DOWNLOADING), (3, 30.0, Phase.FAILED)):
-        store.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
+        store.enqueue_reported(one_model_report(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
         store.flush()
     d = store.get_device("d1")
-    assert d is not None and d.reported is not None and d.reported["phase"] == "failed"
+    assert d is not None and reported_phase(d.reported) == "failed"
     assert store.ingest_stats().stale_ignored == 1
     store.enqueue_status(DeviceStatus(device_id="d1", state="offline", ts=1.0), time.time())
     store.enqueue_status(DeviceStatus(device_id="ghost", state="online", ts=1.0), time.time())  # unknown: no row
@@ -96,7 +98,7 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     s.add_model_version(_mv("1.0.1"))  # same blob, deduplicated
     with pytest.raises(Conflict):
         s.add_model_version(_mv("1.0.0", sha="c" * 64))
-    s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {"model": {"name": "m"}}, {}, 1.0, 2.0)])
+    s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), {"models": []}, {}, 1.0, 2.0)])
     with pytest.raises(Conflict, match="still wanted"):
         s.delete_model_version("m", "1.0.0")
     assert s.delete_model_version("m", "1.0.1") is False  # the blob is still used by 1.0.0
@@ -109,10 +111,10 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     try:
         assert s.allocate_desired_versions(["d1"]) == {"d1": 2}
         # an older version never replaces a newer one
-        s.put_desired([Desired("d1", 2, None, None, None, {}, {}, 1.0, 2.0)])
-        s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {}, {}, 1.0, 2.0)])
+        s.put_desired([Desired("d1", 2, (), {}, {}, 1.0, 2.0)])
+        s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), {}, {}, 1.0, 2.0)])
         got = s.get_desired("d1")
-        assert got is not None and got.version == 2 and got.model_name is None
+        assert got is not None and got.version == 2 and got.slots == ()
         assert s.delete_model_version("m", "1.0.0") is True  # nobody wants it now; blob unused
     finally:
         s.close()
@@ -121,7 +123,7 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
 def test_retention_sweep(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq in range(10):
-        w = TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1)
+        w = one_model_window(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1)
         store.submit_telemetry("d1", encode(w), received_at=100.0 + seq)
     store.flush()
     deleted = store.sweep(raw_before=105.0, rollup_before=120.0, raw_max_rows=1_000_000)

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from fleet.codec import encode
-from fleet.messages import Phase, ReportedState, TelemetryWindow
+from fleet.messages import Phase, TelemetryWindow
 from hub.store import Database, Device, SqlStore, open_store
 from tests.support.mqtt import wait_for
+from tests.support.wire import one_model_report, one_model_window
 
 BASE = 6000.0  # a minute boundary
 
@@ -41,7 +42,7 @@ def store(database: Database, in_process: bool) -> SqlStore:
 
 
 def _window(device: str, seq: int, requests: int = 4) -> TelemetryWindow:
-    return TelemetryWindow(device_id=device, seq=seq, start=BASE + seq * 30, end=BASE + seq * 30 + 30,
+    return one_model_window(device_id=device, seq=seq, start=BASE + seq * 30, end=BASE + seq * 30 + 30,
                            requests=requests, errors=1, model="m", model_version="1.0.0")  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def test_writers_sharing_a_database_roll_up_each_window_exactly_once(database: D
         sent = 0
         for seq in range(300):
             if seq % 3 == 0:
-                a.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=seq, phase=Phase.IDLE), time.time())
+                a.enqueue_reported(one_model_report(device_id="d1", seq=seq, ts=seq, phase=Phase.IDLE), time.time())
             (a if seq % 2 else b).submit_telemetry("d1", _payload("d1", seq, requests=1), time.time())
             sent += 1
             if seq % 50 == 49:

@@ -7,18 +7,21 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleet.messages import ErrorInfo
 from hub.credentials import Role, mosquitto_hash, mosquitto_verify, new_token, token_hash
 from hub.devices import DeviceState, derive_state
 from hub.errors import InvalidInput, InvalidSelector
 from hub.selectors import check_labels, parse_label_args, parse_selector
 from hub.settings import DeviceSettings, HubSettings
-from hub.store import Desired, Device, TelemetryPoint
+from hub.store import Desired, DesiredSlot, Device, TelemetryPoint
 from hub.telemetry import summarise
 from infra.errors import SettingsError
 from tests.support.broker import Broker, free_port
+from tests.support.wire import one_model_report
 
 
 @pytest.mark.parametrize(
@@ -143,7 +146,13 @@ def _device(**kw: object) -> Device:
 
 
 def _desired(version: int) -> Desired:
-    return Desired("d", version, "m", "1.0.0", "a" * 64, {}, {}, 0.0, 1.0)
+    return Desired("d", version, (DesiredSlot("m", "1.0.0", "a" * 64),), {}, {}, 0.0, 1.0)
+
+
+def _rep(phase: str, desired_version: int | None = None, error: bool = False) -> dict[str, Any]:
+    err = ErrorInfo(code="x", message="x", at=1.0) if error else None
+    msg = one_model_report("d", seq=1, ts=1.0, phase=phase, desired_version=desired_version, error=err)
+    return msg.model_dump(mode="json")
 
 
 def test_derived_device_state() -> None:
@@ -155,14 +164,14 @@ def test_derived_device_state() -> None:
     assert state(_device(status=None, last_seen=None)) is DeviceState.OFFLINE
     assert state(_device(status="offline")) is DeviceState.OFFLINE
     assert state(_device(last_seen=900.0)) is DeviceState.OFFLINE  # silent too long
-    assert state(_device(reported={"phase": "failed", "desired_version": 1}), _desired(1)) is DeviceState.FAILED
-    assert state(_device(reported={"phase": "downloading"})) is DeviceState.UPDATING
-    assert state(_device(reported={"phase": "active", "desired_version": 1}), _desired(2)) is DeviceState.UPDATING
+    assert state(_device(reported=_rep("failed", 1)), _desired(1)) is DeviceState.FAILED
+    assert state(_device(reported=_rep("downloading"))) is DeviceState.UPDATING
+    assert state(_device(reported=_rep("active", 1)), _desired(2)) is DeviceState.UPDATING
     assert state(_device(), _desired(1)) is DeviceState.UPDATING  # nothing reported yet
     assert state(_device(last_requests=100, last_errors=10)) is DeviceState.DEGRADED
-    assert state(_device(reported={"phase": "active", "error": {"code": "x"}})) is DeviceState.DEGRADED
+    assert state(_device(reported=_rep("active", error=True))) is DeviceState.DEGRADED
     assert state(_device(last_requests=100, last_errors=1)) is DeviceState.ONLINE
-    assert state(_device(reported={"phase": "active", "desired_version": 2}), _desired(2)) is DeviceState.ONLINE
+    assert state(_device(reported=_rep("active", 2)), _desired(2)) is DeviceState.ONLINE
 
 
 def test_summaries_merge_histograms() -> None:

@@ -20,19 +20,19 @@ from fleet.histogram import LATENCY_BOUNDS_MS, N_BUCKETS, Histogram
 from fleet.messages import (
     AppliedModel,
     Capabilities,
+    DesiredModel,
     DeviceStatus,
     DownloadProgress,
     ErrorInfo,
     GpuInfo,
     GpuSample,
     Phase,
-    ReportedState,
     RuntimeOptions,
-    TelemetryWindow,
 )
 from hub.runtime import Hub
 from models.cli import build_samples
 from models.descriptor import ModelDescriptor
+from tests.support.wire import one_model_report, one_model_window
 
 SITES = ("berlin", "munich", "hamburg", "lyon", "turin", "porto")
 CPU = "CPUExecutionProvider"
@@ -166,7 +166,8 @@ def seed_fleet(
             ids = [d for d in moving if (meta[d]["app"] == "classify") == (target == cls_new)]
             if ids:
                 ref_ = hub.registry.model_ref(*target.split(":"))
-                for st in hub.deployer.set_desired(ids, ref_, runtime=gpu_rt if gpu else None):
+                slot = DesiredModel(model=ref_, runtime=gpu_rt or RuntimeOptions() if gpu else RuntimeOptions())
+                for st in hub.deployer.set_slot(ids, ref_.name, slot):
                     desired[st.device_id] = (st.version, target)
 
     store = hub.store
@@ -196,8 +197,8 @@ def seed_fleet(
             if dl is not None:
                 download = DownloadProgress(sha256=sha[target], have_chunks=dl, total_chunks=40,
                                             bytes_done=dl * 262144, bytes_total=40 * 262144)  # fmt: skip
-            msg = ReportedState(device_id=dev_id, seq=seq, ts=at, desired_version=accepted, phase=phase, active=act,
-                                download=download, error=err)  # fmt: skip
+            msg = one_model_report(dev_id, seq=seq, ts=at, desired_version=accepted, phase=phase, active=act,
+                                   download=download, error=err, model=target.split(":", maxsplit=1)[0])  # fmt: skip
             store.enqueue_reported(msg, at)
 
         report(Phase.IDLE, t0 + 1, active=None, accepted=None)
@@ -247,13 +248,12 @@ def seed_fleet(
             errors = int(requests * err_rate + rng.random())
             gpus = [GpuSample(index=0, util_percent=min(100.0, 25 + 55 * load + rng.uniform(-5, 5)),
                               memory_used_bytes=6 << 30)] if m["gpu"] else []  # fmt: skip
-            w = TelemetryWindow.model_construct(
-                device_id=dev_id, seq=seq, start=start, end=start + length, model=name, model_version=version,
+            w = one_model_window(
+                dev_id, seq=seq, start=start, end=start + length, model=name, model_version=version,
                 provider=CUDA if m["gpu"] else CPU, requests=requests, errors=errors,
                 latency=_hist(template, requests, 2.5 if incident else 1.0), queue_depth=rng.randint(0, 4),
                 cpu_percent=min(100.0, 15 + 45 * load + rng.uniform(-4, 4)),
-                memory_bytes=(900 + rng.randint(0, 200)) << 20,
-                gpus=gpus, shadow=None, spool_dropped=0, spool_capacity=None, spool_pending=0,
+                memory_bytes=(900 + rng.randint(0, 200)) << 20, gpus=gpus, construct=True,
             )  # fmt: skip
             store.submit_telemetry(w.device_id, encode(w), start + length)
     store.flush(timeout=300)
@@ -295,15 +295,16 @@ def _adopt(hub: Hub, fleet: SeededFleet, ids: list[str], ref: str, rollout_id: s
         group = [d for d in ids if (d in fleet.gpu_devices) == gpu]
         if not group:
             continue
-        runtime = RuntimeOptions(providers=[CUDA, CPU]) if gpu else None
-        for st in hub.deployer.set_desired(group, model, runtime=runtime, rollout_id=rollout_id):
+        runtime = RuntimeOptions(providers=[CUDA, CPU]) if gpu else RuntimeOptions()
+        slot = DesiredModel(model=model, runtime=runtime, rollout_id=rollout_id)
+        for st in hub.deployer.set_slot(group, name, slot):
             provider = CUDA if gpu else CPU
             download = DownloadProgress(sha256=sha, have_chunks=0, total_chunks=6, bytes_done=0, bytes_total=6 << 18)
             steps = ((Phase.DOWNLOADING, at - 40, download), (Phase.ACTIVATING, at - 5, None), (Phase.ACTIVE, at, None))
             for seq, (phase, ts, dl) in enumerate(steps, 1000):
                 active = _applied(ref, sha, provider, at) if phase is Phase.ACTIVE else None
-                msg = ReportedState(device_id=st.device_id, seq=seq, ts=ts, desired_version=st.version, phase=phase,
-                                    active=active, download=dl)  # fmt: skip
+                msg = one_model_report(st.device_id, seq=seq, ts=ts, desired_version=st.version, phase=phase,
+                                       active=active, download=dl, model=name)  # fmt: skip
                 hub.store.enqueue_reported(msg, ts)
     hub.store.flush()
 

@@ -64,7 +64,7 @@ def test_filter_sort_and_page_devices(page: Page, dash: Dash) -> None:
     with dash.hub.client() as api:
         listed = api.get("/api/v1/devices").json()
     want = "mobilenet-like:1.2.0"
-    expected = {d["id"] for d in listed if want in (d["active_model"], d["desired_model"])}
+    expected = {d["id"] for d in listed if want in d["active_models"] + d["desired_models"]}
     assert expected
     expect(rows).to_have_count(len(expected))
     assert {r.get_attribute("data-device") for r in rows.all()} == expected

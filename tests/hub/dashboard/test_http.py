@@ -7,9 +7,10 @@ import time
 import httpx
 import pytest
 
-from fleet.messages import ErrorInfo, Phase, ReportedState
+from fleet.messages import ErrorInfo, Phase
 from hub.dashboard.session import COOKIE, csrf_token
 from tests.hub.dashboard.conftest import Dash
+from tests.support.wire import one_model_report
 
 PAGES = ["/", "/devices", "/models", "/rollouts"]
 
@@ -186,7 +187,7 @@ def test_hostile_device_text_is_escaped(dash: Dash) -> None:
     dev = dash.fleet.by_state["online"][-1]
     now = time.time()
     err = ErrorInfo(code="x<script>", message='<img src=x onerror="alert(1)"><script>alert(2)</script>', at=now)
-    msg = ReportedState(device_id=dev, seq=10_000, ts=now, desired_version=None, phase=Phase.FAILED, error=err)
+    msg = one_model_report(dev, seq=10_000, ts=now, phase=Phase.FAILED, error=err, model="mobilenet-like")
     dash.hub.hub.store.enqueue_reported(msg, now)
     dash.hub.hub.store.flush()
     with dash.client("viewer") as c:

@@ -203,9 +203,11 @@ class Fleet:
     def deploy(self, version: str, selector: str, model: str = "cls") -> None:
         self.api("POST", "/api/v1/deployments", json={"model": model, "version": version, "selector": selector})
 
-    def active_versions(self, selector: str) -> dict[str, str | None]:
+    def active_versions(self, selector: str, model: str = "cls") -> dict[str, str | None]:
         rows = self.api("GET", "/api/v1/devices", params={"selector": selector})
-        return {r["id"]: (r["active_model"] or ":").split(":")[1] or None for r in rows}
+        return {
+            r["id"]: next((m.split(":")[1] for m in r["active_models"] if m.split(":")[0] == model), None) for r in rows
+        }
 
     def wait_all_active(self, version: str, selector: str, timeout: float = 60) -> None:
         wait_for(lambda: set(self.active_versions(selector).values()) == {version}, timeout=timeout, interval=0.1)

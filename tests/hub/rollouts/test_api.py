@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState
+from fleet.messages import AppliedModel, DeviceStatus, Phase
 from hub.rollouts.controller import step
-from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine
+from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine, StoreTelemetry
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.wire import one_model_report
 
 MODEL = "mobilenet-like"
 
@@ -146,10 +147,10 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     r = engine.start_rollout(RolloutSpec.model_validate(body(waves=["1", "100%"])), actor="t")
     now = time.time()
     # a crash right after the transition was stored, before anything was published
-    s = step(r, engine.fleet(now), engine.telemetry, now=now)
+    s = step(r, engine.fleet(MODEL, now), StoreTelemetry(h.store, MODEL), now=now)
     assert s.rollout.waves[0].phase is WavePhase.ACTIVATING and len(s.targets) == 1
     h.store.put_doc(COLLECTION, r.id, s.rollout.model_dump(mode="json"))
-    assert all(d.rollout_id != r.id for d in h.store.list_desired())
+    assert all(m.rollout_id != r.id for d in h.store.list_desired() for m in d.slots)
     h.store.delete_doc(INDEX, r.id)  # as stored by a hub from before the listing index
     restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     assert restarted.get(r.id) == s.rollout
@@ -157,13 +158,14 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     restarted.tick(now + 0.1)
     (canary,) = s.rollout.members(0)
     desired = h.store.get_desired(canary)
-    assert desired is not None and desired.rollout_id == r.id and desired.model_version == "1.0.0"
+    slot = desired.slot(MODEL) if desired is not None else None
+    assert slot is not None and slot.rollout_id == r.id and slot.model_version == "1.0.0"
     # more ticks, and another restart: nothing new is signed for the same step
     again = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     for i in range(3):
         again.tick(now + 1 + i)
     assert h.store.get_desired(canary) == desired
-    assert [d.device_id for d in h.store.list_desired() if d.rollout_id == r.id] == [canary]
+    assert [d.device_id for d in h.store.list_desired() if any(m.rollout_id == r.id for m in d.slots)] == [canary]
     # devices never came online: after the offline timeout the wave pauses, with the reason stored
     spec = s.rollout.spec
     again.tick(now + spec.offline_timeout_s + 1)
@@ -187,13 +189,14 @@ def _report(h: RunningHub, device: str, version: str, seq: int) -> None:
     """The device says (through the hub's ingestion path) that it runs `version` of its current desired state."""
     store = h.hub.store
     desired = store.get_desired(device)
-    assert desired is not None and desired.sha256 is not None
+    slot = desired.slot(MODEL) if desired is not None else None
+    assert desired is not None and slot is not None
     now = time.time()
     store.enqueue_status(DeviceStatus(device_id=device, state="online", ts=now, session="s"), now)
-    active = AppliedModel(name=MODEL, version=version, sha256=desired.sha256)
+    active = AppliedModel(name=MODEL, version=version, sha256=slot.sha256)
     store.enqueue_reported(
-        ReportedState(device_id=device, seq=seq, ts=now, desired_version=desired.version, phase=Phase.ACTIVE,
-                      active=active), now,
+        one_model_report(device, seq=seq, ts=now, desired_version=desired.version, phase=Phase.ACTIVE,
+                         active=active, model=MODEL), now,
     )  # fmt: skip
     store.flush()
 
@@ -228,4 +231,4 @@ def test_a_rollback_whose_previous_version_was_deleted_retries_until_it_is_back(
     engine.tick(now + 32)
     engine.tick(now + 33)
     assert engine.get(r.id).state is RolloutState.ROLLED_BACK
-    assert {h.hub.store.get_desired(d).model_version for d in ("cam-4", "cam-5")} == {"1.0.0"}  # type: ignore[union-attr]
+    assert {h.hub.store.get_desired(d).slot(MODEL).model_version for d in ("cam-4", "cam-5")} == {"1.0.0"}  # type: ignore[union-attr]

@@ -8,13 +8,14 @@ from fleet.messages import ShadowStats, TelemetryWindow
 from hub.rollouts.gates import Totals, shadow_gate
 from hub.rollouts.model import GateResult, GateSpec
 from hub.store import Database, Device, open_store
+from tests.support.wire import one_model_window
 
 
 def _window(device: str, seq: int, start: float, version: str, *, shadow: ShadowStats | None = None) -> TelemetryWindow:
     rec = LatencyRecorder()
     for ms in (1, 2, 3, 40):
         rec.observe(ms)
-    return TelemetryWindow(
+    return one_model_window(
         device_id=device, seq=seq, start=start, end=start + 10, model="m", model_version=version, requests=4,
         errors=1, latency=rec.snapshot(), shadow=shadow,
     )  # fmt: skip
