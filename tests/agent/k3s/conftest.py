@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.k3s import ClusterBridge, ClusterSettings
-from fleet.messages import BlobManifest, DesiredState, ModelRef, RuntimeOptions
+from fleet.messages import BlobManifest, DesiredModel, DesiredState, ModelRef, RuntimeOptions
 from tests.k8s.server import ApiServer
 
 NAMESPACE = "edgefleet"
@@ -50,17 +50,25 @@ def bridge(settings: ClusterSettings) -> Iterator[ClusterBridge]:
     b.close()
 
 
+MODEL = "resnet"
+
+
 def desired(version: int = 1, model_version: str = "1.0.0", **runtime: Any) -> DesiredState:
     sha = f"{version:064x}"
     blob = BlobManifest(sha256=sha, size=2048, chunk_size=1024, chunks=[sha, sha])
     model = ModelRef(
-        name="resnet", version=model_version, task="classification", blob=blob, descriptor={"labels": ["cat", "dog"]}
+        name=MODEL, version=model_version, task="classification", blob=blob, descriptor={"labels": ["cat", "dog"]}
     )
     return DesiredState(
         device_id="edge-01",
         version=version,
         issued_at=1.0,
         expires_at=4e9,
-        model=model,
-        runtime=RuntimeOptions(**runtime),
+        models=[DesiredModel(model=model, runtime=RuntimeOptions(**runtime))],
     )
+
+
+def with_slot(state: DesiredState, **update: Any) -> DesiredState:
+    """`state` with its one slot's fields replaced, unchecked (`runtime`, `model`: a forged state)."""
+    slot = state.models[0].model_copy(update=update)
+    return state.model_copy(update={"models": [slot]})

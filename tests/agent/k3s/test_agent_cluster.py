@@ -14,7 +14,7 @@ from agent.runtime import Agent
 from tests.agent.conftest import Sample, fast_settings
 from tests.k8s.server import ApiServer
 from tests.support.broker import Broker
-from tests.support.hubside import HubSide
+from tests.support.hubside import HubSide, one
 from tests.support.mqtt import wait_for
 
 
@@ -42,9 +42,10 @@ def test_birth_inventory_and_workload_follow_the_cluster(
         v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
         hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
         hub.wait_active("1.0.0")
-        reported = hub.wait_reported(lambda r: r.cluster is not None and r.cluster.state == "ready")
-        assert reported.cluster is not None and reported.cluster.ready_replicas == reported.cluster.replicas >= 1
-        deployment = api.get("apps", "deployments", settings.namespace, reported.cluster.deployment)
+        reported = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
+        cluster = one(reported).cluster
+        assert cluster is not None and cluster.ready_replicas == cluster.replicas >= 1
+        deployment = api.get("apps", "deployments", settings.namespace, cluster.deployment)
         assert deployment is not None
     finally:
         agent.stop()

@@ -8,10 +8,10 @@ import threading
 from agent.k3s import ClusterBridge
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
 from fleet.messages import Autoscaling
-from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.k8s.server import ApiServer
 
-NAME = "edgefleet-inference"
+NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
 
 
 def deployment(api: ApiServer) -> dict:
@@ -21,7 +21,7 @@ def deployment(api: ApiServer) -> dict:
 
 
 def test_apply_creates_every_object_and_waits_until_ready(api: ApiServer, bridge: ClusterBridge) -> None:
-    result = bridge.apply(desired(1, replicas=2))
+    result = bridge.apply(desired(1, replicas=2), MODEL)
     assert result.state == "ready", result
     assert (result.replicas, result.ready_replicas, result.updated_replicas) == (2, 2, 2)
     assert result.generation == result.observed_generation == 1
@@ -40,17 +40,17 @@ def test_apply_creates_every_object_and_waits_until_ready(api: ApiServer, bridge
 
 
 def test_apply_update_advances_generation_and_restarts_only_when_needed(api: ApiServer, bridge: ClusterBridge) -> None:
-    bridge.apply(desired(1))
+    bridge.apply(desired(1), MODEL)
     first = deployment(api)
     # a model change: only the ConfigMap changes, the Deployment is untouched (no pod restart)
-    result = bridge.apply(desired(2, model_version="2.0.0"))
+    result = bridge.apply(desired(2, model_version="2.0.0"), MODEL)
     assert result.state == "ready" and result.generation == 1
     same = deployment(api)
     assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     cm = api.get("", "configmaps", NAMESPACE, NAME)
     assert cm is not None and json.loads(cm["data"][ACTIVE_FILE])["model"]["version"] == "2.0.0"
     # a GPU request changes the pod template: generation advances, the controller rolls it out
-    result = bridge.apply(desired(3, model_version="2.0.0", gpus=1))
+    result = bridge.apply(desired(3, model_version="2.0.0", gpus=1), MODEL)
     assert result.state == "ready"
     assert result.generation == result.observed_generation == 2
     changed = deployment(api)
@@ -60,7 +60,7 @@ def test_apply_update_advances_generation_and_restarts_only_when_needed(api: Api
     limits = changed["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
     # scaling changes the spec (generation) but not the template
-    result = bridge.apply(desired(4, model_version="2.0.0", gpus=1, replicas=3))
+    result = bridge.apply(desired(4, model_version="2.0.0", gpus=1, replicas=3), MODEL)
     assert (result.generation, result.replicas, result.ready_replicas) == (3, 3, 3)
     scaled = deployment(api)
     assert scaled["metadata"]["annotations"][HASH_ANNOTATION] == changed["metadata"]["annotations"][HASH_ANNOTATION]
@@ -69,7 +69,7 @@ def test_apply_update_advances_generation_and_restarts_only_when_needed(api: Api
 def test_a_deployment_that_never_becomes_ready_hits_our_deadline(api: ApiServer) -> None:
     api.controller = "never"
     with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.5)) as bridge:
-        result = bridge.apply(desired(1, replicas=2))
+        result = bridge.apply(desired(1, replicas=2), MODEL)
         assert result.state == "failed"
         assert result.message is not None and "deadline of 0.5s" in result.message
         assert "0/2 pods ready" in result.message
@@ -80,7 +80,7 @@ def test_a_deployment_that_never_becomes_ready_hits_our_deadline(api: ApiServer)
 
 def test_kubernetes_progress_deadline_is_reported_before_ours(api: ApiServer, bridge: ClusterBridge) -> None:
     api.controller = "stalled"
-    result = bridge.apply(desired(1))
+    result = bridge.apply(desired(1), MODEL)
     assert result.state == "failed"
     assert result.message is not None and result.message.startswith("ProgressDeadlineExceeded")
 
@@ -97,23 +97,23 @@ def test_deployment_deleted_during_rollout(api: ApiServer) -> None:
 
         t = threading.Thread(target=delete_soon)
         t.start()
-        result = bridge.apply(desired(1))
+        result = bridge.apply(desired(1), MODEL)
         t.join()
     assert result.state == "failed" and result.message == "the Deployment was deleted during rollout"
 
 
 def test_zero_replicas_is_ready_at_once(bridge: ClusterBridge) -> None:
-    result = bridge.apply(desired(1, replicas=0))
+    result = bridge.apply(desired(1, replicas=0), MODEL)
     assert result.state == "ready" and result.replicas == 0
 
 
 def test_autoscaler_is_applied_owns_replicas_and_goes_when_turned_off(api: ApiServer, bridge: ClusterBridge) -> None:
-    result = bridge.apply(desired(1, autoscaling=Autoscaling(min_replicas=2, max_replicas=4)))
+    result = bridge.apply(desired(1, autoscaling=Autoscaling(min_replicas=2, max_replicas=4)), MODEL)
     assert result.state == "ready"
     hpa = api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME)
     assert hpa is not None and hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 4
     assert "replicas" not in deployment(api)["spec"]
-    assert bridge.apply(desired(2, replicas=3)).state == "ready"  # autoscaling off: fixed replicas, no HPA left
+    assert bridge.apply(desired(2, replicas=3), MODEL).state == "ready"  # autoscaling off: fixed replicas, no HPA left
     assert api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME) is None
     assert deployment(api)["spec"]["replicas"] == 3
 
@@ -121,9 +121,9 @@ def test_autoscaler_is_applied_owns_replicas_and_goes_when_turned_off(api: ApiSe
 def test_watch_resumes_after_an_error_and_after_410_gone(api: ApiServer, bridge: ClusterBridge) -> None:
     api.controller_delay_s = 0.3
     api.fail(500, verb="watch", resource="deployments", times=1)
-    assert bridge.apply(desired(1)).state == "ready"
+    assert bridge.apply(desired(1), MODEL).state == "ready"
     api.store.compacted = api.store.rv + 100  # every resourceVersion is now too old
-    assert bridge.apply(desired(2, gpus=1)).state == "ready"
+    assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"
     watch_codes = [r.code for r in api.requests if r.verb == "watch"]
     assert watch_codes[0] == 500 and len(watch_codes) >= 3
 
@@ -132,8 +132,8 @@ def test_settings_namespace_and_field_manager_are_used(api: ApiServer) -> None:
     api.add_namespace("edge-b")
     s = fast_settings(api.kubeconfig, namespace="edge-b", field_manager="edgefleet-test", workload_name="serve")
     with ClusterBridge(s) as bridge:
-        assert bridge.apply(desired(1)).deployment == "serve"
-    dep = api.get("apps", "deployments", "edge-b", "serve")
+        assert bridge.apply(desired(1), MODEL).deployment == "serve-resnet"
+    dep = api.get("apps", "deployments", "edge-b", "serve-resnet")
     assert dep is not None and dep["metadata"]["managedFields"][0]["manager"] == "edgefleet-test"
 
 
@@ -141,7 +141,7 @@ def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: Clust
     api.put_node("n1")
     api.controller_delay_s = 0.3
     results: list[object] = []
-    worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1))))
+    worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1), MODEL)))
     worker.start()
     inventories = [bridge.inventory() for _ in range(5)]  # not blocked by the rollout wait
     worker.join()
@@ -190,7 +190,7 @@ def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
     api.store.put(kind, pod("p3", crashing))
     api.store.put(kind, pod("other", crashing, labels={"app": "something-else"}))  # not ours: the selector skips it
     with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
-        result = bridge.apply(desired(1, mig_profile="1g.10gb", replicas=3))
+        result = bridge.apply(desired(1, mig_profile="1g.10gb", replicas=3), MODEL)
     assert result.state == "failed"
     assert result.message is not None
     assert "pods: 2x Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb." in result.message
@@ -201,5 +201,5 @@ def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) 
     api.controller = "never"
     api.fail(403, verb="list", resource="pods")
     with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
-        result = bridge.apply(desired(1))
+        result = bridge.apply(desired(1), MODEL)
     assert result.state == "failed" and result.message is not None and "pods:" not in result.message

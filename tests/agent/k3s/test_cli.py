@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agent.k3s.cli import app
-from tests.agent.k3s.conftest import NAMESPACE, desired
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired
 from tests.k8s.server import ApiServer
 
 runner = CliRunner()
@@ -50,7 +50,7 @@ def test_render_yaml_and_json(desired_file: Path) -> None:
     assert objects[1]["spec"]["replicas"] == 2
     result = runner.invoke(app, ["render", "--desired", str(desired_file), "--json"])
     assert result.exit_code == 0
-    assert len(json.loads(result.output)["template_hash"]) == 16
+    assert len(json.loads(result.output)[MODEL]["template_hash"]) == 16  # one workload per model
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_apply_ready_and_not_ready(api: ApiServer, desired_file: Path) -> None:
     args = ["apply", "--desired", str(desired_file), "--kubeconfig", str(api.kubeconfig)]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["state"] == "ready"
+    assert json.loads(result.output)[MODEL]["state"] == "ready"
     api.controller = "never"
     result = runner.invoke(app, [*args, "--image", "reg/agent:2", "--deadline", "0.3"])
     assert result.exit_code == 1

@@ -21,11 +21,11 @@ from agent.k3s import (
 )
 from agent.k3s.calls import API_CALLS
 from fleet.messages import RuntimeOptions
-from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
 from tests.k8s.certs import make_pki
 from tests.k8s.server import ApiServer, Rule
 
-NAME = "edgefleet-inference"
+NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
 
 
 def all_rules_but(*missing: tuple[str, str]) -> set[Rule]:
@@ -39,7 +39,7 @@ def all_rules_but(*missing: tuple[str, str]) -> set[Rule]:
 def test_forbidden_by_rbac_is_permanent_and_names_the_permission(api: ApiServer, bridge: ClusterBridge) -> None:
     api.allow(all_rules_but(("create", "deployments")))
     with pytest.raises(ApiCallError) as info:
-        bridge.apply(desired(1))
+        bridge.apply(desired(1), MODEL)
     e = info.value
     assert (e.code, e.status, e.permanent) == ("forbidden", 403, True)
     assert 'cannot create resource "deployments"' in e.message and "deploy/rbac.yaml" in e.message
@@ -48,12 +48,12 @@ def test_forbidden_by_rbac_is_permanent_and_names_the_permission(api: ApiServer,
     with pytest.raises(ApiCallError, match="at the cluster scope"):
         bridge.inventory()
     api.rules = None
-    assert bridge.apply(desired(2)).state == "ready"
+    assert bridge.apply(desired(2), MODEL).state == "ready"
 
 
 def test_conflict_with_another_field_manager(api: ApiServer) -> None:
     with ClusterBridge(fast_settings(api.kubeconfig)) as bridge:
-        bridge.apply(desired(1, replicas=1))
+        bridge.apply(desired(1, replicas=1), MODEL)
     # someone scales the Deployment with kubectl (another field manager owns spec.replicas now)
     body = api.get("apps", "deployments", NAMESPACE, NAME)
     assert body is not None
@@ -66,17 +66,17 @@ def test_conflict_with_another_field_manager(api: ApiServer) -> None:
     )
     with ClusterBridge(fast_settings(api.kubeconfig, force_conflicts=False)) as bridge:
         with pytest.raises(ApiCallError) as info:
-            bridge.apply(desired(2, replicas=2))
+            bridge.apply(desired(2, replicas=2), MODEL)
         assert (info.value.code, info.value.status, info.value.permanent) == ("conflict", 409, True)
         assert ".spec.replicas" in info.value.message and "FORCE_CONFLICTS" in info.value.message
     with ClusterBridge(fast_settings(api.kubeconfig, force_conflicts=True)) as bridge:
-        assert bridge.apply(desired(3, replicas=2)).replicas == 2
+        assert bridge.apply(desired(3, replicas=2), MODEL).replicas == 2
 
 
 def test_injected_409_is_not_retried(api: ApiServer, bridge: ClusterBridge) -> None:
     api.fail(409, verb="patch", resource="configmaps", reason="Conflict", message="Operation cannot be fulfilled")
     with pytest.raises(ApiCallError, match="Operation cannot be fulfilled") as info:
-        bridge.apply(desired(1))
+        bridge.apply(desired(1), MODEL)
     assert info.value.code == "conflict"
     assert len([r for r in api.requests if r.resource == "configmaps"]) == 1
 
@@ -84,7 +84,7 @@ def test_injected_409_is_not_retried(api: ApiServer, bridge: ClusterBridge) -> N
 @pytest.mark.parametrize("code", [500, 503, 429, 504])
 def test_temporary_server_errors_are_retried(api: ApiServer, bridge: ClusterBridge, code: int) -> None:
     api.fail(code, verb="patch", resource="deployments", times=2)
-    assert bridge.apply(desired(1)).state == "ready"
+    assert bridge.apply(desired(1), MODEL).state == "ready"
     assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [code, code, 201]
 
 
@@ -122,14 +122,14 @@ def test_missing_namespace_is_permanent(api: ApiServer) -> None:
         ClusterBridge(fast_settings(api.kubeconfig, namespace="nowhere")) as bridge,
         pytest.raises(ApiCallError, match='namespaces "nowhere" not found') as info,
     ):
-        bridge.apply(desired(1))
+        bridge.apply(desired(1), MODEL)
     assert info.value.code == "not_found" and info.value.permanent
 
 
 def test_bad_desired_state_applies_nothing(api: ApiServer, bridge: ClusterBridge) -> None:
     with pytest.raises(WorkloadError):
         forged = RuntimeOptions.model_construct(mig_profile="huge", gpus=0)  # past the wire contract's own check
-        bridge.apply(desired(1).model_copy(update={"runtime": forged}))
+        bridge.apply(with_slot(desired(1), runtime=forged), MODEL)
     assert api.requests == []
 
 
@@ -147,7 +147,7 @@ def test_connection_refused_is_temporary(tmp_path: Path, api: ApiServer) -> None
         assert (info.value.code, info.value.permanent) == ("unreachable", False)
         assert "after 3 tries" in info.value.message
         with pytest.raises(ApiCallError, match="unreachable"):
-            bridge.apply(desired(1))
+            bridge.apply(desired(1), MODEL)
 
 
 def test_untrusted_server_certificate(tmp_path: Path, api: ApiServer) -> None:
@@ -208,14 +208,14 @@ def test_garbage_in_the_rollout_watch_is_survived(api: ApiServer, bridge: Cluste
     api.controller_delay_s = 0.2
     # a 200 whose body is not a watch event: lightkube fails to decode it, the watch resumes
     api.fail(200, verb="watch", resource="deployments", times=2, reason="", message="not an event")
-    assert bridge.apply(desired(1)).state == "ready"
+    assert bridge.apply(desired(1), MODEL).state == "ready"
     assert [r.code for r in api.requests if r.verb == "watch"][:2] == [200, 200]
 
 
 def test_huge_error_messages_are_cut(api: ApiServer, bridge: ClusterBridge) -> None:
     api.fail(422, verb="patch", resource="configmaps", reason="Invalid", message="x" * 100_000)
     with pytest.raises(ApiCallError) as info:
-        bridge.apply(desired(1))
+        bridge.apply(desired(1), MODEL)
     assert info.value.code == "invalid" and len(info.value.message) <= 1500
 
 
@@ -261,7 +261,7 @@ def test_in_cluster_service_account(tmp_path: Path, token_api: ApiServer, monkey
     token_api.put_node("n1")
     with ClusterBridge(fast_settings(None)) as bridge:
         assert [n.name for n in bridge.inventory()] == ["n1"]
-        assert bridge.apply(desired(1)).state == "ready"
+        assert bridge.apply(desired(1), MODEL).state == "ready"
 
 
 def test_a_revoked_token_is_unauthorized(tmp_path: Path, token_api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:

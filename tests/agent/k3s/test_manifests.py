@@ -21,7 +21,7 @@ from agent.cli import run_cmd
 from agent.health import HealthServer
 from agent.k3s import render_workload
 from fleet.messages import Autoscaling
-from tests.agent.k3s.conftest import desired
+from tests.agent.k3s.conftest import MODEL, desired
 from tests.agent.k3s.manifests import (
     AGENT,
     NEWEST,
@@ -159,7 +159,7 @@ def test_agent_pod_meets_pod_security_restricted_and_has_bounded_resources(overl
 def test_every_workload_the_agent_renders_validates_strictly(overlay: str, workload: str, version: str) -> None:
     """With the settings each overlay gives the agent, for CPU, GPU, MIG, replicas and autoscaling."""
     settings = cluster_settings(overlay)
-    rendered = render_workload(desired(1, **WORKLOADS[workload]), settings)
+    rendered = render_workload(desired(1, **WORKLOADS[workload]), MODEL, settings)
     for obj in rendered.objects():
         validate(obj, version)
     pod = rendered.deployment["spec"]["template"]["spec"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agent.k3s import API_CALLS, ClusterBridge
 from fleet.messages import Autoscaling
-from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.agent.k3s.manifests import AGENT, find, granted_rules, render
 from tests.k8s.server import ApiServer, Rule
 
@@ -28,11 +28,13 @@ def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api:
         bridge.watch_inventory(seen.append)
         assert [n.name for n in bridge.inventory()] == ["gpu-1"]
         scaling = Autoscaling(max_replicas=3)
-        assert bridge.apply(desired(1, mig_profile="1g.10gb", autoscaling=scaling)).state == "ready"
-        assert bridge.apply(desired(2, gpus=1)).state == "ready"  # update: patch, no create; the HPA is deleted
+        assert bridge.apply(desired(1, mig_profile="1g.10gb", autoscaling=scaling), MODEL).state == "ready"
+        assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # update: patch, no create; the HPA is deleted
+        bridge.remove(MODEL)  # the model is no longer desired: its workload is deleted
+        assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # and a later deploy creates it again
     api.controller = "never"  # a failed rollout also lists the pods to say why
     with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
-        assert bridge.apply(desired(3, gpus=2)).state == "failed"
+        assert bridge.apply(desired(3, gpus=2), MODEL).state == "failed"
     refused = [r for r in api.requests if r.code >= 400 and not (r.verb == "delete" and r.code == 404)]
     assert not refused, refused  # (deleting an HPA that is not there is a 404, not a refusal)
     used = api.calls()

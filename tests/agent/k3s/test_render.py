@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from agent.k3s import ClusterSettings, WorkloadError, render_workload
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION, MAX_CONFIG_BYTES
 from fleet.messages import Autoscaling, RuntimeOptions
-from tests.agent.k3s.conftest import desired
+from tests.agent.k3s.conftest import MODEL, desired, with_slot
 
 S = ClusterSettings(image="reg.local/agent:1", gpu_image="reg.local/agent:1-cuda")
 
@@ -20,8 +20,8 @@ def container(w: object) -> dict:
 
 
 def test_model_only_change_keeps_the_pod_template() -> None:
-    a = render_workload(desired(1, "1.0.0"), S)
-    b = render_workload(desired(2, "2.0.0", max_batch=32, providers=["CUDAExecutionProvider"]), S)
+    a = render_workload(desired(1, "1.0.0"), MODEL, S)
+    b = render_workload(desired(2, "2.0.0", max_batch=32, providers=["CUDAExecutionProvider"]), MODEL, S)
     assert a.template_hash == b.template_hash
     assert a.deployment["spec"]["template"] == b.deployment["spec"]["template"]
     assert a.config_map != b.config_map  # the model travels in the ConfigMap the pods watch
@@ -41,20 +41,20 @@ def test_model_only_change_keeps_the_pod_template() -> None:
     ],
 )
 def test_image_gpu_or_resources_change_the_template(change: dict, settings: ClusterSettings) -> None:
-    base = render_workload(desired(1), S)
-    changed = render_workload(desired(1, **change), settings)
+    base = render_workload(desired(1), MODEL, S)
+    changed = render_workload(desired(1, **change), MODEL, settings)
     assert changed.template_hash != base.template_hash
 
 
 def test_replicas_do_not_touch_the_template() -> None:
-    one = render_workload(desired(1, replicas=1), S)
-    three = render_workload(desired(1, replicas=3), S)
+    one = render_workload(desired(1, replicas=1), MODEL, S)
+    three = render_workload(desired(1, replicas=3), MODEL, S)
     assert one.template_hash == three.template_hash
     assert three.deployment["spec"]["replicas"] == 3
 
 
 def test_gpu_request_uses_the_cuda_image_runtime_class_and_limits() -> None:
-    w = render_workload(desired(1, gpus=2), S)
+    w = render_workload(desired(1, gpus=2), MODEL, S)
     c = container(w)
     assert c["image"] == "reg.local/agent:1-cuda"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -66,17 +66,17 @@ def test_gpu_request_uses_the_cuda_image_runtime_class_and_limits() -> None:
 
 
 def test_mig_slice_request() -> None:
-    c = container(render_workload(desired(1, mig_profile="3g.40gb"), S))
+    c = container(render_workload(desired(1, mig_profile="3g.40gb"), MODEL, S))
     assert c["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
 
 
 def test_cpu_only_pod() -> None:
-    w = render_workload(desired(1), S)
+    w = render_workload(desired(1), MODEL, S)
     c = container(w)
     assert c["image"] == "reg.local/agent:1"
     assert set(c["resources"]["limits"]) == {"cpu", "memory"}
-    assert c["args"] == ["agent", "serve", "--store", "/models"]
+    assert c["args"] == ["agent", "serve", "--store", "/models", "--model", MODEL]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert "runtimeClassName" not in w.deployment["spec"]["template"]["spec"]
@@ -89,7 +89,7 @@ def test_cpu_only_pod() -> None:
 
 def test_autoscaler_owns_replicas() -> None:
     scaling = Autoscaling(min_replicas=2, max_replicas=6, cpu_percent=65)
-    w = render_workload(desired(1, replicas=3, autoscaling=scaling), S)
+    w = render_workload(desired(1, replicas=3, autoscaling=scaling), MODEL, S)
     assert "replicas" not in w.deployment["spec"]
     assert w.autoscaler is not None
     assert w.autoscaler["spec"]["minReplicas"] == 2
@@ -98,33 +98,45 @@ def test_autoscaler_owns_replicas() -> None:
     assert [o["kind"] for o in w.objects()][-1] == "HorizontalPodAutoscaler"
 
 
-def test_no_model_renders_an_empty_active_document() -> None:
-    state = desired(1).model_copy(update={"model": None})
-    active = json.loads(render_workload(state, S).config_map["data"][ACTIVE_FILE])
-    assert active["model"] is None
+def test_a_model_the_state_does_not_name_has_no_workload() -> None:
+    state = desired(1).model_copy(update={"models": []})
+    with pytest.raises(WorkloadError) as info:  # a model no longer desired: its workload is deleted instead
+        render_workload(state, MODEL, S)
+    assert info.value.code == "no_such_model"
+
+
+def test_each_model_has_a_workload_of_its_own() -> None:
+    a = render_workload(desired(1), MODEL, S)
+    other = with_slot(desired(1), model=desired(1).models[0].model.model_copy(update={"name": "plates"}))
+    b = render_workload(other, "plates", S)
+    assert a.deployment["metadata"]["name"] == "edgefleet-inference-resnet"
+    assert b.deployment["metadata"]["name"] == "edgefleet-inference-plates"
+    assert container(b)["args"][-2:] == ["--model", "plates"]
+    assert json.loads(b.config_map["data"][ACTIVE_FILE])["model"]["name"] == "plates"
+    assert a.deployment["spec"]["selector"] != b.deployment["spec"]["selector"]
 
 
 @pytest.mark.parametrize("profile", ["1g", "1g.10", "../etc", "1g.10gb;rm", "0g.5gb", ""])
 def test_bad_mig_profile_is_refused(profile: str) -> None:
     with pytest.raises(ValidationError, match="mig_profile"):  # the wire contract refuses it (the hub never signs it)
         RuntimeOptions(mig_profile=profile)
-    forged = desired(1).model_copy(update={"runtime": RuntimeOptions.model_construct(mig_profile=profile, gpus=0)})
+    forged = with_slot(desired(1), runtime=RuntimeOptions.model_construct(mig_profile=profile, gpus=0))
     with pytest.raises(WorkloadError, match="MIG profile"):  # and rendering checks again
-        render_workload(forged, S)
+        render_workload(forged, MODEL, S)
 
 
 def test_oversized_descriptor_is_refused() -> None:
     state = desired(1)
-    assert state.model is not None
-    big = state.model.model_copy(update={"descriptor": {"labels": ["x" * 1000] * (MAX_CONFIG_BYTES // 900)}})
+    model = state.models[0].model
+    big = model.model_copy(update={"descriptor": {"labels": ["x" * 1000] * (MAX_CONFIG_BYTES // 900)}})
     with pytest.raises(WorkloadError) as info:
-        render_workload(state.model_copy(update={"model": big}), S)
+        render_workload(with_slot(state, model=big), MODEL, S)
     assert info.value.code == "descriptor_too_large"
     assert info.value.permanent
 
 
 def test_host_path_store() -> None:
-    w = render_workload(desired(1), S.model_copy(update={"models_host_path": "/var/lib/edgefleet"}))
+    w = render_workload(desired(1), MODEL, S.model_copy(update={"models_host_path": "/var/lib/edgefleet"}))
     volumes = {v["name"]: v for v in w.deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["hostPath"]["path"] == "/var/lib/edgefleet"
 
@@ -132,7 +144,7 @@ def test_host_path_store() -> None:
 @pytest.mark.parametrize("runtime", [{}, {"gpus": 1}, {"mig_profile": "1g.10gb"}])
 def test_serving_pods_meet_pod_security_restricted(runtime: dict) -> None:
     """The namespace enforces Pod Security `restricted` (deploy/base/namespace.yaml): the pods must pass it."""
-    pod = render_workload(desired(1, **runtime), S).deployment["spec"]["template"]["spec"]
+    pod = render_workload(desired(1, **runtime), MODEL, S).deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not any("hostPath" in v for v in pod["volumes"])
@@ -145,5 +157,5 @@ def test_serving_pods_meet_pod_security_restricted(runtime: dict) -> None:
 
 
 def test_gpu_without_runtime_class() -> None:
-    pod = render_workload(desired(1, gpus=1), S.model_copy(update={"gpu_runtime_class": None})).deployment
+    pod = render_workload(desired(1, gpus=1), MODEL, S.model_copy(update={"gpu_runtime_class": None})).deployment
     assert "runtimeClassName" not in pod["spec"]["template"]["spec"]
