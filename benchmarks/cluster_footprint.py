@@ -48,7 +48,7 @@ from models.samples import build_classifier, classifier_descriptor  # noqa: E402
 from models.validate import validate  # noqa: E402
 from tests.k8s.server import ApiServer  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
-from tests.support.hubside import HubSide  # noqa: E402
+from tests.support.hubside import HubSide, one  # noqa: E402
 
 RAW = """
 import sys, resource
@@ -182,7 +182,7 @@ def main() -> None:
         rows.append(("control agent", "peak (VmHWM: during the model check)", _hwm(control.pid)))
         big_path, big_desc = _big_classifier(work / "big", args.big_mib)
         hub.publish_desired(device, hub.desired(device, 2, hub.model_ref(big_path, big_desc)))
-        hub.wait(lambda: any(r.active is not None and r.active.version == big_desc.version for r in hub.reported),
+        hub.wait(lambda: any((a := one(r).active) is not None and a.version == big_desc.version for r in hub.reported),
                  300, "big model checked")  # fmt: skip
         time.sleep(2.5)
         big_mib = big_path.stat().st_size / MIB
@@ -208,7 +208,7 @@ def main() -> None:
 
         headless = _spawn(["run", "--headless", "--bundle", str(bundle), "--data-dir", str(data)], _env({}))
         time.sleep(1.0)
-        hub.wait(lambda: len(hub.reported) > 0 and hub.reported[-1].active is not None, 60, "headless active")
+        hub.wait(lambda: len(hub.reported) > 0 and one(hub.reported[-1]).active is not None, 60, "headless active")
         rows.append(("agent --headless (before)", "model held in the agent pod", _rss(headless.pid)))
         _stop(headless)
 

@@ -38,7 +38,7 @@ import psutil  # noqa: E402
 from models.cli import build_samples  # noqa: E402
 from models.descriptor import ModelDescriptor  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
-from tests.support.hubside import HubSide  # noqa: E402
+from tests.support.hubside import HubSide, one  # noqa: E402
 
 RAW = """
 import sys, time, resource
@@ -133,7 +133,7 @@ def main() -> None:
                 before = len(hub.reported)
                 t0 = time.perf_counter()
                 proc = _spawn(bundle, data, mode)
-                hub.wait(lambda b=before: any(r.active is not None for r in hub.reported[b:]), timeout=60, what="ready")
+                hub.wait(lambda b=before: any(one(r).active for r in hub.reported[b:]), timeout=60, what="ready")
                 ready.append(time.perf_counter() - t0)
                 now_rss, high = _rss_settled(proc.pid)
                 rss.append(now_rss)

@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.codec import encode
 from fleet.histogram import LatencyRecorder
-from fleet.messages import GpuSample, TelemetryWindow
+from fleet.messages import GpuSample, ModelWindow, TelemetryWindow
 from fleet.topics import TopicKind, Topics
 from hub.broker import LocalBroker
 from hub.runtime import Hub, init_hub
@@ -51,10 +51,11 @@ def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -
     base = time.time() - 3600
     for i in range(count):
         device = f"bench-{publisher:02d}-{i % devices:04d}"
+        model = ModelWindow(name="mobilenet-like", version="1.0.0", provider="CPUExecutionProvider", requests=50,
+                            errors=i % 2, latency=hist, queue_depth=i % 5)  # fmt: skip
         w = TelemetryWindow(
             device_id=device, seq=i // devices, start=base + i // devices * 10, end=base + i // devices * 10 + 10,
-            model="mobilenet-like", model_version="1.0.0", provider="CPUExecutionProvider", requests=50, errors=i % 2,
-            latency=hist, queue_depth=i % 5, cpu_percent=42.5, memory_bytes=123_456_789,
+            models=[model], cpu_percent=42.5, memory_bytes=123_456_789,
             gpus=[GpuSample(index=0, util_percent=33.0, memory_used_bytes=1 << 30)] if i % 4 == 0 else [],
         )  # fmt: skip
         out.append((topics.telemetry(device), encode(w)))

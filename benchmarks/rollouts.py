@@ -27,7 +27,16 @@ if str(ROOT) not in sys.path:
 
 from fleet.codec import encode  # noqa: E402
 from fleet.histogram import LatencyRecorder  # noqa: E402
-from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState, TelemetryWindow  # noqa: E402
+from fleet.messages import (  # noqa: E402
+    AppliedModel,
+    DesiredModel,
+    DeviceStatus,
+    ModelStatus,
+    ModelWindow,
+    Phase,
+    ReportedState,
+    TelemetryWindow,
+)
 from fleet.signing import HubSigningKey  # noqa: E402
 from fleet.topics import Topics  # noqa: E402
 from hub.deploy import Deployer  # noqa: E402
@@ -64,13 +73,13 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
     devices = Devices(store, DeviceSettings(), bundle_fields=dict)
     deployer = Deployer(store, HubSigningKey.generate(), Topics("fleet/v1"), lambda *a: None, DeviceSettings(),
                         registry=registry, devices=devices)  # fmt: skip
-    deployer.set_desired(ids, registry.model_ref("m", "1.0.0"))
+    deployer.set_slot(ids, "m", DesiredModel(model=registry.model_ref("m", "1.0.0")))
     now = time.time()
     active = AppliedModel(name="m", version="1.0.0", sha256=SHA)
     for d in ids:
         store.enqueue_status(DeviceStatus(device_id=d, state="online", ts=now), now)
-        store.enqueue_reported(ReportedState(device_id=d, seq=1, ts=now, desired_version=1, phase=Phase.ACTIVE,
-                                             active=active), now)  # fmt: skip
+        status = ModelStatus(name="m", phase=Phase.ACTIVE, active=active)
+        store.enqueue_reported(ReportedState(device_id=d, seq=1, ts=now, desired_version=1, models=[status]), now)
     store.flush()
     settings = RolloutSettings(tick_interval_s=600, telemetry_grace_s=0)
     engine = RolloutEngine(store, registry, deployer, settings, DeviceSettings(stale_after_s=1e9))
@@ -85,11 +94,12 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
         on_new = d in wave
         applied = AppliedModel(name="m", version="2.0.0" if on_new else "1.0.0", sha256=SHA)
         desired = store.get_desired(d)
-        store.enqueue_reported(ReportedState(device_id=d, seq=2, ts=now, phase=Phase.ACTIVE, active=applied,
+        status = ModelStatus(name="m", phase=Phase.ACTIVE, active=applied)
+        store.enqueue_reported(ReportedState(device_id=d, seq=2, ts=now, models=[status],
                                              desired_version=desired.version if desired else 1), now)  # fmt: skip
         for k in range(windows):
-            w = TelemetryWindow(device_id=d, seq=k, start=now + 5 * k, end=now + 5 * k + 5, model="m",
-                                model_version=applied.version, requests=50, latency=rec.snapshot())  # fmt: skip
+            mw = ModelWindow(name="m", version=applied.version, requests=50, latency=rec.snapshot())
+            w = TelemetryWindow(device_id=d, seq=k, start=now + 5 * k, end=now + 5 * k + 5, models=[mw])
             store.submit_telemetry(d, encode(w), now)
     store.flush()
     engine.tick(now + 1)  # settles: bake starts

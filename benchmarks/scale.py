@@ -189,7 +189,7 @@ class StandInHub:
 
     def active(self) -> int:
         with self.hub._lock:
-            return sum(1 for r in self.hub.reported.values() if r.active is not None)
+            return sum(1 for r in self.hub.reported.values() if any(m.active for m in r.models))
 
     def close(self) -> None:
         self.hub.close()

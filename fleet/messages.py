@@ -12,6 +12,7 @@ latency histogram, queue depth, shadow stats, labelled by model and version) bes
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -329,7 +330,14 @@ class ModelStatus(Part):
     cluster: ClusterWorkload | None = Field(default=None, description="cluster mode: its serving workload")
 
 
-_BUSY = (Phase.DOWNLOADING, Phase.ACTIVATING)
+def device_phase(phases: Iterable[Phase]) -> Phase:
+    """The phase of a device from its models' phases: downloading or activating while any model is, else
+    failed if any model failed, else active if any model serves, else idle."""
+    found = set(phases)
+    for p in (Phase.DOWNLOADING, Phase.ACTIVATING, Phase.FAILED, Phase.ACTIVE):
+        if p in found:
+            return p
+    return Phase.IDLE
 
 
 class ReportedState(Wire):
@@ -356,13 +364,8 @@ class ReportedState(Wire):
 
     @property
     def phase(self) -> Phase:
-        """The device as a whole: downloading or activating while any model is, else failed if any model
-        failed, else active if any model serves, else idle."""
-        phases = {m.phase for m in self.models}
-        for p in (*_BUSY, Phase.FAILED, Phase.ACTIVE):
-            if p in phases:
-                return p
-        return Phase.IDLE
+        """The device as a whole (`device_phase` of its models' phases)."""
+        return device_phase(m.phase for m in self.models)
 
 
 class GpuSample(Part):

@@ -15,6 +15,7 @@ from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, SimConfig
 from agent.sim.profile import Profiles
 from agent.sim.transport import Transport
+from fleet.messages import device_phase
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Simulator:
         raise KeyError(device_id)
 
     def snapshot(self) -> Snapshot:
-        """Counts over the fleet: connected, models by phase and by active `name:version`, last errors, counters."""
+        """Counts over the fleet: connected, devices by phase, models by active `name:version`, errors, counters."""
         totals: Counter[str] = Counter()
         for agent in self.agents:
             for f in fields(AgentStats):
@@ -111,7 +112,7 @@ class Simulator:
         return Snapshot(
             agents=len(self.agents),
             connected=sum(1 for a in self.agents if a.connected),
-            phases=dict(Counter(m.phase.value for a in self.agents for m in a.models.values())),
+            phases=dict(Counter(device_phase(m.phase for m in a.models.values()).value for a in self.agents)),
             active_versions=dict(
                 Counter(f"{m.name}:{m.active.version}" for a in self.agents for m in a.models.values() if m.active)
             ),

@@ -21,7 +21,7 @@ import typer
 import yaml
 from PIL import Image
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from edgefleet_cli import app
 from fleet.messages import AppliedModel
 from models.cli import build_samples
@@ -84,7 +84,7 @@ def test_every_edgefleet_command_parses(args: list[str], journey_dir: Path) -> N
 def test_curl_paths_exist_in_the_api() -> None:
     from agent.api.app import create_app  # noqa: PLC0415
 
-    routes = {getattr(r, "path", "") for r in create_app(ApiSettings(), ModelSlot()).routes}
+    routes = {getattr(r, "path", "") for r in create_app(ApiSettings(), ModelRepository()).routes}
     lines = _lines("curl")
     assert lines
     for args in lines:
@@ -97,7 +97,7 @@ def test_curl_paths_exist_in_the_api() -> None:
 def test_the_tritonclient_snippet_runs(journey_dir: Path) -> None:
     desc = ModelDescriptor.load(journey_dir / "mobilenet-like.yaml")
     engine = Engine.load(journey_dir / "mobilenet-like.onnx", desc, EngineOptions(warmup_runs=1))
-    slot = ModelSlot()
+    slot = ModelRepository()
     slot.activate(engine, AppliedModel(name=desc.name, version=desc.version, sha256=desc.sha256 or "0" * 64), desc)
     with ApiServer(ApiSettings(port=0), slot) as server:
         port = server.url.rsplit(":", 1)[1]

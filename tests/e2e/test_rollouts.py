@@ -132,8 +132,9 @@ def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates
     assert status["waves"][1]["phase"] == "pending"
     # the candidate ran only as a shadow: never the desired model of any device, never active, never served
     wait_for(lambda: len(f.desired_log) >= 2, timeout=10)
-    assert any(d.shadow is not None and d.shadow.model.version == "2.1.0" for d in f.desired_log)
-    assert all(d.model is not None and d.model.version == "1.0.0" for d in f.desired_log)
+    slots = [d.slot("cls") for d in f.desired_log]
+    assert any(s is not None and s.shadow is not None and s.shadow.model.version == "2.1.0" for s in slots)
+    assert all(s is not None and s.model.version == "1.0.0" for s in slots)
     assert set(f.active_versions("fleet=shadow").values()) == {"1.0.0"}
     for device in ("cam-a", "cam-b"):
         windows = f.hub.hub.store.telemetry_windows(device, since=None, until=None, limit=10_000)
@@ -158,9 +159,9 @@ def test_the_hub_restarted_mid_wave_finishes_and_sends_no_step_twice(fleet: Flee
     # per device and content, one desired version: a restart re-sends the same signed state, never a new one
     versions: dict[tuple[str, str], set[int]] = defaultdict(set)
     for d in f.desired_log:
-        if d.rollout_id == rid:
-            assert d.model is not None
-            versions[(d.device_id, d.model.version)].add(d.version)
+        slot = d.slot("cls")
+        if slot is not None and slot.rollout_id == rid:
+            versions[(d.device_id, slot.model.version)].add(d.version)
     assert {dev for dev, _ in versions} == set(devices)
     assert all(len(v) == 1 for v in versions.values()), versions
 

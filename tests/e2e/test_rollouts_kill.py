@@ -143,9 +143,9 @@ def test_a_hub_killed_mid_wave_twice_finishes_the_rollout_without_sending_a_step
         wait_for(lambda: all_on("2.0.0"), timeout=30, interval=0.1)
         versions: dict[tuple[str, str], set[int]] = defaultdict(set)
         for d in log:
-            if d.rollout_id == rid:
-                assert d.model is not None
-                versions[(d.device_id, d.model.version)].add(d.version)
+            slot = d.slot("cls")
+            if slot is not None and slot.rollout_id == rid:
+                versions[(d.device_id, slot.model.version)].add(d.version)
         assert {dev for dev, _ in versions} == {i.device_id for i in identities}
         assert all(len(v) == 1 for v in versions.values()), versions
     finally:

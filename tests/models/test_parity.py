@@ -37,7 +37,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api import ApiServer, ApiSettings, ModelRepository
 from fleet.messages import AppliedModel
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
@@ -86,7 +86,7 @@ def serve() -> Iterator[Any]:
         report = validate(onnx_path, ModelDescriptor.load(HERE / yaml_name))
         d = report.descriptor
         engine = Engine.load(onnx_path, d, EngineOptions(intra_op_threads=1))
-        slot = ModelSlot()
+        slot = ModelRepository()
         server = ApiServer(ApiSettings(port=0), slot)
         server.start()
         servers.append(server)

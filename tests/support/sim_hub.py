@@ -32,7 +32,7 @@ from fleet import (
     encode_frame,
     plan_bytes,
 )
-from fleet.messages import Command, CommandName
+from fleet.messages import Command, CommandName, DesiredModel
 
 
 @dataclass
@@ -95,12 +95,23 @@ class MiniHub:
         return manifest
 
     def desired(
-        self, device_id: str, model: ModelRef | None, *, ttl_s: float = 3600, version: int | None = None
+        self,
+        device_id: str,
+        model: ModelRef | None,
+        *,
+        ttl_s: float = 3600,
+        version: int | None = None,
+        others: list[ModelRef] | None = None,
     ) -> DesiredState:
+        """A desired state naming `model` (None: no model) and the `others`, each with default runtime options."""
         now = time.time()
         v = version if version is not None else self._versions.get(device_id, 0) + 1
         self._versions[device_id] = max(v, self._versions.get(device_id, 0))
-        return DesiredState(device_id=device_id, version=v, issued_at=now, expires_at=now + ttl_s, model=model)
+        refs = ([model] if model is not None else []) + list(others or [])
+        return DesiredState(
+            device_id=device_id, version=v, issued_at=now, expires_at=now + ttl_s,
+            models=[DesiredModel(model=r) for r in refs],
+        )  # fmt: skip
 
     def publish_desired(self, state: DesiredState, *, key: HubSigningKey | None = None) -> None:
         envelope = (key or self.key).sign(state)

@@ -30,7 +30,8 @@ from fleet import (
     plan_bytes,
 )
 from fleet.address import BrokerAddress
-from fleet.messages import Command, CommandName
+from fleet.messages import Command, CommandName, DesiredModel
+from tests.support.hubside import one
 
 PREFIX = "fleet/v1"
 BLOB = bytes(range(256)) * 1024 * 3 + b"tail"  # 768 KiB + 4 bytes: 4 chunks of 256 KiB, the last short
@@ -51,7 +52,7 @@ class Hub:
         self.version = version if version is not None else self.version + 1
         now = time.time()
         state = DesiredState(device_id=device_id, version=self.version, issued_at=now, expires_at=now + ttl,
-                             model=model)  # fmt: skip
+                             models=[DesiredModel(model=model)] if model is not None else [])  # fmt: skip
         return encode((key or self.key).sign(state))
 
     def frames(self) -> list[bytes]:
@@ -112,7 +113,7 @@ def test_desired_state_downloads_verifies_and_activates(tmp_path: Path) -> None:
     assert reports(actions)[-1].phase is Phase.ACTIVATING
     assert (tmp_path / "cache" / "blobs" / hub.manifest.sha256).read_bytes() == BLOB
     final = reports(agent.tick(time.time()))[-1]
-    assert final.phase is Phase.ACTIVE and final.active is not None and final.active.version == "1.0.0"
+    assert final.phase is Phase.ACTIVE and one(final).active is not None and one(final).active.version == "1.0.0"
     assert final.desired_version == 1
 
 
@@ -193,13 +194,14 @@ def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
     download_all(agent, hub)
     agent.tick(time.time())
-    assert agent.active is not None
+    assert agent.models["resnet"].active is not None
     agent.config = agent.config.model_copy(update={"faults": Faults(activation_fail_p=1.0)})
     other = hub.model("2.0.0")  # same blob, new version: no download needed, but a new activation
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", other), time.time())
     failed = reports(agent.tick(time.time()))[-1]
-    assert failed.phase is Phase.FAILED and failed.error is not None and failed.error.code == "activation_failed"
-    assert failed.active is not None and failed.active.version == "1.0.0"
+    error = one(failed).error
+    assert failed.phase is Phase.FAILED and error is not None and error.code == "activation_failed"
+    assert one(failed).active is not None and one(failed).active.version == "1.0.0"
 
 
 def test_telemetry_follows_the_active_versions_profile(tmp_path: Path) -> None:
@@ -215,8 +217,9 @@ def test_telemetry_follows_the_active_versions_profile(tmp_path: Path) -> None:
     window = decode(
         next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/telemetry")), TelemetryWindow
     )
-    assert window.model_version == "1.0.0" and window.requests > 0 and window.latency.count == window.requests
-    assert 0 < window.errors < window.requests  # err=0.5
+    (w,) = window.models
+    assert w.version == "1.0.0" and w.requests > 0 and w.latency.count == w.requests
+    assert 0 < w.errors < w.requests  # err=0.5
 
 
 def test_offline_fault_and_slow_link(tmp_path: Path) -> None:
@@ -252,7 +255,7 @@ def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path
         agent.on_message(hub.topics.desired(agent.device_id), hub.desired(agent.device_id, hub.model()), time.time())
     for agent in agents:
         download_all(agent, hub)
-        assert agent.phase is Phase.ACTIVATING
+        assert agent.models["resnet"].phase is Phase.ACTIVATING
     assert cache.chunks_written == hub.manifest.count
     assert cache.chunks_verified == 5 * hub.manifest.count
     assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [hub.manifest.sha256]

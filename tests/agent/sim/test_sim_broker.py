@@ -17,6 +17,7 @@ from agent.sim.swarm import Simulator
 from fleet import CommandAck, HubSigningKey, ModelRef, Phase, TelemetryWindow, decode
 from fleet.messages import CommandName
 from tests.support.broker import Broker
+from tests.support.hubside import one
 from tests.support.mqtt import wait_for
 from tests.support.sim_hub import MiniHub
 
@@ -48,14 +49,15 @@ def test_fifty_agents_download_by_fan_out_and_report_active(
         for agent in sim.agents:
             hub.publish_desired(hub.desired(agent.device_id, model))
         wait_for(lambda: list(hub.phases().values()).count("active") == N, timeout=60)
-        assert all(r.active is not None and r.active.version == "1.2.0" for r in hub.reported.values())
+        assert all((a := one(r).active) is not None and a.version == "1.2.0" for r in hub.reported.values())
         # every agent verified every chunk; the bytes hit the disk once; chunks went out about once each
         assert sim.snapshot().stats["chunks"] == N * manifest.count
         assert sim.cache.chunks_written == manifest.count
         assert (tmp_path / "cache" / "blobs" / manifest.sha256).read_bytes() == blob
         assert hub.chunks_sent < 4 * manifest.count
         wait_for(
-            lambda: any(decode(p, TelemetryWindow).model_version == "1.2.0" for _, p in hub.telemetry[-N:]), timeout=10
+            lambda: any(m.version == "1.2.0" for _, p in hub.telemetry[-N:] for m in decode(p, TelemetryWindow).models),
+            timeout=10,
         )
         hub.command(sim.agents[0].device_id, CommandName.PING, "corr-1")
         wait_for(lambda: hub.acks, timeout=10)
@@ -74,7 +76,7 @@ def test_bad_signature_is_refused_and_reported(broker: Broker, hub: MiniHub, top
             hub.publish_desired(hub.desired(agent.device_id, model), key=rogue)
         wait_for(lambda: all(r.error is not None for r in hub.reported.values()) and len(hub.reported) == 3, timeout=20)
         assert {r.error.code for r in hub.reported.values() if r.error} == {"unknown_signing_key"}
-        assert all(r.phase is Phase.IDLE and r.download is None for r in hub.reported.values())
+        assert all(r.phase is Phase.IDLE and one(r).download is None for r in hub.reported.values())
         # hostile payloads on the desired and chunk topics are counted, and nothing dies
         hub.publish_raw(hub.topics.desired(sim.agents[0].device_id), os.urandom(300))
         hub.publish_raw(hub.topics.chunk(manifest.sha256), os.urandom(300))
@@ -94,8 +96,8 @@ def test_faults_show_in_status_and_reported_states(
         for agent in sim.agents:
             hub.publish_desired(hub.desired(agent.device_id, model))
         wait_for(lambda: list(hub.phases().values()).count("failed") == 4, timeout=30)
-        assert {r.error.code for r in hub.reported.values() if r.error} == {"activation_failed"}
-        assert all(r.active is None for r in hub.reported.values())
+        assert {e.code for r in hub.reported.values() if (e := one(r).error)} == {"activation_failed"}
+        assert all(one(r).active is None for r in hub.reported.values())
         # going offline abruptly fires the last will; the agent comes back by itself
         victim = sim.agents[0]
         victim.config = victim.config.model_copy(

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from agent.api import ApiServer, ApiSettings
 from agent.headless import HeadlessServing
 from agent.runtime import Agent
-from agent.serving import ModelSlot, ServingError
+from agent.serving import ModelRepository, ServingError
 from agent.settings import AgentSettings
 from agent.sim.config import SimConfig
 from agent.sim.enrol import enrol_via_hub
@@ -130,7 +130,7 @@ class Fleet:
     tmp: Path
     broker: Broker
     agents: list[Agent] = field(default_factory=list)
-    servings: dict[str, ModelSlot] = field(default_factory=dict)
+    servings: dict[str, ModelRepository] = field(default_factory=dict)
     servers: list[ApiServer] = field(default_factory=list)
     sim: Simulator | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -159,12 +159,12 @@ class Fleet:
                 "activation": {"warmup_runs": 1, "report_interval_s": 0.05},
             }
         )
-        serving: ModelSlot
+        serving: ModelRepository
         if photos is None:
             serving = headless = HeadlessServing(seed=1)
             traffic: tuple[Callable[..., None], tuple[Any, ...]] = (_traffic, (headless, self._stop))
         else:
-            serving = ModelSlot(seed=1)
+            serving = ModelRepository(seed=1)
             server = ApiServer(ApiSettings(port=0), serving)
             server.start()
             self.servers.append(server)
