@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from agent import activation
 from agent.activation import Loaded
 from agent.download import Download, Fetcher
-from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
+from agent.errors import ActivationError, AgentError, InsufficientDisk, MemoryBudgetExceeded, StoreError
 from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
 from agent.ports import ClusterPort, ServingPort
@@ -368,8 +368,11 @@ class Reconciler:
             if st.failed_before(slot):
                 st.phase = Phase.FAILED  # the same version with the same options failed: not retried
                 return
-            if not self._activate(slot, st, version):
-                st.failed = (slot.model.blob.sha256, slot.runtime)
+            error = self._activate(slot, st, version)
+            if error is not None:
+                # a refusal that depends on the other models (memory) is tried again with the next desired
+                # state; one that depends on the version alone (golden check, file, description) is not
+                st.failed = None if isinstance(error, MemoryBudgetExceeded) else (slot.model.blob.sha256, slot.runtime)
                 st.phase = Phase.FAILED
                 self.report()
                 return
@@ -416,7 +419,8 @@ class Reconciler:
                 loaded[f"{m.name} {m.shadow.version} (shadow)"] = m.shadow_size
         self.memory.check(what, size, loaded)
 
-    def _activate(self, slot: DesiredModel, st: ModelState, version: int) -> bool:
+    def _activate(self, slot: DesiredModel, st: ModelState, version: int) -> ActivationError | None:
+        """Load, check and swap in the slot's version; the refusal, or None when it serves."""
         ref, runtime = slot.model, slot.runtime
         st.phase = Phase.ACTIVATING
         self.report()
@@ -427,7 +431,7 @@ class Reconciler:
         except ActivationError as e:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
             self._fail(st, e)
-            return False
+            return e
         self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
         st.active, st.runtime, st.size, st.error = loaded.applied, runtime, ref.blob.size, None
         record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,
@@ -437,7 +441,7 @@ class Reconciler:
             st.previous = prev.model if prev is not None else None
         except (StoreError, OSError) as e:
             self._fail(st, StoreError(f"{ref.name} {ref.version} serves, but its pointer was not written: {e}"))
-        return True
+        return None
 
     def _apply_shadow(self, slot: DesiredModel, st: ModelState) -> None:
         spec = slot.shadow

@@ -66,7 +66,7 @@ def new_rollout(
     """A new rollout with its targets placed in waves.
 
     Args:
-        claimed: device id -> id of the active rollout that owns it.
+        claimed: device id -> id of the active rollout of the same model that owns it.
 
     Raises:
         InvalidSelector: the selector does not parse.
@@ -82,7 +82,8 @@ def new_rollout(
         owners = sorted(set(taken.values()))
         raise RolloutConflict(
             f"{len(taken)} of the {len(matching)} target device(s) are already in active rollout(s) "
-            f"{', '.join(owners)} (e.g. {', '.join(sorted(taken)[:5])}); a device takes part in one rollout at a time"
+            f"{', '.join(owners)} of {spec.model} (e.g. {', '.join(sorted(taken)[:5])}); a device takes part in one "
+            "rollout per model at a time (rollouts of other models may run on it at once)"
         )
     sizes = parse_waves(spec.waves)
     placed = assign(rollout_id, matching, sizes)

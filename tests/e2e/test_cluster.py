@@ -34,7 +34,7 @@ from tests.support.mqtt import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "edgefleet"
-WORKLOAD = "edgefleet-inference"
+WORKLOAD = "edgefleet-inference-cls"  # one workload per model: model cls's
 
 
 def edgefleet() -> str:
@@ -133,7 +133,10 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
         active = k8s.get("", "configmaps", NAMESPACE, WORKLOAD)
         assert active is not None and '"CUDAExecutionProvider"' in active["data"]["active.json"]  # GPU pods: CUDA first
         assert d["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
-        wait_for(lambda: ((device().get("reported") or {}).get("cluster") or {}).get("state") == "ready", timeout=60)
+        wait_for(
+            lambda: any((m.get("cluster") or {}).get("state") == "ready" for m in device()["reported"]["models"]),
+            timeout=60,
+        )
         # the dashboard's device page: the nodes with their GPUs and MIG slices, and the workload's rollout
         with httpx.Client(base_url=h.url, timeout=30) as browser:
             assert browser.post("/login", data={"token": h.admin_token, "next": "/"}).status_code in (200, 303)

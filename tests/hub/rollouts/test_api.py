@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.messages import AppliedModel, DeviceStatus, Phase
+from fleet.messages import AppliedModel, DesiredState, DeviceStatus, Phase
 from hub.rollouts.controller import step
 from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine, StoreTelemetry
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
@@ -232,3 +232,45 @@ def test_a_rollback_whose_previous_version_was_deleted_retries_until_it_is_back(
     engine.tick(now + 33)
     assert engine.get(r.id).state is RolloutState.ROLLED_BACK
     assert {h.hub.store.get_desired(d).slot(MODEL).model_version for d in ("cam-4", "cam-5")} == {"1.0.0"}  # type: ignore[union-attr]
+
+
+def test_rollouts_of_two_models_share_devices_and_each_slot_moves_alone(hub: RunningHub, samples: Path) -> None:
+    """Two models on the same devices: a deploy, an undeploy and a rollout each change one model's slot of the
+    signed desired state and leave the other's; two rollouts of different models run at once, a second one of
+    the same model is refused (409)."""
+    h = hub
+    assert h.push_model(samples / "tiny-detector.onnx", samples / "tiny-detector.yaml").status_code == 201
+    assert h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml", version="2.0.0").is_success
+    store = h.hub.store
+    with h.client() as c:
+        assert c.post("/api/v1/deployments", json={"model": MODEL, "version": "1.0.0", "selector": "site=a"}).is_success
+        det = {"model": "tiny-detector", "version": "1.0.0", "selector": "site"}
+        assert c.post("/api/v1/deployments", json=det).is_success
+        before = store.get_desired("cam-0")
+        assert before is not None and [s.model_name for s in before.slots] == [MODEL, "tiny-detector"]
+        assert [s.model_name for s in store.get_desired("cam-5").slots] == ["tiny-detector"]  # type: ignore[union-attr]
+        r_cls = c.post("/api/v1/rollouts", json=body(version="2.0.0", waves=["100%"]))
+        r_det = c.post("/api/v1/rollouts", json=body(model="tiny-detector", selector="site", waves=["100%"]))
+        assert r_cls.status_code == r_det.status_code == 201, (r_cls.text, r_det.text)
+        status, code, message = error(c.post("/api/v1/rollouts", json=body(version="2.0.0", selector="site=a")))
+        assert (status, code) == (409, "rollout_conflict") and r_cls.json()["id"] in message
+        assert MODEL in message
+    engine: RolloutEngine = h.hub.rollouts
+    now = time.time()
+    engine.tick(now)  # both rollouts publish their wave: each slot set by its own rollout, in one document
+    after = store.get_desired("cam-0")
+    assert after is not None and after.version > before.version
+    cls_slot, det_slot = after.slot(MODEL), after.slot("tiny-detector")
+    assert cls_slot is not None and cls_slot.model_version == "2.0.0" and cls_slot.rollout_id == r_cls.json()["id"]
+    assert det_slot is not None and det_slot.rollout_id == r_det.json()["id"]
+    # the signed document is the one the agent gets: both slots, each with its own blob
+    state = DesiredState.model_validate(after.body)
+    assert [(m.name, m.model.version) for m in state.models] == [(MODEL, "2.0.0"), ("tiny-detector", "1.0.0")]
+    with h.client() as c:
+        gone = c.delete("/api/v1/deployments/tiny-detector", params={"selector": "site=b"})
+        assert gone.status_code == 200 and sorted(gone.json()["devices"]) == ["cam-4", "cam-5"]
+        assert error(c.delete("/api/v1/deployments/tiny-detector", params={"selector": "site=b"}))[:2] == (
+            400, "no_match",
+        )  # fmt: skip
+    assert store.get_desired("cam-5").slots == ()  # type: ignore[union-attr]
+    assert [s.model_name for s in store.get_desired("cam-0").slots] == [MODEL, "tiny-detector"]  # type: ignore[union-attr]

@@ -1,0 +1,137 @@
+"""Several models on one device over a real Mosquitto, real files and real onnxruntime: each model is
+downloaded, activated, kept as last-known-good, failed and removed on its own; the others keep serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.serving import ModelNotFound
+from fleet.messages import DesiredModel, Phase
+from models.samples import build_detector, detector_descriptor
+from models.validate import validate
+from tests.agent.conftest import AgentFactory, Sample
+from tests.support.broker import Broker
+from tests.support.hubside import HubSide
+
+IMAGE = {"image": np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+FRAME = {"images": np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)}
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    """A small detector named `det` (64x64 input), with its golden record."""
+    path = tmp_path_factory.mktemp("det") / "det.onnx"
+    path.write_bytes(build_detector("yolov8", size=(64, 64)).SerializeToString())
+    desc = detector_descriptor("yolov8", size=(64, 64), name="det").model_copy(update={"version": "1.0.0"})
+    return Sample(path, validate(path, desc).descriptor)
+
+
+def _slot(hub: HubSide, sample: Sample) -> DesiredModel:
+    return DesiredModel(model=hub.model_ref(sample.path, sample.descriptor))
+
+
+def test_two_models_serve_side_by_side_and_each_swaps_on_its_own(
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    detector: Sample,
+) -> None:
+    agent, serving = make_agent(hub, device_id, broker.url, store={"gc_keep_bytes": 0})
+    det, v1, v2 = _slot(hub, detector), _slot(hub, samples["v1"]), _slot(hub, samples["v2"])
+    hub.publish_desired(device_id, hub.desired(device_id, 1, None, others=[det, v1]))
+    r = hub.wait_reported(lambda r: r.desired_version == 1 and r.phase == "active" and len(r.models) == 2)
+    assert [(m.name, m.phase, m.active.version if m.active else None) for m in r.models] == [
+        ("det", "active", "1.0.0"), ("cls", "active", "1.0.0"),
+    ]  # fmt: skip
+    assert serving.names() == ["cls", "det"]
+    assert serving.infer(IMAGE, "cls")["logits"].shape == (1, 10)
+    boxes = serving.infer(FRAME, "det")
+    with pytest.raises(ModelNotFound, match="name one"):
+        serving.infer(IMAGE)  # two models served: a caller must say which
+
+    # a new classifier version: the detector is not touched (same engine, nothing reloaded)
+    det_engine = serving.get("det").current.engine  # type: ignore[union-attr]
+    wants = len(hub.wants)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[det, v2]))
+    r = hub.wait_active("2.0.0", model="cls")
+    assert r.model("det").active.version == "1.0.0"  # type: ignore[union-attr]
+    assert r.model("cls").previous.version == "1.0.0"  # type: ignore[union-attr]
+    assert serving.get("det").current.engine is det_engine  # type: ignore[union-attr]
+    assert all(w.sha256 == v2.model.blob.sha256 for w in hub.wants[wants:]), "only the new blob is fetched"
+    for name, want in boxes.items():
+        np.testing.assert_allclose(serving.infer(FRAME, "det")[name], want)
+    store = agent.store
+    assert store.active("det").model.version == "1.0.0" and store.active("cls").model.version == "2.0.0"  # type: ignore[union-attr]
+
+    # the detector is removed: it stops serving, stays as previous (idle); the classifier keeps serving
+    hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[v2]))
+    r = hub.wait_reported(
+        lambda r: r.desired_version == 3 and r.model("det") is not None and r.model("det").phase == "idle"
+    )  # type: ignore[union-attr]
+    removed = r.model("det")
+    assert removed is not None and removed.active is None and removed.previous.version == "1.0.0"  # type: ignore[union-attr]
+    assert serving.names() == ["cls"] and serving.infer(IMAGE)["logits"].shape == (1, 10)
+    with pytest.raises(ModelNotFound):
+        serving.infer(FRAME, "det")
+    assert store.active("det") is None and store.has_blob(det.model.blob.sha256), "kept as previous despite GC"
+    # deployed again: activated from the store, nothing downloaded
+    wants = len(hub.wants)
+    hub.publish_desired(device_id, hub.desired(device_id, 4, None, others=[v2, det]))
+    hub.wait_active("1.0.0", model="det")
+    assert len(hub.wants) == wants
+
+
+def test_a_model_failing_to_activate_leaves_the_others_serving(
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    detector: Sample,
+) -> None:
+    _agent, serving = make_agent(hub, device_id, broker.url)
+    det, v1, bad = _slot(hub, detector), _slot(hub, samples["v1"]), _slot(hub, samples["bad"])
+    hub.publish_desired(device_id, hub.desired(device_id, 1, None, others=[det, v1]))
+    hub.wait_reported(lambda r: r.phase == "active" and len(r.models) == 2)
+    # the bad classifier is listed first: its failure must not stop the detector's update behind it
+    det2 = DesiredModel(model=det.model, runtime=det.runtime.model_copy(update={"max_batch": 4}))
+    hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[bad, det2]))
+    r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "failed" and r.model("det").phase == "active")  # type: ignore[union-attr]
+    cls, d = r.model("cls"), r.model("det")
+    assert cls is not None and cls.phase is Phase.FAILED and cls.error is not None
+    assert cls.error.code == "golden_mismatch" and cls.active is not None and cls.active.version == "1.0.0"
+    assert d is not None and d.error is None and r.error is None, "the failure is the classifier's alone"
+    assert serving.infer(IMAGE, "cls")["logits"].shape == (1, 10)  # the last good classifier serves
+    assert serving.get("det").current.options.max_batch == 4  # type: ignore[union-attr]
+    # the same failing version again (another model changes): not loaded again, still reported
+    hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[bad, det]))
+    r = hub.wait_reported(lambda r: r.desired_version == 3 and r.model("det").phase == "active")  # type: ignore[union-attr]
+    assert r.model("cls").phase is Phase.FAILED and r.model("cls").error.code == "golden_mismatch"  # type: ignore[union-attr]
+
+
+def test_restart_serves_every_model_from_the_store(
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    detector: Sample,
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    agent, _ = make_agent(hub, device_id, broker.url, data_dir=data)
+    hub.publish_desired(
+        device_id, hub.desired(device_id, 1, None, others=[_slot(hub, detector), _slot(hub, samples["v1"])])
+    )
+    hub.wait_reported(lambda r: r.phase == "active" and len(r.models) == 2)
+    agent.stop()
+    start, wants = len(hub.reported), len(hub.wants)
+    _again, serving = make_agent(hub, device_id, broker.url, data_dir=data)
+    first = hub.wait_reported(lambda r: True, since=start)
+    assert {m.name: m.active.version for m in first.models if m.active} == {"det": "1.0.0", "cls": "1.0.0"}
+    assert serving.names() == ["cls", "det"] and len(hub.wants) == wants
