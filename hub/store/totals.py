@@ -22,7 +22,7 @@ def _totals_sql(d: Dialect) -> str:
         f"SELECT model_version, {d.json_text('extra', 'shadow', 'candidate_version')} AS sv, "  # noqa: S608
         "count(DISTINCT device_id), count(*), CAST(sum(requests) AS BIGINT), CAST(sum(errors) AS BIGINT), "
         f"sum(sum_ms), sum(coalesce({shadow('samples')}, 0)), sum(coalesce({shadow('agreements')}, 0)), "
-        f"sum({shadow('latency_delta_ms')} * {shadow('samples')}), "
+        f"sum({shadow('latency_delta_ms')} * {shadow('samples')}), sum(coalesce({shadow('incomparable')}, 0)), "
         + ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
         + f" FROM telemetry WHERE {d.in_list('device_id')} AND start >= ? AND start < ? "
         "GROUP BY model_version, sv ORDER BY model_version, sv NULLS FIRST"
@@ -56,7 +56,8 @@ class TotalsQueries:
                 shadow_samples=int(r[7] or 0),
                 shadow_agreements=int(r[8] or 0),
                 shadow_delta_ms_sum=float(r[9] or 0.0),
-                latency_counts=tuple(int(c or 0) for c in r[10:]),
+                shadow_incomparable=int(r[10] or 0),
+                latency_counts=tuple(int(c or 0) for c in r[11:]),
             )
             for r in rows
         ]
