@@ -232,7 +232,8 @@ class LeaderSettings(SettingsGroup):
     )  # fmt: skip
     renew_s: float = Field(
         default=2.0, gt=0, le=600,
-        description="how often the leader renews its lease and followers try to take it (under half of lease_s)",
+        description="how often the leader renews its lease and followers try to take it, seconds (under half of "
+        "lease_s)",
     )  # fmt: skip
 
 
