@@ -156,11 +156,17 @@ def _separable(src: U8, w: int, h: int, kind: Interpolation) -> U8:
     xi, xw = _axis(sw, w, kind, horizontal=True)
     yi, yw = _axis(sh, h, kind, horizontal=False)
     needed, inverse = np.unique(yi, return_inverse=True)
-    rows = src[needed]  # only the source rows some output row uses
-    # Horizontal pass into int32 rows in units of 1/2048 (|sum| < 2^31 for 8 taps of 8-bit pixels).
-    hbuf = rows[:, xi[:, 0], :].astype(np.int32) * xw[None, :, 0, None].astype(np.int32)
-    for k in range(1, xi.shape[1]):
-        hbuf += rows[:, xi[:, k], :].astype(np.int32) * xw[None, :, k, None].astype(np.int32)
+    channels = src.shape[2]
+    rows = src[needed].reshape(len(needed), sw * channels)  # only the source rows some output row uses
+    # Horizontal pass into int32 rows in units of 1/2048 (|sum| < 2^31 for 8 taps of 8-bit pixels), on
+    # flattened rows: one contiguous take per tap, weights repeated per channel.
+    chan = np.arange(channels, dtype=np.int64)
+    hbuf = np.zeros((len(needed), w * channels), dtype=np.int32)
+    for k in range(xi.shape[1]):
+        flat = (xi[:, k, None] * channels + chan[None, :]).reshape(-1)
+        weight = np.repeat(xw[:, k].astype(np.int32), channels)
+        hbuf += np.take(rows, flat, axis=1).astype(np.int32) * weight
+    hbuf = hbuf.reshape(len(needed), w, channels)
     rid = inverse.reshape(yi.shape)
     if kind == Interpolation.BILINEAR:
         # OpenCV's vectorised linear vertical pass: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2 >> 2
