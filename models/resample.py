@@ -138,8 +138,17 @@ def _separable_float(src: U8, w: int, h: int) -> U8:
     xi, xc = _clamped(xs, 4, src.shape[1]), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
     yi, yc = _clamped(ys, 4, src.shape[0]), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
     needed, inverse = np.unique(yi, return_inverse=True)
-    hbuf = np.einsum("rxkc,xk->rxc", src[needed][:, xi, :].astype(np.float64), xc)
-    out = np.einsum("hkxc,hk->hxc", hbuf[inverse.reshape(yi.shape)], yc)
+    c = src.shape[2]
+    rows = src[needed].reshape(len(needed), -1)
+    chan = np.arange(c, dtype=np.int64)
+    hbuf = np.zeros((len(needed), w * c), dtype=np.float64)
+    for k in range(4):
+        hbuf += np.take(rows, (xi[:, k, None] * c + chan).reshape(-1), axis=1) * np.repeat(xc[:, k], c)
+    rid = inverse.reshape(yi.shape)
+    out = hbuf[rid[:, 0]] * yc[:, 0, None]
+    for k in range(1, 4):
+        out += hbuf[rid[:, k]] * yc[:, k, None]
+    out = out.reshape(h, w, c)
     return np.asarray(np.clip(np.rint(out), 0, 255), dtype=np.uint8)
 
 
