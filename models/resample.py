@@ -17,6 +17,7 @@ Sampling positions are pixel-centre aligned in both (`src = (dst + 0.5) * in / o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +41,29 @@ _PILLOW = {
 _TAPS = {Interpolation.BILINEAR: 2, Interpolation.BICUBIC: 4, Interpolation.LANCZOS: 8}
 
 
-def resize_pixels(pixels: U8 | Image.Image, size: tuple[int, int], interpolation: Interpolation, antialias: bool) -> U8:
+@dataclass(frozen=True, slots=True)
+class Canvas:
+    """A padded canvas the image sits on: `width` x `height`, image at (`x`, `y`), `pad` elsewhere."""
+
+    width: int
+    height: int
+    x: int
+    y: int
+    pad: int
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the whole canvas."""
+        return self.width * self.height
+
+
+def resize_pixels(
+    pixels: U8 | Image.Image,
+    size: tuple[int, int],
+    interpolation: Interpolation,
+    antialias: bool,
+    canvas: Canvas | None = None,
+) -> U8:
     """Resize HWC uint8 pixels (or an RGB image) to `size` = (width, height); returns HWC uint8.
 
     Args:
@@ -48,29 +71,52 @@ def resize_pixels(pixels: U8 | Image.Image, size: tuple[int, int], interpolation
         size: (width, height) of the result, each >= 1.
         interpolation: the filter.
         antialias: True for Pillow's antialiased filters, False for OpenCV's sampling arithmetic.
+        canvas: resize this padded canvas around the image instead of the image alone. The OpenCV forms
+            read only the canvas pixels their taps sample, so a canvas far larger than the image (an
+            elongated panorama padded to a square) costs no memory; Pillow's filters need it whole.
     """
     w, h = size
+    if canvas is not None and antialias:
+        whole = np.full((canvas.height, canvas.width, 3), canvas.pad, dtype=np.uint8)
+        src = np.asarray(pixels, dtype=np.uint8)
+        whole[canvas.y : canvas.y + src.shape[0], canvas.x : canvas.x + src.shape[1]] = src
+        pixels = whole
     if antialias:
         img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
         if img.size != (w, h):
             img = img.resize((w, h), _PILLOW[interpolation])
         return np.asarray(img, dtype=np.uint8)
     src = np.asarray(pixels, dtype=np.uint8)
-    if src.shape[1] == w and src.shape[0] == h:
-        return src
+    if canvas is None:
+        if src.shape[1] == w and src.shape[0] == h:
+            return src
+        canvas = Canvas(src.shape[1], src.shape[0], 0, 0, 0)
     if interpolation == Interpolation.NEAREST:
-        return _nearest(src, w, h)
+        return _nearest(src, canvas, w, h)
     if interpolation not in _TAPS:
         raise ValueError(f"{interpolation.value} has no sampling (antialias: false) form")
-    return _separable(src, w, h, interpolation)
+    return _separable(src, canvas, w, h, interpolation)
 
 
-def _nearest(src: U8, w: int, h: int) -> U8:
-    """cv2.INTER_NEAREST: source index floor(dst * in / out), clamped."""
+def _sample(src: U8, canvas: Canvas, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]) -> U8:
+    """Canvas pixels [len(rows), len(cols), C] at canvas row and column indices (the pad outside the image)."""
     sh, sw = src.shape[:2]
-    xs = np.minimum(np.floor(np.arange(w) * (1.0 / (w / sw))).astype(np.int64), sw - 1)
-    ys = np.minimum(np.floor(np.arange(h) * (1.0 / (h / sh))).astype(np.int64), sh - 1)
-    return np.ascontiguousarray(src[ys[:, None], xs[None, :]])
+    r, c = rows - canvas.y, cols - canvas.x
+    out = src[np.clip(r, 0, sh - 1)][:, np.clip(c, 0, sw - 1)]
+    r_out, c_out = (r < 0) | (r >= sh), (c < 0) | (c >= sw)
+    if r_out.any():
+        out[r_out] = canvas.pad
+    if c_out.any():
+        out[:, c_out] = canvas.pad
+    return out
+
+
+def _nearest(src: U8, canvas: Canvas, w: int, h: int) -> U8:
+    """cv2.INTER_NEAREST: source index floor(dst * in / out), clamped."""
+    cw, ch = canvas.width, canvas.height
+    xs = np.minimum(np.floor(np.arange(w) * (1.0 / (w / cw))).astype(np.int64), cw - 1)
+    ys = np.minimum(np.floor(np.arange(h) * (1.0 / (h / ch))).astype(np.int64), ch - 1)
+    return np.ascontiguousarray(_sample(src, canvas, ys, xs))
 
 
 def _coefficients(kind: Interpolation, f: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -131,51 +177,42 @@ def _axis(src_len: int, dst_len: int, kind: Interpolation, horizontal: bool) -> 
     return _clamped(start, taps, src_len), weights
 
 
-def _separable_float(src: U8, w: int, h: int) -> U8:
+def _separable_float(src: U8, canvas: Canvas, w: int, h: int) -> U8:
     """INTER_CUBIC: OpenCV's weights, accumulated in float (within one grey level of OpenCV's own sums)."""
-    xs, xf = _positions(src.shape[1], w)
-    ys, yf = _positions(src.shape[0], h)
-    xi, xc = _clamped(xs, 4, src.shape[1]), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
-    yi, yc = _clamped(ys, 4, src.shape[0]), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
+    xs, xf = _positions(canvas.width, w)
+    ys, yf = _positions(canvas.height, h)
+    xi, xc = _clamped(xs, 4, canvas.width), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
+    yi, yc = _clamped(ys, 4, canvas.height), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
     needed, inverse = np.unique(yi, return_inverse=True)
-    c = src.shape[2]
-    rows = src[needed].reshape(len(needed), -1)
-    chan = np.arange(c, dtype=np.int64)
-    hbuf = np.zeros((len(needed), w * c), dtype=np.float64)
+    hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.float64)
     for k in range(4):
-        hbuf += np.take(rows, (xi[:, k, None] * c + chan).reshape(-1), axis=1) * np.repeat(xc[:, k], c)
+        hbuf += _sample(src, canvas, needed, xi[:, k]) * xc[None, :, k, None]
     rid = inverse.reshape(yi.shape)
-    out = hbuf[rid[:, 0]] * yc[:, 0, None]
+    out = hbuf[rid[:, 0]] * yc[:, 0, None, None]
     for k in range(1, 4):
-        out += hbuf[rid[:, k]] * yc[:, k, None]
-    out = out.reshape(h, w, c)
+        out += hbuf[rid[:, k]] * yc[:, k, None, None]
     return np.asarray(np.clip(np.rint(out), 0, 255), dtype=np.uint8)
 
 
-def _separable(src: U8, w: int, h: int, kind: Interpolation) -> U8:
+def _separable(src: U8, canvas: Canvas, w: int, h: int, kind: Interpolation) -> U8:
     """OpenCV's resizeGeneric for 8-bit images: horizontal pass into int rows, then a vertical pass."""
-    sh, sw = src.shape[:2]
-    if kind == Interpolation.BILINEAR and sw == 2 * w and sh == 2 * h:
+    sw, sh = canvas.width, canvas.height
+    whole = (sh, sw) == src.shape[:2]
+    if whole and kind == Interpolation.BILINEAR and sw == 2 * w and sh == 2 * h:
         # OpenCV switches an exact 2x linear downscale to its fast area path: (a + b + c + d + 2) >> 2.
         s = src.astype(np.int32)
         q = s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2]
         return ((q + 2) >> 2).astype(np.uint8)
     if kind == Interpolation.BICUBIC:
-        return _separable_float(src, w, h)
+        return _separable_float(src, canvas, w, h)
     xi, xw = _axis(sw, w, kind, horizontal=True)
     yi, yw = _axis(sh, h, kind, horizontal=False)
     needed, inverse = np.unique(yi, return_inverse=True)
-    channels = src.shape[2]
-    rows = src[needed].reshape(len(needed), sw * channels)  # only the source rows some output row uses
-    # Horizontal pass into int32 rows in units of 1/2048 (|sum| < 2^31 for 8 taps of 8-bit pixels), on
-    # flattened rows: one contiguous take per tap, weights repeated per channel.
-    chan = np.arange(channels, dtype=np.int64)
-    hbuf = np.zeros((len(needed), w * channels), dtype=np.int32)
+    # Horizontal pass over only the rows some output row uses, into int32 in units of 1/2048
+    # (|sum| < 2^31 for 8 taps of 8-bit pixels).
+    hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.int32)
     for k in range(xi.shape[1]):
-        flat = (xi[:, k, None] * channels + chan[None, :]).reshape(-1)
-        weight = np.repeat(xw[:, k].astype(np.int32), channels)
-        hbuf += np.take(rows, flat, axis=1).astype(np.int32) * weight
-    hbuf = hbuf.reshape(len(needed), w, channels)
+        hbuf += _sample(src, canvas, needed, xi[:, k]).astype(np.int32) * xw[None, :, k, None].astype(np.int32)
     rid = inverse.reshape(yi.shape)
     if kind == Interpolation.BILINEAR:
         # OpenCV's vectorised linear vertical pass: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2 >> 2
