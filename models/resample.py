@@ -98,16 +98,26 @@ def resize_pixels(
     return _separable(src, canvas, w, h, interpolation)
 
 
-def _sample(src: U8, canvas: Canvas, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]) -> U8:
-    """Canvas pixels [len(rows), len(cols), C] at canvas row and column indices (the pad outside the image)."""
-    sh, sw = src.shape[:2]
-    r, c = rows - canvas.y, cols - canvas.x
-    out = src[np.clip(r, 0, sh - 1)][:, np.clip(c, 0, sw - 1)]
-    r_out, c_out = (r < 0) | (r >= sh), (c < 0) | (c >= sw)
-    if r_out.any():
-        out[r_out] = canvas.pad
-    if c_out.any():
-        out[:, c_out] = canvas.pad
+def _rows(src: U8, canvas: Canvas, rows: npt.NDArray[np.int64]) -> U8:
+    """Canvas rows [len(rows), image width, C] at canvas row indices (pad rows outside the image)."""
+    r = rows - canvas.y
+    out = src[np.clip(r, 0, src.shape[0] - 1)]
+    outside = (r < 0) | (r >= src.shape[0])
+    if outside.any():
+        out[outside] = canvas.pad
+    return out
+
+
+def _cols(rows: U8, canvas: Canvas, cols: npt.NDArray[np.int64]) -> U8:
+    """Canvas pixels of `rows` (from `_rows`) at canvas column indices (pad outside the image)."""
+    c = cols - canvas.x
+    n, width, channels = rows.shape
+    flat = (np.clip(c, 0, width - 1)[:, None] * channels + np.arange(channels)).reshape(-1)
+    taken = np.take(rows.reshape(n, width * channels), flat, axis=1)
+    out = np.asarray(taken, dtype=np.uint8).reshape(n, len(c), channels)
+    outside = (c < 0) | (c >= width)
+    if outside.any():
+        out[:, outside] = canvas.pad
     return out
 
 
@@ -116,7 +126,7 @@ def _nearest(src: U8, canvas: Canvas, w: int, h: int) -> U8:
     cw, ch = canvas.width, canvas.height
     xs = np.minimum(np.floor(np.arange(w) * (1.0 / (w / cw))).astype(np.int64), cw - 1)
     ys = np.minimum(np.floor(np.arange(h) * (1.0 / (h / ch))).astype(np.int64), ch - 1)
-    return np.ascontiguousarray(_sample(src, canvas, ys, xs))
+    return np.ascontiguousarray(_cols(_rows(src, canvas, ys), canvas, xs))
 
 
 def _coefficients(kind: Interpolation, f: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -184,9 +194,10 @@ def _separable_float(src: U8, canvas: Canvas, w: int, h: int) -> U8:
     xi, xc = _clamped(xs, 4, canvas.width), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
     yi, yc = _clamped(ys, 4, canvas.height), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
     needed, inverse = np.unique(yi, return_inverse=True)
+    rows = _rows(src, canvas, needed)
     hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.float64)
     for k in range(4):
-        hbuf += _sample(src, canvas, needed, xi[:, k]) * xc[None, :, k, None]
+        hbuf += _cols(rows, canvas, xi[:, k]) * xc[None, :, k, None]
     rid = inverse.reshape(yi.shape)
     out = hbuf[rid[:, 0]] * yc[:, 0, None, None]
     for k in range(1, 4):
@@ -210,9 +221,10 @@ def _separable(src: U8, canvas: Canvas, w: int, h: int, kind: Interpolation) -> 
     needed, inverse = np.unique(yi, return_inverse=True)
     # Horizontal pass over only the rows some output row uses, into int32 in units of 1/2048
     # (|sum| < 2^31 for 8 taps of 8-bit pixels).
+    rows = _rows(src, canvas, needed)
     hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.int32)
     for k in range(xi.shape[1]):
-        hbuf += _sample(src, canvas, needed, xi[:, k]).astype(np.int32) * xw[None, :, k, None].astype(np.int32)
+        hbuf += _cols(rows, canvas, xi[:, k]).astype(np.int32) * xw[None, :, k, None].astype(np.int32)
     rid = inverse.reshape(yi.shape)
     if kind == Interpolation.BILINEAR:
         # OpenCV's vectorised linear vertical pass: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2 >> 2
