@@ -137,6 +137,7 @@ def test_old_descriptions_keep_their_meaning() -> None:
         ({"pad_value": float("nan"), "pad_space": "normalized"}, "finite"),
         ({"resize": "letterbox", "pad_first": True, "pad_space": "normalized", "pad_value": 0}, "pad_first"),
         ({"interpolation": "sinc"}, "interpolation"),
+        ({"dtype": "uint8", "scale": 1.0, "pad_space": "normalized", "pad_value": -1}, "uint8"),
         ({"resize": "crop"}, "resize"),
     ],
 )
