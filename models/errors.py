@@ -73,6 +73,10 @@ class InferenceFailed(ModelError):
     """onnxruntime raised while running the model on otherwise valid-looking inputs."""
 
 
+class Incomparable(ModelError):
+    """Two versions' answers cannot be compared (different tasks, or an answer that cannot be read)."""
+
+
 class EngineNotReady(ModelError):
     """The engine or batcher is closed or not started; retry against the replacement engine."""
 
