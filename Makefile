@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck layers pytest demo mosquitto chromium docs bench clean
+.PHONY: test check lint typecheck layers pytest demo mosquitto postgresql chromium docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,24 +17,27 @@ venv: $(STAMP)
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+postgresql:
+	@bash scripts/ensure-postgresql.sh
+
 chromium:
 	@bash scripts/ensure-chromium.sh
 
 ## every check CI runs: ruff, mypy --strict, import-linter, pytest
-test: $(STAMP) mosquitto chromium
+test: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/check
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
-	$(BIN)/ruff format --check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff format --check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy fleet infra models hub agent edgefleet_cli.py
+	$(BIN)/mypy fleet infra models hub hubclient agent edgefleet_cli.py
 
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) mosquitto chromium
+pytest: $(STAMP) mosquitto postgresql chromium
 	$(BIN)/pytest
 
 docs: $(STAMP)
