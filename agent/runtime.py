@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.errors import AgentError, BundleError
 from agent.hardware import capabilities
-from agent.mqtt import BrokerAddress, MqttLink
+from agent.mqtt import MqttLink
 from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
@@ -25,6 +25,7 @@ from agent.spool import Spool
 from agent.state import WatchedBlobs
 from agent.store import ModelStore
 from agent.telemetry import Telemetry
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
 from fleet.errors import FleetError, InvalidTopic
@@ -77,6 +78,7 @@ class Agent:
         self._birth: bytes = b""
         self._watched = WatchedBlobs(settings.data_dir / "watched.json")
         self._resumed = False
+        self.heartbeat = time.monotonic()  # the control loop's last turn (the liveness probe reads it)
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
         self._offline = encode(offline)
         self.link = MqttLink(
@@ -186,6 +188,7 @@ class Agent:
         next_tick = time.monotonic() + TICK_S
         resume_by = time.monotonic() + self.settings.link.connect_timeout_s
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 event = self._events.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
