@@ -20,6 +20,7 @@ from typing import Any
 import numpy.typing as npt
 
 from agent.serving import ModelRepository, ModelSlot, Served, classify
+from agent.serving.stats import RequestTimes
 from models.batcher import BatcherOptions
 
 Array = npt.NDArray[Any]
@@ -54,12 +55,13 @@ class HeadlessServing(ModelRepository):
         served: Served | None = None
         submitted = False
         status = 200
+        times = RequestTimes()
         try:
             slot = self.get(name) if name is not None else self.only()
             current = slot.current
             served = slot.acquire(name if name is not None else current.model.name if current else "", version)
             submitted = True
-            return await slot.infer_tensors(served, feed)
+            return await slot.infer_tensors(served, feed, times)
         except Exception as e:
             status = classify(e)[0]
             raise
@@ -67,7 +69,7 @@ class HeadlessServing(ModelRepository):
             if slot is not None:
                 if served is not None:
                     slot.release(served, submitted)
-                slot.record(status, (time.perf_counter() - t0) * 1e3)
+                slot.record(status, (time.perf_counter() - t0) * 1e3, served, times if status == 200 else None)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:

@@ -26,7 +26,7 @@ from hub.devices import Devices
 from hub.errors import Conflict, InvalidInput
 from hub.registry import Registry
 from hub.settings import DeviceSettings
-from hub.store import Desired, DesiredSlot, Store
+from hub.store import Desired, DesiredSlot, Fence, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
@@ -116,12 +116,16 @@ class Deployer:
             raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
         return found
 
-    def set_slot(self, device_ids: list[str], name: str, slot: DesiredModel | None) -> list[Desired]:
+    def set_slot(
+        self, device_ids: list[str], name: str, slot: DesiredModel | None, *, fence: Fence | None = None
+    ) -> list[Desired]:
         """Set model `name`'s slot to `slot` (None: remove it) in each device's desired state, keep the other
         slots, then sign, record and publish each (a fresh version each).
 
         Serialised: two concurrent calls for the same device publish in version order, so the retained
         message on the broker is always the newest recorded state, and no call loses another's slot.
+        `fence`: the leader lease the caller acts under; LeaseLost, and nothing recorded or published, once it
+        no longer holds.
 
         Raises:
             Conflict: a device would serve more than MAX_MODELS models.
@@ -139,7 +143,7 @@ class Deployer:
                 if len(models) > MAX_MODELS:
                     raise Conflict(f"device {device_id} would serve {len(models)} models; at most {MAX_MODELS}")
                 plans[device_id] = models
-            return self._sign(plans)
+            return self._sign(plans, fence)
 
     def _current(self, device_ids: list[str]) -> dict[str, list[DesiredModel]]:
         """The model slots of each device's stored desired state (a state of another schema reads as empty)."""
@@ -150,7 +154,7 @@ class Deployer:
                 out[s.device_id] = _slots_of(s.body)
         return out
 
-    def _sign(self, plans: dict[str, list[DesiredModel]]) -> list[Desired]:
+    def _sign(self, plans: dict[str, list[DesiredModel]], fence: Fence | None = None) -> list[Desired]:
         """Sign, record and publish one desired state per device with the given slots (call under the lock)."""
         versions = self.store.allocate_desired_versions(list(plans))
         now = time.time()
@@ -161,7 +165,7 @@ class Deployer:
                 expires_at=now + self.settings.desired_ttl_s, models=models,
             )  # fmt: skip
             states.append(self._record(body, self.key.sign(body)))
-        self.store.put_desired(states)
+        self.store.put_desired(states, fence=fence)
         for s in states:
             self._send(s)
         return states

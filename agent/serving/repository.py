@@ -161,6 +161,23 @@ class ModelRepository:
             raise ModelNotFound(f"this device serves {len(served)} models ({', '.join(served)}); name one")
         return self.slots[served[0]]
 
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        """Triton's `model_stats` of every model's versions served since start (or of `name`, `version`).
+
+        Raises:
+            ModelNotFound: `name` (or that version of it) was never served here.
+        """
+        if name is not None:
+            slot = self.slots.get(name)
+            if slot is None:
+                raise ModelNotFound(f"model {name[:100]!r} is unknown here")
+            return slot.statistics(name, version)
+        return [s for _n, slot in sorted(self.slots.items()) for s in slot.statistics()]
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index over every model: each one's active version and those served before."""
+        return [m for _n, slot in sorted(self.slots.items()) for m in slot.repository_index(ready_only)]
+
     @property
     def active_model(self) -> AppliedModel | None:
         """The active version when exactly one model is served (None otherwise)."""

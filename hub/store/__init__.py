@@ -11,6 +11,7 @@ from hub.store.base import (
     DesiredSummary,
     Device,
     Event,
+    Fence,
     IngestStats,
     ModelVersion,
     SeqStats,
@@ -44,6 +45,7 @@ def open_store(
 
 
 __all__ = [
-    "Database", "Desired", "DesiredSlot", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion",
-    "SeqStats", "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
+    "Database", "Desired", "DesiredSlot", "DesiredSummary", "Device", "Event", "Fence", "IngestStats",
+    "ModelVersion", "SeqStats", "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token",
+    "open_store",
 ]  # fmt: skip

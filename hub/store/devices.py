@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hub.errors import Conflict, NotFound
-from hub.store.base import Desired, DesiredSlot, DesiredSummary, Device
+from hub.store.base import Desired, DesiredSlot, DesiredSummary, Device, Fence
 from hub.store.connection import Conn, Dialect
+from hub.store.coordination import check_fence
 
 T = TypeVar("T")
 
@@ -112,9 +113,13 @@ class DeviceTables:
 
         return self._write(job)
 
-    def put_desired(self, states: list[Desired]) -> None:
-        """Record signed desired states and their model slots (replacing each device's previous one; a state
-        older than the stored one is ignored)."""
+    def put_desired(self, states: list[Desired], *, fence: Fence | None = None) -> None:
+        """Record signed desired states and their model slots (replacing each device's previous one, never by
+        an older version: its slots stay with it).
+
+        `fence`: the leader lease the caller acts under (the rollout controller); LeaseLost, and nothing
+        recorded, once it is no longer held.
+        """
         rows = [
             (s.device_id, s.version, json.dumps(s.body), json.dumps(s.envelope), s.issued_at, s.expires_at)
             for s in states
@@ -131,6 +136,8 @@ class DeviceTables:
         )
 
         def job(c: Conn) -> None:
+            if fence is not None:
+                check_fence(c, fence)
             for state, row in zip(states, rows, strict=True):
                 if c.execute(sql, row).rowcount == 0:
                     continue  # a newer state is stored: its slots stay

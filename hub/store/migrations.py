@@ -95,7 +95,18 @@ def m001_initial(dialect: Dialect) -> str:
 
 
 @migration
-def m002_model_slots(dialect: Dialect) -> str:
+def m002_leases_and_revisions(dialect: Dialect) -> str:
+    """Replica coordination: the leader lease (fencing token, expiry on the database's clock) and document
+    revisions (optimistic concurrency between replicas writing the same rollout)."""
+    return """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, token {int} NOT NULL, expires_at {real} NOT NULL);
+        ALTER TABLE documents ADD COLUMN rev {int} NOT NULL DEFAULT 1;
+    """
+
+
+@migration
+def m003_model_slots(dialect: Dialect) -> str:
     """Several models per device (schema 2): a desired state's model slots get a table of their own; the
     single-model columns of `desired` go. Stored states of schema 1 are re-signed as schema 2 when the hub
     starts (`hub.deploy.Deployer.upgrade_stored`), which fills the new table."""
