@@ -21,6 +21,7 @@ from tests.support.hub import RunningHub, running_hub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import print_table
+from tests.support.wire import flat_report
 
 __all__ = ["running_hub"]
 
@@ -98,7 +99,7 @@ class FaultWorld:
 
     def reported(self, device_id: str) -> dict[str, Any]:
         d = self.hub.hub.store.get_device(device_id)
-        return (d.reported or {}) if d else {}
+        return flat_report(d.reported) if d else {}
 
     def wait_active(self, device_id: str, version: str, timeout: float = 60) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ def test_agent_killed_mid_activation_recovers_under_the_real_hub(fault_world: Fa
     third.kill()
     wait_for(lambda: (d := device()) is not None and d.status == "offline", timeout=30)  # its last will
     store = ModelStore(data / "store")
-    active = store.active()
+    active = store.active("cls")
     assert active is not None and active.model.version == "1.0.0", "the old pointer survives the crash"
 
     fourth = w.spawn(bundle, data)

@@ -31,6 +31,7 @@ from tests.support.hub import RunningHub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
+from tests.support.wire import flat_report
 
 CHUNK = 16 * 1024
 
@@ -66,7 +67,7 @@ class World:
 
     def reported(self, device_id: str) -> dict[str, Any]:
         d = self.hub.hub.store.get_device(device_id)
-        return (d.reported or {}) if d else {}
+        return flat_report(d.reported) if d else {}
 
     def wait_active(self, device_id: str, version: str) -> None:
         def active() -> bool:

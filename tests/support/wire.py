@@ -83,3 +83,21 @@ def one_model_window(
         )  # fmt: skip
     models = [ModelWindow(**fields)] if model else []
     return TelemetryWindow(device_id=device_id, seq=seq, start=start, end=end, models=models, **device)
+
+
+def flat_report(reported: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored reported state (JSON) of a device serving one model, flattened as schema 1 laid it out: the
+    device's fields, its phase, and its one model's active, previous, shadow, download, error and cluster (the
+    device-level error, a refused desired state, when there is one)."""
+    if not reported:
+        return {}
+    state = ReportedState.model_validate(reported)
+    if len(state.models) > 1:
+        raise AssertionError(f"{state.device_id} reports {len(state.models)} models; read them by name")
+    out = reported | {"phase": state.phase.value}
+    out.pop("models", None)
+    model = reported["models"][0] if reported.get("models") else {}
+    for key in ("active", "previous", "shadow", "download", "cluster"):
+        out[key] = model.get(key)
+    out["error"] = reported.get("error") or model.get("error")
+    return out
