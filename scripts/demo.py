@@ -125,7 +125,7 @@ class Demo:
 
     def devices_on(self, version: str) -> int:
         return sum(
-            1 for d in self.api("GET", "/api/v1/devices") if d.get("active_model") == f"mobilenet-like:{version}"
+            1 for d in self.api("GET", "/api/v1/devices") if f"mobilenet-like:{version}" in d.get("active_models", [])
         )
 
 

@@ -203,10 +203,12 @@ class Fleet:
     def deploy(self, version: str, selector: str, model: str = "cls") -> None:
         self.api("POST", "/api/v1/deployments", json={"model": model, "version": version, "selector": selector})
 
-    def active_versions(self, selector: str, model: str = "cls") -> dict[str, str | None]:
+    def active_versions(self, selector: str, model: str | None = None) -> dict[str, str | None]:
+        """The version of `model` (default: the one model each device runs) active on each matching device."""
         rows = self.api("GET", "/api/v1/devices", params={"selector": selector})
         return {
-            r["id"]: next((m.split(":")[1] for m in r["active_models"] if m.split(":")[0] == model), None) for r in rows
+            r["id"]: next((m.split(":")[1] for m in r["active_models"] if model in (None, m.split(":")[0])), None)
+            for r in rows
         }
 
     def wait_all_active(self, version: str, selector: str, timeout: float = 60) -> None:
