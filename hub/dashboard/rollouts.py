@@ -64,7 +64,7 @@ def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, A
 
 def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
     """Active rollouts with their progress, counted from the device rows at hand (cheap: for the overview)."""
-    running = {r.id: (r.model or "").split(", ") for r in rows}
+    running = {r.id: r.running for r in rows}
     out = []
     for r in hub.rollouts.all():
         if not r.state.active:

@@ -55,14 +55,24 @@ class DeviceRow:
     id: str
     state: str
     labels: dict[str, str]
-    model: str | None
-    desired: str | None
+    running: tuple[str, ...]  # `name:version` of every model it reports active
+    wanted: tuple[str, ...]  # `name:version` of every model its desired state names
     phase: str | None
     provider: str | None
     providers: list[str]
     gpu: str | None
     last_seen: float | None
     error: str | None
+
+    @property
+    def model(self) -> str | None:
+        """The models it runs, for display (`det:1.0.0, cls:2.0.0`)."""
+        return ", ".join(self.running) or None
+
+    @property
+    def desired(self) -> str | None:
+        """The models it should run, for display."""
+        return ", ".join(self.wanted) or None
 
 
 def gpu_summary(capabilities: dict[str, Any] | None) -> str | None:
@@ -86,16 +96,11 @@ def device_row(d: Device, desired: Desired | None, state: DeviceState) -> Device
     running = [provider_name((m.get("active") or {}).get("provider")) for m in statuses]
     return DeviceRow(
         id=d.id, state=state.value, labels=d.labels,
-        model=", ".join(active_models(reported)) or None, desired=", ".join(desired_models(desired)) or None,
+        running=tuple(active_models(reported)), wanted=tuple(desired_models(desired)),
         phase=reported_phase(reported), provider=", ".join(sorted({p for p in running if p})) or None,
         providers=providers, gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
         error=f"{error.get('code')}: {error.get('message')}" if error else None,
     )  # fmt: skip
-
-
-def _split(models: str | None) -> list[str]:
-    """The `name:version` entries of a row's model column."""
-    return models.split(", ") if models else []
 
 
 def fleet_rows(hub: Hub, now: float | None = None) -> list[DeviceRow]:
@@ -158,7 +163,7 @@ def _sort_key(sort: str) -> Any:
 
 def device_page(rows: list[DeviceRow], q: DeviceQuery, page_size: int) -> DevicePage:
     """Filter, sort and page `rows`. A bad selector yields an empty page with the reason."""
-    versions = sorted({v for r in rows for v in _split(r.model) + _split(r.desired)}, key=_model_version_key)
+    versions = sorted({v for r in rows for v in (*r.running, *r.wanted)}, key=_model_version_key)
     found = rows
     error = None
     if q.selector:
@@ -170,7 +175,7 @@ def device_page(rows: list[DeviceRow], q: DeviceQuery, page_size: int) -> Device
     if q.state:
         found = [r for r in found if r.state == q.state]
     if q.version:
-        found = [r for r in found if q.version in _split(r.model) + _split(r.desired)]
+        found = [r for r in found if q.version in (*r.running, *r.wanted)]
     found = sorted(found, key=_sort_key(q.sort), reverse=q.desc)
     pages = max(1, -(-len(found) // page_size))
     page = min(max(1, q.page), pages)
@@ -208,8 +213,8 @@ class Overview:
 
 def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
     """Per model name, its versions (newest first) with active and desired device counts."""
-    active: Counter[str] = Counter(r.model for r in rows if r.model)
-    desired: Counter[str] = Counter(r.desired for r in rows if r.desired)
+    active: Counter[str] = Counter(m for r in rows for m in r.running)
+    desired: Counter[str] = Counter(m for r in rows for m in r.wanted)
     by_model: dict[str, list[VersionCount]] = defaultdict(list)
     for mv in set(active) | set(desired):
         name, _, version = mv.partition(":")
@@ -279,10 +284,10 @@ def model_rows(hub: Hub, rows: list[DeviceRow]) -> list[ModelRow]:
     active: dict[str, list[str]] = defaultdict(list)
     wanted: dict[str, list[str]] = defaultdict(list)
     for r in rows:
-        if r.model:
-            active[r.model].append(r.id)
-        if r.desired:
-            wanted[r.desired].append(r.id)
+        for m in r.running:
+            active[m].append(r.id)
+        for m in r.wanted:
+            wanted[m].append(r.id)
     out = []
     versions = sorted(hub.registry.versions(), key=lambda m: (m.name, version_key(m.version)), reverse=True)
     for mv in sorted(versions, key=lambda m: m.name):
