@@ -59,6 +59,23 @@ def test_model_device_deploy_commands(running_hub: RunningHub, samples: Path, tm
     assert "cam-2" in _run(h, "deploy", "mobilenet-like:1.0.0", "-s", "tier", "--provider", "CPUExecutionProvider")
     assert "cam-1" in _run(h, "model", "show", "mobilenet-like:1.0.0")
 
+    # a second model on the same devices: the first stays; `device list` has a line per model of a device
+    res = json.loads(_run(h, "deploy", "tiny-detector:2.0.0", "-s", "tier=canary", "--json"))
+    assert res["devices"] == {"cam-1": 3}  # its third signed desired state
+    (cam1,) = json.loads(_run(h, "device", "list", "-s", "site=berlin", "--json"))
+    assert cam1["desired_models"] == ["mobilenet-like:1.0.0", "tiny-detector:2.0.0"]
+    table = CliRunner().invoke(app, ["device", "list", "-s", "site=berlin", "--url", h.url, "--token", h.admin_token],
+                               terminal_width=200)  # fmt: skip
+    lines = [line for line in table.output.splitlines() if "mobilenet-like" in line or "tiny-detector" in line]
+    assert len(lines) == 2 and "cam-1" in lines[0] and "cam-1" not in lines[1]
+    removed = _run(h, "undeploy", "tiny-detector", "-s", "site=berlin")
+    assert "tiny-detector removed from 1 device(s)" in removed
+    (cam1,) = json.loads(_run(h, "device", "list", "-s", "site=berlin", "--json"))
+    assert cam1["desired_models"] == ["mobilenet-like:1.0.0"]
+    again = runner.invoke(app, ["undeploy", "tiny-detector", "-s", "site=berlin", "--url", h.url, "--token",
+                                h.admin_token])  # fmt: skip
+    assert again.exit_code == 1 and "has model 'tiny-detector'" in again.output
+
     viewer = json.loads(_run(h, "hub", "token", "ci", "--role", "viewer", "--json"))["token"]
     denied = runner.invoke(app, ["device", "add", "x", "--url", h.url, "--token", viewer])
     assert denied.exit_code == 1 and "forbidden" in denied.output

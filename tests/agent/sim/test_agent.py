@@ -278,3 +278,41 @@ def test_a_late_joiner_wants_the_missed_chunks_when_the_pass_ends(tmp_path: Path
     actions = agent.on_message(topic, frames[-1], time.time())
     wants = [decode(a.payload, Want) for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
     assert wants[0].missing == [(0, 2)]
+
+
+def test_a_simulated_device_serves_three_models_each_on_its_own(tmp_path: Path) -> None:
+    hub = Hub()
+    blobs = {name: bytes([i]) * (300 * 1024) for i, name in enumerate(("det", "cls", "ocr"))}
+    refs = {n: ModelRef(name=n, version="1.0.0", task="classification", blob=plan_bytes(b)) for n, b in blobs.items()}
+    agent = make_agent(hub, tmp_path, telemetry_s=1.0)
+    agent.on_connect(time.time())
+    now = time.time()
+    state = DesiredState(device_id="sim-00001", version=1, issued_at=now, expires_at=now + 600,
+                         models=[DesiredModel(model=r) for r in refs.values()])  # fmt: skip
+    actions = agent.on_message(hub.topics.desired("sim-00001"), encode(hub.key.sign(state)), now)
+    wants = [a for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
+    assert len(wants) == 1, "one transfer at a time"
+    for name, data in blobs.items():  # each blob in turn: the next transfer starts when one completes
+        m = refs[name].blob
+        for i in range(m.count):
+            frame = encode_frame(m.sha256, i, m.count, data[i * m.chunk_size :][: m.chunk_length(i)])
+            agent.on_message(hub.topics.chunk(m.sha256), frame, time.time())
+    final = reports(agent.tick(time.time()))[-1]
+    assert final.phase is Phase.ACTIVE
+    assert {m.name: m.active.version for m in final.models if m.active} == {
+        "det": "1.0.0",
+        "cls": "1.0.0",
+        "ocr": "1.0.0",
+    }
+    agent.tick(time.time() + 2)
+    actions = agent.tick(time.time() + 12)
+    window = decode(next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/telemetry")),
+                    TelemetryWindow)  # fmt: skip
+    assert sorted(m.name for m in window.models) == ["cls", "det", "ocr"]
+    # the classifier goes: the others keep serving, it is kept as previous
+    state = state.model_copy(update={"version": 2, "models": [s for s in state.models if s.name != "cls"]})
+    final = reports(agent.on_message(hub.topics.desired("sim-00001"), encode(hub.key.sign(state)), time.time()))[-1]
+    assert {m.name: (m.phase.value, m.active is not None) for m in final.models} == {
+        "det": ("active", True), "ocr": ("active", True), "cls": ("idle", False),
+    }  # fmt: skip
+    assert agent.summary()["models"]["cls"] == {"phase": "idle", "active": None, "error": None}  # type: ignore[index]
