@@ -10,7 +10,7 @@ so the REST API and the CLI refuse alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -57,15 +57,24 @@ def needs_cluster(runtime: RuntimeOptions) -> bool:
     )
 
 
-def check_runtime(devices: Iterable[Device], runtime: RuntimeOptions | None) -> None:
-    """Refuse `runtime` unless every device in `devices` can run it.
+def check_runtime(
+    devices: Iterable[Device],
+    runtime: RuntimeOptions | None,
+    others: Mapping[str, Sequence[RuntimeOptions]] | None = None,
+) -> None:
+    """Refuse `runtime` unless every device in `devices` can run it beside its other models' pods.
+
+    Args:
+        others: device id -> the runtime options of the device's other models (their pods take their
+            GPUs and MIG slices first: each model runs in pods of its own).
 
     Raises:
         Unplaceable: with one line per device that cannot (at most `MAX_LISTED`, then a count).
     """
     if runtime is None or not needs_cluster(runtime):
         return
-    problems = [p for d in devices if (p := problem(d, runtime)) is not None]
+    taken = others or {}
+    problems = [p for d in devices if (p := problem(d, runtime, taken.get(d.id, ()))) is not None]
     if not problems:
         return
     text = "; ".join(problems[:MAX_LISTED])
@@ -74,8 +83,13 @@ def check_runtime(devices: Iterable[Device], runtime: RuntimeOptions | None) -> 
     raise Unplaceable(text)
 
 
-def problem(device: Device, runtime: RuntimeOptions) -> str | None:
-    """Why `device` cannot run `runtime` (None: it can), from the inventory of its last birth message."""
+def _pods(runtime: RuntimeOptions) -> int:
+    return runtime.autoscaling.min_replicas if runtime.autoscaling is not None else runtime.replicas
+
+
+def problem(device: Device, runtime: RuntimeOptions, others: Sequence[RuntimeOptions] = ()) -> str | None:
+    """Why `device` cannot run `runtime` (None: it can) beside the pods of its other models (`others`), from the
+    inventory of its last birth message."""
     caps = _capabilities(device)
     name = device.id
     if caps is None:
@@ -86,7 +100,7 @@ def problem(device: Device, runtime: RuntimeOptions) -> str | None:
     if not ready:
         return f"{name} reports no ready K3s node"
     request = pod_request(runtime)
-    pods = runtime.autoscaling.min_replicas if runtime.autoscaling is not None else runtime.replicas
+    pods = _pods(runtime)
     if request.resource is None:
         return None
     per_node = {n.name: _count(n, request.resource) for n in ready}
@@ -96,9 +110,13 @@ def problem(device: Device, runtime: RuntimeOptions) -> str | None:
     if fits == 0:
         most = max(per_node.values())
         return f"{name} has at most {most} x {request.resource} on one node; a serving pod asks for {request.count}"
+    used = sum(r.count * _pods(o) for o in others if (r := pod_request(o)).resource == request.resource)
+    if used:  # the other models' pods hold their share of the same resource
+        fits = min(fits, (sum(per_node.values()) - used) // request.count)
     if fits < pods:
         asked = f"autoscaling needs at least {pods}" if runtime.autoscaling is not None else f"{pods} asked"
-        return f"{name} fits {fits} serving pod(s) of {request.label} on its ready nodes; {asked}"
+        beside = f" beside its other models' pods ({used} x {request.resource} taken)" if used else ""
+        return f"{name} fits {max(fits, 0)} serving pod(s) of {request.label} on its ready nodes{beside}; {asked}"
     return None
 
 

@@ -79,7 +79,7 @@ class Deployer:
         _check_selector(selector)
         ref = self.registry.model_ref(name, version)
         found = self._targets(selector)
-        check_runtime(found, runtime)  # GPUs, MIG slices and pods each device advertises
+        check_runtime(found, runtime, self.other_runtimes(name))  # GPUs, MIG slices and pods each device advertises
         targets = [d.id for d in found]
         slot = DesiredModel(model=ref, runtime=runtime or RuntimeOptions(), rollout_id=rollout_id)
         states = self.set_slot(targets, name, slot)
@@ -88,6 +88,18 @@ class Deployer:
             {"selector": selector, "devices": targets, "rollout_id": rollout_id},
         )  # fmt: skip
         return DeployResult(name, version, {s.device_id: s.version for s in states})
+
+    def other_runtimes(self, name: str) -> dict[str, list[RuntimeOptions]]:
+        """Device id -> runtime options of its desired models other than `name` (their pods hold resources)."""
+        out: dict[str, list[RuntimeOptions]] = {}
+        for s in self.store.list_desired_summaries():
+            for slot in s.slots:
+                if slot.model_name != name:
+                    try:
+                        out.setdefault(s.device_id, []).append(RuntimeOptions.model_validate(slot.runtime))
+                    except ValidationError:
+                        continue  # stored by an older hub: its resources are unknown
+        return out
 
     def undeploy(self, name: str, selector: str, *, actor: str) -> DeployResult:
         """Remove model `name` from every device matching `selector` that has it; their other models stay.

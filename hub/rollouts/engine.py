@@ -260,7 +260,7 @@ class RolloutEngine:
         """
         now = time.time() if now is None else now
         self.registry.get(spec.model, spec.version)
-        check_runtime(self.deployer.devices.find(spec.selector), spec.runtime)
+        check_runtime(self.deployer.devices.find(spec.selector), spec.runtime, self.deployer.other_runtimes(spec.model))
         with self._lock:
             rollout_id = f"r-{uuid.uuid4().hex[:12]}"
             r = new_rollout(

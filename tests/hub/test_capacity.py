@@ -91,3 +91,17 @@ def test_needs_cluster_and_advertised() -> None:
     assert not needs_cluster(rt()) and not needs_cluster(rt(providers=["CUDAExecutionProvider"]))
     assert needs_cluster(rt(replicas=0)) and needs_cluster(rt(gpus=1)) and needs_cluster(rt(mig_profile="1g.10gb"))
     assert advertised([gpus("a", 1), gpus("b", 1), mig("c", "3g.40gb", 2)]) == "2 GPUs, 3g.40gb x2"
+
+
+def test_the_other_models_pods_hold_their_share_of_the_device() -> None:
+    cam = device("cam", mig("a", "2g.20gb", 3), gpus("b", 1))
+    detector = rt(mig_profile="2g.20gb", replicas=2)  # a model already placed on two of the three slices
+    assert problem(cam, rt(mig_profile="2g.20gb"), [detector]) is None
+    assert problem(cam, rt(mig_profile="2g.20gb", replicas=2), [detector]) == (
+        "cam fits 1 serving pod(s) of 1 MIG slice of 2g.20gb on its ready nodes beside its other models' pods "
+        "(2 x nvidia.com/mig-2g.20gb taken); 2 asked"
+    )
+    assert problem(cam, rt(gpus=1), [detector]) is None, "another resource: not taken by the detector"
+    with pytest.raises(Unplaceable, match="beside its other models"):
+        check_runtime([cam], rt(mig_profile="2g.20gb", replicas=2), {"cam": [detector]})
+    check_runtime([cam], rt(mig_profile="2g.20gb", replicas=2), {"other": [detector]})
