@@ -231,3 +231,33 @@ def test_failed_logins_share_the_apis_rate_limit(dash: Dash) -> None:
         assert r.status_code == 429  # one budget for the API and the dashboard
     with dash.client("viewer") as ok:  # other addresses are not affected
         assert ok.get("/").status_code == 200
+
+
+def test_a_device_page_shows_each_of_its_models(dash: Dash) -> None:
+    """A device serving a detector and a classifier: both are on its page, each with its own desired against
+    reported state and its error; the device table lists both versions."""
+    from fleet.messages import AppliedModel, DesiredModel, ModelStatus, ReportedState  # noqa: PLC0415
+
+    hub = dash.hub.hub
+    dev = dash.fleet.by_state["online"][0]
+    desired = hub.store.get_desired(dev)
+    assert desired is not None and len(desired.slots) == 1
+    first = desired.slots[0].model_name
+    other = "tiny-detector" if first != "tiny-detector" else "mobilenet-like"
+    ref = hub.registry.model_ref(other, hub.registry.versions(other)[0].version)
+    (state,) = hub.deployer.set_slot([dev], other, DesiredModel(model=ref))
+    now = time.time()
+    err = ErrorInfo(code="golden_mismatch", message="output differs", at=now)
+    statuses = [
+        ModelStatus(name=first, phase=Phase.ACTIVE, active=AppliedModel(
+            name=first, version=desired.slots[0].model_version, sha256=desired.slots[0].sha256)),
+        ModelStatus(name=other, phase=Phase.FAILED, error=err),
+    ]  # fmt: skip
+    msg = ReportedState(device_id=dev, seq=20_000, ts=now, desired_version=state.version, models=statuses)
+    hub.store.enqueue_reported(msg, now)
+    hub.store.flush()
+    with dash.client("viewer") as c:
+        page = c.get(f"/devices/{dev}").text
+        assert f'data-model="{first}"' in page and f'data-model="{other}"' in page
+        assert "golden_mismatch" in page and f"{other}:{ref.version}" in page
+        assert f"{other}:{ref.version}" in c.get("/devices", params={"version": f"{other}:{ref.version}"}).text
