@@ -17,7 +17,7 @@ from agent.hooks import pause_point
 from agent.settings import DownloadSettings
 from agent.store import ModelStore
 from fleet.chunks import Accepted, ChunkReceiver, decode_frame
-from fleet.errors import BlobDigestMismatch, ChunkError, MessageError
+from fleet.errors import ChunkError, MessageError
 from fleet.messages import BlobManifest, DownloadProgress, Range, Want
 
 log = logging.getLogger(__name__)
@@ -147,20 +147,8 @@ class Download:
             self.want()
 
     def finish(self) -> None:
-        """Verify the whole blob and move it into the store.
-
-        Raises:
-            DownloadError: permanent: the chunks match the signed chunk list but the blob does not hash to
-                the signed digest, so the manifest itself is inconsistent and fetching again cannot help.
-        """
-        try:
-            self.receiver.finish(self.store.blob_path(self.sha256))
-        except BlobDigestMismatch as e:
-            raise DownloadError(
-                f"{e}: the signed manifest is inconsistent; refusing the blob",
-                code="blob_digest_mismatch",
-                permanent=True,
-            ) from e
+        """Move the complete blob into the store (every chunk matched the signed list: no whole-blob pass)."""
+        self.receiver.finish(self.store.blob_path(self.sha256))
 
     def close(self) -> None:
         """Persist progress and release files (the transfer can resume later)."""

@@ -4,6 +4,7 @@ No network I/O lives here (the chunk receiver's files are its only I/O), so both
 share one definition of every byte on the wire.
 """
 
+from fleet.bitmap import ChunkBitmap
 from fleet.chunks import (
     DEFAULT_CHUNK_SIZE,
     Accepted,
@@ -52,7 +53,8 @@ from fleet.topics import TOPIC_TABLE, ParsedTopic, TopicKind, Topics, TopicSpec,
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE", "DEFAULT_PREFIX", "LATENCY_BOUNDS_MS", "MAX_MESSAGE_BYTES", "SCHEMA_VERSION",
-    "TOPIC_TABLE", "Accepted", "AppliedModel", "BlobManifest", "Capabilities", "ChunkFrame", "ChunkReceiver",
+    "TOPIC_TABLE", "Accepted", "AppliedModel", "BlobManifest", "Capabilities", "ChunkBitmap", "ChunkFrame",
+    "ChunkReceiver",
     "Command", "CommandAck", "CommandName", "DesiredState", "DeviceStatus", "DownloadProgress", "ErrorInfo",
     "GpuInfo", "GpuSample", "Histogram", "HubPublicKey", "HubSigningKey", "LatencyRecorder", "MigInstance",
     "ModelRef", "NodeInfo", "ParsedTopic", "Phase", "ReportedState", "RuntimeOptions", "ShadowSpec",

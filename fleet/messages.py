@@ -128,6 +128,14 @@ class BlobManifest(Part):
         start = index * self.chunk_size
         return min(self.chunk_size, self.size - start)
 
+    def offset(self, index: int) -> int:
+        """Where chunk `index` starts in the blob."""
+        return index * self.chunk_size
+
+    def chunk_digest(self, index: int) -> bytes:
+        """The signed sha256 of chunk `index`, raw."""
+        return bytes.fromhex(self.chunks[index])
+
 
 class ModelRef(Part):
     """A model version as an agent must fetch, check and run it."""

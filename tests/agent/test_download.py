@@ -121,22 +121,3 @@ def test_left_over_chunk_subscription_of_an_earlier_run_is_dropped(
     hub.publish_raw(hub.topics.cmd(device_id), encode(hub.key.sign(ping)))
     hub.wait(lambda: any(a.correlation_id == "after" for a in hub.acks), what="ack")
     assert second.reconciler.stray_chunks == 0, "no chunks of a blob this device no longer fetches"
-
-
-def test_inconsistent_signed_manifest_is_refused_not_fetched_forever(
-    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
-) -> None:
-    agent, serving = make_agent(hub, device_id, broker.url)
-    hub.publish_desired(
-        device_id, hub.desired(device_id, 1, hub.model_ref(samples["v1"].path, samples["v1"].descriptor))
-    )
-    hub.wait_active("1.0.0")
-    good = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
-    wrong = good.blob.model_copy(update={"sha256": "0" * 64})  # chunk digests right, whole digest wrong
-    hub.blobs[wrong.sha256] = (samples["v2"].path, wrong)
-    hub.publish_desired(device_id, hub.desired(device_id, 2, good.model_copy(update={"blob": wrong})))
-    r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "failed")
-    assert r.error is not None and r.error.code == "blob_digest_mismatch" and r.error.permanent
-    assert r.active is not None and r.active.version == "1.0.0" and r.download is None
-    assert agent.reconciler.download is None, "the transfer was dropped: not fetched again and again"
-    assert serving.active_model is not None and serving.active_model.version == "1.0.0"
