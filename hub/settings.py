@@ -92,7 +92,23 @@ class TransferSettings(_Group):
         default=0, ge=0, description="cap on chunk bytes published per second (0: unlimited)"
     )
     round_interval_s: float = Field(
-        default=0.05, gt=0, le=10, description="how long wants are coalesced before a publishing round"
+        default=0.05, gt=0, le=10, description="how long the first wants of a blob are gathered before its first chunk"
+    )
+    window_chunks: int = Field(
+        default=16,
+        ge=0,
+        le=1 << 20,
+        description="pacing: chunks published ahead of what the median downloader reported receiving; doubles "
+        "while downloaders keep up (0: no pacing, every wanted chunk at once)",
+    )
+    pace_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="pacing: publish the next chunk anyway after this long without progress"
+    )
+    downloader_idle_s: float = Field(
+        default=75.0,
+        gt=0,
+        le=86_400,
+        description="forget a downloader not heard from (want or progress) for this long (> agents' re-want delay)",
     )
     max_inflight: int = Field(
         default=32, ge=1, le=10_000, description="chunks published but not yet acknowledged (bounds memory)"

@@ -116,7 +116,7 @@ class SimAgent:
         self._next_window = now + rng.uniform(0, config.telemetry_s)
         self._activate_at: float | None = None
         self._last_progress = now
-        self._since_report = 0
+        self._last_report = now
 
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
@@ -218,7 +218,6 @@ class SimAgent:
             self.download = self.cache.download(model.blob)
             self.phase = Phase.DOWNLOADING
             self._last_progress = now
-            self._since_report = 0
             actions += [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
         actions.append(self._report(now))
         return actions
@@ -250,7 +249,6 @@ class SimAgent:
             self.stats.duplicate_chunks += 1
             return actions
         self.stats.chunks += 1
-        self._since_report += 1
         if download.complete:
             try:
                 download.finish()
@@ -262,8 +260,7 @@ class SimAgent:
             actions.append(Unsubscribe(self.topics.chunk(download.sha256)))
             self._start_activation(now)
             actions.append(self._report(now))
-        elif self._since_report >= self.config.report_every_chunks:
-            self._since_report = 0
+        elif now - self._last_report >= self.config.report_interval_s:
             actions.append(self._report(now))
         return actions
 
@@ -363,6 +360,7 @@ class SimAgent:
 
     def _report(self, now: float) -> Publish:
         self._seq += 1
+        self._last_report = now
         progress = None
         if self.download is not None:
             d = self.download
