@@ -188,7 +188,7 @@ def test_only_downloaders_that_report_pace_once_progress_arrives(store: SqliteSt
 
 
 def test_finished_and_vanished_downloaders_stop_pacing(store: SqliteStore, tmp_path: Path) -> None:
-    w = World(store, tmp_path, window_chunks=2, downloader_idle_s=60.0)
+    w = World(store, tmp_path, window_chunks=2, downloader_idle_s=60.0, pace_timeout_s=100.0)
     for d in ("done", "gone", "slow"):
         w.want(d, [(0, COUNT)])
     w.clock.now += 0.05
