@@ -47,7 +47,9 @@ import psutil  # noqa: E402
 from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from agent.sim.mqtt import Transport  # noqa: E402
-from fleet import ModelRef, TelemetryWindow, Topics, Want, decode, decode_frame, encode_frame, plan_file  # noqa: E402
+from fleet import ModelRef, TelemetryWindow, Topics, Want, decode, decode_frame, encode_frame  # noqa: E402
+from fleet.chunks import chunk_of  # noqa: E402
+from fleet.plan import plan_file  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
 from tests.support.sim_hub import MiniHub  # noqa: E402
@@ -444,7 +446,7 @@ def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
         start = time.monotonic()
         infos = []
         for i in range(manifest.count):
-            chunk = data[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+            chunk = chunk_of(data, manifest, i)
             infos.append(
                 publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
             )

@@ -41,7 +41,6 @@ from fleet.errors import (
 from fleet.files import atomic_write, fsync_dir, pwrite_all, start_writeback
 from fleet.messages import BlobManifest, Range
 
-DEFAULT_CHUNK_SIZE = 256 * 1024
 MAGIC = b"EFC1"
 FRAME_VERSION = 1
 _HEADER = struct.Struct(">4sB3x32sIII")
@@ -83,24 +82,10 @@ def decode_frame(payload: bytes | memoryview, *, max_chunk: int = 64 << 20) -> C
     return ChunkFrame(digest.hex(), index, count, view[HEADER_SIZE:])
 
 
-def plan_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobManifest:
-    """Read a file once (streaming) and return its manifest: whole sha256, size and per-chunk digests."""
-    whole = hashlib.sha256()
-    chunks: list[str] = []
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk_size):
-            whole.update(block)
-            chunks.append(hashlib.sha256(block).hexdigest())
-            size += len(block)
-    return BlobManifest(sha256=whole.hexdigest(), size=size, chunk_size=chunk_size, chunks=chunks)
-
-
-def plan_bytes(data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobManifest:
-    """The manifest of an in-memory blob."""
-    view = memoryview(data)
-    chunks = [hashlib.sha256(view[i : i + chunk_size]).hexdigest() for i in range(0, len(data), chunk_size)]
-    return BlobManifest(sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk_size, chunks=chunks)
+def chunk_of(data: bytes | memoryview, manifest: BlobManifest, index: int) -> memoryview:
+    """Chunk `index` of an in-memory blob (a view, no copy)."""
+    start = manifest.offset(index)
+    return memoryview(data)[start : start + manifest.chunk_length(index)]
 
 
 def read_chunk(f: BinaryIO, manifest: BlobManifest, index: int) -> bytes:
@@ -120,7 +105,7 @@ def iter_frames(path: Path, manifest: BlobManifest, indexes: list[int] | None = 
 
 def manifest_digest(manifest: BlobManifest) -> bytes:
     """A digest naming the whole manifest (blob digest, size, chunking and chunk list)."""
-    return hashlib.sha256(manifest.model_dump_json().encode()).digest()
+    return hashlib.sha256(manifest.model_dump_json(exclude_none=True).encode()).digest()
 
 
 class Accepted(Enum):
@@ -248,17 +233,27 @@ class ChunkReceiver:
 
     # -- chunks -----------------------------------------------------------------------------------
     def accept(self, frame: ChunkFrame | bytes) -> Accepted:
-        """Verify and write one chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
+        """Verify and write one received chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
         if not isinstance(frame, ChunkFrame):
             frame = decode_frame(frame, max_chunk=self.manifest.chunk_size)
-        m = self.manifest
-        check_frame(m, frame)
-        if self.bitmap.has(frame.index):
+        check_frame(self.manifest, frame)
+        return self.put(frame.index, frame.data)
+
+    def put(self, index: int, data: bytes | memoryview) -> Accepted:
+        """Verify and write chunk `index` from any source: a received frame, or the same chunk held on disk.
+
+        Raises:
+            ChunkDigestMismatch: wrong length or digest (nothing is written; the index stays wanted).
+            OSError: the write failed (disk full); nothing is marked.
+        """
+        if self.bitmap.has(index):
             return Accepted.DUPLICATE
-        verify_chunk(m, frame.index, frame.data)
-        pwrite_all(self._fd, frame.data, m.offset(frame.index))  # OSError (disk full): chunk not taken
-        start_writeback(self._fd, m.offset(frame.index), len(frame.data))
-        self.bitmap.add(frame.index)
+        m = self.manifest
+        verify_chunk(m, index, data)
+        offset = m.offset(index)
+        pwrite_all(self._fd, data, offset)
+        start_writeback(self._fd, offset, len(data))
+        self.bitmap.add(index)
         now = time.monotonic()
         if self._unsynced == 0:
             self._dirty_since = now

@@ -101,7 +101,9 @@ class Hub:
         self.security = HubSecurity(s, self.store)
         self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
         self.auth = Auth(self.store)
-        self.registry = Registry(self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size)
+        self.registry = Registry(
+            self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size, chunking=s.transfer.chunking
+        )
         self.registry.cleanup_tmp()
         self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
         self.telemetry = TelemetryQueries(self.store)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
+from fleet.plan import DEFAULT_CHUNK_SIZE, MAX_CONTENT_TARGET, Chunking
 from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
@@ -81,7 +81,13 @@ class TransferSettings(SettingsGroup):
         default=DEFAULT_CHUNK_SIZE,
         ge=1024,
         le=64 << 20,
-        description="bytes per chunk of newly pushed blobs (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
+        description="target bytes per chunk of newly pushed blobs; content-defined chunks are 1/4x to 2x this, so "
+        "the largest message is 2x + 52 bytes (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
+    )
+    chunking: Chunking = Field(
+        default="content",
+        description="content: boundaries by content (FastCDC), so a new version reuses the chunks devices hold; "
+        "fixed: every chunk chunk_size bytes",
     )
     rate_limit_bytes_per_s: int = Field(
         default=0, ge=0, description="cap on chunk bytes published per second (0: unlimited)"
@@ -108,6 +114,12 @@ class TransferSettings(SettingsGroup):
     max_inflight: int = Field(
         default=32, ge=1, le=10_000, description="chunks published but not yet acknowledged (bounds memory)"
     )
+
+    @model_validator(mode="after")
+    def _check_chunking(self) -> TransferSettings:
+        if self.chunking == "content" and self.chunk_size > MAX_CONTENT_TARGET:
+            raise ValueError(f"content-defined chunks target at most {MAX_CONTENT_TARGET} bytes; use chunking=fixed")
+        return self
 
 
 class IngestSettings(SettingsGroup):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.chunks import decode_frame, plan_bytes
+from fleet.chunks import decode_frame
 from fleet.messages import BlobManifest, DownloadProgress, Want
+from fleet.plan import plan_bytes
 from fleet.topics import Topics
 from hub.settings import TransferSettings
 from hub.store import SqliteStore, open_store
@@ -31,7 +32,7 @@ class Clock:
 class World:
     def __init__(self, store: SqliteStore, blob_dir: Path, **settings: object) -> None:
         data = hashlib.shake_256(b"blob").digest(COUNT * CHUNK)
-        self.manifest = plan_bytes(data, CHUNK)
+        self.manifest = plan_bytes(data, CHUNK, chunking="fixed")
         (blob_dir / self.manifest.sha256).write_bytes(data)
         store.add_model_version(
             ModelVersion(
