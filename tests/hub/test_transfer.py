@@ -13,7 +13,7 @@ from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.plan import plan_bytes
 from fleet.topics import Topics
 from hub.settings import TransferSettings
-from hub.store import SqliteStore, open_store
+from hub.store import SqlStore, open_store
 from hub.store.base import ModelVersion
 from hub.transfer import ChunkServer
 
@@ -30,7 +30,7 @@ class Clock:
 
 
 class World:
-    def __init__(self, store: SqliteStore, blob_dir: Path, **settings: object) -> None:
+    def __init__(self, store: SqlStore, blob_dir: Path, **settings: object) -> None:
         data = hashlib.shake_256(b"blob").digest(COUNT * CHUNK)
         self.manifest = plan_bytes(data, CHUNK, chunking="fixed")
         (blob_dir / self.manifest.sha256).write_bytes(data)
@@ -80,13 +80,13 @@ class World:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
+def store(tmp_path: Path) -> Iterator[SqlStore]:
     s = open_store(tmp_path / "hub.db")
     yield s
     s.close()
 
 
-def test_wants_gathered_before_the_first_chunk_publish_each_chunk_once(store: SqliteStore, tmp_path: Path) -> None:
+def test_wants_gathered_before_the_first_chunk_publish_each_chunk_once(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path)
     w.want("a", [(0, COUNT)])
     w.want("b", [(3, 9)])
@@ -96,7 +96,7 @@ def test_wants_gathered_before_the_first_chunk_publish_each_chunk_once(store: Sq
     assert w.server.stats.chunks_published == COUNT and w.server.stats.chunks_republished == 0
 
 
-def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: SqliteStore, tmp_path: Path) -> None:
+def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path)
     w.want("early", [(0, COUNT)])
     w.clock.now += 0.05
@@ -108,7 +108,7 @@ def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: Sqlit
     assert w.server.stats.chunks_republished == 10 and w.server.stats.rounds == 2
 
 
-def test_a_chunk_nobody_lacks_is_not_published_again(store: SqliteStore, tmp_path: Path) -> None:
+def test_a_chunk_nobody_lacks_is_not_published_again(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path)
     w.want("a", [(0, COUNT)])
     w.clock.now += 0.05
@@ -117,7 +117,7 @@ def test_a_chunk_nobody_lacks_is_not_published_again(store: SqliteStore, tmp_pat
     assert w.run() == [7, 30]
 
 
-def test_out_of_range_wants_ask_only_for_chunks_that_exist(store: SqliteStore, tmp_path: Path) -> None:
+def test_out_of_range_wants_ask_only_for_chunks_that_exist(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path)
     w.want("a", [(COUNT - 2, 1 << 40)])
     w.clock.now += 0.05
@@ -127,7 +127,7 @@ def test_out_of_range_wants_ask_only_for_chunks_that_exist(store: SqliteStore, t
     assert w.server.stats.unknown_blob_wants == 1
 
 
-def test_frames_carry_the_chunk(store: SqliteStore, tmp_path: Path) -> None:
+def test_frames_carry_the_chunk(store: SqlStore, tmp_path: Path) -> None:
     frames: list[bytes] = []
     w = World(store, tmp_path)
     w.server._publish = lambda _t, f: frames.append(f)
@@ -139,7 +139,7 @@ def test_frames_carry_the_chunk(store: SqliteStore, tmp_path: Path) -> None:
     assert (f.index, f.count, bytes(f.data)) == (5, COUNT, data[5 * CHUNK : 6 * CHUNK])
 
 
-def test_pacing_holds_the_pass_to_the_median_downloader(store: SqliteStore, tmp_path: Path) -> None:
+def test_pacing_holds_the_pass_to_the_median_downloader(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, window_chunks=4, pace_timeout_s=5.0)
     for d in ("a", "b", "c"):
         w.want(d, [(0, COUNT)])
@@ -153,7 +153,7 @@ def test_pacing_holds_the_pass_to_the_median_downloader(store: SqliteStore, tmp_
     assert w.server.stats.paced_waits > 0
 
 
-def test_the_window_doubles_when_downloaders_drain_it(store: SqliteStore, tmp_path: Path) -> None:
+def test_the_window_doubles_when_downloaders_drain_it(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, window_chunks=4)
     w.want("a", [(0, COUNT)])
     w.clock.now += 0.05
@@ -164,7 +164,7 @@ def test_the_window_doubles_when_downloaders_drain_it(store: SqliteStore, tmp_pa
     assert len(w.run()) == 16
 
 
-def test_no_progress_for_pace_timeout_publishes_anyway(store: SqliteStore, tmp_path: Path) -> None:
+def test_no_progress_for_pace_timeout_publishes_anyway(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, window_chunks=2, pace_timeout_s=5.0)
     w.want("silent", [(0, COUNT)])
     w.clock.now += 0.05
@@ -176,7 +176,7 @@ def test_no_progress_for_pace_timeout_publishes_anyway(store: SqliteStore, tmp_p
     assert w.server.stats.pace_timeouts == 1
 
 
-def test_only_downloaders_that_report_pace_once_progress_arrives(store: SqliteStore, tmp_path: Path) -> None:
+def test_only_downloaders_that_report_pace_once_progress_arrives(store: SqlStore, tmp_path: Path) -> None:
     """A want may name any enrolled device; a progress report comes on the device's own topic."""
     w = World(store, tmp_path, window_chunks=2)
     for d in ("named-by-someone-else", "real-1", "real-2"):
@@ -188,7 +188,7 @@ def test_only_downloaders_that_report_pace_once_progress_arrives(store: SqliteSt
     assert w.run() == [2], "the silent one (2 outstanding) is left out of the median"
 
 
-def test_finished_and_vanished_downloaders_stop_pacing(store: SqliteStore, tmp_path: Path) -> None:
+def test_finished_and_vanished_downloaders_stop_pacing(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, window_chunks=2, downloader_idle_s=60.0, pace_timeout_s=100.0)
     for d in ("done", "gone", "slow"):
         w.want(d, [(0, COUNT)])
@@ -205,7 +205,7 @@ def test_finished_and_vanished_downloaders_stop_pacing(store: SqliteStore, tmp_p
     assert w.run() == [3, 4, 5, 6], "slow alone paces now; it had drained its window, which doubled"
 
 
-def test_a_lost_chunk_counts_again_for_its_downloader(store: SqliteStore, tmp_path: Path) -> None:
+def test_a_lost_chunk_counts_again_for_its_downloader(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, window_chunks=2)
     w.want("a", [(0, COUNT)])
     w.clock.now += 0.05
@@ -222,7 +222,7 @@ def test_a_lost_chunk_counts_again_for_its_downloader(store: SqliteStore, tmp_pa
     assert sorted(sent) == list(range(1, COUNT)) and sent[-1] == 1, "the lost chunk again, after the wrap"
 
 
-def test_manifest_is_validated_from_the_store(store: SqliteStore, tmp_path: Path) -> None:
+def test_manifest_is_validated_from_the_store(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path)
     assert w.server.manifest(w.manifest.sha256) == BlobManifest.model_validate(w.manifest.model_dump())
     assert w.server.manifest("ab" * 32) is None
