@@ -192,9 +192,9 @@ class Hub:
         if n:
             log.info("hub: republished %d desired states after connecting", n)
 
-    def _on_enrolled(self, device_id: str) -> None:
-        self._enrolled.add(device_id)
-        self.security.enrolled(device_id)
+    def _on_enrolled(self, device_ids: list[str]) -> None:
+        self._enrolled.update(device_ids)
+        self.security.enrolled(device_ids)
 
     def revoke_device(self, device_id: str, *, actor: str) -> bool:
         """Revoke a device: its broker account goes (the broker reloads) and its messages are refused."""
