@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from agent.settings import DownloadSettings  # noqa: E402
 from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from agent.sim.mqtt import Transport  # noqa: E402
@@ -592,7 +593,10 @@ def main() -> None:
     p.add_argument("--steady-s", type=float, default=30.0, help="how long hub CPU and ingest lag are measured, s")
     p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
     p.add_argument("--broker-inflight", type=int, default=1, help="Mosquitto max_inflight_messages (0: unbounded)")
-    p.add_argument("--want-retry-s", type=float, default=5.0, help="agents re-want after this long without a chunk")
+    p.add_argument(
+        "--want-retry-s", type=float, default=DownloadSettings().rewant_after_s,
+        help="agents re-want after this long without a chunk (default: the product agent's rewant_after_s)",
+    )  # fmt: skip
     p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
     p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
