@@ -338,7 +338,11 @@ class ProductHub:
 
     def chunks_published(self) -> int:
         r = self.http.get("/api/v1/ingest")
-        return int(r.json()["transfer"]["chunks_published"]) if r.status_code == 200 else -1
+        if r.status_code != 200:
+            return -1
+        t = r.json()["transfer"]
+        print(f"  chunk server: {t}", file=sys.stderr, flush=True)
+        return int(t["chunks_published"])
 
     def deploy(self, n: int) -> None:
         body = {"model": "bench", "version": "1.0.0", "selector": "bench=scale"}

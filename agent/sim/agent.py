@@ -117,6 +117,7 @@ class SimAgent:
         self._activate_at: float | None = None
         self._last_progress = now
         self._last_report = now
+        self._progress_due = False
 
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
@@ -262,6 +263,8 @@ class SimAgent:
             actions.append(self._report(now))
         elif now - self._last_report >= self.config.report_interval_s:
             actions.append(self._report(now))
+        else:
+            self._progress_due = True
         return actions
 
     def _on_command(self, payload: bytes, now: float) -> list[Action]:
@@ -304,6 +307,13 @@ class SimAgent:
         ):
             self._last_progress = now
             actions.append(self._want(self.download))
+        if (
+            self.download is not None
+            and self.connected
+            and self._progress_due
+            and now - self._last_report >= self.config.report_interval_s
+        ):  # like the agent: progress not yet reported goes out on the next tick once the interval passed
+            actions.append(self._report(now))
         if now >= self._next_window:
             if self.connected:
                 actions.append(self._telemetry(now))
@@ -361,6 +371,7 @@ class SimAgent:
     def _report(self, now: float) -> Publish:
         self._seq += 1
         self._last_report = now
+        self._progress_due = False
         progress = None
         if self.download is not None:
             d = self.download
