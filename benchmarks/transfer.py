@@ -176,7 +176,7 @@ def main() -> None:
         try:
             blob = Path(tmp) / "blob.bin"
             blob.write_bytes(os.urandom(args.size_mib << 20))
-            manifest = plan_file(blob, args.chunk_kib << 10)
+            manifest = plan_file(blob, args.chunk_kib << 10, chunking="fixed")  # raw reads the same 256 KiB pieces
             rows = []
             for n in (int(x) for x in args.receivers.split(",")):
                 raw, fleet, floor = [], [], []
