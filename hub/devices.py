@@ -7,11 +7,11 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.bundle import DeviceBundle
 from fleet.errors import InvalidId
 from fleet.ids import check_device_id
 from hub.credentials import mosquitto_hash, new_password
-from hub.enrolment import MAX_BATCH
 from hub.errors import InvalidInput, NotFound
 from hub.selectors import check_labels, parse_selector
 from hub.settings import DeviceSettings

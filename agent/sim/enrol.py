@@ -5,17 +5,18 @@ Kept small on purpose: the hub's device API is the one moving part here (`enrol_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import httpx
 from pydantic import ValidationError
 
-from agent.sim.config import AgentIdentity, BrokerAddress
+from agent.sim.config import AgentIdentity
 from agent.sim.errors import EnrolmentError
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DEFAULT_PREFIX, check_device_id
 from fleet.signing import HubPublicKey
+from hubclient.errors import HubApiError
+from hubclient.http import HubClient
 
 BATCH_PATH = "/api/v1/devices/batch"
 BATCH = 10_000  # the hub's limit per enrolment request
@@ -92,21 +93,22 @@ def enrol_via_hub(
         EnrolmentError: the hub refused the devices or could not be reached (with its answer).
     """
     identities = []
-    headers = {"Authorization": f"Bearer {token}"}
     ids = device_ids(id_prefix, count)
-    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s) as http:
+    with HubClient(api_url, token, timeout=timeout_s) as hub:
         for start in range(0, len(ids), BATCH):
             part = ids[start : start + BATCH]
             body = {"devices": [{"id": device_id, "labels": labels or {}} for device_id in part]}
             try:
-                response = http.post(BATCH_PATH, json=body)
-            except httpx.HTTPError as e:
-                raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {part[0]}..: {e}") from e
-            if response.status_code >= 400:
-                raise EnrolmentError(f"hub refused {part[0]}..: HTTP {response.status_code} {response.text[:300]}")
+                answer = hub.request("POST", BATCH_PATH, json=body)
+            except HubApiError as e:
+                if e.status == 0:
+                    raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {part[0]}..: {e}") from e
+                raise EnrolmentError(f"hub refused {part[0]}..: HTTP {e.status} {e.message[:300]}") from e
+            except ValueError as e:  # a 2xx answer that is not JSON
+                raise EnrolmentError(f"hub answered {part[0]}.. with something that is not bundles: {e}") from e
             try:
-                bundles = [DeviceBundle.model_validate(b) for b in response.json()["bundles"]]
-            except (json.JSONDecodeError, ValidationError, KeyError, TypeError) as e:
+                bundles = [DeviceBundle.model_validate(b) for b in answer["bundles"]]
+            except (ValidationError, KeyError, TypeError) as e:
                 raise EnrolmentError(f"hub answered {part[0]}.. with something that is not bundles: {e}") from e
             for bundle in bundles:
                 if bundle_dir is not None:
@@ -114,14 +116,3 @@ def enrol_via_hub(
                     bundle.save(bundle_dir / f"{bundle.device_id}.json")
                 identities.append(AgentIdentity.from_bundle(bundle, labels))
     return identities
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`k=v,k2=v2` into a dict (raises ValueError naming the bad part)."""
-    labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"label {part!r}: expected key=value")
-        labels[key.strip()] = value.strip()
-    return labels

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.messages import RuntimeOptions
 from hub.devices import DeviceState
-from hub.enrolment import MAX_BATCH
 from hub.store import Desired, Device, Event, ModelVersion, StoredWindow
 from hub.telemetry import Summary
 

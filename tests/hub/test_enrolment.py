@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from edgefleet_cli import app
 from fleet.bundle import DeviceBundle
-from hub.enrolment import MAX_BATCH, from_pattern, read_csv
-from hub.errors import InvalidInput
+from hubclient.enrolment import MAX_BATCH, InvalidInput, from_pattern, read_csv
 from tests.support.hub import RunningHub, start_hub
 from tests.support.mqtt import TestClient
 

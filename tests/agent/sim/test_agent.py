@@ -11,7 +11,7 @@ import pytest
 from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
-from agent.sim.config import AgentIdentity, BrokerAddress, Faults, SimConfig
+from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.profile import Profiles
 from fleet import (
     CommandAck,
@@ -28,6 +28,7 @@ from fleet import (
     encode,
     encode_frame,
 )
+from fleet.address import BrokerAddress
 from fleet.chunks import chunk_of
 from fleet.messages import Command, CommandName
 from fleet.plan import plan_bytes

@@ -1,6 +1,7 @@
 """Lists of devices to enrol in one request: from a CSV file, or a count and a name pattern.
 
 Client-side parsing for `edgefleet device add --csv/--count`; the hub checks every id and label again.
+`MAX_BATCH` is the hub's bound per request (`fleet.bundle.MAX_ENROL_BATCH`, shared by both sides).
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ import csv
 import string
 from pathlib import Path
 
-from hub.errors import InvalidInput
+from fleet.bundle import MAX_ENROL_BATCH
+from hubclient.errors import ClientError
 
-MAX_BATCH = 10_000  # devices per enrolment request (a bundle each in the response)
+MAX_BATCH = MAX_ENROL_BATCH
 MAX_CSV_BYTES = 16 << 20
+
+
+class InvalidInput(ClientError):
+    """The list of devices to enrol is malformed; nothing was sent."""
+
+    code = "invalid_input"
+
 
 Entry = tuple[str, dict[str, str]]
 
