@@ -108,7 +108,8 @@ class SimAgent:
         # spread the fleet's windows evenly instead of every agent reporting in the same instant
         self._next_window = now + rng.uniform(0, config.telemetry_s)
         self._last_progress = now
-        self._since_report = 0
+        self._last_report = now
+        self._progress_due = False
 
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
@@ -223,7 +224,6 @@ class SimAgent:
             if model.blob.sha256 not in self.held and self.models[slot.name].phase is Phase.DOWNLOADING:
                 self.download = self.cache.download(model.blob)
                 self._last_progress = now
-                self._since_report = 0
                 return [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
         return []
 
@@ -254,13 +254,11 @@ class SimAgent:
             self.stats.duplicate_chunks += 1
             return actions
         self.stats.chunks += 1
-        self._since_report += 1
         if download.complete:
             try:
                 download.finish()
-            except ChunkError as e:
-                actions += [self._refuse("blob_digest_mismatch", str(e), now), self._want(download)]
-                return actions
+            except ChunkError:
+                return [*actions, self._want(download)]
             self.stats.downloads_done += 1
             self.held.add(download.sha256)
             self.download = None
@@ -271,9 +269,10 @@ class SimAgent:
                     self._start_activation(m, now)
             actions += self._next_download(now)
             actions.append(self._report(now))
-        elif self._since_report >= self.config.report_every_chunks:
-            self._since_report = 0
+        elif now - self._last_report >= self.config.report_interval_s:
             actions.append(self._report(now))
+        else:
+            self._progress_due = True
         return actions
 
     def _on_command(self, payload: bytes, now: float) -> list[Action]:
@@ -317,6 +316,13 @@ class SimAgent:
         ):
             self._last_progress = now
             actions.append(self._want(self.download))
+        if (
+            self.download is not None
+            and self.connected
+            and self._progress_due
+            and now - self._last_report >= self.config.report_interval_s
+        ):  # like the agent: progress not yet reported goes out on the next tick once the interval passed
+            actions.append(self._report(now))
         if now >= self._next_window:
             if self.connected:
                 actions.append(self._telemetry(now))
@@ -373,6 +379,8 @@ class SimAgent:
 
     def _report(self, now: float) -> Publish:
         self._seq += 1
+        self._last_report = now
+        self._progress_due = False
         progress = None
         if self.download is not None:
             d = self.download

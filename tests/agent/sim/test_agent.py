@@ -27,10 +27,11 @@ from fleet import (
     decode,
     encode,
     encode_frame,
-    plan_bytes,
 )
 from fleet.address import BrokerAddress
+from fleet.chunks import chunk_of
 from fleet.messages import Command, CommandName, DesiredModel
+from fleet.plan import plan_bytes
 from tests.support.hubside import one
 
 PREFIX = "fleet/v1"
@@ -41,7 +42,7 @@ class Hub:
     def __init__(self) -> None:
         self.key = HubSigningKey.generate()
         self.topics = Topics(PREFIX)
-        self.manifest = plan_bytes(BLOB)
+        self.manifest = plan_bytes(BLOB, chunking="fixed")
         self.version = 0
 
     def model(self, version: str = "1.0.0") -> ModelRef:
@@ -57,9 +58,7 @@ class Hub:
 
     def frames(self) -> list[bytes]:
         m = self.manifest
-        return [
-            encode_frame(m.sha256, i, m.count, BLOB[i * m.chunk_size :][: m.chunk_length(i)]) for i in range(m.count)
-        ]
+        return [encode_frame(m.sha256, i, m.count, chunk_of(BLOB, m, i)) for i in range(m.count)]
 
 
 def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", cache: BlobCache | None = None,
@@ -295,7 +294,7 @@ def test_a_simulated_device_serves_three_models_each_on_its_own(tmp_path: Path) 
     for name, data in blobs.items():  # each blob in turn: the next transfer starts when one completes
         m = refs[name].blob
         for i in range(m.count):
-            frame = encode_frame(m.sha256, i, m.count, data[i * m.chunk_size :][: m.chunk_length(i)])
+            frame = encode_frame(m.sha256, i, m.count, chunk_of(data, m, i))
             agent.on_message(hub.topics.chunk(m.sha256), frame, time.time())
     final = reports(agent.tick(time.time()))[-1]
     assert final.phase is Phase.ACTIVE
