@@ -184,6 +184,12 @@ class ModelRepository:
         served = self.names()
         return self.slots[served[0]].active_model if len(served) == 1 else None
 
+    @property
+    def shadow_model(self) -> AppliedModel | None:
+        """The shadow candidate when exactly one model is served (None otherwise, or without a candidate)."""
+        served = self.names()
+        return self.slots[served[0]].shadow_model if len(served) == 1 else None
+
     def active_models(self) -> dict[str, AppliedModel]:
         """The active version of every model served, by name."""
         return {n: m for n, s in list(self.slots.items()) if (m := s.active_model) is not None}

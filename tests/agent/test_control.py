@@ -30,20 +30,21 @@ def test_a_checked_engine_is_recorded_and_released(samples: dict[str, Sample]) -
     loaded = _loaded(samples["v1"])
     image = np.zeros((1, 3, 64, 64), np.float32)
     assert loaded.engine.infer({"image": image})  # it ran: the check passed and the engine worked
+    name = loaded.applied.name
     serving.activate(loaded.engine, loaded.applied, loaded.descriptor, RuntimeOptions(replicas=2))
-    assert serving.active_model == loaded.applied and serving.runtime == RuntimeOptions(replicas=2)
+    assert serving.active_models() == {name: loaded.applied} and serving.runtime[name] == RuntimeOptions(replicas=2)
     with pytest.raises(EngineNotReady):
         loaded.engine.infer({"image": image})  # released at once: this process serves nothing
     shadow = _loaded(samples["v2"])
-    serving.set_shadow(shadow.engine, shadow.applied, 0.5)
-    assert serving.shadow_model == shadow.applied
+    serving.set_shadow(name, shadow.engine, shadow.applied, 0.5)
+    assert serving.shadow_models() == {name: shadow.applied}
     with pytest.raises(EngineNotReady):
         shadow.engine.infer({"image": image})
-    window = serving.take_window()  # requests reach the serving pods, not the control agent
+    window = serving.take_windows()[name]  # requests reach the serving pods, not the control agent
     assert (window.requests, window.errors, window.queue_depth, window.shadow) == (0, 0, 0, None)
-    serving.set_shadow(None, None, 0.0)
-    serving.deactivate()
-    assert serving.active_model is None and serving.shadow_model is None
+    serving.set_shadow(name, None, None, 0.0)
+    serving.deactivate(name)
+    assert serving.active_models() == {} and serving.shadow_models() == {}
 
 
 def test_health_answers_and_reasons() -> None:
