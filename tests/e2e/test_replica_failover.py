@@ -121,7 +121,7 @@ def test_the_leaders_host_cut_off_mid_rollout_hands_over_and_nothing_is_sent_twi
 
         def all_on(version: str) -> bool:
             rows = api("b", "GET", "/api/v1/devices", params={"selector": "fleet=ha"})  # the follower reads too
-            return len(rows) == DEVICES and all(r["active_model"] == f"cls:{version}" for r in rows)
+            return len(rows) == DEVICES and all(r["active_models"] == [f"cls:{version}"] for r in rows)
 
         wait_for(lambda: sum(x.connected for x in sim.agents) == DEVICES, timeout=30)
         watch.client.on_message = lambda _c, _u, msg: (
@@ -177,7 +177,7 @@ def test_the_leaders_host_cut_off_mid_rollout_hands_over_and_nothing_is_sent_twi
     steps: dict[str, set[int]] = defaultdict(set)
     for (device, version), bodies in desired.items():
         doc = json.loads(next(iter(bodies)))
-        if doc.get("rollout_id") == rid:
+        if any(m.get("rollout_id") == rid for m in doc.get("models", [])):  # the slot the rollout set
             steps[device].add(version)
     assert set(steps) == {i.device_id for i in identities}
     print(f"handover after the cut: {handover_s:.1f} s (lease {LEASE_S} s, renew {RENEW_S} s)")
