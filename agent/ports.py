@@ -1,20 +1,34 @@
-"""The seam between the agent's control side (download, activation, telemetry) and its serving side.
+"""The seams of the agent's control side (download, activation, telemetry).
 
 The control side owns *when* a model becomes active; the serving side owns *how* requests reach it. They
 meet only through `ServingPort`, so each is tested without the other and single-device mode (one process)
 and cluster mode (`edgefleet agent serve` in pods) wire the same two halves differently. Every serving mode
 implements the port with the same core, `agent.serving.ModelRepository` (one `ModelSlot` per model name;
 HTTP API or headless). Every call names its model: a device serves several, each swapped on its own.
+
+The reconciler reaches loading and serving through `ActivationPort`: the agent's is
+`agent.activation.EngineActivation` (onnxruntime engines handed to a `ServingPort`); the fleet simulator
+(`agent.sim`) implements it without loading anything, so it runs the agent's own reconciler and download.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from agent.errors import AgentError
 from fleet.histogram import Histogram
-from fleet.messages import AppliedModel, ClusterWorkload, DesiredState, NodeInfo, RuntimeOptions, ShadowStats
+from fleet.messages import (
+    AppliedModel,
+    ClusterWorkload,
+    DesiredState,
+    ModelRef,
+    NodeInfo,
+    RuntimeOptions,
+    ShadowStats,
+)
 
 if TYPE_CHECKING:  # the engine module imports onnxruntime; the control side needs only the type
     from models.descriptor import ModelDescriptor
@@ -54,6 +68,41 @@ class ServingPort(Protocol):
 
     def take_windows(self) -> dict[str, ServingWindow]:
         """Counters of every model since the last call, by model name, then reset them."""
+
+
+@dataclass
+class Restart:
+    """What serves again of one model after a (re)start, from the store's pointers, and what went wrong on the way."""
+
+    active: AppliedModel | None = None
+    runtime: RuntimeOptions | None = None
+    previous: AppliedModel | None = None
+    size: int = 0  # bytes of the active version's blob (the memory budget's input)
+    errors: list[AgentError] = field(default_factory=list)
+
+
+class ActivationPort(Protocol):
+    """Implemented by whatever loads models and serves them; called by the reconciler (control thread).
+
+    Every call concerns one model (`ref.name` or `name`) and leaves the device's other models untouched. A
+    version that must not serve raises `agent.errors.ActivationError` (its code names the failed step) and
+    leaves what serves untouched.
+    """
+
+    def restore(self, name: str) -> Restart:
+        """Serve model `name`'s stored active version again (or its previous one when the active one fails)."""
+
+    def activate(self, path: Path, ref: ModelRef, runtime: RuntimeOptions) -> AppliedModel:
+        """Load the verified blob at `path` as `ref`, check it, then make it the version of `ref.name` that serves."""
+
+    def set_shadow(self, path: Path, ref: ModelRef, runtime: RuntimeOptions, sample_rate: float) -> AppliedModel:
+        """Load the blob at `path` as the shadow candidate `ref`, run beside `ref.name` on `sample_rate`."""
+
+    def clear_shadow(self, name: str) -> None:
+        """Stop shadowing model `name`."""
+
+    def deactivate(self, name: str) -> None:
+        """Stop serving model `name` (the desired state no longer names it)."""
 
 
 class ClusterPort(Protocol):

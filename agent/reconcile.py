@@ -11,7 +11,8 @@ previous versions (`agent.modelstate.ModelState`):
    a slot whose blobs are present does not wait for another's download); check the memory budget across
    models; load the new version into a new engine, warm it up and golden-check it, then swap it in and
    switch that model's store pointers (`previous` keeps the old version for an instant rollback); load
-   its shadow candidate;
+   its shadow candidate. Loading and serving sit behind `agent.ports.ActivationPort` (the fleet simulator
+   runs this reconciler with a port that loads nothing);
 4. apply the cluster workloads (cluster mode), collect spare blobs; report.
 
 A failure at any step of one model keeps that model's running version serving, is reported on that model
@@ -28,16 +29,14 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from agent import activation
-from agent.activation import Loaded
 from agent.download import Download, Fetcher
 from agent.errors import ActivationError, AgentError, InsufficientDisk, MemoryBudgetExceeded, StoreError
 from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
-from agent.ports import ClusterPort, ServingPort
+from agent.ports import ActivationPort, ClusterPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState
-from agent.store import ModelStore, StoredModel
+from agent.store import StoredModel, StorePort
 from fleet.codec import decode
 from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, UnsupportedSchema, error_code
 from fleet.messages import (
@@ -52,7 +51,6 @@ from fleet.messages import (
     ModelRef,
     Phase,
     ReportedState,
-    RuntimeOptions,
     SignedEnvelope,
     Want,
 )
@@ -93,8 +91,8 @@ class Reconciler:
         self,
         *,
         device_id: str,
-        store: ModelStore,
-        serving: ServingPort,
+        store: StorePort,
+        activation: ActivationPort,
         verifier: Verifier,
         settings: AgentSettings,
         outbox: Outbox,
@@ -105,7 +103,7 @@ class Reconciler:
     ) -> None:
         self.device_id = device_id
         self.store = store
-        self.serving = serving
+        self.activation = activation
         self.verifier = verifier
         self.settings = settings
         self.outbox = outbox
@@ -156,13 +154,11 @@ class Reconciler:
         self.state = AcceptedState.load(self.state_path)
         for name in self.store.names():
             st = self._model(name)
-            restored = activation.restore(self.store, name, warmup_runs=self.settings.activation.warmup_runs)
+            restored = self.activation.restore(name)
             for e in restored.errors:
                 self._fail(st, e)
-            if restored.loaded is not None:
-                loaded = restored.loaded
-                self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
-                st.active, st.runtime, st.size = loaded.applied, restored.runtime, restored.size
+            if restored.active is not None:
+                st.active, st.runtime, st.size = restored.active, restored.runtime, restored.size
                 st.phase = Phase.ACTIVE
             st.previous = restored.previous
         if self.state.envelope is not None:
@@ -380,13 +376,6 @@ class Reconciler:
         self._apply_shadow(slot, st)
         st.phase = Phase.ACTIVE
 
-    def _load(self, ref: ModelRef, runtime: RuntimeOptions) -> Loaded:
-        """Load a stored blob into a checked engine (raises ActivationError)."""
-        return activation.load(
-            self.store.blob_path(ref.blob.sha256), ref.blob.sha256, name=ref.name, version=ref.version,
-            descriptor=ref.descriptor, runtime=runtime, warmup_runs=self.settings.activation.warmup_runs,
-        )  # fmt: skip
-
     def _update_locked(self, st: ModelState) -> bool:
         """True while the update lock file exists: verified models wait (checked again every second)."""
         lock = self.settings.activation.update_lock_file
@@ -427,14 +416,13 @@ class Reconciler:
         sha = ref.blob.sha256
         try:
             self._budget(st, f"{ref.name} {ref.version}", ref.blob.size, replacing=True)
-            loaded = self._load(ref, runtime)
+            applied = self.activation.activate(self.store.blob_path(sha), ref, runtime)
         except ActivationError as e:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
             self._fail(st, e)
             return e
-        self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
-        st.active, st.runtime, st.size, st.error = loaded.applied, runtime, ref.blob.size, None
-        record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,
+        st.active, st.runtime, st.size, st.error = applied, runtime, ref.blob.size, None
+        record = StoredModel(sha256=sha, model=applied, task=ref.task, descriptor=ref.descriptor,
                              runtime=runtime, desired_version=version)  # fmt: skip
         try:
             prev = self.store.promote(record)
@@ -447,7 +435,7 @@ class Reconciler:
         spec = slot.shadow
         if spec is None:
             if st.shadow is not None:
-                self.serving.set_shadow(slot.name, None, None, 0.0)
+                self.activation.clear_shadow(slot.name)
                 st.shadow, st.shadow_size = None, 0
             return
         ref = spec.model
@@ -455,12 +443,13 @@ class Reconciler:
             return
         try:
             self._budget(st, f"{ref.name} {ref.version} (shadow)", ref.blob.size, replacing=False)
-            loaded = self._load(ref, slot.runtime)
+            applied = self.activation.set_shadow(
+                self.store.blob_path(ref.blob.sha256), ref, slot.runtime, spec.sample_rate
+            )
         except ActivationError as e:
             self._fail(st, AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
-        self.serving.set_shadow(slot.name, loaded.engine, loaded.applied, spec.sample_rate)
-        st.shadow, st.shadow_size = loaded.applied, ref.blob.size
+        st.shadow, st.shadow_size = applied, ref.blob.size
 
     def _remove_unwanted(self, d: DesiredState) -> None:
         """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
@@ -469,7 +458,7 @@ class Reconciler:
             if name in wanted or st.removed_at is not None:
                 continue
             log.info("model %s is no longer desired: it stops serving", name)
-            self.serving.deactivate(name)
+            self.activation.deactivate(name)
             if st.active is not None:
                 try:
                     self.store.clear_active(name)

@@ -4,6 +4,7 @@ blocking (`serve`)."""
 from __future__ import annotations
 
 from agent.api.app import create_asgi
+from agent.api.protocol import protocol_for
 from agent.api.settings import ApiSettings
 from agent.serving import ModelRepository
 from infra.server import HttpServer
@@ -78,11 +79,13 @@ def serve(settings: ApiSettings, repo: ModelRepository) -> None:
 
 
 def _http_server(settings: ApiSettings, repo: ModelRepository) -> HttpServer:
-    """The app under uvicorn; the repository learns how many HTTP requests uvicorn is handling."""
+    """The app under uvicorn, inference requests served from its parser (`agent.api.protocol`); the repository
+    learns how many HTTP requests uvicorn is handling."""
     app = create_asgi(settings, repo)
+    protocol = protocol_for(app.handlers, settings.max_body_bytes)
     http = HttpServer(
         app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, fast=True,
-        lifespan="on", name="edgefleet-api",
+        protocol=protocol, lifespan="on", name="edgefleet-api",
     )  # fmt: skip
     repo.configure(in_progress=http.tasks.__len__)
     return http
