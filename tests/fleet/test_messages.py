@@ -141,7 +141,10 @@ def test_histogram_merges_and_estimates_quantiles() -> None:
 
 def test_telemetry_window_rejects_negative_counts() -> None:
     with pytest.raises(ValidationError):
-        TelemetryWindow(device_id="d1", seq=0, start=T0, end=T0 + 1, requests=-1)
+        TelemetryWindow.model_validate(
+            {"device_id": "d1", "seq": 0, "start": T0, "end": T0 + 1,
+             "models": [{"name": "m", "version": "1.0.0", "requests": -1}]}
+        )  # fmt: skip
 
 
 def test_a_desired_state_names_each_model_once_and_shadows_only_its_own_versions() -> None:
