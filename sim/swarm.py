@@ -9,12 +9,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.sim.actions import AgentStats
-from agent.sim.agent import SimAgent
-from agent.sim.config import AgentIdentity, SimConfig
-from agent.sim.profile import Profiles
-from agent.sim.store import SharedBlobs
-from agent.sim.transport import Transport
+from sim.actions import AgentStats
+from sim.agent import SimAgent
+from sim.config import AgentIdentity, SimConfig
+from sim.profile import Profiles
+from sim.store import SharedBlobs
+from sim.transport import Transport
 
 
 @dataclass(frozen=True)
