@@ -565,9 +565,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
         "| rollout s | rollout / raw | chunks published | agents received GiB (duplicate chunks) "
-        "| RSS hub / broker / sim MiB |"
+        "| broker peak RSS MiB | RSS hub / broker / sim MiB |"
     )
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
