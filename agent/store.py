@@ -331,8 +331,8 @@ class ChunkSink(Protocol):
 
 class StorePort(Protocol):
     """What the reconciler and its downloads need of a model store: `ModelStore` on the agent's disk, or
-    the fleet simulator's per-device view of one shared blob directory (`agent.sim.store`). Pointers are
-    kept per model name."""
+    the fleet simulator's per-device view of one shared blob directory (`sim.store`). Pointers are kept per
+    model name."""
 
     root: Path
 
