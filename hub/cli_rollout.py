@@ -163,7 +163,7 @@ def status(
     if devices:
         table = Table("wave", "device", "state")
         for w in res["waves"]:
-            for d, s in sorted(w.get("device_states", {}).items()):
+            for d, s in sorted((w.get("device_states") or {}).items()):
                 table.add_row(str(w["index"]), d, s)
         out.print(table)
 

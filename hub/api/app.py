@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.routes_fleet import fleet_router
@@ -23,9 +24,10 @@ from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
 from hub.errors import HubError
 from hub.metrics import metrics_text
+from hub.views.schemas import Health
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The FastAPI app serving `hub` (OpenAPI at /docs and /openapi.json).
 
     `extra_routers` are mounted after the hub's own routes (the dashboard and rollouts add theirs this way);
@@ -43,9 +45,24 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(
         title="edgefleet hub",
         description="Models, devices, deployments, telemetry and events of an edge fleet. "
-        "Send `Authorization: Bearer <token>`; roles: viewer < operator < admin.",
+        "Send `Authorization: Bearer <token>`; roles: viewer < operator < admin. "
+        'Every error answers `{"error": {"code", "message"}}` with the status each operation lists.',
         version="1",
     )
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema without its 422 answers: request validation failures answer 400 here."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for op in operations.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
@@ -73,10 +90,13 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     install_security(app, hub)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and broker connection (no token needed)")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "mqtt_connected": hub.mqtt_connected, "broker_url": hub.broker_url}
+    def healthz() -> Health:
+        return Health(status="ok", mqtt_connected=hub.mqtt_connected, broker_url=hub.broker_url)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (no token needed)")
+    @app.get(
+        "/metrics", tags=["ops"], summary="Prometheus metrics (no token needed)", response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "exposition text"}},
+    )  # fmt: skip
     def metrics() -> Response:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4")
 

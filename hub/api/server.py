@@ -13,14 +13,14 @@ from starlette.types import ASGIApp
 from hub.api.app import create_app
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 
 class ApiServer:
     """uvicorn serving a hub's API on a socket bound up front (so port 0 resolves before serving)."""
 
     def __init__(
-        self, hub: Hub, *, host: str | None = None, port: int | None = None, app: ASGIApp | None = None
+        self, hub: HubServices, *, host: str | None = None, port: int | None = None, app: ASGIApp | None = None
     ) -> None:
         """Bind the socket now; serve `app` (default: `create_app(hub)`) once started."""
         self.hub = hub
@@ -31,8 +31,7 @@ class ApiServer:
         self.sock.bind((host, port))
         self.sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them: no start-up race
         self.host, self.port = host, int(self.sock.getsockname()[1])
-        security = getattr(hub, "security", None)
-        self.tls = security.tls if security is not None else None  # HTTPS with the hub's TLS files
+        self.tls = hub.security.tls  # HTTPS with the hub's TLS files
         if hub.api_url is None:  # what bundles tell devices: a wildcard address is no address to dial
             shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
             scheme = "https" if self.tls else "http"

@@ -20,12 +20,12 @@ from hub.dashboard.security import SecurityHeaders
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 __all__ = ["mount_dashboard"]
 
 
-def mount_dashboard(app: FastAPI, hub: Hub) -> None:
+def mount_dashboard(app: FastAPI, hub: HubServices) -> None:
     """Serve the dashboard from `app` (does nothing when `hub.settings.dashboard.enabled` is False)."""
     if not hub.settings.dashboard.enabled:
         return

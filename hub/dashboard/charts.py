@@ -12,8 +12,9 @@ from hub.errors import InvalidInput
 from hub.telemetry import summarise
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
-    from hub.store import StoredWindow, TelemetryPoint
+    from hub.services import HubServices
+    from hub.telemetry import Point
+    from hub.views import UtilizationPoint
 
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 MAX_WINDOWS = 5000
@@ -38,14 +39,14 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def minute_grid(points: list[TelemetryPoint], since: float, until: float, step: int = 60) -> dict[str, Any]:
+def minute_grid(points: list[Point], since: float, until: float, step: int = 60) -> dict[str, Any]:
     """Requests/s, error rate (%), p50/p95/p99 latency (ms) and errors/min on a regular grid."""
     start = int(since // step) * step
     xs = list(range(start, int(until // step) * step + step, step))
     index = {x: i for i, x in enumerate(xs)}
     n = len(xs)
     cols: dict[str, list[float | None]] = {k: [None] * n for k in ("rps", "err", "p50", "p95", "p99", "errors")}
-    buckets: dict[int, list[TelemetryPoint]] = {}
+    buckets: dict[int, list[Point]] = {}
     for p in points:
         slot = int(p.minute // step) * step
         if slot in index:
@@ -62,7 +63,7 @@ def minute_grid(points: list[TelemetryPoint], since: float, until: float, step: 
     return {"x": xs, **cols}
 
 
-def fleet_charts(hub: Hub, range_name: str, now: float | None = None) -> dict[str, Any]:
+def fleet_charts(hub: HubServices, range_name: str, now: float | None = None) -> dict[str, Any]:
     """Fleet-wide request rate, error rate and p95 latency over the range."""
     now = time.time() if now is None else now
     seconds = range_seconds(range_name)
@@ -78,23 +79,21 @@ def fleet_charts(hub: Hub, range_name: str, now: float | None = None) -> dict[st
     }
 
 
-def _gpu_columns(windows: list[StoredWindow]) -> dict[int, list[float | None]]:
+def _gpu_columns(windows: list[UtilizationPoint]) -> dict[int, list[float | None]]:
     cols: dict[int, list[float | None]] = {}
     for i, w in enumerate(windows):
-        for g in w.gpus:
-            idx = int(g.get("index", 0))
-            cols.setdefault(idx, [None] * len(windows))[i] = float(g.get("util_percent", 0.0))
+        for idx, util in w.gpus.items():
+            cols.setdefault(idx, [None] * len(windows))[i] = util
     return cols
 
 
-def device_charts(hub: Hub, device_id: str, range_name: str, now: float | None = None) -> dict[str, Any]:
+def device_charts(hub: HubServices, device_id: str, range_name: str, now: float | None = None) -> dict[str, Any]:
     """One device: latency quantiles, throughput and errors per minute; CPU and GPU utilisation per window."""
     now = time.time() if now is None else now
     seconds = range_seconds(range_name)
     since = now - seconds
     grid = minute_grid(hub.telemetry.series(device_id=device_id, since=since), since, now, _step(seconds))
-    windows = hub.store.telemetry_windows(device_id, since=since, until=None, limit=MAX_WINDOWS)
-    windows.reverse()  # oldest first
+    windows = hub.views.utilization(device_id, since=since, limit=MAX_WINDOWS)  # oldest first
     util_x = [round(w.end, 3) for w in windows]
     util = [{"label": "CPU", "unit": "%", "values": [w.cpu_percent for w in windows]}]
     util += [{"label": f"GPU {i}", "unit": "%", "values": v} for i, v in sorted(_gpu_columns(windows).items())]

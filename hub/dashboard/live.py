@@ -21,24 +21,18 @@ from hub.dashboard import session
 from hub.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 _HEARTBEAT_S = 15.0
 _STATE_TICK_S = 30.0  # states change with time alone (silent devices go offline): refresh at least this often
 
 
-def fingerprint(hub: Hub) -> tuple[object, ...]:
+def fingerprint(hub: HubServices) -> tuple[object, ...]:
     """Something that changes when anything the pages show changes."""
-    st = hub.store.ingest_stats()
-    last = hub.store.list_events(since=None, until=None, subject=None, action=None, limit=1)
-    desired = hub.store.list_desired_heads()
-    return (
-        st.telemetry_persisted, st.status_applied, st.reported_applied, last[0].id if last else 0,
-        len(desired), max((d.version for d in desired), default=0), int(time.time() // _STATE_TICK_S),
-    )  # fmt: skip
+    return hub.views.fingerprint(_STATE_TICK_S)
 
 
-def live_router(hub: Hub) -> APIRouter:
+def live_router(hub: HubServices) -> APIRouter:
     """GET /live: the event stream of a logged-in browser."""
     r = APIRouter(include_in_schema=False)
     settings = hub.settings.dashboard

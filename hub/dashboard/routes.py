@@ -36,7 +36,7 @@ from hub.dashboard.views import (
 from hub.errors import HubError, InvalidInput, Unauthorized
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 512
@@ -56,7 +56,7 @@ def _safe_next(target: str | None) -> str:
 class Pages:
     """Renders the dashboard for one hub."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubServices) -> None:
         self.hub = hub
         self.settings = hub.settings.dashboard
         self.env = environment()
@@ -132,7 +132,7 @@ class Pages:
         return resp
 
 
-def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
+def dashboard_router(hub: HubServices, pages: Pages | None = None) -> APIRouter:
     """The dashboard's routes (not part of the OpenAPI schema)."""
     pages = pages or Pages(hub)
     r = APIRouter(include_in_schema=False)

@@ -68,3 +68,9 @@ def m001_initial(db: Any) -> None:
             PRIMARY KEY (collection, key));
         """
     )
+
+
+@migrations()
+def m002_desired_envelope_only(db: Any) -> None:
+    """A desired state is stored once, as the signed envelope published (its body was a second copy)."""
+    db.execute("ALTER TABLE desired DROP COLUMN body")

@@ -98,7 +98,7 @@ class FaultWorld:
 
     def reported(self, device_id: str) -> dict[str, Any]:
         d = self.hub.hub.store.get_device(device_id)
-        return (d.reported or {}) if d else {}
+        return d.reported.model_dump(mode="json") if d and d.reported else {}
 
     def wait_active(self, device_id: str, version: str, timeout: float = 60) -> dict[str, Any]:
         def active() -> dict[str, Any] | None:

@@ -153,7 +153,7 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     h.store.delete_doc(INDEX, r.id)  # as stored by a hub from before the listing index
     restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     assert restarted.get(r.id) == s.rollout
-    assert [x["id"] for x in restarted.summaries()] == [r.id]
+    assert [x.id for x in restarted.summaries()] == [r.id]
     restarted.tick(now + 0.1)
     (canary,) = s.rollout.members(0)
     desired = h.store.get_desired(canary)
