@@ -233,11 +233,17 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         t.join()
     stored = h.hub.store.get_desired("cam-1")
     assert stored is not None and stored.version == 30
-    dev = TestClient(broker.host, broker.port)
-    try:
-        dev.subscribe(h.hub.topics.desired("cam-1"))
-        key = HubPublicKey(h.hub.key.public._key)
-        retained = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
-        assert retained.version == 30
-    finally:
-        dev.close()
+    key = HubPublicKey(h.hub.key.public._key)
+
+    def retained_version() -> int:
+        # the publishes are asynchronous: a fresh subscriber reads what the broker retains by now
+        dev = TestClient(broker.host, broker.port)
+        try:
+            dev.subscribe(h.hub.topics.desired("cam-1"))
+            state = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
+            return state.version
+        finally:
+            dev.close()
+
+    # an older state published last would stay retained for good; the newest must end up there
+    wait_for(lambda: retained_version() == 30, timeout=30)
