@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck layers pytest demo mosquitto chromium docs bench clean
+.PHONY: test check lint typecheck layers pytest demo mosquitto postgresql chromium docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ venv: $(STAMP)
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+postgresql:
+	@bash scripts/ensure-postgresql.sh
+
 chromium:
 	@bash scripts/ensure-chromium.sh
 
 ## every check CI runs: ruff, mypy --strict, import-linter, pytest
-test: $(STAMP) mosquitto chromium
+test: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/check
 
 lint: $(STAMP)
@@ -34,7 +37,7 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) mosquitto chromium
+pytest: $(STAMP) mosquitto postgresql chromium
 	$(BIN)/pytest
 
 docs: $(STAMP)

@@ -267,9 +267,17 @@ class GpuSample(Part):
 
 
 class ShadowStats(Part):
+    """What the shadow candidate did on the requests sampled in one window (one sample = one row/image)."""
+
     candidate_version: SemVer
-    samples: int = Field(ge=0)
-    agreements: int = Field(ge=0)
+    samples: int = Field(ge=0, description="rows both versions answered and that were compared")
+    agreements: int = Field(ge=0, description="compared rows where the candidate agreed with the active version")
+    incomparable: int = Field(
+        default=0,
+        ge=0,
+        description="sampled rows the candidate could not take (tensor shapes or dtypes it does not accept), "
+        "or whose answers cannot be compared: neither agreement nor disagreement",
+    )
     latency_delta_ms: float | None = Field(default=None, description="candidate minus active, mean ms")
 
 

@@ -89,3 +89,27 @@ class RateLimited(HubError):
 
     code = "rate_limited"
     status = 429
+
+
+class WriterUnavailable(HubError):
+    """The telemetry writer did not answer in time (it is restarted; what it had not committed is counted lost)."""
+
+    code = "writer_unavailable"
+    status = 503
+
+
+class RefusedWindow(InvalidInput):
+    """A telemetry payload the writer refuses: `reason` is "malformed" or "foreign" (names another device)."""
+
+    code = "refused_window"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DatabaseUnavailable(HubError):
+    """The store's database server cannot be reached (PostgreSQL): check the database URL and the server."""
+
+    code = "database_unavailable"
+    status = 503

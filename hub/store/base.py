@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.histogram import N_BUCKETS
-from fleet.messages import Capabilities, DesiredState, DeviceStatus, ReportedState, SignedEnvelope, TelemetryWindow
+from fleet.messages import Capabilities, DesiredState, DeviceStatus, ReportedState, SignedEnvelope
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,7 @@ class TelemetryTotals:
     shadow_samples: int = 0
     shadow_agreements: int = 0
     shadow_delta_ms_sum: float = 0.0  # candidate-minus-active latency, ms, times samples (summed)
+    shadow_incomparable: int = 0  # sampled rows the candidate could not take (not compared)
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,11 @@ class IngestStats:
     stale_ignored: int = 0
     dropped_queue_full: int = 0
     write_errors: int = 0
-    # With a telemetry writer process, what it decided (in-process, hub.ingest counts these itself):
+    # What the telemetry writer decided (hub.ingest merges these into its accepted/rejected counts):
     telemetry_accepted: int = 0  # decoded and checked, handed to the SQL
     telemetry_malformed: int = 0
     telemetry_foreign: int = 0  # the payload names another device than its topic
-    telemetry_lost: int = 0  # sent to a writer process that died before committing them
+    telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them
     writer_restarts: int = 0
 
 
@@ -237,9 +238,6 @@ class Store(Protocol):
     # ingestion (asynchronous, batched by the writer)
     def enqueue_status(self, msg: DeviceStatus, received_at: float) -> bool: ...
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool: ...
-    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool: ...
-    @property
-    def takes_raw_telemetry(self) -> bool: ...  # True: telemetry goes undecoded to submit_telemetry
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool: ...
     def flush(self, timeout: float = 30.0) -> None: ...
     def ingest_stats(self) -> IngestStats: ...

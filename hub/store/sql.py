@@ -1,9 +1,13 @@
-"""The SQLite backend: one file in WAL mode, one writer thread, a read connection per reading thread.
+"""The store over SQL: SQLite (one file in WAL mode, the embedded default) or PostgreSQL (shared by hub
+replicas), one writer thread, a read connection per reading thread. The SQL is written once; what differs
+between the backends is in `hub.store.connection` (fragments, placeholders, transactions) and in how
+telemetry is written (`hub.store.telemetry`: executemany on SQLite, COPY on PostgreSQL).
 
-Every write runs on the writer thread, so SQLite never sees two writers. Ingested messages are queued and
-written in batches (one transaction per batch); other writes are jobs that run in their own transaction,
-in queue order, and hand their result back to the caller. Readers use their own connections and never
-wait for the writer (WAL).
+Every write of this process runs on the writer thread, except telemetry, which the telemetry writer (a
+process or a thread, `hub.store.telemetry_writer`) writes with a connection of its own. Status and reported
+state are queued and written in batches (one transaction per batch); other writes are jobs that run in their
+own transaction, in queue order, and hand their result back to the caller. Readers use their own
+connections and never wait for the writer (WAL; PostgreSQL's MVCC).
 """
 
 from __future__ import annotations
@@ -11,44 +15,31 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-
-from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
+from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, NotFound
+from hub.store import migrations
 from hub.store import telemetry as tsql
-from hub.store import telemetry_proc as tproc
+from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
-from hub.store.devices import WANTING_SQL, DeviceTables
-from hub.store.migrations import migrations
-from hub.store.telemetry_proc import TelemetryProcess
+from hub.store.connection import Conn, Database
+from hub.store.devices import DeviceTables, wanting_sql
+from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
-_INGEST = frozenset(("tel", "status", "reported"))
+_INGEST = frozenset(("status", "reported"))
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if readonly:
-        conn.execute("PRAGMA query_only = ON")
-    else:
-        conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
-
-
-def _phase_event(conn: sqlite3.Connection, msg: ReportedState, previous: str | None, received: float) -> None:
+def _phase_event(conn: Conn, msg: ReportedState, previous: str | None, received: float) -> None:
     """Record a device's phase change (download and activation history) as an event `device.phase`."""
     model = msg.active if msg.phase.value in ("active", "idle") else None
     details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
@@ -70,39 +61,35 @@ def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore(DeviceTables, TotalsQueries):
-    """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
+class SqlStore(DeviceTables, TotalsQueries):
+    """`Store` over an SQLite file or a PostgreSQL database. Thread-safe; create one per process, `close()` it."""
 
     def __init__(
         self,
-        path: Path,
+        database: Database,
         *,
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
-        telemetry_process: bool = False,
+        telemetry_process: bool = True,
     ) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = Database(path)
-        db.enable_wal()
-        migrations.apply(db)
-        db.close()
+        self.database = database
+        self.dialect = database.dialect
+        if not self.dialect.postgres:
+            database.path.parent.mkdir(parents=True, exist_ok=True)
+        migrations.apply(database)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
-        self._wconn = _connect(path, readonly=False)
-        # Telemetry in a writer process of its own (hub.store.telemetry_proc), or on this process's writer.
-        self.telemetry_proc: TelemetryProcess | None = None
-        if telemetry_process:
-            self.telemetry_proc = TelemetryProcess(
-                str(path), max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
-            )
+        self._wconn = database.connect()
+        self.telemetry = TelemetryWriter(
+            database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
+        )
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -133,7 +120,6 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return batch
 
     def _run(self) -> None:
-        conn = self._wconn
         while True:
             batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
@@ -142,71 +128,84 @@ class SqliteStore(DeviceTables, TotalsQueries):
                     ingest.append(item)
                     continue
                 if ingest:
-                    self._write_ingest(conn, ingest)
+                    self._write_ingest(ingest)
                     ingest = []
                 if item is _STOP:
-                    conn.close()
+                    self._wconn.close()
                     return
-                self._run_job(conn, item[1], item[2])
+                self._run_job(item[1], item[2])
             if ingest:
-                self._write_ingest(conn, ingest)
+                self._write_ingest(ingest)
 
-    def _run_job(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], fut: Future[Any]) -> None:
+    def _writer_conn(self) -> Conn:
+        """The writer's connection, opened again if the server dropped it (PostgreSQL restarted, failed over)."""
+        if self._wconn.broken:
+            log.warning("store: the database connection was lost; reconnecting to %s", self.database)
+            self._wconn = self.database.connect()
+        return self._wconn
+
+    def _run_job(self, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            result = fn(conn)
-            conn.execute("COMMIT")
+            conn = self._writer_conn()
+            for attempt in range(3):
+                conn.begin()
+                try:
+                    result = fn(conn)
+                    conn.commit()
+                    break
+                except BaseException as e:
+                    conn.rollback()
+                    if attempt == 2 or not conn.retryable(e):
+                        raise
         except BaseException as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             fut.set_exception(e)
         else:
             fut.set_result(result)
 
-    def _write_ingest(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
-        rows = [i[1] for i in items if i[0] == "tel"]
+    def _write_ingest(self, items: list[tuple[Any, ...]]) -> None:
         s = self._stats
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            inserted = 0
-            if rows:
-                inserted = tsql.write_windows(conn, rows)
-            applied_status = applied_reported = stale = 0
-            for kind, msg, received in ((i[0], i[1], i[2]) for i in items if i[0] != "tel"):
-                if kind == "status":
-                    applied_status += self._apply_status(conn, msg, received)
-                elif self._apply_reported(conn, msg, received):
-                    applied_reported += 1
-                else:
-                    stale += 1
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("store: writing a batch of %d ingested messages failed", len(items))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._stats = replace(s, write_errors=s.write_errors + 1)
-            return
+        for attempt in range(3):
+            conn = self._wconn
+            try:
+                conn = self._writer_conn()
+                conn.begin()
+                applied_status = applied_reported = stale = 0
+                for kind, msg, received in items:
+                    if kind == "status":
+                        applied_status += self._apply_status(conn, msg, received)
+                    elif self._apply_reported(conn, msg, received):
+                        applied_reported += 1
+                    else:
+                        stale += 1
+                conn.commit()
+                break
+            except Exception as e:
+                conn.rollback()
+                if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
+                    continue  # a deadlock with another writer (PostgreSQL): the whole batch again
+                log.exception("store: writing a batch of %d ingested messages failed", len(items))
+                self._stats = replace(s, write_errors=s.write_errors + 1)
+                return
         self._stats = replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + inserted,
-            telemetry_duplicates=s.telemetry_duplicates + len(rows) - inserted,
             status_applied=s.status_applied + applied_status,
             reported_applied=s.reported_applied + applied_reported,
             stale_ignored=s.stale_ignored + stale,
         )
 
     @staticmethod
-    def _apply_status(conn: sqlite3.Connection, msg: DeviceStatus, received: float) -> int:
+    def _apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
         caps = _j(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
+        last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
         cur = conn.execute(
-            "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "
-            "last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
+            "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "  # noqa: S608
+            f"last_seen = {last_seen} WHERE id = ?",
             (msg.state, received, msg.session, caps, received, msg.device_id),
         )
         return cur.rowcount
 
     @staticmethod
-    def _apply_reported(conn: sqlite3.Connection, msg: ReportedState, received: float) -> bool:
+    def _apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
         prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
         cur = conn.execute(
             "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
@@ -216,25 +215,23 @@ class SqliteStore(DeviceTables, TotalsQueries):
             (msg.device_id, msg.seq, msg.ts, msg.phase.value, received, msg.model_dump_json()),
         )
         if cur.rowcount:
-            conn.execute(
-                "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
-                (received, msg.device_id),
-            )
+            last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
+            conn.execute(f"UPDATE devices SET last_seen = {last_seen} WHERE id = ?", (received, msg.device_id))  # noqa: S608
             if prev is None or prev[0] != msg.phase.value:
                 _phase_event(conn, msg, None if prev is None else prev[0], received)
         return cur.rowcount > 0
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
+    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
         fut: Future[T] = Future()
         self._q.put(("job", fn, fut))
         return fut.result(timeout)
 
-    def _read(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self.path, readonly=True)
+    def _read(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.broken:
+            conn = self.database.connect(readonly=True)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -244,8 +241,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
         """Write what is queued, stop the writers and close every connection."""
         if self._closed:
             return
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.close()
+        self.telemetry.close()
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(60)
@@ -268,47 +264,36 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool:
         return self._enqueue(("reported", msg, received_at))
 
-    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool:
-        return self._enqueue(("tel", tsql.window_row(msg, received_at)))
-
-    @property
-    def takes_raw_telemetry(self) -> bool:
-        return self.telemetry_proc is not None
-
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool:
-        """Queue an undecoded window for the telemetry writer process, which decodes, checks and writes it."""
-        if self.telemetry_proc is None:
-            raise RuntimeError("this store writes telemetry in-process: use enqueue_telemetry")
-        return self.telemetry_proc.submit(device_id, payload, received_at)
+        """Queue an undecoded window received on `device_id`'s topic; the telemetry writer decodes, checks and
+        writes it. False when the writer's buffer is full (the window is dropped and counted)."""
+        return self.telemetry.submit(device_id, payload, received_at)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Return once everything queued before this call is written (telemetry writer process included)."""
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.flush(timeout)
+        """Return once everything queued before this call is written (telemetry writer included)."""
+        self.telemetry.flush(timeout)
         self._write(lambda _c: None, timeout)
 
     def ingest_stats(self) -> IngestStats:
-        s, p = self._stats, self.telemetry_proc
-        if p is None:
-            return s
-        c = p.counters
+        s, w = self._stats, self.telemetry
+        c = w.counters
         return replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + c[tproc.PERSISTED],
-            telemetry_duplicates=s.telemetry_duplicates + c[tproc.DUPLICATES],
-            dropped_queue_full=s.dropped_queue_full + p.dropped,
-            write_errors=s.write_errors + c[tproc.WRITE_ERRORS],
-            telemetry_accepted=c[tproc.ACCEPTED],
-            telemetry_malformed=c[tproc.MALFORMED],
-            telemetry_foreign=c[tproc.FOREIGN],
-            telemetry_lost=p.lost,
-            writer_restarts=p.restarts,
+            telemetry_persisted=c[tw.PERSISTED],
+            telemetry_duplicates=c[tw.DUPLICATES],
+            dropped_queue_full=s.dropped_queue_full + w.dropped,
+            write_errors=s.write_errors + c[tw.WRITE_ERRORS],
+            telemetry_accepted=c[tw.ACCEPTED],
+            telemetry_malformed=c[tw.MALFORMED],
+            telemetry_foreign=c[tw.FOREIGN],
+            telemetry_lost=w.lost,
+            writer_restarts=w.restarts,
         )
 
     @property
     def queue_depth(self) -> int:
         """Messages waiting for a writer: this process's queue and the telemetry writer's buffer."""
-        return self._q.qsize() + (self.telemetry_proc.queue_depth if self.telemetry_proc is not None else 0)
+        return self._q.qsize() + self.telemetry.queue_depth
 
     # -- meta, tokens, events, documents ------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -321,7 +306,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
 
     def add_token(self, name: str, role: str, hashed: str, ts: float) -> int:
         sql = "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?)"
-        return self._write(lambda c: int(c.execute(sql, (name, role, hashed, ts)).lastrowid or 0))
+        return self._write(lambda c: int(c.execute(sql + " RETURNING id", (name, role, hashed, ts)).fetchone()[0]))
 
     def token_by_hash(self, hashed: str) -> Token | None:
         sql = "SELECT id, name, role, created_at, revoked FROM tokens WHERE hash = ?"
@@ -385,14 +370,15 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return ModelVersion(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8])
 
     def add_model_version(self, mv: ModelVersion) -> ModelVersion:
-        def job(c: sqlite3.Connection) -> ModelVersion:
+        def job(c: Conn) -> ModelVersion:
             row = c.execute(
                 "SELECT sha256 FROM model_versions WHERE name = ? AND version = ?", (mv.name, mv.version)
             ).fetchone()
             if row is not None:
                 raise Conflict(f"model {mv.name}:{mv.version} already exists with sha256 {row[0]}")
             c.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", (mv.sha256, mv.size, _j(mv.manifest), mv.created_at)
+                "INSERT INTO blobs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (mv.sha256, mv.size, _j(mv.manifest), mv.created_at),
             )
             c.execute(
                 "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -418,12 +404,12 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def delete_model_version(self, name: str, version: str) -> bool:
         """Delete a version no device wants; True when its blob is now unused (the caller removes the file)."""
 
-        def job(c: sqlite3.Connection) -> bool:
+        def job(c: Conn) -> bool:
             row = c.execute("SELECT sha256 FROM model_versions WHERE name = ? AND version = ?", (name, version))
             found = row.fetchone()
             if found is None:
                 raise NotFound(f"model {name}:{version} does not exist")
-            wanting = [r[0] for r in c.execute(WANTING_SQL, (name, version, name, version)).fetchall()]
+            wanting = [r[0] for r in c.execute(wanting_sql(c.dialect), (name, version, name, version)).fetchall()]
             if wanting:
                 raise Conflict(f"model {name}:{version} is still wanted by {len(wanting)} device(s): {wanting[:5]}")
             c.execute("DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version))
