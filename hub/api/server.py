@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from hub.api.app import create_app
@@ -31,7 +32,10 @@ def api_server(
     port = hub.settings.api.port if port is None else port
     tls = hub.security.tls  # a started hub: its services exist
     files = ServerCert(cert=tls.api_cert, key=tls.api_key) if tls else None
-    server = HttpServer(app or create_app(hub), host=host, port=port, tls=files, name="hub-api")
+    served = app or create_app(hub)
+    server = HttpServer(served, host=host, port=port, tls=files, name="hub-api")
+    if isinstance(served, Starlette):  # the dashboard's live streams end as soon as the server is stopping,
+        served.state.stopping = lambda: server.server.should_exit  # so an open browser never holds it up
     if hub.api_url is None:
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
         scheme = "https" if files else "http"

@@ -37,10 +37,11 @@ MAX_REASON = 500
 
 
 class Progress(View):
-    """Devices on target out of the rollout's devices, and the wave in progress (counted from 1)."""
+    """Devices on target out of the rollout's devices, what the target is, and the wave in progress (from 1)."""
 
     done: int
     total: int
+    target: str
     wave: int
     waves: int
 
@@ -52,18 +53,43 @@ class ActiveRollout(RolloutSummary):
 
 
 class RolloutRow(RolloutStatus):
-    """A rollout on the list and detail pages: its status, progress and the commands its state allows."""
+    """A rollout on the list and detail pages: its status, progress, the commands its state allows and what
+    the risky ones would do (asked before they are sent)."""
 
     progress: Progress
     allowed: tuple[Action, ...] = ()
+    confirm: dict[str, str] = {}
+
+
+def _target(model: str, version: str, state: RolloutState) -> str:
+    rolling = state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
+    return "their previous version" if rolling else f"{model}:{version}"
+
+
+def _devices(n: int) -> str:
+    return f"{n} device{'' if n == 1 else 's'}"
+
+
+def confirmations(st: RolloutStatus) -> dict[str, str]:
+    """What abort and rollback would do to how many devices, in words (the dashboard asks before sending)."""
+    back = ", ".join(f"{ref} to {_devices(n)}" for ref, n in st.rollback_to.items()) or "nothing to re-sign"
+    ref = f"{st.model}:{st.version}"
+    return {
+        "abort": f"Abort {st.id}? It stops where it stands and signs nothing: {_devices(st.totals.active)} keep "
+        f"{ref}, {_devices(st.totals.updating)} finish what they were sent, {_devices(st.totals.pending)} in later "
+        "waves never get it.",
+        "rollback": f"Roll back {st.id}? The version each device ran before is signed again for "
+        f"{_devices(st.changed_devices)} ({back}).",
+    }
 
 
 def progress(status: RolloutStatus) -> Progress:
-    """Done/total devices and the wave label of a rollout status."""
+    """Done/total devices, the target they count towards, and the wave label of a rollout status."""
     rolling = status.state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
     done = status.totals.rolled_back if rolling else status.totals.active
     wave = min(status.wave + 1, status.wave_count)
-    return Progress(done=done, total=max(1, status.devices), wave=wave, waves=status.wave_count)
+    target = _target(status.model, status.version, status.state)
+    return Progress(done=done, total=max(1, status.devices), target=target, wave=wave, waves=status.wave_count)
 
 
 def rollout_statuses(hub: HubServices, *, active_only: bool = False) -> list[RolloutRow]:
@@ -91,7 +117,10 @@ def active_rollouts(hub: HubServices, rows: list[DeviceRow]) -> list[ActiveRollo
         members = [d for d, e in r.devices.items() if e.left_at is None]
         on_target = sum(1 for d in members if running.get(d) == target)
         done = len(members) - on_target if r.state is RolloutState.ROLLING_BACK else on_target
-        p = Progress(done=done, total=max(1, len(members)), wave=min(r.current + 1, len(r.waves)), waves=len(r.waves))
+        p = Progress(
+            done=done, total=max(1, len(members)), target=_target(r.spec.model, r.spec.version, r.state),
+            wave=min(r.current + 1, len(r.waves)), waves=len(r.waves),
+        )  # fmt: skip
         out.append(ActiveRollout(**dict(summary_view(r)), progress=p))
     return sorted(out, key=lambda x: x.created_at, reverse=True)
 
@@ -102,7 +131,7 @@ def rollout_detail(hub: HubServices, rollout_id: str) -> RolloutRow:
         raise InvalidInput("a rollout id is at most 40 characters")
     engine = hub.rollouts
     st = status_view(engine.get(rollout_id), engine.fleet(), devices=True)
-    return RolloutRow(**dict(st), progress=progress(st), allowed=ALLOWED.get(st.state, ()))
+    return RolloutRow(**dict(st), progress=progress(st), allowed=ALLOWED.get(st.state, ()), confirm=confirmations(st))
 
 
 def rollouts_router(hub: HubServices, pages: Pages) -> APIRouter:

@@ -14,14 +14,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from hub.auth import Principal
 from hub.dashboard import charts, session
 from hub.dashboard.cache import TtlCache
 from hub.dashboard.detail import device_detail
 from hub.dashboard.live import fingerprint
-from hub.dashboard.render import environment
+from hub.dashboard.render import STATIC, environment
 from hub.dashboard.views import (
     SORT_KEYS,
     STATES,
@@ -136,6 +136,12 @@ def dashboard_router(hub: HubServices, pages: Pages | None = None) -> APIRouter:
     """The dashboard's routes (not part of the OpenAPI schema)."""
     pages = pages or Pages(hub)
     r = APIRouter(include_in_schema=False)
+
+    @r.get("/favicon.ico")
+    async def favicon() -> Response:
+        return FileResponse(
+            STATIC / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
 
     @r.get("/login")
     async def login_form(request: Request) -> Response:

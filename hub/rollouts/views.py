@@ -43,7 +43,8 @@ class RolloutSummary(View):
     version: str
     selector: str
     state: RolloutState
-    reason: str | None = Field(description="why it paused, rolled back or was aborted")
+    reason: str | None = Field(description="why it paused, rolled back or was aborted (a gate failure stays)")
+    note: str | None = Field(default=None, description="the operator's note with the last command")
     wave: int = Field(description="index of the wave in progress (0-based; people see it as wave + 1)")
     wave_count: int
     wave_phase: WavePhase | None = Field(description="phase of the wave in progress")
@@ -79,6 +80,12 @@ class RolloutStatus(RolloutSummary):
     seq: int = Field(description="transitions so far")
     totals: DeviceCounts
     waves: list[WaveStatus]
+    changed_devices: int = Field(
+        description="devices whose desired state the rollout has set (a rollback re-signs them)"
+    )
+    rollback_to: dict[str, int] = Field(
+        description="what a rollback gives those devices back: MODEL:VERSION (or 'no model') -> devices"
+    )
 
 
 def summary_view(r: Rollout) -> RolloutSummary:
@@ -86,9 +93,9 @@ def summary_view(r: Rollout) -> RolloutSummary:
     current = r.waves[r.current] if r.current < len(r.waves) else None
     return RolloutSummary(
         id=r.id, model=r.spec.model, version=r.spec.version, selector=r.spec.selector, state=r.state,
-        reason=r.reason, wave=r.current, wave_count=len(r.waves), wave_phase=current.phase if current else None,
-        devices=sum(1 for e in r.devices.values() if e.left_at is None), created_at=r.created_at,
-        created_by=r.created_by, updated_at=r.updated_at,
+        reason=r.reason, note=r.note, wave=r.current, wave_count=len(r.waves),
+        wave_phase=current.phase if current else None, devices=sum(1 for e in r.devices.values() if e.left_at is None),
+        created_at=r.created_at, created_by=r.created_by, updated_at=r.updated_at,
     )  # fmt: skip
 
 
@@ -116,6 +123,12 @@ def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = 
                 device_states={d: states[d] for d in members} if devices else None,
             )
         )
-    return RolloutStatus(
-        **dict(summary_view(r)), spec=r.spec, seq=r.seq, totals=DeviceCounts.of(Counter(states.values())), waves=waves
+    changed = [d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is not WavePhase.PENDING]
+    back = Counter(
+        f"{r.devices[d].prev_model}:{r.devices[d].prev_version}" if r.devices[d].prev_model else "no model"
+        for d in changed
     )
+    return RolloutStatus(
+        **dict(summary_view(r)), spec=r.spec, seq=r.seq, totals=DeviceCounts.of(Counter(states.values())),
+        waves=waves, changed_devices=len(changed), rollback_to=dict(back.most_common()),
+    )  # fmt: skip

@@ -115,25 +115,88 @@
     });
   }
 
-  function refreshCharts() {
+  function refreshCharts(now) {
     document.querySelectorAll(".chart-group").forEach(function (group) {
       var last = Number(group.dataset.loaded || 0);
-      if (!group.dataset.loading && Date.now() - last >= CHART_REFRESH_MS) loadGroup(group);
+      if (!group.dataset.loading && (now || Date.now() - last >= CHART_REFRESH_MS)) loadGroup(group);
     });
   }
+
+  /* Live updates. The hub sends `update` when anything changed and `ping` every 15 s; when the stream breaks
+     and does not come back within STALE_AFTER_MS, or stays silent for SILENT_MS, the page says so in words:
+     the badge reads "stale" and a banner tells since when nothing arrived (the page stops pretending). */
+  var STALE_AFTER_MS = 4000;
+  var SILENT_MS = 45000;
+
+  function clock(d) { return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); }
 
   function startLive() {
     var src = document.body.dataset.live;
     if (!src || !window.EventSource) return;
     var badge = document.getElementById("live");
-    var es = new EventSource(src);
-    es.addEventListener("open", function () { if (badge) { badge.classList.add("on"); badge.title = "live updates: connected"; } });
-    es.addEventListener("error", function () { if (badge) { badge.classList.remove("on"); badge.title = "live updates: reconnecting"; } });
-    es.addEventListener("update", function () {
-      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
-      if (window.htmx) window.htmx.trigger(document.body, "fleet:update");
-      refreshCharts();
-    });
+    var banner = document.getElementById("stale");
+    var es = null, connected = true, shown = false, stale = false, lastSeen = Date.now(), staleTimer = null;
+
+    function setBadge(text, title, on) {
+      if (!badge) return;
+      badge.textContent = text;
+      badge.title = title;
+      badge.classList.toggle("on", on);
+      badge.classList.toggle("stale", text === "stale");
+    }
+    function markStale() {
+      if (connected || stale) return;
+      stale = true;
+      document.body.dataset.stale = "1";
+      setBadge("stale", "live updates stopped: the hub does not answer", false);
+      if (banner) {
+        banner.querySelector("[data-since]").textContent = clock(new Date(lastSeen));
+        banner.hidden = false;
+      }
+    }
+    function seen() {
+      lastSeen = Date.now();
+      clearTimeout(staleTimer);
+      connected = true;
+      if (!shown) {
+        shown = true;
+        setBadge("live", "live updates: connected", true);
+      }
+      if (stale) {  // back after a gap: what is on the page is old, fetch it all again
+        stale = false;
+        delete document.body.dataset.stale;
+        if (banner) banner.hidden = true;
+        if (window.htmx) window.htmx.trigger(document.body, "fleet:update");
+        refreshCharts(true);
+      }
+    }
+    function lost() {  // called again on every failed retry: the first one starts the clock
+      if (!connected) return;
+      connected = false;
+      shown = false;
+      setBadge("reconnecting", "live updates: reconnecting", false);
+      staleTimer = setTimeout(markStale, STALE_AFTER_MS);
+    }
+    function connect() {
+      es = new EventSource(src);
+      es.addEventListener("open", seen);
+      es.addEventListener("ping", seen);
+      es.addEventListener("error", lost);
+      es.addEventListener("update", function () {
+        seen();
+        document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+        if (window.htmx) window.htmx.trigger(document.body, "fleet:update");
+        refreshCharts();
+      });
+    }
+    connect();
+    setInterval(function () {  // a stream that stays open but silent: a hung hub or a dead proxy
+      if (connected && Date.now() - lastSeen > SILENT_MS) {
+        es.close();
+        lost();
+        connect();
+      }
+    }, 5000);
     window.addEventListener("pagehide", function () { es.close(); });
   }
 

@@ -14,16 +14,18 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from tests.hub.dashboard.conftest import Dash
 
 WIDTHS = (390, 768, 1440)
-# elements that may extend past the viewport because they scroll inside themselves, and what is inside them
+# an element past the right edge counts unless a table cell clips it (an ellipsis) or a `.scroll-x` box
+# scrolls it; a card that cuts a table off does not count as clipping: that content is lost
 _OVERFLOWING = """() => {
   const vw = document.documentElement.clientWidth;
   const out = [];
   for (const el of document.querySelectorAll("body *")) {
-    if (el.closest(".scroll-x")) continue;
     const r = el.getBoundingClientRect();
-    if (r.width > 0 && r.right > vw + 1) {
-      out.push(`${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}.${[...el.classList].join(".")} right=${Math.round(r.right)}`);
-    }
+    if (r.width === 0 || r.right <= vw + 1) continue;
+    const cell = el.parentElement && el.parentElement.closest("td, th");
+    if (cell && getComputedStyle(cell).overflowX !== "visible" && cell.getBoundingClientRect().right <= vw + 1) continue;
+    if (el.closest(".scroll-x")) continue;
+    out.push(`${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}.${[...el.classList].join(".")} right=${Math.round(r.right)}`);
   }
   return {scroll: document.documentElement.scrollWidth, client: vw, offenders: out.slice(0, 8)};
 }"""
