@@ -23,9 +23,11 @@ _OVERFLOWING = """() => {
     const r = el.getBoundingClientRect();
     if (r.width === 0 || r.right <= vw + 1) continue;
     const cell = el.parentElement && el.parentElement.closest("td, th");
-    if (cell && getComputedStyle(cell).overflowX !== "visible" && cell.getBoundingClientRect().right <= vw + 1) continue;
+    const clips = cell && getComputedStyle(cell).overflowX !== "visible";
+    if (clips && cell.getBoundingClientRect().right <= vw + 1) continue;
     if (el.closest(".scroll-x")) continue;
-    out.push(`${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}.${[...el.classList].join(".")} right=${Math.round(r.right)}`);
+    const name = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + "." + [...el.classList].join(".");
+    out.push(`${name} right=${Math.round(r.right)}`);
   }
   return {scroll: document.documentElement.scrollWidth, client: vw, offenders: out.slice(0, 8)};
 }"""
