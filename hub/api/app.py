@@ -7,7 +7,7 @@ Every error answers `{"error": {"code": "...", "message": "..."}}` with the stat
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -30,10 +30,19 @@ if TYPE_CHECKING:
     from hub.services import HubServices
 
 log = logging.getLogger(__name__)
+HtmlError = Callable[[Request, int, str], Awaitable[Response]]  # the dashboard's error page (when mounted)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page outside the API (API paths answer JSON to everyone)."""
+    path = request.url.path
+    if path.startswith(("/api/", "/docs", "/openapi.json", "/metrics", "/healthz")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
 
 
 def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -77,7 +86,10 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
         return _error(400, "invalid_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, e: StarletteHTTPException) -> Response:
+        page: HtmlError | None = getattr(request.app.state, "html_error", None)
+        if page is not None and _wants_html(request):
+            return await page(request, e.status_code, str(e.detail))
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
 

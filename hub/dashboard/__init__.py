@@ -30,6 +30,7 @@ def mount_dashboard(app: FastAPI, hub: HubServices) -> None:
     if not hub.settings.dashboard.enabled:
         return
     pages = Pages(hub)
+    app.state.html_error = pages.http_error  # hub.api's error handler answers browsers with a page
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.include_router(dashboard_router(hub, pages))

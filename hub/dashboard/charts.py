@@ -1,6 +1,8 @@
 """Chart data for uPlot: aligned columns over a regular time grid, gaps as null.
 
-Every chart endpoint answers `{"x": [unix seconds...], "series": [{"label", "unit", "values"}...]}`.
+Every chart endpoint answers `{"x": [unix seconds...], "partial_from": x or null, "charts": {key: [{"label",
+"unit", "values"}...]}}`. `partial_from` is the first grid slot that is not over yet (the one holding "now"): its
+sums are partial, and the browser draws it as such (dashed, shaded) instead of as a drop at the right edge.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def minute_grid(points: list[Point], since: float, until: float, step: int = 60)
         cols["p50"][i] = _r(sm.p50_ms)
         cols["p95"][i] = _r(sm.p95_ms)
         cols["p99"][i] = _r(sm.p99_ms)
-    return {"x": xs, **cols}
+    return {"x": xs, "partial_from": xs[-1] if xs and xs[-1] + step > until else None, **cols}
 
 
 def fleet_charts(hub: HubServices, range_name: str, now: float | None = None) -> dict[str, Any]:
@@ -71,6 +73,7 @@ def fleet_charts(hub: HubServices, range_name: str, now: float | None = None) ->
     grid = minute_grid(hub.telemetry.series(since=since), since, now, _step(seconds))
     return {
         "x": grid["x"],
+        "partial_from": grid["partial_from"],
         "charts": {
             "rps": [{"label": "requests/s", "unit": "req/s", "values": grid["rps"]}],
             "err": [{"label": "error rate", "unit": "%", "values": grid["err"]}],
@@ -99,6 +102,7 @@ def device_charts(hub: HubServices, device_id: str, range_name: str, now: float 
     util += [{"label": f"GPU {i}", "unit": "%", "values": v} for i, v in sorted(_gpu_columns(windows).items())]
     return {
         "x": grid["x"],
+        "partial_from": grid["partial_from"],
         "charts": {
             "latency": [
                 {"label": "p50", "unit": "ms", "values": grid["p50"]},

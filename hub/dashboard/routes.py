@@ -76,6 +76,18 @@ class Pages:
             return self.html(request, "_error.html", who, status=e.status, error=e)
         return self.html(request, "error.html", who, status=e.status, error=e)
 
+    async def http_error(self, request: Request, status: int, message: str) -> Response:
+        """An error page for a browser (`Accept: text/html`) outside the API: an unknown URL, a wrong method."""
+        try:
+            who: Principal | None = await run_in_threadpool(session.principal, request, self.hub.auth)
+        except HubError:
+            who = None
+        if status == 404:
+            message = f"There is no page at {request.url.path[:200]}."
+        error = HubError(message, code={404: "not_found", 405: "method_not_allowed"}.get(status, "http_error"))
+        error.status = status
+        return self.html(request, "error.html", who, status=status, error=error)
+
     def login_redirect(self, request: Request) -> Response:
         target = "/login?next=" + quote(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
         if request.headers.get("hx-request"):

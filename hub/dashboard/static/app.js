@@ -18,12 +18,18 @@
 
   function pad(n) { return n < 10 ? "0" + n : String(n); }
 
+  /* Tick labels that never repeat: seconds when the ticks are less than a minute apart, dates beyond two days. */
   function timeLabels(u, splits) {
     var span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+    var step = splits.length > 1 ? splits[1] - splits[0] : 60;
+    var prev = null;
     return splits.map(function (ts) {
       var d = new Date(ts * 1000);
-      var hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
-      return span > 2 * 86400 ? (d.getMonth() + 1) + "/" + d.getDate() : hm;
+      var label = pad(d.getHours()) + ":" + pad(d.getMinutes()) + (step < 60 ? ":" + pad(d.getSeconds()) : "");
+      if (span > 2 * 86400) label = (d.getMonth() + 1) + "/" + d.getDate();
+      var out = label === prev ? "" : label;
+      prev = label;
+      return out;
     });
   }
 
@@ -32,41 +38,85 @@
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
   }
 
-  function draw(fig, x, series) {
+  /* The slot holding "now" is not over: its sums are partial. It is drawn dashed from the last complete point,
+     on a shaded band marked "so far", never as a drop at the right edge. */
+  function withPartial(x, series, partialFrom) {
+    var k = partialFrom === null || partialFrom === undefined ? -1 : x.indexOf(partialFrom);
+    if (k < 0) return series;
+    var done = series.map(function (s) {
+      return { label: s.label, unit: s.unit, values: s.values.map(function (v, i) { return i >= k ? null : v; }) };
+    });
+    var sofar = series.map(function (s) {
+      return { label: s.label + " (so far)", unit: s.unit, partial: true,
+               values: s.values.map(function (v, i) { return i >= k - 1 ? v : null; }) };
+    });
+    return done.concat(sofar);
+  }
+
+  function shadePartial(meta) {
+    return { hooks: { drawClear: [function (u) {
+      if (meta.partial === null || meta.partial === undefined) return;
+      var left = Math.max(u.bbox.left, u.valToPos(meta.partial, "x", true));
+      var right = u.bbox.left + u.bbox.width;
+      if (right <= left) return;
+      var ctx = u.ctx;
+      ctx.save();
+      ctx.fillStyle = "rgba(103, 116, 137, 0.10)";
+      ctx.fillRect(left, u.bbox.top, right - left, u.bbox.height);
+      ctx.fillStyle = "#677489";
+      ctx.font = (10 * devicePixelRatio) + "px system-ui";
+      ctx.textAlign = "right";
+      ctx.fillText("so far", right - 3 * devicePixelRatio, u.bbox.top + 11 * devicePixelRatio);
+      ctx.restore();
+    }] } };
+  }
+
+  function draw(fig, x, series, partialFrom) {
     var plotEl = fig.querySelector(".plot");
     var points = 0;
     series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null) points++; }); });
     fig.dataset.points = String(points);
     fig.dataset.ready = "1";
-    var data = [x].concat(series.map(function (s) { return s.values; }));
+    fig.dataset.partial = partialFrom === null || partialFrom === undefined ? "" : String(partialFrom);
+    var shown = withPartial(x, series, partialFrom);
+    var data = [x].concat(shown.map(function (s) { return s.values; }));
     var existing = plots.find(function (p) { return p.fig === fig; });
-    var sig = series.map(function (s) { return s.label; }).join("|");
+    var sig = shown.map(function (s) { return s.label; }).join("|");
     if (existing && existing.sig === sig) {
+      existing.meta.partial = partialFrom;
       existing.u.setData(data);
     } else {
       if (existing) { existing.u.destroy(); plots.splice(plots.indexOf(existing), 1); }
       plotEl.textContent = "";
       var first = fig.dataset.color || PALETTE[0];
+      var meta = { partial: partialFrom };
+      var base = series.length;
+      var colorOf = function (i) { var j = i % base; return j === 0 ? first : PALETTE[(j + 1) % PALETTE.length]; };
       var opts = {
         width: Math.max(200, plotEl.clientWidth), height: 190,
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
+        plugins: [shadePartial(meta)],
         scales: { x: { time: true }, y: fig.dataset.max ? { range: [0, Number(fig.dataset.max)] } : { range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; } } },
         axes: [
-          { stroke: "#677489", grid: { stroke: "#eef1f6" }, ticks: { stroke: "#e2e7ef" }, font: "11px system-ui", values: timeLabels },
+          { stroke: "#677489", grid: { stroke: "#eef1f6" }, ticks: { stroke: "#e2e7ef" }, font: "11px system-ui", values: timeLabels, space: 56 },
           { stroke: "#677489", grid: { stroke: "#eef1f6" }, ticks: { stroke: "#e2e7ef" }, font: "11px system-ui", size: 48, values: function (u, vals) { return vals.map(fmt); } }
         ],
-        series: [{ label: "time" }].concat(series.map(function (s, i) {
-          var color = i === 0 ? first : PALETTE[(i + 1) % PALETTE.length];
+        series: [{ label: "time" }].concat(shown.map(function (s, i) {
+          var color = colorOf(i);
           return {
-            label: s.label, stroke: color, width: 1.5, fill: series.length === 1 ? alpha(color, 0.08) : undefined,
+            label: s.label, stroke: color, width: 1.5, dash: s.partial ? [4, 3] : undefined,
+            fill: base === 1 && !s.partial ? alpha(color, 0.08) : undefined,
             points: { show: false }, spanGaps: false,
             value: function (u, v) { return v === null || v === undefined ? "\u2014" : fmt(v) + " " + s.unit; }
           };
         }))
       };
       var u = new uPlot(opts, data, plotEl);
-      plots.push({ fig: fig, u: u, sig: sig });
+      u.root.querySelectorAll(".u-legend .u-series").forEach(function (row, i) {
+        if (i > base) row.classList.add("partial");  // the dashed "so far" twins share their line's legend
+      });
+      plots.push({ fig: fig, u: u, sig: sig, meta: meta });
     }
     var empty = plotEl.querySelector(".nodata");
     if (points === 0 && !empty) {
@@ -91,8 +141,8 @@
       .then(function (d) {
         group.querySelectorAll("figure.chart").forEach(function (fig) {
           var key = fig.dataset.key;
-          if (key === "util" && d.util) { draw(fig, d.util.x, d.util.series); }
-          else if (d.charts && d.charts[key]) { draw(fig, d.x, d.charts[key]); }
+          if (key === "util" && d.util) { draw(fig, d.util.x, d.util.series, null); }
+          else if (d.charts && d.charts[key]) { draw(fig, d.x, d.charts[key], d.partial_from); }
         });
         group.dataset.loaded = String(Date.now());
       })
