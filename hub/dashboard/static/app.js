@@ -53,6 +53,16 @@
     return done.concat(sofar);
   }
 
+  function partialStart(x, partialFrom) {  // the band starts at the last complete point (the dashed segment)
+    var k = partialFrom === null || partialFrom === undefined ? -1 : x.indexOf(partialFrom);
+    return k < 0 ? null : x[Math.max(0, k - 1)];
+  }
+
+  function lastValue(values) {
+    for (var i = values.length - 1; i >= 0; i--) if (values[i] !== null && values[i] !== undefined) return values[i];
+    return null;
+  }
+
   function shadePartial(meta) {
     return { hooks: { drawClear: [function (u) {
       if (meta.partial === null || meta.partial === undefined) return;
@@ -83,13 +93,13 @@
     var existing = plots.find(function (p) { return p.fig === fig; });
     var sig = shown.map(function (s) { return s.label; }).join("|");
     if (existing && existing.sig === sig) {
-      existing.meta.partial = partialFrom;
+      existing.meta.partial = partialStart(x, partialFrom);
       existing.u.setData(data);
     } else {
       if (existing) { existing.u.destroy(); plots.splice(plots.indexOf(existing), 1); }
       plotEl.textContent = "";
       var first = fig.dataset.color || PALETTE[0];
-      var meta = { partial: partialFrom };
+      var meta = { partial: partialStart(x, partialFrom) };
       var base = series.length;
       var colorOf = function (i) { var j = i % base; return j === 0 ? first : PALETTE[(j + 1) % PALETTE.length]; };
       var opts = {
@@ -108,7 +118,11 @@
             label: s.label, stroke: color, width: 1.5, dash: s.partial ? [4, 3] : undefined,
             fill: base === 1 && !s.partial ? alpha(color, 0.08) : undefined,
             points: { show: false }, spanGaps: false,
-            value: function (u, v) { return v === null || v === undefined ? "\u2014" : fmt(v) + " " + s.unit; }
+            // without a cursor the legend shows the latest complete value, not a dash
+            value: function (u, v, si, idx) {
+              if (idx === null || idx === undefined) v = lastValue(u.data[si]);
+              return v === null || v === undefined ? "\u2014" : fmt(v) + " " + s.unit;
+            }
           };
         }))
       };
