@@ -56,7 +56,7 @@ def _identities(  # noqa: PLR0917  (a plain fan-in of CLI options)
         raise SimError("--agents N (N >= 1) is needed unless --bundles DIR names the devices")
     if hub is not None:
         if not token:
-            raise SimError("--hub needs --token (an operator token) to enrol devices")
+            raise SimError("--hub needs --token: an admin token (enrolling devices needs the admin role)")
         return enrol_via_hub(hub, token, agents, id_prefix=id_prefix, labels=labels, bundle_dir=save_bundles)
     if broker is not None and hub_key is not None:
         return direct_identities(
@@ -85,7 +85,9 @@ def _table(snap: Snapshot, elapsed: float) -> Table:
 def sim(  # noqa: PLR0917  (typer: one parameter per option)
     agents: Annotated[int | None, typer.Option("--agents", "-n", help="How many agents to simulate.")] = None,
     hub: Annotated[str | None, typer.Option(help="Hub REST API URL: enrol the agents there.")] = None,
-    token: Annotated[str | None, typer.Option(help="Bearer token (operator) for --hub enrolment.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Admin token for --hub: enrolling devices needs the admin role.")
+    ] = None,
     bundles: Annotated[Path | None, typer.Option(help="Folder of device bundle *.json files to run as.")] = None,
     save_bundles: Annotated[Path | None, typer.Option(help="With --hub: also save the bundles here.")] = None,
     broker: Annotated[str | None, typer.Option(help="Broker URL for unenrolled agents (tests, open brokers).")] = None,
@@ -103,7 +105,10 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
     want_retry_s: Annotated[float, typer.Option(help="Re-send a want after this long without progress, s.")] = 5.0,
     activation_s: Annotated[float, typer.Option(help="Simulated activation time, seconds.")] = 0.2,
     want_at_pass_end: Annotated[
-        bool, typer.Option(help="Want missed chunks as soon as a pass ends (not the product agent's behaviour).")
+        bool,
+        typer.Option(
+            "--want-at-pass-end", help="Want missed chunks as soon as a pass ends (not the product agent's behaviour)."
+        ),
     ] = False,
     offline_p: Annotated[float, typer.Option(help="Chance per telemetry window to drop offline abruptly.")] = 0.0,
     offline_s: Annotated[float, typer.Option(help="How long a dropped agent stays offline, seconds.")] = 30.0,

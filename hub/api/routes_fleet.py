@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from hub.api.deps import Admin, Operator, Viewer
 from hub.api.schemas import DeployRequest, DeviceCreate, LabelPatch, TokenCreate, errors
-from hub.errors import InvalidInput
+from hub.errors import Conflict, InvalidInput
 from hub.telemetry import summarise
 from hub.views.fleet import minute_of, summary_of
 from hub.views.schemas import (
@@ -87,14 +87,23 @@ def fleet_router(hub: HubServices) -> APIRouter:
         "/deployments",
         status_code=201,
         tags=["deployments"],
-        summary="Deploy a version to matching devices",
-        responses=errors(400, 401, 403, 404, 429),
+        summary="Deploy a version to matching devices (409 in_rollout for devices inside an active rollout)",
+        responses=errors(400, 401, 403, 404, 409, 429),
     )
     def deploy(body: DeployRequest, principal: Operator) -> Deployment:
+        busy = hub.rollouts.claimed_by([d.id for d in devices.find(body.selector)]) if body.selector.strip() else {}
+        if busy and not body.force:
+            held = ", ".join(f"{rid} ({n})" for rid, n in sorted(busy.items()))
+            raise Conflict(
+                f"{sum(busy.values())} of the matching devices are in active rollouts: {held}. A rollout signs its "
+                "own target for its devices again at its next step: abort it (or narrow the selector) first, or "
+                "deploy with force (CLI --force) knowing that",
+                code="in_rollout",
+            )
         result = hub.deployer.deploy(
             body.model, body.version, body.selector, actor=principal.name, runtime=body.runtime
         )
-        return Deployment(model=result.model, version=result.version, devices=result.devices)
+        return Deployment(model=result.model, version=result.version, devices=result.devices, in_rollouts=busy)
 
     @r.get("/deployments", tags=["deployments"], summary="Desired state of every device", responses=errors(401, 429))
     def list_desired(_p: Viewer) -> list[DesiredView]:

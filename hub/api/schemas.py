@@ -29,6 +29,11 @@ class DeployRequest(_Body):
     version: str = Field(description="model version")
     selector: str = Field(description="label selector, e.g. site=berlin,tier!=canary")
     runtime: RuntimeOptions | None = Field(default=None, description="runtime options (default: CPU)")
+    force: bool = Field(
+        default=False,
+        description="deploy to devices inside an active rollout too (refused otherwise: the rollout would sign its "
+        "own target for them again at its next step unless it is aborted)",
+    )
 
 
 class TokenCreate(_Body):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from fleet.messages import Capabilities
 from hub.dashboard.rollouts import ActiveRollout, active_rollouts
 from hub.devices import DeviceState
 from hub.errors import InvalidInput
+from hub.registry import version_key
 from hub.selectors import parse_selector
 from hub.telemetry import Summary, summarise
 from hub.views import DeviceInfo, model_version_view
@@ -39,15 +39,6 @@ def provider_name(provider: str | None) -> str | None:
     if not provider:
         return None
     return _PROVIDER_NAMES.get(provider, provider.removesuffix("ExecutionProvider"))
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """A sort key for semantic versions (pre-releases before their release); unparsable ones sort first."""
-    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?", version)
-    if not m:
-        return (-1, version)
-    pre = m.group(4)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, pre or "")
 
 
 @dataclass(frozen=True)

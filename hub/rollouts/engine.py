@@ -182,6 +182,16 @@ class RolloutEngine:
         return fleet_view(self.store, self.device_settings, time.time() if now is None else now)
 
     # -- writes ---------------------------------------------------------------------------------------
+    def claimed_by(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """Of `device_ids`, how many each active rollout owns (rollout id -> devices)."""
+        with self._lock:
+            claimed = self._claimed()
+        counts: dict[str, int] = {}
+        for d in device_ids:
+            if d in claimed:
+                counts[claimed[d]] = counts.get(claimed[d], 0) + 1
+        return counts
+
     def _claimed(self, exclude: str | None = None) -> dict[str, str]:
         return {
             d: r.id for r in self._active.values() if r.id != exclude for d, e in r.devices.items() if e.left_at is None

@@ -99,6 +99,11 @@ class Deployment(View):
     model: str
     version: str
     devices: dict[str, int] = Field(description="device id -> desired-state counter (not a model version)")
+    in_rollouts: dict[str, int] = Field(
+        default_factory=dict,
+        description="with force: rollout id -> targeted devices inside that active rollout (it will sign its own "
+        "target for them again at its next step unless it is aborted)",
+    )
 
 
 # -- models --------------------------------------------------------------------------------------------
