@@ -199,14 +199,19 @@ def status(
 
 
 Action = Literal["pause", "resume", "abort", "rollback"]
+# the states in which abort and rollback act (in others the hub refuses them: nothing to ask)
+_ASKS: dict[str, tuple[str, ...]] = {
+    "abort": ("running", "paused", "rolling_back"), "rollback": ("running", "paused", "completed"),
+    "pause": (), "resume": (),
+}  # fmt: skip
 
 
 def _command(
     action: Action, rollout_id: str, note: str | None, *, url: str, token: str | None, as_json: bool, yes: bool = True
 ) -> None:
     with _client(url, token) as c:
-        if not yes:  # abort and rollback: say what it would do, to how many devices, and ask
-            current = _run(lambda: c.request("GET", f"/api/v1/rollouts/{rollout_id}"))
+        current = None if yes else _run(lambda: c.request("GET", f"/api/v1/rollouts/{rollout_id}"))
+        if current is not None and current["state"] in _ASKS[action]:  # say what it would do, to how many, ask
             question = confirmation(action, current)
             if not sys.stdin.isatty():
                 err.print(f"[red]error[/red] (not_confirmed): {question.split('?')[0]} needs a yes: pass --yes "

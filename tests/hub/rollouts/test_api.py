@@ -125,7 +125,8 @@ def test_a_conflicting_rollout_is_refused_naming_the_owner_and_commands_follow_t
         other = c.post("/api/v1/rollouts", json=body(selector="site=b"))
         assert other.status_code == 201, other.text
         rid = first["id"]
-        assert c.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}).json()["reason"] == "lunch"
+        paused = c.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}).json()
+        assert paused["note"] == "lunch" and paused["reason"] == "paused by an operator"
         assert error(c.post(f"/api/v1/rollouts/{rid}/pause"))[:2] == (409, "invalid_transition")
         assert c.post(f"/api/v1/rollouts/{rid}/resume").json()["state"] == "running"
         assert c.post(f"/api/v1/rollouts/{rid}/abort").json()["state"] == "aborted"
