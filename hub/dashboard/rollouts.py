@@ -41,9 +41,14 @@ class Progress(View):
 
     done: int
     total: int
-    target: str
+    target: str  # what "on target" means: MODEL:VERSION, or their previous version when rolling back
     wave: int
     waves: int
+
+    @property
+    def short(self) -> str:
+        """The target in a list, beside its model column: `on 1.2.0`, or `back` when rolling back."""
+        return "back" if self.target == _BACK else "on " + self.target.rpartition(":")[2]
 
 
 class ActiveRollout(RolloutSummary):
@@ -61,9 +66,12 @@ class RolloutRow(RolloutStatus):
     confirm: dict[str, str] = {}
 
 
+_BACK = "their previous version"
+
+
 def _target(model: str, version: str, state: RolloutState) -> str:
     rolling = state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
-    return "their previous version" if rolling else f"{model}:{version}"
+    return _BACK if rolling else f"{model}:{version}"
 
 
 def _devices(n: int) -> str:
