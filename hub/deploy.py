@@ -16,11 +16,12 @@ from fleet.codec import encode
 from fleet.messages import DesiredState, ModelRef, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
+from hub.capacity import check_runtime
 from hub.devices import Devices
 from hub.errors import InvalidInput
 from hub.registry import Registry
 from hub.settings import DeviceSettings
-from hub.store import Desired, Store
+from hub.store import Desired, Fence, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
@@ -75,9 +76,11 @@ class Deployer:
                 "a deployment needs a non-empty selector; to reach every device, select a label all carry"
             )
         ref = self.registry.model_ref(name, version)
-        targets = [d.id for d in self.devices.find(selector)]
-        if not targets:
+        found = self.devices.find(selector)
+        if not found:
             raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
+        check_runtime(found, runtime)  # GPUs, MIG slices and pods each device advertises
+        targets = [d.id for d in found]
         states = self.set_desired(targets, ref, runtime=runtime, rollout_id=rollout_id)
         self.store.add_event(
             time.time(), actor, "deploy", f"model/{name}:{version}",
@@ -93,11 +96,13 @@ class Deployer:
         runtime: RuntimeOptions | None = None,
         shadow: ShadowSpec | None = None,
         rollout_id: str | None = None,
+        fence: Fence | None = None,
     ) -> list[Desired]:
         """Sign, record and publish a desired state for each device (a fresh version each).
 
         Serialised: two concurrent calls for the same device publish in version order, so the retained
-        message on the broker is always the newest recorded state.
+        message on the broker is always the newest recorded state. `fence`: the leader lease the caller acts
+        under; LeaseLost, and nothing recorded or published, once it no longer holds.
         """
         with self._lock:
             versions = self.store.allocate_desired_versions(device_ids)
@@ -110,7 +115,7 @@ class Deployer:
                     shadow=shadow, rollout_id=rollout_id,
                 )  # fmt: skip
                 states.append(self._record(body, self.key.sign(body)))
-            self.store.put_desired(states)
+            self.store.put_desired(states, fence=fence)
             for s in states:
                 self._send(s)
             return states

@@ -35,6 +35,13 @@ class InvalidModel(InvalidInput):
     code = "invalid_model"
 
 
+class Unplaceable(InvalidInput):
+    """A runtime option asks for more than a targeted device advertises (GPUs, MIG slices, pods)."""
+
+    code = "insufficient_capacity"
+    status = 422
+
+
 class NotFound(HubError):
     """The named model, version, device or blob does not exist."""
 
@@ -47,6 +54,18 @@ class Conflict(HubError):
 
     code = "conflict"
     status = 409
+
+
+class StaleDocument(Conflict):
+    """A document changed since it was read (another replica wrote it): read it again and retry."""
+
+    code = "stale_document"
+
+
+class LeaseLost(Conflict):
+    """This hub no longer holds the leader lease: the write it tried (fenced by its token) was refused."""
+
+    code = "lease_lost"
 
 
 class TooLarge(HubError):
