@@ -95,7 +95,18 @@ def m001_initial(dialect: Dialect) -> str:
 
 
 @migration
-def m002_desired_envelope_only(dialect: Dialect) -> str:
+def m002_leases_and_revisions(dialect: Dialect) -> str:
+    """Replica coordination: the leader lease (fencing token, expiry on the database's clock) and document
+    revisions (optimistic concurrency between replicas writing the same rollout)."""
+    return """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, token {int} NOT NULL, expires_at {real} NOT NULL);
+        ALTER TABLE documents ADD COLUMN rev {int} NOT NULL DEFAULT 1;
+    """
+
+
+@migration
+def m003_desired_envelope_only(dialect: Dialect) -> str:
     """A desired state is stored once, as the signed envelope published (its body was a second copy)."""
     return "ALTER TABLE desired DROP COLUMN body"
 
