@@ -222,7 +222,8 @@ class RolloutEngine:
 
     # -- writes ---------------------------------------------------------------------------------------
     def claimed_by(self, device_ids: Sequence[str]) -> dict[str, int]:
-        """Of `device_ids`, how many each active rollout owns (rollout id -> devices)."""
+        """Of `device_ids`, how many each active rollout owns (rollout id -> devices); any replica's rollouts."""
+        self._refresh()
         with self._lock:
             claimed = self._claimed()
         counts: dict[str, int] = {}
