@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Query
 
 from hub.api.deps import Admin, Operator, Viewer
-from hub.api.schemas import DeployRequest, DeviceCreate, LabelPatch, TokenCreate, errors
+from hub.api.schemas import DeployRequest, DeviceBatchCreate, DeviceCreate, LabelPatch, TokenCreate, errors
 from hub.errors import Conflict, InvalidInput
 from hub.telemetry import summarise
 from hub.views.fleet import minute_of, summary_of
@@ -17,6 +17,7 @@ from hub.views.schemas import (
     DesiredView,
     DeviceDetail,
     DeviceEnrolled,
+    DevicesEnrolled,
     DeviceSummary,
     DeviceTelemetry,
     EventView,
@@ -56,6 +57,19 @@ def fleet_router(hub: HubServices) -> APIRouter:
     def add_device(body: DeviceCreate, principal: Admin) -> DeviceEnrolled:
         _d, bundle = devices.add(body.id, body.labels, actor=principal.name)
         return DeviceEnrolled(device=views.device_summary(body.id), bundle=bundle.model_dump(mode="json"))
+
+    @r.post(
+        "/devices/batch",
+        status_code=201,
+        tags=["devices"],
+        summary="Enrol many devices in one transaction (all or none); returns their bootstrap bundles",
+        responses=errors(400, 401, 403, 409, 429),
+    )
+    def add_devices(body: DeviceBatchCreate, principal: Admin) -> DevicesEnrolled:
+        added = devices.add_many([(d.id, d.labels) for d in body.devices], actor=principal.name)
+        return DevicesEnrolled(
+            devices=[d.id for d, _b in added], bundles=[b.model_dump(mode="json") for _d, b in added]
+        )
 
     @r.get(
         "/devices",

@@ -60,6 +60,13 @@ class DeviceEnrolled(View):
     bundle: dict[str, Any] = Field(description="the DeviceBundle JSON to hand to the agent")
 
 
+class DevicesEnrolled(View):
+    """The answer to a batch enrolment: the devices enrolled and their bootstrap bundles, in the order asked."""
+
+    devices: list[str] = Field(description="the ids enrolled")
+    bundles: list[dict[str, Any]] = Field(description="one DeviceBundle JSON per device, in the same order")
+
+
 class DeviceRevoked(View):
     """The answer to a revocation."""
 
