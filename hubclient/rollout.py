@@ -66,7 +66,8 @@ def _follow(c: HubClient, rollout_id: str, interval: float) -> None:
     if res:
         if not out.is_terminal:  # a terminal shows the live table's last state already
             out.print(status_view(res), soft_wrap=False)
-        words = {0: "completed", 1: "did not complete", 2: "is paused: it waits for a person", 3: "is unknown"}
+        words = {0: "completed", 1: "did not complete", 2: "is paused: it waits for a person",
+                 3: "is unknown: the hub stopped answering"}  # fmt: skip
         err.print(f"{rollout_id} {words[code]}" + (f": {res['reason']}" if res.get("reason") and code else ""))
     raise typer.Exit(code)
 
@@ -175,7 +176,9 @@ def status(
     devices: Annotated[bool, typer.Option("--devices", help="Also list each device's state.")] = False,
     watch: Annotated[
         bool,
-        typer.Option("--watch", "-w", help="Follow it live to its outcome; exit 0 completed, 1 failed, 2 paused."),
+        typer.Option(
+            "--watch", "-w", help="Follow it live to its outcome; exit 0 completed, 1 failed, 2 paused, 3 hub lost."
+        ),
     ] = False,
     interval: IntervalOpt = 2.0,
     url: UrlOpt = DEFAULT_URL,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,25 +113,3 @@ def test_agent_run_serves_and_stops_on_sigterm(broker: Broker, hub: HubSide, dev
 def test_unknown_log_level_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--bundle", str(tmp_path / "b.json"), "--log-level", "chatty"])
     assert result.exit_code == 2
-
-
-def test_a_taken_api_port_is_named_with_the_option_that_changes_it(
-    broker: Broker, hub: HubSide, device_id: str, tmp_path: Path
-) -> None:
-    bundle = tmp_path / "bundle.json"
-    hub.bundle(device_id, broker.url).save(bundle)
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen(1)
-    port = taken.getsockname()[1]
-    try:
-        result = runner.invoke(
-            app, ["run", "--bundle", str(bundle), "--data-dir", str(tmp_path / "d"), "--api-host", "127.0.0.1",
-                  "--api-port", str(port)],
-        )  # fmt: skip
-    finally:
-        taken.close()
-    assert result.exit_code == 2, result.output
-    assert f"port {port} on 127.0.0.1 is taken" in result.output
-    assert "--api-port" in result.output and "EDGEFLEET_API_PORT" in result.output
-    assert "Errno" not in result.output

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import pty
+import select
 import socket
 import subprocess
 import sys
@@ -225,3 +226,36 @@ def test_watch_and_wait_exit_by_outcome(hub: RunningHub) -> None:
     assert code == 2 and "is paused: it waits for a person" in out
     for r in hub.hub.rollouts.active():
         hub.hub.rollouts.command(r.id, "abort", actor="test")
+
+
+def test_watch_exits_3_when_the_hub_stops_answering(broker: Broker, samples: Path, tmp_path: Path) -> None:
+    h = start_hub(tmp_path / "hub", broker.url, f"test/{uuid.uuid4().hex[:12]}/fleet/v1",
+                  rollouts={"tick_interval_s": 600})  # fmt: skip
+    try:
+        r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml", version="1.0.0")
+        assert r.status_code == 201, r.text
+        with h.client() as c:
+            assert c.post("/api/v1/devices", json={"id": "cam-1", "labels": {"ring": "canary"}}).status_code == 201
+            r = c.post("/api/v1/rollouts", json={"model": "mobilenet-like", "version": "1.0.0", "selector": "ring"})
+            assert r.status_code == 201, r.text
+            rid = r.json()["id"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "edgefleet_cli.py"), "rollout", "status", rid, "--watch", "--interval", "0.2",
+             "--url", h.url, "--token", h.admin_token],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # its first line: it follows the running rollout
+        first = proc.stdout.readline().decode() if ready else ""
+    finally:
+        h.stop()  # the hub goes away while the CLI follows
+    try:
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = first + rest.decode()
+    assert rid in first and "running" in first, said
+    assert proc.returncode == 3, said
+    assert "stopped following" in said and f"{rid} is unknown: the hub stopped answering" in said
