@@ -8,6 +8,7 @@ label selector. Versions come from a per-device counter in the store, so they st
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -163,7 +164,7 @@ class Deployer:
         out: dict[str, list[DesiredModel]] = {}
         for s in self.store.list_desired() if len(wanted) > 8 else filter(None, map(self.store.get_desired, wanted)):
             if s.device_id in wanted:
-                out[s.device_id] = _slots_of(s.body)
+                out[s.device_id] = _slots_of(_body(s))
         return out
 
     def _sign(self, plans: dict[str, list[DesiredModel]], fence: Fence | None = None) -> list[Desired]:
@@ -197,12 +198,13 @@ class Deployer:
             for m in body.models
         )
         return Desired(
-            device_id=body.device_id, version=body.version, slots=slots, body=body.model_dump(mode="json"),
-            envelope=env.model_dump(mode="json"), issued_at=body.issued_at, expires_at=body.expires_at,
+            device_id=body.device_id, version=body.version, slots=slots, envelope=encode(env).decode(),
+            issued_at=body.issued_at, expires_at=body.expires_at,
         )  # fmt: skip
 
     def _send(self, state: Desired) -> None:
-        payload = encode(SignedEnvelope.model_validate(state.envelope))
+        """Publish the stored envelope as it is: it was encoded once, when it was signed."""
+        payload = state.envelope.encode()
         self._publish(self.topics.desired(state.device_id), payload, self._spec.qos, self._spec.retained)
 
     def republish_all(self) -> int:
@@ -219,17 +221,17 @@ class Deployer:
         stale = [s for s in self.store.list_desired() if now >= s.issued_at + (s.expires_at - s.issued_at) / 2]
         if stale:
             with self._lock:
-                self._sign({s.device_id: _slots_of(s.body) for s in stale})
+                self._sign({s.device_id: _slots_of(_body(s)) for s in stale})
             log.info("deploy: re-signed %d desired states close to expiry", len(stale))
         return len(stale)
 
     def upgrade_stored(self) -> int:
         """Re-sign, as schema 2, every stored desired state signed by a hub of schema 1 (one model, or none):
         agents of this release refuse the old documents. Runs once when the hub starts; returns how many."""
-        old = [s for s in self.store.list_desired() if s.body.get("schema_version") != 2]
+        old = [s for s in self.store.list_desired() if _body(s).get("schema_version") != 2]
         if old:
             with self._lock:
-                self._sign({s.device_id: _single_model_slots(s.body) for s in old})
+                self._sign({s.device_id: _single_model_slots(_body(s)) for s in old})
             log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
         return len(old)
 
@@ -237,6 +239,15 @@ class Deployer:
 def _check_selector(selector: str) -> None:
     if not selector.strip():
         raise InvalidInput("a deployment needs a non-empty selector; to reach every device, select a label all carry")
+
+
+def _body(s: Desired) -> dict[str, Any]:
+    """The signed body of a stored desired state, as JSON (any schema)."""
+    try:
+        body = json.loads(s.envelope).get("body")
+    except (ValueError, AttributeError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _slots_of(body: dict[str, Any]) -> list[DesiredModel]:

@@ -7,13 +7,11 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ValidationError
-
 from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.bundle import DeviceBundle
 from fleet.errors import InvalidId
 from fleet.ids import check_device_id
-from fleet.messages import ReportedState
+from fleet.messages import Phase, ReportedState
 from hub.credentials import mosquitto_hash, new_password
 from hub.errors import InvalidInput, NotFound
 from hub.selectors import check_labels, parse_selector
@@ -45,46 +43,33 @@ def derive_state(device: Device, desired: Desired | None, *, now: float, setting
     """
     if device.status != "online" or device.last_seen is None or now - device.last_seen > settings.stale_after_s:
         return DeviceState.OFFLINE
-    reported = device.reported or {}
-    phase = reported_phase(reported)
-    if phase == "failed":
+    reported = device.reported
+    phase = reported.phase if reported else None
+    if phase is Phase.FAILED:
         return DeviceState.FAILED
-    accepted = reported.get("desired_version")
-    if phase in ("downloading", "activating") or (
+    accepted = reported.desired_version if reported else None
+    if phase in (Phase.DOWNLOADING, Phase.ACTIVATING) or (
         desired is not None and (accepted is None or accepted < desired.version)
     ):
         return DeviceState.UPDATING
     requests, errors = device.last_requests or 0, device.last_errors or 0
-    errored = reported.get("error") or any(m.get("error") for m in _statuses(reported))
+    errored = reported is not None and (reported.error or any(m.error for m in reported.models))
     if (requests and errors / requests > settings.degraded_error_rate) or errored:
         return DeviceState.DEGRADED
     return DeviceState.ONLINE
 
 
-def _statuses(reported: dict[str, Any]) -> list[dict[str, Any]]:
-    models = reported.get("models")
-    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
-
-
-def reported_phase(reported: dict[str, Any] | None) -> str | None:
+def reported_phase(reported: ReportedState | None) -> str | None:
     """The phase of a device as a whole, from its stored reported state (`fleet.messages.ReportedState.phase`);
-    None when it never reported (or reported in a schema this hub does not read)."""
-    if not reported:
-        return None
-    try:
-        return ReportedState.model_validate(reported).phase.value
-    except ValidationError:
-        return None
+    None when it never reported."""
+    return reported.phase.value if reported is not None else None
 
 
-def active_models(reported: dict[str, Any] | None) -> list[str]:
+def active_models(reported: ReportedState | None) -> list[str]:
     """`name:version` of every model a device reports active, in its order."""
-    out = []
-    for m in _statuses(reported or {}):
-        active = m.get("active")
-        if isinstance(active, dict):
-            out.append(f"{active.get('name')}:{active.get('version')}")
-    return out
+    if reported is None:
+        return []
+    return [f"{m.active.name}:{m.active.version}" for m in reported.models if m.active is not None]
 
 
 def desired_models(desired: Desired | DesiredSummary | None) -> list[str]:

@@ -31,7 +31,6 @@ from fleet.messages import (
     AppliedModel,
     Capabilities,
     CommandAck,
-    DesiredState,
     DeviceStatus,
     ErrorInfo,
     ModelRef,
@@ -176,10 +175,6 @@ class SimAgent:
     @property
     def desired_version(self) -> int | None:
         return self.reconciler.state.desired_version
-
-    @property
-    def desired(self) -> DesiredState | None:
-        return self.reconciler.desired
 
     # -- agent.reconcile.Outbox: what the reconciler sends becomes transport actions --------------------
     def report(self, state: ReportedState) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fleet.messages import AppliedModel, Capabilities, DesiredModel, DesiredState, ModelRef, ModelStatus, ReportedState
 from hub.dashboard.views import gpu_summary, provider_name
-from hub.devices import derive_state, reported_phase
-from hub.store import Desired, Device, Event
+from hub.views import DeviceInfo
+from hub.views.schemas import EventView
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ModelDetail:
     name: str
     phase: str | None
     comparison: list[Comparison]
-    status: dict[str, Any]  # the model's reported status (active, previous, download, error, cluster)
+    status: ModelStatus | None  # the model's reported status (active, previous, download, error, cluster)
     rollout_id: str | None
     download_pct: int | None
 
@@ -40,20 +41,23 @@ class ModelDetail:
 class DeviceDetail:
     """Everything the device page shows."""
 
-    device: Device
-    state: str
+    info: DeviceInfo
     phase: str | None
-    desired: Desired | None
-    capabilities: dict[str, Any]
-    reported: dict[str, Any]
+    desired: DesiredState | None
+    capabilities: Capabilities | None
+    reported: ReportedState | None
     models: list[ModelDetail]
     gpu: str | None
-    history: list[Event]
-    events: list[Event]
+    history: list[EventView]
+    events: list[EventView]
+
+    @property
+    def state(self) -> str:
+        return self.info.state.value
 
 
-def _model(ref: dict[str, Any] | None) -> str | None:
-    return f"{ref['name']}:{ref['version']}" if ref else None
+def _model(ref: ModelRef | AppliedModel | None) -> str | None:
+    return f"{ref.name}:{ref.version}" if ref else None
 
 
 def _short(sha: str | None) -> str | None:
@@ -65,62 +69,58 @@ def _cmp(what: str, desired: str | None, reported: str | None) -> Comparison:
     return Comparison(what, desired, reported, ok)
 
 
-def compare(slot: dict[str, Any], status: dict[str, Any]) -> list[Comparison]:
+def compare(slot: DesiredModel | None, status: ModelStatus | None) -> list[Comparison]:
     """One model's desired slot against its reported status, line by line."""
-    want = slot.get("model") or None
-    active = status.get("active") or None
-    want_sha = (want or {}).get("blob", {}).get("sha256")
-    providers = (slot.get("runtime") or {}).get("providers") or []
-    shadow = slot.get("shadow") or None
+    want = slot.model if slot else None
+    active = status.active if status else None
+    providers = slot.runtime.providers if slot else []
+    shadow = slot.shadow if slot else None
     out = [
         _cmp("version", _model(want), _model(active)),
-        _cmp("blob", _short(want_sha), _short((active or {}).get("sha256"))),
+        _cmp("blob", _short(want.blob.sha256 if want else None), _short(active.sha256 if active else None)),
     ]
     if providers or active:
         wanted = " > ".join(provider_name(p) or p for p in providers) or None
-        got = provider_name((active or {}).get("provider"))
+        got = provider_name(active.provider if active else None)
         ok = None if not providers or not got else got == provider_name(providers[0])
         out.append(Comparison("provider", wanted, got, ok))
-    if shadow or status.get("shadow"):
-        out.append(_cmp("shadow", _model(shadow.get("model") if shadow else None), _model(status.get("shadow"))))
+    if shadow or (status and status.shadow):
+        running = status.shadow if status else None
+        out.append(_cmp("shadow", _model(shadow.model if shadow else None), _model(running)))
     return out
 
 
-def model_details(desired: Desired | None, reported: dict[str, Any]) -> list[ModelDetail]:
+def model_details(desired: DesiredState | None, reported: ReportedState | None) -> list[ModelDetail]:
     """Every model the hub asks for or the device reports, in the desired state's order, then the others."""
-    slots = {s["model"]["name"]: s for s in (desired.body.get("models") or []) if desired} if desired else {}
-    statuses = {m["name"]: m for m in reported.get("models") or [] if isinstance(m, dict) and "name" in m}
+    slots = {s.name: s for s in desired.models} if desired else {}
+    statuses = {m.name: m for m in reported.models} if reported else {}
     out = []
     for name in [*slots, *(n for n in statuses if n not in slots)]:
-        slot, status = slots.get(name, {}), statuses.get(name, {})
-        download = status.get("download") or None
-        pct = None
-        if download and download.get("total_chunks"):
-            pct = int(100 * download.get("have_chunks", 0) / download["total_chunks"])
+        slot, status = slots.get(name), statuses.get(name)
+        download = status.download if status else None
+        pct = int(100 * download.have_chunks / download.total_chunks) if download and download.total_chunks else None
         out.append(
             ModelDetail(
                 name=name,
-                phase=status.get("phase"),
+                phase=status.phase.value if status else None,
                 comparison=compare(slot, status),
                 status=status,
-                rollout_id=slot.get("rollout_id"),
+                rollout_id=slot.rollout_id if slot else None,
                 download_pct=pct,
             )
         )
     return out
 
 
-def device_detail(hub: Hub, device_id: str, now: float | None = None) -> DeviceDetail:
+def device_detail(hub: HubServices, device_id: str, now: float | None = None) -> DeviceDetail:
     """The device page's data; NotFound for unknown ids."""
-    now = time.time() if now is None else now
-    d = hub.devices.get(device_id)
-    desired = hub.store.get_desired(device_id)
-    state = derive_state(d, desired, now=now, settings=hub.settings.devices)
-    reported = d.reported or {}
-    events = hub.store.list_events(since=None, until=None, subject=f"device/{device_id}", action=None, limit=200)
+    info = hub.views.device(device_id, now=time.time() if now is None else now)
+    d, reported = info.device, info.device.reported
+    desired = info.desired.state() if info.desired else None
+    events = hub.views.events(subject=f"device/{device_id}", limit=200)
     return DeviceDetail(
-        device=d, state=state.value, phase=reported_phase(reported), desired=desired,
-        capabilities=d.capabilities or {}, reported=reported, models=model_details(desired, reported),
-        gpu=gpu_summary(d.capabilities), history=[e for e in events if e.action == "device.phase"],
+        info=info, phase=reported.phase.value if reported else None, desired=desired, capabilities=d.capabilities,
+        reported=reported, models=model_details(desired, reported), gpu=gpu_summary(d.capabilities),
+        history=[e for e in events if e.action == "device.phase"],
         events=[e for e in events if e.action != "device.phase"],
     )  # fmt: skip

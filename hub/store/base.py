@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.histogram import N_BUCKETS
-from fleet.messages import DeviceStatus, ReportedState
+from fleet.messages import Capabilities, DesiredState, DeviceStatus, ReportedState, SignedEnvelope
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class Device:
     status: str | None = None
     status_at: float | None = None
     session: str | None = None
-    capabilities: dict[str, Any] | None = None
+    capabilities: Capabilities | None = None  # from its last birth
     last_seen: float | None = None
-    reported: dict[str, Any] | None = None
+    reported: ReportedState | None = None
     reported_at: float | None = None
     telemetry_at: float | None = None
     last_requests: int | None = None
@@ -66,19 +66,23 @@ class DesiredSlot:
 
 @dataclass(frozen=True)
 class Desired:
-    """The signed desired state of one device, as published, and its model slots."""
+    """The signed desired state of one device and its model slots: `envelope` is the JSON published (and
+    republished) as it is."""
 
     device_id: str
     version: int
     slots: tuple[DesiredSlot, ...]
-    body: dict[str, Any]
-    envelope: dict[str, Any]
+    envelope: str  # a SignedEnvelope whose body is the DesiredState; empty in `list_desired_heads`
     issued_at: float
     expires_at: float
 
     def slot(self, name: str) -> DesiredSlot | None:
         """The slot of model `name` (None: the state does not name it)."""
         return next((s for s in self.slots if s.model_name == name), None)
+
+    def state(self) -> DesiredState:
+        """The signed body (parsed on each call: listings use the columns above instead)."""
+        return DesiredState.model_validate(SignedEnvelope.model_validate_json(self.envelope).body)
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,8 @@ class Store(Protocol):
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool: ...
     def flush(self, timeout: float = 30.0) -> None: ...
     def ingest_stats(self) -> IngestStats: ...
+    @property
+    def queue_depth(self) -> int: ...  # messages waiting for the writer(s)
 
     # telemetry queries and retention
     def telemetry_windows(

@@ -106,7 +106,13 @@ def m002_leases_and_revisions(dialect: Dialect) -> str:
 
 
 @migration
-def m003_model_slots(dialect: Dialect) -> str:
+def m003_desired_envelope_only(dialect: Dialect) -> str:
+    """A desired state is stored once, as the signed envelope published (its body was a second copy)."""
+    return "ALTER TABLE desired DROP COLUMN body"
+
+
+@migration
+def m004_model_slots(dialect: Dialect) -> str:
     """Several models per device (schema 2): a desired state's model slots get a table of their own; the
     single-model columns of `desired` go. Stored states of schema 1 are re-signed as schema 2 when the hub
     starts (`hub.deploy.Deployer.upgrade_stored`), which fills the new table."""

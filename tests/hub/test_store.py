@@ -10,7 +10,6 @@ import pytest
 
 from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase
-from hub.devices import reported_phase
 from hub.errors import Conflict, NotFound
 from hub.store import Database, Desired, DesiredSlot, Device, ModelVersion, SqlStore, open_store
 from tests.support.wire import one_model_report, one_model_window
@@ -79,7 +78,7 @@ def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
         store.enqueue_reported(one_model_report(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
         store.flush()
     d = store.get_device("d1")
-    assert d is not None and reported_phase(d.reported) == "failed"
+    assert d is not None and d.reported is not None and d.reported.phase is Phase.FAILED
     assert store.ingest_stats().stale_ignored == 1
     store.enqueue_status(DeviceStatus(device_id="d1", state="offline", ts=1.0), time.time())
     store.enqueue_status(DeviceStatus(device_id="ghost", state="online", ts=1.0), time.time())  # unknown: no row
@@ -98,7 +97,7 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     s.add_model_version(_mv("1.0.1"))  # same blob, deduplicated
     with pytest.raises(Conflict):
         s.add_model_version(_mv("1.0.0", sha="c" * 64))
-    s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), {"models": []}, {}, 1.0, 2.0)])
+    s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), "{}", 1.0, 2.0)])
     with pytest.raises(Conflict, match="still wanted"):
         s.delete_model_version("m", "1.0.0")
     assert s.delete_model_version("m", "1.0.1") is False  # the blob is still used by 1.0.0
@@ -111,8 +110,8 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     try:
         assert s.allocate_desired_versions(["d1"]) == {"d1": 2}
         # an older version never replaces a newer one
-        s.put_desired([Desired("d1", 2, (), {}, {}, 1.0, 2.0)])
-        s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), {}, {}, 1.0, 2.0)])
+        s.put_desired([Desired("d1", 2, (), "{}", 1.0, 2.0)])
+        s.put_desired([Desired("d1", 1, (DesiredSlot("m", "1.0.0", "a" * 64),), "{}", 1.0, 2.0)])
         got = s.get_desired("d1")
         assert got is not None and got.version == 2 and got.slots == ()
         assert s.delete_model_version("m", "1.0.0") is True  # nobody wants it now; blob unused

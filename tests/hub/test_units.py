@@ -7,11 +7,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from fleet.messages import ErrorInfo
+from fleet.messages import ErrorInfo, ReportedState
 from hub.credentials import Role, mosquitto_hash, mosquitto_verify, new_token, token_hash
 from hub.devices import DeviceState, derive_state
 from hub.errors import InvalidInput, InvalidSelector
@@ -146,13 +145,12 @@ def _device(**kw: object) -> Device:
 
 
 def _desired(version: int) -> Desired:
-    return Desired("d", version, (DesiredSlot("m", "1.0.0", "a" * 64),), {}, {}, 0.0, 1.0)
+    return Desired("d", version, (DesiredSlot("m", "1.0.0", "a" * 64),), "", 0.0, 1.0)
 
 
-def _rep(phase: str, desired_version: int | None = None, error: bool = False) -> dict[str, Any]:
-    err = ErrorInfo(code="x", message="x", at=1.0) if error else None
-    msg = one_model_report("d", seq=1, ts=1.0, phase=phase, desired_version=desired_version, error=err)
-    return msg.model_dump(mode="json")
+def _rep(phase: str, desired_version: int | None = None, error: str | None = None) -> ReportedState:
+    err = ErrorInfo(code=error, message="m", permanent=False, at=0.0) if error else None
+    return one_model_report("d", seq=1, ts=0.0, phase=phase, desired_version=desired_version, error=err)
 
 
 def test_derived_device_state() -> None:
@@ -169,7 +167,7 @@ def test_derived_device_state() -> None:
     assert state(_device(reported=_rep("active", 1)), _desired(2)) is DeviceState.UPDATING
     assert state(_device(), _desired(1)) is DeviceState.UPDATING  # nothing reported yet
     assert state(_device(last_requests=100, last_errors=10)) is DeviceState.DEGRADED
-    assert state(_device(reported=_rep("active", error=True))) is DeviceState.DEGRADED
+    assert state(_device(reported=_rep("active", error="x"))) is DeviceState.DEGRADED
     assert state(_device(last_requests=100, last_errors=1)) is DeviceState.ONLINE
     assert state(_device(reported=_rep("active", 2)), _desired(2)) is DeviceState.ONLINE
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
 
 
@@ -98,8 +99,14 @@ def test_every_mutating_call_is_audited_refused_ones_too(running_hub: RunningHub
         assert admin.post("/api/v1/devices", json={"id": "Bad ID"}).status_code == 400
         assert v.post("/api/v1/devices", json={"id": "cam-2"}).status_code == 403
         assert anon.delete("/api/v1/models/x/1.0.0").status_code in (401, 405)
-        events = admin.get("/api/v1/events", params={"action": "api.call", "limit": 100}).json()
-    calls = {(e["details"]["method"], e["subject"], e["details"]["status"], e["actor"]) for e in events}
+
+        def audited() -> set[tuple[str, str, int, str]] | None:
+            # the audit event is written after the answer went out: wait for the last call's
+            events = admin.get("/api/v1/events", params={"action": "api.call", "limit": 100}).json()
+            found = {(e["details"]["method"], e["subject"], e["details"]["status"], e["actor"]) for e in events}
+            return found if any(m == "DELETE" for m, *_r in found) else None
+
+        calls = wait_for(audited)
     assert ("POST", "/api/v1/devices", 201, "admin") in calls
     assert ("PATCH", "/api/v1/devices/cam-1/labels", 200, "admin") in calls
     assert ("POST", "/api/v1/devices", 400, "admin") in calls

@@ -85,12 +85,14 @@ def one_model_window(
     return TelemetryWindow(device_id=device_id, seq=seq, start=start, end=end, models=models, **device)
 
 
-def flat_report(reported: dict[str, Any] | None) -> dict[str, Any]:
+def flat_report(reported: ReportedState | dict[str, Any] | None) -> dict[str, Any]:
     """A stored reported state (JSON) of a device serving one model, flattened as schema 1 laid it out: the
     device's fields, its phase, and its one model's active, previous, shadow, download, error and cluster (the
     device-level error, a refused desired state, when there is one)."""
     if not reported:
         return {}
+    if isinstance(reported, ReportedState):
+        reported = reported.model_dump(mode="json")
     state = ReportedState.model_validate(reported)
     if len(state.models) > 1:
         raise AssertionError(f"{state.device_id} reports {len(state.models)} models; read them by name")
