@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet.messages import AppliedModel, DesiredState, DeviceStatus, Phase
+from fleet.messages import AppliedModel, DeviceStatus, Phase
 from hub.rollouts.controller import step
 from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine, StoreTelemetry
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
@@ -265,7 +265,7 @@ def test_rollouts_of_two_models_share_devices_and_each_slot_moves_alone(hub: Run
     assert cls_slot is not None and cls_slot.model_version == "2.0.0" and cls_slot.rollout_id == r_cls.json()["id"]
     assert det_slot is not None and det_slot.rollout_id == r_det.json()["id"]
     # the signed document is the one the agent gets: both slots, each with its own blob
-    state = DesiredState.model_validate(after.body)
+    state = after.state()
     assert [(m.name, m.model.version) for m in state.models] == [(MODEL, "2.0.0"), ("tiny-detector", "1.0.0")]
     with h.client() as c:
         gone = c.delete("/api/v1/deployments/tiny-detector", params={"selector": "site=b"})
