@@ -181,10 +181,12 @@ class IngestStats:
     stale_ignored: int = 0
     dropped_queue_full: int = 0
     write_errors: int = 0
+    rows_refused: int = 0  # messages a writer could not write (out of range for the database): refused, counted
     # With a telemetry writer process, what it decided (in-process, hub.ingest counts these itself):
     telemetry_accepted: int = 0  # decoded and checked, handed to the SQL
     telemetry_malformed: int = 0
     telemetry_foreign: int = 0  # the payload names another device than its topic
+    telemetry_clock_ahead: int = 0  # timestamps further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S
     telemetry_lost: int = 0  # sent to a writer process that died before committing them
     writer_restarts: int = 0
 

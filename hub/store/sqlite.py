@@ -48,6 +48,15 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back whatever transaction is open; never raise (the writer must go on)."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("store: rollback failed")
+
+
 def _phase_event(conn: sqlite3.Connection, msg: ReportedState, previous: str | None, received: float) -> None:
     """Record a device's phase change (download and activation history) as an event `device.phase`."""
     model = msg.active if msg.phase.value in ("active", "idle") else None
@@ -96,6 +105,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
+        self._n_refused = 0  # messages the writer could not write (for throttled logging)
         self._wconn = _connect(path, readonly=False)
         # Telemetry in a writer process of its own (hub.store.telemetry_proc), or on this process's writer.
         self.telemetry_proc: TelemetryProcess | None = None
@@ -137,19 +147,23 @@ class SqliteStore(DeviceTables, TotalsQueries):
         while True:
             batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
-            for item in batch:
-                if item[0] in _INGEST:
-                    ingest.append(item)
-                    continue
+            try:
+                for item in batch:
+                    if item[0] in _INGEST:
+                        ingest.append(item)
+                        continue
+                    if ingest:
+                        self._write_ingest(conn, ingest)
+                        ingest = []
+                    if item is _STOP:
+                        conn.close()
+                        return
+                    self._run_job(conn, item[1], item[2])
                 if ingest:
                     self._write_ingest(conn, ingest)
-                    ingest = []
-                if item is _STOP:
-                    conn.close()
-                    return
-                self._run_job(conn, item[1], item[2])
-            if ingest:
-                self._write_ingest(conn, ingest)
+            except Exception:  # never die, and never while holding a transaction: every API write would hang
+                log.exception("store: the writer failed on a batch of %d; going on", len(batch))
+                _rollback(conn)
 
     def _run_job(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], fut: Future[Any]) -> None:
         try:
@@ -157,43 +171,91 @@ class SqliteStore(DeviceTables, TotalsQueries):
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             fut.set_exception(e)
         else:
             fut.set_result(result)
 
     def _write_ingest(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
-        rows = [i[1] for i in items if i[0] == "tel"]
-        s = self._stats
+        """Write a batch in one transaction; if that fails, write it item by item and refuse the bad ones.
+
+        A message the database cannot take (a number out of range, a value SQLite cannot bind) is that
+        message's fault: it is refused and counted (`rows_refused`), and the rest of the batch is written.
+        A failure of the database itself (locked, disk full, I/O) fails the batch (`write_errors`).
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            inserted = 0
-            if rows:
-                inserted = tsql.write_windows(conn, rows)
-            applied_status = applied_reported = stale = 0
-            for kind, msg, received in ((i[0], i[1], i[2]) for i in items if i[0] != "tel"):
-                if kind == "status":
-                    applied_status += self._apply_status(conn, msg, received)
-                elif self._apply_reported(conn, msg, received):
-                    applied_reported += 1
-                else:
-                    stale += 1
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("store: writing a batch of %d ingested messages failed", len(items))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._stats = replace(s, write_errors=s.write_errors + 1)
+            counts = self._write_items(conn, items, per_item=False)
+        except sqlite3.OperationalError:
+            self._write_ingest_failed(conn, items)
             return
+        except Exception:
+            _rollback(conn)
+            try:
+                counts = self._write_items(conn, items, per_item=True)
+            except Exception:
+                self._write_ingest_failed(conn, items)
+                return
+        inserted, n_tel, applied_status, applied_reported, stale, refused = counts
+        s = self._stats
         self._stats = replace(
             s,
             telemetry_persisted=s.telemetry_persisted + inserted,
-            telemetry_duplicates=s.telemetry_duplicates + len(rows) - inserted,
+            telemetry_duplicates=s.telemetry_duplicates + n_tel - inserted,
             status_applied=s.status_applied + applied_status,
             reported_applied=s.reported_applied + applied_reported,
             stale_ignored=s.stale_ignored + stale,
+            rows_refused=s.rows_refused + refused,
         )
+
+    def _write_ingest_failed(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
+        log.exception("store: writing a batch of %d ingested messages failed", len(items))
+        _rollback(conn)
+        s = self._stats
+        self._stats = replace(s, write_errors=s.write_errors + 1)
+
+    def _write_items(
+        self, conn: sqlite3.Connection, items: list[tuple[Any, ...]], *, per_item: bool
+    ) -> tuple[int, int, int, int, int, int]:
+        """One transaction over `items`; with `per_item`, each in a savepoint, refusing those that fail."""
+        rows = [i[1] for i in items if i[0] == "tel"]
+        inserted = applied_status = applied_reported = stale = refused = 0
+        conn.execute("BEGIN IMMEDIATE")
+        if rows and not per_item:
+            inserted = tsql.write_windows(conn, rows)
+        for item in items:
+            if item[0] == "tel" and not per_item:
+                continue
+            if per_item:
+                conn.execute("SAVEPOINT item")
+            try:
+                if item[0] == "tel":
+                    inserted += tsql.write_windows(conn, [item[1]])
+                elif item[0] == "status":
+                    applied_status += self._apply_status(conn, item[1], item[2])
+                elif self._apply_reported(conn, item[1], item[2]):
+                    applied_reported += 1
+                else:
+                    stale += 1
+            except sqlite3.OperationalError:
+                raise  # the database, not the message: the caller fails the batch
+            except Exception as e:
+                if not per_item:
+                    raise
+                conn.execute("ROLLBACK TO item")
+                refused += 1
+                self._refused_row(item, e)
+            if per_item:
+                conn.execute("RELEASE item")
+        conn.execute("COMMIT")
+        return inserted, len(rows), applied_status, applied_reported, stale, refused
+
+    def _refused_row(self, item: tuple[Any, ...], e: Exception) -> None:
+        self._n_refused += 1
+        n = self._n_refused
+        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two (as hub.ingest logs)
+            device = item[1][0] if item[0] == "tel" else getattr(item[1], "device_id", "?")
+            log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
+                        item[0], device, n, type(e).__name__, str(e)[:200])  # fmt: skip
 
     @staticmethod
     def _apply_status(conn: sqlite3.Connection, msg: DeviceStatus, received: float) -> int:
@@ -298,6 +360,8 @@ class SqliteStore(DeviceTables, TotalsQueries):
             telemetry_duplicates=s.telemetry_duplicates + c[tproc.DUPLICATES],
             dropped_queue_full=s.dropped_queue_full + p.dropped,
             write_errors=s.write_errors + c[tproc.WRITE_ERRORS],
+            rows_refused=s.rows_refused + c[tproc.REFUSED],
+            telemetry_clock_ahead=c[tproc.CLOCK_AHEAD],
             telemetry_accepted=c[tproc.ACCEPTED],
             telemetry_malformed=c[tproc.MALFORMED],
             telemetry_foreign=c[tproc.FOREIGN],

@@ -40,6 +40,7 @@ from typing import Any
 
 from fleet.codec import decode
 from fleet.errors import MessageError
+from fleet.limits import too_far_ahead
 from fleet.messages import TelemetryWindow
 from hub.errors import HubError
 from hub.store import telemetry as tsql
@@ -47,8 +48,8 @@ from hub.store import telemetry as tsql
 log = logging.getLogger(__name__)
 
 # Counters in shared memory (signed 64-bit). The writer process is their only writer.
-ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO = range(7)
-_N_COUNTERS = 7
+ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED = range(9)
+_N_COUNTERS = 9
 _FORWARD_INTERVAL_S = 0.005
 
 
@@ -119,7 +120,8 @@ class _Writer:
         for device_id, received_at, payload in batch:
             try:
                 w = decode(payload, TelemetryWindow)
-            except MessageError as e:
+                row = tsql.window_row(w, received_at)
+            except (MessageError, ValueError, TypeError, OverflowError) as e:
                 c[MALFORMED] += 1
                 self._refused("malformed", device_id, str(e), c[MALFORMED])
                 continue
@@ -127,7 +129,11 @@ class _Writer:
                 c[FOREIGN] += 1
                 self._refused("foreign", device_id, f"payload names device {w.device_id!r}", c[FOREIGN])
                 continue
-            rows.append(tsql.window_row(w, received_at))
+            if too_far_ahead(w.end, received_at):
+                c[CLOCK_AHEAD] += 1
+                self._refused("clock_ahead", device_id, f"window ends {w.end - received_at:.0f}s ahead", c[CLOCK_AHEAD])
+                continue
+            rows.append(row)
         c[ACCEPTED] += len(rows)
         return rows
 
@@ -137,20 +143,57 @@ class _Writer:
             log.warning("ingest: refused telemetry of %s (%s, #%d): %s", device_id, reason, n, detail[:300])
 
     def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
+        """Write `rows` in one transaction; if the database refuses one, write them one by one.
+
+        A row the database cannot take is its window's fault: refused and counted (`REFUSED`), and every
+        other window is written. A failure of the database itself (locked, disk full) fails the batch.
+        """
         if rows:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                inserted = tsql.write_windows(self.conn, rows)
-                self.conn.execute("COMMIT")
-            except sqlite3.Error:
-                log.exception("store: writing a batch of %d telemetry windows failed", len(rows))
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                self.c[WRITE_ERRORS] += 1
-            else:
-                self.c[PERSISTED] += inserted
-                self.c[DUPLICATES] += len(rows) - inserted
+                self._write(rows, per_row=False)
+            except sqlite3.OperationalError:
+                self._failed(len(rows))
+            except Exception:
+                self._rollback()
+                try:
+                    self._write(rows, per_row=True)
+                except Exception:
+                    self._failed(len(rows))
         self.c[COMMITTED_UPTO] = upto
+
+    def _write(self, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
+        conn, inserted, refused = self.conn, 0, 0
+        conn.execute("BEGIN IMMEDIATE")
+        if not per_row:
+            inserted = tsql.write_windows(conn, rows)
+        else:
+            for row in rows:
+                conn.execute("SAVEPOINT row")
+                try:
+                    inserted += tsql.write_windows(conn, [row])
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as e:
+                    conn.execute("ROLLBACK TO row")
+                    refused += 1
+                    self._refused("unwritable", str(row[0]), f"{type(e).__name__}: {e}", self.c[REFUSED] + refused)
+                conn.execute("RELEASE row")
+        conn.execute("COMMIT")
+        self.c[PERSISTED] += inserted
+        self.c[DUPLICATES] += len(rows) - inserted - refused
+        self.c[REFUSED] += refused
+
+    def _failed(self, n: int) -> None:
+        log.exception("store: writing a batch of %d telemetry windows failed", n)
+        self._rollback()
+        self.c[WRITE_ERRORS] += 1
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("store: rollback failed")
 
 
 class TelemetryProcess:
