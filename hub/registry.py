@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.chunks import plan_file
+from fleet.limits import check_json
 from fleet.messages import BlobManifest, ModelRef
 from hub.errors import InvalidModel, NotFound, TooLarge
 from hub.store import ModelVersion, Store
@@ -82,8 +83,13 @@ class Registry:
         """
         try:
             try:
+                if not isinstance(descriptor, ModelDescriptor):  # depth and finite numbers before anything walks it
+                    check_json(descriptor, where="descriptor")
                 d = descriptor if isinstance(descriptor, ModelDescriptor) else ModelDescriptor.from_json(descriptor)
                 report = validate(upload, d)
+                check_json(report.descriptor.to_json(), where="descriptor")  # it travels in signed desired states
+            except ValueError as e:
+                raise InvalidModel(str(e)) from e
             except ModelError as e:
                 raise InvalidModel(str(e).replace(upload.name, filename or "the upload")) from e
             existing = self.store.get_model_version(d.name, d.version)

@@ -39,6 +39,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 _NAMES: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items()}
 MAX_TENSORS = 64
 MAX_NAME = 256
+MAX_ELEMENTS = 2**31 - 1  # per tensor: onnxruntime and numpy index with it; far beyond any body we accept
 HEADER = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -74,11 +75,19 @@ def _header_length(value: str | None, size: int) -> int | None:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    """Checked dims: each below 2**31, and the element count of the non-zero dims below 2**31 too.
+
+    The product alone is not enough: `[0, 2**61]` has 0 elements, and numpy still refuses the shape.
+    """
     if not isinstance(raw, list) or len(raw) > 16:
         raise BadRequest(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers")
     for d in raw:
-        if type(d) is not int or d < 0:
-            raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r:.80}")
+        if type(d) is not int or not 0 <= d <= MAX_ELEMENTS:
+            raise BadRequest(
+                f"input {name!r}: 'shape' must be a list of non-negative integers up to {MAX_ELEMENTS}, got {raw!r:.80}"
+            )
+    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
+        raise BadRequest(f"input {name!r}: shape {raw!r:.80} has more than {MAX_ELEMENTS} elements")
     return tuple(raw)
 
 
@@ -158,9 +167,10 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
 def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
-    try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as e:
+    try:  # a value the datatype cannot hold (1e39 as FP32) is an error here, never a warning or an infinity
+        with np.errstate(over="raise", invalid="raise"):
+            arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
     if arr.size != math.prod(shape):
         raise BadRequest(f"input {name!r}: 'data' has {arr.size} values, shape {list(shape)} needs {math.prod(shape)}")

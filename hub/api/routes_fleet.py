@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
+from fleet.limits import MAX_SQL_INT
 from hub.api.deps import Admin, Operator, Viewer
 from hub.api.schemas import (
     DeployRequest,
@@ -25,6 +26,7 @@ from hub.telemetry import point_json, summarise
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
+TokenId = Annotated[int, Path(ge=1, le=MAX_SQL_INT, description="the token's id (GET /api/v1/tokens)")]
 MAX_TS = 1e11  # Unix seconds around the year 5138: anything larger is a mistake
 Since = Query(default=None, ge=0, le=MAX_TS, description="start of the range, Unix seconds")
 Until = Query(default=None, ge=0, le=MAX_TS, description="end of the range (exclusive), Unix seconds")
@@ -147,7 +149,7 @@ def fleet_router(hub: Hub) -> APIRouter:
         return [t.__dict__ for t in hub.store.list_tokens()]
 
     @r.delete("/tokens/{token_id}", status_code=204, tags=["tokens"], summary="Revoke a token")
-    def revoke_token(token_id: int, principal: Admin) -> None:
+    def revoke_token(token_id: TokenId, principal: Admin) -> None:
         hub.auth.revoke(token_id, actor=principal.name)
 
     @r.get("/ingest", tags=["ops"], summary="Ingestion counters: accepted and refused messages")
