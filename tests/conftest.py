@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes."""
+"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes; the hypothesis profile."""
 
 from __future__ import annotations
 
@@ -6,10 +6,25 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.broker import Broker, find_mosquitto, free_port
+from tests.support.fuzz import load_profile
+
+PROFILE = load_profile()  # before any test module builds its hypothesis settings
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {PROFILE} (make fuzz: randomised and longer; see tests/support/fuzz.py)"
+
+
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """Mark every hypothesis test `fuzz`, so `make fuzz` (pytest -m fuzz) finds them all."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
 
 
 @pytest.fixture(scope="session")

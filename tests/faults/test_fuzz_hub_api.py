@@ -8,16 +8,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
+from tests.support.fuzz import examples
 from tests.support.hub import RunningHub
 from tests.support.outcomes import record
 
-EXAMPLES = 12  # per operation
+EXAMPLES = examples(12)  # per operation
 
 
+@pytest.mark.fuzz
 def test_no_generated_request_to_the_hub_api_gets_a_5xx(running_hub: RunningHub) -> None:
     h = running_hub
     schema = schemathesis.openapi.from_url(h.url + "/openapi.json")
@@ -30,7 +33,7 @@ def test_no_generated_request_to_the_hub_api_gets_a_5xx(running_hub: RunningHub)
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
             if "device_id" in (case.path_parameters or {}) and statuses.total() % 3 == 0:
                 case.path_parameters["device_id"] = "cam-1"

@@ -18,6 +18,7 @@ from fleet.errors import (
     ChunkOutOfRange,
 )
 from fleet.messages import BlobManifest
+from tests.support.fuzz import examples
 
 CHUNK = 1024
 
@@ -32,7 +33,7 @@ def frames_of(data: bytes, chunk: int = CHUNK) -> tuple[BlobManifest, list[bytes
 
 
 blobs = st.integers(0, 12 * CHUNK).flatmap(lambda n: st.builds(blob_of, st.just(n), st.integers(0, 5)))
-fs = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+fs = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @fs

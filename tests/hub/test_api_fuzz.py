@@ -5,12 +5,15 @@ Whatever the generated path, query or body: never a 5xx, and every error is the 
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
+from tests.support.fuzz import examples
 from tests.support.hub import RunningHub
 
 
+@pytest.mark.fuzz
 def test_no_operation_answers_5xx_to_generated_input(running_hub: RunningHub) -> None:
     h = running_hub
     schema = schemathesis.openapi.from_url(f"{h.url}/openapi.json")
@@ -22,7 +25,7 @@ def test_no_operation_answers_5xx_to_generated_input(running_hub: RunningHub) ->
             continue  # revoking the fuzzer's own token would turn every later case into a 401
 
         @settings(
-            max_examples=15, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+            max_examples=examples(15), deadline=None, phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )  # fmt: skip
         @given(case=op.as_strategy())
