@@ -29,11 +29,11 @@ fuzz: $(STAMP) mosquitto chromium
 	@bash scripts/fuzz
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleet models hub agent tests benchmarks scripts edgefleet_cli.py
-	$(BIN)/ruff format --check fleet models hub agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff format --check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy fleet models hub agent edgefleet_cli.py
+	$(BIN)/mypy fleet infra models hub agent edgefleet_cli.py
 
 layers: $(STAMP)
 	$(BIN)/lint-imports

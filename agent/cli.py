@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from agent.errors import AgentError, BundleError
 from agent.ports import ClusterPort, ServingPort
 from fleet.bundle import DeviceBundle
+from infra.errors import SettingsError
 
 if TYPE_CHECKING:
     from agent.api import ApiServer
@@ -80,7 +81,7 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     try:
         device = load_bundle(bundle)
         settings = AgentSettings.from_env(data_dir=data_dir)
-    except AgentError as e:
+    except (AgentError, SettingsError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     _setup_logging(level, json_logs)

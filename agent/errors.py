@@ -25,12 +25,6 @@ class AgentError(Exception):
         return self.message
 
 
-class SettingsError(AgentError, ValueError):
-    """A setting (environment variable or option) has a bad value; the message names it."""
-
-    code = "bad_settings"
-
-
 class BundleError(AgentError, ValueError):
     """The bootstrap bundle cannot be read or is not a valid device bundle."""
 

@@ -1,6 +1,6 @@
-"""Test-only pause points: `EDGEFLEET_AGENT_PAUSE_AT=NAME` makes the agent stop forever at point NAME.
+"""Test-only pause points: `EDGEFLEET_TEST_PAUSE_AT=NAME` makes the agent stop forever at point NAME.
 
-Fault tests run the agent as a subprocess, wait for the file named by `EDGEFLEET_AGENT_PAUSE_FILE` to
+Fault tests run the agent as a subprocess, wait for the file named by `EDGEFLEET_TEST_PAUSE_FILE` to
 appear (written when the point is reached), then SIGKILL the agent there. Without the variables every
 point is a no-op. Points: `download` (half of a blob's chunks are verified and persisted), `activate`
 (a new engine is loaded and checked, before the swap and the pointer switch).
@@ -12,8 +12,8 @@ import os
 import threading
 from pathlib import Path
 
-PAUSE_AT = "EDGEFLEET_AGENT_PAUSE_AT"
-PAUSE_FILE = "EDGEFLEET_AGENT_PAUSE_FILE"
+PAUSE_AT = "EDGEFLEET_TEST_PAUSE_AT"
+PAUSE_FILE = "EDGEFLEET_TEST_PAUSE_FILE"
 
 
 def pause_point(name: str) -> None:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.errors import SettingsError
 from agent.settings import LinkSettings
+from infra.errors import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -2,28 +2,22 @@
 
 Settings come from code (tests), from the environment (`EDGEFLEET_AGENT_<GROUP>_<FIELD>`, e.g.
 `EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S=10`; `EDGEFLEET_AGENT_DATA_DIR` for the top-level data directory)
-and from CLI options, in that order of increasing precedence.
+and from CLI options, in that order of increasing precedence (`AgentSettings.from_env()`, the one policy of
+`infra.settings`: an unknown `EDGEFLEET_AGENT_*` variable is refused naming the nearest valid one).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from agent.errors import SettingsError
+from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 
 
-class _Group(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LinkSettings(_Group):
+class LinkSettings(SettingsGroup):
     """The MQTT link to the broker."""
 
     keepalive_s: int = Field(
@@ -49,7 +43,7 @@ class LinkSettings(_Group):
     publish_timeout_s: float = Field(default=5.0, gt=0, le=300, description="wait for a QoS 1 PUBACK, seconds")
 
 
-class StoreSettings(_Group):
+class StoreSettings(SettingsGroup):
     """The content-addressed model store."""
 
     gc_keep_bytes: int = Field(
@@ -65,7 +59,7 @@ class StoreSettings(_Group):
     )
 
 
-class DownloadSettings(_Group):
+class DownloadSettings(SettingsGroup):
     """The want/chunk transfer."""
 
     rewant_after_s: float = Field(
@@ -82,7 +76,7 @@ class DownloadSettings(_Group):
     max_want_ranges: int = Field(default=4096, ge=1, le=4096, description="ranges in one want message")
 
 
-class TelemetrySettings(_Group):
+class TelemetrySettings(SettingsGroup):
     """Telemetry windows and their on-disk spool."""
 
     interval_s: float = Field(default=10.0, gt=0, le=3600, description="length of one telemetry window, seconds")
@@ -95,7 +89,7 @@ class TelemetrySettings(_Group):
     send_batch: int = Field(default=64, ge=1, le=10_000, description="windows sent per drain step")
 
 
-class ActivationSettings(_Group):
+class ActivationSettings(SettingsGroup):
     """Loading a model into a new engine."""
 
     warmup_runs: int = Field(default=2, ge=0, le=100, description="golden-input runs before the swap")
@@ -104,8 +98,10 @@ class ActivationSettings(_Group):
     )
 
 
-class AgentSettings(_Group):
+class AgentSettings(EnvSettings):
     """Every agent setting. Build with `AgentSettings.from_env()` or directly in tests."""
+
+    model_config = env_config(ENV_PREFIX)
 
     data_dir: Path = Field(
         default=Path("/var/lib/edgefleet-agent"),
@@ -116,47 +112,3 @@ class AgentSettings(_Group):
     download: DownloadSettings = Field(default_factory=DownloadSettings, description="blob download")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings, description="telemetry")
     activation: ActivationSettings = Field(default_factory=ActivationSettings, description="activation")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentSettings:
-        """Read `EDGEFLEET_AGENT_*` variables; `overrides` (e.g. data_dir from a CLI option) win.
-
-        Raises:
-            SettingsError: naming the variable and why its value is refused.
-        """
-        env = os.environ if env is None else env
-        data: dict[str, Any] = {}
-        groups: dict[str, type[_Group]] = {
-            "link": LinkSettings,
-            "store": StoreSettings,
-            "download": DownloadSettings,
-            "telemetry": TelemetrySettings,
-            "activation": ActivationSettings,
-        }
-        known = {f"{ENV_PREFIX}DATA_DIR"}
-        if f"{ENV_PREFIX}DATA_DIR" in env:
-            data["data_dir"] = env[f"{ENV_PREFIX}DATA_DIR"]
-        for group, model in groups.items():
-            values = {}
-            for field in model.model_fields:
-                key = f"{ENV_PREFIX}{group}_{field}".upper()
-                known.add(key)
-                if key in env:
-                    values[field] = env[key]
-            if values:
-                data[group] = values
-        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known and k not in _TEST_VARS)
-        if unknown:
-            raise SettingsError(f"unknown setting(s) {unknown}; see docs/agent.md for the variables")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc'])}".upper() + f": {err['msg']}" for err in e.errors()
-            )
-            raise SettingsError(f"bad agent settings: {problems}") from e
-
-
-# Variables read by agent.hooks (test-only pause points), not settings.
-_TEST_VARS = {f"{ENV_PREFIX}PAUSE_AT", f"{ENV_PREFIX}PAUSE_FILE"}

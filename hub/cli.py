@@ -28,6 +28,7 @@ from hub.client import HubClient
 from hub.errors import HubError
 from hub.selectors import parse_label_args
 from hub.settings import HubSettings
+from infra.errors import SettingsError
 
 T = TypeVar("T")
 out = Console(soft_wrap=True)
@@ -48,7 +49,7 @@ device_app = typer.Typer(help="Enrol devices, list them, show and label them.", 
 def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except HubError as e:
+    except (HubError, SettingsError) as e:
         err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
         raise typer.Exit(1) from None
 

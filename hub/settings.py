@@ -1,32 +1,27 @@
 """Hub settings, grouped by concern, each field with its unit and why its default is what it is.
 
-Every field can be set from the environment: top-level fields as `EDGEFLEET_HUB_<FIELD>` (for example
-`EDGEFLEET_HUB_DATA_DIR`), grouped ones as `EDGEFLEET_HUB_<GROUP>_<FIELD>` (for example
-`EDGEFLEET_HUB_BROKER_URL`, `EDGEFLEET_HUB_API_PORT`, `EDGEFLEET_HUB_TRANSFER_RATE_LIMIT_BYTES_PER_S`).
+Every field can be set from the environment (`HubSettings.from_env()`, the one policy of `infra.settings`):
+top-level fields as `EDGEFLEET_HUB_<FIELD>` (for example `EDGEFLEET_HUB_DATA_DIR`), grouped ones as
+`EDGEFLEET_HUB_<GROUP>_<FIELD>` (for example `EDGEFLEET_HUB_BROKER_URL`, `EDGEFLEET_HUB_API_PORT`,
+`EDGEFLEET_HUB_TRANSFER_RATE_LIMIT_BYTES_PER_S`). An unknown `EDGEFLEET_HUB_*` variable is refused.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
-from hub.errors import InvalidInput
+from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
 
 
-class _Group(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BrokerSettings(_Group):
+class BrokerSettings(SettingsGroup):
     """Which MQTT broker the hub uses, or how it runs its own."""
 
     url: str | None = Field(
@@ -68,7 +63,7 @@ class BrokerSettings(_Group):
     restart_backoff_s: float = Field(default=1.0, gt=0, description="local broker: wait before a restart")
 
 
-class ApiSettings(_Group):
+class RestApiSettings(SettingsGroup):
     """The REST API."""
 
     host: str = Field(default="127.0.0.1", description="listen address (loopback unless you front it with TLS)")
@@ -79,7 +74,7 @@ class ApiSettings(_Group):
     )
 
 
-class TransferSettings(_Group):
+class TransferSettings(SettingsGroup):
     """Chunk serving."""
 
     chunk_size: int = Field(
@@ -99,7 +94,7 @@ class TransferSettings(_Group):
     )
 
 
-class IngestSettings(_Group):
+class IngestSettings(SettingsGroup):
     """Ingestion of status, reported and telemetry messages."""
 
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
@@ -121,7 +116,7 @@ class IngestSettings(_Group):
     )
 
 
-class RetentionSettings(_Group):
+class RetentionSettings(SettingsGroup):
     """How long telemetry is kept."""
 
     telemetry_raw_s: float = Field(default=7 * 86400, gt=0, description="raw windows are deleted after this")
@@ -130,7 +125,7 @@ class RetentionSettings(_Group):
     sweep_interval_s: float = Field(default=60.0, gt=0, description="how often retention and re-signing run")
 
 
-class DeviceSettings(_Group):
+class DeviceSettings(SettingsGroup):
     """Device state derivation and signed desired states."""
 
     desired_ttl_s: float = Field(
@@ -144,7 +139,7 @@ class DeviceSettings(_Group):
     )
 
 
-class DashboardSettings(_Group):
+class DashboardSettings(SettingsGroup):
     """The web dashboard served at `/`."""
 
     enabled: bool = Field(default=True, description="serve the dashboard at / (False: the REST API only)")
@@ -161,7 +156,7 @@ class DashboardSettings(_Group):
     session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
 
 
-class RolloutSettings(_Group):
+class RolloutSettings(SettingsGroup):
     """The rollout controller (hub.rollouts)."""
 
     tick_interval_s: float = Field(
@@ -176,7 +171,7 @@ class RolloutSettings(_Group):
     )
 
 
-class TlsSettings(_Group):
+class TlsSettings(SettingsGroup):
     """TLS for MQTT (mqtts) and HTTPS for the API. `edgefleet hub init --tls` creates a development CA."""
 
     enabled: bool | None = Field(
@@ -193,7 +188,7 @@ class TlsSettings(_Group):
     api_key_file: Path | None = Field(default=None, description="API server private key (None: the dev one)")
 
 
-class SecuritySettings(_Group):
+class SecuritySettings(SettingsGroup):
     """Broker accounts and ACL, API hardening, per-device ingestion limits."""
 
     broker_acl: bool = Field(
@@ -221,15 +216,15 @@ class SecuritySettings(_Group):
     )
 
 
-class HubSettings(BaseModel):
-    """Everything the hub can be told. Build it directly, or with `from_env()`."""
+class HubSettings(EnvSettings):
+    """Everything the hub can be told. Build it directly (tests), or with `from_env()` (the environment)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = env_config(ENV_PREFIX)
 
     data_dir: Path = Field(default=Path("./hub-data"), description="database, blobs, signing key, broker state")
     topic_prefix: Prefix = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix of the fleet")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="MQTT broker")
-    api: ApiSettings = Field(default_factory=ApiSettings, description="REST API")
+    api: RestApiSettings = Field(default_factory=RestApiSettings, description="REST API")
     transfer: TransferSettings = Field(default_factory=TransferSettings, description="chunk serving")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="message ingestion")
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="telemetry retention")
@@ -238,33 +233,6 @@ class HubSettings(BaseModel):
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> HubSettings:
-        """Read `EDGEFLEET_HUB_*` variables; keyword overrides win (groups as dicts)."""
-        env = os.environ if env is None else env
-        data: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, _Group):
-                group: dict[str, Any] = {}
-                for sub in annotation.model_fields:
-                    key = f"{ENV_PREFIX}{name}_{sub}".upper()
-                    if key in env:
-                        group[sub] = env[key] if env[key] != "" else None
-                if group:
-                    data[name] = group
-            elif (key := f"{ENV_PREFIX}{name}".upper()) in env:
-                data[name] = env[key]
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise InvalidInput(f"invalid hub settings: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
 
     @property
     def db_path(self) -> Path:

@@ -12,19 +12,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from agent.api.settings import ApiSettings as AgentApiSettings
 from agent.k3s.settings import ClusterSettings
 from agent.settings import AgentSettings
 from hub.settings import HubSettings
+from infra.settings import EnvSettings
 
-SECTIONS: list[tuple[str, type[BaseModel], str, str]] = [
-    ("Hub", HubSettings, "EDGEFLEET_HUB_", "`edgefleet hub init|serve` (CLI options override the environment)."),
-    ("Agent", AgentSettings, "EDGEFLEET_AGENT_", "`edgefleet agent run`."),
-    ("On-device inference API", AgentApiSettings, "EDGEFLEET_API_", "`edgefleet agent run` and `agent serve`."),
-    ("Cluster mode (K3s)", ClusterSettings, "EDGEFLEET_K3S_", "`edgefleet agent run --cluster`, `edgefleet k3s`."),
+SECTIONS: list[tuple[str, type[EnvSettings], str]] = [
+    ("Hub", HubSettings, "`edgefleet hub init|serve` (CLI options override the environment)."),
+    ("Agent", AgentSettings, "`edgefleet agent run`."),
+    ("On-device inference API", AgentApiSettings, "`edgefleet agent run` and `agent serve`."),
+    ("Cluster mode (K3s)", ClusterSettings, "`edgefleet agent run --cluster`, `edgefleet k3s`."),
 ]
 
 
@@ -35,23 +35,17 @@ def _default(field: Any) -> str:
         value = field.default_factory()
     else:
         return "(required)"
-    if isinstance(value, BaseModel):
-        return "(group)"
     if value is None:
         return "unset"
     text = str(list(value) if isinstance(value, tuple) else value)
     return f"`{text}`" if text else '`""`'
 
 
-def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+def _rows(model: type[EnvSettings]) -> list[str]:
     rows = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += _rows(annotation, f"{prefix}{name.upper()}_")
-            continue
+    for name, (_path, field) in model.variables().items():
         desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{prefix}{name.upper()}` | {_default(field)} | {desc} |")
+        rows.append(f"| `{name}` | {_default(field)} | {desc} |")
     return rows
 
 
@@ -64,10 +58,16 @@ def render() -> str:
         "Every setting can be given as an environment variable; the names below are exact. Durations are",
         "seconds (`_s`), sizes bytes (`_bytes`) unless the name says otherwise.",
         "",
+        "One policy for every area (`infra.settings`): a variable under `EDGEFLEET_HUB_`, `EDGEFLEET_AGENT_`,",
+        "`EDGEFLEET_API_` or `EDGEFLEET_K3S_` that names no setting is refused at start with the nearest valid",
+        "name, so a typo never silently keeps a default. An empty value unsets a setting whose default is unset;",
+        'lists and mappings are written as JSON (`["https://a.example"]`). Command-line options win over the',
+        "environment.",
+        "",
     ]
-    for title, model, prefix, used_by in SECTIONS:
+    for title, model, used_by in SECTIONS:
         out += [f"## {title}", "", f"Used by {used_by}", "", "| variable | default | meaning |", "| --- | --- | --- |"]
-        out += _rows(model, prefix)
+        out += _rows(model)
         out.append("")
     return "\n".join(out)
 

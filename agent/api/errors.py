@@ -33,10 +33,6 @@ class ApiError(Exception):
         return self.reason
 
 
-class SettingsError(ApiError, ValueError):
-    """A setting (environment variable or argument) is unknown or invalid."""
-
-
 class BadRequest(ApiError):
     """The request is malformed: bad JSON, wrong tensor description, bad parameter."""
 

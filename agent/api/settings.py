@@ -1,27 +1,24 @@
 """Settings of the on-device inference API, grouped by concern; every field states its unit.
 
-Read from the environment with `ApiSettings.from_env()`: each field `x` is `EDGEFLEET_API_X` (for example
-`EDGEFLEET_API_PORT=8000`, `EDGEFLEET_API_MAX_BODY_BYTES=16777216`). Unknown `EDGEFLEET_API_*` variables
-are refused, so a typo never silently keeps a default.
+Read from the environment with `ApiSettings.from_env()` (the one policy of `infra.settings`): each field `x`
+is `EDGEFLEET_API_X` (for example `EDGEFLEET_API_PORT=8000`, `EDGEFLEET_API_MAX_BODY_BYTES=16777216`).
+Unknown `EDGEFLEET_API_*` variables are refused naming the nearest valid one, so a typo never silently keeps
+a default.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from agent.api.errors import SettingsError
+from infra.settings import EnvSettings, env_config
 
 ENV_PREFIX = "EDGEFLEET_API_"
 
 
-class ApiSettings(BaseModel):
+class ApiSettings(EnvSettings):
     """Where the API listens, what it accepts, and how long it waits."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = env_config(ENV_PREFIX)
 
     # --- listening ----------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0 for every interface).")
@@ -73,26 +70,3 @@ class ApiSettings(BaseModel):
     drain_timeout_s: float = Field(
         default=10.0, ge=0, description="Seconds stop() lets in-flight requests finish before closing."
     )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> ApiSettings:
-        """Settings from `EDGEFLEET_API_*` variables, then `overrides`.
-
-        Raises:
-            SettingsError: an unknown variable or a value that does not validate (the message names it).
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for key, value in env.items():
-            if not key.startswith(ENV_PREFIX):
-                continue
-            field = key[len(ENV_PREFIX) :].lower()
-            if field not in cls.model_fields:
-                raise SettingsError(f"{key}: unknown setting; known: {sorted(cls.model_fields)}")
-            values[field] = value
-        values.update(overrides)
-        try:
-            return cls.model_validate(values)
-        except ValidationError as e:
-            bad = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
-            raise SettingsError(bad) from e

@@ -17,6 +17,7 @@ from agent.k3s.inventory import gpu_totals
 from agent.k3s.render import render_workload
 from agent.k3s.settings import ClusterSettings
 from fleet.messages import DesiredState
+from infra.errors import SettingsError
 
 app = typer.Typer(
     name="k3s", help="Cluster mode on K3s: node inventory and the serving workload.", no_args_is_help=True
@@ -42,7 +43,7 @@ ImageOpt = Annotated[str | None, typer.Option("--image", help="serving image (CP
 def _settings(**overrides: Any) -> ClusterSettings:
     try:
         return ClusterSettings.from_env(**overrides)
-    except ClusterError as e:
+    except (ClusterError, SettingsError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
 

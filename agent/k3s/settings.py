@@ -1,19 +1,19 @@
 """Cluster-mode settings. Every field documents its unit and why its default is what it is.
 
 Settings come from code (tests), from the environment (`EDGEFLEET_K3S_<FIELD>`, e.g.
-`EDGEFLEET_K3S_NAMESPACE=edgefleet`, `EDGEFLEET_K3S_ROLLOUT_DEADLINE_S=600`) or from CLI options.
+`EDGEFLEET_K3S_NAMESPACE=edgefleet`, `EDGEFLEET_K3S_ROLLOUT_DEADLINE_S=600`) or from CLI options
+(`ClusterSettings.from_env()`, the one policy of `infra.settings`: an unknown `EDGEFLEET_K3S_*` variable is
+refused naming the nearest valid one; an empty value unsets a field that may be unset).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from agent.k3s.errors import ClusterConfigError
+from infra.settings import EnvSettings, env_config
 
 ENV_PREFIX = "EDGEFLEET_K3S_"
 
@@ -21,10 +21,10 @@ DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", max_length=32)]
 
 
-class ClusterSettings(BaseModel):
+class ClusterSettings(EnvSettings):
     """Where and how the agent runs its serving workload on K3s."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = env_config(ENV_PREFIX)
 
     namespace: DnsLabel = Field(default="edgefleet", description="namespace of the serving workload (and the agent)")
     workload_name: DnsLabel = Field(
@@ -119,31 +119,6 @@ class ClusterSettings(BaseModel):
     )
     hpa_cpu_percent: int = Field(default=80, ge=1, le=100, description="HPA target: average CPU utilisation, %")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClusterSettings:
-        """Build settings from `EDGEFLEET_K3S_*` variables, then `overrides` (CLI options) on top.
-
-        Raises:
-            ClusterConfigError: a variable or override has a bad value (the message names it).
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                values[name] = None if raw == "" and name in _NULLABLE else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.model_validate(values)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in e.errors()
-            )
-            raise ClusterConfigError(f"bad cluster settings: {problems}") from e
-
     def serving_image(self, gpu: bool) -> str:
         """The image for serving pods (the CUDA variant when `gpu` and one is set)."""
         return self.gpu_image if gpu and self.gpu_image else self.image
-
-
-_NULLABLE = {"gpu_image", "kubeconfig", "context", "models_host_path", "gpu_runtime_class", "hpa_max_replicas"}

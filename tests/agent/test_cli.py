@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app, load_bundle
-from agent.errors import BundleError, SettingsError
+from agent.errors import BundleError
 from agent.settings import AgentSettings
+from infra.errors import SettingsError
 from tests.agent.conftest import REPO
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -73,7 +74,10 @@ def test_settings_from_env_and_overrides(tmp_path: Path) -> None:
         ({"EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "soon"}, "TELEMETRY_INTERVAL_S"),
         ({"EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "-1"}, "TELEMETRY_INTERVAL_S"),
         ({"EDGEFLEET_AGENT_TELEMETRY_SPOOL_MAX_WINDOWS": "0"}, "SPOOL_MAX_WINDOWS"),
-        ({"EDGEFLEET_AGENT_TELEMETRY_INTERVALL_S": "1"}, "unknown setting"),
+        (
+            {"EDGEFLEET_AGENT_TELEMETRY_INTERVALL_S": "1"},
+            "is not a setting; did you mean EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], reason: str) -> None:

@@ -38,7 +38,7 @@ def test_killed_mid_download_serves_old_model_then_resumes(
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
     marker = tmp_path / "paused"
-    second = spawn_agent(bundle, data, EDGEFLEET_AGENT_PAUSE_AT="download", EDGEFLEET_AGENT_PAUSE_FILE=str(marker))
+    second = spawn_agent(bundle, data, EDGEFLEET_TEST_PAUSE_AT="download", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
     wait_file(marker)
     second.kill()
     persisted = -(-v2.blob.count // 2)
@@ -63,7 +63,7 @@ def test_killed_mid_activation_serves_old_model_then_completes(
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
     marker = tmp_path / "paused"
-    second = spawn_agent(bundle, data, EDGEFLEET_AGENT_PAUSE_AT="activate", EDGEFLEET_AGENT_PAUSE_FILE=str(marker))
+    second = spawn_agent(bundle, data, EDGEFLEET_TEST_PAUSE_AT="activate", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
     wait_file(marker)
     second.kill()
     store = ModelStore(data / "store")

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agent.errors import SettingsError
 from agent.mqtt import BrokerAddress, backoff_delay
 from fleet.codec import decode, encode
 from fleet.messages import Command, CommandName, DeviceStatus
+from infra.errors import SettingsError
 from tests.agent.conftest import AgentFactory
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide

@@ -20,7 +20,7 @@ def test_agent_killed_mid_activation_recovers_under_the_real_hub(fault_world: Fa
     w.deploy("cam-kill", "1.0.0")
     w.wait_active("cam-kill", "1.0.0")
     assert second.stop() == 0
-    third = w.spawn(bundle, data, EDGEFLEET_AGENT_PAUSE_AT="activate", EDGEFLEET_AGENT_PAUSE_FILE=str(marker))
+    third = w.spawn(bundle, data, EDGEFLEET_TEST_PAUSE_AT="activate", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
     w.deploy("cam-kill", "2.0.0")
     wait_for(marker.exists, timeout=60)
     third.kill()

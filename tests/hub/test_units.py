@@ -17,6 +17,7 @@ from hub.selectors import check_labels, parse_label_args, parse_selector
 from hub.settings import DeviceSettings, HubSettings
 from hub.store import Desired, Device, TelemetryPoint
 from hub.telemetry import summarise
+from infra.errors import SettingsError
 from tests.support.broker import Broker, free_port
 
 
@@ -126,9 +127,9 @@ def test_settings_from_env(tmp_path: Path) -> None:
     assert s.data_dir == tmp_path and s.broker.url == "mqtt://10.0.0.1:1883"
     assert s.api.port == 9000 and s.api.host == "0.0.0.0" and s.transfer.rate_limit_bytes_per_s == 1_000_000
     assert s.topic_prefix == "acme/fleet"
-    with pytest.raises(InvalidInput, match="port"):
+    with pytest.raises(SettingsError, match="EDGEFLEET_HUB_API_PORT"):
         HubSettings.from_env({"EDGEFLEET_HUB_API_PORT": "not-a-port"})
-    with pytest.raises(InvalidInput):
+    with pytest.raises(SettingsError, match="EDGEFLEET_HUB_TOPIC_PREFIX"):
         HubSettings.from_env({"EDGEFLEET_HUB_TOPIC_PREFIX": "a/#"})
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelSlot
 from agent.api.app import create_app
-from agent.api.errors import SettingsError
 from fleet.messages import RuntimeOptions
+from infra.errors import SettingsError
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
 
@@ -31,7 +31,7 @@ def test_settings_from_env() -> None:
         {"EDGEFLEET_API_PORT": "0", "EDGEFLEET_API_MAX_BODY_BYTES": "2048", "OTHER": "x"}, host="::1"
     )
     assert (s.port, s.max_body_bytes, s.host) == (0, 2048, "::1")
-    with pytest.raises(SettingsError, match="EDGEFLEET_API_PROT: unknown setting"):
+    with pytest.raises(SettingsError, match="EDGEFLEET_API_PROT is not a setting; did you mean EDGEFLEET_API_PORT"):
         ApiSettings.from_env({"EDGEFLEET_API_PROT": "1"})
     with pytest.raises(SettingsError, match="EDGEFLEET_API_PORT"):
         ApiSettings.from_env({"EDGEFLEET_API_PORT": "eighty"})

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.k3s import ClusterConfigError, ClusterSettings
+from agent.k3s import ClusterSettings
+from infra.errors import SettingsError
 
 
 def test_from_env_reads_prefixed_variables() -> None:
@@ -44,7 +45,7 @@ def test_overrides_win_and_none_is_ignored() -> None:
     ],
 )
 def test_bad_values_are_named(name: str, value: str) -> None:
-    with pytest.raises(ClusterConfigError, match=f"EDGEFLEET_K3S_{name}"):
+    with pytest.raises(SettingsError, match=f"EDGEFLEET_K3S_{name}"):
         ClusterSettings.from_env({f"EDGEFLEET_K3S_{name}": value})
 
 
