@@ -31,6 +31,7 @@ from hub.store import Store
 HUB_USERNAME = "EDGEFLEET-HUB"  # upper case: never a valid device id
 REVOKED = "revoked_devices"  # documents collection of the store: device id -> {ts, actor}
 PASSWORD_FILE = "passwords"  # noqa: S105  (a file name)
+HUB_PASSWORD_FILE = "hub-passwords"  # noqa: S105  (the local broker's hub listener: the hub's account only)
 ACL_FILE = "acl"
 HUB_ACCOUNT_FILE = "broker-hub-account.json"
 
@@ -138,6 +139,7 @@ class BrokerAuth:
         accounts = [(self.account.username, self.account.password_hash)]
         accounts += [(d.id, d.password_hash) for d in self.store.list_devices() if d.id not in revoked]
         _write_private(self.password_file, password_text(accounts))
+        _write_private(self.directory / HUB_PASSWORD_FILE, password_text(accounts[:1]))
         _write_private(self.acl_file, acl_text(self.prefix, self.account.username))
         self.writes += 1
         if self.on_change is not None:

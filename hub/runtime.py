@@ -23,6 +23,7 @@ from hub.deploy import Deployer
 from hub.devices import Devices
 from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
+from hub.lock import DataDirLock
 from hub.mqtt import BoundedPublisher, MqttLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
@@ -68,6 +69,7 @@ class Hub:
         self._enrolled: set[str] = set()
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._lock: DataDirLock | None = None
         self.started = False
         self.acks: list[CommandAck] = []
 
@@ -77,6 +79,15 @@ class Hub:
         s = self.settings
         if not s.key_path.exists() or not s.db_path.exists():
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
+        self._lock = DataDirLock(s.data_dir)
+        replica = s.broker.replica
+        self._lock.acquire(f"hub-{replica}" if replica else "hub", f"as replica {replica}" if replica else "")
+        if s.broker.url is None:
+            try:
+                self._lock.acquire("broker", "with the local broker")
+            except BaseException:
+                self._lock.release()
+                raise
         self.key = HubSigningKey.load(s.key_path)
         self.store: SqliteStore = open_store(
             s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
@@ -110,10 +121,11 @@ class Hub:
             self.security.set_reload(self.local_broker.reload)
             self.local_broker.start()
             self.broker_url = self.local_broker.url
+            link_url = self.local_broker.hub_url
         else:
-            self.broker_url = s.broker.url
+            self.broker_url = link_url = s.broker.url
         self.link = MqttLink(
-            self.broker_url,
+            link_url,
             client_id=self._client_id(),
             on_message=self._on_message,
             subscriptions=[(self.topics.subscription(k, shared_group=s.broker.shared_group), 1) for k in _SUBSCRIBED],
@@ -163,6 +175,8 @@ class Hub:
             self.store.close()
         if self.local_broker is not None:
             self.local_broker.stop()
+        if self._lock is not None:
+            self._lock.release()
         self.started = False
 
     def __enter__(self) -> Hub:
