@@ -77,6 +77,13 @@ class NotInitialised(HubError):
     status = 503
 
 
+class DataDirLocked(HubError):
+    """Another hub process is running on this data directory (with the same replica name)."""
+
+    code = "data_dir_locked"
+    status = 409
+
+
 class BrokerError(HubError):
     """The MQTT broker cannot be started or reached."""
 
@@ -89,3 +96,7 @@ class RateLimited(HubError):
 
     code = "rate_limited"
     status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the Retry-After header: the same figure as the message

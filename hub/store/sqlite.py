@@ -31,6 +31,7 @@ from hub.store.devices import WANTING_SQL, DeviceTables
 from hub.store.migrations import migrations
 from hub.store.telemetry_proc import TelemetryProcess
 from hub.store.totals import TotalsQueries
+from infra.files import private_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +94,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # password and token hashes, the audit log: the hub's user only (and its WAL files)
         db = Database(path)
         db.enable_wal()
         migrations.apply(db)
@@ -397,7 +399,10 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return [Token(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
     def revoke_token(self, token_id: int) -> bool:
-        sql = "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0"
+        sql = (  # one statement, so two concurrent revocations cannot both take an admin token of the last two
+            "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0 AND (role != 'admin' OR "
+            "(SELECT count(*) FROM tokens WHERE role = 'admin' AND revoked = 0) > 1)"
+        )
         return self._write(lambda c: c.execute(sql, (token_id,)).rowcount > 0)
 
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
