@@ -21,7 +21,7 @@ from hub.api.routes_rollouts import rollouts_router
 from hub.api.routes_security import security_router
 from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
-from hub.errors import HubError
+from hub.errors import HubError, RateLimited
 from hub.metrics import metrics_text
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
-        return _error(e.status, e.code, e.message)
+        response = _error(e.status, e.code, e.message)
+        if isinstance(e, RateLimited):
+            response.headers["retry-after"] = str(e.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
