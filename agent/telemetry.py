@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from agent.errors import SpoolError
 from agent.hardware import HostSampler, gpu_samples
-from agent.ports import ServingPort
+from agent.ports import ServingPort, ServingWindow
 from agent.settings import TelemetrySettings
 from agent.spool import Spool
 from fleet.codec import encode
@@ -62,6 +62,7 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self._window_start = time.time()
         self.sent = 0
+        self.unspooled = 0  # windows lost before the spool held them (disk full): reported as spool_dropped
 
     def start(self) -> None:
         """Start the timer thread."""
@@ -105,6 +106,17 @@ class Telemetry:
         w = self.serving.take_window()
         cpu, rss = self._host.sample()
         model = self._active()
+        try:
+            return self._spool_window(w, cpu, rss, model, end)
+        except Exception:
+            # lost (a full disk, most likely): count it, so the next window that gets through says so in
+            # spool_dropped; a window that already had its seq also leaves a gap the hub sees
+            self.unspooled += 1
+            raise
+
+    def _spool_window(
+        self, w: ServingWindow, cpu: float, rss: int, model: AppliedModel | None, end: float
+    ) -> TelemetryWindow:
         seq = self.spool.allocate_seq()
         window = TelemetryWindow(
             device_id=self.device_id,
@@ -122,7 +134,7 @@ class Telemetry:
             memory_bytes=rss,
             gpus=gpu_samples(),
             shadow=w.shadow,
-            spool_dropped=self.spool.dropped,
+            spool_dropped=self.spool.dropped + self.unspooled,
             spool_capacity=self.spool.capacity,
             spool_pending=self.spool.pending,
         )

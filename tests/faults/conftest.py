@@ -41,7 +41,8 @@ AGENT_ENV = {
 # full disk fails it with ENOSPC (no privileges or loop devices needed)
 _LIMITED = (
     "import resource, runpy, signal, sys; limit = int(sys.argv.pop(1)); "
-    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)); "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
     "sys.argv[0] = 'agent'; runpy.run_module('agent', run_name='__main__', alter_sys=True)"
 )
 
