@@ -17,7 +17,8 @@ from fleet.messages import DesiredState, ModelRef, RuntimeOptions, ShadowSpec, S
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.devices import Devices
-from hub.errors import InvalidInput
+from hub.errors import InvalidInput, TooLarge
+from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.registry import Registry
 from hub.settings import DeviceSettings
 from hub.store import Desired, Store
@@ -98,7 +99,13 @@ class Deployer:
 
         Serialised: two concurrent calls for the same device publish in version order, so the retained
         message on the broker is always the newest recorded state.
+
+        Raises:
+            TooLarge: the signed state would exceed the agents' message limit (nothing is allocated or sent).
         """
+        size = desired_state_bytes(model, runtime=runtime, shadow=shadow, rollout_id=rollout_id)
+        if not fits(size):
+            raise TooLarge(too_large_message(size, "the desired state"))
         with self._lock:
             versions = self.store.allocate_desired_versions(device_ids)
             now = time.time()

@@ -15,6 +15,7 @@ from fleet.chunks import plan_file
 from fleet.limits import check_json
 from fleet.messages import BlobManifest, ModelRef
 from hub.errors import InvalidModel, NotFound, TooLarge
+from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.store import ModelVersion, Store
 from models.descriptor import ModelDescriptor
 from models.errors import ModelError
@@ -96,6 +97,11 @@ class Registry:
             if existing is not None and existing.sha256 == report.sha256:
                 return PushResult(existing, created=False)
             manifest = plan_file(upload, self.chunk_size)
+            ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,
+                           descriptor=report.descriptor.to_json())  # fmt: skip
+            size = desired_state_bytes(ref)
+            if not fits(size):  # agents would refuse every desired state naming it
+                raise InvalidModel(too_large_message(size, f"a desired state naming {d.name}:{d.version}"))
             dest = self.blob_path(report.sha256)
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)

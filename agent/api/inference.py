@@ -44,6 +44,9 @@ def error_response(exc: BaseException, retry_after_s: int) -> Response:
     return Response(orjson.dumps({"error": reason}), status_code=status, media_type=JSON, headers=headers)
 
 
+PARSE_INLINE_BYTES = 256 * 1024  # smaller bodies parse on the event loop: a thread hand-off costs more
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes (413) before or while reading it."""
     declared = request.headers.get("content-length")
@@ -139,7 +142,12 @@ class Inference:
             served = self.slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
             body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
-            req = parse_infer(body, request.headers.get(HEADER))
+            parse = functools.partial(
+                parse_infer, body, request.headers.get(HEADER), max_json_bytes=self.settings.max_json_body_bytes
+            )
+            # a large body parses in a worker thread: the event loop (health checks, other requests) goes on
+            big = len(body) > PARSE_INLINE_BYTES
+            req = await asyncio.get_running_loop().run_in_executor(self.pool, parse) if big else parse()
             submitted = True
             self.slot.submitted(served)
             outputs = await self._run(served, req.inputs)

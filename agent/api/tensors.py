@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from agent.api.errors import BadRequest
+from agent.api.errors import BadRequest, TooLarge
 
 Array = npt.NDArray[Any]
 
@@ -99,13 +99,20 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, *, max_json_bytes: int | None = None) -> InferRequest:
     """Parse an infer request body (JSON, or JSON header + binary tensors).
 
     Raises:
         BadRequest: naming what is wrong (bad JSON, missing field, size mismatch, unknown datatype).
+        TooLarge: the JSON part is longer than `max_json_bytes` (binary tensor data is not counted).
     """
     n = _header_length(header_length, len(body))
+    json_bytes = n if n is not None else len(body)
+    if max_json_bytes is not None and json_bytes > max_json_bytes:
+        raise TooLarge(
+            f"the JSON part of the request is {json_bytes} bytes, above the {max_json_bytes}-byte JSON limit: "
+            "send large tensors as binary data (Inference-Header-Content-Length)"
+        )
     view = memoryview(body)
     head = view[:n] if n is not None else view
     try:

@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
+import pytest
+
+from fleet.messages import ShadowSpec
+from hub.errors import TooLarge
 from models.descriptor import ModelDescriptor
 from tests.support.hub import RunningHub
 from tests.support.outcomes import record
@@ -49,3 +54,52 @@ def test_out_of_range_ids_and_deep_or_non_finite_descriptions_are_400(running_hu
             assert c.get("/healthz").status_code == 200  # the same connection still works
     assert h.hub.store.list_model_versions() == []
     record("attack", "API ids beyond 64 bits, descriptions too deep or not finite", "refused", len(cases), 0)
+
+
+def _fixed_batch(src: Path, dst: Path, batch: int) -> Path:
+    model = onnx.load(src)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch  # the batch axis, fixed
+    onnx.save(model, dst)
+    return dst
+
+
+def test_a_fixed_batch_too_large_for_the_golden_check_is_refused_before_allocating(
+    running_hub: RunningHub, samples: Path, tmp_path: Path
+) -> None:
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json()
+    desc.update(sha256=None, size=None, golden={"seed": 0, "atol": 1e-3, "rtol": 1e-3})  # judge the new file
+    for batch in (256, 2**31):
+        onnx_file = _fixed_batch(samples / "mobilenet-like.onnx", tmp_path / f"b{batch}.onnx", batch)
+        r = running_hub.push_model(onnx_file, desc)
+        assert r.status_code == 400, r.text
+        assert f"fixed batch of {batch}" in _error(r)["message"] and "MiB" in _error(r)["message"]
+    ok = _fixed_batch(samples / "mobilenet-like.onnx", tmp_path / "b4.onnx", 4)
+    assert running_hub.push_model(ok, desc).status_code == 201  # a modest fixed batch is fine
+    record("attack", "model whose golden check would allocate without bound (fixed batch 256, 2^31)", "refused", 2, 0)
+
+
+def test_a_desired_state_agents_would_refuse_is_refused_at_push_and_at_deploy(
+    running_hub: RunningHub, samples: Path
+) -> None:
+    """Issue 18 item 6: a description whose signed state exceeded the agents' 256 KiB limit was accepted,
+    and the device then sat in "updating" for ever."""
+    h = running_hub
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json()
+    onnx_file = samples / "mobilenet-like.onnx"
+    huge = {**desc, "labels": [f"class {i} " + "x" * 3000 for i in range(100)]}  # about 300 KB of labels
+    r = h.push_model(onnx_file, huge)
+    assert r.status_code == 400 and "262144-byte message limit" in _error(r)["message"], r.text
+    # each of these fits alone; as model and shadow of one desired state they do not
+    big = {**desc, "labels": [f"class {i} " + "x" * 1400 for i in range(100)]}
+    assert h.push_model(onnx_file, big, version="1.0.0").status_code == 201
+    assert h.push_model(onnx_file, big, version="1.1.0").status_code == 201
+    with h.client() as c:
+        assert c.post("/api/v1/devices", json={"id": "cam-1", "labels": {"id": "cam-1"}}).status_code == 201
+        assert c.post("/api/v1/deployments", json={"model": "mobilenet-like", "version": "1.0.0",
+                                                   "selector": "id=cam-1"}).status_code in (200, 201)  # fmt: skip
+    ref, candidate = (h.hub.registry.model_ref("mobilenet-like", v) for v in ("1.0.0", "1.1.0"))
+    with pytest.raises(TooLarge, match="message limit"):
+        h.hub.deployer.set_desired(["cam-1"], ref, shadow=ShadowSpec(model=candidate, sample_rate=0.5))
+    assert h.hub.store.get_desired("cam-1").version == 1  # type: ignore[union-attr]  # nothing allocated or sent
+    record("attack", "model or shadow pair whose desired state exceeds the agents' message limit", "refused", 2, 0)
