@@ -15,6 +15,7 @@ import pytest
 
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
+from tests.faults.netns import NetHost, NetnsUnavailable
 from tests.faults.proxy import TcpProxy
 from tests.support.agents import AgentProc
 from tests.support.hub import RunningHub, running_hub, start_hub
@@ -78,8 +79,10 @@ class FaultWorld:
         bundle.save(path)
         return path
 
-    def spawn(self, bundle: Path, data_dir: Path, *, fsize_limit: int | None = None, **env: str) -> AgentProc:
-        """Start an agent process (optionally with a file-size limit: the disk-full stand-in)."""
+    def spawn(
+        self, bundle: Path, data_dir: Path, *, fsize_limit: int | None = None, host: NetHost | None = None, **env: str
+    ) -> AgentProc:
+        """Start an agent process (optionally with a file-size limit: the disk-full stand-in; or on `host`)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_AGENT_", "EDGEFLEET_API_"))}
         full_env |= AGENT_ENV | env | {"PYTHONPATH": str(REPO)}
         run = ["run", "--bundle", str(bundle), "--data-dir", str(data_dir), "--log-level", "info"]
@@ -87,6 +90,8 @@ class FaultWorld:
             args = [sys.executable, "-m", "agent", *run]
         else:
             args = [sys.executable, "-c", _LIMITED, str(fsize_limit), *run]
+        if host is not None:
+            args = [*host.prefix, *args]
         p = AgentProc(args, full_env, self.tmp / f"agent-{len(self.agents)}.log")
         self.agents.append(p)
         return p
@@ -120,6 +125,48 @@ def fault_world(
     try:
         for path, desc in fault_models.values():
             assert h.push_model(path, desc.to_json()).status_code == 201
+        yield w
+    finally:
+        for a in w.agents:
+            a.stop()
+        h.stop()
+
+
+@pytest.fixture
+def net_host() -> Iterator[NetHost]:
+    """A network host of its own for an agent (namespace + veth pair), removed after the test, failed or not.
+
+    Skipped with the reason where the kernel refuses network namespaces, except under CI=true (a failure).
+    """
+    try:
+        host = NetHost.create()
+    except NetnsUnavailable as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"network namespace fault tests cannot run: {e}")
+        pytest.skip(f"network namespace fault tests need root and netns support: {e}")
+    try:
+        yield host
+    finally:
+        host.destroy()
+
+
+@pytest.fixture
+def netns_world(
+    net_host: NetHost,
+    tmp_path: Path,
+    topic_prefix: str,
+    mosquitto_binary: str,
+    fault_models: dict[str, tuple[Path, ModelDescriptor]],
+) -> Iterator[FaultWorld]:
+    """A hub whose Mosquitto listens on the hub's end of `net_host`'s link (bundles carry that address)."""
+    h = start_hub(tmp_path / "hub", None, topic_prefix, transfer={"chunk_size": CHUNK},
+                  broker={"restart_backoff_s": 0.05, "local_host": net_host.host_ip})  # fmt: skip
+    w = FaultWorld(h, tmp_path)
+    try:
+        for path, desc in fault_models.values():
+            assert h.push_model(path, desc.to_json()).status_code == 201
+        lb = h.hub.local_broker
+        assert lb is not None and net_host.probe(lb.host, lb.port), "the agent's host cannot reach the broker"
         yield w
     finally:
         for a in w.agents:
