@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hub.api.openapi import install as document_errors
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
 from hub.api.routes_rollouts import rollouts_router
@@ -90,4 +91,5 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     for router in extra_routers:
         app.include_router(router)
     mount_dashboard(app, hub)
+    document_errors(app)
     return app
