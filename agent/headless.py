@@ -1,196 +1,95 @@
-"""A ServingPort with no HTTP API: holds the active engine and runs inference on arrays in-process.
+"""Headless serving: the serving core without HTTP, for in-process callers.
 
-This is the agent's serving mode until the HTTP inference API (`agent.api`) is wired in, and what the
-footprint benchmark measures. It counts requests, errors and latency per window like the API does, runs a
-shadow candidate on a sampled fraction of requests, and swaps engines so that requests in flight finish on
-the engine they started on; an engine is closed once its last request has finished.
+`edgefleet agent run --headless` wires it in when a device only fetches, verifies and activates models
+(nothing calls it then, and it starts no thread); tests, benchmarks and embedding programs call `infer`
+with numpy arrays. It is `agent.serving.ModelSlot` itself — the same swap, retirement of the old engine
+after its in-flight requests, batching, counters and shadow sampling as the HTTP API — driven from its own
+event-loop thread, started on the first request. Errors are those of the core and count the same way:
+a client's mistake (bad shape, unknown model) is not a server error in telemetry.
 """
 
 from __future__ import annotations
 
-import random
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 
-from agent.ports import ServingWindow
-from fleet.histogram import LatencyRecorder
-from fleet.messages import AppliedModel, RuntimeOptions, ShadowStats
-from models.errors import EngineNotReady, ModelError
+from agent.serving import ModelSlot, Served, classify
+from models.batcher import BatcherOptions
 
-
-class _Slot:
-    __slots__ = ("descriptor", "engine", "inflight", "model", "retired")
-
-    def __init__(self, engine: Any, model: AppliedModel, descriptor: Any) -> None:
-        self.engine = engine
-        self.model = model
-        self.descriptor = descriptor
-        self.inflight = 0
-        self.retired = False
+Array = npt.NDArray[Any]
 
 
-class HeadlessServing:
-    """In-process serving of the active model (no HTTP). Thread-safe."""
+class HeadlessServing(ModelSlot):
+    """The serving core with a synchronous `infer` for in-process callers. Thread-safe."""
 
-    def __init__(self, *, seed: int | None = None) -> None:
-        self._lock = threading.Lock()
-        self._active: _Slot | None = None
-        self._shadow: _Slot | None = None
-        self._shadow_rate = 0.0
-        self._rng = random.Random(seed)
-        self.runtime: RuntimeOptions | None = None
-        self._reset_counters()
+    def __init__(self, defaults: BatcherOptions | None = None, *, seed: int | None = None) -> None:
+        super().__init__(defaults, seed=seed)
+        self._thread: threading.Thread | None = None
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = threading.Lock()
 
-    def _reset_counters(self) -> None:
-        self._requests = 0
-        self._errors = 0
-        self._latency = LatencyRecorder()
-        self._shadow_samples = 0
-        self._shadow_agree = 0
-        self._shadow_delta_ms = 0.0
-
-    # -- ServingPort ----------------------------------------------------------------------------------
-    def activate(
-        self, engine: Any, model: AppliedModel, descriptor: Any, runtime: RuntimeOptions | None = None
-    ) -> None:
-        """Make `engine` active; the old engine closes once its requests in flight finish."""
-        with self._lock:
-            old, self._active = self._active, _Slot(engine, model, descriptor)
-            self.runtime = runtime
-        self._retire(old)
-
-    def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
-        """Run `engine` beside the active model on `sample_rate` of requests (None: stop)."""
-        with self._lock:
-            old = self._shadow
-            self._shadow = _Slot(engine, model, None) if engine is not None and model is not None else None
-            self._shadow_rate = sample_rate if self._shadow else 0.0
-            self._shadow_samples = self._shadow_agree = 0
-            self._shadow_delta_ms = 0.0
-        self._retire(old)
-
-    def deactivate(self) -> None:
-        """Serve nothing; requests get EngineNotReady."""
-        with self._lock:
-            old, self._active = self._active, None
-        self._retire(old)
-
-    def take_window(self) -> ServingWindow:
-        """Counters since the previous call, then reset them."""
-        with self._lock:
-            shadow = None
-            if self._shadow is not None:
-                n = self._shadow_samples
-                shadow = ShadowStats(
-                    candidate_version=self._shadow.model.version,
-                    samples=n,
-                    agreements=self._shadow_agree,
-                    latency_delta_ms=self._shadow_delta_ms / n if n else None,
-                )
-            window = ServingWindow(
-                requests=self._requests,
-                errors=self._errors,
-                latency=self._latency.snapshot(),
-                queue_depth=sum(s.inflight for s in (self._active,) if s is not None),
-                shadow=shadow,
-            )
-            shadow_slot, rate = self._shadow, self._shadow_rate
-            self._reset_counters()
-            if shadow_slot is not None:
-                self._shadow, self._shadow_rate = shadow_slot, rate
-        return window
-
-    # -- serving --------------------------------------------------------------------------------------
-    @property
-    def active_model(self) -> AppliedModel | None:
-        """The model serving now (None: nothing)."""
-        with self._lock:
-            return self._active.model if self._active else None
-
-    @property
-    def shadow_model(self) -> AppliedModel | None:
-        """The shadow candidate (None: none)."""
-        with self._lock:
-            return self._shadow.model if self._shadow else None
-
-    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the active model on `inputs` (name -> numpy array); returns outputs by name.
+    def infer(self, inputs: Mapping[str, Any], name: str | None = None, version: str | None = None) -> dict[str, Array]:
+        """Run the active model (or `name`/`version`, which must be it) on `inputs` (name -> numpy array).
 
         Raises:
-            EngineNotReady: no model is active.
-            InvalidInput, InferenceFailed: from the engine (counted as errors).
+            NotReady: no model is active. ModelNotFound: another model or version.
+            InvalidInput: the inputs do not fit the model. QueueFull, Overloaded, TimeoutError: overloaded.
+            InferenceFailed: the engine failed (counted as a server error).
         """
-        with self._lock:
-            slot = self._active
-            if slot is None:
-                self._errors += 1
-                raise EngineNotReady("no model is active on this device yet")
-            slot.inflight += 1
-            shadow = self._shadow if self._shadow and self._rng.random() < self._shadow_rate else None
-            if shadow is not None:
-                shadow.inflight += 1
+        loop = self._ensure_loop()
+        return asyncio.run_coroutine_threadsafe(self._serve(dict(inputs), name, version), loop).result()
+
+    async def _serve(self, feed: dict[str, Any], name: str | None, version: str | None) -> dict[str, Array]:
         t0 = time.perf_counter()
+        served: Served | None = None
+        submitted = False
+        status = 200
         try:
-            outputs: dict[str, Any] = slot.engine.infer(inputs)
-        except ModelError:
-            with self._lock:
-                self._errors += 1
+            current = self.current
+            served = self.acquire(name if name is not None else current.model.name if current else "", version)
+            submitted = True
+            return await self.infer_tensors(served, feed)
+        except Exception as e:
+            status = classify(e)[0]
             raise
         finally:
-            self._done(slot)
-        ms = (time.perf_counter() - t0) * 1e3
-        with self._lock:
-            self._requests += 1
-            self._latency.observe(ms)
-        if shadow is not None:
-            self._run_shadow(shadow, inputs, outputs, ms)
-        return outputs
+            if served is not None:
+                self.release(served, submitted)
+            self.record(status, (time.perf_counter() - t0) * 1e3)
 
-    def _run_shadow(self, shadow: _Slot, inputs: Mapping[str, Any], outputs: dict[str, Any], ms: float) -> None:
-        t0 = time.perf_counter()
-        try:
-            candidate: dict[str, Any] = shadow.engine.infer(inputs)
-        except ModelError:
-            candidate = {}
-        finally:
-            self._done(shadow)
-        delta = (time.perf_counter() - t0) * 1e3 - ms
-        agree = _agree(outputs, candidate)
-        with self._lock:
-            if self._shadow is shadow:
-                self._shadow_samples += 1
-                self._shadow_agree += int(agree)
-                self._shadow_delta_ms += delta
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._own_loop is not None:
+                return self._own_loop
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
 
-    def _done(self, slot: _Slot) -> None:
-        with self._lock:
-            slot.inflight -= 1
-            close = slot.retired and slot.inflight == 0
-        if close:
-            slot.engine.close()
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
 
-    def _retire(self, slot: _Slot | None) -> None:
-        if slot is None:
+            self._thread = threading.Thread(target=run, name="edgefleet-headless", daemon=True)
+            self._thread.start()
+            ready.wait()
+            asyncio.run_coroutine_threadsafe(self.attach(), loop).result()
+            self._own_loop = loop
+            return loop
+
+    def close(self) -> None:
+        """Stop the event loop thread (queued requests get 503); engines stay loaded. Idempotent."""
+        with self._start_lock:
+            loop, thread, self._own_loop, self._thread = self._own_loop, self._thread, None, None
+        if loop is None or thread is None:
             return
-        with self._lock:
-            slot.retired = True
-            close = slot.inflight == 0
-        if close:
-            slot.engine.close()
-
-
-def _agree(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Outputs agree when every output has the same shape and the same argmax on its last axis."""
-    if not b or set(a) != set(b):
-        return False
-    for name, x in a.items():
-        y = b[name]
-        if np.shape(x) != np.shape(y):
-            return False
-        if np.ndim(x) and not np.array_equal(np.argmax(x, axis=-1), np.argmax(y, axis=-1)):
-            return False
-    return True
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.detach(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

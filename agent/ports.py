@@ -1,18 +1,23 @@
-"""The seam between the agent's control side (download, activation, telemetry) and its serving side (HTTP API).
+"""The seam between the agent's control side (download, activation, telemetry) and its serving side.
 
 The control side owns *when* a model becomes active; the serving side owns *how* requests reach it. They
 meet only through `ServingPort`, so each is tested without the other and single-device mode (one process)
-and cluster mode (`edgefleet agent serve` in pods) wire the same two halves differently.
+and cluster mode (`edgefleet agent serve` in pods) wire the same two halves differently. Every serving mode
+implements the port with the same core, `agent.serving.ModelSlot` (HTTP API or headless).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fleet.histogram import Histogram
 from fleet.messages import AppliedModel, ClusterWorkload, DesiredState, NodeInfo, RuntimeOptions, ShadowStats
+
+if TYPE_CHECKING:  # the engine module imports onnxruntime; the control side needs only the type
+    from models.descriptor import ModelDescriptor
+    from models.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -30,9 +35,9 @@ class ServingPort(Protocol):
     """Implemented by the serving side; called by the control side."""
 
     def activate(
-        self, engine: Any, model: AppliedModel, descriptor: Any, runtime: RuntimeOptions | None = None
+        self, engine: Engine, model: AppliedModel, descriptor: ModelDescriptor, runtime: RuntimeOptions | None = None
     ) -> None:
-        """Make `engine` (a loaded, warmed-up, golden-checked models Engine) the active model.
+        """Make `engine` (loaded, warmed up, golden-checked) the active model, described by `descriptor`.
 
         `runtime` carries the batching and queue limits of the desired state (None: the serving defaults).
 
@@ -40,7 +45,7 @@ class ServingPort(Protocol):
         closed by the serving side once its last request has finished.
         """
 
-    def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
+    def set_shadow(self, engine: Engine | None, model: AppliedModel | None, sample_rate: float) -> None:
         """Run `engine` beside the active model on `sample_rate` of requests (None: stop shadowing)."""
 
     def deactivate(self) -> None:

@@ -281,9 +281,16 @@ class GpuSample(Part):
 
 
 class ShadowStats(Part):
+    """What the shadow candidate did on the requests sampled in one window (one sample = one row/image)."""
+
     candidate_version: SemVer
-    samples: Count = Field(description="live requests also run on the candidate")
-    agreements: Count = Field(description="samples where candidate and active agreed")
+    samples: Count = Field(description="rows both versions answered and that were compared")
+    agreements: Count = Field(description="compared rows where the candidate agreed with the active version")
+    incomparable: Count = Field(
+        default=0,
+        description="sampled rows the candidate could not take (tensor shapes or dtypes it does not accept), "
+        "or whose answers cannot be compared: neither agreement nor disagreement",
+    )
     latency_delta_ms: SignedMillis | None = Field(default=None, description="candidate minus active, mean ms")
 
 

@@ -8,6 +8,7 @@ imports a model they did not build with us), a JSON object inside the hub's sign
 from __future__ import annotations
 
 import json
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -57,10 +58,36 @@ class ChannelOrder(StrEnum):
 
 
 class ResizeMode(StrEnum):
-    """How an image of any size becomes the model's height x width."""
+    """How an image of any size becomes the model's height x width (docs/models.md shows each)."""
 
     STRETCH = "stretch"
     LETTERBOX = "letterbox"
+    CENTER_CROP = "center_crop"
+    PAD_RIGHT = "pad_right"
+
+
+class Anchor(StrEnum):
+    """Where a letterboxed image sits on its padded canvas."""
+
+    CENTER = "center"
+    TOP_LEFT = "top_left"
+
+
+class Interpolation(StrEnum):
+    """Resampling filter of the resize."""
+
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    AREA = "area"
+    LANCZOS = "lanczos"
+
+
+class PadSpace(StrEnum):
+    """Whether `pad_value` is a pixel grey level or a value of the normalised tensor."""
+
+    PIXEL = "pixel"
+    NORMALIZED = "normalized"
 
 
 class BoxFormat(StrEnum):
@@ -87,8 +114,42 @@ class InputSpec(_Frozen):
         default="float32", description="Element type of the input tensor."
     )
     channel_order: ChannelOrder = Field(default=ChannelOrder.RGB, description="Colour order of channels.")
-    resize: ResizeMode = Field(default=ResizeMode.STRETCH, description="Resize policy for images.")
-    pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding grey level (0-255).")
+    resize: ResizeMode = Field(
+        default=ResizeMode.STRETCH,
+        description="stretch: to height x width ignoring the aspect ratio; letterbox: fit inside, pad the rest; "
+        "center_crop: shorter side to shorter_side, then the centre height x width; pad_right: to the input "
+        "height keeping the ratio (width rounded up, at most the input width), pad on the right.",
+    )
+    anchor: Anchor = Field(
+        default=Anchor.CENTER,
+        description="letterbox only: center pads both sides equally; top_left pads only right and bottom.",
+    )
+    pad_first: bool = Field(
+        default=False,
+        description="letterbox only: pad the image to the input's aspect ratio first, then resize the padded "
+        "image (the Ultralytics OpenCV example, NudeNet); false resizes, then pads (Ultralytics letterbox).",
+    )
+    shorter_side: int | None = Field(
+        default=None,
+        ge=1,
+        le=16384,
+        description="center_crop only: length the shorter image side is resized to before the crop (256 for "
+        "a 224 crop in torchvision's recipe; timm: floor(size / crop_pct)). Default: max(height, width).",
+    )
+    interpolation: Interpolation = Field(
+        default=Interpolation.BILINEAR, description="Resampling filter: nearest, bilinear, bicubic, area, lanczos."
+    )
+    antialias: bool = Field(
+        default=True,
+        description="true: Pillow's antialiased filters (the filter widens on a downscale); false: OpenCV's "
+        "cv2.resize arithmetic (INTER_NEAREST/LINEAR/CUBIC/LANCZOS4), for models trained through OpenCV.",
+    )
+    pad_value: int | float = Field(
+        default=114,
+        description="Padding value: a grey level 0-255 (pad_space: pixel) or a value of the normalised tensor "
+        "(pad_space: normalized; PaddleOCR pads 0 after normalising to [-1, 1]).",
+    )
+    pad_space: PadSpace = Field(default=PadSpace.PIXEL, description="Space in which pad_value is given.")
     scale: float = Field(
         default=1.0 / 255.0, gt=0, description="Pixels (0-255) are multiplied by this before mean/std."
     )
@@ -105,6 +166,26 @@ class InputSpec(_Frozen):
         if any(s <= 0 for s in v):
             raise ValueError("every std value must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _resize_fits(self) -> Self:
+        mode = self.resize
+        if mode != ResizeMode.LETTERBOX and (self.anchor != Anchor.CENTER or self.pad_first):
+            raise ValueError(f"anchor and pad_first apply to resize: letterbox, not {mode.value}")
+        if mode != ResizeMode.CENTER_CROP and self.shorter_side is not None:
+            raise ValueError(f"shorter_side applies to resize: center_crop, not {mode.value}")
+        if self.interpolation == Interpolation.AREA and not self.antialias:
+            raise ValueError("interpolation: area always averages; it has no antialias: false form")
+        pad = self.pad_value
+        if not math.isfinite(pad):
+            raise ValueError("pad_value must be a finite number")
+        if self.pad_space == PadSpace.PIXEL and (pad != int(pad) or not 0 <= pad <= 255):
+            raise ValueError(f"pad_value {pad} is not a grey level 0-255; for the normalised space set pad_space")
+        if self.pad_space == PadSpace.NORMALIZED and abs(pad) > 1e6:
+            raise ValueError("pad_value in the normalised space must be within +-1e6")
+        if self.pad_space == PadSpace.NORMALIZED and self.pad_first:
+            raise ValueError("pad_first pads pixels before the resize: give pad_value in pad_space: pixel")
+        return self
 
     @model_validator(mode="after")
     def _uint8_is_raw(self) -> Self:

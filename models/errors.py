@@ -41,6 +41,10 @@ class SignatureMismatch(ModelError):
     """The graph's inputs or outputs do not match the task and the description."""
 
 
+class OutputMismatch(SignatureMismatch):
+    """The golden run's concrete outputs do not fit the declared decoder; the message names the likely kind."""
+
+
 class DigestMismatch(ModelError):
     """The .onnx bytes do not have the sha256 or size that the description records."""
 
@@ -71,6 +75,10 @@ class InvalidInput(ModelError):
 
 class InferenceFailed(ModelError):
     """onnxruntime raised while running the model on otherwise valid-looking inputs."""
+
+
+class Incomparable(ModelError):
+    """Two versions' answers cannot be compared (different tasks, or an answer that cannot be read)."""
 
 
 class EngineNotReady(ModelError):

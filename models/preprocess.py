@@ -1,21 +1,26 @@
 """Image bytes -> the model's input tensor, and the transform that maps boxes back to the image.
 
 Decoding is Pillow (JPEG/PNG), with EXIF orientation applied and a pixel budget checked from the header
-before any pixel is decoded. Resize is Pillow (bilinear; JPEG DCT-domain downscale via `draft` first);
-everything after is vectorised numpy with one fused multiply-add per pixel and one contiguous copy.
+before any pixel is decoded. `prepare(image, spec)` is everything after decoding: the resize mode
+(stretch, letterbox centred or top-left, resize-then-pad or pad-then-resize, shorter side + centre crop,
+height-fit + pad right), the filter (`models.resample`: Pillow's antialiased filters or OpenCV's
+arithmetic), padding in pixel or normalised space, then vectorised numpy with one fused multiply-add per
+pixel and one contiguous copy. The `Transform` it returns maps boxes back through whichever resize ran.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.descriptor import ChannelOrder, InputSpec, Layout, ResizeMode
+from models.descriptor import Anchor, ChannelOrder, InputSpec, Layout, PadSpace, ResizeMode
 from models.errors import ImageTooLarge, InvalidImage
+from models.resample import resize_pixels
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Default pixel budget per image (about 8K x 5K); larger headers are refused before decoding."""
@@ -96,26 +101,92 @@ def decode_image(
     return img, original
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Pixels at the model's input size, the transform back, and where the image lies (x0, y0, x1, y1)."""
+
+    pixels: npt.NDArray[np.uint8]
+    transform: Transform
+    content: tuple[int, int, int, int]
+
+
+def draft_side(spec: InputSpec) -> int | None:
+    """The smallest side a JPEG may be decoded at (DCT scaling) for this spec; None: decode at full size.
+
+    Only the antialiased filters tolerate a reduced decode; OpenCV-trained models and pad_first letterboxes
+    get the full-resolution pixels their reference pipeline resizes.
+    """
+    if not spec.antialias or spec.pad_first:
+        return None
+    if spec.resize == ResizeMode.CENTER_CROP:
+        return spec.shorter_side or max(spec.height, spec.width)
+    return max(spec.height, spec.width)
+
+
+def layout(img: Image.Image, spec: InputSpec, original_size: tuple[int, int] | None = None) -> Prepared:
+    """Resize an upright RGB image to the spec's height x width by its resize mode and filter.
+
+    `original_size` is the (width, height) the transform maps back to (the image may have been decoded at
+    a reduced JPEG scale); default: the image's own size. Every size is computed from the original size.
+    """
+    tw, th = spec.width, spec.height
+    ow, oh = original_size or img.size
+    mode = spec.resize
+
+    def fit(size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+        return resize_pixels(img, size, spec.interpolation, spec.antialias)
+
+    if mode == ResizeMode.STRETCH:
+        return Prepared(fit((tw, th)), Transform(ow, oh, tw / ow, th / oh, 0.0, 0.0), (0, 0, tw, th))
+    if mode == ResizeMode.LETTERBOX and spec.pad_first:
+        return _pad_then_resize(np.asarray(img, dtype=np.uint8), spec, ow, oh)
+    if mode == ResizeMode.LETTERBOX:
+        r = min(tw / ow, th / oh)
+        nw, nh = max(1, round(ow * r)), max(1, round(oh * r))
+        px, py = ((tw - nw) // 2, (th - nh) // 2) if spec.anchor == Anchor.CENTER else (0, 0)
+    elif mode == ResizeMode.PAD_RIGHT:
+        nw, nh = max(1, min(tw, math.ceil(th * (ow / oh)))), th  # PaddleOCR's arithmetic, float ratio first
+        px, py = 0, 0
+    else:  # CENTER_CROP: px/py are negative when the resized image is larger than the crop
+        ratio = float(spec.shorter_side or max(tw, th)) / min(ow, oh)
+        nw, nh = max(1, round(ow * ratio)), max(1, round(oh * ratio))
+        px, py = -((nw - tw) // 2), -((nh - th) // 2)
+    resized = fit((nw, nh))
+    canvas = np.full((th, tw, 3), _pixel_pad(spec), dtype=np.uint8)
+    x0, y0, x1, y1 = max(px, 0), max(py, 0), min(px + nw, tw), min(py + nh, th)
+    canvas[y0:y1, x0:x1] = resized[y0 - py : y1 - py, x0 - px : x1 - px]
+    return Prepared(canvas, Transform(ow, oh, nw / ow, nh / oh, float(px), float(py)), (x0, y0, x1, y1))
+
+
+def _pixel_pad(spec: InputSpec) -> int:
+    return int(spec.pad_value) if spec.pad_space == PadSpace.PIXEL else 0
+
+
+def _pad_then_resize(pixels: npt.NDArray[np.uint8], spec: InputSpec, ow: int, oh: int) -> Prepared:
+    """Pad to the input's aspect ratio (right/bottom, or both sides when centred), then resize it all."""
+    tw, th = spec.width, spec.height
+    if ow * th >= oh * tw:  # wider than the input: pad the height
+        pw, ph = ow, max(oh, round(ow * th / tw))
+    else:
+        pw, ph = max(ow, round(oh * tw / th)), oh
+    ox, oy = ((pw - ow) // 2, (ph - oh) // 2) if spec.anchor == Anchor.CENTER else (0, 0)
+    canvas = np.full((ph, pw, 3), _pixel_pad(spec), dtype=np.uint8)
+    canvas[oy : oy + oh, ox : ox + ow] = pixels[:oh, :ow]
+    sx, sy = tw / pw, th / ph
+    out = resize_pixels(canvas, (tw, th), spec.interpolation, spec.antialias)
+    return Prepared(out, Transform(ow, oh, sx, sy, ox * sx, oy * sy), (0, 0, tw, th))
+
+
 def resize(
     img: Image.Image, spec: InputSpec, original_size: tuple[int, int] | None = None
 ) -> tuple[npt.NDArray[np.uint8], Transform]:
     """Resize an RGB image to the spec's height x width; returns HWC uint8 pixels and the transform.
 
-    `original_size` is the (width, height) the transform maps back to; default: the image's own size.
+    The padding is the pixel pad value (or 0 where the spec pads in the normalised space: `prepare` fills
+    that in after normalising).
     """
-    tw, th = spec.width, spec.height
-    ow, oh = original_size or img.size
-    if spec.resize == ResizeMode.STRETCH:
-        out = img if img.size == (tw, th) else img.resize((tw, th), Image.Resampling.BILINEAR)
-        pixels = np.asarray(out, dtype=np.uint8)
-        return pixels, Transform(ow, oh, tw / ow, th / oh, 0.0, 0.0)
-    r = min(tw / ow, th / oh)
-    nw, nh = max(1, round(ow * r)), max(1, round(oh * r))
-    px, py = (tw - nw) // 2, (th - nh) // 2
-    resized = img if img.size == (nw, nh) else img.resize((nw, nh), Image.Resampling.BILINEAR)
-    canvas = np.full((th, tw, 3), spec.pad_value, dtype=np.uint8)
-    canvas[py : py + nh, px : px + nw] = np.asarray(resized, dtype=np.uint8)
-    return canvas, Transform(ow, oh, nw / ow, nh / oh, float(px), float(py))
+    p = layout(img, spec, original_size)
+    return p.pixels, p.transform
 
 
 def to_tensor(pixels: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.generic]:
@@ -142,6 +213,47 @@ def to_tensor(pixels: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.
     return np.ascontiguousarray(x, dtype=dtype)
 
 
+def _fill_pad(tensor: npt.NDArray[np.generic], spec: InputSpec, contents: list[tuple[int, int, int, int]]) -> None:
+    """Set every element outside each image's content box to the normalised-space pad value, in place."""
+    if spec.pad_space != PadSpace.NORMALIZED:
+        return
+    for i, (x0, y0, x1, y1) in enumerate(contents):
+        if (x0, y0, x1, y1) == (0, 0, spec.width, spec.height):
+            continue
+        mask = np.ones((spec.height, spec.width), dtype=bool)
+        mask[y0:y1, x0:x1] = False
+        view = tensor[i]  # [C, H, W] or [H, W, C]
+        if spec.layout == Layout.NCHW:
+            view[:, mask] = spec.pad_value
+        else:
+            view[mask, :] = spec.pad_value
+
+
+def prepare(
+    img: Image.Image, spec: InputSpec, original_size: tuple[int, int] | None = None
+) -> tuple[npt.NDArray[np.generic], Transform]:
+    """A decoded image and a model's input description -> ([1, ...] input tensor, transform back).
+
+    This is the whole preprocessing after decoding: resize mode and filter, padding (in pixel or normalised
+    space), channel order, normalisation, dtype and layout. Decode once (`decode_image`) and call this per
+    model version to feed several versions their own preprocessing.
+
+    Args:
+        img: upright RGB image, possibly decoded at a reduced JPEG scale.
+        spec: the model's input description.
+        original_size: (width, height) boxes map back to; default: the image's own size.
+    """
+    p = layout(img, spec, original_size)
+    tensor = to_tensor(p.pixels, spec)
+    _fill_pad(tensor, spec, [p.content])
+    return tensor, p.transform
+
+
+def _target(spec: InputSpec) -> tuple[int, int] | None:
+    side = draft_side(spec)
+    return None if side is None else (side, side)
+
+
 def preprocess(
     data: bytes, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[npt.NDArray[np.generic], Transform]:
@@ -151,9 +263,8 @@ def preprocess(
         InvalidImage: the bytes do not decode.
         ImageTooLarge: the header claims more than `max_pixels` pixels.
     """
-    img, original = decode_image(data, max_pixels=max_pixels, target=(spec.width, spec.height))
-    pixels, transform = resize(img, spec, original)
-    return to_tensor(pixels, spec), transform
+    img, original = decode_image(data, max_pixels=max_pixels, target=_target(spec))
+    return prepare(img, spec, original)
 
 
 def preprocess_batch(
@@ -162,9 +273,10 @@ def preprocess_batch(
     """Several images -> one [N, ...] tensor and one transform per image."""
     if not images:
         raise InvalidImage("no images given")
-    decoded = []
+    prepared = []
     for d in images:
-        img, original = decode_image(d, max_pixels=max_pixels, target=(spec.width, spec.height))
-        decoded.append(resize(img, spec, original))
-    stacked = np.stack([p for p, _ in decoded])
-    return to_tensor(stacked, spec), [t for _, t in decoded]
+        img, original = decode_image(d, max_pixels=max_pixels, target=_target(spec))
+        prepared.append(layout(img, spec, original))
+    tensor = to_tensor(np.stack([p.pixels for p in prepared]), spec)
+    _fill_pad(tensor, spec, [p.content for p in prepared])
+    return tensor, [p.transform for p in prepared]

@@ -2,7 +2,8 @@
 
 Order (cheapest and most actionable failure first): sha256/size streamed from disk, protobuf parse,
 opset/IR support of the installed onnxruntime, `onnx.checker` full check, strict shape inference,
-input/output signature against the task and description, one CPU run on the golden input.
+input/output signature against the task and description, one CPU run on the golden input whose concrete
+outputs must fit the declared decoder (models.layouts).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from models.errors import (
     SignatureMismatch,
     UnsupportedOpset,
 )
+from models.layouts import check_outputs
 
 CHUNK = 1 << 20
 _ELEM = {
@@ -84,6 +86,7 @@ def validate(
         ShapeInferenceFailed: strict shape inference fails.
         UnsupportedOpset: opset or IR version newer than the installed onnxruntime.
         SignatureMismatch: inputs/outputs do not fit the task and description.
+        OutputMismatch: the golden run's outputs do not fit the declared decoder (names the likely kind).
         DigestMismatch: the bytes differ from a recorded sha256/size.
         GoldenMismatch: the output differs from a recorded golden check.
     """
@@ -115,9 +118,11 @@ def validate(
     opts = EngineOptions(providers=("cpu",), warmup_runs=1, golden="skip")
     engine = Engine.load(path, descriptor, opts)
     try:
-        result = engine.infer(engine.golden_feed())
+        feed = engine.golden_feed()
+        result = engine.infer(feed)
     finally:
         engine.close()
+    check_outputs(descriptor, result, batch=int(feed[descriptor.input.name].shape[0]))
     g = descriptor.golden
     matched: bool | None = None
     if g.recorded:  # a recorded check must still pass, whatever new tolerances are asked for

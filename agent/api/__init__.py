@@ -2,7 +2,8 @@
 
 Public surface (wired by the agent):
 
-- `ModelSlot()`: implements `agent.ports.ServingPort` (activate / set_shadow / deactivate / take_window).
+- `ModelSlot()` (from `agent.serving`, the core every serving mode shares): implements
+  `agent.ports.ServingPort` (activate / set_shadow / deactivate / take_window).
 - `ApiSettings`: listening address, limits and timeouts (`ApiSettings.from_env()` reads `EDGEFLEET_API_*`).
 - `ApiServer(settings, slot)`: `start()` runs uvicorn on a background thread, `url`, `stop()`.
 - `serve(settings, slot)`: the same, blocking (cluster mode).
@@ -10,6 +11,6 @@ Public surface (wired by the agent):
 
 from agent.api.server import ApiServer, serve
 from agent.api.settings import ApiSettings
-from agent.api.slot import ModelSlot
+from agent.serving import ModelSlot
 
 __all__ = ["ApiServer", "ApiSettings", "ModelSlot", "serve"]

@@ -23,8 +23,8 @@ from agent.api.errors import BadRequest, NotReady
 from agent.api.inference import JSON, FastPath, Inference, error_response
 from agent.api.metrics import CONTENT_TYPE, ApiMetrics
 from agent.api.settings import ApiSettings
-from agent.api.slot import ModelSlot, Served
 from agent.api.tensors import DATATYPES, datatype_of
+from agent.serving import ModelSlot, Served
 
 SERVER_NAME = "edgefleet-agent"
 EXTENSIONS = ["binary_tensor_data", "image_predict"]

@@ -11,27 +11,30 @@ import asyncio
 import functools
 import time
 import zlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
+import numpy.typing as npt
 import orjson
+from PIL import Image
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.api.errors import BadRequest, NotReady, TooLarge, to_http
+from agent.api.errors import BadRequest, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
-from agent.api.slot import ModelSlot, Served
 from agent.api.tensors import HEADER, encode_infer, parse_infer
-from models.descriptor import ClassificationOutput, ModelDescriptor
+from agent.serving import ModelSlot, Served
+from agent.serving.shadow import ImageRequest
+from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor
 from models.postprocess import decode_detections, top_k
-from models.preprocess import Transform, preprocess
+from models.preprocess import Transform, decode_image, draft_side, prepare
 
 JSON = "application/json"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -101,13 +104,6 @@ class Inference:
         self.slot = slot
         self.metrics = metrics
         self.pool = pool
-        # HTTP requests the server is handling (uvicorn's tasks, set by ApiServer): counts requests whose
-        # handlers have not started yet too, which the slot cannot see. None: never treat one as alone.
-        self.in_progress: Callable[[], int] | None = None
-
-    def _alone(self, served: Served) -> bool:
-        """True when this request is the only one on the server (no batching to gain, no one to block)."""
-        return served.inflight == 1 and self.in_progress is not None and self.in_progress() <= 1
 
     def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
         seconds = time.perf_counter() - t0
@@ -119,19 +115,6 @@ class Inference:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
         self.slot.record(code, seconds * 1e3)
         return response
-
-    async def _run(self, served: Served, feed: dict[str, Any]) -> dict[str, Any]:
-        """Run through the batcher; the caller has already called `slot.submitted(served)`."""
-        batcher = served.batcher
-        if batcher is None:
-            raise NotReady("the model is being unloaded; retry")
-        t0 = time.perf_counter()
-        outputs = self.slot.run_alone(served, feed) if self._alone(served) else None
-        if outputs is None:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                outputs = await batcher.infer(feed)
-        self.slot.maybe_shadow(served, feed, outputs, (time.perf_counter() - t0) * 1e3)
-        return outputs
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data)."""
@@ -149,8 +132,7 @@ class Inference:
             big = len(body) > PARSE_INLINE_BYTES
             req = await asyncio.get_running_loop().run_in_executor(self.pool, parse) if big else parse()
             submitted = True
-            self.slot.submitted(served)
-            outputs = await self._run(served, req.inputs)
+            outputs = await self.slot.infer_tensors(served, req.inputs)
             content, head = encode_infer(served.model.name, served.model.version, req, outputs, served.output_names)
             if head is None:
                 response = Response(content, media_type=JSON)
@@ -189,14 +171,16 @@ class Inference:
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
-            job = functools.partial(preprocess, data, d.input, max_pixels=self.settings.max_image_pixels)
-            if self._alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
+            image = DecodedImage(data, self.settings.max_image_pixels)
+            job = functools.partial(image.prepare, d.input)
+            if self.slot.alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
                 tensor, transform = job()
             else:  # others are being served: keep the event loop free for them
                 tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)
             submitted = True
             self.slot.submitted(served)
-            outputs = await self._run(served, {d.input.name: tensor})
+            outputs, ms = await self.slot.run(served, {d.input.name: tensor})
+            self.slot.shadow_image(served, outputs, transform, image=ImageRequest(image.prepare, self.pool), ms=ms)
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
@@ -207,6 +191,37 @@ class Inference:
                 self.slot.release(served, submitted)
             raise
         return self._done(served, "predict", response, t0, submitted)
+
+
+class DecodedImage:
+    """An image request's image, decoded once and preprocessed for any version's input description.
+
+    A JPEG may decode at a reduced DCT scale chosen from the description (`models.preprocess.draft_side`), so
+    a version that asks for another scale gets its own decode: every version sees exactly the pixels it
+    would see if it were the only one served.
+    """
+
+    def __init__(self, data: bytes, max_pixels: int) -> None:
+        self.data = data
+        self.max_pixels = max_pixels
+        self._decoded: tuple[Image.Image, tuple[int, int]] | None = None
+        self._side: int | None = None
+
+    def prepare(self, spec: InputSpec) -> tuple[npt.NDArray[Any], Transform]:
+        """The [1, ...] input tensor for `spec` and the transform back to the image's pixels.
+
+        Raises:
+            InvalidImage: the bytes do not decode. ImageTooLarge: more pixels than allowed.
+        """
+        side = draft_side(spec)
+        decoded = self._decoded
+        if decoded is None or (side != self._side and self.data.startswith(b"\xff\xd8")):  # JPEG: scale differs
+            target = None if side is None else (side, side)
+            decoded = decode_image(self.data, max_pixels=self.max_pixels, target=target)
+            if self._decoded is None:
+                self._decoded, self._side = decoded, side
+        img, original = decoded
+        return prepare(img, spec, original)
 
 
 async def _multipart_image(headers: Headers, body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from fleet.histogram import LATENCY_BOUNDS_MS
 
 if TYPE_CHECKING:
-    from agent.api.slot import ModelSlot
+    from agent.serving import ModelSlot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"  # model/version label for requests that named no served model (bounded cardinality)
@@ -107,7 +107,14 @@ class _SlotCollector(Collector):
             agree = GaugeMetricFamily(
                 "edgefleet_api_shadow_agreements", "Compared rows where the candidate agreed.", labels=["version"]
             )
+            incomparable = GaugeMetricFamily(
+                "edgefleet_api_shadow_incomparable",
+                "Sampled rows the candidate could not take (shapes or dtypes it does not accept): not compared.",
+                labels=["version"],
+            )
             samples.add_metric([tally.candidate_version], tally.total_samples)
             agree.add_metric([tally.candidate_version], tally.total_agreements)
+            incomparable.add_metric([tally.candidate_version], tally.total_incomparable)
             yield samples
             yield agree
+            yield incomparable

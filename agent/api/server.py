@@ -11,7 +11,7 @@ import uvicorn
 from agent.api.app import create_asgi
 from agent.api.inference import FastPath
 from agent.api.settings import ApiSettings
-from agent.api.slot import ModelSlot
+from agent.serving import ModelSlot
 from models.batcher import BatcherOptions
 
 _START_TIMEOUT_S = 30.0
@@ -22,15 +22,16 @@ def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
         max_batch=settings.max_batch, max_delay_ms=settings.max_queue_delay_ms, max_queue=settings.max_queue
     )
     slot.max_concurrency = settings.max_concurrency
+    slot.request_timeout_s = settings.request_timeout_s
     slot.activate_timeout_s = settings.activate_timeout_s
 
 
 def _server(settings: ApiSettings, slot: ModelSlot) -> uvicorn.Server:
-    """uvicorn around the app; the handlers learn how many HTTP requests uvicorn is handling."""
+    """uvicorn around the app; the slot learns how many HTTP requests uvicorn is handling."""
     app = create_asgi(settings, slot)
     server = uvicorn.Server(_config(settings, app))
     tasks = server.server_state.tasks  # one per request being handled, created before its handler runs
-    app.handlers.in_progress = tasks.__len__
+    slot.in_progress = tasks.__len__
     return server
 
 

@@ -80,6 +80,7 @@ class StoreTelemetry:
                 shadow_samples=t.shadow_samples,
                 shadow_agreements=t.shadow_agreements,
                 shadow_delta_ms_sum=t.shadow_delta_ms_sum,
+                shadow_incomparable=t.shadow_incomparable,
             )
             for t in self.store.telemetry_totals(device_ids, since=since, until=until)
         ]

@@ -30,6 +30,7 @@ class Totals:
     shadow_samples: int = 0
     shadow_agreements: int = 0
     shadow_delta_ms_sum: float = 0.0
+    shadow_incomparable: int = 0
 
 
 class TelemetryView(Protocol):
@@ -145,17 +146,23 @@ def p95_gate(
 def shadow_gate(
     wave: Sequence[Totals], candidate: str, spec: GateSpec, *, since: float, until: float, now: float
 ) -> GateResult:
-    """Agreements / samples of the candidate running as a shadow beside the current model."""
+    """Agreements / comparable samples of the candidate running as a shadow beside the current model.
+
+    Samples the candidate could not take (incomparable: tensor shapes it does not accept) are reported
+    apart and never count; the gate judges only with at least `min_requests` comparable samples.
+    """
     mine = [w for w in wave if w.shadow_version == candidate]
     samples = sum(w.shadow_samples for w in mine)
     agreements = sum(w.shadow_agreements for w in mine)
+    incomparable = sum(w.shadow_incomparable for w in mine)
     delta = sum(w.shadow_delta_ms_sum for w in mine) / samples if samples else None
-    measured = {"samples": samples, "agreements": agreements, "devices": sum(w.devices for w in mine),
-                "mean_latency_delta_ms": delta}  # fmt: skip
+    measured = {"samples": samples, "agreements": agreements, "incomparable": incomparable,
+                "devices": sum(w.devices for w in mine), "mean_latency_delta_ms": delta}  # fmt: skip
     if samples < spec.min_requests:
+        apart = f"; {incomparable} more the candidate could not take (incomparable)" if incomparable else ""
         return GateResult(
             name="shadow_agreement", phase="shadow", status="no_data", threshold=spec.min_agreement,
-            measured=measured, detail=f"only {samples} shadow sample(s) (need {spec.min_requests})",
+            measured=measured, detail=f"only {samples} comparable shadow sample(s) (need {spec.min_requests}){apart}",
             since=since, until=until, at=now,
         )  # fmt: skip
     rate = agreements / samples
@@ -163,6 +170,7 @@ def shadow_gate(
     return GateResult(
         name="shadow_agreement", phase="shadow", status="pass" if ok else "fail", value=rate,
         threshold=spec.min_agreement, measured=measured,
-        detail=f"agreement {rate:.4f} {'>=' if ok else '<'} {spec.min_agreement} over {samples} sample(s)",
+        detail=f"agreement {rate:.4f} {'>=' if ok else '<'} {spec.min_agreement} over {samples} sample(s)"
+        + (f" ({incomparable} incomparable, not counted)" if incomparable else ""),
         since=since, until=until, at=now,
     )  # fmt: skip

@@ -168,6 +168,7 @@ class TelemetryTotals:
     shadow_samples: int = 0
     shadow_agreements: int = 0
     shadow_delta_ms_sum: float = 0.0  # candidate-minus-active latency, ms, times samples (summed)
+    shadow_incomparable: int = 0  # sampled rows the candidate could not take (not compared)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ _TOTALS = (
     "sum(coalesce(json_extract(extra, '$.shadow.samples'), 0)), "
     "sum(coalesce(json_extract(extra, '$.shadow.agreements'), 0)), "
     "sum(json_extract(extra, '$.shadow.latency_delta_ms') * json_extract(extra, '$.shadow.samples')), "
+    "sum(coalesce(json_extract(extra, '$.shadow.incomparable'), 0)), "
     + ", ".join(f"sum({b})" for b in BUCKETS)
     + " FROM telemetry WHERE device_id IN (SELECT value FROM json_each(?)) AND start >= ? AND start < ? "
     "GROUP BY model_version, sv ORDER BY model_version, sv"
@@ -52,7 +53,8 @@ class TotalsQueries:
                 shadow_samples=int(r[7] or 0),
                 shadow_agreements=int(r[8] or 0),
                 shadow_delta_ms_sum=float(r[9] or 0.0),
-                latency_counts=tuple(int(c or 0) for c in r[10:]),
+                shadow_incomparable=int(r[10] or 0),
+                latency_counts=tuple(int(c or 0) for c in r[11:]),
             )
             for r in rows
         ]

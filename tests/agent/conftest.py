@@ -107,6 +107,7 @@ AgentFactory = Callable[..., tuple[Agent, HeadlessServing]]
 def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
     """Start in-process agents; every one is stopped at teardown."""
     started: list[Agent] = []
+    servings: list[HeadlessServing] = []
 
     def make(hub: HubSide, device_id: str, broker_url: str, *, data_dir: Path | None = None, **groups: Any):
         settings = fast_settings(data_dir or tmp_path / device_id, **groups)
@@ -114,11 +115,14 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
         agent = Agent(hub.bundle(device_id, broker_url), settings, serving)
         agent.start()
         started.append(agent)
+        servings.append(serving)
         return agent, serving
 
     yield make
     for agent in started:
         agent.stop()
+    for serving in servings:
+        serving.close()
 
 
 class AgentProcess:

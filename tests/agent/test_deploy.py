@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.serving import NotReady
 from agent.store import ModelStore
-from models.errors import EngineNotReady
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -59,7 +59,7 @@ def test_desired_state_without_a_model_stops_serving_and_keeps_previous(
     r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "idle")
     assert r.active is None and r.previous is not None and r.previous.version == "1.0.0"
     assert serving.active_model is None
-    with pytest.raises(EngineNotReady):
+    with pytest.raises(NotReady):
         serving.infer(_image())
     assert agent.store.active() is None and agent.store.has_blob(v1.blob.sha256), "kept as previous despite GC"
     wants = len(hub.wants)

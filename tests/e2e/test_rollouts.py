@@ -4,6 +4,7 @@
 - a slower version fails the p95 gate in the canary wave and is rolled back, with both p95s recorded (a
   profile of simulated agents, and a really heavier model on real agents);
 - a version whose outputs disagree fails the shadow gate before any device activates it;
+- shadow agreement is the candidate's own when versions differ in input size and normalisation;
 - the hub stopped mid-wave and started again on the same data dir finishes the rollout, and no device
   receives a second desired state for a step it already had.
 """
@@ -16,7 +17,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from edgefleet_cli import app
-from tests.hub.rollouts.fleet import Fleet, cls_models_fixture, fleet_fixture  # noqa: F401
+from tests.hub.rollouts.fleet import Fleet, cls_models_fixture, colour_models_fixture, fleet_fixture  # noqa: F401
+from tests.support.models import colour_photos
 from tests.support.mqtt import wait_for
 
 Models = dict[str, tuple[Path, Path]]
@@ -164,3 +166,40 @@ def test_the_hub_restarted_mid_wave_finishes_and_sends_no_step_twice(fleet: Flee
             versions[(d.device_id, d.model.version)].add(d.version)
     assert {dev for dev, _ in versions} == set(devices)
     assert all(len(v) == 1 for v in versions.values()), versions
+
+
+def test_shadow_agreement_is_the_candidates_own_across_input_size_and_normalisation(
+    fleet: Fleet, colour_models: Models
+) -> None:
+    """Real agents serving photos over the HTTP API. 1.1.0 and 1.2.0 take another input size, dtype, layout,
+    channel order and normalisation than 1.0.0; each answers on its own preprocessing. 1.1.0 disagrees on
+    exactly 2 of the 8 photos: the gate sees 75 %. 1.2.0 answers alike on every photo: it passes and activates."""
+    f = fleet
+    f.push(colour_models, "1.0.0", "1.1.0", "1.2.0")
+    photos, agrees = colour_photos()
+    f.real("cam-c1", {"fleet": "colour"}, photos=("colour", photos))
+    f.real("cam-c2", {"fleet": "colour"}, photos=("colour", photos))
+    wait_for(lambda: len(f.active_versions("fleet=colour")) == 2, timeout=30)
+    f.deploy("1.0.0", "fleet=colour", model="colour")
+    f.wait_all_active("1.0.0", "fleet=colour")
+
+    gates = {"min_agreement": 0.9, "min_requests": 40, "max_p95_regression": None}  # latency is not judged here
+    body = {"model": "colour", "selector": "fleet=colour", "bake_s": 1.0, "waves": ["1", "100%"], "shadow_rate": 1.0,
+            "on_failure": "rollback", "gates": gates}  # fmt: skip
+    rid = f.api("POST", "/api/v1/rollouts", json={**body, "version": "1.1.0"})["id"]
+    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    gate = next(g for g in status["waves"][0]["gates"] if g["name"] == "shadow_agreement")
+    m = gate["measured"]
+    share = sum(agrees) / len(agrees)
+    assert gate["status"] == "fail" and m["samples"] >= 40 and m["incomparable"] == 0
+    # one device sends the 8 photos in turn: any run of samples holds 6 agreements per 8, give or take a cycle's edge
+    assert abs(m["agreements"] - share * m["samples"]) <= 3, m
+    assert set(f.active_versions("fleet=colour").values()) == {"1.0.0"}
+
+    rid = f.api("POST", "/api/v1/rollouts", json={**body, "version": "1.2.0"})["id"]
+    status = f.wait_rollout(rid, lambda s: s["state"] != "running")
+    assert status["state"] == "completed", status["reason"]
+    for wave in status["waves"]:
+        gate = next(g for g in wave["gates"] if g["name"] == "shadow_agreement")
+        assert gate["status"] == "pass" and gate["value"] == 1.0 and gate["measured"]["incomparable"] == 0
+    f.wait_all_active("1.2.0", "fleet=colour")

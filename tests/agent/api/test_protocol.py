@@ -66,8 +66,11 @@ def test_health_and_metadata_through_tritonclient(triton: th.InferenceServerClie
     assert model["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
     assert model["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 100]}]
     assert triton.get_model_metadata(NAME, "1.0.0") == model
-    with pytest.raises(InferenceServerException, match="not served"):
+    with pytest.raises(InferenceServerException, match=r"\[404\] model 'other' is unknown here") as e:
         triton.get_model_metadata("other")
+    assert "None" not in str(e.value)
+    with pytest.raises(InferenceServerException, match=r"\[404\] model 'mobilenet-like' has no version '9.9.9'"):
+        triton.get_model_metadata(NAME, "9.9.9")
 
 
 @pytest.mark.parametrize(("binary_in", "binary_out"), [(True, True), (False, False), (True, False), (False, True)])

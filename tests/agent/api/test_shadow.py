@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,32 +12,38 @@ import orjson
 import pytest
 
 from agent.api import ModelSlot
-from agent.api.shadow import detections_match
 from fleet.messages import AppliedModel, ShadowStats
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
 from models.engine import Engine
-from models.postprocess import Detections
 from tests.agent.api.conftest import OPTIONS, Sample, jpeg
+from tests.support.models import colour_classifier, colour_photos
 
 REQUESTS = 12
 
 
 def _collect(slot: ModelSlot, want: int) -> ShadowStats:
     """Sum shadow windows until `want` samples were compared (comparisons finish off the response path)."""
-    samples = agreements = 0
+    samples = agreements = incomparable = 0
     deltas: list[float] = []
     version = ""
     deadline = time.monotonic() + 30
-    while samples < want and time.monotonic() < deadline:
+    while samples + incomparable < want and time.monotonic() < deadline:
         window = slot.take_window()
         assert window.shadow is not None
         samples += window.shadow.samples
         agreements += window.shadow.agreements
+        incomparable += window.shadow.incomparable
         version = window.shadow.candidate_version
         if window.shadow.latency_delta_ms is not None:
             deltas.append(window.shadow.latency_delta_ms)
         time.sleep(0.01)
     return ShadowStats(
-        candidate_version=version, samples=samples, agreements=agreements, latency_delta_ms=float(np.mean(deltas))
+        candidate_version=version,
+        samples=samples,
+        agreements=agreements,
+        incomparable=incomparable,
+        latency_delta_ms=float(np.mean(deltas)) if deltas else None,
     )
 
 
@@ -112,23 +119,6 @@ def test_detection_shadow_matches_boxes_by_class_and_iou(
     assert stats.agreements == (REQUESTS if agree else 0)
 
 
-def test_detections_match_rules() -> None:
-    def d(boxes: list[list[float]], classes: list[int]) -> Detections:
-        return Detections(
-            np.asarray(boxes, np.float32).reshape(-1, 4),
-            np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
-            np.asarray(classes, np.int64),
-        )
-
-    a = d([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2])
-    assert detections_match(a, d([[21, 21, 41, 41], [1, 1, 10, 10]], [2, 1]))
-    assert not detections_match(a, d([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 3]))  # class differs
-    assert not detections_match(a, d([[0, 0, 10, 10], [30, 30, 50, 50]], [1, 2]))  # IoU < 0.5
-    assert not detections_match(a, d([[0, 0, 10, 10]], [1]))  # a box missing
-    assert not detections_match(d([[0, 0, 10, 10]] * 2, [1, 1]), d([[0, 0, 10, 10], [50, 50, 60, 60]], [1, 1]))
-    assert detections_match(d([], []), d([], []))
-
-
 def test_shadow_failures_never_reach_the_response(
     samples: dict[str, Sample], clf_engine: Engine, make_server: Any
 ) -> None:
@@ -139,12 +129,13 @@ def test_shadow_failures_never_reach_the_response(
     with httpx.Client(base_url=server.url, timeout=30) as c:
         for i in range(4):
             assert c.post("/v1/models/mobilenet-like:predict", content=jpeg(64, 64, seed=i)).status_code == 200
-    time.sleep(0.2)
-    window = slot.take_window()
+    window = slot.take_window()  # requests are counted before their response is sent
     assert window.requests == 4
     assert window.errors == 0
     assert window.shadow is not None
-    assert window.shadow.samples == 0
+    rest = _collect(slot, 4 - window.shadow.incomparable)  # comparisons finish off the response path
+    assert window.shadow.samples == rest.samples == 0
+    assert window.shadow.incomparable + rest.incomparable == 4  # a detector cannot answer as a classifier
 
 
 def test_reapplying_the_same_state_keeps_batchers_and_counters(
@@ -162,3 +153,39 @@ def test_reapplying_the_same_state_keeps_batchers_and_counters(
     assert slot.current is active
     assert slot.shadow_tally() is shadow
     assert _collect(slot, 1).samples == 1
+
+
+def test_the_candidate_is_judged_on_its_own_preprocessing(tmp_path: Path, make_server: Any) -> None:
+    """Versions with other input size, dtype, layout, channel order and normalisation: the share is true."""
+    server, slot = make_server()
+    (p1, y1), (p2, y2) = (
+        write_model(*colour_classifier(v, size, raw_bgr=raw, red_bias=bias), tmp_path, v)
+        for v, size, raw, bias in (("1.0.0", 32, False, 0.0), ("1.1.0", 48, True, 0.1))
+    )
+    d1, d2 = ModelDescriptor.load(y1), ModelDescriptor.load(y2)
+    assert d1.sha256 is not None and d2.sha256 is not None
+    slot.activate(Engine.load(p1, d1, OPTIONS), AppliedModel(name="colour", version="1.0.0", sha256=d1.sha256), d1)
+    candidate = Engine.load(p2, d2, OPTIONS)
+    slot.set_shadow(candidate, AppliedModel(name="colour", version="1.1.0", sha256=d2.sha256), 1.0)
+    photos, agrees = colour_photos()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for photo in photos:
+            r = c.post("/v1/models/colour:predict", content=photo, headers={"Content-Type": "image/png"})
+            assert r.status_code == 200 and r.json()["model_version"] == "1.0.0"
+        stats = _collect(slot, len(photos))
+        assert (stats.samples, stats.agreements, stats.incomparable) == (len(photos), sum(agrees), 0)
+        assert sum(agrees) == 6
+        # tensors shaped for the active version (float32 [1, 3, 32, 32]) are not the candidate's input
+        x = np.full((1, 3, 32, 32), 0.5, np.float32)
+        body = {"inputs": [{"name": "image", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        for _ in range(3):
+            assert c.post("/v2/models/colour/infer", content=orjson.dumps(body)).status_code == 200
+    deadline = time.monotonic() + 30
+    incomparable = 0
+    while incomparable < 3 and time.monotonic() < deadline:
+        window = slot.take_window().shadow
+        assert window is not None and window.samples == 0  # never counted as agreement or disagreement
+        incomparable += window.incomparable
+        time.sleep(0.01)
+    assert incomparable == 3
+    assert 'edgefleet_api_shadow_incomparable{version="1.1.0"} 3.0' in httpx.get(server.url + "/metrics").text

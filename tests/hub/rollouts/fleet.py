@@ -2,7 +2,9 @@
 
 Models are small classifiers (`cls`): 1.0.0 and 2.0.0 (other weights), 3.0.0 (slow on simulated agents:
 their profile says so), 3.1.0 (really heavier: it runs the network on its input upscaled 8x) and 2.1.0 =
-1.0.0 with its labels permuted (disagrees in shadow).
+1.0.0 with its labels permuted (disagrees in shadow). Colour classifiers (`colour`): 1.0.0 plain, 1.1.0 and
+1.2.0 with another input size, dtype, layout, channel order and normalisation, 1.1.0 disagreeing on a known
+share of `colour_photos` (agents serving them run the HTTP API and send those photos to the image endpoint).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from agent.api import ApiServer, ApiSettings
 from agent.headless import HeadlessServing
 from agent.runtime import Agent
+from agent.serving import ModelSlot, ServingError
 from agent.settings import AgentSettings
 from agent.sim.config import SimConfig
 from agent.sim.enrol import enrol_via_hub
@@ -34,6 +39,7 @@ from models.errors import ModelError
 from models.samples import build_classifier, classifier_descriptor
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.models import colour_classifier
 from tests.support.mqtt import TestClient, wait_for
 
 HUB_OVERRIDES: dict[str, Any] = {
@@ -87,12 +93,32 @@ def cls_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     return found
 
 
+@pytest.fixture(scope="session", name="colour_models")
+def colour_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """version -> (onnx, descriptor yaml) of the colour classifiers, validated."""
+    out = tmp_path_factory.mktemp("colour-models")
+    made = {}
+    for version, size, raw, bias in (("1.0.0", 32, False, 0.0), ("1.1.0", 48, True, 0.1), ("1.2.0", 40, True, 0.0)):
+        onnx_path, yaml_path = write_model(*colour_classifier(version, size, raw_bgr=raw, red_bias=bias), out, version)
+        made[version] = (onnx_path, yaml_path)
+    return made
+
+
+def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Event) -> None:
+    """Send `photos` in turn to `model`'s image endpoint, one at a time, until stopped (503s until active)."""
+    with httpx.Client(base_url=url, timeout=30) as c:
+        i = 0
+        while not stop.wait(0.005):
+            if c.post(f"/v1/models/{model}:predict", content=photos[i % len(photos)]).status_code == 200:
+                i += 1
+
+
 def _traffic(serving: HeadlessServing, stop: threading.Event) -> None:
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     while not stop.wait(0.01):
         try:
             serving.infer({"image": x})
-        except ModelError:
+        except (ModelError, ServingError):  # nothing active yet, or the model is being swapped
             pass
 
 
@@ -104,7 +130,8 @@ class Fleet:
     tmp: Path
     broker: Broker
     agents: list[Agent] = field(default_factory=list)
-    servings: dict[str, HeadlessServing] = field(default_factory=dict)
+    servings: dict[str, ModelSlot] = field(default_factory=dict)
+    servers: list[ApiServer] = field(default_factory=list)
     sim: Simulator | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -116,7 +143,9 @@ class Fleet:
             r = self.hub.push_model(*models[v])
             assert r.status_code in (200, 201), r.text
 
-    def real(self, device_id: str, labels: dict[str, str]) -> None:
+    def real(self, device_id: str, labels: dict[str, str], photos: tuple[str, list[bytes]] | None = None) -> None:
+        """An in-process agent with traffic: tensors to headless serving, or with `photos` (model name, images)
+        the HTTP API, with those images sent in turn to the model's image endpoint."""
         with self.hub.client() as api:
             r = api.post("/api/v1/devices", json={"id": device_id, "labels": labels})
             assert r.status_code == 201, r.text
@@ -130,12 +159,21 @@ class Fleet:
                 "activation": {"warmup_runs": 1, "report_interval_s": 0.05},
             }
         )
-        serving = HeadlessServing(seed=1)
+        serving: ModelSlot
+        if photos is None:
+            serving = headless = HeadlessServing(seed=1)
+            traffic: tuple[Callable[..., None], tuple[Any, ...]] = (_traffic, (headless, self._stop))
+        else:
+            serving = ModelSlot(seed=1)
+            server = ApiServer(ApiSettings(port=0), serving)
+            server.start()
+            self.servers.append(server)
+            traffic = (_photo_traffic, (server.url, *photos, self._stop))
         agent = Agent(bundle, settings, serving)
         agent.start()
         self.agents.append(agent)
         self.servings[device_id] = serving
-        t = threading.Thread(target=_traffic, args=(serving, self._stop), daemon=True)
+        t = threading.Thread(target=traffic[0], args=traffic[1], daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -162,8 +200,8 @@ class Fleet:
             assert r.status_code < 400, r.text
             return r.json()
 
-    def deploy(self, version: str, selector: str) -> None:
-        self.api("POST", "/api/v1/deployments", json={"model": "cls", "version": version, "selector": selector})
+    def deploy(self, version: str, selector: str, model: str = "cls") -> None:
+        self.api("POST", "/api/v1/deployments", json={"model": model, "version": version, "selector": selector})
 
     def active_versions(self, selector: str) -> dict[str, str | None]:
         rows = self.api("GET", "/api/v1/devices", params={"selector": selector})
@@ -189,6 +227,11 @@ class Fleet:
             self.sim.stop()
         for agent in self.agents:
             agent.stop()
+        for server in self.servers:
+            server.stop()
+        for serving in self.servings.values():
+            if isinstance(serving, HeadlessServing):
+                serving.close()
 
 
 @pytest.fixture(name="fleet")

@@ -1,11 +1,13 @@
-"""`Store.telemetry_totals`: raw windows of a device set over a time range, summed in SQLite."""
+"""`Store.telemetry_totals`: raw windows of a device set over a time range, summed in SQLite; the shadow gate."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.histogram import LatencyRecorder
+from fleet.histogram import Histogram, LatencyRecorder
 from fleet.messages import ShadowStats, TelemetryWindow
+from hub.rollouts.gates import Totals, shadow_gate
+from hub.rollouts.model import GateResult, GateSpec
 from hub.store import Device, open_store
 
 
@@ -24,7 +26,7 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
     try:
         for d in ("a", "b", "c"):
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
-        sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, latency_delta_ms=1.5)
+        sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, incomparable=3, latency_delta_ms=1.5)
         for seq, start in enumerate((100.0, 110.0, 120.0, 500.0)):
             store.enqueue_telemetry(_window("a", seq, start, "1.0.0", shadow=sh), 0)
             store.enqueue_telemetry(_window("b", seq, start, "2.0.0"), 0)
@@ -37,6 +39,7 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
         # windows starting at 110 and 120 start in [105, 125); the one at 100 started before, 500 after
         assert (a.devices, a.windows, a.requests, a.errors) == (1, 2, 8, 2)
         assert (a.shadow_samples, a.shadow_agreements, a.shadow_delta_ms_sum) == (20, 14, 30.0)
+        assert a.shadow_incomparable == 6
         assert sum(a.latency_counts) == 8 and a.latency_sum_ms == 2 * 46
         b = by[("2.0.0", None)]
         assert (b.devices, b.windows, b.shadow_samples) == (1, 2, 0)
@@ -50,3 +53,22 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(tmp_pat
         assert store.telemetry_totals(["a') OR 1=1 --", '"]'], since=0, until=1000) == []
     finally:
         store.close()
+
+
+def test_the_shadow_gate_judges_comparable_samples_only_and_says_when_it_has_too_few() -> None:
+    spec = GateSpec(min_agreement=0.9, min_requests=20)
+
+    def gate(samples: int, agreements: int, incomparable: int) -> GateResult:
+        t = Totals("1.0.0", 100, 0, Histogram(), shadow_version="2.0.0", shadow_samples=samples,
+                   shadow_agreements=agreements, shadow_incomparable=incomparable)  # fmt: skip
+        return shadow_gate([t], "2.0.0", spec, since=0, until=1, now=1)
+
+    few = gate(5, 5, 400)  # plenty sampled, but the candidate could take only 5 of them
+    assert few.status == "no_data" and few.measured["incomparable"] == 400
+    assert (
+        few.detail
+        == "only 5 comparable shadow sample(s) (need 20); 400 more the candidate could not take (incomparable)"
+    )
+    judged = gate(30, 27, 10)
+    assert judged.status == "pass" and judged.value == 0.9 and "10 incomparable, not counted" in judged.detail
+    assert gate(30, 26, 0).status == "fail"

@@ -1,10 +1,13 @@
-"""The model slot: which engine serves, swapped atomically, with a shadow candidate beside it.
+"""The serving core: which engine serves, swapped atomically, with a shadow candidate beside it.
 
-`ModelSlot` implements `agent.ports.ServingPort`. The control side calls `activate`, `set_shadow`,
-`deactivate` and `take_window` from its own thread; everything that touches batchers runs on the
-server's event loop (the slot hands the work over and waits for it). Requests take a reference to the
-`Served` model they started on, so a swap never moves a request: requests in flight finish on the old
-engine, and the old batcher and engine are closed when the last of them has finished.
+`ModelSlot` implements `agent.ports.ServingPort` for every serving mode: the HTTP API (`agent.api`), the
+pods of cluster mode (the same API) and headless serving (`agent.headless`, in-process calls). The control
+side calls `activate`, `set_shadow`, `deactivate` and `take_window` from its own thread; everything that
+touches batchers runs on the slot's event loop (the slot hands the work over and waits for it).
+
+Requests take a reference to the `Served` model they started on, so a swap never moves a request: requests
+in flight finish on the old engine, and the old batcher and engine are closed when the last of them has
+finished. Counters (requests, server errors, latency) and shadow sampling are the same in every mode.
 """
 
 from __future__ import annotations
@@ -15,88 +18,45 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy.typing as npt
 
-from agent.api.errors import ModelNotFound, NotReady, Overloaded
-from agent.api.shadow import ShadowTally, agreement
 from agent.ports import ServingWindow
+from agent.serving.errors import ModelNotFound, NotReady, Overloaded
+from agent.serving.served import OneRunAtATime, Served
+from agent.serving.shadow import ImageRequest, Shadow, ShadowTally
 from fleet.histogram import LatencyRecorder
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.batcher import Batcher, BatcherOptions
 from models.descriptor import ModelDescriptor
-from models.errors import ModelError
+from models.engine import Engine
+from models.preprocess import Transform
 
 Array = npt.NDArray[Any]
-
-
-class _OneRunAtATime:
-    """An engine whose runs take a lock shared by every engine of the slot.
-
-    During a swap the old engine finishes its queued batches while the new one starts, and a shadow
-    candidate runs beside the active model. On CPU each onnxruntime run already uses every core, so two
-    runs at once only oversubscribe the cores (threads of one parallel section wait for each other);
-    one run at a time keeps the same total work without the stragglers.
-    """
-
-    def __init__(self, engine: Any, lock: threading.Lock) -> None:
-        self.engine = engine
-        self.lock = lock
-
-    @property
-    def max_batch(self) -> int | None:
-        return self.engine.max_batch  # type: ignore[no-any-return]
-
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
-        return self.engine.check_inputs(inputs)  # type: ignore[no-any-return]
-
-    def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]:
-        with self.lock:
-            return self.engine.run_checked(feed)  # type: ignore[no-any-return]
-
-
-@dataclass(eq=False)
-class Served:
-    """One loaded model version: its engine, description, batcher and requests in progress."""
-
-    engine: Any
-    model: AppliedModel
-    descriptor: ModelDescriptor
-    options: BatcherOptions
-    batcher: Batcher | None = None
-    inflight: int = 0
-    pending: int = 0  # acquired, not yet handed to the batcher (being read, parsed, preprocessed)
-    retired: bool = False
-    alone: Counter[int] = field(default_factory=Counter)  # runs by rows that skipped the batcher (run_alone)
-    output_names: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        self.output_names = tuple(o.name for o in getattr(self.engine, "outputs", ()))
-
-    def queue_depth(self) -> int:
-        """Requests waiting in this model's batcher."""
-        return self.batcher.stats().queue_depth if self.batcher is not None else 0
-
-
-@dataclass(eq=False)
-class _Shadow:
-    served: Served
-    rate: float
-    tally: ShadowTally
 
 
 class ModelSlot:
     """The serving side of `agent.ports.ServingPort`: the active model, an optional shadow, counters."""
 
-    def __init__(self, defaults: BatcherOptions | None = None, *, max_concurrency: int = 256) -> None:
+    def __init__(
+        self,
+        defaults: BatcherOptions | None = None,
+        *,
+        max_concurrency: int = 256,
+        request_timeout_s: float = 10.0,
+        seed: int | None = None,
+    ) -> None:
         self.defaults = defaults or BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64)
         self.max_concurrency = max_concurrency
+        self.request_timeout_s = request_timeout_s
         self.activate_timeout_s = 30.0
+        # requests the transport is handling, including those not yet at the slot (an HTTP server's tasks);
+        # None: only the slot's own count is known (in-process callers)
+        self.in_progress: Callable[[], int] | None = None
         self.current: Served | None = None
-        self._shadow: _Shadow | None = None
+        self._shadow: Shadow | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._lock = threading.Lock()  # guards _loop and the window counters
@@ -105,12 +65,12 @@ class ModelSlot:
         self._latency = LatencyRecorder()
         self._sizes: dict[tuple[str, str], Counter[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rng = random.Random()
+        self._rng = random.Random(seed)
 
     # --- ServingPort (any thread) --------------------------------------------------------------------
 
     def activate(
-        self, engine: Any, model: AppliedModel, descriptor: Any, runtime: RuntimeOptions | None = None
+        self, engine: Engine, model: AppliedModel, descriptor: ModelDescriptor, runtime: RuntimeOptions | None = None
     ) -> None:
         """Make `engine` the active model; in-flight requests finish on the previous one (see ServingPort)."""
         options = self.defaults
@@ -123,7 +83,7 @@ class ModelSlot:
             return  # the control side re-applied the same state: keep the batcher and its queue
         self._run(self._install, Served(engine, model, descriptor, options))
 
-    def set_shadow(self, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
+    def set_shadow(self, engine: Engine | None, model: AppliedModel | None, sample_rate: float) -> None:
         """Run `engine` beside the active model on `sample_rate` (0..1] of requests; None stops shadowing."""
         if engine is None or model is None or sample_rate <= 0:
             self._run(self._install_shadow, None)
@@ -133,7 +93,7 @@ class ModelSlot:
             sh.rate = min(sample_rate, 1.0)  # same candidate: keep its batcher and counters
             return
         served = Served(engine, model, engine.descriptor, self.defaults)
-        self._run(self._install_shadow, _Shadow(served, min(sample_rate, 1.0), ShadowTally(model.version)))
+        self._run(self._install_shadow, Shadow(served, min(sample_rate, 1.0)))
 
     def deactivate(self) -> None:
         """Serve nothing: new requests get 503; in-flight ones finish."""
@@ -153,7 +113,19 @@ class ModelSlot:
             shadow=shadow.tally.take() if shadow is not None else None,
         )
 
-    # --- server lifecycle (event loop) ---------------------------------------------------------------
+    @property
+    def active_model(self) -> AppliedModel | None:
+        """The model serving now (None: nothing)."""
+        s = self.current
+        return s.model if s is not None else None
+
+    @property
+    def shadow_model(self) -> AppliedModel | None:
+        """The shadow candidate (None: none)."""
+        sh = self._shadow
+        return sh.served.model if sh is not None else None
+
+    # --- event loop lifecycle ------------------------------------------------------------------------
 
     async def attach(self) -> None:
         """Bind to the running loop and start the batchers of the models already set."""
@@ -197,12 +169,20 @@ class ModelSlot:
         return s
 
     def lookup(self, name: str, version: str | None = None) -> Served:
-        """Like `acquire`, without counting a request (metadata, readiness)."""
+        """Like `acquire`, without counting a request (metadata, readiness).
+
+        Raises:
+            ModelNotFound: the model (or that version of it) is not served here.
+        """
         s = self.current
         if s is None:
-            raise ModelNotFound(f"model {name[:100]!r} is not served here: no model is active")
-        if name != s.model.name or (version is not None and version != s.model.version):
-            raise ModelNotFound(f"model {name[:100]!r} version {str(version)[:40]!r} is not served here")
+            raise ModelNotFound(f"model {name[:100]!r} is unknown here: no model is active")
+        if name != s.model.name:
+            raise ModelNotFound(f"model {name[:100]!r} is unknown here; serving {s.model.name!r}")
+        if version is not None and version != s.model.version:
+            raise ModelNotFound(
+                f"model {name[:100]!r} has no version {version[:40]!r} here; serving version {s.model.version!r}"
+            )
         return s
 
     @staticmethod
@@ -218,6 +198,53 @@ class ModelSlot:
         if s.retired and s.inflight == 0:
             self._spawn(self._close(s))
 
+    def alone(self, s: Served) -> bool:
+        """True when the request holding `s` is the only one (no batching to gain, no one to block)."""
+        return s.inflight == 1 and (self.in_progress is None or self.in_progress() <= 1)
+
+    def record(self, status: int, ms: float) -> None:
+        """Count one inference request in the telemetry window (status >= 500: a server error)."""
+        with self._lock:
+            self._requests += 1
+            if status >= 500:
+                self._errors += 1
+            self._latency.observe(ms)
+
+    async def run(self, s: Served, feed: dict[str, Array]) -> tuple[dict[str, Array], float]:
+        """Run `feed` on `s` (alone on this thread, or through its batcher); outputs and milliseconds.
+
+        Raises:
+            NotReady: the model is being unloaded. TimeoutError: the request waited past the timeout.
+            ModelError: from the batcher and the engine (InvalidInput, QueueFull, InferenceFailed...).
+        """
+        batcher = s.batcher
+        if batcher is None:
+            raise NotReady("the model is being unloaded; retry")
+        t0 = time.perf_counter()
+        outputs = self.run_alone(s, feed) if self.alone(s) else None
+        if outputs is None:
+            async with asyncio.timeout(self.request_timeout_s):
+                outputs = await batcher.infer(feed)
+        return outputs, (time.perf_counter() - t0) * 1e3
+
+    async def infer_tensors(self, s: Served, feed: dict[str, Array]) -> dict[str, Array]:
+        """The tensor path of every serving mode: hand `feed` over, run it, maybe shadow it."""
+        self.submitted(s)
+        outputs, ms = await self.run(s, feed)
+        sh = self._sample()
+        if sh is not None:
+            self._spawn(self._compared(sh, sh.tensors(s.descriptor, feed, outputs, ms, self.request_timeout_s)))
+        return outputs
+
+    def shadow_image(
+        self, active: Served, outputs: dict[str, Array], transform: Transform, *, image: ImageRequest, ms: float
+    ) -> None:
+        """On a sampled image request, let the candidate preprocess the image its own way and compare."""
+        sh = self._sample()
+        if sh is not None:
+            compare = sh.image(active.descriptor, outputs, transform, image, ms, timeout_s=self.request_timeout_s)
+            self._spawn(self._compared(sh, compare))
+
     def run_alone(self, s: Served, feed: dict[str, Array]) -> dict[str, Array] | None:
         """Run `feed` right here when it is the only request of `s` and no engine of the slot is running.
 
@@ -227,7 +254,7 @@ class ModelSlot:
         """
         b = s.batcher
         if s.inflight != 1 or b is None or not self._run_lock.acquire(blocking=False):
-            return None  # (the caller also checks that the server has no other request in progress)
+            return None
         try:
             checked = s.engine.check_inputs(feed)
             rows = {int(a.shape[0]) for a in checked.values() if a.ndim}
@@ -238,22 +265,6 @@ class ModelSlot:
             self._run_lock.release()
         s.alone[next(iter(rows))] += 1
         return out
-
-    def record(self, code: int, ms: float) -> None:
-        """Count one inference request in the telemetry window."""
-        with self._lock:
-            self._requests += 1
-            if code >= 500:
-                self._errors += 1
-            self._latency.observe(ms)
-
-    def maybe_shadow(self, active: Served, feed: dict[str, Array], outputs: dict[str, Array], active_ms: float) -> None:
-        """On a sampled fraction of requests, run the candidate on the same inputs, off the response path."""
-        sh = self._shadow
-        if sh is None or sh.served.batcher is None or self._rng.random() >= sh.rate:
-            return
-        sh.served.inflight += 1
-        self._spawn(self._compare(sh, active, feed, outputs, active_ms))
 
     def is_ready(self) -> bool:
         """True when a model is active and its batcher runs."""
@@ -286,10 +297,10 @@ class ModelSlot:
     # --- internals -----------------------------------------------------------------------------------
 
     def _run(self, install: Callable[[Any], Coroutine[Any, Any, None]], arg: Any) -> None:
-        """Run `install(arg)` on the server loop and wait for it; without a loop, swap references here."""
+        """Run `install(arg)` on the loop and wait for it; without a loop, swap references here."""
         with self._lock:
             loop, thread = self._loop, self._loop_thread
-            if loop is None or not loop.is_running():  # no server: batchers start on attach
+            if loop is None or not loop.is_running():  # no loop yet: batchers start on attach
                 old = self._swap(install, arg)
                 if old is not None and id(old.engine) not in {id(x.engine) for _, x in self.loaded()}:
                     old.engine.close()
@@ -315,7 +326,7 @@ class ModelSlot:
         with self._lock:
             attached = self._loop is not None
         if attached:
-            backend = _OneRunAtATime(s.engine, self._run_lock)
+            backend = OneRunAtATime(s.engine, self._run_lock)
             s.batcher = Batcher(backend, s.options, more_coming=lambda: s.pending > 0)
             await s.batcher.start()
 
@@ -326,7 +337,7 @@ class ModelSlot:
         if old is not None and old is not new:
             self._retire(old)
 
-    async def _install_shadow(self, new: _Shadow | None) -> None:
+    async def _install_shadow(self, new: Shadow | None) -> None:
         if new is not None:
             await self._start(new.served)
         old, self._shadow = self._shadow, new
@@ -350,25 +361,18 @@ class ModelSlot:
         if id(s.engine) not in in_use:
             s.engine.close()
 
-    async def _compare(
-        self, sh: _Shadow, active: Served, feed: dict[str, Array], outputs: dict[str, Array], active_ms: float
-    ) -> None:
-        s = sh.served
+    # --- shadow --------------------------------------------------------------------------------------
+
+    def _sample(self) -> Shadow | None:
+        """The shadow candidate, on a sampled fraction of requests (counted in progress until compared)."""
+        sh = self._shadow
+        if sh is None or sh.served.batcher is None or self._rng.random() >= sh.rate:
+            return None
+        sh.served.inflight += 1
+        return sh
+
+    async def _compared(self, sh: Shadow, comparison: Coroutine[Any, Any, None]) -> None:
         try:
-            if s.batcher is None:
-                return
-            t0 = time.perf_counter()
-            try:
-                cand = await s.batcher.infer(feed)
-            except ModelError:
-                sh.tally.error()
-                return
-            cand_ms = (time.perf_counter() - t0) * 1e3
-            try:
-                agrees = agreement(outputs, active.descriptor, cand, s.descriptor)
-            except ModelError:
-                sh.tally.error()
-                return
-            sh.tally.add(agrees, cand_ms - active_ms)
+            await comparison
         finally:
-            self.release(s)
+            self.release(sh.served)
