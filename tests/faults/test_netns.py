@@ -9,6 +9,7 @@ and in order; the hub sees the device go offline (its will) and come back.
 from __future__ import annotations
 
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -79,11 +80,16 @@ def _stored_seqs(w: FaultWorld, device_id: str) -> list[int]:
 def test_a_model_arrives_intact_over_a_2_mbit_link(netns_world: FaultWorld, net_host: NetHost) -> None:
     w = netns_world
     net_host.shape("2mbit")
-    agent = w.spawn(w.enrol("cam-slow"), w.tmp / "agent-slow", host=net_host)
+    data = w.tmp / "agent-slow"
+    agent = w.spawn(w.enrol("cam-slow"), data, host=net_host)
     w.deploy("cam-slow", "1.0.0")
     done = w.wait_active("cam-slow", "1.0.0", timeout=180)
     assert done["active"]["sha256"] == _manifest(w, "1.0.0")["sha256"]  # verified chunk by chunk, then whole
     assert agent.proc.poll() is None
+    # what the agent keeps about its desired state and telemetry is its own (issue 18 item 7: was 0644)
+    private = [data / "state.json", data / "watched.json", *data.glob("telemetry.sqlite*")]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in private if p.exists()}
+    assert len(modes) >= 3 and set(modes.values()) == {0o600}, {k: oct(v) for k, v in modes.items()}
     record("fault", "model delivered over a 2 Mbit/s link (tc tbf, own network host)", "recovered", 1, 0)
 
 

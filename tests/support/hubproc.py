@@ -31,22 +31,24 @@ CLI = [sys.executable, str(ROOT / "edgefleet_cli.py")]
 class HubProc:
     """A hub in a process of its own on a data dir of its own. `env` adds EDGEFLEET_HUB_* settings."""
 
-    def __init__(self, data_dir: Path, mosquitto_binary: str, **env: str) -> None:
+    def __init__(self, data_dir: Path, mosquitto_binary: str, *, init: bool = True, **env: str) -> None:
         self.data_dir = data_dir
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")},
             "EDGEFLEET_HUB_DATA_DIR": str(data_dir), "EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0",
             "EDGEFLEET_HUB_BROKER_MOSQUITTO_BINARY": mosquitto_binary, "PYTHONPATH": str(ROOT), **env,
         }  # fmt: skip
-        init = subprocess.run([*CLI, "hub", "init", "--json"], env=self.env, capture_output=True, text=True,
-                              timeout=120, check=False)  # fmt: skip
-        if init.returncode != 0:
-            raise RuntimeError(f"hub init failed: {init.stderr}")
-        self.admin_token: str = json.loads(init.stdout)["admin_token"]
+        self.admin_token = ""
+        if init:
+            done = subprocess.run([*CLI, "hub", "init", "--json"], env=self.env, capture_output=True, text=True,
+                                  timeout=120, check=False)  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"hub init failed: {done.stderr}")
+            self.admin_token = json.loads(done.stdout)["admin_token"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.broker_url = ""
-        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+        self.log = data_dir.parent / f"{data_dir.name}-serve{'' if init else '-2'}.log"
         self._starts = 0
 
     def start(self, timeout: float = 90) -> HubProc:
