@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.openapi import install as document_errors
 from hub.api.routes_fleet import fleet_router
@@ -68,12 +69,8 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
-        log.exception("api: unexpected error")
-        return _error(500, "internal", f"unexpected {type(e).__name__}; see the hub log")
-
     app.state.auth = hub.auth
+    app.add_middleware(Unexpected)  # innermost: audit and security headers wrap its 500 like any response
     install_security(app, hub)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and broker connection (no token needed)")
@@ -93,3 +90,34 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     mount_dashboard(app, hub)
     document_errors(app)
     return app
+
+
+class Unexpected:
+    """ASGI middleware: an exception no handler mapped becomes one logged 500 with the JSON error shape.
+
+    Starlette's handler for `Exception` re-raises after answering, so the server logged the traceback a
+    second time and reset the keep-alive connection; answering here keeps the connection and logs once.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as e:
+            log.exception("api: unexpected error on %s %s", scope.get("method"), str(scope.get("path"))[:200])
+            if started:  # too late for an error response: the server closes the connection
+                raise
+            response = _error(500, "internal", f"unexpected {type(e).__name__}; see the hub log")
+            await response(scope, receive, send)

@@ -7,12 +7,17 @@ after each (a 500 used to reset the keep-alive connection).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import httpx
 import onnx
 import pytest
+from fastapi import APIRouter
 
 from fleet.messages import ShadowSpec
+from hub.api.app import create_app
+from hub.api.server import ApiServer
 from hub.errors import TooLarge
 from models.descriptor import ModelDescriptor
 from tests.support.hub import RunningHub
@@ -103,3 +108,34 @@ def test_a_desired_state_agents_would_refuse_is_refused_at_push_and_at_deploy(
         h.hub.deployer.set_desired(["cam-1"], ref, shadow=ShadowSpec(model=candidate, sample_rate=0.5))
     assert h.hub.store.get_desired("cam-1").version == 1  # type: ignore[union-attr]  # nothing allocated or sent
     record("attack", "model or shadow pair whose desired state exceeds the agents' message limit", "refused", 2, 0)
+
+
+def test_an_unexpected_error_is_one_logged_500_and_the_connection_stays_open(
+    running_hub: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: after each 500 the keep-alive connection was reset and the traceback logged twice."""
+    h = running_hub
+    boom = APIRouter()
+
+    @boom.get("/boom")
+    def explode() -> None:
+        raise RuntimeError("a bug nobody foresaw")
+
+    server = ApiServer(h.hub, port=0, app=create_app(h.hub, extra_routers=[boom]))
+    server.start()
+    server_log: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = server_log.append  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addHandler(catcher)  # uvicorn's own logger does not reach caplog
+    try:
+        with caplog.at_level(logging.ERROR), httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.get("/boom")
+            again = c.get("/healthz")  # on the same keep-alive connection, if the server kept it
+        tracebacks = [rec for rec in [*caplog.records, *server_log] if rec.exc_info]
+        assert (r.status_code, _error(r)["code"]) == (500, "internal")
+        assert (r.headers.get("connection"), len(tracebacks)) == (None, 1), [x.getMessage() for x in tracebacks]
+        assert r.headers["x-content-type-options"] == "nosniff"  # answered inside the security middleware
+        assert again.status_code == 200
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(catcher)
+        server.stop()
