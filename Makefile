@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test fuzz check lint typecheck layers pytest demo mosquitto chromium docs bench clean
+.PHONY: test fuzz check lint typecheck layers pytest demo mosquitto postgresql chromium docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,15 +17,18 @@ venv: $(STAMP)
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+postgresql:
+	@bash scripts/ensure-postgresql.sh
+
 chromium:
 	@bash scripts/ensure-chromium.sh
 
 ## every check CI runs: ruff, mypy --strict, import-linter, pytest
-test: $(STAMP) mosquitto chromium
+test: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/check
 
 ## property-based tests with new random cases and 20x the examples, bounded by FUZZ_SECONDS (default 1800)
-fuzz: $(STAMP) mosquitto chromium
+fuzz: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/fuzz
 
 lint: $(STAMP)
@@ -38,7 +41,7 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP) mosquitto chromium
+pytest: $(STAMP) mosquitto postgresql chromium
 	$(BIN)/pytest
 
 docs: $(STAMP)

@@ -6,7 +6,7 @@ the protocol allows for telemetry; `--qos 1` for acknowledged delivery; both sub
   hub - a real Hub (its MQTT link, fleet.codec decoding, checks, batched writes into SQLite WAL with dedupe
         by (device, seq) and per-minute rollups), as `hub serve` runs it: telemetry decoded and written by
         the telemetry writer process (ingest.telemetry_process);
-  hub in-process - the same with ingest.telemetry_process off (everything in the hub's one process).
+  hub in-process - the same with ingest.telemetry_process off (the telemetry writer is a thread of the hub).
 After each hub round the windows are counted in the database (not only in the hub's counters).
 Rate = windows / (publishers released -> last message counted, or last window committed). Rounds alternate
 raw and hub; the ratio is the median of the per-round ratios. Prints a markdown table.
@@ -207,7 +207,7 @@ def main() -> None:
     print(f"| raw paho subscriber (receive only) | {statistics.median(raws):,.0f} | 1.00 |")
     print(f"| hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default) "
           f"| {statistics.median(hubs):,.0f} | {statistics.median(ratios):.2f} |")  # fmt: skip
-    print(f"| hub, all in one process (`ingest.telemetry_process` off) | {statistics.median(inprocs):,.0f} "
+    print(f"| hub, writer thread (`ingest.telemetry_process` off) | {statistics.median(inprocs):,.0f} "
           f"| {statistics.median(inratios):.2f} |")  # fmt: skip
 
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fleet.codec import encode  # noqa: E402
 from fleet.histogram import LatencyRecorder  # noqa: E402
 from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState, TelemetryWindow  # noqa: E402
 from fleet.signing import HubSigningKey  # noqa: E402
@@ -87,11 +88,9 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
         store.enqueue_reported(ReportedState(device_id=d, seq=2, ts=now, phase=Phase.ACTIVE, active=applied,
                                              desired_version=desired.version if desired else 1), now)  # fmt: skip
         for k in range(windows):
-            store.enqueue_telemetry(
-                TelemetryWindow(device_id=d, seq=k, start=now + 5 * k, end=now + 5 * k + 5, model="m",
-                                model_version=applied.version, requests=50, errors=0, latency=rec.snapshot()),
-                now,
-            )  # fmt: skip
+            w = TelemetryWindow(device_id=d, seq=k, start=now + 5 * k, end=now + 5 * k + 5, model="m",
+                                model_version=applied.version, requests=50, latency=rec.snapshot())  # fmt: skip
+            store.submit_telemetry(d, encode(w), now)
     store.flush()
     engine.tick(now + 1)  # settles: bake starts
     assert engine.get(r.id).waves[0].phase is WavePhase.BAKING, engine.get(r.id).waves[0]

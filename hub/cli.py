@@ -58,6 +58,16 @@ def _client(url: str, token: str | None) -> HubClient:
     return HubClient(url, token)
 
 
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Keep the store in this database: postgresql://user:password@host/db (shared by hub replicas). "
+        "Default: EDGEFLEET_HUB_DATABASE_URL, else the SQLite file hub.db in the data directory.",
+    ),
+]
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -72,6 +82,7 @@ def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
 @hub_app.command("init")
 def hub_init(
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     tls: Annotated[
         bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
     ] = False,
@@ -84,7 +95,7 @@ def hub_init(
     from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
     from hub.tls import create_dev_pki  # noqa: PLC0415
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, **({"database_url": database_url} if database_url else {}))
     token = _run(lambda: init_hub(settings))
     tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
     if as_json:
@@ -99,6 +110,7 @@ def hub_init(
 @hub_app.command("serve")
 def hub_serve(
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     broker_url: Annotated[
         str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
     ] = None,
@@ -113,6 +125,8 @@ def hub_serve(
     overrides: dict[str, Any] = {}
     if broker_url:
         overrides["broker"] = {"url": broker_url}
+    if database_url:
+        overrides["database_url"] = database_url
     api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if api:
         overrides["api"] = api

@@ -100,3 +100,28 @@ class RateLimited(HubError):
     def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s  # the Retry-After header: the same figure as the message
+
+
+class WriterUnavailable(HubError):
+    """The telemetry writer did not answer in time (it is restarted; what it had not committed is counted lost)."""
+
+    code = "writer_unavailable"
+    status = 503
+
+
+class RefusedWindow(InvalidInput):
+    """A telemetry payload the writer refuses: `reason` is "malformed", "foreign" (names another device) or
+    "clock_ahead" (ends further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S)."""
+
+    code = "refused_window"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DatabaseUnavailable(HubError):
+    """The store's database server cannot be reached (PostgreSQL): check the database URL and the server."""
+
+    code = "database_unavailable"
+    status = 503

@@ -4,10 +4,10 @@
 malformed or foreign messages (counted by kind and reason, logged with a rate limit, never raised), and
 queues good ones for the store's writer, which writes them in batches.
 
-Telemetry, the bulk of the traffic, goes undecoded to the store's telemetry writer process when the store
-has one (`ingest.telemetry_process`, the default): this thread checks topic, size, enrolment and the
-per-device rate limit; the writer process decodes, refuses malformed and foreign windows and writes the
-rest. Its counts are merged into `accepted` and `rejected`, so both paths report the same way.
+Telemetry, the bulk of the traffic, goes undecoded to the store's telemetry writer (`Store.submit_telemetry`,
+a process or a thread: `hub.store.telemetry_writer`): this thread checks topic, size, enrolment and the
+per-device rate limit; the writer decodes, refuses malformed and foreign windows and writes the rest. Its
+counts are merged into `accepted` and `rejected`, so every refusal is reported the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from collections.abc import Callable
 from fleet.codec import decode
 from fleet.errors import InvalidTopic, MessageError
 from fleet.limits import too_far_ahead
-from fleet.messages import CommandAck, DeviceStatus, ReportedState, TelemetryWindow, Want
+from fleet.messages import CommandAck, DeviceStatus, ReportedState, Want
 from fleet.topics import ParsedTopic, TopicKind, Topics
+from hub.ratelimit import log_sampled
 from hub.store import Store
 from hub.transfer import ChunkServer
 
@@ -29,10 +30,9 @@ log = logging.getLogger(__name__)
 _PARSE_CACHE = 100_000
 
 
-def timestamps(msg: TelemetryWindow | DeviceStatus | ReportedState) -> tuple[float | None, ...]:
-    """Every device clock reading in a message: none may lie further ahead of the hub's clock than the skew."""
-    if isinstance(msg, TelemetryWindow):
-        return (msg.start, msg.end)
+def timestamps(msg: DeviceStatus | ReportedState) -> tuple[float | None, ...]:
+    """Every device clock reading in a message: none may lie further ahead of the hub's clock than the skew
+    (telemetry windows are checked by the telemetry writer, which decodes them)."""
     if isinstance(msg, DeviceStatus):
         return (msg.ts,)
     models = (msg.active, msg.previous, msg.shadow)
@@ -68,7 +68,7 @@ class Ingestor:
         key = (kind, reason)
         self._rejected[key] += 1
         n = self._rejected[key]
-        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two
+        if log_sampled(n):
             log.warning("ingest: refused %s message on %s (%s, #%d): %s", kind, topic[:200], reason, n, detail[:300])
 
     def handle(self, topic: str, payload: bytes) -> None:
@@ -95,20 +95,12 @@ class Ingestor:
             return
         if not payload:
             return  # a cleared retained message
-        if kind is TopicKind.TELEMETRY and parsed.device_id is not None and self.store.takes_raw_telemetry:
-            self._raw_telemetry(topic, parsed.device_id, payload)
-            return
-        if (
-            kind is TopicKind.TELEMETRY and self.allow_telemetry is not None and parsed.device_id is not None
-            and self.is_enrolled(parsed.device_id) and not self.allow_telemetry(parsed.device_id)
-        ):  # fmt: skip
-            self._reject(kind.value, "rate_limited", topic, "telemetry flood: the device's rate limit is spent")
+        if kind is TopicKind.TELEMETRY and parsed.device_id is not None:
+            self._telemetry(topic, parsed.device_id, payload)
             return
         now = time.time()
         try:
-            if kind is TopicKind.TELEMETRY:
-                self._device_msg(kind, topic, parsed.device_id, decode(payload, TelemetryWindow), now)
-            elif kind is TopicKind.STATUS:
+            if kind is TopicKind.STATUS:
                 self._device_msg(kind, topic, parsed.device_id, decode(payload, DeviceStatus), now)
             elif kind is TopicKind.REPORTED:
                 self._device_msg(kind, topic, parsed.device_id, decode(payload, ReportedState), now)
@@ -135,8 +127,8 @@ class Ingestor:
         except MessageError as e:
             self._reject(kind.value, "malformed", topic, str(e))
 
-    def _raw_telemetry(self, topic: str, device_id: str, payload: bytes) -> None:
-        """Checks that need the hub's state; decoding and the foreign check happen in the writer process."""
+    def _telemetry(self, topic: str, device_id: str, payload: bytes) -> None:
+        """Checks that need the hub's state; decoding and the foreign check happen in the telemetry writer."""
         if not self.is_enrolled(device_id):
             self._reject("telemetry", "unknown_device", topic, device_id)
         elif self.allow_telemetry is not None and not self.allow_telemetry(device_id):
@@ -145,9 +137,8 @@ class Ingestor:
             self._reject("telemetry", "queue_full", topic, "the telemetry writer is behind")
 
     def _device_msg(
-        self, kind: TopicKind, topic: str, device_id: str | None, msg: TelemetryWindow | DeviceStatus | ReportedState,
-        now: float,
-    ) -> None:  # fmt: skip
+        self, kind: TopicKind, topic: str, device_id: str | None, msg: DeviceStatus | ReportedState, now: float
+    ) -> None:
         if msg.device_id != device_id:
             self._reject(kind.value, "foreign", topic, f"payload names device {msg.device_id!r}")
             return
@@ -158,9 +149,7 @@ class Ingestor:
         if too_far_ahead(ahead, now):
             self._reject(kind.value, "clock_ahead", topic, f"timestamp {ahead:.0f} is {ahead - now:.0f}s ahead")
             return
-        if isinstance(msg, TelemetryWindow):
-            ok = self.store.enqueue_telemetry(msg, now)
-        elif isinstance(msg, DeviceStatus):
+        if isinstance(msg, DeviceStatus):
             ok = self.store.enqueue_status(msg, now)
         else:
             ok = self.store.enqueue_reported(msg, now)
@@ -193,16 +182,15 @@ class Ingestor:
                 break
             except RuntimeError:
                 continue
-        st = self.store.ingest_stats()
-        if st.rows_refused:  # accepted here, then refused by a writer: the database could not take them
+        st = self.store.ingest_stats()  # what the telemetry writer decided, and rows a writer could not write
+        if st.rows_refused:
             rejected[("message", "unwritable")] = st.rows_refused
-        if self.store.takes_raw_telemetry:  # what the telemetry writer process decided
-            for key, n in (
-                ("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign),
-                ("clock_ahead", st.telemetry_clock_ahead),
-            ):  # fmt: skip
-                if n:
-                    rejected[("telemetry", key)] = rejected.get(("telemetry", key), 0) + n
-            if st.telemetry_accepted:
-                accepted["telemetry"] = accepted.get("telemetry", 0) + st.telemetry_accepted
+        for key, n in (
+            ("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign),
+            ("clock_ahead", st.telemetry_clock_ahead),
+        ):  # fmt: skip
+            if n:
+                rejected[("telemetry", key)] = rejected.get(("telemetry", key), 0) + n
+        if st.telemetry_accepted:
+            accepted["telemetry"] = accepted.get("telemetry", 0) + st.telemetry_accepted
         return accepted, rejected

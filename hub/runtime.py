@@ -29,7 +29,7 @@ from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
 from hub.security import HubSecurity
 from hub.settings import HubSettings
-from hub.store import SqliteStore, open_store
+from hub.store import SqlStore, open_store
 from hub.telemetry import TelemetryQueries
 from hub.transfer import ChunkServer
 
@@ -45,7 +45,7 @@ def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
     if settings.key_path.exists():
         raise Conflict(f"{settings.data_dir} already holds a hub (its signing key exists)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.db_path)
+    store = open_store(settings.database)
     try:
         HubSigningKey.generate().save(settings.key_path)
         store.set_meta("instance_id", uuid.uuid4().hex[:16])
@@ -77,7 +77,7 @@ class Hub:
     def start(self) -> None:
         """Open the store, start (or reach) the broker, connect and start serving. NotInitialised without init."""
         s = self.settings
-        if not s.key_path.exists() or not s.db_path.exists():
+        if not s.key_path.exists() or (s.database_url is None and not s.db_path.exists()):
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
         self._lock = DataDirLock(s.data_dir)
         replica = s.broker.replica
@@ -89,8 +89,8 @@ class Hub:
                 self._lock.release()
                 raise
         self.key = HubSigningKey.load(s.key_path)
-        self.store: SqliteStore = open_store(
-            s.db_path, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
+        self.store: SqlStore = open_store(
+            s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
             telemetry_process=s.ingest.telemetry_process,
         )  # fmt: skip
         try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
+from hub.errors import InvalidInput
+from hub.store.connection import Database
 from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
@@ -112,7 +114,7 @@ class IngestSettings(SettingsGroup):
     telemetry_process: bool = Field(
         default=True,
         description="decode and write telemetry in a writer process of its own, so ingestion is not bound to "
-        "the hub process's one Python GIL (off: in the hub process, one process less)",
+        "the hub process's one Python GIL (off: in a writer thread of the hub process, one process less)",
     )
 
 
@@ -222,6 +224,11 @@ class HubSettings(EnvSettings):
     model_config = env_config(ENV_PREFIX)
 
     data_dir: Path = Field(default=Path("./hub-data"), description="database, blobs, signing key, broker state")
+    database_url: str | None = Field(
+        default=None,
+        description="where the store lives: postgresql://user:password@host:5432/db for a PostgreSQL server shared "
+        "by hub replicas (needs the `postgres` extra: psycopg); unset: the SQLite file hub.db in data_dir",
+    )
     topic_prefix: Prefix = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix of the fleet")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="MQTT broker")
     api: RestApiSettings = Field(default_factory=RestApiSettings, description="REST API")
@@ -234,9 +241,24 @@ class HubSettings(EnvSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            return Database.from_url(value).url
+        except InvalidInput as e:
+            raise ValueError(e.message) from e
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hub.db"
+
+    @property
+    def database(self) -> Database:
+        """The store's database: `database_url`, or the SQLite file in the data directory."""
+        return Database.from_url(self.database_url) if self.database_url else Database.sqlite(self.db_path)
 
     @property
     def key_path(self) -> Path:

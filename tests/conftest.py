@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes; the hypothesis profile."""
+"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes, a real PostgreSQL server and
+the store's database on each backend; the hypothesis profile of the run."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from hub.store import Database
 from tests.support.broker import Broker, find_mosquitto, free_port
 from tests.support.fuzz import load_profile
+from tests.support.postgres import PostgresServer, find_postgres_bin
 
 PROFILE = load_profile()  # before any test module builds its hypothesis settings
 
@@ -64,3 +67,32 @@ def private_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[Broker]:
 def topic_prefix() -> str:
     """A topic prefix no other test uses, so tests on the shared broker never see each other."""
     return f"test/{uuid.uuid4().hex[:12]}/fleet/v1"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (Debian's package); skipped without it, except under CI=true."""
+    bindir = find_postgres_bin()
+    if bindir is None:
+        message = (
+            "PostgreSQL is not installed: PostgreSQL store tests need it "
+            "(`make test` installs it as root, or run `apt-get install postgresql`)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The store's database, once on each backend: an SQLite file, and a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return Database.sqlite(tmp_path / "hub.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return Database.from_url(server.create_database())

@@ -1,4 +1,5 @@
-"""The hub's store: the `Store` interface and its SQLite backend (the only place that speaks SQL)."""
+"""The hub's store: the `Store` interface and its SQL backend, on SQLite or PostgreSQL (the only place that speaks
+SQL)."""
 
 from __future__ import annotations
 
@@ -18,27 +19,30 @@ from hub.store.base import (
     TelemetryTotals,
     Token,
 )
-from hub.store.sqlite import SqliteStore
+from hub.store.connection import Database
+from hub.store.sql import SqlStore
 
 
 def open_store(
-    path: Path,
+    database: Database | Path,
     *,
     max_batch: int = 5000,
     max_queue: int = 200_000,
     max_delay_s: float = 0.05,
-    telemetry_process: bool = False,
-) -> SqliteStore:
-    """Open (creating and migrating) the SQLite store at `path`.
+    telemetry_process: bool = True,
+) -> SqlStore:
+    """Open (creating and migrating) the store in `database` (a path is an SQLite file).
 
-    `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does).
+    `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does by
+    default), or in a writer thread of this process (False).
     """
-    return SqliteStore(
-        path, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process
+    db = Database.sqlite(database) if isinstance(database, Path) else database
+    return SqlStore(
+        db, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process
     )
 
 
 __all__ = [
-    "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats", "SqliteStore", "Store",
-    "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
+    "Database", "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats",
+    "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.histogram import N_BUCKETS
-from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
+from fleet.messages import DeviceStatus, ReportedState
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,12 @@ class IngestStats:
     dropped_queue_full: int = 0
     write_errors: int = 0
     rows_refused: int = 0  # messages a writer could not write (out of range for the database): refused, counted
-    # With a telemetry writer process, what it decided (in-process, hub.ingest counts these itself):
+    # What the telemetry writer decided (hub.ingest merges these into its accepted/rejected counts):
     telemetry_accepted: int = 0  # decoded and checked, handed to the SQL
     telemetry_malformed: int = 0
     telemetry_foreign: int = 0  # the payload names another device than its topic
     telemetry_clock_ahead: int = 0  # timestamps further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S
-    telemetry_lost: int = 0  # sent to a writer process that died before committing them
+    telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them
     writer_restarts: int = 0
 
 
@@ -237,9 +237,6 @@ class Store(Protocol):
     # ingestion (asynchronous, batched by the writer)
     def enqueue_status(self, msg: DeviceStatus, received_at: float) -> bool: ...
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool: ...
-    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool: ...
-    @property
-    def takes_raw_telemetry(self) -> bool: ...  # True: telemetry goes undecoded to submit_telemetry
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool: ...
     def flush(self, timeout: float = 30.0) -> None: ...
     def ingest_stats(self) -> IngestStats: ...

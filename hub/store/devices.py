@@ -1,21 +1,27 @@
-"""Device and desired-state tables of the SQLite store (a mixin of SqliteStore)."""
+"""Device and desired-state tables of the store (a mixin of SqlStore)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hub.errors import Conflict, NotFound
 from hub.store.base import Desired, DesiredSummary, Device
+from hub.store.connection import Conn, Dialect
 
 T = TypeVar("T")
-WANTING_SQL = (
-    "SELECT device_id FROM desired WHERE model_name = ? AND model_version = ? "
-    "UNION SELECT device_id FROM desired WHERE json_extract(body, '$.shadow.model.name') = ? "
-    "AND json_extract(body, '$.shadow.model.version') = ?"
-)
+
+
+def wanting_sql(d: Dialect) -> str:
+    """Devices whose desired state names a model version, as the model or as the shadow candidate."""
+    return (
+        "SELECT device_id FROM desired WHERE model_name = ? AND model_version = ? "  # noqa: S608
+        f"UNION SELECT device_id FROM desired WHERE {d.json_text('body', 'shadow', 'model', 'name')} = ? "
+        f"AND {d.json_text('body', 'shadow', 'model', 'version')} = ?"
+    )
+
+
 _DEVICE = (
     "SELECT d.id, d.labels, d.password_hash, d.enrolled_at, d.enrolled_by, d.status, d.status_at, d.session, "
     "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
@@ -43,16 +49,16 @@ def _desired(r: Any) -> Desired:
 class DeviceTables:
     """Devices, their labels and their signed desired states."""
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
+    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
         raise NotImplementedError
 
-    def _read(self) -> sqlite3.Connection:
+    def _read(self) -> Conn:
         raise NotImplementedError
 
     def add_device(self, device: Device) -> None:
         """Enrol a device; Conflict when the id exists."""
 
-        def job(c: sqlite3.Connection) -> None:
+        def job(c: Conn) -> None:
             if c.execute("SELECT 1 FROM devices WHERE id = ?", (device.id,)).fetchone():
                 raise Conflict(f"device {device.id} is already enrolled")
             c.execute(
@@ -72,7 +78,7 @@ class DeviceTables:
     def set_labels(self, device_id: str, labels: dict[str, str]) -> Device:
         """Replace a device's labels; NotFound for an unknown device."""
 
-        def job(c: sqlite3.Connection) -> Device:
+        def job(c: Conn) -> Device:
             if c.execute("UPDATE devices SET labels = ? WHERE id = ?", (json.dumps(labels), device_id)).rowcount == 0:
                 raise NotFound(f"device {device_id} is not enrolled")
             return _device(c.execute(_DEVICE + " WHERE d.id = ?", (device_id,)).fetchone())
@@ -82,7 +88,7 @@ class DeviceTables:
     def allocate_desired_versions(self, device_ids: list[str]) -> dict[str, int]:
         """Reserve the next desired-state version of each device (persisted: monotonic across restarts)."""
 
-        def job(c: sqlite3.Connection) -> dict[str, int]:
+        def job(c: Conn) -> dict[str, int]:
             out = {}
             for device_id in device_ids:
                 row = c.execute(
@@ -121,14 +127,16 @@ class DeviceTables:
 
     def list_desired_summaries(self) -> list[DesiredSummary]:
         """Every desired state's names and runtime, without decoding signed bodies in Python."""
+        conn = self._read()
+        d = conn.dialect
         sql = (
-            "SELECT device_id, version, rollout_id, model_name, model_version, "
-            "json_extract(body, '$.shadow.model.name'), json_extract(body, '$.shadow.model.version'), "
-            "json_extract(body, '$.runtime') FROM desired ORDER BY device_id"
+            "SELECT device_id, version, rollout_id, model_name, model_version, "  # noqa: S608
+            f"{d.json_text('body', 'shadow', 'model', 'name')}, {d.json_text('body', 'shadow', 'model', 'version')}, "
+            f"{d.json_text('body', 'runtime')} FROM desired ORDER BY device_id"
         )
         return [
             DesiredSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
-            for r in self._read().execute(sql)
+            for r in conn.execute(sql)
         ]
 
     def list_desired_heads(self) -> list[Desired]:
@@ -141,5 +149,6 @@ class DeviceTables:
         return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
 
     def devices_wanting(self, name: str, version: str) -> list[str]:
-        rows = self._read().execute(WANTING_SQL, (name, version, name, version))
+        conn = self._read()
+        rows = conn.execute(wanting_sql(conn.dialect), (name, version, name, version))
         return sorted(r[0] for r in rows)

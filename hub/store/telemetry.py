@@ -1,37 +1,63 @@
-"""Telemetry SQL: raw windows (deduplicated by device and seq), per-minute rollups, queries, retention."""
+"""Telemetry SQL: raw windows (deduplicated by device and seq), per-minute rollups, queries, retention.
+
+Writing differs per backend. SQLite (one writer at a time, `BEGIN IMMEDIATE`): insert the rows, then roll up
+the ids above the largest id before the insert. PostgreSQL (writers run concurrently, ids commit out of
+order): `COPY` the rows into a temporary table, then one statement inserts them and rolls up exactly the rows
+that statement inserted (`INSERT ... RETURNING` feeding the rollup), so any number of writers on any number of
+hub replicas each roll up their own rows once.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from fleet.messages import TelemetryWindow
 from hub.store.base import SeqStats, StoredWindow, TelemetryPoint
+from hub.store.connection import Conn, Dialect
 from hub.store.migrations import BUCKETS
 
-_RAW_COLS = (
-    'device_id, seq, start, "end", received_at, model, model_version, provider, requests, errors, sum_ms, '
-    "queue_depth, cpu_percent, memory_bytes, spool_dropped, spool_pending, extra, " + ", ".join(BUCKETS)
-)
-INSERT_RAW = f"INSERT OR IGNORE INTO telemetry ({_RAW_COLS}) VALUES ({', '.join('?' * (17 + len(BUCKETS)))})"  # noqa: S608
-_SUM_BUCKETS = ", ".join(f"sum({b})" for b in BUCKETS)
-_ADD_BUCKETS = ", ".join(f"{b} = {b} + excluded.{b}" for b in BUCKETS)
-ROLLUP = f"""
-    INSERT INTO telemetry_minute (minute, device_id, model, model_version, windows, requests, errors, sum_ms,
-                                  queue_depth_max, {", ".join(BUCKETS)})
-    SELECT CAST(start / 60 AS INTEGER) * 60, device_id, model, model_version, count(*), sum(requests),
-           sum(errors), sum(sum_ms), max(queue_depth), {_SUM_BUCKETS}
-    FROM telemetry WHERE id > ? GROUP BY 1, 2, 3, 4
-    ON CONFLICT (minute, device_id, model, model_version) DO UPDATE SET
-        windows = windows + excluded.windows, requests = requests + excluded.requests,
-        errors = errors + excluded.errors, sum_ms = sum_ms + excluded.sum_ms,
-        queue_depth_max = max(queue_depth_max, excluded.queue_depth_max), {_ADD_BUCKETS}
+_COLS = [
+    "device_id", "seq", "start", '"end"', "received_at", "model", "model_version", "provider", "requests", "errors",
+    "sum_ms", "queue_depth", "cpu_percent", "memory_bytes", "spool_dropped", "spool_pending", "extra", *BUCKETS,
+]  # fmt: skip
+_RAW_COLS = ", ".join(_COLS)
+_INSERT_RAW = f"INSERT INTO telemetry ({_RAW_COLS}) VALUES ({', '.join('?' * len(_COLS))}) ON CONFLICT DO NOTHING"  # noqa: S608
+_ROLLED = ["minute", "device_id", "model", "model_version", "windows", "requests", "errors", "sum_ms",
+           "queue_depth_max", *BUCKETS]  # fmt: skip
+
+
+def _rollup(d: Dialect, source: str) -> str:
+    """Add the windows of `source` (a table or CTE with telemetry's columns) to their per-minute rollups."""
+    minute = "floor(start / 60) * 60" if d.postgres else "CAST(start / 60 AS INTEGER) * 60"
+    sums = ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
+    adds = ", ".join(f"{b} = telemetry_minute.{b} + excluded.{b}" for b in BUCKETS)
+    return f"""
+        INSERT INTO telemetry_minute ({", ".join(_ROLLED)})
+        SELECT {minute}, device_id, model, model_version, count(*), CAST(sum(requests) AS BIGINT),
+               CAST(sum(errors) AS BIGINT), sum(sum_ms), max(queue_depth), {sums}
+        FROM {source} GROUP BY 1, 2, 3, 4 ORDER BY 2, 1, 3, 4
+        ON CONFLICT (minute, device_id, model, model_version) DO UPDATE SET
+            windows = telemetry_minute.windows + excluded.windows,
+            requests = telemetry_minute.requests + excluded.requests,
+            errors = telemetry_minute.errors + excluded.errors, sum_ms = telemetry_minute.sum_ms + excluded.sum_ms,
+            queue_depth_max = {d.greatest("telemetry_minute.queue_depth_max", "excluded.queue_depth_max")}, {adds}
+    """  # noqa: S608
+
+
+_SQLITE_ROLLUP = _rollup(Dialect("sqlite"), "telemetry WHERE id > ?")
+_PG_STAGE = f"""
+    CREATE TEMP TABLE IF NOT EXISTS telemetry_stage ON COMMIT DELETE ROWS
+    AS SELECT {_RAW_COLS} FROM telemetry WITH NO DATA
 """  # noqa: S608
-TOUCH_DEVICE = """
-    UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?), telemetry_at = ?, last_requests = ?,
-           last_errors = ? WHERE id = ?
-"""
+_PG_WRITE = f"""
+    WITH ins AS (
+        INSERT INTO telemetry ({_RAW_COLS}) SELECT {_RAW_COLS} FROM telemetry_stage ORDER BY device_id, seq
+        ON CONFLICT (device_id, seq) DO NOTHING RETURNING *
+    ), rolled AS ({_rollup(Dialect("postgresql"), "ins")})
+    SELECT count(*) FROM ins
+"""  # noqa: S608
+_TOUCH = "UPDATE devices SET last_seen = {last_seen}, telemetry_at = ?, last_requests = ?, last_errors = ? WHERE id = ?"
 
 
 _EXTRA_FIELDS = {"gpus", "shadow", "spool_capacity"}
@@ -62,29 +88,43 @@ def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
     return dict(shadow) if isinstance(shadow, dict) else None
 
 
-def write_windows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
     """Insert rows (duplicates ignored), roll the new ones up, touch devices. Returns how many were new.
 
-    Call inside a write transaction (BEGIN IMMEDIATE): the rollup takes exactly the rows this call inserted,
-    the ids above the largest id before the insert, so any number of writers (the in-process writer, the
-    telemetry writer process, hub replicas sharing the file) each roll up their own rows once.
+    Call inside a write transaction (`Conn.begin`). SQLite holds its write lock for the whole transaction, so
+    the rollup takes exactly the rows this call inserted: the ids above the largest id before the insert.
     """
-    before = int(conn.execute("SELECT coalesce(max(id), 0) FROM telemetry").fetchone()[0])
-    cur = conn.executemany(INSERT_RAW, rows)
-    inserted = max(cur.rowcount, 0)
+    if conn.dialect.postgres:
+        inserted = _write_postgres(conn, rows)
+    else:
+        before = int(conn.execute("SELECT coalesce(max(id), 0) FROM telemetry").fetchone()[0])
+        inserted = conn.executemany(_INSERT_RAW, rows)
+        if inserted:
+            conn.execute(_SQLITE_ROLLUP, (before,))
     if inserted:
-        conn.execute(ROLLUP, (before,))
         latest: dict[str, tuple[Any, ...]] = {}
         for r in rows:
             prev = latest.get(r[0])
             if prev is None or r[3] >= prev[3]:
                 latest[r[0]] = r
-        conn.executemany(TOUCH_DEVICE, [(r[4], r[4], r[8], r[9], r[0]) for r in latest.values()])
+        touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+        # in device order: writers on several replicas lock the same device rows in the same order
+        conn.executemany(touch, [(r[4], r[4], r[8], r[9], r[0]) for _, r in sorted(latest.items())])
     return inserted
 
 
+def _write_postgres(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
+    if "telemetry_stage" not in conn.state:  # a temporary table lives as long as its connection
+        conn.execute(_PG_STAGE)
+        conn.state["telemetry_stage"] = True
+    with conn.raw.cursor() as cur, cur.copy(f"COPY telemetry_stage ({_RAW_COLS}) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row(r)
+    return int(conn.execute(_PG_WRITE).fetchone()[0])
+
+
 def query_windows(
-    conn: sqlite3.Connection, device_id: str, *, since: float | None, until: float | None, limit: int
+    conn: Conn, device_id: str, *, since: float | None, until: float | None, limit: int
 ) -> list[StoredWindow]:
     """Raw windows of one device, newest first."""
     sql = _WINDOWS
@@ -128,7 +168,7 @@ def query_windows(
 
 
 def query_series(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     device_id: str | None,
     model: str | None,
@@ -149,9 +189,11 @@ def query_series(
     if until is not None:
         where.append("minute < ?")
         args.append(until)
+    sums = ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
+    filters = f"WHERE {' AND '.join(where)}" if where else ""
     sql = (
-        f"SELECT minute, sum(windows), sum(requests), sum(errors), sum(sum_ms), max(queue_depth_max), "  # noqa: S608
-        f"{_SUM_BUCKETS} FROM telemetry_minute {'WHERE ' + ' AND '.join(where) if where else ''} "
+        "SELECT minute, CAST(sum(windows) AS BIGINT), CAST(sum(requests) AS BIGINT), "  # noqa: S608
+        f"CAST(sum(errors) AS BIGINT), sum(sum_ms), max(queue_depth_max), {sums} FROM telemetry_minute {filters} "
         "GROUP BY minute ORDER BY minute"
     )
     return [
@@ -168,9 +210,12 @@ def query_series(
     ]
 
 
-def seq_stats(conn: sqlite3.Connection, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
+def seq_stats(conn: Conn, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
     """First and last seq, count, and the windows missing between them (gaps), over stored windows."""
-    sql = "SELECT min(seq), max(seq), count(*), coalesce(sum(spool_dropped), 0) FROM telemetry WHERE device_id = ?"
+    sql = (
+        "SELECT min(seq), max(seq), count(*), CAST(coalesce(sum(spool_dropped), 0) AS BIGINT) FROM telemetry "
+        "WHERE device_id = ?"
+    )
     args: list[Any] = [device_id]
     if since is not None:
         sql += ' AND "end" >= ?'
@@ -183,7 +228,7 @@ def seq_stats(conn: sqlite3.Connection, device_id: str, *, since: float | None, 
     return SeqStats(first, last, int(count), missing, int(dropped))
 
 
-def _first_id_received_after(conn: sqlite3.Connection, cutoff: float) -> int | None:
+def _first_id_received_after(conn: Conn, cutoff: float) -> int | None:
     """The smallest id whose window was received at or after `cutoff` (ids grow with arrival time).
 
     A binary search over ids (each probe is a rowid lookup) instead of an index on received_at, which would
@@ -204,7 +249,7 @@ def _first_id_received_after(conn: sqlite3.Connection, cutoff: float) -> int | N
     return lo
 
 
-def sweep(conn: sqlite3.Connection, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
+def sweep(conn: Conn, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
     """Delete raw windows older than `raw_before` or beyond `raw_max_rows`, and old rollups."""
     deleted = 0
     first_kept = _first_id_received_after(conn, raw_before)

@@ -1,36 +1,38 @@
-"""Telemetry totals over a set of devices and a time range, in one statement (a mixin of SqliteStore).
+"""Telemetry totals over a set of devices and a time range, in one statement (a mixin of SqlStore).
 
 Rollout gates compare a wave against its control cohort; reading every window of thousands of devices one
 device at a time costs a query each. This sums the raw windows that overlap the range, grouped by model
-version and shadow candidate, in SQLite.
+version and shadow candidate, in the database.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Sequence
 
 from hub.store.base import TelemetryTotals
+from hub.store.connection import Conn, Dialect
 from hub.store.migrations import BUCKETS
 
-_TOTALS = (
-    "SELECT model_version, json_extract(extra, '$.shadow.candidate_version') AS sv, count(DISTINCT device_id), "  # noqa: S608
-    "count(*), sum(requests), sum(errors), sum(sum_ms), "
-    "sum(coalesce(json_extract(extra, '$.shadow.samples'), 0)), "
-    "sum(coalesce(json_extract(extra, '$.shadow.agreements'), 0)), "
-    "sum(json_extract(extra, '$.shadow.latency_delta_ms') * json_extract(extra, '$.shadow.samples')), "
-    "sum(coalesce(json_extract(extra, '$.shadow.incomparable'), 0)), "
-    + ", ".join(f"sum({b})" for b in BUCKETS)
-    + " FROM telemetry WHERE device_id IN (SELECT value FROM json_each(?)) AND start >= ? AND start < ? "
-    "GROUP BY model_version, sv ORDER BY model_version, sv"
-)
+
+def _totals_sql(d: Dialect) -> str:
+    def shadow(field: str) -> str:
+        return d.json_number("extra", "shadow", field)
+
+    return (
+        f"SELECT model_version, {d.json_text('extra', 'shadow', 'candidate_version')} AS sv, "  # noqa: S608
+        "count(DISTINCT device_id), count(*), CAST(sum(requests) AS BIGINT), CAST(sum(errors) AS BIGINT), "
+        f"sum(sum_ms), sum(coalesce({shadow('samples')}, 0)), sum(coalesce({shadow('agreements')}, 0)), "
+        f"sum({shadow('latency_delta_ms')} * {shadow('samples')}), sum(coalesce({shadow('incomparable')}, 0)), "
+        + ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
+        + f" FROM telemetry WHERE {d.in_list('device_id')} AND start >= ? AND start < ? "
+        "GROUP BY model_version, sv ORDER BY model_version, sv NULLS FIRST"
+    )
 
 
 class TotalsQueries:
-    """`telemetry_totals` for the SQLite store."""
+    """`telemetry_totals` of the store."""
 
-    def _read(self) -> sqlite3.Connection:
+    def _read(self) -> Conn:
         raise NotImplementedError
 
     def telemetry_totals(self, device_ids: Sequence[str], *, since: float, until: float) -> list[TelemetryTotals]:
@@ -40,7 +42,8 @@ class TotalsQueries:
         """
         if not device_ids:
             return []
-        rows = self._read().execute(_TOTALS, (json.dumps(list(device_ids)), since, until))
+        conn = self._read()
+        rows = conn.execute(_totals_sql(conn.dialect), (conn.dialect.list_param(device_ids), since, until))
         return [
             TelemetryTotals(
                 model_version=r[0] or None,

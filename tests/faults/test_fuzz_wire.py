@@ -25,7 +25,7 @@ from fleet.signing import HubSigningKey, Verifier
 from fleet.topics import Topics
 from hub.ingest import Ingestor
 from hub.settings import TransferSettings
-from hub.store import SqliteStore, open_store
+from hub.store import SqlStore, open_store
 from hub.transfer import ChunkServer
 from tests.fleet.samples import BLOB, MANIFEST, T0, all_messages, desired
 from tests.support.fuzz import examples
@@ -107,7 +107,7 @@ def test_a_mutated_chunk_frame_is_refused_or_is_the_original(receiver_dir: Path,
 
 
 @pytest.fixture(scope="module")
-def ingestor() -> Iterator[tuple[Ingestor, SqliteStore]]:
+def ingestor() -> Iterator[tuple[Ingestor, SqlStore]]:
     with tempfile.TemporaryDirectory() as d:
         store = open_store(Path(d) / "hub.db")
         chunks = ChunkServer(store, lambda sha: Path(d) / sha, TOPICS, lambda _t, _f: None, TransferSettings())
@@ -125,7 +125,7 @@ topics = st.sampled_from(
 
 @given(topics, st.sampled_from(SAMPLES).flatmap(mutated) | st.binary(max_size=256))
 @FUZZ
-def test_hub_ingestion_never_raises_on_hostile_messages(ingestor: tuple[Ingestor, SqliteStore], topic: str,
+def test_hub_ingestion_never_raises_on_hostile_messages(ingestor: tuple[Ingestor, SqlStore], topic: str,
                                                        payload: bytes) -> None:  # fmt: skip
     ing, _store = ingestor
     before = ing.rejected_total + sum(ing.accepted.values())
@@ -135,7 +135,7 @@ def test_hub_ingestion_never_raises_on_hostile_messages(ingestor: tuple[Ingestor
     outcomes["hub ingestion"] += after - before
 
 
-def test_zz_record_fuzz_outcomes(ingestor: tuple[Ingestor, SqliteStore]) -> None:
+def test_zz_record_fuzz_outcomes(ingestor: tuple[Ingestor, SqlStore]) -> None:
     """Put the counts into the outcome table (runs after the fuzz tests of this module)."""
     ing, store = ingestor
     store.flush()

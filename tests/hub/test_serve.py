@@ -10,9 +10,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+import psycopg
+
+from fleet.codec import encode
+from fleet.messages import TelemetryWindow
+from fleet.topics import Topics
+from tests.support.broker import Broker
+from tests.support.mqtt import TestClient, wait_for
+from tests.support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +82,51 @@ def test_a_killed_hub_takes_its_broker_with_it(tmp_path: Path, mosquitto_binary:
         gone, _alive = psutil.wait_procs(children, timeout=10)
         assert gone == children, "the hub's Mosquitto outlived it"
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_serve_on_postgresql_keeps_its_store_in_the_database(
+    tmp_path: Path, postgres: PostgresServer, broker: Broker, topic_prefix: str
+) -> None:
+    """`hub init/serve --database-url postgresql://…`: every write, telemetry included, lands in PostgreSQL."""
+    url = postgres.create_database()
+    env = {**os.environ, "EDGEFLEET_HUB_DATA_DIR": str(tmp_path / "hub"), "EDGEFLEET_HUB_BROKER_URL": broker.url,
+           "EDGEFLEET_HUB_TOPIC_PREFIX": topic_prefix, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = [sys.executable, str(ROOT / "edgefleet_cli.py")]
+    init = subprocess.run([*cli, "hub", "init", "--json", "--database-url", url], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    token = json.loads(init.stdout)["admin_token"]
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen([*cli, "hub", "serve", "--port", "0", "--database-url", url], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    dev = TestClient(broker.host, broker.port)
+    try:
+        api_url = wait_for(lambda: re.search(r"API (http://\S+) ", Path(log.name).read_text()), timeout=60).group(1)
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{api_url}/api/v1/devices", json={"id": "cam-1"}, headers=auth).status_code == 201
+        start = time.time() - 60
+        for seq in range(3):
+            w = TelemetryWindow(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(Topics(topic_prefix).telemetry("cam-1"), encode(w))
+
+        def stored() -> Any:
+            body = httpx.get(f"{api_url}/api/v1/telemetry/devices/cam-1", headers=auth).json()
+            return body["seq"]["count"] == 3 and body
+
+        body = wait_for(stored, timeout=30)
+        assert body["summary"]["requests"] == 15
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM telemetry WHERE device_id = 'cam-1'").fetchone() == (3,)
+            assert conn.execute("SELECT count(*) FROM devices").fetchone() == (1,)
+        assert not (tmp_path / "hub" / "hub.db").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, Path(log.name).read_text()
+    finally:
+        dev.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

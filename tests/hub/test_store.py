@@ -1,21 +1,22 @@
-"""The SQLite store on real files: migrations, dedupe, ordering, rollups, retention, monotonic versions."""
+"""The store on both backends (a real SQLite file, a real PostgreSQL server): migrations, dedupe, ordering, rollups,
+retention, monotonic versions."""
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase, ReportedState, TelemetryWindow
 from hub.errors import Conflict, NotFound
-from hub.store import Desired, Device, ModelVersion, SqliteStore, open_store
+from hub.store import Database, Desired, Device, ModelVersion, SqlStore, open_store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = open_store(tmp_path / "hub.db")
+def store(database: Database) -> SqlStore:
+    s = open_store(database)
     yield s  # type: ignore[misc]
     s.close()
 
@@ -29,25 +30,25 @@ def _mv(version: str, sha: str = "a" * 64) -> ModelVersion:
     return ModelVersion("m", version, "classification", sha, 10, {"name": "m"}, manifest, 1.0, "t")
 
 
-def test_reopening_keeps_data_and_applies_no_migration_twice(tmp_path: Path) -> None:
-    s = open_store(tmp_path / "hub.db")
+def test_reopening_keeps_data_and_applies_no_migration_twice(database: Database) -> None:
+    s = open_store(database)
     s.add_device(_dev("d1"))
     s.set_meta("k", "v")
     s.close()
-    s = open_store(tmp_path / "hub.db")
+    s = open_store(database)
     try:
         assert s.get_device("d1") is not None and s.get_meta("k") == "v"
     finally:
         s.close()
 
 
-def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
+def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     base = 6000.0  # a minute boundary
     for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
         w = TelemetryWindow(device_id="d1", seq=seq, start=base + seq * 30, end=base + seq * 30 + 30, requests=4,
                             errors=1, model="m", model_version="1.0.0")  # fmt: skip
-        store.enqueue_telemetry(w, time.time())
+        store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
     st = store.ingest_stats()
     assert st.telemetry_persisted == 3 and st.telemetry_duplicates == 2
@@ -59,9 +60,8 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
     assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
     seq = store.telemetry_seq("d1", since=None, until=None)
     assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
-    store.enqueue_telemetry(
-        TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4), time.time()
-    )
+    w = TelemetryWindow(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4)
+    store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
     assert store.telemetry_seq("d1", since=None, until=None).missing == 4  # 3..6 never arrived
     assert store.telemetry_seq("nobody", since=None, until=None).first is None
@@ -71,7 +71,7 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqliteStore) -> None:
     assert d is not None and d.last_requests == 4 and d.telemetry_at is not None
 
 
-def test_reported_state_ignores_older_reports(store: SqliteStore) -> None:
+def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq, ts, phase in ((2, 20.0, Phase.ACTIVE), (1, 10.0, Phase.DOWNLOADING), (3, 30.0, Phase.FAILED)):
         store.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
@@ -86,8 +86,8 @@ def test_reported_state_ignores_older_reports(store: SqliteStore) -> None:
     assert d is not None and d.status == "offline"
 
 
-def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(tmp_path: Path) -> None:
-    s = open_store(tmp_path / "hub.db")
+def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(database: Database) -> None:
+    s = open_store(database)
     s.add_device(_dev("d1"))
     with pytest.raises(Conflict):
         s.add_device(_dev("d1"))
@@ -105,7 +105,7 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(tmp_p
     with pytest.raises(NotFound):
         s.allocate_desired_versions(["nope"])
     s.close()
-    s = open_store(tmp_path / "hub.db")
+    s = open_store(database)
     try:
         assert s.allocate_desired_versions(["d1"]) == {"d1": 2}
         # an older version never replaces a newer one
@@ -118,11 +118,11 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(tmp_p
         s.close()
 
 
-def test_retention_sweep(store: SqliteStore) -> None:
+def test_retention_sweep(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq in range(10):
-        store.enqueue_telemetry(TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1),
-                                received_at=100.0 + seq)  # fmt: skip
+        w = TelemetryWindow(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1)
+        store.submit_telemetry("d1", encode(w), received_at=100.0 + seq)
     store.flush()
     deleted = store.sweep(raw_before=105.0, rollup_before=120.0, raw_max_rows=1_000_000)
     assert deleted == 5 + 2
@@ -130,7 +130,7 @@ def test_retention_sweep(store: SqliteStore) -> None:
     assert min(p.minute for p in store.telemetry_series()) == 120.0
 
 
-def test_reads_do_not_wait_for_a_busy_writer(store: SqliteStore) -> None:
+def test_reads_do_not_wait_for_a_busy_writer(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     gate = threading.Event()
     done = threading.Event()
@@ -149,7 +149,7 @@ def test_reads_do_not_wait_for_a_busy_writer(store: SqliteStore) -> None:
         t.join(10)
 
 
-def test_documents(store: SqliteStore) -> None:
+def test_documents(store: SqlStore) -> None:
     store.put_doc("rollouts", "r1", {"state": "running"})
     store.put_doc("rollouts", "r1", {"state": "paused"})
     assert store.get_doc("rollouts", "r1") == {"state": "paused"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.codec import encode
 from fleet.histogram import LATENCY_BOUNDS_MS, N_BUCKETS, Histogram
 from fleet.messages import (
     AppliedModel,
@@ -254,7 +255,7 @@ def seed_fleet(
                 memory_bytes=(900 + rng.randint(0, 200)) << 20,
                 gpus=gpus, shadow=None, spool_dropped=0, spool_capacity=None, spool_pending=0,
             )  # fmt: skip
-            store.enqueue_telemetry(w, start + length)
+            store.submit_telemetry(w.device_id, encode(w), start + length)
     store.flush(timeout=300)
     return out
 

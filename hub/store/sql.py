@@ -1,9 +1,13 @@
-"""The SQLite backend: one file in WAL mode, one writer thread, a read connection per reading thread.
+"""The store over SQL: SQLite (one file in WAL mode, the embedded default) or PostgreSQL (shared by hub
+replicas), one writer thread, a read connection per reading thread. The SQL is written once; what differs
+between the backends is in `hub.store.connection` (fragments, placeholders, transactions) and in how
+telemetry is written (`hub.store.telemetry`: executemany on SQLite, COPY on PostgreSQL).
 
-Every write runs on the writer thread, so SQLite never sees two writers. Ingested messages are queued and
-written in batches (one transaction per batch); other writes are jobs that run in their own transaction,
-in queue order, and hand their result back to the caller. Readers use their own connections and never
-wait for the writer (WAL).
+Every write of this process runs on the writer thread, except telemetry, which the telemetry writer (a
+process or a thread, `hub.store.telemetry_writer`) writes with a connection of its own. Status and reported
+state are queued and written in batches (one transaction per batch); other writes are jobs that run in their
+own transaction, in queue order, and hand their result back to the caller. Readers use their own
+connections and never wait for the writer (WAL; PostgreSQL's MVCC).
 """
 
 from __future__ import annotations
@@ -11,54 +15,33 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-
-from fleet.messages import DeviceStatus, ReportedState, TelemetryWindow
+from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, NotFound
+from hub.ratelimit import log_sampled
+from hub.store import migrations
 from hub.store import telemetry as tsql
-from hub.store import telemetry_proc as tproc
+from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
-from hub.store.devices import WANTING_SQL, DeviceTables
-from hub.store.migrations import migrations
-from hub.store.telemetry_proc import TelemetryProcess
+from hub.store.connection import Conn, Database
+from hub.store.devices import DeviceTables, wanting_sql
+from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
 from infra.files import private_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
-_INGEST = frozenset(("tel", "status", "reported"))
+_INGEST = frozenset(("status", "reported"))
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if readonly:
-        conn.execute("PRAGMA query_only = ON")
-    else:
-        conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Roll back whatever transaction is open; never raise (the writer must go on)."""
-    try:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        log.exception("store: rollback failed")
-
-
-def _phase_event(conn: sqlite3.Connection, msg: ReportedState, previous: str | None, received: float) -> None:
+def _phase_event(conn: Conn, msg: ReportedState, previous: str | None, received: float) -> None:
     """Record a device's phase change (download and activation history) as an event `device.phase`."""
     model = msg.active if msg.phase.value in ("active", "idle") else None
     details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
@@ -80,41 +63,37 @@ def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqliteStore(DeviceTables, TotalsQueries):
-    """`Store` over one SQLite file. Thread-safe; create one per process and `close()` it."""
+class SqlStore(DeviceTables, TotalsQueries):
+    """`Store` over an SQLite file or a PostgreSQL database. Thread-safe; create one per process, `close()` it."""
 
     def __init__(
         self,
-        path: Path,
+        database: Database,
         *,
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
-        telemetry_process: bool = False,
+        telemetry_process: bool = True,
     ) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        private_file(path)  # password and token hashes, the audit log: the hub's user only (and its WAL files)
-        db = Database(path)
-        db.enable_wal()
-        migrations.apply(db)
-        db.close()
+        self.database = database
+        self.dialect = database.dialect
+        if not self.dialect.postgres:
+            database.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(database.path)  # password and token hashes, the audit log: the hub's user only (+ WAL)
+        migrations.apply(database)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
-        self._n_refused = 0  # messages the writer could not write (for throttled logging)
-        self._wconn = _connect(path, readonly=False)
-        # Telemetry in a writer process of its own (hub.store.telemetry_proc), or on this process's writer.
-        self.telemetry_proc: TelemetryProcess | None = None
-        if telemetry_process:
-            self.telemetry_proc = TelemetryProcess(
-                str(path), max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
-            )
+        self._n_refused = 0  # messages the writer could not write (for sampled logging)
+        self._wconn = database.connect()
+        self.telemetry = TelemetryWriter(
+            database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
+        )
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -145,7 +124,6 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return batch
 
     def _run(self) -> None:
-        conn = self._wconn
         while True:
             batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
@@ -155,122 +133,125 @@ class SqliteStore(DeviceTables, TotalsQueries):
                         ingest.append(item)
                         continue
                     if ingest:
-                        self._write_ingest(conn, ingest)
+                        self._write_ingest(ingest)
                         ingest = []
                     if item is _STOP:
-                        conn.close()
+                        self._wconn.close()
                         return
-                    self._run_job(conn, item[1], item[2])
+                    self._run_job(item[1], item[2])
                 if ingest:
-                    self._write_ingest(conn, ingest)
+                    self._write_ingest(ingest)
             except Exception:  # never die, and never while holding a transaction: every API write would hang
                 log.exception("store: the writer failed on a batch of %d; going on", len(batch))
-                _rollback(conn)
+                self._wconn.rollback()
 
-    def _run_job(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], fut: Future[Any]) -> None:
+    def _writer_conn(self) -> Conn:
+        """The writer's connection, opened again if the server dropped it (PostgreSQL restarted, failed over)."""
+        if self._wconn.broken:
+            log.warning("store: the database connection was lost; reconnecting to %s", self.database)
+            self._wconn = self.database.connect()
+        return self._wconn
+
+    def _run_job(self, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            result = fn(conn)
-            conn.execute("COMMIT")
+            conn = self._writer_conn()
+            for attempt in range(3):
+                conn.begin()
+                try:
+                    result = fn(conn)
+                    conn.commit()
+                    break
+                except BaseException as e:
+                    conn.rollback()
+                    if attempt == 2 or not conn.retryable(e):
+                        raise
         except BaseException as e:
-            _rollback(conn)
             fut.set_exception(e)
         else:
             fut.set_result(result)
 
-    def _write_ingest(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
-        """Write a batch in one transaction; if that fails, write it item by item and refuse the bad ones.
+    def _write_ingest(self, items: list[tuple[Any, ...]]) -> None:
+        """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
 
-        A message the database cannot take (a number out of range, a value SQLite cannot bind) is that
-        message's fault: it is refused and counted (`rows_refused`), and the rest of the batch is written.
-        A failure of the database itself (locked, disk full, I/O) fails the batch (`write_errors`).
+        A message the database cannot take (a number out of range, a value the driver cannot bind) is that
+        message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. A
+        failure of the database itself (locked, disk full, connection lost) fails the batch (`write_errors`).
         """
-        try:
-            counts = self._write_items(conn, items, per_item=False)
-        except sqlite3.OperationalError:
-            self._write_ingest_failed(conn, items)
-            return
-        except Exception:
-            _rollback(conn)
-            try:
-                counts = self._write_items(conn, items, per_item=True)
-            except Exception:
-                self._write_ingest_failed(conn, items)
-                return
-        inserted, n_tel, applied_status, applied_reported, stale, refused = counts
         s = self._stats
+        counts = (0, 0, 0, 0)
+        for attempt in range(3):
+            conn = self._wconn
+            try:
+                conn = self._writer_conn()
+                counts = self._write_items(conn, items, per_item=False)
+                break
+            except Exception as e:
+                conn.rollback()
+                if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
+                    continue  # a deadlock with another writer (PostgreSQL): the whole batch again
+                try:
+                    if conn.database_failed(e):
+                        raise
+                    counts = self._write_items(conn, items, per_item=True)
+                    break
+                except Exception:
+                    conn.rollback()
+                    log.exception("store: writing a batch of %d ingested messages failed", len(items))
+                    self._stats = replace(s, write_errors=s.write_errors + 1)
+                    return
+        applied_status, applied_reported, stale, refused = counts
         self._stats = replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + inserted,
-            telemetry_duplicates=s.telemetry_duplicates + n_tel - inserted,
             status_applied=s.status_applied + applied_status,
             reported_applied=s.reported_applied + applied_reported,
             stale_ignored=s.stale_ignored + stale,
             rows_refused=s.rows_refused + refused,
         )
 
-    def _write_ingest_failed(self, conn: sqlite3.Connection, items: list[tuple[Any, ...]]) -> None:
-        log.exception("store: writing a batch of %d ingested messages failed", len(items))
-        _rollback(conn)
-        s = self._stats
-        self._stats = replace(s, write_errors=s.write_errors + 1)
-
-    def _write_items(
-        self, conn: sqlite3.Connection, items: list[tuple[Any, ...]], *, per_item: bool
-    ) -> tuple[int, int, int, int, int, int]:
+    def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
         """One transaction over `items`; with `per_item`, each in a savepoint, refusing those that fail."""
-        rows = [i[1] for i in items if i[0] == "tel"]
-        inserted = applied_status = applied_reported = stale = refused = 0
-        conn.execute("BEGIN IMMEDIATE")
-        if rows and not per_item:
-            inserted = tsql.write_windows(conn, rows)
-        for item in items:
-            if item[0] == "tel" and not per_item:
-                continue
+        applied_status = applied_reported = stale = refused = 0
+        conn.begin()
+        for kind, msg, received in items:
             if per_item:
-                conn.execute("SAVEPOINT item")
+                conn.execute("SAVEPOINT ef_item")
             try:
-                if item[0] == "tel":
-                    inserted += tsql.write_windows(conn, [item[1]])
-                elif item[0] == "status":
-                    applied_status += self._apply_status(conn, item[1], item[2])
-                elif self._apply_reported(conn, item[1], item[2]):
+                if kind == "status":
+                    applied_status += self._apply_status(conn, msg, received)
+                elif self._apply_reported(conn, msg, received):
                     applied_reported += 1
                 else:
                     stale += 1
-            except sqlite3.OperationalError:
-                raise  # the database, not the message: the caller fails the batch
             except Exception as e:
-                if not per_item:
+                if not per_item or conn.database_failed(e):
                     raise
-                conn.execute("ROLLBACK TO item")
+                conn.execute("ROLLBACK TO SAVEPOINT ef_item")
                 refused += 1
-                self._refused_row(item, e)
+                self._refused_row(kind, msg.device_id, e)
             if per_item:
-                conn.execute("RELEASE item")
-        conn.execute("COMMIT")
-        return inserted, len(rows), applied_status, applied_reported, stale, refused
+                conn.execute("RELEASE SAVEPOINT ef_item")
+        conn.commit()
+        return applied_status, applied_reported, stale, refused
 
-    def _refused_row(self, item: tuple[Any, ...], e: Exception) -> None:
+    def _refused_row(self, kind: str, device_id: str, e: Exception) -> None:
         self._n_refused += 1
-        n = self._n_refused
-        if n <= 10 or n & (n - 1) == 0:  # the first ten, then at powers of two (as hub.ingest logs)
-            device = item[1][0] if item[0] == "tel" else getattr(item[1], "device_id", "?")
+        if log_sampled(self._n_refused):
             log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
-                        item[0], device, n, type(e).__name__, str(e)[:200])  # fmt: skip
+                        kind, device_id, self._n_refused, type(e).__name__, str(e)[:200])  # fmt: skip
 
     @staticmethod
-    def _apply_status(conn: sqlite3.Connection, msg: DeviceStatus, received: float) -> int:
+    def _apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
         caps = _j(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
+        last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
         cur = conn.execute(
-            "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "
-            "last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
+            "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "  # noqa: S608
+            f"last_seen = {last_seen} WHERE id = ?",
             (msg.state, received, msg.session, caps, received, msg.device_id),
         )
         return cur.rowcount
 
     @staticmethod
-    def _apply_reported(conn: sqlite3.Connection, msg: ReportedState, received: float) -> bool:
+    def _apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
         prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
         cur = conn.execute(
             "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
@@ -280,25 +261,23 @@ class SqliteStore(DeviceTables, TotalsQueries):
             (msg.device_id, msg.seq, msg.ts, msg.phase.value, received, msg.model_dump_json()),
         )
         if cur.rowcount:
-            conn.execute(
-                "UPDATE devices SET last_seen = max(coalesce(last_seen, 0), ?) WHERE id = ?",
-                (received, msg.device_id),
-            )
+            last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
+            conn.execute(f"UPDATE devices SET last_seen = {last_seen} WHERE id = ?", (received, msg.device_id))  # noqa: S608
             if prev is None or prev[0] != msg.phase.value:
                 _phase_event(conn, msg, None if prev is None else prev[0], received)
         return cur.rowcount > 0
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
+    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
         fut: Future[T] = Future()
         self._q.put(("job", fn, fut))
         return fut.result(timeout)
 
-    def _read(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self.path, readonly=True)
+    def _read(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.broken:
+            conn = self.database.connect(readonly=True)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -308,8 +287,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
         """Write what is queued, stop the writers and close every connection."""
         if self._closed:
             return
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.close()
+        self.telemetry.close()
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(60)
@@ -332,49 +310,38 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool:
         return self._enqueue(("reported", msg, received_at))
 
-    def enqueue_telemetry(self, msg: TelemetryWindow, received_at: float) -> bool:
-        return self._enqueue(("tel", tsql.window_row(msg, received_at)))
-
-    @property
-    def takes_raw_telemetry(self) -> bool:
-        return self.telemetry_proc is not None
-
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool:
-        """Queue an undecoded window for the telemetry writer process, which decodes, checks and writes it."""
-        if self.telemetry_proc is None:
-            raise RuntimeError("this store writes telemetry in-process: use enqueue_telemetry")
-        return self.telemetry_proc.submit(device_id, payload, received_at)
+        """Queue an undecoded window received on `device_id`'s topic; the telemetry writer decodes, checks and
+        writes it. False when the writer's buffer is full (the window is dropped and counted)."""
+        return self.telemetry.submit(device_id, payload, received_at)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Return once everything queued before this call is written (telemetry writer process included)."""
-        if self.telemetry_proc is not None:
-            self.telemetry_proc.flush(timeout)
+        """Return once everything queued before this call is written (telemetry writer included)."""
+        self.telemetry.flush(timeout)
         self._write(lambda _c: None, timeout)
 
     def ingest_stats(self) -> IngestStats:
-        s, p = self._stats, self.telemetry_proc
-        if p is None:
-            return s
-        c = p.counters
+        s, w = self._stats, self.telemetry
+        c = w.counters
         return replace(
             s,
-            telemetry_persisted=s.telemetry_persisted + c[tproc.PERSISTED],
-            telemetry_duplicates=s.telemetry_duplicates + c[tproc.DUPLICATES],
-            dropped_queue_full=s.dropped_queue_full + p.dropped,
-            write_errors=s.write_errors + c[tproc.WRITE_ERRORS],
-            rows_refused=s.rows_refused + c[tproc.REFUSED],
-            telemetry_clock_ahead=c[tproc.CLOCK_AHEAD],
-            telemetry_accepted=c[tproc.ACCEPTED],
-            telemetry_malformed=c[tproc.MALFORMED],
-            telemetry_foreign=c[tproc.FOREIGN],
-            telemetry_lost=p.lost,
-            writer_restarts=p.restarts,
+            telemetry_persisted=c[tw.PERSISTED],
+            telemetry_duplicates=c[tw.DUPLICATES],
+            dropped_queue_full=s.dropped_queue_full + w.dropped,
+            write_errors=s.write_errors + c[tw.WRITE_ERRORS],
+            rows_refused=s.rows_refused + c[tw.REFUSED],
+            telemetry_clock_ahead=c[tw.CLOCK_AHEAD],
+            telemetry_accepted=c[tw.ACCEPTED],
+            telemetry_malformed=c[tw.MALFORMED],
+            telemetry_foreign=c[tw.FOREIGN],
+            telemetry_lost=w.lost,
+            writer_restarts=w.restarts,
         )
 
     @property
     def queue_depth(self) -> int:
         """Messages waiting for a writer: this process's queue and the telemetry writer's buffer."""
-        return self._q.qsize() + (self.telemetry_proc.queue_depth if self.telemetry_proc is not None else 0)
+        return self._q.qsize() + self.telemetry.queue_depth
 
     # -- meta, tokens, events, documents ------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -387,7 +354,7 @@ class SqliteStore(DeviceTables, TotalsQueries):
 
     def add_token(self, name: str, role: str, hashed: str, ts: float) -> int:
         sql = "INSERT INTO tokens (name, role, hash, created_at) VALUES (?, ?, ?, ?)"
-        return self._write(lambda c: int(c.execute(sql, (name, role, hashed, ts)).lastrowid or 0))
+        return self._write(lambda c: int(c.execute(sql + " RETURNING id", (name, role, hashed, ts)).fetchone()[0]))
 
     def token_by_hash(self, hashed: str) -> Token | None:
         sql = "SELECT id, name, role, created_at, revoked FROM tokens WHERE hash = ?"
@@ -454,14 +421,15 @@ class SqliteStore(DeviceTables, TotalsQueries):
         return ModelVersion(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8])
 
     def add_model_version(self, mv: ModelVersion) -> ModelVersion:
-        def job(c: sqlite3.Connection) -> ModelVersion:
+        def job(c: Conn) -> ModelVersion:
             row = c.execute(
                 "SELECT sha256 FROM model_versions WHERE name = ? AND version = ?", (mv.name, mv.version)
             ).fetchone()
             if row is not None:
                 raise Conflict(f"model {mv.name}:{mv.version} already exists with sha256 {row[0]}")
             c.execute(
-                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", (mv.sha256, mv.size, _j(mv.manifest), mv.created_at)
+                "INSERT INTO blobs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (mv.sha256, mv.size, _j(mv.manifest), mv.created_at),
             )
             c.execute(
                 "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -487,12 +455,12 @@ class SqliteStore(DeviceTables, TotalsQueries):
     def delete_model_version(self, name: str, version: str) -> bool:
         """Delete a version no device wants; True when its blob is now unused (the caller removes the file)."""
 
-        def job(c: sqlite3.Connection) -> bool:
+        def job(c: Conn) -> bool:
             row = c.execute("SELECT sha256 FROM model_versions WHERE name = ? AND version = ?", (name, version))
             found = row.fetchone()
             if found is None:
                 raise NotFound(f"model {name}:{version} does not exist")
-            wanting = [r[0] for r in c.execute(WANTING_SQL, (name, version, name, version)).fetchall()]
+            wanting = [r[0] for r in c.execute(wanting_sql(c.dialect), (name, version, name, version)).fetchall()]
             if wanting:
                 raise Conflict(f"model {name}:{version} is still wanted by {len(wanting)} device(s): {wanting[:5]}")
             c.execute("DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version))

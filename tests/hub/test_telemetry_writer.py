@@ -1,10 +1,14 @@
-"""The telemetry writer process on real SQLite files: decoding, refusals, rollups, back-pressure, crashes."""
+"""The telemetry writer on both backends (real SQLite files, a real PostgreSQL server): decoding, refusals, rollups,
+back-pressure, crashes.
+
+Every behaviour runs against both writers (`hub serve`'s default, a process, and the thread the
+`ingest.telemetry_process = false` setting selects); killing one applies to the process only.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,16 +18,22 @@ from pathlib import Path
 import pytest
 
 from fleet.codec import encode
-from fleet.messages import TelemetryWindow
-from hub.store import Device, SqliteStore, open_store
+from fleet.messages import Phase, ReportedState, TelemetryWindow
+from hub.store import Database, Device, SqlStore, open_store
 from tests.support.mqtt import wait_for
 
 BASE = 6000.0  # a minute boundary
 
 
+@pytest.fixture(params=["process", "thread"])
+def in_process(request: pytest.FixtureRequest) -> bool:
+    """Which telemetry writer a test runs against: a process of its own (the default) or a thread."""
+    return bool(request.param == "process")
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = open_store(tmp_path / "hub.db", telemetry_process=True)
+def store(database: Database, in_process: bool) -> SqlStore:
+    s = open_store(database, telemetry_process=in_process)
     for d in ("d1", "d2"):
         s.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
     yield s  # type: ignore[misc]
@@ -48,8 +58,7 @@ def _pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqliteStore) -> None:
-    assert store.takes_raw_telemetry
+def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqlStore) -> None:
     now = time.time()
     for seq in (0, 1, 2, 1, 0):  # duplicates, out of order
         assert store.submit_telemetry("d1", _payload("d1", seq), now)
@@ -69,20 +78,18 @@ def test_windows_are_decoded_checked_written_and_rolled_up_once(store: SqliteSto
     assert dev is not None and dev.last_seen == pytest.approx(now)
 
 
-def test_writers_sharing_a_file_roll_up_each_window_exactly_once(tmp_path: Path) -> None:
-    """The in-process writer, the writer process and a second store on the same file (a hub replica)."""
-    a = open_store(tmp_path / "hub.db", telemetry_process=True)
-    b = open_store(tmp_path / "hub.db")
+def test_writers_sharing_a_database_roll_up_each_window_exactly_once(database: Database) -> None:
+    """A writer process and a writer thread (a second store: a hub replica) on one database, beside the store's
+    own writer thread writing reported states."""
+    a = open_store(database, telemetry_process=True)
+    b = open_store(database, telemetry_process=False)
     try:
         a.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
         sent = 0
         for seq in range(300):
             if seq % 3 == 0:
-                a.submit_telemetry("d1", _payload("d1", seq, requests=1), time.time())
-            elif seq % 3 == 1:
-                b.enqueue_telemetry(_window("d1", seq, requests=1), time.time())
-            else:
-                a.enqueue_telemetry(_window("d1", seq, requests=1), time.time())
+                a.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=seq, phase=Phase.IDLE), time.time())
+            (a if seq % 2 else b).submit_telemetry("d1", _payload("d1", seq, requests=1), time.time())
             sent += 1
             if seq % 50 == 49:
                 a.flush()
@@ -97,8 +104,9 @@ def test_writers_sharing_a_file_roll_up_each_window_exactly_once(tmp_path: Path)
         b.close()
 
 
-def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqliteStore) -> None:
-    proc = store.telemetry_proc
+@pytest.mark.parametrize("in_process", [True], ids=["process"])
+def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqlStore) -> None:
+    proc = store.telemetry
     assert proc is not None and proc.pid is not None
     for seq in range(10):
         store.submit_telemetry("d1", _payload("d1", seq), time.time())
@@ -116,9 +124,10 @@ def test_a_killed_writer_is_restarted_and_ingestion_goes_on(store: SqliteStore) 
     assert store.telemetry_seq("d1", since=None, until=None).count == 20
 
 
-def test_flush_right_after_a_kill_accounts_for_every_window(store: SqliteStore) -> None:
+@pytest.mark.parametrize("in_process", [True], ids=["process"])
+def test_flush_right_after_a_kill_accounts_for_every_window(store: SqlStore) -> None:
     """The writer dies between the supervisor's last look and a flush: flush restarts it, loses no count."""
-    proc = store.telemetry_proc
+    proc = store.telemetry
     assert proc is not None and proc.pid is not None
     for round_ in range(5):
         pid = proc.pid
@@ -133,12 +142,16 @@ def test_flush_right_after_a_kill_accounts_for_every_window(store: SqliteStore) 
     assert stored == st.telemetry_persisted and stored + st.telemetry_lost == 100
 
 
-def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_accepted(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "hub.db", telemetry_process=True, max_queue=100)
+def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_accepted(
+    database: Database, in_process: bool
+) -> None:
+    store = open_store(database, telemetry_process=in_process, max_queue=100)
     try:
         store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-        blocker = sqlite3.connect(tmp_path / "hub.db", isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the writer process now waits for the lock (busy_timeout)
+        blocker = database.connect()
+        blocker.begin()  # SQLite: the write lock; the writer now waits for it (busy_timeout)
+        if database.dialect.postgres:
+            blocker.execute("LOCK TABLE telemetry IN EXCLUSIVE MODE")  # the writer waits for the table
         accepted = 0
         for seq in range(3000):
             accepted += store.submit_telemetry("d1", _payload("d1", seq), time.time())
@@ -146,7 +159,7 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
                 time.sleep(0.01)  # let the forwarder fill the pipe
         dropped = store.ingest_stats().dropped_queue_full
         assert dropped > 0 and accepted + dropped == 3000
-        blocker.execute("ROLLBACK")
+        blocker.rollback()
         blocker.close()
         store.flush()
         assert store.ingest_stats().telemetry_persisted == accepted
@@ -155,14 +168,16 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
         store.close()
 
 
-def test_closed_store_refuses_new_windows(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "hub.db", telemetry_process=True)
-    proc = store.telemetry_proc
-    assert proc is not None
-    pid = proc.pid
+def test_closed_store_refuses_new_windows(database: Database, in_process: bool) -> None:
+    store = open_store(database, telemetry_process=in_process)
+    writer = store.telemetry
+    pid = writer.pid
     store.close()
-    assert pid is not None and not _pid_alive(pid)
-    assert not proc.submit("d1", _payload("d1", 0), time.time())
+    if in_process:
+        assert pid is not None and not _pid_alive(pid)
+    else:
+        assert pid is None and not writer._alive()
+    assert not writer.submit("d1", _payload("d1", 0), time.time())
 
 
 def test_the_writer_exits_when_the_hub_process_is_killed(tmp_path: Path) -> None:
@@ -172,7 +187,7 @@ def test_the_writer_exits_when_the_hub_process_is_killed(tmp_path: Path) -> None
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from hub.store import open_store
         store = open_store(__import__("pathlib").Path({str(tmp_path / "hub.db")!r}), telemetry_process=True)
-        print(store.telemetry_proc.pid, flush=True)
+        print(store.telemetry.pid, flush=True)
         time.sleep(60)
     """)
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as owner:

@@ -1,0 +1,216 @@
+"""Connections to the hub's database, SQLite or PostgreSQL: the one place that opens them.
+
+`Database` names where the store lives (a URL: `sqlite:///path/hub.db` or `postgresql://user@host/db`) and is
+small and picklable, so the telemetry writer process opens its own connection with the same settings as the
+store's writer. `Conn` is the thin common surface the store's SQL runs on: `?` placeholders (rewritten for
+psycopg), explicit transactions (`begin` takes SQLite's write lock at once, as `BEGIN IMMEDIATE`), the
+backend's error types, and a few SQL fragments that differ between the two (`Dialect`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from hub.errors import DatabaseUnavailable, InvalidInput
+
+BUSY_TIMEOUT_S = 30  # how long a writer waits for another writer's transaction (the other writer, a replica)
+_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+class Cursor(Protocol):
+    """What the store reads from a cursor of either driver."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """SQL that differs between SQLite and PostgreSQL; everything else is written once, portably."""
+
+    name: str
+
+    @property
+    def postgres(self) -> bool:
+        return self.name == "postgresql"
+
+    def json_text(self, column: str, *path: str) -> str:
+        """The text (or, for SQLite, the value) at `path` inside a JSON text column; NULL when absent."""
+        if self.postgres:
+            return f"({column}::jsonb #>> '{{{','.join(path)}}}')"
+        return f"json_extract({column}, '$.{'.'.join(path)}')"
+
+    def json_number(self, column: str, *path: str) -> str:
+        """The number at `path` inside a JSON text column, as a double; NULL when absent."""
+        if self.postgres:
+            return f"{self.json_text(column, *path)}::double precision"
+        return self.json_text(column, *path)
+
+    def greatest(self, a: str, b: str) -> str:
+        return f"greatest({a}, {b})" if self.postgres else f"max({a}, {b})"
+
+    def in_list(self, column: str) -> str:
+        """`column` is one of the values of the parameter (pass it through `list_param`)."""
+        return f"{column} = ANY(?)" if self.postgres else f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
+
+    def list_param(self, values: Sequence[str]) -> Any:
+        import json  # noqa: PLC0415 - only SQLite needs it
+
+        return list(values) if self.postgres else json.dumps(list(values))
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the hub's store lives. Build it with `from_url` or `sqlite`."""
+
+    url: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """Parse a database URL; InvalidInput names what is wrong."""
+        parts = urlsplit(url)
+        scheme = _SCHEMES.get(parts.scheme)
+        if scheme is None:
+            raise InvalidInput(f"database URL {redact(url)!r}: the scheme must be sqlite:// or postgresql://")
+        if scheme == "sqlite" and not parts.path:
+            raise InvalidInput(f"database URL {url!r}: an SQLite URL names a file (sqlite:///path/to/hub.db)")
+        if scheme == "postgresql" and not parts.path.strip("/"):
+            raise InvalidInput(f"database URL {redact(url)!r}: name the database (postgresql://user@host/NAME)")
+        return cls(urlunsplit((scheme, *parts[1:])))
+
+    @classmethod
+    def sqlite(cls, path: Path) -> Database:
+        return cls(f"sqlite://{path.resolve()}")
+
+    @property
+    def dialect(self) -> Dialect:
+        return Dialect(urlsplit(self.url).scheme)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (SQLite only)."""
+        return Path(urlsplit(self.url).path)
+
+    def __str__(self) -> str:
+        return redact(self.url)
+
+    def connect(self, *, readonly: bool = False) -> Conn:
+        """A new connection in autocommit mode (transactions are explicit, through `Conn.begin`)."""
+        if self.dialect.postgres:
+            return _connect_postgres(self, readonly=readonly)
+        return _connect_sqlite(self.path, readonly=readonly)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, *parts[2:]))
+
+
+class Conn:
+    """One connection of either backend, with `?` placeholders and explicit transactions."""
+
+    def __init__(self, raw: Any, dialect: Dialect, errors: tuple[type[BaseException], ...]) -> None:
+        self.raw = raw
+        self.dialect = dialect
+        self.errors = errors  # what a failed statement raises (sqlite3.Error or psycopg.Error)
+        self.state: dict[str, Any] = {}  # what callers set up once per connection (temporary tables)
+        self._sql: dict[str, str] = {}
+
+    def _q(self, sql: str) -> str:
+        if not self.dialect.postgres:
+            return sql
+        out = self._sql.get(sql)
+        if out is None:
+            out = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return out
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        cur: Cursor = self.raw.execute(self._q(sql), args)
+        return cur
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run `sql` once per row; the number of rows changed."""
+        if self.dialect.postgres:
+            with self.raw.cursor() as cur:
+                cur.executemany(self._q(sql), rows)
+                return max(int(cur.rowcount), 0)
+        return max(int(self.raw.executemany(sql, rows).rowcount), 0)
+
+    def begin(self) -> None:
+        """Start a write transaction (SQLite: take the write lock now, so it never fails half-way)."""
+        self.raw.execute("BEGIN" if self.dialect.postgres else "BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any; a broken connection is left for `broken` to report."""
+        self.state.clear()  # what was set up in the transaction is gone
+        if self.in_transaction:
+            with contextlib.suppress(*self.errors):
+                self.raw.execute("ROLLBACK")
+
+    def retryable(self, error: BaseException) -> bool:
+        """The statement lost a deadlock or a serialisation conflict with another writer: run it again."""
+        return getattr(error, "sqlstate", None) in ("40P01", "40001")
+
+    def database_failed(self, error: BaseException) -> bool:
+        """The database itself failed (locked, full, I/O, connection lost), not the row being written: both
+        drivers raise an OperationalError for those; a value out of range or unbindable is the row's fault."""
+        return self.broken or (
+            isinstance(error, self.errors) and any(c.__name__ == "OperationalError" for c in type(error).__mro__)
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        if self.dialect.postgres:
+            from psycopg.pq import TransactionStatus  # noqa: PLC0415
+
+            return bool(self.raw.info.transaction_status != TransactionStatus.IDLE)
+        return bool(self.raw.in_transaction)
+
+    @property
+    def broken(self) -> bool:
+        """The server connection is gone (PostgreSQL): open a new one."""
+        return bool(self.dialect.postgres and (self.raw.closed or self.raw.broken))
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _connect_sqlite(path: Path, *, readonly: bool) -> Conn:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return Conn(conn, Dialect("sqlite"), (sqlite3.Error,))
+
+
+def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
+    try:
+        import psycopg  # noqa: PLC0415 - optional: only a PostgreSQL store needs it
+    except ImportError as e:
+        raise InvalidInput("a postgresql:// database needs psycopg: pip install 'edgefleet[postgres]'") from e
+    options = f"-c lock_timeout={BUSY_TIMEOUT_S * 1000}"
+    if readonly:
+        options += " -c default_transaction_read_only=on"
+    try:
+        conn = psycopg.connect(db.url, autocommit=True, options=options, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise DatabaseUnavailable(f"cannot reach the database {db}: {str(e).strip()[:300]}") from e
+    return Conn(conn, Dialect("postgresql"), (psycopg.Error,))

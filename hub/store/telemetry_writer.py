@@ -1,0 +1,417 @@
+"""The one telemetry path: from an undecoded MQTT payload to stored, rolled-up rows, in a thread or a process.
+
+Telemetry is the bulk of what a fleet sends (one window per device every few seconds). The hub's MQTT thread
+only checks topic, size, enrolment and the per-device rate limit and hands the payload to `submit()`; the
+writer decodes and validates each window (`decode_window`), refuses windows that name another device than
+their topic, and writes the rest with group commit (`hub.store.telemetry.write_windows`). The writer runs in
+a process of its own by default (`hub serve`: ingestion is not bound to the hub process's one GIL; on two
+cores one process capped the hub at ~0.3x of a bare paho receiver, docs/bench/ingest.md) or in a thread of
+the hub process (`ingest.telemetry_process` off: one process less). Both run the same code over the same pipe:
+
+    hub process                                         telemetry writer (process or thread)
+    MQTT thread -> submit() -> buffer --forwarder--> pipe --> decode, check -> rows -> SQL (group commit)
+                                                    pipe <-- flush acks
+    counters: shared memory, written by the writer only, read by the hub's /metrics and API
+
+Failure handling:
+- The buffer is bounded (`max_queue`); beyond it windows are refused and counted (`dropped`). A slow disk
+  therefore back-pressures into counted drops, never into memory.
+- The writer is supervised: if it dies it is started again and the windows it had not committed are counted
+  as `lost` (at most one group-commit interval plus what was in the pipe).
+- When the hub process dies, the pipe closes and a writer process commits what it has and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import pickle
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fleet.codec import decode
+from fleet.errors import MessageError
+from fleet.limits import too_far_ahead
+from fleet.messages import TelemetryWindow
+from hub.errors import RefusedWindow, WriterUnavailable
+from hub.ratelimit import log_sampled
+from hub.store import telemetry as tsql
+from hub.store.connection import Conn, Database
+
+log = logging.getLogger(__name__)
+
+# Counters in shared memory (signed 64-bit). The writer is their only writer.
+ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED = range(9)
+_N_COUNTERS = 9
+_REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD}
+_FORWARD_INTERVAL_S = 0.005
+
+
+def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[Any, ...]:
+    """The row of one telemetry payload received on `device_id`'s topic. Raises RefusedWindow.
+
+    The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields),
+    windows that name another device than their topic and windows that end further ahead of the hub's clock
+    than `fleet.limits.CLOCK_SKEW_S` are refused with the reason.
+    """
+    try:
+        w = decode(payload, TelemetryWindow)
+        row = tsql.window_row(w, received_at)
+    except (MessageError, ValueError, TypeError, OverflowError) as e:
+        raise RefusedWindow("malformed", str(e)) from e
+    if w.device_id != device_id:
+        raise RefusedWindow("foreign", f"payload names device {w.device_id!r}")
+    if too_far_ahead(w.end, received_at):
+        raise RefusedWindow("clock_ahead", f"the window ends {w.end - received_at:.0f}s ahead of the hub's clock")
+    return row
+
+
+@dataclass(frozen=True)
+class _Config:
+    database: Database
+    max_batch: int
+    max_delay_s: float
+
+
+class _Writer:
+    """Decoding and SQL of the writer; counts everything in the shared counters."""
+
+    def __init__(self, database: Database, counters: Any) -> None:
+        self.database = database
+        self.conn: Conn | None = None
+        self.c = counters
+
+    def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
+        rows = []
+        c = self.c
+        for device_id, received_at, payload in batch:
+            try:
+                rows.append(decode_window(device_id, payload, received_at))
+            except RefusedWindow as e:
+                i = _REFUSAL_COUNTER[e.reason]
+                c[i] += 1
+                if log_sampled(c[i]):
+                    log.warning("ingest: refused telemetry of %s (%s, #%d): %s", device_id, e.reason, c[i],
+                                e.message[:300])  # fmt: skip
+        c[ACCEPTED] += len(rows)
+        return rows
+
+    def _connection(self) -> Conn:
+        """The writer's connection, opened (again) when there is none or the server dropped it."""
+        if self.conn is not None and self.conn.broken:
+            log.warning("store: the telemetry writer lost its database connection; reconnecting")
+            self.conn.close()
+            self.conn = None
+        if self.conn is None:
+            self.conn = self.database.connect()
+        return self.conn
+
+    def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
+        """Write `rows` in one transaction; if a row fails it, write them one by one and refuse that row.
+
+        A row the database cannot take is its window's fault: refused and counted (`REFUSED`), every other
+        window is written. A failure of the database itself (locked, full, connection lost) fails the batch.
+        """
+        for attempt in range(3) if rows else ():
+            conn = self.conn
+            try:
+                conn = self._connection()
+                self._write(conn, rows, per_row=False)
+            except Exception as e:
+                if conn is not None:
+                    conn.rollback()
+                    if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
+                        continue  # a deadlock with another replica's writer: the whole batch again
+                    if not conn.database_failed(e):
+                        try:
+                            self._write(conn, rows, per_row=True)
+                            break
+                        except Exception as again:
+                            conn.rollback()
+                            e = again
+                log.error("store: writing a batch of %d telemetry windows failed", len(rows), exc_info=e)
+                self.c[WRITE_ERRORS] += 1
+            break
+        self.c[COMMITTED_UPTO] = upto
+
+    def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
+        inserted = refused = 0
+        conn.begin()
+        if not per_row:
+            inserted = tsql.write_windows(conn, rows)
+        else:
+            for row in rows:
+                conn.execute("SAVEPOINT ef_row")
+                try:
+                    inserted += tsql.write_windows(conn, [row])
+                except Exception as e:
+                    if conn.database_failed(e):
+                        raise
+                    conn.execute("ROLLBACK TO SAVEPOINT ef_row")
+                    conn.state.clear()  # what the row's statements set up (PostgreSQL's staging table) is gone too
+                    refused += 1
+                    if log_sampled(self.c[REFUSED] + refused):
+                        log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
+                                    row[0], self.c[REFUSED] + refused, type(e).__name__, str(e)[:200])  # fmt: skip
+                conn.execute("RELEASE SAVEPOINT ef_row")
+        conn.commit()
+        self.c[PERSISTED] += inserted
+        self.c[DUPLICATES] += len(rows) - inserted - refused
+        self.c[REFUSED] += refused
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any) -> None:
+    """The writer loop (a thread's or a process's): decode, check and write windows until told to stop or the
+    hub side goes away. Windows wait up to `max_delay_s` for more (group commit), at most `max_batch`."""
+    writer = _Writer(cfg.database, counters)
+    rows: list[tuple[Any, ...]] = []
+    upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
+    deadline: float | None = None
+    try:
+        while True:
+            timeout = cfg.max_delay_s if deadline is None else max(0.0, deadline - time.monotonic())
+            msg: tuple[Any, ...] | None = None
+            try:
+                if inbox.poll(timeout):
+                    msg = pickle.loads(inbox.recv_bytes())  # noqa: S301 - our own process, over a private pipe
+            except (EOFError, OSError):  # the hub side is gone: keep what we have and leave
+                writer.write(rows, upto)
+                return
+            if msg is not None and msg[0] == "batch":
+                upto = msg[1]
+                rows.extend(writer.decode(msg[2]))
+                if deadline is None:
+                    deadline = time.monotonic() + cfg.max_delay_s
+                if len(rows) < cfg.max_batch and time.monotonic() < deadline:
+                    continue
+            writer.write(rows, upto)
+            rows = []
+            deadline = None
+            if msg is not None and msg[0] in ("flush", "stop"):
+                acks.send(msg[1])
+                if msg[0] == "stop":
+                    return
+    finally:
+        writer.close()
+        for end in (inbox, acks):
+            with contextlib.suppress(OSError):
+                end.close()
+
+
+def _process_main(cfg: _Config, log_level: int, inbox: Connection, acks: Connection, counters: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the hub's terminal: the hub stops us in order
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry-writer] %(message)s")
+    run_writer(cfg, inbox, acks, counters)
+
+
+class TelemetryWriter:
+    """The hub side: a bounded buffer, a forwarder thread and a supervised writer (a process or a thread).
+
+    Args:
+        database: the database the writer writes to (it opens a connection of its own).
+        process: run the writer in a process of its own (True) or in a thread of this process.
+        max_batch: most windows written in one transaction.
+        max_queue: most windows buffered; beyond it `submit` refuses (counted in `dropped`).
+        max_delay_s: how long the writer waits for more windows before committing (group commit).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        process: bool = True,
+        max_batch: int = 5000,
+        max_queue: int = 200_000,
+        max_delay_s: float = 0.05,
+    ) -> None:
+        self.cfg = _Config(database, max_batch, max_delay_s)
+        self.process = process
+        self.max_queue = max_queue
+        self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self.counters: Any = self._ctx.Array("q", _N_COUNTERS, lock=False)
+        self._buf: list[tuple[str, float, bytes]] = []
+        self._buf_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one sender on the pipe at a time (forwarder, flush, stop)
+        self._wake = threading.Event()
+        self._seq = 0  # batches sent
+        self._sizes: dict[int, int] = {}  # windows per sent batch, until the writer commits it
+        self._token = 0
+        self.dropped = 0
+        self.lost = 0
+        self.restarts = 0
+        self._closed = False
+        self._worker: BaseProcess | threading.Thread | None = None
+        self._inbox: Connection | None = None
+        self._acks: Connection | None = None
+        self._start_writer()
+        self._thread = threading.Thread(target=self._forward, name="hub-telemetry-forwarder", daemon=True)
+        self._thread.start()
+
+    # -- the writer ---------------------------------------------------------------------------------
+    def _start_writer(self) -> None:
+        inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
+        acks_r, acks_w = self._ctx.Pipe(duplex=False)
+        self.counters[COMMITTED_UPTO] = self._seq  # everything sent to an earlier writer is accounted for
+        worker: BaseProcess | threading.Thread
+        if self.process:
+            level = logging.getLogger().getEffectiveLevel()
+            worker = self._ctx.Process(
+                target=_process_main, args=(self.cfg, level, inbox_r, acks_w, self.counters),
+                name="edgefleet-telemetry-writer", daemon=True,
+            )  # fmt: skip
+            worker.start()
+            inbox_r.close()  # our copies of the child's ends: the child sees EOF when we go away
+            acks_w.close()
+        else:
+            worker = threading.Thread(
+                target=run_writer, args=(self.cfg, inbox_r, acks_w, self.counters), name="hub-telemetry-writer",
+                daemon=True,
+            )  # fmt: skip
+            worker.start()
+        self._worker, self._inbox, self._acks = worker, inbox_w, acks_r
+
+    @property
+    def pid(self) -> int | None:
+        """The writer process's id (None for a writer thread)."""
+        return self._worker.pid if isinstance(self._worker, BaseProcess) else None
+
+    def _alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _restart(self, why: str) -> None:
+        """Start a new writer; windows sent but not committed by the old one are counted as lost."""
+        old = self._worker
+        if isinstance(old, BaseProcess):
+            with contextlib.suppress(Exception):
+                old.kill()
+            old.join(5)
+        for c in (self._inbox, self._acks):  # a writer thread sees EOF, commits what it has and leaves
+            if c is not None:
+                with contextlib.suppress(OSError):
+                    c.close()
+        if isinstance(old, threading.Thread):
+            old.join(5)
+        self.lost += self._unsent_estimate
+        self._sizes.clear()
+        code = old.exitcode if isinstance(old, BaseProcess) else None
+        log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why, code, self.restarts + 1)
+        self._start_writer()
+        self.restarts += 1  # after the new writer is in place: a reader that sees the count sees the new writer
+
+    @property
+    def _unsent_estimate(self) -> int:
+        # windows in batches the writer had not committed; each batch records its size
+        upto = int(self.counters[COMMITTED_UPTO])
+        return sum(n for seq, n in self._sizes.items() if seq > upto)
+
+    # -- submitting ---------------------------------------------------------------------------------
+    def submit(self, device_id: str, payload: bytes, received_at: float) -> bool:
+        """Queue one undecoded window (MQTT thread). False when the buffer is full: the window is dropped."""
+        with self._buf_lock:
+            if self._closed or len(self._buf) >= self.max_queue:
+                self.dropped += 1
+                return False
+            self._buf.append((device_id, received_at, payload))
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._buf)
+
+    def _send_pending(self) -> None:
+        """Send the buffer as one batch (caller holds `_send_lock`). Restarts a dead writer first."""
+        if self._worker is not None and not self._alive():
+            self._restart("exited")
+        with self._buf_lock:
+            buf, self._buf = self._buf, []
+        if not buf:
+            return
+        self._seq += 1
+        self._sizes[self._seq] = len(buf)
+        done = int(self.counters[COMMITTED_UPTO])
+        for seq in [s for s in self._sizes if s <= done]:
+            del self._sizes[seq]
+        data = pickle.dumps(("batch", self._seq, buf), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            assert self._inbox is not None
+            self._inbox.send_bytes(data)  # blocks while the writer is behind: back-pressure into the buffer
+        except (OSError, ValueError):
+            self._restart("stopped reading")
+
+    def _forward(self) -> None:
+        while not self._closed:
+            self._wake.wait(_FORWARD_INTERVAL_S)
+            self._wake.clear()
+            with self._send_lock:
+                if self._closed:
+                    return
+                try:
+                    self._send_pending()
+                except Exception:  # never let the forwarder die: telemetry would pile up unseen
+                    log.exception("store: forwarding telemetry to the writer failed")
+                    time.sleep(0.5)
+
+    def _round_trip(self, kind: str, timeout: float) -> None:
+        """Send what is buffered, then `kind` with a token; wait until the writer answers with that token.
+
+        A writer that turns out dead on the way (killed between its last check and our send) is restarted
+        and asked again; the windows it had not committed are counted as lost, so the caller's "everything
+        before is committed or accounted for" still holds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._send_lock:
+            for attempt in range(2):
+                self._send_pending()
+                self._token += 1
+                token = self._token
+                assert self._inbox is not None
+                assert self._acks is not None
+                try:
+                    self._inbox.send_bytes(pickle.dumps((kind, token)))
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not self._acks.poll(remaining):
+                            raise WriterUnavailable(f"the telemetry writer did not answer within {timeout:.0f}s")
+                        if self._acks.recv() == token:
+                            return
+                except (EOFError, OSError, ValueError) as e:
+                    if attempt:
+                        raise WriterUnavailable(f"the telemetry writer is gone ({e!r})") from e
+                    self._restart("exited")
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every window submitted before this call is committed (or refused)."""
+        self._round_trip("flush", timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything submitted, stop the writer and the forwarder."""
+        if self._closed:
+            return
+        try:
+            self._round_trip("stop", timeout)
+        except WriterUnavailable as e:
+            log.warning("store: stopping the telemetry writer: %s", e)
+        with self._buf_lock:
+            self._closed = True
+        self._wake.set()
+        self._thread.join(5)
+        worker = self._worker
+        if worker is not None:
+            worker.join(5)
+            if isinstance(worker, BaseProcess) and worker.is_alive():
+                worker.kill()
+                worker.join(5)
+        for c in (self._inbox, self._acks):
+            if c is not None:
+                with contextlib.suppress(OSError):
+                    c.close()
