@@ -32,11 +32,11 @@ fuzz: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/fuzz
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
-	$(BIN)/ruff format --check fleet infra models hub agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
+	$(BIN)/ruff format --check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy fleet infra models hub agent edgefleet_cli.py
+	$(BIN)/mypy fleet infra models hub hubclient agent edgefleet_cli.py
 
 layers: $(STAMP)
 	$(BIN)/lint-imports

@@ -1,7 +1,8 @@
 """The `edgefleet` command: one console script joining the hub, agent and model sub-commands.
 
-It lives outside the four packages because it is the one place allowed to know both the hub and the agent
-(which never import each other).
+It lives outside the packages because it is the one place allowed to know both the hub and the agent
+(which never import each other). The hub's server commands (`hub init`, `hub serve`) join only where the hub
+is installed: the agent image ships the client commands (`hubclient`) without the hub's server code.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ import typer
 from agent.cli import app as agent_app
 from agent.k3s.cli import app as k3s_app
 from agent.sim.cli import app as sim_app
-from hub.cli import MODEL_COMMANDS, deploy, device_app, hub_app
-from hub.cli_rollout import rollout_app
+from hubclient.cli import MODEL_COMMANDS, deploy, device_app, hub_app
+from hubclient.rollout import rollout_app
 from models.cli import app as models_app
+
+try:
+    from hub.cli_server import SERVER_COMMANDS
+except ImportError:  # the agent image: no hub server code
+    SERVER_COMMANDS = []
 
 app = typer.Typer(
     name="edgefleet",
@@ -25,6 +31,8 @@ app = typer.Typer(
 )
 for _name, _fn in MODEL_COMMANDS:  # the registry half of `edgefleet model`: push, list, show
     models_app.command(_name)(_fn)
+for _name, _fn in SERVER_COMMANDS:  # `edgefleet hub init|serve`, where the hub is installed
+    hub_app.command(_name)(_fn)
 app.add_typer(models_app, name="model", help="Build, validate and publish ONNX vision models.")
 app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
 app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")

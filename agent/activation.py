@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from agent.errors import ActivationError, AgentError, StoreError
 from agent.store import ModelStore, StoredModel
+from fleet.errors import error_code
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
@@ -29,11 +29,6 @@ class Loaded:
     def provider(self) -> str:
         """The execution provider the engine runs on."""
         return self.engine.active_provider
-
-
-def error_code(e: BaseException) -> str:
-    """A stable snake_case code from an exception class name: GoldenMismatch -> golden_mismatch."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()[:64]
 
 
 def engine_options(runtime: RuntimeOptions, warmup_runs: int) -> EngineOptions:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Literal
 
 from agent.errors import AgentError, DownloadError, InsufficientDisk
-from agent.hooks import pause_point
 from agent.settings import DownloadSettings
 from agent.store import ModelStore
 from fleet.chunks import Accepted, ChunkReceiver, decode_frame
@@ -72,7 +71,6 @@ class Download:
         self.wants_sent = 0
         self._last_chunk = time.monotonic()
         self._last_want = 0.0
-        self._paused_once = False
 
     @property
     def sha256(self) -> str:
@@ -133,10 +131,6 @@ class Download:
         if result is Accepted.DUPLICATE:
             self.duplicates += 1
             return False
-        if not self._paused_once and self.receiver.have_count * 2 >= self.manifest.count and not self.complete:
-            self._paused_once = True
-            self.receiver.flush()
-            pause_point("download")
         return True
 
     def tick(self) -> None:

@@ -1,66 +1,39 @@
 """The agent's MQTT link: the only agent module that imports paho.
 
 A persistent session (clean_session False, a client id derived from the device id and topic prefix), a
-retained last will, reconnection with jittered exponential backoff, and every subscription renewed on each
-connect. The network loop runs in one thread of its own; `publish` may be called from any thread.
-Message handlers run on the network thread and must return quickly (the agent queues work elsewhere).
+retained last will, reconnection with jittered exponential backoff (`fleet.backoff.Backoff`), and every
+subscription renewed on each connect. The link never runs a paho loop of its own: its socket is served by
+an `agent.netloop.LinkLoop` (paho's external-loop API: `loop_read`, `loop_write`, `loop_misc`). An agent's
+link starts a loop of its own; the simulator passes one loop to thousands of links (`loop=`), so simulated
+devices run this very code. `publish` may be called from any thread; message handlers run on the loop's
+thread and must return quickly (the agent queues work elsewhere).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.netloop import LinkLoop
 from agent.settings import LinkSettings
-from infra.errors import SettingsError
+from fleet.address import BrokerAddress
+from fleet.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
 ConnectHandler = Callable[[], None]
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker listens and whether to use TLS."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse `mqtt://host:port` or `mqtts://host:port` (default ports 1883 and 8883).
-
-        Raises:
-            SettingsError: the URL has another scheme or no host.
-        """
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise SettingsError(f"broker URL {url[:200]!r} must look like mqtt://host:port or mqtts://host:port")
-        tls = scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise SettingsError(f"broker URL {url[:200]!r} has a bad port: {e}") from e
-        return cls(parts.hostname, port, tls)
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Delay before reconnect attempt `attempt` (0-based): exponential, capped, with +-50 % jitter."""
-    base = min(maximum, initial * (2 ** min(attempt, 30)))
-    return float(base * (rng or random).uniform(0.5, 1.5))
+Will = tuple[str, bytes]
 
 
 class MqttLink:
@@ -70,11 +43,17 @@ class MqttLink:
         address: the broker.
         client_id: stable per device (a persistent session is keyed by it).
         username, password: the device's broker account.
-        will: (topic, payload) published retained by the broker if the link dies uncleanly.
+        will: (topic, payload) published retained by the broker if the link dies uncleanly, or a function
+            giving it, asked before each connect (a will that carries the time of the connect).
         settings: keepalive, backoff and timeouts.
         on_message: called with (topic, payload) for every message received.
         on_connect: called after each successful connect, once subscriptions were renewed.
         ca_pem: CA certificate text for TLS (None: the system trust store).
+        loop: the event loop serving this link; None: a loop (and thread) of its own, started by `start`.
+        clean_session: False (the agent): the broker keeps the session and queued QoS 1 messages while the
+            device is away.
+        on_disconnect: called when an established connection is gone (the link reconnects by itself).
+        rng: the source of the backoff jitter (seed it for reproducible runs).
     """
 
     def __init__(
@@ -84,33 +63,54 @@ class MqttLink:
         *,
         username: str | None,
         password: str | None,
-        will: tuple[str, bytes],
+        will: Will | Callable[[], Will | None] | None,
         settings: LinkSettings,
         on_message: MessageHandler,
         on_connect: ConnectHandler,
         ca_pem: str | None = None,
+        loop: LinkLoop | None = None,
+        clean_session: bool = False,
+        on_disconnect: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.address = address
         self.settings = settings
+        self.backoff = Backoff(settings.backoff_initial_s, max(settings.backoff_initial_s, settings.backoff_max_s))
         self._on_message = on_message
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._will = will
+        self._rng = rng
         self._subs: dict[str, int] = {}
         self._subs_lock = threading.Lock()
         self._connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._own_loop = loop is None
+        self._loop = loop or LinkLoop(f"agent-mqtt-{client_id}"[:60])
+        self._stopped = False
+        self._started = False
+        self._attempt = 0
+        self._session_started = 0.0
+        self._offline_until = 0.0
+        self._reading = True
+        self._writing = False
+        self._sock: socket.socket | None = None
         self.connects = 0
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.connect_failures = 0
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         if username is not None:
             c.username_pw_set(username, password)
-        c.will_set(will[0], will[1], qos=1, retain=True)
         if address.tls:
             c.tls_set_context(ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context())
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_socket_open = self._socket_open
+        c.on_socket_close = self._socket_close
+        c.on_socket_register_write = self._register_write
+        c.on_socket_unregister_write = self._unregister_write
         c.max_queued_messages_set(1000)
         c.connect_timeout = settings.connect_timeout_s
+        c.connect_async(address.host, address.port, keepalive=settings.keepalive_s)
         self._client = c
 
     @staticmethod
@@ -118,19 +118,40 @@ class MqttLink:
         """A stable client id per device and topic prefix (MQTT 3.1.1 allows 23 bytes; brokers allow more)."""
         return f"ef-agent-{device_id}-{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
 
-    # -- lifecycle --------------------------------------------------------------------------------------
+    # -- lifecycle (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
-        """Start the network thread; it connects and keeps reconnecting until `stop`."""
-        self._thread = threading.Thread(target=self._run, name="agent-mqtt", daemon=True)
-        self._thread.start()
+        """Connect (when the loop's connect queue reaches this link) and keep reconnecting until `stop`."""
+        if self._started:
+            return
+        self._started = True
+        self._loop.call_soon(lambda: self._loop.add(self))
+        if self._own_loop:
+            self._loop.start()
 
-    def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        """Publish `final` (retained, e.g. an offline status) if connected, disconnect cleanly, join."""
+    def stop(self, final: Will | None = None) -> None:
+        """Publish `final` (retained, e.g. an offline status) if connected, disconnect cleanly.
+
+        From another thread with a loop of its own, this waits for the acknowledgement of `final` and for the
+        loop to end; on a shared loop (the simulator), `final` goes out at QoS 0 and the caller stops the loop.
+        """
+        if self._own_loop and not self._loop.in_loop:
+            if final is not None and self.connected:
+                self.publish(final[0], final[1], retain=True, wait=True)
+            self._loop.stop(before=self._disconnect)
+            self.close()
+            return
         if final is not None and self.connected:
-            self.publish(final[0], final[1], retain=True, wait=True)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self.publish(final[0], final[1], qos=0, retain=True)
+        if self._loop.in_loop:
+            self._disconnect()
+        else:
+            self._loop.call_soon(self._disconnect)
+
+    def close(self) -> None:
+        """Release the socket once the loop no longer serves this link (after `stop`)."""
+        # paho closes its sockets only in Client.__del__; when the client is collected as part of a cycle the
+        # sockets go first and warn (ResourceWarning). Close them now (private but stable).
+        self._client._reset_sockets()
 
     @property
     def connected(self) -> bool:
@@ -140,54 +161,102 @@ class MqttLink:
         """Block until connected or `timeout` seconds passed; returns whether connected."""
         return self._connected.wait(timeout)
 
-    def _run(self) -> None:
-        attempt = 0
-        c = self._client
-        while not self._stop.is_set():
-            try:
-                c.connect(self.address.host, self.address.port, keepalive=self.settings.keepalive_s)
-            except (OSError, ssl.SSLError, ValueError) as e:
-                delay = backoff_delay(attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s)
-                log.info(
-                    "broker %s:%s unreachable (%s); retry in %.2fs", self.address.host, self.address.port, e, delay
-                )
-                attempt += 1
-                self._stop.wait(delay)
-                continue
-            started = time.monotonic()
-            rc = paho.MQTT_ERR_SUCCESS
-            while not self._stop.is_set() and rc == paho.MQTT_ERR_SUCCESS:
-                rc = c.loop(timeout=0.1)
-            self._connected.clear()
-            if self._stop.is_set():
-                break
-            if time.monotonic() - started > self.settings.backoff_max_s:
-                attempt = 0  # a long healthy session: start the backoff over
-            delay = backoff_delay(attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s)
-            log.info("link to broker lost (rc %s); reconnect in %.2fs", rc, delay)
-            attempt += 1
-            self._stop.wait(delay)
-        self._close_socket()
+    # -- the loop's side -----------------------------------------------------------------------------
+    def begin_connect(self) -> None:
+        """Start a connection attempt now (the loop calls this; so does the backoff timer)."""
+        if self._stopped or self._loop.stopping:
+            return
+        wait = self._offline_until - time.monotonic()
+        if wait > 0:
+            self._loop.call_later(wait, self.begin_connect)
+            return
+        will = self._will() if callable(self._will) else self._will
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._reading = True
+        try:
+            self._client.reconnect()
+        except (OSError, ssl.SSLError, ValueError) as e:
+            self.connect_failures += 1
+            delay = self._next_delay()
+            log.info("broker %s:%s unreachable (%s); retry in %.2fs", self.address.host, self.address.port, e, delay)
+            self._loop.call_later(delay, self.begin_connect)
 
-    def _close_socket(self) -> None:
-        """Send DISCONNECT if a session is open, then make sure the socket is closed (stop may come mid-connect)."""
-        c = self._client
-        if c.socket() is not None:
-            c.disconnect()
-            c.loop(timeout=0.1)  # flush the DISCONNECT
-        sock = c.socket()
+    def on_readable(self) -> None:
+        if self._reading:
+            self._client.loop_read()
+
+    def on_writable(self) -> None:
+        self._client.loop_write()
+
+    def on_misc(self) -> None:
+        self._client.loop_misc()
+
+    def _next_delay(self) -> float:
+        delay = self.backoff.delay(self._attempt, self._rng)
+        self._attempt += 1
+        return delay
+
+    def _disconnect(self) -> None:
+        self._stopped = True
+        if self._sock is not None:
+            self._client.disconnect()  # DISCONNECT is flushed by the loop, then the broker closes
+        self._loop.remove(self)
+
+    def _watch(self) -> None:
+        self._loop.watch(self, self._sock, read=self._reading, write=self._writing)
+
+    def _socket_open(self, _c: paho.Client, _u: object, sock: object) -> None:
+        self._sock = sock  # type: ignore[assignment]
+        self._writing = False
+        self._watch()
+
+    def _socket_close(self, _c: paho.Client, _u: object, _sock: object) -> None:
+        self._sock = None
+        self._writing = False
+        if self._loop.in_loop:
+            self._watch()
+        else:
+            self._loop.call_soon(self._watch)
+
+    def _register_write(self, _c: paho.Client, _u: object, _sock: object) -> None:
+        self._writing = True
+        if self._loop.in_loop:
+            self._watch()
+        else:  # a publish from another thread: the selector belongs to the loop's thread
+            self._loop.call_soon(self._watch)
+
+    def _unregister_write(self, _c: paho.Client, _u: object, _sock: object) -> None:
+        self._writing = False
+        if self._loop.in_loop:
+            self._watch()
+        else:
+            self._loop.call_soon(self._watch)
+
+    # -- faults the simulator injects (also usable by anyone who needs them) ---------------------------
+    def drop(self, offline_s: float) -> None:
+        """Cut the connection abruptly (no DISCONNECT, so the broker publishes the will); stay away `offline_s`."""
+        self._offline_until = time.monotonic() + offline_s
+        sock = self._sock
         if sock is not None:
-            sock.close()
-        # paho's wake-up socket pair (loopback TCP) is only closed in Client.__del__; when the client is
-        # collected as part of a cycle the sockets go first and warn. Close them now (private but stable).
-        reset = getattr(c, "_reset_sockets", None)
-        if callable(reset):
-            reset()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-    # -- paho callbacks (network thread) --------------------------------------------------------------
+    def pause_reading(self, seconds: float) -> None:
+        """Stop reading from the network for `seconds` (a slow link: the broker's queue for it backs up)."""
+        self._reading = False
+        self._watch()
+        self._loop.call_later(seconds, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._reading = True
+        self._watch()
+
+    # -- paho callbacks (the loop's thread) ------------------------------------------------------------
     def _handle_connect(self, client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("broker refused the connection: %s", reason)
+            self.connect_failures += 1
             client.disconnect()
             return
         with self._subs_lock:
@@ -195,14 +264,28 @@ class MqttLink:
         for topic, qos in subs:
             client.subscribe(topic, qos)
         self.connects += 1
+        self._session_started = time.monotonic()
         self._connected.set()
         try:
             self._on_connect()
-        except Exception:  # a handler bug must not kill the network thread
+        except Exception:  # a handler bug must not kill the loop
             log.exception("on_connect handler failed")
 
     def _handle_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if was_connected and self._on_disconnect is not None:
+            try:
+                self._on_disconnect()
+            except Exception:
+                log.exception("on_disconnect handler failed")
+        if self._stopped or self._loop.stopping:
+            return
+        if was_connected and time.monotonic() - self._session_started > self.backoff.max_s:
+            self._attempt = 0  # a long healthy session: start the backoff over
+        delay = self._next_delay()
+        log.info("link to broker lost (%s); reconnect in %.2fs", reason, delay)
+        self._loop.call_later(delay, self.begin_connect)
 
     def _handle_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         try:
@@ -210,7 +293,7 @@ class MqttLink:
         except Exception:  # never let one message take the link down
             log.exception("message handler failed on %s", msg.topic[:200])
 
-    # -- API --------------------------------------------------------------------------------------------
+    # -- API (any thread) -------------------------------------------------------------------------------
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and after every reconnect."""
         with self._subs_lock:
@@ -230,7 +313,10 @@ class MqttLink:
         """Publish; with `wait`, block until the broker acknowledged (QoS 1) or the publish timeout passed.
 
         Returns False when not connected (nothing is queued) or, with `wait`, when no acknowledgement came.
+        `wait` is refused on the loop's own thread (the acknowledgement could never be read).
         """
+        if wait and self._loop.in_loop:
+            raise RuntimeError("publish(wait=True) on the link's own loop thread would never see the PUBACK")
         if not self.connected:
             return False
         try:

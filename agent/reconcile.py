@@ -26,13 +26,12 @@ from agent import activation
 from agent.activation import Loaded
 from agent.download import Download, Fetcher
 from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
-from agent.hooks import pause_point
 from agent.ports import ClusterPort, ServingPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState
 from agent.store import ModelStore, StoredModel
 from fleet.codec import decode
-from fleet.errors import MessageError, SignatureError
+from fleet.errors import MessageError, SignatureError, error_code
 from fleet.messages import (
     AppliedModel,
     ClusterWorkload,
@@ -51,6 +50,7 @@ from fleet.messages import (
 from fleet.signing import Verifier
 
 log = logging.getLogger(__name__)
+_LOCK_POLL_S = 1.0
 
 
 class Outbox(Protocol):
@@ -173,7 +173,7 @@ class Reconciler:
                 envelope, DesiredState, now=self.clock(), last_version=self.state.desired_version
             )
         except SignatureError as e:
-            self._refuse(activation.error_code(e), f"desired state refused: {e}")
+            self._refuse(error_code(e), f"desired state refused: {e}")
             return
         self.state = self.state.model_copy(update={"desired_version": body.version, "envelope": envelope})
         self.state.save(self.state_path)
@@ -265,11 +265,14 @@ class Reconciler:
             self.serving.deactivate()
             self.store.clear_active()
             self.previous, self.active, self.active_runtime = self.active or self.previous, None, None
-        elif not self._is_active(d.model, d.runtime) and not self._activate(d.model, d.runtime, d.version):
-            self._settled = d.version
-            self.phase = Phase.FAILED
-            self.report()
-            return
+        elif not self._is_active(d.model, d.runtime):
+            if self._update_locked():
+                return
+            if not self._activate(d.model, d.runtime, d.version):
+                self._settled = d.version
+                self.phase = Phase.FAILED
+                self.report()
+                return
         self._apply_shadow(d)
         self._apply_cluster(d)
         self._collect()
@@ -318,6 +321,18 @@ class Reconciler:
             warmup_runs=self.settings.activation.warmup_runs,
         )  # fmt: skip
 
+    def _update_locked(self) -> bool:
+        """True while the update lock file exists: the verified model waits (checked again every second)."""
+        lock = self.settings.activation.update_lock_file
+        if lock is None or not lock.exists():
+            return False
+        if self.phase is not Phase.ACTIVATING:
+            log.info("model downloaded and verified; activation waits for the update lock %s to go", lock)
+            self.phase = Phase.ACTIVATING
+            self.report()
+        self._retry_at = time.monotonic() + _LOCK_POLL_S
+        return True
+
     def _activate(self, ref: ModelRef, runtime: RuntimeOptions, version: int) -> bool:
         self.phase = Phase.ACTIVATING
         self.report()
@@ -328,7 +343,6 @@ class Reconciler:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
             self._fail(e)
             return False
-        pause_point("activate")
         self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
         self.active, self.active_runtime = loaded.applied, runtime
         record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,

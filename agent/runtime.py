@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.errors import AgentError, BundleError
 from agent.hardware import capabilities
-from agent.mqtt import BrokerAddress, MqttLink
+from agent.mqtt import MqttLink
 from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
@@ -25,6 +25,7 @@ from agent.spool import Spool
 from agent.state import WatchedBlobs
 from agent.store import ModelStore
 from agent.telemetry import Telemetry
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
 from fleet.errors import FleetError, InvalidTopic

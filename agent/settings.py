@@ -26,7 +26,9 @@ class LinkSettings(SettingsGroup):
         le=3600,
         description="MQTT keepalive, seconds; the broker publishes the last will after 1.5x this without traffic",
     )
-    backoff_initial_s: float = Field(default=0.5, gt=0, le=60, description="first reconnect delay, seconds")
+    backoff_initial_s: float = Field(
+        default=0.5, gt=0, le=60, description="first reconnect delay, seconds (a broker restart is back in about this)"
+    )
     backoff_max_s: float = Field(
         default=30.0,
         gt=0,
@@ -40,7 +42,9 @@ class LinkSettings(SettingsGroup):
         description="MQTT connect timeout, seconds; also how long a restarted agent waits for the broker "
         "before it resumes its work offline",
     )
-    publish_timeout_s: float = Field(default=5.0, gt=0, le=300, description="wait for a QoS 1 PUBACK, seconds")
+    publish_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="wait for a QoS 1 PUBACK, seconds (then the window stays spooled)"
+    )
 
 
 class StoreSettings(SettingsGroup):
@@ -70,29 +74,51 @@ class DownloadSettings(SettingsGroup):
         "restart); at 2000 devices sharing one fan-out, 5 s re-want storms kept the hub republishing (docs/scale.md)",
     )
     sync_every: int = Field(
-        default=1024, ge=1, description="persist data and resume bitmap after this many new chunks at the latest"
+        default=1024,
+        ge=1,
+        description="persist data and resume bitmap after this many new chunks at the latest (fsync per chunk "
+        "dominated the cost when many receivers share a disk)",
     )
-    sync_interval_s: float = Field(default=1.0, gt=0, description="... or after this many seconds")
-    max_want_ranges: int = Field(default=4096, ge=1, le=4096, description="ranges in one want message")
+    sync_interval_s: float = Field(
+        default=1.0, gt=0, description="... or after this many seconds (a crash loses at most this much download)"
+    )
+    max_want_ranges: int = Field(
+        default=4096, ge=1, le=4096, description="ranges in one want message (4096: the wire contract's bound)"
+    )
 
 
 class TelemetrySettings(SettingsGroup):
     """Telemetry windows and their on-disk spool."""
 
-    interval_s: float = Field(default=10.0, gt=0, le=3600, description="length of one telemetry window, seconds")
+    interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="length of one telemetry window, seconds (10 s: rollout gates see a wave within a bake)",
+    )
     spool_max_windows: int = Field(
         default=8640,
         ge=1,
         le=10_000_000,
         description="bound of the on-disk spool (8640 = one day of 10 s windows); the oldest are dropped beyond it",
     )
-    send_batch: int = Field(default=64, ge=1, le=10_000, description="windows sent per drain step")
+    send_batch: int = Field(
+        default=64, ge=1, le=10_000, description="windows sent per drain step (a day's spool drains in ~135 steps)"
+    )
 
 
 class ActivationSettings(SettingsGroup):
     """Loading a model into a new engine."""
 
-    warmup_runs: int = Field(default=2, ge=0, le=100, description="golden-input runs before the swap")
+    warmup_runs: int = Field(
+        default=2, ge=0, le=100, description="golden-input runs before the swap (the first request is not the slow one)"
+    )
+    update_lock_file: Path | None = Field(
+        default=None,
+        description="an update lock: while this file exists, new models are downloaded and verified but not "
+        "activated (the application holds it through work that must not see a model swap); activation follows "
+        "within a second of its removal. Unset: no lock",
+    )
     report_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, seconds"
     )

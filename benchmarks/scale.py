@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
-from agent.sim.mqtt import Transport  # noqa: E402
+from agent.sim.transport import Transport  # noqa: E402
 from fleet import ModelRef, TelemetryWindow, Topics, decode, encode_frame, plan_file  # noqa: E402
+from hubclient import HubApiError, HubClient  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
 from tests.support.sim_hub import MiniHub  # noqa: E402
@@ -128,9 +128,9 @@ def hub_worker(argv: list[str]) -> None:
     p.add_argument("--group", default=None)
     p.add_argument("--token", default=None)
     a = p.parse_args(argv)
-    if os.environ.get("EDGEFLEET_HUB_ROOT"):  # measure a hub checkout other than this one
-        sys.path.insert(0, os.environ["EDGEFLEET_HUB_ROOT"])
-    from hub.api.server import ApiServer  # noqa: PLC0415
+    if os.environ.get("EDGEFLEET_BENCH_HUB_ROOT"):  # measure another hub checkout (not EDGEFLEET_HUB_*: a setting)
+        sys.path.insert(0, os.environ["EDGEFLEET_BENCH_HUB_ROOT"])
+    from hub.api.server import api_server  # noqa: PLC0415
     from hub.runtime import Hub, init_hub  # noqa: PLC0415
     from hub.settings import HubSettings  # noqa: PLC0415
 
@@ -144,7 +144,7 @@ def hub_worker(argv: list[str]) -> None:
     token = a.token or init_hub(settings)
     hub = Hub(settings)
     hub.start()
-    api = ApiServer(hub)
+    api = api_server(hub)
     api.start()
     print(json.dumps({"api": api.url, "token": token, "db": str(settings.db_path)}), flush=True)
     _wait_for_signal()
@@ -213,7 +213,7 @@ class ProductHub:
         info = json.loads(self.proc.stdout.readline())
         self.pid = self.proc.pid
         self.api, self.token, self.db = info["api"], info["token"], info["db"]
-        self.http = httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
+        self.http = HubClient(self.api, self.token, timeout=120)
         self._listed: list[dict[str, Any]] = []
         self._listed_at = 0.0
         self._rowid = 0
@@ -230,9 +230,7 @@ class ProductHub:
 
     def _devices(self) -> list[dict[str, Any]]:
         if time.monotonic() - self._listed_at >= 1.0:  # listing thousands of devices costs the hub CPU
-            r = self.http.get("/api/v1/devices")
-            r.raise_for_status()
-            self._listed, self._listed_at = list(r.json()), time.monotonic()
+            self._listed, self._listed_at = list(self.http.request("GET", "/api/v1/devices")), time.monotonic()
         return self._listed
 
     def online(self) -> int:
@@ -265,19 +263,17 @@ class ProductHub:
 
     def add_model(self, path: Path) -> str:
         descriptor = json.loads((path.with_suffix(".json")).read_text())
-        with path.open("rb") as f:
-            r = self.http.post("/api/v1/models", data={"descriptor": json.dumps(descriptor)},
-                               files={"file": (path.name, f, "application/octet-stream")})  # fmt: skip
-        r.raise_for_status()
-        return str(r.json()["sha256"])
+        return str(self.http.push_model(path, descriptor)["sha256"])
 
     def chunks_published(self) -> int:
-        r = self.http.get("/api/v1/ingest")
-        return int(r.json()["transfer"]["chunks_published"]) if r.status_code == 200 else -1
+        try:
+            return int(self.http.request("GET", "/api/v1/ingest")["transfer"]["chunks_published"])
+        except HubApiError:
+            return -1
 
     def deploy(self, n: int) -> None:
         body = {"model": "bench", "version": "1.0.0", "selector": "bench=scale"}
-        self.http.post("/api/v1/deployments", json=body).raise_for_status()
+        self.http.request("POST", "/api/v1/deployments", json=body)
 
     def active(self) -> int:
         return sum(1 for d in self._devices() if d["active_model"] == "bench:1.0.0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FleetError(Exception):
     """Base of every error raised by the fleet package."""
@@ -9,6 +11,14 @@ class FleetError(Exception):
 
 class InvalidId(FleetError, ValueError):
     """A device id, blob digest or topic prefix breaks its rules."""
+
+
+class InvalidBrokerUrl(FleetError, ValueError):
+    """A broker URL is not `mqtt://host:port` or `mqtts://host:port` (the message quotes it)."""
+
+
+class InvalidLabel(FleetError, ValueError):
+    """A device label breaks the Kubernetes label rules, or an argument is not `key=value`."""
 
 
 class InvalidTopic(FleetError, ValueError):
@@ -77,3 +87,12 @@ class BlobDigestMismatch(ChunkError):
 
 class ReceiverStateError(ChunkError):
     """The on-disk partial state belongs to another manifest or is unreadable; it was discarded."""
+
+
+def error_code(e: BaseException) -> str:
+    """The stable snake_case code reported for an error: its class name (GoldenMismatch -> golden_mismatch).
+
+    The agent and the simulator report refusals with this one function, so the hub sees the same code for
+    the same refusal whichever sent it.
+    """
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()[:64]

@@ -13,34 +13,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleet.address import BrokerAddress
+from fleet.backoff import Backoff
+from fleet.errors import InvalidBrokerUrl
 from hub.errors import BrokerError, InvalidInput
 
 log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 SESSION_EXPIRY_S = 3600
+RECONNECT = Backoff(initial_s=1.0, max_s=5.0)
+"""The hub's reconnect policy. paho's own loop applies it (doubling from 1 s to 5 s, without the jitter an
+agent needs: a hub is one client, or a few replicas, so no herd to spread; a short cap brings it back fast)."""
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls). Raises InvalidInput otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-        raise InvalidInput(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
-    tls = parts.scheme in ("mqtts", "ssl")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as e:
-        raise InvalidInput(f"broker URL {url!r}: {e}") from e
-    return parts.hostname, port, tls
-
-
-class MqttLink:
+class HubLink:
     """One paho client with a network thread, subscriptions that survive reconnects, bounded publishing."""
 
     def __init__(
@@ -58,7 +50,11 @@ class MqttLink:
         ca_pem: str | None = None,
     ) -> None:
         self.url = url
-        self.host, self.port, tls = parse_broker_url(url)
+        try:
+            address = BrokerAddress.parse(url)
+        except InvalidBrokerUrl as e:
+            raise InvalidInput(str(e)) from e
+        self.host, self.port, tls = address.host, address.port, address.tls
         self._v5 = mqtt_version == "5"
         self._handler = on_message
         self._subscriptions = list(subscriptions)
@@ -76,7 +72,7 @@ class MqttLink:
             self._client.tls_set_context(ssl.create_default_context(cadata=ca_pem or None))
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(1, 5)
+        self._client.reconnect_delay_set(round(RECONNECT.initial_s), round(RECONNECT.max_s))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -149,7 +145,7 @@ class MqttLink:
 class BoundedPublisher:
     """Publishes through a link keeping at most `max_inflight` messages unacknowledged (bounded memory)."""
 
-    def __init__(self, link: MqttLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, link: HubLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
         self.link = link
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s

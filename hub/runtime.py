@@ -6,6 +6,7 @@ services through its attributes: `registry`, `devices`, `deployer`, `telemetry`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -24,7 +25,7 @@ from hub.devices import Devices
 from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
 from hub.lock import DataDirLock
-from hub.mqtt import BoundedPublisher, MqttLink
+from hub.mqtt import BoundedPublisher, HubLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
 from hub.security import HubSecurity
@@ -65,11 +66,10 @@ class Hub:
         self.topics = Topics(settings.topic_prefix)
         self.api_url: str | None = settings.api.public_url
         self.local_broker: LocalBroker | None = None
-        self.link: MqttLink | None = None
+        self.link: HubLink | None = None
         self._enrolled: set[str] = set()
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
-        self._lock: DataDirLock | None = None
+        self._running = contextlib.ExitStack()  # what start() brought up, each stop registered as it started
         self.started = False
         self.acks: list[CommandAck] = []
 
@@ -79,21 +79,19 @@ class Hub:
         s = self.settings
         if not s.key_path.exists() or (s.database_url is None and not s.db_path.exists()):
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
-        self._lock = DataDirLock(s.data_dir)
+        lock = DataDirLock(s.data_dir)  # one hub (per replica name) on a data dir: see hub.lock
         replica = s.broker.replica
-        self._lock.acquire(f"hub-{replica}" if replica else "hub", f"as replica {replica}" if replica else "")
-        if s.broker.url is None:
-            try:
-                self._lock.acquire("broker", "with the local broker")
-            except BaseException:
-                self._lock.release()
-                raise
-        self.key = HubSigningKey.load(s.key_path)
-        self.store: SqlStore = open_store(
-            s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
-            telemetry_process=s.ingest.telemetry_process,
-        )  # fmt: skip
+        lock.acquire(f"hub-{replica}" if replica else "hub", f"as replica {replica}" if replica else "")
+        self._running.callback(lock.release)  # released when everything else has stopped
         try:
+            if s.broker.url is None:
+                lock.acquire("broker", "with the local broker")
+            self.key = HubSigningKey.load(s.key_path)
+            self.store: SqlStore = open_store(
+                s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue,
+                max_delay_s=s.ingest.max_delay_s, telemetry_process=s.ingest.telemetry_process,
+            )  # fmt: skip
+            self._running.callback(self.store.close)  # then the store: queued writes are flushed
             self._start_services()
         except BaseException:
             self.stop()
@@ -120,11 +118,12 @@ class Hub:
             self.local_broker = LocalBroker(s.broker, s.broker_dir, **self.security.local_broker_options())
             self.security.set_reload(self.local_broker.reload)
             self.local_broker.start()
+            self._running.callback(self.local_broker.stop)
             self.broker_url = self.local_broker.url
             link_url = self.local_broker.hub_url
         else:
             self.broker_url = link_url = s.broker.url
-        self.link = MqttLink(
+        self.link = HubLink(
             link_url,
             client_id=self._client_id(),
             on_message=self._on_message,
@@ -155,28 +154,20 @@ class Hub:
         )  # fmt: skip
         self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
         self.chunks.start()
+        self._running.callback(self.chunks.stop)
         link.start()
+        self._running.callback(link.stop)
         self.rollouts.start()
-        self._maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
-        self._maintenance.start()
+        self._running.callback(self.rollouts.stop)
+        maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
+        maintenance.start()
+        self._running.callback(maintenance.join, 10)
 
     def stop(self) -> None:
-        """Stop serving: MQTT, chunk server, maintenance, store (queued writes are flushed), local broker."""
+        """Stop what `start` brought up, in reverse order: maintenance, rollouts, MQTT, chunk server, local
+        broker, store (queued writes are flushed). Safe after a failed or partial start, and twice."""
         self._stop.set()
-        if getattr(self, "rollouts", None) is not None:
-            self.rollouts.stop()
-        if self.link is not None:
-            self.link.stop()
-        if getattr(self, "chunks", None) is not None:
-            self.chunks.stop()
-        if self._maintenance is not None:
-            self._maintenance.join(10)
-        if getattr(self, "store", None) is not None:
-            self.store.close()
-        if self.local_broker is not None:
-            self.local_broker.stop()
-        if self._lock is not None:
-            self._lock.release()
+        self._running.close()
         self.started = False
 
     def __enter__(self) -> Hub:

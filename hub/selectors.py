@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from fleet import labels as labels_rules
+from fleet.errors import InvalidLabel
 from hub.errors import InvalidInput, InvalidSelector
 
 Op = Literal["=", "!=", "in", "notin", "exists", "!exists"]
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-_LABEL_KEY = re.compile(r"^(?:[a-z0-9][a-z0-9.-]{0,252}/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 
 
 @dataclass(frozen=True)
@@ -139,23 +139,16 @@ def parse_selector(text: str) -> Selector:
 
 
 def check_labels(labels: dict[str, str]) -> dict[str, str]:
-    """Return `labels` if every key and value follows the Kubernetes label rules, else raise InvalidInput."""
-    if len(labels) > 64:
-        raise InvalidInput("a device carries at most 64 labels")
-    for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
-            raise InvalidInput(f"invalid label key {key[:80]!r}: use a-z A-Z 0-9 . _ - (63 chars), optional prefix/")
-        if not _LABEL_VALUE.match(value):
-            raise InvalidInput(f"invalid label value {value[:80]!r} for {key!r}: use a-z A-Z 0-9 . _ - (63 chars)")
-    return labels
+    """`fleet.labels.check_labels`, refusing with InvalidInput (HTTP 400 with the reason)."""
+    try:
+        return labels_rules.check_labels(labels)
+    except InvalidLabel as e:
+        raise InvalidInput(str(e)) from e
 
 
 def parse_label_args(items: list[str]) -> dict[str, str]:
-    """Turn `["site=berlin", "tier=canary"]` into a dict, checked. Raises InvalidInput naming a bad item."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput(f"label {item!r} must look like key=value")
-        out[key.strip()] = value.strip()
-    return check_labels(out)
+    """`fleet.labels.parse_labels`, refusing with InvalidInput naming the bad item."""
+    try:
+        return labels_rules.parse_labels(items)
+    except InvalidLabel as e:
+        raise InvalidInput(str(e)) from e

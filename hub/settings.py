@@ -9,10 +9,11 @@ top-level fields as `EDGEFLEET_HUB_<FIELD>` (for example `EDGEFLEET_HUB_DATA_DIR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
+from fleet.address import check_broker_url
 from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
@@ -21,16 +22,20 @@ from hub.store.connection import Database
 from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
+BrokerUrl = Annotated[str, AfterValidator(check_broker_url)]
 
 
 class BrokerSettings(SettingsGroup):
     """Which MQTT broker the hub uses, or how it runs its own."""
 
-    url: str | None = Field(
+    url: BrokerUrl | None = Field(
         default=None,
         description="mqtt://host:port or mqtts://host:port of an existing broker; None: start a local Mosquitto",
     )
-    mqtt_version: Literal["3.1.1", "5"] = Field(default="3.1.1", description="protocol version to speak")
+    mqtt_version: Literal["3.1.1", "5"] = Field(
+        default="3.1.1",
+        description="protocol version to speak (3.1.1: every broker has it; 5: needed for shared subscriptions)",
+    )
     username: str | None = Field(default=None, description="the hub's broker account (None: anonymous)")
     password: str | None = Field(default=None, description="password of the hub's broker account")
     shared_group: str | None = Field(
@@ -42,11 +47,23 @@ class BrokerSettings(SettingsGroup):
         description="this replica's name, part of its MQTT client id (each replica needs its own broker session); "
         "None: the host name when shared_group is set",
     )
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive, seconds")
-    mosquitto_binary: str | None = Field(default=None, description="local broker: mosquitto path (None: search)")
-    local_host: str = Field(default="127.0.0.1", description="local broker: listener address (loopback)")
-    local_port: int = Field(default=1883, ge=0, le=65535, description="local broker: port (0: pick a free one)")
-    public_url: str | None = Field(
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600, description="MQTT keep-alive, seconds (a dead link is noticed within 1.5x this)"
+    )
+    mosquitto_binary: str | None = Field(
+        default=None, description="local broker: mosquitto path (None: search PATH and /usr/sbin, where Debian puts it)"
+    )
+    local_host: str = Field(
+        default="127.0.0.1",
+        description="local broker: listener address (loopback: only this machine until ACL and TLS are set up)",
+    )
+    local_port: int = Field(
+        default=1883,
+        ge=0,
+        le=65535,
+        description="local broker: TCP port (1883: the MQTT port devices expect; 0: pick a free one)",
+    )
+    public_url: BrokerUrl | None = Field(
         default=None, description="broker URL put into device bundles when devices reach it by another name"
     )
     max_inflight_messages: int = Field(
@@ -60,19 +77,29 @@ class BrokerSettings(SettingsGroup):
     max_message_bytes: int = Field(
         default=8 << 20,
         ge=64 << 10,
-        description="local broker's message_size_limit; 8 MiB holds a 256 KiB chunk many times over",
+        description="local broker's message_size_limit, bytes; 8 MiB holds a 256 KiB chunk many times over",
     )
-    restart_backoff_s: float = Field(default=1.0, gt=0, description="local broker: wait before a restart")
+    restart_backoff_s: float = Field(
+        default=1.0, gt=0, description="local broker: seconds to wait before restarting it (a crash loop stays slow)"
+    )
 
 
 class RestApiSettings(SettingsGroup):
     """The REST API."""
 
     host: str = Field(default="127.0.0.1", description="listen address (loopback unless you front it with TLS)")
-    port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: pick a free one)")
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="listen TCP port (8080; the agent's inference API takes 8000, so both run on one machine)",
+    )
     public_url: str | None = Field(default=None, description="API URL put into device bundles (None: derived)")
     max_upload_bytes: int = Field(
-        default=1 << 30, ge=1024, description="largest model upload; bigger ones get 413 before they are stored"
+        default=1 << 30,
+        ge=1024,
+        description="largest model upload, bytes (1 GiB: above any edge vision model); bigger ones get 413 before "
+        "they are stored",
     )
 
 
@@ -86,30 +113,45 @@ class TransferSettings(SettingsGroup):
         description="bytes per chunk of newly pushed blobs (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
     )
     rate_limit_bytes_per_s: int = Field(
-        default=0, ge=0, description="cap on chunk bytes published per second (0: unlimited)"
+        default=0,
+        ge=0,
+        description="cap on chunk bytes published per second (0: unlimited; set it on a metered uplink)",
     )
     round_interval_s: float = Field(
-        default=0.05, gt=0, le=10, description="how long wants are coalesced before a publishing round"
+        default=0.05,
+        gt=0,
+        le=10,
+        description="seconds wants are coalesced before a publishing round (50 ms: devices starting together share "
+        "one round, yet a lone device waits unnoticeably)",
     )
     max_inflight: int = Field(
-        default=32, ge=1, le=10_000, description="chunks published but not yet acknowledged (bounds memory)"
+        default=32,
+        ge=1,
+        le=10_000,
+        description="chunks published but not yet acknowledged (bounds memory: 32 x 256 KiB = 8 MiB)",
     )
 
 
 class IngestSettings(SettingsGroup):
     """Ingestion of status, reported and telemetry messages."""
 
-    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024, description="larger messages are refused")
-    max_batch: int = Field(default=5000, ge=1, description="most messages written in one transaction")
+    max_message_bytes: int = Field(
+        default=MAX_MESSAGE_BYTES, ge=1024, description="bytes; larger messages are refused (fleet.codec's limit)"
+    )
+    max_batch: int = Field(
+        default=5000, ge=1, description="most messages written in one transaction (one commit per batch bounds fsyncs)"
+    )
     max_delay_s: float = Field(
         default=0.05,
         ge=0,
         le=5,
-        description="how long the writer waits for more messages before committing (group commit; bounds "
+        description="seconds the writer waits for more messages before committing (group commit; bounds "
         "how stale API reads of fresh telemetry can be)",
     )
     max_queue: int = Field(
-        default=200_000, ge=100, description="messages waiting for the writer; beyond it new ones are dropped"
+        default=200_000,
+        ge=100,
+        description="messages waiting for the writer; beyond it new ones are dropped (20 s of 10k windows/s)",
     )
     telemetry_process: bool = Field(
         default=True,
@@ -121,23 +163,40 @@ class IngestSettings(SettingsGroup):
 class RetentionSettings(SettingsGroup):
     """How long telemetry is kept."""
 
-    telemetry_raw_s: float = Field(default=7 * 86400, gt=0, description="raw windows are deleted after this")
-    telemetry_raw_max_rows: int = Field(default=10_000_000, ge=1000, description="and beyond this many rows")
-    rollup_s: float = Field(default=90 * 86400, gt=0, description="per-minute rollups are deleted after this")
-    sweep_interval_s: float = Field(default=60.0, gt=0, description="how often retention and re-signing run")
+    telemetry_raw_s: float = Field(
+        default=7 * 86400, gt=0, description="seconds raw windows are kept (7 days: a week of incidents to look at)"
+    )
+    telemetry_raw_max_rows: int = Field(
+        default=10_000_000,
+        ge=1000,
+        description="and beyond this many rows (bounds the database file whatever the fleet sends)",
+    )
+    rollup_s: float = Field(
+        default=90 * 86400, gt=0, description="seconds per-minute rollups are kept (90 days: a quarter's trends)"
+    )
+    sweep_interval_s: float = Field(default=60.0, gt=0, description="seconds between retention and re-signing sweeps")
 
 
 class DeviceSettings(SettingsGroup):
     """Device state derivation and signed desired states."""
 
     desired_ttl_s: float = Field(
-        default=7 * 86400, ge=60, description="validity of a signed desired state; re-signed at half of it"
+        default=7 * 86400,
+        ge=60,
+        description="seconds a signed desired state is valid (7 days: a device offline that long still verifies "
+        "it); re-signed at half of it",
     )
     degraded_error_rate: float = Field(
-        default=0.05, ge=0, le=1, description="a device whose last window has more errors than this is degraded"
+        default=0.05,
+        ge=0,
+        le=1,
+        description="a device whose last window has a larger error fraction than this (5 %) is degraded",
     )
     stale_after_s: float = Field(
-        default=300.0, gt=0, description="an online device silent this long counts as offline (lost will)"
+        default=300.0,
+        gt=0,
+        description="seconds an online device may stay silent before it counts as offline (a lost will; 5 min is "
+        "many telemetry windows)",
     )
 
 
@@ -149,9 +208,13 @@ class DashboardSettings(SettingsGroup):
         default=2.0, gt=0, le=60, description="how often the live stream looks for changes (seconds)"
     )
     live_max_stream_s: float = Field(
-        default=300.0, gt=0, description="a live stream ends after this and the browser reconnects (frees workers)"
+        default=300.0,
+        gt=0,
+        description="seconds after which a live stream ends and the browser reconnects (frees workers)",
     )
-    page_size: int = Field(default=50, ge=5, le=1000, description="devices per page of the device table")
+    page_size: int = Field(
+        default=50, ge=5, le=1000, description="devices per page of the device table (50 fit one screen)"
+    )
     cookie_secure: bool = Field(
         default=False, description="mark the session cookie Secure (set it when the hub is served over HTTPS)"
     )
@@ -223,13 +286,19 @@ class HubSettings(EnvSettings):
 
     model_config = env_config(ENV_PREFIX)
 
-    data_dir: Path = Field(default=Path("./hub-data"), description="database, blobs, signing key, broker state")
+    data_dir: Path = Field(
+        default=Path("./hub-data"),
+        description="database, blobs, signing key, broker state (one directory: one thing to back up)",
+    )
     database_url: str | None = Field(
         default=None,
         description="where the store lives: postgresql://user:password@host:5432/db for a PostgreSQL server shared "
         "by hub replicas (needs the `postgres` extra: psycopg); unset: the SQLite file hub.db in data_dir",
     )
-    topic_prefix: Prefix = Field(default=DEFAULT_PREFIX, description="MQTT topic prefix of the fleet")
+    topic_prefix: Prefix = Field(
+        default=DEFAULT_PREFIX,
+        description="MQTT topic prefix of the fleet (versioned, so a new protocol can run beside the old one)",
+    )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="MQTT broker")
     api: RestApiSettings = Field(default_factory=RestApiSettings, description="REST API")
     transfer: TransferSettings = Field(default_factory=TransferSettings, description="chunk serving")

@@ -35,6 +35,11 @@ from rich.live import Live
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hubclient import HubApiError, HubClient  # noqa: E402
+
 EDGEFLEET = str(Path(sys.executable).parent / "edgefleet")
 DEVICES = (("cam-berlin-1", "site=berlin"), ("cam-berlin-2", "site=berlin"), ("cam-paris-1", "site=paris"))
 out = Console(highlight=False)
@@ -112,11 +117,11 @@ class Demo:
 
     # -- hub API --------------------------------------------------------------------------------------
     def api(self, method: str, path: str, **kw: Any) -> Any:
-        r = httpx.request(method, f"{self.hub_url}{path}", headers={"Authorization": f"Bearer {self.token}"},
-                          timeout=30, **kw)  # fmt: skip
-        if r.status_code >= 400:
-            raise DemoError(f"{method} {path}: {r.status_code} {r.text[:300]}")
-        return r.json() if r.content else None
+        with HubClient(self.hub_url, self.token, timeout=30) as hub:
+            try:
+                return hub.request(method, path, **kw)
+            except HubApiError as e:
+                raise DemoError(f"{method} {path}: {e.status} {e.message[:300]}") from e
 
     def devices_on(self, version: str) -> int:
         return sum(

@@ -1,17 +1,12 @@
-"""Run the API under uvicorn: in a background thread of the agent (`ApiServer`) or blocking (`serve`)."""
+"""Run the API under uvicorn (`infra.server.HttpServer`): in a background thread of the agent (`ApiServer`) or
+blocking (`serve`)."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-
-import uvicorn
-
 from agent.api.app import create_asgi
-from agent.api.inference import FastPath
 from agent.api.settings import ApiSettings
 from agent.serving import ModelSlot
+from infra.server import HttpServer
 from models.batcher import BatcherOptions
 
 _START_TIMEOUT_S = 30.0
@@ -26,38 +21,14 @@ def _configure(settings: ApiSettings, slot: ModelSlot) -> None:
     slot.activate_timeout_s = settings.activate_timeout_s
 
 
-def _server(settings: ApiSettings, slot: ModelSlot) -> uvicorn.Server:
-    """uvicorn around the app; the slot learns how many HTTP requests uvicorn is handling."""
-    app = create_asgi(settings, slot)
-    server = uvicorn.Server(_config(settings, app))
-    tasks = server.server_state.tasks  # one per request being handled, created before its handler runs
-    slot.in_progress = tasks.__len__
-    return server
-
-
-def _config(settings: ApiSettings, app: FastPath) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-        server_header=False,
-    )
-
-
 class ApiServer:
-    """The inference API on a background thread; `start()` returns once it accepts connections."""
+    """The inference API on a background thread (`infra.server.HttpServer`); `start()` returns once it serves."""
 
     def __init__(self, settings: ApiSettings, slot: ModelSlot) -> None:
         self.settings = settings
         self.slot = slot
         _configure(settings, slot)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._http: HttpServer | None = None
         self._url: str | None = None
 
     @property
@@ -74,43 +45,21 @@ class ApiServer:
             OSError: the address cannot be bound.
             RuntimeError: uvicorn did not start within 30 s (its error is in the log).
         """
-        if self._thread is not None:
+        if self._http is not None:
             return
-        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        http = _http_server(self.settings, self.slot)
+        self._http, self._url = http, http.url
         try:
-            sock.bind((self.settings.host, self.settings.port))
-        except OSError:
-            sock.close()
+            http.start(_START_TIMEOUT_S)
+        except RuntimeError:
+            self._http = None
             raise
-        sock.set_inheritable(True)
-        self._sock = sock
-        host, port = sock.getsockname()[:2]
-        self._url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        server = _server(self.settings, self.slot)
-        self._server = server
-        self._thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="edgefleet-api", daemon=True)
-        self._thread.start()
-        deadline = _START_TIMEOUT_S
-        while not server.started and self._thread.is_alive() and deadline > 0:
-            self._thread.join(0.01)
-            deadline -= 0.01
-        if not server.started:
-            self.stop()
-            raise RuntimeError("the inference API did not start (see the log)")
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout_s), close batchers."""
-        server, thread, sock = self._server, self._thread, self._sock
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(self.settings.drain_timeout_s + 10)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-        self._server = self._thread = None
+        if self._http is not None:
+            self._http.stop()
+        self._http = None
 
     def __enter__(self) -> ApiServer:
         self.start()
@@ -123,6 +72,15 @@ class ApiServer:
 def serve(settings: ApiSettings, slot: ModelSlot) -> None:
     """Serve until interrupted (SIGINT/SIGTERM): cluster mode's `edgefleet agent serve`."""
     _configure(settings, slot)
-    server = _server(settings, slot)
-    server.config.host, server.config.port = settings.host, settings.port
-    server.run()
+    _http_server(settings, slot).serve()
+
+
+def _http_server(settings: ApiSettings, slot: ModelSlot) -> HttpServer:
+    """The app under uvicorn; the slot learns how many HTTP requests uvicorn is handling."""
+    app = create_asgi(settings, slot)
+    http = HttpServer(
+        app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, fast=True,
+        lifespan="on", name="edgefleet-api",
+    )  # fmt: skip
+    slot.in_progress = http.tasks.__len__
+    return http

@@ -1,7 +1,8 @@
 """The fleet simulator: many protocol-faithful agents in one process, for scale tests and benchmarks.
 
 `SimAgent` is the transport-free state machine of one agent (decoded messages in, messages to publish out);
-`agent.sim.mqtt` multiplexes many MQTT connections over a few selector threads; `Simulator` joins them;
+`agent.sim.transport` runs each on the agent's own MQTT link (`agent.mqtt`), thousands of them served by a
+few selector loops (`agent.netloop`); `Simulator` joins them;
 `agent.sim.cli.app` is `edgefleet sim`. Each agent verifies every signature and every chunk it receives,
 while the bytes of a blob are written once to a shared content-addressed cache.
 """

@@ -19,17 +19,7 @@ from agent.sim.config import AgentIdentity, SimConfig
 from agent.sim.profile import Profiles, WindowSample, sample_window
 from fleet.chunks import Accepted
 from fleet.codec import decode, encode
-from fleet.errors import (
-    BadSignature,
-    ChunkError,
-    Expired,
-    FleetError,
-    MalformedEnvelope,
-    SignatureError,
-    StaleVersion,
-    UnknownSigningKey,
-    WrongSubject,
-)
+from fleet.errors import ChunkError, FleetError, SignatureError, StaleVersion, error_code
 from fleet.histogram import Histogram
 from fleet.messages import (
     AppliedModel,
@@ -53,18 +43,6 @@ from fleet.signing import HubPublicKey, Verifier
 from fleet.topics import TopicKind, Topics, spec
 
 PROVIDER = "CPUExecutionProvider"
-_CODES: tuple[tuple[type[SignatureError], str], ...] = (
-    (BadSignature, "bad_signature"),
-    (UnknownSigningKey, "unknown_signing_key"),
-    (Expired, "expired"),
-    (StaleVersion, "stale_version"),
-    (WrongSubject, "wrong_subject"),
-    (MalformedEnvelope, "malformed_envelope"),
-)
-
-
-def _code(error: SignatureError) -> str:
-    return next((code for cls, code in _CODES if isinstance(error, cls)), "signature_error")
 
 
 class SimAgent:
@@ -185,7 +163,7 @@ class SimAgent:
             if isinstance(e, StaleVersion) and envelope.body.get("version") == self.desired_version:
                 return []  # the retained state we already applied, redelivered on reconnect
             self.stats.refused_desired += 1
-            return [self._fail(_code(e), str(e), now, phase=None)]
+            return [self._fail(error_code(e), str(e), now, phase=None)]
         except FleetError as e:
             self.stats.refused_desired += 1
             return [self._fail("malformed_envelope", str(e), now, phase=None)]
@@ -281,7 +259,7 @@ class SimAgent:
             correlation = envelope.body.get("correlation_id")
             if not isinstance(correlation, str) or not 0 < len(correlation) <= 64:
                 return []
-            error = ErrorInfo(code=_code(e), message=str(e)[:2000], at=now)
+            error = ErrorInfo(code=error_code(e), message=str(e)[:2000], at=now)
             ack = CommandAck(device_id=self.device_id, correlation_id=correlation, ok=False, error=error)
             return [self._publish(TopicKind.CMD_ACK, ack)]
         self.command_version = command.version

@@ -17,12 +17,13 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.sim.config import AgentIdentity, Faults, SimConfig
-from agent.sim.enrol import direct_identities, enrol_via_hub, load_bundles, parse_labels
+from agent.sim.enrol import direct_identities, enrol_via_hub, load_bundles
 from agent.sim.errors import SimError
 from agent.sim.profile import Profiles
 from agent.sim.swarm import Simulator, Snapshot
 from fleet.errors import FleetError
 from fleet.ids import DEFAULT_PREFIX
+from fleet.labels import parse_labels
 
 app = typer.Typer(
     help="Run many protocol-faithful simulated agents in one process (scale tests, rollout-gate drills).",
@@ -119,7 +120,7 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
     """Run N simulated agents: enrolment, birth and will, signed desired states, downloads, telemetry, faults."""
     err = Console(stderr=True)
     try:
-        label_map = parse_labels(labels)
+        label_map = parse_labels([labels])
         config = SimConfig(
             telemetry_s=telemetry_s,
             want_retry_s=want_retry_s,

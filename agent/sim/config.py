@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.sim.errors import TransportError
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DeviceId, Prefix
-
-
-class BrokerAddress(BaseModel):
-    """Where an agent connects: host, port, TLS."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    host: str = Field(min_length=1, max_length=255, description="broker host name or address")
-    port: int = Field(ge=1, le=65535, description="broker TCP port")
-    tls: bool = Field(default=False, description="mqtts: connect with TLS")
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse `mqtt://host:port` or `mqtts://host:port` (default ports 1883 and 8883)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise TransportError(f"broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise TransportError(f"broker URL {url!r}: {e}") from e
-        return cls(host=parts.hostname, port=port, tls=tls)
 
 
 class AgentIdentity(BaseModel):

@@ -5,18 +5,19 @@ Kept small on purpose: the hub's device API is the one moving part here (`enrol_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
-from agent.sim.config import AgentIdentity, BrokerAddress
+from agent.sim.config import AgentIdentity
 from agent.sim.errors import EnrolmentError
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DEFAULT_PREFIX, check_device_id
 from fleet.signing import HubPublicKey
+from hubclient.errors import HubApiError
+from hubclient.http import HubClient
 
 DEVICES_PATH = "/api/v1/devices"
 
@@ -98,32 +99,22 @@ def enrol_via_hub(
         EnrolmentError: the hub refused a device or could not be reached (with its answer).
     """
     identities = []
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s) as http:
+    with HubClient(api_url, token, timeout=timeout_s) as hub:
         for device_id in device_ids(id_prefix, count):
             try:
-                response = http.post(DEVICES_PATH, json={"id": device_id, "labels": labels or {}})
-            except httpx.HTTPError as e:
-                raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {device_id}: {e}") from e
-            if response.status_code >= 400:
-                raise EnrolmentError(f"hub refused {device_id}: HTTP {response.status_code} {response.text[:300]}")
+                answer = hub.request("POST", DEVICES_PATH, json={"id": device_id, "labels": labels or {}})
+            except HubApiError as e:
+                if e.status == 0:
+                    raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {device_id}: {e}") from e
+                raise EnrolmentError(f"hub refused {device_id}: HTTP {e.status} {e.message[:300]}") from e
+            except ValueError as e:  # a 2xx answer that is not JSON
+                raise EnrolmentError(f"hub answered {device_id} with something that is not a bundle: {e}") from e
             try:
-                bundle = _bundle_from(response.json())
-            except (json.JSONDecodeError, ValidationError) as e:
+                bundle = _bundle_from(answer)
+            except ValidationError as e:
                 raise EnrolmentError(f"hub answered {device_id} with something that is not a bundle: {e}") from e
             if bundle_dir is not None:
                 bundle_dir.mkdir(parents=True, exist_ok=True)
                 bundle.save(bundle_dir / f"{bundle.device_id}.json")
             identities.append(AgentIdentity.from_bundle(bundle, labels))
     return identities
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`k=v,k2=v2` into a dict (raises ValueError naming the bad part)."""
-    labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"label {part!r}: expected key=value")
-        labels[key.strip()] = value.strip()
-    return labels

@@ -13,8 +13,8 @@ from agent.sim.actions import AgentStats
 from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, SimConfig
-from agent.sim.mqtt import Transport
 from agent.sim.profile import Profiles
+from agent.sim.transport import Transport
 
 
 @dataclass(frozen=True)

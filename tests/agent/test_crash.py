@@ -1,4 +1,4 @@
-"""The agent SIGKILLed mid-download and mid-activation: on restart it serves the old model, then completes."""
+"""The agent SIGKILLed mid-download and before activation: on restart it serves the old model, then completes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.store import ModelStore
-from tests.agent.conftest import AgentProcess, Sample, wait_file
+from tests.agent.conftest import AgentProcess, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
 
@@ -36,12 +36,17 @@ def test_killed_mid_download_serves_old_model_then_resumes(
 ) -> None:
     bundle, data = _with_v1_active(hub, broker, device_id, spawn_agent, samples, tmp_path)
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
-    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
-    marker = tmp_path / "paused"
-    second = spawn_agent(bundle, data, EDGEFLEET_TEST_PAUSE_AT="download", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
-    wait_file(marker)
-    second.kill()
     persisted = -(-v2.blob.count // 2)
+    hub.withhold = set(range(persisted, v2.blob.count))  # the link "breaks" half-way: the rest never comes
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    second = spawn_agent(bundle, data)  # sync_every=1 (the fixture): each verified chunk is durable when counted
+    hub.wait(
+        lambda: any(r.download and r.download.sha256 == v2.blob.sha256 and r.download.have_chunks == persisted
+                    for r in hub.reported),
+        timeout=60, what="half the chunks verified and persisted",
+    )  # fmt: skip
+    second.kill()
+    hub.withhold = set()
     assert ModelStore(data / "store").active().model.version == "1.0.0"  # type: ignore[union-attr]
 
     start, wants_before = len(hub.reported), len(hub.wants)
@@ -62,10 +67,12 @@ def test_killed_mid_activation_serves_old_model_then_completes(
     bundle, data = _with_v1_active(hub, broker, device_id, spawn_agent, samples, tmp_path)
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
-    marker = tmp_path / "paused"
-    second = spawn_agent(bundle, data, EDGEFLEET_TEST_PAUSE_AT="activate", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
-    wait_file(marker)
-    second.kill()
+    lock = tmp_path / "update.lock"  # the application holds the update lock: v2 is fetched but not activated
+    lock.touch()
+    second = spawn_agent(bundle, data, EDGEFLEET_AGENT_ACTIVATION_UPDATE_LOCK_FILE=str(lock))
+    held = hub.wait(lambda: next((r for r in hub.reported if r.desired_version == 2 and r.phase == "activating"), None))
+    assert held.active is not None and held.active.version == "1.0.0"
+    second.kill()  # killed while the verified v2 waits to be activated
     store = ModelStore(data / "store")
     active = store.active()
     assert active is not None and active.model.version == "1.0.0", "a crash before the switch leaves the old pointer"

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from agent.mqtt import BrokerAddress, backoff_delay
+from fleet.address import BrokerAddress
+from fleet.backoff import Backoff
 from fleet.codec import decode, encode
+from fleet.errors import InvalidBrokerUrl
 from fleet.messages import Command, CommandName, DeviceStatus
-from infra.errors import SettingsError
 from tests.agent.conftest import AgentFactory
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -83,27 +84,31 @@ def test_signed_commands_are_acknowledged_and_unsigned_ignored(
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
     rng = random.Random(7)
-    delays = [backoff_delay(n, 0.5, 30.0, rng) for n in range(12)]
+    backoff = Backoff(0.5, 30.0)
+    delays = [backoff.delay(n, rng) for n in range(12)]
     for n, d in enumerate(delays):
         base = min(30.0, 0.5 * 2**n)
         assert 0.5 * base <= d <= 1.5 * base
     assert len({round(d, 6) for d in delays}) == len(delays), "jittered"
-    assert backoff_delay(10_000, 0.5, 30.0, rng) <= 45.0
+    assert backoff.delay(10_000, rng) <= 45.0
+    with pytest.raises(ValueError, match="initial_s <= max_s"):
+        Backoff(5.0, 1.0)
 
 
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("mqtt://h:1884", BrokerAddress("h", 1884, False)),
-        ("mqtts://h", BrokerAddress("h", 8883, True)),
-        ("mqtt://127.0.0.1", BrokerAddress("127.0.0.1", 1883, False)),
+        ("mqtt://h:1884", BrokerAddress(host="h", port=1884)),
+        ("mqtts://h", BrokerAddress(host="h", port=8883, tls=True)),
+        ("mqtt://127.0.0.1", BrokerAddress(host="127.0.0.1", port=1883)),
     ],
 )
 def test_broker_urls(url: str, expected: BrokerAddress) -> None:
     assert BrokerAddress.parse(url) == expected
+    assert BrokerAddress.parse(expected.url) == expected
 
 
 @pytest.mark.parametrize("url", ["http://h:1883", "mqtt://", "h:1883", "mqtt://h:99999", ""])
 def test_bad_broker_urls_are_refused(url: str) -> None:
-    with pytest.raises(SettingsError):
+    with pytest.raises(InvalidBrokerUrl, match="broker URL"):
         BrokerAddress.parse(url)

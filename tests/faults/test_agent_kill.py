@@ -1,5 +1,6 @@
-"""An agent SIGKILLed in the middle of an activation, seen from the real hub: the device goes offline (its
-will), comes back still serving the old model with the new blob kept, and completes the activation.
+"""An agent SIGKILLed with a verified model waiting to be activated (its update lock held), seen from the real
+hub: the device goes offline (its will), comes back still serving the old model with the new blob kept, and
+completes the activation.
 (tests/agent/test_crash.py covers the agent's side in detail against a hub stand-in.)"""
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ def test_agent_killed_mid_activation_recovers_under_the_real_hub(fault_world: Fa
     w = fault_world
     bundle = w.enrol("cam-kill")
     data = w.tmp / "agent-kill"
-    marker = w.tmp / "paused"
+    lock = w.tmp / "update.lock"
     device = lambda: w.hub.hub.store.get_device("cam-kill")  # noqa: E731
     second = w.spawn(bundle, data)
     w.deploy("cam-kill", "1.0.0")
     w.wait_active("cam-kill", "1.0.0")
     assert second.stop() == 0
-    third = w.spawn(bundle, data, EDGEFLEET_TEST_PAUSE_AT="activate", EDGEFLEET_TEST_PAUSE_FILE=str(marker))
+    lock.touch()  # the application holds the update lock: 2.0.0 is fetched and verified, not activated
+    third = w.spawn(bundle, data, EDGEFLEET_AGENT_ACTIVATION_UPDATE_LOCK_FILE=str(lock))
+    blobs = set((data / "store" / "blobs").iterdir())
     w.deploy("cam-kill", "2.0.0")
-    wait_for(marker.exists, timeout=60)
+    wait_for(lambda: len(set((data / "store" / "blobs").iterdir()) - blobs) == 1, timeout=60)  # verified, stored
     third.kill()
     wait_for(lambda: (d := device()) is not None and d.status == "offline", timeout=30)  # its last will
     store = ModelStore(data / "store")
@@ -36,4 +39,4 @@ def test_agent_killed_mid_activation_recovers_under_the_real_hub(fault_world: Fa
     with w.hub.client() as c:
         assert c.get("/api/v1/devices/cam-kill").json()["state"] == "online"
     assert fourth.stop() == 0
-    record("fault", "agent SIGKILL mid-activation", "recovered")
+    record("fault", "agent SIGKILL before activation (update lock)", "recovered")

@@ -70,10 +70,10 @@ def test_oversized_upload_gets_413(broker: Broker, topic_prefix: str, tmp_path: 
         r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")  # 1.5 MB
         assert r.status_code == 413 and _error(r)["code"] == "too_large"
         # without a Content-Length (chunked), the limit still holds while streaming
-        from hub.client import ApiError, HubClient  # noqa: PLC0415
+        from hubclient import HubApiError, HubClient  # noqa: PLC0415
 
         desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json()
-        with HubClient(h.url, h.admin_token) as c, pytest.raises(ApiError) as info:
+        with HubClient(h.url, h.admin_token) as c, pytest.raises(HubApiError) as info:
             c.push_model(samples / "mobilenet-like.onnx", desc, on_progress=lambda _n: None)
         assert info.value.status == 413
         _nothing_stored(h)

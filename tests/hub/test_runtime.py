@@ -18,11 +18,11 @@ from fleet.messages import DesiredState, DeviceStatus, TelemetryWindow, Want
 from fleet.signing import HubPublicKey, Verifier
 from hub.api.app import create_app
 from hub.api.deps import Viewer
-from hub.api.server import ApiServer
-from hub.errors import NotFound, NotInitialised
-from hub.runtime import Hub
+from hub.api.server import api_server
+from hub.errors import HubError, NotFound, NotInitialised
+from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, start_hub
 from tests.support.mqtt import TestClient, wait_for
 
@@ -213,7 +213,7 @@ def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) 
             raise NotFound("no such thing")
         return {"name": name, "caller": principal.name}
 
-    server = ApiServer(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
+    server = api_server(running_hub.hub, port=0, app=create_app(running_hub.hub, extra_routers=[extra]))
     server.start()
     try:
         auth = {"Authorization": f"Bearer {running_hub.admin_token}"}
@@ -263,3 +263,21 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         assert retained.version == 30 and msg.retain
     finally:
         late.close()
+
+
+def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, broker: Broker) -> None:
+    hub = Hub(HubSettings(data_dir=tmp_path / "no-hub", broker={"url": broker.url}))
+    hub.stop()  # nothing was started: nothing to stop
+    with pytest.raises(NotInitialised):
+        hub.start()
+    hub.stop()
+    # a start failing half-way (store open, chunk server running, no broker answers) takes back what it began
+    settings = HubSettings(data_dir=tmp_path / "hub", broker={"url": f"mqtt://127.0.0.1:{free_port()}"})
+    init_hub(settings)
+    broken = Hub(settings)
+    with pytest.raises(HubError):
+        broken.start()
+    broken.stop()
+    assert not broken.started and not broken.mqtt_connected
+    with Hub(settings.model_copy(update={"broker": HubSettings().broker.model_copy(update={"url": broker.url})})) as h:
+        assert h.started  # the store the failed start opened was closed: the directory is usable again

@@ -177,7 +177,7 @@ def test_summaries_merge_histograms() -> None:
 
 
 def test_last_seen_reads_as_an_age() -> None:
-    from hub.cli import _ago  # noqa: PLC0415
+    from hubclient.cli import _ago  # noqa: PLC0415
 
     now = 1_800_000_000.0
     assert _ago(now - 5, now) == "5 s ago"

@@ -22,6 +22,8 @@ def test_every_area_has_one_root_and_every_setting_a_description() -> None:
         for name, (_path, field) in root.variables().items():
             assert name.startswith(root.env_prefix())
             assert field.description, f"{name} has no description"
+            unit = {"_S": "second", "_MS": "ms", "_BYTES": "byte"}.get("_" + name.rsplit("_", 1)[-1], "")
+            assert unit.lower() in field.description.lower(), f"{name}: say the unit ({unit}) in the description"
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,8 @@ def test_values_are_parsed_and_bad_ones_named() -> None:
         HubSettings.from_env({"EDGEFLEET_HUB_SECURITY_CORS_ORIGINS": "https://a.example"})
     with pytest.raises(SettingsError, match="^EDGEFLEET_AGENT_LINK_KEEPALIVE_S: Input should be greater"):
         AgentSettings.from_env({"EDGEFLEET_AGENT_LINK_KEEPALIVE_S": "1"})
+    with pytest.raises(SettingsError, match="^EDGEFLEET_HUB_BROKER_URL: .*must look like mqtt://host:port"):
+        HubSettings.from_env({"EDGEFLEET_HUB_BROKER_URL": "http://broker:1883"})  # fleet.address parses it
     with pytest.raises(SettingsError, match="EDGEFLEET_API_PORT: Input should be a valid integer"):
         ApiSettings.from_env({"EDGEFLEET_API_PORT": "eighty"})
 

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.mqtt import BrokerAddress, MqttLink
+from agent.mqtt import MqttLink
 from agent.settings import LinkSettings
+from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
 from fleet.messages import DeviceStatus

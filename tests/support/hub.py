@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.api.server import ApiServer
+from hub.api.server import api_server
 from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
+from infra.server import HttpServer
 from tests.support.broker import Broker
 
 
@@ -51,13 +52,13 @@ class RunningHub:
     settings: HubSettings
     admin_token: str
     hub: Hub = field(init=False)
-    api: ApiServer = field(init=False)
+    api: HttpServer = field(init=False)
 
     def start(self) -> RunningHub:
         self.hub = Hub(self.settings)
         self.hub.start()
         try:
-            self.api = ApiServer(self.hub)
+            self.api = api_server(self.hub)
             self.api.start()
         except BaseException:
             self.hub.stop()

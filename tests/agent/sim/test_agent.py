@@ -11,7 +11,7 @@ import pytest
 from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.agent import SimAgent
 from agent.sim.cache import BlobCache
-from agent.sim.config import AgentIdentity, BrokerAddress, Faults, SimConfig
+from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.profile import Profiles
 from fleet import (
     CommandAck,
@@ -29,6 +29,7 @@ from fleet import (
     encode_frame,
     plan_bytes,
 )
+from fleet.address import BrokerAddress
 from fleet.messages import Command, CommandName
 
 PREFIX = "fleet/v1"

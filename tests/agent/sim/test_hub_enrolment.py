@@ -19,7 +19,7 @@ from tests.support.mqtt import wait_for
 if importlib.util.find_spec("hub.runtime") is None:  # pragma: no cover - only before the hub is merged
     pytest.skip("needs the product hub (hub.runtime), which lands on another branch", allow_module_level=True)
 
-from hub.api.server import ApiServer  # noqa: E402
+from hub.api.server import api_server  # noqa: E402
 from hub.runtime import Hub, init_hub  # noqa: E402
 from hub.settings import HubSettings  # noqa: E402
 
@@ -33,7 +33,7 @@ def hub_api(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[tuple
     token = init_hub(settings)
     hub = Hub(settings)
     hub.start()
-    api = ApiServer(hub)
+    api = api_server(hub)
     api.start()
     try:
         yield hub, api.url, token

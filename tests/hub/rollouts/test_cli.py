@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgefleet_cli import app
-from hub.cli_rollout import parse_duration
+from hubclient.rollout import parse_duration
 from tests.hub.rollouts.test_api import _hub
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub

@@ -1,15 +1,14 @@
-"""`edgefleet hub|device|deploy` and the registry half of `edgefleet model` (push, list, show).
+"""`edgefleet hub token|device|deploy` and the registry half of `edgefleet model` (push, list, show).
 
 The commands talk to a running hub over its REST API (`--url`, `--token`, or `EDGEFLEET_URL` /
-`EDGEFLEET_TOKEN`), except `hub init` and `hub serve`, which work on the local data directory.
+`EDGEFLEET_TOKEN`) through `hubclient.http.HubClient`; they never import the hub, so the agent image ships
+them without the hub's server code (`hub init` and `hub serve` live in `hub.cli_server`).
 Human tables by default; `--json` prints the API's JSON for scripts.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +23,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from fleet.bundle import DeviceBundle
-from hub.client import HubClient
-from hub.errors import HubError
-from hub.selectors import parse_label_args
-from hub.settings import HubSettings
-from infra.errors import SettingsError
+from fleet.errors import FleetError
+from fleet.labels import parse_labels
+from hubclient.errors import ClientError
+from hubclient.http import HubClient
 
 T = TypeVar("T")
 out = Console(soft_wrap=True)
@@ -37,9 +35,6 @@ err = Console(stderr=True, soft_wrap=True)
 UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Hub API URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
-DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Hub data directory (default: EDGEFLEET_HUB_DATA_DIR or ./hub-data).")
-]
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 hub_app = typer.Typer(help="Initialise and run the hub.", no_args_is_help=True)
@@ -49,8 +44,11 @@ device_app = typer.Typer(help="Enrol devices, list them, show and label them.", 
 def _run(fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (HubError, SettingsError) as e:
+    except ClientError as e:
         err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
+        raise typer.Exit(1) from None
+    except FleetError as e:  # a bad label or id, refused before anything is sent
+        err.print(f"[red]error[/red]: {escape(str(e))}")
         raise typer.Exit(1) from None
 
 
@@ -58,93 +56,11 @@ def _client(url: str, token: str | None) -> HubClient:
     return HubClient(url, token)
 
 
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Keep the store in this database: postgresql://user:password@host/db (shared by hub replicas). "
-        "Default: EDGEFLEET_HUB_DATABASE_URL, else the SQLite file hub.db in the data directory.",
-    ),
-]
-
-
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    return _run(lambda: HubSettings.from_env(**overrides))
-
-
-# -- hub ---------------------------------------------------------------------------------------------
-@hub_app.command("init")
-def hub_init(
-    data_dir: DataDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-    tls: Annotated[
-        bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
-    ] = False,
-    tls_host: Annotated[
-        list[str] | None, typer.Option("--tls-host", help="Extra host name or IP for the certificates; repeatable.")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create the data directory, database, signing key and broker account; print the first admin token (once)."""
-    from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
-    from hub.tls import create_dev_pki  # noqa: PLC0415
-
-    settings = _settings(data_dir, **({"database_url": database_url} if database_url else {}))
-    token = _run(lambda: init_hub(settings))
-    tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
-    if as_json:
-        _print_json({"data_dir": str(settings.data_dir), "admin_token": token, "tls_dir": tls_dir and str(tls_dir)})
-        return
-    out.print(f"hub initialised in {settings.data_dir}")
-    if tls_dir is not None:
-        out.print(f"development CA and certificates in {tls_dir}: the broker serves mqtts, the API https")
-    out.print(f"admin token (shown once; store it safely): [bold]{token}[/bold]")
-
-
-@hub_app.command("serve")
-def hub_serve(
-    data_dir: DataDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-    broker_url: Annotated[
-        str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
-    ] = None,
-    host: Annotated[str | None, typer.Option("--host", help="API listen address.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="API listen port.")] = None,
-) -> None:
-    """Run the hub: broker link (or a supervised local Mosquitto), ingestion, chunk serving and the API."""
-    from hub.api.server import ApiServer  # noqa: PLC0415
-    from hub.runtime import Hub  # noqa: PLC0415
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, Any] = {}
-    if broker_url:
-        overrides["broker"] = {"url": broker_url}
-    if database_url:
-        overrides["database_url"] = database_url
-    api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if api:
-        overrides["api"] = api
-    hub = Hub(_settings(data_dir, **overrides))
-    _run(hub.start)
-    # uvicorn hands SIGTERM back to the previous handler once it has stopped: make that a clean exit,
-    # so the `finally` below stops the hub and its local broker
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server = ApiServer(hub)
-        err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
-        server.serve()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        hub.stop()
-
-
+# -- hub (client half: `hub init` and `hub serve` live in hub.cli_server) ----------------------------
 @hub_app.command("token")
 def hub_token(
     name: Annotated[str, typer.Argument(help="Who or what will use the token.")],
@@ -288,7 +204,7 @@ def device_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Enrol a device and write its bootstrap bundle (MQTT credentials, hub key, broker and API URLs)."""
-    labels = _run(lambda: parse_label_args(label or []))
+    labels = _run(lambda: parse_labels(label or []))
     with _client(url, token) as c:
         res = _run(lambda: c.request("POST", "/api/v1/devices", json={"id": device_id, "labels": labels}))
     bundle = DeviceBundle.model_validate(res["bundle"])
@@ -343,7 +259,7 @@ def device_label(
     as_json: JsonOpt = False,
 ) -> None:
     """Set or remove labels of a device."""
-    to_set = _run(lambda: parse_label_args(labels or []))
+    to_set = _run(lambda: parse_labels(labels or []))
     with _client(url, token) as c:
         body = {"set": to_set, "remove": remove or []}
         res = _run(lambda: c.request("PATCH", f"/api/v1/devices/{device_id}/labels", json=body))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hub.cli import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, _client, _print_json, _run, _split_ref, err, out
+from hubclient.cli import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, _client, _print_json, _run, _split_ref, err, out
 
 rollout_app = typer.Typer(
     help="Roll a model version out through waves gated on how it behaves on the devices.", no_args_is_help=True

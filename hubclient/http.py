@@ -1,4 +1,4 @@
-"""A small HTTP client of the hub's REST API (the CLI uses it; scripts may too)."""
+"""The one HTTP client of the hub's REST API: the CLI, the simulator's enrolment and scripts use it."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from hub.errors import HubError
-
-
-class ApiError(HubError):
-    """The API answered with an error; `status`, `code` and `message` come from its JSON body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, code=code)
-        self.status = status
+from hubclient.errors import HubApiError
 
 
 class _ProgressReader:
@@ -34,7 +26,7 @@ class _ProgressReader:
 
 
 class HubClient:
-    """Calls the hub API with a bearer token; raises ApiError for error answers."""
+    """Calls the hub API with a bearer token; raises HubApiError for error answers."""
 
     def __init__(self, url: str, token: str | None, *, timeout: float = 300.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -54,13 +46,13 @@ class HubClient:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise ApiError(0, "unreachable", f"cannot reach the hub at {self._http.base_url}: {e}") from e
+            raise HubApiError(0, "unreachable", f"cannot reach the hub at {self._http.base_url}: {e}") from e
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
-                raise ApiError(r.status_code, str(err["code"]), str(err["message"]))
+                raise HubApiError(r.status_code, str(err["code"]), str(err["message"]))
             except (ValueError, KeyError, TypeError):
-                raise ApiError(r.status_code, "http_error", r.text[:500]) from None
+                raise HubApiError(r.status_code, "http_error", r.text[:500]) from None
         return None if r.status_code == 204 else r.json()
 
     def push_model(

@@ -1,0 +1,117 @@
+"""`edgefleet hub init` and `edgefleet hub serve`: the commands that run the hub itself on its data directory.
+
+The operator's commands on a running hub (`hub token`, `device`, `model push`, `deploy`, `rollout`) live in
+`hubclient.cli`, which never imports the hub; `edgefleet_cli` adds these two to `edgefleet hub` where the hub is
+installed (not in the agent image).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+
+from hub.errors import HubError
+from hub.settings import HubSettings
+from hubclient.cli import JsonOpt, _print_json, err, out
+from infra.errors import SettingsError
+
+T = TypeVar("T")
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Keep the store in this database: postgresql://user:password@host/db (shared by hub replicas). "
+        "Default: EDGEFLEET_HUB_DATABASE_URL, else the SQLite file hub.db in the data directory.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Hub data directory (default: EDGEFLEET_HUB_DATA_DIR or ./hub-data).")
+]
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (HubError, SettingsError) as e:
+        err.print(f"[red]error[/red] ({e.code}): {escape(e.message)}")
+        raise typer.Exit(1) from None
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return _run(lambda: HubSettings.from_env(**overrides))
+
+
+def hub_init(
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Also create a development CA and broker and API certificates (data_dir/tls).")
+    ] = False,
+    tls_host: Annotated[
+        list[str] | None, typer.Option("--tls-host", help="Extra host name or IP for the certificates; repeatable.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the data directory, database, signing key and broker account; print the first admin token (once)."""
+    from hub.runtime import init_hub  # noqa: PLC0415  (keep --help fast)
+    from hub.tls import create_dev_pki  # noqa: PLC0415
+
+    settings = _settings(data_dir, **({"database_url": database_url} if database_url else {}))
+    token = _run(lambda: init_hub(settings))
+    tls_dir = _run(lambda: create_dev_pki(settings.tls_dir, tls_host or []).ca_cert.parent) if tls else None
+    if as_json:
+        _print_json({"data_dir": str(settings.data_dir), "admin_token": token, "tls_dir": tls_dir and str(tls_dir)})
+        return
+    out.print(f"hub initialised in {settings.data_dir}")
+    if tls_dir is not None:
+        out.print(f"development CA and certificates in {tls_dir}: the broker serves mqtts, the API https")
+    out.print(f"admin token (shown once; store it safely): [bold]{token}[/bold]")
+
+
+def hub_serve(
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    broker_url: Annotated[
+        str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="API listen address.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="API listen port.")] = None,
+) -> None:
+    """Run the hub: broker link (or a supervised local Mosquitto), ingestion, chunk serving and the API."""
+    from hub.api.server import api_server  # noqa: PLC0415
+    from hub.runtime import Hub  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if broker_url:
+        overrides["broker"] = {"url": broker_url}
+    if database_url:
+        overrides["database_url"] = database_url
+    api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if api:
+        overrides["api"] = api
+    hub = Hub(_settings(data_dir, **overrides))
+    _run(hub.start)
+    # uvicorn hands SIGTERM back to the previous handler once it has stopped: make that a clean exit,
+    # so the `finally` below stops the hub and its local broker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server = api_server(hub)
+        err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.stop()
+
+
+SERVER_COMMANDS: list[tuple[str, Callable[..., None]]] = [("init", hub_init), ("serve", hub_serve)]
