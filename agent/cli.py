@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from agent.control import CheckOnlyServing
 from agent.errors import AgentError, BundleError
 from agent.ports import ClusterPort, ServingPort
 from fleet.bundle import DeviceBundle
@@ -20,6 +21,10 @@ from infra.errors import SettingsError
 
 if TYPE_CHECKING:
     from agent.api import ApiServer
+    from agent.health import HealthServer
+    from agent.runtime import Agent
+
+STALL_MARGIN_S = 300.0  # a model check and a report beyond the rollout deadline before kubelet restarts us
 
 app = typer.Typer(help="Run the edge agent: fetch signed models over MQTT, serve them, report.", no_args_is_help=True)
 
@@ -67,13 +72,25 @@ def run_cmd(  # noqa: PLR0917  (typer options)
         bool,
         typer.Option(
             "--cluster",
-            help="Cluster mode: also apply the serving workload on K3s (settings from EDGEFLEET_K3S_*).",
+            help="Cluster mode: check each model, then server-side apply the serving workload on K3s; serve "
+            "nothing in this process (settings from EDGEFLEET_K3S_*).",
         ),
     ] = False,
+    health_port: Annotated[
+        int | None,
+        typer.Option("--health-port", min=0, max=65535, help="Serve /livez and /readyz on this port (kubelet probes)."),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option("--health-host", help="Interface of the health port (0.0.0.0 in a pod).")
+    ] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level: debug, info, warning, error.")] = "info",
     json_logs: Annotated[bool, typer.Option("--json", help="Log one JSON object per line (for log shippers).")] = False,
 ) -> None:
-    """Run the agent until SIGINT/SIGTERM: models over MQTT, the inference API in the same process."""
+    """Run the agent until SIGINT/SIGTERM: models over MQTT, the inference API in the same process.
+
+    With --cluster the process is the control agent of cluster mode: it downloads, verifies and checks
+    models and applies the serving Deployment, whose pods serve them (`edgefleet agent serve`).
+    """
     from agent.runtime import Agent  # noqa: PLC0415  (keeps `--help` fast)
     from agent.settings import AgentSettings  # noqa: PLC0415
 
@@ -84,12 +101,18 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     except (AgentError, SettingsError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    if cluster and (api_host is not None or api_port is not None):
+        typer.echo("error: --cluster serves no inference API here (the serving pods do): drop --api-*", err=True)
+        raise typer.Exit(2)
     _setup_logging(level, json_logs)
     server = None
+    health = None
     try:
-        serving, server = _serving(headless, api_host, api_port)
+        serving, server = (CheckOnlyServing(), None) if cluster else _serving(headless, api_host, api_port)
         port = _cluster_port() if cluster else None
         agent = Agent(device, settings, serving, port)
+        if health_port is not None:
+            health = _health(agent, health_host, health_port, port)
     except (AgentError, OSError, RuntimeError, ValueError) as e:
         if server is not None:
             server.stop()
@@ -100,8 +123,26 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     try:
         agent.run_forever()
     finally:
+        if health is not None:
+            health.stop()
         if server is not None:
             server.stop()
+
+
+def _health(agent: Agent, host: str, port: int, cluster: ClusterPort | None) -> HealthServer:
+    """Liveness: the control loop turns (a rollout wait may hold it for the rollout deadline, so the limit
+    leaves room for that). Readiness: connected to the broker."""
+    from agent.health import HealthServer, stalled  # noqa: PLC0415
+
+    deadline = float(getattr(getattr(cluster, "settings", None), "rollout_deadline_s", 0.0))
+    live = stalled(lambda: agent.heartbeat, deadline + STALL_MARGIN_S)
+
+    def ready() -> str | None:
+        return None if agent.link.connected else f"not connected to the broker ({agent.bundle.broker_url})"
+
+    server = HealthServer(host, port, live=live, ready=ready)
+    server.start()
+    return server
 
 
 def _serving(headless: bool, host: str | None, port: int | None) -> tuple[ServingPort, ApiServer | None]:

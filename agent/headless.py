@@ -20,6 +20,7 @@ from typing import Any
 import numpy.typing as npt
 
 from agent.serving import ModelSlot, Served, classify
+from agent.serving.stats import RequestTimes
 from models.batcher import BatcherOptions
 
 Array = npt.NDArray[Any]
@@ -50,18 +51,19 @@ class HeadlessServing(ModelSlot):
         served: Served | None = None
         submitted = False
         status = 200
+        times = RequestTimes()
         try:
             current = self.current
             served = self.acquire(name if name is not None else current.model.name if current else "", version)
             submitted = True
-            return await self.infer_tensors(served, feed)
+            return await self.infer_tensors(served, feed, times)
         except Exception as e:
             status = classify(e)[0]
             raise
         finally:
             if served is not None:
                 self.release(served, submitted)
-            self.record(status, (time.perf_counter() - t0) * 1e3)
+            self.record(status, (time.perf_counter() - t0) * 1e3, served, times if status == 200 else None)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:

@@ -78,6 +78,7 @@ class Agent:
         self._birth: bytes = b""
         self._watched = WatchedBlobs(settings.data_dir / "watched.json")
         self._resumed = False
+        self.heartbeat = time.monotonic()  # the control loop's last turn (the liveness probe reads it)
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
         self._offline = encode(offline)
         self.link = MqttLink(
@@ -187,6 +188,7 @@ class Agent:
         next_tick = time.monotonic() + TICK_S
         resume_by = time.monotonic() + self.settings.link.connect_timeout_s
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 event = self._events.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:

@@ -10,7 +10,10 @@ Every ratio compares against raw `session.run` measured in the same run on the s
   session.run + top-k in-process);
 - throughput at 16 clients (binary tensors, image endpoint) vs raw `session.run` at the batch size the
   server batches to (`--max-batch`, default 8; image raw adds preprocessing of each image);
-- p99 at 16 clients while the server loads and activates new versions vs steady p99.
+- p99 at 16 clients while the server loads and activates new versions vs steady p99, with the sample
+  model and with one ten times its size (`build_classifier(width=3.4)`, 16 MB);
+- server-side time (Triton's statistics, `/v2/models/{name}/stats`) of a 1x3x320x320 FP32 input sent as
+  JSON vs binary, and where one binary request's time goes (the statistics' parts, then HTTP).
 
 `--provider cuda` needs onnxruntime-gpu with CUDAExecutionProvider; without it the script says so and exits 0.
 """
@@ -155,6 +158,54 @@ def load(url: str, req: bytes, clients: int, seconds: float, during: Any = None)
 # --- measurements ------------------------------------------------------------------------------------
 
 
+def server_stats(client: SyncClient, name: str) -> dict[str, dict[str, int]]:
+    """The model's cumulative inference statistics (Triton's `inference_stats`) from the server."""
+    status, body = client.call(f"GET /v2/models/{name}/stats HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    assert status == 200, body
+    stats: dict[str, dict[str, int]] = orjson.loads(body)["model_stats"][-1]["inference_stats"]
+    return stats
+
+
+def server_ms(client: SyncClient, name: str, req: bytes, n: int) -> dict[str, float]:
+    """Mean server-side milliseconds per request of `n` requests, in total and by part, and the client's mean
+    ("client": send to last byte received) over the same requests."""
+    for _ in range(3):
+        client.call(req)
+    before = server_stats(client, name)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        status, _ = client.call(req)
+        assert status == 200, status
+    seen = (time.perf_counter() - t0) * 1e3 / n
+    after = server_stats(client, name)
+    count = after["success"]["count"] - before["success"]["count"]
+    out = {k: (after[k]["ns"] - before[k]["ns"]) / count / 1e6 for k in after if after[k]["count"]}
+    out["client"] = seen
+    return out
+
+
+def binary_request(path: str, x: np.ndarray) -> bytes:
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    )
+    return request_bytes(path, head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
+
+
+def json_request(path: str, x: np.ndarray) -> bytes:
+    doc = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return request_bytes(path, orjson.dumps(doc))
+
+
 def batch_sizes(metrics: bytes) -> dict[str, int]:
     """Engine runs per batch-size bucket (le=N), summed over versions, from the server's /metrics."""
     total: dict[str, float] = {}
@@ -216,6 +267,24 @@ def jpeg(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def profile_rows(parts: dict[str, float]) -> list[str]:
+    """Where one binary request's time goes: the server's parts, then what is outside the handler."""
+    api = parts["client"]
+    names = {
+        "compute_input": "read body done -> tensors (parse)",
+        "queue": "waiting for the engine (batcher)",
+        "compute_infer": "engine run (session.run)",
+        "compute_output": "response body (encode)",
+    }
+    rows = [f"| {label} | {parts.get(k, 0.0):.3f} | {parts.get(k, 0.0) / api:.0%} |" for k, label in names.items()]
+    inside = parts.get("success", 0.0)
+    rest = inside - sum(parts.get(k, 0.0) for k in names)
+    rows.append(f"| rest of the handler (body read, slot, metrics, counters) | {rest:.3f} | {rest / api:.0%} |")
+    outside = api - inside
+    rows.append(f"| outside the handler: HTTP parsing, ASGI, loopback, client | {outside:.3f} | {outside / api:.0%} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="model input height and width (pixels)")
@@ -269,30 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.start()
         url = parent.recv()
         path = f"/v2/models/{d.name}/infer"
-        head = orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": list(x1.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x1.nbytes},
-                    }
-                ],
-                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-            }
-        )
-        binary = request_bytes(path, head + x1.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
-        js = request_bytes(
-            path,
-            orjson.dumps(
-                {
-                    "inputs": [
-                        {"name": "image", "shape": list(x1.shape), "datatype": "FP32", "data": x1.ravel().tolist()}
-                    ]
-                }
-            ),
-        )
+        binary, js = binary_request(path, x1), json_request(path, x1)
         img = request_bytes(f"/v1/models/{d.name}:predict", image, {"Content-Type": "image/jpeg"})
 
         # 1 client: interleave raw and API in rounds so background load hits both alike
@@ -305,8 +351,20 @@ def main(argv: list[str] | None = None) -> int:
             rows["json"].append(p50_api(client, js, n))
             rows["raw_img"].append(p50_raw(raw_image, n))
             rows["image"].append(p50_api(client, img, n))
-        client.close()
         med = {k: statistics.median(v) for k, v in rows.items()}
+        # where one binary request's time goes (server-side parts), and JSON vs binary at 1x3x320x320
+        profile = server_ms(client, d.name, binary, n)
+        x320 = np.random.default_rng(1).standard_normal((1, 3, 320, 320)).astype(np.float32)
+        big: dict[str, list[float]] = {"binary": [], "json": [], "json_parse": [], "binary_run": []}
+        for _ in range(args.rounds):
+            b320 = server_ms(client, d.name, binary_request(path, x320), 10)
+            j320 = server_ms(client, d.name, json_request(path, x320), 10)
+            big["binary"].append(b320["success"])
+            big["binary_run"].append(b320["compute_infer"])
+            big["json"].append(j320["success"])
+            big["json_parse"].append(j320["compute_input"])
+        big_ms = {k: statistics.median(v) for k, v in big.items()}
+        client.close()
 
         # throughput: raw and API alternate in rounds, medians compared
         part = args.seconds / args.rounds
@@ -367,14 +425,41 @@ def main(argv: list[str] | None = None) -> int:
         parent.recv()
         proc.join(10)
 
+        # load + warm-up + activate with a model ten times the sample's size, steady and reload alternating
+        desc = classifier_descriptor(height=args.size, width=args.size)
+        large = [
+            str(write_model(build_classifier(seed=i, width=3.4), desc.model_copy(update={"version": f"{i + 1}.1.0"}),
+                            Path(tmp), f"large{i + 1}")[0])
+            for i in range(2)
+        ]  # fmt: skip
+        large_mb = Path(large[0]).stat().st_size / 1e6
+        proc = ctx.Process(target=_server, args=(child, large, options, settings), daemon=True)
+        proc.start()
+        url = parent.recv()
+        small_windows = {k: list(v) for k, v in windows.items()}
+        windows["reload"].clear()
+        large_base: list[tuple[float, float, int]] = []
+        large_reload: list[tuple[float, float, int]] = []
+        for _ in range(2):
+            large_base += load(url, binary, args.clients, args.seconds / 2)
+            large_reload += load(
+                url, binary, args.clients, args.seconds / 2, during=swapper("reload", args.swaps // 2, args.seconds / 2)
+            )
+        parent.send("stop")
+        parent.recv()
+        proc.join(10)
+
     def around(lat: list[tuple[float, float, int]], spans: list[tuple[float, float]]) -> list[float]:
         """Latencies of requests in flight during a swap or started up to 100 ms after it."""
         return [d for s, d, _ in lat if any(s <= b and s + d >= a for a, b in spans)]
 
-    everything = steady + steady_img + base + during["swap"] + during["reload"]
+    large_steady_p99 = percentile([d for _, d, _ in large_base], 99) * 1e3
+    large_lat = around(large_reload, windows["reload"])
+    large_p99 = percentile(large_lat, 99) * 1e3 if large_lat else float("nan")
+    everything = steady + steady_img + base + during["swap"] + during["reload"] + large_base + large_reload
     failed = sum(1 for t in everything if t[2] != 200)
     steady_p99 = percentile([d for _, d, _ in base], 99) * 1e3
-    swap_lat = {k: around(v, windows[k]) for k, v in during.items()}
+    swap_lat = {k: around(v, small_windows[k]) for k, v in during.items()}
     swap_p99 = {k: percentile(v, 99) * 1e3 if v else float("nan") for k, v in swap_lat.items()}
     d_bin, d_json, d_img = med["binary"] - med["raw"], med["json"] - med["raw"], med["image"] - med["raw_img"]
     r_bin, r_img = tput["api"] / tput["raw"], tput["api_img"] / tput["raw_img"]
@@ -385,14 +470,25 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| 1 client, p50 | raw | API | API - raw | goal |",
         "| --- | --- | --- | --- | --- |",
-        f"| binary tensors | {med['raw']:.2f} ms | {med['binary']:.2f} ms | {d_bin:+.2f} ms | <= +1.0 ms |",
-        f"| JSON tensors | {med['raw']:.2f} ms | {med['json']:.2f} ms | {d_json:+.2f} ms | |",
+        f"| binary tensors | {med['raw']:.2f} ms | {med['binary']:.2f} ms | {d_bin:+.2f} ms | <= +0.3 ms |",
+        f"| JSON tensors | {med['raw']:.2f} ms | {med['json']:.2f} ms | {d_json:+.2f} ms | <= +2.0 ms |",
         f"| image (640x480 JPEG) | {med['raw_img']:.2f} ms | {med['image']:.2f} ms | {d_img:+.2f} ms | <= +1.0 ms |",
+        "",
+        "| 1x3x320x320 FP32, server-side time (Triton statistics) | binary | JSON | JSON / binary | goal |",
+        "| --- | --- | --- | --- | --- |",
+        f"| mean of 10 requests, median of {args.rounds} rounds | {big_ms['binary']:.2f} ms | {big_ms['json']:.2f} ms "
+        f"| {big_ms['json'] / big_ms['binary']:.2f}x | <= 3x |",
+        f"| of which: engine run (binary), JSON parse | {big_ms['binary_run']:.2f} ms "
+        f"| {big_ms['json_parse']:.2f} ms | | |",
+        "",
+        f"| where one binary request's time goes (3x{args.size}x{args.size}, 1 client, mean of {n}) | ms | share |",
+        "| --- | --- | --- |",
+        *profile_rows(profile),
         "",
         f"| {args.clients} clients, throughput | raw batch {args.max_batch} | API | ratio | goal |",
         "| --- | --- | --- | --- | --- |",
-        f"| binary tensors | {tput['raw']:.0f} img/s | {tput['api']:.0f} req/s | {r_bin:.2f}x | >= 0.5x |",
-        f"| image endpoint | {tput['raw_img']:.0f} img/s | {tput['api_img']:.0f} req/s | {r_img:.2f}x | >= 0.5x |",
+        f"| binary tensors | {tput['raw']:.0f} img/s | {tput['api']:.0f} req/s | {r_bin:.2f}x | >= 0.8x |",
+        f"| image endpoint | {tput['raw_img']:.0f} img/s | {tput['api_img']:.0f} req/s | {r_img:.2f}x | >= 0.9x |",
         "",
         "| CPU per image (all processes) | raw | API: server + load generator | raw / API |",
         "| --- | --- | --- | --- |",
@@ -408,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {args.swaps} swaps: {what} | {steady_p99:.2f} ms | {swap_p99[cmd]:.2f} ms ({len(swap_lat[cmd])}) "
             f"| {swap_p99[cmd] / steady_p99:.2f}x | <= 3x |"
         )
+    lines.append(
+        f"| {args.swaps} swaps, model {large_mb:.0f} MB (10x): load + warm-up + golden + activate "
+        f"| {large_steady_p99:.2f} ms | {large_p99:.2f} ms ({len(large_lat)}) | {large_p99 / large_steady_p99:.2f}x "
+        "| <= 1.5x |"
+    )
     lines += ["", f"Failed requests: {failed} of {len(everything)}. Engine runs by batch size: {batch_sizes(metrics)}."]
     print("\n".join(lines))
     return 0

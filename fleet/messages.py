@@ -153,6 +153,22 @@ class ModelRef(Part):
     )
 
 
+class Autoscaling(Part):
+    """Cluster mode: a HorizontalPodAutoscaler scales the serving pods between two bounds on their CPU use."""
+
+    min_replicas: int = Field(default=1, ge=1, le=64, description="fewest serving pods")
+    max_replicas: int = Field(ge=1, le=64, description="most serving pods")
+    cpu_percent: int = Field(
+        default=80, ge=1, le=100, description="target average CPU utilisation of the serving pods, % of their request"
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+
 class RuntimeOptions(Part):
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
@@ -163,9 +179,20 @@ class RuntimeOptions(Part):
     max_batch: int = Field(default=8, ge=1, le=1024, description="dynamic batching: largest batch")
     max_queue_delay_ms: float = Field(default=2.0, ge=0, le=1000, description="batching: longest wait")
     max_queue: int = Field(default=64, ge=1, le=100_000, description="requests queued before 503")
-    replicas: int = Field(default=1, ge=0, le=64, description="cluster mode: serving pods")
-    gpus: int = Field(default=0, ge=0, le=16, description="cluster mode: nvidia.com/gpu per pod")
-    mig_profile: str | None = Field(default=None, max_length=32, description="cluster mode: MIG slice per pod")
+    replicas: int = Field(default=1, ge=0, le=64, description="cluster mode: serving pods (without autoscaling)")
+    gpus: int = Field(
+        default=0, ge=0, le=16, description="cluster mode: nvidia.com/gpu per pod (with mig_profile: slices per pod)"
+    )
+    mig_profile: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[1-9][0-9]?g\.[1-9][0-9]{0,3}gb(\+me)?$",
+        description="cluster mode: MIG profile of the slice per pod (nvidia.com/mig-<profile>), e.g. 1g.10gb",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="cluster mode: scale the serving pods on CPU between these bounds; None: `replicas` fixed pods",
+    )
     intra_op_threads: int | None = Field(default=None, ge=1, le=256, description="onnxruntime threads")
 
 

@@ -16,6 +16,7 @@ from fleet.codec import encode
 from fleet.messages import DesiredState, ModelRef, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
+from hub.capacity import check_runtime
 from hub.devices import Devices
 from hub.errors import InvalidInput, TooLarge
 from hub.limits import desired_state_bytes, fits, too_large_message
@@ -76,9 +77,11 @@ class Deployer:
                 "a deployment needs a non-empty selector; to reach every device, select a label all carry"
             )
         ref = self.registry.model_ref(name, version)
-        targets = [d.id for d in self.devices.find(selector)]
-        if not targets:
+        found = self.devices.find(selector)
+        if not found:
             raise InvalidInput(f"selector {selector!r} matches no enrolled device", code="no_match")
+        check_runtime(found, runtime)  # GPUs, MIG slices and pods each device advertises
+        targets = [d.id for d in found]
         states = self.set_desired(targets, ref, runtime=runtime, rollout_id=rollout_id)
         self.store.add_event(
             time.time(), actor, "deploy", f"model/{name}:{version}",

@@ -35,6 +35,13 @@ class InvalidModel(InvalidInput):
     code = "invalid_model"
 
 
+class Unplaceable(InvalidInput):
+    """A runtime option asks for more than a targeted device advertises (GPUs, MIG slices, pods)."""
+
+    code = "insufficient_capacity"
+    status = 422
+
+
 class NotFound(HubError):
     """The named model, version, device or blob does not exist."""
 

@@ -280,22 +280,98 @@ def device_revoke(
 
 
 # -- deploy ------------------------------------------------------------------------------------------
+ProviderOpt = Annotated[
+    list[str] | None, typer.Option("--provider", help="Execution provider in order of preference; repeatable.")
+]
+GpusOpt = Annotated[
+    int | None,
+    typer.Option("--gpus", min=0, max=16, help="Cluster mode: GPUs per serving pod (with --mig-profile: slices)."),
+]
+MigOpt = Annotated[
+    str | None, typer.Option("--mig-profile", help="Cluster mode: one MIG slice of this profile per pod, e.g. 1g.10gb.")
+]
+ReplicasOpt = Annotated[int | None, typer.Option("--replicas", min=0, max=64, help="Cluster mode: serving pods.")]
+MinReplicasOpt = Annotated[
+    int | None, typer.Option("--min-replicas", min=1, max=64, help="Cluster mode, autoscaling: fewest pods (1).")
+]
+MaxReplicasOpt = Annotated[
+    int | None,
+    typer.Option("--max-replicas", min=1, max=64, help="Cluster mode: autoscale on CPU up to this many pods."),
+]
+TargetCpuOpt = Annotated[
+    int | None,
+    typer.Option("--target-cpu", min=1, max=100, help="Cluster mode, autoscaling: target CPU use, % of request (80)."),
+]
+
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def runtime_body(  # noqa: PLR0917  (one argument per CLI option)
+    provider: list[str] | None,
+    gpus: int | None,
+    mig_profile: str | None,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    target_cpu: int | None,
+) -> dict[str, Any] | None:
+    """The `runtime` of a deployment or rollout request from the CLI options (None: none given).
+
+    The hub checks the result against each device's advertised GPUs, MIG slices and nodes, and refuses
+    what a device cannot run with the reason. GPUs or a MIG slice without --provider run CUDA first.
+    """
+    if (min_replicas is not None or target_cpu is not None) and max_replicas is None:
+        raise typer.BadParameter("--min-replicas and --target-cpu need --max-replicas (autoscaling)")
+    if replicas is not None and max_replicas is not None:
+        raise typer.BadParameter("--replicas fixes the pod count; with autoscaling use --min-replicas/--max-replicas")
+    runtime: dict[str, Any] = {}
+    if provider:
+        runtime["providers"] = provider
+    elif gpus or mig_profile is not None:  # a GPU pod should run on it: CUDA first, CPU if it is missing
+        runtime["providers"] = list(GPU_PROVIDERS)
+    if gpus is not None:
+        runtime["gpus"] = gpus
+    if mig_profile is not None:
+        runtime["mig_profile"] = mig_profile
+    if replicas is not None:
+        runtime["replicas"] = replicas
+    if max_replicas is not None:
+        scaling: dict[str, Any] = {"max_replicas": max_replicas}
+        if min_replicas is not None:
+            scaling["min_replicas"] = min_replicas
+        if target_cpu is not None:
+            scaling["cpu_percent"] = target_cpu
+        runtime["autoscaling"] = scaling
+    return runtime or None
+
+
 def deploy(
     ref: Annotated[str, typer.Argument(help="MODEL:VERSION to deploy.")],
     *,
     selector: Annotated[str, typer.Option("--selector", "-s", help="Devices to target, e.g. site=berlin.")],
-    provider: Annotated[
-        list[str] | None, typer.Option("--provider", help="Execution provider in order of preference; repeatable.")
-    ] = None,
+    provider: ProviderOpt = None,
+    gpus: GpusOpt = None,
+    mig_profile: MigOpt = None,
+    replicas: ReplicasOpt = None,
+    min_replicas: MinReplicasOpt = None,
+    max_replicas: MaxReplicasOpt = None,
+    target_cpu: TargetCpuOpt = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sign and publish MODEL:VERSION as the desired state of every matching device."""
+    """Sign and publish MODEL:VERSION as the desired state of every matching device.
+
+    Runtime options, when given, replace the devices' runtime options as a whole (the defaults for the
+    rest). GPUs, MIG slices, replicas and autoscaling apply in cluster mode (K3s); the hub refuses them
+    for a device whose advertised nodes cannot run them.
+    """
     name, version = _split_ref(ref)
     body: dict[str, Any] = {"model": name, "version": version, "selector": selector}
-    if provider:
-        body["runtime"] = {"providers": provider}
+    runtime = runtime_body(provider, gpus, mig_profile, replicas, min_replicas, max_replicas, target_cpu)
+    if runtime is not None:
+        body["runtime"] = runtime
     with _client(url, token) as c:
         res = _run(lambda: c.request("POST", "/api/v1/deployments", json=body))
     if as_json:

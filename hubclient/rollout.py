@@ -12,7 +12,26 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hubclient.cli import DEFAULT_URL, JsonOpt, TokenOpt, UrlOpt, _client, _print_json, _run, _split_ref, err, out
+from hubclient.cli import (
+    DEFAULT_URL,
+    GpusOpt,
+    JsonOpt,
+    MaxReplicasOpt,
+    MigOpt,
+    MinReplicasOpt,
+    ProviderOpt,
+    ReplicasOpt,
+    TargetCpuOpt,
+    TokenOpt,
+    UrlOpt,
+    _client,
+    _print_json,
+    _run,
+    _split_ref,
+    err,
+    out,
+    runtime_body,
+)
 
 rollout_app = typer.Typer(
     help="Roll a model version out through waves gated on how it behaves on the devices.", no_args_is_help=True
@@ -69,11 +88,23 @@ def start(
         str,
         typer.Option("--offline-timeout", help="Longest wait for a wave's devices; then offline ones are set aside."),
     ] = "10m",
+    provider: ProviderOpt = None,
+    gpus: GpusOpt = None,
+    mig_profile: MigOpt = None,
+    replicas: ReplicasOpt = None,
+    min_replicas: MinReplicasOpt = None,
+    max_replicas: MaxReplicasOpt = None,
+    target_cpu: TargetCpuOpt = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a rollout: canary wave first, each wave baked and gated before the next starts."""
+    """Start a rollout: canary wave first, each wave baked and gated before the next starts.
+
+    Runtime options (--provider, --gpus, --mig-profile, --replicas, --min/--max-replicas, --target-cpu), when
+    given, are what the candidate runs with; without them each device keeps its own. A rollback restores
+    each device's previous options. The hub refuses options a target device's nodes cannot run.
+    """
     name, version = _split_ref(ref)
     if on_failure not in ("pause", "rollback"):
         raise typer.BadParameter("--on-failure must be pause or rollback")
@@ -81,6 +112,7 @@ def start(
         "model": name, "version": version, "selector": selector, "waves": [w for w in waves.split(",") if w.strip()],
         "bake_s": parse_duration(bake), "shadow_rate": shadow, "on_failure": on_failure,
         "offline_timeout_s": parse_duration(offline_timeout),
+        "runtime": runtime_body(provider, gpus, mig_profile, replicas, min_replicas, max_replicas, target_cpu),
         "gates": {"max_error_rate": max_error_rate, "max_p95_regression": max_p95_regression,
                   "max_activation_failures": max_activation_failures, "min_agreement": min_agreement,
                   "min_requests": min_requests},

@@ -65,7 +65,7 @@ class BatcherOptions(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class BatcherStats:
-    """A snapshot of the batcher's counters."""
+    """A snapshot of the batcher's counters (`batch_ns`: nanoseconds of engine runs per batch size)."""
 
     queue_depth: int
     requests: int
@@ -73,6 +73,15 @@ class BatcherStats:
     rejected: int
     failed: int
     batch_sizes: dict[int, int]
+    batch_ns: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where one request's time went in the batcher, in nanoseconds (filled when its batch has run)."""
+
+    queue_ns: int = 0  # from `infer` to its batch starting
+    compute_ns: int = 0  # the engine run that served it (with the other rows of its batch)
 
 
 @dataclass(slots=True)
@@ -81,7 +90,9 @@ class _Request:
     rows: int
     signature: Signature
     future: asyncio.Future[dict[str, Array]]
+    timing: Timing | None = None
     arrived: float = field(default_factory=time.monotonic)
+    queued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 class Batcher:
@@ -105,6 +116,7 @@ class Batcher:
         self._pool: ThreadPoolExecutor | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._sizes: Counter[int] = Counter()
+        self._size_ns: Counter[int] = Counter()
         self._requests = self._batches = self._rejected = self._failed = 0
         self._waiting = 0  # queued or carried over, not yet dispatched
 
@@ -148,8 +160,10 @@ class Batcher:
 
     # --- requests ------------------------------------------------------------------------------------
 
-    async def infer(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
+    async def infer(self, inputs: Mapping[str, Any], timing: Timing | None = None) -> dict[str, Array]:
         """Run one request (any number of rows, batch axis first) as part of a batch.
+
+        `timing` (optional) receives the request's queue and engine-run nanoseconds.
 
         Raises:
             InvalidInput: this request's inputs are wrong (other callers are unaffected).
@@ -170,7 +184,7 @@ class Batcher:
         if self._waiting >= self.options.max_queue:
             self._rejected += 1
             raise QueueFull(f"{self.options.max_queue} requests are already waiting; retry shortly")
-        req = _Request(feed, n, sig, asyncio.get_running_loop().create_future())
+        req = _Request(feed, n, sig, asyncio.get_running_loop().create_future(), timing)
         self._queue.put_nowait(req)
         self._waiting += 1
         self._requests += 1
@@ -185,6 +199,7 @@ class Batcher:
             self._rejected,
             self._failed,
             dict(sorted(self._sizes.items())),
+            dict(sorted(self._size_ns.items())),
         )
 
     # --- collector -----------------------------------------------------------------------------------
@@ -265,14 +280,19 @@ class Batcher:
             if not live:
                 return
             loop = asyncio.get_running_loop()
+            started = time.perf_counter_ns()
             try:
-                results = await loop.run_in_executor(self._pool, self._run, live)
+                results, ns = await loop.run_in_executor(self._pool, self._run, live)
             except Exception as e:  # a bug, not a model error: still answer every caller
                 err = InferenceFailed(f"batch of {len(live)} failed unexpectedly: {type(e).__name__}: {e}")
-                results = [err] * len(live)
+                results, ns = [err] * len(live), time.perf_counter_ns() - started
             self._batches += 1
-            self._sizes[sum(r.rows for r in live)] += 1
+            rows = sum(r.rows for r in live)
+            self._sizes[rows] += 1
+            self._size_ns[rows] += ns
             for req, res in zip(live, results, strict=True):
+                if req.timing is not None:
+                    req.timing.queue_ns, req.timing.compute_ns = started - req.queued_ns, ns
                 if req.future.done():
                     continue
                 if isinstance(res, BaseException):
@@ -283,8 +303,14 @@ class Batcher:
         finally:
             self._slots.release()
 
-    def _run(self, batch: list[_Request]) -> list[dict[str, Array] | BaseException]:
-        """Worker thread: one engine run for the batch, split by rows; on failure, run one by one."""
+    def _run(self, batch: list[_Request]) -> tuple[list[dict[str, Array] | BaseException], int]:
+        """Worker thread: the batch's results and the nanoseconds it took (concatenate, run, split)."""
+        t0 = time.perf_counter_ns()
+        results = self._run_batch(batch)
+        return results, time.perf_counter_ns() - t0
+
+    def _run_batch(self, batch: list[_Request]) -> list[dict[str, Array] | BaseException]:
+        """One engine run for the batch, split by rows; on failure, run one by one."""
         if len(batch) == 1:
             return [self._run_one(batch[0])]
         names = list(batch[0].feed)

@@ -3,13 +3,22 @@
 `Engine.load` creates a session with the requested execution providers (intersected with what this
 onnxruntime build offers, falling back in order), warms it up, runs the golden check and only then
 returns a ready engine. `Engine.infer` checks every input (name, dtype, rank, fixed dims) and raises
-`InvalidInput` instead of letting onnxruntime fail; onnxruntime's own errors become `InferenceFailed`.
-Both are safe to call from several threads at once.
+`InvalidInput` instead of letting onnxruntime fail. When onnxruntime still refuses inputs of shapes the
+engine has never run (a symbolic size the network cannot take, e.g. 31x33 into a stride-32 detector), that
+is the input's fault too: `InvalidInput` with onnxruntime's reason in one line. A failure on shapes that ran
+before (the golden input's, or any that succeeded) is the engine's: `InferenceFailed`. Both are safe to call
+from several threads at once.
+
+onnxruntime's native logger is set to fatal only (it would print one ANSI-coloured line to stderr per failed
+run); its errors come back as exceptions, which this module logs through `logging` (`models.engine`): the
+input's faults at DEBUG (they are answered to the caller), the engine's at WARNING.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +43,16 @@ from models.errors import (
 from models.golden import GoldenResult, compare, golden_input
 
 Array = npt.NDArray[np.generic]
+Shapes = tuple[tuple[int, ...], ...]
+
+_log = logging.getLogger(__name__)
+NATIVE_LOG_SEVERITY = 4
+"""onnxruntime's own logger: 4 = fatal only. Errors reach us as exceptions and are logged through `logging`."""
+ort.set_default_logger_severity(NATIVE_LOG_SEVERITY)  # before any session creates onnxruntime's environment
+KNOWN_SHAPES = 256
+"""Input shapes remembered as run successfully per engine (beyond it, new shapes are not remembered)."""
+_CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE = re.compile(r"\S+\.(?:cc|h|cpp|hpp|cu):\d+ (?:[\w:~<>,&* ]+\([^()]*\)(?: const)? )?")
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -196,6 +215,7 @@ class Engine:
         self._output_names = [o.name for o in self.outputs]
         self.active_provider: str = session.get_providers()[0]
         self._closed = False
+        self._ran: set[Shapes] = set()  # input shapes that ran successfully: a failure on them is ours
         self._bound: dict[tuple[tuple[int, ...], ...], _Bound] = {}
         self._bound_lock = threading.Lock()
         self._use_binding = self.active_provider == CUDA and (options.io_binding or options.cuda_graphs)
@@ -224,6 +244,7 @@ class Engine:
         load_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         feed = engine.golden_feed()
+        engine._ran.add(_shapes(feed))  # the golden input is what the model must take
         outputs: dict[str, Array] = {}
         for _ in range(max(opts.warmup_runs, 1 if descriptor.golden.recorded else 0)):
             outputs = engine.infer(feed)
@@ -310,14 +331,28 @@ class Engine:
         """Run inputs already passed through `check_inputs` (the batcher's hot path)."""
         try:
             if self._use_binding:
-                return self._run_bound(feed)
-            values = self._session.run(self._output_names, feed)
+                out = self._run_bound(feed)
+            else:
+                out = dict(zip(self._output_names, self._session.run(self._output_names, feed), strict=True))
         except (InvalidInput, EngineNotReady):
             raise
         except Exception as e:
-            shapes = {k: list(v.shape) for k, v in feed.items()}
-            raise InferenceFailed(f"onnxruntime failed on inputs {shapes}: {e}") from e
-        return dict(zip(self._output_names, values, strict=True))
+            raise self._failure(feed, e) from e
+        if len(self._ran) < KNOWN_SHAPES:
+            self._ran.add(_shapes(feed))
+        return out
+
+    def _failure(self, feed: dict[str, Array], e: Exception) -> InvalidInput | InferenceFailed:
+        """onnxruntime's error as the input's fault (shapes never run, or an invalid argument) or ours."""
+        shapes = {k: list(v.shape) for k, v in feed.items()}
+        reason = one_line(str(e))
+        if type(e).__name__ == "InvalidArgument" or _shapes(feed) not in self._ran:
+            _log.debug("%s %s: inputs %s refused by onnxruntime: %s", self.descriptor.name, self.descriptor.version,
+                       shapes, reason)  # fmt: skip
+            return InvalidInput(f"the model cannot take inputs of shapes {shapes}: {reason}")
+        _log.warning("%s %s: onnxruntime failed on inputs %s it ran before: %s", self.descriptor.name,
+                     self.descriptor.version, shapes, reason)  # fmt: skip
+        return InferenceFailed(f"onnxruntime failed on inputs {shapes}: {reason}")
 
     def close(self) -> None:
         """Release the session; later calls raise EngineNotReady."""
@@ -366,6 +401,17 @@ class Engine:
         return _Bound(binding, ins, outs, index + 1)
 
 
+def _shapes(feed: dict[str, Array]) -> Shapes:
+    return tuple(v.shape for v in feed.values())
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """onnxruntime's error text as one line: its C++ source locations dropped, whitespace collapsed, bounded."""
+    text = _SOURCE.sub("", _CODE.sub("", message.strip()))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _spec(arg: Any) -> TensorSpec:
     dtype = _ORT_DTYPES.get(arg.type)
     if dtype is None:
@@ -379,7 +425,7 @@ def _session_options(opts: EngineOptions) -> Any:
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = opts.inter_op_threads
     so.graph_optimization_level = _OPT_LEVELS[opts.graph_optimization]
-    so.log_severity_level = 3
+    so.log_severity_level = NATIVE_LOG_SEVERITY
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if opts.allow_spinning else "0")
     return so

@@ -106,11 +106,14 @@ class _Graph:
         return m
 
 
-def build_classifier(num_classes: int = 100, seed: int = 0, *, raw_nhwc: bool = False) -> onnx.ModelProto:
+def build_classifier(
+    num_classes: int = 100, seed: int = 0, *, raw_nhwc: bool = False, width: float = 1.0
+) -> onnx.ModelProto:
     """MobileNet-like classifier: input 'image' [batch, 3, height, width] -> 'logits' [batch, classes].
 
     With `raw_nhwc`, the same network (same weights) takes uint8 pixels [batch, height, width, 3] and does
-    the ImageNet normalisation inside the graph, as many exported edge models do.
+    the ImageNet normalisation inside the graph, as many exported edge models do. `width` multiplies every
+    layer's channels (MobileNet's width multiplier): about width² times the weights and the compute.
     """
     g = _Graph(seed)
     x = "image"
@@ -119,9 +122,10 @@ def build_classifier(num_classes: int = 100, seed: int = 0, *, raw_nhwc: bool = 
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
         std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
         x = g.op("Div", [g.op("Sub", [x, g.const(mean)]), g.const(std)])
-    x = g.relu6(g.conv(x, 3, 16, stride=2))
-    cin = 16
-    for cout, stride in [
+    first = max(8, round(16 * width))
+    x = g.relu6(g.conv(x, 3, first, stride=2))
+    cin = first
+    for channels, stride in [
         (32, 1),
         (64, 2),
         (64, 1),
@@ -132,6 +136,7 @@ def build_classifier(num_classes: int = 100, seed: int = 0, *, raw_nhwc: bool = 
         (256, 1),
         (512, 2),
     ]:
+        cout = max(8, round(channels * width))
         x = g.relu6(g.conv(x, cin, cin, stride=stride, group=cin))
         x = g.relu6(g.conv(x, cin, cout, k=1))
         cin = cout

@@ -19,15 +19,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from agent.api import triton
 from agent.api.errors import BadRequest, NotReady
-from agent.api.inference import JSON, FastPath, Inference, error_response
+from agent.api.inference import JSON, FastPath, Inference, error_response, read_body
 from agent.api.metrics import CONTENT_TYPE, ApiMetrics
 from agent.api.settings import ApiSettings
-from agent.api.tensors import DATATYPES, datatype_of
-from agent.serving import ModelSlot, Served
+from agent.api.tensors import DATATYPES
+from agent.serving import ModelSlot
 
 SERVER_NAME = "edgefleet-agent"
-EXTENSIONS = ["binary_tensor_data", "image_predict"]
+EXTENSIONS = ["binary_tensor_data", "image_predict", "model_configuration", "statistics"]
+INDEX_LIMIT = 64 * 1024  # bytes of a repository index request body
 
 try:
     SERVER_VERSION = metadata.version("edgefleet")
@@ -73,6 +75,17 @@ INFER_BODY: dict[str, Any] = {
         },
     }
 }
+INDEX_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": 'Optional: `{"ready": true}` lists only the models ready to serve.',
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}, "additionalProperties": True}
+            }
+        },
+    }
+}
 IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -105,27 +118,6 @@ ModelVersion = Annotated[str, Path(description="Model version (semver).")]
 
 def _json(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
-
-
-def _metadata(s: Served) -> dict[str, Any]:
-    def tensors(specs: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": t.name,
-                "datatype": datatype_of(t.dtype),
-                "shape": [d if isinstance(d, int) else -1 for d in t.shape],
-            }
-            for t in specs
-        ]
-
-    return {
-        "name": s.model.name,
-        "versions": [s.model.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": tensors(s.engine.inputs),
-        "outputs": tensors(s.engine.outputs),
-        "parameters": {"task": str(s.descriptor.task), "provider": getattr(s.engine, "active_provider", None)},
-    }
 
 
 def create_asgi(settings: ApiSettings, slot: ModelSlot) -> FastPath:
@@ -192,7 +184,7 @@ def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
 
     async def model_metadata(name: str, version: str | None) -> Response:
         try:
-            return _json(_metadata(slot.lookup(name, version)))
+            return _json(triton.model_metadata(slot.lookup(name, version)))
         except Exception as e:
             return error_response(e, retry)
 
@@ -202,6 +194,62 @@ def create_app(settings: ApiSettings, slot: ModelSlot) -> FastAPI:
             if s.batcher is None:
                 raise NotReady(f"model {name!r} is loaded but not serving yet")
             return _json({"name": s.model.name, "version": s.model.version, "ready": True})
+        except Exception as e:
+            return error_response(e, retry)
+
+    @app.get("/v2/models/stats", tags=["metadata"], summary="Inference statistics of every model (Triton)")
+    async def stats_all() -> Response:
+        return _json({"model_stats": slot.statistics()})
+
+    async def model_stats(name: str, version: str | None) -> Response:
+        try:
+            return _json({"model_stats": slot.statistics(name, version)})
+        except Exception as e:
+            return error_response(e, retry)
+
+    async def config(name: str, version: str | None) -> Response:
+        try:
+            return _json(triton.model_config(slot.lookup(name, version)))
+        except Exception as e:
+            return error_response(e, retry)
+
+    @app.get("/v2/models/{name}/stats", tags=["metadata"], summary="Inference statistics (Triton)", responses=ERRORS)
+    async def stats_latest(name: ModelName) -> Response:
+        return await model_stats(name, None)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}/stats",
+        tags=["metadata"],
+        summary="Inference statistics of a version (Triton)",
+        responses=ERRORS,
+    )
+    async def stats_version(name: ModelName, version: ModelVersion) -> Response:
+        return await model_stats(name, version)
+
+    @app.get("/v2/models/{name}/config", tags=["metadata"], summary="Model configuration (Triton)", responses=ERRORS)
+    async def config_latest(name: ModelName) -> Response:
+        return await config(name, None)
+
+    @app.get(
+        "/v2/models/{name}/versions/{version}/config",
+        tags=["metadata"],
+        summary="Model configuration of a version (Triton)",
+        responses=ERRORS,
+    )
+    async def config_version(name: ModelName, version: ModelVersion) -> Response:
+        return await config(name, version)
+
+    @app.post(
+        "/v2/repository/index",
+        tags=["metadata"],
+        summary="Model repository index (Triton)",
+        openapi_extra=INDEX_BODY,
+        responses=ERRORS,
+    )
+    async def repository_index(request: Request) -> Response:
+        try:
+            ready = triton.index_request(await read_body(request, INDEX_LIMIT))
+            return _json(slot.repository_index(ready))
         except Exception as e:
             return error_response(e, retry)
 

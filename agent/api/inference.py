@@ -32,6 +32,7 @@ from agent.api.settings import ApiSettings
 from agent.api.tensors import HEADER, encode_infer, parse_infer
 from agent.serving import ModelSlot, Served
 from agent.serving.shadow import ImageRequest
+from agent.serving.stats import RequestTimes
 from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor
 from models.postprocess import decode_detections, top_k
 from models.preprocess import Transform, decode_image, draft_side, prepare
@@ -105,7 +106,16 @@ class Inference:
         self.metrics = metrics
         self.pool = pool
 
-    def _done(self, served: Served | None, endpoint: str, response: Response, t0: float, submitted: bool) -> Response:
+    def _done(
+        self,
+        served: Served | None,
+        endpoint: str,
+        response: Response,
+        t0: float,
+        *,
+        submitted: bool,
+        times: RequestTimes,
+    ) -> Response:
         seconds = time.perf_counter() - t0
         code = response.status_code
         if served is not None:
@@ -113,7 +123,7 @@ class Inference:
             self.metrics.observe(served.model.name, served.model.version, endpoint, code, seconds)
         else:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
-        self.slot.record(code, seconds * 1e3)
+        self.slot.record(code, seconds * 1e3, served, times if code == 200 else None)
         return response
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
@@ -121,9 +131,11 @@ class Inference:
         t0 = time.perf_counter()
         served = None
         submitted = False
+        times = RequestTimes()
         try:
             served = self.slot.acquire(name, version)
             body = await read_body(request, self.settings.max_body_bytes)
+            t1 = time.perf_counter_ns()
             body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
             parse = functools.partial(
                 parse_infer, body, request.headers.get(HEADER), max_json_bytes=self.settings.max_json_body_bytes
@@ -131,9 +143,12 @@ class Inference:
             # a large body parses in a worker thread: the event loop (health checks, other requests) goes on
             big = len(body) > PARSE_INLINE_BYTES
             req = await asyncio.get_running_loop().run_in_executor(self.pool, parse) if big else parse()
+            times.input_ns = time.perf_counter_ns() - t1
             submitted = True
-            outputs = await self.slot.infer_tensors(served, req.inputs)
+            outputs = await self.slot.infer_tensors(served, req.inputs, times)
+            t2 = time.perf_counter_ns()
             content, head = encode_infer(served.model.name, served.model.version, req, outputs, served.output_names)
+            times.output_ns = time.perf_counter_ns() - t2
             if head is None:
                 response = Response(content, media_type=JSON)
             else:
@@ -148,7 +163,7 @@ class Inference:
             if served is not None:
                 self.slot.release(served, submitted)
             raise
-        return self._done(served, "infer", response, t0, submitted)
+        return self._done(served, "infer", response, t0, submitted=submitted, times=times)
 
     async def predict(
         self, request: Request, name: str, k: int | None, threshold: float | None, query: bytes | None = None
@@ -160,6 +175,7 @@ class Inference:
         t0 = time.perf_counter()
         served = None
         submitted = False
+        times = RequestTimes()
         try:
             served = self.slot.acquire(name)
             if query:
@@ -171,26 +187,30 @@ class Inference:
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
+            t1 = time.perf_counter_ns()
             image = DecodedImage(data, self.settings.max_image_pixels)
             job = functools.partial(image.prepare, d.input)
             if self.slot.alone(served):  # the only request: decode here, a thread hand-off costs more than it saves
                 tensor, transform = job()
             else:  # others are being served: keep the event loop free for them
                 tensor, transform = await asyncio.get_running_loop().run_in_executor(self.pool, job)
+            times.input_ns = time.perf_counter_ns() - t1
             submitted = True
             self.slot.submitted(served)
-            outputs, ms = await self.slot.run(served, {d.input.name: tensor})
+            outputs, ms = await self.slot.run(served, {d.input.name: tensor}, times)
             self.slot.shadow_image(served, outputs, transform, image=ImageRequest(image.prepare, self.pool), ms=ms)
+            t2 = time.perf_counter_ns()
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
             response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
+            times.output_ns = time.perf_counter_ns() - t2
         except Exception as e:
             response = error_response(e, self.settings.retry_after_s)
         except BaseException:  # cancelled (server stopping): still give the slot back
             if served is not None:
                 self.slot.release(served, submitted)
             raise
-        return self._done(served, "predict", response, t0, submitted)
+        return self._done(served, "predict", response, t0, submitted=submitted, times=times)
 
 
 class DecodedImage:

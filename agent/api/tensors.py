@@ -19,6 +19,7 @@ import numpy.typing as npt
 import orjson
 
 from agent.api.errors import BadRequest, TooLarge
+from agent.api.jsontensors import FAST_JSON_BYTES, cast, parse_json
 
 Array = npt.NDArray[Any]
 
@@ -115,10 +116,12 @@ def parse_infer(body: bytes, header_length: str | None, *, max_json_bytes: int |
         )
     view = memoryview(body)
     head = view[:n] if n is not None else view
-    try:
-        doc = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    doc = parse_json(head, DATATYPES) if n is None and len(head) >= FAST_JSON_BYTES else None
+    if doc is None:
+        try:
+            doc = orjson.loads(head)
+        except orjson.JSONDecodeError as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with 'inputs'")
     rid = doc.get("id")
@@ -172,11 +175,14 @@ def parse_infer(body: bytes, header_length: str | None, *, max_json_bytes: int |
 
 
 def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
-    if not isinstance(data, list):
+    if not isinstance(data, list | np.ndarray):  # an ndarray: parsed by `jsontensors` straight into a buffer
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
     try:  # a value the datatype cannot hold (1e39 as FP32) is an error here, never a warning or an infinity
-        with np.errstate(over="raise", invalid="raise"):
-            arr = np.asarray(data, dtype=dtype)
+        if isinstance(data, np.ndarray):
+            arr = cast(data, dtype)
+        else:
+            with np.errstate(over="raise", invalid="raise"):
+                arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
     if arr.size != math.prod(shape):

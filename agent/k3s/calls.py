@@ -32,6 +32,8 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("patch", "deployments", "apps"),
     ApiCall("create", "horizontalpodautoscalers", "autoscaling"),
     ApiCall("patch", "horizontalpodautoscalers", "autoscaling"),
+    # autoscaling turned off in a later desired state: remove the HPA we applied (404 when there is none)
+    ApiCall("delete", "horizontalpodautoscalers", "autoscaling"),
     # rollout: watch the Deployment until ready or our deadline; on failure, say why from its pods
     ApiCall("watch", "deployments", "apps"),
     ApiCall("list", "pods", ""),

@@ -19,6 +19,14 @@ from agent.k3s.settings import ClusterSettings
 from fleet.messages import DesiredState
 from infra.errors import SettingsError
 
+
+class PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases (`&id001`/`*id001`): a shared dict is written out in full each time."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 app = typer.Typer(
     name="k3s", help="Cluster mode on K3s: node inventory and the serving workload.", no_args_is_help=True
 )
@@ -114,7 +122,7 @@ def render(
     if as_json:
         typer.echo(json.dumps({"template_hash": workload.template_hash, "objects": workload.objects()}, indent=2))
     else:
-        typer.echo(yaml.safe_dump_all(workload.objects(), sort_keys=False), nl=False)
+        typer.echo(yaml.dump_all(workload.objects(), Dumper=PlainDumper, sort_keys=False), nl=False)
 
 
 @app.command("apply")

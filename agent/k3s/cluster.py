@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
@@ -115,6 +115,8 @@ class Cluster:
         workload = render_workload(desired, self.settings)
         deadline = time.monotonic() + self.settings.rollout_deadline_s
         deployment: Any = None
+        if workload.autoscaler is None:  # fixed replicas: an HPA we applied before would fight them
+            await self._delete_autoscaler()
         for obj in workload.objects():
             applied = await self._apply_one(obj)
             if obj["kind"] == "Deployment":
@@ -166,6 +168,21 @@ class Cluster:
             )
 
         return await with_retries(self.settings, what, call)
+
+    async def _delete_autoscaler(self) -> None:
+        """Delete the workload's HorizontalPodAutoscaler if there is one (404: there was none)."""
+        name, namespace = self.settings.workload_name, self.settings.namespace
+
+        async def call() -> None:
+            try:
+                await self.client.delete(HorizontalPodAutoscaler, name, namespace=namespace)
+            except ApiError as e:
+                if e.status.code != 404:
+                    raise
+                return
+            log.info("autoscaling off: deleted HorizontalPodAutoscaler %s/%s", namespace, name)
+
+        await with_retries(self.settings, f"delete {PLURALS['HorizontalPodAutoscaler']} {namespace}/{name}", call)
 
     async def wait_rollout(self, deployment: Any, deadline: float) -> ClusterWorkload:
         """Watch `deployment` (as the apply returned it) until its rollout completes, fails or `deadline` passes."""

@@ -129,7 +129,8 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
     if accelerator_limits(desired.runtime.gpus, desired.runtime.mig_profile):
         # a GPU node rarely has room for a surge pod: replace one pod at a time instead
         spec["strategy"]["rollingUpdate"] = {"maxUnavailable": 1, "maxSurge": 0}
-    if settings.hpa_max_replicas is None:
+    scaling = desired.runtime.autoscaling
+    if scaling is None:
         spec["replicas"] = desired.runtime.replicas  # with an HPA, the HPA owns replicas: we do not apply them
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
@@ -148,21 +149,21 @@ def render_workload(desired: DesiredState, settings: ClusterSettings) -> Workloa
         },
     }
     autoscaler = None
-    if settings.hpa_max_replicas is not None:
+    if scaling is not None:
         autoscaler = {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                "minReplicas": max(1, min(desired.runtime.replicas, settings.hpa_max_replicas)),
-                "maxReplicas": settings.hpa_max_replicas,
+                "minReplicas": scaling.min_replicas,
+                "maxReplicas": scaling.max_replicas,
                 "metrics": [
                     {
                         "type": "Resource",
                         "resource": {
                             "name": "cpu",
-                            "target": {"type": "Utilization", "averageUtilization": settings.hpa_cpu_percent},
+                            "target": {"type": "Utilization", "averageUtilization": scaling.cpu_percent},
                         },
                     }
                 ],

@@ -110,14 +110,6 @@ class ClusterSettings(EnvSettings):
         description="runtimeClassName for GPU pods (K3s registers `nvidia` when it finds the NVIDIA container "
         "runtime); None: the node default",
     )
-    hpa_max_replicas: int | None = Field(
-        default=None,
-        ge=1,
-        le=64,
-        description="apply a HorizontalPodAutoscaler up to this many pods (desired replicas is its minimum); "
-        "None: no HPA, the desired replicas are fixed",
-    )
-    hpa_cpu_percent: int = Field(default=80, ge=1, le=100, description="HPA target: average CPU utilisation, %")
 
     def serving_image(self, gpu: bool) -> str:
         """The image for serving pods (the CUDA variant when `gpu` and one is set)."""

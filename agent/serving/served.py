@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy.typing as npt
 
+from agent.serving.stats import ModelStats, Runs
 from fleet.messages import AppliedModel
 from models.batcher import Batcher, BatcherOptions
 from models.descriptor import ModelDescriptor
@@ -55,8 +55,9 @@ class Served:
     inflight: int = 0
     pending: int = 0  # acquired, not yet handed to the batcher (being read, parsed, preprocessed)
     retired: bool = False
-    alone: Counter[int] = field(default_factory=Counter)  # runs by rows that skipped the batcher (run_alone)
+    alone: Runs = field(default_factory=dict)  # engine runs by rows that skipped the batcher (run_alone)
     output_names: tuple[str, ...] = field(default=())
+    stats: ModelStats | None = None  # Triton's statistics of this version (None: a shadow, not addressable)
 
     def __post_init__(self) -> None:
         self.output_names = tuple(o.name for o in self.engine.outputs)

@@ -17,7 +17,6 @@ import contextlib
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -26,10 +25,11 @@ import numpy.typing as npt
 from agent.ports import ServingWindow
 from agent.serving.errors import ModelNotFound, NotReady, Overloaded
 from agent.serving.served import OneRunAtATime, Served
-from agent.serving.shadow import ImageRequest, Shadow, ShadowTally
+from agent.serving.shadow import ImageRequest, Shadow, ShadowTally, rows_of
+from agent.serving.stats import Duration, RequestTimes, StatsBook, batcher_runs
 from fleet.histogram import LatencyRecorder
 from fleet.messages import AppliedModel, RuntimeOptions
-from models.batcher import Batcher, BatcherOptions
+from models.batcher import Batcher, BatcherOptions, Timing
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
 from models.preprocess import Transform
@@ -63,7 +63,7 @@ class ModelSlot:
         self._run_lock = threading.Lock()  # one engine run at a time across active, retiring and shadow
         self._requests = self._errors = 0
         self._latency = LatencyRecorder()
-        self._sizes: dict[tuple[str, str], Counter[int]] = {}
+        self.book = StatsBook()  # Triton's statistics and engine runs per version, since start
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random(seed)
 
@@ -81,7 +81,7 @@ class ModelSlot:
         cur = self.current
         if cur is not None and cur.engine is engine and cur.model == model and cur.options == options:
             return  # the control side re-applied the same state: keep the batcher and its queue
-        self._run(self._install, Served(engine, model, descriptor, options))
+        self._run(self._install, Served(engine, model, descriptor, options, stats=self.book.stats(model)))
 
     def set_shadow(self, engine: Engine | None, model: AppliedModel | None, sample_rate: float) -> None:
         """Run `engine` beside the active model on `sample_rate` (0..1] of requests; None stops shadowing."""
@@ -202,16 +202,23 @@ class ModelSlot:
         """True when the request holding `s` is the only one (no batching to gain, no one to block)."""
         return s.inflight == 1 and (self.in_progress is None or self.in_progress() <= 1)
 
-    def record(self, status: int, ms: float) -> None:
-        """Count one inference request in the telemetry window (status >= 500: a server error)."""
+    def record(self, status: int, ms: float, served: Served | None = None, times: RequestTimes | None = None) -> None:
+        """Count one inference request in the telemetry window (status >= 500: a server error) and, when it
+        reached a model, in that model's statistics (`times`: where its time went; None: it failed)."""
         with self._lock:
             self._requests += 1
             if status >= 500:
                 self._errors += 1
             self._latency.observe(ms)
+        if served is not None and served.stats is not None:
+            served.stats.request(status == 200, int(ms * 1e6), times)
 
-    async def run(self, s: Served, feed: dict[str, Array]) -> tuple[dict[str, Array], float]:
+    async def run(
+        self, s: Served, feed: dict[str, Array], times: RequestTimes | None = None
+    ) -> tuple[dict[str, Array], float]:
         """Run `feed` on `s` (alone on this thread, or through its batcher); outputs and milliseconds.
+
+        `times` (optional) receives the queue and engine nanoseconds and the rows.
 
         Raises:
             NotReady: the model is being unloaded. TimeoutError: the request waited past the timeout.
@@ -220,17 +227,27 @@ class ModelSlot:
         batcher = s.batcher
         if batcher is None:
             raise NotReady("the model is being unloaded; retry")
-        t0 = time.perf_counter()
+        t0 = time.perf_counter_ns()
         outputs = self.run_alone(s, feed) if self.alone(s) else None
         if outputs is None:
+            timing = Timing()
             async with asyncio.timeout(self.request_timeout_s):
-                outputs = await batcher.infer(feed)
-        return outputs, (time.perf_counter() - t0) * 1e3
+                outputs = await batcher.infer(feed, timing)
+            if times is not None:
+                times.queue_ns, times.infer_ns = timing.queue_ns, timing.compute_ns
+        elapsed = time.perf_counter_ns() - t0
+        if times is not None:
+            times.rows = rows_of(feed)
+            if not times.infer_ns:  # ran alone: no queue, the engine run is all of it
+                times.infer_ns = elapsed
+        return outputs, elapsed / 1e6
 
-    async def infer_tensors(self, s: Served, feed: dict[str, Array]) -> dict[str, Array]:
+    async def infer_tensors(
+        self, s: Served, feed: dict[str, Array], times: RequestTimes | None = None
+    ) -> dict[str, Array]:
         """The tensor path of every serving mode: hand `feed` over, run it, maybe shadow it."""
         self.submitted(s)
-        outputs, ms = await self.run(s, feed)
+        outputs, ms = await self.run(s, feed, times)
         sh = self._sample()
         if sh is not None:
             self._spawn(self._compared(sh, sh.tensors(s.descriptor, feed, outputs, ms, self.request_timeout_s)))
@@ -260,10 +277,12 @@ class ModelSlot:
             rows = {int(a.shape[0]) for a in checked.values() if a.ndim}
             if len(rows) != 1 or next(iter(rows)) > b.max_batch:
                 return None  # the batcher gives the precise error
+            t0 = time.perf_counter_ns()
             out: dict[str, Array] = s.engine.run_checked(checked)
+            ns = time.perf_counter_ns() - t0
         finally:
             self._run_lock.release()
-        s.alone[next(iter(rows))] += 1
+        s.alone.setdefault(next(iter(rows)), Duration()).add(ns)
         return out
 
     def is_ready(self) -> bool:
@@ -280,15 +299,22 @@ class ModelSlot:
 
     def batch_sizes(self) -> dict[tuple[str, str], dict[int, int]]:
         """Engine runs per batch size for every version served since start (for the batch histogram)."""
-        out = {k: dict(v) for k, v in self._sizes.items()}
-        s = self.current
-        if s is not None and s.batcher is not None:
-            key = (s.model.name, s.model.version)
-            merged = Counter(out.get(key, {}))
-            merged.update(s.batcher.stats().batch_sizes)
-            merged.update(s.alone)
-            out[key] = dict(merged)
+        return {k: {n: d.count for n, d in v.items()} for k, v in self.book.runs(self.current).items()}
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        """Triton's `model_stats` of every version served since start (or of `name`, `version`).
+
+        Raises:
+            ModelNotFound: `name` (or that version of it) was never served here.
+        """
+        out = self.book.statistics(self.current, name, version)
+        if name is not None and not out:
+            self.lookup(name, version)  # raises the precise 404
         return out
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index (see `StatsBook.index`)."""
+        return self.book.index(self.current, ready_only)
 
     def shadow_tally(self) -> ShadowTally | None:
         """The current candidate's counters, if shadowing."""
@@ -353,10 +379,10 @@ class ModelSlot:
     async def _close(self, s: Served) -> None:
         if s.batcher is not None:
             b, s.batcher = s.batcher, None
-            key = (s.model.name, s.model.version)
-            self._sizes.setdefault(key, Counter()).update(b.stats().batch_sizes)
-            self._sizes[key].update(s.alone)
             await b.close()
+            self.book.retire(s.model, batcher_runs(b))
+        self.book.retire(s.model, s.alone)
+        s.alone = {}
         in_use = {id(x.engine) for _, x in self.loaded()}
         if id(s.engine) not in in_use:
             s.engine.close()

@@ -98,7 +98,12 @@ def target_for(r: Rollout, device_id: str) -> Target | None:
             device_id, prev, shadow=candidate(r), shadow_rate=r.spec.shadow_rate, runtime=entry.prev_runtime,
             step=f"{r.id}/w{wave.index}/shadow",
         )  # fmt: skip
-    return Target(device_id, candidate(r), runtime=entry.prev_runtime, step=f"{r.id}/w{wave.index}/activate")
+    return Target(device_id, candidate(r), runtime=candidate_runtime(r, entry), step=f"{r.id}/w{wave.index}/activate")
+
+
+def candidate_runtime(r: Rollout, entry: DeviceEntry) -> dict[str, Any]:
+    """The runtime options the candidate runs with on a device: the rollout's, else the device's own."""
+    return r.spec.runtime.model_dump(mode="json") if r.spec.runtime is not None else entry.prev_runtime
 
 
 def targets(r: Rollout) -> list[Target]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from fleet.histogram import Histogram
 from fleet.messages import ModelRef, RuntimeOptions, ShadowSpec
+from hub.capacity import check_runtime
 from hub.deploy import Deployer
 from hub.errors import HubError, NotFound
 from hub.registry import Registry
@@ -195,9 +196,11 @@ class RolloutEngine:
         Raises:
             NotFound: the model version is not registered.
             InvalidSelector, NoTargets, RolloutConflict: see `controller.new_rollout`.
+            Unplaceable: `spec.runtime` asks for GPUs, MIG slices or pods a matching device does not advertise.
         """
         now = time.time() if now is None else now
         self.registry.get(spec.model, spec.version)
+        check_runtime(self.deployer.devices.find(spec.selector), spec.runtime)
         with self._lock:
             rollout_id = f"r-{uuid.uuid4().hex[:12]}"
             r = new_rollout(rollout_id, spec, self.fleet(now), claimed=self._claimed(), actor=actor, now=now)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleet.messages import ModelName, SemVer
+from fleet.messages import ModelName, RuntimeOptions, SemVer
 from hub.rollouts.waves import parse_waves
 
 
@@ -96,6 +96,11 @@ class RolloutSpec(_Frozen):
         gt=0,
         le=7 * 86400,
         description="a wave waits at most this long for its devices to update; then offline ones are set aside",
+    )
+    runtime: RuntimeOptions | None = Field(
+        default=None,
+        description="runtime options the candidate runs with (GPUs, MIG slice, replicas, autoscaling); "
+        "None: each device keeps its current ones. A rollback restores each device's previous options",
     )
 
     @field_validator("waves")

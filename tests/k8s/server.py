@@ -1,8 +1,10 @@
 """A Kubernetes API test server reached by the real lightkube client over TLS on loopback.
 
-It creates on server-side apply, keeps uid/resourceVersion/generation, honours label and field selectors,
-streams watches from a resourceVersion (410 Gone after `compact()`), answers errors as Status objects, records
-every request as an RBAC verb, can enforce RBAC rules, inject faults, and act as a Deployment controller.
+It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
+apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
+honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
+errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, and act
+as a Deployment controller.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.routing import Route
 
 from tests.k8s.certs import make_pki, write_kubeconfig
 from tests.k8s.controller import Controller, deployment_status
+from tests.k8s.schemas import NEWEST, check_apply
 from tests.k8s.selectors import SelectorError, field_selector, label_selector
 from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
 
@@ -106,6 +109,8 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
         self.max_watch_s = 30.0
+        # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
+        self.kubernetes_version: str | None = NEWEST
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -362,7 +367,9 @@ class ApiServer:
         except yaml.YAMLError as e:
             return _error(400, "BadRequest", f"error decoding YAML: {e}")
         if not isinstance(body, dict):
-            return _error(400, "BadRequest", "the apply body must be an object")
+            return _error(
+                400, "BadRequest", f"error decoding YAML: cannot unmarshal {type(body).__name__} into an object"
+            )
         if body.get("apiVersion") != route.kind.api_version or body.get("kind") != route.kind.kind:
             return _error(400, "BadRequest", f"apiVersion/kind must be {route.kind.api_version}/{route.kind.kind}")
         meta = body.get("metadata") or {}
@@ -373,7 +380,15 @@ class ApiServer:
         existed = self.store.get(key) is not None
         if not existed and not self._allowed("create", route):
             return self._forbidden("create", route)
-        obj, created, spec_changed = self.store.apply(route.kind, key, body, manager, force)
+
+        def check(merged: dict[str, Any]) -> None:
+            if self.kubernetes_version is None:
+                return
+            refusal = check_apply(body, merged, route.kind.group, route.name, route.namespace, self.kubernetes_version)
+            if refusal is not None:
+                raise StoreError(refusal.code, refusal.reason, refusal.message, refusal.details)
+
+        obj, created, spec_changed = self.store.apply(route.kind, key, body, manager, force, check)
         if route.kind.kind == "Deployment" and spec_changed and self.controller != "off":
             assert self._loop is not None
             self._loop.call_later(self.controller_delay_s, self._reconcile, key)

@@ -7,6 +7,7 @@ import copy
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,86 +157,116 @@ class Store:
             return copy.deepcopy(obj)
 
     def apply(
-        self, kind: Kind, key: Key, body: dict[str, Any], manager: str, force: bool
+        self,
+        kind: Kind,
+        key: Key,
+        body: dict[str, Any],
+        manager: str,
+        force: bool,
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[dict[str, Any], bool, bool]:
         """Server-side apply `body` as `manager`. Returns (object, created, spec changed).
 
+        `check(merged)` sees the object as it would be stored and may refuse it by raising StoreError; nothing
+        changes then (the schema validation of the server).
+
         Raises:
             StoreError: 409 Conflict when another manager owns a field with a different value and not `force`;
-                404 when the namespace does not exist.
+                404 when the namespace does not exist; what `check` raises.
         """
         with self.lock:
-            if kind.namespaced and key[2] not in self.namespaces:
-                raise StoreError(
-                    404, "NotFound", f'namespaces "{key[2]}" not found', {"name": key[2], "kind": "namespaces"}
-                )
-            applied = copy.deepcopy(body)
-            applied.pop("status", None)
-            meta = applied.get("metadata", {})
-            for auto in (
-                "name",
-                "namespace",
-                "uid",
-                "resourceVersion",
-                "generation",
-                "creationTimestamp",
-                "managedFields",
-            ):
-                meta.pop(auto, None)
-            new_leaves = {p: v for p, v in _leaves(applied).items() if p not in (("apiVersion",), ("kind",))}
-            old = self.objects.get(key)
-            owners = self.owners.setdefault(key, {})
-            conflicts = [
-                (other, ".".join(path))
-                for other, leaves in owners.items()
-                if other != manager
-                for path, value in new_leaves.items()
-                if path in leaves and leaves[path] != value
+            saved = copy.deepcopy(self.owners.get(key))
+            try:
+                return self._apply(kind, key, body, manager, force, check)
+            except StoreError:
+                if saved is None:
+                    self.owners.pop(key, None)
+                else:
+                    self.owners[key] = saved
+                raise
+
+    def _apply(
+        self,
+        kind: Kind,
+        key: Key,
+        body: dict[str, Any],
+        manager: str,
+        force: bool,
+        check: Callable[[dict[str, Any]], None] | None,
+    ) -> tuple[dict[str, Any], bool, bool]:
+        if kind.namespaced and key[2] not in self.namespaces:
+            raise StoreError(
+                404, "NotFound", f'namespaces "{key[2]}" not found', {"name": key[2], "kind": "namespaces"}
+            )
+        applied = copy.deepcopy(body)
+        applied.pop("status", None)
+        meta = applied.get("metadata", {})
+        for auto in (
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+        ):
+            meta.pop(auto, None)
+        new_leaves = {p: v for p, v in _leaves(applied).items() if p not in (("apiVersion",), ("kind",))}
+        old = self.objects.get(key)
+        owners = self.owners.setdefault(key, {})
+        conflicts = [
+            (other, ".".join(path))
+            for other, leaves in owners.items()
+            if other != manager
+            for path, value in new_leaves.items()
+            if path in leaves and leaves[path] != value
+        ]
+        if conflicts and not force:
+            details = [
+                {"type": "FieldManagerConflict", "message": f'conflict with "{m}"', "field": f".{f}"}
+                for m, f in conflicts
             ]
-            if conflicts and not force:
-                details = [
-                    {"type": "FieldManagerConflict", "message": f'conflict with "{m}"', "field": f".{f}"}
-                    for m, f in conflicts
-                ]
-                fields = ", ".join(f".{f} (owned by {m!r})" for m, f in conflicts)
-                raise StoreError(
-                    409, "Conflict", f"Apply failed with {len(conflicts)} conflicts: {fields}", {"causes": details}
-                )
-            for other, _ in conflicts:
-                for path in [p for p in owners[other] if p in new_leaves]:
-                    owners[other].pop(path)
-            obj = copy.deepcopy(old) if old else {"metadata": {}}
-            owned_before = owners.get(manager, {})
-            others = {p for m, leaves in owners.items() if m != manager for p in leaves}
-            for path in owned_before:
-                if path not in new_leaves and path not in others:
-                    _delete(obj, path)
-            for path, value in new_leaves.items():
-                _set(obj, path, value)
-            owners[manager] = new_leaves
-            obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
-            m = obj.setdefault("metadata", {})
-            m["name"] = key[3]
-            if kind.namespaced:
-                m["namespace"] = key[2]
-            m["managedFields"] = [
-                {"manager": name, "operation": "Apply", "apiVersion": kind.api_version, "fieldsType": "FieldsV1"}
-                for name in sorted(owners)
-            ]
-            created = old is None
-            if created:
-                m["uid"] = str(uuid.uuid4())
-                m["creationTimestamp"] = _now()
-                if "spec" in obj:
-                    m["generation"] = 1
-            spec_changed = created or (old or {}).get("spec") != obj.get("spec")
-            if not created and spec_changed and "spec" in obj:
-                m["generation"] = int(old["metadata"].get("generation", 0)) + 1  # type: ignore[index]
-            if old is not None and _without_rv(old) == _without_rv(obj):
-                return copy.deepcopy(old), False, False  # a no-op apply changes nothing, not even resourceVersion
-            self.objects[key] = obj
-            self._bump("ADDED" if created else "MODIFIED", key, obj)
-            return copy.deepcopy(obj), created, spec_changed
+            fields = ", ".join(f".{f} (owned by {m!r})" for m, f in conflicts)
+            raise StoreError(
+                409, "Conflict", f"Apply failed with {len(conflicts)} conflicts: {fields}", {"causes": details}
+            )
+        for other, _ in conflicts:
+            for path in [p for p in owners[other] if p in new_leaves]:
+                owners[other].pop(path)
+        obj = copy.deepcopy(old) if old else {"metadata": {}}
+        owned_before = owners.get(manager, {})
+        others = {p for m, leaves in owners.items() if m != manager for p in leaves}
+        for path in owned_before:
+            if path not in new_leaves and path not in others:
+                _delete(obj, path)
+        for path, value in new_leaves.items():
+            _set(obj, path, value)
+        owners[manager] = new_leaves
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        m = obj.setdefault("metadata", {})
+        m["name"] = key[3]
+        if kind.namespaced:
+            m["namespace"] = key[2]
+        m["managedFields"] = [
+            {"manager": name, "operation": "Apply", "apiVersion": kind.api_version, "fieldsType": "FieldsV1"}
+            for name in sorted(owners)
+        ]
+        created = old is None
+        if created:
+            m["uid"] = str(uuid.uuid4())
+            m["creationTimestamp"] = _now()
+            if "spec" in obj:
+                m["generation"] = 1
+        spec_changed = created or (old or {}).get("spec") != obj.get("spec")
+        if not created and spec_changed and "spec" in obj:
+            m["generation"] = int(old["metadata"].get("generation", 0)) + 1  # type: ignore[index]
+        if check is not None:
+            check(obj)
+        if old is not None and _without_rv(old) == _without_rv(obj):
+            return copy.deepcopy(old), False, False  # a no-op apply changes nothing, not even resourceVersion
+        self.objects[key] = obj
+        self._bump("ADDED" if created else "MODIFIED", key, obj)
+        return copy.deepcopy(obj), created, spec_changed
 
 
 def _without_rv(obj: dict[str, Any]) -> dict[str, Any]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import kubernetes_validate
 import pytest
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Node
 from lightkube.types import PatchType
 
+from tests.k8s.schemas import NEWEST
 from tests.k8s.server import ApiServer
 from tests.k8s.store import StoreError
 
@@ -135,3 +140,103 @@ def test_deployment_controller_marks_the_rollout_ready(server: ApiServer, client
         assert kind == "MODIFIED"
         assert obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1  # type: ignore[union-attr]
         break
+
+
+# --- what the server accepts is what a real Kubernetes' schemas accept --------------------------------------
+
+
+def test_a_wrong_typed_field_is_refused_as_a_real_apiserver_does(server: ApiServer, client: Client) -> None:
+    """SSA cannot type the patch: 500 with the typed-patch message (kubernetes/kubernetes#139253), nothing stored."""
+    bad = deploy(1)
+    bad["spec"]["replicas"] = "one"
+    with pytest.raises(ApiError) as info:
+        apply(client, Deployment, bad)
+    status = info.value.status
+    assert status.code == 500
+    assert status.message == (
+        "failed to create typed patch object (ns/d; apps/v1, Kind=Deployment): "
+        ".spec.replicas: expected numeric (int or float), got string"
+    )
+    assert server.get("apps", "deployments", "ns", "d") is None
+    unknown = deploy(1)
+    unknown["spec"]["replica"] = 1
+    with pytest.raises(ApiError) as info:
+        apply(client, Deployment, unknown)
+    assert info.value.status.code == 500 and ".spec.replica: field not declared in schema" in str(
+        info.value.status.message
+    )
+
+
+def test_a_missing_required_field_is_422_invalid_with_causes(server: ApiServer, client: Client) -> None:
+    bad = deploy(1)
+    del bad["spec"]["selector"]
+    bad["spec"]["template"]["spec"]["containers"][0].pop("name")
+    with pytest.raises(ApiError) as info:
+        apply(client, Deployment, bad)
+    status = info.value.status
+    assert (status.code, status.reason) == (422, "Invalid")
+    assert status.message is not None and status.message.startswith('Deployment.apps "d" is invalid: [')
+    assert status.details is not None and (status.details.name, status.details.kind) == ("d", "Deployment")
+    causes = {(c.field, c.reason, c.message) for c in status.details.causes or []}
+    assert causes == {
+        ("spec.selector", "FieldValueRequired", "Required value"),
+        ("spec.template.spec.containers[0].name", "FieldValueRequired", "Required value"),
+    }
+    assert server.get("apps", "deployments", "ns", "d") is None
+
+
+def test_a_refused_update_leaves_the_object_and_its_owners_as_they_were(server: ApiServer, client: Client) -> None:
+    first = apply(client, Deployment, deploy(1))
+    bad = deploy(2)
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": "http"}]
+    with pytest.raises(ApiError):
+        apply(client, Deployment, bad)
+    stored = server.get("apps", "deployments", "ns", "d")
+    assert stored is not None and stored["metadata"]["resourceVersion"] == first.metadata.resourceVersion  # type: ignore[attr-defined]
+    assert apply(client, Deployment, deploy(3)).spec.replicas == 3  # type: ignore[attr-defined]
+
+
+def test_an_undecodable_body_is_400_bad_request(tmp_path: Path) -> None:
+    s = ApiServer(tmp_path / "token", controller="off", token="t0k3n").start()
+    s.add_namespace("ns")
+    try:
+        url = f"{s.url}/api/v1/namespaces/ns/configmaps/c?fieldManager=test"
+        headers = {"Authorization": "Bearer t0k3n", "Content-Type": "application/apply-patch+yaml"}
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(s.ca_file))) as http:
+            for body in (b"{not: [yaml", b"- a list\n- not an object\n"):
+                r = http.patch(url, content=body, headers=headers)
+                assert r.status_code == 400, r.text
+                assert r.json()["reason"] == "BadRequest" and r.json()["message"].startswith("error decoding YAML")
+    finally:
+        s.stop()
+
+
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("valid", deploy(2)),
+    (
+        "int-or-string port name",
+        {**deploy(1), "spec": {**deploy(1)["spec"], "strategy": {"rollingUpdate": {"maxSurge": "25%"}}}},
+    ),
+    ("string replicas", {**deploy(1), "spec": {**deploy(1)["spec"], "replicas": "2"}}),
+    ("unknown field", {**deploy(1), "spek": {}}),
+    ("no template", {**deploy(1), "spec": {"selector": {"matchLabels": {"a": "b"}}}}),
+    ("configmap int value", cm("c", a="1") | {"data": {"a": 1}}),
+    ("configmap", cm("c", a="1")),
+]
+
+
+@pytest.mark.parametrize(("name", "obj"), CASES, ids=[c[0] for c in CASES])
+def test_accepts_exactly_what_the_schemas_accept(client: Client, name: str, obj: dict[str, Any]) -> None:
+    resource = Deployment if obj["kind"] == "Deployment" else ConfigMap
+    try:
+        kubernetes_validate.validate(obj, NEWEST, strict=True)
+        valid = True
+    except kubernetes_validate.ValidationError:
+        valid = False
+    try:
+        apply(client, resource, obj)
+        accepted = True
+    except ApiError as e:
+        assert e.status.code in (422, 500), e.status
+        accepted = False
+    assert accepted == valid, f"{name}: server accepted={accepted}, kubernetes-validate --strict valid={valid}"

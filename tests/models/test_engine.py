@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 
 from models.engine import Engine, EngineOptions, available_providers, max_supported_opset, provider_name
 from models.errors import DescriptorError, EngineNotReady, InferenceFailed, InvalidInput, ProviderUnavailable
 from models.golden import golden_input
+from models.samples import classifier_descriptor
 from tests.models.conftest import Sample
 from tests.support.fuzz import examples
 
@@ -123,3 +128,37 @@ def test_random_tensors_never_crash(classifier_engine: Engine, shape: list[int],
     except InferenceFailed:
         return
     assert out["logits"].shape == (shape[0], 100)
+
+
+def test_onnxruntime_failures_are_the_inputs_fault_on_new_shapes_and_the_engines_on_shapes_that_ran(
+    tmp_path: Path,
+) -> None:
+    """A Reshape whose target comes from the input's values: it fails (onnxruntime FAIL, not an invalid
+    argument) on a shape the engine never ran (400: the input's fault) and on one it ran before (500)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "two", "one"], ["head"]),
+        helper.make_node("Cast", ["head"], ["dims"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "dims_flat"], ["y"]),
+        helper.make_node("Reshape", ["dims", "minus_one"], ["dims_flat"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.asarray([0, 0], np.int64), "zero"),
+        numpy_helper.from_array(np.asarray([1, 2], np.int64), "two"),
+        numpy_helper.from_array(np.asarray([0, 1], np.int64), "one"),
+        numpy_helper.from_array(np.asarray([-1], np.int64), "minus_one"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "r", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, path)
+    engine = Engine.load(path, classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0))
+    with pytest.raises(InvalidInput, match=r"cannot take inputs of shapes \{'x': \[1, 4\]\}"):
+        engine.infer({"x": np.asarray([[3, 3, 0, 0]], np.float32)})  # 3x3 from 4 values: never ran [1, 4]
+    assert engine.infer({"x": np.asarray([[2, 2, 0, 0]], np.float32)})["y"].shape == (2, 2)
+    with pytest.raises(InferenceFailed, match="failed on inputs") as e:
+        engine.infer({"x": np.asarray([[3, 3, 0, 0]], np.float32)})  # the same shape ran: the engine's fault
+    assert "\n" not in str(e.value) and "onnxruntime_src" not in str(e.value)

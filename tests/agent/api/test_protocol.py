@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import socket
 import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import orjson
 import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from agent.api import ApiServer, ApiSettings, ModelSlot
-from fleet.messages import RuntimeOptions
+from fleet.messages import AppliedModel, RuntimeOptions
+from models.cli import write_model
+from models.descriptor import GoldenCheck, ModelDescriptor
 from models.engine import Engine
-from tests.agent.api.conftest import Sample
+from tests.agent.api.conftest import OPTIONS, Sample
 
 NAME = "mobilenet-like"
 
@@ -156,9 +161,11 @@ def test_malformed_json_requests_get_400_with_a_reason(http: httpx.Client, body:
     assert reason in r.json()["error"]
 
 
-def _binary(x: np.ndarray, declared: int | None = None, extra: bytes = b"") -> tuple[bytes, dict[str, str]]:
+def _binary(
+    x: np.ndarray, declared: int | None = None, extra: bytes = b"", name: str = "image"
+) -> tuple[bytes, dict[str, str]]:
     head = orjson.dumps(
-        {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+        {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
                      "parameters": {"binary_data_size": x.nbytes if declared is None else declared}}]}
     )  # fmt: skip
     return head + x.tobytes() + extra, {"Inference-Header-Content-Length": str(len(head))}
@@ -321,3 +328,109 @@ def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
     assert codes == [200, 200, 200, 503, 503, 503]
     refused = [f.result() for f in futures if f.result().status_code == 503]
     assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
+
+
+def test_input_the_network_cannot_take_is_a_400_with_onnxruntimes_reason_in_one_line(
+    samples: dict[str, Sample], make_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """1x3x31x33 into a detector whose spatial axes are symbolic but whose head needs 320x320: the client's
+    mistake (400, not counted as a server error), one line of reason, nothing printed by onnxruntime itself."""
+    model = onnx.load(samples["det"].path)
+    for axis, name in ((2, "height"), (3, "width")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    desc = samples["det"].descriptor
+    dynamic = desc.input.model_copy(update={"dynamic_size": True})
+    desc = desc.model_copy(update={"input": dynamic, "version": "1.2.0", "sha256": None, "size": None})
+    desc = desc.model_copy(update={"golden": GoldenCheck(seed=0)})
+    onnx_path, yaml_path = write_model(model, desc, tmp_path, "det-any-size")
+    desc = ModelDescriptor.load(yaml_path)
+    assert desc.sha256 is not None
+    server, slot = make_server()
+    slot.activate(
+        Engine.load(onnx_path, desc, OPTIONS), AppliedModel(name=desc.name, version="1.2.0", sha256=desc.sha256), desc
+    )
+    capfd.readouterr()
+    with httpx.Client(base_url=server.url, timeout=30) as c, caplog.at_level(logging.DEBUG, logger="models.engine"):
+        for shape in ([1, 3, 31, 33], [2, 3, 64, 96], [1, 3, 320, 320]):
+            x = np.zeros(shape, np.float32)
+            body, headers = _binary(x, name="images")
+            r = c.post(f"/v2/models/{desc.name}/infer", content=body, headers=headers)
+            if shape[-1] == 320:
+                assert r.status_code == 200
+                continue
+            assert r.status_code == 400, r.text
+            reason = r.json()["error"]
+            assert reason.startswith(f"the model cannot take inputs of shapes {{'images': {shape}}}: ")
+            assert "\n" not in reason and "onnxruntime_src" not in reason and "Reshape" in reason
+    window = slot.take_window()
+    assert (window.requests, window.errors) == (3, 0)  # the rollout error-rate gate sees no server error
+    assert not capfd.readouterr().err  # onnxruntime printed nothing (no ANSI line per failed run)
+    refused = [rec for rec in caplog.records if rec.name == "models.engine" and "refused by onnxruntime" in rec.message]
+    assert len(refused) == 2 and all(rec.levelno == logging.DEBUG for rec in refused)
+
+
+def test_model_config_statistics_and_repository_index_through_tritonclient(
+    samples: dict[str, Sample], make_server: Any
+) -> None:
+    server, slot = make_server(max_batch=4, max_queue_delay_ms=3, max_queue=32)
+    v1, v2 = samples["clf"], samples["clf2"]
+    slot.activate(v1.engine(), v1.applied(), v1.descriptor)
+    client = th.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        config = client.get_model_config(NAME)
+        assert config == client.get_model_config(NAME, "1.0.0")
+        assert (config["name"], config["platform"], config["backend"]) == (NAME, "onnxruntime_onnx", "onnxruntime")
+        assert config["max_batch_size"] == 4  # the batch axis is symbolic: dims leave it out
+        assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [3, -1, -1]}]
+        assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [100]}]
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 3000
+        assert config["instance_group"][0]["kind"] == "KIND_CPU"
+        with pytest.raises(InferenceServerException, match=r"\[404\] model 'nope' is unknown here"):
+            client.get_model_config("nope")
+
+        (fresh,) = client.get_inference_statistics()["model_stats"]
+        assert (fresh["inference_count"], fresh["execution_count"], fresh["batch_stats"]) == (0, 0, [])
+        for seed in range(3):
+            inp = th.InferInput("image", [2, 3, 32, 32], "FP32")
+            inp.set_data_from_numpy(_x(2, seed)[:, :, :32, :32].copy())
+            client.infer(NAME, [inp])
+        bad = th.InferInput("image", [2, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((2, 3), np.float32))
+        with pytest.raises(InferenceServerException, match=r"\[400\]"):
+            client.infer(NAME, [bad])
+
+        everything = client.get_inference_statistics()["model_stats"]
+        assert everything == client.get_inference_statistics(NAME)["model_stats"]
+        assert everything == client.get_inference_statistics(NAME, "1.0.0")["model_stats"]
+        (st,) = everything
+        s = st["inference_stats"]
+        assert (st["name"], st["version"], st["inference_count"]) == (NAME, "1.0.0", 6)
+        counts = (s["success"]["count"], s["fail"]["count"], s["queue"]["count"], s["compute_infer"]["count"])
+        assert counts == (3, 1, 3, 3)
+        assert s["success"]["ns"] >= s["compute_infer"]["ns"] + s["compute_input"]["ns"] + s["compute_output"]["ns"]
+        assert s["compute_infer"]["ns"] > 0 and s["compute_input"]["ns"] > 0 and s["compute_output"]["ns"] > 0
+        assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in st["batch_stats"]) == 6
+        assert st["execution_count"] == sum(b["compute_infer"]["count"] for b in st["batch_stats"])
+        assert st["last_inference"] > 1_700_000_000_000
+        with pytest.raises(InferenceServerException, match=r"\[404\]"):
+            client.get_inference_statistics("nope")
+
+        assert client.get_model_repository_index() == [
+            {"name": NAME, "version": "1.0.0", "state": "READY", "reason": ""}
+        ]
+        slot.activate(v2.engine(), v2.applied(), v2.descriptor)
+        index = client.get_model_repository_index()
+        assert index == [
+            {"name": NAME, "version": "2.0.0", "state": "READY", "reason": ""},
+            {"name": NAME, "version": "1.0.0", "state": "UNAVAILABLE", "reason": "unloaded"},
+        ]
+        # the first version's statistics stay after the swap
+        assert [m["version"] for m in client.get_inference_statistics(NAME)["model_stats"]] == ["1.0.0", "2.0.0"]
+    finally:
+        client.close()
+    with httpx.Client(base_url=server.url) as c:
+        assert c.post("/v2/repository/index", json={"ready": True}).json() == index[:1]
+        for body in (b"[]", b"{", b'{"ready": 1}'):
+            r = c.post("/v2/repository/index", content=body)
+            assert r.status_code == 400 and r.json()["error"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,3 +62,18 @@ def test_no_generated_request_gets_a_5xx(api_schema: Any) -> None:
     seen = {(code, endpoint) for code, endpoint, _ in codes}
     assert ("400", "infer") in seen and ("200", "predict") in seen, seen  # the fuzzer reached both hot paths
     assert not [c for c in codes if c[0].startswith("5")], codes
+
+
+def test_docs_list_every_route_served() -> None:
+    from agent.api.app import create_app  # noqa: PLC0415
+
+    doc = (Path(__file__).parents[3] / "docs" / "api.md").read_text(encoding="utf-8")
+    table = doc.split("## Endpoints", 1)[1].split("###", 1)[0]
+    documented = set()
+    for path in re.findall(r"`(?:GET|POST) (/[^`?\[]*(?:\[/versions/\{version\}\])?[^`?\[]*)", table):
+        documented |= {
+            path.replace("[/versions/{version}]", ""),
+            path.replace("[/versions/{version}]", "/versions/{version}"),
+        }
+    served = {getattr(r, "path", "") for r in create_app(ApiSettings(), ModelSlot()).routes}
+    assert {p for p in served if p.startswith(("/v1", "/v2"))} <= documented

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from agent.api.errors import BadRequest
+from agent.api.jsontensors import FAST_JSON_BYTES
 from agent.api.tensors import DATATYPES, InferRequest, datatype_of, encode_infer, parse_infer
 from tests.support.fuzz import examples
 
@@ -146,3 +147,73 @@ def test_huge_declared_shapes_are_refused_before_allocating() -> None:
 def test_values_and_shapes_a_tensor_cannot_hold_are_bad_requests(tensor: dict[str, object], reason: str) -> None:
     with pytest.raises(BadRequest, match=reason):
         parse_infer(orjson.dumps({"inputs": [{"name": "x", **tensor}]}), None)
+
+
+def _json_body(arrays: dict[str, np.ndarray], nested: bool = False, **extra: object) -> bytes:
+    inputs = [
+        {
+            "name": k,
+            "shape": list(a.shape),
+            "datatype": datatype_of(a.dtype),
+            "data": a.tolist() if nested else a.ravel().tolist(),
+        }
+        for k, a in arrays.items()
+    ]
+    return orjson.dumps({"inputs": inputs, **extra})
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP16", "FP64", "INT8", "INT32", "INT64", "UINT8", "UINT64", "BOOL"])
+def test_large_json_tensors_parse_to_the_same_arrays_as_small_ones(datatype: str) -> None:
+    """Bodies past FAST_JSON_BYTES go through simdjson's typed buffers (booleans and nested lists through orjson)."""
+    dtype = DATATYPES[datatype]
+    rng = np.random.default_rng(1)
+    if dtype.kind == "f":
+        x = rng.standard_normal((2, 3, 80, 80)).astype(dtype)
+    elif dtype.kind == "b":
+        x = rng.random((2, 3, 80, 80)) > 0.5
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(max(info.min, -(2**62)), min(info.max, 2**62), size=(2, 3, 80, 80)).astype(dtype)
+    for nested in (False, True):
+        body = _json_body({"image": x, "other": x[:1, :1, :2, :2]}, nested=nested, id="big", parameters={"a": [1]})
+        assert len(body) > FAST_JSON_BYTES
+        req = parse_infer(body, None)
+        assert req.id == "big" and list(req.inputs) == ["image", "other"]
+        for got, want in ((req.inputs["image"], x), (req.inputs["other"], x[:1, :1, :2, :2])):
+            assert got.dtype == dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value", "reason"),
+    [("FP32", 1e39, "not a list of float32"), ("INT8", 300, "not a list of int8"), ("UINT8", -1, "not a list of uint8"),
+     ("INT32", 1.5, "")],
+)  # fmt: skip
+def test_large_json_values_the_datatype_cannot_hold_are_refused(datatype: str, value: float, reason: str) -> None:
+    data: list[float] = [1] * 40_000
+    data[12_345] = value
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [40_000], "datatype": datatype, "data": data}]})
+    assert len(body) > FAST_JSON_BYTES
+    if not reason:  # a float as an integer: numpy truncates it on either path, as it always did
+        assert parse_infer(body, None).inputs["x"][12_345] == 1
+        return
+    with pytest.raises(BadRequest, match=reason):
+        parse_infer(body, None)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [(lambda b: b[:-10], "not valid JSON"), (lambda b: b.replace(b'"shape":[30000]', b'"shape":[3,10000]', 1), ""),
+     (lambda b: b.replace(b'"shape":[30000]', b'"shape":[29999]', 1), "has 30000 values"),
+     (lambda b: b.replace(b"[0.0,0.0,0.0", b"[[0.0,0.0],0.0", 1), "not a list of float32"),
+     (lambda b: b.replace(b"0.0,0.0,0.0,", b'0.0,"a",0.0,', 1), "not a list of float32")],
+)  # fmt: skip
+def test_large_malformed_json_gets_orjsons_reason(mutate: object, reason: str) -> None:
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [30_000], "datatype": "FP32", "data": [0.0] * 30_000}]})
+    body = mutate(body)  # type: ignore[operator]
+    assert len(body) > FAST_JSON_BYTES
+    if not reason:
+        assert parse_infer(body, None).inputs["x"].shape == (3, 10_000)
+        return
+    with pytest.raises(BadRequest, match=reason):
+        parse_infer(body, None)

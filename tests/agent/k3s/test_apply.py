@@ -7,6 +7,7 @@ import threading
 
 from agent.k3s import ClusterBridge
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
+from fleet.messages import Autoscaling
 from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
 from tests.k8s.server import ApiServer
 
@@ -106,13 +107,15 @@ def test_zero_replicas_is_ready_at_once(bridge: ClusterBridge) -> None:
     assert result.state == "ready" and result.replicas == 0
 
 
-def test_autoscaler_is_applied_and_owns_replicas(api: ApiServer) -> None:
-    with ClusterBridge(fast_settings(api.kubeconfig, hpa_max_replicas=4)) as bridge:
-        result = bridge.apply(desired(1, replicas=2))
+def test_autoscaler_is_applied_owns_replicas_and_goes_when_turned_off(api: ApiServer, bridge: ClusterBridge) -> None:
+    result = bridge.apply(desired(1, autoscaling=Autoscaling(min_replicas=2, max_replicas=4)))
     assert result.state == "ready"
     hpa = api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME)
     assert hpa is not None and hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 4
     assert "replicas" not in deployment(api)["spec"]
+    assert bridge.apply(desired(2, replicas=3)).state == "ready"  # autoscaling off: fixed replicas, no HPA left
+    assert api.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, NAME) is None
+    assert deployment(api)["spec"]["replicas"] == 3
 
 
 def test_watch_resumes_after_an_error_and_after_410_gone(api: ApiServer, bridge: ClusterBridge) -> None:

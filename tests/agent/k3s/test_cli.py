@@ -44,6 +44,9 @@ def test_render_yaml_and_json(desired_file: Path) -> None:
     assert result.exit_code == 0, result.output
     objects = list(yaml.safe_load_all(result.output))
     assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service"]
+    # the labels dict is shared between the objects: written out in full each time, no anchors or aliases
+    assert "&id" not in result.output and "*id" not in result.output
+    assert objects[0]["metadata"]["labels"] == objects[1]["metadata"]["labels"] == objects[2]["metadata"]["labels"]
     assert objects[1]["spec"]["replicas"] == 2
     result = runner.invoke(app, ["render", "--desired", str(desired_file), "--json"])
     assert result.exit_code == 0

@@ -20,6 +20,7 @@ from agent.k3s import (
     connection,
 )
 from agent.k3s.calls import API_CALLS
+from fleet.messages import RuntimeOptions
 from tests.agent.k3s.conftest import NAMESPACE, desired, fast_settings
 from tests.k8s.certs import make_pki
 from tests.k8s.server import ApiServer, Rule
@@ -127,7 +128,8 @@ def test_missing_namespace_is_permanent(api: ApiServer) -> None:
 
 def test_bad_desired_state_applies_nothing(api: ApiServer, bridge: ClusterBridge) -> None:
     with pytest.raises(WorkloadError):
-        bridge.apply(desired(1, mig_profile="huge"))
+        forged = RuntimeOptions.model_construct(mig_profile="huge", gpus=0)  # past the wire contract's own check
+        bridge.apply(desired(1).model_copy(update={"runtime": forged}))
     assert api.requests == []
 
 

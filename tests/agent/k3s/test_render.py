@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from agent.k3s import ClusterSettings, WorkloadError, render_workload
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION, MAX_CONFIG_BYTES
+from fleet.messages import Autoscaling, RuntimeOptions
 from tests.agent.k3s.conftest import desired
 
 S = ClusterSettings(image="reg.local/agent:1", gpu_image="reg.local/agent:1-cuda")
@@ -86,11 +88,14 @@ def test_cpu_only_pod() -> None:
 
 
 def test_autoscaler_owns_replicas() -> None:
-    w = render_workload(desired(1, replicas=2), S.model_copy(update={"hpa_max_replicas": 6}))
+    scaling = Autoscaling(min_replicas=2, max_replicas=6, cpu_percent=65)
+    w = render_workload(desired(1, replicas=3, autoscaling=scaling), S)
     assert "replicas" not in w.deployment["spec"]
     assert w.autoscaler is not None
     assert w.autoscaler["spec"]["minReplicas"] == 2
     assert w.autoscaler["spec"]["maxReplicas"] == 6
+    assert w.autoscaler["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 65
+    assert [o["kind"] for o in w.objects()][-1] == "HorizontalPodAutoscaler"
 
 
 def test_no_model_renders_an_empty_active_document() -> None:
@@ -101,8 +106,11 @@ def test_no_model_renders_an_empty_active_document() -> None:
 
 @pytest.mark.parametrize("profile", ["1g", "1g.10", "../etc", "1g.10gb;rm", "0g.5gb", ""])
 def test_bad_mig_profile_is_refused(profile: str) -> None:
-    with pytest.raises(WorkloadError, match="MIG profile"):
-        render_workload(desired(1, mig_profile=profile), S)
+    with pytest.raises(ValidationError, match="mig_profile"):  # the wire contract refuses it (the hub never signs it)
+        RuntimeOptions(mig_profile=profile)
+    forged = desired(1).model_copy(update={"runtime": RuntimeOptions.model_construct(mig_profile=profile, gpus=0)})
+    with pytest.raises(WorkloadError, match="MIG profile"):  # and rendering checks again
+        render_workload(forged, S)
 
 
 def test_oversized_descriptor_is_refused() -> None:

@@ -15,7 +15,7 @@ def test_from_env_reads_prefixed_variables() -> None:
         "EDGEFLEET_K3S_NAMESPACE": "edge",
         "EDGEFLEET_K3S_ROLLOUT_DEADLINE_S": "42.5",
         "EDGEFLEET_K3S_KUBECONFIG": "/etc/rancher/k3s/k3s.yaml",
-        "EDGEFLEET_K3S_HPA_MAX_REPLICAS": "",
+        "EDGEFLEET_K3S_GPU_IMAGE": "",
         "EDGEFLEET_K3S_FORCE_CONFLICTS": "false",
         "UNRELATED": "x",
     }
@@ -23,7 +23,7 @@ def test_from_env_reads_prefixed_variables() -> None:
     assert s.namespace == "edge"
     assert s.rollout_deadline_s == 42.5
     assert s.kubeconfig == Path("/etc/rancher/k3s/k3s.yaml")
-    assert s.hpa_max_replicas is None
+    assert s.gpu_image is None
     assert s.force_conflicts is False
 
 

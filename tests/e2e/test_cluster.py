@@ -1,0 +1,170 @@
+"""Cluster mode end to end: the agent started exactly as deploy/ starts it, the real hub, the real `edgefleet` CLI.
+
+The agent process runs the command and environment of the Deployment that `kubectl kustomize deploy/overlays/cpu`
+renders (only the bundle path, the health port and the kubeconfig differ: no kubelet here), against the
+Kubernetes API test server. The operator asks for MIG slices, replicas, GPUs and autoscaling with
+`edgefleet deploy` and `edgefleet rollout start`; the hub refuses what the device's advertised nodes cannot run
+(on the CLI and on the REST API alike) and the agent applies the rest, which the test reads back from the API
+server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from fleet.bundle import DeviceBundle
+from tests.agent.k3s.manifests import agent_container, agent_values, render
+from tests.e2e.conftest import FAST_AGENT_ENV
+from tests.k8s.server import ApiServer
+from tests.support.agents import AgentProc
+from tests.support.broker import free_port
+from tests.support.hub import RunningHub
+from tests.support.models import classifier_versions
+from tests.support.mqtt import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "edgefleet"
+WORKLOAD = "edgefleet-inference"
+
+
+def edgefleet() -> str:
+    """The `edgefleet` console script of this environment (pip install -e . puts it beside Python)."""
+    found = shutil.which("edgefleet", path=str(Path(sys.executable).parent)) or shutil.which("edgefleet")
+    assert found, "the edgefleet console script is missing: pip install -e '.[test]'"
+    return found
+
+
+@pytest.fixture
+def k8s(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path / "k8s", controller_delay_s=0.05).start()
+    server.add_namespace(NAMESPACE)
+    server.put_node("gpu-1", allocatable={"nvidia.com/gpu": "2"}, labels={"nvidia.com/gpu.product": "NVIDIA-L4"})
+    server.put_node("a100", allocatable={"nvidia.com/mig-2g.20gb": "3"}, labels={"nvidia.com/mig.strategy": "mixed"})
+    yield server
+    server.stop()
+
+
+def start_agent_as_deployed(bundle: Path, k8s: ApiServer, tmp_path: Path) -> tuple[AgentProc, int]:
+    """`edgefleet agent run ...` with the rendered manifest's arguments and environment."""
+    objects = render("cpu")
+    container = agent_container(objects)
+    health = free_port()
+    replace = {"--bundle=": f"--bundle={bundle}", "--health-port=": f"--health-port={health}"}
+    args = [next((v for k, v in replace.items() if arg.startswith(k)), arg) for arg in container["args"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_AGENT_", "EDGEFLEET_K3S_"))}
+    env.update(agent_values(objects))
+    env.update(FAST_AGENT_ENV)
+    env["EDGEFLEET_AGENT_DATA_DIR"] = str(tmp_path / "agent-data")  # the manifest's claim mount
+    env["EDGEFLEET_K3S_KUBECONFIG"] = str(k8s.kubeconfig)  # in a pod: the ServiceAccount
+    env["EDGEFLEET_K3S_ROLLOUT_DEADLINE_S"] = "20"
+    env["PYTHONPATH"] = str(REPO)
+    proc = AgentProc([edgefleet(), *args], env, tmp_path / "agent.log")
+    return proc, health
+
+
+def cli(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EDGEFLEET_URL": hub.url, "EDGEFLEET_TOKEN": hub.admin_token, "COLUMNS": "200"}
+    return subprocess.run([edgefleet(), *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def serving(k8s: ApiServer) -> dict[str, Any] | None:
+    return k8s.get("apps", "deployments", NAMESPACE, WORKLOAD)
+
+
+def limits(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"])
+
+
+def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
+    running_hub: RunningHub, k8s: ApiServer, tmp_path: Path
+) -> None:
+    h = running_hub
+    (tmp_path / "models").mkdir()
+    for path, desc in classifier_versions(tmp_path / "models").values():
+        assert h.push_model(path, desc.to_json()).status_code == 201
+    with h.client() as api:
+        r = api.post("/api/v1/devices", json={"id": "cam-3", "labels": {"site": "lab"}})
+        assert r.status_code == 201, r.text
+    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+
+    agent, health = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path)
+    try:
+        # kubelet's view: live at once, ready once the broker is reached; the agent listens on nothing else
+        wait_for(lambda: _get(f"http://127.0.0.1:{health}/livez") == 200, timeout=30)
+        wait_for(lambda: _get(f"http://127.0.0.1:{health}/readyz") == 200, timeout=30)
+        listening = {
+            c.laddr.port for c in psutil.Process(agent.proc.pid).net_connections("tcp") if c.status == "LISTEN"
+        }
+        assert listening == {health}, f"the control agent serves only its probes, it listens on {listening}"
+
+        def device() -> dict[str, Any]:
+            with h.client() as api:
+                return dict(api.get("/api/v1/devices/cam-3").json())
+
+        caps = wait_for(lambda: (device().get("capabilities") or {}).get("nodes") and device()["capabilities"], 30)
+        assert caps["mode"] == "k3s" and sorted(n["name"] for n in caps["nodes"]) == ["a100", "gpu-1"]
+
+        # a slice the device does not have: refused on the CLI and on the REST API, nothing signed
+        refused = cli(h, "deploy", "cls:1.0.0", "-s", "site=lab", "--mig-profile", "1g.10gb")
+        assert refused.returncode == 1
+        assert "cam-3 has no MIG slices of 1g.10gb; it advertises 2 GPUs, 2g.20gb x3" in refused.stderr
+        with h.client() as api:
+            body = {"model": "cls", "version": "1.0.0", "selector": "site=lab", "runtime": {"gpus": 3}}
+            r = api.post("/api/v1/deployments", json=body)
+            assert r.status_code == 422, r.text
+            assert "cam-3 has at most 2 x nvidia.com/gpu on one node; a serving pod asks for 3" in r.text
+            assert api.get("/api/v1/devices/cam-3/desired").json()["desired"] is None
+
+        # three pods on 2g.20gb slices: what the agent applies
+        done = cli(h, "deploy", "cls:1.0.0", "-s", "site=lab", "--mig-profile", "2g.20gb", "--replicas", "3")
+        assert done.returncode == 0, done.stderr
+        d = wait_for(lambda: (x := serving(k8s)) and x["spec"].get("replicas") == 3 and x, timeout=60)
+        assert limits(d)["nvidia.com/mig-2g.20gb"] == "1"
+        active = k8s.get("", "configmaps", NAMESPACE, WORKLOAD)
+        assert active is not None and '"CUDAExecutionProvider"' in active["data"]["active.json"]  # GPU pods: CUDA first
+        assert d["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+        wait_for(lambda: ((device().get("reported") or {}).get("cluster") or {}).get("state") == "ready", timeout=60)
+        # the dashboard's device page: the nodes with their GPUs and MIG slices, and the workload's rollout
+        with httpx.Client(base_url=h.url, timeout=30) as browser:
+            assert browser.post("/login", data={"token": h.admin_token, "next": "/"}).status_code in (200, 303)
+            page = browser.get("/devices/cam-3").text
+        assert "K3s cluster" in page and "NVIDIA-L4" in page
+        assert "gpu ×2" in page and "mig-2g.20gb ×3" in page
+        assert f"{NAMESPACE}/{WORKLOAD}</span>: ready, 3/3 ready" in page
+
+        # a rollout to 2.0.0 on one GPU per pod, autoscaled between 1 and 2 pods at 70 % CPU
+        started = cli(
+            h, "rollout", "start", "cls:2.0.0", "-s", "site=lab", "--waves", "100%", "--bake", "0s",
+            "--gpus", "1", "--max-replicas", "2", "--target-cpu", "70",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        d = wait_for(lambda: (x := serving(k8s)) and "nvidia.com/gpu" in limits(x) and x, timeout=60)
+        assert limits(d)["nvidia.com/gpu"] == "1" and "replicas" not in d["spec"]  # the HPA owns replicas
+        hpa = wait_for(lambda: k8s.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, WORKLOAD), timeout=60)
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 2)
+        assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+
+        # a rollout the device cannot run is refused before it starts
+        too_many = cli(h, "rollout", "start", "cls:1.0.0", "-s", "site=lab", "--gpus", "1", "--replicas", "3")
+        assert too_many.returncode == 1
+        assert "cam-3 fits 2 serving pod(s) of 1 GPU on its ready nodes; 3 asked" in too_many.stderr
+    finally:
+        status = agent.stop()
+    assert status == 0, agent.output()[-3000:]
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
