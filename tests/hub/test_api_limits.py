@@ -17,7 +17,7 @@ from fastapi import APIRouter
 
 from fleet.messages import ShadowSpec
 from hub.api.app import create_app
-from hub.api.server import ApiServer
+from hub.api.server import api_server
 from hub.errors import TooLarge
 from models.descriptor import ModelDescriptor
 from tests.support.hub import RunningHub
@@ -121,7 +121,7 @@ def test_an_unexpected_error_is_one_logged_500_and_the_connection_stays_open(
     def explode() -> None:
         raise RuntimeError("a bug nobody foresaw")
 
-    server = ApiServer(h.hub, port=0, app=create_app(h.hub, extra_routers=[boom]))
+    server = api_server(h.hub, port=0, app=create_app(h.hub, extra_routers=[boom]))
     server.start()
     server_log: list[logging.LogRecord] = []
     catcher = logging.Handler()
