@@ -6,30 +6,41 @@ the protocol allows for telemetry; `--qos 1` for acknowledged delivery; both sub
   hub - a real Hub (its MQTT link, fleet.codec decoding, checks, batched writes into SQLite WAL with dedupe
         by (device, seq) and per-minute rollups), as `hub serve` runs it: telemetry decoded and written by
         the telemetry writer process (ingest.telemetry_process);
-  hub in-process - the same with ingest.telemetry_process off (the telemetry writer is a thread of the hub).
+  hub in-process - the same with ingest.telemetry_process off (the telemetry writer is a thread of the hub);
+  with --database-url: the same hub on PostgreSQL (telemetry by COPY), and --replicas `hub serve` processes
+        sharing one PostgreSQL database, the telemetry split between them by an MQTT 5 shared subscription
+        (counted in the database).
 After each hub round the windows are counted in the database (not only in the hub's counters).
 Rate = windows / (publishers released -> last message counted, or last window committed). Rounds alternate
 raw and hub; the ratio is the median of the per-round ratios. Prints a markdown table.
 
     .venv/bin/python benchmarks/ingest.py [--publishers 2] [--windows 100000] [--rounds 3] [--qos 0]
+        [--database-url postgresql://user:pw@host/postgres [--replicas 2] [--only-postgres]]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.codec import encode
@@ -39,6 +50,10 @@ from fleet.topics import TopicKind, Topics
 from hub.broker import LocalBroker
 from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings, IngestSettings
+from tests.support.broker import free_port
+from tests.support.postgres import PostgresServer, find_postgres_bin
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -> list[tuple[str, bytes]]:
@@ -130,12 +145,13 @@ def hub_rate(
     qos: int,
     *,
     telemetry_process: bool = True,
+    database_url: str | None = None,
 ) -> float:
     total = sum(len(b) for b in batches)
     with tempfile.TemporaryDirectory(prefix="ef-bench-hub-") as d:
         settings = HubSettings(
             data_dir=Path(d), topic_prefix=prefix, broker=BrokerSettings(url=broker_url),
-            ingest=IngestSettings(telemetry_process=telemetry_process),
+            ingest=IngestSettings(telemetry_process=telemetry_process), database_url=database_url,
         )  # fmt: skip
         init_hub(settings)
         hub = Hub(settings)
@@ -164,6 +180,117 @@ def hub_rate(
     return total / (last - t0)
 
 
+def replicas_rate(
+    broker_url: str,
+    prefix: str,
+    batches: list[list[tuple[str, bytes]]],
+    devices: list[str],
+    qos: int,
+    database_url: str,
+    replicas: int,
+    version: str = "5",
+) -> float:
+    """`replicas` `hub serve` processes sharing one PostgreSQL database, telemetry split by a $share subscription
+    (MQTT `version`: Mosquitto, EMQX and HiveMQ accept `$share` from 3.1.1 clients too).
+
+    Rate = windows / (publishers released -> the database counts them all)."""
+    total = sum(len(b) for b in batches)
+    broker = {"url": broker_url, "mqtt_version": version, "shared_group": "bench"}
+    with tempfile.TemporaryDirectory(prefix="ef-bench-replicas-") as d:
+        first = Path(d) / "r0"
+        # as replica r0: a session under another name would keep a share of the telemetry queued (persistent)
+        settings = HubSettings(
+            data_dir=first, topic_prefix=prefix, broker={**broker, "replica": "r0"}, database_url=database_url
+        )
+        init_hub(settings)
+        hub = Hub(settings)  # enrols the devices once, in the shared database
+        hub.start()
+        try:
+            for device in devices:
+                hub.devices.add(device, {"bench": "yes"}, actor="bench")
+        finally:
+            hub.stop()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for r in range(replicas):
+                data_dir = Path(d) / f"r{r}"
+                if r:
+                    shutil.copytree(first, data_dir)  # the signing key travels to every replica
+                env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+                env.update({
+                    "PYTHONPATH": str(ROOT), "EDGEFLEET_HUB_TOPIC_PREFIX": prefix,
+                    "EDGEFLEET_HUB_DATABASE_URL": database_url, "EDGEFLEET_HUB_BROKER_MQTT_VERSION": version,
+                    "EDGEFLEET_HUB_BROKER_SHARED_GROUP": "bench", "EDGEFLEET_HUB_BROKER_REPLICA": f"r{r}",
+                })  # fmt: skip
+                port = free_port()
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "edgefleet_cli", "hub", "serve", "--data-dir", str(data_dir),
+                     "--broker-url", broker_url, "--host", "127.0.0.1", "--port", str(port)],
+                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(Path(d) / f"r{r}.log").open("wb"),
+                ))  # fmt: skip
+                _wait_healthy(f"http://127.0.0.1:{port}", procs[-1])
+            with psycopg.connect(database_url, autocommit=True) as conn:
+
+                def count() -> int:
+                    row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+                    return int(row[0]) if row else 0
+
+                pubs, t0 = _run_publishers(int(broker_url.rsplit(":", 1)[1]), batches, qos)
+                deadline = time.monotonic() + 300
+                while (stored := count()) < total:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the replicas persisted {stored} of {total}")
+                    time.sleep(0.1)  # count(*) is not free: polling must not compete with the replicas
+                last = time.perf_counter()
+                for p in pubs:
+                    p.join()
+                if stored != total:
+                    raise RuntimeError(f"the database holds {stored} windows, {total} were sent")
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return total / (last - t0)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"a replica exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).json()["mqtt_connected"]:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the replica at {url} did not become healthy")
+
+
+class FreshDatabases:
+    """A new database per hub round on the PostgreSQL server of `url` (dropped afterwards)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.made: list[str] = []
+
+    def new(self) -> str:
+        name = f"ef_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        self.made.append(name)
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def drop(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for name in self.made:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
@@ -171,44 +298,82 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=250, help="devices per publisher")
     ap.add_argument("--windows", type=int, default=100_000, help="windows per round, all publishers together")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of raw then hub")
+    ap.add_argument("--database-url", help="also measure on this PostgreSQL server (a database per round is made "
+                    "and dropped; the URL's own database is only used to do that)")  # fmt: skip
+    ap.add_argument("--postgres", action="store_true", help="start a PostgreSQL server for the run (Debian's "
+                    "package, default durability settings) instead of naming one with --database-url")  # fmt: skip
+    ap.add_argument("--replicas", type=int, default=2, help="hub serve processes on PostgreSQL (with --database-url)")
+    ap.add_argument("--replica-mqtt", default="5,3.1.1", help="MQTT versions the replicas speak, one path each")
+    ap.add_argument("--only-postgres", action="store_true", help="skip the SQLite paths")
     args = ap.parse_args()
     per = args.windows // args.publishers
+    server = None
+    if args.postgres:
+        bindir = find_postgres_bin()
+        if bindir is None:
+            ap.error("--postgres: PostgreSQL is not installed (scripts/ensure-postgresql.sh)")
+        server = PostgresServer(bindir, durable=True)
+        server.start()
+        args.database_url = server.url()
+    fresh = FreshDatabases(args.database_url) if args.database_url else None
+    paths: dict[str, Callable[[str, list[list[tuple[str, bytes]]], list[str]], float]] = {}
+    if not args.only_postgres:
+        paths["hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default)"] = (
+            lambda url, b, devs: hub_rate(url, _prefix(b), b, devs, args.qos)
+        )
+        paths["hub, SQLite, writer thread (`ingest.telemetry_process` off)"] = lambda url, b, devs: hub_rate(
+            url, _prefix(b), b, devs, args.qos, telemetry_process=False
+        )
+    if fresh is not None:
+        paths["hub, PostgreSQL (COPY, rollups), telemetry writer process"] = lambda url, b, devs: hub_rate(
+            url, _prefix(b), b, devs, args.qos, database_url=fresh.new()
+        )
+        for version in args.replica_mqtt.split(","):
+            name = f"{args.replicas} hub replicas (`hub serve`, MQTT {version} $share), one PostgreSQL"
+            paths[name] = lambda url, b, devs, v=version: replicas_rate(
+                url, _prefix(b), b, devs, args.qos, fresh.new(), args.replicas, v
+            )
+    raws: list[float] = []
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    ratios: dict[str, list[float]] = {k: [] for k in paths}
     with tempfile.TemporaryDirectory(prefix="ef-bench-mq-") as d:
         broker = LocalBroker(BrokerSettings(local_port=0), Path(d))
         broker.start()
         try:
-            raws, hubs, ratios, inprocs, inratios = [], [], [], [], []
             for r in range(args.rounds):
                 prefix = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
                 batches = [_payloads(prefix, p, args.devices, per, str(r)) for p in range(args.publishers)]
                 devices = sorted({t.split("/")[-2] for b in batches for t, _ in b})
                 raw = raw_rate(broker.port, prefix, batches, args.qos)
-                prefix2 = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
-                batches2 = [[(t.replace(prefix, prefix2), p) for t, p in b] for b in batches]
-                hub = hub_rate(broker.url, prefix2, batches2, devices, args.qos)
-                prefix3 = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
-                batches3 = [[(t.replace(prefix, prefix3), p) for t, p in b] for b in batches]
-                inproc = hub_rate(broker.url, prefix3, batches3, devices, args.qos, telemetry_process=False)
                 raws.append(raw)
-                hubs.append(hub)
-                ratios.append(hub / raw)
-                inprocs.append(inproc)
-                inratios.append(inproc / raw)
-                print(f"round {r + 1}: raw {raw:,.0f}/s, hub {hub:,.0f}/s ({hub / raw:.2f}), "
-                      f"hub in-process {inproc:,.0f}/s ({inproc / raw:.2f})", file=sys.stderr)  # fmt: skip
+                line = [f"round {r + 1}: raw {raw:,.0f}/s"]
+                for name, run in paths.items():
+                    other = f"bench/{uuid.uuid4().hex[:8]}/fleet/v1"
+                    rate = run(broker.url, [[(t.replace(prefix, other), p) for t, p in b] for b in batches], devices)
+                    rates[name].append(rate)
+                    ratios[name].append(rate / raw)
+                    line.append(f"[{len(line)}] {rate:,.0f}/s ({rate / raw:.2f})")
+                print("; ".join(line), f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
         finally:
             broker.stop()
+            if fresh is not None:
+                fresh.drop()
+            if server is not None:
+                server.stop()
     size = len(batches[0][0][1])
-    print(f"## Telemetry ingestion ({platform.machine()}, {mp.cpu_count()} cores, Mosquitto, publish QoS {args.qos})\n")
+    machine = f"{platform.machine()}, {mp.cpu_count()} cores, Mosquitto, publish QoS {args.qos}"
+    print(f"## Telemetry ingestion ({machine})\n")
     print(f"{args.publishers} publisher processes, {args.publishers * args.devices} devices, "
           f"{per * args.publishers:,} windows of ~{size} B per round, {args.rounds} rounds (median).\n")  # fmt: skip
     print("| path | windows/s | ratio |")
     print("| --- | ---: | ---: |")
     print(f"| raw paho subscriber (receive only) | {statistics.median(raws):,.0f} | 1.00 |")
-    print(f"| hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default) "
-          f"| {statistics.median(hubs):,.0f} | {statistics.median(ratios):.2f} |")  # fmt: skip
-    print(f"| hub, writer thread (`ingest.telemetry_process` off) | {statistics.median(inprocs):,.0f} "
-          f"| {statistics.median(inratios):.2f} |")  # fmt: skip
+    for i, name in enumerate(paths, 1):
+        print(f"| [{i}] {name} | {statistics.median(rates[name]):,.0f} | {statistics.median(ratios[name]):.2f} |")
+
+
+def _prefix(batches: list[list[tuple[str, bytes]]]) -> str:
+    return batches[0][0][0].rsplit("/dev/", 1)[0]
 
 
 if __name__ == "__main__":

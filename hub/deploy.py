@@ -22,7 +22,7 @@ from hub.errors import InvalidInput, TooLarge
 from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.registry import Registry
 from hub.settings import DeviceSettings
-from hub.store import Desired, Store
+from hub.store import Desired, Fence, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
@@ -97,11 +97,13 @@ class Deployer:
         runtime: RuntimeOptions | None = None,
         shadow: ShadowSpec | None = None,
         rollout_id: str | None = None,
+        fence: Fence | None = None,
     ) -> list[Desired]:
         """Sign, record and publish a desired state for each device (a fresh version each).
 
         Serialised: two concurrent calls for the same device publish in version order, so the retained
-        message on the broker is always the newest recorded state.
+        message on the broker is always the newest recorded state. `fence`: the leader lease the caller acts
+        under; LeaseLost, and nothing recorded or published, once it no longer holds.
 
         Raises:
             TooLarge: the signed state would exceed the agents' message limit (nothing is allocated or sent).
@@ -120,7 +122,7 @@ class Deployer:
                     shadow=shadow, rollout_id=rollout_id,
                 )  # fmt: skip
                 states.append(self._record(body, self.key.sign(body)))
-            self.store.put_desired(states)
+            self.store.put_desired(states, fence=fence)
             for s in states:
                 self._send(s)
             return states

@@ -56,6 +56,18 @@ class Conflict(HubError):
     status = 409
 
 
+class StaleDocument(Conflict):
+    """A document changed since it was read (another replica wrote it): read it again and retry."""
+
+    code = "stale_document"
+
+
+class LeaseLost(Conflict):
+    """This hub no longer holds the leader lease: the write it tried (fenced by its token) was refused."""
+
+    code = "lease_lost"
+
+
 class TooLarge(HubError):
     """An upload or payload exceeds its configured limit."""
 

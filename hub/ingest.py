@@ -52,6 +52,7 @@ class Ingestor:
         max_message_bytes: int,
         on_ack: Callable[[CommandAck], None] | None = None,
         allow_telemetry: Callable[[str], bool] | None = None,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -60,6 +61,8 @@ class Ingestor:
         self.max_message_bytes = max_message_bytes
         self.on_ack = on_ack
         self.allow_telemetry = allow_telemetry  # a per-device rate limit (hub.security)
+        self.leading = leading  # whether this replica serves chunks (hub.leadership); None: always
+        self.followed = 0  # wants left to the leader (this replica follows)
         self._accepted: Counter[str] = Counter()
         self._rejected: Counter[tuple[str, str]] = Counter()
         self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
@@ -110,6 +113,8 @@ class Ingestor:
                     self._reject(kind.value, "foreign", topic, "want names another blob than its topic")
                 elif not self.is_enrolled(want.device_id):
                     self._reject(kind.value, "unknown_device", topic, want.device_id)
+                elif self.leading is not None and not self.leading():
+                    self.followed += 1  # every replica hears every want; the leader's chunk server answers it
                 elif self.chunk_server.want(want):
                     self._accepted[kind.value] += 1
                 else:

@@ -24,6 +24,7 @@ from hub.deploy import Deployer
 from hub.devices import Devices
 from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
+from hub.leadership import Leadership
 from hub.lock import DataDirLock
 from hub.mqtt import BoundedPublisher, HubLink
 from hub.registry import Registry
@@ -104,9 +105,24 @@ class Hub:
         replica = b.replica or (socket.gethostname() if b.shared_group else None)
         return f"edgefleet-hub-{self.instance_id}" + (f"-{replica}" if replica else "")
 
+    def _subscription(self, kind: TopicKind) -> str:
+        """Telemetry, the bulk, is shared among replicas ($share: each window reaches one). Everything else reaches
+        every replica: wants (the leader serves them), and births, reports and acks, which are few and which every
+        replica applies idempotently (a report older than the stored one is ignored). A replica that a partition
+        cut off from the broker holds only its share of telemetry, never a device's report, until the broker
+        gives its session up."""
+        group = self.settings.broker.shared_group if kind is TopicKind.TELEMETRY else None
+        return self.topics.subscription(kind, shared_group=group)
+
     def _start_services(self) -> None:
         s = self.settings
         self.instance_id = self.store.get_meta("instance_id") or uuid.uuid4().hex[:16]
+        # the holder is the replica's broker identity: unique among live replicas (the broker allows one session
+        # per client id), and the same after a restart, so a restarted lone hub takes its lease back at once
+        self.leadership = Leadership(
+            self.store, holder=self._client_id(), lease_s=s.leader.lease_s, renew_s=s.leader.renew_s,
+            on_change=self._on_leadership,
+        )  # fmt: skip
         self.security = HubSecurity(s, self.store)
         self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
         self.auth = Auth(self.store)
@@ -127,7 +143,7 @@ class Hub:
             link_url,
             client_id=self._client_id(),
             on_message=self._on_message,
-            subscriptions=[(self.topics.subscription(k, shared_group=s.broker.shared_group), 1) for k in _SUBSCRIBED],
+            subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED],
             on_connect=self._on_connect,
             mqtt_version=s.broker.mqtt_version,
             username=self.security.link_credentials()[0],
@@ -150,9 +166,13 @@ class Hub:
         self.ingest = Ingestor(
             self.store, self.topics, is_enrolled=self.is_enrolled, chunk_server=self.chunks,
             max_message_bytes=s.ingest.max_message_bytes, on_ack=self._on_ack,
-            allow_telemetry=self.security.allow_telemetry,
+            allow_telemetry=self.security.allow_telemetry, leading=lambda: self.leadership.is_leader,
         )  # fmt: skip
-        self.rollouts = RolloutEngine(self.store, self.registry, self.deployer, s.rollouts, s.devices)
+        self.rollouts = RolloutEngine(
+            self.store, self.registry, self.deployer, s.rollouts, s.devices, leader=lambda: self.leadership.fence
+        )
+        self.leadership.start()
+        self._running.callback(self.leadership.stop)  # after rollouts, MQTT and chunks: releases the lease
         self.chunks.start()
         self._running.callback(self.chunks.stop)
         link.start()
@@ -185,6 +205,13 @@ class Hub:
         # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
         # publishes through paho
         threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
+
+    def _on_leadership(self, leading: bool) -> None:
+        # A new leader publishes every stored desired state again: its predecessor may have recorded states it
+        # never got to publish (cut off or killed between the commit and the publish). Same versions, same
+        # bodies: agents that have them ignore them.
+        if leading and self.link is not None and self.link.connected:
+            threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
 
     def _republish(self) -> None:
         try:
@@ -220,6 +247,8 @@ class Hub:
     def _maintain(self) -> None:
         r = self.settings.retention
         while not self._stop.wait(r.sweep_interval_s):
+            if not self.leadership.is_leader:
+                continue  # retention and re-signing are the leader's
             try:
                 now = time.time()
                 self.store.sweep(

@@ -221,6 +221,22 @@ class DashboardSettings(SettingsGroup):
     session_max_age_s: int = Field(default=12 * 3600, ge=60, description="lifetime of a login cookie (seconds)")
 
 
+class LeaderSettings(SettingsGroup):
+    """Which replica leads (runs the rollout controller, the chunk server and maintenance): the holder of a lease
+    in the store (hub.leadership). A lone hub simply holds it."""
+
+    lease_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a leader's lease lasts this long without renewal: the most a crashed or cut-off leader delays "
+        "its successor, seconds",
+    )  # fmt: skip
+    renew_s: float = Field(
+        default=2.0, gt=0, le=600,
+        description="how often the leader renews its lease and followers try to take it, seconds (under half of "
+        "lease_s)",
+    )  # fmt: skip
+
+
 class RolloutSettings(SettingsGroup):
     """The rollout controller (hub.rollouts)."""
 
@@ -307,6 +323,7 @@ class HubSettings(EnvSettings):
     devices: DeviceSettings = Field(default_factory=DeviceSettings, description="device state and desired states")
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="web dashboard")
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="rollout controller")
+    leader: LeaderSettings = Field(default_factory=LeaderSettings, description="leader lease among hub replicas")
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS for MQTT and HTTPS for the API")
     security: SecuritySettings = Field(default_factory=SecuritySettings, description="ACL, API and ingest limits")
 

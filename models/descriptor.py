@@ -181,6 +181,8 @@ class InputSpec(_Frozen):
             raise ValueError("pad_value must be a finite number")
         if self.pad_space == PadSpace.PIXEL and (pad != int(pad) or not 0 <= pad <= 255):
             raise ValueError(f"pad_value {pad} is not a grey level 0-255; for the normalised space set pad_space")
+        if self.pad_space == PadSpace.NORMALIZED and self.dtype == "uint8" and (pad != int(pad) or not 0 <= pad <= 255):
+            raise ValueError(f"pad_value {pad} does not fit a uint8 tensor (0-255)")
         if self.pad_space == PadSpace.NORMALIZED and abs(pad) > 1e6:
             raise ValueError("pad_value in the normalised space must be within +-1e6")
         if self.pad_space == PadSpace.NORMALIZED and self.pad_first:

@@ -20,10 +20,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.descriptor import Anchor, ChannelOrder, InputSpec, Layout, PadSpace, ResizeMode
 from models.errors import ImageTooLarge, InvalidImage
-from models.resample import resize_pixels
+from models.resample import Canvas, resize_pixels
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Default pixel budget per image (about 8K x 5K); larger headers are refused before decoding."""
+
+MAX_CANVAS_PIXELS = DEFAULT_MAX_PIXELS
+"""Largest padded canvas a pad_first letterbox builds for Pillow's filters (the OpenCV forms build none)."""
 
 ALLOWED_FORMATS = ("JPEG", "PNG")
 
@@ -139,7 +142,7 @@ def layout(img: Image.Image, spec: InputSpec, original_size: tuple[int, int] | N
     if mode == ResizeMode.STRETCH:
         return Prepared(fit((tw, th)), Transform(ow, oh, tw / ow, th / oh, 0.0, 0.0), (0, 0, tw, th))
     if mode == ResizeMode.LETTERBOX and spec.pad_first:
-        return _pad_then_resize(np.asarray(img, dtype=np.uint8), spec, ow, oh)
+        return _pad_then_resize(img, spec, ow, oh)
     if mode == ResizeMode.LETTERBOX:
         r = min(tw / ow, th / oh)
         nw, nh = max(1, round(ow * r)), max(1, round(oh * r))
@@ -162,18 +165,26 @@ def _pixel_pad(spec: InputSpec) -> int:
     return int(spec.pad_value) if spec.pad_space == PadSpace.PIXEL else 0
 
 
-def _pad_then_resize(pixels: npt.NDArray[np.uint8], spec: InputSpec, ow: int, oh: int) -> Prepared:
-    """Pad to the input's aspect ratio (right/bottom, or both sides when centred), then resize it all."""
+def _pad_then_resize(img: Image.Image, spec: InputSpec, ow: int, oh: int) -> Prepared:
+    """Pad to the input's aspect ratio (right/bottom, or both sides when centred), then resize it all.
+
+    The OpenCV forms sample the padded canvas without building it; Pillow's filters need it whole, so for
+    them a canvas over MAX_CANVAS_PIXELS (an extreme panorama padded to a square) is refused.
+    """
     tw, th = spec.width, spec.height
     if ow * th >= oh * tw:  # wider than the input: pad the height
         pw, ph = ow, max(oh, round(ow * th / tw))
     else:
         pw, ph = max(ow, round(oh * tw / th)), oh
     ox, oy = ((pw - ow) // 2, (ph - oh) // 2) if spec.anchor == Anchor.CENTER else (0, 0)
-    canvas = np.full((ph, pw, 3), _pixel_pad(spec), dtype=np.uint8)
-    canvas[oy : oy + oh, ox : ox + ow] = pixels[:oh, :ow]
+    canvas = Canvas(pw, ph, ox, oy, _pixel_pad(spec))
+    if spec.antialias and canvas.pixels > MAX_CANVAS_PIXELS:
+        raise ImageTooLarge(
+            f"a {ow}x{oh} image padded to the input's aspect ratio is {pw}x{ph} pixels, over the "
+            f"{MAX_CANVAS_PIXELS} a pad_first letterbox with antialias: true may build: crop or downscale it"
+        )
     sx, sy = tw / pw, th / ph
-    out = resize_pixels(canvas, (tw, th), spec.interpolation, spec.antialias)
+    out = resize_pixels(np.asarray(img, dtype=np.uint8), (tw, th), spec.interpolation, spec.antialias, canvas)
     return Prepared(out, Transform(ow, oh, sx, sy, ox * sx, oy * sy), (0, 0, tw, th))
 
 

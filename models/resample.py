@@ -17,6 +17,7 @@ Sampling positions are pixel-centre aligned in both (`src = (dst + 0.5) * in / o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +41,29 @@ _PILLOW = {
 _TAPS = {Interpolation.BILINEAR: 2, Interpolation.BICUBIC: 4, Interpolation.LANCZOS: 8}
 
 
-def resize_pixels(pixels: U8 | Image.Image, size: tuple[int, int], interpolation: Interpolation, antialias: bool) -> U8:
+@dataclass(frozen=True, slots=True)
+class Canvas:
+    """A padded canvas the image sits on: `width` x `height`, image at (`x`, `y`), `pad` elsewhere."""
+
+    width: int
+    height: int
+    x: int
+    y: int
+    pad: int
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the whole canvas."""
+        return self.width * self.height
+
+
+def resize_pixels(
+    pixels: U8 | Image.Image,
+    size: tuple[int, int],
+    interpolation: Interpolation,
+    antialias: bool,
+    canvas: Canvas | None = None,
+) -> U8:
     """Resize HWC uint8 pixels (or an RGB image) to `size` = (width, height); returns HWC uint8.
 
     Args:
@@ -48,29 +71,62 @@ def resize_pixels(pixels: U8 | Image.Image, size: tuple[int, int], interpolation
         size: (width, height) of the result, each >= 1.
         interpolation: the filter.
         antialias: True for Pillow's antialiased filters, False for OpenCV's sampling arithmetic.
+        canvas: resize this padded canvas around the image instead of the image alone. The OpenCV forms
+            read only the canvas pixels their taps sample, so a canvas far larger than the image (an
+            elongated panorama padded to a square) costs no memory; Pillow's filters need it whole.
     """
     w, h = size
+    if canvas is not None and antialias:
+        whole = np.full((canvas.height, canvas.width, 3), canvas.pad, dtype=np.uint8)
+        src = np.asarray(pixels, dtype=np.uint8)
+        whole[canvas.y : canvas.y + src.shape[0], canvas.x : canvas.x + src.shape[1]] = src
+        pixels = whole
     if antialias:
         img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
         if img.size != (w, h):
             img = img.resize((w, h), _PILLOW[interpolation])
         return np.asarray(img, dtype=np.uint8)
     src = np.asarray(pixels, dtype=np.uint8)
-    if src.shape[1] == w and src.shape[0] == h:
-        return src
+    if canvas is None:
+        if src.shape[1] == w and src.shape[0] == h:
+            return src
+        canvas = Canvas(src.shape[1], src.shape[0], 0, 0, 0)
     if interpolation == Interpolation.NEAREST:
-        return _nearest(src, w, h)
+        return _nearest(src, canvas, w, h)
     if interpolation not in _TAPS:
         raise ValueError(f"{interpolation.value} has no sampling (antialias: false) form")
-    return _separable(src, w, h, interpolation)
+    return _separable(src, canvas, w, h, interpolation)
 
 
-def _nearest(src: U8, w: int, h: int) -> U8:
+def _rows(src: U8, canvas: Canvas, rows: npt.NDArray[np.int64]) -> U8:
+    """Canvas rows [len(rows), image width, C] at canvas row indices (pad rows outside the image)."""
+    r = rows - canvas.y
+    out = src[np.clip(r, 0, src.shape[0] - 1)]
+    outside = (r < 0) | (r >= src.shape[0])
+    if outside.any():
+        out[outside] = canvas.pad
+    return out
+
+
+def _cols(rows: U8, canvas: Canvas, cols: npt.NDArray[np.int64]) -> U8:
+    """Canvas pixels of `rows` (from `_rows`) at canvas column indices (pad outside the image)."""
+    c = cols - canvas.x
+    n, width, channels = rows.shape
+    flat = (np.clip(c, 0, width - 1)[:, None] * channels + np.arange(channels)).reshape(-1)
+    taken = np.take(rows.reshape(n, width * channels), flat, axis=1)
+    out = np.asarray(taken, dtype=np.uint8).reshape(n, len(c), channels)
+    outside = (c < 0) | (c >= width)
+    if outside.any():
+        out[:, outside] = canvas.pad
+    return out
+
+
+def _nearest(src: U8, canvas: Canvas, w: int, h: int) -> U8:
     """cv2.INTER_NEAREST: source index floor(dst * in / out), clamped."""
-    sh, sw = src.shape[:2]
-    xs = np.minimum(np.floor(np.arange(w) * (1.0 / (w / sw))).astype(np.int64), sw - 1)
-    ys = np.minimum(np.floor(np.arange(h) * (1.0 / (h / sh))).astype(np.int64), sh - 1)
-    return np.ascontiguousarray(src[ys[:, None], xs[None, :]])
+    cw, ch = canvas.width, canvas.height
+    xs = np.minimum(np.floor(np.arange(w) * (1.0 / (w / cw))).astype(np.int64), cw - 1)
+    ys = np.minimum(np.floor(np.arange(h) * (1.0 / (h / ch))).astype(np.int64), ch - 1)
+    return np.ascontiguousarray(_cols(_rows(src, canvas, ys), canvas, xs))
 
 
 def _coefficients(kind: Interpolation, f: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -131,36 +187,44 @@ def _axis(src_len: int, dst_len: int, kind: Interpolation, horizontal: bool) -> 
     return _clamped(start, taps, src_len), weights
 
 
-def _separable_float(src: U8, w: int, h: int) -> U8:
+def _separable_float(src: U8, canvas: Canvas, w: int, h: int) -> U8:
     """INTER_CUBIC: OpenCV's weights, accumulated in float (within one grey level of OpenCV's own sums)."""
-    xs, xf = _positions(src.shape[1], w)
-    ys, yf = _positions(src.shape[0], h)
-    xi, xc = _clamped(xs, 4, src.shape[1]), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
-    yi, yc = _clamped(ys, 4, src.shape[0]), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
+    xs, xf = _positions(canvas.width, w)
+    ys, yf = _positions(canvas.height, h)
+    xi, xc = _clamped(xs, 4, canvas.width), _coefficients(Interpolation.BICUBIC, xf).astype(np.float64)
+    yi, yc = _clamped(ys, 4, canvas.height), _coefficients(Interpolation.BICUBIC, yf).astype(np.float64)
     needed, inverse = np.unique(yi, return_inverse=True)
-    hbuf = np.einsum("rxkc,xk->rxc", src[needed][:, xi, :].astype(np.float64), xc)
-    out = np.einsum("hkxc,hk->hxc", hbuf[inverse.reshape(yi.shape)], yc)
+    rows = _rows(src, canvas, needed)
+    hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.float64)
+    for k in range(4):
+        hbuf += _cols(rows, canvas, xi[:, k]) * xc[None, :, k, None]
+    rid = inverse.reshape(yi.shape)
+    out = hbuf[rid[:, 0]] * yc[:, 0, None, None]
+    for k in range(1, 4):
+        out += hbuf[rid[:, k]] * yc[:, k, None, None]
     return np.asarray(np.clip(np.rint(out), 0, 255), dtype=np.uint8)
 
 
-def _separable(src: U8, w: int, h: int, kind: Interpolation) -> U8:
+def _separable(src: U8, canvas: Canvas, w: int, h: int, kind: Interpolation) -> U8:
     """OpenCV's resizeGeneric for 8-bit images: horizontal pass into int rows, then a vertical pass."""
-    sh, sw = src.shape[:2]
-    if kind == Interpolation.BILINEAR and sw == 2 * w and sh == 2 * h:
+    sw, sh = canvas.width, canvas.height
+    whole = (sh, sw) == src.shape[:2]
+    if whole and kind == Interpolation.BILINEAR and sw == 2 * w and sh == 2 * h:
         # OpenCV switches an exact 2x linear downscale to its fast area path: (a + b + c + d + 2) >> 2.
         s = src.astype(np.int32)
         q = s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2]
         return ((q + 2) >> 2).astype(np.uint8)
     if kind == Interpolation.BICUBIC:
-        return _separable_float(src, w, h)
+        return _separable_float(src, canvas, w, h)
     xi, xw = _axis(sw, w, kind, horizontal=True)
     yi, yw = _axis(sh, h, kind, horizontal=False)
     needed, inverse = np.unique(yi, return_inverse=True)
-    rows = src[needed]  # only the source rows some output row uses
-    # Horizontal pass into int32 rows in units of 1/2048 (|sum| < 2^31 for 8 taps of 8-bit pixels).
-    hbuf = rows[:, xi[:, 0], :].astype(np.int32) * xw[None, :, 0, None].astype(np.int32)
-    for k in range(1, xi.shape[1]):
-        hbuf += rows[:, xi[:, k], :].astype(np.int32) * xw[None, :, k, None].astype(np.int32)
+    # Horizontal pass over only the rows some output row uses, into int32 in units of 1/2048
+    # (|sum| < 2^31 for 8 taps of 8-bit pixels).
+    rows = _rows(src, canvas, needed)
+    hbuf = np.zeros((len(needed), w, src.shape[2]), dtype=np.int32)
+    for k in range(xi.shape[1]):
+        hbuf += _cols(rows, canvas, xi[:, k]).astype(np.int32) * xw[None, :, k, None].astype(np.int32)
     rid = inverse.reshape(yi.shape)
     if kind == Interpolation.BILINEAR:
         # OpenCV's vectorised linear vertical pass: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2 >> 2

@@ -14,6 +14,7 @@ import pytest
 from hub.store import Database
 from tests.support.broker import Broker, find_mosquitto, free_port
 from tests.support.fuzz import load_profile
+from tests.support.netns import NetLab, netns_unavailable
 from tests.support.postgres import PostgresServer, find_postgres_bin
 
 PROFILE = load_profile()  # before any test module builds its hypothesis settings
@@ -96,3 +97,17 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
         return Database.sqlite(tmp_path / "hub.db")
     server: PostgresServer = request.getfixturevalue("postgres")
     return Database.from_url(server.create_database())
+
+
+@pytest.fixture
+def netlab() -> Iterator[NetLab]:
+    """Network-namespace hosts for this test (tests/support/netns.py), removed afterwards even on failure.
+
+    Skipped where the kernel or the user cannot make namespaces, except under CI=true where that fails."""
+    why = netns_unavailable()
+    if why is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    with NetLab() as lab:
+        yield lab

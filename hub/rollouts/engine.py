@@ -5,6 +5,11 @@ Order of every tick, per active rollout: build the fleet view, run `controller.s
 for that device from this rollout. Publishing is therefore idempotent: after a crash at any point, the next
 tick (of this hub or a restarted one) publishes exactly what is missing, never a second desired state for
 a step a device already has. Operator commands and the tick take the same lock.
+
+With hub replicas, only the leader ticks (`leader` returns its `Fence`; hub.leadership): each record and each
+desired state it writes is fenced by the lease, and each record carries a revision, so a command taken by another
+replica and the leader's next step never overwrite each other (the loser reads again). Every replica reads
+rollouts from the store when their revisions changed, so any replica can start, command and show them.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet.histogram import Histogram
 from fleet.messages import ModelRef, RuntimeOptions, ShadowSpec
 from hub.capacity import check_runtime
 from hub.deploy import Deployer
-from hub.errors import HubError, NotFound
+from hub.errors import HubError, LeaseLost, NotFound, StaleDocument
 from hub.registry import Registry
 from hub.rollouts.cohort import DeviceView, Ref, Target, targets
 from hub.rollouts.controller import Command, Event, command, new_rollout, step
@@ -30,7 +35,7 @@ from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
 from hub.rollouts.views import summary_view
 from hub.settings import DeviceSettings, RolloutSettings
-from hub.store import Store
+from hub.store import Fence, Store
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
@@ -97,8 +102,11 @@ class RolloutEngine:
         deployer: Deployer,
         settings: RolloutSettings,
         device_settings: DeviceSettings,
+        *,
+        leader: Callable[[], Fence | None] | None = None,
     ) -> None:
         self.store = store
+        self.leader = leader  # None: a hub without replicas, always acting, unfenced
         self.registry = registry
         self.deployer = deployer
         self.settings = settings
@@ -110,17 +118,43 @@ class RolloutEngine:
         self.tick_errors = 0
         self.publish_errors = 0
         self._active: dict[str, Rollout] = {}
+        self._revs: dict[str, int] = {}  # revision of each rollout record as last read or written here
         indexed = {key for key, _doc in store.list_docs(INDEX)}
         for key, doc in store.list_docs(COLLECTION):
-            try:
-                r = Rollout.model_validate(doc)
-            except ValueError:
-                log.exception("rollouts: stored rollout %s does not load; left as it is", key)
-                continue
-            if r.state.active:
-                self._active[r.id] = r
-            if r.id not in indexed:  # stored by a hub from before the index
+            if key not in indexed and (r := self._load(key, doc)) is not None:  # stored before the index existed
                 store.put_doc(INDEX, r.id, summary_view(r))
+        self._refresh()
+
+    def _load(self, key: str, doc: dict[str, Any]) -> Rollout | None:
+        try:
+            return Rollout.model_validate(doc)
+        except ValueError:
+            log.exception("rollouts: stored rollout %s does not load; left as it is", key)
+            return None
+
+    def _refresh(self) -> None:
+        """Read the rollout records another replica (or an earlier hub) changed since this one last saw them."""
+        with self._lock:
+            for key, rev in self.store.doc_revs(COLLECTION).items():
+                if self._revs.get(key) == rev:
+                    continue
+                found = self.store.get_doc_rev(COLLECTION, key)
+                r = None if found is None else self._load(key, found[0])
+                if found is None or r is None:
+                    continue
+                self._revs[key] = found[1]
+                if r.state.active:
+                    self._active[r.id] = r
+                else:
+                    self._active.pop(r.id, None)
+
+    def _fence(self) -> Fence | None:
+        return None if self.leader is None else self.leader()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this engine drives rollouts now (always without replicas; the lease holder with them)."""
+        return self.leader is None or self.leader() is not None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +172,8 @@ class RolloutEngine:
 
     def _run(self) -> None:
         while not self._stop.wait(self.settings.tick_interval_s):
+            if not self.leading:
+                continue
             try:
                 self.tick()
             except Exception:  # the loop never dies: the next tick retries from the stored record
@@ -147,6 +183,7 @@ class RolloutEngine:
     # -- reads ----------------------------------------------------------------------------------------
     def get(self, rollout_id: str) -> Rollout:
         """A rollout by id, or NotFound."""
+        self._refresh()
         with self._lock:
             if rollout_id in self._active:
                 return self._active[rollout_id]
@@ -157,6 +194,7 @@ class RolloutEngine:
 
     def active(self) -> list[Rollout]:
         """The rollouts that own their devices now (running, paused, rolling back)."""
+        self._refresh()
         with self._lock:
             return list(self._active.values())
 
@@ -180,11 +218,15 @@ class RolloutEngine:
             d: r.id for r in self._active.values() if r.id != exclude for d, e in r.devices.items() if e.left_at is None
         }
 
-    def _save(self, r: Rollout, events: list[Event], actor: str, now: float) -> None:
-        self.store.put_doc(COLLECTION, r.id, r.model_dump(mode="json"))
-        self.store.put_doc(INDEX, r.id, summary_view(r))
-        for action, details in events:
-            self.store.add_event(now, actor, action, f"rollout/{r.id}", details)
+    def _save(self, r: Rollout, events: list[Event], actor: str, now: float, fence: Fence | None = None) -> None:
+        """Record a rollout, its index entry and its events in one transaction; StaleDocument when another replica
+        wrote it since this one read it, LeaseLost when `fence` no longer holds."""
+        revs = self.store.put_docs(
+            [(COLLECTION, r.id, r.model_dump(mode="json")), (INDEX, r.id, summary_view(r))],
+            events=[(now, actor, action, f"rollout/{r.id}", details) for action, details in events],
+            expect={(COLLECTION, r.id): self._revs.get(r.id)}, fence=fence,
+        )  # fmt: skip
+        self._revs[r.id] = revs[(COLLECTION, r.id)]
         if r.state.active:
             self._active[r.id] = r
         else:
@@ -214,23 +256,35 @@ class RolloutEngine:
     ) -> Rollout:
         """Pause, resume, abort or roll back a rollout (InvalidTransition when its state does not allow it)."""
         now = time.time() if now is None else now
-        with self._lock:
-            r = self.get(rollout_id)
-            if action == "rollback" and not r.state.active:
-                taken = sorted(d for d in self._claimed(exclude=r.id) if d in r.devices)
-                if taken:
-                    raise RolloutConflict(
-                        f"cannot roll back {r.id}: {len(taken)} of its devices are now in another active rollout"
-                    )
-            r, events = command(r, action, now=now, reason=reason)
-            self._save(r, events, actor, now)
-            if r.state.active:
-                self._send(r, targets(r), self.fleet(now))
-        return r
+        for attempt in range(3):
+            with self._lock:
+                r = self.get(rollout_id)
+                if action == "rollback" and not r.state.active:
+                    taken = sorted(d for d in self._claimed(exclude=r.id) if d in r.devices)
+                    if taken:
+                        raise RolloutConflict(
+                            f"cannot roll back {r.id}: {len(taken)} of its devices are now in another active rollout"
+                        )
+                r, events = command(r, action, now=now, reason=reason)
+                try:
+                    self._save(r, events, actor, now)
+                except StaleDocument:
+                    if attempt == 2:
+                        raise
+                    continue  # the leader stepped it meanwhile: apply the command to what it wrote
+                fence = self._fence()
+                if r.state.active and (self.leader is None or fence is not None):
+                    self._send(r, targets(r), self.fleet(now), fence)  # else the leader sends at its next tick
+            return r
+        raise AssertionError("unreachable")
 
     def tick(self, now: float | None = None) -> None:
-        """Advance every active rollout once (the background thread calls this)."""
+        """Advance every active rollout once (the background thread of the leader calls this)."""
         now = time.time() if now is None else now
+        fence = self._fence()
+        if self.leader is not None and fence is None:
+            return  # not the leader (any more)
+        self._refresh()
         with self._lock:
             if not self._active:
                 return
@@ -242,10 +296,17 @@ class RolloutEngine:
                     claimed=set(self._claimed(exclude=rollout_id)),
                 )  # fmt: skip
                 if s.rollout != r:
-                    self._save(s.rollout, s.events, "rollout-controller", now)
-                self._send(s.rollout, s.targets, fleet)
+                    try:
+                        self._save(s.rollout, s.events, "rollout-controller", now, fence)
+                    except StaleDocument:  # a command from another replica: step from it at the next tick
+                        log.info("rollouts: %s changed on another replica; stepping it again next tick", r.id)
+                        continue
+                    except LeaseLost:
+                        log.warning("rollouts: the leader lease was lost; this replica stops driving rollouts")
+                        return
+                self._send(s.rollout, s.targets, fleet, fence)
 
-    def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView]) -> int:
+    def _send(self, r: Rollout, wanted: list[Target], fleet: dict[str, DeviceView], fence: Fence | None = None) -> int:
         """Sign and publish the targets the store does not hold yet, grouped by content."""
         groups: dict[str, list[Target]] = {}
         for t in wanted:
@@ -261,7 +322,7 @@ class RolloutEngine:
                 shadow = ShadowSpec(model=shadow_ref, sample_rate=t.shadow_rate or 1.0) if shadow_ref else None
                 runtime = RuntimeOptions.model_validate(t.runtime) if t.runtime else None
                 ids = [x.device_id for x in group]
-                self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id)
+                self.deployer.set_desired(ids, model, runtime=runtime, shadow=shadow, rollout_id=r.id, fence=fence)
                 sent += len(ids)
             except (HubError, ValueError) as e:  # retried at the next tick (e.g. a version deleted meanwhile)
                 self.publish_errors += 1

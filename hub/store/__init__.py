@@ -10,6 +10,7 @@ from hub.store.base import (
     DesiredSummary,
     Device,
     Event,
+    Fence,
     IngestStats,
     ModelVersion,
     SeqStats,
@@ -43,6 +44,6 @@ def open_store(
 
 
 __all__ = [
-    "Database", "Desired", "DesiredSummary", "Device", "Event", "IngestStats", "ModelVersion", "SeqStats",
+    "Database", "Desired", "DesiredSummary", "Device", "Event", "Fence", "IngestStats", "ModelVersion", "SeqStats",
     "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token", "open_store",
 ]  # fmt: skip

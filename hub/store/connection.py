@@ -20,6 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 from hub.errors import DatabaseUnavailable, InvalidInput
 
 BUSY_TIMEOUT_S = 30  # how long a writer waits for another writer's transaction (the other writer, a replica)
+# PostgreSQL: a session that leaves a transaction open this long is ended by the server, and its locks go with
+# it. Our transactions last milliseconds; a replica cut off mid-transaction would otherwise hold its row locks
+# until TCP gives up (hours), stalling every other replica's writes to those rows.
+IDLE_IN_TRANSACTION_S = 5
+# libpq keep-alives: a connection whose server went silent is declared broken after about 5 + 2 * 3 s
 _SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
@@ -54,6 +59,13 @@ class Dialect:
         if self.postgres:
             return f"{self.json_text(column, *path)}::double precision"
         return self.json_text(column, *path)
+
+    @property
+    def now(self) -> str:
+        """The database server's clock in Unix seconds (leases expire on one clock, whatever the replicas' say)."""
+        if self.postgres:
+            return "extract(epoch from clock_timestamp())::double precision"
+        return "((julianday('now') - 2440587.5) * 86400.0)"
 
     def greatest(self, a: str, b: str) -> str:
         return f"greatest({a}, {b})" if self.postgres else f"max({a}, {b})"
@@ -206,11 +218,16 @@ def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
         import psycopg  # noqa: PLC0415 - optional: only a PostgreSQL store needs it
     except ImportError as e:
         raise InvalidInput("a postgresql:// database needs psycopg: pip install 'edgefleet[postgres]'") from e
-    options = f"-c lock_timeout={BUSY_TIMEOUT_S * 1000}"
+    options = (
+        f"-c lock_timeout={BUSY_TIMEOUT_S * 1000} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"
+    )
     if readonly:
         options += " -c default_transaction_read_only=on"
     try:
-        conn = psycopg.connect(db.url, autocommit=True, options=options, connect_timeout=10)
+        conn = psycopg.connect(
+            db.url, autocommit=True, options=options, connect_timeout=10,
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+        )  # fmt: skip
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(f"cannot reach the database {db}: {str(e).strip()[:300]}") from e
     return Conn(conn, Dialect("postgresql"), (psycopg.Error,))

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hub.errors import Conflict, NotFound
-from hub.store.base import Desired, DesiredSummary, Device
+from hub.store.base import Desired, DesiredSummary, Device, Fence
 from hub.store.connection import Conn, Dialect
+from hub.store.coordination import check_fence
 
 T = TypeVar("T")
 
@@ -102,8 +103,12 @@ class DeviceTables:
 
         return self._write(job)
 
-    def put_desired(self, states: list[Desired]) -> None:
-        """Record signed desired states (replacing each device's previous one)."""
+    def put_desired(self, states: list[Desired], *, fence: Fence | None = None) -> None:
+        """Record signed desired states (replacing each device's previous one, never by an older version).
+
+        `fence`: the leader lease the caller acts under (the rollout controller); LeaseLost, and nothing
+        recorded, once it is no longer held.
+        """
         rows = [
             (s.device_id, s.version, s.model_name, s.model_version, s.sha256, json.dumps(s.body),
              json.dumps(s.envelope), s.issued_at, s.expires_at, s.rollout_id)
@@ -116,7 +121,13 @@ class DeviceTables:
             "issued_at = excluded.issued_at, expires_at = excluded.expires_at, rollout_id = excluded.rollout_id "
             "WHERE excluded.version > desired.version"
         )
-        self._write(lambda c: c.executemany(sql, rows))
+
+        def job(c: Conn) -> None:
+            if fence is not None:
+                check_fence(c, fence)
+            c.executemany(sql, rows)
+
+        self._write(job)
 
     def get_desired(self, device_id: str) -> Desired | None:
         row = self._read().execute(_DESIRED + " WHERE device_id = ?", (device_id,)).fetchone()

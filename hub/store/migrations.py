@@ -94,6 +94,17 @@ def m001_initial(dialect: Dialect) -> str:
     """
 
 
+@migration
+def m002_leases_and_revisions(dialect: Dialect) -> str:
+    """Replica coordination: the leader lease (fencing token, expiry on the database's clock) and document
+    revisions (optimistic concurrency between replicas writing the same rollout)."""
+    return """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, token {int} NOT NULL, expires_at {real} NOT NULL);
+        ALTER TABLE documents ADD COLUMN rev {int} NOT NULL DEFAULT 1;
+    """
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 

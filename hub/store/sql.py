@@ -30,6 +30,7 @@ from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
 from hub.store.connection import Conn, Database
+from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
@@ -63,7 +64,7 @@ def _j(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class SqlStore(DeviceTables, TotalsQueries):
+class SqlStore(DeviceTables, TotalsQueries, Coordination):
     """`Store` over an SQLite file or a PostgreSQL database. Thread-safe; create one per process, `close()` it."""
 
     def __init__(
@@ -91,6 +92,8 @@ class SqlStore(DeviceTables, TotalsQueries):
         self._stats = IngestStats()
         self._n_refused = 0  # messages the writer could not write (for sampled logging)
         self._wconn = database.connect()
+        self._lease_conn: Conn | None = None
+        self._lease_lock = threading.Lock()
         self.telemetry = TelemetryWriter(
             database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
         )
@@ -187,8 +190,9 @@ class SqlStore(DeviceTables, TotalsQueries):
                 break
             except Exception as e:
                 conn.rollback()
-                if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
-                    continue  # a deadlock with another writer (PostgreSQL): the whole batch again
+                if attempt < 2 and isinstance(e, conn.errors) and (conn.retryable(e) or conn.broken):
+                    time.sleep(0.5 * attempt)
+                    continue  # a deadlock with another writer, or a lost connection: the whole batch again
                 try:
                     if conn.database_failed(e):
                         raise
@@ -274,6 +278,23 @@ class SqlStore(DeviceTables, TotalsQueries):
         self._q.put(("job", fn, fut))
         return fut.result(timeout)
 
+    def _lease_write(self, fn: Callable[[Conn], T]) -> T:
+        """Run `fn` in a transaction on the lease connection (renewals never queue behind the writer's work)."""
+        with self._lease_lock:
+            if self._closed:
+                raise RuntimeError("store is closed")
+            if self._lease_conn is None or self._lease_conn.broken:
+                self._lease_conn = self.database.connect()
+            conn = self._lease_conn
+            conn.begin()
+            try:
+                result = fn(conn)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return result
+
     def _read(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None or conn.broken:
@@ -288,7 +309,10 @@ class SqlStore(DeviceTables, TotalsQueries):
         if self._closed:
             return
         self.telemetry.close()
-        self._closed = True
+        with self._lease_lock:
+            self._closed = True
+            if self._lease_conn is not None:
+                self._lease_conn.close()
         self._q.put(_STOP)
         self._thread.join(60)
         with self._readers_lock:
@@ -392,8 +416,9 @@ class SqlStore(DeviceTables, TotalsQueries):
 
     def put_doc(self, collection: str, key: str, doc: dict[str, Any]) -> None:
         sql = (
-            "INSERT INTO documents VALUES (?, ?, ?, ?) ON CONFLICT(collection, key) DO UPDATE SET "
-            "doc = excluded.doc, updated_at = excluded.updated_at"
+            "INSERT INTO documents (collection, key, doc, updated_at, rev) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (collection, key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at, "
+            "rev = documents.rev + 1"
         )
         self._write(lambda c: c.execute(sql, (collection, key, _j(doc), time.time())))
 

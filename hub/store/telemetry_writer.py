@@ -51,6 +51,7 @@ ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPT
 _N_COUNTERS = 9
 _REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD}
 _FORWARD_INTERVAL_S = 0.005
+_ATTEMPTS = 8  # a batch is tried again across lost connections for about half a minute, then counted lost
 
 
 def decode_window(device_id: str, payload: bytes, received_at: float) -> tuple[Any, ...]:
@@ -118,7 +119,7 @@ class _Writer:
         A row the database cannot take is its window's fault: refused and counted (`REFUSED`), every other
         window is written. A failure of the database itself (locked, full, connection lost) fails the batch.
         """
-        for attempt in range(3) if rows else ():
+        for attempt in range(_ATTEMPTS) if rows else ():
             conn = self.conn
             try:
                 conn = self._connection()
@@ -126,8 +127,12 @@ class _Writer:
             except Exception as e:
                 if conn is not None:
                     conn.rollback()
-                    if attempt < 2 and isinstance(e, conn.errors) and conn.retryable(e):
+                    if attempt < _ATTEMPTS - 1 and isinstance(e, conn.errors) and conn.retryable(e):
                         continue  # a deadlock with another replica's writer: the whole batch again
+                    if attempt < _ATTEMPTS - 1 and conn.broken:  # the server went away: the batch waits for it
+                        log.warning("store: the database connection broke; writing %d windows again", len(rows))
+                        time.sleep(min(0.5 * 2**attempt, 5.0))
+                        continue
                     if not conn.database_failed(e):
                         try:
                             self._write(conn, rows, per_row=True)
@@ -135,6 +140,10 @@ class _Writer:
                         except Exception as again:
                             conn.rollback()
                             e = again
+                elif attempt < _ATTEMPTS - 1:  # no connection could be opened: wait for the server
+                    log.warning("store: the telemetry writer cannot reach the database: %s", e)
+                    time.sleep(min(0.5 * 2**attempt, 5.0))
+                    continue
                 log.error("store: writing a batch of %d telemetry windows failed", len(rows), exc_info=e)
                 self.c[WRITE_ERRORS] += 1
             break

@@ -8,10 +8,6 @@ exactly one signed desired version per step (a re-sent retained state after a re
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,61 +27,19 @@ from hub.runtime import init_hub
 from hub.settings import HubSettings
 from models.descriptor import ModelDescriptor
 from tests.hub.rollouts.fleet import PROFILES, cls_models_fixture  # noqa: F401
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker
+from tests.support.hubproc import HubProcess
 from tests.support.mqtt import TestClient, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 Models = dict[str, tuple[Path, Path]]
 
 
-class HubProcess:
-    """`python -m edgefleet_cli hub serve` on a fixed port, killable."""
-
-    def __init__(self, data_dir: Path, broker: Broker, prefix: str, log: Path) -> None:
-        self.data_dir, self.broker, self.prefix, self.log = data_dir, broker, prefix, log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "EDGEFLEET_HUB_TOPIC_PREFIX": self.prefix,
-                "EDGEFLEET_HUB_ROLLOUTS_TICK_INTERVAL_S": "0.2",
-                "EDGEFLEET_HUB_ROLLOUTS_TELEMETRY_GRACE_S": "0.4",
-                "EDGEFLEET_HUB_TRANSFER_ROUND_INTERVAL_S": "0.01",
-            }
-        )
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet_cli", "hub", "serve", "--data-dir", str(self.data_dir),
-                 "--broker-url", self.broker.url, "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=out, stderr=out,
-            )  # fmt: skip
-        wait_for(self._healthy, timeout=30, interval=0.05)
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"hub exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            return bool(httpx.get(f"{self.url}/healthz", timeout=1).json()["mqtt_connected"])
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def hub_process(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[tuple[HubProcess, str]]:
     settings = HubSettings(data_dir=tmp_path / "hub", topic_prefix=topic_prefix, broker={"url": broker.url})
     token = init_hub(settings)
-    h = HubProcess(settings.data_dir, broker, topic_prefix, tmp_path / "hub.log")
+    h = HubProcess(settings.data_dir, broker.url, topic_prefix, tmp_path / "hub.log")
     h.start()
     yield h, token
     h.kill()

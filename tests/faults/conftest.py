@@ -15,12 +15,12 @@ import pytest
 
 from fleet.bundle import DeviceBundle
 from models.descriptor import ModelDescriptor
-from tests.faults.netns import NetHost, NetnsUnavailable
 from tests.faults.proxy import TcpProxy
 from tests.support.agents import AgentProc
 from tests.support.hub import RunningHub, running_hub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
+from tests.support.netns import NetHost, NetLab
 from tests.support.outcomes import print_table
 
 __all__ = ["running_hub"]
@@ -133,21 +133,10 @@ def fault_world(
 
 
 @pytest.fixture
-def net_host() -> Iterator[NetHost]:
-    """A network host of its own for an agent (namespace + veth pair), removed after the test, failed or not.
-
-    Skipped with the reason where the kernel refuses network namespaces, except under CI=true (a failure).
-    """
-    try:
-        host = NetHost.create()
-    except NetnsUnavailable as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"network namespace fault tests cannot run: {e}")
-        pytest.skip(f"network namespace fault tests need root and netns support: {e}")
-    try:
-        yield host
-    finally:
-        host.destroy()
+def net_host(netlab: NetLab) -> NetHost:
+    """A network host of its own for an agent (tests/support/netns.py; skipped, with the reason, only where the
+    kernel refuses namespaces, never under CI=true), removed after the test, failed or not."""
+    return netlab.host("agent")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Faults on real links: the agent runs on a network host of its own (a namespace joined by a veth pair),
-the link is shaped with `tc tbf` and cut with `ip link set down` (tests/faults/netns.py).
+the link is shaped with `tc tbf` and cut with `ip link set down` (tests/support/netns.py).
 
 What must hold: a model arrives intact over 2 Mbit/s; a 60 s partition in the middle of a download resumes
 without asking again for any chunk verified before it; telemetry made while cut off arrives in full, once
@@ -21,8 +21,8 @@ from fleet.codec import decode
 from fleet.messages import Want
 from hub.acl import hub_account
 from tests.faults.conftest import FaultWorld
-from tests.faults.netns import NetHost
 from tests.support.mqtt import TestClient, wait_for
+from tests.support.netns import NetHost
 from tests.support.outcomes import record
 
 pytestmark = pytest.mark.netns
@@ -114,7 +114,7 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
 
         wait_for(lambda: progress() >= total // 5, timeout=120)
         have_before = progress()
-        net_host.partition()
+        net_host.cut()
         cut = time.monotonic()
         assert have_before < total, "the download finished before the link was cut"
         wait_for(lambda: (d := device()) is not None and d.status == "offline", timeout=60)  # its last will

@@ -46,3 +46,14 @@ def test_cpu_benchmark_smoke() -> None:
     assert res.returncode == 0, res.stderr
     assert "| sample classifier (spin off) | raw session.run | 1 |" in res.stdout
     assert "batcher, 4 callers" in res.stdout
+
+
+def test_resample_benchmark_smoke() -> None:
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "resample.py"), "--rounds", "1", "--sizes", "64x48"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("| 64x48 |") == 4

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from models.descriptor import DescriptorError, InputSpec, Interpolation, ModelDescriptor
+from models.errors import ImageTooLarge
 from models.preprocess import decode_image, layout, prepare, preprocess
-from models.resample import resize_pixels
+from models.resample import Canvas, resize_pixels
 from tests.models.conftest import encode, scene
 
 CV2 = {
@@ -136,6 +137,7 @@ def test_old_descriptions_keep_their_meaning() -> None:
         ({"pad_value": float("nan"), "pad_space": "normalized"}, "finite"),
         ({"resize": "letterbox", "pad_first": True, "pad_space": "normalized", "pad_value": 0}, "pad_first"),
         ({"interpolation": "sinc"}, "interpolation"),
+        ({"dtype": "uint8", "scale": 1.0, "pad_space": "normalized", "pad_value": -1}, "uint8"),
         ({"resize": "crop"}, "resize"),
     ],
 )
@@ -145,3 +147,28 @@ def test_inconsistent_preprocessing_is_refused(fields: dict[str, object], needle
     raw |= {"output": {"kind": "classification", "output": "y"}}
     with pytest.raises(DescriptorError, match=needle):
         ModelDescriptor.from_json(raw)
+
+
+@pytest.mark.parametrize("kind", list(CV2), ids=lambda k: k.value)
+def test_a_padded_canvas_is_sampled_without_being_built(kind: Interpolation) -> None:
+    """Resizing a virtual canvas equals OpenCV resizing the same canvas built in memory."""
+    src = scene(90, 140, seed=3)
+    for canvas in (Canvas(140, 140, 0, 0, 0), Canvas(200, 170, 30, 40, 114), Canvas(140, 500, 0, 205, 7)):
+        whole = np.full((canvas.height, canvas.width, 3), canvas.pad, dtype=np.uint8)
+        whole[canvas.y : canvas.y + 90, canvas.x : canvas.x + 140] = src
+        ours = resize_pixels(src, (64, 48), kind, antialias=False, canvas=canvas).astype(int)
+        ref = cv2.resize(whole, (64, 48), interpolation=CV2[kind]).astype(int)
+        assert np.abs(ours - ref).max() <= (0 if kind in (Interpolation.NEAREST, Interpolation.BILINEAR) else 1)
+        pil = resize_pixels(src, (64, 48), kind, antialias=True, canvas=canvas)
+        assert np.array_equal(pil, resize_pixels(whole, (64, 48), kind, antialias=True))
+
+
+def test_a_panorama_padded_to_a_square_costs_no_canvas() -> None:
+    """A 12000x300 strip is 144 M pixels once padded: the OpenCV form samples it; Pillow's is refused."""
+    strip = encode(scene(300, 12000))
+    spec = _spec(resize="letterbox", anchor="top_left", pad_first=True, pad_value=0, antialias=False)
+    tensor, transform = preprocess(strip, spec, max_pixels=5_000_000)
+    assert tensor.shape == (1, 3, 64, 64) and transform.scale_x == pytest.approx(64 / 12000)
+    assert np.all(tensor[0, :, 2:, :] == 0)  # everything below the strip's two rows is pad
+    with pytest.raises(ImageTooLarge, match="pad_first"):
+        preprocess(strip, spec.model_copy(update={"antialias": True}), max_pixels=5_000_000)

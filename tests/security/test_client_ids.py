@@ -20,7 +20,7 @@ from fleet.codec import encode
 from fleet.messages import DeviceStatus
 from fleet.topics import Topics
 from tests.support.agents import AgentProc
-from tests.support.hubproc import HubProc, agent_command
+from tests.support.hubproc import HubProcess, agent_command
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.outcomes import record
 
@@ -28,7 +28,8 @@ from tests.support.outcomes import record
 def test_another_devices_client_id_gets_a_session_of_ones_own_and_the_victim_stays_online(
     tmp_path: Path, mosquitto_binary: str
 ) -> None:
-    hub = HubProc(tmp_path / "hub", mosquitto_binary)
+    hub = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)
+    hub.init()
     hub.start()
     topics = Topics("fleet/v1")
     victim = None

@@ -19,7 +19,7 @@ from fleet.histogram import N_BUCKETS
 from fleet.limits import CLOCK_SKEW_S
 from fleet.messages import Phase, ReportedState, TelemetryWindow
 from fleet.topics import Topics
-from tests.support.hubproc import HubProc
+from tests.support.hubproc import HubProcess
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.outcomes import record
 
@@ -27,7 +27,7 @@ BIG = 2**63
 GOOD_WINDOWS = 12
 
 
-def _device(hub: HubProc, bundle: DeviceBundle) -> TestClient:
+def _device(hub: HubProcess, bundle: DeviceBundle) -> TestClient:
     host, port = hub.broker
     return TestClient(host, port, username=bundle.mqtt_username, password=bundle.mqtt_password)
 
@@ -69,7 +69,8 @@ HOSTILE_WINDOWS = [
 def test_out_of_range_numbers_from_a_device_are_refused_and_nothing_else_is_lost(
     tmp_path: Path, mosquitto_binary: str
 ) -> None:
-    hub = HubProc(tmp_path / "hub", mosquitto_binary)
+    hub = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)
+    hub.init()
     hub.start()
     topics = Topics("fleet/v1")
     try:

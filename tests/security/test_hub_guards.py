@@ -8,18 +8,19 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.support.hubproc import CLI, HubProc
+from tests.support.hubproc import HubProcess
 from tests.support.outcomes import record
 
 
 def test_a_second_hub_on_the_same_data_dir_refuses_and_the_first_keeps_its_session(
     tmp_path: Path, mosquitto_binary: str
 ) -> None:
-    first = HubProc(tmp_path / "hub", mosquitto_binary)
+    first = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)
+    first.init()
     first.start()
     try:
-        second = subprocess.run([*CLI, "hub", "serve", "--port", "0"], env=first.env, capture_output=True,
-                                text=True, timeout=120, check=False)  # fmt: skip
+        second = subprocess.run(HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary).command(),
+                                env=first.env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
         assert second.returncode == 1, second.stderr
         assert "data_dir_locked" in second.stderr and f"pid {first.proc.pid}" in second.stderr, second.stderr  # type: ignore[union-attr]
         assert "Traceback" not in second.stderr
@@ -28,14 +29,15 @@ def test_a_second_hub_on_the_same_data_dir_refuses_and_the_first_keeps_its_sessi
         assert "connect #2" not in first.output()  # its MQTT session was never taken over
     finally:
         assert first.stop() == 0
-    again = HubProc(tmp_path / "hub", mosquitto_binary, init=False)  # the lock goes with the process
+    again = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)  # the lock went with it
     again.start()
     assert again.stop() == 0
     record("attack", "second hub serve on a running hub's data dir", "refused", 1, 0)
 
 
 def test_the_last_admin_token_cannot_be_revoked_and_secrets_are_private(tmp_path: Path, mosquitto_binary: str) -> None:
-    hub = HubProc(tmp_path / "hub", mosquitto_binary)
+    hub = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)
+    hub.init()
     hub.start()
     try:
         with hub.client() as c:

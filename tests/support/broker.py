@@ -43,6 +43,7 @@ class Broker:
     password_file: Path | None = None  # with acl_file: no anonymous access, the ACL enforced
     acl_file: Path | None = None
     tls: tuple[Path, Path, Path] | None = None  # (CA, certificate, key): an mqtts listener
+    also_listen: tuple[str, ...] = ()  # more addresses (network-namespace hosts' side of their links)
 
     @property
     def url(self) -> str:
@@ -55,7 +56,7 @@ class Broker:
     def config(self) -> str:
         return "\n".join(
             [
-                f"listener {self.port} 127.0.0.1",
+                *(f"listener {self.port} {addr}" for addr in ("127.0.0.1", *self.also_listen)),
                 *self._security_lines(),
                 "persistence true",
                 f"persistence_location {self.workdir}/",

@@ -1,21 +1,20 @@
-"""`edgefleet hub serve` as a real process, with the local Mosquitto it supervises, for reliability tests.
+"""`edgefleet hub serve` as a real process on a fixed port (optionally on a network-namespace host), killable.
 
-hub = HubProc(tmp_path / "hub", mosquitto_binary)   # runs `hub init`
-hub.start()                                         # `hub serve`; waits for the API
-with hub.client() as c: ...
-hub.enrol("cam-1")                                  # a device bundle (its broker account)
-assert hub.stop() == 0                              # SIGTERM: must exit cleanly
+h = HubProcess(data_dir, broker_url, prefix, log)   # an initialised data dir, an external broker
+h = HubProcess(data_dir, None, mosquitto_binary=b)  # or the hub's own supervised Mosquitto
+h.init()                                            # `hub init` (the admin token: h.admin_token)
+h.start()                                           # waits until it serves and its MQTT link is up
+h.enrol("cam-1"); h.get("/api/v1/ingest")           # its API, as admin
+assert h.stop() == 0                                # SIGTERM: it must stop cleanly; or h.kill()
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,55 +22,109 @@ from urllib.parse import urlparse
 import httpx
 
 from fleet.bundle import DeviceBundle
+from fleet.ids import DEFAULT_PREFIX
+from tests.support.broker import free_port
+from tests.support.mqtt import wait_for
+from tests.support.netns import NetHost
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, str(ROOT / "edgefleet_cli.py")]
+CLI = [sys.executable, "-m", "edgefleet_cli"]
 
 
-class HubProc:
-    """A hub in a process of its own on a data dir of its own. `env` adds EDGEFLEET_HUB_* settings."""
+class HubProcess:
+    """One `hub serve` process.
 
-    def __init__(self, data_dir: Path, mosquitto_binary: str, *, init: bool = True, **env: str) -> None:
-        self.data_dir = data_dir
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")},
-            "EDGEFLEET_HUB_DATA_DIR": str(data_dir), "EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0",
-            "EDGEFLEET_HUB_BROKER_MOSQUITTO_BINARY": mosquitto_binary, "PYTHONPATH": str(ROOT), **env,
-        }  # fmt: skip
-        self.admin_token = ""
-        if init:
-            done = subprocess.run([*CLI, "hub", "init", "--json"], env=self.env, capture_output=True, text=True,
-                                  timeout=120, check=False)  # fmt: skip
-            if done.returncode != 0:
-                raise RuntimeError(f"hub init failed: {done.stderr}")
-            self.admin_token = json.loads(done.stdout)["admin_token"]
+    Args:
+        data_dir: the hub's data directory (initialised, or call `init()`).
+        broker_url: the broker it uses (its address as seen from `host`); None: the hub's own Mosquitto.
+        prefix: topic prefix.
+        log: where its output goes (appended across restarts; default beside the data dir).
+        host: the network-namespace host it runs on (None: this host, API on loopback).
+        env: more `EDGEFLEET_HUB_*` settings.
+        mosquitto_binary: the Mosquitto the hub starts when `broker_url` is None.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        broker_url: str | None,
+        prefix: str = DEFAULT_PREFIX,
+        log: Path | None = None,
+        *,
+        host: NetHost | None = None,
+        env: dict[str, str] | None = None,
+        mosquitto_binary: str | None = None,
+    ) -> None:
+        self.data_dir, self.broker_url, self.prefix = data_dir, broker_url, prefix
+        self.log = log or data_dir.parent / f"{data_dir.name}-serve.log"
+        self.host = host
+        self.extra_env = env or {}
+        if broker_url is None:  # the hub's own broker, on a free port
+            self.extra_env = {"EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0", **self.extra_env}
+            if mosquitto_binary:
+                self.extra_env["EDGEFLEET_HUB_BROKER_MOSQUITTO_BINARY"] = mosquitto_binary
+        self.port = free_port()
+        self.url = f"http://{host.ip if host else '127.0.0.1'}:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.broker_url = ""
-        self.log = data_dir.parent / f"{data_dir.name}-serve{'' if init else '-2'}.log"
-        self._starts = 0
+        self.admin_token = ""
 
-    def start(self, timeout: float = 90) -> HubProc:
-        """Start `hub serve` and wait until its API answers."""
-        self._starts += 1
-        offset = self.log.stat().st_size if self.log.exists() else 0
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of its processes (no EDGEFLEET_* of the test run leaks in)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "EDGEFLEET_HUB_TOPIC_PREFIX": self.prefix,
+                "EDGEFLEET_HUB_ROLLOUTS_TICK_INTERVAL_S": "0.2",
+                "EDGEFLEET_HUB_ROLLOUTS_TELEMETRY_GRACE_S": "0.4",
+                "EDGEFLEET_HUB_TRANSFER_ROUND_INTERVAL_S": "0.01",
+                **self.extra_env,
+            }
+        )
+        return env
+
+    def init(self) -> str:
+        """`hub init` on the data dir; returns (and keeps) the first admin token."""
+        done = subprocess.run([*CLI, "hub", "init", "--json", "--data-dir", str(self.data_dir)], cwd=ROOT,
+                              env=self.env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"hub init failed: {done.stderr}")
+        self.admin_token = str(json.loads(done.stdout)["admin_token"])
+        return self.admin_token
+
+    def command(self) -> list[str]:
+        """The `hub serve` command line of this hub."""
+        cmd = [*CLI, "hub", "serve", "--data-dir", str(self.data_dir), "--host",
+               self.host.ip if self.host else "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        return cmd if self.broker_url is None else [*cmd, "--broker-url", self.broker_url]
+
+    def start(self) -> None:
+        env, cmd = self.env, self.command()
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([*CLI, "hub", "serve", "--port", "0"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.output()[offset:]
-            m = re.search(r"API (http://\S+) .* broker (mqtts?://\S+)", text)
-            if m:
-                self.url, self.broker_url = m.group(1), m.group(2)
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"hub serve did not come up (exit {self.proc.poll()}):\n{text[-3000:]}")
-            time.sleep(0.05)
-        return self
+            if self.host is None:
+                self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+            else:
+                self.proc = self.host.popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+        wait_for(self.healthy, timeout=60, interval=0.05)
+
+    def healthy(self) -> bool:
+        """Serving and connected to the broker (raises if the process exited)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"hub exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        try:
+            return bool(httpx.get(f"{self.url}/healthz", timeout=1).json()["mqtt_connected"])
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM and wait; returns the exit status (the hub must stop cleanly: 0). SIGKILL after `timeout`."""
+        """SIGTERM and wait; the exit status (a clean stop is 0). SIGKILL, and -9, after `timeout`."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -79,36 +132,38 @@ class HubProc:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                self.kill()
                 return -9
         return int(self.proc.returncode)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    @property
-    def broker(self) -> tuple[str, int]:
-        u = urlparse(self.broker_url)
-        return u.hostname or "127.0.0.1", int(u.port or 1883)
-
+    # -- its API, as admin ---------------------------------------------------------------------------
     def client(self, token: str | None = "admin") -> httpx.Client:
         """An HTTP client on the API; `token="admin"` uses the admin token, None sends none."""
         token = self.admin_token if token == "admin" else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def enrol(self, device_id: str, **labels: str) -> DeviceBundle:
-        with self.client() as c:
-            r = c.post("/api/v1/devices", json={"id": device_id, "labels": labels})
-            assert r.status_code == 201, r.text
-        return DeviceBundle.model_validate(r.json()["bundle"])
-
     def get(self, path: str, **params: Any) -> Any:
         with self.client() as c:
             r = c.get(path, params=params)
             assert r.status_code == 200, (path, r.status_code, r.text)
             return r.json()
+
+    def enrol(self, device_id: str, **labels: str) -> DeviceBundle:
+        """Enrol a device; its bundle (broker account and the broker's URL)."""
+        with self.client() as c:
+            r = c.post("/api/v1/devices", json={"id": device_id, "labels": labels})
+            assert r.status_code == 201, r.text
+        return DeviceBundle.model_validate(r.json()["bundle"])
+
+    @property
+    def broker(self) -> tuple[str, int]:
+        """The devices' broker address (host, port), as the hub reports it."""
+        u = urlparse(self.get("/healthz")["broker_url"])
+        return u.hostname or "127.0.0.1", int(u.port or 1883)
 
 
 AGENT_ENV = {  # fast reconnects and re-wants, no telemetry unless a test asks, one warm-up run
@@ -121,11 +176,9 @@ AGENT_ENV = {  # fast reconnects and re-wants, no telemetry unless a test asks, 
 }
 
 
-def agent_command(bundle: Path, data_dir: Path, *, prefix: list[str] | None = None, **env: str) -> tuple[
-    list[str], dict[str, str]
-]:  # fmt: skip
-    """Argv and environment of a headless agent process (`prefix`: e.g. `ip netns exec NS`)."""
+def agent_command(bundle: Path, data_dir: Path, **env: str) -> tuple[list[str], dict[str, str]]:
+    """Argv and environment of a headless agent process."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     full_env |= AGENT_ENV | env | {"PYTHONPATH": str(ROOT)}
     run = ["run", "--bundle", str(bundle), "--data-dir", str(data_dir), "--headless", "--log-level", "info"]
-    return [*(prefix or []), sys.executable, "-m", "agent", *run], full_env
+    return [sys.executable, "-m", "agent", *run], full_env

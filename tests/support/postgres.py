@@ -37,10 +37,14 @@ class PostgresServer:
         bindir: where initdb, pg_ctl and postgres are.
         listen: addresses the server listens on (loopback; a multi-host test adds its hosts' address).
         port: TCP port (free loopback port by default).
+        durable: keep PostgreSQL's durability settings (benchmarks); tests switch them off.
     """
 
-    def __init__(self, bindir: Path, *, listen: tuple[str, ...] = ("127.0.0.1",), port: int | None = None) -> None:
+    def __init__(
+        self, bindir: Path, *, listen: tuple[str, ...] = ("127.0.0.1",), port: int | None = None, durable: bool = False
+    ) -> None:
         self.bindir = bindir
+        self.durable = durable  # benchmarks: PostgreSQL's default durability (fsync, full page writes)
         self.listen = listen
         self.port = port or free_port()
         self.password = secrets.token_hex(12)
@@ -73,8 +77,9 @@ class PostgresServer:
             f.write(
                 f"listen_addresses = '{','.join(self.listen)}'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\nmax_connections = 300\nshared_buffers = 32MB\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             )
+            if not self.durable:
+                f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
 
     def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:

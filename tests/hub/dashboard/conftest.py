@@ -49,6 +49,10 @@ def dash(broker: Broker, samples: Path, tmp_path_factory: pytest.TempPathFactory
     """A hub (fast live updates) seeded with a fleet of DEVICES devices."""
     prefix = f"test/{uuid.uuid4().hex[:12]}/fleet/v1"
     h = start_hub(tmp_path_factory.mktemp("dash"), broker.url, prefix, dashboard={"live_interval_s": 0.2})
+    # The seeded rollouts are written into the store as history, without the desired states their steps imply;
+    # the controller reads rollouts from the store (any replica may have written them) and would send those
+    # states, turning seeded devices into "updating". The pages only show what is stored: no ticks here.
+    h.hub.rollouts.stop()
     try:
         fleet = seed_fleet(h.hub, samples, devices=DEVICES)
         rollouts = seed_rollouts(h.hub, fleet)

@@ -1,0 +1,101 @@
+"""Replica coordination through the store, on both backends: the leader lease, fenced writes, revised documents,
+and `Leadership` handing over between two holders."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hub.errors import LeaseLost, StaleDocument
+from hub.leadership import LEADER_LEASE, Leadership
+from hub.store import Database, Desired, Device, Fence, SqlStore, open_store
+from tests.support.mqtt import wait_for
+
+
+@pytest.fixture
+def store(database: Database) -> SqlStore:
+    s = open_store(database, telemetry_process=False)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_one_holder_at_a_time_and_each_takeover_gets_a_new_token(store: SqlStore) -> None:
+    assert store.acquire_lease("l", "a", 0.5) == 1
+    assert store.acquire_lease("l", "b", 0.5) is None  # held by a
+    assert store.acquire_lease("l", "a", 0.5) == 1  # renewed: the same token
+    wait_for(lambda: store.acquire_lease("l", "b", 30) == 2, timeout=10)  # expired: b takes it, next token
+    assert store.acquire_lease("l", "a", 30) is None
+    assert store.lease_holder("l") == ("b", 2, True)
+    assert store.release_lease("l", "b") and not store.release_lease("l", "a")
+    assert store.acquire_lease("l", "a", 30) == 3  # released: taken at once
+
+
+def test_a_write_fenced_by_a_lost_lease_is_refused_and_writes_nothing(store: SqlStore) -> None:
+    store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+    old = Fence("l", store.acquire_lease("l", "old", 0.3) or 0)
+    store.put_docs([("c", "k", {"v": 1})], fence=old)  # held: written
+    wait_for(lambda: store.acquire_lease("l", "new", 30) is not None, timeout=10)
+    # the old holder wakes up (paused past its lease) and tries to record a transition and a desired state
+    with pytest.raises(LeaseLost):
+        store.put_docs([("c", "k", {"v": 2})], events=[(1.0, "old", "x", "y", {})], fence=old)
+    with pytest.raises(LeaseLost):
+        store.put_desired([Desired("d1", 5, None, None, None, {}, {}, 1.0, 2.0)], fence=old)
+    assert store.get_doc("c", "k") == {"v": 1}
+    assert store.get_desired("d1") is None
+    assert store.list_events(since=None, until=None, subject="y", action=None, limit=10) == []
+    new = Fence("l", 2)
+    store.put_desired([Desired("d1", 5, None, None, None, {}, {}, 1.0, 2.0)], fence=new)
+    assert store.get_desired("d1") is not None
+
+
+def test_revisions_refuse_a_blind_overwrite(store: SqlStore) -> None:
+    revs = store.put_docs([("c", "k", {"v": 1})], expect={("c", "k"): None})
+    assert revs == {("c", "k"): 1}
+    with pytest.raises(StaleDocument):
+        store.put_docs([("c", "k", {"v": 9})], expect={("c", "k"): None})  # must not exist: it does
+    store.put_doc("c", "k", {"v": 2})  # another writer
+    assert store.get_doc_rev("c", "k") == ({"v": 2}, 2)
+    with pytest.raises(StaleDocument):
+        store.put_docs([("c", "k", {"v": 3})], expect={("c", "k"): 1})
+    assert store.put_docs([("c", "k", {"v": 3})], expect={("c", "k"): 2}) == {("c", "k"): 3}
+    assert store.doc_revs("c") == {"k": 3}
+
+
+def test_leadership_hands_over_when_the_leader_stops_or_stops_renewing(store: SqlStore) -> None:
+    changes: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def record(name: str) -> object:
+        def on_change(leading: bool) -> None:
+            with lock:
+                changes.append((name, leading))
+
+        return on_change
+
+    a = Leadership(store, holder="a", lease_s=1.0, renew_s=0.2, on_change=record("a"))  # type: ignore[arg-type]
+    b = Leadership(store, holder="b", lease_s=1.0, renew_s=0.2, on_change=record("b"))  # type: ignore[arg-type]
+    a.start()
+    b.start()
+    try:
+        assert a.is_leader and not b.is_leader
+        a.stop()  # a clean stop releases the lease
+        wait_for(lambda: b.is_leader, timeout=10)
+        fence = b.fence
+        assert fence is not None and fence.token == 2 and store.lease_holder(LEADER_LEASE) == ("b", 2, True)
+        # b stops renewing without releasing (killed, cut off): a new holder takes over once the lease expires
+        b._stop.set()
+        assert b._thread is not None
+        b._thread.join(5)
+        c = Leadership(store, holder="c", lease_s=1.0, renew_s=0.2)
+        c.start()
+        try:
+            wait_for(lambda: c.is_leader, timeout=10)
+            assert not b.is_leader  # b's own margin ran out before its lease could pass to c
+            assert c.fence == Fence(LEADER_LEASE, 3)
+        finally:
+            c.stop()
+    finally:
+        a.stop()
+        b.stop()
+    assert changes[:3] == [("a", True), ("a", False), ("b", True)]
