@@ -10,16 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
+from pathlib import Path
+from typing import BinaryIO, Literal
 
 from agent.errors import AgentError, DownloadError, InsufficientDisk
 from agent.settings import DownloadSettings
 from agent.store import ModelStore
 from fleet.chunks import Accepted, ChunkReceiver, decode_frame
-from fleet.errors import BlobDigestMismatch, ChunkError, MessageError
+from fleet.errors import ChunkDigestMismatch, ChunkError, MessageError
 from fleet.messages import BlobManifest, DownloadProgress, Range, Want
 
 log = logging.getLogger(__name__)
+
+
+def _open(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except OSError as e:
+        log.warning("cannot reuse chunks of %s: %s", path.name[:12], e)
+        return None
+
 
 SendWant = Callable[[Want], bool]
 
@@ -66,11 +76,59 @@ class Download:
                 f"{free} free under {store.root}"
             )
         self.resumed_chunks = self.receiver.have_count
+        self.reused_chunks, self.reused_bytes = self._reuse()
         self.refused = 0
         self.duplicates = 0
         self.wants_sent = 0
         self._last_chunk = time.monotonic()
         self._last_want = 0.0
+
+    def _reuse(self) -> tuple[int, int]:
+        """Take every missing chunk the store already holds (an earlier version's) from disk, verified.
+
+        Returns the chunks and bytes taken. A local copy that does not match its digest is skipped (and
+        fetched); a read error on one blob only stops reuse from it.
+
+        Raises:
+            OSError: writing into the partial file failed (disk full).
+        """
+        r, m = self.receiver, self.manifest
+        taken = nbytes = 0
+        files: dict[Path, BinaryIO | None] = {}
+        try:
+            for i in r.missing():
+                source = self.store.find_chunk(m.chunks[i])
+                if source is None or source.length != m.chunk_length(i):
+                    continue
+                if source.path not in files:
+                    files[source.path] = _open(source.path)
+                f = files[source.path]
+                if f is None:
+                    continue
+                try:
+                    f.seek(source.offset)
+                    data = f.read(source.length)
+                except OSError as e:
+                    log.warning("cannot reuse chunks of %s: %s", source.path.name[:12], e)
+                    files[source.path] = None
+                    continue
+                try:
+                    r.put(i, data)  # an OSError writing (disk full) is the download's, not the source's
+                except ChunkDigestMismatch as e:
+                    log.warning("chunk %d of %s held in %s is corrupt, fetching it: %s", i, self.sha256[:12],
+                                source.path.name[:12], e)  # fmt: skip
+                    continue
+                taken += 1
+                nbytes += source.length
+            if taken:
+                r.flush()
+                log.info("blob %s: %d of %d chunks (%d bytes) taken from the store", self.sha256[:12], taken,
+                         m.count, nbytes)  # fmt: skip
+        finally:
+            for f in files.values():
+                if f is not None:
+                    f.close()
+        return taken, nbytes
 
     @property
     def sha256(self) -> str:
@@ -141,20 +199,9 @@ class Download:
             self.want()
 
     def finish(self) -> None:
-        """Verify the whole blob and move it into the store.
-
-        Raises:
-            DownloadError: permanent: the chunks match the signed chunk list but the blob does not hash to
-                the signed digest, so the manifest itself is inconsistent and fetching again cannot help.
-        """
-        try:
-            self.receiver.finish(self.store.blob_path(self.sha256))
-        except BlobDigestMismatch as e:
-            raise DownloadError(
-                f"{e}: the signed manifest is inconsistent; refusing the blob",
-                code="blob_digest_mismatch",
-                permanent=True,
-            ) from e
+        """Move the complete blob into the store (every chunk matched the signed list: no whole-blob pass)."""
+        self.receiver.finish(self.store.blob_path(self.sha256))
+        self.store.record_manifest(self.manifest)
 
     def close(self) -> None:
         """Persist progress and release files (the transfer can resume later)."""

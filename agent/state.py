@@ -1,6 +1,6 @@
 """What the agent persists besides the model store: the accepted desired state and the watched blob topics.
 
-Both live in the data directory and are replaced atomically (`agent.store.atomic_write`). An unreadable
+Both live in the data directory and are replaced atomically (`fleet.files.atomic_write`). An unreadable
 file is logged and treated as empty: the agent then accepts the next desired state that verifies, which is
 the retained one (the broker keeps only the newest), so nothing older can slip in.
 """
@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.store import atomic_write
 from fleet.errors import InvalidId
+from fleet.files import atomic_write
 from fleet.ids import check_sha256
 from fleet.messages import SignedEnvelope
 

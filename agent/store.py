@@ -3,6 +3,7 @@
 Layout under the store root (one filesystem, so every rename is atomic)::
 
     blobs/<sha256>        verified model bytes, named by their sha256
+    manifests/<sha256>    the signed chunk list of each blob (BlobManifest JSON): which chunks the store holds
     partial/              downloads in progress (fleet.chunks.ChunkReceiver work files)
     active.json           the model serving now        } StoredModel JSON: blob sha256, AppliedModel,
     previous.json         the last-known-good model    } descriptor and RuntimeOptions
@@ -12,24 +13,35 @@ the directory, so a crash at any instant leaves either the old or the new pointe
 are present. `previous.json` is written before `active.json`: a crash between the two leaves both naming
 the old model, which is loadable. Other processes (cluster mode: `edgefleet agent serve` in pods) read the
 store with `ModelStore(root).active()` and never write it.
+
+A new version's download takes every chunk the store already holds (found by its sha256 in the manifests of
+the blobs present) from disk and fetches only the others.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import StoreError
+from fleet.files import atomic_write, fsync_dir
 from fleet.ids import Sha256, check_sha256
-from fleet.messages import AppliedModel, RuntimeOptions
+from fleet.messages import AppliedModel, BlobManifest, RuntimeOptions
 
 MAX_POINTER_BYTES = 1 << 20
 PointerName = Literal["active", "previous"]
+
+
+class ChunkSource(NamedTuple):
+    """A chunk the store already holds: which blob file, and where in it."""
+
+    path: Path
+    offset: int
+    length: int
 
 
 class StoredModel(BaseModel):
@@ -58,9 +70,12 @@ class ModelStore:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.partial = self.root / "partial"
+        self.manifests = self.root / "manifests"
+        self._chunks: dict[str, ChunkSource] | None = None  # chunk sha256 -> where the store holds it
         if create:
             self.blobs.mkdir(parents=True, exist_ok=True)
             self.partial.mkdir(parents=True, exist_ok=True)
+            self.manifests.mkdir(parents=True, exist_ok=True)
             for stray in self.root.glob("*.json.tmp"):
                 stray.unlink(missing_ok=True)
 
@@ -181,7 +196,45 @@ class ModelStore:
             removed.append(path.name)
         if removed:
             fsync_dir(self.blobs)
+            for digest in removed:
+                (self.manifests / digest).unlink(missing_ok=True)
+            self._chunks = None  # rebuilt from the manifests left on the next lookup
         return removed
+
+    # -- chunks ---------------------------------------------------------------------------------------
+    def record_manifest(self, manifest: BlobManifest) -> None:
+        """Remember the chunk list of a blob now in the store, so later versions can take its chunks."""
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.manifests / manifest.sha256, manifest.model_dump_json(exclude_none=True).encode())
+        if self._chunks is not None:
+            self._index(manifest, self._chunks)
+
+    def find_chunk(self, sha256: str) -> ChunkSource | None:
+        """Where the store holds a chunk with this sha256 (a blob and a range of it), or None."""
+        if self._chunks is None:
+            self._chunks = {}
+            if self.manifests.is_dir():
+                for path in self.manifests.iterdir():
+                    manifest = self._load_manifest(path)
+                    if manifest is not None:
+                        self._index(manifest, self._chunks)
+        return self._chunks.get(sha256)
+
+    def _load_manifest(self, path: Path) -> BlobManifest | None:
+        """A recorded manifest whose blob is present; an unreadable or orphaned one is deleted."""
+        try:
+            manifest = BlobManifest.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError):
+            manifest = None
+        if manifest is None or manifest.sha256 != path.name or not self.has_blob(manifest.sha256, manifest.size):
+            path.unlink(missing_ok=True)
+            return None
+        return manifest
+
+    def _index(self, manifest: BlobManifest, index: dict[str, ChunkSource]) -> None:
+        path = self.blob_path(manifest.sha256)
+        for i, digest in enumerate(manifest.chunks):
+            index.setdefault(digest, ChunkSource(path, manifest.offset(i), manifest.chunk_length(i)))
 
     def discard_partials(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Delete download work files of blobs other than `keep` (stale transfers)."""
@@ -192,29 +245,3 @@ class ModelStore:
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
         return removed
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new content: write, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask or an older leftover .tmp file had
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it is durable (best effort where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -43,10 +43,13 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
+from agent.settings import DownloadSettings  # noqa: E402
 from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
 from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from agent.sim.transport import Transport  # noqa: E402
-from fleet import ModelRef, TelemetryWindow, Topics, decode, encode_frame, plan_file  # noqa: E402
+from fleet import ModelRef, TelemetryWindow, Topics, Want, decode, decode_frame, encode_frame  # noqa: E402
+from fleet.chunks import chunk_of  # noqa: E402
+from fleet.plan import plan_file  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
@@ -150,6 +153,68 @@ def hub_worker(argv: list[str]) -> None:
     _wait_for_signal()
     api.stop()
     hub.stop()
+
+
+# -- what was published against the minimum ---------------------------------------------------------------
+class Probe:
+    """Watches one blob's chunk and want topics through its own broker connection.
+
+    The broker queues both topics for this client in the order it received the messages, so the probe sees
+    exactly which chunks were published before each device's first want. A device subscribes to the chunk
+    topic just before that want, so a chunk first published earlier was truly missed by it: the minimum is
+    one pass plus, for each chunk first published before the last device's first want, one more publish
+    (a slight overestimate: a chunk published between a device's subscribe and its want did reach it).
+    """
+
+    def __init__(self, broker: Broker, topics: Topics, sha256: str) -> None:
+        self.client = TestClient(broker.host, broker.port)
+        self.chunks = 0
+        self.first_seen: dict[int, int] = {}  # chunk index -> position in the stream of its first publish
+        self.first_want: dict[str, int] = {}  # device -> position of its first want
+        self._position = 0
+        self._chunk_topic, self._want_topic = topics.chunk(sha256), topics.want(sha256)
+        self.client.client.on_message = self._on_message
+        self.client.subscribe(self._want_topic)
+        self.client.subscribe(self._chunk_topic)
+
+    def _on_message(self, _c: object, _u: object, msg: Any) -> None:
+        self._position += 1
+        if msg.topic == self._chunk_topic:
+            self.chunks += 1
+            self.first_seen.setdefault(decode_frame(msg.payload).index, self._position)
+        else:
+            self.first_want.setdefault(decode(msg.payload, Want).device_id, self._position)
+
+    def minimum(self, count: int) -> int:
+        last_join = max(self.first_want.values(), default=0)
+        return count + sum(1 for position in self.first_seen.values() if position < last_join)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RssSampler:
+    """Peak resident memory of a process, sampled every `interval_s` until stopped."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak / 2**20
 
 
 # -- the hubs under test ----------------------------------------------------------------------------------
@@ -267,9 +332,11 @@ class ProductHub:
 
     def chunks_published(self) -> int:
         try:
-            return int(self.http.request("GET", "/api/v1/ingest")["transfer"]["chunks_published"])
+            t = self.http.request("GET", "/api/v1/ingest")["transfer"]
         except HubApiError:
             return -1
+        print(f"  chunk server: {t}", file=sys.stderr, flush=True)
+        return int(t["chunks_published"])
 
     def deploy(self, n: int) -> None:
         body = {"model": "bench", "version": "1.0.0", "selector": "bench=scale"}
@@ -326,6 +393,10 @@ class Result:
     sim_rss_mib: float
     sim_gib_in: float = 0.0
     duplicate_chunks: int = 0
+    chunks_minimum: int = 0
+    chunks_seen: int = 0
+    broker_peak_rss_mib: float = 0.0
+    chunk_count: int = 0
 
     @property
     def ratio(self) -> float:
@@ -374,7 +445,7 @@ def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
         start = time.monotonic()
         infos = []
         for i in range(manifest.count):
-            chunk = data[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+            chunk = chunk_of(data, manifest, i)
             infos.append(
                 publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
             )
@@ -437,6 +508,9 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
 
         raw_s = raw_fan_out(broker, model, n, args.threads)
         published_before = hub.chunks_published()
+        manifest = plan_file(model)
+        probe = Probe(broker, Topics(PREFIX), manifest.sha256)
+        sampler = RssSampler(broker.proc.pid)
         t_roll = time.monotonic()
         hub.deploy(n)
         try:
@@ -444,6 +518,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             rollout_s = time.monotonic() - t_roll
         except TimeoutError:
             rollout_s = float("nan")
+        broker_peak = sampler.stop()
+        probe.close()
         active = hub.active()
         sim_rss = psutil.Process(sim.pid).memory_info().rss / 2**20
         summary = _stop_sim(sim)
@@ -457,6 +533,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             broker_rss_mib=psutil.Process(broker.proc.pid).memory_info().rss / 2**20,
             sim_rss_mib=sim_rss, sim_gib_in=summary.get("transport", {}).get("bytes_in", 0) / 2**30,
             duplicate_chunks=summary.get("stats", {}).get("duplicate_chunks", 0),
+            chunks_minimum=probe.minimum(manifest.count), chunks_seen=probe.chunks, broker_peak_rss_mib=broker_peak,
+            chunk_count=manifest.count,
         )  # fmt: skip
     finally:
         if sim is not None and sim.poll() is None:
@@ -479,6 +557,10 @@ def _ratio(r: Result) -> str:
     return "-" if r.ratio != r.ratio else f"{r.ratio:.2f}x"
 
 
+def _published_ratio(r: Result) -> str:
+    return f"{r.chunks_published / r.chunks_minimum:.2f}x" if r.chunks_minimum else "-"
+
+
 def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
@@ -490,7 +572,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
             f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {_rollout(r, args)} | {_ratio(r)} | "
-            f"{r.chunks_published} | {r.sim_gib_in:.1f} ({r.duplicate_chunks}) | "
+            f"{r.chunks_published} / {r.chunks_minimum} = {_published_ratio(r)} | {r.sim_gib_in:.1f} "
+            f"({r.duplicate_chunks}) | {r.broker_peak_rss_mib:.0f} | "
             f"{r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
         )
     return "\n".join(lines)
@@ -508,7 +591,10 @@ def main() -> None:
     p.add_argument("--steady-s", type=float, default=30.0, help="how long hub CPU and ingest lag are measured, s")
     p.add_argument("--threads", type=int, default=2, help="transport threads of the simulator")
     p.add_argument("--broker-inflight", type=int, default=1, help="Mosquitto max_inflight_messages (0: unbounded)")
-    p.add_argument("--want-retry-s", type=float, default=5.0, help="agents re-want after this long without a chunk")
+    p.add_argument(
+        "--want-retry-s", type=float, default=DownloadSettings().rewant_after_s,
+        help="agents re-want after this long without a chunk (default: the product agent's rewant_after_s)",
+    )  # fmt: skip
     p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
     p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet.ids import DeviceId, Prefix
 
 MAX_BUNDLE_BYTES = 256 * 1024
+MAX_ENROL_BATCH = 10_000  # devices (and bundles) in one enrolment request: POST /api/v1/devices/batch
 
 
 class DeviceBundle(BaseModel):

@@ -20,7 +20,6 @@ instant every set bit is backed by verified, durable data; chunks whose bits wer
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import struct
@@ -31,23 +30,23 @@ from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
 
+from fleet.bitmap import ChunkBitmap
 from fleet.errors import (
-    BlobDigestMismatch,
     ChunkDecodeError,
     ChunkDigestMismatch,
     ChunkForeignBlob,
     ChunkOutOfRange,
     ReceiverStateError,
 )
-from fleet.messages import BlobManifest, Range, to_ranges
+from fleet.files import atomic_write, fsync_dir, pwrite_all, start_writeback
+from fleet.messages import BlobManifest, Range
 
-DEFAULT_CHUNK_SIZE = 256 * 1024
 MAGIC = b"EFC1"
 FRAME_VERSION = 1
 _HEADER = struct.Struct(">4sB3x32sIII")
 HEADER_SIZE = _HEADER.size
 _BITMAP_MAGIC = b"EFB1"
-_READ_BLOCK = 1 << 20
+_BITMAP_HEADER = 4 + 32  # magic, then the manifest digest
 
 
 @dataclass(frozen=True)
@@ -64,16 +63,6 @@ def encode_frame(sha256: str, index: int, count: int, data: bytes | memoryview) 
     """Build the binary frame of chunk `index` of blob `sha256`."""
     header = _HEADER.pack(MAGIC, FRAME_VERSION, bytes.fromhex(sha256), index, count, len(data))
     return header + bytes(data)
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of `data` at `offset`; a short write (disk full, file-size limit) continues or raises OSError."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n <= 0:
-            raise OSError(f"wrote nothing at offset {offset}")
-        view, offset = view[n:], offset + n
 
 
 def decode_frame(payload: bytes | memoryview, *, max_chunk: int = 64 << 20) -> ChunkFrame:
@@ -93,31 +82,17 @@ def decode_frame(payload: bytes | memoryview, *, max_chunk: int = 64 << 20) -> C
     return ChunkFrame(digest.hex(), index, count, view[HEADER_SIZE:])
 
 
-def plan_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobManifest:
-    """Read a file once (streaming) and return its manifest: whole sha256, size and per-chunk digests."""
-    whole = hashlib.sha256()
-    chunks: list[str] = []
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk_size):
-            whole.update(block)
-            chunks.append(hashlib.sha256(block).hexdigest())
-            size += len(block)
-    return BlobManifest(sha256=whole.hexdigest(), size=size, chunk_size=chunk_size, chunks=chunks)
-
-
-def plan_bytes(data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobManifest:
-    """The manifest of an in-memory blob."""
-    view = memoryview(data)
-    chunks = [hashlib.sha256(view[i : i + chunk_size]).hexdigest() for i in range(0, len(data), chunk_size)]
-    return BlobManifest(sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk_size, chunks=chunks)
+def chunk_of(data: bytes | memoryview, manifest: BlobManifest, index: int) -> memoryview:
+    """Chunk `index` of an in-memory blob (a view, no copy)."""
+    start = manifest.offset(index)
+    return memoryview(data)[start : start + manifest.chunk_length(index)]
 
 
 def read_chunk(f: BinaryIO, manifest: BlobManifest, index: int) -> bytes:
     """Read chunk `index` of the blob open as `f` (bounded memory: one chunk)."""
     if not 0 <= index < manifest.count:
         raise ChunkOutOfRange(f"chunk {index} is outside 0..{manifest.count - 1}")
-    f.seek(index * manifest.chunk_size)
+    f.seek(manifest.offset(index))
     return f.read(manifest.chunk_length(index))
 
 
@@ -130,7 +105,7 @@ def iter_frames(path: Path, manifest: BlobManifest, indexes: list[int] | None = 
 
 def manifest_digest(manifest: BlobManifest) -> bytes:
     """A digest naming the whole manifest (blob digest, size, chunking and chunk list)."""
-    return hashlib.sha256(manifest.model_dump_json().encode()).digest()
+    return hashlib.sha256(manifest.model_dump_json(exclude_none=True).encode()).digest()
 
 
 class Accepted(Enum):
@@ -147,13 +122,15 @@ class ChunkReceiver:
         manifest: the signed manifest; every chunk is checked against its digest list.
         workdir: where the partial file and bitmap live (same filesystem as the final destination).
         sync_every: persist data and bitmap after this many new chunks at the latest.
-        sync_interval_s: ... or once this many seconds passed since the last persist. A crash loses at most
-            the chunks of that span; they are simply wanted again. fsync is the dominant cost when many
-            receivers share a disk, so the default persists about once a second, not per chunk.
+        sync_interval_s: ... or once the oldest chunk not yet persisted is this many seconds old. A crash loses
+            at most the chunks of that span; they are simply wanted again. fsync is the dominant cost when
+            many receivers share a disk, so the default persists about once a second, not per chunk, and a
+            blob that arrives whole within the interval is persisted once, by `finish()`.
 
-    The whole-blob sha256 is computed while chunks arrive in order (the usual case on one broker topic) and
-    finished from the partial file for whatever arrived out of order or before a restart, so a blob is
-    hashed once, not read back whole.
+    Each received byte is hashed once: a chunk is checked against the signed chunk list, and a blob whose
+    every chunk checked enters the store without a whole-blob pass, because the chunk list is signed together
+    with the blob's sha256 (design.md, flow 3). Chunk bytes go from the receive buffer to the file with one
+    `pwrite` (no copy in Python).
     """
 
     def __init__(
@@ -163,23 +140,20 @@ class ChunkReceiver:
         self.workdir = workdir
         self.sync_every = max(1, sync_every)
         self.sync_interval_s = sync_interval_s
-        self._last_sync = time.monotonic()
-        self._running = hashlib.sha256()
-        self._running_upto = 0
+        self._dirty_since = 0.0  # monotonic time of the oldest chunk not yet persisted
         self.part_path = workdir / f"{manifest.sha256}.part"
         self.bitmap_path = workdir / f"{manifest.sha256}.bitmap"
         self.discarded: str | None = None
         self._tag = manifest_digest(manifest)
-        self._bits = bytearray((manifest.count + 7) // 8)
-        self._have = 0
+        self.bitmap = ChunkBitmap(manifest.count)
         self._unsynced = 0
+        self._bitmap_fd = -1
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._load_state()
         except ReceiverStateError as e:
             self.discarded = str(e)
-            self._bits = bytearray(len(self._bits))
-            self._have = 0
+            self.bitmap.clear()
         # No preallocation: chunks usually arrive in order, and appending is several times cheaper than
         # writing into a sparse file on ext4. The file reaches its full size when its last chunk lands.
         self._fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -192,126 +166,131 @@ class ChunkReceiver:
             return
         raw = self.bitmap_path.read_bytes()
         problem = None
-        if len(raw) != 4 + 32 + len(self._bits) or raw[:4] != _BITMAP_MAGIC:
+        if len(raw) != _BITMAP_HEADER + ChunkBitmap.size_for(self.manifest.count) or raw[:4] != _BITMAP_MAGIC:
             problem = "unreadable resume bitmap"
         elif raw[4:36] != self._tag:
             problem = "resume bitmap belongs to another manifest"
         elif not self.part_path.exists() or self.part_path.stat().st_size > self.manifest.size:
             problem = "partial file missing or larger than the blob"
+        else:
+            try:
+                self.bitmap = ChunkBitmap(self.manifest.count, raw[_BITMAP_HEADER:])
+            except ValueError as e:
+                problem = f"unreadable resume bitmap ({e})"
         if problem:
             self.bitmap_path.unlink(missing_ok=True)
             self.part_path.unlink(missing_ok=True)
             raise ReceiverStateError(f"{problem}; starting {self.manifest.sha256[:12]} over")
-        self._bits[:] = raw[36:]
-        self._have = sum(bin(b).count("1") for b in self._bits)
 
     def flush(self) -> None:
-        """Make every accepted chunk durable, then record it in the bitmap."""
+        """Make every accepted chunk durable, then record it in the bitmap.
+
+        The bitmap file is created once (written, fsynced, renamed into place); later flushes overwrite its
+        bits in place and `fdatasync` them. That is safe without a rename because bits only ever turn on
+        while the file exists (`reset()` deletes it): a write torn by a crash leaves each byte old or new, and
+        every bit in either was fsynced data before it was written.
+        """
         if self._unsynced == 0:
             return
         os.fsync(self._fd)
-        tmp = self.bitmap_path.with_suffix(".bitmap.tmp")
-        with tmp.open("wb") as f:
-            f.write(_BITMAP_MAGIC + self._tag + bytes(self._bits))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.bitmap_path)
+        bits = self.bitmap.to_bytes()
+        if self._bitmap_fd < 0:
+            atomic_write(self.bitmap_path, _BITMAP_MAGIC + self._tag + bits, sync_dir=False)
+            self._bitmap_fd = os.open(self.bitmap_path, os.O_WRONLY)
+        else:
+            pwrite_all(self._bitmap_fd, bits, _BITMAP_HEADER)
+            os.fdatasync(self._bitmap_fd)
         self._unsynced = 0
-        self._last_sync = time.monotonic()
+
+    def _close_bitmap(self) -> None:
+        if self._bitmap_fd >= 0:
+            os.close(self._bitmap_fd)
+            self._bitmap_fd = -1
 
     def has(self, index: int) -> bool:
-        return bool(self._bits[index >> 3] & (1 << (index & 7)))
+        return self.bitmap.has(index)
 
     @property
     def have_count(self) -> int:
-        return self._have
+        return self.bitmap.have
 
     @property
     def bytes_done(self) -> int:
         """Bytes of verified chunks."""
         m = self.manifest
-        if m.count == 0:
-            return 0
-        done = self._have * m.chunk_size
-        if self.has(m.count - 1):
-            done -= m.chunk_size - m.chunk_length(m.count - 1)
-        return done
+        return sum(m.chunk_length(i) for i in self.bitmap.held())
 
     @property
     def complete(self) -> bool:
-        return self._have == self.manifest.count
+        return self.bitmap.complete
 
     def missing(self) -> list[int]:
         """Indexes not yet verified, ascending."""
-        return [i for i in range(self.manifest.count) if not self.has(i)]
+        return self.bitmap.missing()
 
     def missing_ranges(self) -> list[Range]:
-        return to_ranges(self.missing())
+        return self.bitmap.missing_ranges()
 
     # -- chunks -----------------------------------------------------------------------------------
     def accept(self, frame: ChunkFrame | bytes) -> Accepted:
-        """Verify and write one chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
+        """Verify and write one received chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
         if not isinstance(frame, ChunkFrame):
             frame = decode_frame(frame, max_chunk=self.manifest.chunk_size)
-        m = self.manifest
-        if frame.sha256 != m.sha256:
-            raise ChunkForeignBlob(f"chunk of blob {frame.sha256[:12]} sent to the receiver of {m.sha256[:12]}")
-        if frame.count != m.count or not 0 <= frame.index < m.count:
-            raise ChunkOutOfRange(f"chunk {frame.index} of {frame.count} is outside 0..{m.count - 1}")
-        if self.has(frame.index):
+        check_frame(self.manifest, frame)
+        return self.put(frame.index, frame.data)
+
+    def put(self, index: int, data: bytes | memoryview) -> Accepted:
+        """Verify and write chunk `index` from any source: a received frame, or the same chunk held on disk.
+
+        Raises:
+            ChunkDigestMismatch: wrong length or digest (nothing is written; the index stays wanted).
+            OSError: the write failed (disk full); nothing is marked.
+        """
+        if self.bitmap.has(index):
             return Accepted.DUPLICATE
-        expected = m.chunk_length(frame.index)
-        if len(frame.data) != expected:
-            raise ChunkDigestMismatch(f"chunk {frame.index} has {len(frame.data)} bytes, expected {expected}")
-        if hashlib.sha256(frame.data).hexdigest() != m.chunks[frame.index]:
-            raise ChunkDigestMismatch(f"chunk {frame.index} does not match its signed digest")
-        _pwrite_all(self._fd, frame.data, frame.index * m.chunk_size)  # OSError (disk full): chunk not taken
-        if frame.index == self._running_upto:
-            self._running.update(frame.data)
-            self._running_upto += 1
-        self._bits[frame.index >> 3] |= 1 << (frame.index & 7)
-        self._have += 1
+        m = self.manifest
+        verify_chunk(m, index, data)
+        offset = m.offset(index)
+        pwrite_all(self._fd, data, offset)
+        start_writeback(self._fd, offset, len(data))
+        self.bitmap.add(index)
+        now = time.monotonic()
+        if self._unsynced == 0:
+            self._dirty_since = now
         self._unsynced += 1
         if (
-            self._unsynced >= self.sync_every
-            or self.complete
-            or time.monotonic() - self._last_sync >= self.sync_interval_s
+            not self.bitmap.complete  # finish() makes a complete blob durable without a last bitmap write
+            and (self._unsynced >= self.sync_every or now - self._dirty_since >= self.sync_interval_s)
         ):
             self.flush()
         return Accepted.NEW
 
     def finish(self, dest: Path) -> Path:
-        """Verify the whole sha256 and move the blob to `dest` (same filesystem). Returns `dest`.
+        """Move the complete blob to `dest` (same filesystem), durably. Returns `dest`.
 
-        On a digest mismatch every bit is cleared, so the whole blob is wanted again.
+        No whole-blob pass: every chunk matched the signed chunk list, which is signed together with the
+        blob's sha256, so the bytes are the blob the hub signed. The data is fsynced before the rename, so
+        `dest` never names a blob that is not all on disk.
         """
         if not self.complete:
-            raise ChunkOutOfRange(f"blob incomplete: {self.manifest.count - self._have} chunks missing")
-        self.flush()
-        whole = self._running
-        with open(self.part_path, "rb") as f:
-            f.seek(self._running_upto * self.manifest.chunk_size)
-            while block := f.read(_READ_BLOCK):
-                whole.update(block)
-        if whole.hexdigest() != self.manifest.sha256:
-            self.reset()
-            raise BlobDigestMismatch(
-                f"reassembled blob hashes to {whole.hexdigest()[:12]}, not {self.manifest.sha256[:12]}"
-            )
+            raise ChunkOutOfRange(f"blob incomplete: {self.manifest.count - self.have_count} chunks missing")
+        if self._fd < 0:
+            self._fd = os.open(self.part_path, os.O_RDWR)
+        os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
+        self._unsynced = 0
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.part_path, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
+        self._close_bitmap()
         self.bitmap_path.unlink(missing_ok=True)
         return dest
 
     def reset(self) -> None:
         """Forget every verified chunk (the partial file is kept and overwritten)."""
-        self._bits = bytearray(len(self._bits))
-        self._have = 0
-        self._running = hashlib.sha256()
-        self._running_upto = 0
+        self.bitmap.clear()
+        self._close_bitmap()
         self.bitmap_path.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -320,12 +299,14 @@ class ChunkReceiver:
             self.flush()
             os.close(self._fd)
             self._fd = -1
+        self._close_bitmap()
 
     def discard(self) -> None:
         """Drop the transfer and its files (a newer desired state made it stale)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._close_bitmap()
         self.part_path.unlink(missing_ok=True)
         self.bitmap_path.unlink(missing_ok=True)
 
@@ -336,10 +317,27 @@ class ChunkReceiver:
         self.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def check_frame(manifest: BlobManifest, frame: ChunkFrame) -> None:
+    """Check a decoded frame names `manifest`'s blob and an index inside it (cheap; no hashing).
+
+    Raises:
+        ChunkForeignBlob: the frame belongs to another blob.
+        ChunkOutOfRange: the index or the chunk count disagrees with the manifest.
+    """
+    if frame.sha256 != manifest.sha256:
+        raise ChunkForeignBlob(f"chunk of blob {frame.sha256[:12]} sent to the receiver of {manifest.sha256[:12]}")
+    if frame.count != manifest.count or not 0 <= frame.index < manifest.count:
+        raise ChunkOutOfRange(f"chunk {frame.index} of {frame.count} is outside 0..{manifest.count - 1}")
+
+
+def verify_chunk(manifest: BlobManifest, index: int, data: bytes | memoryview) -> None:
+    """Check chunk `index`'s bytes against its length and its signed digest: the one hash of each byte.
+
+    Raises:
+        ChunkDigestMismatch: wrong length or digest.
+    """
+    expected = manifest.chunk_length(index)
+    if len(data) != expected:
+        raise ChunkDigestMismatch(f"chunk {index} has {len(data)} bytes, expected {expected}")
+    if hashlib.sha256(data).digest() != manifest.chunk_digest(index):
+        raise ChunkDigestMismatch(f"chunk {index} does not match its signed digest")

@@ -81,10 +81,6 @@ class ChunkDigestMismatch(ChunkError):
     """A chunk's bytes do not hash to the digest in the signed chunk list."""
 
 
-class BlobDigestMismatch(ChunkError):
-    """The reassembled blob does not hash to its sha256 (the chunk list and blob digest disagree)."""
-
-
 class ReceiverStateError(ChunkError):
     """The on-disk partial state belongs to another manifest or is unreadable; it was discarded."""
 

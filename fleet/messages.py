@@ -7,6 +7,7 @@ Timestamps are Unix seconds (float). Sizes are bytes. Every JSON message carries
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -113,32 +114,86 @@ class DeviceStatus(Wire):
 # --- desired state (signed by the hub) ---------------------------------------------------------------
 
 
+MAX_CHUNK = 64 << 20
+MAX_CHUNKS = 1 << 20
+ChunkLength = Annotated[int, Field(ge=1, le=MAX_CHUNK)]
+
+
 class BlobManifest(Part):
-    """What an agent needs to fetch and verify a blob chunk by chunk."""
+    """What an agent needs to fetch and verify a blob chunk by chunk.
+
+    Chunks are either fixed-size (`sizes` absent: every chunk is `chunk_size` bytes but the last) or cut by
+    content (`sizes` lists each chunk's length, none above `chunk_size`), so that a new version of a model
+    shares the chunks its unchanged bytes fall in and a device fetches only the others. The chunk list is
+    signed together with the blob's sha256: a blob whose every chunk matches is the signed blob.
+    """
 
     sha256: Sha256
     size: int = Field(ge=0, le=1 << 40, description="blob size")
-    chunk_size: int = Field(ge=1024, le=64 << 20, description="bytes per chunk; the last may be shorter")
-    chunks: list[Sha256] = Field(max_length=1 << 20, description="sha256 of every chunk, in order")
+    chunk_size: int = Field(
+        ge=1024, le=MAX_CHUNK, description="the largest chunk (fixed-size chunking: every chunk but the last)"
+    )
+    chunks: list[Sha256] = Field(max_length=MAX_CHUNKS, description="sha256 of every chunk, in order")
+    sizes: list[ChunkLength] | None = Field(
+        default=None,
+        max_length=MAX_CHUNKS,
+        description="length of every chunk, in order, for content-defined chunks (absent: fixed-size chunks)",
+    )
 
     @model_validator(mode="after")
     def _check_count(self) -> BlobManifest:
-        expected = -(-self.size // self.chunk_size)
-        if len(self.chunks) != expected:
-            raise ValueError(
-                f"{self.size} bytes in chunks of {self.chunk_size} need {expected} chunk digests, "
-                f"got {len(self.chunks)}"
-            )
+        if self.sizes is None:
+            expected = -(-self.size // self.chunk_size)
+            if len(self.chunks) != expected:
+                raise ValueError(
+                    f"{self.size} bytes in chunks of {self.chunk_size} need {expected} chunk digests, "
+                    f"got {len(self.chunks)}"
+                )
+            return self
+        if len(self.sizes) != len(self.chunks):
+            raise ValueError(f"{len(self.chunks)} chunk digests but {len(self.sizes)} chunk sizes")
+        if any(n > self.chunk_size for n in self.sizes):
+            raise ValueError(f"a chunk is larger than chunk_size ({self.chunk_size} bytes)")
+        if sum(self.sizes) != self.size:
+            raise ValueError(f"chunk sizes add up to {sum(self.sizes)} bytes, not the blob's {self.size}")
         return self
 
     @property
     def count(self) -> int:
         return len(self.chunks)
 
+    @property
+    def content_defined(self) -> bool:
+        """Whether chunk boundaries were chosen by content (`sizes` present)."""
+        return self.sizes is not None
+
+    @cached_property
+    def _starts(self) -> tuple[list[int] | None, list[int]]:
+        """(the sizes list they were computed from, each chunk's offset); not part of equality."""
+        starts, at = [], 0
+        for n in self.sizes or []:
+            starts.append(at)
+            at += n
+        return self.sizes, starts
+
     def chunk_length(self, index: int) -> int:
-        """Length of chunk `index` (the last one may be short)."""
-        start = index * self.chunk_size
-        return min(self.chunk_size, self.size - start)
+        """Length of chunk `index`."""
+        if self.sizes is not None:
+            return self.sizes[index]
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    def offset(self, index: int) -> int:
+        """Where chunk `index` starts in the blob."""
+        if self.sizes is not None:
+            sizes, starts = self._starts
+            if sizes is not self.sizes:  # model_copy(update=...) copied the cache of other sizes
+                return sum(self.sizes[:index])
+            return starts[index]
+        return index * self.chunk_size
+
+    def chunk_digest(self, index: int) -> bytes:
+        """The signed sha256 of chunk `index`, raw."""
+        return bytes.fromhex(self.chunks[index])
 
 
 class ModelRef(Part):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.bundle import DeviceBundle
 from fleet.errors import InvalidId
 from fleet.ids import check_device_id
@@ -65,7 +66,7 @@ class Devices:
         settings: DeviceSettings,
         *,
         bundle_fields: Callable[[], dict[str, Any]],
-        on_enrolled: Callable[[str], None] | None = None,
+        on_enrolled: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -74,25 +75,58 @@ class Devices:
 
     def add(self, device_id: str, labels: dict[str, str], *, actor: str) -> tuple[Device, DeviceBundle]:
         """Enrol a device; returns it and its bootstrap bundle (the only time the password is shown)."""
-        try:
-            check_device_id(device_id)
-        except InvalidId as e:
-            raise InvalidInput(str(e)) from e
-        check_labels(labels)
-        password = new_password()
-        device = Device(
-            id=device_id, labels=dict(labels), password_hash=mosquitto_hash(password), enrolled_at=time.time(),
-            enrolled_by=actor,
-        )  # fmt: skip
-        self.store.add_device(device)
-        self.store.add_event(time.time(), actor, "device.add", f"device/{device_id}", {"labels": labels})
+        (pair,) = self.add_many([(device_id, labels)], actor=actor)
+        return pair
+
+    def add_many(self, entries: list[tuple[str, dict[str, str]]], *, actor: str) -> list[tuple[Device, DeviceBundle]]:
+        """Enrol devices at once: one transaction, one audit event, one broker account update.
+
+        All or none: every id and label set is checked first (InvalidInput names the first bad one), an id
+        listed twice or already enrolled (Conflict) enrols nobody.
+        """
+        if not 1 <= len(entries) <= MAX_BATCH:
+            raise InvalidInput(f"enrol 1 to {MAX_BATCH} devices per request, not {len(entries)}")
+        seen: set[str] = set()
+        for device_id, labels in entries:
+            try:
+                check_device_id(device_id)
+            except InvalidId as e:
+                raise InvalidInput(str(e)) from e
+            check_labels(labels)
+            if device_id in seen:
+                raise InvalidInput(f"device {device_id} is listed twice")
+            seen.add(device_id)
+        now = time.time()
+        passwords = [new_password() for _ in entries]
+        devices = [
+            Device(
+                id=device_id,
+                labels=dict(labels),
+                password_hash=mosquitto_hash(password),
+                enrolled_at=now,
+                enrolled_by=actor,
+            )
+            for (device_id, labels), password in zip(entries, passwords, strict=True)
+        ]
+        self.store.add_devices(devices)
+        if len(devices) == 1:
+            self.store.add_event(now, actor, "device.add", f"device/{devices[0].id}", {"labels": devices[0].labels})
+        else:
+            ids = [d.id for d in devices]
+            details = {"count": len(ids), "ids": ids[:100], "more": max(0, len(ids) - 100)}
+            self.store.add_event(now, actor, "device.add", "devices", details)
         if self._on_enrolled is not None:
-            self._on_enrolled(device_id)
-        bundle = DeviceBundle(
-            device_id=device_id, mqtt_username=device_id, mqtt_password=password, labels=dict(labels),
-            **self._bundle_fields(),
-        )  # fmt: skip
-        return self.get(device_id), bundle
+            self._on_enrolled([d.id for d in devices])
+        fields = self._bundle_fields()
+        return [
+            (
+                d,
+                DeviceBundle(
+                    device_id=d.id, mqtt_username=d.id, mqtt_password=password, labels=dict(d.labels), **fields
+                ),
+            )
+            for d, password in zip(devices, passwords, strict=True)
+        ]
 
     def get(self, device_id: str) -> Device:
         """A device, or NotFound."""

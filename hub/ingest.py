@@ -158,6 +158,7 @@ class Ingestor:
             ok = self.store.enqueue_status(msg, now)
         else:
             ok = self.store.enqueue_reported(msg, now)
+            self.chunk_server.progress(msg.device_id, msg.download)  # paces the chunk server
         if ok:
             self._accepted[kind.value] += 1
         else:

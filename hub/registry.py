@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.chunks import plan_file
 from fleet.limits import check_json
 from fleet.messages import BlobManifest, ModelRef
+from fleet.plan import Chunking, plan_file
 from hub.errors import InvalidModel, NotFound, TooLarge
 from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.store import ModelVersion, Store
@@ -35,11 +35,14 @@ class PushResult:
 class Registry:
     """Models, versions and blobs. Transport-free: the API and the CLI both call this."""
 
-    def __init__(self, store: Store, blob_dir: Path, tmp_dir: Path, *, chunk_size: int) -> None:
+    def __init__(
+        self, store: Store, blob_dir: Path, tmp_dir: Path, *, chunk_size: int, chunking: Chunking = "content"
+    ) -> None:
         self.store = store
         self.blob_dir = blob_dir
         self.tmp_dir = tmp_dir
         self.chunk_size = chunk_size
+        self.chunking: Chunking = chunking
         blob_dir.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
 
@@ -96,7 +99,7 @@ class Registry:
             existing = self.store.get_model_version(d.name, d.version)
             if existing is not None and existing.sha256 == report.sha256:
                 return PushResult(existing, created=False)
-            manifest = plan_file(upload, self.chunk_size)
+            manifest = plan_file(upload, self.chunk_size, chunking=self.chunking)
             ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,
                            descriptor=report.descriptor.to_json())  # fmt: skip
             size = desired_state_bytes(ref)

@@ -126,7 +126,9 @@ class Hub:
         self.security = HubSecurity(s, self.store)
         self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
         self.auth = Auth(self.store)
-        self.registry = Registry(self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size)
+        self.registry = Registry(
+            self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size, chunking=s.transfer.chunking
+        )
         self.registry.cleanup_tmp()
         self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
         self.telemetry = TelemetryQueries(self.store)
@@ -222,9 +224,9 @@ class Hub:
         if n:
             log.info("hub: republished %d desired states after connecting", n)
 
-    def _on_enrolled(self, device_id: str) -> None:
-        self._enrolled.add(device_id)
-        self.security.enrolled(device_id)
+    def _on_enrolled(self, device_ids: list[str]) -> None:
+        self._enrolled.update(device_ids)
+        self.security.enrolled(device_ids)
 
     def revoke_device(self, device_id: str, *, actor: str) -> bool:
         """Revoke a device: its broker account goes (the broker reloads) and its messages are refused."""

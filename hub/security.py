@@ -76,8 +76,8 @@ class HubSecurity:
         return ca.read_text() if ca is not None and ca.exists() else None
 
     # -- devices ------------------------------------------------------------------------------------
-    def enrolled(self, device_id: str) -> None:
-        """A device was enrolled: give it a broker account now."""
+    def enrolled(self, device_ids: list[str]) -> None:
+        """Devices were enrolled: give them broker accounts now (one rewrite of the files for all of them)."""
         if self.broker_auth is not None:
             self.broker_auth.write()
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from fleet.address import check_broker_url
-from fleet.chunks import DEFAULT_CHUNK_SIZE
 from fleet.codec import MAX_MESSAGE_BYTES
 from fleet.ids import DEFAULT_PREFIX, Prefix
+from fleet.plan import DEFAULT_CHUNK_SIZE, MAX_CONTENT_TARGET, Chunking
 from hub.errors import InvalidInput
 from hub.store.connection import Database
 from infra.settings import EnvSettings, SettingsGroup, env_config
@@ -110,7 +110,13 @@ class TransferSettings(SettingsGroup):
         default=DEFAULT_CHUNK_SIZE,
         ge=1024,
         le=64 << 20,
-        description="bytes per chunk of newly pushed blobs (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
+        description="target bytes per chunk of newly pushed blobs; content-defined chunks are 1/4x to 2x this, so "
+        "the largest message is 2x + 52 bytes (AWS IoT caps messages at 128 KiB, EMQX at 1 MiB)",
+    )
+    chunking: Chunking = Field(
+        default="content",
+        description="content: boundaries by content (FastCDC), so a new version reuses the chunks devices hold; "
+        "fixed: every chunk chunk_size bytes",
     )
     rate_limit_bytes_per_s: int = Field(
         default=0,
@@ -121,8 +127,29 @@ class TransferSettings(SettingsGroup):
         default=0.05,
         gt=0,
         le=10,
-        description="seconds wants are coalesced before a publishing round (50 ms: devices starting together share "
-        "one round, yet a lone device waits unnoticeably)",
+        description="seconds the first wants of a blob are gathered before its first chunk (50 ms: devices starting "
+        "together share one pass, yet a lone device waits unnoticeably)",
+    )
+    window_chunks: int = Field(
+        default=16,
+        ge=0,
+        le=1 << 20,
+        description="pacing: chunks published ahead of what the median downloader reported receiving (16: 4 MiB "
+        "of 256 KiB chunks, many seconds of buffer at any fleet size); doubles while downloaders keep up (0: none)",
+    )
+    pace_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="pacing: seconds without progress after which the next chunk goes out anyway (5 s: several "
+        "of the agents' 1 s progress reports)",
+    )
+    downloader_idle_s: float = Field(
+        default=75.0,
+        gt=0,
+        le=86_400,
+        description="seconds without a want or progress after which a downloader is forgotten (75 s: above the "
+        "agents' 30 s re-want delay twice)",
     )
     max_inflight: int = Field(
         default=32,
@@ -130,6 +157,12 @@ class TransferSettings(SettingsGroup):
         le=10_000,
         description="chunks published but not yet acknowledged (bounds memory: 32 x 256 KiB = 8 MiB)",
     )
+
+    @model_validator(mode="after")
+    def _check_chunking(self) -> TransferSettings:
+        if self.chunking == "content" and self.chunk_size > MAX_CONTENT_TARGET:
+            raise ValueError(f"content-defined chunks target at most {MAX_CONTENT_TARGET} bytes; use chunking=fixed")
+        return self
 
 
 class IngestSettings(SettingsGroup):

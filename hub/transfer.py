@@ -1,9 +1,22 @@
-"""Chunk serving: coalesce wants per blob, publish each wanted chunk once per round, rate-limited.
+"""Chunk serving: one paced pass per blob that late joiners join, then only what someone still lacks.
 
-Agents publish `Want` messages naming the chunk ranges they miss. Wants arriving during a round are merged
-per blob into the next round, so a chunk wanted by fifty agents is published once and reaches all of them
-through the broker's fan-out. Chunks are read from disk one at a time and the publisher keeps a bounded
-number unacknowledged, so memory stays bounded whatever the blob size.
+Agents publish `Want` messages naming the chunk ranges they miss. Every chunk published on a blob's topic
+reaches every agent subscribed to it, so the server keeps, per blob, a *carousel*: the set of chunks someone
+still needs and a cursor moving through the blob. A want adds its chunks to the set; chunks still ahead of
+the cursor are already coming (a late joiner gets the rest of the current pass), and the ones behind it are
+published once more after the cursor wraps, for everyone who missed them at once. Nothing is published
+twice in one pass, and a chunk nobody lacks is never published again.
+
+Publishing is paced by the downloaders' reported progress: a blob's next chunk goes out only while the
+median downloader has fewer than `window` chunks published for it but not yet received. Otherwise the whole
+pass would sit in the broker's queues within a second, every agent that subscribes a moment later would miss
+all of it, and each of their wants would be another full pass to every subscriber (measured: 147 passes for
+2000 agents). The window starts at `window_chunks` and doubles whenever the median downloader has received
+everything published for it (the window, not the fleet, was the limit), so small fleets are not held back.
+A blob without progress reports for `pace_timeout_s` gets its next chunk anyway.
+
+Chunks are read from disk one at a time and the publisher keeps a bounded number unacknowledged, so memory
+stays bounded whatever the blob size.
 """
 
 from __future__ import annotations
@@ -12,11 +25,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.chunks import encode_frame, read_chunk
-from fleet.messages import BlobManifest, Want
+from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.topics import Topics
 from hub.settings import TransferSettings
 from hub.store import Store
@@ -31,14 +44,64 @@ class TransferStats:
 
     wants: int = 0
     unknown_blob_wants: int = 0
-    rounds: int = 0
+    rounds: int = 0  # passes started (a blob's first chunk, and each wrap of its cursor)
     chunks_published: int = 0
+    chunks_republished: int = 0  # publishes of a chunk that was published before (late joiners, losses)
     bytes_published: int = 0
     publish_errors: int = 0
+    paced_waits: int = 0  # times a blob's next chunk waited for downloaders to catch up
+    pace_timeouts: int = 0  # ... and was published anyway because no progress came for pace_timeout_s
+    progress_reports: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one `ChunkServer.step()` did: the (blob, chunk) it published, or how long nothing is due."""
+
+    published: tuple[str, int] | None
+    wait_s: float
+
+
+@dataclass
+class _Downloader:
+    """One device fetching one blob, as the server accounts for it."""
+
+    needs: bytearray  # 1 for each chunk its wants named
+    sent: bytearray  # 1 for each needed chunk published since it wanted it
+    sent_count: int
+    have_at_join: int
+    have: int
+    seen: float  # monotonic time of its last want or progress report
+    reported: bool = False  # a progress report for this blob came on the device's own topic
+
+    @property
+    def outstanding(self) -> int:
+        """Chunks published for it that it has not reported receiving (queued at the broker or unreported)."""
+        return max(0, self.sent_count - (self.have - self.have_at_join))
+
+
+@dataclass
+class _Stream:
+    """The carousel of one blob."""
+
+    manifest: BlobManifest
+    window: int
+    start_at: float  # wants are coalesced until then before the first chunk goes out
+    todo: bytearray = field(init=False)
+    todo_count: int = 0
+    cursor: int = 0
+    published: bytearray = field(init=False)  # chunks published at least once
+    last_publish: float = 0.0
+    downloaders: dict[str, _Downloader] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.todo = bytearray(self.manifest.count)
+        self.published = bytearray(self.manifest.count)
 
 
 class ChunkServer:
-    """Serves blob chunks on their topics. `want()` is called from the MQTT thread; rounds run on their own."""
+    """Serves blob chunks on their topics. `want()` and `progress()` are called from the MQTT thread; the
+    publishing loop runs on its own."""
 
     def __init__(
         self,
@@ -47,15 +110,19 @@ class ChunkServer:
         topics: Topics,
         publish: PublishChunk,
         settings: TransferSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.blob_path = blob_path
         self.topics = topics
         self._publish = publish
         self.settings = settings
         self.stats = TransferStats()
-        self._pending: dict[str, set[int]] = {}
+        self._streams: dict[str, _Stream] = {}
         self._manifests: dict[str, BlobManifest] = {}
+        self._order: list[str] = []  # round-robin over blobs with work
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -82,6 +149,7 @@ class ChunkServer:
             m = self._manifests[sha256] = BlobManifest.model_validate(raw)
         return m
 
+    # -- input (MQTT thread) ------------------------------------------------------------------------------
     def want(self, msg: Want) -> bool:
         """Queue the chunks `msg` asks for. False (and counted) for a blob the hub does not have."""
         m = self.manifest(msg.sha256)
@@ -89,52 +157,160 @@ class ChunkServer:
             self.stats.unknown_blob_wants += 1
             return False
         indexes = msg.indexes(m.count)
+        now = self.clock()
         with self._lock:
             self.stats.wants += 1
-            self._pending.setdefault(msg.sha256, set()).update(indexes)
+            stream = self._streams.get(msg.sha256)
+            if stream is None:
+                stream = _Stream(m, self.settings.window_chunks, now + self.settings.round_interval_s)
+                self._streams[msg.sha256] = stream
+                self._order.append(msg.sha256)
+            d = stream.downloaders.get(msg.device_id)
+            if d is None or now - d.seen > self.settings.downloader_idle_s:
+                have = m.count - len(indexes)  # a want's ranges are disjoint
+                d = _Downloader(bytearray(m.count), bytearray(m.count), 0, have, have, now)
+                stream.downloaders[msg.device_id] = d
+            d.seen = now
+            for i in indexes:
+                d.needs[i] = 1
+                if d.sent[i]:  # it says it lacks a chunk published for it: lost (broker restart), count it again
+                    d.sent[i] = 0
+                    d.sent_count -= 1
+                if not stream.todo[i]:
+                    stream.todo[i] = 1
+                    stream.todo_count += 1
         self._wake.set()
         return True
+
+    def progress(self, device_id: str, download: DownloadProgress | None) -> None:
+        """A device reported its download progress (None: it fetches nothing now, so it is done or gone)."""
+        with self._lock:
+            self.stats.progress_reports += 1
+            if download is None:
+                for stream in self._streams.values():
+                    stream.downloaders.pop(device_id, None)
+                return
+            current = self._streams.get(download.sha256)
+            d = current.downloaders.get(device_id) if current is not None else None
+            if current is None or d is None:
+                return
+            if download.have_chunks >= download.total_chunks:
+                del current.downloaders[device_id]
+            else:
+                d.have = max(d.have, download.have_chunks)
+                d.seen = self.clock()
+                d.reported = True
+        self._wake.set()
 
     @property
     def pending_chunks(self) -> int:
         with self._lock:
-            return sum(len(v) for v in self._pending.values())
+            return sum(s.todo_count for s in self._streams.values())
 
+    # -- publishing loop ----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self._wake.wait(1.0):
-                continue
-            if self._stop.is_set():
-                return
-            # a want woke us: the round starts after round_interval_s, so wants arriving meanwhile join it
-            self._stop.wait(self.settings.round_interval_s)
-            self._wake.clear()
-            with self._lock:
-                work, self._pending = self._pending, {}
-            if not work:
-                continue
-            self.stats.rounds += 1
-            for sha, indexes in work.items():
-                try:
-                    self._serve(sha, sorted(indexes))
-                except Exception:
-                    self.stats.publish_errors += 1
-                    log.exception("transfer: serving blob %s failed", sha[:12])
+            try:
+                step = self.step()
+            except Exception:  # a bug or a failing disk must not end chunk serving for good
+                self.stats.publish_errors += 1
+                log.exception("transfer: publishing failed")
+                step = Step(None, 1.0)
+            if step.published is None:
+                self._wake.wait(step.wait_s)
+                self._wake.clear()
 
-    def _serve(self, sha: str, indexes: list[int]) -> None:
-        m = self.manifest(sha)
-        if m is None:
-            return
-        topic = self.topics.chunk(sha)
+    def step(self) -> Step:
+        """Publish the next chunk that is due, if any (the loop calls this; tests call it directly)."""
+        now = self.clock()
+        with self._lock:
+            job, wait_s = self._next_job(now)
+        if job is None:
+            return Step(None, wait_s)
+        manifest, index = job
+        self._serve(manifest, index)
+        return Step((manifest.sha256, index), 0.0)
+
+    def _next_job(self, now: float) -> tuple[tuple[BlobManifest, int] | None, float]:
+        """The next (blob, chunk) to publish, or None and how long to wait before looking again."""
+        wait_s = 1.0
+        self._expire(now)
+        for _ in range(len(self._order)):
+            sha = self._order.pop(0)
+            self._order.append(sha)
+            stream = self._streams[sha]
+            if stream.todo_count == 0:
+                continue
+            if now < stream.start_at:
+                wait_s = min(wait_s, stream.start_at - now)
+                continue
+            if not self._may_publish(stream, now):
+                wait_s = min(wait_s, 0.05)
+                continue
+            return (stream.manifest, self._take(stream, now)), 0.0
+        return None, wait_s
+
+    def _may_publish(self, stream: _Stream, now: float) -> bool:
+        """Pacing: the median downloader has fewer than `window` chunks published for it but not received."""
+        if self.settings.window_chunks == 0:
+            return True
+        # Downloaders sent nothing yet (they joined behind the cursor) neither hold the pass back nor say how
+        # fast the others drain. Once any progress came, only downloaders that reported count: a want may name
+        # any enrolled device (MQTT does not say who sent it), a progress report only the device itself.
+        senders = [d for d in stream.downloaders.values() if d.sent_count]
+        reporters = [d for d in senders if d.reported]
+        backlog = sorted(d.outstanding for d in reporters or senders)
+        if not backlog:
+            return True
+        median = backlog[len(backlog) // 2]
+        if median == 0 and stream.window < stream.manifest.count:
+            stream.window = min(stream.manifest.count, stream.window * 2)  # they drained it: the window limited
+        if median < stream.window:
+            return True
+        if now - stream.last_publish >= self.settings.pace_timeout_s:
+            self.stats.pace_timeouts += 1
+            return True
+        self.stats.paced_waits += 1
+        return False
+
+    def _take(self, stream: _Stream, now: float) -> int:
+        """Move the cursor to the next chunk someone needs (wrapping once past the end) and account for it."""
+        index = stream.todo.find(1, stream.cursor)
+        if index < 0 or stream.cursor == 0:
+            index = stream.todo.find(1)
+            self.stats.rounds += 1
+        stream.todo[index] = 0
+        stream.todo_count -= 1
+        stream.cursor = index + 1
+        stream.last_publish = now
+        if stream.published[index]:
+            self.stats.chunks_republished += 1
+        stream.published[index] = 1
+        for d in stream.downloaders.values():
+            if d.needs[index] and not d.sent[index]:
+                d.sent[index] = 1
+                d.sent_count += 1
+        return index
+
+    def _expire(self, now: float) -> None:
+        """Forget downloaders not heard from for `downloader_idle_s`, and blobs with nothing left to do."""
+        idle = self.settings.downloader_idle_s
+        for sha in list(self._order):
+            stream = self._streams[sha]
+            for device in [k for k, d in stream.downloaders.items() if now - d.seen > idle]:
+                del stream.downloaders[device]
+            if stream.todo_count == 0 and not stream.downloaders:
+                del self._streams[sha]
+                self._order.remove(sha)
+
+    def _serve(self, manifest: BlobManifest, index: int) -> None:
+        sha = manifest.sha256
         with self.blob_path(sha).open("rb") as f:
-            for i in indexes:
-                if self._stop.is_set():
-                    return
-                frame = encode_frame(sha, i, m.count, read_chunk(f, m, i))
-                self._throttle(len(frame))
-                self._publish(topic, frame)
-                self.stats.chunks_published += 1
-                self.stats.bytes_published += len(frame)
+            frame = encode_frame(sha, index, manifest.count, read_chunk(f, manifest, index))
+        self._throttle(len(frame))
+        self._publish(self.topics.chunk(sha), frame)
+        self.stats.chunks_published += 1
+        self.stats.bytes_published += len(frame)
 
     def _throttle(self, size: int) -> None:
         rate = self.settings.rate_limit_bytes_per_s

@@ -25,6 +25,7 @@ from rich.table import Table
 from fleet.bundle import DeviceBundle
 from fleet.errors import FleetError
 from fleet.labels import parse_labels
+from hubclient.enrolment import MAX_BATCH, from_pattern, read_csv
 from hubclient.errors import ClientError
 from hubclient.http import HubClient
 
@@ -193,27 +194,69 @@ def _device_table(rows: list[dict[str, Any]]) -> Table:
 
 @device_app.command("add")
 def device_add(
-    device_id: Annotated[str, typer.Argument(help="Device id (a-z 0-9 . _ -).")],
+    device_id: Annotated[str | None, typer.Argument(help="Device id (a-z 0-9 . _ -); or use --csv / --count.")] = None,
     *,
-    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="A label key=value; repeatable.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="A label key=value for every device; repeatable.")
+    ] = None,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Enrol every row of a CSV file: an `id` column, every other column a label."),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, max=MAX_BATCH, help="Enrol this many devices named by --pattern.")
+    ] = None,
+    pattern: Annotated[
+        str, typer.Option("--pattern", help="Ids for --count: {n} is the number, e.g. cam-{n:04d}.")
+    ] = "device-{n:04d}",
+    start: Annotated[int, typer.Option("--start", min=0, help="First number for --pattern.")] = 1,
     bundle_out: Annotated[
-        Path | None, typer.Option("--out", help="Write the bootstrap bundle here (default ./ID.bundle.json).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where bundles go: a file for one device (default ./ID.bundle.json), a folder "
+            "for --csv/--count (default ./bundles), one ID.bundle.json each.",
+        ),
     ] = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enrol a device and write its bootstrap bundle (MQTT credentials, hub key, broker and API URLs)."""
+    """Enrol devices and write their bootstrap bundles (MQTT credentials, hub key, broker and API URLs).
+
+    One device by id, or many in one request (one transaction: all of them or none) from a CSV file or a
+    count and a name pattern.
+    """
     labels = _run(lambda: parse_labels(label or []))
-    with _client(url, token) as c:
-        res = _run(lambda: c.request("POST", "/api/v1/devices", json={"id": device_id, "labels": labels}))
-    bundle = DeviceBundle.model_validate(res["bundle"])
-    path = bundle_out or Path(f"{device_id}.bundle.json")
-    bundle.save(path)
-    if as_json:
-        _print_json({"device": res["device"], "bundle_path": str(path)})
+    if sum(x is not None for x in (device_id, csv_file, count)) != 1:
+        err.print("[red]error[/red]: give one device id, or --csv FILE, or --count N")
+        raise typer.Exit(2)
+    if device_id is not None:
+        with _client(url, token) as c:
+            res = _run(lambda: c.request("POST", "/api/v1/devices", json={"id": device_id, "labels": labels}))
+        bundle = DeviceBundle.model_validate(res["bundle"])
+        path = bundle_out or Path(f"{device_id}.bundle.json")
+        bundle.save(path)
+        if as_json:
+            _print_json({"device": res["device"], "bundle_path": str(path)})
+            return
+        out.print(f"device {device_id} enrolled; bootstrap bundle written to {path} (mode 0600, holds its password)")
         return
-    out.print(f"device {device_id} enrolled; bootstrap bundle written to {path} (mode 0600, holds its password)")
+    entries = _run(
+        lambda: read_csv(csv_file, labels) if csv_file is not None else from_pattern(pattern, start, count or 0, labels)
+    )
+    folder = bundle_out or Path("bundles")
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"devices": [{"id": i, "labels": lb} for i, lb in entries]}
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", "/api/v1/devices/batch", json=body))
+    for raw in res["bundles"]:
+        bundle = DeviceBundle.model_validate(raw)
+        bundle.save(folder / f"{bundle.device_id}.bundle.json")
+    if as_json:
+        _print_json({"devices": res["devices"], "bundle_dir": str(folder)})
+        return
+    out.print(f"{len(res['devices'])} devices enrolled; bootstrap bundles written to {folder}/ (mode 0600 each)")
 
 
 @device_app.command("list")

@@ -2,6 +2,9 @@
 
 - `build_classifier`: a MobileNet-v1-like CNN (depthwise-separable blocks, ReLU6, global average pool),
   dynamic batch, height and width, ~1.8 MB of float32 weights.
+- `build_resnet`: a ResNet-18-like classifier (basic blocks, batch norm folded into conv biases), ~45 MB,
+  whose head (`fc_w`, `fc_b`) is 4.4 % of the weights; `opset` and `input_size` give the re-exports of the
+  same weights a model delta is measured on, `retrain_head` a head-only fine-tune.
 - `build_detector`: a small anchor-per-cell detector (strided convs, two heads at strides 16 and 32,
   box decoding inside the graph) whose output can be laid out as any supported detection layout:
   `yolov8` [B, 4+C, N], `yolov5` [B, N, 5+C], `ssd` (boxes [B, N, 4] normalised xyxy + scores
@@ -98,10 +101,10 @@ class _Graph:
         return self.op("Clip", [x, self.const(0.0), self.const(6.0)])
 
     def model(
-        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str
+        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str, opset: int = OPSET
     ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgefleet")
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgefleet")
         m.ir_version = IR_VERSION
         return m
 
@@ -155,6 +158,52 @@ def build_classifier(
         [vi("logits", TensorProto.FLOAT, ["batch", num_classes])],
         "mobilenet_like",
     )
+
+
+def build_resnet(
+    num_classes: int = 1000, seed: int = 0, *, opset: int = OPSET, input_size: int | None = None
+) -> onnx.ModelProto:
+    """ResNet-18-like classifier: 'image' [batch, 3, H, W] -> 'logits' [batch, classes], He-initialised.
+
+    The same seed gives the same weights whatever the export options, as re-exporting a trained network
+    would: `opset` 13 writes the flatten as a Reshape and pooling as ReduceMean with an axes attribute
+    (opset 18+: axes as an input, Flatten), and `input_size` fixes the input's spatial size (dynamic if None).
+    """
+    g = _Graph(seed)
+    x = g.op("Relu", [g.conv("image", 3, 64, k=7, stride=2)])
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for cout, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
+        y = g.op("Relu", [g.conv(x, cin, cout, stride=stride)])
+        y = g.conv(y, cout, cout)
+        skip = x if stride == 1 and cin == cout else g.conv(x, cin, cout, k=1, stride=stride)
+        x = g.op("Relu", [g.op("Add", [y, skip])])
+        cin = cout
+    if opset >= 18:
+        x = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
+    else:
+        pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+        x = g.op("Reshape", [pooled, g.const(np.asarray([-1, cin]), "shape", np.int64)])
+    w = g.rng.standard_normal((cin, num_classes)).astype(np.float32) * np.sqrt(1.0 / cin)
+    logits = g.op("Gemm", [x, g.const(w, "fc_w"), g.const(np.zeros(num_classes), "fc_b")])
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+    vi = helper.make_tensor_value_info
+    side: list[int | str] = [input_size, input_size] if input_size else ["height", "width"]
+    image = vi("image", TensorProto.FLOAT, ["batch", 3, *side])
+    return g.model([image], [vi("logits", TensorProto.FLOAT, ["batch", num_classes])], "resnet_like", opset)
+
+
+def retrain_head(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
+    """A copy of a sample classifier whose head (`fc_*` initializers) has new values: a head-only fine-tune."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for init in out.graph.initializer:
+        if init.name.startswith("fc_"):
+            old = numpy_helper.to_array(init)
+            new = (old + rng.standard_normal(old.shape).astype(np.float32) * 0.01).astype(old.dtype)
+            init.CopyFrom(numpy_helper.from_array(new, init.name))
+    return out
 
 
 def classifier_descriptor(

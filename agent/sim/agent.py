@@ -94,7 +94,8 @@ class SimAgent:
         self._next_window = now + rng.uniform(0, config.telemetry_s)
         self._activate_at: float | None = None
         self._last_progress = now
-        self._since_report = 0
+        self._last_report = now
+        self._progress_due = False
 
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
@@ -196,7 +197,6 @@ class SimAgent:
             self.download = self.cache.download(model.blob)
             self.phase = Phase.DOWNLOADING
             self._last_progress = now
-            self._since_report = 0
             actions += [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
         actions.append(self._report(now))
         return actions
@@ -228,22 +228,21 @@ class SimAgent:
             self.stats.duplicate_chunks += 1
             return actions
         self.stats.chunks += 1
-        self._since_report += 1
         if download.complete:
             try:
                 download.finish()
-            except ChunkError as e:
-                actions += [self._fail("blob_digest_mismatch", str(e), now, phase=None), self._want(download)]
-                return actions
+            except ChunkError:
+                return [*actions, self._want(download)]
             self.stats.downloads_done += 1
             self.held.add(download.sha256)
             self.download = None
             actions.append(Unsubscribe(self.topics.chunk(download.sha256)))
             self._start_activation(now)
             actions.append(self._report(now))
-        elif self._since_report >= self.config.report_every_chunks:
-            self._since_report = 0
+        elif now - self._last_report >= self.config.report_interval_s:
             actions.append(self._report(now))
+        else:
+            self._progress_due = True
         return actions
 
     def _on_command(self, payload: bytes, now: float) -> list[Action]:
@@ -286,6 +285,13 @@ class SimAgent:
         ):
             self._last_progress = now
             actions.append(self._want(self.download))
+        if (
+            self.download is not None
+            and self.connected
+            and self._progress_due
+            and now - self._last_report >= self.config.report_interval_s
+        ):  # like the agent: progress not yet reported goes out on the next tick once the interval passed
+            actions.append(self._report(now))
         if now >= self._next_window:
             if self.connected:
                 actions.append(self._telemetry(now))
@@ -342,6 +348,8 @@ class SimAgent:
 
     def _report(self, now: float) -> Publish:
         self._seq += 1
+        self._last_report = now
+        self._progress_due = False
         progress = None
         if self.download is not None:
             d = self.download

@@ -2,21 +2,21 @@
 
 Each agent receives and verifies every chunk itself (frame header, index, length and the chunk's digest
 from the signed manifest), but the bytes are written to disk once: the first agent to see a chunk hands it
-to the one `fleet.chunks.ChunkReceiver` of that blob, which verifies, writes and later checks the whole
-sha256; later agents verify their chunk against the manifest and keep only a bitmap. N agents therefore
+to the one `fleet.chunks.ChunkReceiver` of that blob, which verifies and writes it; later agents verify their
+chunk against the manifest and keep only a bitmap (`fleet.bitmap.ChunkBitmap`). N agents therefore
 cost one copy on disk, not N, while the hub still has to deliver every chunk to every agent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.chunks import Accepted, ChunkReceiver, decode_frame
-from fleet.errors import BlobDigestMismatch, ChunkDigestMismatch, ChunkForeignBlob, ChunkOutOfRange
-from fleet.messages import BlobManifest, Range, to_ranges
+from fleet.bitmap import ChunkBitmap
+from fleet.chunks import Accepted, ChunkReceiver, check_frame, decode_frame, verify_chunk
+from fleet.errors import ChunkOutOfRange
+from fleet.messages import BlobManifest, Range
 
 
 @dataclass
@@ -24,7 +24,6 @@ class _Entry:
     manifest: BlobManifest
     lock: threading.Lock = field(default_factory=threading.Lock)
     receiver: ChunkReceiver | None = None
-    generation: int = 0  # bumped when a whole-blob check fails and everything starts over
 
 
 class BlobCache:
@@ -79,9 +78,7 @@ class Download:
         self._cache = cache
         self._entry = entry
         self.manifest = entry.manifest
-        self._bits = bytearray((self.manifest.count + 7) // 8)
-        self._have = 0
-        self._generation = entry.generation
+        self.bitmap = ChunkBitmap(self.manifest.count)
         self.last_index = -1
 
     @property
@@ -89,47 +86,33 @@ class Download:
         return self.manifest.sha256
 
     def has(self, index: int) -> bool:
-        return bool(self._bits[index >> 3] & (1 << (index & 7)))
+        return self.bitmap.has(index)
 
     @property
     def have_count(self) -> int:
-        return self._have
+        return self.bitmap.have
 
     @property
     def complete(self) -> bool:
-        return self._have == self.manifest.count
+        return self.bitmap.complete
 
     @property
     def bytes_done(self) -> int:
         m = self.manifest
-        done = self._have * m.chunk_size
-        if m.count and self.has(m.count - 1):
-            done -= m.chunk_size - m.chunk_length(m.count - 1)
-        return done
+        return sum(m.chunk_length(i) for i in self.bitmap.held())
 
     def missing_ranges(self) -> list[Range]:
         """The chunk indexes still missing, as the half-open ranges of a Want."""
-        return to_ranges([i for i in range(self.manifest.count) if not self.has(i)])
-
-    def reset(self) -> None:
-        """Forget every chunk (the whole blob is wanted again)."""
-        self._bits = bytearray(len(self._bits))
-        self._have = 0
+        return self.bitmap.missing_ranges()
 
     def accept(self, payload: bytes | memoryview) -> Accepted:
         """Verify one chunk frame and record it. Raises a fleet ChunkError subclass when it is refused."""
         m = self.manifest
         self.last_index = -1
         frame = decode_frame(payload, max_chunk=m.chunk_size)
-        if frame.sha256 != m.sha256:
-            raise ChunkForeignBlob(f"chunk of blob {frame.sha256[:12]} sent to the download of {m.sha256[:12]}")
-        if frame.count != m.count or not 0 <= frame.index < m.count:
-            raise ChunkOutOfRange(f"chunk {frame.index} of {frame.count} is outside 0..{m.count - 1}")
+        check_frame(m, frame)
         self.last_index = frame.index
-        if self._generation != self._entry.generation:
-            self.reset()
-            self._generation = self._entry.generation
-        if self.has(frame.index):
+        if self.bitmap.has(frame.index):
             return Accepted.DUPLICATE
         entry = self._entry
         written = False
@@ -143,41 +126,24 @@ class Download:
                     written = True
                     self._cache.chunks_written += 1
         if not written:
-            if len(frame.data) != m.chunk_length(frame.index):
-                raise ChunkDigestMismatch(f"chunk {frame.index} has {len(frame.data)} bytes")
-            if hashlib.sha256(frame.data).hexdigest() != m.chunks[frame.index]:
-                raise ChunkDigestMismatch(f"chunk {frame.index} does not match its signed digest")
+            verify_chunk(m, frame.index, frame.data)
         self._cache.chunks_verified += 1
-        self._bits[frame.index >> 3] |= 1 << (frame.index & 7)
-        self._have += 1
+        self.bitmap.add(frame.index)
         return Accepted.NEW
 
     def finish(self) -> Path:
-        """Once complete: the verified blob in the cache (its whole sha256 is checked once, by the first).
-
-        Raises:
-            BlobDigestMismatch: the chunks do not make up the blob; this download starts over.
-        """
+        """Once complete: the verified blob in the cache (moved there by the first agent to finish)."""
         m = self.manifest
         if not self.complete:
-            raise ChunkOutOfRange(f"blob incomplete: {m.count - self._have} chunks missing")
+            raise ChunkOutOfRange(f"blob incomplete: {m.count - self.have_count} chunks missing")
         path = self._cache.path(m.sha256)
         entry = self._entry
         with entry.lock:
-            if path.exists():
-                return path
-            receiver = entry.receiver
-            if receiver is None or not receiver.complete:
-                self.reset()
-                raise BlobDigestMismatch(f"blob {m.sha256[:12]} was refused by its whole-blob check; refetching")
-            try:
+            if not path.exists():
+                receiver = entry.receiver
+                if receiver is None or not receiver.complete:  # the cache was closed under this agent
+                    self.bitmap.clear()
+                    raise ChunkOutOfRange(f"blob {m.sha256[:12]}: its shared transfer was closed; fetching again")
                 receiver.finish(path)
-            except BlobDigestMismatch:
-                receiver.discard()
                 entry.receiver = None
-                entry.generation += 1
-                self.reset()
-                self._generation = entry.generation
-                raise
-            entry.receiver = None
             return path

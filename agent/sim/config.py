@@ -69,8 +69,8 @@ class SimConfig(BaseModel):
         "want_retry_s of silence instead); a proposed improvement, off to stay faithful",
     )
     activation_s: float = Field(default=0.2, ge=0, le=3600, description="simulated load + warm-up time, s")
-    report_every_chunks: int = Field(
-        default=32, ge=1, le=1 << 20, description="publish download progress every this many new chunks"
+    report_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, s"
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s")
     agent_version: str = Field(default="0.1.0-sim", max_length=64, description="agent version in the birth")

@@ -6,7 +6,6 @@ Kept small on purpose: the hub's device API is the one moving part here (`enrol_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,7 +18,8 @@ from fleet.signing import HubPublicKey
 from hubclient.errors import HubApiError
 from hubclient.http import HubClient
 
-DEVICES_PATH = "/api/v1/devices"
+BATCH_PATH = "/api/v1/devices/batch"
+BATCH = 10_000  # the hub's limit per enrolment request
 
 
 def device_ids(id_prefix: str, count: int, start: int = 0) -> list[str]:
@@ -73,12 +73,6 @@ def load_bundles(directory: Path, extra_labels: dict[str, str] | None = None) ->
     return identities
 
 
-def _bundle_from(body: Any) -> DeviceBundle:
-    if isinstance(body, dict) and isinstance(body.get("bundle"), dict):
-        body = body["bundle"]
-    return DeviceBundle.model_validate(body)
-
-
 def enrol_via_hub(
     api_url: str,
     token: str,
@@ -87,34 +81,38 @@ def enrol_via_hub(
     id_prefix: str = "sim",
     labels: dict[str, str] | None = None,
     bundle_dir: Path | None = None,
-    timeout_s: float = 30.0,
+    timeout_s: float = 120.0,
 ) -> list[AgentIdentity]:
     """Enrol `count` devices through the hub's REST API and return their identities.
 
-    Each device is added with `POST {api_url}/api/v1/devices` (bearer `token`, admin role), whose answer
-    is the device's bootstrap bundle. With `bundle_dir`, bundles are also saved there (mode 0600), so a
-    later run can use `--bundles` without enrolling again.
+    Devices are added with `POST {api_url}/api/v1/devices/batch` (bearer `token`, admin role), up to
+    `BATCH` per request, whose answer holds their bootstrap bundles. With `bundle_dir`, bundles are also saved
+    there (mode 0600), so a later run can use `--bundles` without enrolling again.
 
     Raises:
-        EnrolmentError: the hub refused a device or could not be reached (with its answer).
+        EnrolmentError: the hub refused the devices or could not be reached (with its answer).
     """
     identities = []
+    ids = device_ids(id_prefix, count)
     with HubClient(api_url, token, timeout=timeout_s) as hub:
-        for device_id in device_ids(id_prefix, count):
+        for start in range(0, len(ids), BATCH):
+            part = ids[start : start + BATCH]
+            body = {"devices": [{"id": device_id, "labels": labels or {}} for device_id in part]}
             try:
-                answer = hub.request("POST", DEVICES_PATH, json={"id": device_id, "labels": labels or {}})
+                answer = hub.request("POST", BATCH_PATH, json=body)
             except HubApiError as e:
                 if e.status == 0:
-                    raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {device_id}: {e}") from e
-                raise EnrolmentError(f"hub refused {device_id}: HTTP {e.status} {e.message[:300]}") from e
+                    raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {part[0]}..: {e}") from e
+                raise EnrolmentError(f"hub refused {part[0]}..: HTTP {e.status} {e.message[:300]}") from e
             except ValueError as e:  # a 2xx answer that is not JSON
-                raise EnrolmentError(f"hub answered {device_id} with something that is not a bundle: {e}") from e
+                raise EnrolmentError(f"hub answered {part[0]}.. with something that is not bundles: {e}") from e
             try:
-                bundle = _bundle_from(answer)
-            except ValidationError as e:
-                raise EnrolmentError(f"hub answered {device_id} with something that is not a bundle: {e}") from e
-            if bundle_dir is not None:
-                bundle_dir.mkdir(parents=True, exist_ok=True)
-                bundle.save(bundle_dir / f"{bundle.device_id}.json")
-            identities.append(AgentIdentity.from_bundle(bundle, labels))
+                bundles = [DeviceBundle.model_validate(b) for b in answer["bundles"]]
+            except (ValidationError, KeyError, TypeError) as e:
+                raise EnrolmentError(f"hub answered {part[0]}.. with something that is not bundles: {e}") from e
+            for bundle in bundles:
+                if bundle_dir is not None:
+                    bundle_dir.mkdir(parents=True, exist_ok=True)
+                    bundle.save(bundle_dir / f"{bundle.device_id}.json")
+                identities.append(AgentIdentity.from_bundle(bundle, labels))
     return identities

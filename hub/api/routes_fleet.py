@@ -11,6 +11,7 @@ from fleet.limits import MAX_SQL_INT
 from hub.api.deps import Admin, Operator, Viewer
 from hub.api.schemas import (
     DeployRequest,
+    DeviceBatchCreate,
     DeviceCreate,
     LabelPatch,
     TokenCreate,
@@ -52,6 +53,14 @@ def fleet_router(hub: Hub) -> APIRouter:
     def add_device(body: DeviceCreate, principal: Admin) -> dict[str, Any]:
         _d, bundle = devices.add(body.id, body.labels, actor=principal.name)
         return {"device": view(body.id, detail=False), "bundle": bundle.model_dump(mode="json")}
+
+    @r.post(
+        "/devices/batch", status_code=201, tags=["devices"],
+        summary="Enrol many devices in one transaction (all or none); returns their bootstrap bundles",
+    )  # fmt: skip
+    def add_devices(body: DeviceBatchCreate, principal: Admin) -> dict[str, Any]:
+        added = devices.add_many([(d.id, d.labels) for d in body.devices], actor=principal.name)
+        return {"devices": [d.id for d, _b in added], "bundles": [b.model_dump(mode="json") for _d, b in added]}
 
     @r.get("/devices", tags=["devices"], summary="List devices, optionally by label selector")
     def list_devices(

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.messages import RuntimeOptions
 from hub.devices import DeviceState
 from hub.store import Desired, Device, Event, ModelVersion, StoredWindow
@@ -19,6 +20,12 @@ class _Body(BaseModel):
 class DeviceCreate(_Body):
     id: str = Field(description="device id: 1-63 chars of a-z 0-9 . _ -")
     labels: dict[str, str] = Field(default_factory=dict, description="labels, e.g. {'site': 'berlin'}")
+
+
+class DeviceBatchCreate(_Body):
+    devices: list[DeviceCreate] = Field(
+        min_length=1, max_length=MAX_BATCH, description="devices to enrol in one transaction: all of them or none"
+    )
 
 
 class LabelPatch(_Body):

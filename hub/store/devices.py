@@ -58,13 +58,25 @@ class DeviceTables:
 
     def add_device(self, device: Device) -> None:
         """Enrol a device; Conflict when the id exists."""
+        self.add_devices([device])
+
+    def add_devices(self, devices: list[Device]) -> None:
+        """Enrol devices in one transaction: all of them, or none (Conflict names ids already enrolled)."""
+        ids = [d.id for d in devices]
 
         def job(c: Conn) -> None:
-            if c.execute("SELECT 1 FROM devices WHERE id = ?", (device.id,)).fetchone():
-                raise Conflict(f"device {device.id} is already enrolled")
-            c.execute(
+            taken: list[str] = []
+            for start in range(0, len(ids), 500):  # bounded parameter lists
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = c.execute(f"SELECT id FROM devices WHERE id IN ({marks})", part).fetchall()  # noqa: S608
+                taken += [r[0] for r in rows]
+            if taken:
+                shown = ", ".join(sorted(taken)[:10]) + (f" and {len(taken) - 10} more" if len(taken) > 10 else "")
+                raise Conflict(f"already enrolled: {shown}" if len(ids) > 1 else f"device {ids[0]} is already enrolled")
+            c.executemany(
                 "INSERT INTO devices (id, labels, password_hash, enrolled_at, enrolled_by) VALUES (?, ?, ?, ?, ?)",
-                (device.id, json.dumps(device.labels), device.password_hash, device.enrolled_at, device.enrolled_by),
+                [(d.id, json.dumps(d.labels), d.password_hash, d.enrolled_at, d.enrolled_by) for d in devices],
             )
 
         self._write(job)

@@ -7,7 +7,7 @@ import hashlib
 import resource
 from pathlib import Path
 
-from fleet.chunks import ChunkReceiver
+from fleet.chunks import ChunkReceiver, chunk_of
 from fleet.messages import BlobManifest
 from tests.faults.conftest import FaultWorld
 from tests.support.mqtt import wait_for
@@ -49,7 +49,7 @@ def _durable_chunks(data: Path, w: FaultWorld) -> int:
         receiver.close()
     blob = partial.read_bytes()
     for i in have:
-        chunk = blob[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+        chunk = chunk_of(blob, manifest, i)
         assert hashlib.sha256(chunk).hexdigest() == manifest.chunks[i], f"chunk {i} claimed but corrupt"
     return len(have)
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.chunks import ChunkReceiver, decode_frame, encode_frame
+from fleet.chunks import ChunkReceiver, chunk_of, decode_frame, encode_frame
 from fleet.codec import decode_any, encode
 from fleet.errors import ChunkError, MessageError, SignatureError
 from fleet.messages import DesiredState
@@ -86,7 +86,7 @@ def receiver_dir() -> Iterator[Path]:
         yield Path(d)
 
 
-FRAME = encode_frame(MANIFEST.sha256, 3, MANIFEST.count, BLOB[3 * MANIFEST.chunk_size : 4 * MANIFEST.chunk_size])
+FRAME = encode_frame(MANIFEST.sha256, 3, MANIFEST.count, chunk_of(BLOB, MANIFEST, 3))
 
 
 @given(mutated(FRAME))
@@ -103,7 +103,7 @@ def test_a_mutated_chunk_frame_is_refused_or_is_the_original(receiver_dir: Path,
         receiver.close()
         for p in receiver_dir.iterdir():
             p.unlink()
-    assert frame.index == 3 and bytes(frame.data) == BLOB[3 * MANIFEST.chunk_size : 4 * MANIFEST.chunk_size]
+    assert frame.index == 3 and bytes(frame.data) == chunk_of(BLOB, MANIFEST, 3)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from fleet import (
     TelemetryWindow,
     Want,
     Wire,
-    plan_bytes,
 )
+from fleet.plan import plan_bytes
 
 T0 = 1_780_000_000.0
 BLOB = bytes(range(256)) * 5000  # 1.28 MB

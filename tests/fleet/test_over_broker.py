@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet import ChunkReceiver, Topics, decode, decode_any, encode, iter_frames, plan_file
+from fleet import ChunkReceiver, Topics, decode, decode_any, encode, iter_frames
 from fleet.messages import SignedEnvelope, Wire
+from fleet.plan import plan_file
 from tests.fleet.samples import BLOB, all_messages
 from tests.support.broker import Broker
 from tests.support.mqtt import TestClient

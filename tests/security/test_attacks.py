@@ -173,7 +173,7 @@ def test_hostile_chunks_are_refused_and_the_download_completes(world: World, cap
     topic = world.hub.hub.topics.chunk(y.sha256)
     hostile = {
         "chunk of blob X on blob Y's topic": encode_frame(x.sha256, 0, x.count, x0),
-        "oversized chunk": encode_frame(y.sha256, 0, y.count, y0 + b"\0" * (CHUNK + 1)),
+        "oversized chunk": encode_frame(y.sha256, 0, y.count, y0 + b"\0" * (y.chunk_size + 1)),
         "chunk index out of range": encode_frame(y.sha256, y.count + 7, y.count, y0),
         "chunk with forged bytes": encode_frame(y.sha256, 0, y.count, bytes(len(y0))),
         "truncated chunk frame": encode_frame(y.sha256, 0, y.count, y0)[:40],

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.bundle import DeviceBundle
-from fleet.chunks import encode_frame, plan_file, read_chunk
+from fleet.chunks import encode_frame, read_chunk
 from fleet.codec import decode, encode
 from fleet.errors import MessageError
 from fleet.messages import (
@@ -37,6 +37,7 @@ from fleet.messages import (
     Want,
     Wire,
 )
+from fleet.plan import plan_file
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics
 

@@ -30,9 +30,10 @@ from fleet import (
     decode,
     encode,
     encode_frame,
-    plan_bytes,
 )
+from fleet.chunks import chunk_of
 from fleet.messages import Command, CommandName
+from fleet.plan import plan_bytes
 
 
 @dataclass
@@ -123,7 +124,7 @@ class MiniHub:
         m = blob.manifest
         infos = []
         for i in range(m.count):
-            frame = encode_frame(m.sha256, i, m.count, memoryview(blob.data)[i * m.chunk_size :][: m.chunk_length(i)])
+            frame = encode_frame(m.sha256, i, m.count, chunk_of(blob.data, m, i))
             infos.append(self.client.publish(topic or self.topics.chunk(sha256), frame, qos=1))
         for info in infos:
             info.wait_for_publish(60)
@@ -190,7 +191,7 @@ class MiniHub:
                     if now - blob.sent_at.get(i, 0.0) < self.resend_s:
                         continue
                     blob.sent_at[i] = now
-                    data = memoryview(blob.data)[i * m.chunk_size :][: m.chunk_length(i)]
+                    data = chunk_of(blob.data, m, i)
                     self.client.publish(self.topics.chunk(sha), encode_frame(sha, i, m.count, data), qos=1)
                     self.chunks_sent += 1
 

@@ -27,10 +27,11 @@ from fleet import (
     decode,
     encode,
     encode_frame,
-    plan_bytes,
 )
 from fleet.address import BrokerAddress
+from fleet.chunks import chunk_of
 from fleet.messages import Command, CommandName
+from fleet.plan import plan_bytes
 
 PREFIX = "fleet/v1"
 BLOB = bytes(range(256)) * 1024 * 3 + b"tail"  # 768 KiB + 4 bytes: 4 chunks of 256 KiB, the last short
@@ -40,7 +41,7 @@ class Hub:
     def __init__(self) -> None:
         self.key = HubSigningKey.generate()
         self.topics = Topics(PREFIX)
-        self.manifest = plan_bytes(BLOB)
+        self.manifest = plan_bytes(BLOB, chunking="fixed")
         self.version = 0
 
     def model(self, version: str = "1.0.0") -> ModelRef:
@@ -56,9 +57,7 @@ class Hub:
 
     def frames(self) -> list[bytes]:
         m = self.manifest
-        return [
-            encode_frame(m.sha256, i, m.count, BLOB[i * m.chunk_size :][: m.chunk_length(i)]) for i in range(m.count)
-        ]
+        return [encode_frame(m.sha256, i, m.count, chunk_of(BLOB, m, i)) for i in range(m.count)]
 
 
 def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", cache: BlobCache | None = None,

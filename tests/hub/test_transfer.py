@@ -1,0 +1,228 @@
+"""The chunk server's carousel and pacing, driven step by step with a fake clock (no broker, real SQLite)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.chunks import decode_frame
+from fleet.messages import BlobManifest, DownloadProgress, Want
+from fleet.plan import plan_bytes
+from fleet.topics import Topics
+from hub.settings import TransferSettings
+from hub.store import SqlStore, open_store
+from hub.store.base import ModelVersion
+from hub.transfer import ChunkServer
+
+CHUNK = 1024
+COUNT = 40
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    def __init__(self, store: SqlStore, blob_dir: Path, **settings: object) -> None:
+        data = hashlib.shake_256(b"blob").digest(COUNT * CHUNK)
+        self.manifest = plan_bytes(data, CHUNK, chunking="fixed")
+        (blob_dir / self.manifest.sha256).write_bytes(data)
+        store.add_model_version(
+            ModelVersion(
+                name="m",
+                version="1.0.0",
+                task="classification",
+                sha256=self.manifest.sha256,
+                size=len(data),
+                descriptor={},
+                manifest=self.manifest.model_dump(),
+                created_at=0,
+                created_by="test",
+            )  # fmt: skip
+        )
+        self.clock = Clock()
+        self.sent: list[int] = []
+        self.topics = Topics("t/v1")
+        defaults: dict[str, object] = {"round_interval_s": 0.05, "window_chunks": 0}
+        self.server = ChunkServer(
+            store, lambda sha: blob_dir / sha, self.topics, self._publish,
+            TransferSettings.model_validate(defaults | settings), clock=self.clock,
+        )  # fmt: skip
+
+    def _publish(self, topic: str, frame: bytes) -> None:
+        assert topic == self.topics.chunk(self.manifest.sha256)
+        self.sent.append(decode_frame(frame).index)
+
+    def want(self, device: str, ranges: list[tuple[int, int]]) -> None:
+        assert self.server.want(Want(device_id=device, sha256=self.manifest.sha256, missing=ranges))
+
+    def report(self, device: str, have: int) -> None:
+        progress = DownloadProgress(sha256=self.manifest.sha256, have_chunks=have, total_chunks=COUNT,
+                                    bytes_done=have * CHUNK, bytes_total=COUNT * CHUNK)  # fmt: skip
+        self.server.progress(device, progress)
+
+    def run(self, steps: int | None = None) -> list[int]:
+        """Step until nothing is due (or `steps` publishes); return what was published."""
+        out = []
+        while steps is None or len(out) < steps:
+            step = self.server.step()
+            if step.published is None:
+                break
+            out.append(step.published[1])
+        return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = open_store(tmp_path / "hub.db")
+    yield s
+    s.close()
+
+
+def test_wants_gathered_before_the_first_chunk_publish_each_chunk_once(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path)
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(3, 9)])
+    assert w.run() == [], "the first wants are gathered for round_interval_s"
+    w.clock.now += 0.05
+    assert w.run() == list(range(COUNT))
+    assert w.server.stats.chunks_published == COUNT and w.server.stats.chunks_republished == 0
+
+
+def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path)
+    w.want("early", [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run(steps=10) == list(range(10))
+    w.want("late-1", [(0, COUNT)])
+    w.want("late-2", [(0, COUNT)])
+    rest = w.run()
+    assert rest == list(range(10, COUNT)) + list(range(10)), "the rest of the pass, then the head once for both"
+    assert w.server.stats.chunks_republished == 10 and w.server.stats.rounds == 2
+
+
+def test_a_chunk_nobody_lacks_is_not_published_again(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path)
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.05
+    w.run()
+    w.want("a", [(7, 8), (30, 31)])  # lost with a broker restart
+    assert w.run() == [7, 30]
+
+
+def test_out_of_range_wants_ask_only_for_chunks_that_exist(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path)
+    w.want("a", [(COUNT - 2, 1 << 40)])
+    w.clock.now += 0.05
+    assert w.run() == [COUNT - 2, COUNT - 1]
+    other = Want(device_id="a", sha256="cd" * 32, missing=[(0, 3)])
+    assert not w.server.want(other)
+    assert w.server.stats.unknown_blob_wants == 1
+
+
+def test_frames_carry_the_chunk(store: SqlStore, tmp_path: Path) -> None:
+    frames: list[bytes] = []
+    w = World(store, tmp_path)
+    w.server._publish = lambda _t, f: frames.append(f)
+    w.want("a", [(5, 6)])
+    w.clock.now += 0.05
+    w.run()
+    f = decode_frame(frames[0])
+    data = (tmp_path / w.manifest.sha256).read_bytes()
+    assert (f.index, f.count, bytes(f.data)) == (5, COUNT, data[5 * CHUNK : 6 * CHUNK])
+
+
+def test_pacing_holds_the_pass_to_the_median_downloader(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=4, pace_timeout_s=5.0)
+    for d in ("a", "b", "c"):
+        w.want(d, [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0, 1, 2, 3], "a window's worth, then wait for progress"
+    assert w.server.step().wait_s <= 0.05
+    w.report("a", 3)
+    w.report("b", 1)
+    w.report("c", 2)  # outstanding 1, 3 and 2: the median has room for two more
+    assert w.run() == [4, 5]
+    assert w.server.stats.paced_waits > 0
+
+
+def test_the_window_doubles_when_downloaders_drain_it(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=4)
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.05
+    assert len(w.run()) == 4
+    w.report("a", 4)
+    assert len(w.run()) == 8, "it received everything: the window, not the device, was the limit"
+    w.report("a", 12)
+    assert len(w.run()) == 16
+
+
+def test_no_progress_for_pace_timeout_publishes_anyway(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=2, pace_timeout_s=5.0)
+    w.want("silent", [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0, 1]
+    w.clock.now += 4.9
+    assert w.run() == []
+    w.clock.now += 0.2
+    assert w.run(steps=1) == [2]
+    assert w.server.stats.pace_timeouts == 1
+
+
+def test_only_downloaders_that_report_pace_once_progress_arrives(store: SqlStore, tmp_path: Path) -> None:
+    """A want may name any enrolled device; a progress report comes on the device's own topic."""
+    w = World(store, tmp_path, window_chunks=2)
+    for d in ("named-by-someone-else", "real-1", "real-2"):
+        w.want(d, [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0, 1]
+    w.report("real-1", 1)
+    w.report("real-2", 2)
+    assert w.run() == [2], "the silent one (2 outstanding) is left out of the median"
+
+
+def test_finished_and_vanished_downloaders_stop_pacing(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=2, downloader_idle_s=60.0, pace_timeout_s=100.0)
+    for d in ("done", "gone", "slow"):
+        w.want(d, [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0, 1]
+    for d in ("done", "gone", "slow"):
+        w.report(d, 1)
+    assert w.run() == [2]
+    w.server.progress("done", None)  # reported no download: finished (or dropped) it
+    w.clock.now += 30
+    w.report("slow", 3)
+    assert w.run() == [], "gone (2 outstanding) and slow (0): the upper median, gone's, holds the pass"
+    w.clock.now += 31  # gone was last heard from 61 s ago: forgotten
+    assert w.run() == [3, 4, 5, 6], "slow alone paces now; it had drained its window, which doubled"
+
+
+def test_a_lost_chunk_counts_again_for_its_downloader(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=2)
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0, 1]
+    w.report("a", 1)
+    w.want("a", [(1, 2)])  # chunk 1 was lost: it is outstanding no more, and wanted again
+    assert w.run() == [2, 3, 4, 5], "nothing outstanding: the window doubled to 4"
+    sent, have = [2, 3, 4, 5], 5
+    w.report("a", have)
+    while got := w.run():  # a fast device: it reports everything published so far
+        sent += got
+        have += len(got)
+        w.report("a", min(have, COUNT - 1))
+    assert sorted(sent) == list(range(1, COUNT)) and sent[-1] == 1, "the lost chunk again, after the wrap"
+
+
+def test_manifest_is_validated_from_the_store(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path)
+    assert w.server.manifest(w.manifest.sha256) == BlobManifest.model_validate(w.manifest.model_dump())
+    assert w.server.manifest("ab" * 32) is None
