@@ -8,11 +8,9 @@ and in order; the hub sees the device go offline (its will) and come back.
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,18 +63,6 @@ def _manifest(w: FaultWorld, version: str) -> dict[str, Any]:
     return w.hub.hub.registry.get("cls", version).manifest
 
 
-def _spooled(data: Path) -> int:
-    with sqlite3.connect(f"file:{data / 'telemetry.sqlite'}?mode=ro", uri=True, timeout=5) as db:
-        return int(db.execute("SELECT count(*) FROM windows").fetchone()[0])
-
-
-def _stored_seqs(w: FaultWorld, device_id: str) -> list[int]:
-    w.hub.hub.store.flush()
-    with w.hub.client() as c:
-        r = c.get(f"/api/v1/telemetry/devices/{device_id}", params={"raw": True, "limit": 10_000})
-    return sorted(win["seq"] for win in r.json()["windows"])
-
-
 def test_a_model_arrives_intact_over_a_2_mbit_link(netns_world: FaultWorld, net_host: NetHost) -> None:
     w = netns_world
     net_host.shape("2mbit")
@@ -105,7 +91,7 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
     agent = w.spawn(w.enrol("cam-part"), data, host=net_host, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S="0.5")
     device = lambda: w.hub.hub.store.get_device("cam-part")  # noqa: E731
     try:
-        wait_for(lambda: len(_stored_seqs(w, "cam-part")) >= 2, timeout=60)
+        wait_for(lambda: len(w.stored_seqs("cam-part")) >= 2, timeout=60)
         w.deploy("cam-part", "1.0.0")
 
         def progress() -> int:
@@ -118,9 +104,9 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
         cut = time.monotonic()
         assert have_before < total, "the download finished before the link was cut"
         wait_for(lambda: (d := device()) is not None and d.status == "offline", timeout=60)  # its last will
-        wait_for(lambda: _spooled(data) >= 10, timeout=60)  # windows made while cut off wait on disk
+        wait_for(lambda: w.spooled(data) >= 10, timeout=60)  # windows made while cut off wait on disk
         time.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut)))  # hold the partition for its full length
-        during = _spooled(data)
+        during = w.spooled(data)
         net_host.heal()
         healed = time.monotonic()
 
@@ -131,12 +117,12 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
         assert wanted, "the agent asked for nothing after the partition, yet it was missing chunks"
         # never again a chunk it had verified: at most what was missing when the link went down
         assert len(wanted) <= total - have_before, (len(wanted), total, have_before)
-        wait_for(lambda: _spooled(data) == 0 and len(_stored_seqs(w, "cam-part")) >= during, timeout=60)
+        wait_for(lambda: w.spooled(data) == 0 and len(w.stored_seqs("cam-part")) >= during, timeout=60)
     finally:
         watcher.close()
         stopped = agent.stop()
     assert stopped == 0
-    seqs = _stored_seqs(w, "cam-part")
+    seqs = w.stored_seqs("cam-part")
     assert len(seqs) == len(set(seqs)) and seqs[0] <= 1, seqs[:5]
     lost = (seqs[-1] - seqs[0] + 1) - len(seqs)
     assert lost == 0

@@ -19,8 +19,8 @@ from agent.mqtt import MqttLink
 from fleet.codec import encode
 from fleet.messages import DeviceStatus
 from fleet.topics import Topics
-from tests.support.agents import AgentProc
-from tests.support.hubproc import HubProcess, agent_command
+from tests.support.agents import AgentProc, agent_command, agent_env
+from tests.support.hubproc import HubProcess
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.outcomes import record
 
@@ -37,8 +37,8 @@ def test_another_devices_client_id_gets_a_session_of_ones_own_and_the_victim_sta
     try:
         hub.enrol("victim").save(bundle)
         intruder = hub.enrol("intruder")
-        args, env = agent_command(bundle, tmp_path / "victim-data")
-        victim = AgentProc(args, env, tmp_path / "victim.log")
+        args = agent_command(bundle, tmp_path / "victim-data", "--headless")
+        victim = AgentProc(args, agent_env(), tmp_path / "victim.log")
 
         def online() -> dict | None:  # type: ignore[type-arg]
             d = hub.get("/api/v1/devices/victim")

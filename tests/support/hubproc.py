@@ -164,21 +164,3 @@ class HubProcess:
         """The devices' broker address (host, port), as the hub reports it."""
         u = urlparse(self.get("/healthz")["broker_url"])
         return u.hostname or "127.0.0.1", int(u.port or 1883)
-
-
-AGENT_ENV = {  # fast reconnects and re-wants, no telemetry unless a test asks, one warm-up run
-    "EDGEFLEET_AGENT_LINK_BACKOFF_INITIAL_S": "0.05",
-    "EDGEFLEET_AGENT_LINK_BACKOFF_MAX_S": "0.5",
-    "EDGEFLEET_AGENT_LINK_KEEPALIVE_S": "5",
-    "EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S": "0.5",
-    "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
-    "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
-}
-
-
-def agent_command(bundle: Path, data_dir: Path, **env: str) -> tuple[list[str], dict[str, str]]:
-    """Argv and environment of a headless agent process."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    full_env |= AGENT_ENV | env | {"PYTHONPATH": str(ROOT)}
-    run = ["run", "--bundle", str(bundle), "--data-dir", str(data_dir), "--headless", "--log-level", "info"]
-    return [sys.executable, "-m", "agent", *run], full_env
