@@ -1,6 +1,6 @@
 """Fault fixtures: a real hub with its own (ACL'd) Mosquitto and two model versions, agent processes from
 enrolment bundles (optionally with a file-size limit standing for a full disk), a TCP proxy that can
-partition an agent from the broker, and the outcome table printed at the end of the run."""
+partition an agent from the broker, and network-namespace hosts."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from tests.support.hub import RunningHub, running_hub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.netns import NetHost, NetLab
-from tests.support.outcomes import print_table
 
 __all__ = ["running_hub"]
 
@@ -40,10 +39,6 @@ _LIMITED = (
     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
     "sys.argv[0] = 'agent'; runpy.run_module('agent', run_name='__main__', alter_sys=True)"
 )
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    print_table(terminalreporter)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""schemathesis over the hub's OpenAPI, as an admin, over real HTTP: no generated request gets a 5xx, and
-every status it gets is one the schema documents for that operation.
+"""schemathesis over the hub's OpenAPI, as an admin, over real HTTP: no generated request gets a 5xx,
+every status it gets is one the schema documents for that operation, and every error is the JSON error shape.
 
 (The agent's inference API gets the same treatment in tests/agent/api/test_schema.py.)
 """
@@ -42,11 +42,17 @@ def test_no_generated_request_to_the_hub_api_gets_a_5xx(running_hub: RunningHub)
             statuses[response.status_code] += 1
             # every status is one the schema documents for the operation (400 not 422, 401/403/404/409/413/429)
             case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+            if response.status_code >= 400:
+                body = response.json()
+                assert set(body["error"]) == {"code", "message"}, body
 
         run()
     assert not [s for s in statuses if s >= 500], statuses
     assert any(200 <= s < 300 for s in statuses) and any(400 <= s < 500 for s in statuses), statuses
     assert h.hub.started and h.hub.mqtt_connected  # the hub still runs
+    with h.client() as c:
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/docs").status_code == 200
     paths = schema.raw_schema["paths"]
     assert not [(p, m) for p, ops in paths.items() for m, op in ops.items() if "422" in op.get("responses", {})]
     refused = sum(n for s, n in statuses.items() if s >= 400)
