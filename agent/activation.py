@@ -1,4 +1,4 @@
-"""Loading a stored blob into a new, warmed-up, golden-checked engine (nothing is swapped here)."""
+"""Loading a stored blob into a new, warmed-up, golden-checked engine, and `EngineActivation`, which swaps it in."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ActivationError, AgentError, StoreError
+from agent.ports import Restart, ServingPort
 from agent.store import ModelStore, StoredModel
 from fleet.errors import error_code
-from fleet.messages import AppliedModel, RuntimeOptions
+from fleet.messages import AppliedModel, ModelRef, RuntimeOptions
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
 from models.errors import ModelError
@@ -123,3 +124,47 @@ def restore(store: ModelStore, *, warmup_runs: int) -> Restored:
             out.previous = None
         break
     return out
+
+
+class EngineActivation:
+    """The agent's `ActivationPort`: onnxruntime engines (`load`) swapped into a `ServingPort`.
+
+    Args:
+        serving: the serving side (HTTP API or headless).
+        store: the model store whose pointers `restore` reads.
+        warmup_runs: golden-input runs before a swap.
+    """
+
+    def __init__(self, serving: ServingPort, store: ModelStore, *, warmup_runs: int) -> None:
+        self.serving = serving
+        self.store = store
+        self.warmup_runs = warmup_runs
+
+    def _load(self, path: Path, ref: ModelRef, runtime: RuntimeOptions) -> Loaded:
+        return load(path, ref.blob.sha256, name=ref.name, version=ref.version, descriptor=ref.descriptor,
+                    runtime=runtime, warmup_runs=self.warmup_runs)  # fmt: skip
+
+    def restore(self) -> Restart:
+        restored = restore(self.store, warmup_runs=self.warmup_runs)
+        out = Restart(runtime=restored.runtime, previous=restored.previous, errors=restored.errors)
+        if restored.loaded is not None:
+            loaded = restored.loaded
+            self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
+            out.active = loaded.applied
+        return out
+
+    def activate(self, path: Path, ref: ModelRef, runtime: RuntimeOptions) -> AppliedModel:
+        loaded = self._load(path, ref, runtime)
+        self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
+        return loaded.applied
+
+    def set_shadow(self, path: Path, ref: ModelRef, runtime: RuntimeOptions, sample_rate: float) -> AppliedModel:
+        loaded = self._load(path, ref, runtime)
+        self.serving.set_shadow(loaded.engine, loaded.applied, sample_rate)
+        return loaded.applied
+
+    def clear_shadow(self) -> None:
+        self.serving.set_shadow(None, None, 0.0)
+
+    def deactivate(self) -> None:
+        self.serving.deactivate()

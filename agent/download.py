@@ -15,8 +15,8 @@ from typing import BinaryIO, Literal
 
 from agent.errors import AgentError, DownloadError, InsufficientDisk
 from agent.settings import DownloadSettings
-from agent.store import ModelStore
-from fleet.chunks import Accepted, ChunkReceiver, decode_frame
+from agent.store import StorePort
+from fleet.chunks import Accepted, decode_frame
 from fleet.errors import ChunkDigestMismatch, ChunkError, MessageError
 from fleet.messages import BlobManifest, DownloadProgress, Range, Want
 
@@ -38,7 +38,7 @@ class Download:
     """Fetches one blob into the store.
 
     Args:
-        store: the model store (its `partial/` holds the work files, `blobs/` receives the blob).
+        store: the model store (its `receiver` holds the work files, `blobs/` receives the blob).
         manifest: the signed manifest of the blob.
         device_id: this device (named in wants).
         settings: re-want delay and persistence cadence.
@@ -51,7 +51,7 @@ class Download:
 
     def __init__(
         self,
-        store: ModelStore,
+        store: StorePort,
         manifest: BlobManifest,
         device_id: str,
         settings: DownloadSettings,
@@ -64,8 +64,8 @@ class Download:
         self.device_id = device_id
         self.settings = settings
         self._send_want = send_want
-        self.receiver = ChunkReceiver(
-            manifest, store.partial, sync_every=settings.sync_every, sync_interval_s=settings.sync_interval_s
+        self.receiver = store.receiver(
+            manifest, sync_every=settings.sync_every, sync_interval_s=settings.sync_interval_s
         )
         needed = manifest.size - self.receiver.bytes_done + min_free_bytes
         free = store.free_bytes()
@@ -225,7 +225,7 @@ class Fetcher:
 
     def __init__(
         self,
-        store: ModelStore,
+        store: StorePort,
         device_id: str,
         settings: DownloadSettings,
         *,

@@ -1,19 +1,33 @@
-"""The seam between the agent's control side (download, activation, telemetry) and its serving side.
+"""The seams of the agent's control side (download, activation, telemetry).
 
 The control side owns *when* a model becomes active; the serving side owns *how* requests reach it. They
 meet only through `ServingPort`, so each is tested without the other and single-device mode (one process)
 and cluster mode (`edgefleet agent serve` in pods) wire the same two halves differently. Every serving mode
 implements the port with the same core, `agent.serving.ModelSlot` (HTTP API or headless).
+
+The reconciler reaches loading and serving through `ActivationPort`: the agent's is
+`agent.activation.EngineActivation` (onnxruntime engines handed to a `ServingPort`); the fleet simulator
+(`agent.sim`) implements it without loading anything, so it runs the agent's own reconciler and download.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from agent.errors import AgentError
 from fleet.histogram import Histogram
-from fleet.messages import AppliedModel, ClusterWorkload, DesiredState, NodeInfo, RuntimeOptions, ShadowStats
+from fleet.messages import (
+    AppliedModel,
+    ClusterWorkload,
+    DesiredState,
+    ModelRef,
+    NodeInfo,
+    RuntimeOptions,
+    ShadowStats,
+)
 
 if TYPE_CHECKING:  # the engine module imports onnxruntime; the control side needs only the type
     from models.descriptor import ModelDescriptor
@@ -53,6 +67,39 @@ class ServingPort(Protocol):
 
     def take_window(self) -> ServingWindow:
         """Counters since the last call, then reset them."""
+
+
+@dataclass
+class Restart:
+    """What serves again after a (re)start, from the store's pointers, and what went wrong on the way."""
+
+    active: AppliedModel | None = None
+    runtime: RuntimeOptions | None = None
+    previous: AppliedModel | None = None
+    errors: list[AgentError] = field(default_factory=list)
+
+
+class ActivationPort(Protocol):
+    """Implemented by whatever loads models and serves them; called by the reconciler (control thread).
+
+    A model that must not serve raises `agent.errors.ActivationError` (its code names the failed step) and
+    leaves what serves untouched.
+    """
+
+    def restore(self) -> Restart:
+        """Serve the store's active model again (or its previous one when the active one fails to load)."""
+
+    def activate(self, path: Path, ref: ModelRef, runtime: RuntimeOptions) -> AppliedModel:
+        """Load the verified blob at `path` as `ref`, check it, then make it the model that serves."""
+
+    def set_shadow(self, path: Path, ref: ModelRef, runtime: RuntimeOptions, sample_rate: float) -> AppliedModel:
+        """Load the blob at `path` as the shadow candidate `ref`, run beside the model on `sample_rate`."""
+
+    def clear_shadow(self) -> None:
+        """Stop shadowing."""
+
+    def deactivate(self) -> None:
+        """Serve nothing (the desired state names no model)."""
 
 
 class ClusterPort(Protocol):

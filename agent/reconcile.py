@@ -6,7 +6,9 @@ receives), all called from one control thread. The order of work for a desired s
 1. verify the envelope (pinned key, expiry, version counter); refuse and report anything else;
 2. fetch every blob it names that the store lacks (model first, then the shadow candidate);
 3. load the model into a new engine, warm it up and golden-check it, then swap it in and switch the
-   store's pointers (`previous` keeps the old model for an instant rollback);
+   store's pointers (`previous` keeps the old model for an instant rollback); loading and serving sit
+   behind `agent.ports.ActivationPort` (the fleet simulator runs this reconciler with a port that loads
+   nothing);
 4. load the shadow candidate, apply the cluster workload (cluster mode), collect spare blobs; report.
 
 A failure at any step keeps the running model serving and is reported with its reason.
@@ -18,18 +20,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from agent import activation
-from agent.activation import Loaded
 from agent.download import Download, Fetcher
 from agent.errors import ActivationError, AgentError, InsufficientDisk, StoreError
-from agent.ports import ClusterPort, ServingPort
+from agent.ports import ActivationPort, ClusterPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState
-from agent.store import ModelStore, StoredModel
+from agent.store import StoredModel, StorePort
 from fleet.codec import decode
 from fleet.errors import MessageError, SignatureError, error_code
 from fleet.messages import (
@@ -79,8 +79,8 @@ class Reconciler:
         self,
         *,
         device_id: str,
-        store: ModelStore,
-        serving: ServingPort,
+        store: StorePort,
+        activation: ActivationPort,
         verifier: Verifier,
         settings: AgentSettings,
         outbox: Outbox,
@@ -90,7 +90,7 @@ class Reconciler:
     ) -> None:
         self.device_id = device_id
         self.store = store
-        self.serving = serving
+        self.activation = activation
         self.verifier = verifier
         self.settings = settings
         self.outbox = outbox
@@ -131,13 +131,11 @@ class Reconciler:
     def restore(self) -> None:
         """Serve the stored active model (or, if it fails to load, the previous one); `resume` continues."""
         self.state = AcceptedState.load(self.state_path)
-        restored = activation.restore(self.store, warmup_runs=self.settings.activation.warmup_runs)
+        restored = self.activation.restore()
         for e in restored.errors:
             self._fail(e)
-        if restored.loaded is not None:
-            loaded = restored.loaded
-            self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, restored.runtime)
-            self.active, self.active_runtime = loaded.applied, restored.runtime
+        if restored.active is not None:
+            self.active, self.active_runtime = restored.active, restored.runtime
         self.previous = restored.previous
         if self.state.envelope is not None:
             try:
@@ -262,7 +260,7 @@ class Reconciler:
             if not self._fetch(ref):
                 return
         if d.model is None:
-            self.serving.deactivate()
+            self.activation.deactivate()
             self.store.clear_active()
             self.previous, self.active, self.active_runtime = self.active or self.previous, None, None
         elif not self._is_active(d.model, d.runtime):
@@ -314,13 +312,6 @@ class Reconciler:
             and self.active_runtime == runtime
         )
 
-    def _load(self, sha: str, name: str, version: str, descriptor: dict[str, Any], runtime: RuntimeOptions) -> Loaded:
-        """Load a stored blob into a checked engine (raises ActivationError)."""
-        return activation.load(
-            self.store.blob_path(sha), sha, name=name, version=version, descriptor=descriptor, runtime=runtime,
-            warmup_runs=self.settings.activation.warmup_runs,
-        )  # fmt: skip
-
     def _update_locked(self) -> bool:
         """True while the update lock file exists: the verified model waits (checked again every second)."""
         lock = self.settings.activation.update_lock_file
@@ -338,14 +329,13 @@ class Reconciler:
         self.report()
         sha = ref.blob.sha256
         try:
-            loaded = self._load(sha, ref.name, ref.version, ref.descriptor, runtime)
+            applied = self.activation.activate(self.store.blob_path(sha), ref, runtime)
         except ActivationError as e:
             log.warning("activation of %s %s refused: %s", ref.name, ref.version, e)
             self._fail(e)
             return False
-        self.serving.activate(loaded.engine, loaded.applied, loaded.descriptor, runtime)
-        self.active, self.active_runtime = loaded.applied, runtime
-        record = StoredModel(sha256=sha, model=loaded.applied, task=ref.task, descriptor=ref.descriptor,
+        self.active, self.active_runtime = applied, runtime
+        record = StoredModel(sha256=sha, model=applied, task=ref.task, descriptor=ref.descriptor,
                              runtime=runtime, desired_version=version)  # fmt: skip
         try:
             prev = self.store.promote(record)
@@ -358,19 +348,19 @@ class Reconciler:
         spec = d.shadow
         if spec is None:
             if self.shadow is not None:
-                self.serving.set_shadow(None, None, 0.0)
+                self.activation.clear_shadow()
                 self.shadow = None
             return
         ref = spec.model
         if self.shadow is not None and self.shadow.sha256 == ref.blob.sha256:
             return
         try:
-            loaded = self._load(ref.blob.sha256, ref.name, ref.version, ref.descriptor, d.runtime)
+            applied = self.activation.set_shadow(self.store.blob_path(ref.blob.sha256), ref, d.runtime,
+                                                 spec.sample_rate)  # fmt: skip
         except ActivationError as e:
             self._fail(AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
-        self.serving.set_shadow(loaded.engine, loaded.applied, spec.sample_rate)
-        self.shadow = loaded.applied
+        self.shadow = applied
 
     def _apply_cluster(self, d: DesiredState) -> None:
         if self.cluster is None:

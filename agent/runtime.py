@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from agent.activation import EngineActivation
 from agent.errors import AgentError, BundleError
 from agent.hardware import capabilities
 from agent.mqtt import MqttLink
@@ -95,7 +96,7 @@ class Agent:
         self.reconciler = Reconciler(
             device_id=self.device_id,
             store=self.store,
-            serving=serving,
+            activation=EngineActivation(serving, self.store, warmup_runs=settings.activation.warmup_runs),
             verifier=Verifier(key, self.device_id),
             settings=settings,
             outbox=self,

@@ -596,7 +596,7 @@ def main() -> None:
         help="agents re-want after this long without a chunk (default: the product agent's rewant_after_s)",
     )  # fmt: skip
     p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
-    p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --want-at-pass-end")
+    p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --slow-fraction 0.1")
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

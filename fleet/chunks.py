@@ -24,6 +24,7 @@ import hashlib
 import os
 import struct
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -115,7 +116,53 @@ class Accepted(Enum):
     DUPLICATE = "duplicate"
 
 
-class ChunkReceiver:
+class ChunkProgress(ABC):
+    """Which chunks of one blob are verified: a bitmap over its signed manifest. Subclasses `put` the bytes.
+
+    `ChunkReceiver` writes them to a work file; the fleet simulator's receivers share one file between
+    many simulated devices, each with its own progress.
+    """
+
+    manifest: BlobManifest
+    bitmap: ChunkBitmap
+
+    def has(self, index: int) -> bool:
+        return self.bitmap.has(index)
+
+    @property
+    def have_count(self) -> int:
+        return self.bitmap.have
+
+    @property
+    def bytes_done(self) -> int:
+        """Bytes of verified chunks."""
+        m = self.manifest
+        return sum(m.chunk_length(i) for i in self.bitmap.held())
+
+    @property
+    def complete(self) -> bool:
+        return self.bitmap.complete
+
+    def missing(self) -> list[int]:
+        """Indexes not yet verified, ascending."""
+        return self.bitmap.missing()
+
+    def missing_ranges(self) -> list[Range]:
+        return self.bitmap.missing_ranges()
+
+    def accept(self, frame: ChunkFrame | bytes) -> Accepted:
+        """Verify and keep one received chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
+        if not isinstance(frame, ChunkFrame):
+            frame = decode_frame(frame, max_chunk=self.manifest.chunk_size)
+        check_frame(self.manifest, frame)
+        return self.put(frame.index, frame.data)
+
+    @abstractmethod
+    def put(self, index: int, data: bytes | memoryview) -> Accepted:
+        """Verify chunk `index` against the signed chunk list and keep it (ChunkDigestMismatch if it differs)."""
+
+
+class ChunkReceiver(ChunkProgress):
     """Reassembles one blob from chunks arriving in any order, with duplicates and gaps, across restarts.
 
     Args:
@@ -207,38 +254,7 @@ class ChunkReceiver:
             os.close(self._bitmap_fd)
             self._bitmap_fd = -1
 
-    def has(self, index: int) -> bool:
-        return self.bitmap.has(index)
-
-    @property
-    def have_count(self) -> int:
-        return self.bitmap.have
-
-    @property
-    def bytes_done(self) -> int:
-        """Bytes of verified chunks."""
-        m = self.manifest
-        return sum(m.chunk_length(i) for i in self.bitmap.held())
-
-    @property
-    def complete(self) -> bool:
-        return self.bitmap.complete
-
-    def missing(self) -> list[int]:
-        """Indexes not yet verified, ascending."""
-        return self.bitmap.missing()
-
-    def missing_ranges(self) -> list[Range]:
-        return self.bitmap.missing_ranges()
-
     # -- chunks -----------------------------------------------------------------------------------
-    def accept(self, frame: ChunkFrame | bytes) -> Accepted:
-        """Verify and write one received chunk; raise a ChunkError subclass if refused (the index stays wanted)."""
-        if not isinstance(frame, ChunkFrame):
-            frame = decode_frame(frame, max_chunk=self.manifest.chunk_size)
-        check_frame(self.manifest, frame)
-        return self.put(frame.index, frame.data)
-
     def put(self, index: int, data: bytes | memoryview) -> Accepted:
         """Verify and write chunk `index` from any source: a received frame, or the same chunk held on disk.
 

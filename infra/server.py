@@ -7,6 +7,7 @@ connections that arrive before uvicorn accepts wait in the socket's backlog, so 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -38,6 +39,8 @@ class HttpServer:
         tls: serve HTTPS with these files (None: plain HTTP).
         drain_timeout_s: on stop, how long requests in flight may finish before connections close.
         fast: uvloop and httptools (the inference hot path); False: uvicorn's defaults.
+        protocol: the HTTP protocol class instead of uvicorn's (with `fast`: a subclass of its httptools one,
+            such as `agent.api.protocol.InferenceProtocol`).
         lifespan: run the app's startup/shutdown events ("on") or not ("off").
         name: the serving thread's name.
 
@@ -54,6 +57,7 @@ class HttpServer:
         tls: ServerCert | None = None,
         drain_timeout_s: float = 5.0,
         fast: bool = False,
+        protocol: type[asyncio.Protocol] | None = None,
         lifespan: Literal["on", "off"] = "off",
         name: str = "http-server",
     ) -> None:
@@ -72,6 +76,8 @@ class HttpServer:
         self.drain_timeout_s = drain_timeout_s
         self.name = name
         options: dict[str, Any] = {"loop": "uvloop", "http": "httptools"} if fast else {}
+        if protocol is not None:
+            options["http"] = protocol
         if tls is not None:
             options |= {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
         config = uvicorn.Config(

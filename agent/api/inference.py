@@ -11,8 +11,9 @@ import asyncio
 import functools
 import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -38,14 +39,40 @@ from models.postprocess import decode_detections, top_k
 from models.preprocess import Transform, decode_image, draft_side, prepare
 
 JSON = "application/json"
+_OCTETS = "application/octet-stream"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+Body = bytes | bytearray | memoryview
+"""A request body as the transport holds it (uvicorn's ASGI bytes, or the direct protocol's buffer)."""
+Reader = Callable[[], Awaitable[Body]]
+"""Reads the request body when the handler is ready for it (after the request holds its model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A hot path's answer, before any transport writes it (`response()` for ASGI, `agent.api.protocol` directly)."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> Response:
+        """The same answer as a starlette response."""
+        return Response(self.body, self.status, dict(self.headers) or None, self.content_type)
+
+
+def error_reply(exc: BaseException, retry_after_s: int) -> Reply:
+    """The JSON error answer for any exception (status from `errors.to_http`; 503 with Retry-After)."""
+    status, reason = to_http(exc)
+    headers = (("Retry-After", str(retry_after_s)),) if status == 503 else ()
+    return Reply(status, orjson.dumps({"error": reason}), JSON, headers)
 
 
 def error_response(exc: BaseException, retry_after_s: int) -> Response:
     """The JSON error response for any exception (status from `errors.to_http`)."""
-    status, reason = to_http(exc)
-    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
-    return Response(orjson.dumps({"error": reason}), status_code=status, media_type=JSON, headers=headers)
+    return error_reply(exc, retry_after_s).response()
 
 
 PARSE_INLINE_BYTES = 256 * 1024  # smaller bodies parse on the event loop: a thread hand-off costs more
@@ -72,7 +99,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decompress(body: Body, encoding: str | None, limit: int) -> Body:
     """The body after its Content-Encoding (gzip, deflate or none), refusing more than `limit` bytes.
 
     Raises:
@@ -107,41 +134,43 @@ class Inference:
         self.pool = pool
 
     def _done(
-        self,
-        served: Served | None,
-        endpoint: str,
-        response: Response,
-        t0: float,
-        *,
-        submitted: bool,
-        times: RequestTimes,
-    ) -> Response:
+        self, served: Served | None, endpoint: str, reply: Reply, t0: float, *, submitted: bool, times: RequestTimes
+    ) -> Reply:
         seconds = time.perf_counter() - t0
-        code = response.status_code
+        code = reply.status
         if served is not None:
             self.slot.release(served, submitted)
             self.metrics.observe(served.model.name, served.model.version, endpoint, code, seconds)
         else:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
         self.slot.record(code, seconds * 1e3, served, times if code == 200 else None)
-        return response
+        return reply
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
-        """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data)."""
+        """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data) through ASGI."""
+        limit = self.settings.max_body_bytes
+        reply = await self.infer_reply(name, version, lambda: read_body(request, limit), request.headers)
+        return reply.response()
+
+    async def infer_reply(self, name: str, version: str | None, read: Reader, headers: Mapping[str, str]) -> Reply:
+        """The infer answer; `read` gives the body (within the body limit), `headers` the request's (lowercase)."""
         t0 = time.perf_counter()
         served = None
         submitted = False
         times = RequestTimes()
         try:
             served = self.slot.acquire(name, version)
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await read()
             t1 = time.perf_counter_ns()
-            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
-            parse = functools.partial(
-                parse_infer, body, request.headers.get(HEADER), max_json_bytes=self.settings.max_json_body_bytes
-            )
-            # a large body parses in a worker thread: the event loop (health checks, other requests) goes on
-            big = len(body) > PARSE_INLINE_BYTES
+            body = decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes)
+            json_head = headers.get(HEADER)
+            parse = functools.partial(parse_infer, body, json_head, max_json_bytes=self.settings.max_json_body_bytes)
+            # a large JSON part parses in a worker thread: the event loop (health checks, other requests) goes
+            # on; binary tensor data is not parsed, only viewed, so it does not count
+            json_part = len(body)
+            if json_head is not None and json_head.isascii() and json_head.isdigit() and len(json_head) < 20:
+                json_part = min(int(json_head), json_part)
+            big = json_part > PARSE_INLINE_BYTES
             req = await asyncio.get_running_loop().run_in_executor(self.pool, parse) if big else parse()
             times.input_ns = time.perf_counter_ns() - t1
             submitted = True
@@ -150,27 +179,37 @@ class Inference:
             content, head = encode_infer(served.model.name, served.model.version, req, outputs, served.output_names)
             times.output_ns = time.perf_counter_ns() - t2
             if head is None:
-                response = Response(content, media_type=JSON)
+                reply = Reply(200, content)
             else:
-                response = Response(
-                    content,
-                    media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(head)},
-                )
+                reply = Reply(200, content, _OCTETS, (("Inference-Header-Content-Length", str(head)),))
         except Exception as e:
-            response = error_response(e, self.settings.retry_after_s)
+            reply = error_reply(e, self.settings.retry_after_s)
         except BaseException:  # cancelled (server stopping): still give the slot back
             if served is not None:
                 self.slot.release(served, submitted)
             raise
-        return self._done(served, "infer", response, t0, submitted=submitted, times=times)
+        return self._done(served, "infer", reply, t0, submitted=submitted, times=times)
 
     async def predict(
         self, request: Request, name: str, k: int | None, threshold: float | None, query: bytes | None = None
     ) -> Response:
-        """POST /v1/models/{name}:predict with an image (multipart or raw body).
+        """POST /v1/models/{name}:predict with an image (multipart or raw body) through ASGI."""
+        limit = self.settings.max_body_bytes
+        reply = await self.predict_reply(name, k, threshold, query, lambda: read_body(request, limit), request.headers)
+        return reply.response()
 
-        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast path).
+    async def predict_reply(  # noqa: PLR0917 (the route's parameters, then the transport's)
+        self,
+        name: str,
+        k: int | None,
+        threshold: float | None,
+        query: bytes | None,
+        read: Reader,
+        headers: Mapping[str, str],
+    ) -> Reply:
+        """The image endpoint's answer.
+
+        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast paths).
         """
         t0 = time.perf_counter()
         served = None
@@ -180,10 +219,10 @@ class Inference:
             served = self.slot.acquire(name)
             if query:
                 k, threshold = query_parameters(query)
-            body = await read_body(request, self.settings.max_body_bytes)
-            body = decompress(body, request.headers.get("content-encoding"), self.settings.max_body_bytes)
-            ctype = request.headers.get("content-type", "")
-            data = await _multipart_image(request.headers, body) if ctype.startswith("multipart/") else body
+            body = bytes(await read())
+            body = bytes(decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes))
+            ctype = headers.get("content-type", "")
+            data = await _multipart_image(headers, body) if ctype.startswith("multipart/") else body
             if not data:
                 raise BadRequest("no image: send JPEG or PNG bytes as the body or as a multipart file")
             d = served.descriptor
@@ -202,15 +241,15 @@ class Inference:
             t2 = time.perf_counter_ns()
             answer = _answer(d, outputs, transform, k, threshold)
             answer["model_name"], answer["model_version"] = served.model.name, served.model.version
-            response = Response(orjson.dumps(answer, option=_NUMPY), media_type=JSON)
+            reply = Reply(200, orjson.dumps(answer, option=_NUMPY))
             times.output_ns = time.perf_counter_ns() - t2
         except Exception as e:
-            response = error_response(e, self.settings.retry_after_s)
+            reply = error_reply(e, self.settings.retry_after_s)
         except BaseException:  # cancelled (server stopping): still give the slot back
             if served is not None:
                 self.slot.release(served, submitted)
             raise
-        return self._done(served, "predict", response, t0, submitted=submitted, times=times)
+        return self._done(served, "predict", reply, t0, submitted=submitted, times=times)
 
 
 class DecodedImage:
@@ -244,13 +283,13 @@ class DecodedImage:
         return prepare(img, spec, original)
 
 
-async def _multipart_image(headers: Headers, body: bytes) -> bytes:
+async def _multipart_image(headers: Mapping[str, str], body: bytes) -> bytes:
     """The first file part of a multipart body (any field name)."""
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = MultiPartParser(headers, stream(), max_files=4, max_fields=16, max_part_size=1024 * 1024)
+    parser = MultiPartParser(Headers(headers=headers), stream(), max_files=4, max_fields=16, max_part_size=1024 * 1024)
     try:
         form = await parser.parse()
     except MultiPartException as e:
@@ -327,11 +366,27 @@ def query_parameters(query_string: bytes) -> tuple[int | None, float | None]:
     return k, threshold
 
 
+Route = tuple[str, str, str | None]
+"""An inference route: ("infer", model, version or None) or ("predict", model, None)."""
+
+
+def route(path: str) -> Route | None:
+    """The inference route a POST to `path` is for, or None (another route: FastAPI's)."""
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        name, sep, version = path[11:-6].partition("/versions/")
+        if "/" not in name and "/" not in version and (version or not sep):
+            return "infer", name, version if sep else None
+    elif path.startswith("/v1/models/") and path.endswith(":predict") and "/" not in path[11:-8]:
+        return "predict", path[11:-8], None
+    return None
+
+
 class FastPath:
     """ASGI wrapper: POSTs to the two inference routes go straight to `Inference`, the rest to FastAPI.
 
     It saves FastAPI's routing and dependency solving (tens of microseconds of event-loop time per
-    request); FastAPI still declares the same routes, so they are documented in the OpenAPI schema.
+    request); FastAPI still declares the same routes, so they are documented in the OpenAPI schema. Under
+    uvicorn most inference requests do not even get here: `agent.api.protocol` serves them from the parser.
     """
 
     def __init__(self, app: ASGIApp, handlers: Inference) -> None:
@@ -340,16 +395,14 @@ class FastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            response: Response | None = None
-            if path.startswith("/v2/models/") and path.endswith("/infer"):
-                name, sep, version = path[11:-6].partition("/versions/")
-                if "/" not in name and "/" not in version and (version or not sep):
-                    response = await self.handlers.infer(Request(scope, receive), name, version if sep else None)
-            elif path.startswith("/v1/models/") and path.endswith(":predict") and "/" not in path[11:-8]:
-                query: bytes = scope["query_string"]
-                response = await self.handlers.predict(Request(scope, receive), path[11:-8], None, None, query)
-            if response is not None:
+            found = route(scope["path"])
+            if found is not None:
+                kind, name, version = found
+                request = Request(scope, receive)
+                if kind == "infer":
+                    response = await self.handlers.infer(request, name, version)
+                else:
+                    response = await self.handlers.predict(request, name, None, None, scope["query_string"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -4,6 +4,7 @@ blocking (`serve`)."""
 from __future__ import annotations
 
 from agent.api.app import create_asgi
+from agent.api.protocol import protocol_for
 from agent.api.settings import ApiSettings
 from agent.serving import ModelSlot
 from infra.server import HttpServer
@@ -76,11 +77,13 @@ def serve(settings: ApiSettings, slot: ModelSlot) -> None:
 
 
 def _http_server(settings: ApiSettings, slot: ModelSlot) -> HttpServer:
-    """The app under uvicorn; the slot learns how many HTTP requests uvicorn is handling."""
+    """The app under uvicorn, inference requests served from its parser (`agent.api.protocol`); the slot learns
+    how many HTTP requests uvicorn is handling."""
     app = create_asgi(settings, slot)
+    protocol = protocol_for(app.handlers, settings.max_body_bytes)
     http = HttpServer(
         app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s, fast=True,
-        lifespan="on", name="edgefleet-api",
+        protocol=protocol, lifespan="on", name="edgefleet-api",
     )  # fmt: skip
     slot.in_progress = http.tasks.__len__
     return http

@@ -100,7 +100,9 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def parse_infer(body: bytes, header_length: str | None, *, max_json_bytes: int | None = None) -> InferRequest:
+def parse_infer(
+    body: bytes | bytearray | memoryview, header_length: str | None, *, max_json_bytes: int | None = None
+) -> InferRequest:
     """Parse an infer request body (JSON, or JSON header + binary tensors).
 
     Raises:

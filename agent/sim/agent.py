@@ -1,10 +1,14 @@
-"""One simulated agent as a transport-free state machine: decoded messages in, messages to publish out.
+"""One simulated agent: the agent's own reconciler and downloads, with a simulated activation, no transport.
 
-It speaks the protocol like the real agent: a retained birth and an `offline` last will, signed desired
-states checked with `fleet.signing.Verifier` (pinned key, expiry, no downgrade), wants and chunk downloads
-verified chunk by chunk, reported states with progress and errors, signed commands acknowledged, and
-telemetry windows drawn from the per-version profiles. Only activation is simulated: it takes
-`activation_s` and fails with the configured probability, leaving the previous model serving.
+`SimAgent` is a thin adapter around `agent.reconcile.Reconciler`, the state machine the product agent runs:
+signed desired states checked with `fleet.signing.Verifier` (pinned key, expiry, no downgrade), wants and
+chunk downloads (`agent.download`) verified chunk by chunk, re-wants after the agent's `rewant_after_s`,
+reported states with progress and errors, signed commands acknowledged. Its ports are the simulator's:
+`agent.sim.store.SimStore` (a per-device view of one shared blob directory), `SimActivation` (loads
+nothing; fails with the configured probability, leaving the previous model serving) and an outbox that
+turns what the reconciler sends into transport actions (decoded messages in, actions out). The adapter
+adds what the simulator needs and the reconciler does not do: the birth and last will, telemetry windows
+drawn from the per-version profiles, and injected faults.
 """
 
 from __future__ import annotations
@@ -12,29 +16,31 @@ from __future__ import annotations
 import platform
 import random
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
+from agent.errors import ActivationError
+from agent.ports import Restart
+from agent.reconcile import Reconciler
+from agent.settings import AgentSettings
 from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
-from agent.sim.cache import BlobCache, Download
-from agent.sim.config import AgentIdentity, SimConfig
+from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.profile import Profiles, WindowSample, sample_window
-from fleet.chunks import Accepted
-from fleet.codec import decode, encode
-from fleet.errors import ChunkError, FleetError, SignatureError, StaleVersion, error_code
+from agent.sim.store import SharedBlobs, SimStore
+from fleet.codec import encode
+from fleet.errors import FleetError
 from fleet.histogram import Histogram
 from fleet.messages import (
     AppliedModel,
     Capabilities,
-    Command,
     CommandAck,
-    CommandName,
     DesiredState,
     DeviceStatus,
-    DownloadProgress,
     ErrorInfo,
+    ModelRef,
     Phase,
-    Range,
     ReportedState,
-    SignedEnvelope,
+    RuntimeOptions,
     TelemetryWindow,
     Want,
     Wire,
@@ -45,57 +51,155 @@ from fleet.topics import TopicKind, Topics, spec
 PROVIDER = "CPUExecutionProvider"
 
 
+class SimActivation:
+    """The simulator's `agent.ports.ActivationPort`: nothing is loaded or served (inference is simulated by
+    the telemetry profiles); an activation fails with probability `faults.activation_fail_p`.
+
+    Args:
+        faults: the fault settings (read on every activation).
+        rng: the agent's random source.
+        stats: the agent's counters.
+        clock: the agent's clock (activation times).
+    """
+
+    def __init__(self, faults: Faults, rng: random.Random, stats: AgentStats, clock: Callable[[], float]) -> None:
+        self.faults = faults
+        self.rng = rng
+        self.stats = stats
+        self.clock = clock
+
+    def _applied(self, ref: ModelRef) -> AppliedModel:
+        return AppliedModel(name=ref.name, version=ref.version, sha256=ref.blob.sha256, provider=PROVIDER,
+                            activated_at=self.clock())  # fmt: skip
+
+    def restore(self) -> Restart:
+        return Restart()  # a simulated device starts with an empty store
+
+    def activate(self, path: Path, ref: ModelRef, runtime: RuntimeOptions) -> AppliedModel:
+        if self.rng.random() < self.faults.activation_fail_p:
+            self.stats.activation_failures += 1
+            raise ActivationError(f"simulated activation failure of {ref.name} {ref.version}")
+        self.stats.activations += 1
+        return self._applied(ref)
+
+    def set_shadow(self, path: Path, ref: ModelRef, runtime: RuntimeOptions, sample_rate: float) -> AppliedModel:
+        return self._applied(ref)
+
+    def clear_shadow(self) -> None:
+        """Nothing runs beside the model."""
+
+    def deactivate(self) -> None:
+        """Nothing serves."""
+
+
 class SimAgent:
-    """The protocol state machine of one simulated device.
+    """One simulated device: the agent's reconciler behind the simulator's ports.
 
     Args:
         identity: who the device is (id, pinned hub key, topic prefix, labels).
         config: shared behaviour and faults.
-        cache: the process-wide content-addressed blob cache.
+        blobs: the process-wide shared blob directory.
         profiles: latency/error distributions per model version.
         rng: this agent's random source (seed it for reproducible runs).
+        settings: the agent settings its reconciler runs with (`SimConfig.agent_settings`; shared).
+        now: the current time.
     """
 
     def __init__(
         self,
         identity: AgentIdentity,
         config: SimConfig,
-        cache: BlobCache,
+        blobs: SharedBlobs,
         profiles: Profiles,
         rng: random.Random,
         *,
+        settings: AgentSettings,
         now: float,
     ) -> None:
         self.identity = identity
         self.device_id = identity.device_id
         self.config = config
-        self.cache = cache
+        self.blobs = blobs
         self.profiles = profiles
         self.rng = rng
         self.topics = Topics(identity.topic_prefix)
-        self.verifier = Verifier(HubPublicKey.from_text(identity.hub_public_key), identity.device_id)
         self.session = uuid.UUID(int=rng.getrandbits(128)).hex[:16]
         self.stats = AgentStats()
         self.slow = rng.random() < config.faults.slow_fraction
         self.connected = False
-        self.phase = Phase.IDLE
-        self.desired_version: int | None = None
-        self.command_version: int | None = None
-        self.desired: DesiredState | None = None
-        self.active: AppliedModel | None = None
-        self.previous: AppliedModel | None = None
-        self.error: ErrorInfo | None = None
-        self.download: Download | None = None
-        self.held: set[str] = set()
-        self._seq = 0
+        self._now = now
+        self._out: list[Action] = []
+        self._watched: set[str] = set()
+        self.store = SimStore(blobs, identity.device_id)
+        self.activation = SimActivation(config.faults, rng, self.stats, self.clock)
+        self.reconciler = Reconciler(
+            device_id=identity.device_id,
+            store=self.store,
+            activation=self.activation,
+            verifier=Verifier(HubPublicKey.from_text(identity.hub_public_key), identity.device_id),
+            settings=settings,
+            outbox=self,
+            state_path=settings.data_dir / f"{identity.device_id}.state.json",
+            clock=self.clock,
+        )
         self._telemetry_seq = 0
         self._window_start = now
         # spread the fleet's windows evenly instead of every agent reporting in the same instant
         self._next_window = now + rng.uniform(0, config.telemetry_s)
-        self._activate_at: float | None = None
-        self._last_progress = now
-        self._last_report = now
-        self._progress_due = False
+
+    def clock(self) -> float:
+        """The time of the event being handled (the transport's, or a test's)."""
+        return self._now
+
+    # -- what the reconciler reports --------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return self.reconciler.phase
+
+    @property
+    def active(self) -> AppliedModel | None:
+        return self.reconciler.active
+
+    @property
+    def previous(self) -> AppliedModel | None:
+        return self.reconciler.previous
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self.reconciler.error
+
+    @property
+    def desired_version(self) -> int | None:
+        return self.reconciler.state.desired_version
+
+    @property
+    def desired(self) -> DesiredState | None:
+        return self.reconciler.desired
+
+    # -- agent.reconcile.Outbox: what the reconciler sends becomes transport actions --------------------
+    def report(self, state: ReportedState) -> None:
+        self._out.append(self._publish(TopicKind.REPORTED, state))
+
+    def want(self, want: Want) -> bool:
+        if not self.connected:
+            return False  # wanted again when the link is back (Reconciler.on_connected)
+        self._out.append(self._publish(TopicKind.WANT, want))
+        return True
+
+    def watch_blob(self, sha256: str) -> None:
+        self._watched.add(sha256)
+        self._out.append(Subscribe(self.topics.chunk(sha256)))
+
+    def unwatch_blob(self, sha256: str) -> None:
+        self._watched.discard(sha256)
+        self._out.append(Unsubscribe(self.topics.chunk(sha256)))
+
+    def ack(self, ack: CommandAck) -> None:
+        self._out.append(self._publish(TopicKind.CMD_ACK, ack))
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
 
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
@@ -104,7 +208,8 @@ class SimAgent:
         return self._publish(TopicKind.STATUS, status)
 
     def on_connect(self, now: float) -> list[Action]:
-        """Connected: subscribe, publish the birth and the current reported state, resume any download."""
+        """Connected: subscribe, publish the birth, then the reconciler wants what is missing and reports."""
+        self._now = now
         self.connected = True
         birth = DeviceStatus(
             device_id=self.device_id,
@@ -121,16 +226,14 @@ class SimAgent:
                 platform=f"sim-{platform.machine()}",
             ),
         )
-        actions: list[Action] = [
+        self._out += [
             Subscribe(self.topics.desired(self.device_id)),
             Subscribe(self.topics.cmd(self.device_id)),
+            *(Subscribe(self.topics.chunk(sha)) for sha in sorted(self._watched)),
             self._publish(TopicKind.STATUS, birth),
-            self._report(now),
         ]
-        if self.download is not None:
-            actions += [Subscribe(self.topics.chunk(self.download.sha256)), self._want(self.download)]
-            self._last_progress = now
-        return actions
+        self.reconciler.on_connected()
+        return self._take()
 
     def on_disconnect(self) -> None:
         """The connection is gone (the transport reconnects)."""
@@ -139,193 +242,61 @@ class SimAgent:
     # -- messages -----------------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, now: float) -> list[Action]:
         """Handle one received message; never raises on bad input (it is counted and reported)."""
+        self._now = now
         try:
             parsed = self.topics.parse(topic)
         except FleetError:
             self.stats.malformed += 1
             return []
         if parsed.kind is TopicKind.CHUNK:
-            return self._on_chunk(parsed.sha256 or "", payload, now)
-        if parsed.device_id != self.device_id:
+            self._on_chunk(parsed.sha256 or "", payload)
+        elif parsed.device_id != self.device_id:
             self.stats.malformed += 1
-            return []
-        if parsed.kind is TopicKind.DESIRED:
-            return self._on_desired(payload, now) if payload else []
-        if parsed.kind is TopicKind.CMD:
-            return self._on_command(payload, now)
-        self.stats.malformed += 1
-        return []
-
-    def _on_desired(self, payload: bytes, now: float) -> list[Action]:
-        try:
-            envelope = decode(payload, SignedEnvelope)
-            desired = self.verifier.verify(envelope, DesiredState, now=now, last_version=self.desired_version)
-        except SignatureError as e:
-            if isinstance(e, StaleVersion) and envelope.body.get("version") == self.desired_version:
-                return []  # the retained state we already applied, redelivered on reconnect
-            self.stats.refused_desired += 1
-            return [self._fail(error_code(e), str(e), now, phase=None)]
-        except FleetError as e:
-            self.stats.refused_desired += 1
-            return [self._fail("malformed_envelope", str(e), now, phase=None)]
-        return self._apply(desired, now)
-
-    def _apply(self, desired: DesiredState, now: float) -> list[Action]:
-        actions: list[Action] = []
-        self.desired_version = desired.version
-        self.desired = desired
-        self.error = None
-        self._activate_at = None
-        model = desired.model
-        if self.download is not None and (model is None or model.blob.sha256 != self.download.sha256):
-            actions.append(Unsubscribe(self.topics.chunk(self.download.sha256)))
-            self.download = None
-        if model is None:
-            if self.active is not None:
-                self.previous = self.active
-            self.active = None
-            self.phase = Phase.IDLE
-        elif self.active is not None and (self.active.sha256, self.active.name, self.active.version) == (
-            model.blob.sha256,
-            model.name,
-            model.version,
-        ):
-            self.phase = Phase.ACTIVE
-        elif model.blob.sha256 in self.held:
-            self._start_activation(now)
-        elif self.download is None:
-            self.download = self.cache.download(model.blob)
-            self.phase = Phase.DOWNLOADING
-            self._last_progress = now
-            actions += [Subscribe(self.topics.chunk(model.blob.sha256)), self._want(self.download)]
-        actions.append(self._report(now))
-        return actions
-
-    def _on_chunk(self, sha256: str, payload: bytes, now: float) -> list[Action]:
-        download = self.download
-        if download is None or download.sha256 != sha256:
-            self.stats.ignored_chunks += 1  # a blob we no longer want (other agents still fetch it)
-            return []
-        actions: list[Action] = []
-        try:
-            result = download.accept(payload)
-        except ChunkError:
-            self.stats.refused_chunks += 1
-            index = download.last_index
-            if index >= 0 and not download.has(index):  # like the agent: want a refused chunk again at once
-                self._last_progress = now
-                actions.append(self._want(download, [(index, index + 1)]))
-            return actions
-        self._last_progress = now
-        if self.slow:
-            actions.append(PauseReading(self.config.faults.slow_chunk_s))
-        end_of_pass = download.last_index == download.manifest.count - 1 and not download.complete
-        if end_of_pass and self.config.want_at_pass_end:
-            # the hub's pass over the blob ended and we still miss chunks (we joined late): ask at once
-            self._last_progress = now
-            actions.append(self._want(download))
-        if result is Accepted.DUPLICATE:
-            self.stats.duplicate_chunks += 1
-            return actions
-        self.stats.chunks += 1
-        if download.complete:
-            try:
-                download.finish()
-            except ChunkError:
-                return [*actions, self._want(download)]
-            self.stats.downloads_done += 1
-            self.held.add(download.sha256)
-            self.download = None
-            actions.append(Unsubscribe(self.topics.chunk(download.sha256)))
-            self._start_activation(now)
-            actions.append(self._report(now))
-        elif now - self._last_report >= self.config.report_interval_s:
-            actions.append(self._report(now))
+        elif parsed.kind is TopicKind.DESIRED:
+            refused = self.reconciler.refused
+            self.reconciler.on_desired(payload)
+            self.stats.refused_desired += self.reconciler.refused - refused
+        elif parsed.kind is TopicKind.CMD:
+            refused = self.reconciler.refused
+            self.reconciler.on_command(payload)
+            self.stats.malformed += self.reconciler.refused - refused
         else:
-            self._progress_due = True
-        return actions
+            self.stats.malformed += 1
+        return self._take()
 
-    def _on_command(self, payload: bytes, now: float) -> list[Action]:
-        try:
-            envelope = decode(payload, SignedEnvelope)
-        except FleetError:
-            self.stats.malformed += 1
-            return []
-        try:
-            command = self.verifier.verify(envelope, Command, now=now, last_version=self.command_version)
-        except SignatureError as e:
-            self.stats.malformed += 1
-            correlation = envelope.body.get("correlation_id")
-            if not isinstance(correlation, str) or not 0 < len(correlation) <= 64:
-                return []
-            error = ErrorInfo(code=error_code(e), message=str(e)[:2000], at=now)
-            ack = CommandAck(device_id=self.device_id, correlation_id=correlation, ok=False, error=error)
-            return [self._publish(TopicKind.CMD_ACK, ack)]
-        self.command_version = command.version
-        actions: list[Action] = []
-        result: dict[str, object] = {}
-        if command.name is CommandName.PING:
-            result = {"pong": True, "session": self.session}
-        elif command.name is CommandName.REPORT_NOW:
-            actions.append(self._report(now))
-        ack = CommandAck(device_id=self.device_id, correlation_id=command.correlation_id, ok=True, result=result)
-        return [*actions, self._publish(TopicKind.CMD_ACK, ack)]
+    def _on_chunk(self, sha256: str, payload: bytes) -> None:
+        rec = self.reconciler
+        dl = rec.download
+        if dl is None or dl.sha256 != sha256:
+            stray = rec.stray_chunks
+            rec.on_chunk(sha256, payload)
+            self.stats.ignored_chunks += rec.stray_chunks - stray  # a blob we no longer fetch (others still do)
+            return
+        have, refused, duplicates = dl.receiver.have_count, dl.refused, dl.duplicates
+        rec.on_chunk(sha256, payload)
+        self.stats.chunks += dl.receiver.have_count - have
+        self.stats.refused_chunks += dl.refused - refused
+        self.stats.duplicate_chunks += dl.duplicates - duplicates
+        if rec.download is not dl and self.store.has_blob(sha256):
+            self.stats.downloads_done += 1
+        if self.slow:
+            self._out.append(PauseReading(self.config.faults.slow_chunk_s))
 
     # -- time ---------------------------------------------------------------------------------
     def tick(self, now: float) -> list[Action]:
-        """Advance timers: finish activations, re-send stalled wants, emit telemetry, inject faults."""
-        actions: list[Action] = []
-        if self._activate_at is not None and now >= self._activate_at:
-            actions.append(self._finish_activation(now))
-        if (
-            self.download is not None
-            and self.connected
-            and now - self._last_progress >= self.config.want_retry_s
-            and not self.slow
-        ):
-            self._last_progress = now
-            actions.append(self._want(self.download))
-        if (
-            self.download is not None
-            and self.connected
-            and self._progress_due
-            and now - self._last_report >= self.config.report_interval_s
-        ):  # like the agent: progress not yet reported goes out on the next tick once the interval passed
-            actions.append(self._report(now))
+        """Advance timers: the reconciler's re-wants, progress and retries; telemetry; injected faults."""
+        self._now = now
+        if self.connected:
+            self.reconciler.tick()
         if now >= self._next_window:
             if self.connected:
-                actions.append(self._telemetry(now))
+                self._out.append(self._telemetry(now))
             self._window_start = now
             self._next_window = now + self.config.telemetry_s
             if self.connected and self.rng.random() < self.config.faults.offline_p:
                 self.stats.went_offline += 1
-                actions.append(GoOffline(self.config.faults.offline_s))
-        return actions
-
-    def _start_activation(self, now: float) -> None:
-        self.phase = Phase.ACTIVATING
-        self._activate_at = now + self.config.activation_s
-
-    def _finish_activation(self, now: float) -> Action:
-        self._activate_at = None
-        desired = self.desired
-        if desired is None or desired.model is None:
-            self.phase = Phase.IDLE
-            return self._report(now)
-        model = desired.model
-        if self.rng.random() < self.config.faults.activation_fail_p:
-            self.stats.activation_failures += 1
-            message = f"simulated activation failure of {model.name} {model.version}; previous model still serving"
-            return self._fail("activation_failed", message, now, phase=Phase.FAILED)
-        if self.active is not None and self.active.sha256 != model.blob.sha256:
-            self.previous = self.active
-        self.active = AppliedModel(
-            name=model.name, version=model.version, sha256=model.blob.sha256, provider=PROVIDER, activated_at=now
-        )
-        self.stats.activations += 1
-        self.phase = Phase.ACTIVE
-        self.error = None
-        return self._report(now)
+                self._out.append(GoOffline(self.config.faults.offline_s))
+        return self._take()
 
     # -- outgoing -----------------------------------------------------------------------------
     def _publish(self, kind: TopicKind, message: Wire) -> Publish:
@@ -335,46 +306,8 @@ class SimAgent:
         topic = self.topics.build(kind, device_id=device, sha256=sha)
         return Publish(topic, encode(message), qos=row.qos, retain=row.retained)
 
-    def _want(self, download: Download, ranges: list[Range] | None = None) -> Publish:
-        missing = download.missing_ranges() if ranges is None else ranges
-        want = Want(device_id=self.device_id, sha256=download.sha256, missing=missing[:4096])
-        return self._publish(TopicKind.WANT, want)
-
-    def _fail(self, code: str, message: str, now: float, *, phase: Phase | None) -> Publish:
-        self.error = ErrorInfo(code=code, message=message[:2000], permanent=True, at=now)
-        if phase is not None:
-            self.phase = phase
-        return self._report(now)
-
-    def _report(self, now: float) -> Publish:
-        self._seq += 1
-        self._last_report = now
-        self._progress_due = False
-        progress = None
-        if self.download is not None:
-            d = self.download
-            progress = DownloadProgress(
-                sha256=d.sha256,
-                have_chunks=d.have_count,
-                total_chunks=d.manifest.count,
-                bytes_done=d.bytes_done,
-                bytes_total=d.manifest.size,
-            )
-        reported = ReportedState(
-            device_id=self.device_id,
-            seq=self._seq,
-            ts=now,
-            desired_version=self.desired_version,
-            phase=self.phase,
-            active=self.active,
-            previous=self.previous,
-            download=progress,
-            error=self.error,
-        )
-        return self._publish(TopicKind.REPORTED, reported)
-
     def _telemetry(self, now: float) -> Publish:
-        active = self.active
+        active = self.reconciler.active
         if active is None:
             window = WindowSample(0, 0, Histogram())
         else:

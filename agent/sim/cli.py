@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from agent.settings import DownloadSettings
 from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.enrol import direct_identities, enrol_via_hub, load_bundles
 from agent.sim.errors import SimError
@@ -100,17 +101,15 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
         typer.Option(help="Per-version behaviour, repeatable: VERSION:p50=5ms,p95=12ms,err=0.001,rps=5 (* = default)."),
     ] = None,
     telemetry_s: Annotated[float, typer.Option(help="Telemetry window, seconds.")] = 10.0,
-    want_retry_s: Annotated[float, typer.Option(help="Re-send a want after this long without progress, s.")] = 5.0,
-    activation_s: Annotated[float, typer.Option(help="Simulated activation time, seconds.")] = 0.2,
-    want_at_pass_end: Annotated[
-        bool, typer.Option(help="Want missed chunks as soon as a pass ends (not the product agent's behaviour).")
-    ] = False,
+    want_retry_s: Annotated[
+        float, typer.Option(help="Re-send a want after this long without progress, s (default: the agent's).")
+    ] = DownloadSettings.model_fields["rewant_after_s"].default,
     offline_p: Annotated[float, typer.Option(help="Chance per telemetry window to drop offline abruptly.")] = 0.0,
     offline_s: Annotated[float, typer.Option(help="How long a dropped agent stays offline, seconds.")] = 30.0,
     fail_activation_p: Annotated[float, typer.Option(help="Chance that an activation fails.")] = 0.0,
     slow_fraction: Annotated[float, typer.Option(help="Fraction of agents on a slow link.")] = 0.0,
     slow_chunk_s: Annotated[float, typer.Option(help="Slow agents pause this long after each chunk, s.")] = 0.5,
-    cache: Annotated[Path | None, typer.Option(help="Shared blob cache folder (default: a temporary one).")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Shared blob folder (default: a temporary one).")] = None,
     threads: Annotated[int, typer.Option(help="Transport threads.")] = 2,
     connect_rate: Annotated[float, typer.Option(help="New MQTT connections per second.")] = 500.0,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).")] = 0.0,
@@ -124,8 +123,6 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
         config = SimConfig(
             telemetry_s=telemetry_s,
             want_retry_s=want_retry_s,
-            activation_s=activation_s,
-            want_at_pass_end=want_at_pass_end,
             seed=seed,
             faults=Faults(
                 offline_p=offline_p,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.settings import ActivationSettings, AgentSettings, DownloadSettings
 from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DeviceId, Prefix
@@ -47,7 +50,9 @@ class Faults(BaseModel):
         default=0.0, ge=0, le=1, description="chance per telemetry window that an agent drops its connection abruptly"
     )
     offline_s: float = Field(default=30.0, ge=0, le=86_400, description="how long a dropped agent stays away, s")
-    activation_fail_p: float = Field(default=0.0, ge=0, le=1, description="chance that an activation fails")
+    activation_fail_p: float = Field(
+        default=0.0, ge=0, le=1, description="chance that an activation fails (the previous model keeps serving)"
+    )
     slow_fraction: float = Field(default=0.0, ge=0, le=1, description="fraction of agents on a slow link")
     slow_chunk_s: float = Field(
         default=0.5, ge=0, le=600, description="slow agents stop reading for this long after each chunk, s"
@@ -61,18 +66,27 @@ class SimConfig(BaseModel):
 
     telemetry_s: float = Field(default=10.0, gt=0, le=3600, description="telemetry window length, s")
     want_retry_s: float = Field(
-        default=5.0, gt=0, le=3600, description="re-send a want after this long without a new chunk, s"
+        default=DownloadSettings.model_fields["rewant_after_s"].default,
+        gt=0,
+        le=3600,
+        description="re-send a want after this long without a new chunk, s (default: the agent's rewant_after_s)",
     )
-    want_at_pass_end: bool = Field(
-        default=False,
-        description="want missed chunks as soon as the last chunk of a pass arrives (the product agent waits for "
-        "want_retry_s of silence instead); a proposed improvement, off to stay faithful",
-    )
-    activation_s: float = Field(default=0.2, ge=0, le=3600, description="simulated load + warm-up time, s")
     report_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, s"
+        default=ActivationSettings.model_fields["report_interval_s"].default,
+        gt=0,
+        le=60,
+        description="shortest gap between progress reports while downloading, s (default: the agent's)",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s")
     agent_version: str = Field(default="0.1.0-sim", max_length=64, description="agent version in the birth")
     faults: Faults = Field(default_factory=Faults, description="fault injection")
     seed: int | None = Field(default=None, description="random seed for reproducible runs (None: random)")
+
+    def agent_settings(self, data_dir: Path) -> AgentSettings:
+        """The settings every simulated agent's reconciler and downloads run with (the agent's defaults but
+        for the re-want delay and the progress report interval)."""
+        return AgentSettings.model_validate({
+            "data_dir": data_dir,
+            "download": {"rewant_after_s": self.want_retry_s},
+            "activation": {"report_interval_s": self.report_interval_s},
+        })  # fmt: skip

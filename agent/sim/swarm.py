@@ -1,4 +1,4 @@
-"""The simulator: N `SimAgent`s on one `Transport`, sharing one blob cache, with a fleet-wide snapshot."""
+"""The simulator: N `SimAgent`s on one `Transport`, sharing one blob directory, with a fleet-wide snapshot."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 from agent.sim.actions import AgentStats
 from agent.sim.agent import SimAgent
-from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, SimConfig
 from agent.sim.profile import Profiles
+from agent.sim.store import SharedBlobs
 from agent.sim.transport import Transport
 
 
@@ -48,7 +48,7 @@ class Simulator:
         identities: one per agent (from bundles, hub enrolment or `direct_identities`).
         config: behaviour and faults shared by all agents.
         profiles: latency/error distributions per model version.
-        cache_dir: the shared content-addressed blob cache.
+        cache_dir: the shared blob directory (and each agent's accepted-state file under `devices/`).
         threads: transport threads.
         connect_rate: new MQTT connections per second.
         tick_s: timer resolution of every agent, s.
@@ -67,10 +67,15 @@ class Simulator:
     ) -> None:
         seeder = random.Random(config.seed)
         now = time.time()
-        self.cache = BlobCache(cache_dir)
+        settings = config.agent_settings(cache_dir / "devices")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = SharedBlobs(
+            cache_dir, sync_every=settings.download.sync_every, sync_interval_s=settings.download.sync_interval_s
+        )
+        rngs = [random.Random(seeder.getrandbits(64)) for _ in identities]
         self.agents = [
-            SimAgent(identity, config, self.cache, profiles, random.Random(seeder.getrandbits(64)), now=now)
-            for identity in identities
+            SimAgent(identity, config, self.blobs, profiles, rng, settings=settings, now=now)
+            for identity, rng in zip(identities, rngs, strict=True)
         ]
         self.transport = Transport(
             threads=threads, tick_s=tick_s, connect_rate=connect_rate, keepalive_s=config.keepalive_s
@@ -85,7 +90,9 @@ class Simulator:
     def stop(self) -> None:
         """Publish `offline` for each agent, disconnect cleanly and persist partial downloads."""
         self.transport.stop()
-        self.cache.close()
+        for agent in self.agents:
+            agent.reconciler.close()
+        self.blobs.close()
 
     def __enter__(self) -> Simulator:
         self.start()
@@ -123,6 +130,6 @@ class Simulator:
                 "messages_in": ts.messages_in,
                 "messages_out": ts.messages_out,
                 "bytes_in": ts.bytes_in,
-                "cache_chunks_written": self.cache.chunks_written,
+                "cache_chunks_written": self.blobs.chunks_written,
             },
         )

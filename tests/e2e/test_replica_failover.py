@@ -112,7 +112,7 @@ def test_the_leaders_host_cut_off_mid_rollout_hands_over_and_nothing_is_sent_twi
         with onnx.open("rb") as f:
             api("a", "POST", "/api/v1/models", data={"descriptor": desc}, files={"file": (onnx.name, f)})
     identities = enrol_via_hub(replicas["a"].url, token, DEVICES, id_prefix="r", labels={"fleet": "ha"})
-    config = SimConfig(telemetry_s=0.25, want_retry_s=0.5, activation_s=0.05, seed=7)
+    config = SimConfig(telemetry_s=0.25, want_retry_s=0.5, seed=7)
     sim = Simulator(identities, config, Profiles.parse(PROFILES), tmp_path / "cache", threads=2, tick_s=0.05)
     watch = TestClient(broker.host, broker.port)
     desired: dict[tuple[str, int], set[str]] = defaultdict(set)  # (device, version counter) -> bodies seen

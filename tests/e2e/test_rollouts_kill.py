@@ -61,7 +61,7 @@ def test_a_hub_killed_mid_wave_twice_finishes_the_rollout_without_sending_a_step
         with onnx.open("rb") as f:
             api("POST", "/api/v1/models", data={"descriptor": desc}, files={"file": (onnx.name, f)})
     identities = enrol_via_hub(h.url, token, 20, id_prefix="k", labels={"fleet": "kill"})
-    config = SimConfig(telemetry_s=0.2, want_retry_s=0.5, activation_s=0.05, seed=5)
+    config = SimConfig(telemetry_s=0.2, want_retry_s=0.5, seed=5)
     sim = Simulator(identities, config, Profiles.parse(PROFILES), tmp_path / "cache", threads=2, tick_s=0.05)
     watch = TestClient(broker.host, broker.port)
     log: list[DesiredState] = []

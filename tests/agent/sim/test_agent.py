@@ -1,4 +1,4 @@
-"""SimAgent without a network: decoded messages in, actions out."""
+"""SimAgent without a network: decoded messages in, actions out, through the agent's own reconciler."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.reconcile import Reconciler
+from agent.settings import DownloadSettings
 from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from agent.sim.agent import SimAgent
-from agent.sim.cache import BlobCache
 from agent.sim.config import AgentIdentity, Faults, SimConfig
 from agent.sim.profile import Profiles
+from agent.sim.store import SharedBlobs
 from fleet import (
     CommandAck,
     DesiredState,
@@ -60,13 +62,15 @@ class Hub:
         return [encode_frame(m.sha256, i, m.count, chunk_of(BLOB, m, i)) for i in range(m.count)]
 
 
-def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", cache: BlobCache | None = None,
+def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", blobs: SharedBlobs | None = None,
                **config: object) -> SimAgent:  # fmt: skip
     identity = AgentIdentity(device_id=device_id, broker=BrokerAddress(host="127.0.0.1", port=1883),
                              hub_public_key=hub.key.public.to_text(), labels={"site": "a"})  # fmt: skip
-    cfg = SimConfig.model_validate({"activation_s": 0.0, "telemetry_s": 10.0, **config})
-    return SimAgent(identity, cfg, cache or BlobCache(tmp_path / "cache"), Profiles.parse(["1.0.0:p50=5ms,err=0.5"]),
-                    random.Random(1), now=time.time())  # fmt: skip
+    cfg = SimConfig.model_validate({"telemetry_s": 10.0, **config})
+    settings = cfg.agent_settings(tmp_path / "devices")
+    settings.data_dir.mkdir(exist_ok=True)
+    return SimAgent(identity, cfg, blobs or SharedBlobs(tmp_path / "cache"), Profiles.parse(["1.0.0:p50=5ms,err=0.5"]),
+                    random.Random(1), settings=settings, now=time.time())  # fmt: skip
 
 
 def reports(actions: list[object]) -> list[ReportedState]:
@@ -108,11 +112,12 @@ def test_desired_state_downloads_verifies_and_activates(tmp_path: Path) -> None:
     assert reports(actions)[-1].phase is Phase.DOWNLOADING
     actions = download_all(agent, hub)
     assert Unsubscribe(hub.topics.chunk(hub.manifest.sha256)) in actions
-    assert reports(actions)[-1].phase is Phase.ACTIVATING
     assert (tmp_path / "cache" / "blobs" / hub.manifest.sha256).read_bytes() == BLOB
-    final = reports(agent.tick(time.time()))[-1]
-    assert final.phase is Phase.ACTIVE and final.active is not None and final.active.version == "1.0.0"
-    assert final.desired_version == 1
+    phases = [r.phase for r in reports(actions)]
+    assert phases[-2:] == [Phase.ACTIVATING, Phase.ACTIVE]  # the agent's order: report, load, swap, report
+    final = reports(actions)[-1]
+    assert final.active is not None and final.active.version == "1.0.0" and final.desired_version == 1
+    assert agent.stats.downloads_done == 1 and agent.stats.activations == 1 and agent.stats.chunks == hub.manifest.count
 
 
 def test_redelivered_retained_state_is_ignored_and_a_downgrade_refused(tmp_path: Path) -> None:
@@ -120,7 +125,8 @@ def test_redelivered_retained_state_is_ignored_and_a_downgrade_refused(tmp_path:
     agent = make_agent(hub, tmp_path)
     payload = hub.desired("sim-00001", None, version=5)
     agent.on_message(hub.topics.desired("sim-00001"), payload, time.time())
-    assert agent.on_message(hub.topics.desired("sim-00001"), payload, time.time()) == []
+    again = reports(agent.on_message(hub.topics.desired("sim-00001"), payload, time.time()))[-1]
+    assert again.error is None and again.desired_version == 5 and agent.stats.refused_desired == 0
     old = hub.desired("sim-00001", None, version=3)
     refused = reports(agent.on_message(hub.topics.desired("sim-00001"), old, time.time()))[-1]
     assert refused.error is not None and refused.error.code == "stale_version" and refused.desired_version == 5
@@ -151,12 +157,12 @@ def test_hostile_desired_states_are_refused_with_a_reason(tmp_path: Path, mutate
         payload = b"\xff{not json" * 10
     refused = reports(agent.on_message(hub.topics.desired("sim-00001"), payload, time.time()))[-1]
     assert refused.error is not None and refused.error.code == code
-    assert refused.phase is Phase.IDLE and agent.download is None and agent.stats.refused_desired == 1
+    assert refused.phase is Phase.IDLE and agent.reconciler.download is None and agent.stats.refused_desired == 1
 
 
 def test_bad_chunks_are_refused_and_stay_wanted(tmp_path: Path) -> None:
     hub = Hub()
-    agent = make_agent(hub, tmp_path, want_retry_s=1.0)
+    agent = make_agent(hub, tmp_path, want_retry_s=0.05)
     agent.on_connect(time.time())
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
     topic = hub.topics.chunk(hub.manifest.sha256)
@@ -167,11 +173,13 @@ def test_bad_chunks_are_refused_and_stay_wanted(tmp_path: Path) -> None:
     # a chunk that fails its digest is wanted again at once, like the product agent does
     again = agent.on_message(topic, corrupt, time.time())
     assert [decode(a.payload, Want).missing for a in again if isinstance(a, Publish)] == [[(1, 2)]]
-    assert agent.stats.refused_chunks == 5 and agent.download is not None and agent.download.have_count == 0
+    download = agent.reconciler.download
+    assert agent.stats.refused_chunks == 5 and download is not None and download.receiver.have_count == 0
     agent.on_message(topic, good, time.time())
     agent.on_message(topic, good, time.time())
     assert agent.stats.duplicate_chunks == 1
-    retry = [a for a in agent.tick(time.time() + 2) if isinstance(a, Publish) and a.topic.endswith("/want")]
+    time.sleep(0.1)  # the agent's re-want timer runs on the monotonic clock
+    retry = [a for a in agent.tick(time.time()) if isinstance(a, Publish) and a.topic.endswith("/want")]
     assert decode(retry[0].payload, Want).missing == [(0, 1), (2, hub.manifest.count)]
 
 
@@ -191,12 +199,12 @@ def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:
     agent = make_agent(hub, tmp_path)
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
     download_all(agent, hub)
-    agent.tick(time.time())
     assert agent.active is not None
-    agent.config = agent.config.model_copy(update={"faults": Faults(activation_fail_p=1.0)})
+    agent.activation.faults = Faults(activation_fail_p=1.0)
     other = hub.model("2.0.0")  # same blob, new version: no download needed, but a new activation
-    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", other), time.time())
-    failed = reports(agent.tick(time.time()))[-1]
+    actions = agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", other), time.time())
+    assert not [a for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
+    failed = reports(actions)[-1]
     assert failed.phase is Phase.FAILED and failed.error is not None and failed.error.code == "activation_failed"
     assert failed.active is not None and failed.active.version == "1.0.0"
 
@@ -236,26 +244,25 @@ def test_signed_commands_are_acknowledged(tmp_path: Path) -> None:
     cmd = Command(device_id="sim-00001", version=1, issued_at=now, expires_at=now + 60, correlation_id="c1",
                   name=CommandName.PING)  # fmt: skip
     actions = agent.on_message(hub.topics.cmd("sim-00001"), encode(hub.key.sign(cmd)), now)
-    ack = decode(actions[-1].payload, CommandAck)  # type: ignore[union-attr]
-    assert ack.ok and ack.correlation_id == "c1"
+    ack = decode(next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/ack")), CommandAck)
+    assert ack.ok and ack.correlation_id == "c1" and ack.result == {"pong": True}
     replay = agent.on_message(hub.topics.cmd("sim-00001"), encode(hub.key.sign(cmd)), now)
-    refused = decode(replay[-1].payload, CommandAck)  # type: ignore[union-attr]
-    assert not refused.ok and refused.error is not None and refused.error.code == "stale_version"
+    assert replay == [] and agent.stats.malformed == 1  # like the agent: a replayed command is refused, not run
 
 
 def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path) -> None:
     hub = Hub()
-    cache = BlobCache(tmp_path / "cache")
-    agents = [make_agent(hub, tmp_path, f"sim-{i:05d}", cache=cache) for i in range(5)]
+    blobs = SharedBlobs(tmp_path / "cache")
+    agents = [make_agent(hub, tmp_path, f"sim-{i:05d}", blobs=blobs) for i in range(5)]
     for agent in agents:
         agent.on_message(hub.topics.desired(agent.device_id), hub.desired(agent.device_id, hub.model()), time.time())
     for agent in agents:
         download_all(agent, hub)
-        assert agent.phase is Phase.ACTIVATING
-    assert cache.chunks_written == hub.manifest.count
-    assert cache.chunks_verified == 5 * hub.manifest.count
+        assert agent.phase is Phase.ACTIVE
+    assert blobs.chunks_written == hub.manifest.count
+    assert blobs.chunks_verified == 5 * hub.manifest.count
     assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [hub.manifest.sha256]
-    late = make_agent(hub, tmp_path, "sim-late", cache=cache)
+    late = make_agent(hub, tmp_path, "sim-late", blobs=blobs)
     late.on_message(hub.topics.desired("sim-late"), hub.desired("sim-late", hub.model()), time.time())
     corrupt = bytearray(hub.frames()[0])
     corrupt[-1] ^= 1
@@ -263,14 +270,37 @@ def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path
     assert late.stats.refused_chunks == 1  # a complete cache does not spare a late agent its checks
 
 
-def test_a_late_joiner_wants_the_missed_chunks_when_the_pass_ends(tmp_path: Path) -> None:
+def test_it_runs_the_agents_reconciler_with_the_agents_re_want_delay(tmp_path: Path) -> None:
+    agent = make_agent(Hub(), tmp_path)
+    assert type(agent.reconciler) is Reconciler  # not a copy: sim-found bugs are the agent's bugs
+    assert SimConfig().want_retry_s == DownloadSettings().rewant_after_s
+    assert agent.reconciler.settings.download.rewant_after_s == DownloadSettings().rewant_after_s
+
+
+def test_a_new_version_takes_the_chunks_the_device_holds_and_wants_only_the_others(tmp_path: Path) -> None:
     hub = Hub()
-    agent = make_agent(hub, tmp_path, want_at_pass_end=True)
+    agent = make_agent(hub, tmp_path)
     agent.on_connect(time.time())
     agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
-    topic = hub.topics.chunk(hub.manifest.sha256)
-    frames = hub.frames()
-    assert agent.on_message(topic, frames[2], time.time()) == []
-    actions = agent.on_message(topic, frames[-1], time.time())
+    download_all(agent, hub)
+    newer = BLOB[: 256 * 1024] + b"\x01" * (256 * 1024) + BLOB[512 * 1024 :]  # chunk 1 differs
+    manifest = plan_bytes(newer, chunking="fixed")
+    ref = ModelRef(name="resnet", version="2.0.0", task="classification", blob=manifest)
+    actions = agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", ref), time.time())
     wants = [decode(a.payload, Want) for a in actions if isinstance(a, Publish) and a.topic.endswith("/want")]
-    assert wants[0].missing == [(0, 2)]
+    assert [w.missing for w in wants] == [[(1, 2)]]  # the agent's download reused the other chunks
+    frame = encode_frame(manifest.sha256, 1, manifest.count, chunk_of(newer, manifest, 1))
+    final = reports(agent.on_message(hub.topics.chunk(manifest.sha256), frame, time.time()))[-1]
+    assert final.active is not None and final.active.version == "2.0.0"
+    assert final.previous is not None and final.previous.version == "1.0.0"
+    assert (tmp_path / "cache" / "blobs" / manifest.sha256).read_bytes() == newer
+
+
+def test_a_desired_state_without_a_model_stops_serving_and_keeps_the_previous(tmp_path: Path) -> None:
+    hub = Hub()
+    agent = make_agent(hub, tmp_path)
+    agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", hub.model()), time.time())
+    download_all(agent, hub)
+    idle = reports(agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", None), time.time()))[-1]
+    assert idle.phase is Phase.IDLE and idle.active is None
+    assert idle.previous is not None and idle.previous.version == "1.0.0"

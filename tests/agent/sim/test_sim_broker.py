@@ -32,7 +32,7 @@ def hub(broker: Broker, topic_prefix: str) -> Iterator[MiniHub]:
 
 def simulator(broker: Broker, hub: MiniHub, topic_prefix: str, tmp_path: Path, n: int, **config: object) -> Simulator:
     identities = direct_identities(broker.url, hub.public_key, n, topic_prefix=topic_prefix, labels={"ring": "canary"})
-    cfg = SimConfig.model_validate({"telemetry_s": 0.5, "want_retry_s": 0.5, "activation_s": 0.05, "seed": 7, **config})
+    cfg = SimConfig.model_validate({"telemetry_s": 0.5, "want_retry_s": 0.5, "seed": 7, **config})
     return Simulator(identities, cfg, Profiles.parse(["*:p50=4ms,err=0.01,rps=20"]), tmp_path / "cache", threads=2)
 
 
@@ -51,7 +51,7 @@ def test_fifty_agents_download_by_fan_out_and_report_active(
         assert all(r.active is not None and r.active.version == "1.2.0" for r in hub.reported.values())
         # every agent verified every chunk; the bytes hit the disk once; chunks went out about once each
         assert sim.snapshot().stats["chunks"] == N * manifest.count
-        assert sim.cache.chunks_written == manifest.count
+        assert sim.blobs.chunks_written == manifest.count
         assert (tmp_path / "cache" / "blobs" / manifest.sha256).read_bytes() == blob
         assert hub.chunks_sent < 4 * manifest.count
         wait_for(

@@ -179,7 +179,7 @@ class Fleet:
 
     def sims(self, n: int, labels: dict[str, str], *, prefix: str = "sim") -> list[str]:
         identities = enrol_via_hub(self.hub.url, self.hub.admin_token, n, id_prefix=prefix, labels=labels)
-        config = SimConfig(telemetry_s=0.2, want_retry_s=0.5, activation_s=0.05, seed=3)
+        config = SimConfig(telemetry_s=0.2, want_retry_s=0.5, seed=3)
         self.sim = Simulator(identities, config, Profiles.parse(PROFILES), self.tmp / "cache", threads=2, tick_s=0.05)
         self.sim.start()
         return [i.device_id for i in identities]

@@ -1,0 +1,205 @@
+"""uvicorn's httptools protocol with the inference routes served straight from the HTTP parser.
+
+Every connection of the inference API runs this protocol. Most requests take uvicorn's usual way (an ASGI
+task, FastAPI); a POST to an inference route (`agent.api.inference.route`) with a Content-Length within the
+body limit is served directly, without ASGI: a request's time there is mostly per-request Python, and on
+this path it pays only for what it needs (docs/bench/serve.md has the figures):
+
+- its handler (`Inference.infer_reply` / `predict_reply`, the same code the ASGI routes run) starts as a
+  task when the headers arrive, as uvicorn starts its ASGI tasks: the request holds its model, counts as
+  in progress and is counted by graceful shutdown while its body arrives;
+- the body goes into one buffer sized from Content-Length, without uvicorn's 64 KiB read pauses and the
+  copies of ASGI body messages; binary tensor data (`Inference-Header-Content-Length`) is placed so that
+  the first tensor starts 16-byte aligned, so numpy views it instead of copying it;
+- the response (uvicorn's default headers, the answer's headers and body) goes out in one write.
+
+Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests (a request that arrives
+while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400). Requests
+it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
+go through ASGI, so every answer is the same either way; only the cost differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import numpy as np
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from agent.api.inference import Body, Inference, Reply, Route, route
+
+_ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
+_WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
+                     b"inference-header-content-length"})  # fmt: skip
+
+
+class _Ignored:
+    """Stands in for the asyncio.Event uvicorn sets on a request's cycle when the connection is lost."""
+
+    @staticmethod
+    def set() -> None:
+        """Nothing waits on a direct request's event: its body future is failed instead."""
+
+
+class _Direct:
+    """A request served without ASGI; it stands in uvicorn's `cycle` slot while it is answered, so that uvicorn
+    queues pipelined requests behind it and graceful shutdown closes its connection after the answer."""
+
+    message_event = _Ignored()
+
+    def __init__(self, size: int, aligned_at: int, keep_alive: bool, body: asyncio.Future[Body]) -> None:
+        """`aligned_at`: the body offset that should land on an aligned address (0: none in particular)."""
+        if size:  # numpy's allocations are 16-byte aligned (malloc's); were one not, numpy would copy the tensor
+            start = -aligned_at % _ALIGN
+            self.view = np.empty(size + start, dtype=np.uint8).data[start:]
+        else:
+            self.view = memoryview(b"")
+        self.filled = 0
+        self.keep_alive = keep_alive
+        self.body = body
+        self.response_complete = False
+        self.disconnected = False
+
+    def add(self, chunk: bytes) -> None:
+        """Copy the next part of the body in (httptools never passes more than Content-Length)."""
+        end = self.filled + len(chunk)
+        self.view[self.filled : end] = chunk
+        self.filled = end
+
+    async def read(self) -> Body:
+        """The whole body, once it has arrived (ClientDisconnect if the client went away first)."""
+        return await self.body
+
+
+class InferenceProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol; inference POSTs are answered from the parser (see the module docstring).
+
+    Use `protocol_for(handlers, max_body_bytes)`: uvicorn creates one instance per connection.
+    """
+
+    handlers: ClassVar[Inference]
+    max_body_bytes: ClassVar[int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading: _Direct | None = None
+
+    # --- parser callbacks ----------------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        if not self._start_direct():
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        d = self._reading
+        if d is None:
+            super().on_body(body)
+        elif not d.body.done():  # once answered (an early error), the rest of the body is read and dropped
+            d.add(body)
+
+    def on_message_complete(self) -> None:
+        d = self._reading
+        if d is None:
+            super().on_message_complete()
+            return
+        self._reading = None
+        if not d.body.done():
+            d.body.set_result(d.view)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        d = self.cycle
+        if isinstance(d, _Direct) and not d.response_complete:
+            d.disconnected = True
+            if not d.body.done():
+                d.body.set_exception(ClientDisconnect())
+        self._reading = None
+        super().connection_lost(exc)
+
+    # --- the direct path -----------------------------------------------------------------------------
+
+    def _start_direct(self) -> bool:
+        """Take the request that has just sent its headers, if it is one this protocol serves."""
+        parser = self.parser
+        cycle: Any = self.cycle
+        if parser.get_method() != b"POST" or (cycle is not None and not cycle.response_complete):
+            return False  # not an inference request, or pipelined behind one still answered: uvicorn queues it
+        if self.expect_100_continue or parser.should_upgrade() or self.root_path or self.limit_concurrency is not None:
+            return False
+        path, _, query = self.url.partition(b"?")
+        if b"%" in path or b"#" in query:
+            return False
+        try:
+            found = route(path.decode("ascii"))
+        except UnicodeDecodeError:
+            return False
+        if found is None:
+            return False
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            if name in _WANTED:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        declared = headers.get("content-length")
+        if "transfer-encoding" in headers or declared is None or not (declared.isascii() and declared.isdigit()):
+            return False
+        size = int(declared)
+        if size > self.max_body_bytes:
+            return False  # the ASGI path answers 413 before reading
+        head = headers.get("inference-header-content-length", "")
+        aligned_at = int(head) if found[0] == "infer" and head.isascii() and head.isdigit() and int(head) < size else 0
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        d = _Direct(size, aligned_at, keep_alive, self.loop.create_future())
+        self._reading = d
+        self.cycle = d  # type: ignore[assignment]  # uvicorn reads response_complete / keep_alive / disconnected
+        task = self.loop.create_task(self._serve(d, found, query, headers))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return True
+
+    async def _serve(self, d: _Direct, found: Route, query: bytes, headers: dict[str, str]) -> None:
+        kind, name, version = found
+        try:
+            if kind == "infer":
+                reply = await self.handlers.infer_reply(name, version, d.read, headers)
+            else:
+                reply = await self.handlers.predict_reply(name, None, None, query, d.read, headers)
+        except BaseException:  # cancelled (graceful shutdown ran out of time): no answer, close
+            d.response_complete = True
+            _settle(d.body)
+            self.transport.close()
+            raise
+        _settle(d.body)  # answered before the body arrived (an early error): the rest is read and dropped
+        self._respond(d, reply)
+
+    def _respond(self, d: _Direct, reply: Reply) -> None:
+        d.response_complete = True
+        if d.disconnected or self.transport.is_closing():
+            return
+        lines = [STATUS_LINE[reply.status]]
+        for name, value in self.server_state.default_headers:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (reply.content_type.encode(), len(reply.body)))
+        for key, text in reply.headers:
+            lines.append(f"{key.lower()}: {text}\r\n".encode("latin-1"))
+        if not d.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(reply.body)
+        self.transport.write(b"".join(lines))
+        if not d.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+
+def _settle(body: asyncio.Future[Body]) -> None:
+    """Leave no body future pending, and no failure in one unretrieved (asyncio would log it)."""
+    if not body.done():
+        body.cancel()
+    elif not body.cancelled():
+        body.exception()
+
+
+def protocol_for(handlers: Inference, max_body_bytes: int) -> type[InferenceProtocol]:
+    """The protocol class for uvicorn's `http` option, bound to the API's handlers and body limit."""
+    return type("InferenceProtocol", (InferenceProtocol,), {"handlers": handlers, "max_body_bytes": max_body_bytes})

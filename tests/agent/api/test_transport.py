@@ -1,0 +1,232 @@
+"""The inference routes served from uvicorn's parser (`agent.api.protocol`) against raw HTTP/1.1 on a socket.
+
+The same request must get the same answer whichever way the server takes it: directly (Content-Length) or
+through ASGI (chunked bodies, `Expect: 100-continue`); keep-alive, pipelining, HTTP/1.0, early errors and
+clients that go away must behave as uvicorn's own handling does.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+
+from agent.api import ApiServer, ApiSettings, ModelSlot
+from agent.api.protocol import _Direct
+from models.engine import Engine
+from tests.agent.api.conftest import Sample, jpeg
+
+NAME = "mobilenet-like"
+
+
+@pytest.fixture(scope="module")
+def server(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[ApiServer]:
+    slot = ModelSlot()
+    api = ApiServer(ApiSettings(port=0, max_body_bytes=1024 * 1024), slot)
+    api.start()
+    slot.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    yield api
+    api.stop()
+
+
+class Conn:
+    """One raw HTTP/1.1 connection that reads responses by Content-Length."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            self._more()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (EOF)."""
+        return self.sock.recv(1) == b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _binary(x: np.ndarray, pad: int = 0) -> tuple[bytes, dict[str, str]]:
+    """A binary-tensor body; `pad` spaces in the JSON header move the tensor's offset in the body."""
+    head = (
+        orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            }
+        )
+        + b" " * pad
+    )
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def _request(
+    body: bytes, headers: dict[str, str], *, path: str = f"/v2/models/{NAME}/infer", version: str = "1.1"
+) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"POST {path} HTTP/{version}\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def _chunked(body: bytes, headers: dict[str, str]) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:1000], body[1000:]) if part)
+    return (
+        f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra}\r\n".encode()
+        + chunks
+        + b"0\r\n\r\n"
+    )
+
+
+def _x(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 3, 64, 96)).astype(np.float32)
+
+
+def test_direct_and_asgi_give_the_same_answer(server: ApiServer, clf_engine: Engine) -> None:
+    x = _x()
+    want = clf_engine.infer({"image": x})["logits"]
+    c = Conn(server.url)
+    answers = []
+    for pad in range(4):  # the tensor at every offset modulo 4 in the body
+        body, headers = _binary(x, pad)
+        for raw in (_request(body, headers), _chunked(body, headers)):
+            c.send(raw)
+            status, h, content = c.response()
+            assert status == 200, content
+            n = int(h["inference-header-content-length"])
+            got = np.frombuffer(content[n:], dtype=np.float32).reshape(want.shape)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            answers.append((h["content-type"], content))
+    assert len(set(answers)) == 1  # identical bytes every time, whichever path served it
+    c.close()
+
+
+def test_responses_carry_uvicorns_default_headers(server: ApiServer) -> None:
+    c = Conn(server.url)
+    body, headers = _binary(_x())
+    c.send(_request(body, headers))
+    status, h, _ = c.response()
+    assert status == 200
+    assert "date" in h and "server" not in h  # the server header is off, as for every other route
+    assert h["content-type"] == "application/octet-stream"
+    c.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server: ApiServer) -> None:
+    c = Conn(server.url)
+    first, h1 = _binary(_x(1))
+    second = orjson.dumps(
+        {"inputs": [{"name": "image", "shape": [1, 3, 64, 96], "datatype": "FP32", "data": [0.5] * 18432}]}
+    )
+    c.send(
+        _request(first, h1)
+        + f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        + _request(second, {})
+        + _request(b"{}", {}, path="/v2/models/nope/infer")
+    )
+    status, h, _ = c.response()
+    assert (status, h["content-type"]) == (200, "application/octet-stream")
+    status, _, meta = c.response()
+    assert status == 200 and orjson.loads(meta)["name"] == NAME
+    status, _, js = c.response()
+    assert status == 200 and orjson.loads(js)["outputs"][0]["shape"] == [1, 100]
+    status, _, err = c.response()
+    assert status == 404 and "nope" in orjson.loads(err)["error"]
+    c.close()
+
+
+def test_http_10_gets_its_answer_then_the_connection_closes(server: ApiServer) -> None:
+    c = Conn(server.url)
+    body, headers = _binary(_x())
+    c.send(_request(body, headers, version="1.0"))
+    status, h, _ = c.response()
+    assert status == 200
+    assert h["connection"] == "close"
+    assert c.closed()
+    c.close()
+
+
+def test_an_early_error_drops_the_rest_of_the_body_and_keeps_the_connection(server: ApiServer) -> None:
+    c = Conn(server.url)
+    body, headers = _binary(_x())
+    raw = _request(body, headers, path="/v2/models/other/infer")
+    cut = raw.index(b"\r\n\r\n") + 4 + 100
+    c.send(raw[:cut])  # the model is unknown: answered before the body has arrived
+    status, _, err = c.response()
+    assert status == 404 and "other" in orjson.loads(err)["error"]
+    c.send(raw[cut:])  # the rest of that body is read and dropped ...
+    c.send(_request(body, headers))  # ... and the connection serves the next request
+    assert c.response()[0] == 200
+    c.close()
+
+
+def test_expect_100_continue_and_bodies_over_the_limit_take_the_asgi_path(server: ApiServer) -> None:
+    c = Conn(server.url)
+    body, headers = _binary(_x())
+    head = _request(body, {**headers, "Expect": "100-continue"})
+    split = head.index(b"\r\n\r\n") + 4
+    c.send(head[:split])
+    assert c.sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+    c.send(head[split:])
+    assert c.response()[0] == 200
+    c.send(
+        b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (NAME.encode(), 2 * 1024 * 1024)
+    )
+    status, _, err = c.response()
+    assert status == 413 and "limit" in orjson.loads(err)["error"]
+    c.close()
+
+
+def test_the_image_endpoint_is_served_directly_too(server: ApiServer) -> None:
+    c = Conn(server.url)
+    c.send(_request(jpeg(320, 240), {"Content-Type": "image/jpeg"}, path=f"/v1/models/{NAME}:predict?top_k=3"))
+    status, _, body = c.response()
+    assert status == 200
+    assert len(orjson.loads(body)["classes"]) == 3
+    c.send(_request(jpeg(320, 240), {}, path=f"/v1/models/{NAME}:predict?top_k=0"))
+    status, _, body = c.response()
+    assert status == 400 and "top_k" in orjson.loads(body)["error"]
+    c.close()
+
+
+@pytest.mark.parametrize("aligned_at", [0, 1, 157, 1023])
+def test_binary_tensor_data_lands_aligned(aligned_at: int) -> None:
+    import asyncio  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    try:
+        d = _Direct(4096, aligned_at, True, loop.create_future())
+        tensor = np.frombuffer(d.view, dtype=np.uint8)[aligned_at:]
+        assert tensor.ctypes.data % 16 == 0
+        assert len(d.view) == 4096
+    finally:
+        loop.close()
