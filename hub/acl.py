@@ -17,12 +17,12 @@ files for the operator to install (docs/security.md).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.files import atomic_write
 from fleet.topics import TOPIC_TABLE, TopicKind
 from hub.credentials import mosquitto_hash, mosquitto_verify, new_password
 from hub.errors import NotFound
@@ -52,11 +52,7 @@ class HubAccount:
 def _write_private(path: Path, text: str) -> None:
     """Write `text` atomically with mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
+    atomic_write(path, text.encode(), mode=0o600)
 
 
 def hub_account(data_dir: Path) -> HubAccount:
