@@ -39,9 +39,9 @@ class ApiSettings(EnvSettings):
     max_json_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,
-        description="Largest JSON part of an infer request (the whole body without binary tensors); larger: 413. "
-        "JSON tensors take about 15x their text in memory while parsed (a 60 MB body took 0.9 GB): 16 MiB fits "
-        "one float32 3x640x640 tensor as JSON; send larger ones as binary data.",
+        description="Largest JSON part of an infer request in bytes (the whole body without binary tensors); "
+        "larger: 413. JSON tensors take about 15x their text in memory while parsed (a 60 MB body took 0.9 GB): "
+        "16 MiB fits one float32 3x640x640 tensor as JSON; send larger ones as binary data.",
     )
     max_image_pixels: int = Field(
         default=40_000_000,
