@@ -13,10 +13,10 @@ import typer
 
 from agent.cli import app as agent_app
 from agent.k3s.cli import app as k3s_app
-from agent.sim.cli import app as sim_app
 from hubclient.cli import MODEL_COMMANDS, deploy, device_app, hub_app
 from hubclient.rollout import rollout_app
 from models.cli import app as models_app
+from sim.cli import app as sim_app
 
 try:
     from hub.cli_server import SERVER_COMMANDS

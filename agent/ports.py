@@ -7,7 +7,7 @@ implements the port with the same core, `agent.serving.ModelSlot` (HTTP API or h
 
 The reconciler reaches loading and serving through `ActivationPort`: the agent's is
 `agent.activation.EngineActivation` (onnxruntime engines handed to a `ServingPort`); the fleet simulator
-(`agent.sim`) implements it without loading anything, so it runs the agent's own reconciler and download.
+(the `sim` package) implements it without loading anything, so it runs the agent's own reconciler and download.
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ class ChunkSink(Protocol):
 
 class StorePort(Protocol):
     """What the reconciler and its downloads need of a model store: `ModelStore` on the agent's disk, or
-    the fleet simulator's per-device view of one shared blob directory (`agent.sim.store`)."""
+    the fleet simulator's per-device view of one shared blob directory (`sim.store`)."""
 
     root: Path
 

@@ -44,13 +44,13 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 
 from agent.settings import DownloadSettings  # noqa: E402
-from agent.sim.actions import Action, Publish, Subscribe  # noqa: E402
-from agent.sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
-from agent.sim.transport import Transport  # noqa: E402
 from fleet import ModelRef, TelemetryWindow, Topics, Want, decode, decode_frame, encode_frame  # noqa: E402
 from fleet.chunks import chunk_of  # noqa: E402
 from fleet.plan import plan_file  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
+from sim.actions import Action, Publish, Subscribe  # noqa: E402
+from sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
+from sim.transport import Transport  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
 from tests.support.sim_hub import MiniHub  # noqa: E402
@@ -485,7 +485,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     try:
         model = bench_model(work, args.blob_mib)
         hub.add_model(model)
-        boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from agent.sim.cli import app; app()"
+        boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from sim.cli import app; app()"
         sim_cmd = [
             sys.executable, "-c", boot,
             *hub.sim_args(n, work, broker), "--json", "--telemetry-s", str(args.telemetry_s),
@@ -565,9 +565,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
         "| rollout s | rollout / raw | chunks published | agents received GiB (duplicate chunks) "
-        "| RSS hub / broker / sim MiB |"
+        "| broker peak RSS MiB | RSS hub / broker / sim MiB |"
     )
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "

@@ -27,10 +27,6 @@ import httpx
 import psycopg
 import pytest
 
-from agent.sim.config import SimConfig
-from agent.sim.enrol import enrol_via_hub
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator
 from fleet.codec import decode
 from fleet.messages import SignedEnvelope
 from fleet.topics import TopicKind, Topics
@@ -38,6 +34,10 @@ from hub.leadership import LEADER_LEASE
 from hub.runtime import init_hub
 from hub.settings import HubSettings
 from models.descriptor import ModelDescriptor
+from sim.config import SimConfig
+from sim.enrol import enrol_via_hub
+from sim.profile import Profiles
+from sim.swarm import Simulator
 from tests.hub.rollouts.fleet import PROFILES, cls_models_fixture  # noqa: F401
 from tests.support.broker import Broker, free_port
 from tests.support.hubproc import HubProcess

@@ -92,14 +92,14 @@ def test_cuda_variant_installs_onnxruntime_gpu_within_the_declared_range() -> No
 
 def _third_party_imports() -> set[str]:
     names: set[str] = set()
-    for package in ("fleet", "infra", "models", "hubclient", "agent"):
+    for package in ("fleet", "infra", "models", "hubclient", "agent", "sim"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     names.update(a.name.split(".")[0] for a in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names.add(node.module.split(".")[0])
-    own = {"fleet", "infra", "models", "hubclient", "agent", "hub", "edgefleet_cli"}
+    own = {"fleet", "infra", "models", "hubclient", "agent", "sim", "hub", "edgefleet_cli"}
     return {n for n in names if n not in own and n not in sys.stdlib_module_names}
 
 

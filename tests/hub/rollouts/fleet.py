@@ -26,10 +26,6 @@ from agent.headless import HeadlessServing
 from agent.runtime import Agent
 from agent.serving import ModelSlot, ServingError
 from agent.settings import AgentSettings
-from agent.sim.config import SimConfig
-from agent.sim.enrol import enrol_via_hub
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator
 from fleet.bundle import DeviceBundle
 from fleet.codec import decode
 from fleet.messages import DesiredState, SignedEnvelope
@@ -37,6 +33,10 @@ from fleet.topics import TopicKind
 from models.cli import write_model
 from models.errors import ModelError
 from models.samples import build_classifier, classifier_descriptor
+from sim.config import SimConfig
+from sim.enrol import enrol_via_hub
+from sim.profile import Profiles
+from sim.swarm import Simulator
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
 from tests.support.models import colour_classifier

@@ -3,17 +3,17 @@
 `SimAgent` runs the agent's own reconciler and downloads (`agent.reconcile`, `agent.download`) behind the
 simulator's ports, transport-free (decoded messages in, messages to publish out): only activation and
 inference are simulated;
-`agent.sim.transport` runs each on the agent's own MQTT link (`agent.mqtt`), thousands of them served by a
+`sim.transport` runs each on the agent's own MQTT link (`agent.mqtt`), thousands of them served by a
 few selector loops (`agent.netloop`); `Simulator` joins them;
-`agent.sim.cli.app` is `edgefleet sim`. Each agent verifies every signature and every chunk it receives,
-while the bytes of a blob are written once to a shared blob directory (`agent.sim.store`).
+`sim.cli.app` is `edgefleet sim`. Each agent verifies every signature and every chunk it receives,
+while the bytes of a blob are written once to a shared blob directory (`sim.store`).
 """
 
-from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
-from agent.sim.agent import SimActivation, SimAgent
-from agent.sim.config import AgentIdentity, Faults, SimConfig
-from agent.sim.profile import VersionProfile, parse_profile
-from agent.sim.store import SharedBlobs, SharedReceiver, SimStore
+from sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from sim.agent import SimActivation, SimAgent
+from sim.config import AgentIdentity, Faults, SimConfig
+from sim.profile import VersionProfile, parse_profile
+from sim.store import SharedBlobs, SharedReceiver, SimStore
 
 __all__ = [
     "Action", "AgentIdentity", "AgentStats", "Faults", "GoOffline", "PauseReading", "Publish", "SharedBlobs",

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from agent.sim.errors import ProfileError
-from agent.sim.profile import Profiles, VersionProfile, parse_profile, sample_window
 from fleet.histogram import merge_all
+from sim.errors import ProfileError
+from sim.profile import Profiles, VersionProfile, parse_profile, sample_window
 
 
 def test_parse_units_and_defaults() -> None:

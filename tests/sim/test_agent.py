@@ -10,11 +10,6 @@ import pytest
 
 from agent.reconcile import Reconciler
 from agent.settings import DownloadSettings
-from agent.sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
-from agent.sim.agent import SimAgent
-from agent.sim.config import AgentIdentity, Faults, SimConfig
-from agent.sim.profile import Profiles
-from agent.sim.store import SharedBlobs
 from fleet import (
     CommandAck,
     DesiredState,
@@ -34,6 +29,11 @@ from fleet.address import BrokerAddress
 from fleet.chunks import chunk_of
 from fleet.messages import Command, CommandName
 from fleet.plan import plan_bytes
+from sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from sim.agent import SimAgent
+from sim.config import AgentIdentity, Faults, SimConfig
+from sim.profile import Profiles
+from sim.store import SharedBlobs
 
 PREFIX = "fleet/v1"
 BLOB = bytes(range(256)) * 1024 * 3 + b"tail"  # 768 KiB + 4 bytes: 4 chunks of 256 KiB, the last short

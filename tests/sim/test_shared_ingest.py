@@ -19,15 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.sim.config import AgentIdentity, SimConfig
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator
 from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
+from sim.config import AgentIdentity, SimConfig
+from sim.profile import Profiles
+from sim.swarm import Simulator
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import wait_for
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 N = 20
 
 

@@ -4,7 +4,7 @@
 signed desired states checked with `fleet.signing.Verifier` (pinned key, expiry, no downgrade), wants and
 chunk downloads (`agent.download`) verified chunk by chunk, re-wants after the agent's `rewant_after_s`,
 reported states with progress and errors, signed commands acknowledged. Its ports are the simulator's:
-`agent.sim.store.SimStore` (a per-device view of one shared blob directory), `SimActivation` (loads
+`sim.store.SimStore` (a per-device view of one shared blob directory), `SimActivation` (loads
 nothing; fails with the configured probability, leaving the previous model serving) and an outbox that
 turns what the reconciler sends into transport actions (decoded messages in, actions out). The adapter
 adds what the simulator needs and the reconciler does not do: the birth and last will, telemetry windows
@@ -23,10 +23,6 @@ from agent.errors import ActivationError
 from agent.ports import Restart
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
-from agent.sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
-from agent.sim.config import AgentIdentity, Faults, SimConfig
-from agent.sim.profile import Profiles, WindowSample, sample_window
-from agent.sim.store import SharedBlobs, SimStore
 from fleet.codec import encode
 from fleet.errors import FleetError
 from fleet.histogram import Histogram
@@ -47,6 +43,10 @@ from fleet.messages import (
 )
 from fleet.signing import HubPublicKey, Verifier
 from fleet.topics import TopicKind, Topics, spec
+from sim.actions import Action, AgentStats, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from sim.config import AgentIdentity, Faults, SimConfig
+from sim.profile import Profiles, WindowSample, sample_window
+from sim.store import SharedBlobs, SimStore
 
 PROVIDER = "CPUExecutionProvider"
 

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from agent.sim.actions import Action, Publish
-from agent.sim.enrol import direct_identities
-from agent.sim.errors import TransportError
-from agent.sim.transport import Transport
 from fleet.address import BrokerAddress
 from fleet.errors import InvalidBrokerUrl
+from sim.actions import Action, Publish
+from sim.enrol import direct_identities
+from sim.errors import TransportError
+from sim.transport import Transport
 
 
 class Idle:

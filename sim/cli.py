@@ -17,14 +17,14 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.settings import DownloadSettings
-from agent.sim.config import AgentIdentity, Faults, SimConfig
-from agent.sim.enrol import direct_identities, enrol_via_hub, load_bundles
-from agent.sim.errors import SimError
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator, Snapshot
 from fleet.errors import FleetError
 from fleet.ids import DEFAULT_PREFIX
 from fleet.labels import parse_labels
+from sim.config import AgentIdentity, Faults, SimConfig
+from sim.enrol import direct_identities, enrol_via_hub, load_bundles
+from sim.errors import SimError
+from sim.profile import Profiles
+from sim.swarm import Simulator, Snapshot
 
 app = typer.Typer(
     help="Run many protocol-faithful simulated agents in one process (scale tests, rollout-gate drills).",

@@ -9,11 +9,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent.sim.cli import app
-from agent.sim.enrol import load_bundles
-from agent.sim.errors import EnrolmentError
 from fleet import HubSigningKey
 from fleet.bundle import DeviceBundle
+from sim.cli import app
+from sim.enrol import load_bundles
+from sim.errors import EnrolmentError
 from tests.support.broker import Broker
 
 root = typer.Typer()

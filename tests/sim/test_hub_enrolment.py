@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.config import SimConfig
-from agent.sim.enrol import enrol_via_hub, load_bundles
-from agent.sim.errors import EnrolmentError
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator
+from sim.config import SimConfig
+from sim.enrol import enrol_via_hub, load_bundles
+from sim.errors import EnrolmentError
+from sim.profile import Profiles
+from sim.swarm import Simulator
 from tests.support.broker import Broker
 from tests.support.mqtt import wait_for
 

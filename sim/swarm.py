@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.sim.actions import AgentStats
-from agent.sim.agent import SimAgent
-from agent.sim.config import AgentIdentity, SimConfig
-from agent.sim.profile import Profiles
-from agent.sim.store import SharedBlobs
-from agent.sim.transport import Transport
+from sim.actions import AgentStats
+from sim.agent import SimAgent
+from sim.config import AgentIdentity, SimConfig
+from sim.profile import Profiles
+from sim.store import SharedBlobs
+from sim.transport import Transport
+
+SHM = Path("/dev/shm")  # tmpfs for the per-device state files
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class Simulator:
         identities: one per agent (from bundles, hub enrolment or `direct_identities`).
         config: behaviour and faults shared by all agents.
         profiles: latency/error distributions per model version.
-        cache_dir: the shared blob directory (and each agent's accepted-state file under `devices/`).
+        cache_dir: the shared blob directory (and each agent's accepted-state file under `devices/`, unless
+            /dev/shm is writable: then they live there until `stop`).
         threads: transport threads.
         connect_rate: new MQTT connections per second.
         tick_s: timer resolution of every agent, s.
@@ -67,7 +72,12 @@ class Simulator:
     ) -> None:
         seeder = random.Random(config.seed)
         now = time.time()
-        settings = config.agent_settings(cache_dir / "devices")
+        # Each agent fsyncs its accepted desired state as the agent does; here thousands of devices share one
+        # disk instead of one each, so the files go to memory (tmpfs) where there is one.
+        self._state_tmp = (
+            tempfile.TemporaryDirectory(prefix="edgefleet-sim-", dir=SHM) if os.access(SHM, os.W_OK) else None
+        )
+        settings = config.agent_settings(Path(self._state_tmp.name) if self._state_tmp else cache_dir / "devices")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = SharedBlobs(
             cache_dir, sync_every=settings.download.sync_every, sync_interval_s=settings.download.sync_interval_s
@@ -93,6 +103,8 @@ class Simulator:
         for agent in self.agents:
             agent.reconciler.close()
         self.blobs.close()
+        if self._state_tmp is not None:
+            self._state_tmp.cleanup()
 
     def __enter__(self) -> Simulator:
         self.start()

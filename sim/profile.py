@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.sim.errors import ProfileError
 from fleet.histogram import Histogram, LatencyRecorder
+from sim.errors import ProfileError
 
 DEFAULT_VERSION = "*"
 _Z95 = 1.6448536269514722  # standard normal 95th percentile

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.sim.config import AgentIdentity
-from agent.sim.errors import EnrolmentError
 from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.ids import DEFAULT_PREFIX, check_device_id
 from fleet.signing import HubPublicKey
 from hubclient.errors import HubApiError
 from hubclient.http import HubClient
+from sim.config import AgentIdentity
+from sim.errors import EnrolmentError
 
 BATCH_PATH = "/api/v1/devices/batch"
 BATCH = 10_000  # the hub's limit per enrolment request

@@ -21,9 +21,9 @@ from agent.errors import AgentError
 from agent.mqtt import MqttLink
 from agent.netloop import LinkLoop, raise_fd_limit
 from agent.settings import LinkSettings
-from agent.sim.actions import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
-from agent.sim.config import AgentIdentity
-from agent.sim.errors import TransportError
+from sim.actions import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from sim.config import AgentIdentity
+from sim.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.config import SimConfig
-from agent.sim.enrol import direct_identities
-from agent.sim.profile import Profiles
-from agent.sim.swarm import Simulator
 from fleet import CommandAck, HubSigningKey, ModelRef, Phase, TelemetryWindow, decode
 from fleet.messages import CommandName
+from sim.config import SimConfig
+from sim.enrol import direct_identities
+from sim.profile import Profiles
+from sim.swarm import Simulator
 from tests.support.broker import Broker
 from tests.support.mqtt import wait_for
 from tests.support.sim_hub import MiniHub

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.broker import find_mosquitto
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_scale_benchmark_smoke(tmp_path: Path) -> None:
