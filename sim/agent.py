@@ -30,7 +30,6 @@ from fleet.messages import (
     AppliedModel,
     Capabilities,
     CommandAck,
-    DesiredState,
     DeviceStatus,
     ErrorInfo,
     ModelRef,
@@ -161,20 +160,12 @@ class SimAgent:
         return self.reconciler.active
 
     @property
-    def previous(self) -> AppliedModel | None:
-        return self.reconciler.previous
-
-    @property
     def error(self) -> ErrorInfo | None:
         return self.reconciler.error
 
     @property
     def desired_version(self) -> int | None:
         return self.reconciler.state.desired_version
-
-    @property
-    def desired(self) -> DesiredState | None:
-        return self.reconciler.desired
 
     # -- agent.reconcile.Outbox: what the reconciler sends becomes transport actions --------------------
     def report(self, state: ReportedState) -> None:

@@ -72,12 +72,6 @@ class SharedBlobs:
                 self._entries[manifest.sha256] = entry
             return entry
 
-    def manifest(self, sha256: str) -> BlobManifest | None:
-        """The manifest of a blob some device fetched (None: unknown)."""
-        with self._lock:
-            entry = self._entries.get(sha256)
-        return entry.manifest if entry is not None else None
-
     def close(self) -> None:
         """Persist every partial transfer and release its file."""
         with self._lock:
