@@ -23,6 +23,30 @@ try:
 except ImportError:  # the agent image: no hub server code
     SERVER_COMMANDS = []
 
+
+def _plain_help() -> None:
+    """Help that reads as people expect at any width: plain text wrapped at the terminal's width like git's
+    (typer's rich tables cut option names and long words with an ellipsis at 80 columns and give flags a
+    `<bool>` type), and a required argument shown as `MODEL:VERSION`, not typer 0.29's `{ref}`."""
+    from typer.core import TyperArgument, TyperCommand, TyperGroup  # noqa: PLC0415
+
+    def usage_name(self: TyperArgument) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+    typer.core.HAS_RICH = False
+
+    def whole_sentence(self: TyperCommand | TyperGroup, limit: int = 45) -> str:
+        # a command list wraps each command's first sentence under itself instead of cutting it with "..."
+        return short_help(self, limit=1000)
+
+    short_help = TyperCommand.get_short_help_str
+    TyperCommand.get_short_help_str = whole_sentence  # type: ignore[method-assign,assignment]
+    TyperGroup.get_short_help_str = whole_sentence  # type: ignore[method-assign,assignment]
+
+
+_plain_help()
 app = typer.Typer(
     name="edgefleet",
     help="Edge fleet manager for vision models: signed ONNX rollouts over MQTT to edge devices.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
@@ -155,9 +156,23 @@ def _serving(headless: bool, host: str | None, port: int | None) -> tuple[Servin
 
     overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     slot = ModelSlot()
-    server = ApiServer(ApiSettings.from_env(**overrides), slot)
-    server.start()
+    settings = ApiSettings.from_env(**overrides)
+    server = ApiServer(settings, slot)
+    try:
+        server.start()
+    except OSError as e:
+        raise RuntimeError(_bind_error(e, settings.host, settings.port, "--api-port")) from e
     return slot, server
+
+
+def _bind_error(e: OSError, host: str, port: int, flag: str) -> str:
+    """Why the inference API cannot listen, and which option or variable changes its port."""
+    if e.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is taken (another agent or server runs there): pass {flag} "
+                "(0 picks a free one) or set EDGEFLEET_API_PORT")  # fmt: skip
+    if e.errno == errno.EACCES:
+        return f"no permission to listen on {host}:{port}: use a port above 1023 ({flag} or EDGEFLEET_API_PORT)"
+    return f"cannot listen on {host}:{port}: {e.strerror or e}"
 
 
 def _cluster_port() -> ClusterPort:
@@ -193,10 +208,13 @@ def serve_cmd(  # noqa: PLR0917  (typer options)
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     slot = ModelSlot()
-    server = ApiServer(settings, slot)
     try:
+        server = ApiServer(settings, slot)
         server.start()
-    except (OSError, RuntimeError) as e:
+    except OSError as e:
+        typer.echo(f"error: {_bind_error(e, settings.host, settings.port, '--port')}", err=True)
+        raise typer.Exit(2) from e
+    except RuntimeError as e:
         typer.echo(f"error: cannot serve on {settings.host}:{settings.port}: {e}", err=True)
         raise typer.Exit(2) from e
     follower = StoreFollower(ModelStore(store), slot, poll_s=poll_s)

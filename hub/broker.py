@@ -182,6 +182,9 @@ class LocalBroker:
                 stdout=logf,
                 stderr=logf,
                 preexec_fn=_DIE_WITH_PARENT,  # noqa: PLW1509  (one async-signal-safe syscall in the child)
+                # its own process group: a Ctrl-C on the hub's terminal reaches the hub, which stops the broker
+                # in order, and not the broker, whose exit the supervisor would take for a crash and restart
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

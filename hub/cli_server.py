@@ -79,12 +79,19 @@ def hub_init(
 
 def hub_serve(
     data_dir: DataDirOpt = None,
+    *,
     database_url: DatabaseUrlOpt = None,
     broker_url: Annotated[
         str | None, typer.Option("--broker-url", help="Use this MQTT broker instead of starting a local Mosquitto.")
     ] = None,
+    broker_port: Annotated[
+        int | None,
+        typer.Option(
+            "--broker-port", help="Port of the local Mosquitto (default 1883; 0 picks a free one).", min=0, max=65535
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option("--host", help="API listen address.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="API listen port.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="API listen port.", min=0, max=65535)] = None,
 ) -> None:
     """Run the hub: broker link (or a supervised local Mosquitto), ingestion, chunk serving and the API."""
     from hub.api.server import api_server  # noqa: PLC0415
@@ -92,8 +99,9 @@ def hub_serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {}
-    if broker_url:
-        overrides["broker"] = {"url": broker_url}
+    broker = {k: v for k, v in (("url", broker_url), ("local_port", broker_port)) if v is not None}
+    if broker:
+        overrides["broker"] = broker
     if database_url:
         overrides["database_url"] = database_url
     api = {k: v for k, v in (("host", host), ("port", port)) if v is not None}

@@ -132,13 +132,13 @@ class Deployer:
         return Desired(
             device_id=body.device_id, version=body.version, model_name=body.model.name if body.model else None,
             model_version=body.model.version if body.model else None,
-            sha256=body.model.blob.sha256 if body.model else None, body=body.model_dump(mode="json"),
-            envelope=env.model_dump(mode="json"), issued_at=body.issued_at, expires_at=body.expires_at,
-            rollout_id=body.rollout_id,
+            sha256=body.model.blob.sha256 if body.model else None, envelope=encode(env).decode(),
+            issued_at=body.issued_at, expires_at=body.expires_at, rollout_id=body.rollout_id,
         )  # fmt: skip
 
     def _send(self, state: Desired) -> None:
-        payload = encode(SignedEnvelope.model_validate(state.envelope))
+        """Publish the stored envelope as it is: it was encoded once, when it was signed."""
+        payload = state.envelope.encode()
         self._publish(self.topics.desired(state.device_id), payload, self._spec.qos, self._spec.retained)
 
     def republish_all(self) -> int:
@@ -154,9 +154,9 @@ class Deployer:
         now = time.time() if now is None else now
         stale = [s for s in self.store.list_desired() if now >= s.issued_at + (s.expires_at - s.issued_at) / 2]
         for s in stale:
-            body = DesiredState.model_validate(s.body)
-            ref, shadow = body.model, body.shadow
-            self.set_desired([s.device_id], ref, runtime=body.runtime, shadow=shadow, rollout_id=body.rollout_id)
+            body = s.state()
+            self.set_desired([s.device_id], body.model, runtime=body.runtime, shadow=body.shadow,
+                             rollout_id=body.rollout_id)  # fmt: skip
         if stale:
             log.info("deploy: re-signed %d desired states close to expiry", len(stale))
         return len(stale)

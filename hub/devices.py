@@ -11,6 +11,7 @@ from fleet.bundle import MAX_ENROL_BATCH as MAX_BATCH
 from fleet.bundle import DeviceBundle
 from fleet.errors import InvalidId
 from fleet.ids import check_device_id
+from fleet.messages import Phase
 from hub.credentials import mosquitto_hash, new_password
 from hub.errors import InvalidInput, NotFound
 from hub.selectors import check_labels, parse_selector
@@ -42,17 +43,17 @@ def derive_state(device: Device, desired: Desired | None, *, now: float, setting
     """
     if device.status != "online" or device.last_seen is None or now - device.last_seen > settings.stale_after_s:
         return DeviceState.OFFLINE
-    reported = device.reported or {}
-    phase = reported.get("phase")
-    if phase == "failed":
+    reported = device.reported
+    phase = reported.phase if reported else None
+    if phase is Phase.FAILED:
         return DeviceState.FAILED
-    accepted = reported.get("desired_version")
-    if phase in ("downloading", "activating") or (
+    accepted = reported.desired_version if reported else None
+    if phase in (Phase.DOWNLOADING, Phase.ACTIVATING) or (
         desired is not None and (accepted is None or accepted < desired.version)
     ):
         return DeviceState.UPDATING
     requests, errors = device.last_requests or 0, device.last_errors or 0
-    if (requests and errors / requests > settings.degraded_error_rate) or reported.get("error"):
+    if (requests and errors / requests > settings.degraded_error_rate) or (reported and reported.error):
         return DeviceState.DEGRADED
     return DeviceState.ONLINE
 

@@ -12,13 +12,13 @@ from prometheus_client.registry import Collector
 from hub.rollouts.metrics import rollout_metrics
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 
 class HubCollector(Collector):
     """Reads ingest, store, transfer and fleet figures from a running hub."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubServices) -> None:
         self.hub = hub
 
     def collect(self) -> Iterator[Metric]:
@@ -34,29 +34,24 @@ class HubCollector(Collector):
         for (kind, reason), n in sorted(rejected_counts.items()):
             rejected.add_metric([kind, reason], n)
         yield rejected
-        st = hub.store.ingest_stats()
+        st = hub.views.store_counters()
         yield CounterMetricFamily("edgefleet_hub_telemetry_persisted", "windows written", st.telemetry_persisted)
         yield CounterMetricFamily("edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates)
         yield CounterMetricFamily("edgefleet_hub_store_write_errors", "failed ingest batches", st.write_errors)
-        yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.store.queue_depth)
+        yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.views.queue_depth())
         t = hub.chunks.stats
         yield CounterMetricFamily("edgefleet_hub_chunks_published", "chunks published", t.chunks_published)
         yield CounterMetricFamily("edgefleet_hub_chunk_bytes_published", "chunk bytes published", t.bytes_published)
         yield CounterMetricFamily("edgefleet_hub_chunk_wants", "want messages accepted", t.wants)
         yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
         states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
-        counts: dict[str, int] = {}
-        desired = {s.device_id: s for s in hub.store.list_desired()}
-        for d in hub.store.list_devices():
-            state = hub.devices.state(d, desired.get(d.id)).value
-            counts[state] = counts.get(state, 0) + 1
-        for state, n in sorted(counts.items()):
-            states.add_metric([state], n)
+        for state, n in sorted(hub.views.state_counts().items()):
+            states.add_metric([state.value], n)
         yield states
         yield from rollout_metrics(hub.rollouts)
 
 
-def metrics_text(hub: Hub) -> bytes:
+def metrics_text(hub: HubServices) -> bytes:
     """The Prometheus exposition text of `hub`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(hub))

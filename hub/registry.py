@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,6 +24,15 @@ from models.errors import ModelError
 from models.validate import validate
 
 _BLOCK = 1 << 20
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """A sort key for semantic versions (pre-releases before their release); unparsable ones sort first."""
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?", version)
+    if not m:
+        return (-1, version)
+    pre = m.group(4)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, pre or "")
 
 
 @dataclass(frozen=True)
@@ -134,14 +145,25 @@ class Registry:
         """A version, or NotFound."""
         mv = self.store.get_model_version(name, version)
         if mv is None:
-            raise NotFound(f"model {name}:{version} does not exist")
+            raise NotFound(self._missing(name, version))
         return mv
+
+    def _missing(self, name: str, version: str | None) -> str:
+        """What to say about a model (version) that is not registered: the versions it has, or similar names."""
+        versions = sorted((v.version for v in self.store.list_model_versions(name)), key=version_key, reverse=True)
+        if versions and version is not None:
+            listed = ", ".join(versions[:12]) + (", ..." if len(versions) > 12 else "")
+            return f"model {name} has no version {version}; its versions: {listed}"
+        names = sorted({v.name for v in self.store.list_model_versions()})
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        said = f"no model named {name}" + (f": did you mean {close[0]}?" if close else "")
+        return said + (f" (models: {', '.join(names[:12])})" if names else " (none pushed yet)")
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         """All versions (of one model when `name` is given; NotFound if it has none)."""
         out = self.store.list_model_versions(name)
         if name is not None and not out:
-            raise NotFound(f"model {name} does not exist")
+            raise NotFound(self._missing(name, None))
         return out
 
     def delete(self, name: str, version: str, *, actor: str) -> None:

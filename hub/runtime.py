@@ -1,7 +1,7 @@
 """The `Hub` runtime: store, signing key, broker, MQTT link, ingestion, chunk serving and services.
 
-Used in-process by tests, by `edgefleet hub serve`, and by later parts (rollouts, dashboard), which reach the
-services through its attributes: `registry`, `devices`, `deployer`, `telemetry`, `auth`, `store`.
+Used in-process by tests and by `edgefleet hub serve`. The REST API and the dashboard reach its services
+through `hub.services.HubServices` (`views` is their read side); only the hub's own parts touch `store`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fleet.messages import CommandAck
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.acl import hub_account
+from hub.audit import AuditLog
 from hub.auth import Auth
 from hub.broker import LocalBroker
 from hub.deploy import Deployer
@@ -34,6 +35,7 @@ from hub.settings import HubSettings
 from hub.store import SqlStore, open_store
 from hub.telemetry import TelemetryQueries
 from hub.transfer import ChunkServer
+from hub.views import FleetViews
 
 log = logging.getLogger(__name__)
 _SUBSCRIBED = (TopicKind.STATUS, TopicKind.REPORTED, TopicKind.TELEMETRY, TopicKind.WANT, TopicKind.CMD_ACK)
@@ -126,6 +128,8 @@ class Hub:
         self.security = HubSecurity(s, self.store)
         self._enrolled = {d.id for d in self.store.list_devices()} - self.security.revoked()
         self.auth = Auth(self.store)
+        self.audit = AuditLog(self.store)
+        self.views = FleetViews(self.store, s.devices)
         self.registry = Registry(
             self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size, chunking=s.transfer.chunking
         )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fleet.histogram import Histogram
 from hub.store import Store, TelemetryPoint
 
+Point = TelemetryPoint  # one minute of telemetry, summed (what `series` returns)
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -39,16 +41,6 @@ def summarise(points: list[TelemetryPoint]) -> Summary:
         windows=windows, requests=requests, errors=errors, error_rate=errors / requests if requests else None,
         p50_ms=h.quantile(0.5), p95_ms=h.quantile(0.95), p99_ms=h.quantile(0.99), mean_ms=h.mean_ms,
     )  # fmt: skip
-
-
-def point_json(p: TelemetryPoint) -> dict[str, object]:
-    """One minute as JSON: sums, error rate and quantiles."""
-    s = summarise([p])
-    return {
-        "minute": p.minute, "windows": p.windows, "requests": p.requests, "errors": p.errors,
-        "error_rate": s.error_rate, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms,
-        "queue_depth_max": p.queue_depth_max,
-    }  # fmt: skip
 
 
 class TelemetryQueries:

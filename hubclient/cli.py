@@ -9,6 +9,7 @@ Human tables by default; `--json` prints the API's JSON for scripts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,12 +27,13 @@ from fleet.bundle import DeviceBundle
 from fleet.errors import FleetError
 from fleet.labels import parse_labels
 from hubclient.enrolment import MAX_BATCH, from_pattern, read_csv
-from hubclient.errors import ClientError
+from hubclient.errors import ClientError, HubApiError
 from hubclient.http import HubClient
+from hubclient.tables import Col, fit
 
 T = TypeVar("T")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, highlight=False)  # no guessed colours inside refs and versions
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Hub API URL.")]
 TokenOpt = Annotated[str | None, typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")]
@@ -53,8 +55,37 @@ def _run(fn: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
+class _CliClient(HubClient):
+    """The API client of the commands: its errors say which setting to change, in the CLI's words."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        super().__init__(url, token)
+        self.url, self.token = url, token
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return super().request(method, path, **kwargs)
+        except HubApiError as e:
+            raise _hinted(e, self.url, self.token) from None
+
+
+def _hinted(e: HubApiError, url: str, token: str | None) -> HubApiError:
+    if e.status == 401 and not token:
+        return HubApiError(
+            401, "no_token", "this needs an API token: set EDGEFLEET_TOKEN or pass --token "
+            "(an admin creates one with `edgefleet hub token NAME --role operator`)",
+        )  # fmt: skip
+    if e.code == "unreachable" and url == DEFAULT_URL and not os.environ.get("EDGEFLEET_URL"):
+        return HubApiError(
+            0, e.code, f"{e.message} (the default URL: set EDGEFLEET_URL or pass --url to reach your hub)"
+        )
+    if e.status == 401:
+        return HubApiError(401, e.code, f"{e.message} (the token from --token or EDGEFLEET_TOKEN)")
+    return e
+
+
 def _client(url: str, token: str | None) -> HubClient:
-    return HubClient(url, token)
+    return _CliClient(url, token)
 
 
 def _print_json(data: Any) -> None:
@@ -131,10 +162,10 @@ def model_list(
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "version", "task", "sha256", "size", "chunks")
-    for r in rows:
-        table.add_row(r["name"], r["version"], r["task"], r["sha256"][:12], str(r["size"]), str(r["chunks"]))
-    out.print(table)
+    cols = [Col("name", 9, whole=True), Col("version", 9, whole=True), Col("task", 5), Col("sha256", 3),
+            Col("size", 4, justify="right"), Col("chunks", 2, justify="right")]  # fmt: skip
+    cells = [[r["name"], r["version"], r["task"], r["sha256"][:12], str(r["size"]), str(r["chunks"])] for r in rows]
+    out.print(fit(cols, cells))
 
 
 def model_show(
@@ -183,13 +214,24 @@ def _ago(ts: float, now: float | None = None) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _model_cell(active: str | None, desired: str | None) -> str:
+    """What runs, and on a line of its own what is wanted when that differs: each ref whole on its line."""
+    if desired is None or desired == active:
+        return active or "-"
+    return f"{active or '-'}\nwants {desired}"
+
+
 def _device_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("id", "state", "labels", "desired", "active", "last seen")
-    for r in rows:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
-        seen = _ago(r["last_seen"]) if r.get("last_seen") else "-"
-        table.add_row(r["id"], r["state"], labels, r["desired_model"] or "-", r["active_model"] or "-", seen)
-    return table
+    """Model refs whole at any width: the labels wrap, then go (then last seen) when the terminal is narrow."""
+    cols = [Col("id", 9, whole=True), Col("state", 8), Col("model (running, wanted)", 7, whole=True),
+            Col("last seen", 4), Col("labels", 2)]  # fmt: skip
+    cells = [
+        [r["id"], r["state"], _model_cell(r["active_model"], r["desired_model"]),
+         _ago(r["last_seen"]) if r.get("last_seen") else "-",
+         ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))]
+        for r in rows
+    ]  # fmt: skip
+    return fit(cols, cells)
 
 
 @device_app.command("add")
@@ -390,7 +432,7 @@ def runtime_body(  # noqa: PLR0917  (one argument per CLI option)
 
 
 def deploy(
-    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to deploy.")],
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to deploy.", metavar="MODEL:VERSION")],
     *,
     selector: Annotated[str, typer.Option("--selector", "-s", help="Devices to target, e.g. site=berlin.")],
     provider: ProviderOpt = None,
@@ -400,6 +442,14 @@ def deploy(
     min_replicas: MinReplicasOpt = None,
     max_replicas: MaxReplicasOpt = None,
     target_cpu: TargetCpuOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Deploy to devices inside an active rollout too (refused otherwise: the rollout would "
+            "sign its own target for them again unless it is aborted).",
+        ),
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -411,7 +461,7 @@ def deploy(
     for a device whose advertised nodes cannot run them.
     """
     name, version = _split_ref(ref)
-    body: dict[str, Any] = {"model": name, "version": version, "selector": selector}
+    body: dict[str, Any] = {"model": name, "version": version, "selector": selector, "force": force}
     runtime = runtime_body(provider, gpus, mig_profile, replicas, min_replicas, max_replicas, target_cpu)
     if runtime is not None:
         body["runtime"] = runtime
@@ -420,8 +470,22 @@ def deploy(
     if as_json:
         _print_json(res)
         return
-    out.print(f"{name}:{version} desired on {len(res['devices'])} device(s)")
-    table = Table("device", "desired version")
-    for device_id, v in sorted(res["devices"].items()):
-        table.add_row(device_id, str(v))
-    out.print(table)
+    ids = sorted(res["devices"])
+    out.print(f"{res['model']}:{res['version']} is now the desired model of {_count(len(ids), 'device')}; "
+              "each updates when it next hears from the hub")  # fmt: skip
+    shown = ", ".join(ids if len(ids) <= _LISTED else ids[: _LISTED - 1])
+    more = "" if len(ids) <= _LISTED else f", ... ({len(ids) - _LISTED + 1} more: --json lists them all)"
+    out.print(f"devices: {shown}{more}")
+    out.print(f"follow them with: edgefleet device list --selector '{selector}'")
+    for rid, n in sorted(res.get("in_rollouts", {}).items()):
+        err.print(
+            f"[yellow]warning[/yellow]: {_count(n, 'device')} of them in active rollout {rid}: it signs its own "
+            f"target for them again at its next step unless you abort it (edgefleet rollout abort {rid})"
+        )
+
+
+_LISTED = 8
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -25,6 +25,14 @@ class _ProgressReader:
         return data
 
 
+def _not_the_api(r: httpx.Response) -> str:
+    """An error answer without the API's JSON error: say what answered, from where, and what it sent."""
+    text = " ".join(r.text.split())[:300]
+    where = f"HTTP {r.status_code} {r.reason_phrase} from {r.request.method} {r.request.url}"
+    said = f": {text}" if text else " with an empty body"
+    return f"{where}{said} (not the hub API's error format: is the URL the hub's API, not a proxy in front of it?)"
+
+
 class HubClient:
     """Calls the hub API with a bearer token; raises HubApiError for error answers."""
 
@@ -52,7 +60,7 @@ class HubClient:
                 err = r.json()["error"]
                 raise HubApiError(r.status_code, str(err["code"]), str(err["message"]))
             except (ValueError, KeyError, TypeError):
-                raise HubApiError(r.status_code, "http_error", r.text[:500]) from None
+                raise HubApiError(r.status_code, "http_error", _not_the_api(r)) from None
         return None if r.status_code == 204 else r.json()
 
     def push_model(

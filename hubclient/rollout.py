@@ -1,16 +1,18 @@
 """`edgefleet rollout start|list|status|pause|resume|abort|rollback`: rollouts over the hub's REST API.
 
-Human tables by default; `--json` prints the API's JSON for scripts.
+Human tables by default (waves counted from 1); `--json` prints the API's JSON for scripts. `status --watch`
+and `start --wait` follow a rollout until it needs nobody and exit with its outcome (hubclient.follow):
+0 completed, 1 failed (rolled back or aborted), 2 paused, 3 the hub stopped answering. Abort and rollback
+say what they would do to how many devices and ask first (`--yes` for scripts).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from typing import Annotated, Any
+import sys
+from typing import Annotated, Literal
 
 import typer
-from rich.table import Table
 
 from hubclient.cli import (
     DEFAULT_URL,
@@ -32,12 +34,20 @@ from hubclient.cli import (
     out,
     runtime_body,
 )
+from hubclient.follow import _ts, confirmation, follow, status_view, wave_label
+from hubclient.http import HubClient
+from hubclient.tables import Col, fit
 
 rollout_app = typer.Typer(
     help="Roll a model version out through waves gated on how it behaves on the devices.", no_args_is_help=True
 )
-IdArg = Annotated[str, typer.Argument(help="Rollout id (r-...), as `rollout list` shows it.")]
-ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the status and the audit log).")]
+IdArg = Annotated[str, typer.Argument(help="Rollout id (r-...), as `rollout list` shows it.", metavar="ROLLOUT_ID")]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option("--note", "--reason", help="A note for the status and the audit log (kept beside its reason)."),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first (scripts): it acts at once.")]
+IntervalOpt = Annotated[float, typer.Option("--interval", help="Seconds between looks at the rollout.", min=0.1)]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -50,19 +60,21 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def _ts(t: float | None) -> str:
-    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%H:%M:%S")
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _follow(c: HubClient, rollout_id: str, interval: float) -> None:
+    """Follow a rollout to its outcome and exit with it (see the module)."""
+    code, res = follow(lambda: c.request("GET", f"/api/v1/rollouts/{rollout_id}"), out, interval)
+    if res:
+        if not out.is_terminal:  # a terminal shows the live table's last state already
+            out.print(status_view(res), soft_wrap=False)
+        words = {0: "completed", 1: "did not complete", 2: "is paused: it waits for a person",
+                 3: "is unknown: the hub stopped answering"}  # fmt: skip
+        err.print(f"{rollout_id} {words[code]}" + (f": {res['reason']}" if res.get("reason") and code else ""))
+    raise typer.Exit(code)
 
 
 @rollout_app.command("start")
 def start(
-    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to roll out.")],
+    ref: Annotated[str, typer.Argument(help="MODEL:VERSION to roll out.", metavar="MODEL:VERSION")],
     *,
     selector: Annotated[str, typer.Option("--selector", "-s", help="Target devices, e.g. site=berlin.")],
     waves: Annotated[str, typer.Option("--waves", help="Cumulative wave sizes; the last must be 100%.")] = (
@@ -95,6 +107,11 @@ def start(
     min_replicas: MinReplicasOpt = None,
     max_replicas: MaxReplicasOpt = None,
     target_cpu: TargetCpuOpt = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow it to its outcome; exit 0 completed, 1 failed, 2 paused, 3 hub lost."),
+    ] = False,
+    interval: IntervalOpt = 2.0,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
@@ -119,11 +136,14 @@ def start(
     }  # fmt: skip
     with _client(url, token) as c:
         res = _run(lambda: c.request("POST", "/api/v1/rollouts", json=body))
-    if as_json:
-        _print_json(res)
-        return
-    out.print(f"rollout [bold]{res['id']}[/bold] started: {name}:{version} to {res['devices']} device(s)")
-    _print_status(res)
+        if as_json:
+            _print_json(res)
+        else:
+            out.print(f"rollout [bold]{res['id']}[/bold] started: {name}:{version} to {res['devices']} device(s)")
+            if not wait:
+                out.print(status_view(res), soft_wrap=False)
+        if wait:
+            _follow(c, res["id"], interval)
 
 
 @rollout_app.command("list")
@@ -139,75 +159,76 @@ def list_rollouts(
     if as_json:
         _print_json(rows)
         return
-    table = Table()
-    for name in ("id", "model", "state"):
-        table.add_column(name, no_wrap=True)
-    for name in ("wave", "devices", "selector", "created", "reason"):
-        table.add_column(name)
-    for r in rows:
-        wave = f"{min(r['wave'] + 1, r['wave_count'])}/{r['wave_count']} {r['wave_phase'] or ''}"
-        table.add_row(
-            r["id"], f"{r['model']}:{r['version']}", r["state"], wave, str(r["devices"]), r["selector"],
-            _ts(r["created_at"]), (r["reason"] or "")[:60],
-        )  # fmt: skip
-    out.print(table)
-
-
-def _print_status(res: dict[str, Any]) -> None:
-    out.print(f"{res['id']}  {res['model']}:{res['version']}  selector {res['selector']}  [bold]{res['state']}[/bold]")
-    if res.get("reason"):
-        out.print(f"reason: {res['reason']}")
-    waves = Table("wave", "size", "phase", "devices", "states", "started", "bake until", "finished")
-    for w in res["waves"]:
-        counts = ", ".join(f"{k} {v}" for k, v in w["counts"].items() if v)
-        waves.add_row(
-            str(w["index"]), w["size"], w["phase"], str(w["devices"]), counts or "-", _ts(w["started_at"]),
-            _ts(w["bake_until"]), _ts(w["finished_at"]),
-        )  # fmt: skip
-    out.print(waves)
-    gates = Table("wave", "phase", "gate", "result", "value", "threshold", "detail")
-    for w in res["waves"]:
-        for g in w["gates"]:
-            style = {"fail": "red", "pass": "green"}.get(g["status"], "yellow")
-            gates.add_row(
-                str(w["index"]), g["phase"], g["name"], f"[{style}]{g['status']}[/{style}]", _num(g["value"]),
-                _num(g["threshold"]), g["detail"],
-            )  # fmt: skip
-    if gates.row_count:
-        out.print(gates)
+    cols = [Col("id", 9, whole=True), Col("model", 9, whole=True), Col("state", 8, whole=True), Col("wave", 6),
+            Col("devices", 5, justify="right"), Col("selector", 3), Col("created", 2), Col("reason", 1)]  # fmt: skip
+    cells = [
+        [r["id"], f"{r['model']}:{r['version']}", r["state"], wave_label(r).removeprefix("wave "), str(r["devices"]),
+         r["selector"], _ts(r["created_at"]), r["reason"] or ""]
+        for r in rows
+    ]  # fmt: skip
+    out.print(fit(cols, cells))
 
 
 @rollout_app.command("status")
 def status(
     rollout_id: IdArg,
+    *,
     devices: Annotated[bool, typer.Option("--devices", help="Also list each device's state.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="Follow it live to its outcome; exit 0 completed, 1 failed, 2 paused, 3 hub lost."
+        ),
+    ] = False,
+    interval: IntervalOpt = 2.0,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a rollout: each wave with device counts per state, and every gate result with its numbers."""
     with _client(url, token) as c:
+        if watch and not as_json:
+            _follow(c, rollout_id, interval)
         res = _run(lambda: c.request("GET", f"/api/v1/rollouts/{rollout_id}", params={"devices": devices}))
     if as_json:
         _print_json(res)
         return
-    _print_status(res)
+    out.print(status_view(res), soft_wrap=False)
     if devices:
-        table = Table("wave", "device", "state")
-        for w in res["waves"]:
-            for d, s in sorted(w.get("device_states", {}).items()):
-                table.add_row(str(w["index"]), d, s)
-        out.print(table)
+        rows = [
+            [str(w["index"] + 1), d, s] for w in res["waves"] for d, s in sorted((w.get("device_states") or {}).items())
+        ]
+        out.print(fit([Col("wave", 9, justify="right"), Col("device", 9, whole=True), Col("state", 9)], rows))
 
 
-def _command(action: str, rollout_id: str, reason: str | None, *, url: str, token: str | None, as_json: bool) -> None:
+Action = Literal["pause", "resume", "abort", "rollback"]
+# the states in which abort and rollback act (in others the hub refuses them: nothing to ask)
+_ASKS: dict[str, tuple[str, ...]] = {
+    "abort": ("running", "paused", "rolling_back"), "rollback": ("running", "paused", "completed"),
+    "pause": (), "resume": (),
+}  # fmt: skip
+
+
+def _command(
+    action: Action, rollout_id: str, note: str | None, *, url: str, token: str | None, as_json: bool, yes: bool = True
+) -> None:
     with _client(url, token) as c:
-        res = _run(lambda: c.request("POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"reason": reason}))
+        current = None if yes else _run(lambda: c.request("GET", f"/api/v1/rollouts/{rollout_id}"))
+        if current is not None and current["state"] in _ASKS[action]:  # say what it would do, to how many, ask
+            question = confirmation(action, current)
+            if not sys.stdin.isatty():
+                err.print(f"[red]error[/red] (not_confirmed): {question.split('?')[0]} needs a yes: pass --yes "
+                          f"({question.split('? ', 1)[1]})")  # fmt: skip
+                raise typer.Exit(2)
+            if not typer.confirm(question, default=False, err=True):
+                err.print("nothing sent")
+                raise typer.Exit(1)
+        res = _run(lambda: c.request("POST", f"/api/v1/rollouts/{rollout_id}/{action}", json={"reason": note}))
     if as_json:
         _print_json(res)
     else:
         err.print(f"{rollout_id}: {action} accepted")
-        _print_status(res)
+        out.print(status_view(res), soft_wrap=False)
 
 
 @rollout_app.command("pause")
@@ -230,17 +251,17 @@ def resume(
 
 @rollout_app.command("abort")
 def abort(
-    rollout_id: IdArg, reason: ReasonOpt = None, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    rollout_id: IdArg, *, reason: ReasonOpt = None, yes: YesOpt = False, url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Abort a rollout: stop where it stands and leave every device as it is."""
-    _command("abort", rollout_id, reason, url=url, token=token, as_json=as_json)
+    """Abort a rollout: stop where it stands and leave every device as it is (asks first, saying how many)."""
+    _command("abort", rollout_id, reason, url=url, token=token, as_json=as_json, yes=yes)
 
 
 @rollout_app.command("rollback")
 def rollback(
-    rollout_id: IdArg, reason: ReasonOpt = None, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    rollout_id: IdArg, *, reason: ReasonOpt = None, yes: YesOpt = False, url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:  # fmt: skip
-    """Roll back: sign the previous version anew for every device the rollout changed."""
-    _command("rollback", rollout_id, reason, url=url, token=token, as_json=as_json)
+    """Roll back: sign the previous version anew for every device the rollout changed (asks first)."""
+    _command("rollback", rollout_id, reason, url=url, token=token, as_json=as_json, yes=yes)

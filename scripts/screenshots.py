@@ -1,9 +1,10 @@
 """Save a screenshot of every dashboard page to docs/img/, seeded with a simulated fleet.
 
-    .venv/bin/python scripts/screenshots.py [--devices 300] [--out docs/img]
+    .venv/bin/python scripts/screenshots.py [--devices 300] [--out docs/img] [--phone 390]
 
 Starts a Mosquitto and a hub in a temporary directory, seeds the fleet (tests/hub/dashboard/fleet.py),
-logs in with headless Debian chromium and saves one PNG per page.
+logs in with headless Debian chromium and saves one PNG per page at desktop width (NAME.png), and the main
+pages again at phone width (NAME-phone.png).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=300, help="devices in the simulated fleet")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where the PNGs go")
-    ap.add_argument("--width", type=int, default=1440, help="viewport width in pixels")
+    ap.add_argument("--width", type=int, default=1440, help="desktop viewport width in pixels")
+    ap.add_argument("--phone", type=int, default=390, help="phone viewport width in pixels (0: none)")
     args = ap.parse_args()
     chromium, mosquitto = find_chromium(), find_mosquitto()
     if not chromium or not mosquitto:
@@ -54,16 +56,12 @@ def main() -> None:
             rollout_ids = seed_rollouts(hub.hub, fleet)
             with sync_playwright() as pw:
                 browser = launch(pw, chromium)
-                page = browser.new_page(viewport={"width": args.width, "height": 900}, device_scale_factor=1)
-                page.goto(hub.url + "/login")
-                page.screenshot(path=str(args.out / "login.png"))
-                page.fill("#token", hub.admin_token)
-                page.click("button[type=submit]")
+                online_gpu = next(d for d in fleet.gpu_devices if d in fleet.by_state["online"])
                 shots = [
                     ("overview.png", "/"),
                     ("devices.png", "/devices"),
                     ("devices-filtered.png", "/devices?selector=site%3Dberlin%2Chw%3Dgpu&sort=last_seen&desc=1"),
-                    ("device.png", f"/devices/{next(d for d in fleet.gpu_devices if d in fleet.by_state['online'])}"),
+                    ("device.png", f"/devices/{online_gpu}"),
                     ("device-failed.png", f"/devices/{fleet.by_state['failed'][0]}"),
                     ("models.png", "/models"),
                     ("rollouts.png", "/rollouts"),
@@ -71,11 +69,24 @@ def main() -> None:
                 shots += [
                     (f"rollout{'-' + str(i) if i else ''}.png", f"/rollouts/{r}") for i, r in enumerate(rollout_ids)
                 ]
-                for name, path in shots:
-                    page.goto(hub.url + path)
-                    _settle(page)
-                    page.screenshot(path=str(args.out / name), full_page=True)
-                    print(f"{args.out / name}")
+                phone = [("overview", "/"), ("devices", "/devices"), ("device", f"/devices/{online_gpu}"),
+                         ("rollout", f"/rollouts/{rollout_ids[0]}"), ("models", "/models")]  # fmt: skip
+                sets = [(args.width, "", shots)]
+                if args.phone:
+                    sets.append((args.phone, "-phone", [(f"{n}.png", path) for n, path in phone]))
+                for width, suffix, pages in sets:
+                    page = browser.new_page(viewport={"width": width, "height": 900}, device_scale_factor=1)
+                    page.goto(hub.url + "/login")
+                    page.screenshot(path=str(args.out / f"login{suffix}.png"))
+                    page.fill("#token", hub.admin_token)
+                    page.click("button[type=submit]")
+                    for name, path in pages:
+                        page.goto(hub.url + path)
+                        _settle(page)
+                        out = args.out / name.replace(".png", f"{suffix}.png")
+                        page.screenshot(path=str(out), full_page=True)
+                        print(out)
+                    page.close()
                 browser.close()
         finally:
             hub.stop()

@@ -57,7 +57,7 @@ def _identities(  # noqa: PLR0917  (a plain fan-in of CLI options)
         raise SimError("--agents N (N >= 1) is needed unless --bundles DIR names the devices")
     if hub is not None:
         if not token:
-            raise SimError("--hub needs --token (an operator token) to enrol devices")
+            raise SimError("--hub needs --token: an admin token (enrolling devices needs the admin role)")
         return enrol_via_hub(hub, token, agents, id_prefix=id_prefix, labels=labels, bundle_dir=save_bundles)
     if broker is not None and hub_key is not None:
         return direct_identities(
@@ -86,7 +86,9 @@ def _table(snap: Snapshot, elapsed: float) -> Table:
 def sim(  # noqa: PLR0917  (typer: one parameter per option)
     agents: Annotated[int | None, typer.Option("--agents", "-n", help="How many agents to simulate.")] = None,
     hub: Annotated[str | None, typer.Option(help="Hub REST API URL: enrol the agents there.")] = None,
-    token: Annotated[str | None, typer.Option(help="Bearer token (operator) for --hub enrolment.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Admin token for --hub: enrolling devices needs the admin role.")
+    ] = None,
     bundles: Annotated[Path | None, typer.Option(help="Folder of device bundle *.json files to run as.")] = None,
     save_bundles: Annotated[Path | None, typer.Option(help="With --hub: also save the bundles here.")] = None,
     broker: Annotated[str | None, typer.Option(help="Broker URL for unenrolled agents (tests, open brokers).")] = None,

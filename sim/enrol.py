@@ -103,6 +103,11 @@ def enrol_via_hub(
             except HubApiError as e:
                 if e.status == 0:
                     raise EnrolmentError(f"hub at {api_url} unreachable while enrolling {part[0]}..: {e}") from e
+                if e.status == 403:
+                    raise EnrolmentError(
+                        f"hub refused to enrol {part[0]}..: {e.message[:200]} (--token must be an admin token: "
+                        "`edgefleet hub token sim --role admin`)"
+                    ) from e
                 raise EnrolmentError(f"hub refused {part[0]}..: HTTP {e.status} {e.message[:300]}") from e
             except ValueError as e:  # a 2xx answer that is not JSON
                 raise EnrolmentError(f"hub answered {part[0]}.. with something that is not bundles: {e}") from e

@@ -7,12 +7,13 @@ Every error answers `{"error": {"code": "...", "message": "..."}}` with the stat
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,18 +26,28 @@ from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
 from hub.errors import HubError, RateLimited
 from hub.metrics import metrics_text
+from hub.views.schemas import Health
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 log = logging.getLogger(__name__)
+HtmlError = Callable[[Request, int, str], Awaitable[Response]]  # the dashboard's error page (when mounted)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page outside the API (API paths answer JSON to everyone)."""
+    path = request.url.path
+    if path.startswith(("/api/", "/docs", "/openapi.json", "/metrics", "/healthz")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The FastAPI app serving `hub` (OpenAPI at /docs and /openapi.json).
 
     `extra_routers` are mounted after the hub's own routes (the dashboard and rollouts add theirs this way);
@@ -45,9 +56,24 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(
         title="edgefleet hub",
         description="Models, devices, deployments, telemetry and events of an edge fleet. "
-        "Send `Authorization: Bearer <token>`; roles: viewer < operator < admin.",
+        "Send `Authorization: Bearer <token>`; roles: viewer < operator < admin. "
+        'Every error answers `{"error": {"code", "message"}}` with the status each operation lists.',
         version="1",
     )
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema without its 422 answers: request validation failures answer 400 here."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for op in operations.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
@@ -65,7 +91,10 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
         return _error(400, "invalid_request", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, e: StarletteHTTPException) -> Response:
+        page: HtmlError | None = getattr(request.app.state, "html_error", None)
+        if page is not None and _wants_html(request):
+            return await page(request, e.status_code, str(e.detail))
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
 
@@ -74,10 +103,13 @@ def create_app(hub: Hub, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     install_security(app, hub)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and broker connection (no token needed)")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "mqtt_connected": hub.mqtt_connected, "broker_url": hub.broker_url}
+    def healthz() -> Health:
+        return Health(status="ok", mqtt_connected=hub.mqtt_connected, broker_url=hub.broker_url)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (no token needed)")
+    @app.get(
+        "/metrics", tags=["ops"], summary="Prometheus metrics (no token needed)", response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "exposition text"}},
+    )  # fmt: skip
     def metrics() -> Response:
         return Response(metrics_text(hub), media_type="text/plain; version=0.0.4")
 

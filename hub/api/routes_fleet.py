@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from fleet.limits import MAX_SQL_INT
 from hub.api.deps import Admin, Operator, Viewer
-from hub.api.schemas import (
-    DeployRequest,
-    DeviceBatchCreate,
-    DeviceCreate,
-    LabelPatch,
-    TokenCreate,
-    desired_view,
-    device_view,
-    event_view,
-    summary_view,
-    window_view,
+from hub.api.schemas import DeployRequest, DeviceBatchCreate, DeviceCreate, LabelPatch, TokenCreate, errors
+from hub.errors import Conflict, InvalidInput
+from hub.telemetry import summarise
+from hub.views.fleet import minute_of, summary_of
+from hub.views.schemas import (
+    Deployment,
+    DesiredAnswer,
+    DesiredView,
+    DeviceDetail,
+    DeviceEnrolled,
+    DevicesEnrolled,
+    DeviceSummary,
+    DeviceTelemetry,
+    EventView,
+    FleetTelemetry,
+    IngestCounters,
+    ModelTelemetry,
+    TokenCreated,
+    TokenView,
 )
-from hub.errors import InvalidInput
-from hub.telemetry import point_json, summarise
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 TokenId = Annotated[int, Path(ge=1, le=MAX_SQL_INT, description="the token's id (GET /api/v1/tokens)")]
 MAX_TS = 1e11  # Unix seconds around the year 5138: anything larger is a mistake
@@ -39,68 +44,102 @@ def _range(since: float | None, until: float | None) -> tuple[float | None, floa
     return since, until
 
 
-def fleet_router(hub: Hub) -> APIRouter:
+def fleet_router(hub: HubServices) -> APIRouter:
     """Routes under /api/v1 other than models."""
     r = APIRouter(prefix="/api/v1")
-    devices = hub.devices
-
-    def view(device_id: str, *, detail: bool) -> dict[str, Any]:
-        d = devices.get(device_id)
-        desired = hub.store.get_desired(device_id)
-        return device_view(d, devices.state(d, desired), desired, detail=detail)
-
-    @r.post("/devices", status_code=201, tags=["devices"], summary="Enrol a device; returns its bootstrap bundle")
-    def add_device(body: DeviceCreate, principal: Admin) -> dict[str, Any]:
-        _d, bundle = devices.add(body.id, body.labels, actor=principal.name)
-        return {"device": view(body.id, detail=False), "bundle": bundle.model_dump(mode="json")}
+    devices, views = hub.devices, hub.views
 
     @r.post(
-        "/devices/batch", status_code=201, tags=["devices"],
-        summary="Enrol many devices in one transaction (all or none); returns their bootstrap bundles",
-    )  # fmt: skip
-    def add_devices(body: DeviceBatchCreate, principal: Admin) -> dict[str, Any]:
-        added = devices.add_many([(d.id, d.labels) for d in body.devices], actor=principal.name)
-        return {"devices": [d.id for d, _b in added], "bundles": [b.model_dump(mode="json") for _d, b in added]}
+        "/devices",
+        status_code=201,
+        tags=["devices"],
+        summary="Enrol a device; returns its bootstrap bundle",
+        responses=errors(400, 401, 403, 409, 429),
+    )
+    def add_device(body: DeviceCreate, principal: Admin) -> DeviceEnrolled:
+        _d, bundle = devices.add(body.id, body.labels, actor=principal.name)
+        return DeviceEnrolled(device=views.device_summary(body.id), bundle=bundle.model_dump(mode="json"))
 
-    @r.get("/devices", tags=["devices"], summary="List devices, optionally by label selector")
+    @r.post(
+        "/devices/batch",
+        status_code=201,
+        tags=["devices"],
+        summary="Enrol many devices in one transaction (all or none); returns their bootstrap bundles",
+        responses=errors(400, 401, 403, 409, 429),
+    )
+    def add_devices(body: DeviceBatchCreate, principal: Admin) -> DevicesEnrolled:
+        added = devices.add_many([(d.id, d.labels) for d in body.devices], actor=principal.name)
+        return DevicesEnrolled(
+            devices=[d.id for d, _b in added], bundles=[b.model_dump(mode="json") for _d, b in added]
+        )
+
+    @r.get(
+        "/devices",
+        tags=["devices"],
+        summary="List devices, optionally by label selector",
+        responses=errors(400, 401, 429),
+    )
     def list_devices(
         _p: Viewer,
         selector: str | None = Query(default=None, description="e.g. site=berlin,tier!=canary"),
-    ) -> list[dict[str, Any]]:
-        desired = {s.device_id: s for s in hub.store.list_desired()}
-        now = time.time()
-        return [
-            device_view(d, devices.state(d, desired.get(d.id), now=now), desired.get(d.id))
-            for d in devices.find(selector)
-        ]
+    ) -> list[DeviceSummary]:
+        return views.device_summaries(selector)
 
-    @r.get("/devices/{device_id}", tags=["devices"], summary="Show a device")
-    def show_device(device_id: str, _p: Viewer) -> dict[str, Any]:
-        return view(device_id, detail=True)
+    @r.get("/devices/{device_id}", tags=["devices"], summary="Show a device", responses=errors(401, 404, 429))
+    def show_device(device_id: str, _p: Viewer) -> DeviceDetail:
+        return views.device_detail(device_id)
 
-    @r.patch("/devices/{device_id}/labels", tags=["devices"], summary="Set and remove labels")
-    def label_device(device_id: str, body: LabelPatch, principal: Operator) -> dict[str, Any]:
+    @r.patch(
+        "/devices/{device_id}/labels",
+        tags=["devices"],
+        summary="Set and remove labels",
+        responses=errors(400, 401, 403, 404, 429),
+    )
+    def label_device(device_id: str, body: LabelPatch, principal: Operator) -> DeviceSummary:
         devices.label(device_id, body.set, body.remove, actor=principal.name)
-        return view(device_id, detail=False)
+        return views.device_summary(device_id)
 
-    @r.post("/deployments", status_code=201, tags=["deployments"], summary="Deploy a version to matching devices")
-    def deploy(body: DeployRequest, principal: Operator) -> dict[str, Any]:
+    @r.post(
+        "/deployments",
+        status_code=201,
+        tags=["deployments"],
+        summary="Deploy a version to matching devices (409 in_rollout for devices inside an active rollout)",
+        responses=errors(400, 401, 403, 404, 409, 429),
+    )
+    def deploy(body: DeployRequest, principal: Operator) -> Deployment:
+        busy = hub.rollouts.claimed_by([d.id for d in devices.find(body.selector)]) if body.selector.strip() else {}
+        if busy and not body.force:
+            held = ", ".join(f"{rid} ({n})" for rid, n in sorted(busy.items()))
+            raise Conflict(
+                f"{sum(busy.values())} of the matching devices are in active rollouts: {held}. A rollout signs its "
+                "own target for its devices again at its next step: abort it (or narrow the selector) first, or "
+                "deploy with force (CLI --force) knowing that",
+                code="in_rollout",
+            )
         result = hub.deployer.deploy(
             body.model, body.version, body.selector, actor=principal.name, runtime=body.runtime
         )
-        return {"model": result.model, "version": result.version, "devices": result.devices}
+        return Deployment(model=result.model, version=result.version, devices=result.devices, in_rollouts=busy)
 
-    @r.get("/deployments", tags=["deployments"], summary="Desired state of every device")
-    def list_desired(_p: Viewer) -> list[dict[str, Any]]:
-        return [desired_view(s) for s in hub.store.list_desired()]
+    @r.get("/deployments", tags=["deployments"], summary="Desired state of every device", responses=errors(401, 429))
+    def list_desired(_p: Viewer) -> list[DesiredView]:
+        return views.deployments()
 
-    @r.get("/devices/{device_id}/desired", tags=["deployments"], summary="A device's signed desired state")
-    def show_desired(device_id: str, _p: Viewer) -> dict[str, Any]:
-        devices.get(device_id)
-        s = hub.store.get_desired(device_id)
-        return {"desired": desired_view(s) | {"envelope": s.envelope} if s else None}
+    @r.get(
+        "/devices/{device_id}/desired",
+        tags=["deployments"],
+        summary="A device's signed desired state",
+        responses=errors(401, 404, 429),
+    )
+    def show_desired(device_id: str, _p: Viewer) -> DesiredAnswer:
+        return views.desired(device_id)
 
-    @r.get("/telemetry/devices/{device_id}", tags=["telemetry"], summary="A device's telemetry per minute")
+    @r.get(
+        "/telemetry/devices/{device_id}",
+        tags=["telemetry"],
+        summary="A device's telemetry per minute",
+        responses=errors(400, 401, 404, 429),
+    )
     def device_telemetry(
         _p: Viewer,
         device_id: str,
@@ -108,35 +147,44 @@ def fleet_router(hub: Hub) -> APIRouter:
         until: float | None = Until,
         raw: bool = Query(default=False, description="also return the raw windows (newest first)"),
         limit: int = Query(default=500, ge=1, le=10_000, description="most raw windows returned"),
-    ) -> dict[str, Any]:
+    ) -> DeviceTelemetry:
         devices.get(device_id)
         since, until = _range(since, until)
         points = hub.telemetry.series(device_id=device_id, since=since, until=until)
-        out: dict[str, Any] = {"device_id": device_id, "summary": summary_view(summarise(points))}
-        out["seq"] = hub.store.telemetry_seq(device_id, since=since, until=until).__dict__
-        out["series"] = [point_json(p) for p in points]
-        if raw:
-            windows = hub.store.telemetry_windows(device_id, since=since, until=until, limit=limit)
-            out["windows"] = [window_view(w) for w in windows]
-        return out
+        return DeviceTelemetry(
+            device_id=device_id, summary=summary_of(summarise(points)),
+            seq=views.seq(device_id, since=since, until=until), series=[minute_of(p) for p in points],
+            windows=views.windows(device_id, since=since, until=until, limit=limit) if raw else None,
+        )  # fmt: skip
 
-    @r.get("/telemetry/models/{name}/{version}", tags=["telemetry"], summary="A model version's telemetry")
+    @r.get(
+        "/telemetry/models/{name}/{version}",
+        tags=["telemetry"],
+        summary="A model version's telemetry",
+        responses=errors(400, 401, 404, 429),
+    )
     def model_telemetry(
         _p: Viewer, name: str, version: str, since: float | None = Since, until: float | None = Until
-    ) -> dict[str, Any]:
+    ) -> ModelTelemetry:
         hub.registry.get(name, version)
         since, until = _range(since, until)
         points = hub.telemetry.series(model=name, version=version, since=since, until=until)
-        return {"model": name, "version": version, "summary": summary_view(summarise(points)),
-                "series": [point_json(p) for p in points]}  # fmt: skip
+        return ModelTelemetry(
+            model=name, version=version, summary=summary_of(summarise(points)), series=[minute_of(p) for p in points]
+        )
 
-    @r.get("/telemetry/fleet", tags=["telemetry"], summary="Fleet-wide telemetry per minute")
-    def fleet_telemetry(_p: Viewer, since: float | None = Since, until: float | None = Until) -> dict[str, Any]:
+    @r.get(
+        "/telemetry/fleet",
+        tags=["telemetry"],
+        summary="Fleet-wide telemetry per minute",
+        responses=errors(400, 401, 429),
+    )
+    def fleet_telemetry(_p: Viewer, since: float | None = Since, until: float | None = Until) -> FleetTelemetry:
         since, until = _range(since, until)
         points = hub.telemetry.series(since=since, until=until)
-        return {"summary": summary_view(summarise(points)), "series": [point_json(p) for p in points]}
+        return FleetTelemetry(summary=summary_of(summarise(points)), series=[minute_of(p) for p in points])
 
-    @r.get("/events", tags=["events"], summary="The audit log, newest first")
+    @r.get("/events", tags=["events"], summary="The audit log, newest first", responses=errors(400, 401, 429))
     def events(
         _p: Viewer,
         since: float | None = Since,
@@ -144,31 +192,47 @@ def fleet_router(hub: Hub) -> APIRouter:
         subject: str | None = Query(default=None, description="e.g. device/cam-1 or model/resnet:1.0.0"),
         action: str | None = Query(default=None, description="e.g. deploy, device.add, model.push"),
         limit: int = Query(default=100, ge=1, le=10_000, description="most events returned"),
-    ) -> list[dict[str, Any]]:
-        found = hub.store.list_events(since=since, until=until, subject=subject, action=action, limit=limit)
-        return [event_view(e) for e in found]
+    ) -> list[EventView]:
+        return views.events(since=since, until=until, subject=subject, action=action, limit=limit)
 
-    @r.post("/tokens", status_code=201, tags=["tokens"], summary="Create an API token (shown once)")
-    def create_token(body: TokenCreate, principal: Admin) -> dict[str, Any]:
-        return {"name": body.name, "role": body.role,
-                "token": hub.auth.create_token(body.name, body.role, actor=principal.name)}  # fmt: skip
+    @r.post(
+        "/tokens",
+        status_code=201,
+        tags=["tokens"],
+        summary="Create an API token (shown once)",
+        responses=errors(400, 401, 403, 429),
+    )
+    def create_token(body: TokenCreate, principal: Admin) -> TokenCreated:
+        token = hub.auth.create_token(body.name, body.role, actor=principal.name)
+        return TokenCreated.model_validate({"name": body.name, "role": body.role, "token": token})
 
-    @r.get("/tokens", tags=["tokens"], summary="List tokens (names, roles, ids; never the secrets)")
-    def list_tokens(_p: Admin) -> list[dict[str, Any]]:
-        return [t.__dict__ for t in hub.store.list_tokens()]
+    @r.get(
+        "/tokens",
+        tags=["tokens"],
+        summary="List tokens (names, roles, ids; never the secrets)",
+        responses=errors(401, 403, 429),
+    )
+    def list_tokens(_p: Admin) -> list[TokenView]:
+        return views.tokens()
 
-    @r.delete("/tokens/{token_id}", status_code=204, tags=["tokens"], summary="Revoke a token")
+    @r.delete(
+        "/tokens/{token_id}",
+        status_code=204,
+        tags=["tokens"],
+        summary="Revoke a token",
+        responses=errors(400, 401, 403, 404, 429),
+    )
     def revoke_token(token_id: TokenId, principal: Admin) -> None:
         hub.auth.revoke(token_id, actor=principal.name)
 
-    @r.get("/ingest", tags=["ops"], summary="Ingestion counters: accepted and refused messages")
-    def ingest(_p: Viewer) -> dict[str, Any]:
-        st = hub.store.ingest_stats()
+    @r.get(
+        "/ingest",
+        tags=["ops"],
+        summary="Ingestion counters: accepted and refused messages",
+        responses=errors(401, 429),
+    )
+    def ingest(_p: Viewer) -> IngestCounters:
         accepted, rejected = hub.ingest.snapshot()
-        return {
-            "accepted": accepted,
-            "rejected": {f"{k}/{reason}": n for (k, reason), n in rejected.items()},
-            "store": st.__dict__, "transfer": hub.chunks.stats.__dict__,
-        }  # fmt: skip
+        return views.ingest_counters(accepted, rejected, hub.chunks.stats)
 
     return r

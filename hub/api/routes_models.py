@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,22 +13,31 @@ from starlette.requests import Request as StarletteRequest
 from starlette.types import Message
 
 from hub.api.deps import Operator, Viewer
-from hub.api.schemas import model_view
+from hub.api.schemas import errors
 from hub.errors import InvalidInput, InvalidModel, TooLarge
+from hub.views import model_version_view
+from hub.views.schemas import ModelPushed, ModelVersionDetail, ModelVersionView
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 _BLOCK = 1 << 20
 _FORM_SLACK = 1 << 20  # multipart headers and the descriptor field beside the file
 
 
-def models_router(hub: Hub) -> APIRouter:
+def models_router(hub: HubServices) -> APIRouter:
     """Routes under /api/v1/models."""
     r = APIRouter(prefix="/api/v1/models", tags=["models"])
     registry = hub.registry
 
-    @r.post("", status_code=201, summary="Upload a model version (multipart: `file` and `descriptor` JSON)")
+    @r.post(
+        "", status_code=201, response_model=ModelPushed,
+        summary="Upload a model version (multipart: `file` and `descriptor` JSON)",
+        responses={
+            200: {"model": ModelPushed, "description": "these exact bytes were already stored"},
+            **errors(400, 401, 403, 409, 413, 429),
+        },
+    )  # fmt: skip
     async def push(request: Request, principal: Operator) -> JSONResponse:
         limit = hub.settings.api.max_upload_bytes
         length = request.headers.get("content-length")
@@ -66,23 +75,31 @@ def models_router(hub: Hub) -> APIRouter:
             path = await run_in_threadpool(registry.receive, iter(lambda: file.file.read(_BLOCK), b""), max_bytes=limit)
             filename = (file.filename or "upload.onnx")[:200]
         result = await run_in_threadpool(registry.push, path, descriptor, actor=principal.name, filename=filename)
-        body = model_view(result.version) | {"created": result.created}
-        return JSONResponse(body, status_code=201 if result.created else 200)
+        body = ModelPushed(**dict(model_version_view(result.version)), created=result.created)
+        return JSONResponse(body.model_dump(mode="json"), status_code=201 if result.created else 200)
 
-    @r.get("", summary="List every model version")
-    def list_all(_p: Viewer) -> list[dict[str, Any]]:
-        return [model_view(mv) for mv in registry.versions()]
+    @r.get("", summary="List every model version", responses=errors(401, 429))
+    def list_all(_p: Viewer) -> list[ModelVersionView]:
+        return [model_version_view(mv) for mv in registry.versions()]
 
-    @r.get("/{name}", summary="List the versions of one model")
-    def list_one(name: str, _p: Viewer) -> list[dict[str, Any]]:
-        return [model_view(mv) for mv in registry.versions(name)]
+    @r.get("/{name}", summary="List the versions of one model", responses=errors(401, 404, 429))
+    def list_one(name: str, _p: Viewer) -> list[ModelVersionView]:
+        return [model_version_view(mv) for mv in registry.versions(name)]
 
-    @r.get("/{name}/{version}", summary="Show one version: description, blob, devices that want it")
-    def show(name: str, version: str, _p: Viewer) -> dict[str, Any]:
-        mv = registry.get(name, version)
-        return model_view(mv, detail=True, wanted_by=hub.store.devices_wanting(name, version))
+    @r.get(
+        "/{name}/{version}",
+        summary="Show one version: description, blob, devices that want it",
+        responses=errors(401, 404, 429),
+    )
+    def show(name: str, version: str, _p: Viewer) -> ModelVersionDetail:
+        return hub.views.model_detail(registry.get(name, version))
 
-    @r.delete("/{name}/{version}", status_code=204, summary="Delete a version no device wants (409 otherwise)")
+    @r.delete(
+        "/{name}/{version}",
+        status_code=204,
+        summary="Delete a version no device wants (409 otherwise)",
+        responses=errors(401, 403, 404, 409, 429),
+    )
     def delete(name: str, version: str, principal: Operator) -> None:
         registry.delete(name, version, actor=principal.name)
 

@@ -25,10 +25,10 @@ from hub.credentials import Role
 from hub.dashboard.security import is_dashboard_path
 from hub.errors import RateLimited, Unauthorized
 from hub.ratelimit import KeyedLimiter
-from hub.store import Store
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.audit import AuditLog
+    from hub.services import HubServices
 
 log = logging.getLogger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -81,9 +81,9 @@ def authenticate_header(request: Request, authorization: str | None) -> Principa
 class AuditAndHeaders:
     """ASGI middleware: security headers on every response, an audit event for every mutating call."""
 
-    def __init__(self, app: ASGIApp, store: Store, *, hsts: bool) -> None:
+    def __init__(self, app: ASGIApp, audit: AuditLog, *, hsts: bool) -> None:
         self.app = app
-        self.store = store
+        self.audit = audit
         self.hsts = hsts
         self.audited = 0
 
@@ -125,18 +125,17 @@ class AuditAndHeaders:
         details = {"method": scope["method"], "status": status, "client": client[0] if client else None}
         subject = str(scope.get("path", ""))[:200]
         try:
-            await run_in_threadpool(self.store.add_event, time.time(), actor, "api.call", subject, details)
+            await run_in_threadpool(self.audit.record, actor, "api.call", subject, details, ts=time.time())
             self.audited += 1
         except Exception:  # the audit log must not turn a served request into an error
             log.exception("api: audit event not written")
 
 
-def install(app: FastAPI, hub: Hub) -> None:
+def install(app: FastAPI, hub: HubServices) -> None:
     """Add CORS (only when origins are configured), the failed-auth limiter, headers and auditing."""
     sec = hub.settings.security
     app.state.auth_failures = KeyedLimiter(sec.auth_failure_per_minute / 60.0, sec.auth_failure_burst)
-    security = getattr(hub, "security", None)
-    app.add_middleware(AuditAndHeaders, store=hub.store, hsts=security is not None and security.tls is not None)
+    app.add_middleware(AuditAndHeaders, audit=hub.audit, hsts=hub.security.tls is not None)
     if sec.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(sec.cors_origins), allow_methods=["GET", "POST", "PATCH", "DELETE"],

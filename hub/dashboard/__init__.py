@@ -20,16 +20,17 @@ from hub.dashboard.security import SecurityHeaders
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 __all__ = ["mount_dashboard"]
 
 
-def mount_dashboard(app: FastAPI, hub: Hub) -> None:
+def mount_dashboard(app: FastAPI, hub: HubServices) -> None:
     """Serve the dashboard from `app` (does nothing when `hub.settings.dashboard.enabled` is False)."""
     if not hub.settings.dashboard.enabled:
         return
     pages = Pages(hub)
+    app.state.html_error = pages.http_error  # hub.api's error handler answers browsers with a page
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.include_router(dashboard_router(hub, pages))

@@ -1,6 +1,8 @@
 """Chart data for uPlot: aligned columns over a regular time grid, gaps as null.
 
-Every chart endpoint answers `{"x": [unix seconds...], "series": [{"label", "unit", "values"}...]}`.
+Every chart endpoint answers `{"x": [unix seconds...], "partial_from": x or null, "charts": {key: [{"label",
+"unit", "values"}...]}}`. `partial_from` is the first grid slot that is not over yet (the one holding "now"): its
+sums are partial, and the browser draws it as such (dashed, shaded) instead of as a drop at the right edge.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from hub.errors import InvalidInput
 from hub.telemetry import summarise
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
-    from hub.store import StoredWindow, TelemetryPoint
+    from hub.services import HubServices
+    from hub.telemetry import Point
+    from hub.views import UtilizationPoint
 
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 MAX_WINDOWS = 5000
@@ -38,14 +41,14 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def minute_grid(points: list[TelemetryPoint], since: float, until: float, step: int = 60) -> dict[str, Any]:
+def minute_grid(points: list[Point], since: float, until: float, step: int = 60) -> dict[str, Any]:
     """Requests/s, error rate (%), p50/p95/p99 latency (ms) and errors/min on a regular grid."""
     start = int(since // step) * step
     xs = list(range(start, int(until // step) * step + step, step))
     index = {x: i for i, x in enumerate(xs)}
     n = len(xs)
     cols: dict[str, list[float | None]] = {k: [None] * n for k in ("rps", "err", "p50", "p95", "p99", "errors")}
-    buckets: dict[int, list[TelemetryPoint]] = {}
+    buckets: dict[int, list[Point]] = {}
     for p in points:
         slot = int(p.minute // step) * step
         if slot in index:
@@ -59,10 +62,10 @@ def minute_grid(points: list[TelemetryPoint], since: float, until: float, step: 
         cols["p50"][i] = _r(sm.p50_ms)
         cols["p95"][i] = _r(sm.p95_ms)
         cols["p99"][i] = _r(sm.p99_ms)
-    return {"x": xs, **cols}
+    return {"x": xs, "partial_from": xs[-1] if xs and xs[-1] + step > until else None, **cols}
 
 
-def fleet_charts(hub: Hub, range_name: str, now: float | None = None) -> dict[str, Any]:
+def fleet_charts(hub: HubServices, range_name: str, now: float | None = None) -> dict[str, Any]:
     """Fleet-wide request rate, error rate and p95 latency over the range."""
     now = time.time() if now is None else now
     seconds = range_seconds(range_name)
@@ -70,6 +73,7 @@ def fleet_charts(hub: Hub, range_name: str, now: float | None = None) -> dict[st
     grid = minute_grid(hub.telemetry.series(since=since), since, now, _step(seconds))
     return {
         "x": grid["x"],
+        "partial_from": grid["partial_from"],
         "charts": {
             "rps": [{"label": "requests/s", "unit": "req/s", "values": grid["rps"]}],
             "err": [{"label": "error rate", "unit": "%", "values": grid["err"]}],
@@ -78,28 +82,27 @@ def fleet_charts(hub: Hub, range_name: str, now: float | None = None) -> dict[st
     }
 
 
-def _gpu_columns(windows: list[StoredWindow]) -> dict[int, list[float | None]]:
+def _gpu_columns(windows: list[UtilizationPoint]) -> dict[int, list[float | None]]:
     cols: dict[int, list[float | None]] = {}
     for i, w in enumerate(windows):
-        for g in w.gpus:
-            idx = int(g.get("index", 0))
-            cols.setdefault(idx, [None] * len(windows))[i] = float(g.get("util_percent", 0.0))
+        for idx, util in w.gpus.items():
+            cols.setdefault(idx, [None] * len(windows))[i] = util
     return cols
 
 
-def device_charts(hub: Hub, device_id: str, range_name: str, now: float | None = None) -> dict[str, Any]:
+def device_charts(hub: HubServices, device_id: str, range_name: str, now: float | None = None) -> dict[str, Any]:
     """One device: latency quantiles, throughput and errors per minute; CPU and GPU utilisation per window."""
     now = time.time() if now is None else now
     seconds = range_seconds(range_name)
     since = now - seconds
     grid = minute_grid(hub.telemetry.series(device_id=device_id, since=since), since, now, _step(seconds))
-    windows = hub.store.telemetry_windows(device_id, since=since, until=None, limit=MAX_WINDOWS)
-    windows.reverse()  # oldest first
+    windows = hub.views.utilization(device_id, since=since, limit=MAX_WINDOWS)  # oldest first
     util_x = [round(w.end, 3) for w in windows]
     util = [{"label": "CPU", "unit": "%", "values": [w.cpu_percent for w in windows]}]
     util += [{"label": f"GPU {i}", "unit": "%", "values": v} for i, v in sorted(_gpu_columns(windows).items())]
     return {
         "x": grid["x"],
+        "partial_from": grid["partial_from"],
         "charts": {
             "latency": [
                 {"label": "p50", "unit": "ms", "values": grid["p50"]},

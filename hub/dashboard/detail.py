@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fleet.messages import AppliedModel, Capabilities, DesiredState, ModelRef, ReportedState
 from hub.dashboard.views import gpu_summary, provider_name
-from hub.devices import derive_state
-from hub.store import Desired, Device, Event
+from hub.views import DeviceInfo
+from hub.views.schemas import EventView
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,23 @@ class Comparison:
 class DeviceDetail:
     """Everything the device page shows."""
 
-    device: Device
-    state: str
-    desired: Desired | None
-    capabilities: dict[str, Any]
-    reported: dict[str, Any]
+    info: DeviceInfo
+    desired: DesiredState | None
+    capabilities: Capabilities | None
+    reported: ReportedState | None
     comparison: list[Comparison]
     gpu: str | None
-    history: list[Event]
-    events: list[Event]
+    history: list[EventView]
+    events: list[EventView]
     download_pct: int | None
 
+    @property
+    def state(self) -> str:
+        return self.info.state.value
 
-def _model(ref: dict[str, Any] | None) -> str | None:
-    return f"{ref['name']}:{ref['version']}" if ref else None
+
+def _model(ref: ModelRef | AppliedModel | None) -> str | None:
+    return f"{ref.name}:{ref.version}" if ref else None
 
 
 def _short(sha: str | None) -> str | None:
@@ -53,45 +57,39 @@ def _cmp(what: str, desired: str | None, reported: str | None) -> Comparison:
     return Comparison(what, desired, reported, ok)
 
 
-def compare(desired: Desired | None, reported: dict[str, Any]) -> list[Comparison]:
+def compare(desired: DesiredState | None, reported: ReportedState | None) -> list[Comparison]:
     """Desired against reported, line by line."""
-    body = desired.body if desired else {}
-    want = body.get("model") or None
-    active = reported.get("active") or None
-    want_sha = (want or {}).get("blob", {}).get("sha256")
-    runtime = body.get("runtime") or {}
-    providers = runtime.get("providers") or []
-    shadow = body.get("shadow") or None
-    accepted = reported.get("desired_version")
+    want = desired.model if desired else None
+    active = reported.active if reported else None
+    providers = desired.runtime.providers if desired else []
+    shadow = desired.shadow if desired else None
+    accepted = reported.desired_version if reported else None
     out = [
         _cmp("model", _model(want), _model(active)),
-        _cmp("blob", _short(want_sha), _short((active or {}).get("sha256"))),
+        _cmp("blob", _short(want.blob.sha256 if want else None), _short(active.sha256 if active else None)),
         _cmp("desired version", str(desired.version) if desired else None, None if accepted is None else str(accepted)),
     ]
     if providers or active:
         wanted = " > ".join(provider_name(p) or p for p in providers) or None
-        got = provider_name((active or {}).get("provider"))
+        got = provider_name(active.provider if active else None)
         ok = None if not providers or not got else got == provider_name(providers[0])
         out.append(Comparison("provider", wanted, got, ok))
-    if shadow or reported.get("shadow"):
-        out.append(_cmp("shadow", _model(shadow.get("model") if shadow else None), _model(reported.get("shadow"))))
+    if shadow or (reported and reported.shadow):
+        running = reported.shadow if reported else None
+        out.append(_cmp("shadow", _model(shadow.model if shadow else None), _model(running)))
     return out
 
 
-def device_detail(hub: Hub, device_id: str, now: float | None = None) -> DeviceDetail:
+def device_detail(hub: HubServices, device_id: str, now: float | None = None) -> DeviceDetail:
     """The device page's data; NotFound for unknown ids."""
-    now = time.time() if now is None else now
-    d = hub.devices.get(device_id)
-    desired = hub.store.get_desired(device_id)
-    state = derive_state(d, desired, now=now, settings=hub.settings.devices)
-    reported = d.reported or {}
-    events = hub.store.list_events(since=None, until=None, subject=f"device/{device_id}", action=None, limit=200)
-    download = reported.get("download") or None
-    pct = None
-    if download and download.get("total_chunks"):
-        pct = int(100 * download.get("have_chunks", 0) / download["total_chunks"])
+    info = hub.views.device(device_id, now=time.time() if now is None else now)
+    d, reported = info.device, info.device.reported
+    desired = info.desired.state() if info.desired else None
+    events = hub.views.events(subject=f"device/{device_id}", limit=200)
+    download = reported.download if reported else None
+    pct = int(100 * download.have_chunks / download.total_chunks) if download and download.total_chunks else None
     return DeviceDetail(
-        device=d, state=state.value, desired=desired, capabilities=d.capabilities or {}, reported=reported,
+        info=info, desired=desired, capabilities=d.capabilities, reported=reported,
         comparison=compare(desired, reported), gpu=gpu_summary(d.capabilities),
         history=[e for e in events if e.action == "device.phase"],
         events=[e for e in events if e.action != "device.phase"], download_pct=pct,

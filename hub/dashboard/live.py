@@ -1,8 +1,10 @@
 """Live updates: a server-sent event stream that says `update` whenever the fleet changed.
 
 The browser (static/app.js) answers an `update` by re-fetching the fragments and chart data on the page.
-A stream ends after `live_max_stream_s` (the browser reconnects) so no worker is held forever, and
-sends a comment every `_HEARTBEAT_S` so proxies keep it open.
+A stream ends after `live_max_stream_s` (the browser reconnects) so no worker is held forever, and at once
+when the server is stopping (`app.state.stopping`, set by `hub.api.server`), so an open dashboard never holds
+a shutdown up. It sends a `ping` every `_HEARTBEAT_S`: proxies keep it open, and the browser tells a
+silent, dead hub from a quiet fleet (it shows a banner when neither arrives in time).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
@@ -21,24 +23,18 @@ from hub.dashboard import session
 from hub.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 _HEARTBEAT_S = 15.0
 _STATE_TICK_S = 30.0  # states change with time alone (silent devices go offline): refresh at least this often
 
 
-def fingerprint(hub: Hub) -> tuple[object, ...]:
+def fingerprint(hub: HubServices) -> tuple[object, ...]:
     """Something that changes when anything the pages show changes."""
-    st = hub.store.ingest_stats()
-    last = hub.store.list_events(since=None, until=None, subject=None, action=None, limit=1)
-    desired = hub.store.list_desired_heads()
-    return (
-        st.telemetry_persisted, st.status_applied, st.reported_applied, last[0].id if last else 0,
-        len(desired), max((d.version for d in desired), default=0), int(time.time() // _STATE_TICK_S),
-    )  # fmt: skip
+    return hub.views.fingerprint(_STATE_TICK_S)
 
 
-def live_router(hub: Hub) -> APIRouter:
+def live_router(hub: HubServices) -> APIRouter:
     """GET /live: the event stream of a logged-in browser."""
     r = APIRouter(include_in_schema=False)
     settings = hub.settings.dashboard
@@ -52,10 +48,12 @@ def live_router(hub: Hub) -> APIRouter:
 
         async def events() -> AsyncIterator[str]:
             yield f"retry: {int(settings.live_interval_s * 1000) + 1000}\n\n"
+            yield f"event: ping\ndata: {json.dumps({'ts': time.time()})}\n\n"
             deadline = time.monotonic() + settings.live_max_stream_s
             last: tuple[object, ...] | None = None
             quiet_since = time.monotonic()
-            while time.monotonic() < deadline and not await request.is_disconnected():
+            stopping: Callable[[], bool] = getattr(request.app.state, "stopping", lambda: False)
+            while time.monotonic() < deadline and not stopping() and not await request.is_disconnected():
                 fp = await run_in_threadpool(fingerprint, hub)
                 if fp != last:
                     if last is not None:
@@ -63,7 +61,7 @@ def live_router(hub: Hub) -> APIRouter:
                     last = fp
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > _HEARTBEAT_S:
-                    yield ": heartbeat\n\n"
+                    yield f"event: ping\ndata: {json.dumps({'ts': time.time()})}\n\n"
                     quiet_since = time.monotonic()
                 await asyncio.sleep(settings.live_interval_s)
 

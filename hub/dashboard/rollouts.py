@@ -7,7 +7,7 @@ and a same-origin request; a viewer who presses a button gets the refusal in pla
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,12 +17,13 @@ from hub.credentials import Role
 from hub.dashboard import session
 from hub.errors import HubError, InvalidInput, Unauthorized
 from hub.rollouts.model import RolloutState
-from hub.rollouts.views import status_view, summary_view
+from hub.rollouts.views import RolloutStatus, RolloutSummary, status_view, summary_view
+from hub.views.schemas import View
 
 if TYPE_CHECKING:
     from hub.dashboard.routes import Pages
     from hub.dashboard.views import DeviceRow
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 Action = Literal["pause", "resume", "abort", "rollback"]
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "abort", "rollback")
@@ -35,18 +36,71 @@ ALLOWED: dict[str, tuple[Action, ...]] = {
 MAX_REASON = 500
 
 
-def progress(status: dict[str, Any]) -> dict[str, Any]:
-    """Done/total devices and the wave label of a rollout status."""
-    totals = status.get("totals", {})
-    total = max(1, int(status.get("devices") or 0))
-    done = int(totals.get("active", 0))
-    if status["state"] in ("rolling_back", "rolled_back"):
-        done = int(totals.get("rolled_back", 0))
-    wave = min(status["wave"] + 1, status["wave_count"])
-    return {"done": done, "total": total, "wave": wave, "waves": status["wave_count"]}
+class Progress(View):
+    """Devices on target out of the rollout's devices, what the target is, and the wave in progress (from 1)."""
+
+    done: int
+    total: int
+    target: str  # what "on target" means: MODEL:VERSION, or their previous version when rolling back
+    wave: int
+    waves: int
+
+    @property
+    def short(self) -> str:
+        """The target in a list, beside its model column: `on 1.2.0`, or `back` when rolling back."""
+        return "back" if self.target == _BACK else "on " + self.target.rpartition(":")[2]
 
 
-def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, Any]]:
+class ActiveRollout(RolloutSummary):
+    """A rollout line of the overview."""
+
+    progress: Progress
+
+
+class RolloutRow(RolloutStatus):
+    """A rollout on the list and detail pages: its status, progress, the commands its state allows and what
+    the risky ones would do (asked before they are sent)."""
+
+    progress: Progress
+    allowed: tuple[Action, ...] = ()
+    confirm: dict[str, str] = {}
+
+
+_BACK = "their previous version"
+
+
+def _target(model: str, version: str, state: RolloutState) -> str:
+    rolling = state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
+    return _BACK if rolling else f"{model}:{version}"
+
+
+def _devices(n: int) -> str:
+    return f"{n} device{'' if n == 1 else 's'}"
+
+
+def confirmations(st: RolloutStatus) -> dict[str, str]:
+    """What abort and rollback would do to how many devices, in words (the dashboard asks before sending)."""
+    back = ", ".join(f"{ref} to {_devices(n)}" for ref, n in st.rollback_to.items()) or "nothing to re-sign"
+    ref = f"{st.model}:{st.version}"
+    return {
+        "abort": f"Abort {st.id}? It stops where it stands and signs nothing: {_devices(st.totals.active)} keep "
+        f"{ref}, {_devices(st.totals.updating)} finish what they were sent, {_devices(st.totals.pending)} in later "
+        "waves never get it.",
+        "rollback": f"Roll back {st.id}? The version each device ran before is signed again for "
+        f"{_devices(st.changed_devices)} ({back}).",
+    }
+
+
+def progress(status: RolloutStatus) -> Progress:
+    """Done/total devices, the target they count towards, and the wave label of a rollout status."""
+    rolling = status.state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK)
+    done = status.totals.rolled_back if rolling else status.totals.active
+    wave = min(status.wave + 1, status.wave_count)
+    target = _target(status.model, status.version, status.state)
+    return Progress(done=done, total=max(1, status.devices), target=target, wave=wave, waves=status.wave_count)
+
+
+def rollout_statuses(hub: HubServices, *, active_only: bool = False) -> list[RolloutRow]:
     """Every rollout's status (newest first), with its progress."""
     engine = hub.rollouts
     found = [r for r in engine.all() if r.state.active or not active_only]
@@ -56,41 +110,39 @@ def rollout_statuses(hub: Hub, *, active_only: bool = False) -> list[dict[str, A
     out = []
     for r in found:
         st = status_view(r, fleet)
-        st["progress"] = progress(st)
-        out.append(st)
+        out.append(RolloutRow(**dict(st), progress=progress(st)))
     return out
 
 
-def active_rollouts(hub: Hub, rows: list[DeviceRow]) -> list[dict[str, Any]]:
+def active_rollouts(hub: HubServices, rows: list[DeviceRow]) -> list[ActiveRollout]:
     """Active rollouts with their progress, counted from the device rows at hand (cheap: for the overview)."""
     running = {r.id: r.model for r in rows}
     out = []
-    for r in hub.rollouts.all():
+    for r in hub.rollouts.all():  # from the store: what any replica started
         if not r.state.active:
             continue
-        st = summary_view(r)
         target = f"{r.spec.model}:{r.spec.version}"
         members = [d for d, e in r.devices.items() if e.left_at is None]
         on_target = sum(1 for d in members if running.get(d) == target)
         done = len(members) - on_target if r.state is RolloutState.ROLLING_BACK else on_target
-        wave = min(r.current + 1, len(r.waves))
-        st["progress"] = {"done": done, "total": max(1, len(members)), "wave": wave, "waves": len(r.waves)}
-        out.append(st)
-    return out
+        p = Progress(
+            done=done, total=max(1, len(members)), target=_target(r.spec.model, r.spec.version, r.state),
+            wave=min(r.current + 1, len(r.waves)), waves=len(r.waves),
+        )  # fmt: skip
+        out.append(ActiveRollout(**dict(summary_view(r)), progress=p))
+    return sorted(out, key=lambda x: x.created_at, reverse=True)
 
 
-def rollout_detail(hub: Hub, rollout_id: str) -> dict[str, Any]:
+def rollout_detail(hub: HubServices, rollout_id: str) -> RolloutRow:
     """One rollout's status with per-device states (NotFound for unknown ids)."""
     if len(rollout_id) > 40:
         raise InvalidInput("a rollout id is at most 40 characters")
     engine = hub.rollouts
     st = status_view(engine.get(rollout_id), engine.fleet(), devices=True)
-    st["progress"] = progress(st)
-    st["allowed"] = ALLOWED.get(st["state"], ())
-    return st
+    return RolloutRow(**dict(st), progress=progress(st), allowed=ALLOWED.get(st.state, ()), confirm=confirmations(st))
 
 
-def rollouts_router(hub: Hub, pages: Pages) -> APIRouter:
+def rollouts_router(hub: HubServices, pages: Pages) -> APIRouter:
     """GET /rollouts, GET /rollouts/{id}, its fragment, and POST /rollouts/{id}/{action}."""
     r = APIRouter(include_in_schema=False)
 

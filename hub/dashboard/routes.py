@@ -14,14 +14,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from hub.auth import Principal
 from hub.dashboard import charts, session
 from hub.dashboard.cache import TtlCache
 from hub.dashboard.detail import device_detail
 from hub.dashboard.live import fingerprint
-from hub.dashboard.render import environment
+from hub.dashboard.render import STATIC, environment
 from hub.dashboard.views import (
     SORT_KEYS,
     STATES,
@@ -36,7 +36,7 @@ from hub.dashboard.views import (
 from hub.errors import HubError, InvalidInput, RateLimited, Unauthorized
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 512
@@ -56,7 +56,7 @@ def _safe_next(target: str | None) -> str:
 class Pages:
     """Renders the dashboard for one hub."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubServices) -> None:
         self.hub = hub
         self.settings = hub.settings.dashboard
         self.env = environment()
@@ -77,6 +77,18 @@ class Pages:
         if isinstance(e, RateLimited):  # the same wait as the page says
             response.headers["retry-after"] = str(e.retry_after_s)
         return response
+
+    async def http_error(self, request: Request, status: int, message: str) -> Response:
+        """An error page for a browser (`Accept: text/html`) outside the API: an unknown URL, a wrong method."""
+        try:
+            who: Principal | None = await run_in_threadpool(session.principal, request, self.hub.auth)
+        except HubError:
+            who = None
+        if status == 404:
+            message = f"There is no page at {request.url.path[:200]}."
+        error = HubError(message, code={404: "not_found", 405: "method_not_allowed"}.get(status, "http_error"))
+        error.status = status
+        return self.html(request, "error.html", who, status=status, error=error)
 
     def login_redirect(self, request: Request) -> Response:
         target = "/login?next=" + quote(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
@@ -134,10 +146,16 @@ class Pages:
         return resp
 
 
-def dashboard_router(hub: Hub, pages: Pages | None = None) -> APIRouter:
+def dashboard_router(hub: HubServices, pages: Pages | None = None) -> APIRouter:
     """The dashboard's routes (not part of the OpenAPI schema)."""
     pages = pages or Pages(hub)
     r = APIRouter(include_in_schema=False)
+
+    @r.get("/favicon.ico")
+    async def favicon() -> Response:
+        return FileResponse(
+            STATIC / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
 
     @r.get("/login")
     async def login_form(request: Request) -> Response:

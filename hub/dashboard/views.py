@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hub.dashboard.rollouts import active_rollouts
-from hub.devices import DeviceState, derive_state
+from fleet.messages import Capabilities
+from hub.dashboard.rollouts import ActiveRollout, active_rollouts
+from hub.devices import DeviceState
 from hub.errors import InvalidInput
+from hub.registry import version_key
 from hub.selectors import parse_selector
-from hub.store import Desired, Device, Event, ModelVersion
 from hub.telemetry import Summary, summarise
+from hub.views import DeviceInfo, model_version_view
+from hub.views.schemas import EventView, ModelVersionView
 
 if TYPE_CHECKING:
-    from hub.runtime import Hub
+    from hub.services import HubServices
 
 TIMES = "\u00d7"
 STATES = tuple(s.value for s in DeviceState)
@@ -39,15 +41,6 @@ def provider_name(provider: str | None) -> str | None:
     return _PROVIDER_NAMES.get(provider, provider.removesuffix("ExecutionProvider"))
 
 
-def version_key(version: str) -> tuple[Any, ...]:
-    """A sort key for semantic versions (pre-releases before their release); unparsable ones sort first."""
-    m = re.match(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?", version)
-    if not m:
-        return (-1, version)
-    pre = m.group(4)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, pre or "")
-
-
 @dataclass(frozen=True)
 class DeviceRow:
     """One line of the device table."""
@@ -65,42 +58,34 @@ class DeviceRow:
     error: str | None
 
 
-def gpu_summary(capabilities: dict[str, Any] | None) -> str | None:
+def gpu_summary(capabilities: Capabilities | None) -> str | None:
     """`2x NVIDIA A100 (MIG)` (with a multiplication sign) from a birth's capabilities; None without GPUs."""
-    gpus = (capabilities or {}).get("gpus") or []
+    gpus = capabilities.gpus if capabilities else []
     if not gpus:
         return None
-    names = Counter(str(g.get("name", "GPU")).removeprefix("NVIDIA ") for g in gpus)
+    names = Counter(g.name.removeprefix("NVIDIA ") for g in gpus)
     parts = [f"{n}{TIMES} {name}" if n > 1 else name for name, n in names.items()]
-    mig = any(g.get("mig_mode") for g in gpus)
+    mig = any(g.mig_mode for g in gpus)
     return ", ".join(parts) + (" (MIG)" if mig else "")
 
 
-def device_row(d: Device, desired: Desired | None, state: DeviceState) -> DeviceRow:
+def device_row(info: DeviceInfo) -> DeviceRow:
     """A device as a table row."""
-    reported = d.reported or {}
-    active = reported.get("active") or {}
-    providers = [provider_name(p) or p for p in (d.capabilities or {}).get("providers", [])]
-    error = reported.get("error") or {}
+    d, reported = info.device, info.device.reported
+    active = info.active
+    providers = [provider_name(p) or p for p in (d.capabilities.providers if d.capabilities else [])]
+    error = reported.error if reported else None
     return DeviceRow(
-        id=d.id, state=state.value, labels=d.labels,
-        model=f"{active['name']}:{active['version']}" if active else None,
-        desired=f"{desired.model_name}:{desired.model_version}" if desired and desired.model_name else None,
-        phase=reported.get("phase"), provider=provider_name(active.get("provider")), providers=providers,
-        gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
-        error=f"{error.get('code')}: {error.get('message')}" if error else None,
+        id=d.id, state=info.state.value, labels=d.labels, model=info.active_ref, desired=info.desired_ref,
+        phase=reported.phase.value if reported else None, provider=provider_name(active.provider if active else None),
+        providers=providers, gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
+        error=f"{error.code}: {error.message}" if error else None,
     )  # fmt: skip
 
 
-def fleet_rows(hub: Hub, now: float | None = None) -> list[DeviceRow]:
+def fleet_rows(hub: HubServices, now: float | None = None) -> list[DeviceRow]:
     """Every device as a row, with its derived state."""
-    now = time.time() if now is None else now
-    desired = {s.device_id: s for s in hub.store.list_desired_heads()}
-    settings = hub.settings.devices
-    return [
-        device_row(d, desired.get(d.id), derive_state(d, desired.get(d.id), now=now, settings=settings))
-        for d in hub.store.list_devices()
-    ]
+    return [device_row(info) for info in hub.views.devices(now=now)]
 
 
 @dataclass(frozen=True)
@@ -195,9 +180,9 @@ class Overview:
     total: int
     counts: dict[str, int]
     versions: dict[str, list[VersionCount]]
-    events: list[Event]
+    events: list[EventView]
     models: int
-    rollouts: list[dict[str, Any]]
+    rollouts: list[ActiveRollout]
 
 
 def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
@@ -220,17 +205,12 @@ OPERATOR_ACTIONS = (
 )  # fmt: skip
 
 
-def recent_events(hub: Hub, limit: int = 12) -> list[Event]:
+def recent_events(hub: HubServices, limit: int = 12) -> list[EventView]:
     """The newest events of people and rollouts (devices' own phase changes are on their pages)."""
-    store = hub.store
-    found: dict[int, Event] = {}
-    for action in OPERATOR_ACTIONS:
-        for e in store.list_events(since=None, until=None, subject=None, action=action, limit=limit):
-            found[e.id] = e
-    return sorted(found.values(), key=lambda e: (e.ts, e.id), reverse=True)[:limit]
+    return hub.views.recent_events(OPERATOR_ACTIONS, limit)
 
 
-def overview(hub: Hub, rows: list[DeviceRow] | None = None, now: float | None = None) -> Overview:
+def overview(hub: HubServices, rows: list[DeviceRow] | None = None, now: float | None = None) -> Overview:
     """Counts by state, versions across the fleet, active rollouts and recent events (traffic loads apart)."""
     now = time.time() if now is None else now
     rows = fleet_rows(hub, now) if rows is None else rows
@@ -249,7 +229,7 @@ class Traffic:
     day: Summary
 
 
-def traffic(hub: Hub, now: float | None = None) -> Traffic:
+def traffic(hub: HubServices, now: float | None = None) -> Traffic:
     """The overview's traffic numbers (one query over the day; the hour is summed from it)."""
     now = time.time() if now is None else now
     points = hub.telemetry.series(since=now - 86400)
@@ -261,14 +241,14 @@ def traffic(hub: Hub, now: float | None = None) -> Traffic:
 class ModelRow:
     """A model version and where it is deployed."""
 
-    mv: ModelVersion
+    mv: ModelVersionView
     golden: dict[str, Any]
     input: str
     wanted_by: list[str] = field(default_factory=list)
     active_on: list[str] = field(default_factory=list)
 
 
-def model_rows(hub: Hub, rows: list[DeviceRow]) -> list[ModelRow]:
+def model_rows(hub: HubServices, rows: list[DeviceRow]) -> list[ModelRow]:
     """Every registered version, newest first per model, with the devices that want and run it."""
     active: dict[str, list[str]] = defaultdict(list)
     wanted: dict[str, list[str]] = defaultdict(list)
@@ -284,5 +264,7 @@ def model_rows(hub: Hub, rows: list[DeviceRow]) -> list[ModelRow]:
         spec = mv.descriptor.get("input") or {}
         size = f"{spec.get('height', '?')}{TIMES}{spec.get('width', '?')}" if spec else "?"
         key = f"{mv.name}:{mv.version}"
-        out.append(ModelRow(mv, golden, size, wanted_by=sorted(wanted[key]), active_on=sorted(active[key])))
+        out.append(
+            ModelRow(model_version_view(mv), golden, size, wanted_by=sorted(wanted[key]), active_on=sorted(active[key]))
+        )
     return out

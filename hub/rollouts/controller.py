@@ -28,7 +28,7 @@ from hub.rollouts.model import DeviceEntry, GateResult, Rollout, RolloutSpec, Ro
 from hub.rollouts.waves import assign, parse_waves
 from hub.selectors import parse_selector
 
-Event = tuple[str, dict[str, Any]]
+Event = tuple[str, dict[str, Any]]  # details name waves by number, counted from 1 as people do
 Command = Literal["pause", "resume", "abort", "rollback"]
 _MAX_TRANSITIONS = 200
 
@@ -93,10 +93,20 @@ def new_rollout(
     )
 
 
+_BY_OPERATOR = {"pause": "paused by an operator", "abort": "aborted by an operator",
+                "rollback": "rolled back by an operator"}  # fmt: skip
+
+
 def command(r: Rollout, action: Command, *, now: float, reason: str | None = None) -> tuple[Rollout, list[Event]]:
-    """Apply an operator command; InvalidTransition when the rollout's state does not allow it."""
+    """Apply an operator command; InvalidTransition when the rollout's state does not allow it.
+
+    `reason` is the operator's note: kept in `note`, beside `reason`, which keeps a gate failure that stopped
+    the rollout (after a rollback too) and otherwise says that an operator acted.
+    """
     s = r.state
-    why = reason or f"{action} requested"
+    wave = r.waves[r.current] if r.current < len(r.waves) else None
+    failure = r.reason if wave is not None and wave.phase is WavePhase.FAILED else None
+    why = failure or _BY_OPERATOR.get(action)
     if action == "pause" and s is RolloutState.RUNNING:
         r = r.model_copy(update={"state": RolloutState.PAUSED, "reason": why})
     elif action == "resume" and s is RolloutState.PAUSED:
@@ -107,8 +117,8 @@ def command(r: Rollout, action: Command, *, now: float, reason: str | None = Non
         r = r.model_copy(update={"state": RolloutState.ROLLING_BACK, "reason": why})
     else:
         raise InvalidTransition(f"rollout {r.id} is {s.value}: cannot {action} it")
-    r = r.model_copy(update={"seq": r.seq + 1, "updated_at": now})
-    return r, [(f"rollout.{action}", {"state": r.state.value, "reason": why})]
+    r = r.model_copy(update={"seq": r.seq + 1, "updated_at": now, "note": reason})
+    return r, [(f"rollout.{action}", {"state": r.state.value, "reason": r.reason, "note": reason})]
 
 
 def _resume(r: Rollout, now: float) -> Rollout:
@@ -145,15 +155,15 @@ def _membership(
     for d, e in r.devices.items():
         if d not in matching and e.left_at is None:
             devices[d] = e.model_copy(update={"left_at": now})
-            events.append(("rollout.device_left", {"device": d, "wave": e.wave}))
+            events.append(("rollout.device_left", {"device": d, "wave": e.wave + 1}))
         elif d in matching and e.left_at is not None:
             devices[d] = e.model_copy(update={"left_at": None})
-            events.append(("rollout.device_rejoined", {"device": d, "wave": e.wave}))
+            events.append(("rollout.device_rejoined", {"device": d, "wave": e.wave + 1}))
     pending = [w.index for w in r.waves if w.phase is WavePhase.PENDING]
     wave = pending[0] if pending else len(r.waves) - 1
     for d in sorted(matching - set(devices) - set(claimed)):
         devices[d] = _entry(fleet[d], wave, now)
-        events.append(("rollout.device_joined", {"device": d, "wave": wave}))
+        events.append(("rollout.device_joined", {"device": d, "wave": wave + 1}))
     return r if devices == r.devices else r.model_copy(update={"devices": devices})
 
 
@@ -202,17 +212,19 @@ def _fail(
 ) -> Rollout:
     failed = [g for g in gates if not g.passed]
     w = w.model_copy(update={"phase": WavePhase.FAILED, "failed_in": phase, "finished_at": now})
-    reason = f"wave {w.index} ({w.size}) failed: " + "; ".join(f"{g.name}: {g.detail}" for g in failed)
+    reason = f"wave {w.index + 1} of {len(r.waves)} ({w.size}) failed: " + "; ".join(
+        f"{g.name}: {g.detail}" for g in failed
+    )
     rollback = r.spec.on_failure == "rollback"
     state = RolloutState.ROLLING_BACK if rollback else RolloutState.PAUSED
-    events.append(("rollout.gate_failed", {"wave": w.index, "gates": [g.model_dump(mode="json") for g in failed]}))
+    events.append(("rollout.gate_failed", {"wave": w.index + 1, "gates": [g.model_dump(mode="json") for g in failed]}))
     events.append(("rollout.rollback" if rollback else "rollout.pause", {"state": state.value, "reason": reason}))
     return _with_wave(r, w).model_copy(update={"state": state, "reason": reason})
 
 
 def _next(r: Rollout, w: Wave, now: float, events: list[Event]) -> Rollout:
     w = w.model_copy(update={"phase": WavePhase.PASSED, "finished_at": now})
-    events.append(("rollout.wave_passed", {"wave": w.index, "size": w.size}))
+    events.append(("rollout.wave_passed", {"wave": w.index + 1, "size": w.size}))
     r = _with_wave(r, w).model_copy(update={"current": w.index + 1})
     if r.current >= len(r.waves):
         r = r.model_copy(update={"state": RolloutState.COMPLETED})
@@ -237,7 +249,7 @@ def _advance(
             return _next(r, w, now, events)
         shadow = spec.shadow_rate is not None and any(r.devices[d].prev_model for d in members)
         phase = WavePhase.SHADOW_LOADING if shadow else WavePhase.ACTIVATING
-        events.append(("rollout.wave_started", {"wave": w.index, "size": w.size, "devices": len(members),
+        events.append(("rollout.wave_started", {"wave": w.index + 1, "size": w.size, "devices": len(members),
                                                  "phase": phase.value}))  # fmt: skip
         upd: dict[str, Any] = {"phase": phase, "started_at": now}
         if shadow:
@@ -277,11 +289,11 @@ def _advance(
                 gates = [g.model_copy(update={"status": "fail", "detail": f"{g.detail} after the offline timeout"})
                          if g.status == "no_data" else g for g in gates]  # fmt: skip
         w = w.model_copy(update={"gates": [*w.gates, *gates]})
-        events.append(("rollout.gates", {"wave": w.index, "gates": [g.model_dump(mode="json") for g in gates]}))
+        events.append(("rollout.gates", {"wave": w.index + 1, "gates": [g.model_dump(mode="json") for g in gates]}))
         if not all(g.passed for g in gates):
             return _fail(r, w, w.phase, gates, now=now, events=events)
         if w.phase is WavePhase.SHADOW_BAKING:
-            events.append(("rollout.shadow_passed", {"wave": w.index}))
+            events.append(("rollout.shadow_passed", {"wave": w.index + 1}))
             upd = {"phase": WavePhase.ACTIVATING, "started_at": now, "settled_at": None, "bake_until": None,
                    "set_aside": []}  # fmt: skip
             return _with_wave(r, w.model_copy(update=upd))
@@ -318,7 +330,7 @@ def _settle(
     w = w.model_copy(update={"gates": [*w.gates, *gates], "set_aside": offline + stuck})
     if not all(g.passed for g in gates):
         return _fail(r, w, w.phase, gates, now=now, events=events)
-    events.append(("rollout.wave_settled", {"wave": w.index, "phase": phase_name, "ready": ready,
+    events.append(("rollout.wave_settled", {"wave": w.index + 1, "phase": phase_name, "ready": ready,
                                              "offline": offline, "timed_out": timed_out}))  # fmt: skip
     nxt = WavePhase.SHADOW_BAKING if shadow else WavePhase.BAKING
     upd = {"phase": nxt, "settled_at": now, "bake_until": now + spec.bake_s}

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleet.histogram import Histogram
-from fleet.messages import ModelRef, RuntimeOptions, ShadowSpec
+from fleet.messages import AppliedModel, ModelRef, RuntimeOptions, ShadowSpec
 from hub.capacity import check_runtime
 from hub.deploy import Deployer
 from hub.errors import HubError, LeaseLost, NotFound, StaleDocument
@@ -33,7 +33,7 @@ from hub.rollouts.controller import Command, Event, command, new_rollout, step
 from hub.rollouts.errors import RolloutConflict
 from hub.rollouts.gates import Totals
 from hub.rollouts.model import Rollout, RolloutSpec
-from hub.rollouts.views import summary_view
+from hub.rollouts.views import RolloutSummary, summary_view
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Fence, Store
 
@@ -42,10 +42,8 @@ COLLECTION = "rollouts"
 INDEX = "rollout_index"  # one small summary per rollout, so that listing never loads whole records
 
 
-def _ref(model: Any) -> Ref | None:
-    if not isinstance(model, dict) or "name" not in model or "version" not in model:
-        return None
-    return (str(model["name"]), str(model["version"]))
+def _ref(model: AppliedModel | None) -> Ref | None:
+    return None if model is None else (model.name, model.version)
 
 
 def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, DeviceView]:
@@ -54,16 +52,16 @@ def fleet_view(store: Store, settings: DeviceSettings, now: float) -> dict[str, 
     out: dict[str, DeviceView] = {}
     for d in store.list_devices():
         s = desired.get(d.id)
-        rep = d.reported or {}
+        rep = d.reported
         online = d.status == "online" and d.last_seen is not None and now - d.last_seen <= settings.stale_after_s
         out[d.id] = DeviceView(
             id=d.id, labels=d.labels, online=online, desired_version=s.version if s else None,
             desired_rollout=s.rollout_id if s else None,
             desired_model=(s.model_name, s.model_version) if s and s.model_name and s.model_version else None,
             desired_shadow=(s.shadow_name, s.shadow_version) if s and s.shadow_name and s.shadow_version else None,
-            desired_runtime=s.runtime if s else {}, accepted=rep.get("desired_version"), phase=rep.get("phase"),
-            active=_ref(rep.get("active")), shadow=_ref(rep.get("shadow")),
-            error_code=(rep.get("error") or {}).get("code"),
+            desired_runtime=s.runtime if s else {}, accepted=rep.desired_version if rep else None,
+            phase=rep.phase.value if rep else None, active=_ref(rep.active) if rep else None,
+            shadow=_ref(rep.shadow) if rep else None, error_code=rep.error.code if rep and rep.error else None,
         )  # fmt: skip
     return out
 
@@ -122,7 +120,7 @@ class RolloutEngine:
         indexed = {key for key, _doc in store.list_docs(INDEX)}
         for key, doc in store.list_docs(COLLECTION):
             if key not in indexed and (r := self._load(key, doc)) is not None:  # stored before the index existed
-                store.put_doc(INDEX, r.id, summary_view(r))
+                store.put_doc(INDEX, r.id, summary_view(r).model_dump(mode="json"))
         self._refresh()
 
     def _load(self, key: str, doc: dict[str, Any]) -> Rollout | None:
@@ -203,16 +201,37 @@ class RolloutEngine:
         found = [Rollout.model_validate(doc) for _k, doc in self.store.list_docs(COLLECTION)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)
 
-    def summaries(self) -> list[dict[str, Any]]:
-        """A summary of every rollout (`views.summary_view`), newest first, without loading whole records."""
-        found = [doc for _k, doc in self.store.list_docs(INDEX)]
-        return sorted(found, key=lambda d: float(d.get("created_at") or 0), reverse=True)
+    def summaries(self) -> list[RolloutSummary]:
+        """A summary of every rollout (`views.summary_view`), newest first, without loading whole records.
+
+        An index entry that does not load (written by an incompatible build) is rebuilt from its record."""
+        found = []
+        for key, doc in self.store.list_docs(INDEX):
+            try:
+                found.append(RolloutSummary.model_validate(doc))
+            except ValueError:
+                try:
+                    found.append(summary_view(self.get(key)))
+                except (HubError, ValueError):
+                    log.warning("rollouts: index entry %s does not load; left out of the listing", key)
+        return sorted(found, key=lambda s: s.created_at, reverse=True)
 
     def fleet(self, now: float | None = None) -> dict[str, DeviceView]:
         """The fleet view the controller sees now."""
         return fleet_view(self.store, self.device_settings, time.time() if now is None else now)
 
     # -- writes ---------------------------------------------------------------------------------------
+    def claimed_by(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """Of `device_ids`, how many each active rollout owns (rollout id -> devices); any replica's rollouts."""
+        self._refresh()
+        with self._lock:
+            claimed = self._claimed()
+        counts: dict[str, int] = {}
+        for d in device_ids:
+            if d in claimed:
+                counts[claimed[d]] = counts.get(claimed[d], 0) + 1
+        return counts
+
     def _claimed(self, exclude: str | None = None) -> dict[str, str]:
         return {
             d: r.id for r in self._active.values() if r.id != exclude for d, e in r.devices.items() if e.left_at is None
@@ -222,7 +241,7 @@ class RolloutEngine:
         """Record a rollout, its index entry and its events in one transaction; StaleDocument when another replica
         wrote it since this one read it, LeaseLost when `fence` no longer holds."""
         revs = self.store.put_docs(
-            [(COLLECTION, r.id, r.model_dump(mode="json")), (INDEX, r.id, summary_view(r))],
+            [(COLLECTION, r.id, r.model_dump(mode="json")), (INDEX, r.id, summary_view(r).model_dump(mode="json"))],
             events=[(now, actor, action, f"rollout/{r.id}", details) for action, details in events],
             expect={(COLLECTION, r.id): self._revs.get(r.id)}, fence=fence,
         )  # fmt: skip

@@ -162,7 +162,10 @@ class Rollout(_Frozen):
     id: str = Field(pattern=r"^r-[0-9a-f]{4,32}$")
     spec: RolloutSpec
     state: RolloutState = RolloutState.RUNNING
-    reason: str | None = Field(default=None, description="why it paused, rolled back or was aborted")
+    reason: str | None = Field(
+        default=None, description="why it paused, rolled back or was aborted (a gate failure is kept after a command)"
+    )
+    note: str | None = Field(default=None, description="the operator's note with the last command")
     created_at: float
     created_by: str
     updated_at: float

@@ -1,54 +1,134 @@
-"""Rollouts as JSON for the API and the CLI: a summary per rollout, and a status with each wave's device counts
-per state and its gate results."""
+"""Rollouts as typed views for the API, the dashboard and the CLI: a summary per rollout, and a status with
+each wave's device counts per state and its gate results."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+
+from pydantic import Field
 
 from hub.rollouts.cohort import DeviceView, classify
-from hub.rollouts.model import Rollout
+from hub.rollouts.model import GateResult, Rollout, RolloutSpec, RolloutState, WavePhase
+from hub.views.schemas import View
 
 DEVICE_STATES = (
     "pending", "updating", "shadowing", "active", "failed", "offline", "no_baseline", "rolled_back", "left",
 )  # fmt: skip
 
 
-def summary_view(r: Rollout) -> dict[str, Any]:
+class DeviceCounts(View):
+    """Devices per state within a rollout (see `cohort.classify`)."""
+
+    pending: int = 0
+    updating: int = 0
+    shadowing: int = 0
+    active: int = 0
+    failed: int = 0
+    offline: int = 0
+    no_baseline: int = 0
+    rolled_back: int = 0
+    left: int = 0
+
+    @classmethod
+    def of(cls, states: Counter[str]) -> DeviceCounts:
+        return cls.model_validate({s: states.get(s, 0) for s in DEVICE_STATES})
+
+
+class RolloutSummary(View):
     """One line's worth: id, model, state, progress."""
+
+    id: str
+    model: str
+    version: str
+    selector: str
+    state: RolloutState
+    reason: str | None = Field(description="why it paused, rolled back or was aborted (a gate failure stays)")
+    note: str | None = Field(default=None, description="the operator's note with the last command")
+    wave: int = Field(description="index of the wave in progress (0-based; people see it as wave + 1)")
+    wave_count: int
+    wave_phase: WavePhase | None = Field(description="phase of the wave in progress")
+    devices: int = Field(description="devices in the rollout (not counting those that left)")
+    created_at: float
+    created_by: str
+    updated_at: float
+
+
+class WaveStatus(View):
+    """One wave: its phase, timestamps, device counts per state and gate results."""
+
+    index: int = Field(description="0-based; people see it as index + 1")
+    size: str = Field(description="as given: a count or a percentage")
+    phase: WavePhase
+    devices: int
+    counts: DeviceCounts
+    started_at: float | None
+    shadow_started_at: float | None
+    settled_at: float | None
+    bake_until: float | None
+    finished_at: float | None
+    failed_in: WavePhase | None
+    set_aside: list[str]
+    gates: list[GateResult]
+    device_states: dict[str, str] | None = Field(default=None, description="device -> state; only with devices=true")
+
+
+class RolloutStatus(RolloutSummary):
+    """The full status: the spec and every wave."""
+
+    spec: RolloutSpec
+    seq: int = Field(description="transitions so far")
+    totals: DeviceCounts
+    waves: list[WaveStatus]
+    changed_devices: int = Field(
+        description="devices whose desired state the rollout has set (a rollback re-signs them)"
+    )
+    rollback_to: dict[str, int] = Field(
+        description="what a rollback gives those devices back: MODEL:VERSION (or 'no model') -> devices"
+    )
+
+
+def summary_view(r: Rollout) -> RolloutSummary:
+    """A rollout's summary (what the engine indexes)."""
     current = r.waves[r.current] if r.current < len(r.waves) else None
-    return {
-        "id": r.id, "model": r.spec.model, "version": r.spec.version, "selector": r.spec.selector,
-        "state": r.state.value, "reason": r.reason, "wave": r.current, "wave_count": len(r.waves),
-        "wave_phase": current.phase.value if current else None,
-        "devices": sum(1 for e in r.devices.values() if e.left_at is None),
-        "created_at": r.created_at, "created_by": r.created_by, "updated_at": r.updated_at,
-    }  # fmt: skip
+    return RolloutSummary(
+        id=r.id, model=r.spec.model, version=r.spec.version, selector=r.spec.selector, state=r.state,
+        reason=r.reason, note=r.note, wave=r.current, wave_count=len(r.waves),
+        wave_phase=current.phase if current else None, devices=sum(1 for e in r.devices.values() if e.left_at is None),
+        created_at=r.created_at, created_by=r.created_by, updated_at=r.updated_at,
+    )  # fmt: skip
 
 
-def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = False) -> dict[str, Any]:
+def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = False) -> RolloutStatus:
     """The full status: spec, each wave with its phase, timestamps, device counts per state and gate results."""
     states = {d: classify(r, d, fleet.get(d)) for d in r.devices}
     waves = []
     for w in r.waves:
         members = r.members(w.index, include_left=True)
-        counts = Counter(states[d] for d in members)
-        wave: dict[str, Any] = {
-            "index": w.index, "size": w.size, "phase": w.phase.value, "devices": len(members),
-            "counts": {s: counts.get(s, 0) for s in DEVICE_STATES},
-            "started_at": w.started_at, "shadow_started_at": w.shadow_started_at, "settled_at": w.settled_at,
-            "bake_until": w.bake_until, "finished_at": w.finished_at,
-            "failed_in": w.failed_in.value if w.failed_in else None, "set_aside": w.set_aside,
-            "gates": [g.model_dump(mode="json") for g in w.gates],
-        }  # fmt: skip
-        if devices:
-            wave["device_states"] = {d: states[d] for d in members}
-        waves.append(wave)
-    totals = Counter(states.values())
-    return summary_view(r) | {
-        "spec": r.spec.model_dump(mode="json"),
-        "seq": r.seq,
-        "totals": {s: totals.get(s, 0) for s in DEVICE_STATES},
-        "waves": waves,
-    }
+        waves.append(
+            WaveStatus(
+                index=w.index,
+                size=w.size,
+                phase=w.phase,
+                devices=len(members),
+                counts=DeviceCounts.of(Counter(states[d] for d in members)),
+                started_at=w.started_at,
+                shadow_started_at=w.shadow_started_at,
+                settled_at=w.settled_at,
+                bake_until=w.bake_until,
+                finished_at=w.finished_at,
+                failed_in=w.failed_in,
+                set_aside=w.set_aside,
+                gates=w.gates,
+                device_states={d: states[d] for d in members} if devices else None,
+            )
+        )
+    changed = [d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is not WavePhase.PENDING]
+    back = Counter(
+        f"{r.devices[d].prev_model}:{r.devices[d].prev_version}" if r.devices[d].prev_model else "no model"
+        for d in changed
+    )
+    return RolloutStatus(
+        **dict(summary_view(r)), spec=r.spec, seq=r.seq, totals=DeviceCounts.of(Counter(states.values())),
+        waves=waves, changed_devices=len(changed), rollback_to=dict(back.most_common()),
+    )  # fmt: skip

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.histogram import N_BUCKETS
-from fleet.messages import DeviceStatus, ReportedState
+from fleet.messages import Capabilities, DesiredState, DeviceStatus, ReportedState, SignedEnvelope
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class Device:
     status: str | None = None
     status_at: float | None = None
     session: str | None = None
-    capabilities: dict[str, Any] | None = None
+    capabilities: Capabilities | None = None  # from its last birth
     last_seen: float | None = None
-    reported: dict[str, Any] | None = None
+    reported: ReportedState | None = None
     reported_at: float | None = None
     telemetry_at: float | None = None
     last_requests: int | None = None
@@ -53,18 +53,21 @@ class Device:
 
 @dataclass(frozen=True)
 class Desired:
-    """The signed desired state of one device, as published."""
+    """The signed desired state of one device: `envelope` is the JSON published (and republished) as it is."""
 
     device_id: str
     version: int
     model_name: str | None
     model_version: str | None
     sha256: str | None
-    body: dict[str, Any]
-    envelope: dict[str, Any]
+    envelope: str  # a SignedEnvelope whose body is the DesiredState; empty in `list_desired_heads`
     issued_at: float
     expires_at: float
     rollout_id: str | None = None
+
+    def state(self) -> DesiredState:
+        """The signed body (parsed on each call: listings use the columns above instead)."""
+        return DesiredState.model_validate(SignedEnvelope.model_validate_json(self.envelope).body)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ class Store(Protocol):
     def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool: ...
     def flush(self, timeout: float = 30.0) -> None: ...
     def ingest_stats(self) -> IngestStats: ...
+    @property
+    def queue_depth(self) -> int: ...  # messages waiting for the writer(s)
 
     # telemetry queries and retention
     def telemetry_windows(

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from fleet.messages import Capabilities, ReportedState
 from hub.errors import Conflict, NotFound
 from hub.store.base import Desired, DesiredSummary, Device, Fence
 from hub.store.connection import Conn, Dialect
 from hub.store.coordination import check_fence
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def wanting_sql(d: Dialect) -> str:
     """Devices whose desired state names a model version, as the model or as the shadow candidate."""
     return (
         "SELECT device_id FROM desired WHERE model_name = ? AND model_version = ? "  # noqa: S608
-        f"UNION SELECT device_id FROM desired WHERE {d.json_text('body', 'shadow', 'model', 'name')} = ? "
-        f"AND {d.json_text('body', 'shadow', 'model', 'version')} = ?"
+        f"UNION SELECT device_id FROM desired WHERE {d.json_text('envelope', 'body', 'shadow', 'model', 'name')} = ? "
+        f"AND {d.json_text('envelope', 'body', 'shadow', 'model', 'version')} = ?"
     )
 
 
@@ -29,22 +35,35 @@ _DEVICE = (
     "d.desired_counter FROM devices d LEFT JOIN applied a ON a.device_id = d.id"
 )
 _DESIRED = (
-    "SELECT device_id, version, model_name, model_version, sha256, body, envelope, issued_at, expires_at, "
+    "SELECT device_id, version, model_name, model_version, sha256, envelope, issued_at, expires_at, "
     "rollout_id FROM desired"
 )
+
+
+def _parsed(cls: type[M], text: str | None, device_id: str) -> M | None:
+    """A stored message as its fleet type. Everything stored was validated on the way in, so a failure means
+    a document from an incompatible build: it reads as absent (with a log line), never as an error."""
+    if not text:
+        return None
+    try:
+        return cls.model_validate_json(text)
+    except ValidationError as e:
+        log.warning("store: stored %s of %s does not parse (%d errors); read as absent", cls.__name__, device_id,
+                    e.error_count())  # fmt: skip
+        return None
 
 
 def _device(r: Any) -> Device:
     return Device(
         id=r[0], labels=json.loads(r[1]), password_hash=r[2], enrolled_at=r[3], enrolled_by=r[4], status=r[5],
-        status_at=r[6], session=r[7], capabilities=json.loads(r[8]) if r[8] else None, last_seen=r[9],
-        reported=json.loads(r[10]) if r[10] else None, reported_at=r[11], telemetry_at=r[12],
+        status_at=r[6], session=r[7], capabilities=_parsed(Capabilities, r[8], r[0]), last_seen=r[9],
+        reported=_parsed(ReportedState, r[10], r[0]), reported_at=r[11], telemetry_at=r[12],
         last_requests=r[13], last_errors=r[14], desired_counter=r[15],
     )  # fmt: skip
 
 
 def _desired(r: Any) -> Desired:
-    return Desired(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8], r[9])
+    return Desired(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
 
 class DeviceTables:
@@ -122,14 +141,15 @@ class DeviceTables:
         recorded, once it is no longer held.
         """
         rows = [
-            (s.device_id, s.version, s.model_name, s.model_version, s.sha256, json.dumps(s.body),
-             json.dumps(s.envelope), s.issued_at, s.expires_at, s.rollout_id)
+            (s.device_id, s.version, s.model_name, s.model_version, s.sha256, s.envelope, s.issued_at,
+             s.expires_at, s.rollout_id)
             for s in states
         ]  # fmt: skip
         sql = (
-            "INSERT INTO desired VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+            "INSERT INTO desired (device_id, version, model_name, model_version, sha256, envelope, issued_at, "
+            "expires_at, rollout_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
             "version = excluded.version, model_name = excluded.model_name, model_version = excluded.model_version, "
-            "sha256 = excluded.sha256, body = excluded.body, envelope = excluded.envelope, "
+            "sha256 = excluded.sha256, envelope = excluded.envelope, "
             "issued_at = excluded.issued_at, expires_at = excluded.expires_at, rollout_id = excluded.rollout_id "
             "WHERE excluded.version > desired.version"
         )
@@ -154,8 +174,9 @@ class DeviceTables:
         d = conn.dialect
         sql = (
             "SELECT device_id, version, rollout_id, model_name, model_version, "  # noqa: S608
-            f"{d.json_text('body', 'shadow', 'model', 'name')}, {d.json_text('body', 'shadow', 'model', 'version')}, "
-            f"{d.json_text('body', 'runtime')} FROM desired ORDER BY device_id"
+            f"{d.json_text('envelope', 'body', 'shadow', 'model', 'name')}, "
+            f"{d.json_text('envelope', 'body', 'shadow', 'model', 'version')}, "
+            f"{d.json_text('envelope', 'body', 'runtime')} FROM desired ORDER BY device_id"
         )
         return [
             DesiredSummary(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]) if r[7] else {})
@@ -163,13 +184,13 @@ class DeviceTables:
         ]
 
     def list_desired_heads(self) -> list[Desired]:
-        """Every desired state without its body and envelope (left empty): for listings of thousands of devices,
-        where parsing each signed document would dominate."""
+        """Every desired state without its envelope (left empty): for listings of thousands of devices, where
+        reading each signed document would dominate."""
         sql = (
             "SELECT device_id, version, model_name, model_version, sha256, issued_at, expires_at, rollout_id "
             "FROM desired ORDER BY device_id"
         )
-        return [Desired(r[0], r[1], r[2], r[3], r[4], {}, {}, r[5], r[6], r[7]) for r in self._read().execute(sql)]
+        return [Desired(r[0], r[1], r[2], r[3], r[4], "", r[5], r[6], r[7]) for r in self._read().execute(sql)]
 
     def devices_wanting(self, name: str, version: str) -> list[str]:
         conn = self._read()

@@ -105,6 +105,12 @@ def m002_leases_and_revisions(dialect: Dialect) -> str:
     """
 
 
+@migration
+def m003_desired_envelope_only(dialect: Dialect) -> str:
+    """A desired state is stored once, as the signed envelope published (its body was a second copy)."""
+    return "ALTER TABLE desired DROP COLUMN body"
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 

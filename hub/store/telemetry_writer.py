@@ -223,6 +223,21 @@ def _process_main(cfg: _Config, log_level: int, inbox: Connection, acks: Connect
     run_writer(cfg, inbox, acks, counters)
 
 
+def _start_ignoring_sigint(worker: BaseProcess) -> None:
+    """Start the child with SIGINT ignored from its first instruction (an ignored signal stays ignored across
+    exec, and Python keeps it so): a Ctrl-C on the hub's terminal during the child's start-up (its imports take
+    about a second) would otherwise kill it before `_process_main` ignores SIGINT itself. Only the main thread
+    may change a signal's disposition; restarts come from the supervisor thread and take that small chance."""
+    if threading.current_thread() is not threading.main_thread():
+        worker.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class TelemetryWriter:
     """The hub side: a bounded buffer, a forwarder thread and a supervised writer (a process or a thread).
 
@@ -278,7 +293,7 @@ class TelemetryWriter:
                 target=_process_main, args=(self.cfg, level, inbox_r, acks_w, self.counters),
                 name="edgefleet-telemetry-writer", daemon=True,
             )  # fmt: skip
-            worker.start()
+            _start_ignoring_sigint(worker)
             inbox_r.close()  # our copies of the child's ends: the child sees EOF when we go away
             acks_w.close()
         else:

@@ -42,6 +42,10 @@ def test_api_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        res = _run(tmp_path, "--api-port", str(taken.getsockname()[1]))
+        port = taken.getsockname()[1]
+        res = _run(tmp_path, "--api-host", "127.0.0.1", "--api-port", str(port))
     assert res.returncode == 2
     assert "error:" in res.stderr and "Traceback" not in res.stderr
+    # the port and what changes it, not a bare `[Errno 98]`
+    assert f"port {port} on 127.0.0.1 is taken" in res.stderr and "Errno" not in res.stderr
+    assert "--api-port" in res.stderr and "EDGEFLEET_API_PORT" in res.stderr

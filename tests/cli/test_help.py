@@ -36,3 +36,18 @@ def test_protocol_command_prints_the_reference() -> None:
     result = CliRunner().invoke(app, ["protocol"])
     assert result.exit_code == 0
     assert "## Topics" in result.output
+
+
+def test_help_is_whole_at_80_columns_and_free_of_artefacts() -> None:
+    runner = CliRunner()
+    for path, _command in _commands(typer.main.get_command(app)):
+        out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output
+        usage = next(line for line in out.splitlines() if line.startswith("Usage"))
+        assert "{" not in usage, usage  # a required argument is NAME, not typer's {name}
+        for line in out.splitlines():
+            where = f"`edgefleet {' '.join(path)} --help`: {line!r}"
+            assert len(line) <= 80, where
+            assert "…" not in line and "<bool>" not in line, where
+            assert line.startswith("Usage") or not line.rstrip().endswith("..."), where  # a sentence cut short
+    deploy = runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "80"}).output
+    assert "Usage: " in deploy and "deploy [OPTIONS] MODEL:VERSION" in deploy

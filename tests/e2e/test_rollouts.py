@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +25,15 @@ from tests.support.models import colour_photos
 from tests.support.mqtt import wait_for
 
 Models = dict[str, tuple[Path, Path]]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(f: Fleet, *args: str, timeout: float = 150) -> tuple[int, str]:
+    """The CLI as a process of its own (a hung follower fails here, it does not hang the suite)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    cmd = [sys.executable, str(ROOT / "edgefleet_cli.py"), *args, "--url", f.hub.url, "--token", f.hub.admin_token]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return res.returncode, res.stdout + res.stderr
 
 
 def _start(f: Fleet, version: str, selector: str, **kw: object) -> str:
@@ -42,9 +54,13 @@ def test_a_healthy_version_rolls_to_100_percent_through_all_waves(fleet: Fleet, 
     f.deploy("1.0.0", "fleet=e2e")
     f.wait_all_active("1.0.0", "fleet=e2e")
 
-    rid = _start(f, "2.0.0", "fleet=e2e", waves=["1", "10%", "50%", "100%"])
-    status = f.wait_rollout(rid, lambda s: s["state"] != "running")
-    assert status["state"] == "completed", status["reason"]
+    # started from the CLI, which follows it to its outcome: exit 0 when it completed
+    code, said = _cli(f, "rollout", "start", "cls:2.0.0", "-s", "fleet=e2e", "--waves", "1,10%,50%,100%", "--bake",
+                      "1s", "--max-p95-regression", "0.5", "--wait", "--interval", "0.5")  # fmt: skip
+    rid = said.split("rollout ", 1)[1].split()[0]
+    status = f.api("GET", f"/api/v1/rollouts/{rid}")
+    assert code == 0 and status["state"] == "completed", (said, status["reason"])
+    assert "22/22 on cls:2.0.0" in said and f"{rid} completed" in said
     assert [w["devices"] for w in status["waves"]] == [1, 2, 8, 11]
     assert all(w["phase"] == "passed" for w in status["waves"])
     assert status["totals"]["active"] == 22
@@ -72,7 +88,10 @@ def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Flee
     f.wait_all_active("1.0.0", "fleet=slow")
 
     rid = _start(f, "3.0.0", "fleet=slow", on_failure="rollback")
-    status = f.wait_rollout(rid, lambda s: s["state"] == "rolled_back")
+    code, said = _cli(f, "rollout", "status", rid, "--watch", "--interval", "0.5")  # exits 1: rolled back
+    status = f.api("GET", f"/api/v1/rollouts/{rid}")
+    assert code == 1 and status["state"] == "rolled_back", said
+    assert "p95_latency" in said and "wave 1 of 4 (1) failed" in said  # the reason, waves counted from 1
     canary = status["waves"][0]
     assert canary["phase"] == "failed" and canary["failed_in"] == "baking"
     gate = next(g for g in canary["gates"] if g["name"] == "p95_latency")

@@ -89,7 +89,7 @@ class FaultWorld:
 
     def reported(self, device_id: str) -> dict[str, Any]:
         d = self.hub.hub.store.get_device(device_id)
-        return (d.reported or {}) if d else {}
+        return d.reported.model_dump(mode="json") if d and d.reported else {}
 
     def stored_seqs(self, device_id: str) -> list[int]:
         """The seq of every telemetry window of `device_id` the hub has stored, in order."""

@@ -40,12 +40,12 @@ def test_a_write_fenced_by_a_lost_lease_is_refused_and_writes_nothing(store: Sql
     with pytest.raises(LeaseLost):
         store.put_docs([("c", "k", {"v": 2})], events=[(1.0, "old", "x", "y", {})], fence=old)
     with pytest.raises(LeaseLost):
-        store.put_desired([Desired("d1", 5, None, None, None, {}, {}, 1.0, 2.0)], fence=old)
+        store.put_desired([Desired("d1", 5, None, None, None, "{}", 1.0, 2.0)], fence=old)
     assert store.get_doc("c", "k") == {"v": 1}
     assert store.get_desired("d1") is None
     assert store.list_events(since=None, until=None, subject="y", action=None, limit=10) == []
     new = Fence("l", 2)
-    store.put_desired([Desired("d1", 5, None, None, None, {}, {}, 1.0, 2.0)], fence=new)
+    store.put_desired([Desired("d1", 5, None, None, None, "{}", 1.0, 2.0)], fence=new)
     assert store.get_desired("d1") is not None
 
 

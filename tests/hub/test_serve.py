@@ -19,7 +19,7 @@ import psycopg
 from fleet.codec import encode
 from fleet.messages import TelemetryWindow
 from fleet.topics import Topics
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.postgres import PostgresServer
 
@@ -131,3 +131,70 @@ def test_serve_on_postgresql_keeps_its_store_in_the_database(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _serve(cli: list[str], env: dict[str, str], log_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`hub serve` in a process group of its own (signals to the group reach only it and its children)."""
+    with log_path.open("w") as log:  # the child writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [*cli, "hub", "serve", "--port", "0", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()
+        m = re.search(r"API (http://\S+) ", log_path.read_text())
+        if m:
+            return proc, m.group(1)
+        time.sleep(0.05)
+    raise AssertionError(log_path.read_text())
+
+
+def test_sigterm_with_a_dashboard_open_and_ctrl_c_to_the_group_stop_cleanly(
+    tmp_path: Path, mosquitto_binary: str
+) -> None:
+    broker_port = free_port()
+    env = {**os.environ, "EDGEFLEET_HUB_DATA_DIR": str(tmp_path / "hub"),
+           "EDGEFLEET_HUB_BROKER_MOSQUITTO_BINARY": mosquitto_binary, "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = [sys.executable, str(ROOT / "edgefleet_cli.py")]
+    init = subprocess.run(
+        [*cli, "hub", "init", "--json"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    token = json.loads(init.stdout)["admin_token"]
+    dirty = ("Traceback", "CancelledError", "timeout graceful shutdown exceeded", "restarting", "a new one")
+
+    proc, url = _serve(cli, env, tmp_path / "term.log", "--broker-port", str(broker_port))
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=10).json()["broker_url"] == f"mqtt://127.0.0.1:{broker_port}"
+        with httpx.Client(base_url=url, timeout=30) as browser:
+            assert browser.post("/login", data={"token": token, "next": "/"}).status_code == 303
+            with browser.stream("GET", "/live", headers={"Accept": "text/event-stream"}) as live:
+                lines = live.iter_lines()
+                assert next(lines).startswith("retry: ")  # the stream is open, as in a browser tab
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0, (tmp_path / "term.log").read_text()
+                assert list(lines) is not None  # the server ended the stream; it did not hang on it
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (tmp_path / "term.log").read_text()
+    assert not [d for d in dirty if d in text], text
+    assert took < 5, f"{took:.1f} s: the live stream held the shutdown up"  # uvicorn's drain timeout is 5 s
+
+    proc, url = _serve(cli, env, tmp_path / "int.log", "--broker-port", str(broker_port))
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+        children = [c for c in psutil.Process(proc.pid).children() if "mosquitto" in c.name()]
+        assert len(children) == 1
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the hub's terminal: the whole foreground process group
+        assert proc.wait(30) == 0, (tmp_path / "int.log").read_text()
+        assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (tmp_path / "int.log").read_text()
+    assert not [d for d in dirty if d in text], text  # no broker or writer restarted while shutting down

@@ -77,7 +77,7 @@ def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
         store.enqueue_reported(ReportedState(device_id="d1", seq=seq, ts=ts, phase=phase), time.time())
         store.flush()
     d = store.get_device("d1")
-    assert d is not None and d.reported is not None and d.reported["phase"] == "failed"
+    assert d is not None and d.reported is not None and d.reported.phase is Phase.FAILED
     assert store.ingest_stats().stale_ignored == 1
     store.enqueue_status(DeviceStatus(device_id="d1", state="offline", ts=1.0), time.time())
     store.enqueue_status(DeviceStatus(device_id="ghost", state="online", ts=1.0), time.time())  # unknown: no row
@@ -96,7 +96,7 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     s.add_model_version(_mv("1.0.1"))  # same blob, deduplicated
     with pytest.raises(Conflict):
         s.add_model_version(_mv("1.0.0", sha="c" * 64))
-    s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {"model": {"name": "m"}}, {}, 1.0, 2.0)])
+    s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, "{}", 1.0, 2.0)])
     with pytest.raises(Conflict, match="still wanted"):
         s.delete_model_version("m", "1.0.0")
     assert s.delete_model_version("m", "1.0.1") is False  # the blob is still used by 1.0.0
@@ -109,8 +109,8 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
     try:
         assert s.allocate_desired_versions(["d1"]) == {"d1": 2}
         # an older version never replaces a newer one
-        s.put_desired([Desired("d1", 2, None, None, None, {}, {}, 1.0, 2.0)])
-        s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, {}, {}, 1.0, 2.0)])
+        s.put_desired([Desired("d1", 2, None, None, None, "{}", 1.0, 2.0)])
+        s.put_desired([Desired("d1", 1, "m", "1.0.0", "a" * 64, "{}", 1.0, 2.0)])
         got = s.get_desired("d1")
         assert got is not None and got.version == 2 and got.model_name is None
         assert s.delete_model_version("m", "1.0.0") is True  # nobody wants it now; blob unused

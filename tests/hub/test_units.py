@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.messages import ErrorInfo, Phase, ReportedState
 from hub.credentials import Role, mosquitto_hash, mosquitto_verify, new_token, token_hash
 from hub.devices import DeviceState, derive_state
 from hub.errors import InvalidInput, InvalidSelector
@@ -143,7 +144,12 @@ def _device(**kw: object) -> Device:
 
 
 def _desired(version: int) -> Desired:
-    return Desired("d", version, "m", "1.0.0", "a" * 64, {}, {}, 0.0, 1.0)
+    return Desired("d", version, "m", "1.0.0", "a" * 64, "", 0.0, 1.0)
+
+
+def _rep(phase: str, desired_version: int | None = None, error: str | None = None) -> ReportedState:
+    err = ErrorInfo(code=error, message="m", permanent=False, at=0.0) if error else None
+    return ReportedState(device_id="d", seq=1, ts=0.0, phase=Phase(phase), desired_version=desired_version, error=err)
 
 
 def test_derived_device_state() -> None:
@@ -155,14 +161,14 @@ def test_derived_device_state() -> None:
     assert state(_device(status=None, last_seen=None)) is DeviceState.OFFLINE
     assert state(_device(status="offline")) is DeviceState.OFFLINE
     assert state(_device(last_seen=900.0)) is DeviceState.OFFLINE  # silent too long
-    assert state(_device(reported={"phase": "failed", "desired_version": 1}), _desired(1)) is DeviceState.FAILED
-    assert state(_device(reported={"phase": "downloading"})) is DeviceState.UPDATING
-    assert state(_device(reported={"phase": "active", "desired_version": 1}), _desired(2)) is DeviceState.UPDATING
+    assert state(_device(reported=_rep("failed", 1)), _desired(1)) is DeviceState.FAILED
+    assert state(_device(reported=_rep("downloading"))) is DeviceState.UPDATING
+    assert state(_device(reported=_rep("active", 1)), _desired(2)) is DeviceState.UPDATING
     assert state(_device(), _desired(1)) is DeviceState.UPDATING  # nothing reported yet
     assert state(_device(last_requests=100, last_errors=10)) is DeviceState.DEGRADED
-    assert state(_device(reported={"phase": "active", "error": {"code": "x"}})) is DeviceState.DEGRADED
+    assert state(_device(reported=_rep("active", error="x"))) is DeviceState.DEGRADED
     assert state(_device(last_requests=100, last_errors=1)) is DeviceState.ONLINE
-    assert state(_device(reported={"phase": "active", "desired_version": 2}), _desired(2)) is DeviceState.ONLINE
+    assert state(_device(reported=_rep("active", 2)), _desired(2)) is DeviceState.ONLINE
 
 
 def test_summaries_merge_histograms() -> None:

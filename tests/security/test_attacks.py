@@ -66,7 +66,7 @@ class World:
 
     def reported(self, device_id: str) -> dict[str, Any]:
         d = self.hub.hub.store.get_device(device_id)
-        return (d.reported or {}) if d else {}
+        return d.reported.model_dump(mode="json") if d and d.reported else {}
 
     def wait_active(self, device_id: str, version: str) -> None:
         def active() -> bool:

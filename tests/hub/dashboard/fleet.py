@@ -340,16 +340,16 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     paused = Rollout(
         id=rid, spec=spec, state=RolloutState.PAUSED, created_at=now - 5400, created_by="ops-anna",
         updated_at=now - 3780, seq=14, current=2, waves=waves, devices=entries,
-        reason="wave 3 failed its p95_latency gate: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)",
+        reason="wave 3 of 4 (50%) failed: p95_latency: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)",
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, rid, paused.model_dump(mode="json"))
     ids.append(rid)
     subject = f"rollout/{rid}"
     for ts, actor, action, details in (
         (now - 5400, "ops-anna", "rollout.start", {"model": "mobilenet-like", "version": "1.2.0", "devices": n}),
-        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 0}),
-        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
-        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 2, "gate": "p95_latency"}),
+        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
+        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 2}),
+        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 3, "gate": "p95_latency"}),
         (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": paused.reason}),
     ):
         hub.store.add_event(ts, actor, action, subject, details)

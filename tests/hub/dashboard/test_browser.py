@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
 from fleet.messages import DeviceStatus
 from tests.hub.dashboard.conftest import DEVICES, Dash, login
+from tests.support.broker import Broker
+from tests.support.hub import start_hub
 
 
 def _points(page: Page, selector: str) -> int:
@@ -139,3 +143,21 @@ def test_logout_ends_the_session(page: Page, dash: Dash) -> None:
     expect(page).to_have_url(re.compile(r"/login$"))
     page.goto(dash.url + "/devices")
     expect(page).to_have_url(re.compile(r"/login\?next=/devices$"))
+
+
+def test_a_dead_hub_is_said_in_words_not_only_with_a_grey_dot(page: Page, broker: Broker, tmp_path: Path) -> None:
+    h = start_hub(tmp_path / "hub", broker.url, f"test/{uuid.uuid4().hex[:12]}/fleet/v1",
+                  dashboard={"live_interval_s": 0.2})  # fmt: skip
+    try:
+        page.goto(h.url + "/")
+        page.fill("#token", h.admin_token)
+        page.click("button[type=submit]")
+        expect(page.locator("#live")).to_have_text("live")
+        expect(page.locator("#stale")).to_be_hidden()
+        stamp = page.inner_text("[data-updated]")
+    finally:
+        h.stop()  # the API server and the hub: the live stream ends, reconnecting fails
+    expect(page.locator("#stale")).to_be_visible(timeout=20_000)
+    expect(page.locator("#stale")).to_contain_text("Live updates stopped")
+    expect(page.locator("#live")).to_have_text("stale")
+    assert page.inner_text("[data-updated]") == stamp  # the data is as old as it says

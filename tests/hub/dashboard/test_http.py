@@ -168,11 +168,33 @@ def test_unknown_things_are_404_pages(dash: Dash) -> None:
         assert c.get("/devices/%3Cscript%3E").status_code == 404
 
 
+def test_browsers_get_error_pages_and_api_clients_json(dash: Dash) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    with dash.client("viewer") as c:
+        page = c.get("/no/such/page", headers=html)
+        assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+        assert "There is no page at /no/such/page" in page.text and 'href="/devices"' in page.text  # nav: logged in
+        assert "content-security-policy" in page.headers
+        wrong_method = c.delete("/devices", headers=html)
+        assert wrong_method.status_code == 405 and "text/html" in wrong_method.headers["content-type"]
+        for headers in ({"Accept": "application/json"}, {}):
+            r = c.get("/no/such/page", headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        api = c.get("/api/v1/nope", headers=html)  # the API answers JSON, whoever asks
+        assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
+    with dash.client(None) as anon:
+        page = anon.get("/nope", headers=html)
+        assert page.status_code == 404 and "text/html" in page.headers["content-type"] and "Log out" not in page.text
+        icon = anon.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml" and b"<svg" in icon.content
+
+
 def test_chart_data(dash: Dash) -> None:
     dev = dash.fleet.gpu_devices[0]
     with dash.client("viewer") as c:
         fleet = c.get("/ui/data/fleet?range=1h").json()
         assert len(fleet["x"]) >= 60
+        assert fleet["partial_from"] == fleet["x"][-1] and fleet["x"][-1] + 60 > time.time()  # the minute under way
         assert sum(v for v in fleet["charts"]["rps"][0]["values"] if v) > 0
         day = c.get("/ui/data/fleet?range=24h").json()
         assert 280 <= len(day["x"]) <= 290  # 5-minute grid

@@ -43,11 +43,27 @@ def test_rollout_list_and_gates(page: Page, dash: Dash) -> None:
     expect(page.locator("button[data-action='pause']")).to_be_disabled()  # paused already
 
 
-def test_viewer_is_refused_and_operator_pauses(page: Page, dash: Dash, running: str) -> None:
+def test_viewer_sees_disabled_commands_and_is_refused_anyway_then_operator_pauses(
+    page: Page, dash: Dash, running: str
+) -> None:
     login(page, dash, "viewer", f"/rollouts/{running}")
     expect(page.locator("[data-rollout-state]")).to_have_text("running")
-    page.click("button[data-action='pause']")
-    expect(page.locator("#action-result .alert")).to_contain_text("needs the operator role")
+    for action in ("pause", "resume", "abort", "rollback"):
+        button = page.locator(f"button[data-action='{action}']")
+        expect(button).to_be_disabled()
+        expect(button).to_have_attribute("title", re.compile("needs the operator role"))
+    expect(page.locator("[data-viewer]")).to_contain_text("need the operator role")
+    # a request sent anyway (the button's own POST, with this session's CSRF token) is refused by the hub
+    status = page.evaluate(
+        """async (id) => {
+            const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRF-Token"];
+            const r = await fetch(`/rollouts/${id}/pause`, {method: "POST", headers: {"X-CSRF-Token": csrf,
+                "HX-Request": "true"}, body: new URLSearchParams({csrf})});
+            return [r.status, await r.text()];
+        }""",
+        running,
+    )
+    assert status[0] == 403 and "operator role" in status[1]
     assert dash.hub.hub.rollouts.get(running).state.value == "running"
 
     page.click("text=Log out")
@@ -56,15 +72,40 @@ def test_viewer_is_refused_and_operator_pauses(page: Page, dash: Dash, running: 
     page.click("button[data-action='pause']")
     expect(page.locator("#action-result .notice")).to_contain_text("pause accepted")
     expect(page.locator("[data-rollout-state]")).to_have_text("paused")
-    expect(page.locator("[data-reason]")).to_contain_text("checking the canary by hand")
+    expect(page.locator("[data-reason]")).to_contain_text("paused by an operator")
+    expect(page.locator("[data-note]")).to_contain_text("checking the canary by hand")
     stored = dash.hub.hub.rollouts.get(running)
     assert stored.state.value == "paused"
-    assert stored.reason == "checking the canary by hand"
-    events = dash.hub.hub.store.list_events(since=None, until=None, subject=f"rollout/{running}",
-                                             action="rollout.pause", limit=5)  # fmt: skip
+    assert stored.note == "checking the canary by hand"
+    events = dash.hub.hub.views.events(subject=f"rollout/{running}", action="rollout.pause", limit=5)
     assert events and events[0].actor == "dash-operator"
     page.click("button[data-action='resume']")
     expect(page.locator("[data-rollout-state]")).to_have_text("running")
+
+
+def test_abort_and_rollback_ask_first_and_say_how_many_devices(page: Page, dash: Dash, running: str) -> None:
+    dash.hub.hub.rollouts.tick()  # the first wave starts: its devices are sent the candidate
+    r = dash.hub.hub.rollouts.get(running)
+    first_wave = len(r.members(0))
+    login(page, dash, "operator", f"/rollouts/{running}")
+    asked: list[str] = []
+
+    def answer(accept: bool) -> None:
+        page.once("dialog", lambda d: (asked.append(d.message), d.accept() if accept else d.dismiss()))
+
+    answer(False)
+    page.click("button[data-action='rollback']")
+    expect(page.locator("[data-rollout-state]")).to_have_text("running")  # dismissed: nothing sent
+    assert asked and asked[0].startswith(f"Roll back {running}? ") and f" for {first_wave} device" in asked[0]
+    assert "tiny-detector:0.4.0" in asked[0]  # what those devices get back
+    assert dash.hub.hub.rollouts.get(running).state.value == "running"
+    answer(False)
+    page.click("button[data-action='abort']")
+    assert len(asked) == 2 and asked[1].startswith(f"Abort {running}?") and "never get it" in asked[1]
+    assert dash.hub.hub.rollouts.get(running).state.value == "running"
+    answer(True)
+    page.click("button[data-action='abort']")
+    expect(page.locator("[data-rollout-state]")).to_have_text("aborted")
 
 
 def test_overview_lists_active_rollouts(page: Page, dash: Dash, running: str) -> None:

@@ -125,7 +125,8 @@ def test_a_conflicting_rollout_is_refused_naming_the_owner_and_commands_follow_t
         other = c.post("/api/v1/rollouts", json=body(selector="site=b"))
         assert other.status_code == 201, other.text
         rid = first["id"]
-        assert c.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}).json()["reason"] == "lunch"
+        paused = c.post(f"/api/v1/rollouts/{rid}/pause", json={"reason": "lunch"}).json()
+        assert paused["note"] == "lunch" and paused["reason"] == "paused by an operator"
         assert error(c.post(f"/api/v1/rollouts/{rid}/pause"))[:2] == (409, "invalid_transition")
         assert c.post(f"/api/v1/rollouts/{rid}/resume").json()["state"] == "running"
         assert c.post(f"/api/v1/rollouts/{rid}/abort").json()["state"] == "aborted"
@@ -153,7 +154,7 @@ def test_a_new_engine_continues_from_the_store_and_publishes_each_step_once(hub:
     h.store.delete_doc(INDEX, r.id)  # as stored by a hub from before the listing index
     restarted = RolloutEngine(h.store, h.registry, h.deployer, h.settings.rollouts, h.settings.devices)
     assert restarted.get(r.id) == s.rollout
-    assert [x["id"] for x in restarted.summaries()] == [r.id]
+    assert [x.id for x in restarted.summaries()] == [r.id]
     restarted.tick(now + 0.1)
     (canary,) = s.rollout.members(0)
     desired = h.store.get_desired(canary)

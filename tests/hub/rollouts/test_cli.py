@@ -60,7 +60,7 @@ def test_start_list_status_and_commands(cli_hub: RunningHub) -> None:
     code, out = run(h, "pause", rid)
     assert code == 1 and "invalid_transition" in out
     assert run(h, "resume", rid)[0] == 0
-    code, out = run(h, "abort", rid, "--json")
+    code, out = run(h, "abort", rid, "--json", "--yes")
     assert code == 0 and json.loads(out)["state"] == "aborted"
     code, out = run(h, "rollback", rid)
     assert code == 1 and "cannot rollback" in out

@@ -34,7 +34,7 @@ def test_a_healthy_version_rolls_through_every_wave_to_100_percent() -> None:
         if r.state is not RolloutState.RUNNING:
             break
     assert r.state is RolloutState.COMPLETED
-    assert seen_started == [0, 1, 2, 3]
+    assert seen_started == [1, 2, 3, 4]  # waves are numbered from 1 in events
     assert all(v.desired_model == NEW and v.active == NEW for v in w.fleet.values())
     for wave in r.waves:
         names = {g.name: g for g in wave.gates}
@@ -85,10 +85,24 @@ def test_error_rate_gate_pauses_then_resume_bakes_again_and_manual_rollback() ->
     r = w.run(r)
     assert r.state is RolloutState.COMPLETED
     r, _ = command(r, "rollback", now=w.now, reason="customer complaint")
-    assert r.state is RolloutState.ROLLING_BACK and r.reason == "customer complaint"
+    assert r.state is RolloutState.ROLLING_BACK and r.note == "customer complaint"
+    assert r.reason == "rolled back by an operator"
     r = w.run(r)
     assert r.state is RolloutState.ROLLED_BACK
     assert all(v.desired_model == OLD for v in w.fleet.values())
+
+
+def test_a_rollback_keeps_the_gate_failure_beside_the_operators_note() -> None:
+    w = World(10, profiles={"2.0.0": Profile(error_rate=0.1)})
+    r = w.run(start(w, waves=["1", "50%", "100%"]))
+    assert r.state is RolloutState.PAUSED
+    failure = r.reason or ""
+    assert failure.startswith("wave 1 of 3 (1) failed: error_rate")  # waves counted from 1, as on the dashboard
+    r, events = command(r, "rollback", now=w.now, reason="bad canary, rolling back")
+    assert r.state is RolloutState.ROLLING_BACK and r.reason == failure and r.note == "bad canary, rolling back"
+    assert events == [("rollout.rollback", {"state": "rolling_back", "reason": failure, "note": r.note})]
+    r = w.run(r)
+    assert r.state is RolloutState.ROLLED_BACK and r.reason == failure
 
 
 def test_a_disagreeing_candidate_fails_the_shadow_gate_before_any_device_activates_it() -> None:
