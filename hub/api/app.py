@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api.openapi import install as document_errors
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
 from hub.api.routes_rollouts import rollouts_router
@@ -120,7 +119,6 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
     for router in extra_routers:
         app.include_router(router)
     mount_dashboard(app, hub)
-    document_errors(app)
     return app
 
 

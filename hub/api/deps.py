@@ -16,7 +16,6 @@ def _needs(role: Role) -> Callable[[Request], Principal]:
     def check(request: Request) -> Principal:
         return authenticate(request, role)  # failed-auth rate limit, principal recorded for the audit log
 
-    check.required_role = role  # type: ignore[attr-defined]  # hub.api.openapi documents 401/403/429 from it
     return check
 
 

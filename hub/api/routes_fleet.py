@@ -219,8 +219,8 @@ def fleet_router(hub: HubServices) -> APIRouter:
         "/tokens/{token_id}",
         status_code=204,
         tags=["tokens"],
-        summary="Revoke a token",
-        responses=errors(400, 401, 403, 404, 429),
+        summary="Revoke a token (409 for the last active admin token)",
+        responses=errors(400, 401, 403, 404, 409, 429),
     )
     def revoke_token(token_id: TokenId, principal: Admin) -> None:
         hub.auth.revoke(token_id, actor=principal.name)

@@ -1,5 +1,7 @@
 """schemathesis over the hub's OpenAPI, as an admin, over real HTTP: no generated request gets a 5xx,
-every status it gets is one the schema documents for that operation, and every error is the JSON error shape.
+every status it gets is one the schema documents for that operation, every body conforms to the typed schema
+of its status (hub.views: no free-form success schema that anything would conform to), and every error is
+the JSON error shape.
 
 (The agent's inference API gets the same treatment in tests/agent/api/test_schema.py.)
 """
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error, status_code_conformance
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from tests.support.fuzz import examples
 from tests.support.hub import RunningHub
@@ -40,8 +42,10 @@ def test_no_generated_request_to_the_hub_api_gets_a_5xx(running_hub: RunningHub)
                 case.path_parameters["device_id"] = "cam-1"
             response = case.call(headers=headers)
             statuses[response.status_code] += 1
-            # every status is one the schema documents for the operation (400 not 422, 401/403/404/409/413/429)
-            case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+            # every status is one the schema documents for the operation (400 not 422, 401/403/404/409/413/429),
+            # and every body, success or error, conforms to the typed schema documented for that status
+            checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
+            case.validate_response(response, checks=checks)
             if response.status_code >= 400:
                 body = response.json()
                 assert set(body["error"]) == {"code", "message"}, body
