@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test check lint typecheck layers pytest demo mosquitto postgresql chromium docs bench clean
+.PHONY: test fuzz check lint typecheck layers pytest demo mosquitto postgresql chromium docs bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ chromium:
 ## every check CI runs: ruff, mypy --strict, import-linter, pytest
 test: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/check
+
+## property-based tests with new random cases and 20x the examples, bounded by FUZZ_SECONDS (default 1800)
+fuzz: $(STAMP) mosquitto postgresql chromium
+	@bash scripts/fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from agent.errors import SpoolError
+from infra.files import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS windows (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
@@ -42,6 +43,7 @@ class Spool:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # SQLite gives its -wal and -shm files the database file's mode
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

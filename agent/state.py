@@ -45,7 +45,7 @@ class AcceptedState(BaseModel):
 
     def save(self, path: Path) -> None:
         """Replace `path` atomically."""
-        atomic_write(path, self.model_dump_json().encode())
+        atomic_write(path, self.model_dump_json().encode(), mode=0o600)
 
 
 class WatchedBlobs:
@@ -80,4 +80,4 @@ class WatchedBlobs:
         return stale
 
     def _save(self) -> None:
-        atomic_write(self.path, json.dumps(sorted(self.current | self.stale)).encode())
+        atomic_write(self.path, json.dumps(sorted(self.current | self.stale)).encode(), mode=0o600)

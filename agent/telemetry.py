@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from agent.errors import SpoolError
 from agent.hardware import HostSampler, gpu_samples
-from agent.ports import ServingPort
+from agent.ports import ServingPort, ServingWindow
 from agent.settings import TelemetrySettings
 from agent.spool import Spool
 from fleet.codec import encode
@@ -67,6 +67,7 @@ class Telemetry:
         self._window_start = time.time()
         self._versions: dict[str, str] = {}  # last version reported per model
         self.sent = 0
+        self.unspooled = 0  # windows lost before the spool held them (disk full): reported as spool_dropped
 
     def start(self) -> None:
         """Start the timer thread."""
@@ -110,6 +111,22 @@ class Telemetry:
         windows = self.serving.take_windows()
         cpu, rss = self._host.sample()
         active = self._active()
+        try:
+            return self._spool_window(windows, cpu, rss, active, end)
+        except Exception:
+            # lost (a full disk, most likely): count it, so the next window that gets through says so in
+            # spool_dropped; a window that already had its seq also leaves a gap the hub sees
+            self.unspooled += 1
+            raise
+
+    def _spool_window(
+        self,
+        windows: dict[str, ServingWindow],
+        cpu: float,
+        rss: int,
+        active: dict[str, AppliedModel],
+        end: float,
+    ) -> TelemetryWindow:
         seq = self.spool.allocate_seq()
         models = []
         for name in sorted(set(windows) | set(active))[:MAX_MODELS]:
@@ -143,7 +160,7 @@ class Telemetry:
             cpu_percent=cpu,
             memory_bytes=rss,
             gpus=gpu_samples(),
-            spool_dropped=self.spool.dropped,
+            spool_dropped=self.spool.dropped + self.unspooled,
             spool_capacity=self.spool.capacity,
             spool_pending=self.spool.pending,
         )

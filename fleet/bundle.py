@@ -6,12 +6,12 @@ It holds a secret (the device's MQTT password): write it with mode 0600 and ship
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.files import atomic_write
 from fleet.ids import DeviceId, Prefix
 
 MAX_BUNDLE_BYTES = 256 * 1024
@@ -37,12 +37,7 @@ class DeviceBundle(BaseModel):
 
     def save(self, path: Path) -> None:
         """Write the bundle with owner-only permissions (it contains the MQTT password)."""
-        data = self.model_dump_json(indent=2).encode()
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        tmp.replace(path)
+        atomic_write(path, self.model_dump_json(indent=2).encode(), mode=0o600)
 
     @classmethod
     def load(cls, path: Path) -> DeviceBundle:

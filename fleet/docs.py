@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from fleet import chunks, messages, signing
 from fleet.histogram import LATENCY_BOUNDS_MS
+from fleet.limits import CLOCK_SKEW_S
 from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Part, Wire
 from fleet.topics import TOPIC_TABLE
 
@@ -41,12 +42,46 @@ def _nested(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+def _bounds(metadata: list[Any], annotation: Any) -> dict[str, Any]:
+    """The numeric bounds (ge, gt, le, lt) of a field, from its metadata or an Annotated alias it uses."""
+    found: dict[str, Any] = {}
+    for m in metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(m, key, None) is not None:
+                found[key] = getattr(m, key)
+    if typing.get_origin(annotation) is typing.Annotated:
+        for extra in typing.get_args(annotation)[1:]:
+            found.update(_bounds(list(getattr(extra, "metadata", [])), None))
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found.update(_bounds([], arg))
+    return found
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, int) and abs(value) >= 1 << 20 and value & (value + 1) == 0:
+        return f"2^{(value + 1).bit_length() - 1} - 1"
+    if isinstance(value, int) and abs(value) >= 1 << 20 and value & (value - 1) == 0:
+        return f"2^{value.bit_length() - 1}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    low = f"{_number(bounds['ge'])} ≤ " if "ge" in bounds else f"{_number(bounds['gt'])} < " if "gt" in bounds else ""
+    high = f" ≤ {_number(bounds['le'])}" if "le" in bounds else f" < {_number(bounds['lt'])}" if "lt" in bounds else ""
+    return f"{low}x{high}" if low or high else ""
+
+
 def _fields_table(model: type[BaseModel]) -> list[str]:
-    rows = ["| field | type | required | description |", "| --- | --- | --- | --- |"]
+    rows = ["| field | type | range | required | description |", "| --- | --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         desc = (field.description or "").replace("|", "\\|")
+        bounds = _range_text(_bounds(field.metadata, field.annotation))
         rows.append(
-            f"| `{name}` | {_type_name(field.annotation)} | {'yes' if field.is_required() else 'no'} | {desc} |"
+            f"| `{name}` | {_type_name(field.annotation)} | {bounds} | {'yes' if field.is_required() else 'no'} "
+            f"| {desc} |"
         )
     return rows
 
@@ -63,6 +98,9 @@ def protocol_markdown() -> str:
         "(counted and logged, never fatal). Timestamps are Unix seconds; sizes are bytes. A schema version other",
         "than this one is refused saying which side is behind (`schema_version 3 is newer than this build",
         "speaks (2): upgrade this side`); an agent reports a refused desired state as `unsupported_schema`.",
+        "Every number has the range its table shows (fleet.limits says why each range is what it is); NaN and",
+        f"Infinity are refused; the hub refuses a device's message with a timestamp more than {CLOCK_SKEW_S:g} s",
+        "ahead of its clock.",
         "",
         "## Several models per device",
         "",

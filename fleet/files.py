@@ -71,13 +71,14 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, sync_dir: bool =
     Args:
         path: the file to replace.
         data: its new content.
-        mode: permissions of a newly created file.
+        mode: permissions of the file, exactly (whatever the umask or a leftover temporary file had).
         sync_dir: also fsync the directory, so the new content survives a crash. False where losing the
             rename is harmless (a resume bitmap: the old one names fewer chunks, all of them still on disk).
     """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask or a leftover .tmp file had
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

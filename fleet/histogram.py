@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleet.limits import Count
 
 # Upper bounds in milliseconds; one more bucket catches everything above the last bound. Fixed for the
 # whole protocol version: changing them is a schema change. Dense below 20 ms, where edge inference lives.
@@ -19,12 +20,12 @@ N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 class Histogram(BaseModel):
     """Counts per fixed bucket (`LATENCY_BOUNDS_MS`, plus overflow) and the sum of observations in ms."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    counts: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+    counts: tuple[Count, ...] = Field(
         default=(0,) * N_BUCKETS, description="observations per bucket; len(LATENCY_BOUNDS_MS) + 1 entries"
     )
-    sum_ms: float = Field(default=0.0, ge=0, description="sum of all observations, milliseconds")
+    sum_ms: float = Field(default=0.0, ge=0, le=1e15, description="sum of all observations, milliseconds")
 
     @model_validator(mode="after")
     def _check(self) -> Histogram:
@@ -32,16 +33,25 @@ class Histogram(BaseModel):
             raise ValueError(f"histogram needs {N_BUCKETS} counts, got {len(self.counts)}")
         return self
 
+    @classmethod
+    def of_sums(cls, counts: Iterable[int], sum_ms: float) -> Histogram:
+        """The histogram of many windows summed: the bucket count is checked, the per-window bounds are not.
+
+        A sum over a fleet may exceed what one window may carry (`Count`), and must not fail because of it.
+        """
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != N_BUCKETS:
+            raise ValueError(f"histogram needs {N_BUCKETS} counts, got {len(counts)}")
+        return cls.model_construct(counts=counts, sum_ms=max(float(sum_ms), 0.0))
+
     @property
     def count(self) -> int:
         return sum(self.counts)
 
     def merge(self, other: Histogram) -> Histogram:
         """The histogram of both windows together."""
-        return Histogram(
-            counts=tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
-            sum_ms=self.sum_ms + other.sum_ms,
-        )
+        return Histogram.of_sums((a + b for a, b in zip(self.counts, other.counts, strict=True)),
+                                 self.sum_ms + other.sum_ms)  # fmt: skip
 
     def quantile(self, q: float) -> float | None:
         """Estimate the q-quantile (0 < q <= 1) in ms by linear interpolation inside its bucket."""
@@ -73,7 +83,7 @@ def merge_all(histograms: Iterable[Histogram]) -> Histogram:
         for i, c in enumerate(h.counts):
             counts[i] += c
         total += h.sum_ms
-    return Histogram(counts=tuple(counts), sum_ms=total)
+    return Histogram.of_sums(counts, total)
 
 
 class LatencyRecorder:

@@ -15,12 +15,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.histogram import Histogram
 from fleet.ids import DeviceId, Sha256
+from fleet.limits import (
+    MAX_COUNT,
+    MAX_JSON_INT,
+    Bytes,
+    Count,
+    JsonObject,
+    Percent,
+    Seq,
+    SignedMillis,
+    Timestamp,
+    Version,
+)  # fmt: skip
 
 SCHEMA_VERSION = 2
 MAX_MODELS = 16  # model slots per desired state (Triton-sized edge boxes serve a handful; 16 bounds the documents)
@@ -38,14 +50,14 @@ SemVer = Annotated[
     ),
 ]
 Task = Literal["classification", "detection"]
-Timestamp = Annotated[float, Field(ge=0, description="Unix time, seconds")]
 ShortText = Annotated[str, Field(max_length=2048)]
+CommandArg = ShortText | Annotated[int, Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT)] | float | bool
 
 
 class Wire(BaseModel):
-    """Base of every JSON wire message: frozen, unknown fields refused, a schema version."""
+    """Base of every JSON wire message: frozen, unknown fields refused, finite numbers, a schema version."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[2] = Field(default=2, description="protocol schema version")
 
@@ -53,7 +65,7 @@ class Wire(BaseModel):
 class Part(BaseModel):
     """Base of nested parts of messages (no own schema version: the enclosing message has it)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # --- status / birth ---------------------------------------------------------------------------------
@@ -62,14 +74,14 @@ class Part(BaseModel):
 class MigInstance(Part):
     profile: str = Field(max_length=64, description="MIG profile, e.g. 1g.10gb")
     uuid: str | None = Field(default=None, max_length=128, description="MIG device UUID")
-    memory_bytes: int = Field(ge=0, description="memory of the instance")
+    memory_bytes: Bytes = Field(description="memory of the instance")
 
 
 class GpuInfo(Part):
-    index: int = Field(ge=0, description="NVML index")
+    index: Count = Field(description="NVML index")
     name: str = Field(max_length=128, description="product name, e.g. NVIDIA H100 80GB HBM3")
     uuid: str | None = Field(default=None, max_length=128, description="GPU UUID")
-    memory_bytes: int = Field(ge=0, description="total memory")
+    memory_bytes: Bytes = Field(description="total memory")
     mig_mode: bool = Field(default=False, description="MIG mode enabled")
     mig_instances: list[MigInstance] = Field(default_factory=list, max_length=64, description="MIG slices")
 
@@ -86,9 +98,9 @@ class Capabilities(Part):
     agent_version: str = Field(max_length=64, description="edgefleet agent version")
     onnxruntime_version: str = Field(max_length=64, description="onnxruntime version")
     providers: list[str] = Field(max_length=16, description="execution providers available on this device")
-    cpu_count: int = Field(ge=1, description="logical CPUs")
-    memory_bytes: int = Field(ge=0, description="total RAM")
-    disk_free_bytes: int | None = Field(default=None, ge=0, description="free bytes where models are stored")
+    cpu_count: int = Field(ge=1, le=MAX_COUNT, description="logical CPUs")
+    memory_bytes: Bytes = Field(description="total RAM")
+    disk_free_bytes: Bytes | None = Field(default=None, description="free bytes where models are stored")
     platform: str = Field(default="", max_length=128, description="OS and machine, e.g. Linux-x86_64")
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64, description="GPUs seen through NVML")
     mode: Literal["single", "k3s"] = Field(default="single", description="single-device or cluster mode")
@@ -199,7 +211,7 @@ class ModelRef(Part):
     version: SemVer
     task: Task
     blob: BlobManifest
-    descriptor: dict[str, Any] = Field(
+    descriptor: JsonObject = Field(
         default_factory=dict, description="the models package description (pre/post-processing, golden check)"
     )
 
@@ -285,7 +297,7 @@ class DesiredState(Wire):
 
     kind: Literal["desired"] = "desired"
     device_id: DeviceId
-    version: int = Field(ge=1, description="monotonic per device: an agent refuses anything not newer")
+    version: Version = Field(description="monotonic per device: an agent refuses anything not newer")
     issued_at: Timestamp
     expires_at: Timestamp
     models: list[DesiredModel] = Field(
@@ -316,12 +328,12 @@ class Command(Wire):
 
     kind: Literal["command"] = "command"
     device_id: DeviceId
-    version: int = Field(ge=1, description="monotonic per device for commands")
+    version: Version = Field(description="monotonic per device for commands")
     issued_at: Timestamp
     expires_at: Timestamp
     correlation_id: str = Field(min_length=1, max_length=64)
     name: CommandName
-    args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    args: dict[str, CommandArg] = Field(default_factory=dict, max_length=64, description="named arguments")
 
 
 # --- agent -> hub --------------------------------------------------------------------------------
@@ -345,10 +357,10 @@ class AppliedModel(Part):
 
 class DownloadProgress(Part):
     sha256: Sha256
-    have_chunks: int = Field(ge=0)
-    total_chunks: int = Field(ge=0)
-    bytes_done: int = Field(ge=0)
-    bytes_total: int = Field(ge=0)
+    have_chunks: Count = Field(description="chunks verified and stored")
+    total_chunks: Count = Field(description="chunks in the blob")
+    bytes_done: Bytes = Field(description="bytes verified and stored")
+    bytes_total: Bytes = Field(description="size of the blob")
 
 
 class ErrorInfo(Part):
@@ -363,11 +375,11 @@ class ClusterWorkload(Part):
 
     namespace: str = Field(max_length=63, description="Kubernetes namespace of the workload")
     deployment: str = Field(max_length=253, description="name of the serving Deployment")
-    generation: int = Field(default=0, ge=0, description="metadata.generation of the applied Deployment")
-    observed_generation: int = Field(default=0, ge=0, description="status.observedGeneration")
-    replicas: int = Field(default=0, ge=0, description="desired serving pods")
-    ready_replicas: int = Field(default=0, ge=0, description="pods passing readiness")
-    updated_replicas: int = Field(default=0, ge=0, description="pods on the current template")
+    generation: Seq = Field(default=0, description="metadata.generation of the applied Deployment")
+    observed_generation: Seq = Field(default=0, description="status.observedGeneration")
+    replicas: Count = Field(default=0, description="desired serving pods")
+    ready_replicas: Count = Field(default=0, description="pods passing readiness")
+    updated_replicas: Count = Field(default=0, description="pods on the current template")
     state: Literal["applying", "progressing", "ready", "failed"] = Field(description="rollout state")
     message: ShortText | None = Field(default=None, description="why the rollout is failed or still waiting")
 
@@ -400,9 +412,11 @@ class ReportedState(Wire):
 
     kind: Literal["reported"] = "reported"
     device_id: DeviceId
-    seq: int = Field(ge=0, description="increases with every report of this agent")
+    seq: Seq = Field(description="increases with every report of this agent")
     ts: Timestamp
-    desired_version: int | None = Field(default=None, ge=0, description="last desired version accepted")
+    desired_version: Annotated[int, Field(ge=0, le=MAX_JSON_INT)] | None = Field(
+        default=None, description="last desired version accepted"
+    )
     models: list[ModelStatus] = Field(
         default_factory=list,
         max_length=2 * MAX_MODELS,
@@ -429,24 +443,23 @@ class ReportedState(Wire):
 
 
 class GpuSample(Part):
-    index: int = Field(ge=0)
-    util_percent: float = Field(ge=0, le=100)
-    memory_used_bytes: int = Field(ge=0)
+    index: Count = Field(description="NVML index")
+    util_percent: Percent = Field(description="GPU utilisation over the window")
+    memory_used_bytes: Bytes = Field(description="GPU memory in use")
 
 
 class ShadowStats(Part):
     """What the shadow candidate did on the requests sampled in one window (one sample = one row/image)."""
 
     candidate_version: SemVer
-    samples: int = Field(ge=0, description="rows both versions answered and that were compared")
-    agreements: int = Field(ge=0, description="compared rows where the candidate agreed with the active version")
-    incomparable: int = Field(
+    samples: Count = Field(description="rows both versions answered and that were compared")
+    agreements: Count = Field(description="compared rows where the candidate agreed with the active version")
+    incomparable: Count = Field(
         default=0,
-        ge=0,
         description="sampled rows the candidate could not take (tensor shapes or dtypes it does not accept), "
         "or whose answers cannot be compared: neither agreement nor disagreement",
     )
-    latency_delta_ms: float | None = Field(default=None, description="candidate minus active, mean ms")
+    latency_delta_ms: SignedMillis | None = Field(default=None, description="candidate minus active, mean ms")
 
 
 class ModelWindow(Part):
@@ -455,10 +468,10 @@ class ModelWindow(Part):
     name: ModelName
     version: SemVer = Field(description="the version that served (the active one when the window closed)")
     provider: str | None = Field(default=None, max_length=64, description="its execution provider")
-    requests: int = Field(default=0, ge=0)
-    errors: int = Field(default=0, ge=0, description="server errors (5xx); client errors are not")
+    requests: Count = Field(default=0, description="inference requests in the window")
+    errors: Count = Field(default=0, description="server errors (5xx) in the window; client errors are not")
     latency: Histogram = Field(default_factory=Histogram)
-    queue_depth: int = Field(default=0, ge=0)
+    queue_depth: Count = Field(default=0, description="requests waiting at the end of the window")
     shadow: ShadowStats | None = Field(default=None, description="its shadow candidate, if one ran")
 
 
@@ -467,18 +480,24 @@ class TelemetryWindow(Wire):
 
     kind: Literal["telemetry"] = "telemetry"
     device_id: DeviceId
-    seq: int = Field(ge=0)
+    seq: Seq = Field(description="the agent's window counter; gaps are lost windows")
     start: Timestamp
     end: Timestamp
     models: list[ModelWindow] = Field(
         default_factory=list, max_length=MAX_MODELS, description="per served model, unique by name"
     )
-    cpu_percent: float | None = Field(default=None, ge=0)
-    memory_bytes: int | None = Field(default=None, ge=0)
+    cpu_percent: Percent | None = Field(default=None, description="host CPU utilisation")
+    memory_bytes: Bytes | None = Field(default=None, description="the agent's resident memory")
     gpus: list[GpuSample] = Field(default_factory=list, max_length=64)
-    spool_dropped: int = Field(default=0, ge=0, description="windows dropped because the spool was full")
-    spool_capacity: int | None = Field(default=None, ge=0, description="bound of the agent's on-disk spool")
-    spool_pending: int = Field(default=0, ge=0, description="windows waiting in the spool when this one was made")
+    spool_dropped: Count = Field(default=0, description="windows dropped because the spool was full")
+    spool_capacity: Count | None = Field(default=None, description="bound of the agent's on-disk spool")
+    spool_pending: Count = Field(default=0, description="windows waiting in the spool when this one was made")
+
+    @model_validator(mode="after")
+    def _check_window(self) -> TelemetryWindow:
+        if self.end < self.start:
+            raise ValueError(f"a window cannot end ({self.end}) before it starts ({self.start})")
+        return self
 
     @model_validator(mode="after")
     def _check_unique(self) -> TelemetryWindow:
@@ -498,7 +517,8 @@ class TelemetryWindow(Wire):
         return sum(m.errors for m in self.models)
 
 
-Range = tuple[int, int]
+ChunkIndex = Annotated[int, Field(ge=0, le=MAX_JSON_INT)]
+Range = tuple[ChunkIndex, ChunkIndex]
 
 
 class Want(Wire):
@@ -529,7 +549,7 @@ class CommandAck(Wire):
     correlation_id: str = Field(min_length=1, max_length=64)
     ok: bool
     error: ErrorInfo | None = None
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: JsonObject = Field(default_factory=dict, description="what the command returned")
 
 
 class SignedEnvelope(Wire):
@@ -538,7 +558,7 @@ class SignedEnvelope(Wire):
     kind: Literal["signed"] = "signed"
     alg: Literal["ed25519"] = "ed25519"
     key_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="first 16 bytes of sha256(raw public key), hex")
-    body: dict[str, Any]
+    body: JsonObject = Field(description="the signed desired state or command, as a JSON object")
     sig: str = Field(max_length=128, description="base64url signature, no padding")
 
 

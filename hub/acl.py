@@ -17,12 +17,12 @@ files for the operator to install (docs/security.md).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.files import atomic_write
 from fleet.topics import TOPIC_TABLE, TopicKind
 from hub.credentials import mosquitto_hash, mosquitto_verify, new_password
 from hub.errors import NotFound
@@ -31,6 +31,7 @@ from hub.store import Store
 HUB_USERNAME = "EDGEFLEET-HUB"  # upper case: never a valid device id
 REVOKED = "revoked_devices"  # documents collection of the store: device id -> {ts, actor}
 PASSWORD_FILE = "passwords"  # noqa: S105  (a file name)
+HUB_PASSWORD_FILE = "hub-passwords"  # noqa: S105  (the local broker's hub listener: the hub's account only)
 ACL_FILE = "acl"
 HUB_ACCOUNT_FILE = "broker-hub-account.json"
 
@@ -51,11 +52,7 @@ class HubAccount:
 def _write_private(path: Path, text: str) -> None:
     """Write `text` atomically with mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
+    atomic_write(path, text.encode(), mode=0o600)
 
 
 def hub_account(data_dir: Path) -> HubAccount:
@@ -138,6 +135,7 @@ class BrokerAuth:
         accounts = [(self.account.username, self.account.password_hash)]
         accounts += [(d.id, d.password_hash) for d in self.store.list_devices() if d.id not in revoked]
         _write_private(self.password_file, password_text(accounts))
+        _write_private(self.directory / HUB_PASSWORD_FILE, password_text(accounts[:1]))
         _write_private(self.acl_file, acl_text(self.prefix, self.account.username))
         self.writes += 1
         if self.on_change is not None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from hub.credentials import Role, new_token, token_hash
-from hub.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from hub.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.store import Store
 
 
@@ -56,7 +56,18 @@ class Auth:
             raise Forbidden(f"this needs the {role.value} role; token {principal.name!r} is {principal.role.value}")
 
     def revoke(self, token_id: int, *, actor: str) -> None:
-        """Revoke a token at once (its next request gets 401). NotFound if unknown or already revoked."""
+        """Revoke a token at once (its next request gets 401).
+
+        Raises:
+            NotFound: unknown or already revoked.
+            Conflict: the last active admin token (no one could then create or revoke tokens).
+        """
         if not self.store.revoke_token(token_id):
+            token = next((t for t in self.store.list_tokens() if t.id == token_id and not t.revoked), None)
+            if token is not None and token.role == "admin":
+                raise Conflict(
+                    f"token {token_id} is the last active admin token: create another admin token first "
+                    "(`edgefleet hub token NAME --role admin`), then revoke this one"
+                )
             raise NotFound(f"no active token with id {token_id}")
         self.store.add_event(time.time(), actor, "token.revoke", f"token/{token_id}", {})

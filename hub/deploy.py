@@ -24,7 +24,8 @@ from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.capacity import check_runtime
 from hub.devices import Devices
-from hub.errors import Conflict, InvalidInput
+from hub.errors import Conflict, InvalidInput, TooLarge
+from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.registry import Registry
 from hub.settings import DeviceSettings
 from hub.store import Desired, DesiredSlot, Fence, Store
@@ -142,6 +143,8 @@ class Deployer:
 
         Raises:
             Conflict: a device would serve more than MAX_MODELS models.
+            TooLarge: a device's signed state would exceed the agents' message limit (nothing is allocated or
+                sent).
         """
         if slot is not None and slot.name != name:
             raise ValueError(f"slot of {slot.name!r} given for model {name!r}")
@@ -156,6 +159,7 @@ class Deployer:
                 if len(models) > MAX_MODELS:
                     raise Conflict(f"device {device_id} would serve {len(models)} models; at most {MAX_MODELS}")
                 plans[device_id] = models
+            _check_sizes(plans)
             return self._sign(plans, fence)
 
     def _current(self, device_ids: list[str]) -> dict[str, list[DesiredModel]]:
@@ -239,6 +243,19 @@ class Deployer:
 def _check_selector(selector: str) -> None:
     if not selector.strip():
         raise InvalidInput("a deployment needs a non-empty selector; to reach every device, select a label all carry")
+
+
+def _check_sizes(plans: dict[str, list[DesiredModel]]) -> None:
+    """Raise TooLarge when a device's signed state would exceed the agents' message limit (devices with the
+    same slots are measured once)."""
+    sizes: dict[tuple[str, ...], int] = {}
+    for device_id, models in plans.items():
+        key = tuple(m.model_dump_json() for m in models)
+        size = sizes.get(key)
+        if size is None:
+            size = sizes[key] = desired_state_bytes(models)
+        if not fits(size):
+            raise TooLarge(too_large_message(size, f"the desired state of device {device_id}"))
 
 
 def _body(s: Desired) -> dict[str, Any]:

@@ -96,6 +96,13 @@ class NotInitialised(HubError):
     status = 503
 
 
+class DataDirLocked(HubError):
+    """Another hub process is running on this data directory (with the same replica name)."""
+
+    code = "data_dir_locked"
+    status = 409
+
+
 class BrokerError(HubError):
     """The MQTT broker cannot be started or reached."""
 
@@ -109,6 +116,10 @@ class RateLimited(HubError):
     code = "rate_limited"
     status = 429
 
+    def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the Retry-After header: the same figure as the message
+
 
 class WriterUnavailable(HubError):
     """The telemetry writer did not answer in time (it is restarted; what it had not committed is counted lost)."""
@@ -118,7 +129,8 @@ class WriterUnavailable(HubError):
 
 
 class RefusedWindow(InvalidInput):
-    """A telemetry payload the writer refuses: `reason` is "malformed" or "foreign" (names another device)."""
+    """A telemetry payload the writer refuses: `reason` is "malformed", "foreign" (names another device) or
+    "clock_ahead" (ends further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S)."""
 
     code = "refused_window"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from fleet.codec import decode
 from fleet.errors import InvalidTopic, MessageError
+from fleet.limits import too_far_ahead
 from fleet.messages import CommandAck, DeviceStatus, ReportedState, Want
 from fleet.topics import ParsedTopic, TopicKind, Topics
 from hub.ratelimit import log_sampled
@@ -27,6 +28,16 @@ from hub.transfer import ChunkServer
 
 log = logging.getLogger(__name__)
 _PARSE_CACHE = 100_000
+
+
+def timestamps(msg: DeviceStatus | ReportedState) -> tuple[float | None, ...]:
+    """Every device clock reading in a message: none may lie further ahead of the hub's clock than the skew
+    (telemetry windows are checked by the telemetry writer, which decodes them)."""
+    if isinstance(msg, DeviceStatus):
+        return (msg.ts,)
+    applied = [a for m in msg.models for a in (m.active, m.previous, m.shadow) if a is not None]
+    errors = [e.at for e in (msg.error, *(m.error for m in msg.models)) if e is not None]
+    return (msg.ts, *errors, *(a.activated_at for a in applied))
 
 
 class Ingestor:
@@ -65,7 +76,13 @@ class Ingestor:
             log.warning("ingest: refused %s message on %s (%s, #%d): %s", kind, topic[:200], reason, n, detail[:300])
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message. Never raises on bad input."""
+        """Process one message. Never raises: whatever goes wrong is counted as that message's fault."""
+        try:
+            self._handle(topic, payload)
+        except Exception as e:  # a bug or a case nobody foresaw: refuse this message, keep the loop going
+            self._reject("unknown", "internal_error", topic, f"{type(e).__name__}: {e}")
+
+    def _handle(self, topic: str, payload: bytes) -> None:
         parsed = self._parsed.get(topic)
         if parsed is None:
             try:
@@ -134,6 +151,10 @@ class Ingestor:
         if not self.is_enrolled(msg.device_id):
             self._reject(kind.value, "unknown_device", topic, msg.device_id)
             return
+        ahead = max((t for t in timestamps(msg) if t is not None), default=0.0)
+        if too_far_ahead(ahead, now):
+            self._reject(kind.value, "clock_ahead", topic, f"timestamp {ahead:.0f} is {ahead - now:.0f}s ahead")
+            return
         if isinstance(msg, DeviceStatus):
             ok = self.store.enqueue_status(msg, now)
         else:
@@ -168,8 +189,13 @@ class Ingestor:
                 break
             except RuntimeError:
                 continue
-        st = self.store.ingest_stats()  # what the telemetry writer decided
-        for key, n in (("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign)):
+        st = self.store.ingest_stats()  # what the telemetry writer decided, and rows a writer could not write
+        if st.rows_refused:
+            rejected[("message", "unwritable")] = st.rows_refused
+        for key, n in (
+            ("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign),
+            ("clock_ahead", st.telemetry_clock_ahead),
+        ):  # fmt: skip
             if n:
                 rejected[("telemetry", key)] = rejected.get(("telemetry", key), 0) + n
         if st.telemetry_accepted:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.messages import BlobManifest, ModelRef
+from fleet.limits import check_json
+from fleet.messages import BlobManifest, DesiredModel, ModelRef
 from fleet.plan import Chunking, plan_file
 from hub.errors import InvalidModel, NotFound, TooLarge
+from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.store import ModelVersion, Store
 from models.descriptor import ModelDescriptor
 from models.errors import ModelError
@@ -96,14 +98,24 @@ class Registry:
         """
         try:
             try:
+                if not isinstance(descriptor, ModelDescriptor):  # depth and finite numbers before anything walks it
+                    check_json(descriptor, where="descriptor")
                 d = descriptor if isinstance(descriptor, ModelDescriptor) else ModelDescriptor.from_json(descriptor)
                 report = validate(upload, d)
+                check_json(report.descriptor.to_json(), where="descriptor")  # it travels in signed desired states
+            except ValueError as e:
+                raise InvalidModel(str(e)) from e
             except ModelError as e:
                 raise InvalidModel(str(e).replace(upload.name, filename or "the upload")) from e
             existing = self.store.get_model_version(d.name, d.version)
             if existing is not None and existing.sha256 == report.sha256:
                 return PushResult(existing, created=False)
             manifest = plan_file(upload, self.chunk_size, chunking=self.chunking)
+            ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,
+                           descriptor=report.descriptor.to_json())  # fmt: skip
+            size = desired_state_bytes([DesiredModel(model=ref)])
+            if not fits(size):  # agents would refuse every desired state naming it
+                raise InvalidModel(too_large_message(size, f"a desired state naming {d.name}:{d.version}"))
             dest = self.blob_path(report.sha256)
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from hub.devices import Devices
 from hub.errors import Conflict, NotInitialised
 from hub.ingest import Ingestor
 from hub.leadership import Leadership
+from hub.lock import DataDirLock
 from hub.mqtt import BoundedPublisher, HubLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
@@ -81,13 +82,19 @@ class Hub:
         s = self.settings
         if not s.key_path.exists() or (s.database_url is None and not s.db_path.exists()):
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
-        self.key = HubSigningKey.load(s.key_path)
-        self.store: SqlStore = open_store(
-            s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue, max_delay_s=s.ingest.max_delay_s,
-            telemetry_process=s.ingest.telemetry_process,
-        )  # fmt: skip
-        self._running.callback(self.store.close)  # last to go: queued writes are flushed
+        lock = DataDirLock(s.data_dir)  # one hub (per replica name) on a data dir: see hub.lock
+        replica = s.broker.replica
+        lock.acquire(f"hub-{replica}" if replica else "hub", f"as replica {replica}" if replica else "")
+        self._running.callback(lock.release)  # released when everything else has stopped
         try:
+            if s.broker.url is None:
+                lock.acquire("broker", "with the local broker")
+            self.key = HubSigningKey.load(s.key_path)
+            self.store: SqlStore = open_store(
+                s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue,
+                max_delay_s=s.ingest.max_delay_s, telemetry_process=s.ingest.telemetry_process,
+            )  # fmt: skip
+            self._running.callback(self.store.close)  # then the store: queued writes are flushed
             self._start_services()
         except BaseException:
             self.stop()
@@ -135,10 +142,11 @@ class Hub:
             self.local_broker.start()
             self._running.callback(self.local_broker.stop)
             self.broker_url = self.local_broker.url
+            link_url = self.local_broker.hub_url
         else:
-            self.broker_url = s.broker.url
+            self.broker_url = link_url = s.broker.url
         self.link = HubLink(
-            self.broker_url,
+            link_url,
             client_id=self._client_id(),
             on_message=self._on_message,
             subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED],

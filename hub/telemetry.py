@@ -36,7 +36,7 @@ def summarise(points: list[TelemetryPoint]) -> Summary:
         total_ms += p.latency_sum_ms
         for i, c in enumerate(p.latency_counts):
             counts[i] += c
-    h = Histogram(counts=tuple(counts), sum_ms=max(total_ms, 0.0)) if points else Histogram()
+    h = Histogram.of_sums(counts, total_ms) if points else Histogram()
     return Summary(
         windows=windows, requests=requests, errors=errors, error_rate=errors / requests if requests else None,
         p50_ms=h.quantile(0.5), p95_ms=h.quantile(0.95), p99_ms=h.quantile(0.99), mean_ms=h.mean_ms,

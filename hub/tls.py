@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleet.files import atomic_write
 from hub.errors import Conflict, InvalidInput
 from hub.settings import HubSettings
 
@@ -57,12 +57,6 @@ class TlsFiles:
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     return key.private_bytes(pem, pkcs8, serialization.NoEncryption())
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -122,16 +116,16 @@ def create_dev_pki(directory: Path, hosts: list[str] | None = None) -> TlsFiles:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(directory / "ca.key", _key_pem(ca_key), 0o600)
-    _write(files.ca_cert, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(directory / "ca.key", _key_pem(ca_key), mode=0o600)
+    atomic_write(files.ca_cert, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
     extra = list(hosts or [])
     for name, cert_path, key_path in (
         ("edgefleet broker", files.broker_cert, files.broker_key),
         ("edgefleet hub api", files.api_cert, files.api_key),
     ):
         cert_pem, key_pem = _server_cert(name, extra, ca_key, ca, now)
-        _write(cert_path, cert_pem, 0o644)
-        _write(key_path, key_pem, 0o600)
+        atomic_write(cert_path, cert_pem, mode=0o644)
+        atomic_write(key_path, key_pem, mode=0o600)
     return files
 
 

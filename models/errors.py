@@ -53,6 +53,10 @@ class GoldenMismatch(ModelError):
     """The model's output on the golden input differs from the recorded digest beyond tolerance."""
 
 
+class TooLargeToCheck(ModelError):
+    """The golden input at the graph's fixed batch size would exceed the memory budget of the check."""
+
+
 class ProviderUnavailable(ModelError):
     """None of the requested execution providers can create a session on this host."""
 

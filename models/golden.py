@@ -22,10 +22,14 @@ import numpy as np
 import numpy.typing as npt
 
 from models.descriptor import GoldenCheck, InputSpec, OutputReference
-from models.errors import GoldenMismatch
+from models.errors import GoldenMismatch, TooLargeToCheck
 from models.preprocess import to_tensor
 
 SAMPLE_SIZE = 64
+MAX_GOLDEN_INPUT_BYTES = 64 << 20
+"""Pixels plus tensor of the golden input. The graph's activations are typically ten times the input and
+the hub and every device run the check: a graph fixed to batch 256 of 224x224 (192 MB here) took the hub
+from 200 MB to 2 GB; a batch of 2**31 failed with MemoryError."""
 
 
 def golden_pixels(seed: int, height: int, width: int, batch: int = 1) -> npt.NDArray[np.uint8]:
@@ -35,7 +39,19 @@ def golden_pixels(seed: int, height: int, width: int, batch: int = 1) -> npt.NDA
 
 
 def golden_input(spec: InputSpec, seed: int, batch: int = 1) -> npt.NDArray[np.generic]:
-    """The golden input tensor: golden pixels through the model's own normalisation and layout."""
+    """The golden input tensor: golden pixels through the model's own normalisation and layout.
+
+    Raises:
+        TooLargeToCheck: the bytes it takes, computed from the shape before anything is allocated, exceed
+            `MAX_GOLDEN_INPUT_BYTES`.
+    """
+    need = batch * spec.height * spec.width * 3 * (1 + np.dtype(spec.dtype).itemsize)
+    if need > MAX_GOLDEN_INPUT_BYTES:
+        raise TooLargeToCheck(
+            f"the golden check at the graph's fixed batch of {batch} needs {need / 2**20:.0f} MiB of input "
+            f"({spec.height}x{spec.width}), above the {MAX_GOLDEN_INPUT_BYTES >> 20} MiB budget (serving needs "
+            "at least as much per inference): give the graph a dynamic batch axis or a smaller fixed batch"
+        )
     return to_tensor(golden_pixels(seed, spec.height, spec.width, batch), spec)
 
 

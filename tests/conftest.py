@@ -1,5 +1,5 @@
 """Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes, a real PostgreSQL server and
-the store's database on each backend."""
+the store's database on each backend; the hypothesis profile of the run; the outcome table at its end."""
 
 from __future__ import annotations
 
@@ -7,13 +7,34 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hub.store import Database
 from tests.support.broker import Broker, find_mosquitto, free_port
+from tests.support.fuzz import load_profile
 from tests.support.netns import NetLab, netns_unavailable
+from tests.support.outcomes import print_table
 from tests.support.postgres import PostgresServer, find_postgres_bin
+
+PROFILE = load_profile()  # before any test module builds its hypothesis settings
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {PROFILE} (make fuzz: randomised and longer; see tests/support/fuzz.py)"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The security and fault outcome table of whatever this run recorded (tests/support/outcomes.py)."""
+    print_table(terminalreporter)
+
+
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """Mark every hypothesis test `fuzz`, so `make fuzz` (pytest -m fuzz) finds them all."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,9 @@ def error_response(exc: BaseException, retry_after_s: int) -> Response:
     return error_reply(exc, retry_after_s).response()
 
 
+PARSE_INLINE_BYTES = 256 * 1024  # smaller bodies parse on the event loop: a thread hand-off costs more
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes (413) before or while reading it."""
     declared = request.headers.get("content-length")
@@ -177,7 +180,15 @@ class Inference:
             body = await read()
             t1 = time.perf_counter_ns()
             body = decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes)
-            req = parse_infer(body, headers.get(HEADER))
+            json_head = headers.get(HEADER)
+            parse = functools.partial(parse_infer, body, json_head, max_json_bytes=self.settings.max_json_body_bytes)
+            # a large JSON part parses in a worker thread: the event loop (health checks, other requests) goes
+            # on; binary tensor data is not parsed, only viewed, so it does not count
+            json_part = len(body)
+            if json_head is not None and json_head.isascii() and json_head.isdigit() and len(json_head) < 20:
+                json_part = min(int(json_head), json_part)
+            big = json_part > PARSE_INLINE_BYTES
+            req = await asyncio.get_running_loop().run_in_executor(self.pool, parse) if big else parse()
             times.input_ns = time.perf_counter_ns() - t1
             submitted = True
             outputs = await slot.infer_tensors(served, req.inputs, times)

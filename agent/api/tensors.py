@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from agent.api.errors import BadRequest
+from agent.api.errors import BadRequest, TooLarge
 from agent.api.jsontensors import FAST_JSON_BYTES, cast, parse_json
 
 Array = npt.NDArray[Any]
@@ -40,6 +40,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 _NAMES: dict[np.dtype[Any], str] = {v: k for k, v in DATATYPES.items()}
 MAX_TENSORS = 64
 MAX_NAME = 256
+MAX_ELEMENTS = 2**31 - 1  # per tensor: onnxruntime and numpy index with it; far beyond any body we accept
 HEADER = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -75,11 +76,19 @@ def _header_length(value: str | None, size: int) -> int | None:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    """Checked dims: each below 2**31, and the element count of the non-zero dims below 2**31 too.
+
+    The product alone is not enough: `[0, 2**61]` has 0 elements, and numpy still refuses the shape.
+    """
     if not isinstance(raw, list) or len(raw) > 16:
         raise BadRequest(f"input {name!r}: 'shape' must be a list of at most 16 non-negative integers")
     for d in raw:
-        if type(d) is not int or d < 0:
-            raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got {raw!r:.80}")
+        if type(d) is not int or not 0 <= d <= MAX_ELEMENTS:
+            raise BadRequest(
+                f"input {name!r}: 'shape' must be a list of non-negative integers up to {MAX_ELEMENTS}, got {raw!r:.80}"
+            )
+    if math.prod(d for d in raw if d) > MAX_ELEMENTS:
+        raise BadRequest(f"input {name!r}: shape {raw!r:.80} has more than {MAX_ELEMENTS} elements")
     return tuple(raw)
 
 
@@ -91,13 +100,22 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
-def parse_infer(body: bytes | bytearray | memoryview, header_length: str | None) -> InferRequest:
+def parse_infer(
+    body: bytes | bytearray | memoryview, header_length: str | None, *, max_json_bytes: int | None = None
+) -> InferRequest:
     """Parse an infer request body (JSON, or JSON header + binary tensors).
 
     Raises:
         BadRequest: naming what is wrong (bad JSON, missing field, size mismatch, unknown datatype).
+        TooLarge: the JSON part is longer than `max_json_bytes` (binary tensor data is not counted).
     """
     n = _header_length(header_length, len(body))
+    json_bytes = n if n is not None else len(body)
+    if max_json_bytes is not None and json_bytes > max_json_bytes:
+        raise TooLarge(
+            f"the JSON part of the request is {json_bytes} bytes, above the {max_json_bytes}-byte JSON limit: "
+            "send large tensors as binary data (Inference-Header-Content-Length)"
+        )
     view = memoryview(body)
     head = view[:n] if n is not None else view
     doc = parse_json(head, DATATYPES) if n is None and len(head) >= FAST_JSON_BYTES else None
@@ -161,9 +179,13 @@ def parse_infer(body: bytes | bytearray | memoryview, header_length: str | None)
 def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
     if not isinstance(data, list | np.ndarray):  # an ndarray: parsed by `jsontensors` straight into a buffer
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
-    try:
-        arr = cast(data, dtype) if isinstance(data, np.ndarray) else np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as e:
+    try:  # a value the datatype cannot hold (1e39 as FP32) is an error here, never a warning or an infinity
+        if isinstance(data, np.ndarray):
+            arr = cast(data, dtype)
+        else:
+            with np.errstate(over="raise", invalid="raise"):
+                arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
     if arr.size != math.prod(shape):
         raise BadRequest(f"input {name!r}: 'data' has {arr.size} values, shape {list(shape)} needs {math.prod(shape)}")

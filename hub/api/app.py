@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api.routes_fleet import fleet_router
 from hub.api.routes_models import models_router
@@ -22,7 +23,7 @@ from hub.api.routes_rollouts import rollouts_router
 from hub.api.routes_security import security_router
 from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
-from hub.errors import HubError
+from hub.errors import HubError, RateLimited
 from hub.metrics import metrics_text
 from hub.views.schemas import Health
 
@@ -75,7 +76,10 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
-        return _error(e.status, e.code, e.message)
+        response = _error(e.status, e.code, e.message)
+        if isinstance(e, RateLimited):
+            response.headers["retry-after"] = str(e.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
@@ -93,12 +97,8 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
-        log.exception("api: unexpected error")
-        return _error(500, "internal", f"unexpected {type(e).__name__}; see the hub log")
-
     app.state.auth = hub.auth
+    app.add_middleware(Unexpected)  # innermost: audit and security headers wrap its 500 like any response
     install_security(app, hub)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and broker connection (no token needed)")
@@ -120,3 +120,34 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
         app.include_router(router)
     mount_dashboard(app, hub)
     return app
+
+
+class Unexpected:
+    """ASGI middleware: an exception no handler mapped becomes one logged 500 with the JSON error shape.
+
+    Starlette's handler for `Exception` re-raises after answering, so the server logged the traceback a
+    second time and reset the keep-alive connection; answering here keeps the connection and logs once.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as e:
+            log.exception("api: unexpected error on %s %s", scope.get("method"), str(scope.get("path"))[:200])
+            if started:  # too late for an error response: the server closes the connection
+                raise
+            response = _error(500, "internal", f"unexpected {type(e).__name__}; see the hub log")
+            await response(scope, receive, send)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
+from fleet.limits import MAX_SQL_INT
 from hub.api.deps import Admin, Operator, Viewer
 from hub.api.schemas import DeployRequest, DeviceBatchCreate, DeviceCreate, LabelPatch, TokenCreate, errors
 from hub.errors import Conflict, InvalidInput
@@ -31,6 +32,7 @@ from hub.views.schemas import (
 if TYPE_CHECKING:
     from hub.services import HubServices
 
+TokenId = Annotated[int, Path(ge=1, le=MAX_SQL_INT, description="the token's id (GET /api/v1/tokens)")]
 MAX_TS = 1e11  # Unix seconds around the year 5138: anything larger is a mistake
 Since = Query(default=None, ge=0, le=MAX_TS, description="start of the range, Unix seconds")
 Until = Query(default=None, ge=0, le=MAX_TS, description="end of the range (exclusive), Unix seconds")
@@ -233,10 +235,10 @@ def fleet_router(hub: HubServices) -> APIRouter:
         "/tokens/{token_id}",
         status_code=204,
         tags=["tokens"],
-        summary="Revoke a token",
-        responses=errors(400, 401, 403, 404, 429),
+        summary="Revoke a token (409 for the last active admin token)",
+        responses=errors(400, 401, 403, 404, 409, 429),
     )
-    def revoke_token(token_id: int, principal: Admin) -> None:
+    def revoke_token(token_id: TokenId, principal: Admin) -> None:
         hub.auth.revoke(token_id, actor=principal.name)
 
     @r.get(

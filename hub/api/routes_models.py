@@ -63,8 +63,8 @@ def models_router(hub: HubServices) -> APIRouter:
                 raise InvalidInput("the form needs a `descriptor` field holding the model description as JSON")
             try:
                 descriptor = json.loads(raw)
-            except ValueError as e:
-                raise InvalidModel(f"descriptor is not valid JSON: {e}") from e
+            except (ValueError, RecursionError) as e:
+                raise InvalidModel(f"descriptor is not valid JSON: {str(e)[:200]}") from e
             if not isinstance(descriptor, dict):
                 raise InvalidModel("descriptor must be a JSON object")
             for key in ("name", "version"):

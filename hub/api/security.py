@@ -67,7 +67,7 @@ def authenticate_header(request: Request, authorization: str | None) -> Principa
     key = client_key(request)
     if limiter is not None and limiter.blocked(key):
         wait = max(1, round(limiter.retry_after(key)))
-        raise RateLimited(f"too many failed authentications from {key}; retry in {wait} s")
+        raise RateLimited(f"too many failed authentications from {key}; retry in {wait} s", retry_after_s=wait)
     try:
         principal = auth.authenticate(authorization)
     except Unauthorized:
@@ -107,8 +107,8 @@ class AuditAndHeaders:
                     headers["cache-control"] = "no-store"
                 if self.hsts:
                     headers["strict-transport-security"] = HSTS
-                if status == 429:
-                    headers["retry-after"] = "60"
+                if status == 429 and "retry-after" not in headers:
+                    headers["retry-after"] = "60"  # a 429 that did not say when (the failed-auth one does)
             await send(message)
 
         try:

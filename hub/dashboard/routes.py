@@ -33,7 +33,7 @@ from hub.dashboard.views import (
     overview,
     traffic,
 )
-from hub.errors import HubError, InvalidInput, Unauthorized
+from hub.errors import HubError, InvalidInput, RateLimited, Unauthorized
 
 if TYPE_CHECKING:
     from hub.services import HubServices
@@ -72,9 +72,11 @@ class Pages:
         return HTMLResponse(body, status_code=status)
 
     def error(self, request: Request, who: Principal | None, e: HubError) -> Response:
-        if request.headers.get("hx-request"):
-            return self.html(request, "_error.html", who, status=e.status, error=e)
-        return self.html(request, "error.html", who, status=e.status, error=e)
+        template = "_error.html" if request.headers.get("hx-request") else "error.html"
+        response = self.html(request, template, who, status=e.status, error=e)
+        if isinstance(e, RateLimited):  # the same wait as the page says
+            response.headers["retry-after"] = str(e.retry_after_s)
+        return response
 
     async def http_error(self, request: Request, status: int, message: str) -> Response:
         """An error page for a browser (`Accept: text/html`) outside the API: an unknown URL, a wrong method."""
@@ -175,7 +177,10 @@ def dashboard_router(hub: HubServices, pages: Pages | None = None) -> APIRouter:
             await run_in_threadpool(session.check_token, request, hub.auth, token)
         except HubError as e:
             status = e.status if e.status == 429 else 401
-            return pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
+            page = pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
+            if isinstance(e, RateLimited):
+                page.headers["retry-after"] = str(e.retry_after_s)
+            return page
         resp = RedirectResponse(target, status_code=303)
         session.set_session(resp, token, pages.settings)
         return resp

@@ -52,7 +52,7 @@ def check_token(request: Request, auth: Auth, token: str) -> Principal:
     key = client_key(request)
     if limiter is not None and limiter.blocked(key):
         wait = max(1, round(limiter.retry_after(key)))
-        raise RateLimited(f"too many failed logins from {key}; try again in {wait} s")
+        raise RateLimited(f"too many failed logins from {key}; try again in {wait} s", retry_after_s=wait)
     try:
         return auth.authenticate(f"Bearer {token}")
     except Unauthorized:

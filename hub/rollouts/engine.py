@@ -83,7 +83,7 @@ class StoreTelemetry:
                 model_version=t.model_version,
                 requests=t.requests,
                 errors=t.errors,
-                latency=Histogram(counts=t.latency_counts, sum_ms=max(t.latency_sum_ms, 0.0)),
+                latency=Histogram.of_sums(t.latency_counts, t.latency_sum_ms),
                 devices=t.devices,
                 shadow_version=t.shadow_version,
                 shadow_samples=t.shadow_samples,

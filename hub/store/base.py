@@ -208,10 +208,12 @@ class IngestStats:
     stale_ignored: int = 0
     dropped_queue_full: int = 0
     write_errors: int = 0
+    rows_refused: int = 0  # messages a writer could not write (out of range for the database): refused, counted
     # What the telemetry writer decided (hub.ingest merges these into its accepted/rejected counts):
     telemetry_accepted: int = 0  # decoded and checked, handed to the SQL
     telemetry_malformed: int = 0
     telemetry_foreign: int = 0  # the payload names another device than its topic
+    telemetry_clock_ahead: int = 0  # timestamps further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S
     telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them
     writer_restarts: int = 0
 
@@ -230,7 +232,7 @@ class Store(Protocol):
     def add_token(self, name: str, role: str, hashed: str, ts: float) -> int: ...
     def token_by_hash(self, hashed: str) -> Token | None: ...
     def list_tokens(self) -> list[Token]: ...
-    def revoke_token(self, token_id: int) -> bool: ...
+    def revoke_token(self, token_id: int) -> bool: ...  # never the last active admin token (one atomic write)
 
     # events
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...

@@ -179,6 +179,13 @@ class Conn:
         """The statement lost a deadlock or a serialisation conflict with another writer: run it again."""
         return getattr(error, "sqlstate", None) in ("40P01", "40001")
 
+    def database_failed(self, error: BaseException) -> bool:
+        """The database itself failed (locked, full, I/O, connection lost), not the row being written: both
+        drivers raise an OperationalError for those; a value out of range or unbindable is the row's fault."""
+        return self.broken or (
+            isinstance(error, self.errors) and any(c.__name__ == "OperationalError" for c in type(error).__mro__)
+        )
+
     @property
     def in_transaction(self) -> bool:
         if self.dialect.postgres:

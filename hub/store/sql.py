@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, NotFound
+from hub.ratelimit import log_sampled
 from hub.store import migrations
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
@@ -33,6 +34,7 @@ from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
+from infra.files import private_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +88,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self.dialect = database.dialect
         if not self.dialect.postgres:
             database.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(database.path)  # password and token hashes, the audit log: the hub's user only (+ WAL)
         migrations.apply(database)
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -95,6 +98,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
         self._stats = IngestStats()
+        self._n_refused = 0  # messages the writer could not write (for sampled logging)
         self._wconn = database.connect()
         self._lease_conn: Conn | None = None
         self._lease_lock = threading.Lock()
@@ -134,19 +138,23 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         while True:
             batch = self._collect()
             ingest: list[tuple[Any, ...]] = []
-            for item in batch:
-                if item[0] in _INGEST:
-                    ingest.append(item)
-                    continue
+            try:
+                for item in batch:
+                    if item[0] in _INGEST:
+                        ingest.append(item)
+                        continue
+                    if ingest:
+                        self._write_ingest(ingest)
+                        ingest = []
+                    if item is _STOP:
+                        self._wconn.close()
+                        return
+                    self._run_job(item[1], item[2])
                 if ingest:
                     self._write_ingest(ingest)
-                    ingest = []
-                if item is _STOP:
-                    self._wconn.close()
-                    return
-                self._run_job(item[1], item[2])
-            if ingest:
-                self._write_ingest(ingest)
+            except Exception:  # never die, and never while holding a transaction: every API write would hang
+                log.exception("store: the writer failed on a batch of %d; going on", len(batch))
+                self._wconn.rollback()
 
     def _writer_conn(self) -> Conn:
         """The writer's connection, opened again if the server dropped it (PostgreSQL restarted, failed over)."""
@@ -174,36 +182,74 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             fut.set_result(result)
 
     def _write_ingest(self, items: list[tuple[Any, ...]]) -> None:
+        """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
+
+        A message the database cannot take (a number out of range, a value the driver cannot bind) is that
+        message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. A
+        failure of the database itself (locked, disk full, connection lost) fails the batch (`write_errors`).
+        """
         s = self._stats
+        counts = (0, 0, 0, 0)
         for attempt in range(3):
             conn = self._wconn
             try:
                 conn = self._writer_conn()
-                conn.begin()
-                applied_status = applied_reported = stale = 0
-                for kind, msg, received in items:
-                    if kind == "status":
-                        applied_status += self._apply_status(conn, msg, received)
-                    elif self._apply_reported(conn, msg, received):
-                        applied_reported += 1
-                    else:
-                        stale += 1
-                conn.commit()
+                counts = self._write_items(conn, items, per_item=False)
                 break
             except Exception as e:
                 conn.rollback()
                 if attempt < 2 and isinstance(e, conn.errors) and (conn.retryable(e) or conn.broken):
                     time.sleep(0.5 * attempt)
                     continue  # a deadlock with another writer, or a lost connection: the whole batch again
-                log.exception("store: writing a batch of %d ingested messages failed", len(items))
-                self._stats = replace(s, write_errors=s.write_errors + 1)
-                return
+                try:
+                    if conn.database_failed(e):
+                        raise
+                    counts = self._write_items(conn, items, per_item=True)
+                    break
+                except Exception:
+                    conn.rollback()
+                    log.exception("store: writing a batch of %d ingested messages failed", len(items))
+                    self._stats = replace(s, write_errors=s.write_errors + 1)
+                    return
+        applied_status, applied_reported, stale, refused = counts
         self._stats = replace(
             s,
             status_applied=s.status_applied + applied_status,
             reported_applied=s.reported_applied + applied_reported,
             stale_ignored=s.stale_ignored + stale,
+            rows_refused=s.rows_refused + refused,
         )
+
+    def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
+        """One transaction over `items`; with `per_item`, each in a savepoint, refusing those that fail."""
+        applied_status = applied_reported = stale = refused = 0
+        conn.begin()
+        for kind, msg, received in items:
+            if per_item:
+                conn.execute("SAVEPOINT ef_item")
+            try:
+                if kind == "status":
+                    applied_status += self._apply_status(conn, msg, received)
+                elif self._apply_reported(conn, msg, received):
+                    applied_reported += 1
+                else:
+                    stale += 1
+            except Exception as e:
+                if not per_item or conn.database_failed(e):
+                    raise
+                conn.execute("ROLLBACK TO SAVEPOINT ef_item")
+                refused += 1
+                self._refused_row(kind, msg.device_id, e)
+            if per_item:
+                conn.execute("RELEASE SAVEPOINT ef_item")
+        conn.commit()
+        return applied_status, applied_reported, stale, refused
+
+    def _refused_row(self, kind: str, device_id: str, e: Exception) -> None:
+        self._n_refused += 1
+        if log_sampled(self._n_refused):
+            log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
+                        kind, device_id, self._n_refused, type(e).__name__, str(e)[:200])  # fmt: skip
 
     @staticmethod
     def _apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
@@ -315,6 +361,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             telemetry_duplicates=c[tw.DUPLICATES],
             dropped_queue_full=s.dropped_queue_full + w.dropped,
             write_errors=s.write_errors + c[tw.WRITE_ERRORS],
+            rows_refused=s.rows_refused + c[tw.REFUSED],
+            telemetry_clock_ahead=c[tw.CLOCK_AHEAD],
             telemetry_accepted=c[tw.ACCEPTED],
             telemetry_malformed=c[tw.MALFORMED],
             telemetry_foreign=c[tw.FOREIGN],
@@ -350,7 +398,10 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         return [Token(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
 
     def revoke_token(self, token_id: int) -> bool:
-        sql = "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0"
+        sql = (  # one statement, so two concurrent revocations cannot both take an admin token of the last two
+            "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0 AND (role != 'admin' OR "
+            "(SELECT count(*) FROM tokens WHERE role = 'admin' AND revoked = 0) > 1)"
+        )
         return self._write(lambda c: c.execute(sql, (token_id,)).rowcount > 0)
 
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:

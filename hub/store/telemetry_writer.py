@@ -37,6 +37,7 @@ from typing import Any
 
 from fleet.codec import decode
 from fleet.errors import MessageError
+from fleet.limits import too_far_ahead
 from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
 from hub.ratelimit import log_sampled
@@ -46,9 +47,9 @@ from hub.store.connection import Conn, Database
 log = logging.getLogger(__name__)
 
 # Counters in shared memory (signed 64-bit). The writer is their only writer.
-ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO = range(7)
-_N_COUNTERS = 7
-_REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN}
+ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED = range(9)
+_N_COUNTERS = 9
+_REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD}
 _FORWARD_INTERVAL_S = 0.005
 _ATTEMPTS = 8  # a batch is tried again across lost connections for about half a minute, then counted lost
 
@@ -57,16 +58,20 @@ def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tu
     """The rows of one telemetry payload received on `device_id`'s topic (one per model of the window; the
     writer's counters count these rows). Raises RefusedWindow.
 
-    The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields) and
-    windows that name another device than their topic are refused with the reason.
+    The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields),
+    windows that name another device than their topic and windows that end further ahead of the hub's clock
+    than `fleet.limits.CLOCK_SKEW_S` are refused with the reason.
     """
     try:
         w = decode(payload, TelemetryWindow)
-    except MessageError as e:
+        rows = tsql.window_rows(w, received_at)
+    except (MessageError, ValueError, TypeError, OverflowError) as e:
         raise RefusedWindow("malformed", str(e)) from e
     if w.device_id != device_id:
         raise RefusedWindow("foreign", f"payload names device {w.device_id!r}")
-    return tsql.window_rows(w, received_at)
+    if too_far_ahead(w.end, received_at):
+        raise RefusedWindow("clock_ahead", f"the window ends {w.end - received_at:.0f}s ahead of the hub's clock")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -110,13 +115,16 @@ class _Writer:
         return self.conn
 
     def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
+        """Write `rows` in one transaction; if a row fails it, write them one by one and refuse that row.
+
+        A row the database cannot take is its window's fault: refused and counted (`REFUSED`), every other
+        window is written. A failure of the database itself (locked, full, connection lost) fails the batch.
+        """
         for attempt in range(_ATTEMPTS) if rows else ():
             conn = self.conn
             try:
                 conn = self._connection()
-                conn.begin()
-                inserted = tsql.write_windows(conn, rows)
-                conn.commit()
+                self._write(conn, rows, per_row=False)
             except Exception as e:
                 if conn is not None:
                     conn.rollback()
@@ -126,17 +134,46 @@ class _Writer:
                         log.warning("store: the database connection broke; writing %d windows again", len(rows))
                         time.sleep(min(0.5 * 2**attempt, 5.0))
                         continue
+                    if not conn.database_failed(e):
+                        try:
+                            self._write(conn, rows, per_row=True)
+                            break
+                        except Exception as again:
+                            conn.rollback()
+                            e = again
                 elif attempt < _ATTEMPTS - 1:  # no connection could be opened: wait for the server
                     log.warning("store: the telemetry writer cannot reach the database: %s", e)
                     time.sleep(min(0.5 * 2**attempt, 5.0))
                     continue
-                log.exception("store: writing a batch of %d telemetry windows failed", len(rows))
+                log.error("store: writing a batch of %d telemetry windows failed", len(rows), exc_info=e)
                 self.c[WRITE_ERRORS] += 1
-            else:
-                self.c[PERSISTED] += inserted
-                self.c[DUPLICATES] += len(rows) - inserted
             break
         self.c[COMMITTED_UPTO] = upto
+
+    def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
+        inserted = refused = 0
+        conn.begin()
+        if not per_row:
+            inserted = tsql.write_windows(conn, rows)
+        else:
+            for row in rows:
+                conn.execute("SAVEPOINT ef_row")
+                try:
+                    inserted += tsql.write_windows(conn, [row])
+                except Exception as e:
+                    if conn.database_failed(e):
+                        raise
+                    conn.execute("ROLLBACK TO SAVEPOINT ef_row")
+                    conn.state.clear()  # what the row's statements set up (PostgreSQL's staging table) is gone too
+                    refused += 1
+                    if log_sampled(self.c[REFUSED] + refused):
+                        log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
+                                    row[0], self.c[REFUSED] + refused, type(e).__name__, str(e)[:200])  # fmt: skip
+                conn.execute("RELEASE SAVEPOINT ef_row")
+        conn.commit()
+        self.c[PERSISTED] += inserted
+        self.c[DUPLICATES] += len(rows) - inserted - refused
+        self.c[REFUSED] += refused
 
     def close(self) -> None:
         if self.conn is not None:

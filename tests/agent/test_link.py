@@ -9,9 +9,9 @@ import pytest
 
 from fleet.address import BrokerAddress
 from fleet.backoff import Backoff
-from fleet.codec import encode
+from fleet.codec import decode, encode
 from fleet.errors import InvalidBrokerUrl
-from fleet.messages import Command, CommandName
+from fleet.messages import Command, CommandName, DeviceStatus
 from tests.agent.conftest import AgentFactory
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -23,12 +23,14 @@ def test_birth_is_retained_with_capabilities_and_clean_stop_says_offline(
 ) -> None:
     agent, _ = make_agent(hub, device_id, broker.url)
     assert agent.wait_ready(10)
+    # the hub side saw the birth, so the broker has stored it: a later subscriber gets the retained copy
+    birth = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None))
     late = TestClient(broker.host, broker.port)
     try:
         late.subscribe(hub.topics.status(device_id))
         msg = late.get()
-        assert msg.retain
-        birth = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None))
+        retained = decode(msg.payload, DeviceStatus)
+        assert msg.retain and retained.state == "online" and retained.session == birth.session
         caps = birth.capabilities
         assert caps is not None and caps.mode == "single"
         assert "CPUExecutionProvider" in caps.providers and caps.onnxruntime_version

@@ -30,6 +30,30 @@ def _links(broker: Broker, loop: LinkLoop, prefix: str, n: int, inbox: dict[int,
     return links
 
 
+_PROBE = b"probe"
+
+
+def _wait_subscribed(links: list[MqttLink], inbox: dict[int, list[bytes]], prefix: str) -> None:
+    """Wait until every link's subscription is live at the broker.
+
+    `connected` is set when CONNACK arrives; the SUBSCRIBE sent then may still be queued on the loop, so a
+    publish from another connection can reach the broker first and be dropped. Each link probes its own
+    topic (again, until one comes back); probes that arrive late are filtered out by `_sent`.
+    """
+
+    def live() -> bool:
+        for i, link in enumerate(links):
+            if _PROBE not in inbox[i]:
+                link.publish(f"{prefix}/to/{i}", _PROBE)
+        return all(_PROBE in inbox[i] for i in range(len(links)))
+
+    wait_for(live, timeout=30, interval=0.2)
+
+
+def _sent(messages: list[bytes]) -> list[bytes]:
+    return [m for m in messages if m != _PROBE]
+
+
 def test_one_loop_thread_serves_many_links(broker: Broker, topic_prefix: str) -> None:
     loop = LinkLoop("test-loop")
     inbox: dict[int, list[bytes]] = defaultdict(list)
@@ -41,10 +65,11 @@ def test_one_loop_thread_serves_many_links(broker: Broker, topic_prefix: str) ->
     try:
         wait_for(lambda: all(link.connected for link in links), timeout=30)
         assert threading.active_count() == threads_before + 1, "one thread for every link, not one each"
+        _wait_subscribed(links, inbox, topic_prefix)
         for i, link in enumerate(links):  # each link publishes to the next one: every publish crosses the loop
             assert link.publish(f"{topic_prefix}/to/{(i + 1) % len(links)}", f"from {i}".encode())
-        wait_for(lambda: all(len(inbox[i]) == 1 for i in range(len(links))), timeout=30)
-        assert inbox[0] == [f"from {len(links) - 1}".encode()]
+        wait_for(lambda: all(len(_sent(inbox[i])) == 1 for i in range(len(links))), timeout=30)
+        assert _sent(inbox[0]) == [f"from {len(links) - 1}".encode()]
         with pytest.raises(RuntimeError, match="own loop thread"):  # a PUBACK the loop itself must read
             done = threading.Event()
             errors: list[BaseException] = []

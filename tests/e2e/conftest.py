@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agents import AgentProc
+from tests.support.agents import AGENT_ENV, AgentProc, agent_command, agent_env
 from tests.support.hub import running_hub
 
 __all__ = ["AgentProc", "running_hub", "spawn_agent"]
 
-REPO = Path(__file__).resolve().parents[2]
 
-FAST_AGENT_ENV = {
-    "EDGEFLEET_AGENT_LINK_BACKOFF_INITIAL_S": "0.05",
-    "EDGEFLEET_AGENT_LINK_BACKOFF_MAX_S": "0.5",
+FAST_AGENT_ENV = AGENT_ENV | {
     "EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S": "1",
-    "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
-    "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
     "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "0.5",
 }
 
@@ -32,13 +25,9 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
     procs: list[AgentProc] = []
 
     def spawn(bundle: Path, port: int, *extra: str) -> AgentProc:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_AGENT_", "EDGEFLEET_API_"))}
-        env.update(FAST_AGENT_ENV)
-        env["PYTHONPATH"] = str(REPO)
         n = len(procs)
-        args = [sys.executable, "-m", "agent", "run", "--bundle", str(bundle), "--data-dir", str(tmp_path / f"a{n}")]
-        args += ["--api-port", str(port), *extra]
-        p = AgentProc(args, env, tmp_path / f"agent-{n}.log", port)
+        args = agent_command(bundle, tmp_path / f"a{n}", "--api-port", str(port), *extra)
+        p = AgentProc(args, agent_env(**FAST_AGENT_ENV), tmp_path / f"agent-{n}.log", port)
         procs.append(p)
         return p
 

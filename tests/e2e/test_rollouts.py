@@ -104,8 +104,11 @@ def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Flee
     f.wait_all_active("1.0.0", "fleet=slow")
     desired = f.api("GET", "/api/v1/deployments")
     assert {m["model_version"] for d in desired for m in d["models"]} == {"1.0.0"}
-    events = f.api("GET", "/api/v1/events", params={"subject": f"rollout/{rid}"})
-    assert {"rollout.gate_failed", "rollout.rollback", "rollout.rolled_back"} <= {e["action"] for e in events}
+    wanted = {"rollout.gate_failed", "rollout.rollback", "rollout.rolled_back"}
+    # the rollout's state is saved before its events: wait for the events rather than read them once
+    wait_for(
+        lambda: wanted <= {e["action"] for e in f.api("GET", "/api/v1/events", params={"subject": f"rollout/{rid}"})}
+    )
 
 
 def test_a_heavier_model_on_real_agents_fails_p95_in_the_canary_and_is_rolled_back(

@@ -41,16 +41,20 @@ def test_broker_killed_mid_transfer_resumes_on_every_agent(fault_world: FaultWor
     wait_for(lambda: lb.restarts == restarts + 1 and lb.pid != pid, timeout=30)
     assert all(progress(d) < count for d in devices), "the transfer was over before the kill"
     lowest = dict(before)
+    drops: list[dict[str, Any]] = []  # the reports that went back, to say which (and what the agent logged)
 
     def all_active() -> bool:
         for d in devices:
             r = w.reported(d)
             if r.get("phase") == "downloading":
+                if progress(d) < lowest[d]:
+                    drops.append({k: r.get(k) for k in ("device_id", "seq", "ts", "phase", "download", "error")})
                 lowest[d] = min(lowest[d], progress(d))
         return all((w.reported(d).get("active") or {}).get("version") == "1.0.0" for d in devices)
 
     wait_for(all_active, timeout=60)
-    assert lowest == before, f"progress went back (resumed from scratch?): {lowest} < {before}"
+    logs = "\n".join(a.output()[-3000:] for a in w.agents) if drops else ""
+    assert lowest == before, f"progress went back (resumed from scratch?): {lowest} < {before}: {drops}\n{logs}"
     for a in w.agents:
         assert not re.search(r"starting [0-9a-f]{12} over", a.output()) and "Traceback" not in a.output()
     assert w.hub.hub.chunks.stats.publish_errors == 0, "the chunk server must survive the lost connection"

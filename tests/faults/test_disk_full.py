@@ -4,6 +4,7 @@ space again the download resumes from what was durably written and the model act
 from __future__ import annotations
 
 import hashlib
+import resource
 from pathlib import Path
 
 from fleet.chunks import ChunkReceiver, chunk_of
@@ -51,3 +52,27 @@ def _durable_chunks(data: Path, w: FaultWorld) -> int:
         chunk = chunk_of(blob, manifest, i)
         assert hashlib.sha256(chunk).hexdigest() == manifest.chunks[i], f"chunk {i} claimed but corrupt"
     return len(have)
+
+
+def test_telemetry_lost_to_a_full_disk_is_counted_in_the_next_window(fault_world: FaultWorld) -> None:
+    """Issue 18 item 7: windows the spool could not take were invisible (no seq gap, spool_dropped 0)."""
+    w = fault_world
+    bundle = w.enrol("cam-tel")
+    agent = w.spawn(bundle, w.tmp / "agent-tel", fsize_limit=128 * 1024, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S="0.1")
+    try:
+        # the spool's write-ahead log reaches the file-size limit within a few dozen windows
+        wait_for(lambda: agent.output().count("telemetry spool failed") >= 3, timeout=60)
+        assert agent.proc.poll() is None, "the agent must not die of a full disk"
+        # the soft limit goes (the hard one was left open for this): the disk has space again
+        resource.prlimit(agent.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+        def reported_loss() -> int:  # space again: the next window that gets through says how many were lost
+            with w.hub.client() as c:
+                windows = c.get("/api/v1/telemetry/devices/cam-tel", params={"raw": True}).json()["windows"]
+            return max((x["spool_dropped"] for x in windows), default=0)
+
+        lost = wait_for(reported_loss, timeout=60)
+        assert lost >= 1
+    finally:
+        assert agent.stop() == 0
+    record("fault", "disk full while spooling telemetry (loss reported in spool_dropped)", "recovered", 1, 0)

@@ -28,9 +28,10 @@ from hub.settings import TransferSettings
 from hub.store import SqlStore, open_store
 from hub.transfer import ChunkServer
 from tests.fleet.samples import BLOB, MANIFEST, T0, all_messages, desired
+from tests.support.fuzz import examples
 from tests.support.outcomes import record
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SAMPLES = [encode(m) for m in all_messages()]
 KEY = HubSigningKey.generate()
 STATE = desired("cam-001", version=7)

@@ -3,26 +3,12 @@ reaches the hub, in order and once, when the network heals; the device goes offl
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.faults.conftest import FaultWorld
 from tests.faults.proxy import TcpProxy
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
-
-
-def _spooled(data: Path) -> int:
-    with sqlite3.connect(f"file:{data / 'telemetry.sqlite'}?mode=ro", uri=True, timeout=5) as db:
-        return int(db.execute("SELECT count(*) FROM windows").fetchone()[0])
-
-
-def _stored_seqs(w: FaultWorld, device_id: str) -> list[int]:
-    w.hub.hub.store.flush()
-    with w.hub.client() as c:
-        r = c.get(f"/api/v1/telemetry/devices/{device_id}", params={"raw": True, "limit": 10_000})
-    return sorted(win["seq"] for win in r.json()["windows"])
 
 
 def test_partition_spools_telemetry_and_loses_nothing(
@@ -36,19 +22,19 @@ def test_partition_spools_telemetry_and_loses_nothing(
     data = w.tmp / "agent-part"
     agent = w.spawn(bundle, data, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S="0.1")
     device = lambda: w.hub.hub.store.get_device("cam-part")  # noqa: E731
-    wait_for(lambda: len(_stored_seqs(w, "cam-part")) >= 3, timeout=30)
+    wait_for(lambda: len(w.stored_seqs("cam-part")) >= 3, timeout=30)
 
     proxy.partition()
     wait_for(lambda: (d := device()) is not None and d.status == "offline", timeout=30)  # its last will
-    wait_for(lambda: _spooled(data) >= 10, timeout=30)  # windows made while cut off wait on disk
-    during = _spooled(data)
+    wait_for(lambda: w.spooled(data) >= 10, timeout=30)  # windows made while cut off wait on disk
+    during = w.spooled(data)
     proxy.heal()
 
     wait_for(lambda: (d := device()) is not None and d.status == "online", timeout=30)
-    wait_for(lambda: _spooled(data) < during and len(_stored_seqs(w, "cam-part")) >= during + 3, timeout=30)
+    wait_for(lambda: w.spooled(data) < during and len(w.stored_seqs("cam-part")) >= during + 3, timeout=30)
     assert agent.stop() == 0  # a clean stop sends what is left
-    seqs = _stored_seqs(w, "cam-part")
+    seqs = w.stored_seqs("cam-part")
     assert seqs[0] <= 1 and len(seqs) == len(set(seqs)), "the first window is missing or one was stored twice"
     lost = (seqs[-1] - seqs[0] + 1) - len(seqs)  # windows between the first and the last that never arrived
-    assert lost == 0 and _spooled(data) == 0
+    assert lost == 0 and w.spooled(data) == 0
     record("fault", "network partition (agent to broker) with spool", "recovered", 1, lost)

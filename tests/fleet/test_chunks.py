@@ -18,6 +18,7 @@ from fleet.errors import (
 )
 from fleet.messages import BlobManifest
 from fleet.plan import plan_bytes, plan_file
+from tests.support.fuzz import examples
 
 CHUNK = 1024
 
@@ -42,7 +43,7 @@ def frames_of(data: bytes, m: BlobManifest | None = None) -> tuple[BlobManifest,
     return m, [encode_frame(m.sha256, i, m.count, chunk_of(data, m, i)) for i in range(m.count)]
 
 
-fs = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+fs = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @st.composite

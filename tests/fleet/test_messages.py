@@ -22,6 +22,7 @@ from fleet import (
 from fleet.errors import MessageError, UnsupportedSchema
 from fleet.messages import MESSAGE_TYPES
 from tests.fleet.samples import MANIFEST, T0, all_messages
+from tests.support.fuzz import examples
 
 
 def test_samples_cover_every_message_type() -> None:
@@ -78,7 +79,7 @@ def test_decode_checks_the_expected_kind() -> None:
         decode(payload, TelemetryWindow)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(max_size=512) | st.text(max_size=512).map(str.encode))
 def test_decoding_garbage_raises_only_message_error(payload: bytes) -> None:
     try:
@@ -94,7 +95,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.sampled_from(["status", "desired", "reported", "telemetry", "want", "command", "signed"]), json_values)
 def test_decoding_hostile_objects_raises_only_message_error(kind: str, extra: object) -> None:
     obj = {"schema_version": 1, "kind": kind, "device_id": "d1", "x": extra}

@@ -14,13 +14,14 @@ from pydantic import ValidationError
 from fleet.chunks import chunk_of
 from fleet.messages import BlobManifest
 from fleet.plan import DEFAULT_CHUNK_SIZE, content_bounds, plan_bytes, plan_file
+from tests.support.fuzz import examples
 
 
 def _blob(n: int, seed: int = 0) -> bytes:
     return hashlib.shake_256(f"plan-{seed}".encode()).digest(n)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(n=st.integers(0, 40_000), target=st.sampled_from([1024, 2048, 4096]))
 def test_content_chunks_cover_the_blob_within_bounds(n: int, target: int) -> None:
     data = _blob(n)

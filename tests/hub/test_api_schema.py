@@ -22,10 +22,11 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from fleet.messages import AppliedModel, Capabilities, DeviceStatus, GpuInfo, ReportedState
+from fleet.messages import AppliedModel, Capabilities, DeviceStatus, GpuInfo
 from fleet.messages import Phase as DevicePhase
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.wire import one_model_report
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
 
@@ -49,9 +50,7 @@ def seeded(broker: Broker, samples: Path, tmp_path_factory: pytest.TempPathFacto
         )  # fmt: skip
         h.hub.store.enqueue_status(DeviceStatus(device_id="cam-1", state="online", ts=now, capabilities=caps), now)
         active = AppliedModel(name="mobilenet-like", version="1.0.0", sha256=sha, provider="CPUExecutionProvider")
-        rep = ReportedState(
-            device_id="cam-1", seq=1, ts=now, desired_version=1, phase=DevicePhase.ACTIVE, active=active
-        )
+        rep = one_model_report("cam-1", seq=1, ts=now, desired_version=1, phase=DevicePhase.ACTIVE, active=active)
         h.hub.store.enqueue_reported(rep, now)
         h.hub.store.flush()
         with h.client() as c:

@@ -114,11 +114,14 @@ def test_push_deploy_deliver_ingest_restart(
         dev1.close()
         dev2.close()
 
-    wait_for(
-        lambda: h.hub.store.ingest_stats().telemetry_persisted >= 5 and h.hub.store.ingest_stats().reported_applied
-    )
+    def written() -> bool:  # the duplicate may still be on its way when the five are in: wait for all six
+        st = h.hub.store.ingest_stats()
+        return st.telemetry_persisted + st.telemetry_duplicates >= 6 and st.reported_applied > 0
+
+    wait_for(written)
     h.hub.store.flush()
-    assert h.hub.store.ingest_stats().telemetry_duplicates == 1
+    st = h.hub.store.ingest_stats()
+    assert (st.telemetry_persisted, st.telemetry_duplicates) == (5, 1)
 
     def check_everything(api_url_client: RunningHub) -> None:
         with api_url_client.client() as api:

@@ -22,9 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgefleet_cli import app
-from fleet.messages import AppliedModel, DeviceStatus, Phase, ReportedState
+from fleet.messages import AppliedModel, DeviceStatus, Phase
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.wire import one_model_report
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = "mobilenet-v3-large-imagenet-int8"  # a model name as long as real ones get
@@ -52,9 +53,9 @@ def hub(broker: Broker, samples: Path, tmp_path_factory: pytest.TempPathFactory)
         for i in range(12):
             dev = f"camera-{i:04d}"
             h.hub.store.enqueue_status(DeviceStatus(device_id=dev, state="online", ts=now), now)
-            rep = ReportedState(device_id=dev, seq=1, ts=now, desired_version=1, phase=Phase.ACTIVE)
             active = AppliedModel(name=LONG, version="1.10.0-rc.2", sha256=sha)
-            h.hub.store.enqueue_reported(rep.model_copy(update={"active": active}), now)
+            rep = one_model_report(dev, seq=1, ts=now, desired_version=1, phase=Phase.ACTIVE, active=active)
+            h.hub.store.enqueue_reported(rep, now)
         h.hub.store.flush()
         yield h
     finally:

@@ -57,11 +57,13 @@ def test_local_mosquitto_is_started_supervised_and_stopped(tmp_path: Path, topic
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: lb.restarts == 1 and lb.pid != pid, timeout=20)
-        wait_for(lambda: h.hub.mqtt_connected, timeout=20)
-        # the hub works on the restarted broker
+        # connected again, not still connected: right after the kill the hub may not have noticed yet
+        wait_for(lambda: h.hub.link is not None and h.hub.link.connects >= 2 and h.hub.mqtt_connected, timeout=20)
+        # the hub works on the restarted broker (retained: reaches the hub whenever it has subscribed)
         dev = TestClient(lb.host, lb.port, username="cam-1", password=bundle["mqtt_password"])  # the ACL'd broker
         try:
-            dev.publish(h.hub.topics.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0)))
+            birth = encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0))
+            dev.publish(h.hub.topics.status("cam-1"), birth, retain=True)
             wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
         finally:
             dev.close()
@@ -86,22 +88,19 @@ def test_desired_states_are_republished_after_the_broker_lost_them(
             p.unlink()  # the broker forgets every retained message
         private_broker.start()
         wait_for(lambda: h.hub.link is not None and h.hub.link.connects >= 2, timeout=20)
-        dev = TestClient(private_broker.host, private_broker.port)
-        try:
-            dev.subscribe(h.hub.topics.desired("cam-1"))
-            msg = dev.get()
-            key = HubPublicKey(h.hub.key.public._key)
-            body = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
-            assert body.version == 1
-        finally:
-            dev.close()
-        # whether that copy came live or retained races with the republish: a later subscriber proves it is kept
-        late = TestClient(private_broker.host, private_broker.port)
-        try:
-            late.subscribe(h.hub.topics.desired("cam-1"))
-            assert late.get().retain
-        finally:
-            late.close()
+        key = HubPublicKey(h.hub.key.public._key)
+        # the republish may reach a subscriber live or as the retained copy, whichever comes first: assert
+        # on what arrives, then check the broker holds it retained with a second, later subscriber
+        for _ in ("first", "later"):
+            dev = TestClient(private_broker.host, private_broker.port)
+            try:
+                dev.subscribe(h.hub.topics.desired("cam-1"))
+                msg = dev.get()
+                body = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+                assert body.version == 1
+            finally:
+                dev.close()
+        assert msg.retain  # the later subscriber got it from the broker's store: it was republished retained
     finally:
         h.stop()
 
@@ -122,12 +121,14 @@ def test_wants_are_coalesced_per_round_and_unknown_blobs_counted(
         hostile = Want(device_id="cam-1", sha256=sha, missing=[(0, 1 << 40)])
         watcher.publish(h.hub.topics.want(sha), encode(hostile))
         watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-2", sha256=sha, missing=[(1, 2)])))
-        got = sorted(decode_frame(watcher.get().payload).index for _ in range(count))
-        assert got == list(range(count))
-        wait_for(lambda: chunks.stats.wants == 2)
-        # the counter is updated after the publish the watcher saw: wait for it, then nothing more comes
-        wait_for(lambda: chunks.stats.chunks_published >= count)
-        assert chunks.stats.chunks_published == count  # chunk 1 once, although two devices wanted it
+        got: set[int] = set()
+        while len(got) < count:
+            got.add(decode_frame(watcher.get().payload).index)
+        wait_for(lambda: chunks.stats.wants == 2 and chunks.pending_chunks == 0)
+        wait_for(lambda: chunks.stats.chunks_published >= count + chunks.stats.rounds - 1)
+        # chunk 1 once when both wants landed in one round (held open 0.5 s for that), twice only when a
+        # loaded machine delivered the second want after the first round had started: never by timing
+        assert chunks.stats.chunks_published == count + (chunks.stats.rounds - 1), chunks.stats
         # out-of-range indexes are ignored; a blob the hub does not have is counted
         other = "cd" * 32
         watcher.publish(h.hub.topics.want(other), encode(Want(device_id="cam-1", sha256=other, missing=[(0, 3)])))
@@ -244,19 +245,25 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
     stored = h.hub.store.get_desired("cam-1")
     assert stored is not None and stored.version == 30
     key = HubPublicKey(h.hub.key.public._key)
-
-    def retained_version() -> int:
-        # the publishes are asynchronous: a fresh subscriber reads what the broker retains by now
-        dev = TestClient(broker.host, broker.port)
-        try:
-            dev.subscribe(h.hub.topics.desired("cam-1"))
-            state = Verifier(key, "cam-1").verify(dev.get().payload, DesiredState, now=time.time(), last_version=None)
-            return state.version
-        finally:
-            dev.close()
-
-    # an older state published last would stay retained for good; the newest must end up there
-    wait_for(lambda: retained_version() == 30, timeout=30)
+    versions = []
+    dev = TestClient(broker.host, broker.port)
+    try:  # the last publishes may still be on their way: read (retained, then live) until version 30 arrives
+        dev.subscribe(h.hub.topics.desired("cam-1"))
+        while not versions or versions[-1] < 30:
+            msg = dev.get()
+            versions.append(Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(),
+                                                          last_version=None).version)  # fmt: skip
+    finally:
+        dev.close()
+    assert versions == sorted(versions)  # published in version order: never an older one after a newer
+    late = TestClient(broker.host, broker.port)  # once 30 arrived, the broker holds it: a later subscriber gets it
+    try:
+        late.subscribe(h.hub.topics.desired("cam-1"))
+        msg = late.get()
+        retained = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+        assert retained.version == 30 and msg.retain
+    finally:
+        late.close()
 
 
 def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, broker: Broker) -> None:

@@ -123,9 +123,10 @@ def test_retention_sweep(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq in range(10):
         w = one_model_window(device_id="d1", seq=seq, start=60.0 * seq, end=60.0 * seq + 1)
-        store.submit_telemetry("d1", encode(w), received_at=100.0 + seq)
+        # received after they ended (a window more than CLOCK_SKEW_S ahead of the hub's clock is refused)
+        store.submit_telemetry("d1", encode(w), received_at=1000.0 + seq)
     store.flush()
-    deleted = store.sweep(raw_before=105.0, rollup_before=120.0, raw_max_rows=1_000_000)
+    deleted = store.sweep(raw_before=1005.0, rollup_before=120.0, raw_max_rows=1_000_000)
     assert deleted == 5 + 2
     assert len(store.telemetry_windows("d1", since=None, until=None, limit=100)) == 5
     assert min(p.minute for p in store.telemetry_series()) == 120.0

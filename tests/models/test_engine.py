@@ -16,6 +16,7 @@ from models.errors import DescriptorError, EngineNotReady, InferenceFailed, Inva
 from models.golden import golden_input
 from models.samples import classifier_descriptor
 from tests.models.conftest import Sample
+from tests.support.fuzz import examples
 
 
 def test_loaded_engine_reports(classifier_engine: Engine) -> None:
@@ -113,7 +114,7 @@ def test_spinning_and_threads_options(classifier: Sample) -> None:
         assert e.report.golden is not None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.integers(0, 5), min_size=0, max_size=5),
     st.sampled_from([np.float32, np.float64, np.float16, np.uint8, np.int64]),

@@ -15,6 +15,7 @@ from models.golden import golden_input
 from models.postprocess import Detection, batched_nms, decode_detections, postprocess, top_k
 from models.preprocess import preprocess
 from tests.models.conftest import Sample, encode, scene
+from tests.support.fuzz import examples
 
 Ref = list[tuple[float, int, tuple[float, float, float, float]]]
 
@@ -154,7 +155,7 @@ def test_classifier_postprocess(classifier: Sample, classifier_engine: Engine) -
     assert isinstance(d.output, ClassificationOutput)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 40), st.floats(0.1, 0.9))
 def test_batched_nms_matches_reference(seed: int, n: int, iou_thr: float) -> None:
     rng = np.random.default_rng(seed)

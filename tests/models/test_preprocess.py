@@ -16,6 +16,7 @@ from models.descriptor import InputSpec
 from models.errors import ImageTooLarge, InvalidImage
 from models.preprocess import Transform, decode_image, preprocess, preprocess_batch, resize, to_tensor
 from tests.models.conftest import encode, scene
+from tests.support.fuzz import examples
 
 SPEC = InputSpec(name="x", height=64, width=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
@@ -56,7 +57,7 @@ def test_letterbox_pads_and_maps_back() -> None:
     assert np.allclose(box, [[0, 0, 100, 50]])
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(
     st.integers(1, 4000),
     st.integers(1, 4000),

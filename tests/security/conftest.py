@@ -1,11 +1,10 @@
-"""Security fixtures: a Mosquitto enforcing the hub's generated password and ACL files; the outcome table."""
+"""Security fixtures: a Mosquitto enforcing the hub's generated password and ACL files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,13 +13,8 @@ from hub.credentials import mosquitto_hash, new_password
 from tests.security.probe import Probe
 from tests.support.broker import Broker, free_port
 from tests.support.hub import running_hub
-from tests.support.outcomes import print_table
 
 __all__ = ["running_hub"]
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    print_table(terminalreporter)
 
 
 @dataclass

@@ -1,12 +1,36 @@
-"""An agent as a real process (`python -m agent run ...`) for end-to-end and fault tests."""
+"""An agent as a real process (`python -m agent run ...`) for end-to-end, fault and security tests."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+AGENT_ENV = {  # fast reconnects and re-wants, no telemetry unless a test asks, one warm-up run
+    "EDGEFLEET_AGENT_LINK_BACKOFF_INITIAL_S": "0.05",
+    "EDGEFLEET_AGENT_LINK_BACKOFF_MAX_S": "0.5",
+    "EDGEFLEET_AGENT_LINK_KEEPALIVE_S": "5",
+    "EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S": "0.5",
+    "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
+    "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
+    "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
+}
+
+
+def agent_env(**env: str) -> dict[str, str]:
+    """The environment of an agent process: this one's without EDGEFLEET_* settings, `AGENT_ENV`, then `env`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    return full_env | AGENT_ENV | env | {"PYTHONPATH": str(REPO)}
+
+
+def agent_command(bundle: Path, data_dir: Path, *extra: str) -> list[str]:
+    """Argv of `python -m agent run` on a bundle and data dir (`extra`: more options)."""
+    run = ["run", "--bundle", str(bundle), "--data-dir", str(data_dir), "--log-level", "info", *extra]
+    return [sys.executable, "-m", "agent", *run]
 
 
 class AgentProc:

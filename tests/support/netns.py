@@ -4,6 +4,8 @@
         a = lab.host("a")                    # namespace with its own address; lab.host_ip(a) is this side
         proc = a.popen([...])                # a process on that host
         a.cut(); a.heal()                    # `ip link set down/up` on the link: a partition, then its end
+        a.shape("2mbit")                     # `tc tbf` on this side: what this host sends it is rate-limited
+        a.probe(ip, port)                    # a TCP connection from inside (no `ping` here)
 
 Every host gets a /30 of its own: this side `.1` (where brokers and databases the test starts listen), the
 namespace `.2`, with a default route through this side. Names carry this process's id and a counter, so
@@ -18,6 +20,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +64,26 @@ class NetHost:
         proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kwargs)
         self.procs.append(proc)
         return proc
+
+    @property
+    def prefix(self) -> list[str]:
+        """Prepend to a command line to run it on this host (for helpers that start their own processes)."""
+        return ["ip", "netns", "exec", self.name]
+
+    def shape(self, rate: str, *, burst: str = "32kb", latency: str = "200ms") -> None:
+        """Limit what this side sends to the host to `rate` (`tc qdisc ... tbf`; `netem` is not available)."""
+        cmd = ["tc", "qdisc", "replace", "dev", self.veth, "root", "tbf", "rate", rate, "burst", burst,
+               "latency", latency]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+    def probe(self, ip: str, port: int, timeout: float = 5.0) -> bool:
+        """Whether a TCP connection from this host to ip:port succeeds."""
+        code = f"import socket; socket.create_connection(({ip!r}, {port}), timeout={timeout}).close()"
+        done = subprocess.run([*self.prefix, sys.executable, "-c", code], capture_output=True,
+                              timeout=timeout + 30, check=False)  # fmt: skip
+        return done.returncode == 0
 
     def cut(self) -> None:
         """Partition the host: its link goes down (connections stall; nothing is reset)."""

@@ -1,8 +1,8 @@
 """Outcomes the security and fault suites record, printed as one table at the end of the run.
 
 Each test calls `record(suite, klass, outcome, count, lost)`: for example ("attack", "replayed desired
-state", "refused", 1, 0) or ("fault", "broker restart mid-transfer", "recovered", 1, 0). The conftests
-of tests/security and tests/faults call `print_table` from `pytest_terminal_summary`; it prints once.
+state", "refused", 1, 0) or ("fault", "broker restart mid-transfer", "recovered", 1, 0). tests/conftest.py
+calls `print_table` from `pytest_terminal_summary`, so every run that recorded something ends with the table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections import defaultdict
 from typing import Any
 
 _rows: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-_printed = False
 
 
 def record(suite: str, klass: str, outcome: str, count: int = 1, lost: int = 0) -> None:
@@ -22,11 +21,9 @@ def record(suite: str, klass: str, outcome: str, count: int = 1, lost: int = 0) 
 
 
 def print_table(terminalreporter: Any) -> None:
-    """Write the table (once per run, whichever conftest asks first)."""
-    global _printed
-    if _printed or not _rows:
+    """Write the table (nothing when no test recorded an outcome)."""
+    if not _rows:
         return
-    _printed = True
     tr = terminalreporter
     tr.section("security and fault outcomes")
     width = max(len(k[1]) for k in _rows) + 2

@@ -18,8 +18,9 @@ from schemathesis.checks import not_a_server_error
 from agent.api import ApiServer, ApiSettings, ModelRepository
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
+from tests.support.fuzz import examples
 
-EXAMPLES = 10  # per operation, generation mode and path choice; 12 operations
+EXAMPLES = examples(10)  # per operation, generation mode and path choice; 12 operations
 NAME = "mobilenet-like"
 
 
@@ -33,6 +34,7 @@ def api_schema(samples: dict[str, Sample], clf_engine: Engine) -> Iterator[Any]:
     server.stop()
 
 
+@pytest.mark.fuzz
 def test_no_generated_request_gets_a_5xx(api_schema: Any) -> None:
     # Driven by hand: schemathesis' pytest `from_fixture` loader does not run under pytest 9.
     schema, url = api_schema
@@ -47,7 +49,7 @@ def test_no_generated_request_gets_a_5xx(api_schema: Any) -> None:
                 strategy = operation.as_strategy(mode, path_parameters=fixed or None)
 
                 @given(case=strategy)
-                @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+                @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
                 def run(case: Any) -> None:
                     case.call_and_validate(checks=[not_a_server_error])
 

@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from agent.api.errors import BadRequest
 from agent.api.jsontensors import FAST_JSON_BYTES
 from agent.api.tensors import DATATYPES, InferRequest, datatype_of, encode_infer, parse_infer
+from tests.support.fuzz import examples
 
 DTYPES = sorted(DATATYPES)
 
@@ -33,7 +34,7 @@ def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
     return head + b"".join(a.tobytes() for a in arrays.values()), str(len(head))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.sampled_from(DTYPES).flatmap(
         lambda t: hnp.arrays(
@@ -73,7 +74,7 @@ def test_round_trip_binary_and_json(a: np.ndarray, binary: bool) -> None:
         np.testing.assert_array_equal(np.asarray(outs["x"]["data"], dtype=a.dtype).reshape(a.shape), a)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=300), st.one_of(st.none(), st.integers(-5, 400).map(str), st.text(max_size=5)))
 def test_hostile_bodies_raise_only_bad_request(body: bytes, header: str | None) -> None:
     try:
@@ -82,7 +83,7 @@ def test_hostile_bodies_raise_only_bad_request(body: bytes, header: str | None) 
         pass
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
@@ -119,7 +120,7 @@ def test_unaligned_binary_tensors_are_copied_aligned() -> None:
 
 def test_huge_declared_shapes_are_refused_before_allocating() -> None:
     doc = {"inputs": [{"name": "x", "shape": [10**9, 10**9], "datatype": "FP32", "data": [1.0]}]}
-    with pytest.raises(BadRequest, match="needs"):
+    with pytest.raises(BadRequest, match="elements"):
         parse_infer(orjson.dumps(doc), None)
     doc = {
         "inputs": [
@@ -127,8 +128,25 @@ def test_huge_declared_shapes_are_refused_before_allocating() -> None:
         ]
     }
     head = orjson.dumps(doc)
-    with pytest.raises(BadRequest, match="past the body"):
+    with pytest.raises(BadRequest, match="elements"):
         parse_infer(head + b"\0" * 16, str(len(head)))
+
+
+# Found by schemathesis and fuzzing (issue 18): each answered 500 before, now a 400 with the reason.
+@pytest.mark.parametrize(
+    ("tensor", "reason"),
+    [
+        ({"shape": [0, 2305843009213693952], "datatype": "FP32", "data": []}, "up to"),  # product 0, ValueError
+        ({"shape": [0, 2**30, 2**30], "datatype": "FP32", "data": []}, "more than"),
+        ({"shape": [1], "datatype": "FP32", "data": [1e39]}, "not a list of float32"),  # was a RuntimeWarning
+        ({"shape": [1], "datatype": "FP16", "data": [1e5]}, "not a list of float16"),
+        ({"shape": [1], "datatype": "INT32", "data": [1e20]}, "not a list of int32"),
+        ({"shape": [1], "datatype": "UINT8", "data": [300]}, "not a list of uint8"),
+    ],
+)
+def test_values_and_shapes_a_tensor_cannot_hold_are_bad_requests(tensor: dict[str, object], reason: str) -> None:
+    with pytest.raises(BadRequest, match=reason):
+        parse_infer(orjson.dumps({"inputs": [{"name": "x", **tensor}]}), None)
 
 
 def _json_body(arrays: dict[str, np.ndarray], nested: bool = False, **extra: object) -> bytes:

@@ -12,6 +12,7 @@ from hub.rollouts.cohort import previous
 from hub.rollouts.controller import new_rollout, step
 from hub.rollouts.model import Rollout, RolloutState, WavePhase
 from tests.hub.rollouts.world import Profile, World, spec
+from tests.support.fuzz import examples
 
 MIDDLE = {WavePhase.SHADOW_LOADING, WavePhase.SHADOW_BAKING, WavePhase.ACTIVATING, WavePhase.BAKING}
 Event = tuple[str, int]
@@ -35,7 +36,7 @@ def check(r: Rollout, w: World) -> None:
     assert all(n == 1 for n in w.published.values()), w.published
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=examples(120), deadline=None)
 @given(events, st.booleans(), st.sampled_from(["pause", "rollback"]))
 def test_random_fleets_keep_the_invariants_and_always_end(evs: list[Event], shadow: bool, on_failure: str) -> None:
     w = World(12)

@@ -10,6 +10,8 @@ from hub.rollouts.model import GateResult, GateSpec
 from hub.store import Database, Device, open_store
 from tests.support.wire import one_model_window
 
+RECEIVED = 1000.0  # after every window ended (windows ahead of the hub's clock are refused)
+
 
 def _window(device: str, seq: int, start: float, version: str, *, shadow: ShadowStats | None = None) -> TelemetryWindow:
     rec = LatencyRecorder()
@@ -28,9 +30,9 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(databas
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
         sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, incomparable=3, latency_delta_ms=1.5)
         for seq, start in enumerate((100.0, 110.0, 120.0, 500.0)):
-            store.submit_telemetry("a", encode(_window("a", seq, start, "1.0.0", shadow=sh)), 0)
-            store.submit_telemetry("b", encode(_window("b", seq, start, "2.0.0")), 0)
-            store.submit_telemetry("c", encode(_window("c", seq, start, "1.0.0")), 0)
+            store.submit_telemetry("a", encode(_window("a", seq, start, "1.0.0", shadow=sh)), RECEIVED)
+            store.submit_telemetry("b", encode(_window("b", seq, start, "2.0.0")), RECEIVED)
+            store.submit_telemetry("c", encode(_window("c", seq, start, "1.0.0")), RECEIVED)
         store.flush()
         got = store.telemetry_totals(["a", "b", "zzz"], since=105, until=125)
         by = {(t.model_version, t.shadow_version): t for t in got}

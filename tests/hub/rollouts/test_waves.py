@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hub.rollouts.model import RolloutSpec
 from hub.rollouts.waves import assign, parse_waves, rank_key
 from tests.hub.rollouts.world import World, spec
+from tests.support.fuzz import examples
 
 ids = st.lists(st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True), min_size=0, max_size=200, unique=True)
 rollout_ids = st.from_regex(r"r-[0-9a-f]{12}", fullmatch=True)
@@ -43,7 +44,7 @@ def test_relative_order_never_depends_on_other_devices(a: list[str], b: list[str
     assert [d for d in both if d in set(a)] == only_a
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["join", "leave", "tick"]), st.integers(0, 30)), max_size=30))
 def test_a_placed_device_never_changes_wave_while_others_join_and_leave(ops: list[tuple[str, int]]) -> None:
     w = World(12)

@@ -1,0 +1,75 @@
+"""The store's writers treat a row the database cannot take as that message's fault, on both backends.
+
+The wire schema already refuses such numbers (fleet.limits); these tests hand the writers rows that got
+past it anyway (a future schema bug, another producer), built with `model_construct`, which skips checks.
+A seq of 2**63 is one past SQLite's INTEGER and PostgreSQL's BIGINT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleet.messages import ModelWindow, ReportedState, TelemetryWindow
+from hub.store import Database, Device, SqlStore, open_store
+from hub.store import telemetry as tsql
+from hub.store import telemetry_writer as tw
+
+BIG = 2**63
+
+
+@pytest.fixture
+def store(database: Database) -> Iterator[SqlStore]:
+    s = open_store(database, max_delay_s=0.2, telemetry_process=False)  # a long group commit: one batch
+    for d in ("d1", "d2", "d3"):
+        s.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+    yield s
+    s.close()
+
+
+def _reported(device: str, seq: int) -> ReportedState:
+    good = ReportedState(device_id=device, seq=1, ts=time.time())
+    return ReportedState.model_construct(**{**dict(good), "seq": seq})
+
+
+def _row(device: str, seq: int, **changes: int) -> tuple[object, ...]:
+    """The row of a one-model window whose model entry has `changes` (unchecked)."""
+    now = time.time()
+    model = ModelWindow(name="m", version="1.0.0", requests=2)
+    good = TelemetryWindow(device_id=device, seq=0, start=now - 5, end=now, models=[model])
+    bad = ModelWindow.model_construct(**{**dict(model), **changes})
+    (row,) = tsql.window_rows(TelemetryWindow.model_construct(**{**dict(good), "seq": seq, "models": [bad]}), now)
+    return row
+
+
+def test_a_report_the_database_cannot_take_is_refused_and_the_batch_is_written(store: SqlStore) -> None:
+    now = time.time()
+    assert store.enqueue_reported(_reported("d1", BIG), now)  # killed the writer (issue 18, item 1)
+    assert store.enqueue_reported(_reported("d2", 7), now)
+    assert store.enqueue_reported(_reported("d3", BIG + 1), now)
+    store.flush()
+    st = store.ingest_stats()
+    assert (st.rows_refused, st.reported_applied, st.write_errors) == (2, 1, 0), st
+    assert store.get_device("d1").reported is None  # type: ignore[union-attr]
+    assert store.get_device("d2").reported.seq == 7  # type: ignore[union-attr]
+    # the writer is alive and holds no transaction: API writes go through at once
+    store.set_meta("after", "yes")
+    assert store.get_meta("after") == "yes"
+
+
+def test_the_telemetry_writer_refuses_each_bad_row_alone_and_writes_the_others(database: Database) -> None:
+    open_store(database, telemetry_process=False).close()  # the schema
+    counters = [0] * 9
+    writer = tw._Writer(database, counters)
+    try:
+        rows = [_row("d1", s, **({"queue_depth": BIG} if s % 5 == 0 else {})) for s in range(20)]
+        writer.write(rows, upto=1)
+        assert writer.conn is not None and not writer.conn.in_transaction
+        assert (counters[tw.REFUSED], counters[tw.PERSISTED], counters[tw.WRITE_ERRORS]) == (4, 16, 0), counters
+        assert (counters[tw.DUPLICATES], counters[tw.COMMITTED_UPTO]) == (0, 1)
+        writer.write(rows, upto=2)  # the same again: sixteen duplicates, the bad ones refused again
+        assert (counters[tw.DUPLICATES], counters[tw.REFUSED]) == (16, 8), counters
+    finally:
+        writer.close()
