@@ -129,12 +129,13 @@ def test_the_check_fails_on_an_answer_that_does_not_match(seeded: RunningHub) ->
     case = op.Case(path_parameters={"device_id": "cam-1"})
     real = case.call(base_url=h.url, headers=auth)
     body = real.json()
-    assert body["reported"]["active"]["version"] == "1.0.0" and body["capabilities"]["gpus"][0]["name"] == "NVIDIA L4"
+    active = body["reported"]["models"][0]["active"]
+    assert active["version"] == "1.0.0" and body["capabilities"]["gpus"][0]["name"] == "NVIDIA L4"
     case.validate_response(real, checks=[response_schema_conformance])
     wrong = [
         {k: v for k, v in body.items() if k != "state"},  # a field missing
         {**body, "state": "exploded"},  # a value outside its enum
-        {**body, "reported": {**body["reported"], "phase": 3}},  # a nested field of the wrong type
+        {**body, "reported": {**body["reported"], "seq": "three"}},  # a nested field of the wrong type
         {**body, "extra": 1},  # a field the view does not have
     ]
     for bad in wrong:
