@@ -56,7 +56,7 @@ _ATTEMPTS = 8  # a batch is tried again across lost connections for about half a
 
 def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tuple[Any, ...]]:
     """The rows of one telemetry payload received on `device_id`'s topic (one per model of the window; the
-    writer's counters count these rows). Raises RefusedWindow.
+    writer counts accepted and refused windows, and persisted and duplicate rows). Raises RefusedWindow.
 
     The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields),
     windows that name another device than their topic and windows that end further ahead of the hub's clock
@@ -92,16 +92,18 @@ class _Writer:
     def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
         rows = []
         c = self.c
+        accepted = 0  # windows (messages), not rows: a window of several models is several rows
         for device_id, received_at, payload in batch:
             try:
                 rows.extend(decode_window(device_id, payload, received_at))
+                accepted += 1
             except RefusedWindow as e:
                 i = _REFUSAL_COUNTER[e.reason]
                 c[i] += 1
                 if log_sampled(c[i]):
                     log.warning("ingest: refused telemetry of %s (%s, #%d): %s", device_id, e.reason, c[i],
                                 e.message[:300])  # fmt: skip
-        c[ACCEPTED] += len(rows)
+        c[ACCEPTED] += accepted
         return rows
 
     def _connection(self) -> Conn:
