@@ -25,6 +25,7 @@ from schemathesis.core.failures import FailureGroup
 from fleet.messages import AppliedModel, Capabilities, DeviceStatus, GpuInfo
 from fleet.messages import Phase as DevicePhase
 from tests.support.broker import Broker
+from tests.support.fuzz import examples
 from tests.support.hub import RunningHub, start_hub
 from tests.support.wire import one_model_report
 
@@ -89,6 +90,7 @@ def test_every_answer_of_every_operation_is_typed(seeded: RunningHub) -> None:
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 
 
+@pytest.mark.fuzz
 def test_generated_requests_get_answers_that_conform(seeded: RunningHub) -> None:
     h = seeded
     schema = schemathesis.openapi.from_url(f"{h.url}/openapi.json")
@@ -101,7 +103,7 @@ def test_generated_requests_get_answers_that_conform(seeded: RunningHub) -> None
             continue  # they would remove what the other operations are checked against
 
         @settings(
-            max_examples=6, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+            max_examples=examples(6), deadline=None, phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )  # fmt: skip
         @given(case=op.as_strategy())
