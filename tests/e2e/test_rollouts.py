@@ -223,3 +223,4 @@ def test_shadow_agreement_is_the_candidates_own_across_input_size_and_normalisat
         gate = next(g for g in wave["gates"] if g["name"] == "shadow_agreement")
         assert gate["status"] == "pass" and gate["value"] == 1.0 and gate["measured"]["incomparable"] == 0
     f.wait_all_active("1.2.0", "fleet=colour")
+    assert f.traffic_errors == []  # hot swaps and rollbacks never broke a request

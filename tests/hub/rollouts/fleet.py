@@ -104,12 +104,20 @@ def colour_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return made
 
 
-def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Event) -> None:
-    """Send `photos` in turn to `model`'s image endpoint, one at a time, until stopped (503s until active)."""
+def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Event, errors: list[str]) -> None:
+    """Send `photos` in turn to `model`'s image endpoint, one at a time, until stopped (503s until active).
+
+    A request that fails below HTTP (connection reset, timeout) is recorded in `errors` and the traffic goes
+    on: a dead traffic thread would leave a rollout waiting for samples instead of saying what happened."""
     with httpx.Client(base_url=url, timeout=30) as c:
         i = 0
         while not stop.wait(0.005):
-            if c.post(f"/v1/models/{model}:predict", content=photos[i % len(photos)]).status_code == 200:
+            try:
+                r = c.post(f"/v1/models/{model}:predict", content=photos[i % len(photos)])
+            except httpx.HTTPError as e:
+                errors.append(f"{model}: {e!r}")
+                continue
+            if r.status_code == 200:
                 i += 1
 
 
@@ -136,6 +144,7 @@ class Fleet:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     desired_log: list[DesiredState] = field(default_factory=list)
+    traffic_errors: list[str] = field(default_factory=list)  # requests of `real(..., photos=...)` that failed
     _watch: TestClient | None = None
 
     def push(self, models: dict[str, tuple[Path, Path]], *versions: str) -> None:
@@ -168,7 +177,7 @@ class Fleet:
             server = ApiServer(ApiSettings(port=0), serving)
             server.start()
             self.servers.append(server)
-            traffic = (_photo_traffic, (server.url, *photos, self._stop))
+            traffic = (_photo_traffic, (server.url, *photos, self._stop, self.traffic_errors))
         agent = Agent(bundle, settings, serving)
         agent.start()
         self.agents.append(agent)
