@@ -121,13 +121,18 @@ def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Ev
                 i += 1
 
 
-def _traffic(serving: HeadlessServing, stop: threading.Event) -> None:
+def _traffic(serving: HeadlessServing, stop: threading.Event, errors: list[str]) -> None:
+    """Tensors to headless serving until stopped. Refusals while nothing is active, during a swap or under
+    load (a request timeout on a loaded machine) are expected; anything else is recorded in `errors` and the
+    traffic goes on (a dead traffic thread would leave a rollout waiting for samples)."""
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     while not stop.wait(0.01):
         try:
             serving.infer({"image": x})
-        except (ModelError, ServingError):  # nothing active yet, or the model is being swapped
+        except (ModelError, ServingError, TimeoutError):
             pass
+        except Exception as e:  # noqa: BLE001 - recorded for the test to see
+            errors.append(f"headless: {e!r}")
 
 
 @dataclass
@@ -171,7 +176,8 @@ class Fleet:
         serving: ModelRepository
         if photos is None:
             serving = headless = HeadlessServing(seed=1)
-            traffic: tuple[Callable[..., None], tuple[Any, ...]] = (_traffic, (headless, self._stop))
+            traffic: tuple[Callable[..., None], tuple[Any, ...]]
+            traffic = (_traffic, (headless, self._stop, self.traffic_errors))
         else:
             serving = ModelRepository(seed=1)
             server = ApiServer(ApiSettings(port=0), serving)
@@ -224,11 +230,16 @@ class Fleet:
         wait_for(lambda: set(self.active_versions(selector).values()) == {version}, timeout=timeout, interval=0.1)
 
     def wait_rollout(self, rollout_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 90) -> Any:
+        last: list[Any] = [None]
+
         def check() -> Any:
-            s = self.api("GET", f"/api/v1/rollouts/{rollout_id}")
+            s = last[0] = self.api("GET", f"/api/v1/rollouts/{rollout_id}")
             return s if until(s) else None
 
-        return wait_for(check, timeout=timeout, interval=0.1)
+        try:
+            return wait_for(check, timeout=timeout, interval=0.1)
+        except TimeoutError as e:  # say where the rollout stood and whether the traffic failed
+            raise AssertionError(f"{e}: last status {last[0]}; traffic errors {self.traffic_errors[:5]}") from e
 
     def close(self) -> None:
         self._stop.set()
