@@ -127,8 +127,16 @@ class TransferSettings(SettingsGroup):
         default=0.05,
         gt=0,
         le=10,
-        description="seconds the first wants of a blob are gathered before its first chunk (50 ms: devices starting "
-        "together share one pass, yet a lone device waits unnoticeably)",
+        description="seconds the first wants of a blob are gathered before its first chunk, counted from the latest "
+        "device's first want (50 ms: devices starting together share one pass, yet a lone device waits unnoticeably)",
+    )
+    join_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="the gathering of a blob's first wants ends this long after the first at the latest (10 s: a "
+        "rollout's devices want within seconds of each other; a chunk published before one joins is published again "
+        "for it, to every device still fetching)",
     )
     window_chunks: int = Field(
         default=16,
