@@ -44,19 +44,15 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 
 from agent.settings import DownloadSettings  # noqa: E402
-from fleet import (  # noqa: E402
-    ModelRef,
-    ReportedState,
-    TelemetryWindow,
-    Topics,
-    Want,
-    decode,
+from fleet.chunks import (  # noqa: E402
+    chunk_of,
     decode_frame,
     encode_frame,
 )
-from fleet.chunks import chunk_of  # noqa: E402
+from fleet.codec import decode  # noqa: E402
+from fleet.messages import ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
 from fleet.plan import plan_file  # noqa: E402
-from fleet.topics import TopicKind  # noqa: E402
+from fleet.topics import TopicKind, Topics  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
 from sim.actions import Action, Publish, Subscribe  # noqa: E402
 from sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
