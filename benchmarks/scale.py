@@ -190,9 +190,18 @@ class Probe:
         self.client.client.on_message = self._on_message
         reported = topics.subscription(TopicKind.REPORTED)
         self._reported_suffix = reported.split("+")[-1]
+        desired = topics.subscription(TopicKind.DESIRED)
+        self._desired_suffix = desired.split("+")[-1]
+        self.desired_times: list[float] = []  # s since the probe started, of each desired state after `mark()`
+        self._mark = float("inf")
         self.client.subscribe(self._want_topic)
         self.client.subscribe(self._chunk_topic)
         self.client.subscribe(reported)
+        self.client.subscribe(desired)
+
+    def mark(self) -> None:
+        """Desired states from now on are the rollout's (the ones before are the broker's retained copies)."""
+        self._mark = time.monotonic()
 
     def _on_reported(self, payload: bytes) -> None:
         """Note a device reporting the model active (progress reports, most of them, are skipped unparsed)."""
@@ -205,6 +214,10 @@ class Probe:
     def _on_message(self, _c: object, _u: object, msg: Any) -> None:
         if msg.topic.endswith(self._reported_suffix):
             self._on_reported(msg.payload)
+            return
+        if msg.topic.endswith(self._desired_suffix):
+            if time.monotonic() >= self._mark:
+                self.desired_times.append(round(time.monotonic() - self._t0, 2))
             return
         self._position += 1
         now = round(time.monotonic() - self._t0, 1)
@@ -601,6 +614,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         sampler = RssSampler(broker.proc.pid)
         meter = CpuMeter(pids)
         t_roll = time.monotonic()
+        probe.mark()
         hub.deploy(n)
         try:
             # Watching the reported topic is cheap; listing 2000 devices through the API every second took a
@@ -613,10 +627,12 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             rollout_s = float("nan")
         broker_peak = sampler.stop()
         rollout_cpu = meter.stop()
-        joins = sorted(probe.want_times)
+        joins, told = sorted(probe.want_times), sorted(probe.desired_times)
         print(
-            f"  first chunk at {probe.first_chunk_s}s; first wants at {joins[:1]} .. median "
-            f"{joins[len(joins) // 2 :][:1]} .. {joins[-1:]}s",
+            f"  desired states published at {told[:1]} .. median {told[len(told) // 2 :][:1]} .. {told[-1:]}s; "
+            f"first chunk at {probe.first_chunk_s}s; first wants at {joins[:1]} .. median "
+            f"{joins[len(joins) // 2 :][:1]} .. {joins[-1:]}s; 10%-steps of the first wants: "
+            f"{[joins[len(joins) * k // 10] for k in range(10)] if joins else []}",
             file=sys.stderr,
             flush=True,
         )
