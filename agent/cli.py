@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from agent.control import CheckOnlyServing
 from agent.errors import AgentError, BundleError
-from agent.ports import ClusterPort, ServingPort
 from fleet.bundle import DeviceBundle
 from infra.errors import SettingsError
 
 if TYPE_CHECKING:
     from agent.api import ApiServer
     from agent.health import HealthServer
+    from agent.ports import ClusterPort, ServingPort
     from agent.runtime import Agent
 
 STALL_MARGIN_S = 300.0  # a model check and a report beyond the rollout deadline before kubelet restarts us
@@ -92,7 +91,8 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     With --cluster the process is the control agent of cluster mode: it downloads, verifies and checks
     models and applies the serving Deployment, whose pods serve them (`edgefleet agent serve`).
     """
-    from agent.runtime import Agent  # noqa: PLC0415  (keeps `--help` fast)
+    from agent.control import CheckOnlyServing  # noqa: PLC0415  (keeps `--help` fast)
+    from agent.runtime import Agent  # noqa: PLC0415
     from agent.settings import AgentSettings  # noqa: PLC0415
 
     level = _log_level(log_level)

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet import ChunkReceiver, Topics, decode_frame, iter_frames
+from fleet.chunks import ChunkReceiver, decode_frame, iter_frames
 from fleet.messages import BlobManifest
 from fleet.plan import plan_file
+from fleet.topics import Topics
 from tests.support.broker import Broker, find_mosquitto, free_port
 
 WORKDIR: str | None = None

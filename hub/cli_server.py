@@ -12,15 +12,17 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
 
 from hub.errors import HubError
-from hub.settings import HubSettings
 from hubclient.cli import JsonOpt, _print_json, err, out
 from infra.errors import SettingsError
+
+if TYPE_CHECKING:
+    from hub.settings import HubSettings
 
 T = TypeVar("T")
 DatabaseUrlOpt = Annotated[
@@ -45,6 +47,8 @@ def _run(fn: Callable[[], T]) -> T:
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> HubSettings:
+    from hub.settings import HubSettings  # noqa: PLC0415  (the store's modules load only for a command that runs)
+
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     return _run(lambda: HubSettings.from_env(**overrides))

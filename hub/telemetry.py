@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.histogram import Histogram
 from hub.store import Store, TelemetryPoint
@@ -10,21 +10,25 @@ from hub.store import Store, TelemetryPoint
 Point = TelemetryPoint  # one minute of telemetry, summed (what `series` returns)
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Telemetry summed over a time range."""
+class TelemetrySummary(BaseModel):
+    """Telemetry summed over a time range; latency quantiles from the merged histogram.
 
-    windows: int
-    requests: int
-    errors: int
-    error_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    mean_ms: float | None
+    The REST API and the dashboard serve it as it is (`hub.views` declares it as a response model).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    windows: int = Field(description="telemetry windows summed")
+    requests: int = Field(description="inference requests in those windows")
+    errors: int = Field(description="requests that failed")
+    error_rate: float | None = Field(description="errors / requests; null without requests")
+    p50_ms: float | None = Field(description="median latency estimated from the merged histogram")
+    p95_ms: float | None = Field(description="95th percentile latency")
+    p99_ms: float | None = Field(description="99th percentile latency")
+    mean_ms: float | None = Field(description="mean latency")
 
 
-def summarise(points: list[TelemetryPoint]) -> Summary:
+def summarise(points: list[TelemetryPoint]) -> TelemetrySummary:
     """Sum points and estimate latency quantiles from the merged histogram."""
     counts = [0] * len(points[0].latency_counts) if points else [0]
     windows = requests = errors = 0
@@ -37,7 +41,7 @@ def summarise(points: list[TelemetryPoint]) -> Summary:
         for i, c in enumerate(p.latency_counts):
             counts[i] += c
     h = Histogram.of_sums(counts, total_ms) if points else Histogram()
-    return Summary(
+    return TelemetrySummary(
         windows=windows, requests=requests, errors=errors, error_rate=errors / requests if requests else None,
         p50_ms=h.quantile(0.5), p95_ms=h.quantile(0.95), p99_ms=h.quantile(0.99), mean_ms=h.mean_ms,
     )  # fmt: skip
@@ -71,6 +75,6 @@ class TelemetryQueries:
         version: str | None = None,
         since: float | None = None,
         until: float | None = None,
-    ) -> Summary:
+    ) -> TelemetrySummary:
         """The series summed over the range (rollout gates compare these between versions)."""
         return summarise(self.series(device_id=device_id, model=model, version=version, since=since, until=until))

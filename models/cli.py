@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import onnx
 import typer
 
 from models.descriptor import ModelDescriptor, sidecar_for
 from models.errors import ModelError
-from models.samples import build_classifier, build_detector, classifier_descriptor, detector_descriptor
-from models.validate import ValidationReport, validate
+
+if TYPE_CHECKING:  # onnx and onnxruntime load only when a command needs them: `edgefleet --help` stays fast
+    import onnx
+
+    from models.validate import ValidationReport
 
 
 def write_model(model: onnx.ModelProto, descriptor: ModelDescriptor, out_dir: Path, stem: str) -> list[Path]:
     """Write `stem.onnx`, validate it (recording golden, sha256, size) and write `stem.yaml` beside it."""
+    from models.validate import validate  # noqa: PLC0415  (keeps `edgefleet --help` fast)
+
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{stem}.onnx"
     onnx_path.write_bytes(model.SerializeToString())
@@ -31,6 +35,8 @@ def build_samples(out_dir: str | Path, *, version: str | None = None, seed: int 
     the same bytes on every run for the same `seed`. `version` and `seed` make "another training run" of
     the same models (new weights, new version), which is what a rollout moves a fleet to.
     """
+    from models.samples import build_classifier, build_detector, classifier_descriptor, detector_descriptor  # noqa: PLC0415
+
     out = Path(out_dir)
     cls_desc, det_desc = classifier_descriptor(), detector_descriptor("yolov8")
     if version is not None:
@@ -43,6 +49,8 @@ def build_samples(out_dir: str | Path, *, version: str | None = None, seed: int 
 
 def validate_file(onnx_path: str | Path, descriptor_path: str | Path | None = None) -> ValidationReport:
     """Validate an .onnx against its sidecar (default: the .yaml/.yml/.json next to it)."""
+    from models.validate import validate  # noqa: PLC0415  (keeps `edgefleet --help` fast)
+
     sidecar = Path(descriptor_path) if descriptor_path else sidecar_for(onnx_path)
     return validate(onnx_path, ModelDescriptor.load(sidecar))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.k3s.errors import ClusterError
-from agent.k3s.inventory import gpu_totals
-from agent.k3s.render import render_workload
-from agent.k3s.settings import ClusterSettings
-from fleet.messages import DesiredState
 from infra.errors import SettingsError
+
+if TYPE_CHECKING:  # the settings, renderer and wire models load only for a command that runs: --help stays fast
+    from agent.k3s.settings import ClusterSettings
+    from fleet.messages import DesiredState
 
 
 class PlainDumper(yaml.SafeDumper):
@@ -49,6 +49,8 @@ ImageOpt = Annotated[str | None, typer.Option("--image", help="serving image (CP
 
 
 def _settings(**overrides: Any) -> ClusterSettings:
+    from agent.k3s.settings import ClusterSettings  # noqa: PLC0415
+
     try:
         return ClusterSettings.from_env(**overrides)
     except (ClusterError, SettingsError) as e:
@@ -57,6 +59,8 @@ def _settings(**overrides: Any) -> ClusterSettings:
 
 
 def _desired(path: Path) -> DesiredState:
+    from fleet.messages import DesiredState  # noqa: PLC0415
+
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -79,6 +83,7 @@ def _desired(path: Path) -> DesiredState:
 def inventory(kubeconfig: KubeconfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the cluster's nodes with readiness, GPU product and allocatable GPU and MIG resources."""
     from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
+    from agent.k3s.inventory import gpu_totals  # noqa: PLC0415
 
     settings = _settings(kubeconfig=kubeconfig)
     try:
@@ -112,6 +117,8 @@ def render(
     desired: DesiredOpt, *, namespace: NamespaceOpt = None, image: ImageOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Print the ConfigMap, Deployment, Service (and HPA) the agent would apply for each model of a desired state."""
+    from agent.k3s.render import render_workload  # noqa: PLC0415
+
     settings = _settings(namespace=namespace, image=image)
     state = _desired(desired)
     try:

@@ -11,7 +11,7 @@ from hub.api.deps import Admin, Operator, Viewer
 from hub.api.schemas import DeployRequest, DeviceBatchCreate, DeviceCreate, LabelPatch, TokenCreate, errors
 from hub.errors import Conflict, InvalidInput
 from hub.telemetry import summarise
-from hub.views.fleet import minute_of, summary_of
+from hub.views.fleet import minute_of
 from hub.views.schemas import (
     Deployment,
     DesiredAnswer,
@@ -168,7 +168,7 @@ def fleet_router(hub: HubServices) -> APIRouter:
         since, until = _range(since, until)
         points = hub.telemetry.series(device_id=device_id, since=since, until=until)
         return DeviceTelemetry(
-            device_id=device_id, summary=summary_of(summarise(points)),
+            device_id=device_id, summary=summarise(points),
             seq=views.seq(device_id, since=since, until=until), series=[minute_of(p) for p in points],
             windows=views.windows(device_id, since=since, until=until, limit=limit) if raw else None,
         )  # fmt: skip
@@ -186,7 +186,7 @@ def fleet_router(hub: HubServices) -> APIRouter:
         since, until = _range(since, until)
         points = hub.telemetry.series(model=name, version=version, since=since, until=until)
         return ModelTelemetry(
-            model=name, version=version, summary=summary_of(summarise(points)), series=[minute_of(p) for p in points]
+            model=name, version=version, summary=summarise(points), series=[minute_of(p) for p in points]
         )
 
     @r.get(
@@ -198,7 +198,7 @@ def fleet_router(hub: HubServices) -> APIRouter:
     def fleet_telemetry(_p: Viewer, since: float | None = Since, until: float | None = Until) -> FleetTelemetry:
         since, until = _range(since, until)
         points = hub.telemetry.series(since=since, until=until)
-        return FleetTelemetry(summary=summary_of(summarise(points)), series=[minute_of(p) for p in points])
+        return FleetTelemetry(summary=summarise(points), series=[minute_of(p) for p in points])
 
     @r.get("/events", tags=["events"], summary="The audit log, newest first", responses=errors(400, 401, 429))
     def events(

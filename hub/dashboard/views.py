@@ -13,7 +13,7 @@ from hub.devices import DeviceState
 from hub.errors import InvalidInput
 from hub.registry import version_key
 from hub.selectors import parse_selector
-from hub.telemetry import Summary, summarise
+from hub.telemetry import TelemetrySummary, summarise
 from hub.views import DeviceInfo, model_version_view
 from hub.views.schemas import EventView, ModelVersionView
 
@@ -238,8 +238,8 @@ def overview(hub: HubServices, rows: list[DeviceRow] | None = None, now: float |
 class Traffic:
     """Fleet-wide telemetry summed over the last hour and day."""
 
-    hour: Summary
-    day: Summary
+    hour: TelemetrySummary
+    day: TelemetrySummary
 
 
 def traffic(hub: HubServices, now: float | None = None) -> Traffic:

@@ -19,7 +19,7 @@ from hub.errors import NotFound
 from hub.selectors import parse_selector
 from hub.settings import DeviceSettings
 from hub.store import Desired, Device, Event, IngestStats, ModelVersion, Store, StoredWindow, TelemetryPoint
-from hub.telemetry import Summary, summarise
+from hub.telemetry import summarise
 from hub.transfer import TransferStats
 from hub.views.schemas import (
     DesiredAnswer,
@@ -34,7 +34,6 @@ from hub.views.schemas import (
     SeqView,
     SignedDesired,
     TelemetryMinute,
-    TelemetrySummary,
     TokenView,
     WindowView,
 )
@@ -77,13 +76,6 @@ class UtilizationPoint:
     end: float
     cpu_percent: float | None
     gpus: dict[int, float] = field(default_factory=dict)  # NVML index -> util %
-
-
-def summary_of(s: Summary) -> TelemetrySummary:
-    return TelemetrySummary(
-        windows=s.windows, requests=s.requests, errors=s.errors, error_rate=s.error_rate, p50_ms=s.p50_ms,
-        p95_ms=s.p95_ms, p99_ms=s.p99_ms, mean_ms=s.mean_ms,
-    )  # fmt: skip
 
 
 def minute_of(p: TelemetryPoint) -> TelemetryMinute:

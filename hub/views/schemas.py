@@ -15,6 +15,7 @@ from fleet.messages import Capabilities, DesiredState, Phase, ReportedState, Sig
 from hub.credentials import Role
 from hub.devices import DeviceState
 from hub.store import IngestStats
+from hub.telemetry import TelemetrySummary
 from hub.transfer import TransferStats
 
 
@@ -179,19 +180,6 @@ class TokenCreated(View):
 
 
 # -- telemetry -----------------------------------------------------------------------------------------
-class TelemetrySummary(View):
-    """Telemetry summed over a time range; latency quantiles from the merged histogram."""
-
-    windows: int
-    requests: int
-    errors: int
-    error_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    mean_ms: float | None
-
-
 class TelemetryMinute(View):
     """One minute of telemetry."""
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fleet import (
+from fleet.histogram import LatencyRecorder
+from fleet.messages import (
     AppliedModel,
     Capabilities,
     Command,
@@ -15,8 +16,6 @@ from fleet import (
     ErrorInfo,
     GpuInfo,
     GpuSample,
-    HubSigningKey,
-    LatencyRecorder,
     MigInstance,
     ModelRef,
     ModelStatus,
@@ -32,6 +31,7 @@ from fleet import (
     Wire,
 )
 from fleet.plan import plan_bytes
+from fleet.signing import HubSigningKey
 
 T0 = 1_780_000_000.0
 BLOB = bytes(range(256)) * 5000  # 1.28 MB

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet import Accepted, ChunkReceiver, decode_frame, encode_frame, iter_frames
-from fleet.chunks import HEADER_SIZE, chunk_of
+from fleet.chunks import HEADER_SIZE, Accepted, ChunkReceiver, chunk_of, decode_frame, encode_frame, iter_frames
 from fleet.errors import (
     ChunkDecodeError,
     ChunkDigestMismatch,

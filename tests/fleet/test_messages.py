@@ -7,20 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fleet import (
-    BlobManifest,
-    Histogram,
-    LatencyRecorder,
-    TelemetryWindow,
-    Want,
-    decode,
-    decode_any,
-    encode,
-    merge_all,
-    to_ranges,
-)
+from fleet.codec import decode, decode_any, encode
 from fleet.errors import MessageError, UnsupportedSchema
-from fleet.messages import MESSAGE_TYPES
+from fleet.histogram import Histogram, LatencyRecorder, merge_all
+from fleet.messages import MESSAGE_TYPES, BlobManifest, TelemetryWindow, Want, to_ranges
 from tests.fleet.samples import MANIFEST, T0, all_messages
 from tests.support.fuzz import examples
 

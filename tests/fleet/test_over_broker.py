@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet import ChunkReceiver, Topics, decode, decode_any, encode, iter_frames
+from fleet.chunks import ChunkReceiver, iter_frames
+from fleet.codec import decode, decode_any, encode
 from fleet.messages import SignedEnvelope, Wire
 from fleet.plan import plan_file
+from fleet.topics import Topics
 from tests.fleet.samples import BLOB, all_messages
 from tests.support.broker import Broker
 from tests.support.mqtt import TestClient

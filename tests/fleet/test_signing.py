@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import DesiredState, HubPublicKey, HubSigningKey, Verifier, canonical_json, encode
+from fleet.codec import encode
 from fleet.errors import (
     BadSignature,
     Expired,
@@ -15,7 +15,8 @@ from fleet.errors import (
     UnknownSigningKey,
     WrongSubject,
 )
-from fleet.messages import Command, SignedEnvelope
+from fleet.messages import Command, DesiredState, SignedEnvelope
+from fleet.signing import HubPublicKey, HubSigningKey, Verifier, canonical_json
 from tests.fleet.samples import T0, desired
 
 KEY = HubSigningKey.generate()

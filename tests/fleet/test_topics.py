@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet import TOPIC_TABLE, TopicKind, Topics, check_device_id, spec
 from fleet.errors import InvalidId, InvalidTopic
+from fleet.ids import check_device_id
+from fleet.topics import TOPIC_TABLE, TopicKind, Topics, spec
 
 SHA = "ab" * 32
 device_ids = st.from_regex(r"\A[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?\Z")

@@ -10,25 +10,25 @@ import pytest
 
 from agent.reconcile import Reconciler
 from agent.settings import DownloadSettings
-from fleet import (
+from fleet.address import BrokerAddress
+from fleet.chunks import chunk_of, encode_frame
+from fleet.codec import decode, encode
+from fleet.messages import (
+    Command,
     CommandAck,
+    CommandName,
+    DesiredModel,
     DesiredState,
     DeviceStatus,
-    HubSigningKey,
     ModelRef,
     Phase,
     ReportedState,
     TelemetryWindow,
-    Topics,
     Want,
-    decode,
-    encode,
-    encode_frame,
 )
-from fleet.address import BrokerAddress
-from fleet.chunks import chunk_of
-from fleet.messages import Command, CommandName, DesiredModel
 from fleet.plan import plan_bytes
+from fleet.signing import HubSigningKey
+from fleet.topics import Topics
 from sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from sim.agent import SimAgent
 from sim.config import AgentIdentity, Faults, SimConfig

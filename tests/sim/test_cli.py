@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleet import HubSigningKey
 from fleet.bundle import DeviceBundle
+from fleet.signing import HubSigningKey
 from sim.cli import app
 from sim.enrol import load_bundles
 from sim.errors import EnrolmentError

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import CommandAck, HubSigningKey, ModelRef, Phase, TelemetryWindow, decode
-from fleet.messages import CommandName
+from fleet.codec import decode
+from fleet.messages import CommandAck, CommandName, ModelRef, Phase, TelemetryWindow
+from fleet.signing import HubSigningKey
 from sim.config import SimConfig
 from sim.enrol import direct_identities
 from sim.profile import Profiles

@@ -42,6 +42,8 @@ class HubProcess:
         host: the network-namespace host it runs on (None: this host, API on loopback).
         env: more `EDGEFLEET_HUB_*` settings.
         mosquitto_binary: the Mosquitto the hub starts when `broker_url` is None.
+        own_session: start it in a process group of its own, as a shell starts a foreground job (a signal to
+            the group, like Ctrl-C in its terminal, reaches only it and its children).
     """
 
     def __init__(
@@ -54,10 +56,11 @@ class HubProcess:
         host: NetHost | None = None,
         env: dict[str, str] | None = None,
         mosquitto_binary: str | None = None,
+        own_session: bool = False,
     ) -> None:
         self.data_dir, self.broker_url, self.prefix = data_dir, broker_url, prefix
         self.log = log or data_dir.parent / f"{data_dir.name}-serve.log"
-        self.host = host
+        self.host, self.own_session = host, own_session
         self.extra_env = env or {}
         if broker_url is None:  # the hub's own broker, on a free port
             self.extra_env = {"EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0", **self.extra_env}
@@ -103,7 +106,9 @@ class HubProcess:
         env, cmd = self.env, self.command()
         with self.log.open("ab") as out:
             if self.host is None:
-                self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+                self.proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=self.own_session
+                )
             else:
                 self.proc = self.host.popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
         wait_for(self.healthy, timeout=60, interval=0.05)

@@ -17,23 +17,22 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet import (
+from fleet.chunks import chunk_of, encode_frame
+from fleet.codec import decode, encode
+from fleet.messages import (
     BlobManifest,
+    Command,
+    CommandName,
+    DesiredModel,
     DesiredState,
     DeviceStatus,
-    HubSigningKey,
     ModelRef,
     ReportedState,
-    TopicKind,
-    Topics,
     Want,
-    decode,
-    encode,
-    encode_frame,
 )
-from fleet.chunks import chunk_of
-from fleet.messages import Command, CommandName, DesiredModel
 from fleet.plan import plan_bytes
+from fleet.signing import HubSigningKey
+from fleet.topics import TopicKind, Topics
 
 
 @dataclass
