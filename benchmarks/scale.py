@@ -16,13 +16,20 @@ For each N it measures, in one run:
 `--hub product` runs the real hub (hub.runtime.Hub + its REST API) in its own process: agents are enrolled
 through POST /api/v1/devices, the model is pushed through the API and deployed by label selector.
 `--hub stand-in` uses tests/support/sim_hub.MiniHub in this process (no store, no API).
+
+`--replicas 2 --postgres` (or `--database-url postgresql://...`) adds, for each N, a run with that many product
+hubs sharing one PostgreSQL database (a fresh one per run), telemetry split by an MQTT 5 shared subscription, the
+leader (the first replica up) serving chunks, blobs in one directory all replicas see; the single-hub SQLite run
+of the same N comes first, and the table's last column compares the two rollouts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -32,7 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +141,8 @@ def hub_worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--broker", required=True)
+    p.add_argument("--database-url", default=None, help="a PostgreSQL store shared with other replicas")
+    p.add_argument("--replica", default=None, help="this replica's name (its own broker session)")
     p.add_argument("--group", default=None)
     p.add_argument("--token", default=None)
     p.add_argument("--settings", default="{}", help="JSON merged into the hub settings")
@@ -147,7 +156,10 @@ def hub_worker(argv: list[str]) -> None:
     broker: dict[str, Any] = {"url": a.broker}
     if a.group:
         broker |= {"mqtt_version": "5", "shared_group": a.group}
-    settings = HubSettings.model_validate({
+    if a.replica:
+        broker["replica"] = a.replica
+    store = {"database_url": a.database_url} if a.database_url else {}
+    settings = HubSettings.model_validate(store | {
         "data_dir": a.data, "topic_prefix": PREFIX, "broker": broker, "api": {"host": "127.0.0.1", "port": 0},
         "retention": {"sweep_interval_s": 3600},
     } | json.loads(a.settings))  # fmt: skip
@@ -445,6 +457,91 @@ class ProductHub:
             self.proc.kill()
 
 
+class ReplicaHubs(ProductHub):
+    """`replicas` product hubs sharing one PostgreSQL database (`database_url`, a fresh one per run): each its own
+    process, data directory (a copy of the first's: the signing key) and broker session; telemetry split by a
+    shared subscription; the first up takes the leader lease, so it runs the rollout controller and the chunk
+    server; blobs in one directory all replicas see (a symlink here, NFS or object storage in production).
+    The API of the first replica serves the benchmark; hub CPU and RSS are the first replica's."""
+
+    def __init__(self, broker: Broker, work: Path, database_url: str, replicas: int) -> None:
+        self.name = f"{replicas}-replicas (hub.runtime.Hub x{replicas} + REST API, one PostgreSQL, MQTT 5 $share)"
+        self.database_url = database_url
+        self.procs: list[subprocess.Popen[str]] = []
+        self.apis: list[str] = []
+        first = work / "hub-r0"
+        token = None
+        for r in range(replicas):
+            data = work / f"hub-r{r}"
+            if r:
+                shutil.copytree(first, data, ignore=shutil.ignore_patterns("blobs", "*.lock"))
+                (data / "blobs").symlink_to(first / "blobs")
+            cmd = [sys.executable, str(Path(__file__).resolve()), "_hub", "--data", str(data), "--broker", broker.url,
+                   "--group", "hubs", "--replica", f"r{r}", "--database-url", database_url]  # fmt: skip
+            if token is not None:
+                cmd += ["--token", token]
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            token = info["token"]
+            (first / "blobs").mkdir(exist_ok=True)
+            self.apis.append(info["api"])
+        self.proc, self.pid = self.procs[0], self.procs[0].pid
+        self.api, self.token, self.db = self.apis[0], str(token), database_url
+        self.http = HubClient(self.api, self.token, timeout=120)
+        self._listed: list[dict[str, Any]] = []
+        self._listed_at = 0.0
+        self._rowid = 0
+        self._lags: list[float] = []
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _poll_db(self) -> None:
+        import psycopg  # noqa: PLC0415 - only this hub needs it
+
+        seen: set[int] = set()  # ids commit out of order across replicas: look back, count each row once
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while not self._stop.wait(0.2):
+                rows = conn.execute('SELECT id, "end" FROM telemetry WHERE id > %s', (self._rowid,)).fetchall()
+                now = time.time()
+                for rowid, end in rows:
+                    if rowid not in seen:
+                        seen.add(rowid)
+                        self._lags.append(now - end)
+                if rows:
+                    self._rowid = max(self._rowid, max(r[0] for r in rows) - 5000)
+
+    def start_lag_window(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            self._rowid = int(conn.execute("SELECT coalesce(max(id), 0) FROM telemetry").fetchone()[0])  # type: ignore[index]
+        self._lags = []
+        self._poller = threading.Thread(target=self._poll_db, daemon=True)
+        self._poller.start()
+
+    def chunks_published(self) -> int:
+        total = 0
+        for api in self.apis:  # the leader publishes; a takeover mid-run would split the count
+            with HubClient(api, self.token, timeout=120) as http:
+                try:
+                    total += int(http.request("GET", "/api/v1/ingest")["transfer"]["chunks_published"])
+                except HubApiError:
+                    return -1
+        return total
+
+    def close(self) -> None:
+        self.http.close()
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def bench_model(work: Path, mib: int) -> Path:
     """A valid classifier padded with an unused initializer to `mib` MiB (the hub validates what it stores)."""
     import numpy as np  # noqa: PLC0415
@@ -576,9 +673,11 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     broker.inflight = args.broker_inflight
     broker.start()
     assert broker.proc is not None
-    hub: StandInHub | ProductHub = (
-        StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work, args.hub_settings)
-    )
+    hub: StandInHub | ProductHub
+    if kind == "replicas":
+        hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas)
+    else:
+        hub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work, args.hub_settings)
     sim: subprocess.Popen[bytes] | None = None
     hub_proc = psutil.Process(hub.pid)
     try:
@@ -700,6 +799,50 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def replica_comparison(results: list[Result]) -> str:
+    """For each N run both ways: the replicas' rollout time over the single hub's (issue 24: within 1.1x)."""
+    lines = []
+    single = {r.n: r for r in results if r.hub.startswith("product")}
+    for r in results:
+        base = single.get(r.n)
+        if r.hub.endswith("$share)") and base is not None:
+            lines.append(f"- {r.n} agents: rollout with {r.hub.split(' ')[0]} {_rollout_s(r)} s vs one hub on SQLite "
+                         f"{_rollout_s(base)} s = {r.rollout_s / base.rollout_s:.2f}x; against each run's own raw "
+                         f"fan-out ({r.raw_s:.1f} / {base.raw_s:.1f} s): {_ratio(r)} vs {_ratio(base)} = "
+                         f"{r.ratio / base.ratio:.2f}x")  # fmt: skip
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def _rollout_s(r: Result) -> str:
+    return f"{r.rollout_s:.1f}"
+
+
+@contextlib.contextmanager
+def _databases(p: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[Any]:
+    """Fresh PostgreSQL databases for the replica runs, on the server named or one started for the run (the
+    PostgreSQL helpers `benchmarks/ingest.py` uses)."""
+    from benchmarks.ingest import FreshDatabases  # noqa: PLC0415 - PostgreSQL only when asked for
+    from tests.support.postgres import PostgresServer, find_postgres_bin  # noqa: PLC0415
+
+    server = None
+    if args.postgres:
+        bindir = find_postgres_bin()
+        if bindir is None:
+            p.error("--postgres: PostgreSQL is not installed (scripts/ensure-postgresql.sh)")
+        server = PostgresServer(bindir, durable=True)
+        server.start()
+        args.database_url = server.url()
+    if not args.database_url:
+        p.error("--replicas needs --database-url or --postgres")
+    fresh = FreshDatabases(args.database_url)
+    try:
+        yield fresh
+    finally:
+        fresh.drop()
+        if server is not None:
+            server.stop()
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("_raw", "_hub"):
         (raw_worker if sys.argv[1] == "_raw" else hub_worker)(sys.argv[2:])
@@ -724,15 +867,27 @@ def main() -> None:
         help='product hub: JSON merged into its settings, e.g. \'{"transfer": {"window_chunks": 0}}\'',
     )
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
+    p.add_argument("--replicas", type=int, default=1, help="also run this many product hubs on one PostgreSQL "
+                   "database after each single-hub run (needs --database-url or --postgres)")  # fmt: skip
+    p.add_argument("--database-url", help="--replicas: the PostgreSQL server (a database per run is made and "
+                   "dropped; the URL's own database is only used to do that)")  # fmt: skip
+    p.add_argument("--postgres", action="store_true", help="--replicas: start a PostgreSQL server for the run "
+                   "(Debian's package, default durability settings) instead of naming one")  # fmt: skip
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    results = []
-    with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp:
+    kinds = [args.hub]
+    with contextlib.ExitStack() as stack:
+        if args.replicas > 1:
+            args.databases = stack.enter_context(_databases(p, args))
+            kinds.append("replicas")
+        results = []
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-scale-"))
         for n in (int(x) for x in args.agents.split(",")):
-            r = run_one(n, args.hub, args, Path(tmp) / f"n{n}")
-            print(json.dumps(r.__dict__ | {"ratio": r.ratio}), flush=True)
-            results.append(r)
-    text = table(results, args)
+            for kind in kinds:
+                r = run_one(n, kind, args, Path(tmp) / f"n{n}-{kind}")
+                print(json.dumps(r.__dict__ | {"ratio": r.ratio}), flush=True)
+                results.append(r)
+    text = table(results, args) + replica_comparison(results)
     print(text)
     if args.md:
         args.md.write_text(text + "\n")
