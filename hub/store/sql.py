@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
 _INGEST = frozenset(("status", "reported"))
+_ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
 
 
 def _phase_event(conn: Conn, msg: ReportedState, previous: str | None, received: float) -> None:
@@ -190,7 +191,12 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         """
         s = self._stats
         counts = (0, 0, 0, 0)
-        for attempt in range(3):
+        if self.database.dialect.postgres:
+            # Every replica writes every status and report: in device order (stable, so each device's own
+            # messages keep their order), two replicas' batches lock the same rows in the same order. In arrival
+            # order, batches cut at different places deadlocked (2000 agents, two replicas: batches lost).
+            items = sorted(items, key=lambda item: item[1].device_id)
+        for attempt in range(_ATTEMPTS):
             conn = self._wconn
             try:
                 conn = self._writer_conn()
@@ -198,8 +204,9 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 break
             except Exception as e:
                 conn.rollback()
-                if attempt < 2 and isinstance(e, conn.errors) and (conn.retryable(e) or conn.broken):
-                    time.sleep(0.5 * attempt)
+                last = attempt == _ATTEMPTS - 1
+                if not last and isinstance(e, conn.errors) and (conn.retryable(e) or conn.broken):
+                    time.sleep(min(0.05 * 2**attempt, 2.0))
                     continue  # a deadlock with another writer, or a lost connection: the whole batch again
                 try:
                     if conn.database_failed(e):

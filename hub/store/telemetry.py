@@ -62,6 +62,17 @@ _PG_WRITE = f"""
     SELECT count(*) FROM ins
 """  # noqa: S608
 _TOUCH = "UPDATE devices SET last_seen = {last_seen}, telemetry_at = ?, last_requests = ?, last_errors = ? WHERE id = ?"
+# PostgreSQL touches a batch's devices in two statements instead of one per device (a statement per device cost
+# the server ~10 us, a quarter of a window's whole write when a batch holds one window per device, as it does
+# with real fleets): lock the rows in id order first, so writers on several replicas never deadlock on them,
+# then update them all from arrays.
+_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
+_PG_TOUCH = (
+    "UPDATE devices AS d SET last_seen = greatest(coalesce(d.last_seen, 0), v.received_at), "
+    "telemetry_at = v.received_at, last_requests = v.requests, last_errors = v.errors "
+    "FROM unnest(?::text[], ?::float8[], ?::bigint[], ?::bigint[]) AS v(id, received_at, requests, errors) "
+    "WHERE d.id = v.id"
+)
 
 
 def window_rows(w: TelemetryWindow, received_at: float) -> list[tuple[Any, ...]]:
@@ -140,9 +151,13 @@ def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
                 c = counts.setdefault(r[0], [r[4], 0, 0])
                 c[1] += r[8]
                 c[2] += r[9]
-        touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
-        # in device order: writers on several replicas lock the same device rows in the same order
-        conn.executemany(touch, [(c[0], c[0], c[1], c[2], d) for d, c in sorted(counts.items())])
+        ids = sorted(counts)  # in device order: writers on several replicas lock the same rows in the same order
+        if conn.dialect.postgres:
+            conn.execute(_PG_LOCK_DEVICES, (ids,))
+            conn.execute(_PG_TOUCH, (ids, *([counts[d][i] for d in ids] for i in range(3))))
+        else:
+            touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+            conn.executemany(touch, [(counts[d][0], counts[d][0], counts[d][1], counts[d][2], d) for d in ids])
     return inserted
 
 

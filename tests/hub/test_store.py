@@ -72,6 +72,29 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     assert d is not None and d.last_requests == 4 and d.telemetry_at is not None
 
 
+def test_a_batch_touches_each_device_with_its_newest_window(store: SqlStore) -> None:
+    """One batch, several devices, windows out of order: each device's last-seen columns come from its own
+    newest window (PostgreSQL updates them all in one statement, SQLite one by one)."""
+    for d in ("d1", "d2", "d3"):
+        store.add_device(_dev(d))
+    t = time.time()
+    sent = {
+        ("d1", 1): (5, t + 7),
+        ("d2", 4): (9, t + 9),
+        ("d1", 0): (2, t + 6),
+        ("d2", 3): (1, t + 8),
+        ("d1", 2): (3, t + 5),
+    }
+    for (d, seq), (requests, received_at) in sent.items():
+        w = one_model_window(device_id=d, seq=seq, start=6000.0 + seq * 30, end=6030.0 + seq * 30, requests=requests)
+        store.submit_telemetry(d, encode(w), received_at)
+    store.flush()
+    got = {d: store.get_device(d) for d in ("d1", "d2", "d3")}
+    assert {d: (x.last_requests, x.telemetry_at, x.last_seen) for d, x in got.items() if x is not None} == {
+        "d1": (3, t + 5, t + 5), "d2": (9, t + 9, t + 9), "d3": (None, None, None),
+    }  # fmt: skip
+
+
 def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq, ts, phase in ((2, 20.0, Phase.ACTIVE), (1, 10.0, Phase.DOWNLOADING), (3, 30.0, Phase.FAILED)):

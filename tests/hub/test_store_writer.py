@@ -73,3 +73,28 @@ def test_the_telemetry_writer_refuses_each_bad_row_alone_and_writes_the_others(d
         assert (counters[tw.DUPLICATES], counters[tw.REFUSED]) == (16, 8), counters
     finally:
         writer.close()
+
+
+def test_replicas_writing_the_same_reports_in_other_orders_apply_them_all(database: Database) -> None:
+    """Every hub replica writes every status and report. Two stores on one database (two replicas' writers),
+    given the same reports in opposite orders at once: neither loses its batch to a deadlock, all are applied."""
+    devices = [f"r{i:03d}" for i in range(150)]
+    a, b = (open_store(database, max_delay_s=0.2, telemetry_process=False) for _ in range(2))
+    try:
+        for d in devices:
+            a.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        for seq in (1, 2, 3):
+            now = time.time()
+            reports = [ReportedState(device_id=d, seq=seq, ts=now) for d in devices]
+            for r in reports:
+                assert a.enqueue_reported(r, now)
+            for r in reversed(reports):
+                assert b.enqueue_reported(r, now)
+            a.flush()
+            b.flush()
+        assert [s.ingest_stats().write_errors for s in (a, b)] == [0, 0]
+        stored = [a.get_device(d) for d in devices]
+        assert [d.reported.seq if d is not None and d.reported is not None else None for d in stored] == [3] * 150
+    finally:
+        a.close()
+        b.close()
