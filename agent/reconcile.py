@@ -126,6 +126,7 @@ class Reconciler:
         self._seq = 0
         self._last_progress = 0.0
         self._progress_due = False
+        self._reported_have = 0  # chunks of the transfer in progress when progress was last reported
 
     @property
     def download(self) -> Download | None:
@@ -537,14 +538,27 @@ class Reconciler:
         )
 
     def _report_progress(self) -> None:
-        """Report download progress at most every `report_interval_s` (the last step is never lost)."""
-        if self._progress_due and time.monotonic() - self._last_progress >= self.settings.activation.report_interval_s:
+        """Report download progress at most every `report_interval_s`, once `report_chunks` more chunks arrived
+        or 10 intervals passed (the last step is never lost)."""
+        if not self._progress_due:
+            return
+        a = self.settings.activation
+        since = time.monotonic() - self._last_progress
+        if since < a.report_interval_s:
+            return
+        gained = self._have() - self._reported_have  # negative: another transfer than the one last reported
+        if not 0 <= gained < a.report_chunks or since >= 10 * a.report_interval_s:
             self.report()
+
+    def _have(self) -> int:
+        dl = self.fetcher.current
+        return dl.receiver.have_count if dl is not None else 0
 
     def report(self) -> None:
         """Publish the reported state."""
         self._progress_due = False
         self._last_progress = time.monotonic()
+        self._reported_have = self._have()
         self.outbox.report(self.snapshot())
 
 

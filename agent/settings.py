@@ -122,6 +122,14 @@ class ActivationSettings(SettingsGroup):
     report_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="shortest gap between progress reports while downloading, seconds"
     )
+    report_chunks: int = Field(
+        default=4,
+        ge=1,
+        le=1 << 20,
+        description="a progress report also waits until this many more chunks arrived, or 10 x report_interval_s "
+        "passed (4: the hub paces chunks on these reports with a window of 16; thousands of devices downloading "
+        "slowly would otherwise each report every second)",
+    )
     memory_budget_bytes: int | None = Field(
         default=None,
         ge=0,

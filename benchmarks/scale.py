@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,9 @@ from fleet.chunks import (  # noqa: E402
     encode_frame,
 )
 from fleet.codec import decode  # noqa: E402
-from fleet.messages import ModelRef, TelemetryWindow, Want  # noqa: E402
+from fleet.messages import ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
 from fleet.plan import plan_file  # noqa: E402
-from fleet.topics import Topics  # noqa: E402
+from fleet.topics import TopicKind, Topics  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
 from sim.actions import Action, Publish, Subscribe  # noqa: E402
 from sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
@@ -145,6 +145,7 @@ def hub_worker(argv: list[str]) -> None:
     p.add_argument("--replica", default=None, help="this replica's name (its own broker session)")
     p.add_argument("--group", default=None)
     p.add_argument("--token", default=None)
+    p.add_argument("--settings", default="{}", help="JSON merged into the hub settings")
     a = p.parse_args(argv)
     if os.environ.get("EDGEFLEET_BENCH_HUB_ROOT"):  # measure another hub checkout (not EDGEFLEET_HUB_*: a setting)
         sys.path.insert(0, os.environ["EDGEFLEET_BENCH_HUB_ROOT"])
@@ -161,7 +162,7 @@ def hub_worker(argv: list[str]) -> None:
     settings = HubSettings.model_validate(store | {
         "data_dir": a.data, "topic_prefix": PREFIX, "broker": broker, "api": {"host": "127.0.0.1", "port": 0},
         "retention": {"sweep_interval_s": 3600},
-    })  # fmt: skip
+    } | json.loads(a.settings))  # fmt: skip
     token = a.token or init_hub(settings)
     hub = Hub(settings)
     hub.start()
@@ -186,22 +187,67 @@ class Probe:
 
     def __init__(self, broker: Broker, topics: Topics, sha256: str) -> None:
         self.client = TestClient(broker.host, broker.port)
+        self.sha256 = sha256
+        self.active: set[str] = set()  # devices that reported the blob's model active
+        self.want_times: list[float] = []  # s since the probe started, of each device's first want
+        self.first_chunk_s = float("nan")
         self.chunks = 0
         self.first_seen: dict[int, int] = {}  # chunk index -> position in the stream of its first publish
         self.first_want: dict[str, int] = {}  # device -> position of its first want
+        self.rewants: list[tuple[float, str, int]] = []  # (s since the probe started, device, chunks) of later wants
+        self.republished: list[tuple[float, int]] = []  # (s since the probe started, index) of repeated publishes
+        self._t0 = time.monotonic()
         self._position = 0
         self._chunk_topic, self._want_topic = topics.chunk(sha256), topics.want(sha256)
         self.client.client.on_message = self._on_message
+        reported = topics.subscription(TopicKind.REPORTED)
+        self._reported_suffix = reported.split("+")[-1]
+        desired = topics.subscription(TopicKind.DESIRED)
+        self._desired_suffix = desired.split("+")[-1]
+        self.desired_times: list[float] = []  # s since the probe started, of each desired state after `mark()`
+        self._mark = float("inf")
         self.client.subscribe(self._want_topic)
         self.client.subscribe(self._chunk_topic)
+        self.client.subscribe(reported)
+        self.client.subscribe(desired)
+
+    def mark(self) -> None:
+        """Desired states from now on are the rollout's (the ones before are the broker's retained copies)."""
+        self._mark = time.monotonic()
+
+    def _on_reported(self, payload: bytes) -> None:
+        """Note a device reporting the model active (progress reports, most of them, are skipped unparsed)."""
+        if b'"active":{' not in payload or self.sha256.encode() not in payload:
+            return
+        state = decode(payload, ReportedState)
+        if any(m.active is not None and m.active.sha256 == self.sha256 for m in state.models):
+            self.active.add(state.device_id)
 
     def _on_message(self, _c: object, _u: object, msg: Any) -> None:
+        if msg.topic.endswith(self._reported_suffix):
+            self._on_reported(msg.payload)
+            return
+        if msg.topic.endswith(self._desired_suffix):
+            if time.monotonic() >= self._mark:
+                self.desired_times.append(round(time.monotonic() - self._t0, 2))
+            return
         self._position += 1
+        now = round(time.monotonic() - self._t0, 1)
         if msg.topic == self._chunk_topic:
+            if not self.chunks:
+                self.first_chunk_s = now
             self.chunks += 1
-            self.first_seen.setdefault(decode_frame(msg.payload).index, self._position)
+            index = decode_frame(msg.payload).index
+            if index in self.first_seen:
+                self.republished.append((now, index))
+            self.first_seen.setdefault(index, self._position)
         else:
-            self.first_want.setdefault(decode(msg.payload, Want).device_id, self._position)
+            want = decode(msg.payload, Want)
+            if want.device_id in self.first_want:
+                self.rewants.append((now, want.device_id, sum(b - a for a, b in want.missing)))
+            else:
+                self.want_times.append(now)
+            self.first_want.setdefault(want.device_id, self._position)
 
     def minimum(self, count: int) -> int:
         last_join = max(self.first_want.values(), default=0)
@@ -209,6 +255,43 @@ class Probe:
 
     def close(self) -> None:
         self.client.close()
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of named processes between creation and `stop()`, and of the whole machine.
+
+    Where a rollout's time goes on a shared machine: the broker, the hub, the agents (or raw receivers), this
+    process (publisher, probe, API polling), and `other` = every core's busy time not spent by those (the
+    other jobs on the machine). `wall` is the interval, so `x / wall` is cores used.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.t0 = time.monotonic()
+        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.machine0 = self._busy()
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            return float("nan")
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per process, `other` and `wall`."""
+        used = {name: round(self._cpu(p) - self.start[name], 2) for name, p in self.procs.items()}
+        busy = self._busy() - self.machine0
+        distinct = {p.pid: used[name] for name, p in self.procs.items()}
+        used["other"] = round(busy - sum(v for v in distinct.values() if v == v), 2)
+        used["wall"] = round(time.monotonic() - self.t0, 2)
+        return used
 
 
 class RssSampler:
@@ -270,7 +353,7 @@ class StandInHub:
         for i in range(n):
             self.hub.publish_desired(self.hub.desired(f"sim-{i:05d}", model))
 
-    def active(self) -> int:
+    def active(self, *, fresh: bool = False) -> int:
         with self.hub._lock:
             return sum(1 for r in self.hub.reported.values() if any(m.active for m in r.models))
 
@@ -281,7 +364,7 @@ class StandInHub:
 class ProductHub:
     name = "product (hub.runtime.Hub + REST API, SQLite)"
 
-    def __init__(self, broker: Broker, work: Path) -> None:
+    def __init__(self, broker: Broker, work: Path, settings: str = "{}") -> None:
         cmd = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -290,6 +373,8 @@ class ProductHub:
             str(work / "hub"),
             "--broker",
             broker.url,
+            "--settings",
+            settings,
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -311,8 +396,8 @@ class ProductHub:
         print(f"  enrolled {n} devices through the API in {time.monotonic() - t:.1f}s", file=sys.stderr, flush=True)
         return ["--bundles", str(bundles)]
 
-    def _devices(self) -> list[dict[str, Any]]:
-        if time.monotonic() - self._listed_at >= 1.0:  # listing thousands of devices costs the hub CPU
+    def _devices(self, max_age_s: float = 1.0) -> list[dict[str, Any]]:
+        if time.monotonic() - self._listed_at >= max_age_s:  # listing thousands of devices costs the hub CPU
             self._listed, self._listed_at = list(self.http.request("GET", "/api/v1/devices")), time.monotonic()
         return self._listed
 
@@ -360,8 +445,8 @@ class ProductHub:
         body = {"model": "bench", "version": "1.0.0", "selector": "bench=scale"}
         self.http.request("POST", "/api/v1/deployments", json=body)
 
-    def active(self) -> int:
-        return sum(1 for d in self._devices() if "bench:1.0.0" in d["active_models"])
+    def active(self, *, fresh: bool = False) -> int:
+        return sum(1 for d in self._devices(0.2 if fresh else 1.0) if "bench:1.0.0" in d["active_models"])
 
     def close(self) -> None:
         self.http.close()
@@ -500,6 +585,8 @@ class Result:
     chunks_seen: int = 0
     broker_peak_rss_mib: float = 0.0
     chunk_count: int = 0
+    raw_cpu: dict[str, float] = field(default_factory=dict)
+    rollout_cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -521,8 +608,11 @@ def _wait(
     return time.monotonic() - start
 
 
-def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
-    """Seconds for the model's chunks, published once, to reach N plain subscribers."""
+def raw_fan_out(
+    broker: Broker, model: Path, n: int, threads: int, pids: dict[str, int]
+) -> tuple[float, dict[str, float]]:
+    """Seconds for the model's chunks, published once, to reach N plain subscribers, and the CPU seconds
+    of the processes `pids` and of the receivers meanwhile (`CpuMeter`)."""
     manifest = plan_file(model)
     topic = Topics(PREFIX).chunk(manifest.sha256)  # the blob's own topic; no agent listens yet
     signal_topic = f"bench/{uuid.uuid4().hex[:8]}"
@@ -545,6 +635,7 @@ def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
     try:
         _wait(lambda: drain() or len(ready) >= n, 120 + n / 10, "raw receivers subscribed")
         data = model.read_bytes()
+        meter = CpuMeter(pids | {"receivers": proc.pid})
         start = time.monotonic()
         infos = []
         for i in range(manifest.count):
@@ -553,7 +644,7 @@ def raw_fan_out(broker: Broker, model: Path, n: int, threads: int) -> float:
                 publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
             )
         _wait(lambda: drain() or len(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
-        return time.monotonic() - start
+        return time.monotonic() - start, meter.stop()
     finally:
         listener.close()
         publisher.close()
@@ -586,7 +677,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     if kind == "replicas":
         hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas)
     else:
-        hub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work)
+        hub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work, args.hub_settings)
     sim: subprocess.Popen[bytes] | None = None
     hub_proc = psutil.Process(hub.pid)
     try:
@@ -613,19 +704,41 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         cpu_pct = 100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (w1 - w0)
         lags = sorted(hub.lags())
 
-        raw_s = raw_fan_out(broker, model, n, args.threads)
+        pids = {"broker": broker.proc.pid, "hub": hub.pid, "bench": os.getpid(), "agents": sim.pid}
+        raw_s, raw_cpu = raw_fan_out(broker, model, n, args.threads, pids)
+        print(f"  raw CPU s: {raw_cpu}", file=sys.stderr, flush=True)
         published_before = hub.chunks_published()
         manifest = plan_file(model)
         probe = Probe(broker, Topics(PREFIX), manifest.sha256)
         sampler = RssSampler(broker.proc.pid)
+        meter = CpuMeter(pids)
         t_roll = time.monotonic()
+        probe.mark()
         hub.deploy(n)
         try:
-            _wait(lambda: hub.active() >= n, args.rollout_timeout_s, "rollout", lambda: f"{hub.active()} active")
+            # Watching the reported topic is cheap; listing 2000 devices through the API every second took a
+            # fifth of the hub's CPU during the rollout. The end is still when the hub's API lists all N.
+            _wait(lambda: len(probe.active) >= n, args.rollout_timeout_s, "rollout",
+                  lambda: f"{len(probe.active)} reported active")  # fmt: skip
+            _wait(lambda: hub.active(fresh=True) >= n, 120, "rollout listed by the hub")
             rollout_s = time.monotonic() - t_roll
         except TimeoutError:
             rollout_s = float("nan")
         broker_peak = sampler.stop()
+        rollout_cpu = meter.stop()
+        joins, told = sorted(probe.want_times), sorted(probe.desired_times)
+        print(
+            f"  desired states published at {told[:1]} .. median {told[len(told) // 2 :][:1]} .. {told[-1:]}s; "
+            f"first chunk at {probe.first_chunk_s}s; first wants at {joins[:1]} .. median "
+            f"{joins[len(joins) // 2 :][:1]} .. {joins[-1:]}s; 10%-steps of the first wants: "
+            f"{[joins[len(joins) * k // 10] for k in range(10)] if joins else []}",
+            file=sys.stderr,
+            flush=True,
+        )
+        print(f"  first wants: {len(probe.first_want)}, later wants (s, device, chunks): {probe.rewants[:20]} "
+              f"({len(probe.rewants)}), republished (s, index): {probe.republished[:40]} ({len(probe.republished)})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        print(f"  rollout CPU s: {rollout_cpu}", file=sys.stderr, flush=True)
         probe.close()
         active = hub.active()
         sim_rss = psutil.Process(sim.pid).memory_info().rss / 2**20
@@ -641,7 +754,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             sim_rss_mib=sim_rss, sim_gib_in=summary.get("transport", {}).get("bytes_in", 0) / 2**30,
             duplicate_chunks=summary.get("stats", {}).get("duplicate_chunks", 0),
             chunks_minimum=probe.minimum(manifest.count), chunks_seen=probe.chunks, broker_peak_rss_mib=broker_peak,
-            chunk_count=manifest.count,
+            chunk_count=manifest.count, raw_cpu=raw_cpu, rollout_cpu=rollout_cpu,
         )  # fmt: skip
     finally:
         if sim is not None and sim.poll() is None:
@@ -748,6 +861,11 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--rollout-timeout-s", type=float, default=900.0, help="give up on a rollout after this long")
     p.add_argument("--sim-args", default="", help="extra `edgefleet sim` options, e.g. --slow-fraction 0.1")
+    p.add_argument(
+        "--hub-settings",
+        default="{}",
+        help='product hub: JSON merged into its settings, e.g. \'{"transfer": {"window_chunks": 0}}\'',
+    )
     p.add_argument("--md", type=Path, help="also write the table to this markdown file")
     p.add_argument("--replicas", type=int, default=1, help="also run this many product hubs on one PostgreSQL "
                    "database after each single-hub run (needs --database-url or --postgres)")  # fmt: skip

@@ -153,5 +153,6 @@ class Simulator:
                 "messages_out": ts.messages_out,
                 "bytes_in": ts.bytes_in,
                 "cache_chunks_written": self.blobs.chunks_written,
+                "cache_chunks_hashed": self.blobs.chunks_hashed,
             },
         )

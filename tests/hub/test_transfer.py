@@ -50,7 +50,7 @@ class World:
         self.clock = Clock()
         self.sent: list[int] = []
         self.topics = Topics("t/v1")
-        defaults: dict[str, object] = {"round_interval_s": 0.05, "window_chunks": 0}
+        defaults: dict[str, object] = {"round_interval_s": 0.05, "join_gap_s": 0.05, "window_chunks": 0}
         self.server = ChunkServer(
             store, lambda sha: blob_dir / sha, self.topics, self._publish,
             TransferSettings.model_validate(defaults | settings), clock=self.clock,
@@ -94,6 +94,30 @@ def test_wants_gathered_before_the_first_chunk_publish_each_chunk_once(store: Sq
     w.clock.now += 0.05
     assert w.run() == list(range(COUNT))
     assert w.server.stats.chunks_published == COUNT and w.server.stats.chunks_republished == 0
+
+
+def test_the_first_pass_waits_while_devices_keep_joining_up_to_the_join_window(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=0.1, join_window_s=0.5)
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.04
+    w.want("b", [(0, COUNT)])  # a second device: a wave, gathered until none joined for join_gap_s
+    w.clock.now += 0.09
+    assert w.run() == [], "past round_interval_s, but a new device wanted 90 ms ago"
+    w.want("a", [(0, COUNT)])  # a device wanting again does not prolong it
+    w.clock.now += 0.01
+    assert w.run(steps=1) == [0]
+
+
+def test_joiners_that_never_stop_wait_only_the_join_window(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=0.1, join_window_s=0.2)
+    opened = w.clock.now
+    for i in range(6):  # a new device every 30 ms, up to 150 ms after the first
+        w.want(f"d{i}", [(0, COUNT)])
+        assert w.run() == []
+        w.clock.now += 0.03
+    w.clock.now = opened + 0.2
+    w.want("d-late", [(0, COUNT)])
+    assert w.run(steps=1) == [0], "join_window_s after the first want the pass starts, joiners or not"
 
 
 def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: SqlStore, tmp_path: Path) -> None:

@@ -259,11 +259,16 @@ def test_many_agents_share_one_copy_but_each_verifies_every_chunk(tmp_path: Path
     agents = [make_agent(hub, tmp_path, f"sim-{i:05d}", blobs=blobs) for i in range(5)]
     for agent in agents:
         agent.on_message(hub.topics.desired(agent.device_id), hub.desired(agent.device_id, hub.model()), time.time())
+    topic, first = hub.topics.chunk(hub.manifest.sha256), hub.frames()[0]
+    agents[0].on_message(topic, first, time.time())  # verified and written by the first device
+    agents[1].on_message(topic, first[:-1] + bytes([first[-1] ^ 1]), time.time())
+    assert agents[1].stats.refused_chunks == 1  # a copy differing from the verified one is checked in full
     for agent in agents:
         download_all(agent, hub)
         assert agent.models["resnet"].phase is Phase.ACTIVE
     assert blobs.chunks_written == hub.manifest.count
     assert blobs.chunks_verified == 5 * hub.manifest.count
+    assert blobs.chunks_hashed == 0  # the other copies equal the verified ones: compared, not hashed again
     assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [hub.manifest.sha256]
     late = make_agent(hub, tmp_path, "sim-late", blobs=blobs)
     late.on_message(hub.topics.desired("sim-late"), hub.desired("sim-late", hub.model()), time.time())

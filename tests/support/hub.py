@@ -34,7 +34,7 @@ def hub_settings(data_dir: Path, broker_url: str | None, topic_prefix: str, **ov
         "topic_prefix": topic_prefix,
         "broker": {"url": broker_url, "local_port": 0},
         "api": {"host": "127.0.0.1", "port": 0},
-        "transfer": {"round_interval_s": 0.01},
+        "transfer": {"round_interval_s": 0.01, "join_gap_s": 0.05},
         "retention": {"sweep_interval_s": 3600},
     }
     for key, value in overrides.items():

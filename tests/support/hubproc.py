@@ -82,6 +82,7 @@ class HubProcess:
                 "EDGEFLEET_HUB_ROLLOUTS_TICK_INTERVAL_S": "0.2",
                 "EDGEFLEET_HUB_ROLLOUTS_TELEMETRY_GRACE_S": "0.4",
                 "EDGEFLEET_HUB_TRANSFER_ROUND_INTERVAL_S": "0.01",
+                "EDGEFLEET_HUB_TRANSFER_JOIN_GAP_S": "0.05",
                 **self.extra_env,
             }
         )
