@@ -464,7 +464,7 @@ class ReplicaHubs(ProductHub):
     server; blobs in one directory all replicas see (a symlink here, NFS or object storage in production).
     The API of the first replica serves the benchmark; hub CPU and RSS are the first replica's."""
 
-    def __init__(self, broker: Broker, work: Path, database_url: str, replicas: int) -> None:
+    def __init__(self, broker: Broker, work: Path, database_url: str, replicas: int, settings: str = "{}") -> None:
         self.name = f"{replicas}-replicas (hub.runtime.Hub x{replicas} + REST API, one PostgreSQL, MQTT 5 $share)"
         self.database_url = database_url
         self.procs: list[subprocess.Popen[str]] = []
@@ -477,7 +477,8 @@ class ReplicaHubs(ProductHub):
                 shutil.copytree(first, data, ignore=shutil.ignore_patterns("blobs", "*.lock"))
                 (data / "blobs").symlink_to(first / "blobs")
             cmd = [sys.executable, str(Path(__file__).resolve()), "_hub", "--data", str(data), "--broker", broker.url,
-                   "--group", "hubs", "--replica", f"r{r}", "--database-url", database_url]  # fmt: skip
+                   "--group", "hubs", "--replica", f"r{r}", "--database-url", database_url,
+                   "--settings", settings]  # fmt: skip
             if token is not None:
                 cmd += ["--token", token]
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -675,7 +676,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     assert broker.proc is not None
     hub: StandInHub | ProductHub
     if kind == "replicas":
-        hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas)
+        hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas, args.hub_settings)
     else:
         hub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work, args.hub_settings)
     sim: subprocess.Popen[bytes] | None = None

@@ -63,7 +63,7 @@ class Ingestor:
         self.on_ack = on_ack
         self.allow_telemetry = allow_telemetry  # a per-device rate limit (hub.security)
         self.leading = leading  # whether this replica serves chunks (hub.leadership); None: always
-        self.followed = 0  # wants left to the leader (this replica follows)
+        self.followed = 0  # wants and download-progress reports left to the leader (this replica follows)
         self._accepted: Counter[str] = Counter()
         self._rejected: Counter[tuple[str, str]] = Counter()
         self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
@@ -157,6 +157,13 @@ class Ingestor:
             return
         if isinstance(msg, DeviceStatus):
             ok = self.store.enqueue_status(msg, now)
+        elif msg.download is not None and self.leading is not None and not self.leading():
+            # Download progress, most of a rollout's reports (~65 per device for a 16 MiB model): the leader
+            # stores it and paces its chunk server with it; every replica writing every one of them doubled the
+            # report work of a rollout with two replicas. Reports that carry no transfer (phase changes,
+            # activations, errors) are still written by every replica, so a cut-off leader delays none of them.
+            self.followed += 1
+            return
         else:
             ok = self.store.enqueue_reported(msg, now)
             self.chunk_server.progress(msg.device_id, msg.download)  # paces the chunk server

@@ -1,21 +1,25 @@
-"""Dynamic batcher: asyncio callers in, batched engine runs in a worker thread, results split back.
+"""Dynamic batcher: asyncio callers in, batched engine runs in worker threads, results split back.
 
-A collector task takes the oldest request, then gathers requests of the same input signature (per-input
+Each worker thread takes the oldest request, then gathers requests of the same input signature (per-input
 shape without the batch axis, and dtype) until `max_batch` rows or until `max_delay_ms` after the oldest
-request arrived. Requests of another signature wait for the next batch; they are never mixed. The batch
-runs off the event loop (a thread pool of `workers` threads). Each caller's inputs are checked before
-they are queued, so a bad input fails only its caller; if a batch still fails in onnxruntime, its
-requests are retried one by one so only the culprit fails.
+request arrived. Requests of another signature wait for the next batch; they are never mixed. Each
+caller's inputs are checked before they are queued, so a bad input fails only its caller; if a batch
+still fails in onnxruntime, its requests are retried one by one so only the culprit fails.
+
+The worker forms its next batch itself, right after the previous run, while it still holds the GIL that
+onnxruntime handed back: the event loop is not needed between two batches (it only queues requests and,
+once per batch, receives the results). With the loop forming batches, every batch waited for the loop to
+take its turn and then for the worker to get the GIL back: a quarter of the engine's time under 16 clients
+on 2 cores (docs/bench/serve.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.errors import EngineNotReady, InferenceFailed, InvalidInput, ModelError, QueueFull
 
 Array = npt.NDArray[np.generic]
+_KEPT_BUFFERS = 4  # batch input buffers a worker keeps (one per input and signature)
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
@@ -103,53 +108,51 @@ class Batcher:
     ) -> None:
         """`more_coming` (optional): called when the queue is empty while a batch fills; False means no
         other request is on its way (e.g. an HTTP server knows none is being read), so the batch runs now
-        instead of waiting up to `max_delay_ms`. Without it the batcher always waits until the deadline."""
+        instead of waiting up to `max_delay_ms`. Without it the batcher always waits until the deadline.
+        It is called from a worker thread (with the GIL held): it should only read a counter."""
         self.engine = engine
         self.options = options or BatcherOptions()
         self._more_coming = more_coming
         fixed = engine.max_batch
         self.max_batch = min(self.options.max_batch, fixed) if fixed else self.options.max_batch
-        self._queue: asyncio.Queue[_Request] | None = None
-        self._carry: deque[_Request] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._pending: deque[_Request] = deque()  # queued, not yet taken by a worker
+        self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; workers wait on it
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[threading.Thread] = []
         self._sizes: Counter[int] = Counter()
         self._size_ns: Counter[int] = Counter()
         self._requests = self._batches = self._rejected = self._failed = 0
-        self._waiting = 0  # queued or carried over, not yet dispatched
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the collector on the running event loop."""
-        if self._task is not None:
+        """Start the worker threads; results come back on the running event loop."""
+        if self._workers:
             return
-        self._queue = asyncio.Queue()
-        self._slots = asyncio.Semaphore(self.options.workers)
-        self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="batcher")
-        self._task = asyncio.create_task(self._collect(), name="batcher-collector")
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._workers = [
+            threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(self.options.workers)
+        ]
+        for t in self._workers:
+            t.start()
 
     async def close(self) -> None:
         """Stop taking requests, finish running batches, fail queued ones with EngineNotReady."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        pending = list(self._carry)
-        self._carry.clear()
-        while self._queue is not None and not self._queue.empty():
-            pending.append(self._queue.get_nowait())
+        workers, self._workers = self._workers, []
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        loop = asyncio.get_running_loop()
+        for t in workers:  # a worker finishes its run; its results are delivered before the join is seen here
+            await loop.run_in_executor(None, t.join)
+        with self._cond:
+            pending = list(self._pending)
+            self._pending.clear()
         for req in pending:
             if not req.future.done():
                 req.future.set_exception(EngineNotReady("batcher closed; retry on the new engine"))
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     async def __aenter__(self) -> Batcher:
         await self.start()
@@ -171,7 +174,7 @@ class Batcher:
             EngineNotReady: the batcher is not running.
             InferenceFailed: onnxruntime failed on this request.
         """
-        if self._task is None or self._queue is None:
+        if not self._workers or self._closing:
             raise EngineNotReady("batcher is not running; call start() or use `async with`")
         feed = self.engine.check_inputs(inputs)
         rows = {int(a.shape[0]) for a in feed.values() if a.ndim}
@@ -181,19 +184,20 @@ class Batcher:
         if n > self.max_batch:
             raise InvalidInput(f"request has {n} rows; the batcher takes at most {self.max_batch} per request")
         sig: Signature = tuple((k, tuple(v.shape[1:]), v.dtype.str) for k, v in sorted(feed.items()))
-        if self._waiting >= self.options.max_queue:
+        if len(self._pending) >= self.options.max_queue:
             self._rejected += 1
             raise QueueFull(f"{self.options.max_queue} requests are already waiting; retry shortly")
         req = _Request(feed, n, sig, asyncio.get_running_loop().create_future(), timing)
-        self._queue.put_nowait(req)
-        self._waiting += 1
+        with self._cond:
+            self._pending.append(req)
+            self._cond.notify()
         self._requests += 1
         return await req.future
 
     def stats(self) -> BatcherStats:
         """Queue depth, request/batch/reject/failure counts, and how often each batch size ran."""
         return BatcherStats(
-            self._waiting,
+            len(self._pending),
             self._requests,
             self._batches,
             self._rejected,
@@ -202,120 +206,95 @@ class Batcher:
             dict(sorted(self._size_ns.items())),
         )
 
-    # --- collector -----------------------------------------------------------------------------------
+    # --- worker threads ------------------------------------------------------------------------------
 
-    async def _get_within(self, wait: float) -> _Request | None:
-        """The next queued request, waiting at most `wait` seconds (never loses an item on timeout)."""
-        assert self._queue is not None
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        if wait <= 0:
-            return None
-        getter = asyncio.ensure_future(self._queue.get())
-        done, _ = await asyncio.wait({getter}, timeout=wait)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        try:
-            return await getter  # it may have completed just before the cancel
-        except asyncio.CancelledError:
-            return None
-
-    async def _collect(self) -> None:
-        assert self._slots is not None
-        assert self._queue is not None
+    def _work(self) -> None:
+        """A worker: take a batch, run it, hand the results to the loop, repeat until closing."""
+        loop = self._loop
+        assert loop is not None
+        buffers: dict[tuple[str, tuple[int, ...], str], Array] = {}  # this worker's batch inputs, reused
         while True:
-            await self._slots.acquire()
-            try:
-                head = self._carry.popleft() if self._carry else await self._queue.get()
-                batch = await self._gather(head)
-            except asyncio.CancelledError:
-                self._slots.release()
-                raise
-            task = asyncio.create_task(self._dispatch(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _gather(self, head: _Request) -> list[_Request]:
-        """Requests compatible with `head`: carried-over ones first, then the queue until the deadline."""
-        queue = self._queue
-        assert queue is not None
-        batch, rows = [head], head.rows
-        deferred: list[_Request] = []
-
-        def take(r: _Request) -> None:
-            nonlocal rows
-            if r.future.done():  # the caller gave up (cancelled) while queued
-                self._waiting -= 1
-            elif r.signature == head.signature and rows + r.rows <= self.max_batch:
-                batch.append(r)
-                rows += r.rows
-            else:  # another shape/dtype, or too many rows: next batch
-                deferred.append(r)
-
-        carried = list(self._carry)
-        self._carry.clear()
-        for r in carried:
-            take(r)
-        deadline = head.arrived + self.options.max_delay_ms / 1e3
-        try:
-            while rows < self.max_batch:
-                if self._more_coming is not None and queue.empty() and not self._more_coming():
-                    break
-                nxt = await self._get_within(deadline - time.monotonic())
-                if nxt is None:
-                    break
-                take(nxt)
-        except asyncio.CancelledError:  # closing: keep every request so close() can answer it
-            self._carry.extendleft(reversed(batch + deferred))
-            raise
-        self._carry.extend(deferred)
-        return batch
-
-    async def _dispatch(self, batch: list[_Request]) -> None:
-        assert self._slots is not None
-        self._waiting -= len(batch)
-        try:
-            live = [r for r in batch if not r.future.done()]
-            if not live:
+            batch = self._next_batch()
+            if batch is None:
                 return
-            loop = asyncio.get_running_loop()
             started = time.perf_counter_ns()
             try:
-                results, ns = await loop.run_in_executor(self._pool, self._run, live)
+                results = self._run_batch(batch, buffers)
             except Exception as e:  # a bug, not a model error: still answer every caller
-                err = InferenceFailed(f"batch of {len(live)} failed unexpectedly: {type(e).__name__}: {e}")
-                results, ns = [err] * len(live), time.perf_counter_ns() - started
-            self._batches += 1
-            rows = sum(r.rows for r in live)
-            self._sizes[rows] += 1
-            self._size_ns[rows] += ns
-            for req, res in zip(live, results, strict=True):
-                if req.timing is not None:
-                    req.timing.queue_ns, req.timing.compute_ns = started - req.queued_ns, ns
-                if req.future.done():
+                err = InferenceFailed(f"batch of {len(batch)} failed unexpectedly: {type(e).__name__}: {e}")
+                results = [err] * len(batch)
+            ns = time.perf_counter_ns() - started
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, results, started, ns)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+    def _next_batch(self) -> list[_Request] | None:
+        """The oldest request and those that fit with it, until `max_batch` rows or the deadline; None: closing."""
+        cond = self._cond
+        pending = self._pending
+        with cond:
+            while True:
+                while not pending and not self._closing:
+                    cond.wait()
+                if self._closing:
+                    return None
+                head = pending.popleft()
+                if not head.future.done():  # a caller that gave up (cancelled) while queued is dropped
+                    break
+            batch, rows = [head], head.rows
+            deadline = head.arrived + self.options.max_delay_ms / 1e3
+            scanned = 0  # requests of `pending` already looked at (kept for a later batch)
+            while rows < self.max_batch:
+                if scanned < len(pending):
+                    r = pending[scanned]
+                    if r.future.done():
+                        del pending[scanned]
+                    elif r.signature == head.signature and rows + r.rows <= self.max_batch:
+                        del pending[scanned]
+                        batch.append(r)
+                        rows += r.rows
+                    else:  # another shape/dtype, or too many rows: next batch
+                        scanned += 1
                     continue
-                if isinstance(res, BaseException):
-                    self._failed += 1
-                    req.future.set_exception(res)
-                else:
-                    req.future.set_result(res)
-        finally:
-            self._slots.release()
+                if self._more_coming is not None and not self._more_coming():
+                    break
+                wait = deadline - time.monotonic()
+                if wait <= 0 or self._closing:
+                    break
+                cond.wait(wait)
+            if self._closing:  # keep every request so close() can answer it
+                pending.extendleft(reversed(batch))
+                return None
+            return batch
 
-    def _run(self, batch: list[_Request]) -> tuple[list[dict[str, Array] | BaseException], int]:
-        """Worker thread: the batch's results and the nanoseconds it took (concatenate, run, split)."""
-        t0 = time.perf_counter_ns()
-        results = self._run_batch(batch)
-        return results, time.perf_counter_ns() - t0
+    def _deliver(
+        self, batch: list[_Request], results: list[dict[str, Array] | BaseException], started: int, ns: int
+    ) -> None:
+        """On the event loop: count the run and answer its callers."""
+        self._batches += 1
+        rows = sum(r.rows for r in batch)
+        self._sizes[rows] += 1
+        self._size_ns[rows] += ns
+        for req, res in zip(batch, results, strict=True):
+            if req.timing is not None:
+                req.timing.queue_ns, req.timing.compute_ns = started - req.queued_ns, ns
+            if req.future.done():
+                continue
+            if isinstance(res, BaseException):
+                self._failed += 1
+                req.future.set_exception(res)
+            else:
+                req.future.set_result(res)
 
-    def _run_batch(self, batch: list[_Request]) -> list[dict[str, Array] | BaseException]:
+    def _run_batch(
+        self, batch: list[_Request], buffers: dict[tuple[str, tuple[int, ...], str], Array]
+    ) -> list[dict[str, Array] | BaseException]:
         """One engine run for the batch, split by rows; on failure, run one by one."""
         if len(batch) == 1:
             return [self._run_one(batch[0])]
-        names = list(batch[0].feed)
-        feed = {n: np.concatenate([r.feed[n] for r in batch], axis=0) for n in names}
         total = sum(r.rows for r in batch)
+        feed = {n: self._stack(n, [r.feed[n] for r in batch], total, buffers) for n in batch[0].feed}
         try:
             out = self.engine.run_checked(feed)
         except ModelError:
@@ -329,6 +308,35 @@ class Batcher:
             results.append({k: v[start:end] for k, v in out.items()})
             start = end
         return results
+
+    def _stack(
+        self, name: str, parts: list[Array], rows: int, buffers: dict[tuple[str, tuple[int, ...], str], Array]
+    ) -> Array:
+        """`parts` one after the other on axis 0, in this worker's buffer for the input's signature.
+
+        Copied with memoryviews, which keep the GIL: numpy releases it for every large copy, and taking it
+        back from a busy event loop took up to the switch interval each time (~1.4 ms for a batch of 8 x
+        196 KB on 2 cores), time in which the engine waits. The buffer is kept: fresh memory would be
+        faulted in again for every batch. It is free again when the run returns (onnxruntime never hands
+        back an input's memory as an output), and the worker's next batch overwrites it.
+        """
+        first = parts[0]
+        if first.ndim == 0 or not all(p.flags.c_contiguous for p in parts):
+            return np.concatenate(parts, axis=0)  # numpy's copy (or its error for an input without a batch axis)
+        key = (name, first.shape[1:], first.dtype.str)
+        buf = buffers.get(key)
+        if buf is None:
+            if len(buffers) >= _KEPT_BUFFERS:  # many shapes in turn: keep the most recent only
+                buffers.clear()
+            buf = buffers[key] = np.empty((self.max_batch, *first.shape[1:]), first.dtype)
+        out = buf[:rows]
+        dst = out.data.cast("B")  # parts are C-contiguous (`check_inputs`), as is `out`
+        at = 0
+        for part in parts:
+            n = part.nbytes
+            dst[at : at + n] = part.data.cast("B")
+            at += n
+        return out
 
     def _run_one(self, req: _Request) -> dict[str, Array] | BaseException:
         try:

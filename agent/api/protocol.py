@@ -11,6 +11,10 @@ this path it pays only for what it needs (docs/bench/serve.md has the figures):
 - the body goes into one buffer sized from Content-Length, without uvicorn's 64 KiB read pauses and the
   copies of ASGI body messages; binary tensor data (`Inference-Header-Content-Length`) is placed so that
   the first tensor starts 16-byte aligned, so numpy views it instead of copying it;
+- what the headers' read did not bring of the body is received straight into that buffer (`_BodyReader`, a
+  buffered protocol the transport reads into while the body arrives): no bytes object per read, no copy
+  by the HTTP parser, no copy into the buffer. A 196 KB tensor is three copies (~45 us each here) fewer;
+  a 6 MB JSON body, about 4 ms fewer;
 - the response (uvicorn's default headers, the answer's headers and body) goes out in one write.
 
 Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests (a request that arrives
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+import httptools
 import numpy as np
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -73,6 +78,43 @@ class _Direct:
         return await self.body
 
 
+class _BodyReader(asyncio.BufferedProtocol):
+    """Stands in for the HTTP protocol on the transport while the rest of a direct request's body arrives: the
+    transport receives straight into the request's buffer (asyncio and uvloop read into `get_buffer`'s view)."""
+
+    def __init__(self, http: InferenceProtocol, d: _Direct) -> None:
+        self.http = http
+        self.d = d
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The part of the body still to come: the transport never reads past the body's end."""
+        return self.d.view[self.d.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` more of the body arrived; once it is whole, the HTTP protocol takes the transport back."""
+        self.http._unset_keepalive_if_required()  # as data_received: an early answer armed it, the body goes on
+        d = self.d
+        d.filled += nbytes
+        if d.filled == len(d.view):
+            self.http.body_received()
+
+    def eof_received(self) -> bool | None:
+        """The client closed its side mid-body: as the HTTP protocol would."""
+        return self.http.eof_received()  # type: ignore[func-returns-value]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection went away mid-body: the request sees a disconnect."""
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """As the HTTP protocol (an early answer may fill the send buffer while the body still arrives)."""
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        """As the HTTP protocol."""
+        self.http.resume_writing()
+
+
 class InferenceProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; inference POSTs are answered from the parser (see the module docstring).
 
@@ -85,6 +127,22 @@ class InferenceProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: _Direct | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        d = self._reading
+        if d is not None and d.filled < len(d.view) and not self.transport.is_closing():
+            # the parser has passed on all of `data`: the rest of this body comes in later reads, and no
+            # byte of the next request can come before it ends
+            self.transport.set_protocol(_BodyReader(self, d))
+
+    def body_received(self) -> None:
+        """`_BodyReader` has received the last byte of the body: take the transport back, with a parser that
+        starts at the next request (this one's parser still waits for the body it never saw)."""
+        self.transport.set_protocol(self)
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn sets its own
+        self.on_message_complete()
 
     # --- parser callbacks ----------------------------------------------------------------------------
 

@@ -4,13 +4,23 @@ and `Leadership` handing over between two holders."""
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleet.codec import encode
+from fleet.messages import AppliedModel, DownloadProgress, Phase
+from fleet.topics import Topics
 from hub.errors import LeaseLost, StaleDocument
+from hub.ingest import Ingestor
 from hub.leadership import LEADER_LEASE, Leadership
+from hub.settings import TransferSettings
 from hub.store import Database, Desired, Device, Fence, SqlStore, open_store
+from hub.transfer import ChunkServer
 from tests.support.mqtt import wait_for
+from tests.support.wire import one_model_report
 
 
 @pytest.fixture
@@ -99,3 +109,36 @@ def test_leadership_hands_over_when_the_leader_stops_or_stops_renewing(store: Sq
         a.stop()
         b.stop()
     assert changes[:3] == [("a", True), ("a", False), ("b", True)]
+
+
+def test_a_follower_leaves_download_progress_to_the_leader_and_writes_every_other_report(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """Every replica hears every report; during a rollout most are download progress, which only the leader
+    stores (it paces its chunk server with them). Reports without a transfer are written by every replica."""
+    store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+    topics = Topics("fleet/v1")
+    leading = False
+    chunks = ChunkServer(store, lambda sha: tmp_path / sha, topics, lambda _t, _f: None, TransferSettings())
+    ing = Ingestor(store, topics, is_enrolled=lambda d: d == "d1", chunk_server=chunks, max_message_bytes=1 << 16,
+                   leading=lambda: leading)  # fmt: skip
+    sha = "a" * 64
+    progress = DownloadProgress(sha256=sha, have_chunks=1, total_chunks=4, bytes_done=1, bytes_total=4)
+    now = time.time()
+
+    def report(seq: int, **kw: Any) -> None:
+        ing.handle(topics.reported("d1"), encode(one_model_report("d1", seq=seq, ts=now + seq, **kw)))
+        store.flush()
+
+    def stored() -> int | None:
+        d = store.get_device("d1")
+        return d.reported.seq if d is not None and d.reported is not None else None
+
+    report(1, phase=Phase.DOWNLOADING, download=progress)
+    assert (stored(), ing.followed) == (None, 1)  # a follower: left to the leader
+    active = AppliedModel(name="m", version="1.0.0", sha256=sha, activated_at=now)
+    report(2, phase=Phase.ACTIVE, active=active)
+    assert (stored(), ing.followed) == (2, 1)  # no transfer: every replica writes it
+    leading = True
+    report(3, phase=Phase.DOWNLOADING, download=progress)
+    assert (stored(), ing.followed) == (3, 1)  # the leader writes progress

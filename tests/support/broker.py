@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,11 +25,35 @@ def find_mosquitto() -> str | None:
     return None
 
 
+def _ephemeral_range() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+# Servers started by tests listen on ports outside the kernel's ephemeral range: a port the kernel handed out
+# (bind to 0) and the test released could be taken, before the server binds it or while a killed server is
+# restarted on it, as the local port of any outgoing connection (an MQTT client, an HTTP request), and the
+# server then fails with "Address already in use". Each test process walks its own shuffled order of the
+# ports below that range and never hands one out twice.
+_EPHEMERAL = _ephemeral_range()
+_CANDIDATES = [p for p in range(10000, 32768) if p not in _EPHEMERAL]
+random.Random(os.getpid()).shuffle(_CANDIDATES)
+_NEXT = iter(_CANDIDATES)
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 outside the ephemeral range, not handed out before in this process."""
+    for port in _NEXT:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (another test run on this machine, another service)
+            return port
+    raise RuntimeError("no free TCP port left below the ephemeral range")
 
 
 @dataclass

@@ -8,6 +8,7 @@ clients that go away must behave as uvicorn's own handling does.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -161,6 +162,32 @@ def test_pipelined_requests_are_answered_in_order(server: ApiServer) -> None:
     assert status == 200 and orjson.loads(js)["outputs"][0]["shape"] == [1, 100]
     status, _, err = c.response()
     assert status == 404 and "nope" in orjson.loads(err)["error"]
+    c.close()
+
+
+def test_a_body_in_pieces_then_the_next_request_in_the_same_read(server: ApiServer, clf_engine: Engine) -> None:
+    """The rest of a body is received straight into the request's buffer; the bytes after it are the next
+    request's, parsed as usual (however the reads split them)."""
+    x = _x(2)
+    want = clf_engine.infer({"image": x})["logits"]
+    body, headers = _binary(x, pad=3)
+    raw = _request(body, headers)
+    start = raw.index(b"\r\n\r\n") + 4
+    c = Conn(server.url)
+    pieces = [raw[: start + 7]] + [raw[i : i + 9000] for i in range(start + 7, len(raw), 9000)]
+    meta = f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    for _ in range(2):  # twice on one connection: the HTTP parser is back after the first body
+        for piece in pieces[:-1]:
+            c.send(piece)
+            time.sleep(0.002)  # separate reads: most of the body arrives after the headers were parsed
+        c.send(pieces[-1] + meta)
+        status, h, content = c.response()
+        assert status == 200, content
+        n = int(h["inference-header-content-length"])
+        got = np.frombuffer(content[n:], np.float32).reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        status, _, doc = c.response()
+        assert status == 200 and orjson.loads(doc)["name"] == NAME
     c.close()
 
 
