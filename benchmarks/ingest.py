@@ -21,6 +21,7 @@ raw and hub; the ratio is the median of the per-round ratios. Prints a markdown 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import platform
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -293,6 +294,28 @@ class FreshDatabases:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextlib.contextmanager
+def postgres_databases(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[FreshDatabases | None]:
+    """Fresh databases on the PostgreSQL server of `--database-url`, or on one started for the run (`--postgres`;
+    Debian's package, default durability); None when neither was asked for. Dropped (and stopped) at the end."""
+    server = None
+    if args.postgres:
+        bindir = find_postgres_bin()
+        if bindir is None:
+            ap.error("--postgres: PostgreSQL is not installed (scripts/ensure-postgresql.sh)")
+        server = PostgresServer(bindir, durable=True)
+        server.start()
+        args.database_url = server.url()
+    fresh = FreshDatabases(args.database_url) if args.database_url else None
+    try:
+        yield fresh
+    finally:
+        if fresh is not None:
+            fresh.drop()
+        if server is not None:
+            server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
@@ -310,15 +333,12 @@ def main() -> None:
     ap.add_argument("--only-postgres", action="store_true", help="skip the SQLite paths")
     args = ap.parse_args()
     per = args.windows // args.publishers
-    server = None
-    if args.postgres:
-        bindir = find_postgres_bin()
-        if bindir is None:
-            ap.error("--postgres: PostgreSQL is not installed (scripts/ensure-postgresql.sh)")
-        server = PostgresServer(bindir, durable=True)
-        server.start()
-        args.database_url = server.url()
-    fresh = FreshDatabases(args.database_url) if args.database_url else None
+    with postgres_databases(ap, args) as fresh:
+        measure(args, per, fresh)
+
+
+def measure(args: argparse.Namespace, per: int, fresh: FreshDatabases | None) -> None:
+    """Rounds of raw then every path; prints the table."""
     paths: dict[str, Callable[[str, list[list[tuple[str, bytes]]], list[str]], float]] = {}
     if not args.only_postgres:
         paths["hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default)"] = (
@@ -361,10 +381,6 @@ def main() -> None:
                 print("; ".join(line), f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr)
         finally:
             broker.stop()
-            if fresh is not None:
-                fresh.drop()
-            if server is not None:
-                server.stop()
     size = len(batches[0][0][1])
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, Mosquitto, publish QoS {args.qos}"
     print(f"## Telemetry ingestion ({machine})\n")

@@ -376,11 +376,15 @@ class ProductHub:
             "--settings",
             settings,
         ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        info = json.loads(self.proc.stdout.readline())
-        self.pid = self.proc.pid
-        self.api, self.token, self.db = info["api"], info["token"], info["db"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        self._attach(proc, info["api"], info["token"], info["db"])
+
+    def _attach(self, proc: subprocess.Popen[str], api: str, token: str, db: str) -> None:
+        """Measure and drive the hub process `proc` through its API `api` and its database `db`."""
+        self.proc, self.pid = proc, proc.pid
+        self.api, self.token, self.db = api, token, db
         self.http = HubClient(self.api, self.token, timeout=120)
         self._listed: list[dict[str, Any]] = []
         self._listed_at = 0.0
@@ -488,15 +492,7 @@ class ReplicaHubs(ProductHub):
             token = info["token"]
             (first / "blobs").mkdir(exist_ok=True)
             self.apis.append(info["api"])
-        self.proc, self.pid = self.procs[0], self.procs[0].pid
-        self.api, self.token, self.db = self.apis[0], str(token), database_url
-        self.http = HubClient(self.api, self.token, timeout=120)
-        self._listed: list[dict[str, Any]] = []
-        self._listed_at = 0.0
-        self._rowid = 0
-        self._lags: list[float] = []
-        self._poller: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._attach(self.procs[0], self.apis[0], str(token), database_url)
 
     def _poll_db(self) -> None:
         import psycopg  # noqa: PLC0415 - only this hub needs it
@@ -822,26 +818,12 @@ def _rollout_s(r: Result) -> str:
 def _databases(p: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[Any]:
     """Fresh PostgreSQL databases for the replica runs, on the server named or one started for the run (the
     PostgreSQL helpers `benchmarks/ingest.py` uses)."""
-    from benchmarks.ingest import FreshDatabases  # noqa: PLC0415 - PostgreSQL only when asked for
-    from tests.support.postgres import PostgresServer, find_postgres_bin  # noqa: PLC0415
+    from benchmarks.ingest import postgres_databases  # noqa: PLC0415 - PostgreSQL only when asked for
 
-    server = None
-    if args.postgres:
-        bindir = find_postgres_bin()
-        if bindir is None:
-            p.error("--postgres: PostgreSQL is not installed (scripts/ensure-postgresql.sh)")
-        server = PostgresServer(bindir, durable=True)
-        server.start()
-        args.database_url = server.url()
-    if not args.database_url:
+    if not args.database_url and not args.postgres:
         p.error("--replicas needs --database-url or --postgres")
-    fresh = FreshDatabases(args.database_url)
-    try:
+    with postgres_databases(p, args) as fresh:
         yield fresh
-    finally:
-        fresh.drop()
-        if server is not None:
-            server.stop()
 
 
 def main() -> None:
