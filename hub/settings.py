@@ -135,14 +135,14 @@ class TransferSettings(SettingsGroup):
         gt=0,
         le=60,
         description="once a second device wants a blob before its first chunk, its wants are gathered until none "
-        "came from a new device for this long (3 s: a rollout's wants arrive over seconds, in bursts; a chunk "
+        "came from a new device for this many seconds (3 s: a rollout's wants arrive over seconds, in bursts; a chunk "
         "published before a device joined is published again for it, to every device still fetching)",
     )
     join_window_s: float = Field(
         default=30.0,
         gt=0,
         le=600,
-        description="the gathering of a blob's first wants ends this long after the first at the latest (30 s: "
+        description="the gathering of a blob's first wants ends this many seconds after the first at the latest (30 s: "
         "2000 simulated agents on 2 cores wanted over 10 s)",
     )
     window_chunks: int = Field(
