@@ -137,7 +137,7 @@ class InferenceProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         view = memoryview(data)  # httptools reads any buffer: the parts below are fed without copies
         end = data.find(b"\r\n\r\n") + 4 if self._reading is None else 0
-        if end > 0:  # the bytes up to the first blank line first (the parser streams: the same result)
+        if end >= 4:  # the bytes up to the first blank line first (the parser streams: the same result)
             super().data_received(view[:end])  # type: ignore[arg-type]
             if self.transport.is_closing() or self.parser.should_upgrade():
                 return  # as uvicorn: an upgrade's bytes after its headers are not parsed as HTTP
