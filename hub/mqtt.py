@@ -94,7 +94,7 @@ class HubLink:
         self._client.loop_start()
         if not self._connected.wait(timeout):
             self._client.loop_stop()
-            raise BrokerError(f"no MQTT connection to {self.url} within {timeout:.0f}s")
+            raise BrokerError(f"no MQTT connection to {self.url} within {timeout:g} s")
 
     def stop(self) -> None:
         """Disconnect cleanly and stop the network thread."""

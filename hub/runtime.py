@@ -182,7 +182,7 @@ class Hub:
         self._running.callback(self.leadership.stop)  # after rollouts, MQTT and chunks: releases the lease
         self.chunks.start()
         self._running.callback(self.chunks.stop)
-        link.start()
+        link.start(timeout=s.broker.connect_timeout_s)
         self._running.callback(link.stop)
         self.rollouts.start()
         self._running.callback(self.rollouts.stop)

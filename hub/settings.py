@@ -50,6 +50,13 @@ class BrokerSettings(SettingsGroup):
     keepalive_s: int = Field(
         default=30, ge=5, le=3600, description="MQTT keep-alive, seconds (a dead link is noticed within 1.5x this)"
     )
+    connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="seconds the hub waits for its first MQTT connection at start before it stops with an error "
+        "(later disconnects are retried for ever)",
+    )
     mosquitto_binary: str | None = Field(
         default=None, description="local broker: mosquitto path (None: search PATH and /usr/sbin, where Debian puts it)"
     )

@@ -189,9 +189,10 @@ def run(demo: Demo, exit_after: bool) -> None:
     out.rule("[bold]1. the hub")
     init = json.loads(demo.cli("hub", "init", "--data-dir", str(work / "hub"), "--json"))
     demo.token = init["admin_token"]
-    # its Mosquitto on a free port: a system broker (or another demo) may hold 1883
-    demo.spawn("hub", "hub", "serve", "--data-dir", str(work / "hub"), "--port", str(demo.hub_port),
-               env={"EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0"})  # fmt: skip
+    # its Mosquitto on a free port: a system broker (or another demo) may hold 1883. The demo's agents send
+    # 1 s telemetry windows (below), so the hub judges a bake 2 s after it ends, not the 15 s that suit 10 s ones
+    hub_env = {"EDGEFLEET_HUB_BROKER_LOCAL_PORT": "0", "EDGEFLEET_HUB_ROLLOUTS_TELEMETRY_GRACE_S": "2"}
+    demo.spawn("hub", "hub", "serve", "--data-dir", str(work / "hub"), "--port", str(demo.hub_port), env=hub_env)
     wait_until(
         "the hub API",
         lambda: demo.check_alive() or httpx.get(f"{demo.hub_url}/healthz", timeout=2).status_code == 200,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from fleet.messages import Capabilities, ReportedState
 from hub.errors import Conflict, NotFound
 from hub.store.base import Desired, DesiredSlot, DesiredSummary, Device, Fence
-from hub.store.connection import Conn, Dialect
+from hub.store.connection import Conn, Dialect, columns
 from hub.store.coordination import check_fence
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,14 @@ _DEVICE = (
     "SELECT d.id, d.labels, d.password_hash, d.enrolled_at, d.enrolled_by, d.status, d.status_at, d.session, "
     "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
     "d.desired_counter FROM devices d LEFT JOIN applied a ON a.device_id = d.id"
+)
+_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
+_PG_PUT_DESIRED = (
+    "INSERT INTO desired (device_id, version, envelope, issued_at, expires_at) "
+    "SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::float8[]) "
+    "ON CONFLICT (device_id) DO UPDATE SET version = excluded.version, envelope = excluded.envelope, "
+    "issued_at = excluded.issued_at, expires_at = excluded.expires_at "
+    "WHERE excluded.version > desired.version RETURNING device_id"
 )
 _DESIRED = "SELECT device_id, version, envelope, issued_at, expires_at FROM desired"
 _SLOTS = (
@@ -129,17 +137,17 @@ class DeviceTables:
 
     def allocate_desired_versions(self, device_ids: list[str]) -> dict[str, int]:
         """Reserve the next desired-state version of each device (persisted: monotonic across restarts)."""
+        ids = sorted(set(device_ids))  # in device order: replicas lock the same rows in the same order
 
         def job(c: Conn) -> dict[str, int]:
-            out = {}
-            for device_id in device_ids:
-                row = c.execute(
-                    "UPDATE devices SET desired_counter = desired_counter + 1 WHERE id = ? RETURNING desired_counter",
-                    (device_id,),
-                ).fetchone()
-                if row is None:
-                    raise NotFound(f"device {device_id} is not enrolled")
-                out[device_id] = int(row[0])
+            if c.dialect.postgres:
+                c.execute(_PG_LOCK_DEVICES, (ids,))  # an UPDATE over a list locks rows in no set order
+            sql = f"UPDATE devices SET desired_counter = desired_counter + 1 WHERE {c.dialect.in_list('id')} "  # noqa: S608
+            rows = c.execute(sql + "RETURNING id, desired_counter", (c.dialect.list_param(ids),)).fetchall()
+            out = {r[0]: int(r[1]) for r in rows}
+            missing = [d for d in ids if d not in out]
+            if missing:
+                raise NotFound(f"device {missing[0]} is not enrolled")
             return out
 
         return self._write(job)
@@ -151,7 +159,8 @@ class DeviceTables:
         `fence`: the leader lease the caller acts under (the rollout controller); LeaseLost, and nothing
         recorded, once it is no longer held.
         """
-        rows = [(s.device_id, s.version, s.envelope, s.issued_at, s.expires_at) for s in states]
+        # in device order: replicas lock the same rows in the same order
+        rows = sorted((s.device_id, s.version, s.envelope, s.issued_at, s.expires_at) for s in states)
         sql = (
             "INSERT INTO desired (device_id, version, envelope, issued_at, expires_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(device_id) DO UPDATE SET version = excluded.version, "
@@ -166,18 +175,22 @@ class DeviceTables:
         def job(c: Conn) -> None:
             if fence is not None:
                 check_fence(c, fence)
-            for state, row in zip(states, rows, strict=True):
-                if c.execute(sql, row).rowcount == 0:
-                    continue  # a newer state is stored: its slots stay
-                c.execute("DELETE FROM desired_models WHERE device_id = ?", (state.device_id,))
-                c.executemany(
-                    slot_sql,
-                    [
-                        (state.device_id, i, m.model_name, m.model_version, m.sha256, m.shadow_name,
-                         m.shadow_version, json.dumps(m.runtime), m.rollout_id)
-                        for i, m in enumerate(state.slots)
-                    ],
-                )  # fmt: skip
+            if c.dialect.postgres:  # one statement over arrays, not a round trip per device
+                written = {r[0] for r in c.execute(_PG_PUT_DESIRED, columns(rows))} if rows else set()
+            else:
+                written = {row[0] for row in rows if c.execute(sql, row).rowcount}
+            # a device whose stored state is newer keeps it and its slots
+            replaced = [s for s in states if s.device_id in written]
+            c.executemany("DELETE FROM desired_models WHERE device_id = ?", [(s.device_id,) for s in replaced])
+            c.executemany(
+                slot_sql,
+                [
+                    (s.device_id, i, m.model_name, m.model_version, m.sha256, m.shadow_name, m.shadow_version,
+                     json.dumps(m.runtime), m.rollout_id)
+                    for s in replaced
+                    for i, m in enumerate(s.slots)
+                ],
+            )  # fmt: skip
 
         self._write(job)
 

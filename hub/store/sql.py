@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, NotFound
 from hub.ratelimit import log_sampled
-from hub.store import migrations
+from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
@@ -41,32 +41,6 @@ T = TypeVar("T")
 _STOP = ("stop",)
 _INGEST = frozenset(("status", "reported"))
 _ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
-
-
-def _phase_event(conn: Conn, msg: ReportedState, previous: str | None, received: float) -> None:
-    """Record a device's phase change (download and activation history) as an event `device.phase`, with the
-    phase, active version, transfer and error of each of its models."""
-    details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
-    models: dict[str, Any] = {}
-    for m in msg.models:
-        entry: dict[str, Any] = {"phase": m.phase.value}
-        if m.active is not None:
-            entry["model"] = f"{m.name}:{m.active.version}"
-            entry["provider"] = m.active.provider
-        if m.download is not None:
-            entry["sha256"] = m.download.sha256
-            entry["bytes_total"] = m.download.bytes_total
-        if m.error is not None:
-            entry["error"] = {"code": m.error.code, "message": m.error.message}
-        models[m.name] = entry
-    if models:
-        details["models"] = models
-    if msg.error is not None:
-        details["error"] = {"code": msg.error.code, "message": msg.error.message}
-    conn.execute(
-        "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, 'device.phase', ?, ?)",
-        (received, f"device/{msg.device_id}", f"device/{msg.device_id}", _j(details)),
-    )
 
 
 def _j(value: Any) -> str:
@@ -228,27 +202,30 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         )
 
     def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
-        """One transaction over `items`; with `per_item`, each in a savepoint, refusing those that fail."""
-        applied_status = applied_reported = stale = refused = 0
+        """One transaction over `items`: as one batch (`hub.store.reports.write_batch`), or with `per_item`
+        each message in a savepoint, refusing those that fail."""
         conn.begin()
+        if not per_item:
+            applied_status, applied_reported, stale = reports.write_batch(conn, items)
+            conn.commit()
+            return applied_status, applied_reported, stale, 0
+        applied_status = applied_reported = stale = refused = 0
         for kind, msg, received in items:
-            if per_item:
-                conn.execute("SAVEPOINT ef_item")
+            conn.execute("SAVEPOINT ef_item")
             try:
                 if kind == "status":
-                    applied_status += self._apply_status(conn, msg, received)
-                elif self._apply_reported(conn, msg, received):
+                    applied_status += reports.apply_status(conn, msg, received)
+                elif reports.apply_reported(conn, msg, received):
                     applied_reported += 1
                 else:
                     stale += 1
             except Exception as e:
-                if not per_item or conn.database_failed(e):
+                if conn.database_failed(e):
                     raise
                 conn.execute("ROLLBACK TO SAVEPOINT ef_item")
                 refused += 1
                 self._refused_row(kind, msg.device_id, e)
-            if per_item:
-                conn.execute("RELEASE SAVEPOINT ef_item")
+            conn.execute("RELEASE SAVEPOINT ef_item")
         conn.commit()
         return applied_status, applied_reported, stale, refused
 
@@ -257,34 +234,6 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         if log_sampled(self._n_refused):
             log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
                         kind, device_id, self._n_refused, type(e).__name__, str(e)[:200])  # fmt: skip
-
-    @staticmethod
-    def _apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
-        caps = _j(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
-        last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
-        cur = conn.execute(
-            "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "  # noqa: S608
-            f"last_seen = {last_seen} WHERE id = ?",
-            (msg.state, received, msg.session, caps, received, msg.device_id),
-        )
-        return cur.rowcount
-
-    @staticmethod
-    def _apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
-        prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
-        cur = conn.execute(
-            "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, phase = excluded.phase, "
-            "received_at = excluded.received_at, doc = excluded.doc "
-            "WHERE excluded.seq > applied.seq OR excluded.ts > applied.ts",
-            (msg.device_id, msg.seq, msg.ts, msg.phase.value, received, msg.model_dump_json()),
-        )
-        if cur.rowcount:
-            last_seen = conn.dialect.greatest("coalesce(last_seen, 0)", "?")
-            conn.execute(f"UPDATE devices SET last_seen = {last_seen} WHERE id = ?", (received, msg.device_id))  # noqa: S608
-            if prev is None or prev[0] != msg.phase.value:
-                _phase_event(conn, msg, None if prev is None else prev[0], received)
-        return cur.rowcount > 0
 
     def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
         if self._closed:

@@ -274,7 +274,9 @@ def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, b
         hub.start()
     hub.stop()
     # a start failing half-way (store open, chunk server running, no broker answers) takes back what it began
-    settings = HubSettings(data_dir=tmp_path / "hub", broker={"url": f"mqtt://127.0.0.1:{free_port()}"})
+    settings = HubSettings(
+        data_dir=tmp_path / "hub", broker={"url": f"mqtt://127.0.0.1:{free_port()}", "connect_timeout_s": 0.5}
+    )
     init_hub(settings)
     broken = Hub(settings)
     with pytest.raises(HubError):

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet.messages import ModelWindow, ReportedState, TelemetryWindow
+from fleet.messages import Capabilities, DeviceStatus, ModelWindow, Phase, ReportedState, TelemetryWindow
 from hub.store import Database, Device, SqlStore, open_store
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
+from tests.support.wire import one_model_report
 
 BIG = 2**63
 
@@ -98,3 +99,78 @@ def test_replicas_writing_the_same_reports_in_other_orders_apply_them_all(databa
     finally:
         a.close()
         b.close()
+
+
+def test_a_batch_has_the_effect_of_its_messages_written_one_by_one(database: Database) -> None:
+    """The writer folds a batch (several reports and statuses per device, stale ones, unknown devices) into a
+    few statements; the same messages written one batch each leave the same rows, events and counts."""
+    caps = Capabilities(agent_version="1", onnxruntime_version="1.20", providers=["CPU"], cpu_count=2,
+                        memory_bytes=1 << 30)  # fmt: skip
+    script: list[tuple[str, int, str | None, bool]] = [  # (kind, seq or 0, phase or status, birth with caps)
+        ("reported", 1, "downloading", False), ("status", 0, "online", True), ("reported", 3, "downloading", False),
+        ("reported", 2, "active", False), ("status", 0, "offline", False), ("reported", 4, "active", False),
+        ("reported", 4, "failed", False), ("reported", 5, "failed", False),
+    ]  # fmt: skip
+
+    def messages(prefix: str) -> list[tuple[str, object, float]]:
+        out: list[tuple[str, object, float]] = []
+        for n, (kind, seq, what, birth) in enumerate(script):
+            for device in (f"{prefix}1", f"{prefix}2", f"{prefix}ghost"):  # ghost is not enrolled
+                received = 1000.0 + n
+                if device.endswith("ghost") and kind != "status":
+                    continue  # (a report of an unknown device: SQLite stores it, PostgreSQL's key refuses it)
+                if kind == "status":
+                    msg: object = DeviceStatus(device_id=device, state=what, ts=received, session=f"s{n}",
+                                               capabilities=caps if birth else None)  # fmt: skip
+                else:
+                    msg = one_model_report(device_id=device, seq=seq, ts=float(seq), phase=Phase(what), model="m")
+                out.append((kind, msg, received))
+        return out
+
+    def write(store: SqlStore, prefix: str, *, one_by_one: bool) -> tuple[object, ...]:
+        for d in (f"{prefix}1", f"{prefix}2"):
+            store.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        for kind, msg, received in messages(prefix):
+            enqueue = store.enqueue_status if kind == "status" else store.enqueue_reported
+            assert enqueue(msg, received)  # type: ignore[arg-type]
+            if one_by_one:
+                store.flush()
+        store.flush()
+        st = store.ingest_stats()
+        devices = [store.get_device(f"{prefix}{i}") for i in (1, 2)]
+        rows = [  # fmt: skip
+            (
+                d.status,
+                d.status_at,
+                d.session,
+                d.capabilities,
+                d.last_seen,
+                d.reported_at,
+                d.reported.model_dump(exclude={"device_id"}) if d.reported else None,
+            )
+            for d in devices
+            if d is not None
+        ]
+        events = [
+            (e.ts, e.subject[len(f"device/{prefix}") :], e.details)
+            for e in store.list_events(since=None, until=None, subject=None, action="device.phase", limit=100)
+            if e.subject.startswith(f"device/{prefix}")
+        ]
+        return st.status_applied, st.reported_applied, st.stale_ignored, st.write_errors, rows, events
+
+    batched = open_store(database, max_delay_s=0.5, telemetry_process=False)  # a long group commit: one batch
+    try:
+        got = write(batched, "a", one_by_one=False)
+    finally:
+        batched.close()
+    single = open_store(database, max_delay_s=0.0, telemetry_process=False)
+    try:
+        want = write(single, "b", one_by_one=True)
+    finally:
+        single.close()
+    assert got[:4] == want[:4] == (4, 8, 4, 0)
+    assert got[4] == want[4]
+    # each device's events in its messages' order (PostgreSQL writes a batch in device order, so the two
+    # devices' events interleave differently)
+    assert sorted(got[5], key=lambda e: e[1]) == sorted(want[5], key=lambda e: e[1])
+    assert len(got[5]) == 6  # per device: None -> downloading -> active -> failed

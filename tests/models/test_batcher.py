@@ -194,3 +194,32 @@ def test_more_coming_cuts_the_wait_when_nothing_else_is_on_its_way(
             return batcher.stats().batch_sizes
 
     assert asyncio.run(main()) == sizes
+
+
+def test_results_survive_the_next_batch_in_the_reused_buffer(tmp_path: Path) -> None:
+    """The worker stacks each batch into a buffer it reuses; an Identity model (output = its input) shows
+    whether a result could share that buffer: the first batch's results must not change with the second."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "identity.onnx")
+    engine = Engine.load(
+        tmp_path / "identity.onnx", classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0)
+    )
+
+    def rows(base: float) -> list[np.ndarray]:
+        return [np.full((1, 4), base + i, np.float32) for i in range(6)]
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], dict[int, int]]:
+        async with Batcher(engine, BatcherOptions(max_batch=8, max_delay_ms=50)) as b:
+            first = await asyncio.gather(*(b.infer({"x": r}) for r in rows(0.0)))
+            await asyncio.gather(*(b.infer({"x": r}) for r in rows(100.0)))  # same shape: the same buffer
+            return first, b.stats().batch_sizes
+
+    first, sizes = asyncio.run(main())
+    assert max(sizes) > 1  # the rows were batched, so they went through the reused buffer
+    assert [r["y"].tolist() for r in first] == [[[float(i)] * 4] for i in range(6)]

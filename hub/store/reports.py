@@ -1,0 +1,201 @@
+"""Status and reported state, the store writer's ingest path: a batch of messages in a few statements.
+
+During a rollout every agent reports its download progress (~130 000 reports for 2000 agents and a 16 MiB
+model). Written one message at a time, a report cost three statements (read the previous phase, upsert,
+touch the device): in-process calls on SQLite, but three round trips to PostgreSQL each, which made a hub on
+PostgreSQL spend 27 s of CPU where one on SQLite spent 16. `write_batch` folds the batch in Python (the same
+decisions as one message at a time, in the same order) and writes it in a fixed number of statements: one read
+of the previous reports, one upsert, one device update per kind, the phase events. PostgreSQL takes each as one
+statement over arrays; SQLite, whose calls are in-process, takes `executemany` of the per-message statements.
+
+`apply_status` and `apply_reported` write one message each: the writer falls back to them, message by message
+in savepoints, when a batch fails on a message the database refuses (`SqlStore._write_ingest`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.messages import DeviceStatus, ReportedState
+from hub.store.connection import Conn, columns
+
+_UPSERT = (
+    "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, phase = excluded.phase, "
+    "received_at = excluded.received_at, doc = excluded.doc "
+    "WHERE excluded.seq > applied.seq OR excluded.ts > applied.ts"
+)
+_EVENT = "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, 'device.phase', ?, ?)"
+_STATUS = (
+    "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "
+    "last_seen = {last_seen} WHERE id = ?"
+)
+_SEEN = "UPDATE devices SET last_seen = {last_seen} WHERE id = ?"
+# PostgreSQL: the same statements over arrays, one round trip each. The rows are locked in id order first
+# (as the telemetry writer does), so the writers of several replicas never deadlock on them; an UPDATE ... FROM
+# locks rows in whatever order its join produces.
+_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
+_PG_PREVIOUS = "SELECT device_id, seq, ts, phase FROM applied WHERE device_id = ANY(?)"
+_PG_UPSERT = (
+    "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) "
+    "SELECT * FROM unnest(?::text[], ?::bigint[], ?::float8[], ?::text[], ?::float8[], ?::text[]) "
+    "ON CONFLICT (device_id) DO UPDATE SET seq = excluded.seq, ts = excluded.ts, phase = excluded.phase, "
+    "received_at = excluded.received_at, doc = excluded.doc "
+    "WHERE excluded.seq > applied.seq OR excluded.ts > applied.ts RETURNING device_id"
+)
+_PG_STATUS = (
+    "UPDATE devices AS d SET status = v.status, status_at = v.received, session = v.session, "
+    "capabilities = coalesce(v.caps, d.capabilities), last_seen = greatest(coalesce(d.last_seen, 0), v.received) "
+    "FROM unnest(?::text[], ?::text[], ?::float8[], ?::text[], ?::text[]) AS v(id, status, received, session, caps) "
+    "WHERE d.id = v.id RETURNING d.id"
+)
+_PG_SEEN = (
+    "UPDATE devices AS d SET last_seen = greatest(coalesce(d.last_seen, 0), v.received) "
+    "FROM unnest(?::text[], ?::float8[]) AS v(id, received) WHERE d.id = v.id"
+)
+
+
+def _j(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _caps(msg: DeviceStatus) -> str | None:
+    return _j(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
+
+
+def phase_details(msg: ReportedState, previous: str | None) -> str:
+    """The details of a device's phase change (event `device.phase`): the phase, active version, transfer and
+    error of each of its models."""
+    details: dict[str, Any] = {"from": previous, "to": msg.phase.value, "desired_version": msg.desired_version}
+    models: dict[str, Any] = {}
+    for m in msg.models:
+        entry: dict[str, Any] = {"phase": m.phase.value}
+        if m.active is not None:
+            entry["model"] = f"{m.name}:{m.active.version}"
+            entry["provider"] = m.active.provider
+        if m.download is not None:
+            entry["sha256"] = m.download.sha256
+            entry["bytes_total"] = m.download.bytes_total
+        if m.error is not None:
+            entry["error"] = {"code": m.error.code, "message": m.error.message}
+        models[m.name] = entry
+    if models:
+        details["models"] = models
+    if msg.error is not None:
+        details["error"] = {"code": msg.error.code, "message": msg.error.message}
+    return _j(details)
+
+
+def _event_row(msg: ReportedState, previous: str | None, received: float) -> tuple[Any, ...]:
+    subject = f"device/{msg.device_id}"
+    return (received, subject, subject, phase_details(msg, previous))
+
+
+def apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
+    """Write one status message; 1 when its device exists."""
+    sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+    return conn.execute(sql, (msg.state, received, msg.session, _caps(msg), received, msg.device_id)).rowcount
+
+
+def apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
+    """Write one report unless the stored one is as new; a phase change is recorded as an event."""
+    prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
+    cur = conn.execute(_UPSERT, (msg.device_id, msg.seq, msg.ts, msg.phase.value, received, msg.model_dump_json()))
+    if cur.rowcount:
+        seen_sql = _SEEN.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+        conn.execute(seen_sql, (received, msg.device_id))
+        if prev is None or prev[0] != msg.phase.value:
+            conn.execute(_EVENT, _event_row(msg, None if prev is None else prev[0], received))
+    return cur.rowcount > 0
+
+
+@dataclass
+class _Device:
+    """What a batch does to one device, folded in message order."""
+
+    statuses: int = 0  # status messages
+    status: tuple[DeviceStatus, float] | None = None  # the last one, and when it was received
+    caps: str | None = None  # the last capabilities given
+    report: tuple[ReportedState, float] | None = None  # the last report newer than the one stored before it
+    applied: int = 0  # reports newer than the one stored before them
+    seen: float = 0.0  # the latest reception of a status or an applied report
+    events: list[tuple[Any, ...]] = field(default_factory=list)  # phase changes (event row, batch position)
+
+
+def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[int, int, int]:
+    """Write a batch of ("status" | "reported", message, received_at) in the open transaction, with the effect
+    of `apply_status` / `apply_reported` on each in that order. Returns (statuses applied, reports applied,
+    stale reports). Raises what the database raises; the caller rolls back (nothing is half-written).
+    """
+    pg = conn.dialect.postgres
+    devices: dict[str, _Device] = {}
+    for kind, msg, received in items:
+        d = devices.setdefault(msg.device_id, _Device())
+        if kind == "status":
+            d.statuses += 1
+            d.status = (msg, received)
+            d.caps = _caps(msg) or d.caps
+            d.seen = max(d.seen, received)
+    ids = sorted(devices)  # in device order: writers on several replicas lock the same rows in the same order
+    if pg:
+        conn.execute(_PG_LOCK_DEVICES, (ids,))
+    # the stored report of each reporting device, read after its device row is locked: every writer of
+    # `applied` holds that lock, so what is read here is what the upsert below replaces
+    reporting = sorted({msg.device_id for kind, msg, _ in items if kind == "reported"})
+    stored: dict[str, tuple[int, float, str]] = {}
+    if reporting:
+        sql = "SELECT device_id, seq, ts, phase FROM applied WHERE " + conn.dialect.in_list("device_id")  # noqa: S608
+        stored = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(sql, (conn.dialect.list_param(reporting),))}
+    stale = 0
+    for n, (kind, msg, received) in enumerate(items):
+        if kind != "reported":
+            continue
+        d = devices[msg.device_id]
+        prev = stored.get(msg.device_id)
+        if prev is not None and not (msg.seq > prev[0] or msg.ts > prev[1]):
+            stale += 1
+            continue
+        if prev is None or prev[2] != msg.phase.value:
+            d.events.append((*_event_row(msg, None if prev is None else prev[2], received), n))
+        stored[msg.device_id] = (msg.seq, msg.ts, msg.phase.value)
+        d.report = (msg, received)
+        d.applied += 1
+        d.seen = max(d.seen, received)
+    rows = []  # the upsert: one row per device, its last applied report
+    for i in ids:
+        report = devices[i].report
+        if report is not None:
+            m, r = report
+            rows.append((i, m.seq, m.ts, m.phase.value, r, m.model_dump_json()))
+    if pg:
+        written = {r[0] for r in conn.execute(_PG_UPSERT, columns(rows))} if rows else set()
+        for i, d in devices.items():
+            if d.report is not None and i not in written:  # another writer stored one as new (not expected: locked)
+                stale += d.applied
+                d.applied, d.events = 0, []
+        status_rows = []
+        for i in ids:
+            status = devices[i].status
+            if status is not None:
+                status_rows.append((i, status[0].state, status[1], status[0].session, devices[i].caps))
+        applied_status = 0
+        if status_rows:
+            applied_status = sum(devices[r[0]].statuses for r in conn.execute(_PG_STATUS, columns(status_rows)))
+        seen = [i for i in ids if devices[i].seen]
+        if seen:
+            conn.execute(_PG_SEEN, (seen, [devices[i].seen for i in seen]))
+    else:  # in-process calls: the per-message statements, once per status message and once per device
+        status_sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+        status_args = [(m.state, r, m.session, _caps(m), r, m.device_id) for kind, m, r in items if kind == "status"]
+        applied_status = conn.executemany(status_sql, status_args) if status_args else 0
+        if rows:
+            conn.executemany(_UPSERT, rows)
+            seen_sql = _SEEN.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
+            conn.executemany(seen_sql, [(r[4], r[0]) for r in rows])
+    events = sorted((e for d in devices.values() for e in d.events), key=lambda e: e[-1])  # in message order
+    if events:
+        conn.executemany(_EVENT, [e[:-1] for e in events])
+    return applied_status, sum(d.applied for d in devices.values()), stale
