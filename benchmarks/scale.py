@@ -193,6 +193,9 @@ class Probe:
         self.active: set[str] = set()  # devices that reported the blob's model active
         self.want_times: list[float] = []  # s since the probe started, of each device's first want
         self.first_chunk_s = float("nan")
+        self.last_chunk_s = float("nan")
+        self.all_active_s = float("nan")  # when the last device reported the model active
+        self.expected = 0  # devices the rollout tells (set before the deploy)
         self.chunks = 0
         self.first_seen: dict[int, int] = {}  # chunk index -> position in the stream of its first publish
         self.first_want: dict[str, int] = {}  # device -> position of its first want
@@ -224,6 +227,8 @@ class Probe:
         state = decode(payload, ReportedState)
         if any(m.active is not None and m.active.sha256 == self.sha256 for m in state.models):
             self.active.add(state.device_id)
+            if len(self.active) == self.expected:
+                self.all_active_s = round(time.monotonic() - self._t0, 1)
 
     def _on_message(self, _c: object, _u: object, msg: Any) -> None:
         if msg.topic.endswith(self._reported_suffix):
@@ -238,6 +243,7 @@ class Probe:
         if msg.topic == self._chunk_topic:
             if not self.chunks:
                 self.first_chunk_s = now
+            self.last_chunk_s = now
             self.chunks += 1
             index = decode_frame(msg.payload).index
             if index in self.first_seen:
@@ -714,6 +720,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         sampler = RssSampler(broker.proc.pid)
         meter = CpuMeter(pids)
         t_roll = time.monotonic()
+        probe.expected = n
         probe.mark()
         hub.deploy(n)
         try:
@@ -730,7 +737,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         joins, told = sorted(probe.want_times), sorted(probe.desired_times)
         print(
             f"  desired states published at {told[:1]} .. median {told[len(told) // 2 :][:1]} .. {told[-1:]}s; "
-            f"first chunk at {probe.first_chunk_s}s; first wants at {joins[:1]} .. median "
+            f"first chunk at {probe.first_chunk_s}s, last at {probe.last_chunk_s}s, all {n} active at "
+            f"{probe.all_active_s}s, listed by the hub at {rollout_s:.1f}s; first wants at {joins[:1]} .. median "
             f"{joins[len(joins) // 2 :][:1]} .. {joins[-1:]}s; 10%-steps of the first wants: "
             f"{[joins[len(joins) * k // 10] for k in range(10)] if joins else []}",
             file=sys.stderr,

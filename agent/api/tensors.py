@@ -118,6 +118,12 @@ def parse_infer(
         )
     view = memoryview(body)
     head = view[:n] if n is not None else view
+    key = None
+    if n is not None and n <= PLAN_HEAD_BYTES:  # a binary request: its JSON header was likely seen before
+        key = (bytes(head), len(body))
+        plan = _plans.get(key)
+        if plan is not None:
+            return plan.request(view)
     doc = parse_json(head, DATATYPES) if n is None and len(head) >= FAST_JSON_BYTES else None
     if doc is None:
         try:
@@ -135,6 +141,7 @@ def parse_infer(
         raise BadRequest(f"'inputs' must be a non-empty list of at most {MAX_TENSORS} tensors")
     offset = n or 0
     inputs: dict[str, Array] = {}
+    binary: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = []
     for raw in raw_inputs:
         if not isinstance(raw, dict):
             raise BadRequest("every entry of 'inputs' must be an object")
@@ -162,9 +169,8 @@ def parse_infer(
                 )
             if offset + size > len(body):
                 raise BadRequest(f"input {name!r}: binary data ends past the body ({offset + size} > {len(body)})")
-            arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape)
-            if not arr.flags.aligned:
-                arr = arr.copy()
+            arr = _tensor(view, dtype, shape, offset)
+            binary.append((name, dtype, shape, offset))
             offset += size
         else:
             if "data" not in raw:
@@ -173,7 +179,41 @@ def parse_infer(
         inputs[name] = arr
     if offset != len(body) and n is not None:
         raise BadRequest(f"{len(body) - offset} bytes of binary data are not claimed by any input")
-    return InferRequest(inputs, _requested(doc.get("outputs")), bool(params.get("binary_data_output", False)), rid)
+    request = InferRequest(inputs, _requested(doc.get("outputs")), bool(params.get("binary_data_output", False)), rid)
+    if key is not None and len(binary) == len(inputs):
+        if len(_plans) >= PLANS_KEPT:
+            _plans.clear()
+        _plans[key] = _Plan(tuple(binary), request.outputs, request.binary_default, rid)
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A binary request's JSON header, parsed and checked once: where each tensor lies in a body of that length."""
+
+    inputs: tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]  # name, dtype, shape, offset in the body
+    outputs: tuple[tuple[str, bool], ...] | None
+    binary_default: bool
+    id: str | None
+
+    def request(self, view: memoryview) -> InferRequest:
+        """The request for a body with this header (and length): its tensors as views of `view`."""
+        inputs = {name: _tensor(view, dtype, shape, offset) for name, dtype, shape, offset in self.inputs}
+        return InferRequest(inputs, self.outputs, self.binary_default, self.id)
+
+
+PLAN_HEAD_BYTES = 4096
+"""Binary requests' JSON headers up to this size are remembered (with the body length) once they parsed and
+checked: clients send the same header with every request, so the next ones skip the JSON and its checks."""
+PLANS_KEPT = 64
+"""Headers remembered at most; a client that sends ever new ones only empties the memory more often."""
+_plans: dict[tuple[bytes, int], _Plan] = {}
+
+
+def _tensor(view: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], offset: int) -> Array:
+    """A binary tensor as a view of the body (a copy when its place in the body is not aligned for `dtype`)."""
+    arr = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+    return arr if arr.flags.aligned else arr.copy()
 
 
 def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:

@@ -12,6 +12,7 @@ import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
 from agent.api.app import create_app
+from agent.api.metrics import FOLD_EVERY, ApiMetrics
 from fleet.messages import RuntimeOptions
 from infra.errors import SettingsError
 from models.engine import Engine
@@ -37,6 +38,20 @@ def test_settings_from_env() -> None:
         ApiSettings.from_env({"EDGEFLEET_API_PORT": "eighty"})
     with pytest.raises(SettingsError, match="MAX_BODY_BYTES"):
         ApiSettings.from_env({}, max_body_bytes=1)
+
+
+def test_metrics_count_every_request_answered_before_a_scrape() -> None:
+    """Requests are counted in batches; a scrape counts all of them, whether a batch was full or not."""
+    metrics = ApiMetrics(ModelRepository())
+    n = FOLD_EVERY + 3
+    for i in range(n):
+        metrics.observe("m", "1", "infer", 200 if i % 2 else 400, 0.002)
+    text = metrics.render().decode()
+    assert f'edgefleet_api_requests_total{{code="200",endpoint="infer",model="m",version="1"}} {n // 2}.0' in text
+    assert f'edgefleet_api_requests_total{{code="400",endpoint="infer",model="m",version="1"}} {n - n // 2}.0' in text
+    assert f'edgefleet_api_request_duration_seconds_count{{endpoint="infer",model="m",version="1"}} {n}.0' in text
+    metrics.observe("m", "1", "predict", 200, 0.5)
+    assert 'endpoint="predict",model="m",version="1"} 1.0' in metrics.render().decode()
 
 
 def test_metrics_expose_requests_latency_batches_queue_and_provider(

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from agent.api import tensors
 from agent.api.errors import BadRequest
 from agent.api.jsontensors import FAST_JSON_BYTES
 from agent.api.tensors import DATATYPES, InferRequest, datatype_of, encode_infer, parse_infer
@@ -116,6 +117,33 @@ def test_unaligned_binary_tensors_are_copied_aligned() -> None:
     req = parse_infer(head + x.tobytes(), str(len(head)))
     assert req.inputs["x"].flags.aligned
     np.testing.assert_array_equal(req.inputs["x"], x)
+
+
+def test_a_binary_header_seen_before_gives_the_same_request_and_the_same_errors() -> None:
+    """Binary requests' headers are remembered with the body length: later bodies get their own tensors, and a
+    body of another length is checked afresh; the memory stays bounded whatever headers arrive."""
+    head = orjson.dumps(
+        {
+            "id": "r1",
+            "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    )
+    head += b" " * (-len(head) % 4)
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((2, 3)).astype(np.float32)
+        req = parse_infer(head + x.tobytes(), str(len(head)))
+        assert (req.id, req.outputs, req.binary_default) == ("r1", (("y", True),), False)
+        np.testing.assert_array_equal(req.inputs["x"], x)
+    with pytest.raises(BadRequest, match="ends past the body"):
+        parse_infer(head + bytes(20), str(len(head)))
+    with pytest.raises(BadRequest, match="not claimed"):
+        parse_infer(head + bytes(28), str(len(head)))
+    for n in range(tensors.PLANS_KEPT + 5):
+        one = orjson.dumps({"inputs": [{"name": f"x{n}", "shape": [1], "datatype": "INT8",
+                                        "parameters": {"binary_data_size": 1}}]})  # fmt: skip
+        parse_infer(one + b"\x07", str(len(one)))
+        assert len(tensors._plans) <= tensors.PLANS_KEPT
 
 
 def test_huge_declared_shapes_are_refused_before_allocating() -> None:

@@ -191,6 +191,25 @@ def test_a_body_in_pieces_then_the_next_request_in_the_same_read(server: ApiServ
     c.close()
 
 
+def test_a_chunked_body_ending_in_the_read_that_brings_a_whole_request(server: ApiServer, clf_engine: Engine) -> None:
+    """The first blank line of a read can lie inside another request's body (here the end of a chunked one):
+    what follows it is still parsed as HTTP, and the whole request after it is served from the same read."""
+    x = _x(3)
+    want = clf_engine.infer({"image": x})["logits"]
+    body, headers = _binary(x, pad=1)
+    chunked = _chunked(body, headers)
+    c = Conn(server.url)
+    c.send(chunked[:-20])
+    time.sleep(0.002)
+    c.send(chunked[-20:] + _request(body, headers) + _request(body, headers))
+    for _ in range(3):
+        status, h, content = c.response()
+        assert status == 200, content
+        got = np.frombuffer(content[int(h["inference-header-content-length"]) :], np.float32).reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    c.close()
+
+
 def test_http_10_gets_its_answer_then_the_connection_closes(server: ApiServer) -> None:
     c = Conn(server.url)
     body, headers = _binary(_x())
