@@ -127,6 +127,7 @@ class Reconciler:
         self._last_progress = 0.0
         self._progress_due = False
         self._reported_have = 0  # chunks of the transfer in progress when progress was last reported
+        self._fetching: tuple[Download, DesiredState | None, str | None] | None = None  # see _downloading
 
     @property
     def download(self) -> Download | None:
@@ -288,14 +289,18 @@ class Reconciler:
         return list(self.desired.models) if self.desired is not None else []
 
     def _downloading(self) -> ModelState | None:
-        """The model whose blob is being fetched (None: no transfer, or a blob no slot names)."""
+        """The model whose blob is being fetched (None: no transfer, or a blob no slot names).
+
+        Asked on every chunk: the slot's name is kept for the (transfer, desired state) it was found for.
+        """
         dl = self.fetcher.current
         if dl is None:
             return None
-        for slot in self._slots():
-            if any(r.blob.sha256 == dl.sha256 for r in _refs(slot)):
-                return self.models.get(slot.name)
-        return None
+        cached = self._fetching
+        if cached is None or cached[0] is not dl or cached[1] is not self.desired:
+            name = next((s.name for s in self._slots() if any(r.blob.sha256 == dl.sha256 for r in _refs(s))), None)
+            cached = self._fetching = (dl, self.desired, name)
+        return None if cached[2] is None else self.models.get(cached[2])
 
     def _advance(self) -> None:
         d = self.desired

@@ -18,9 +18,10 @@ through POST /api/v1/devices, the model is pushed through the API and deployed b
 `--hub stand-in` uses tests/support/sim_hub.MiniHub in this process (no store, no API).
 
 `--replicas 2 --postgres` (or `--database-url postgresql://...`) adds, for each N, a run with that many product
-hubs sharing one PostgreSQL database (a fresh one per run), telemetry split by an MQTT 5 shared subscription, the
-leader (the first replica up) serving chunks, blobs in one directory all replicas see; the single-hub SQLite run
-of the same N comes first, and the table's last column compares the two rollouts.
+hubs sharing one PostgreSQL database (a fresh one per run), telemetry split by a shared subscription (`$share`,
+over MQTT 5 or, with `--replica-mqtt 3.1.1`, over 3.1.1 as docs/scale.md recommends), the leader (the first replica
+up) serving chunks, blobs in one directory all replicas see; the single-hub SQLite run of the same N comes first,
+and the table's last column compares the two rollouts.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def hub_worker(argv: list[str]) -> None:
     p.add_argument("--database-url", default=None, help="a PostgreSQL store shared with other replicas")
     p.add_argument("--replica", default=None, help="this replica's name (its own broker session)")
     p.add_argument("--group", default=None)
+    p.add_argument("--mqtt", default="5", choices=["3.1.1", "5"], help="--group: the replicas' MQTT version")
     p.add_argument("--token", default=None)
     p.add_argument("--settings", default="{}", help="JSON merged into the hub settings")
     a = p.parse_args(argv)
@@ -155,7 +157,7 @@ def hub_worker(argv: list[str]) -> None:
 
     broker: dict[str, Any] = {"url": a.broker}
     if a.group:
-        broker |= {"mqtt_version": "5", "shared_group": a.group}
+        broker |= {"mqtt_version": a.mqtt, "shared_group": a.group}
     if a.replica:
         broker["replica"] = a.replica
     store = {"database_url": a.database_url} if a.database_url else {}
@@ -191,6 +193,9 @@ class Probe:
         self.active: set[str] = set()  # devices that reported the blob's model active
         self.want_times: list[float] = []  # s since the probe started, of each device's first want
         self.first_chunk_s = float("nan")
+        self.last_chunk_s = float("nan")
+        self.all_active_s = float("nan")  # when the last device reported the model active
+        self.expected = 0  # devices the rollout tells (set before the deploy)
         self.chunks = 0
         self.first_seen: dict[int, int] = {}  # chunk index -> position in the stream of its first publish
         self.first_want: dict[str, int] = {}  # device -> position of its first want
@@ -222,6 +227,8 @@ class Probe:
         state = decode(payload, ReportedState)
         if any(m.active is not None and m.active.sha256 == self.sha256 for m in state.models):
             self.active.add(state.device_id)
+            if len(self.active) == self.expected:
+                self.all_active_s = round(time.monotonic() - self._t0, 1)
 
     def _on_message(self, _c: object, _u: object, msg: Any) -> None:
         if msg.topic.endswith(self._reported_suffix):
@@ -236,6 +243,7 @@ class Probe:
         if msg.topic == self._chunk_topic:
             if not self.chunks:
                 self.first_chunk_s = now
+            self.last_chunk_s = now
             self.chunks += 1
             index = decode_frame(msg.payload).index
             if index in self.first_seen:
@@ -468,8 +476,10 @@ class ReplicaHubs(ProductHub):
     server; blobs in one directory all replicas see (a symlink here, NFS or object storage in production).
     The API of the first replica serves the benchmark; hub CPU and RSS are the first replica's."""
 
-    def __init__(self, broker: Broker, work: Path, database_url: str, replicas: int, settings: str = "{}") -> None:
-        self.name = f"{replicas}-replicas (hub.runtime.Hub x{replicas} + REST API, one PostgreSQL, MQTT 5 $share)"
+    def __init__(
+        self, broker: Broker, work: Path, database_url: str, replicas: int, settings: str = "{}", mqtt: str = "5"
+    ) -> None:
+        self.name = f"{replicas}-replicas (hub.runtime.Hub x{replicas} + REST API, one PostgreSQL, MQTT {mqtt} $share)"
         self.database_url = database_url
         self.procs: list[subprocess.Popen[str]] = []
         self.apis: list[str] = []
@@ -481,7 +491,7 @@ class ReplicaHubs(ProductHub):
                 shutil.copytree(first, data, ignore=shutil.ignore_patterns("blobs", "*.lock"))
                 (data / "blobs").symlink_to(first / "blobs")
             cmd = [sys.executable, str(Path(__file__).resolve()), "_hub", "--data", str(data), "--broker", broker.url,
-                   "--group", "hubs", "--replica", f"r{r}", "--database-url", database_url,
+                   "--group", "hubs", "--mqtt", mqtt, "--replica", f"r{r}", "--database-url", database_url,
                    "--settings", settings]  # fmt: skip
             if token is not None:
                 cmd += ["--token", token]
@@ -672,7 +682,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
     assert broker.proc is not None
     hub: StandInHub | ProductHub
     if kind == "replicas":
-        hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas, args.hub_settings)
+        hub = ReplicaHubs(broker, work, args.databases.new(), args.replicas, args.hub_settings, args.replica_mqtt)
     else:
         hub = StandInHub(broker, work) if kind == "stand-in" else ProductHub(broker, work, args.hub_settings)
     sim: subprocess.Popen[bytes] | None = None
@@ -710,6 +720,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         sampler = RssSampler(broker.proc.pid)
         meter = CpuMeter(pids)
         t_roll = time.monotonic()
+        probe.expected = n
         probe.mark()
         hub.deploy(n)
         try:
@@ -726,7 +737,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         joins, told = sorted(probe.want_times), sorted(probe.desired_times)
         print(
             f"  desired states published at {told[:1]} .. median {told[len(told) // 2 :][:1]} .. {told[-1:]}s; "
-            f"first chunk at {probe.first_chunk_s}s; first wants at {joins[:1]} .. median "
+            f"first chunk at {probe.first_chunk_s}s, last at {probe.last_chunk_s}s, all {n} active at "
+            f"{probe.all_active_s}s, listed by the hub at {rollout_s:.1f}s; first wants at {joins[:1]} .. median "
             f"{joins[len(joins) // 2 :][:1]} .. {joins[-1:]}s; 10%-steps of the first wants: "
             f"{[joins[len(joins) * k // 10] for k in range(10)] if joins else []}",
             file=sys.stderr,
@@ -854,6 +866,9 @@ def main() -> None:
                    "database after each single-hub run (needs --database-url or --postgres)")  # fmt: skip
     p.add_argument("--database-url", help="--replicas: the PostgreSQL server (a database per run is made and "
                    "dropped; the URL's own database is only used to do that)")  # fmt: skip
+    p.add_argument("--replica-mqtt", default="5", choices=["3.1.1", "5"], help="--replicas: their MQTT version "
+                   "(either shares telemetry through $share; paho parses every message's MQTT 5 properties in "
+                   "Python)")  # fmt: skip
     p.add_argument("--postgres", action="store_true", help="--replicas: start a PostgreSQL server for the run "
                    "(Debian's package, default durability settings) instead of naming one")  # fmt: skip
     args = p.parse_args()

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleet.codec import encode
-from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, RuntimeOptions, ShadowSpec, SignedEnvelope
+from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, ModelRef, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.capacity import check_runtime
@@ -32,6 +32,7 @@ from hub.store import Desired, DesiredSlot, Fence, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
+Told = Callable[[str, list[str]], None]  # (blob sha256, devices just told to fetch it)
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,12 @@ class Deployer:
         *,
         registry: Registry,
         devices: Devices,
+        on_told: Told | None = None,
     ) -> None:
+        """`on_told` hears, after each publish, which devices were just told about a blob their state did not
+        name before (the chunk server starts a pass once all of them wanted it)."""
         self.store = store
+        self._on_told = on_told
         self.key = key
         self.topics = topics
         self._publish = publish
@@ -160,7 +165,16 @@ class Deployer:
                     raise Conflict(f"device {device_id} would serve {len(models)} models; at most {MAX_MODELS}")
                 plans[device_id] = models
             _check_sizes(plans)
-            return self._sign(plans, fence)
+            states = self._sign(plans, fence)
+        if slot is not None and self._on_told is not None:
+            for ref in _refs(slot):
+                sha = ref.blob.sha256
+                told = [
+                    d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in _refs(m))
+                ]
+                if told:
+                    self._on_told(sha, told)
+        return states
 
     def _current(self, device_ids: list[str]) -> dict[str, list[DesiredModel]]:
         """The model slots of each device's stored desired state (a state of another schema reads as empty)."""
@@ -238,6 +252,11 @@ class Deployer:
                 self._sign({s.device_id: _single_model_slots(_body(s)) for s in old})
             log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
         return len(old)
+
+
+def _refs(slot: DesiredModel) -> list[ModelRef]:
+    """The model versions a slot names: its model, then its shadow candidate."""
+    return [slot.model] + ([slot.shadow.model] if slot.shadow is not None else [])
 
 
 def _check_selector(selector: str) -> None:

@@ -158,16 +158,17 @@ class Hub:
             ca_pem=self.security.ca_pem,
         )
         link = self.link
-        self.deployer = Deployer(
-            self.store, self.key, self.topics,
-            lambda topic, payload, qos, retain: link.publish(topic, payload, qos=qos, retain=retain),
-            s.devices, registry=self.registry, devices=self.devices,
-        )  # fmt: skip
         chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
         chunk_qos = spec(TopicKind.CHUNK).qos
         self.chunks = ChunkServer(
             self.store, self.registry.blob_path, self.topics,
             lambda topic, frame: chunk_pub.publish(topic, frame, qos=chunk_qos), s.transfer,
+        )  # fmt: skip
+        self.deployer = Deployer(
+            self.store, self.key, self.topics,
+            lambda topic, payload, qos, retain: link.publish(topic, payload, qos=qos, retain=retain),
+            s.devices, registry=self.registry, devices=self.devices,
+            on_told=self.chunks.expect,
         )  # fmt: skip
         self.ingest = Ingestor(
             self.store, self.topics, is_enrolled=self.is_enrolled, chunk_server=self.chunks,

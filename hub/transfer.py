@@ -12,6 +12,9 @@ meanwhile: then the wants are gathered until no new device wanted for `join_gap_
 after the first. A rollout tells many devices at once, their wants arrive over seconds (2000 simulated
 agents on 2 cores: over 10 s, in bursts up to 1.5 s apart), and a chunk published before a device joined
 goes out again for it, to every device then subscribed (measured: a third of the blob published twice).
+The deployer says which devices it just told about a blob (`expect`): once every one of them wanted it, the
+pass starts at once instead of waiting out the gap (a device told but not wanting, offline or holding the
+blob already, leaves the gap rule as it was).
 
 Publishing is paced by the downloaders' reported progress: a blob's next chunk goes out only while the
 median downloader has fewer than `window` chunks published for it but not yet received. Otherwise the whole
@@ -22,7 +25,10 @@ everything published for it (the window, not the fleet, was the limit), so small
 A blob without progress reports for `pace_timeout_s` gets its next chunk anyway. The pacing rule costs a
 pass over the blob's downloaders, so a paced blob is looked at again every `PACE_POLL_S`, not at every
 progress report (2000 downloaders report about 2000 times a second; re-evaluating on each took a sixth of
-the hub's CPU in a 2000-agent rollout), and idle downloaders are looked for once a second.
+the hub's CPU in a 2000-agent rollout); while the pacing keeps holding, that interval doubles up to
+`PACE_POLL_MAX_S` (a 2000-device fleet drains about one chunk a second, so polling every 20 ms looked 50
+times per publish; the window keeps many seconds queued, so a publish a few hundred ms late starves nobody),
+and idle downloaders are looked for once a second.
 
 Chunks are read from disk one at a time and the publisher keeps a bounded number unacknowledged, so memory
 stays bounded whatever the blob size.
@@ -46,6 +52,7 @@ from hub.store import Store
 log = logging.getLogger(__name__)
 PublishChunk = Callable[[str, bytes], None]
 PACE_POLL_S = 0.02  # a paced blob is looked at again after this long (progress reports do not wake the loop)
+PACE_POLL_MAX_S = 0.32  # ... doubling while it stays paced, up to this
 EXPIRE_EVERY_S = 1.0  # idle downloaders and finished blobs are looked for this often
 
 
@@ -89,6 +96,14 @@ class _Downloader:
     def outstanding(self) -> int:
         """Chunks published for it that it has not reported receiving (queued at the broker or unreported)."""
         return max(0, self.sent_count - (self.have - self.have_at_join))
+
+
+@dataclass
+class _Expected:
+    """Devices the deployer told about a blob that have not wanted it yet."""
+
+    devices: set[str]
+    until: float  # monotonic time after which the expectation is forgotten (the gathering is over by then)
 
 
 @dataclass
@@ -142,6 +157,8 @@ class ChunkServer:
         self._sent_bytes = 0
         self._rate_start = time.monotonic()
         self._expired_at = float("-inf")
+        self._expected: dict[str, _Expected] = {}
+        self._pace_poll = PACE_POLL_S
 
     def start(self) -> None:
         self._thread.start()
@@ -162,7 +179,42 @@ class ChunkServer:
             m = self._manifests[sha256] = BlobManifest.model_validate(raw)
         return m
 
-    # -- input (MQTT thread) ------------------------------------------------------------------------------
+    # -- input (MQTT thread, API thread) ------------------------------------------------------------------
+    def expect(self, sha256: str, device_ids: list[str]) -> None:
+        """The deployer just told `device_ids` to fetch blob `sha256`: its first pass may start as soon as all
+        of them wanted it (for `join_window_s` from now; a device that does not want it leaves the gap rule)."""
+        now = self.clock()
+        with self._lock:
+            e = self._expected.get(sha256)
+            if e is None or now > e.until:
+                e = self._expected[sha256] = _Expected(set(), now)
+            e.devices.update(device_ids)
+            e.until = now + self.settings.join_window_s
+            stream = self._streams.get(sha256)
+            if stream is not None:  # wants can overtake the deployer's word
+                e.devices.difference_update(stream.downloaders)
+                if not e.devices and now < stream.start_at:
+                    stream.start_at = now
+                    del self._expected[sha256]
+        self._wake.set()
+
+    def awaiting(self, sha256: str) -> frozenset[str]:
+        """Devices the deployer told about blob `sha256` that have not wanted it yet (while that counts)."""
+        with self._lock:
+            e = self._expected.get(sha256)
+            return frozenset(e.devices) if e is not None and self.clock() <= e.until else frozenset()
+
+    def _all_expected_wanted(self, sha256: str, device_id: str, now: float) -> bool:
+        """Note that `device_id` wanted `sha256`; True when that was the last device the deployer told."""
+        e = self._expected.get(sha256)
+        if e is None:
+            return False
+        e.devices.discard(device_id)
+        if now > e.until or e.devices:
+            return False
+        del self._expected[sha256]
+        return True
+
     def want(self, msg: Want) -> bool:
         """Queue the chunks `msg` asks for. False (and counted) for a blob the hub does not have."""
         m = self.manifest(msg.sha256)
@@ -180,9 +232,12 @@ class ChunkServer:
                 self._order.append(msg.sha256)
             d = stream.downloaders.get(msg.device_id)
             if d is None or now - d.seen > self.settings.downloader_idle_s:
-                if d is None and now < stream.start_at:  # still gathering: a second device makes it a wave
-                    gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
-                    stream.start_at = max(stream.start_at, gathered)
+                if d is None and now < stream.start_at:
+                    if self._all_expected_wanted(msg.sha256, msg.device_id, now):
+                        stream.start_at = now  # every device the deployer told wants it: nobody to wait for
+                    else:  # still gathering: a wave's wants come over seconds
+                        gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
+                        stream.start_at = max(stream.start_at, gathered)
                 have = m.count - len(indexes)  # a want's ranges are disjoint
                 d = _Downloader(bytearray(m.count), bytearray(m.count), 0, have, have, now)
                 stream.downloaders[msg.device_id] = d
@@ -243,6 +298,7 @@ class ChunkServer:
             job, wait_s = self._next_job(now)
         if job is None:
             return Step(None, wait_s)
+        self._pace_poll = PACE_POLL_S
         manifest, index = job
         self._serve(manifest, index)
         return Step((manifest.sha256, index), 0.0)
@@ -250,6 +306,7 @@ class ChunkServer:
     def _next_job(self, now: float) -> tuple[tuple[BlobManifest, int] | None, float]:
         """The next (blob, chunk) to publish, or None and how long to wait before looking again."""
         wait_s = 1.0
+        paced = False
         if now - self._expired_at >= EXPIRE_EVERY_S or now < self._expired_at:
             self._expired_at = now
             self._expire(now)
@@ -263,9 +320,12 @@ class ChunkServer:
                 wait_s = min(wait_s, stream.start_at - now)
                 continue
             if not self._may_publish(stream, now):
-                wait_s = min(wait_s, PACE_POLL_S)
+                paced = True
                 continue
             return (stream.manifest, self._take(stream, now)), 0.0
+        if paced:
+            wait_s = min(wait_s, self._pace_poll)
+            self._pace_poll = min(PACE_POLL_MAX_S, self._pace_poll * 2)
         return None, wait_s
 
     def _may_publish(self, stream: _Stream, now: float) -> bool:
@@ -320,6 +380,8 @@ class ChunkServer:
             if stream.todo_count == 0 and not stream.downloaders:
                 del self._streams[sha]
                 self._order.remove(sha)
+        for sha in [k for k, e in self._expected.items() if now > e.until]:
+            del self._expected[sha]
 
     def _serve(self, manifest: BlobManifest, index: int) -> None:
         sha = manifest.sha256

@@ -131,7 +131,8 @@ class SimAgent:
         self.connected = False
         self._now = now
         self._out: list[Action] = []
-        self._watched: set[str] = set()
+        self._watched: dict[str, str] = {}  # blob sha256 -> its chunk topic
+        self._chunk_topics: dict[str, str] = {}  # ... and back: a chunk on a watched topic skips parsing
         self.store = SimStore(blobs, identity.device_id)
         self.activation = SimActivation(config.faults, rng, self.stats, self.clock)
         self.reconciler = Reconciler(
@@ -187,11 +188,12 @@ class SimAgent:
         return True
 
     def watch_blob(self, sha256: str) -> None:
-        self._watched.add(sha256)
-        self._out.append(Subscribe(self.topics.chunk(sha256)))
+        topic = self._watched[sha256] = self.topics.chunk(sha256)
+        self._chunk_topics[topic] = sha256
+        self._out.append(Subscribe(topic))
 
     def unwatch_blob(self, sha256: str) -> None:
-        self._watched.discard(sha256)
+        self._chunk_topics.pop(self._watched.pop(sha256, ""), None)
         self._out.append(Unsubscribe(self.topics.chunk(sha256)))
 
     def ack(self, ack: CommandAck) -> None:
@@ -229,7 +231,7 @@ class SimAgent:
         self._out += [
             Subscribe(self.topics.desired(self.device_id)),
             Subscribe(self.topics.cmd(self.device_id)),
-            *(Subscribe(self.topics.chunk(sha)) for sha in sorted(self._watched)),
+            *(Subscribe(self._watched[sha]) for sha in sorted(self._watched)),
             self._publish(TopicKind.STATUS, birth),
         ]
         self.reconciler.on_connected()
@@ -243,6 +245,10 @@ class SimAgent:
     def on_message(self, topic: str, payload: bytes, now: float) -> list[Action]:
         """Handle one received message; never raises on bad input (it is counted and reported)."""
         self._now = now
+        sha = self._chunk_topics.get(topic)
+        if sha is not None:  # the bulk of the traffic: a chunk of the blob being fetched
+            self._on_chunk(sha, payload)
+            return self._take()
         try:
             parsed = self.topics.parse(topic)
         except FleetError:

@@ -82,7 +82,7 @@ class Dialect:
 
 def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows as columns: the arrays a PostgreSQL statement over `unnest(?::type[], ...)` takes, one round trip
-    for a whole batch where a statement per row costs one each."""
+    for a whole batch where a statement per row costs one each (pass them with `Conn.execute(binary=True)`)."""
     return [list(c) for c in zip(*rows, strict=True)]
 
 
@@ -147,16 +147,20 @@ class Conn:
         self.state: dict[str, Any] = {}  # what callers set up once per connection (temporary tables)
         self._sql: dict[str, str] = {}
 
-    def _q(self, sql: str) -> str:
+    def _q(self, sql: str, placeholder: str = "%s") -> str:
         if not self.dialect.postgres:
             return sql
-        out = self._sql.get(sql)
+        key = sql if placeholder == "%s" else f"{placeholder}:{sql}"
+        out = self._sql.get(key)
         if out is None:
-            out = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+            out = self._sql[key] = sql.replace("%", "%%").replace("?", placeholder)
         return out
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
-        cur: Cursor = self.raw.execute(self._q(sql), args)
+    def execute(self, sql: str, args: Sequence[Any] = (), *, binary: bool = False) -> Cursor:
+        """Run `sql`. `binary`: PostgreSQL takes the parameters in binary form, for statements over arrays
+        (`unnest(?::text[])`): psycopg escapes each element of a text-form array in Python (~50 us for a
+        250-byte JSON document, 0.3 us in binary form)."""
+        cur: Cursor = self.raw.execute(self._q(sql, "%b" if binary else "%s"), args)
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:

@@ -141,7 +141,7 @@ class DeviceTables:
 
         def job(c: Conn) -> dict[str, int]:
             if c.dialect.postgres:
-                c.execute(_PG_LOCK_DEVICES, (ids,))  # an UPDATE over a list locks rows in no set order
+                c.execute(_PG_LOCK_DEVICES, (ids,), binary=True)  # an UPDATE over a list locks rows in no set order
             sql = f"UPDATE devices SET desired_counter = desired_counter + 1 WHERE {c.dialect.in_list('id')} "  # noqa: S608
             rows = c.execute(sql + "RETURNING id, desired_counter", (c.dialect.list_param(ids),)).fetchall()
             out = {r[0]: int(r[1]) for r in rows}
@@ -176,7 +176,7 @@ class DeviceTables:
             if fence is not None:
                 check_fence(c, fence)
             if c.dialect.postgres:  # one statement over arrays, not a round trip per device
-                written = {r[0] for r in c.execute(_PG_PUT_DESIRED, columns(rows))} if rows else set()
+                written = {r[0] for r in c.execute(_PG_PUT_DESIRED, columns(rows), binary=True)} if rows else set()
             else:
                 written = {row[0] for row in rows if c.execute(sql, row).rowcount}
             # a device whose stored state is newer keeps it and its slots

@@ -141,14 +141,15 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
             d.seen = max(d.seen, received)
     ids = sorted(devices)  # in device order: writers on several replicas lock the same rows in the same order
     if pg:
-        conn.execute(_PG_LOCK_DEVICES, (ids,))
+        conn.execute(_PG_LOCK_DEVICES, (ids,), binary=True)
     # the stored report of each reporting device, read after its device row is locked: every writer of
     # `applied` holds that lock, so what is read here is what the upsert below replaces
     reporting = sorted({msg.device_id for kind, msg, _ in items if kind == "reported"})
     stored: dict[str, tuple[int, float, str]] = {}
     if reporting:
         sql = "SELECT device_id, seq, ts, phase FROM applied WHERE " + conn.dialect.in_list("device_id")  # noqa: S608
-        stored = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(sql, (conn.dialect.list_param(reporting),))}
+        found = conn.execute(sql, (conn.dialect.list_param(reporting),), binary=True)
+        stored = {r[0]: (r[1], r[2], r[3]) for r in found}
     stale = 0
     for n, (kind, msg, received) in enumerate(items):
         if kind != "reported":
@@ -171,7 +172,7 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
             m, r = report
             rows.append((i, m.seq, m.ts, m.phase.value, r, m.model_dump_json()))
     if pg:
-        written = {r[0] for r in conn.execute(_PG_UPSERT, columns(rows))} if rows else set()
+        written = {r[0] for r in conn.execute(_PG_UPSERT, columns(rows), binary=True)} if rows else set()
         for i, d in devices.items():
             if d.report is not None and i not in written:  # another writer stored one as new (not expected: locked)
                 stale += d.applied
@@ -183,10 +184,11 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
                 status_rows.append((i, status[0].state, status[1], status[0].session, devices[i].caps))
         applied_status = 0
         if status_rows:
-            applied_status = sum(devices[r[0]].statuses for r in conn.execute(_PG_STATUS, columns(status_rows)))
+            updated = conn.execute(_PG_STATUS, columns(status_rows), binary=True)
+            applied_status = sum(devices[r[0]].statuses for r in updated)
         seen = [i for i in ids if devices[i].seen]
         if seen:
-            conn.execute(_PG_SEEN, (seen, [devices[i].seen for i in seen]))
+            conn.execute(_PG_SEEN, (seen, [devices[i].seen for i in seen]), binary=True)
     else:  # in-process calls: the per-message statements, once per status message and once per device
         status_sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
         status_args = [(m.state, r, m.session, _caps(m), r, m.device_id) for kind, m, r in items if kind == "status"]

@@ -153,8 +153,8 @@ def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
                 c[2] += r[9]
         ids = sorted(counts)  # in device order: writers on several replicas lock the same rows in the same order
         if conn.dialect.postgres:
-            conn.execute(_PG_LOCK_DEVICES, (ids,))
-            conn.execute(_PG_TOUCH, (ids, *([counts[d][i] for d in ids] for i in range(3))))
+            conn.execute(_PG_LOCK_DEVICES, (ids,), binary=True)
+            conn.execute(_PG_TOUCH, (ids, *([counts[d][i] for d in ids] for i in range(3))), binary=True)
         else:
             touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
             conn.executemany(touch, [(counts[d][0], counts[d][0], counts[d][1], counts[d][2], d) for d in ids])

@@ -244,6 +244,7 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         t.join()
     stored = h.hub.store.get_desired("cam-1")
     assert stored is not None and stored.version == 30
+    assert h.hub.chunks.awaiting(ref.blob.sha256) == {"cam-1"}, "the chunk server hears whom a deploy told"
     key = HubPublicKey(h.hub.key.public._key)
     versions = []
     dev = TestClient(broker.host, broker.port)

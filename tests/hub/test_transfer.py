@@ -15,7 +15,7 @@ from fleet.topics import Topics
 from hub.settings import TransferSettings
 from hub.store import SqlStore, open_store
 from hub.store.base import ModelVersion
-from hub.transfer import ChunkServer
+from hub.transfer import PACE_POLL_MAX_S, ChunkServer
 
 CHUNK = 1024
 COUNT = 40
@@ -118,6 +118,51 @@ def test_joiners_that_never_stop_wait_only_the_join_window(store: SqlStore, tmp_
     w.clock.now = opened + 0.2
     w.want("d-late", [(0, COUNT)])
     assert w.run(steps=1) == [0], "join_window_s after the first want the pass starts, joiners or not"
+
+
+def test_a_wave_the_deployer_announced_starts_once_every_device_of_it_wanted(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    w.server.expect(w.manifest.sha256, ["a", "b", "c"])
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(0, COUNT)])
+    w.clock.now += 0.5
+    assert w.run() == [] and w.server.awaiting(w.manifest.sha256) == {"c"}
+    w.want("c", [(0, COUNT)])
+    assert w.run(steps=1) == [0], "all told devices wanted: no gap to wait out"
+    assert w.server.awaiting(w.manifest.sha256) == frozenset()
+
+
+def test_a_told_device_that_never_wants_leaves_the_gap_rule(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    w.server.expect(w.manifest.sha256, ["a", "offline"])
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.9
+    assert w.run() == []
+    w.clock.now += 0.1
+    assert w.run(steps=1) == [0]
+
+
+def test_wants_that_overtake_the_deployers_word_start_the_pass(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(0, COUNT)])
+    assert w.run() == []
+    w.server.expect(w.manifest.sha256, ["a", "b"])
+    assert w.run(steps=1) == [0]
+
+
+def test_a_paced_blob_is_polled_less_often_while_it_stays_paced(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, window_chunks=1)
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(0, COUNT)])
+    w.clock.now += 0.05
+    assert w.run() == [0]
+    waits = [w.server.step().wait_s for _ in range(7)]
+    assert waits == sorted(waits) and waits[0] < waits[-1] == PACE_POLL_MAX_S
+    w.report("a", 1)
+    w.report("b", 1)
+    assert w.run(steps=1) == [1]
+    assert w.server.step().wait_s < PACE_POLL_MAX_S, "a publish starts the polling over"
 
 
 def test_a_late_joiner_gets_the_rest_of_the_pass_then_only_the_head(store: SqlStore, tmp_path: Path) -> None:
