@@ -141,7 +141,8 @@ class TransferSettings(SettingsGroup):
         default=3.0,
         gt=0,
         le=60,
-        description="once a second device wants a blob before its first chunk, its wants are gathered until none "
+        description="once a second device wants a blob before its first chunk (or a deploy told devices that have "
+        "not wanted it yet), its wants are gathered until none "
         "came from a new device for this many seconds (3 s: a rollout's wants arrive over seconds, in bursts; a chunk "
         "published before a device joined is published again for it, to every device still fetching)",
     )

@@ -8,10 +8,11 @@ published once more after the cursor wraps, for everyone who missed them at once
 twice in one pass, and a chunk nobody lacks is never published again.
 
 The first pass of a blob starts `round_interval_s` after its first want, unless another device wants it
-meanwhile: then the wants are gathered until no new device wanted for `join_gap_s`, at most `join_window_s`
-after the first. A rollout tells many devices at once, their wants arrive over seconds (2000 simulated
-agents on 2 cores: over 10 s, in bursts up to 1.5 s apart), and a chunk published before a device joined
-goes out again for it, to every device then subscribed (measured: a third of the blob published twice).
+meanwhile or the deployer says more are coming (below): then the wants are gathered until no new device
+wanted for `join_gap_s`, at most `join_window_s` after the first. A rollout tells many devices at once,
+their wants arrive over seconds (2000 simulated agents on 2 cores: over 10 s, in bursts up to 1.5 s apart),
+and a chunk published before a device joined goes out again for it, to every device then subscribed
+(measured: a third of the blob published twice).
 The deployer says which devices it just told about a blob (`expect`): once every one of them wanted it, the
 pass starts at once instead of waiting out the gap (a device told but not wanting, offline or holding the
 blob already, leaves the gap rule as it was).
@@ -191,11 +192,14 @@ class ChunkServer:
             e.devices.update(device_ids)
             e.until = now + self.settings.join_window_s
             stream = self._streams.get(sha256)
-            if stream is not None:  # wants can overtake the deployer's word
+            if stream is not None and now < stream.start_at:  # wants can overtake the deployer's word
                 e.devices.difference_update(stream.downloaders)
-                if not e.devices and now < stream.start_at:
+                if not e.devices:
                     stream.start_at = now
                     del self._expected[sha256]
+                else:  # a wave is coming after all: gather it, as if a second device had wanted
+                    gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
+                    stream.start_at = max(stream.start_at, gathered)
         self._wake.set()
 
     def awaiting(self, sha256: str) -> frozenset[str]:
@@ -235,7 +239,9 @@ class ChunkServer:
                 if d is None and now < stream.start_at:
                     if self._all_expected_wanted(msg.sha256, msg.device_id, now):
                         stream.start_at = now  # every device the deployer told wants it: nobody to wait for
-                    else:  # still gathering: a wave's wants come over seconds
+                    elif stream.downloaders or msg.sha256 in self._expected:
+                        # a second device, or told devices still to come: a wave, whose wants come over seconds
+                        # (a lone device resuming on its own keeps round_interval_s)
                         gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
                         stream.start_at = max(stream.start_at, gathered)
                 have = m.count - len(indexes)  # a want's ranges are disjoint

@@ -108,6 +108,28 @@ def test_the_first_pass_waits_while_devices_keep_joining_up_to_the_join_window(s
     assert w.run(steps=1) == [0]
 
 
+def test_a_lone_device_no_deploy_announced_waits_only_the_round_interval(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    w.want("a", [(0, COUNT)])  # resuming a download on its own: no wave is coming
+    w.clock.now += 0.04
+    assert w.run() == []
+    w.clock.now += 0.01
+    assert w.run(steps=1) == [0], "round_interval_s after its want, not join_gap_s"
+
+
+def test_a_want_that_overtook_the_deployers_word_waits_for_the_rest_of_the_wave(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    w.want("a", [(0, COUNT)])  # before the deployer said "a, b, c": it looked like a lone device
+    w.server.expect(w.manifest.sha256, ["a", "b", "c"])
+    w.clock.now += 0.5
+    assert w.run() == [], "b and c are coming: gathered for join_gap_s, not round_interval_s"
+    w.want("b", [(0, COUNT)])
+    w.want("c", [(0, COUNT)])
+    assert w.run(steps=1) == [0]
+
+
 def test_joiners_that_never_stop_wait_only_the_join_window(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, join_gap_s=0.1, join_window_s=0.2)
     opened = w.clock.now
