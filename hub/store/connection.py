@@ -10,6 +10,7 @@ backend's error types, and a few SQL fragments that differ between the two (`Dia
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -75,9 +76,21 @@ class Dialect:
         return f"{column} = ANY(?)" if self.postgres else f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
 
     def list_param(self, values: Sequence[str]) -> Any:
-        import json  # noqa: PLC0415 - only SQLite needs it
 
         return list(values) if self.postgres else json.dumps(list(values))
+
+
+def to_json(value: Any) -> str:
+    """A document as the store keeps it: compact JSON."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def lock_devices(conn: Conn, ids: Sequence[str]) -> None:
+    """Lock the rows of devices `ids` (sorted) in id order before a statement over many of them: an UPDATE over
+    a list or a join locks rows in no set order, and writers on several replicas that lock the same rows in
+    different orders deadlock. PostgreSQL only: SQLite has one writer, which holds the whole database."""
+    if conn.dialect.postgres:
+        conn.execute("SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE", (list(ids),), binary=True)
 
 
 def columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from hub.errors import LeaseLost, StaleDocument
 from hub.store.base import Fence
-from hub.store.connection import Conn
+from hub.store.connection import Conn, to_json
 
 T = TypeVar("T")
 DocKey = tuple[str, str]  # (collection, key)
@@ -129,13 +129,13 @@ class Coordination:
                     "INSERT INTO documents (collection, key, doc, updated_at, rev) VALUES (?, ?, ?, ?, 1) "
                     "ON CONFLICT (collection, key) DO UPDATE SET doc = excluded.doc, "
                     "updated_at = excluded.updated_at, rev = documents.rev + 1 RETURNING rev",
-                    (collection, key, json.dumps(doc, separators=(",", ":")), time.time()),
+                    (collection, key, to_json(doc), time.time()),
                 ).fetchone()
                 out[(collection, key)] = int(row[0])
             for ts, actor, action, subject, details in events:
                 c.execute(
                     "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, ?, ?, ?)",
-                    (ts, actor, action, subject, json.dumps(details, separators=(",", ":"))),
+                    (ts, actor, action, subject, to_json(details)),
                 )
             return out
 

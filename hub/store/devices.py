@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from fleet.messages import Capabilities, ReportedState
 from hub.errors import Conflict, NotFound
 from hub.store.base import Desired, DesiredSlot, DesiredSummary, Device, Fence
-from hub.store.connection import Conn, Dialect, columns
+from hub.store.connection import Conn, Dialect, columns, lock_devices
 from hub.store.coordination import check_fence
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ _DEVICE = (
     "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
     "d.desired_counter FROM devices d LEFT JOIN applied a ON a.device_id = d.id"
 )
-_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
 _PG_PUT_DESIRED = (
     "INSERT INTO desired (device_id, version, envelope, issued_at, expires_at) "
     "SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::float8[], ?::float8[]) "
@@ -140,8 +139,7 @@ class DeviceTables:
         ids = sorted(set(device_ids))  # in device order: replicas lock the same rows in the same order
 
         def job(c: Conn) -> dict[str, int]:
-            if c.dialect.postgres:
-                c.execute(_PG_LOCK_DEVICES, (ids,), binary=True)  # an UPDATE over a list locks rows in no set order
+            lock_devices(c, ids)
             sql = f"UPDATE devices SET desired_counter = desired_counter + 1 WHERE {c.dialect.in_list('id')} "  # noqa: S608
             rows = c.execute(sql + "RETURNING id, desired_counter", (c.dialect.list_param(ids),)).fetchall()
             out = {r[0]: int(r[1]) for r in rows}

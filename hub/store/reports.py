@@ -14,13 +14,12 @@ in savepoints, when a batch fails on a message the database refuses (`SqlStore._
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.messages import DeviceStatus, ReportedState
-from hub.store.connection import Conn, columns
+from hub.store.connection import Conn, columns, lock_devices, to_json
 
 _UPSERT = (
     "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
@@ -34,11 +33,8 @@ _STATUS = (
     "last_seen = {last_seen} WHERE id = ?"
 )
 _SEEN = "UPDATE devices SET last_seen = {last_seen} WHERE id = ?"
-# PostgreSQL: the same statements over arrays, one round trip each. The rows are locked in id order first
-# (as the telemetry writer does), so the writers of several replicas never deadlock on them; an UPDATE ... FROM
-# locks rows in whatever order its join produces.
-_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
-_PG_PREVIOUS = "SELECT device_id, seq, ts, phase FROM applied WHERE device_id = ANY(?)"
+# PostgreSQL: the same statements over arrays, one round trip each, after `lock_devices` (as the telemetry
+# writer does), so the writers of several replicas never deadlock on the rows an UPDATE ... FROM touches.
 _PG_UPSERT = (
     "INSERT INTO applied (device_id, seq, ts, phase, received_at, doc) "
     "SELECT * FROM unnest(?::text[], ?::bigint[], ?::float8[], ?::text[], ?::float8[], ?::text[]) "
@@ -58,12 +54,8 @@ _PG_SEEN = (
 )
 
 
-def _j(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _caps(msg: DeviceStatus) -> str | None:
-    return _j(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
+    return to_json(msg.capabilities.model_dump(mode="json")) if msg.capabilities else None
 
 
 def phase_details(msg: ReportedState, previous: str | None) -> str:
@@ -86,7 +78,7 @@ def phase_details(msg: ReportedState, previous: str | None) -> str:
         details["models"] = models
     if msg.error is not None:
         details["error"] = {"code": msg.error.code, "message": msg.error.message}
-    return _j(details)
+    return to_json(details)
 
 
 def _event_row(msg: ReportedState, previous: str | None, received: float) -> tuple[Any, ...]:
@@ -140,8 +132,7 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
             d.caps = _caps(msg) or d.caps
             d.seen = max(d.seen, received)
     ids = sorted(devices)  # in device order: writers on several replicas lock the same rows in the same order
-    if pg:
-        conn.execute(_PG_LOCK_DEVICES, (ids,), binary=True)
+    lock_devices(conn, ids)
     # the stored report of each reporting device, read after its device row is locked: every writer of
     # `applied` holds that lock, so what is read here is what the upsert below replaces
     reporting = sorted({msg.device_id for kind, msg, _ in items if kind == "reported"})

@@ -29,7 +29,7 @@ from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
-from hub.store.connection import Conn, Database
+from hub.store.connection import Conn, Database, to_json
 from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
@@ -41,10 +41,6 @@ T = TypeVar("T")
 _STOP = ("stop",)
 _INGEST = frozenset(("status", "reported"))
 _ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
-
-
-def _j(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 class SqlStore(DeviceTables, TotalsQueries, Coordination):
@@ -362,7 +358,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
 
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
         sql = "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, ?, ?, ?)"
-        self._write(lambda c: c.execute(sql, (ts, actor, action, subject, _j(details))))
+        self._write(lambda c: c.execute(sql, (ts, actor, action, subject, to_json(details))))
 
     def list_events(
         self, *, since: float | None, until: float | None, subject: str | None, action: str | None, limit: int
@@ -384,7 +380,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             "ON CONFLICT (collection, key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at, "
             "rev = documents.rev + 1"
         )
-        self._write(lambda c: c.execute(sql, (collection, key, _j(doc), time.time())))
+        self._write(lambda c: c.execute(sql, (collection, key, to_json(doc), time.time())))
 
     def get_doc(self, collection: str, key: str) -> dict[str, Any] | None:
         sql = "SELECT doc FROM documents WHERE collection = ? AND key = ?"
@@ -418,11 +414,11 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 raise Conflict(f"model {mv.name}:{mv.version} already exists with sha256 {row[0]}")
             c.execute(
                 "INSERT INTO blobs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (mv.sha256, mv.size, _j(mv.manifest), mv.created_at),
+                (mv.sha256, mv.size, to_json(mv.manifest), mv.created_at),
             )
             c.execute(
                 "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mv.name, mv.version, mv.task, mv.sha256, _j(mv.descriptor), mv.created_at, mv.created_by),
+                (mv.name, mv.version, mv.task, mv.sha256, to_json(mv.descriptor), mv.created_at, mv.created_by),
             )
             return self._mv(
                 c.execute(self._MV + " WHERE m.name = ? AND m.version = ?", (mv.name, mv.version)).fetchone()

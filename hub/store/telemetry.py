@@ -18,7 +18,7 @@ from typing import Any
 
 from fleet.messages import TelemetryWindow
 from hub.store.base import EMPTY_COUNTS, SeqStats, StoredWindow, TelemetryPoint
-from hub.store.connection import Conn, Dialect
+from hub.store.connection import Conn, Dialect, lock_devices, to_json
 from hub.store.migrations import BUCKETS
 
 _COLS = [
@@ -66,7 +66,6 @@ _TOUCH = "UPDATE devices SET last_seen = {last_seen}, telemetry_at = ?, last_req
 # the server ~10 us, a quarter of a window's whole write when a batch holds one window per device, as it does
 # with real fleets): lock the rows in id order first, so writers on several replicas never deadlock on them,
 # then update them all from arrays.
-_PG_LOCK_DEVICES = "SELECT 1 FROM devices WHERE id = ANY(?) ORDER BY id FOR UPDATE"
 _PG_TOUCH = (
     "UPDATE devices AS d SET last_seen = greatest(coalesce(d.last_seen, 0), v.received_at), "
     "telemetry_at = v.received_at, last_requests = v.requests, last_errors = v.errors "
@@ -106,7 +105,7 @@ def window_rows(w: TelemetryWindow, received_at: float) -> list[tuple[Any, ...]]
                 w.memory_bytes if host else None,
                 w.spool_dropped if host else 0,
                 w.spool_pending if host else 0,
-                json.dumps(extra, separators=(",", ":")) if extra else None,
+                to_json(extra) if extra else None,
                 *(latency.counts if latency else EMPTY_COUNTS),
             )
         )
@@ -153,7 +152,7 @@ def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
                 c[2] += r[9]
         ids = sorted(counts)  # in device order: writers on several replicas lock the same rows in the same order
         if conn.dialect.postgres:
-            conn.execute(_PG_LOCK_DEVICES, (ids,), binary=True)
+            lock_devices(conn, ids)
             conn.execute(_PG_TOUCH, (ids, *([counts[d][i] for d in ids] for i in range(3))), binary=True)
         else:
             touch = _TOUCH.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
