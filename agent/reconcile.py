@@ -283,7 +283,7 @@ class Reconciler:
     # -- the work -------------------------------------------------------------------------------------
     def needed_blobs(self) -> set[str]:
         """Digests of the blobs the accepted desired state names (every model and shadow candidate)."""
-        return {r.blob.sha256 for slot in self._slots() for r in _refs(slot)}
+        return {r.blob.sha256 for slot in self._slots() for r in slot.refs()}
 
     def _slots(self) -> list[DesiredModel]:
         return list(self.desired.models) if self.desired is not None else []
@@ -298,7 +298,7 @@ class Reconciler:
             return None
         cached = self._fetching
         if cached is None or cached[0] is not dl or cached[1] is not self.desired:
-            name = next((s.name for s in self._slots() if any(r.blob.sha256 == dl.sha256 for r in _refs(s))), None)
+            name = next((s.name for s in self._slots() if any(r.blob.sha256 == dl.sha256 for r in s.refs())), None)
             cached = self._fetching = (dl, self.desired, name)
         return None if cached[2] is None else self.models.get(cached[2])
 
@@ -328,7 +328,7 @@ class Reconciler:
 
     def _blobs_ready(self, slot: DesiredModel, st: ModelState) -> bool:
         """Start or continue the transfers `slot` needs; True once every blob of it is in the store."""
-        for ref in _refs(slot):
+        for ref in slot.refs():
             if self.store.has_blob(ref.blob.sha256, ref.blob.size):
                 continue
             busy = self.fetcher.current
@@ -565,8 +565,3 @@ class Reconciler:
         self._last_progress = time.monotonic()
         self._reported_have = self._have()
         self.outbox.report(self.snapshot())
-
-
-def _refs(slot: DesiredModel) -> list[ModelRef]:
-    """The model versions a slot needs: its model, then its shadow candidate."""
-    return [slot.model] + ([slot.shadow.model] if slot.shadow is not None else [])

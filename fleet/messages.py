@@ -287,6 +287,10 @@ class DesiredModel(Part):
         """The slot's model name."""
         return self.model.name
 
+    def refs(self) -> list[ModelRef]:
+        """The model versions the slot names: its model, then its shadow candidate."""
+        return [self.model] + ([self.shadow.model] if self.shadow is not None else [])
+
 
 class DesiredState(Wire):
     """What one device should run: its model slots. Published only inside a SignedEnvelope.

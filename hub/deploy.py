@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleet.codec import encode
-from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, ModelRef, RuntimeOptions, ShadowSpec, SignedEnvelope
+from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
 from hub.capacity import check_runtime
@@ -167,10 +167,10 @@ class Deployer:
             _check_sizes(plans)
             states = self._sign(plans, fence)
         if slot is not None and self._on_told is not None:
-            for ref in _refs(slot):
+            for ref in slot.refs():
                 sha = ref.blob.sha256
                 told = [
-                    d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in _refs(m))
+                    d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in m.refs())
                 ]
                 if told:
                     self._on_told(sha, told)
@@ -252,11 +252,6 @@ class Deployer:
                 self._sign({s.device_id: _single_model_slots(_body(s)) for s in old})
             log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
         return len(old)
-
-
-def _refs(slot: DesiredModel) -> list[ModelRef]:
-    """The model versions a slot names: its model, then its shadow candidate."""
-    return [slot.model] + ([slot.shadow.model] if slot.shadow is not None else [])
 
 
 def _check_selector(selector: str) -> None:
