@@ -8,7 +8,7 @@ import socket
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -320,13 +320,27 @@ def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
     )
     slot = repo.only()
     body = orjson.dumps({"inputs": [_tensor()]})
+    batcher = slot.current.batcher if slot.current else None
+    assert batcher is not None
+
+    def wait_for(done: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
     with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
+
+        def post() -> Future[httpx.Response]:
+            return pool.submit(c.post, f"/v2/models/{NAME}/infer", content=body)
+
         with slot._run_lock:  # the engine is busy: one request runs (blocked), two may wait
-            futures = [pool.submit(c.post, f"/v2/models/{NAME}/infer", content=body) for _ in range(6)]
-            deadline = time.monotonic() + 10
-            while sum(f.done() for f in futures) < 3:  # the three beyond running + queue are refused at once
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            futures = [post()]
+            # the worker has taken the first off the queue (it now waits for the engine), so the burst
+            # below meets an empty queue whatever the thread timing
+            wait_for(lambda: (batcher.stats().requests, batcher.stats().queue_depth) == (1, 0))
+            futures += [post() for _ in range(5)]
+            wait_for(lambda: sum(f.done() for f in futures) >= 3)  # the three beyond running + queue: at once
         codes = sorted(f.result().status_code for f in futures)
     assert codes == [200, 200, 200, 503, 503, 503]
     refused = [f.result() for f in futures if f.result().status_code == 503]
