@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -268,19 +269,39 @@ class Probe:
 class CpuMeter:
     """CPU seconds (user + system) of named processes between creation and `stop()`, and of the whole machine.
 
-    Where a rollout's time goes on a shared machine: the broker, the hub, the agents (or raw receivers), this
-    process (publisher, probe, API polling), and `other` = every core's busy time not spent by those (the
-    other jobs on the machine). `wall` is the interval, so `x / wall` is cores used.
+    Where a rollout's time goes on a shared machine: the broker, the hub (or the leader and each follower
+    replica), PostgreSQL, the agents (or raw receivers), this process (publisher, probe, API polling), and
+    `other` = every core's busy time not spent by those (the other jobs on the machine). Each name counts its
+    process and every descendant that is not another name's (a hub's telemetry writer process, PostgreSQL's
+    backends): the kernel adds a child's CPU to its parent's only once the child has exited and been reaped,
+    so a live writer process was not in its hub's figure before session 5. `wall` is the interval, so
+    `x / wall` is cores used.
     """
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.roots = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.t0 = time.monotonic()
-        self.start = {name: self._cpu(p) for name, p in self.procs.items()}
+        self.start = {name: {p.pid: self._cpu(p) for p in procs} for name, procs in self._trees().items()}
         self.machine0 = self._busy()
+
+    def _trees(self) -> dict[str, list[psutil.Process]]:
+        """Each name's process and its descendants, a descendant that is itself named counting for its own name
+        (the benchmark started the broker, the hubs and the simulator)."""
+        named = {p.pid for p in self.roots.values()}
+        trees: dict[str, list[psutil.Process]] = {}
+        for name, root in self.roots.items():
+            procs, todo = [], [root]
+            while todo:
+                proc = todo.pop()
+                procs.append(proc)
+                with contextlib.suppress(psutil.Error):
+                    todo += [c for c in proc.children() if c.pid not in named]
+            trees[name] = procs
+        return trees
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
+        """The process's CPU and its exited, reaped children's."""
         try:
             t = proc.cpu_times()
             return t.user + t.system + t.children_user + t.children_system
@@ -293,11 +314,18 @@ class CpuMeter:
         return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds per process, `other` and `wall`."""
-        used = {name: round(self._cpu(p) - self.start[name], 2) for name, p in self.procs.items()}
+        """CPU seconds per name, `other` and `wall`. A descendant that exited meanwhile counts through its
+        parent's reaped-children time, its whole life there: its CPU before the interval is taken off again."""
+        used: dict[str, float] = {}
+        for name, procs in self._trees().items():
+            before = self.start.get(name, {})
+            now = {p.pid: self._cpu(p) for p in procs}
+            live = sum(v - before.get(pid, 0.0) for pid, v in now.items() if v == v)
+            gone = sum(v for pid, v in before.items() if pid not in now and v == v)
+            used[name] = round(live - gone, 2)
         busy = self._busy() - self.machine0
-        distinct = {p.pid: used[name] for name, p in self.procs.items()}
-        used["other"] = round(busy - sum(v for v in distinct.values() if v == v), 2)
+        distinct = {root.pid: used[name] for name, root in self.roots.items()}  # the stand-in hub is this process
+        used["other"] = round(busy - sum(distinct.values()), 2)
         used["wall"] = round(time.monotonic() - self.t0, 2)
         return used
 
@@ -338,6 +366,10 @@ class StandInHub:
 
     def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
         return ["--agents", str(n), "--broker", broker.url, "--hub-key", self.hub.public_key]
+
+    def pids(self) -> dict[str, int]:
+        """The processes `CpuMeter` names for this hub."""
+        return {"hub": self.pid}
 
     def online(self) -> int:
         return self.hub.online()
@@ -400,6 +432,10 @@ class ProductHub:
         self._lags: list[float] = []
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def pids(self) -> dict[str, int]:
+        """The processes `CpuMeter` names for this hub (with its telemetry writer, a child process)."""
+        return {"hub": self.pid}
 
     def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
         bundles = work / "bundles"
@@ -503,6 +539,19 @@ class ReplicaHubs(ProductHub):
             (first / "blobs").mkdir(exist_ok=True)
             self.apis.append(info["api"])
         self._attach(self.procs[0], self.apis[0], str(token), database_url)
+
+    def pids(self) -> dict[str, int]:
+        """The leader (the first replica up takes the lease), each follower and the PostgreSQL server (its
+        postmaster, whose children are the backends serving the replicas), when it runs on this machine."""
+        names = ["leader", *(f"follower {r}" if len(self.procs) > 2 else "follower" for r in range(1, len(self.procs)))]
+        pids = {name: proc.pid for name, proc in zip(names, self.procs, strict=True)}
+        port = urlsplit(self.database_url).port or 5432
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN and getattr(conn.laddr, "port", None) == port and conn.pid:
+                    pids["postgres"] = conn.pid
+                    break
+        return pids
 
     def _poll_db(self) -> None:
         import psycopg  # noqa: PLC0415 - only this hub needs it
@@ -711,7 +760,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         cpu_pct = 100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (w1 - w0)
         lags = sorted(hub.lags())
 
-        pids = {"broker": broker.proc.pid, "hub": hub.pid, "bench": os.getpid(), "agents": sim.pid}
+        pids = {"broker": broker.proc.pid, **hub.pids(), "bench": os.getpid(), "agents": sim.pid}
         raw_s, raw_cpu = raw_fan_out(broker, model, n, args.threads, pids)
         print(f"  raw CPU s: {raw_cpu}", file=sys.stderr, flush=True)
         published_before = hub.chunks_published()
@@ -794,18 +843,23 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     head = (
         f"| agents | hub | online s | hub CPU % | ingest lag p50 / p99 / max s | raw fan-out {args.blob_mib} MiB s "
         "| rollout s | rollout / raw | chunks published | agents received GiB (duplicate chunks) "
-        "| broker peak RSS MiB | RSS hub / broker / sim MiB |"
+        "| broker peak RSS MiB | RSS hub / broker / sim MiB | rollout CPU s (`CpuMeter`: each process with its "
+        "children; bench = this script, other = the rest of the machine) |"
     )
-    lines = [head, "|" + " --- |" * 12]
+    lines = [head, "|" + " --- |" * 13]
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
             f"{r.lag_p99_s:.2f} / {r.lag_max_s:.2f} | {r.raw_s:.1f} | {_rollout(r, args)} | {_ratio(r)} | "
             f"{r.chunks_published} / {r.chunks_minimum} = {_published_ratio(r)} | {r.sim_gib_in:.1f} "
             f"({r.duplicate_chunks}) | {r.broker_peak_rss_mib:.0f} | "
-            f"{r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} |"
+            f"{r.hub_rss_mib:.0f} / {r.broker_rss_mib:.0f} / {r.sim_rss_mib:.0f} | {_cpu_split(r.rollout_cpu)} |"
         )
     return "\n".join(lines)
+
+
+def _cpu_split(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {v:.1f}" for name, v in cpu.items() if name != "wall") or "-"
 
 
 def replica_comparison(results: list[Result]) -> str:
