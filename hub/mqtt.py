@@ -41,7 +41,7 @@ class HubLink:
         *,
         client_id: str,
         on_message: MessageHandler,
-        subscriptions: list[tuple[str, int]],
+        subscriptions: list[tuple[str, int | None]],
         on_connect: Callable[[], None] | None = None,
         mqtt_version: str = "3.1.1",
         username: str | None = None,
@@ -57,7 +57,10 @@ class HubLink:
         self.host, self.port, tls = address.host, address.port, address.tls
         self._v5 = mqtt_version == "5"
         self._handler = on_message
-        self._subscriptions = list(subscriptions)
+        # topic -> QoS to hold, or None to hold no subscription to it (unsubscribed at every connect: the broker
+        # keeps a persistent session's subscriptions, so one dropped while offline would come back otherwise)
+        self._subscriptions: dict[str, int | None] = dict(subscriptions)
+        self._sub_lock = threading.Lock()
         self._on_connect_cb = on_connect
         self._keepalive = keepalive_s
         self._connected = threading.Event()
@@ -109,15 +112,36 @@ class HubLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Hold a subscription to `topic` from now on (now if connected, and at every reconnect)."""
+        self._set_subscription(topic, qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Hold no subscription to `topic` from now on, including one the broker kept in this session."""
+        self._set_subscription(topic, None)
+
+    def _set_subscription(self, topic: str, qos: int | None) -> None:
+        with self._sub_lock:  # held while sending, so the broker gets the changes in the order they were made
+            self._subscriptions[topic] = qos
+            if self.connected:  # else the next connect sends it (paho refuses it while disconnected)
+                self._send_subscription(topic, qos)
+
+    def _send_subscription(self, topic: str, qos: int | None) -> None:
+        if qos is None:
+            self._client.unsubscribe(topic)
+        else:
+            self._client.subscribe(topic, qos)
+
     # -- callbacks (paho's network thread) -----------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("mqtt: connection to %s refused: %s", self.url, reason)
             return
         self.connects += 1
-        for topic, qos in self._subscriptions:
-            client.subscribe(topic, qos)
-        self._connected.set()
+        with self._sub_lock:  # a change made meanwhile is either sent here or, once connected, by its caller
+            for topic, qos in self._subscriptions.items():
+                self._send_subscription(topic, qos)
+            self._connected.set()
         log.info("mqtt: connected to %s (connect #%d)", self.url, self.connects)
         if self._on_connect_cb is not None:
             try:

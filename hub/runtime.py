@@ -38,7 +38,8 @@ from hub.transfer import ChunkServer
 from hub.views import FleetViews
 
 log = logging.getLogger(__name__)
-_SUBSCRIBED = (TopicKind.STATUS, TopicKind.REPORTED, TopicKind.TELEMETRY, TopicKind.WANT, TopicKind.CMD_ACK)
+_SUBSCRIBED = (TopicKind.STATUS, TopicKind.REPORTED, TopicKind.TELEMETRY, TopicKind.CMD_ACK)
+_LEADER_SUBSCRIBED = (TopicKind.WANT,)  # while this replica leads: see Hub._on_leadership
 
 
 def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
@@ -108,11 +109,11 @@ class Hub:
         return f"edgefleet-hub-{self.instance_id}" + (f"-{replica}" if replica else "")
 
     def _subscription(self, kind: TopicKind) -> str:
-        """Telemetry, the bulk, is shared among replicas ($share: each window reaches one). Everything else reaches
-        every replica: wants (the leader serves them), and births, reports and acks, which are few and which every
-        replica applies idempotently (a report older than the stored one is ignored). A replica that a partition
-        cut off from the broker holds only its share of telemetry, never a device's report, until the broker
-        gives its session up."""
+        """Telemetry, the bulk, is shared among replicas ($share: each window reaches one). Births, reports and
+        acks reach every replica: they are few and every replica applies them idempotently (a report older than
+        the stored one is ignored). A replica that a partition cut off from the broker holds only its share of
+        telemetry, never a device's report, until the broker gives its session up. Wants reach the leader
+        alone (only its chunk server answers them)."""
         group = self.settings.broker.shared_group if kind is TopicKind.TELEMETRY else None
         return self.topics.subscription(kind, shared_group=group)
 
@@ -149,7 +150,8 @@ class Hub:
             link_url,
             client_id=self._client_id(),
             on_message=self._on_message,
-            subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED],
+            subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED]
+            + [(self._subscription(k), None) for k in _LEADER_SUBSCRIBED],  # taken with the lease
             on_connect=self._on_connect,
             mqtt_version=s.broker.mqtt_version,
             username=self.security.link_credentials()[0],
@@ -214,6 +216,17 @@ class Hub:
         threading.Thread(target=self._republish, name="hub-republish", daemon=True).start()
 
     def _on_leadership(self, leading: bool) -> None:
+        # Wants go to the leader alone: a follower that heard them only counted and dropped them (a few per
+        # device per blob, in bursts during a rollout, on cores the rollout itself needs). A new leader misses
+        # the wants sent before its subscription: so did the old follower that dropped them; their agents want
+        # again after `download.rewant_after_s` without a chunk. `Ingestor` still drops a want that reaches a
+        # replica not leading (a subscription not yet taken back), so leading is decided in one place.
+        if self.link is not None:
+            for kind in _LEADER_SUBSCRIBED:
+                if leading:
+                    self.link.subscribe(self._subscription(kind), 1)
+                else:
+                    self.link.unsubscribe(self._subscription(kind))
         # A new leader publishes every stored desired state again: its predecessor may have recorded states it
         # never got to publish (cut off or killed between the commit and the publish). Same versions, same
         # bodies: agents that have them ignore them.

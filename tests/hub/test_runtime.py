@@ -23,7 +23,7 @@ from hub.errors import HubError, NotFound, NotInitialised
 from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
 from tests.support.broker import Broker, free_port
-from tests.support.hub import RunningHub, start_hub
+from tests.support.hub import RunningHub, hub_settings, start_hub
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
@@ -285,3 +285,54 @@ def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, b
     assert not broken.started and not broken.mqtt_connected
     with Hub(settings.model_copy(update={"broker": HubSettings().broker.model_copy(update={"url": broker.url})})) as h:
         assert h.started  # the store the failed start opened was closed: the directory is usable again
+
+
+def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Only the leader's chunk server answers wants, so only the leader subscribes to them: a follower hears none,
+    not even through the subscription its broker session kept from when it led; the replica that takes over
+    subscribes and serves the wants that follow (agents want again after a while without a chunk)."""
+
+    def replica(name: str) -> Hub:
+        return Hub(hub_settings(tmp_path / "hub", broker.url, topic_prefix,
+                                broker={"shared_group": "hubs", "replica": name}, leader={"lease_s": 2, "renew_s": 0.2},
+                                ingest={"telemetry_process": False}))  # fmt: skip
+
+    init_hub(replica("a").settings)
+    b = replica("b")
+    with b:  # b leads first: its broker session (persistent) subscribes to wants
+        wait_for(lambda: b.leadership.is_leader)
+        b.devices.add("cam-1", {}, actor="test")
+    a, b = replica("a"), replica("b")
+    a.start()
+    dev = TestClient(broker.host, broker.port)
+    try:
+        b.start()
+        assert a.leadership.is_leader and not b.leadership.is_leader
+        unknown = "cd" * 32
+        want = encode(Want(device_id="cam-1", sha256=unknown, missing=[(0, 1)]))
+        birth = encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0))
+
+        def unheard_by_b() -> bool:
+            """A want, then a birth (every replica hears births): b hears the birth after the want, if at all."""
+            followed, births = b.ingest.followed, b.ingest.accepted["status"]
+            dev.publish(a.topics.want(unknown), want)
+            dev.publish(a.topics.status("cam-1"), birth)
+            wait_for(lambda: b.ingest.accepted["status"] > births)
+            return b.ingest.followed == followed
+
+        # b's UNSUBSCRIBE (sent at connect) and the first want race through the broker: wait for it to count
+        wait_for(unheard_by_b)
+        assert unheard_by_b()  # and it stays so
+        wait_for(lambda: a.chunks.stats.unknown_blob_wants >= 2)  # the leader heard them all
+        followed = b.ingest.followed
+        a.stop()  # releases the lease: b takes over
+        wait_for(lambda: b.leadership.is_leader)
+        # wanted again until b's subscription is in place, as an agent does after `download.rewant_after_s`
+        wait_for(lambda: dev.publish(a.topics.want(unknown), want) or b.chunks.stats.unknown_blob_wants, interval=0.1)
+        assert b.ingest.followed == followed  # served, not left to another
+    finally:
+        dev.close()
+        a.stop()
+        b.stop()
