@@ -115,7 +115,7 @@ class Ingestor:
                 elif not self.is_enrolled(want.device_id):
                     self._reject(kind.value, "unknown_device", topic, want.device_id)
                 elif self.leading is not None and not self.leading():
-                    self.followed += 1  # every replica hears every want; the leader's chunk server answers it
+                    self.followed += 1  # only the leader subscribes to wants; this one heard it while changing
                 elif self.chunk_server.want(want):
                     self._accepted[kind.value] += 1
                 else:
