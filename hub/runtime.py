@@ -38,8 +38,9 @@ from hub.transfer import ChunkServer
 from hub.views import FleetViews
 
 log = logging.getLogger(__name__)
-_SUBSCRIBED = (TopicKind.STATUS, TopicKind.REPORTED, TopicKind.TELEMETRY, TopicKind.CMD_ACK)
-_LEADER_SUBSCRIBED = (TopicKind.WANT,)  # while this replica leads: see Hub._on_leadership
+_SUBSCRIBED = (TopicKind.STATUS, TopicKind.TELEMETRY, TopicKind.CMD_ACK)
+# QoS by kind while following and while leading (None: not subscribed); see Hub._on_leadership
+_BY_LEADERSHIP: dict[TopicKind, tuple[int | None, int]] = {TopicKind.REPORTED: (0, 1), TopicKind.WANT: (None, 1)}
 
 
 def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
@@ -151,7 +152,7 @@ class Hub:
             client_id=self._client_id(),
             on_message=self._on_message,
             subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED]
-            + [(self._subscription(k), None) for k in _LEADER_SUBSCRIBED],  # taken with the lease
+            + [(self._subscription(k), following) for k, (following, _) in _BY_LEADERSHIP.items()],
             on_connect=self._on_connect,
             mqtt_version=s.broker.mqtt_version,
             username=self.security.link_credentials()[0],
@@ -221,12 +222,18 @@ class Hub:
         # the wants sent before its subscription: so did the old follower that dropped them; their agents want
         # again after `download.rewant_after_s` without a chunk. `Ingestor` still drops a want that reaches a
         # replica not leading (a subscription not yet taken back), so leading is decided in one place.
+        # Reports reach a follower at QoS 0: it drops most of them (download progress is the leader's), and at
+        # QoS 1 each cost it and the broker an acknowledgement, and the broker an in-flight slot. What a follower
+        # misses at QoS 0 (a broker dropping QoS 0 under load; its own reconnect) the leader received at QoS 1
+        # and writes; a follower taking the lease subscribes at QoS 1 again, which brings it every device's
+        # retained report, so a leader cut off with reports in its queue holds none back past the handover.
         if self.link is not None:
-            for kind in _LEADER_SUBSCRIBED:
-                if leading:
-                    self.link.subscribe(self._subscription(kind), 1)
-                else:
+            for kind, (following, as_leader) in _BY_LEADERSHIP.items():
+                qos = as_leader if leading else following
+                if qos is None:
                     self.link.unsubscribe(self._subscription(kind))
+                else:
+                    self.link.subscribe(self._subscription(kind), qos)
         # A new leader publishes every stored desired state again: its predecessor may have recorded states it
         # never got to publish (cut off or killed between the commit and the publish). Same versions, same
         # bodies: agents that have them ignore them.

@@ -25,7 +25,7 @@ from hub.settings import HubSettings
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
 from tests.support.mqtt import TestClient, wait_for
-from tests.support.wire import one_model_window
+from tests.support.wire import one_model_report, one_model_window
 
 
 def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict:  # type: ignore[type-arg]
@@ -326,6 +326,9 @@ def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
         wait_for(unheard_by_b)
         assert unheard_by_b()  # and it stays so
         wait_for(lambda: a.chunks.stats.unknown_blob_wants >= 2)  # the leader heard them all
+        # a follower hears reports (at QoS 0: it leaves most to the leader) and writes those without a transfer
+        dev.publish(a.topics.reported("cam-1"), encode(one_model_report("cam-1", seq=1, ts=time.time(), phase="idle")))
+        wait_for(lambda: b.ingest.accepted["reported"] == 1 and a.ingest.accepted["reported"] == 1)
         followed = b.ingest.followed
         a.stop()  # releases the lease: b takes over
         wait_for(lambda: b.leadership.is_leader)
