@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psutil  # noqa: E402
 
 from models.cli import build_samples  # noqa: E402
 from models.descriptor import ModelDescriptor  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.hubside import HubSide, one  # noqa: E402
+from tests.support.procs import peak_rss, stop, vm_hwm  # noqa: E402
 
 RAW = """
 import sys, time, resource
@@ -70,30 +69,6 @@ def _spawn(bundle: Path, data: Path, mode: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _rss_settled(pid: int, seconds: float = 1.0) -> tuple[int, int]:
-    """(highest RSS sampled over `seconds` after ready, the kernel's high-water mark VmHWM) in bytes."""
-    p = psutil.Process(pid)
-    peak = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        peak = max(peak, p.memory_info().rss)
-        time.sleep(0.05)
-    hwm = peak
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    return peak, hwm
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="restarts measured (median reported)")
@@ -122,7 +97,7 @@ def main() -> None:
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
         hub.wait_active(desc.version, timeout=120)
         deploy_s = time.perf_counter() - t0
-        _stop(proc)
+        stop(proc, timeout=20)
 
         results: dict[str, tuple[list[float], list[int], list[int]]] = {}
         for mode in MODES:
@@ -135,10 +110,9 @@ def main() -> None:
                 proc = _spawn(bundle, data, mode)
                 hub.wait(lambda b=before: any(one(r).active for r in hub.reported[b:]), timeout=60, what="ready")
                 ready.append(time.perf_counter() - t0)
-                now_rss, high = _rss_settled(proc.pid)
-                rss.append(now_rss)
-                hwm.append(high)
-                _stop(proc)
+                rss.append(peak_rss(proc.pid, 1.0))  # settled after ready
+                hwm.append(vm_hwm(proc.pid))
+                stop(proc, timeout=20)
             results[mode] = (ready, rss, hwm)
 
         raw_s, raw_rss, raw_hwm = [], [], []

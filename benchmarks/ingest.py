@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings, IngestSettings
 from tests.support.broker import free_port
 from tests.support.postgres import PostgresServer, find_postgres_bin
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,13 +250,7 @@ def replicas_rate(
                 if stored != total:
                     raise RuntimeError(f"the database holds {stored} windows, {total} were sent")
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(*procs)
     return total / (last - t0)
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from models.descriptor import ModelDescriptor  # noqa: E402
 from models.validate import validate  # noqa: E402
 from tests.models.wheels import pinned, wheel  # noqa: E402
 from tests.support.broker import free_port  # noqa: E402
+from tests.support.procs import stop, vm_hwm  # noqa: E402
 
 MIB = 1 << 20
 PARITY = ROOT / "tests" / "models" / "parity"
@@ -82,13 +82,6 @@ def _jpeg(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
     return buf.getvalue()
-
-
-def _hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _serve(store: Path, names: list[str], requests: int) -> tuple[int, int]:
@@ -129,14 +122,9 @@ def _serve(store: Path, names: list[str], requests: int) -> tuple[int, int]:
                                       .status_code, range(requests)))  # fmt: skip
                 assert set(codes) == {200}, f"{name} answered {set(codes)}"
         time.sleep(1.0)
-        return psutil.Process(proc.pid).memory_info().rss, _hwm(proc.pid)
+        return psutil.Process(proc.pid).memory_info().rss, vm_hwm(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ from sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from sim.transport import Transport  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
+from tests.support.procs import stop  # noqa: E402
 from tests.support.sim_hub import MiniHub  # noqa: E402
 
 PREFIX = "fleet/v1"
@@ -462,11 +463,7 @@ class ProductHub:
 
     def close(self) -> None:
         self.http.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 class ReplicaHubs(ProductHub):
@@ -540,13 +537,7 @@ class ReplicaHubs(ProductHub):
 
     def close(self) -> None:
         self.http.close()
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*self.procs)
 
 
 def bench_model(work: Path, mib: int) -> Path:
@@ -655,8 +646,7 @@ def raw_fan_out(
     finally:
         listener.close()
         publisher.close()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc)
 
 
 def _stop_sim(sim: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -766,12 +756,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             chunk_count=manifest.count, raw_cpu=raw_cpu, rollout_cpu=rollout_cpu,
         )  # fmt: skip
     finally:
-        if sim is not None and sim.poll() is None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                sim.wait(60)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+        if sim is not None:
+            stop(sim, timeout=60, sig=signal.SIGINT)
         hub.close()
         broker.stop()
 
