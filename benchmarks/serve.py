@@ -35,10 +35,9 @@ import numpy as np
 import orjson
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, percentile, tempdir
-
+from benchmarks.common import machine, percentile, tempdir
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions, available_providers
@@ -304,12 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = {"providers": (provider,), "intra_op_threads": args.intra_op}
     with tempdir() as tmp:
-        base = classifier_descriptor(height=args.size, width=args.size)
+        sample = classifier_descriptor(height=args.size, width=args.size)
         paths = [
             str(
                 write_model(
                     build_classifier(seed=i),
-                    base.model_copy(update={"version": f"{i + 1}.0.0"}),
+                    sample.model_copy(update={"version": f"{i + 1}.0.0"}),
                     Path(tmp),
                     f"v{i + 1}",
                 )[0]
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def cpu_now() -> float:
             t = server.cpu_times()
-            return time.process_time() + t.user + t.system
+            return time.process_time() + float(t.user + t.system)
 
         for _ in range(args.rounds):
             for kind, raw_fn, req, into in (
