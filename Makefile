@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy fleet infra models hub hubclient agent edgefleet_cli.py
+	$(BIN)/mypy fleet infra models hub hubclient agent sim edgefleet_cli.py benchmarks
 
 layers: $(STAMP)
 	$(BIN)/lint-imports
