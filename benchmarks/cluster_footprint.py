@@ -103,7 +103,8 @@ def _big_classifier(out: Path, mib: int) -> tuple[Path, ModelDescriptor]:
     last = next(n for n in graph.node if list(n.output) == ["logits"])
     last.output[0] = "logits_raw"
     pad = np.random.default_rng(7).standard_normal(mib * MIB // 4).astype(np.float32)
-    graph.initializer.extend([numpy_helper.from_array(pad, "pad"), numpy_helper.from_array(np.float32(0), "zero")])
+    zero = np.zeros((), np.float32)
+    graph.initializer.extend([numpy_helper.from_array(pad, "pad"), numpy_helper.from_array(zero, "zero")])
     graph.node.extend([
         helper.make_node("ReduceSum", ["pad"], ["pad_sum"], keepdims=0),
         helper.make_node("Mul", ["pad_sum", "zero"], ["pad_zero"]),
@@ -148,7 +149,8 @@ def main() -> None:
         _wait(lambda: _ok(f"http://127.0.0.1:{health}/readyz"), 60, "control agent ready")
         rows.append(("control agent", "connected, nothing deployed", peak_rss(control.pid, 2.0)))
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
-        hub.wait(lambda: any(r.cluster is not None and r.cluster.state == "ready" for r in hub.reported), 120, "ready")
+        hub.wait(lambda: any((c := one(r).cluster) is not None and c.state == "ready" for r in hub.reported),
+                 120, "ready")  # fmt: skip
         time.sleep(2.5)  # two telemetry windows: the checked engine's heap is handed back
         rows.append(("control agent", "model checked, workload applied", peak_rss(control.pid, 2.0)))
         rows.append(("control agent", "peak (VmHWM: during the model check)", vm_hwm(control.pid)))
