@@ -67,11 +67,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(args: list[str], env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start `python -m agent ARGS`, noted in `started` (stopped at the end even when a step fails)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "agent", *args, "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    started.append(proc)
+    return proc
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -133,6 +136,7 @@ def main() -> None:
     k8s.add_namespace("edgefleet")
     k8s.put_node("edge-1")
     rows: list[tuple[str, str, int]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         onnx_path, yaml_path = build_samples(work / "samples")[:2]
         desc = ModelDescriptor.load(yaml_path)
@@ -145,7 +149,7 @@ def main() -> None:
 
         health = free_port()
         control = _spawn(["run", "--cluster", "--bundle", str(bundle), "--data-dir", str(data),
-                          "--health-port", str(health)], cluster_env)  # fmt: skip
+                          "--health-port", str(health)], cluster_env, started)  # fmt: skip
         _wait(lambda: _ok(f"http://127.0.0.1:{health}/readyz"), 60, "control agent ready")
         rows.append(("control agent", "connected, nothing deployed", peak_rss(control.pid, 2.0)))
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
@@ -168,7 +172,7 @@ def main() -> None:
 
         port = free_port()
         serve = _spawn(["serve", "--store", str(data / "store"), "--host", "127.0.0.1", "--port", str(port)],
-                       _env({}))  # fmt: skip
+                       _env({}), started)  # fmt: skip
         _wait(lambda: _ok(f"http://127.0.0.1:{port}/v2/health/ready"), 60, "serving ready")
         rows.append(("serving pod", "model loaded, ready", peak_rss(serve.pid, 2.0)))
         image = _jpeg()
@@ -180,7 +184,7 @@ def main() -> None:
         rows.append(("serving pod", "peak (VmHWM)", vm_hwm(serve.pid)))
         stop(serve, timeout=20)
 
-        headless = _spawn(["run", "--headless", "--bundle", str(bundle), "--data-dir", str(data)], _env({}))
+        headless = _spawn(["run", "--headless", "--bundle", str(bundle), "--data-dir", str(data)], _env({}), started)
         time.sleep(1.0)
         hub.wait(lambda: len(hub.reported) > 0 and one(hub.reported[-1]).active is not None, 60, "headless active")
         rows.append(("agent --headless (before)", "model held in the agent pod", peak_rss(headless.pid, 2.0)))
@@ -189,6 +193,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-c", RAW, str(onnx_path)], capture_output=True, check=True)
         raw_rss = int(out.stdout.decode().split()[-2])  # (its ru_maxrss is the parent's: Linux keeps it over exec)
     finally:
+        stop(*started, timeout=20)
         k8s.stop()
         hub.close()
         broker.stop()

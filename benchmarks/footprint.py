@@ -62,12 +62,15 @@ def _env() -> dict[str, str]:
 MODES = {"headless": ["--headless"], "with API": ["--api-host", "127.0.0.1", "--api-port", "0"]}
 
 
-def _spawn(bundle: Path, data: Path, mode: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(bundle: Path, data: Path, mode: str, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start the agent in `mode`, noted in `started` (stopped at the end even when a step fails)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", *MODES[mode], "--bundle", str(bundle), "--data-dir", str(data),
          "--log-level", "warning"],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    started.append(proc)
+    return proc
 
 
 def _active_since(hub: HubSide, first: int) -> bool:
@@ -87,6 +90,7 @@ def main() -> None:
     broker = Broker(binary, work / "mosquitto", free_port())
     broker.start()
     hub = HubSide(broker.host, broker.port, f"bench/{uuid.uuid4().hex[:8]}/fleet/v1", chunk_size=256 * 1024)
+    started: list[subprocess.Popen[bytes]] = []
     try:
         onnx_path, yaml_path = build_samples(work / "samples")[:2]
         desc = ModelDescriptor.load(yaml_path)
@@ -97,7 +101,7 @@ def main() -> None:
         data = work / "data"
 
         # deploy onto an empty device (headless)
-        proc = _spawn(bundle, data, "headless")
+        proc = _spawn(bundle, data, "headless", started)
         hub.wait(lambda: any(s.state == "online" for s in hub.statuses), timeout=60, what="birth")
         t0 = time.perf_counter()
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
@@ -113,7 +117,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 before = len(hub.reported)
                 t0 = time.perf_counter()
-                proc = _spawn(bundle, data, mode)
+                proc = _spawn(bundle, data, mode, started)
                 hub.wait(partial(_active_since, hub, before), timeout=60, what="ready")
                 ready.append(time.perf_counter() - t0)
                 rss.append(peak_rss(proc.pid, 1.0))  # settled after ready
@@ -130,6 +134,7 @@ def main() -> None:
             raw_rss.append(now_raw)
             raw_hwm.append(high_raw)
     finally:
+        stop(*started, timeout=20)
         hub.close()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
