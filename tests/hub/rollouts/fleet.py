@@ -248,8 +248,9 @@ class Fleet:
         """What a rollout that did not move needs explained: whether the hub's tick failed or refused messages,
         and, for each real device, what it serves, what its shadow compared, and the telemetry the hub stored."""
         hub = self.hub.hub
-        parts = [f"tick errors {hub.rollouts.tick_errors}", f"ingest refused {dict(hub.ingest.rejected)}",
-                 f"store {hub.store.ingest_stats()}"]  # fmt: skip
+        ticking = hub.rollouts._thread is not None and hub.rollouts._thread.is_alive()
+        parts = [f"leading {hub.rollouts.leading}, ticking {ticking}, tick errors {hub.rollouts.tick_errors}",
+                 f"ingest refused {dict(hub.ingest.rejected)}", f"store {hub.store.ingest_stats()}"]  # fmt: skip
         alive = sum(t.is_alive() for t in self._threads)
         parts.append(f"traffic threads alive {alive} of {len(self._threads)}")
         now = time.time()
