@@ -31,15 +31,9 @@ test: $(STAMP) mosquitto postgresql chromium
 fuzz: $(STAMP) mosquitto postgresql chromium
 	@bash scripts/fuzz
 
-lint: $(STAMP)
-	$(BIN)/ruff check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
-	$(BIN)/ruff format --check fleet infra models hub hubclient agent tests benchmarks scripts edgefleet_cli.py
-
-typecheck: $(STAMP)
-	$(BIN)/mypy fleet infra models hub hubclient agent edgefleet_cli.py
-
-layers: $(STAMP)
-	$(BIN)/lint-imports
+## one stage of `make test` alone: ruff, mypy --strict or import-linter (scripts/check names the folders)
+lint typecheck layers: $(STAMP)
+	@bash scripts/check $@
 
 pytest: $(STAMP) mosquitto postgresql chromium
 	$(BIN)/pytest

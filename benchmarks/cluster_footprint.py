@@ -23,7 +23,6 @@ import io
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,6 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -49,6 +47,7 @@ from models.validate import validate  # noqa: E402
 from tests.k8s.server import ApiServer  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.hubside import HubSide, one  # noqa: E402
+from tests.support.procs import peak_rss, stop, vm_hwm  # noqa: E402
 
 RAW = """
 import sys, resource
@@ -68,38 +67,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(args: list[str], env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start `python -m agent ARGS`, noted in `started` (stopped at the end even when a step fails)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "agent", *args, "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _rss(pid: int, seconds: float = 2.0) -> int:
-    """The highest RSS sampled over `seconds`."""
-    p = psutil.Process(pid)
-    peak = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        peak = max(peak, p.memory_info().rss)
-        time.sleep(0.05)
-    return peak
-
-
-def _hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    started.append(proc)
+    return proc
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -131,7 +106,8 @@ def _big_classifier(out: Path, mib: int) -> tuple[Path, ModelDescriptor]:
     last = next(n for n in graph.node if list(n.output) == ["logits"])
     last.output[0] = "logits_raw"
     pad = np.random.default_rng(7).standard_normal(mib * MIB // 4).astype(np.float32)
-    graph.initializer.extend([numpy_helper.from_array(pad, "pad"), numpy_helper.from_array(np.float32(0), "zero")])
+    zero = np.zeros((), np.float32)
+    graph.initializer.extend([numpy_helper.from_array(pad, "pad"), numpy_helper.from_array(zero, "zero")])
     graph.node.extend([
         helper.make_node("ReduceSum", ["pad"], ["pad_sum"], keepdims=0),
         helper.make_node("Mul", ["pad_sum", "zero"], ["pad_zero"]),
@@ -160,6 +136,7 @@ def main() -> None:
     k8s.add_namespace("edgefleet")
     k8s.put_node("edge-1")
     rows: list[tuple[str, str, int]] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         onnx_path, yaml_path = build_samples(work / "samples")[:2]
         desc = ModelDescriptor.load(yaml_path)
@@ -172,49 +149,51 @@ def main() -> None:
 
         health = free_port()
         control = _spawn(["run", "--cluster", "--bundle", str(bundle), "--data-dir", str(data),
-                          "--health-port", str(health)], cluster_env)  # fmt: skip
+                          "--health-port", str(health)], cluster_env, started)  # fmt: skip
         _wait(lambda: _ok(f"http://127.0.0.1:{health}/readyz"), 60, "control agent ready")
-        rows.append(("control agent", "connected, nothing deployed", _rss(control.pid)))
+        rows.append(("control agent", "connected, nothing deployed", peak_rss(control.pid, 2.0)))
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
-        hub.wait(lambda: any(r.cluster is not None and r.cluster.state == "ready" for r in hub.reported), 120, "ready")
+        hub.wait(lambda: any((c := one(r).cluster) is not None and c.state == "ready" for r in hub.reported),
+                 120, "ready")  # fmt: skip
         time.sleep(2.5)  # two telemetry windows: the checked engine's heap is handed back
-        rows.append(("control agent", "model checked, workload applied", _rss(control.pid)))
-        rows.append(("control agent", "peak (VmHWM: during the model check)", _hwm(control.pid)))
+        rows.append(("control agent", "model checked, workload applied", peak_rss(control.pid, 2.0)))
+        rows.append(("control agent", "peak (VmHWM: during the model check)", vm_hwm(control.pid)))
         big_path, big_desc = _big_classifier(work / "big", args.big_mib)
         hub.publish_desired(device, hub.desired(device, 2, hub.model_ref(big_path, big_desc)))
         hub.wait(lambda: any((a := one(r).active) is not None and a.version == big_desc.version for r in hub.reported),
                  300, "big model checked")  # fmt: skip
         time.sleep(2.5)
         big_mib = big_path.stat().st_size / MIB
-        rows.append(("control agent", f"{big_mib:.0f} MiB model checked", _rss(control.pid)))
-        rows.append(("control agent", f"peak (VmHWM) with the {big_mib:.0f} MiB model", _hwm(control.pid)))
+        rows.append(("control agent", f"{big_mib:.0f} MiB model checked", peak_rss(control.pid, 2.0)))
+        rows.append(("control agent", f"peak (VmHWM) with the {big_mib:.0f} MiB model", vm_hwm(control.pid)))
         hub.publish_desired(device, hub.desired(device, 3, hub.model_ref(onnx_path, desc)))  # back to the sample
         hub.wait(lambda: any(r.desired_version == 3 and r.phase == "active" for r in hub.reported), 120, "v3")
-        _stop(control)
+        stop(control, timeout=20)
 
         port = free_port()
         serve = _spawn(["serve", "--store", str(data / "store"), "--host", "127.0.0.1", "--port", str(port)],
-                       _env({}))  # fmt: skip
+                       _env({}), started)  # fmt: skip
         _wait(lambda: _ok(f"http://127.0.0.1:{port}/v2/health/ready"), 60, "serving ready")
-        rows.append(("serving pod", "model loaded, ready", _rss(serve.pid)))
+        rows.append(("serving pod", "model loaded, ready", peak_rss(serve.pid, 2.0)))
         image = _jpeg()
         url = f"http://127.0.0.1:{port}/v1/models/{desc.name}:predict"
         with httpx.Client(timeout=30) as http, ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(lambda _: http.post(url, content=image).status_code, range(args.requests)))
         assert codes.count(200) == len(codes), f"serving answered {set(codes)}"
-        rows.append(("serving pod", f"after {args.requests} requests from 4 clients", _rss(serve.pid)))
-        rows.append(("serving pod", "peak (VmHWM)", _hwm(serve.pid)))
-        _stop(serve)
+        rows.append(("serving pod", f"after {args.requests} requests from 4 clients", peak_rss(serve.pid, 2.0)))
+        rows.append(("serving pod", "peak (VmHWM)", vm_hwm(serve.pid)))
+        stop(serve, timeout=20)
 
-        headless = _spawn(["run", "--headless", "--bundle", str(bundle), "--data-dir", str(data)], _env({}))
+        headless = _spawn(["run", "--headless", "--bundle", str(bundle), "--data-dir", str(data)], _env({}), started)
         time.sleep(1.0)
         hub.wait(lambda: len(hub.reported) > 0 and one(hub.reported[-1]).active is not None, 60, "headless active")
-        rows.append(("agent --headless (before)", "model held in the agent pod", _rss(headless.pid)))
-        _stop(headless)
+        rows.append(("agent --headless (before)", "model held in the agent pod", peak_rss(headless.pid, 2.0)))
+        stop(headless, timeout=20)
 
         out = subprocess.run([sys.executable, "-c", RAW, str(onnx_path)], capture_output=True, check=True)
         raw_rss = int(out.stdout.decode().split()[-2])  # (its ru_maxrss is the parent's: Linux keeps it over exec)
     finally:
+        stop(*started, timeout=20)
         k8s.stop()
         hub.close()
         broker.stop()

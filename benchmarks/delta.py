@@ -48,7 +48,12 @@ def fetched(held: Path, new: Path, chunk_size: int, chunking: Chunking, work: Pa
     store.record_manifest(old)
     manifest = plan_file(new, chunk_size, chunking=chunking)
     wants: list[Want] = []
-    download = Download(store, manifest, "bench-device", DownloadSettings(), lambda w: wants.append(w) or True)
+
+    def send(want: Want) -> bool:
+        wants.append(want)
+        return True
+
+    download = Download(store, manifest, "bench-device", DownloadSettings(), send)
     download.want()
     wanted = {i for w in wants for i in w.indexes(manifest.count)}
     download.cancel()
@@ -79,7 +84,7 @@ def speed(path: Path, chunk_size: int) -> list[str]:
     out.append(f"sha256 {mib / (time.perf_counter() - t):.0f} MiB/s")
     for chunking in ("fixed", "content"):
         t = time.perf_counter()
-        plan_file(path, chunk_size, chunking=chunking)  # type: ignore[arg-type]
+        plan_file(path, chunk_size, chunking=chunking)
         out.append(f"plan {chunking} {mib / (time.perf_counter() - t):.0f} MiB/s (chunking + both hashes)")
     return out
 

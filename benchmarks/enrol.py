@@ -31,11 +31,12 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from fleet.bundle import DeviceBundle  # noqa: E402
+from tests.support.procs import stop  # noqa: E402
 
 
 def hub_worker(data: Path) -> None:
     """Run the product hub with its local broker; print the API URL and admin token."""
-    from hub.api.server import ApiServer  # noqa: PLC0415
+    from hub.api.server import api_server  # noqa: PLC0415
     from hub.runtime import Hub, init_hub  # noqa: PLC0415
     from hub.settings import HubSettings  # noqa: PLC0415
 
@@ -43,7 +44,7 @@ def hub_worker(data: Path) -> None:
     token = init_hub(settings)
     hub = Hub(settings)
     hub.start()
-    api = ApiServer(hub)
+    api = api_server(hub)
     api.start()
     auth = hub.security.broker_auth
     assert auth is not None, "the local broker has per-device accounts"
@@ -62,11 +63,7 @@ class RunningHub:
         self.api, self.token, self.passwords = info["api"], info["token"], Path(info["passwords"])
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 def _check(hub: RunningHub, n: int, folder: Path) -> None:

@@ -20,25 +20,25 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psutil  # noqa: E402
 
 from models.cli import build_samples  # noqa: E402
 from models.descriptor import ModelDescriptor  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.hubside import HubSide, one  # noqa: E402
+from tests.support.procs import peak_rss, stop, vm_hwm  # noqa: E402
 
 RAW = """
 import sys, time, resource
@@ -62,36 +62,20 @@ def _env() -> dict[str, str]:
 MODES = {"headless": ["--headless"], "with API": ["--api-host", "127.0.0.1", "--api-port", "0"]}
 
 
-def _spawn(bundle: Path, data: Path, mode: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def _spawn(bundle: Path, data: Path, mode: str, started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start the agent in `mode`, noted in `started` (stopped at the end even when a step fails)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", *MODES[mode], "--bundle", str(bundle), "--data-dir", str(data),
          "--log-level", "warning"],
         cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    started.append(proc)
+    return proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _rss_settled(pid: int, seconds: float = 1.0) -> tuple[int, int]:
-    """(highest RSS sampled over `seconds` after ready, the kernel's high-water mark VmHWM) in bytes."""
-    p = psutil.Process(pid)
-    peak = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        peak = max(peak, p.memory_info().rss)
-        time.sleep(0.05)
-    hwm = peak
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    return peak, hwm
+def _active_since(hub: HubSide, first: int) -> bool:
+    """Whether a report from the `first`-th on shows the model active (the agent just started is ready)."""
+    return any(one(r).active for r in hub.reported[first:])
 
 
 def main() -> None:
@@ -106,6 +90,7 @@ def main() -> None:
     broker = Broker(binary, work / "mosquitto", free_port())
     broker.start()
     hub = HubSide(broker.host, broker.port, f"bench/{uuid.uuid4().hex[:8]}/fleet/v1", chunk_size=256 * 1024)
+    started: list[subprocess.Popen[bytes]] = []
     try:
         onnx_path, yaml_path = build_samples(work / "samples")[:2]
         desc = ModelDescriptor.load(yaml_path)
@@ -116,13 +101,13 @@ def main() -> None:
         data = work / "data"
 
         # deploy onto an empty device (headless)
-        proc = _spawn(bundle, data, "headless")
+        proc = _spawn(bundle, data, "headless", started)
         hub.wait(lambda: any(s.state == "online" for s in hub.statuses), timeout=60, what="birth")
         t0 = time.perf_counter()
         hub.publish_desired(device, hub.desired(device, 1, hub.model_ref(onnx_path, desc)))
         hub.wait_active(desc.version, timeout=120)
         deploy_s = time.perf_counter() - t0
-        _stop(proc)
+        stop(proc, timeout=20)
 
         results: dict[str, tuple[list[float], list[int], list[int]]] = {}
         for mode in MODES:
@@ -132,13 +117,12 @@ def main() -> None:
             for _ in range(args.repeat):
                 before = len(hub.reported)
                 t0 = time.perf_counter()
-                proc = _spawn(bundle, data, mode)
-                hub.wait(lambda b=before: any(one(r).active for r in hub.reported[b:]), timeout=60, what="ready")
+                proc = _spawn(bundle, data, mode, started)
+                hub.wait(partial(_active_since, hub, before), timeout=60, what="ready")
                 ready.append(time.perf_counter() - t0)
-                now_rss, high = _rss_settled(proc.pid)
-                rss.append(now_rss)
-                hwm.append(high)
-                _stop(proc)
+                rss.append(peak_rss(proc.pid, 1.0))  # settled after ready
+                hwm.append(vm_hwm(proc.pid))
+                stop(proc, timeout=20)
             results[mode] = (ready, rss, hwm)
 
         raw_s, raw_rss, raw_hwm = [], [], []
@@ -150,6 +134,7 @@ def main() -> None:
             raw_rss.append(now_raw)
             raw_hwm.append(high_raw)
     finally:
+        stop(*started, timeout=20)
         hub.close()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

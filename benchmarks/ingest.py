@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,6 +54,7 @@ from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings, IngestSettings
 from tests.support.broker import free_port
 from tests.support.postgres import PostgresServer, find_postgres_bin
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +80,7 @@ def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -
     return out
 
 
-def _publisher(port: int, payloads: list[tuple[str, bytes]], qos: int, ready: mp.Barrier, go: mp.Event) -> None:  # type: ignore[type-arg]
+def _publisher(port: int, payloads: list[tuple[str, bytes]], qos: int, ready: Barrier, go: Event) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
@@ -95,11 +97,11 @@ def _publisher(port: int, payloads: list[tuple[str, bytes]], qos: int, ready: mp
     c.loop_stop()
 
 
-def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]], qos: int) -> tuple[list[mp.Process], float]:
+def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]], qos: int) -> tuple[list[BaseProcess], float]:
     ctx = mp.get_context("fork")
     ready = ctx.Barrier(len(batches) + 1)
     go = ctx.Event()
-    procs = [ctx.Process(target=_publisher, args=(port, b, qos, ready, go)) for b in batches]
+    procs: list[BaseProcess] = [ctx.Process(target=_publisher, args=(port, b, qos, ready, go)) for b in batches]
     for p in procs:
         p.start()
     ready.wait()
@@ -250,13 +252,7 @@ def replicas_rate(
                 if stored != total:
                     raise RuntimeError(f"the database holds {stored} windows, {total} were sent")
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(*procs)
     return total / (last - t0)
 
 
@@ -337,9 +333,13 @@ def main() -> None:
         measure(args, per, fresh)
 
 
+RatePath = Callable[[str, list[list[tuple[str, bytes]]], list[str]], float]
+"""A measured path: (broker URL, publisher batches, device ids) -> windows per second."""
+
+
 def measure(args: argparse.Namespace, per: int, fresh: FreshDatabases | None) -> None:
     """Rounds of raw then every path; prints the table."""
-    paths: dict[str, Callable[[str, list[list[tuple[str, bytes]]], list[str]], float]] = {}
+    paths: dict[str, RatePath] = {}
     if not args.only_postgres:
         paths["hub: decode, check, persist (SQLite WAL, rollups), telemetry writer process (default)"] = (
             lambda url, b, devs: hub_rate(url, _prefix(b), b, devs, args.qos)
@@ -348,6 +348,10 @@ def measure(args: argparse.Namespace, per: int, fresh: FreshDatabases | None) ->
             url, _prefix(b), b, devs, args.qos, telemetry_process=False
         )
     if fresh is not None:
+
+        def replicas_path(n: int, v: str) -> RatePath:
+            return lambda url, b, devs: replicas_rate(url, _prefix(b), b, devs, args.qos, fresh.new(), n, v)
+
         paths["hub, PostgreSQL (COPY, rollups), telemetry writer process"] = lambda url, b, devs: hub_rate(
             url, _prefix(b), b, devs, args.qos, database_url=fresh.new()
         )
@@ -355,9 +359,7 @@ def measure(args: argparse.Namespace, per: int, fresh: FreshDatabases | None) ->
             for count in (int(x) for x in args.replicas.split(",")):
                 what = f"{count} hub replica{'s' if count > 1 else ''}"
                 name = f"{what} (`hub serve`, MQTT {version} $share), one PostgreSQL"
-                paths[name] = lambda url, b, devs, v=version, n=count: replicas_rate(
-                    url, _prefix(b), b, devs, args.qos, fresh.new(), n, v
-                )
+                paths[name] = replicas_path(count, version)
     raws: list[float] = []
     rates: dict[str, list[float]] = {k: [] for k in paths}
     ratios: dict[str, list[float]] = {k: [] for k in paths}

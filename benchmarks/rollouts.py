@@ -42,7 +42,7 @@ from fleet.topics import Topics  # noqa: E402
 from hub.deploy import Deployer  # noqa: E402
 from hub.devices import Devices  # noqa: E402
 from hub.registry import Registry  # noqa: E402
-from hub.rollouts.engine import RolloutEngine  # noqa: E402
+from hub.rollouts.engine import RolloutEngine, StoreTelemetry  # noqa: E402
 from hub.rollouts.model import RolloutSpec, WavePhase  # noqa: E402
 from hub.settings import DeviceSettings, RolloutSettings  # noqa: E402
 from hub.store import Device, ModelVersion, open_store  # noqa: E402
@@ -61,7 +61,8 @@ def _best(fn: object, runs: int = 3) -> float:
 
 
 def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
-    store = open_store(tmp / f"hub-{n}.db")
+    db = tmp / f"hub-{n}.db"
+    store = open_store(db)
     for v in ("1.0.0", "2.0.0"):
         store.add_model_version(
             ModelVersion("m", v, "classification", SHA, MANIFEST["size"], {}, MANIFEST, 0.0, "bench")  # type: ignore[arg-type]
@@ -107,7 +108,7 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
 
     raw = _best(lambda: (store.list_devices(), store.list_desired_summaries()))
     tick = _best(lambda: engine.tick(now + 2))
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(db)
     raw_gates = _best(
         lambda: conn.execute(
             "SELECT model_version, sum(requests), sum(errors), sum(b10) FROM telemetry WHERE \"end\" >= ? "
@@ -117,9 +118,8 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
     )  # fmt: skip
     conn.close()
     rest = [d for d in ids if d not in wave]
-    reads = _best(
-        lambda: (engine.telemetry.totals(sorted(wave), now, now + 61), engine.telemetry.totals(rest, now, now + 61))
-    )
+    telemetry = StoreTelemetry(store, "m")  # what a tick builds for the rollout's model
+    reads = _best(lambda: (telemetry.totals(sorted(wave), now, now + 61), telemetry.totals(rest, now, now + 61)))
     t0 = time.perf_counter()
     engine.tick(now + 62)  # judges the bake
     gates = time.perf_counter() - t0

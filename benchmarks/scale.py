@@ -59,7 +59,7 @@ from fleet.chunks import (  # noqa: E402
     encode_frame,
 )
 from fleet.codec import decode  # noqa: E402
-from fleet.messages import ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
+from fleet.messages import BlobManifest, ModelRef, ReportedState, TelemetryWindow, Want  # noqa: E402
 from fleet.plan import plan_file  # noqa: E402
 from fleet.topics import TopicKind, Topics  # noqa: E402
 from hubclient import HubApiError, HubClient  # noqa: E402
@@ -68,6 +68,7 @@ from sim.enrol import direct_identities, enrol_via_hub  # noqa: E402
 from sim.transport import Transport  # noqa: E402
 from tests.support.broker import Broker, find_mosquitto, free_port  # noqa: E402
 from tests.support.mqtt import TestClient  # noqa: E402
+from tests.support.procs import stop  # noqa: E402
 from tests.support.sim_hub import MiniHub  # noqa: E402
 
 PREFIX = "fleet/v1"
@@ -304,7 +305,7 @@ class CpuMeter:
         """The process's CPU and its exited, reaped children's."""
         try:
             t = proc.cpu_times()
-            return t.user + t.system + t.children_user + t.children_system
+            return float(t.user + t.system + t.children_user + t.children_system)
         except psutil.Error:
             return float("nan")
 
@@ -361,7 +362,7 @@ class StandInHub:
     def __init__(self, broker: Broker, work: Path) -> None:
         self.hub = MiniHub(broker.host, broker.port, PREFIX, batch_s=0.2, resend_s=1.0)
         self.pid = os.getpid()
-        self.manifest = None
+        self.manifest: BlobManifest | None = None
         self._mark = 0
 
     def sim_args(self, n: int, work: Path, broker: Broker) -> list[str]:
@@ -498,11 +499,7 @@ class ProductHub:
 
     def close(self) -> None:
         self.http.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 class ReplicaHubs(ProductHub):
@@ -589,13 +586,7 @@ class ReplicaHubs(ProductHub):
 
     def close(self) -> None:
         self.http.close()
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*self.procs)
 
 
 def bench_model(work: Path, mib: int) -> Path:
@@ -683,13 +674,15 @@ def raw_fan_out(
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT)
 
-    def drain() -> None:
+    def drained(count: set[str]) -> int:
+        """Take the listener's messages, then how many receivers are in `count` (`ready` or `done`)."""
         while not listener.messages.empty():
             msg = listener.messages.get_nowait()
             (ready if msg.topic.endswith("/ready") else done).add(msg.payload.decode())
+        return len(count)
 
     try:
-        _wait(lambda: drain() or len(ready) >= n, 120 + n / 10, "raw receivers subscribed")
+        _wait(lambda: drained(ready) >= n, 120 + n / 10, "raw receivers subscribed")
         data = model.read_bytes()
         meter = CpuMeter(pids | {"receivers": proc.pid})
         start = time.monotonic()
@@ -699,13 +692,12 @@ def raw_fan_out(
             infos.append(
                 publisher.client.publish(topic, encode_frame(manifest.sha256, i, manifest.count, chunk), qos=1)
             )
-        _wait(lambda: drain() or len(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
+        _wait(lambda: drained(done) >= n, 900, "raw fan-out", lambda: f"{len(done)} done")
         return time.monotonic() - start, meter.stop()
     finally:
         listener.close()
         publisher.close()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc)
 
 
 def _stop_sim(sim: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -815,12 +807,8 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             chunk_count=manifest.count, raw_cpu=raw_cpu, rollout_cpu=rollout_cpu,
         )  # fmt: skip
     finally:
-        if sim is not None and sim.poll() is None:
-            sim.send_signal(signal.SIGINT)
-            try:
-                sim.wait(60)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+        if sim is not None:
+            stop(sim, timeout=60, sig=signal.SIGINT)
         hub.close()
         broker.stop()
 

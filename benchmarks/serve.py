@@ -35,16 +35,16 @@ import numpy as np
 import orjson
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, percentile, tempdir
-
+from benchmarks.common import machine, percentile, tempdir
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions, available_providers
 from models.postprocess import top_k
 from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
+from tests.support.inference import binary_body, json_body, raw_post
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -86,11 +86,6 @@ def _server(conn: Any, paths: list[str], options: dict[str, Any], settings: dict
 
 
 # --- raw HTTP/1.1 client -----------------------------------------------------------------------------
-
-
-def request_bytes(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    return f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
 def _content_length(head: bytes) -> int:
@@ -185,25 +180,11 @@ def server_ms(client: SyncClient, name: str, req: bytes, n: int) -> dict[str, fl
 
 
 def binary_request(path: str, x: np.ndarray) -> bytes:
-    head = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    )
-    return request_bytes(path, head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))})
+    return raw_post(path, *binary_body({"image": x}, binary_outputs=["logits"]))
 
 
 def json_request(path: str, x: np.ndarray) -> bytes:
-    doc = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-    return request_bytes(path, orjson.dumps(doc))
+    return raw_post(path, json_body({"image": x}))
 
 
 def batch_sizes(metrics: bytes) -> dict[str, int]:
@@ -304,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = {"providers": (provider,), "intra_op_threads": args.intra_op}
     with tempdir() as tmp:
-        base = classifier_descriptor(height=args.size, width=args.size)
+        sample = classifier_descriptor(height=args.size, width=args.size)
         paths = [
             str(
                 write_model(
                     build_classifier(seed=i),
-                    base.model_copy(update={"version": f"{i + 1}.0.0"}),
+                    sample.model_copy(update={"version": f"{i + 1}.0.0"}),
                     Path(tmp),
                     f"v{i + 1}",
                 )[0]
@@ -339,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         url = parent.recv()
         path = f"/v2/models/{d.name}/infer"
         binary, js = binary_request(path, x1), json_request(path, x1)
-        img = request_bytes(f"/v1/models/{d.name}:predict", image, {"Content-Type": "image/jpeg"})
+        img = raw_post(f"/v1/models/{d.name}:predict", image, {"Content-Type": "image/jpeg"})
 
         # 1 client: interleave raw and API in rounds so background load hits both alike
         client = SyncClient(url)
@@ -376,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def cpu_now() -> float:
             t = server.cpu_times()
-            return time.process_time() + t.user + t.system
+            return time.process_time() + float(t.user + t.system)
 
         for _ in range(args.rounds):
             for kind, raw_fn, req, into in (

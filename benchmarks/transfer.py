@@ -50,7 +50,14 @@ def _client(port: int) -> mqtt.Client:
 
 
 def worker(
-    port: int, topic: str, count: int, mode: str, manifest_json: str, workdir: str, ready: mp.Queue, done: mp.Queue
+    port: int,
+    topic: str,
+    count: int,
+    mode: str,
+    manifest_json: str,
+    workdir: str,
+    ready: mp.Queue[bool],
+    done: mp.Queue[float],
 ) -> None:
     manifest = BlobManifest.model_validate_json(manifest_json)
     clients = []
@@ -75,7 +82,7 @@ def worker(
             seen = [0]
 
             def on_floor(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-                frame = decode_frame(msg.payload)
+                frame = decode_frame(bytes(msg.payload))
                 assert hashlib.sha256(frame.data).hexdigest() == manifest.chunks[frame.index]
                 seen[0] += 1
                 if seen[0] == manifest.count:
@@ -86,7 +93,7 @@ def worker(
             rx = ChunkReceiver(manifest, Path(workdir) / f"r{os.getpid()}-{i}")
 
             def on_chunk(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-                rx.accept(msg.payload)
+                rx.accept(bytes(msg.payload))
                 if rx.complete:
                     rx.finish(Path(workdir) / f"r{os.getpid()}-{i}" / "blob")
                     finish()
@@ -121,8 +128,8 @@ def run_once(port: int, blob: Path, manifest: BlobManifest, n: int, mode: str, p
     topic = Topics(f"bench/{uuid.uuid4().hex[:8]}").chunk(manifest.sha256)
     workdir = tempfile.mkdtemp(prefix="transfer-", dir=WORKDIR or blob.parent)
     ctx = mp.get_context("fork")
-    ready: mp.Queue = ctx.Queue()
-    done: mp.Queue = ctx.Queue()
+    ready: mp.Queue[bool] = ctx.Queue()
+    done: mp.Queue[float] = ctx.Queue()
     shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
     shares = [s for s in shares if s]
     workers = [
@@ -147,7 +154,7 @@ def run_once(port: int, blob: Path, manifest: BlobManifest, n: int, mode: str, p
         infos = [pub.publish(topic, frame, qos=1) for frame in iter_frames(blob, manifest)]
     for info in infos:
         info.wait_for_publish(60)
-    end = max(done.get(timeout=300) for _ in workers)
+    end: float = max(done.get(timeout=300) for _ in workers)
     for w in workers:
         w.join(30)
     pub.disconnect()

@@ -126,6 +126,12 @@ class _Stream:
         self.todo = bytearray(self.manifest.count)
         self.published = bytearray(self.manifest.count)
 
+    def gather(self, now: float, settings: TransferSettings) -> None:
+        """A wave is coming: hold the first pass until no new device wanted it for `join_gap_s`, and no longer
+        than `join_window_s` after the first want."""
+        gathered = min(now + settings.join_gap_s, self.opened + settings.join_window_s)
+        self.start_at = max(self.start_at, gathered)
+
 
 class ChunkServer:
     """Serves blob chunks on their topics. `want()` and `progress()` are called from the MQTT thread; the
@@ -198,8 +204,7 @@ class ChunkServer:
                     stream.start_at = now
                     del self._expected[sha256]
                 else:  # a wave is coming after all: gather it, as if a second device had wanted
-                    gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
-                    stream.start_at = max(stream.start_at, gathered)
+                    stream.gather(now, self.settings)
         self._wake.set()
 
     def awaiting(self, sha256: str) -> frozenset[str]:
@@ -242,8 +247,7 @@ class ChunkServer:
                     elif stream.downloaders or msg.sha256 in self._expected:
                         # a second device, or told devices still to come: a wave, whose wants come over seconds
                         # (a lone device resuming on its own keeps round_interval_s)
-                        gathered = min(now + self.settings.join_gap_s, stream.opened + self.settings.join_window_s)
-                        stream.start_at = max(stream.start_at, gathered)
+                        stream.gather(now, self.settings)
                 have = m.count - len(indexes)  # a want's ranges are disjoint
                 d = _Downloader(bytearray(m.count), bytearray(m.count), 0, have, have, now)
                 stream.downloaders[msg.device_id] = d

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +19,7 @@ from agent.settings import AgentSettings
 from models.descriptor import ModelDescriptor
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import validate
+from tests.support.agents import AgentProc, agent_command, agent_env
 from tests.support.broker import Broker, free_port
 from tests.support.hubside import HubSide
 
@@ -125,66 +122,26 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
         serving.close()
 
 
-class AgentProcess:
-    """The agent as a real subprocess (`python -m agent run`), for kill tests."""
-
-    def __init__(self, bundle_path: Path, data_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._log_file = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--headless", "--bundle", str(bundle_path),
-             "--data-dir", str(data_dir), "--log-level", "info"],
-            cwd=REPO, env=env, stdout=self._log_file, stderr=self._log_file,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        """SIGKILL (a crash: no clean shutdown, no offline status but the will)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._log_file.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log_file.close()
-        return self.proc.returncode
-
-
 @pytest.fixture
-def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    """Start agent subprocesses from a bundle; every one is stopped at teardown."""
-    procs: list[AgentProcess] = []
+def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+    """Start headless agent subprocesses from a bundle (kill tests); every one is killed at teardown."""
+    procs: list[AgentProc] = []
 
-    def spawn(bundle_path: Path, data_dir: Path, **env_extra: str) -> AgentProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
-        env.update(
-            {
-                "EDGEFLEET_AGENT_LINK_BACKOFF_INITIAL_S": "0.05",
-                "EDGEFLEET_AGENT_LINK_BACKOFF_MAX_S": "0.5",
-                "EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S": "1",
-                "EDGEFLEET_AGENT_DOWNLOAD_SYNC_EVERY": "1",
-                "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "3600",
-                "EDGEFLEET_AGENT_ACTIVATION_WARMUP_RUNS": "1",
-                "EDGEFLEET_AGENT_ACTIVATION_REPORT_INTERVAL_S": "0.05",
-                "EDGEFLEET_API_PORT": "0",  # the inference API on a free port: several agents per test
-                "PYTHONPATH": str(REPO),
-            }
+    def spawn(bundle_path: Path, data_dir: Path, **env_extra: str) -> AgentProc:
+        env = agent_env(
+            EDGEFLEET_AGENT_DOWNLOAD_REWANT_AFTER_S="1",
+            EDGEFLEET_AGENT_DOWNLOAD_SYNC_EVERY="1",  # each verified chunk is durable when counted
+            EDGEFLEET_API_PORT="0",  # the inference API on a free port: several agents per test
+            **env_extra,
         )
-        env.update(env_extra)
-        p = AgentProcess(bundle_path, data_dir, env, tmp_path / f"agent-{len(procs)}.log")
+        args = agent_command(bundle_path, data_dir, "--headless")
+        p = AgentProc(args, env, tmp_path / f"agent-{len(procs)}.log")
         procs.append(p)
         return p
 
     yield spawn
     for p in procs:
-        if p.proc.poll() is None:
-            p.kill()
+        p.kill()
 
 
 def wait_file(path: Path, timeout: float = 30.0) -> None:

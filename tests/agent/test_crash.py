@@ -6,11 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.store import ModelStore
-from tests.agent.conftest import AgentProcess, Sample
+from tests.agent.conftest import Sample
+from tests.support.agents import AgentProc
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
 
-Spawn = Callable[..., AgentProcess]
+Spawn = Callable[..., AgentProc]
 
 
 def _with_v1_active(hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, samples, tmp_path: Path):

@@ -24,6 +24,7 @@ from fleet.messages import AppliedModel
 from tests.agent.conftest import REPO, Sample
 from tests.support.broker import free_port
 from tests.support.mqtt import wait_for
+from tests.support.procs import stop
 
 
 def _put(store: ModelStore, sample: Sample) -> StoredModel:
@@ -117,7 +118,6 @@ def test_agent_serve_process_hot_swaps_without_restart(tmp_path: Path, samples: 
         wait_for(lambda: version() == "2.0.0", timeout=60)
         assert proc.poll() is None  # the same process: swapped in place
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc, timeout=20)
         log.close()
     assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-2000:]

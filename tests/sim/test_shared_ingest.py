@@ -26,6 +26,7 @@ from sim.profile import Profiles
 from sim.swarm import Simulator
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import wait_for
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 20
@@ -75,8 +76,7 @@ def replicas(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[tupl
         bundles = [a.devices.add(f"rep-{i:03d}", {"ring": "all"}, actor="test")[1] for i in range(N)]
         yield a, url, [AgentIdentity.from_bundle(x) for x in bundles]
     finally:
-        b.terminate()
-        b.wait(30)
+        stop(b)
         log.close()
         a.stop()
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.procs import stop
+
 REPO = Path(__file__).resolve().parents[2]
 
 AGENT_ENV = {  # fast reconnects and re-wants, no telemetry unless a test asks, one warm-up run
@@ -54,18 +56,13 @@ class AgentProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+        self._log.close()
 
     def stop(self) -> int:
         """SIGTERM and wait (the agent must stop cleanly); returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        code = stop(self.proc, timeout=20)[0]
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

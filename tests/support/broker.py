@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.procs import stop
+
 
 def find_mosquitto() -> str | None:
     """Return the path of the mosquitto binary, or None when it is not installed."""
@@ -129,12 +131,7 @@ class Broker:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        stop(self.proc, timeout=5)
         self.proc = None
 
     def kill(self) -> None:

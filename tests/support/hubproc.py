@@ -26,6 +26,7 @@ from fleet.ids import DEFAULT_PREFIX
 from tests.support.broker import free_port
 from tests.support.mqtt import wait_for
 from tests.support.netns import NetHost
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "edgefleet_cli"]
@@ -131,16 +132,7 @@ class HubProcess:
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM and wait; the exit status (a clean stop is 0). SIGKILL, and -9, after `timeout`."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return -9
-        return int(self.proc.returncode)
+        return 0 if self.proc is None else stop(self.proc, timeout=timeout)[0]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

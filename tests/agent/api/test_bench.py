@@ -31,7 +31,7 @@ def test_cuda_without_cuda_exits_zero_with_a_message() -> None:
 
 
 def test_cpu_smoke_run_prints_every_row() -> None:
-    args = ("--size", "32", "--seconds", "1.2", "--rounds", "2", "--iterations", "12", "--swaps", "2", "--clients", "4")
+    args = ("--size", "32", "--seconds", "0.5", "--rounds", "1", "--iterations", "12", "--swaps", "2", "--clients", "4")
     result = _run(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     for row in (

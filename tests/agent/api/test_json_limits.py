@@ -11,26 +11,15 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 
 from agent.api.inference import PARSE_INLINE_BYTES
 from models.engine import Engine
 from tests.agent.api.conftest import Sample
+from tests.support.inference import binary_body, json_body
 from tests.support.outcomes import record
 
 NAME = "mobilenet-like"
 LIMIT = 4 * 1024 * 1024
-
-
-def _json(x: np.ndarray) -> bytes:
-    return orjson.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
-                                     "data": x.reshape(-1).tolist()}]})  # fmt: skip
-
-
-def _binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    head = orjson.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}]})  # fmt: skip
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
 
 
 def test_json_beyond_its_limit_is_413_and_the_same_tensor_as_binary_data_is_served(
@@ -41,14 +30,14 @@ def test_json_beyond_its_limit_is_413_and_the_same_tensor_as_binary_data_is_serv
     rng = np.random.default_rng(0)
     big = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)  # ~12 MB as JSON, 2.4 MB binary
     small = rng.standard_normal((1, 3, 160, 160)).astype(np.float32)  # ~1.5 MB as JSON: parsed in a thread
-    assert len(_json(small)) > PARSE_INLINE_BYTES
+    assert len(json_body({"image": small})) > PARSE_INLINE_BYTES
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        r = c.post(f"/v2/models/{NAME}/infer", content=_json(big))
+        r = c.post(f"/v2/models/{NAME}/infer", content=json_body({"image": big}))
         assert r.status_code == 413 and "JSON limit" in r.json()["error"] and "binary" in r.json()["error"]
-        body, headers = _binary(big)
+        body, headers = binary_body({"image": big})
         r = c.post(f"/v2/models/{NAME}/infer", content=body, headers=headers)
         assert r.status_code == 200, r.text
-        r = c.post(f"/v2/models/{NAME}/infer", content=_json(small))
+        r = c.post(f"/v2/models/{NAME}/infer", content=json_body({"image": small}))
         assert r.status_code == 200, r.text
         got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 100)
         np.testing.assert_allclose(got, clf_engine.infer({"image": small})["logits"], rtol=1e-4, atol=1e-5)

@@ -26,6 +26,7 @@ from models.cli import write_model
 from models.descriptor import GoldenCheck, ModelDescriptor
 from models.engine import Engine
 from tests.agent.api.conftest import OPTIONS, Sample
+from tests.support.inference import binary_body
 
 NAME = "mobilenet-like"
 
@@ -161,23 +162,13 @@ def test_malformed_json_requests_get_400_with_a_reason(http: httpx.Client, body:
     assert reason in r.json()["error"]
 
 
-def _binary(
-    x: np.ndarray, declared: int | None = None, extra: bytes = b"", name: str = "image"
-) -> tuple[bytes, dict[str, str]]:
-    head = orjson.dumps(
-        {"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
-                     "parameters": {"binary_data_size": x.nbytes if declared is None else declared}}]}
-    )  # fmt: skip
-    return head + x.tobytes() + extra, {"Inference-Header-Content-Length": str(len(head))}
-
-
 def test_binary_request_errors(http: httpx.Client) -> None:
     x = _x(1)[:, :, :8, :8].copy()
-    body, headers = _binary(x, declared=x.nbytes - 4)
+    body, headers = binary_body({"image": x}, declared=x.nbytes - 4)
     assert "does not match shape" in _post(http, body, headers).json()["error"]
-    body, headers = _binary(x, extra=b"\0" * 8)
+    body, headers = binary_body({"image": x}, extra=b"\0" * 8)
     assert "not claimed" in _post(http, body, headers).json()["error"]
-    body, headers = _binary(x)
+    body, headers = binary_body({"image": x})
     assert _post(http, body[:-4], headers).status_code == 400  # truncated: ends past the body
     for bad in ("abc", "0", "-5", str(len(body) + 1)):
         r = _post(http, body, {"Inference-Header-Content-Length": bad})
@@ -371,7 +362,7 @@ def test_input_the_network_cannot_take_is_a_400_with_onnxruntimes_reason_in_one_
     with httpx.Client(base_url=server.url, timeout=30) as c, caplog.at_level(logging.DEBUG, logger="models.engine"):
         for shape in ([1, 3, 31, 33], [2, 3, 64, 96], [1, 3, 320, 320]):
             x = np.zeros(shape, np.float32)
-            body, headers = _binary(x, name="images")
+            body, headers = binary_body({"images": x})
             r = c.post(f"/v2/models/{desc.name}/infer", content=body, headers=headers)
             if shape[-1] == 320:
                 assert r.status_code == 200

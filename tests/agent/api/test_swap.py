@@ -16,26 +16,10 @@ import pytest
 from agent.api import ApiServer, ApiSettings, ModelRepository, ModelSlot
 from models.errors import EngineNotReady
 from tests.agent.api.conftest import Sample
+from tests.support.inference import binary_body
 
 CLIENTS = 8
 AFTER_SWAP = 6  # responses each client must get after the swap before it stops
-
-
-def _request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    head = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    )
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
 
 
 def _decode(r: httpx.Response) -> tuple[str, np.ndarray]:
@@ -61,7 +45,7 @@ def test_swap_under_load_fails_nothing_and_switches_once(samples: dict[str, Samp
     results: list[list[tuple[float, float, int, str, np.ndarray | None]]] = [[] for _ in range(CLIENTS)]
 
     def client(i: int) -> None:
-        body, headers = _request(inputs[i])
+        body, headers = binary_body({"image": inputs[i]}, binary_outputs=["logits"])
         after = 0
         deadline = time.monotonic() + 60
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -131,7 +115,7 @@ def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
     repo.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
     slot = repo.only()
     x = np.zeros((1, 3, 16, 16), np.float32)
-    body, headers = _request(x)
+    body, headers = binary_body({"image": x}, binary_outputs=["logits"])
     host, port = server.url.removeprefix("http://").split(":")
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     with socket.create_connection((host, int(port))) as held:
@@ -161,7 +145,7 @@ def test_concurrent_clients_are_batched_not_run_one_by_one(samples: dict[str, Sa
     server, repo = make_server()
     repo.activate(samples["clf"].engine(), samples["clf"].applied(), samples["clf"].descriptor)
     slot = repo.only()
-    body, headers = _request(np.zeros((1, 3, 32, 32), np.float32))
+    body, headers = binary_body({"image": np.zeros((1, 3, 32, 32), np.float32)}, binary_outputs=["logits"])
 
     def client() -> list[int]:
         with httpx.Client(base_url=server.url, timeout=30) as c:

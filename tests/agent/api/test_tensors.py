@@ -14,25 +14,9 @@ from agent.api.errors import BadRequest
 from agent.api.jsontensors import FAST_JSON_BYTES
 from agent.api.tensors import DATATYPES, InferRequest, datatype_of, encode_infer, parse_infer
 from tests.support.fuzz import examples
+from tests.support.inference import HEADER_LENGTH, binary_body
 
 DTYPES = sorted(DATATYPES)
-
-
-def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
-    head = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": k,
-                    "shape": list(a.shape),
-                    "datatype": datatype_of(a.dtype),
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-                for k, a in arrays.items()
-            ]
-        }
-    )
-    return head + b"".join(a.tobytes() for a in arrays.values()), str(len(head))
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -49,8 +33,8 @@ def _binary_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
 def test_round_trip_binary_and_json(a: np.ndarray, binary: bool) -> None:
     arrays = {"x": a, "y": a[..., :1].copy()}
     if binary:
-        body, head = _binary_request(arrays)
-        req = parse_infer(body, head)
+        body, headers = binary_body(arrays)
+        req = parse_infer(body, headers[HEADER_LENGTH])
     else:
         doc = {
             "inputs": [

@@ -19,8 +19,10 @@ from agent.api import ApiServer, ApiSettings, ModelRepository
 from agent.api.protocol import _Direct
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
+from tests.support.inference import binary_body, raw_post
 
 NAME = "mobilenet-like"
+INFER = f"/v2/models/{NAME}/infer"
 
 
 @pytest.fixture(scope="module")
@@ -70,34 +72,6 @@ class Conn:
         self.sock.close()
 
 
-def _binary(x: np.ndarray, pad: int = 0) -> tuple[bytes, dict[str, str]]:
-    """A binary-tensor body; `pad` spaces in the JSON header move the tensor's offset in the body."""
-    head = (
-        orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": list(x.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes},
-                    }
-                ],
-                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-            }
-        )
-        + b" " * pad
-    )
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
-
-
-def _request(
-    body: bytes, headers: dict[str, str], *, path: str = f"/v2/models/{NAME}/infer", version: str = "1.1"
-) -> bytes:
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return f"POST {path} HTTP/{version}\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
-
-
 def _chunked(body: bytes, headers: dict[str, str]) -> bytes:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:1000], body[1000:]) if part)
@@ -118,8 +92,8 @@ def test_direct_and_asgi_give_the_same_answer(server: ApiServer, clf_engine: Eng
     c = Conn(server.url)
     answers = []
     for pad in range(4):  # the tensor at every offset modulo 4 in the body
-        body, headers = _binary(x, pad)
-        for raw in (_request(body, headers), _chunked(body, headers)):
+        body, headers = binary_body({"image": x}, binary_outputs=["logits"], pad=pad)
+        for raw in (raw_post(INFER, body, headers), _chunked(body, headers)):
             c.send(raw)
             status, h, content = c.response()
             assert status == 200, content
@@ -133,8 +107,8 @@ def test_direct_and_asgi_give_the_same_answer(server: ApiServer, clf_engine: Eng
 
 def test_responses_carry_uvicorns_default_headers(server: ApiServer) -> None:
     c = Conn(server.url)
-    body, headers = _binary(_x())
-    c.send(_request(body, headers))
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    c.send(raw_post(INFER, body, headers))
     status, h, _ = c.response()
     assert status == 200
     assert "date" in h and "server" not in h  # the server header is off, as for every other route
@@ -144,15 +118,15 @@ def test_responses_carry_uvicorns_default_headers(server: ApiServer) -> None:
 
 def test_pipelined_requests_are_answered_in_order(server: ApiServer) -> None:
     c = Conn(server.url)
-    first, h1 = _binary(_x(1))
+    first, h1 = binary_body({"image": _x(1)}, binary_outputs=["logits"])
     second = orjson.dumps(
         {"inputs": [{"name": "image", "shape": [1, 3, 64, 96], "datatype": "FP32", "data": [0.5] * 18432}]}
     )
     c.send(
-        _request(first, h1)
+        raw_post(INFER, first, h1)
         + f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-        + _request(second, {})
-        + _request(b"{}", {}, path="/v2/models/nope/infer")
+        + raw_post(INFER, second, {})
+        + raw_post("/v2/models/nope/infer", b"{}", {})
     )
     status, h, _ = c.response()
     assert (status, h["content-type"]) == (200, "application/octet-stream")
@@ -170,8 +144,8 @@ def test_a_body_in_pieces_then_the_next_request_in_the_same_read(server: ApiServ
     request's, parsed as usual (however the reads split them)."""
     x = _x(2)
     want = clf_engine.infer({"image": x})["logits"]
-    body, headers = _binary(x, pad=3)
-    raw = _request(body, headers)
+    body, headers = binary_body({"image": x}, binary_outputs=["logits"], pad=3)
+    raw = raw_post(INFER, body, headers)
     start = raw.index(b"\r\n\r\n") + 4
     c = Conn(server.url)
     pieces = [raw[: start + 7]] + [raw[i : i + 9000] for i in range(start + 7, len(raw), 9000)]
@@ -196,12 +170,12 @@ def test_a_chunked_body_ending_in_the_read_that_brings_a_whole_request(server: A
     what follows it is still parsed as HTTP, and the whole request after it is served from the same read."""
     x = _x(3)
     want = clf_engine.infer({"image": x})["logits"]
-    body, headers = _binary(x, pad=1)
+    body, headers = binary_body({"image": x}, binary_outputs=["logits"], pad=1)
     chunked = _chunked(body, headers)
     c = Conn(server.url)
     c.send(chunked[:-20])
     time.sleep(0.002)
-    c.send(chunked[-20:] + _request(body, headers) + _request(body, headers))
+    c.send(chunked[-20:] + raw_post(INFER, body, headers) + raw_post(INFER, body, headers))
     for _ in range(3):
         status, h, content = c.response()
         assert status == 200, content
@@ -212,8 +186,8 @@ def test_a_chunked_body_ending_in_the_read_that_brings_a_whole_request(server: A
 
 def test_http_10_gets_its_answer_then_the_connection_closes(server: ApiServer) -> None:
     c = Conn(server.url)
-    body, headers = _binary(_x())
-    c.send(_request(body, headers, version="1.0"))
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    c.send(raw_post(INFER, body, headers, version="1.0"))
     status, h, _ = c.response()
     assert status == 200
     assert h["connection"] == "close"
@@ -223,22 +197,22 @@ def test_http_10_gets_its_answer_then_the_connection_closes(server: ApiServer) -
 
 def test_an_early_error_drops_the_rest_of_the_body_and_keeps_the_connection(server: ApiServer) -> None:
     c = Conn(server.url)
-    body, headers = _binary(_x())
-    raw = _request(body, headers, path="/v2/models/other/infer")
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    raw = raw_post("/v2/models/other/infer", body, headers)
     cut = raw.index(b"\r\n\r\n") + 4 + 100
     c.send(raw[:cut])  # the model is unknown: answered before the body has arrived
     status, _, err = c.response()
     assert status == 404 and "other" in orjson.loads(err)["error"]
     c.send(raw[cut:])  # the rest of that body is read and dropped ...
-    c.send(_request(body, headers))  # ... and the connection serves the next request
+    c.send(raw_post(INFER, body, headers))  # ... and the connection serves the next request
     assert c.response()[0] == 200
     c.close()
 
 
 def test_expect_100_continue_and_bodies_over_the_limit_take_the_asgi_path(server: ApiServer) -> None:
     c = Conn(server.url)
-    body, headers = _binary(_x())
-    head = _request(body, {**headers, "Expect": "100-continue"})
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    head = raw_post(INFER, body, {**headers, "Expect": "100-continue"})
     split = head.index(b"\r\n\r\n") + 4
     c.send(head[:split])
     assert c.sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
@@ -254,11 +228,11 @@ def test_expect_100_continue_and_bodies_over_the_limit_take_the_asgi_path(server
 
 def test_the_image_endpoint_is_served_directly_too(server: ApiServer) -> None:
     c = Conn(server.url)
-    c.send(_request(jpeg(320, 240), {"Content-Type": "image/jpeg"}, path=f"/v1/models/{NAME}:predict?top_k=3"))
+    c.send(raw_post(f"/v1/models/{NAME}:predict?top_k=3", jpeg(320, 240), {"Content-Type": "image/jpeg"}))
     status, _, body = c.response()
     assert status == 200
     assert len(orjson.loads(body)["classes"]) == 3
-    c.send(_request(jpeg(320, 240), {}, path=f"/v1/models/{NAME}:predict?top_k=0"))
+    c.send(raw_post(f"/v1/models/{NAME}:predict?top_k=0", jpeg(320, 240), {}))
     status, _, body = c.response()
     assert status == 400 and "top_k" in orjson.loads(body)["error"]
     c.close()

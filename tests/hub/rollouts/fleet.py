@@ -10,6 +10,7 @@ share of `colour_photos` (agents serving them run the HTTP API and send those ph
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,35 @@ class Fleet:
         try:
             return wait_for(check, timeout=timeout, interval=0.1)
         except TimeoutError as e:  # say where the rollout stood and whether the traffic failed
-            raise AssertionError(f"{e}: last status {last[0]}; traffic errors {self.traffic_errors[:5]}") from e
+            raise AssertionError(
+                f"{e}: last status {last[0]}; traffic errors {self.traffic_errors[:5]}; {self.diagnosis()}"
+            ) from e
+
+    def diagnosis(self) -> str:
+        """What a rollout that did not move needs explained: whether the hub's tick failed or refused messages,
+        and, for each real device, what it serves, what its shadow compared, and the telemetry the hub stored."""
+        hub = self.hub.hub
+        ticking = hub.rollouts._thread is not None and hub.rollouts._thread.is_alive()
+        parts = [f"leading {hub.rollouts.leading}, ticking {ticking}, tick errors {hub.rollouts.tick_errors}",
+                 f"ingest refused {dict(hub.ingest.rejected)}", f"store {hub.store.ingest_stats()}"]  # fmt: skip
+        alive = sum(t.is_alive() for t in self._threads)
+        parts.append(f"traffic threads alive {alive} of {len(self._threads)}")
+        now = time.time()
+        for device, serving in self.servings.items():
+            for name, slot in serving.slots.items():
+                tally = slot.shadow_tally()
+                shadow = (
+                    f"shadow {tally.candidate_version}: {tally.total_samples} samples, {tally.total_agreements} "
+                    f"agreed, {tally.total_incomparable} incomparable" if tally is not None else "no shadow"
+                )  # fmt: skip
+                parts.append(f"{device}/{name}: active {slot.active_model}, {shadow}")
+            windows = hub.store.telemetry_windows(device, since=now - 120, until=None, limit=100_000)
+            last = max((w.end for w in windows), default=None)
+            totals = hub.store.telemetry_totals([device], since=now - 120, until=now + 60)
+            shadowed = {t.shadow_version: t.shadow_samples for t in totals if t.shadow_version}
+            ago = f"{now - last:.1f} s ago" if last is not None else "never"
+            parts.append(f"{device} telemetry (2 min): {len(windows)} windows, last ended {ago}, shadow {shadowed}")
+        return "; ".join(parts)
 
     def close(self) -> None:
         self._stop.set()
