@@ -112,15 +112,9 @@ class HubLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Hold a subscription to `topic` from now on (now if connected, and at every reconnect)."""
-        self._set_subscription(topic, qos)
-
-    def unsubscribe(self, topic: str) -> None:
-        """Hold no subscription to `topic` from now on, including one the broker kept in this session."""
-        self._set_subscription(topic, None)
-
-    def _set_subscription(self, topic: str, qos: int | None) -> None:
+    def hold(self, topic: str, qos: int | None) -> None:
+        """From now on (now if connected, and at every reconnect) hold a subscription to `topic` at `qos`, or with
+        None none, including one the broker kept in this session."""
         with self._sub_lock:  # held while sending, so the broker gets the changes in the order they were made
             self._subscriptions[topic] = qos
             if self.connected:  # else the next connect sends it (paho refuses it while disconnected)

@@ -229,11 +229,7 @@ class Hub:
         # retained report, so a leader cut off with reports in its queue holds none back past the handover.
         if self.link is not None:
             for kind, (following, as_leader) in _BY_LEADERSHIP.items():
-                qos = as_leader if leading else following
-                if qos is None:
-                    self.link.unsubscribe(self._subscription(kind))
-                else:
-                    self.link.subscribe(self._subscription(kind), qos)
+                self.link.hold(self._subscription(kind), as_leader if leading else following)
         # A new leader publishes every stored desired state again: its predecessor may have recorded states it
         # never got to publish (cut off or killed between the commit and the publish). Same versions, same
         # bodies: agents that have them ignore them.
