@@ -76,7 +76,6 @@ class Dialect:
         return f"{column} = ANY(?)" if self.postgres else f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
 
     def list_param(self, values: Sequence[str]) -> Any:
-
         return list(values) if self.postgres else json.dumps(list(values))
 
 
