@@ -27,6 +27,7 @@ from models.descriptor import GoldenCheck, ModelDescriptor
 from models.engine import Engine
 from tests.agent.api.conftest import OPTIONS, Sample
 from tests.support.inference import binary_body
+from tests.support.mqtt import wait_for
 
 NAME = "mobilenet-like"
 
@@ -314,12 +315,6 @@ def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
     batcher = slot.current.batcher if slot.current else None
     assert batcher is not None
 
-    def wait_for(done: Any) -> None:
-        deadline = time.monotonic() + 10
-        while not done():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-
     with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(6) as pool:
 
         def post() -> Future[httpx.Response]:
@@ -329,9 +324,10 @@ def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(
             futures = [post()]
             # the worker has taken the first off the queue (it now waits for the engine), so the burst
             # below meets an empty queue whatever the thread timing
-            wait_for(lambda: (batcher.stats().requests, batcher.stats().queue_depth) == (1, 0))
+            wait_for(lambda: ((s := batcher.stats()).requests, s.queue_depth) == (1, 0), interval=0.01)
             futures += [post() for _ in range(5)]
-            wait_for(lambda: sum(f.done() for f in futures) >= 3)  # the three beyond running + queue: at once
+            # the three beyond running + queue are refused at once
+            wait_for(lambda: sum(f.done() for f in futures) >= 3, interval=0.01)
         codes = sorted(f.result().status_code for f in futures)
     assert codes == [200, 200, 200, 503, 503, 503]
     refused = [f.result() for f in futures if f.result().status_code == 503]
