@@ -656,10 +656,11 @@ def _wait(
 
 
 def raw_fan_out(
-    broker: Broker, model: Path, n: int, threads: int, pids: dict[str, int]
+    broker: Broker, model: Path, n: int, threads: int, pids: dict[str, int], fleet: list[str]
 ) -> tuple[float, dict[str, float]]:
     """Seconds for the model's chunks, published once, to reach N plain subscribers, and the CPU seconds
-    of the processes `pids` and of the receivers meanwhile (`CpuMeter`)."""
+    of the processes `pids` and of the receivers meanwhile (`CpuMeter`). `fleet` prefixes the receivers'
+    command (`_fleet_prefix`), as it does the simulator's."""
     manifest = plan_file(model)
     topic = Topics(PREFIX).chunk(manifest.sha256)  # the blob's own topic; no agent listens yet
     signal_topic = f"bench/{uuid.uuid4().hex[:8]}"
@@ -672,7 +673,7 @@ def raw_fan_out(
         sys.executable, str(Path(__file__).resolve()), "_raw", "--n", str(n), "--broker", broker.url, "--topic", topic,
         "--signal", signal_topic, "--count", str(manifest.count), "--threads", str(threads),
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen([*fleet, *cmd], cwd=ROOT)
 
     def drained(count: set[str]) -> int:
         """Take the listener's messages, then how many receivers are in `count` (`ready` or `done`)."""
@@ -740,7 +741,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
             *args.sim_args.split(),
         ]  # fmt: skip
         t0 = time.monotonic()
-        sim = subprocess.Popen(sim_cmd, cwd=ROOT, stdout=subprocess.PIPE)
+        sim = subprocess.Popen([*args.fleet, *sim_cmd], cwd=ROOT, stdout=subprocess.PIPE)
         _wait(lambda: hub.online() >= n, 120 + n / 5, f"{n} agents online", lambda: f"{hub.online()} online")
         online_s = time.monotonic() - t0
 
@@ -753,7 +754,7 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
         lags = sorted(hub.lags())
 
         pids = {"broker": broker.proc.pid, **hub.pids(), "bench": os.getpid(), "agents": sim.pid}
-        raw_s, raw_cpu = raw_fan_out(broker, model, n, args.threads, pids)
+        raw_s, raw_cpu = raw_fan_out(broker, model, n, args.threads, pids, args.fleet)
         print(f"  raw CPU s: {raw_cpu}", file=sys.stderr, flush=True)
         published_before = hub.chunks_published()
         manifest = plan_file(model)
@@ -834,7 +835,13 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "| broker peak RSS MiB | RSS hub / broker / sim MiB | rollout CPU s (`CpuMeter`: each process with its "
         "children; bench = this script, other = the rest of the machine) |"
     )
-    lines = [head, "|" + " --- |" * 13]
+    cpus = (
+        f"CPUs: the fleet's process (simulator, raw receivers) on CPU {args.fleet[-1]} alone, everything else on the "
+        "others (--pin)"
+        if args.fleet
+        else "CPUs: every process shares every CPU"
+    )
+    lines = [cpus, "", head, "|" + " --- |" * 13]
     for r in results:
         lines.append(
             f"| {r.n} | {r.hub.split(' ')[0]} | {r.online_s:.1f} | {r.hub_cpu_pct:.0f} | {r.lag_p50_s:.2f} / "
@@ -880,6 +887,21 @@ def _databases(p: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator
         yield fresh
 
 
+def _fleet_prefix(p: argparse.ArgumentParser, pin: bool) -> list[str]:
+    """--pin: move this process (and so every process it starts from now on) off the first CPU, and return
+    the command prefix that runs the fleet's process on that CPU alone; without --pin, no prefix."""
+    if not pin:
+        return []
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        p.error(f"--pin needs 2 or more CPUs, this process may use {len(cpus)}")
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        p.error("--pin needs taskset (util-linux)")
+    os.sched_setaffinity(0, cpus[1:])
+    return [taskset, "--cpu-list", str(cpus[0])]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("_raw", "_hub"):
         (raw_worker if sys.argv[1] == "_raw" else hub_worker)(sys.argv[2:])
@@ -913,7 +935,11 @@ def main() -> None:
                    "Python)")  # fmt: skip
     p.add_argument("--postgres", action="store_true", help="--replicas: start a PostgreSQL server for the run "
                    "(Debian's package, default durability settings) instead of naming one")  # fmt: skip
+    p.add_argument("--pin", action="store_true", help="give the simulated fleet and the raw receivers the first "
+                   "CPU and everything else (hubs, broker, PostgreSQL, this script) the others, as if devices and "
+                   "hubs were separate hosts; without it all share every CPU (needs 2 or more)")  # fmt: skip
     args = p.parse_args()
+    args.fleet = _fleet_prefix(p, args.pin)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     kinds = [args.hub]
     with contextlib.ExitStack() as stack:
