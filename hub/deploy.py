@@ -59,8 +59,8 @@ class Deployer:
         devices: Devices,
         on_told: Told | None = None,
     ) -> None:
-        """`on_told` hears, after each publish, which devices were just told about a blob their state did not
-        name before (the chunk server starts a pass once all of them wanted it)."""
+        """`on_told` hears, before each publish, which devices are about to be told about a blob their state did
+        not name before (the chunk server starts a pass once all of them wanted it)."""
         self.store = store
         self._on_told = on_told
         self.key = key
@@ -166,14 +166,17 @@ class Deployer:
                 plans[device_id] = models
             _check_sizes(plans)
             states = self._sign(plans, fence)
-        if slot is not None and self._on_told is not None:
-            for ref in slot.refs():
-                sha = ref.blob.sha256
-                told = [
-                    d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in m.refs())
-                ]
-                if told:
-                    self._on_told(sha, told)
+            if slot is not None and self._on_told is not None:
+                # before the first publish: a device may want the blob within a millisecond of its state, and a
+                # chunk server that has not heard of the others starts its pass for that one
+                for ref in slot.refs():
+                    sha = ref.blob.sha256
+                    told = [
+                        d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in m.refs())
+                    ]
+                    if told:
+                        self._on_told(sha, told)
+            self._send_all(states)
         return states
 
     def _current(self, device_ids: list[str]) -> dict[str, list[DesiredModel]]:
@@ -186,7 +189,8 @@ class Deployer:
         return out
 
     def _sign(self, plans: dict[str, list[DesiredModel]], fence: Fence | None = None) -> list[Desired]:
-        """Sign, record and publish one desired state per device with the given slots (call under the lock)."""
+        """Sign and record one desired state per device with the given slots (call under the lock, then
+        `_send_all` them under it)."""
         versions = self.store.allocate_desired_versions(list(plans))
         now = time.time()
         states = []
@@ -197,9 +201,11 @@ class Deployer:
             )  # fmt: skip
             states.append(self._record(body, self.key.sign(body)))
         self.store.put_desired(states, fence=fence)
+        return states
+
+    def _send_all(self, states: list[Desired]) -> None:
         for s in states:
             self._send(s)
-        return states
 
     @staticmethod
     def _record(body: DesiredState, env: SignedEnvelope) -> Desired:
@@ -229,8 +235,7 @@ class Deployer:
         """Publish every stored desired state again (after a (re)connect: the broker may have lost them)."""
         with self._lock:
             states = self.store.list_desired()
-            for s in states:
-                self._send(s)
+            self._send_all(states)
             return len(states)
 
     def refresh_expiring(self, *, now: float | None = None) -> int:
@@ -239,7 +244,7 @@ class Deployer:
         stale = [s for s in self.store.list_desired() if now >= s.issued_at + (s.expires_at - s.issued_at) / 2]
         if stale:
             with self._lock:
-                self._sign({s.device_id: _slots_of(_body(s)) for s in stale})
+                self._send_all(self._sign({s.device_id: _slots_of(_body(s)) for s in stale}))
             log.info("deploy: re-signed %d desired states close to expiry", len(stale))
         return len(stale)
 
@@ -249,7 +254,7 @@ class Deployer:
         old = [s for s in self.store.list_desired() if _body(s).get("schema_version") != 2]
         if old:
             with self._lock:
-                self._sign({s.device_id: _single_model_slots(_body(s)) for s in old})
+                self._send_all(self._sign({s.device_id: _single_model_slots(_body(s)) for s in old}))
             log.info("deploy: re-signed %d desired state(s) of schema 1 as schema 2", len(old))
         return len(old)
 

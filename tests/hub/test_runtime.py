@@ -19,6 +19,7 @@ from fleet.signing import HubPublicKey, Verifier
 from hub.api.app import create_app
 from hub.api.deps import Viewer
 from hub.api.server import api_server
+from hub.deploy import Deployer
 from hub.errors import HubError, NotFound, NotInitialised
 from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
@@ -265,6 +266,29 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         assert retained.version == 30 and msg.retain
     finally:
         late.close()
+
+
+def test_the_chunk_server_hears_whom_a_deploy_tells_before_the_first_state_goes_out(
+    running_hub: RunningHub, samples: Path
+) -> None:
+    """A device may want the blob within a millisecond of its desired state; had the chunk server not heard of
+    the others yet, it would start its pass for that one and publish the head again for every later device."""
+    h = running_hub
+    _push_and_enrol(h, samples, "cam-1", "cam-2", "cam-3")
+    ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
+    awaiting_at_publish: list[frozenset[str]] = []
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        awaiting_at_publish.append(h.hub.chunks.awaiting(ref.blob.sha256))
+        h.hub.link.publish(topic, payload, qos=qos, retain=retain)
+
+    hub = h.hub
+    deployer = Deployer(
+        hub.store, hub.key, hub.topics, publish, h.settings.devices,
+        registry=hub.registry, devices=hub.devices, on_told=hub.chunks.expect,
+    )  # fmt: skip
+    deployer.set_slot(["cam-1", "cam-2", "cam-3"], ref.name, DesiredModel(model=ref))
+    assert awaiting_at_publish == [frozenset({"cam-1", "cam-2", "cam-3"})] * 3
 
 
 def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, broker: Broker) -> None:
