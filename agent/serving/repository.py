@@ -8,7 +8,9 @@ the transport's in-progress count) and one engine-run lock, because on CPU each 
 every core and two runs at once only oversubscribe them (see `agent.serving.served.OneRunAtATime`).
 
 A model that is deactivated keeps its slot until the control side has taken its last telemetry window, so
-the requests it served before it was removed are still reported; it answers no new request.
+the requests it served before it was removed are still reported; it answers no new request. Only a deactivated
+model's slot goes: a slot just created for a model's first version also holds nothing until its swap has run
+on the event loop, and a window taken meanwhile must not drop it (the model would then serve out of reach).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ModelRepository:
         }
         self._seed = seed
         self._run_lock = threading.Lock()  # one engine run at a time across every model of the device
-        self._lock = threading.Lock()  # guards slots and the loop binding
+        self._lock = threading.Lock()  # guards slots, _leaving and the loop binding
+        self._leaving: set[str] = set()  # deactivated models: their slots go once empty and reported
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -98,20 +101,25 @@ class ModelRepository:
 
     def deactivate(self, name: str) -> None:
         """Stop serving model `name`: new requests for it get 404, in-flight ones finish."""
-        slot = self.slots.get(name)
+        with self._lock:
+            slot = self.slots.get(name)
+            if slot is not None:
+                self._leaving.add(name)
         if slot is not None:
             slot.set_shadow(None, None, 0.0)
             slot.deactivate()
 
     def take_windows(self) -> dict[str, ServingWindow]:
-        """Counters of every model since the previous call; slots of removed models go once reported."""
+        """Counters of every model since the previous call; slots of deactivated models go once reported."""
         with self._lock:
             slots = dict(self.slots)
         out = {name: slot.take_window() for name, slot in slots.items()}
         with self._lock:
             for name, slot in slots.items():
-                if slot.current is None and slot.shadow_model is None and self.slots.get(name) is slot:
+                empty = slot.current is None and slot.shadow_model is None
+                if empty and name in self._leaving and self.slots.get(name) is slot:
                     del self.slots[name]
+                    self._leaving.discard(name)
         return out
 
     # --- lookups (any thread) ------------------------------------------------------------------------
@@ -222,8 +230,10 @@ class ModelRepository:
     # --- internals -----------------------------------------------------------------------------------
 
     def _ensure(self, name: str) -> ModelSlot:
-        """The slot of model `name`, created (and bound to the loop, if attached) when it has none."""
+        """The slot of model `name`, created (and bound to the loop, if attached) when it has none; a model
+        deactivated and wanted again keeps its slot."""
         with self._lock:
+            self._leaving.discard(name)
             slot = self.slots.get(name)
             if slot is not None:
                 return slot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -106,6 +107,43 @@ def test_swap_and_deactivate_without_a_running_server(samples: dict[str, Sample]
     slot.deactivate()
     assert slot.current is None
     assert slot.take_window().requests == 0
+
+
+def test_a_window_taken_while_a_model_is_first_activated_keeps_its_slot(samples: dict[str, Sample]) -> None:
+    """The telemetry thread takes a window while the control side activates the first version of a model: its
+    slot exists and holds nothing yet (the swap waits for the busy loop). The slot must stay. Dropped, it went
+    on serving out of reach: every request 503, and a shadow candidate set later went into a second, empty
+    slot that no request reached (a rollout's shadow gate then waited for samples forever)."""
+    v1, v2 = samples["clf"], samples["clf2"]
+    name = v1.descriptor.name
+    repo = ModelRepository()
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    busy = threading.Event()
+    try:
+        asyncio.run_coroutine_threadsafe(repo.attach(), loop).result(10)
+        loop.call_soon_threadsafe(busy.wait)  # the loop is busy (a request running alone on it, say)
+        activating = threading.Thread(target=repo.activate, args=(v1.engine(), v1.applied(), v1.descriptor))
+        activating.start()
+        deadline = time.monotonic() + 10
+        while name not in repo.slots:  # the slot is there; the swap waits for the loop
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert repo.take_windows()[name].requests == 0  # the telemetry thread, meanwhile
+        busy.set()
+        activating.join(30)
+        assert repo.names() == [name] and repo.only().active_model == v1.applied()
+        repo.set_shadow(name, v2.engine(), v2.applied(), 1.0)
+        assert repo.only().shadow_model == v2.applied()  # beside the active version, in the same slot
+        repo.deactivate(name)  # a model removed on purpose: its slot goes with its last window
+        assert name in repo.take_windows() and name not in repo.slots
+    finally:
+        busy.set()
+        asyncio.run_coroutine_threadsafe(repo.detach(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
 
 
 def test_stop_drains_requests_in_flight(samples: dict[str, Sample]) -> None:
