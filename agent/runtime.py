@@ -77,18 +77,20 @@ class Agent:
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stop = threading.Event()
         self._control: threading.Thread | None = None
-        self._birth: bytes = b""
+        self._birth: DeviceStatus | None = None  # published on each connect, with that connect's time
         self._watched = WatchedBlobs(settings.data_dir / "watched.json")
         self._resumed = False
         self.heartbeat = time.monotonic()  # the control loop's last turn (the liveness probe reads it)
-        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
-        self._offline = encode(offline)
+        # The birth and the last will of a connection carry the same time, that of its connect: the hub orders
+        # a device's statuses by `ts`, then `offline` after `online` (`hub.store.reports`), so the will of a
+        # connection replaces its birth, and the birth of the next connection replaces that will.
+        self._connect_ts = time.time()
         self.link = MqttLink(
             address,
             MqttLink.client_id_for(self.device_id, bundle.topic_prefix),
             username=bundle.mqtt_username,
             password=bundle.mqtt_password,
-            will=(self.topics.status(self.device_id), self._offline),
+            will=self._will,
             settings=settings.link,
             on_message=self._on_message,
             on_connect=self._on_connect,
@@ -120,7 +122,7 @@ class Agent:
     def start(self) -> None:
         """Serve the stored model, then connect, subscribe and start the control and telemetry threads."""
         self.reconciler.restore()
-        self._birth = encode(self._make_birth())
+        self._birth = self._make_birth()
         if self.cluster is not None:  # the birth again whenever nodes, GPUs or MIG slices change
             self.cluster.watch_inventory(self._inventory_changed)
         self.link.subscribe(self.topics.desired(self.device_id), 1)
@@ -164,13 +166,19 @@ class Agent:
         return self.reconciler.active_models()
 
     def _inventory_changed(self, nodes: list[NodeInfo]) -> None:
-        birth = encode(self._make_birth(nodes))
-        if birth == self._birth:
+        birth = self._make_birth(nodes)
+        if self._birth is not None and birth.capabilities == self._birth.capabilities:
             return
         self._birth = birth
         log.info("cluster inventory changed (%d nodes): publishing the birth again", len(nodes))
         if self.link.connected:
-            self.link.publish(self.topics.status(self.device_id), birth, retain=True)
+            self._publish_birth()
+
+    def _will(self) -> tuple[str, bytes]:
+        """The last will registered before each connect: `offline`, stamped with this connect's time."""
+        self._connect_ts = time.time()
+        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=self._connect_ts, session=self.session)
+        return self.topics.status(self.device_id), encode(offline)
 
     def _make_birth(self, nodes: list[NodeInfo] | None = None) -> DeviceStatus:
         if nodes is None:
@@ -182,7 +190,7 @@ class Agent:
                     log.warning("cluster inventory failed: %s", e)
         caps = capabilities(self.store.root, mode="k3s" if self.cluster else "single", nodes=nodes)
         return DeviceStatus(
-            device_id=self.device_id, state="online", ts=time.time(), session=self.session,
+            device_id=self.device_id, state="online", ts=self._connect_ts, session=self.session,
             labels=dict(self.bundle.labels), capabilities=caps,
         )  # fmt: skip
 
@@ -232,10 +240,15 @@ class Agent:
 
     # -- network thread -----------------------------------------------------------------------------------
     def _on_connect(self) -> None:
-        self.link.publish(self.topics.status(self.device_id), self._birth, retain=True)
+        self._publish_birth()
         self._events.put(("drop_stale",))
         self._events.put(("connected",))
         self.telemetry.kick()
+
+    def _publish_birth(self) -> None:
+        if self._birth is not None:
+            birth = self._birth.model_copy(update={"ts": self._connect_ts})
+            self.link.publish(self.topics.status(self.device_id), encode(birth), retain=True)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:

@@ -108,7 +108,12 @@ class Capabilities(Part):
 
 
 class DeviceStatus(Wire):
-    """Retained on the status topic: a birth when the agent connects, `offline` as its last will."""
+    """Retained on the status topic: a birth when the agent connects, `offline` as its last will.
+
+    A connection's birth and will carry the same `ts`, the time of that connect; an `offline` published at a
+    clean stop carries the stop time. The hub keeps a device's newest status: later `ts`, then `offline` after
+    `online` at the same `ts`.
+    """
 
     kind: Literal["status"] = "status"
     device_id: DeviceId

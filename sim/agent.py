@@ -130,6 +130,7 @@ class SimAgent:
         self.slow = rng.random() < config.faults.slow_fraction
         self.connected = False
         self._now = now
+        self._connect_ts = now  # the time of the last connect (`will`)
         self._out: list[Action] = []
         self._watched: dict[str, str] = {}  # blob sha256 -> its chunk topic
         self._chunk_topics: dict[str, str] = {}  # ... and back: a chunk on a watched topic skips parsing
@@ -206,6 +207,7 @@ class SimAgent:
     # -- connection ---------------------------------------------------------------------------
     def will(self, now: float) -> Publish:
         """The last will the transport registers before connecting: retained `offline`."""
+        self._connect_ts = now  # the birth carries it too: the hub orders a will after its birth (agent.runtime)
         status = DeviceStatus(device_id=self.device_id, state="offline", ts=now, session=self.session)
         return self._publish(TopicKind.STATUS, status)
 
@@ -216,7 +218,7 @@ class SimAgent:
         birth = DeviceStatus(
             device_id=self.device_id,
             state="online",
-            ts=now,
+            ts=self._connect_ts,
             session=self.session,
             labels=self.identity.labels,
             capabilities=Capabilities(

@@ -146,6 +146,14 @@ def m005_room_for_hot_updates(dialect: Dialect) -> str:
     """
 
 
+@migration
+def m006_status_order(dialect: Dialect) -> str:
+    """The device clock time of the stored status (`status_ts`), so that a status older than the stored one,
+    written late by a replica running behind or redelivered by the broker, never replaces it
+    (`hub.store.reports`)."""
+    return "ALTER TABLE devices ADD COLUMN status_ts {real}"
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 

@@ -8,6 +8,15 @@ decisions as one message at a time, in the same order) and writes it in a fixed 
 of the previous reports, one upsert, one device update per kind, the phase events. PostgreSQL takes each as one
 statement over arrays; SQLite, whose calls are in-process, takes `executemany` of the per-message statements.
 
+Status (birth, last will) is ordered too: every replica writes every status, so a replica running behind, or
+a broker redelivering a retained status, would otherwise write an older status over a newer one. A status
+replaces the stored one only when it is newer by `status_key`: the device clock's `ts`, and at equal `ts`
+`offline` after `online`. That order is right because the agent stamps its birth and its last will with the
+same time, that of the connect they belong to (`agent.runtime`): the will of a connection follows its birth,
+the birth of the next connection follows that will, and the offline of a clean stop carries the stop time.
+The condition is part of the UPDATE (`_STATUS`, `_PG_STATUS`), so two replicas writing at once cannot interleave a read
+and a write; a batch keeps, per device, the newest of its statuses by the same key.
+
 `apply_status` and `apply_reported` write one message each: the writer falls back to them, message by message
 in savepoints, when a batch fails on a message the database refuses (`SqlStore._write_ingest`).
 """
@@ -28,9 +37,12 @@ _UPSERT = (
     "WHERE excluded.seq > applied.seq OR excluded.ts > applied.ts"
 )
 _EVENT = "INSERT INTO events (ts, actor, action, subject, details) VALUES (?, ?, 'device.phase', ?, ?)"
+# a status is newer than the stored one: a later `ts`, or at the same `ts` `offline` after `online` (or the
+# same state again: a redelivery is applied, idempotently); a device with no ordered status takes any
 _STATUS = (
-    "UPDATE devices SET status = ?, status_at = ?, session = ?, capabilities = coalesce(?, capabilities), "
-    "last_seen = {last_seen} WHERE id = ?"
+    "UPDATE devices SET status = ?, status_at = ?, status_ts = ?, session = ?, "
+    "capabilities = coalesce(?, capabilities), last_seen = {last_seen} WHERE id = ? AND (status_ts IS NULL "
+    "OR ? > status_ts OR (? = status_ts AND (? = 'offline' OR coalesce(status, '') <> 'offline')))"
 )
 _SEEN = "UPDATE devices SET last_seen = {last_seen} WHERE id = ?"
 # PostgreSQL: the same statements over arrays, one round trip each, after `lock_devices` (as the telemetry
@@ -43,15 +55,26 @@ _PG_UPSERT = (
     "WHERE excluded.seq > applied.seq OR excluded.ts > applied.ts RETURNING device_id"
 )
 _PG_STATUS = (
-    "UPDATE devices AS d SET status = v.status, status_at = v.received, session = v.session, "
+    "UPDATE devices AS d SET status = v.status, status_at = v.received, status_ts = v.ts, session = v.session, "
     "capabilities = coalesce(v.caps, d.capabilities), last_seen = greatest(coalesce(d.last_seen, 0), v.received) "
-    "FROM unnest(?::text[], ?::text[], ?::float8[], ?::text[], ?::text[]) AS v(id, status, received, session, caps) "
-    "WHERE d.id = v.id RETURNING d.id"
+    "FROM unnest(?::text[], ?::text[], ?::float8[], ?::float8[], ?::text[], ?::text[]) "
+    "AS v(id, status, received, ts, session, caps) WHERE d.id = v.id AND (d.status_ts IS NULL "
+    "OR v.ts > d.status_ts OR (v.ts = d.status_ts AND (v.status = 'offline' OR coalesce(d.status, '') <> 'offline'))) "
+    "RETURNING d.id"
 )
 _PG_SEEN = (
     "UPDATE devices AS d SET last_seen = greatest(coalesce(d.last_seen, 0), v.received) "
     "FROM unnest(?::text[], ?::float8[]) AS v(id, received) WHERE d.id = v.id"
 )
+
+
+def status_key(msg: DeviceStatus) -> tuple[float, bool]:
+    """The order of a device's statuses (see the module's docstring): later `ts`, then `offline` after `online`."""
+    return msg.ts, msg.state == "offline"
+
+
+def _status_args(msg: DeviceStatus, received: float) -> tuple[Any, ...]:
+    return (msg.state, received, msg.ts, msg.session, _caps(msg), received, msg.device_id, msg.ts, msg.ts, msg.state)
 
 
 def _caps(msg: DeviceStatus) -> str | None:
@@ -87,9 +110,9 @@ def _event_row(msg: ReportedState, previous: str | None, received: float) -> tup
 
 
 def apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
-    """Write one status message; 1 when its device exists."""
+    """Write one status message unless the stored one is newer (`status_key`); 1 when written."""
     sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
-    return conn.execute(sql, (msg.state, received, msg.session, _caps(msg), received, msg.device_id)).rowcount
+    return conn.execute(sql, _status_args(msg, received)).rowcount
 
 
 def apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
@@ -108,12 +131,12 @@ def apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
 class _Device:
     """What a batch does to one device, folded in message order."""
 
-    statuses: int = 0  # status messages
-    status: tuple[DeviceStatus, float] | None = None  # the last one, and when it was received
-    caps: str | None = None  # the last capabilities given
+    statuses: int = 0  # status messages as new as every one before them in the batch
+    status: tuple[DeviceStatus, float] | None = None  # the newest one (`status_key`), and when it was received
+    caps: str | None = None  # the capabilities of the newest birth that gave some
     report: tuple[ReportedState, float] | None = None  # the last report newer than the one stored before it
     applied: int = 0  # reports newer than the one stored before them
-    seen: float = 0.0  # the latest reception of a status or an applied report
+    seen: float = 0.0  # the latest reception of an applied report (a status sets last_seen itself)
     events: list[tuple[Any, ...]] = field(default_factory=list)  # phase changes (event row, batch position)
 
 
@@ -126,11 +149,10 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
     devices: dict[str, _Device] = {}
     for kind, msg, received in items:
         d = devices.setdefault(msg.device_id, _Device())
-        if kind == "status":
+        if kind == "status" and (d.status is None or status_key(msg) >= status_key(d.status[0])):
             d.statuses += 1
             d.status = (msg, received)
             d.caps = _caps(msg) or d.caps
-            d.seen = max(d.seen, received)
     ids = sorted(devices)  # in device order: writers on several replicas lock the same rows in the same order
     lock_devices(conn, ids)
     # the stored report of each reporting device, read after its device row is locked: every writer of
@@ -172,7 +194,8 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
         for i in ids:
             status = devices[i].status
             if status is not None:
-                status_rows.append((i, status[0].state, status[1], status[0].session, devices[i].caps))
+                sm, sr = status
+                status_rows.append((i, sm.state, sr, sm.ts, sm.session, devices[i].caps))
         applied_status = 0
         if status_rows:
             updated = conn.execute(_PG_STATUS, columns(status_rows), binary=True)
@@ -182,7 +205,7 @@ def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[in
             conn.execute(_PG_SEEN, (seen, [devices[i].seen for i in seen]), binary=True)
     else:  # in-process calls: the per-message statements, once per status message and once per device
         status_sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
-        status_args = [(m.state, r, m.session, _caps(m), r, m.device_id) for kind, m, r in items if kind == "status"]
+        status_args = [_status_args(m, r) for kind, m, r in items if kind == "status"]
         applied_status = conn.executemany(status_sql, status_args) if status_args else 0
         if rows:
             conn.executemany(_UPSERT, rows)

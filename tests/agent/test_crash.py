@@ -24,7 +24,10 @@ def _with_v1_active(hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, 
     )
     hub.wait_active("1.0.0")
     first.kill()
-    hub.wait(lambda: any(s.state == "offline" for s in hub.statuses), what="last will")
+    will = hub.wait(lambda: next((s for s in hub.statuses if s.state == "offline"), None), what="last will")
+    # the will carries the time of its connect, as the birth does: the hub orders the will after the birth
+    births = [s for s in hub.statuses if s.state == "online" and s.session == will.session]
+    assert births and births[-1].ts == will.ts
     return bundle, data
 
 

@@ -180,3 +180,39 @@ def test_documents(store: SqlStore) -> None:
     assert store.get_doc("rollouts", "r1") == {"state": "paused"}
     assert store.list_docs("rollouts") == [("r1", {"state": "paused"})]
     assert store.delete_doc("rollouts", "r1") and store.get_doc("rollouts", "r1") is None
+
+
+def _status(state: str, ts: float, session: str = "s1") -> DeviceStatus:
+    return DeviceStatus.model_validate({"device_id": "d1", "state": state, "ts": ts, "session": session})
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "one-batch"])
+def test_a_status_never_replaces_a_newer_one(database: Database, batched: bool) -> None:
+    """Statuses are ordered by `ts`, then `offline` after `online` (a connection's birth and will carry the same
+    time), whether they come one by one (a replica behind, a broker's redelivery) or in one writer batch."""
+    steps = [
+        (_status("online", 10.0), "online"),  # connect at 10: the birth
+        (_status("offline", 10.0), "offline"),  # that connection's will: the same time, and it follows the birth
+        (_status("online", 10.0), "offline"),  # the birth delivered again: older than the will
+        (_status("online", 20.0), "online"),  # reconnect at 20, same session: the new birth
+        (_status("offline", 10.0), "online"),  # the first connection's will, late (a replica behind)
+        (_status("online", 20.0), "online"),  # the same birth again: applied, no change
+        (_status("offline", 30.0), "offline"),  # a clean stop at 30
+        (_status("online", 20.0), "offline"),  # the birth, late, after the stop
+        (_status("online", 40.0, session="s2"), "online"),  # a new run of the agent
+        (_status("offline", 30.0), "online"),  # the old run's stop, late
+    ]
+    store = open_store(database, max_delay_s=0.5 if batched else 0.0, telemetry_process=False)  # 0.5 s: one batch
+    try:
+        store.add_device(_dev("d1"))
+        for n, (msg, expected) in enumerate(steps):
+            assert store.enqueue_status(msg, 1000.0 + n)
+            if not batched:
+                store.flush()
+                d = store.get_device("d1")
+                assert d is not None and d.status == expected, (n, msg)
+        store.flush()
+        d = store.get_device("d1")
+    finally:
+        store.close()
+    assert d is not None and (d.status, d.session, d.status_at, d.last_seen) == ("online", "s2", 1008.0, 1008.0)

@@ -90,8 +90,9 @@ def download_all(agent: SimAgent, hub: Hub) -> list[object]:
 def test_connect_publishes_birth_subscribes_and_has_an_offline_will(tmp_path: Path) -> None:
     hub = Hub()
     agent = make_agent(hub, tmp_path)
+    assert agent.will(0).retain
     will = decode(agent.will(time.time()).payload, DeviceStatus)
-    assert will.state == "offline" and agent.will(0).retain
+    assert will.state == "offline"
     actions = agent.on_connect(time.time())
     subs = {a.topic for a in actions if isinstance(a, Subscribe)}
     assert subs == {hub.topics.desired("sim-00001"), hub.topics.cmd("sim-00001")}
@@ -99,6 +100,8 @@ def test_connect_publishes_birth_subscribes_and_has_an_offline_will(tmp_path: Pa
         next(a.payload for a in actions if isinstance(a, Publish) and a.topic.endswith("/status")), DeviceStatus
     )
     assert birth.state == "online" and birth.labels == {"site": "a"} and birth.capabilities is not None
+    # the birth carries its connection's time, as the will does: the hub orders the will after the birth
+    assert (birth.ts, birth.session) == (will.ts, will.session)
     assert reports(actions)[0].phase is Phase.IDLE
 
 
