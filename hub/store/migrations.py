@@ -147,7 +147,14 @@ def m005_room_for_hot_updates(dialect: Dialect) -> str:
 
 
 @migration
-def m006_status_order(dialect: Dialect) -> str:
+def m006_desired_models_by_blob(dialect: Dialect) -> str:
+    """The leader's chunk server asks which devices' desired states name a blob when its first want comes
+    (`devices_told`): an index on the slots' blob keeps that one lookup for thousands of devices short."""
+    return "CREATE INDEX desired_models_sha ON desired_models(sha256)"
+
+
+@migration
+def m007_status_order(dialect: Dialect) -> str:
     """The device clock time of the stored status (`status_ts`), so that a status older than the stored one,
     written late by a replica running behind or redelivered by the broker, never replaces it
     (`hub.store.reports`)."""
