@@ -134,10 +134,19 @@ class _SlotCollector(Collector):
                 "Sampled rows the candidate could not take (shapes or dtypes it does not accept): not compared.",
                 labels=labels,
             )
+            dropped = GaugeMetricFamily(
+                "edgefleet_api_shadow_dropped",
+                "Sampled rows the candidate never answered, by reason: its queue was full (queue_full), it did "
+                "not answer within the request timeout (timeout), it was being swapped out (swapped). Not compared.",
+                labels=[*labels, "reason"],
+            )
             for name, tally in tallies:
                 samples.add_metric([name, tally.candidate_version], tally.total_samples)
                 agree.add_metric([name, tally.candidate_version], tally.total_agreements)
                 incomparable.add_metric([name, tally.candidate_version], tally.total_incomparable)
+                for reason, rows in tally.total_dropped.items():
+                    dropped.add_metric([name, tally.candidate_version, reason], rows)
             yield samples
             yield agree
             yield incomparable
+            yield dropped

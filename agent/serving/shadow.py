@@ -10,8 +10,10 @@ really has (the rules per task are `models.agreement`):
   reported apart, never counted as agreement or disagreement.
 
 A candidate that fails on input it accepts, or on an image the active version answered, disagrees. A
-sample dropped because the candidate's queue is full or it is being replaced is not counted at all.
-Comparisons run off the response path; their failures never reach the client.
+sample the candidate never answered is *dropped*: neither agreement nor disagreement, but counted by reason
+(`DROP_REASONS`: its queue was full, it did not answer within the request timeout, or it was being swapped
+out), so a starved or stuck shadow shows up as drops rather than as silence. Comparisons run off the
+response path; their failures never reach the client.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy.typing as npt
 
@@ -36,10 +38,13 @@ if TYPE_CHECKING:
     from agent.serving.served import Served
 
 Array = npt.NDArray[Any]
+DropReason = Literal["queue_full", "timeout", "swapped"]
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 
 class ShadowTally:
-    """Thread-safe counters of one candidate: samples, agreements, incomparable rows, latency difference."""
+    """Thread-safe counters of one candidate: samples, agreements, incomparable and dropped rows, latency
+    difference."""
 
     def __init__(self, candidate_version: str) -> None:
         self.candidate_version = candidate_version
@@ -48,6 +53,7 @@ class ShadowTally:
         self._delta_sum = 0.0
         self._delta_n = 0
         self.total_samples = self.total_agreements = self.total_incomparable = 0
+        self.total_dropped: dict[DropReason, int] = dict.fromkeys(DROP_REASONS, 0)
 
     def add(self, agrees: list[bool], delta_ms: float | None) -> None:
         """Record the rows of one compared request and its candidate-minus-active latency (None: not timed)."""
@@ -66,6 +72,11 @@ class ShadowTally:
         with self._lock:
             self._incomparable += rows
             self.total_incomparable += rows
+
+    def dropped(self, reason: DropReason, rows: int) -> None:
+        """Record `rows` sampled rows the candidate never answered, for `reason`."""
+        with self._lock:
+            self.total_dropped[reason] += rows
 
     def take(self) -> ShadowStats:
         """Counters since the previous call, then reset them."""
@@ -116,7 +127,7 @@ class Shadow:
         """Run the client's tensors on the candidate; shapes it cannot take make the sample incomparable."""
         rows = rows_of(feed)
         try:
-            ran = await self._run(feed, timeout_s)
+            ran = await self._run(feed, rows, timeout_s)
         except InvalidInput:  # shapes or dtypes the candidate does not take (its check, or onnxruntime's)
             self.tally.incomparable(rows)
             return
@@ -140,24 +151,36 @@ class Shadow:
         d = self.served.descriptor
         try:
             tensor, own = await asyncio.get_running_loop().run_in_executor(image.pool, image.prepare, d.input)
-            ran = await self._run({d.input.name: tensor}, timeout_s)
+            ran = await self._run({d.input.name: tensor}, 1, timeout_s)
         except ModelError:  # the active version answered this image; the candidate could not
             self.tally.add([False], None)
             return
         if ran is not None:
             self._compare(Answer(outputs, active, [transform]), Answer(ran[0], d, [own]), 1, ran[1] - active_ms)
 
-    async def _run(self, feed: dict[str, Array], timeout_s: float) -> tuple[dict[str, Array], float] | None:
-        """The candidate's outputs and milliseconds; None when the sample is dropped (queue full, swapped)."""
+    async def _run(self, feed: dict[str, Array], rows: int, timeout_s: float) -> tuple[dict[str, Array], float] | None:
+        """The candidate's outputs and milliseconds; None when the sample is dropped (counted by reason).
+
+        Load or a swap is no judgement of the candidate, but it is counted: a candidate that never answers
+        must not look like a device without traffic.
+        """
         batcher = self.served.batcher
         if batcher is None:
+            self.tally.dropped("swapped", rows)
             return None
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 out = await batcher.infer(feed)
-        except (QueueFull, EngineNotReady, TimeoutError):
-            return None  # load or a swap, not a judgement of the candidate
+        except QueueFull:
+            self.tally.dropped("queue_full", rows)
+            return None
+        except TimeoutError:
+            self.tally.dropped("timeout", rows)
+            return None
+        except EngineNotReady:  # its batcher closed: the candidate is being replaced or removed
+            self.tally.dropped("swapped", rows)
+            return None
         return out, (time.perf_counter() - t0) * 1e3
 
     def _compare(self, active: Answer, candidate: Answer, rows: int, delta_ms: float) -> None:

@@ -77,6 +77,7 @@ def test_a_healthy_version_rolls_to_100_percent_through_all_waves(fleet: Fleet, 
     with f.hub.client() as c:
         r = c.post(f"/api/v1/rollouts/{rid}/resume")
         assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
+    assert f.traffic_errors == []  # no request of a real device failed once its model was reported active
 
 
 def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Fleet, cls_models: Models) -> None:
@@ -130,6 +131,7 @@ def test_a_heavier_model_on_real_agents_fails_p95_in_the_canary_and_is_rolled_ba
     assert m["wave_p95_ms"] > m["control_p95_ms"] * (1 + gate["threshold"])
     assert status["waves"][1]["phase"] == "pending"
     f.wait_all_active("1.0.0", "fleet=heavy")
+    assert f.traffic_errors == []  # overloaded by the heavier model, never unreachable
 
 
 def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates_it(
@@ -161,6 +163,7 @@ def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates
     for device in ("cam-a", "cam-b"):
         windows = f.hub.hub.store.telemetry_windows(device, since=None, until=None, limit=10_000)
         assert all(w.model_version != "2.1.0" for w in windows)
+    assert f.traffic_errors == []  # the active model stayed reachable: the samples came from its traffic
 
 
 def test_the_hub_restarted_mid_wave_finishes_and_sends_no_step_twice(fleet: Fleet, cls_models: Models) -> None:

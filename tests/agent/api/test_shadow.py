@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +14,11 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.serving import ModelSlot
+from agent.serving import ModelSlot, Served
+from agent.serving.served import OneRunAtATime
+from agent.serving.shadow import Shadow
 from fleet.messages import AppliedModel, ShadowStats
+from models.batcher import Batcher, BatcherOptions
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
@@ -89,6 +95,8 @@ def test_classification_shadow_reports_agreement(
     assert stats.latency_delta_ms is not None
     metrics = httpx.get(server.url + "/metrics").text
     assert 'edgefleet_api_shadow_samples{model="mobilenet-like",version="1.1.0"}' in metrics
+    for reason in ("queue_full", "timeout", "swapped"):  # every reason has a series, 0 until a drop
+        assert f'edgefleet_api_shadow_dropped{{model="mobilenet-like",reason="{reason}",version="1.1.0"}}' in metrics
     assert 'role="shadow"' in metrics
     slot.set_shadow(None, None, 0)
     assert slot.take_window().shadow is None
@@ -139,6 +147,55 @@ def test_shadow_failures_never_reach_the_response(
     rest = _collect(slot, 4 - window.shadow.incomparable)  # comparisons finish off the response path
     assert window.shadow.samples == rest.samples == 0
     assert window.shadow.incomparable + rest.incomparable == 4  # a detector cannot answer as a classifier
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "the batcher never reached the state the test needs"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("reason", ["queue_full", "timeout", "swapped"])
+def test_a_sample_the_candidate_never_answers_is_counted_as_dropped_by_reason(
+    samples: dict[str, Sample], clf_engine: Engine, reason: str
+) -> None:
+    """The candidate's engine is held busy (its queue filled, or too slow for the timeout) or its batcher is
+    closed as in a swap: the sampled rows are dropped, counted by reason, and never compared."""
+    clf = samples["clf"]
+    candidate = Served(clf_engine, clf.applied(), clf.descriptor, BatcherOptions(max_batch=2, max_queue=1))
+    shadow = Shadow(candidate, 1.0)
+    feed = {"image": np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)}
+    outputs = clf_engine.infer(feed)
+    engine_busy = threading.Lock()  # held by the test: the candidate's engine run cannot start
+
+    async def main() -> None:
+        batcher = candidate.batcher = Batcher(OneRunAtATime(clf_engine, engine_busy), candidate.options)
+        await batcher.start()
+        held: list[asyncio.Task[object]] = []
+        busy = reason != "swapped"
+        if busy:
+            engine_busy.acquire()
+        try:
+            if reason == "queue_full":  # one request in the engine, one waiting: the queue (of 1) is full
+                # (each a full batch of max_batch rows, so the worker never gathers the second into the first)
+                held.append(asyncio.create_task(batcher.infer(feed)))
+                await _until(lambda: ((s := batcher.stats()).requests, s.queue_depth) == (1, 0))
+                held.append(asyncio.create_task(batcher.infer(feed)))
+                await _until(lambda: batcher.stats().queue_depth == 1)
+            elif reason == "swapped":  # the candidate's batcher closed under it, as when it is replaced
+                await batcher.close()
+            await shadow.tensors(clf.descriptor, feed, outputs, 1.0, timeout_s=0.2)
+        finally:
+            if busy:
+                engine_busy.release()
+            await asyncio.gather(*held)
+            await batcher.close()
+
+    asyncio.run(main())
+    assert shadow.tally.total_dropped == {r: 2 if r == reason else 0 for r in ("queue_full", "timeout", "swapped")}
+    stats = shadow.tally.take()  # two rows, neither compared
+    assert (stats.samples, stats.agreements, stats.incomparable) == (0, 0, 0)
 
 
 def test_reapplying_the_same_state_keeps_batchers_and_counters(

@@ -25,11 +25,11 @@ from onnx import helper, numpy_helper
 from agent.api import ApiServer, ApiSettings
 from agent.headless import HeadlessServing
 from agent.runtime import Agent
-from agent.serving import ModelRepository, ServingError
+from agent.serving import ModelRepository, NotReady, ServingError
 from agent.settings import AgentSettings
 from fleet.bundle import DeviceBundle
 from fleet.codec import decode
-from fleet.messages import DesiredState, SignedEnvelope
+from fleet.messages import DesiredState, ReportedState, SignedEnvelope
 from fleet.topics import TopicKind
 from models.cli import write_model
 from models.errors import ModelError
@@ -105,14 +105,21 @@ def colour_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return made
 
 
-def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Event, errors: list[str]) -> None:
-    """Send `photos` in turn to `model`'s image endpoint, one at a time, until stopped (503s until active).
+def _photo_traffic(
+    url: str, model: str, photos: list[bytes], stop: threading.Event, errors: list[str], active: Callable[[], bool]
+) -> None:
+    """Send `photos` in turn to `model`'s image endpoint, one at a time, until stopped.
 
-    A request that fails below HTTP (connection reset, timeout) is recorded in `errors` and the traffic goes
-    on: a dead traffic thread would leave a rollout waiting for samples instead of saying what happened."""
+    Until the device has reported `model` active (`active()`, read before each request: the agent reports
+    only after the model serves) refusals are expected; after that only an overload refusal (503 "overloaded",
+    a request timeout on a loaded machine) is, and any other answer that is not 200 — 503 not ready above
+    all: the model became unreachable — is recorded in `errors`. So is a request that fails below HTTP
+    (connection reset, timeout). The traffic goes on either way: a dead traffic thread would leave a rollout
+    waiting for samples instead of saying what happened."""
     with httpx.Client(base_url=url, timeout=30) as c:
         i = 0
         while not stop.wait(0.005):
+            was_active = active()
             try:
                 r = c.post(f"/v1/models/{model}:predict", content=photos[i % len(photos)])
             except httpx.HTTPError as e:
@@ -120,16 +127,33 @@ def _photo_traffic(url: str, model: str, photos: list[bytes], stop: threading.Ev
                 continue
             if r.status_code == 200:
                 i += 1
+            elif was_active and not _overload(r):
+                errors.append(f"{model}: HTTP {r.status_code} after the device reported it active: {r.text[:200]}")
 
 
-def _traffic(serving: HeadlessServing, stop: threading.Event, errors: list[str]) -> None:
-    """Tensors to headless serving until stopped. Refusals while nothing is active, during a swap or under
-    load (a request timeout on a loaded machine) are expected; anything else is recorded in `errors` and the
-    traffic goes on (a dead traffic thread would leave a rollout waiting for samples)."""
+def _overload(r: httpx.Response) -> bool:
+    """True for the API's refusal under load (`agent.serving.classify`: 503 "overloaded: ..."), not not-ready."""
+    try:
+        reason = r.json().get("error", "") if r.status_code == 503 else ""
+    except ValueError:
+        return False
+    return isinstance(reason, str) and reason.startswith("overloaded")
+
+
+def _traffic(serving: HeadlessServing, stop: threading.Event, errors: list[str], active: Callable[[], bool]) -> None:
+    """Tensors to headless serving until stopped. Refusals during a swap or under load (a request timeout on
+    a loaded machine) are expected, and NotReady until the device has reported its model active (`active()`,
+    read before each request: the agent reports only after the model serves). NotReady after that means the
+    model became unreachable: it is recorded in `errors`, like any unexpected error, and the traffic goes on
+    (a dead traffic thread would leave a rollout waiting for samples)."""
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     while not stop.wait(0.01):
+        was_active = active()
         try:
             serving.infer({"image": x})
+        except NotReady as e:
+            if was_active:
+                errors.append(f"headless: NotReady after the device reported its model active: {e}")
         except (ModelError, ServingError, TimeoutError):
             pass
         except Exception as e:  # noqa: BLE001 - recorded for the test to see
@@ -150,8 +174,11 @@ class Fleet:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     desired_log: list[DesiredState] = field(default_factory=list)
-    traffic_errors: list[str] = field(default_factory=list)  # requests of `real(..., photos=...)` that failed
+    traffic_errors: list[str] = field(default_factory=list)  # requests of `real(...)` devices that failed
+    reported_active: dict[str, frozenset[str]] = field(default_factory=dict)  # device -> active models it reported
     _watch: TestClient | None = None
+    _reports: TestClient | None = None
+    _report_seq: dict[str, int] = field(default_factory=dict)
 
     def push(self, models: dict[str, tuple[Path, Path]], *versions: str) -> None:
         for v in versions:
@@ -174,17 +201,20 @@ class Fleet:
                 "activation": {"warmup_runs": 1, "report_interval_s": 0.05},
             }
         )
+        self._watch_reported()
         serving: ModelRepository
         if photos is None:
             serving = headless = HeadlessServing(seed=1)
             traffic: tuple[Callable[..., None], tuple[Any, ...]]
-            traffic = (_traffic, (headless, self._stop, self.traffic_errors))
+            active = lambda: bool(self.reported_active.get(device_id))  # noqa: E731
+            traffic = (_traffic, (headless, self._stop, self.traffic_errors, active))
         else:
             serving = ModelRepository(seed=1)
             server = ApiServer(ApiSettings(port=0), serving)
             server.start()
             self.servers.append(server)
-            traffic = (_photo_traffic, (server.url, *photos, self._stop, self.traffic_errors))
+            active = lambda: photos[0] in self.reported_active.get(device_id, ())  # noqa: E731
+            traffic = (_photo_traffic, (server.url, *photos, self._stop, self.traffic_errors, active))
         agent = Agent(bundle, settings, serving)
         agent.start()
         self.agents.append(agent)
@@ -199,6 +229,19 @@ class Fleet:
         self.sim = Simulator(identities, config, Profiles.parse(PROFILES), self.tmp / "cache", threads=2, tick_s=0.05)
         self.sim.start()
         return [i.device_id for i in identities]
+
+    def _watch_reported(self) -> None:
+        """Keep `reported_active` current: the models each device's latest reported state has active."""
+        if self._reports is not None:
+            return
+        self._reports = TestClient(self.broker.host, self.broker.port)
+        self._reports.client.on_message = lambda _c, _u, msg: self._on_reported(decode(msg.payload, ReportedState))
+        self._reports.subscribe(self.hub.hub.topics.subscription(TopicKind.REPORTED))
+
+    def _on_reported(self, r: ReportedState) -> None:
+        if r.seq > self._report_seq.get(r.device_id, -1):
+            self._report_seq[r.device_id] = r.seq
+            self.reported_active[r.device_id] = frozenset(m.name for m in r.models if m.active is not None)
 
     def watch_desired(self) -> None:
         """Record every desired state published from now on (to check nothing is sent twice)."""
@@ -240,26 +283,27 @@ class Fleet:
         try:
             return wait_for(check, timeout=timeout, interval=0.1)
         except TimeoutError as e:  # say where the rollout stood and whether the traffic failed
-            raise AssertionError(
-                f"{e}: last status {last[0]}; traffic errors {self.traffic_errors[:5]}; {self.diagnosis()}"
-            ) from e
+            raise AssertionError(f"{e}: last status {last[0]}; {self.diagnosis()}") from e
 
     def diagnosis(self) -> str:
         """What a rollout that did not move needs explained: whether the hub's tick failed or refused messages,
-        and, for each real device, what it serves, what its shadow compared, and the telemetry the hub stored."""
+        whether the traffic failed (a model reported active but unreachable shows here), and, for each real
+        device, what it serves, what its shadow compared and dropped, and the telemetry the hub stored."""
         hub = self.hub.hub
         ticking = hub.rollouts._thread is not None and hub.rollouts._thread.is_alive()
         parts = [f"leading {hub.rollouts.leading}, ticking {ticking}, tick errors {hub.rollouts.tick_errors}",
                  f"ingest refused {dict(hub.ingest.rejected)}", f"store {hub.store.ingest_stats()}"]  # fmt: skip
         alive = sum(t.is_alive() for t in self._threads)
         parts.append(f"traffic threads alive {alive} of {len(self._threads)}")
+        parts.append(f"traffic errors {len(self.traffic_errors)} {self.traffic_errors[:5]}")
         now = time.time()
         for device, serving in self.servings.items():
             for name, slot in serving.slots.items():
                 tally = slot.shadow_tally()
                 shadow = (
                     f"shadow {tally.candidate_version}: {tally.total_samples} samples, {tally.total_agreements} "
-                    f"agreed, {tally.total_incomparable} incomparable" if tally is not None else "no shadow"
+                    f"agreed, {tally.total_incomparable} incomparable, dropped {tally.total_dropped}"
+                    if tally is not None else "no shadow"
                 )  # fmt: skip
                 parts.append(f"{device}/{name}: active {slot.active_model}, {shadow}")
             windows = hub.store.telemetry_windows(device, since=now - 120, until=None, limit=100_000)
@@ -274,8 +318,9 @@ class Fleet:
         self._stop.set()
         for t in self._threads:
             t.join(5)
-        if self._watch is not None:
-            self._watch.close()
+        for watcher in (self._watch, self._reports):
+            if watcher is not None:
+                watcher.close()
         if self.sim is not None:
             self.sim.stop()
         for agent in self.agents:
