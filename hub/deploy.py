@@ -32,7 +32,6 @@ from hub.store import Desired, DesiredSlot, Fence, Store
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], object]
-Told = Callable[[str, list[str]], None]  # (blob sha256, devices just told to fetch it)
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,8 @@ class Deployer:
         *,
         registry: Registry,
         devices: Devices,
-        on_told: Told | None = None,
     ) -> None:
-        """`on_told` hears, before each publish, which devices are about to be told about a blob their state did
-        not name before (the chunk server starts a pass once all of them wanted it)."""
         self.store = store
-        self._on_told = on_told
         self.key = key
         self.topics = topics
         self._publish = publish
@@ -165,17 +160,9 @@ class Deployer:
                     raise Conflict(f"device {device_id} would serve {len(models)} models; at most {MAX_MODELS}")
                 plans[device_id] = models
             _check_sizes(plans)
+            # recorded before the first publish: a device may want the blob within a millisecond of its state,
+            # and the chunk server (the leader's, whichever replica this is) learns from the store whom it awaits
             states = self._sign(plans, fence)
-            if slot is not None and self._on_told is not None:
-                # before the first publish: a device may want the blob within a millisecond of its state, and a
-                # chunk server that has not heard of the others starts its pass for that one
-                for ref in slot.refs():
-                    sha = ref.blob.sha256
-                    told = [
-                        d for d in device_ids if all(r.blob.sha256 != sha for m in current.get(d, []) for r in m.refs())
-                    ]
-                    if told:
-                        self._on_told(sha, told)
             self._send_all(states)
         return states
 

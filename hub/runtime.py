@@ -171,7 +171,6 @@ class Hub:
             self.store, self.key, self.topics,
             lambda topic, payload, qos, retain: link.publish(topic, payload, qos=qos, retain=retain),
             s.devices, registry=self.registry, devices=self.devices,
-            on_told=self.chunks.expect,
         )  # fmt: skip
         self.ingest = Ingestor(
             self.store, self.topics, is_enrolled=self.is_enrolled, chunk_server=self.chunks,

@@ -8,14 +8,19 @@ published once more after the cursor wraps, for everyone who missed them at once
 twice in one pass, and a chunk nobody lacks is never published again.
 
 The first pass of a blob starts `round_interval_s` after its first want, unless another device wants it
-meanwhile or the deployer says more are coming (below): then the wants are gathered until no new device
+meanwhile or devices told about it are still to come (below): then the wants are gathered until no new device
 wanted for `join_gap_s`, at most `join_window_s` after the first. A rollout tells many devices at once,
 their wants arrive over seconds (2000 simulated agents on 2 cores: over 10 s, in bursts up to 1.5 s apart),
 and a chunk published before a device joined goes out again for it, to every device then subscribed
 (measured: a third of the blob published twice).
-The deployer says which devices it just told about a blob (`expect`): once every one of them wanted it, the
+The store says whom deploys told about the blob: when a blob's first want comes, the server asks it which
+devices' desired states name the blob and were issued within the last `join_window_s` (`Store.devices_told`),
+leaving out those that wanted it lately, and expects them (`expect`): once every one of them wanted it, the
 pass starts at once instead of waiting out the gap (a device told but not wanting, offline or holding the
-blob already, leaves the gap rule as it was).
+blob already, leaves the gap rule as it was). The store, not the deployer in this process, because with hub
+replicas a deploy may be served by any of them while only the leader's chunk server serves; and a deployer
+records its states before it publishes the first, so the first want, even one sent a millisecond after it,
+finds all of them (the lookup is one indexed query per blob and wave, on the MQTT thread).
 
 Publishing is paced by the downloaders' reported progress: a blob's next chunk goes out only while the
 median downloader has fewer than `window` chunks published for it but not yet received. Otherwise the whole
@@ -101,10 +106,11 @@ class _Downloader:
 
 @dataclass
 class _Expected:
-    """Devices the deployer told about a blob that have not wanted it yet."""
+    """Devices told about a blob that have not wanted it yet, and those that wanted it while this counts."""
 
     devices: set[str]
     until: float  # monotonic time after which the expectation is forgotten (the gathering is over by then)
+    wanted: set[str] = field(default_factory=set)  # a later lookup still finds their states: they are not awaited
 
 
 @dataclass
@@ -188,41 +194,58 @@ class ChunkServer:
 
     # -- input (MQTT thread, API thread) ------------------------------------------------------------------
     def expect(self, sha256: str, device_ids: list[str]) -> None:
-        """The deployer just told `device_ids` to fetch blob `sha256`: its first pass may start as soon as all
-        of them wanted it (for `join_window_s` from now; a device that does not want it leaves the gap rule)."""
-        now = self.clock()
+        """`device_ids` were just told to fetch blob `sha256`: its first pass may start as soon as all of them
+        wanted it (for `join_window_s` from now; a device that does not want it leaves the gap rule). `want` does
+        this with the store's answer when a blob's first want comes."""
         with self._lock:
-            e = self._expected.get(sha256)
-            if e is None or now > e.until:
-                e = self._expected[sha256] = _Expected(set(), now)
-            e.devices.update(device_ids)
-            e.until = now + self.settings.join_window_s
-            stream = self._streams.get(sha256)
-            if stream is not None and now < stream.start_at:  # wants can overtake the deployer's word
-                e.devices.difference_update(stream.downloaders)
-                if not e.devices:
-                    stream.start_at = now
-                    del self._expected[sha256]
-                else:  # a wave is coming after all: gather it, as if a second device had wanted
-                    stream.gather(now, self.settings)
+            self._expect(sha256, device_ids, self.clock())
         self._wake.set()
 
+    def _expect(self, sha256: str, device_ids: list[str], now: float) -> None:
+        """`expect`, under the lock (devices that wanted the blob lately are not awaited again)."""
+        e = self._expected.get(sha256)
+        if e is None or now > e.until:
+            e = self._expected[sha256] = _Expected(set(), now)
+        e.devices.update(d for d in device_ids if d not in e.wanted)
+        e.until = now + self.settings.join_window_s
+        stream = self._streams.get(sha256)
+        if stream is not None and now < stream.start_at and device_ids:  # wants can overtake the word
+            e.devices.difference_update(stream.downloaders)
+            if not e.devices:
+                stream.start_at = now
+            else:  # a wave is coming after all: gather it, as if a second device had wanted
+                stream.gather(now, self.settings)
+
+    def _told(self, sha256: str) -> list[str]:
+        """Devices whose desired state names blob `sha256` and was issued within `join_window_s` (none when the
+        store cannot answer: the gap rule serves them as before)."""
+        try:
+            return self.store.devices_told(sha256, since=time.time() - self.settings.join_window_s)
+        except Exception:  # the database is unreachable or failing: serve the want all the same
+            log.warning("transfer: cannot read whom deploys told about %s", sha256[:12], exc_info=True)
+            return []
+
     def awaiting(self, sha256: str) -> frozenset[str]:
-        """Devices the deployer told about blob `sha256` that have not wanted it yet (while that counts)."""
+        """Devices told about blob `sha256` that have not wanted it yet (while that counts)."""
         with self._lock:
             e = self._expected.get(sha256)
             return frozenset(e.devices) if e is not None and self.clock() <= e.until else frozenset()
 
     def _all_expected_wanted(self, sha256: str, device_id: str, now: float) -> bool:
-        """Note that `device_id` wanted `sha256`; True when that was the last device the deployer told."""
+        """Note that `device_id` wanted `sha256`; True when that was the last device told about it."""
         e = self._expected.get(sha256)
-        if e is None:
+        if e is None or now > e.until:
+            return False
+        e.wanted.add(device_id)
+        if device_id not in e.devices:
             return False
         e.devices.discard(device_id)
-        if now > e.until or e.devices:
-            return False
-        del self._expected[sha256]
-        return True
+        return not e.devices
+
+    def _awaits(self, sha256: str, now: float) -> bool:
+        """Devices told about `sha256` are still to want it."""
+        e = self._expected.get(sha256)
+        return e is not None and now <= e.until and bool(e.devices)
 
     def want(self, msg: Want) -> bool:
         """Queue the chunks `msg` asks for. False (and counted) for a blob the hub does not have."""
@@ -231,20 +254,24 @@ class ChunkServer:
             self.stats.unknown_blob_wants += 1
             return False
         indexes = msg.indexes(m.count)
+        told = self._told(msg.sha256) if msg.sha256 not in self._streams else None  # outside the lock
         now = self.clock()
         with self._lock:
             self.stats.wants += 1
             stream = self._streams.get(msg.sha256)
             if stream is None:
+                if told is not None:
+                    self._expect(msg.sha256, told, now)
                 stream = _Stream(m, self.settings.window_chunks, now + self.settings.round_interval_s, now)
                 self._streams[msg.sha256] = stream
                 self._order.append(msg.sha256)
             d = stream.downloaders.get(msg.device_id)
             if d is None or now - d.seen > self.settings.downloader_idle_s:
+                last = d is None and self._all_expected_wanted(msg.sha256, msg.device_id, now)
                 if d is None and now < stream.start_at:
-                    if self._all_expected_wanted(msg.sha256, msg.device_id, now):
-                        stream.start_at = now  # every device the deployer told wants it: nobody to wait for
-                    elif stream.downloaders or msg.sha256 in self._expected:
+                    if last:
+                        stream.start_at = now  # every device told wants it: nobody to wait for
+                    elif stream.downloaders or self._awaits(msg.sha256, now):
                         # a second device, or told devices still to come: a wave, whose wants come over seconds
                         # (a lone device resuming on its own keeps round_interval_s)
                         stream.gather(now, self.settings)

@@ -28,6 +28,15 @@ def wanting_sql(d: Dialect) -> str:
     )
 
 
+# devices whose desired state, issued at or after a time, names a blob: as a slot's model, or as a slot's shadow
+# candidate (whose blob is that of its model version)
+_TOLD = (
+    "SELECT m.device_id FROM desired_models m JOIN desired d ON d.device_id = m.device_id "
+    "WHERE m.sha256 = ? AND d.issued_at >= ? "
+    "UNION SELECT m.device_id FROM model_versions v JOIN desired_models m "
+    "ON m.shadow_name = v.name AND m.shadow_version = v.version JOIN desired d ON d.device_id = m.device_id "
+    "WHERE v.sha256 = ? AND d.issued_at >= ?"
+)
 _DEVICE = (
     "SELECT d.id, d.labels, d.password_hash, d.enrolled_at, d.enrolled_by, d.status, d.status_at, d.session, "
     "d.capabilities, d.last_seen, a.doc, a.received_at, d.telemetry_at, d.last_requests, d.last_errors, "
@@ -232,3 +241,8 @@ class DeviceTables:
         conn = self._read()
         rows = conn.execute(wanting_sql(conn.dialect), (name, version, name, version))
         return sorted(r[0] for r in rows)
+
+    def devices_told(self, sha256: str, *, since: float) -> list[str]:
+        """Devices whose desired state names blob `sha256` (a slot's model or shadow candidate) and was issued
+        at or after `since` (Unix seconds, the issuing hub's clock): whom deploys on any replica told lately."""
+        return sorted(r[0] for r in self._read().execute(_TOLD, (sha256, since, sha256, since)))

@@ -23,6 +23,7 @@ from hub.deploy import Deployer
 from hub.errors import HubError, NotFound, NotInitialised
 from hub.runtime import Hub, init_hub
 from hub.settings import HubSettings
+from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
 from tests.support.mqtt import TestClient, wait_for
@@ -245,7 +246,6 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         t.join()
     stored = h.hub.store.get_desired("cam-1")
     assert stored is not None and stored.version == 30
-    assert h.hub.chunks.awaiting(ref.blob.sha256) == {"cam-1"}, "the chunk server hears whom a deploy told"
     key = HubPublicKey(h.hub.key.public._key)
     versions = []
     dev = TestClient(broker.host, broker.port)
@@ -268,27 +268,29 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
         late.close()
 
 
-def test_the_chunk_server_hears_whom_a_deploy_tells_before_the_first_state_goes_out(
+def test_a_want_sent_as_the_first_state_goes_out_finds_every_device_the_deploy_told(
     running_hub: RunningHub, samples: Path
 ) -> None:
-    """A device may want the blob within a millisecond of its desired state; had the chunk server not heard of
-    the others yet, it would start its pass for that one and publish the head again for every later device."""
+    """A device may want the blob within a millisecond of its desired state; had the chunk server not learned of
+    the others yet, it would start its pass for that one and publish the head again for every later device. The
+    deployer here is not the chunk server's (as on another replica): what they share is the store."""
     h = running_hub
     _push_and_enrol(h, samples, "cam-1", "cam-2", "cam-3")
     ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
     awaiting_at_publish: list[frozenset[str]] = []
 
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if not awaiting_at_publish:  # cam-1 wants at once: the chunk server looks the blob up now
+            assert h.hub.chunks.want(Want(device_id="cam-1", sha256=ref.blob.sha256, missing=[(0, 1)]))
         awaiting_at_publish.append(h.hub.chunks.awaiting(ref.blob.sha256))
         h.hub.link.publish(topic, payload, qos=qos, retain=retain)
 
     hub = h.hub
     deployer = Deployer(
-        hub.store, hub.key, hub.topics, publish, h.settings.devices,
-        registry=hub.registry, devices=hub.devices, on_told=hub.chunks.expect,
-    )  # fmt: skip
+        hub.store, hub.key, hub.topics, publish, h.settings.devices, registry=hub.registry, devices=hub.devices
+    )
     deployer.set_slot(["cam-1", "cam-2", "cam-3"], ref.name, DesiredModel(model=ref))
-    assert awaiting_at_publish == [frozenset({"cam-1", "cam-2", "cam-3"})] * 3
+    assert awaiting_at_publish == [frozenset({"cam-2", "cam-3"})] * 3
 
 
 def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, broker: Broker) -> None:
@@ -312,11 +314,12 @@ def test_stop_is_safe_unstarted_after_a_failed_start_and_twice(tmp_path: Path, b
 
 
 def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
-    broker: Broker, topic_prefix: str, tmp_path: Path
+    broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path
 ) -> None:
     """Only the leader's chunk server answers wants, so only the leader subscribes to them: a follower hears none,
     not even through the subscription its broker session kept from when it led; the replica that takes over
-    subscribes and serves the wants that follow (agents want again after a while without a chunk)."""
+    subscribes and serves the wants that follow (agents want again after a while without a chunk). A deploy that
+    a follower serves tells the leader's chunk server whom to await through the store."""
 
     def replica(name: str) -> Hub:
         return Hub(hub_settings(tmp_path / "hub", broker.url, topic_prefix,
@@ -328,6 +331,10 @@ def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
     with b:  # b leads first: its broker session (persistent) subscribes to wants
         wait_for(lambda: b.leadership.is_leader)
         b.devices.add("cam-1", {}, actor="test")
+        b.devices.add("cam-2", {}, actor="test")
+        data = (samples / "mobilenet-like.onnx").read_bytes()
+        upload = b.registry.receive(iter([data]), max_bytes=len(data) + 1)
+        b.registry.push(upload, ModelDescriptor.load(samples / "mobilenet-like.yaml"), actor="test")
     a, b = replica("a"), replica("b")
     a.start()
     dev = TestClient(broker.host, broker.port)
@@ -350,6 +357,11 @@ def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
         wait_for(unheard_by_b)
         assert unheard_by_b()  # and it stays so
         wait_for(lambda: a.chunks.stats.unknown_blob_wants >= 2)  # the leader heard them all
+        ref = b.registry.model_ref("mobilenet-like", "1.0.0")
+        b.deployer.set_slot(["cam-1", "cam-2"], ref.name, DesiredModel(model=ref))  # served by the follower
+        dev.publish(a.topics.want(ref.blob.sha256), encode(Want(device_id="cam-1", sha256=ref.blob.sha256,
+                                                                missing=[(0, 1)])))  # fmt: skip
+        wait_for(lambda: a.chunks.awaiting(ref.blob.sha256) == {"cam-2"})
         # a follower hears reports (at QoS 0: it leaves most to the leader) and writes those without a transfer
         dev.publish(a.topics.reported("cam-1"), encode(one_model_report("cam-1", seq=1, ts=time.time(), phase="idle")))
         wait_for(lambda: b.ingest.accepted["reported"] == 1 and a.ingest.accepted["reported"] == 1)

@@ -142,6 +142,24 @@ def test_desired_versions_are_monotonic_and_delete_is_refused_while_wanted(datab
         s.close()
 
 
+def test_devices_told_about_a_blob_as_a_model_or_a_shadow_candidate_lately(store: SqlStore) -> None:
+    a, e = "a" * 64, "e" * 64
+    store.add_devices([_dev(d) for d in ("model", "shadow", "earlier", "other")])
+    store.add_model_version(_mv("1.0.0", sha=a))
+    v = store.allocate_desired_versions(["model", "shadow", "earlier", "other"])
+    store.put_desired([
+        Desired("model", v["model"], (DesiredSlot("m", "1.0.0", a),), "{}", 100.0, 200.0),
+        Desired("shadow", v["shadow"], (DesiredSlot("n", "2.0.0", e, shadow_name="m", shadow_version="1.0.0"),),
+                "{}", 100.0, 200.0),
+        Desired("earlier", v["earlier"], (DesiredSlot("m", "1.0.0", a),), "{}", 50.0, 200.0),
+        Desired("other", v["other"], (DesiredSlot("n", "2.0.0", e),), "{}", 100.0, 200.0),
+    ])  # fmt: skip
+    assert store.devices_told(a, since=90.0) == ["model", "shadow"]
+    assert store.devices_told(a, since=50.0) == ["earlier", "model", "shadow"]
+    assert store.devices_told(e, since=0.0) == ["other", "shadow"]
+    assert store.devices_told("f" * 64, since=0.0) == []
+
+
 def test_retention_sweep(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     for seq in range(10):

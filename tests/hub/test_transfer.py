@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.plan import plan_bytes
 from fleet.topics import Topics
 from hub.settings import TransferSettings
-from hub.store import SqlStore, open_store
+from hub.store import Desired, DesiredSlot, Device, SqlStore, open_store
 from hub.store.base import ModelVersion
 from hub.transfer import PACE_POLL_MAX_S, ChunkServer
 
@@ -171,6 +172,54 @@ def test_wants_that_overtake_the_deployers_word_start_the_pass(store: SqlStore, 
     assert w.run() == []
     w.server.expect(w.manifest.sha256, ["a", "b"])
     assert w.run(steps=1) == [0]
+
+
+def _told(store: SqlStore, sha256: str, *devices: str, ago_s: float = 0.0) -> None:
+    """Record desired states naming blob `sha256` for `devices`, as a deployer on another replica does: the chunk
+    server under test hears nothing of it but what the store holds."""
+    at = time.time() - ago_s
+    store.add_devices([Device(id=d, labels={}, password_hash="x", enrolled_at=at, enrolled_by="t") for d in devices])
+    versions = store.allocate_desired_versions(list(devices))
+    slot = DesiredSlot("m", "1.0.0", sha256)
+    store.put_desired([Desired(d, versions[d], (slot,), "{}", at, at + 3600) for d in devices])
+
+
+def test_a_wave_another_replica_told_starts_once_every_device_of_it_wanted(store: SqlStore, tmp_path: Path) -> None:
+    """A deploy served by a follower tells nobody in the leader's process: the first want finds the wave in the
+    store."""
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    _told(store, w.manifest.sha256, "a", "b", "c")
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(0, COUNT)])
+    w.clock.now += 0.5
+    assert w.run() == [] and w.server.awaiting(w.manifest.sha256) == {"c"}
+    w.want("c", [(0, COUNT)])
+    assert w.run(steps=1) == [0], "all told devices wanted: no gap to wait out"
+
+
+def test_states_issued_before_the_join_window_are_not_awaited(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    _told(store, w.manifest.sha256, "long-ago", ago_s=60.0)  # holds the blob, or will want it on its own
+    _told(store, w.manifest.sha256, "a")
+    w.want("a", [(0, COUNT)])
+    assert w.server.awaiting(w.manifest.sha256) == frozenset()
+    assert w.run(steps=1) == [0], "the one device told lately wanted: the pass starts"
+
+
+def test_told_devices_that_wanted_lately_are_not_awaited_again(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    _told(store, w.manifest.sha256, "a", "b")
+    w.want("a", [(0, COUNT)])
+    w.want("b", [(0, COUNT)])
+    assert len(w.run()) == COUNT
+    w.report("a", COUNT)
+    w.report("b", COUNT)
+    w.clock.now += 1.0
+    assert w.run() == []  # the finished blob is forgotten
+    w.want("a", [(0, 4)])  # a resumes on its own (lost part of its store): its state still names the blob
+    assert w.server.awaiting(w.manifest.sha256) == frozenset()
+    w.clock.now += 0.05
+    assert w.run() == [0, 1, 2, 3], "a lone device again: round_interval_s, not join_gap_s"
 
 
 def test_a_paced_blob_is_polled_less_often_while_it_stays_paced(store: SqlStore, tmp_path: Path) -> None:
