@@ -22,6 +22,11 @@ hubs sharing one PostgreSQL database (a fresh one per run), telemetry split by a
 over MQTT 5 or, with `--replica-mqtt 3.1.1`, over 3.1.1 as docs/scale.md recommends), the leader (the first replica
 up) serving chunks, blobs in one directory all replicas see; the single-hub SQLite run of the same N comes first,
 and the table's last column compares the two rollouts.
+
+`--pin` gives the fleet's process (the simulator, and the raw receivers in the raw phase) the first CPU alone
+and every other process (hubs, broker, PostgreSQL, this script) the others, as if devices and hubs were separate
+hosts. Without it every process shares every CPU, so whatever a hub spends comes out of the simulator's time,
+which sets a rollout's pace.
 """
 
 from __future__ import annotations
