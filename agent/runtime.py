@@ -139,7 +139,8 @@ class Agent:
         if self._control is not None:
             self._control.join(timeout=30)
         self.reconciler.close()
-        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=time.time(), session=self.session)
+        stopped = max(time.time(), self._connect_ts)  # never before this connection's birth, whatever the clock
+        offline = DeviceStatus(device_id=self.device_id, state="offline", ts=stopped, session=self.session)
         self.link.stop(final=(self.topics.status(self.device_id), encode(offline)))
         self.spool.close()
         if self.cluster is not None:
@@ -176,7 +177,9 @@ class Agent:
 
     def _will(self) -> tuple[str, bytes]:
         """The last will registered before each connect: `offline`, stamped with this connect's time."""
-        self._connect_ts = time.time()
+        # later than the previous connect's, even if the clock stepped back: this connect's birth must follow
+        # the previous connection's will, which carries the previous connect's time
+        self._connect_ts = max(time.time(), self._connect_ts + 0.001)
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=self._connect_ts, session=self.session)
         return self.topics.status(self.device_id), encode(offline)
 

@@ -43,6 +43,23 @@ def test_birth_is_retained_with_capabilities_and_clean_stop_says_offline(
         late.close()
 
 
+def test_a_connections_will_follows_its_birth_and_the_next_birth_follows_the_will(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory
+) -> None:
+    """The hub keeps a device's newest status by (`ts`, `offline` after `online`): each status the agent's
+    connections publish, in the order they happen, is newer than the one before by that order."""
+    agent, _ = make_agent(hub, device_id, broker.url)
+    assert agent.wait_ready(10)
+    first = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None), what="birth")
+    agent.link.drop(0.3)  # abrupt: the broker publishes the will; the agent connects again after 0.3 s
+    will = hub.wait(lambda: next((s for s in hub.statuses if s.state == "offline"), None), what="last will")
+    second = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online" and s.ts > first.ts), None))
+    agent.stop()
+    stop = hub.wait(lambda: next((s for s in hub.statuses if s.state == "offline" and s.ts > will.ts), None))
+    assert first.session == will.session == second.session == stop.session
+    assert will.ts == first.ts < second.ts <= stop.ts  # at equal ts, offline follows online
+
+
 def test_reconnects_and_resubscribes_after_broker_restart(
     private_broker: Broker, topic_prefix: str, device_id: str, make_agent: AgentFactory
 ) -> None:
