@@ -57,6 +57,7 @@ from tests.support.postgres import PostgresServer, find_postgres_bin
 from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parent.parent
+_STALLED_S = 10.0  # no new window for this long after the publishers finished: the rest was dropped
 
 
 def _payloads(prefix: str, publisher: int, devices: int, count: int, run: str) -> list[tuple[str, bytes]]:
@@ -110,9 +111,29 @@ def _run_publishers(port: int, batches: list[list[tuple[str, bytes]]], qos: int)
     return procs, t0
 
 
+def _wait_for_all(
+    count: Callable[[], int], total: int, publishers: list[BaseProcess], who: str, pause: Callable[[int], float]
+) -> int:
+    """Wait until `count()` reaches `total` (sleeping `pause(count)` between looks) and return it. Raise, saying how
+    many arrived, once the publishers have exited and the count has not moved for `_STALLED_S`: QoS 0 messages the
+    broker dropped (a subscriber more than `max_queued_messages` behind) never come, so waiting longer is pointless.
+    """
+    seen, moved = -1, time.monotonic()
+    while (n := count()) < total:
+        now = time.monotonic()
+        if n != seen:
+            seen, moved = n, now
+        elif now - moved > _STALLED_S and not any(p.is_alive() for p in publishers):
+            raise RuntimeError(
+                f"{who} got {n} of {total} windows and no more for {_STALLED_S:.0f} s after the publishers finished: "
+                "the broker dropped QoS 0 messages it could not queue (fewer --windows, or --qos 1)"
+            )
+        time.sleep(pause(n))
+    return n
+
+
 def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]], qos: int) -> float:
     total = sum(len(b) for b in batches)
-    done = threading.Event()
     count = 0
     last = 0.0
 
@@ -121,7 +142,6 @@ def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]], qos
         count += 1
         if count == total:
             last = time.perf_counter()
-            done.set()
 
     subscribed = threading.Event()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:8]}")
@@ -132,8 +152,7 @@ def raw_rate(port: int, prefix: str, batches: list[list[tuple[str, bytes]]], qos
     c.subscribe(Topics(prefix).subscription(TopicKind.TELEMETRY), 1)
     subscribed.wait(10)
     procs, t0 = _run_publishers(port, batches, qos)
-    if not done.wait(300):
-        raise RuntimeError(f"raw subscriber got {count} of {total}")
+    _wait_for_all(lambda: count, total, procs, "the raw subscriber", lambda _n: 0.01)
     for p in procs:
         p.join()
     c.disconnect()
@@ -166,11 +185,7 @@ def hub_rate(
             stats = hub.store.ingest_stats
             before = stats().telemetry_persisted
             procs, t0 = _run_publishers(int(broker_url.rsplit(":", 1)[1]), batches, qos)
-            deadline = time.monotonic() + 300
-            while stats().telemetry_persisted - before < total:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"hub persisted {stats().telemetry_persisted - before} of {total}")
-                time.sleep(0.002)
+            _wait_for_all(lambda: stats().telemetry_persisted - before, total, procs, "the hub", lambda _n: 0.002)
             last = time.perf_counter()
             for p in procs:
                 p.join()
@@ -240,12 +255,8 @@ def replicas_rate(
                     return int(row[0]) if row else 0
 
                 pubs, t0 = _run_publishers(int(broker_url.rsplit(":", 1)[1]), batches, qos)
-                deadline = time.monotonic() + 300
-                while (stored := count()) < total:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"the replicas persisted {stored} of {total}")
-                    # count(*) is not free (~5 ms per 100k rows): poll slowly, then often near the end
-                    time.sleep(0.25 if stored < 0.95 * total else 0.02)
+                # count(*) is not free (~5 ms per 100k rows): poll slowly, then often near the end
+                stored = _wait_for_all(count, total, pubs, "the replicas", lambda n: 0.25 if n < 0.95 * total else 0.02)
                 last = time.perf_counter()
                 for p in pubs:
                     p.join()
