@@ -15,7 +15,7 @@ and a chunk published before a device joined goes out again for it, to every dev
 (measured: a third of the blob published twice).
 The store says whom deploys told about the blob: when a blob's first want comes, the server asks it which
 devices' desired states name the blob and were issued within the last `join_window_s` (`Store.devices_told`),
-leaving out those that wanted it lately, and expects them (`expect`): once every one of them wanted it, the
+leaving out those that wanted it lately, and expects them: once every one of them wanted it, the
 pass starts at once instead of waiting out the gap (a device told but not wanting, offline or holding the
 blob already, leaves the gap rule as it was). The store, not the deployer in this process, because with hub
 replicas a deploy may be served by any of them while only the leader's chunk server serves; and a deployer
@@ -193,28 +193,15 @@ class ChunkServer:
         return m
 
     # -- input (MQTT thread, API thread) ------------------------------------------------------------------
-    def expect(self, sha256: str, device_ids: list[str]) -> None:
-        """`device_ids` were just told to fetch blob `sha256`: its first pass may start as soon as all of them
-        wanted it (for `join_window_s` from now; a device that does not want it leaves the gap rule). `want` does
-        this with the store's answer when a blob's first want comes."""
-        with self._lock:
-            self._expect(sha256, device_ids, self.clock())
-        self._wake.set()
-
     def _expect(self, sha256: str, device_ids: list[str], now: float) -> None:
-        """`expect`, under the lock (devices that wanted the blob lately are not awaited again)."""
+        """`device_ids` were told to fetch blob `sha256` (`_told`, at its first want): its first pass may start as
+        soon as all of them wanted it (for `join_window_s` from now; a device that does not want it leaves the gap
+        rule). Devices that wanted the blob lately are not awaited again. Call under the lock."""
         e = self._expected.get(sha256)
         if e is None or now > e.until:
             e = self._expected[sha256] = _Expected(set(), now)
         e.devices.update(d for d in device_ids if d not in e.wanted)
         e.until = now + self.settings.join_window_s
-        stream = self._streams.get(sha256)
-        if stream is not None and now < stream.start_at and device_ids:  # wants can overtake the word
-            e.devices.difference_update(stream.downloaders)
-            if not e.devices:
-                stream.start_at = now
-            else:  # a wave is coming after all: gather it, as if a second device had wanted
-                stream.gather(now, self.settings)
 
     def _told(self, sha256: str) -> list[str]:
         """Devices whose desired state names blob `sha256` and was issued within `join_window_s` (none when the

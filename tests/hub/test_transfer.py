@@ -118,19 +118,6 @@ def test_a_lone_device_no_deploy_announced_waits_only_the_round_interval(store: 
     assert w.run(steps=1) == [0], "round_interval_s after its want, not join_gap_s"
 
 
-def test_a_want_that_overtook_the_deployers_word_waits_for_the_rest_of_the_wave(
-    store: SqlStore, tmp_path: Path
-) -> None:
-    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
-    w.want("a", [(0, COUNT)])  # before the deployer said "a, b, c": it looked like a lone device
-    w.server.expect(w.manifest.sha256, ["a", "b", "c"])
-    w.clock.now += 0.5
-    assert w.run() == [], "b and c are coming: gathered for join_gap_s, not round_interval_s"
-    w.want("b", [(0, COUNT)])
-    w.want("c", [(0, COUNT)])
-    assert w.run(steps=1) == [0]
-
-
 def test_joiners_that_never_stop_wait_only_the_join_window(store: SqlStore, tmp_path: Path) -> None:
     w = World(store, tmp_path, join_gap_s=0.1, join_window_s=0.2)
     opened = w.clock.now
@@ -141,37 +128,6 @@ def test_joiners_that_never_stop_wait_only_the_join_window(store: SqlStore, tmp_
     w.clock.now = opened + 0.2
     w.want("d-late", [(0, COUNT)])
     assert w.run(steps=1) == [0], "join_window_s after the first want the pass starts, joiners or not"
-
-
-def test_a_wave_the_deployer_announced_starts_once_every_device_of_it_wanted(store: SqlStore, tmp_path: Path) -> None:
-    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
-    w.server.expect(w.manifest.sha256, ["a", "b", "c"])
-    w.want("a", [(0, COUNT)])
-    w.want("b", [(0, COUNT)])
-    w.clock.now += 0.5
-    assert w.run() == [] and w.server.awaiting(w.manifest.sha256) == {"c"}
-    w.want("c", [(0, COUNT)])
-    assert w.run(steps=1) == [0], "all told devices wanted: no gap to wait out"
-    assert w.server.awaiting(w.manifest.sha256) == frozenset()
-
-
-def test_a_told_device_that_never_wants_leaves_the_gap_rule(store: SqlStore, tmp_path: Path) -> None:
-    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
-    w.server.expect(w.manifest.sha256, ["a", "offline"])
-    w.want("a", [(0, COUNT)])
-    w.clock.now += 0.9
-    assert w.run() == []
-    w.clock.now += 0.1
-    assert w.run(steps=1) == [0]
-
-
-def test_wants_that_overtake_the_deployers_word_start_the_pass(store: SqlStore, tmp_path: Path) -> None:
-    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
-    w.want("a", [(0, COUNT)])
-    w.want("b", [(0, COUNT)])
-    assert w.run() == []
-    w.server.expect(w.manifest.sha256, ["a", "b"])
-    assert w.run(steps=1) == [0]
 
 
 def _told(store: SqlStore, sha256: str, *devices: str, ago_s: float = 0.0) -> None:
@@ -195,6 +151,17 @@ def test_a_wave_another_replica_told_starts_once_every_device_of_it_wanted(store
     assert w.run() == [] and w.server.awaiting(w.manifest.sha256) == {"c"}
     w.want("c", [(0, COUNT)])
     assert w.run(steps=1) == [0], "all told devices wanted: no gap to wait out"
+    assert w.server.awaiting(w.manifest.sha256) == frozenset()
+
+
+def test_a_told_device_that_never_wants_leaves_the_gap_rule(store: SqlStore, tmp_path: Path) -> None:
+    w = World(store, tmp_path, join_gap_s=1.0, join_window_s=5.0)
+    _told(store, w.manifest.sha256, "a", "offline")
+    w.want("a", [(0, COUNT)])
+    w.clock.now += 0.9
+    assert w.run() == []
+    w.clock.now += 0.1
+    assert w.run(steps=1) == [0]
 
 
 def test_states_issued_before_the_join_window_are_not_awaited(store: SqlStore, tmp_path: Path) -> None:
