@@ -2,9 +2,10 @@
 
 For each N it measures, in one run:
   online   - seconds from starting the simulator process until the hub has seen N agents online;
-  ingest   - hub CPU (% of one core) and telemetry ingest lag with every agent sending a window every
-             --telemetry-s seconds, over --steady-s seconds. Lag = window visible to the hub (product hub:
-             row readable in its SQLite store; stand-in: message parsed) minus the window's end;
+  ingest   - hub CPU (% of one core; the hub, or the leader, with its telemetry writer process) and telemetry
+             ingest lag with every agent sending a window every --telemetry-s seconds, over --steady-s seconds.
+             Lag = window visible to the hub (product hub: row readable in its store; stand-in: message parsed)
+             minus the window's end;
   raw      - the model's bytes published once (256 KiB chunks, QoS 1) to N plain subscribers that only count
              messages: the broker's and the client library's raw fan-out, same process layout as the agents;
   rollout  - the same bytes as a signed desired state to all N agents (want, chunk rounds, every agent verifying
@@ -752,10 +753,12 @@ def run_one(n: int, kind: str, args: argparse.Namespace, work: Path) -> Result:
 
         time.sleep(min(args.telemetry_s, 5))  # the first windows are spread over one period
         hub.start_lag_window()
-        cpu0, w0 = hub_proc.cpu_times(), time.monotonic()
+        # the hub (the leader, with replicas) with its telemetry writer process: CpuMeter counts children
+        steady_pids = {"broker": broker.proc.pid, **hub.pids(), "agents": sim.pid}
+        meter = CpuMeter(steady_pids)
         time.sleep(args.steady_s)
-        cpu1, w1 = hub_proc.cpu_times(), time.monotonic()
-        cpu_pct = 100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (w1 - w0)
+        steady = meter.stop()
+        cpu_pct = 100 * steady[next(iter(hub.pids()))] / steady["wall"]
         lags = sorted(hub.lags())
 
         pids = {"broker": broker.proc.pid, **hub.pids(), "bench": os.getpid(), "agents": sim.pid}
