@@ -15,7 +15,6 @@ can log in there to pick a client id of its choosing.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -28,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from hub.acl import HUB_PASSWORD_FILE
 from hub.errors import BrokerError
@@ -72,10 +73,22 @@ def find_mosquitto(configured: str | None = None) -> str:
     raise BrokerError("mosquitto is not installed (apt-get install mosquitto), and no broker URL is configured")
 
 
+_PORT_TRIES = 3  # starts on newly picked ports when a picked one was taken before Mosquitto bound it
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` has a TCP socket listening on `port`."""
+    try:
+        conns = psutil.Process(pid).net_connections("tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
 
 
 class LocalBroker:
@@ -95,13 +108,22 @@ class LocalBroker:
         self.workdir = workdir
         self.binary = find_mosquitto(settings.mosquitto_binary)
         self.host = settings.local_host
-        self.port = settings.local_port or _free_port(self.host)
-        self.hub_port = _free_port("127.0.0.1") if auth is not None else self.port
+        self._pick_ports()
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+
+    def _pick_ports(self) -> None:
+        """The configured port, or a free one (`local_port` 0); the hub's own listener always takes a free one."""
+        self.port = self.settings.local_port or _free_port(self.host)
+        self.hub_port = _free_port("127.0.0.1") if self.auth is not None else self.port
+
+    @property
+    def picks_ports(self) -> bool:
+        """Whether a listener's port is picked free at start (it can be taken before Mosquitto binds it)."""
+        return self.settings.local_port == 0 or self.auth is not None
 
     @property
     def url(self) -> str:
@@ -168,10 +190,24 @@ class LocalBroker:
             proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start Mosquitto, wait until it listens, and start the supervisor thread."""
+        """Start Mosquitto, wait until it listens, and start the supervisor thread.
+
+        A port picked free can be taken before Mosquitto binds it (another process listening, or the kernel
+        handing it out as the source port of a connection): Mosquitto then exits at once, and it is started
+        again on newly picked ports, up to `_PORT_TRIES` times. Restarts keep the ports (devices know them).
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "mosquitto.conf").write_text(self.config_text())
-        self._spawn(timeout)
+        for attempt in range(_PORT_TRIES):
+            (self.workdir / "mosquitto.conf").write_text(self.config_text())
+            try:
+                self._spawn(timeout)
+                break
+            except BrokerError as e:
+                exited = self._proc is not None and self._proc.poll() is not None
+                if not (exited and self.picks_ports) or attempt == _PORT_TRIES - 1:
+                    raise
+                log.warning("broker: mosquitto could not start on the ports picked (%s); picking others", e)
+                self._pick_ports()
         self._watcher = threading.Thread(target=self._watch, name="hub-broker-supervisor", daemon=True)
         self._watcher.start()
 
@@ -190,7 +226,7 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+            if _listens(self._proc.pid, self.port):  # Mosquitto itself: a connect would also reach a squatter
                 log.info("broker: mosquitto %d listening on %s", self._proc.pid, self.url)
                 return
             time.sleep(0.02)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,10 +20,11 @@ from fleet.signing import HubPublicKey, Verifier
 from hub.api.app import create_app
 from hub.api.deps import Viewer
 from hub.api.server import api_server
+from hub.broker import LocalBroker
 from hub.deploy import Deployer
 from hub.errors import HubError, NotFound, NotInitialised
 from hub.runtime import Hub, init_hub
-from hub.settings import HubSettings
+from hub.settings import BrokerSettings, HubSettings
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
@@ -75,6 +77,24 @@ def test_local_mosquitto_is_started_supervised_and_stopped(tmp_path: Path, topic
     assert last_pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(last_pid, 0)
+
+
+def test_a_local_broker_whose_picked_port_was_taken_starts_on_another(tmp_path: Path) -> None:
+    """A port picked free can be taken before Mosquitto binds it (the kernel hands ephemeral ports out as source
+    ports too): Mosquitto exits at once, and the broker starts again on newly picked ports."""
+    lb = LocalBroker(BrokerSettings(local_port=0), tmp_path / "mq")
+    taken = lb.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind((lb.host, taken))
+        squatter.listen()
+        lb.start()
+        try:
+            assert lb.port != taken
+            with socket.create_connection((lb.host, lb.port), timeout=2):
+                pass
+            assert lb.restarts == 0
+        finally:
+            lb.stop()
 
 
 def test_desired_states_are_republished_after_the_broker_lost_them(
