@@ -75,33 +75,37 @@ class Ingestor:
         if log_sampled(n):
             log.warning("ingest: refused %s message on %s (%s, #%d): %s", kind, topic[:200], reason, n, detail[:300])
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message. Never raises: whatever goes wrong is counted as that message's fault."""
+    def handle(self, topic: str, payload: bytes) -> int | None:
+        """Process one message. Never raises: whatever goes wrong is counted as that message's fault.
+
+        Returns the telemetry writer's ticket for a window it took (`Store.on_telemetry_committed` says when it is
+        written, and the link acknowledges it to the broker then), or None: done with the message now.
+        """
         try:
-            self._handle(topic, payload)
+            return self._handle(topic, payload)
         except Exception as e:  # a bug or a case nobody foresaw: refuse this message, keep the loop going
             self._reject("unknown", "internal_error", topic, f"{type(e).__name__}: {e}")
+            return None
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes) -> int | None:
         parsed = self._parsed.get(topic)
         if parsed is None:
             try:
                 parsed = self.topics.parse(topic)
             except InvalidTopic as e:
                 self._reject("unknown", "bad_topic", topic, str(e))
-                return
+                return None
             if len(self._parsed) >= _PARSE_CACHE:
                 self._parsed.clear()
             self._parsed[topic] = parsed
         kind = parsed.kind
         if len(payload) > self.max_message_bytes:
             self._reject(kind.value, "oversized", topic, f"{len(payload)} bytes")
-            return
+            return None
         if not payload:
-            return  # a cleared retained message
+            return None  # a cleared retained message
         if kind is TopicKind.TELEMETRY and parsed.device_id is not None:
-            self._telemetry(topic, parsed.device_id, payload)
-            return
+            return self._telemetry(topic, parsed.device_id, payload)
         now = time.time()
         try:
             if kind is TopicKind.STATUS:
@@ -124,7 +128,7 @@ class Ingestor:
                 ack = decode(payload, CommandAck)
                 if ack.device_id != parsed.device_id:
                     self._reject(kind.value, "foreign", topic, "device id differs from the topic")
-                    return
+                    return None
                 self._accepted[kind.value] += 1
                 if self.on_ack is not None:
                     self.on_ack(ack)
@@ -132,15 +136,20 @@ class Ingestor:
                 self._reject(kind.value, "unexpected_topic", topic, "the hub does not consume this topic")
         except MessageError as e:
             self._reject(kind.value, "malformed", topic, str(e))
+        return None
 
-    def _telemetry(self, topic: str, device_id: str, payload: bytes) -> None:
+    def _telemetry(self, topic: str, device_id: str, payload: bytes) -> int | None:
         """Checks that need the hub's state; decoding and the foreign check happen in the telemetry writer."""
         if not self.is_enrolled(device_id):
             self._reject("telemetry", "unknown_device", topic, device_id)
         elif self.allow_telemetry is not None and not self.allow_telemetry(device_id):
             self._reject("telemetry", "rate_limited", topic, "telemetry flood: the device's rate limit is spent")
-        elif not self.store.submit_telemetry(device_id, payload, time.time()):
-            self._reject("telemetry", "queue_full", topic, "the telemetry writer is behind")
+        else:
+            ticket = self.store.submit_telemetry(device_id, payload, time.time())
+            if ticket is None:
+                self._reject("telemetry", "queue_full", topic, "the telemetry writer is behind")
+            return ticket
+        return None
 
     def _device_msg(
         self, kind: TopicKind, topic: str, device_id: str | None, msg: DeviceStatus | ReportedState, now: float

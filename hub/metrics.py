@@ -44,6 +44,10 @@ class HubCollector(Collector):
         yield CounterMetricFamily("edgefleet_hub_chunk_bytes_published", "chunk bytes published", t.bytes_published)
         yield CounterMetricFamily("edgefleet_hub_chunk_wants", "want messages accepted", t.wants)
         yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
+        yield GaugeMetricFamily(
+            "edgefleet_hub_mqtt_unacknowledged", "messages received, acknowledged once stored (MQTT 5)",
+            hub.mqtt_unacknowledged,
+        )  # fmt: skip
         states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
         for state, n in sorted(hub.views.state_counts().items()):
             states.add_metric([state.value], n)

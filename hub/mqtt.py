@@ -3,6 +3,15 @@
 Speaks MQTT 3.1.1 or 5 to any broker (Mosquitto, EMQX, HiveMQ). The session is persistent (clean session
 off, a stable client id), so QoS 1 messages sent while the hub restarts wait at the broker. paho
 reconnects by itself; every (re)connect re-subscribes and calls `on_connect` so the hub can republish.
+
+Over MQTT 5 a QoS 1 message is acknowledged once the hub is done with it, not on receipt: the handler returns
+a ticket for a telemetry window it handed to the store's writer, and the window's PUBACK waits until
+`release` reports that ticket committed. A hub process killed in between (SIGKILL, power loss) has
+acknowledged nothing it had not stored, so the broker sends those messages again when the same session
+reconnects (the store drops the copies it had stored after all). Acknowledgements go out in the order the
+messages came, as MQTT asks. The CONNECT's Receive Maximum (the protocol's largest) lets the broker keep that
+many unacknowledged messages in flight, so waiting for commits costs no throughput. MQTT 3.1.1 has no
+Receive Maximum (Mosquitto would hold the hub to 20 in flight), so there the link acknowledges on receipt.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from fleet.errors import InvalidBrokerUrl
 from hub.errors import BrokerError, InvalidInput
 
 log = logging.getLogger(__name__)
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[[str, bytes], int | None]
+"""Handles one message; returns a ticket to acknowledge it once `HubLink.release` reaches it, or None: now."""
 SESSION_EXPIRY_S = 3600
+RECEIVE_MAXIMUM = 65535
 RECONNECT = Backoff(initial_s=1.0, max_s=5.0)
 """The hub's reconnect policy. paho's own loop applies it (doubling from 1 s to 5 s, without the jitter an
 agent needs: a hub is one client, or a few replicas, so no herd to spread; a short cap brings it back fast)."""
@@ -66,8 +77,11 @@ class HubLink:
         self._connected = threading.Event()
         self.connects = 0
         self.handler_errors = 0
+        # QoS 1 messages received and not yet acknowledged (MQTT 5): (packet id, ticket), in arrival order
+        self._unacked: deque[tuple[int, int]] = deque()
+        self._ack_lock = threading.Lock()
         protocol = mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
-        kwargs: dict[str, object] = {} if self._v5 else {"clean_session": False}
+        kwargs: dict[str, object] = {"manual_ack": True} if self._v5 else {"clean_session": False}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)  # type: ignore[arg-type]
         if username:
             self._client.username_pw_set(username, password)
@@ -87,6 +101,7 @@ class HubLink:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
         try:
             if self._v5:
                 self._client.connect_async(self.host, self.port, self._keepalive, clean_start=False, properties=props)
@@ -145,14 +160,34 @@ class HubLink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
         self._connected.clear()
+        with self._ack_lock:  # the broker sends these again in the resumed session (packet ids are per connection)
+            self._unacked.clear()
         log.info("mqtt: disconnected from %s: %s", self.url, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        ticket = None
         try:
-            self._handler(msg.topic, bytes(msg.payload))
+            ticket = self._handler(msg.topic, bytes(msg.payload))
         except Exception:
             self.handler_errors += 1
             log.exception("mqtt: handler failed on a message on %s", msg.topic[:200])
+        if self._v5 and msg.qos == 1:
+            with self._ack_lock:
+                if ticket is None and not self._unacked:
+                    self._client.ack(msg.mid, 1)
+                else:
+                    self._unacked.append((msg.mid, 0 if ticket is None else ticket))
+
+    def release(self, ticket: int) -> None:
+        """Acknowledge, in arrival order, the messages whose tickets are at most `ticket` (any thread)."""
+        with self._ack_lock:
+            while self._unacked and self._unacked[0][1] <= ticket:
+                self._client.ack(self._unacked.popleft()[0], 1)
+
+    @property
+    def unacknowledged(self) -> int:
+        """QoS 1 messages received and waiting for their tickets before they are acknowledged."""
+        return len(self._unacked)
 
     # -- publishing ---------------------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:

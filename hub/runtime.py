@@ -161,6 +161,7 @@ class Hub:
             ca_pem=self.security.ca_pem,
         )
         link = self.link
+        self.store.on_telemetry_committed(link.release)  # a window is acknowledged to the broker once stored
         chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
         chunk_qos = spec(TopicKind.CHUNK).qos
         self.chunks = ChunkServer(
@@ -207,8 +208,8 @@ class Hub:
         self.stop()
 
     # -- callbacks ----------------------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        self.ingest.handle(topic, payload)
+    def _on_message(self, topic: str, payload: bytes) -> int | None:
+        return self.ingest.handle(topic, payload)
 
     def _on_connect(self) -> None:
         # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
@@ -286,6 +287,11 @@ class Hub:
     @property
     def mqtt_connected(self) -> bool:
         return self.link is not None and self.link.connected
+
+    @property
+    def mqtt_unacknowledged(self) -> int:
+        """Messages received and not yet acknowledged to the broker (telemetry waits until it is stored)."""
+        return 0 if self.link is None else self.link.unacknowledged
 
     def is_enrolled(self, device_id: str) -> bool:
         """Known and not revoked. A miss asks the store once more: another replica may have enrolled it."""

@@ -294,10 +294,16 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
     def enqueue_reported(self, msg: ReportedState, received_at: float) -> bool:
         return self._enqueue(("reported", msg, received_at))
 
-    def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> bool:
+    def submit_telemetry(self, device_id: str, payload: bytes, received_at: float) -> int | None:
         """Queue an undecoded window received on `device_id`'s topic; the telemetry writer decodes, checks and
-        writes it. False when the writer's buffer is full (the window is dropped and counted)."""
+        writes it. Returns the window's ticket (see `on_telemetry_committed`), or None when the writer's buffer
+        is full (the window is dropped and counted)."""
         return self.telemetry.submit(device_id, payload, received_at)
+
+    def on_telemetry_committed(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(ticket)` (on the writer's forwarder thread) whenever every window whose ticket is at most
+        `ticket` has been committed, refused or counted lost: the hub acknowledges them to the broker then."""
+        self.telemetry.on_committed = callback
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before this call is written (telemetry writer included)."""

@@ -30,6 +30,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -273,6 +274,9 @@ class TelemetryWriter:
         self._seq = 0  # batches sent
         self._sizes: dict[int, int] = {}  # windows per sent batch, until the writer commits it
         self._token = 0
+        self.on_committed: Callable[[int], None] | None = None
+        """Called on the forwarder thread with the last batch accounted for (committed, refused or counted lost)
+        whenever that advances: windows whose ticket is at most that number may be acknowledged to the broker."""
         self.dropped = 0
         self.lost = 0
         self.restarts = 0
@@ -342,14 +346,16 @@ class TelemetryWriter:
         return sum(n for seq, n in self._sizes.items() if seq > upto)
 
     # -- submitting ---------------------------------------------------------------------------------
-    def submit(self, device_id: str, payload: bytes, received_at: float) -> bool:
-        """Queue one undecoded window (MQTT thread). False when the buffer is full: the window is dropped."""
+    def submit(self, device_id: str, payload: bytes, received_at: float) -> int | None:
+        """Queue one undecoded window (MQTT thread). Returns its ticket, the batch that will carry it (the window
+        is committed, refused or counted lost once `on_committed` reports that batch or a later one), or None
+        when the buffer is full: the window is dropped and counted."""
         with self._buf_lock:
             if self._closed or len(self._buf) >= self.max_queue:
                 self.dropped += 1
-                return False
+                return None
             self._buf.append((device_id, received_at, payload))
-        return True
+            return self._seq + 1
 
     @property
     def queue_depth(self) -> int:
@@ -359,11 +365,11 @@ class TelemetryWriter:
         """Send the buffer as one batch (caller holds `_send_lock`). Restarts a dead writer first."""
         if self._worker is not None and not self._alive():
             self._restart("exited")
-        with self._buf_lock:
+        with self._buf_lock:  # the batch number changes with the buffer: `submit`'s ticket names this batch
             buf, self._buf = self._buf, []
-        if not buf:
-            return
-        self._seq += 1
+            if not buf:
+                return
+            self._seq += 1
         self._sizes[self._seq] = len(buf)
         done = int(self.counters[COMMITTED_UPTO])
         for seq in [s for s in self._sizes if s <= done]:
@@ -376,6 +382,7 @@ class TelemetryWriter:
             self._restart("stopped reading")
 
     def _forward(self) -> None:
+        reported = int(self.counters[COMMITTED_UPTO])
         while not self._closed:
             self._wake.wait(_FORWARD_INTERVAL_S)
             self._wake.clear()
@@ -384,6 +391,10 @@ class TelemetryWriter:
                     return
                 try:
                     self._send_pending()
+                    upto = int(self.counters[COMMITTED_UPTO])
+                    if upto != reported and self.on_committed is not None:
+                        self.on_committed(upto)
+                    reported = upto
                 except Exception:  # never let the forwarder die: telemetry would pile up unseen
                     log.exception("store: forwarding telemetry to the writer failed")
                     time.sleep(0.5)

@@ -133,3 +133,54 @@ def test_sigterm_with_a_dashboard_open_and_ctrl_c_to_the_group_stop_cleanly(
     finally:
         ctrl_c.kill()
     assert not [d for d in DIRTY if d in ctrl_c.output()], ctrl_c.output()  # nothing restarted while stopping
+
+
+def _metric(hub: HubProcess, name: str) -> float:
+    text = httpx.get(f"{hub.url}/metrics", timeout=5).text
+    line = next((x for x in text.splitlines() if x.startswith(f"{name} ")), None)
+    return float(line.split()[1]) if line else 0.0
+
+
+def test_a_replica_killed_before_it_stored_telemetry_gets_it_again_from_the_broker(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """MQTT 5: a window is acknowledged to the broker only once stored. The telemetry writer is stopped (SIGSTOP)
+    so that windows wait uncommitted, then the hub process is SIGKILLed: restarted with the same session, it gets
+    them again and stores each once; windows it had stored before are not counted twice."""
+    env = {"EDGEFLEET_HUB_BROKER_MQTT_VERSION": "5", "EDGEFLEET_HUB_BROKER_SHARED_GROUP": "hubs",
+           "EDGEFLEET_HUB_BROKER_REPLICA": "a"}  # fmt: skip
+    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix, env=env)
+    hub.init()
+    dev = TestClient(broker.host, broker.port)
+    topic = Topics(topic_prefix).telemetry("cam-1")
+    start = time.time() - 60
+
+    def send(seqs: range) -> None:
+        for seq in seqs:
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(topic, encode(w))  # QoS 1
+
+    def count() -> int:
+        return int(hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"])
+
+    try:
+        hub.start()
+        hub.enrol("cam-1")
+        send(range(5))
+        wait_for(lambda: count() == 5 and _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 0, timeout=30)
+        assert hub.proc is not None
+        (writer,) = [c for c in psutil.Process(hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        writer.suspend()  # SIGSTOP: what the hub receives from now on waits uncommitted
+        send(range(5, 12))
+        wait_for(lambda: _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 7, timeout=30)
+        hub.kill()
+        writer.kill()
+        hub.start()
+        wait_for(lambda: count() == 12, timeout=30)
+        body = hub.get("/api/v1/telemetry/devices/cam-1")
+        assert body["summary"]["requests"] == 12 * 5  # each window counted once in the rollups
+        assert _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 0
+        assert hub.stop() == 0, hub.output()
+    finally:
+        dev.close()
+        hub.kill()

@@ -155,7 +155,7 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
             blocker.execute("LOCK TABLE telemetry IN EXCLUSIVE MODE")  # the writer waits for the table
         accepted = 0
         for seq in range(3000):
-            accepted += store.submit_telemetry("d1", _payload("d1", seq), time.time())
+            accepted += store.submit_telemetry("d1", _payload("d1", seq), time.time()) is not None
             if seq % 100 == 0:
                 time.sleep(0.01)  # let the forwarder fill the pipe
         dropped = store.ingest_stats().dropped_queue_full
