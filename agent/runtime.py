@@ -25,7 +25,7 @@ from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from agent.state import WatchedBlobs
+from agent.state import StatusStamps, WatchedBlobs
 from agent.store import ModelStore
 from agent.telemetry import Telemetry
 from fleet.address import BrokerAddress
@@ -92,7 +92,9 @@ class Agent:
         self.heartbeat = time.monotonic()  # the control loop's last turn (the liveness probe reads it)
         # The birth and the last will of a connection carry the same time, that of its connect: the hub orders
         # a device's statuses by `ts`, then `offline` after `online` (`hub.store.reports`), so the will of a
-        # connection replaces its birth, and the birth of the next connection replaces that will.
+        # connection replaces its birth, and the birth of the next connection (of this run or the next one)
+        # replaces that will. The stamps never go back, even when the clock does (`StatusStamps`).
+        self._stamps = StatusStamps(settings.data_dir / "status.json", clock)
         self._connect_ts = clock()
         self.link = MqttLink(
             address,
@@ -149,7 +151,7 @@ class Agent:
         if self._control is not None:
             self._control.join(timeout=30)
         self.reconciler.close()
-        stopped = max(self.clock(), self._connect_ts)  # never before this connection's birth, whatever the clock
+        stopped = self._stamps.next()  # after this connection's birth, whatever the clock
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=stopped, session=self.session)
         self.link.stop(final=(self.topics.status(self.device_id), encode(offline)))
         self.spool.close()
@@ -187,9 +189,9 @@ class Agent:
 
     def _will(self) -> tuple[str, bytes]:
         """The last will registered before each connect: `offline`, stamped with this connect's time."""
-        # later than the previous connect's, even if the clock stepped back: this connect's birth must follow
-        # the previous connection's will, which carries the previous connect's time
-        self._connect_ts = max(self.clock(), self._connect_ts + 0.001)
+        # later than the previous connect's (of this run or an earlier one), even if the clock stepped back:
+        # this connect's birth must follow the previous connection's will, which carries the previous stamp
+        self._connect_ts = self._stamps.next()
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=self._connect_ts, session=self.session)
         return self.topics.status(self.device_id), encode(offline)
 
