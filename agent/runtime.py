@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from agent.activation import EngineActivation
@@ -24,7 +25,7 @@ from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from agent.state import WatchedBlobs
+from agent.state import StatusStamps, WatchedBlobs
 from agent.store import ModelStore
 from agent.telemetry import Telemetry
 from fleet.address import BrokerAddress
@@ -48,6 +49,7 @@ class Agent:
         settings: agent settings (data directory, intervals, bounds).
         serving: the serving side (`agent.headless.HeadlessServing`, or the HTTP API's model slot).
         cluster: cluster mode's K3s adapter (None: single-device mode).
+        clock: the device's wall clock (status stamps and the reconciler's times; tests turn it back).
 
     Raises:
         BundleError: the bundle's broker URL or hub key is unusable.
@@ -55,12 +57,19 @@ class Agent:
     """
 
     def __init__(
-        self, bundle: DeviceBundle, settings: AgentSettings, serving: ServingPort, cluster: ClusterPort | None = None
+        self,
+        bundle: DeviceBundle,
+        settings: AgentSettings,
+        serving: ServingPort,
+        cluster: ClusterPort | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
         self.serving = serving
         self.cluster = cluster
+        self.clock = clock
         self.device_id = bundle.device_id
         self.topics = Topics(bundle.topic_prefix)
         self.session = uuid.uuid4().hex[:16]
@@ -83,8 +92,10 @@ class Agent:
         self.heartbeat = time.monotonic()  # the control loop's last turn (the liveness probe reads it)
         # The birth and the last will of a connection carry the same time, that of its connect: the hub orders
         # a device's statuses by `ts`, then `offline` after `online` (`hub.store.reports`), so the will of a
-        # connection replaces its birth, and the birth of the next connection replaces that will.
-        self._connect_ts = time.time()
+        # connection replaces its birth, and the birth of the next connection (of this run or the next one)
+        # replaces that will. The stamps never go back, even when the clock does (`StatusStamps`).
+        self._stamps = StatusStamps(settings.data_dir / "status.json", clock)
+        self._connect_ts = clock()
         self.link = MqttLink(
             address,
             MqttLink.client_id_for(self.device_id, bundle.topic_prefix),
@@ -107,6 +118,7 @@ class Agent:
             cluster=cluster,
             # in cluster mode the models run in pods of their own: the control agent checks one at a time
             memory=None if cluster is not None else MemoryBudget.from_settings(settings.activation),
+            clock=clock,
         )
         self.telemetry = Telemetry(
             self.device_id,
@@ -139,7 +151,7 @@ class Agent:
         if self._control is not None:
             self._control.join(timeout=30)
         self.reconciler.close()
-        stopped = max(time.time(), self._connect_ts)  # never before this connection's birth, whatever the clock
+        stopped = self._stamps.next()  # after this connection's birth, whatever the clock
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=stopped, session=self.session)
         self.link.stop(final=(self.topics.status(self.device_id), encode(offline)))
         self.spool.close()
@@ -177,9 +189,9 @@ class Agent:
 
     def _will(self) -> tuple[str, bytes]:
         """The last will registered before each connect: `offline`, stamped with this connect's time."""
-        # later than the previous connect's, even if the clock stepped back: this connect's birth must follow
-        # the previous connection's will, which carries the previous connect's time
-        self._connect_ts = max(time.time(), self._connect_ts + 0.001)
+        # later than the previous connect's (of this run or an earlier one), even if the clock stepped back:
+        # this connect's birth must follow the previous connection's will, which carries the previous stamp
+        self._connect_ts = self._stamps.next()
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=self._connect_ts, session=self.session)
         return self.topics.status(self.device_id), encode(offline)
 

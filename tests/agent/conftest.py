@@ -106,10 +106,18 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
     started: list[Agent] = []
     servings: list[HeadlessServing] = []
 
-    def make(hub: HubSide, device_id: str, broker_url: str, *, data_dir: Path | None = None, **groups: Any):
+    def make(
+        hub: HubSide,
+        device_id: str,
+        broker_url: str,
+        *,
+        data_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        **groups: Any,
+    ):
         settings = fast_settings(data_dir or tmp_path / device_id, **groups)
         serving = HeadlessServing(seed=1)
-        agent = Agent(hub.bundle(device_id, broker_url), settings, serving)
+        agent = Agent(hub.bundle(device_id, broker_url), settings, serving, clock=clock)
         agent.start()
         started.append(agent)
         servings.append(serving)
