@@ -35,7 +35,7 @@ from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
 from agent.ports import ActivationPort, ClusterPort
 from agent.settings import AgentSettings
-from agent.state import AcceptedState
+from agent.state import AcceptedState, Stamps
 from agent.store import StoredModel, StorePort
 from fleet.codec import decode
 from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, UnsupportedSchema, error_code
@@ -85,6 +85,8 @@ class Reconciler:
     Args:
         memory: the memory budget across models checked before every load (None: no check, e.g. when the
             models are served by pods of their own in cluster mode).
+        stamps: numbers the reports, never going back across runs (the agent's `status.json`); None: numbered
+            in memory, from the clock (the fleet simulator's agents, which live for one run).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Reconciler:
         cluster: ClusterPort | None = None,
         memory: MemoryBudget | None = None,
         clock: Callable[[], float] = time.time,
+        stamps: Stamps | None = None,
     ) -> None:
         self.device_id = device_id
         self.store = store
@@ -123,7 +126,7 @@ class Reconciler:
         self._settled: int | None = None
         self._retry_at: float | None = None
         self._locked = False
-        self._seq = 0
+        self.stamps = stamps or Stamps(None, clock)
         self._last_progress = 0.0
         self._progress_due = False
         self._reported_have = 0  # chunks of the transfer in progress when progress was last reported
@@ -524,8 +527,9 @@ class Reconciler:
         self.report()
 
     def snapshot(self) -> ReportedState:
-        """The reported state as of now (with a fresh sequence number)."""
-        self._seq = max(self._seq + 1, int(self.clock() * 1000))
+        """The reported state as of now, with a fresh sequence number: greater than any earlier report's of this
+        device, of this run or an earlier one (the hub keeps the one with the greatest; `Stamps`)."""
+        seq = self.stamps.report_seq()
         progress = self.fetcher.progress()
         fetching = self._downloading()
         order = [s.name for s in self._slots()]
@@ -535,7 +539,7 @@ class Reconciler:
         ]
         return ReportedState(
             device_id=self.device_id,
-            seq=self._seq,
+            seq=seq,
             ts=self.clock(),
             desired_version=self.state.desired_version,
             models=models,

@@ -25,7 +25,7 @@ from agent.ports import ClusterPort, ServingPort
 from agent.reconcile import Reconciler
 from agent.settings import AgentSettings
 from agent.spool import Spool
-from agent.state import StatusStamps, WatchedBlobs
+from agent.state import Stamps, WatchedBlobs
 from agent.store import ModelStore
 from agent.telemetry import Telemetry
 from fleet.address import BrokerAddress
@@ -93,8 +93,9 @@ class Agent:
         # The birth and the last will of a connection carry the same time, that of its connect: the hub orders
         # a device's statuses by `ts`, then `offline` after `online` (`hub.store.reports`), so the will of a
         # connection replaces its birth, and the birth of the next connection (of this run or the next one)
-        # replaces that will. The stamps never go back, even when the clock does (`StatusStamps`).
-        self._stamps = StatusStamps(settings.data_dir / "status.json", clock)
+        # replaces that will. The stamps never go back, even when the clock does (`Stamps`); nor do the seqs of
+        # the reported states, which the hub orders by them.
+        self._stamps = Stamps(settings.data_dir / "status.json", clock)
         self._connect_ts = clock()
         self.link = MqttLink(
             address,
@@ -119,6 +120,7 @@ class Agent:
             # in cluster mode the models run in pods of their own: the control agent checks one at a time
             memory=None if cluster is not None else MemoryBudget.from_settings(settings.activation),
             clock=clock,
+            stamps=self._stamps,
         )
         self.telemetry = Telemetry(
             self.device_id,
@@ -151,7 +153,7 @@ class Agent:
         if self._control is not None:
             self._control.join(timeout=30)
         self.reconciler.close()
-        stopped = self._stamps.next()  # after this connection's birth, whatever the clock
+        stopped = self._stamps.status_ts()  # after this connection's birth, whatever the clock
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=stopped, session=self.session)
         self.link.stop(final=(self.topics.status(self.device_id), encode(offline)))
         self.spool.close()
@@ -191,7 +193,7 @@ class Agent:
         """The last will registered before each connect: `offline`, stamped with this connect's time."""
         # later than the previous connect's (of this run or an earlier one), even if the clock stepped back:
         # this connect's birth must follow the previous connection's will, which carries the previous stamp
-        self._connect_ts = self._stamps.next()
+        self._connect_ts = self._stamps.status_ts()
         offline = DeviceStatus(device_id=self.device_id, state="offline", ts=self._connect_ts, session=self.session)
         return self.topics.status(self.device_id), encode(offline)
 

@@ -1,10 +1,10 @@
 """What the agent persists besides the model store: the accepted desired state, the watched blob topics and
-the last status stamp.
+the marks its statuses and reports never go back behind.
 
 All live in the data directory and are replaced atomically (`fleet.files.atomic_write`). An unreadable
 file is logged and treated as empty: the agent then accepts the next desired state that verifies, which is
-the retained one (the broker keeps only the newest), so nothing older can slip in; and stamps its statuses by
-its clock alone, as it did before the stamp file existed.
+the retained one (the broker keeps only the newest), so nothing older can slip in; and stamps its statuses and
+numbers its reports by its clock alone, as it did before the stamp file existed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleet.errors import InvalidId
 from fleet.files import atomic_write
 from fleet.ids import check_sha256
-from fleet.limits import MAX_TIMESTAMP, Timestamp
+from fleet.limits import MAX_JSON_INT, MAX_TIMESTAMP, Seq, Timestamp
 from fleet.messages import SignedEnvelope
 
 log = logging.getLogger(__name__)
@@ -91,49 +91,80 @@ class WatchedBlobs:
 STAMP_STEP_S = 0.001
 """How much later than the previous one a status stamp is when the clock stands still or went back."""
 
+SEQ_RESERVE = 600_000
+"""How far ahead of the report seq in use the stamp file reserves seqs (10 minutes of the clock's ms): the
+file is written once per run's first report and once every 10 minutes of reporting, not once per report."""
+
 
 class StampFile(BaseModel):
-    """Persisted in `status.json`: the last `ts` a status of this device carried (or was about to)."""
+    """Persisted in `status.json`: the marks this device's messages never go back behind, across runs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = Field(default=1, description="stamp file schema version")
     last_ts: Timestamp = Field(description="the last `ts` given to a birth, a last will or a clean stop's offline")
+    report_seq: Seq = Field(
+        default=0, description="reserved report seqs: every `seq` a reported state carried is at most this"
+    )
 
 
-class StatusStamps:
-    """The `ts` of this device's statuses (birth, last will, a clean stop's offline): never going back, across
-    agent runs too.
+class Stamps:
+    """What orders this device's messages on the hub, never going back across agent runs either: the `ts` of
+    its statuses (birth, last will, a clean stop's offline) and the `seq` of its reported states.
 
-    The hub keeps a device's newest status by `ts` (docs/hub.md "Ordering"). A device that boots with its clock
-    behind its previous run's (no real-time clock before NTP) would stamp its new birth before the previous
-    run's last will, and the hub would go on showing that will. Each stamp is therefore
-    max(clock, previous stamp + `STAMP_STEP_S`), and it is saved before it is returned, so before any status
-    carrying it can go out: the next run starts after it. A missing file starts from the clock; an unreadable
-    one too (logged). A stamp that cannot be saved is still used (logged): this run's stamps keep their order.
+    The hub keeps a device's newest status by `ts` and its newest reported state by `seq` (or `ts`; docs/hub.md
+    "Ordering"). A device that boots with its clock behind its previous run's (no real-time clock before NTP)
+    would stamp its new birth before the previous run's last will, and number its reports below the previous
+    run's, and the hub would go on showing what the previous run said. So:
+
+    - each status stamp is max(clock, previous stamp + `STAMP_STEP_S`), saved before it is returned, so before
+      any status carrying it can go out (statuses are few: one stamp per connect and per clean stop);
+    - each report seq is max(clock in ms, previous seq + 1). Reports are many (download progress), so the
+      file does not record each: it reserves the seqs up to `SEQ_RESERVE` past the one in use, saved before a
+      seq beyond the previous reservation is returned. Every seq sent is at most the saved reservation, and
+      the next run starts above it (up to `SEQ_RESERVE` ms ahead of its clock: a seq is only compared with
+      other seqs of the device).
+
+    Both live in one file. A missing file starts from the clock; an unreadable one too (logged). A mark that
+    cannot be saved is still used (logged): this run's messages keep their order.
 
     Args:
-        path: the stamp file (`status.json` in the data directory).
+        path: the stamp file (`status.json` in the data directory); None: kept in memory only (the fleet
+            simulator's agents, which live for one run).
         clock: the device's wall clock.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(self, path: Path | None, clock: Callable[[], float]) -> None:
         self.path = path
         self.clock = clock
-        self._lock = threading.Lock()  # the link's thread stamps wills, the stopping thread the clean offline
-        self.last = self._load()
+        # the link's thread stamps wills, the stopping thread the clean offline, the control thread reports
+        self._lock = threading.Lock()
+        saved = self._load()
+        self.last = saved.last_ts
+        self.seq = self._reserved = saved.report_seq
 
-    def _load(self) -> float:
+    def _load(self) -> StampFile:
+        if self.path is None:
+            return StampFile(last_ts=0.0)
         try:
-            return StampFile.model_validate_json(self.path.read_bytes()).last_ts
+            return StampFile.model_validate_json(self.path.read_bytes())
         except FileNotFoundError:
-            return 0.0
+            return StampFile(last_ts=0.0)
         except (OSError, ValidationError, ValueError) as e:
-            log.error("status stamp file %s unreadable (%s); stamping statuses by the clock alone", self.path, e)
-            return 0.0
+            log.error("stamp file %s unreadable (%s); stamping statuses and reports by the clock alone", self.path, e)
+            return StampFile(last_ts=0.0)
 
-    def next(self) -> float:
-        """A stamp later than every earlier one of this device, saved before it is returned."""
+    def _save(self, last_ts: float, report_seq: int, what: str) -> None:
+        if self.path is None:
+            return
+        try:
+            data = StampFile(last_ts=last_ts, report_seq=report_seq).model_dump_json().encode()
+            atomic_write(self.path, data, mode=0o600)
+        except OSError as e:
+            log.error("%s not saved to %s (%s): a next run may stamp earlier", what, self.path, e)
+
+    def status_ts(self) -> float:
+        """A status stamp later than every earlier one of this device, saved before it is returned."""
         with self._lock:
             now = self.clock()
             ts = min(max(now, self.last + STAMP_STEP_S), MAX_TIMESTAMP)
@@ -145,9 +176,18 @@ class StatusStamps:
                     self.last - now,
                     ts,
                 )
-            try:
-                atomic_write(self.path, StampFile(last_ts=ts).model_dump_json().encode(), mode=0o600)
-            except OSError as e:
-                log.error("status stamp %.3f not saved to %s (%s): a next run may stamp earlier", ts, self.path, e)
+            self._save(ts, self._reserved, f"status stamp {ts:.3f}")
             self.last = ts
             return ts
+
+    def report_seq(self) -> int:
+        """A report seq greater than every earlier one of this device; its reservation is saved before it is
+        returned."""
+        with self._lock:
+            seq = min(max(self.seq + 1, int(self.clock() * 1000)), MAX_JSON_INT)
+            if seq > self._reserved:
+                reserved = min(seq + SEQ_RESERVE, MAX_JSON_INT)
+                self._save(self.last, reserved, f"report seqs up to {reserved}")
+                self._reserved = reserved  # even if not saved: one error per reservation, not one per report
+            self.seq = seq
+            return seq

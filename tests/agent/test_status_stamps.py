@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.state import StampFile, StatusStamps
+from agent.state import StampFile, Stamps
 from fleet.limits import MAX_TIMESTAMP
 from fleet.messages import DeviceStatus
 from hub.store import Database, Device, open_store
@@ -65,7 +65,7 @@ def test_an_unreadable_stamp_file_is_logged_and_the_agent_stamps_by_its_clock(
     (data / "status.json").write_bytes(b'{"schema_version": 1, "last_ts": 17')  # torn
     with caplog.at_level(logging.ERROR, logger="agent.state"):
         agent, _ = make_agent(hub, device_id, broker.url, data_dir=data, clock=lambda: 1000.0)
-    assert "status stamp file" in caplog.text and "unreadable" in caplog.text
+    assert "stamp file" in caplog.text and "unreadable" in caplog.text
     assert agent.wait_ready(10)
     birth = hub.wait(lambda: next((s for s in hub.statuses if s.session == agent.session), None), what="birth")
     assert (birth.state, birth.ts) == ("online", 1000.0)
@@ -75,17 +75,17 @@ def test_an_unreadable_stamp_file_is_logged_and_the_agent_stamps_by_its_clock(
 def test_stamps_never_go_back_across_runs_and_each_is_saved_before_it_is_used(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     now = [1000.0]
-    run1 = StatusStamps(path, lambda: now[0])
-    stamps = [run1.next(), run1.next()]  # the clock stands still: the second is later all the same
+    run1 = Stamps(path, lambda: now[0])
+    stamps = [run1.status_ts(), run1.status_ts()]  # the clock stands still: the second is later all the same
     now[0] = 500.0  # the clock goes back within the run
-    stamps.append(run1.next())
+    stamps.append(run1.status_ts())
     assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
-    run2 = StatusStamps(path, lambda: 900.0)  # the next run boots behind the previous one
-    stamps += [run2.next(), run2.next()]
+    run2 = Stamps(path, lambda: 900.0)  # the next run boots behind the previous one
+    stamps += [run2.status_ts(), run2.status_ts()]
     assert stamps[0] == 1000.0 and stamps == sorted(set(stamps)), stamps
     assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
-    run3 = StatusStamps(path, lambda: 2000.0)  # the clock is right again: its own time
-    assert run3.next() == 2000.0
+    run3 = Stamps(path, lambda: 2000.0)  # the clock is right again: its own time
+    assert run3.status_ts() == 2000.0
 
 
 @pytest.mark.parametrize(
@@ -108,9 +108,9 @@ def test_a_bad_stamp_file_is_logged_and_replaced_by_a_clock_stamp(
     path = tmp_path / "status.json"
     path.write_bytes(content)
     with caplog.at_level(logging.ERROR, logger="agent.state"):
-        stamps = StatusStamps(path, lambda: 1000.0)
-    assert f"status stamp file {path} unreadable" in caplog.text
-    assert stamps.next() == 1000.0
+        stamps = Stamps(path, lambda: 1000.0)
+    assert f"stamp file {path} unreadable" in caplog.text
+    assert stamps.status_ts() == 1000.0
     assert StampFile.model_validate_json(path.read_bytes()).last_ts == 1000.0
 
 
@@ -118,8 +118,8 @@ def test_a_stamp_that_cannot_be_saved_is_logged_and_used(tmp_path: Path, caplog:
     path = tmp_path / "status.json"
     path.mkdir()  # neither readable nor replaceable as a file
     with caplog.at_level(logging.ERROR, logger="agent.state"):
-        stamps = StatusStamps(path, lambda: 1000.0)
-        first, second = stamps.next(), stamps.next()
+        stamps = Stamps(path, lambda: 1000.0)
+        first, second = stamps.status_ts(), stamps.status_ts()
     assert first == 1000.0 < second
     assert caplog.text.count("not saved") == 2
 
@@ -127,6 +127,6 @@ def test_a_stamp_that_cannot_be_saved_is_logged_and_used(tmp_path: Path, caplog:
 def test_stamps_stop_at_the_last_timestamp_a_status_can_carry(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     path.write_bytes(StampFile(last_ts=MAX_TIMESTAMP).model_dump_json().encode())
-    ts = StatusStamps(path, lambda: 1000.0).next()
+    ts = Stamps(path, lambda: 1000.0).status_ts()
     assert ts == MAX_TIMESTAMP
     DeviceStatus(device_id="d1", state="offline", ts=ts)  # still a valid status
