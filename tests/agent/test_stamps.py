@@ -1,27 +1,69 @@
-"""Report seqs never go back, across agent runs too, even when the device's clock does (`agent.state.Stamps`).
+"""Statuses and reports never go back, across agent runs too, even when the device's clock does (`agent.state.Stamps`).
 
-The hub keeps a device's reported state with the greatest `seq` (or a later `ts`; docs/hub.md "Ordering"). A
-device that boots with its clock behind its previous run's (no real-time clock before NTP) must still have
-its new reports replace the previous run's: else the operator sees what the previous run served.
+The hub keeps a device's newest status by `ts`, then `offline` after `online`, and its reported state with the
+greatest `seq` (or a later `ts`; docs/hub.md "Ordering"). A device that boots with its clock behind its previous
+run's (no real-time clock before NTP) must still have its new birth replace the previous run's last will, and
+its new reports the previous run's: else the operator sees what the previous run said.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from agent.state import SEQ_RESERVE, StampFile, Stamps
-from fleet.limits import MAX_JSON_INT
-from fleet.messages import ReportedState
+from fleet.limits import MAX_JSON_INT, MAX_TIMESTAMP
+from fleet.messages import DeviceStatus, ReportedState
 from hub.store import Database, Device, open_store
 from tests.agent.conftest import AgentFactory
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
 
 HOUR = 3600.0
+
+
+def _kept_by_the_hub(tmp_path: Path, device_id: str, delivered: Sequence[DeviceStatus | ReportedState]) -> Device:
+    """The device as a real hub store keeps it after the messages the broker delivered, in that order."""
+    store = open_store(Database.sqlite(tmp_path / "hub.db"), telemetry_process=False)
+    try:
+        store.add_device(Device(id=device_id, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        for msg in delivered:
+            queued = (
+                store.enqueue_status(msg, time.time())
+                if isinstance(msg, DeviceStatus)
+                else store.enqueue_reported(msg, time.time())
+            )
+            assert queued
+        store.flush()
+        stored = store.get_device(device_id)
+        assert stored is not None
+        return stored
+    finally:
+        store.close()
+
+
+def test_a_new_run_whose_clock_went_back_replaces_the_last_runs_offline_on_the_hub(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "device"
+    first, _ = make_agent(hub, device_id, broker.url, data_dir=data)
+    assert first.wait_ready(10)
+    birth = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None), what="birth")
+    first.link.drop(HOUR)  # the device dies: the broker publishes its last will
+    will = hub.wait(lambda: next((s for s in hub.statuses if s.state == "offline"), None), what="last will")
+    first.stop()
+    # it boots again with its clock an hour behind
+    second, _ = make_agent(hub, device_id, broker.url, data_dir=data, clock=lambda: time.time() - HOUR)
+    assert second.wait_ready(10)
+    reborn = hub.wait(lambda: next((s for s in hub.statuses if s.session == second.session), None), what="rebirth")
+    assert reborn.state == "online" and birth.ts == will.ts < reborn.ts
+    # the hub's store, given every status the broker delivered: the new run's birth is the newest
+    stored = _kept_by_the_hub(tmp_path, device_id, list(hub.statuses))
+    assert (stored.status, stored.session) == ("online", second.session)
 
 
 def test_a_new_run_whose_clock_went_back_has_its_report_replace_the_last_runs_on_the_hub(
@@ -42,20 +84,12 @@ def test_a_new_run_whose_clock_went_back_has_its_report_replace_the_last_runs_on
     old = [r for r in reported if r.ts >= cut]
     new = [r for r in reported if r.ts < cut]
     # the hub's store, given every report the broker delivered, in that order: the new run's is kept
-    store = open_store(Database.sqlite(tmp_path / "hub.db"), telemetry_process=False)
-    try:
-        store.add_device(Device(id=device_id, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-        for report in reported:
-            assert store.enqueue_reported(report, time.time())
-        store.flush()
-        stored = store.get_device(device_id)
-        assert stored is not None and stored.reported == max(new, key=lambda r: r.seq)
-    finally:
-        store.close()
+    stored = _kept_by_the_hub(tmp_path, device_id, reported)
+    assert stored.reported == max(new, key=lambda r: r.seq)
     assert old and max(r.seq for r in old) < min(r.seq for r in new)
 
 
-def test_an_unreadable_stamp_file_is_logged_and_the_agent_numbers_its_reports_by_its_clock(
+def test_an_unreadable_stamp_file_is_logged_once_and_the_agent_stamps_and_numbers_by_its_clock(
     broker: Broker,
     hub: HubSide,
     device_id: str,
@@ -69,10 +103,29 @@ def test_an_unreadable_stamp_file_is_logged_and_the_agent_numbers_its_reports_by
     with caplog.at_level(logging.ERROR, logger="agent.state"):
         agent, _ = make_agent(hub, device_id, broker.url, data_dir=data, clock=lambda: 1000.0)
         assert agent.wait_ready(10)
+        birth = hub.wait(lambda: next((s for s in hub.statuses if s.session == agent.session), None), what="birth")
         first = hub.wait(lambda: next((r for r in hub.reported if r.device_id == device_id), None), what="report")
     assert caplog.text.count(f"stamp file {data / 'status.json'} unreadable") == 1
+    assert (birth.state, birth.ts) == ("online", 1000.0)
     assert 1_000_000 <= first.seq < 1_000_100  # from the clock's ms (the report at start may not have gone out)
-    assert StampFile.model_validate_json((data / "status.json").read_bytes()).report_seq >= first.seq
+    saved = StampFile.model_validate_json((data / "status.json").read_bytes())
+    assert saved.last_ts == 1000.0 and saved.report_seq >= first.seq
+
+
+def test_stamps_never_go_back_across_runs_and_each_is_saved_before_it_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    now = [1000.0]
+    run1 = Stamps(path, lambda: now[0])
+    stamps = [run1.status_ts(), run1.status_ts()]  # the clock stands still: the second is later all the same
+    now[0] = 500.0  # the clock goes back within the run
+    stamps.append(run1.status_ts())
+    assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
+    run2 = Stamps(path, lambda: 900.0)  # the next run boots behind the previous one
+    stamps += [run2.status_ts(), run2.status_ts()]
+    assert stamps[0] == 1000.0 and stamps == sorted(set(stamps)), stamps
+    assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
+    run3 = Stamps(path, lambda: 2000.0)  # the clock is right again: its own time
+    assert run3.status_ts() == 2000.0
 
 
 def test_seqs_never_go_back_across_runs_even_after_a_crash(tmp_path: Path) -> None:
@@ -114,6 +167,15 @@ def test_the_file_is_written_once_per_reservation_not_once_per_report(tmp_path: 
 @pytest.mark.parametrize(
     "content",
     [
+        b"",
+        b'{"schema_version": 1, "last_ts": 17',
+        b"\x00\xff\xfe garbage",
+        b"[1000.5]",
+        b'{"schema_version": 1, "last_ts": -1}',
+        b'{"schema_version": 1, "last_ts": 1e300}',
+        b'{"schema_version": 1, "last_ts": "soon"}',
+        b'{"schema_version": 2, "last_ts": 5}',
+        b'{"schema_version": 1, "last_ts": 5, "extra": 1}',
         b'{"schema_version": 1, "last_ts": 5, "report_seq": -1}',
         b'{"schema_version": 1, "last_ts": 5, "report_seq": 9007199254740993}',
         b'{"schema_version": 1, "last_ts": 5, "report_seq": "many"}',
@@ -122,7 +184,7 @@ def test_the_file_is_written_once_per_reservation_not_once_per_report(tmp_path: 
         b'{"schema_version": 1, "report_seq": 1',
     ],
 )
-def test_a_bad_stamp_file_is_logged_and_seqs_start_from_the_clock(
+def test_a_bad_stamp_file_is_logged_once_and_stamps_and_seqs_start_from_the_clock(
     tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "status.json"
@@ -130,20 +192,30 @@ def test_a_bad_stamp_file_is_logged_and_seqs_start_from_the_clock(
     with caplog.at_level(logging.ERROR, logger="agent.state"):
         stamps = Stamps(path, lambda: 1000.0)
     assert caplog.text.count(f"stamp file {path} unreadable") == 1
+    assert stamps.status_ts() == 1000.0
     assert stamps.report_seq() == 1_000_000
-    assert StampFile.model_validate_json(path.read_bytes()).report_seq == 1_000_000 + SEQ_RESERVE
+    saved = StampFile.model_validate_json(path.read_bytes())
+    assert (saved.last_ts, saved.report_seq) == (1000.0, 1_000_000 + SEQ_RESERVE)
 
 
-def test_a_reservation_that_cannot_be_saved_is_logged_once_and_its_seqs_used(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_marks_that_cannot_be_saved_are_logged_and_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "status.json"
     path.mkdir()  # neither readable nor replaceable as a file
     with caplog.at_level(logging.ERROR, logger="agent.state"):
         stamps = Stamps(path, lambda: 1000.0)
+        first, second = stamps.status_ts(), stamps.status_ts()
         seqs = [stamps.report_seq() for _ in range(5)]
+    assert first == 1000.0 < second
     assert seqs == list(range(1_000_000, 1_000_005))
-    assert caplog.text.count("not saved") == 1
+    assert caplog.text.count("not saved") == 3  # each status stamp, and the reservation once (not per report)
+
+
+def test_stamps_stop_at_the_last_timestamp_a_status_can_carry(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    path.write_bytes(StampFile(last_ts=MAX_TIMESTAMP).model_dump_json().encode())
+    ts = Stamps(path, lambda: 1000.0).status_ts()
+    assert ts == MAX_TIMESTAMP
+    DeviceStatus(device_id="d1", state="offline", ts=ts)  # still a valid status
 
 
 def test_seqs_stop_at_the_largest_a_report_can_carry(tmp_path: Path) -> None:
