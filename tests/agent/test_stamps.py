@@ -46,47 +46,33 @@ def _kept_by_the_hub(tmp_path: Path, device_id: str, delivered: Sequence[DeviceS
         store.close()
 
 
-def test_a_new_run_whose_clock_went_back_replaces_the_last_runs_offline_on_the_hub(
+def test_a_new_run_whose_clock_went_back_replaces_the_last_runs_offline_and_report_on_the_hub(
     broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, tmp_path: Path
 ) -> None:
     data = tmp_path / "device"
     first, _ = make_agent(hub, device_id, broker.url, data_dir=data)
     assert first.wait_ready(10)
     birth = hub.wait(lambda: next((s for s in hub.statuses if s.state == "online"), None), what="birth")
+    hub.wait(lambda: next((r for r in hub.reported if r.device_id == device_id), None), what="first run's report")
     first.link.drop(HOUR)  # the device dies: the broker publishes its last will
     will = hub.wait(lambda: next((s for s in hub.statuses if s.state == "offline"), None), what="last will")
-    first.stop()
-    # it boots again with its clock an hour behind
-    second, _ = make_agent(hub, device_id, broker.url, data_dir=data, clock=lambda: time.time() - HOUR)
-    assert second.wait_ready(10)
-    reborn = hub.wait(lambda: next((s for s in hub.statuses if s.session == second.session), None), what="rebirth")
-    assert reborn.state == "online" and birth.ts == will.ts < reborn.ts
-    # the hub's store, given every status the broker delivered: the new run's birth is the newest
-    stored = _kept_by_the_hub(tmp_path, device_id, list(hub.statuses))
-    assert (stored.status, stored.session) == ("online", second.session)
-
-
-def test_a_new_run_whose_clock_went_back_has_its_report_replace_the_last_runs_on_the_hub(
-    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, tmp_path: Path
-) -> None:
-    data = tmp_path / "device"
-    first, _ = make_agent(hub, device_id, broker.url, data_dir=data)
-    assert first.wait_ready(10)
-    hub.wait(lambda: next((r for r in hub.reported if r.device_id == device_id), None), what="first run's report")
     first.stop()
     # it boots again with its clock an hour behind (its reports carry that clock's ts: that is how they are told
     # apart from the first run's, whichever of those were still on their way)
     cut = time.time() - HOUR / 2
     second, _ = make_agent(hub, device_id, broker.url, data_dir=data, clock=lambda: time.time() - HOUR)
     assert second.wait_ready(10)
+    reborn = hub.wait(lambda: next((s for s in hub.statuses if s.session == second.session), None), what="rebirth")
+    assert reborn.state == "online" and birth.ts == will.ts < reborn.ts
     hub.wait(lambda: next((r for r in hub.reported if r.ts < cut), None), what="second run's report")
     reported = list(hub.reported)
     old = [r for r in reported if r.ts >= cut]
     new = [r for r in reported if r.ts < cut]
-    # the hub's store, given every report the broker delivered, in that order: the new run's is kept
-    stored = _kept_by_the_hub(tmp_path, device_id, reported)
-    assert stored.reported == max(new, key=lambda r: r.seq)
     assert old and max(r.seq for r in old) < min(r.seq for r in new)
+    # the hub's store, given everything the broker delivered, in that order: the new run's birth and report win
+    stored = _kept_by_the_hub(tmp_path, device_id, [*hub.statuses, *reported])
+    assert (stored.status, stored.session) == ("online", second.session)
+    assert stored.reported == max(new, key=lambda r: r.seq)
 
 
 def test_an_unreadable_stamp_file_is_logged_once_and_the_agent_stamps_and_numbers_by_its_clock(
@@ -112,37 +98,31 @@ def test_an_unreadable_stamp_file_is_logged_once_and_the_agent_stamps_and_number
     assert saved.last_ts == 1000.0 and saved.report_seq >= first.seq
 
 
-def test_stamps_never_go_back_across_runs_and_each_is_saved_before_it_is_used(tmp_path: Path) -> None:
+def test_stamps_and_seqs_never_go_back_across_runs_even_after_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
     now = [1000.0]
-    run1 = Stamps(path, lambda: now[0])
-    stamps = [run1.status_ts(), run1.status_ts()]  # the clock stands still: the second is later all the same
-    now[0] = 500.0  # the clock goes back within the run
-    stamps.append(run1.status_ts())
-    assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
-    run2 = Stamps(path, lambda: 900.0)  # the next run boots behind the previous one
-    stamps += [run2.status_ts(), run2.status_ts()]
-    assert stamps[0] == 1000.0 and stamps == sorted(set(stamps)), stamps
-    assert StampFile.model_validate_json(path.read_bytes()).last_ts == stamps[-1]
-    run3 = Stamps(path, lambda: 2000.0)  # the clock is right again: its own time
-    assert run3.status_ts() == 2000.0
+    marks: list[tuple[float, int]] = []
 
+    def mark(stamps: Stamps) -> None:
+        marks.append((stamps.status_ts(), stamps.report_seq()))
+        assert StampFile.model_validate_json(path.read_bytes()).last_ts == marks[-1][0]  # saved before it is used
 
-def test_seqs_never_go_back_across_runs_even_after_a_crash(tmp_path: Path) -> None:
-    path = tmp_path / "status.json"
-    now = [1000.0]
     run1 = Stamps(path, lambda: now[0])
-    seqs = [run1.report_seq(), run1.report_seq()]  # the clock stands still: the second is greater all the same
+    mark(run1)
+    mark(run1)  # the clock stands still: later all the same
     now[0] = 500.0  # the clock goes back within the run
-    seqs.append(run1.report_seq())
-    now[0] = 1000.0 + 2 * SEQ_RESERVE / 1000  # the clock moves on past the reservation
-    seqs.append(run1.report_seq())
+    mark(run1)
+    now[0] = 1000.0 + 2 * SEQ_RESERVE / 1000  # the clock moves on past the seqs' reservation
+    mark(run1)
     # the device dies (nothing saved at a stop), and boots with its clock behind the previous run's
     run2 = Stamps(path, lambda: 900.0)
-    seqs += [run2.report_seq(), run2.report_seq()]
-    assert seqs[0] == 1_000_000 and seqs == sorted(set(seqs)), seqs
-    run3 = Stamps(path, lambda: 1e9)  # the clock is right again: its own ms
-    assert run3.report_seq() == 10**12
+    mark(run2)
+    mark(run2)
+    stamps, seqs = [m[0] for m in marks], [m[1] for m in marks]
+    assert (stamps[0], seqs[0]) == (1000.0, 1_000_000)
+    assert stamps == sorted(set(stamps)) and seqs == sorted(set(seqs)), marks
+    run3 = Stamps(path, lambda: 1e9)  # the clock is right again: its own time and ms
+    assert (run3.status_ts(), run3.report_seq()) == (1e9, 10**12)
 
 
 def test_the_file_is_written_once_per_reservation_not_once_per_report(tmp_path: Path) -> None:
