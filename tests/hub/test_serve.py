@@ -16,6 +16,7 @@ from fleet.codec import encode
 from fleet.topics import Topics
 from tests.support.broker import Broker, free_port
 from tests.support.hubproc import HubProcess
+from tests.support.metrics import scrape
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.wire import one_model_window
@@ -135,12 +136,6 @@ def test_sigterm_with_a_dashboard_open_and_ctrl_c_to_the_group_stop_cleanly(
     assert not [d for d in DIRTY if d in ctrl_c.output()], ctrl_c.output()  # nothing restarted while stopping
 
 
-def _metric(hub: HubProcess, name: str) -> float:
-    text = httpx.get(f"{hub.url}/metrics", timeout=5).text
-    line = next((x for x in text.splitlines() if x.startswith(f"{name} ")), None)
-    return float(line.split()[1]) if line else 0.0
-
-
 def test_a_replica_killed_before_it_stored_telemetry_gets_it_again_from_the_broker(
     tmp_path: Path, broker: Broker, topic_prefix: str
 ) -> None:
@@ -167,19 +162,19 @@ def test_a_replica_killed_before_it_stored_telemetry_gets_it_again_from_the_brok
         hub.start()
         hub.enrol("cam-1")
         send(range(5))
-        wait_for(lambda: count() == 5 and _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 0, timeout=30)
+        wait_for(lambda: count() == 5 and scrape(hub.url, "edgefleet_hub_mqtt_unacknowledged") == 0, timeout=30)
         assert hub.proc is not None
         (writer,) = [c for c in psutil.Process(hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
         writer.suspend()  # SIGSTOP: what the hub receives from now on waits uncommitted
         send(range(5, 12))
-        wait_for(lambda: _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 7, timeout=30)
+        wait_for(lambda: scrape(hub.url, "edgefleet_hub_mqtt_unacknowledged") == 7, timeout=30)
         hub.kill()
         writer.kill()
         hub.start()
         wait_for(lambda: count() == 12, timeout=30)
         body = hub.get("/api/v1/telemetry/devices/cam-1")
         assert body["summary"]["requests"] == 12 * 5  # each window counted once in the rollups
-        assert _metric(hub, "edgefleet_hub_mqtt_unacknowledged") == 0
+        assert scrape(hub.url, "edgefleet_hub_mqtt_unacknowledged") == 0
         assert hub.stop() == 0, hub.output()
     finally:
         dev.close()

@@ -10,7 +10,6 @@ enrolled through replica a after b started: b learns of them from the store.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,18 +24,12 @@ from sim.config import AgentIdentity, SimConfig
 from sim.profile import Profiles
 from sim.swarm import Simulator
 from tests.support.broker import Broker, free_port
+from tests.support.metrics import scrape
 from tests.support.mqtt import wait_for
 from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 20
-
-
-def _metric(url: str, name: str, kind: str | None = None) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    label = f'{{kind="{kind}"}}' if kind else ""
-    m = re.search(rf"^{name}_total{re.escape(label)} (\S+)$", text, flags=re.M)
-    return int(float(m.group(1))) if m else 0
 
 
 @pytest.fixture
@@ -92,7 +85,9 @@ def test_two_hub_processes_split_ingestion_with_nothing_lost_or_doubled(
     sent = sim.snapshot().stats["telemetry"]
 
     def taken() -> tuple[int, int]:
-        return a.ingest.accepted["telemetry"], _metric(b_url, "edgefleet_hub_ingest_accepted", "telemetry")
+        return a.ingest.accepted["telemetry"], int(
+            scrape(b_url, "edgefleet_hub_ingest_accepted_total", kind="telemetry")
+        )
 
     wait_for(lambda: sum(taken()) >= sent, timeout=20)
     a_took, b_took = taken()
@@ -100,12 +95,14 @@ def test_two_hub_processes_split_ingestion_with_nothing_lost_or_doubled(
     assert min(a_took, b_took) > 0, f"one replica took everything: {(a_took, b_took)}"  # the broker split it
 
     def persisted() -> int:
-        return a.store.ingest_stats().telemetry_persisted + _metric(b_url, "edgefleet_hub_telemetry_persisted")
+        return a.store.ingest_stats().telemetry_persisted + int(
+            scrape(b_url, "edgefleet_hub_telemetry_persisted_total")
+        )
 
     wait_for(lambda: persisted() >= sent, timeout=20)
     assert persisted() == sent  # nothing lost
     device = identities[0].device_id
     windows = a.store.telemetry_windows(device, since=None, until=None, limit=100_000)
     assert len({w.seq for w in windows}) == len(windows)  # the shared store holds each window once
-    births = a.ingest.accepted["status"] + _metric(b_url, "edgefleet_hub_ingest_accepted", "status")
+    births = a.ingest.accepted["status"] + int(scrape(b_url, "edgefleet_hub_ingest_accepted_total", kind="status"))
     assert births >= N  # every birth reached the replicas (births and reports reach every replica)
