@@ -109,8 +109,8 @@ def run_cmd(  # noqa: PLR0917  (typer options)
     server = None
     health = None
     try:
-        serving, server = (CheckOnlyServing(), None) if cluster else _serving(headless, api_host, api_port)
         port = _cluster_port() if cluster else None
+        serving, server = (CheckOnlyServing(port), None) if cluster else _serving(headless, api_host, api_port)
         agent = Agent(device, settings, serving, port)
         if health_port is not None:
             health = _health(agent, health_host, health_port, port)

@@ -7,7 +7,9 @@ the pods of that workload (`edgefleet agent serve --store /models --model NAME`)
 answer requests. `CheckOnlyServing` is the
 `agent.ports.ServingPort` of that control agent: it records what was checked and closes each engine at once,
 so the control pod never holds a model in memory after its check (its memory stays near the bare agent's;
-only the check itself needs room for one model, see docs/k3s.md) and never answers inference requests.
+only the check itself needs room for one model, see docs/k3s.md) and never answers inference requests. Its
+telemetry windows come from the serving pods: `take_windows` asks the `agent.ports.ClusterPort`, which scrapes
+each model's pods' `/metrics` (`agent.k3s.scrape`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import threading
 from typing import Any
 
-from agent.ports import ServingWindow
+from agent.ports import ClusterPort, ServingWindow
 from fleet.histogram import LatencyRecorder
 from fleet.messages import AppliedModel, RuntimeOptions
 
@@ -28,7 +30,9 @@ log = logging.getLogger(__name__)
 class CheckOnlyServing:
     """A ServingPort that serves nothing: engines are closed as soon as the control side hands them over."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: ClusterPort | None = None) -> None:
+        """`cluster`: where the serving pods' counters come from (None: every window is empty)."""
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._active: dict[str, AppliedModel] = {}
         self._shadow: dict[str, AppliedModel] = {}
@@ -74,7 +78,8 @@ class CheckOnlyServing:
             self._shadow.pop(name, None)
 
     def take_windows(self) -> dict[str, ServingWindow]:
-        """Empty windows: requests reach the serving pods, not this process.
+        """What each active model's serving pods served since the previous call (scraped through the cluster
+        port, bounded by its timeouts; an empty window for a model whose pods could not be listed).
 
         Also returns the heap a checked model left behind to the kernel (by then the control side has dropped
         its last reference to the engine; the telemetry thread calls this every window).
@@ -84,9 +89,12 @@ class CheckOnlyServing:
             names = sorted(self._active)
         if due:
             trim_heap()
-        return {
-            n: ServingWindow(requests=0, errors=0, latency=LatencyRecorder().snapshot(), queue_depth=0) for n in names
-        }
+        scraped = self.cluster.serving_windows(names) if self.cluster is not None and names else {}
+        return {n: scraped.get(n) or _empty() for n in names}
+
+
+def _empty() -> ServingWindow:
+    return ServingWindow(requests=0, errors=0, latency=LatencyRecorder().snapshot(), queue_depth=0)
 
 
 def _close(engine: Any) -> None:

@@ -156,6 +156,10 @@ class Inference:
         if slot is not None and served is not None:
             slot.release(served, submitted)
             self.metrics.observe(served.model.name, served.model.version, endpoint, code, seconds)
+        elif slot is not None and (active := slot.active_model) is not None:
+            # a served model's request that reached no version of it (another version, overloaded): counted in
+            # the model's telemetry window (`slot.record`), so in its /metrics too, which cluster mode scrapes
+            self.metrics.observe(active.name, UNKNOWN, endpoint, code, seconds)
         else:
             self.metrics.observe(UNKNOWN, UNKNOWN, endpoint, code, seconds)
         if slot is not None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from agent.k3s.cluster import Cluster
 from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
+from agent.k3s.scrape import Scraper
 from agent.k3s.settings import ClusterSettings
-from agent.ports import ClusterPort
+from agent.ports import ClusterPort, ServingWindow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SCRAPE_MARGIN_S = 5.0  # beyond the scrape's own timeouts, before the telemetry thread stops waiting for it
 
 
 class ClusterBridge:
@@ -44,13 +46,14 @@ class ClusterBridge:
         self._lock = threading.Lock()
         self._watch: Future[None] | None = None
         try:
-            self._cluster = self._run(self._connect())
+            self._cluster, self._scraper = self._run(self._connect())
         except BaseException:
             self._stop_loop()
             raise
 
-    async def _connect(self) -> Cluster:
-        return Cluster(make_client(self.settings), self.settings)
+    async def _connect(self) -> tuple[Cluster, Scraper]:
+        client = make_client(self.settings)
+        return Cluster(client, self.settings), Scraper(client, self.settings)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -92,6 +95,28 @@ class ClusterBridge:
         """
         self._run(self._cluster.remove(name))
 
+    def serving_windows(self, names: Sequence[str]) -> dict[str, ServingWindow]:
+        """Each model's window from its serving pods' /metrics since the previous call (see `agent.k3s.scrape`).
+
+        Blocks at most about `request_timeout_s + scrape_timeout_s`; never raises (failures are logged, and a
+        model whose pods could not be listed is left out).
+        """
+        if not names or self._closed:
+            return {}
+        limit = self.settings.request_timeout_s + self.settings.scrape_timeout_s + SCRAPE_MARGIN_S
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._scraper.windows(list(names)), self._loop)
+        except RuntimeError:  # the loop is closed (close() raced this call)
+            return {}
+        try:
+            return future.result(timeout=limit)
+        except TimeoutError:
+            future.cancel()
+            log.warning("scraping the serving pods took over %.1fs: no cluster-mode serving counts this window", limit)
+        except Exception:  # never take the telemetry thread down
+            log.exception("scraping the serving pods failed")
+        return {}
+
     def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
         """Call `on_change(nodes)` from the bridge's thread whenever the node inventory changes (first call at once).
 
@@ -123,6 +148,7 @@ class ClusterBridge:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._scraper.close()
         await self._cluster.client.close()
 
     def _stop_loop(self) -> None:

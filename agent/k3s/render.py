@@ -77,6 +77,11 @@ def workload_name(base: str, model: str) -> str:
     return f"{name[: 63 - 9].rstrip('-.')}-{digest}"
 
 
+def pod_selector(name: str) -> dict[str, str]:
+    """The labels that select the serving pods of the workload `name` (`workload_name(...)`)."""
+    return {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": name}
+
+
 def active_document(desired: DesiredState, slot: DesiredModel) -> dict[str, Any]:
     """What model `slot`'s serving pods read from its ConfigMap: the active version and the serving knobs."""
     model = slot.model
@@ -116,7 +121,7 @@ def render_workload(desired: DesiredState, model: str, settings: ClusterSettings
     runtime = slot.runtime
     name = workload_name(settings.workload_name, model)
     ns = settings.namespace
-    selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": name}
+    selector = pod_selector(name)
     labels = {
         **selector,
         MODEL_LABEL: model,

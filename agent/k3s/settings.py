@@ -77,6 +77,20 @@ class ClusterSettings(EnvSettings):
     watch_timeout_s: int = Field(
         default=60, ge=1, le=3600, description="server-side timeout of one watch request, seconds (then it resumes)"
     )
+    scrape_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="longest wait for one serving pod's whole /metrics answer, seconds, once per telemetry window "
+        "(a pod answers in milliseconds; one that does not is skipped for that window)",
+    )
+    scrape_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="largest /metrics body read from a serving pod, bytes (a pod's is ~20 KiB with two versions, "
+        "both endpoints and eight status codes counted)",
+    )
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the serving pods and the Service")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Service type (K3s ships a LoadBalancer, ServiceLB, for on-device access)"

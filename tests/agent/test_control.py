@@ -40,7 +40,7 @@ def test_a_checked_engine_is_recorded_and_released(samples: dict[str, Sample]) -
     assert serving.shadow_models() == {name: shadow.applied}
     with pytest.raises(EngineNotReady):
         shadow.engine.infer({"image": image})
-    window = serving.take_windows()[name]  # requests reach the serving pods, not the control agent
+    window = serving.take_windows()[name]  # no cluster port: nothing to scrape (tests/agent/k3s/test_scrape.py)
     assert (window.requests, window.errors, window.queue_depth, window.shadow) == (0, 0, 0, None)
     serving.set_shadow(name, None, None, 0.0)
     serving.deactivate(name)

@@ -4,12 +4,16 @@ It validates what it is asked to apply against a real Kubernetes' OpenAPI schema
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
 honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
 errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, and act
-as a Deployment controller.
+as a Deployment controller. In the "ready" mode that controller also creates the Deployment's pods, running and
+ready, with loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8 to lo), so a test can serve
+each "pod" on its IP (cluster mode scrapes the pods' /metrics there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
 import json
 import socket
 import ssl
@@ -109,6 +113,7 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
         self.max_watch_s = 30.0
+        self.used_pod_ips: set[str] = set()
         # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
         self.kubernetes_version: str | None = NEWEST
         self._stopping = False
@@ -399,7 +404,58 @@ class ApiServer:
         obj = self.store.get(key)
         if obj is None or self.controller == "off":
             return
+        if self.controller == "ready":
+            self._run_pods(obj)
         self.store.set_status(key, deployment_status(obj, self.controller))
+
+    def pods(self, namespace: str, **labels: str) -> list[dict[str, Any]]:
+        """The pods in `namespace` whose labels include `labels`, by name."""
+        items, _ = self.store.list(self.store_kind("pods"), namespace)
+        return [p for p in items if labels.items() <= (p["metadata"].get("labels") or {}).items()]
+
+    def _run_pods(self, deployment: dict[str, Any]) -> None:
+        """Pods of the current template, running and ready, `spec.replicas` of them; others are deleted (their
+        IPs freed). A template change replaces every pod at once (no surge: the test needs no rolling update)."""
+        meta, spec = deployment["metadata"], deployment.get("spec") or {}
+        template = spec.get("template") or {}
+        if not (spec.get("selector") or {}).get("matchLabels") or not (template.get("metadata") or {}).get("labels"):
+            return  # not a Deployment our code renders (tests of the server itself): status only
+        digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+        selector = spec["selector"]["matchLabels"]
+        kind = self.store_kind("pods")
+        mine = [p for p in self.pods(meta["namespace"], **selector) if p["metadata"]["name"].startswith(meta["name"])]
+        keep = [p for p in mine if p["metadata"]["labels"].get("pod-template-hash") == digest]
+        replicas = int(spec.get("replicas", 1))
+        for pod in [p for p in mine if p not in keep[:replicas]]:
+            self.store.delete(("", "pods", meta["namespace"], pod["metadata"]["name"]))
+            self.used_pod_ips.discard(pod["status"]["podIP"])
+        for i in range(len(keep), replicas):
+            ip = self._free_pod_ip()
+            self.used_pod_ips.add(ip)
+            name = f"{meta['name']}-{digest}-{ip.rsplit('.', 1)[1]}"
+            self.store.put(
+                kind,
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": meta["namespace"],
+                        "labels": {**template["metadata"]["labels"], "pod-template-hash": digest},
+                    },
+                    "spec": template["spec"],
+                    "status": {
+                        "phase": "Running",
+                        "podIP": ip,
+                        "podIPs": [{"ip": ip}],
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                },
+            )
+
+    def _free_pod_ip(self) -> str:
+        address = ipaddress.IPv4Address("127.0.0.2")
+        while str(address) in self.used_pod_ips:
+            address += 1
+        return str(address)
 
 
 def _json(obj: Any, code: int = 200) -> Response:

@@ -1,0 +1,226 @@
+"""Cluster-mode telemetry: the control agent scrapes the serving pods' /metrics.
+
+The test API server's Deployment controller gives the pods loopback IPs (127.0.0.2, ...); each "pod" is the real
+inference API (`agent.api.ApiServer`, what `edgefleet agent serve` runs) bound to its IP on the serving port,
+serving a real sample model over real HTTP. Each pod's own repository counts its requests as single-device mode
+does (`take_windows`): the scraped window must equal their sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from agent.api import ApiServer, ApiSettings, ModelRepository
+from agent.control import CheckOnlyServing
+from agent.k3s import ClusterBridge, ClusterSettings
+from agent.ports import ServingWindow
+from fleet.histogram import merge_all
+from fleet.messages import AppliedModel
+from models.engine import Engine, EngineOptions
+from tests.agent.conftest import Sample
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
+from tests.k8s.server import ApiServer as KubeApi
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        return int(s.getsockname()[1])
+
+
+class ServingPod:
+    """The inference API on one pod IP, serving `sample` as model MODEL (a fresh process: counters from zero)."""
+
+    def __init__(self, ip: str, port: int, sample: Sample, **settings: int) -> None:
+        self.ip, self.port, self.sample = ip, port, sample
+        self.repo = ModelRepository()
+        self.server = ApiServer(ApiSettings(host=ip, port=port, **settings), self.repo)  # type: ignore[arg-type]
+        self.server.start()
+        d = sample.descriptor
+        assert d.sha256 is not None
+        engine = Engine.load(sample.path, d, EngineOptions(intra_op_threads=1))
+        self.repo.activate(engine, AppliedModel(name=MODEL, version=d.version, sha256=d.sha256), d)
+
+    def window(self) -> ServingWindow:
+        """What this pod counted since the last call, as single-device mode counts it."""
+        return self.repo.take_windows()[MODEL]
+
+    def send(self, n: int, *, data: int = 3 * 64 * 64, version: str | None = None, parallel: int = 1) -> list[int]:
+        """`n` infer requests (`data` values for a 1x3x64x64 input: fewer is a 400); their status codes."""
+        body = orjson.dumps(
+            {"inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.5] * data}]}
+        )
+        path = f"/v2/models/{MODEL}" + (f"/versions/{version}" if version else "") + "/infer"
+        with httpx.Client(base_url=f"http://{self.ip}:{self.port}", timeout=30) as c:
+            if parallel == 1:
+                return [c.post(path, content=body).status_code for _ in range(n)]
+            with ThreadPoolExecutor(parallel) as pool:
+                return list(pool.map(lambda _: c.post(path, content=body).status_code, range(n)))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def start_pod(samples: dict[str, Sample]) -> Iterator[Callable[..., ServingPod]]:
+    pods: list[ServingPod] = []
+
+    def start(ip: str, port: int, **settings: int) -> ServingPod:
+        pod = ServingPod(ip, port, samples["v1"], **settings)
+        pods.append(pod)
+        return pod
+
+    yield start
+    for pod in pods:
+        pod.stop()
+
+
+def pod_ips(api: KubeApi) -> list[str]:
+    return sorted(p["status"]["podIP"] for p in api.pods(NAMESPACE))
+
+
+def summed(windows: list[ServingWindow]) -> tuple[int, int, tuple[int, ...]]:
+    latency = merge_all(w.latency for w in windows)
+    return sum(w.requests for w in windows), sum(w.errors for w in windows), latency.counts
+
+
+def test_the_window_counts_every_pods_requests_exactly_across_a_restart(
+    api: KubeApi, start_pod: Callable[..., ServingPod], tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = fast_settings(api.kubeconfig, port=port)
+    with ClusterBridge(settings) as bridge:
+        assert bridge.apply(desired(1, replicas=3), MODEL).state == "ready"
+        ips = pod_ips(api)
+        assert ips == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        a, b = start_pod(ips[0], port), start_pod(ips[1], port)
+        c = start_pod(ips[2], port, max_concurrency=1)  # concurrent requests beyond 1 are refused: 503
+        codes = a.send(5) + a.send(2, data=5) + a.send(1, version="9.9.9") + b.send(3)
+        for _ in range(50):  # until c has refused some (concurrent requests race: how many is not fixed)
+            codes += c.send(24, parallel=8)
+            if 503 in codes:
+                break
+        assert codes.count(400) == 2 and codes.count(404) == 1 and set(codes) == {200, 400, 404, 503}
+        errors = codes.count(503)
+        window = bridge.serving_windows([MODEL])[MODEL]
+        pods = [a.window(), b.window(), c.window()]
+        assert (window.requests, window.errors) == (len(codes), errors)
+        assert (window.requests, window.errors, window.latency.counts) == summed(pods)  # as single-device mode
+        assert window.latency.sum_ms == pytest.approx(sum(p.latency.sum_ms for p in pods), rel=1e-6, abs=1.0)
+        assert window.queue_depth == 0
+        assert bridge.serving_windows([MODEL])[MODEL].requests == 0  # nothing new: nothing counted twice
+
+        # the telemetry thread's path: the control agent's ServingPort asks the bridge
+        control = CheckOnlyServing(bridge)
+        d = a.sample.descriptor
+        assert d.sha256 is not None
+        engine = Engine.load(a.sample.path, d, EngineOptions(intra_op_threads=1))
+        control.activate(engine, AppliedModel(name=MODEL, version=d.version, sha256=d.sha256), d)
+
+        # b's container restarts: a new process, counters from zero, more requests than the old one had
+        assert b.send(2) == [200, 200]  # answered after the last scrape, then lost with the old process
+        b.stop()
+        b = start_pod(ips[1], port)
+        assert b.send(4) == [200] * 4
+        assert a.send(1) == [200]
+        assert control.take_windows()[MODEL].requests == 5  # 4 from the new process, 1 from a; not 4 - 3
+        b.send(1)
+        assert control.take_windows()[MODEL].requests == 1
+
+
+class _Misbehaving(socketserver.BaseRequestHandler):
+    """A "pod" whose /metrics answer is garbage, oversized, absurd, or never comes."""
+
+    modes: dict[str, str] = {}
+    release = threading.Event()
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        mode = self.modes[self.server.server_address[0]]  # type: ignore[index]
+        if mode == "hang":
+            self.release.wait(30)
+            return
+        body = {
+            "garbage": b"\x00\x01 this { is not } prometheus",
+            "oversized": b"# HELP padding\n" * 5000,
+            "absurd": f'edgefleet_api_requests_total{{model="{MODEL}",code="200"}} NaN\n'.encode(),
+            "error": b"",
+        }[mode]
+        status = b"500 Internal Server Error" if mode == "error" else b"200 OK"
+        head = b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+        self.request.sendall(head + body)
+
+
+def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_count(
+    api: KubeApi, start_pod: Callable[..., ServingPod], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = fast_settings(api.kubeconfig, port=port, scrape_timeout_s=0.5, scrape_max_bytes=65536)
+    bad = ["hang", "garbage", "oversized", "absurd", "error"]
+    _Misbehaving.release = threading.Event()
+    servers = []
+    with ClusterBridge(settings) as bridge:
+        assert bridge.apply(desired(1, replicas=1 + len(bad)), MODEL).state == "ready"
+        ips = pod_ips(api)
+        good = start_pod(ips[0], port)
+        for ip, mode in zip(ips[1:], bad, strict=True):
+            _Misbehaving.modes[ip] = mode
+            server = socketserver.ThreadingTCPServer((ip, port), _Misbehaving)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+        try:
+            assert good.send(3) == [200] * 3
+            with caplog.at_level(logging.INFO, logger="agent.k3s.scrape"):
+                window = bridge.serving_windows([MODEL])[MODEL]
+            assert window.requests == 3
+            log = caplog.text
+            for reason in (
+                "no complete answer within 0.5s",
+                "not the Prometheus text format",
+                "is over 65536 bytes",
+                "is nan: not a count",
+                "HTTP 500",
+                "1 of 6 serving pods answered",
+            ):
+                assert reason in log, (reason, log)
+
+            # the pods' list fails once: no window this time, and nothing lost the next time
+            assert good.send(2) == [200, 200]
+            api.fail(500, verb="list", resource="pods", times=1)
+            with caplog.at_level(logging.WARNING, logger="agent.k3s.scrape"):
+                assert bridge.serving_windows([MODEL]) == {}
+            assert "cannot list its serving pods" in caplog.text
+            assert bridge.serving_windows([MODEL])[MODEL].requests == 2
+        finally:
+            _Misbehaving.release.set()
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+
+
+def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi) -> None:
+    bridge = ClusterBridge(fast_settings(api.kubeconfig))
+    window = bridge.serving_windows(["not-deployed"])["not-deployed"]
+    assert (window.requests, window.errors, window.latency.count) == (0, 0, 0)
+    assert bridge.serving_windows([]) == {}
+    bridge.close()
+    assert bridge.serving_windows([MODEL]) == {}
+    assert CheckOnlyServing(bridge).take_windows() == {}
+
+
+def test_scrape_settings_are_bounded() -> None:
+    with pytest.raises(ValueError, match="scrape_max_bytes"):
+        ClusterSettings(scrape_max_bytes=10)
+    with pytest.raises(ValueError, match="scrape_timeout_s"):
+        ClusterSettings(scrape_timeout_s=0)
