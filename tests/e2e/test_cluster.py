@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from tests.support.broker import free_port
 from tests.support.hub import RunningHub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
+from tests.support.pods import ServingPod
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "edgefleet"
@@ -54,8 +56,8 @@ def k8s(tmp_path: Path) -> Iterator[ApiServer]:
     server.stop()
 
 
-def start_agent_as_deployed(bundle: Path, k8s: ApiServer, tmp_path: Path) -> tuple[AgentProc, int]:
-    """`edgefleet agent run ...` with the rendered manifest's arguments and environment."""
+def start_agent_as_deployed(bundle: Path, k8s: ApiServer, tmp_path: Path, **env_extra: str) -> tuple[AgentProc, int]:
+    """`edgefleet agent run ...` with the rendered manifest's arguments and environment (`env_extra` last)."""
     objects = render("cpu")
     container = agent_container(objects)
     health = free_port()
@@ -68,6 +70,7 @@ def start_agent_as_deployed(bundle: Path, k8s: ApiServer, tmp_path: Path) -> tup
     env["EDGEFLEET_K3S_KUBECONFIG"] = str(k8s.kubeconfig)  # in a pod: the ServiceAccount
     env["EDGEFLEET_K3S_ROLLOUT_DEADLINE_S"] = "20"
     env["PYTHONPATH"] = str(REPO)
+    env.update(env_extra)
     proc = AgentProc([edgefleet(), *args], env, tmp_path / "agent.log")
     return proc, health
 
@@ -162,6 +165,69 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
         assert too_many.returncode == 1
         assert "cam-3 fits 2 serving pod(s) of 1 GPU on its ready nodes; 3 asked" in too_many.stderr
     finally:
+        status = agent.stop()
+    assert status == 0, agent.output()[-3000:]
+
+
+def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
+    running_hub: RunningHub, k8s: ApiServer, tmp_path: Path
+) -> None:
+    """The control agent scrapes its serving pod, so the hub's error-rate gate judges cluster-mode devices too
+    (before, their windows were empty and the gate recorded no_data, which passes)."""
+    h = running_hub
+    (tmp_path / "models").mkdir()
+    versions = classifier_versions(tmp_path / "models")
+    for path, desc in versions.values():
+        assert h.push_model(path, desc.to_json()).status_code == 201
+    with h.client() as api:
+        r = api.post("/api/v1/devices", json={"id": "cam-9", "labels": {"site": "edge"}})
+        assert r.status_code == 201, r.text
+    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+    port = free_port()
+    agent, _ = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path, EDGEFLEET_K3S_PORT=str(port))
+    stop = threading.Event()
+    pods: list[ServingPod] = []
+    codes: list[int] = []
+
+    def load() -> None:  # clients of the serving pod: more at once than it takes (max_concurrency 1: 503s)
+        while not stop.is_set():
+            try:
+                codes.extend(pods[0].send(16, parallel=4))
+            except httpx.HTTPError:
+                pass
+            stop.wait(0.05)
+
+    clients = threading.Thread(target=load, daemon=True)
+    try:
+        # no control devices and no version before: the p95 gate would wait for data; the error-rate gate judges
+        body = {"model": "cls", "version": "2.0.0", "selector": "site=edge", "bake_s": 4.0, "on_failure": "pause",
+                "gates": {"max_error_rate": 0.05, "max_p95_regression": None}}  # fmt: skip
+        with h.client() as api:
+            r = api.post("/api/v1/rollouts", json=body)
+            assert r.status_code in (200, 201), r.text
+            rid = r.json()["id"]
+        # the serving pod the agent's Deployment asked for, on the IP the test API server's controller gave it
+        pod = wait_for(lambda: k8s.pods(NAMESPACE), timeout=60)[0]
+        path, desc = versions["2.0.0"]
+        pods.append(ServingPod(pod["status"]["podIP"], port, path, desc, "cls", max_concurrency=1))
+        clients.start()
+
+        def rollout() -> dict[str, Any]:
+            with h.client() as api:
+                return dict(api.get(f"/api/v1/rollouts/{rid}").json())
+
+        done = wait_for(lambda: (x := rollout())["state"] != "running" and x, timeout=90)
+        wave = done["waves"][0]
+        gate = next(g for g in wave["gates"] if g["name"] == "error_rate")
+        assert (done["state"], wave["phase"], gate["status"]) == ("paused", "failed", "fail"), done
+        assert gate["measured"]["requests"] >= 20 and gate["measured"]["errors"] > 0, gate
+        assert gate["value"] > 0.05 and 503 in codes
+    finally:
+        stop.set()
+        if clients.is_alive():
+            clients.join(timeout=30)
+        for p in pods:
+            p.stop()
         status = agent.stop()
     assert status == 0, agent.output()[-3000:]
 

@@ -1,26 +1,20 @@
 """Cluster-mode telemetry: the control agent scrapes the serving pods' /metrics.
 
 The test API server's Deployment controller gives the pods loopback IPs (127.0.0.2, ...); each "pod" is the real
-inference API (`agent.api.ApiServer`, what `edgefleet agent serve` runs) bound to its IP on the serving port,
-serving a real sample model over real HTTP. Each pod's own repository counts its requests as single-device mode
+inference API (`tests.support.pods.ServingPod`: what `edgefleet agent serve` runs) bound to its IP on the serving
+port, serving a real sample model over real HTTP. Each pod's own repository counts its requests as single-device mode
 does (`take_windows`): the scraped window must equal their sum.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import httpx
-import orjson
 import pytest
 
-from agent.api import ApiServer, ApiSettings, ModelRepository
 from agent.control import CheckOnlyServing
 from agent.k3s import ClusterBridge, ClusterSettings
 from agent.ports import ServingWindow
@@ -30,45 +24,8 @@ from models.engine import Engine, EngineOptions
 from tests.agent.conftest import Sample
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.k8s.server import ApiServer as KubeApi
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        return int(s.getsockname()[1])
-
-
-class ServingPod:
-    """The inference API on one pod IP, serving `sample` as model MODEL (a fresh process: counters from zero)."""
-
-    def __init__(self, ip: str, port: int, sample: Sample, **settings: int) -> None:
-        self.ip, self.port, self.sample = ip, port, sample
-        self.repo = ModelRepository()
-        self.server = ApiServer(ApiSettings(host=ip, port=port, **settings), self.repo)  # type: ignore[arg-type]
-        self.server.start()
-        d = sample.descriptor
-        assert d.sha256 is not None
-        engine = Engine.load(sample.path, d, EngineOptions(intra_op_threads=1))
-        self.repo.activate(engine, AppliedModel(name=MODEL, version=d.version, sha256=d.sha256), d)
-
-    def window(self) -> ServingWindow:
-        """What this pod counted since the last call, as single-device mode counts it."""
-        return self.repo.take_windows()[MODEL]
-
-    def send(self, n: int, *, data: int = 3 * 64 * 64, version: str | None = None, parallel: int = 1) -> list[int]:
-        """`n` infer requests (`data` values for a 1x3x64x64 input: fewer is a 400); their status codes."""
-        body = orjson.dumps(
-            {"inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.5] * data}]}
-        )
-        path = f"/v2/models/{MODEL}" + (f"/versions/{version}" if version else "") + "/infer"
-        with httpx.Client(base_url=f"http://{self.ip}:{self.port}", timeout=30) as c:
-            if parallel == 1:
-                return [c.post(path, content=body).status_code for _ in range(n)]
-            with ThreadPoolExecutor(parallel) as pool:
-                return list(pool.map(lambda _: c.post(path, content=body).status_code, range(n)))
-
-    def stop(self) -> None:
-        self.server.stop()
+from tests.support.broker import free_port
+from tests.support.pods import ServingPod
 
 
 @pytest.fixture
@@ -76,7 +33,8 @@ def start_pod(samples: dict[str, Sample]) -> Iterator[Callable[..., ServingPod]]
     pods: list[ServingPod] = []
 
     def start(ip: str, port: int, **settings: int) -> ServingPod:
-        pod = ServingPod(ip, port, samples["v1"], **settings)
+        v1 = samples["v1"]
+        pod = ServingPod(ip, port, v1.path, v1.descriptor, MODEL, **settings)
         pods.append(pod)
         return pod
 
@@ -95,7 +53,7 @@ def summed(windows: list[ServingWindow]) -> tuple[int, int, tuple[int, ...]]:
 
 
 def test_the_window_counts_every_pods_requests_exactly_across_a_restart(
-    api: KubeApi, start_pod: Callable[..., ServingPod], tmp_path: Path
+    api: KubeApi, start_pod: Callable[..., ServingPod], samples: dict[str, Sample]
 ) -> None:
     port = free_port()
     settings = fast_settings(api.kubeconfig, port=port)
@@ -122,9 +80,10 @@ def test_the_window_counts_every_pods_requests_exactly_across_a_restart(
 
         # the telemetry thread's path: the control agent's ServingPort asks the bridge
         control = CheckOnlyServing(bridge)
-        d = a.sample.descriptor
+        v1 = samples["v1"]
+        d = v1.descriptor
         assert d.sha256 is not None
-        engine = Engine.load(a.sample.path, d, EngineOptions(intra_op_threads=1))
+        engine = Engine.load(v1.path, d, EngineOptions(intra_op_threads=1))
         control.activate(engine, AppliedModel(name=MODEL, version=d.version, sha256=d.sha256), d)
 
         # b's container restarts: a new process, counters from zero, more requests than the old one had
