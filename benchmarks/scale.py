@@ -22,7 +22,8 @@ through POST /api/v1/devices, the model is pushed through the API and deployed b
 hubs sharing one PostgreSQL database (a fresh one per run), telemetry split by a shared subscription (`$share`,
 over MQTT 5 or, with `--replica-mqtt 3.1.1`, over 3.1.1 as docs/scale.md recommends), the leader (the first replica
 up) serving chunks, blobs in one directory all replicas see; the single-hub SQLite run of the same N comes first,
-and the table's last column compares the two rollouts.
+and the lines under the table compare the two rollouts. `--rounds K` runs both K times, alternating which goes
+first (ABBA...), and prints each round's ratio and their median.
 
 `--pin` gives the fleet's process (the simulator, and the raw receivers in the raw phase) the first CPU alone
 and every other process (hubs, broker, PostgreSQL, this script) the others, as if devices and hubs were separate
@@ -866,16 +867,22 @@ def _cpu_split(cpu: dict[str, float]) -> str:
 
 
 def replica_comparison(results: list[Result]) -> str:
-    """For each N run both ways: the replicas' rollout time over the single hub's (issue 24: within 1.1x)."""
+    """For each N run both ways: the replicas' rollout time over the single hub's (issue 24: within 1.1x), per
+    round (the k-th replicas run against the k-th single-hub run of the same N) and, over rounds, the median."""
     lines = []
-    single = {r.n: r for r in results if r.hub.startswith("product")}
-    for r in results:
-        base = single.get(r.n)
-        if r.hub.endswith("$share)") and base is not None:
-            lines.append(f"- {r.n} agents: rollout with {r.hub.split(' ')[0]} {_rollout_s(r)} s vs one hub on SQLite "
-                         f"{_rollout_s(base)} s = {r.rollout_s / base.rollout_s:.2f}x; against each run's own raw "
-                         f"fan-out ({r.raw_s:.1f} / {base.raw_s:.1f} s): {_ratio(r)} vs {_ratio(base)} = "
-                         f"{r.ratio / base.ratio:.2f}x")  # fmt: skip
+    for n in dict.fromkeys(r.n for r in results):
+        single = [r for r in results if r.n == n and r.hub.startswith("product")]
+        replicas = [r for r in results if r.n == n and r.hub.endswith("$share)")]
+        ratios = []
+        for k, (base, r) in enumerate(zip(single, replicas, strict=False)):
+            ratios.append(r.rollout_s / base.rollout_s)
+            lines.append(f"- {n} agents{f', round {k + 1}' if len(single) > 1 else ''}: rollout with "
+                         f"{r.hub.split(' ')[0]} {_rollout_s(r)} s vs one hub on SQLite {_rollout_s(base)} s = "
+                         f"{ratios[-1]:.2f}x; against each run's own raw fan-out ({r.raw_s:.1f} / {base.raw_s:.1f} s): "
+                         f"{_ratio(r)} vs {_ratio(base)} = {r.ratio / base.ratio:.2f}x")  # fmt: skip
+        if len(ratios) > 1:
+            lines.append(f"- {n} agents: median over {len(ratios)} rounds {statistics.median(ratios):.2f}x "
+                         f"({', '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
     return "\n\n" + "\n".join(lines) if lines else ""
 
 
@@ -941,6 +948,9 @@ def main() -> None:
     p.add_argument("--replica-mqtt", default="5", choices=["3.1.1", "5"], help="--replicas: their MQTT version "
                    "(either shares telemetry through $share; paho parses every message's MQTT 5 properties in "
                    "Python)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, help="--replicas: run the single hub and the replicas this "
+                   "many times each, alternating which goes first, and compare the k-th runs and their median "
+                   "(the VM's speed drifts within minutes)")  # fmt: skip
     p.add_argument("--postgres", action="store_true", help="--replicas: start a PostgreSQL server for the run "
                    "(Debian's package, default durability settings) instead of naming one")  # fmt: skip
     p.add_argument("--pin", action="store_true", help="give the simulated fleet and the raw receivers the first "
@@ -957,10 +967,11 @@ def main() -> None:
         results = []
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-scale-"))
         for n in (int(x) for x in args.agents.split(",")):
-            for kind in kinds:
-                r = run_one(n, kind, args, Path(tmp) / f"n{n}-{kind}")
-                print(json.dumps(r.__dict__ | {"ratio": r.ratio}), flush=True)
-                results.append(r)
+            for k in range(args.rounds):
+                for kind in kinds if k % 2 == 0 else kinds[::-1]:
+                    r = run_one(n, kind, args, Path(tmp) / f"n{n}-{kind}-{k}")
+                    print(json.dumps(r.__dict__ | {"ratio": r.ratio}), flush=True)
+                    results.append(r)
     text = table(results, args) + replica_comparison(results)
     print(text)
     if args.md:

@@ -121,7 +121,7 @@ class LocalBroker:
         self.hub_port = _free_port("127.0.0.1") if self.auth is not None else self.port
 
     @property
-    def picks_ports(self) -> bool:
+    def _picks_ports(self) -> bool:
         """Whether a listener's port is picked free at start (it can be taken before Mosquitto binds it)."""
         return self.settings.local_port == 0 or self.auth is not None
 
@@ -204,7 +204,7 @@ class LocalBroker:
                 break
             except BrokerError as e:
                 exited = self._proc is not None and self._proc.poll() is not None
-                if not (exited and self.picks_ports) or attempt == _PORT_TRIES - 1:
+                if not (exited and self._picks_ports) or attempt == _PORT_TRIES - 1:
                     raise
                 log.warning("broker: mosquitto could not start on the ports picked (%s); picking others", e)
                 self._pick_ports()

@@ -197,8 +197,8 @@ class ChunkServer:
         """`device_ids` were told to fetch blob `sha256` (`_told`, at its first want): its first pass may start as
         soon as all of them wanted it (for `join_window_s` from now; a device that does not want it leaves the gap
         rule). Devices that wanted the blob lately are not awaited again. Call under the lock."""
-        e = self._expected.get(sha256)
-        if e is None or now > e.until:
+        e = self._live(sha256, now)
+        if e is None:
             e = self._expected[sha256] = _Expected(set(), now)
         e.devices.update(d for d in device_ids if d not in e.wanted)
         e.until = now + self.settings.join_window_s
@@ -215,13 +215,18 @@ class ChunkServer:
     def awaiting(self, sha256: str) -> frozenset[str]:
         """Devices told about blob `sha256` that have not wanted it yet (while that counts)."""
         with self._lock:
-            e = self._expected.get(sha256)
-            return frozenset(e.devices) if e is not None and self.clock() <= e.until else frozenset()
+            e = self._live(sha256, self.clock())
+            return frozenset(e.devices) if e is not None else frozenset()
+
+    def _live(self, sha256: str, now: float) -> _Expected | None:
+        """Who is expected to want `sha256`, while that counts (`join_window_s` after the latest deploy told)."""
+        e = self._expected.get(sha256)
+        return e if e is not None and now <= e.until else None
 
     def _all_expected_wanted(self, sha256: str, device_id: str, now: float) -> bool:
         """Note that `device_id` wanted `sha256`; True when that was the last device told about it."""
-        e = self._expected.get(sha256)
-        if e is None or now > e.until:
+        e = self._live(sha256, now)
+        if e is None:
             return False
         e.wanted.add(device_id)
         if device_id not in e.devices:
@@ -231,8 +236,8 @@ class ChunkServer:
 
     def _awaits(self, sha256: str, now: float) -> bool:
         """Devices told about `sha256` are still to want it."""
-        e = self._expected.get(sha256)
-        return e is not None and now <= e.until and bool(e.devices)
+        e = self._live(sha256, now)
+        return e is not None and bool(e.devices)
 
     def want(self, msg: Want) -> bool:
         """Queue the chunks `msg` asks for. False (and counted) for a blob the hub does not have."""

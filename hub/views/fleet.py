@@ -79,11 +79,7 @@ class UtilizationPoint:
 
 
 def minute_of(p: TelemetryPoint) -> TelemetryMinute:
-    s = summarise([p])
-    return TelemetryMinute(
-        minute=p.minute, windows=p.windows, requests=p.requests, errors=p.errors, error_rate=s.error_rate,
-        p50_ms=s.p50_ms, p95_ms=s.p95_ms, p99_ms=s.p99_ms, queue_depth_max=p.queue_depth_max,
-    )  # fmt: skip
+    return TelemetryMinute(minute=p.minute, queue_depth_max=p.queue_depth_max, **dict(summarise([p])))
 
 
 def model_version_view(mv: ModelVersion) -> ModelVersionView:

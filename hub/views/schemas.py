@@ -180,18 +180,11 @@ class TokenCreated(View):
 
 
 # -- telemetry -----------------------------------------------------------------------------------------
-class TelemetryMinute(View):
-    """One minute of telemetry."""
+class TelemetryMinute(TelemetrySummary):
+    """One minute of telemetry: its summary, and the deepest queue a window of it saw."""
 
     minute: float = Field(description="start of the minute, Unix seconds")
-    windows: int
-    requests: int
-    errors: int
-    error_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    queue_depth_max: int
+    queue_depth_max: int = Field(description="largest request queue depth reported in the minute")
 
 
 class SeqView(View):
