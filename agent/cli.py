@@ -260,3 +260,7 @@ def _setup_logging(level: int, as_json: bool) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # the HTTP clients log every request at INFO: in cluster mode that is each API call and, every telemetry
+    # window, each serving pod's /metrics scrape; shown with --log-level debug
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
