@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -176,6 +177,11 @@ class WindowBook:
 
     started: float = field(default_factory=time.time)
     last: dict[tuple[str, str], PodCounters] = field(default_factory=dict)  # (model, pod uid) -> counters
+
+    def forget_models_but(self, models: Sequence[str]) -> None:
+        """Drop the counters of pods of models not in `models` (no longer active here)."""
+        keep = set(models)
+        self.last = {k: v for k, v in self.last.items() if k[0] in keep}
 
     def window(self, model: str, scraped: dict[Pod, PodCounters | None]) -> tuple[PodCounters, int]:
         """The increase over every pod of `model` listed now (None: it did not answer), and how many answered.

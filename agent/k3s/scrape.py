@@ -12,6 +12,7 @@ with the reason, once per pod and reason); the others still count.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -66,6 +67,7 @@ class Scraper:
         seen = {pod.uid for _, pod in jobs}
         self._failing = {uid: why for uid, why in self._failing.items() if uid in seen}
         # no await from here on: the book changes all at once, or (cancelled before) not at all
+        self.book.forget_models_but(models)
         out: dict[str, ServingWindow] = {}
         for model, pods in scraped.items():
             total, answered = self.book.window(model, pods)
@@ -145,6 +147,11 @@ def _pod(obj: Any) -> Pod | None:
     """The pod if it may serve: it has an IP and runs (a pending or finished pod answers nothing)."""
     meta, status = obj.metadata, obj.status
     if meta is None or status is None or not status.podIP or status.phase != "Running" or not meta.uid:
+        return None
+    try:
+        ipaddress.ip_address(status.podIP)
+    except ValueError:
+        log.warning("serving pod %s has pod IP %r, not an address: not scraped", meta.name, str(status.podIP)[:60])
         return None
     ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
     created = meta.creationTimestamp

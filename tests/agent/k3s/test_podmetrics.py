@@ -78,6 +78,8 @@ def test_pods_older_than_the_agent_are_a_baseline_gone_pods_are_forgotten_silent
     total, _ = book.window(M, {old: read_counters(metrics.render().decode(), M)})  # `undated` is gone
     assert (total.requests, total.errors) == (5, 4)  # old's answer covers the window it missed
     assert set(book.last) == {(M, "uid-old")}
+    book.forget_models_but(["another-model"])  # M is no longer active here
+    assert book.last == {}
 
 
 HOSTILE = {

@@ -168,10 +168,23 @@ def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_coun
                 server.server_close()
 
 
-def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi) -> None:
+def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi, caplog: pytest.LogCaptureFixture) -> None:
     bridge = ClusterBridge(fast_settings(api.kubeconfig))
     window = bridge.serving_windows(["not-deployed"])["not-deployed"]
     assert (window.requests, window.errors, window.latency.count) == (0, 0, 0)
+    # a pod whose IP is not an address (a hostile or broken API answer) is not scraped
+    labels = {
+        "app.kubernetes.io/name": "edgefleet-inference",
+        "app.kubernetes.io/instance": f"edgefleet-inference-{MODEL}",
+    }
+    weird = {"phase": "Running", "podIP": "127.0.0.9:1/x#", "conditions": [{"type": "Ready", "status": "True"}]}
+    api.store.put(
+        api.store_kind("pods"),
+        {"metadata": {"name": "weird", "namespace": NAMESPACE, "labels": labels}, "status": weird},
+    )
+    with caplog.at_level(logging.WARNING, logger="agent.k3s.scrape"):
+        assert bridge.serving_windows([MODEL])[MODEL].requests == 0
+    assert "not an address: not scraped" in caplog.text
     assert bridge.serving_windows([]) == {}
     bridge.close()
     assert bridge.serving_windows([MODEL]) == {}
