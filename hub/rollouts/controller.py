@@ -283,9 +283,10 @@ def _advance(
                 p95_gate(windows, control, baseline, spec.version, spec.gates, since=since, until=until, now=now),
             ]
             gates = [g for g in found if g is not None]
-        if any(g.status == "no_data" for g in gates):
+        if any(g.status == "no_data" for g in gates) and not any(g.status == "fail" for g in gates):
             if now < w.bake_until + grace_s + spec.offline_timeout_s:
-                return r  # too little data yet: keep baking (judged again next tick over a longer window)
+                return r  # too little data yet: keep baking (judged again next tick over a longer window); a
+                # gate that already failed on enough data is not waited out for another one
             if w.phase is WavePhase.SHADOW_BAKING:  # an unverified candidate is not activated
                 gates = [g.model_copy(update={"status": "fail", "detail": f"{g.detail} after the offline timeout"})
                          if g.status == "no_data" else g for g in gates]  # fmt: skip

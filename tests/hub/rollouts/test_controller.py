@@ -321,3 +321,21 @@ def test_a_shadow_nobody_could_compare_is_never_activated() -> None:
     gate = r.waves[0].gates[-1]
     assert gate.name == "shadow_agreement" and gate.status == "fail" and "offline timeout" in gate.detail
     assert all(v.desired_model == OLD for v in w.fleet.values())
+
+
+def test_a_failing_gate_is_judged_at_once_though_another_lacks_data() -> None:
+    """Every device is in the wave and none served before it started: p95 has nothing to compare with
+    (no_data), while error_rate has its requests and fails. The wave fails when its bake ends; before, the
+    no_data gate kept it baking until the offline timeout, and the failing version stayed on for 10 min."""
+    w = World(4, rps=0, profiles={"2.0.0": Profile(error_rate=0.2)})
+    r = start(w, waves=["100%"], bake_s=5, offline_timeout_s=600)
+    while r.waves[0].phase is not WavePhase.BAKING:
+        r = w.tick(r).rollout
+    w.rps = 50  # the candidate serves; nothing was served before
+    r = w.run(r, max_ticks=60)
+    assert r.state is RolloutState.PAUSED
+    wave = r.waves[0]
+    gates = {g.name: g for g in wave.gates}
+    assert gates["error_rate"].status == "fail" and gates["p95_latency"].status == "no_data"
+    assert "error_rate" in (r.reason or "")
+    assert wave.bake_until is not None and gates["error_rate"].until < wave.bake_until + 600
