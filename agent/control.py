@@ -20,7 +20,7 @@ import logging
 import threading
 from typing import Any
 
-from agent.ports import ClusterPort, ServingWindow
+from agent.ports import ClusterPort, ServedVersions, ServingWindow
 from fleet.histogram import LatencyRecorder
 from fleet.messages import AppliedModel, RuntimeOptions
 
@@ -61,7 +61,8 @@ class CheckOnlyServing:
         _close(engine)
 
     def set_shadow(self, name: str, engine: Any | None, model: AppliedModel | None, sample_rate: float) -> None:
-        """Record model `name`'s shadow candidate and release its engine (the serving pods do not shadow yet)."""
+        """Record model `name`'s shadow candidate and release its engine (the serving pods run it: they follow the
+        store's `shadow.json`, which the reconciler writes)."""
         with self._lock:
             if engine is not None and model is not None:
                 self._shadow[name] = model
@@ -86,11 +87,14 @@ class CheckOnlyServing:
         """
         with self._lock:
             due, self._trim_due = self._trim_due, False
-            active = {name: self._active[name].version for name in sorted(self._active)}
+            served = {
+                name: ServedVersions(m.version, s.version if (s := self._shadow.get(name)) is not None else None)
+                for name, m in sorted(self._active.items())
+            }
         if due:
             trim_heap()
-        scraped = self.cluster.serving_windows(active) if self.cluster is not None and active else {}
-        return {n: scraped.get(n) or _empty() for n in active}
+        scraped = self.cluster.serving_windows(served) if self.cluster is not None and served else {}
+        return {n: scraped.get(n) or _empty() for n in served}
 
 
 def _empty() -> ServingWindow:

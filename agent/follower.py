@@ -5,10 +5,12 @@ pointer in the store; the serving pods (`edgefleet agent serve --store /models -
 Deployment per model) only read the store. A `StoreFollower` polls the pointers of the models it follows,
 and when one names another blob or runtime it loads that version (warm-up and golden check, exactly as the
 agent does), then hands it to the serving repository, which swaps it without failing requests in flight.
-The pod template does not change for a model change, so no pod restarts (see docs/k3s.md).
+The pod template does not change for a model change, so no pod restarts (see docs/k3s.md). A model's
+`shadow.json` is followed the same way: its candidate is loaded and run beside the active version on the
+pointer's sample rate (the pod's `/metrics` counts the comparisons, which the control agent scrapes).
 
-A pointer that cannot be read, or a version that fails to load, leaves that model's current version
-serving and is logged with its reason; the follower retries when the pointer changes again.
+A pointer that cannot be read, or a version that fails to load, leaves that model's current version (or
+shadow) as it is and is logged with its reason; the follower retries when the pointer changes again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from agent.activation import load
 from agent.errors import ActivationError, StoreError
 from agent.ports import ServingPort
-from agent.store import ModelStore, StoredModel
+from agent.store import ModelStore, ShadowPointer, StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class _Followed:
     current: StoredModel | None = None
     failed: StoredModel | None = None
     error: str | None = None
+    shadow: ShadowPointer | None = None  # the shadow running now
+    shadow_failed: ShadowPointer | None = None
 
 
 class StoreFollower:
@@ -80,6 +84,7 @@ class StoreFollower:
         swapped = False
         for name in sorted(names | set(self._followed)):
             swapped = self._check(name) or swapped
+            swapped = self._check_shadow(name) or swapped
         return swapped
 
     def _check(self, name: str) -> bool:
@@ -118,6 +123,47 @@ class StoreFollower:
         self.serving.activate(loaded.engine, model, loaded.descriptor, record.runtime)
         f.current, f.failed, f.error = record, None, None
         log.info("serving %s %s on %s", model.name, model.version, loaded.provider)
+        return True
+
+    def _check_shadow(self, name: str) -> bool:
+        """Start, replace or stop model `name`'s shadow candidate as its `shadow.json` says. True when changed."""
+        f = self._followed[name]
+        if f.current is None:  # nothing serves: nothing to shadow (deactivate stopped any shadow with the model)
+            f.shadow = f.shadow_failed = None
+            return False
+        try:
+            pointer = self.store.shadow(name)
+        except StoreError as e:
+            log.warning("cannot read the shadow pointer of %s: %s; keeping the current shadow", name, e)
+            return False
+        if pointer is None:
+            if f.shadow is None:
+                return False
+            self.serving.set_shadow(name, None, None, 0.0)
+            log.info("%s: shadow %s stopped", name, f.shadow.candidate.model.version)
+            f.shadow = f.shadow_failed = None
+            return True
+        if pointer in (f.shadow, f.shadow_failed):
+            return False
+        record = pointer.candidate
+        try:
+            loaded = load(
+                self.store.blob_path(record.sha256),
+                record.sha256,
+                name=record.model.name,
+                version=record.model.version,
+                descriptor=record.descriptor,
+                runtime=record.runtime,
+                warmup_runs=self.warmup_runs,
+            )
+        except ActivationError as e:
+            f.shadow_failed = pointer
+            log.error("cannot run %s %s as a shadow: %s; keeping the current shadow", name, record.model.version, e)
+            return False
+        model = record.model.model_copy(update={"provider": loaded.provider})
+        self.serving.set_shadow(name, loaded.engine, model, pointer.sample_rate)
+        f.shadow, f.shadow_failed = pointer, None
+        log.info("shadowing %s with %s on %.0f%% of its requests", name, model.version, pointer.sample_rate * 100)
         return True
 
     def start(self) -> None:

@@ -36,6 +36,14 @@ if TYPE_CHECKING:  # the engine module imports onnxruntime; the control side nee
 
 
 @dataclass(frozen=True)
+class ServedVersions:
+    """What the control side made one model serve: its active version and its shadow candidate (None: none)."""
+
+    active: str
+    shadow: str | None = None
+
+
+@dataclass(frozen=True)
 class ServingWindow:
     """What the serving side saw since the previous window (the control side turns it into telemetry)."""
 
@@ -125,9 +133,10 @@ class ClusterPort(Protocol):
     def remove(self, name: str) -> None:
         """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""
 
-    def serving_windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
-        """What the serving pods of each model in `active` (model -> its active version) served since the previous
-        call, of that version only (cluster-mode telemetry: a pod still serving another version adds nothing).
+    def serving_windows(self, models: Mapping[str, ServedVersions]) -> dict[str, ServingWindow]:
+        """What the serving pods of each model in `models` served since the previous call, of its active version
+        only (cluster-mode telemetry: a pod still serving another version adds nothing), with what its shadow
+        candidate did when one runs.
 
         Bounded by the port's own timeouts and never raises: a model whose pods cannot be listed is left out, a
         pod that does not answer is not counted this time (its next answer covers both windows).

@@ -36,7 +36,7 @@ from agent.modelstate import ModelState
 from agent.ports import ActivationPort, ClusterPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState, Stamps
-from agent.store import StoredModel, StorePort
+from agent.store import ShadowPointer, StoredModel, StorePort
 from fleet.codec import decode
 from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, UnsupportedSchema, error_code
 from fleet.messages import (
@@ -446,6 +446,10 @@ class Reconciler:
             if st.shadow is not None:
                 self.activation.clear_shadow(slot.name)
                 st.shadow, st.shadow_size = None, 0
+                try:
+                    self.store.clear_shadow(slot.name)
+                except (StoreError, OSError) as e:
+                    self._fail(st, StoreError(f"{slot.name}'s shadow stopped, but its pointer was not removed: {e}"))
             return
         ref = spec.model
         if st.shadow is not None and st.shadow.sha256 == ref.blob.sha256:
@@ -459,6 +463,13 @@ class Reconciler:
             self._fail(st, AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
         st.shadow, st.shadow_size = applied, ref.blob.size
+        # the pointer is what cluster mode's serving pods follow (single-device mode serves it already)
+        record = StoredModel(sha256=ref.blob.sha256, model=applied, task=ref.task, descriptor=ref.descriptor,
+                             runtime=slot.runtime)  # fmt: skip
+        try:
+            self.store.set_shadow(ShadowPointer(candidate=record, sample_rate=spec.sample_rate))
+        except (StoreError, OSError) as e:
+            self._fail(st, StoreError(f"{ref.name} {ref.version} shadows, but its pointer was not written: {e}"))
 
     def _remove_unwanted(self, d: DesiredState) -> None:
         """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
@@ -468,11 +479,13 @@ class Reconciler:
                 continue
             log.info("model %s is no longer desired: it stops serving", name)
             self.activation.deactivate(name)
-            if st.active is not None:
-                try:
+            try:
+                if st.shadow is not None:
+                    self.store.clear_shadow(name)
+                if st.active is not None:
                     self.store.clear_active(name)
-                except (StoreError, OSError) as e:
-                    self._fail(st, StoreError(f"{name} stopped serving, but its pointer was not cleared: {e}"))
+            except (StoreError, OSError) as e:
+                self._fail(st, StoreError(f"{name} stopped serving, but its pointers were not cleared: {e}"))
             if self.cluster is not None:
                 self._remove_cluster(st)
             if st.active is None and st.previous is None:  # nothing to keep for a re-deploy

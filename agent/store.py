@@ -7,13 +7,14 @@ Layout under the store root (one filesystem, so every rename is atomic)::
     partial/                        downloads in progress (fleet.chunks.ChunkReceiver work files)
     models/<name>/active.json       the version of model <name> serving now   } StoredModel JSON: blob sha256,
     models/<name>/previous.json     its last-known-good version              } AppliedModel, descriptor, runtime
+    models/<name>/shadow.json       its shadow candidate and sample rate (ShadowPointer JSON), if one runs
 
 Each model has its own pair of pointers (a device serves several models, each versioned and rolled back on
 its own). A pointer is replaced by writing a temporary file, fsyncing it, renaming it over the old one and
 fsyncing the directory, so a crash at any instant leaves either the old or the new pointer, both naming
 blobs that are present. `previous.json` is written before `active.json`: a crash between the two leaves
 both naming the old model, which is loadable. Other processes (cluster mode: `edgefleet agent serve` in
-pods) read the store with `ModelStore(root).active(name)` and never write it.
+pods) read the store with `ModelStore(root).active(name)` (and `.shadow(name)`) and never write it.
 
 A store written by a single-model agent (schema 1: `active.json` and `previous.json` at the root) is moved
 under `models/<name>/` when the agent opens it.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,8 +40,11 @@ from fleet.ids import Sha256, check_device_id, check_sha256
 from fleet.messages import AppliedModel, BlobManifest, Range, RuntimeOptions
 
 MAX_POINTER_BYTES = 1 << 20
-PointerName = Literal["active", "previous"]
-_POINTERS: tuple[PointerName, ...] = ("active", "previous")
+PointerName = Literal["active", "previous", "shadow"]
+_POINTERS: tuple[PointerName, ...] = ("active", "previous", "shadow")
+
+
+_Pointer = TypeVar("_Pointer", bound=BaseModel)
 
 
 class ChunkSource(NamedTuple):
@@ -63,6 +67,16 @@ class StoredModel(BaseModel):
     descriptor: dict[str, Any] = Field(description="the models package description (models.ModelDescriptor JSON)")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="runtime options it runs with")
     desired_version: int | None = Field(default=None, ge=0, description="desired-state version that set it")
+
+
+class ShadowPointer(BaseModel):
+    """What `shadow.json` names: a candidate version run beside the model's active one on sampled requests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = Field(default=1, description="shadow pointer schema version")
+    candidate: StoredModel = Field(description="the candidate, as a pointer file names a version")
+    sample_rate: float = Field(gt=0, le=1, description="fraction of the model's requests also run on it")
 
 
 class ModelStore:
@@ -108,6 +122,29 @@ class ModelStore:
         """The last-known-good version of model `name`, kept for an instant rollback (None: none yet)."""
         return self._read(name, "previous")
 
+    def shadow(self, name: str) -> ShadowPointer | None:
+        """The shadow candidate of model `name` and its sample rate (None: none runs).
+
+        Raises:
+            StoreError: the pointer file is unreadable or names a blob that is missing.
+        """
+        return self._read_json(name, "shadow", ShadowPointer)
+
+    def set_shadow(self, pointer: ShadowPointer) -> None:
+        """Run `pointer.candidate` beside its model's active version (what the serving pods follow).
+
+        Raises:
+            StoreError: the candidate's blob is not in the store.
+        """
+        record = pointer.candidate
+        if not self.has_blob(record.sha256):
+            raise StoreError(f"cannot shadow {record.model.name} {record.model.version}: blob missing")
+        self._write(record.model.name, "shadow", pointer)
+
+    def clear_shadow(self, name: str) -> None:
+        """No shadow candidate runs beside model `name` any more."""
+        self._remove(name, "shadow")
+
     def _dir(self, name: str) -> Path:
         try:
             check_device_id(name)  # model names follow the device-id rules: a safe directory name
@@ -116,20 +153,25 @@ class ModelStore:
         return self.models / name
 
     def _read(self, model: str, name: PointerName) -> StoredModel | None:
+        return self._read_json(model, name, StoredModel)
+
+    def _read_json(self, model: str, name: PointerName, kind: type[_Pointer]) -> _Pointer | None:
         path = self._dir(model) / f"{name}.json"
         try:
             if path.stat().st_size > MAX_POINTER_BYTES:
                 raise StoreError(f"{path} is larger than {MAX_POINTER_BYTES} bytes; not a pointer file")
-            record = StoredModel.model_validate_json(path.read_bytes())
+            pointer = kind.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValidationError, ValueError) as e:
             raise StoreError(f"pointer {path} is unreadable: {str(e)[:300]}") from e
+        record = pointer.candidate if isinstance(pointer, ShadowPointer) else pointer
+        assert isinstance(record, StoredModel)
         if record.model.name != model:
             raise StoreError(f"pointer {path} names model {record.model.name!r}, not {model!r}")
         if not self.has_blob(record.sha256):
             raise StoreError(f"pointer {path} names blob {record.sha256[:12]}, which is not in {self.blobs}")
-        return record
+        return pointer
 
     def promote(self, record: StoredModel) -> StoredModel | None:
         """Make `record` its model's active version; the version active until now becomes `previous`.
@@ -171,7 +213,7 @@ class ModelStore:
             self._dir(name).rmdir()
             fsync_dir(self.models)
 
-    def _write(self, model: str, name: PointerName, record: StoredModel) -> None:
+    def _write(self, model: str, name: PointerName, record: StoredModel | ShadowPointer) -> None:
         folder = self._dir(model)
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
@@ -223,17 +265,20 @@ class ModelStore:
         """Blobs named by a pointer of any model (never collected)."""
         refs = set()
         for model in self.names():
-            for pointer in _POINTERS:
+            for pointer in ("active", "previous"):
                 with contextlib.suppress(StoreError):
                     record = self._read(model, pointer)
                     if record is not None:
                         refs.add(record.sha256)
+            with contextlib.suppress(StoreError):
+                if (shadow := self.shadow(model)) is not None:
+                    refs.add(shadow.candidate.sha256)
         return refs
 
     def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Delete unreferenced blobs, least recently written first, while they take more than `keep_bytes`.
 
-        Blobs named by `active`, `previous` or in `keep` (a shadow candidate, a download in progress) stay.
+        Blobs named by `active`, `previous`, `shadow` or in `keep` (a download in progress) stay.
         Returns the deleted digests.
         """
         protected = self.referenced() | set(keep)
@@ -341,6 +386,9 @@ class StorePort(Protocol):
     def previous(self, name: str) -> StoredModel | None: ...
     def promote(self, record: StoredModel) -> StoredModel | None: ...
     def clear_active(self, name: str) -> None: ...
+    def shadow(self, name: str) -> ShadowPointer | None: ...
+    def set_shadow(self, pointer: ShadowPointer) -> None: ...
+    def clear_shadow(self, name: str) -> None: ...
     def forget(self, name: str) -> None: ...
     def blob_path(self, sha256: str) -> Path: ...
     def has_blob(self, sha256: str, size: int | None = None) -> bool: ...

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import StoreError
-from agent.store import ChunkSource, StoredModel
+from agent.store import ChunkSource, ShadowPointer, StoredModel
 from fleet.bitmap import ChunkBitmap
 from fleet.chunks import Accepted, ChunkProgress, ChunkReceiver, verify_chunk
 from fleet.errors import ChunkOutOfRange
@@ -176,11 +176,12 @@ class SimStore:
         self.held: dict[str, BlobManifest] = {}  # blobs this device fetched, by sha256
         self._active: dict[str, StoredModel] = {}  # by model name
         self._previous: dict[str, StoredModel] = {}
+        self._shadow: dict[str, ShadowPointer] = {}
         self._chunks: dict[str, ChunkSource] | None = None
 
     # -- pointers, per model (the same rules as agent.store.ModelStore) --------------------------------
     def names(self) -> list[str]:
-        return sorted(set(self._active) | set(self._previous))
+        return sorted(set(self._active) | set(self._previous) | set(self._shadow))
 
     def active(self, name: str) -> StoredModel | None:
         return self._active.get(name)
@@ -208,9 +209,22 @@ class SimStore:
         if current is not None:
             self._previous[name] = current
 
+    def shadow(self, name: str) -> ShadowPointer | None:
+        return self._shadow.get(name)
+
+    def set_shadow(self, pointer: ShadowPointer) -> None:
+        record = pointer.candidate
+        if not self.has_blob(record.sha256):
+            raise StoreError(f"cannot shadow {record.model.name} {record.model.version}: blob missing")
+        self._shadow[record.model.name] = pointer
+
+    def clear_shadow(self, name: str) -> None:
+        self._shadow.pop(name, None)
+
     def forget(self, name: str) -> None:
         self._active.pop(name, None)
         self._previous.pop(name, None)
+        self._shadow.pop(name, None)
 
     # -- blobs ----------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:

@@ -18,7 +18,7 @@ from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
 from agent.k3s.scrape import Scraper
 from agent.k3s.settings import ClusterSettings
-from agent.ports import ClusterPort, ServingWindow
+from agent.ports import ClusterPort, ServedVersions, ServingWindow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,18 @@ class ClusterBridge:
         """
         self._run(self._cluster.remove(name))
 
-    def serving_windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
-        """Each active model's window (model -> its active version) from its serving pods' /metrics since the
-        previous call (see `agent.k3s.scrape`).
+    def serving_windows(self, models: Mapping[str, ServedVersions]) -> dict[str, ServingWindow]:
+        """Each model's window (of its active version, with its shadow's comparisons) from its serving pods'
+        /metrics since the previous call (see `agent.k3s.scrape`).
 
         Blocks at most about `request_timeout_s + scrape_timeout_s`; never raises (failures are logged, and a
         model whose pods could not be listed is left out).
         """
-        if not active or self._closed:
+        if not models or self._closed:
             return {}
         limit = self.settings.request_timeout_s + self.settings.scrape_timeout_s + SCRAPE_MARGIN_S
         try:
-            future = asyncio.run_coroutine_threadsafe(self._scraper.windows(dict(active)), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._scraper.windows(dict(models)), self._loop)
         except RuntimeError:  # the loop is closed (close() raced this call)
             return {}
         try:

@@ -8,7 +8,10 @@ scrape and turns the next ones into the increase since then, summed over the mod
 - requests: `edgefleet_api_requests_total` of the model (both inference endpoints, every code);
 - errors: those with code >= 500 (single-device mode counts server errors only: `ModelSlot.record`);
 - latency: `edgefleet_api_request_duration_seconds`, whose buckets are `fleet.histogram.LATENCY_BOUNDS_MS`;
-- queue depth: `edgefleet_api_queue_depth` of the active role, now (a gauge), summed over the pods.
+- queue depth: `edgefleet_api_queue_depth` of the active role, now (a gauge), summed over the pods;
+- shadow: `edgefleet_api_shadow_samples`, `_agreements` and `_incomparable` of the model's shadow candidate
+  (their `version` label names it): totals since the candidate started in the pod, turned into increases like
+  the counters (a lower total: the candidate started again, counted from zero).
 
 A window counts the version the control agent reports as active, and nothing another version served: every
 series carries the `version` that answered (`unknown` for a request of the model that reached no version, as
@@ -33,18 +36,25 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from agent.ports import ServingWindow
 from fleet.histogram import LATENCY_BOUNDS_MS, N_BUCKETS, Histogram
 from fleet.limits import MAX_COUNT
+from fleet.messages import ShadowStats
 
 REQUESTS = "edgefleet_api_requests_total"
 LATENCY = "edgefleet_api_request_duration_seconds"
 QUEUE = "edgefleet_api_queue_depth"
+SHADOW = {  # shadow totals (gauges) -> ShadowCounts field
+    "edgefleet_api_shadow_samples": "samples",
+    "edgefleet_api_shadow_agreements": "agreements",
+    "edgefleet_api_shadow_incomparable": "incomparable",
+}
 CREATED = (f"{REQUESTS[: -len('_total')]}_created", f"{LATENCY}_created")
 MAX_VALUE = 2.0**53  # above this a float no longer counts single requests: a pod that says so is not believed
 CREATED_SLACK_S = 2.0  # creationTimestamp has whole seconds (and the API server's clock): new if this close
@@ -112,11 +122,34 @@ def _bucket_index(le: str) -> int:
 
 
 @dataclass(frozen=True)
+class ShadowCounts:
+    """Rows a shadow candidate compared, agreed on, and could not compare (totals, or an increase)."""
+
+    samples: int = 0
+    agreements: int = 0
+    incomparable: int = 0
+
+    def increase_since(self, before: ShadowCounts | None) -> ShadowCounts:
+        """What was counted since `before` (None, or any total lower: the candidate started again, so all)."""
+        if before is None or any(a < b for a, b in zip(self._values(), before._values(), strict=True)):
+            return self
+        return ShadowCounts(*(a - b for a, b in zip(self._values(), before._values(), strict=True)))
+
+    def __add__(self, other: ShadowCounts) -> ShadowCounts:
+        return ShadowCounts(*(a + b for a, b in zip(self._values(), other._values(), strict=True)))
+
+    def _values(self) -> tuple[int, int, int]:
+        return self.samples, self.agreements, self.incomparable
+
+
+@dataclass(frozen=True)
 class PodScrape:
-    """One model's share of one pod's /metrics: its counters per `version` label, and its queue depth now."""
+    """One model's share of one pod's /metrics: its counters per `version` label, its queue depth now, and its
+    shadow candidates' totals per candidate version."""
 
     versions: dict[str, PodCounters] = field(default_factory=dict)
     queue_depth: int = 0
+    shadow: dict[str, ShadowCounts] = field(default_factory=dict)
 
 
 def read_counters(text: str, model: str) -> PodScrape:
@@ -128,6 +161,7 @@ def read_counters(text: str, model: str) -> PodScrape:
             than `MAX_VERSIONS` versions.
     """
     found: dict[str, _Sums] = {}
+    shadow: dict[str, dict[str, float]] = {}
     queue = 0.0
     try:
         for family in text_string_to_metric_families(text):  # by sample name: a TYPE line is optional
@@ -137,6 +171,13 @@ def read_counters(text: str, model: str) -> PodScrape:
                 if s.name == QUEUE:
                     if s.labels.get("role") == "active":
                         queue += _number(s.value, QUEUE)
+                    continue
+                if s.name in SHADOW:
+                    candidate = s.labels.get("version", UNKNOWN_VERSION)
+                    if candidate not in shadow and len(shadow) >= MAX_VERSIONS:
+                        raise BadMetrics(f"{model} has shadow series of over {MAX_VERSIONS} versions in one pod")
+                    totals = shadow.setdefault(candidate, {})
+                    totals[SHADOW[s.name]] = totals.get(SHADOW[s.name], 0.0) + _number(s.value, s.name)
                     continue
                 version = s.labels.get("version", UNKNOWN_VERSION)
                 sums = found.get(version)
@@ -149,7 +190,8 @@ def read_counters(text: str, model: str) -> PodScrape:
         raise
     except Exception as e:  # the parser raises ValueError, and more on some malformed input
         raise BadMetrics(f"not the Prometheus text format: {type(e).__name__}: {str(e)[:200]}") from e
-    return PodScrape({v: sums.counters(model) for v, sums in found.items()}, int(min(queue, MAX_COUNT)))
+    shadows = {v: ShadowCounts(**{k: int(n) for k, n in totals.items()}) for v, totals in shadow.items()}
+    return PodScrape({v: sums.counters(model) for v, sums in found.items()}, int(min(queue, MAX_COUNT)), shadows)
 
 
 @dataclass
@@ -217,11 +259,12 @@ class Pod:
 
 @dataclass(frozen=True)
 class Tally:
-    """A model's round of scrapes: what its active version served since the previous round."""
+    """A model's round of scrapes: what its active version (and its shadow candidate) did since the previous one."""
 
     total: PodCounters  # summed increases of the active version (and `unknown`), queue depth of the pods now
     answered: int  # pods that answered
     other_versions: int = 0  # requests other versions served meanwhile (pods that had not swapped, or could not)
+    shadow: ShadowCounts | None = None  # the candidate's increase; None: no pod that answered runs it
 
 
 @dataclass
@@ -229,15 +272,18 @@ class WindowBook:
     """Each pod's counters at its last scrape, per model and version; turns a round of scrapes into windows."""
 
     started: float = field(default_factory=time.time)
-    last: dict[tuple[str, str], dict[str, PodCounters]] = field(default_factory=dict)  # (model, pod uid) -> by version
+    last: dict[tuple[str, str], PodScrape] = field(default_factory=dict)  # (model, pod uid) -> its last scrape
 
     def forget_models_but(self, models: Iterable[str]) -> None:
         """Drop the counters of pods of models not in `models` (no longer active here)."""
         keep = set(models)
         self.last = {k: v for k, v in self.last.items() if k[0] in keep}
 
-    def window(self, model: str, version: str, scraped: dict[Pod, PodScrape | None]) -> Tally:
-        """The increase of `model`'s `version` over every pod listed now (None: it did not answer).
+    def window(
+        self, model: str, version: str, scraped: Mapping[Pod, PodScrape | None], shadow: str | None = None
+    ) -> Tally:
+        """The increase of `model`'s `version` over every pod listed now (None: it did not answer), and of its
+        shadow candidate `shadow`'s comparisons.
 
         Pods no longer listed are forgotten. Every version's counters are kept (a rollback counts on from them);
         only `version`'s and `unknown`'s increases are summed into the window.
@@ -249,6 +295,7 @@ class WindowBook:
         buckets = [0] * N_BUCKETS
         sum_ms = 0.0
         answered = 0
+        compared: ShadowCounts | None = None
         counted = {version, UNKNOWN_VERSION}
         for pod, now in scraped.items():
             if now is None:
@@ -257,11 +304,11 @@ class WindowBook:
             queue += now.queue_depth
             key = (model, pod.uid)
             before = self.last.get(key)
-            self.last[key] = dict(now.versions)
+            self.last[key] = now
             # a pod older than this agent process: its requests so far were counted before us
             baseline = before is None and (pod.created is None or pod.created + CREATED_SLACK_S < self.started)
             for label, counters in now.versions.items():
-                inc = counters.increase_since(counters if baseline else (before or {}).get(label))
+                inc = counters.increase_since(counters if baseline else before.versions.get(label) if before else None)
                 if label not in counted:
                     other += inc.requests
                     continue
@@ -269,12 +316,17 @@ class WindowBook:
                 errors += inc.errors
                 sum_ms += inc.sum_ms
                 buckets = [a + b for a, b in zip(buckets, inc.buckets, strict=True)]
-        return Tally(PodCounters(requests, errors, tuple(buckets), sum_ms, queue), answered, other)
+            totals = now.shadow.get(shadow) if shadow is not None else None
+            if totals is not None:
+                was = totals if baseline else before.shadow.get(shadow) if before and shadow else None
+                compared = (compared or ShadowCounts()) + totals.increase_since(was)
+        return Tally(PodCounters(requests, errors, tuple(buckets), sum_ms, queue), answered, other, compared)
 
 
-def serving_window(total: PodCounters) -> ServingWindow:
-    """The window of a model's summed increases, clamped to what a telemetry window carries (`Count`), errors
-    at most requests: however hostile a pod, the window stays valid."""
+def serving_window(total: PodCounters, shadow: tuple[str, ShadowCounts] | None = None) -> ServingWindow:
+    """The window of a model's summed increases (and of its shadow candidate, named, if one ran), clamped to what
+    a telemetry window carries (`Count`), errors at most requests, agreements at most samples: however hostile a
+    pod, the window stays valid. Pods do not export the shadow's latency difference: `latency_delta_ms` is None."""
     counts: list[int] = []
     below = 0
     for cumulative in total.buckets:
@@ -286,4 +338,18 @@ def serving_window(total: PodCounters) -> ServingWindow:
         errors=min(total.errors, requests),
         latency=Histogram(counts=tuple(counts), sum_ms=min(max(total.sum_ms, 0.0), MAX_SUM_MS)),
         queue_depth=min(max(total.queue_depth, 0), MAX_COUNT),
+        shadow=None if shadow is None else _shadow_stats(*shadow),
     )
+
+
+def _shadow_stats(candidate: str, counts: ShadowCounts) -> ShadowStats | None:
+    try:
+        samples = min(counts.samples, MAX_COUNT)
+        return ShadowStats(
+            candidate_version=candidate,
+            samples=samples,
+            agreements=min(counts.agreements, samples),
+            incomparable=min(counts.incomparable, MAX_COUNT),
+        )
+    except ValidationError:  # not a version (the control side names it, so never in practice)
+        return None

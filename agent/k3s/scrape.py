@@ -27,7 +27,7 @@ from agent.k3s.connection import translate
 from agent.k3s.podmetrics import BadMetrics, Pod, PodScrape, WindowBook, read_counters, serving_window
 from agent.k3s.render import pod_selector, workload_name
 from agent.k3s.settings import ClusterSettings
-from agent.ports import ServingWindow
+from agent.ports import ServedVersions, ServingWindow
 
 log = logging.getLogger(__name__)
 MAX_PODS = 256  # serving pods scraped per model per window (an HPA's max replicas is far below)
@@ -55,10 +55,10 @@ class Scraper:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
-        """Each active model's window since the previous call, of the version `active` names for it (model ->
-        version); a model whose pods cannot be listed is left out."""
-        models = list(active)
+    async def windows(self, served: Mapping[str, ServedVersions]) -> dict[str, ServingWindow]:
+        """Each model's window since the previous call, of the active version `served` names for it (and of its
+        shadow candidate, if it names one); a model whose pods cannot be listed is left out."""
+        models = list(served)
         listed = await asyncio.gather(*(self._pods(m) for m in models))
         jobs = {(m, pod): self._scrape(m, pod) for m, pods in zip(models, listed, strict=True) if pods for pod in pods}
         results = await asyncio.gather(*jobs.values())
@@ -73,9 +73,10 @@ class Scraper:
         self.book.forget_models_but(models)
         out: dict[str, ServingWindow] = {}
         for model, pods in scraped.items():
-            version = active[model]
-            tally = self.book.window(model, version, pods)
-            out[model] = serving_window(tally.total)
+            version, shadow = served[model].active, served[model].shadow
+            tally = self.book.window(model, version, pods, shadow)
+            compared = (shadow, tally.shadow) if shadow is not None and tally.shadow is not None else None
+            out[model] = serving_window(tally.total, compared)
             if tally.answered < len(pods):
                 log.info("model %s: %d of %d serving pods answered /metrics", model, tally.answered, len(pods))
             if tally.other_versions:

@@ -19,7 +19,7 @@ import pytest
 
 from agent.api import ModelRepository
 from agent.follower import StoreFollower
-from agent.store import ModelStore, StoredModel
+from agent.store import ModelStore, ShadowPointer, StoredModel
 from fleet.messages import AppliedModel
 from tests.agent.conftest import REPO, Sample
 from tests.support.broker import free_port
@@ -42,6 +42,12 @@ def _put(store: ModelStore, sample: Sample) -> StoredModel:
 
 def _served(repo: ModelRepository, name: str = "cls") -> str | None:
     model = repo.active_models().get(name)
+    return None if model is None else model.version
+
+
+def _shadowing(repo: ModelRepository, name: str = "cls") -> str | None:
+    slot = repo.slots.get(name)
+    model = None if slot is None else slot.shadow_model
     return None if model is None else model.version
 
 
@@ -76,6 +82,36 @@ def test_follower_swaps_and_survives_bad_pointers(tmp_path: Path, samples: dict[
 
     active.unlink()  # the agent cleared the active model: serve nothing
     assert follower.check() is True and _served(slot) is None
+
+
+def test_follower_runs_the_shadow_candidate_the_store_names(tmp_path: Path, samples: dict[str, Sample]) -> None:
+    store = ModelStore(tmp_path / "store", create=True)
+    repo = ModelRepository()
+    follower = StoreFollower(store, repo, warmup_runs=1)
+    v1, v2 = _put(store, samples["v1"]), _put(store, samples["v2"])
+    store.set_shadow(ShadowPointer(candidate=v2, sample_rate=0.5))
+    assert follower.check() is False and _shadowing(repo) is None  # nothing serves: nothing to shadow
+    store.promote(v1)
+    assert follower.check() is True and _served(repo) == "1.0.0"
+    assert _shadowing(repo) == "2.0.0"
+    tally = repo.slots["cls"].shadow_tally()
+    assert tally is not None and tally.candidate_version == "2.0.0"
+    assert follower.check() is False  # unchanged pointers: nothing reloaded
+
+    # a candidate failing its golden check: refused once per pointer change, 2.0.0 keeps shadowing
+    store.set_shadow(ShadowPointer(candidate=_put(store, samples["bad"]), sample_rate=1.0))
+    assert follower.check() is False and _shadowing(repo) == "2.0.0"
+    assert follower.check() is False
+    # an unreadable pointer: the shadow running stays
+    (store.root / "models" / "cls" / "shadow.json").write_bytes(b"{not json")
+    assert follower.check() is False and _shadowing(repo) == "2.0.0"
+
+    store.clear_shadow("cls")
+    assert follower.check() is True and _shadowing(repo) is None and _served(repo) == "1.0.0"
+    store.set_shadow(ShadowPointer(candidate=v2, sample_rate=1.0))
+    assert follower.check() is True and _shadowing(repo) == "2.0.0"
+    store.clear_active("cls")  # the model stops: its shadow with it
+    assert follower.check() is True and _served(repo) is None and _shadowing(repo) is None
 
 
 def test_a_follower_serves_only_the_models_it_follows(tmp_path: Path, samples: dict[str, Sample]) -> None:

@@ -13,12 +13,14 @@ from tests.support.hubside import HubSide, one
 def test_shadow_candidate_runs_beside_the_active_model(
     broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
 ) -> None:
-    _agent, serving = make_agent(hub, device_id, broker.url, telemetry={"interval_s": 0.1})
+    agent, serving = make_agent(hub, device_id, broker.url, telemetry={"interval_s": 0.1})
     v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=v2, sample_rate=1.0)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).shadow is not None)
     assert one(r).active.version == "1.0.0" and one(r).shadow.version == "2.0.0"  # type: ignore[union-attr]
+    pointer = agent.store.shadow(v1.name)  # what cluster mode's serving pods follow
+    assert pointer is not None and pointer.candidate.sha256 == v2.blob.sha256 and pointer.sample_rate == 1.0
     start = len(hub.telemetry)
     image = {"image": np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     for _ in range(4):
@@ -32,6 +34,7 @@ def test_shadow_candidate_runs_beside_the_active_model(
     hub.publish_desired(device_id, hub.desired(device_id, 2, v1))
     r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "active")
     assert one(r).shadow is None and serving.shadow_model is None
+    assert agent.store.shadow(v1.name) is None
 
 
 def test_shadow_failing_its_golden_check_keeps_the_active_model(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StoreError
-from agent.store import ModelStore, StoredModel
+from agent.store import ModelStore, ShadowPointer, StoredModel
 from fleet.messages import AppliedModel
 
 
@@ -132,3 +132,33 @@ def test_a_single_model_store_is_moved_under_its_model_name(tmp_path: Path) -> N
     reopened = ModelStore(tmp_path, create=True)
     assert not (tmp_path / "active.json").exists() and not (tmp_path / "previous.json").exists()
     assert reopened.active("cls").sha256 == b and reopened.previous("cls").sha256 == a  # type: ignore[union-attr]
+
+
+def test_the_shadow_pointer_names_a_candidate_its_blob_is_kept_and_bad_ones_are_store_errors(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, create=True)
+    active, candidate, spare = _blob(store, b"a" * 10), _blob(store, b"c" * 10), _blob(store, b"s" * 10)
+    store.promote(_record(active, "1.0.0"))
+    assert store.shadow("m") is None
+    store.set_shadow(ShadowPointer(candidate=_record(candidate, "2.0.0"), sample_rate=0.25))
+    seen = ModelStore(tmp_path).shadow("m")  # a serving pod's read-only view
+    assert seen is not None and (seen.candidate.model.version, seen.sample_rate) == ("2.0.0", 0.25)
+    assert store.referenced() == {active, candidate}
+    assert store.collect(0) == [spare]  # the candidate's blob stays: pods load it
+    with pytest.raises(StoreError, match="blob missing"):
+        store.set_shadow(ShadowPointer(candidate=_record("0" * 64, "3.0.0"), sample_rate=1.0))
+    path = tmp_path / "models" / "m" / "shadow.json"
+    for content in (b"{", b"[]", b'{"schema_version": 1, "sample_rate": 2}', b" " * (2 << 20)):
+        path.write_bytes(content)
+        with pytest.raises(StoreError):
+            store.shadow("m")
+    other = ShadowPointer(candidate=_record(candidate, "2.0.0", name="other"), sample_rate=1.0)
+    path.write_text(other.model_dump_json())
+    with pytest.raises(StoreError, match="names model 'other'"):
+        store.shadow("m")
+    assert store.referenced() == {active}  # an unreadable pointer protects nothing, and breaks nothing
+    store.clear_shadow("m")
+    assert store.shadow("m") is None
+    store.clear_shadow("m")  # nothing to clear is fine
+    store.set_shadow(ShadowPointer(candidate=_record(candidate, "2.0.0"), sample_rate=1.0))
+    store.forget("m")
+    assert store.shadow("m") is None and store.names() == []

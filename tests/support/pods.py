@@ -38,6 +38,14 @@ class ServingPod:
         applied = AppliedModel(name=self.name, version=descriptor.version, sha256=descriptor.sha256)
         self.repo.activate(engine, applied, descriptor)
 
+    def shadow(self, path: Path, descriptor: ModelDescriptor, sample_rate: float) -> None:
+        """Run the classifier at `path` beside the active version on `sample_rate` of the requests (a follower's
+        `shadow.json`)."""
+        assert descriptor.sha256 is not None
+        engine = Engine.load(path, descriptor, EngineOptions(intra_op_threads=1))
+        applied = AppliedModel(name=self.name, version=descriptor.version, sha256=descriptor.sha256)
+        self.repo.set_shadow(self.name, engine, applied, sample_rate)
+
     def window(self) -> ServingWindow:
         """What this pod counted since the last call, as single-device mode counts it (`take_windows`)."""
         return self.repo.take_windows()[self.name]

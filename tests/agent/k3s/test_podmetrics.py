@@ -15,6 +15,7 @@ from agent.k3s.podmetrics import (
     Pod,
     PodCounters,
     PodScrape,
+    ShadowCounts,
     WindowBook,
     read_counters,
     serving_window,
@@ -122,6 +123,48 @@ def test_pods_older_than_the_agent_are_a_baseline_gone_pods_are_forgotten_silent
     assert book.last == {}
 
 
+def shadow_lines(model: str, candidate: str, samples: float, agreements: float, incomparable: float = 0) -> str:
+    """The shadow gauges a pod exports for its candidate (agent.api.metrics)."""
+    labels = f'model="{model}",version="{candidate}"'
+    return (
+        f"edgefleet_api_shadow_samples{{{labels}}} {samples}\n"
+        f"edgefleet_api_shadow_agreements{{{labels}}} {agreements}\n"
+        f"edgefleet_api_shadow_incomparable{{{labels}}} {incomparable}\n"
+    )
+
+
+def test_the_shadow_candidates_comparisons_are_counted_as_increases_per_candidate() -> None:
+    book = WindowBook()
+    pod = Pod("p-1", "uid-1", "127.0.0.2", created=time.time())
+    old = Pod("p-0", "uid-0", "127.0.0.3", created=book.started - 3600)
+    _, served = exposition([(M, "1.0.0", 200, 0.001)] * 4)
+    text = served + shadow_lines(M, "2.0.0", 4, 3) + shadow_lines("other", "2.0.0", 50, 50)
+    scrape = read_counters(text, M)
+    assert scrape.shadow == {"2.0.0": ShadowCounts(4, 3, 0)}
+    tally = book.window(
+        M, "1.0.0", {pod: scrape, old: read_counters(served + shadow_lines(M, "2.0.0", 9, 9), M)}, "2.0.0"
+    )
+    assert tally.shadow == ShadowCounts(4, 3, 0)  # the old pod's totals are a baseline
+    later = {pod: read_counters(served + shadow_lines(M, "2.0.0", 10, 8, 1), M),
+             old: read_counters(served + shadow_lines(M, "2.0.0", 11, 10), M)}  # fmt: skip
+    assert book.window(M, "1.0.0", later, "2.0.0").shadow == ShadowCounts(6 + 2, 5 + 1, 1)
+    # the candidate started again in a pod (lower totals): counted from zero
+    again = {pod: read_counters(served + shadow_lines(M, "2.0.0", 2, 2), M), old: None}
+    assert book.window(M, "1.0.0", again, "2.0.0").shadow == ShadowCounts(2, 2, 0)
+    # another candidate's series are not this one's; without a shadow running nothing is reported
+    assert (
+        book.window(M, "1.0.0", {pod: read_counters(served + shadow_lines(M, "3.0.0", 7, 7), M)}, "2.0.0").shadow
+        is None
+    )
+    assert book.window(M, "1.0.0", {pod: read_counters(served, M)}).shadow is None
+    # a window says so with the candidate's name, agreements at most samples however hostile the pods
+    window = serving_window(PodCounters(), ("2.0.0", ShadowCounts(MAX_COUNT * 2, MAX_COUNT * 3, 5)))
+    assert window.shadow is not None and window.shadow.candidate_version == "2.0.0"
+    assert (window.shadow.samples, window.shadow.agreements, window.shadow.incomparable) == (MAX_COUNT, MAX_COUNT, 5)
+    assert window.shadow.latency_delta_ms is None  # pods do not export it
+    assert serving_window(PodCounters()).shadow is None
+
+
 HOSTILE = {
     "not the format": "this is { not prometheus",
     "NaN counter": f'edgefleet_api_requests_total{{model="{M}",code="200"}} NaN',
@@ -136,6 +179,9 @@ HOSTILE = {
     "bucket not a number": f'edgefleet_api_request_duration_seconds_bucket{{model="{M}",le="x"}} 1',
     "missing buckets": f'edgefleet_api_request_duration_seconds_bucket{{model="{M}",le="+Inf"}} 1',
     "NaN created": f'edgefleet_api_requests_created{{model="{M}",code="200"}} NaN',
+    "NaN shadow samples": shadow_lines(M, "2.0.0", math.nan, 0),
+    "negative shadow agreements": shadow_lines(M, "2.0.0", 5, -1),
+    "too many shadow versions": "".join(shadow_lines(M, f"{v}.0.0", 1, 1) for v in range(MAX_VERSIONS + 1)),
     "too many versions": "\n".join(
         f'edgefleet_api_requests_total{{model="{M}",version="{v}",code="200"}} 1' for v in range(MAX_VERSIONS + 1)
     ),

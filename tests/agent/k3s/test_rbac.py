@@ -4,6 +4,7 @@ and every request it saw is in agent/k3s/calls.py (test_manifests compares the R
 from __future__ import annotations
 
 from agent.k3s import API_CALLS, ClusterBridge
+from agent.ports import ServedVersions
 from fleet.messages import Autoscaling
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.agent.k3s.manifests import AGENT, find, granted_rules, render
@@ -30,7 +31,9 @@ def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api:
         scaling = Autoscaling(max_replicas=3)
         assert bridge.apply(desired(1, mig_profile="1g.10gb", autoscaling=scaling), MODEL).state == "ready"
         assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # update: patch, no create; the HPA is deleted
-        assert MODEL in bridge.serving_windows({MODEL: "2.0.0"})  # telemetry lists the serving pods to scrape them
+        assert MODEL in bridge.serving_windows(
+            {MODEL: ServedVersions("2.0.0")}
+        )  # telemetry lists the serving pods to scrape them
         bridge.remove(MODEL)  # the model is no longer desired: its workload is deleted
         assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # and a later deploy creates it again
     api.controller = "never"  # a failed rollout also lists the pods to say why

@@ -17,7 +17,7 @@ import pytest
 
 from agent.control import CheckOnlyServing
 from agent.k3s import ClusterBridge, ClusterSettings
-from agent.ports import ServingWindow
+from agent.ports import ServedVersions, ServingWindow
 from fleet.histogram import merge_all
 from fleet.messages import AppliedModel
 from models.engine import Engine, EngineOptions
@@ -25,9 +25,10 @@ from tests.agent.conftest import Sample
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.k8s.server import ApiServer as KubeApi
 from tests.support.broker import free_port
+from tests.support.mqtt import wait_for
 from tests.support.pods import ServingPod
 
-V1 = {MODEL: "1.0.0"}  # the model's active version, as the control agent names it (samples["v1"])
+V1 = {MODEL: ServedVersions("1.0.0")}  # the model's active version, as the control agent names it (samples["v1"])
 
 
 @pytest.fixture
@@ -104,9 +105,9 @@ def test_the_window_counts_the_active_version_only_while_pods_swap(
 ) -> None:
     """The control agent names 2.0.0 active before the pods' followers load it; a pod that cannot load it goes
     on serving 1.0.0. Neither may pass 1.0.0's requests off as 2.0.0's (a rollout gate would judge them)."""
-    assert samples["v1"].descriptor.version == V1[MODEL]
+    assert samples["v1"].descriptor.version == V1[MODEL].active
     v2 = samples["v2"]
-    V2 = {MODEL: v2.descriptor.version}
+    V2 = {MODEL: ServedVersions(v2.descriptor.version)}
     port = free_port()
     with ClusterBridge(fast_settings(api.kubeconfig, port=port)) as bridge:
         assert bridge.apply(desired(1, replicas=2), MODEL).state == "ready"
@@ -128,6 +129,38 @@ def test_the_window_counts_the_active_version_only_while_pods_swap(
         a.swap(samples["v1"].path, samples["v1"].descriptor)
         assert a.send(2) == [200, 200]
         assert bridge.serving_windows(V1)[MODEL].requests == 2
+
+
+def test_the_window_carries_the_comparisons_of_the_shadow_candidate_the_pods_run(
+    api: KubeApi, start_pod: Callable[..., ServingPod], samples: dict[str, Sample]
+) -> None:
+    """Pods run the shadow (their followers read the store's shadow.json); the control agent sums what they
+    compared, exactly as each pod's own window counts it."""
+    v2 = samples["v2"]
+    served = {MODEL: ServedVersions("1.0.0", shadow=v2.descriptor.version)}
+    port = free_port()
+    with ClusterBridge(fast_settings(api.kubeconfig, port=port)) as bridge:
+        assert bridge.apply(desired(1, replicas=3), MODEL).state == "ready"
+        ips = pod_ips(api)
+        pods = [start_pod(ip, port) for ip in ips]
+        assert bridge.serving_windows(served)[MODEL].shadow is None  # no pod runs it yet
+        for pod in pods[:2]:
+            pod.shadow(v2.path, v2.descriptor, 1.0)
+        for pod in pods:
+            assert pod.send(3) == [200] * 3
+
+        def compared(pod: ServingPod) -> int:
+            tally = pod.repo.slots[MODEL].shadow_tally()
+            return 0 if tally is None else tally.total_samples
+
+        wait_for(lambda: all(compared(p) == 3 for p in pods[:2]))  # the candidate answers after the active one
+        window = bridge.serving_windows(served)[MODEL]
+        own = [pod.window().shadow for pod in pods[:2]]
+        assert window.shadow is not None and window.shadow.candidate_version == "2.0.0"
+        assert window.shadow.samples == sum(s.samples for s in own if s is not None) == 6
+        assert window.shadow.agreements == sum(s.agreements for s in own if s is not None)
+        assert window.requests == 9
+        assert bridge.serving_windows(served)[MODEL].shadow.samples == 0  # type: ignore[union-attr]
 
 
 class _Misbehaving(socketserver.BaseRequestHandler):
@@ -203,7 +236,7 @@ def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_coun
 
 def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi, caplog: pytest.LogCaptureFixture) -> None:
     bridge = ClusterBridge(fast_settings(api.kubeconfig))
-    window = bridge.serving_windows({"not-deployed": "1.0.0"})["not-deployed"]
+    window = bridge.serving_windows({"not-deployed": ServedVersions("1.0.0")})["not-deployed"]
     assert (window.requests, window.errors, window.latency.count) == (0, 0, 0)
     # a pod whose IP is not an address (a hostile or broken API answer) is not scraped
     labels = {
