@@ -90,6 +90,7 @@ class StoreTelemetry:
                 shadow_agreements=t.shadow_agreements,
                 shadow_delta_ms_sum=t.shadow_delta_ms_sum,
                 shadow_incomparable=t.shadow_incomparable,
+                shadow_timed_samples=t.shadow_timed_samples,
             )
             for t in self.store.telemetry_totals(device_ids, since=since, until=until, model=self.model)
         ]

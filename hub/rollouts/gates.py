@@ -31,6 +31,7 @@ class Totals:
     shadow_agreements: int = 0
     shadow_delta_ms_sum: float = 0.0
     shadow_incomparable: int = 0
+    shadow_timed_samples: int = 0  # samples of windows that carry a latency difference (cluster-mode pods do not)
 
 
 class TelemetryView(Protocol):
@@ -155,7 +156,8 @@ def shadow_gate(
     samples = sum(w.shadow_samples for w in mine)
     agreements = sum(w.shadow_agreements for w in mine)
     incomparable = sum(w.shadow_incomparable for w in mine)
-    delta = sum(w.shadow_delta_ms_sum for w in mine) / samples if samples else None
+    timed = sum(w.shadow_timed_samples for w in mine)  # windows without a latency difference do not dilute it
+    delta = sum(w.shadow_delta_ms_sum for w in mine) / timed if timed else None
     measured = {"samples": samples, "agreements": agreements, "incomparable": incomparable,
                 "devices": sum(w.devices for w in mine), "mean_latency_delta_ms": delta}  # fmt: skip
     if samples < spec.min_requests:

@@ -186,6 +186,7 @@ class TelemetryTotals:
     shadow_agreements: int = 0
     shadow_delta_ms_sum: float = 0.0  # candidate-minus-active latency, ms, times samples (summed)
     shadow_incomparable: int = 0  # sampled rows the candidate could not take (not compared)
+    shadow_timed_samples: int = 0  # samples of the windows that carry a latency difference (its weight)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ def _totals_sql(d: Dialect) -> str:
         "count(DISTINCT device_id), count(*), CAST(sum(requests) AS BIGINT), CAST(sum(errors) AS BIGINT), "
         f"sum(sum_ms), sum(coalesce({shadow('samples')}, 0)), sum(coalesce({shadow('agreements')}, 0)), "
         f"sum({shadow('latency_delta_ms')} * {shadow('samples')}), sum(coalesce({shadow('incomparable')}, 0)), "
+        f"sum(CASE WHEN {shadow('latency_delta_ms')} IS NULL THEN 0 ELSE coalesce({shadow('samples')}, 0) END), "
         + ", ".join(f"CAST(sum({b}) AS BIGINT)" for b in BUCKETS)
         + f" FROM telemetry WHERE {d.in_list('device_id')} AND start >= ? AND start < ? AND (? = '' OR model = ?) "
         "GROUP BY model_version, sv ORDER BY model_version, sv NULLS FIRST"
@@ -61,7 +62,8 @@ class TotalsQueries:
                 shadow_agreements=int(r[8] or 0),
                 shadow_delta_ms_sum=float(r[9] or 0.0),
                 shadow_incomparable=int(r[10] or 0),
-                latency_counts=tuple(int(c or 0) for c in r[11:]),
+                shadow_timed_samples=int(r[11] or 0),
+                latency_counts=tuple(int(c or 0) for c in r[12:]),
             )
             for r in rows
         ]

@@ -24,15 +24,19 @@ import psutil
 import pytest
 
 from fleet.bundle import DeviceBundle
+from models.cli import write_model
+from models.samples import build_classifier, classifier_descriptor
 from tests.agent.k3s.manifests import agent_container, agent_values, render
 from tests.e2e.conftest import FAST_AGENT_ENV
+from tests.hub.rollouts.fleet import permute_output
 from tests.k8s.server import ApiServer
 from tests.support.agents import AgentProc
 from tests.support.broker import free_port
 from tests.support.hub import RunningHub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
-from tests.support.pods import ServingPod
+from tests.support.pods import ServingPod, send
+from tests.support.procs import stop
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "edgefleet"
@@ -232,6 +236,85 @@ def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
             p.stop()
         status = agent.stop()
     assert status == 0, agent.output()[-3000:]
+
+
+def test_a_cluster_devices_serving_pod_runs_the_shadow_and_a_disagreeing_candidate_fails_its_gate(
+    running_hub: RunningHub, k8s: ApiServer, tmp_path: Path
+) -> None:
+    """The serving pod (`edgefleet agent serve` on the shared store, the Deployment's command) runs the shadow
+    candidate the control agent recorded, and the control agent scrapes its comparisons: the hub's shadow gate
+    judges a cluster-mode device (before, no pod ran the candidate and the gate had no data)."""
+    h = running_hub
+    desc = classifier_descriptor(10, 64, 64, name="cls")
+    agreeing = build_classifier(10, seed=0)
+    models = {"1.0.0": agreeing, "2.1.0": permute_output(agreeing, "logits", [(i + 3) % 10 for i in range(10)])}
+    for version, model in models.items():
+        onnx_path, yaml_path = write_model(model, desc.model_copy(update={"version": version}), tmp_path, version)
+        assert h.push_model(onnx_path, yaml_path).status_code == 201
+    with h.client() as api:
+        r = api.post("/api/v1/devices", json={"id": "cam-7", "labels": {"site": "shadowed"}})
+        assert r.status_code == 201, r.text
+    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+    port = free_port()
+    agent, _ = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path, EDGEFLEET_K3S_PORT=str(port))
+    stop_load = threading.Event()
+    pod: subprocess.Popen[bytes] | None = None
+    log = (tmp_path / "pod.log").open("wb")
+    try:
+        done = cli(h, "deploy", "cls:1.0.0", "-s", "site=shadowed")
+        assert done.returncode == 0, done.stderr
+        ip = wait_for(lambda: k8s.pods(NAMESPACE), timeout=60)[0]["status"]["podIP"]
+        # the pod's container: the Deployment's command and serving port, on the store the claim shares
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        env |= {"PYTHONPATH": str(REPO), "EDGEFLEET_API_HOST": ip, "EDGEFLEET_API_PORT": str(port)}
+        store = tmp_path / "agent-data" / "store"
+        pod = subprocess.Popen(
+            [edgefleet(), "agent", "serve", "--store", str(store), "--model", "cls", "--poll-s", "0.2"],
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        url = f"http://{ip}:{port}"
+        wait_for(lambda: _get(f"{url}/v2/models/cls/versions/1.0.0/ready") == 200, timeout=60)
+
+        def load() -> None:  # the application's clients of the serving pod
+            while not stop_load.is_set():
+                try:
+                    send(url, "cls", 4)
+                except httpx.HTTPError:
+                    pass
+                stop_load.wait(0.05)
+
+        clients = threading.Thread(target=load, daemon=True)
+        clients.start()
+        body = {"model": "cls", "version": "2.1.0", "selector": "site=shadowed", "bake_s": 2.0, "waves": ["100%"],
+                "shadow_rate": 1.0, "on_failure": "pause"}  # fmt: skip
+        with h.client() as api:
+            r = api.post("/api/v1/rollouts", json=body)
+            assert r.status_code in (200, 201), r.text
+            rid = r.json()["id"]
+
+        def rollout() -> dict[str, Any]:
+            with h.client() as api:
+                return dict(api.get(f"/api/v1/rollouts/{rid}").json())
+
+        status = wait_for(lambda: (x := rollout())["state"] != "running" and x, timeout=90)
+        wave = status["waves"][0]
+        gate = next(g for g in wave["gates"] if g["name"] == "shadow_agreement")
+        assert (status["state"], wave["failed_in"], gate["status"]) == ("paused", "shadow_baking", "fail"), status
+        assert gate["measured"]["samples"] >= 20 and gate["value"] == 0.0, gate  # every answer permuted
+        assert gate["measured"]["mean_latency_delta_ms"] is None  # pods do not time it: unknown, not 0
+        said = (tmp_path / "pod.log").read_text
+        assert "shadowing cls with 2.1.0 on 100% of its requests" in said()  # the pod followed shadow.json
+        # the failed wave took the candidate out of the desired state: the pointer goes, the pod stops it
+        wait_for(lambda: "cls: shadow 2.1.0 stopped" in said(), timeout=30)
+        assert not (store / "models" / "cls" / "shadow.json").exists()
+    finally:
+        stop_load.set()
+        if pod is not None:
+            stop(pod, timeout=20)
+        log.close()
+        status_code = agent.stop()
+    assert pod is not None and pod.returncode == 0, (tmp_path / "pod.log").read_text()[-3000:]
+    assert status_code == 0, agent.output()[-3000:]
 
 
 def _get(url: str) -> int:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
@@ -52,15 +53,28 @@ class ServingPod:
 
     def send(self, n: int, *, data: int = 3 * 64 * 64, version: str | None = None, parallel: int = 1) -> list[int]:
         """`n` infer requests for a 1x3x64x64 input with `data` values (fewer: a 400); their status codes."""
-        body = orjson.dumps(
-            {"inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.5] * data}]}
-        )
-        path = f"/v2/models/{self.name}" + (f"/versions/{version}" if version else "") + "/infer"
-        with httpx.Client(base_url=f"http://{self.ip}:{self.port}", timeout=30) as c:
-            if parallel == 1:
-                return [c.post(path, content=body).status_code for _ in range(n)]
-            with ThreadPoolExecutor(parallel) as pool:
-                return list(pool.map(lambda _: c.post(path, content=body).status_code, range(n)))
+        return send(f"http://{self.ip}:{self.port}", self.name, n, data=data, version=version, parallel=parallel)
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def send(
+    url: str, name: str, n: int, *, data: int = 3 * 64 * 64, version: str | None = None, parallel: int = 1
+) -> list[int]:
+    """`n` infer requests to the pod at `url` for a 1x3x64x64 input with `data` values (fewer: a 400), each its
+    own random image; their status codes."""
+    rng = np.random.default_rng()
+    shape = [1, 3, 64, 64]
+    bodies = [
+        orjson.dumps(
+            {"inputs": [{"name": "image", "shape": shape, "datatype": "FP32", "data": rng.random(data).tolist()}]}
+        )
+        for _ in range(n)
+    ]
+    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
+    with httpx.Client(base_url=url, timeout=30) as c:
+        if parallel == 1:
+            return [c.post(path, content=body).status_code for body in bodies]
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(lambda body: c.post(path, content=body).status_code, bodies))

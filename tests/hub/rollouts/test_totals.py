@@ -29,8 +29,10 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(databas
         for d in ("a", "b", "c"):
             store.add_device(Device(id=d, labels={}, password_hash="x", enrolled_at=0, enrolled_by="t"))
         sh = ShadowStats(candidate_version="2.0.0", samples=10, agreements=7, incomparable=3, latency_delta_ms=1.5)
+        untimed = sh.model_copy(update={"latency_delta_ms": None})  # a cluster-mode device's pods do not time it
         for seq, start in enumerate((100.0, 110.0, 120.0, 500.0)):
-            store.submit_telemetry("a", encode(_window("a", seq, start, "1.0.0", shadow=sh)), RECEIVED)
+            shadow = untimed if start == 120.0 else sh
+            store.submit_telemetry("a", encode(_window("a", seq, start, "1.0.0", shadow=shadow)), RECEIVED)
             store.submit_telemetry("b", encode(_window("b", seq, start, "2.0.0")), RECEIVED)
             store.submit_telemetry("c", encode(_window("c", seq, start, "1.0.0")), RECEIVED)
         store.flush()
@@ -40,8 +42,8 @@ def test_totals_sum_per_version_and_shadow_over_the_device_set_and_range(databas
         a = by[("1.0.0", "2.0.0")]
         # windows starting at 110 and 120 start in [105, 125); the one at 100 started before, 500 after
         assert (a.devices, a.windows, a.requests, a.errors) == (1, 2, 8, 2)
-        assert (a.shadow_samples, a.shadow_agreements, a.shadow_delta_ms_sum) == (20, 14, 30.0)
-        assert a.shadow_incomparable == 6
+        assert (a.shadow_samples, a.shadow_agreements, a.shadow_delta_ms_sum) == (20, 14, 15.0)
+        assert (a.shadow_incomparable, a.shadow_timed_samples) == (6, 10)
         assert sum(a.latency_counts) == 8 and a.latency_sum_ms == 2 * 46
         b = by[("2.0.0", None)]
         assert (b.devices, b.windows, b.shadow_samples) == (1, 2, 0)
@@ -74,3 +76,12 @@ def test_the_shadow_gate_judges_comparable_samples_only_and_says_when_it_has_too
     judged = gate(30, 27, 10)
     assert judged.status == "pass" and judged.value == 0.9 and "10 incomparable, not counted" in judged.detail
     assert gate(30, 26, 0).status == "fail"
+
+
+def test_the_mean_latency_difference_is_over_the_samples_that_were_timed() -> None:
+    spec = GateSpec(min_agreement=0.9, min_requests=20)
+    timed = Totals("1.0.0", 100, 0, Histogram(), shadow_version="2.0.0", shadow_samples=30, shadow_agreements=30,
+                   shadow_delta_ms_sum=60.0, shadow_timed_samples=30)  # fmt: skip
+    untimed = Totals("1.0.0", 100, 0, Histogram(), shadow_version="2.0.0", shadow_samples=90, shadow_agreements=90)
+    assert shadow_gate([timed, untimed], "2.0.0", spec, since=0, until=1, now=1).measured["mean_latency_delta_ms"] == 2
+    assert shadow_gate([untimed], "2.0.0", spec, since=0, until=1, now=1).measured["mean_latency_delta_ms"] is None
