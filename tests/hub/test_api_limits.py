@@ -24,10 +24,11 @@ from tests.support.hub import RunningHub
 from tests.support.outcomes import record
 
 
-def _error(r) -> dict:  # type: ignore[no-untyped-def]
+def _error(r: httpx.Response) -> dict[str, str]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]
+    error: dict[str, str] = body["error"]
+    return error
 
 
 def test_out_of_range_ids_and_deep_or_non_finite_descriptions_are_400(running_hub: RunningHub, samples: Path) -> None:
@@ -125,8 +126,12 @@ def test_an_unexpected_error_is_one_logged_500_and_the_connection_stays_open(
     server = api_server(h.hub, port=0, app=create_app(h.hub, extra_routers=[boom]))
     server.start()
     server_log: list[logging.LogRecord] = []
-    catcher = logging.Handler()
-    catcher.emit = server_log.append  # type: ignore[method-assign]
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            server_log.append(record)
+
+    catcher = Catcher()
     logging.getLogger("uvicorn.error").addHandler(catcher)  # uvicorn's own logger does not reach caplog
     try:
         with caplog.at_level(logging.ERROR), httpx.Client(base_url=server.url, timeout=30) as c:

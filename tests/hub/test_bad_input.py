@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fleet.codec import encode
@@ -17,10 +18,11 @@ from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
 
-def _error(r) -> dict:  # type: ignore[no-untyped-def]
+def _error(r: httpx.Response) -> dict[str, str]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]
+    error: dict[str, str] = body["error"]
+    return error
 
 
 def _nothing_stored(h: RunningHub) -> None:
