@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.batcher import Batcher, BatcherOptions
+from models.batcher import Array, Batcher, BatcherOptions
 from models.engine import Engine, EngineOptions
 from models.errors import EngineNotReady, InvalidInput, QueueFull
 from models.golden import golden_input
@@ -79,7 +79,7 @@ def test_bad_input_fails_only_its_caller(classifier: Sample, classifier_engine: 
 def test_queue_full_is_typed(classifier: Sample, classifier_engine: Engine) -> None:
     xs = _inputs(classifier, 5)
 
-    async def main() -> tuple[list[object], int]:
+    async def main() -> tuple[list[dict[str, Array] | BaseException], int]:
         async with Batcher(classifier_engine, BatcherOptions(max_queue=1)) as b:
             res = await asyncio.gather(*(b.infer({"image": x}) for x in xs), return_exceptions=True)
             return res, b.stats().rejected
@@ -163,7 +163,7 @@ def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> No
     engine = _gather_model(tmp_path)
     values = [1.0, 2.0, 42.0, 3.0, 4.0, 5.0]
 
-    async def main() -> tuple[list[object], int]:
+    async def main() -> tuple[list[dict[str, Array] | BaseException], int]:
         async with Batcher(engine, BatcherOptions(max_batch=8, max_delay_ms=20)) as b:
             res = await asyncio.gather(
                 *(b.infer({"x": np.array([[v]], np.float32)}) for v in values), return_exceptions=True
