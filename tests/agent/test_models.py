@@ -71,8 +71,8 @@ def test_two_models_serve_side_by_side_and_each_swaps_on_its_own(
     # the detector is removed: it stops serving, stays as previous (idle); the classifier keeps serving
     hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[v2]))
     r = hub.wait_reported(
-        lambda r: r.desired_version == 3 and r.model("det") is not None and r.model("det").phase == "idle"
-    )  # type: ignore[union-attr]
+        lambda r: r.desired_version == 3 and (det := r.model("det")) is not None and det.phase == "idle"
+    )
     removed = r.model("det")
     assert removed is not None and removed.active is None and removed.previous.version == "1.0.0"  # type: ignore[union-attr]
     assert serving.names() == ["cls"] and serving.infer(IMAGE)["logits"].shape == (1, 10)

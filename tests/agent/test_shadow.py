@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet.messages import ShadowSpec
+from fleet.messages import ShadowSpec, ShadowStats
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
@@ -23,7 +23,10 @@ def test_shadow_candidate_runs_beside_the_active_model(
     image = {"image": np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     for _ in range(4):
         serving.infer(image)
-    shadows = lambda: [m.shadow for w in hub.telemetry[start:] for m in w.models if m.shadow]  # noqa: E731
+
+    def shadows() -> list[ShadowStats]:
+        return [m.shadow for w in hub.telemetry[start:] for m in w.models if m.shadow]
+
     hub.wait(lambda: sum(s.samples for s in shadows()) >= 4, what="shadow stats")
     stats = [s for s in shadows() if s.samples]
     assert all(s.candidate_version == "2.0.0" and 0 <= s.agreements <= s.samples for s in stats)
@@ -43,4 +46,4 @@ def test_shadow_failing_its_golden_check_keeps_the_active_model(
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=bad, sample_rate=0.5)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).error is not None)
     assert one(r).error.code == "shadow_golden_mismatch" and one(r).shadow is None  # type: ignore[union-attr]
-    assert one(r).active is not None and one(r).active.version == "1.0.0" and serving.shadow_model is None
+    assert (active := one(r).active) is not None and active.version == "1.0.0" and serving.shadow_model is None

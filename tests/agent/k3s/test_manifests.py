@@ -24,8 +24,6 @@ from fleet.messages import Autoscaling
 from tests.agent.k3s.conftest import MODEL, desired
 from tests.agent.k3s.manifests import (
     AGENT,
-    NEWEST,
-    OLDEST,
     OVERLAYS,
     VERSIONS,
     agent_container,
@@ -39,6 +37,7 @@ from tests.agent.k3s.manifests import (
     shipped,
     validate,
 )
+from tests.k8s.schemas import NEWEST, OLDEST
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "cpu": {},
