@@ -86,11 +86,11 @@ class CheckOnlyServing:
         """
         with self._lock:
             due, self._trim_due = self._trim_due, False
-            names = sorted(self._active)
+            active = {name: self._active[name].version for name in sorted(self._active)}
         if due:
             trim_heap()
-        scraped = self.cluster.serving_windows(names) if self.cluster is not None and names else {}
-        return {n: scraped.get(n) or _empty() for n in names}
+        scraped = self.cluster.serving_windows(active) if self.cluster is not None and active else {}
+        return {n: scraped.get(n) or _empty() for n in active}
 
 
 def _empty() -> ServingWindow:

@@ -13,7 +13,7 @@ The reconciler reaches loading and serving through `ActivationPort`: the agent's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -125,8 +125,9 @@ class ClusterPort(Protocol):
     def remove(self, name: str) -> None:
         """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""
 
-    def serving_windows(self, names: Sequence[str]) -> dict[str, ServingWindow]:
-        """What the serving pods of each model in `names` served since the previous call (cluster-mode telemetry).
+    def serving_windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
+        """What the serving pods of each model in `active` (model -> its active version) served since the previous
+        call, of that version only (cluster-mode telemetry: a pod still serving another version adds nothing).
 
         Bounded by the port's own timeouts and never raises: a model whose pods cannot be listed is left out, a
         pod that does not answer is not counted this time (its next answer covers both windows).

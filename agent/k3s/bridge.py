@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -95,17 +95,18 @@ class ClusterBridge:
         """
         self._run(self._cluster.remove(name))
 
-    def serving_windows(self, names: Sequence[str]) -> dict[str, ServingWindow]:
-        """Each model's window from its serving pods' /metrics since the previous call (see `agent.k3s.scrape`).
+    def serving_windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
+        """Each active model's window (model -> its active version) from its serving pods' /metrics since the
+        previous call (see `agent.k3s.scrape`).
 
         Blocks at most about `request_timeout_s + scrape_timeout_s`; never raises (failures are logged, and a
         model whose pods could not be listed is left out).
         """
-        if not names or self._closed:
+        if not active or self._closed:
             return {}
         limit = self.settings.request_timeout_s + self.settings.scrape_timeout_s + SCRAPE_MARGIN_S
         try:
-            future = asyncio.run_coroutine_threadsafe(self._scraper.windows(list(names)), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._scraper.windows(dict(active)), self._loop)
         except RuntimeError:  # the loop is closed (close() raced this call)
             return {}
         try:

@@ -1,18 +1,27 @@
 """What the serving pods served, from their Prometheus `/metrics`: parsed, checked, and turned into windows.
 
-Pure (no network): `read_counters` parses one pod's exposition into the `PodCounters` of one model;
-`WindowBook` keeps each pod's counters from the previous scrape and turns the next ones into the increase since
-then, summed over the model's pods as one `agent.ports.ServingWindow`, the same counts single-device mode reports:
+Pure (no network): `read_counters` parses one pod's exposition into the `PodScrape` of one model (its
+`PodCounters` per `version` label, and its queue depth); `WindowBook` keeps each pod's counters from the previous
+scrape and turns the next ones into the increase since then, summed over the model's pods as one
+`agent.ports.ServingWindow`, the same counts single-device mode reports:
 
-- requests: `edgefleet_api_requests_total` of the model (every version, both inference endpoints, every code);
+- requests: `edgefleet_api_requests_total` of the model (both inference endpoints, every code);
 - errors: those with code >= 500 (single-device mode counts server errors only: `ModelSlot.record`);
 - latency: `edgefleet_api_request_duration_seconds`, whose buckets are `fleet.histogram.LATENCY_BOUNDS_MS`;
 - queue depth: `edgefleet_api_queue_depth` of the active role, now (a gauge), summed over the pods.
 
+A window counts the version the control agent reports as active, and nothing another version served: every
+series carries the `version` that answered (`unknown` for a request of the model that reached no version, as
+the slot counts it), and a pod's follower swaps versions some seconds after the control agent moved the model's
+pointer, or never when the new version fails to load in that pod. Requests a pod's other versions served are
+left out of the window (counted in `Tally.other_versions` and logged): a version that serves nothing cannot pass
+a rollout's gates on the requests of the version before it.
+
 A new process in a pod (a container restart) is told by its series' `_created` times (prometheus_client sets
 them when a series is first counted), or by a counter lower than at the previous scrape: its increase is then
 counted from zero, as Prometheus' `rate()` does (the requests the old process answered after its last scrape are
-lost with it). A pod seen for the first time counts from zero when
+lost with it). Each version's series are followed on their own, so the first series of a version that a known
+pod starts serving is counted whole. A pod seen for the first time counts from zero when
 it was created after the book (this agent process) started (within `CREATED_SLACK_S`: creation times have whole
 seconds), and is only a baseline when it is older: its earlier requests were counted by the agent process before
 this one. A pod that did not answer keeps its last counters, so
@@ -24,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,6 +49,8 @@ CREATED = (f"{REQUESTS[: -len('_total')]}_created", f"{LATENCY}_created")
 MAX_VALUE = 2.0**53  # above this a float no longer counts single requests: a pod that says so is not believed
 CREATED_SLACK_S = 2.0  # creationTimestamp has whole seconds (and the API server's clock): new if this close
 MAX_SUM_MS = 1e15  # what a window's histogram may carry (fleet.histogram.Histogram.sum_ms)
+UNKNOWN_VERSION = "unknown"  # agent.api.metrics.UNKNOWN: a request of the model that reached no version of it
+MAX_VERSIONS = 64  # version labels of one model in one pod (a process serves a few in its life; 1 MiB bounds it)
 
 
 class BadMetrics(ValueError):
@@ -48,14 +59,14 @@ class BadMetrics(ValueError):
 
 @dataclass(frozen=True)
 class PodCounters:
-    """One model's counters in one pod at one scrape (counters since the pod's process started)."""
+    """One model's counters in one pod at one scrape, of one version or summed (since the pod's process started)."""
 
     requests: int = 0
     errors: int = 0
     buckets: tuple[int, ...] = (0,) * N_BUCKETS  # cumulative, one per LATENCY_BOUNDS_MS bound and +Inf
     sum_ms: float = 0.0
     queue_depth: int = 0
-    started: float | None = None  # the earliest `_created` of the model's series: changes with a new process
+    started: float | None = None  # the earliest `_created` of the counted series: changes with a new process
 
     def increase_since(self, before: PodCounters | None) -> PodCounters:
         """What was counted since `before` (None, or any counter lower: a new process, so all of it)."""
@@ -100,64 +111,97 @@ def _bucket_index(le: str) -> int:
     raise BadMetrics(f"bucket le={le[:40]!r} is not one of fleet.histogram.LATENCY_BOUNDS_MS (another agent version?)")
 
 
-def read_counters(text: str, model: str) -> PodCounters:
-    """Model `model`'s counters in one pod's /metrics text (zeros when it served none of its requests yet).
+@dataclass(frozen=True)
+class PodScrape:
+    """One model's share of one pod's /metrics: its counters per `version` label, and its queue depth now."""
+
+    versions: dict[str, PodCounters] = field(default_factory=dict)
+    queue_depth: int = 0
+
+
+def read_counters(text: str, model: str) -> PodScrape:
+    """Model `model`'s counters in one pod's /metrics text, per version label (none when it served none yet).
 
     Raises:
         BadMetrics: not the Prometheus text format, or a value that is not a count (negative, NaN, infinite,
-            above 2**53), a code that is not an HTTP status, buckets other than ours or not cumulative.
+            above 2**53), a code that is not an HTTP status, buckets other than ours or not cumulative, more
+            than `MAX_VERSIONS` versions.
     """
-    requests = errors = queue = 0.0
-    series: dict[tuple[tuple[str, str], ...], list[float | None]] = {}  # histogram series -> cumulative buckets
-    sum_s = 0.0
-    started: float | None = None
+    found: dict[str, _Sums] = {}
+    queue = 0.0
     try:
         for family in text_string_to_metric_families(text):  # by sample name: a TYPE line is optional
             for s in family.samples:
                 if s.labels.get("model") != model:
                     continue
-                if s.name == REQUESTS:
-                    n = _number(s.value, REQUESTS)
-                    code = s.labels.get("code", "")
-                    if not (code.isascii() and code.isdigit() and 100 <= int(code) <= 599):
-                        raise BadMetrics(f"{REQUESTS} has code={code[:20]!r}: not an HTTP status")
-                    requests += n
-                    if int(code) >= 500:
-                        errors += n
-                elif s.name == f"{LATENCY}_bucket":
-                    key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                    row = series.setdefault(key, [None] * N_BUCKETS)
-                    row[_bucket_index(s.labels.get("le", ""))] = _number(s.value, f"{LATENCY}_bucket")
-                elif s.name == f"{LATENCY}_sum":
-                    sum_s += _number(s.value, f"{LATENCY}_sum")
-                elif s.name in CREATED:
-                    created = _number(s.value, s.name)
-                    started = created if started is None else min(started, created)
-                elif s.name == QUEUE and s.labels.get("role") == "active":
-                    queue += _number(s.value, QUEUE)
+                if s.name == QUEUE:
+                    if s.labels.get("role") == "active":
+                        queue += _number(s.value, QUEUE)
+                    continue
+                version = s.labels.get("version", UNKNOWN_VERSION)
+                sums = found.get(version)
+                if sums is None:
+                    if len(found) >= MAX_VERSIONS:
+                        raise BadMetrics(f"{model} has series of over {MAX_VERSIONS} versions in one pod")
+                    sums = found[version] = _Sums()
+                sums.add(s.name, s.labels, s.value)
     except BadMetrics:
         raise
     except Exception as e:  # the parser raises ValueError, and more on some malformed input
         raise BadMetrics(f"not the Prometheus text format: {type(e).__name__}: {str(e)[:200]}") from e
-    buckets = [0.0] * N_BUCKETS
-    for row in series.values():
-        if any(v is None for v in row):
-            raise BadMetrics(f"{LATENCY} lacks buckets of fleet.histogram.LATENCY_BOUNDS_MS (another agent version?)")
-        values = [float(v or 0.0) for v in row]
-        if any(b < a for a, b in itertools.pairwise(values)):
-            raise BadMetrics(f"{LATENCY} buckets are not cumulative")
-        buckets = [a + b for a, b in zip(buckets, values, strict=True)]
-    total = (requests, errors, sum_s, *buckets)
-    if any(v > MAX_VALUE for v in total):
-        raise BadMetrics(f"{model}'s counters sum above 2**53: not counts")
-    return PodCounters(
-        requests=int(requests),
-        errors=int(errors),
-        buckets=tuple(int(b) for b in buckets),
-        sum_ms=sum_s * 1e3,
-        queue_depth=int(min(queue, MAX_COUNT)),
-        started=started,
-    )
+    return PodScrape({v: sums.counters(model) for v, sums in found.items()}, int(min(queue, MAX_COUNT)))
+
+
+@dataclass
+class _Sums:
+    """One version's series of one model in one pod, as they are read."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    sum_s: float = 0.0
+    started: float | None = None
+    series: dict[tuple[tuple[str, str], ...], list[float | None]] = field(default_factory=dict)  # -> cumulative
+
+    def add(self, name: str, labels: dict[str, str], value: float) -> None:
+        if name == REQUESTS:
+            n = _number(value, REQUESTS)
+            code = labels.get("code", "")
+            if not (code.isascii() and code.isdigit() and 100 <= int(code) <= 599):
+                raise BadMetrics(f"{REQUESTS} has code={code[:20]!r}: not an HTTP status")
+            self.requests += n
+            if int(code) >= 500:
+                self.errors += n
+        elif name == f"{LATENCY}_bucket":
+            key = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+            row = self.series.setdefault(key, [None] * N_BUCKETS)
+            row[_bucket_index(labels.get("le", ""))] = _number(value, f"{LATENCY}_bucket")
+        elif name == f"{LATENCY}_sum":
+            self.sum_s += _number(value, f"{LATENCY}_sum")
+        elif name in CREATED:
+            created = _number(value, name)
+            self.started = created if self.started is None else min(self.started, created)
+
+    def counters(self, model: str) -> PodCounters:
+        buckets = [0.0] * N_BUCKETS
+        for row in self.series.values():
+            if any(v is None for v in row):
+                raise BadMetrics(
+                    f"{LATENCY} lacks buckets of fleet.histogram.LATENCY_BOUNDS_MS (another agent version?)"
+                )
+            values = [float(v or 0.0) for v in row]
+            if any(b < a for a, b in itertools.pairwise(values)):
+                raise BadMetrics(f"{LATENCY} buckets are not cumulative")
+            buckets = [a + b for a, b in zip(buckets, values, strict=True)]
+        total = (self.requests, self.errors, self.sum_s, *buckets)
+        if any(v > MAX_VALUE for v in total):
+            raise BadMetrics(f"{model}'s counters sum above 2**53: not counts")
+        return PodCounters(
+            requests=int(self.requests),
+            errors=int(self.errors),
+            buckets=tuple(int(b) for b in buckets),
+            sum_ms=self.sum_s * 1e3,
+            started=self.started,
+        )
 
 
 @dataclass(frozen=True)
@@ -171,48 +215,61 @@ class Pod:
     ready: bool = True
 
 
+@dataclass(frozen=True)
+class Tally:
+    """A model's round of scrapes: what its active version served since the previous round."""
+
+    total: PodCounters  # summed increases of the active version (and `unknown`), queue depth of the pods now
+    answered: int  # pods that answered
+    other_versions: int = 0  # requests other versions served meanwhile (pods that had not swapped, or could not)
+
+
 @dataclass
 class WindowBook:
-    """Each pod's counters at its last scrape, per model; turns a round of scrapes into windows."""
+    """Each pod's counters at its last scrape, per model and version; turns a round of scrapes into windows."""
 
     started: float = field(default_factory=time.time)
-    last: dict[tuple[str, str], PodCounters] = field(default_factory=dict)  # (model, pod uid) -> counters
+    last: dict[tuple[str, str], dict[str, PodCounters]] = field(default_factory=dict)  # (model, pod uid) -> by version
 
-    def forget_models_but(self, models: Sequence[str]) -> None:
+    def forget_models_but(self, models: Iterable[str]) -> None:
         """Drop the counters of pods of models not in `models` (no longer active here)."""
         keep = set(models)
         self.last = {k: v for k, v in self.last.items() if k[0] in keep}
 
-    def window(self, model: str, scraped: dict[Pod, PodCounters | None]) -> tuple[PodCounters, int]:
-        """The increase over every pod of `model` listed now (None: it did not answer), and how many answered.
+    def window(self, model: str, version: str, scraped: dict[Pod, PodScrape | None]) -> Tally:
+        """The increase of `model`'s `version` over every pod listed now (None: it did not answer).
 
-        Pods no longer listed are forgotten. Returns the summed increase (requests, errors, buckets, sum) with
-        the queue depth of the pods that answered.
+        Pods no longer listed are forgotten. Every version's counters are kept (a rollback counts on from them);
+        only `version`'s and `unknown`'s increases are summed into the window.
         """
         listed = {p.uid for p in scraped}
         for key in [k for k in self.last if k[0] == model and k[1] not in listed]:
             del self.last[key]
-        requests = errors = queue = 0
+        requests = errors = queue = other = 0
         buckets = [0] * N_BUCKETS
         sum_ms = 0.0
         answered = 0
+        counted = {version, UNKNOWN_VERSION}
         for pod, now in scraped.items():
             if now is None:
                 continue
             answered += 1
+            queue += now.queue_depth
             key = (model, pod.uid)
             before = self.last.get(key)
-            self.last[key] = now
-            if before is None and (pod.created is None or pod.created + CREATED_SLACK_S < self.started):
-                before = now  # older than this agent process: its requests so far were counted before us
-            inc = now.increase_since(before)
-            requests += inc.requests
-            errors += inc.errors
-            sum_ms += inc.sum_ms
-            queue += inc.queue_depth
-            buckets = [a + b for a, b in zip(buckets, inc.buckets, strict=True)]
-        total = PodCounters(requests, errors, tuple(buckets), sum_ms, queue)
-        return total, answered
+            self.last[key] = dict(now.versions)
+            # a pod older than this agent process: its requests so far were counted before us
+            baseline = before is None and (pod.created is None or pod.created + CREATED_SLACK_S < self.started)
+            for label, counters in now.versions.items():
+                inc = counters.increase_since(counters if baseline else (before or {}).get(label))
+                if label not in counted:
+                    other += inc.requests
+                    continue
+                requests += inc.requests
+                errors += inc.errors
+                sum_ms += inc.sum_ms
+                buckets = [a + b for a, b in zip(buckets, inc.buckets, strict=True)]
+        return Tally(PodCounters(requests, errors, tuple(buckets), sum_ms, queue), answered, other)
 
 
 def serving_window(total: PodCounters) -> ServingWindow:

@@ -1,12 +1,13 @@
 """Telemetry of cluster mode: the control agent scrapes its serving pods' `/metrics` once per window.
 
 Requests reach the serving pods, not the control agent, so once per telemetry window `Scraper.windows` lists
-each model's pods (the Deployment's label selector; pods with an IP in phase Running), reads every pod's
-`/metrics` at `http://<pod IP>:<port>/metrics` concurrently, and turns the counters into the model's
-`agent.ports.ServingWindow` (`agent.k3s.podmetrics`). Every read is bounded: `scrape_timeout_s` for the whole
-answer, `scrape_max_bytes` for its body, identity encoding only (no decompression bombs). A pod that does not
-answer, answers an error, or sends something that is not believable counts as unavailable this window (logged
-with the reason, once per pod and reason); the others still count.
+each active model's pods (the Deployment's label selector; pods with an IP in phase Running), reads every pod's
+`/metrics` at `http://<pod IP>:<port>/metrics` concurrently, and turns the counters of the model's active
+version into its `agent.ports.ServingWindow` (`agent.k3s.podmetrics`: what other versions served, in pods that
+have not swapped yet or could not load the new one, is left out and logged). Every read is bounded:
+`scrape_timeout_s` for the whole answer, `scrape_max_bytes` for its body, identity encoding only (no
+decompression bombs). A pod that does not answer, answers an error, or sends something that is not believable
+counts as unavailable this window (logged with the reason, once per pod and reason); the others still count.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Pod as PodResource
 
 from agent.k3s.connection import translate
-from agent.k3s.podmetrics import BadMetrics, Pod, PodCounters, WindowBook, read_counters, serving_window
+from agent.k3s.podmetrics import BadMetrics, Pod, PodScrape, WindowBook, read_counters, serving_window
 from agent.k3s.render import pod_selector, workload_name
 from agent.k3s.settings import ClusterSettings
 from agent.ports import ServingWindow
@@ -54,12 +55,14 @@ class Scraper:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def windows(self, models: Sequence[str]) -> dict[str, ServingWindow]:
-        """Each model's window since the previous call; a model whose pods cannot be listed is left out."""
+    async def windows(self, active: Mapping[str, str]) -> dict[str, ServingWindow]:
+        """Each active model's window since the previous call, of the version `active` names for it (model ->
+        version); a model whose pods cannot be listed is left out."""
+        models = list(active)
         listed = await asyncio.gather(*(self._pods(m) for m in models))
         jobs = {(m, pod): self._scrape(m, pod) for m, pods in zip(models, listed, strict=True) if pods for pod in pods}
         results = await asyncio.gather(*jobs.values())
-        scraped: dict[str, dict[Pod, PodCounters | None]] = {
+        scraped: dict[str, dict[Pod, PodScrape | None]] = {
             m: {} for m, pods in zip(models, listed, strict=True) if pods is not None
         }
         for (model, pod), counters in zip(jobs, results, strict=True):
@@ -70,10 +73,19 @@ class Scraper:
         self.book.forget_models_but(models)
         out: dict[str, ServingWindow] = {}
         for model, pods in scraped.items():
-            total, answered = self.book.window(model, pods)
-            out[model] = serving_window(total)
-            if answered < len(pods):
-                log.info("model %s: %d of %d serving pods answered /metrics", model, answered, len(pods))
+            version = active[model]
+            tally = self.book.window(model, version, pods)
+            out[model] = serving_window(tally.total)
+            if tally.answered < len(pods):
+                log.info("model %s: %d of %d serving pods answered /metrics", model, tally.answered, len(pods))
+            if tally.other_versions:
+                log.info(
+                    "model %s: %d requests served by versions other than %s (pods not yet swapped, or that could "
+                    "not load it): not counted in its window",
+                    model,
+                    tally.other_versions,
+                    version,
+                )
         return out
 
     async def _pods(self, model: str) -> list[Pod] | None:
@@ -94,7 +106,7 @@ class Scraper:
             log.warning("model %s: %d serving pods, scraping the first %d by name", model, len(pods), MAX_PODS)
         return sorted(pods, key=lambda p: p.name)[:MAX_PODS]
 
-    async def _scrape(self, model: str, pod: Pod) -> PodCounters | None:
+    async def _scrape(self, model: str, pod: Pod) -> PodScrape | None:
         url = f"http://{_host(pod.ip)}:{self.settings.port}/metrics"
         try:
             async with asyncio.timeout(self.settings.scrape_timeout_s):

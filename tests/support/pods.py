@@ -29,9 +29,13 @@ class ServingPod:
         self.repo = ModelRepository()
         self.server = ApiServer(ApiSettings(host=ip, port=port, **settings), self.repo)  # type: ignore[arg-type]
         self.server.start()
+        self.swap(path, descriptor)
+
+    def swap(self, path: Path, descriptor: ModelDescriptor) -> None:
+        """Serve the classifier at `path` as the model's active version (what a pod's follower does)."""
         assert descriptor.sha256 is not None
         engine = Engine.load(path, descriptor, EngineOptions(intra_op_threads=1))
-        applied = AppliedModel(name=name, version=descriptor.version, sha256=descriptor.sha256)
+        applied = AppliedModel(name=self.name, version=descriptor.version, sha256=descriptor.sha256)
         self.repo.activate(engine, applied, descriptor)
 
     def window(self) -> ServingWindow:

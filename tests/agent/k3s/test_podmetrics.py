@@ -7,8 +7,18 @@ import time
 
 import pytest
 
-from agent.api.metrics import ApiMetrics
-from agent.k3s.podmetrics import BadMetrics, Pod, PodCounters, WindowBook, read_counters, serving_window
+from agent.api.metrics import UNKNOWN, ApiMetrics
+from agent.k3s.podmetrics import (
+    MAX_VERSIONS,
+    UNKNOWN_VERSION,
+    BadMetrics,
+    Pod,
+    PodCounters,
+    PodScrape,
+    WindowBook,
+    read_counters,
+    serving_window,
+)
 from agent.serving import ModelRepository
 from fleet.histogram import LATENCY_BOUNDS_MS, N_BUCKETS, LatencyRecorder
 from fleet.limits import MAX_COUNT
@@ -24,43 +34,73 @@ def exposition(requests: list[tuple[str, str, int, float]]) -> tuple[ApiMetrics,
     return metrics, metrics.render().decode()
 
 
-def test_counts_requests_server_errors_and_latency_of_one_model_as_the_slot_does() -> None:
+def test_counts_requests_server_errors_and_latency_of_one_model_per_version_as_the_slot_does() -> None:
     seen = [(M, "1.0.0", 200, 0.0031), (M, "1.0.0", 400, 0.0002), (M, "2.0.0", 503, 0.2), (M, "1.0.0", 500, 6.0)]
-    seen += [("other", "1", 500, 0.001), ("unknown", "unknown", 404, 0.001)]
+    seen += [(M, UNKNOWN, 503, 0.0001), ("other", "1", 500, 0.001), (UNKNOWN, UNKNOWN, 404, 0.001)]
     _, text = exposition(seen)
-    c = read_counters(text, M)
+    scrape = read_counters(text, M)
+    assert set(scrape.versions) == {"1.0.0", "2.0.0", UNKNOWN}
+    v1 = scrape.versions["1.0.0"]
+    assert (v1.requests, v1.errors) == (3, 1)  # every code; errors: >= 500, like ModelSlot.record
+    # the window of 1.0.0: its requests and those of the model that reached no version (as the slot counts them)
+    tally = WindowBook().window(M, "1.0.0", {Pod("p", "uid", "127.0.0.2", created=time.time()): scrape})
     recorder = LatencyRecorder()
-    for model, _v, _c, seconds in seen:
-        if model == M:
+    for model, version, _c, seconds in seen:
+        if model == M and version in ("1.0.0", UNKNOWN):
             recorder.observe(seconds * 1e3)
-    assert (c.requests, c.errors) == (4, 2)  # every code and version; errors: >= 500, like ModelSlot.record
-    window = serving_window(c.increase_since(None))
+    assert (tally.total.requests, tally.total.errors, tally.other_versions) == (4, 2, 1)
+    window = serving_window(tally.total)
     assert window.latency == recorder.snapshot()
-    assert math.isclose(window.latency.sum_ms, 6203.3)
-    assert read_counters(text, "nothing-served") == PodCounters()
+    assert math.isclose(window.latency.sum_ms, 6003.4)  # 2.0.0's 200 ms left out
+    assert read_counters(text, "nothing-served") == PodScrape()
+    assert UNKNOWN_VERSION == UNKNOWN  # the serving side's label, not imported (the control side has no API)
+
+
+def test_a_window_counts_the_active_version_only_across_a_swap_and_a_rollback() -> None:
+    """The control agent moves the pointer first; a pod swaps later (or never, if it cannot load the version)."""
+    book = WindowBook()
+    pod = Pod("p-1", "uid-1", "127.0.0.2", created=time.time())
+    metrics, text = exposition([(M, "1.0.0", 200, 0.001)] * 5 + [(M, UNKNOWN, 503, 0.001)])
+    tally = book.window(M, "1.0.0", {pod: read_counters(text, M)})
+    assert (tally.total.requests, tally.total.errors, tally.other_versions) == (6, 1, 0)
+    # 2.0.0 is active, the pod still serves 1.0.0: none of it is 2.0.0's
+    for _ in range(3):
+        metrics.observe(M, "1.0.0", "infer", 200, 0.001)
+    metrics.observe(M, UNKNOWN, "infer", 503, 0.001)
+    tally = book.window(M, "2.0.0", {pod: read_counters(metrics.render().decode(), M)})
+    assert (tally.total.requests, tally.total.errors, tally.other_versions) == (1, 1, 3)
+    # the pod swapped: 2.0.0's first series count whole, `unknown` only its increase
+    for _ in range(4):
+        metrics.observe(M, "2.0.0", "infer", 500, 0.001)
+    metrics.observe(M, "1.0.0", "infer", 200, 0.001)  # one in flight on the old engine
+    tally = book.window(M, "2.0.0", {pod: read_counters(metrics.render().decode(), M)})
+    assert (tally.total.requests, tally.total.errors, tally.other_versions) == (4, 4, 1)
+    # rolled back to 1.0.0: its counters go on from where they were, not from zero
+    for _ in range(2):
+        metrics.observe(M, "1.0.0", "infer", 200, 0.001)
+    tally = book.window(M, "1.0.0", {pod: read_counters(metrics.render().decode(), M)})
+    assert (tally.total.requests, tally.total.errors, tally.other_versions) == (2, 0, 0)
 
 
 def test_a_new_process_is_counted_from_zero_and_nothing_twice() -> None:
     book = WindowBook()
     pod = Pod("p-1", "uid-1", "127.0.0.2", created=time.time())
     metrics, text = exposition([(M, "1", 200, 0.001)] * 3)
-    total, answered = book.window(M, {pod: read_counters(text, M)})
-    assert (total.requests, answered) == (3, 1)  # a pod created after the agent started: from zero
+    tally = book.window(M, "1", {pod: read_counters(text, M)})
+    assert (tally.total.requests, tally.answered) == (3, 1)  # a pod created after the agent started: from zero
     for _ in range(2):
         metrics.observe(M, "1", "infer", 200, 0.001)
-    total, _ = book.window(M, {pod: read_counters(metrics.render().decode(), M)})
-    assert total.requests == 2
+    assert book.window(M, "1", {pod: read_counters(metrics.render().decode(), M)}).total.requests == 2
     # the container restarts: a new process with more requests than the old one had (not lower, but newer)
     time.sleep(0.01)  # the new series' creation times differ from the old ones'
     _, text = exposition([(M, "1", 200, 0.001)] * 7)
-    total, _ = book.window(M, {pod: read_counters(text, M)})
-    assert total.requests == 7
+    assert book.window(M, "1", {pod: read_counters(text, M)}).total.requests == 7
     # a restart without creation times (PROMETHEUS_DISABLE_CREATED_SERIES): a lower counter tells it
     lines = "\n".join(x for x in text.splitlines() if "_created" not in x)
-    book.window(M, {pod: read_counters(lines, M)})
+    book.window(M, "1", {pod: read_counters(lines, M)})
     _, fewer = exposition([(M, "1", 200, 0.001)] * 2)
     fewer = "\n".join(x for x in fewer.splitlines() if "_created" not in x)
-    assert book.window(M, {pod: read_counters(fewer, M)})[0].requests == 2
+    assert book.window(M, "1", {pod: read_counters(fewer, M)}).total.requests == 2
 
 
 def test_pods_older_than_the_agent_are_a_baseline_gone_pods_are_forgotten_silent_pods_catch_up() -> None:
@@ -68,15 +108,15 @@ def test_pods_older_than_the_agent_are_a_baseline_gone_pods_are_forgotten_silent
     old = Pod("p-old", "uid-old", "127.0.0.2", created=book.started - 3600)
     undated = Pod("p-undated", "uid-u", "127.0.0.3", created=None)
     metrics, text = exposition([(M, "1", 200, 0.001)] * 5)
-    total, _ = book.window(M, {old: read_counters(text, M), undated: read_counters(text, M)})
-    assert total.requests == 0  # counted by the agent process before this one
+    tally = book.window(M, "1", {old: read_counters(text, M), undated: read_counters(text, M)})
+    assert tally.total.requests == 0  # counted by the agent process before this one
     metrics.observe(M, "1", "infer", 200, 0.001)
-    total, answered = book.window(M, {old: None, undated: read_counters(metrics.render().decode(), M)})
-    assert (total.requests, answered) == (1, 1)
+    tally = book.window(M, "1", {old: None, undated: read_counters(metrics.render().decode(), M)})
+    assert (tally.total.requests, tally.answered) == (1, 1)
     for _ in range(4):
         metrics.observe(M, "1", "infer", 500, 0.001)
-    total, _ = book.window(M, {old: read_counters(metrics.render().decode(), M)})  # `undated` is gone
-    assert (total.requests, total.errors) == (5, 4)  # old's answer covers the window it missed
+    tally = book.window(M, "1", {old: read_counters(metrics.render().decode(), M)})  # `undated` is gone
+    assert (tally.total.requests, tally.total.errors) == (5, 4)  # old's answer covers the window it missed
     assert set(book.last) == {(M, "uid-old")}
     book.forget_models_but(["another-model"])  # M is no longer active here
     assert book.last == {}
@@ -96,6 +136,9 @@ HOSTILE = {
     "bucket not a number": f'edgefleet_api_request_duration_seconds_bucket{{model="{M}",le="x"}} 1',
     "missing buckets": f'edgefleet_api_request_duration_seconds_bucket{{model="{M}",le="+Inf"}} 1',
     "NaN created": f'edgefleet_api_requests_created{{model="{M}",code="200"}} NaN',
+    "too many versions": "\n".join(
+        f'edgefleet_api_requests_total{{model="{M}",version="{v}",code="200"}} 1' for v in range(MAX_VERSIONS + 1)
+    ),
 }
 
 

@@ -30,7 +30,7 @@ def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api:
         scaling = Autoscaling(max_replicas=3)
         assert bridge.apply(desired(1, mig_profile="1g.10gb", autoscaling=scaling), MODEL).state == "ready"
         assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # update: patch, no create; the HPA is deleted
-        assert MODEL in bridge.serving_windows([MODEL])  # telemetry lists the serving pods to scrape them
+        assert MODEL in bridge.serving_windows({MODEL: "2.0.0"})  # telemetry lists the serving pods to scrape them
         bridge.remove(MODEL)  # the model is no longer desired: its workload is deleted
         assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # and a later deploy creates it again
     api.controller = "never"  # a failed rollout also lists the pods to say why

@@ -27,6 +27,8 @@ from tests.k8s.server import ApiServer as KubeApi
 from tests.support.broker import free_port
 from tests.support.pods import ServingPod
 
+V1 = {MODEL: "1.0.0"}  # the model's active version, as the control agent names it (samples["v1"])
+
 
 @pytest.fixture
 def start_pod(samples: dict[str, Sample]) -> Iterator[Callable[..., ServingPod]]:
@@ -70,13 +72,13 @@ def test_the_window_counts_every_pods_requests_exactly_across_a_restart(
                 break
         assert codes.count(400) == 2 and codes.count(404) == 1 and set(codes) == {200, 400, 404, 503}
         errors = codes.count(503)
-        window = bridge.serving_windows([MODEL])[MODEL]
+        window = bridge.serving_windows(V1)[MODEL]
         pods = [a.window(), b.window(), c.window()]
         assert (window.requests, window.errors) == (len(codes), errors)
         assert (window.requests, window.errors, window.latency.counts) == summed(pods)  # as single-device mode
         assert window.latency.sum_ms == pytest.approx(sum(p.latency.sum_ms for p in pods), rel=1e-6, abs=1.0)
         assert window.queue_depth == 0
-        assert bridge.serving_windows([MODEL])[MODEL].requests == 0  # nothing new: nothing counted twice
+        assert bridge.serving_windows(V1)[MODEL].requests == 0  # nothing new: nothing counted twice
 
         # the telemetry thread's path: the control agent's ServingPort asks the bridge
         control = CheckOnlyServing(bridge)
@@ -95,6 +97,37 @@ def test_the_window_counts_every_pods_requests_exactly_across_a_restart(
         assert control.take_windows()[MODEL].requests == 5  # 4 from the new process, 1 from a; not 4 - 3
         b.send(1)
         assert control.take_windows()[MODEL].requests == 1
+
+
+def test_the_window_counts_the_active_version_only_while_pods_swap(
+    api: KubeApi, start_pod: Callable[..., ServingPod], samples: dict[str, Sample], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control agent names 2.0.0 active before the pods' followers load it; a pod that cannot load it goes
+    on serving 1.0.0. Neither may pass 1.0.0's requests off as 2.0.0's (a rollout gate would judge them)."""
+    assert samples["v1"].descriptor.version == V1[MODEL]
+    v2 = samples["v2"]
+    V2 = {MODEL: v2.descriptor.version}
+    port = free_port()
+    with ClusterBridge(fast_settings(api.kubeconfig, port=port)) as bridge:
+        assert bridge.apply(desired(1, replicas=2), MODEL).state == "ready"
+        ips = pod_ips(api)
+        a, b = start_pod(ips[0], port), start_pod(ips[1], port)
+        assert a.send(2) == [200, 200]
+        assert bridge.serving_windows(V1)[MODEL].requests == 2
+        b.swap(v2.path, v2.descriptor)
+        assert a.send(3) == [200] * 3  # a has not swapped (yet, or ever)
+        assert b.send(4, data=5) == [400] * 4  # 2.0.0's own requests, client errors included
+        with caplog.at_level(logging.INFO, logger="agent.k3s.scrape"):
+            window = bridge.serving_windows(V2)[MODEL]
+        assert (window.requests, window.errors) == (4, 0)
+        assert "3 requests served by versions other than 2.0.0" in caplog.text
+        a.swap(v2.path, v2.descriptor)
+        assert a.send(1) == [200]
+        assert bridge.serving_windows(V2)[MODEL].requests == 1  # a's first 2.0.0 request: its series start
+        # rolled back: 1.0.0's counters go on from the last scrape, nothing counted twice
+        a.swap(samples["v1"].path, samples["v1"].descriptor)
+        assert a.send(2) == [200, 200]
+        assert bridge.serving_windows(V1)[MODEL].requests == 2
 
 
 class _Misbehaving(socketserver.BaseRequestHandler):
@@ -141,7 +174,7 @@ def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_coun
         try:
             assert good.send(3) == [200] * 3
             with caplog.at_level(logging.INFO, logger="agent.k3s.scrape"):
-                window = bridge.serving_windows([MODEL])[MODEL]
+                window = bridge.serving_windows(V1)[MODEL]
             assert window.requests == 3
             log = caplog.text
             for reason in (
@@ -158,9 +191,9 @@ def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_coun
             assert good.send(2) == [200, 200]
             api.fail(500, verb="list", resource="pods", times=1)
             with caplog.at_level(logging.WARNING, logger="agent.k3s.scrape"):
-                assert bridge.serving_windows([MODEL]) == {}
+                assert bridge.serving_windows(V1) == {}
             assert "cannot list its serving pods" in caplog.text
-            assert bridge.serving_windows([MODEL])[MODEL].requests == 2
+            assert bridge.serving_windows(V1)[MODEL].requests == 2
         finally:
             _Misbehaving.release.set()
             for server in servers:
@@ -170,7 +203,7 @@ def test_pods_that_misbehave_are_skipped_with_a_reason_and_the_others_still_coun
 
 def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi, caplog: pytest.LogCaptureFixture) -> None:
     bridge = ClusterBridge(fast_settings(api.kubeconfig))
-    window = bridge.serving_windows(["not-deployed"])["not-deployed"]
+    window = bridge.serving_windows({"not-deployed": "1.0.0"})["not-deployed"]
     assert (window.requests, window.errors, window.latency.count) == (0, 0, 0)
     # a pod whose IP is not an address (a hostile or broken API answer) is not scraped
     labels = {
@@ -183,11 +216,11 @@ def test_no_pods_give_an_empty_window_and_a_closed_bridge_none(api: KubeApi, cap
         {"metadata": {"name": "weird", "namespace": NAMESPACE, "labels": labels}, "status": weird},
     )
     with caplog.at_level(logging.WARNING, logger="agent.k3s.scrape"):
-        assert bridge.serving_windows([MODEL])[MODEL].requests == 0
+        assert bridge.serving_windows(V1)[MODEL].requests == 0
     assert "not an address: not scraped" in caplog.text
-    assert bridge.serving_windows([]) == {}
+    assert bridge.serving_windows({}) == {}
     bridge.close()
-    assert bridge.serving_windows([MODEL]) == {}
+    assert bridge.serving_windows(V1) == {}
     assert CheckOnlyServing(bridge).take_windows() == {}
 
 
