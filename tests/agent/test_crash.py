@@ -54,7 +54,8 @@ def test_killed_mid_download_serves_old_model_then_resumes(
     )  # fmt: skip
     second.kill()
     hub.withhold = set()
-    assert ModelStore(data / "store").active("cls").model.version == "1.0.0"  # type: ignore[union-attr]
+    pointer = ModelStore(data / "store").active("cls")
+    assert pointer is not None and pointer.model.version == "1.0.0"
 
     start, wants_before = len(hub.reported), len(hub.wants)
     third = spawn_agent(bundle, data)

@@ -70,7 +70,7 @@ def test_not_enough_disk_space_is_reported_and_nothing_is_fetched(
     ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
     r = hub.wait_reported(lambda r: (error := one(r).error) is not None and error.code == "insufficient_disk")
-    assert r.phase == "downloading" and not one(r).error.permanent  # type: ignore[union-attr]
+    assert r.phase == "downloading" and (error := one(r).error) is not None and not error.permanent
     assert hub.wants == [] and hub.served == []
 
 

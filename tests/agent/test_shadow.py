@@ -18,7 +18,8 @@ def test_shadow_candidate_runs_beside_the_active_model(
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=v2, sample_rate=1.0)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).shadow is not None)
-    assert one(r).active.version == "1.0.0" and one(r).shadow.version == "2.0.0"  # type: ignore[union-attr]
+    active, shadow = one(r).active, one(r).shadow
+    assert active is not None and active.version == "1.0.0" and shadow is not None and shadow.version == "2.0.0"
     start = len(hub.telemetry)
     image = {"image": np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     for _ in range(4):
@@ -45,5 +46,6 @@ def test_shadow_failing_its_golden_check_keeps_the_active_model(
     bad = hub.model_ref(samples["bad"].path, samples["bad"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=bad, sample_rate=0.5)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).error is not None)
-    assert one(r).error.code == "shadow_golden_mismatch" and one(r).shadow is None  # type: ignore[union-attr]
+    error = one(r).error
+    assert error is not None and error.code == "shadow_golden_mismatch" and one(r).shadow is None
     assert (active := one(r).active) is not None and active.version == "1.0.0" and serving.shadow_model is None

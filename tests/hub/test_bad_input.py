@@ -200,7 +200,7 @@ def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: Runni
         wait_for(lambda: h.hub.ingest.rejected_total >= expected)
         # the hub still serves: a good message is accepted and the API answers
         dev.publish(t.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=time.time())))
-        wait_for(lambda: h.hub.store.get_device("cam-1").status == "online")  # type: ignore[union-attr]
+        wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
     finally:
         dev.close()
     rejected = h.hub.ingest.rejected

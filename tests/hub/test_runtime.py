@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_report, one_model_window
 
 
-def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict:  # type: ignore[type-arg]
+def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict[str, Any]:
     r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
     assert r.status_code in (200, 201), r.text
     with h.client() as c:
@@ -191,7 +192,8 @@ def test_mqtt5_and_resigning_before_expiry(broker: Broker, topic_prefix: str, tm
         assert h.hub.deployer.refresh_expiring(now=first.issued_at + 1) == 0
         assert h.hub.deployer.refresh_expiring(now=(first.issued_at + first.expires_at) / 2 + 1) == 1
         second = h.hub.store.get_desired("cam-1")
-        assert second is not None and second.version == 2 and second.slot("mobilenet-like").model_version == "1.0.0"  # type: ignore[union-attr]
+        assert second is not None and second.version == 2
+        assert (slot := second.slot("mobilenet-like")) is not None and slot.model_version == "1.0.0"
         # deleting a version a device still wants is refused
         with h.client() as c:
             r = c.delete("/api/v1/models/mobilenet-like/1.0.0")

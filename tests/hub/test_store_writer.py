@@ -54,8 +54,9 @@ def test_a_report_the_database_cannot_take_is_refused_and_the_batch_is_written(s
     store.flush()
     st = store.ingest_stats()
     assert (st.rows_refused, st.reported_applied, st.write_errors) == (2, 1, 0), st
-    assert store.get_device("d1").reported is None  # type: ignore[union-attr]
-    assert store.get_device("d2").reported.seq == 7  # type: ignore[union-attr]
+    d1, d2 = store.get_device("d1"), store.get_device("d2")
+    assert d1 is not None and d1.reported is None
+    assert d2 is not None and d2.reported is not None and d2.reported.seq == 7
     # the writer is alive and holds no transaction: API writes go through at once
     store.set_meta("after", "yes")
     assert store.get_meta("after") == "yes"

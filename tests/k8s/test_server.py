@@ -113,7 +113,7 @@ def test_watch_from_a_resource_version(server: ApiServer, client: Client) -> Non
     server.max_watch_s = 0.2
     events = []
     for kind, node in client.watch(Node, resource_version=version, server_timeout=1):
-        events.append((kind, node.metadata.name))  # type: ignore[union-attr]
+        events.append((kind, node.metadata.name if node.metadata else None))
         if len(events) == 2:
             break
     assert events == [("MODIFIED", "a"), ("DELETED", "b")]
@@ -154,7 +154,7 @@ def test_deployment_controller_marks_the_rollout_ready(server: ApiServer, client
         server_timeout=5,
     ):
         assert kind == "MODIFIED"
-        assert obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1  # type: ignore[union-attr]
+        assert obj.status is not None and obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1
         break
 
 

@@ -51,7 +51,8 @@ def _argmax(values: list[float]) -> int:
 def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: int) -> Ref:
     """Plain-Python decoding of one image, written from the layout definitions, not from our code."""
     spec = d.output
-    thr, w_in, h_in = spec.score_threshold, d.input.width, d.input.height  # type: ignore[union-attr]
+    assert not isinstance(spec, ClassificationOutput), "a detector's description"
+    thr, w_in, h_in = spec.score_threshold, d.input.width, d.input.height
     cands: Ref = []
     if spec.kind in ("yolov8", "yolov5"):
         t = outputs["output0"][item].tolist()
@@ -85,7 +86,7 @@ def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: i
     ):
         if score >= thr:
             cands.append((score, label, tuple(box)))
-    return sorted(cands, key=lambda x: -x[0])[: spec.max_detections]  # type: ignore[union-attr]
+    return sorted(cands, key=lambda x: -x[0])[: spec.max_detections]
 
 
 @pytest.mark.parametrize("layout", ["yolov8", "yolov5", "ssd", "nms"])

@@ -357,4 +357,5 @@ def test_a_simulated_device_serves_three_models_each_on_its_own(tmp_path: Path) 
     assert {m.name: (m.phase.value, m.active is not None) for m in final.models} == {
         "det": ("active", True), "ocr": ("active", True), "cls": ("idle", False),
     }  # fmt: skip
-    assert agent.summary()["models"]["cls"] == {"phase": "idle", "active": None, "error": None}  # type: ignore[index]
+    models = agent.summary()["models"]
+    assert isinstance(models, dict) and models["cls"] == {"phase": "idle", "active": None, "error": None}
