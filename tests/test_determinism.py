@@ -17,10 +17,12 @@ def _sources() -> list[tuple[Path, str]]:
 
 
 def test_make_test_runs_the_deterministic_hypothesis_profile() -> None:
+    profile = settings.default
+    assert profile is not None  # hypothesis always has a loaded profile (tests/conftest.py loads ours)
     if FUZZ:  # under `make fuzz` the random profile is the point
-        assert not settings.default.derandomize
+        assert not profile.derandomize
         return
-    assert settings.default.derandomize and settings.default.database is None
+    assert profile.derandomize and profile.database is None
 
 
 def test_example_counts_scale_under_make_fuzz_and_no_test_pins_its_own_randomness() -> None:

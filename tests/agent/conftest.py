@@ -114,7 +114,7 @@ def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
         data_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
         **groups: Any,
-    ):
+    ) -> tuple[Agent, HeadlessServing]:
         settings = fast_settings(data_dir or tmp_path / device_id, **groups)
         serving = HeadlessServing(seed=1)
         agent = Agent(hub.bundle(device_id, broker_url), settings, serving, clock=clock)

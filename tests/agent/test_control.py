@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.activation import load
+from agent.activation import Loaded, load
 from agent.control import CheckOnlyServing
 from agent.errors import AgentError
 from agent.health import HealthServer, stalled
@@ -17,7 +17,7 @@ from models.errors import EngineNotReady
 from tests.agent.conftest import Sample
 
 
-def _loaded(sample: Sample):  # type: ignore[no-untyped-def]
+def _loaded(sample: Sample) -> Loaded:
     desc = sample.descriptor
     return load(
         sample.path, desc.sha256 or "0" * 64, name=desc.name, version=desc.version,

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.store import ModelStore
-from tests.agent.conftest import Sample
+from fleet.messages import ReportedState
+from tests.agent.conftest import AgentFactory, Sample
 from tests.support.agents import AgentProc
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
@@ -14,7 +15,9 @@ from tests.support.hubside import HubSide, one
 Spawn = Callable[..., AgentProc]
 
 
-def _with_v1_active(hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, samples, tmp_path: Path):
+def _with_v1_active(
+    hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, samples: dict[str, Sample], tmp_path: Path
+) -> tuple[Path, Path]:
     bundle = tmp_path / "bundle.json"
     hub.bundle(device_id, broker.url).save(bundle)
     data = tmp_path / "data"
@@ -31,7 +34,7 @@ def _with_v1_active(hub: HubSide, broker: Broker, device_id: str, spawn: Spawn, 
     return bundle, data
 
 
-def _first_report_after(hub: HubSide, start: int, version: int):
+def _first_report_after(hub: HubSide, start: int, version: int) -> ReportedState:
     return hub.wait(lambda: next((r for r in hub.reported[start:] if r.desired_version == version), None))
 
 
@@ -51,14 +54,15 @@ def test_killed_mid_download_serves_old_model_then_resumes(
     )  # fmt: skip
     second.kill()
     hub.withhold = set()
-    assert ModelStore(data / "store").active("cls").model.version == "1.0.0"  # type: ignore[union-attr]
+    pointer = ModelStore(data / "store").active("cls")
+    assert pointer is not None and pointer.model.version == "1.0.0"
 
     start, wants_before = len(hub.reported), len(hub.wants)
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
-    assert one(first).active is not None and one(first).active.version == "1.0.0", "the old model serves at once"
+    assert (active := one(first).active) is not None and active.version == "1.0.0", "the old model serves at once"
     done = hub.wait_active("2.0.0", timeout=60, since=start)
-    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
+    assert (previous := one(done).previous) is not None and previous.version == "1.0.0"
     resumed = [w for w in hub.wants[wants_before:] if w.sha256 == v2.blob.sha256]
     assert resumed, "the restarted agent wanted the rest"
     assert min(i for w in resumed for i in w.indexes(v2.blob.count)) >= persisted, "persisted chunks not wanted"
@@ -75,26 +79,26 @@ def test_killed_mid_activation_serves_old_model_then_completes(
     lock.touch()
     second = spawn_agent(bundle, data, EDGEFLEET_AGENT_ACTIVATION_UPDATE_LOCK_FILE=str(lock))
     held = hub.wait(lambda: next((r for r in hub.reported if r.desired_version == 2 and r.phase == "activating"), None))
-    assert one(held).active is not None and one(held).active.version == "1.0.0"
+    assert (active := one(held).active) is not None and active.version == "1.0.0"
     second.kill()  # killed while the verified v2 waits to be activated
     store = ModelStore(data / "store")
-    active = store.active("cls")
-    assert active is not None and active.model.version == "1.0.0", "a crash before the switch leaves the old pointer"
+    pointer = store.active("cls")
+    assert pointer is not None and pointer.model.version == "1.0.0", "a crash before the switch leaves the old pointer"
     assert store.has_blob(v2.blob.sha256, v2.blob.size)
 
     start, wants_before = len(hub.reported), len(hub.wants)
     third = spawn_agent(bundle, data)
     first = _first_report_after(hub, start, 2)
-    assert one(first).active is not None and one(first).active.version == "1.0.0"
+    assert (active := one(first).active) is not None and active.version == "1.0.0"
     done = hub.wait_active("2.0.0", timeout=60, since=start)
-    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
+    assert (previous := one(done).previous) is not None and previous.version == "1.0.0"
     assert hub.wants[wants_before:] == [], "the verified blob is not fetched again"
     assert third.stop() == 0
     hub.wait(lambda: hub.statuses[-1].state == "offline", what="offline status after a clean stop")
 
 
 def test_damaged_active_blob_falls_back_to_previous_then_is_fetched_again(
-    broker: Broker, hub: HubSide, device_id: str, make_agent, samples: dict[str, Sample], tmp_path: Path
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample], tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     agent, _ = make_agent(hub, device_id, broker.url, data_dir=data)
@@ -111,11 +115,11 @@ def test_damaged_active_blob_falls_back_to_previous_then_is_fetched_again(
     start, wants_before = len(hub.reported), len(hub.wants)
     _again, serving = make_agent(hub, device_id, broker.url, data_dir=data)
     first = hub.wait(lambda: next((r for r in hub.reported[start:]), None))
-    assert one(first).active is not None and one(first).active.version == "1.0.0", (
+    assert (active := one(first).active) is not None and active.version == "1.0.0", (
         "previous serves when active is damaged"
     )
-    assert one(first).error is not None and one(first).error.code == "invalid_model_file"  # type: ignore[union-attr]
+    assert (error := one(first).error) is not None and error.code == "invalid_model_file"
     done = hub.wait_active("2.0.0", since=start)
-    assert one(done).previous is not None and one(done).previous.version == "1.0.0"
+    assert (previous := one(done).previous) is not None and previous.version == "1.0.0"
     assert any(w.sha256 == v2.blob.sha256 for w in hub.wants[wants_before:]), "the damaged blob was fetched again"
     assert serving.active_model is not None and serving.active_model.version == "2.0.0"

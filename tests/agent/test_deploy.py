@@ -33,7 +33,7 @@ def test_deploy_replace_and_instant_rollback(
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
     r2 = hub.wait_active("2.0.0")
-    assert one(r2).previous is not None and one(r2).previous.version == "1.0.0"  # type: ignore[union-attr]
+    assert (reported_previous := one(r2).previous) is not None and reported_previous.version == "1.0.0"
     assert not np.allclose(serving.infer(_image())["logits"], out_v1)
     store = ModelStore(agent.settings.data_dir / "store")
     active, previous = store.active("cls"), store.previous("cls")

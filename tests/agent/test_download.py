@@ -49,7 +49,9 @@ def test_newer_desired_state_cancels_a_stale_download(
     v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     hub.withhold = set(range(v1.blob.count // 2, v1.blob.count))  # half of v1 arrives, then it stalls
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
-    hub.wait_reported(lambda r: one(r).download is not None and one(r).download.have_chunks >= v1.blob.count // 2)
+    hub.wait_reported(
+        lambda r: (download := one(r).download) is not None and download.have_chunks >= v1.blob.count // 2
+    )
     partial = agent.store.partial
     assert any(p.name.startswith(v1.blob.sha256) for p in partial.iterdir())
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
@@ -67,8 +69,8 @@ def test_not_enough_disk_space_is_reported_and_nothing_is_fetched(
     make_agent(hub, device_id, broker.url, store={"min_free_bytes": 1 << 60})
     ref = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
-    r = hub.wait_reported(lambda r: one(r).error is not None and one(r).error.code == "insufficient_disk")  # type: ignore[union-attr]
-    assert r.phase == "downloading" and not one(r).error.permanent  # type: ignore[union-attr]
+    r = hub.wait_reported(lambda r: (error := one(r).error) is not None and error.code == "insufficient_disk")
+    assert r.phase == "downloading" and (error := one(r).error) is not None and not error.permanent
     assert hub.wants == [] and hub.served == []
 
 
@@ -87,7 +89,7 @@ def test_broker_restart_mid_download_resumes_without_refetching(
         half = ref.blob.count // 2
         hub.withhold = set(range(half, ref.blob.count))
         hub.publish_desired(device_id, hub.desired(device_id, 1, ref))
-        hub.wait_reported(lambda r: one(r).download is not None and one(r).download.have_chunks == half)
+        hub.wait_reported(lambda r: (download := one(r).download) is not None and download.have_chunks == half)
         private_broker.kill()
         hub.withhold = set()
         private_broker.start()

@@ -67,7 +67,7 @@ def test_follower_swaps_and_survives_bad_pointers(tmp_path: Path, samples: dict[
     # a model failing its golden check: refused, 2.0.0 keeps serving, tried once per pointer change
     store.promote(_put(store, samples["bad"]))
     assert follower.check() is False and _served(slot) == "2.0.0"
-    assert follower.state("cls").error is not None and "golden" in follower.state("cls").error
+    assert (error := follower.state("cls").error) is not None and "golden" in error
     assert follower.check() is False
 
     # hostile pointers: garbage, oversized, a blob that is missing

@@ -29,7 +29,7 @@ def test_birth_is_retained_with_capabilities_and_clean_stop_says_offline(
     try:
         late.subscribe(hub.topics.status(device_id))
         msg = late.get()
-        retained = decode(msg.payload, DeviceStatus)
+        retained = decode(bytes(msg.payload), DeviceStatus)
         assert msg.retain and retained.state == "online" and retained.session == birth.session
         caps = birth.capabilities
         assert caps is not None and caps.mode == "single"

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.headless import HeadlessServing
 from agent.serving import ModelNotFound
+from agent.serving.served import Served
 from fleet.messages import DesiredModel, Phase
 from models.samples import build_detector, detector_descriptor
 from models.validate import validate
@@ -18,6 +20,13 @@ from tests.support.hubside import HubSide
 
 IMAGE = {"image": np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)}
 FRAME = {"images": np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)}
+
+
+def _served(serving: HeadlessServing, name: str) -> Served:
+    """What model `name`'s slot serves now (the test expects it to serve)."""
+    current = serving.get(name).current
+    assert current is not None, f"{name} serves nothing"
+    return current
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +64,29 @@ def test_two_models_serve_side_by_side_and_each_swaps_on_its_own(
         serving.infer(IMAGE)  # two models served: a caller must say which
 
     # a new classifier version: the detector is not touched (same engine, nothing reloaded)
-    det_engine = serving.get("det").current.engine  # type: ignore[union-attr]
+    det_engine = _served(serving, "det").engine
     wants = len(hub.wants)
     hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[det, v2]))
     r = hub.wait_active("2.0.0", model="cls")
-    assert r.model("det").active.version == "1.0.0"  # type: ignore[union-attr]
-    assert r.model("cls").previous.version == "1.0.0"  # type: ignore[union-attr]
-    assert serving.get("det").current.engine is det_engine  # type: ignore[union-attr]
+    assert (det_status := r.model("det")) is not None and (active := det_status.active) is not None
+    assert active.version == "1.0.0"
+    assert (cls_status := r.model("cls")) is not None and (previous := cls_status.previous) is not None
+    assert previous.version == "1.0.0"
+    assert _served(serving, "det").engine is det_engine
     assert all(w.sha256 == v2.model.blob.sha256 for w in hub.wants[wants:]), "only the new blob is fetched"
     for name, want in boxes.items():
         np.testing.assert_allclose(serving.infer(FRAME, "det")[name], want)
     store = agent.store
-    assert store.active("det").model.version == "1.0.0" and store.active("cls").model.version == "2.0.0"  # type: ignore[union-attr]
+    det_pointer, cls_pointer = store.active("det"), store.active("cls")
+    assert det_pointer is not None and det_pointer.model.version == "1.0.0"
+    assert cls_pointer is not None and cls_pointer.model.version == "2.0.0"
 
     # the detector is removed: it stops serving, stays as previous (idle); the classifier keeps serving
     hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[v2]))
-    r = hub.wait_reported(
-        lambda r: r.desired_version == 3 and r.model("det") is not None and r.model("det").phase == "idle"
-    )  # type: ignore[union-attr]
+    r = hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == "idle")
     removed = r.model("det")
-    assert removed is not None and removed.active is None and removed.previous.version == "1.0.0"  # type: ignore[union-attr]
+    assert removed is not None and removed.active is None
+    assert removed.previous is not None and removed.previous.version == "1.0.0"
     assert serving.names() == ["cls"] and serving.infer(IMAGE)["logits"].shape == (1, 10)
     with pytest.raises(ModelNotFound):
         serving.infer(FRAME, "det")
@@ -101,17 +113,24 @@ def test_a_model_failing_to_activate_leaves_the_others_serving(
     # the bad classifier is listed first: its failure must not stop the detector's update behind it
     det2 = DesiredModel(model=det.model, runtime=det.runtime.model_copy(update={"max_batch": 4}))
     hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[bad, det2]))
-    r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "failed" and r.model("det").phase == "active")  # type: ignore[union-attr]
+    r = hub.wait_reported(
+        lambda r: r.desired_version == 2 and r.phase == "failed" and (m := r.model("det")) is not None
+        and m.phase == "active"
+    )  # fmt: skip
     cls, d = r.model("cls"), r.model("det")
     assert cls is not None and cls.phase is Phase.FAILED and cls.error is not None
     assert cls.error.code == "golden_mismatch" and cls.active is not None and cls.active.version == "1.0.0"
     assert d is not None and d.error is None and r.error is None, "the failure is the classifier's alone"
     assert serving.infer(IMAGE, "cls")["logits"].shape == (1, 10)  # the last good classifier serves
-    assert serving.get("det").current.options.max_batch == 4  # type: ignore[union-attr]
+    assert _served(serving, "det").options.max_batch == 4
     # the same failing version again (another model changes): not loaded again, still reported
     hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[bad, det]))
-    r = hub.wait_reported(lambda r: r.desired_version == 3 and r.model("det").phase == "active")  # type: ignore[union-attr]
-    assert r.model("cls").phase is Phase.FAILED and r.model("cls").error.code == "golden_mismatch"  # type: ignore[union-attr]
+    r = hub.wait_reported(
+        lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == "active"
+    )
+    cls = r.model("cls")
+    assert cls is not None and cls.phase is Phase.FAILED and cls.error is not None
+    assert cls.error.code == "golden_mismatch"
 
 
 def test_restart_serves_every_model_from_the_store(

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from agent.mqtt import MqttLink
+from agent.mqtt import MessageHandler, MqttLink
 from agent.netloop import LinkLoop
 from agent.settings import LinkSettings
 from fleet.address import BrokerAddress
@@ -18,12 +18,15 @@ FAST = LinkSettings(backoff_initial_s=0.05, backoff_max_s=0.5)
 
 
 def _links(broker: Broker, loop: LinkLoop, prefix: str, n: int, inbox: dict[int, list[bytes]]) -> list[MqttLink]:
+    def deliver(i: int) -> MessageHandler:
+        return lambda _t, p: inbox[i].append(p)
+
     links = []
     for i in range(n):
         link = MqttLink(
             BrokerAddress.parse(broker.url), f"netloop-{prefix.split('/')[1]}-{i}", username=None, password=None,
             will=(f"{prefix}/will/{i}", b"gone"), settings=FAST,
-            on_message=lambda _t, p, i=i: inbox[i].append(p), on_connect=lambda: None, loop=loop, clean_session=True,
+            on_message=deliver(i), on_connect=lambda: None, loop=loop, clean_session=True,
         )  # fmt: skip
         link.subscribe(f"{prefix}/to/{i}")
         links.append(link)
@@ -85,7 +88,12 @@ def test_one_loop_thread_serves_many_links(broker: Broker, topic_prefix: str) ->
             assert done.wait(10)
             raise errors[0]
     finally:
-        loop.stop(before=lambda: [link.stop() for link in links])
+
+        def stop_links() -> None:
+            for link in links:
+                link.stop()
+
+        loop.stop(before=stop_links)
         for link in links:
             link.close()
 

@@ -35,7 +35,7 @@ def serving_v1(
 def _refused(hub: HubSide, code: str) -> ReportedState:
     r = hub.wait_reported(lambda r: r.error is not None and r.error.code == code, what=code)
     assert r.desired_version == 5 and r.phase == "active"
-    assert one(r).active is not None and one(r).active.version == "1.0.0"
+    assert (active := one(r).active) is not None and active.version == "1.0.0"
     return r
 
 
@@ -44,23 +44,29 @@ def _still_serving_v1(serving: HeadlessServing) -> None:
     assert serving.infer(IMAGE)["logits"].shape == (1, 10)
 
 
-def test_altered_body_is_a_bad_signature(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+def test_altered_body_is_a_bad_signature(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
     env = hub.sign(hub.desired(device_id, 6, hub.model_ref(samples["v2"].path, samples["v2"].descriptor)))
     forged = env.model_copy(update={"body": {**env.body, "version": 7}})
     hub.publish_desired(device_id, forged)
     r = _refused(hub, "bad_signature")
-    assert "signature" in r.error.message  # type: ignore[union-attr]
+    assert r.error is not None and "signature" in r.error.message
     _still_serving_v1(serving_v1)
 
 
-def test_another_key_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+def test_another_key_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
     state = hub.desired(device_id, 6, hub.model_ref(samples["v2"].path, samples["v2"].descriptor))
     hub.publish_desired(device_id, HubSigningKey.generate().sign(state))
     _refused(hub, "unknown_signing_key")
     _still_serving_v1(serving_v1)
 
 
-def test_expired_desired_state_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+def test_expired_desired_state_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
     ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 6, ref, expires_in=-3600))
     _refused(hub, "expired")
@@ -68,7 +74,7 @@ def test_expired_desired_state_is_refused(hub: HubSide, device_id: str, serving_
 
 
 def test_downgrading_version_counter_is_refused(
-    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
 ) -> None:
     ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 4, ref))
@@ -78,7 +84,9 @@ def test_downgrading_version_counter_is_refused(
     _still_serving_v1(serving_v1)
 
 
-def test_another_devices_state_is_refused(hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples) -> None:
+def test_another_devices_state_is_refused(
+    hub: HubSide, device_id: str, serving_v1: HeadlessServing, samples: dict[str, Sample]
+) -> None:
     ref = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     env = hub.sign(hub.desired("someone-else", 6, ref))
     hub.publish_desired(device_id, env)
@@ -104,7 +112,7 @@ def test_a_state_of_a_newer_schema_is_refused_saying_to_upgrade(
 ) -> None:
     hub.publish_desired(device_id, b'{"schema_version": 99, "kind": "signed"}')  # a newer hub's envelope
     r = _refused(hub, "unsupported_schema")
-    assert "newer than this build speaks" in r.error.message  # type: ignore[union-attr]
+    assert r.error is not None and "newer than this build speaks" in r.error.message
     body = hub.desired(device_id, 6, hub.model_ref(samples["v2"].path, samples["v2"].descriptor)).model_dump(
         mode="json"
     )
@@ -113,7 +121,7 @@ def test_a_state_of_a_newer_schema_is_refused_saying_to_upgrade(
     start = len(hub.reported)
     hub.publish_desired(device_id, SignedEnvelope(key_id=hub.key.public.key_id, body=body, sig=sig))
     r = hub.wait_reported(lambda r: r.error is not None and "schema_version 3" in r.error.message, since=start)
-    assert r.error.code == "unsupported_schema" and "upgrade this side" in r.error.message  # type: ignore[union-attr]
+    assert r.error is not None and r.error.code == "unsupported_schema" and "upgrade this side" in r.error.message
     _still_serving_v1(serving_v1)
 
 
@@ -123,15 +131,15 @@ def test_model_failing_its_golden_check_is_refused(
     bad = hub.model_ref(samples["bad"].path, samples["bad"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 6, bad))
     r = hub.wait_reported(lambda r: r.desired_version == 6 and r.phase == "failed", what="failed")
-    assert one(r).error is not None and one(r).error.code == "golden_mismatch" and one(r).error.permanent  # type: ignore[union-attr]
-    assert one(r).active is not None and one(r).active.version == "1.0.0"
+    assert (error := one(r).error) is not None and error.code == "golden_mismatch" and error.permanent
+    assert (active := one(r).active) is not None and active.version == "1.0.0"
     _still_serving_v1(serving_v1)
     # the next good state still goes through
     hub.publish_desired(
         device_id, hub.desired(device_id, 7, hub.model_ref(samples["v2"].path, samples["v2"].descriptor))
     )
     r = hub.wait_active("2.0.0")
-    assert one(r).error is None and one(r).previous is not None and one(r).previous.version == "1.0.0"
+    assert one(r).error is None and (previous := one(r).previous) is not None and previous.version == "1.0.0"
 
 
 def test_description_for_another_blob_is_refused(
@@ -140,7 +148,7 @@ def test_description_for_another_blob_is_refused(
     ref = hub.model_ref(samples["v2"].path, samples["v1"].descriptor.model_copy(update={"version": "2.0.0"}))
     hub.publish_desired(device_id, hub.desired(device_id, 6, ref))
     r = hub.wait_reported(lambda r: r.desired_version == 6 and r.phase == "failed", what="failed")
-    assert one(r).error is not None and one(r).error.code == "descriptor_mismatch"  # type: ignore[union-attr]
+    assert (error := one(r).error) is not None and error.code == "descriptor_mismatch"
     _still_serving_v1(serving_v1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet.messages import ShadowSpec
+from fleet.messages import ShadowSpec, ShadowStats
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
@@ -18,14 +18,18 @@ def test_shadow_candidate_runs_beside_the_active_model(
     v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=v2, sample_rate=1.0)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).shadow is not None)
-    assert one(r).active.version == "1.0.0" and one(r).shadow.version == "2.0.0"  # type: ignore[union-attr]
+    active, shadow = one(r).active, one(r).shadow
+    assert active is not None and active.version == "1.0.0" and shadow is not None and shadow.version == "2.0.0"
     pointer = agent.store.shadow(v1.name)  # what cluster mode's serving pods follow
     assert pointer is not None and pointer.candidate.sha256 == v2.blob.sha256 and pointer.sample_rate == 1.0
     start = len(hub.telemetry)
     image = {"image": np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     for _ in range(4):
         serving.infer(image)
-    shadows = lambda: [m.shadow for w in hub.telemetry[start:] for m in w.models if m.shadow]  # noqa: E731
+
+    def shadows() -> list[ShadowStats]:
+        return [m.shadow for w in hub.telemetry[start:] for m in w.models if m.shadow]
+
     hub.wait(lambda: sum(s.samples for s in shadows()) >= 4, what="shadow stats")
     stats = [s for s in shadows() if s.samples]
     assert all(s.candidate_version == "2.0.0" and 0 <= s.agreements <= s.samples for s in stats)
@@ -45,5 +49,6 @@ def test_shadow_failing_its_golden_check_keeps_the_active_model(
     bad = hub.model_ref(samples["bad"].path, samples["bad"].descriptor)
     hub.publish_desired(device_id, hub.desired(device_id, 1, v1, shadow=ShadowSpec(model=bad, sample_rate=0.5)))
     r = hub.wait_reported(lambda r: r.phase == "active" and one(r).error is not None)
-    assert one(r).error.code == "shadow_golden_mismatch" and one(r).shadow is None  # type: ignore[union-attr]
-    assert one(r).active is not None and one(r).active.version == "1.0.0" and serving.shadow_model is None
+    error = one(r).error
+    assert error is not None and error.code == "shadow_golden_mismatch" and one(r).shadow is None
+    assert (active := one(r).active) is not None and active.version == "1.0.0" and serving.shadow_model is None

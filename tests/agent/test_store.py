@@ -19,6 +19,14 @@ def _blob(store: ModelStore, data: bytes) -> str:
     return sha
 
 
+def _sha(p: StoredModel | None) -> str | None:
+    return p.sha256 if p is not None else None
+
+
+def _version(p: StoredModel | None) -> str | None:
+    return p.model.version if p is not None else None
+
+
 def _record(sha: str, version: str, name: str = "m") -> StoredModel:
     return StoredModel(
         sha256=sha,
@@ -36,12 +44,12 @@ def test_promote_keeps_previous_and_rollback_swaps(tmp_path: Path) -> None:
     prev = store.promote(_record(b, "2.0.0"))
     assert prev is not None and prev.model.version == "1.0.0"
     reader = ModelStore(tmp_path)  # another process's view: read-only, no directories created
-    assert reader.active("m").model.version == "2.0.0"  # type: ignore[union-attr]
-    assert reader.previous("m").model.version == "1.0.0"  # type: ignore[union-attr]
+    assert _version(reader.active("m")) == "2.0.0"
+    assert _version(reader.previous("m")) == "1.0.0"
     store.promote(_record(a, "1.0.0"))  # rollback
-    assert store.active("m").sha256 == a and store.previous("m").sha256 == b  # type: ignore[union-attr]
+    assert _sha(store.active("m")) == a and _sha(store.previous("m")) == b
     store.promote(_record(a, "1.0.0"))  # re-activating the active model keeps previous
-    assert store.previous("m").sha256 == b  # type: ignore[union-attr]
+    assert _sha(store.previous("m")) == b
 
 
 def test_crash_between_pointer_writes_leaves_a_loadable_state(tmp_path: Path) -> None:
@@ -53,9 +61,9 @@ def test_crash_between_pointer_writes_leaves_a_loadable_state(tmp_path: Path) ->
     (tmp_path / "models" / "m" / "active.json.tmp").write_bytes(b'{"schema_version": 1, "sha2')
     reopened = ModelStore(tmp_path, create=True)
     assert not (tmp_path / "models" / "m" / "active.json.tmp").exists()
-    assert reopened.active("m").sha256 == a and reopened.previous("m").sha256 == a  # type: ignore[union-attr]
+    assert _sha(reopened.active("m")) == a and _sha(reopened.previous("m")) == a
     reopened.promote(_record(b, "2.0.0"))
-    assert reopened.active("m").sha256 == b and reopened.previous("m").sha256 == a  # type: ignore[union-attr]
+    assert _sha(reopened.active("m")) == b and _sha(reopened.previous("m")) == a
 
 
 @pytest.mark.parametrize(
@@ -104,7 +112,7 @@ def test_clear_active_keeps_the_model_as_previous(tmp_path: Path) -> None:
     sha = _blob(store, b"x")
     store.promote(_record(sha, "1.0.0"))
     store.clear_active("m")
-    assert store.active("m") is None and store.previous("m").sha256 == sha  # type: ignore[union-attr]
+    assert store.active("m") is None and _sha(store.previous("m")) == sha
 
 
 def test_each_model_has_its_own_pointers(tmp_path: Path) -> None:
@@ -114,8 +122,8 @@ def test_each_model_has_its_own_pointers(tmp_path: Path) -> None:
     store.promote(_record(b, "1.0.0", "cls"))
     store.promote(_record(c, "2.0.0", "cls"))
     assert store.names() == ["cls", "det"]
-    assert store.active("det").sha256 == a and store.previous("det") is None  # type: ignore[union-attr]
-    assert store.active("cls").sha256 == c and store.previous("cls").sha256 == b  # type: ignore[union-attr]
+    assert _sha(store.active("det")) == a and store.previous("det") is None
+    assert _sha(store.active("cls")) == c and _sha(store.previous("cls")) == b
     assert store.referenced() == {a, b, c}
     store.forget("cls")
     assert store.names() == ["det"] and store.referenced() == {a}
@@ -131,7 +139,7 @@ def test_a_single_model_store_is_moved_under_its_model_name(tmp_path: Path) -> N
     (tmp_path / "active.json").write_text(_record(b, "2.0.0", "cls").model_dump_json())
     reopened = ModelStore(tmp_path, create=True)
     assert not (tmp_path / "active.json").exists() and not (tmp_path / "previous.json").exists()
-    assert reopened.active("cls").sha256 == b and reopened.previous("cls").sha256 == a  # type: ignore[union-attr]
+    assert _sha(reopened.active("cls")) == b and _sha(reopened.previous("cls")) == a
 
 
 def test_the_shadow_pointer_names_a_candidate_its_blob_is_kept_and_bad_ones_are_store_errors(tmp_path: Path) -> None:

@@ -158,7 +158,12 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
             "--gpus", "1", "--max-replicas", "2", "--target-cpu", "70",
         )  # fmt: skip
         assert started.returncode == 0, started.stderr
-        d = wait_for(lambda: (x := serving(k8s)) and "nvidia.com/gpu" in limits(x) and x, timeout=60)
+
+        def serving_on_a_gpu() -> dict[str, Any] | None:
+            x = serving(k8s)
+            return x if x and "nvidia.com/gpu" in limits(x) else None
+
+        d = wait_for(serving_on_a_gpu, timeout=60)
         assert limits(d)["nvidia.com/gpu"] == "1" and "replicas" not in d["spec"]  # the HPA owns replicas
         hpa = wait_for(lambda: k8s.get("autoscaling", "horizontalpodautoscalers", NAMESPACE, WORKLOAD), timeout=60)
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 2)

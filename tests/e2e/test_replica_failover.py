@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from paho.mqtt.client import MQTTMessage
 
 from fleet.codec import decode
 from fleet.messages import SignedEnvelope
@@ -124,10 +125,13 @@ def test_the_leaders_host_cut_off_mid_rollout_hands_over_and_nothing_is_sent_twi
             return len(rows) == DEVICES and all(r["active_models"] == [f"cls:{version}"] for r in rows)
 
         wait_for(lambda: sum(x.connected for x in sim.agents) == DEVICES, timeout=30)
-        watch.client.on_message = lambda _c, _u, msg: (
-            (d := decode(msg.payload, SignedEnvelope).body)
-            and desired[(str(d["device_id"]), int(d["version"]))].add(json.dumps(d, sort_keys=True))
-        )
+
+        def on_desired(_c: object, _u: object, msg: MQTTMessage) -> None:
+            d = decode(bytes(msg.payload), SignedEnvelope).body
+            if d:
+                desired[(str(d["device_id"]), int(d["version"]))].add(json.dumps(d, sort_keys=True))
+
+        watch.client.on_message = on_desired
         watch.subscribe(Topics(topic_prefix).subscription(TopicKind.DESIRED))
         api("a", "POST", "/api/v1/deployments", json={"model": "cls", "version": "1.0.0", "selector": "fleet=ha"})
         wait_for(lambda: all_on("1.0.0"), timeout=90, interval=0.1)
@@ -162,7 +166,7 @@ def test_the_leaders_host_cut_off_mid_rollout_hands_over_and_nothing_is_sent_twi
             got = stored()
             missing = {d: sent[d] - got.get(d, 0) for d in sent if got.get(d, 0) != sent[d]}
             raise AssertionError(f"windows missing per device: {missing}") from None
-        rolled = dict(
+        rolled: dict[str, int] = dict(
             conn.execute("SELECT device_id, sum(windows)::bigint FROM telemetry_minute GROUP BY 1").fetchall()
         )
         assert rolled == sent  # each window counted once in the rollups, whichever replica wrote it

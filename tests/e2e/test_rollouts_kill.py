@@ -76,7 +76,7 @@ def test_a_hub_killed_mid_wave_twice_finishes_the_rollout_without_sending_a_step
         api("POST", "/api/v1/deployments", json={"model": "cls", "version": "1.0.0", "selector": "fleet=kill"})
         wait_for(lambda: all_on("1.0.0"), timeout=60, interval=0.1)
         watch.client.on_message = lambda _c, _u, msg: log.append(
-            DesiredState.model_validate(decode(msg.payload, SignedEnvelope).body)
+            DesiredState.model_validate(decode(bytes(msg.payload), SignedEnvelope).body)
         )
         watch.subscribe(Topics(topic_prefix).subscription(TopicKind.DESIRED))
 
@@ -84,10 +84,11 @@ def test_a_hub_killed_mid_wave_twice_finishes_the_rollout_without_sending_a_step
                 "bake_s": 1.0, "gates": {"max_p95_regression": 0.5}}  # fmt: skip
         rid = api("POST", "/api/v1/rollouts", json=body)["id"]
         for wave in (1, 2):
-            wait_for(
-                lambda w=wave: api("GET", f"/api/v1/rollouts/{rid}")["waves"][w]["phase"] != "pending",
-                timeout=60, interval=0.02,
-            )  # fmt: skip
+
+            def started(w: int = wave) -> bool:
+                return bool(api("GET", f"/api/v1/rollouts/{rid}")["waves"][w]["phase"] != "pending")
+
+            wait_for(started, timeout=60, interval=0.02)
             h.kill()
             h.start()
         status = wait_for(

@@ -6,6 +6,7 @@ completes the activation.
 from __future__ import annotations
 
 from agent.store import ModelStore
+from hub.store import Device
 from tests.faults.conftest import FaultWorld
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
@@ -16,7 +17,10 @@ def test_agent_killed_mid_activation_recovers_under_the_real_hub(fault_world: Fa
     bundle = w.enrol("cam-kill")
     data = w.tmp / "agent-kill"
     lock = w.tmp / "update.lock"
-    device = lambda: w.hub.hub.store.get_device("cam-kill")  # noqa: E731
+
+    def device() -> Device | None:
+        return w.hub.hub.store.get_device("cam-kill")
+
     second = w.spawn(bundle, data)
     w.deploy("cam-kill", "1.0.0")
     w.wait_active("cam-kill", "1.0.0")

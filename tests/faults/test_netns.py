@@ -18,6 +18,7 @@ import pytest
 from fleet.codec import decode
 from fleet.messages import Want
 from hub.acl import hub_account
+from hub.store import Device
 from tests.faults.conftest import FaultWorld
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.netns import NetHost
@@ -47,7 +48,7 @@ class WantWatcher:
                 msg = self.client.messages.get(timeout=0.1)
             except Exception:  # queue.Empty
                 continue
-            want = decode(msg.payload, Want)
+            want = decode(bytes(msg.payload), Want)
             self.seen.append((time.monotonic(), set(want.indexes(1 << 20))))
 
     def wanted_after(self, t: float) -> set[int]:
@@ -89,7 +90,10 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
     watcher = WantWatcher(w, manifest["sha256"])
     data = w.tmp / "agent-part"
     agent = w.spawn(w.enrol("cam-part"), data, host=net_host, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S="0.5")
-    device = lambda: w.hub.hub.store.get_device("cam-part")  # noqa: E731
+
+    def device() -> Device | None:
+        return w.hub.hub.store.get_device("cam-part")
+
     try:
         wait_for(lambda: len(w.stored_seqs("cam-part")) >= 2, timeout=60)
         w.deploy("cam-part", "1.0.0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hub.store import Device
 from tests.faults.conftest import FaultWorld
 from tests.faults.proxy import TcpProxy
 from tests.support.mqtt import wait_for
@@ -21,7 +22,10 @@ def test_partition_spools_telemetry_and_loses_nothing(
     bundle = w.enrol("cam-part", broker_url=proxy.url)
     data = w.tmp / "agent-part"
     agent = w.spawn(bundle, data, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S="0.1")
-    device = lambda: w.hub.hub.store.get_device("cam-part")  # noqa: E731
+
+    def device() -> Device | None:
+        return w.hub.hub.store.get_device("cam-part")
+
     wait_for(lambda: len(w.stored_seqs("cam-part")) >= 3, timeout=30)
 
     proxy.partition()

@@ -22,7 +22,7 @@ def test_every_message_type_round_trips_through_mosquitto(broker: Broker, topic_
     sent: list[Wire] = all_messages()
     for message in sent:
         tx.publish(topics.reported("cam-001"), encode(message))
-    received = [decode_any(rx.get().payload) for _ in sent]
+    received = [decode_any(bytes(rx.get().payload)) for _ in sent]
     assert received == sent
     for message in sent:
         assert decode(encode(message), type(message)) == message
@@ -38,7 +38,7 @@ def test_retained_desired_state_reaches_a_late_subscriber(broker: Broker, topic_
     late = TestClient(broker.host, broker.port)
     late.subscribe(topics.desired("cam-001"))
     msg = late.get()
-    assert msg.retain and decode_any(msg.payload) == desired
+    assert msg.retain and decode_any(bytes(msg.payload)) == desired
     tx.publish(topics.desired("cam-001"), b"", retain=True)  # clear
     tx.close()
     late.close()
@@ -56,7 +56,7 @@ def test_chunk_frames_reassemble_through_mosquitto(broker: Broker, topic_prefix:
         tx.publish(topics.chunk(manifest.sha256), frame)
     receiver = ChunkReceiver(manifest, tmp_path / "rx")
     while not receiver.complete:
-        receiver.accept(rx.get().payload)
+        receiver.accept(bytes(rx.get().payload))
     assert receiver.finish(tmp_path / "out").read_bytes() == BLOB
     rx.close()
     tx.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,11 +24,14 @@ from models.descriptor import ModelDescriptor
 from tests.support.hub import RunningHub
 from tests.support.outcomes import record
 
+Call = Callable[[httpx.Client], httpx.Response]
 
-def _error(r) -> dict:  # type: ignore[no-untyped-def]
+
+def _error(r: httpx.Response) -> dict[str, str]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]
+    error: dict[str, str] = body["error"]
+    return error
 
 
 def test_out_of_range_ids_and_deep_or_non_finite_descriptions_are_400(running_hub: RunningHub, samples: Path) -> None:
@@ -39,10 +43,10 @@ def test_out_of_range_ids_and_deep_or_non_finite_descriptions_are_400(running_hu
     for _ in range(40):
         nested = [nested]
 
-    def push(descriptor: str):  # type: ignore[no-untyped-def]
+    def push(descriptor: str) -> Call:
         return lambda c: c.post("/api/v1/models", data={"descriptor": descriptor}, files={"file": ("m.onnx", onnx)})
 
-    cases = {
+    cases: dict[str, Call] = {
         "token id 2^63": lambda c: c.delete("/api/v1/tokens/9223372036854775808"),
         "token id -1": lambda c: c.delete("/api/v1/tokens/-1"),
         "descriptor nested 1000 deep": push(json.dumps(desc)[:-1] + f', "deep": {deep}}}'),
@@ -107,7 +111,8 @@ def test_a_desired_state_agents_would_refuse_is_refused_at_push_and_at_deploy(
     with pytest.raises(TooLarge, match="message limit"):
         slot = DesiredModel(model=ref, shadow=ShadowSpec(model=candidate, sample_rate=0.5))
         h.hub.deployer.set_slot(["cam-1"], "mobilenet-like", slot)
-    assert h.hub.store.get_desired("cam-1").version == 1  # type: ignore[union-attr]  # nothing allocated or sent
+    desired = h.hub.store.get_desired("cam-1")
+    assert desired is not None and desired.version == 1  # nothing allocated or sent
     record("attack", "model or shadow pair whose desired state exceeds the agents' message limit", "refused", 2, 0)
 
 
@@ -125,8 +130,12 @@ def test_an_unexpected_error_is_one_logged_500_and_the_connection_stays_open(
     server = api_server(h.hub, port=0, app=create_app(h.hub, extra_routers=[boom]))
     server.start()
     server_log: list[logging.LogRecord] = []
-    catcher = logging.Handler()
-    catcher.emit = server_log.append  # type: ignore[method-assign]
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            server_log.append(record)
+
+    catcher = Catcher()
     logging.getLogger("uvicorn.error").addHandler(catcher)  # uvicorn's own logger does not reach caplog
     try:
         with caplog.at_level(logging.ERROR), httpx.Client(base_url=server.url, timeout=30) as c:

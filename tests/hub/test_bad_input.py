@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fleet.codec import encode
@@ -17,10 +18,11 @@ from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
 
-def _error(r) -> dict:  # type: ignore[no-untyped-def]
+def _error(r: httpx.Response) -> dict[str, str]:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]
+    error: dict[str, str] = body["error"]
+    return error
 
 
 def _nothing_stored(h: RunningHub) -> None:
@@ -198,7 +200,7 @@ def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: Runni
         wait_for(lambda: h.hub.ingest.rejected_total >= expected)
         # the hub still serves: a good message is accepted and the API answers
         dev.publish(t.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=time.time())))
-        wait_for(lambda: h.hub.store.get_device("cam-1").status == "online")  # type: ignore[union-attr]
+        wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online")
     finally:
         dev.close()
     rejected = h.hub.ingest.rejected

@@ -15,11 +15,11 @@ from hub.store import Device
 def device(name: str, *nodes: NodeInfo, mode: str = "k3s", caps: bool = True) -> Device:
     capabilities = Capabilities(
         agent_version="0.1.0", onnxruntime_version="1.32", providers=["CPUExecutionProvider"], cpu_count=4,
-        memory_bytes=8 << 30, mode=mode, nodes=list(nodes),  # type: ignore[arg-type]
+        memory_bytes=8 << 30, mode=mode, nodes=list(nodes),
     )  # fmt: skip
     return Device(
         id=name, labels={}, password_hash="x", enrolled_at=0.0, enrolled_by="test",
-        capabilities=capabilities.model_dump(mode="json") if caps else None,
+        capabilities=capabilities if caps else None,
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from tests.support.wire import one_model_report
 
 
 @pytest.fixture
-def store(database: Database) -> SqlStore:
+def store(database: Database) -> Iterator[SqlStore]:
     s = open_store(database, telemetry_process=False)
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 

@@ -82,7 +82,7 @@ def test_push_deploy_deliver_ingest_restart(
         msg = dev1.get()
         assert msg.topic == topics.desired("cam-1") and msg.retain in (False, True)
         verifier = Verifier(HubPublicKey.from_text(b1.hub_public_key), "cam-1")
-        desired = verifier.verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+        desired = verifier.verify(bytes(msg.payload), DesiredState, now=time.time(), last_version=None)
         assert desired.version == 1 and [m.name for m in desired.models] == ["mobilenet-like"]
         manifest = desired.models[0].model.blob
         assert manifest.sha256 == model["sha256"]
@@ -92,7 +92,7 @@ def test_push_deploy_deliver_ingest_restart(
         dev1.publish(topics.want(manifest.sha256), encode(want))
         receiver = ChunkReceiver(manifest, tmp_path / "recv")
         while not receiver.complete:
-            receiver.accept(decode_frame(dev1.get().payload))
+            receiver.accept(decode_frame(bytes(dev1.get().payload)))
         out = receiver.finish(tmp_path / "blob.onnx")
         assert out.read_bytes() == onnx.read_bytes()
 

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_report, one_model_window
 
 
-def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict:  # type: ignore[type-arg]
+def _push_and_enrol(h: RunningHub, samples: Path, *ids: str) -> dict[str, Any]:
     r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
     assert r.status_code in (200, 201), r.text
     with h.client() as c:
@@ -118,7 +119,9 @@ def test_desired_states_are_republished_after_the_broker_lost_them(
             try:
                 dev.subscribe(h.hub.topics.desired("cam-1"))
                 msg = dev.get()
-                body = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+                body = Verifier(key, "cam-1").verify(
+                    bytes(msg.payload), DesiredState, now=time.time(), last_version=None
+                )
                 assert body.version == 1
             finally:
                 dev.close()
@@ -145,7 +148,7 @@ def test_wants_are_coalesced_per_round_and_unknown_blobs_counted(
         watcher.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-2", sha256=sha, missing=[(1, 2)])))
         got: set[int] = set()
         while len(got) < count:
-            got.add(decode_frame(watcher.get().payload).index)
+            got.add(decode_frame(bytes(watcher.get().payload)).index)
         wait_for(lambda: chunks.stats.wants == 2 and chunks.pending_chunks == 0)
         wait_for(lambda: chunks.stats.chunks_published >= count + chunks.stats.rounds - 1)
         # chunk 1 once when both wants landed in one round (held open 0.5 s for that), twice only when a
@@ -171,7 +174,7 @@ def test_rate_limited_serving_delivers_every_chunk(
         try:
             dev.subscribe(h.hub.topics.chunk(sha))
             dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
-            assert sorted(decode_frame(dev.get().payload).index for _ in range(count)) == list(range(count))
+            assert sorted(decode_frame(bytes(dev.get().payload)).index for _ in range(count)) == list(range(count))
         finally:
             dev.close()
     finally:
@@ -189,7 +192,8 @@ def test_mqtt5_and_resigning_before_expiry(broker: Broker, topic_prefix: str, tm
         assert h.hub.deployer.refresh_expiring(now=first.issued_at + 1) == 0
         assert h.hub.deployer.refresh_expiring(now=(first.issued_at + first.expires_at) / 2 + 1) == 1
         second = h.hub.store.get_desired("cam-1")
-        assert second is not None and second.version == 2 and second.slot("mobilenet-like").model_version == "1.0.0"  # type: ignore[union-attr]
+        assert second is not None and second.version == 2
+        assert (slot := second.slot("mobilenet-like")) is not None and slot.model_version == "1.0.0"
         # deleting a version a device still wants is refused
         with h.client() as c:
             r = c.delete("/api/v1/models/mobilenet-like/1.0.0")
@@ -267,13 +271,13 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
     stored = h.hub.store.get_desired("cam-1")
     assert stored is not None and stored.version == 30
     key = HubPublicKey(h.hub.key.public._key)
-    versions = []
+    versions: list[int] = []
     dev = TestClient(broker.host, broker.port)
     try:  # the last publishes may still be on their way: read (retained, then live) until version 30 arrives
         dev.subscribe(h.hub.topics.desired("cam-1"))
         while not versions or versions[-1] < 30:
             msg = dev.get()
-            versions.append(Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(),
+            versions.append(Verifier(key, "cam-1").verify(bytes(msg.payload), DesiredState, now=time.time(),
                                                           last_version=None).version)  # fmt: skip
     finally:
         dev.close()
@@ -282,7 +286,7 @@ def test_concurrent_deploys_leave_the_newest_state_retained(
     try:
         late.subscribe(h.hub.topics.desired("cam-1"))
         msg = late.get()
-        retained = Verifier(key, "cam-1").verify(msg.payload, DesiredState, now=time.time(), last_version=None)
+        retained = Verifier(key, "cam-1").verify(bytes(msg.payload), DesiredState, now=time.time(), last_version=None)
         assert retained.version == 30 and msg.retain
     finally:
         late.close()
@@ -298,12 +302,14 @@ def test_a_want_sent_as_the_first_state_goes_out_finds_every_device_the_deploy_t
     _push_and_enrol(h, samples, "cam-1", "cam-2", "cam-3")
     ref = h.hub.registry.model_ref("mobilenet-like", "1.0.0")
     awaiting_at_publish: list[frozenset[str]] = []
+    link = h.hub.link
+    assert link is not None  # a running hub is connected to its broker
 
     def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if not awaiting_at_publish:  # cam-1 wants at once: the chunk server looks the blob up now
             assert h.hub.chunks.want(Want(device_id="cam-1", sha256=ref.blob.sha256, missing=[(0, 1)]))
         awaiting_at_publish.append(h.hub.chunks.awaiting(ref.blob.sha256))
-        h.hub.link.publish(topic, payload, qos=qos, retain=retain)
+        link.publish(topic, payload, qos=qos, retain=retain)
 
     hub = h.hub
     deployer = Deployer(
@@ -388,8 +394,13 @@ def test_wants_reach_the_leader_alone_and_the_replica_taking_over(
         followed = b.ingest.followed
         a.stop()  # releases the lease: b takes over
         wait_for(lambda: b.leadership.is_leader)
+
         # wanted again until b's subscription is in place, as an agent does after `download.rewant_after_s`
-        wait_for(lambda: dev.publish(a.topics.want(unknown), want) or b.chunks.stats.unknown_blob_wants, interval=0.1)
+        def want_again() -> int:
+            dev.publish(a.topics.want(unknown), want)
+            return b.chunks.stats.unknown_blob_wants
+
+        wait_for(want_again, interval=0.1)
         assert b.ingest.followed == followed  # served, not left to another
     finally:
         dev.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,9 +17,9 @@ from tests.support.wire import one_model_report, one_model_window
 
 
 @pytest.fixture
-def store(database: Database) -> SqlStore:
+def store(database: Database) -> Iterator[SqlStore]:
     s = open_store(database)
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -59,8 +60,8 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     assert store.telemetry_series(model="m", model_version="2.0.0") == []
     assert [p.minute for p in store.telemetry_series(since=6060.0)] == [6060.0]
     assert [p.minute for p in store.telemetry_series(until=6060.0)] == [6000.0]
-    seq = store.telemetry_seq("d1", since=None, until=None)
-    assert (seq.first, seq.last, seq.count, seq.missing) == (0, 2, 3, 0)
+    stats = store.telemetry_seq("d1", since=None, until=None)
+    assert (stats.first, stats.last, stats.count, stats.missing) == (0, 2, 3, 0)
     w = one_model_window(device_id="d1", seq=7, start=base + 90, end=base + 91, requests=4)
     store.submit_telemetry("d1", encode(w), time.time())
     store.flush()
@@ -181,7 +182,11 @@ def test_reads_do_not_wait_for_a_busy_writer(store: SqlStore) -> None:
     def slow(_conn: object) -> None:
         gate.wait(10)
 
-    t = threading.Thread(target=lambda: (store._write(slow), done.set()))
+    def write_slowly() -> None:
+        store._write(slow)
+        done.set()
+
+    t = threading.Thread(target=write_slowly)
     t.start()
     try:
         # the writer is inside a transaction; reads still answer from their own connection

@@ -8,7 +8,8 @@ A seq of 2**63 is one past SQLite's INTEGER and PostgreSQL's BIGINT.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -53,8 +54,9 @@ def test_a_report_the_database_cannot_take_is_refused_and_the_batch_is_written(s
     store.flush()
     st = store.ingest_stats()
     assert (st.rows_refused, st.reported_applied, st.write_errors) == (2, 1, 0), st
-    assert store.get_device("d1").reported is None  # type: ignore[union-attr]
-    assert store.get_device("d2").reported.seq == 7  # type: ignore[union-attr]
+    d1, d2 = store.get_device("d1"), store.get_device("d2")
+    assert d1 is not None and d1.reported is None
+    assert d2 is not None and d2.reported is not None and d2.reported.seq == 7
     # the writer is alive and holds no transaction: API writes go through at once
     store.set_meta("after", "yes")
     assert store.get_meta("after") == "yes"
@@ -112,27 +114,33 @@ def test_a_batch_has_the_effect_of_its_messages_written_one_by_one(database: Dat
         ("reported", 4, "failed", False), ("reported", 5, "failed", False),
     ]  # fmt: skip
 
-    def messages(prefix: str) -> list[tuple[str, object, float]]:
-        out: list[tuple[str, object, float]] = []
+    def messages(prefix: str) -> list[tuple[DeviceStatus | ReportedState, float]]:
+        out: list[tuple[DeviceStatus | ReportedState, float]] = []
         for n, (kind, seq, what, birth) in enumerate(script):
             for device in (f"{prefix}1", f"{prefix}2", f"{prefix}ghost"):  # ghost is not enrolled
                 received = 1000.0 + n
                 if device.endswith("ghost") and kind != "status":
                     continue  # (a report of an unknown device: SQLite stores it, PostgreSQL's key refuses it)
                 if kind == "status":
-                    msg: object = DeviceStatus(device_id=device, state=what, ts=received, session=f"s{n}",
-                                               capabilities=caps if birth else None)  # fmt: skip
+                    msg: DeviceStatus | ReportedState = DeviceStatus(
+                        device_id=device, state=what, ts=received, session=f"s{n}", capabilities=caps if birth else None
+                    )
                 else:
+                    assert what is not None  # every report in the script names its phase
                     msg = one_model_report(device_id=device, seq=seq, ts=float(seq), phase=Phase(what), model="m")
-                out.append((kind, msg, received))
+                out.append((msg, received))
         return out
 
-    def write(store: SqlStore, prefix: str, *, one_by_one: bool) -> tuple[object, ...]:
+    def write(
+        store: SqlStore, prefix: str, *, one_by_one: bool
+    ) -> tuple[int, int, int, int, Sequence[tuple[object, ...]], list[tuple[float, str, dict[str, Any]]]]:
         for d in (f"{prefix}1", f"{prefix}2"):
             store.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-        for kind, msg, received in messages(prefix):
-            enqueue = store.enqueue_status if kind == "status" else store.enqueue_reported
-            assert enqueue(msg, received)  # type: ignore[arg-type]
+        for msg, received in messages(prefix):
+            if isinstance(msg, DeviceStatus):
+                assert store.enqueue_status(msg, received)
+            else:
+                assert store.enqueue_reported(msg, received)
             if one_by_one:
                 store.flush()
         store.flush()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,11 @@ def in_process(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def store(database: Database, in_process: bool) -> SqlStore:
+def store(database: Database, in_process: bool) -> Iterator[SqlStore]:
     s = open_store(database, telemetry_process=in_process)
     for d in ("d1", "d2"):
         s.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 

@@ -71,7 +71,7 @@ class World:
 
     def run(self, steps: int | None = None) -> list[int]:
         """Step until nothing is due (or `steps` publishes); return what was published."""
-        out = []
+        out: list[int] = []
         while steps is None or len(out) < steps:
             step = self.server.step()
             if step.published is None:

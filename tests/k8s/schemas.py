@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,9 @@ def typing_problems(body: dict[str, Any], version: str = NEWEST) -> list[str]:
     problems = []
     for error in _validator(body["kind"], body["apiVersion"], version).iter_errors(body):
         if error.validator == "additionalProperties":
-            extra = set(error.instance) - set(error.schema.get("properties", {}))
+            schema, instance = error.schema, error.instance
+            assert isinstance(schema, Mapping) and isinstance(instance, Mapping)  # the error is about an object
+            extra = set(instance) - set(schema.get("properties", {}))
             problems += [f"{_path(error)}.{name}: field not declared in schema" for name in sorted(extra)]
         elif error.validator in TYPING:
             expected = _expected(error.validator_value) if error.validator == "type" else "one of the declared types"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 Predicate = Callable[[dict[str, Any]], bool]
+LabelTest = Callable[[dict[str, str]], bool]
 
 _SET = re.compile(r"^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(notin|in)\s*\(([^)]*)\))?\s*$")
 _EQ = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
@@ -38,15 +39,12 @@ def label_selector(text: str | None) -> Predicate:
     """A predicate over objects for `labelSelector` (=, ==, !=, in, notin, exists, !exists)."""
     if not text:
         return lambda obj: True
-    tests: list[Callable[[dict[str, str]], bool]] = []
+    tests: list[LabelTest] = []
     for term in _split(text):
         eq = _EQ.match(term)
         if eq:
             key, op, value = eq.groups()
-            if op == "!=":
-                tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            tests.append(_label_differs(key, value) if op == "!=" else _label_equals(key, value))
             continue
         st = _SET.match(term)
         if not st:
@@ -56,14 +54,11 @@ def label_selector(text: str | None) -> Predicate:
             if negate:
                 raise SelectorError(f"unable to parse requirement: {term!r}")
             options = {v.strip() for v in values.split(",") if v.strip()}
-            if op == "in":
-                tests.append(lambda labels, k=key, o=options: labels.get(k) in o)
-            else:
-                tests.append(lambda labels, k=key, o=options: labels.get(k) not in o)
+            tests.append(_label_in(key, options) if op == "in" else _label_not_in(key, options))
         elif negate:
-            tests.append(lambda labels, k=key: k not in labels)
+            tests.append(_label_missing(key))
         else:
-            tests.append(lambda labels, k=key: k in labels)
+            tests.append(_label_exists(key))
 
     def matches(obj: dict[str, Any]) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
@@ -85,8 +80,38 @@ def field_selector(text: str | None) -> Predicate:
         if field not in FIELDS:
             raise SelectorError(f'field label not supported: "{field}"')
         attr = field.split(".", 1)[1]
-        if op == "!=":
-            tests.append(lambda obj, a=attr, v=value: obj["metadata"].get(a, "") != v)
-        else:
-            tests.append(lambda obj, a=attr, v=value: obj["metadata"].get(a, "") == v)
+        tests.append(_field_differs(attr, value) if op == "!=" else _field_equals(attr, value))
     return lambda obj: all(t(obj) for t in tests)
+
+
+# one requirement each (a function per requirement binds its own key and value, as a loop's lambda would not)
+def _label_equals(key: str, value: str) -> LabelTest:
+    return lambda labels: labels.get(key) == value
+
+
+def _label_differs(key: str, value: str) -> LabelTest:
+    return lambda labels: labels.get(key) != value
+
+
+def _label_in(key: str, options: set[str]) -> LabelTest:
+    return lambda labels: labels.get(key) in options
+
+
+def _label_not_in(key: str, options: set[str]) -> LabelTest:
+    return lambda labels: labels.get(key) not in options
+
+
+def _label_exists(key: str) -> LabelTest:
+    return lambda labels: key in labels
+
+
+def _label_missing(key: str) -> LabelTest:
+    return lambda labels: key not in labels
+
+
+def _field_equals(attr: str, value: str) -> Predicate:
+    return lambda obj: obj["metadata"].get(attr, "") == value
+
+
+def _field_differs(attr: str, value: str) -> Predicate:
+    return lambda obj: obj["metadata"].get(attr, "") != value

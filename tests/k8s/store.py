@@ -258,8 +258,8 @@ class Store:
             if "spec" in obj:
                 m["generation"] = 1
         spec_changed = created or (old or {}).get("spec") != obj.get("spec")
-        if not created and spec_changed and "spec" in obj:
-            m["generation"] = int(old["metadata"].get("generation", 0)) + 1  # type: ignore[index]
+        if old is not None and spec_changed and "spec" in obj:  # (old is None: created)
+            m["generation"] = int(old["metadata"].get("generation", 0)) + 1
         if check is not None:
             check(obj)
         if old is not None and _without_rv(old) == _without_rv(obj):

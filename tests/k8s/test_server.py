@@ -5,12 +5,15 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import kubernetes_validate
 import pytest
 from lightkube import ApiError, Client, KubeConfig
+from lightkube.core.client import FieldSelector, LabelSelector
+from lightkube.core.resource import NamespacedResource
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Node
 from lightkube.types import PatchType
@@ -18,6 +21,8 @@ from lightkube.types import PatchType
 from tests.k8s.schemas import NEWEST
 from tests.k8s.server import ApiServer
 from tests.k8s.store import StoreError
+
+R = TypeVar("R", bound=NamespacedResource)
 
 
 @pytest.fixture
@@ -35,11 +40,11 @@ def client(server: ApiServer) -> Iterator[Client]:
     c.close()
 
 
-def cm(name: str, **data: str) -> dict:
+def cm(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "ns"}, "data": data}
 
 
-def deploy(replicas: int) -> dict:
+def deploy(replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -52,24 +57,35 @@ def deploy(replicas: int) -> dict:
     }
 
 
-def apply(client: Client, res: type, obj: dict, **kw: object) -> object:
-    return client.patch(res, obj["metadata"]["name"], obj, namespace="ns", patch_type=PatchType.APPLY, **kw)  # type: ignore[call-overload]
+def apply(
+    client: Client, res: type[R], obj: dict[str, Any], *, field_manager: str | None = None, force: bool = False
+) -> R:
+    name = obj["metadata"]["name"]
+    return client.patch(
+        res, name, obj, namespace="ns", patch_type=PatchType.APPLY, field_manager=field_manager, force=force
+    )
+
+
+def meta(obj: Deployment | ConfigMap) -> ObjectMeta:
+    """An object's metadata: the server always sets it (lightkube's models make it optional)."""
+    assert obj.metadata is not None
+    return obj.metadata
 
 
 def test_apply_creates_then_keeps_uid_and_advances_generation(client: Client) -> None:
     first = apply(client, Deployment, deploy(1))
     again = apply(client, Deployment, deploy(1))  # a no-op: nothing changes, not even resourceVersion
     second = apply(client, Deployment, deploy(2))
-    assert first.metadata.generation == 1 and second.metadata.generation == 2  # type: ignore[attr-defined]
-    assert first.metadata.uid == second.metadata.uid  # type: ignore[attr-defined]
-    assert again.metadata.resourceVersion == first.metadata.resourceVersion  # type: ignore[attr-defined]
-    assert int(second.metadata.resourceVersion) > int(first.metadata.resourceVersion)  # type: ignore[attr-defined]
+    assert meta(first).generation == 1 and meta(second).generation == 2
+    assert meta(first).uid == meta(second).uid
+    assert meta(again).resourceVersion == meta(first).resourceVersion
+    assert int(meta(second).resourceVersion or "") > int(meta(first).resourceVersion or "")
 
 
 def test_fields_dropped_from_the_applied_config_are_removed(client: Client) -> None:
     apply(client, ConfigMap, cm("c", a="1", b="2"))
     got = apply(client, ConfigMap, cm("c", a="1"))
-    assert got.data == {"a": "1"}  # type: ignore[attr-defined]
+    assert got.data == {"a": "1"}
 
 
 def test_label_and_field_selectors(server: ApiServer, client: Client) -> None:
@@ -77,8 +93,8 @@ def test_label_and_field_selectors(server: ApiServer, client: Client) -> None:
     server.put_node("b", labels={"gpu": "no"})
     server.put_node("c", labels={"zone": "y"})
 
-    def names(**kw: object) -> list[str]:
-        return [n.metadata.name for n in client.list(Node, **kw)]  # type: ignore[arg-type, union-attr]
+    def names(labels: LabelSelector | None = None, fields: FieldSelector | None = None) -> list[str | None]:
+        return [n.metadata.name if n.metadata else None for n in client.list(Node, labels=labels, fields=fields)]
 
     assert names(labels={"gpu": "yes"}) == ["a"]
     assert names(labels={"gpu": None}) == ["a", "b"]  # exists
@@ -97,7 +113,7 @@ def test_watch_from_a_resource_version(server: ApiServer, client: Client) -> Non
     server.max_watch_s = 0.2
     events = []
     for kind, node in client.watch(Node, resource_version=version, server_timeout=1):
-        events.append((kind, node.metadata.name))  # type: ignore[union-attr]
+        events.append((kind, node.metadata.name if node.metadata else None))
         if len(events) == 2:
             break
     assert events == [("MODIFIED", "a"), ("DELETED", "b")]
@@ -123,7 +139,7 @@ def test_conflicts_between_field_managers(server: ApiServer, client: Client) -> 
         apply(client, ConfigMap, cm("c", a="2"), field_manager="other")
     assert info.value.status.code == 409 and ".data.a" in str(info.value.status.message)
     got = apply(client, ConfigMap, cm("c", a="2"), field_manager="other", force=True)
-    assert got.data == {"a": "2"}  # type: ignore[attr-defined]
+    assert got.data == {"a": "2"}
     with pytest.raises(StoreError):
         server.store.delete(("", "configmaps", "ns", "nope"))
 
@@ -134,11 +150,11 @@ def test_deployment_controller_marks_the_rollout_ready(server: ApiServer, client
     for kind, obj in client.watch(
         Deployment,
         namespace="ns",
-        resource_version=created.metadata.resourceVersion,
-        server_timeout=5,  # type: ignore[attr-defined]
+        resource_version=meta(created).resourceVersion,
+        server_timeout=5,
     ):
         assert kind == "MODIFIED"
-        assert obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1  # type: ignore[union-attr]
+        assert obj.status is not None and obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1
         break
 
 
@@ -192,8 +208,8 @@ def test_a_refused_update_leaves_the_object_and_its_owners_as_they_were(server: 
     with pytest.raises(ApiError):
         apply(client, Deployment, bad)
     stored = server.get("apps", "deployments", "ns", "d")
-    assert stored is not None and stored["metadata"]["resourceVersion"] == first.metadata.resourceVersion  # type: ignore[attr-defined]
-    assert apply(client, Deployment, deploy(3)).spec.replicas == 3  # type: ignore[attr-defined]
+    assert stored is not None and stored["metadata"]["resourceVersion"] == meta(first).resourceVersion
+    assert apply(client, Deployment, deploy(3)).spec.replicas == 3
 
 
 def test_an_undecodable_body_is_400_bad_request(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.batcher import Batcher, BatcherOptions
+from models.batcher import Array, Batcher, BatcherOptions, BatcherStats
 from models.engine import Engine, EngineOptions
 from models.errors import EngineNotReady, InvalidInput, QueueFull
 from models.golden import golden_input
@@ -27,7 +27,7 @@ def test_sixteen_concurrent_callers_get_their_own_results(classifier: Sample, cl
     xs = _inputs(classifier, 16)
     expected = [classifier_engine.infer({"image": x})["logits"] for x in xs]
 
-    async def main() -> tuple[list[dict[str, np.ndarray]], object]:
+    async def main() -> tuple[list[dict[str, Array]], BatcherStats]:
         async with Batcher(classifier_engine, BatcherOptions(max_batch=8, max_delay_ms=5)) as b:
             results = await asyncio.gather(*(b.infer({"image": x}) for x in xs))
             return results, b.stats()
@@ -38,9 +38,9 @@ def test_sixteen_concurrent_callers_get_their_own_results(classifier: Sample, cl
         assert np.allclose(got["logits"], want, atol=1e-4)
     # distinct inputs give distinct answers, so a mix-up could not pass the check above
     assert len({r["logits"].tobytes() for r in results}) == 16
-    assert sum(size * count for size, count in stats.batch_sizes.items()) == 16  # type: ignore[attr-defined]
-    assert stats.requests == 16  # type: ignore[attr-defined]
-    assert stats.queue_depth == 0  # type: ignore[attr-defined]
+    assert sum(size * count for size, count in stats.batch_sizes.items()) == 16
+    assert stats.requests == 16
+    assert stats.queue_depth == 0
 
 
 def test_incompatible_shapes_are_never_mixed(classifier: Sample, classifier_engine: Engine) -> None:
@@ -79,7 +79,7 @@ def test_bad_input_fails_only_its_caller(classifier: Sample, classifier_engine: 
 def test_queue_full_is_typed(classifier: Sample, classifier_engine: Engine) -> None:
     xs = _inputs(classifier, 5)
 
-    async def main() -> tuple[list[object], int]:
+    async def main() -> tuple[list[dict[str, Array] | BaseException], int]:
         async with Batcher(classifier_engine, BatcherOptions(max_queue=1)) as b:
             res = await asyncio.gather(*(b.infer({"image": x}) for x in xs), return_exceptions=True)
             return res, b.stats().rejected
@@ -110,7 +110,7 @@ def test_too_many_rows_and_closed_batcher(classifier: Sample, classifier_engine:
 def test_cancelled_caller_does_not_disturb_others(classifier: Sample, classifier_engine: Engine) -> None:
     xs = _inputs(classifier, 6)
 
-    async def main() -> list[object]:
+    async def main() -> list[dict[str, Array] | BaseException]:
         async with Batcher(classifier_engine, BatcherOptions(max_batch=2, max_delay_ms=20)) as b:
             tasks = [asyncio.create_task(b.infer({"image": x})) for x in xs]
             await asyncio.sleep(0)
@@ -120,7 +120,9 @@ def test_cancelled_caller_does_not_disturb_others(classifier: Sample, classifier
     results = asyncio.run(main())
     assert isinstance(results[1], asyncio.CancelledError)
     for i in (0, 2, 3, 4, 5):
-        assert np.allclose(results[i]["logits"], classifier_engine.infer({"image": xs[i]})["logits"], atol=1e-4)  # type: ignore[index]
+        got = results[i]
+        assert isinstance(got, dict), got
+        assert np.allclose(got["logits"], classifier_engine.infer({"image": xs[i]})["logits"], atol=1e-4)
 
 
 def test_fixed_batch_model_limits_batches(layout_models: dict[str, Sample]) -> None:
@@ -163,7 +165,7 @@ def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> No
     engine = _gather_model(tmp_path)
     values = [1.0, 2.0, 42.0, 3.0, 4.0, 5.0]
 
-    async def main() -> tuple[list[object], int]:
+    async def main() -> tuple[list[dict[str, Array] | BaseException], int]:
         async with Batcher(engine, BatcherOptions(max_batch=8, max_delay_ms=20)) as b:
             res = await asyncio.gather(
                 *(b.infer({"x": np.array([[v]], np.float32)}) for v in values), return_exceptions=True
@@ -176,7 +178,9 @@ def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> No
     assert failed == 1
     for i, v in enumerate(values):
         if i != 2:
-            assert results[i]["y"].tolist() == [[v]]  # type: ignore[index]
+            got = results[i]
+            assert isinstance(got, dict), got
+            assert got["y"].tolist() == [[v]]
 
 
 @pytest.mark.parametrize(("more", "sizes"), [(False, {1: 2}), (True, {2: 1})])

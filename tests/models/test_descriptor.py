@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from models.descriptor import ModelDescriptor, sidecar_for
 from models.errors import DescriptorError
-from models.samples import classifier_descriptor, detector_descriptor
+from models.samples import DetectorLayout, classifier_descriptor, detector_descriptor
+
+LAYOUTS: tuple[DetectorLayout, ...] = ("yolov8", "yolov5", "ssd", "nms")
 
 BASE = {
     "name": "resnet",
@@ -31,9 +33,7 @@ def test_minimal_description_gets_defaults() -> None:
     assert not d.complete
 
 
-@pytest.mark.parametrize(
-    "d", [classifier_descriptor(), *(detector_descriptor(k) for k in ("yolov8", "yolov5", "ssd", "nms"))]
-)  # type: ignore[arg-type]
+@pytest.mark.parametrize("d", [classifier_descriptor(), *(detector_descriptor(k) for k in LAYOUTS)])
 def test_json_round_trip(d: ModelDescriptor) -> None:
     assert ModelDescriptor.from_json(d.to_json()) == d
     assert ModelDescriptor.from_json(json.dumps(d.to_json())) == d

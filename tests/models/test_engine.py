@@ -119,7 +119,7 @@ def test_spinning_and_threads_options(classifier: Sample) -> None:
     st.lists(st.integers(0, 5), min_size=0, max_size=5),
     st.sampled_from([np.float32, np.float64, np.float16, np.uint8, np.int64]),
 )
-def test_random_tensors_never_crash(classifier_engine: Engine, shape: list[int], dtype: type) -> None:
+def test_random_tensors_never_crash(classifier_engine: Engine, shape: list[int], dtype: type[np.generic]) -> None:
     x = np.zeros(shape, dtype=dtype)
     try:
         out = classifier_engine.infer({"image": x})

@@ -102,7 +102,7 @@ def test_ssd_and_nms_checks() -> None:
     good = {"det_boxes": _probs(1, 10, 4), "det_labels": RNG.integers(0, n, (1, 10)), "det_scores": _probs(1, 10)}
     check_outputs(nms, good)
     assert "outside the" in _refused(nms, {**good, "det_labels": np.full((1, 10), n + 5)})
-    assert guess_kind(good, n) is not None and guess_kind(good, n).startswith("kind: nms")  # type: ignore[union-attr]
+    assert (kind := guess_kind(good, n)) is not None and kind.startswith("kind: nms")
 
 
 def test_the_sample_models_of_every_kind_still_validate(layout_models: dict[str, Any]) -> None:

@@ -155,7 +155,7 @@ def _text_lines() -> dict[str, bytes]:
     lines = {}
     for i, text in enumerate(["Edge", "fleet 2026", "Model rollout wave 3", "The quick brown fox jumps over the dog"]):
         left, top, right, bottom = font.getbbox(text)
-        img = Image.new("RGB", (right - left + 16, bottom - top + 12), (250, 248, 240))
+        img = Image.new("RGB", (int(right - left) + 16, int(bottom - top) + 12), (250, 248, 240))
         ImageDraw.Draw(img).text((8 - left, 6 - top), text, fill=(20, 20, 30), font=font)
         lines[f"line{i}-0"] = _png(img)
         lines[f"line{i}-180"] = _png(img.rotate(180))

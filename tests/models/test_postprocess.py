@@ -51,7 +51,8 @@ def _argmax(values: list[float]) -> int:
 def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: int) -> Ref:
     """Plain-Python decoding of one image, written from the layout definitions, not from our code."""
     spec = d.output
-    thr, w_in, h_in = spec.score_threshold, d.input.width, d.input.height  # type: ignore[union-attr]
+    assert not isinstance(spec, ClassificationOutput), "a detector's description"
+    thr, w_in, h_in = spec.score_threshold, d.input.width, d.input.height
     cands: Ref = []
     if spec.kind in ("yolov8", "yolov5"):
         t = outputs["output0"][item].tolist()
@@ -66,7 +67,7 @@ def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: i
                 s = row[4] * row[5 + c]
             if s >= thr:
                 cands.append((s, c, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
-        return _ref_nms(cands, spec.iou_threshold, spec.max_detections)  # type: ignore[union-attr]
+        return _ref_nms(cands, spec.iou_threshold, spec.max_detections)
     if spec.kind == "ssd":
         for box, logits in zip(outputs["boxes"][item].tolist(), outputs["scores"][item].tolist(), strict=True):
             m = max(logits)
@@ -76,7 +77,7 @@ def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: i
             if probs[c] >= thr:
                 x1, y1, x2, y2 = box
                 cands.append((probs[c], c, (x1 * w_in, y1 * h_in, x2 * w_in, y2 * h_in)))
-        return _ref_nms(cands, spec.iou_threshold, spec.max_detections)  # type: ignore[union-attr]
+        return _ref_nms(cands, spec.iou_threshold, spec.max_detections)
     for box, label, score in zip(
         outputs["det_boxes"][item].tolist(),
         outputs["det_labels"][item].tolist(),
@@ -84,8 +85,8 @@ def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: i
         strict=True,
     ):
         if score >= thr:
-            cands.append((score, label, tuple(box)))  # type: ignore[arg-type]
-    return sorted(cands, key=lambda x: -x[0])[: spec.max_detections]  # type: ignore[union-attr]
+            cands.append((score, label, tuple(box)))
+    return sorted(cands, key=lambda x: -x[0])[: spec.max_detections]
 
 
 @pytest.mark.parametrize("layout", ["yolov8", "yolov5", "ssd", "nms"])

@@ -66,7 +66,7 @@ def test_letterbox_pads_and_maps_back() -> None:
     st.sampled_from(["letterbox", "stretch"]),
 )
 def test_box_mapping_round_trip(ow: int, oh: int, tw: int, th: int, mode: str) -> None:
-    spec = InputSpec(name="x", height=th, width=tw, resize=mode)  # type: ignore[arg-type]
+    spec = InputSpec(name="x", height=th, width=tw, resize=mode)
     _, t = resize(Image.new("RGB", (1, 1)), spec, (ow, oh))
     orig = np.array([[0.1 * ow, 0.2 * oh, 0.9 * ow, 0.7 * oh]], dtype=np.float32)
     model = orig * [t.scale_x, t.scale_y, t.scale_x, t.scale_y] + [t.pad_x, t.pad_y, t.pad_x, t.pad_y]

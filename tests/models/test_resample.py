@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.descriptor import DescriptorError, InputSpec, Interpolation, ModelDescriptor
-from models.errors import ImageTooLarge
+from models.descriptor import InputSpec, Interpolation, ModelDescriptor
+from models.errors import DescriptorError, ImageTooLarge
 from models.preprocess import decode_image, layout, prepare, preprocess
 from models.resample import Canvas, resize_pixels
 from tests.models.conftest import encode, scene
@@ -142,7 +142,7 @@ def test_old_descriptions_keep_their_meaning() -> None:
     ],
 )
 def test_inconsistent_preprocessing_is_refused(fields: dict[str, object], needle: str) -> None:
-    raw = {"name": "m", "version": "1.0.0", "task": "classification"}
+    raw: dict[str, object] = {"name": "m", "version": "1.0.0", "task": "classification"}
     raw |= {"input": {"name": "x", "height": 8, "width": 8, **fields}}
     raw |= {"output": {"kind": "classification", "output": "y"}}
     with pytest.raises(DescriptorError, match=needle):

@@ -69,7 +69,8 @@ def test_empty_and_missing_file(tmp_path: Path) -> None:
 
 
 def _flat_model(rank: int, opset: int = 17) -> onnx.ModelProto:
-    dims = ["batch", 3, 224][:rank]
+    image_dims: list[str | int] = ["batch", 3, 224]
+    dims = image_dims[:rank]
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["image"], ["logits"], axes=[2], keepdims=0)]
         if rank == 3

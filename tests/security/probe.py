@@ -6,11 +6,14 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+
+T = TypeVar("T")
 
 NOT_AUTHORIZED = 135  # MQTT 5 reason code (PUBACK, CONNACK, SUBACK)
 
@@ -78,7 +81,8 @@ class Probe:
 
     def subscribe(self, topic: str) -> list[int]:
         """Subscribe at QoS 1; the SUBACK's codes."""
-        _rc, mid = self.client.subscribe(topic, 1)
+        rc, mid = self.client.subscribe(topic, 1)
+        assert mid is not None, f"SUBSCRIBE to {topic} not sent: {rc}"
         return self._wait(lambda: self.suback.get(mid), f"SUBACK for {topic}")
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
@@ -90,7 +94,7 @@ class Probe:
         with self._lock:
             return [t for t, _p in self.messages]
 
-    def _wait(self, fn: Any, what: str, timeout: float = 10.0) -> Any:
+    def _wait(self, fn: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

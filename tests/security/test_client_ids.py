@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.mqtt import MqttLink
 from fleet.codec import encode
@@ -40,7 +42,7 @@ def test_another_devices_client_id_gets_a_session_of_ones_own_and_the_victim_sta
         args = agent_command(bundle, tmp_path / "victim-data", "--headless")
         victim = AgentProc(args, agent_env(), tmp_path / "victim.log")
 
-        def online() -> dict | None:  # type: ignore[type-arg]
+        def online() -> dict[str, Any] | None:
             d = hub.get("/api/v1/devices/victim")
             return d if d["status"] == "online" and d["session"] else None
 
@@ -64,13 +66,13 @@ def test_another_devices_client_id_gets_a_session_of_ones_own_and_the_victim_sta
         hub_port = int(re.findall(r"^listener (\d+) 127\.0\.0\.1$", conf, flags=re.M)[1])
         refused = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edgefleet-hub-x")
         refused.username_pw_set(intruder.mqtt_username, intruder.mqtt_password)
-        codes: list[object] = []
+        codes: list[ReasonCode] = []
         refused.on_connect = lambda _c, _u, _f, rc, _p=None: codes.append(rc)
         refused.connect("127.0.0.1", hub_port)
         refused.loop_start()
         try:
             wait_for(lambda: codes, timeout=10)
-            assert codes[0].is_failure, codes  # type: ignore[attr-defined]
+            assert codes[0].is_failure, codes
         finally:
             refused.loop_stop()
         assert "link to broker lost" not in victim.output(), victim.output()[-2000:]

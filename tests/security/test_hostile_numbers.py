@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _reported(device: str, seq: int, **changes: Any) -> bytes:
 
 
 # Windows no store can hold, or that claim to come from the future: (what, payload builder)
-HOSTILE_WINDOWS = [
+HOSTILE_WINDOWS: list[tuple[str, Callable[[str, int], bytes]]] = [
     ("seq 2^63", lambda d, i: _window(d, BIG + i)),
     ("requests 2^63", lambda d, i: _window(d, 1000 + i, requests=BIG)),
     ("histogram count 2^63", lambda d, i: _window(d, 2000 + i, bucket0=BIG)),
@@ -110,8 +111,8 @@ def test_out_of_range_numbers_from_a_device_are_refused_and_nothing_else_is_lost
 
         stats = wait_for(settled, timeout=60)
         assert all(s["missing"] == 0 for s in stats.values()), stats
-        with hub.client() as c:  # API writes go through the same writer: it is alive and not stuck
-            r = c.patch("/api/v1/devices/good-1/labels", json={"set": {"checked": "yes"}})
+        with hub.client() as api:  # API writes go through the same writer: it is alive and not stuck
+            r = api.patch("/api/v1/devices/good-1/labels", json={"set": {"checked": "yes"}})
             assert r.status_code == 200, r.text
         ingest = hub.get("/api/v1/ingest")
         rejected, store = ingest["rejected"], ingest["store"]
@@ -132,8 +133,8 @@ def test_out_of_range_numbers_from_a_device_are_refused_and_nothing_else_is_lost
         evil.publish(topics.reported("evil"), _reported("evil", BIG), retain=True)
         evil.close()
         wait_for(lambda: hub.get("/api/v1/ingest")["rejected"].get("reported/malformed", 0) >= 1, timeout=30)
-        with hub.client() as c:
-            assert c.patch("/api/v1/devices/good-2/labels", json={"set": {"checked": "yes"}}).status_code == 200
+        with hub.client() as api:
+            assert api.patch("/api/v1/devices/good-2/labels", json={"set": {"checked": "yes"}}).status_code == 200
         assert hub.get("/api/v1/devices/evil")["reported"]["seq"] == 20
         assert hub.stop() == 0, hub.output()[-3000:]
     finally:

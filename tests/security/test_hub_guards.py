@@ -22,7 +22,8 @@ def test_a_second_hub_on_the_same_data_dir_refuses_and_the_first_keeps_its_sessi
         second = subprocess.run(HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary).command(),
                                 env=first.env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
         assert second.returncode == 1, second.stderr
-        assert "data_dir_locked" in second.stderr and f"pid {first.proc.pid}" in second.stderr, second.stderr  # type: ignore[union-attr]
+        assert first.proc is not None
+        assert "data_dir_locked" in second.stderr and f"pid {first.proc.pid}" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
         health = first.get("/healthz")
         assert health["status"] == "ok" and health["mqtt_connected"]

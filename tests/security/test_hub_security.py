@@ -50,6 +50,15 @@ def _probe(h: RunningHub, bundle: DeviceBundle | None, **kw: Any) -> Probe:
     return Probe(lb.host, lb.port, user, pw, **kw)
 
 
+def _accepted_probe(h: RunningHub, bundle: DeviceBundle) -> Probe | None:
+    """A probe the broker accepted, else None (the refused one closed): retried until the broker knows the device."""
+    p = _probe(h, bundle)
+    if p.accepted:
+        return p
+    p.close()
+    return None
+
+
 def test_the_hubs_own_broker_enforces_the_acl_from_enrolment_on(own_broker_hub: RunningHub) -> None:
     h = own_broker_hub
     conf = (h.settings.broker_dir / "mosquitto.conf").read_text()
@@ -58,7 +67,7 @@ def test_the_hubs_own_broker_enforces_the_acl_from_enrolment_on(own_broker_hub: 
     assert not anonymous.accepted
     anonymous.close()
     a, b = _enrol(h, "cam-a"), _enrol(h, "cam-b")  # enrolled while the broker runs: no restart needed
-    pa = wait_for(lambda: (p := _probe(h, a)).accepted and p or p.close(), timeout=10)
+    pa = wait_for(lambda: _accepted_probe(h, a), timeout=10)
     pb = _probe(h, b, v5=True)
     try:
         t = h.hub.topics
@@ -75,7 +84,7 @@ def test_the_hubs_own_broker_enforces_the_acl_from_enrolment_on(own_broker_hub: 
 def test_revoking_a_device_disconnects_it_and_its_messages_are_refused(own_broker_hub: RunningHub) -> None:
     h = own_broker_hub
     a, b = _enrol(h, "cam-a"), _enrol(h, "cam-b")
-    pa = wait_for(lambda: (p := _probe(h, a)).accepted and p or p.close(), timeout=10)
+    pa = wait_for(lambda: _accepted_probe(h, a), timeout=10)
     pb = _probe(h, b)
     pid = h.hub.local_broker.pid if h.hub.local_broker else None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from fleet.messages import (
 from fleet.plan import plan_bytes
 from fleet.signing import HubSigningKey
 from fleet.topics import Topics
-from sim.actions import GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
+from sim.actions import Action, GoOffline, PauseReading, Publish, Subscribe, Unsubscribe
 from sim.agent import SimAgent
 from sim.config import AgentIdentity, Faults, SimConfig
 from sim.profile import Profiles
@@ -74,14 +75,14 @@ def make_agent(hub: Hub, tmp_path: Path, device_id: str = "sim-00001", blobs: Sh
                     random.Random(1), settings=settings, now=time.time())  # fmt: skip
 
 
-def reports(actions: list[object]) -> list[ReportedState]:
+def reports(actions: Sequence[Action]) -> list[ReportedState]:
     return [
         decode(a.payload, ReportedState) for a in actions if isinstance(a, Publish) and a.topic.endswith("/reported")
     ]
 
 
-def download_all(agent: SimAgent, hub: Hub) -> list[object]:
-    actions: list[object] = []
+def download_all(agent: SimAgent, hub: Hub) -> list[Action]:
+    actions: list[Action] = []
     for frame in hub.frames():
         actions += agent.on_message(hub.topics.chunk(hub.manifest.sha256), frame, time.time())
     return actions
@@ -120,7 +121,8 @@ def test_desired_state_downloads_verifies_and_activates(tmp_path: Path) -> None:
     phases = [r.phase for r in reports(actions)]
     assert phases[-2:] == [Phase.ACTIVATING, Phase.ACTIVE]  # the agent's order: report, load, swap, report
     final = reports(actions)[-1]
-    assert one(final).active is not None and one(final).active.version == "1.0.0" and final.desired_version == 1
+    active = one(final).active
+    assert active is not None and active.version == "1.0.0" and final.desired_version == 1
     assert agent.stats.downloads_done == 1 and agent.stats.activations == 1 and agent.stats.chunks == hub.manifest.count
 
 
@@ -211,7 +213,8 @@ def test_activation_failure_keeps_the_previous_model(tmp_path: Path) -> None:
     failed = reports(actions)[-1]
     error = one(failed).error
     assert failed.phase is Phase.FAILED and error is not None and error.code == "activation_failed"
-    assert one(failed).active is not None and one(failed).active.version == "1.0.0"
+    active = one(failed).active
+    assert active is not None and active.version == "1.0.0"
 
 
 def test_telemetry_follows_the_active_versions_profile(tmp_path: Path) -> None:
@@ -302,8 +305,9 @@ def test_a_new_version_takes_the_chunks_the_device_holds_and_wants_only_the_othe
     assert [w.missing for w in wants] == [[(1, 2)]]  # the agent's download reused the other chunks
     frame = encode_frame(manifest.sha256, 1, manifest.count, chunk_of(newer, manifest, 1))
     final = reports(agent.on_message(hub.topics.chunk(manifest.sha256), frame, time.time()))[-1]
-    assert one(final).active is not None and one(final).active.version == "2.0.0"
-    assert one(final).previous is not None and one(final).previous.version == "1.0.0"
+    active, previous = one(final).active, one(final).previous
+    assert active is not None and active.version == "2.0.0"
+    assert previous is not None and previous.version == "1.0.0"
     assert (tmp_path / "cache" / "blobs" / manifest.sha256).read_bytes() == newer
 
 
@@ -314,7 +318,8 @@ def test_a_desired_state_without_a_model_stops_serving_and_keeps_the_previous(tm
     download_all(agent, hub)
     idle = reports(agent.on_message(hub.topics.desired("sim-00001"), hub.desired("sim-00001", None), time.time()))[-1]
     assert idle.phase is Phase.IDLE and one(idle).active is None
-    assert one(idle).previous is not None and one(idle).previous.version == "1.0.0"
+    previous = one(idle).previous
+    assert previous is not None and previous.version == "1.0.0"
 
 
 def test_a_simulated_device_serves_three_models_each_on_its_own(tmp_path: Path) -> None:
@@ -352,4 +357,5 @@ def test_a_simulated_device_serves_three_models_each_on_its_own(tmp_path: Path) 
     assert {m.name: (m.phase.value, m.active is not None) for m in final.models} == {
         "det": ("active", True), "ocr": ("active", True), "cls": ("idle", False),
     }  # fmt: skip
-    assert agent.summary()["models"]["cls"] == {"phase": "idle", "active": None, "error": None}  # type: ignore[index]
+    models = agent.summary()["models"]
+    assert isinstance(models, dict) and models["cls"] == {"phase": "idle", "active": None, "error": None}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.core import TyperOption
 from typer.testing import CliRunner
 
 from fleet.bundle import DeviceBundle
@@ -25,6 +26,7 @@ def test_every_option_has_help() -> None:
     assert (command.help or "").strip()
     for param in command.params:
         if param.param_type_name == "option" and param.name != "help":
+            assert isinstance(param, TyperOption), f"{param.opts[0]} is not declared through typer"
             assert (param.help or "").strip(), f"{param.opts[0]} has no help"
     result = CliRunner().invoke(root, ["sim", "--help"])
     assert result.exit_code == 0 and "--agents" in result.output

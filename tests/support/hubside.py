@@ -133,19 +133,20 @@ class HubSide:
         except ValueError:
             self.bad_messages += 1
             return
-        if not msg.payload:
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray
+        if not payload:
             return
         try:
             if parsed.kind is TopicKind.WANT:
-                self._serve(decode(msg.payload, Want))
+                self._serve(decode(payload, Want))
             elif parsed.kind is TopicKind.REPORTED:
-                self._add(self.reported, decode(msg.payload, ReportedState))
+                self._add(self.reported, decode(payload, ReportedState))
             elif parsed.kind is TopicKind.STATUS:
-                self._add(self.statuses, decode(msg.payload, DeviceStatus))
+                self._add(self.statuses, decode(payload, DeviceStatus))
             elif parsed.kind is TopicKind.TELEMETRY:
-                self._add(self.telemetry, decode(msg.payload, TelemetryWindow))
+                self._add(self.telemetry, decode(payload, TelemetryWindow))
             elif parsed.kind is TopicKind.CMD_ACK:
-                self._add(self.acks, decode(msg.payload, CommandAck))
+                self._add(self.acks, decode(payload, CommandAck))
         except MessageError:
             self.bad_messages += 1
 

@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+T = TypeVar("T")
 
 
 class TestClient:
@@ -63,8 +65,9 @@ class TestClient:
         self.client.loop_stop()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it returns something truthy; raise TimeoutError after `timeout` seconds."""
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll `predicate` until it returns something truthy (and return that); raise TimeoutError after `timeout`
+    seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

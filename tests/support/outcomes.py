@@ -32,7 +32,7 @@ def print_table(terminalreporter: Any) -> None:
     for (suite, klass, outcome), (count, lost) in sorted(_rows.items()):
         total_lost += lost
         tr.write_line(f"{suite:<8} {klass:<{width}} {outcome:<10} {count:>7} {lost:>5}")
-    totals = defaultdict(int)
+    totals: defaultdict[str, int] = defaultdict(int)
     for (_s, _k, outcome), (count, _l) in _rows.items():
         totals[outcome] += count
     summary = ", ".join(f"{o}: {n}" for o, n in sorted(totals.items()))

@@ -153,12 +153,13 @@ class MiniHub:
 
     # -- incoming -------------------------------------------------------------------------------
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if not msg.payload:
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray
+        if not payload:
             return
         try:
             parsed = self.topics.parse(msg.topic)
             if parsed.kind is TopicKind.REPORTED:
-                reported = decode(msg.payload, ReportedState)
+                reported = decode(payload, ReportedState)
                 with self._lock:
                     old = self.reported.get(reported.device_id)
                     if old is None or old.seq <= reported.seq:
@@ -166,14 +167,14 @@ class MiniHub:
                 if self.on_reported is not None:
                     self.on_reported(reported)
             elif parsed.kind is TopicKind.STATUS:
-                status = decode(msg.payload, DeviceStatus)
+                status = decode(payload, DeviceStatus)
                 self.status[status.device_id] = status
             elif parsed.kind is TopicKind.CMD_ACK:
-                self.acks.append(bytes(msg.payload))
+                self.acks.append(payload)
             elif parsed.kind is TopicKind.TELEMETRY:
-                self.telemetry.append((time.time(), bytes(msg.payload)))
+                self.telemetry.append((time.time(), payload))
             elif parsed.kind is TopicKind.WANT:
-                want = decode(msg.payload, Want)
+                want = decode(payload, Want)
                 blob = self.blobs.get(want.sha256)
                 if blob is None:
                     return

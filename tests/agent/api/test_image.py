@@ -13,7 +13,7 @@ from agent.api import ApiServer, ApiSettings, ModelRepository
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
-from models.postprocess import postprocess
+from models.postprocess import Detection, postprocess
 from models.preprocess import preprocess
 from models.samples import build_detector, detector_descriptor
 from tests.agent.api.conftest import Sample, jpeg
@@ -78,6 +78,7 @@ def test_detection_boxes_are_in_original_pixels(servers: Any, samples: dict[str,
         got = body["detections"]
         assert len(got) == len(expected)
         for g, e in zip(got, expected, strict=True):
+            assert isinstance(e, Detection)
             assert g["class_id"] == e.class_id
             assert g["label"] == e.label
             np.testing.assert_allclose(g["box"], e.box, atol=0.01)
@@ -159,4 +160,5 @@ def test_every_detection_layout_answers_in_original_pixels(
     assert expected, f"the sample {layout} detector finds boxes in this image"
     assert [g["class_id"] for g in got] == [e.class_id for e in expected]
     for g, e in zip(got, expected, strict=True):
+        assert isinstance(e, Detection)
         np.testing.assert_allclose(g["box"], e.box, atol=0.01)

@@ -40,6 +40,8 @@ def test_json_beyond_its_limit_is_413_and_the_same_tensor_as_binary_data_is_serv
         r = c.post(f"/v2/models/{NAME}/infer", content=json_body({"image": small}))
         assert r.status_code == 200, r.text
         got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 100)
-        np.testing.assert_allclose(got, clf_engine.infer({"image": small})["logits"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            got, clf_engine.infer({"image": small})["logits"].astype(np.float64), rtol=1e-4, atol=1e-5
+        )
         assert c.get("/v2/health/live").status_code == 200
     record("attack", "infer JSON body above the JSON limit (under the body limit)", "refused", 1, 0)

@@ -89,7 +89,9 @@ def test_infer_matches_the_engine(
     inp.set_data_from_numpy(x, binary_data=binary_in)
     out = th.InferRequestedOutput("logits", binary_data=binary_out)
     result = triton.infer(NAME, [inp], outputs=[out], request_id="req-1", model_version="1.0.0")
-    np.testing.assert_allclose(result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"].astype(np.float64), rtol=1e-5
+    )
     response = result.get_response()
     assert response["model_version"] == "1.0.0"
     assert response["id"] == "req-1"
@@ -111,7 +113,7 @@ def test_json_infer_without_content_type_and_nested_data(http: httpx.Client, clf
     out = r.json()["outputs"][0]
     assert out["shape"] == [1, 100]
     np.testing.assert_allclose(
-        np.asarray(out["data"]).reshape(1, 100), clf_engine.infer({"image": x})["logits"], rtol=1e-5
+        np.asarray(out["data"]).reshape(1, 100), clf_engine.infer({"image": x})["logits"].astype(np.float64), rtol=1e-5
     )
 
 
@@ -284,7 +286,9 @@ def test_compressed_requests_through_tritonclient(
     result = triton.infer(
         NAME, [inp], request_compression_algorithm=algorithm, response_compression_algorithm=algorithm
     )
-    np.testing.assert_allclose(result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), clf_engine.infer({"image": x})["logits"].astype(np.float64), rtol=1e-5
+    )
 
 
 def test_bad_and_oversized_compressed_bodies(http: httpx.Client) -> None:

@@ -84,7 +84,7 @@ def test_classification_shadow_reports_agreement(
             out = r.json()
             assert out["model_version"] == "1.0.0"
             got = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(2, 100)
-            np.testing.assert_allclose(got, clf_engine.infer({"image": x})["logits"], rtol=1e-5)
+            np.testing.assert_allclose(got, clf_engine.infer({"image": x})["logits"].astype(np.float64), rtol=1e-5)
             r = c.post("/v1/models/mobilenet-like:predict", content=jpeg(96, 64, seed=i))
             assert r.status_code == 200
             assert r.json()["model_version"] == "1.0.0"

@@ -53,6 +53,7 @@ def test_round_trip_binary_and_json(a: np.ndarray, binary: bool) -> None:
     outs = {o["name"]: o for o in head["outputs"]}
     assert outs["x"]["shape"] == list(a.shape)
     if binary:
+        assert n is not None  # binary outputs: the JSON header's length is in the HTTP header
         got = np.frombuffer(content[n : n + a.nbytes], dtype=a.dtype).reshape(a.shape)
         np.testing.assert_array_equal(got, a)
     else:
@@ -131,7 +132,9 @@ def test_a_binary_header_seen_before_gives_the_same_request_and_the_same_errors(
 
 
 def test_huge_declared_shapes_are_refused_before_allocating() -> None:
-    doc = {"inputs": [{"name": "x", "shape": [10**9, 10**9], "datatype": "FP32", "data": [1.0]}]}
+    doc: dict[str, list[dict[str, object]]] = {
+        "inputs": [{"name": "x", "shape": [10**9, 10**9], "datatype": "FP32", "data": [1.0]}]
+    }
     with pytest.raises(BadRequest, match="elements"):
         parse_infer(orjson.dumps(doc), None)
     doc = {

@@ -88,7 +88,7 @@ def _x(seed: int = 0) -> np.ndarray:
 
 def test_direct_and_asgi_give_the_same_answer(server: ApiServer, clf_engine: Engine) -> None:
     x = _x()
-    want = clf_engine.infer({"image": x})["logits"]
+    want = clf_engine.infer({"image": x})["logits"].astype(np.float64)
     c = Conn(server.url)
     answers = []
     for pad in range(4):  # the tensor at every offset modulo 4 in the body
@@ -143,7 +143,7 @@ def test_a_body_in_pieces_then_the_next_request_in_the_same_read(server: ApiServ
     """The rest of a body is received straight into the request's buffer; the bytes after it are the next
     request's, parsed as usual (however the reads split them)."""
     x = _x(2)
-    want = clf_engine.infer({"image": x})["logits"]
+    want = clf_engine.infer({"image": x})["logits"].astype(np.float64)
     body, headers = binary_body({"image": x}, binary_outputs=["logits"], pad=3)
     raw = raw_post(INFER, body, headers)
     start = raw.index(b"\r\n\r\n") + 4
@@ -169,7 +169,7 @@ def test_a_chunked_body_ending_in_the_read_that_brings_a_whole_request(server: A
     """The first blank line of a read can lie inside another request's body (here the end of a chunked one):
     what follows it is still parsed as HTTP, and the whole request after it is served from the same read."""
     x = _x(3)
-    want = clf_engine.infer({"image": x})["logits"]
+    want = clf_engine.infer({"image": x})["logits"].astype(np.float64)
     body, headers = binary_body({"image": x}, binary_outputs=["logits"], pad=1)
     chunked = _chunked(body, headers)
     c = Conn(server.url)

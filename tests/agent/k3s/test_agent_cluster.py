@@ -30,8 +30,8 @@ def test_birth_inventory_and_workload_follow_the_cluster(
     try:
 
         def nodes_in_last_birth() -> list[str]:
-            births = [s for s in hub.statuses if s.device_id == device_id and s.capabilities is not None]
-            return [n.name for n in births[-1].capabilities.nodes] if births else []  # type: ignore[union-attr]
+            births = [s.capabilities for s in hub.statuses if s.device_id == device_id and s.capabilities is not None]
+            return [n.name for n in births[-1].nodes] if births else []
 
         wait_for(lambda: nodes_in_last_birth() == ["edge-1"], timeout=30)
         assert hub.statuses[-1].capabilities is not None and hub.statuses[-1].capabilities.mode == "k3s"

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 from agent.k3s import ClusterBridge
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
-from fleet.messages import Autoscaling
+from fleet.messages import Autoscaling, ClusterWorkload
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.k8s.server import ApiServer
 
 NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
 
 
-def deployment(api: ApiServer) -> dict:
+def deployment(api: ApiServer) -> dict[str, Any]:
     obj = api.get("apps", "deployments", NAMESPACE, NAME)
     assert obj is not None
     return obj
@@ -140,16 +141,16 @@ def test_settings_namespace_and_field_manager_are_used(api: ApiServer) -> None:
 def test_calls_from_several_threads_share_one_loop(api: ApiServer, bridge: ClusterBridge) -> None:
     api.put_node("n1")
     api.controller_delay_s = 0.3
-    results: list[object] = []
+    results: list[ClusterWorkload] = []
     worker = threading.Thread(target=lambda: results.append(bridge.apply(desired(1), MODEL)))
     worker.start()
     inventories = [bridge.inventory() for _ in range(5)]  # not blocked by the rollout wait
     worker.join()
     assert all(len(i) == 1 for i in inventories)
-    assert results[0].state == "ready"  # type: ignore[attr-defined]
+    assert results[0].state == "ready"
 
 
-def pod(name: str, status: dict, labels: dict | None = None) -> dict:
+def pod(name: str, status: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
     selector = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": NAME}
     return {
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels if labels is not None else selector},

@@ -24,8 +24,6 @@ from fleet.messages import Autoscaling
 from tests.agent.k3s.conftest import MODEL, desired
 from tests.agent.k3s.manifests import (
     AGENT,
-    NEWEST,
-    OLDEST,
     OVERLAYS,
     VERSIONS,
     agent_container,
@@ -39,6 +37,7 @@ from tests.agent.k3s.manifests import (
     shipped,
     validate,
 )
+from tests.k8s.schemas import NEWEST, OLDEST
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "cpu": {},
@@ -57,7 +56,8 @@ def test_overlays_exist_and_schemas_are_shipped() -> None:
     assert (OLDEST, NEWEST) == ("1.35.0", "1.37.0"), "K3s' support moved: update docs/k3s.md with the versions"
     assert shipped(OLDEST) and shipped(NEWEST)
     client = subprocess.run([kubectl(), "version", "--client"], capture_output=True, text=True, check=True).stdout
-    assert re.search(r"Client Version: v1\.(\d+)", client).group(1) == NEWEST.split(".")[1]  # type: ignore[union-attr]
+    version = re.search(r"Client Version: v1\.(\d+)", client)
+    assert version is not None and version.group(1) == NEWEST.split(".")[1], client
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from agent.k3s import API_CALLS, ClusterBridge
 from agent.ports import ServedVersions
-from fleet.messages import Autoscaling
+from fleet.messages import Autoscaling, NodeInfo
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
 from tests.agent.k3s.manifests import AGENT, find, granted_rules, render
 from tests.k8s.server import ApiServer, Rule
@@ -25,7 +25,7 @@ def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api:
     api.put_node("gpu-1", allocatable={"nvidia.com/mig-1g.10gb": "7"})
     api.controller_delay_s = 0.1
     with ClusterBridge(fast_settings(api.kubeconfig)) as bridge:
-        seen = []
+        seen: list[list[NodeInfo]] = []
         bridge.watch_inventory(seen.append)
         assert [n.name for n in bridge.inventory()] == ["gpu-1"]
         scaling = Autoscaling(max_replicas=3)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from agent.k3s import ClusterSettings, WorkloadError, render_workload
-from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION, MAX_CONFIG_BYTES
+from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION, MAX_CONFIG_BYTES, Workload
 from fleet.messages import Autoscaling, RuntimeOptions
 from tests.agent.k3s.conftest import MODEL, desired, with_slot
 
 S = ClusterSettings(image="reg.local/agent:1", gpu_image="reg.local/agent:1-cuda")
 
 
-def container(w: object) -> dict:
-    return w.deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[attr-defined]
+def container(w: Workload) -> dict[str, Any]:
+    c: dict[str, Any] = w.deployment["spec"]["template"]["spec"]["containers"][0]
+    return c
 
 
 def test_model_only_change_keeps_the_pod_template() -> None:
@@ -40,7 +42,7 @@ def test_model_only_change_keeps_the_pod_template() -> None:
         ({}, S.model_copy(update={"memory_limit": "4Gi"})),
     ],
 )
-def test_image_gpu_or_resources_change_the_template(change: dict, settings: ClusterSettings) -> None:
+def test_image_gpu_or_resources_change_the_template(change: dict[str, Any], settings: ClusterSettings) -> None:
     base = render_workload(desired(1), MODEL, S)
     changed = render_workload(desired(1, **change), MODEL, settings)
     assert changed.template_hash != base.template_hash
@@ -142,7 +144,7 @@ def test_host_path_store() -> None:
 
 
 @pytest.mark.parametrize("runtime", [{}, {"gpus": 1}, {"mig_profile": "1g.10gb"}])
-def test_serving_pods_meet_pod_security_restricted(runtime: dict) -> None:
+def test_serving_pods_meet_pod_security_restricted(runtime: dict[str, Any]) -> None:
     """The namespace enforces Pod Security `restricted` (deploy/base/namespace.yaml): the pods must pass it."""
     pod = render_workload(desired(1, **runtime), MODEL, S).deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -177,7 +177,7 @@ def seed_fleet(
         state = _planned_state(i)
         out.by_state.setdefault(state, []).append(dev_id)
         m["state"] = state
-        version, ref = desired.get(dev_id, (0, cls_old))
+        accepted_version, ref = desired.get(dev_id, (0, cls_old))
         old_ref = cls_old if m["app"] == "classify" else det_v
         provider = CUDA if m["gpu"] else CPU
         t0 = now - 3 * 3600 - rng.uniform(0, 3600)
@@ -202,18 +202,18 @@ def seed_fleet(
             store.enqueue_reported(msg, at)
 
         report(Phase.IDLE, t0 + 1, active=None, accepted=None)
-        report(Phase.DOWNLOADING, t0 + 2, active=None, accepted=version, dl=0, target=old_ref)
-        report(Phase.ACTIVATING, t0 + 40, active=None, accepted=version, target=old_ref)
+        report(Phase.DOWNLOADING, t0 + 2, active=None, accepted=accepted_version, dl=0, target=old_ref)
+        report(Phase.ACTIVATING, t0 + 40, active=None, accepted=accepted_version, target=old_ref)
         if state == "updating":
-            report(Phase.ACTIVE, t0 + 45, active=old_ref, accepted=max(0, version - 1))
-            report(Phase.DOWNLOADING, now - 20, active=old_ref, accepted=version, dl=rng.randint(5, 35))
+            report(Phase.ACTIVE, t0 + 45, active=old_ref, accepted=max(0, accepted_version - 1))
+            report(Phase.DOWNLOADING, now - 20, active=old_ref, accepted=accepted_version, dl=rng.randint(5, 35))
         elif state == "failed":
-            report(Phase.ACTIVE, t0 + 45, active=old_ref, accepted=version)
+            report(Phase.ACTIVE, t0 + 45, active=old_ref, accepted=accepted_version)
             err = ErrorInfo(code="golden_mismatch", message="golden check failed: output differs beyond atol 0.001",
                             permanent=True, at=now - 600)  # fmt: skip
-            report(Phase.FAILED, now - 600, active=old_ref, accepted=version, err=err)
+            report(Phase.FAILED, now - 600, active=old_ref, accepted=accepted_version, err=err)
         else:
-            report(Phase.ACTIVE, t0 + 45, active=ref, accepted=version)
+            report(Phase.ACTIVE, t0 + 45, active=ref, accepted=accepted_version)
         if state == "offline":
             store.enqueue_status(DeviceStatus(device_id=dev_id, state="offline", ts=now - 1800), now - 1800)
         m["ref"] = ref if state not in ("updating", "failed") else old_ref

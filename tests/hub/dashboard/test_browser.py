@@ -68,10 +68,10 @@ def test_filter_sort_and_page_devices(page: Page, dash: Dash) -> None:
     with dash.hub.client() as api:
         listed = api.get("/api/v1/devices").json()
     want = "mobilenet-like:1.2.0"
-    expected = {d["id"] for d in listed if want in d["active_models"] + d["desired_models"]}
-    assert expected
-    expect(rows).to_have_count(len(expected))
-    assert {r.get_attribute("data-device") for r in rows.all()} == expected
+    with_version: set[str] = {d["id"] for d in listed if want in d["active_models"] + d["desired_models"]}
+    assert with_version
+    expect(rows).to_have_count(len(with_version))
+    assert {r.get_attribute("data-device") for r in rows.all()} == with_version
 
     page.select_option("#f-version", "")
     page.fill("#f-selector", "site in (berlin")

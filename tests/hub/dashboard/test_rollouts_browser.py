@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from hub.rollouts.model import RolloutSpec
 from tests.hub.dashboard.conftest import Dash, login
@@ -91,7 +91,14 @@ def test_abort_and_rollback_ask_first_and_say_how_many_devices(page: Page, dash:
     asked: list[str] = []
 
     def answer(accept: bool) -> None:
-        page.once("dialog", lambda d: (asked.append(d.message), d.accept() if accept else d.dismiss()))
+        def on_dialog(d: Dialog) -> None:
+            asked.append(d.message)
+            if accept:
+                d.accept()
+            else:
+                d.dismiss()
+
+        page.once("dialog", on_dialog)
 
     answer(False)
     page.click("button[data-action='rollback']")

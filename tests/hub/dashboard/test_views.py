@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from hub.dashboard.views import DeviceQuery, device_page, fleet_rows, overview, traffic, version_key
+from hub.dashboard.views import DeviceQuery, device_page, fleet_rows, overview, traffic
+from hub.registry import version_key
 from tests.hub.dashboard.conftest import DEVICES, Dash
 
 

@@ -235,7 +235,9 @@ class Fleet:
         if self._reports is not None:
             return
         self._reports = TestClient(self.broker.host, self.broker.port)
-        self._reports.client.on_message = lambda _c, _u, msg: self._on_reported(decode(msg.payload, ReportedState))
+        self._reports.client.on_message = lambda _c, _u, msg: self._on_reported(
+            decode(bytes(msg.payload), ReportedState)
+        )
         self._reports.subscribe(self.hub.hub.topics.subscription(TopicKind.REPORTED))
 
     def _on_reported(self, r: ReportedState) -> None:
@@ -248,7 +250,7 @@ class Fleet:
         topics = self.hub.hub.topics
         self._watch = TestClient(self.broker.host, self.broker.port)
         self._watch.client.on_message = lambda _c, _u, msg: self.desired_log.append(
-            DesiredState.model_validate(decode(msg.payload, SignedEnvelope).body)
+            DesiredState.model_validate(decode(bytes(msg.payload), SignedEnvelope).body)
         )
         self._watch.subscribe(topics.subscription(TopicKind.DESIRED))
 

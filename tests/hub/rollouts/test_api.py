@@ -18,11 +18,27 @@ from fleet.messages import AppliedModel, DeviceStatus, Phase
 from hub.rollouts.controller import step
 from hub.rollouts.engine import COLLECTION, INDEX, RolloutEngine, StoreTelemetry
 from hub.rollouts.model import Rollout, RolloutSpec, RolloutState, WavePhase
+from hub.store import DesiredSlot, SqlStore
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
 from tests.support.wire import one_model_report
 
 MODEL = "mobilenet-like"
+
+
+def _slots(store: SqlStore, device_id: str) -> tuple[DesiredSlot, ...]:
+    """The model slots of a device's stored desired state (the test expects it to have one)."""
+    desired = store.get_desired(device_id)
+    assert desired is not None, f"{device_id} has no desired state"
+    return desired.slots
+
+
+def _version(store: SqlStore, device_id: str) -> str | None:
+    """The version the device's desired state names for MODEL (None: no slot for it)."""
+    desired = store.get_desired(device_id)
+    assert desired is not None, f"{device_id} has no desired state"
+    slot = desired.slot(MODEL)
+    return slot.model_version if slot is not None else None
 
 
 def _hub(broker: Broker, data_dir: Path, samples: Path) -> RunningHub:
@@ -232,7 +248,7 @@ def test_a_rollback_whose_previous_version_was_deleted_retries_until_it_is_back(
     engine.tick(now + 32)
     engine.tick(now + 33)
     assert engine.get(r.id).state is RolloutState.ROLLED_BACK
-    assert {h.hub.store.get_desired(d).slot(MODEL).model_version for d in ("cam-4", "cam-5")} == {"1.0.0"}  # type: ignore[union-attr]
+    assert {_version(h.hub.store, d) for d in ("cam-4", "cam-5")} == {"1.0.0"}
 
 
 def test_rollouts_of_two_models_share_devices_and_each_slot_moves_alone(hub: RunningHub, samples: Path) -> None:
@@ -249,7 +265,7 @@ def test_rollouts_of_two_models_share_devices_and_each_slot_moves_alone(hub: Run
         assert c.post("/api/v1/deployments", json=det).is_success
         before = store.get_desired("cam-0")
         assert before is not None and [s.model_name for s in before.slots] == [MODEL, "tiny-detector"]
-        assert [s.model_name for s in store.get_desired("cam-5").slots] == ["tiny-detector"]  # type: ignore[union-attr]
+        assert [s.model_name for s in _slots(store, "cam-5")] == ["tiny-detector"]
         r_cls = c.post("/api/v1/rollouts", json=body(version="2.0.0", waves=["100%"]))
         r_det = c.post("/api/v1/rollouts", json=body(model="tiny-detector", selector="site", waves=["100%"]))
         assert r_cls.status_code == r_det.status_code == 201, (r_cls.text, r_det.text)
@@ -273,5 +289,5 @@ def test_rollouts_of_two_models_share_devices_and_each_slot_moves_alone(hub: Run
         assert error(c.delete("/api/v1/deployments/tiny-detector", params={"selector": "site=b"}))[:2] == (
             400, "no_match",
         )  # fmt: skip
-    assert store.get_desired("cam-5").slots == ()  # type: ignore[union-attr]
-    assert [s.model_name for s in store.get_desired("cam-0").slots] == [MODEL, "tiny-detector"]  # type: ignore[union-attr]
+    assert _slots(store, "cam-5") == ()
+    assert [s.model_name for s in _slots(store, "cam-0")] == [MODEL, "tiny-detector"]

@@ -338,4 +338,5 @@ def test_a_failing_gate_is_judged_at_once_though_another_lacks_data() -> None:
     gates = {g.name: g for g in wave.gates}
     assert gates["error_rate"].status == "fail" and gates["p95_latency"].status == "no_data"
     assert "error_rate" in (r.reason or "")
-    assert wave.bake_until is not None and gates["error_rate"].until < wave.bake_until + 600
+    until = gates["error_rate"].until
+    assert wave.bake_until is not None and until is not None and until < wave.bake_until + 600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -20,11 +21,11 @@ WAVES = parse_waves(["1", "10%", "50%", "100%"])
 
 @given(ids, rollout_ids, st.randoms(use_true_random=False))
 def test_membership_is_a_deterministic_partition_whatever_the_input_order(
-    devices: list[str], rid: str, rnd: object
+    devices: list[str], rid: str, rnd: random.Random
 ) -> None:
     placed = assign(rid, devices, WAVES)
     shuffled = list(devices)
-    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    rnd.shuffle(shuffled)
     assert assign(rid, shuffled, WAVES) == placed
     assert set(placed) == set(devices)
     n = len(devices)
