@@ -19,7 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from agent.activation import load
+from agent.activation import Loaded, load
 from agent.errors import ActivationError, StoreError
 from agent.ports import ServingPort
 from agent.store import ModelStore, ShadowPointer, StoredModel
@@ -105,15 +105,7 @@ class StoreFollower:
         if record in (f.current, f.failed):
             return False
         try:
-            loaded = load(
-                self.store.blob_path(record.sha256),
-                record.sha256,
-                name=record.model.name,
-                version=record.model.version,
-                descriptor=record.descriptor,
-                runtime=record.runtime,
-                warmup_runs=self.warmup_runs,
-            )
+            loaded = self._load(record)
         except ActivationError as e:
             f.failed, f.error = record, f"{e.code}: {e}"
             log.error("cannot serve %s %s: %s; keeping the current version", record.model.name,
@@ -147,15 +139,7 @@ class StoreFollower:
             return False
         record = pointer.candidate
         try:
-            loaded = load(
-                self.store.blob_path(record.sha256),
-                record.sha256,
-                name=record.model.name,
-                version=record.model.version,
-                descriptor=record.descriptor,
-                runtime=record.runtime,
-                warmup_runs=self.warmup_runs,
-            )
+            loaded = self._load(record)
         except ActivationError as e:
             f.shadow_failed = pointer
             log.error("cannot run %s %s as a shadow: %s; keeping the current shadow", name, record.model.version, e)
@@ -165,6 +149,18 @@ class StoreFollower:
         f.shadow, f.shadow_failed = pointer, None
         log.info("shadowing %s with %s on %.0f%% of its requests", name, model.version, pointer.sample_rate * 100)
         return True
+
+    def _load(self, record: StoredModel) -> Loaded:
+        """Load, warm up and golden-check the version `record` names, as the agent does (ActivationError if not)."""
+        return load(
+            self.store.blob_path(record.sha256),
+            record.sha256,
+            name=record.model.name,
+            version=record.model.version,
+            descriptor=record.descriptor,
+            runtime=record.runtime,
+            warmup_runs=self.warmup_runs,
+        )
 
     def start(self) -> None:
         """Check once now (so the pod is ready as soon as it can be), then poll on a background thread."""

@@ -84,6 +84,25 @@ def cli(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([edgefleet(), *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
+def start_rollout(hub: RunningHub, body: dict[str, Any]) -> str:
+    """Start a rollout on the REST API; its id."""
+    with hub.client() as api:
+        r = api.post("/api/v1/rollouts", json=body)
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["id"])
+
+
+def rollout_outcome(hub: RunningHub, rid: str) -> dict[str, Any]:
+    """The rollout once it no longer runs (completed, paused, rolled back)."""
+
+    def rollout() -> dict[str, Any]:
+        with hub.client() as api:
+            return dict(api.get(f"/api/v1/rollouts/{rid}").json())
+
+    found: dict[str, Any] = wait_for(lambda: (x := rollout())["state"] != "running" and x, timeout=90)
+    return found
+
+
 def serving(k8s: ApiServer) -> dict[str, Any] | None:
     return k8s.get("apps", "deployments", NAMESPACE, WORKLOAD)
 
@@ -212,21 +231,13 @@ def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
         # the failing error-rate gate back
         body = {"model": "cls", "version": "2.0.0", "selector": "site=edge", "bake_s": 4.0, "on_failure": "pause",
                 "gates": {"max_error_rate": 0.05}}  # fmt: skip
-        with h.client() as api:
-            r = api.post("/api/v1/rollouts", json=body)
-            assert r.status_code in (200, 201), r.text
-            rid = r.json()["id"]
+        rid = start_rollout(h, body)
         # the serving pod the agent's Deployment asked for, on the IP the test API server's controller gave it
         pod = wait_for(lambda: k8s.pods(NAMESPACE), timeout=60)[0]
         path, desc = versions["2.0.0"]
         pods.append(ServingPod(pod["status"]["podIP"], port, path, desc, "cls", max_concurrency=1))
         clients.start()
-
-        def rollout() -> dict[str, Any]:
-            with h.client() as api:
-                return dict(api.get(f"/api/v1/rollouts/{rid}").json())
-
-        done = wait_for(lambda: (x := rollout())["state"] != "running" and x, timeout=90)
+        done = rollout_outcome(h, rid)
         wave = done["waves"][0]
         gate = next(g for g in wave["gates"] if g["name"] == "error_rate")
         assert (done["state"], wave["phase"], gate["status"]) == ("paused", "failed", "fail"), done
@@ -292,16 +303,7 @@ def test_a_cluster_devices_serving_pod_runs_the_shadow_and_a_disagreeing_candida
         clients.start()
         body = {"model": "cls", "version": "2.1.0", "selector": "site=shadowed", "bake_s": 2.0, "waves": ["100%"],
                 "shadow_rate": 1.0, "on_failure": "pause"}  # fmt: skip
-        with h.client() as api:
-            r = api.post("/api/v1/rollouts", json=body)
-            assert r.status_code in (200, 201), r.text
-            rid = r.json()["id"]
-
-        def rollout() -> dict[str, Any]:
-            with h.client() as api:
-                return dict(api.get(f"/api/v1/rollouts/{rid}").json())
-
-        status = wait_for(lambda: (x := rollout())["state"] != "running" and x, timeout=90)
+        status = rollout_outcome(h, start_rollout(h, body))
         wave = status["waves"][0]
         gate = next(g for g in wave["gates"] if g["name"] == "shadow_agreement")
         assert (status["state"], wave["failed_in"], gate["status"]) == ("paused", "shadow_baking", "fail"), status
