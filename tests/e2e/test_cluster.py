@@ -84,6 +84,14 @@ def cli(hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([edgefleet(), *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
+def enrol(hub: RunningHub, device_id: str, labels: dict[str, str], bundle: Path) -> None:
+    """Enrol `device_id` on the REST API and save its bundle at `bundle` (what the agent's Secret holds)."""
+    with hub.client() as api:
+        r = api.post("/api/v1/devices", json={"id": device_id, "labels": labels})
+        assert r.status_code == 201, r.text
+    DeviceBundle.model_validate(r.json()["bundle"]).save(bundle)
+
+
 def start_rollout(hub: RunningHub, body: dict[str, Any]) -> str:
     """Start a rollout on the REST API; its id."""
     with hub.client() as api:
@@ -118,10 +126,7 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
     (tmp_path / "models").mkdir()
     for path, desc in classifier_versions(tmp_path / "models").values():
         assert h.push_model(path, desc.to_json()).status_code == 201
-    with h.client() as api:
-        r = api.post("/api/v1/devices", json={"id": "cam-3", "labels": {"site": "lab"}})
-        assert r.status_code == 201, r.text
-    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+    enrol(h, "cam-3", {"site": "lab"}, tmp_path / "bundle.json")
 
     agent, health = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path)
     try:
@@ -207,10 +212,7 @@ def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
     versions = classifier_versions(tmp_path / "models")
     for path, desc in versions.values():
         assert h.push_model(path, desc.to_json()).status_code == 201
-    with h.client() as api:
-        r = api.post("/api/v1/devices", json={"id": "cam-9", "labels": {"site": "edge"}})
-        assert r.status_code == 201, r.text
-    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+    enrol(h, "cam-9", {"site": "edge"}, tmp_path / "bundle.json")
     port = free_port()
     agent, _ = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path, EDGEFLEET_K3S_PORT=str(port))
     stop = threading.Event()
@@ -267,10 +269,7 @@ def test_a_cluster_devices_serving_pod_runs_the_shadow_and_a_disagreeing_candida
     for version, model in models.items():
         onnx_path, yaml_path = write_model(model, desc.model_copy(update={"version": version}), tmp_path, version)
         assert h.push_model(onnx_path, yaml_path).status_code == 201
-    with h.client() as api:
-        r = api.post("/api/v1/devices", json={"id": "cam-7", "labels": {"site": "shadowed"}})
-        assert r.status_code == 201, r.text
-    DeviceBundle.model_validate(r.json()["bundle"]).save(tmp_path / "bundle.json")
+    enrol(h, "cam-7", {"site": "shadowed"}, tmp_path / "bundle.json")
     port = free_port()
     agent, _ = start_agent_as_deployed(tmp_path / "bundle.json", k8s, tmp_path, EDGEFLEET_K3S_PORT=str(port))
     stop_load = threading.Event()
