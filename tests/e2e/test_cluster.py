@@ -31,8 +31,8 @@ from tests.e2e.conftest import FAST_AGENT_ENV
 from tests.hub.rollouts.fleet import permute_output
 from tests.k8s.server import ApiServer
 from tests.support.agents import AgentProc
-from tests.support.broker import free_port
-from tests.support.hub import RunningHub
+from tests.support.broker import Broker, free_port
+from tests.support.hub import RunningHub, start_hub
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.pods import ServingPod, send
@@ -58,6 +58,16 @@ def k8s(tmp_path: Path) -> Iterator[ApiServer]:
     server.put_node("a100", allocatable={"nvidia.com/mig-2g.20gb": "3"}, labels={"nvidia.com/mig.strategy": "mixed"})
     yield server
     server.stop()
+
+
+@pytest.fixture
+def gating_hub(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[RunningHub]:
+    """A hub that judges a wave soon after its bake (the agents here send a window every 0.5 s, not every 10 s)."""
+    h = start_hub(
+        tmp_path / "hub", broker.url, topic_prefix, rollouts={"tick_interval_s": 0.2, "telemetry_grace_s": 1.0}
+    )
+    yield h
+    h.stop()
 
 
 def start_agent_as_deployed(bundle: Path, k8s: ApiServer, tmp_path: Path, **env_extra: str) -> tuple[AgentProc, int]:
@@ -203,11 +213,11 @@ def test_cli_runtime_options_reach_the_cluster_through_the_deployed_agent(
 
 
 def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
-    running_hub: RunningHub, k8s: ApiServer, tmp_path: Path
+    gating_hub: RunningHub, k8s: ApiServer, tmp_path: Path
 ) -> None:
     """The control agent scrapes its serving pod, so the hub's error-rate gate judges cluster-mode devices too
     (before, their windows were empty and the gate recorded no_data, which passes)."""
-    h = running_hub
+    h = gating_hub
     (tmp_path / "models").mkdir()
     versions = classifier_versions(tmp_path / "models")
     for path, desc in versions.values():
@@ -257,12 +267,12 @@ def test_a_cluster_devices_serving_errors_fail_the_error_rate_gate(
 
 
 def test_a_cluster_devices_serving_pod_runs_the_shadow_and_a_disagreeing_candidate_fails_its_gate(
-    running_hub: RunningHub, k8s: ApiServer, tmp_path: Path
+    gating_hub: RunningHub, k8s: ApiServer, tmp_path: Path
 ) -> None:
     """The serving pod (`edgefleet agent serve` on the shared store, the Deployment's command) runs the shadow
     candidate the control agent recorded, and the control agent scrapes its comparisons: the hub's shadow gate
     judges a cluster-mode device (before, no pod ran the candidate and the gate had no data)."""
-    h = running_hub
+    h = gating_hub
     desc = classifier_descriptor(10, 64, 64, name="cls")
     agreeing = build_classifier(10, seed=0)
     models = {"1.0.0": agreeing, "2.1.0": permute_output(agreeing, "logits", [(i + 3) % 10 for i in range(10)])}
