@@ -34,6 +34,7 @@ class ModelState:
     previous: AppliedModel | None = None
     shadow: AppliedModel | None = None
     shadow_size: int = 0
+    shadow_rate: float = 0.0  # the share of requests the shadow runs on (a new rate reloads it)
     cluster: ClusterWorkload | None = None
     settled: int | None = None  # desired version whose work for this model is done (or failed for good)
     failed: tuple[str, RuntimeOptions] | None = None  # (sha256, runtime) whose activation failed for good

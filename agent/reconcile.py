@@ -452,7 +452,7 @@ class Reconciler:
                     self._fail(st, StoreError(f"{slot.name}'s shadow stopped, but its pointer was not removed: {e}"))
             return
         ref = spec.model
-        if st.shadow is not None and st.shadow.sha256 == ref.blob.sha256:
+        if st.shadow is not None and st.shadow.sha256 == ref.blob.sha256 and st.shadow_rate == spec.sample_rate:
             return
         try:
             self._budget(st, f"{ref.name} {ref.version} (shadow)", ref.blob.size, replacing=False)
@@ -462,7 +462,7 @@ class Reconciler:
         except ActivationError as e:
             self._fail(st, AgentError(f"shadow candidate refused: {e}", code=f"shadow_{e.code}"[:64]))
             return
-        st.shadow, st.shadow_size = applied, ref.blob.size
+        st.shadow, st.shadow_size, st.shadow_rate = applied, ref.blob.size, spec.sample_rate
         # the pointer is what cluster mode's serving pods follow (single-device mode serves it already)
         record = StoredModel(sha256=ref.blob.sha256, model=applied, task=ref.task, descriptor=ref.descriptor,
                              runtime=slot.runtime)  # fmt: skip

@@ -35,8 +35,16 @@ def test_shadow_candidate_runs_beside_the_active_model(
     assert all(s.candidate_version == "2.0.0" and 0 <= s.agreements <= s.samples for s in stats)
     assert all(s.latency_delta_ms is not None for s in stats)
 
-    hub.publish_desired(device_id, hub.desired(device_id, 2, v1))
+    # the same candidate on a smaller share of requests: the new rate takes effect (and reaches the pointer)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v1, shadow=ShadowSpec(model=v2, sample_rate=0.25)))
     r = hub.wait_reported(lambda r: r.desired_version == 2 and r.phase == "active")
+    shadow = one(r).shadow
+    assert shadow is not None and shadow.version == "2.0.0"
+    pointer = agent.store.shadow(v1.name)
+    assert pointer is not None and pointer.sample_rate == 0.25
+
+    hub.publish_desired(device_id, hub.desired(device_id, 3, v1))
+    r = hub.wait_reported(lambda r: r.desired_version == 3 and r.phase == "active")
     assert one(r).shadow is None and serving.shadow_model is None
     assert agent.store.shadow(v1.name) is None
 
