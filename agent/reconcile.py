@@ -446,10 +446,10 @@ class Reconciler:
             if st.shadow is not None:
                 self.activation.clear_shadow(slot.name)
                 st.shadow, st.shadow_size = None, 0
-                try:
-                    self.store.clear_shadow(slot.name)
-                except (StoreError, OSError) as e:
-                    self._fail(st, StoreError(f"{slot.name}'s shadow stopped, but its pointer was not removed: {e}"))
+            try:  # also a pointer an earlier run left (it wrote it, then stopped before clearing it)
+                self.store.clear_shadow(slot.name)
+            except (StoreError, OSError) as e:
+                self._fail(st, StoreError(f"{slot.name}'s shadow stopped, but its pointer was not removed: {e}"))
             return
         ref = spec.model
         if st.shadow is not None and st.shadow.sha256 == ref.blob.sha256 and st.shadow_rate == spec.sample_rate:
@@ -480,8 +480,7 @@ class Reconciler:
             log.info("model %s is no longer desired: it stops serving", name)
             self.activation.deactivate(name)
             try:
-                if st.shadow is not None:
-                    self.store.clear_shadow(name)
+                self.store.clear_shadow(name)
                 if st.active is not None:
                     self.store.clear_active(name)
             except (StoreError, OSError) as e:

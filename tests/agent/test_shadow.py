@@ -48,6 +48,12 @@ def test_shadow_candidate_runs_beside_the_active_model(
     assert one(r).shadow is None and serving.shadow_model is None
     assert agent.store.shadow(v1.name) is None
 
+    # a pointer an earlier run left behind (written, then the agent stopped) goes with the next desired state
+    agent.store.set_shadow(pointer)
+    hub.publish_desired(device_id, hub.desired(device_id, 4, v1))
+    hub.wait_reported(lambda r: r.desired_version == 4 and r.phase == "active")
+    assert agent.store.shadow(v1.name) is None
+
 
 def test_shadow_failing_its_golden_check_keeps_the_active_model(
     broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample]
