@@ -28,12 +28,11 @@ from models.cli import write_model
 from models.samples import build_classifier, classifier_descriptor
 from tests.agent.k3s.manifests import agent_container, agent_values, render
 from tests.e2e.conftest import FAST_AGENT_ENV
-from tests.hub.rollouts.fleet import permute_output
 from tests.k8s.server import ApiServer
 from tests.support.agents import AgentProc
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, start_hub
-from tests.support.models import classifier_versions
+from tests.support.models import classifier_versions, permute_output
 from tests.support.mqtt import wait_for
 from tests.support.pods import ServingPod, send
 from tests.support.procs import stop

@@ -1,4 +1,5 @@
-"""Small validated models for end-to-end tests: classifier versions (new weights, same graph), colour classifiers."""
+"""Small validated models for end-to-end tests: classifier versions (new weights, same graph), colour classifiers,
+and networks whose answers are another's permuted (versions that disagree on every input)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ def classifier_versions(
         )
         made[version] = (path, validate(path, desc).descriptor)
     return made
+
+
+def permute_output(model: onnx.ModelProto, output: str, indices: list[int], axis: int = 1) -> onnx.ModelProto:
+    """The same network with `output` gathered along `axis` by `indices` (e.g. labels permuted)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inner = f"{output}_unpermuted"
+    for node in m.graph.node:
+        node.output[:] = [inner if o == output else o for o in node.output]
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray(indices, dtype=np.int64), "permutation"))
+    m.graph.node.append(helper.make_node("Gather", [inner, "permutation"], [output], axis=axis))
+    return m
 
 
 COLOURS = ("red", "green", "blue")

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 from PIL import Image
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
@@ -19,6 +17,7 @@ from models.cli import build_samples, write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
 from models.samples import build_classifier, build_detector, classifier_descriptor, detector_descriptor
+from tests.support.models import permute_output
 
 OPTIONS = EngineOptions(intra_op_threads=1)
 
@@ -37,18 +36,6 @@ class Sample:
         return AppliedModel(name=d.name, version=d.version, sha256=d.sha256)
 
 
-def permute_output(model: onnx.ModelProto, output: str, axis: int, indices: list[int]) -> onnx.ModelProto:
-    """The same network with `output` gathered along `axis` by `indices` (e.g. labels permuted)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inner = f"{output}_unpermuted"
-    for node in m.graph.node:
-        node.output[:] = [inner if o == output else o for o in node.output]
-    m.graph.initializer.append(numpy_helper.from_array(np.asarray(indices, dtype=np.int64), "permutation"))
-    m.graph.node.append(helper.make_node("Gather", [inner, "permutation"], [output], axis=axis))
-    return m
-
-
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sample]:
     """mobilenet-like 1.0.0 and 2.0.0 (other weights), label-permuted 1.1.0, tiny-detector and a permuted one."""
@@ -62,11 +49,11 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sample]:
     variants = {
         "clf2": (build_classifier(seed=1), small.model_copy(update={"version": "2.0.0"})),
         "clf-perm": (
-            permute_output(build_classifier(), "logits", 1, [(i + 1) % 100 for i in range(100)]),
+            permute_output(build_classifier(), "logits", [(i + 1) % 100 for i in range(100)]),
             small.model_copy(update={"version": "1.1.0"}),
         ),
         "det-perm": (
-            permute_output(build_detector("yolov8"), "output0", 1, [0, 1, 2, 3] + [4 + (c + 1) % 8 for c in range(8)]),
+            permute_output(build_detector("yolov8"), "output0", [0, 1, 2, 3] + [4 + (c + 1) % 8 for c in range(8)]),
             detector_descriptor("yolov8").model_copy(update={"version": "1.1.0"}),
         ),
     }

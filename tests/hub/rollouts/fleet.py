@@ -40,7 +40,7 @@ from sim.profile import Profiles
 from sim.swarm import Simulator
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
-from tests.support.models import colour_classifier
+from tests.support.models import colour_classifier, permute_output
 from tests.support.mqtt import TestClient, wait_for
 
 HUB_OVERRIDES: dict[str, Any] = {
@@ -48,18 +48,6 @@ HUB_OVERRIDES: dict[str, Any] = {
 }
 # simulated devices are slower than the real ones here, so a real canary never looks slow against them
 PROFILES = ["*:p50=20ms,p95=40ms,rps=100", "3.0.0:p50=200ms,p95=400ms,rps=100"]
-
-
-def permute_output(model: onnx.ModelProto, output: str, indices: list[int]) -> onnx.ModelProto:
-    """The same network with `output` gathered along axis 1 by `indices` (labels permuted)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inner = f"{output}_unpermuted"
-    for node in m.graph.node:
-        node.output[:] = [inner if o == output else o for o in node.output]
-    m.graph.initializer.append(numpy_helper.from_array(np.asarray(indices, dtype=np.int64), "permutation"))
-    m.graph.node.append(helper.make_node("Gather", [inner, "permutation"], [output], axis=1))
-    return m
 
 
 def upscale_input(model: onnx.ModelProto, factor: int) -> onnx.ModelProto:
