@@ -7,21 +7,14 @@ is installed: the agent image ships the client commands (`hubclient`) without th
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import typer
-
-from agent.cli import app as agent_app
-from agent.k3s.cli import app as k3s_app
-from hubclient.cli import MODEL_COMMANDS, deploy, device_app, hub_app, undeploy
-from hubclient.rollout import rollout_app
-from models.cli import app as models_app
-from sim.cli import app as sim_app
-
-try:
-    from hub.cli_server import SERVER_COMMANDS
-except ImportError:  # the agent image: no hub server code
-    SERVER_COMMANDS = []
+from typer.core import TyperGroup
 
 
 def _plain_help() -> None:
@@ -46,26 +39,85 @@ def _plain_help() -> None:
     TyperGroup.get_short_help_str = whole_sentence  # type: ignore[method-assign,assignment]
 
 
+def _hub_app() -> typer.Typer:
+    """`edgefleet hub`: the client commands, and `init` and `serve` where the hub is installed."""
+    from hubclient.cli import hub_app  # noqa: PLC0415
+
+    try:
+        from hub.cli_server import SERVER_COMMANDS  # noqa: PLC0415
+    except ImportError:  # the agent image: no hub server code
+        SERVER_COMMANDS = []
+    for name, fn in SERVER_COMMANDS:
+        hub_app.command(name)(fn)
+    return hub_app
+
+
+def _model_app() -> typer.Typer:
+    """`edgefleet model`: build and validate (models.cli), and the registry half: push, list, show."""
+    from hubclient.cli import MODEL_COMMANDS  # noqa: PLC0415
+    from models.cli import app  # noqa: PLC0415
+
+    for name, fn in MODEL_COMMANDS:
+        app.command(name)(fn)
+    return app
+
+
+def _attr(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+# Every sub-command: (name, help of a group or None for a command, loader). A loader imports its command's
+# code when that command runs (or help lists it): `edgefleet hub serve`, and the hub's telemetry writer process
+# (which imports this script again), load neither the agent, the simulator nor the cluster code, about a second
+# of imports less. Help lists commands before groups, as typer does.
+_SUBCOMMANDS: list[tuple[str, str | None, Callable[[], Any]]] = [
+    ("deploy", None, _attr("hubclient.cli", "deploy")),
+    ("undeploy", None, _attr("hubclient.cli", "undeploy")),
+    ("model", "Build, validate and publish ONNX vision models.", _model_app),
+    ("hub", "Initialise and run the hub.", _hub_app),
+    ("device", "Enrol, list, show and label devices.", _attr("hubclient.cli", "device_app")),
+    ("agent", "Run the edge agent and its inference API.", _attr("agent.cli", "app")),
+    ("k3s", "Cluster mode: K3s inventory and the serving workload.", _attr("agent.k3s.cli", "app")),
+    ("sim", "Simulate many protocol-faithful agents against a hub.", _attr("sim.cli", "app")),
+    ("rollout", "Roll out model versions through gated waves.", _attr("hubclient.rollout", "rollout_app")),
+]
+_LOADERS = {name: (help_, load) for name, help_, load in _SUBCOMMANDS}
+
+
+@functools.cache
+def _subcommand(name: str) -> Any:
+    """The click command of one sub-command, built once per process as `add_typer`/`command` would build it."""
+    help_, load = _LOADERS[name]
+    holder = typer.Typer()
+    if help_ is None:
+        holder.command(name)(load())
+    else:
+        holder.add_typer(load(), name=name, help=help_)
+    return typer.main.get_group(holder).commands[name]
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: it knows its sub-commands by name and imports one when it is asked for."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        commands = [name for name, help_, _ in _SUBCOMMANDS if help_ is None]
+        groups = [name for name, help_, _ in _SUBCOMMANDS if help_ is not None]
+        return [*commands, *super().list_commands(ctx), *groups]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _LOADERS:
+            return _subcommand(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
 _plain_help()
 app = typer.Typer(
     name="edgefleet",
     help="Edge fleet manager for vision models: signed ONNX rollouts over MQTT to edge devices.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_LazyGroup,
 )
-for _name, _fn in MODEL_COMMANDS:  # the registry half of `edgefleet model`: push, list, show
-    models_app.command(_name)(_fn)
-for _name, _fn in SERVER_COMMANDS:  # `edgefleet hub init|serve`, where the hub is installed
-    hub_app.command(_name)(_fn)
-app.add_typer(models_app, name="model", help="Build, validate and publish ONNX vision models.")
-app.add_typer(hub_app, name="hub", help="Initialise and run the hub.")
-app.add_typer(device_app, name="device", help="Enrol, list, show and label devices.")
-app.command("deploy")(deploy)
-app.command("undeploy")(undeploy)
-app.add_typer(agent_app, name="agent", help="Run the edge agent and its inference API.")
-app.add_typer(k3s_app, name="k3s", help="Cluster mode: K3s inventory and the serving workload.")
-app.add_typer(sim_app, name="sim", help="Simulate many protocol-faithful agents against a hub.")
-app.add_typer(rollout_app, name="rollout", help="Roll out model versions through gated waves.")
 
 
 @app.command("version")

@@ -51,7 +51,8 @@ def init_hub(settings: HubSettings, *, admin_name: str = "admin") -> str:
     if settings.key_path.exists():
         raise Conflict(f"{settings.data_dir} already holds a hub (its signing key exists)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.database)
+    # init writes no telemetry: a writer thread, not a writer process (whose start-up imports took 1-2 s)
+    store = open_store(settings.database, telemetry_process=False)
     try:
         HubSigningKey.generate().save(settings.key_path)
         store.set_meta("instance_id", uuid.uuid4().hex[:16])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -9,12 +12,16 @@ from typer.testing import CliRunner
 
 from edgefleet_cli import app
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     # typer vendors its own click: walk the command tree by duck typing, not isinstance
+    # (and through list_commands/get_command: the root group imports its sub-commands only when asked)
     found = [(path, command)]
-    for name, sub in (getattr(command, "commands", None) or {}).items():
-        found += _commands(sub, (*path, name))
+    if hasattr(command, "list_commands"):
+        for name in command.list_commands(None):
+            found += _commands(command.get_command(None, name), (*path, name))
     return found
 
 
@@ -51,3 +58,31 @@ def test_help_is_whole_at_80_columns_and_free_of_artefacts() -> None:
             assert line.startswith("Usage") or not line.rstrip().endswith("..."), where  # a sentence cut short
     deploy = runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "80"}).output
     assert "Usage: " in deploy and "deploy [OPTIONS] MODEL:VERSION" in deploy
+
+
+def test_a_command_imports_only_its_own_code() -> None:
+    """The root group loads a sub-command when it runs: `hub serve` (and its telemetry writer process, which
+    imports the script again) loads no agent, simulator or cluster code, and `version` loads no sub-command."""
+    probe = (
+        "import sys; sys.argv = ['edgefleet', *sys.argv[1:]]\n"
+        "import edgefleet_cli\n"
+        "try:\n    edgefleet_cli.main()\nexcept SystemExit:\n    pass\n"
+        "ours = ('agent', 'sim', 'hub', 'hubclient')\n"
+        "print('loaded:', *sorted(m for m in sys.modules if m.split('.')[0] in ours))"
+    )
+
+    def loaded(*args: str) -> set[str]:
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=60, check=True)  # fmt: skip
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith("loaded:")]
+        return set(line.split()[1:])
+
+    def roots(modules: set[str]) -> set[str]:
+        return {m.split(".")[0] for m in modules}
+
+    assert loaded("version") == set()
+    serve = loaded("hub", "serve", "--help")
+    assert "hub.cli_server" in serve and not {"agent.cli", "agent.k3s.cli", "sim.cli"} & serve, serve
+    assert "sim" not in roots(serve)
+    agent = loaded("agent", "run", "--help")
+    assert "agent.cli" in agent and "hub" not in roots(agent) and "sim" not in roots(agent), agent

@@ -49,9 +49,9 @@ def _lines(prefix: str) -> list[list[str]]:
 def _resolve(args: list[str]) -> tuple[Any, list[str], str]:
     command: Any = typer.main.get_command(app)
     path = ["edgefleet"]
-    while getattr(command, "commands", None) and args and args[0] in command.commands:
+    while hasattr(command, "list_commands") and args and args[0] in command.list_commands(None):
         path.append(args[0])
-        command = command.commands[args[0]]
+        command = command.get_command(None, args[0])  # the root group imports a sub-command when asked
         args = args[1:]
     return command, args, " ".join(path)
 
