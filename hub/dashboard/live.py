@@ -47,17 +47,19 @@ def live_router(hub: HubServices) -> APIRouter:
             return Response("not logged in", status_code=401, media_type="text/plain")
 
         async def events() -> AsyncIterator[str]:
+            # what the fleet looks like before the client reads a byte: a change made once the stream has
+            # started is an update (taken after the first lines, a change in between was the baseline and went
+            # unsaid until the next one)
+            last = await run_in_threadpool(fingerprint, hub)
             yield f"retry: {int(settings.live_interval_s * 1000) + 1000}\n\n"
             yield f"event: ping\ndata: {json.dumps({'ts': time.time()})}\n\n"
             deadline = time.monotonic() + settings.live_max_stream_s
-            last: tuple[object, ...] | None = None
             quiet_since = time.monotonic()
             stopping: Callable[[], bool] = getattr(request.app.state, "stopping", lambda: False)
             while time.monotonic() < deadline and not stopping() and not await request.is_disconnected():
                 fp = await run_in_threadpool(fingerprint, hub)
                 if fp != last:
-                    if last is not None:
-                        yield f"event: update\ndata: {json.dumps({'ts': time.time()})}\n\n"
+                    yield f"event: update\ndata: {json.dumps({'ts': time.time()})}\n\n"
                     last = fp
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > _HEARTBEAT_S:
