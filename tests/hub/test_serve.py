@@ -112,14 +112,12 @@ def test_sigterm_with_a_dashboard_open_and_ctrl_c_to_the_group_stop_cleanly(
             with browser.stream("GET", "/live", headers={"Accept": "text/event-stream"}) as live:
                 lines = live.iter_lines()
                 assert next(lines).startswith("retry: ")  # the stream is open, as in a browser tab
-                started = time.monotonic()
                 assert term.stop() == 0, term.output()
                 assert list(lines) is not None  # the server ended the stream; it did not hang on it
-        took = time.monotonic() - started
     finally:
         term.kill()
+    # a stream that held the shutdown up would have run into uvicorn's drain timeout, which it logs
     assert not [d for d in DIRTY if d in term.output()], term.output()
-    assert took < 5, f"{took:.1f} s: the live stream held the shutdown up"  # uvicorn's drain timeout is 5 s
 
     ctrl_c = HubProcess(tmp_path / "hub", None, log=tmp_path / "int.log", env=env, mosquitto_binary=mosquitto_binary,
                         own_session=True)  # fmt: skip
