@@ -56,6 +56,7 @@ SHADOW = {  # shadow totals (gauges) -> ShadowCounts field
     "edgefleet_api_shadow_incomparable": "incomparable",
 }
 CREATED = (f"{REQUESTS[: -len('_total')]}_created", f"{LATENCY}_created")
+_PER_VERSION = frozenset({REQUESTS, f"{LATENCY}_bucket", f"{LATENCY}_sum", *CREATED})  # what `_Sums` reads
 MAX_VALUE = 2.0**53  # above this a float no longer counts single requests: a pod that says so is not believed
 CREATED_SLACK_S = 2.0  # creationTimestamp has whole seconds (and the API server's clock): new if this close
 MAX_SUM_MS = 1e15  # what a window's histogram may carry (fleet.histogram.Histogram.sum_ms)
@@ -178,6 +179,8 @@ def read_counters(text: str, model: str) -> PodScrape:
                         raise BadMetrics(f"{model} has shadow series of over {MAX_VERSIONS} versions in one pod")
                     totals = shadow.setdefault(candidate, {})
                     totals[SHADOW[s.name]] = totals.get(SHADOW[s.name], 0.0) + _number(s.value, s.name)
+                    continue
+                if s.name not in _PER_VERSION:  # other series carry `version` too: no group for what is not read
                     continue
                 version = s.labels.get("version", UNKNOWN_VERSION)
                 sums = found.get(version)

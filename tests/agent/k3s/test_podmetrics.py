@@ -57,6 +57,17 @@ def test_counts_requests_server_errors_and_latency_of_one_model_per_version_as_t
     assert UNKNOWN_VERSION == UNKNOWN  # the serving side's label, not imported (the control side has no API)
 
 
+def test_gauges_of_loaded_versions_open_no_version_of_their_own() -> None:
+    """In-progress, provider and batch-size series carry `version` too (a loaded version that served nothing
+    yet has them): they are not counters, so they neither show as a version nor count towards MAX_VERSIONS."""
+    _, text = exposition([(M, "1.0.0", 200, 0.001)])
+    for v in range(MAX_VERSIONS + 1):
+        text += f'edgefleet_api_in_progress{{model="{M}",version="{v}.0.0",role="active"}} 0\n'
+        text += f'edgefleet_api_active_provider{{model="{M}",version="{v}.0.0",role="active",provider="CPU"}} 1\n'
+    scrape = read_counters(text, M)
+    assert set(scrape.versions) == {"1.0.0"} and scrape.versions["1.0.0"].requests == 1
+
+
 def test_a_window_counts_the_active_version_only_across_a_swap_and_a_rollback() -> None:
     """The control agent moves the pointer first; a pod swaps later (or never, if it cannot load the version)."""
     book = WindowBook()
