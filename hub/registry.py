@@ -21,7 +21,6 @@ from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.store import ModelVersion, Store
 from models.descriptor import ModelDescriptor
 from models.errors import ModelError
-from models.validate import validate
 
 _BLOCK = 1 << 20
 
@@ -96,6 +95,9 @@ class Registry:
             InvalidModel: the description or the file fails validation (the reason is in the message).
             Conflict: the name and version exist with other bytes.
         """
+        # onnx and onnxruntime (a third of the hub's start-up imports) load with the first push, not with the hub
+        from models.validate import validate  # noqa: PLC0415
+
         try:
             try:
                 if not isinstance(descriptor, ModelDescriptor):  # depth and finite numbers before anything walks it

@@ -86,3 +86,12 @@ def test_a_command_imports_only_its_own_code() -> None:
     assert "sim" not in roots(serve)
     agent = loaded("agent", "run", "--help")
     assert "agent.cli" in agent and "hub" not in roots(agent) and "sim" not in roots(agent), agent
+
+
+def test_the_hub_starts_without_loading_onnxruntime() -> None:
+    """The hub validates a pushed model with onnxruntime; it loads it with the first push, not at start-up
+    (a third of `hub serve`'s imports)."""
+    probe = "import sys, hub.runtime, hub.cli_server; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]", done.stdout
