@@ -57,6 +57,7 @@ def live_router(hub: HubServices) -> APIRouter:
             quiet_since = time.monotonic()
             stopping: Callable[[], bool] = getattr(request.app.state, "stopping", lambda: False)
             while time.monotonic() < deadline and not stopping() and not await request.is_disconnected():
+                await asyncio.sleep(settings.live_interval_s)  # first: the baseline was just taken
                 fp = await run_in_threadpool(fingerprint, hub)
                 if fp != last:
                     yield f"event: update\ndata: {json.dumps({'ts': time.time()})}\n\n"
@@ -65,7 +66,6 @@ def live_router(hub: HubServices) -> APIRouter:
                 elif time.monotonic() - quiet_since > _HEARTBEAT_S:
                     yield f"event: ping\ndata: {json.dumps({'ts': time.time()})}\n\n"
                     quiet_since = time.monotonic()
-                await asyncio.sleep(settings.live_interval_s)
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
