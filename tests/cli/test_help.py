@@ -60,6 +60,13 @@ def test_help_is_whole_at_80_columns_and_free_of_artefacts() -> None:
     assert "Usage: " in deploy and "deploy [OPTIONS] MODEL:VERSION" in deploy
 
 
+def _python(code: str, *args: str) -> str:
+    """What a fresh interpreter running `code` (with `args`) prints: what it imports is its own."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          check=True)  # fmt: skip
+    return done.stdout
+
+
 def test_a_command_imports_only_its_own_code() -> None:
     """The root group loads a sub-command when it runs: `hub serve` (and its telemetry writer process, which
     imports the script again) loads no agent, simulator or cluster code, and `version` loads no sub-command."""
@@ -72,9 +79,7 @@ def test_a_command_imports_only_its_own_code() -> None:
     )
 
     def loaded(*args: str) -> set[str]:
-        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
-                              timeout=60, check=True)  # fmt: skip
-        (line,) = [x for x in done.stdout.splitlines() if x.startswith("loaded:")]
+        (line,) = [x for x in _python(probe, *args).splitlines() if x.startswith("loaded:")]
         return set(line.split()[1:])
 
     def roots(modules: set[str]) -> set[str]:
@@ -91,7 +96,5 @@ def test_a_command_imports_only_its_own_code() -> None:
 def test_the_hub_starts_without_loading_onnxruntime() -> None:
     """The hub validates a pushed model with onnxruntime; it loads it with the first push, not at start-up
     (a third of `hub serve`'s imports)."""
-    probe = "import sys, hub.runtime, hub.cli_server; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          check=True)  # fmt: skip
-    assert done.stdout.strip() == "[]", done.stdout
+    out = _python("import sys, hub.runtime, hub.cli_server; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))")
+    assert out.strip() == "[]", out
