@@ -38,7 +38,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 MAX_JSON_DEPTH = 32
 """How deeply free-form JSON (`JsonObject`) may nest."""
 CLOCK_SKEW_S = 300.0
-"""How far ahead of the hub's clock a device's timestamps may be before the hub refuses the message."""
+"""How far ahead of the hub's clock a device's timestamps may be: a telemetry window ending later is refused, a
+status's or report's later stamps are set back to this bound (`hub.ingest.clamped`)."""
 
 Seq = Annotated[int, Field(ge=0, le=MAX_JSON_INT, description="sequence number")]
 Version = Annotated[int, Field(ge=1, le=MAX_JSON_INT, description="monotonic version counter")]

@@ -4,6 +4,12 @@
 malformed or foreign messages (counted by kind and reason, logged with a rate limit, never raised), and
 queues good ones for the store's writer, which writes them in batches.
 
+A status or report whose device timestamps lie more than `CLOCK_SKEW_S` ahead of the hub's clock is taken
+with those timestamps set back to that bound (`clamped`; counted by kind in `snapshot().clamped`), not refused: they
+order a device's messages, and a stamp from a clock that was once far ahead stays in the agent's stamp file
+and its activation times, so refusing it hid a device (offline, old models) long after its clock was put
+right. Set back, a stamp from the future wins over genuine ones for at most `CLOCK_SKEW_S`, as before.
+
 Telemetry, the bulk of the traffic, goes undecoded to the store's telemetry writer (`Store.submit_telemetry`,
 a process or a thread: `hub.store.telemetry_writer`): this thread checks topic, size, enrolment and the
 per-device rate limit; the writer decodes, refuses malformed and foreign windows and writes the rest. Its
@@ -16,11 +22,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple, overload
 
 from fleet.codec import decode
 from fleet.errors import InvalidTopic, MessageError
-from fleet.limits import too_far_ahead
-from fleet.messages import CommandAck, DeviceStatus, ReportedState, Want
+from fleet.limits import CLOCK_SKEW_S, too_far_ahead
+from fleet.messages import AppliedModel, CommandAck, DeviceStatus, ErrorInfo, ReportedState, Want
 from fleet.topics import ParsedTopic, TopicKind, Topics
 from hub.ratelimit import log_sampled
 from hub.store import Store
@@ -31,13 +38,55 @@ _PARSE_CACHE = 100_000
 
 
 def timestamps(msg: DeviceStatus | ReportedState) -> tuple[float | None, ...]:
-    """Every device clock reading in a message: none may lie further ahead of the hub's clock than the skew
-    (telemetry windows are checked by the telemetry writer, which decodes them)."""
+    """Every device clock reading in a message (the ones `clamped` sets back; telemetry windows are checked by
+    the telemetry writer, which decodes them, and refused when ahead: their times are the data)."""
     if isinstance(msg, DeviceStatus):
         return (msg.ts,)
     applied = [a for m in msg.models for a in (m.active, m.previous, m.shadow) if a is not None]
     errors = [e.at for e in (msg.error, *(m.error for m in msg.models)) if e is not None]
     return (msg.ts, *errors, *(a.activated_at for a in applied))
+
+
+@overload
+def clamped(msg: DeviceStatus, latest: float) -> DeviceStatus: ...
+@overload
+def clamped(msg: ReportedState, latest: float) -> ReportedState: ...
+def clamped(msg: DeviceStatus | ReportedState, latest: float) -> DeviceStatus | ReportedState:
+    """`msg` with every timestamp `timestamps` reads that lies after `latest` set to `latest`."""
+
+    def at(ts: float) -> float:
+        return min(ts, latest)
+
+    def error(e: ErrorInfo | None) -> ErrorInfo | None:
+        return None if e is None else e.model_copy(update={"at": at(e.at)})
+
+    def applied(a: AppliedModel | None) -> AppliedModel | None:
+        if a is None or a.activated_at is None:
+            return a
+        return a.model_copy(update={"activated_at": at(a.activated_at)})
+
+    if isinstance(msg, DeviceStatus):
+        return msg.model_copy(update={"ts": at(msg.ts)})
+    models = [
+        m.model_copy(
+            update={
+                "error": error(m.error),
+                "active": applied(m.active),
+                "previous": applied(m.previous),
+                "shadow": applied(m.shadow),
+            }
+        )
+        for m in msg.models
+    ]
+    return msg.model_copy(update={"ts": at(msg.ts), "error": error(msg.error), "models": models})
+
+
+class IngestCounts(NamedTuple):
+    """What the ingestor did since the hub started (`Ingestor.snapshot`)."""
+
+    accepted: dict[str, int]  # kind -> messages taken (telemetry: written or queued by the telemetry writer)
+    rejected: dict[tuple[str, str], int]  # (kind, reason) -> messages refused
+    clamped: dict[str, int]  # kind -> messages taken with device timestamps set back to CLOCK_SKEW_S ahead
 
 
 class Ingestor:
@@ -66,6 +115,7 @@ class Ingestor:
         self.followed = 0  # wants and download-progress reports left to the leader (this replica follows)
         self._accepted: Counter[str] = Counter()
         self._rejected: Counter[tuple[str, str]] = Counter()
+        self._clamped: Counter[str] = Counter()  # by kind: taken with timestamps set back (`clamped`)
         self._parsed: dict[str, ParsedTopic] = {}  # topic strings repeat: parse each once
 
     def _reject(self, kind: str, reason: str, topic: str, detail: str = "") -> None:
@@ -162,8 +212,13 @@ class Ingestor:
             return
         ahead = max((t for t in timestamps(msg) if t is not None), default=0.0)
         if too_far_ahead(ahead, now):
-            self._reject(kind.value, "clock_ahead", topic, f"timestamp {ahead:.0f} is {ahead - now:.0f}s ahead")
-            return
+            msg = clamped(msg, now + CLOCK_SKEW_S)
+            self._clamped[kind.value] += 1
+            n = self._clamped[kind.value]
+            if log_sampled(n):
+                log.warning("ingest: %s from %s stamped %.0fs ahead of the hub's clock, taken with its timestamps set "
+                            "back to %.0fs ahead (#%d): check the device's clock", kind.value, msg.device_id,
+                            ahead - now, CLOCK_SKEW_S, n)  # fmt: skip
         if isinstance(msg, DeviceStatus):
             ok = self.store.enqueue_status(msg, now)
         elif msg.download is not None and self.leading is not None and not self.leading():
@@ -184,24 +239,25 @@ class Ingestor:
     @property
     def accepted(self) -> Counter[str]:
         """Accepted messages by kind (a copy)."""
-        return Counter(self.snapshot()[0])
+        return Counter(self.snapshot().accepted)
 
     @property
     def rejected(self) -> Counter[tuple[str, str]]:
         """Refused messages by (kind, reason) (a copy)."""
-        return Counter(self.snapshot()[1])
+        return Counter(self.snapshot().rejected)
 
     @property
     def rejected_total(self) -> int:
-        return sum(self.snapshot()[1].values())
+        return sum(self.snapshot().rejected.values())
 
-    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-        """Copies of the accepted and rejected counters, safe to take from any thread."""
+    def snapshot(self) -> IngestCounts:
+        """Copies of the accepted, rejected and clamped counters, safe to take from any thread."""
         accepted: dict[str, int] = {}
         rejected: dict[tuple[str, str], int] = {}
+        clamped_by_kind: dict[str, int] = {}
         for _ in range(10):
             try:  # the MQTT thread may add a key while we copy
-                accepted, rejected = dict(self._accepted), dict(self._rejected)
+                accepted, rejected, clamped_by_kind = dict(self._accepted), dict(self._rejected), dict(self._clamped)
                 break
             except RuntimeError:
                 continue
@@ -216,4 +272,4 @@ class Ingestor:
                 rejected[("telemetry", key)] = rejected.get(("telemetry", key), 0) + n
         if st.telemetry_accepted:
             accepted["telemetry"] = accepted.get("telemetry", 0) + st.telemetry_accepted
-        return accepted, rejected
+        return IngestCounts(accepted, rejected, clamped_by_kind)

@@ -23,7 +23,7 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        accepted_counts, rejected_counts = hub.ingest.snapshot()
+        accepted_counts, rejected_counts, clamped_counts = hub.ingest.snapshot()
         accepted = CounterMetricFamily("edgefleet_hub_ingest_accepted", "messages accepted by kind", labels=["kind"])
         for kind, n in sorted(accepted_counts.items()):
             accepted.add_metric([kind], n)
@@ -34,6 +34,14 @@ class HubCollector(Collector):
         for (kind, reason), n in sorted(rejected_counts.items()):
             rejected.add_metric([kind, reason], n)
         yield rejected
+        clamped = CounterMetricFamily(
+            "edgefleet_hub_ingest_clock_clamped",
+            "messages taken with device timestamps set back to the clock-skew bound, by kind (a device clock ahead)",
+            labels=["kind"],
+        )
+        for kind, n in sorted(clamped_counts.items()):
+            clamped.add_metric([kind], n)
+        yield clamped
         st = hub.views.store_counters()
         yield CounterMetricFamily("edgefleet_hub_telemetry_persisted", "windows written", st.telemetry_persisted)
         yield CounterMetricFamily("edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates)

@@ -248,7 +248,6 @@ def fleet_router(hub: HubServices) -> APIRouter:
         responses=errors(401, 429),
     )
     def ingest(_p: Viewer) -> IngestCounters:
-        accepted, rejected = hub.ingest.snapshot()
-        return views.ingest_counters(accepted, rejected, hub.chunks.stats)
+        return views.ingest_counters(hub.ingest.snapshot(), hub.chunks.stats)
 
     return r

@@ -16,6 +16,7 @@ from fleet.messages import AppliedModel, SignedEnvelope
 from hub.credentials import Role
 from hub.devices import DeviceState, derive_state
 from hub.errors import NotFound
+from hub.ingest import IngestCounts
 from hub.selectors import parse_selector
 from hub.settings import DeviceSettings
 from hub.store import Desired, Device, Event, IngestStats, ModelVersion, Store, StoredWindow, TelemetryPoint
@@ -245,13 +246,11 @@ class FleetViews:
         """Messages waiting for the store's writer(s)."""
         return self.store.queue_depth
 
-    def ingest_counters(
-        self, accepted: dict[str, int], rejected: dict[tuple[str, str], int], transfer: TransferStats
-    ) -> IngestCounters:
+    def ingest_counters(self, counts: IngestCounts, transfer: TransferStats) -> IngestCounters:
         """The ingestor's and chunk server's counters (passed in) with the store writer's."""
         return IngestCounters(
-            accepted=accepted, rejected={f"{k}/{reason}": n for (k, reason), n in rejected.items()},
-            store=self.store_counters(), transfer=transfer,
+            accepted=counts.accepted, rejected={f"{k}/{reason}": n for (k, reason), n in counts.rejected.items()},
+            clamped=counts.clamped, store=self.store_counters(), transfer=transfer,
         )  # fmt: skip
 
     def fingerprint(self, tick_s: float) -> tuple[object, ...]:

@@ -247,6 +247,11 @@ class IngestCounters(View):
 
     accepted: dict[str, int] = Field(description="kind -> messages accepted")
     rejected: dict[str, int] = Field(description="kind/reason -> messages refused")
+    clamped: dict[str, int] = Field(
+        default_factory=dict,
+        description="kind -> statuses and reports taken with device timestamps more than CLOCK_SKEW_S (300 s) "
+        "ahead of the hub's clock set back to that bound (a device clock ahead)",
+    )
     store: IngestStats = Field(description="what the store's writer(s) did since the hub started")
     transfer: TransferStats = Field(description="what the chunk server did since the hub started")
 

@@ -14,7 +14,8 @@ _rows: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
 
 
 def record(suite: str, klass: str, outcome: str, count: int = 1, lost: int = 0) -> None:
-    """Add `count` inputs or faults of `klass` that ended in `outcome` ("refused" or "recovered")."""
+    """Add `count` inputs or faults of `klass` that ended in `outcome` ("refused", "recovered", "clamped": taken with
+    out-of-bounds values set back to the bound)."""
     row = _rows[(suite, klass, outcome)]
     row[0] += count
     row[1] += lost
