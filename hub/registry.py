@@ -1,11 +1,21 @@
-"""The model registry: uploads streamed to disk, validated by `models`, stored content-addressed by sha256."""
+"""The model registry: uploads streamed to disk, validated by `models`, stored content-addressed by sha256.
+
+Blobs live in `data_dir/blobs`. Where the store is shared by replicas on several hosts (PostgreSQL), it keeps
+each blob's bytes too, taken in the same transaction as the version that brings it: a replica's directory is
+then a cache, and one that lacks a blob another replica took in copies it from the store when it first serves
+it (`local_blob`, checked against the digest), so no file system has to be shared.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
+import hashlib
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,6 +32,7 @@ from hub.store import ModelVersion, Store
 from models.descriptor import ModelDescriptor
 from models.errors import ModelError
 
+log = logging.getLogger(__name__)
 _BLOCK = 1 << 20
 
 
@@ -53,12 +64,63 @@ class Registry:
         self.tmp_dir = tmp_dir
         self.chunk_size = chunk_size
         self.chunking: Chunking = chunking
+        self._fetching = threading.Lock()
         blob_dir.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this digest lives (whether or not it exists)."""
         return self.blob_dir / sha256[:2] / sha256
+
+    def share_local_blobs(self) -> int:
+        """Give the store the bytes of registered blobs it lacks and this host has (pushed before the store kept
+        them: a hub upgraded from a release that needed a shared blob directory); returns how many."""
+        shared = 0
+        for sha256 in self.store.unshared_blobs():
+            path = self.blob_path(sha256)
+            if path.exists():
+                self.store.share_blob(sha256, path)
+                shared += 1
+        if shared:
+            log.info(
+                "registry: %d blob(s) of this host's blob directory copied into the store for other replicas", shared
+            )
+        return shared
+
+    def local_blob(self, sha256: str) -> Path:
+        """The blob's file on this host, copied from the store first if only the store has it (a replica on
+        another host took it in).
+
+        Raises:
+            FileNotFoundError: neither this host nor the store has it.
+            OSError: the store's copy does not match the digest (nothing is kept), or the disk failed.
+        """
+        path = self.blob_path(sha256)
+        if path.exists():
+            return path
+        with self._fetching:
+            if path.exists():
+                return path
+            tmp = self.tmp_dir / f"fetch-{uuid.uuid4().hex}"
+            digest = hashlib.sha256()
+            try:
+                with tmp.open("wb") as f:
+
+                    def out(data: bytes) -> None:
+                        digest.update(data)
+                        f.write(data)
+
+                    if not self.store.copy_blob(sha256, out):
+                        raise FileNotFoundError(f"blob {sha256} is neither in {self.blob_dir} nor in the store")
+                    if digest.hexdigest() != sha256:
+                        raise OSError(errno.EIO, f"the store's copy of blob {sha256} does not match its digest")
+                    f.flush()
+                    os.fsync(f.fileno())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path
 
     def receive(self, blocks: Iterable[bytes], *, max_bytes: int) -> Path:
         """Stream `blocks` into a new temporary file; TooLarge (file removed) beyond `max_bytes`."""
@@ -130,7 +192,7 @@ class Registry:
                 created_at=time.time(), created_by=actor,
             )  # fmt: skip
             try:
-                stored = self.store.add_model_version(mv)
+                stored = self.store.add_model_version(mv, content=dest)
             except BaseException:
                 if self.store.blob_manifest(report.sha256) is None:  # no other version holds these bytes
                     dest.unlink(missing_ok=True)

@@ -137,6 +137,7 @@ class Hub:
             self.store, s.blob_dir, s.tmp_dir, chunk_size=s.transfer.chunk_size, chunking=s.transfer.chunking
         )
         self.registry.cleanup_tmp()
+        self.registry.share_local_blobs()  # replicas on other hosts serve blobs pushed before the store kept them
         self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
         self.telemetry = TelemetryQueries(self.store)
         if s.broker.url is None:
@@ -166,7 +167,7 @@ class Hub:
         chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
         chunk_qos = spec(TopicKind.CHUNK).qos
         self.chunks = ChunkServer(
-            self.store, self.registry.blob_path, self.topics,
+            self.store, self.registry.local_blob, self.topics,
             lambda topic, frame: chunk_pub.publish(topic, frame, qos=chunk_qos), s.transfer,
         )  # fmt: skip
         self.deployer = Deployer(

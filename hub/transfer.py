@@ -146,7 +146,7 @@ class ChunkServer:
     def __init__(
         self,
         store: Store,
-        blob_path: Callable[[str], Path],
+        blob_path: Callable[[str], Path],  # the blob's file on this host (`Registry.local_blob`: fetched if need be)
         topics: Topics,
         publish: PublishChunk,
         settings: TransferSettings,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fleet.messages import DeviceStatus, ReportedState
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STOP = ("stop",)
 _INGEST = frozenset(("status", "reported"))
+BLOB_PART_BYTES = 8 << 20
+"""Rows of `blob_parts` hold this many bytes (a 100 MB model: 12 rows; one row at a time in memory)."""
 _ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
 
 
@@ -411,7 +414,12 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
     def _mv(r: Any) -> ModelVersion:
         return ModelVersion(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8])
 
-    def add_model_version(self, mv: ModelVersion) -> ModelVersion:
+    @property
+    def shares_blobs(self) -> bool:
+        """Whether the store keeps blobs' bytes for replicas on other hosts (PostgreSQL; SQLite is one machine's)."""
+        return self.dialect.postgres
+
+    def add_model_version(self, mv: ModelVersion, content: Path | None = None) -> ModelVersion:
         def job(c: Conn) -> ModelVersion:
             row = c.execute(
                 "SELECT sha256 FROM model_versions WHERE name = ? AND version = ?", (mv.name, mv.version)
@@ -422,6 +430,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 "INSERT INTO blobs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (mv.sha256, mv.size, to_json(mv.manifest), mv.created_at),
             )
+            if content is not None and self.shares_blobs:
+                self._add_blob_parts(c, mv.sha256, content)
             c.execute(
                 "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (mv.name, mv.version, mv.task, mv.sha256, to_json(mv.descriptor), mv.created_at, mv.created_by),
@@ -431,6 +441,54 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             )
 
         return self._write(job)
+
+    @staticmethod
+    def _add_blob_parts(c: Conn, sha256: str, content: Path) -> None:
+        """Store the bytes of `content` (the blob `sha256`) unless they are stored already (same transaction as
+        its `blobs` row, so a blob another replica deletes meanwhile is never left registered without them)."""
+        if c.execute("SELECT 1 FROM blob_parts WHERE sha256 = ? AND part = 0", (sha256,)).fetchone() is not None:
+            return
+        with content.open("rb") as f:
+            part = 0
+            while data := f.read(BLOB_PART_BYTES):
+                c.execute("INSERT INTO blob_parts VALUES (?, ?, ?)", (sha256, part, data), binary=True)
+                part += 1
+
+    def unshared_blobs(self) -> list[str]:
+        """Registered blobs whose bytes the store does not keep (pushed before it kept them); [] where it keeps none."""
+        if not self.shares_blobs:
+            return []
+        rows = self._read().execute(
+            "SELECT sha256 FROM blobs b WHERE NOT EXISTS "
+            "(SELECT 1 FROM blob_parts p WHERE p.sha256 = b.sha256 AND p.part = 0) ORDER BY sha256"
+        )
+        return [str(r[0]) for r in rows]
+
+    def share_blob(self, sha256: str, content: Path) -> None:
+        """Keep the bytes of `content`, the registered blob `sha256`, where the store shares blobs (nothing if it
+        keeps them already, if the blob was deleted meanwhile, or on SQLite)."""
+        if not self.shares_blobs:
+            return
+
+        def job(c: Conn) -> None:
+            if c.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is not None:
+                self._add_blob_parts(c, sha256, content)
+
+        self._write(job)
+
+    def copy_blob(self, sha256: str, out: Callable[[bytes], object]) -> bool:
+        """Hand the stored bytes of blob `sha256` to `out`, part by part, in order; False when the store keeps
+        none (SQLite, or an unknown or deleted blob). The caller checks them against the digest."""
+        if not self.shares_blobs:
+            return False
+        read = self._read()
+        part = 0
+        while (row := read.execute(
+            "SELECT data FROM blob_parts WHERE sha256 = ? AND part = ?", (sha256, part)
+        ).fetchone()) is not None:  # fmt: skip
+            out(bytes(row[0]))
+            part += 1
+        return part > 0
 
     def get_model_version(self, name: str, version: str) -> ModelVersion | None:
         row = self._read().execute(self._MV + " WHERE m.name = ? AND m.version = ?", (name, version)).fetchone()
@@ -457,6 +515,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             c.execute("DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version))
             if c.execute("SELECT 1 FROM model_versions WHERE sha256 = ?", (found[0],)).fetchone() is None:
                 c.execute("DELETE FROM blobs WHERE sha256 = ?", (found[0],))
+                c.execute("DELETE FROM blob_parts WHERE sha256 = ?", (found[0],))
                 return True
             return False
 

@@ -1,0 +1,120 @@
+"""Replicas on separate hosts share blobs through the store, not a file system (PostgreSQL), on both backends.
+
+A replica that never saw a push serves the blob from the store's copy, fetched once into its own blob directory
+and checked against the digest; a copy that does not match is refused and nothing is kept; deleting the last
+version of a blob deletes the store's copy. With SQLite (one machine) the blob directory is the only copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.registry import Registry
+from hub.store import Database, SqlStore, open_store
+from hub.store import sql as store_sql
+from tests.support.models import classifier_versions
+
+
+@pytest.fixture
+def store(database: Database) -> Iterator[SqlStore]:
+    s = open_store(database, telemetry_process=False)
+    yield s
+    s.close()
+
+
+def _replica(store: SqlStore, root: Path) -> Registry:
+    """What one hub replica on its own host has: its own blob and temporary directories, the shared store."""
+    return Registry(store, root / "blobs", root / "tmp", chunk_size=16 * 1024)
+
+
+def test_a_replica_that_never_saw_a_push_serves_the_blob_from_the_stores_copy(
+    store: SqlStore, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_sql, "BLOB_PART_BYTES", 4096)  # several parts, and a last short one
+    (tmp_path / "models").mkdir()
+    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    blob = path.read_bytes()
+    assert len(blob) % 4096 and len(blob) > 3 * 4096
+    a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
+    upload = tmp_path / "upload.onnx"
+    shutil.copyfile(path, upload)
+    sha = a.push(upload, desc, actor="test").version.sha256
+    assert a.local_blob(sha).read_bytes() == blob
+    if not store.shares_blobs:  # one machine: its blob directory is the only copy
+        assert not store.copy_blob(sha, lambda _d: None)
+        with pytest.raises(FileNotFoundError, match="neither in"):
+            b.local_blob(sha)
+        return
+
+    got = b.local_blob(sha)
+    assert got == b.blob_path(sha) and got.read_bytes() == blob
+    got.unlink()  # gone from the cache (a disk replaced): fetched again
+    assert b.local_blob(sha).read_bytes() == blob
+
+    conn = database.connect()
+    try:  # the store's copy goes bad: refused, nothing kept, the temporary file removed
+        conn.execute("UPDATE blob_parts SET data = ? WHERE sha256 = ? AND part = 1", (b"\0" * 4096, sha), binary=True)
+        c = _replica(store, tmp_path / "c")
+        with pytest.raises(OSError, match="does not match its digest"):
+            c.local_blob(sha)
+        assert not c.blob_path(sha).exists() and not list((tmp_path / "c" / "tmp").iterdir())
+        a.delete("cls", "1.0.0", actor="test")  # the last version of the blob: its copy goes with it
+        assert conn.execute("SELECT count(*) FROM blob_parts WHERE sha256 = ?", (sha,)).fetchone()[0] == 0
+    finally:
+        conn.close()
+    with pytest.raises(FileNotFoundError):
+        _replica(store, tmp_path / "d").local_blob(sha)
+
+
+def test_a_blob_two_versions_share_is_stored_once_and_kept_until_the_last_goes(
+    store: SqlStore, database: Database, tmp_path: Path
+) -> None:
+    (tmp_path / "models").mkdir()
+    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
+    for version, registry in (("1.0.0", a), ("1.0.1", b)):  # the same bytes pushed as two versions, on two replicas
+        upload = tmp_path / f"upload-{version}.onnx"
+        shutil.copyfile(path, upload)
+        sha = registry.push(upload, desc.model_copy(update={"version": version}), actor="test").version.sha256
+    if not store.shares_blobs:
+        return
+    conn = database.connect()
+    try:
+        parts = conn.execute("SELECT count(*) FROM blob_parts WHERE sha256 = ?", (sha,)).fetchone()[0]
+        assert parts == 1  # one part per 8 MiB: stored once, not once per version
+        a.delete("cls", "1.0.0", actor="test")
+        assert _replica(store, tmp_path / "c").local_blob(sha).read_bytes() == path.read_bytes()
+        b.delete("cls", "1.0.1", actor="test")
+        assert conn.execute("SELECT count(*) FROM blob_parts WHERE sha256 = ?", (sha,)).fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_blobs_pushed_before_the_store_kept_them_are_shared_by_the_replica_that_has_them(
+    store: SqlStore, database: Database, tmp_path: Path
+) -> None:
+    (tmp_path / "models").mkdir()
+    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
+    upload = tmp_path / "upload.onnx"
+    shutil.copyfile(path, upload)
+    sha = a.push(upload, desc, actor="test").version.sha256
+    if not store.shares_blobs:
+        assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
+        return
+    conn = database.connect()
+    try:
+        conn.execute("DELETE FROM blob_parts")  # as a hub of an earlier release left it (a shared directory)
+    finally:
+        conn.close()
+    assert store.unshared_blobs() == [sha]
+    with pytest.raises(FileNotFoundError):
+        b.local_blob(sha)
+    assert b.share_local_blobs() == 0  # b does not have it either
+    assert a.share_local_blobs() == 1  # what a hub does at start
+    assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
+    assert b.local_blob(sha).read_bytes() == path.read_bytes()
