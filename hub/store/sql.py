@@ -451,7 +451,9 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         with content.open("rb") as f:
             part = 0
             while data := f.read(BLOB_PART_BYTES):
-                c.execute("INSERT INTO blob_parts VALUES (?, ?, ?)", (sha256, part, data), binary=True)
+                c.execute(  # another replica storing the same bytes at once (both starting): one copy
+                    "INSERT INTO blob_parts VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (sha256, part, data), binary=True
+                )
                 part += 1
 
     def unshared_blobs(self) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ import pytest
 from hub.registry import Registry
 from hub.store import Database, SqlStore, open_store
 from hub.store import sql as store_sql
+from models.descriptor import ModelDescriptor
 from tests.support.models import classifier_versions
+from tests.support.mqtt import wait_for
 
 
 @pytest.fixture
@@ -31,18 +34,28 @@ def _replica(store: SqlStore, root: Path) -> Registry:
     return Registry(store, root / "blobs", root / "tmp", chunk_size=16 * 1024)
 
 
+def _model(tmp_path: Path) -> tuple[Path, ModelDescriptor]:
+    """The sample classifier's file and description."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    return classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+
+
+def _push(registry: Registry, path: Path, desc: ModelDescriptor, tmp_path: Path) -> str:
+    """Push a copy of `path` (the upload is consumed) through `registry`; the blob's digest."""
+    upload = tmp_path / f"upload-{desc.version}.onnx"
+    shutil.copyfile(path, upload)
+    return registry.push(upload, desc, actor="test").version.sha256
+
+
 def test_a_replica_that_never_saw_a_push_serves_the_blob_from_the_stores_copy(
     store: SqlStore, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_sql, "BLOB_PART_BYTES", 4096)  # several parts, and a last short one
-    (tmp_path / "models").mkdir()
-    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    path, desc = _model(tmp_path)
     blob = path.read_bytes()
     assert len(blob) % 4096 and len(blob) > 3 * 4096
     a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
-    upload = tmp_path / "upload.onnx"
-    shutil.copyfile(path, upload)
-    sha = a.push(upload, desc, actor="test").version.sha256
+    sha = _push(a, path, desc, tmp_path)
     assert a.local_blob(sha).read_bytes() == blob
     if not store.shares_blobs:  # one machine: its blob directory is the only copy
         assert not store.copy_blob(sha, lambda _d: None)
@@ -73,13 +86,10 @@ def test_a_replica_that_never_saw_a_push_serves_the_blob_from_the_stores_copy(
 def test_a_blob_two_versions_share_is_stored_once_and_kept_until_the_last_goes(
     store: SqlStore, database: Database, tmp_path: Path
 ) -> None:
-    (tmp_path / "models").mkdir()
-    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    path, desc = _model(tmp_path)
     a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
     for version, registry in (("1.0.0", a), ("1.0.1", b)):  # the same bytes pushed as two versions, on two replicas
-        upload = tmp_path / f"upload-{version}.onnx"
-        shutil.copyfile(path, upload)
-        sha = registry.push(upload, desc.model_copy(update={"version": version}), actor="test").version.sha256
+        sha = _push(registry, path, desc.model_copy(update={"version": version}), tmp_path)
     if not store.shares_blobs:
         return
     conn = database.connect()
@@ -97,12 +107,9 @@ def test_a_blob_two_versions_share_is_stored_once_and_kept_until_the_last_goes(
 def test_blobs_pushed_before_the_store_kept_them_are_shared_by_the_replica_that_has_them(
     store: SqlStore, database: Database, tmp_path: Path
 ) -> None:
-    (tmp_path / "models").mkdir()
-    path, desc = classifier_versions(tmp_path / "models", versions=("1.0.0",))["1.0.0"]
+    path, desc = _model(tmp_path)
     a, b = _replica(store, tmp_path / "a"), _replica(store, tmp_path / "b")
-    upload = tmp_path / "upload.onnx"
-    shutil.copyfile(path, upload)
-    sha = a.push(upload, desc, actor="test").version.sha256
+    sha = _push(a, path, desc, tmp_path)
     if not store.shares_blobs:
         assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
         return
@@ -118,3 +125,37 @@ def test_blobs_pushed_before_the_store_kept_them_are_shared_by_the_replica_that_
     assert a.share_local_blobs() == 1  # what a hub does at start
     assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
     assert b.local_blob(sha).read_bytes() == path.read_bytes()
+
+
+def test_two_replicas_storing_the_same_blob_at_once_keep_one_copy_and_both_succeed(
+    store: SqlStore, database: Database, tmp_path: Path
+) -> None:
+    """Replicas upgraded together start together: each copies the blobs of the shared directory they still
+    mount into the store. The second one's insert waits for the first one's transaction, then adds nothing."""
+    path, desc = _model(tmp_path)
+    a = _replica(store, tmp_path / "a")
+    sha = _push(a, path, desc, tmp_path)
+    if not store.shares_blobs:
+        return
+    other = open_store(database, telemetry_process=False)  # the second replica's own connections
+    first = database.connect()
+    try:
+        first.execute("DELETE FROM blob_parts")
+        first.begin()  # the first replica is half-way through storing it
+        first.execute("INSERT INTO blob_parts VALUES (?, 0, ?)", (sha, path.read_bytes()), binary=True)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = ?"
+        probe = database.connect()
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                second = pool.submit(other.share_blob, sha, a.blob_path(sha))
+                name = probe.execute("SELECT current_database()").fetchone()[0]
+                wait_for(lambda: probe.execute(waiting, (name,)).fetchone()[0] == 1, timeout=30)  # on the first's row
+                first.commit()
+                second.result(timeout=30)  # a unique violation before the insert said ON CONFLICT DO NOTHING
+        finally:
+            probe.close()
+        assert first.execute("SELECT count(*) FROM blob_parts WHERE sha256 = ?", (sha,)).fetchone()[0] == 1
+    finally:
+        first.close()
+        other.close()
+    assert _replica(store, tmp_path / "c").local_blob(sha).read_bytes() == path.read_bytes()
