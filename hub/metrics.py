@@ -56,6 +56,13 @@ class HubCollector(Collector):
             "edgefleet_hub_mqtt_unacknowledged", "messages received, acknowledged once stored (MQTT 5)",
             hub.mqtt_unacknowledged,
         )  # fmt: skip
+        adopted = hub.sessions_adopted
+        yield CounterMetricFamily(
+            "edgefleet_hub_sessions_adopted", "broker sessions of stopped replicas drained and ended", adopted.adopted
+        )
+        yield CounterMetricFamily(
+            "edgefleet_hub_sessions_adopted_messages", "messages those sessions held (stored here)", adopted.messages
+        )
         states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
         for state, n in sorted(hub.views.state_counts().items()):
             states.add_metric([state.value], n)

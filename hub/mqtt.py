@@ -76,6 +76,7 @@ class HubLink:
         self._keepalive = keepalive_s
         self._connected = threading.Event()
         self.connects = 0
+        self.received = 0  # messages handed to on_message
         self.handler_errors = 0
         # QoS 1 messages received and not yet acknowledged (MQTT 5): (packet id, ticket), in arrival order
         self._unacked: deque[tuple[int, int]] = deque()
@@ -114,9 +115,14 @@ class HubLink:
             self._client.loop_stop()
             raise BrokerError(f"no MQTT connection to {self.url} within {timeout:g} s")
 
-    def stop(self) -> None:
-        """Disconnect cleanly and stop the network thread."""
-        self._client.disconnect()
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect cleanly and stop the network thread. The broker keeps the session for the next connect
+        (an hour over MQTT 5) unless `end_session` (MQTT 5; over 3.1.1 a persistent session stays)."""
+        props = None
+        if end_session and self._v5:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()
         self._connected.clear()
         # paho closes its wake-up socket pair only in __del__; in cyclic garbage the sockets may be finalised
@@ -165,6 +171,7 @@ class HubLink:
         log.info("mqtt: disconnected from %s: %s", self.url, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
         ticket = None
         try:
             ticket = self._handler(msg.topic, bytes(msg.payload))

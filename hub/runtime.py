@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fleet.messages import CommandAck
@@ -31,6 +32,7 @@ from hub.mqtt import BoundedPublisher, HubLink
 from hub.registry import Registry
 from hub.rollouts.engine import RolloutEngine
 from hub.security import HubSecurity
+from hub.sessions import AdoptionStats, SessionAdoption
 from hub.settings import HubSettings
 from hub.store import SqlStore, open_store
 from hub.telemetry import TelemetryQueries
@@ -73,6 +75,7 @@ class Hub:
         self.api_url: str | None = settings.api.public_url
         self.local_broker: LocalBroker | None = None
         self.link: HubLink | None = None
+        self.sessions: SessionAdoption | None = None  # replicas (a shared group) only
         self._enrolled: set[str] = set()
         self._stop = threading.Event()
         self._running = contextlib.ExitStack()  # what start() brought up, each stop registered as it started
@@ -149,21 +152,26 @@ class Hub:
             link_url = self.local_broker.hub_url
         else:
             self.broker_url = link_url = s.broker.url
-        self.link = HubLink(
-            link_url,
-            client_id=self._client_id(),
-            on_message=self._on_message,
-            subscriptions=[(self._subscription(k), 1) for k in _SUBSCRIBED]
-            + [(self._subscription(k), following) for k, (following, _) in _BY_LEADERSHIP.items()],
-            on_connect=self._on_connect,
-            mqtt_version=s.broker.mqtt_version,
-            username=self.security.link_credentials()[0],
-            password=self.security.link_credentials()[1],
-            keepalive_s=s.broker.keepalive_s,
-            ca_pem=self.security.ca_pem,
-        )
-        link = self.link
-        self.store.on_telemetry_committed(link.release)  # a window is acknowledged to the broker once stored
+        subscriptions: list[tuple[str, int | None]] = [(self._subscription(k), 1) for k in _SUBSCRIBED]
+        subscriptions += [(self._subscription(k), following) for k, (following, _) in _BY_LEADERSHIP.items()]
+        user, password = self.security.link_credentials()
+
+        def connect(client_id: str, on_connect: Callable[[], None] | None = None, hold: bool = True) -> HubLink:
+            return HubLink(
+                link_url, client_id=client_id, on_message=self._on_message, on_connect=on_connect,
+                subscriptions=[(topic, qos if hold else None) for topic, qos in subscriptions],
+                mqtt_version=s.broker.mqtt_version, username=user, password=password,
+                keepalive_s=s.broker.keepalive_s, ca_pem=self.security.ca_pem,
+            )  # fmt: skip
+
+        self.link = link = connect(self._client_id(), self._on_connect)
+        if s.broker.shared_group:  # a stopped replica's session would hold the group's share of telemetry
+            self.sessions = SessionAdoption(
+                self.store, client_id=self._client_id(), leading=lambda: self.leadership.is_leader,
+                connect=lambda client_id: connect(client_id, hold=False),  # resumes it, holding no subscription
+                lease_s=s.leader.lease_s, renew_s=s.leader.renew_s,
+            )  # fmt: skip
+        self.store.on_telemetry_committed(self._release)  # a window is acknowledged to the broker once stored
         chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
         chunk_qos = spec(TopicKind.CHUNK).qos
         self.chunks = ChunkServer(
@@ -189,6 +197,9 @@ class Hub:
         self._running.callback(self.chunks.stop)
         link.start(timeout=s.broker.connect_timeout_s)
         self._running.callback(link.stop)
+        if self.sessions is not None:
+            self.sessions.start()
+            self._running.callback(self.sessions.stop)
         self.rollouts.start()
         self._running.callback(self.rollouts.stop)
         maintenance = threading.Thread(target=self._maintain, name="hub-maintenance", daemon=True)
@@ -212,6 +223,12 @@ class Hub:
     # -- callbacks ----------------------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> int | None:
         return self.ingest.handle(topic, payload)
+
+    def _release(self, ticket: int) -> None:
+        if self.link is not None:
+            self.link.release(ticket)
+        if self.sessions is not None:
+            self.sessions.release(ticket)
 
     def _on_connect(self) -> None:
         # off paho's thread: republishing takes the deployer's lock, which an API call may hold while it
@@ -294,6 +311,11 @@ class Hub:
     def mqtt_unacknowledged(self) -> int:
         """Messages received and not yet acknowledged to the broker (telemetry waits until it is stored)."""
         return 0 if self.link is None else self.link.unacknowledged
+
+    @property
+    def sessions_adopted(self) -> AdoptionStats:
+        """Broker sessions of stopped replicas this replica took over (hub.sessions)."""
+        return AdoptionStats() if self.sessions is None else self.sessions.stats
 
     def is_enrolled(self, device_id: str) -> bool:
         """Known and not revoked. A miss asks the store once more: another replica may have enrolled it."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hub.registry import Registry
     from hub.rollouts.engine import RolloutEngine
     from hub.security import HubSecurity
+    from hub.sessions import AdoptionStats
     from hub.settings import HubSettings
     from hub.telemetry import TelemetryQueries
     from hub.transfer import ChunkServer
@@ -46,5 +47,8 @@ class HubServices(Protocol):
 
     @property
     def mqtt_unacknowledged(self) -> int: ...
+
+    @property
+    def sessions_adopted(self) -> AdoptionStats: ...
 
     def revoke_device(self, device_id: str, *, actor: str) -> bool: ...

@@ -4,7 +4,8 @@ with revisions.
 - **Lease** (`acquire_lease`): one row per lease naming its holder, a fencing token and an expiry on the
   database server's clock, written on a connection of its own (a busy writer queue never delays a renewal).
   A holder renews before expiry and keeps its token; anyone may take an expired lease, and taking it
-  increments the token. Clocks of the replicas never matter; only the database's does.
+  increments the token. Clocks of the replicas never matter; only the database's does. Every replica also
+  holds a presence lease of its own (`hub.sessions`); one left expired names a replica that stopped.
 - **Fence** (`check_fence`): a write that must come from the leader checks, in its own transaction, that its
   token is still the lease's and the lease has not expired. PostgreSQL takes the lease row `FOR SHARE`, so a
   takeover waits for that transaction, and the transaction that checked the token commits before the new
@@ -85,6 +86,21 @@ class Coordination:
         sql = f"SELECT holder, token, expires_at > {self._read().dialect.now} FROM leases WHERE name = ?"  # noqa: S608
         row = self._read().execute(sql, (name,)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]), bool(row[2]))
+
+    def expired_leases(self, prefix: str) -> list[tuple[str, str]]:
+        """(name, holder) of every lease whose name starts with `prefix` and whose holder stopped renewing it."""
+        now = self._read().dialect.now
+        sql = f"SELECT name, holder FROM leases WHERE substr(name, 1, ?) = ? AND expires_at <= {now} ORDER BY name"  # noqa: S608
+        return [(str(r[0]), str(r[1])) for r in self._read().execute(sql, (len(prefix), prefix)).fetchall()]
+
+    def forget_lease(self, name: str, holder: str) -> bool:
+        """Delete the lease `name` if `holder` still holds it expired (a holder that renewed it meanwhile keeps it)."""
+
+        def job(c: Conn) -> bool:
+            sql = f"DELETE FROM leases WHERE name = ? AND holder = ? AND expires_at <= {c.dialect.now}"  # noqa: S608
+            return c.execute(sql, (name, holder)).rowcount > 0
+
+        return self._lease_write(job)
 
     def get_doc_rev(self, collection: str, key: str) -> tuple[dict[str, Any], int] | None:
         """A document and its revision."""

@@ -42,6 +42,22 @@ def test_one_holder_at_a_time_and_each_takeover_gets_a_new_token(store: SqlStore
     assert store.acquire_lease("l", "a", 30) == 3  # released: taken at once
 
 
+def test_expired_leases_by_prefix_and_forgetting_one_only_while_it_stays_expired(store: SqlStore) -> None:
+    """How the leader finds replicas that stopped (hub.sessions): their presence leases, expired."""
+    store.acquire_lease("replica:a", "a", 0.2)
+    store.acquire_lease("replica:b", "b", 30)
+    store.acquire_lease("replica:c", "c", 0.2)
+    store.acquire_lease("leader", "b", 0.2)
+    wait_for(lambda: store.expired_leases("replica:") == [("replica:a", "a"), ("replica:c", "c")], timeout=10)
+    assert store.expired_leases("replica:a") == [("replica:a", "a")]
+    assert store.acquire_lease("replica:c", "c", 30) is not None  # c came back before it was forgotten
+    assert not store.forget_lease("replica:c", "c") and not store.forget_lease("replica:b", "b")
+    assert not store.forget_lease("replica:a", "x")  # held by another name: kept
+    assert store.forget_lease("replica:a", "a") and store.lease_holder("replica:a") is None
+    assert store.expired_leases("replica:") == []
+    assert store.expired_leases("%") == [] and store.expired_leases("") != []  # a prefix, not a pattern
+
+
 def test_a_write_fenced_by_a_lost_lease_is_refused_and_writes_nothing(store: SqlStore) -> None:
     store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
     old = Fence("l", store.acquire_lease("l", "old", 0.3) or 0)
