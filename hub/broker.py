@@ -150,6 +150,7 @@ class LocalBroker:
                 "autosave_interval 30",
                 f"message_size_limit {self.settings.max_message_bytes}",
                 "max_queued_messages 100000",
+                *self._expiry_lines(),
                 f"max_inflight_messages {self.settings.max_inflight_messages}",
                 "log_dest stderr",
                 "log_type error",
@@ -157,6 +158,10 @@ class LocalBroker:
                 "",
             ]
         )
+
+    def _expiry_lines(self) -> list[str]:
+        days = self.settings.session_expiry_days
+        return [] if days is None else [f"persistent_client_expiration {days}d"]
 
     def _listener_lines(self) -> list[str]:
         lines = []

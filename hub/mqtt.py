@@ -197,18 +197,28 @@ class HubLink:
         return len(self._unacked)
 
     # -- publishing ---------------------------------------------------------------------------------
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """Queue a message for sending (non-blocking). paho keeps it until the broker acknowledges it."""
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: int | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        """Queue a message for sending (non-blocking). paho keeps it until the broker acknowledges it. Over MQTT
+        5 `expiry_s` has the broker drop it for any subscriber it has not reached by then (3.1.1: ignored)."""
+        props = None
+        if expiry_s is not None and self._v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = expiry_s
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
 
 class BoundedPublisher:
     """Publishes through a link keeping at most `max_inflight` messages unacknowledged (bounded memory)."""
 
-    def __init__(self, link: HubLink, max_inflight: int, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, link: HubLink, max_inflight: int, *, timeout_s: float = 30.0, expiry_s: int | None = None
+    ) -> None:
         self.link = link
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
+        self.expiry_s = expiry_s
         self._inflight: deque[mqtt.MQTTMessageInfo] = deque()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
@@ -225,7 +235,7 @@ class BoundedPublisher:
                 continue
             if info.is_published() or time.monotonic() >= deadline:
                 self._inflight.popleft()
-        self._inflight.append(self.link.publish(topic, payload, qos=qos))
+        self._inflight.append(self.link.publish(topic, payload, qos=qos, expiry_s=self.expiry_s))
 
 
 def _settled(info: mqtt.MQTTMessageInfo) -> bool:

@@ -172,7 +172,8 @@ class Hub:
                 lease_s=s.leader.lease_s, renew_s=s.leader.renew_s,
             )  # fmt: skip
         self.store.on_telemetry_committed(self._release)  # a window is acknowledged to the broker once stored
-        chunk_pub = BoundedPublisher(link, s.transfer.max_inflight)
+        # a chunk not delivered within chunk_expiry_s is dropped (MQTT 5): none waits for a device gone offline
+        chunk_pub = BoundedPublisher(link, s.transfer.max_inflight, expiry_s=s.transfer.chunk_expiry_s)
         chunk_qos = spec(TopicKind.CHUNK).qos
         self.chunks = ChunkServer(
             self.store, self.registry.local_blob, self.topics,

@@ -90,6 +90,15 @@ class BrokerSettings(SettingsGroup):
     restart_backoff_s: float = Field(
         default=1.0, gt=0, description="local broker: seconds to wait before restarting it (a crash loop stays slow)"
     )
+    session_expiry_days: int | None = Field(
+        default=7,
+        ge=1,
+        le=3650,
+        description="local broker: a persistent session (a device's, over MQTT 3.1.1) whose client has not come back "
+        "for this many days is removed with what it queued (Mosquitto's persistent_client_expiration); a device "
+        "gone for good otherwise pins every chunk published to the blob it was downloading. The device subscribes "
+        "again when it returns; desired states are retained. None: never",
+    )
 
 
 class RestApiSettings(SettingsGroup):
@@ -180,6 +189,15 @@ class TransferSettings(SettingsGroup):
         ge=1,
         le=10_000,
         description="chunks published but not yet acknowledged (bounds memory: 32 x 256 KiB = 8 MiB)",
+    )
+    chunk_expiry_s: int = Field(
+        default=600,
+        ge=1,
+        le=86_400,
+        description="over MQTT 5, a chunk the broker could not deliver within this many seconds is dropped (Message "
+        "Expiry): a device offline for longer gets none of the passes made meanwhile when it returns (it wants "
+        "what it lacks) rather than every one of them. Above the longest pass a slow device needs. Over 3.1.1 "
+        "chunks do not expire",
     )
 
     @model_validator(mode="after")

@@ -55,6 +55,7 @@ def test_local_mosquitto_is_started_supervised_and_stopped(tmp_path: Path, topic
         conf = (h.settings.broker_dir / "mosquitto.conf").read_text()
         assert "listener" in conf and "127.0.0.1" in conf and "persistence true" in conf
         assert "message_size_limit" in conf
+        assert "persistent_client_expiration 7d" in conf.splitlines()  # a device gone for good is let go of in time
         with h.client() as c:
             bundle = c.post("/api/v1/devices", json={"id": "cam-1"}).json()["bundle"]
         assert bundle["broker_url"] == lb.url
@@ -177,6 +178,39 @@ def test_rate_limited_serving_delivers_every_chunk(
             assert sorted(decode_frame(bytes(dev.get().payload)).index for _ in range(count)) == list(range(count))
         finally:
             dev.close()
+    finally:
+        h.stop()
+
+
+@pytest.mark.parametrize(("version", "queued"), [("5", False), ("3.1.1", True)])
+def test_chunks_published_while_a_device_is_offline_expire_over_mqtt5(
+    broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path, version: str, queued: bool
+) -> None:
+    """A device's persistent session keeps its chunk subscription while it is offline, and the broker queues every
+    chunk published meanwhile for it (each pass for other devices). Over MQTT 5 the chunks carry a Message Expiry,
+    so one back after that gets none of them (it wants what it lacks); over 3.1.1 it gets every one."""
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, broker={"mqtt_version": version},
+                  transfer={"chunk_expiry_s": 1})  # fmt: skip
+    try:
+        model = _push_and_enrol(h, samples, "cam-1")
+        sha, count = model["sha256"], model["chunks"]
+        away = TestClient(broker.host, broker.port, client_id="agent-away", clean_session=False)
+        away.subscribe(h.hub.topics.chunk(sha))
+        away.close()  # offline, its session (and subscription) kept
+        dev = TestClient(broker.host, broker.port)
+        try:
+            dev.subscribe(h.hub.topics.chunk(sha))
+            dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+            assert sorted(decode_frame(bytes(dev.get().payload)).index for _ in range(count)) == list(range(count))
+        finally:
+            dev.close()
+        time.sleep(3.0)  # past the expiry (the broker counts whole seconds)
+        back = TestClient(broker.host, broker.port, client_id="agent-away", clean_session=False)
+        try:
+            time.sleep(1.0)  # what the session queued arrives right after the connect
+            assert back.messages.qsize() == (count if queued else 0)
+        finally:
+            back.close()
     finally:
         h.stop()
 

@@ -30,12 +30,14 @@ class TestClient:
         username: str | None = None,
         password: str | None = None,
         ca_pem: str | None = None,
+        clean_session: bool = True,
         **connect: Any,
     ) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._subscribed = threading.Event()
         self._connected = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:10]}")
+        client_id = client_id or f"t-{uuid.uuid4().hex[:10]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         if username is not None:
             self.client.username_pw_set(username, password)
         if ca_pem is not None:
