@@ -136,12 +136,13 @@ class SessionAdoption:
     def adopt(self, client_id: str) -> bool:
         """Resume `client_id`'s session, unsubscribe, ingest what it held, and end it; False if left."""
         link = self.connect(client_id)
+        self._draining = link  # before the connect: what the session held arrives right after it
         try:
             link.start(timeout=self.lease_s)
         except BrokerError as e:
+            self._draining = None
             log.warning("sessions: cannot resume the session of stopped replica %s: %s", client_id, e)
             return False
-        self._draining = link
         started = quiet_since = time.monotonic()
         seen = -1
         done = False
