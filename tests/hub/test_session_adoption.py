@@ -31,7 +31,7 @@ from tests.support.hub import hub_settings
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
-LEASE_S, RENEW_S = 2.0, 0.2
+LEASE_S, RENEW_S = 1.0, 0.2
 
 
 def _replica(tmp_path: Path, broker: Broker, topic_prefix: str, name: str, version: str) -> Hub:
@@ -78,7 +78,7 @@ def test_the_leader_takes_over_a_stopped_replicas_session_so_no_share_of_telemet
         wait_for(lambda: stats.adopted == 1)  # the drain ends the session once it has been quiet for a while
         assert 0 < stats.messages <= 40 and stats.interrupted == 0, stats
         assert time.monotonic() - stopped_at >= LEASE_S  # adopted once a's presence had expired, not before
-        assert b.store.expired_leases(PRESENCE) == []  # its presence is gone with its session
+        wait_for(lambda: b.store.expired_leases(PRESENCE) == [])  # its presence goes with its session (just after)
         events = b.store.list_events(since=None, until=None, subject=None, action="hub.session.adopted", limit=10)
         assert [e.subject for e in events] == [a._client_id()]
         text = metrics_text(b).decode()
@@ -148,7 +148,7 @@ def test_a_replica_that_comes_back_during_the_drain_keeps_its_session(
         assert result == [False]
         assert adoption.stats.adopted == 0 and adoption.stats.interrupted == 1
         wait_for(lambda: sorted(got) == [b"0", b"1", b"2", b"3", b"4"])  # sent again, to the replica
-        assert store.expired_leases(PRESENCE) == [(PRESENCE + "gone", "gone")]  # left for a later try
+        assert (PRESENCE + "gone", "gone") in store.expired_leases(PRESENCE)  # left for a later try
         back.disconnect()
         back.loop_stop()
         pub.close()
