@@ -51,6 +51,13 @@ class HubCollector(Collector):
         yield CounterMetricFamily("edgefleet_hub_chunks_published", "chunks published", t.chunks_published)
         yield CounterMetricFamily("edgefleet_hub_chunk_bytes_published", "chunk bytes published", t.bytes_published)
         yield CounterMetricFamily("edgefleet_hub_chunk_wants", "want messages accepted", t.wants)
+        yield CounterMetricFamily(
+            "edgefleet_hub_chunks_corrupt", "chunks read from this host's blob files not matching their digest",
+            t.corrupt_chunks,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "edgefleet_hub_chunk_read_errors", "chunks not published: no good copy of their blob", t.read_errors
+        )
         yield GaugeMetricFamily("edgefleet_hub_mqtt_connected", "1 when connected to the broker", hub.mqtt_connected)
         yield GaugeMetricFamily(
             "edgefleet_hub_mqtt_unacknowledged", "messages received, acknowledged once stored (MQTT 5)",

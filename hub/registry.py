@@ -172,7 +172,14 @@ class Registry:
             except ModelError as e:
                 raise InvalidModel(str(e).replace(upload.name, filename or "the upload")) from e
             existing = self.store.get_model_version(d.name, d.version)
+            dest = self.blob_path(report.sha256)
             if existing is not None and existing.sha256 == report.sha256:
+                if not dest.exists():  # set aside as corrupt, or lost with a disk: the same bytes put it back
+                    self._install(upload, dest)
+                    log.warning("registry: blob %s of %s:%s put back from a push of the same file", report.sha256,
+                                d.name, d.version)  # fmt: skip
+                    self.store.add_event(time.time(), actor, "blob.restore", f"blob/{report.sha256}",
+                                         {"model": f"{d.name}:{d.version}"})  # fmt: skip
                 return PushResult(existing, created=False)
             manifest = plan_file(upload, self.chunk_size, chunking=self.chunking)
             ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,
@@ -180,12 +187,8 @@ class Registry:
             size = desired_state_bytes([DesiredModel(model=ref)])
             if not fits(size):  # agents would refuse every desired state naming it
                 raise InvalidModel(too_large_message(size, f"a desired state naming {d.name}:{d.version}"))
-            dest = self.blob_path(report.sha256)
             if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with upload.open("rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(upload, dest)
+                self._install(upload, dest)
             mv = ModelVersion(
                 name=d.name, version=d.version, task=d.task.value, sha256=report.sha256, size=report.size,
                 descriptor=report.descriptor.to_json(), manifest=manifest.model_dump(mode="json"),
@@ -204,6 +207,37 @@ class Registry:
             return PushResult(stored, created=True)
         finally:
             upload.unlink(missing_ok=True)
+
+    @staticmethod
+    def _install(upload: Path, dest: Path) -> None:
+        """Make the validated upload the blob's file on this host (durable before it is named)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with upload.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(upload, dest)
+
+    def set_aside(self, sha256: str, detail: str) -> None:
+        """Move this host's copy of blob `sha256`, found not to match its digest (`detail` says where), out of the
+        way to `blob_dir/corrupt/`, so it is never served again: the next `local_blob` fetches the store's copy
+        (checked) where the store keeps one, and where it does not (SQLite) a push of the same file puts it back.
+        """
+        aside = self.blob_dir / "corrupt" / sha256
+        with self._fetching:
+            try:
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(self.blob_path(sha256), aside)
+            except FileNotFoundError:
+                return  # set aside already
+        shared = self.store.shares_blobs
+        log.error(
+            "registry: this host's copy of blob %s does not match its digest (%s): moved to %s; %s", sha256, detail,
+            aside, "the store's copy is fetched instead" if shared else "push the model file again to restore it",
+        )  # fmt: skip
+        try:
+            self.store.add_event(time.time(), "hub", "blob.corrupt", f"blob/{sha256}",
+                                 {"detail": detail, "moved_to": str(aside), "store_copy": shared})  # fmt: skip
+        except Exception as e:  # the database is away: the log line above says it
+            log.warning("registry: cannot record the corrupt copy of blob %s: %s", sha256, e)
 
     def get(self, name: str, version: str) -> ModelVersion:
         """A version, or NotFound."""

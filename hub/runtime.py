@@ -178,6 +178,7 @@ class Hub:
         self.chunks = ChunkServer(
             self.store, self.registry.local_blob, self.topics,
             lambda topic, frame: chunk_pub.publish(topic, frame, qos=chunk_qos), s.transfer,
+            set_aside=self.registry.set_aside,
         )  # fmt: skip
         self.deployer = Deployer(
             self.store, self.key, self.topics,

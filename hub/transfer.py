@@ -37,11 +37,18 @@ times per publish; the window keeps many seconds queued, so a publish a few hund
 and idle downloaders are looked for once a second.
 
 Chunks are read from disk one at a time and the publisher keeps a bounded number unacknowledged, so memory
-stays bounded whatever the blob size.
+stays bounded whatever the blob size. Each chunk read is checked against its signed digest before it goes out:
+a copy on this host that went bad (a failing disk, a hand-edited file) would otherwise be published again at
+every want and refused by every agent, a download that never ends with the hub none the wiser. A chunk that
+does not match has the file set aside (`set_aside`: `Registry.set_aside`) and is read again, from the store's
+checked copy where it keeps one; a blob that cannot be read is counted (`read_errors`), logged, and its pending
+chunks are dropped until a device wants them again. The check costs one SHA-256 pass per byte published.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import threading
 import time
@@ -52,6 +59,7 @@ from pathlib import Path
 from fleet.chunks import encode_frame, read_chunk
 from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.topics import Topics
+from hub.ratelimit import log_sampled
 from hub.settings import TransferSettings
 from hub.store import Store
 
@@ -73,6 +81,8 @@ class TransferStats:
     chunks_republished: int = 0  # publishes of a chunk that was published before (late joiners, losses)
     bytes_published: int = 0
     publish_errors: int = 0
+    corrupt_chunks: int = 0  # chunks read from this host's copy of a blob that did not match their signed digest
+    read_errors: int = 0  # chunks not published because no good copy of their blob could be read
     paced_waits: int = 0  # times a blob's next chunk waited for downloaders to catch up
     pace_timeouts: int = 0  # ... and was published anyway because no progress came for pace_timeout_s
     progress_reports: int = 0
@@ -151,9 +161,11 @@ class ChunkServer:
         publish: PublishChunk,
         settings: TransferSettings,
         *,
+        set_aside: Callable[[str, str], object] | None = None,  # (sha256, detail): a copy not matching its digest
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self._set_aside = set_aside
         self.clock = clock
         self.blob_path = blob_path
         self.topics = topics
@@ -329,7 +341,8 @@ class ChunkServer:
             return Step(None, wait_s)
         self._pace_poll = PACE_POLL_S
         manifest, index = job
-        self._serve(manifest, index)
+        if not self._serve(manifest, index):
+            return Step(None, 0.0)
         return Step((manifest.sha256, index), 0.0)
 
     def _next_job(self, now: float) -> tuple[tuple[BlobManifest, int] | None, float]:
@@ -412,14 +425,50 @@ class ChunkServer:
         for sha in [k for k, e in self._expected.items() if now > e.until]:
             del self._expected[sha]
 
-    def _serve(self, manifest: BlobManifest, index: int) -> None:
+    def _serve(self, manifest: BlobManifest, index: int) -> bool:
+        """Publish chunk `index`; False when no good copy of the blob could be read (its pending chunks are
+        dropped: devices want them again, and a missing blob is not tried once per chunk)."""
         sha = manifest.sha256
-        with self.blob_path(sha).open("rb") as f:
-            frame = encode_frame(sha, index, manifest.count, read_chunk(f, manifest, index))
+        try:
+            chunk = self._read(manifest, index)
+        except OSError as e:
+            self.stats.read_errors += 1
+            with self._lock:
+                stream = self._streams.get(sha)
+                if stream is not None:
+                    stream.todo = bytearray(manifest.count)
+                    stream.todo_count = 0
+            if log_sampled(self.stats.read_errors):
+                log.error("transfer: cannot serve blob %s (#%d): %s", sha, self.stats.read_errors, e)
+            return False
+        frame = encode_frame(sha, index, manifest.count, chunk)
         self._throttle(len(frame))
         self._publish(self.topics.chunk(sha), frame)
         self.stats.chunks_published += 1
         self.stats.bytes_published += len(frame)
+        return True
+
+    def _read(self, manifest: BlobManifest, index: int) -> bytes:
+        """Chunk `index` from this host's copy of the blob, checked against its signed digest; a copy that does
+        not match is set aside and the chunk read once more (from the store's copy, where it keeps one).
+
+        Raises:
+            OSError: no copy of the blob (FileNotFoundError), or none that matches (EIO).
+        """
+        for _ in range(2):
+            with self.blob_path(manifest.sha256).open("rb") as f:
+                chunk = read_chunk(f, manifest, index)
+            if hashlib.sha256(chunk).hexdigest() == manifest.chunks[index]:
+                return chunk
+            self.stats.corrupt_chunks += 1
+            if self._set_aside is None:
+                break
+            self._set_aside(
+                manifest.sha256, f"chunk {index} of {manifest.count} read {len(chunk)} bytes that do not match"
+            )
+        raise OSError(
+            errno.EIO, f"chunk {index} of blob {manifest.sha256} on this host does not match its signed digest"
+        )
 
     def _throttle(self, size: int) -> None:
         rate = self.settings.rate_limit_bytes_per_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from hub.settings import BrokerSettings, HubSettings
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
+from tests.support.metrics import scrape
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_report, one_model_window
 
@@ -173,6 +175,41 @@ def test_rate_limited_serving_delivers_every_chunk(
         _fetch_every_chunk(h, broker, model["sha256"], model["chunks"])
     finally:
         h.stop()
+
+
+def test_a_blob_gone_bad_on_the_hubs_disk_is_never_served_and_pushing_the_file_again_puts_it_back(
+    running_hub: RunningHub, broker: Broker, samples: Path
+) -> None:
+    h = running_hub
+    model = _push_and_enrol(h, samples, "cam-1")
+    sha, count = model["sha256"], model["chunks"]
+    manifest = h.hub.chunks.manifest(sha)
+    assert manifest is not None
+    local = h.hub.registry.blob_path(sha)
+    good = local.read_bytes()
+    local.write_bytes(good[: len(good) // 2])  # cut short on the hub's disk (SQLite: its only copy)
+    intact = [i for i in range(count) if manifest.offset(i) + manifest.chunk_length(i) <= len(good) // 2]
+    assert 0 < len(intact) < count
+
+    def receive(n: int) -> list[int]:
+        frames = [decode_frame(bytes(dev.get().payload)) for _ in range(n)]  # a bad one sent would be among them
+        assert all(hashlib.sha256(f.data).hexdigest() == manifest.chunks[f.index] for f in frames)
+        return sorted(f.index for f in frames)
+
+    dev = TestClient(broker.host, broker.port)
+    try:
+        dev.subscribe(h.hub.topics.chunk(sha))
+        dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+        assert receive(len(intact)) == intact  # then the first chunk past the cut: the file is set aside
+        wait_for(lambda: scrape(h.url, "edgefleet_hub_chunk_read_errors_total") == 1)
+        assert scrape(h.url, "edgefleet_hub_chunks_corrupt_total") == 1 and not local.exists()
+        r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
+        assert r.status_code == 200, r.text  # the version exists: its bytes are put back
+        assert local.read_bytes() == good
+        dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
+        assert receive(count) == list(range(count))
+    finally:
+        dev.close()
 
 
 def _fetch_every_chunk(h: RunningHub, broker: Broker, sha: str, count: int) -> None:

@@ -3,10 +3,12 @@
 A replica that never saw a push serves the blob from the store's copy, fetched once into its own blob directory
 and checked against the digest; a copy that does not match is refused and nothing is kept; deleting the last
 version of a blob deletes the store's copy. With SQLite (one machine) the blob directory is the only copy.
+A replica's own copy that goes bad is never served: the chunk server checks every chunk it reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from fleet.chunks import ChunkFrame, decode_frame
+from fleet.messages import BlobManifest, Want
+from fleet.topics import Topics
 from hub.registry import Registry
+from hub.settings import TransferSettings
 from hub.store import Database, SqlStore, open_store
 from hub.store import sql as store_sql
+from hub.transfer import ChunkServer
 from models.descriptor import ModelDescriptor
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
@@ -159,3 +166,68 @@ def test_two_replicas_storing_the_same_blob_at_once_keep_one_copy_and_both_succe
         first.close()
         other.close()
     assert _replica(store, tmp_path / "c").local_blob(sha).read_bytes() == path.read_bytes()
+
+
+def _serve_all(server: ChunkServer, sent: list[ChunkFrame], sha: str, count: int, now: list[float]) -> list[int]:
+    """Want every chunk of `sha` as one device, step the chunk server until it has nothing left to do, and check
+    what it published (into `sent`, emptied first) against the signed manifest; the indexes published."""
+    sent.clear()
+    assert server.want(Want(device_id="cam-1", sha256=sha, missing=[(0, count)]))
+    now[0] += 1.0  # past the round interval: the pass starts
+    for _ in range(4 * count):
+        if server.pending_chunks == 0:
+            break
+        server.step()
+    assert server.pending_chunks == 0
+    manifest = server.manifest(sha)
+    assert manifest is not None
+    assert all(hashlib.sha256(f.data).hexdigest() == manifest.chunks[f.index] for f in sent)  # none bad went out
+    return sorted(f.index for f in sent)
+
+
+def test_a_replicas_copy_that_went_bad_is_never_served_and_is_fetched_again_or_pushed_back(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    path, desc = _model(tmp_path)
+    blob = path.read_bytes()
+    a = _replica(store, tmp_path / "a")
+    sha = _push(a, path, desc, tmp_path)
+    raw = store.blob_manifest(sha)
+    assert raw is not None
+    manifest = BlobManifest.model_validate(raw)
+    assert manifest.count >= 4
+    now = [1000.0]
+    sent: list[ChunkFrame] = []
+    server = ChunkServer(
+        store, a.local_blob, Topics("t/v1"), lambda _topic, frame: sent.append(decode_frame(frame)),
+        TransferSettings(window_chunks=0), set_aside=a.set_aside, clock=lambda: now[0],
+    )  # fmt: skip
+    bad = bytearray(blob)
+    bad[manifest.offset(2) + 7] ^= 0x01  # one bit of chunk 2 flips on this host's disk
+    a.blob_path(sha).write_bytes(bad)
+
+    served = _serve_all(server, sent, sha, manifest.count, now)
+    assert server.stats.corrupt_chunks == 1
+    assert (tmp_path / "a" / "blobs" / "corrupt" / sha).read_bytes() == bad  # kept aside for a look, never served
+    (event,) = store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.corrupt", limit=5)
+    assert "chunk 2 " in event.details["detail"] and event.details["store_copy"] == store.shares_blobs
+    if store.shares_blobs:  # the store's checked copy took its place, and the pass went on
+        assert served == list(range(manifest.count))
+        assert a.blob_path(sha).read_bytes() == blob and server.stats.read_errors == 0
+        return
+
+    # one machine: no other copy; what was left of the pass is dropped, not tried chunk by chunk
+    assert served == [0, 1] and server.stats.read_errors == 1
+    assert not a.blob_path(sha).exists()
+    assert _serve_all(server, sent, sha, manifest.count, now) == [] and server.stats.read_errors == 2
+    assert not _push_result(a, path, desc, tmp_path)  # pushing the same file again puts it back
+    assert a.blob_path(sha).read_bytes() == blob
+    assert store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.restore", limit=5)
+    assert _serve_all(server, sent, sha, manifest.count, now) == list(range(manifest.count))
+
+
+def _push_result(registry: Registry, path: Path, desc: ModelDescriptor, tmp_path: Path) -> bool:
+    """Push a copy of `path` again; whether a new version was created."""
+    upload = tmp_path / "again.onnx"
+    shutil.copyfile(path, upload)
+    return registry.push(upload, desc, actor="test").created
