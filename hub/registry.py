@@ -51,6 +51,7 @@ class PushResult:
 
     version: ModelVersion
     created: bool
+    restored: bool = False  # the version existed without its bytes on this host: the push put them back
 
 
 class Registry:
@@ -180,6 +181,7 @@ class Registry:
                                 d.name, d.version)  # fmt: skip
                     self.store.add_event(time.time(), actor, "blob.restore", f"blob/{report.sha256}",
                                          {"model": f"{d.name}:{d.version}"})  # fmt: skip
+                    return PushResult(existing, created=False, restored=True)
                 return PushResult(existing, created=False)
             manifest = plan_file(upload, self.chunk_size, chunking=self.chunking)
             ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,

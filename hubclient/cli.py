@@ -147,6 +147,8 @@ def model_push(
                 )
             )
     verb = "stored" if res.get("created") else "already stored"
+    if res.get("restored"):
+        verb = "already stored; the hub's copy of its bytes was missing and is put back"
     out.print(f"{res['name']}:{res['version']} {verb} (sha256 {res['sha256'][:12]}, {res['size']} bytes)")
 
 

@@ -75,7 +75,7 @@ def models_router(hub: HubServices) -> APIRouter:
             path = await run_in_threadpool(registry.receive, iter(lambda: file.file.read(_BLOCK), b""), max_bytes=limit)
             filename = (file.filename or "upload.onnx")[:200]
         result = await run_in_threadpool(registry.push, path, descriptor, actor=principal.name, filename=filename)
-        body = ModelPushed(**dict(model_version_view(result.version)), created=result.created)
+        body = ModelPushed(**dict(model_version_view(result.version)), created=result.created, restored=result.restored)
         return JSONResponse(body.model_dump(mode="json"), status_code=201 if result.created else 200)
 
     @r.get("", summary="List every model version", responses=errors(401, 429))

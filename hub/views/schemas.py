@@ -140,6 +140,11 @@ class ModelPushed(ModelVersionView):
     """The answer to an upload: 201 when stored now, 200 when these exact bytes were already stored."""
 
     created: bool
+    restored: bool = Field(
+        default=False,
+        description="the version existed, but the hub's copy of its bytes was missing (set aside as corrupt, or "
+        "lost with a disk): this upload put it back",
+    )
 
 
 class ModelVersionDetail(ModelVersionView):

@@ -34,6 +34,10 @@ def test_model_device_deploy_commands(running_hub: RunningHub, samples: Path, tm
     h = running_hub
     out = _run(h, "model", "push", str(samples / "mobilenet-like.onnx"))
     assert "mobilenet-like:1.0.0 stored" in out
+    assert "1.0.0 already stored (" in _run(h, "model", "push", str(samples / "mobilenet-like.onnx"))
+    h.hub.registry.set_aside(json.loads(_run(h, "model", "show", "mobilenet-like:1.0.0", "--json"))["sha256"], "test")
+    out = _run(h, "model", "push", str(samples / "mobilenet-like.onnx"))  # the hub's copy was set aside: put back
+    assert "already stored; the hub's copy of its bytes was missing and is put back" in out
     pushed = json.loads(_run(h, "model", "push", str(samples / "tiny-detector.onnx"), "--version", "2.0.0", "--json"))
     assert pushed["version"] == "2.0.0" and pushed["created"] is True
     listed = json.loads(_run(h, "model", "list", "--json"))

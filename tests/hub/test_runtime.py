@@ -204,7 +204,7 @@ def test_a_blob_gone_bad_on_the_hubs_disk_is_never_served_and_pushing_the_file_a
         wait_for(lambda: scrape(h.url, "edgefleet_hub_chunk_read_errors_total") == 1)
         assert scrape(h.url, "edgefleet_hub_chunks_corrupt_total") == 1 and not local.exists()
         r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
-        assert r.status_code == 200, r.text  # the version exists: its bytes are put back
+        assert r.status_code == 200 and r.json()["restored"], r.text  # the version exists: its bytes are put back
         assert local.read_bytes() == good
         dev.publish(h.hub.topics.want(sha), encode(Want(device_id="cam-1", sha256=sha, missing=[(0, count)])))
         assert receive(count) == list(range(count))

@@ -220,14 +220,15 @@ def test_a_replicas_copy_that_went_bad_is_never_served_and_is_fetched_again_or_p
     assert served == [0, 1] and server.stats.read_errors == 1
     assert not a.blob_path(sha).exists()
     assert _serve_all(server, sent, sha, manifest.count, now) == [] and server.stats.read_errors == 2
-    assert not _push_result(a, path, desc, tmp_path)  # pushing the same file again puts it back
+    assert _push_again(a, path, desc, tmp_path) == (False, True)  # not a new version: its bytes put back
     assert a.blob_path(sha).read_bytes() == blob
     assert store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.restore", limit=5)
     assert _serve_all(server, sent, sha, manifest.count, now) == list(range(manifest.count))
 
 
-def _push_result(registry: Registry, path: Path, desc: ModelDescriptor, tmp_path: Path) -> bool:
-    """Push a copy of `path` again; whether a new version was created."""
+def _push_again(registry: Registry, path: Path, desc: ModelDescriptor, tmp_path: Path) -> tuple[bool, bool]:
+    """Push a copy of `path` again: whether a new version was created, and whether the blob was put back."""
     upload = tmp_path / "again.onnx"
     shutil.copyfile(path, upload)
-    return registry.push(upload, desc, actor="test").created
+    result = registry.push(upload, desc, actor="test")
+    return result.created, result.restored
