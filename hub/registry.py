@@ -88,6 +88,24 @@ class Registry:
             )
         return shared
 
+    def missing_blobs(self) -> dict[str, list[str]]:
+        """Registered blobs that no copy of can be had (not on this host, and the store keeps none: SQLite), with
+        the versions that name them: they cannot be served until their files are pushed again."""
+        if self.store.shares_blobs:
+            return {}  # a replica fetches what it lacks from the store (`local_blob`)
+        missing: dict[str, list[str]] = {}
+        for mv in self.store.list_model_versions():
+            if not self.blob_path(mv.sha256).exists():
+                missing.setdefault(mv.sha256, []).append(f"{mv.name}:{mv.version}")
+        if missing:
+            names = ", ".join(v for versions in missing.values() for v in versions)
+            log.error(
+                "registry: %d blob(s) are registered but missing from %s (moved to corrupt/, or lost with a disk), "
+                "so devices cannot fetch them: push the model files again (%s)", len(missing), self.blob_dir,
+                names[:500],
+            )  # fmt: skip
+        return missing
+
     def local_blob(self, sha256: str) -> Path:
         """The blob's file on this host, copied from the store first if only the store has it (a replica on
         another host took it in).

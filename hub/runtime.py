@@ -141,6 +141,7 @@ class Hub:
         )
         self.registry.cleanup_tmp()
         self.registry.share_local_blobs()  # replicas on other hosts serve blobs pushed before the store kept them
+        self.registry.missing_blobs()  # said at start: a blob set aside as corrupt waits for a push of its file
         self.devices = Devices(self.store, s.devices, bundle_fields=self._bundle_fields, on_enrolled=self._on_enrolled)
         self.telemetry = TelemetryQueries(self.store)
         if s.broker.url is None:

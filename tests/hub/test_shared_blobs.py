@@ -219,9 +219,10 @@ def test_a_replicas_copy_that_went_bad_is_never_served_and_is_fetched_again_or_p
     # one machine: no other copy; what was left of the pass is dropped, not tried chunk by chunk
     assert served == [0, 1] and server.stats.read_errors == 1
     assert not a.blob_path(sha).exists()
+    assert a.missing_blobs() == {sha: ["cls:1.0.0"]}  # what a hub starting now logs
     assert _serve_all(server, sent, sha, manifest.count, now) == [] and server.stats.read_errors == 2
     assert _push_again(a, path, desc, tmp_path) == (False, True)  # not a new version: its bytes put back
-    assert a.blob_path(sha).read_bytes() == blob
+    assert a.blob_path(sha).read_bytes() == blob and a.missing_blobs() == {}
     assert store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.restore", limit=5)
     assert _serve_all(server, sent, sha, manifest.count, now) == list(range(manifest.count))
 
