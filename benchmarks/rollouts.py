@@ -71,6 +71,8 @@ def run(n: int, windows: int, tmp: Path) -> dict[str, float]:
     for d in ids:
         store.add_device(Device(id=d, labels={"site": "a"}, password_hash="x", enrolled_at=0, enrolled_by="bench"))
     registry = Registry(store, tmp / "blobs", tmp / "tmp", chunk_size=262144)
+    registry.blob_path(SHA).parent.mkdir(parents=True, exist_ok=True)
+    registry.blob_path(SHA).touch()  # a file for the blob, so it counts as servable (no chunk is served here)
     devices = Devices(store, DeviceSettings(), bundle_fields=dict)
     deployer = Deployer(store, HubSigningKey.generate(), Topics("fleet/v1"), lambda *a: None, DeviceSettings(),
                         registry=registry, devices=devices)  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 from fleet.limits import check_json
 from fleet.messages import BlobManifest, DesiredModel, ModelRef
 from fleet.plan import Chunking, plan_file
-from hub.errors import InvalidModel, NotFound, TooLarge
+from hub.errors import Conflict, InvalidModel, NotFound, TooLarge
 from hub.limits import desired_state_bytes, fits, too_large_message
 from hub.store import ModelVersion, Store
 from models.descriptor import ModelDescriptor
@@ -290,6 +290,17 @@ class Registry:
         if self.store.delete_model_version(name, version):
             self.blob_path(mv.sha256).unlink(missing_ok=True)
         self.store.add_event(time.time(), actor, "model.delete", f"model/{name}:{version}", {"sha256": mv.sha256})
+
+    def servable(self, name: str, version: str) -> ModelVersion:
+        """A version whose bytes this hub can send: NotFound when not registered, Conflict when no copy of its
+        blob can be had (SQLite, the file set aside as corrupt or lost: a deploy would leave devices wanting)."""
+        mv = self.get(name, version)
+        if not self.store.shares_blobs and not self.blob_path(mv.sha256).exists():
+            raise Conflict(
+                f"model {name}:{version} cannot be sent: this hub has no copy of its bytes (blob {mv.sha256[:12]} "
+                f"was set aside as corrupt or lost); push its file again: edgefleet model push FILE"
+            )
+        return mv
 
     def model_ref(self, name: str, version: str) -> ModelRef:
         """The ModelRef an agent needs for this version (its manifest and description)."""

@@ -273,11 +273,12 @@ class RolloutEngine:
 
         Raises:
             NotFound: the model version is not registered.
+            Conflict: this hub has no copy of the version's bytes (`Registry.servable`).
             InvalidSelector, NoTargets, RolloutConflict: see `controller.new_rollout`.
             Unplaceable: `spec.runtime` asks for GPUs, MIG slices or pods a matching device does not advertise.
         """
         now = time.time() if now is None else now
-        self.registry.get(spec.model, spec.version)
+        self.registry.servable(spec.model, spec.version)
         check_runtime(self.deployer.devices.find(spec.selector), spec.runtime, self.deployer.other_runtimes(spec.model))
         with self._lock:
             rollout_id = f"r-{uuid.uuid4().hex[:12]}"

@@ -24,7 +24,8 @@ from hub.api.deps import Viewer
 from hub.api.server import api_server
 from hub.broker import LocalBroker
 from hub.deploy import Deployer
-from hub.errors import HubError, NotFound, NotInitialised
+from hub.errors import Conflict, HubError, NotFound, NotInitialised
+from hub.rollouts.model import RolloutSpec
 from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings
 from models.descriptor import ModelDescriptor
@@ -203,6 +204,12 @@ def test_a_blob_gone_bad_on_the_hubs_disk_is_never_served_and_pushing_the_file_a
         assert receive(len(intact)) == intact  # then the first chunk past the cut: the file is set aside
         wait_for(lambda: scrape(h.url, "edgefleet_hub_chunk_read_errors_total") == 1)
         assert scrape(h.url, "edgefleet_hub_chunks_corrupt_total") == 1 and not local.exists()
+        with h.client() as c:  # nothing may be sent that devices could not fetch: refused with what to do
+            body = {"model": model["name"], "version": model["version"], "selector": "site=x"}
+            refused = c.post("/api/v1/deployments", json=body)
+        assert refused.status_code == 409 and "push its file again" in refused.json()["error"]["message"], refused.text
+        with pytest.raises(Conflict, match="no copy of its bytes"):
+            h.hub.rollouts.start_rollout(RolloutSpec(**body), actor="test")
         r = h.push_model(samples / "mobilenet-like.onnx", samples / "mobilenet-like.yaml")
         assert r.status_code == 200 and r.json()["restored"], r.text  # the version exists: its bytes are put back
         assert local.read_bytes() == good

@@ -19,6 +19,7 @@ import pytest
 from fleet.chunks import ChunkFrame, decode_frame
 from fleet.messages import BlobManifest, Want
 from fleet.topics import Topics
+from hub.errors import Conflict
 from hub.registry import Registry
 from hub.settings import TransferSettings
 from hub.store import Database, SqlStore, open_store
@@ -220,9 +221,12 @@ def test_a_replicas_copy_that_went_bad_is_never_served_and_is_fetched_again_or_p
     assert served == [0, 1] and server.stats.read_errors == 1
     assert not a.blob_path(sha).exists()
     assert a.missing_blobs() == {sha: ["cls:1.0.0"]}  # what a hub starting now logs
+    with pytest.raises(Conflict, match="push its file again"):  # what a deploy or a rollout of it is told
+        a.servable("cls", "1.0.0")
     assert _serve_all(server, sent, sha, manifest.count, now) == [] and server.stats.read_errors == 2
     assert _push_again(a, path, desc, tmp_path) == (False, True)  # not a new version: its bytes put back
     assert a.blob_path(sha).read_bytes() == blob and a.missing_blobs() == {}
+    assert a.servable("cls", "1.0.0").sha256 == sha
     assert store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.restore", limit=5)
     assert _serve_all(server, sent, sha, manifest.count, now) == list(range(manifest.count))
 

@@ -160,9 +160,9 @@ def test_hostile_chunks_are_refused_and_the_download_completes(world: World, cap
     assert y.count >= 2
     blob_y = world.hub.hub.registry.blob_path(y.sha256)
     parked = world.tmp / "parked"
+    world.deploy("cam-a", "1.0.0")  # before the agent runs: nobody wants Y yet (a deploy needs the hub's copy)
     shutil.move(blob_y, parked)  # the hub cannot serve Y for now: the agent stays in its download
     agent = world.start_agent("cam-a")
-    world.deploy("cam-a", "1.0.0")
     # a want reached the hub: the broker has the agent's chunk subscription (sent before the want)
     wait_for(lambda: agent.reconciler.download is not None and world.hub.hub.ingest.accepted["want"] > 0)
     dl = agent.reconciler.download
