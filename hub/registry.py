@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,23 +79,33 @@ class Registry:
         shared = 0
         for sha256 in self.store.unshared_blobs():
             path = self.blob_path(sha256)
-            if path.exists():
-                self.store.share_blob(sha256, path)
-                shared += 1
+            if not path.exists():
+                continue
+            with path.open("rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != sha256:  # never hand the others a bad copy
+                    self.set_aside(sha256, "found while copying it into the store")
+                    continue
+            self.store.share_blob(sha256, path)
+            shared += 1
         if shared:
             log.info(
                 "registry: %d blob(s) of this host's blob directory copied into the store for other replicas", shared
             )
         return shared
 
+    def _unreachable(self) -> Callable[[str], bool]:
+        """Whether a blob has no copy this host can have: not here, and not in the store (on SQLite it keeps none;
+        on PostgreSQL one found bad is deleted). A replica fetches from the store what it lacks (`local_blob`)."""
+        unshared = set(self.store.unshared_blobs()) if self.store.shares_blobs else None
+        return lambda sha256: not self.blob_path(sha256).exists() and (unshared is None or sha256 in unshared)
+
     def missing_blobs(self) -> dict[str, list[str]]:
-        """Registered blobs that no copy of can be had (not on this host, and the store keeps none: SQLite), with
-        the versions that name them: they cannot be served until their files are pushed again."""
-        if self.store.shares_blobs:
-            return {}  # a replica fetches what it lacks from the store (`local_blob`)
+        """Registered blobs that no copy of can be had (`_unreachable`), with the versions that name them: they
+        cannot be served until their files are pushed again."""
+        unreachable = self._unreachable()
         missing: dict[str, list[str]] = {}
         for mv in self.store.list_model_versions():
-            if not self.blob_path(mv.sha256).exists():
+            if unreachable(mv.sha256):
                 missing.setdefault(mv.sha256, []).append(f"{mv.name}:{mv.version}")
         if missing:
             names = ", ".join(v for versions in missing.values() for v in versions)
@@ -132,6 +142,7 @@ class Registry:
                     if not self.store.copy_blob(sha256, out):
                         raise FileNotFoundError(f"blob {sha256} is neither in {self.blob_dir} nor in the store")
                     if digest.hexdigest() != sha256:
+                        self._forget_store_copy(sha256)
                         raise OSError(errno.EIO, f"the store's copy of blob {sha256} does not match its digest")
                     f.flush()
                     os.fsync(f.fileno())
@@ -193,14 +204,7 @@ class Registry:
             existing = self.store.get_model_version(d.name, d.version)
             dest = self.blob_path(report.sha256)
             if existing is not None and existing.sha256 == report.sha256:
-                if not dest.exists():  # set aside as corrupt, or lost with a disk: the same bytes put it back
-                    self._install(upload, dest)
-                    log.warning("registry: blob %s of %s:%s put back from a push of the same file", report.sha256,
-                                d.name, d.version)  # fmt: skip
-                    self.store.add_event(time.time(), actor, "blob.restore", f"blob/{report.sha256}",
-                                         {"model": f"{d.name}:{d.version}"})  # fmt: skip
-                    return PushResult(existing, created=False, restored=True)
-                return PushResult(existing, created=False)
+                return PushResult(existing, created=False, restored=self._restore(upload, dest, existing, actor))
             manifest = plan_file(upload, self.chunk_size, chunking=self.chunking)
             ref = ModelRef(name=d.name, version=d.version, task=d.task.value, blob=manifest,
                            descriptor=report.descriptor.to_json())  # fmt: skip
@@ -228,6 +232,23 @@ class Registry:
         finally:
             upload.unlink(missing_ok=True)
 
+    def _restore(self, upload: Path, dest: Path, mv: ModelVersion, actor: str) -> bool:
+        """A push of a version's own bytes (`upload`, validated) puts back what is missing of them: this host's
+        file (set aside as corrupt, or lost with a disk) and the store's copy (deleted when found bad); whether
+        it put anything back (a replica's file alone is only a cache where the store keeps the bytes)."""
+        local = not dest.exists()
+        if local:
+            self._install(upload, dest)
+        stored = self.store.share_blob(mv.sha256, dest if local else upload)  # one indexed lookup when kept
+        if stored or (local and not self.store.shares_blobs):
+            where = " and ".join(w for w, done in (("this host", local), ("the store", stored)) if done)
+            log.warning("registry: blob %s of %s:%s put back in %s from a push of the same file", mv.sha256,
+                        mv.name, mv.version, where)  # fmt: skip
+            self.store.add_event(time.time(), actor, "blob.restore", f"blob/{mv.sha256}",
+                                 {"model": f"{mv.name}:{mv.version}", "host": local, "store": stored})  # fmt: skip
+            return True
+        return False
+
     @staticmethod
     def _install(upload: Path, dest: Path) -> None:
         """Make the validated upload the blob's file on this host (durable before it is named)."""
@@ -235,6 +256,20 @@ class Registry:
         with upload.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(upload, dest)
+
+    def _forget_store_copy(self, sha256: str) -> None:
+        """The store's copy of a blob went bad: delete it, so that it is stored anew from a good file (a push of
+        it, or a replica starting with one) rather than fetched and refused by every replica that lacks it."""
+        log.error(
+            "registry: the store's copy of blob %s does not match its digest: deleted from the store; a replica "
+            "holding a good copy stores it again at its start, or push the model file again", sha256,
+        )  # fmt: skip
+        try:
+            self.store.forget_blob_copy(sha256)
+            self.store.add_event(time.time(), "hub", "blob.corrupt", f"blob/{sha256}",
+                                 {"detail": "the store's copy", "store_copy": False})  # fmt: skip
+        except Exception as e:  # the database is away: the copy is refused again at the next fetch
+            log.warning("registry: cannot delete the store's bad copy of blob %s: %s", sha256, e)
 
     def set_aside(self, sha256: str, detail: str) -> None:
         """Move this host's copy of blob `sha256`, found not to match its digest (`detail` says where), out of the
@@ -293,9 +328,10 @@ class Registry:
 
     def servable(self, name: str, version: str) -> ModelVersion:
         """A version whose bytes this hub can send: NotFound when not registered, Conflict when no copy of its
-        blob can be had (SQLite, the file set aside as corrupt or lost: a deploy would leave devices wanting)."""
+        blob can be had (set aside as corrupt or lost, and not in the store: a deploy would leave devices
+        wanting)."""
         mv = self.get(name, version)
-        if not self.store.shares_blobs and not self.blob_path(mv.sha256).exists():
+        if self._unreachable()(mv.sha256):
             raise Conflict(
                 f"model {name}:{version} cannot be sent: this hub has no copy of its bytes (blob {mv.sha256[:12]} "
                 f"was set aside as corrupt or lost); push its file again: edgefleet model push FILE"

@@ -443,11 +443,12 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         return self._write(job)
 
     @staticmethod
-    def _add_blob_parts(c: Conn, sha256: str, content: Path) -> None:
+    def _add_blob_parts(c: Conn, sha256: str, content: Path) -> bool:
         """Store the bytes of `content` (the blob `sha256`) unless they are stored already (same transaction as
-        its `blobs` row, so a blob another replica deletes meanwhile is never left registered without them)."""
+        its `blobs` row, so a blob another replica deletes meanwhile is never left registered without them);
+        whether it stored them."""
         if c.execute("SELECT 1 FROM blob_parts WHERE sha256 = ? AND part = 0", (sha256,)).fetchone() is not None:
-            return
+            return False
         with content.open("rb") as f:
             part = 0
             while data := f.read(BLOB_PART_BYTES):
@@ -455,6 +456,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     "INSERT INTO blob_parts VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (sha256, part, data), binary=True
                 )
                 part += 1
+        return True
 
     def unshared_blobs(self) -> list[str]:
         """Registered blobs whose bytes the store does not keep (pushed before it kept them); [] where it keeps none."""
@@ -466,17 +468,24 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         )
         return [str(r[0]) for r in rows]
 
-    def share_blob(self, sha256: str, content: Path) -> None:
-        """Keep the bytes of `content`, the registered blob `sha256`, where the store shares blobs (nothing if it
-        keeps them already, if the blob was deleted meanwhile, or on SQLite)."""
+    def share_blob(self, sha256: str, content: Path) -> bool:
+        """Keep the bytes of `content`, the registered blob `sha256`, where the store shares blobs; whether it
+        stored them now (False if it keeps them already, if the blob was deleted meanwhile, or on SQLite)."""
         if not self.shares_blobs:
-            return
+            return False
 
-        def job(c: Conn) -> None:
-            if c.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is not None:
-                self._add_blob_parts(c, sha256, content)
+        def job(c: Conn) -> bool:
+            if c.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is None:
+                return False
+            return self._add_blob_parts(c, sha256, content)
 
-        self._write(job)
+        return self._write(job)
+
+    def forget_blob_copy(self, sha256: str) -> None:
+        """Delete the store's copy of blob `sha256` (found not to match its digest): `unshared_blobs` lists it
+        again, and the next push of its file, or a replica starting with a good copy, stores it anew."""
+        if self.shares_blobs:
+            self._write(lambda c: c.execute("DELETE FROM blob_parts WHERE sha256 = ?", (sha256,)))
 
     def copy_blob(self, sha256: str, out: Callable[[bytes], object]) -> bool:
         """Hand the stored bytes of blob `sha256` to `out`, part by part, in order; False when the store keeps

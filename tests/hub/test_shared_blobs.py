@@ -77,14 +77,22 @@ def test_a_replica_that_never_saw_a_push_serves_the_blob_from_the_stores_copy(
     assert b.local_blob(sha).read_bytes() == blob
 
     conn = database.connect()
+    parts = "SELECT count(*) FROM blob_parts WHERE sha256 = ?"
     try:  # the store's copy goes bad: refused, nothing kept, the temporary file removed
         conn.execute("UPDATE blob_parts SET data = ? WHERE sha256 = ? AND part = 1", (b"\0" * 4096, sha), binary=True)
         c = _replica(store, tmp_path / "c")
         with pytest.raises(OSError, match="does not match its digest"):
             c.local_blob(sha)
         assert not c.blob_path(sha).exists() and not list((tmp_path / "c" / "tmp").iterdir())
+        # ... and deleted from the store: no replica fetches it again, none deploys it, a push stores it anew
+        assert conn.execute(parts, (sha,)).fetchone()[0] == 0 and store.unshared_blobs() == [sha]
+        with pytest.raises(Conflict, match="push its file again"):
+            c.servable("cls", "1.0.0")
+        assert a.servable("cls", "1.0.0").sha256 == sha  # a still has its own copy
+        assert _push_again(c, path, desc, tmp_path) == (False, True)
+        assert store.unshared_blobs() == [] and _replica(store, tmp_path / "e").local_blob(sha).read_bytes() == blob
         a.delete("cls", "1.0.0", actor="test")  # the last version of the blob: its copy goes with it
-        assert conn.execute("SELECT count(*) FROM blob_parts WHERE sha256 = ?", (sha,)).fetchone()[0] == 0
+        assert conn.execute(parts, (sha,)).fetchone()[0] == 0
     finally:
         conn.close()
     with pytest.raises(FileNotFoundError):
@@ -133,6 +141,33 @@ def test_blobs_pushed_before_the_store_kept_them_are_shared_by_the_replica_that_
     assert a.share_local_blobs() == 1  # what a hub does at start
     assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
     assert b.local_blob(sha).read_bytes() == path.read_bytes()
+
+
+def test_a_bad_copy_is_never_copied_into_the_store_and_a_push_of_the_file_stores_it(
+    store: SqlStore, database: Database, tmp_path: Path
+) -> None:
+    path, desc = _model(tmp_path)
+    a = _replica(store, tmp_path / "a")
+    sha = _push(a, path, desc, tmp_path)
+    if not store.shares_blobs:
+        assert store.unshared_blobs() == [] and a.share_local_blobs() == 0
+        return
+    conn = database.connect()
+    try:
+        conn.execute("DELETE FROM blob_parts")  # as a hub of an earlier release left it (a shared directory)
+    finally:
+        conn.close()
+    bad = bytearray(path.read_bytes())
+    bad[100] ^= 0x01  # ... and the upgraded replica's copy went bad meanwhile
+    a.blob_path(sha).write_bytes(bad)
+    assert a.share_local_blobs() == 0 and store.unshared_blobs() == [sha]  # not handed to the other replicas
+    assert (tmp_path / "a" / "blobs" / "corrupt" / sha).read_bytes() == bad
+    assert a.missing_blobs() == {sha: ["cls:1.0.0"]}
+    assert _push_again(a, path, desc, tmp_path) == (False, True)  # this host's file and the store's copy
+    assert a.blob_path(sha).read_bytes() == path.read_bytes() and store.unshared_blobs() == []
+    assert _replica(store, tmp_path / "b").local_blob(sha).read_bytes() == path.read_bytes()
+    (event,) = store.list_events(since=None, until=None, subject=f"blob/{sha}", action="blob.restore", limit=5)
+    assert event.details == {"model": "cls:1.0.0", "host": True, "store": True}
 
 
 def test_two_replicas_storing_the_same_blob_at_once_keep_one_copy_and_both_succeed(
