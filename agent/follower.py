@@ -16,13 +16,13 @@ shadow) as it is and is logged with its reason; the follower retries when the po
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 from agent.activation import Loaded, load
 from agent.errors import ActivationError, StoreError
 from agent.ports import ServingPort
 from agent.store import ModelStore, ShadowPointer, StoredModel
+from infra.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class StoreFollower:
         self.poll_s = poll_s
         self.warmup_runs = warmup_runs
         self._followed: dict[str, _Followed] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("edgefleet-follower", self.check, lambda: self.poll_s, log=log, join_s=self.poll_s + 5)
 
     def state(self, name: str) -> FollowState:
         """What the follower serves for model `name` and its last problem."""
@@ -165,17 +164,7 @@ class StoreFollower:
     def start(self) -> None:
         """Check once now (so the pod is ready as soon as it can be), then poll on a background thread."""
         self.check()
-        self._thread = threading.Thread(target=self._loop, name="edgefleet-follower", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.check()
-            except Exception:  # a bug in one check must not stop the pod from following later changes
-                log.exception("store check failed")
+        self._loop.start()  # a check that fails (a bug) is logged: the pod goes on following later changes
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.poll_s + 5)
+        self._loop.stop()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from hub.store import Fence, Store
+from infra.periodic import Periodic
 
 log = logging.getLogger(__name__)
 LEADER_LEASE = "leader"
@@ -61,8 +62,7 @@ class Leadership:
         self._token: int | None = None
         self._valid_until = 0.0  # monotonic: act as leader until then unless renewed
         self._leading: int | None = None  # the token announced through on_change
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("hub-leadership", self.attempt, lambda: self.renew_s, log=log)
         self._lock = threading.Lock()
 
     @property
@@ -80,16 +80,11 @@ class Leadership:
     def start(self) -> None:
         """Try once now (a lone hub leads from its first second), then keep trying on a thread."""
         self.attempt()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hub-leadership", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop acting as leader and release the lease, so another replica takes over at once."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._loop.stop()
         held = self._token is not None
         with self._lock:
             self._token, self._valid_until = None, 0.0
@@ -122,7 +117,7 @@ class Leadership:
         previous, self._leading = self._leading, token
         self.changes += 1
         if previous is not None:
-            level = logging.INFO if self._stop.is_set() else logging.WARNING  # a stop is no news
+            level = logging.INFO if self._loop.stopping.is_set() else logging.WARNING  # a stop is no news
             log.log(level, "leadership: %s stopped leading (token %d)", self.holder, previous)
             self._notify(False)
         if token is not None:
@@ -136,7 +131,3 @@ class Leadership:
                 self.on_change(leading)
             except Exception:
                 log.exception("leadership: a leadership change callback failed")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_s):
-            self.attempt()

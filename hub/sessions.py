@@ -26,7 +26,6 @@ session and subscribes again. A replica alive on the broker but cut off from the
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from hub.errors import BrokerError
 from hub.mqtt import HubLink
 from hub.store import Store
+from infra.periodic import Periodic
 
 log = logging.getLogger(__name__)
 PRESENCE = "replica:"
@@ -84,21 +84,15 @@ class SessionAdoption:
         self._draining: HubLink | None = None
         self._renewed = 0.0
         self._not_before: dict[str, float] = {}  # client id -> monotonic time of the next try
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("hub-sessions", self.step, lambda: self.renew_s, log=log)
 
     def start(self) -> None:
-        self._stop.clear()
         self._renew()
-        self._thread = threading.Thread(target=self._run, name="hub-sessions", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop. The presence lease is left to expire: a replica stopped for longer is adopted."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._loop.stop()
 
     def release(self, ticket: int) -> None:
         """Acknowledge what a drain took in, up to `ticket`, once stored (the store's commit callback)."""
@@ -129,7 +123,7 @@ class SessionAdoption:
                     log.warning("sessions: cannot delete the presence of %s: %s", holder, e)
             else:
                 self._not_before[holder] = time.monotonic() + RETRY_S
-            if self._stop.is_set():
+            if self._loop.stopping.is_set():
                 break
         return n
 
@@ -147,7 +141,7 @@ class SessionAdoption:
         seen = -1
         done = False
         try:
-            while not self._stop.wait(0.1):
+            while not self._loop.stopping.wait(0.1):
                 now = time.monotonic()
                 if now - self._renewed >= self.renew_s:
                     self._renew()  # a long drain must not let this replica's own presence expire
@@ -188,10 +182,3 @@ class SessionAdoption:
             self.store.acquire_lease(PRESENCE + self.client_id, self.client_id, self.lease_s)
         except Exception as e:  # the database is unreachable: Leadership says so too
             log.debug("sessions: renewing this replica's presence failed: %s", e)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_s):
-            try:
-                self.step()
-            except Exception:
-                log.exception("sessions: adopting stopped replicas' sessions failed; trying again")

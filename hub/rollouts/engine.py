@@ -36,6 +36,7 @@ from hub.rollouts.model import Rollout, RolloutSpec
 from hub.rollouts.views import RolloutSummary, summary_view
 from hub.settings import DeviceSettings, RolloutSettings
 from hub.store import Fence, Store
+from infra.periodic import Periodic
 
 log = logging.getLogger(__name__)
 COLLECTION = "rollouts"
@@ -116,8 +117,8 @@ class RolloutEngine:
         self.settings = settings
         self.device_settings = device_settings
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("hub-rollouts", self._scheduled_tick, lambda: self.settings.tick_interval_s, log=log,
+                              join_s=30)  # fmt: skip
         self.tick_errors = 0
         self.publish_errors = 0
         self._active: dict[str, Rollout] = {}
@@ -162,26 +163,20 @@ class RolloutEngine:
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         """Tick every `tick_interval_s` on a background thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop ticking (what is stored stays; a new engine continues from it)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        self._loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.tick_interval_s):
-            if not self.leading:
-                continue
-            try:
-                self.tick()
-            except Exception:  # the loop never dies: the next tick retries from the stored record
-                self.tick_errors += 1
-                log.exception("rollouts: tick failed; retrying at the next interval")
+    def _scheduled_tick(self) -> None:
+        if not self.leading:
+            return
+        try:
+            self.tick()
+        except Exception:  # the loop never dies: the next tick retries from the stored record
+            self.tick_errors += 1
+            log.exception("rollouts: tick failed; retrying at the next interval")
 
     # -- reads ----------------------------------------------------------------------------------------
     def get(self, rollout_id: str) -> Rollout:

@@ -111,9 +111,7 @@ def test_leadership_hands_over_when_the_leader_stops_or_stops_renewing(store: Sq
         fence = b.fence
         assert fence is not None and fence.token == 2 and store.lease_holder(LEADER_LEASE) == ("b", 2, True)
         # b stops renewing without releasing (killed, cut off): a new holder takes over once the lease expires
-        b._stop.set()
-        assert b._thread is not None
-        b._thread.join(5)
+        b._loop.stop()
         c = Leadership(store, holder="c", lease_s=1.0, renew_s=0.2)
         c.start()
         try:

@@ -280,7 +280,7 @@ class Fleet:
         whether the traffic failed (a model reported active but unreachable shows here), and, for each real
         device, what it serves, what its shadow compared and dropped, and the telemetry the hub stored."""
         hub = self.hub.hub
-        ticking = hub.rollouts._thread is not None and hub.rollouts._thread.is_alive()
+        ticking = hub.rollouts._loop.running
         parts = [f"leading {hub.rollouts.leading}, ticking {ticking}, tick errors {hub.rollouts.tick_errors}",
                  f"ingest refused {dict(hub.ingest.rejected)}", f"store {hub.store.ingest_stats()}"]  # fmt: skip
         alive = sum(t.is_alive() for t in self._threads)
