@@ -215,11 +215,13 @@ OPERATOR_ACTIONS = (
     "deploy", "model.push", "model.delete", "device.add", "device.label", "token.create", "rollout.start",
     "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback", "rollout.gate_failed",
     "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
+    "blob.corrupt", "blob.restore", "hub.session.adopted",  # what the hub did about its own faults
 )  # fmt: skip
 
 
 def recent_events(hub: HubServices, limit: int = 12) -> list[EventView]:
-    """The newest events of people and rollouts (devices' own phase changes are on their pages)."""
+    """The newest events of people, rollouts and the hub's own repairs (devices' phase changes are on their
+    pages)."""
     return hub.views.recent_events(OPERATOR_ACTIONS, limit)
 
 

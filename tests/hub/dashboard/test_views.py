@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from hub.dashboard.views import DeviceQuery, device_page, fleet_rows, overview, traffic
 from hub.registry import version_key
 from tests.hub.dashboard.conftest import DEVICES, Dash
+from tests.support.hub import RunningHub
 
 
 def test_desired_heads_match_the_full_records(dash: Dash) -> None:
@@ -26,6 +28,15 @@ def test_overview_counts_and_versions(dash: Dash) -> None:
     assert [v.version for v in o.versions["tiny-detector"]] == ["0.5.0-rc.1", "0.4.0"]  # newest first
     assert [r.id for r in o.rollouts] == [dash.rollouts[0]]  # the completed one is not active
     assert all(e.action != "device.phase" for e in o.events)
+
+
+def test_the_overview_shows_what_the_hub_did_about_its_own_faults(running_hub: RunningHub) -> None:
+    hub = running_hub.hub
+    sha = "ab" * 32
+    before = [e.action for e in overview(hub).events]  # the admin token made at init
+    hub.store.add_event(time.time(), "hub", "blob.corrupt", f"blob/{sha}", {"detail": "chunk 3 of 7"})
+    hub.store.add_event(time.time(), "hub-b", "hub.session.adopted", "hub-a", {"messages": 12})
+    assert [e.action for e in overview(hub).events] == ["hub.session.adopted", "blob.corrupt", *before]
 
 
 def test_traffic_sums_the_hour_inside_the_day(dash: Dash) -> None:
