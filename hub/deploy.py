@@ -79,8 +79,7 @@ class Deployer:
     ) -> DeployResult:
         """Set model `name` to `version` on every device matching `selector`; their other models stay."""
         _check_selector(selector)
-        self.registry.servable(name, version)
-        ref = self.registry.model_ref(name, version)
+        ref = self.registry.ref(self.registry.servable(name, version))
         found = self._targets(selector)
         check_runtime(found, runtime, self.other_runtimes(name))  # GPUs, MIG slices and pods each device advertises
         targets = [d.id for d in found]

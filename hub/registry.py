@@ -340,7 +340,11 @@ class Registry:
 
     def model_ref(self, name: str, version: str) -> ModelRef:
         """The ModelRef an agent needs for this version (its manifest and description)."""
-        mv = self.get(name, version)
+        return self.ref(self.get(name, version))
+
+    @staticmethod
+    def ref(mv: ModelVersion) -> ModelRef:
+        """The ModelRef of a version already read (`get`, `servable`)."""
         return ModelRef(
             name=mv.name,
             version=mv.version,

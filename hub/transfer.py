@@ -48,7 +48,6 @@ chunks are dropped until a device wants them again. The check costs one SHA-256 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import threading
 import time
@@ -56,7 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.chunks import encode_frame, read_chunk
+from fleet.chunks import encode_frame, read_chunk, verify_chunk
+from fleet.errors import ChunkDigestMismatch
 from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.topics import Topics
 from hub.ratelimit import log_sampled
@@ -458,14 +458,15 @@ class ChunkServer:
         for _ in range(2):
             with self.blob_path(manifest.sha256).open("rb") as f:
                 chunk = read_chunk(f, manifest, index)
-            if hashlib.sha256(chunk).hexdigest() == manifest.chunks[index]:
+            try:
+                verify_chunk(manifest, index, chunk)  # the receivers' own check: length and signed digest
+            except ChunkDigestMismatch as e:
+                self.stats.corrupt_chunks += 1
+                if self._set_aside is None:
+                    break
+                self._set_aside(manifest.sha256, f"{e} ({len(chunk)} bytes read)")
+            else:
                 return chunk
-            self.stats.corrupt_chunks += 1
-            if self._set_aside is None:
-                break
-            self._set_aside(
-                manifest.sha256, f"chunk {index} of {manifest.count} read {len(chunk)} bytes that do not match"
-            )
         raise OSError(
             errno.EIO, f"chunk {index} of blob {manifest.sha256} on this host does not match its signed digest"
         )
