@@ -36,7 +36,7 @@ lint typecheck layers: $(STAMP)
 	@bash scripts/check $@
 
 pytest: $(STAMP) mosquitto postgresql chromium
-	$(BIN)/pytest
+	@bash scripts/check pytest
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_protocol_docs.py > docs/protocol.md

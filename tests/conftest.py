@@ -15,7 +15,7 @@ from hub.store import Database
 from tests.support.broker import Broker, find_mosquitto, free_port
 from tests.support.fuzz import load_profile
 from tests.support.netns import NetLab, netns_unavailable
-from tests.support.outcomes import print_table
+from tests.support.outcomes import export, merge, print_table
 from tests.support.postgres import PostgresServer, find_postgres_bin
 
 PROFILE = load_profile()  # before any test module builds its hypothesis settings
@@ -28,6 +28,19 @@ def pytest_report_header() -> str:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The security and fault outcome table of whatever this run recorded (tests/support/outcomes.py)."""
     print_table(terminalreporter)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker of a parallel run (pytest-xdist) hands its outcome rows to the controller, which prints the table."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["outcomes"] = export()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller of a parallel run adds each finished worker's outcome rows (none from a worker that died)."""
+    merge(getattr(node, "workeroutput", {}).get("outcomes", []))
 
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:

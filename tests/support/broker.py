@@ -39,9 +39,13 @@ def _ephemeral_range() -> range:
 # (bind to 0) and the test released could be taken, before the server binds it or while a killed server is
 # restarted on it, as the local port of any outgoing connection (an MQTT client, an HTTP request), and the
 # server then fails with "Address already in use". Each test process walks its own shuffled order of the
-# ports below that range and never hands one out twice.
+# ports below that range and never hands one out twice; the workers of one parallel run (pytest-xdist, which
+# names them gw0, gw1, ...) each take their own share, so one never picks a port another has released only
+# to restart its server on it.
 _EPHEMERAL = _ephemeral_range()
-_CANDIDATES = [p for p in range(10000, 32768) if p not in _EPHEMERAL]
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_CANDIDATES = [p for p in range(10000, 32768) if p not in _EPHEMERAL][_WORKER::_WORKERS]
 random.Random(os.getpid()).shuffle(_CANDIDATES)
 _NEXT = iter(_CANDIDATES)
 

@@ -2,7 +2,8 @@
 
 Each test calls `record(suite, klass, outcome, count, lost)`: for example ("attack", "replayed desired
 state", "refused", 1, 0) or ("fault", "broker restart mid-transfer", "recovered", 1, 0). tests/conftest.py
-calls `print_table` from `pytest_terminal_summary`, so every run that recorded something ends with the table.
+calls `print_table` from `pytest_terminal_summary`, so every run that recorded something ends with the table. In a
+parallel run each worker hands its rows to the controller (`export`, then `merge` there), which prints one table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ def record(suite: str, klass: str, outcome: str, count: int = 1, lost: int = 0) 
     row = _rows[(suite, klass, outcome)]
     row[0] += count
     row[1] += lost
+
+
+def export() -> list[tuple[str, str, str, int, int]]:
+    """This process's rows as plain tuples (a pytest-xdist worker sends them to the controller)."""
+    return [(suite, klass, outcome, count, lost) for (suite, klass, outcome), (count, lost) in _rows.items()]
+
+
+def merge(rows: list[tuple[str, str, str, int, int]]) -> None:
+    """Add the rows another process exported."""
+    for suite, klass, outcome, count, lost in rows:
+        record(suite, klass, outcome, count, lost)
 
 
 def print_table(terminalreporter: Any) -> None:
