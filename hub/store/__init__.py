@@ -32,16 +32,19 @@ def open_store(
     max_queue: int = 200_000,
     max_delay_s: float = 0.05,
     telemetry_process: bool = True,
+    away_retry_s: float = 5.0,
 ) -> SqlStore:
     """Open (creating and migrating) the store in `database` (a path is an SQLite file).
 
     `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does by
-    default), or in a writer thread of this process (False).
+    default), or in a writer thread of this process (False). `away_retry_s`: the longest wait between tries of
+    a telemetry batch while the database is away (the batch waits for it).
     """
     db = Database.sqlite(database) if isinstance(database, Path) else database
     return SqlStore(
-        db, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process
-    )
+        db, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s, telemetry_process=telemetry_process,
+        away_retry_s=away_retry_s,
+    )  # fmt: skip
 
 
 __all__ = [

@@ -57,6 +57,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
         telemetry_process: bool = True,
+        away_retry_s: float = 5.0,
     ) -> None:
         self.database = database
         self.dialect = database.dialect
@@ -77,8 +78,9 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self._lease_conn: Conn | None = None
         self._lease_lock = threading.Lock()
         self.telemetry = TelemetryWriter(
-            database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s
-        )
+            database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s,
+            away_retry_s=away_retry_s,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -328,6 +330,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             telemetry_malformed=c[tw.MALFORMED],
             telemetry_foreign=c[tw.FOREIGN],
             telemetry_lost=w.lost,
+            telemetry_database_waits=c[tw.DATABASE_WAITS],
             writer_restarts=w.restarts,
         )
 

@@ -19,6 +19,11 @@ Failure handling:
 - The writer is supervised: if it dies it is started again and the windows it had not committed are counted
   as `lost` (at most one group-commit interval plus what was in the pipe).
 - When the hub process dies, the pipe closes and a writer process commits what it has and exits.
+- While the database is away (no connection can be opened, or the one in use broke) the writer holds its batch
+  and tries again (at most every `away_retry_s`) until the database is back, counting the tries
+  (`DATABASE_WAITS`); the batch's windows stay unacknowledged meanwhile (over MQTT 5 the broker keeps what
+  follows), the buffer fills up to `max_queue`. A stop during the outage leaves the batch unwritten and
+  unacknowledged, for the broker to send again to the hub's next session.
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ from hub.store.connection import Conn, Database
 log = logging.getLogger(__name__)
 
 # Counters in shared memory (signed 64-bit). The writer is their only writer.
-ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED = range(9)
-_N_COUNTERS = 9
+(ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED,
+ DATABASE_WAITS) = range(10)  # fmt: skip
+_N_COUNTERS = 10
 _REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD}
 _FORWARD_INTERVAL_S = 0.005
-_ATTEMPTS = 8  # a batch is tried again across lost connections for about half a minute, then counted lost
+_ATTEMPTS = 8  # a batch failing for another reason than an absent database (a deadlock) is tried this often
 
 
 def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tuple[Any, ...]]:
@@ -80,13 +86,17 @@ class _Config:
     database: Database
     max_batch: int
     max_delay_s: float
+    away_retry_s: float
+    stopping: Any  # an Event, set when the hub stops: the writer stops waiting for an absent database
 
 
 class _Writer:
     """Decoding and SQL of the writer; counts everything in the shared counters."""
 
-    def __init__(self, database: Database, counters: Any) -> None:
+    def __init__(self, database: Database, counters: Any, *, away_retry_s: float = 5.0, stopping: Any = None) -> None:
         self.database = database
+        self.away_retry_s = away_retry_s
+        self.stopping = threading.Event() if stopping is None else stopping  # set: stop waiting for the database
         self.conn: Conn | None = None
         self.c = counters
 
@@ -117,40 +127,51 @@ class _Writer:
             self.conn = self.database.connect()
         return self.conn
 
-    def write(self, rows: list[tuple[Any, ...]], upto: int) -> None:
+    def write(self, rows: list[tuple[Any, ...]], upto: int, *, wait: bool = True) -> None:
         """Write `rows` in one transaction; if a row fails it, write them one by one and refuse that row.
 
         A row the database cannot take is its window's fault: refused and counted (`REFUSED`), every other
-        window is written. A failure of the database itself (locked, full, connection lost) fails the batch.
+        window is written. While the database is away the batch waits for it (module doc); any other failure of
+        the database itself (locked, full) fails the batch (`WRITE_ERRORS`). `upto` (the last batch whose
+        windows are in `rows`) is then accounted for, unless the hub stopped while the database was away (or
+        `wait` is False: the hub is gone).
         """
-        for attempt in range(_ATTEMPTS) if rows else ():
+        attempt = waits = 0
+        while rows:
             conn = self.conn
             try:
                 conn = self._connection()
                 self._write(conn, rows, per_row=False)
+                break
             except Exception as e:
                 if conn is not None:
                     conn.rollback()
-                    if attempt < _ATTEMPTS - 1 and isinstance(e, conn.errors) and conn.retryable(e):
-                        continue  # a deadlock with another replica's writer: the whole batch again
-                    if attempt < _ATTEMPTS - 1 and conn.broken:  # the server went away: the batch waits for it
-                        log.warning("store: the database connection broke; writing %d windows again", len(rows))
-                        time.sleep(min(0.5 * 2**attempt, 5.0))
-                        continue
-                    if not conn.database_failed(e):
-                        try:
-                            self._write(conn, rows, per_row=True)
-                            break
-                        except Exception as again:
-                            conn.rollback()
-                            e = again
-                elif attempt < _ATTEMPTS - 1:  # no connection could be opened: wait for the server
-                    log.warning("store: the telemetry writer cannot reach the database: %s", e)
-                    time.sleep(min(0.5 * 2**attempt, 5.0))
+                if conn is None or conn.broken:  # the database is away
+                    if not wait or self.stopping.is_set():
+                        log.error("store: the database is away and the hub stops: %d telemetry rows are not written "
+                                  "(not acknowledged: over MQTT 5 the broker sends them again)", len(rows))  # fmt: skip
+                        self.c[WRITE_ERRORS] += 1
+                        return
+                    self.c[DATABASE_WAITS] += 1
+                    if log_sampled(self.c[DATABASE_WAITS]):
+                        log.warning("store: the database is away (%s); %d telemetry rows wait for it (try #%d)",
+                                    str(e)[:400], len(rows), self.c[DATABASE_WAITS])  # fmt: skip
+                    self.stopping.wait(min(0.5 * 2**waits, self.away_retry_s))
+                    waits += 1
                     continue
+                attempt += 1
+                if attempt < _ATTEMPTS and isinstance(e, conn.errors) and conn.retryable(e):
+                    continue  # a deadlock with another replica's writer: the whole batch again
+                if not conn.database_failed(e):
+                    try:
+                        self._write(conn, rows, per_row=True)
+                        break
+                    except Exception as again:
+                        conn.rollback()
+                        e = again
                 log.error("store: writing a batch of %d telemetry windows failed", len(rows), exc_info=e)
                 self.c[WRITE_ERRORS] += 1
-            break
+                break
         self.c[COMMITTED_UPTO] = upto
 
     def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
@@ -186,7 +207,7 @@ class _Writer:
 def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any) -> None:
     """The writer loop (a thread's or a process's): decode, check and write windows until told to stop or the
     hub side goes away. Windows wait up to `max_delay_s` for more (group commit), at most `max_batch`."""
-    writer = _Writer(cfg.database, counters)
+    writer = _Writer(cfg.database, counters, away_retry_s=cfg.away_retry_s, stopping=cfg.stopping)
     rows: list[tuple[Any, ...]] = []
     upto = int(counters[COMMITTED_UPTO])  # the last batch whose windows are in `rows` or written
     deadline: float | None = None
@@ -198,7 +219,7 @@ def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any)
                 if inbox.poll(timeout):
                     msg = pickle.loads(inbox.recv_bytes())  # noqa: S301 - our own process, over a private pipe
             except (EOFError, OSError):  # the hub side is gone: keep what we have and leave
-                writer.write(rows, upto)
+                writer.write(rows, upto, wait=False)
                 return
             if msg is not None and msg[0] == "batch":
                 upto = msg[1]
@@ -251,6 +272,7 @@ class TelemetryWriter:
         max_batch: most windows written in one transaction.
         max_queue: most windows buffered; beyond it `submit` refuses (counted in `dropped`).
         max_delay_s: how long the writer waits for more windows before committing (group commit).
+        away_retry_s: longest wait between tries of a batch while the database is away.
     """
 
     def __init__(
@@ -261,11 +283,13 @@ class TelemetryWriter:
         max_batch: int = 5000,
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
+        away_retry_s: float = 5.0,
     ) -> None:
-        self.cfg = _Config(database, max_batch, max_delay_s)
+        self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self._stopping = self._ctx.Event()  # set by close(): a writer stops waiting for an absent database
+        self.cfg = _Config(database, max_batch, max_delay_s, away_retry_s, self._stopping)
         self.process = process
         self.max_queue = max_queue
-        self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self.counters: Any = self._ctx.Array("q", _N_COUNTERS, lock=False)
         self._buf: list[tuple[str, float, bytes]] = []
         self._buf_lock = threading.Lock()
@@ -435,6 +459,7 @@ class TelemetryWriter:
         """Write everything submitted, stop the writer and the forwarder."""
         if self._closed:
             return
+        self._stopping.set()  # a writer waiting for an absent database gives its batch up (unacknowledged)
         try:
             self._round_trip("stop", timeout)
         except WriterUnavailable as e:

@@ -94,6 +94,16 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def block(self, url: str, *, blocked: bool = True) -> None:
+        """Take the database at `url` away (every new connection refused, the open ones ended), or bring it back."""
+        import psycopg  # noqa: PLC0415
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {'false' if blocked else 'true'}")
+            if blocked:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
