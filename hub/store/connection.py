@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -152,12 +152,20 @@ def redact(url: str) -> str:
 class Conn:
     """One connection of either backend, with `?` placeholders and explicit transactions."""
 
-    def __init__(self, raw: Any, dialect: Dialect, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        dialect: Dialect,
+        errors: tuple[type[BaseException], ...],
+        reopen: Callable[[], Any] | None = None,
+    ) -> None:
         self.raw = raw
         self.dialect = dialect
         self.errors = errors  # what a failed statement raises (sqlite3.Error or psycopg.Error)
         self.state: dict[str, Any] = {}  # what callers set up once per connection (temporary tables)
         self._sql: dict[str, str] = {}
+        self._reopen = reopen  # a reader's: a new raw connection, to read again when the server ended this one
+        self._in_begin = False  # between begin() and commit()/rollback()
 
     def _q(self, sql: str, placeholder: str = "%s") -> str:
         if not self.dialect.postgres:
@@ -172,7 +180,19 @@ class Conn:
         """Run `sql`. `binary`: PostgreSQL takes the parameters in binary form, for statements over arrays
         (`unnest(?::text[])`): psycopg escapes each element of a text-form array in Python (~50 us for a
         250-byte JSON document, 0.3 us in binary form)."""
-        cur: Cursor = self.raw.execute(self._q(sql, "%b" if binary else "%s"), args)
+        q = self._q(sql, "%b" if binary else "%s")
+        try:
+            cur: Cursor = self.raw.execute(q, args)
+        except self.errors:
+            if self._reopen is None or self._in_begin or not self.broken:
+                raise
+            # The server ended this reader's connection (restarted, failed over) since its last statement: a
+            # read outside a transaction changes nothing, so it runs once more on a new connection.
+            with contextlib.suppress(*self.errors):
+                self.raw.close()
+            self.raw = self._reopen()
+            self.state.clear()
+            cur = self.raw.execute(q, args)
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
@@ -185,13 +205,16 @@ class Conn:
 
     def begin(self) -> None:
         """Start a write transaction (SQLite: take the write lock now, so it never fails half-way)."""
+        self._in_begin = True
         self.raw.execute("BEGIN" if self.dialect.postgres else "BEGIN IMMEDIATE")
 
     def commit(self) -> None:
+        self._in_begin = False
         self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any; a broken connection is left for `broken` to report."""
+        self._in_begin = False
         self.state.clear()  # what was set up in the transaction is gone
         if self.in_transaction:
             with contextlib.suppress(*self.errors):
@@ -252,4 +275,5 @@ def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
         )  # fmt: skip
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(f"cannot reach the database {db}: {str(e).strip()[:300]}") from e
-    return Conn(conn, Dialect("postgresql"), (psycopg.Error,))
+    reopen = (lambda: _connect_postgres(db, readonly=True).raw) if readonly else None
+    return Conn(conn, Dialect("postgresql"), (psycopg.Error,), reopen)

@@ -141,17 +141,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
 
     def _run_job(self, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
         try:
-            conn = self._writer_conn()
-            for attempt in range(3):
-                conn.begin()
-                try:
-                    result = fn(conn)
-                    conn.commit()
-                    break
-                except BaseException as e:
-                    conn.rollback()
-                    if attempt == 2 or not conn.retryable(e):
-                        raise
+            result = _transaction(self._writer_conn, fn)
         except BaseException as e:
             fut.set_exception(e)
         else:
@@ -248,17 +238,12 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         with self._lease_lock:
             if self._closed:
                 raise RuntimeError("store is closed")
-            if self._lease_conn is None or self._lease_conn.broken:
-                self._lease_conn = self.database.connect()
-            conn = self._lease_conn
-            conn.begin()
-            try:
-                result = fn(conn)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return result
+            return _transaction(self._lease_connection, fn)
+
+    def _lease_connection(self) -> Conn:
+        if self._lease_conn is None or self._lease_conn.broken:
+            self._lease_conn = self.database.connect()
+        return self._lease_conn
 
     def _read(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
@@ -565,3 +550,25 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         return self._write(
             lambda c: tsql.sweep(c, raw_before=raw_before, rollup_before=rollup_before, raw_max_rows=raw_max_rows)
         )
+
+
+def _transaction(connection: Callable[[], Conn], fn: Callable[[Conn], T]) -> T:
+    """`fn` in a transaction on `connection()`, committed. Run again (three tries in all) after losing a deadlock
+    or a serialisation conflict, or when the server had ended the connection before the commit (restarted,
+    failed over: nothing was written, and `connection()` opens a new one); a commit cut off is the caller's."""
+    for attempt in range(3):
+        conn = connection()
+        committing = False
+        try:
+            conn.begin()
+            result = fn(conn)
+            committing = True
+            conn.commit()
+        except BaseException as e:
+            conn.rollback()
+            ended = not committing and conn.broken and isinstance(e, conn.errors)
+            if attempt == 2 or not (conn.retryable(e) or ended):
+                raise
+            continue
+        return result
+    raise AssertionError("unreachable: the last try returns or raises")

@@ -13,6 +13,7 @@ from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase
 from hub.errors import Conflict, NotFound
 from hub.store import Database, Desired, DesiredSlot, Device, ModelVersion, SqlStore, open_store
+from tests.support.postgres import PostgresServer
 from tests.support.wire import one_model_report, one_model_window
 
 
@@ -30,6 +31,24 @@ def _dev(device_id: str) -> Device:
 def _mv(version: str, sha: str = "a" * 64) -> ModelVersion:
     manifest = {"sha256": sha, "size": 10, "chunk_size": 1024, "chunks": ["b" * 64]}
     return ModelVersion("m", version, "classification", sha, 10, {"name": "m"}, manifest, 1.0, "t")
+
+
+def test_connections_the_server_ended_cost_no_call_reads_writes_and_leases_go_on(postgres: PostgresServer) -> None:
+    """PostgreSQL restarted or failed over between two calls: each connection the store holds (readers, the
+    writer, the lease connection) is found ended by its next statement, which runs again on a new one."""
+    url = postgres.create_database()
+    store = open_store(Database.from_url(url), telemetry_process=False)
+    try:
+        store.add_device(_dev("d1"))
+        assert store.get_device("d1") is not None and store.acquire_lease("leader", "a", 30) is not None
+        postgres.block(url)
+        postgres.block(url, blocked=False)  # every connection of the store is ended; new ones are let in
+        assert store.get_device("d1") is not None  # a reader
+        store.add_device(_dev("d2"))  # the writer
+        assert store.acquire_lease("leader", "a", 30) is not None  # the lease connection: renewed
+        assert [d.id for d in store.list_devices()] == ["d1", "d2"]
+    finally:
+        store.close()
 
 
 def test_reopening_keeps_data_and_applies_no_migration_twice(database: Database) -> None:
