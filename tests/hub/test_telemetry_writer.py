@@ -172,66 +172,58 @@ def test_a_blocked_database_backpressures_into_counted_drops_and_loses_nothing_a
         store.close()
 
 
-def _device(store: SqlStore) -> None:
-    store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
-
-
-def test_a_database_outage_holds_every_window_unacknowledged_until_it_is_written(
-    postgres: PostgresServer, in_process: bool
-) -> None:
-    """The database goes away for longer than the 8 tries after which a batch used to be dropped (and then
-    acknowledged to the broker): the windows wait, none is acknowledged, and all are written once it is back."""
+@pytest.fixture
+def outage(postgres: PostgresServer, in_process: bool) -> Iterator[tuple[str, SqlStore, list[int]]]:
+    """A store on a database of its own (a test may take it away: `postgres.block`) with device d1, and the tickets
+    its telemetry writer reported accounted for, in order (what the hub acknowledges to the broker)."""
     url = postgres.create_database()
     store = open_store(Database.from_url(url), telemetry_process=in_process, away_retry_s=0.05)
     committed: list[int] = []
     store.on_telemetry_committed(committed.append)
     try:
-        _device(store)
-        first = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(50)]
-        wait_for(lambda: bool(committed) and committed[-1] >= max(t or 0 for t in first))
-        postgres.block(url)
-        tickets = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(50, 150)]
-        assert all(tickets)
-        wait_for(lambda: (s := store.ingest_stats()).telemetry_database_waits >= 30 or s.write_errors > 0, timeout=60)
-        st = store.ingest_stats()
-        assert st.write_errors == 0 and st.telemetry_persisted == 50
-        assert committed[-1] < min(t or 0 for t in tickets)  # nothing of the outage acknowledged to the broker
-        postgres.block(url, blocked=False)
-        store.telemetry.flush(timeout=60)
-        wait_for(lambda: committed[-1] >= max(t or 0 for t in tickets))
-        st = store.ingest_stats()
-        assert st.telemetry_persisted == 150 and st.write_errors == 0 and st.telemetry_lost == 0
+        store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        yield url, store, committed
     finally:
         postgres.block(url, blocked=False)
         store.close()
-    reader = open_store(Database.from_url(url), telemetry_process=False)  # the first store's readers were cut off
-    try:
-        stored = reader.telemetry_seq("d1", since=None, until=None).count
-    finally:
-        reader.close()
+
+
+def test_a_database_outage_holds_every_window_unacknowledged_until_it_is_written(
+    postgres: PostgresServer, outage: tuple[str, SqlStore, list[int]]
+) -> None:
+    """The database goes away for longer than the 8 tries after which a batch used to be dropped (and then
+    acknowledged to the broker): the windows wait, none is acknowledged, and all are written once it is back."""
+    url, store, committed = outage
+    first = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(50)]
+    wait_for(lambda: bool(committed) and committed[-1] >= max(t or 0 for t in first))
+    postgres.block(url)
+    tickets = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(50, 150)]
+    assert all(tickets)
+    wait_for(lambda: (s := store.ingest_stats()).telemetry_database_waits >= 30 or s.write_errors > 0, timeout=60)
+    st = store.ingest_stats()
+    assert st.write_errors == 0 and st.telemetry_persisted == 50
+    assert committed[-1] < min(t or 0 for t in tickets)  # nothing of the outage acknowledged to the broker
+    postgres.block(url, blocked=False)
+    store.telemetry.flush(timeout=60)
+    wait_for(lambda: committed[-1] >= max(t or 0 for t in tickets))
+    st = store.ingest_stats()
+    assert st.telemetry_persisted == 150 and st.write_errors == 0 and st.telemetry_lost == 0
+    stored = store.telemetry_seq("d1", since=None, until=None).count
     assert stored == 150
     record("fault", "hub database away under telemetry (windows wait unacknowledged)", "recovered", 1, 150 - stored)
 
 
 def test_a_hub_stopping_during_a_database_outage_stops_and_acknowledges_nothing_unwritten(
-    postgres: PostgresServer, in_process: bool
+    postgres: PostgresServer, outage: tuple[str, SqlStore, list[int]]
 ) -> None:
-    url = postgres.create_database()
-    store = open_store(Database.from_url(url), telemetry_process=in_process, away_retry_s=0.05)
-    committed: list[int] = []
-    store.on_telemetry_committed(committed.append)
-    try:
-        _device(store)
-        postgres.block(url)
-        tickets = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(20)]
-        wait_for(lambda: store.ingest_stats().telemetry_database_waits >= 3, timeout=60)
-        store.close()  # returns (the writer gives its batch up instead of waiting for the database)
-        st = store.ingest_stats()
-        assert st.telemetry_persisted == 0 and st.write_errors >= 1
-        assert not committed or committed[-1] < min(t or 0 for t in tickets)  # for the broker to send again
-    finally:
-        postgres.block(url, blocked=False)
-        store.close()
+    url, store, committed = outage
+    postgres.block(url)
+    tickets = [store.submit_telemetry("d1", _payload("d1", seq), time.time()) for seq in range(20)]
+    wait_for(lambda: store.ingest_stats().telemetry_database_waits >= 3, timeout=60)
+    store.close()  # returns (the writer gives its batch up instead of waiting for the database)
+    st = store.ingest_stats()
+    assert st.telemetry_persisted == 0 and st.write_errors >= 1
+    assert not committed or committed[-1] < min(t or 0 for t in tickets)  # for the broker to send again
 
 
 def test_closed_store_refuses_new_windows(database: Database, in_process: bool) -> None:
