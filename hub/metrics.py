@@ -47,8 +47,8 @@ class HubCollector(Collector):
         yield CounterMetricFamily("edgefleet_hub_telemetry_duplicates", "duplicates dropped", st.telemetry_duplicates)
         yield CounterMetricFamily("edgefleet_hub_store_write_errors", "failed ingest batches", st.write_errors)
         yield CounterMetricFamily(
-            "edgefleet_hub_telemetry_database_waits", "tries of a telemetry batch that found the database away",
-            st.telemetry_database_waits,
+            "edgefleet_hub_store_database_waits", "tries of an ingest batch that found the database away (it waits)",
+            st.database_waits,
         )  # fmt: skip
         yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.views.queue_depth())
         t = hub.chunks.stats

@@ -217,7 +217,7 @@ class IngestStats:
     telemetry_foreign: int = 0  # the payload names another device than its topic
     telemetry_clock_ahead: int = 0  # timestamps further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S
     telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them
-    telemetry_database_waits: int = 0  # tries of a telemetry batch that found the database away (it waits)
+    database_waits: int = 0  # tries of an ingest batch (telemetry, status, reported) that found the database away
     writer_restarts: int = 0
 
 

@@ -18,7 +18,7 @@ The condition is part of the UPDATE (`_STATUS`, `_PG_STATUS`), so two replicas w
 and a write; a batch keeps, per device, the newest of its statuses by the same key.
 
 `apply_status` and `apply_reported` write one message each: the writer falls back to them, message by message
-in savepoints, when a batch fails on a message the database refuses (`SqlStore._write_ingest`).
+in savepoints, when a batch fails on a message the database refuses (`SqlStore._write_batch`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleet.messages import DeviceStatus, ReportedState
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict, DatabaseUnavailable, NotFound
 from hub.ratelimit import log_sampled
 from hub.store import migrations, reports
 from hub.store import telemetry as tsql
@@ -68,7 +68,11 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
+        self.away_retry_s = away_retry_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._held: list[tuple[Any, ...]] = []  # status and reported messages waiting for an absent database
+        self._held_due = 0.0  # when they are tried again (time.monotonic())
+        self._held_tries = 0
         self._local = threading.local()
         self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
@@ -93,7 +97,10 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         for more messages turns many tiny transactions into a few large ones. A job (an API write) or the
         stop marker ends the wait at once.
         """
-        first = self._q.get()
+        try:  # while messages wait for the database, wake up when they are to be tried again
+            first = self._q.get(timeout=max(0.0, self._held_due - time.monotonic()) if self._held else None)
+        except queue.Empty:
+            return []
         batch = [first]
         deadline = time.monotonic() + (self.max_delay_s if first[0] in _INGEST else 0.0)
         while len(batch) < self.max_batch:
@@ -119,14 +126,15 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     if item[0] in _INGEST:
                         ingest.append(item)
                         continue
-                    if ingest:
-                        self._write_ingest(ingest)
+                    if ingest or self._held:  # before a job (a flush) or the stop: what waits is tried now
+                        self._write_ingest(ingest, now=True)
                         ingest = []
                     if item is _STOP:
+                        self._give_up_held()
                         self._wconn.close()
                         return
                     self._run_job(item[1], item[2])
-                if ingest:
+                if ingest or self._held:
                     self._write_ingest(ingest)
             except Exception:  # never die, and never while holding a transaction: every API write would hang
                 log.exception("store: the writer failed on a batch of %d; going on", len(batch))
@@ -147,12 +155,39 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         else:
             fut.set_result(result)
 
-    def _write_ingest(self, items: list[tuple[Any, ...]]) -> None:
+    def _write_ingest(self, items: list[tuple[Any, ...]], *, now: bool = False) -> None:
+        """Write status and reported messages, after those waiting for the database (in arrival order); while the
+        database is away they all wait, tried again at most every `away_retry_s` (or `now`, before a job)."""
+        if self._held:
+            self._held.extend(items)
+            if not now and time.monotonic() < self._held_due:
+                return
+            items, self._held = self._held, []
+        if self._write_batch(items):
+            self._held_tries = 0
+            return
+        self._held = items
+        self._held_tries += 1
+        self._stats = replace(self._stats, database_waits=self._stats.database_waits + 1)
+        if log_sampled(self._held_tries):
+            log.warning("store: the database is away; %d status and reported messages wait for it (try #%d)",
+                        len(items), self._held_tries)  # fmt: skip
+        self._held_due = time.monotonic() + min(0.5 * 2 ** (self._held_tries - 1), self.away_retry_s)
+
+    def _give_up_held(self) -> None:
+        if self._held:
+            log.error("store: the database is away and the hub stops: %d status and reported messages are not "
+                      "written", len(self._held))  # fmt: skip
+            self._stats = replace(self._stats, write_errors=self._stats.write_errors + 1)
+            self._held = []
+
+    def _write_batch(self, items: list[tuple[Any, ...]]) -> bool:
         """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
+        False when the database is away (no connection opens, or a new one breaks too): the batch is unwritten.
 
         A message the database cannot take (a number out of range, a value the driver cannot bind) is that
-        message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. A
-        failure of the database itself (locked, disk full, connection lost) fails the batch (`write_errors`).
+        message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. Any other
+        failure of the database itself (locked, disk full) fails the batch (`write_errors`).
         """
         s = self._stats
         counts = (0, 0, 0, 0)
@@ -161,18 +196,25 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             # messages keep their order), two replicas' batches lock the same rows in the same order. In arrival
             # order, batches cut at different places deadlocked (2000 agents, two replicas: batches lost).
             items = sorted(items, key=lambda item: item[1].device_id)
+        broken = 0
         for attempt in range(_ATTEMPTS):
             conn = self._wconn
             try:
                 conn = self._writer_conn()
                 counts = self._write_items(conn, items, per_item=False)
                 break
+            except DatabaseUnavailable:
+                return False
             except Exception as e:
                 conn.rollback()
-                last = attempt == _ATTEMPTS - 1
-                if not last and isinstance(e, conn.errors) and (conn.retryable(e) or conn.broken):
+                if conn.broken:  # ended by the server: a new connection once (a restart), then the batch waits
+                    broken += 1
+                    if broken > 1:
+                        return False
+                    continue
+                if attempt < _ATTEMPTS - 1 and isinstance(e, conn.errors) and conn.retryable(e):
                     time.sleep(min(0.05 * 2**attempt, 2.0))
-                    continue  # a deadlock with another writer, or a lost connection: the whole batch again
+                    continue  # a deadlock with another writer: the whole batch again
                 try:
                     if conn.database_failed(e):
                         raise
@@ -182,7 +224,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     conn.rollback()
                     log.exception("store: writing a batch of %d ingested messages failed", len(items))
                     self._stats = replace(s, write_errors=s.write_errors + 1)
-                    return
+                    return True
         applied_status, applied_reported, stale, refused = counts
         self._stats = replace(
             s,
@@ -191,6 +233,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             stale_ignored=s.stale_ignored + stale,
             rows_refused=s.rows_refused + refused,
         )
+        return True
 
     def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
         """One transaction over `items`: as one batch (`hub.store.reports.write_batch`), or with `per_item`
@@ -272,7 +315,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
 
     # -- ingestion --------------------------------------------------------------------------------
     def _enqueue(self, item: tuple[Any, ...]) -> bool:
-        if self._closed or self._q.qsize() >= self.max_queue:
+        if self._closed or self._q.qsize() + len(self._held) >= self.max_queue:
             self._stats = replace(self._stats, dropped_queue_full=self._stats.dropped_queue_full + 1)
             return False
         self._q.put(item)
@@ -315,7 +358,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             telemetry_malformed=c[tw.MALFORMED],
             telemetry_foreign=c[tw.FOREIGN],
             telemetry_lost=w.lost,
-            telemetry_database_waits=c[tw.DATABASE_WAITS],
+            database_waits=s.database_waits + c[tw.DATABASE_WAITS],
             writer_restarts=w.restarts,
         )
 

@@ -13,6 +13,7 @@ from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase
 from hub.errors import Conflict, NotFound
 from hub.store import Database, Desired, DesiredSlot, Device, ModelVersion, SqlStore, open_store
+from tests.support.mqtt import wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.wire import one_model_report, one_model_window
 
@@ -113,6 +114,30 @@ def test_a_batch_touches_each_device_with_its_newest_window(store: SqlStore) -> 
     assert {d: (x.last_requests, x.telemetry_at, x.last_seen) for d, x in got.items() if x is not None} == {
         "d1": (3, t + 5, t + 5), "d2": (9, t + 9, t + 9), "d3": (None, None, None),
     }  # fmt: skip
+
+
+def test_statuses_and_reports_wait_for_a_database_that_is_away_and_are_all_applied(postgres: PostgresServer) -> None:
+    """They used to be dropped (`write_errors`) at the first connection that would not open; now they wait, in
+    order, tried again at most every `away_retry_s`, and a flush after the database is back writes them."""
+    url = postgres.create_database()
+    store = open_store(Database.from_url(url), telemetry_process=False, away_retry_s=0.05)
+    try:
+        store.add_device(_dev("d1"))
+        postgres.block(url)
+        for seq, ts, phase in ((1, 10.0, Phase.DOWNLOADING), (2, 20.0, Phase.ACTIVE)):
+            assert store.enqueue_reported(one_model_report(device_id="d1", seq=seq, ts=ts, phase=phase), 1000.0 + ts)
+        assert store.enqueue_status(DeviceStatus(device_id="d1", state="online", ts=30.0), 1030.0)
+        wait_for(lambda: (s := store.ingest_stats()).database_waits >= 10 or s.write_errors > 0, timeout=60)
+        assert store.ingest_stats().write_errors == 0
+        postgres.block(url, blocked=False)
+        store.flush()
+        d = store.get_device("d1")
+        st = store.ingest_stats()
+    finally:
+        postgres.block(url, blocked=False)
+        store.close()
+    assert d is not None and d.status == "online" and d.reported is not None and d.reported.phase is Phase.ACTIVE
+    assert (st.reported_applied, st.status_applied, st.write_errors) == (2, 1, 0)
 
 
 def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
