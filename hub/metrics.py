@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hub.errors import DatabaseUnavailable
 from hub.rollouts.metrics import rollout_metrics
 
 if TYPE_CHECKING:
@@ -74,11 +75,20 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "edgefleet_hub_sessions_adopted_messages", "messages those sessions held (stored here)", adopted.messages
         )
-        states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
-        for state, n in sorted(hub.views.state_counts().items()):
-            states.add_metric([state.value], n)
-        yield states
-        yield from rollout_metrics(hub.rollouts)
+        try:  # figures read from the database: while it is away they are left out, and the rest is served
+            counts, active = hub.views.state_counts(), hub.rollouts.active()
+        except DatabaseUnavailable:
+            counts, active = None, None
+        yield GaugeMetricFamily(
+            "edgefleet_hub_database_up", "1 when the store's database answered this scrape (0: device and rollout "
+            "figures left out)", int(counts is not None),
+        )  # fmt: skip
+        if counts is not None:
+            states = GaugeMetricFamily("edgefleet_hub_devices", "enrolled devices by derived state", labels=["state"])
+            for state, n in sorted(counts.items()):
+                states.add_metric([state.value], n)
+            yield states
+        yield from rollout_metrics(hub.rollouts, active)
 
 
 def metrics_text(hub: HubServices) -> bytes:

@@ -33,6 +33,7 @@ from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
 from tests.support.metrics import scrape
 from tests.support.mqtt import TestClient, wait_for
+from tests.support.postgres import PostgresServer
 from tests.support.wire import one_model_report, one_model_window
 
 
@@ -306,6 +307,49 @@ def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
     wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
     with h.client() as c:
         assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
+
+
+def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_then_at_once(
+    broker: Broker, postgres: PostgresServer, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A hub on PostgreSQL over MQTT 5: while the database refuses connections (its open ones ended), a device's
+    telemetry stays unacknowledged and its status waits; the API says 503, /metrics answers without the figures
+    it reads from the database. Once it is back, the first API call answers and everything is written, once."""
+    url = postgres.create_database()
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, database_url=url, broker={"mqtt_version": "5"})
+    dev = TestClient(broker.host, broker.port)
+    try:
+        with h.client() as c:
+            assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+        topics = h.hub.topics
+        postgres.block(url)
+        for seq in range(20):
+            w = one_model_window(device_id="cam-1", seq=seq, start=100.0 + seq, end=101.0 + seq, requests=2)
+            dev.publish(topics.telemetry("cam-1"), encode(w), qos=1)
+        dev.publish(topics.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=1.0)))
+        wait_for(lambda: scrape(h.url, "edgefleet_hub_mqtt_unacknowledged") >= 20, timeout=30)
+        wait_for(lambda: scrape(h.url, "edgefleet_hub_store_database_waits_total") >= 4, timeout=30)  # both writers
+        assert scrape(h.url, "edgefleet_hub_database_up") == 0  # /metrics answers without the database
+        with h.client() as c:
+            r = c.get("/api/v1/devices")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+        assert h.hub.store.ingest_stats().write_errors == 0
+        postgres.block(url, blocked=False)
+        with h.client() as c:
+            assert c.get("/api/v1/devices").status_code == 200  # the ended connection costs no call
+        wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 20, timeout=30)
+        wait_for(lambda: scrape(h.url, "edgefleet_hub_mqtt_unacknowledged") == 0, timeout=30)
+        wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online", timeout=30)
+        with h.client() as c:
+            assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 40
+        st = h.hub.store.ingest_stats()
+        assert (st.write_errors, st.telemetry_duplicates, st.dropped_queue_full) == (0, 0, 0)
+        assert scrape(h.url, "edgefleet_hub_database_up") == 1
+        assert scrape(h.url, "edgefleet_hub_devices", state="online") == 1
+    finally:
+        dev.close()
+        postgres.block(url, blocked=False)
+        h.stop()
 
 
 def test_other_parts_mount_their_routes_on_the_hub_app(running_hub: RunningHub) -> None:
