@@ -38,7 +38,7 @@ def open_store(
 
     `telemetry_process`: decode and write telemetry in a writer process of its own (what `hub serve` does by
     default), or in a writer thread of this process (False). `away_retry_s`: the longest wait between tries of
-    a telemetry batch while the database is away (the batch waits for it).
+    an ingest batch (telemetry, statuses, reports) while the database is away (the batch waits for it).
     """
     db = Database.sqlite(database) if isinstance(database, Path) else database
     return SqlStore(

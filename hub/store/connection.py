@@ -79,6 +79,12 @@ class Dialect:
         return list(values) if self.postgres else json.dumps(list(values))
 
 
+def away_wait_s(tries: int, cap_s: float) -> float:
+    """How long a writer's batch waits before its next try while the database is away, after `tries` failed
+    ones (from 1): half a second, doubling, at most `cap_s`."""
+    return float(min(0.5 * 2 ** (tries - 1), cap_s))
+
+
 def to_json(value: Any) -> str:
     """A document as the store keeps it: compact JSON."""
     return json.dumps(value, separators=(",", ":"))

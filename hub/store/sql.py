@@ -30,7 +30,7 @@ from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
-from hub.store.connection import Conn, Database, to_json
+from hub.store.connection import Conn, Database, away_wait_s, to_json
 from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
@@ -172,7 +172,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         if log_sampled(self._held_tries):
             log.warning("store: the database is away; %d status and reported messages wait for it (try #%d)",
                         len(items), self._held_tries)  # fmt: skip
-        self._held_due = time.monotonic() + min(0.5 * 2 ** (self._held_tries - 1), self.away_retry_s)
+        self._held_due = time.monotonic() + away_wait_s(self._held_tries, self.away_retry_s)
 
     def _give_up_held(self) -> None:
         if self._held:

@@ -48,7 +48,7 @@ from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
 from hub.ratelimit import log_sampled
 from hub.store import telemetry as tsql
-from hub.store.connection import Conn, Database
+from hub.store.connection import Conn, Database, away_wait_s
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,8 @@ class _Writer:
                     if log_sampled(self.c[DATABASE_WAITS]):
                         log.warning("store: the database is away (%s); %d telemetry rows wait for it (try #%d)",
                                     str(e)[:400], len(rows), self.c[DATABASE_WAITS])  # fmt: skip
-                    self.stopping.wait(min(0.5 * 2**waits, self.away_retry_s))
                     waits += 1
+                    self.stopping.wait(away_wait_s(waits, self.away_retry_s))
                     continue
                 attempt += 1
                 if attempt < _ATTEMPTS and isinstance(e, conn.errors) and conn.retryable(e):
