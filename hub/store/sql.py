@@ -183,7 +183,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
 
     def _write_batch(self, items: list[tuple[Any, ...]]) -> bool:
         """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
-        False when the database is away (no connection opens, or a new one breaks too): the batch is unwritten.
+        False when the database is away (no connection opens, or a new one breaks too, on either pass): the batch is
+        unwritten.
 
         A message the database cannot take (a number out of range, a value the driver cannot bind) is that
         message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. Any other
@@ -222,6 +223,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     break
                 except Exception:
                     conn.rollback()
+                    if conn.broken:  # ended by the server while going row by row: the batch waits, as above
+                        return False
                     log.exception("store: writing a batch of %d ingested messages failed", len(items))
                     self._stats = replace(s, write_errors=s.write_errors + 1)
                     return True

@@ -125,14 +125,18 @@ def _shadow(extra: dict[str, Any]) -> dict[str, Any] | None:
     return dict(shadow) if isinstance(shadow, dict) else None
 
 
-def write_windows(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
+def write_windows(conn: Conn, rows: list[tuple[Any, ...]], *, more_follow: bool = False) -> int:
     """Insert rows (duplicates ignored), roll the new ones up, touch devices. Returns how many were new.
 
     Call inside a write transaction (`Conn.begin`). SQLite holds its write lock for the whole transaction, so
     the rollup takes exactly the rows this call inserted: the ids above the largest id before the insert.
+    `more_follow`: more calls follow in this transaction (the writer's row-by-row pass), so PostgreSQL's staging
+    table is emptied now, not at the commit; else each call would insert every earlier call's rows again.
     """
     if conn.dialect.postgres:
         inserted = _write_postgres(conn, rows)
+        if more_follow:
+            conn.execute("DELETE FROM telemetry_stage")
     else:
         before = int(conn.execute("SELECT coalesce(max(id), 0) FROM telemetry").fetchone()[0])
         inserted = conn.executemany(_INSERT_RAW, rows)

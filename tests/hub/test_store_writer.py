@@ -17,6 +17,8 @@ from fleet.messages import Capabilities, DeviceStatus, ModelWindow, Phase, Repor
 from hub.store import Database, Device, SqlStore, open_store
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
+from tests.support.mqtt import wait_for
+from tests.support.postgres import PostgresServer
 from tests.support.wire import one_model_report
 
 BIG = 2**63
@@ -64,7 +66,7 @@ def test_a_report_the_database_cannot_take_is_refused_and_the_batch_is_written(s
 
 def test_the_telemetry_writer_refuses_each_bad_row_alone_and_writes_the_others(database: Database) -> None:
     open_store(database, telemetry_process=False).close()  # the schema
-    counters = [0] * 9
+    counters = [0] * tw._N_COUNTERS
     writer = tw._Writer(database, counters)
     try:
         rows = [_row("d1", s, **({"queue_depth": BIG} if s % 5 == 0 else {})) for s in range(20)]
@@ -76,6 +78,70 @@ def test_the_telemetry_writer_refuses_each_bad_row_alone_and_writes_the_others(d
         assert (counters[tw.DUPLICATES], counters[tw.REFUSED]) == (16, 8), counters
     finally:
         writer.close()
+
+
+def _trigger(url: str, table: str, end_when: str = "FALSE") -> None:
+    """A trigger on `table` counting the rows written to it (sequence `writes`) that also ends its own connection
+    the first time a row matching `end_when` is written (a restart or failover at that moment; sequence `ended`
+    counts the matching rows)."""
+    import psycopg  # noqa: PLC0415 (the test's own connection, to install the trigger)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE writes")
+        conn.execute("CREATE SEQUENCE ended")
+        conn.execute(
+            "CREATE FUNCTION counted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('writes'); "
+            f"IF {end_when} THEN IF nextval('ended') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+            "END IF; END IF; RETURN NEW; END $$"
+        )
+        conn.execute(f"CREATE TRIGGER counted BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW "
+                     "EXECUTE FUNCTION counted()")  # fmt: skip
+
+
+def _count(url: str, sequence: str) -> int:
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}").fetchone()  # noqa: S608
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_batch_with_bad_windows_writes_each_good_window_once(postgres: PostgresServer) -> None:
+    """The writer halves a batch a bad row fails down to that row; every part goes through PostgreSQL's staging
+    table in the same transaction, which used to keep earlier parts' rows, so each part inserted them all again
+    (quadratic: 5000 windows with one bad took 107 s). Now each good window reaches the table once."""
+    url = postgres.create_database()
+    database = Database.from_url(url)
+    open_store(database, telemetry_process=False).close()  # the schema
+    _trigger(url, "telemetry")
+    counters = [0] * tw._N_COUNTERS
+    writer = tw._Writer(database, counters)
+    try:
+        writer.write([_row("d1", s, **({"queue_depth": BIG} if s % 5 == 0 else {})) for s in range(40)], upto=1)
+    finally:
+        writer.close()
+    assert (counters[tw.REFUSED], counters[tw.PERSISTED], counters[tw.WRITE_ERRORS]) == (8, 32, 0), counters
+    assert _count(url, "writes") == 32
+
+
+def test_telemetry_whose_connection_ends_while_going_row_by_row_waits_and_is_written(postgres: PostgresServer) -> None:
+    """A window the database cannot take sends the batch row by row; the server ends the connection during that
+    pass. The batch waits for the database, as one whose connection ended on the first pass does, and is written
+    on the next try; it was dropped (`WRITE_ERRORS`, and acknowledged to the broker) before."""
+    url = postgres.create_database()
+    database = Database.from_url(url)
+    open_store(database, telemetry_process=False).close()  # the schema
+    _trigger(url, "telemetry", end_when="NEW.seq = 1")
+    counters = [0] * tw._N_COUNTERS
+    writer = tw._Writer(database, counters, away_retry_s=0.05)
+    try:
+        writer.write([_row("d1", 0, queue_depth=BIG), _row("d1", 1), _row("d1", 2)], upto=1)  # the bad row first
+    finally:
+        writer.close()
+    assert _count(url, "ended") == 2  # the trigger ended the connection once, and let the second write through
+    assert (counters[tw.REFUSED], counters[tw.PERSISTED], counters[tw.WRITE_ERRORS]) == (1, 2, 0), counters
+    assert (counters[tw.DATABASE_WAITS], counters[tw.COMMITTED_UPTO]) == (1, 1), counters
 
 
 def test_replicas_writing_the_same_reports_in_other_orders_apply_them_all(database: Database) -> None:
@@ -182,3 +248,29 @@ def test_a_batch_has_the_effect_of_its_messages_written_one_by_one(database: Dat
     # devices' events interleave differently)
     assert sorted(got[5], key=lambda e: e[1]) == sorted(want[5], key=lambda e: e[1])
     assert len(got[5]) == 6  # per device: None -> downloading -> active -> failed
+
+
+def test_a_connection_ended_while_going_row_by_row_leaves_the_batch_waiting_not_dropped(
+    postgres: PostgresServer,
+) -> None:
+    """A report the database cannot take sends the batch row by row; the server ends the connection during that
+    pass (a restart, a failover). The batch waits for the database, as a batch whose connection ended on the first
+    pass does, and is written on the next try; it was dropped (`write_errors`) before."""
+    url = postgres.create_database()
+    store = open_store(Database.from_url(url), max_delay_s=0.2, telemetry_process=False, away_retry_s=0.05)
+    try:
+        for d in ("d1", "d2"):
+            store.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        _trigger(url, "applied", end_when="NEW.device_id = 'd2'")
+        now = time.time()
+        assert store.enqueue_reported(_reported("d1", BIG), now)  # fails the batch: row by row
+        assert store.enqueue_reported(_reported("d2", 7), now)
+        wait_for(lambda: (s := store.ingest_stats()).reported_applied + s.write_errors > 0, timeout=60)
+        st = store.ingest_stats()
+        d2 = store.get_device("d2")
+    finally:
+        store.close()
+    assert _count(url, "ended") == 2  # the trigger ended the connection once, and let the second write through
+    assert (st.reported_applied, st.write_errors, st.rows_refused) == (1, 0, 1), st
+    assert st.database_waits >= 1, st
+    assert d2 is not None and d2.reported is not None and d2.reported.seq == 7
