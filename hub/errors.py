@@ -8,12 +8,16 @@ class HubError(Exception):
 
     code = "hub_error"
     status = 500
+    retry_after_s: int | None = None
+    """When to try again, in seconds (the Retry-After header; the message says the same), if the error says."""
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidInput(HubError):
@@ -116,9 +120,7 @@ class RateLimited(HubError):
     code = "rate_limited"
     status = 429
 
-    def __init__(self, message: str, *, retry_after_s: int = 60) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s  # the Retry-After header: the same figure as the message
+    retry_after_s: int | None = 60
 
 
 class WriterUnavailable(HubError):

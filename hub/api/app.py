@@ -23,7 +23,7 @@ from hub.api.routes_rollouts import rollouts_router
 from hub.api.routes_security import security_router
 from hub.api.security import install as install_security
 from hub.dashboard import mount_dashboard
-from hub.errors import HubError, RateLimited
+from hub.errors import HubError
 from hub.metrics import metrics_text
 from hub.views.schemas import Health
 
@@ -77,7 +77,7 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
         response = _error(e.status, e.code, e.message)
-        if isinstance(e, RateLimited):
+        if e.retry_after_s is not None:
             response.headers["retry-after"] = str(e.retry_after_s)
         return response
 

@@ -33,7 +33,7 @@ from hub.dashboard.views import (
     overview,
     traffic,
 )
-from hub.errors import HubError, InvalidInput, RateLimited, Unauthorized
+from hub.errors import HubError, InvalidInput, Unauthorized
 
 if TYPE_CHECKING:
     from hub.services import HubServices
@@ -74,7 +74,7 @@ class Pages:
     def error(self, request: Request, who: Principal | None, e: HubError) -> Response:
         template = "_error.html" if request.headers.get("hx-request") else "error.html"
         response = self.html(request, template, who, status=e.status, error=e)
-        if isinstance(e, RateLimited):  # the same wait as the page says
+        if e.retry_after_s is not None:  # the same wait as the page says
             response.headers["retry-after"] = str(e.retry_after_s)
         return response
 
@@ -178,7 +178,7 @@ def dashboard_router(hub: HubServices, pages: Pages | None = None) -> APIRouter:
         except HubError as e:
             status = e.status if e.status == 429 else 401
             page = pages.html(request, "login.html", None, status=status, next=target, failed=e.message)
-            if isinstance(e, RateLimited):
+            if e.retry_after_s is not None:
                 page.headers["retry-after"] = str(e.retry_after_s)
             return page
         resp = RedirectResponse(target, status_code=303)

@@ -25,7 +25,12 @@ BUSY_TIMEOUT_S = 30  # how long a writer waits for another writer's transaction 
 # it. Our transactions last milliseconds; a replica cut off mid-transaction would otherwise hold its row locks
 # until TCP gives up (hours), stalling every other replica's writes to those rows.
 IDLE_IN_TRANSACTION_S = 5
-# libpq keep-alives: a connection whose server went silent is declared broken after about 5 + 2 * 3 s
+NETWORK_TIMEOUT_S = 10
+"""PostgreSQL: how long a connect may take, and how long a statement's bytes may go unacknowledged by the
+server's host (libpq `tcp_user_timeout`) before the connection is declared broken. Without the second, a
+statement sent while the network dropped packets waited for TCP to give up: over 15 minutes here (an API read
+or dashboard page hanging, its thread held). Keep-alives find an idle connection's silent server in about
+5 + 2 * 3 s."""
 _SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 
 
@@ -276,8 +281,9 @@ def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
         options += " -c default_transaction_read_only=on"
     try:
         conn = psycopg.connect(
-            db.url, autocommit=True, options=options, connect_timeout=10,
-            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            db.url, autocommit=True, options=options, connect_timeout=NETWORK_TIMEOUT_S,
+            tcp_user_timeout=NETWORK_TIMEOUT_S * 1000, keepalives=1, keepalives_idle=5, keepalives_interval=2,
+            keepalives_count=3,
         )  # fmt: skip
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(f"cannot reach the database {db}: {str(e).strip()[:300]}") from e

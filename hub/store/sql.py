@@ -46,6 +46,50 @@ BLOB_PART_BYTES = 8 << 20
 _ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
 
 
+class _Outage:
+    """What the writer knows of its database being away: since when, why, how many tries failed, when to try
+    again (the back-off, `away_wait_s`, and not sooner than the last try took), and whether a try costs. A server
+    that refuses (restarting, blocked) fails a try at once, so every job may as well try; one the network drops
+    packets to costs a timeout (`NETWORK_TIMEOUT_S`) per try, and jobs queued behind it would wait that long
+    each, so until the next try is due they fail at once, not tried. Either way an API write gets 503
+    (DatabaseUnavailable) with a Retry-After."""
+
+    SLOW_S = 1.0  # a failed try that took this long waited out a timeout
+
+    def __init__(self, retry_s: float) -> None:
+        self.retry_s = retry_s
+        self.tries = 0
+        self.since = self.until = 0.0
+        self.slow = False
+        self.reason = ""
+
+    def back(self) -> None:
+        self.tries, self.until, self.slow = 0, 0.0, False
+
+    def failed(self, started: float, reason: str) -> None:
+        now = time.monotonic()
+        if not self.tries:
+            self.since = now
+        self.tries += 1
+        took = now - started
+        self.slow = took >= self.SLOW_S
+        self.until = now + max(away_wait_s(self.tries, self.retry_s), min(took, self.retry_s))
+        self.reason = reason
+
+    def refuses(self) -> bool:
+        """A job is not tried now: the database is away and a try costs a timeout."""
+        return self.slow and time.monotonic() < self.until
+
+    def error(self, *, tried: bool) -> DatabaseUnavailable:
+        """What a write is told while the database is away (`tried`: this write's own try just failed)."""
+        now = time.monotonic()
+        wait = max(1, round(self.until - now))
+        what = self.reason if tried else f"not tried: away for {now - self.since:.0f} s ({self.reason})"
+        return DatabaseUnavailable(
+            f"the hub's database is away, {what}; nothing was written; try again in {wait} s", retry_after_s=wait
+        )
+
+
 class SqlStore(DeviceTables, TotalsQueries, Coordination):
     """`Store` over an SQLite file or a PostgreSQL database. Thread-safe; create one per process, `close()` it."""
 
@@ -71,8 +115,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self.away_retry_s = away_retry_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._held: list[tuple[Any, ...]] = []  # status and reported messages waiting for an absent database
-        self._held_due = 0.0  # when they are tried again (time.monotonic())
-        self._held_tries = 0
+        self._outage = _Outage(away_retry_s)
         self._local = threading.local()
         self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
@@ -98,7 +141,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         stop marker ends the wait at once.
         """
         try:  # while messages wait for the database, wake up when they are to be tried again
-            first = self._q.get(timeout=max(0.0, self._held_due - time.monotonic()) if self._held else None)
+            first = self._q.get(timeout=max(0.0, self._outage.until - time.monotonic()) if self._held else None)
         except queue.Empty:
             return []
         batch = [first]
@@ -126,14 +169,14 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     if item[0] in _INGEST:
                         ingest.append(item)
                         continue
-                    if ingest or self._held:  # before a job (a flush) or the stop: what waits is tried now
-                        self._write_ingest(ingest, now=True)
+                    if ingest or self._held:  # before a job or the stop: what waits (tried now unless that costs)
+                        self._write_ingest(ingest, now=item[0] != "job" or not self._outage.slow)
                         ingest = []
                     if item is _STOP:
                         self._give_up_held()
                         self._wconn.close()
                         return
-                    self._run_job(item[1], item[2])
+                    self._run_job(*item)
                 if ingest or self._held:
                     self._write_ingest(ingest)
             except Exception:  # never die, and never while holding a transaction: every API write would hang
@@ -147,12 +190,25 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             self._wconn = self.database.connect()
         return self._wconn
 
-    def _run_job(self, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
+    def _run_job(self, kind: str, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
+        """Run a job in its own transaction, unless the database is away: statuses wait for it (tried just now, or
+        trying again now would wait out a connect timeout), or the last job found it away that way (`_Outage`);
+        then the job fails at once. A flush tries the database in any case."""
+        if not fut.set_running_or_notify_cancel():
+            return  # its caller stopped waiting (`_write`) and was told it was not applied
+        if self._held or (kind == "job" and self._outage.refuses()):
+            fut.set_exception(self._outage.error(tried=False))
+            return
+        started = time.monotonic()
         try:
             result = _transaction(self._writer_conn, fn)
+        except DatabaseUnavailable as e:
+            self._outage.failed(started, e.message)
+            fut.set_exception(self._outage.error(tried=True))
         except BaseException as e:
             fut.set_exception(e)
         else:
+            self._outage.back()
             fut.set_result(result)
 
     def _write_ingest(self, items: list[tuple[Any, ...]], *, now: bool = False) -> None:
@@ -160,19 +216,20 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         database is away they all wait, tried again at most every `away_retry_s` (or `now`, before a job)."""
         if self._held:
             self._held.extend(items)
-            if not now and time.monotonic() < self._held_due:
+            if not now and time.monotonic() < self._outage.until:
                 return
             items, self._held = self._held, []
-        if self._write_batch(items):
-            self._held_tries = 0
+        started = time.monotonic()
+        away = self._write_batch(items)
+        if away is None:
+            self._outage.back()
             return
         self._held = items
-        self._held_tries += 1
+        self._outage.failed(started, away)
         self._stats = replace(self._stats, database_waits=self._stats.database_waits + 1)
-        if log_sampled(self._held_tries):
+        if log_sampled(self._outage.tries):
             log.warning("store: the database is away; %d status and reported messages wait for it (try #%d)",
-                        len(items), self._held_tries)  # fmt: skip
-        self._held_due = time.monotonic() + away_wait_s(self._held_tries, self.away_retry_s)
+                        len(items), self._outage.tries)  # fmt: skip
 
     def _give_up_held(self) -> None:
         if self._held:
@@ -181,10 +238,10 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             self._stats = replace(self._stats, write_errors=self._stats.write_errors + 1)
             self._held = []
 
-    def _write_batch(self, items: list[tuple[Any, ...]]) -> bool:
+    def _write_batch(self, items: list[tuple[Any, ...]]) -> str | None:
         """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
-        False when the database is away (no connection opens, or a new one breaks too, on either pass): the batch is
-        unwritten.
+        Returns None, or why the database is away (no connection opens, or a new one breaks too, on either pass):
+        then the batch is unwritten.
 
         A message the database cannot take (a number out of range, a value the driver cannot bind) is that
         message's fault: refused and counted (`rows_refused`), and the rest of the batch is written. Any other
@@ -204,14 +261,14 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 conn = self._writer_conn()
                 counts = self._write_items(conn, items, per_item=False)
                 break
-            except DatabaseUnavailable:
-                return False
+            except DatabaseUnavailable as e:
+                return e.message
             except Exception as e:
                 conn.rollback()
                 if conn.broken:  # ended by the server: a new connection once (a restart), then the batch waits
                     broken += 1
                     if broken > 1:
-                        return False
+                        return f"the server ended the connection twice: {str(e)[:300]}"
                     continue
                 if attempt < _ATTEMPTS - 1 and isinstance(e, conn.errors) and conn.retryable(e):
                     time.sleep(min(0.05 * 2**attempt, 2.0))
@@ -224,10 +281,10 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 except Exception:
                     conn.rollback()
                     if conn.broken:  # ended by the server while going row by row: the batch waits, as above
-                        return False
+                        return "the server ended the connection"
                     log.exception("store: writing a batch of %d ingested messages failed", len(items))
                     self._stats = replace(s, write_errors=s.write_errors + 1)
-                    return True
+                    return None
         applied_status, applied_reported, stale, refused = counts
         self._stats = replace(
             s,
@@ -236,7 +293,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             stale_ignored=s.stale_ignored + stale,
             rows_refused=s.rows_refused + refused,
         )
-        return True
+        return None
 
     def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
         """One transaction over `items`: as one batch (`hub.store.reports.write_batch`), or with `per_item`
@@ -272,12 +329,22 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
                         kind, device_id, self._n_refused, type(e).__name__, str(e)[:200])  # fmt: skip
 
-    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
+    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0, *, kind: str = "job") -> T:
+        """Run `fn` on the writer thread in a transaction of its own (`kind` "flush": try the database now even
+        while it is away). A job the writer has not started within `timeout` is withdrawn: DatabaseUnavailable."""
         if self._closed:
             raise RuntimeError("store is closed")
         fut: Future[T] = Future()
-        self._q.put(("job", fn, fut))
-        return fut.result(timeout)
+        self._q.put((kind, fn, fut))
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            if not fut.cancel():  # started meanwhile: its result comes (a transaction, or a connect timeout)
+                return fut.result()
+            raise DatabaseUnavailable(
+                f"the hub's store did not get to this write within {timeout:g} s (its database is slow or away): "
+                "nothing was written; try again", retry_after_s=5,
+            ) from None  # fmt: skip
 
     def _lease_write(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn` in a transaction on the lease connection (renewals never queue behind the writer's work)."""
@@ -344,7 +411,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before this call is written (telemetry writer included)."""
         self.telemetry.flush(timeout)
-        self._write(lambda _c: None, timeout)
+        self._write(lambda _c: None, timeout, kind="flush")
 
     def ingest_stats(self) -> IngestStats:
         s, w = self._stats, self.telemetry

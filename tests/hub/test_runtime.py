@@ -337,6 +337,7 @@ def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_th
         postgres.block(url, blocked=False)
         with h.client() as c:
             assert c.get("/api/v1/devices").status_code == 200  # the ended connection costs no call
+            assert c.post("/api/v1/devices", json={"id": "cam-2"}).status_code == 201  # a refusing server: tried
         wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 20, timeout=30)
         wait_for(lambda: scrape(h.url, "edgefleet_hub_mqtt_unacknowledged") == 0, timeout=30)
         wait_for(lambda: (d := h.hub.store.get_device("cam-1")) is not None and d.status == "online", timeout=30)

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.codec import encode
 from fleet.messages import DeviceStatus, Phase
-from hub.errors import Conflict, NotFound
+from hub.errors import Conflict, DatabaseUnavailable, NotFound
 from hub.store import Database, Desired, DesiredSlot, Device, ModelVersion, SqlStore, open_store
 from tests.support.mqtt import wait_for
 from tests.support.postgres import PostgresServer
@@ -138,6 +138,30 @@ def test_statuses_and_reports_wait_for_a_database_that_is_away_and_are_all_appli
         store.close()
     assert d is not None and d.status == "online" and d.reported is not None and d.reported.phase is Phase.ACTIVE
     assert (st.reported_applied, st.status_applied, st.write_errors) == (2, 1, 0)
+
+
+def test_a_write_the_writer_does_not_get_to_in_time_is_withdrawn_not_applied_later(store: SqlStore) -> None:
+    """A caller that stopped waiting for the writer (its database slow, a long job ahead) is told 503 and that
+    nothing was written; the job is taken off the queue, so it does not run later behind the caller's back."""
+    ran: list[str] = []
+    busy, free = threading.Event(), threading.Event()
+
+    def long_job(_c: object) -> None:
+        busy.set()
+        free.wait(30)
+
+    ahead = threading.Thread(target=lambda: store._write(long_job))
+    ahead.start()
+    assert busy.wait(30)
+    with pytest.raises(DatabaseUnavailable, match="nothing was written") as e:
+        store._write(lambda _c: ran.append("late"), timeout=0.2)
+    assert e.value.retry_after_s is not None and e.value.status == 503
+    free.set()
+    ahead.join(30)
+    store.flush()
+    assert ran == []
+    store.add_device(_dev("d1"))  # the writer goes on
+    assert store.get_device("d1") is not None
 
 
 def test_reported_state_ignores_older_reports(store: SqlStore) -> None:
