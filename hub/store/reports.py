@@ -17,8 +17,8 @@ the birth of the next connection follows that will, and the offline of a clean s
 The condition is part of the UPDATE (`_STATUS`, `_PG_STATUS`), so two replicas writing at once cannot interleave a read
 and a write; a batch keeps, per device, the newest of its statuses by the same key.
 
-`apply_status` and `apply_reported` write one message each: the writer falls back to them, message by message
-in savepoints, when a batch fails on a message the database refuses (`SqlStore._write_batch`).
+When a batch fails on a message the database refuses, the writer writes it again in parts, each a batch of its
+own (`hub.store.connection.write_in_parts`), down to the messages that fail alone (`SqlStore._write_batch`).
 """
 
 from __future__ import annotations
@@ -109,24 +109,6 @@ def _event_row(msg: ReportedState, previous: str | None, received: float) -> tup
     return (received, subject, subject, phase_details(msg, previous))
 
 
-def apply_status(conn: Conn, msg: DeviceStatus, received: float) -> int:
-    """Write one status message unless the stored one is newer (`status_key`); 1 when written."""
-    sql = _STATUS.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
-    return conn.execute(sql, _status_args(msg, received)).rowcount
-
-
-def apply_reported(conn: Conn, msg: ReportedState, received: float) -> bool:
-    """Write one report unless the stored one is as new; a phase change is recorded as an event."""
-    prev = conn.execute("SELECT phase FROM applied WHERE device_id = ?", (msg.device_id,)).fetchone()
-    cur = conn.execute(_UPSERT, (msg.device_id, msg.seq, msg.ts, msg.phase.value, received, msg.model_dump_json()))
-    if cur.rowcount:
-        seen_sql = _SEEN.format(last_seen=conn.dialect.greatest("coalesce(last_seen, 0)", "?"))
-        conn.execute(seen_sql, (received, msg.device_id))
-        if prev is None or prev[0] != msg.phase.value:
-            conn.execute(_EVENT, _event_row(msg, None if prev is None else prev[0], received))
-    return cur.rowcount > 0
-
-
 @dataclass
 class _Device:
     """What a batch does to one device, folded in message order."""
@@ -142,8 +124,10 @@ class _Device:
 
 def write_batch(conn: Conn, items: Sequence[tuple[str, Any, float]]) -> tuple[int, int, int]:
     """Write a batch of ("status" | "reported", message, received_at) in the open transaction, with the effect
-    of `apply_status` / `apply_reported` on each in that order. Returns (statuses applied, reports applied,
-    stale reports). Raises what the database raises; the caller rolls back (nothing is half-written).
+    of writing each in that order, one batch each: a status unless the stored one is newer (`status_key`), a
+    report unless the stored one is as new (a phase change recorded as an event). Returns (statuses applied,
+    reports applied, stale reports). Raises what the database raises; the caller rolls back (nothing is
+    half-written).
     """
     pg = conn.dialect.postgres
     devices: dict[str, _Device] = {}

@@ -30,7 +30,7 @@ from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
 from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
-from hub.store.connection import Conn, Database, away_wait_s, to_json
+from hub.store.connection import Conn, Database, away_wait_s, to_json, write_in_parts
 from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
@@ -239,7 +239,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             self._held = []
 
     def _write_batch(self, items: list[tuple[Any, ...]]) -> str | None:
-        """Write a batch in one transaction; if a message fails it, write them one by one and refuse that one.
+        """Write a batch in one transaction; if a message fails it, write it in parts and refuse the failing ones.
         Returns None, or why the database is away (no connection opens, or a new one breaks too, on either pass):
         then the batch is unwritten.
 
@@ -280,7 +280,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     break
                 except Exception:
                     conn.rollback()
-                    if conn.broken:  # ended by the server while going row by row: the batch waits, as above
+                    if conn.broken:  # ended by the server during the pass in parts: the batch waits, as above
                         return "the server ended the connection"
                     log.exception("store: writing a batch of %d ingested messages failed", len(items))
                     self._stats = replace(s, write_errors=s.write_errors + 1)
@@ -296,32 +296,22 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         return None
 
     def _write_items(self, conn: Conn, items: list[tuple[Any, ...]], *, per_item: bool) -> tuple[int, int, int, int]:
-        """One transaction over `items`: as one batch (`hub.store.reports.write_batch`), or with `per_item`
-        each message in a savepoint, refusing those that fail."""
+        """One transaction over `items`: as one batch (`hub.store.reports.write_batch`), or with `per_item` in
+        parts that refuse the messages that fail (`write_in_parts`)."""
         conn.begin()
         if not per_item:
             applied_status, applied_reported, stale = reports.write_batch(conn, items)
             conn.commit()
             return applied_status, applied_reported, stale, 0
-        applied_status = applied_reported = stale = refused = 0
-        for kind, msg, received in items:
-            conn.execute("SAVEPOINT ef_item")
-            try:
-                if kind == "status":
-                    applied_status += reports.apply_status(conn, msg, received)
-                elif reports.apply_reported(conn, msg, received):
-                    applied_reported += 1
-                else:
-                    stale += 1
-            except Exception as e:
-                if conn.database_failed(e):
-                    raise
-                conn.execute("ROLLBACK TO SAVEPOINT ef_item")
-                refused += 1
-                self._refused_row(kind, msg.device_id, e)
-            conn.execute("RELEASE SAVEPOINT ef_item")
+        refused: list[str] = []
+
+        def refuse(item: tuple[Any, ...], e: Exception) -> None:
+            refused.append(item[1].device_id)
+            self._refused_row(item[0], item[1].device_id, e)
+
+        parts = write_in_parts(conn, items, lambda part: reports.write_batch(conn, part), refuse)
         conn.commit()
-        return applied_status, applied_reported, stale, refused
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), len(refused)
 
     def _refused_row(self, kind: str, device_id: str, e: Exception) -> None:
         self._n_refused += 1

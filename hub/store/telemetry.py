@@ -130,7 +130,7 @@ def write_windows(conn: Conn, rows: list[tuple[Any, ...]], *, more_follow: bool 
 
     Call inside a write transaction (`Conn.begin`). SQLite holds its write lock for the whole transaction, so
     the rollup takes exactly the rows this call inserted: the ids above the largest id before the insert.
-    `more_follow`: more calls follow in this transaction (the writer's row-by-row pass), so PostgreSQL's staging
+    `more_follow`: more calls follow in this transaction (the writer's pass in parts), so PostgreSQL's staging
     table is emptied now, not at the commit; else each call would insert every earlier call's rows again.
     """
     if conn.dialect.postgres:

@@ -48,7 +48,7 @@ from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
 from hub.ratelimit import log_sampled
 from hub.store import telemetry as tsql
-from hub.store.connection import Conn, Database, away_wait_s
+from hub.store.connection import Conn, Database, away_wait_s, write_in_parts
 
 log = logging.getLogger(__name__)
 
@@ -177,47 +177,27 @@ class _Writer:
         self.c[COMMITTED_UPTO] = upto
 
     def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
-        """One transaction over `rows`: as one batch, or with `per_row` in parts that refuse the rows that fail."""
-        inserted = refused = 0
+        """One transaction over `rows`: as one batch, or with `per_row` in parts that refuse the rows that fail
+        (`write_in_parts`)."""
+        refused: list[str] = []
+
+        def refuse(row: tuple[Any, ...], e: Exception) -> None:
+            refused.append(row[0])
+            n = self.c[REFUSED] + len(refused)
+            if log_sampled(n):
+                log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
+                            row[0], n, type(e).__name__, str(e)[:200])  # fmt: skip
+
         conn.begin()
         if not per_row:
             inserted = tsql.write_windows(conn, rows)
         else:
-            half = len(rows) // 2  # the whole batch has just failed: start from its halves
-            for part in (rows[:half], rows[half:]) if half else (rows,):
-                got, bad = self._write_parts(conn, part, refused)
-                inserted += got
-                refused += bad
+            inserted = sum(write_in_parts(conn, rows, lambda part: tsql.write_windows(conn, part, more_follow=True),
+                                          refuse))  # fmt: skip
         conn.commit()
         self.c[PERSISTED] += inserted
-        self.c[DUPLICATES] += len(rows) - inserted - refused
-        self.c[REFUSED] += refused
-
-    def _write_parts(self, conn: Conn, rows: list[tuple[Any, ...]], refused_before: int) -> tuple[int, int]:
-        """Write `rows` in a savepoint; if a row fails them, halve them and write each half the same way, down to
-        that row alone, which is refused. One bad row in n costs about 2 log2(n) part writes, not n: 5000 windows
-        with one bad took 0.5 s on PostgreSQL here, 11.8 s row by row. Returns (inserted, refused)."""
-        conn.execute("SAVEPOINT ef_part")
-        try:
-            inserted = tsql.write_windows(conn, rows, more_follow=True)
-        except Exception as e:
-            if conn.database_failed(e):
-                raise
-            conn.execute("ROLLBACK TO SAVEPOINT ef_part")
-            conn.execute("RELEASE SAVEPOINT ef_part")
-            conn.state.clear()  # what the part's statements set up (PostgreSQL's staging table) is gone too
-            if len(rows) > 1:
-                half = len(rows) // 2
-                got, bad = self._write_parts(conn, rows[:half], refused_before)
-                got2, bad2 = self._write_parts(conn, rows[half:], refused_before + bad)
-                return got + got2, bad + bad2
-            n = self.c[REFUSED] + refused_before + 1
-            if log_sampled(n):
-                log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
-                            rows[0][0], n, type(e).__name__, str(e)[:200])  # fmt: skip
-            return 0, 1
-        conn.execute("RELEASE SAVEPOINT ef_part")
-        return inserted, 0
+        self.c[DUPLICATES] += len(rows) - inserted - len(refused)
+        self.c[REFUSED] += len(refused)
 
     def close(self) -> None:
         if self.conn is not None:

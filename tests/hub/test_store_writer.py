@@ -64,6 +64,34 @@ def test_a_report_the_database_cannot_take_is_refused_and_the_batch_is_written(s
     assert store.get_meta("after") == "yes"
 
 
+def test_a_batch_of_reports_with_bad_ones_applies_every_good_one_in_order(store: SqlStore) -> None:
+    """Forty reports, every fifth one a seq the database cannot take (each of a device of its own), the others
+    of three devices: the writer writes the batch in parts down to the bad ones; each of the three ends with
+    its last report, and its phase events are those of its reports, in order."""
+    for n in range(0, 40, 5):
+        store.add_device(Device(id=f"bad{n}", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+    now = time.time()
+    phases = [Phase.DOWNLOADING, Phase.ACTIVATING, Phase.ACTIVE]
+    good: dict[str, list[ReportedState]] = {"d1": [], "d2": [], "d3": []}
+    for n in range(40):
+        if n % 5 == 0:
+            msg = _reported(f"bad{n}", BIG)
+        else:
+            msg = one_model_report(device_id=f"d{n % 3 + 1}", seq=n + 1, ts=float(n + 1), phase=phases[n // 4 % 3])
+            good[msg.device_id].append(msg)
+        assert store.enqueue_reported(msg, now)
+    store.flush()
+    st = store.ingest_stats()
+    assert (st.rows_refused, st.reported_applied, st.stale_ignored, st.write_errors) == (8, 32, 0, 0), st
+    for device, reports in good.items():
+        d = store.get_device(device)
+        assert d is not None and d.reported is not None and d.reported.seq == reports[-1].seq
+        events = store.list_events(since=None, until=None, subject=f"device/{device}", action="device.phase",
+                                   limit=100)  # fmt: skip
+        changes = [r.phase.value for i, r in enumerate(reports) if i == 0 or reports[i - 1].phase != r.phase]
+        assert [e.details["to"] for e in sorted(events, key=lambda e: e.id)] == changes
+
+
 def test_the_telemetry_writer_refuses_each_bad_row_alone_and_writes_the_others(database: Database) -> None:
     open_store(database, telemetry_process=False).close()  # the schema
     counters = [0] * tw._N_COUNTERS
