@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,52 @@ class Database:
         return _connect_sqlite(self.path, readonly=readonly)
 
 
+class Outage:
+    """What this process knows of a database behind a network that drops packets (a partition, a dead host).
+
+    A server that refuses (restarting, failing over, blocked) fails a connect at once, so every caller may as
+    well try. One the network drops packets to costs each try a timeout (`NETWORK_TIMEOUT_S`), and every API
+    thread, dashboard page, scrape and writer job would wait one in turn; so after a try that failed slowly,
+    connects are not tried for as long as it took: they fail at once (DatabaseUnavailable, "not tried", with a
+    Retry-After). A statement on an open connection that waited out `tcp_user_timeout` counts the same way.
+    One per database URL in a process (`outage`); any connect that succeeds ends it.
+    """
+
+    SLOW_S = 1.0  # a failure that took this long waited out a timeout
+
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic() before which connects are not tried
+        self.failed_at = self.took = 0.0
+        self.reason = ""
+
+    def check(self, db: Database) -> None:
+        """Raise DatabaseUnavailable, without trying, while a slow failure says the database is away."""
+        now = time.monotonic()
+        if now < self.until:
+            wait = max(1, round(self.until - now))
+            raise DatabaseUnavailable(
+                f"cannot reach the database {db}: not tried, a try {now - self.failed_at:.0f} s ago failed after "
+                f"{self.took:.0f} s ({self.reason}); try again in {wait} s", retry_after_s=wait,
+            )  # fmt: skip
+
+    def record(self, started: float, error: BaseException | None) -> None:
+        """A connect or statement that began at `started` succeeded (`error` None) or failed."""
+        now = time.monotonic()
+        if error is None:
+            self.until = 0.0
+        elif now - started >= self.SLOW_S:
+            self.failed_at, self.took, self.reason = now, now - started, str(error).strip()[:300]
+            self.until = now + min(self.took, NETWORK_TIMEOUT_S)
+
+
+_OUTAGES: dict[str, Outage] = {}
+
+
+def outage(db: Database) -> Outage:
+    """This process's `Outage` of `db`."""
+    return _OUTAGES.setdefault(db.url, Outage())
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs and errors."""
     parts = urlsplit(url)
@@ -203,6 +250,7 @@ class Conn:
         dialect: Dialect,
         errors: tuple[type[BaseException], ...],
         reopen: Callable[[], Any] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.raw = raw
         self.dialect = dialect
@@ -211,6 +259,7 @@ class Conn:
         self._sql: dict[str, str] = {}
         self._reopen = reopen  # a reader's: a new raw connection, to read again when the server ended this one
         self._in_begin = False  # between begin() and commit()/rollback()
+        self._outage = outage  # PostgreSQL's: a statement that waited out the network timeout marks it
 
     def _q(self, sql: str, placeholder: str = "%s") -> str:
         if not self.dialect.postgres:
@@ -226,9 +275,12 @@ class Conn:
         (`unnest(?::text[])`): psycopg escapes each element of a text-form array in Python (~50 us for a
         250-byte JSON document, 0.3 us in binary form)."""
         q = self._q(sql, "%b" if binary else "%s")
+        started = time.monotonic()
         try:
             cur: Cursor = self.raw.execute(q, args)
-        except self.errors:
+        except self.errors as e:
+            if self._outage is not None and self.broken:
+                self._outage.record(started, e)
             if self._reopen is None or self._in_begin or not self.broken:
                 raise
             # The server ended this reader's connection (restarted, failed over) since its last statement: a
@@ -313,6 +365,9 @@ def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
     )
     if readonly:
         options += " -c default_transaction_read_only=on"
+    away = outage(db)
+    away.check(db)
+    started = time.monotonic()
     try:
         conn = psycopg.connect(
             db.url, autocommit=True, options=options, connect_timeout=NETWORK_TIMEOUT_S,
@@ -320,6 +375,8 @@ def _connect_postgres(db: Database, *, readonly: bool) -> Conn:
             keepalives_count=3,
         )  # fmt: skip
     except psycopg.OperationalError as e:
+        away.record(started, e)
         raise DatabaseUnavailable(f"cannot reach the database {db}: {str(e).strip()[:300]}") from e
+    away.record(started, None)
     reopen = (lambda: _connect_postgres(db, readonly=True).raw) if readonly else None
-    return Conn(conn, Dialect("postgresql"), (psycopg.Error,), reopen)
+    return Conn(conn, Dialect("postgresql"), (psycopg.Error,), reopen, away)

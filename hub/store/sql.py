@@ -46,50 +46,6 @@ BLOB_PART_BYTES = 8 << 20
 _ATTEMPTS = 8  # a status/report batch is tried again this often after a deadlock or a lost connection (~5 s)
 
 
-class _Outage:
-    """What the writer knows of its database being away: since when, why, how many tries failed, when to try
-    again (the back-off, `away_wait_s`, and not sooner than the last try took), and whether a try costs. A server
-    that refuses (restarting, blocked) fails a try at once, so every job may as well try; one the network drops
-    packets to costs a timeout (`NETWORK_TIMEOUT_S`) per try, and jobs queued behind it would wait that long
-    each, so until the next try is due they fail at once, not tried. Either way an API write gets 503
-    (DatabaseUnavailable) with a Retry-After."""
-
-    SLOW_S = 1.0  # a failed try that took this long waited out a timeout
-
-    def __init__(self, retry_s: float) -> None:
-        self.retry_s = retry_s
-        self.tries = 0
-        self.since = self.until = 0.0
-        self.slow = False
-        self.reason = ""
-
-    def back(self) -> None:
-        self.tries, self.until, self.slow = 0, 0.0, False
-
-    def failed(self, started: float, reason: str) -> None:
-        now = time.monotonic()
-        if not self.tries:
-            self.since = now
-        self.tries += 1
-        took = now - started
-        self.slow = took >= self.SLOW_S
-        self.until = now + max(away_wait_s(self.tries, self.retry_s), min(took, self.retry_s))
-        self.reason = reason
-
-    def refuses(self) -> bool:
-        """A job is not tried now: the database is away and a try costs a timeout."""
-        return self.slow and time.monotonic() < self.until
-
-    def error(self, *, tried: bool) -> DatabaseUnavailable:
-        """What a write is told while the database is away (`tried`: this write's own try just failed)."""
-        now = time.monotonic()
-        wait = max(1, round(self.until - now))
-        what = self.reason if tried else f"not tried: away for {now - self.since:.0f} s ({self.reason})"
-        return DatabaseUnavailable(
-            f"the hub's database is away, {what}; nothing was written; try again in {wait} s", retry_after_s=wait
-        )
-
-
 class SqlStore(DeviceTables, TotalsQueries, Coordination):
     """`Store` over an SQLite file or a PostgreSQL database. Thread-safe; create one per process, `close()` it."""
 
@@ -115,7 +71,9 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self.away_retry_s = away_retry_s
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._held: list[tuple[Any, ...]] = []  # status and reported messages waiting for an absent database
-        self._outage = _Outage(away_retry_s)
+        self._held_due = 0.0  # when they are tried again (time.monotonic())
+        self._held_tries = 0
+        self._held_why = ""  # why the database is away, as the last try found
         self._local = threading.local()
         self._readers: list[Conn] = []
         self._readers_lock = threading.Lock()
@@ -141,7 +99,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         stop marker ends the wait at once.
         """
         try:  # while messages wait for the database, wake up when they are to be tried again
-            first = self._q.get(timeout=max(0.0, self._outage.until - time.monotonic()) if self._held else None)
+            first = self._q.get(timeout=max(0.0, self._held_due - time.monotonic()) if self._held else None)
         except queue.Empty:
             return []
         batch = [first]
@@ -169,14 +127,14 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                     if item[0] in _INGEST:
                         ingest.append(item)
                         continue
-                    if ingest or self._held:  # before a job or the stop: what waits (tried now unless that costs)
-                        self._write_ingest(ingest, now=item[0] != "job" or not self._outage.slow)
+                    if ingest or self._held:  # before a job (a flush) or the stop: what waits is tried now
+                        self._write_ingest(ingest, now=True)
                         ingest = []
                     if item is _STOP:
                         self._give_up_held()
                         self._wconn.close()
                         return
-                    self._run_job(*item)
+                    self._run_job(item[1], item[2])
                 if ingest or self._held:
                     self._write_ingest(ingest)
             except Exception:  # never die, and never while holding a transaction: every API write would hang
@@ -190,25 +148,23 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             self._wconn = self.database.connect()
         return self._wconn
 
-    def _run_job(self, kind: str, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
-        """Run a job in its own transaction, unless the database is away: statuses wait for it (tried just now, or
-        trying again now would wait out a connect timeout), or the last job found it away that way (`_Outage`);
-        then the job fails at once. A flush tries the database in any case."""
+    def _run_job(self, fn: Callable[[Conn], Any], fut: Future[Any]) -> None:
+        """Run a job in its own transaction, unless the statuses and reports before it could not be written just
+        now (the database is away: the job fails at once, not tried)."""
         if not fut.set_running_or_notify_cancel():
             return  # its caller stopped waiting (`_write`) and was told it was not applied
-        if self._held or (kind == "job" and self._outage.refuses()):
-            fut.set_exception(self._outage.error(tried=False))
+        if self._held:
+            wait = max(1, round(self._held_due - time.monotonic()))
+            fut.set_exception(DatabaseUnavailable(
+                f"the hub's database is away ({self._held_why}): nothing was written; try again in {wait} s",
+                retry_after_s=wait,
+            ))  # fmt: skip
             return
-        started = time.monotonic()
         try:
             result = _transaction(self._writer_conn, fn)
-        except DatabaseUnavailable as e:
-            self._outage.failed(started, e.message)
-            fut.set_exception(self._outage.error(tried=True))
         except BaseException as e:
             fut.set_exception(e)
         else:
-            self._outage.back()
             fut.set_result(result)
 
     def _write_ingest(self, items: list[tuple[Any, ...]], *, now: bool = False) -> None:
@@ -216,20 +172,20 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         database is away they all wait, tried again at most every `away_retry_s` (or `now`, before a job)."""
         if self._held:
             self._held.extend(items)
-            if not now and time.monotonic() < self._outage.until:
+            if not now and time.monotonic() < self._held_due:
                 return
             items, self._held = self._held, []
-        started = time.monotonic()
         away = self._write_batch(items)
         if away is None:
-            self._outage.back()
+            self._held_tries = 0
             return
-        self._held = items
-        self._outage.failed(started, away)
+        self._held, self._held_why = items, away
+        self._held_tries += 1
         self._stats = replace(self._stats, database_waits=self._stats.database_waits + 1)
-        if log_sampled(self._outage.tries):
-            log.warning("store: the database is away; %d status and reported messages wait for it (try #%d)",
-                        len(items), self._outage.tries)  # fmt: skip
+        if log_sampled(self._held_tries):
+            log.warning("store: the database is away; %d status and reported messages wait for it (try #%d): %s",
+                        len(items), self._held_tries, away)  # fmt: skip
+        self._held_due = time.monotonic() + away_wait_s(self._held_tries, self.away_retry_s)
 
     def _give_up_held(self) -> None:
         if self._held:
@@ -319,13 +275,13 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             log.warning("store: refused a %s message of %s that cannot be written (#%d): %s: %s",
                         kind, device_id, self._n_refused, type(e).__name__, str(e)[:200])  # fmt: skip
 
-    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0, *, kind: str = "job") -> T:
-        """Run `fn` on the writer thread in a transaction of its own (`kind` "flush": try the database now even
-        while it is away). A job the writer has not started within `timeout` is withdrawn: DatabaseUnavailable."""
+    def _write(self, fn: Callable[[Conn], T], timeout: float = 60.0) -> T:
+        """Run `fn` on the writer thread in a transaction of its own. A job the writer has not started within
+        `timeout` is withdrawn: DatabaseUnavailable."""
         if self._closed:
             raise RuntimeError("store is closed")
         fut: Future[T] = Future()
-        self._q.put((kind, fn, fut))
+        self._q.put(("job", fn, fut))
         try:
             return fut.result(timeout)
         except TimeoutError:
@@ -401,7 +357,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before this call is written (telemetry writer included)."""
         self.telemetry.flush(timeout)
-        self._write(lambda _c: None, timeout, kind="flush")
+        self._write(lambda _c: None, timeout)
 
     def ingest_stats(self) -> IngestStats:
         s, w = self._stats, self.telemetry
