@@ -318,9 +318,11 @@ def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_th
     url = postgres.create_database()
     h = start_hub(tmp_path / "hub", broker.url, topic_prefix, database_url=url, broker={"mqtt_version": "5"})
     dev = TestClient(broker.host, broker.port)
+    page = httpx.Client(base_url=h.url, headers={"accept": "text/html"}, timeout=30)  # an operator's screen
     try:
         with h.client() as c:
             assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+        assert page.post("/login", data={"token": h.admin_token, "next": "/"}).status_code == 303
         topics = h.hub.topics
         postgres.block(url)
         for seq in range(20):
@@ -333,8 +335,12 @@ def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_th
         with h.client() as c:
             r = c.get("/api/v1/devices")
             assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+        r = page.get("/")  # the dashboard says so, and loads itself again
+        assert r.status_code == 503 and "database unavailable" in r.text, r.text
+        assert '<meta http-equiv="refresh" content="10">' in r.text and "loads again in 10 s" in r.text
         assert h.hub.store.ingest_stats().write_errors == 0
         postgres.block(url, blocked=False)
+        assert page.get("/").status_code == 200
         with h.client() as c:
             assert c.get("/api/v1/devices").status_code == 200  # the ended connection costs no call
             assert c.post("/api/v1/devices", json={"id": "cam-2"}).status_code == 201  # a refusing server: tried
@@ -348,6 +354,7 @@ def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_th
         assert scrape(h.url, "edgefleet_hub_database_up") == 1
         assert scrape(h.url, "edgefleet_hub_devices", state="online") == 1
     finally:
+        page.close()
         dev.close()
         postgres.block(url, blocked=False)
         h.stop()
