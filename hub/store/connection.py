@@ -215,11 +215,13 @@ class Outage:
             )  # fmt: skip
 
     def record(self, started: float, error: BaseException | None) -> None:
-        """A connect or statement that began at `started` succeeded (`error` None) or failed."""
+        """A connect or statement that began at `started` succeeded (`error` None) or failed. A failure the
+        server said (an SQLSTATE: shut down, too many connections) is not the network's, however long it took
+        (a long query ended by a restart)."""
         now = time.monotonic()
         if error is None:
             self.until = 0.0
-        elif now - started >= self.SLOW_S:
+        elif now - started >= self.SLOW_S and getattr(error, "sqlstate", None) is None:
             self.failed_at, self.took, self.reason = now, now - started, str(error).strip()[:300]
             self.until = now + min(self.took, NETWORK_TIMEOUT_S)
 

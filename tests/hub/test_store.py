@@ -52,6 +52,33 @@ def test_connections_the_server_ended_cost_no_call_reads_writes_and_leases_go_on
         store.close()
 
 
+def test_a_long_statement_the_server_ended_is_not_taken_for_a_network_outage(postgres: PostgresServer) -> None:
+    """After a slow failure without a word from the server (a network timeout) connects are not tried for a
+    while (`Outage`); a statement the server itself ended (a restart during a long query) must not do that,
+    or the hub would refuse calls to a database that is back."""
+    import psycopg  # noqa: PLC0415
+
+    url = postgres.create_database()
+    database = Database.from_url(url)
+    conn = database.connect()
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    def end() -> None:
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    ended = threading.Timer(1.5, end)  # the statement has run longer than Outage.SLOW_S by then
+    ended.start()
+    with pytest.raises(psycopg.errors.AdminShutdown):
+        conn.execute("SELECT pg_sleep(30)")
+    ended.join()
+    assert conn.broken
+    again = database.connect()  # tried, and it answers
+    assert again.execute("SELECT 1").fetchone() == (1,)
+    again.close()
+    conn.close()
+
+
 def test_reopening_keeps_data_and_applies_no_migration_twice(database: Database) -> None:
     s = open_store(database)
     s.add_device(_dev("d1"))
