@@ -9,7 +9,7 @@ class HubError(Exception):
     code = "hub_error"
     status = 500
     retry_after_s: int | None = None
-    """When to try again, in seconds (the Retry-After header; the message says the same), if the error says."""
+    """When to try again, in seconds (the Retry-After header; a message that gives a wait gives this one)."""
 
     def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -146,3 +146,4 @@ class DatabaseUnavailable(HubError):
 
     code = "database_unavailable"
     status = 503
+    retry_after_s: int | None = 5  # the writers' pace while it is away (`away_retry_s`); a "not tried" error knows

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -10,6 +12,10 @@ from typing import Any, BinaryIO
 import httpx
 
 from hubclient.errors import HubApiError
+
+log = logging.getLogger(__name__)
+RETRY_STATUSES = frozenset((429, 503))
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE"))
 
 
 class _ProgressReader:
@@ -33,12 +39,29 @@ def _not_the_api(r: httpx.Response) -> str:
     return f"{where}{said} (not the hub API's error format: is the URL the hub's API, not a proxy in front of it?)"
 
 
-class HubClient:
-    """Calls the hub API with a bearer token; raises HubApiError for error answers."""
+def _retry_after_s(r: httpx.Response) -> float | None:
+    """The wait a 429 or 503 answer asks for (its Retry-After in seconds), or None."""
+    if r.status_code not in RETRY_STATUSES:
+        return None
+    try:
+        wait = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None  # absent, or an HTTP date (the hub sends seconds)
+    return wait if 0 <= wait <= 3600 else None
 
-    def __init__(self, url: str, token: str | None, *, timeout: float = 300.0) -> None:
+
+class HubClient:
+    """Calls the hub API with a bearer token; raises HubApiError for error answers.
+
+    A request that changes nothing twice (GET, PUT, DELETE...) answered 503 or 429 with a Retry-After (the hub's
+    database away for a moment, a rate limit) is sent again after that wait, for up to `retry_for_s` in all;
+    then the error is raised. POSTs are never sent twice.
+    """
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 300.0, retry_for_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.retry_for_s = retry_for_s
 
     def close(self) -> None:
         self._http.close()
@@ -51,10 +74,17 @@ class HubClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; the decoded JSON answer (None for 204)."""
-        try:
-            r = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise HubApiError(0, "unreachable", f"cannot reach the hub at {self._http.base_url}: {e}") from e
+        deadline = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                r = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as e:
+                raise HubApiError(0, "unreachable", f"cannot reach the hub at {self._http.base_url}: {e}") from e
+            wait = _retry_after_s(r) if method.upper() in IDEMPOTENT else None
+            if wait is None or time.monotonic() + wait > deadline:
+                break
+            log.warning("hub: %s %s answered %d; again in %g s (Retry-After)", method, path, r.status_code, wait)
+            time.sleep(wait)
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]

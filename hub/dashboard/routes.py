@@ -33,7 +33,7 @@ from hub.dashboard.views import (
     overview,
     traffic,
 )
-from hub.errors import DatabaseUnavailable, HubError, InvalidInput, Unauthorized
+from hub.errors import HubError, InvalidInput, Unauthorized
 
 if TYPE_CHECKING:
     from hub.services import HubServices
@@ -44,7 +44,6 @@ TRAFFIC_TTL_S = 15.0  # fleet-wide sums over a day: shared by every browser for 
 # fleet-wide chart data is shared this long per range: about one grid step (a day has 5-minute points)
 CHART_TTL_S = {"1h": 5.0, "6h": 15.0, "24h": 60.0, "7d": 300.0}
 ROWS_TTL_S = 30.0  # keyed by the fleet's fingerprint: any change makes a new key at once
-DATABASE_RETRY_S = 10  # an error page of a database that is away loads again after this long (no Retry-After known)
 
 
 def _safe_next(target: str | None) -> str:
@@ -74,10 +73,9 @@ class Pages:
 
     def error(self, request: Request, who: Principal | None, e: HubError) -> Response:
         template = "_error.html" if request.headers.get("hx-request") else "error.html"
-        # a page the hub could not build for now (its database away) loads itself again: a screen on the wall
-        # comes back with the database, the wait the Retry-After says or DATABASE_RETRY_S; a form's answer never
-        again_s = e.retry_after_s or (DATABASE_RETRY_S if isinstance(e, DatabaseUnavailable) else None)
-        refresh_s = again_s if request.method == "GET" and e.status in (429, 503) else None
+        # a page the hub could not build for now (its database away) loads itself again after the Retry-After:
+        # a screen on the wall comes back with the database; a form's answer never
+        refresh_s = e.retry_after_s if request.method == "GET" and e.status in (429, 503) else None
         response = self.html(request, template, who, status=e.status, error=e, refresh_s=refresh_s)
         if e.retry_after_s is not None:  # the same wait as the page says
             response.headers["retry-after"] = str(e.retry_after_s)

@@ -337,7 +337,7 @@ def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_th
             assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
         r = page.get("/")  # the dashboard says so, and loads itself again
         assert r.status_code == 503 and "database unavailable" in r.text, r.text
-        assert '<meta http-equiv="refresh" content="10">' in r.text and "loads again in 10 s" in r.text
+        assert '<meta http-equiv="refresh" content="5">' in r.text and "loads again in 5 s" in r.text
         assert h.hub.store.ingest_stats().write_errors == 0
         postgres.block(url, blocked=False)
         assert page.get("/").status_code == 200
