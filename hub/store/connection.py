@@ -94,15 +94,16 @@ def away_wait_s(tries: int, cap_s: float) -> float:
 
 
 def write_in_parts(
-    conn: Conn, items: list[R], write: Callable[[list[R]], T], refuse: Callable[[R, Exception], None]
-) -> list[T]:
+    conn: Conn, items: list[R], write: Callable[[list[R]], T]
+) -> tuple[list[T], list[tuple[R, Exception]]]:
     """Write `items`, a batch one of them failed, in the open transaction without that one: each half in a
-    savepoint, and a half that fails again in halves, down to the items that fail alone, which are handed to
-    `refuse`. One bad item in n costs about 2 log2(n) writes, not n (5000 telemetry windows with one bad: 0.5 s
-    on PostgreSQL here, 11.8 s one by one). Returns the results of the parts written, in order. A failure of the
-    database itself (`Conn.database_failed`: locked, full, the connection ended) is raised.
+    savepoint, and a half that fails again in halves, down to the items that fail alone. One bad item in n costs
+    about 2 log2(n) writes, not n (5000 telemetry windows with one bad: 0.5 s on PostgreSQL here, 11.8 s one by
+    one). Returns the results of the parts written, in order, and the items refused with what each raised. A
+    failure of the database itself (`Conn.database_failed`: locked, full, the connection ended) is raised.
     """
     done: list[T] = []
+    refused: list[tuple[R, Exception]] = []
     parts = [items[len(items) // 2 :], items[: len(items) // 2]] if len(items) > 1 else [items]
     while parts:  # a stack: the first half first, so the items are written in their order
         part = parts.pop()
@@ -116,13 +117,13 @@ def write_in_parts(
             conn.execute("RELEASE SAVEPOINT ef_part")
             conn.state.clear()  # what the part's statements set up (a temporary table) went with it
             if len(part) == 1:
-                refuse(part[0], e)
+                refused.append((part[0], e))
             else:
                 parts += [part[len(part) // 2 :], part[: len(part) // 2]]
             continue
         conn.execute("RELEASE SAVEPOINT ef_part")
         done.append(result)
-    return done
+    return done, refused
 
 
 def to_json(value: Any) -> str:

@@ -259,14 +259,10 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             applied_status, applied_reported, stale = reports.write_batch(conn, items)
             conn.commit()
             return applied_status, applied_reported, stale, 0
-        refused: list[str] = []
-
-        def refuse(item: tuple[Any, ...], e: Exception) -> None:
-            refused.append(item[1].device_id)
-            self._refused_row(item[0], item[1].device_id, e)
-
-        parts = write_in_parts(conn, items, lambda part: reports.write_batch(conn, part), refuse)
+        parts, refused = write_in_parts(conn, items, lambda part: reports.write_batch(conn, part))
         conn.commit()
+        for (kind, msg, _), e in refused:
+            self._refused_row(kind, msg.device_id, e)
         return sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), len(refused)
 
     def _refused_row(self, kind: str, device_id: str, e: Exception) -> None:
@@ -289,8 +285,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
                 return fut.result()
             raise DatabaseUnavailable(
                 f"the hub's store did not get to this write within {timeout:g} s (its database is slow or away): "
-                "nothing was written; try again", retry_after_s=5,
-            ) from None  # fmt: skip
+                "nothing was written; try again"
+            ) from None
 
     def _lease_write(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn` in a transaction on the lease connection (renewals never queue behind the writer's work)."""

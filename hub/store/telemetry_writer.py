@@ -179,22 +179,18 @@ class _Writer:
     def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
         """One transaction over `rows`: as one batch, or with `per_row` in parts that refuse the rows that fail
         (`write_in_parts`)."""
-        refused: list[str] = []
-
-        def refuse(row: tuple[Any, ...], e: Exception) -> None:
-            refused.append(row[0])
-            n = self.c[REFUSED] + len(refused)
-            if log_sampled(n):
-                log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
-                            row[0], n, type(e).__name__, str(e)[:200])  # fmt: skip
-
+        refused: list[tuple[tuple[Any, ...], Exception]] = []
         conn.begin()
         if not per_row:
             inserted = tsql.write_windows(conn, rows)
         else:
-            inserted = sum(write_in_parts(conn, rows, lambda part: tsql.write_windows(conn, part, more_follow=True),
-                                          refuse))  # fmt: skip
+            parts, refused = write_in_parts(conn, rows, lambda part: tsql.write_windows(conn, part, more_follow=True))
+            inserted = sum(parts)
         conn.commit()
+        for n, (row, e) in enumerate(refused, self.c[REFUSED] + 1):
+            if log_sampled(n):
+                log.warning("store: refused a telemetry window of %s that cannot be written (#%d): %s: %s",
+                            row[0], n, type(e).__name__, str(e)[:200])  # fmt: skip
         self.c[PERSISTED] += inserted
         self.c[DUPLICATES] += len(rows) - inserted - len(refused)
         self.c[REFUSED] += len(refused)
