@@ -153,8 +153,8 @@ def test_a_batch_with_bad_windows_writes_each_good_window_once(postgres: Postgre
     assert _count(url, "writes") == 32
 
 
-def test_telemetry_whose_connection_ends_while_going_row_by_row_waits_and_is_written(postgres: PostgresServer) -> None:
-    """A window the database cannot take sends the batch row by row; the server ends the connection during that
+def test_telemetry_whose_connection_ends_while_going_in_parts_waits_and_is_written(postgres: PostgresServer) -> None:
+    """A window the database cannot take sends the batch again in parts; the server ends the connection during that
     pass. The batch waits for the database, as one whose connection ended on the first pass does, and is written
     on the next try; it was dropped (`WRITE_ERRORS`, and acknowledged to the broker) before."""
     url = postgres.create_database()
@@ -278,10 +278,10 @@ def test_a_batch_has_the_effect_of_its_messages_written_one_by_one(database: Dat
     assert len(got[5]) == 6  # per device: None -> downloading -> active -> failed
 
 
-def test_a_connection_ended_while_going_row_by_row_leaves_the_batch_waiting_not_dropped(
+def test_a_connection_ended_while_going_in_parts_leaves_the_batch_waiting_not_dropped(
     postgres: PostgresServer,
 ) -> None:
-    """A report the database cannot take sends the batch row by row; the server ends the connection during that
+    """A report the database cannot take sends the batch again in parts; the server ends the connection during that
     pass (a restart, a failover). The batch waits for the database, as a batch whose connection ended on the first
     pass does, and is written on the next try; it was dropped (`write_errors`) before."""
     url = postgres.create_database()
@@ -291,7 +291,7 @@ def test_a_connection_ended_while_going_row_by_row_leaves_the_batch_waiting_not_
             store.add_device(Device(id=d, labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
         _trigger(url, "applied", end_when="NEW.device_id = 'd2'")
         now = time.time()
-        assert store.enqueue_reported(_reported("d1", BIG), now)  # fails the batch: row by row
+        assert store.enqueue_reported(_reported("d1", BIG), now)  # fails the batch: it goes again in parts
         assert store.enqueue_reported(_reported("d2", 7), now)
         wait_for(lambda: (s := store.ingest_stats()).reported_applied + s.write_errors > 0, timeout=60)
         st = store.ingest_stats()
