@@ -111,6 +111,34 @@ def hub_token(
         out.print(f"{role} token for {name} (shown once): [bold]{res['token']}[/bold]")
 
 
+@hub_app.command("tokens")
+def hub_tokens(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List API tokens: id, name, role, created, revoked (never the secrets; needs an admin token)."""
+    with _client(url, token) as c:
+        rows = _run(lambda: c.request("GET", "/api/v1/tokens"))
+    if as_json:
+        _print_json(rows)
+        return
+    cols = [Col("id", 4, whole=True, justify="right"), Col("name", 9, whole=True), Col("role", 8, whole=True),
+            Col("created", 4), Col("state", 4, whole=True)]  # fmt: skip
+    cells = [[str(r["id"]), r["name"], r["role"], _ago(r["created_at"]), "revoked" if r["revoked"] else "active"]
+             for r in rows]  # fmt: skip
+    out.print(fit(cols, cells))
+
+
+@hub_app.command("revoke-token")
+def hub_revoke_token(
+    token_id: Annotated[int, typer.Argument(help="The token's id, as `edgefleet hub tokens` lists it.", min=1)],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an API token at once (its dashboard sessions end too); the last active admin token stays."""
+    with _client(url, token) as c:
+        _run(lambda: c.request("DELETE", f"/api/v1/tokens/{token_id}"))
+    _print_json({"id": token_id, "revoked": True}) if as_json else out.print(f"token {token_id} revoked")
+
+
 # -- model (registry half) ---------------------------------------------------------------------------
 def model_push(
     onnx_file: Annotated[Path, typer.Argument(help="The .onnx file to upload.", exists=True, dir_okay=False)],

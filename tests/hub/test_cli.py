@@ -133,3 +133,21 @@ def test_a_bundle_destination_that_cannot_be_written_is_refused_before_enrolling
     assert stat.S_IMODE(rescue.stat().st_mode) == 0o700
     saved = sorted(DeviceBundle.load(p).device_id for p in rescue.iterdir())
     assert saved == ["cam-2", "cam-3"]
+
+
+def test_tokens_are_listed_and_revoked_from_the_cli(running_hub: RunningHub) -> None:
+    """A leaked token is revoked with the CLI, not with curl against the API (there was no command)."""
+    h = running_hub
+    _run(h, "hub", "token", "ci", "--role", "operator")
+    rows = json.loads(_run(h, "hub", "tokens", "--json"))
+    ci = next(r for r in rows if r["name"] == "ci")
+    assert ci["role"] == "operator" and ci["revoked"] is False and "token" not in ci
+    table = _run(h, "hub", "tokens")
+    assert "ci" in table and "operator" in table and "active" in table and "eft_" not in table
+    assert f"token {ci['id']} revoked" in _run(h, "hub", "revoke-token", str(ci["id"]))
+    assert next(r for r in json.loads(_run(h, "hub", "tokens", "--json")) if r["id"] == ci["id"])["revoked"]
+    admin = next(r for r in rows if r["role"] == "admin")
+    last = runner.invoke(app, ["hub", "revoke-token", str(admin["id"]), "--url", h.url, "--token", h.admin_token])
+    assert last.exit_code == 1 and "create another admin token first" in last.output, last.output
+    unknown = runner.invoke(app, ["hub", "revoke-token", "999999", "--url", h.url, "--token", h.admin_token])
+    assert unknown.exit_code == 1 and "error (not_found)" in unknown.output, unknown.output
