@@ -114,6 +114,21 @@ def test_errors_say_which_setting_to_change(hub: RunningHub) -> None:
     assert "/api/v1/devices" in res.output
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--max-error-rate", "5"], "--max-error-rate: Input should be less than or equal to 1"),
+        (["--min-agreement", "-1"], "--min-agreement: Input should be greater than or equal to 0"),
+        (["--shadow", "2"], "--shadow: Input should be less than or equal to 1"),
+        (["--waves", "1,50%"], "--waves: Value error, waves: the last wave must be 100%"),
+    ],
+)
+def test_a_refused_rollout_value_is_named_by_its_option(hub: RunningHub, args: list[str], option: str) -> None:
+    code, out = cli(hub, "rollout", "start", f"{LONG}:1.10.0", "-s", "ring=main", *args)
+    said = " ".join(out.split())
+    assert code == 1 and option in said and "body." not in said, out
+
+
 def test_an_unset_url_names_the_variable() -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8080)) == 0:
