@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -82,6 +83,11 @@ def _hinted(e: HubApiError, url: str, token: str | None) -> HubApiError:
         )
     if e.status == 401:
         return HubApiError(401, e.code, f"{e.message} (the token from --token or EDGEFLEET_TOKEN)")
+    if e.status == 404 and e.message == "Not Found" and urlsplit(url).path.strip("/"):  # no route: a path in --url
+        return HubApiError(
+            404, e.code, f"the hub has no such path under {url}: --url or EDGEFLEET_URL takes the hub's address "
+            "alone, e.g. http://hub:8080 (no /api/v1)",
+        )  # fmt: skip
     return e
 
 

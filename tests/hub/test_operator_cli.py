@@ -108,6 +108,8 @@ def test_errors_say_which_setting_to_change(hub: RunningHub) -> None:
     assert code == 1 and "has no version 9.9.9" in out and "1.10.0-rc.2" in out  # the versions it has
     code, out = cli(hub, "deploy", "mobilenet-v3-large-imagenet-int:1.10.0", "-s", "ring=main")
     assert code == 1 and f"did you mean {LONG}?" in out
+    res = runner.invoke(app, ["device", "list", "--url", f"{hub.url}/api/v1", "--token", hub.admin_token])
+    assert res.exit_code == 1 and "takes the hub's address alone" in res.output, res.output
     with _answering(502, b"") as url:  # a proxy with nothing behind it
         res = runner.invoke(app, ["device", "list", "--url", url, "--token", "t"], env={"COLUMNS": "80"})
     assert res.exit_code == 1 and "HTTP 502 Bad Gateway from GET" in res.output and "empty body" in res.output
