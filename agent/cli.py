@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import signal
@@ -167,12 +166,9 @@ def _serving(headless: bool, host: str | None, port: int | None) -> tuple[Servin
 
 def _bind_error(e: OSError, host: str, port: int, flag: str) -> str:
     """Why the inference API cannot listen, and which option or variable changes its port."""
-    if e.errno == errno.EADDRINUSE:
-        return (f"port {port} on {host} is taken (another agent or server runs there): pass {flag} "
-                "(0 picks a free one) or set EDGEFLEET_API_PORT")  # fmt: skip
-    if e.errno == errno.EACCES:
-        return f"no permission to listen on {host}:{port}: use a port above 1023 ({flag} or EDGEFLEET_API_PORT)"
-    return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    from infra.server import bind_error  # noqa: PLC0415  (keep --help fast: uvicorn)
+
+    return bind_error(e, host, port, flag=flag, env="EDGEFLEET_API_PORT")
 
 
 def _cluster_port() -> ClusterPort:

@@ -34,6 +34,7 @@ from hub.acl import HUB_PASSWORD_FILE
 from hub.errors import BrokerError
 from hub.settings import BrokerSettings
 from hub.tls import TlsFiles
+from infra.server import bind_error
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -80,6 +81,18 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise BrokerError, in one line naming the setting, when the configured port is taken (on Debian the
+    `mosquitto` package starts a system broker on 1883): Mosquitto would exit at once with its log as reason."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            flag, env = "--broker-port", "EDGEFLEET_HUB_BROKER_LOCAL_PORT"
+            raise BrokerError(f"local broker: {bind_error(e, host, port, flag=flag, env=env)}") from e
 
 
 def _listens(pid: int, port: int) -> bool:
@@ -202,6 +215,8 @@ class LocalBroker:
         again on newly picked ports, up to `_PORT_TRIES` times. Restarts keep the ports (devices know them).
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.settings.local_port:
+            _check_free(self.host, self.settings.local_port)
         for attempt in range(_PORT_TRIES):
             (self.workdir / "mosquitto.conf").write_text(self.config_text())
             try:

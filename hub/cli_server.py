@@ -100,6 +100,7 @@ def hub_serve(
     """Run the hub: broker link (or a supervised local Mosquitto), ingestion, chunk serving and the API."""
     from hub.api.server import api_server  # noqa: PLC0415
     from hub.runtime import Hub  # noqa: PLC0415
+    from infra.server import bind_error  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {}
@@ -117,7 +118,13 @@ def hub_serve(
     # so the `finally` below stops the hub and its local broker
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server = api_server(hub)
+        try:
+            server = api_server(hub)
+        except OSError as e:
+            settings = hub.settings.api
+            message = bind_error(e, settings.host, settings.port, flag="--port", env="EDGEFLEET_HUB_API_PORT")
+            err.print(f"[red]error[/red] (api_unavailable): {escape(message)}")
+            raise typer.Exit(1) from None
         err.print(f"hub serving: API {server.url} (docs at {server.url}/docs), broker {hub.broker_url}")
         server.serve()
     except KeyboardInterrupt:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -26,7 +28,7 @@ from rich.table import Table
 from fleet.bundle import DeviceBundle
 from fleet.errors import FleetError
 from fleet.labels import parse_labels
-from hubclient.enrolment import MAX_BATCH, from_pattern, read_csv
+from hubclient.enrolment import MAX_BATCH, InvalidInput, from_pattern, read_csv
 from hubclient.errors import ClientError, HubApiError
 from hubclient.http import HubClient
 from hubclient.tables import Col, fit
@@ -81,6 +83,11 @@ def _hinted(e: HubApiError, url: str, token: str | None) -> HubApiError:
         )
     if e.status == 401:
         return HubApiError(401, e.code, f"{e.message} (the token from --token or EDGEFLEET_TOKEN)")
+    if e.status == 404 and e.message == "Not Found" and urlsplit(url).path.strip("/"):  # no route: a path in --url
+        return HubApiError(
+            404, e.code, f"the hub has no such path under {url}: --url or EDGEFLEET_URL takes the hub's address "
+            "alone, e.g. http://hub:8080 (no /api/v1)",
+        )  # fmt: skip
     return e
 
 
@@ -108,6 +115,34 @@ def hub_token(
         _print_json(res)
     else:
         out.print(f"{role} token for {name} (shown once): [bold]{res['token']}[/bold]")
+
+
+@hub_app.command("tokens")
+def hub_tokens(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List API tokens: id, name, role, created, revoked (never the secrets; needs an admin token)."""
+    with _client(url, token) as c:
+        rows = _run(lambda: c.request("GET", "/api/v1/tokens"))
+    if as_json:
+        _print_json(rows)
+        return
+    cols = [Col("id", 4, whole=True, justify="right"), Col("name", 9, whole=True), Col("role", 8, whole=True),
+            Col("created", 4), Col("state", 4, whole=True)]  # fmt: skip
+    cells = [[str(r["id"]), r["name"], r["role"], _ago(r["created_at"]), "revoked" if r["revoked"] else "active"]
+             for r in rows]  # fmt: skip
+    out.print(fit(cols, cells))
+
+
+@hub_app.command("revoke-token")
+def hub_revoke_token(
+    token_id: Annotated[int, typer.Argument(help="The token's id, as `edgefleet hub tokens` lists it.", min=1)],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an API token at once (its dashboard sessions end too); the last active admin token stays."""
+    with _client(url, token) as c:
+        _run(lambda: c.request("DELETE", f"/api/v1/tokens/{token_id}"))
+    _print_json({"id": token_id, "revoked": True}) if as_json else out.print(f"token {token_id} revoked")
 
 
 # -- model (registry half) ---------------------------------------------------------------------------
@@ -290,11 +325,11 @@ def device_add(
         err.print("[red]error[/red]: give one device id, or --csv FILE, or --count N")
         raise typer.Exit(2)
     if device_id is not None:
+        path = bundle_out or Path(f"{device_id}.bundle.json")
+        _run(lambda: _bundle_destination(path, folder=False))
         with _client(url, token) as c:
             res = _run(lambda: c.request("POST", "/api/v1/devices", json={"id": device_id, "labels": labels}))
-        bundle = DeviceBundle.model_validate(res["bundle"])
-        path = bundle_out or Path(f"{device_id}.bundle.json")
-        bundle.save(path)
+        _run(lambda: _save_bundles([(DeviceBundle.model_validate(res["bundle"]), path)]))
         if as_json:
             _print_json({"device": res["device"], "bundle_path": str(path)})
             return
@@ -304,17 +339,54 @@ def device_add(
         lambda: read_csv(csv_file, labels) if csv_file is not None else from_pattern(pattern, start, count or 0, labels)
     )
     folder = bundle_out or Path("bundles")
-    folder.mkdir(parents=True, exist_ok=True)
+    _run(lambda: _bundle_destination(folder, folder=True))
     body = {"devices": [{"id": i, "labels": lb} for i, lb in entries]}
     with _client(url, token) as c:
         res = _run(lambda: c.request("POST", "/api/v1/devices/batch", json=body))
-    for raw in res["bundles"]:
-        bundle = DeviceBundle.model_validate(raw)
-        bundle.save(folder / f"{bundle.device_id}.bundle.json")
+    bundles = [DeviceBundle.model_validate(raw) for raw in res["bundles"]]
+    _run(lambda: _save_bundles([(b, folder / f"{b.device_id}.bundle.json") for b in bundles]))
     if as_json:
         _print_json({"devices": res["devices"], "bundle_dir": str(folder)})
         return
-    out.print(f"{len(res['devices'])} devices enrolled; bootstrap bundles written to {folder}/ (mode 0600 each)")
+    enrolled = _count(len(res["devices"]), "device")
+    out.print(f"{enrolled} enrolled; bootstrap bundles written to {folder}/ (mode 0600 each)")
+
+
+def _bundle_destination(path: Path, *, folder: bool) -> None:
+    """Refuse a place bundles cannot be written to before anything is enrolled: a bundle holds the device's
+    password, which the hub gives out once, and an enrolled id cannot be enrolled again."""
+    if folder and path.exists() and not path.is_dir():
+        raise InvalidInput(f"{path} is a file: --out names the folder the bundles go to with --csv/--count")
+    if folder:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInput(f"cannot create the bundle folder {path}: {e.strerror or e} (pass another --out)") from e
+    elif path.is_dir():
+        raise InvalidInput(f"{path} is a folder: --out names the bundle file of one device, e.g. {path}/ID.bundle.json")
+    where = path if folder else path.parent
+    if not where.is_dir():
+        raise InvalidInput(f"cannot write {path}: there is no folder {where} (create it, or pass another --out)")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot write bundles into {where}: no permission (pass another --out)")
+
+
+def _save_bundles(pairs: list[tuple[DeviceBundle, Path]]) -> None:
+    """Write each enrolled device's bundle; any the destination refuses go to a private temporary folder, named
+    in the error, so no device's password is lost."""
+    for i, (bundle, path) in enumerate(pairs):
+        try:
+            bundle.save(path)
+        except OSError as e:
+            rescue = Path(tempfile.mkdtemp(prefix="edgefleet-bundles-"))  # mode 0700
+            for b, _ in pairs[i:]:
+                b.save(rescue / f"{b.device_id}.bundle.json")
+            left = _count(len(pairs) - i, "bundle")
+            raise ClientError(
+                f"enrolled, but {path} could not be written ({e.strerror or e}): the {left} not written "
+                f"are in {rescue}/ (mode 0600): move them to their devices",
+                code="bundle_not_written",
+            ) from e
 
 
 @device_app.command("list")

@@ -32,7 +32,8 @@ def read_csv(path: Path, labels: dict[str, str] | None = None) -> list[Entry]:
     Empty cells set no label; `labels` are added to every device (a cell overrides them).
 
     Raises:
-        InvalidInput: the file is missing, too large, not UTF-8, has no `id` column, an empty id or too many rows.
+        InvalidInput: the file is missing, too large, not UTF-8, has no `id` column or one named twice, an
+            empty id or too many rows.
     """
     try:
         if path.stat().st_size > MAX_CSV_BYTES:
@@ -43,6 +44,10 @@ def read_csv(path: Path, labels: dict[str, str] | None = None) -> list[Entry]:
     rows = csv.DictReader(text.splitlines())
     if rows.fieldnames is None or "id" not in [f.strip() for f in rows.fieldnames]:
         raise InvalidInput(f"{path}: the header row needs an `id` column (the others are labels)")
+    header = [f.strip() for f in rows.fieldnames]
+    twice = sorted({f for f in header if header.count(f) > 1})
+    if twice:  # a row would keep only the last of its cells
+        raise InvalidInput(f"{path}:1: the header row names column {twice[0]!r} twice")
     out: list[Entry] = []
     for line, row in enumerate(rows, start=2):
         clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}

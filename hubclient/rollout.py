@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -34,6 +34,7 @@ from hubclient.cli import (
     out,
     runtime_body,
 )
+from hubclient.errors import HubApiError
 from hubclient.follow import _ts, confirmation, follow, status_view, wave_label
 from hubclient.http import HubClient
 from hubclient.tables import Col, fit
@@ -135,7 +136,7 @@ def start(
                   "min_requests": min_requests},
     }  # fmt: skip
     with _client(url, token) as c:
-        res = _run(lambda: c.request("POST", "/api/v1/rollouts", json=body))
+        res = _run(lambda: _post_start(c, body))
         if as_json:
             _print_json(res)
         else:
@@ -144,6 +145,30 @@ def start(
                 out.print(status_view(res), soft_wrap=False)
         if wait:
             _follow(c, res["id"], interval)
+
+
+# the request fields `rollout start` fills from its options: a refused value is named by its option
+_OPTIONS = {
+    "body.gates.max_error_rate": "--max-error-rate", "body.gates.max_p95_regression": "--max-p95-regression",
+    "body.gates.max_activation_failures": "--max-activation-failures", "body.gates.min_agreement": "--min-agreement",
+    "body.gates.min_requests": "--min-requests", "body.shadow_rate": "--shadow", "body.waves": "--waves",
+    "body.bake_s": "--bake", "body.offline_timeout_s": "--offline-timeout", "body.selector": "--selector",
+    "body.model": "MODEL", "body.version": "VERSION",
+}  # fmt: skip
+
+
+def _post_start(c: HubClient, body: dict[str, Any]) -> dict[str, Any]:
+    """POST the rollout; a value the hub refuses is named by its option (`--max-error-rate: ...`), not by
+    its place in the request body (`body.gates.max_error_rate: ...`)."""
+    try:
+        return dict(c.request("POST", "/api/v1/rollouts", json=body))
+    except HubApiError as e:
+        if e.code != "invalid_request":
+            raise
+        message = e.message
+        for field, option in _OPTIONS.items():
+            message = re.sub(rf"{re.escape(field)}(?![\w.])", option, message)
+        raise HubApiError(e.status, e.code, message) from None
 
 
 @rollout_app.command("list")

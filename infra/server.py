@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -19,6 +20,17 @@ from typing import Any, Literal
 import uvicorn
 
 _BACKLOG = 2048
+
+
+def bind_error(e: OSError, host: str, port: int, *, flag: str, env: str) -> str:
+    """Why a server cannot listen on `host:port`, in one line that names the option (`flag`) and the
+    environment variable (`env`) that choose another port."""
+    if e.errno == errno.EADDRINUSE:
+        taken = f"port {port} on {host} is taken (another process listens there)"
+        return f"{taken}: pass {flag} (0 picks a free one) or set {env}"
+    if e.errno == errno.EACCES:
+        return f"no permission to listen on {host}:{port}: use a port above 1023 ({flag} or {env})"
+    return f"cannot listen on {host}:{port}: {e.strerror or e}"
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def build_samples_cmd(
 
 @app.command("validate")
 def validate_cmd(
-    onnx_file: Annotated[Path, typer.Argument(help="The .onnx file to check.")],
+    onnx_file: Annotated[Path, typer.Argument(help="The .onnx file to check.", exists=True, dir_okay=False)],
     descriptor: Annotated[
         Path | None,
         typer.Option("--descriptor", "-d", help="Description YAML/JSON (default: sidecar next to it)."),
@@ -96,5 +96,9 @@ def validate_cmd(
     typer.echo(f"ok: {report.descriptor.name} {report.descriptor.version} sha256={report.sha256} size={report.size}")
     typer.echo(f"opset {report.opset}, inputs {report.inputs}, outputs {report.outputs}")
     if write is not None:
-        report.descriptor.save(write)
+        try:
+            report.descriptor.save(write)
+        except OSError as e:
+            typer.echo(f"error: cannot write {write}: {e.strerror or e}", err=True)
+            raise typer.Exit(code=1) from e
         typer.echo(f"wrote {write}")

@@ -365,7 +365,7 @@ class ModelDescriptor(_Frozen):
         try:
             raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise DescriptorError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from e
+            raise DescriptorError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {_where(e)}") from e
         if not isinstance(raw, dict):
             raise DescriptorError(f"{p} must hold a mapping of fields, not {type(raw).__name__}")
         labels_file = raw.pop("labels_file", None)
@@ -389,6 +389,16 @@ class ModelDescriptor(_Frozen):
         text = json.dumps(data, indent=2) + "\n" if p.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
         p.write_text(text, encoding="utf-8")
         return p
+
+
+def _where(e: json.JSONDecodeError | yaml.YAMLError) -> str:
+    """A parse error in one line: its line and column (from 1) and what was wrong (PyYAML's own text spans
+    several lines and quotes the document)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno}, column {e.colno}: {e.msg}"
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    return problem if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def sidecar_for(onnx_path: str | Path) -> Path:

@@ -87,7 +87,8 @@ def sim(  # noqa: PLR0917  (typer: one parameter per option)
     agents: Annotated[int | None, typer.Option("--agents", "-n", help="How many agents to simulate.")] = None,
     hub: Annotated[str | None, typer.Option(help="Hub REST API URL: enrol the agents there.")] = None,
     token: Annotated[
-        str | None, typer.Option(help="Admin token for --hub: enrolling devices needs the admin role.")
+        str | None,
+        typer.Option(envvar="EDGEFLEET_TOKEN", help="Admin token for --hub: enrolling devices needs the admin role."),
     ] = None,
     bundles: Annotated[Path | None, typer.Option(help="Folder of device bundle *.json files to run as.")] = None,
     save_bundles: Annotated[Path | None, typer.Option(help="With --hub: also save the bundles here.")] = None,

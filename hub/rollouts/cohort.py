@@ -50,13 +50,18 @@ class Target:
     step: str = ""
 
     def published(self, view: DeviceView | None, rollout_id: str) -> bool:
-        """True when the device's stored desired state already is this target (from this rollout)."""
-        return (
-            view is not None
-            and view.desired_rollout == rollout_id
-            and view.desired_model == self.model
-            and view.desired_shadow == self.shadow
-        )
+        """True when the device's stored desired state already is this target (from this rollout).
+
+        A target without the model (a rollback of a device that had none) is there when the stored state has
+        no slot for the model: a removed slot names no rollout, so asking for this rollout's id would sign the
+        removal again at every tick and never end the rollback.
+        """
+        if view is None:
+            return False
+        if self.model is None and self.shadow is None:
+            return view.desired_model is None and view.desired_shadow is None
+        slot = (view.desired_rollout, view.desired_model, view.desired_shadow)
+        return slot == (rollout_id, self.model, self.shadow)
 
 
 def candidate(r: Rollout) -> Ref:
@@ -132,7 +137,7 @@ def classify(r: Rollout, device_id: str, view: DeviceView | None) -> str:
         return "offline"
     if rolling:
         prev = previous(entry)
-        back = view.caught_up and view.desired_rollout == r.id and view.desired_model == prev
+        back = view.caught_up and view.desired_model == prev and (prev is None or view.desired_rollout == r.id)
         return "rolled_back" if back and (prev is None or view.active == prev) else "updating"
     assert target is not None
     if not target.published(view, r.id) or not view.caught_up:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+import tempfile
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from edgefleet_cli import app
@@ -100,3 +102,52 @@ def test_cli_errors_are_one_line_and_exit_1(running_hub: RunningHub, tmp_path: P
         app, ["device", "add", "d", "-l", "novalue", "--url", h.url, "--out", str(tmp_path / "b")]
     )
     assert bad_label.exit_code == 1 and "key=value" in bad_label.output
+
+
+def test_a_bundle_destination_that_cannot_be_written_is_refused_before_enrolling(
+    running_hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle holds a password the hub gives out once, and an enrolled id cannot be enrolled again: a bad
+    --out used to enrol the device and then end in a traceback, the bundle lost and the id spent."""
+    h = running_hub
+    (tmp_path / "a-file").write_text("x")
+    for out, reason in ((tmp_path / "nowhere" / "cam-1.json", "there is no folder"), (tmp_path, "is a folder")):
+        result = runner.invoke(app, ["device", "add", "cam-1", "--out", str(out), "--url", h.url, "--token",
+                                     h.admin_token])  # fmt: skip
+        assert result.exit_code == 1 and reason in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    batch = runner.invoke(app, ["device", "add", "--count", "2", "--pattern", "cam-{n}", "--out",
+                                str(tmp_path / "a-file"), "--url", h.url, "--token", h.admin_token])  # fmt: skip
+    assert batch.exit_code == 1 and "is a file" in batch.output, batch.output
+    assert json.loads(_run(h, "device", "list", "--json")) == []  # nothing was enrolled
+    assert "cam-1 enrolled" in _run(h, "device", "add", "cam-1", "--out", str(tmp_path / "cam-1.json"))
+
+    # the destination fails only once the hub has enrolled: the bundles go to a private folder, named
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = tmp_path / "bundles"
+    (folder / "cam-2.bundle.json").mkdir(parents=True)  # in the way of the first bundle
+    late = runner.invoke(app, ["device", "add", "--count", "2", "--pattern", "cam-{n}", "--start", "2", "--out",
+                               str(folder), "--url", h.url, "--token", h.admin_token])  # fmt: skip
+    assert late.exit_code == 1 and "the 2 bundles not written are in" in late.output, late.output
+    (rescue,) = tmp_path.glob("edgefleet-bundles-*")
+    assert stat.S_IMODE(rescue.stat().st_mode) == 0o700
+    saved = sorted(DeviceBundle.load(p).device_id for p in rescue.iterdir())
+    assert saved == ["cam-2", "cam-3"]
+
+
+def test_tokens_are_listed_and_revoked_from_the_cli(running_hub: RunningHub) -> None:
+    """A leaked token is revoked with the CLI, not with curl against the API (there was no command)."""
+    h = running_hub
+    _run(h, "hub", "token", "ci", "--role", "operator")
+    rows = json.loads(_run(h, "hub", "tokens", "--json"))
+    ci = next(r for r in rows if r["name"] == "ci")
+    assert ci["role"] == "operator" and ci["revoked"] is False and "token" not in ci
+    table = _run(h, "hub", "tokens")
+    assert "ci" in table and "operator" in table and "active" in table and "eft_" not in table
+    assert f"token {ci['id']} revoked" in _run(h, "hub", "revoke-token", str(ci["id"]))
+    assert next(r for r in json.loads(_run(h, "hub", "tokens", "--json")) if r["id"] == ci["id"])["revoked"]
+    admin = next(r for r in rows if r["role"] == "admin")
+    last = runner.invoke(app, ["hub", "revoke-token", str(admin["id"]), "--url", h.url, "--token", h.admin_token])
+    assert last.exit_code == 1 and "create another admin token first" in last.output, last.output
+    unknown = runner.invoke(app, ["hub", "revoke-token", "999999", "--url", h.url, "--token", h.admin_token])
+    assert unknown.exit_code == 1 and "error (not_found)" in unknown.output, unknown.output

@@ -105,6 +105,8 @@ def test_the_command_needs_exactly_one_source(local_hub: RunningHub, tmp_path: P
         ("id,site\n,berlin\n", "empty id"),
         ("id,site\ncam-1,berlin,extra\n", "more cells than header columns"),
         ("id,site\n", "no devices"),
+        ("id,site,site\ncam-1,berlin,paris\n", "f.csv:1: the header row names column 'site' twice"),
+        ("id, id\ncam-1,cam-2\n", "names column 'id' twice"),
     ],
 )
 def test_malformed_csv_files_are_refused_with_the_line(tmp_path: Path, text: str, reason: str) -> None:

@@ -108,10 +108,27 @@ def test_errors_say_which_setting_to_change(hub: RunningHub) -> None:
     assert code == 1 and "has no version 9.9.9" in out and "1.10.0-rc.2" in out  # the versions it has
     code, out = cli(hub, "deploy", "mobilenet-v3-large-imagenet-int:1.10.0", "-s", "ring=main")
     assert code == 1 and f"did you mean {LONG}?" in out
+    res = runner.invoke(app, ["device", "list", "--url", f"{hub.url}/api/v1", "--token", hub.admin_token])
+    assert res.exit_code == 1 and "takes the hub's address alone" in res.output, res.output
     with _answering(502, b"") as url:  # a proxy with nothing behind it
         res = runner.invoke(app, ["device", "list", "--url", url, "--token", "t"], env={"COLUMNS": "80"})
     assert res.exit_code == 1 and "HTTP 502 Bad Gateway from GET" in res.output and "empty body" in res.output
     assert "/api/v1/devices" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--max-error-rate", "5"], "--max-error-rate: Input should be less than or equal to 1"),
+        (["--min-agreement", "-1"], "--min-agreement: Input should be greater than or equal to 0"),
+        (["--shadow", "2"], "--shadow: Input should be less than or equal to 1"),
+        (["--waves", "1,50%"], "--waves: Value error, waves: the last wave must be 100%"),
+    ],
+)
+def test_a_refused_rollout_value_is_named_by_its_option(hub: RunningHub, args: list[str], option: str) -> None:
+    code, out = cli(hub, "rollout", "start", f"{LONG}:1.10.0", "-s", "ring=main", *args)
+    said = " ".join(out.split())
+    assert code == 1 and option in said and "body." not in said, out
 
 
 def test_an_unset_url_names_the_variable() -> None:

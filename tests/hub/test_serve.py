@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import psycopg
 from fleet.codec import encode
 from fleet.topics import Topics
 from tests.support.broker import Broker, free_port
-from tests.support.hubproc import HubProcess
+from tests.support.hubproc import CLI, ROOT, HubProcess
 from tests.support.metrics import scrape
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.postgres import PostgresServer
@@ -45,6 +47,26 @@ def test_serve_runs_a_local_broker_and_stops_it_on_sigterm(tmp_path: Path, mosqu
         assert _gone(children[0])
     finally:
         hub.kill()
+
+
+def test_a_taken_api_or_broker_port_is_one_line_naming_the_option(tmp_path: Path, mosquitto_binary: str) -> None:
+    """Following the README on a machine where 8080 or 1883 is in use (Debian's mosquitto package starts a
+    broker on 1883): a taken API port ended in a traceback, a taken broker port in Mosquitto's log."""
+    hub = HubProcess(tmp_path / "hub", None, mosquitto_binary=mosquitto_binary)
+    hub.init()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        for ports, option in ((["--port", str(taken), "--broker-port", "0"], "--port"),
+                              (["--port", "0", "--broker-port", str(taken)], "--broker-port")):  # fmt: skip
+            cmd = [*CLI, "hub", "serve", "--data-dir", str(hub.data_dir), *ports]
+            done = subprocess.run(cmd, cwd=ROOT, env=hub.env, capture_output=True, text=True, timeout=60, check=False)
+            errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            assert errors == [errors[0]] and f"port {taken} on 127.0.0.1 is taken" in errors[0], done.stderr
+            assert f"pass {option} (0 picks a free one)" in errors[0]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(hub.data_dir) in " ".join(p.info["cmdline"] or [])]
 
 
 def test_a_killed_hub_takes_its_broker_with_it(tmp_path: Path, mosquitto_binary: str) -> None:

@@ -99,7 +99,8 @@ def test_sidecar_json_and_save(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("name: [unclosed", "not valid YAML"),
+        ("name: [unclosed", r"not valid YAML: line 1, column 16: expected ',' or ']', but got '<stream end>'$"),
+        ("a: 1\n  b: 2\n", "not valid YAML: line 2, column 4: mapping values are not allowed here$"),
         ("- a\n- b\n", "mapping"),
         ("name: x\n", "version: Field required"),
     ],
@@ -107,8 +108,9 @@ def test_sidecar_json_and_save(tmp_path: Path) -> None:
 def test_bad_sidecar_files(tmp_path: Path, text: str, match: str) -> None:
     p = tmp_path / "m.yaml"
     p.write_text(text)
-    with pytest.raises(DescriptorError, match=match):
+    with pytest.raises(DescriptorError, match=match) as caught:
         ModelDescriptor.load(p)
+    assert "\n" not in str(caught.value)  # one line
 
 
 def test_missing_sidecar(tmp_path: Path) -> None:

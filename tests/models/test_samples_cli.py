@@ -65,6 +65,12 @@ def test_cli_commands(classifier: Sample, tmp_path: Path) -> None:
     res = runner.invoke(app, ["validate", str(bad), "--descriptor", str(classifier.path.with_suffix(".yaml"))])
     assert res.exit_code == 1
     assert "DigestMismatch" in res.output or "InvalidModelFile" in res.output
+    # a file that is not there is named as such, not as a missing description; --write somewhere impossible
+    res = runner.invoke(app, ["validate", str(tmp_path / "nope.onnx")])
+    said = " ".join(w for w in res.output.split() if w != "│")  # the error box of a narrow terminal
+    assert res.exit_code == 2 and "does not exist" in said and "description" not in said, res.output
+    res = runner.invoke(app, ["validate", str(classifier.path), "--write", str(tmp_path / "no" / "d.yaml")])
+    assert res.exit_code == 1 and "cannot write" in res.output and "No such file or directory" in res.output, res.output
 
 
 @pytest.mark.parametrize("command", [[], ["build-samples"], ["validate"]])

@@ -53,6 +53,12 @@ def test_bad_options_get_a_clear_error(args: list[str], message: str) -> None:
     assert message in result.output.replace("\n", " ")
 
 
+def test_the_token_comes_from_edgefleet_token_as_for_every_other_command() -> None:
+    result = CliRunner().invoke(root, ["sim", "--agents", "2", "--hub", "http://127.0.0.1:9"],
+                                env={"EDGEFLEET_TOKEN": "t"})  # fmt: skip
+    assert result.exit_code == 2 and "unreachable" in result.output.replace("\n", " "), result.output
+
+
 def test_bundle_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(EnrolmentError, match="no \\*.json"):
         load_bundles(tmp_path)

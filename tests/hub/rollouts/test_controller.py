@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hub.errors import InvalidSelector
-from hub.rollouts.cohort import classify
+from hub.rollouts.cohort import DeviceView, classify
 from hub.rollouts.controller import command, new_rollout, step
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.model import Rollout, RolloutState, WavePhase
@@ -140,6 +140,22 @@ def test_activation_failures_fail_the_wave_at_once() -> None:
     gate = r.waves[0].gates[-1]
     assert gate.name == "activation" and gate.status == "fail" and gate.measured["failed"] >= 1
     assert r.waves[0].failed_in is WavePhase.ACTIVATING
+
+
+def test_a_rollback_of_devices_that_had_no_version_removes_the_slot_once_and_ends() -> None:
+    """New devices in the rollout's selector (no version of the model yet) and a failing canary: the rollback
+    removes the model's slot there, once, and the rollout ends rolled back (it used to sign the removal
+    again at every tick, for ever: a removed slot names no rollout)."""
+    w = World(6, profiles={"2.0.0": Profile(fail_activation=True)})
+    for d in w.fleet:
+        w.fleet[d] = DeviceView(id=d, labels={"site": "a"})  # enrolled, never deployed to
+    r = w.run(start(w, waves=["2", "100%"], on_failure="rollback"), max_ticks=50)
+    assert r.state is RolloutState.ROLLED_BACK
+    changed = r.members(0)
+    assert all(w.fleet[d].desired_model is None and w.fleet[d].desired_rollout is None for d in changed)
+    assert [n for (_, step), n in w.published.items() if step == f"{r.id}/rollback"] == [1] * len(changed)
+    assert [classify(r, d, w.fleet[d]) for d in changed] == ["rolled_back"] * len(changed)
+    assert all(w.fleet[d].desired_version is None for d in r.members(1))  # the later wave was never touched
 
 
 def test_offline_devices_are_set_aside_after_the_timeout_and_never_hold_a_wave() -> None:

@@ -68,8 +68,8 @@ class World:
                 continue
             self.published[(t.device_id, t.step)] += 1
             self.fleet[t.device_id] = replace(
-                v, desired_version=(v.desired_version or 0) + 1, desired_rollout=r.id, desired_model=t.model,
-                desired_shadow=t.shadow,
+                v, desired_version=(v.desired_version or 0) + 1, desired_model=t.model, desired_shadow=t.shadow,
+                desired_rollout=r.id if t.model is not None else None,  # a removed slot names no rollout
             )  # fmt: skip
 
     def follow(self) -> None:
