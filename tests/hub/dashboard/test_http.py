@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from fleet.messages import ErrorInfo, Phase
+from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
 from hub.dashboard.session import COOKIE, csrf_token
+from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
+from tests.hub.dashboard.fleet import SeededFleet
+from tests.support.hub import RunningHub
 from tests.support.wire import one_model_report
 
 PAGES = ["/", "/devices", "/models", "/rollouts"]
@@ -283,3 +289,75 @@ def test_a_device_page_shows_each_of_its_models(dash: Dash) -> None:
         assert f'data-model="{first}"' in page and f'data-model="{other}"' in page
         assert "golden_mismatch" in page and f"{other}:{ref.version}" in page
         assert f"{other}:{ref.version}" in c.get("/devices", params={"version": f"{other}:{ref.version}"}).text
+
+
+def _fresh(h: RunningHub) -> Dash:
+    """A hub of this test's own, seen through the dashboard as its admin."""
+    return Dash(h, SeededFleet(now=time.time()), {"admin": h.admin_token}, [])
+
+
+def _deploy(h: RunningHub, samples: Path, version: str, devices: dict[str, dict[str, str]], selector: str) -> None:
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": version}
+    assert h.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    with h.client() as c:
+        for dev, labels in devices.items():
+            c.post("/api/v1/devices", json={"id": dev, "labels": labels}).raise_for_status()
+        body = {"model": "mobilenet-like", "version": version, "selector": selector}
+        c.post("/api/v1/deployments", json=body).raise_for_status()
+
+
+def test_version_links_keep_build_metadata(running_hub: RunningHub, samples: Path) -> None:
+    """`1.0.0+build.7` is a version: the overview's and the models page's links to its devices list them
+    (an unencoded `+` reads as a space in a query string, and the list said "No device matches")."""
+    _deploy(running_hub, samples, "1.0.0+build.7", {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}, "site=a")
+    with _fresh(running_hub).client("admin") as c:
+        for page in ("/", "/models"):
+            links = re.findall(r'href="(/devices\?version=[^"]+)"', c.get(page).text)
+            assert len(links) == 1, (page, links)
+            listed = c.get(html.unescape(links[0])).text
+            assert 'data-matched="2"' in listed, (page, links[0])
+            assert 'data-device="cam-1"' in listed and 'data-device="cam-2"' in listed
+
+
+def test_device_history_names_the_models_that_changed(running_hub: RunningHub) -> None:
+    """Each phase change in a device's history says which of its models moved, with the transfer's size and
+    the error, once: a model that stays failed is not repeated under later changes of another model."""
+    h = running_hub.hub
+    with running_hub.client() as c:
+        c.post("/api/v1/devices", json={"id": "cam-1", "labels": {}}).raise_for_status()
+    now = time.time()
+    sha = "ab" * 32
+    dl = DownloadProgress(sha256=sha, have_chunks=1, total_chunks=4, bytes_done=1 << 20, bytes_total=4 << 20)
+    err = ErrorInfo(code="activation_failed", message="model does not load", at=now)
+    ready = AppliedModel(name="det", version="2.0.0", sha256=sha, provider="CPUExecutionProvider")
+    steps = [
+        [ModelStatus(name="cls", phase=Phase.DOWNLOADING, download=dl)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err), ModelStatus(name="det", phase=Phase.DOWNLOADING)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err),
+         ModelStatus(name="det", phase=Phase.ACTIVE, active=ready)],
+    ]  # fmt: skip
+    for seq, models in enumerate(steps, start=1):
+        h.store.enqueue_reported(ReportedState(device_id="cam-1", seq=seq, ts=now + seq, models=models), now + seq)
+        h.store.flush()
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get("/devices/cam-1").text
+    timeline = page[page.index('<ol class="timeline">') : page.index("</ol>")]
+    items = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", li)).strip() for li in timeline.split("<li")[1:]]
+    assert len(items) == 4, items
+    newest, det_downloading, cls_failed, cls_downloading = items
+    assert "det" in newest and "runs 2.0.0 CPU" in newest and "cls" not in newest
+    assert "det" in det_downloading and "cls" not in det_downloading
+    assert "cls" in cls_failed and "activation_failed: model does not load" in cls_failed
+    assert "cls" in cls_downloading and "4.0 MiB" in cls_downloading
+
+
+def test_the_device_table_says_why_a_device_failed(dash: Dash) -> None:
+    """The reason is in the row's text, not only in a tooltip (a phone has no hover)."""
+    failed = dash.fleet.by_state["failed"][0]
+    with dash.client("viewer") as c:
+        body = c.get("/devices", params={"state": "failed"}).text
+    row = body[body.index(f'data-device="{failed}"') :]
+    row = row[: row.index("</tr>")]
+    text = re.sub(r"<[^>]+>", " ", row)  # what is shown, without the attributes (titles)
+    assert "golden_mismatch: golden check failed" in text

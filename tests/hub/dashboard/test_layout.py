@@ -6,12 +6,18 @@ right edge lies past the viewport (the element is named when one does).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
+from fleet.messages import ErrorInfo, Phase
+from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
+from tests.support.hub import RunningHub
+from tests.support.wire import one_model_report
 
 WIDTHS = (390, 768, 1440)
 # an element past the right edge counts unless a table cell clips it (an ellipsis) or a `.scroll-x` box
@@ -79,3 +85,44 @@ def test_no_page_is_wider_than_the_screen(sized: tuple[BrowserContext, list[str]
     missing = ("/no/such/page: ", "/devices/no-such-device: ")
     unexpected = [e for e in errors if not (e.startswith(tuple(dash.url + m for m in missing)) and "404" in e)]
     assert not unexpected, unexpected
+
+
+def test_long_words_wrap_instead_of_widening_the_page(
+    sized: tuple[BrowserContext, list[str]], running_hub: RunningHub, samples: Path
+) -> None:
+    """What operators and devices write is free text: a pasted URL or digest in a rollout note, a device's error
+    with a long path, a label of 150 characters all wrap inside their card."""
+    ctx, _errors = sized
+    url = "https://grafana.example.com/d/fleet-latency/edge?orgId=1&from=now-6h&to=now&var-site=berlin&viewPanel=12"
+    digest = "sha256:6af5d2b1dddbf237f775fd77591595c4abd2e7eecddf04ea23c6234ec63a99d9"  # one word of 71 characters
+    key = "team.platform.example.com/" + "k" * 60
+    labels = {"site": "a", key: "v" * 63}
+    with running_hub.client() as c:
+        c.post("/api/v1/devices", json={"id": "cam-1", "labels": labels}).raise_for_status()
+        for version in ("1.0.0", "1.1.0"):
+            desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": version}
+            assert running_hub.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+        body = {"model": "mobilenet-like", "version": "1.0.0", "selector": "site=a"}
+        c.post("/api/v1/deployments", json=body).raise_for_status()
+        r = c.post("/api/v1/rollouts", json={"model": "mobilenet-like", "version": "1.1.0", "selector": "site=a"})
+        r.raise_for_status()
+        rollout = r.json()["id"]
+        note = {"reason": f"latency is up, see {url} ({digest})"}
+        c.post(f"/api/v1/rollouts/{rollout}/pause", json=note).raise_for_status()
+    now = time.time()
+    err = ErrorInfo(code="activation_failed", message=f"cannot load /var/lib/edgefleet/blobs/{digest}", at=now)
+    msg = one_model_report("cam-1", seq=1, ts=now, phase=Phase.FAILED, model="mobilenet-like", error=err)
+    running_hub.hub.store.enqueue_reported(msg, now)
+    running_hub.hub.store.flush()
+    page = ctx.new_page()
+    page.goto(running_hub.url + "/login")
+    page.fill("#token", running_hub.admin_token)
+    page.click("button[type=submit]")
+    page.wait_for_url(running_hub.url + "/")
+    checked = {}
+    for path in ("/", "/devices", "/devices?state=failed", "/devices/cam-1", "/rollouts", f"/rollouts/{rollout}"):
+        page.goto(running_hub.url + path)
+        _settled(page)
+        checked[path] = page.evaluate(_OVERFLOWING)
+    too_wide = {p: m for p, m in checked.items() if m["scroll"] > m["client"] or m["offenders"]}
+    assert not too_wide, too_wide
