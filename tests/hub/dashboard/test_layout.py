@@ -38,6 +38,29 @@ _OVERFLOWING = """() => {
   return {scroll: document.documentElement.scrollWidth, client: vw, offenders: out.slice(0, 8)};
 }"""
 
+# text whose colour against the first opaque background behind it is below WCAG AA (4.5:1; 3:1 for large
+# text), counted by element and colours; disabled controls and the charts' canvas are exempt
+_LOW_CONTRAST = """() => {
+  const rgb = s => { const m = s.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(",").map(Number); return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1}; };
+  const lum = c => { const f = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+  const behind = el => { for (let e = el; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c && c.a > 0.5) return c; } return {r: 255, g: 255, b: 255, a: 1}; };
+  const out = {};
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("[disabled], .uplot, [hidden]") || el.getClientRects().length === 0) continue;
+    if (![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const cs = getComputedStyle(el), fg = rgb(cs.color), bg = behind(el);
+    const size = parseFloat(cs.fontSize), large = size >= 24 || (parseInt(cs.fontWeight) >= 700 && size >= 18.66);
+    const a = lum(fg), b = lum(bg), ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio >= (large ? 3 : 4.5)) continue;
+    const key = `${el.tagName.toLowerCase()}.${[...el.classList].join(".")} ${cs.color} on ${bg.r},${bg.g},${bg.b}`;
+    out[key] = ratio.toFixed(2);
+  }
+  return out;
+}"""
+
 
 def _pages(dash: Dash) -> list[str]:
     f = dash.fleet
@@ -126,3 +149,20 @@ def test_long_words_wrap_instead_of_widening_the_page(
         checked[path] = page.evaluate(_OVERFLOWING)
     too_wide = {p: m for p, m in checked.items() if m["scroll"] > m["client"] or m["offenders"]}
     assert not too_wide, too_wide
+
+
+def test_text_is_readable_against_its_background(sized: tuple[BrowserContext, list[str]], dash: Dash) -> None:
+    """Every piece of text on every page reaches WCAG AA contrast (muted text on the page's grey, the green
+    of "in sync" and "pass", the red of an error on a highlighted row were below it)."""
+    ctx, _errors = sized
+    page = ctx.new_page()
+    page.goto(dash.url + "/login")
+    low = {"/login": page.evaluate(_LOW_CONTRAST)}
+    page.fill("#token", dash.tokens["viewer"])
+    page.click("button[type=submit]")
+    page.wait_for_url(dash.url + "/")
+    for path in _pages(dash):
+        page.goto(dash.url + path)
+        _settled(page)
+        low[path] = page.evaluate(_LOW_CONTRAST)
+    assert not {p: found for p, found in low.items() if found}, low
