@@ -16,6 +16,7 @@ from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
 from tests.hub.dashboard.fleet import SeededFleet
 from tests.support.hub import RunningHub
+from tests.support.mqtt import wait_for
 from tests.support.wire import one_model_report
 
 PAGES = ["/", "/devices", "/models", "/rollouts"]
@@ -361,3 +362,28 @@ def test_the_device_table_says_why_a_device_failed(dash: Dash) -> None:
     row = row[: row.index("</tr>")]
     text = re.sub(r"<[^>]+>", " ", row)  # what is shown, without the attributes (titles)
     assert "golden_mismatch: golden check failed" in text
+
+
+def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub, samples: Path) -> None:
+    """A wave whose devices have not updated names them with their state, and says until when it waits
+    before offline ones are set aside."""
+    devices = {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}  # enrolled, never connected: offline
+    _deploy(running_hub, samples, "1.0.0", devices, "site=a")
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": "1.1.0"}
+    assert running_hub.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    body = {"model": "mobilenet-like", "version": "1.1.0", "selector": "site=a", "waves": ["100%"],
+            "offline_timeout_s": 3600}  # fmt: skip
+    with running_hub.client() as c:
+        r = c.post("/api/v1/rollouts", json=body)
+        r.raise_for_status()
+        path = f"/api/v1/rollouts/{r.json()['id']}"
+        rollout = wait_for(lambda: (st := c.get(path).json())["wave_phase"] == "activating" and st or None)
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get(f"/rollouts/{rollout['id']}").text
+    assert 'data-waiting="2"' in page
+    start = page.index('class="waiting')
+    waiting = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page[start : page.index("</p>", start)]))
+    assert "Waiting for 2 devices to update: cam-1 · offline" in waiting and "cam-2 · offline." in waiting
+    until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(rollout["waves"][0]["started_at"] + 3600))
+    assert f"Until {until} (in " in waiting
+    assert "offline ones are set aside" in waiting
