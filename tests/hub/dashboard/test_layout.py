@@ -166,3 +166,28 @@ def test_text_is_readable_against_its_background(sized: tuple[BrowserContext, li
         _settled(page)
         low[path] = page.evaluate(_LOW_CONTRAST)
     assert not {p: found for p, found in low.items() if found}, low
+
+
+def test_the_models_table_fits_a_laptop_with_long_names(
+    browser: Browser, running_hub: RunningHub, samples: Path
+) -> None:
+    """A model name of 63 characters and a version with build metadata wrap in their cells: the devices that
+    run each version (the table's right-hand columns) stay in view at 1280 px instead of behind a scrollbar."""
+    for name, version in (("mobilenet-like", "1.0.0"), ("m" * 30 + "-" + "n" * 32, "10.20.30-rc.1+build.2026.12.07")):
+        desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"name": name, "version": version}
+        assert running_hub.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = ctx.new_page()
+    page.goto(running_hub.url + "/login")
+    page.fill("#token", running_hub.admin_token)
+    page.click("button[type=submit]")
+    page.wait_for_url(running_hub.url + "/")
+    page.goto(running_hub.url + "/models")
+    table = page.evaluate("() => [document.querySelector('table.models').scrollWidth, "
+                          "document.querySelector('table.models').parentElement.clientWidth]")  # fmt: skip
+    lines = page.evaluate("""() => [...document.querySelectorAll('tr[data-model] td:nth-child(-n+2)')].map(td => {
+        const r = document.createRange(); r.selectNodeContents(td); return r.getClientRects().length; })""")
+    ctx.close()
+    assert table[0] <= table[1], table
+    assert lines[2:] == [1, 1]  # mobilenet-like 1.0.0: a short name and version stay on one line
+    assert lines[0] > 1  # the long name wraps
