@@ -32,9 +32,14 @@ def test_pages_need_a_session(dash: Dash) -> None:
             r = c.get(path)
             assert r.status_code == 303, path
             assert r.headers["location"].startswith("/login?next=")
-        r = c.get("/ui/devices?state=failed", headers={"HX-Request": "true"})
-        assert r.status_code == 401
-        assert r.headers["HX-Redirect"] == "/login?next=/ui/devices%3Fstate%3Dfailed"
+        # a fragment sends the browser back to the page it is on (a fragment alone is no page), local ones only
+        here = dash.url + "/devices?state=failed&page=2"
+        for current, back in ((here, "/devices%3Fstate%3Dfailed%26page%3D2"), (None, "/"),
+                              ("https://evil.example/devices", "/"), (dash.url + "/ui/overview", "/")):  # fmt: skip
+            headers = {"HX-Request": "true"} | ({"HX-Current-URL": current} if current else {})
+            r = c.get("/ui/devices?state=failed", headers=headers)
+            assert r.status_code == 401
+            assert r.headers["HX-Redirect"] == f"/login?next={back}", current
         assert c.get("/live").status_code == 401
         c.cookies.set(COOKIE, "eft_forged")
         assert c.get("/").status_code == 303
