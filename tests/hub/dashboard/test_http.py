@@ -312,6 +312,17 @@ def _deploy(h: RunningHub, samples: Path, version: str, devices: dict[str, dict[
         c.post("/api/v1/deployments", json=body).raise_for_status()
 
 
+def test_an_empty_fleet_says_how_to_enrol(running_hub: RunningHub) -> None:
+    """A fresh hub's device table says how to enrol devices, not that none matches a filter nobody set."""
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get("/devices").text
+        assert "No device enrolled yet" in page and "edgefleet device add" in page
+        assert "No device matches" not in page
+        running_hub.hub.devices.add("cam-1", {"site": "a"}, actor="test")
+        filtered = c.get("/devices", params={"selector": "site=b"}).text
+        assert "No device matches" in filtered and "No device enrolled yet" not in filtered
+
+
 def test_version_links_keep_build_metadata(running_hub: RunningHub, samples: Path) -> None:
     """`1.0.0+build.7` is a version: the overview's and the models page's links to its devices list them
     (an unencoded `+` reads as a space in a query string, and the list said "No device matches")."""
