@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleet.messages import AppliedModel, Capabilities, DesiredModel, DesiredState, ModelRef, ModelStatus, ReportedState
 from hub.dashboard.views import gpu_summary, provider_name
@@ -38,6 +38,28 @@ class ModelDetail:
 
 
 @dataclass(frozen=True)
+class HistoryModel:
+    """One model's part of a phase change: its phase, what it runs, the transfer's size, its error."""
+
+    name: str
+    phase: str | None
+    model: str | None  # `name:version` it runs after the change
+    provider: str | None
+    bytes_total: int | None
+    error: str | None  # `code: message`
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A phase change of the device, with the models whose part changed (every model on the first one)."""
+
+    ts: float
+    phase: str
+    models: list[HistoryModel]
+    error: str | None  # the device's own error (not one model's)
+
+
+@dataclass(frozen=True)
 class DeviceDetail:
     """Everything the device page shows."""
 
@@ -48,7 +70,7 @@ class DeviceDetail:
     reported: ReportedState | None
     models: list[ModelDetail]
     gpu: str | None
-    history: list[EventView]
+    history: list[HistoryEntry]  # newest first
     events: list[EventView]
 
     @property
@@ -112,6 +134,42 @@ def model_details(desired: DesiredState | None, reported: ReportedState | None) 
     return out
 
 
+def _error_text(error: Any) -> str | None:
+    if not isinstance(error, dict):
+        return None
+    return f"{error.get('code', 'error')}: {error.get('message', '')}"
+
+
+def _history_model(name: str, entry: dict[str, Any]) -> HistoryModel:
+    total = entry.get("bytes_total")
+    return HistoryModel(
+        name=name, phase=entry.get("phase"), model=entry.get("model"), provider=provider_name(entry.get("provider")),
+        bytes_total=total if isinstance(total, int) else None, error=_error_text(entry.get("error")),
+    )  # fmt: skip
+
+
+def history(events: list[EventView]) -> list[HistoryEntry]:
+    """The `device.phase` events (newest first) as the timeline: each change names the models whose part of
+    the report changed since the change before it. Events written before devices reported several models
+    carry one model's fields at the top level."""
+    out: list[HistoryEntry] = []
+    before: dict[str, Any] = {}
+    for e in sorted(events, key=lambda e: (e.ts, e.id)):
+        d = e.details
+        models = d.get("models")
+        if isinstance(models, dict):
+            changed = [_history_model(n, m) for n, m in models.items() if isinstance(m, dict) and before.get(n) != m]
+            before = models
+            error = _error_text(d.get("error"))
+        else:  # one model, its fields beside the phase
+            model = d.get("model")
+            name = model.partition(":")[0] if isinstance(model, str) else ""
+            changed = [_history_model(name, d)] if name or d.get("bytes_total") or d.get("error") else []
+            error = None
+        out.append(HistoryEntry(ts=e.ts, phase=str(d.get("to")), models=changed, error=error))
+    return out[::-1]
+
+
 def device_detail(hub: HubServices, device_id: str, now: float | None = None) -> DeviceDetail:
     """The device page's data; NotFound for unknown ids."""
     info = hub.views.device(device_id, now=time.time() if now is None else now)
@@ -121,6 +179,6 @@ def device_detail(hub: HubServices, device_id: str, now: float | None = None) ->
     return DeviceDetail(
         info=info, phase=reported.phase.value if reported else None, desired=desired, capabilities=d.capabilities,
         reported=reported, models=model_details(desired, reported), gpu=gpu_summary(d.capabilities),
-        history=[e for e in events if e.action == "device.phase"],
+        history=history([e for e in events if e.action == "device.phase"]),
         events=[e for e in events if e.action != "device.phase"],
     )  # fmt: skip

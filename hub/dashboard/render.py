@@ -15,18 +15,28 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 
+def _span(dt: float) -> str:
+    """`12 s`, `4 min`, `3 h`, `2 d` (rounded down)."""
+    if dt < 60:
+        return f"{int(dt)} s"
+    if dt < 3600:
+        return f"{int(dt // 60)} min"
+    if dt < 86400:
+        return f"{int(dt // 3600)} h"
+    return f"{int(dt // 86400)} d"
+
+
 def ago(ts: float | None, now: float | None = None) -> str:
     """`12 s ago`, `4 min ago`, `3 h ago`, `2 d ago`; `never` for None."""
     if ts is None:
         return "never"
-    dt = max(0.0, (time.time() if now is None else now) - ts)
-    if dt < 60:
-        return f"{int(dt)} s ago"
-    if dt < 3600:
-        return f"{int(dt // 60)} min ago"
-    if dt < 86400:
-        return f"{int(dt // 3600)} h ago"
-    return f"{int(dt // 86400)} d ago"
+    return _span(max(0.0, (time.time() if now is None else now) - ts)) + " ago"
+
+
+def until(ts: float, now: float | None = None) -> str:
+    """`in 12 s`, `in 4 min`, ...; `now` once it passed."""
+    dt = ts - (time.time() if now is None else now)
+    return "now" if dt < 1 else "in " + _span(dt)
 
 
 def utc(ts: float | None) -> str:
@@ -88,6 +98,6 @@ def environment() -> Environment:
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), undefined=ChainableUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )  # fmt: skip
-    env.filters.update(ago=ago, utc=utc, hms=hms, size=size, num=num, pct=pct, qs=qs, j=tojson_compact)
+    env.filters.update(ago=ago, until=until, utc=utc, hms=hms, size=size, num=num, pct=pct, qs=qs, j=tojson_compact)
     env.globals.update(bar=bar)
     return env

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from hub.credentials import Role
 from hub.dashboard import session
 from hub.errors import HubError, InvalidInput, Unauthorized
-from hub.rollouts.model import RolloutState
+from hub.rollouts.model import RolloutState, WavePhase
 from hub.rollouts.views import RolloutStatus, RolloutSummary, status_view, summary_view
 from hub.views.schemas import View
 
@@ -57,6 +57,17 @@ class ActiveRollout(RolloutSummary):
     progress: Progress
 
 
+class Waiting(View):
+    """What the wave in progress waits for before it bakes: its devices that neither updated nor failed yet,
+    and when the controller stops waiting (offline ones are set aside then; online ones still updating count
+    as activation failures)."""
+
+    wave: int  # 0-based, as WaveStatus.index
+    devices: dict[str, str]  # device -> its state in the rollout (offline, updating)
+    until: float
+    shadow: bool
+
+
 class RolloutRow(RolloutStatus):
     """A rollout on the list and detail pages: its status, progress, the commands its state allows and what
     the risky ones would do (asked before they are sent)."""
@@ -64,6 +75,7 @@ class RolloutRow(RolloutStatus):
     progress: Progress
     allowed: tuple[Action, ...] = ()
     confirm: dict[str, str] = {}
+    waiting: Waiting | None = None
 
 
 _BACK = "their previous version"
@@ -98,6 +110,20 @@ def progress(status: RolloutStatus) -> Progress:
     wave = min(status.wave + 1, status.wave_count)
     target = _target(status.model, status.version, status.state)
     return Progress(done=done, total=max(1, status.devices), target=target, wave=wave, waves=status.wave_count)
+
+
+def waiting(st: RolloutStatus) -> Waiting | None:
+    """The devices a running rollout's wave is waiting for (from a status with device states), as the
+    controller's settle step counts them; None when no wave is waiting."""
+    w = st.waves[st.wave] if st.state is RolloutState.RUNNING and st.wave < len(st.waves) else None
+    if w is None or w.phase not in (WavePhase.ACTIVATING, WavePhase.SHADOW_LOADING) or w.started_at is None:
+        return None
+    shadow = w.phase is WavePhase.SHADOW_LOADING
+    done = ("shadowing" if shadow else "active", "failed", "no_baseline", "left")
+    left = {d: s for d, s in sorted((w.device_states or {}).items()) if s not in done}
+    if not left:
+        return None
+    return Waiting(wave=w.index, devices=left, until=w.started_at + st.spec.offline_timeout_s, shadow=shadow)
 
 
 def rollout_statuses(hub: HubServices, *, active_only: bool = False) -> list[RolloutRow]:
@@ -141,7 +167,10 @@ def rollout_detail(hub: HubServices, rollout_id: str) -> RolloutRow:
     engine = hub.rollouts
     rollout = engine.get(rollout_id)
     st = status_view(rollout, engine.fleet(rollout.spec.model), devices=True)
-    return RolloutRow(**dict(st), progress=progress(st), allowed=ALLOWED.get(st.state, ()), confirm=confirmations(st))
+    return RolloutRow(
+        **dict(st), progress=progress(st), allowed=ALLOWED.get(st.state, ()), confirm=confirmations(st),
+        waiting=waiting(st),
+    )  # fmt: skip
 
 
 def rollouts_router(hub: HubServices, pages: Pages) -> APIRouter:

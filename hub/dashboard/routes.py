@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -51,6 +51,14 @@ def _safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 1000:
         return "/"
     return target
+
+
+def _page_of(request: Request) -> str:
+    """The local path (and query) of the page an htmx request came from (`HX-Current-URL`), or `/`."""
+    current = urlsplit(request.headers.get("hx-current-url", ""))
+    if current.netloc != request.url.netloc or not current.path.startswith("/") or current.path.startswith("/ui/"):
+        return "/"
+    return _safe_next(current.path + (f"?{current.query}" if current.query else ""))
 
 
 class Pages:
@@ -94,10 +102,12 @@ class Pages:
         return self.html(request, "error.html", who, status=status, error=error)
 
     def login_redirect(self, request: Request) -> Response:
-        target = "/login?next=" + quote(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
+        here = str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         if request.headers.get("hx-request"):
+            # a fragment's own URL is no page to come back to: the page the browser shows is
+            target = "/login?next=" + quote(_page_of(request))
             return Response(status_code=401, headers={"HX-Redirect": target})
-        return RedirectResponse(target, status_code=303)
+        return RedirectResponse("/login?next=" + quote(here), status_code=303)
 
     async def page(self, request: Request, build: Callable[[Principal], Response]) -> Response:
         """Authenticate from the cookie, then build the response in a worker thread; errors become HTML."""

@@ -241,11 +241,29 @@
       setBadge("reconnecting", "live updates: reconnecting", false);
       staleTimer = setTimeout(markStale, STALE_AFTER_MS);
     }
+    function closed() {
+      /* The browser gave up on the stream: the hub answered, but not with one. Logged out (the token was
+         revoked, the cookie expired): go to the login form, which comes back here. Else (a 503 while the
+         database is away, a proxy's 502): try again in a while, as for a hub that does not answer. */
+      fetch(src, { credentials: "same-origin", headers: { Accept: "text/event-stream" } })
+        .then(function (r) {
+          if (r.status === 401) {
+            location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+            return;
+          }
+          if (r.body) r.body.cancel();
+          setTimeout(connect, STALE_AFTER_MS);
+        })
+        .catch(function () { setTimeout(connect, STALE_AFTER_MS); });
+    }
     function connect() {
       es = new EventSource(src);
       es.addEventListener("open", seen);
       es.addEventListener("ping", seen);
-      es.addEventListener("error", lost);
+      es.addEventListener("error", function () {
+        lost();
+        if (es.readyState === EventSource.CLOSED) closed();
+      });
       es.addEventListener("update", function () {
         seen();
         document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);

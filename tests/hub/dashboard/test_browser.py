@@ -6,8 +6,9 @@ import re
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from fleet.messages import DeviceStatus
 from tests.hub.dashboard.conftest import DEVICES, Dash, login
@@ -161,3 +162,47 @@ def test_a_dead_hub_is_said_in_words_not_only_with_a_grey_dot(page: Page, broker
     expect(page.locator("#stale")).to_contain_text("Live updates stopped")
     expect(page.locator("#live")).to_have_text("stale")
     assert page.inner_text("[data-updated]") == stamp  # the data is as old as it says
+
+
+def test_an_ended_session_goes_to_the_login_form_and_back(
+    browser: Browser, broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A token revoked (or a cookie expired) under an open page: the next live stream is refused, and the page
+    goes to the login form instead of saying "the hub does not answer" for ever; logging in again comes back
+    to the page, not to a fragment of it."""
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, dashboard={"live_interval_s": 0.2,
+                                                                         "live_max_stream_s": 1})  # fmt: skip
+    try:
+        viewer = h.token("viewer")
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        ctx.set_default_timeout(15_000)
+        page = ctx.new_page()
+        page.goto(h.url + "/login")
+        page.fill("#token", viewer)
+        page.click("button[type=submit]")
+        page.wait_for_url(h.url + "/")
+        page.goto(h.url + "/devices?state=failed")
+        expect(page.locator("#live")).to_have_text("live")
+
+        def back_at_the_login_form() -> None:
+            page.wait_for_url(re.compile(r"/login\?next="))
+            assert parse_qs(urlsplit(page.url).query)["next"] == ["/devices?state=failed"]
+            expect(page.locator("#stale")).to_have_count(0)  # the login form, not a stale page
+
+        ctx.clear_cookies()  # the cookie expired: nothing changes in the fleet, the next stream is refused
+        back_at_the_login_form()
+        page.fill("#token", viewer)
+        page.click("button[type=submit]")
+        page.wait_for_url(h.url + "/devices?state=failed")
+        expect(page.locator("#live")).to_have_text("live")
+        with h.client() as c:  # revoked: its event makes the table refresh, and that is refused
+            (tid,) = [t["id"] for t in c.get("/api/v1/tokens").json() if t["name"] == "test-viewer"]
+            assert c.delete(f"/api/v1/tokens/{tid}").status_code == 204
+        back_at_the_login_form()
+        page.fill("#token", h.admin_token)
+        page.click("button[type=submit]")
+        page.wait_for_url(h.url + "/devices?state=failed")
+        expect(page.locator("h1")).to_have_text("Devices")
+        ctx.close()
+    finally:
+        h.stop()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from fleet.messages import ErrorInfo, Phase
+from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
 from hub.dashboard.session import COOKIE, csrf_token
+from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
+from tests.hub.dashboard.fleet import SeededFleet
+from tests.support.hub import RunningHub
+from tests.support.mqtt import wait_for
 from tests.support.wire import one_model_report
 
 PAGES = ["/", "/devices", "/models", "/rollouts"]
@@ -25,9 +32,14 @@ def test_pages_need_a_session(dash: Dash) -> None:
             r = c.get(path)
             assert r.status_code == 303, path
             assert r.headers["location"].startswith("/login?next=")
-        r = c.get("/ui/devices?state=failed", headers={"HX-Request": "true"})
-        assert r.status_code == 401
-        assert r.headers["HX-Redirect"] == "/login?next=/ui/devices%3Fstate%3Dfailed"
+        # a fragment sends the browser back to the page it is on (a fragment alone is no page), local ones only
+        here = dash.url + "/devices?state=failed&page=2"
+        for current, back in ((here, "/devices%3Fstate%3Dfailed%26page%3D2"), (None, "/"),
+                              ("https://evil.example/devices", "/"), (dash.url + "/ui/overview", "/")):  # fmt: skip
+            headers = {"HX-Request": "true"} | ({"HX-Current-URL": current} if current else {})
+            r = c.get("/ui/devices?state=failed", headers=headers)
+            assert r.status_code == 401
+            assert r.headers["HX-Redirect"] == f"/login?next={back}", current
         assert c.get("/live").status_code == 401
         c.cookies.set(COOKIE, "eft_forged")
         assert c.get("/").status_code == 303
@@ -283,3 +295,111 @@ def test_a_device_page_shows_each_of_its_models(dash: Dash) -> None:
         assert f'data-model="{first}"' in page and f'data-model="{other}"' in page
         assert "golden_mismatch" in page and f"{other}:{ref.version}" in page
         assert f"{other}:{ref.version}" in c.get("/devices", params={"version": f"{other}:{ref.version}"}).text
+
+
+def _fresh(h: RunningHub) -> Dash:
+    """A hub of this test's own, seen through the dashboard as its admin."""
+    return Dash(h, SeededFleet(now=time.time()), {"admin": h.admin_token}, [])
+
+
+def _deploy(h: RunningHub, samples: Path, version: str, devices: dict[str, dict[str, str]], selector: str) -> None:
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": version}
+    assert h.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    with h.client() as c:
+        for dev, labels in devices.items():
+            c.post("/api/v1/devices", json={"id": dev, "labels": labels}).raise_for_status()
+        body = {"model": "mobilenet-like", "version": version, "selector": selector}
+        c.post("/api/v1/deployments", json=body).raise_for_status()
+
+
+def test_an_empty_fleet_says_how_to_enrol(running_hub: RunningHub) -> None:
+    """A fresh hub's device table says how to enrol devices, not that none matches a filter nobody set."""
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get("/devices").text
+        assert "No device enrolled yet" in page and "edgefleet device add" in page
+        assert "No device matches" not in page
+        running_hub.hub.devices.add("cam-1", {"site": "a"}, actor="test")
+        filtered = c.get("/devices", params={"selector": "site=b"}).text
+        assert "No device matches" in filtered and "No device enrolled yet" not in filtered
+
+
+def test_version_links_keep_build_metadata(running_hub: RunningHub, samples: Path) -> None:
+    """`1.0.0+build.7` is a version: the overview's and the models page's links to its devices list them
+    (an unencoded `+` reads as a space in a query string, and the list said "No device matches")."""
+    _deploy(running_hub, samples, "1.0.0+build.7", {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}, "site=a")
+    with _fresh(running_hub).client("admin") as c:
+        for page in ("/", "/models"):
+            links = re.findall(r'href="(/devices\?version=[^"]+)"', c.get(page).text)
+            assert len(links) == 1, (page, links)
+            listed = c.get(html.unescape(links[0])).text
+            assert 'data-matched="2"' in listed, (page, links[0])
+            assert 'data-device="cam-1"' in listed and 'data-device="cam-2"' in listed
+
+
+def test_device_history_names_the_models_that_changed(running_hub: RunningHub) -> None:
+    """Each phase change in a device's history says which of its models moved, with the transfer's size and
+    the error, once: a model that stays failed is not repeated under later changes of another model."""
+    h = running_hub.hub
+    with running_hub.client() as c:
+        c.post("/api/v1/devices", json={"id": "cam-1", "labels": {}}).raise_for_status()
+    now = time.time()
+    sha = "ab" * 32
+    dl = DownloadProgress(sha256=sha, have_chunks=1, total_chunks=4, bytes_done=1 << 20, bytes_total=4 << 20)
+    err = ErrorInfo(code="activation_failed", message="model does not load", at=now)
+    ready = AppliedModel(name="det", version="2.0.0", sha256=sha, provider="CPUExecutionProvider")
+    steps = [
+        [ModelStatus(name="cls", phase=Phase.DOWNLOADING, download=dl)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err), ModelStatus(name="det", phase=Phase.DOWNLOADING)],
+        [ModelStatus(name="cls", phase=Phase.FAILED, error=err),
+         ModelStatus(name="det", phase=Phase.ACTIVE, active=ready)],
+    ]  # fmt: skip
+    for seq, models in enumerate(steps, start=1):
+        h.store.enqueue_reported(ReportedState(device_id="cam-1", seq=seq, ts=now + seq, models=models), now + seq)
+        h.store.flush()
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get("/devices/cam-1").text
+    timeline = page[page.index('<ol class="timeline">') : page.index("</ol>")]
+    items = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", li)).strip() for li in timeline.split("<li")[1:]]
+    assert len(items) == 4, items
+    newest, det_downloading, cls_failed, cls_downloading = items
+    assert "det" in newest and "runs 2.0.0 CPU" in newest and "cls" not in newest
+    assert "det" in det_downloading and "cls" not in det_downloading
+    assert "cls" in cls_failed and "activation_failed: model does not load" in cls_failed
+    assert "cls" in cls_downloading and "4.0 MiB" in cls_downloading
+
+
+def test_the_device_table_says_why_a_device_failed(dash: Dash) -> None:
+    """The reason is in the row's text, not only in a tooltip (a phone has no hover)."""
+    failed = dash.fleet.by_state["failed"][0]
+    with dash.client("viewer") as c:
+        body = c.get("/devices", params={"state": "failed"}).text
+    row = body[body.index(f'data-device="{failed}"') :]
+    row = row[: row.index("</tr>")]
+    text = re.sub(r"<[^>]+>", " ", row)  # what is shown, without the attributes (titles)
+    assert "golden_mismatch: golden check failed" in text
+
+
+def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub, samples: Path) -> None:
+    """A wave whose devices have not updated names them with their state, and says until when it waits
+    before offline ones are set aside."""
+    devices = {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}  # enrolled, never connected: offline
+    _deploy(running_hub, samples, "1.0.0", devices, "site=a")
+    desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": "1.1.0"}
+    assert running_hub.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    body = {"model": "mobilenet-like", "version": "1.1.0", "selector": "site=a", "waves": ["100%"],
+            "offline_timeout_s": 3600}  # fmt: skip
+    with running_hub.client() as c:
+        r = c.post("/api/v1/rollouts", json=body)
+        r.raise_for_status()
+        path = f"/api/v1/rollouts/{r.json()['id']}"
+        rollout = wait_for(lambda: (st := c.get(path).json())["wave_phase"] == "activating" and st or None)
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get(f"/rollouts/{rollout['id']}").text
+    assert 'data-waiting="2"' in page
+    start = page.index('class="waiting')
+    waiting = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page[start : page.index("</p>", start)]))
+    assert "Waiting for 2 devices to update: cam-1 · offline" in waiting and "cam-2 · offline." in waiting
+    until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(rollout["waves"][0]["started_at"] + 3600))
+    assert f"Until {until} (in " in waiting
+    assert "offline ones are set aside" in waiting
