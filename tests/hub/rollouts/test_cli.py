@@ -75,7 +75,7 @@ def test_start_list_status_and_commands(cli_hub: RunningHub) -> None:
         (["start", "m:1.0.0", "-s", "site=a", "--bake", "soon"], 2, "not a duration"),
         (["start", "m:1.0.0", "-s", "site=a", "--on-failure", "explode"], 2, "pause or rollback"),
         (["start", "mobilenet-like:1.0.0", "-s", "site=a", "--waves", "10%,5%,100%"], 1, "increase"),
-        (["start", "mobilenet-like:1.0.0", "-s", "site=a", "--max-error-rate", "7"], 1, "max_error_rate"),
+        (["start", "mobilenet-like:1.0.0", "-s", "site=a", "--max-error-rate", "7"], 1, "--max-error-rate:"),
         (["start", "mobilenet-like:9.0.0", "-s", "site=a"], 1, "not_found"),
         (["start", "mobilenet-like:1.0.0", "-s", "site in (a"], 1, "invalid_selector"),
         (["status", "r-nothere"], 1, "not_found"),
