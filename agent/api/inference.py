@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.api.errors import BadRequest, TooLarge, to_http
+from agent.api.errors import BadRequest, BodyTimeout, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.tensors import HEADER, encode_infer, parse_infer
@@ -57,17 +57,22 @@ class Reply:
     body: bytes
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # close the connection after the answer (the request's body is not known to have ended)
 
     def response(self) -> Response:
-        """The same answer as a starlette response."""
-        return Response(self.body, self.status, dict(self.headers) or None, self.content_type)
+        """The same answer as a starlette response (uvicorn closes the connection on `Connection: close`)."""
+        headers = dict(self.headers)
+        if self.close:
+            headers["Connection"] = "close"
+        return Response(self.body, self.status, headers or None, self.content_type)
 
 
 def error_reply(exc: BaseException, retry_after_s: int) -> Reply:
-    """The JSON error answer for any exception (status from `errors.to_http`; 503 with Retry-After)."""
+    """The JSON error answer for any exception (status from `errors.to_http`; 503 with Retry-After; a body that
+    did not arrive in time closes the connection)."""
     status, reason = to_http(exc)
     headers = (("Retry-After", str(retry_after_s)),) if status == 503 else ()
-    return Reply(status, orjson.dumps({"error": reason}), JSON, headers)
+    return Reply(status, orjson.dumps({"error": reason}), JSON, headers, close=isinstance(exc, BodyTimeout))
 
 
 def error_response(exc: BaseException, retry_after_s: int) -> Response:
@@ -140,6 +145,21 @@ class Inference:
         self.metrics = metrics
         self.pool = pool
 
+    async def _read(self, read: Reader) -> Body:
+        """The body, once it has arrived within `body_timeout_s` (the request holds a place of its model meanwhile).
+
+        Raises:
+            BodyTimeout: it did not (408; the connection is closed after the answer).
+        """
+        limit = self.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                return await read()
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {limit:g} s of its headers; the connection is closed"
+            ) from None
+
     def _done(
         self,
         slot: ModelSlot | None,
@@ -181,7 +201,7 @@ class Inference:
         try:
             slot = self.repo.get(name)
             served = slot.acquire(name, version)
-            body = await read()
+            body = await self._read(read)
             t1 = time.perf_counter_ns()
             body = decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes)
             json_head = headers.get(HEADER)
@@ -241,7 +261,7 @@ class Inference:
             served = slot.acquire(name)
             if query:
                 k, threshold = query_parameters(query)
-            body = bytes(await read())
+            body = bytes(await self._read(read))
             body = bytes(decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes))
             ctype = headers.get("content-type", "")
             data = await _multipart_image(headers, body) if ctype.startswith("multipart/") else body

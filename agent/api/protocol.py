@@ -265,12 +265,13 @@ class InferenceProtocol(HttpToolsProtocol):
         lines = [self._head(reply.status, reply.content_type), b"content-length: %d\r\n" % len(reply.body)]
         for key, text in reply.headers:
             lines.append(f"{key.lower()}: {text}\r\n".encode("latin-1"))
-        if not d.keep_alive:
+        close = reply.close or not d.keep_alive
+        if close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         lines.append(reply.body)
         self.transport.write(b"".join(lines))
-        if not d.keep_alive:
+        if close:
             self.transport.close()
         self.on_response_complete()
 

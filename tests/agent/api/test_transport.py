@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -250,3 +251,34 @@ def test_binary_tensor_data_lands_aligned(aligned_at: int) -> None:
         assert len(d.view) == 4096
     finally:
         loop.close()
+
+
+def test_a_body_that_stops_arriving_is_408_and_frees_its_place(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """A client that sends headers and part of a body, then stalls or vanishes without a FIN (a device that lost
+    its network mid-upload), held one of the model's `max_concurrency` places forever: with enough of them the
+    model answered 503 to everyone until restart."""
+    server, repo = make_server(max_concurrency=2, body_timeout_s=0.5)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    stalled = [Conn(server.url), Conn(server.url)]
+    stalled[0].send(raw_post(INFER, body, headers)[: -len(body) // 2])  # Content-Length: the direct path
+    stalled[1].send(_chunked(body, headers)[:-200])  # chunked: the ASGI path
+    for c in stalled:
+        status, h, content = c.response()
+        assert status == 408, content
+        assert "did not arrive within 0.5 s" in orjson.loads(content)["error"]
+        assert h["connection"] == "close" and h["content-type"] == "application/json"
+        assert c.closed()
+        c.close()
+    fresh = Conn(server.url)
+    for _ in range(3):  # both places are free again
+        fresh.send(raw_post(INFER, body, headers))
+        status, _, content = fresh.response()
+        assert status == 200, content
+    fresh.close()
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'edgefleet_api_requests_total{code="408",endpoint="infer",model="mobilenet-like",version="1.0.0"} 2.0' in (
+        metrics
+    )
