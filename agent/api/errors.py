@@ -32,7 +32,7 @@ class TooLarge(ApiError):
 
 
 class BodyTimeout(ApiError):
-    """The request's body did not arrive within `body_timeout_s` of its headers (a stalled or vanished client).
+    """The request's body did not arrive within `read_timeout_s` of its headers (a stalled or vanished client).
 
     The answer closes the connection: the rest of the body, if it ever comes, cannot be told from a next request.
     """

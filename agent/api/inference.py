@@ -146,12 +146,12 @@ class Inference:
         self.pool = pool
 
     async def _read(self, read: Reader) -> Body:
-        """The body, once it has arrived within `body_timeout_s` (the request holds a place of its model meanwhile).
+        """The body, once it has arrived within `read_timeout_s` (the request holds a place of its model meanwhile).
 
         Raises:
             BodyTimeout: it did not (408; the connection is closed after the answer).
         """
-        limit = self.settings.body_timeout_s
+        limit = self.settings.read_timeout_s
         try:
             async with asyncio.timeout(limit):
                 return await read()

@@ -21,6 +21,12 @@ this path it pays only for what it needs (docs/bench/serve.md has the figures):
 - the response (uvicorn's default headers, the answer's headers and body) goes out in one write; its head up
   to the length is made once per status and content type while uvicorn's date header stays the same.
 
+Every connection's request heads are bounded, which uvicorn's httptools protocol leaves open: a head (request
+line and headers) over `MAX_HEAD_BYTES` is answered 431, and one that has not ended `read_timeout_s` after the
+connection started or the previous answer is answered 408 (a connection that sent nothing is closed); both
+close the connection. Without them one client's endless header grew the process by the bytes it sent, and
+connections that never finished a request were held forever.
+
 Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests (a request that arrives
 while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400). Requests
 it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
@@ -34,11 +40,14 @@ from typing import Any, ClassVar
 
 import httptools
 import numpy as np
+import orjson
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from agent.api.inference import Body, Inference, Reply, Route, route
+from agent.api.inference import JSON, Body, Inference, Reply, Route, route
 
+MAX_HEAD_BYTES = 64 * 1024
+"""Longest request head (request line and headers) in bytes; longer: 431 and the connection closes."""
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
@@ -133,10 +142,27 @@ class InferenceProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: _Direct | None = None
+        self._in_head = True  # the next bytes belong to a request head (none of its body has come yet)
+        self._head_bytes = 0  # of the head being read
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request's head, from now
 
     def data_received(self, data: bytes) -> None:
         view = memoryview(data)  # httptools reads any buffer: the parts below are fed without copies
         end = data.find(b"\r\n\r\n") + 4 if self._reading is None else 0
+        if self._in_head:  # the bytes up to the head's end count (a head split at its blank line: all of them)
+            self._head_bytes += end if end >= 4 else len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"the request head (request line and headers) exceeds {MAX_HEAD_BYTES} bytes")
+                return
         if end >= 4:  # the bytes up to the first blank line first (the parser streams: the same result)
             super().data_received(view[:end])  # type: ignore[arg-type]
             if self.transport.is_closing() or self.parser.should_upgrade():
@@ -175,6 +201,8 @@ class InferenceProtocol(HttpToolsProtocol):
     # --- parser callbacks ----------------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._cancel_head_timer()
         if not self._start_direct():
             super().on_headers_complete()
 
@@ -186,6 +214,7 @@ class InferenceProtocol(HttpToolsProtocol):
             d.add(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
         d = self._reading
         if d is None:
             super().on_message_complete()
@@ -201,7 +230,41 @@ class InferenceProtocol(HttpToolsProtocol):
             if not d.body.done():
                 d.body.set_exception(ClientDisconnect())
         self._reading = None
+        self._cancel_head_timer()
         super().connection_lost(exc)
+
+    # --- request heads: bounded in size and in time ---------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.handlers.settings.read_timeout_s, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        """`read_timeout_s` passed since the connection started or the last answer, and no head has ended."""
+        self._head_timer = None
+        cycle: Any = self.cycle
+        if self.transport.is_closing() or not self._in_head or self.pipeline:
+            return
+        if cycle is not None and not cycle.response_complete:
+            return  # a request is being answered (its head ended; the next one's clock starts at its answer)
+        if self._head_bytes == 0:
+            self.transport.close()  # nothing of a request came: as uvicorn's keep-alive timeout
+        else:
+            limit = self.handlers.settings.read_timeout_s
+            self._refuse(408, f"the request head did not arrive within {limit:g} s; the connection is closed")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a request whose head cannot be read (`status`, JSON `reason`) and close the connection; with
+        another request's answer still pending there is no place for an answer: just close."""
+        cycle: Any = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(self._encode(Reply(status, orjson.dumps({"error": reason}), JSON), close=True))
+        self.transport.close()
 
     # --- the direct path -----------------------------------------------------------------------------
 
@@ -262,18 +325,22 @@ class InferenceProtocol(HttpToolsProtocol):
         d.response_complete = True
         if d.disconnected or self.transport.is_closing():
             return
+        close = reply.close or not d.keep_alive
+        self.transport.write(self._encode(reply, close=close))
+        if close:
+            self.transport.close()
+        self.on_response_complete()
+
+    def _encode(self, reply: Reply, *, close: bool) -> bytes:
+        """The whole response: head (with `connection: close` when `close`) and body."""
         lines = [self._head(reply.status, reply.content_type), b"content-length: %d\r\n" % len(reply.body)]
         for key, text in reply.headers:
             lines.append(f"{key.lower()}: {text}\r\n".encode("latin-1"))
-        close = reply.close or not d.keep_alive
         if close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         lines.append(reply.body)
-        self.transport.write(b"".join(lines))
-        if close:
-            self.transport.close()
-        self.on_response_complete()
+        return b"".join(lines)
 
     def _head(self, status: int, content_type: str) -> bytes:
         """The status line, uvicorn's default headers (their date changes each second) and the content type."""
