@@ -28,7 +28,8 @@ close the connection. Without them one client's endless header grew the process 
 connections that never finished a request were held forever.
 
 Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests (a request that arrives
-while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400). Requests
+while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400, answered as
+JSON here like every other error). Requests
 it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
 go through ASGI, so every answer is the same either way; only the cost differs.
 """
@@ -48,6 +49,7 @@ from agent.api.inference import JSON, Body, Inference, Reply, Route, route
 
 MAX_HEAD_BYTES = 64 * 1024
 """Longest request head (request line and headers) in bytes; longer: 431 and the connection closes."""
+_LINGER_S = 2.0  # how long a refused connection drops what the client still sends before it closes
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
@@ -145,6 +147,7 @@ class InferenceProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes belong to a request head (none of its body has come yet)
         self._head_bytes = 0  # of the head being read
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered and half-closed: what the client still sends is dropped until it closes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -156,6 +159,8 @@ class InferenceProtocol(HttpToolsProtocol):
             self._arm_head_timer()  # the next request's head, from now
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         view = memoryview(data)  # httptools reads any buffer: the parts below are fed without copies
         end = data.find(b"\r\n\r\n") + 4 if self._reading is None else 0
         if self._in_head:  # the bytes up to the head's end count (a head split at its blank line: all of them)
@@ -258,13 +263,31 @@ class InferenceProtocol(HttpToolsProtocol):
             limit = self.handlers.settings.read_timeout_s
             self._refuse(408, f"the request head did not arrive within {limit:g} s; the connection is closed")
 
+    def send_400_response(self, msg: str) -> None:
+        """Malformed HTTP (uvicorn's parser refused it): 400 as JSON like every other error, then close."""
+        del msg  # uvicorn's "Invalid HTTP request received." (it has logged it)
+        self._refuse(400, "malformed HTTP/1.1 request: a bad request line, header, Content-Length or chunk")
+
     def _refuse(self, status: int, reason: str) -> None:
-        """Answer a request whose head cannot be read (`status`, JSON `reason`) and close the connection; with
-        another request's answer still pending there is no place for an answer: just close."""
+        """Answer a request that cannot be read (`status`, JSON `reason`) and close the connection. With another
+        request's answer still pending (this one was pipelined behind it) there is no place for an answer: just
+        close; a request whose body is malformed is answered unless its handler has begun to answer."""
         cycle: Any = self.cycle
-        if cycle is None or cycle.response_complete:
-            self.transport.write(self._encode(Reply(status, orjson.dumps({"error": reason}), JSON), close=True))
-        self.transport.close()
+        pending = cycle is not None and not cycle.response_complete
+        answer = self._encode(Reply(status, orjson.dumps({"error": reason}), JSON), close=True)
+        if pending or not self.transport.can_write_eof():  # a handler runs (it sees a disconnect), or TLS
+            if not pending or not (self._in_head or getattr(cycle, "response_started", True)):
+                self.transport.write(answer)
+            self.transport.close()
+            return
+        self.transport.write(answer)
+        # a lingering close: closed with the client's bytes unread, the socket would send a reset that can
+        # destroy the answer before the client reads it; so send FIN, drop what still comes, close soon after
+        self.transport.write_eof()
+        self._refused = True
+        self.flow.resume_reading()
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(_LINGER_S, self.transport.close)
 
     # --- the direct path -----------------------------------------------------------------------------
 

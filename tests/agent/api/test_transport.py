@@ -321,3 +321,22 @@ def test_request_heads_are_bounded_in_size_and_time(
     fine.send(f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n".encode() + b"X-Pad: a\r\n" * 5000 + b"\r\n")
     assert fine.response()[0] == 200  # 55 KB of headers are still a request
     fine.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{{}}".encode(),
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{{}}".encode(),
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{{".encode(),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),  # a TLS hello on the plain port
+    ],
+)
+def test_malformed_http_is_a_json_400_and_the_connection_closes(server: ApiServer, raw: bytes) -> None:
+    c = Conn(server.url)
+    c.send(raw)
+    status, h, content = c.response()
+    assert (status, h["content-type"], h["connection"]) == (400, "application/json", "close")
+    assert "malformed HTTP/1.1 request" in orjson.loads(content)["error"]  # was text/plain, unlike every other error
+    assert c.closed()
+    c.close()
