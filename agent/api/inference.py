@@ -83,8 +83,17 @@ def error_response(exc: BaseException, retry_after_s: int) -> Response:
 PARSE_INLINE_BYTES = 256 * 1024  # smaller bodies parse on the event loop: a thread hand-off costs more
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes (413) before or while reading it."""
+def body_timeout_reason(timeout_s: float) -> str:
+    """The 408 of a body that did not arrive in time (`BodyTimeout`)."""
+    return f"the request body did not arrive within {timeout_s:g} s of its headers; the connection is closed"
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refusing more than `limit` bytes (413) before or while reading it.
+
+    Raises:
+        TooLarge: more than `limit` bytes. BodyTimeout: the body has not arrived within `timeout_s`.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -95,12 +104,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
-            chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(body_timeout_reason(timeout_s)) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -145,21 +158,6 @@ class Inference:
         self.metrics = metrics
         self.pool = pool
 
-    async def _read(self, read: Reader) -> Body:
-        """The body, once it has arrived within `read_timeout_s` (the request holds a place of its model meanwhile).
-
-        Raises:
-            BodyTimeout: it did not (408; the connection is closed after the answer).
-        """
-        limit = self.settings.read_timeout_s
-        try:
-            async with asyncio.timeout(limit):
-                return await read()
-        except TimeoutError:
-            raise BodyTimeout(
-                f"the request body did not arrive within {limit:g} s of its headers; the connection is closed"
-            ) from None
-
     def _done(
         self,
         slot: ModelSlot | None,
@@ -189,7 +187,8 @@ class Inference:
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data) through ASGI."""
         limit = self.settings.max_body_bytes
-        reply = await self.infer_reply(name, version, lambda: read_body(request, limit), request.headers)
+        read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
+        reply = await self.infer_reply(name, version, read, request.headers)
         return reply.response()
 
     async def infer_reply(self, name: str, version: str | None, read: Reader, headers: Mapping[str, str]) -> Reply:
@@ -201,7 +200,7 @@ class Inference:
         try:
             slot = self.repo.get(name)
             served = slot.acquire(name, version)
-            body = await self._read(read)
+            body = await read()
             t1 = time.perf_counter_ns()
             body = decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes)
             json_head = headers.get(HEADER)
@@ -236,7 +235,8 @@ class Inference:
     ) -> Response:
         """POST /v1/models/{name}:predict with an image (multipart or raw body) through ASGI."""
         limit = self.settings.max_body_bytes
-        reply = await self.predict_reply(name, k, threshold, query, lambda: read_body(request, limit), request.headers)
+        read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
+        reply = await self.predict_reply(name, k, threshold, query, read, request.headers)
         return reply.response()
 
     async def predict_reply(  # noqa: PLR0917 (the route's parameters, then the transport's)
@@ -261,7 +261,7 @@ class Inference:
             served = slot.acquire(name)
             if query:
                 k, threshold = query_parameters(query)
-            body = bytes(await self._read(read))
+            body = bytes(await read())
             body = bytes(decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes))
             ctype = headers.get("content-type", "")
             data = await _multipart_image(headers, body) if ctype.startswith("multipart/") else body

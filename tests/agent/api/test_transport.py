@@ -272,6 +272,11 @@ def test_a_body_that_stops_arriving_is_408_and_frees_its_place(
         assert h["connection"] == "close" and h["content-type"] == "application/json"
         assert c.closed()
         c.close()
+    early = Conn(server.url)  # answered before its body (an unknown model), then the body stalls
+    early.send(raw_post("/v2/models/nope/infer", body, headers)[: -len(body) // 2])
+    assert early.response()[0] == 404
+    assert early.closed()
+    early.close()
     fresh = Conn(server.url)
     for _ in range(3):  # both places are free again
         fresh.send(raw_post(INFER, body, headers))
@@ -321,6 +326,17 @@ def test_request_heads_are_bounded_in_size_and_time(
     fine.send(f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n".encode() + b"X-Pad: a\r\n" * 5000 + b"\r\n")
     assert fine.response()[0] == 200  # 55 KB of headers are still a request
     fine.close()
+
+    slow, chunked = Conn(server.url), Conn(server.url)
+    with repo.only()._run_lock:  # the engine is busy for 2 read timeouts: answers come late, and still come
+        slow.send(raw_post(INFER, body, headers) + raw_post(INFER, body, headers))  # the second one pipelined
+        chunked.send(_chunked(body, headers))
+        time.sleep(1.0)
+    for c, answers in ((slow, 2), (chunked, 1)):
+        for _ in range(answers):
+            status, _, content = c.response()
+            assert status == 200, content
+        c.close()
 
 
 @pytest.mark.parametrize(
