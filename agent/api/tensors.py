@@ -129,7 +129,10 @@ def parse_infer(
         try:
             doc = orjson.loads(head)
         except orjson.JSONDecodeError as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from None
+            hint = ""
+            if n is None and b'"binary_data_size"' in bytes(head[:PLAN_HEAD_BYTES]):
+                hint = " (binary tensor data needs an Inference-Header-Content-Length header: the JSON part's length)"
+            raise BadRequest(f"request body is not valid JSON: {e}{hint}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with 'inputs'")
     rid = doc.get("id")

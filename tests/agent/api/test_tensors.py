@@ -93,6 +93,15 @@ def test_hostile_json_documents_raise_only_bad_request(doc: object) -> None:
         pass
 
 
+def test_binary_data_without_its_header_says_what_is_missing() -> None:
+    head = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}
+    )
+    with pytest.raises(BadRequest, match="not valid JSON: .*needs an Inference-Header-Content-Length header"):
+        parse_infer(head + np.array([1.5, -2.0], dtype=np.float32).tobytes(), None)
+    assert parse_infer(head + np.array([1.5, -2.0], dtype=np.float32).tobytes(), str(len(head))).inputs["x"][0] == 1.5
+
+
 def test_unaligned_binary_tensors_are_copied_aligned() -> None:
     x = np.arange(6, dtype=np.float64)
     head = orjson.dumps(
