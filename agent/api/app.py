@@ -254,7 +254,7 @@ def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
     )
     async def repository_index(request: Request) -> Response:
         try:
-            ready = triton.index_request(await read_body(request, INDEX_LIMIT))
+            ready = triton.index_request(await read_body(request, INDEX_LIMIT, settings.read_timeout_s))
             return _json(repo.repository_index(ready))
         except Exception as e:
             return error_response(e, retry)

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.api.errors import BadRequest, TooLarge, to_http
+from agent.api.errors import BadRequest, BodyTimeout, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
 from agent.api.tensors import HEADER, encode_infer, parse_infer
@@ -57,17 +57,22 @@ class Reply:
     body: bytes
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False  # close the connection after the answer (the request's body is not known to have ended)
 
     def response(self) -> Response:
-        """The same answer as a starlette response."""
-        return Response(self.body, self.status, dict(self.headers) or None, self.content_type)
+        """The same answer as a starlette response (uvicorn closes the connection on `Connection: close`)."""
+        headers = dict(self.headers)
+        if self.close:
+            headers["Connection"] = "close"
+        return Response(self.body, self.status, headers or None, self.content_type)
 
 
 def error_reply(exc: BaseException, retry_after_s: int) -> Reply:
-    """The JSON error answer for any exception (status from `errors.to_http`; 503 with Retry-After)."""
+    """The JSON error answer for any exception (status from `errors.to_http`; 503 with Retry-After; a body that
+    did not arrive in time closes the connection)."""
     status, reason = to_http(exc)
     headers = (("Retry-After", str(retry_after_s)),) if status == 503 else ()
-    return Reply(status, orjson.dumps({"error": reason}), JSON, headers)
+    return Reply(status, orjson.dumps({"error": reason}), JSON, headers, close=isinstance(exc, BodyTimeout))
 
 
 def error_response(exc: BaseException, retry_after_s: int) -> Response:
@@ -78,8 +83,17 @@ def error_response(exc: BaseException, retry_after_s: int) -> Response:
 PARSE_INLINE_BYTES = 256 * 1024  # smaller bodies parse on the event loop: a thread hand-off costs more
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes (413) before or while reading it."""
+def body_timeout_reason(timeout_s: float) -> str:
+    """The 408 of a body that did not arrive in time (`BodyTimeout`)."""
+    return f"the request body did not arrive within {timeout_s:g} s of its headers; the connection is closed"
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refusing more than `limit` bytes (413) before or while reading it.
+
+    Raises:
+        TooLarge: more than `limit` bytes. BodyTimeout: the body has not arrived within `timeout_s`.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -90,12 +104,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
-            chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(body_timeout_reason(timeout_s)) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -169,7 +187,8 @@ class Inference:
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data) through ASGI."""
         limit = self.settings.max_body_bytes
-        reply = await self.infer_reply(name, version, lambda: read_body(request, limit), request.headers)
+        read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
+        reply = await self.infer_reply(name, version, read, request.headers)
         return reply.response()
 
     async def infer_reply(self, name: str, version: str | None, read: Reader, headers: Mapping[str, str]) -> Reply:
@@ -216,7 +235,8 @@ class Inference:
     ) -> Response:
         """POST /v1/models/{name}:predict with an image (multipart or raw body) through ASGI."""
         limit = self.settings.max_body_bytes
-        reply = await self.predict_reply(name, k, threshold, query, lambda: read_body(request, limit), request.headers)
+        read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
+        reply = await self.predict_reply(name, k, threshold, query, read, request.headers)
         return reply.response()
 
     async def predict_reply(  # noqa: PLR0917 (the route's parameters, then the transport's)

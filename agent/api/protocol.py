@@ -21,8 +21,15 @@ this path it pays only for what it needs (docs/bench/serve.md has the figures):
 - the response (uvicorn's default headers, the answer's headers and body) goes out in one write; its head up
   to the length is made once per status and content type while uvicorn's date header stays the same.
 
+Every connection's request heads are bounded, which uvicorn's httptools protocol leaves open: a head (request
+line and headers) over `MAX_HEAD_BYTES` is answered 431, and one that has not ended `read_timeout_s` after the
+connection started or the previous answer is answered 408 (a connection that sent nothing is closed); both
+close the connection. Without them one client's endless header grew the process by the bytes it sent, and
+connections that never finished a request were held forever.
+
 Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests (a request that arrives
-while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400). Requests
+while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400, answered as
+JSON here like every other error). Requests
 it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
 go through ASGI, so every answer is the same either way; only the cost differs.
 """
@@ -34,11 +41,16 @@ from typing import Any, ClassVar
 
 import httptools
 import numpy as np
+import orjson
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from agent.api.inference import Body, Inference, Reply, Route, route
+from agent.api.errors import BodyTimeout
+from agent.api.inference import JSON, Body, Inference, Reply, Route, body_timeout_reason, route
 
+MAX_HEAD_BYTES = 64 * 1024
+"""Longest request head (request line and headers) in bytes; longer: 431 and the connection closes."""
+_LINGER_S = 2.0  # how long a refused connection drops what the client still sends before it closes
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
@@ -133,10 +145,34 @@ class InferenceProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading: _Direct | None = None
+        self._in_head = True  # the next bytes belong to a request head (none of its body has come yet)
+        self._head_bytes = 0  # of the head being read
+        self._head_since = 0.0  # loop time at which the connection began to wait for the head being read
+        self._head_timer: asyncio.TimerHandle | None = None  # checks the head's deadline: one timer per
+        # read_timeout_s of the connection, not one per request (a timer costs ~5 us; a request ~1 ms)
+        self._body_timer: asyncio.TimerHandle | None = None  # a direct body that spans reads; a lingering close
+        self._refused = False  # answered and half-closed: what the client still sends is dropped until it closes
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_since = self.loop.time()
+        self._head_timer = self.loop.call_later(self.handlers.settings.read_timeout_s, self._check_head)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._in_head:  # the next request's head, from now (after an early answer: once its body has ended)
+            self._head_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         view = memoryview(data)  # httptools reads any buffer: the parts below are fed without copies
         end = data.find(b"\r\n\r\n") + 4 if self._reading is None else 0
+        if self._in_head:  # the bytes up to the head's end count (a head split at its blank line: all of them)
+            self._head_bytes += end if end >= 4 else len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"the request head (request line and headers) exceeds {MAX_HEAD_BYTES} bytes")
+                return
         if end >= 4:  # the bytes up to the first blank line first (the parser streams: the same result)
             super().data_received(view[:end])  # type: ignore[arg-type]
             if self.transport.is_closing() or self.parser.should_upgrade():
@@ -157,11 +193,16 @@ class InferenceProtocol(HttpToolsProtocol):
         d = self._reading
         if d is not None and d.filled < len(d.view) and not self.transport.is_closing():
             # the parser has passed on all of `data`: the rest of this body comes in later reads, and no
-            # byte of the next request can come before it ends
+            # byte of the next request can come before it ends; it has read_timeout_s to (from now: a body
+            # that came with its headers costs no timer)
             self.transport.set_protocol(_BodyReader(self, d))
+            self._body_timer = self.loop.call_later(self.handlers.settings.read_timeout_s, self._body_timeout, d)
 
     def body_received(self) -> None:
         """`_BodyReader` has received the last byte of the body: take the transport back."""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         self.transport.set_protocol(self)
         self._message_done()
 
@@ -175,6 +216,7 @@ class InferenceProtocol(HttpToolsProtocol):
     # --- parser callbacks ----------------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
         if not self._start_direct():
             super().on_headers_complete()
 
@@ -186,6 +228,10 @@ class InferenceProtocol(HttpToolsProtocol):
             d.add(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        cycle: Any = self.cycle
+        if cycle is None or cycle.response_complete:  # answered before its body ended: the next head's clock
+            self._head_since = self.loop.time()
         d = self._reading
         if d is None:
             super().on_message_complete()
@@ -201,7 +247,68 @@ class InferenceProtocol(HttpToolsProtocol):
             if not d.body.done():
                 d.body.set_exception(ClientDisconnect())
         self._reading = None
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
         super().connection_lost(exc)
+
+    # --- request heads: bounded in size and in time ---------------------------------------------------
+
+    def _check_head(self) -> None:
+        """Close a connection that has waited read_timeout_s for a head (408 if part of one came); else check
+        again when the head now awaited is due (or in read_timeout_s, while a request is being answered)."""
+        self._head_timer = None
+        if self.transport.is_closing() or self._refused:
+            return
+        limit = self.handlers.settings.read_timeout_s
+        wait = limit
+        cycle: Any = self.cycle
+        if self._in_head and not self.pipeline and (cycle is None or cycle.response_complete):
+            waited = self.loop.time() - self._head_since
+            if waited >= limit:
+                if self._head_bytes == 0:
+                    self.transport.close()  # nothing of a request came: as uvicorn's keep-alive timeout
+                else:
+                    self._refuse(408, f"the request head did not arrive within {limit:g} s; the connection is closed")
+                return
+            wait = limit - waited
+        self._head_timer = self.loop.call_later(wait, self._check_head)
+
+    def send_400_response(self, msg: str) -> None:
+        """Malformed HTTP (uvicorn's parser refused it): 400 as JSON like every other error, then close."""
+        del msg  # uvicorn's "Invalid HTTP request received." (it has logged it)
+        self._refuse(400, "malformed HTTP/1.1 request: a bad request line, header, Content-Length or chunk")
+
+    def _body_timeout(self, d: _Direct) -> None:
+        """A direct request's body has not arrived within read_timeout_s: its handler answers 408 and closes."""
+        self._body_timer = None
+        if d.body.done():  # answered early (an error before the body): nothing waits for the rest; close
+            self.transport.close()
+        else:
+            d.body.set_exception(BodyTimeout(body_timeout_reason(self.handlers.settings.read_timeout_s)))
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a request that cannot be read (`status`, JSON `reason`) and close the connection. With another
+        request's answer still pending (this one was pipelined behind it) there is no place for an answer: just
+        close; a request whose body is malformed is answered unless its handler has begun to answer."""
+        cycle: Any = self.cycle
+        pending = cycle is not None and not cycle.response_complete
+        answer = self._encode(Reply(status, orjson.dumps({"error": reason}), JSON), close=True)
+        if pending or not self.transport.can_write_eof():  # a handler runs (it sees a disconnect), or TLS
+            if not pending or not (self._in_head or getattr(cycle, "response_started", True)):
+                self.transport.write(answer)
+            self.transport.close()
+            return
+        self.transport.write(answer)
+        # a lingering close: closed with the client's bytes unread, the socket would send a reset that can
+        # destroy the answer before the client reads it; so send FIN, drop what still comes, close soon after
+        self.transport.write_eof()
+        self._refused = True
+        self.flow.resume_reading()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_later(_LINGER_S, self.transport.close)
 
     # --- the direct path -----------------------------------------------------------------------------
 
@@ -262,17 +369,22 @@ class InferenceProtocol(HttpToolsProtocol):
         d.response_complete = True
         if d.disconnected or self.transport.is_closing():
             return
+        close = reply.close or not d.keep_alive
+        self.transport.write(self._encode(reply, close=close))
+        if close:
+            self.transport.close()
+        self.on_response_complete()
+
+    def _encode(self, reply: Reply, *, close: bool) -> bytes:
+        """The whole response: head (with `connection: close` when `close`) and body."""
         lines = [self._head(reply.status, reply.content_type), b"content-length: %d\r\n" % len(reply.body)]
         for key, text in reply.headers:
             lines.append(f"{key.lower()}: {text}\r\n".encode("latin-1"))
-        if not d.keep_alive:
+        if close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         lines.append(reply.body)
-        self.transport.write(b"".join(lines))
-        if not d.keep_alive:
-            self.transport.close()
-        self.on_response_complete()
+        return b"".join(lines)
 
     def _head(self, status: int, content_type: str) -> bytes:
         """The status line, uvicorn's default headers (their date changes each second) and the content type."""

@@ -58,6 +58,14 @@ class ApiSettings(EnvSettings):
         gt=0,
         description="Seconds a request may wait for its inference (queue + run); then 503 with Retry-After.",
     )
+    read_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a request may take to arrive: its headers from the connection's start or the previous "
+        "answer, an inference request's body from its headers; then 408 and the connection closes (a connection "
+        "that never sent a byte just closes), so a stalled or vanished client holds neither a connection nor one "
+        "of its model's max_concurrency places. 60 s moves a 64 MiB body at about 1.1 MB/s.",
+    )
     retry_after_s: int = Field(default=1, ge=0, le=3600, description="Retry-After (seconds) sent with every 503.")
 
     # --- serving defaults (the desired state's runtime options override them) ------------------------

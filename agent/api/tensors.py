@@ -129,7 +129,10 @@ def parse_infer(
         try:
             doc = orjson.loads(head)
         except orjson.JSONDecodeError as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from None
+            hint = ""
+            if n is None and b'"binary_data_size"' in bytes(head[:PLAN_HEAD_BYTES]):
+                hint = " (binary tensor data needs an Inference-Header-Content-Length header: the JSON part's length)"
+            raise BadRequest(f"request body is not valid JSON: {e}{hint}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object with 'inputs'")
     rid = doc.get("id")
@@ -219,17 +222,43 @@ def _tensor(view: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], offs
 def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
     if not isinstance(data, list | np.ndarray):  # an ndarray: parsed by `jsontensors` straight into a buffer
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
+    try:  # the values' own types first: null or a string is no datatype's number (np.asarray(..., dtype) took
+        # null for NaN and parsed "1.5"), and a fraction is no integer's (it cut 1.5 to 1)
+        found = data if isinstance(data, np.ndarray) else np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged nesting
+        raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
+    if found.dtype.kind not in "biuf":
+        raise BadRequest(
+            f"input {name!r}: 'data' of {_NAMES[dtype]} must hold only numbers (or true/false), "
+            f"not null or strings: {_first_odd(data)!r:.40}"
+        )
+    if dtype.kind in "iu" and found.dtype.kind == "f" and not np.array_equal(found, np.trunc(found)):
+        raise BadRequest(
+            f"input {name!r}: 'data' of {_NAMES[dtype]} holds a number with a fraction (it would be "
+            f"cut to an integer): {found[found != np.trunc(found)].flat[0].item()!r}"
+        )
     try:  # a value the datatype cannot hold (1e39 as FP32) is an error here, never a warning or an infinity
-        if isinstance(data, np.ndarray):
-            arr = cast(data, dtype)
-        else:
-            with np.errstate(over="raise", invalid="raise"):
-                arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError, FloatingPointError) as e:
+        arr = found.astype(dtype) if dtype.kind == "b" else cast(found, dtype)
+    except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
     if arr.size != math.prod(shape):
         raise BadRequest(f"input {name!r}: 'data' has {arr.size} values, shape {list(shape)} needs {math.prod(shape)}")
     return arr.reshape(shape)
+
+
+def _first_odd(data: Any) -> Any:
+    """The first value of a (nested) `data` list that is not a number or a boolean (for the error message)."""
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            if not isinstance(v, bool | int | float | np.bool_ | np.number):
+                return v
+        else:
+            stack.pop()
+    return None
 
 
 def _requested(raw: Any) -> tuple[tuple[str, bool], ...] | None:

@@ -141,7 +141,7 @@ class ModelRepository:
         served = self.names()
         if not served:
             raise NotReady("no model is active on this device yet; retry later")
-        raise ModelNotFound(f"model {name[:100]!r} is not served here; serving {', '.join(map(repr, served))}")
+        raise ModelNotFound(f"model {name[:100]!r} is unknown here; serving {', '.join(map(repr, served))}")
 
     def lookup(self, name: str, version: str | None = None) -> Served:
         """The served version of model `name` for metadata and readiness (no request is counted).

@@ -168,8 +168,7 @@ class ModelSlot:
         if s is None or s.batcher is None:
             raise NotReady("no model is active on this device yet; retry later")
         if name != s.model.name or (version is not None and version != s.model.version):
-            what = f"model {name[:100]!r}" + (f" version {version[:40]!r}" if version is not None else "")
-            raise ModelNotFound(f"{what} is not served here; serving {s.model.name!r} version {s.model.version!r}")
+            raise _not_served(s, name, version)
         if s.inflight >= self.max_concurrency:
             raise Overloaded(f"{s.inflight} requests are in progress for {name!r}; retry later")
         s.inflight += 1
@@ -185,12 +184,8 @@ class ModelSlot:
         s = self.current
         if s is None:
             raise ModelNotFound(f"model {name[:100]!r} is unknown here: no model is active")
-        if name != s.model.name:
-            raise ModelNotFound(f"model {name[:100]!r} is unknown here; serving {s.model.name!r}")
-        if version is not None and version != s.model.version:
-            raise ModelNotFound(
-                f"model {name[:100]!r} has no version {version[:40]!r} here; serving version {s.model.version!r}"
-            )
+        if name != s.model.name or (version is not None and version != s.model.version):
+            raise _not_served(s, name, version)
         return s
 
     @staticmethod
@@ -410,3 +405,12 @@ class ModelSlot:
             await comparison
         finally:
             self.release(sh.served)
+
+
+def _not_served(s: Served, name: str, version: str | None) -> ModelNotFound:
+    """The 404 of a request for another model or another version than `s` (the same for requests and metadata)."""
+    if name != s.model.name:
+        return ModelNotFound(f"model {name[:100]!r} is unknown here; serving {s.model.name!r}")
+    return ModelNotFound(
+        f"model {name[:100]!r} has no version {str(version)[:40]!r} here; serving version {s.model.version!r}"
+    )

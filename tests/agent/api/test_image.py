@@ -127,7 +127,7 @@ def test_unknown_model_on_the_image_endpoint_is_404(servers: Any) -> None:
     with _client(servers, "clf") as c:
         r = c.post("/v1/models/tiny-detector:predict", content=jpeg(32, 32))
         assert r.status_code == 404
-        assert "not served" in r.json()["error"]
+        assert "model 'tiny-detector' is unknown here; serving" in r.json()["error"]
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,8 @@ def _tensor(**over: Any) -> dict[str, Any]:
         (orjson.dumps({"inputs": [_tensor(shape="1x3")]}), "list of at most"),
         (orjson.dumps({"inputs": [_tensor(data=None)]}), "neither 'data'"),
         (orjson.dumps({"inputs": [_tensor(data=[1.0] * 10)]}), "has 10 values"),
-        (orjson.dumps({"inputs": [_tensor(data=["a"] * 192)]}), "not a list of float32"),
+        (orjson.dumps({"inputs": [_tensor(data=["a"] * 192)]}), "only numbers"),
+        (orjson.dumps({"inputs": [_tensor(data=[None] * 192)]}), "not null or strings: None"),
         (orjson.dumps({"inputs": [_tensor(data="abc")]}), "must be a (flat or nested) list"),
         (orjson.dumps({"inputs": [_tensor(), _tensor()]}), "given twice"),
         (orjson.dumps({"inputs": [_tensor(name="other")]}), "unknown input"),
@@ -182,10 +183,17 @@ def test_binary_request_errors(http: httpx.Client) -> None:
 
 def test_unknown_model_version_and_route_are_404_json(http: httpx.Client) -> None:
     body = orjson.dumps({"inputs": [_tensor()]})
-    for path in ("/v2/models/other/infer", f"/v2/models/{NAME}/versions/0.0.1/infer", "/v2/models/x/versions/1/ready"):
+    unknown, other = f"model 'other' is unknown here; serving '{NAME}'", f"model '{NAME}' has no version '0.0.1' here"
+    for path, reason in [
+        ("/v2/models/other/infer", unknown),  # the infer routes say what docs/api.md and the metadata routes say
+        ("/v2/models/other", unknown),
+        (f"/v2/models/{NAME}/versions/0.0.1/infer", other),
+        (f"/v2/models/{NAME}/versions/0.0.1/ready", other),
+        ("/v2/models/x/versions/1/ready", "model 'x' is unknown here"),
+    ]:
         r = http.post(path, content=body) if path.endswith("infer") else http.get(path)
         assert r.status_code == 404, path
-        assert "error" in r.json()
+        assert r.json()["error"].startswith(reason), (path, r.text)
     r = http.get("/v3/nothing")
     assert r.status_code == 404
     assert r.json() == {"error": "Not Found"}

@@ -11,12 +11,13 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
-from agent.api.protocol import _Direct
+from agent.api.protocol import MAX_HEAD_BYTES, _Direct
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
 from tests.support.inference import binary_body, raw_post
@@ -250,3 +251,108 @@ def test_binary_tensor_data_lands_aligned(aligned_at: int) -> None:
         assert len(d.view) == 4096
     finally:
         loop.close()
+
+
+def test_a_body_that_stops_arriving_is_408_and_frees_its_place(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """A client that sends headers and part of a body, then stalls or vanishes without a FIN (a device that lost
+    its network mid-upload), held one of the model's `max_concurrency` places forever: with enough of them the
+    model answered 503 to everyone until restart."""
+    server, repo = make_server(max_concurrency=2, read_timeout_s=0.5)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    stalled = [Conn(server.url), Conn(server.url)]
+    stalled[0].send(raw_post(INFER, body, headers)[: -len(body) // 2])  # Content-Length: the direct path
+    stalled[1].send(_chunked(body, headers)[:-200])  # chunked: the ASGI path
+    for c in stalled:
+        status, h, content = c.response()
+        assert status == 408, content
+        assert "did not arrive within 0.5 s" in orjson.loads(content)["error"]
+        assert h["connection"] == "close" and h["content-type"] == "application/json"
+        assert c.closed()
+        c.close()
+    early = Conn(server.url)  # answered before its body (an unknown model), then the body stalls
+    early.send(raw_post("/v2/models/nope/infer", body, headers)[: -len(body) // 2])
+    assert early.response()[0] == 404
+    assert early.closed()
+    early.close()
+    fresh = Conn(server.url)
+    for _ in range(3):  # both places are free again
+        fresh.send(raw_post(INFER, body, headers))
+        status, _, content = fresh.response()
+        assert status == 200, content
+    fresh.close()
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'edgefleet_api_requests_total{code="408",endpoint="infer",model="mobilenet-like",version="1.0.0"} 2.0' in (
+        metrics
+    )
+
+
+def test_request_heads_are_bounded_in_size_and_time(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """uvicorn's httptools protocol read a head for as long and as far as the client sent it: one endless header
+    grew the process by every byte (200 MB sent, +225 MB resident), and a connection that never finished a head,
+    or never sent one, was held forever."""
+    server, repo = make_server(read_timeout_s=0.5)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    endless = Conn(server.url)
+    endless.send(f"POST {INFER} HTTP/1.1\r\nHost: t\r\n".encode())
+    for _ in range(MAX_HEAD_BYTES // 1000 + 1):  # 66 KB
+        endless.send(b"X-Pad: " + b"a" * 993 + b"\r\n")
+    endless.send(b"X-Pad: the last straw")
+    status, h, content = endless.response()
+    assert (status, h["connection"]) == (431, "close")
+    assert f"exceeds {MAX_HEAD_BYTES} bytes" in orjson.loads(content)["error"]
+    assert endless.closed()
+
+    stalled, silent, used = Conn(server.url), Conn(server.url), Conn(server.url)
+    stalled.send(f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n".encode())
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    used.send(raw_post(INFER, body, headers))
+    assert used.response()[0] == 200
+    used.send(b"GET /v2/health/live HTTP/1.1\r\n")  # the next request's head, never finished
+    for c in (stalled, used):
+        status, h, content = c.response()
+        assert (status, h["connection"]) == (408, "close"), content
+        assert "head did not arrive within 0.5 s" in orjson.loads(content)["error"]
+        assert c.closed()
+    assert silent.closed()  # no answer to a request never begun
+    for c in (endless, stalled, silent, used):
+        c.close()
+
+    fine = Conn(server.url)
+    fine.send(f"GET /v2/models/{NAME} HTTP/1.1\r\nHost: t\r\n".encode() + b"X-Pad: a\r\n" * 5000 + b"\r\n")
+    assert fine.response()[0] == 200  # 55 KB of headers are still a request
+    fine.close()
+
+    slow, chunked = Conn(server.url), Conn(server.url)
+    with repo.only()._run_lock:  # the engine is busy for 2 read timeouts: answers come late, and still come
+        slow.send(raw_post(INFER, body, headers) + raw_post(INFER, body, headers))  # the second one pipelined
+        chunked.send(_chunked(body, headers))
+        time.sleep(1.0)
+    for c, answers in ((slow, 2), (chunked, 1)):
+        for _ in range(answers):
+            status, _, content = c.response()
+            assert status == 200, content
+        c.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{{}}".encode(),
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{{}}".encode(),
+        f"POST {INFER} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{{".encode(),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),  # a TLS hello on the plain port
+    ],
+)
+def test_malformed_http_is_a_json_400_and_the_connection_closes(server: ApiServer, raw: bytes) -> None:
+    c = Conn(server.url)
+    c.send(raw)
+    status, h, content = c.response()
+    assert (status, h["content-type"], h["connection"]) == (400, "application/json", "close")
+    assert "malformed HTTP/1.1 request" in orjson.loads(content)["error"]  # was text/plain, unlike every other error
+    assert c.closed()
+    c.close()
