@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
@@ -89,18 +90,24 @@ def _settled(page: Page) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('.chart-group')].every(g => g.dataset.loaded)")
 
 
-def test_no_page_is_wider_than_the_screen(sized: tuple[BrowserContext, list[str]], dash: Dash) -> None:
-    ctx, errors = sized
+def _every_page(ctx: BrowserContext, dash: Dash, script: str) -> dict[str, Any]:
+    """`script` evaluated on the login page, then (logged in as a viewer) on every page of `dash`, by path."""
     page = ctx.new_page()
     page.goto(dash.url + "/login")
-    checked = {"/login": page.evaluate(_OVERFLOWING)}
+    found = {"/login": page.evaluate(script)}
     page.fill("#token", dash.tokens["viewer"])
     page.click("button[type=submit]")
     page.wait_for_url(dash.url + "/")
     for path in _pages(dash):
         page.goto(dash.url + path)
         _settled(page)
-        checked[path] = page.evaluate(_OVERFLOWING)
+        found[path] = page.evaluate(script)
+    return found
+
+
+def test_no_page_is_wider_than_the_screen(sized: tuple[BrowserContext, list[str]], dash: Dash) -> None:
+    ctx, errors = sized
+    checked = _every_page(ctx, dash, _OVERFLOWING)
     too_wide = {p: m for p, m in checked.items() if m["scroll"] > m["client"] or m["offenders"]}
     assert not too_wide, too_wide
     # nothing fails in the browser: no script error, no missing resource (a favicon included); the two
@@ -155,16 +162,7 @@ def test_text_is_readable_against_its_background(sized: tuple[BrowserContext, li
     """Every piece of text on every page reaches WCAG AA contrast (muted text on the page's grey, the green
     of "in sync" and "pass", the red of an error on a highlighted row were below it)."""
     ctx, _errors = sized
-    page = ctx.new_page()
-    page.goto(dash.url + "/login")
-    low = {"/login": page.evaluate(_LOW_CONTRAST)}
-    page.fill("#token", dash.tokens["viewer"])
-    page.click("button[type=submit]")
-    page.wait_for_url(dash.url + "/")
-    for path in _pages(dash):
-        page.goto(dash.url + path)
-        _settled(page)
-        low[path] = page.evaluate(_LOW_CONTRAST)
+    low = _every_page(ctx, dash, _LOW_CONTRAST)
     assert not {p: found for p, found in low.items() if found}, low
 
 
