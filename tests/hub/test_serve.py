@@ -100,8 +100,10 @@ def test_serve_on_postgresql_keeps_its_store_in_the_database(
             dev.publish(Topics(topic_prefix).telemetry("cam-1"), encode(w))
 
         def stored() -> Any:
+            # one answer reads the per-minute series, then the sequence numbers: a commit between the two reads
+            # shows the windows in `seq` and not yet in `summary`, so wait for both
             body = hub.get("/api/v1/telemetry/devices/cam-1")
-            return body["seq"]["count"] == 3 and body
+            return body["seq"]["count"] == 3 and body["summary"]["windows"] == 3 and body
 
         body = wait_for(stored, timeout=30)
         assert body["summary"]["requests"] == 15
