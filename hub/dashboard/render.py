@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,28 @@ def tojson_compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def detail(value: Any) -> str:
+    """An event detail as text: a string as is, a mapping as `a=1,b=2`, a gate result as `name status: why`
+    (a list of them joined by `; `), anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        if "name" in value and "status" in value:
+            return f"{value['name']} {value['status']}: {value.get('detail', '')}"
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        return "; ".join(detail(v) for v in value)
+    return tojson_compact(value)
+
+
 def environment() -> Environment:
     """The template environment."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), undefined=ChainableUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )  # fmt: skip
-    env.filters.update(ago=ago, until=until, utc=utc, hms=hms, size=size, num=num, pct=pct, qs=qs, j=tojson_compact)
+    env.filters.update(
+        ago=ago, until=until, utc=utc, hms=hms, size=size, num=num, pct=pct, qs=qs, j=tojson_compact, detail=detail
+    )
     env.globals.update(bar=bar)
     return env

@@ -16,8 +16,9 @@ from fastapi.responses import RedirectResponse, Response
 from hub.credentials import Role
 from hub.dashboard import session
 from hub.errors import HubError, InvalidInput, Unauthorized
-from hub.rollouts.model import RolloutState, WavePhase
-from hub.rollouts.views import RolloutStatus, RolloutSummary, status_view, summary_view
+from hub.rollouts.gates import JUDGED_IN
+from hub.rollouts.model import GateResult, RolloutState, WavePhase
+from hub.rollouts.views import RolloutStatus, RolloutSummary, WaveStatus, status_view, summary_view
 from hub.views.schemas import View
 
 if TYPE_CHECKING:
@@ -77,7 +78,22 @@ class RolloutRow(RolloutStatus):
     confirm: dict[str, str] = {}
     waiting: Waiting | None = None
 
+    def wave_label(self, w: WaveStatus) -> str:
+        """What a wave's badge says: its phase; `not run (...)` for a wave this rollout stopped short of (it
+        was aborted or rolls back), `empty` for a wave without devices (the controller passes it at once)."""
+        if w.phase is WavePhase.PENDING and self.state in _STOPPED:
+            return f"not run ({self.state.replace('_', ' ')})"
+        if w.devices == 0 and w.phase in (WavePhase.PENDING, WavePhase.PASSED):
+            return "empty"
+        return w.phase.replace("_", " ")
 
+    @staticmethod
+    def gate_phase(g: GateResult) -> str:
+        """The wave phase a gate was evaluated in (the record names only the part of the wave it judged)."""
+        return JUDGED_IN.get((g.name, g.phase), g.phase).replace("_", " ")
+
+
+_STOPPED = (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK, RolloutState.ABORTED)  # later waves never start
 _BACK = "their previous version"
 
 
@@ -86,8 +102,15 @@ def _target(model: str, version: str, state: RolloutState) -> str:
     return _BACK if rolling else f"{model}:{version}"
 
 
-def _devices(n: int) -> str:
-    return f"{n} device{'' if n == 1 else 's'}"
+def _agree(n: int, verb: str) -> str:
+    """A verb (given in its plural form) agreeing with `n` devices: `keep` -> `keeps` for 1."""
+    return verb if n != 1 else verb + ("es" if verb.endswith(("sh", "ch", "s", "x")) else "s")
+
+
+def _devices(n: int, verb: str = "") -> str:
+    """`1 device`, `3 devices`; with a verb, that verb agreeing after it: `1 device keeps`, `3 devices keep`."""
+    noun = f"{n} device{'' if n == 1 else 's'}"
+    return f"{noun} {_agree(n, verb)}" if verb else noun
 
 
 def confirmations(st: RolloutStatus) -> dict[str, str]:
@@ -95,9 +118,9 @@ def confirmations(st: RolloutStatus) -> dict[str, str]:
     back = ", ".join(f"{ref} to {_devices(n)}" for ref, n in st.rollback_to.items()) or "nothing to re-sign"
     ref = f"{st.model}:{st.version}"
     return {
-        "abort": f"Abort {st.id}? It stops where it stands and signs nothing: {_devices(st.totals.active)} keep "
-        f"{ref}, {_devices(st.totals.updating)} finish what they were sent, {_devices(st.totals.pending)} in later "
-        "waves never get it.",
+        "abort": f"Abort {st.id}? It stops where it stands and signs nothing: {_devices(st.totals.active, 'keep')} "
+        f"{ref}, {_devices(st.totals.updating, 'finish')} the update already sent, {_devices(st.totals.pending)} "
+        f"in later waves never {_agree(st.totals.pending, 'get')} it.",
         "rollback": f"Roll back {st.id}? The version each device ran before is signed again for "
         f"{_devices(st.changed_devices)} ({back}).",
     }

@@ -12,9 +12,21 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from fleet.histogram import Histogram, merge_all
-from hub.rollouts.model import GateResult, GateSpec
+from hub.rollouts.model import GateResult, GateSpec, WavePhase
 
 Phase = Literal["shadow", "activation"]
+
+# The wave phase each gate is evaluated in, by gate name and the part of the wave it judged (`GateResult.phase`):
+# activation and availability when the phase's devices have updated, the others once its bake is over.
+JUDGED_IN: dict[tuple[str, Phase], WavePhase] = {
+    ("activation", "shadow"): WavePhase.SHADOW_LOADING,
+    ("availability", "shadow"): WavePhase.SHADOW_LOADING,
+    ("shadow_agreement", "shadow"): WavePhase.SHADOW_BAKING,
+    ("activation", "activation"): WavePhase.ACTIVATING,
+    ("availability", "activation"): WavePhase.ACTIVATING,
+    ("error_rate", "activation"): WavePhase.BAKING,
+    ("p95_latency", "activation"): WavePhase.BAKING,
+}
 
 
 @dataclass(frozen=True)

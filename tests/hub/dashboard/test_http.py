@@ -6,6 +6,7 @@ import html
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -380,20 +381,37 @@ def test_the_device_table_says_why_a_device_failed(dash: Dash) -> None:
     assert "golden_mismatch: golden check failed" in text
 
 
-def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub, samples: Path) -> None:
-    """A wave whose devices have not updated names them with their state, and says until when it waits
-    before offline ones are set aside."""
-    devices = {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}  # enrolled, never connected: offline
-    _deploy(running_hub, samples, "1.0.0", devices, "site=a")
+def _start_rollout(h: RunningHub, samples: Path, devices: int, until: str, **spec: Any) -> dict[str, Any]:
+    """A rollout of mobilenet-like 1.0.0 -> 1.1.0 over `devices` enrolled devices that never connected (offline),
+    once its state or its wave's phase is `until`; its status as the API answers it."""
+    _deploy(h, samples, "1.0.0", {f"cam-{i}": {"site": "a"} for i in range(1, devices + 1)}, "site=a")
     desc = ModelDescriptor.load(samples / "mobilenet-like.yaml").to_json() | {"version": "1.1.0"}
-    assert running_hub.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
-    body = {"model": "mobilenet-like", "version": "1.1.0", "selector": "site=a", "waves": ["100%"],
-            "offline_timeout_s": 3600}  # fmt: skip
-    with running_hub.client() as c:
+    assert h.push_model(samples / "mobilenet-like.onnx", desc).status_code == 201
+    with h.client() as c:
+        body = {"model": "mobilenet-like", "version": "1.1.0", "selector": "site=a"} | spec
         r = c.post("/api/v1/rollouts", json=body)
         r.raise_for_status()
         path = f"/api/v1/rollouts/{r.json()['id']}"
-        rollout = wait_for(lambda: (st := c.get(path).json())["wave_phase"] == "activating" and st or None)
+        return wait_for(lambda: until in ((st := c.get(path).json())["state"], st["wave_phase"]) and st or None, 30)
+
+
+def _badges(page: str) -> list[str]:
+    """What each wave card's phase badge says, in order."""
+    return re.findall(r'<section class="card wave-card.*?<span class="badge [^"]*">([^<]*)</span>', page, re.S)
+
+
+def _cells(page: str, column: str) -> dict[str, list[str]]:
+    """The `column` cell of each gate row, by gate name (one per evaluation)."""
+    out: dict[str, list[str]] = {}
+    for gate, row in re.findall(r'<tr class="gate-[a-z_]+-row" data-gate="([a-z_0-9]+)"(.*?)</tr>', page, re.S):
+        out.setdefault(gate, []).extend(re.findall(rf'data-label="{column}">(.*?)</td>', row, re.S))
+    return out
+
+
+def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub, samples: Path) -> None:
+    """A wave whose devices have not updated names them with their state, and says until when it waits
+    before offline ones are set aside."""
+    rollout = _start_rollout(running_hub, samples, 2, "activating", waves=["100%"], offline_timeout_s=3600)
     with _fresh(running_hub).client("admin") as c:
         page = c.get(f"/rollouts/{rollout['id']}").text
     assert 'data-waiting="2"' in page
@@ -403,3 +421,42 @@ def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub
     until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(rollout["waves"][0]["started_at"] + 3600))
     assert f"Until {until} (in " in waiting
     assert "offline ones are set aside" in waiting
+
+
+def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, samples: Path) -> None:
+    """After an abort, the waves it never started read "not run (aborted)", not "pending" as if they would still
+    run; abort's question agrees with its counts ("1 device in later waves never gets it")."""
+    rollout = _start_rollout(running_hub, samples, 2, "activating", waves=["1", "100%"], offline_timeout_s=3600)
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get(f"/rollouts/{rollout['id']}").text
+        asked = html.unescape(" ".join(re.findall(r'data-action="abort".*?hx-confirm="([^"]*)"', page, re.S)))
+        assert "1 device in later waves never gets it." in asked, asked
+        assert _badges(page) == ["activating", "pending"]
+        with running_hub.client() as api:
+            api.post(f"/api/v1/rollouts/{rollout['id']}/abort").raise_for_status()
+        assert _badges(c.get(f"/rollouts/{rollout['id']}").text) == ["activating", "not run (aborted)"]
+
+
+def test_a_failed_canary_of_one_device(running_hub: RunningHub, samples: Path) -> None:
+    """A rollout of one device: the waves after the canary hold no device (the controller passes them at once)
+    and say "empty"; the gate table names the phase each gate was evaluated in; the overview's event list says
+    which gate failed and why in words, not as JSON."""
+    rollout = _start_rollout(running_hub, samples, 1, "paused", offline_timeout_s=0.5)  # waves 1,10%,50%,100%
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get(f"/rollouts/{rollout['id']}").text
+        overview = c.get("/").text
+    assert _badges(page) == ["failed", "empty", "empty", "empty"]
+    assert _cells(page, "Phase") == {"activation": ["activating"], "availability": ["activating"]}
+    row = next(r for r in overview.split("<tr") if "rollout.gate_failed" in r)
+    text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row[row.index("<td") :])))
+    assert "gates=availability fail: 0 of 1 device(s) ready; 1 offline set aside" in text, text
+    assert "{" not in html.unescape(row), row  # neither in the text nor in its tooltip
+
+
+def test_gates_name_the_phase_they_were_evaluated_in(dash: Dash) -> None:
+    """Error rate and p95 are judged after the bake, not while the wave activates."""
+    with dash.client("viewer") as c:
+        page = c.get(f"/rollouts/{dash.rollouts[0]}").text
+    phases = {gate: set(cells) for gate, cells in _cells(page, "Phase").items()}
+    assert phases == {"activation": {"activating"}, "availability": {"activating"}, "error_rate": {"baking"},
+                      "p95_latency": {"baking"}}  # fmt: skip
