@@ -132,7 +132,9 @@ def test_overview_updates_live_without_reload(page: Page, dash: Dash) -> None:
     dev = dash.fleet.by_state["online"][0]
     now = time.time()
     dash.hub.hub.store.enqueue_status(DeviceStatus(device_id=dev, state="offline", ts=now), now)
-    expect(page.locator("[data-count=offline]")).to_have_text(str(before + 1))
+    # 0.35-0.6 s here, with the layout checks' browser beside it; CI twice saw more than playwright's default 5 s
+    # on a loaded 2-core VM. 15 s, half the 30 s state tick that would refresh the page anyway.
+    expect(page.locator("[data-count=offline]")).to_have_text(str(before + 1), timeout=15_000)
     assert page.evaluate("() => window.__marker") == 1
     dash.fleet.by_state["online"].remove(dev)
     dash.fleet.by_state["offline"].append(dev)
