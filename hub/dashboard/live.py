@@ -1,9 +1,6 @@
 """Live updates: a server-sent event stream that says `update` whenever the fleet changed.
 
 The browser (static/app.js) answers an `update` by re-fetching the fragments and chart data on the page.
-A page says, in its stream's URL (`/live?since=STAMP`), what the fleet looked like before the page read it;
-a stream that finds the fleet changed since then says `update` at once: a change made between the page's
-render and the stream's start (or while the browser reconnected) is shown, not left for the next one.
 A stream ends after `live_max_stream_s` (the browser reconnects) so no worker is held forever, and at once
 when the server is stopping (`app.state.stopping`, set by `hub.api.server`), so an open dashboard never holds
 a shutdown up. It sends a `ping` every `_HEARTBEAT_S`: proxies keep it open, and the browser tells a
@@ -13,7 +10,6 @@ silent, dead hub from a quiet fleet (it shows a banner when neither arrives in t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,11 +34,6 @@ def fingerprint(hub: HubServices) -> tuple[object, ...]:
     return hub.views.fingerprint(_STATE_TICK_S)
 
 
-def stamp(fp: tuple[object, ...]) -> str:
-    """A fingerprint as the short text a page puts in its stream's URL (`/live?since=...`)."""
-    return hashlib.blake2b(repr(fp).encode(), digest_size=8).hexdigest()
-
-
 def live_router(hub: HubServices) -> APIRouter:
     """GET /live: the event stream of a logged-in browser."""
     r = APIRouter(include_in_schema=False)
@@ -55,8 +46,6 @@ def live_router(hub: HubServices) -> APIRouter:
         except Unauthorized:
             return Response("not logged in", status_code=401, media_type="text/plain")
 
-        since = request.query_params.get("since")  # the page's stamp: what it showed
-
         async def events() -> AsyncIterator[str]:
             # what the fleet looks like before the client reads a byte: a change made once the stream has
             # started is an update (taken after the first lines, a change in between was the baseline and went
@@ -64,8 +53,6 @@ def live_router(hub: HubServices) -> APIRouter:
             last = await run_in_threadpool(fingerprint, hub)
             yield f"retry: {int(settings.live_interval_s * 1000) + 1000}\n\n"
             yield f"event: ping\ndata: {json.dumps({'ts': time.time()})}\n\n"
-            if since is not None and since != stamp(last):
-                yield f"event: update\ndata: {json.dumps({'ts': time.time()})}\n\n"  # changed since the page read
             deadline = time.monotonic() + settings.live_max_stream_s
             quiet_since = time.monotonic()
             stopping: Callable[[], bool] = getattr(request.app.state, "stopping", lambda: False)
