@@ -3,7 +3,7 @@
 `step(rollout, fleet, telemetry, now)` returns the next record, the desired state every device of the
 rollout should have (level-triggered: the engine publishes only those not already stored), and the events
 to log. `command(...)` applies pause, resume, abort and rollback. `new_rollout(...)` places the targets in
-waves. The engine persists each new record before it acts on it.
+waves (online devices first). The engine persists each new record before it acts on it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def new_rollout(
             "rollout per model at a time (rollouts of other models may run on it at once)"
         )
     sizes = parse_waves(spec.waves)
-    placed = assign(rollout_id, matching, sizes)
+    # devices that are online now fill the first waves, so the canary can take the update; stored here, a
+    # device's wave never moves afterwards (a device that goes offline later is set aside by the offline timeout)
+    placed = assign(rollout_id, matching, sizes, online={d for d in matching if fleet[d].online})
     waves = [Wave(index=i, size=s.text) for i, s in enumerate(sizes)]
     devices = {d: _entry(fleet[d], placed[d], now) for d in matching}
     return Rollout(
@@ -303,6 +305,11 @@ def _advance(
     return r
 
 
+def _proven(r: Rollout, w: Wave) -> bool:
+    """An earlier wave of the rollout passed its availability gate: some device took the candidate and was judged."""
+    return any(g.name == "availability" and g.status == "pass" for x in r.waves[: w.index] for g in x.gates)
+
+
 def _settle(
     r: Rollout, w: Wave, members: list[str], *, fleet: Mapping[str, DeviceView], now: float, events: list[Event]
 ) -> Rollout:
@@ -327,13 +334,18 @@ def _settle(
     stuck = sorted(d for d in waiting if judged[d] != "offline")  # online but not updated in time: failures
     gates = [
         activation_gate(phase_name, failed + stuck, ready=ready, total=len(judged), spec=spec.gates, now=now),
-        availability_gate(phase_name, ready=ready, offline=offline, total=len(judged), now=now),
+        availability_gate(phase_name, ready=ready, offline=offline, total=len(judged), now=now, proven=_proven(r, w)),
     ]
     w = w.model_copy(update={"gates": [*w.gates, *gates], "set_aside": offline + stuck})
     if not all(g.passed for g in gates):
         return _fail(r, w, w.phase, gates, now=now, events=events)
     events.append(("rollout.wave_settled", {"wave": w.index + 1, "phase": phase_name, "ready": ready,
                                              "offline": offline, "timed_out": timed_out}))  # fmt: skip
+    if ready == 0:  # all offline, set aside, after earlier waves judged the candidate: nothing to bake or measure
+        if shadow:
+            upd = {"phase": WavePhase.ACTIVATING, "started_at": now, "set_aside": []}
+            return _with_wave(r, w.model_copy(update=upd))
+        return _next(r, w, now, events)
     nxt = WavePhase.SHADOW_BAKING if shadow else WavePhase.BAKING
     upd = {"phase": nxt, "settled_at": now, "bake_until": now + spec.bake_s}
     return _with_wave(r, w.model_copy(update=upd))

@@ -72,14 +72,21 @@ def activation_gate(
     )  # fmt: skip
 
 
-def availability_gate(phase: Phase, *, ready: int, offline: Sequence[str], total: int, now: float) -> GateResult:
-    """Fail when no device of the wave got ready before the offline timeout (nothing to judge)."""
-    ok = ready > 0
+def availability_gate(
+    phase: Phase, *, ready: int, offline: Sequence[str], total: int, now: float, proven: bool = False
+) -> GateResult:
+    """Fail when no device of the wave got ready before the offline timeout (nothing to judge), unless an earlier
+    wave of the rollout was judged on ready devices (`proven`) and every device of this one is offline: waves are
+    formed online devices first, so the last ones may hold only devices that were offline at the start; they
+    take the candidate when they come back, and there is nothing left to judge that earlier waves did not."""
+    ok = ready > 0 or (proven and len(offline) == total > 0)
+    detail = f"{ready} of {total} device(s) ready; {len(offline)} offline set aside"
+    if ready == 0 and ok:
+        detail += " (the candidate passed earlier waves)"
     return GateResult(
         name="availability", phase=phase, status="pass" if ok else "fail", value=float(ready), threshold=1.0,
         measured={"ready": ready, "offline": len(offline), "devices": total, "offline_devices": list(offline)[:20]},
-        detail=f"{ready} of {total} device(s) ready; {len(offline)} offline set aside",
-        at=now,
+        detail=detail, at=now,
     )  # fmt: skip
 
 

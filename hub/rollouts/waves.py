@@ -1,17 +1,19 @@
 """Wave sizes and membership: deterministic, stable, canary first.
 
 A wave list such as `1,10%,50%,100%` gives cumulative sizes: wave 0 (the canary) holds 1 device, waves 0-1
-together hold 10 % of the targets (rounded up), and so on; the last size must be 100%. Devices are ranked by
-`sha256(rollout_id + "/" + device_id)`, so membership depends only on the rollout id and the device ids: the
-same for any order of the input, different between rollouts (a canary is not always the same device), and
-unchanged for devices already placed when others are added or removed.
+together hold 10 % of the targets (rounded up), and so on; the last size must be 100%. Devices are ranked
+online first, then by `sha256(rollout_id + "/" + device_id)`, so membership depends only on the rollout id, the
+device ids and which of them were online when the rollout started: the same for any order of the input,
+different between rollouts (a canary is not always the same device), and unchanged for devices already placed
+when others are added or removed. Ranking online devices first makes the early waves (the canary above all) of
+devices that can take the update now; offline ones fill the last waves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -78,12 +80,19 @@ def rank_key(rollout_id: str, device_id: str) -> str:
     return hashlib.sha256(f"{rollout_id}/{device_id}".encode()).hexdigest()
 
 
-def assign(rollout_id: str, device_ids: Iterable[str], sizes: Sequence[WaveSize]) -> dict[str, int]:
-    """Place each device in a wave: ranked by hash, the first `cumulative(0)` in wave 0, and so on.
+def assign(
+    rollout_id: str, device_ids: Iterable[str], sizes: Sequence[WaveSize], *, online: Collection[str] | None = None
+) -> dict[str, int]:
+    """Place each device in a wave: ranked, the first `cumulative(0)` in wave 0, and so on.
+
+    Args:
+        online: the devices that can take an update now; they rank before the others, and the hash orders
+            devices among equals. None (or no device online, or all of them): by hash alone.
 
     Waves may come out empty when sizes round to the same count (3 devices, `1,10%`: 10 % is 1 device).
     """
-    ranked = sorted(set(device_ids), key=lambda d: rank_key(rollout_id, d))
+    up = frozenset(online or ())
+    ranked = sorted(set(device_ids), key=lambda d: (d not in up, rank_key(rollout_id, d)))
     total = len(ranked)
     out: dict[str, int] = {}
     start = 0

@@ -5,6 +5,7 @@
   profile of simulated agents, and a really heavier model on real agents);
 - a version whose outputs disagree fails the shadow gate before any device activates it;
 - shadow agreement is the candidate's own when versions differ in input size and normalisation;
+- the canary is a device that is online when most targets are offline;
 - the hub stopped mid-wave and started again on the same data dir finishes the rollout, and no device
   receives a second desired state for a step it already had.
 """
@@ -164,6 +165,31 @@ def test_a_disagreeing_version_fails_the_shadow_gate_before_any_device_activates
         windows = f.hub.hub.store.telemetry_windows(device, since=None, until=None, limit=10_000)
         assert all(w.model_version != "2.1.0" for w in windows)
     assert f.traffic_errors == []  # the active model stayed reachable: the samples came from its traffic
+
+
+def test_the_canary_is_an_online_device_when_most_targets_are_offline(fleet: Fleet, cls_models: Models) -> None:
+    """30 targets enrolled and never connected, 2 simulated agents online: by hash alone the canary would be
+    offline 30 times in 32 (a wave waiting out the offline timeout, then failing availability); it is online."""
+    f = fleet
+    f.push(cls_models, "1.0.0", "2.0.0")
+    offline = [f"cam-away-{i:02d}" for i in range(30)]
+    f.api("POST", "/api/v1/devices/batch", json={"devices": [{"id": d, "labels": {"fleet": "mixed"}} for d in offline]})
+    online = f.sims(2, {"fleet": "mixed"})
+    f.deploy("1.0.0", "fleet=mixed")
+    wait_for(lambda: {d: v for d, v in f.active_versions("fleet=mixed").items() if d in online}
+             == dict.fromkeys(online, "1.0.0"), timeout=60)  # fmt: skip
+
+    rid = _start(f, "2.0.0", "fleet=mixed", waves=["1", "2", "100%"], offline_timeout_s=3)
+    status = f.wait_rollout(rid, lambda s: s["state"] != "running")
+    assert status["state"] == "completed", status["reason"]
+    detail = f.api("GET", f"/api/v1/rollouts/{rid}", params={"devices": True})
+    canary, second, rest = (w["device_states"] for w in detail["waves"])
+    assert list(canary) in ([online[0]], [online[1]]) and list(second) == [d for d in online if d not in canary]
+    assert set(canary.values()) == {"active"} and all(g["status"] != "fail" for g in detail["waves"][0]["gates"])
+    # the offline ones make the last wave: set aside at the timeout, after the first two judged the candidate
+    assert sorted(rest) == offline and set(rest.values()) == {"offline"}
+    assert detail["waves"][2]["set_aside"] == offline
+    assert all(v == "2.0.0" for d, v in f.active_versions("fleet=mixed").items() if d in online)
 
 
 def test_the_hub_restarted_mid_wave_finishes_and_sends_no_step_twice(fleet: Fleet, cls_models: Models) -> None:

@@ -9,6 +9,7 @@ from hub.rollouts.cohort import DeviceView, classify
 from hub.rollouts.controller import command, new_rollout, step
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.model import Rollout, RolloutState, WavePhase
+from hub.rollouts.waves import rank_key
 from tests.hub.rollouts.world import OLD, Profile, World, spec
 
 NEW = ("cls", "2.0.0")
@@ -177,6 +178,77 @@ def test_offline_devices_are_set_aside_after_the_timeout_and_never_hold_a_wave()
     w.offline.clear()
     w.follow()
     assert w.fleet[victim].active == NEW
+
+
+def _by_hash(w: World, rid: str = "r-0001") -> list[str]:
+    return sorted(w.fleet, key=lambda d: rank_key(rid, d))
+
+
+def _offline(w: World, *devices: str) -> None:
+    w.offline |= set(devices)
+    w.follow()  # the hub sees them offline before the rollout starts
+
+
+def test_the_canary_is_an_online_device_when_the_hash_first_one_is_offline() -> None:
+    w = World(20)
+    ranked = _by_hash(w)
+    _offline(w, *ranked[:3])  # the hash would have made the first of them the canary, the next the 10 % wave
+    r = start(w, waves=["1", "10%", "50%", "100%"], offline_timeout_s=30)
+    assert [len(r.members(i)) for i in range(4)] == [1, 1, 8, 10]  # sizes as configured
+    assert r.members(0) == [ranked[3]] and r.members(1) == [ranked[4]]  # online ones, in hash order
+    assert set(ranked[:3]) <= set(r.members(3))  # offline ones fill the last wave
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED, r.reason
+    assert [wave.set_aside for wave in r.waves] == [[], [], [], sorted(ranked[:3])]
+    assert w.fleet[ranked[3]].active == NEW
+
+
+def test_with_every_device_offline_the_waves_are_as_by_hash_alone() -> None:
+    w = World(20)
+    placed = {d: e.wave for d, e in start(w).devices.items()}
+    _offline(w, *w.fleet)
+    assert {d: e.wave for d, e in start(w).devices.items()} == placed
+    assert start(w).members(0) == _by_hash(w)[:1]
+
+
+def test_waves_are_reproducible_and_never_move_when_devices_come_and_go() -> None:
+    w = World(20)
+    ranked = _by_hash(w)
+    _offline(w, ranked[0])
+    r = start(w, waves=["1", "10%", "50%", "100%"], offline_timeout_s=30)
+    shuffled = World(0)
+    shuffled.fleet = dict(reversed(list(w.fleet.items())))
+    assert start(shuffled).devices == r.devices  # the same fleet in another order: the same waves
+    placed = {d: e.wave for d, e in r.devices.items()}
+    w.offline = {r.members(0)[0], *r.members(2)[:2]}  # the canary drops out; the hash-first one comes back
+    for _ in range(300):
+        r = w.tick(r).rollout
+        assert {d: e.wave for d, e in r.devices.items()} == placed
+        if r.state is not RolloutState.RUNNING:
+            break
+    assert r.state is RolloutState.PAUSED and "availability" in (r.reason or "")  # the canary was not replaced
+
+
+@pytest.mark.parametrize("shadow", [False, True])
+def test_last_waves_of_devices_offline_since_the_start_do_not_fail_a_rollout_earlier_waves_proved(
+    shadow: bool,
+) -> None:
+    w = World(20)
+    away = _by_hash(w)[8:]  # 12 devices: the whole last wave (10) and two of the third
+    _offline(w, *away)
+    r = start(w, waves=["1", "10%", "50%", "100%"], offline_timeout_s=10, on_failure="rollback",
+              shadow_rate=0.5 if shadow else None)  # fmt: skip
+    r = w.run(r)
+    assert r.state is RolloutState.COMPLETED, r.reason
+    assert set(r.members(3)) <= set(away) and r.waves[3].set_aside == r.members(3)
+    avail = [g for g in r.waves[3].gates if g.name == "availability"]
+    assert [g.status for g in avail] == ["pass"] * (2 if shadow else 1)
+    assert "0 of 10 device(s) ready; 10 offline set aside (the candidate passed earlier waves)" in avail[-1].detail
+    assert not any(g.name in ("error_rate", "p95_latency", "shadow_agreement") for g in r.waves[3].gates)
+    # they take the candidate when they come back
+    w.offline.clear()
+    w.follow()
+    assert all(w.fleet[d].active == NEW for d in away)
 
 
 def test_a_wave_with_every_device_offline_pauses_with_the_reason() -> None:

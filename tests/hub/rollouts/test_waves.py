@@ -45,20 +45,51 @@ def test_relative_order_never_depends_on_other_devices(a: list[str], b: list[str
     assert [d for d in both if d in set(a)] == only_a
 
 
+@given(ids, st.data(), rollout_ids)
+def test_online_devices_fill_the_first_waves_in_hash_order(devices: list[str], data: st.DataObject, rid: str) -> None:
+    online = set(data.draw(st.lists(st.sampled_from(devices), unique=True))) if devices else set()
+    placed = assign(rid, devices, WAVES, online=online)
+    # the sizes are those of the waves without the preference
+    assert sorted(placed.values()) == sorted(assign(rid, devices, WAVES).values())
+    # every online device is in a wave no later than any offline one
+    if online and set(devices) - online:
+        assert max(placed[d] for d in online) <= min(placed[d] for d in set(devices) - online)
+    # among equals the hash decides: each group, in wave order, is in rank order
+    for group in (online, set(devices) - online):
+        by_wave = sorted(group, key=lambda d: (placed[d], rank_key(rid, d)))
+        assert by_wave == sorted(group, key=lambda d: rank_key(rid, d))
+    # nobody online, or everybody: the same as by hash alone
+    assert assign(rid, devices, WAVES, online=set()) == assign(rid, devices, WAVES, online=set(devices))
+    assert assign(rid, devices, WAVES, online=set()) == assign(rid, devices, WAVES)
+
+
 @settings(max_examples=examples(40), deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "tick"]), st.integers(0, 30)), max_size=30))
-def test_a_placed_device_never_changes_wave_while_others_join_and_leave(ops: list[tuple[str, int]]) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(["join", "leave", "offline", "online", "tick"]), st.integers(0, 30)),
+             max_size=30),
+    st.sets(st.integers(0, 11)),
+)  # fmt: skip
+def test_a_placed_device_never_changes_wave_while_others_join_leave_or_go_offline(
+    ops: list[tuple[str, int]], down: set[int]
+) -> None:
     w = World(12)
     from hub.rollouts.controller import new_rollout  # noqa: PLC0415
 
+    for i in down:  # offline when the rollout starts
+        w.offline.add(f"d{i:02d}")
+    w.follow()
     r = new_rollout("r-abcd", spec(waves=["1", "25%", "100%"]), w.fleet, claimed={}, actor="t", now=w.now)
     placed = {d: e.wave for d, e in r.devices.items()}
     for op, k in ops:
-        name = f"x{k:02d}"
+        name = f"x{k:02d}" if op in ("join", "leave") else f"d{k % 12:02d}"
         if op == "join":
             w.add(name)
         elif op == "leave" and name in w.fleet:
             w.add(name, labels={"site": "gone"})
+        elif op == "offline":
+            w.offline.add(name)
+        elif op == "online":
+            w.offline.discard(name)
         r = w.tick(r).rollout
         for d, e in r.devices.items():
             assert placed.setdefault(d, e.wave) == e.wave
