@@ -166,12 +166,7 @@ def fleet_router(hub: HubServices) -> APIRouter:
     ) -> DeviceTelemetry:
         devices.get(device_id)
         since, until = _range(since, until)
-        points = hub.telemetry.series(device_id=device_id, since=since, until=until)
-        return DeviceTelemetry(
-            device_id=device_id, summary=summarise(points),
-            seq=views.seq(device_id, since=since, until=until), series=[minute_of(p) for p in points],
-            windows=views.windows(device_id, since=since, until=until, limit=limit) if raw else None,
-        )  # fmt: skip
+        return views.device_telemetry(device_id, since=since, until=until, limit=limit if raw else None)
 
     @r.get(
         "/telemetry/models/{name}/{version}",

@@ -10,6 +10,7 @@ from hub.store.base import (
     DesiredSlot,
     DesiredSummary,
     Device,
+    DeviceTelemetryRead,
     Event,
     Fence,
     IngestStats,
@@ -48,7 +49,7 @@ def open_store(
 
 
 __all__ = [
-    "Database", "Desired", "DesiredSlot", "DesiredSummary", "Device", "Event", "Fence", "IngestStats",
-    "ModelVersion", "SeqStats", "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals", "Token",
-    "open_store",
+    "Database", "Desired", "DesiredSlot", "DesiredSummary", "Device", "DeviceTelemetryRead", "Event", "Fence",
+    "IngestStats", "ModelVersion", "SeqStats", "SqlStore", "Store", "StoredWindow", "TelemetryPoint", "TelemetryTotals",
+    "Token", "open_store",
 ]  # fmt: skip

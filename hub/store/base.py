@@ -172,6 +172,15 @@ class SeqStats:
 
 
 @dataclass(frozen=True)
+class DeviceTelemetryRead:
+    """A device's per-minute series, sequence numbers and (when asked for) raw windows, read in one snapshot."""
+
+    series: list[TelemetryPoint]
+    seq: SeqStats
+    windows: list[StoredWindow] | None
+
+
+@dataclass(frozen=True)
 class TelemetryTotals:
     """Raw windows of a set of devices over a time range, summed per model version and shadow candidate."""
 
@@ -297,6 +306,9 @@ class Store(Protocol):
         until: float | None = None,
     ) -> list[TelemetryPoint]: ...
     def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats: ...
+    def device_telemetry(
+        self, device_id: str, *, since: float | None, until: float | None, limit: int | None
+    ) -> DeviceTelemetryRead: ...
     def telemetry_totals(
         self, device_ids: Sequence[str], *, since: float, until: float, model: str | None = None
     ) -> list[TelemetryTotals]: ...

@@ -3,8 +3,8 @@
 `Database` names where the store lives (a URL: `sqlite:///path/hub.db` or `postgresql://user@host/db`) and is
 small and picklable, so the telemetry writer process opens its own connection with the same settings as the
 store's writer. `Conn` is the thin common surface the store's SQL runs on: `?` placeholders (rewritten for
-psycopg), explicit transactions (`begin` takes SQLite's write lock at once, as `BEGIN IMMEDIATE`), the
-backend's error types, and a few SQL fragments that differ between the two (`Dialect`).
+psycopg), explicit transactions (`begin` takes SQLite's write lock at once, as `BEGIN IMMEDIATE`; `snapshot` is a
+consistent read), the backend's error types, and a few SQL fragments that differ between the two (`Dialect`).
 """
 
 from __future__ import annotations
@@ -311,6 +311,24 @@ class Conn:
     def commit(self) -> None:
         self._in_begin = False
         self.raw.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Conn]:
+        """A read transaction: every statement inside sees the database as of the first one, so reads that
+        belong together (a series and the counts beside it) never straddle another writer's commit.
+
+        SQLite: a deferred `BEGIN` (in WAL mode the snapshot is taken at the first read and takes no lock that
+        holds up the writer); PostgreSQL: `REPEATABLE READ READ ONLY`. A reader whose server connection had
+        ended reconnects at the `BEGIN`, as any read does.
+        """
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if self.dialect.postgres else "BEGIN")
+        self._in_begin = True
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any; a broken connection is left for `broken` to report."""

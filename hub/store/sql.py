@@ -29,7 +29,16 @@ from hub.ratelimit import log_sampled
 from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
-from hub.store.base import Event, IngestStats, ModelVersion, SeqStats, StoredWindow, TelemetryPoint, Token
+from hub.store.base import (
+    DeviceTelemetryRead,
+    Event,
+    IngestStats,
+    ModelVersion,
+    SeqStats,
+    StoredWindow,
+    TelemetryPoint,
+    Token,
+)
 from hub.store.connection import Conn, Database, away_wait_s, to_json, write_in_parts
 from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
@@ -600,6 +609,20 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
 
     def telemetry_seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqStats:
         return tsql.seq_stats(self._read(), device_id, since=since, until=until)
+
+    def device_telemetry(
+        self, device_id: str, *, since: float | None, until: float | None, limit: int | None
+    ) -> DeviceTelemetryRead:
+        """Series, seq and (`limit` given) raw windows of one device in one snapshot: a telemetry commit never
+        falls between them, so `seq` counts exactly the windows the series sums."""
+        with self._read().snapshot() as c:
+            return DeviceTelemetryRead(
+                series=tsql.query_series(c, device_id=device_id, model=None, model_version=None, since=since,
+                                         until=until),
+                seq=tsql.seq_stats(c, device_id, since=since, until=until),
+                windows=None if limit is None else tsql.query_windows(c, device_id, since=since, until=until,
+                                                                       limit=limit),
+            )  # fmt: skip
 
     def sweep(self, *, raw_before: float, rollup_before: float, raw_max_rows: int) -> int:
         return self._write(

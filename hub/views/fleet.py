@@ -28,6 +28,7 @@ from hub.views.schemas import (
     DesiredView,
     DeviceDetail,
     DeviceSummary,
+    DeviceTelemetry,
     EventView,
     IngestCounters,
     ModelVersionDetail,
@@ -225,13 +226,19 @@ class FleetViews:
         ]
 
     # -- telemetry ------------------------------------------------------------------------------------
-    def seq(self, device_id: str, *, since: float | None, until: float | None) -> SeqView:
-        s = self.store.telemetry_seq(device_id, since=since, until=until)
-        return SeqView(first=s.first, last=s.last, count=s.count, missing=s.missing, spool_dropped=s.spool_dropped)
-
-    def windows(self, device_id: str, *, since: float | None, until: float | None, limit: int) -> list[WindowView]:
-        """A device's raw windows, newest first."""
-        return [_window_view(w) for w in self.store.telemetry_windows(device_id, since=since, until=until, limit=limit)]
+    def device_telemetry(
+        self, device_id: str, *, since: float | None, until: float | None, limit: int | None
+    ) -> DeviceTelemetry:
+        """A device's series, its summary and its sequence numbers, and (`limit` given) its raw windows, newest
+        first: all read in one snapshot of the store, so `seq` never counts a window the `summary` lacks."""
+        t = self.store.device_telemetry(device_id, since=since, until=until, limit=limit)
+        s = t.seq
+        return DeviceTelemetry(
+            device_id=device_id, summary=summarise(t.series),
+            seq=SeqView(first=s.first, last=s.last, count=s.count, missing=s.missing, spool_dropped=s.spool_dropped),
+            series=[minute_of(p) for p in t.series],
+            windows=None if t.windows is None else [_window_view(w) for w in t.windows],
+        )  # fmt: skip
 
     def utilization(self, device_id: str, *, since: float, limit: int) -> list[UtilizationPoint]:
         """CPU and GPU utilisation per window, oldest first."""

@@ -28,6 +28,8 @@ from hub.errors import Conflict, HubError, NotFound, NotInitialised
 from hub.rollouts.model import RolloutSpec
 from hub.runtime import Hub, init_hub
 from hub.settings import BrokerSettings, HubSettings
+from hub.store import Database
+from hub.store import telemetry as tsql
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker, free_port
 from tests.support.hub import RunningHub, hub_settings, start_hub
@@ -307,6 +309,46 @@ def test_telemetry_sent_while_the_hub_is_down_is_ingested_after_restart(
     wait_for(lambda: h.hub.store.ingest_stats().telemetry_persisted == 3)
     with h.client() as c:
         assert c.get("/api/v1/telemetry/devices/cam-1").json()["summary"]["requests"] == 6
+
+
+def test_a_device_telemetry_answer_is_one_snapshot_that_a_commit_between_its_reads_cannot_split(
+    database: Database, broker: Broker, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer reads the per-minute series, the sequence numbers and the raw windows: a telemetry commit that
+    falls between those reads (made to fall there, synchronously) is in none of them, or in all of them."""
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, database_url=database.url)
+    try:
+        with h.client() as c:
+            assert c.post("/api/v1/devices", json={"id": "cam-1"}).status_code == 201
+        store = h.hub.store
+        start = time.time() - 60
+
+        def window(seq: int) -> bytes:
+            return encode(one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1,
+                                           requests=5))  # fmt: skip
+
+        store.submit_telemetry("cam-1", window(0), time.time())
+        store.flush()
+        read_series = tsql.query_series
+        committed: list[int] = []
+
+        def series_then_a_commit(*args: Any, **kw: Any) -> Any:
+            points = read_series(*args, **kw)
+            if kw.get("device_id") == "cam-1" and not committed:
+                committed.append(1)
+                store.submit_telemetry("cam-1", window(1), time.time())
+                store.flush()  # the writer has committed window 1 before the answer reads on
+            return points
+
+        monkeypatch.setattr(tsql, "query_series", series_then_a_commit)
+        with h.client() as c:
+            body = c.get("/api/v1/telemetry/devices/cam-1", params={"raw": True}).json()
+            assert committed
+            assert body["summary"]["windows"] == body["seq"]["count"] == len(body["windows"]) == 1, body
+            body = c.get("/api/v1/telemetry/devices/cam-1", params={"raw": True}).json()  # the next answer has it
+            assert body["summary"]["windows"] == body["seq"]["count"] == len(body["windows"]) == 2, body
+    finally:
+        h.stop()
 
 
 def test_a_database_outage_loses_nothing_devices_send_and_the_api_answers_503_then_at_once(
