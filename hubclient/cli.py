@@ -28,7 +28,7 @@ from rich.table import Table
 from fleet.bundle import DeviceBundle
 from fleet.errors import FleetError
 from fleet.labels import parse_labels
-from hubclient.enrolment import MAX_BATCH, InvalidInput, from_pattern, read_csv
+from hubclient.enrolment import MAX_BATCH, CsvDevices, InvalidInput, from_pattern, read_csv
 from hubclient.errors import ClientError, HubApiError
 from hubclient.http import HubClient
 from hubclient.tables import Col, fit
@@ -335,14 +335,13 @@ def device_add(
             return
         out.print(f"device {device_id} enrolled; bootstrap bundle written to {path} (mode 0600, holds its password)")
         return
-    entries = _run(
-        lambda: read_csv(csv_file, labels) if csv_file is not None else from_pattern(pattern, start, count or 0, labels)
-    )
+    listed = _run(lambda: read_csv(csv_file, labels)) if csv_file is not None else None
+    entries = listed.entries if listed is not None else _run(lambda: from_pattern(pattern, start, count or 0, labels))
     folder = bundle_out or Path("bundles")
     _run(lambda: _bundle_destination(folder, folder=True))
     body = {"devices": [{"id": i, "labels": lb} for i, lb in entries]}
     with _client(url, token) as c:
-        res = _run(lambda: c.request("POST", "/api/v1/devices/batch", json=body))
+        res = _run(lambda: _enrol_batch(c, body, listed))
     bundles = [DeviceBundle.model_validate(raw) for raw in res["bundles"]]
     _run(lambda: _save_bundles([(b, folder / f"{b.device_id}.bundle.json") for b in bundles]))
     if as_json:
@@ -350,6 +349,16 @@ def device_add(
         return
     enrolled = _count(len(res["devices"]), "device")
     out.print(f"{enrolled} enrolled; bootstrap bundles written to {folder}/ (mode 0600 each)")
+
+
+def _enrol_batch(c: HubClient, body: dict[str, Any], listed: CsvDevices | None) -> Any:
+    """POST the batch; a refusal that names devices of a CSV file also names their lines in it."""
+    try:
+        return c.request("POST", "/api/v1/devices/batch", json=body)
+    except HubApiError as e:
+        if listed is None:
+            raise
+        raise HubApiError(e.status, e.code, listed.locate(e.message)) from None
 
 
 def _bundle_destination(path: Path, *, folder: bool) -> None:

@@ -7,10 +7,15 @@ Client-side parsing for `edgefleet device add --csv/--count`; the hub checks eve
 from __future__ import annotations
 
 import csv
+import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.bundle import MAX_ENROL_BATCH
+from fleet.errors import FleetError
+from fleet.ids import check_device_id
+from fleet.labels import check_labels
 from hubclient.errors import ClientError
 
 MAX_BATCH = MAX_ENROL_BATCH
@@ -26,14 +31,35 @@ class InvalidInput(ClientError):
 Entry = tuple[str, dict[str, str]]
 
 
-def read_csv(path: Path, labels: dict[str, str] | None = None) -> list[Entry]:
+_ID_TOKEN = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class CsvDevices:
+    """Devices read from a CSV file, with the line each came from: the hub's refusals name devices, and a
+    person fixes the file by line."""
+
+    path: Path
+    entries: list[Entry]
+    lines: dict[str, int]
+
+    def locate(self, message: str) -> str:
+        """`message` (the hub's refusal) with the file and line of each device of the file it names:
+        "already enrolled: cam-2 (fleet.csv:3)"."""
+        return _ID_TOKEN.sub(
+            lambda m: f"{m[0]} ({self.path}:{self.lines[m[0]]})" if m[0] in self.lines else m[0], message
+        )
+
+
+def read_csv(path: Path, labels: dict[str, str] | None = None) -> CsvDevices:
     """Devices from a CSV file with a header row: an `id` column; every other column is a label.
 
-    Empty cells set no label; `labels` are added to every device (a cell overrides them).
+    Empty cells set no label; `labels` are added to every device (a cell overrides them). Ids and labels are
+    checked as the hub checks them, so a bad row is named by its line before anything is sent.
 
     Raises:
         InvalidInput: the file is missing, too large, not UTF-8, has no `id` column or one named twice, an
-            empty id or too many rows.
+            empty, invalid or repeated id, an invalid label, or too many rows (`FILE:LINE: ...`).
     """
     try:
         if path.stat().st_size > MAX_CSV_BYTES:
@@ -49,19 +75,30 @@ def read_csv(path: Path, labels: dict[str, str] | None = None) -> list[Entry]:
     if twice:  # a row would keep only the last of its cells
         raise InvalidInput(f"{path}:1: the header row names column {twice[0]!r} twice")
     out: list[Entry] = []
-    for line, row in enumerate(rows, start=2):
+    lines: dict[str, int] = {}
+    for row in rows:
+        line = rows.line_num  # the file's line where the row ends (a quoted cell may span lines)
         clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
         if None in row:
             raise InvalidInput(f"{path}:{line}: more cells than header columns")
         device_id = clean.pop("id")
         if not device_id:
             raise InvalidInput(f"{path}:{line}: empty id")
-        out.append((device_id, {**(labels or {}), **{k: v for k, v in clean.items() if v}}))
+        if device_id in lines:
+            raise InvalidInput(f"{path}:{line}: device {device_id} is listed twice (first on line {lines[device_id]})")
+        entry = (device_id, {**(labels or {}), **{k: v for k, v in clean.items() if v}})
+        try:
+            check_device_id(device_id)
+            check_labels(entry[1])
+        except FleetError as e:
+            raise InvalidInput(f"{path}:{line}: {e}") from None
+        out.append(entry)
+        lines[device_id] = line
         if len(out) > MAX_BATCH:
             raise InvalidInput(f"{path}: more than {MAX_BATCH} devices; split the file")
     if not out:
         raise InvalidInput(f"{path}: no devices (only a header row?)")
-    return out
+    return CsvDevices(path, out, lines)
 
 
 def from_pattern(pattern: str, start: int, count: int, labels: dict[str, str] | None = None) -> list[Entry]:

@@ -89,6 +89,23 @@ def test_a_batch_is_all_or_nothing(local_hub: RunningHub) -> None:
         assert [d["id"] for d in c.get("/api/v1/devices").json()] == ["cam-2"], "nothing of a refused batch stays"
 
 
+def test_a_csv_the_hub_refuses_names_the_lines_of_the_devices_it_refused(local_hub: RunningHub, tmp_path: Path) -> None:
+    with local_hub.client() as c:
+        for device_id in ("cam-2", "cam-4"):
+            assert c.post("/api/v1/devices", json={"id": device_id}).status_code == 201
+    csv_file = tmp_path / "fleet.csv"
+    csv_file.write_text("id,site\ncam-1,berlin\ncam-2,berlin\n\ncam-3,paris\ncam-4,paris\n", encoding="utf-8")
+    args = ["device", "add", "--csv", str(csv_file), "--out", str(tmp_path / "b")]
+    args += ["--url", local_hub.url, "--token", local_hub.admin_token]
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"already enrolled: cam-2 ({csv_file}:3), cam-4 ({csv_file}:6)" in said, said
+    assert "cam-1 (" not in said and "cam-3 (" not in said
+    with local_hub.client() as c:
+        assert [d["id"] for d in c.get("/api/v1/devices").json()] == ["cam-2", "cam-4"], "nothing of it enrolled"
+
+
 def test_the_command_needs_exactly_one_source(local_hub: RunningHub, tmp_path: Path) -> None:
     for args in ([], ["cam-1", "--count", "2"], ["--count", "2", "--csv", str(tmp_path / "x.csv")]):
         result = runner.invoke(app, ["device", "add", *args, "--url", local_hub.url, "--token", local_hub.admin_token])
@@ -107,6 +124,9 @@ def test_the_command_needs_exactly_one_source(local_hub: RunningHub, tmp_path: P
         ("id,site\n", "no devices"),
         ("id,site,site\ncam-1,berlin,paris\n", "f.csv:1: the header row names column 'site' twice"),
         ("id, id\ncam-1,cam-2\n", "names column 'id' twice"),
+        ("id\ncam-1\nNot An Id\n", "f.csv:3: invalid device id 'Not An Id'"),
+        ("id\ncam-1\n\ncam-2\ncam-1\n", r"f.csv:5: device cam-1 is listed twice \(first on line 2\)"),
+        ("id,bad key\ncam-1,x\n", "f.csv:2: invalid label key 'bad key'"),
     ],
 )
 def test_malformed_csv_files_are_refused_with_the_line(tmp_path: Path, text: str, reason: str) -> None:
