@@ -614,7 +614,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self, device_id: str, *, since: float | None, until: float | None, limit: int | None
     ) -> DeviceTelemetryRead:
         """Series, seq and (`limit` given) raw windows of one device in one snapshot: a telemetry commit never
-        falls between them, so `seq` counts exactly the windows the series sums."""
+        falls between them, so `seq` never counts a window that arrived after the series was read."""
         with self._read().snapshot() as c:
             return DeviceTelemetryRead(
                 series=tsql.query_series(c, device_id=device_id, model=None, model_version=None, since=since,

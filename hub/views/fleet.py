@@ -230,7 +230,7 @@ class FleetViews:
         self, device_id: str, *, since: float | None, until: float | None, limit: int | None
     ) -> DeviceTelemetry:
         """A device's series, its summary and its sequence numbers, and (`limit` given) its raw windows, newest
-        first: all read in one snapshot of the store, so `seq` never counts a window the `summary` lacks."""
+        first: all read in one snapshot of the store (a window committed meanwhile is in all of them or none)."""
         t = self.store.device_telemetry(device_id, since=since, until=until, limit=limit)
         s = t.seq
         return DeviceTelemetry(
