@@ -224,8 +224,7 @@ def status(
             [str(w["index"] + 1), d, s] for w in res["waves"] for d, s in sorted((w.get("device_states") or {}).items())
         ]
         out.print(fit([Col("wave", 9, justify="right"), Col("device", 9, whole=True), Col("state", 9)], rows))
-        out.print("Waves were formed when the rollout started: devices online then first, then by hash; a device "
-                  "keeps its wave.", style="dim")  # fmt: skip
+        out.print("Waves formed at the start, online devices first; a device keeps its wave.", style="dim")
 
 
 Action = Literal["pause", "resume", "abort", "rollback"]
