@@ -45,6 +45,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from agent.api.budget import HOLD, BodyHold
 from agent.api.errors import BodyTimeout
 from agent.api.inference import JSON, Body, Inference, Reply, Route, body_timeout_reason, route
 
@@ -70,8 +71,11 @@ class _Direct:
 
     message_event = _Ignored()
 
-    def __init__(self, size: int, aligned_at: int, keep_alive: bool, body: asyncio.Future[Body]) -> None:
-        """`aligned_at`: the body offset that should land on an aligned address (0: none in particular)."""
+    def __init__(
+        self, size: int, aligned_at: int, keep_alive: bool, body: asyncio.Future[Body], hold: BodyHold
+    ) -> None:
+        """`aligned_at`: the body offset that should land on an aligned address (0: none in particular); `hold`:
+        the buffer's bytes in the budget, released once both the answer and the body (or the connection) end."""
         if size:  # numpy's allocations are 16-byte aligned (malloc's); were one not, numpy would copy the tensor
             start = -aligned_at % _ALIGN
             self.view = np.empty(size + start, dtype=np.uint8).data[start:]
@@ -80,6 +84,7 @@ class _Direct:
         self.filled = 0
         self.keep_alive = keep_alive
         self.body = body
+        self.hold = hold
         self.response_complete = False
         self.disconnected = False
 
@@ -152,6 +157,7 @@ class InferenceProtocol(HttpToolsProtocol):
         # read_timeout_s of the connection, not one per request (a timer costs ~5 us; a request ~1 ms)
         self._body_timer: asyncio.TimerHandle | None = None  # a direct body that spans reads; a lingering close
         self._refused = False  # answered and half-closed: what the client still sends is dropped until it closes
+        self._growing: BodyHold | None = None  # the hold of the chunked body the parser is reading (ASGI path)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -217,18 +223,50 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
-        if not self._start_direct():
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            if name in _WANTED:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        hold = self._hold(headers)
+        if hold is None or not self._start_direct(headers, hold):
+            if hold is not None:  # the handler's body reader raises its refusal; the task releases it
+                self.scope[HOLD] = hold  # type: ignore[literal-required]
+                self._growing = hold if "transfer-encoding" in headers else None
             super().on_headers_complete()
+
+    def _hold(self, headers: dict[str, str]) -> BodyHold | None:
+        """The request's share of the device's budget of bodies in flight (`agent.api.budget`): its declared
+        Content-Length at once, a chunked body as it arrives; None for no body, or one over `max_body_bytes`
+        (refused 413 before it is read; a route that does not read bodies keeps at most uvicorn's 64 KiB)."""
+        declared = headers.get("content-length")
+        if declared is None:
+            return self.handlers.budget.hold() if "transfer-encoding" in headers else None
+        if not (declared.isascii() and declared.isdigit()):
+            return None
+        size = int(declared)
+        if size > self.max_body_bytes:
+            return None
+        return self.handlers.budget.hold(size)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """As uvicorn (now, or once the request it was pipelined behind is answered); a request that holds body
+        bytes gives them back when its task ends, however it ends."""
+        hold: BodyHold | None = cycle.scope.get(HOLD)
+        super()._start_asgi_task(cycle, app if hold is None else _releasing(app, hold))
 
     def on_body(self, body: bytes) -> None:
         d = self._reading
         if d is None:
+            hold = self._growing
+            if hold is not None and not self.cycle.response_complete:
+                hold.grow(len(body))  # refused: uvicorn wakes the reader below, which raises the refusal
             super().on_body(body)
         elif not d.body.done():  # once answered (an early error), the rest of the body is read and dropped
             d.add(body)
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._growing = None
         cycle: Any = self.cycle
         if cycle is None or cycle.response_complete:  # answered before its body ended: the next head's clock
             self._head_since = self.loop.time()
@@ -237,6 +275,8 @@ class InferenceProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         self._reading = None
+        if d.response_complete:  # answered before the body ended: its buffer is free now
+            d.hold.release()
         if not d.body.done():
             d.body.set_result(d.view)
 
@@ -246,7 +286,13 @@ class InferenceProtocol(HttpToolsProtocol):
             d.disconnected = True
             if not d.body.done():
                 d.body.set_exception(ClientDisconnect())
-        self._reading = None
+        if self._reading is not None:  # a direct body still arriving: its buffer goes with the connection
+            self._reading.hold.release()
+        self._reading = self._growing = None
+        for waiting, _ in self.pipeline:  # requests queued behind this connection's current one never start
+            hold: BodyHold | None = waiting.scope.get(HOLD)  # type: ignore[assignment]
+            if hold is not None:
+                hold.release()
         for timer in (self._head_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
@@ -312,8 +358,9 @@ class InferenceProtocol(HttpToolsProtocol):
 
     # --- the direct path -----------------------------------------------------------------------------
 
-    def _start_direct(self) -> bool:
-        """Take the request that has just sent its headers, if it is one this protocol serves."""
+    def _start_direct(self, headers: dict[str, str], hold: BodyHold) -> bool:
+        """Take the request that has just sent its headers, if it is one this protocol serves (`headers`: those
+        of `_WANTED`) and its body fits the budget (`hold`; else the ASGI path answers the refusal)."""
         parser = self.parser
         cycle: Any = self.cycle
         if parser.get_method() != b"POST" or (cycle is not None and not cycle.response_complete):
@@ -327,12 +374,8 @@ class InferenceProtocol(HttpToolsProtocol):
             found = route(path.decode("ascii"))
         except UnicodeDecodeError:
             return False
-        if found is None:
+        if found is None or hold.refusal is not None:
             return False
-        headers: dict[str, str] = {}
-        for name, value in self.headers:
-            if name in _WANTED:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
         declared = headers.get("content-length")
         if "transfer-encoding" in headers or declared is None or not (declared.isascii() and declared.isdigit()):
             return False
@@ -342,7 +385,7 @@ class InferenceProtocol(HttpToolsProtocol):
         head = headers.get("inference-header-content-length", "")
         aligned_at = int(head) if found[0] == "infer" and head.isascii() and head.isdigit() and int(head) < size else 0
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        d = _Direct(size, aligned_at, keep_alive, self.loop.create_future())
+        d = _Direct(size, aligned_at, keep_alive, self.loop.create_future(), hold)
         self._reading = d
         self.cycle = d  # type: ignore[assignment]  # uvicorn reads response_complete / keep_alive / disconnected
         task = self.loop.create_task(self._serve(d, found, query, headers))
@@ -362,6 +405,9 @@ class InferenceProtocol(HttpToolsProtocol):
             _settle(d.body)
             self.transport.close()
             raise
+        finally:
+            if self._reading is not d:  # else the rest of the body still fills the buffer: released when it ends
+                d.hold.release()
         _settle(d.body)  # answered before the body arrived (an early error): the rest is read and dropped
         self._respond(d, reply)
 
@@ -401,6 +447,18 @@ class InferenceProtocol(HttpToolsProtocol):
             lines.append(b"content-type: %s\r\n" % content_type.encode("latin-1"))
             head = kept[status, content_type] = b"".join(lines)
         return head
+
+
+def _releasing(app: Any, hold: BodyHold) -> Any:
+    """`app` for one request, releasing its body's hold when it returns or fails."""
+
+    async def run(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            hold.release()
+
+    return run
 
 
 def _settle(body: asyncio.Future[Body]) -> None:
