@@ -25,7 +25,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.api.budget import HOLD, BodyBudget, BodyHold
 from agent.api.errors import BadRequest, BodyTimeout, TooLarge, to_http
@@ -450,6 +450,9 @@ class FastPath:
         self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":  # as GET without the body (health probes)
+            await self.app({**scope, "method": "GET"}, receive, _without_body(send))
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             found = route(scope["path"])
             if found is not None:
@@ -462,3 +465,14 @@ class FastPath:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _without_body(send: Send) -> Send:
+    """`send` for a HEAD request: the GET answer's status and headers (Content-Length included), no body."""
+
+    async def head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head
