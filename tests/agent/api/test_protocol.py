@@ -223,6 +223,16 @@ def test_head_of_readiness_is_503_before_a_model_serves(samples: dict[str, Sampl
     assert httpx.head(server.url + "/v2/models/x/infer").status_code == 405  # HEAD works where GET does, only
 
 
+def test_an_output_requested_twice_is_returned_once(http: httpx.Client) -> None:
+    """It came back twice. Triton keeps requested outputs in a set: each is returned once, as first asked."""
+    asked = [{"name": "logits"}, {"name": "logits", "parameters": {"binary_data": True}}]
+    r = _post(http, orjson.dumps({"inputs": [_tensor()], "outputs": asked}))
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    assert [o["name"] for o in outputs] == ["logits"]
+    assert "data" in outputs[0]  # as the first entry asked: JSON, not binary
+
+
 def test_body_limit_413_declared_and_streamed(http: httpx.Client) -> None:
     big = b"{" + b" " * (4 * 1024 * 1024 + 10) + b"}"
     r = _post(http, big)
