@@ -37,6 +37,8 @@ go through ASGI, so every answer is the same either way; only the cost differs.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, ClassVar
 
 import httptools
@@ -55,6 +57,37 @@ _LINGER_S = 2.0  # how long a refused connection drops what the client still sen
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
+
+
+class LogGate:
+    """At most one log line per `every_s` for an event that may recur without bound (each is counted): the
+    first of a period is logged, with how many of the period before were not."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.next_at = 0.0  # monotonic time before which lines are counted, not logged
+        self.suppressed = 0
+
+    def warning(self, logger: logging.Logger | logging.LoggerAdapter[Any], msg: str, *args: object) -> None:
+        """Log `msg % args` as a warning, or count it if a line was logged less than `every_s` ago."""
+        now = time.monotonic()
+        if now < self.next_at:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += " (%d more not logged in the %g s before)"
+            args = (*args, self.suppressed, self.every_s)
+        logger.warning(msg, *args)
+        self.suppressed = 0
+        self.next_at = now + self.every_s
+
+
+MALFORMED_LOG = LogGate(60.0)
+"""Malformed HTTP requests (answered 400 and closed): at most one warning a minute for the process."""
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 class _Ignored:
@@ -180,7 +213,7 @@ class InferenceProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head (request line and headers) exceeds {MAX_HEAD_BYTES} bytes")
                 return
         if end >= 4:  # the bytes up to the first blank line first (the parser streams: the same result)
-            super().data_received(view[:end])  # type: ignore[arg-type]
+            self._feed(view[:end])
             if self.transport.is_closing() or self.parser.should_upgrade():
                 return  # as uvicorn: an upgrade's bytes after its headers are not parsed as HTTP
             d = self._reading
@@ -195,7 +228,7 @@ class InferenceProtocol(HttpToolsProtocol):
                     self._message_done()
             view = view[end:]
         if view and not self.transport.is_closing():
-            super().data_received(view)  # type: ignore[arg-type]
+            self._feed(view)
         d = self._reading
         if d is not None and d.filled < len(d.view) and not self.transport.is_closing():
             # the parser has passed on all of `data`: the rest of this body comes in later reads, and no
@@ -203,6 +236,22 @@ class InferenceProtocol(HttpToolsProtocol):
             # that came with its headers costs no timer)
             self.transport.set_protocol(_BodyReader(self, d))
             self._body_timer = self.loop.call_later(self.handlers.settings.read_timeout_s, self._body_timeout, d)
+
+    def _feed(self, data: memoryview) -> None:
+        """uvicorn's `data_received` (httptools reads any buffer: no copy), but malformed HTTP is logged at most
+        once a minute with a count (`MALFORMED_LOG`): uvicorn logged a line per request, so garbage traffic
+        filled the log."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            MALFORMED_LOG.warning(self.logger, "malformed HTTP request from %s: %s", _peer(self.client), e)
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def body_received(self) -> None:
         """`_BodyReader` has received the last byte of the body: take the transport back."""
@@ -323,7 +372,7 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Malformed HTTP (uvicorn's parser refused it): 400 as JSON like every other error, then close."""
-        del msg  # uvicorn's "Invalid HTTP request received." (it has logged it)
+        del msg  # "Invalid HTTP request received." (`_feed` has logged it, at most once a minute)
         self._refuse(400, "malformed HTTP/1.1 request: a bad request line, header, Content-Length or chunk")
 
     def _body_timeout(self, d: _Direct) -> None:

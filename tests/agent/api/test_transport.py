@@ -7,6 +7,7 @@ clients that go away must behave as uvicorn's own handling does.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
 from agent.api.budget import BodyBudget
-from agent.api.protocol import MAX_HEAD_BYTES, _Direct
+from agent.api.protocol import MALFORMED_LOG, MAX_HEAD_BYTES, _Direct
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
 from tests.support.inference import binary_body, raw_post
@@ -457,3 +458,36 @@ def test_the_budget_is_released_however_a_request_ends(
         assert status == 200, content
         c.close()
     _wait_released(server.url)
+
+
+def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(server: ApiServer) -> None:
+    """uvicorn logged a warning per malformed request: garbage traffic filled the log. Now at most one line a
+    minute, and the next line says how many were not logged."""
+    lines: list[logging.LogRecord] = []
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record)
+
+    catcher = Catcher(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own logger does not reach caplog
+    uvicorn_log.addHandler(catcher)
+    MALFORMED_LOG.next_at, MALFORMED_LOG.suppressed = 0.0, 0  # other tests of this server sent some
+    try:
+        for _ in range(30):
+            c = Conn(server.url)
+            c.send(b"GARBAGE / HTTP/1.1\r\n\r\n")
+            assert c.response()[0] == 400
+            assert c.closed()
+            c.close()
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert "malformed HTTP request from 127.0.0.1" in lines[0].getMessage()
+        MALFORMED_LOG.next_at = 0.0  # a minute later
+        c = Conn(server.url)
+        c.send(b"GARBAGE / HTTP/1.1\r\n\r\n")
+        assert c.response()[0] == 400
+        c.close()
+        assert len(lines) == 2
+        assert "(29 more not logged in the 60 s before)" in lines[1].getMessage()
+    finally:
+        uvicorn_log.removeHandler(catcher)
