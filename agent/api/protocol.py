@@ -199,8 +199,9 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._in_head:  # the next request's head, from now (after an early answer: once its body has ended)
-            self._head_since = self.loop.time()
+        # the next request's head, from now; after an early answer, the rest of the body from now (the next head's
+        # clock starts again once that body has ended)
+        self._head_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -351,19 +352,21 @@ class InferenceProtocol(HttpToolsProtocol):
     # --- request heads: bounded in size and in time ---------------------------------------------------
 
     def _check_head(self) -> None:
-        """Close a connection that has waited read_timeout_s for a head (408 if part of one came); else check
-        again when the head now awaited is due (or in read_timeout_s, while a request is being answered)."""
+        """Close a connection that has waited read_timeout_s for a head (408 if part of one came), or for the rest
+        of a body answered before it ended (an early 404 or 413: the client stopped sending, or never sent it
+        after `Expect: 100-continue`); else check again when that is due (or in read_timeout_s, while a request
+        is being answered)."""
         self._head_timer = None
         if self.transport.is_closing() or self._refused:
             return
         limit = self.handlers.settings.read_timeout_s
         wait = limit
         cycle: Any = self.cycle
-        if self._in_head and not self.pipeline and (cycle is None or cycle.response_complete):
+        if not self.pipeline and (cycle is None or cycle.response_complete):
             waited = self.loop.time() - self._head_since
             if waited >= limit:
-                if self._head_bytes == 0:
-                    self.transport.close()  # nothing of a request came: as uvicorn's keep-alive timeout
+                if not self._in_head or self._head_bytes == 0:
+                    self.transport.close()  # answered already, or nothing of a request came (as uvicorn's keep-alive)
                 else:
                     self._refuse(408, f"the request head did not arrive within {limit:g} s; the connection is closed")
                 return

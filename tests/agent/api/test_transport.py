@@ -491,3 +491,25 @@ def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(server: Ap
         assert "(29 more not logged in the 60 s before)" in lines[1].getMessage()
     finally:
         uvicorn_log.removeHandler(catcher)
+
+
+def test_a_body_answered_early_that_stops_arriving_is_closed(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """A chunked or `Expect: 100-continue` request answered before its body ended (404, 413), whose client then
+    sent a byte and stopped, kept its connection forever: the byte cancelled uvicorn's keep-alive timer and the
+    head's clock waited for a head that never came. It is closed read_timeout_s after the answer."""
+    server, repo = make_server(max_body_bytes=1024 * 1024, read_timeout_s=0.5)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    chunked = _chunked(body, headers).replace(INFER.encode(), b"/v2/models/nope/infer")
+    expect = raw_post("/v2/models/nope/infer", body, {**headers, "Expect": "100-continue"})
+    too_large = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (INFER.encode(), 2 * 1024 * 1024)
+    for raw, status in ((chunked[:300], 404), (expect[: expect.index(b"\r\n\r\n") + 4], 404), (too_large, 413)):
+        c = Conn(server.url)
+        c.sock.settimeout(10)
+        c.send(raw)
+        assert c.response()[0] == status
+        c.send(b"1")  # a byte more of the body, then nothing
+        assert c.closed()  # old code: recv timed out, the server still held the connection
+        c.close()
