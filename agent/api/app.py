@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from agent.api import triton
+from agent.api.budget import BodyBudget
 from agent.api.errors import BadRequest, NotReady
 from agent.api.inference import JSON, FastPath, Inference, error_response, read_body
 from agent.api.metrics import CONTENT_TYPE, ApiMetrics
@@ -129,10 +130,11 @@ def create_asgi(settings: ApiSettings, repo: ModelRepository) -> FastPath:
 def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
     """The ASGI app serving every model of `repo` under `settings`; its lifespan binds the repository to the
     server's loop."""
-    metrics = ApiMetrics(repo)
-    pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
-    handlers = Inference(settings, repo, metrics, pool)
     retry = settings.retry_after_s
+    budget = BodyBudget(settings.max_body_bytes_in_flight, retry)
+    metrics = ApiMetrics(repo, budget)
+    pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
+    handlers = Inference(settings, repo, metrics, pool, budget)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -25,8 +25,9 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.api.budget import HOLD, BodyBudget, BodyHold
 from agent.api.errors import BadRequest, BodyTimeout, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
@@ -89,11 +90,16 @@ def body_timeout_reason(timeout_s: float) -> str:
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, refusing more than `limit` bytes (413) before or while reading it.
+    """The whole body, refusing more than `limit` bytes (413) before or while reading it, and a body that does
+    not fit the device's budget of bodies in flight (its `BodyHold`, taken by `agent.api.protocol`).
 
     Raises:
-        TooLarge: more than `limit` bytes. BodyTimeout: the body has not arrived within `timeout_s`.
+        TooLarge: more than `limit` bytes, or more than the whole budget. Overloaded: other requests hold the
+            budget (503). BodyTimeout: the body has not arrived within `timeout_s`.
     """
+    hold: BodyHold | None = request.scope.get(HOLD)
+    if hold is not None and hold.refusal is not None:
+        raise hold.refusal
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -110,6 +116,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 total += len(chunk)
                 if total > limit:
                     raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                if hold is not None and hold.refusal is not None:  # a chunked body grew past the budget
+                    raise hold.refusal
                 if chunk:  # the stream ends with an empty chunk; skipping it spares a copy of one-piece bodies
                     chunks.append(chunk)
     except TimeoutError:
@@ -151,12 +159,18 @@ class Inference:
     """
 
     def __init__(
-        self, settings: ApiSettings, repo: ModelRepository, metrics: ApiMetrics, pool: ThreadPoolExecutor
+        self,
+        settings: ApiSettings,
+        repo: ModelRepository,
+        metrics: ApiMetrics,
+        pool: ThreadPoolExecutor,
+        budget: BodyBudget | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.metrics = metrics
         self.pool = pool
+        self.budget = budget or BodyBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
 
     def _done(
         self,
@@ -436,6 +450,9 @@ class FastPath:
         self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":  # as GET without the body (health probes)
+            await self.app({**scope, "method": "GET"}, receive, _without_body(send))
+            return
         if scope["type"] == "http" and scope["method"] == "POST":
             found = route(scope["path"])
             if found is not None:
@@ -448,3 +465,14 @@ class FastPath:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _without_body(send: Send) -> Send:
+    """`send` for a HEAD request: the GET answer's status and headers (Content-Length included), no body."""
+
+    async def head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head

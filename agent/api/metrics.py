@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleet.histogram import LATENCY_BOUNDS_MS
 
 if TYPE_CHECKING:
+    from agent.api.budget import BodyBudget
     from agent.serving import ModelRepository
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,7 +29,7 @@ UNKNOWN = "unknown"  # model/version label for requests that named no served mod
 class ApiMetrics:
     """The API's metric families and the cached children the hot path increments."""
 
-    def __init__(self, repo: ModelRepository) -> None:
+    def __init__(self, repo: ModelRepository, budget: BodyBudget | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "edgefleet_api_requests",
@@ -44,6 +45,8 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(_SlotCollector(repo))
+        if budget is not None:
+            self.registry.register(_BudgetCollector(budget))
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._pending: list[tuple[str, str, str, int, float]] = []
 
@@ -80,10 +83,35 @@ class ApiMetrics:
         return generate_latest(self.registry)
 
 
+class _BudgetCollector(Collector):
+    """The device-wide budget of request-body bytes in flight (`agent.api.budget`), read at scrape time."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.budget
+        yield GaugeMetricFamily(
+            "edgefleet_api_body_bytes_in_flight", "Request-body bytes held by requests in progress.", value=b.in_use
+        )
+        yield GaugeMetricFamily(
+            "edgefleet_api_body_bytes_budget", "Most request-body bytes held at once (max_body_bytes_in_flight).",
+            value=b.limit,
+        )  # fmt: skip
+        refused = CounterMetricFamily(
+            "edgefleet_api_body_budget_refusals",
+            "Requests whose body did not fit the budget: 503 (others held it) or 413 (larger than all of it).",
+            labels=["code"],
+        )
+        for code, n in sorted(b.refused.items()):
+            refused.add_metric([str(code)], n)
+        yield refused
+
+
 class _SlotCollector(Collector):
     """Reads queue depth, batch sizes, provider and shadow counters from every model's slot at scrape time."""
 
-    def __init__(self, repo: ModelRepository) -> None:
+    def __init__(self, repo: ModelRepository, budget: BodyBudget | None = None) -> None:
         self.repo = repo
 
     def collect(self) -> Iterator[Metric]:

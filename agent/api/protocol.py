@@ -37,6 +37,8 @@ go through ASGI, so every answer is the same either way; only the cost differs.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, ClassVar
 
 import httptools
@@ -45,6 +47,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from agent.api.budget import HOLD, BodyHold
 from agent.api.errors import BodyTimeout
 from agent.api.inference import JSON, Body, Inference, Reply, Route, body_timeout_reason, route
 
@@ -54,6 +57,37 @@ _LINGER_S = 2.0  # how long a refused connection drops what the client still sen
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
+
+
+class LogGate:
+    """At most one log line per `every_s` for an event that may recur without bound (each is counted): the
+    first of a period is logged, with how many of the period before were not."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.next_at = 0.0  # monotonic time before which lines are counted, not logged
+        self.suppressed = 0
+
+    def warning(self, logger: logging.Logger | logging.LoggerAdapter[Any], msg: str, *args: object) -> None:
+        """Log `msg % args` as a warning, or count it if a line was logged less than `every_s` ago."""
+        now = time.monotonic()
+        if now < self.next_at:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += " (%d more not logged in the %g s before)"
+            args = (*args, self.suppressed, self.every_s)
+        logger.warning(msg, *args)
+        self.suppressed = 0
+        self.next_at = now + self.every_s
+
+
+MALFORMED_LOG = LogGate(60.0)
+"""Malformed HTTP requests (answered 400 and closed): at most one warning a minute for the process."""
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 class _Ignored:
@@ -70,8 +104,11 @@ class _Direct:
 
     message_event = _Ignored()
 
-    def __init__(self, size: int, aligned_at: int, keep_alive: bool, body: asyncio.Future[Body]) -> None:
-        """`aligned_at`: the body offset that should land on an aligned address (0: none in particular)."""
+    def __init__(
+        self, size: int, aligned_at: int, keep_alive: bool, body: asyncio.Future[Body], hold: BodyHold
+    ) -> None:
+        """`aligned_at`: the body offset that should land on an aligned address (0: none in particular); `hold`:
+        the buffer's bytes in the budget, released once both the answer and the body (or the connection) end."""
         if size:  # numpy's allocations are 16-byte aligned (malloc's); were one not, numpy would copy the tensor
             start = -aligned_at % _ALIGN
             self.view = np.empty(size + start, dtype=np.uint8).data[start:]
@@ -80,6 +117,7 @@ class _Direct:
         self.filled = 0
         self.keep_alive = keep_alive
         self.body = body
+        self.hold = hold
         self.response_complete = False
         self.disconnected = False
 
@@ -152,6 +190,7 @@ class InferenceProtocol(HttpToolsProtocol):
         # read_timeout_s of the connection, not one per request (a timer costs ~5 us; a request ~1 ms)
         self._body_timer: asyncio.TimerHandle | None = None  # a direct body that spans reads; a lingering close
         self._refused = False  # answered and half-closed: what the client still sends is dropped until it closes
+        self._growing: BodyHold | None = None  # the hold of the chunked body the parser is reading (ASGI path)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -160,8 +199,9 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._in_head:  # the next request's head, from now (after an early answer: once its body has ended)
-            self._head_since = self.loop.time()
+        # the next request's head, from now; after an early answer, the rest of the body from now (the next head's
+        # clock starts again once that body has ended)
+        self._head_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -174,7 +214,7 @@ class InferenceProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head (request line and headers) exceeds {MAX_HEAD_BYTES} bytes")
                 return
         if end >= 4:  # the bytes up to the first blank line first (the parser streams: the same result)
-            super().data_received(view[:end])  # type: ignore[arg-type]
+            self._feed(view[:end])
             if self.transport.is_closing() or self.parser.should_upgrade():
                 return  # as uvicorn: an upgrade's bytes after its headers are not parsed as HTTP
             d = self._reading
@@ -189,7 +229,7 @@ class InferenceProtocol(HttpToolsProtocol):
                     self._message_done()
             view = view[end:]
         if view and not self.transport.is_closing():
-            super().data_received(view)  # type: ignore[arg-type]
+            self._feed(view)
         d = self._reading
         if d is not None and d.filled < len(d.view) and not self.transport.is_closing():
             # the parser has passed on all of `data`: the rest of this body comes in later reads, and no
@@ -197,6 +237,22 @@ class InferenceProtocol(HttpToolsProtocol):
             # that came with its headers costs no timer)
             self.transport.set_protocol(_BodyReader(self, d))
             self._body_timer = self.loop.call_later(self.handlers.settings.read_timeout_s, self._body_timeout, d)
+
+    def _feed(self, data: memoryview) -> None:
+        """uvicorn's `data_received` (httptools reads any buffer: no copy), but malformed HTTP is logged at most
+        once a minute with a count (`MALFORMED_LOG`): uvicorn logged a line per request, so garbage traffic
+        filled the log."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            MALFORMED_LOG.warning(self.logger, "malformed HTTP request from %s: %s", _peer(self.client), e)
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def body_received(self) -> None:
         """`_BodyReader` has received the last byte of the body: take the transport back."""
@@ -217,18 +273,50 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
-        if not self._start_direct():
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            if name in _WANTED:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        hold = self._hold(headers)
+        if hold is None or not self._start_direct(headers, hold):
+            if hold is not None:  # the handler's body reader raises its refusal; the task releases it
+                self.scope[HOLD] = hold  # type: ignore[literal-required]
+                self._growing = hold if "transfer-encoding" in headers else None
             super().on_headers_complete()
+
+    def _hold(self, headers: dict[str, str]) -> BodyHold | None:
+        """The request's share of the device's budget of bodies in flight (`agent.api.budget`): its declared
+        Content-Length at once, a chunked body as it arrives; None for no body, or one over `max_body_bytes`
+        (refused 413 before it is read; a route that does not read bodies keeps at most uvicorn's 64 KiB)."""
+        declared = headers.get("content-length")
+        if declared is None:
+            return self.handlers.budget.hold() if "transfer-encoding" in headers else None
+        if not (declared.isascii() and declared.isdigit()):
+            return None
+        size = int(declared)
+        if size > self.max_body_bytes:
+            return None
+        return self.handlers.budget.hold(size)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """As uvicorn (now, or once the request it was pipelined behind is answered); a request that holds body
+        bytes gives them back when its task ends, however it ends."""
+        hold: BodyHold | None = cycle.scope.get(HOLD)
+        super()._start_asgi_task(cycle, app if hold is None else _releasing(app, hold))
 
     def on_body(self, body: bytes) -> None:
         d = self._reading
         if d is None:
+            hold = self._growing
+            if hold is not None and not self.cycle.response_complete:
+                hold.grow(len(body))  # refused: uvicorn wakes the reader below, which raises the refusal
             super().on_body(body)
         elif not d.body.done():  # once answered (an early error), the rest of the body is read and dropped
             d.add(body)
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._growing = None
         cycle: Any = self.cycle
         if cycle is None or cycle.response_complete:  # answered before its body ended: the next head's clock
             self._head_since = self.loop.time()
@@ -237,6 +325,8 @@ class InferenceProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         self._reading = None
+        if d.response_complete:  # answered before the body ended: its buffer is free now
+            d.hold.release()
         if not d.body.done():
             d.body.set_result(d.view)
 
@@ -246,7 +336,13 @@ class InferenceProtocol(HttpToolsProtocol):
             d.disconnected = True
             if not d.body.done():
                 d.body.set_exception(ClientDisconnect())
-        self._reading = None
+        if self._reading is not None:  # a direct body still arriving: its buffer goes with the connection
+            self._reading.hold.release()
+        self._reading = self._growing = None
+        for waiting, _ in self.pipeline:  # requests queued behind this connection's current one never start
+            hold: BodyHold | None = waiting.scope.get(HOLD)  # type: ignore[assignment]
+            if hold is not None:
+                hold.release()
         for timer in (self._head_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
@@ -256,19 +352,21 @@ class InferenceProtocol(HttpToolsProtocol):
     # --- request heads: bounded in size and in time ---------------------------------------------------
 
     def _check_head(self) -> None:
-        """Close a connection that has waited read_timeout_s for a head (408 if part of one came); else check
-        again when the head now awaited is due (or in read_timeout_s, while a request is being answered)."""
+        """Close a connection that has waited read_timeout_s for a head (408 if part of one came), or for the rest
+        of a body answered before it ended (an early 404 or 413: the client stopped sending, or never sent it
+        after `Expect: 100-continue`); else check again when that is due (or in read_timeout_s, while a request
+        is being answered)."""
         self._head_timer = None
         if self.transport.is_closing() or self._refused:
             return
         limit = self.handlers.settings.read_timeout_s
         wait = limit
         cycle: Any = self.cycle
-        if self._in_head and not self.pipeline and (cycle is None or cycle.response_complete):
+        if not self.pipeline and (cycle is None or cycle.response_complete):
             waited = self.loop.time() - self._head_since
             if waited >= limit:
-                if self._head_bytes == 0:
-                    self.transport.close()  # nothing of a request came: as uvicorn's keep-alive timeout
+                if not self._in_head or self._head_bytes == 0:
+                    self.transport.close()  # answered already, or nothing of a request came (as uvicorn's keep-alive)
                 else:
                     self._refuse(408, f"the request head did not arrive within {limit:g} s; the connection is closed")
                 return
@@ -277,7 +375,7 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Malformed HTTP (uvicorn's parser refused it): 400 as JSON like every other error, then close."""
-        del msg  # uvicorn's "Invalid HTTP request received." (it has logged it)
+        del msg  # "Invalid HTTP request received." (`_feed` has logged it, at most once a minute)
         self._refuse(400, "malformed HTTP/1.1 request: a bad request line, header, Content-Length or chunk")
 
     def _body_timeout(self, d: _Direct) -> None:
@@ -312,8 +410,9 @@ class InferenceProtocol(HttpToolsProtocol):
 
     # --- the direct path -----------------------------------------------------------------------------
 
-    def _start_direct(self) -> bool:
-        """Take the request that has just sent its headers, if it is one this protocol serves."""
+    def _start_direct(self, headers: dict[str, str], hold: BodyHold) -> bool:
+        """Take the request that has just sent its headers, if it is one this protocol serves (`headers`: those
+        of `_WANTED`) and its body fits the budget (`hold`; else the ASGI path answers the refusal)."""
         parser = self.parser
         cycle: Any = self.cycle
         if parser.get_method() != b"POST" or (cycle is not None and not cycle.response_complete):
@@ -327,12 +426,8 @@ class InferenceProtocol(HttpToolsProtocol):
             found = route(path.decode("ascii"))
         except UnicodeDecodeError:
             return False
-        if found is None:
+        if found is None or hold.refusal is not None:
             return False
-        headers: dict[str, str] = {}
-        for name, value in self.headers:
-            if name in _WANTED:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
         declared = headers.get("content-length")
         if "transfer-encoding" in headers or declared is None or not (declared.isascii() and declared.isdigit()):
             return False
@@ -342,7 +437,7 @@ class InferenceProtocol(HttpToolsProtocol):
         head = headers.get("inference-header-content-length", "")
         aligned_at = int(head) if found[0] == "infer" and head.isascii() and head.isdigit() and int(head) < size else 0
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        d = _Direct(size, aligned_at, keep_alive, self.loop.create_future())
+        d = _Direct(size, aligned_at, keep_alive, self.loop.create_future(), hold)
         self._reading = d
         self.cycle = d  # type: ignore[assignment]  # uvicorn reads response_complete / keep_alive / disconnected
         task = self.loop.create_task(self._serve(d, found, query, headers))
@@ -362,6 +457,9 @@ class InferenceProtocol(HttpToolsProtocol):
             _settle(d.body)
             self.transport.close()
             raise
+        finally:
+            if self._reading is not d:  # else the rest of the body still fills the buffer: released when it ends
+                d.hold.release()
         _settle(d.body)  # answered before the body arrived (an early error): the rest is read and dropped
         self._respond(d, reply)
 
@@ -401,6 +499,18 @@ class InferenceProtocol(HttpToolsProtocol):
             lines.append(b"content-type: %s\r\n" % content_type.encode("latin-1"))
             head = kept[status, content_type] = b"".join(lines)
         return head
+
+
+def _releasing(app: Any, hold: BodyHold) -> Any:
+    """`app` for one request, releasing its body's hold when it returns or fails."""
+
+    async def run(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            hold.release()
+
+    return run
 
 
 def _settle(body: asyncio.Future[Body]) -> None:

@@ -36,6 +36,14 @@ class ApiSettings(EnvSettings):
         description="Largest request body in bytes; larger ones get 413 before they are read. 64 MiB fits a "
         "batch of 8 float32 3x640x640 tensors as binary data.",
     )
+    max_body_bytes_in_flight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Request-body bytes all requests together may hold at once, device-wide (a declared "
+        "Content-Length counts when its headers arrive, a chunked body as it arrives); a body that does not fit: "
+        "503 with Retry-After before it is read, or 413 if it alone exceeds this. 256 MiB: four bodies of the "
+        "largest size, so concurrent uploads cannot grow a small device past it.",
+    )
     max_json_body_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

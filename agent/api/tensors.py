@@ -266,15 +266,15 @@ def _requested(raw: Any) -> tuple[tuple[str, bool], ...] | None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_TENSORS:
         raise BadRequest(f"'outputs' must be a list of at most {MAX_TENSORS} objects")
-    out = []
+    out: dict[str, bool] = {}  # an output named twice is returned once, as its first entry asks (as Triton does)
     for o in raw:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str) or len(o["name"]) > MAX_NAME:
             raise BadRequest(f"every entry of 'outputs' must be an object with a string 'name' (<= {MAX_NAME} chars)")
         p = _parameters(o.get("parameters"), f"output {o['name']!r}")
         if "classification" in p:
             raise BadRequest("the classification extension is not supported; use the image endpoint for top-k")
-        out.append((o["name"], bool(p.get("binary_data", False))))
-    return tuple(out)
+        out.setdefault(o["name"], bool(p.get("binary_data", False)))
+    return tuple(out.items())
 
 
 def encode_infer(

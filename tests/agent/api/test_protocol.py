@@ -201,6 +201,38 @@ def test_unknown_model_version_and_route_are_404_json(http: httpx.Client) -> Non
     assert _post(http, body, path=f"/v2/models/{NAME}/versions/1.0.0/infer").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "path", ["/v2/health/live", "/v2/health/ready", "/v2", f"/v2/models/{NAME}", f"/v2/models/{NAME}/ready",
+             f"/v2/models/{NAME}/config", "/v2/models/stats", "/v2/models/other", "/metrics"],
+)  # fmt: skip
+def test_head_answers_as_get_without_a_body(http: httpx.Client, path: str) -> None:
+    """Load balancers and Kubernetes-style probes check health with HEAD: it was 405 on every route."""
+    get, head = http.get(path), http.head(path)
+    assert head.status_code == get.status_code, head.text
+    assert head.content == b""
+    for key in ("content-type", "retry-after"):
+        assert head.headers.get(key) == get.headers.get(key)
+    if path != "/metrics":  # a scrape counts the requests answered before it: its length changes
+        assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+
+
+def test_head_of_readiness_is_503_before_a_model_serves(samples: dict[str, Sample], make_server: Any) -> None:
+    server, _ = make_server()
+    r = httpx.head(server.url + "/v2/health/ready")
+    assert (r.status_code, r.headers["retry-after"], r.content) == (503, "1", b"")
+    assert httpx.head(server.url + "/v2/models/x/infer").status_code == 405  # HEAD works where GET does, only
+
+
+def test_an_output_requested_twice_is_returned_once(http: httpx.Client) -> None:
+    """It came back twice. Triton keeps requested outputs in a set: each is returned once, as first asked."""
+    asked = [{"name": "logits"}, {"name": "logits", "parameters": {"binary_data": True}}]
+    r = _post(http, orjson.dumps({"inputs": [_tensor()], "outputs": asked}))
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    assert [o["name"] for o in outputs] == ["logits"]
+    assert "data" in outputs[0]  # as the first entry asked: JSON, not binary
+
+
 def test_body_limit_413_declared_and_streamed(http: httpx.Client) -> None:
     big = b"{" + b" " * (4 * 1024 * 1024 + 10) + b"}"
     r = _post(http, big)

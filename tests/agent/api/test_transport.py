@@ -7,6 +7,7 @@ clients that go away must behave as uvicorn's own handling does.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import orjson
 import pytest
 
 from agent.api import ApiServer, ApiSettings, ModelRepository
-from agent.api.protocol import MAX_HEAD_BYTES, _Direct
+from agent.api.budget import BodyBudget
+from agent.api.protocol import MALFORMED_LOG, MAX_HEAD_BYTES, _Direct
 from models.engine import Engine
 from tests.agent.api.conftest import Sample, jpeg
 from tests.support.inference import binary_body, raw_post
@@ -245,7 +247,7 @@ def test_binary_tensor_data_lands_aligned(aligned_at: int) -> None:
 
     loop = asyncio.new_event_loop()
     try:
-        d = _Direct(4096, aligned_at, True, loop.create_future())
+        d = _Direct(4096, aligned_at, True, loop.create_future(), BodyBudget(8192, 1).hold(4096))
         tensor = np.frombuffer(d.view, dtype=np.uint8)[aligned_at:]
         assert tensor.ctypes.data % 16 == 0
         assert len(d.view) == 4096
@@ -356,3 +358,158 @@ def test_malformed_http_is_a_json_400_and_the_connection_closes(server: ApiServe
     assert "malformed HTTP/1.1 request" in orjson.loads(content)["error"]  # was text/plain, unlike every other error
     assert c.closed()
     c.close()
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def _wait_released(url: str) -> None:
+    """Until the server has seen every client of the test go (a disconnect is noticed on its loop, not ours)."""
+    deadline = time.monotonic() + 20
+    while _metric(url, "edgefleet_api_body_bytes_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(url, "edgefleet_api_body_bytes_in_flight") == 0
+
+
+def test_bodies_in_flight_share_one_device_wide_budget(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """Bodies were bounded per request and per model only: 256 concurrent 64 MiB uploads grew the device by
+    16 GiB. Uploads that together pass the budget are refused (503, before their body is read; 413 for one larger
+    than all of it); the budget is whole again once they end."""
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    budget = 2 * len(body) + len(body) // 2  # two bodies fit, a third does not
+    server, repo = make_server(max_body_bytes=1024 * 1024, max_body_bytes_in_flight=budget)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    raw = raw_post(INFER, body, headers)
+    head = raw.index(b"\r\n\r\n") + 4
+    held = [Conn(server.url), Conn(server.url)]
+    for c in held:  # headers and part of the body: each holds its declared length while the rest is coming
+        c.send(raw[: head + 100])
+    refused = Conn(server.url)
+    refused.send(raw[:head])  # a declared length that does not fit: refused at once, no body sent
+    status, h, content = refused.response()
+    assert status == 503, content
+    assert h["retry-after"] == "1" and "bodies in flight" in orjson.loads(content)["error"]
+    chunked = Conn(server.url)  # a chunked body is counted as it arrives: refused when it passes the budget
+    chunked.send(_chunked(body, headers))
+    status, h, content = chunked.response()
+    assert (status, h["retry-after"]) == (503, "1"), content
+    whole = Conn(server.url)  # larger than the whole budget: no retry can succeed
+    whole.send(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (INFER.encode(), budget + 1))
+    status, _, content = whole.response()
+    assert status == 413 and f"budget of {budget} bytes" in orjson.loads(content)["error"], content
+    assert _metric(server.url, "edgefleet_api_body_bytes_in_flight") == 2 * len(body)
+    for c in held:
+        c.send(raw[head + 100 :])
+        status, _, content = c.response()
+        assert status == 200, content
+    assert _metric(server.url, "edgefleet_api_body_bytes_in_flight") == 0
+    refused.send(raw[head:])  # the refused request's body is dropped; its connection serves the retry
+    refused.send(raw)
+    assert refused.response()[0] == 200
+    chunked.send(_chunked(body, headers))
+    assert chunked.response()[0] == 200
+    for c in (*held, refused, chunked, whole):
+        c.close()
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'edgefleet_api_body_budget_refusals_total{code="503"} 2.0' in metrics
+    assert 'edgefleet_api_body_budget_refusals_total{code="413"} 1.0' in metrics
+
+
+def test_the_budget_is_released_however_a_request_ends(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """Timed out, gone mid-body, answered early, pipelined behind a request when the client left: every hold
+    is given back, so the budget never leaks away into 503s for everyone."""
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    server, repo = make_server(  # type: ignore[operator]
+        max_body_bytes=1024 * 1024, max_body_bytes_in_flight=2 * len(body), read_timeout_s=0.5
+    )
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    raw = raw_post(INFER, body, headers)
+    stalled = [Conn(server.url), Conn(server.url)]
+    stalled[0].send(raw[: -len(body) // 2])  # direct path, times out
+    stalled[1].send(_chunked(body, headers)[:-200])  # ASGI path, times out
+    for c in stalled:
+        assert c.response()[0] == 408
+        c.close()
+    gone = [Conn(server.url), Conn(server.url), Conn(server.url)]
+    gone[0].send(raw[: -len(body) // 2])  # direct path, the client vanishes mid-body
+    gone[1].send(_chunked(body, headers)[:-200])  # ASGI path, likewise
+    gone[2].send(raw + raw[: -len(body) // 2])  # a whole request, then one queued behind it
+    early = Conn(server.url)  # answered 404 before its body; the body never comes
+    early.send(raw_post("/v2/models/nope/infer", body, headers)[: -len(body) // 2])
+    assert early.response()[0] == 404
+    for c in gone:
+        c.close()
+    _wait_released(server.url)
+    early.close()
+    fresh = [Conn(server.url), Conn(server.url)]  # the whole budget is free: two bodies at once fit again
+    for c in fresh:
+        c.send(raw[:-10])
+    for c in fresh:
+        c.send(raw[-10:])
+        status, _, content = c.response()
+        assert status == 200, content
+        c.close()
+    _wait_released(server.url)
+
+
+def test_a_flood_of_malformed_requests_logs_a_bounded_number_of_lines(server: ApiServer) -> None:
+    """uvicorn logged a warning per malformed request: garbage traffic filled the log. Now at most one line a
+    minute, and the next line says how many were not logged."""
+    lines: list[logging.LogRecord] = []
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record)
+
+    catcher = Catcher(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own logger does not reach caplog
+    uvicorn_log.addHandler(catcher)
+    MALFORMED_LOG.next_at, MALFORMED_LOG.suppressed = 0.0, 0  # other tests of this server sent some
+    try:
+        for _ in range(30):
+            c = Conn(server.url)
+            c.send(b"GARBAGE / HTTP/1.1\r\n\r\n")
+            assert c.response()[0] == 400
+            assert c.closed()
+            c.close()
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert "malformed HTTP request from 127.0.0.1" in lines[0].getMessage()
+        MALFORMED_LOG.next_at = 0.0  # a minute later
+        c = Conn(server.url)
+        c.send(b"GARBAGE / HTTP/1.1\r\n\r\n")
+        assert c.response()[0] == 400
+        c.close()
+        assert len(lines) == 2
+        assert "(29 more not logged in the 60 s before)" in lines[1].getMessage()
+    finally:
+        uvicorn_log.removeHandler(catcher)
+
+
+def test_a_body_answered_early_that_stops_arriving_is_closed(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """A chunked or `Expect: 100-continue` request answered before its body ended (404, 413), whose client then
+    sent a byte and stopped, kept its connection forever: the byte cancelled uvicorn's keep-alive timer and the
+    head's clock waited for a head that never came. It is closed read_timeout_s after the answer."""
+    server, repo = make_server(max_body_bytes=1024 * 1024, read_timeout_s=0.5)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    body, headers = binary_body({"image": _x()}, binary_outputs=["logits"])
+    chunked = _chunked(body, headers).replace(INFER.encode(), b"/v2/models/nope/infer")
+    expect = raw_post("/v2/models/nope/infer", body, {**headers, "Expect": "100-continue"})
+    too_large = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (INFER.encode(), 2 * 1024 * 1024)
+    for raw, status in ((chunked[:300], 404), (expect[: expect.index(b"\r\n\r\n") + 4], 404), (too_large, 413)):
+        c = Conn(server.url)
+        c.sock.settimeout(10)
+        c.send(raw)
+        assert c.response()[0] == status
+        c.send(b"1")  # a byte more of the body, then nothing
+        assert c.closed()  # old code: recv timed out, the server still held the connection
+        c.close()
