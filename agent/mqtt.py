@@ -28,6 +28,7 @@ from agent.netloop import LinkLoop
 from agent.settings import LinkSettings
 from fleet.address import BrokerAddress
 from fleet.backoff import Backoff
+from infra.sockets import bound_unacked_bytes
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class MqttLink:
 
     def _socket_open(self, _c: paho.Client, _u: object, sock: object) -> None:
         self._sock = sock  # type: ignore[assignment]
+        bound_unacked_bytes(self._sock, self.settings.tcp_user_timeout_s)
         self._writing = False
         self._watch()
 

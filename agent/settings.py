@@ -45,6 +45,14 @@ class LinkSettings(SettingsGroup):
     publish_timeout_s: float = Field(
         default=5.0, gt=0, le=300, description="wait for a QoS 1 PUBACK, seconds (then the window stays spooled)"
     )
+    tcp_user_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="a connection whose sent bytes stay unacknowledged this long is closed and the link "
+        "reconnects (TCP_USER_TIMEOUT, seconds; 0: the kernel's default, some 15 minutes of retransmissions). "
+        "Without it a link cut by a silent partition waited for TCP's backed-off retransmissions after it healed",
+    )
 
 
 class StoreSettings(SettingsGroup):

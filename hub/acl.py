@@ -141,6 +141,13 @@ class BrokerAuth:
         if self.on_change is not None:
             self.on_change()
 
+    def readmit(self, device_id: str) -> bool:
+        """Drop a device's revocation (a rekey gave it a new password) and rewrite the files; returns whether it
+        was revoked."""
+        was = self.store.delete_doc(REVOKED, device_id)
+        self.write()
+        return was
+
     def revoke(self, device_id: str, *, actor: str) -> bool:
         """Revoke a device's broker account; returns False when it was already revoked. NotFound if unknown."""
         if self.store.get_device(device_id) is None:

@@ -148,6 +148,21 @@ class Devices:
             for d, password in zip(devices, passwords, strict=True)
         ]
 
+    def rekey(self, device_id: str, *, actor: str, readmitted: bool = False) -> tuple[Device, DeviceBundle]:
+        """Give an enrolled device a new broker password; returns it and its new bootstrap bundle.
+
+        Everything else (labels, desired state, history, rollouts) stays. The old password stops working once
+        the broker's accounts are rewritten (`Hub.rekey_device` does that next). NotFound for an unknown id.
+        """
+        password = new_password()
+        device = self.store.set_password_hash(device_id, mosquitto_hash(password))
+        self.store.add_event(time.time(), actor, "device.rekey", f"device/{device_id}", {"readmitted": readmitted})
+        bundle = DeviceBundle(
+            device_id=device.id, mqtt_username=device.id, mqtt_password=password, labels=dict(device.labels),
+            **self._bundle_fields(),
+        )  # fmt: skip
+        return device, bundle
+
     def get(self, device_id: str) -> Device:
         """A device, or NotFound."""
         device = self.store.get_device(device_id)

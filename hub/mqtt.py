@@ -32,6 +32,7 @@ from fleet.address import BrokerAddress
 from fleet.backoff import Backoff
 from fleet.errors import InvalidBrokerUrl
 from hub.errors import BrokerError, InvalidInput
+from infra.sockets import bound_unacked_bytes
 
 log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], int | None]
@@ -41,6 +42,13 @@ RECEIVE_MAXIMUM = 65535
 RECONNECT = Backoff(initial_s=1.0, max_s=5.0)
 """The hub's reconnect policy. paho's own loop applies it (doubling from 1 s to 5 s, without the jitter an
 agent needs: a hub is one client, or a few replicas, so no herd to spread; a short cap brings it back fast)."""
+
+
+TCP_USER_TIMEOUT_S = 15.0
+"""Bytes the hub sent its broker that stay unacknowledged this long close the link, which then reconnects
+(`infra.sockets.bound_unacked_bytes`; the agent's `link.tcp_user_timeout_s`, the store's `tcp_user_timeout`).
+A loopback broker never gets near it; one across a network that drops packets would otherwise hold the hub's
+publishes in a dead socket until TCP gave up or the keepalive noticed."""
 
 
 class HubLink:
@@ -94,6 +102,7 @@ class HubLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_socket_open = lambda _c, _u, sock: bound_unacked_bytes(sock, TCP_USER_TIMEOUT_S)  # type: ignore[arg-type]
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:

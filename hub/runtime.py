@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from fleet.bundle import DeviceBundle
 from fleet.messages import CommandAck
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
@@ -277,6 +278,20 @@ class Hub:
         changed = self.security.revoke(device_id, actor=actor)
         self._enrolled.discard(device_id)
         return changed
+
+    def rekey_device(self, device_id: str, *, actor: str) -> DeviceBundle:
+        """New broker credentials for an enrolled device (its bundle was lost, or the hardware replaced).
+
+        The new password hash is stored first, then the broker's accounts are rewritten and reloaded: the old
+        password is refused from then on and a session made with it is closed. A revoked device is admitted
+        again (a rekey is how an operator says the device is trusted again). Labels, desired state, telemetry
+        and rollouts stay. NotFound for an unknown id.
+        """
+        readmitting = device_id in self.security.revoked()
+        _device, bundle = self.devices.rekey(device_id, actor=actor, readmitted=readmitting)
+        self.security.readmit(device_id)
+        self._enrolled.add(device_id)
+        return bundle
 
     def _on_ack(self, ack: CommandAck) -> None:
         self.acks = [*self.acks[-999:], ack]

@@ -91,6 +91,11 @@ class HubSecurity:
             raise Conflict("broker accounts are off (security.broker_acl = false): nothing to revoke")
         return self.broker_auth.revoke(device_id, actor=actor)
 
+    def readmit(self, device_id: str) -> bool:
+        """A device got a new password: its account is written again (revoked or not; the broker reloads and
+        closes a session made with the old one). Returns whether it had been revoked."""
+        return self.broker_auth.readmit(device_id) if self.broker_auth is not None else False
+
     def allow_telemetry(self, device_id: str) -> bool:
         """Take one token from the device's telemetry bucket; False when it floods."""
         return self.telemetry_limiter.allow(device_id)

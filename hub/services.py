@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from fleet.bundle import DeviceBundle
     from hub.audit import AuditLog
     from hub.auth import Auth
     from hub.deploy import Deployer
@@ -52,3 +53,5 @@ class HubServices(Protocol):
     def sessions_adopted(self) -> AdoptionStats: ...
 
     def revoke_device(self, device_id: str, *, actor: str) -> bool: ...
+
+    def rekey_device(self, device_id: str, *, actor: str) -> DeviceBundle: ...

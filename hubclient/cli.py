@@ -362,8 +362,8 @@ def _enrol_batch(c: HubClient, body: dict[str, Any], listed: CsvDevices | None) 
 
 
 def _bundle_destination(path: Path, *, folder: bool) -> None:
-    """Refuse a place bundles cannot be written to before anything is enrolled: a bundle holds the device's
-    password, which the hub gives out once, and an enrolled id cannot be enrolled again."""
+    """Refuse a place bundles cannot be written to before anything is enrolled or rekeyed: a bundle holds the
+    device's password, which the hub gives out once (a rekey also makes the old one stop working)."""
     if folder and path.exists() and not path.is_dir():
         raise InvalidInput(f"{path} is a file: --out names the folder the bundles go to with --csv/--count")
     if folder:
@@ -380,7 +380,7 @@ def _bundle_destination(path: Path, *, folder: bool) -> None:
         raise InvalidInput(f"cannot write bundles into {where}: no permission (pass another --out)")
 
 
-def _save_bundles(pairs: list[tuple[DeviceBundle, Path]]) -> None:
+def _save_bundles(pairs: list[tuple[DeviceBundle, Path]], done: str = "enrolled") -> None:
     """Write each enrolled device's bundle; any the destination refuses go to a private temporary folder, named
     in the error, so no device's password is lost."""
     for i, (bundle, path) in enumerate(pairs):
@@ -392,7 +392,7 @@ def _save_bundles(pairs: list[tuple[DeviceBundle, Path]]) -> None:
                 b.save(rescue / f"{b.device_id}.bundle.json")
             left = _count(len(pairs) - i, "bundle")
             raise ClientError(
-                f"enrolled, but {path} could not be written ({e.strerror or e}): the {left} not written "
+                f"{done}, but {path} could not be written ({e.strerror or e}): the {left} not written "
                 f"are in {rescue}/ (mode 0600): move them to their devices",
                 code="bundle_not_written",
             ) from e
@@ -459,6 +459,34 @@ def device_revoke(
     with _client(url, token) as c:
         res = _run(lambda: c.request("POST", f"/api/v1/devices/{device_id}/revoke"))
     _print_json(res) if as_json else out.print(f"device {device_id} revoked")
+
+
+@device_app.command("rekey")
+def device_rekey(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    bundle_out: Annotated[
+        Path | None, typer.Option("--out", help="Where the new bundle goes (default ./ID.bundle.json).")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give an enrolled device new broker credentials and write its new bootstrap bundle.
+
+    For a device whose bundle was lost or whose hardware was replaced: it keeps its id, labels, desired
+    state, history and rollouts. The old password stops working at once (a session made with it is
+    closed); a revoked device is admitted again. Needs an admin token.
+    """
+    path = bundle_out or Path(f"{device_id}.bundle.json")
+    _run(lambda: _bundle_destination(path, folder=False))  # before the hub changes anything
+    with _client(url, token) as c:
+        res = _run(lambda: c.request("POST", f"/api/v1/devices/{device_id}/rekey"))
+    _run(lambda: _save_bundles([(DeviceBundle.model_validate(res["bundle"]), path)], done="rekeyed"))
+    if as_json:
+        _print_json({"device": res["device"], "bundle_path": str(path)})
+        return
+    out.print(f"device {device_id} rekeyed; new bootstrap bundle written to {path} (mode 0600, holds its password); "
+              "the old password no longer works")  # fmt: skip
 
 
 # -- deploy ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Process plumbing shared by the hub and the agent (which never import each other).
 
 What lives here is infrastructure with I/O that `fleet` must stay free of: settings read from the
-environment (`infra.settings`, on pydantic-settings) and uvicorn serving an ASGI app on a background
-thread (`infra.server`). It imports no project package except `fleet`, and no MQTT, SQL or Kubernetes client.
+environment (`infra.settings`, on pydantic-settings), uvicorn serving an ASGI app on a background
+thread (`infra.server`) and the socket options both sides' MQTT links set (`infra.sockets`). It imports no
+project package except `fleet`, and no MQTT, SQL or Kubernetes client.
 """

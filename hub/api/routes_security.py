@@ -1,4 +1,4 @@
-"""Security routes: revoke a device's broker account; see what the hub enforces."""
+"""Security routes: revoke a device's broker account or give it new credentials; see what the hub enforces."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from hub.api.deps import Admin, Viewer
 from hub.api.schemas import errors
-from hub.views.schemas import DeviceRevoked, SecurityStatus
+from hub.views.schemas import DeviceEnrolled, DeviceRevoked, SecurityStatus
 
 if TYPE_CHECKING:
     from hub.services import HubServices
@@ -27,6 +27,18 @@ def security_router(hub: HubServices) -> APIRouter:
     def revoke(device_id: str, principal: Admin) -> DeviceRevoked:
         changed = hub.revoke_device(device_id, actor=principal.name)
         return DeviceRevoked(device_id=device_id, revoked=True, changed=changed)
+
+    @r.post(
+        "/devices/{device_id}/rekey",
+        tags=["devices"],
+        summary="Give an enrolled device new broker credentials; returns its new bootstrap bundle",
+        description="The old password is refused from now on (the broker reloads; a session made with it is "
+        "closed). Labels, desired state, telemetry and rollouts stay. A revoked device is admitted again.",
+        responses=errors(401, 403, 404, 429),
+    )
+    def rekey(device_id: str, principal: Admin) -> DeviceEnrolled:
+        bundle = hub.rekey_device(device_id, actor=principal.name)
+        return DeviceEnrolled(device=hub.views.device_summary(device_id), bundle=bundle.model_dump(mode="json"))
 
     @r.get(
         "/security",

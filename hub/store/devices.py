@@ -149,6 +149,17 @@ class DeviceTables:
 
         return self._write(job)
 
+    def set_password_hash(self, device_id: str, password_hash: str) -> Device:
+        """Replace a device's broker password hash (a rekey); NotFound for an unknown device."""
+
+        def job(c: Conn) -> Device:
+            sql = "UPDATE devices SET password_hash = ? WHERE id = ?"
+            if c.execute(sql, (password_hash, device_id)).rowcount == 0:
+                raise NotFound(f"device {device_id} is not enrolled")
+            return _device(c.execute(_DEVICE + " WHERE d.id = ?", (device_id,)).fetchone())
+
+        return self._write(job)
+
     def allocate_desired_versions(self, device_ids: list[str]) -> dict[str, int]:
         """Reserve the next desired-state version of each device (persisted: monotonic across restarts)."""
         ids = sorted(set(device_ids))  # in device order: replicas lock the same rows in the same order

@@ -55,7 +55,8 @@ class DeviceDetail(DeviceSummary):
 
 
 class DeviceEnrolled(View):
-    """The answer to an enrolment: the device and its bootstrap bundle (the only time its password is shown)."""
+    """The answer to an enrolment or a rekey: the device and its bootstrap bundle (the only time that password is
+    shown)."""
 
     device: DeviceSummary
     bundle: dict[str, Any] = Field(description="the DeviceBundle JSON to hand to the agent")

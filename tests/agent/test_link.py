@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import time
 
 import pytest
@@ -129,3 +130,23 @@ def test_broker_urls(url: str, expected: BrokerAddress) -> None:
 def test_bad_broker_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidBrokerUrl, match="broker URL"):
         BrokerAddress.parse(url)
+
+
+@pytest.mark.parametrize("bound_s", [15.0, 2.5, 0.0])
+def test_the_links_socket_bounds_unacknowledged_bytes(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, bound_s: float
+) -> None:
+    """A partition that drops packets resets nothing: without TCP_USER_TIMEOUT the agent's publishes sat in a
+    dead socket, retransmitted with exponential backoff, and after the link healed the link resumed only at the
+    next retransmission (the behaviour across a real partition: tests/faults/test_netns.py). 0 leaves the
+    kernel's default."""
+    agent, _ = make_agent(hub, device_id, broker.url, link={"tcp_user_timeout_s": bound_s})
+    assert agent.wait_ready(10)
+    sock = agent.link._sock
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(bound_s * 1000)
+    agent.link.drop(0.05)  # every new connection gets it
+    hub.wait(lambda: agent.link.connects >= 2 and agent.link.connected, what="reconnect")
+    again = agent.link._sock
+    assert again is not None and again is not sock
+    assert again.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(bound_s * 1000)

@@ -26,6 +26,7 @@ from tests.support.outcomes import record
 
 pytestmark = pytest.mark.netns
 PARTITION_S = 60.0
+CUT_WHILE_SENDING_S = 40.0  # > link.tcp_user_timeout_s, < 2 x the production keepalive (30 s)
 
 
 class WantWatcher:
@@ -134,3 +135,43 @@ def test_a_60s_partition_mid_download_resumes_spools_telemetry_and_the_hub_sees_
            "recovered", 1, 0)  # fmt: skip
     record("fault", "telemetry spooled across a 60 s partition (own network host)", "recovered", during, lost)
     record("fault", "device offline during a partition and back (its will, then a birth)", "recovered", 1, 0)
+
+
+def test_a_partition_while_the_agent_sends_heals_into_delivery_of_everything_it_had(
+    netns_world: FaultWorld, net_host: NetHost
+) -> None:
+    """A silent partition (frames lost on the way, `NetHost.drop`; shorter than two keepalives, so MQTT's ping
+    does not end it) while the agent publishes telemetry: the publishes sit unacknowledged in the socket. After
+    the partition ends, the agent delivers every window made before, during and after it, once each.
+
+    How long delivery took to resume is printed (docs/agent.md has the figures): with the production keepalive,
+    TCP's backed-off retransmissions decided it unless TCP_USER_TIMEOUT (`link.tcp_user_timeout_s`) closed the
+    dead socket first; the test asserts the outcome, not the time.
+    """
+    w = netns_world
+    data = w.tmp / "agent-cut"
+    fast_telemetry, production_keepalive = "0.5", "30"
+    agent = w.spawn(w.enrol("cam-cut"), data, host=net_host, EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S=fast_telemetry,
+                    EDGEFLEET_AGENT_LINK_KEEPALIVE_S=production_keepalive)  # fmt: skip
+    try:
+        wait_for(lambda: len(w.stored_seqs("cam-cut")) >= 3, timeout=60)
+        net_host.drop()
+        before = len(w.stored_seqs("cam-cut"))
+        time.sleep(CUT_WHILE_SENDING_S)
+        during = w.spooled(data)
+        assert during > 0, "nothing waited to be sent during the partition"
+        net_host.undrop()
+        healed = time.monotonic()
+        wait_for(lambda: len(w.stored_seqs("cam-cut")) > before, timeout=120, interval=0.1)
+        resumed = time.monotonic() - healed
+        print(f"\ndelivery resumed {resumed:.1f} s after a {CUT_WHILE_SENDING_S:.0f} s silent partition ended")
+        wait_for(lambda: w.spooled(data) == 0 and len(w.stored_seqs("cam-cut")) >= before + during, timeout=120)
+    finally:
+        stopped = agent.stop()
+    assert stopped == 0
+    seqs = w.stored_seqs("cam-cut")
+    assert len(seqs) == len(set(seqs)) and seqs[0] <= 1, seqs[:5]
+    lost = (seqs[-1] - seqs[0] + 1) - len(seqs)
+    assert lost == 0
+    record("fault", f"{CUT_WHILE_SENDING_S:.0f} s silent partition while sending (own network host)", "recovered",
+           len(seqs), lost)  # fmt: skip

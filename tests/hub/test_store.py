@@ -91,6 +91,16 @@ def test_reopening_keeps_data_and_applies_no_migration_twice(database: Database)
         s.close()
 
 
+def test_a_rekey_replaces_only_the_password_hash(store: SqlStore) -> None:
+    store.add_device(_dev("d1"))
+    store.set_labels("d1", {"site": "b"})
+    updated = store.set_password_hash("d1", "$7$new")
+    assert updated.password_hash == "$7$new" and updated.labels == {"site": "b"} and updated.enrolled_at == 1.0
+    assert store.get_device("d1") == updated
+    with pytest.raises(NotFound):
+        store.set_password_hash("nope", "$7$x")
+
+
 def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     store.add_device(_dev("d1"))
     base = 6000.0  # a minute boundary

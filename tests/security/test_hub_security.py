@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner, Result
 
 from agent.mqtt import MqttLink
 from agent.settings import LinkSettings
+from edgefleet_cli import app
 from fleet.address import BrokerAddress
 from fleet.bundle import DeviceBundle
 from fleet.codec import encode
@@ -123,6 +126,102 @@ def test_revocation_survives_a_hub_restart(own_broker_hub: RunningHub) -> None:
     p = _probe(h, a)
     assert not p.accepted
     p.close()
+
+
+def _rekey(h: RunningHub, device_id: str) -> DeviceBundle:
+    with h.client() as c:
+        r = c.post(f"/api/v1/devices/{device_id}/rekey")
+    assert r.status_code == 200, r.text
+    return DeviceBundle.model_validate(r.json()["bundle"])
+
+
+def test_rekeying_a_device_refuses_its_old_password_and_keeps_the_device(own_broker_hub: RunningHub) -> None:
+    """A device whose bundle was lost could only be enrolled again under a new id (its labels, history and
+    rollouts lost): a rekey gives the same id a new password, and the old one stops working at once."""
+    h = own_broker_hub
+    with h.client() as c:
+        r = c.post("/api/v1/devices", json={"id": "cam-a", "labels": {"site": "berlin"}})
+        assert r.status_code == 201, r.text
+    old = DeviceBundle.model_validate(r.json()["bundle"])
+    enrolled_at = r.json()["device"]["enrolled_at"]
+    pa = wait_for(lambda: _accepted_probe(h, old), timeout=10)
+    try:
+        with h.client(h.token("operator")) as c:
+            assert c.post("/api/v1/devices/cam-a/rekey").status_code == 403  # credentials are an admin's
+        with h.client(None) as c:
+            assert c.post("/api/v1/devices/cam-a/rekey").status_code == 401
+        with h.client() as c:
+            assert c.post("/api/v1/devices/nope/rekey").status_code == 404
+            r = c.post("/api/v1/devices/cam-a/rekey")
+            assert r.status_code == 200, r.text
+            new = DeviceBundle.model_validate(r.json()["bundle"])
+            assert r.json()["device"]["labels"] == {"site": "berlin"}
+            assert r.json()["device"]["enrolled_at"] == enrolled_at
+            events = c.get("/api/v1/events", params={"action": "device.rekey"}).json()
+            assert [(e["subject"], e["details"]) for e in events] == [("device/cam-a", {"readmitted": False})]
+        assert new.device_id == "cam-a" and new.labels == {"site": "berlin"}
+        assert new.mqtt_password != old.mqtt_password and new.hub_public_key == old.hub_public_key
+        assert pa.disconnected.wait(10), "a session made with the old password stayed connected"
+        refused = _probe(h, old)
+        assert not refused.accepted
+        refused.close()
+        pn = wait_for(lambda: _accepted_probe(h, new), timeout=10)
+        pn.close()
+        d = h.hub.store.get_device("cam-a")
+        assert d is not None and d.labels == {"site": "berlin"}
+        record("attack", "a rekeyed device's old password", "refused")
+    finally:
+        pa.close()
+
+
+def test_rekeying_a_revoked_device_admits_it_again(own_broker_hub: RunningHub) -> None:
+    h = own_broker_hub
+    old = _enrol(h, "cam-a")
+    with h.client() as c:
+        c.post("/api/v1/devices/cam-a/revoke").raise_for_status()
+    new = _rekey(h, "cam-a")
+    p = wait_for(lambda: _accepted_probe(h, new), timeout=10)
+    p.close()
+    refused = _probe(h, old)
+    assert not refused.accepted
+    refused.close()
+    with h.client() as c:
+        assert c.get("/api/v1/security").json()["revoked_devices"] == []
+        events = c.get("/api/v1/events", params={"action": "device.rekey"}).json()
+        assert [e["details"] for e in events] == [{"readmitted": True}]
+    assert h.hub.is_enrolled("cam-a")  # its messages are accepted again
+    h.restart()  # and stays admitted, with the new password only
+    p = wait_for(lambda: _accepted_probe(h, new), timeout=10)
+    p.close()
+
+
+def test_the_cli_rekeys_a_device_into_a_new_bundle(own_broker_hub: RunningHub, tmp_path: Path) -> None:
+    h = own_broker_hub
+    cli = CliRunner()
+
+    def rekey(*args: str) -> Result:
+        return cli.invoke(app, ["device", "rekey", *args, "--url", h.url, "--token", h.admin_token])
+
+    old = _enrol(h, "cam-1")
+    # a destination that cannot be written is refused before the hub changes anything: the old bundle still works
+    bad = rekey("cam-1", "--out", str(tmp_path / "nowhere" / "cam-1.json"))
+    assert bad.exit_code == 1 and "there is no folder" in bad.output, bad.output
+    assert rekey("cam-1", "--out", str(tmp_path)).exit_code == 1  # a folder
+    p = wait_for(lambda: _accepted_probe(h, old), timeout=10)
+    p.close()
+    unknown = rekey("nope", "--out", str(tmp_path / "nope.json"))
+    assert unknown.exit_code == 1 and "not enrolled" in unknown.output, unknown.output
+
+    path = tmp_path / "cam-1.bundle.json"
+    done = rekey("cam-1", "--out", str(path))
+    assert done.exit_code == 0 and "cam-1 rekeyed" in done.output, done.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    new = DeviceBundle.load(path)
+    p = wait_for(lambda: _accepted_probe(h, new), timeout=10)
+    p.close()
+    refused = _probe(h, old)
+    assert not refused.accepted
+    refused.close()
 
 
 # -- TLS -----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
         a = lab.host("a")                    # namespace with its own address; lab.host_ip(a) is this side
         proc = a.popen([...])                # a process on that host
         a.cut(); a.heal()                    # `ip link set down/up` on the link: a partition, then its end
+        a.drop(); a.undrop()                 # a silent partition: frames lost on the way, senders unaware
         a.shape("2mbit")                     # `tc tbf` on this side: what this host sends it is rate-limited
         a.probe(ip, port)                    # a TCP connection from inside (no `ping` here)
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _COUNTER = itertools.count()
+_NOWHERE = "02:00:00:00:00:01"  # a locally administered MAC address no interface here has (`NetHost.drop`)
 
 
 def _ip(*args: str, netns: str | None = None) -> str:
@@ -57,6 +59,7 @@ class NetHost:
     veth: str  # this side's interface
     ip: str
     host_ip: str
+    peer: str = ""  # the namespace's end of the link
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
 
     def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -93,6 +96,22 @@ class NetHost:
         """End the partition: the link comes back up (stalled connections resume)."""
         _ip("link", "set", self.veth, "up")
 
+    def drop(self) -> None:
+        """Partition the host silently: both ends keep sending, and every frame is lost on the way (each end's
+        neighbour entry for the other names a MAC address nobody has, so the receiver discards the frame).
+
+        Unlike `cut`, where the sender's own link is down (the kernel retries every 0.5 s and a connection
+        resumes at once after `heal`), this is what a lossy network does: TCP does not know, and its
+        retransmissions back off exponentially. `undrop` ends it.
+        """
+        _ip("neigh", "replace", self.ip, "lladdr", _NOWHERE, "dev", self.veth, "nud", "permanent")
+        _ip("neigh", "replace", self.host_ip, "lladdr", _NOWHERE, "dev", self.peer, "nud", "permanent", netns=self.name)
+
+    def undrop(self) -> None:
+        """End a `drop`: the neighbour entries go, addresses are resolved again (ARP) at the next frame."""
+        _ip("neigh", "del", self.ip, "dev", self.veth)
+        _ip("neigh", "del", self.host_ip, "dev", self.peer, netns=self.name)
+
 
 class NetLab:
     """Namespaces made for one test, removed on exit."""
@@ -109,7 +128,7 @@ class NetLab:
         name = f"{self.tag}{role}"[:15]
         veth, peer = f"{self.tag}{n}h"[:15], f"{self.tag}{n}n"[:15]
         base = self._base
-        h = NetHost(name=name, veth=veth, ip=f"{base}.{4 * n + 2}", host_ip=f"{base}.{4 * n + 1}")
+        h = NetHost(name=name, veth=veth, ip=f"{base}.{4 * n + 2}", host_ip=f"{base}.{4 * n + 1}", peer=peer)
         self.hosts.append(h)  # before creating anything: cleanup removes what exists
         _ip("netns", "add", name)
         _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
