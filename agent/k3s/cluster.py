@@ -291,11 +291,21 @@ def pod_reason(pod: Any) -> str | None:
     for container in status.containerStatuses or []:
         state = container.state
         waiting = state.waiting if state is not None else None
+        last = _last_exit(container)
         if waiting is not None and waiting.reason:
-            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:300]
+            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:240] + last
         if not container.ready and container.restartCount:
-            return f"{container.name} not ready after {container.restartCount} restarts"
+            return f"{container.name} not ready after {container.restartCount} restarts{last}"
     return None
+
+
+def _last_exit(container: Any) -> str:
+    """Why the container's previous run ended, e.g. " (last exit: OOMKilled, code 137)": a crash loop's cause."""
+    last = container.lastState
+    terminated = last.terminated if last is not None else None
+    if terminated is None:
+        return ""
+    return f" (last exit: {terminated.reason or 'Error'}, code {terminated.exitCode})"[:60]
 
 
 def failed(current: ClusterWorkload, message: str) -> ClusterWorkload:

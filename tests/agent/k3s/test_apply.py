@@ -202,6 +202,22 @@ def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
     assert "1x serve CrashLoopBackOff: back-off 40s" in result.message
 
 
+def test_a_crash_loop_says_how_the_container_last_ended(api: ApiServer) -> None:
+    # a serving pod over its memory limit: kubelet's OOM kill is only in the container's lastState
+    api.controller = "never"
+    oom = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "startedAt": "2026-01-01T00:00:00Z",
+                          "finishedAt": "2026-01-01T00:00:09Z"}}  # fmt: skip
+    backoff = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}
+    status = {"phase": "Running", "containerStatuses": [
+        {"name": "serve", "ready": False, "restartCount": 3, "image": "x", "imageID": "", "state": backoff,
+         "lastState": oom}]}  # fmt: skip
+    api.store.put(api.store_kind("pods"), pod("p1", status))
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1), MODEL)
+    assert result.state == "failed" and result.message is not None
+    assert "1x serve CrashLoopBackOff: back-off 40s (last exit: OOMKilled, code 137)" in result.message
+
+
 def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) -> None:
     api.controller = "never"
     api.fail(403, verb="list", resource="pods")
