@@ -125,6 +125,8 @@ class Reconciler:
         self.refused = 0
         self._settled: int | None = None
         self._retry_at: float | None = None
+        self._cluster_refused: dict[str, ErrorInfo | None] = {}  # model: the error its failed apply reported
+        self._cluster_retry_at: float | None = None
         self._locked = False
         self.stamps = stamps or Stamps(None, clock)
         self._last_progress = 0.0
@@ -278,6 +280,12 @@ class Reconciler:
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
             self._advance()
+        if self._cluster_retry_at is not None and time.monotonic() >= self._cluster_retry_at:
+            self._cluster_retry_at = None
+            d = self.desired
+            if d is not None and self._settled == d.version:  # not settled: _advance applies every model anyway
+                self._apply_cluster(d, only=set(self._cluster_refused))
+                self.report()
 
     def close(self) -> None:
         """Persist download progress (it resumes on the next start)."""
@@ -500,18 +508,32 @@ class Reconciler:
             self.store.forget(name)  # beyond the bound: the oldest removed model is forgotten (blobs collectable)
             del self.models[name]
 
-    def _apply_cluster(self, d: DesiredState) -> None:
+    def _apply_cluster(self, d: DesiredState, only: set[str] | None = None) -> None:
+        """Apply the workloads of `d`'s active models (`only`: of these). One the cluster refused (API unreachable,
+        namespace missing, RBAC) is applied again every `cluster_retry_s` until it goes in (its error is then
+        cleared) or another desired state comes: the operator fixes the cluster, the agent needs no new state.
+        """
         if self.cluster is None:
             return
         for slot in d.models:
             st = self.models[slot.name]
-            if st.active is None:
+            if st.active is None or (only is not None and slot.name not in only):
                 continue
             try:
                 st.cluster = self.cluster.apply(d, slot.name)
             except Exception as e:  # ClusterPort promises typed errors; anything else must not stop the agent either
                 code = getattr(e, "code", "cluster_error")
                 self._fail(st, AgentError(f"cluster workload not applied: {e}", code=str(code)[:64], permanent=False))
+                self._cluster_refused[slot.name] = st.error
+                continue
+            if slot.name in self._cluster_refused and st.error is self._cluster_refused.pop(slot.name):
+                st.error = None
+        wanted = {slot.name for slot in d.models}
+        self._cluster_refused = {n: e for n, e in self._cluster_refused.items() if n in wanted}
+        if self._cluster_refused:
+            log.info("cluster workloads of %s not applied: tried again in %gs",
+                     ", ".join(sorted(self._cluster_refused)), self.settings.activation.cluster_retry_s)  # fmt: skip
+            self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s
 
     def _remove_cluster(self, st: ModelState) -> None:
         assert self.cluster is not None

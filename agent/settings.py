@@ -138,6 +138,14 @@ class ActivationSettings(SettingsGroup):
         "passed (4: the hub paces chunks on these reports with a window of 16; thousands of devices downloading "
         "slowly would otherwise each report every second)",
     )
+    cluster_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="cluster mode: a model's workload the cluster refused (API unreachable, namespace missing, "
+        "RBAC denies a verb) is applied again after this many seconds, until it goes in: fixing the cluster is "
+        "enough, no new desired state is needed",
+    )
     memory_budget_bytes: int | None = Field(
         default=None,
         ge=0,

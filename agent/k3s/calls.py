@@ -23,7 +23,12 @@ API_CALLS: tuple[ApiCall, ...] = (
     # inventory: nodes are cluster-scoped, so these come from a ClusterRole
     ApiCall("list", "nodes", "", cluster_scoped=True),
     ApiCall("watch", "nodes", "", cluster_scoped=True),
-    # the serving workload, by server-side apply (patch; create the first time)
+    # the serving workload, by server-side apply (patch; create the first time); each object is read first:
+    # one of that name that we did not apply is refused, never overwritten or deleted
+    ApiCall("get", "configmaps", ""),
+    ApiCall("get", "services", ""),
+    ApiCall("get", "deployments", "apps"),
+    ApiCall("get", "horizontalpodautoscalers", "autoscaling"),
     ApiCall("create", "configmaps", ""),
     ApiCall("patch", "configmaps", ""),
     ApiCall("create", "services", ""),

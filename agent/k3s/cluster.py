@@ -166,6 +166,7 @@ class Cluster:
         name = obj["metadata"]["name"]
         namespace = obj["metadata"]["namespace"]
         what = f"apply {PLURALS[kind]} {namespace}/{name}"
+        await self._exists(kind, name)  # refuses an object of that name someone else made
 
         async def call() -> Any:
             return await self.client.patch(
@@ -180,9 +181,46 @@ class Cluster:
 
         return await with_retries(self.settings, what, call)
 
-    async def _delete(self, kind: str, name: str) -> None:
-        """Delete one object of ours if it exists (404: there was none)."""
+    async def _exists(self, kind: str, name: str) -> bool:
+        """Whether object `name` of `kind` exists in our namespace (and was applied by us).
+
+        Raises:
+            ApiCallError: code `not_ours` when an object of that name exists that no apply of our field manager
+                made (created by hand, by kubectl, by another tool): it is not ours to overwrite or delete.
+        """
         namespace = self.settings.namespace
+        what = f"get {PLURALS[kind]} {namespace}/{name}"
+
+        async def call() -> Any:
+            try:
+                return await self.client.get(KINDS[kind], name, namespace=namespace)
+            except ApiError as e:
+                if e.status.code != 404:
+                    raise
+                return None
+
+        found = await with_retries(self.settings, what, call)
+        if found is None:
+            return False
+        entries = (found.metadata.managedFields if found.metadata is not None else None) or []
+        me = self.settings.field_manager
+        if any(e.manager == me and e.operation == "Apply" for e in entries):
+            return True
+        managers = ", ".join(sorted({str(e.manager) for e in entries})) or "none recorded"
+        raise ApiCallError(
+            f"{kind} {namespace}/{name} exists but was not applied by {me} (its field managers: {managers}): "
+            f"not ours to overwrite or delete; delete or rename it, or set EDGEFLEET_K3S_WORKLOAD_NAME to another "
+            f"prefix",
+            code="not_ours",
+            permanent=True,
+            status=409,
+        )
+
+    async def _delete(self, kind: str, name: str) -> None:
+        """Delete one object of ours if it exists (none: nothing to do; one not ours: refused)."""
+        namespace = self.settings.namespace
+        if not await self._exists(kind, name):
+            return
 
         async def call() -> None:
             try:
@@ -253,11 +291,21 @@ def pod_reason(pod: Any) -> str | None:
     for container in status.containerStatuses or []:
         state = container.state
         waiting = state.waiting if state is not None else None
+        last = _last_exit(container)
         if waiting is not None and waiting.reason:
-            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:300]
+            return f"{container.name} {waiting.reason}: {waiting.message or ''}".strip(": ")[:240] + last
         if not container.ready and container.restartCount:
-            return f"{container.name} not ready after {container.restartCount} restarts"
+            return f"{container.name} not ready after {container.restartCount} restarts{last}"
     return None
+
+
+def _last_exit(container: Any) -> str:
+    """Why the container's previous run ended, e.g. " (last exit: OOMKilled, code 137)": a crash loop's cause."""
+    last = container.lastState
+    terminated = last.terminated if last is not None else None
+    if terminated is None:
+        return ""
+    return f" (last exit: {terminated.reason or 'Error'}, code {terminated.exitCode})"[:60]
 
 
 def failed(current: ClusterWorkload, message: str) -> ClusterWorkload:

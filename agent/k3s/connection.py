@@ -110,7 +110,7 @@ def _from_status(status: int, message: str) -> ApiCallError:
     temporary = status in TEMPORARY_STATUS or status >= 500
     code = CODES.get(status, "server_error" if status >= 500 else f"http_{status}")
     if status == 403:
-        message += " (grant it in deploy/rbac.yaml, or check the agent's ServiceAccount and RoleBinding)"
+        message += " (grant it in deploy/base/rbac.yaml, or check the agent's ServiceAccount and RoleBinding)"
     elif status == 409:
         message += " (another field manager owns these fields: set EDGEFLEET_K3S_FORCE_CONFLICTS=true to take them)"
     return ApiCallError(message, code=code, permanent=not temporary, status=status)

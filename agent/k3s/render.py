@@ -1,6 +1,7 @@
 """The serving workloads as plain Kubernetes objects, rendered from a desired state. Pure: no client, no I/O.
 
-One workload per model (Deployment, Service, ConfigMap and optional HPA named `<workload_name>-<model>`):
+One workload per model (Deployment, Service, ConfigMap and optional HPA named `<workload_name>-<model>`, see
+`workload_name`):
 each model has its own replicas, GPU or MIG request and rollout, so a model's change or failure never
 restarts another's pods (docs/k3s.md has the measurements behind the choice).
 
@@ -29,6 +30,7 @@ MAX_CONFIG_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB; keep room for 
 MIG_PROFILE = re.compile(r"^[1-9][0-9]?g\.[1-9][0-9]{0,3}gb(\+me)?$")
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_LABEL = "edgefleet.io/model"
+NOT_IN_LABEL = re.compile(r"[^a-z0-9-]")  # what a DNS-1035 label (a Service's name) cannot hold
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,18 @@ def template_hash(template: dict[str, Any]) -> str:
 
 
 def workload_name(base: str, model: str) -> str:
-    """The name of model `model`'s objects: `<base>-<model>`, shortened with a digest to a DNS label."""
-    name = f"{base}-{model}"
-    if len(name) <= 63:
+    """The name of model `model`'s objects: `<base>-<model>`, made a DNS-1035 label (what a Service's name must be).
+
+    A model name may hold '.' and '_' and 63 characters: those become '-' and a name over 63 characters is cut,
+    and either way a digest of the model name is appended, so models whose names differ only there still get
+    objects of their own. A model name that is a label already, and short enough, is kept as it is.
+    """
+    label = NOT_IN_LABEL.sub("-", model)
+    name = f"{base}-{label}"
+    if label == model and len(name) <= 63:
         return name
     digest = hashlib.sha256(model.encode()).hexdigest()[:8]
-    return f"{name[: 63 - 9].rstrip('-.')}-{digest}"
+    return f"{name[: 63 - 9].rstrip('-')}-{digest}"
 
 
 def pod_selector(name: str) -> dict[str, str]:

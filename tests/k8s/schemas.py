@@ -15,7 +15,10 @@ apimachinery/pkg/util/managedfields/internal/structuredmerge.go) and its issue t
   (ns/name; apps/v1, Kind=Deployment): .spec.replicas: expected numeric (int or float), got string"
   (kubernetes/kubernetes#122480 and #139253; the fix to answer 400, #139255, is not merged);
 - a merged object that misses a required field or breaks a rule of the schema: 422 Invalid, with one cause per
-  field (`FieldValueRequired`, `FieldValueInvalid`) and the message `Deployment.apps "x" is invalid: ...`.
+  field (`FieldValueRequired`, `FieldValueInvalid`) and the message `Deployment.apps "x" is invalid: ...`;
+- a name its kind does not allow (the OpenAPI schemas do not say this; apimachinery's ValidateObjectMeta does): a
+  Service's must be a DNS-1035 label, a ConfigMap's or Deployment's a DNS-1123 subdomain: 422 Invalid on
+  `metadata.name`, with the message apimachinery/pkg/util/validation writes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ def _supported() -> tuple[str, str]:
 
 
 OLDEST, NEWEST = _supported()
+DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS1123_SUBDOMAIN = rf"{DNS1123_LABEL}(\.{DNS1123_LABEL})*"
+DNS1035_LABEL = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+NAME_RULES = {  # kind: (regex, most characters, apimachinery's message)
+    "Service": (DNS1035_LABEL, 63, "a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
+                "start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
+                f"'abc-123', regex used for validation is '{DNS1035_LABEL}')"),
+    "ConfigMap": (DNS1123_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                  "characters, '-' or '.', and must start and end with an alphanumeric character (e.g. "
+                  f"'example.com', regex used for validation is '{DNS1123_SUBDOMAIN}')"),
+}  # fmt: skip
+NAME_RULES["Deployment"] = NAME_RULES["ConfigMap"]
 TYPING = frozenset({"type", "additionalProperties", "oneOf", "anyOf"})  # the typed conversion fails: 500
 
 
@@ -100,6 +115,23 @@ def typing_problems(body: dict[str, Any], version: str = NEWEST) -> list[str]:
     return problems
 
 
+def name_problems(kind: str, name: str) -> list[dict[str, str]]:
+    """The `metadata.name` cause a real apiserver gives an object of `kind` named `name` (none: allowed)."""
+    rule = NAME_RULES.get(kind)
+    if rule is None:
+        return []
+    pattern, most, explanation = rule
+    found = []
+    if len(name) > most:
+        found.append(f"must be no more than {most} characters")
+    if not re.fullmatch(pattern, name):
+        found.append(explanation)
+    return [
+        {"reason": "FieldValueInvalid", "message": f"Invalid value: {name!r}: {text}", "field": "metadata.name"}
+        for text in found
+    ]
+
+
 def check_apply(
     body: dict[str, Any], merged: dict[str, Any], group: str, name: str, namespace: str, version: str = NEWEST
 ) -> Refusal | None:
@@ -110,7 +142,7 @@ def check_apply(
         where = f"{namespace}/{name}; {api_version}, Kind={kind}"
         text = typing[0] if len(typing) == 1 else "errors:\n  " + "\n  ".join(typing)
         return Refusal(500, "", f"failed to create typed patch object ({where}): {text}")
-    causes = []
+    causes = name_problems(kind, name)
     for error in _validator(kind, api_version, version).iter_errors(merged):
         path = _path(error).lstrip(".")
         if error.validator == "required":

@@ -49,3 +49,32 @@ def test_birth_inventory_and_workload_follow_the_cluster(
         assert deployment is not None
     finally:
         agent.stop()
+
+
+def test_a_workload_the_cluster_refused_is_applied_once_the_cluster_is_fixed(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    api.store.namespaces.discard(settings.namespace)  # the operator has not created the namespace yet
+    agent = Agent(
+        hub.bundle(device_id, broker.url),
+        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
+        HeadlessServing(),
+        ClusterBridge(settings),
+    )
+    agent.start()
+    try:
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        refused = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == "not_found")
+        error = one(refused).error
+        assert error is not None and f'namespaces "{settings.namespace}" not found' in error.message
+        assert one(refused).cluster is None
+
+        api.add_namespace(settings.namespace)  # fixed: the same desired state is applied, no new one is needed
+        since = len(hub.reported)
+        fixed = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=since)
+        assert one(fixed).error is None  # the error no longer shows on `edgefleet device show`
+        assert fixed.desired_version == 1
+    finally:
+        agent.stop()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
+import pytest
+
 from agent.k3s import ClusterBridge
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
-from fleet.messages import Autoscaling, ClusterWorkload
-from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
+from fleet.messages import Autoscaling, ClusterWorkload, DesiredState
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
+from tests.k8s.schemas import DNS1035_LABEL
 from tests.k8s.server import ApiServer
 
 NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
@@ -198,9 +202,50 @@ def test_a_failed_rollout_says_why_from_its_pods(api: ApiServer) -> None:
     assert "1x serve CrashLoopBackOff: back-off 40s" in result.message
 
 
+def test_a_crash_loop_says_how_the_container_last_ended(api: ApiServer) -> None:
+    # a serving pod over its memory limit: kubelet's OOM kill is only in the container's lastState
+    api.controller = "never"
+    oom = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "startedAt": "2026-01-01T00:00:00Z",
+                          "finishedAt": "2026-01-01T00:00:09Z"}}  # fmt: skip
+    backoff = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}
+    status = {"phase": "Running", "containerStatuses": [
+        {"name": "serve", "ready": False, "restartCount": 3, "image": "x", "imageID": "", "state": backoff,
+         "lastState": oom}]}  # fmt: skip
+    api.store.put(api.store_kind("pods"), pod("p1", status))
+    with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
+        result = bridge.apply(desired(1), MODEL)
+    assert result.state == "failed" and result.message is not None
+    assert "1x serve CrashLoopBackOff: back-off 40s (last exit: OOMKilled, code 137)" in result.message
+
+
 def test_pods_that_cannot_be_listed_leave_the_message_as_it_was(api: ApiServer) -> None:
     api.controller = "never"
     api.fail(403, verb="list", resource="pods")
     with ClusterBridge(fast_settings(api.kubeconfig, rollout_deadline_s=0.3)) as bridge:
         result = bridge.apply(desired(1), MODEL)
     assert result.state == "failed" and result.message is not None and "pods:" not in result.message
+
+
+def named(state: DesiredState, model: str) -> DesiredState:
+    """`state` with its one slot serving model `model` (any name the wire contract allows)."""
+    return with_slot(state, model=state.models[0].model.model_copy(update={"name": model}))
+
+
+@pytest.mark.parametrize("model", ["resnet_50", "yolo.v8", "m" * 63, "x." + "y_" * 30 + "z", "0-9"])
+def test_every_model_name_the_wire_allows_gets_a_workload(api: ApiServer, bridge: ClusterBridge, model: str) -> None:
+    # model names may hold '.' and '_' and 63 characters; a Service name is a DNS-1035 label (no '.', no '_',
+    # 63 at most): the apiserver refuses the raw name with 422 Invalid
+    result = bridge.apply(named(desired(1), model), model)
+    assert result.state == "ready", result
+    name = result.deployment
+    assert len(name) <= 63 and re.fullmatch(DNS1035_LABEL, name), name
+    for group, plural in (("", "configmaps"), ("apps", "deployments"), ("", "services")):
+        obj = api.get(group, plural, NAMESPACE, name)
+        assert obj is not None and obj["metadata"]["labels"]["edgefleet.io/model"] == model
+    bridge.remove(model)
+    assert api.get("apps", "deployments", NAMESPACE, name) is None
+
+
+def test_model_names_that_differ_only_in_punctuation_get_workloads_of_their_own(bridge: ClusterBridge) -> None:
+    names = {bridge.apply(named(desired(1), m), m).deployment for m in ("resnet-50", "resnet_50", "resnet.50")}
+    assert len(names) == 3 and "edgefleet-inference-resnet-50" in names  # names that are labels already stay

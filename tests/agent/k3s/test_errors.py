@@ -20,6 +20,7 @@ from agent.k3s import (
     connection,
 )
 from agent.k3s.calls import API_CALLS
+from agent.k3s.render import MODEL_LABEL
 from fleet.messages import RuntimeOptions
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
 from tests.k8s.certs import make_pki
@@ -42,8 +43,8 @@ def test_forbidden_by_rbac_is_permanent_and_names_the_permission(api: ApiServer,
         bridge.apply(desired(1), MODEL)
     e = info.value
     assert (e.code, e.status, e.permanent) == ("forbidden", 403, True)
-    assert 'cannot create resource "deployments"' in e.message and "deploy/rbac.yaml" in e.message
-    assert [r.code for r in api.requests if r.resource == "deployments"] == [403]  # not retried
+    assert 'cannot create resource "deployments"' in e.message and "deploy/base/rbac.yaml" in e.message
+    assert [r.code for r in api.requests if r.resource == "deployments" and r.verb != "get"] == [403]  # not retried
     api.allow(all_rules_but(("list", "nodes")))
     with pytest.raises(ApiCallError, match="at the cluster scope"):
         bridge.inventory()
@@ -78,7 +79,7 @@ def test_injected_409_is_not_retried(api: ApiServer, bridge: ClusterBridge) -> N
     with pytest.raises(ApiCallError, match="Operation cannot be fulfilled") as info:
         bridge.apply(desired(1), MODEL)
     assert info.value.code == "conflict"
-    assert len([r for r in api.requests if r.resource == "configmaps"]) == 1
+    assert len([r for r in api.requests if r.resource == "configmaps" and r.verb == "patch"]) == 1
 
 
 @pytest.mark.parametrize("code", [500, 503, 429, 504])
@@ -269,3 +270,34 @@ def test_a_revoked_token_is_unauthorized(tmp_path: Path, token_api: ApiServer, m
     with ClusterBridge(fast_settings(None)) as bridge, pytest.raises(ApiCallError) as info:
         bridge.inventory()
     assert (info.value.code, info.value.status, info.value.permanent) == ("unauthorized", 401, True)
+
+
+def test_objects_of_our_names_that_someone_else_made_are_neither_overwritten_nor_deleted(
+    api: ApiServer, bridge: ClusterBridge
+) -> None:
+    # someone's own Deployment happens to carry the name of our workload (`kubectl create deployment ...`)
+    theirs = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "namespace": NAMESPACE},
+              "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "theirs"}},
+                       "template": {"metadata": {"labels": {"app": "theirs"}},
+                                    "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}  # fmt: skip
+    key = ("apps", "deployments", NAMESPACE, NAME)
+    api.store.apply(api.store_kind("deployments"), key, theirs, "kubectl-create", force=True)
+    before = api.get(*key)
+    assert before is not None
+    with pytest.raises(ApiCallError) as info:
+        bridge.apply(desired(1), MODEL)
+    assert (info.value.code, info.value.status, info.value.permanent) == ("not_ours", 409, True)
+    assert f"Deployment {NAMESPACE}/{NAME} exists but was not applied by edgefleet-agent" in info.value.message
+    assert "kubectl-create" in info.value.message
+    with pytest.raises(ApiCallError, match="not ours") as info:
+        bridge.remove(MODEL)  # the model is undeployed: their Deployment stays
+    assert api.get(*key) == before
+    assert not [r for r in api.requests if r.resource == "deployments" and r.verb in ("patch", "delete")]
+
+    api.store.delete(key)  # the operator removes theirs: ours goes in, and a label changed by hand is taken back
+    assert bridge.apply(desired(2), MODEL).state == "ready"
+    label = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "labels": {MODEL_LABEL: "x"}}}
+    api.store.apply(api.store_kind("deployments"), key, label, "kubectl-label", force=True)
+    assert bridge.apply(desired(3), MODEL).state == "ready"
+    ours = api.get(*key)
+    assert ours is not None and ours["metadata"]["labels"][MODEL_LABEL] == MODEL
