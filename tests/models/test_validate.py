@@ -171,3 +171,17 @@ def test_nhwc_uint8_model_matches_float_model(classifier: Sample, classifier_eng
     assert np.allclose(got, want, atol=1e-3)
     with pytest.raises(SignatureMismatch, match="fixed width 3"):
         validate(onnx_path, loaded.model_copy(update={"input": classifier.descriptor.input, "sha256": None}))
+
+
+def test_weights_in_an_external_data_file_are_refused_with_the_reason(classifier: Sample, tmp_path: Path) -> None:
+    """A model saved with `save_as_external_data` (every exporter does it past 2 GiB; some always) keeps its weights
+    in a second file. The hub stores and ships one .onnx file, so the agent could never load it; validate said
+    only "should be stored in weights.bin, but it is not regular file" with the file right beside it."""
+    model = onnx.load(classifier.path)
+    p = tmp_path / "ext.onnx"
+    onnx.save_model(model, p, save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    assert (tmp_path / "weights.bin").is_file()
+    with pytest.raises(InvalidModelFile, match=r"ext.onnx keeps the data of \d+ tensors in weights.bin") as e:
+        validate(p, classifier.descriptor.model_copy(update={"sha256": None, "size": None}))
+    assert "save_as_external_data=False" in str(e.value)
+    assert e.value.permanent
