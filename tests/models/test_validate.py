@@ -24,6 +24,7 @@ from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import file_digest, validate
 from tests.models.conftest import Sample, encode, scene
+from tests.support.models import colour_classifier
 
 
 def test_sample_validates_and_records(classifier: Sample) -> None:
@@ -185,3 +186,16 @@ def test_weights_in_an_external_data_file_are_refused_with_the_reason(classifier
         validate(p, classifier.descriptor.model_copy(update={"sha256": None, "size": None}))
     assert "save_as_external_data=False" in str(e.value)
     assert e.value.permanent
+
+
+def test_an_operator_onnxruntime_lacks_is_refused_in_one_readable_line(tmp_path: Path) -> None:
+    """Exporters emit custom-domain operators and newer `ai.onnx.ml` opsets; onnxruntime's refusal came through with
+    its C++ source location and function signature ("model_load_utils.h:46 void onnxruntime::...")."""
+    model, desc = colour_classifier("1.0.0", 32)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 9))
+    p = tmp_path / "ml9.onnx"
+    onnx.save(model, p)
+    with pytest.raises(InvalidModelFile, match="onnxruntime cannot load ml9.onnx") as e:
+        validate(p, desc)
+    assert "ai.onnx.ml" in str(e.value)
+    assert "onnxruntime_src" not in str(e.value) and "\n" not in str(e.value)
