@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 from PIL import Image
 
