@@ -133,8 +133,8 @@ class Batcher:
         self.engine = engine
         self.options = options or BatcherOptions()
         self._more_coming = more_coming
-        fixed = engine.max_batch
-        self.max_batch = min(self.options.max_batch, fixed) if fixed else self.options.max_batch
+        fixed = engine.max_batch  # a fixed batch runs exactly that many rows, whatever `max_batch` asks
+        self.max_batch = fixed or self.options.max_batch
         self._pending: deque[_Request] = deque()  # queued, not yet taken by a worker
         self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; workers wait on it
         self._closing = False
