@@ -45,6 +45,26 @@ class Backend(Protocol):
     def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]: ...
 
 
+def fill_batch(inputs: Mapping[str, Any], fixed: int | None) -> tuple[Mapping[str, Any], int | None]:
+    """Inputs of fewer rows than a graph's fixed batch, filled up to it with copies of their last row.
+
+    A model exported with a fixed batch of N (Ultralytics `export(batch=4)`, TensorRT-minded exports) takes
+    exactly N rows, but the image endpoint sends one image: the rows it lacks are filled, and the caller keeps
+    only its own rows of the outputs (the given row count is returned; None: nothing was filled). Anything
+    unusual is left as it is for `check_inputs` to name.
+    """
+    if fixed is None or not isinstance(inputs, Mapping) or not inputs:
+        return inputs, None
+    if not all(isinstance(a, np.ndarray) and a.ndim for a in inputs.values()):
+        return inputs, None
+    rows = {int(a.shape[0]) for a in inputs.values()}
+    given = rows.pop() if len(rows) == 1 else 0
+    if not 0 < given < fixed:
+        return inputs, None
+    filled = {k: np.concatenate([a, np.repeat(a[-1:], fixed - given, axis=0)]) for k, a in inputs.items()}
+    return filled, given
+
+
 class BatcherOptions(BaseModel):
     """Dynamic batching knobs."""
 
@@ -113,8 +133,8 @@ class Batcher:
         self.engine = engine
         self.options = options or BatcherOptions()
         self._more_coming = more_coming
-        fixed = engine.max_batch
-        self.max_batch = min(self.options.max_batch, fixed) if fixed else self.options.max_batch
+        fixed = engine.max_batch  # a fixed batch runs exactly that many rows, whatever `max_batch` asks
+        self.max_batch = fixed or self.options.max_batch
         self._pending: deque[_Request] = deque()  # queued, not yet taken by a worker
         self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; workers wait on it
         self._closing = False
@@ -166,6 +186,7 @@ class Batcher:
     async def infer(self, inputs: Mapping[str, Any], timing: Timing | None = None) -> dict[str, Array]:
         """Run one request (any number of rows, batch axis first) as part of a batch.
 
+        A graph with a fixed batch of N takes 1 to N rows (`fill_batch`); the answer has the rows given.
         `timing` (optional) receives the request's queue and engine-run nanoseconds.
 
         Raises:
@@ -176,6 +197,7 @@ class Batcher:
         """
         if not self._workers or self._closing:
             raise EngineNotReady("batcher is not running; call start() or use `async with`")
+        inputs, given = fill_batch(inputs, self.engine.max_batch)
         feed = self.engine.check_inputs(inputs)
         rows = {int(a.shape[0]) for a in feed.values() if a.ndim}
         if len(rows) != 1:
@@ -192,7 +214,10 @@ class Batcher:
             self._pending.append(req)
             self._cond.notify()
         self._requests += 1
-        return await req.future
+        out = await req.future
+        if given is None:
+            return out
+        return {k: v[:given] if v.ndim and v.shape[0] == n else v for k, v in out.items()}
 
     def stats(self) -> BatcherStats:
         """Queue depth, request/batch/reject/failure counts, and how often each batch size ran."""

@@ -463,7 +463,7 @@ def _create_session(path: Path, opts: EngineOptions) -> tuple[Any, tuple[tuple[s
         except Exception as e:  # onnxruntime raises untyped errors
             text = str(e)
             if "Load model" in text or "INVALID_PROTOBUF" in text or "INVALID_GRAPH" in text:
-                raise InvalidModelFile(f"onnxruntime cannot load {path.name}: {text}") from e
+                raise InvalidModelFile(f"onnxruntime cannot load {path.name}: {one_line(text, 800)}") from e
             fallbacks.append((wanted, f"session creation failed: {text[:300]}"))
             last = e
             continue

@@ -9,6 +9,7 @@ outputs must fit the declared decoder (models.layouts).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,33 @@ def _parse(path: Path) -> Any:
         ) from e
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
         raise InvalidModelFile(f"{path.name} is not an ONNX model (no IR version or empty graph)")
+    external = [t for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        where = sorted({e.value for t in external for e in t.external_data if e.key == "location"})
+        raise InvalidModelFile(
+            f"{path.name} keeps the data of {len(external)} tensors in {', '.join(where) or 'another file'} "
+            "(ONNX external data); a model version is one .onnx file, which is all the hub stores and agents "
+            "receive: save it with the weights inside (onnx.save_model(onnx.load(path), out, "
+            "save_as_external_data=False); possible below protobuf's 2 GiB limit)"
+        )
     return model
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initialisers, sparse ones and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
 
 
 def _check_opset(model: Any) -> tuple[int, int]:

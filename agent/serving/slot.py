@@ -273,6 +273,9 @@ class ModelSlot:
         waits no longer than it would behind this run in the batcher. None: go through the batcher.
         """
         b = s.batcher
+        fixed = s.engine.max_batch
+        if fixed is not None and rows_of(feed) < fixed:
+            return None  # the batcher fills the graph's fixed batch
         if s.inflight != 1 or b is None or not self._run_lock.acquire(blocking=False):
             return None
         try:

@@ -11,11 +11,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models.batcher import Array, Batcher, BatcherOptions, BatcherStats
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
 from models.errors import EngineNotReady, InvalidInput, QueueFull
 from models.golden import golden_input
 from models.samples import classifier_descriptor
+from models.validate import validate
 from tests.models.conftest import Sample
+from tests.support.models import colour_classifier
 
 
 def _inputs(sample: Sample, n: int, h: int = 64, w: int = 64) -> list[np.ndarray]:
@@ -140,6 +144,25 @@ def test_fixed_batch_model_limits_batches(layout_models: dict[str, Sample]) -> N
     assert set(sizes) == {1}
     for x, r in zip(xs, results, strict=True):
         assert np.array_equal(r["det_scores"], engine.infer({"images": x})["det_scores"])
+
+
+def test_a_fixed_batch_model_runs_whatever_max_batch_says(tmp_path: Path) -> None:
+    """A graph fixed to 4 rows runs 4 rows or nothing: `max_batch: 2` (a latency setting) capped the batcher at 2,
+    and every request, one row or four, was refused ("the batcher takes at most 2 per request")."""
+    model, desc = colour_classifier("1.0.0", 8)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx_path, yaml_path = write_model(model, desc, tmp_path, "fixed4")
+    engine = Engine.load(onnx_path, validate(onnx_path, ModelDescriptor.load(yaml_path)).descriptor)
+    xs = [np.random.default_rng(rows).random((rows, 3, 8, 8)).astype(np.float32) for rows in (1, 4)]
+
+    async def main() -> list[dict[str, Array]]:
+        async with Batcher(engine, BatcherOptions(max_batch=2)) as b:
+            assert b.max_batch == 4
+            return [await b.infer({"image": x}) for x in xs]
+
+    for x, out in zip(xs, asyncio.run(main()), strict=True):
+        assert np.allclose(out["logits"], x.mean(axis=(2, 3)), atol=1e-6)
 
 
 def _gather_model(tmp_path: Path) -> Engine:

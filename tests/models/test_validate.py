@@ -24,6 +24,7 @@ from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import file_digest, validate
 from tests.models.conftest import Sample, encode, scene
+from tests.support.models import colour_classifier
 
 
 def test_sample_validates_and_records(classifier: Sample) -> None:
@@ -171,3 +172,30 @@ def test_nhwc_uint8_model_matches_float_model(classifier: Sample, classifier_eng
     assert np.allclose(got, want, atol=1e-3)
     with pytest.raises(SignatureMismatch, match="fixed width 3"):
         validate(onnx_path, loaded.model_copy(update={"input": classifier.descriptor.input, "sha256": None}))
+
+
+def test_weights_in_an_external_data_file_are_refused_with_the_reason(classifier: Sample, tmp_path: Path) -> None:
+    """A model saved with `save_as_external_data` (every exporter does it past 2 GiB; some always) keeps its weights
+    in a second file. The hub stores and ships one .onnx file, so the agent could never load it; validate said
+    only "should be stored in weights.bin, but it is not regular file" with the file right beside it."""
+    model = onnx.load(classifier.path)
+    p = tmp_path / "ext.onnx"
+    onnx.save_model(model, p, save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    assert (tmp_path / "weights.bin").is_file()
+    with pytest.raises(InvalidModelFile, match=r"ext.onnx keeps the data of \d+ tensors in weights.bin") as e:
+        validate(p, classifier.descriptor.model_copy(update={"sha256": None, "size": None}))
+    assert "save_as_external_data=False" in str(e.value)
+    assert e.value.permanent
+
+
+def test_an_operator_onnxruntime_lacks_is_refused_in_one_readable_line(tmp_path: Path) -> None:
+    """Exporters emit custom-domain operators and newer `ai.onnx.ml` opsets; onnxruntime's refusal came through with
+    its C++ source location and function signature ("model_load_utils.h:46 void onnxruntime::...")."""
+    model, desc = colour_classifier("1.0.0", 32)
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 9))
+    p = tmp_path / "ml9.onnx"
+    onnx.save(model, p)
+    with pytest.raises(InvalidModelFile, match="onnxruntime cannot load ml9.onnx") as e:
+        validate(p, desc)
+    assert "ai.onnx.ml" in str(e.value)
+    assert "onnxruntime_src" not in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,73 @@
+"""Models exported by other tools, served through the real HTTP API: signatures our samples do not have."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.api import ApiServer, ApiSettings, ModelRepository
+from fleet.messages import AppliedModel
+from models.cli import write_model
+from models.descriptor import ModelDescriptor
+from models.engine import Engine
+from models.validate import validate
+from tests.agent.api.conftest import OPTIONS
+from tests.support.inference import json_body
+from tests.support.models import colour_classifier
+
+FIXED = 4
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fixed_batch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A classifier exported with a fixed batch of 4 (Ultralytics `export(batch=4)`, TensorRT-minded exports)."""
+    model, desc = colour_classifier("1.0.0", 32, name="fixed4")
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = FIXED
+    onnx_path, yaml_path = write_model(model, desc, tmp_path_factory.mktemp("fixed4"), "fixed4")
+    d = validate(onnx_path, ModelDescriptor.load(yaml_path)).descriptor
+    engine = Engine.load(Path(onnx_path), d, OPTIONS)
+    assert engine.max_batch == FIXED
+    repo = ModelRepository()
+    server = ApiServer(ApiSettings(port=0), repo)
+    server.start()
+    assert d.sha256 is not None
+    repo.activate(engine, AppliedModel(name=d.name, version=d.version, sha256=d.sha256), d)
+    yield server.url
+    server.stop()
+
+
+def test_a_fixed_batch_model_answers_one_image(fixed_batch: str) -> None:
+    """validate accepts a fixed batch of 4 (and the hub with it); the image endpoint sends one image, and got a 400
+    blaming the client ('the model expects [4, 3, 32, 32]') for every image."""
+    with httpx.Client(base_url=fixed_batch, timeout=30) as c:
+        for rgb, want in (((200, 30, 30), "red"), ((20, 190, 40), "green"), ((10, 20, 230), "blue")):
+            r = c.post("/v1/models/fixed4:predict", content=_png(rgb), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            assert r.json()["classes"][0]["label"] == want
+
+
+@pytest.mark.parametrize("rows", [1, 3, FIXED])
+def test_a_fixed_batch_model_takes_up_to_its_batch_of_tensor_rows(fixed_batch: str, rows: int) -> None:
+    x = np.random.default_rng(rows).random((rows, 3, 32, 32)).astype(np.float32)
+    with httpx.Client(base_url=fixed_batch, timeout=30) as c:
+        r = c.post("/v2/models/fixed4/infer", content=json_body({"image": x}))
+        assert r.status_code == 200, r.text
+        [out] = r.json()["outputs"]
+        assert out["shape"] == [rows, 3]  # the filled rows are not answered
+        assert np.allclose(np.asarray(out["data"]).reshape(rows, 3), x.mean(axis=(2, 3)), atol=1e-5)
+        too_many = np.zeros((FIXED + 1, 3, 32, 32), np.float32)
+        r = c.post("/v2/models/fixed4/infer", content=json_body({"image": too_many}))
+        assert r.status_code == 400 and "[4, 3, 32, 32]" in r.json()["error"], r.text
