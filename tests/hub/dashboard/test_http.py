@@ -523,13 +523,18 @@ def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, 
 
 def test_a_failed_canary_of_one_device(running_hub: RunningHub, samples: Path) -> None:
     """A rollout of one device: the waves after the canary hold no device (the controller passes them at once)
-    and say "empty"; the gate table names the phase each gate was evaluated in; the overview's event list says
-    which gate failed and why in words, not as JSON."""
+    and say "empty", and so does the wave count ("Wave 1 of 4" read as if three waves were still to run); the
+    gate table names the phase each gate was evaluated in; the overview's event list says which gate failed and
+    why in words, not as JSON."""
     rollout = _start_rollout(running_hub, samples, 1, "paused", offline_timeout_s=0.5)  # waves 1,10%,50%,100%
     with _fresh(running_hub).client("admin") as c:
         page = c.get(f"/rollouts/{rollout['id']}").text
         overview = c.get("/").text
+        listed = c.get("/rollouts").text
     assert _badges(page) == ["failed", "empty", "empty", "empty"]
+    assert '<span class="k">Wave</span><span>1 of 4 (3 empty) · ' in page
+    assert 'data-label="Wave">1 of 4 (3 empty) <span' in overview
+    assert 'data-label="Wave">1 of 4 (3 empty) <span' in listed
     assert _cells(page, "Phase") == {"activation": ["activating"], "availability": ["activating"]}
     row = next(r for r in overview.split("<tr") if "rollout.gate_failed" in r)
     text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row[row.index("<td") :])))
