@@ -333,6 +333,18 @@ def test_a_reconnecting_stream_starts_from_the_last_update_the_page_had(quiet: D
         assert [e["event"] for e in _stream(c, src)] == ["ping", "update"]  # a new EventSource: the page's stamp
 
 
+def test_a_device_degraded_by_its_error_rate_says_so(dash: Dash) -> None:
+    """A device degraded by its error rate alone reports no error, and its row gave no reason at all."""
+    with dash.client("viewer") as c:
+        page = c.get("/devices?state=degraded").text
+    rows = dict(re.findall(r'<tr data-device="([^"]+)">(.*?)</tr>', page, re.S))
+    assert set(rows) == set(dash.fleet.by_state["degraded"])
+    for dev, row in rows.items():
+        why = re.search(r'<span class="why" title="([^"]*)">', row)
+        assert why is not None, dev
+        assert re.fullmatch(r"error rate [0-9.]+% in its last window \(\d+ of \d+ requests\)", why[1]), why[1]
+
+
 def test_failed_logins_share_the_apis_rate_limit(dash: Dash) -> None:
     # a client address of its own (127.0.0.2), so the other tests' failures do not count
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
