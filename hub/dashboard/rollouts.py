@@ -45,6 +45,12 @@ class Progress(View):
     target: str  # what "on target" means: MODEL:VERSION, or their previous version when rolling back
     wave: int
     waves: int
+    empty: int = 0  # waves without devices (a small fleet over `1,10%,50%,100%`): the controller passes them at once
+
+    @property
+    def of(self) -> str:
+        """The wave in progress out of the rollout's: `2 of 4`, `1 of 4 (3 empty)` when waves hold no device."""
+        return f"{self.wave} of {self.waves}" + (f" ({self.empty} empty)" if self.empty else "")
 
     @property
     def short(self) -> str:
@@ -132,7 +138,10 @@ def progress(status: RolloutStatus) -> Progress:
     done = status.totals.rolled_back if rolling else status.totals.active
     wave = min(status.wave + 1, status.wave_count)
     target = _target(status.model, status.version, status.state)
-    return Progress(done=done, total=max(1, status.devices), target=target, wave=wave, waves=status.wave_count)
+    empty = sum(1 for w in status.waves if w.devices == 0)
+    return Progress(
+        done=done, total=max(1, status.devices), target=target, wave=wave, waves=status.wave_count, empty=empty
+    )
 
 
 def waiting(st: RolloutStatus) -> Waiting | None:
@@ -178,6 +187,7 @@ def active_rollouts(hub: HubServices, rows: list[DeviceRow]) -> list[ActiveRollo
         p = Progress(
             done=done, total=max(1, len(members)), target=_target(r.spec.model, r.spec.version, r.state),
             wave=min(r.current + 1, len(r.waves)), waves=len(r.waves),
+            empty=len(r.waves) - len({e.wave for e in r.devices.values()}),
         )  # fmt: skip
         out.append(ActiveRollout(**dict(summary_view(r)), progress=p))
     return sorted(out, key=lambda x: x.created_at, reverse=True)

@@ -20,7 +20,7 @@ from hub.auth import Principal
 from hub.dashboard import charts, session
 from hub.dashboard.cache import TtlCache
 from hub.dashboard.detail import device_detail
-from hub.dashboard.live import fingerprint
+from hub.dashboard.live import fingerprint, stamp
 from hub.dashboard.render import STATIC, environment
 from hub.dashboard.views import (
     SORT_KEYS,
@@ -75,7 +75,7 @@ class Pages:
         token = session.session_token(request)
         body = self.env.get_template(template).render(
             who=who, csrf=session.csrf_token(token) if token and who else "", path=request.url.path,
-            now=time.time(), states=STATES, **ctx,
+            now=time.time(), states=STATES, live_since=getattr(request.state, "live_since", None), **ctx,
         )  # fmt: skip
         return HTMLResponse(body, status_code=status)
 
@@ -118,6 +118,9 @@ class Pages:
         except HubError as e:  # RateLimited: too many failed attempts from this address
             return self.error(request, None, e)
         try:
+            if not request.headers.get("hx-request"):  # a whole page: its live stream starts from what it reads,
+                # so the stamp is taken before the page reads anything (a change after it is an update at once)
+                request.state.live_since = stamp(await run_in_threadpool(fingerprint, self.hub))
             return await run_in_threadpool(build, who)
         except HubError as e:
             return self.error(request, who, e)

@@ -55,7 +55,7 @@ class DeviceRow:
     providers: list[str]
     gpu: str | None
     last_seen: float | None
-    error: str | None
+    why: str | None  # what is wrong: the error it reports, or the error rate that makes it degraded
 
     @property
     def model(self) -> str | None:
@@ -87,12 +87,16 @@ def device_row(info: DeviceInfo) -> DeviceRow:
     errors = [reported.error if reported else None, *(m.error for m in statuses)]
     error = next((e for e in errors if e is not None), None)
     running = [provider_name(a.provider) for a in info.active]
+    why = f"{error.code}: {error.message}" if error else None
+    requests, failed = d.last_requests or 0, d.last_errors or 0
+    if why is None and info.state is DeviceState.DEGRADED and requests:  # degraded by its error rate alone
+        why = f"error rate {100 * failed / requests:.3g}% in its last window ({failed} of {requests} requests)"
     return DeviceRow(
         id=d.id, state=info.state.value, labels=d.labels,
         running=tuple(info.active_refs), wanted=tuple(info.desired_refs),
         phase=reported.phase.value if reported else None, provider=", ".join(sorted({p for p in running if p})) or None,
         providers=providers, gpu=gpu_summary(d.capabilities), last_seen=d.last_seen,
-        error=f"{error.code}: {error.message}" if error else None,
+        why=why,
     )  # fmt: skip
 
 

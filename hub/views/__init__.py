@@ -6,6 +6,22 @@ hub.api and hub.dashboard read only through here (an import contract forbids the
 
 from __future__ import annotations
 
-from hub.views.fleet import DeviceInfo, FleetViews, UtilizationPoint, device_summary, model_version_view, ref_text
+from hub.views.fleet import (
+    DeviceInfo,
+    Fingerprint,
+    FleetViews,
+    UtilizationPoint,
+    device_summary,
+    model_version_view,
+    ref_text,
+)
 
-__all__ = ["DeviceInfo", "FleetViews", "UtilizationPoint", "device_summary", "model_version_view", "ref_text"]
+__all__ = [
+    "DeviceInfo",
+    "Fingerprint",
+    "FleetViews",
+    "UtilizationPoint",
+    "device_summary",
+    "model_version_view",
+    "ref_text",
+]

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fleet.messages import AppliedModel, SignedEnvelope
 from hub.credentials import Role
@@ -126,6 +127,13 @@ def device_summary(info: DeviceInfo) -> DeviceSummary:
         desired_version=info.desired.version if info.desired else None, desired_models=info.desired_refs,
         active_models=info.active_refs, phase=rep.phase if rep else None,
     )  # fmt: skip
+
+
+class Fingerprint(NamedTuple):
+    """What the fleet looks like, cheaply: two fingerprints differ when anything the pages show changed."""
+
+    data: tuple[object, ...]  # ingestion counters, the newest event, the desired states' count and newest version
+    tick: int  # the time in state ticks: derived states change with time alone (silent devices go offline)
 
 
 class FleetViews:
@@ -260,13 +268,14 @@ class FleetViews:
             clamped=counts.clamped, store=self.store_counters(), transfer=transfer,
         )  # fmt: skip
 
-    def fingerprint(self, tick_s: float) -> tuple[object, ...]:
-        """Something that changes whenever anything the pages show changes (and every `tick_s` seconds,
-        since states change with time alone: silent devices go offline)."""
+    def fingerprint(self, tick_s: float) -> Fingerprint:
+        """Something that changes whenever anything the pages show changes (`data`), and every `tick_s` seconds
+        (`tick`), since states change with time alone: silent devices go offline."""
         st = self.store.ingest_stats()
         last = self.store.list_events(since=None, until=None, subject=None, action=None, limit=1)
         desired = self.store.list_desired_heads()
-        return (
+        data = (
             st.telemetry_persisted, st.status_applied, st.reported_applied, last[0].id if last else 0,
-            len(desired), max((d.version for d in desired), default=0), int(time.time() // tick_s),
+            len(desired), max((d.version for d in desired), default=0),
         )  # fmt: skip
+        return Fingerprint(data, int(time.time() // tick_s))

@@ -86,20 +86,30 @@ def browser(chromium: str) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context (no cookies) and page; closed after the test."""
+def expected_errors() -> list[str]:
+    """How the console errors that a test's page may log begin: refusals the tests provoke on purpose, and a live
+    refresh that a newer filter request aborts (hx-sync). A test adds the ones it provokes from then on (a hub
+    it stops); anything else (a CSP violation, a script error) fails the test."""
+    return [
+        "Failed to load resource", "Response Status Error Code 403", "Response Status Error Code 409",
+        "htmx:sendAbort", "htmx:afterRequest",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def page(browser: Browser, expected_errors: list[str]) -> Iterator[Page]:
+    """A fresh browser context (no cookies) and page; closed after the test, which fails if the page logged an
+    error other than the `expected_errors`."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 900})
     ctx.set_default_timeout(15_000)
     p = ctx.new_page()
     errors: list[str] = []
+
+    def expected(text: str) -> bool:  # the list as it is when the message comes: a test adds to it as it goes
+        return text.startswith(tuple(expected_errors))
+
     p.on("pageerror", lambda e: errors.append(str(e)))
-    # refusals the tests provoke on purpose, and a live refresh that a newer filter request aborts (hx-sync);
-    # anything else (a CSP violation, a script error) fails the test
-    expected = (
-        "Failed to load resource", "Response Status Error Code 403", "Response Status Error Code 409",
-        "htmx:sendAbort", "htmx:afterRequest",
-    )  # fmt: skip
-    p.on("console", lambda m: errors.append(m.text) if m.type == "error" and not m.text.startswith(expected) else None)
+    p.on("console", lambda m: errors.append(m.text) if m.type == "error" and not expected(m.text) else None)
     yield p
     ctx.close()
     assert not errors, f"browser errors: {errors}"

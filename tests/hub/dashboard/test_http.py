@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ import httpx
 import pytest
 
 from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
+from hub.dashboard import live
 from hub.dashboard.session import COOKIE, csrf_token
 from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
 from tests.hub.dashboard.fleet import SeededFleet
-from tests.support.hub import RunningHub
+from tests.support.broker import Broker
+from tests.support.hub import RunningHub, start_hub
 from tests.support.mqtt import wait_for
 from tests.support.wire import one_model_report
 
@@ -249,6 +252,99 @@ def test_live_stream_sends_an_update_when_the_fleet_changes(dash: Dash) -> None:
         assert next(lines).startswith("data: {")
 
 
+def _live_src(page: str) -> str:
+    """The live stream's URL of a page, with the page's stamp (`/live?since=...`)."""
+    found = re.search(r'data-live="([^"]+)"', page)
+    assert found is not None
+    src = html.unescape(found.group(1))
+    assert src.startswith("/live?since=")
+    return src
+
+
+def _events(r: httpx.Response) -> Iterator[dict[str, str]]:
+    """A stream's events (not its `retry:`), each as its fields: `event`, `id`, `data`."""
+    fields: dict[str, str] = {}
+    for line in r.iter_lines():
+        if line:
+            key, _, value = line.partition(": ")
+            fields[key] = value
+            continue
+        if "event" in fields:
+            yield fields
+        fields = {}
+
+
+@pytest.fixture
+def quiet(broker: Broker, topic_prefix: str, tmp_path: Path) -> Iterator[Dash]:
+    """A hub of this test's own whose streams end as soon as they have said what they say at their start (their
+    deadline has passed before they would look for a change): a test reads each stream to its end."""
+    h = start_hub(tmp_path / "hub", broker.url, topic_prefix, dashboard={"live_max_stream_s": 1e-9})
+    try:
+        yield _fresh(h)
+    finally:
+        h.stop()
+
+
+def _stream(c: httpx.Client, src: str, last_id: str | None = None) -> list[dict[str, str]]:
+    """Every event of a stream, to its end."""
+    headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
+    with c.stream("GET", src, headers=headers, timeout=30) as r:
+        return list(_events(r))
+
+
+def test_a_change_between_a_page_and_its_stream_is_an_update_at_once(dash: Dash) -> None:
+    """A page's stream took its baseline when it started, after the page had been read: a change in between
+    (the browser still loading the page's script) was in the baseline, so the page never showed it until the
+    next change. The page now names what it read (`/live?since=`), and the stream says `update` at once when
+    the fleet has changed since then."""
+    with dash.client("viewer") as c:
+        src = _live_src(c.get("/").text)
+        dash.hub.hub.store.add_event(time.time(), "test", "test.between", "hub", {})  # after the page's read
+        with c.stream("GET", src, headers={"Accept": "text/event-stream"}, timeout=30) as r:
+            events = _events(r)
+            assert next(events)["event"] == "ping"
+            assert next(events)["event"] == "update"  # not the next heartbeat (15 s) or change
+
+
+def test_a_stream_in_a_later_state_tick_than_its_page_says_no_update_for_that(
+    quiet: Dash, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's stamp held the 30 s state tick (b8a09a5, reverted): every stream starting in a later tick than
+    its page's said `update` at once, though nothing had changed (in CI that refresh raced the dead-hub browser
+    test's shutdown). Only a change of the data is an update at its start."""
+    with quiet.client("admin") as c:
+        src = _live_src(c.get("/").text)
+        monkeypatch.setattr(live, "_STATE_TICK_S", 1e12)  # the stream's tick is not the page's (and stays)
+        assert [e["event"] for e in _stream(c, src)] == ["ping"]
+        quiet.hub.hub.store.add_event(time.time(), "test", "test.between", "hub", {})  # a change is, still
+        assert [e["event"] for e in _stream(c, src)] == ["ping", "update"]
+
+
+def test_a_reconnecting_stream_starts_from_the_last_update_the_page_had(quiet: Dash) -> None:
+    """A stream the browser reconnects (after `live_max_stream_s`, or a hub restart) has the page's `since`,
+    read when the page loaded: with it alone, every reconnect of a page that refreshed since said `update`
+    again. The browser sends the last update's id (`Last-Event-ID`), and that is what the page shows."""
+    with quiet.client("admin") as c:
+        src = _live_src(c.get("/").text)
+        quiet.hub.hub.store.add_event(time.time(), "test", "test.between", "hub", {})  # the page refreshes to it
+        ping, update = _stream(c, src)
+        assert (ping["event"], update["event"]) == ("ping", "update")
+        assert [e["event"] for e in _stream(c, src, last_id=update["id"])] == ["ping"]
+        assert [e["event"] for e in _stream(c, src)] == ["ping", "update"]  # a new EventSource: the page's stamp
+
+
+def test_a_device_degraded_by_its_error_rate_says_so(dash: Dash) -> None:
+    """A device degraded by its error rate alone reports no error, and its row gave no reason at all."""
+    with dash.client("viewer") as c:
+        page = c.get("/devices?state=degraded").text
+    rows = dict(re.findall(r'<tr data-device="([^"]+)">(.*?)</tr>', page, re.S))
+    assert set(rows) == set(dash.fleet.by_state["degraded"])
+    for dev, row in rows.items():
+        why = re.search(r'<span class="why" title="([^"]*)">', row)
+        assert why is not None, dev
+        assert re.fullmatch(r"error rate [0-9.]+% in its last window \(\d+ of \d+ requests\)", why[1]), why[1]
+
+
 def test_failed_logins_share_the_apis_rate_limit(dash: Dash) -> None:
     # a client address of its own (127.0.0.2), so the other tests' failures do not count
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
@@ -439,13 +535,18 @@ def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, 
 
 def test_a_failed_canary_of_one_device(running_hub: RunningHub, samples: Path) -> None:
     """A rollout of one device: the waves after the canary hold no device (the controller passes them at once)
-    and say "empty"; the gate table names the phase each gate was evaluated in; the overview's event list says
-    which gate failed and why in words, not as JSON."""
+    and say "empty", and so does the wave count ("Wave 1 of 4" read as if three waves were still to run); the
+    gate table names the phase each gate was evaluated in; the overview's event list says which gate failed and
+    why in words, not as JSON."""
     rollout = _start_rollout(running_hub, samples, 1, "paused", offline_timeout_s=0.5)  # waves 1,10%,50%,100%
     with _fresh(running_hub).client("admin") as c:
         page = c.get(f"/rollouts/{rollout['id']}").text
         overview = c.get("/").text
+        listed = c.get("/rollouts").text
     assert _badges(page) == ["failed", "empty", "empty", "empty"]
+    assert '<span class="k">Wave</span><span>1 of 4 (3 empty) · ' in page
+    assert 'data-label="Wave">1 of 4 (3 empty) <span' in overview
+    assert 'data-label="Wave">1 of 4 (3 empty) <span' in listed
     assert _cells(page, "Phase") == {"activation": ["activating"], "availability": ["activating"]}
     row = next(r for r in overview.split("<tr") if "rollout.gate_failed" in r)
     text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row[row.index("<td") :])))

@@ -119,7 +119,7 @@ def test_abort_and_rollback_ask_first_and_say_how_many_devices(page: Page, dash:
 def test_overview_lists_active_rollouts(page: Page, dash: Dash, running: str) -> None:
     login(page, dash, "viewer", "/")
     expect(page.locator(f"tr[data-rollout='{running}']")).to_contain_text("running")
-    expect(page.locator(f"tr[data-rollout='{dash.rollouts[0]}']")).to_contain_text("3 / 4")
+    expect(page.locator(f"tr[data-rollout='{dash.rollouts[0]}']")).to_contain_text("3 of 4")
     expect(page.locator(f"tr[data-rollout='{dash.rollouts[1]}']")).to_have_count(0)  # completed: not active
     page.click(f"a[href='/rollouts/{running}']")
     expect(page).to_have_url(re.compile(rf"/rollouts/{running}$"))
