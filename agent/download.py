@@ -34,6 +34,11 @@ def _open(path: Path) -> BinaryIO | None:
 SendWant = Callable[[Want], bool]
 
 
+def mib(n: int) -> str:
+    """Bytes as MiB, for messages an operator reads."""
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 class Download:
     """Fetches one blob into the store.
 
@@ -72,8 +77,8 @@ class Download:
         if free < needed:
             self.receiver.close()
             raise InsufficientDisk(
-                f"blob {manifest.sha256[:12]} needs {needed} more bytes (incl. {min_free_bytes} reserve), "
-                f"{free} free under {store.root}"
+                f"no space left on device for blob {manifest.sha256[:12]}: needs {mib(needed)} more "
+                f"(incl. {mib(min_free_bytes)} kept free), {mib(free)} free under {store.root}"
             )
         self.resumed_chunks = self.receiver.have_count
         self.reused_chunks, self.reused_bytes = self._reuse()
