@@ -30,7 +30,15 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from agent.download import Download, Fetcher
-from agent.errors import ActivationError, AgentError, InsufficientDisk, MemoryBudgetExceeded, StoreError
+from agent.errors import (
+    ActivationError,
+    AgentError,
+    DiskError,
+    DiskReadOnly,
+    InsufficientDisk,
+    MemoryBudgetExceeded,
+    StoreError,
+)
 from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
 from agent.ports import ActivationPort, ClusterPort
@@ -58,6 +66,7 @@ from fleet.signing import Verifier
 
 log = logging.getLogger(__name__)
 _LOCK_POLL_S = 1.0
+_DISK_CODES = frozenset({DiskError.code, InsufficientDisk.code, DiskReadOnly.code})  # a download stalled on the disk
 
 
 class Outbox(Protocol):
@@ -232,7 +241,7 @@ class Reconciler:
         st = self._downloading()
         try:
             result = self.fetcher.on_chunk(sha256, payload)
-        except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+        except DiskError as e:  # the chunk could not be stored (disk full, read-only): say so once, keep what's durable
             if st is not None and (st.error is None or st.error.code != e.code):
                 log.warning("download of %s stalled: %s", sha256[:12], e)
                 self._fail(st, e)
@@ -242,7 +251,7 @@ class Reconciler:
             if st is not None:
                 self._download_failed(st, e)
             return
-        stalled = st is not None and st.error is not None and st.error.code == InsufficientDisk.code
+        stalled = st is not None and st.error is not None and st.error.code in _DISK_CODES
         if st is not None and stalled and result in ("new", "complete"):
             st.error = None  # space again: the stall is over
         if result == "complete":

@@ -148,3 +148,27 @@ def test_desired_state_while_disk_full_is_reported(small_disk: SmallDisk, fault_
     assert "control loop error" not in agent.output(), agent.output()[-3000:]
     assert agent.stop() == 0
     record("fault", "disk full when a desired state arrives", "recovered")
+
+
+def test_data_dir_turning_read_only_is_reported(small_disk: SmallDisk, fault_world: FaultWorld) -> None:
+    """The data dir's filesystem turns read-only while the agent runs: it keeps serving and says why on the hub;
+    repaired (fsck) and restarted, it finishes the deployment."""
+    w = fault_world
+    bundle = w.enrol("cam-ro")
+    data = small_disk.path / "agent"
+    agent = _spawn(w, bundle, data)
+    w.deploy("cam-ro", "1.0.0")
+    w.wait_active("cam-ro", "1.0.0")
+    small_disk.fail()
+    w.deploy("cam-ro", "2.0.0")
+    r = _reported_error(w, agent, "cam-ro")
+    assert r["error"]["code"] == "disk_read_only", r
+    assert "read-only" in r["error"]["message"].lower(), r
+    assert (r.get("active") or {}).get("version") == "1.0.0"
+    assert "control loop error" not in agent.output(), agent.output()[-3000:]
+    assert agent.stop() == 0
+    small_disk.repair()
+    again = _spawn(w, bundle, data)
+    w.wait_active("cam-ro", "2.0.0")
+    assert again.stop() == 0
+    record("fault", "data dir turned read-only while running", "recovered")
