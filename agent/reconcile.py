@@ -355,6 +355,15 @@ class Reconciler:
         try:
             if self.fetcher.ensure(ref.blob):
                 return True
+        except InsufficientDisk as e:
+            # spare blobs are kept for their chunks (up to STORE_GC_KEEP_BYTES), not at the price of a version
+            removed = self.store.collect(0, keep=self._kept_blobs())
+            if removed:
+                log.warning("blob %s did not fit: deleted %d spare blob(s) to make room", ref.blob.sha256[:12],
+                            len(removed))  # fmt: skip
+                return self._fetch(ref, st)  # once more: nothing is spare the second time
+            self._download_failed(st, e)
+            return False
         except AgentError as e:
             self._download_failed(st, e)
             return False
@@ -530,9 +539,12 @@ class Reconciler:
             code = getattr(e, "code", "cluster_error")
             self._fail(st, AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False))
 
+    def _kept_blobs(self) -> set[str]:
+        """Blobs never collected besides those the pointers name: the desired state's and running shadows'."""
+        return self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
+
     def _collect(self) -> list[str]:
-        keep = self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
-        removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=keep)
+        removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=self._kept_blobs())
         self.store.discard_partials(keep={self.download.sha256} if self.download else set())
         return removed
 

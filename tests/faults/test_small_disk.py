@@ -15,6 +15,7 @@ import pytest
 
 from tests.faults.conftest import FaultWorld
 from tests.support.agents import AgentProc
+from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
 
@@ -172,3 +173,39 @@ def test_data_dir_turning_read_only_is_reported(small_disk: SmallDisk, fault_wor
     w.wait_active("cam-ro", "2.0.0")
     assert again.stop() == 0
     record("fault", "data dir turned read-only while running", "recovered")
+
+
+def test_spare_blobs_make_room_for_a_version_that_would_not_fit(
+    small_disk: SmallDisk, fault_world: FaultWorld, tmp_path: Path
+) -> None:
+    """Unreferenced blobs kept for chunk reuse (up to STORE_GC_KEEP_BYTES) are deleted when a new version would
+    not fit otherwise, instead of refusing it with insufficient_disk while they take the space."""
+    w = fault_world
+    (tmp_path / "more").mkdir()
+    more = classifier_versions(tmp_path / "more", ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))  # seeds 2, 3: new blobs
+    for version in ("3.0.0", "4.0.0"):
+        path, desc = more[version]
+        assert w.hub.push_model(path, desc.to_json()).status_code == 201
+    bundle = w.enrol("cam-spare")
+    data = small_disk.path / "agent"
+    agent = _spawn(w, bundle, data)
+    for version in ("1.0.0", "2.0.0", "3.0.0"):  # 1.0.0 is then neither active nor previous: spare
+        w.deploy("cam-spare", version)
+        w.wait_active("cam-spare", version)
+    blobs = data / "store" / "blobs"
+    spare = w.hub.hub.registry.get("cls", "1.0.0").manifest["sha256"]
+    assert (blobs / spare).exists()
+    size = w.hub.hub.registry.get("cls", "4.0.0").manifest["size"]
+    with small_disk.filler.open("wb") as f:  # leave half of what 4.0.0 needs free: the spare blob holds the rest
+        f.write(b"\0" * (_free(small_disk.path) - size // 2))
+    assert _free(small_disk.path) < size
+    w.deploy("cam-spare", "4.0.0")
+    w.wait_active("cam-spare", "4.0.0")
+    assert not (blobs / spare).exists()
+    assert agent.stop() == 0
+    record("fault", "disk too full for a new version while spare blobs are kept", "recovered")
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
