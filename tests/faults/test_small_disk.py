@@ -168,10 +168,16 @@ def test_data_dir_turning_read_only_is_reported(small_disk: SmallDisk, fault_wor
     assert (r.get("active") or {}).get("version") == "1.0.0"
     assert "control loop error" not in agent.output(), agent.output()[-3000:]
     assert agent.stop() == 0
-    small_disk.repair()
+    # a restart before the repair (a reboot that did not fsck) starts on the read-only disk and says so again
     again = _spawn(w, bundle, data)
-    w.wait_active("cam-ro", "2.0.0")
+    r = wait_for(lambda: (x := _reported_error(w, again, "cam-ro"))["seq"] > r["seq"] and x, timeout=60)
+    assert r["error"]["code"] == "disk_read_only", r
+    assert (r.get("active") or {}).get("version") == "1.0.0"
     assert again.stop() == 0
+    small_disk.repair()
+    repaired = _spawn(w, bundle, data)
+    w.wait_active("cam-ro", "2.0.0")
+    assert repaired.stop() == 0
     record("fault", "data dir turned read-only while running", "recovered")
 
 
