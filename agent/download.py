@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from agent.errors import AgentError, DownloadError, InsufficientDisk
+from agent.errors import AgentError, DiskError, DownloadError, InsufficientDisk, disk_error
 from agent.settings import DownloadSettings
 from agent.store import StorePort
 from fleet.chunks import Accepted, decode_frame
@@ -32,6 +32,16 @@ def _open(path: Path) -> BinaryIO | None:
 
 
 SendWant = Callable[[Want], bool]
+
+
+def mib(n: int) -> str:
+    """Bytes as MiB, for messages an operator reads."""
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _failed(e: OSError, what: str) -> AgentError:
+    """An OSError of a transfer, typed: the disk refusing writes (`agent.errors.disk_error`), else DownloadError."""
+    return disk_error(e, what) or DownloadError(f"{what}: {e}")
 
 
 class Download:
@@ -72,8 +82,8 @@ class Download:
         if free < needed:
             self.receiver.close()
             raise InsufficientDisk(
-                f"blob {manifest.sha256[:12]} needs {needed} more bytes (incl. {min_free_bytes} reserve), "
-                f"{free} free under {store.root}"
+                f"no space left on device for blob {manifest.sha256[:12]}: needs {mib(needed)} more "
+                f"(incl. {mib(min_free_bytes)} kept free), {mib(free)} free under {store.root}"
             )
         self.resumed_chunks = self.receiver.have_count
         self.reused_chunks, self.reused_bytes = self._reuse()
@@ -180,11 +190,12 @@ class Download:
             if frame.sha256 == self.sha256 and 0 <= frame.index < self.manifest.count:
                 self.want([(frame.index, frame.index + 1)])
             return False
-        except OSError as e:  # disk full (or a file-size limit): the chunk is not taken, nothing is marked
-            raise InsufficientDisk(
-                f"chunk {frame.index} of blob {self.sha256[:12]} could not be written: {e.strerror or e}; "
-                "the download resumes from its last durable chunk once space is freed"
-            ) from e
+        except OSError as e:  # disk full (a file-size limit), read-only: the chunk is not taken, nothing is marked
+            left = self.manifest.size - self.receiver.bytes_done
+            what = f"chunk {frame.index} of blob {self.sha256[:12]} could not be written"
+            then = (f" ({mib(left)} of the blob still to write, {mib(self.store.free_bytes())} free); the download "
+                    "resumes from its last durable chunk once the disk takes writes again")  # fmt: skip
+            raise (disk_error(e, what, then) or DiskError(f"{what}: {e}{then}")) from e
         self._last_chunk = time.monotonic()
         if result is Accepted.DUPLICATE:
             self.duplicates += 1
@@ -261,7 +272,9 @@ class Fetcher:
                                         min_free_bytes=self.min_free_bytes)  # fmt: skip
             except (AgentError, OSError) as e:
                 self._unwatch(sha)
-                raise e if isinstance(e, AgentError) else DownloadError(f"cannot start {sha[:12]}: {e}") from e
+                if isinstance(e, AgentError):
+                    raise
+                raise _failed(e, f"cannot start {sha[:12]}") from e
             if not self.current.complete:
                 self.current.want()
         if self.current.complete:
@@ -282,7 +295,7 @@ class Fetcher:
         try:
             new = dl.on_chunk(payload)
         except OSError as e:  # the disk failing: the chunk stays wanted
-            raise DownloadError(f"writing {sha256[:12]}: {e}") from e
+            raise _failed(e, f"writing {sha256[:12]}") from e
         if dl.complete:
             self._finish()
             return "complete"
@@ -297,7 +310,7 @@ class Fetcher:
             self.cancel()
             raise
         except OSError as e:
-            raise DownloadError(f"storing {dl.sha256[:12]}: {e}") from e
+            raise _failed(e, f"storing {dl.sha256[:12]}") from e
         self._unwatch(dl.sha256)
         self.current = None
 

@@ -6,6 +6,8 @@ state; temporary ones (no disk space yet, the broker gone) are retried by the ag
 
 from __future__ import annotations
 
+import errno
+
 
 class AgentError(Exception):
     """Base of every error raised by the agent package."""
@@ -37,11 +39,35 @@ class DesiredRefused(AgentError):
     code = "desired_refused"
 
 
-class InsufficientDisk(AgentError):
+class DiskError(AgentError):
+    """The data directory's disk refuses a write; retried (reported once per cause, not once per chunk)."""
+
+    code = "disk_error"
+    permanent = False
+
+
+class InsufficientDisk(DiskError):
     """Not enough free disk space for a blob; retried when space may have been freed."""
 
     code = "insufficient_disk"
-    permanent = False
+
+
+class DiskReadOnly(DiskError):
+    """The data directory's filesystem is read-only (the kernel remounts a failing disk so); retried, but a
+    person has to repair the disk (fsck, replace the card) and remount it writable."""
+
+    code = "disk_read_only"
+
+
+def disk_error(e: OSError, what: str, then: str = "") -> DiskError | None:
+    """The typed error for an OSError that is the disk refusing a write, saying `what: <reason><then>`; None
+    for any other OSError. A file-size limit (EFBIG) counts as a full disk."""
+    message = f"{what}: {e.strerror or e}{then}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientDisk(message)
+    if e.errno == errno.EROFS:
+        return DiskReadOnly(message)
+    return None
 
 
 class DownloadError(AgentError):

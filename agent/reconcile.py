@@ -30,7 +30,15 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from agent.download import Download, Fetcher
-from agent.errors import ActivationError, AgentError, InsufficientDisk, MemoryBudgetExceeded, StoreError
+from agent.errors import (
+    ActivationError,
+    AgentError,
+    DiskError,
+    DiskReadOnly,
+    InsufficientDisk,
+    MemoryBudgetExceeded,
+    StoreError,
+)
 from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
 from agent.ports import ActivationPort, ClusterPort
@@ -58,6 +66,7 @@ from fleet.signing import Verifier
 
 log = logging.getLogger(__name__)
 _LOCK_POLL_S = 1.0
+_DISK_CODES = frozenset({DiskError.code, InsufficientDisk.code, DiskReadOnly.code})  # a download stalled on the disk
 
 
 class Outbox(Protocol):
@@ -234,7 +243,7 @@ class Reconciler:
         st = self._downloading()
         try:
             result = self.fetcher.on_chunk(sha256, payload)
-        except InsufficientDisk as e:  # the chunk could not be stored (disk full): say so once, keep what is durable
+        except DiskError as e:  # the chunk could not be stored (disk full, read-only): say so once, keep what's durable
             if st is not None and (st.error is None or st.error.code != e.code):
                 log.warning("download of %s stalled: %s", sha256[:12], e)
                 self._fail(st, e)
@@ -244,7 +253,7 @@ class Reconciler:
             if st is not None:
                 self._download_failed(st, e)
             return
-        stalled = st is not None and st.error is not None and st.error.code == InsufficientDisk.code
+        stalled = st is not None and st.error is not None and st.error.code in _DISK_CODES
         if st is not None and stalled and result in ("new", "complete"):
             st.error = None  # space again: the stall is over
         if result == "complete":
@@ -354,6 +363,15 @@ class Reconciler:
         try:
             if self.fetcher.ensure(ref.blob):
                 return True
+        except InsufficientDisk as e:
+            # spare blobs are kept for their chunks (up to STORE_GC_KEEP_BYTES), not at the price of a version
+            removed = self.store.collect(0, keep=self._kept_blobs())
+            if removed:
+                log.warning("blob %s did not fit: deleted %d spare blob(s) to make room", ref.blob.sha256[:12],
+                            len(removed))  # fmt: skip
+                return self._fetch(ref, st)  # once more: nothing is spare the second time
+            self._download_failed(st, e)
+            return False
         except AgentError as e:
             self._download_failed(st, e)
             return False
@@ -543,9 +561,12 @@ class Reconciler:
             code = getattr(e, "code", "cluster_error")
             self._fail(st, AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False))
 
+    def _kept_blobs(self) -> set[str]:
+        """Blobs never collected besides those the pointers name: the desired state's and running shadows'."""
+        return self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
+
     def _collect(self) -> list[str]:
-        keep = self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
-        removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=keep)
+        removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=self._kept_blobs())
         self.store.discard_partials(keep={self.download.sha256} if self.download else set())
         return removed
 

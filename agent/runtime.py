@@ -53,7 +53,7 @@ class Agent:
 
     Raises:
         BundleError: the bundle's broker URL or hub key is unusable.
-        SpoolError: the telemetry spool cannot be opened.
+        SpoolError: the telemetry spool file is not a spool database (a full or read-only disk is retried).
     """
 
     def __init__(

@@ -74,17 +74,25 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, sync_dir: bool =
         mode: permissions of the file, exactly (whatever the umask or a leftover temporary file had).
         sync_dir: also fsync the directory, so the new content survives a crash. False where losing the
             rename is harmless (a resume bitmap: the old one names fewer chunks, all of them still on disk).
+
+    Raises:
+        OSError: the write failed (disk full, read-only); `path` is unchanged and no temporary file is left.
     """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask or a leftover .tmp file had
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask or a leftover .tmp file had
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # disk full: the truncated temporary file must not keep the space it took
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if sync_dir:
         fsync_dir(path.parent)
