@@ -156,7 +156,6 @@ def backup_hub(settings: HubSettings, dest: Path, *, on_step: Callable[[str], No
     if s.database_url is None:
         say("database: a consistent copy of hub.db")
         referenced = backup_sqlite(s.db_path, dest / s.db_path.name)
-        os.chmod(dest / s.db_path.name, 0o600)  # token and password hashes
         sha256, size = _file_digest(dest / s.db_path.name)
         report.files[s.db_path.name] = {"sha256": sha256, "size": size}
     secrets = [s.key_path, s.data_dir / HUB_ACCOUNT_FILE]

@@ -10,6 +10,7 @@ for the snapshot to be released). The copy is checked with `PRAGMA integrity_che
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,9 @@ PAGES_PER_STEP = 1024
 def backup_sqlite(
     source: Path, dest: Path, *, progress: Callable[[int, int], None] | None = None, pages: int = PAGES_PER_STEP
 ) -> list[str]:
-    """Copy the SQLite database `source` to the new file `dest` as one consistent snapshot; returns the sha256
-    digests of the blobs the copy's model versions name (what a backup must hold beside it).
+    """Copy the SQLite database `source` to the new file `dest` (mode 0600: it holds token and password hashes)
+    as one consistent snapshot; returns the sha256 digests of the blobs the copy's model versions name (what a
+    backup must hold beside it).
 
     Args:
         progress: called after each step with (pages copied, pages in all).
@@ -38,6 +40,7 @@ def backup_sqlite(
     except sqlite3.Error as e:
         raise BackupFailed(f"cannot open the database {source}: {e}") from e
     try:
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # never readable by others, even briefly
         out = sqlite3.connect(dest, isolation_level=None)
         try:
             src.execute("BEGIN")
@@ -51,7 +54,7 @@ def backup_sqlite(
             return [row[0] for row in out.execute("SELECT DISTINCT sha256 FROM model_versions ORDER BY sha256")]
         finally:
             out.close()
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OSError) as e:
         raise BackupFailed(f"copying the database {source} failed: {e}") from e
     finally:
         src.close()
