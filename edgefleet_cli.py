@@ -1,8 +1,8 @@
 """The `edgefleet` command: one console script joining the hub, agent and model sub-commands.
 
 It lives outside the packages because it is the one place allowed to know both the hub and the agent
-(which never import each other). The hub's server commands (`hub init`, `hub serve`) join only where the hub
-is installed: the agent image ships the client commands (`hubclient`) without the hub's server code.
+(which never import each other). The hub's server commands (`hub init`, `hub serve`, `hub backup`) join only where
+the hub is installed: the agent image ships the client commands (`hubclient`) without the hub's server code.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _plain_help() -> None:
 
 
 def _hub_app() -> typer.Typer:
-    """`edgefleet hub`: the client commands, and `init` and `serve` where the hub is installed."""
+    """`edgefleet hub`: the client commands, and `init`, `serve` and `backup` where the hub is installed."""
     from hubclient.cli import hub_app  # noqa: PLC0415
 
     try:

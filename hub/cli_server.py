@@ -1,7 +1,8 @@
-"""`edgefleet hub init` and `edgefleet hub serve`: the commands that run the hub itself on its data directory.
+"""`edgefleet hub init`, `hub serve` and `hub backup`: the commands that run the hub itself on its data directory
+(a backup is a copy of a running hub's data directory that `hub serve` can start from).
 
 The operator's commands on a running hub (`hub token`, `device`, `model push`, `deploy`, `rollout`) live in
-`hubclient.cli`, which never imports the hub; `edgefleet_cli` adds these two to `edgefleet hub` where the hub is
+`hubclient.cli`, which never imports the hub; `edgefleet_cli` adds these to `edgefleet hub` where the hub is
 installed (not in the agent image).
 """
 
@@ -133,4 +134,48 @@ def hub_serve(
         hub.stop()
 
 
-SERVER_COMMANDS: list[tuple[str, Callable[..., None]]] = [("init", hub_init), ("serve", hub_serve)]
+def hub_backup(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="New or empty folder to write the backup to (outside the data directory).")
+    ],
+    data_dir: DataDirOpt = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="The hub's PostgreSQL store (postgresql://...), if it has one: then the database is left to pg_dump "
+            "and the rest is backed up. Default: EDGEFLEET_HUB_DATABASE_URL, else the SQLite file hub.db.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up the hub while it runs: database, signing key, broker account, TLS files and model blobs.
+
+    The backup folder is itself a data directory: restore by starting `edgefleet hub serve --data-dir` on it (or
+    copying it back). On PostgreSQL the database is left to pg_dump or your HA setup; the rest is backed up.
+    """
+    from hub.backup import MANIFEST_FILE, backup_hub  # noqa: PLC0415  (keep --help fast)
+
+    settings = _settings(data_dir, **({"database_url": database_url} if database_url else {}))
+    steps = (lambda text: err.print(f"backing up {text}")) if not as_json else None
+    report = _run(lambda: backup_hub(settings, out_dir, on_step=steps))
+    if as_json:
+        _print_json(report.manifest() | {"directory": str(out_dir)})
+        return
+    size = sum(report.blobs.values())
+    out.print(f"backup of {settings.data_dir} written to {escape(str(out_dir))} ({MANIFEST_FILE} lists every file)")
+    out.print(f"  {len(report.blobs)} model blob(s), {size / (1 << 20):.1f} MiB, each checked against its sha256")
+    if report.database == "postgresql":
+        out.print("  database: PostgreSQL is not included: back it up with pg_dump or your database's HA tooling")
+    for sha in report.missing_blobs:
+        err.print(f"[yellow]warning[/yellow]: blob {sha} is named by the database but absent from the data directory")
+    for sha in report.corrupt_blobs:
+        err.print(f"[yellow]warning[/yellow]: blob {sha} does not match its sha256 and was left out (push it again)")
+    out.print(f"  restore: edgefleet hub serve --data-dir {escape(str(out_dir))} (or copy the folder back)")
+
+
+SERVER_COMMANDS: list[tuple[str, Callable[..., None]]] = [
+    ("init", hub_init),
+    ("serve", hub_serve),
+    ("backup", hub_backup),
+]

@@ -147,3 +147,17 @@ class DatabaseUnavailable(HubError):
     code = "database_unavailable"
     status = 503
     retry_after_s: int | None = 5  # the writers' pace while it is away (`away_retry_s`); a "not tried" error knows
+
+
+class BackupRefused(HubError):
+    """`hub backup` will not write to the destination it was given (not empty, not writable, inside the data
+    directory); nothing was copied."""
+
+    code = "backup_refused"
+    status = 409
+
+
+class BackupFailed(HubError):
+    """A backup could not be made or did not check out; the message says why."""
+
+    code = "backup_failed"

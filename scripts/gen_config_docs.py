@@ -21,7 +21,7 @@ from hub.settings import HubSettings
 from infra.settings import EnvSettings
 
 SECTIONS: list[tuple[str, type[EnvSettings], str]] = [
-    ("Hub", HubSettings, "`edgefleet hub init|serve` (CLI options override the environment)."),
+    ("Hub", HubSettings, "`edgefleet hub init|serve|backup` (CLI options override the environment)."),
     ("Agent", AgentSettings, "`edgefleet agent run`."),
     ("On-device inference API", AgentApiSettings, "`edgefleet agent run` and `agent serve`."),
     ("Cluster mode (K3s)", ClusterSettings, "`edgefleet agent run --cluster`, `edgefleet k3s`."),
