@@ -561,3 +561,41 @@ def test_gates_name_the_phase_they_were_evaluated_in(dash: Dash) -> None:
     phases = {gate: set(cells) for gate, cells in _cells(page, "Phase").items()}
     assert phases == {"activation": {"activating"}, "availability": {"activating"}, "error_rate": {"baking"},
                       "p95_latency": {"baking"}}  # fmt: skip
+
+
+def _event_rows(page: str) -> dict[str, list[str]]:
+    """The text of each row of a page's event list, by action."""
+    table = page[page.index('<table class="dense events') :]
+    table = table[: table.index("</table>")]
+    out: dict[str, list[str]] = {}
+    for row in table.split("<tr")[2:]:  # past the header
+        action = re.search(r'data-label="Action"><span class="tag">([^<]*)<', row)
+        assert action is not None, row
+        text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", "<tr" + row))).strip()
+        out.setdefault(action[1], []).append(text)
+    return out
+
+
+def test_the_overview_lists_every_operator_action(running_hub: RunningHub, samples: Path) -> None:
+    """Revoking or rekeying a device, undeploying a model and revoking a token are on the overview's recent
+    events beside deploys and enrolments, each with its details in words."""
+    _deploy(running_hub, samples, "1.0.0", {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}, "site=a")
+    with running_hub.client() as c:
+        c.delete("/api/v1/deployments/mobilenet-like", params={"selector": "site=a"}).raise_for_status()
+        c.post("/api/v1/devices/cam-1/revoke").raise_for_status()
+        c.post("/api/v1/devices/cam-1/rekey").raise_for_status()  # admitted again
+        c.post("/api/v1/devices/cam-2/rekey").raise_for_status()
+        made = c.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"})
+        made.raise_for_status()
+        token_id = next(t["id"] for t in c.get("/api/v1/tokens").json() if t["name"] == "ci")
+        c.delete(f"/api/v1/tokens/{token_id}").raise_for_status()
+    with _fresh(running_hub).client("admin") as c:
+        rows = _event_rows(c.get("/").text)
+    for action in ("deploy", "undeploy", "device.add", "device.revoke", "device.rekey", "token.create", "token.revoke"):
+        assert action in rows, (action, sorted(rows))
+    assert any("device/cam-1" in r for r in rows["device.revoke"]), rows["device.revoke"]
+    rekeys = sorted(rows["device.rekey"])
+    assert any("device/cam-1" in r and "readmitted=yes" in r for r in rekeys), rekeys
+    assert any("device/cam-2" in r and "readmitted=no" in r for r in rekeys), rekeys
+    assert any("selector=site=a" in r and "2 devices" in r for r in rows["undeploy"]), rows["undeploy"]
+    assert any(f"token/{token_id}" in r for r in rows["token.revoke"]), rows["token.revoke"]
