@@ -535,15 +535,21 @@ def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, 
 
 def test_a_failed_canary_of_one_device(running_hub: RunningHub, samples: Path) -> None:
     """A rollout of one device: the waves after the canary hold no device (the controller passes them at once)
-    and say "empty", and so does the wave count ("Wave 1 of 4" read as if three waves were still to run); the
-    gate table names the phase each gate was evaluated in; the overview's event list says which gate failed and
-    why in words, not as JSON."""
+    and say "empty" (and, in place of a gate table, that they pass at once), and so does the wave count ("Wave 1
+    of 4" read as if three waves were still to run); the gate table names the phase each gate was evaluated in;
+    the overview's event list says which gate failed and why in words, not as JSON; the reason names the wave
+    in words ("canary, 1 device", not "(1)")."""
     rollout = _start_rollout(running_hub, samples, 1, "paused", offline_timeout_s=0.5)  # waves 1,10%,50%,100%
     with _fresh(running_hub).client("admin") as c:
         page = c.get(f"/rollouts/{rollout['id']}").text
         overview = c.get("/").text
         listed = c.get("/rollouts").text
     assert _badges(page) == ["failed", "empty", "empty", "empty"]
+    cards = page.split('<section class="card wave-card')[1:]
+    assert all("No devices: passes at once when its turn comes." in card for card in cards[1:]), cards[1:]
+    assert not any("No gate evaluated yet" in card for card in cards)
+    reason = html.unescape(page)
+    assert "wave 1 of 4 (canary, 1 device) failed: availability: 0 of 1 device(s) ready" in reason
     assert '<span class="k">Wave</span><span>1 of 4 (3 empty) · ' in page
     assert 'data-label="Wave">1 of 4 (3 empty) <span' in overview
     assert 'data-label="Wave">1 of 4 (3 empty) <span' in listed
@@ -599,3 +605,13 @@ def test_the_overview_lists_every_operator_action(running_hub: RunningHub, sampl
     assert any("device/cam-2" in r and "readmitted=no" in r for r in rekeys), rekeys
     assert any("selector=site=a" in r and "2 devices" in r for r in rows["undeploy"]), rows["undeploy"]
     assert any(f"token/{token_id}" in r for r in rows["token.revoke"]), rows["token.revoke"]
+
+
+def test_an_empty_wave_that_passed_says_so(dash: Dash) -> None:
+    """A wave left empty by rounding ("5%" of a small fleet) passed without devices or gates: it says so, not
+    "No gate evaluated yet" as if gates were still to come."""
+    with dash.client("viewer") as c:
+        page = c.get(f"/rollouts/{dash.rollouts[1]}").text
+    cards = page.split('<section class="card wave-card')[1:]
+    assert _badges(page) == ["passed", "empty", "passed"]
+    assert "No devices: passed at once." in cards[1] and "No gate evaluated yet" not in page
