@@ -351,11 +351,12 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     subject = f"rollout/{rid}"
     for ts, actor, action, details in (
         (now - 5400, "ops-anna", "rollout.start", {"model": "mobilenet-like", "version": "1.2.0", "devices": n}),
-        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
-        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 2}),
-        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 3, "gate": "p95_latency"}),
+        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 1, "size": waves[0].size}),
+        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 2, "size": waves[1].size}),
+        (now - 3780, "rollout-controller", "rollout.gate_failed",
+         {"wave": 3, "gates": [g.model_dump(mode="json") for g in failed]}),
         (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": reason}),
-    ):
+    ):  # fmt: skip
         hub.store.add_event(ts, actor, action, subject, details)
     moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
     _adopt(hub, fleet, moved, "mobilenet-like:1.2.0", rid, now - 4000)

@@ -14,6 +14,7 @@ import pytest
 
 from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
 from hub.dashboard import live
+from hub.dashboard.render import detail
 from hub.dashboard.session import COOKIE, csrf_token
 from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
@@ -615,3 +616,17 @@ def test_an_empty_wave_that_passed_says_so(dash: Dash) -> None:
     cards = page.split('<section class="card wave-card')[1:]
     assert _badges(page) == ["passed", "empty", "passed"]
     assert "No devices: passed at once." in cards[1] and "No gate evaluated yet" not in page
+
+
+def test_the_seeded_gate_failure_reads_as_the_controllers(dash: Dash) -> None:
+    """The seeded rollout's gate failure is in the controller's format (`wave` and the failed `gates`, which the
+    event list shows in words), and its reason names the wave as the controller does."""
+    with dash.hub.client() as api:
+        params = {"action": "rollout.gate_failed", "subject": f"rollout/{dash.rollouts[0]}"}
+        (event,) = api.get("/api/v1/events", params=params).json()
+    with dash.client("viewer") as c:
+        page = html.unescape(c.get(f"/rollouts/{dash.rollouts[0]}").text)
+    assert set(event["details"]) == {"wave", "gates"} and event["details"]["wave"] == 3
+    said = detail(event["details"]["gates"])
+    assert said == "p95_latency fail: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)", said
+    assert "wave 3 of 4 (50%, " in page and " devices) failed: p95_latency: p95 17.10 ms" in page
