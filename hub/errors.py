@@ -10,14 +10,26 @@ class HubError(Exception):
     status = 500
     retry_after_s: int | None = None
     """When to try again, in seconds (the Retry-After header; a message that gives a wait gives this one)."""
+    devices: list[str] | None = None
+    """Every device the error is about, for a program to act on (the error's `devices`; the message may shorten
+    the list). Bounded by what the request named."""
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+        devices: list[str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if retry_after_s is not None:
             self.retry_after_s = retry_after_s
+        if devices is not None:
+            self.devices = devices
 
 
 class InvalidInput(HubError):

@@ -352,13 +352,19 @@ def device_add(
 
 
 def _enrol_batch(c: HubClient, body: dict[str, Any], listed: CsvDevices | None) -> Any:
-    """POST the batch; a refusal that names devices of a CSV file also names their lines in it."""
+    """POST the batch; a refusal that names devices of a CSV file (the error's `devices`, every one) names each
+    with its line in the file."""
     try:
         return c.request("POST", "/api/v1/devices/batch", json=body)
     except HubApiError as e:
-        if listed is None:
+        if listed is None or not e.devices:
             raise
-        raise HubApiError(e.status, e.code, listed.locate(e.message)) from None
+        if e.status == 409:
+            message = f"{_count(len(e.devices), 'device')} already enrolled: {listed.locate(e.devices)}"
+        else:
+            message = f"{e.message} ({listed.locate(e.devices)})"
+        message += f"; nothing of {listed.path} was enrolled"
+        raise HubApiError(e.status, e.code, message, devices=e.devices) from None
 
 
 def _bundle_destination(path: Path, *, folder: bool) -> None:

@@ -7,7 +7,6 @@ Client-side parsing for `edgefleet device add --csv/--count`; the hub checks eve
 from __future__ import annotations
 
 import csv
-import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,6 @@ class InvalidInput(ClientError):
 Entry = tuple[str, dict[str, str]]
 
 
-_ID_TOKEN = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
-
-
 @dataclass(frozen=True)
 class CsvDevices:
     """Devices read from a CSV file, with the line each came from: the hub's refusals name devices, and a
@@ -43,12 +39,11 @@ class CsvDevices:
     entries: list[Entry]
     lines: dict[str, int]
 
-    def locate(self, message: str) -> str:
-        """`message` (the hub's refusal) with the file and line of each device of the file it names:
-        "already enrolled: cam-2 (fleet.csv:3)"."""
-        return _ID_TOKEN.sub(
-            lambda m: f"{m[0]} ({self.path}:{self.lines[m[0]]})" if m[0] in self.lines else m[0], message
-        )
+    def locate(self, devices: list[str]) -> str:
+        """Each of `devices` (ids the hub's refusal names) with its file and line, in file order:
+        "cam-2 (fleet.csv:3), cam-4 (fleet.csv:6)"."""
+        order = sorted(devices, key=lambda d: (self.lines.get(d, 0), d))
+        return ", ".join(f"{d} ({self.path}:{self.lines[d]})" if d in self.lines else d for d in order)
 
 
 def read_csv(path: Path, labels: dict[str, str] | None = None) -> CsvDevices:

@@ -19,9 +19,10 @@ class ClientError(Exception):
 
 
 class HubApiError(ClientError):
-    """The hub answered with an error (`status`, and `code` and `message` from its JSON body), or could not be
-    reached (`status` 0, code `unreachable`)."""
+    """The hub answered with an error (`status`, and `code`, `message` and, for an error about devices, every
+    device it names in `devices`, from its JSON body), or could not be reached (`status` 0, code `unreachable`)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, devices: list[str] | None = None) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.devices = devices

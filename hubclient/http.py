@@ -88,7 +88,9 @@ class HubClient:
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
-                raise HubApiError(r.status_code, str(err["code"]), str(err["message"]))
+                devices = err.get("devices")
+                named = [str(d) for d in devices] if isinstance(devices, list) else None
+                raise HubApiError(r.status_code, str(err["code"]), str(err["message"]), devices=named)
             except (ValueError, KeyError, TypeError):
                 raise HubApiError(r.status_code, "http_error", _not_the_api(r)) from None
         return None if r.status_code == 204 else r.json()

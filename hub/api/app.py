@@ -1,7 +1,8 @@
 """The REST API app: thin routes over the hub's services, bearer-token roles, errors as JSON in one place.
 
 Every error answers `{"error": {"code": "...", "message": "..."}}` with the status of its HubError class
-(400, 401, 403, 404, 409, 413); request validation failures are 400 `invalid_request`.
+(400, 401, 403, 404, 409, 413); request validation failures are 400 `invalid_request`. An error about devices
+(a batch naming ids already enrolled) adds `"devices": [...]`, every one of them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ log = logging.getLogger(__name__)
 HtmlError = Callable[[Request, int, str], Awaitable[Response]]  # the dashboard's error page (when mounted)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(status: int, code: str, message: str, devices: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if devices is not None:
+        body["devices"] = devices
+    return JSONResponse({"error": body}, status_code=status)
 
 
 def _wants_html(request: Request) -> bool:
@@ -76,7 +80,7 @@ def create_app(hub: HubServices, *, extra_routers: Sequence[APIRouter] = ()) -> 
 
     @app.exception_handler(HubError)
     async def _hub_error(_r: Request, e: HubError) -> JSONResponse:
-        response = _error(e.status, e.code, e.message)
+        response = _error(e.status, e.code, e.message, e.devices)
         if e.retry_after_s is not None:
             response.headers["retry-after"] = str(e.retry_after_s)
         return response

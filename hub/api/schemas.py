@@ -51,6 +51,11 @@ class TokenCreate(_Body):
 class ErrorDetail(_Body):
     code: str = Field(description="stable machine-readable code, e.g. not_found, invalid_selector, forbidden")
     message: str = Field(description="what went wrong and what to do, for people")
+    devices: list[str] | None = Field(
+        default=None,
+        description="every device the error is about, where it is about devices (the message may shorten the "
+        "list): e.g. all the ids of an enrolment batch already enrolled (409 conflict); absent otherwise",
+    )
 
 
 class ErrorBody(_Body):

@@ -94,10 +94,12 @@ def tojson_compact(value: Any) -> str:
 
 
 def detail(value: Any) -> str:
-    """An event detail as text: a string as is, a mapping as `a=1,b=2`, a gate result as `name status: why`
-    (a list of them joined by `; `), anything else as compact JSON."""
+    """An event detail as text: a string as is, a flag as `yes` / `no`, a mapping as `a=1,b=2`, a gate result as
+    `name status: why` (a list of them joined by `; `), anything else as compact JSON."""
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, Mapping):
         if "name" in value and "status" in value:
             return f"{value['name']} {value['status']}: {value.get('detail', '')}"

@@ -216,11 +216,16 @@ def version_counts(rows: list[DeviceRow]) -> dict[str, list[VersionCount]]:
 
 
 OPERATOR_ACTIONS = (
-    "deploy", "model.push", "model.delete", "device.add", "device.label", "token.create", "rollout.start",
-    "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback", "rollout.gate_failed",
-    "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
+    "deploy", "undeploy", "model.push", "model.delete",
+    "device.add", "device.label", "device.revoke", "device.rekey", "token.create", "token.revoke",
+    "rollout.start", "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback",
+    "rollout.gate_failed", "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
     "blob.corrupt", "blob.restore", "hub.session.adopted",  # what the hub did about its own faults
 )  # fmt: skip
+"""What the overview's recent events show: every action a person takes through the API or CLI, the rollout
+controller's verdicts, and the hub's repairs. Left out: `api.call` (every request, the raw audit trail),
+`device.phase` and the controller's progress within a wave (`rollout.wave_started`, `rollout.gates`, ...: on the
+device's and the rollout's pages), and `hub.init`."""
 
 
 def recent_events(hub: HubServices, limit: int = 12) -> list[EventView]:

@@ -215,14 +215,22 @@ def _fail(
 ) -> Rollout:
     failed = [g for g in gates if not g.passed]
     w = w.model_copy(update={"phase": WavePhase.FAILED, "failed_in": phase, "finished_at": now})
-    reason = f"wave {w.index + 1} of {len(r.waves)} ({w.size}) failed: " + "; ".join(
-        f"{g.name}: {g.detail}" for g in failed
-    )
+    reason = f"{wave_name(r, w)} failed: " + "; ".join(f"{g.name}: {g.detail}" for g in failed)
     rollback = r.spec.on_failure == "rollback"
     state = RolloutState.ROLLING_BACK if rollback else RolloutState.PAUSED
     events.append(("rollout.gate_failed", {"wave": w.index + 1, "gates": [g.model_dump(mode="json") for g in failed]}))
     events.append(("rollout.rollback" if rollback else "rollout.pause", {"state": state.value, "reason": reason}))
     return _with_wave(r, w).model_copy(update={"state": state, "reason": reason})
+
+
+def wave_name(r: Rollout, w: Wave) -> str:
+    """A wave as reasons name it, counted from 1 with its size and devices: `wave 1 of 4 (canary, 1 device)`,
+    `wave 3 of 4 (50%, 27 devices)` (a size that is a count is not said twice)."""
+    n = len(r.members(w.index))
+    devices = f"{n} device{'' if n == 1 else 's'}"
+    parts = ["canary"] if w.index == 0 and len(r.waves) > 1 else []
+    parts += [devices] if w.size == str(n) else [w.size, devices]
+    return f"wave {w.index + 1} of {len(r.waves)} ({', '.join(parts)})"
 
 
 def _next(r: Rollout, w: Wave, now: float, events: list[Event]) -> Rollout:

@@ -124,7 +124,8 @@ class DeviceTables:
                 taken += [r[0] for r in rows]
             if taken:
                 shown = ", ".join(sorted(taken)[:10]) + (f" and {len(taken) - 10} more" if len(taken) > 10 else "")
-                raise Conflict(f"already enrolled: {shown}" if len(ids) > 1 else f"device {ids[0]} is already enrolled")
+                message = f"already enrolled: {shown}" if len(ids) > 1 else f"device {ids[0]} is already enrolled"
+                raise Conflict(message, devices=sorted(taken))  # every one: bounded by the batch
             c.executemany(
                 "INSERT INTO devices (id, labels, password_hash, enrolled_at, enrolled_by) VALUES (?, ?, ?, ?, ?)",
                 [(d.id, json.dumps(d.labels), d.password_hash, d.enrolled_at, d.enrolled_by) for d in devices],

@@ -93,7 +93,7 @@ def test_a_slower_version_fails_p95_in_the_canary_and_is_rolled_back(fleet: Flee
     code, said = _cli(f, "rollout", "status", rid, "--watch", "--interval", "0.5")  # exits 1: rolled back
     status = f.api("GET", f"/api/v1/rollouts/{rid}")
     assert code == 1 and status["state"] == "rolled_back", said
-    assert "p95_latency" in said and "wave 1 of 4 (1) failed" in said  # the reason, waves counted from 1
+    assert "p95_latency" in said and "wave 1 of 4 (canary, 1 device) failed" in said  # the reason, waves counted from 1
     canary = status["waves"][0]
     assert canary["phase"] == "failed" and canary["failed_in"] == "baking"
     gate = next(g for g in canary["gates"] if g["name"] == "p95_latency")

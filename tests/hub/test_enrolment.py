@@ -106,6 +106,33 @@ def test_a_csv_the_hub_refuses_names_the_lines_of_the_devices_it_refused(local_h
         assert [d["id"] for d in c.get("/api/v1/devices").json()] == ["cam-2", "cam-4"], "nothing of it enrolled"
 
 
+def test_every_conflict_is_named_by_its_line_whatever_its_id(local_hub: RunningHub, tmp_path: Path) -> None:
+    """The hub's 409 lists every id already enrolled as data (`devices`), not only the first 10 in its message;
+    the CLI names each with its line, also a device whose id is a word of the message ("device", "more")."""
+    words = ["device", "already", "enrolled", "more"]
+    taken = words + [f"cam-{n}" for n in range(10, 22)]  # 16 conflicts: the message shows 10 "and 6 more"
+    with local_hub.client() as c:
+        for device_id in taken:
+            assert c.post("/api/v1/devices", json={"id": device_id}).status_code == 201
+        batch = c.post("/api/v1/devices/batch", json={"devices": [{"id": "and"}, *({"id": d} for d in taken)]})
+    assert batch.status_code == 409, batch.text
+    assert batch.json()["error"]["devices"] == sorted(taken)
+    assert "and 6 more" in batch.json()["error"]["message"], "the message stays short"
+    rows = ["and", "device", "cam-new", "already", "enrolled", "more", *(f"cam-{n}" for n in range(10, 22))]
+    csv_file = tmp_path / "fleet.csv"
+    csv_file.write_text("id,site\n" + "".join(f"{d},berlin\n" for d in rows), encoding="utf-8")
+    args = ["device", "add", "--csv", str(csv_file), "--out", str(tmp_path / "b")]
+    args += ["--url", local_hub.url, "--token", local_hub.admin_token]
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    located = ", ".join(f"{d} ({csv_file}:{rows.index(d) + 2})" for d in rows if d in taken)
+    assert f"16 devices already enrolled: {located}; nothing of {csv_file} was enrolled" in said, said
+    assert "and (" not in said and "cam-new (" not in said and "more (" in said
+    with local_hub.client() as c:
+        assert sorted(d["id"] for d in c.get("/api/v1/devices").json()) == sorted(taken), "nothing of it enrolled"
+
+
 def test_the_command_needs_exactly_one_source(local_hub: RunningHub, tmp_path: Path) -> None:
     for args in ([], ["cam-1", "--count", "2"], ["--count", "2", "--csv", str(tmp_path / "x.csv")]):
         result = runner.invoke(app, ["device", "add", *args, "--url", local_hub.url, "--token", local_hub.admin_token])

@@ -313,6 +313,7 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     """Two rollouts with gate evaluations, as the controller records them: a classifier rollout paused by its
     p95 gate in wave 3 (its first waves on the candidate, reporting and serving), and a finished one of the
     detector. Returns their ids (paused first)."""
+    from hub.rollouts.controller import wave_name  # noqa: PLC0415
     from hub.rollouts.engine import COLLECTION  # noqa: PLC0415
     from hub.rollouts.model import DeviceEntry, Rollout, RolloutSpec, RolloutState, Wave, WavePhase  # noqa: PLC0415
 
@@ -341,35 +342,41 @@ def seed_rollouts(hub: Hub, fleet: SeededFleet) -> list[str]:
     paused = Rollout(
         id=rid, spec=spec, state=RolloutState.PAUSED, created_at=now - 5400, created_by="ops-anna",
         updated_at=now - 3780, seq=14, current=2, waves=waves, devices=entries,
-        reason="wave 3 of 4 (50%) failed: p95_latency: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)",
     )  # fmt: skip
+    failed = [g for g in waves[2].gates if not g.passed]  # the controller's reason and events for that failure
+    reason = f"{wave_name(paused, waves[2])} failed: " + "; ".join(f"{g.name}: {g.detail}" for g in failed)
+    paused = paused.model_copy(update={"reason": reason})
     hub.store.put_doc(COLLECTION, rid, paused.model_dump(mode="json"))
     ids.append(rid)
     subject = f"rollout/{rid}"
     for ts, actor, action, details in (
         (now - 5400, "ops-anna", "rollout.start", {"model": "mobilenet-like", "version": "1.2.0", "devices": n}),
-        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 1}),
-        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 2}),
-        (now - 3780, "rollout-controller", "rollout.gate_failed", {"wave": 3, "gate": "p95_latency"}),
-        (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": paused.reason}),
-    ):
+        (now - 4880, "rollout-controller", "rollout.wave_passed", {"wave": 1, "size": waves[0].size}),
+        (now - 4380, "rollout-controller", "rollout.wave_passed", {"wave": 2, "size": waves[1].size}),
+        (now - 3780, "rollout-controller", "rollout.gate_failed",
+         {"wave": 3, "gates": [g.model_dump(mode="json") for g in failed]}),
+        (now - 3780, "rollout-controller", "rollout.pause", {"state": "paused", "reason": reason}),
+    ):  # fmt: skip
         hub.store.add_event(ts, actor, action, subject, details)
     moved = [d for group in members[:3] for d in group if d in fleet.by_state.get("online", [])]
     _adopt(hub, fleet, moved, "mobilenet-like:1.2.0", rid, now - 4000)
 
     det = [d for d in fleet.devices if fleet.labels[d]["app"] == "detect"]
     done_id = "r-0d3e1b66a2c8"
-    spec2 = RolloutSpec(model="tiny-detector", version="0.4.0", selector="app=detect", waves=["1", "100%"], bake_s=600)
+    # 5% of a small fleet rounds up to the canary's one device: that wave is empty, and passed at once
+    spec2 = RolloutSpec(model="tiny-detector", version="0.4.0", selector="app=detect", waves=["1", "5%", "100%"],
+                        bake_s=600)  # fmt: skip
     done = Rollout(
         id=done_id, spec=spec2, state=RolloutState.COMPLETED, created_at=now - 80000, created_by="ops-jonas",
-        updated_at=now - 76000, seq=9, current=2,
+        updated_at=now - 76000, seq=9, current=3,
         waves=[
             Wave(index=0, size="1", phase=WavePhase.PASSED, started_at=now - 79900, finished_at=now - 79000,
                  gates=_gates(now - 79000, 1, requests=4100, errors=3, p95=21.0, control=22.4)),
-            Wave(index=1, size="100%", phase=WavePhase.PASSED, started_at=now - 78990, finished_at=now - 76000,
+            Wave(index=1, size="5%", phase=WavePhase.PASSED, finished_at=now - 79000),
+            Wave(index=2, size="100%", phase=WavePhase.PASSED, started_at=now - 78990, finished_at=now - 76000,
                  gates=_gates(now - 76000, max(1, len(det) - 1), requests=90000, errors=80, p95=21.4, control=22.1)),
         ],
-        devices={d: DeviceEntry(wave=0 if i == 0 else 1, joined_at=now - 80000) for i, d in enumerate(det)},
+        devices={d: DeviceEntry(wave=0 if i == 0 else 2, joined_at=now - 80000) for i, d in enumerate(det)},
     )  # fmt: skip
     hub.store.put_doc(COLLECTION, done_id, done.model_dump(mode="json"))
     healthy = set(fleet.by_state.get("online", [])) | set(fleet.by_state.get("degraded", []))

@@ -14,6 +14,7 @@ import pytest
 
 from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
 from hub.dashboard import live
+from hub.dashboard.render import detail
 from hub.dashboard.session import COOKIE, csrf_token
 from models.descriptor import ModelDescriptor
 from tests.hub.dashboard.conftest import Dash
@@ -535,15 +536,21 @@ def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, 
 
 def test_a_failed_canary_of_one_device(running_hub: RunningHub, samples: Path) -> None:
     """A rollout of one device: the waves after the canary hold no device (the controller passes them at once)
-    and say "empty", and so does the wave count ("Wave 1 of 4" read as if three waves were still to run); the
-    gate table names the phase each gate was evaluated in; the overview's event list says which gate failed and
-    why in words, not as JSON."""
+    and say "empty" (and, in place of a gate table, that they pass at once), and so does the wave count ("Wave 1
+    of 4" read as if three waves were still to run); the gate table names the phase each gate was evaluated in;
+    the overview's event list says which gate failed and why in words, not as JSON; the reason names the wave
+    in words ("canary, 1 device", not "(1)")."""
     rollout = _start_rollout(running_hub, samples, 1, "paused", offline_timeout_s=0.5)  # waves 1,10%,50%,100%
     with _fresh(running_hub).client("admin") as c:
         page = c.get(f"/rollouts/{rollout['id']}").text
         overview = c.get("/").text
         listed = c.get("/rollouts").text
     assert _badges(page) == ["failed", "empty", "empty", "empty"]
+    cards = page.split('<section class="card wave-card')[1:]
+    assert all("No devices: passes at once when its turn comes." in card for card in cards[1:]), cards[1:]
+    assert not any("No gate evaluated yet" in card for card in cards)
+    reason = html.unescape(page)
+    assert "wave 1 of 4 (canary, 1 device) failed: availability: 0 of 1 device(s) ready" in reason
     assert '<span class="k">Wave</span><span>1 of 4 (3 empty) · ' in page
     assert 'data-label="Wave">1 of 4 (3 empty) <span' in overview
     assert 'data-label="Wave">1 of 4 (3 empty) <span' in listed
@@ -561,3 +568,65 @@ def test_gates_name_the_phase_they_were_evaluated_in(dash: Dash) -> None:
     phases = {gate: set(cells) for gate, cells in _cells(page, "Phase").items()}
     assert phases == {"activation": {"activating"}, "availability": {"activating"}, "error_rate": {"baking"},
                       "p95_latency": {"baking"}}  # fmt: skip
+
+
+def _event_rows(page: str) -> dict[str, list[str]]:
+    """The text of each row of a page's event list, by action."""
+    table = page[page.index('<table class="dense events') :]
+    table = table[: table.index("</table>")]
+    out: dict[str, list[str]] = {}
+    for row in table.split("<tr")[2:]:  # past the header
+        action = re.search(r'data-label="Action"><span class="tag">([^<]*)<', row)
+        assert action is not None, row
+        text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", "<tr" + row))).strip()
+        out.setdefault(action[1], []).append(text)
+    return out
+
+
+def test_the_overview_lists_every_operator_action(running_hub: RunningHub, samples: Path) -> None:
+    """Revoking or rekeying a device, undeploying a model and revoking a token are on the overview's recent
+    events beside deploys and enrolments, each with its details in words."""
+    _deploy(running_hub, samples, "1.0.0", {"cam-1": {"site": "a"}, "cam-2": {"site": "a"}}, "site=a")
+    with running_hub.client() as c:
+        c.delete("/api/v1/deployments/mobilenet-like", params={"selector": "site=a"}).raise_for_status()
+        c.post("/api/v1/devices/cam-1/revoke").raise_for_status()
+        c.post("/api/v1/devices/cam-1/rekey").raise_for_status()  # admitted again
+        c.post("/api/v1/devices/cam-2/rekey").raise_for_status()
+        made = c.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"})
+        made.raise_for_status()
+        token_id = next(t["id"] for t in c.get("/api/v1/tokens").json() if t["name"] == "ci")
+        c.delete(f"/api/v1/tokens/{token_id}").raise_for_status()
+    with _fresh(running_hub).client("admin") as c:
+        rows = _event_rows(c.get("/").text)
+    for action in ("deploy", "undeploy", "device.add", "device.revoke", "device.rekey", "token.create", "token.revoke"):
+        assert action in rows, (action, sorted(rows))
+    assert any("device/cam-1" in r for r in rows["device.revoke"]), rows["device.revoke"]
+    rekeys = sorted(rows["device.rekey"])
+    assert any("device/cam-1" in r and "readmitted=yes" in r for r in rekeys), rekeys
+    assert any("device/cam-2" in r and "readmitted=no" in r for r in rekeys), rekeys
+    assert any("selector=site=a" in r and "2 devices" in r for r in rows["undeploy"]), rows["undeploy"]
+    assert any(f"token/{token_id}" in r for r in rows["token.revoke"]), rows["token.revoke"]
+
+
+def test_an_empty_wave_that_passed_says_so(dash: Dash) -> None:
+    """A wave left empty by rounding ("5%" of a small fleet) passed without devices or gates: it says so, not
+    "No gate evaluated yet" as if gates were still to come."""
+    with dash.client("viewer") as c:
+        page = c.get(f"/rollouts/{dash.rollouts[1]}").text
+    cards = page.split('<section class="card wave-card')[1:]
+    assert _badges(page) == ["passed", "empty", "passed"]
+    assert "No devices: passed at once." in cards[1] and "No gate evaluated yet" not in page
+
+
+def test_the_seeded_gate_failure_reads_as_the_controllers(dash: Dash) -> None:
+    """The seeded rollout's gate failure is in the controller's format (`wave` and the failed `gates`, which the
+    event list shows in words), and its reason names the wave as the controller does."""
+    with dash.hub.client() as api:
+        params = {"action": "rollout.gate_failed", "subject": f"rollout/{dash.rollouts[0]}"}
+        (event,) = api.get("/api/v1/events", params=params).json()
+    with dash.client("viewer") as c:
+        page = html.unescape(c.get(f"/rollouts/{dash.rollouts[0]}").text)
+    assert set(event["details"]) == {"wave", "gates"} and event["details"]["wave"] == 3
+    said = detail(event["details"]["gates"])
+    assert said == "p95_latency fail: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)", said
+    assert "wave 3 of 4 (50%, " in page and " devices) failed: p95_latency: p95 17.10 ms" in page

@@ -98,7 +98,8 @@ def test_a_rollback_keeps_the_gate_failure_beside_the_operators_note() -> None:
     r = w.run(start(w, waves=["1", "50%", "100%"]))
     assert r.state is RolloutState.PAUSED
     failure = r.reason or ""
-    assert failure.startswith("wave 1 of 3 (1) failed: error_rate")  # waves counted from 1, as on the dashboard
+    # waves counted from 1, as on the dashboard, and named by their part and devices
+    assert failure.startswith("wave 1 of 3 (canary, 1 device) failed: error_rate")
     r, events = command(r, "rollback", now=w.now, reason="bad canary, rolling back")
     assert r.state is RolloutState.ROLLING_BACK and r.reason == failure and r.note == "bad canary, rolling back"
     assert events == [("rollout.rollback", {"state": "rolling_back", "reason": failure, "note": r.note})]
