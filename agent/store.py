@@ -63,7 +63,7 @@ class StoredModel(BaseModel):
     schema_version: Literal[1] = Field(default=1, description="pointer file schema version")
     sha256: Sha256 = Field(description="the blob in blobs/ holding the .onnx bytes")
     model: AppliedModel = Field(description="name, version, sha256 and provider as last activated")
-    task: Literal["classification", "detection"] = Field(description="the model's task")
+    task: Literal["classification", "detection", "tensors"] = Field(description="the model's task")
     descriptor: dict[str, Any] = Field(description="the models package description (models.ModelDescriptor JSON)")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="runtime options it runs with")
     desired_version: int | None = Field(default=None, ge=0, description="desired-state version that set it")

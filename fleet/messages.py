@@ -49,7 +49,7 @@ SemVer = Annotated[
         description="semantic version, e.g. 1.4.0 or 2.0.0-rc.1",
     ),
 ]
-Task = Literal["classification", "detection"]
+Task = Literal["classification", "detection", "tensors"]
 ShortText = Annotated[str, Field(max_length=2048)]
 CommandArg = ShortText | Annotated[int, Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT)] | float | bool
 

@@ -9,6 +9,10 @@ One function per task, the same in every serving mode (HTTP API, headless, clust
   answers agree. Boxes are compared in the original image's pixels when each answer comes with the
   transforms of its own preprocessing (image requests: each version resized the image its own way), and
   in model-input pixels otherwise (tensor requests: both versions ran on the same tensor).
+- **tensors** (undecoded outputs): every output the active version describes has the same shape in the
+  candidate's answer, and each element of the row is within the candidate's `atol + rtol * |active|`
+  (its description's tolerances). Image requests are compared as they come out of the models: versions
+  that preprocess to other sizes answer other shapes and disagree.
 
 Answers of different tasks cannot be compared: `agreement` raises `Incomparable`, which a caller reports
 apart from agreement and disagreement. A candidate that answers with a malformed output disagrees.
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.descriptor import ClassificationOutput, ModelDescriptor
+from models.descriptor import ClassificationOutput, ModelDescriptor, Task, TensorsOutput, task_of
 from models.errors import Incomparable, ModelError
 from models.postprocess import Detections, decode_detections, iou
 from models.preprocess import Transform
@@ -52,13 +56,51 @@ def agreement(active: Answer, candidate: Answer) -> list[bool]:
     Raises:
         Incomparable: the versions do different tasks, or the active answer itself cannot be read.
     """
-    a_cls = isinstance(active.descriptor.output, ClassificationOutput)
-    c_cls = isinstance(candidate.descriptor.output, ClassificationOutput)
-    if a_cls != c_cls:
+    task = task_of(active.descriptor.output)
+    if task != task_of(candidate.descriptor.output):
         raise Incomparable(
             f"the active version does {active.descriptor.task}, the candidate {candidate.descriptor.task}"
         )
-    return classification_agreement(active, candidate) if a_cls else detection_agreement(active, candidate)
+    if task == Task.CLASSIFICATION:
+        return classification_agreement(active, candidate)
+    if task == Task.TENSORS:
+        return tensors_agreement(active, candidate)
+    return detection_agreement(active, candidate)
+
+
+def tensors_agreement(active: Answer, candidate: Answer) -> list[bool]:
+    """Per row: each output the active version describes has the same shape in the candidate's answer and
+    every element within the candidate's `atol + rtol * |active|` (NaN agrees with NaN).
+
+    Raises:
+        Incomparable: an output the active version describes is missing from its answer, has no batch
+            axis, or the outputs disagree on the batch size.
+    """
+    a_spec, c_spec = active.descriptor.output, candidate.descriptor.output
+    assert isinstance(a_spec, TensorsOutput)
+    assert isinstance(c_spec, TensorsOutput)
+    rows: int | None = None
+    for t in a_spec.outputs:
+        a = active.outputs.get(t.name)
+        if a is None or np.ndim(a) == 0:
+            raise Incomparable(f"the active answer has no output {t.name!r} with a batch axis")
+        if rows is None:
+            rows = int(np.shape(a)[0])
+        elif int(np.shape(a)[0]) != rows:
+            raise Incomparable("the active answer's outputs have different batch sizes")
+    n = rows or 0
+    agree = np.ones(n, dtype=bool)
+    for t in a_spec.outputs:
+        a = np.asarray(active.outputs[t.name])
+        c = candidate.outputs.get(t.name)
+        if c is None or np.shape(c) != a.shape:
+            return [False] * n
+        close = np.isclose(
+            np.asarray(c, dtype=np.float64), a.astype(np.float64), atol=c_spec.atol, rtol=c_spec.rtol, equal_nan=True
+        )
+        if n:
+            agree &= close.reshape(n, -1).all(axis=1)
+    return [bool(x) for x in agree]
 
 
 def _classes(answer: Answer) -> tuple[Array, tuple[str, ...]] | None:
@@ -94,7 +136,7 @@ def classification_agreement(active: Answer, candidate: Answer) -> list[bool]:
 def _decoded(answer: Answer) -> list[Detections]:
     d = answer.descriptor
     spec = d.output
-    assert not isinstance(spec, ClassificationOutput)
+    assert not isinstance(spec, ClassificationOutput | TensorsOutput)
     rows = decode_detections(answer.outputs, spec, d.input)
     if answer.transforms is None:
         return rows

@@ -41,6 +41,8 @@ class Task(StrEnum):
 
     CLASSIFICATION = "classification"
     DETECTION = "detection"
+    TENSORS = "tensors"
+    """Neither: the outputs are served as raw tensors and the caller decodes them (OCR, segmentation, embeddings)."""
 
 
 class Layout(StrEnum):
@@ -255,10 +257,50 @@ class NmsOutput(_DetectionCommon):
     scores: str = Field(min_length=1, description="Graph output name of the [batch, N] scores.")
 
 
+class TensorSpec(_Frozen):
+    """One raw output tensor, by name; rank and dtype are checked when given."""
+
+    name: str = Field(min_length=1, description="Graph output name.")
+    rank: int | None = Field(default=None, ge=1, le=8, description="Expected number of dims, batch axis included.")
+    dtype: Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"] | None = Field(
+        default=None, description="Expected element type (numpy name)."
+    )
+
+
+class TensorsOutput(_Frozen):
+    """Outputs served undecoded, for models no decoder reads (OCR CTC [batch, T, C], probability maps
+    [batch, 1, H, W], embeddings [batch, D]): the caller post-processes them, through the v2 tensor API."""
+
+    kind: Literal["tensors"] = Field(description="Decoder selector.")
+    outputs: tuple[TensorSpec, ...] = Field(
+        min_length=1, description="The graph outputs served, each with a batch axis first; others are ignored."
+    )
+    atol: float = Field(default=1e-3, gt=0, description="Shadow agreement: absolute tolerance per element.")
+    rtol: float = Field(default=1e-3, ge=0, description="Shadow agreement: relative tolerance per element.")
+
+    @field_validator("outputs")
+    @classmethod
+    def _unique(cls, v: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output names must be unique, got {names}")
+        return v
+
+
 DetectionOutput = YoloV5Output | YoloV8Output | SsdOutput | NmsOutput
 OutputSpec = Annotated[
-    ClassificationOutput | YoloV5Output | YoloV8Output | SsdOutput | NmsOutput, Field(discriminator="kind")
+    ClassificationOutput | YoloV5Output | YoloV8Output | SsdOutput | NmsOutput | TensorsOutput,
+    Field(discriminator="kind"),
 ]
+
+
+def task_of(output: ClassificationOutput | DetectionOutput | TensorsOutput) -> Task:
+    """The task an output kind belongs to."""
+    if isinstance(output, ClassificationOutput):
+        return Task.CLASSIFICATION
+    if isinstance(output, TensorsOutput):
+        return Task.TENSORS
+    return Task.DETECTION
 
 
 class OutputReference(_Frozen):
@@ -298,7 +340,7 @@ class ModelDescriptor(_Frozen):
         pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name: lowercase, digits, '.', '_', '-'."
     )
     version: str = Field(description="Semantic version of this model build (semver 2.0.0).")
-    task: Task = Field(description="classification or detection.")
+    task: Task = Field(description="classification, detection or tensors (undecoded outputs).")
     input: InputSpec = Field(description="The image input tensor and its preprocessing.")
     output: OutputSpec = Field(description="How to decode the outputs; kind must fit the task.")
     labels: tuple[str, ...] = Field(default=(), description="Class names by class id; may be empty.")
@@ -324,9 +366,10 @@ class ModelDescriptor(_Frozen):
 
     @model_validator(mode="after")
     def _task_fits_output(self) -> Self:
-        is_cls = isinstance(self.output, ClassificationOutput)
-        if is_cls != (self.task == Task.CLASSIFICATION):
+        if task_of(self.output) != self.task:
             raise ValueError(f"output kind {self.output.kind!r} does not fit task {self.task.value!r}")
+        if self.task == Task.TENSORS and self.labels:
+            raise ValueError("labels apply to classification and detection; output kind 'tensors' is not decoded")
         return self
 
     @property

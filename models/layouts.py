@@ -19,6 +19,7 @@ from models.descriptor import (
     ModelDescriptor,
     NmsOutput,
     SsdOutput,
+    TensorsOutput,
     YoloV5Output,
     YoloV8Output,
 )
@@ -44,8 +45,10 @@ def check_outputs(d: ModelDescriptor, outputs: Mapping[str, Array], batch: int =
 
     def refuse(name: str, problem: str) -> OutputMismatch:
         shape = list(np.asarray(outputs[name]).shape) if name in outputs else "missing"
-        guess = guess_kind(outputs, n)
+        guess = None if isinstance(o, TensorsOutput) else guess_kind(outputs, n)
         hint = f"; it looks like {guess}" if guess and not guess.startswith(f"kind: {o.kind} ") else ""
+        if guess is None and not isinstance(o, TensorsOutput):
+            hint = "; if no decoder reads it, describe it as kind: tensors and decode it yourself (docs/models.md)"
         return OutputMismatch(f"output {name!r} is {shape} on the golden input; kind: {o.kind} {problem}{hint}")
 
     if isinstance(o, ClassificationOutput):
@@ -100,6 +103,14 @@ def check_outputs(d: ModelDescriptor, outputs: Mapping[str, Array], batch: int =
         ids = lab[kept]
         if ids.size and (np.any(ids != np.round(ids)) or ids.min() < 0 or (n and ids.max() >= n)):
             raise refuse(o.labels, f"class ids span {_span(ids)}, outside the {n} labels")
+    elif isinstance(o, TensorsOutput):
+        for t in o.outputs:
+            a = get(t.name)
+            if t.rank is not None and a.ndim != t.rank:
+                raise refuse(t.name, f"describes it with rank {t.rank}")
+            got = np.asarray(outputs[t.name]).dtype.name
+            if t.dtype is not None and got != t.dtype:
+                raise refuse(t.name, f"describes it as {t.dtype}, but it is {got}")
 
 
 def guess_kind(outputs: Mapping[str, Array], n_labels: int = 0) -> str | None:

@@ -21,6 +21,7 @@ from models.descriptor import (
     ModelDescriptor,
     NmsOutput,
     SsdOutput,
+    TensorsOutput,
     YoloV5Output,
     YoloV8Output,
 )
@@ -246,6 +247,8 @@ def postprocess(
         if spec.output not in outputs:
             raise InvalidInput(f"model output {spec.output!r} is missing; outputs are {sorted(outputs)}")
         return top_k(outputs[spec.output], spec.top_k, logits=spec.scores == "logits", labels=descriptor.labels)
+    if isinstance(spec, TensorsOutput):
+        raise InvalidInput("output kind 'tensors' is not decoded: read the raw outputs (v2 tensor API)")
     decoded = decode_detections(outputs, spec, descriptor.input)
     if len(transforms) != len(decoded):
         raise InvalidInput(f"{len(transforms)} transforms for a batch of {len(decoded)} images")

@@ -23,6 +23,7 @@ from models.descriptor import (
     ModelDescriptor,
     NmsOutput,
     SsdOutput,
+    TensorsOutput,
     YoloV5Output,
     YoloV8Output,
 )
@@ -41,6 +42,14 @@ _ELEM = {
     "float32": onnx.TensorProto.FLOAT,
     "float16": onnx.TensorProto.FLOAT16,
     "uint8": onnx.TensorProto.UINT8,
+}
+_OUT_ELEM = {
+    **_ELEM,
+    "float64": onnx.TensorProto.DOUBLE,
+    "int64": onnx.TensorProto.INT64,
+    "int32": onnx.TensorProto.INT32,
+    "int8": onnx.TensorProto.INT8,
+    "bool": onnx.TensorProto.BOOL,
 }
 Dim = int | str | None
 
@@ -251,7 +260,8 @@ def check_signature(
             raise SignatureMismatch(f"graph has no output {name!r} ({what}); its outputs are {sorted(outputs)}")
         got = outputs[name]
         if len(got) != rank:
-            raise SignatureMismatch(f"output {name!r} has {len(got)} dims; {what} needs {rank}")
+            hint = "" if isinstance(d.output, TensorsOutput) else " (if no output kind reads it: kind: tensors)"
+            raise SignatureMismatch(f"output {name!r} has {len(got)} dims; {what} needs {rank}{hint}")
         return got
 
     n = len(d.labels)
@@ -276,6 +286,19 @@ def check_signature(
         _count(o.boxes, b[2], 4, 0, "4 box coordinates at axis 2")
         need(o.labels, 2, "NMS labels [batch, N]")
         need(o.scores, 2, "NMS scores [batch, N]")
+    elif isinstance(o, TensorsOutput):
+        for t in o.outputs:
+            if t.name not in outputs:
+                raise SignatureMismatch(f"graph has no output {t.name!r}; its outputs are {sorted(outputs)}")
+            if t.rank is not None and len(outputs[t.name]) != t.rank:
+                got_rank = len(outputs[t.name])
+                raise SignatureMismatch(f"output {t.name!r} has {got_rank} dims; the description says rank {t.rank}")
+            elem = _OUT_ELEM.get(t.dtype) if t.dtype is not None else None
+            if elem_types is not None and elem is not None and elem_types.get(t.name) != elem:
+                got_type = onnx.TensorProto.DataType.Name(elem_types.get(t.name, 0))
+                raise SignatureMismatch(
+                    f"output {t.name!r} has ONNX element type {got_type}; the description says {t.dtype}"
+                )
 
 
 def _count(name: str, dim: Dim, n: int, offset: int, what: str) -> None:

@@ -307,7 +307,7 @@ def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
     @app.post(
         "/v1/models/{name}:predict",
         tags=["inference"],
-        summary="Classify or detect on an image",
+        summary="Classify, detect, or run (raw output tensors) on an image",
         openapi_extra=IMAGE_BODY,
         responses=ERRORS,
     )
@@ -315,7 +315,10 @@ def create_app(settings: ApiSettings, repo: ModelRepository) -> FastAPI:
         request: Request,
         name: ModelName,
         top_k: Annotated[
-            int | None, Query(ge=1, le=1000, description="Classes (classification) or boxes (detection) to return.")
+            int | None,
+            Query(
+                ge=1, le=1000, description="Classes (classification) or boxes (detection) to return; not for tensors."
+            ),
         ] = None,
         threshold: Annotated[float | None, Query(ge=0, le=1, description="Minimum score of a class or box.")] = None,
     ) -> Response:

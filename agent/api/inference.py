@@ -31,11 +31,11 @@ from agent.api.budget import HOLD, BodyBudget, BodyHold
 from agent.api.errors import BadRequest, BodyTimeout, TooLarge, to_http
 from agent.api.metrics import UNKNOWN, ApiMetrics
 from agent.api.settings import ApiSettings
-from agent.api.tensors import HEADER, encode_infer, parse_infer
+from agent.api.tensors import HEADER, datatype_of, encode_infer, parse_infer
 from agent.serving import ModelRepository, ModelSlot, Served
 from agent.serving.shadow import ImageRequest
 from agent.serving.stats import RequestTimes
-from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor
+from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor, TensorsOutput
 from models.postprocess import decode_detections, top_k
 from models.preprocess import Transform, decode_image, draft_side, prepare
 
@@ -373,6 +373,8 @@ def _answer(
             if threshold is None or c.score >= threshold
         ]
         return {"task": "classification", "classes": classes}
+    if isinstance(spec, TensorsOutput):
+        return _raw(spec, outputs, transform, k, threshold)
     if threshold is not None:
         spec = spec.model_copy(update={"score_threshold": threshold})
     dets = decode_detections(outputs, spec, d.input)[0]
@@ -393,6 +395,27 @@ def _answer(
                 np.asarray(boxes).tolist(), dets.classes[:n].tolist(), dets.scores[:n].tolist(), strict=True
             )
         ],
+    }
+
+
+def _raw(
+    spec: TensorsOutput, outputs: dict[str, Any], transform: Transform, k: int | None, threshold: float | None
+) -> dict[str, Any]:
+    """The undecoded outputs of kind: tensors, each as the v2 JSON output tensor (name, datatype, shape, data)."""
+    if k is not None or threshold is not None:
+        raise BadRequest(
+            "top_k and threshold apply to classification and detection; this model's outputs are raw tensors"
+        )
+    items = []
+    for t in spec.outputs:
+        if t.name not in outputs:
+            raise BadRequest(f"model output {t.name!r} is missing")
+        a = np.ascontiguousarray(outputs[t.name])
+        items.append({"name": t.name, "datatype": datatype_of(a.dtype), "shape": list(a.shape), "data": a.reshape(-1)})
+    return {
+        "task": "tensors",
+        "image": {"width": transform.original_width, "height": transform.original_height},
+        "outputs": items,
     }
 
 

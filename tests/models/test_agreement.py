@@ -1,4 +1,5 @@
-"""Shadow agreement by task: top-1 for classification, boxes matched by class and IoU for detection."""
+"""Shadow agreement by task: top-1 for classification, boxes matched by class and IoU for detection, every
+element within tolerance for raw tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.agreement import Answer, agreement, detections_match
-from models.descriptor import NmsOutput
+from models.descriptor import ModelDescriptor, NmsOutput, Task, TensorsOutput, TensorSpec
 from models.errors import Incomparable
 from models.postprocess import Detections
 from models.preprocess import Transform
@@ -92,3 +93,29 @@ def test_detections_match_rules() -> None:
     assert detections_match(
         a, d([[0, 0, 10, 10], [20, 20, 40, 40]], [5, 2]), a_keys=["car", "dog"], b_keys=["car", "dog"]
     )
+
+
+def _raw(atol: float = 1e-3, rtol: float = 0.0) -> ModelDescriptor:
+    return CLF.model_copy(
+        update={
+            "task": Task.TENSORS,
+            "labels": (),
+            "output": TensorsOutput(kind="tensors", outputs=(TensorSpec(name="logits"),), atol=atol, rtol=rtol),
+        }
+    )
+
+
+def test_tensors_compare_every_element_within_the_candidates_tolerance() -> None:
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    a = Answer({"logits": x}, _raw())
+    moved = x.copy()
+    moved[1, 5] += 0.01
+    assert agreement(a, Answer({"logits": x + 5e-4}, _raw())) == [True, True, True]
+    assert agreement(a, Answer({"logits": moved}, _raw())) == [True, False, True]
+    assert agreement(a, Answer({"logits": moved}, _raw(atol=0.02))) == [True, True, True]
+    assert agreement(a, Answer({"logits": x[:, :4]}, _raw())) == [False, False, False]  # another shape
+    assert agreement(a, Answer({"other": x}, _raw())) == [False, False, False]
+    with pytest.raises(Incomparable, match="tensors"):
+        agreement(a, Answer({"logits": x}, CLF))
+    with pytest.raises(Incomparable, match="no output 'logits'"):
+        agreement(Answer({}, _raw()), a)

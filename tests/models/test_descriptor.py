@@ -116,3 +116,27 @@ def test_bad_sidecar_files(tmp_path: Path, text: str, match: str) -> None:
 def test_missing_sidecar(tmp_path: Path) -> None:
     with pytest.raises(DescriptorError, match="no description next to"):
         sidecar_for(tmp_path / "m.onnx")
+
+
+RAW = {"kind": "tensors", "outputs": [{"name": "softmax", "rank": 3, "dtype": "float32"}, {"name": "aux"}]}
+
+
+def test_tensors_kind_names_outputs_only() -> None:
+    d = ModelDescriptor.from_json({**BASE, "task": "tensors", "output": RAW, "labels": []})
+    assert d.task == "tensors" and [t.name for t in d.output.outputs] == ["softmax", "aux"]  # type: ignore[union-attr]
+    assert ModelDescriptor.from_json(d.to_json()) == d
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"task": "classification"}, "does not fit task"),
+        ({"labels": ["a"]}, "labels apply to classification and detection"),
+        ({"output": {"kind": "tensors", "outputs": []}}, "output.tensors.outputs"),
+        ({"output": {"kind": "tensors", "outputs": [{"name": "a"}, {"name": "a"}]}}, "unique"),
+        ({"output": {"kind": "tensors", "outputs": [{"name": "a", "dtype": "string"}]}}, "dtype"),
+    ],
+)
+def test_tensors_kind_refusals(change: dict[str, object], match: str) -> None:
+    with pytest.raises(DescriptorError, match=match):
+        ModelDescriptor.from_json({**BASE, "task": "tensors", "output": RAW, "labels": [], **change})

