@@ -19,22 +19,13 @@ from agent.k3s import (
     WorkloadError,
     connection,
 )
-from agent.k3s.calls import API_CALLS
 from agent.k3s.render import MODEL_LABEL
 from fleet.messages import RuntimeOptions
-from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, all_rules_but, desired, fast_settings, with_slot
 from tests.k8s.certs import make_pki
-from tests.k8s.server import ApiServer, Rule
+from tests.k8s.server import ApiServer
 
 NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
-
-
-def all_rules_but(*missing: tuple[str, str]) -> set[Rule]:
-    return {
-        Rule(c.verb, c.resource, c.group, None if c.cluster_scoped else NAMESPACE)
-        for c in API_CALLS
-        if (c.verb, c.resource) not in missing
-    }
 
 
 def test_forbidden_by_rbac_is_permanent_and_names_the_permission(api: ApiServer, bridge: ClusterBridge) -> None:
