@@ -80,6 +80,26 @@ def test_temporary_server_errors_are_retried(api: ApiServer, bridge: ClusterBrid
     assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [code, code, 201]
 
 
+def test_429_waits_as_long_as_the_server_says(
+    api: ApiServer, bridge: ClusterBridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """API Priority and Fairness rejects with 429 and Retry-After: our own (faster) backoff would hammer it."""
+    api.fail(429, verb="patch", resource="deployments", reason="TooManyRequests", retry_after=1)
+    with caplog.at_level("WARNING", logger="agent.k3s.connection"):
+        assert bridge.apply(desired(1), MODEL).state == "ready"
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 1 and "retrying in 1.00s (the server's Retry-After)" in retries[0]
+    assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [429, 201]
+
+
+@pytest.mark.parametrize(
+    ("header", "delay"), [("1", 1.0), ("0", 0.0), ("86400", 60.0), ("-5", None),
+                          ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("nan", None), (None, None)]
+)  # fmt: skip
+def test_retry_after_is_bounded_and_garbage_falls_back_to_our_backoff(header: str | None, delay: float | None) -> None:
+    assert connection.retry_after(header) == delay
+
+
 def test_persistent_500_gives_up_with_a_temporary_error(api: ApiServer, bridge: ClusterBridge) -> None:
     api.fail(500, verb="list", resource="nodes", times=100, message="etcdserver: request timed out")
     with pytest.raises(ApiCallError) as info:
