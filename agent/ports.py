@@ -130,6 +130,10 @@ class ClusterPort(Protocol):
         """Server-side apply the serving workload of model `name` of `desired` (one Deployment per model) and
         wait until it is ready or our own deadline."""
 
+    def workload(self, name: str) -> ClusterWorkload | None:
+        """The rollout of model `name`'s workload as the cluster has it now; None when its Deployment is gone
+        (deleted by someone): the control side checks every `cluster_retry_s` and applies it again."""
+
     def remove(self, name: str) -> None:
         """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""
 

@@ -135,6 +135,7 @@ class Reconciler:
         self._settled: int | None = None
         self._retry_at: float | None = None
         self._cluster_refused: dict[str, ErrorInfo | None] = {}  # model: the error its failed apply reported
+        self._cluster_unremoved: dict[str, ErrorInfo | None] = {}  # model: the error its failed removal reported
         self._cluster_retry_at: float | None = None
         self._locked = False
         self.stamps = stamps or Stamps(None, clock)
@@ -293,8 +294,7 @@ class Reconciler:
             self._cluster_retry_at = None
             d = self.desired
             if d is not None and self._settled == d.version:  # not settled: _advance applies every model anyway
-                self._apply_cluster(d, only=set(self._cluster_refused))
-                self.report()
+                self._check_cluster(d)
 
     def close(self) -> None:
         """Persist download progress (it resumes on the next start)."""
@@ -500,6 +500,7 @@ class Reconciler:
     def _remove_unwanted(self, d: DesiredState) -> None:
         """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
         wanted = {m.name for m in d.models}
+        self._cluster_unremoved = {n: e for n, e in self._cluster_unremoved.items() if n not in wanted}
         for name, st in sorted(self.models.items()):
             if name in wanted or st.removed_at is not None:
                 continue
@@ -512,8 +513,8 @@ class Reconciler:
             except (StoreError, OSError) as e:
                 self._fail(st, StoreError(f"{name} stopped serving, but its pointers were not cleared: {e}"))
             if self.cluster is not None:
-                self._remove_cluster(st)
-            if st.active is None and st.previous is None:  # nothing to keep for a re-deploy
+                self._remove_cluster(st.name)
+            if st.active is None and st.previous is None and name not in self._cluster_unremoved:  # nothing to keep
                 self.store.forget(name)
                 del self.models[name]
                 continue
@@ -551,15 +552,71 @@ class Reconciler:
         if self._cluster_refused:
             log.info("cluster workloads of %s not applied: tried again in %gs",
                      ", ".join(sorted(self._cluster_refused)), self.settings.activation.cluster_retry_s)  # fmt: skip
-            self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s
+        self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s  # see _check_cluster
 
-    def _remove_cluster(self, st: ModelState) -> None:
+    def _check_cluster(self, d: DesiredState) -> None:
+        """Every `cluster_retry_s`: compare each applied workload with the cluster. One whose Deployment is gone
+        (someone deleted it) is reported missing, then applied again with the refused ones; one whose rollout
+        changed since (failed, then healthy later) is reported as it is now. Failed removals are tried again.
+        """
         assert self.cluster is not None
+        changed = missing = False
+        for slot in d.models:
+            st = self.models[slot.name]
+            if st.active is None or st.cluster is None or slot.name in self._cluster_refused:
+                continue
+            try:
+                now = self.cluster.workload(slot.name)
+            except Exception as e:  # as in _apply_cluster; checked again next time
+                log.info("cannot check the cluster workload of %s: %s", slot.name, e)
+                continue
+            if now is None:
+                where = f"{st.cluster.namespace}/{st.cluster.deployment}"
+                log.warning("the Deployment %s of model %s is gone: applying it again", where, slot.name)
+                message = f"cluster workload missing: the Deployment {where} was deleted outside the agent"
+                self._fail(st, AgentError(f"{message}; applying it again", code="workload_missing", permanent=False))
+                st.cluster = st.cluster.model_copy(update={"state": "failed", "ready_replicas": 0, "message": message})
+                self._cluster_refused[slot.name] = st.error
+                missing = True
+            elif (now.state, now.ready_replicas, now.replicas) != (st.cluster.state, st.cluster.ready_replicas,
+                                                                   st.cluster.replicas):  # fmt: skip
+                st.cluster = now
+            else:
+                continue
+            changed = True
+        if missing:
+            self.report()  # the missing workload is reported before it is applied again (which waits for it)
+        changed = changed or bool(self._cluster_refused) or bool(self._cluster_unremoved)
+        for name in sorted(self._cluster_unremoved):
+            self._remove_cluster(name)
+        self._apply_cluster(d, only=set(self._cluster_refused))  # also schedules the next check
+        if changed:
+            self.report()
+
+    def _remove_cluster(self, name: str) -> None:
+        """Delete the workload of model `name`, no longer desired. One the cluster refused (RBAC, API unreachable)
+        keeps its pods running: its removal is tried again every `cluster_retry_s` (see `_check_cluster`), and
+        the model (idle) reports the error until it goes through or the model is desired again.
+        """
+        assert self.cluster is not None
+        st = self.models.get(name)
         try:
-            self.cluster.remove(st.name)
+            self.cluster.remove(name)
         except Exception as e:  # as in _apply_cluster
             code = getattr(e, "code", "cluster_error")
-            self._fail(st, AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False))
+            error = AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False)
+            if st is not None:
+                self._fail(st, error)
+            self._cluster_unremoved[name] = st.error if st is not None else None
+            return
+        if name not in self._cluster_unremoved:
+            return
+        reported = self._cluster_unremoved.pop(name)
+        if st is not None and st.error is reported:
+            st.error = None
+        if st is not None and st.active is None and st.previous is None:  # kept only to report the failure
+            self.store.forget(name)
+            del self.models[name]
 
     def _kept_blobs(self) -> set[str]:
         """Blobs never collected besides those the pointers name: the desired state's and running shadows'."""

@@ -144,7 +144,8 @@ class ActivationSettings(SettingsGroup):
         le=3600,
         description="cluster mode: a model's workload the cluster refused (API unreachable, namespace missing, "
         "RBAC denies a verb) is applied again after this many seconds, until it goes in: fixing the cluster is "
-        "enough, no new desired state is needed",
+        "enough, no new desired state is needed; at this interval too, each applied Deployment is read back (one "
+        "deleted by someone is applied again) and a refused removal is tried again",
     )
     memory_budget_bytes: int | None = Field(
         default=None,

@@ -87,6 +87,14 @@ class ClusterBridge:
         """
         return self._run(self._cluster.apply(desired, name))
 
+    def workload(self, name: str) -> ClusterWorkload | None:
+        """Model `name`'s rollout as the cluster has it now (one read of its Deployment); None when it is gone.
+
+        Raises:
+            ApiCallError: the Deployment could not be read (after retries for temporary failures).
+        """
+        return self._run(self._cluster.workload(name))
+
     def remove(self, name: str) -> None:
         """Delete model `name`'s serving workload (it is no longer desired); absent objects are fine.
 

@@ -139,6 +139,15 @@ class Cluster:
         for kind in ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap"):
             await self._delete(kind, name)
 
+    async def workload(self, model: str) -> ClusterWorkload | None:
+        """The rollout of model `model`'s Deployment as the cluster has it now (one read); None when it is gone.
+
+        Raises:
+            ApiCallError: the Deployment could not be read (permanent at once, temporary after the retries).
+        """
+        found = await self._read("Deployment", workload_name(self.settings.workload_name, model))
+        return None if found is None else summarize(found, self.settings.namespace)
+
     async def pod_problems(self, selector: dict[str, str]) -> str | None:
         """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.
 
@@ -189,17 +198,7 @@ class Cluster:
                 made (created by hand, by kubectl, by another tool): it is not ours to overwrite or delete.
         """
         namespace = self.settings.namespace
-        what = f"get {PLURALS[kind]} {namespace}/{name}"
-
-        async def call() -> Any:
-            try:
-                return await self.client.get(KINDS[kind], name, namespace=namespace)
-            except ApiError as e:
-                if e.status.code != 404:
-                    raise
-                return None
-
-        found = await with_retries(self.settings, what, call)
+        found = await self._read(kind, name)
         if found is None:
             return False
         entries = (found.metadata.managedFields if found.metadata is not None else None) or []
@@ -215,6 +214,20 @@ class Cluster:
             permanent=True,
             status=409,
         )
+
+    async def _read(self, kind: str, name: str) -> Any:
+        """Object `name` of `kind` in our namespace, or None when there is none."""
+        namespace = self.settings.namespace
+
+        async def call() -> Any:
+            try:
+                return await self.client.get(KINDS[kind], name, namespace=namespace)
+            except ApiError as e:
+                if e.status.code != 404:
+                    raise
+                return None
+
+        return await with_retries(self.settings, f"get {PLURALS[kind]} {namespace}/{name}", call)
 
     async def _delete(self, kind: str, name: str) -> None:
         """Delete one object of ours if it exists (none: nothing to do; one not ours: refused)."""

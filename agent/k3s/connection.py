@@ -2,13 +2,15 @@
 
 Configuration, in order: an explicit kubeconfig path (K3s writes `/etc/rancher/k3s/k3s.yaml`, readable by root
 only), the in-cluster service account, `$KUBECONFIG`, `~/.kube/config`. Errors are classified once here:
-unreachable, 5xx, 429 and 410 are temporary (retried with backoff); 401, 403, 404, 409, 4xx are permanent.
+unreachable, 5xx, 429 and 410 are temporary (retried with backoff, or after the server's Retry-After when it
+sends one: API Priority and Fairness answers 429 with it); 401, 403, 404, 409, 4xx are permanent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -27,6 +29,7 @@ K3S_KUBECONFIG = Path("/etc/rancher/k3s/k3s.yaml")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # where kubelet mounts the token
 TEMPORARY_STATUS = frozenset({408, 410, 425, 429, 500, 502, 503, 504})
 MAX_MESSAGE = 1500  # leaves room for context when the control side reports it (2048 on the wire)
+MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After beyond this is cut to it: one call stays bounded
 CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict", 410: "expired", 422: "invalid"}
 
 
@@ -88,10 +91,15 @@ def _translate(error: BaseException, what: str) -> ApiCallError:
     if isinstance(error, ApiError):
         status = int(error.status.code or (error.response.status_code if error.response is not None else 0))
         reason = error.status.message or error.status.reason or "no message"
-        return _from_status(status, f"{what}: {reason}")
+        translated = _from_status(status, f"{what}: {reason}")
+        if error.response is not None:
+            translated.retry_after = retry_after(error.response.headers.get("retry-after"))
+        return translated
     if isinstance(error, httpx2.HTTPStatusError):
         status = error.response.status_code
-        return _from_status(status, f"{what}: HTTP {status} {_body(error.response)}")
+        translated = _from_status(status, f"{what}: HTTP {status} {_body(error.response)}")
+        translated.retry_after = retry_after(error.response.headers.get("retry-after"))
+        return translated
     if isinstance(error, httpx2.TransportError):
         kind = type(error).__name__
         return ApiCallError(f"{what}: API server unreachable ({kind}: {error})", code="unreachable", permanent=False)
@@ -114,6 +122,18 @@ def _from_status(status: int, message: str) -> ApiCallError:
     elif status == 409:
         message += " (another field manager owns these fields: set EDGEFLEET_K3S_FORCE_CONFLICTS=true to take them)"
     return ApiCallError(message, code=code, permanent=not temporary, status=status)
+
+
+def retry_after(header: str | None) -> float | None:
+    """The seconds a Retry-After header asks for, at most MAX_RETRY_AFTER_S; None when absent or not a number of
+    seconds (Kubernetes sends seconds; an HTTP date or garbage falls back to our own backoff)."""
+    try:
+        seconds = float(header) if header is not None else math.nan
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def backoff(settings: ClusterSettings, attempt: int) -> float:
@@ -141,6 +161,8 @@ async def with_retries(settings: ClusterSettings, what: str, call: Callable[[], 
                 if not error.permanent:
                     error.message = f"{error.message} (after {attempt} tries)"
                 raise error from e
-            delay = backoff(settings, attempt - 1)
-            log.warning("%s; retrying in %.2fs (try %d of %d)", error, delay, attempt + 1, settings.retry_attempts)
+            delay = backoff(settings, attempt - 1) if error.retry_after is None else error.retry_after
+            asked = "" if error.retry_after is None else " (the server's Retry-After)"
+            log.warning("%s; retrying in %.2fs%s (try %d of %d)", error, delay, asked, attempt + 1,
+                        settings.retry_attempts)  # fmt: skip
             await asyncio.sleep(delay)

@@ -25,10 +25,14 @@ class WorkloadError(ClusterError, ValueError):
 
 
 class ApiCallError(ClusterError):
-    """The Kubernetes API refused a call or could not be reached; `status` is the HTTP status (0: no answer)."""
+    """The Kubernetes API refused a call or could not be reached; `status` is the HTTP status (0: no answer),
+    `retry_after` the seconds the server asked us to wait before trying again (its Retry-After; None: none)."""
 
     code = "cluster_api"
 
-    def __init__(self, message: str, *, code: str, permanent: bool, status: int = 0) -> None:
+    def __init__(
+        self, message: str, *, code: str, permanent: bool, status: int = 0, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, code=code, permanent=permanent)
         self.status = status
+        self.retry_after = retry_after

@@ -8,16 +8,32 @@ refused naming the nearest valid one; an empty value unsets a field that may be 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from infra.settings import EnvSettings, env_config
 
 ENV_PREFIX = "EDGEFLEET_K3S_"
 
 DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
+DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _check_workload_prefix(value: str) -> str:
+    """A prefix the Service names `<prefix>-<model>` can start with: they are DNS-1035 labels (a letter first)."""
+    if not DNS_1035_LABEL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} must start with a lowercase letter, then hold lowercase letters, digits and '-', end with a "
+            f"letter or digit, at most 63 characters: each model's Service is named <prefix>-<model>, and Service "
+            f"names are DNS-1035 labels (e.g. edgefleet-inference)"
+        )
+    return value
+
+
+WorkloadPrefix = Annotated[str, AfterValidator(_check_workload_prefix)]
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$", max_length=32)]
 
 
@@ -27,8 +43,10 @@ class ClusterSettings(EnvSettings):
     model_config = env_config(ENV_PREFIX)
 
     namespace: DnsLabel = Field(default="edgefleet", description="namespace of the serving workload (and the agent)")
-    workload_name: DnsLabel = Field(
-        default="edgefleet-inference", description="name of the Deployment, Service, ConfigMap and HPA we apply"
+    workload_name: WorkloadPrefix = Field(
+        default="edgefleet-inference",
+        description="name of the Deployment, Service, ConfigMap and HPA we apply (<name>-<model>); a lowercase "
+        "letter first (Service names are DNS-1035 labels)",
     )
     image: str = Field(
         default="ghcr.io/edgefleet/agent:0.1.0",

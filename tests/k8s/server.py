@@ -58,6 +58,7 @@ class Fault:
     reason: str = "InternalError"
     message: str = "injected failure"
     content_type: str = "application/json"
+    retry_after: int | None = None  # the Retry-After header (seconds) the API server sends with a 429 or 503
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,11 @@ class ApiServer:
                 fault.times -= 1
                 if fault.content_type != "application/json":
                     return Response(fault.message, status_code=fault.code, media_type=fault.content_type)
+                if fault.retry_after is not None:  # as API Priority and Fairness does when it rejects a request
+                    details = {"retryAfterSeconds": fault.retry_after}
+                    response = _error(fault.code, fault.reason, fault.message, details)
+                    response.headers["Retry-After"] = str(fault.retry_after)
+                    return response
                 return _error(fault.code, fault.reason, fault.message)
         if not self._allowed(verb, route):
             return self._forbidden(verb, route)

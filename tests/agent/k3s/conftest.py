@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from agent.k3s import ClusterBridge, ClusterSettings
+from agent.k3s.calls import API_CALLS
 from fleet.messages import BlobManifest, DesiredModel, DesiredState, ModelRef, RuntimeOptions
-from tests.k8s.server import ApiServer
+from tests.k8s.server import ApiServer, Rule
 
 NAMESPACE = "edgefleet"
 
@@ -72,3 +73,12 @@ def with_slot(state: DesiredState, **update: Any) -> DesiredState:
     """`state` with its one slot's fields replaced, unchecked (`runtime`, `model`: a forged state)."""
     slot = state.models[0].model_copy(update=update)
     return state.model_copy(update={"models": [slot]})
+
+
+def all_rules_but(*missing: tuple[str, str]) -> set[Rule]:
+    """The agent's RBAC grants (deploy/) without the (verb, resource) pairs `missing`."""
+    return {
+        Rule(c.verb, c.resource, c.group, None if c.cluster_scoped else NAMESPACE)
+        for c in API_CALLS
+        if (c.verb, c.resource) not in missing
+    }

@@ -12,6 +12,8 @@ from agent.headless import HeadlessServing
 from agent.k3s import ClusterBridge, ClusterSettings
 from agent.runtime import Agent
 from tests.agent.conftest import Sample, fast_settings
+from tests.agent.k3s.conftest import all_rules_but
+from tests.k8s.controller import deployment_status
 from tests.k8s.server import ApiServer
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
@@ -76,5 +78,105 @@ def test_a_workload_the_cluster_refused_is_applied_once_the_cluster_is_fixed(
         fixed = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=since)
         assert one(fixed).error is None  # the error no longer shows on `edgefleet device show`
         assert fixed.desired_version == 1
+    finally:
+        agent.stop()
+
+
+def test_a_workload_deleted_by_someone_is_reported_and_applied_again(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    agent = Agent(
+        hub.bundle(device_id, broker.url),
+        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
+        HeadlessServing(),
+        ClusterBridge(settings),
+    )
+    agent.start()
+    try:
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
+        cluster = one(ready).cluster
+        assert cluster is not None
+        key = ("apps", "deployments", settings.namespace, cluster.deployment)
+        since = len(hub.reported)
+        api.store.delete(key)  # `kubectl delete deployment`: the device no longer serves what it says
+
+        missing = "workload_missing"
+        gone = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == missing, since=since)
+        reported = one(gone).cluster
+        assert reported is not None and reported.state == "failed"
+        back = hub.wait_reported(
+            lambda r: one(r).error is None and (c := one(r).cluster) is not None and c.state == "ready",
+            since=hub.reported.index(gone),
+        )
+        assert back.desired_version == 1  # the same desired state, applied again
+        assert api.get(*key) is not None
+    finally:
+        agent.stop()
+
+
+def test_a_refused_removal_is_reported_and_tried_again(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    agent = Agent(
+        hub.bundle(device_id, broker.url),
+        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
+        HeadlessServing(),
+        ClusterBridge(settings),
+    )
+    agent.start()
+    try:
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
+        cluster = one(ready).cluster
+        assert cluster is not None
+        key = ("apps", "deployments", settings.namespace, cluster.deployment)
+        api.allow(all_rules_but(("delete", "deployments")))  # someone tightened the agent's Role
+
+        hub.publish_desired(device_id, hub.desired(device_id, 2, None))  # the model is no longer desired
+        refused = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == "forbidden")
+        error = one(refused).error
+        assert refused.desired_version == 2 and error is not None and "cluster workload not removed" in error.message
+        assert api.get(*key) is not None  # its pods still hold the device's memory and GPU
+
+        api.rules = None  # the Role is fixed: no new desired state is needed
+        removed = hub.wait_reported(lambda r: one(r).error is None, since=hub.reported.index(refused))
+        assert removed.desired_version == 2
+        assert api.get(*key) is None
+    finally:
+        agent.stop()
+
+
+def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    api.controller = "stalled"  # Kubernetes' progress deadline passes: the rollout is reported failed
+    agent = Agent(
+        hub.bundle(device_id, broker.url),
+        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
+        HeadlessServing(),
+        ClusterBridge(settings),
+    )
+    agent.start()
+    try:
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        stalled = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "failed")
+        cluster = one(stalled).cluster
+        assert cluster is not None
+        key = ("apps", "deployments", settings.namespace, cluster.deployment)
+        deployment = api.get(*key)
+        assert deployment is not None
+        api.store.set_status(key, deployment_status(deployment, "ready"))  # e.g. a GPU was freed: pods start
+
+        healthy = hub.wait_reported(
+            lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=hub.reported.index(stalled)
+        )
+        assert healthy.desired_version == 1 and one(healthy).cluster.ready_replicas == 1  # type: ignore[union-attr]
     finally:
         agent.stop()

@@ -19,22 +19,13 @@ from agent.k3s import (
     WorkloadError,
     connection,
 )
-from agent.k3s.calls import API_CALLS
 from agent.k3s.render import MODEL_LABEL
 from fleet.messages import RuntimeOptions
-from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
+from tests.agent.k3s.conftest import MODEL, NAMESPACE, all_rules_but, desired, fast_settings, with_slot
 from tests.k8s.certs import make_pki
-from tests.k8s.server import ApiServer, Rule
+from tests.k8s.server import ApiServer
 
 NAME = "edgefleet-inference-resnet"  # the workload of model MODEL
-
-
-def all_rules_but(*missing: tuple[str, str]) -> set[Rule]:
-    return {
-        Rule(c.verb, c.resource, c.group, None if c.cluster_scoped else NAMESPACE)
-        for c in API_CALLS
-        if (c.verb, c.resource) not in missing
-    }
 
 
 def test_forbidden_by_rbac_is_permanent_and_names_the_permission(api: ApiServer, bridge: ClusterBridge) -> None:
@@ -87,6 +78,26 @@ def test_temporary_server_errors_are_retried(api: ApiServer, bridge: ClusterBrid
     api.fail(code, verb="patch", resource="deployments", times=2)
     assert bridge.apply(desired(1), MODEL).state == "ready"
     assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [code, code, 201]
+
+
+def test_429_waits_as_long_as_the_server_says(
+    api: ApiServer, bridge: ClusterBridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """API Priority and Fairness rejects with 429 and Retry-After: our own (faster) backoff would hammer it."""
+    api.fail(429, verb="patch", resource="deployments", reason="TooManyRequests", retry_after=1)
+    with caplog.at_level("WARNING", logger="agent.k3s.connection"):
+        assert bridge.apply(desired(1), MODEL).state == "ready"
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 1 and "retrying in 1.00s (the server's Retry-After)" in retries[0]
+    assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [429, 201]
+
+
+@pytest.mark.parametrize(
+    ("header", "delay"), [("1", 1.0), ("0", 0.0), ("86400", 60.0), ("-5", None),
+                          ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("nan", None), (None, None)]
+)  # fmt: skip
+def test_retry_after_is_bounded_and_garbage_falls_back_to_our_backoff(header: str | None, delay: float | None) -> None:
+    assert connection.retry_after(header) == delay
 
 
 def test_persistent_500_gives_up_with_a_temporary_error(api: ApiServer, bridge: ClusterBridge) -> None:

@@ -49,6 +49,14 @@ def test_bad_values_are_named(name: str, value: str) -> None:
         ClusterSettings.from_env({f"EDGEFLEET_K3S_{name}": value})
 
 
+@pytest.mark.parametrize("value", ["1inference", "9", "-inference"])
+def test_a_workload_name_that_cannot_start_a_service_name_is_refused(value: str) -> None:
+    """Service names are DNS-1035 labels (a letter first): `1inference-resnet` is refused by the API server."""
+    with pytest.raises(SettingsError, match="EDGEFLEET_K3S_WORKLOAD_NAME.*must start with a lowercase letter"):
+        ClusterSettings.from_env({"EDGEFLEET_K3S_WORKLOAD_NAME": value})
+    assert ClusterSettings.from_env({"EDGEFLEET_K3S_WORKLOAD_NAME": "inference2"}).workload_name == "inference2"
+
+
 def test_gpu_image_defaults_to_image() -> None:
     s = ClusterSettings(image="a:1")
     assert s.serving_image(gpu=True) == "a:1"
