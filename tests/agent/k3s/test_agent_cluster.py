@@ -6,6 +6,8 @@ its serving workload server-side-applied, and the reported state says how far th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.headless import HeadlessServing
@@ -18,6 +20,26 @@ from tests.k8s.server import ApiServer
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide, one
 from tests.support.mqtt import wait_for
+
+
+@contextlib.contextmanager
+def _deployed(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], settings: ClusterSettings, tmp_path: Path
+) -> Iterator[None]:
+    """A cluster-mode agent that checks its cluster every 0.5 s, sent a desired state with version 1.0.0."""
+    agent = Agent(
+        hub.bundle(device_id, broker.url),
+        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
+        HeadlessServing(),
+        ClusterBridge(settings),
+    )
+    agent.start()
+    try:
+        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        yield
+    finally:
+        agent.stop()
 
 
 def test_birth_inventory_and_workload_follow_the_cluster(
@@ -58,16 +80,7 @@ def test_a_workload_the_cluster_refused_is_applied_once_the_cluster_is_fixed(
     settings: ClusterSettings, tmp_path: Path,
 ) -> None:  # fmt: skip
     api.store.namespaces.discard(settings.namespace)  # the operator has not created the namespace yet
-    agent = Agent(
-        hub.bundle(device_id, broker.url),
-        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
-        HeadlessServing(),
-        ClusterBridge(settings),
-    )
-    agent.start()
-    try:
-        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
-        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
         refused = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == "not_found")
         error = one(refused).error
         assert error is not None and f'namespaces "{settings.namespace}" not found' in error.message
@@ -78,24 +91,13 @@ def test_a_workload_the_cluster_refused_is_applied_once_the_cluster_is_fixed(
         fixed = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=since)
         assert one(fixed).error is None  # the error no longer shows on `edgefleet device show`
         assert fixed.desired_version == 1
-    finally:
-        agent.stop()
 
 
 def test_a_workload_deleted_by_someone_is_reported_and_applied_again(
     broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
     settings: ClusterSettings, tmp_path: Path,
 ) -> None:  # fmt: skip
-    agent = Agent(
-        hub.bundle(device_id, broker.url),
-        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
-        HeadlessServing(),
-        ClusterBridge(settings),
-    )
-    agent.start()
-    try:
-        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
-        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
         ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
         cluster = one(ready).cluster
         assert cluster is not None
@@ -113,24 +115,13 @@ def test_a_workload_deleted_by_someone_is_reported_and_applied_again(
         )
         assert back.desired_version == 1  # the same desired state, applied again
         assert api.get(*key) is not None
-    finally:
-        agent.stop()
 
 
 def test_a_refused_removal_is_reported_and_tried_again(
     broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
     settings: ClusterSettings, tmp_path: Path,
 ) -> None:  # fmt: skip
-    agent = Agent(
-        hub.bundle(device_id, broker.url),
-        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
-        HeadlessServing(),
-        ClusterBridge(settings),
-    )
-    agent.start()
-    try:
-        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
-        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
         ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
         cluster = one(ready).cluster
         assert cluster is not None
@@ -147,8 +138,6 @@ def test_a_refused_removal_is_reported_and_tried_again(
         removed = hub.wait_reported(lambda r: one(r).error is None, since=hub.reported.index(refused))
         assert removed.desired_version == 2
         assert api.get(*key) is None
-    finally:
-        agent.stop()
 
 
 def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
@@ -156,16 +145,7 @@ def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
     settings: ClusterSettings, tmp_path: Path,
 ) -> None:  # fmt: skip
     api.controller = "stalled"  # Kubernetes' progress deadline passes: the rollout is reported failed
-    agent = Agent(
-        hub.bundle(device_id, broker.url),
-        fast_settings(tmp_path / "agent", activation={"cluster_retry_s": 0.5}),
-        HeadlessServing(),
-        ClusterBridge(settings),
-    )
-    agent.start()
-    try:
-        v1 = hub.model_ref(samples["v1"].path, samples["v1"].descriptor)
-        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
         stalled = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "failed")
         cluster = one(stalled).cluster
         assert cluster is not None
@@ -178,5 +158,3 @@ def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
             lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=hub.reported.index(stalled)
         )
         assert healthy.desired_version == 1 and one(healthy).cluster.ready_replicas == 1  # type: ignore[union-attr]
-    finally:
-        agent.stop()
