@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from fleet.messages import Capabilities, GpuInfo, GpuSample, MigInstance
+from fleet.messages import TASKS, Capabilities, GpuInfo, GpuSample, MigInstance
 from models.engine import available_providers, onnxruntime_version
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def capabilities(store_root: Path, *, mode: str = "single", nodes: list[Any] | N
         gpus=gpus(),
         mode="k3s" if mode == "k3s" else "single",
         nodes=nodes or [],
+        tasks=list(TASKS),
     )
 
 

@@ -50,6 +50,10 @@ SemVer = Annotated[
     ),
 ]
 Task = Literal["classification", "detection", "tensors"]
+TASKS: tuple[Task, ...] = ("classification", "detection", "tensors")
+"""Every task this version's agent serves (its birth's `Capabilities.tasks`)."""
+LEGACY_TASKS: tuple[Task, ...] = ("classification", "detection")
+"""The tasks of an agent whose birth has no `tasks` (one from before `tensors`)."""
 ShortText = Annotated[str, Field(max_length=2048)]
 CommandArg = ShortText | Annotated[int, Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT)] | float | bool
 
@@ -105,6 +109,15 @@ class Capabilities(Part):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64, description="GPUs seen through NVML")
     mode: Literal["single", "k3s"] = Field(default="single", description="single-device or cluster mode")
     nodes: list[NodeInfo] = Field(default_factory=list, max_length=1024, description="K3s node inventory")
+    tasks: list[Task] | None = Field(
+        default=None,
+        max_length=16,
+        description="model tasks this agent serves; absent: an older agent, classification and detection only",
+    )
+
+    def served_tasks(self) -> tuple[Task, ...]:
+        """The tasks this agent serves (`LEGACY_TASKS` when its birth does not say)."""
+        return LEGACY_TASKS if self.tasks is None else tuple(self.tasks)
 
 
 class DeviceStatus(Wire):

@@ -6,6 +6,10 @@ Pending there, so the hub checks every targeted device's advertised inventory (t
 birth message) before it signs anything, and refuses with the reason, e.g. "cam-3 has no MIG slices of 1g.10gb;
 it advertises 2g.20gb x3". Pure functions over stored devices: the deployer and the rollout engine call them,
 so the REST API and the CLI refuse alike.
+
+The same goes for a model's task: an agent refuses a whole desired state holding a task it does not know
+(`task` is a closed enum on the wire), which would stop every model of the device from updating. So the hub
+refuses to deploy a task (e.g. `tensors`) to a device whose agent's birth does not list it (`check_task`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,35 @@ def check_runtime(
     if len(problems) > MAX_LISTED:
         text += f"; and {len(problems) - MAX_LISTED} more device(s)"
     raise Unplaceable(text)
+
+
+def check_task(devices: Iterable[Device], task: str) -> None:
+    """Refuse model task `task` unless the agent of every device in `devices` serves it.
+
+    A device whose birth has no `tasks` runs an agent from before that field: it serves `LEGACY_TASKS`. A device
+    that never sent a birth is not refused (its agent's version is unknown; it is checked at the next deploy).
+
+    Raises:
+        Unplaceable: code `unsupported_task`, naming the devices (at most `MAX_LISTED`, then a count; all of
+            them in `devices`) and their agent versions.
+    """
+    old = [(d.id, caps) for d in devices
+           if (caps := _capabilities(d)) is not None and task not in caps.served_tasks()]  # fmt: skip
+    if not old:
+        return
+    listed = "; ".join(
+        f"{name} (agent {caps.agent_version} serves {', '.join(caps.served_tasks())})"
+        for name, caps in old[:MAX_LISTED]
+    )
+    if len(old) > MAX_LISTED:
+        listed += f"; and {len(old) - MAX_LISTED} more device(s)"
+    raise Unplaceable(
+        f"task {task!r} needs an agent that serves it, one that lists it in its birth's capabilities (the agent "
+        f"of this hub's version or newer); an older agent would refuse the device's whole desired state, all its "
+        f"models. Upgrade the agents of: {listed}",
+        code="unsupported_task",
+        devices=[name for name, _ in old],
+    )
 
 
 def _pods(runtime: RuntimeOptions) -> int:

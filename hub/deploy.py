@@ -22,7 +22,7 @@ from fleet.codec import encode
 from fleet.messages import MAX_MODELS, DesiredModel, DesiredState, RuntimeOptions, ShadowSpec, SignedEnvelope
 from fleet.signing import HubSigningKey
 from fleet.topics import TopicKind, Topics, spec
-from hub.capacity import check_runtime
+from hub.capacity import check_runtime, check_task
 from hub.devices import Devices
 from hub.errors import Conflict, InvalidInput, TooLarge
 from hub.limits import desired_state_bytes, fits, too_large_message
@@ -81,6 +81,7 @@ class Deployer:
         _check_selector(selector)
         ref = self.registry.ref(self.registry.servable(name, version))
         found = self._targets(selector)
+        check_task(found, ref.task)  # an agent refuses a whole desired state with a task it does not know
         check_runtime(found, runtime, self.other_runtimes(name))  # GPUs, MIG slices and pods each device advertises
         targets = [d.id for d in found]
         slot = DesiredModel(model=ref, runtime=runtime or RuntimeOptions(), rollout_id=rollout_id)

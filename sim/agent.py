@@ -28,6 +28,7 @@ from agent.settings import AgentSettings
 from fleet.codec import encode
 from fleet.errors import FleetError
 from fleet.messages import (
+    TASKS,
     AppliedModel,
     Capabilities,
     CommandAck,
@@ -228,6 +229,7 @@ class SimAgent:
                 cpu_count=4,
                 memory_bytes=8 << 30,
                 platform=f"sim-{platform.machine()}",
+                tasks=list(TASKS),  # the agent's own reconciler: it takes every task this version knows
             ),
         )
         self._out += [

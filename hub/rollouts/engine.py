@@ -24,7 +24,7 @@ from typing import Any
 
 from fleet.histogram import Histogram
 from fleet.messages import AppliedModel, DesiredModel, ModelRef, RuntimeOptions, ShadowSpec
-from hub.capacity import check_runtime
+from hub.capacity import check_runtime, check_task
 from hub.deploy import Deployer
 from hub.errors import HubError, LeaseLost, NotFound, StaleDocument
 from hub.registry import Registry
@@ -270,11 +270,14 @@ class RolloutEngine:
             NotFound: the model version is not registered.
             Conflict: this hub has no copy of the version's bytes (`Registry.servable`).
             InvalidSelector, NoTargets, RolloutConflict: see `controller.new_rollout`.
-            Unplaceable: `spec.runtime` asks for GPUs, MIG slices or pods a matching device does not advertise.
+            Unplaceable: `spec.runtime` asks for GPUs, MIG slices or pods a matching device does not advertise,
+                or (code `unsupported_task`) a matching device's agent does not serve the model's task.
         """
         now = time.time() if now is None else now
-        self.registry.servable(spec.model, spec.version)
-        check_runtime(self.deployer.devices.find(spec.selector), spec.runtime, self.deployer.other_runtimes(spec.model))
+        mv = self.registry.servable(spec.model, spec.version)
+        found = self.deployer.devices.find(spec.selector)
+        check_task(found, mv.task)  # an agent refuses a whole desired state with a task it does not know
+        check_runtime(found, spec.runtime, self.deployer.other_runtimes(spec.model))
         with self._lock:
             rollout_id = f"r-{uuid.uuid4().hex[:12]}"
             r = new_rollout(

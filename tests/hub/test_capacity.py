@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from fleet.messages import Autoscaling, Capabilities, NodeInfo, RuntimeOptions
-from hub.capacity import advertised, check_runtime, needs_cluster, problem
+from fleet.messages import LEGACY_TASKS, TASKS, Autoscaling, Capabilities, NodeInfo, RuntimeOptions
+from hub.capacity import advertised, check_runtime, check_task, needs_cluster, problem
 from hub.errors import Unplaceable
 from hub.store import Device
 
@@ -105,3 +105,30 @@ def test_the_other_models_pods_hold_their_share_of_the_device() -> None:
     with pytest.raises(Unplaceable, match="beside its other models"):
         check_runtime([cam], rt(mig_profile="2g.20gb", replicas=2), {"cam": [detector]})
     check_runtime([cam], rt(mig_profile="2g.20gb", replicas=2), {"other": [detector]})
+
+
+def test_a_task_an_agent_does_not_serve_is_refused_naming_the_devices_and_agents() -> None:
+    old = device("cam-old", mode="single")  # a birth without `tasks`: an agent from before kind `tensors`
+    assert old.capabilities is not None and "tasks" not in old.capabilities.model_dump(exclude_unset=True)
+    new = Device(
+        id="cam-new", labels={}, password_hash="x", enrolled_at=0.0, enrolled_by="test",
+        capabilities=old.capabilities.model_copy(update={"agent_version": "0.2.0", "tasks": list(TASKS)}),
+    )  # fmt: skip
+    fresh = device("cam-fresh", caps=False)  # no birth yet: its agent is unknown, not refused
+    for task in LEGACY_TASKS:
+        check_task([old, new, fresh], task)
+    check_task([new, fresh], "tensors")
+    with pytest.raises(Unplaceable) as info:
+        check_task([old, new, fresh], "tensors")
+    assert info.value.status == 422 and info.value.code == "unsupported_task"
+    assert info.value.devices == ["cam-old"]
+    assert "cam-old (agent 0.1.0 serves classification, detection)" in info.value.message
+    assert "would refuse the device's whole desired state" in info.value.message and "cam-new" not in info.value.message
+
+
+def test_an_unsupported_task_refusal_names_every_device_up_to_a_limit() -> None:
+    devices = [device(f"cam-{i}", mode="single") for i in range(7)]
+    with pytest.raises(Unplaceable) as info:
+        check_task(devices, "tensors")
+    assert info.value.devices == [f"cam-{i}" for i in range(7)]
+    assert info.value.message.count("(agent 0.1.0 serves") == 5 and info.value.message.endswith("and 2 more device(s)")

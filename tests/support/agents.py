@@ -38,11 +38,14 @@ def agent_command(bundle: Path, data_dir: Path, *extra: str) -> list[str]:
 class AgentProc:
     """A started agent process; its output goes to `log`. `port` is its inference API port, if it serves one."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, port: int | None = None, cwd: Path = REPO
+    ) -> None:
+        """`cwd`: the source tree whose `agent` package runs (another version's, for mixed-version tests)."""
         self.port = port
         self.log = log
         self._log = log.open("ab")
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._log, stderr=self._log)
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=self._log)
 
     @property
     def api(self) -> str:
