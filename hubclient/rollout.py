@@ -221,9 +221,12 @@ def status(
     out.print(status_view(res), soft_wrap=False)
     if devices:
         rows = [
-            [str(w["index"] + 1), d, s] for w in res["waves"] for d, s in sorted((w.get("device_states") or {}).items())
+            [str(w["index"] + 1), d, s, (w.get("device_errors") or {}).get(d, "")]
+            for w in res["waves"]
+            for d, s in sorted((w.get("device_states") or {}).items())
         ]
-        out.print(fit([Col("wave", 9, justify="right"), Col("device", 9, whole=True), Col("state", 9)], rows))
+        cols = [Col("wave", 9, justify="right"), Col("device", 9, whole=True), Col("state", 9), Col("error", 8)]
+        out.print(fit(cols, rows))
         out.print("Waves formed at the start, online devices first; a device keeps its wave.", style="dim")
 
 

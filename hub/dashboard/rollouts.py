@@ -71,6 +71,7 @@ class Waiting(View):
 
     wave: int  # 0-based, as WaveStatus.index
     devices: dict[str, str]  # device -> its state in the rollout (offline, updating)
+    errors: dict[str, str] = {}  # device -> the error it reports (`code: message`): why it has not updated yet
     until: float
     shadow: bool
 
@@ -155,7 +156,9 @@ def waiting(st: RolloutStatus) -> Waiting | None:
     left = {d: s for d, s in sorted((w.device_states or {}).items()) if s not in done}
     if not left:
         return None
-    return Waiting(wave=w.index, devices=left, until=w.started_at + st.spec.offline_timeout_s, shadow=shadow)
+    errors = {d: e for d, e in (w.device_errors or {}).items() if d in left}
+    until = w.started_at + st.spec.offline_timeout_s
+    return Waiting(wave=w.index, devices=left, errors=errors, until=until, shadow=shadow)
 
 
 def rollout_statuses(hub: HubServices, *, active_only: bool = False) -> list[RolloutRow]:

@@ -31,6 +31,7 @@ class DeviceView:
     active: Ref | None = None
     shadow: Ref | None = None
     error_code: str | None = None
+    error_message: str | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -62,6 +63,22 @@ class Target:
             return view.desired_model is None and view.desired_shadow is None
         slot = (view.desired_rollout, view.desired_model, view.desired_shadow)
         return slot == (rollout_id, self.model, self.shadow)
+
+
+# Download errors the agent retries by itself (`permanent` false on the wire) but that only a person ends: the
+# disk is too small for the version, or it turned read-only. A device stalled on one counts as failed at once,
+# so a canary whose disk is full fails the canary with the reason instead of waiting out `offline_timeout_s`;
+# any other download error (a network blip, a chunk refused) keeps it updating, its error shown.
+NEEDS_PERSON = frozenset({"insufficient_disk", "disk_read_only"})
+
+
+def device_error(r: Rollout, view: DeviceView | None) -> str | None:
+    """`code: message` of the error a device reports for the rollout's model while it works on a desired state
+    of this rollout (None: no error, or the error is about an earlier desired state)."""
+    if view is None or view.error_code is None or not view.caught_up or view.desired_rollout != r.id:
+        return None
+    message = " ".join((view.error_message or "").split())
+    return f"{view.error_code}: {message[:300]}" if message else view.error_code
 
 
 def candidate(r: Rollout) -> Ref:
@@ -144,6 +161,8 @@ def classify(r: Rollout, device_id: str, view: DeviceView | None) -> str:
         return "updating"
     if wave.phase is WavePhase.FAILED and target.shadow is None and in_shadow(wave):
         return "rolled_back" if view.shadow is None else "updating"  # the shadow was withdrawn
+    if view.phase == "downloading" and view.error_code in NEEDS_PERSON:
+        return "failed"  # stalled until a person frees or repairs the disk (see NEEDS_PERSON)
     if target.shadow is not None:
         if view.shadow == target.shadow:
             return "shadowing"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fleet.messages import RuntimeOptions
-from hub.rollouts.cohort import DeviceView, Target, classify, targets
+from hub.rollouts.cohort import DeviceView, Target, classify, device_error, targets
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.gates import (
     TelemetryView,
@@ -330,8 +330,11 @@ def _settle(
     ready = sum(1 for s in judged.values() if s == ready_state)
     phase_name: Literal["shadow", "activation"] = "shadow" if shadow else "activation"
     spec = r.spec
+    errors = {d: e for d in sorted(judged) if (e := device_error(r, fleet.get(d))) is not None}
     if len(failed) > spec.gates.max_activation_failures:  # fail fast: no need to wait for the rest
-        gate = activation_gate(phase_name, failed, ready=ready, total=len(judged), spec=spec.gates, now=now)
+        gate = activation_gate(
+            phase_name, failed, ready=ready, total=len(judged), spec=spec.gates, now=now, errors=errors
+        )
         return _fail(r, w.model_copy(update={"gates": [*w.gates, gate]}), w.phase, [gate], now=now, events=events)
     waiting = [d for d, s in judged.items() if s not in (ready_state, "failed")]
     assert w.started_at is not None
@@ -341,7 +344,9 @@ def _settle(
     offline = sorted(d for d in waiting if judged[d] == "offline")
     stuck = sorted(d for d in waiting if judged[d] != "offline")  # online but not updated in time: failures
     gates = [
-        activation_gate(phase_name, failed + stuck, ready=ready, total=len(judged), spec=spec.gates, now=now),
+        activation_gate(
+            phase_name, failed + stuck, ready=ready, total=len(judged), spec=spec.gates, now=now, errors=errors
+        ),
         availability_gate(phase_name, ready=ready, offline=offline, total=len(judged), now=now, proven=_proven(r, w)),
     ]
     w = w.model_copy(update={"gates": [*w.gates, *gates], "set_aside": offline + stuck})

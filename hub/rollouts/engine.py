@@ -67,6 +67,7 @@ def fleet_view(store: Store, settings: DeviceSettings, now: float, model: str) -
             desired_runtime=slot.runtime if slot else {}, accepted=rep.desired_version if rep else None,
             phase=ms.phase.value if ms else None, active=_ref(ms.active) if ms else None,
             shadow=_ref(ms.shadow) if ms else None, error_code=ms.error.code if ms and ms.error else None,
+            error_message=ms.error.message if ms and ms.error else None,
         )  # fmt: skip
     return out
 

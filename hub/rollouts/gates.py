@@ -7,7 +7,7 @@ carries the numbers it judged. A gate with too little data records `no_data`, wh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -59,16 +59,33 @@ def _p95(groups: Iterable[Totals]) -> tuple[float | None, int]:
 
 
 def activation_gate(
-    phase: Phase, failed: Sequence[str], *, ready: int, total: int, spec: GateSpec, now: float
+    phase: Phase,
+    failed: Sequence[str],
+    *,
+    ready: int,
+    total: int,
+    spec: GateSpec,
+    now: float,
+    errors: Mapping[str, str] | None = None,
 ) -> GateResult:
-    """Fail when more devices failed to activate (or load the shadow) than allowed."""
+    """Fail when more devices failed to activate (or load the shadow) than allowed.
+
+    Args:
+        errors: device -> the error it reports (`code: message`, `cohort.device_error`), named in the detail.
+    """
     ok = len(failed) <= spec.max_activation_failures
+    why = {d: errors[d] for d in failed if errors and d in errors}
+    detail = f"{len(failed)} of {total} device(s) failed to {'load the shadow' if phase == 'shadow' else 'activate'}"
+    if why:
+        named = [f"{d}: {e}" for d, e in list(why.items())[:3]]
+        detail += " (" + "; ".join(named) + (f"; {len(why) - 3} more" if len(why) > 3 else "") + ")"
+    measured: dict[str, object] = {"failed": len(failed), "ready": ready, "devices": total,
+                                   "failed_devices": list(failed)[:20]}  # fmt: skip
+    if why:
+        measured["errors"] = dict(list(why.items())[:20])
     return GateResult(
         name="activation", phase=phase, status="pass" if ok else "fail", value=float(len(failed)),
-        threshold=float(spec.max_activation_failures),
-        measured={"failed": len(failed), "ready": ready, "devices": total, "failed_devices": list(failed)[:20]},
-        detail=f"{len(failed)} of {total} device(s) failed to {'load the shadow' if phase == 'shadow' else 'activate'}",
-        at=now,
+        threshold=float(spec.max_activation_failures), measured=measured, detail=detail, at=now,
     )  # fmt: skip
 
 

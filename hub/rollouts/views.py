@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from hub.rollouts.cohort import DeviceView, classify
+from hub.rollouts.cohort import DeviceView, classify, device_error
 from hub.rollouts.model import GateResult, Rollout, RolloutSpec, RolloutState, WavePhase
 from hub.views.schemas import View
 
@@ -71,6 +71,11 @@ class WaveStatus(View):
     set_aside: list[str]
     gates: list[GateResult]
     device_states: dict[str, str] | None = Field(default=None, description="device -> state; only with devices=true")
+    device_errors: dict[str, str] | None = Field(
+        default=None,
+        description="device -> the error it reports for this rollout's desired state (`code: message`), for devices "
+        "that report one; only with devices=true",
+    )
 
 
 class RolloutStatus(RolloutSummary):
@@ -102,6 +107,7 @@ def summary_view(r: Rollout) -> RolloutSummary:
 def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = False) -> RolloutStatus:
     """The full status: spec, each wave with its phase, timestamps, device counts per state and gate results."""
     states = {d: classify(r, d, fleet.get(d)) for d in r.devices}
+    errors = {d: e for d in r.devices if (e := device_error(r, fleet.get(d))) is not None} if devices else {}
     waves = []
     for w in r.waves:
         members = r.members(w.index, include_left=True)
@@ -121,6 +127,7 @@ def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = 
                 set_aside=w.set_aside,
                 gates=w.gates,
                 device_states={d: states[d] for d in members} if devices else None,
+                device_errors={d: errors[d] for d in members if d in errors} if devices else None,
             )
         )
     changed = [d for d, e in r.devices.items() if e.left_at is None and r.waves[e.wave].phase is not WavePhase.PENDING]

@@ -11,8 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from fleet.messages import AppliedModel, DownloadProgress, ErrorInfo, ModelStatus, Phase, ReportedState
+from edgefleet_cli import app
+from fleet.messages import (
+    AppliedModel,
+    DeviceStatus,
+    DownloadProgress,
+    ErrorInfo,
+    ModelStatus,
+    Phase,
+    ReportedState,
+)
 from hub.dashboard import live
 from hub.dashboard.render import detail
 from hub.dashboard.session import COOKIE, csrf_token
@@ -518,6 +528,40 @@ def test_a_rollout_says_which_devices_its_wave_waits_for(running_hub: RunningHub
     until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(rollout["waves"][0]["started_at"] + 3600))
     assert f"Until {until} (in " in waiting
     assert "offline ones are set aside" in waiting
+
+
+def test_a_waiting_wave_shows_each_devices_error_beside_it(running_hub: RunningHub, samples: Path) -> None:
+    """A device that took the rollout's desired state but whose download fails (a network blip: the agent
+    retries, the wave keeps waiting) is listed with its error beside its state, on the page and in the API's
+    device view the CLI prints; the offline one beside it has none."""
+    rollout = _start_rollout(running_hub, samples, 2, "activating", waves=["100%"], offline_timeout_s=3600)
+    h = running_hub.hub
+    now = time.time()
+    desired = h.store.get_desired("cam-1")
+    assert desired is not None
+    h.store.enqueue_status(DeviceStatus(device_id="cam-1", state="online", ts=now, session="s1"), now)
+    err = ErrorInfo(code="download_failed", message="chunk wants unanswered: broker unreachable", permanent=False,
+                    at=now)  # fmt: skip
+    models = [ModelStatus(name="mobilenet-like", phase=Phase.DOWNLOADING, error=err)]
+    report = ReportedState(device_id="cam-1", seq=1, ts=now, desired_version=desired.version, models=models)
+    h.store.enqueue_reported(report, now)
+    h.store.flush()
+    path = f"/rollouts/{rollout['id']}"
+    with _fresh(running_hub).client("admin") as c:
+        page = wait_for(lambda: next((p for p in [c.get(path).text] if "cam-1 · updating" in p), None), 30)
+        with running_hub.client() as api:
+            st = api.get(f"/api/v1/rollouts/{rollout['id']}", params={"devices": True}).json()
+    start = page.index('class="waiting')
+    waiting = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page[start : page.index("</p>", start)]))
+    assert "cam-1 · updating download_failed: chunk wants unanswered: broker unreachable cam-2 · offline" in waiting
+    assert page.count("data-device-error=") == 1 and 'data-device-error="cam-1"' in page
+    assert st["state"] == "running" and st["waves"][0]["device_states"] == {"cam-1": "updating", "cam-2": "offline"}
+    assert st["waves"][0]["device_errors"] == {"cam-1": "download_failed: chunk wants unanswered: broker unreachable"}
+    args = ["rollout", "status", rollout["id"], "--devices", "--url", running_hub.url]
+    res = CliRunner().invoke(app, [*args, "--token", running_hub.admin_token], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if "cam-1" in line)
+    assert "updating" in row and "download_failed: chunk wants unanswered: broker unreachable" in row
 
 
 def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, samples: Path) -> None:

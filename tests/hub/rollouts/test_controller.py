@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hub.errors import InvalidSelector
@@ -9,6 +11,7 @@ from hub.rollouts.cohort import DeviceView, classify
 from hub.rollouts.controller import command, new_rollout, step
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.model import Rollout, RolloutState, WavePhase
+from hub.rollouts.views import status_view
 from hub.rollouts.waves import rank_key
 from tests.hub.rollouts.world import OLD, Profile, World, spec
 
@@ -268,6 +271,75 @@ def test_online_devices_that_never_update_count_as_failures_at_the_timeout() -> 
     r = w.run(r)
     assert r.state is RolloutState.PAUSED
     assert r.waves[0].gates[-2].name == "activation" and r.waves[0].gates[-2].status == "fail"
+
+
+FULL = "no space left on device for blob 3f2a9c1d0b7e: needs 151.3 MiB more (incl. 64.0 MiB kept free), 90.2 MiB free"
+
+
+def test_a_canary_whose_disk_is_too_small_fails_at_once_with_the_reason() -> None:
+    """insufficient_disk (the agent retries it, `permanent` false) needs a person: the canary fails on the
+    first tick that sees it, naming the device and the numbers, instead of showing "updating" until the offline
+    timeout (600 s here) ends the wait."""
+    w = World(10)
+    r = start(w, waves=["1", "100%"], offline_timeout_s=600)
+    (canary,) = r.members(0)
+    w.stalled[canary] = ("insufficient_disk", FULL)
+    r = w.run(r, max_ticks=10)
+    assert r.state is RolloutState.PAUSED
+    assert classify(r, canary, w.fleet[canary]) == "failed"
+    gate = r.waves[0].gates[-1]
+    assert gate.name == "activation" and gate.status == "fail"
+    assert gate.measured["errors"] == {canary: f"insufficient_disk: {FULL}"}
+    assert r.reason == (
+        f"wave 1 of 2 (canary, 1 device) failed: activation: 1 of 1 device(s) failed to activate "
+        f"({canary}: insufficient_disk: {FULL})"
+    )
+    assert all(v.desired_model == OLD for d, v in w.fleet.items() if d != canary)  # wave 2 never started
+
+
+def test_a_read_only_disk_fails_a_shadow_load_at_once() -> None:
+    w = World(4)
+    r = start(w, waves=["1", "100%"], shadow_rate=0.5, offline_timeout_s=600)
+    (canary,) = r.members(0)
+    w.stalled[canary] = ("disk_read_only", "cannot start 3f2a9c1d0b7e: Read-only file system")
+    r = w.run(r, max_ticks=10)
+    assert r.state is RolloutState.PAUSED and r.waves[0].failed_in is WavePhase.SHADOW_LOADING
+    assert f"{canary}: disk_read_only: cannot start 3f2a9c1d0b7e: Read-only file system" in (r.reason or "")
+
+
+def test_a_transient_download_error_keeps_the_device_waiting_with_its_error_shown() -> None:
+    """download_failed (a network blip) is retried by the agent and may pass: the wave waits as before, the
+    status shows the device's error beside its state, and at the timeout the reason names it."""
+    w = World(4)
+    r = start(w, waves=["1", "100%"], offline_timeout_s=30)
+    (canary,) = r.members(0)
+    blip = "chunk wants unanswered for 30 s: broker unreachable"
+    w.stalled[canary] = ("download_failed", blip)
+    for _ in range(10):
+        r = w.tick(r).rollout
+    assert r.state is RolloutState.RUNNING and r.waves[0].phase is WavePhase.ACTIVATING
+    assert classify(r, canary, w.fleet[canary]) == "updating"
+    wave = status_view(r, w.fleet, devices=True).waves[0]
+    assert wave.device_states == {canary: "updating"}
+    assert wave.device_errors == {canary: f"download_failed: {blip}"}
+    assert status_view(r, w.fleet).waves[0].device_errors is None  # only asked for with the devices
+    r = w.run(r)
+    assert r.state is RolloutState.PAUSED
+    assert f"activation: 1 of 1 device(s) failed to activate ({canary}: download_failed: {blip})" in (r.reason or "")
+
+
+def test_an_error_from_before_the_rollout_is_not_shown_as_its_own() -> None:
+    """A device still reporting an error about an earlier desired state (another rollout's, or none) is neither
+    failed nor shown with it until it accepted this rollout's desired state."""
+    w = World(4)
+    r = start(w, waves=["1", "100%"])
+    (canary,) = r.members(0)
+    w.fleet[canary] = replace(w.fleet[canary], phase="downloading", error_code="insufficient_disk", error_message=FULL)
+    w.stuck.add(canary)  # never accepts the rollout's desired state
+    for _ in range(3):
+        r = w.tick(r).rollout
+    assert classify(r, canary, w.fleet[canary]) == "updating"
+    assert status_view(r, w.fleet, devices=True).waves[0].device_errors == {}
 
 
 def test_devices_joining_go_to_the_next_wave_not_started_and_leavers_are_left_alone() -> None:

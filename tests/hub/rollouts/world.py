@@ -41,6 +41,9 @@ class World:
     profiles: dict[str, Profile] = field(default_factory=dict)
     offline: set[str] = field(default_factory=set)
     stuck: set[str] = field(default_factory=set)  # online but never apply anything
+    # accept the desired state but stay downloading with this error (code, message), as an agent whose
+    # download stalls does
+    stalled: dict[str, tuple[str, str]] = field(default_factory=dict)
     rps: int = 50
     now: float = 1000.0
     fleet: dict[str, DeviceView] = field(default_factory=dict)
@@ -78,7 +81,10 @@ class World:
             online = d not in self.offline
             if v.online != online:
                 v = replace(v, online=online)
-            if online and d not in self.stuck and not v.caught_up:
+            if online and d in self.stalled and not v.caught_up:
+                code, message = self.stalled[d]
+                v = replace(v, accepted=v.desired_version, phase="downloading", error_code=code, error_message=message)
+            elif online and d not in self.stuck and not v.caught_up:
                 model = v.desired_model
                 fail = model is not None and model != v.active and self.profile(model[1]).fail_activation
                 if fail:
