@@ -548,7 +548,8 @@ def test_a_waiting_wave_shows_each_devices_error_beside_it(running_hub: RunningH
     h.store.flush()
     path = f"/rollouts/{rollout['id']}"
     with _fresh(running_hub).client("admin") as c:
-        page = wait_for(lambda: next((p for p in [c.get(path).text] if "cam-1 · updating" in p), None), 30)
+        # the controller's next tick judges the report: "updating" (taken, not yet reported) comes first
+        page = wait_for(lambda: next((p for p in [c.get(path).text] if 'data-device-error="cam-1"' in p), None), 30)
         with running_hub.client() as api:
             st = api.get(f"/api/v1/rollouts/{rollout['id']}", params={"devices": True}).json()
     start = page.index('class="waiting')
