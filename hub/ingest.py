@@ -29,9 +29,9 @@ from fleet.errors import InvalidTopic, MessageError
 from fleet.limits import CLOCK_SKEW_S, too_far_ahead
 from fleet.messages import AppliedModel, CommandAck, DeviceStatus, ErrorInfo, ReportedState, Want
 from fleet.topics import ParsedTopic, TopicKind, Topics
-from hub.ratelimit import log_sampled
 from hub.store import Store
 from hub.transfer import ChunkServer
+from infra.logthrottle import log_sampled
 
 log = logging.getLogger(__name__)
 _PARSE_CACHE = 100_000

@@ -1,5 +1,5 @@
-"""Token buckets keyed by who is sending (telemetry per device, failed API authentications per client), and
-the rule that keeps refusal logs short (`log_sampled`).
+"""Token buckets keyed by who is sending (telemetry per device, failed API authentications per client);
+the rule that keeps their refusal logs short is `infra.logthrottle.log_sampled`.
 
 A bucket holds up to `burst` tokens and gains `rate_per_s` per second; each event takes one, and an event
 finding the bucket empty is refused (and counted). Memory is bounded: beyond `max_keys` buckets, the
@@ -13,14 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-
-
-def log_sampled(n: int) -> bool:
-    """Whether the `n`-th occurrence (from 1) of a refusal is logged: the first ten, then at powers of two.
-
-    A flood of bad messages leaves a few dozen log lines, not millions; the counters keep the exact totals.
-    """
-    return n <= 10 or n & (n - 1) == 0
 
 
 @dataclass

@@ -59,9 +59,9 @@ from fleet.chunks import encode_frame, read_chunk, verify_chunk
 from fleet.errors import ChunkDigestMismatch
 from fleet.messages import BlobManifest, DownloadProgress, Want
 from fleet.topics import Topics
-from hub.ratelimit import log_sampled
 from hub.settings import TransferSettings
 from hub.store import Store
+from infra.logthrottle import log_sampled
 
 log = logging.getLogger(__name__)
 PublishChunk = Callable[[str, bytes], None]

@@ -37,8 +37,6 @@ go through ASGI, so every answer is the same either way; only the cost differs.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import Any, ClassVar
 
 import httptools
@@ -50,6 +48,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from agent.api.budget import HOLD, BodyHold
 from agent.api.errors import BodyTimeout
 from agent.api.inference import JSON, Body, Inference, Reply, Route, body_timeout_reason, route
+from infra.logthrottle import LogGate
 
 MAX_HEAD_BYTES = 64 * 1024
 """Longest request head (request line and headers) in bytes; longer: 431 and the connection closes."""
@@ -57,29 +56,6 @@ _LINGER_S = 2.0  # how long a refused connection drops what the client still sen
 _ALIGN = 16  # bytes: binary tensor data starts at a multiple of this (numpy views it; SIMD loads are aligned)
 _WANTED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"content-type",
                      b"inference-header-content-length"})  # fmt: skip
-
-
-class LogGate:
-    """At most one log line per `every_s` for an event that may recur without bound (each is counted): the
-    first of a period is logged, with how many of the period before were not."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self.next_at = 0.0  # monotonic time before which lines are counted, not logged
-        self.suppressed = 0
-
-    def warning(self, logger: logging.Logger | logging.LoggerAdapter[Any], msg: str, *args: object) -> None:
-        """Log `msg % args` as a warning, or count it if a line was logged less than `every_s` ago."""
-        now = time.monotonic()
-        if now < self.next_at:
-            self.suppressed += 1
-            return
-        if self.suppressed:
-            msg += " (%d more not logged in the %g s before)"
-            args = (*args, self.suppressed, self.every_s)
-        logger.warning(msg, *args)
-        self.suppressed = 0
-        self.next_at = now + self.every_s
 
 
 MALFORMED_LOG = LogGate(60.0)

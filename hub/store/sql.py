@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 from fleet.messages import DeviceStatus, ReportedState
 from hub.errors import Conflict, DatabaseUnavailable, NotFound
-from hub.ratelimit import log_sampled
 from hub.store import migrations, reports
 from hub.store import telemetry as tsql
 from hub.store import telemetry_writer as tw
@@ -45,6 +44,7 @@ from hub.store.devices import DeviceTables, wanting_sql
 from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
 from infra.files import private_file
+from infra.logthrottle import log_sampled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -46,9 +46,9 @@ from fleet.errors import MessageError
 from fleet.limits import too_far_ahead
 from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
-from hub.ratelimit import log_sampled
 from hub.store import telemetry as tsql
 from hub.store.connection import Conn, Database, away_wait_s, write_in_parts
+from infra.logthrottle import log_sampled
 
 log = logging.getLogger(__name__)
 
