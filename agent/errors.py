@@ -46,6 +46,11 @@ class DiskError(AgentError):
     permanent = False
 
 
+DISK_LOG_EVERY_S = 600.0
+"""A disk error that recurs per telemetry window or per reconnect while the disk stays bad is logged at most once
+per this many seconds (`infra.logthrottle.LogGate`), with how many were not: a device's small log stays usable."""
+
+
 class InsufficientDisk(DiskError):
     """Not enough free disk space for a blob; retried when space may have been freed."""
 

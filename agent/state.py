@@ -19,11 +19,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.errors import DISK_LOG_EVERY_S
 from fleet.errors import InvalidId
 from fleet.files import atomic_write
 from fleet.ids import check_sha256
 from fleet.limits import MAX_JSON_INT, MAX_TIMESTAMP, Seq, Timestamp
 from fleet.messages import SignedEnvelope
+from infra.logthrottle import LogGate
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ class Stamps:
         self.clock = clock
         # the link's thread stamps wills, the stopping thread the clean offline, the control thread reports
         self._lock = threading.Lock()
+        self.save_log = LogGate(DISK_LOG_EVERY_S)  # a bad disk refuses the save on every reconnect
         saved = self._load()
         self.last = saved.last_ts
         self.seq = self._reserved = saved.report_seq
@@ -173,7 +176,7 @@ class Stamps:
             data = StampFile(last_ts=last_ts, report_seq=report_seq).model_dump_json().encode()
             atomic_write(self.path, data, mode=0o600)
         except OSError as e:
-            log.error("%s not saved to %s (%s): a next run may stamp earlier", what, self.path, e)
+            self.save_log.error(log, "%s not saved to %s (%s): a next run may stamp earlier", what, self.path, e)
 
     def status_ts(self) -> float:
         """A status stamp later than every earlier one of this device, saved before it is returned."""

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.errors import SpoolError
+from agent.errors import DISK_LOG_EVERY_S, SpoolError
 from agent.hardware import HostSampler, gpu_samples
 from agent.ports import ServingPort, ServingWindow
 from agent.settings import TelemetrySettings
@@ -23,6 +23,7 @@ from agent.spool import Spool
 from fleet.codec import encode
 from fleet.histogram import Histogram
 from fleet.messages import MAX_MODELS, AppliedModel, ModelWindow, TelemetryWindow
+from infra.logthrottle import LogGate
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Telemetry:
         self._versions: dict[str, str] = {}  # last version reported per model
         self.sent = 0
         self.unspooled = 0  # windows lost before the spool held them (disk full): reported as spool_dropped
+        self.spool_log = LogGate(DISK_LOG_EVERY_S)  # a bad disk fails every window and every drain the same way
 
     def start(self) -> None:
         """Start the timer thread."""
@@ -93,17 +95,25 @@ class Telemetry:
             self._kick.clear()
             if self._stop.is_set():
                 break
-            try:
-                if time.monotonic() >= due:
-                    due += self.settings.interval_s
-                    if due < time.monotonic():  # fell behind (suspended): skip, do not burst
-                        due = time.monotonic() + self.settings.interval_s
-                    self.make_window()
-                self.drain()
-            except SpoolError as e:
-                log.error("telemetry spool failed: %s", e)
-            except Exception:  # one bad window must not stop telemetry
-                log.exception("telemetry window failed")
+            make = time.monotonic() >= due
+            if make:
+                due += self.settings.interval_s
+                if due < time.monotonic():  # fell behind (suspended): skip, do not burst
+                    due = time.monotonic() + self.settings.interval_s
+            self.step(make)
+
+    def step(self, make: bool) -> None:
+        """Make a window (if `make`) and drain the spool; a failure is logged, never raised (the next window
+        tries again). A spool the disk refuses fails every window and drain alike: logged at most once per
+        `DISK_LOG_EVERY_S`, with how many were not."""
+        try:
+            if make:
+                self.make_window()
+            self.drain()
+        except SpoolError as e:
+            self.spool_log.error(log, "telemetry spool failed: %s", e)
+        except Exception:  # one bad window must not stop telemetry
+            log.exception("telemetry window failed")
 
     def make_window(self) -> TelemetryWindow:
         """Close the current window and put it in the spool."""
