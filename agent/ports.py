@@ -113,6 +113,14 @@ class ActivationPort(Protocol):
         """Stop serving model `name` (the desired state no longer names it)."""
 
 
+@dataclass(frozen=True)
+class WorkloadNow:
+    """One model's serving workload as the cluster has it now (see `ClusterPort.workload`)."""
+
+    rollout: ClusterWorkload | None  # its Deployment's rollout; None when the Deployment is gone
+    missing: tuple[str, ...] = ()  # each object of the workload that is gone, as "<Kind> <namespace>/<name>"
+
+
 class ClusterPort(Protocol):
     """Implemented by `agent.k3s` (cluster mode); called by the control side from its own thread.
 
@@ -130,9 +138,10 @@ class ClusterPort(Protocol):
         """Server-side apply the serving workload of model `name` of `desired` (one Deployment per model) and
         wait until it is ready or our own deadline."""
 
-    def workload(self, name: str) -> ClusterWorkload | None:
-        """The rollout of model `name`'s workload as the cluster has it now; None when its Deployment is gone
-        (deleted by someone): the control side checks every `cluster_retry_s` and applies it again."""
+    def workload(self, desired: DesiredState, name: str) -> WorkloadNow:
+        """Model `name`'s workload of `desired` as the cluster has it now: its rollout and every object of it
+        that is gone (deleted by someone); the control side checks every `cluster_retry_s` and applies it
+        again when one is missing."""
 
     def remove(self, name: str) -> None:
         """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""

@@ -555,9 +555,10 @@ class Reconciler:
         self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s  # see _check_cluster
 
     def _check_cluster(self, d: DesiredState) -> None:
-        """Every `cluster_retry_s`: compare each applied workload with the cluster. One whose Deployment is gone
-        (someone deleted it) is reported missing, then applied again with the refused ones; one whose rollout
-        changed since (failed, then healthy later) is reported as it is now. Failed removals are tried again.
+        """Every `cluster_retry_s`: compare each applied workload with the cluster. One with an object gone
+        (someone deleted its ConfigMap, Service, Deployment or HPA) is reported missing, naming the object, then
+        applied again with the refused ones; one whose rollout changed since (failed, then healthy later) is
+        reported as it is now. Failed removals are tried again.
         """
         assert self.cluster is not None
         changed = missing = False
@@ -566,21 +567,24 @@ class Reconciler:
             if st.active is None or st.cluster is None or slot.name in self._cluster_refused:
                 continue
             try:
-                now = self.cluster.workload(slot.name)
+                now = self.cluster.workload(d, slot.name)
             except Exception as e:  # as in _apply_cluster; checked again next time
                 log.info("cannot check the cluster workload of %s: %s", slot.name, e)
                 continue
-            if now is None:
-                where = f"{st.cluster.namespace}/{st.cluster.deployment}"
-                log.warning("the Deployment %s of model %s is gone: applying it again", where, slot.name)
-                message = f"cluster workload missing: the Deployment {where} was deleted outside the agent"
+            if now.missing or now.rollout is None:
+                gone = ", ".join(now.missing) or f"Deployment {st.cluster.namespace}/{st.cluster.deployment}"
+                log.warning("%s of model %s gone: applying its workload again", gone, slot.name)
+                message = f"cluster workload missing: {gone} deleted outside the agent"
                 self._fail(st, AgentError(f"{message}; applying it again", code="workload_missing", permanent=False))
-                st.cluster = st.cluster.model_copy(update={"state": "failed", "ready_replicas": 0, "message": message})
+                ready = 0 if now.rollout is None else now.rollout.ready_replicas
+                update = {"state": "failed", "ready_replicas": ready, "message": message}
+                st.cluster = st.cluster.model_copy(update=update)
                 self._cluster_refused[slot.name] = st.error
                 missing = True
-            elif (now.state, now.ready_replicas, now.replicas) != (st.cluster.state, st.cluster.ready_replicas,
-                                                                   st.cluster.replicas):  # fmt: skip
-                st.cluster = now
+            elif (now.rollout.state, now.rollout.ready_replicas, now.rollout.replicas) != (
+                st.cluster.state, st.cluster.ready_replicas, st.cluster.replicas
+            ):  # fmt: skip
+                st.cluster = now.rollout
             else:
                 continue
             changed = True

@@ -18,7 +18,7 @@ from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
 from agent.k3s.scrape import Scraper
 from agent.k3s.settings import ClusterSettings
-from agent.ports import ClusterPort, ServedVersions, ServingWindow
+from agent.ports import ClusterPort, ServedVersions, ServingWindow, WorkloadNow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,14 @@ class ClusterBridge:
         """
         return self._run(self._cluster.apply(desired, name))
 
-    def workload(self, name: str) -> ClusterWorkload | None:
-        """Model `name`'s rollout as the cluster has it now (one read of its Deployment); None when it is gone.
+    def workload(self, desired: DesiredState, name: str) -> WorkloadNow:
+        """Model `name`'s workload of `desired` as the cluster has it now (one read per object).
 
         Raises:
-            ApiCallError: the Deployment could not be read (after retries for temporary failures).
+            ApiCallError: an object could not be read (after retries for temporary failures).
+            WorkloadError: `desired` cannot be rendered.
         """
-        return self._run(self._cluster.workload(name))
+        return self._run(self._cluster.workload(desired, name))
 
     def remove(self, name: str) -> None:
         """Delete model `name`'s serving workload (it is no longer desired); absent objects are fine.

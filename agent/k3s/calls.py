@@ -24,8 +24,8 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("list", "nodes", "", cluster_scoped=True),
     ApiCall("watch", "nodes", "", cluster_scoped=True),
     # the serving workload, by server-side apply (patch; create the first time); each object is read first:
-    # one of that name that we did not apply is refused, never overwritten or deleted; the Deployment is also
-    # read back periodically (one deleted by someone is applied again)
+    # one of that name that we did not apply is refused, never overwritten or deleted; each is also read back
+    # periodically (a workload with an object deleted by someone is applied again)
     ApiCall("get", "configmaps", ""),
     ApiCall("get", "services", ""),
     ApiCall("get", "deployments", "apps"),

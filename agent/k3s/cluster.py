@@ -24,6 +24,7 @@ from agent.k3s.errors import ApiCallError
 from agent.k3s.inventory import node_info
 from agent.k3s.render import render_workload, workload_name
 from agent.k3s.settings import ClusterSettings
+from agent.ports import WorkloadNow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -139,14 +140,24 @@ class Cluster:
         for kind in ("HorizontalPodAutoscaler", "Deployment", "Service", "ConfigMap"):
             await self._delete(kind, name)
 
-    async def workload(self, model: str) -> ClusterWorkload | None:
-        """The rollout of model `model`'s Deployment as the cluster has it now (one read); None when it is gone.
+    async def workload(self, desired: DesiredState, model: str) -> WorkloadNow:
+        """Model `model`'s workload of `desired` as the cluster has it now: one read of each object `apply`
+        applies (ConfigMap, Deployment, Service and the HPA when it autoscales), so a deleted one is noticed.
 
         Raises:
-            ApiCallError: the Deployment could not be read (permanent at once, temporary after the retries).
+            WorkloadError: the desired state cannot be rendered.
+            ApiCallError: an object could not be read (permanent at once, temporary after the retries).
         """
-        found = await self._read("Deployment", workload_name(self.settings.workload_name, model))
-        return None if found is None else summarize(found, self.settings.namespace)
+        rollout = None
+        missing: list[str] = []
+        for obj in render_workload(desired, model, self.settings).objects():
+            kind, meta = obj["kind"], obj["metadata"]
+            found = await self._read(kind, meta["name"])
+            if found is None:
+                missing.append(f"{kind} {meta['namespace']}/{meta['name']}")
+            elif kind == "Deployment":
+                rollout = summarize(found, self.settings.namespace)
+        return WorkloadNow(rollout, tuple(missing))
 
     async def pod_problems(self, selector: dict[str, str]) -> str | None:
         """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.

@@ -117,6 +117,31 @@ def test_a_workload_deleted_by_someone_is_reported_and_applied_again(
         assert api.get(*key) is not None
 
 
+def test_a_service_deleted_by_someone_is_reported_and_applied_again(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
+    settings: ClusterSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
+        ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
+        cluster = one(ready).cluster
+        assert cluster is not None
+        key = ("", "services", settings.namespace, cluster.deployment)  # all of a model's objects share its name
+        assert api.get(*key) is not None
+        since = len(hub.reported)
+        api.store.delete(key)  # `kubectl delete service`: the on-device API has no route to the model's pods
+
+        missing = "workload_missing"
+        gone = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == missing, since=since)
+        error = one(gone).error
+        assert error is not None and f"Service {settings.namespace}/{cluster.deployment}" in error.message
+        back = hub.wait_reported(
+            lambda r: one(r).error is None and (c := one(r).cluster) is not None and c.state == "ready",
+            since=hub.reported.index(gone),
+        )
+        assert back.desired_version == 1  # the same desired state, applied again
+        assert api.get(*key) is not None
+
+
 def test_a_refused_removal_is_reported_and_tried_again(
     broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
     settings: ClusterSettings, tmp_path: Path,
