@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def backup_hub(settings: HubSettings, dest: Path, *, on_step: Callable[[str], No
     Raises:
         NotInitialised: the data directory holds no hub.
         BackupRefused: `dest` is not an empty, writable folder outside the data directory (nothing copied).
-        BackupFailed: the database copy failed or did not pass its integrity check.
+        BackupFailed: the database copy failed or did not pass its integrity check, or a file could not be read or
+            written; `dest` is removed when this call created it, and otherwise left (the message names it).
     """
     s = settings
     say = on_step or (lambda _text: None)
@@ -150,7 +152,25 @@ def backup_hub(settings: HubSettings, dest: Path, *, on_step: Callable[[str], No
         public_key = HubSigningKey.load(s.key_path).public.to_text()
     except ValueError as e:
         raise BackupFailed(f"the signing key {s.key_path} does not load: {e}") from e
+    created = not dest.exists()
     check_destination(dest, s.data_dir)
+    try:
+        return _copy_all(s, dest, public_key, say)
+    except (BackupFailed, OSError) as e:
+        why = e.message if isinstance(e, BackupFailed) else f"{e.strerror or e} ({e.filename or dest})"
+        if created:  # the folder is this command's own: remove it rather than leave an unfinished backup
+            shutil.rmtree(dest, ignore_errors=True)
+            if not dest.exists():
+                raise BackupFailed(
+                    f"the backup did not finish: {why}; {dest}, which it had created, was removed"
+                ) from e
+        raise BackupFailed(
+            f"the backup did not finish: {why}; {dest} holds an unfinished backup (no {MANIFEST_FILE}): "
+            "delete what is in it before trying again"
+        ) from e
+
+
+def _copy_all(s: HubSettings, dest: Path, public_key: str, say: Callable[[str], None]) -> BackupReport:
     report = BackupReport(dest, "postgresql" if s.database_url else "sqlite", public_key=public_key)
     referenced: list[str] | None = None
     if s.database_url is None:
@@ -188,12 +208,23 @@ def backup_hub(settings: HubSettings, dest: Path, *, on_step: Callable[[str], No
     return report
 
 
-def check_backup(directory: Path) -> list[str]:
-    """Re-read a backup against its manifest; returns what is wrong (empty: the backup is whole)."""
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The backup's manifest; ValueError (saying why) when it is absent, unreadable or not a manifest."""
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except (OSError, ValueError) as e:
-        return [f"no readable {MANIFEST_FILE} in {directory} ({e}): the backup did not finish"]
+        raise ValueError(f"no readable {MANIFEST_FILE} in {directory} ({e}): the backup did not finish") from e
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), dict) for k in ("files", "blobs")):
+        raise ValueError(f"{directory / MANIFEST_FILE} is not a backup manifest (no files and blobs tables)")
+    return manifest
+
+
+def check_backup(directory: Path) -> list[str]:
+    """Re-read a backup against its manifest; returns what is wrong (empty: the backup is whole)."""
+    try:
+        manifest = read_manifest(directory)
+    except ValueError as e:
+        return [str(e)]
     expected = {**manifest["files"], **{f"blobs/{sha[:2]}/{sha}": {"sha256": sha, "size": size}
                                           for sha, size in manifest["blobs"].items()}}  # fmt: skip
     problems = []
@@ -201,6 +232,6 @@ def check_backup(directory: Path) -> list[str]:
         path = directory / relative
         if not path.is_file():
             problems.append(f"{relative}: missing")
-        elif _file_digest(path) != (want["sha256"], want["size"]):
+        elif _file_digest(path) != (want.get("sha256"), want.get("size")):
             problems.append(f"{relative}: its bytes changed since the backup")
     return problems

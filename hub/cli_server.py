@@ -1,5 +1,5 @@
-"""`edgefleet hub init`, `hub serve` and `hub backup`: the commands that run the hub itself on its data directory
-(a backup is a copy of a running hub's data directory that `hub serve` can start from).
+"""`edgefleet hub init`, `hub serve`, `hub backup` and `hub check-backup`: the commands that run the hub itself on
+its data directory (a backup is a copy of a running hub's data directory that `hub serve` can start from).
 
 The operator's commands on a running hub (`hub token`, `device`, `model push`, `deploy`, `rollout`) live in
 `hubclient.cli`, which never imports the hub; `edgefleet_cli` adds these to `edgefleet hub` where the hub is
@@ -171,11 +171,36 @@ def hub_backup(
         err.print(f"[yellow]warning[/yellow]: blob {sha} is named by the database but absent from the data directory")
     for sha in report.corrupt_blobs:
         err.print(f"[yellow]warning[/yellow]: blob {sha} does not match its sha256 and was left out (push it again)")
+    out.print(f"  check: edgefleet hub check-backup {escape(str(out_dir))}")
     out.print(f"  restore: edgefleet hub serve --data-dir {escape(str(out_dir))} (or copy the folder back)")
+
+
+def hub_check_backup(
+    backup_dir: Annotated[Path, typer.Argument(metavar="DEST", help="The folder `edgefleet hub backup --out` wrote.")],
+) -> None:
+    """Check a backup: re-read every file and blob against its manifest (sha256 and size).
+
+    Prints one line per problem and exits 1 when there is any (a folder without backup-manifest.json is an
+    unfinished backup); otherwise says the backup is complete.
+    """
+    from hub.backup import check_backup, read_manifest  # noqa: PLC0415  (keep --help fast)
+
+    problems = check_backup(backup_dir)
+    for problem in problems:
+        err.print(f"[red]problem[/red]: {escape(problem)}")
+    if problems:
+        err.print(f"backup {escape(str(backup_dir))} is not complete: {len(problems)} problem(s)")
+        raise typer.Exit(1)
+    manifest = read_manifest(backup_dir)
+    out.print(
+        f"backup {escape(str(backup_dir))} is complete: {len(manifest['files'])} files, "
+        f"{len(manifest['blobs'])} blobs, taken {escape(str(manifest.get('created_at', 'at an unknown time')))}"
+    )
 
 
 SERVER_COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("init", hub_init),
     ("serve", hub_serve),
     ("backup", hub_backup),
+    ("check-backup", hub_check_backup),
 ]

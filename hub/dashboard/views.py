@@ -223,9 +223,18 @@ OPERATOR_ACTIONS = (
     "blob.corrupt", "blob.restore", "hub.session.adopted",  # what the hub did about its own faults
 )  # fmt: skip
 """What the overview's recent events show: every action a person takes through the API or CLI, the rollout
-controller's verdicts, and the hub's repairs. Left out: `api.call` (every request, the raw audit trail),
-`device.phase` and the controller's progress within a wave (`rollout.wave_started`, `rollout.gates`, ...: on the
-device's and the rollout's pages), and `hub.init`."""
+controller's verdicts, and the hub's repairs. Every action the hub records is either here or in
+`NOT_ON_OVERVIEW` (tests/hub/dashboard/test_views.py holds the two against the code that records them)."""
+
+NOT_ON_OVERVIEW = frozenset({
+    "api.call",  # every mutating request: the raw audit trail, one per action above
+    "device.phase",  # a device's phase changes: on the device's page
+    "hub.init",  # once, before the hub first serves
+    # the controller's progress within a wave: on the rollout's page
+    "rollout.wave_started", "rollout.gates", "rollout.shadow_passed", "rollout.wave_settled",
+    "rollout.device_joined", "rollout.device_left", "rollout.device_rejoined",
+})  # fmt: skip
+"""Audit actions the overview leaves out on purpose, each with its reason."""
 
 
 def recent_events(hub: HubServices, limit: int = 12) -> list[EventView]:

@@ -216,3 +216,61 @@ def test_on_postgresql_the_database_is_left_to_its_own_tools_and_the_rest_is_bac
         "hub-signing.pem", "broker-hub-account.json"
     }  # fmt: skip
     assert not (dest / "hub.db").exists() and check_backup(dest) == []
+
+
+def test_check_backup_names_each_problem_and_exits_1_and_says_when_the_backup_is_complete(
+    tmp_path: Path, topic_prefix: str
+) -> None:
+    settings = hub_settings(tmp_path / "hub", None, topic_prefix)
+    init_hub(settings)
+    blob = "cd" + "0" * 62  # listed in the manifest below, absent from the folder
+    dest = tmp_path / "backup"
+    assert (
+        runner.invoke(app, ["hub", "backup", "--data-dir", str(settings.data_dir), "--out", str(dest)]).exit_code == 0
+    )
+    manifest = json.loads((dest / MANIFEST_FILE).read_text())
+
+    whole = runner.invoke(app, ["hub", "check-backup", str(dest)])
+    assert whole.exit_code == 0, whole.output
+    n = len(manifest["files"])
+    assert f"backup {dest} is complete: {n} files, 0 blobs, taken {manifest['created_at']}" in whole.output
+
+    (dest / "hub-signing.pem").write_bytes(b"changed")
+    (dest / "broker-hub-account.json").unlink()
+    manifest["blobs"][blob] = 3
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
+    broken = runner.invoke(app, ["hub", "check-backup", str(dest)])
+    assert broken.exit_code == 1, broken.output
+    assert "broker-hub-account.json: missing" in broken.output
+    assert "hub-signing.pem: its bytes changed since the backup" in broken.output
+    assert f"blobs/cd/{blob}: missing" in broken.output and "3 problem(s)" in broken.output
+
+    (dest / MANIFEST_FILE).unlink()
+    unfinished = runner.invoke(app, ["hub", "check-backup", str(dest)])
+    assert unfinished.exit_code == 1 and "the backup did not finish" in unfinished.output, unfinished.output
+
+
+def test_a_backup_that_fails_partway_removes_the_folder_it_created_and_names_one_it_did_not(
+    tmp_path: Path, topic_prefix: str
+) -> None:
+    """A file that cannot be read stops the backup after the database was copied: the error says so, a folder
+    the command created goes, and an empty folder the operator gave keeps what was written and is named."""
+    settings = hub_settings(tmp_path / "hub", None, topic_prefix)
+    init_hub(settings)
+    account = settings.data_dir / "broker-hub-account.json"
+    account.unlink()
+    account.mkdir()  # read after hub.db: copying it fails (is a directory)
+    new = tmp_path / "new"
+    result = runner.invoke(app, ["hub", "backup", "--data-dir", str(settings.data_dir), "--out", str(new)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "the backup did not finish" in result.output and f"{new}, which it had created, was removed" in result.output
+    assert not new.exists()
+
+    given = tmp_path / "given"
+    given.mkdir()
+    result = runner.invoke(app, ["hub", "backup", "--data-dir", str(settings.data_dir), "--out", str(given)])
+    assert result.exit_code == 1, result.output
+    assert f"{given} holds an unfinished backup (no {MANIFEST_FILE})" in " ".join(result.output.split())
+    assert given.is_dir() and (given / "hub.db").exists() and not (given / MANIFEST_FILE).exists()
+    checked = runner.invoke(app, ["hub", "check-backup", str(given)])
+    assert checked.exit_code == 1 and "the backup did not finish" in checked.output
