@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from agent.headless import HeadlessServing
 from agent.k3s import ClusterBridge, ClusterSettings
 from agent.runtime import Agent
@@ -93,47 +95,29 @@ def test_a_workload_the_cluster_refused_is_applied_once_the_cluster_is_fixed(
         assert fixed.desired_version == 1
 
 
-def test_a_workload_deleted_by_someone_is_reported_and_applied_again(
-    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
-    settings: ClusterSettings, tmp_path: Path,
+@pytest.mark.parametrize(
+    ("group", "plural", "kind"), [("apps", "deployments", "Deployment"), ("", "services", "Service")]
+)
+def test_an_object_deleted_by_someone_is_reported_and_applied_again(
+    group: str, plural: str, kind: str, broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample],
+    api: ApiServer, settings: ClusterSettings, tmp_path: Path,
 ) -> None:  # fmt: skip
+    """`kubectl delete deployment` (the device no longer serves what it says) or `kubectl delete service` (the
+    on-device API has no route to the model's pods): reported while it is gone, then applied again."""
     with _deployed(broker, hub, device_id, samples, settings, tmp_path):
         ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
         cluster = one(ready).cluster
         assert cluster is not None
-        key = ("apps", "deployments", settings.namespace, cluster.deployment)
+        key = (group, plural, settings.namespace, cluster.deployment)  # all of a model's objects share its name
+        assert api.get(*key) is not None
         since = len(hub.reported)
-        api.store.delete(key)  # `kubectl delete deployment`: the device no longer serves what it says
+        api.store.delete(key)
 
         missing = "workload_missing"
         gone = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == missing, since=since)
-        reported = one(gone).cluster
+        error, reported = one(gone).error, one(gone).cluster
+        assert error is not None and f"{kind} {settings.namespace}/{cluster.deployment}" in error.message
         assert reported is not None and reported.state == "failed"
-        back = hub.wait_reported(
-            lambda r: one(r).error is None and (c := one(r).cluster) is not None and c.state == "ready",
-            since=hub.reported.index(gone),
-        )
-        assert back.desired_version == 1  # the same desired state, applied again
-        assert api.get(*key) is not None
-
-
-def test_a_service_deleted_by_someone_is_reported_and_applied_again(
-    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer,
-    settings: ClusterSettings, tmp_path: Path,
-) -> None:  # fmt: skip
-    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
-        ready = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
-        cluster = one(ready).cluster
-        assert cluster is not None
-        key = ("", "services", settings.namespace, cluster.deployment)  # all of a model's objects share its name
-        assert api.get(*key) is not None
-        since = len(hub.reported)
-        api.store.delete(key)  # `kubectl delete service`: the on-device API has no route to the model's pods
-
-        missing = "workload_missing"
-        gone = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == missing, since=since)
-        error = one(gone).error
-        assert error is not None and f"Service {settings.namespace}/{cluster.deployment}" in error.message
         back = hub.wait_reported(
             lambda r: one(r).error is None and (c := one(r).cluster) is not None and c.state == "ready",
             since=hub.reported.index(gone),
