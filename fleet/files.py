@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -96,3 +97,9 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, sync_dir: bool =
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """sha256 hex and size of a file, in one streamed read."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size

@@ -28,7 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from fleet.files import atomic_write, fsync_dir
+from fleet.files import atomic_write, file_digest, fsync_dir
 from fleet.signing import HubSigningKey
 from hub.acl import HUB_ACCOUNT_FILE
 from hub.errors import BackupFailed, BackupRefused, NotInitialised
@@ -96,11 +96,6 @@ def _check_source(settings: HubSettings) -> None:
         raise NotInitialised(f"{s.data_dir} is not a hub's data directory (no {s.key_path.name}): nothing to back up")
     if s.database_url is None and not s.db_path.exists():
         raise NotInitialised(f"{s.data_dir} is not a hub's data directory (no {s.db_path.name}): nothing to back up")
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
 
 
 def _copy(source: Path, dest: Path, mode: int) -> tuple[str, int]:
@@ -176,7 +171,7 @@ def _copy_all(s: HubSettings, dest: Path, public_key: str, say: Callable[[str], 
     if s.database_url is None:
         say("database: a consistent copy of hub.db")
         referenced = backup_sqlite(s.db_path, dest / s.db_path.name)
-        sha256, size = _file_digest(dest / s.db_path.name)
+        sha256, size = file_digest(dest / s.db_path.name)
         report.files[s.db_path.name] = {"sha256": sha256, "size": size}
     secrets = [s.key_path, s.data_dir / HUB_ACCOUNT_FILE]
     if s.tls_dir.is_dir():
@@ -232,6 +227,6 @@ def check_backup(directory: Path) -> list[str]:
         path = directory / relative
         if not path.is_file():
             problems.append(f"{relative}: missing")
-        elif _file_digest(path) != (want.get("sha256"), want.get("size")):
+        elif file_digest(path) != (want.get("sha256"), want.get("size")):
             problems.append(f"{relative}: its bytes changed since the backup")
     return problems

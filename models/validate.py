@@ -8,7 +8,6 @@ outputs must fit the declared decoder (models.layouts).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import onnx
 
+from fleet.files import file_digest
 from models import golden as golden_mod
 from models.descriptor import (
     ClassificationOutput,
@@ -37,7 +37,6 @@ from models.errors import (
 )
 from models.layouts import check_outputs
 
-CHUNK = 1 << 20
 _ELEM = {
     "float32": onnx.TensorProto.FLOAT,
     "float16": onnx.TensorProto.FLOAT16,
@@ -66,17 +65,6 @@ class ValidationReport:
     inputs: dict[str, tuple[Dim, ...]]
     outputs: dict[str, tuple[Dim, ...]]
     golden_matched: bool | None
-
-
-def file_digest(path: str | Path) -> tuple[str, int]:
-    """sha256 hex and size of a file, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def validate(

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from fleet.files import file_digest
 from models.cli import write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
@@ -22,7 +23,7 @@ from models.errors import (
 )
 from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
-from models.validate import file_digest, validate
+from models.validate import validate
 from tests.models.conftest import Sample, encode, scene
 from tests.support.models import colour_classifier
 
