@@ -32,6 +32,7 @@ from fleet.files import atomic_write, file_digest, fsync_dir
 from fleet.signing import HubSigningKey
 from hub.acl import HUB_ACCOUNT_FILE
 from hub.errors import BackupFailed, BackupRefused, NotInitialised
+from hub.registry import blob_relpath
 from hub.settings import HubSettings
 from hub.store.backup import backup_sqlite
 
@@ -188,7 +189,7 @@ def _copy_all(s: HubSettings, dest: Path, public_key: str, say: Callable[[str], 
     say("model blobs")
     blob_dest = dest / s.blob_dir.name
     for sha256, path in _blob_files(s.blob_dir):
-        target = blob_dest / sha256[:2] / sha256
+        target = blob_dest / blob_relpath(sha256)
         got, size = _copy(path, target, 0o644)
         if got != sha256:
             target.unlink()
@@ -220,7 +221,7 @@ def check_backup(directory: Path) -> list[str]:
         manifest = read_manifest(directory)
     except ValueError as e:
         return [str(e)]
-    expected = {**manifest["files"], **{f"blobs/{sha[:2]}/{sha}": {"sha256": sha, "size": size}
+    expected = {**manifest["files"], **{f"blobs/{blob_relpath(sha)}": {"sha256": sha, "size": size}
                                           for sha, size in manifest["blobs"].items()}}  # fmt: skip
     problems = []
     for relative, want in sorted(expected.items()):

@@ -54,6 +54,11 @@ class PushResult:
     restored: bool = False  # the version existed without its bytes on this host: the push put them back
 
 
+def blob_relpath(sha256: str) -> Path:
+    """A blob's place under the blob directory: `<first two hex digits>/<sha256>` (the layout backups copy)."""
+    return Path(sha256[:2]) / sha256
+
+
 class Registry:
     """Models, versions and blobs. Transport-free: the API and the CLI both call this."""
 
@@ -71,7 +76,7 @@ class Registry:
 
     def blob_path(self, sha256: str) -> Path:
         """Where the blob with this digest lives (whether or not it exists)."""
-        return self.blob_dir / sha256[:2] / sha256
+        return self.blob_dir / blob_relpath(sha256)
 
     def share_local_blobs(self) -> int:
         """Give the store the bytes of registered blobs it lacks and this host has (pushed before the store kept
