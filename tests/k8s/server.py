@@ -4,9 +4,10 @@ It validates what it is asked to apply against a real Kubernetes' OpenAPI schema
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
 honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
 errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, and act
-as a Deployment controller. In the "ready" mode that controller also creates the Deployment's pods, running and
-ready, with loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8 to lo), so a test can serve
-each "pod" on its IP (cluster mode scrapes the pods' /metrics there).
+as a Deployment controller; deleting an object deletes its dependents (ownerReferences), as Kubernetes' garbage
+collector does. In the "ready" mode that controller also creates the Deployment's pods, running and ready, with
+loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8 to lo), so a test can serve each "pod" on
+its IP (cluster mode scrapes the pods' /metrics there).
 """
 
 from __future__ import annotations
@@ -114,7 +115,6 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
         self.max_watch_s = 30.0
-        self.used_pod_ips: set[str] = set()
         # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
         self.kubernetes_version: str | None = NEWEST
         self._stopping = False
@@ -434,10 +434,12 @@ class ApiServer:
         replicas = int(spec.get("replicas", 1))
         for pod in [p for p in mine if p not in keep[:replicas]]:
             self.store.delete(("", "pods", meta["namespace"], pod["metadata"]["name"]))
-            self.used_pod_ips.discard(pod["status"]["podIP"])
-        for i in range(len(keep), replicas):
+        # owned by the Deployment itself (a real one owns a ReplicaSet that owns them): deleting the Deployment
+        # deletes them (the store's garbage collection)
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+        for _ in range(len(keep), replicas):
             ip = self._free_pod_ip()
-            self.used_pod_ips.add(ip)
             name = f"{meta['name']}-{digest}-{ip.rsplit('.', 1)[1]}"
             self.store.put(
                 kind,
@@ -446,6 +448,7 @@ class ApiServer:
                         "name": name,
                         "namespace": meta["namespace"],
                         "labels": {**template["metadata"]["labels"], "pod-template-hash": digest},
+                        "ownerReferences": [owner],
                     },
                     "spec": template["spec"],
                     "status": {
@@ -458,8 +461,11 @@ class ApiServer:
             )
 
     def _free_pod_ip(self) -> str:
+        """The lowest loopback pod IP no pod holds (a deleted pod's IP is free again)."""
+        items, _ = self.store.list(self.store_kind("pods"), None)
+        used = {(p.get("status") or {}).get("podIP") for p in items}
         address = ipaddress.IPv4Address("127.0.0.2")
-        while str(address) in self.used_pod_ips:
+        while str(address) in used:
             address += 1
         return str(address)
 

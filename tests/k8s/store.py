@@ -137,12 +137,23 @@ class Store:
             return copy.deepcopy(obj)
 
     def delete(self, key: Key) -> None:
+        """Delete one object, then its dependents as Kubernetes' garbage collector does (background propagation):
+        every object of its namespace whose `metadata.ownerReferences` name its uid, and theirs in turn."""
         with self.lock:
             obj = self.objects.pop(key, None)
             if obj is None:
                 raise StoreError(404, "NotFound", f'{key[1]} "{key[3]}" not found')
             self.owners.pop(key, None)
             self._bump("DELETED", key, obj)
+            uid = obj["metadata"].get("uid")
+            dependents = [
+                k
+                for k, o in self.objects.items()
+                if k[2] == key[2] and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+            ]
+            for dependent in dependents:
+                if dependent in self.objects:
+                    self.delete(dependent)
 
     def set_status(self, key: Key, status: dict[str, Any]) -> dict[str, Any] | None:
         """Replace an object's status (what a controller does); None when the object is gone."""

@@ -21,6 +21,7 @@ from lightkube.types import PatchType
 from tests.k8s.schemas import NEWEST
 from tests.k8s.server import ApiServer
 from tests.k8s.store import StoreError
+from tests.support.mqtt import wait_for
 
 R = TypeVar("R", bound=NamespacedResource)
 
@@ -156,6 +157,29 @@ def test_deployment_controller_marks_the_rollout_ready(server: ApiServer, client
         assert kind == "MODIFIED"
         assert obj.status is not None and obj.status.readyReplicas == 3 and obj.status.observedGeneration == 1
         break
+
+
+def test_deleting_a_deployment_deletes_its_pods(server: ApiServer, client: Client) -> None:
+    """Kubernetes' garbage collector deletes the dependents named by ownerReferences (the pods, through their
+    ReplicaSet); pods of another Deployment stay."""
+    server.controller = "ready"
+    for name in ("d", "e"):
+        labelled = deploy(2)
+        labelled["metadata"]["name"] = name
+        labelled["spec"]["selector"]["matchLabels"] = {"app": name}
+        labelled["spec"]["template"]["metadata"] = {"labels": {"app": name}}
+        apply(client, Deployment, labelled)
+    wait_for(lambda: len(server.pods("ns", app="d")) == 2 and len(server.pods("ns", app="e")) == 2, timeout=10)
+    owner = server.get("apps", "deployments", "ns", "d")
+    assert owner is not None
+    for pod in server.pods("ns", app="d"):
+        assert [r["uid"] for r in pod["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+
+    client.delete(Deployment, "d", namespace="ns")
+    assert server.pods("ns", app="d") == []
+    assert len(server.pods("ns", app="e")) == 2
+    server.store.delete(("apps", "deployments", "ns", "e"))  # as `kubectl delete` in a test does
+    assert server.pods("ns", app="e") == []
 
 
 # --- what the server accepts is what a real Kubernetes' schemas accept --------------------------------------
