@@ -19,7 +19,7 @@ from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
 from lightkube.types import PatchType
 
-from agent.k3s.connection import backoff, translate, with_retries
+from agent.k3s.connection import retry_delay, translate, with_retries
 from agent.k3s.errors import ApiCallError
 from agent.k3s.inventory import node_info
 from agent.k3s.render import render_workload, workload_name
@@ -73,7 +73,8 @@ class Cluster:
     async def watch_inventory(self, on_change: Callable[[list[NodeInfo]], None]) -> None:
         """Call `on_change` with the whole inventory whenever it changes, until cancelled. Never raises.
 
-        Lists the nodes, then watches from the list's resourceVersion; any error re-lists after a backoff.
+        Lists the nodes, then watches from the list's resourceVersion; any error re-lists after a backoff (or
+        the server's Retry-After).
         """
         last: list[NodeInfo] | None = None
         failures = 0
@@ -101,9 +102,9 @@ class Cluster:
                 raise
             except Exception as e:
                 error = translate(e, "watch nodes")
-                delay = backoff(self.settings, min(failures, 8))
+                delay, asked = retry_delay(self.settings, error, min(failures, 8))
                 failures += 1
-                log.warning("node inventory watch: %s; re-listing in %.2fs", error, delay)
+                log.warning("node inventory watch: %s; re-listing in %.2fs%s", error, delay, asked)
                 await asyncio.sleep(delay)
 
     async def apply(self, desired: DesiredState, model: str) -> ClusterWorkload:
@@ -292,8 +293,9 @@ class Cluster:
                         if error.code == "expired":
                             version = None  # too old: watch again from the current state
                         failures += 1
-                        log.warning("rollout watch: %s; resuming", error)
-                        await asyncio.sleep(backoff(self.settings, min(failures - 1, 8)))
+                        delay, asked = retry_delay(self.settings, error, min(failures - 1, 8))
+                        log.warning("rollout watch: %s; resuming in %.2fs%s", error, delay, asked)
+                        await asyncio.sleep(delay)
         except TimeoutError:
             waited = self.settings.rollout_deadline_s
             why = f"; last: {current.message}" if current.message else ""

@@ -142,6 +142,15 @@ def backoff(settings: ClusterSettings, attempt: int) -> float:
     return float(base * random.uniform(0.75, 1.25))
 
 
+def retry_delay(settings: ClusterSettings, error: ApiCallError, attempt: int) -> tuple[float, str]:
+    """How long to wait after `error` before try `attempt + 1` of a call, or before a watch resumes, and a note
+    for the log: the server's Retry-After when it sent one (API Priority and Fairness' 429, a 503; at most
+    MAX_RETRY_AFTER_S), else our own `backoff`. Every retry of cluster mode waits through here."""
+    if error.retry_after is not None:
+        return error.retry_after, " (the server's Retry-After)"
+    return backoff(settings, attempt), ""
+
+
 async def with_retries(settings: ClusterSettings, what: str, call: Callable[[], Awaitable[T]]) -> T:
     """Run `call`, retrying temporary failures `retry_attempts` times in all.
 
@@ -161,8 +170,7 @@ async def with_retries(settings: ClusterSettings, what: str, call: Callable[[], 
                 if not error.permanent:
                     error.message = f"{error.message} (after {attempt} tries)"
                 raise error from e
-            delay = backoff(settings, attempt - 1) if error.retry_after is None else error.retry_after
-            asked = "" if error.retry_after is None else " (the server's Retry-After)"
+            delay, asked = retry_delay(settings, error, attempt - 1)
             log.warning("%s; retrying in %.2fs%s (try %d of %d)", error, delay, asked, attempt + 1,
                         settings.retry_attempts)  # fmt: skip
             await asyncio.sleep(delay)

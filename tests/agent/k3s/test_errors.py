@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,31 @@ def test_429_waits_as_long_as_the_server_says(
     retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
     assert len(retries) == 1 and "retrying in 1.00s (the server's Retry-After)" in retries[0]
     assert [r.code for r in api.requests if r.verb == "patch" and r.resource == "deployments"] == [429, 201]
+
+
+@pytest.mark.parametrize(("code", "verb"), [(429, "watch"), (503, "watch"), (429, "list")])
+def test_the_watches_wait_as_long_as_the_server_says(
+    api: ApiServer, bridge: ClusterBridge, caplog: pytest.LogCaptureFixture, code: int, verb: str
+) -> None:
+    """A watch (or its list) refused with Retry-After resumes when the server said, not at our faster pace: the
+    rollout watch of an apply and the node inventory watch alike."""
+    api.fail(code, verb=verb, resource="nodes", reason="TooManyRequests", retry_after=1)
+    api.put_node("n1")
+    api.controller_delay_s = 0.3  # the rollout is still in progress when the watch starts
+    with caplog.at_level("WARNING", logger="agent.k3s"):
+        if verb == "watch":  # (the rollout watch lists nothing)
+            api.fail(code, verb=verb, resource="deployments", reason="TooManyRequests", retry_after=1)
+            assert bridge.apply(desired(1), MODEL).state == "ready"
+        first, second = threading.Event(), threading.Event()
+        bridge.watch_inventory(lambda nodes: (second if len(nodes) == 2 else first).set())
+        assert first.wait(10)
+        api.put_node("n2")  # seen once the watch, refused first, is resumed
+        assert second.wait(10)
+    waits = [r.getMessage() for r in caplog.records if " in 1.00s (the server's Retry-After)" in r.getMessage()]
+    rollout = [m for m in waits if m.startswith("rollout watch:")]
+    nodes = [m for m in waits if m.startswith("node inventory watch:") or "list nodes" in m]
+    assert len(nodes) == 1, [r.getMessage() for r in caplog.records]
+    assert len(rollout) == (1 if verb == "watch" else 0)
 
 
 @pytest.mark.parametrize(
