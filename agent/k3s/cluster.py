@@ -125,11 +125,18 @@ class Cluster:
             if obj["kind"] == "Deployment":
                 deployment = applied
         result = await self.wait_rollout(deployment, deadline)
-        if result.state == "failed":
-            why = await self.pod_problems(workload.deployment["spec"]["selector"]["matchLabels"])
-            if why:
-                result = failed(result, f"{result.message}; pods: {why}")
-        return result
+        return await self._with_pod_problems(result, workload.deployment["spec"]["selector"]["matchLabels"])
+
+    async def _with_pod_problems(self, rollout: ClusterWorkload, selector: dict[str, str]) -> ClusterWorkload:
+        """`rollout`, when not ready, with why its pods are not (a crash loop and how the container last ended,
+        unschedulable): the most specific reason there is, after an apply and at every check alike."""
+        if rollout.state == "ready":
+            return rollout
+        why = await self.pod_problems(selector)
+        if not why:
+            return rollout
+        message = f"{rollout.message}; pods: {why}" if rollout.message else f"pods: {why}"
+        return ClusterWorkload.model_validate({**rollout.model_dump(), "message": _short(message)})
 
     async def remove(self, model: str) -> None:
         """Delete model `model`'s workload (HPA, Deployment, Service, ConfigMap); absent objects are fine.
@@ -151,13 +158,16 @@ class Cluster:
         """
         rollout = None
         missing: list[str] = []
-        for obj in render_workload(desired, model, self.settings).objects():
+        workload = render_workload(desired, model, self.settings)
+        for obj in workload.objects():
             kind, meta = obj["kind"], obj["metadata"]
             found = await self._read(kind, meta["name"])
             if found is None:
                 missing.append(f"{kind} {meta['namespace']}/{meta['name']}")
             elif kind == "Deployment":
                 rollout = summarize(found, self.settings.namespace)
+        if rollout is not None:
+            rollout = await self._with_pod_problems(rollout, workload.deployment["spec"]["selector"]["matchLabels"])
         return WorkloadNow(rollout, tuple(missing))
 
     async def pod_problems(self, selector: dict[str, str]) -> str | None:

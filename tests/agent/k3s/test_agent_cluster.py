@@ -14,9 +14,11 @@ import pytest
 
 from agent.headless import HeadlessServing
 from agent.k3s import ClusterBridge, ClusterSettings
+from agent.k3s.render import workload_name
 from agent.runtime import Agent
 from tests.agent.conftest import Sample, fast_settings
 from tests.agent.k3s.conftest import all_rules_but
+from tests.agent.k3s.conftest import fast_settings as fast_settings_k3s
 from tests.k8s.controller import deployment_status
 from tests.k8s.server import ApiServer
 from tests.support.broker import Broker
@@ -167,3 +169,35 @@ def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
             lambda r: (c := one(r).cluster) is not None and c.state == "ready", since=hub.reported.index(stalled)
         )
         assert healthy.desired_version == 1 and one(healthy).cluster.ready_replicas == 1  # type: ignore[union-attr]
+
+
+def test_the_periodic_check_keeps_why_the_pods_are_not_ready(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer, tmp_path: Path
+) -> None:  # fmt: skip
+    """A serving pod in a crash loop (killed for memory): the apply's report says so from the pod, and so does the
+    periodic check's read-back, not a bare "0 of 1 updated pods available"."""
+    api.controller = "never"  # the pods never become ready
+    settings = fast_settings_k3s(api.kubeconfig, rollout_deadline_s=0.5)
+    name = workload_name(settings.workload_name, samples["v1"].descriptor.name)
+    oom = {"terminated": {"reason": "OOMKilled", "exitCode": 137, "startedAt": "2026-01-01T00:00:00Z",
+                          "finishedAt": "2026-01-01T00:00:09Z"}}  # fmt: skip
+    backoff = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}
+    container = {"name": "serve", "ready": False, "restartCount": 3, "image": "x", "imageID": "", "state": backoff,
+                 "lastState": oom}  # fmt: skip
+    labels = {"app.kubernetes.io/name": "edgefleet-inference", "app.kubernetes.io/instance": name}
+    pod = {"metadata": {"name": f"{name}-1", "namespace": settings.namespace, "labels": labels},
+           "spec": {"containers": [{"name": "serve", "image": "x"}]},
+           "status": {"phase": "Running", "containerStatuses": [container]}}  # fmt: skip
+    api.store.put(api.store_kind("pods"), pod)
+    why = "1x serve CrashLoopBackOff: back-off 40s (last exit: OOMKilled, code 137)"
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
+        failed = hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "failed")
+        cluster = one(failed).cluster
+        assert cluster is not None and cluster.message is not None and why in cluster.message
+        # our deadline passed, Kubernetes' has not: the check reads the rollout back as still progressing
+        checked = hub.wait_reported(
+            lambda r: (c := one(r).cluster) is not None and c.state == "progressing", since=hub.reported.index(failed)
+        )
+        cluster = one(checked).cluster
+        assert cluster is not None and cluster.message is not None
+        assert why in cluster.message, cluster.message
