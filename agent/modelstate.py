@@ -36,6 +36,9 @@ class ModelState:
     shadow_size: int = 0
     shadow_rate: float = 0.0  # the share of requests the shadow runs on (a new rate reloads it)
     cluster: ClusterWorkload | None = None
+    # cluster mode: why its workload is not as desired (not applied, an object missing, not removed); the
+    # periodic round applies it again (or removes it again, once no longer desired) until this is cleared
+    cluster_error: ErrorInfo | None = None
     settled: int | None = None  # desired version whose work for this model is done (or failed for good)
     failed: tuple[str, RuntimeOptions] | None = None  # (sha256, runtime) whose activation failed for good
     removed_at: float | None = None  # no longer desired: idle, kept as previous
@@ -58,5 +61,10 @@ class ModelState:
         """This model as reported (`download`: the transfer in progress, when it is one of this model's blobs)."""
         return ModelStatus(
             name=self.name, phase=self.phase, active=self.active, previous=self.previous, shadow=self.shadow,
-            download=download, error=self.error, cluster=self.cluster,
+            download=download, error=self.reported_error(), cluster=self.cluster,
         )  # fmt: skip
+
+    def reported_error(self) -> ErrorInfo | None:
+        """The latest of the model's error and its cluster error (each kept until its own cause is cleared)."""
+        errors = [e for e in (self.error, self.cluster_error) if e is not None]
+        return max(errors, key=lambda e: e.at) if errors else None

@@ -13,7 +13,8 @@ The reconciler reaches loading and serving through `ActivationPort`: the agent's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -115,17 +116,28 @@ class ActivationPort(Protocol):
 
 @dataclass(frozen=True)
 class WorkloadNow:
-    """One model's serving workload as the cluster has it now (see `ClusterPort.workload`)."""
+    """One model's serving workload as the cluster has it now (see `ClusterPort.check`)."""
 
     rollout: ClusterWorkload | None  # its Deployment's rollout; None when the Deployment is gone
     missing: tuple[str, ...] = ()  # each object of the workload that is gone, as "<Kind> <namespace>/<name>"
 
 
+@dataclass(frozen=True)
+class ClusterCheck:
+    """What one periodic round of `ClusterPort.check` found and did, per model; a failure is the error (an
+    `agent.errors.ClusterError` with its code and reason) in place of the result."""
+
+    desired_version: int  # the desired state the round worked for
+    workloads: dict[str, WorkloadNow | AgentError] = field(default_factory=dict)  # read back
+    applied: dict[str, ClusterWorkload | AgentError] = field(default_factory=dict)  # applied again
+    removed: dict[str, AgentError | None] = field(default_factory=dict)  # removed again (None: done)
+
+
 class ClusterPort(Protocol):
     """Implemented by `agent.k3s` (cluster mode); called by the control side from its own thread.
 
-    Every method blocks and returns a result or raises `agent.errors.ClusterError` (with a code and a
-    reason); none may take the agent down. Without Kubernetes the agent has no ClusterPort at all.
+    Every method but `check` blocks and returns a result or raises `agent.errors.ClusterError` (with a code and
+    a reason); none may take the agent down. Without Kubernetes the agent has no ClusterPort at all.
     """
 
     def inventory(self) -> list[NodeInfo]:
@@ -138,10 +150,14 @@ class ClusterPort(Protocol):
         """Server-side apply the serving workload of model `name` of `desired` (one Deployment per model) and
         wait until it is ready or our own deadline."""
 
-    def workload(self, desired: DesiredState, name: str) -> WorkloadNow:
-        """Model `name`'s workload of `desired` as the cluster has it now: its rollout and every object of it
-        that is gone (deleted by someone); the control side checks every `cluster_retry_s` and applies it
-        again when one is missing."""
+    def check(
+        self, desired: DesiredState, *, read: Sequence[str], apply: Sequence[str], remove: Sequence[str]
+    ) -> Future[ClusterCheck]:
+        """Start the periodic round in the port's own thread and return at once (the control thread stays free
+        for a new desired state while the API server is slow): read back the workloads of models `read` of
+        `desired` (each one's rollout and every object of it that is gone), apply those of `apply` again (as
+        `apply` does), remove those of `remove` again. The future never raises; `apply` and `remove` cancel a
+        round still in progress first (it is then cancelled)."""
 
     def remove(self, name: str) -> None:
         """Delete the serving workload of model `name` (no longer desired); nothing to delete is not an error."""

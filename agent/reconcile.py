@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -41,7 +42,7 @@ from agent.errors import (
 )
 from agent.memory import MemoryBudget
 from agent.modelstate import ModelState
-from agent.ports import ActivationPort, ClusterPort
+from agent.ports import ActivationPort, ClusterCheck, ClusterPort
 from agent.settings import AgentSettings
 from agent.state import AcceptedState, Stamps
 from agent.store import ShadowPointer, StoredModel, StorePort
@@ -134,9 +135,8 @@ class Reconciler:
         self.refused = 0
         self._settled: int | None = None
         self._retry_at: float | None = None
-        self._cluster_refused: dict[str, ErrorInfo | None] = {}  # model: the error its failed apply reported
-        self._cluster_unremoved: dict[str, ErrorInfo | None] = {}  # model: the error its failed removal reported
-        self._cluster_retry_at: float | None = None
+        self._cluster_retry_at: float | None = None  # when the next periodic cluster round starts
+        self._round: Future[ClusterCheck] | None = None  # the periodic cluster round in progress (see tick)
         self._locked = False
         self.stamps = stamps or Stamps(None, clock)
         self._last_progress = 0.0
@@ -233,7 +233,7 @@ class Reconciler:
         self._retry_at = None
         for slot in body.models:
             st = self._model(slot.name)
-            st.removed_at = None
+            st.removed_at, st.cluster_error = None, None  # this state's apply supersedes a pending one or removal
             if not st.failed_before(slot):
                 st.error = None
         self.fetcher.keep_only(self.needed_blobs())
@@ -290,11 +290,7 @@ class Reconciler:
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
             self._advance()
-        if self._cluster_retry_at is not None and time.monotonic() >= self._cluster_retry_at:
-            self._cluster_retry_at = None
-            d = self.desired
-            if d is not None and self._settled == d.version:  # not settled: _advance applies every model anyway
-                self._check_cluster(d)
+        self._cluster_round()
 
     def close(self) -> None:
         """Persist download progress (it resumes on the next start)."""
@@ -500,7 +496,6 @@ class Reconciler:
     def _remove_unwanted(self, d: DesiredState) -> None:
         """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
         wanted = {m.name for m in d.models}
-        self._cluster_unremoved = {n: e for n, e in self._cluster_unremoved.items() if n not in wanted}
         for name, st in sorted(self.models.items()):
             if name in wanted or st.removed_at is not None:
                 continue
@@ -513,8 +508,8 @@ class Reconciler:
             except (StoreError, OSError) as e:
                 self._fail(st, StoreError(f"{name} stopped serving, but its pointers were not cleared: {e}"))
             if self.cluster is not None:
-                self._remove_cluster(st.name)
-            if st.active is None and st.previous is None and name not in self._cluster_unremoved:  # nothing to keep
+                self._remove_cluster(st)
+            if st.active is None and st.previous is None and st.cluster_error is None:  # nothing to keep
                 self.store.forget(name)
                 del self.models[name]
                 continue
@@ -527,100 +522,140 @@ class Reconciler:
             self.store.forget(name)  # beyond the bound: the oldest removed model is forgotten (blobs collectable)
             del self.models[name]
 
-    def _apply_cluster(self, d: DesiredState, only: set[str] | None = None) -> None:
-        """Apply the workloads of `d`'s active models (`only`: of these). One the cluster refused (API unreachable,
-        namespace missing, RBAC) is applied again every `cluster_retry_s` until it goes in (its error is then
-        cleared) or another desired state comes: the operator fixes the cluster, the agent needs no new state.
+    def _apply_cluster(self, d: DesiredState) -> None:
+        """Apply the workloads of `d`'s active models. One the cluster refused (API unreachable, namespace missing,
+        RBAC) keeps its error in `cluster_error` and is applied again by the periodic round every `cluster_retry_s`
+        until it goes in (its error is then cleared) or another desired state comes: the operator fixes the
+        cluster, the agent needs no new state.
         """
         if self.cluster is None:
             return
+        self._round = None  # the port cancels a round in progress: this apply supersedes it
         for slot in d.models:
             st = self.models[slot.name]
-            if st.active is None or (only is not None and slot.name not in only):
+            if st.active is None:
                 continue
             try:
-                st.cluster = self.cluster.apply(d, slot.name)
+                st.cluster, st.cluster_error = self.cluster.apply(d, slot.name), None
             except Exception as e:  # ClusterPort promises typed errors; anything else must not stop the agent either
-                code = getattr(e, "code", "cluster_error")
-                self._fail(st, AgentError(f"cluster workload not applied: {e}", code=str(code)[:64], permanent=False))
-                self._cluster_refused[slot.name] = st.error
-                continue
-            if slot.name in self._cluster_refused and st.error is self._cluster_refused.pop(slot.name):
-                st.error = None
-        wanted = {slot.name for slot in d.models}
-        self._cluster_refused = {n: e for n, e in self._cluster_refused.items() if n in wanted}
-        if self._cluster_refused:
-            log.info("cluster workloads of %s not applied: tried again in %gs",
-                     ", ".join(sorted(self._cluster_refused)), self.settings.activation.cluster_retry_s)  # fmt: skip
-        self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s  # see _check_cluster
+                self._cluster_failed(st, "cluster workload not applied", e)
+        refused = sorted(slot.name for slot in d.models if self.models[slot.name].cluster_error is not None)
+        if refused:
+            log.info("cluster workloads of %s not applied: tried again in %gs", ", ".join(refused),
+                     self.settings.activation.cluster_retry_s)  # fmt: skip
+        self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s  # see _cluster_round
 
-    def _check_cluster(self, d: DesiredState) -> None:
-        """Every `cluster_retry_s`: compare each applied workload with the cluster. One with an object gone
-        (someone deleted its ConfigMap, Service, Deployment or HPA) is reported missing, naming the object, then
-        applied again with the refused ones; one whose rollout changed since (failed, then healthy later) is
-        reported as it is now. Failed removals are tried again.
-        """
-        assert self.cluster is not None
+    def _cluster_round(self) -> None:
+        """Every `cluster_retry_s` (from `tick`), once the desired state is settled: start the periodic round in
+        the port's own thread, and take in its findings on a later tick. The control thread never waits for it,
+        so a new desired state or a rollback is not held up by a slow or hanging API server."""
+        if self._round is not None:
+            if not self._round.done():
+                return
+            finished, self._round = self._round, None
+            again = False
+            if not finished.cancelled():
+                try:
+                    again = self._checked(finished.result())
+                except Exception as e:  # the port's future never raises; a bug must not stop the agent either
+                    log.warning("the periodic cluster check failed: %s", e)
+            self._cluster_retry_at = time.monotonic() + (0.0 if again else self.settings.activation.cluster_retry_s)
+            return
+        if self._cluster_retry_at is None or time.monotonic() < self._cluster_retry_at:
+            return
+        self._cluster_retry_at = None
+        d = self.desired
+        if self.cluster is None or d is None or self._settled != d.version:
+            return  # not settled: _advance applies every model anyway, and schedules the next round
+        wanted = [self.models[slot.name] for slot in d.models]
+        read = [st.name for st in wanted if st.active is not None and st.cluster is not None and not st.cluster_error]
+        apply = [st.name for st in wanted if st.active is not None and st.cluster_error is not None]
+        remove = sorted(n for n, st in self.models.items() if st.removed_at is not None and st.cluster_error)
+        if read or apply or remove:
+            self._round = self.cluster.check(d, read=read, apply=apply, remove=remove)
+        else:
+            self._cluster_retry_at = time.monotonic() + self.settings.activation.cluster_retry_s
+
+    def _checked(self, found: ClusterCheck) -> bool:
+        """Take in a finished round: a workload with an object gone (someone deleted its ConfigMap, Service,
+        Deployment or HPA) is reported missing, naming the object (and applied again by the next round, started
+        at once: True); one whose rollout changed since (failed, then healthy later) is reported as it is now; the
+        outcomes of applying again and removing again are reported."""
+        d = self.desired
+        if d is None or found.desired_version != d.version:
+            return False  # a round for an older desired state: what it found is out of date
         changed = missing = False
-        for slot in d.models:
-            st = self.models[slot.name]
-            if st.active is None or st.cluster is None or slot.name in self._cluster_refused:
+        for name, now in found.workloads.items():
+            st = self.models.get(name)
+            if st is None or st.active is None or st.cluster is None or st.cluster_error is not None:
                 continue
-            try:
-                now = self.cluster.workload(d, slot.name)
-            except Exception as e:  # as in _apply_cluster; checked again next time
-                log.info("cannot check the cluster workload of %s: %s", slot.name, e)
+            if isinstance(now, AgentError):
+                log.info("cannot check the cluster workload of %s: %s", name, now)  # checked again next time
                 continue
             if now.missing or now.rollout is None:
                 gone = ", ".join(now.missing) or f"Deployment {st.cluster.namespace}/{st.cluster.deployment}"
-                log.warning("%s of model %s gone: applying its workload again", gone, slot.name)
+                log.warning("%s of model %s gone: applying its workload again", gone, name)
                 message = f"cluster workload missing: {gone} deleted outside the agent"
-                self._fail(st, AgentError(f"{message}; applying it again", code="workload_missing", permanent=False))
+                st.cluster_error = self._error(
+                    AgentError(f"{message}; applying it again", code="workload_missing", permanent=False)
+                )
                 ready = 0 if now.rollout is None else now.rollout.ready_replicas
-                update = {"state": "failed", "ready_replicas": ready, "message": message}
-                st.cluster = st.cluster.model_copy(update=update)
-                self._cluster_refused[slot.name] = st.error
+                st.cluster = st.cluster.model_copy(update={"state": "failed", "ready_replicas": ready,
+                                                           "message": message})  # fmt: skip
                 missing = True
             elif (now.rollout.state, now.rollout.ready_replicas, now.rollout.replicas) != (
                 st.cluster.state, st.cluster.ready_replicas, st.cluster.replicas
             ):  # fmt: skip
-                st.cluster = now.rollout
+                st.cluster = now.rollout  # its message says why its pods are not ready, as the apply's did
             else:
                 continue
             changed = True
-        if missing:
-            self.report()  # the missing workload is reported before it is applied again (which waits for it)
-        changed = changed or bool(self._cluster_refused) or bool(self._cluster_unremoved)
-        for name in sorted(self._cluster_unremoved):
-            self._remove_cluster(name)
-        self._apply_cluster(d, only=set(self._cluster_refused))  # also schedules the next check
+        for name, applied in found.applied.items():
+            st = self.models.get(name)
+            if st is None or st.active is None:
+                continue
+            if isinstance(applied, AgentError):
+                self._cluster_failed(st, "cluster workload not applied", applied)
+            else:
+                st.cluster, st.cluster_error = applied, None
+            changed = True
+        for name, error in found.removed.items():
+            st = self.models.get(name)
+            if st is None or st.removed_at is None:
+                continue
+            if error is not None:
+                self._cluster_failed(st, "cluster workload not removed", error)
+            else:
+                st.cluster_error = None
+                self._forget_if_unused(st)
+            changed = True
         if changed:
             self.report()
+        return missing
 
-    def _remove_cluster(self, name: str) -> None:
-        """Delete the workload of model `name`, no longer desired. One the cluster refused (RBAC, API unreachable)
-        keeps its pods running: its removal is tried again every `cluster_retry_s` (see `_check_cluster`), and
-        the model (idle) reports the error until it goes through or the model is desired again.
+    def _remove_cluster(self, st: ModelState) -> None:
+        """Delete the workload of model `st`, no longer desired. One the cluster refused (RBAC, API unreachable)
+        keeps its pods running: its removal is tried again by the periodic round every `cluster_retry_s`, and the
+        model (idle) reports the error until it goes through or the model is desired again.
         """
         assert self.cluster is not None
-        st = self.models.get(name)
+        self._round = None  # the port cancels a round in progress: this removal supersedes it
         try:
-            self.cluster.remove(name)
+            self.cluster.remove(st.name)
         except Exception as e:  # as in _apply_cluster
-            code = getattr(e, "code", "cluster_error")
-            error = AgentError(f"cluster workload not removed: {e}", code=str(code)[:64], permanent=False)
-            if st is not None:
-                self._fail(st, error)
-            self._cluster_unremoved[name] = st.error if st is not None else None
+            self._cluster_failed(st, "cluster workload not removed", e)
             return
-        if name not in self._cluster_unremoved:
-            return
-        reported = self._cluster_unremoved.pop(name)
-        if st is not None and st.error is reported:
-            st.error = None
-        if st is not None and st.active is None and st.previous is None:  # kept only to report the failure
-            self.store.forget(name)
-            del self.models[name]
+        st.cluster_error = None
+
+    def _cluster_failed(self, st: ModelState, what: str, e: Exception) -> None:
+        code = getattr(e, "code", "cluster_error")
+        st.cluster_error = self._error(AgentError(f"{what}: {e}", code=str(code)[:64], permanent=False))
+
+    def _forget_if_unused(self, st: ModelState) -> None:
+        """Forget a model no longer desired that has nothing to keep (no version, no pending cluster removal)."""
+        if st.active is None and st.previous is None and st.cluster_error is None and st.removed_at is not None:
+            self.store.forget(st.name)
+            del self.models[st.name]
 
     def _kept_blobs(self) -> set[str]:
         """Blobs never collected besides those the pointers name: the desired state's and running shadows'."""
@@ -633,8 +668,11 @@ class Reconciler:
 
     # -- reporting ------------------------------------------------------------------------------------
     def _fail(self, st: ModelState, e: AgentError, *, permanent: bool | None = None) -> None:
+        st.error = self._error(e, permanent=permanent)
+
+    def _error(self, e: AgentError, *, permanent: bool | None = None) -> ErrorInfo:
         perm = e.permanent if permanent is None else permanent
-        st.error = ErrorInfo(code=e.code[:64], message=str(e)[:2048], permanent=perm, at=self.clock())
+        return ErrorInfo(code=e.code[:64], message=str(e)[:2048], permanent=perm, at=self.clock())
 
     def _refuse(self, code: str, message: str) -> None:
         self.refused += 1

@@ -1,7 +1,8 @@
 """`ClusterBridge`: the blocking `agent.ports.ClusterPort` over an asyncio loop of its own, in a thread.
 
-The agent's control side calls `inventory()` and `apply()` from its own thread; each call runs as a coroutine
-on the bridge's loop, where the one lightkube client lives, and blocks until it returns or raises our errors.
+The agent's control side calls `inventory()`, `apply()` and `remove()` from its own thread; each call runs as a
+coroutine on the bridge's loop, where the one lightkube client lives, and blocks until it returns or raises our
+errors. The periodic `check()` runs there too, in the background: it returns a future at once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from agent.k3s.connection import make_client
 from agent.k3s.errors import ClusterError
 from agent.k3s.scrape import Scraper
 from agent.k3s.settings import ClusterSettings
-from agent.ports import ClusterPort, ServedVersions, ServingWindow, WorkloadNow
+from agent.ports import ClusterCheck, ClusterPort, ServedVersions, ServingWindow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class ClusterBridge:
         self._closed = False
         self._lock = threading.Lock()
         self._watch: Future[None] | None = None
+        self._round: Future[ClusterCheck] | None = None  # the periodic round in progress (see `check`)
+        self._changing = asyncio.Lock()  # held by every workload change: apply, remove, a periodic round
         try:
             self._cluster, self._scraper = self._run(self._connect())
         except BaseException:
@@ -77,6 +80,7 @@ class ClusterBridge:
 
     def apply(self, desired: DesiredState, name: str) -> ClusterWorkload:
         """Server-side apply model `name`'s serving workload of `desired`; wait until ready or our own deadline.
+        A periodic round still in progress is cancelled first.
 
         Returns the rollout as far as it got: `ready`, or `failed` with the reason (our deadline passed, the
         Deployment's progress deadline passed, the watch was refused).
@@ -85,24 +89,46 @@ class ClusterBridge:
             WorkloadError: the desired state cannot be served as asked (nothing was applied).
             ApiCallError: an apply call was refused or the API stayed unreachable.
         """
-        return self._run(self._cluster.apply(desired, name))
-
-    def workload(self, desired: DesiredState, name: str) -> WorkloadNow:
-        """Model `name`'s workload of `desired` as the cluster has it now (one read per object).
-
-        Raises:
-            ApiCallError: an object could not be read (after retries for temporary failures).
-            WorkloadError: `desired` cannot be rendered.
-        """
-        return self._run(self._cluster.workload(desired, name))
+        self._cancel_round()
+        return self._run(self._alone(lambda: self._cluster.apply(desired, name)))
 
     def remove(self, name: str) -> None:
-        """Delete model `name`'s serving workload (it is no longer desired); absent objects are fine.
+        """Delete model `name`'s serving workload (it is no longer desired); absent objects are fine. A periodic
+        round still in progress is cancelled first.
 
         Raises:
             ApiCallError: a delete call was refused or the API stayed unreachable.
         """
-        self._run(self._cluster.remove(name))
+        self._cancel_round()
+        self._run(self._alone(lambda: self._cluster.remove(name)))
+
+    def check(
+        self, desired: DesiredState, *, read: Sequence[str], apply: Sequence[str], remove: Sequence[str]
+    ) -> Future[ClusterCheck]:
+        """Start the periodic round on the bridge's loop and return at once (see `agent.ports.ClusterPort.check`):
+        the control thread does not wait for a slow or hanging API server, and the round's calls are bounded by
+        the same timeouts and retries as every other."""
+        self._cancel_round()
+        coro = self._alone(lambda: self._cluster.check(desired, list(read), list(apply), list(remove)))
+        if self._closed:
+            coro.close()
+            closed: Future[ClusterCheck] = Future()
+            closed.set_exception(ClusterError("the cluster bridge is closed", code="closed", permanent=True))
+            return closed
+        self._round = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return self._round
+
+    def _cancel_round(self) -> None:
+        """Cancel the periodic round in progress, if any: a new apply or removal supersedes what it would do."""
+        if self._round is not None:
+            self._round.cancel()
+            self._round = None
+
+    async def _alone(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run `call()` once no other workload change runs (a cancelled round first unwinds), so two applies of one
+        model never interleave."""
+        async with self._changing:
+            return await call()
 
     def serving_windows(self, models: Mapping[str, ServedVersions]) -> dict[str, ServingWindow]:
         """Each model's window (of its active version, with its shadow's comparisons) from its serving pods'

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import Deployment
@@ -19,15 +19,17 @@ from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import ConfigMap, Node, Pod, Service
 from lightkube.types import PatchType
 
+from agent.errors import AgentError
 from agent.k3s.connection import retry_delay, translate, with_retries
-from agent.k3s.errors import ApiCallError
+from agent.k3s.errors import ApiCallError, ClusterError
 from agent.k3s.inventory import node_info
 from agent.k3s.render import render_workload, workload_name
 from agent.k3s.settings import ClusterSettings
-from agent.ports import WorkloadNow
+from agent.ports import ClusterCheck, WorkloadNow
 from fleet.messages import ClusterWorkload, DesiredState, NodeInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_NODES = 1024  # what a birth message carries (fleet.messages.Capabilities.nodes)
 MAX_MESSAGE = 2000  # reported messages are at most 2048 characters on the wire
 KINDS: dict[str, Any] = {
@@ -169,6 +171,21 @@ class Cluster:
         if rollout is not None:
             rollout = await self._with_pod_problems(rollout, workload.deployment["spec"]["selector"]["matchLabels"])
         return WorkloadNow(rollout, tuple(missing))
+
+    async def check(
+        self, desired: DesiredState, read: Sequence[str], apply: Sequence[str], remove: Sequence[str]
+    ) -> ClusterCheck:
+        """One periodic round (see `agent.ports.ClusterPort.check`): each model's failure is kept as its result.
+        Never raises but CancelledError."""
+        found = ClusterCheck(desired.version)
+        for name in read:
+            found.workloads[name] = await _outcome(self.workload(desired, name))
+        for name in apply:
+            found.applied[name] = await _outcome(self.apply(desired, name))
+        for name in remove:
+            outcome = await _outcome(self.remove(name))
+            found.removed[name] = outcome if isinstance(outcome, AgentError) else None
+        return found
 
     async def pod_problems(self, selector: dict[str, str]) -> str | None:
         """Why the workload's pods are not ready (unschedulable, image pull, crash loop), or None.
@@ -390,6 +407,19 @@ def summarize(deployment: Any, namespace: str) -> ClusterWorkload:
     else:
         return ClusterWorkload(**base, state="ready", message=None)
     return ClusterWorkload(**base, state="progressing", message=_short(message))
+
+
+async def _outcome(call: Awaitable[T]) -> T | AgentError:
+    """What `call` returned, or the error it raised (a bug too: an error with its reason, never a crash)."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        raise
+    except AgentError as e:
+        return e
+    except Exception as e:
+        log.exception("unexpected error in the periodic cluster check")
+        return ClusterError(f"unexpected {type(e).__name__} in cluster mode: {e}"[:1500], code="internal")
 
 
 def _short(text: str) -> str:

@@ -3,11 +3,11 @@
 It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
 honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
-errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, and act
-as a Deployment controller; deleting an object deletes its dependents (ownerReferences), as Kubernetes' garbage
-collector does. In the "ready" mode that controller also creates the Deployment's pods, running and ready, with
-loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8 to lo), so a test can serve each "pod" on
-its IP (cluster mode scrapes the pods' /metrics there).
+errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, hold
+requests (a hanging server) and act as a Deployment controller; deleting an object deletes its dependents
+(ownerReferences), as Kubernetes' garbage collector does. In the "ready" mode that controller also creates the
+Deployment's pods, running and ready, with loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8
+to lo), so a test can serve each "pod" on its IP (cluster mode scrapes the pods' /metrics there).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,18 @@ class Fault:
     message: str = "injected failure"
     content_type: str = "application/json"
     retry_after: int | None = None  # the Retry-After header (seconds) the API server sends with a 429 or 503
+
+
+@dataclass
+class Hold:
+    """The next `times` matching requests hang until `released` is set (a slow or stuck API server: API Priority
+    and Fairness queueing, an etcd stall); `entered` is set when one arrives."""
+
+    verb: str | None
+    resource: str | None
+    times: int
+    entered: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,7 @@ class ApiServer:
         self.controller_delay_s = controller_delay_s
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
         self.max_watch_s = 30.0
         # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
@@ -207,6 +220,12 @@ class ApiServer:
         """Answer the next `times` matching requests with `code` (a Status, or `content_type` text)."""
         self.faults.append(Fault(verb, resource, code, times, **kw))
 
+    def hold(self, *, verb: str | None = None, resource: str | None = None, times: int = 1) -> Hold:
+        """Make the next `times` matching requests hang until the returned hold is released (or the server stops)."""
+        held = Hold(verb, resource, times)
+        self.holds.append(held)
+        return held
+
     def calls(self) -> set[tuple[str, str, str]]:
         """Every (verb, resource, group) the clients used, as RBAC verbs (an apply that created: also create)."""
         return {(r.verb, r.resource, r.group) for r in self.requests}
@@ -278,6 +297,13 @@ class ApiServer:
         return response
 
     async def _answer(self, request: Request, route: _Route, verb: str) -> Response:
+        for held in self.holds:
+            if held.times > 0 and held.verb in (None, verb) and held.resource in (None, route.kind.plural):
+                held.times -= 1
+                held.entered.set()
+                while not held.released.is_set() and not self._stopping:
+                    await asyncio.sleep(0.01)
+                break
         for fault in self.faults:
             if fault.times > 0 and fault.verb in (None, verb) and fault.resource in (None, route.kind.plural):
                 fault.times -= 1
@@ -474,4 +500,4 @@ def _json(obj: Any, code: int = 200) -> Response:
     return Response(json.dumps(obj), status_code=code, media_type="application/json")
 
 
-__all__ = ["ApiServer", "Fault", "Recorded", "Rule"]
+__all__ = ["ApiServer", "Fault", "Hold", "Recorded", "Rule"]

@@ -171,6 +171,31 @@ def test_a_failed_rollout_that_becomes_healthy_later_is_reported_ready(
         assert healthy.desired_version == 1 and one(healthy).cluster.ready_replicas == 1  # type: ignore[union-attr]
 
 
+def test_a_new_desired_state_does_not_wait_behind_a_hanging_periodic_check(
+    broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer, tmp_path: Path
+) -> None:  # fmt: skip
+    """The API server hangs on a read of the periodic check (API Priority and Fairness queueing, an etcd stall):
+    a new desired state (a new version, or a rollback) is still taken in at once, its pointer moved (the serving
+    pods follow it) and its workload applied; the check does not hold the control thread."""
+    settings = fast_settings_k3s(api.kubeconfig, request_timeout_s=120)  # the client waits while the server hangs
+    with _deployed(broker, hub, device_id, samples, settings, tmp_path):
+        hub.wait_reported(lambda r: (c := one(r).cluster) is not None and c.state == "ready")
+        held = api.hold(verb="get")  # the next read is the periodic check's
+        try:
+            assert held.entered.wait(30)
+            since = len(hub.reported)
+            v2 = hub.model_ref(samples["v2"].path, samples["v2"].descriptor)
+            hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+            hub.wait_active("2.0.0", since=since)
+            applied = hub.wait_reported(
+                lambda r: r.desired_version == 2 and (c := one(r).cluster) is not None and c.state == "ready",
+                since=since,
+            )
+            assert one(applied).error is None
+        finally:
+            held.released.set()
+
+
 def test_the_periodic_check_keeps_why_the_pods_are_not_ready(
     broker: Broker, hub: HubSide, device_id: str, samples: dict[str, Sample], api: ApiServer, tmp_path: Path
 ) -> None:  # fmt: skip

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent.k3s import ClusterBridge
+from agent.k3s import ClusterBridge, ClusterError
 from agent.k3s.render import ACTIVE_FILE, HASH_ANNOTATION
+from agent.ports import ClusterCheck, WorkloadNow
 from fleet.messages import Autoscaling, ClusterWorkload, DesiredState
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings, with_slot
 from tests.k8s.schemas import DNS1035_LABEL
@@ -249,3 +250,37 @@ def test_every_model_name_the_wire_allows_gets_a_workload(api: ApiServer, bridge
 def test_model_names_that_differ_only_in_punctuation_get_workloads_of_their_own(bridge: ClusterBridge) -> None:
     names = {bridge.apply(named(desired(1), m), m).deployment for m in ("resnet-50", "resnet_50", "resnet.50")}
     assert len(names) == 3 and "edgefleet-inference-resnet-50" in names  # names that are labels already stay
+
+
+def test_a_periodic_round_reads_back_applies_and_removes_without_raising(api: ApiServer, bridge: ClusterBridge) -> None:
+    assert bridge.apply(desired(1), MODEL).state == "ready"
+    api.store.delete(("", "services", NAMESPACE, NAME))  # someone deleted it
+    found = bridge.check(desired(1), read=[MODEL], apply=[], remove=[]).result(timeout=30)
+    assert found.desired_version == 1
+    assert found.workloads == {MODEL: WorkloadNow(found_rollout(found), (f"Service {NAMESPACE}/{NAME}",))}
+
+    api.fail(403, verb="delete", resource="deployments")
+    found = bridge.check(desired(1), read=[], apply=[MODEL], remove=[MODEL]).result(timeout=30)
+    applied, removed = found.applied[MODEL], found.removed[MODEL]
+    assert isinstance(applied, ClusterWorkload) and applied.state == "ready"
+    assert isinstance(removed, ClusterError) and removed.code == "forbidden"  # an error as the result, not raised
+    assert api.get("", "services", NAMESPACE, NAME) is not None
+
+
+def found_rollout(found: ClusterCheck) -> ClusterWorkload | None:
+    now = found.workloads[MODEL]
+    assert isinstance(now, WorkloadNow)
+    return now.rollout
+
+
+def test_an_apply_cancels_a_round_that_a_hanging_server_holds(api: ApiServer) -> None:
+    with ClusterBridge(fast_settings(api.kubeconfig, request_timeout_s=120)) as bridge:
+        assert bridge.apply(desired(1), MODEL).state == "ready"
+        held = api.hold(verb="get")
+        try:
+            pending = bridge.check(desired(1), read=[MODEL], apply=[], remove=[])
+            assert held.entered.wait(10)
+            assert bridge.apply(desired(2, gpus=1), MODEL).state == "ready"  # not behind the round
+            assert pending.cancelled()
+        finally:
+            held.released.set()
