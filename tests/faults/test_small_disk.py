@@ -1,12 +1,9 @@
-"""A real agent on a real small filesystem (a tmpfs of its own) that fills up or turns read-only: the agent
+"""A real agent on a real small filesystem (an ext4 image of its own) that fills up or turns read-only: the agent
 keeps serving, says why on the hub, and carries on once the disk is writable again."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,9 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import FaultWorld
+from tests.support import disks
 from tests.support.agents import AgentProc
+from tests.support.disks import SmallDisk
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
@@ -25,70 +24,12 @@ def _spawn(w: FaultWorld, bundle: Path, data: Path) -> AgentProc:
     return w.spawn(bundle, data, EDGEFLEET_AGENT_STORE_MIN_FREE_BYTES="0")
 
 
-class SmallDisk:
-    """A 32 MiB ext4 image loop-mounted at `path` (errors=remount-ro, no blocks reserved for root): its own
-    filesystem, so ENOSPC and EROFS come from the kernel, not from a simulation."""
-
-    def __init__(self, image: Path, path: Path) -> None:
-        self.image = image
-        self.path = path
-        self.filler = path / "filler"
-
-    def mount(self) -> None:
-        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path)], check=True)
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", str(self.path)], check=False, capture_output=True)
-
-    def fill(self) -> None:
-        """Take every free byte (another program's logs, say)."""
-        with self.filler.open("ab", buffering=0) as f:
-            for size in (1 << 20, 4096, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        f.write(b"\0" * size)
-        assert os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_bsize < 64 * 1024
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-    def fail(self) -> None:
-        """An error on the device: ext4 turns the filesystem read-only under the running agent, as it does on
-        a failing SD card."""
-        device = Path(subprocess.run(["findmnt", "-no", "SOURCE", str(self.path)], check=True, capture_output=True,
-                                     text=True).stdout.strip())  # fmt: skip
-        (Path("/sys/fs/ext4") / device.name / "trigger_fs_error").write_text("1")
-        with pytest.raises(OSError, match="Read-only file system"):
-            (self.path / "probe").touch()
-
-    def repair(self) -> None:
-        """What an operator does (with the agent stopped): unmount, fsck, mount again."""
-        subprocess.run(["umount", str(self.path)], check=True)
-        subprocess.run(["e2fsck", "-fy", str(self.image)], check=False, capture_output=True)
-        self.mount()
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A small ext4 filesystem, unmounted after the test, failed or not. Request it before `fault_world`, so its
-    agents are stopped before it is unmounted. Skipped, with the reason, where mounting is refused (not root)
-    except under CI=true."""
-    image, path = tmp_path / "small.img", tmp_path / "small"
-    path.mkdir()
-    with image.open("wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
-    disk = SmallDisk(image, path)
-    try:
-        disk.mount()
-    except subprocess.CalledProcessError as e:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"cannot loop-mount an ext4 image (needs root): {e}")
-    try:
+    """A small ext4 filesystem (`tests.support.disks`). Request it before `fault_world`, so its agents are stopped
+    before it is unmounted."""
+    with disks.small_disk(tmp_path) as disk:
         yield disk
-    finally:
-        disk.unmount()
 
 
 def _reported_error(w: FaultWorld, agent: AgentProc, device: str) -> dict[str, Any]:
@@ -202,16 +143,10 @@ def test_spare_blobs_make_room_for_a_version_that_would_not_fit(
     spare = w.hub.hub.registry.get("cls", "1.0.0").manifest["sha256"]
     assert (blobs / spare).exists()
     size = w.hub.hub.registry.get("cls", "4.0.0").manifest["size"]
-    with small_disk.filler.open("wb") as f:  # leave half of what 4.0.0 needs free: the spare blob holds the rest
-        f.write(b"\0" * (_free(small_disk.path) - size // 2))
-    assert _free(small_disk.path) < size
+    small_disk.fill(leave=size // 2)  # half of what 4.0.0 needs: the spare blob holds the rest
+    assert disks.free_bytes(small_disk.path) < size
     w.deploy("cam-spare", "4.0.0")
     w.wait_active("cam-spare", "4.0.0")
     assert not (blobs / spare).exists()
     assert agent.stop() == 0
     record("fault", "disk too full for a new version while spare blobs are kept", "recovered")
-
-
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
