@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 
+from models.samples import classifier_descriptor, retrain_head
+from models.validate import validate
 from tests.faults.conftest import FaultWorld
 from tests.support import disks
 from tests.support.agents import AgentProc
@@ -150,3 +153,46 @@ def test_spare_blobs_make_room_for_a_version_that_would_not_fit(
     assert not (blobs / spare).exists()
     assert agent.stop() == 0
     record("fault", "disk too full for a new version while spare blobs are kept", "recovered")
+
+
+def test_a_version_that_does_not_fit_frees_only_the_spare_blobs_it_needs(
+    small_disk: SmallDisk, fault_world: FaultWorld, tmp_path: Path
+) -> None:
+    """Two spare blobs, room needed for one: only one is deleted, and the one whose chunks the new version reuses
+    stays (though it is the older one), so the download stays a delta. Every spare blob was deleted before."""
+    w = fault_world
+    (tmp_path / "more").mkdir()
+    more = classifier_versions(tmp_path / "more", ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))  # seeds 2, 3: new blobs
+    tuned = tmp_path / "more" / "cls-5.0.0.onnx"  # 1.0.0 with a fine-tuned head: most of its chunks are 1.0.0's
+    tuned.write_bytes(retrain_head(onnx.load(more["1.0.0"][0]), seed=7).SerializeToString())
+    desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls")
+    desc = desc.model_copy(update={"version": "5.0.0"})
+    pushed = [*(more[v] for v in ("3.0.0", "4.0.0")), (tuned, validate(tuned, desc).descriptor)]
+    for path, d in pushed:
+        assert w.hub.push_model(path, d.to_json()).status_code == 201
+    blob = {v: w.hub.hub.registry.get("cls", v).manifest for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0")}
+    shared = set(blob["1.0.0"]["chunks"]) & set(blob["5.0.0"]["chunks"])
+    assert len(shared) > len(blob["5.0.0"]["chunks"]) // 2
+    assert not set(blob["2.0.0"]["chunks"]) & set(blob["5.0.0"]["chunks"])
+    bundle = w.enrol("cam-room")
+    data = small_disk.path / "agent"
+    agent = _spawn(w, bundle, data)
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):  # 1.0.0, then 2.0.0, become spare
+        w.deploy("cam-room", version)
+        w.wait_active("cam-room", version)
+    blobs = data / "store" / "blobs"
+    assert all((blobs / blob[v]["sha256"]).exists() for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))
+    size = blob["5.0.0"]["size"]
+    small_disk.fill(leave=size // 2)  # deleting one spare blob (about as large as 5.0.0) makes room
+    assert disks.free_bytes(small_disk.path) < size
+    w.deploy("cam-room", "5.0.0")
+    r = w.wait_active("cam-room", "5.0.0")
+    assert (r.get("previous") or {}).get("version") == "4.0.0"
+    assert not (blobs / blob["2.0.0"]["sha256"]).exists(), "the spare blob sharing no chunk with 5.0.0 is deleted"
+    kept = ("1.0.0", "3.0.0", "4.0.0", "5.0.0")
+    assert all((blobs / blob[v]["sha256"]).exists() for v in kept), "only as much as needed was deleted"
+    log = agent.output()
+    assert re.search(rf"blob {blob['5.0.0']['sha256'][:12]}: \d+ of \d+ chunks .* taken from the store",
+                     log), log[-3000:]  # fmt: skip
+    assert agent.stop() == 0
+    record("fault", "disk too full for a new version: only the spare blobs needed deleted", "recovered")
