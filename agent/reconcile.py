@@ -13,8 +13,8 @@ previous versions (`agent.modelstate.ModelState`):
    switch that model's store pointers (`previous` keeps the old version for an instant rollback); load
    its shadow candidate. Loading and serving sit behind `agent.ports.ActivationPort` (the fleet simulator
    runs this reconciler with a port that loads nothing);
-4. apply the cluster workloads (cluster mode), collect spare blobs; report. A blob that does not fit first deletes
-   as many spare blobs as it needs (`_collect`).
+4. apply the cluster workloads (cluster mode); report. Spare blobs are collected after every pass of these steps
+   (`_collect`), and a blob that does not fit first deletes as many of them as it needs.
 
 A failure at any step of one model keeps that model's running version serving, is reported on that model
 with its reason, and leaves the other models alone.
@@ -340,11 +340,11 @@ class Reconciler:
             if self._update_locked(st):
                 return
             self._apply_slot(slot, st, d.version)
+        self._collect()  # what the removals, activations and rollbacks above left spare, also while a transfer waits
         if waiting:
             self.report()
             return
         self._apply_cluster(d)
-        self._collect()
         self._settled = d.version
         self.report()
 
