@@ -83,7 +83,8 @@ class Download:
             self.receiver.close()
             raise InsufficientDisk(
                 f"no space left on device for blob {manifest.sha256[:12]}: needs {mib(needed)} more "
-                f"(incl. {mib(min_free_bytes)} kept free), {mib(free)} free under {store.root}"
+                f"(incl. {mib(min_free_bytes)} kept free), {mib(free)} free under {store.root}",
+                needed=needed,
             )
         self.resumed_chunks = self.receiver.have_count
         self.reused_chunks, self.reused_bytes = self._reuse()

@@ -56,6 +56,10 @@ class InsufficientDisk(DiskError):
 
     code = "insufficient_disk"
 
+    def __init__(self, message: str, *, needed: int | None = None) -> None:
+        super().__init__(message)
+        self.needed = needed  # free bytes the refused blob needs (None: unknown, a write failed with ENOSPC)
+
 
 class DiskReadOnly(DiskError):
     """The data directory's filesystem is read-only (the kernel remounts a failing disk so); retried, but a

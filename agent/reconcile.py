@@ -13,7 +13,8 @@ previous versions (`agent.modelstate.ModelState`):
    switch that model's store pointers (`previous` keeps the old version for an instant rollback); load
    its shadow candidate. Loading and serving sit behind `agent.ports.ActivationPort` (the fleet simulator
    runs this reconciler with a port that loads nothing);
-4. apply the cluster workloads (cluster mode), collect spare blobs; report.
+4. apply the cluster workloads (cluster mode); report. Spare blobs are collected after every pass of these steps
+   (`_collect`), and a blob that does not fit first deletes as many of them as it needs.
 
 A failure at any step of one model keeps that model's running version serving, is reported on that model
 with its reason, and leaves the other models alone.
@@ -51,6 +52,7 @@ from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, Un
 from fleet.messages import (
     MAX_MODELS,
     AppliedModel,
+    BlobManifest,
     Command,
     CommandAck,
     CommandName,
@@ -334,11 +336,11 @@ class Reconciler:
             if self._update_locked(st):
                 return
             self._apply_slot(slot, st, d.version)
+        self._collect()  # what the removals, activations and rollbacks above left spare, also while a transfer waits
         if waiting:
             self.report()
             return
         self._apply_cluster(d)
-        self._collect()
         self._settled = d.version
         self.report()
 
@@ -361,11 +363,13 @@ class Reconciler:
                 return True
         except InsufficientDisk as e:
             # spare blobs are kept for their chunks (up to STORE_GC_KEEP_BYTES), not at the price of a version
-            removed = self.store.collect(0, keep=self._kept_blobs())
+            room = e.needed if e.needed is not None else ref.blob.size + self.settings.store.min_free_bytes
+            removed = self._collect(room_for=ref.blob, room=room)
             if removed:
                 log.warning("blob %s did not fit: deleted %d spare blob(s) to make room", ref.blob.sha256[:12],
                             len(removed))  # fmt: skip
-                return self._fetch(ref, st)  # once more: nothing is spare the second time
+            if removed or (e.needed is not None and self.store.free_bytes() >= e.needed):  # or stale partials went
+                return self._fetch(ref, st)  # once more: each try deletes something or fails
             self._download_failed(st, e)
             return False
         except AgentError as e:
@@ -658,13 +662,20 @@ class Reconciler:
             del self.models[st.name]
 
     def _kept_blobs(self) -> set[str]:
-        """Blobs never collected besides those the pointers name: the desired state's and running shadows'."""
-        return self.needed_blobs() | {m.shadow.sha256 for m in self.models.values() if m.shadow is not None}
+        """Blobs never collected besides those the pointers name: the desired state's, and every model's active,
+        previous (its rollback) and running shadow as the reconciler knows them."""
+        loaded = {v.sha256 for m in self.models.values() for v in (m.active, m.previous, m.shadow) if v is not None}
+        return self.needed_blobs() | loaded  # also what serves and its rollback when a pointer could not be read
 
-    def _collect(self) -> list[str]:
-        removed = self.store.collect(self.settings.store.gc_keep_bytes, keep=self._kept_blobs())
-        self.store.discard_partials(keep={self.download.sha256} if self.download else set())
-        return removed
+    def _collect(self, *, room_for: BlobManifest | None = None, room: int = 0) -> list[str]:
+        """The garbage collection: delete download files of blobs no longer wanted, then spare blobs (named by no
+        pointer, not wanted by the desired state, no running shadow) beyond `STORE_GC_KEEP_BYTES`, and while the
+        disk has less than `room` bytes free for `room_for`'s download (those sharing fewest chunks with it, then
+        the least recently used, first). Returns the deleted blobs."""
+        partials = self.needed_blobs() | ({self.download.sha256} if self.download else set())
+        self.store.discard_partials(keep=partials)
+        return self.store.collect(self.settings.store.gc_keep_bytes, keep=self._kept_blobs(), room=room,
+                                  reuse=room_for)  # fmt: skip
 
     # -- reporting ------------------------------------------------------------------------------------
     def _fail(self, st: ModelState, e: AgentError, *, permanent: bool | None = None) -> None:

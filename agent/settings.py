@@ -61,8 +61,9 @@ class StoreSettings(SettingsGroup):
     gc_keep_bytes: int = Field(
         default=2 << 30,
         ge=0,
-        description="unreferenced blobs are deleted, oldest "
-        "first, while they take more than this many bytes (2 GiB: a few spare models)",
+        description="unreferenced blobs are deleted, least recently used "
+        "first, while they take more than this many bytes (2 GiB: a few spare models, whose chunks later versions "
+        "reuse); a new version that does not fit deletes as many more as it needs",
     )
     min_free_bytes: int = Field(
         default=64 << 20,

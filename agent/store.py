@@ -20,12 +20,16 @@ A store written by a single-model agent (schema 1: `active.json` and `previous.j
 under `models/<name>/` when the agent opens it.
 
 A new version's download takes every chunk the store already holds (found by its sha256 in the manifests of
-the blobs present) from disk and fetches only the others.
+the blobs present) from disk and fetches only the others. Blobs no pointer names are spare: `collect` deletes
+them (least recently used first, a blob's mtime being when it last became active or shadow, or was stored)
+beyond a byte budget, or as many as a download that does not fit needs (those sharing fewest chunks with it
+first).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
@@ -140,6 +144,7 @@ class ModelStore:
         if not self.has_blob(record.sha256):
             raise StoreError(f"cannot shadow {record.model.name} {record.model.version}: blob missing")
         self._write(record.model.name, "shadow", pointer)
+        self._mark_used(record.sha256)
 
     def clear_shadow(self, name: str) -> None:
         """No shadow candidate runs beside model `name` any more."""
@@ -196,6 +201,7 @@ class ModelStore:
             previous = None
             self._remove(name, "previous")
         self._write(name, "active", record)
+        self._mark_used(record.sha256)
         return previous
 
     def clear_active(self, name: str) -> None:
@@ -275,35 +281,52 @@ class ModelStore:
                     refs.add(shadow.candidate.sha256)
         return refs
 
-    def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Delete unreferenced blobs, least recently written first, while they take more than `keep_bytes`.
+    def collect(
+        self,
+        keep_bytes: int,
+        *,
+        keep: set[str] | frozenset[str] = frozenset(),
+        room: int = 0,
+        reuse: BlobManifest | None = None,
+    ) -> list[str]:
+        """Delete unreferenced blobs while they take more than `keep_bytes` or the filesystem has less than `room`
+        bytes free (a download that would not fit otherwise), one at a time, so no more goes than that needs.
 
-        Blobs named by `active`, `previous`, `shadow` or in `keep` (a download in progress) stay.
+        Blobs named by `active`, `previous`, `shadow` or in `keep` (a desired state's) stay, whatever `room` asks.
+        Order: the blobs sharing the fewest chunks with `reuse` (the blob about to be fetched, which takes the
+        chunks the store holds) first, then the least recently used (activated or stored) first.
         Returns the deleted digests.
         """
         protected = self.referenced() | set(keep)
+        wanted = set(reuse.chunks) if reuse is not None else set()
         spare = []
         for path in self.blobs.iterdir():
             if path.name in protected or len(path.name) != 64:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = path.stat()
-                spare.append((st.st_mtime, path, st.st_size))
+                manifest = self._load_manifest(self.manifests / path.name) if wanted else None
+                shared = len(wanted.intersection(manifest.chunks)) if manifest is not None else 0
+                spare.append((shared, st.st_mtime, path, st.st_size))
         spare.sort()
-        total = sum(size for _, _, size in spare)
+        total = sum(size for *_, size in spare)
         removed = []
-        for _, path, size in spare:
-            if total <= keep_bytes:
+        for *_, path, size in spare:
+            if total <= keep_bytes and (room <= 0 or self.free_bytes() >= room):
                 break
             path.unlink(missing_ok=True)
+            (self.manifests / path.name).unlink(missing_ok=True)
             total -= size
             removed.append(path.name)
         if removed:
             fsync_dir(self.blobs)
-            for digest in removed:
-                (self.manifests / digest).unlink(missing_ok=True)
             self._chunks = None  # rebuilt from the manifests left on the next lookup
         return removed
+
+    def _mark_used(self, sha256: str) -> None:
+        """Record that the blob serves (its mtime): `collect` deletes the least recently used spare blobs first."""
+        with contextlib.suppress(OSError):
+            os.utime(self.blob_path(sha256))
 
     # -- chunks ---------------------------------------------------------------------------------------
     def record_manifest(self, manifest: BlobManifest) -> None:
@@ -393,7 +416,14 @@ class StorePort(Protocol):
     def blob_path(self, sha256: str) -> Path: ...
     def has_blob(self, sha256: str, size: int | None = None) -> bool: ...
     def free_bytes(self) -> int: ...
-    def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]: ...
+    def collect(
+        self,
+        keep_bytes: int,
+        *,
+        keep: set[str] | frozenset[str] = frozenset(),
+        room: int = 0,
+        reuse: BlobManifest | None = None,
+    ) -> list[str]: ...
     def record_manifest(self, manifest: BlobManifest) -> None: ...
     def find_chunk(self, sha256: str) -> ChunkSource | None: ...
     def discard_partials(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]: ...

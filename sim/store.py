@@ -237,15 +237,29 @@ class SimStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.shared.root).free
 
-    def collect(self, keep_bytes: int, *, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Forget unreferenced blobs while they take more than `keep_bytes` (the shared file stays)."""
+    def collect(
+        self,
+        keep_bytes: int,
+        *,
+        keep: set[str] | frozenset[str] = frozenset(),
+        room: int = 0,
+        reuse: BlobManifest | None = None,
+    ) -> list[str]:
+        """Forget unreferenced blobs while they take more than `keep_bytes` or `room` asks for more free space than
+        the disk has (counting each forgotten blob as freed, though the shared file stays); in
+        `agent.store.ModelStore.collect`'s order (fewest chunks shared with `reuse`, then oldest, first)."""
         protected = {r.sha256 for r in (*self._active.values(), *self._previous.values())} | set(keep)
-        spare = [m for sha, m in self.held.items() if sha not in protected]
+        protected |= {p.candidate.sha256 for p in self._shadow.values()}
+        wanted = set(reuse.chunks) if reuse is not None else set()
+        spare = [m for sha, m in self.held.items() if sha not in protected]  # held in the order fetched
+        spare.sort(key=lambda m: len(wanted.intersection(m.chunks)))  # stable: oldest first among equals
         total = sum(m.size for m in spare)
+        short = room - self.free_bytes() if room > 0 else 0
         removed = []
         for m in spare:
-            if total <= keep_bytes:
+            if total <= keep_bytes and short <= 0:
                 break
+            short -= m.size
             del self.held[m.sha256]
             total -= m.size
             removed.append(m.sha256)

@@ -8,8 +8,6 @@ says how many were not logged. The disk here is a real read-only filesystem: ERO
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,27 +20,16 @@ from agent.spool import Spool
 from agent.state import Stamps
 from agent.telemetry import Telemetry
 from infra.logthrottle import LogGate
+from tests.support.disks import read_only_tmpfs
 
 N = 50  # windows, or reconnects, while the disk is bad
 
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs mounted for the test. Skipped, with the reason, where mounting is refused (not root)
-    except under CI=true."""
-    path = tmp_path / "ro"
-    path.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True,
-                       capture_output=True)  # fmt: skip
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"cannot mount a read-only tmpfs (needs root): {e}")
-    try:
+    """A read-only tmpfs mounted for the test (`tests.support.disks`)."""
+    with read_only_tmpfs(tmp_path / "ro") as path:
         yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
 
 
 def _errors(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:

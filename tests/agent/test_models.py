@@ -154,3 +154,33 @@ def test_restart_serves_every_model_from_the_store(
     first = hub.wait_reported(lambda r: True, since=start)
     assert {m.name: m.active.version for m in first.models if m.active} == {"det": "1.0.0", "cls": "1.0.0"}
     assert serving.names() == ["cls", "det"] and len(hub.wants) == wants
+
+
+def test_blobs_a_removed_model_leaves_spare_are_collected_while_another_model_downloads(
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    detector: Sample,
+) -> None:
+    """A removed model's active version becomes its last-known-good and stays; the older version this leaves
+    spare is collected at once, not once another model's transfer ends (it was collected only when a desired
+    state settled)."""
+    agent, _ = make_agent(hub, device_id, broker.url, store={"gc_keep_bytes": 0})
+    det, v1, v2 = _slot(hub, detector), _slot(hub, samples["v1"]), _slot(hub, samples["v2"])
+    hub.publish_desired(device_id, hub.desired(device_id, 1, None, others=[v1]))
+    hub.wait_active("1.0.0")
+    hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[v2]))
+    hub.wait_active("2.0.0")
+    store = agent.store
+    assert store.has_blob(v1.model.blob.sha256), "1.0.0 is the classifier's last-known-good"
+    hub.serving = False  # the detector's transfer does not end while the classifier is removed
+    hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[det]))
+    hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("cls")) is not None and m.phase == "idle")
+    hub.wait(lambda: not store.has_blob(v1.model.blob.sha256) or None, what="1.0.0's blob collected")
+    assert store.has_blob(v2.model.blob.sha256), "2.0.0 stays: the idle classifier's last-known-good"
+    assert agent.reconciler.download is not None and agent.reconciler.download.sha256 == det.model.blob.sha256
+    hub.serving = True
+    hub.wait_active("1.0.0", model="det")
+    assert store.has_blob(v2.model.blob.sha256) and store.has_blob(det.model.blob.sha256)

@@ -6,11 +6,14 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.errors import StoreError
 from agent.store import ModelStore, ShadowPointer, StoredModel
 from fleet.messages import AppliedModel
+from fleet.plan import plan_bytes
+from tests.support.disks import free_bytes, small_disk
 
 
 def _blob(store: ModelStore, data: bytes) -> str:
@@ -170,3 +173,37 @@ def test_the_shadow_pointer_names_a_candidate_its_blob_is_kept_and_bad_ones_are_
     store.set_shadow(ShadowPointer(candidate=_record(candidate, "2.0.0"), sample_rate=1.0))
     store.forget("m")
     assert store.shadow("m") is None and store.names() == []
+
+
+def test_collect_frees_only_the_room_asked_for_sparing_the_chunks_a_download_reuses(tmp_path: Path) -> None:
+    """On a real 32 MiB ext4 disk: room for a 4 MiB blob deletes the spare blobs sharing no chunk with it, least
+    recently used first, and stops once it fits; the active, previous, shadow and kept blobs never go."""
+    mib = 1 << 20
+    with small_disk(tmp_path) as disk:
+        store = ModelStore(disk.path / "store", create=True)
+        rng = np.random.default_rng(0)
+        active, previous, candidate, kept = (_blob(store, rng.bytes(mib)) for _ in range(4))
+        store.promote(_record(previous, "1.0.0"))
+        store.promote(_record(active, "2.0.0"))
+        store.set_shadow(ShadowPointer(candidate=_record(candidate, "3.0.0"), sample_rate=0.5))
+        datas = [rng.bytes(4 * mib) for _ in range(3)]
+        spares = []
+        for i, data in enumerate(datas):  # spare blobs last used at t=1000, 2000, 3000
+            sha = _blob(store, data)
+            store.record_manifest(plan_bytes(data, 256 * 1024, chunking="fixed"))
+            os.utime(store.blob_path(sha), (1000 * (i + 1), 1000 * (i + 1)))
+            spares.append(sha)
+        oldest, middle, newest = spares
+        new = plan_bytes(datas[0][: 2 * mib] + rng.bytes(2 * mib), 256 * 1024, chunking="fixed")
+        assert len(set(new.chunks) & set(plan_bytes(datas[0], 256 * 1024, chunking="fixed").chunks)) == 8
+        assert store.blob_path(active).stat().st_mtime > 3000, "promote marks the blob used"
+        disk.fill(leave=mib)
+        room = 6 * mib  # one 4 MiB blob frees too little, two are enough
+        removed = store.collect(2 << 30, keep={kept}, room=room, reuse=new)
+        assert removed == [middle, newest], "no chunk shared with the new blob, then least recently used first"
+        assert free_bytes(disk.path) >= room
+        assert store.has_blob(oldest) and store.find_chunk(new.chunks[0]) is not None, "its shared chunks stay"
+        assert store.collect(2 << 30, keep={kept}, room=room, reuse=new) == [], "nothing more than asked"
+        assert store.collect(2 << 30, keep={kept}, room=1 << 40) == [oldest]
+        assert {p.name for p in store.blobs.iterdir()} == {active, previous, candidate, kept}
+        assert {p.name for p in store.manifests.iterdir()} == set()

@@ -1,20 +1,22 @@
-"""A real agent on a real small filesystem (a tmpfs of its own) that fills up or turns read-only: the agent
+"""A real agent on a real small filesystem (an ext4 image of its own) that fills up or turns read-only: the agent
 keeps serving, says why on the hub, and carries on once the disk is writable again."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 
+from models.samples import classifier_descriptor, retrain_head
+from models.validate import validate
 from tests.faults.conftest import FaultWorld
+from tests.support import disks
 from tests.support.agents import AgentProc
+from tests.support.disks import SmallDisk
 from tests.support.models import classifier_versions
 from tests.support.mqtt import wait_for
 from tests.support.outcomes import record
@@ -25,70 +27,12 @@ def _spawn(w: FaultWorld, bundle: Path, data: Path) -> AgentProc:
     return w.spawn(bundle, data, EDGEFLEET_AGENT_STORE_MIN_FREE_BYTES="0")
 
 
-class SmallDisk:
-    """A 32 MiB ext4 image loop-mounted at `path` (errors=remount-ro, no blocks reserved for root): its own
-    filesystem, so ENOSPC and EROFS come from the kernel, not from a simulation."""
-
-    def __init__(self, image: Path, path: Path) -> None:
-        self.image = image
-        self.path = path
-        self.filler = path / "filler"
-
-    def mount(self) -> None:
-        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path)], check=True)
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", str(self.path)], check=False, capture_output=True)
-
-    def fill(self) -> None:
-        """Take every free byte (another program's logs, say)."""
-        with self.filler.open("ab", buffering=0) as f:
-            for size in (1 << 20, 4096, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        f.write(b"\0" * size)
-        assert os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_bsize < 64 * 1024
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-    def fail(self) -> None:
-        """An error on the device: ext4 turns the filesystem read-only under the running agent, as it does on
-        a failing SD card."""
-        device = Path(subprocess.run(["findmnt", "-no", "SOURCE", str(self.path)], check=True, capture_output=True,
-                                     text=True).stdout.strip())  # fmt: skip
-        (Path("/sys/fs/ext4") / device.name / "trigger_fs_error").write_text("1")
-        with pytest.raises(OSError, match="Read-only file system"):
-            (self.path / "probe").touch()
-
-    def repair(self) -> None:
-        """What an operator does (with the agent stopped): unmount, fsck, mount again."""
-        subprocess.run(["umount", str(self.path)], check=True)
-        subprocess.run(["e2fsck", "-fy", str(self.image)], check=False, capture_output=True)
-        self.mount()
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A small ext4 filesystem, unmounted after the test, failed or not. Request it before `fault_world`, so its
-    agents are stopped before it is unmounted. Skipped, with the reason, where mounting is refused (not root)
-    except under CI=true."""
-    image, path = tmp_path / "small.img", tmp_path / "small"
-    path.mkdir()
-    with image.open("wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
-    disk = SmallDisk(image, path)
-    try:
-        disk.mount()
-    except subprocess.CalledProcessError as e:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"cannot loop-mount an ext4 image (needs root): {e}")
-    try:
+    """A small ext4 filesystem (`tests.support.disks`). Request it before `fault_world`, so its agents are stopped
+    before it is unmounted."""
+    with disks.small_disk(tmp_path) as disk:
         yield disk
-    finally:
-        disk.unmount()
 
 
 def _reported_error(w: FaultWorld, agent: AgentProc, device: str) -> dict[str, Any]:
@@ -202,9 +146,8 @@ def test_spare_blobs_make_room_for_a_version_that_would_not_fit(
     spare = w.hub.hub.registry.get("cls", "1.0.0").manifest["sha256"]
     assert (blobs / spare).exists()
     size = w.hub.hub.registry.get("cls", "4.0.0").manifest["size"]
-    with small_disk.filler.open("wb") as f:  # leave half of what 4.0.0 needs free: the spare blob holds the rest
-        f.write(b"\0" * (_free(small_disk.path) - size // 2))
-    assert _free(small_disk.path) < size
+    small_disk.fill(leave=size // 2)  # half of what 4.0.0 needs: the spare blob holds the rest
+    assert disks.free_bytes(small_disk.path) < size
     w.deploy("cam-spare", "4.0.0")
     w.wait_active("cam-spare", "4.0.0")
     assert not (blobs / spare).exists()
@@ -212,6 +155,44 @@ def test_spare_blobs_make_room_for_a_version_that_would_not_fit(
     record("fault", "disk too full for a new version while spare blobs are kept", "recovered")
 
 
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+def test_a_version_that_does_not_fit_frees_only_the_spare_blobs_it_needs(
+    small_disk: SmallDisk, fault_world: FaultWorld, tmp_path: Path
+) -> None:
+    """Two spare blobs, room needed for one: only one is deleted, and the one whose chunks the new version reuses
+    stays (though it is the older one), so the download stays a delta. Every spare blob was deleted before."""
+    w = fault_world
+    (tmp_path / "more").mkdir()
+    more = classifier_versions(tmp_path / "more", ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))  # seeds 2, 3: new blobs
+    tuned = tmp_path / "more" / "cls-5.0.0.onnx"  # 1.0.0 with a fine-tuned head: most of its chunks are 1.0.0's
+    tuned.write_bytes(retrain_head(onnx.load(more["1.0.0"][0]), seed=7).SerializeToString())
+    desc = classifier_descriptor(num_classes=10, height=64, width=64, name="cls")
+    desc = desc.model_copy(update={"version": "5.0.0"})
+    pushed = [*(more[v] for v in ("3.0.0", "4.0.0")), (tuned, validate(tuned, desc).descriptor)]
+    for path, d in pushed:
+        assert w.hub.push_model(path, d.to_json()).status_code == 201
+    blob = {v: w.hub.hub.registry.get("cls", v).manifest for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0", "5.0.0")}
+    shared = set(blob["1.0.0"]["chunks"]) & set(blob["5.0.0"]["chunks"])
+    assert len(shared) > len(blob["5.0.0"]["chunks"]) // 2
+    assert not set(blob["2.0.0"]["chunks"]) & set(blob["5.0.0"]["chunks"])
+    bundle = w.enrol("cam-room")
+    data = small_disk.path / "agent"
+    agent = _spawn(w, bundle, data)
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):  # 1.0.0, then 2.0.0, become spare
+        w.deploy("cam-room", version)
+        w.wait_active("cam-room", version)
+    blobs = data / "store" / "blobs"
+    assert all((blobs / blob[v]["sha256"]).exists() for v in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))
+    size = blob["5.0.0"]["size"]
+    small_disk.fill(leave=size // 2)  # deleting one spare blob (about as large as 5.0.0) makes room
+    assert disks.free_bytes(small_disk.path) < size
+    w.deploy("cam-room", "5.0.0")
+    r = w.wait_active("cam-room", "5.0.0")
+    assert (r.get("previous") or {}).get("version") == "4.0.0"
+    assert not (blobs / blob["2.0.0"]["sha256"]).exists(), "the spare blob sharing no chunk with 5.0.0 is deleted"
+    kept = ("1.0.0", "3.0.0", "4.0.0", "5.0.0")
+    assert all((blobs / blob[v]["sha256"]).exists() for v in kept), "only as much as needed was deleted"
+    log = agent.output()
+    assert re.search(rf"blob {blob['5.0.0']['sha256'][:12]}: \d+ of \d+ chunks .* taken from the store",
+                     log), log[-3000:]  # fmt: skip
+    assert agent.stop() == 0
+    record("fault", "disk too full for a new version: only the spare blobs needed deleted", "recovered")
