@@ -33,6 +33,15 @@ class UnsupportedSchema(MessageError):
     """The message names a schema version this build does not speak."""
 
 
+class UnsupportedModel(MessageError):
+    """One model slot of a verified desired state is not readable by this build (a field or value it does not
+    know, as a newer hub sends): that model is refused, the other slots apply (`fleet.desired`)."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 class SignatureError(FleetError):
     """A signed envelope was refused. Subclasses say which check failed."""
 
