@@ -5,6 +5,7 @@ whole state. Before, one such slot made the agent refuse every desired state, so
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ def _slot(hub: HubSide, sample: Sample) -> DesiredModel:
     return DesiredModel(model=hub.model_ref(sample.path, sample.descriptor))
 
 
-def _future(hub: HubSide, state: DesiredState, name: str, **changes: Any) -> dict[str, Any]:
+def _future(state: DesiredState, name: str, **changes: Any) -> dict[str, Any]:
     """`state` as JSON with `changes` to model `name`'s slot (`part__field`: a field of a part of it)."""
     body = state.model_dump(mode="json")
     slot = next(s for s in body["models"] if s["model"]["name"] == name)
@@ -71,7 +72,7 @@ def test_a_slot_of_a_newer_hub_refuses_that_model_and_the_others_update(
 ) -> None:  # fmt: skip
     serving = two_models
     state = hub.desired(device_id, 2, None, others=[_slot(hub, samples["v2"]), _slot(hub, detector)])
-    hub.publish_desired(device_id, future_envelope(hub.key, _future(hub, state, "det", **changes)))
+    hub.publish_desired(device_id, future_envelope(hub.key, _future(state, "det", **changes)))
 
     r = hub.wait_active("2.0.0", model="cls")
     assert r.desired_version == 2 and r.error is None, r.error
@@ -95,12 +96,12 @@ def test_a_slot_of_a_newer_hub_refuses_that_model_and_the_others_update(
 
 def test_a_new_model_the_agent_cannot_read_is_reported_and_kept_across_a_restart(
     broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample],
-    detector: Sample, tmp_path: Any,
+    detector: Sample, tmp_path: Path,
 ) -> None:  # fmt: skip
     data_dir = tmp_path / "agent"
     agent, _serving = make_agent(hub, device_id, broker.url, data_dir=data_dir)
     state = hub.desired(device_id, 1, None, others=[_slot(hub, samples["v1"]), _slot(hub, detector)])
-    body = _future(hub, state, "det", model__task="segmentation", model__name="seg")  # a model never served here
+    body = _future(state, "det", model__task="segmentation", model__name="seg")  # a model never served here
     hub.publish_desired(device_id, future_envelope(hub.key, body))
     r = hub.wait_active("1.0.0", model="cls")
     seg = _model(r, "seg")
