@@ -5,7 +5,9 @@ receives), all called from one control thread. A desired state names several mod
 through the steps below on its own, in the order of the slots, with its own phase, error, active and
 previous versions (`agent.modelstate.ModelState`):
 
-1. verify the envelope (pinned key, schema, expiry, version counter); refuse and report anything else;
+1. verify the envelope (pinned key, schema, expiry, version counter); refuse and report anything else; read
+   it slot by slot (`fleet.desired`): a slot this agent cannot read (a newer hub's field or value) is
+   reported on its model (`unsupported_model`), whose version serving keeps serving, untouched;
 2. stop serving the models the state no longer names (they stay as previous, for an instant re-deploy);
 3. for each slot: fetch the blobs it lacks (its model, then its shadow candidate; one transfer at a time,
    a slot whose blobs are present does not wait for another's download); check the memory budget across
@@ -29,8 +31,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import ValidationError
-
 from agent.download import Download, Fetcher
 from agent.errors import (
     ActivationError,
@@ -48,7 +48,15 @@ from agent.settings import AgentSettings
 from agent.state import AcceptedState, Stamps
 from agent.store import ShadowPointer, StoredModel, StorePort
 from fleet.codec import decode
-from fleet.errors import MessageError, SignatureError, UnsupportedBodySchema, UnsupportedSchema, error_code
+from fleet.desired import read_desired
+from fleet.errors import (
+    MessageError,
+    SignatureError,
+    UnsupportedBodySchema,
+    UnsupportedModel,
+    UnsupportedSchema,
+    error_code,
+)
 from fleet.messages import (
     MAX_MODELS,
     AppliedModel,
@@ -128,6 +136,7 @@ class Reconciler:
         self.clock = clock
         self.state = AcceptedState()
         self.desired: DesiredState | None = None
+        self.unread: tuple[UnsupportedModel, ...] = ()  # the slots of `desired`'s document this agent cannot read
         self.error: ErrorInfo | None = None  # device-level: a refused desired state
         self.models: dict[str, ModelState] = {}
         self.fetcher = Fetcher(
@@ -182,13 +191,14 @@ class Reconciler:
             st.previous = restored.previous
         if self.state.envelope is not None:
             try:
-                self.desired = DesiredState.model_validate(self.state.envelope.body)
-            except ValidationError:
+                self.desired, self.unread = read_desired(self.state.envelope.body)
+            except ValueError:
                 self.desired = None  # accepted by an agent of an older schema: the retained state comes again
         if self.desired is not None:  # models no longer desired and not serving are idle (kept as previous)
-            for name in set(self.models) - {m.name for m in self.desired.models}:
+            for name in set(self.models) - self._named(self.desired):
                 if self.models[name].active is None:
                     self.models[name].removed_at = self.clock()
+            self._refuse_unread()
         self.report()
 
     def resume(self) -> None:
@@ -217,8 +227,8 @@ class Reconciler:
             self.report()  # the state already accepted (redelivered after a reconnect or restart)
             return
         try:
-            body = self.verifier.verify(
-                envelope, DesiredState, now=self.clock(), last_version=self.state.desired_version
+            body, unread = self.verifier.verify_desired(
+                envelope, now=self.clock(), last_version=self.state.desired_version
             )
         except UnsupportedBodySchema as e:
             self._refuse("unsupported_schema", f"desired state refused: {e}")
@@ -228,8 +238,8 @@ class Reconciler:
             return
         self.state = self.state.model_copy(update={"desired_version": body.version, "envelope": envelope})
         self.state.save(self.state_path)
-        log.info("accepted desired state %s (%d model(s))", body.version, len(body.models))
-        self.desired = body
+        log.info("accepted desired state %s (%d model(s))", body.version, len(body.models) + len(unread))
+        self.desired, self.unread = body, unread
         self.error = None
         self._settled = None
         self._retry_at = None
@@ -238,6 +248,7 @@ class Reconciler:
             st.removed_at, st.cluster_error = None, None  # this state's apply supersedes a pending one or removal
             if not st.failed_before(slot):
                 st.error = None
+        self._refuse_unread()
         self.fetcher.keep_only(self.needed_blobs())
         self._advance()
 
@@ -305,6 +316,19 @@ class Reconciler:
 
     def _slots(self) -> list[DesiredModel]:
         return list(self.desired.models) if self.desired is not None else []
+
+    def _named(self, d: DesiredState) -> set[str]:
+        """The models `d`'s document names: its slots and the slots this agent could not read."""
+        return {m.name for m in d.models} | {u.model for u in self.unread}
+
+    def _refuse_unread(self) -> None:
+        """Report each slot of the desired state this agent cannot read on its model: what serves of it stays."""
+        for e in self.unread:
+            log.warning("%s", e)
+            st = self._model(e.model)
+            st.removed_at = None
+            st.phase = Phase.FAILED
+            st.error = ErrorInfo(code=error_code(e), message=str(e)[:2048], permanent=True, at=self.clock())
 
     def _downloading(self) -> ModelState | None:
         """The model whose blob is being fetched (None: no transfer, or a blob no slot names).
@@ -499,7 +523,7 @@ class Reconciler:
 
     def _remove_unwanted(self, d: DesiredState) -> None:
         """Stop serving the models `d` does not name; each stays as previous (idle), within MAX_MODELS."""
-        wanted = {m.name for m in d.models}
+        wanted = self._named(d)
         for name, st in sorted(self.models.items()):
             if name in wanted or st.removed_at is not None:
                 continue
@@ -697,7 +721,7 @@ class Reconciler:
         seq = self.stamps.report_seq()
         progress = self.fetcher.progress()
         fetching = self._downloading()
-        order = [s.name for s in self._slots()]
+        order = [s.name for s in self._slots()] + [u.model for u in self.unread]
         order += sorted(n for n in self.models if n not in order)
         models = [
             self.models[n].status(progress if self.models[n] is fetching else None) for n in order if n in self.models

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from fleet.errors import MessageError, UnsupportedSchema
+from fleet.errors import MessageError, UnknownContent, UnsupportedSchema
 from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Wire
 
 # JSON messages are small (a birth of a 64-node cluster is ~40 KiB). Chunks travel as binary frames
@@ -15,6 +15,8 @@ from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Wire
 MAX_MESSAGE_BYTES = 256 * 1024
 
 W = TypeVar("W", bound=Wire)
+# validation errors of a field or value this build does not know (a newer sender's), not of a malformed message
+_UNKNOWN = frozenset({"extra_forbidden", "literal_error", "enum"})
 _BY_KIND: dict[str, type[Wire]] = {t.model_fields["kind"].default: t for t in MESSAGE_TYPES}
 
 
@@ -58,6 +60,11 @@ def _validate(cls: type[W], obj: dict[str, Any]) -> W:
     try:
         return cls.model_validate(obj)
     except ValidationError as e:
+        if all(err["type"] in _UNKNOWN for err in e.errors()):
+            raise UnknownContent(
+                f"{cls.__name__} with fields or values this build does not know: {summarise(e)} "
+                "(from a newer sender? upgrade this side)"
+            ) from e
         raise MessageError(f"invalid {cls.__name__}: {summarise(e)}") from e
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fleet import chunks, messages, signing
+from fleet import chunks, desired, messages, signing
 from fleet.histogram import LATENCY_BOUNDS_MS
 from fleet.limits import CLOCK_SKEW_S
 from fleet.messages import MESSAGE_TYPES, SCHEMA_VERSION, Part, Wire
@@ -118,6 +118,7 @@ def protocol_markdown() -> str:
             f"| {row.qos} | {row.payload} |"
         )
     out += ["", "## Signed envelopes", "", inspect.cleandoc(signing.__doc__ or ""), ""]
+    out += ["## Desired states from a newer hub", "", inspect.cleandoc(desired.__doc__ or ""), ""]
     out += ["## Chunk frames", "", inspect.cleandoc(chunks.__doc__ or ""), ""]
     out += [
         "## Latency histogram buckets",

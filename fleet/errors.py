@@ -33,6 +33,20 @@ class UnsupportedSchema(MessageError):
     """The message names a schema version this build does not speak."""
 
 
+class UnknownContent(MessageError):
+    """The message is JSON of a known kind and schema version but has fields or values this build does not know
+    (a newer sender's, most likely)."""
+
+
+class UnsupportedModel(MessageError):
+    """One model slot of a verified desired state is not readable by this build (a field or value it does not
+    know, as a newer hub sends): that model is refused, the other slots apply (`fleet.desired`)."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 class SignatureError(FleetError):
     """A signed envelope was refused. Subclasses say which check failed."""
 
@@ -96,3 +110,11 @@ def error_code(e: BaseException) -> str:
     the same refusal whichever sent it.
     """
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(e).__name__).lower()[:64]
+
+
+def refusal_reason(e: MessageError) -> str:
+    """The reason a receiver counts a refused message under: `unsupported_schema` (another schema version),
+    `unknown_content` (fields or values this build does not know: a newer sender), else `malformed`."""
+    if isinstance(e, UnsupportedSchema):
+        return "unsupported_schema"
+    return "unknown_content" if isinstance(e, UnknownContent) else "malformed"

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from fleet.codec import check_schema, decode, summarise
+from fleet.desired import read_desired
 from fleet.errors import (
     BadSignature,
     Expired,
@@ -28,6 +29,7 @@ from fleet.errors import (
     StaleVersion,
     UnknownSigningKey,
     UnsupportedBodySchema,
+    UnsupportedModel,
     UnsupportedSchema,
     WrongSubject,
 )
@@ -124,7 +126,9 @@ class Verifier:
     The checks run in a fixed order and each refusal is its own error type: the key id
     (UnknownSigningKey), the signature (BadSignature), the body's schema version (UnsupportedBodySchema: a
     state from a newer hub, say), the body schema (MalformedEnvelope), the subject
-    device (WrongSubject), the expiry (Expired) and the version counter (StaleVersion).
+    device (WrongSubject), the expiry (Expired) and the version counter (StaleVersion). `verify_desired`
+    reads a desired state's model slots one by one: a slot it cannot read is no refusal of the document but
+    an `UnsupportedModel` for that model (`fleet.desired`).
     """
 
     def __init__(self, public_key: HubPublicKey, device_id: str, *, clock_skew_s: float = 30.0) -> None:
@@ -133,7 +137,36 @@ class Verifier:
         self.clock_skew_s = clock_skew_s
 
     def verify(self, envelope: SignedEnvelope | bytes, cls: type[B], *, now: float, last_version: int | None) -> B:
-        """Return the verified body, or raise a SignatureError subclass saying which check failed."""
+        """Return the verified body, or raise a SignatureError subclass saying which check failed.
+
+        Every field of the body is read strictly. An agent reads desired states with `verify_desired`.
+        """
+        obj = self._open(envelope, cls)
+        try:
+            body = cls.model_validate(obj)
+        except ValidationError as e:
+            raise MalformedEnvelope(f"signed body is not a valid {cls.__name__}: {summarise(e)}") from e
+        return self._check(body, now=now, last_version=last_version)
+
+    def verify_desired(
+        self, envelope: SignedEnvelope | bytes, *, now: float, last_version: int | None
+    ) -> tuple[DesiredState, tuple[UnsupportedModel, ...]]:
+        """Verify a desired state as `verify` does, then read it slot by slot (`fleet.desired.read_desired`):
+        the state with the slots this build reads, and one `UnsupportedModel` per slot it does not.
+
+        The signature covers the whole document, unread slots included; device-level fields are read strictly.
+        """
+        obj = self._open(envelope, DesiredState)
+        try:
+            body, unread = read_desired(obj)
+        except ValidationError as e:
+            raise MalformedEnvelope(f"signed body is not a valid DesiredState: {summarise(e)}") from e
+        except ValueError as e:
+            raise MalformedEnvelope(f"signed body is not a valid DesiredState: {e}") from e
+        return self._check(body, now=now, last_version=last_version), unread
+
+    def _open(self, envelope: SignedEnvelope | bytes, cls: type[SignedBody]) -> dict[str, Any]:
+        """The signed body of `envelope` once its key, signature and schema version are checked."""
         if not isinstance(envelope, SignedEnvelope):
             try:
                 envelope = decode(envelope, SignedEnvelope)
@@ -155,10 +188,10 @@ class Verifier:
             raise UnsupportedBodySchema(f"signed {cls.__name__} refused: {e}") from e
         except MessageError as e:
             raise MalformedEnvelope(f"signed body is not a valid {cls.__name__}: {e}") from e
-        try:
-            body = cls.model_validate(envelope.body)
-        except ValidationError as e:
-            raise MalformedEnvelope(f"signed body is not a valid {cls.__name__}: {summarise(e)}") from e
+        return envelope.body
+
+    def _check(self, body: B, *, now: float, last_version: int | None) -> B:
+        """`body` once its subject, expiry and version counter are checked."""
         if body.device_id != self.device_id:
             raise WrongSubject(f"signed for device {body.device_id!r}, this is {self.device_id!r}")
         if now > body.expires_at + self.clock_skew_s:

@@ -143,7 +143,8 @@ class WriterUnavailable(HubError):
 
 
 class RefusedWindow(InvalidInput):
-    """A telemetry payload the writer refuses: `reason` is "malformed", "foreign" (names another device) or
+    """A telemetry payload the writer refuses: `reason` is "malformed", "unknown_content" or "unsupported_schema"
+    (`fleet.errors.refusal_reason`: a newer agent's fields, values or schema), "foreign" (names another device) or
     "clock_ahead" (ends further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S)."""
 
     code = "refused_window"

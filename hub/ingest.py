@@ -4,6 +4,12 @@
 malformed or foreign messages (counted by kind and reason, logged with a rate limit, never raised), and
 queues good ones for the store's writer, which writes them in batches.
 
+A message of a newer agent, with a field or a value this hub does not know (a birth whose capabilities gained
+a field, a reported state with a new phase) or another schema version, is refused whole, counted under its
+own reason (`unknown_content`, `unsupported_schema`; `fleet.errors.refusal_reason`) and logged with the field:
+the hub keeps the device's last good status and report rather than guess at half of one. Hubs are upgraded
+before their agents (README); the counter shows at once an agent that came first.
+
 A status or report whose device timestamps lie more than `CLOCK_SKEW_S` ahead of the hub's clock is taken
 with those timestamps set back to that bound (`clamped`; counted by kind in `snapshot().clamped`), not refused: they
 order a device's messages, and a stamp from a clock that was once far ahead stays in the agent's stamp file
@@ -25,7 +31,7 @@ from collections.abc import Callable
 from typing import NamedTuple, overload
 
 from fleet.codec import decode
-from fleet.errors import InvalidTopic, MessageError
+from fleet.errors import InvalidTopic, MessageError, refusal_reason
 from fleet.limits import CLOCK_SKEW_S, too_far_ahead
 from fleet.messages import AppliedModel, CommandAck, DeviceStatus, ErrorInfo, ReportedState, Want
 from fleet.topics import ParsedTopic, TopicKind, Topics
@@ -184,8 +190,8 @@ class Ingestor:
                     self.on_ack(ack)
             else:
                 self._reject(kind.value, "unexpected_topic", topic, "the hub does not consume this topic")
-        except MessageError as e:
-            self._reject(kind.value, "malformed", topic, str(e))
+        except MessageError as e:  # `unknown_content`, `unsupported_schema`: a newer agent (upgrade the hub first)
+            self._reject(kind.value, refusal_reason(e), topic, str(e))
         return None
 
     def _telemetry(self, topic: str, device_id: str, payload: bytes) -> int | None:
@@ -265,7 +271,8 @@ class Ingestor:
         if st.rows_refused:
             rejected[("message", "unwritable")] = st.rows_refused
         for key, n in (
-            ("malformed", st.telemetry_malformed), ("foreign", st.telemetry_foreign),
+            ("malformed", st.telemetry_malformed), ("unknown_content", st.telemetry_unknown_content),
+            ("unsupported_schema", st.telemetry_unsupported_schema), ("foreign", st.telemetry_foreign),
             ("clock_ahead", st.telemetry_clock_ahead),
         ):  # fmt: skip
             if n:

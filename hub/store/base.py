@@ -223,6 +223,8 @@ class IngestStats:
     # What the telemetry writer decided (hub.ingest merges these into its accepted/rejected counts):
     telemetry_accepted: int = 0  # decoded and checked, handed to the SQL
     telemetry_malformed: int = 0
+    telemetry_unknown_content: int = 0  # fields or values this hub does not know (a newer agent's)
+    telemetry_unsupported_schema: int = 0  # another schema version
     telemetry_foreign: int = 0  # the payload names another device than its topic
     telemetry_clock_ahead: int = 0  # timestamps further ahead of the hub's clock than fleet.limits.CLOCK_SKEW_S
     telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them

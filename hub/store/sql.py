@@ -377,6 +377,8 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             telemetry_clock_ahead=c[tw.CLOCK_AHEAD],
             telemetry_accepted=c[tw.ACCEPTED],
             telemetry_malformed=c[tw.MALFORMED],
+            telemetry_unknown_content=c[tw.UNKNOWN_CONTENT],
+            telemetry_unsupported_schema=c[tw.UNSUPPORTED_SCHEMA],
             telemetry_foreign=c[tw.FOREIGN],
             telemetry_lost=w.lost,
             database_waits=s.database_waits + c[tw.DATABASE_WAITS],

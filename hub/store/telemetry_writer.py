@@ -42,7 +42,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fleet.codec import decode
-from fleet.errors import MessageError
+from fleet.errors import MessageError, refusal_reason
 from fleet.limits import too_far_ahead
 from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
@@ -54,9 +54,12 @@ log = logging.getLogger(__name__)
 
 # Counters in shared memory (signed 64-bit). The writer is their only writer.
 (ACCEPTED, PERSISTED, DUPLICATES, MALFORMED, FOREIGN, WRITE_ERRORS, COMMITTED_UPTO, CLOCK_AHEAD, REFUSED,
- DATABASE_WAITS) = range(10)  # fmt: skip
-_N_COUNTERS = 10
-_REFUSAL_COUNTER = {"malformed": MALFORMED, "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD}
+ DATABASE_WAITS, UNKNOWN_CONTENT, UNSUPPORTED_SCHEMA) = range(12)  # fmt: skip
+_N_COUNTERS = 12
+_REFUSAL_COUNTER = {
+    "malformed": MALFORMED, "unknown_content": UNKNOWN_CONTENT, "unsupported_schema": UNSUPPORTED_SCHEMA,
+    "foreign": FOREIGN, "clock_ahead": CLOCK_AHEAD,
+}  # fmt: skip
 _FORWARD_INTERVAL_S = 0.005
 _ATTEMPTS = 8  # a batch failing for another reason than an absent database (a deadlock) is tried this often
 
@@ -65,14 +68,17 @@ def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tu
     """The rows of one telemetry payload received on `device_id`'s topic (one per model of the window; the
     writer counts accepted and refused windows, and persisted and duplicate rows). Raises RefusedWindow.
 
-    The only place telemetry is decoded: malformed payloads (not JSON, unknown schema, invalid fields),
+    The only place telemetry is decoded: malformed payloads (not JSON, invalid fields; `unknown_content` and
+    `unsupported_schema` when the fields, values or schema version are a newer agent's),
     windows that name another device than their topic and windows that end further ahead of the hub's clock
     than `fleet.limits.CLOCK_SKEW_S` are refused with the reason.
     """
     try:
         w = decode(payload, TelemetryWindow)
         rows = tsql.window_rows(w, received_at)
-    except (MessageError, ValueError, TypeError, OverflowError) as e:
+    except MessageError as e:
+        raise RefusedWindow(refusal_reason(e), str(e)) from e
+    except (ValueError, TypeError, OverflowError) as e:
         raise RefusedWindow("malformed", str(e)) from e
     if w.device_id != device_id:
         raise RefusedWindow("foreign", f"payload names device {w.device_id!r}")

@@ -17,7 +17,7 @@ from agent.headless import HeadlessServing
 from agent.runtime import Agent
 from agent.settings import AgentSettings
 from models.descriptor import ModelDescriptor
-from models.samples import build_classifier, classifier_descriptor
+from models.samples import build_classifier, build_detector, classifier_descriptor, detector_descriptor
 from models.validate import validate
 from tests.support.agents import AgentProc, agent_command, agent_env
 from tests.support.broker import Broker, free_port
@@ -53,6 +53,15 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sample]:
     # v3's file with v1's golden record: loads, then fails the golden check
     bad_desc = bad.descriptor.model_copy(update={"golden": v1.descriptor.golden})
     return {"v1": v1, "v2": v2, "bad": Sample(bad.path, bad_desc)}
+
+
+@pytest.fixture(scope="session")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    """A small detector named `det` (64x64 input), with its golden record."""
+    path = tmp_path_factory.mktemp("det") / "det.onnx"
+    path.write_bytes(build_detector("yolov8", size=(64, 64)).SerializeToString())
+    desc = detector_descriptor("yolov8", size=(64, 64), name="det").model_copy(update={"version": "1.0.0"})
+    return Sample(path, validate(path, desc).descriptor)
 
 
 def fast_settings(data_dir: Path, **groups: dict[str, Any]) -> AgentSettings:

@@ -12,8 +12,6 @@ from agent.headless import HeadlessServing
 from agent.serving import ModelNotFound
 from agent.serving.served import Served
 from fleet.messages import DesiredModel, Phase
-from models.samples import build_detector, detector_descriptor
-from models.validate import validate
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
 from tests.support.hubside import HubSide
@@ -27,15 +25,6 @@ def _served(serving: HeadlessServing, name: str) -> Served:
     current = serving.get(name).current
     assert current is not None, f"{name} serves nothing"
     return current
-
-
-@pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Sample:
-    """A small detector named `det` (64x64 input), with its golden record."""
-    path = tmp_path_factory.mktemp("det") / "det.onnx"
-    path.write_bytes(build_detector("yolov8", size=(64, 64)).SerializeToString())
-    desc = detector_descriptor("yolov8", size=(64, 64), name="det").model_copy(update={"version": "1.0.0"})
-    return Sample(path, validate(path, desc).descriptor)
 
 
 def _slot(hub: HubSide, sample: Sample) -> DesiredModel:

@@ -10,12 +10,15 @@ import httpx
 import pytest
 
 from fleet.codec import encode
-from fleet.messages import DeviceStatus
+from fleet.messages import Capabilities, DeviceStatus
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
+
+CAPS = Capabilities(agent_version="9.9.9", onnxruntime_version="1.32", providers=["CPUExecutionProvider"], cpu_count=2,
+                    memory_bytes=1 << 30)  # fmt: skip
 
 
 def _error(r: httpx.Response) -> dict[str, str]:
@@ -196,7 +199,14 @@ def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: Runni
         dev.publish(t.telemetry("cam-1"), encode(w))
         dev.publish(t.telemetry("cam-2"), encode(w))
         dev.publish(f"{h.settings.topic_prefix}/dev/cam-1/bogus", b"{}")
-        expected = len(topics) * len(hostile) + 2
+        # a newer agent's messages: a birth whose capabilities gained a field, a window with a new field
+        newer = DeviceStatus(device_id="cam-1", state="online", ts=time.time(), capabilities=CAPS)
+        birth = newer.model_dump(mode="json")
+        birth["capabilities"]["accelerators"] = ["npu0"]
+        dev.publish(t.status("cam-1"), json.dumps(birth).encode())
+        window = one_model_window(device_id="cam-1", seq=1, start=1, end=2).model_dump(mode="json")
+        dev.publish(t.telemetry("cam-1"), json.dumps({**window, "npu_percent": 5}).encode())
+        expected = len(topics) * len(hostile) + 4
         wait_for(lambda: h.hub.ingest.rejected_total >= expected)
         # the hub still serves: a good message is accepted and the API answers
         dev.publish(t.status("cam-1"), encode(DeviceStatus(device_id="cam-1", state="online", ts=time.time())))
@@ -205,11 +215,13 @@ def test_malformed_payloads_on_every_ingest_topic_are_counted(running_hub: Runni
         dev.close()
     rejected = h.hub.ingest.rejected
     for kind in ("status", "reported", "telemetry", "want", "cmd_ack"):
-        assert rejected[(kind, "malformed")] >= 6, kind
+        assert rejected[(kind, "malformed")] >= 5, kind
+        assert rejected[(kind, "unsupported_schema")] == 2, kind  # schema_version 1
         assert rejected[(kind, "oversized")] == 1, kind
+    assert rejected[("status", "unknown_content")] == 1 and rejected[("telemetry", "unknown_content")] == 1
     assert rejected[("telemetry", "foreign")] == 1 and rejected[("telemetry", "unknown_device")] == 1
     with h.client() as c:
         counters = c.get("/api/v1/ingest").json()
-        assert counters["rejected"]["telemetry/malformed"] >= 6
+        assert counters["rejected"]["telemetry/malformed"] >= 5
         metrics = c.get("/metrics").text
         assert 'edgefleet_hub_ingest_rejected_total{kind="telemetry",reason="oversized"} 1.0' in metrics

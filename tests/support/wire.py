@@ -1,4 +1,5 @@
-"""Wire messages of a device that serves one model, for tests written before devices served several.
+"""Wire messages for tests: those of a device that serves one model (for tests written before devices served
+several), and a newer hub's signed desired state.
 
 Schema 2 reports and telemetry carry a list of models; these build the one-model case from the fields a
 single-model test names, so such tests keep their meaning with the new wire construction.
@@ -6,6 +7,7 @@ single-model test names, so such tests keep their meaning with the new wire cons
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from fleet.histogram import Histogram
@@ -19,8 +21,10 @@ from fleet.messages import (
     Phase,
     ReportedState,
     ShadowStats,
+    SignedEnvelope,
     TelemetryWindow,
 )
+from fleet.signing import HubSigningKey, canonical_json
 
 
 def one_model_report(
@@ -103,3 +107,10 @@ def flat_report(reported: ReportedState | dict[str, Any] | None) -> dict[str, An
         out[key] = model.get(key)
     out["error"] = reported.get("error") or model.get("error")
     return out
+
+
+def future_envelope(key: HubSigningKey, body: dict[str, Any]) -> SignedEnvelope:
+    """`body` signed by `key` as it is: a desired state as a newer hub would send it, with fields or values this
+    build does not know (`HubSigningKey.sign` takes this build's messages only)."""
+    sig = key._key.sign(canonical_json(body))
+    return SignedEnvelope(key_id=key.public.key_id, body=body, sig=base64.urlsafe_b64encode(sig).rstrip(b"=").decode())
