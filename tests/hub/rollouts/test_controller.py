@@ -501,3 +501,20 @@ def test_a_failing_gate_is_judged_at_once_though_another_lacks_data() -> None:
     assert "error_rate" in (r.reason or "")
     until = gates["error_rate"].until
     assert wave.bake_until is not None and until is not None and until < wave.bake_until + 600
+
+
+def test_a_device_whose_rollback_failed_counts_as_failed_with_its_error() -> None:
+    """The rollback signs the old version again and the device fails to activate it: it stays on the candidate
+    with an error. It read "updating" for ever, as if the rollback were still on its way."""
+    w = World(4, profiles={NEW[1]: Profile(error_rate=0.5), OLD[1]: Profile(fail_activation=True)})
+    r = w.run(start(w, waves=["1", "100%"], on_failure="rollback"))
+    assert r.state is RolloutState.ROLLED_BACK
+    (canary,) = r.members(0)
+    r = w.tick(r).rollout  # the canary reports on the rollback's desired state
+    view = w.fleet[canary]
+    assert view.caught_up and view.desired_model == OLD and view.active == NEW and view.phase == "failed"
+    assert classify(r, canary, view) == "failed"
+    st = status_view(r, w.fleet, devices=True)
+    assert st.waves[0].device_states == {canary: "failed"}
+    assert st.waves[0].device_errors == {canary: "activation_failed"}
+    assert st.totals.failed == 1 and st.totals.rolled_back == 0
