@@ -727,4 +727,11 @@ def test_the_seeded_gate_failure_reads_as_the_controllers(dash: Dash) -> None:
     assert set(event["details"]) == {"wave", "gates"} and event["details"]["wave"] == 3
     said = detail(event["details"]["gates"])
     assert said == "p95_latency fail: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)", said
-    assert "wave 3 of 4 (50%, " in page and " devices) failed: p95_latency: p95 17.10 ms" in page
+    with dash.hub.client() as api:
+        waves = api.get(f"/api/v1/rollouts/{dash.rollouts[0]}").json()["waves"]
+    n, upto, total = waves[2]["devices"], waves[2]["cumulative"], waves[-1]["cumulative"]
+    assert upto == sum(w["devices"] for w in waves[:3]) and total == sum(w["devices"] for w in waves)
+    # a wave's size is cumulative and its device count its own: said so ("50%, 17 devices" read as 17 = 50%)
+    assert f"wave 3 of 4 ({n} devices; cumulative 50%: {upto} of {total}) failed: p95_latency: p95 17.10" in page
+    assert f'Wave 3 <span class="muted" data-wave-size>· {n} devices · cumulative 50%: {upto} of {total}<' in page
+    assert 'Wave 1 <span class="muted" data-wave-size>· 1 device</span>' in page  # the canary: its own alone
