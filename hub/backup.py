@@ -12,10 +12,17 @@ connects), temporary files, lock files and blobs set aside as corrupt.
 The destination is laid out as a data directory, so restoring is `hub serve --data-dir DEST` (or copying
 the folder back). `backup-manifest.json`, written last, lists every file with its sha256 and size: a folder
 without it is an unfinished backup, and `check_backup` re-reads a backup against it.
+
+The manifest also records the hub's instance id, which names its broker sessions (`edgefleet-hub-<id>`). A hub
+started on a restored copy whose database still holds that id takes a new one first (`restored_from`, used by
+`hub.runtime`): a copy started while the original still runs (a restore test, a migration, a staging copy) on
+the same broker would otherwise take over the original's session, and the two would kick each other off the
+broker at every reconnect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +41,8 @@ from hub.acl import HUB_ACCOUNT_FILE
 from hub.errors import BackupFailed, BackupRefused, NotInitialised
 from hub.registry import blob_relpath
 from hub.settings import HubSettings
-from hub.store.backup import backup_sqlite
+from hub.store import Database
+from hub.store.backup import backup_sqlite, read_meta
 
 MANIFEST_FILE = "backup-manifest.json"
 FORMAT = 1
@@ -53,6 +61,7 @@ class BackupReport:
     missing_blobs: list[str] = field(default_factory=list)  # named by the database, absent from the data dir
     corrupt_blobs: list[str] = field(default_factory=list)  # present, but their bytes do not match their name
     public_key: str = ""
+    instance_id: str | None = None  # the backed-up hub's: a hub started on the copy takes a new one (see restored)
 
     def manifest(self) -> dict[str, Any]:
         try:
@@ -65,6 +74,7 @@ class BackupReport:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "database": self.database,
             "signing_public_key": self.public_key,
+            "instance_id": self.instance_id,
             "files": self.files,
             "blobs": self.blobs,
             "missing_blobs": self.missing_blobs,
@@ -198,6 +208,15 @@ def _copy_all(s: HubSettings, dest: Path, public_key: str, say: Callable[[str], 
         report.blobs[sha256] = size
     for folder in {blob_dest, *(p.parent for p in blob_dest.rglob("*") if p.is_file())}:
         fsync_dir(folder)
+    # the id the copy's database holds: a hub started on this folder while its database still holds it is a
+    # restored copy. SQLite: the snapshot's. PostgreSQL: the live database's, when it answers (its own backup is
+    # the operator's, and a backup of the rest must not depend on reaching it; without the id a restored copy
+    # keeps the original's, as before)
+    if s.database_url is None:
+        report.instance_id = read_meta(Database.sqlite(dest / s.db_path.name), "instance_id")
+    else:
+        with contextlib.suppress(BackupFailed):
+            report.instance_id = read_meta(s.database, "instance_id")
     if referenced is not None:
         report.missing_blobs = [sha for sha in referenced if sha not in report.blobs]
     atomic_write(dest / MANIFEST_FILE, json.dumps(report.manifest(), indent=2).encode() + b"\n")
@@ -213,6 +232,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), dict) for k in ("files", "blobs")):
         raise ValueError(f"{directory / MANIFEST_FILE} is not a backup manifest (no files and blobs tables)")
     return manifest
+
+
+def restored_from(data_dir: Path) -> tuple[str, str] | None:
+    """(instance id, when taken) of the backup that `data_dir` was restored from, when it holds a backup's
+    manifest naming one; None otherwise (a data directory `hub init` made, or a backup without the id)."""
+    try:
+        manifest = read_manifest(data_dir)
+    except ValueError:
+        return None
+    instance_id = manifest.get("instance_id")
+    return (instance_id, str(manifest.get("created_at"))) if isinstance(instance_id, str) else None
 
 
 def check_backup(directory: Path) -> list[str]:

@@ -22,6 +22,7 @@ from fleet.topics import TopicKind, Topics, spec
 from hub.acl import hub_account
 from hub.audit import AuditLog
 from hub.auth import Auth
+from hub.backup import restored_from
 from hub.broker import LocalBroker
 from hub.deploy import Deployer
 from hub.devices import Devices
@@ -114,6 +115,27 @@ class Hub:
         replica = b.replica or (socket.gethostname() if b.shared_group else None)
         return f"edgefleet-hub-{self.instance_id}" + (f"-{replica}" if replica else "")
 
+    def _own_instance_id(self) -> str:
+        """The instance id in the store; a new one (kept in the store) when there is none, or when this data
+        directory is a restored backup whose database still holds the id of the hub it was copied from: started
+        beside that hub on one broker, the copy would take over its sessions (same client ids) and each would
+        kick the other off at every reconnect."""
+        stored = self.store.get_meta("instance_id")
+        source = restored_from(self.settings.data_dir)
+        if stored is not None and (source is None or source[0] != stored):
+            return stored
+        new = uuid.uuid4().hex[:16]
+        self.store.set_meta("instance_id", new)
+        if stored is not None and source is not None:
+            log.warning(
+                "hub: %s is a restored backup (taken %s) of hub instance %s: this hub takes the new instance id %s "
+                "(broker client id edgefleet-hub-%s), so it never takes over the sessions of the hub it was copied "
+                "from", self.settings.data_dir, source[1], stored, new, new,
+            )  # fmt: skip
+            details = {"instance_id": new, "backup_of": stored, "backup_taken_at": source[1]}
+            self.store.add_event(time.time(), "hub", "hub.restored", "hub", details)
+        return new
+
     def _subscription(self, kind: TopicKind) -> str:
         """Telemetry, the bulk, is shared among replicas ($share: each window reaches one). Births, reports and
         acks reach every replica: they are few and every replica applies them idempotently (a report older than
@@ -125,7 +147,7 @@ class Hub:
 
     def _start_services(self) -> None:
         s = self.settings
-        self.instance_id = self.store.get_meta("instance_id") or uuid.uuid4().hex[:16]
+        self.instance_id = self._own_instance_id()
         # the holder is the replica's broker identity: unique among live replicas (the broker allows one session
         # per client id), and the same after a restart, so a restarted lone hub takes its lease back at once
         self.leadership = Leadership(

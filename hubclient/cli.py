@@ -12,9 +12,7 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -32,6 +30,7 @@ from hubclient.enrolment import MAX_BATCH, CsvDevices, InvalidInput, from_patter
 from hubclient.errors import ClientError, HubApiError
 from hubclient.http import HubClient
 from hubclient.tables import Col, fit
+from infra.timefmt import ago
 
 T = TypeVar("T")
 out = Console(soft_wrap=True, highlight=False)  # no guessed colours inside refs and versions
@@ -127,7 +126,7 @@ def hub_tokens(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonO
         return
     cols = [Col("id", 4, whole=True, justify="right"), Col("name", 9, whole=True), Col("role", 8, whole=True),
             Col("created", 4), Col("state", 4, whole=True)]  # fmt: skip
-    cells = [[str(r["id"]), r["name"], r["role"], _ago(r["created_at"]), "revoked" if r["revoked"] else "active"]
+    cells = [[str(r["id"]), r["name"], r["role"], ago(r["created_at"]), "revoked" if r["revoked"] else "active"]
              for r in rows]  # fmt: skip
     out.print(fit(cols, cells))
 
@@ -237,20 +236,6 @@ MODEL_COMMANDS: list[tuple[str, Callable[..., None]]] = [
 
 
 # -- device ------------------------------------------------------------------------------------------
-def _ago(ts: float, now: float | None = None) -> str:
-    """Unix time as people read it in a table: '12 s ago', '5 min ago', '3 h ago', or the UTC date."""
-    age = (time.time() if now is None else now) - ts
-    if age < 0:
-        return "just now"
-    if age < 120:
-        return f"{age:.0f} s ago"
-    if age < 7200:
-        return f"{age / 60:.0f} min ago"
-    if age < 172800:
-        return f"{age / 3600:.0f} h ago"
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _model_cell(active: str | None, desired: str | None) -> str:
     """What runs, and on a line of its own what is wanted when that differs: each ref whole on its line."""
     if desired is None or desired == active:
@@ -265,7 +250,7 @@ def _device_table(rows: list[dict[str, Any]]) -> Table:
             Col("last seen", 4), Col("labels", 2)]  # fmt: skip
     cells = [
         [r["id"], r["state"], _models_cell(r.get("active_models") or [], r.get("desired_models") or []),
-         _ago(r["last_seen"]) if r.get("last_seen") else "-",
+         ago(r["last_seen"]) if r.get("last_seen") else "-",
          ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))]
         for r in rows
     ]  # fmt: skip

@@ -58,6 +58,11 @@ def headline(res: dict[str, Any]) -> str:
     return f"{res['id']} {res['model']}:{res['version']} {res['state']}, {wave_label(res)}, {progress(res)}"
 
 
+def _cumulative(w: dict[str, Any], total: int) -> str:
+    """A wave's size as given, which is cumulative, with the devices it stands for: `50%: 21 of 42`, `20 of 42`."""
+    return (f"{w['size']}: " if w["size"].endswith("%") else "") + f"{w['cumulative']} of {total}"
+
+
 def status_view(res: dict[str, Any]) -> RenderableType:
     """The status with its waves and gates, as tables that keep refs, gate names and numbers whole."""
     parts: list[RenderableType] = [
@@ -71,11 +76,12 @@ def status_view(res: dict[str, Any]) -> RenderableType:
         parts.append(Text(f"reason: {res['reason']}"))
     if res.get("note"):
         parts.append(Text(f"operator note: {res['note']}"))
-    cols = [Col("wave", 9, justify="right"), Col("size", 6, whole=True), Col("phase", 8, whole=True),
-            Col("devices", 5, justify="right"), Col("states", 4), Col("started", 3), Col("bake until", 2),
+    total = res["waves"][-1]["cumulative"] if res["waves"] else 0
+    cols = [Col("wave", 9, justify="right"), Col("devices", 5, justify="right"), Col("cumulative", 6, whole=True),
+            Col("phase", 8, whole=True), Col("states", 4), Col("started", 3), Col("bake until", 2),
             Col("finished", 1)]  # fmt: skip
     rows = [
-        [str(w["index"] + 1), w["size"], w["phase"].replace("_", " "), str(w["devices"]),
+        [str(w["index"] + 1), str(w["devices"]), _cumulative(w, total), w["phase"].replace("_", " "),
          ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w["counts"].items() if v) or "-",
          _ts(w["started_at"]), _ts(w["bake_until"]), _ts(w["finished_at"])]
         for w in res["waves"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,32 +11,10 @@ from urllib.parse import urlencode
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
+from infra.timefmt import ago, until
+
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
-
-
-def _span(dt: float) -> str:
-    """`12 s`, `4 min`, `3 h`, `2 d` (rounded down)."""
-    if dt < 60:
-        return f"{int(dt)} s"
-    if dt < 3600:
-        return f"{int(dt // 60)} min"
-    if dt < 86400:
-        return f"{int(dt // 3600)} h"
-    return f"{int(dt // 86400)} d"
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    """`12 s ago`, `4 min ago`, `3 h ago`, `2 d ago`; `never` for None."""
-    if ts is None:
-        return "never"
-    return _span(max(0.0, (time.time() if now is None else now) - ts)) + " ago"
-
-
-def until(ts: float, now: float | None = None) -> str:
-    """`in 12 s`, `in 4 min`, ...; `now` once it passed."""
-    dt = ts - (time.time() if now is None else now)
-    return "now" if dt < 1 else "in " + _span(dt)
 
 
 def utc(ts: float | None) -> str:

@@ -94,6 +94,14 @@ class RolloutRow(RolloutStatus):
             return "empty"
         return w.phase.replace("_", " ")
 
+    def not_back(self, w: WaveStatus) -> dict[str, str]:
+        """The devices of wave `w` that the rollback has not brought back to what they ran before (device -> its
+        state: failed, its error in `w.device_errors`; updating; offline); empty unless the rollout rolls or
+        rolled back. Their errors are shown beside them, as the waiting wave shows its devices'."""
+        if self.state not in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK):
+            return {}
+        return {d: s for d, s in sorted((w.device_states or {}).items()) if s in ("failed", "updating", "offline")}
+
     @staticmethod
     def gate_phase(g: GateResult) -> str:
         """The wave phase a gate was evaluated in (the record names only the part of the wave it judged)."""

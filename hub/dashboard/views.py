@@ -220,7 +220,7 @@ OPERATOR_ACTIONS = (
     "device.add", "device.label", "device.revoke", "device.rekey", "token.create", "token.revoke",
     "rollout.start", "rollout.pause", "rollout.resume", "rollout.abort", "rollout.rollback",
     "rollout.gate_failed", "rollout.wave_passed", "rollout.completed", "rollout.rolled_back",
-    "blob.corrupt", "blob.restore", "hub.session.adopted",  # what the hub did about its own faults
+    "blob.corrupt", "blob.restore", "hub.session.adopted", "hub.restored",  # what the hub did about its own faults
 )  # fmt: skip
 """What the overview's recent events show: every action a person takes through the API or CLI, the rollout
 controller's verdicts, and the hub's repairs. Every action the hub records is either here or in

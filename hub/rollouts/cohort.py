@@ -155,7 +155,10 @@ def classify(r: Rollout, device_id: str, view: DeviceView | None) -> str:
     if rolling:
         prev = previous(entry)
         back = view.caught_up and view.desired_model == prev and (prev is None or view.desired_rollout == r.id)
-        return "rolled_back" if back and (prev is None or view.active == prev) else "updating"
+        if back and (prev is None or view.active == prev):
+            return "rolled_back"
+        # took the rollback's desired state and failed to apply it (it serves what it ran): failed, its error shown
+        return "failed" if back and view.phase == "failed" else "updating"
     assert target is not None
     if not target.published(view, r.id) or not view.caught_up:
         return "updating"

@@ -224,13 +224,18 @@ def _fail(
 
 
 def wave_name(r: Rollout, w: Wave) -> str:
-    """A wave as reasons name it, counted from 1 with its size and devices: `wave 1 of 4 (canary, 1 device)`,
-    `wave 3 of 4 (50%, 27 devices)` (a size that is a count is not said twice)."""
+    """A wave as reasons name it, counted from 1, with its own devices and, after the first, its size as given
+    (`--waves` sizes are cumulative) said to be cumulative, with the devices it stands for:
+    `wave 1 of 4 (canary, 1 device)`, `wave 3 of 4 (16 devices; cumulative 50%: 21 of 42)`,
+    `wave 2 of 3 (15 devices; cumulative 20 of 42)`."""
     n = len(r.members(w.index))
     devices = f"{n} device{'' if n == 1 else 's'}"
-    parts = ["canary"] if w.index == 0 and len(r.waves) > 1 else []
-    parts += [devices] if w.size == str(n) else [w.size, devices]
-    return f"wave {w.index + 1} of {len(r.waves)} ({', '.join(parts)})"
+    if w.index == 0:
+        return f"wave 1 of {len(r.waves)} ({'canary, ' if len(r.waves) > 1 else ''}{devices})"
+    upto = sum(len(r.members(i)) for i in range(w.index + 1))
+    total = sum(len(r.members(i)) for i in range(len(r.waves)))
+    size = f"{w.size}: {upto}" if w.size.endswith("%") else str(upto)
+    return f"wave {w.index + 1} of {len(r.waves)} ({devices}; cumulative {size} of {total})"
 
 
 def _next(r: Rollout, w: Wave, now: float, events: list[Event]) -> Rollout:

@@ -58,9 +58,10 @@ class WaveStatus(View):
     """One wave: its phase, timestamps, device counts per state and gate results."""
 
     index: int = Field(description="0-based; people see it as index + 1")
-    size: str = Field(description="as given: a count or a percentage")
+    size: str = Field(description="as given: a count or a percentage, cumulative (this wave and the ones before)")
     phase: WavePhase
-    devices: int
+    devices: int = Field(description="devices in this wave (its own, not the ones before)")
+    cumulative: int = Field(description="devices in this wave and the waves before it (what `size` stands for)")
     counts: DeviceCounts
     started_at: float | None
     shadow_started_at: float | None
@@ -108,7 +109,7 @@ def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = 
     """The full status: spec, each wave with its phase, timestamps, device counts per state and gate results."""
     states = {d: classify(r, d, fleet.get(d)) for d in r.devices}
     errors = {d: e for d in r.devices if (e := device_error(r, fleet.get(d))) is not None} if devices else {}
-    waves = []
+    waves: list[WaveStatus] = []
     for w in r.waves:
         members = r.members(w.index, include_left=True)
         waves.append(
@@ -117,6 +118,7 @@ def status_view(r: Rollout, fleet: Mapping[str, DeviceView], *, devices: bool = 
                 size=w.size,
                 phase=w.phase,
                 devices=len(members),
+                cumulative=len(members) + (waves[-1].cumulative if waves else 0),
                 counts=DeviceCounts.of(Counter(states[d] for d in members)),
                 started_at=w.started_at,
                 shadow_started_at=w.shadow_started_at,

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from hub.errors import BackupFailed
+from hub.errors import BackupFailed, DatabaseUnavailable
 from hub.store.connection import Database
 
 PAGES_PER_STEP = 1024
@@ -58,3 +58,23 @@ def backup_sqlite(
         raise BackupFailed(f"copying the database {source} failed: {e}") from e
     finally:
         src.close()
+
+
+def read_meta(database: Database, key: str) -> str | None:
+    """One value of the store's `meta` table (None: not set), read on a connection of its own, opened and closed
+    here: what a backup records about the hub it copied (its instance id) without opening a whole store.
+
+    Raises:
+        BackupFailed: the database cannot be read.
+    """
+    try:
+        conn = database.connect(readonly=True)
+    except (sqlite3.Error, DatabaseUnavailable) as e:
+        raise BackupFailed(f"cannot read the database {database}: {e}") from e
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    except conn.errors as e:
+        raise BackupFailed(f"cannot read the database {database}: {e}") from e
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])

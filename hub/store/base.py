@@ -251,7 +251,13 @@ class Store(Protocol):
     # events
     def add_event(self, ts: float, actor: str, action: str, subject: str, details: dict[str, Any]) -> None: ...
     def list_events(
-        self, *, since: float | None, until: float | None, subject: str | None, action: str | None, limit: int
+        self,
+        *,
+        since: float | None,
+        until: float | None,
+        subject: str | None,
+        action: str | tuple[str, ...] | None,  # a tuple: any of these actions
+        limit: int,
     ) -> list[Event]: ...
 
     # registry

@@ -424,13 +424,26 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self._write(lambda c: c.execute(sql, (ts, actor, action, subject, to_json(details))))
 
     def list_events(
-        self, *, since: float | None, until: float | None, subject: str | None, action: str | None, limit: int
+        self,
+        *,
+        since: float | None,
+        until: float | None,
+        subject: str | None,
+        action: str | tuple[str, ...] | None,
+        limit: int,
     ) -> list[Event]:
-        where, args = [], []
-        for cond, value in (("ts >= ?", since), ("ts < ?", until), ("subject = ?", subject), ("action = ?", action)):
+        where: list[str] = []
+        args: list[Any] = []
+        for cond, value in (("ts >= ?", since), ("ts < ?", until), ("subject = ?", subject)):
             if value is not None:
                 where.append(cond)
                 args.append(value)
+        if isinstance(action, str):
+            where.append("action = ?")
+            args.append(action)
+        elif action is not None:  # any of several, in the one statement
+            where.append(f"action IN ({', '.join('?' * len(action))})" if action else "1 = 0")
+            args.extend(action)
         sql = "SELECT id, ts, actor, action, subject, details FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -221,11 +221,8 @@ class FleetViews:
 
     def recent_events(self, actions: Iterable[str], limit: int) -> list[EventView]:
         """The newest `limit` events of any of `actions`, newest first."""
-        found: dict[int, Event] = {}
-        for action in actions:
-            for e in self.store.list_events(since=None, until=None, subject=None, action=action, limit=limit):
-                found[e.id] = e
-        return [event_view(e) for e in sorted(found.values(), key=lambda e: (e.ts, e.id), reverse=True)[:limit]]
+        found = self.store.list_events(since=None, until=None, subject=None, action=tuple(actions), limit=limit)
+        return [event_view(e) for e in found]
 
     def tokens(self) -> list[TokenView]:
         return [

@@ -27,7 +27,9 @@ from hub.backup import MANIFEST_FILE, backup_hub, check_backup
 from hub.errors import BackupFailed
 from hub.runtime import init_hub
 from hub.store.backup import backup_sqlite
+from tests.support.broker import Broker
 from tests.support.hub import RunningHub, hub_settings, start_hub
+from tests.support.hubproc import HubProcess
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
@@ -216,6 +218,7 @@ def test_on_postgresql_the_database_is_left_to_its_own_tools_and_the_rest_is_bac
         "hub-signing.pem", "broker-hub-account.json"
     }  # fmt: skip
     assert not (dest / "hub.db").exists() and check_backup(dest) == []
+    assert manifest["instance_id"] is None  # read from the database when it answers; a backup never waits on it
 
 
 def test_check_backup_names_each_problem_and_exits_1_and_says_when_the_backup_is_complete(
@@ -274,3 +277,53 @@ def test_a_backup_that_fails_partway_removes_the_folder_it_created_and_names_one
     assert given.is_dir() and (given / "hub.db").exists() and not (given / MANIFEST_FILE).exists()
     checked = runner.invoke(app, ["hub", "check-backup", str(given)])
     assert checked.exit_code == 1 and "the backup did not finish" in checked.output
+
+
+def _instance_id(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0])
+
+
+def test_a_copy_restored_beside_its_original_takes_a_new_instance_id_and_never_takes_over_its_broker_session(
+    running_hub: RunningHub, broker: Broker, tmp_path: Path, topic_prefix: str
+) -> None:
+    """Both hubs on one broker (a restore test, a migration, a staging copy): the copy kept the original's instance
+    id, so its client id `edgefleet-hub-<id>`, and each hub's connect closed the other's connection, again and
+    again (the original connected twice, then more, where it should have connected once)."""
+    a = running_hub
+    assert a.hub.link is not None and a.hub.link.connects == 1
+    original = a.hub.instance_id
+    dest = tmp_path / "backup"
+    result = runner.invoke(app, ["hub", "backup", "--data-dir", str(a.data_dir), "--out", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / MANIFEST_FILE).read_text())["instance_id"] == original
+    assert check_backup(dest) == []
+
+    copy = HubProcess(dest, broker.url, topic_prefix)  # a second hub process, the backup folder its data dir
+    copy.admin_token = a.admin_token
+    copy.start()  # returns once it serves and is connected to the broker
+    try:
+        # a round trip through the original's connection after the copy connected: had the broker closed it for
+        # the copy, the acknowledgement could only come on a new connection
+        probe = a.hub.link.publish(f"{topic_prefix}/probe", b"after the copy connected", qos=1)
+        try:
+            wait_for(probe.is_published, timeout=30)
+        except RuntimeError as e:  # paho: "not currently connected", the broker closed it for the copy
+            pytest.fail(f"the copy took over the original's broker session: {e}")
+        assert a.hub.link.connects == 1 and a.hub.mqtt_connected, "the copy took over the original's session"
+        events = copy.get("/api/v1/events", action="hub.restored")
+        assert [e["details"]["backup_of"] for e in events] == [original]
+        renamed = events[0]["details"]["instance_id"]
+        assert renamed != original
+        assert copy.get("/healthz")["mqtt_connected"]
+    finally:
+        assert copy.stop() == 0
+    assert _instance_id(dest / "hub.db") == renamed and _instance_id(a.data_dir / "hub.db") == original
+    assert f"edgefleet-hub-{renamed}" in copy.output()
+    # started again, the copy keeps the id it took (it is a hub of its own now), and says nothing more
+    copy.start()
+    try:
+        assert len(copy.get("/api/v1/events", action="hub.restored")) == 1
+    finally:
+        assert copy.stop() == 0
+    assert _instance_id(dest / "hub.db") == renamed

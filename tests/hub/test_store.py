@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -344,3 +345,35 @@ def test_a_status_never_replaces_a_newer_one(database: Database, batched: bool) 
     finally:
         store.close()
     assert d is not None and (d.status, d.session, d.status_at, d.last_seen) == ("online", "s2", 1008.0, 1008.0)
+
+
+def test_the_overviews_recent_events_are_one_statement_newest_first(store: SqlStore) -> None:
+    """They were one statement per action the overview shows (22 on every overview render and refresh)."""
+    from hub.dashboard.views import OPERATOR_ACTIONS  # noqa: PLC0415
+    from hub.settings import DeviceSettings  # noqa: PLC0415
+    from hub.views import FleetViews  # noqa: PLC0415
+
+    t = time.time()
+    for i, action in enumerate(["deploy", "api.call", "rollout.start", "device.phase", "blob.corrupt", "deploy"]):
+        store.add_event(t + i, "alice", action, f"s{i}", {})
+    views = FleetViews(store, DeviceSettings())
+    conn = store._read()  # this thread's reading connection: count what goes through it
+    statements: list[str] = []
+    execute = conn.execute
+
+    def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, *args, **kwargs)
+
+    conn.execute = counted  # type: ignore[method-assign]
+    try:
+        events = views.recent_events(OPERATOR_ACTIONS, 3)
+    finally:
+        del conn.execute
+    assert [(e.action, e.subject) for e in events] == [
+        ("deploy", "s5"),
+        ("blob.corrupt", "s4"),
+        ("rollout.start", "s2"),
+    ]
+    assert len(statements) == 1, statements
+    assert views.recent_events((), 3) == []

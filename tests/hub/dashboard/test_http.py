@@ -581,6 +581,43 @@ def test_a_waiting_wave_shows_each_devices_error_beside_it(running_hub: RunningH
     assert "unreachable" in words.split("cam-2")[0], words
 
 
+def test_a_device_whose_rollback_failed_is_listed_with_its_error(running_hub: RunningHub, samples: Path) -> None:
+    """A rollback signs 1.0.0 again; cam-1 takes it and fails to activate it. The waiting wave's list (a running
+    rollout's alone) went with the rollback, so the page named the device nowhere with its error; the API and the
+    CLI called it "updating" for ever. Now the wave lists it as failed with its error, as a waiting wave does."""
+    rollout = _start_rollout(running_hub, samples, 2, "activating", waves=["100%"], offline_timeout_s=3600)
+    path = f"/api/v1/rollouts/{rollout['id']}"
+    with running_hub.client() as api:
+        api.post(f"{path}/rollback").raise_for_status()
+        wait_for(lambda: api.get(path).json()["state"] == "rolled_back", 30)
+    h = running_hub.hub
+    now = time.time()
+    desired = h.store.get_desired("cam-1")
+    assert desired is not None and [s.model_version for s in desired.slots] == ["1.0.0"]
+    h.store.enqueue_status(DeviceStatus(device_id="cam-1", state="online", ts=now, session="s1"), now)
+    err = ErrorInfo(code="activation_failed", message="golden output outside tolerance", permanent=True, at=now)
+    models = [ModelStatus(name="mobilenet-like", phase=Phase.FAILED, error=err)]
+    report = ReportedState(device_id="cam-1", seq=1, ts=now, desired_version=desired.version, models=models)
+    h.store.enqueue_reported(report, now)
+    h.store.flush()
+    with _fresh(running_hub).client("admin") as c:
+        page = c.get(f"/rollouts/{rollout['id']}").text
+    with running_hub.client() as api:
+        st = api.get(path, params={"devices": True}).json()
+    assert 'data-not-rolled-back="2"' in page, "the wave names the devices the rollback has not brought back"
+    start = page.index("data-not-rolled-back")
+    listed = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page[start : page.index("</p>", start)]))
+    assert "cam-1 · failed activation_failed: golden output outside tolerance cam-2 · offline" in listed, listed
+    assert page.count("data-device-error=") == 1 and 'data-device-error="cam-1"' in page
+    assert st["waves"][0]["device_states"] == {"cam-1": "failed", "cam-2": "offline"}
+    assert st["waves"][0]["device_errors"] == {"cam-1": "activation_failed: golden output outside tolerance"}
+    args = ["rollout", "status", rollout["id"], "--devices", "--url", running_hub.url]
+    res = CliRunner().invoke(app, [*args, "--token", running_hub.admin_token], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    words = " ".join(re.sub(r"[│┃]", " ", res.output[res.output.index("cam-1") :]).split())
+    assert words.startswith("cam-1 failed activation_failed: golden output"), words
+
+
 def test_waves_an_aborted_rollout_never_reached_say_so(running_hub: RunningHub, samples: Path) -> None:
     """After an abort, the waves it never started read "not run (aborted)", not "pending" as if they would still
     run; abort's question agrees with its counts ("1 device in later waves never gets it")."""
@@ -690,4 +727,11 @@ def test_the_seeded_gate_failure_reads_as_the_controllers(dash: Dash) -> None:
     assert set(event["details"]) == {"wave", "gates"} and event["details"]["wave"] == 3
     said = detail(event["details"]["gates"])
     assert said == "p95_latency fail: p95 17.10 ms vs control 12.80 ms: +33.6% (over 20%)", said
-    assert "wave 3 of 4 (50%, " in page and " devices) failed: p95_latency: p95 17.10 ms" in page
+    with dash.hub.client() as api:
+        waves = api.get(f"/api/v1/rollouts/{dash.rollouts[0]}").json()["waves"]
+    n, upto, total = waves[2]["devices"], waves[2]["cumulative"], waves[-1]["cumulative"]
+    assert upto == sum(w["devices"] for w in waves[:3]) and total == sum(w["devices"] for w in waves)
+    # a wave's size is cumulative and its device count its own: said so ("50%, 17 devices" read as 17 = 50%)
+    assert f"wave 3 of 4 ({n} devices; cumulative 50%: {upto} of {total}) failed: p95_latency: p95 17.10" in page
+    assert f'Wave 3 <span class="muted" data-wave-size>· {n} devices · cumulative 50%: {upto} of {total}<' in page
+    assert 'Wave 1 <span class="muted" data-wave-size>· 1 device</span>' in page  # the canary: its own alone

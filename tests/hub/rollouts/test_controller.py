@@ -8,7 +8,7 @@ import pytest
 
 from hub.errors import InvalidSelector
 from hub.rollouts.cohort import DeviceView, classify
-from hub.rollouts.controller import command, new_rollout, step
+from hub.rollouts.controller import command, new_rollout, step, wave_name
 from hub.rollouts.errors import InvalidTransition, NoTargets, RolloutConflict
 from hub.rollouts.model import Rollout, RolloutState, WavePhase
 from hub.rollouts.views import status_view
@@ -501,3 +501,41 @@ def test_a_failing_gate_is_judged_at_once_though_another_lacks_data() -> None:
     assert "error_rate" in (r.reason or "")
     until = gates["error_rate"].until
     assert wave.bake_until is not None and until is not None and until < wave.bake_until + 600
+
+
+def test_a_device_whose_rollback_failed_counts_as_failed_with_its_error() -> None:
+    """The rollback signs the old version again and the device fails to activate it: it stays on the candidate
+    with an error. It read "updating" for ever, as if the rollback were still on its way."""
+    w = World(4, profiles={NEW[1]: Profile(error_rate=0.5), OLD[1]: Profile(fail_activation=True)})
+    r = w.run(start(w, waves=["1", "100%"], on_failure="rollback"))
+    assert r.state is RolloutState.ROLLED_BACK
+    (canary,) = r.members(0)
+    r = w.tick(r).rollout  # the canary reports on the rollback's desired state
+    view = w.fleet[canary]
+    assert view.caught_up and view.desired_model == OLD and view.active == NEW and view.phase == "failed"
+    assert classify(r, canary, view) == "failed"
+    st = status_view(r, w.fleet, devices=True)
+    assert st.waves[0].device_states == {canary: "failed"}
+    assert st.waves[0].device_errors == {canary: "activation_failed"}
+    assert st.totals.failed == 1 and st.totals.rolled_back == 0
+
+
+def test_a_wave_is_named_by_its_own_devices_and_its_cumulative_size_is_said_to_be_cumulative() -> None:
+    """`--waves` sizes are cumulative, a wave's device count is its own: "wave 3 of 4 (50%, 16 devices)" read as
+    16 devices being half the rollout (they were 16 more, 21 of 42 in all), and "(20, 15 devices)" as nonsense."""
+    w = World(42)
+    r = start(w, waves=["1", "10%", "50%", "100%"])
+    assert [len(r.members(i)) for i in range(4)] == [1, 4, 16, 21]
+    assert [wave_name(r, x) for x in r.waves] == [
+        "wave 1 of 4 (canary, 1 device)",
+        "wave 2 of 4 (4 devices; cumulative 10%: 5 of 42)",
+        "wave 3 of 4 (16 devices; cumulative 50%: 21 of 42)",
+        "wave 4 of 4 (21 devices; cumulative 100%: 42 of 42)",
+    ]
+    r = start(World(42), waves=["5", "20", "100%"])
+    assert [wave_name(r, x) for x in r.waves] == [
+        "wave 1 of 3 (canary, 5 devices)", "wave 2 of 3 (15 devices; cumulative 20 of 42)",
+        "wave 3 of 3 (22 devices; cumulative 100%: 42 of 42)",
+    ]  # fmt: skip
+    st = status_view(r, World(42).fleet)
+    assert [(x.devices, x.cumulative) for x in st.waves] == [(5, 5), (15, 20), (22, 42)]
