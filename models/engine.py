@@ -211,7 +211,16 @@ class Engine:
         self.options = options
         self.path = path
         self.inputs = tuple(_spec(x) for x in session.get_inputs())
-        self.outputs = tuple(_spec(x) for x in session.get_outputs())
+        # outputs that are not numeric tensors (ZipMap's `seq(map(...))`, sequences, strings) have no decoder and
+        # no v2 datatype: they are never requested from onnxruntime, so a model carrying them still serves
+        outputs = session.get_outputs()
+        self.outputs = tuple(_spec(x) for x in outputs if x.type in _ORT_DTYPES)
+        self.ignored_outputs: tuple[tuple[str, str], ...] = tuple(
+            (x.name, str(x.type)) for x in outputs if x.type not in _ORT_DTYPES
+        )
+        if not self.outputs:
+            kinds = ", ".join(f"{n!r} ({t})" for n, t in self.ignored_outputs)
+            raise InvalidModelFile(f"graph has no numeric tensor output to serve; its outputs are {kinds}")
         self._output_names = [o.name for o in self.outputs]
         self.active_provider: str = session.get_providers()[0]
         self._closed = False

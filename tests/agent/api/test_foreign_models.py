@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -21,7 +22,7 @@ from models.engine import Engine
 from models.validate import validate
 from tests.agent.api.conftest import OPTIONS
 from tests.support.inference import json_body
-from tests.support.models import colour_classifier
+from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors
 
 FIXED = 4
 
@@ -101,3 +102,30 @@ def test_concurrent_images_to_a_fixed_batch_model_each_get_their_own_answer(fixe
         logits = np.asarray(rgb) / 255  # the model's logits are the mean channel values
         assert got["score"] == pytest.approx(np.exp(logits).max() / np.exp(logits).sum(), abs=1e-4)
 
+
+@pytest.fixture(scope="module")
+def not_tensors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A classifier with a ZipMap, a string label and a sequence output beside its logits (skl2onnx-style)."""
+    model, desc = colour_classifier("1.0.0", 32, name="zipmap")
+    server, engine = _serve(with_outputs_that_are_not_tensors(model), desc, tmp_path_factory.mktemp("zipmap"))
+    yield server.url, engine.path
+    server.stop()
+
+
+def test_a_model_with_outputs_that_are_not_tensors_is_served(not_tensors: tuple[str, Path]) -> None:
+    """Refused as a whole before (the engine could not describe a `seq(map(...))` output); now its tensor output is
+    served on both endpoints, the others are not run and not listed."""
+    url, path = not_tensors
+    x = np.random.default_rng(5).random((2, 3, 32, 32)).astype(np.float32)
+    [want] = ort.InferenceSession(str(path)).run(["logits"], {"image": x})
+    with httpx.Client(base_url=url, timeout=30) as c:
+        meta = c.get("/v2/models/zipmap").json()
+        assert [o["name"] for o in meta["outputs"]] == ["logits"]
+        r = c.post("/v2/models/zipmap/infer", content=json_body({"image": x}))
+        assert r.status_code == 200, r.text
+        [out] = r.json()["outputs"]
+        assert out["name"] == "logits" and out["shape"] == [2, 3]
+        assert np.allclose(np.asarray(out["data"], np.float32).reshape(2, 3), want, atol=1e-6)
+        r = c.post("/v1/models/zipmap:predict", content=_png((20, 190, 40)), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert r.json()["classes"][0]["label"] == "green"
