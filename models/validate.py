@@ -275,9 +275,17 @@ def check_signature(
         raise SignatureMismatch(f"graph has inputs {extra} besides {spec.name!r}; a vision model takes one image")
     dims = inputs[spec.name]
     if len(dims) != 4:
+        unbatched = (
+            f": {_shape(dims)} looks like one image without a batch axis, which is not served (requests are "
+            "batched on a first axis): re-export with one (torch.onnx.export: an example input of shape "
+            f"[1, ...] and dynamic_axes={{{spec.name!r}: {{0: 'batch'}}}}), or feed the graph through a "
+            "Squeeze(axes=[0]) from a new [1, ...] input and Unsqueeze(axes=[0]) its outputs"
+            if len(dims) == 3
+            else ""
+        )
         raise SignatureMismatch(
             f"input {spec.name!r} has {len(dims)} dims; {task} needs 4 ({spec.layout.value}: batch, "
-            f"{'channels, height, width' if spec.layout == Layout.NCHW else 'height, width, channels'})"
+            f"{'channels, height, width' if spec.layout == Layout.NCHW else 'height, width, channels'}){unbatched}"
         )
     c, h, w = (dims[1], dims[2], dims[3]) if spec.layout == Layout.NCHW else (dims[3], dims[1], dims[2])
     if isinstance(c, int) and c != 3:
@@ -344,6 +352,10 @@ def _count(name: str, dim: Dim, n: int, offset: int, what: str) -> None:
         raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; the {n} labels imply {n + offset}")
     if isinstance(dim, int) and dim <= offset:
         raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; too few")
+
+
+def _shape(dims: tuple[Dim, ...]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
 
 
 def _first_line(e: BaseException) -> str:

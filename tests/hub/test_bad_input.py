@@ -15,7 +15,7 @@ from fleet.messages import DeviceStatus
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
-from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors
+from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors, without_batch_axis
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
@@ -66,6 +66,18 @@ def test_corrupt_model_upload_is_refused_with_the_reason(
         assert r.status_code == 400 and _error(r)["code"] == "invalid_model"
         r = c.post("/api/v1/models", data={"descriptor": json.dumps(desc)})
         assert r.status_code == 400 and "file" in _error(r)["message"]
+    _nothing_stored(running_hub)
+
+
+def test_an_image_input_without_a_batch_axis_is_refused_at_push_with_the_reason(
+    running_hub: RunningHub, tmp_path: Path
+) -> None:
+    """Before, the reason said only "has 3 dims; classification needs 4"."""
+    model, desc = colour_classifier("1.0.0", 32, name="unbatched")
+    onnx.save(without_batch_axis(model, 32), tmp_path / "unbatched.onnx")
+    r = running_hub.push_model(tmp_path / "unbatched.onnx", desc.to_json())
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_model", r.text
+    assert "[3, 32, 32] looks like one image without a batch axis, which is not served" in _error(r)["message"]
     _nothing_stored(running_hub)
 
 

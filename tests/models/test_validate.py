@@ -27,7 +27,7 @@ from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import validate
 from tests.models.conftest import Sample, encode, scene
-from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors
+from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors, without_batch_axis
 
 
 def test_sample_validates_and_records(classifier: Sample) -> None:
@@ -280,3 +280,17 @@ def test_a_decoder_that_reads_an_output_that_is_not_a_tensor_is_refused(
     with pytest.raises(SignatureMismatch, match=match):
         validate(onnx_path, ModelDescriptor.from_json(data))
 
+
+def test_an_input_without_a_batch_axis_is_refused_at_validate_with_the_reason(tmp_path: Path) -> None:
+    """An image input of [3, 32, 32] (one image, no batch axis): refused before anything runs, saying what is missing
+    and how to export it; before, the reason said only "has 3 dims; classification needs 4"."""
+    model, desc = colour_classifier("1.0.0", 32)
+    model = without_batch_axis(model, 32)
+    onnx_path = tmp_path / "unbatched.onnx"
+    onnx.save(model, onnx_path)
+    onnx.checker.check_model(model, full_check=True)  # a sound model: only the missing batch axis is refused
+    with pytest.raises(SignatureMismatch) as e:
+        validate(onnx_path, desc)
+    assert "input 'image' has 3 dims; classification needs 4" in str(e.value)
+    assert "[3, 32, 32] looks like one image without a batch axis, which is not served" in str(e.value)
+    assert "dynamic_axes={'image': {0: 'batch'}}" in str(e.value)

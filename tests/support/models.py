@@ -137,3 +137,14 @@ def with_outputs_that_are_not_tensors(model: onnx.ModelProto) -> onnx.ModelProto
     model.opset_import.append(helper.make_opsetid(ml, 3))
     return model
 
+
+def without_batch_axis(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """`model` (a float colour classifier of `size`) taking one image of [3, size, size], no batch axis: the graph
+    adds one itself (Unsqueeze) and answers [1, 3]."""
+    g = model.graph
+    g.input[0].CopyFrom(helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, size, size]))
+    g.node.insert(0, helper.make_node("Unsqueeze", ["image", "axis0"], ["batched"]))
+    g.node[1].input[0] = "batched"
+    g.initializer.append(numpy_helper.from_array(np.asarray([0], np.int64), "axis0"))
+    g.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    return model
