@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.batcher import Batcher, BatcherOptions  # noqa: E402
+from models.batcher import Batcher, BatcherOptions, fill_rows  # noqa: E402
 from models.cli import build_samples  # noqa: E402
 from models.descriptor import ClassificationOutput, InputSpec, ModelDescriptor, Task  # noqa: E402
 from models.engine import Engine, EngineOptions  # noqa: E402
@@ -60,11 +60,17 @@ def time_raw(engine: Engine, batch: int, iterations: int, warmup: int = 5) -> tu
 
 
 def time_batcher(
-    engine: Engine, callers: int, requests_per_caller: int, options: BatcherOptions
+    engine: Engine, callers: int, requests_per_caller: int, options: BatcherOptions, *, fill_to: int | None = None
 ) -> tuple[float, float, float, dict[int, int]]:
-    """p50 ms, p99 ms per request, images/s, and batch-size counts with `callers` concurrent callers."""
+    """p50 ms, p99 ms per request, images/s, and batch-size counts with `callers` concurrent callers of one image.
+
+    `fill_to`: each image is sent filled to that many rows with copies of itself (how the batcher ran a graph
+    with a fixed batch before it combined requests: every request alone in a run of the fixed batch).
+    """
     d = engine.descriptor
     xs = [golden_input(d.input, 100 + i) for i in range(callers)]
+    if fill_to is not None:
+        xs = [fill_rows(x, fill_to) for x in xs]
 
     async def caller(b: Batcher, x: np.ndarray, lat: list[float]) -> None:
         for _ in range(requests_per_caller):

@@ -231,7 +231,8 @@ class Registry:
                 raise
             self.store.add_event(
                 time.time(), actor, "model.push", f"model/{d.name}:{d.version}",
-                {"sha256": report.sha256, "size": report.size, "opset": report.opset},
+                {"sha256": report.sha256, "size": report.size, "opset": report.opset,
+                 **({"ignored_outputs": report.ignored_outputs} if report.ignored_outputs else {})},
             )  # fmt: skip
             return PushResult(stored, created=True)
         finally:

@@ -2,7 +2,9 @@
 
 Each worker thread takes the oldest request, then gathers requests of the same input signature (per-input
 shape without the batch axis, and dtype) until `max_batch` rows or until `max_delay_ms` after the oldest
-request arrived. Requests of another signature wait for the next batch; they are never mixed. Each
+request arrived. Requests of another signature wait for the next batch; they are never mixed. A graph
+exported with a fixed batch of N runs exactly N rows: its runs are filled with the rows of several queued
+requests (up to N), and only what is still missing is padded with copies of the last row. Each
 caller's inputs are checked before they are queued, so a bad input fails only its caller; if a batch
 still fails in onnxruntime, its requests are retried one by one so only the culprit fails.
 
@@ -40,29 +42,18 @@ class Backend(Protocol):
     @property
     def max_batch(self) -> int | None: ...
 
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]: ...
+    def check_inputs(self, inputs: Mapping[str, Any], *, partial_batch: bool = False) -> dict[str, Array]: ...
 
     def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]: ...
 
 
-def fill_batch(inputs: Mapping[str, Any], fixed: int | None) -> tuple[Mapping[str, Any], int | None]:
-    """Inputs of fewer rows than a graph's fixed batch, filled up to it with copies of their last row.
+def fill_rows(a: Array, rows: int) -> Array:
+    """`a` (a request's input, batch axis first) made `rows` rows long with copies of its last row.
 
-    A model exported with a fixed batch of N (Ultralytics `export(batch=4)`, TensorRT-minded exports) takes
-    exactly N rows, but the image endpoint sends one image: the rows it lacks are filled, and the caller keeps
-    only its own rows of the outputs (the given row count is returned; None: nothing was filled). Anything
-    unusual is left as it is for `check_inputs` to name.
+    A graph exported with a fixed batch of N (Ultralytics `export(batch=4)`, TensorRT-minded exports) takes
+    exactly N rows; the rows the queued requests do not fill are padding, and their outputs are dropped.
     """
-    if fixed is None or not isinstance(inputs, Mapping) or not inputs:
-        return inputs, None
-    if not all(isinstance(a, np.ndarray) and a.ndim for a in inputs.values()):
-        return inputs, None
-    rows = {int(a.shape[0]) for a in inputs.values()}
-    given = rows.pop() if len(rows) == 1 else 0
-    if not 0 < given < fixed:
-        return inputs, None
-    filled = {k: np.concatenate([a, np.repeat(a[-1:], fixed - given, axis=0)]) for k, a in inputs.items()}
-    return filled, given
+    return np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], axis=0)])
 
 
 class BatcherOptions(BaseModel):
@@ -133,8 +124,8 @@ class Batcher:
         self.engine = engine
         self.options = options or BatcherOptions()
         self._more_coming = more_coming
-        fixed = engine.max_batch  # a fixed batch runs exactly that many rows, whatever `max_batch` asks
-        self.max_batch = fixed or self.options.max_batch
+        self._fixed = engine.max_batch  # a fixed batch runs exactly that many rows, whatever `max_batch` asks
+        self.max_batch = self._fixed or self.options.max_batch
         self._pending: deque[_Request] = deque()  # queued, not yet taken by a worker
         self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; workers wait on it
         self._closing = False
@@ -186,7 +177,8 @@ class Batcher:
     async def infer(self, inputs: Mapping[str, Any], timing: Timing | None = None) -> dict[str, Array]:
         """Run one request (any number of rows, batch axis first) as part of a batch.
 
-        A graph with a fixed batch of N takes 1 to N rows (`fill_batch`); the answer has the rows given.
+        A graph with a fixed batch of N takes 1 to N rows: a run holds the rows of as many queued requests as
+        fit in N, padded (`fill_rows`) only where they fall short; the answer has the rows given.
         `timing` (optional) receives the request's queue and engine-run nanoseconds.
 
         Raises:
@@ -197,8 +189,7 @@ class Batcher:
         """
         if not self._workers or self._closing:
             raise EngineNotReady("batcher is not running; call start() or use `async with`")
-        inputs, given = fill_batch(inputs, self.engine.max_batch)
-        feed = self.engine.check_inputs(inputs)
+        feed = self.engine.check_inputs(inputs, partial_batch=self._fixed is not None)
         rows = {int(a.shape[0]) for a in feed.values() if a.ndim}
         if len(rows) != 1:
             raise InvalidInput("every input needs the same batch size on axis 0")
@@ -214,10 +205,7 @@ class Batcher:
             self._pending.append(req)
             self._cond.notify()
         self._requests += 1
-        out = await req.future
-        if given is None:
-            return out
-        return {k: v[:given] if v.ndim and v.shape[0] == n else v for k, v in out.items()}
+        return await req.future
 
     def stats(self) -> BatcherStats:
         """Queue depth, request/batch/reject/failure counts, and how often each batch size ran."""
@@ -315,16 +303,18 @@ class Batcher:
     def _run_batch(
         self, batch: list[_Request], buffers: dict[tuple[str, tuple[int, ...], str], Array]
     ) -> list[dict[str, Array] | BaseException]:
-        """One engine run for the batch, split by rows; on failure, run one by one."""
+        """One engine run for the batch (a fixed batch padded up to its size), split by rows; on failure, run
+        one by one."""
         if len(batch) == 1:
             return [self._run_one(batch[0])]
         total = sum(r.rows for r in batch)
-        feed = {n: self._stack(n, [r.feed[n] for r in batch], total, buffers) for n in batch[0].feed}
+        run_rows = self._fixed or total
+        feed = {n: self._stack(n, [r.feed[n] for r in batch], total, run_rows, buffers) for n in batch[0].feed}
         try:
             out = self.engine.run_checked(feed)
         except ModelError:
             return [self._run_one(r) for r in batch]
-        if any(v.ndim == 0 or v.shape[0] != total for v in out.values()):
+        if any(v.ndim == 0 or v.shape[0] != run_rows for v in out.values()):
             return [self._run_one(r) for r in batch]  # outputs without a batch axis cannot be split
         results: list[dict[str, Array] | BaseException] = []
         start = 0
@@ -335,9 +325,15 @@ class Batcher:
         return results
 
     def _stack(
-        self, name: str, parts: list[Array], rows: int, buffers: dict[tuple[str, tuple[int, ...], str], Array]
+        self,
+        name: str,
+        parts: list[Array],
+        rows: int,
+        run_rows: int,
+        buffers: dict[tuple[str, tuple[int, ...], str], Array],
     ) -> Array:
-        """`parts` one after the other on axis 0, in this worker's buffer for the input's signature.
+        """`parts` one after the other on axis 0, in this worker's buffer for the input's signature, then
+        copies of the last row up to `run_rows` (a fixed batch the parts do not fill).
 
         Copied with memoryviews, which keep the GIL: numpy releases it for every large copy, and taking it
         back from a busy event loop took up to the switch interval each time (~1.4 ms for a batch of 8 x
@@ -347,24 +343,36 @@ class Batcher:
         """
         first = parts[0]
         if first.ndim == 0 or not all(p.flags.c_contiguous for p in parts):
-            return np.concatenate(parts, axis=0)  # numpy's copy (or its error for an input without a batch axis)
+            stacked = np.concatenate(parts, axis=0)  # numpy's copy (or its error for an input without a batch axis)
+            return stacked if run_rows == rows else fill_rows(stacked, run_rows)
         key = (name, first.shape[1:], first.dtype.str)
         buf = buffers.get(key)
         if buf is None:
             if len(buffers) >= _KEPT_BUFFERS:  # many shapes in turn: keep the most recent only
                 buffers.clear()
             buf = buffers[key] = np.empty((self.max_batch, *first.shape[1:]), first.dtype)
-        out = buf[:rows]
+        out = buf[:run_rows]
         dst = out.data.cast("B")  # parts are C-contiguous (`check_inputs`), as is `out`
         at = 0
         for part in parts:
             n = part.nbytes
             dst[at : at + n] = part.data.cast("B")
             at += n
+        last = parts[-1][-1:].data.cast("B")
+        for _ in range(run_rows - rows):
+            dst[at : at + last.nbytes] = last
+            at += last.nbytes
         return out
 
     def _run_one(self, req: _Request) -> dict[str, Array] | BaseException:
+        """One request alone; a fixed batch it does not fill is padded, and only its own rows answered."""
+        fixed = self._fixed
+        filled = fixed is not None and req.rows < fixed
+        feed = {k: fill_rows(v, fixed) for k, v in req.feed.items()} if fixed and filled else req.feed
         try:
-            return self.engine.run_checked(req.feed)
+            out = self.engine.run_checked(feed)
         except ModelError as e:
             return e
+        if not filled:
+            return out
+        return {k: v[: req.rows] if v.ndim and v.shape[0] == fixed else v for k, v in out.items()}

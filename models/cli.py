@@ -95,6 +95,8 @@ def validate_cmd(
         raise typer.Exit(code=1) from e
     typer.echo(f"ok: {report.descriptor.name} {report.descriptor.version} sha256={report.sha256} size={report.size}")
     typer.echo(f"opset {report.opset}, inputs {report.inputs}, outputs {report.outputs}")
+    for name, kind in report.ignored_outputs.items():
+        typer.echo(f"ignored output {name!r}: {kind} is not a numeric tensor (never run, never served)")
     if write is not None:
         try:
             report.descriptor.save(write)

@@ -211,7 +211,16 @@ class Engine:
         self.options = options
         self.path = path
         self.inputs = tuple(_spec(x) for x in session.get_inputs())
-        self.outputs = tuple(_spec(x) for x in session.get_outputs())
+        # outputs that are not numeric tensors (ZipMap's `seq(map(...))`, sequences, strings) have no decoder and
+        # no v2 datatype: they are never requested from onnxruntime, so a model carrying them still serves
+        outputs = session.get_outputs()
+        self.outputs = tuple(_spec(x) for x in outputs if x.type in _ORT_DTYPES)
+        self.ignored_outputs: tuple[tuple[str, str], ...] = tuple(
+            (x.name, str(x.type)) for x in outputs if x.type not in _ORT_DTYPES
+        )
+        if not self.outputs:
+            kinds = ", ".join(f"{n!r} ({t})" for n, t in self.ignored_outputs)
+            raise InvalidModelFile(f"graph has no numeric tensor output to serve; its outputs are {kinds}")
         self._output_names = [o.name for o in self.outputs]
         self.active_provider: str = session.get_providers()[0]
         self._closed = False
@@ -275,8 +284,11 @@ class Engine:
         dims = [s.shape[0] for s in self.inputs if s.shape and isinstance(s.shape[0], int)]
         return min(dims) if dims else None
 
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
+    def check_inputs(self, inputs: Mapping[str, Any], *, partial_batch: bool = False) -> dict[str, Array]:
         """Validate names, types, dtypes, ranks and fixed dims; return contiguous arrays.
+
+        `partial_batch`: a fixed batch axis of N may hold 1 to N rows (the batcher fills the run up to N with
+        other requests' rows and padding); without it, exactly N.
 
         Raises:
             InvalidInput: naming the tensor, what was expected and what was given.
@@ -303,7 +315,8 @@ class Engine:
                     f"the model expects {spec.describe()} ({len(spec.shape)} dims)"
                 )
             for i, (want, got) in enumerate(zip(spec.shape, a.shape, strict=True)):
-                if (isinstance(want, int) and want != got) or got == 0:
+                short = partial_batch and i == 0 and isinstance(want, int) and got < want  # filled by the batcher
+                if (isinstance(want, int) and want != got and not short) or got == 0:
                     raise InvalidInput(
                         f"input {spec.name!r} has shape {list(a.shape)}; the model expects {spec.describe()} "
                         f"(axis {i} is {got})"

@@ -4,12 +4,15 @@ Order (cheapest and most actionable failure first): sha256/size streamed from di
 opset/IR support of the installed onnxruntime, `onnx.checker` full check, strict shape inference,
 input/output signature against the task and description, one CPU run on the golden input whose concrete
 outputs must fit the declared decoder (models.layouts).
+
+Outputs that are not numeric tensors (skl2onnx's ZipMap `seq(map(...))`, sequences, string tensors) are
+ignored: never run, never served, listed in the report. Only a decoder that names one refuses the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,8 @@ class ValidationReport:
     inputs: dict[str, tuple[Dim, ...]]
     outputs: dict[str, tuple[Dim, ...]]
     golden_matched: bool | None
+    ignored_outputs: dict[str, str] = field(default_factory=dict)
+    """Outputs that are not numeric tensors, by name, with their ONNX type: not run, not served."""
 
 
 def validate(
@@ -111,7 +116,8 @@ def validate(
         raise ShapeInferenceFailed(f"{path.name} fails shape inference: {_first_line(e)}") from e
 
     inputs, outputs = _signature(inferred)
-    check_signature(descriptor, inputs, outputs, _elem_types(inferred))
+    ignored = _not_tensors(inferred)
+    check_signature(descriptor, inputs, outputs, _elem_types(inferred), ignored)
 
     opts = EngineOptions(providers=("cpu",), warmup_runs=1, golden="skip")
     engine = Engine.load(path, descriptor, opts)
@@ -131,7 +137,8 @@ def validate(
         new_atol = atol if atol is not None else g.atol
         recorded = golden_mod.record(result, g.seed, new_atol, rtol if rtol is not None else g.rtol)
     described = descriptor.model_copy(update={"sha256": sha, "size": size, "golden": recorded})
-    return ValidationReport(described, sha, size, opset, ir, inputs, outputs, matched)
+    served = {k: v for k, v in outputs.items() if k not in ignored}
+    return ValidationReport(described, sha, size, opset, ir, inputs, served, matched, ignored)
 
 
 def _parse(path: Path) -> Any:
@@ -203,6 +210,36 @@ def _signature(model: Any) -> tuple[dict[str, tuple[Dim, ...]], dict[str, tuple[
     return ins, outs
 
 
+def _not_tensors(model: Any) -> dict[str, str]:
+    """Graph outputs that are not tensors of a served element type, with their type as ONNX prints it."""
+    served = set(_OUT_ELEM.values())
+    return {
+        vi.name: _type_text(vi.type)
+        for vi in model.graph.output
+        if vi.type.WhichOneof("value") != "tensor_type" or vi.type.tensor_type.elem_type not in served
+    }
+
+
+def _type_text(t: Any) -> str:
+    """An ONNX type as onnxruntime names it: `tensor(string)`, `seq(map(int64,tensor(float)))`."""
+
+    def elem(e: int) -> str:
+        return str(onnx.TensorProto.DataType.Name(e)).lower()
+
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({elem(t.tensor_type.elem_type)})"
+    if kind == "sparse_tensor_type":
+        return f"sparse_tensor({elem(t.sparse_tensor_type.elem_type)})"
+    if kind == "sequence_type":
+        return f"seq({_type_text(t.sequence_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({elem(t.map_type.key_type)},{_type_text(t.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_text(t.optional_type.elem_type)})"
+    return str(kind or "an undefined type")
+
+
 def _elem_types(model: Any) -> dict[str, int]:
     return {vi.name: vi.type.tensor_type.elem_type for vi in [*model.graph.input, *model.graph.output]}
 
@@ -212,8 +249,23 @@ def check_signature(
     inputs: dict[str, tuple[Dim, ...]],
     outputs: dict[str, tuple[Dim, ...]],
     elem_types: dict[str, int] | None = None,
+    ignored: dict[str, str] | None = None,
 ) -> None:
-    """Raise SignatureMismatch unless the graph's inputs/outputs fit the description and task."""
+    """Raise SignatureMismatch unless the graph's inputs/outputs fit the description and task.
+
+    `ignored`: outputs that are not numeric tensors (name to type); refused only where a decoder names one.
+    """
+    not_tensors = ignored or {}
+
+    def tensor_output(name: str, what: str) -> None:
+        if name not in outputs:
+            raise SignatureMismatch(f"graph has no output {name!r} ({what}); its outputs are {sorted(outputs)}")
+        if name in not_tensors:
+            raise SignatureMismatch(
+                f"output {name!r} is {not_tensors[name]}, not a numeric tensor; {what} needs one "
+                "(skl2onnx: convert with options={'zipmap': False})"
+            )
+
     spec = d.input
     task = d.task.value
     if spec.name not in inputs:
@@ -223,9 +275,17 @@ def check_signature(
         raise SignatureMismatch(f"graph has inputs {extra} besides {spec.name!r}; a vision model takes one image")
     dims = inputs[spec.name]
     if len(dims) != 4:
+        unbatched = (
+            f": {_shape(dims)} looks like one image without a batch axis, which is not served (requests are "
+            "batched on a first axis): re-export with one (torch.onnx.export: an example input of shape "
+            f"[1, ...] and dynamic_axes={{{spec.name!r}: {{0: 'batch'}}}}), or feed the graph through a "
+            "Squeeze(axes=[0]) from a new [1, ...] input and Unsqueeze(axes=[0]) its outputs"
+            if len(dims) == 3
+            else ""
+        )
         raise SignatureMismatch(
             f"input {spec.name!r} has {len(dims)} dims; {task} needs 4 ({spec.layout.value}: batch, "
-            f"{'channels, height, width' if spec.layout == Layout.NCHW else 'height, width, channels'})"
+            f"{'channels, height, width' if spec.layout == Layout.NCHW else 'height, width, channels'}){unbatched}"
         )
     c, h, w = (dims[1], dims[2], dims[3]) if spec.layout == Layout.NCHW else (dims[3], dims[1], dims[2])
     if isinstance(c, int) and c != 3:
@@ -244,8 +304,7 @@ def check_signature(
         )
 
     def need(name: str, rank: int, what: str) -> tuple[Dim, ...]:
-        if name not in outputs:
-            raise SignatureMismatch(f"graph has no output {name!r} ({what}); its outputs are {sorted(outputs)}")
+        tensor_output(name, what)
         got = outputs[name]
         if len(got) != rank:
             hint = "" if isinstance(d.output, TensorsOutput) else " (if no output kind reads it: kind: tensors)"
@@ -276,8 +335,7 @@ def check_signature(
         need(o.scores, 2, "NMS scores [batch, N]")
     elif isinstance(o, TensorsOutput):
         for t in o.outputs:
-            if t.name not in outputs:
-                raise SignatureMismatch(f"graph has no output {t.name!r}; its outputs are {sorted(outputs)}")
+            tensor_output(t.name, "kind: tensors")
             if t.rank is not None and len(outputs[t.name]) != t.rank:
                 got_rank = len(outputs[t.name])
                 raise SignatureMismatch(f"output {t.name!r} has {got_rank} dims; the description says rank {t.rank}")
@@ -294,6 +352,10 @@ def _count(name: str, dim: Dim, n: int, offset: int, what: str) -> None:
         raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; the {n} labels imply {n + offset}")
     if isinstance(dim, int) and dim <= offset:
         raise SignatureMismatch(f"output {name!r} has {dim} at the axis of {what}; too few")
+
+
+def _shape(dims: tuple[Dim, ...]) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + "]"
 
 
 def _first_line(e: BaseException) -> str:

@@ -35,8 +35,8 @@ class OneRunAtATime:
     def max_batch(self) -> int | None:
         return self.engine.max_batch
 
-    def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Array]:
-        return self.engine.check_inputs(inputs)
+    def check_inputs(self, inputs: Mapping[str, Any], *, partial_batch: bool = False) -> dict[str, Array]:
+        return self.engine.check_inputs(inputs, partial_batch=partial_batch)
 
     def run_checked(self, feed: dict[str, Array]) -> dict[str, Array]:
         with self.lock:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import onnx
 import pytest
 
 from fleet.codec import encode
@@ -14,6 +15,7 @@ from fleet.messages import Capabilities, DeviceStatus
 from models.descriptor import ModelDescriptor
 from tests.support.broker import Broker
 from tests.support.hub import RunningHub, start_hub
+from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors, without_batch_axis
 from tests.support.mqtt import TestClient, wait_for
 from tests.support.wire import one_model_window
 
@@ -68,6 +70,35 @@ def test_corrupt_model_upload_is_refused_with_the_reason(
         r = c.post("/api/v1/models", data={"descriptor": json.dumps(desc)})
         assert r.status_code == 400 and "file" in _error(r)["message"]
     _nothing_stored(running_hub)
+
+
+def test_an_image_input_without_a_batch_axis_is_refused_at_push_with_the_reason(
+    running_hub: RunningHub, tmp_path: Path
+) -> None:
+    """Before, the reason said only "has 3 dims; classification needs 4"."""
+    model, desc = colour_classifier("1.0.0", 32, name="unbatched")
+    onnx.save(without_batch_axis(model, 32), tmp_path / "unbatched.onnx")
+    r = running_hub.push_model(tmp_path / "unbatched.onnx", desc.to_json())
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_model", r.text
+    assert "[3, 32, 32] looks like one image without a batch axis, which is not served" in _error(r)["message"]
+    _nothing_stored(running_hub)
+
+
+def test_a_push_names_the_outputs_that_are_not_tensors_it_ignores(running_hub: RunningHub, tmp_path: Path) -> None:
+    """A model with a ZipMap, a string and a sequence output beside its logits is stored (before: refused,
+    "unsupported type seq(map(...))"), and the push's audit event names the outputs that are ignored."""
+    model, desc = colour_classifier("1.0.0", 32, name="zipmap")
+    onnx.save(with_outputs_that_are_not_tensors(model), tmp_path / "zipmap.onnx")
+    r = running_hub.push_model(tmp_path / "zipmap.onnx", desc.to_json())
+    assert r.status_code == 201, r.text
+    [event] = running_hub.hub.store.list_events(
+        since=None, until=None, subject="model/zipmap:1.0.0", action="model.push", limit=10
+    )
+    assert event.details["ignored_outputs"] == {
+        "probabilities": "seq(map(int64,tensor(float)))",
+        "label": "tensor(string)",
+        "logit_seq": "seq(tensor(float))",
+    }
 
 
 def test_oversized_upload_gets_413(broker: Broker, topic_prefix: str, tmp_path: Path, samples: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -165,10 +166,69 @@ def test_a_fixed_batch_model_runs_whatever_max_batch_says(tmp_path: Path) -> Non
         assert np.allclose(out["logits"], x.mean(axis=(2, 3)), atol=1e-6)
 
 
-def _gather_model(tmp_path: Path) -> Engine:
+def _fixed(model: onnx.ModelProto, rows: int) -> onnx.ModelProto:
+    """The same graph exported with a fixed batch of `rows` (Ultralytics `export(batch=4)`)."""
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = rows
+    return model
+
+
+def test_a_fixed_batch_run_holds_the_rows_of_several_requests(tmp_path: Path) -> None:
+    """Four one-image requests to a model fixed to 4 rows: each was filled to 4 rows with copies of itself and
+    ran alone (4 runs, 3 rows of 4 wasted in each); now one run holds the four images. Each answer is its own
+    row of what plain onnxruntime answers for the four images stacked."""
+    model, desc = colour_classifier("1.0.0", 8)
+    onnx_path, yaml_path = write_model(_fixed(model, 4), desc, tmp_path, "fixed4")
+    engine = Engine.load(onnx_path, validate(onnx_path, ModelDescriptor.load(yaml_path)).descriptor)
+    xs = [np.random.default_rng(i).random((1, 3, 8, 8)).astype(np.float32) for i in range(4)]
+
+    async def main() -> tuple[list[dict[str, Array]], BatcherStats]:
+        async with Batcher(engine, BatcherOptions(max_delay_ms=1000)) as b:  # waits for the run to fill
+            results = await asyncio.gather(*(b.infer({"image": x}) for x in xs))
+            return results, b.stats()
+
+    results, stats = asyncio.run(main())
+    assert (stats.batches, stats.batch_sizes) == (1, {4: 1})
+    want = ort.InferenceSession(str(onnx_path)).run(["logits"], {"image": np.concatenate(xs)})[0]
+    for i, got in enumerate(results):
+        assert got["logits"].shape == (1, 3)
+        assert np.allclose(got["logits"], want[i : i + 1], atol=1e-6)
+
+
+def test_requests_of_several_rows_share_a_fixed_batch_and_only_the_rest_is_padded(tmp_path: Path) -> None:
+    """Requests of 1, 2, 1, 3 and 1 rows to a graph fixed to 4 (Identity: each row answers itself, so a row given to
+    the wrong caller, or padding answered, shows): two full runs, [1, 2, 1] and [3, 1]; five runs before."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "identity4.onnx")
+    engine = Engine.load(
+        tmp_path / "identity4.onnx", classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0)
+    )
+    starts = np.cumsum((0, 1, 2, 1, 3, 1))  # the requests' rows
+    xs = [np.arange(2 * a, 2 * b, dtype=np.float32).reshape(b - a, 2) for a, b in zip(starts, starts[1:])]
+
+    async def main() -> tuple[dict[str, Array], list[dict[str, Array]], dict[int, int]]:
+        async with Batcher(engine, BatcherOptions(max_delay_ms=1000)) as b:
+            alone = await b.infer({"x": xs[3]})  # 3 rows padded with a copy of the last; 3 answered
+            results = await asyncio.gather(*(b.infer({"x": given}) for given in xs))
+            return alone, results, b.stats().batch_sizes
+
+    alone, results, sizes = asyncio.run(main())
+    assert alone["y"].tolist() == xs[3].tolist()
+    for given, got in zip(xs, results, strict=True):
+        assert got["y"].tolist() == given.tolist()
+    assert sizes == {3: 1, 4: 2}  # rows of requests per run (padding not counted)
+
+
+def _gather_model(tmp_path: Path, batch: int | str = "batch") -> Engine:
     """A real model that fails inside onnxruntime for some values (Gather with indices from the input)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1])
     table = numpy_helper.from_array(np.arange(10, dtype=np.float32), "table")
     nodes = [
         helper.make_node("Cast", ["x"], ["idx"], to=TensorProto.INT64),
@@ -184,8 +244,10 @@ def _gather_model(tmp_path: Path) -> Engine:
     return Engine.load(path, classifier_descriptor(), EngineOptions(golden="skip", warmup_runs=0))
 
 
-def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path) -> None:
-    engine = _gather_model(tmp_path)
+@pytest.mark.parametrize("batch", ["batch", 4])
+def test_runtime_failure_in_a_batch_fails_only_the_culprit(tmp_path: Path, batch: int | str) -> None:
+    """A symbolic batch, and a graph fixed to 4 rows (each run padded, a request rerun alone padded too)."""
+    engine = _gather_model(tmp_path, batch)
     values = [1.0, 2.0, 42.0, 3.0, 4.0, 5.0]
 
     async def main() -> tuple[list[dict[str, Array] | BaseException], int]:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
 from fleet.files import file_digest
-from models.cli import write_model
+from models.cli import app, write_model
 from models.descriptor import ModelDescriptor
 from models.engine import Engine
 from models.errors import (
@@ -25,7 +27,7 @@ from models.preprocess import preprocess
 from models.samples import build_classifier, classifier_descriptor
 from models.validate import validate
 from tests.models.conftest import Sample, encode, scene
-from tests.support.models import colour_classifier
+from tests.support.models import colour_classifier, with_outputs_that_are_not_tensors, without_batch_axis
 
 
 def test_sample_validates_and_records(classifier: Sample) -> None:
@@ -226,3 +228,69 @@ def test_tensors_kind_validates_and_records_a_golden(classifier: Sample) -> None
 def test_tensors_kind_refuses_what_the_graph_lacks(classifier: Sample, output: dict[str, object], match: str) -> None:
     with pytest.raises(SignatureMismatch, match=match):
         validate(classifier.path, _as_tensors(classifier.descriptor, output))
+
+
+NOT_TENSORS = {
+    "probabilities": "seq(map(int64,tensor(float)))",
+    "label": "tensor(string)",
+    "logit_seq": "seq(tensor(float))",
+}
+
+
+def test_outputs_that_are_not_tensors_are_ignored_not_refused(tmp_path: Path) -> None:
+    """A ZipMap (skl2onnx's default), a string label and a sequence beside the output the decoder reads: the engine
+    refused the whole model ("graph tensor 'probabilities' has unsupported type seq(map(...))"). They are now
+    ignored: never requested from onnxruntime, named in validate's report; the answer is plain onnxruntime's."""
+    model, desc = colour_classifier("1.0.0", 32, name="zipmap")
+    onnx_path, yaml_path = write_model(with_outputs_that_are_not_tensors(model), desc, tmp_path, "zipmap")
+    report = validate(onnx_path, ModelDescriptor.load(yaml_path))
+    assert report.ignored_outputs == NOT_TENSORS
+    assert list(report.outputs) == ["logits"]
+    res = CliRunner().invoke(app, ["validate", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    assert "ignored output 'probabilities': seq(map(int64,tensor(float))) is not a numeric tensor" in res.output
+    engine = Engine.load(onnx_path, report.descriptor)
+    assert [o.name for o in engine.outputs] == ["logits"]
+    assert dict(engine.ignored_outputs) == NOT_TENSORS
+    x = np.random.default_rng(3).random((2, 3, 32, 32)).astype(np.float32)
+    got = engine.infer({"image": x})
+    [want] = ort.InferenceSession(str(onnx_path)).run(["logits"], {"image": x})
+    assert list(got) == ["logits"] and np.array_equal(got["logits"], want)
+
+
+@pytest.mark.parametrize(
+    ("output", "match"),
+    [
+        (
+            {"kind": "classification", "output": "probabilities"},
+            r"'probabilities' is seq\(map\(int64,tensor\(float\)\)\), not a numeric tensor",
+        ),
+        ({"kind": "tensors", "outputs": [{"name": "label"}]}, r"'label' is tensor\(string\), not a numeric tensor"),
+    ],
+)
+def test_a_decoder_that_reads_an_output_that_is_not_a_tensor_is_refused(
+    tmp_path: Path, output: dict[str, object], match: str
+) -> None:
+    model, desc = colour_classifier("1.0.0", 32, name="zipmap")
+    onnx_path = tmp_path / "zipmap.onnx"
+    onnx.save(with_outputs_that_are_not_tensors(model), onnx_path)
+    data = {**desc.to_json(), "output": output}
+    if output["kind"] == "tensors":
+        data.update(task="tensors", labels=[])
+    with pytest.raises(SignatureMismatch, match=match):
+        validate(onnx_path, ModelDescriptor.from_json(data))
+
+
+def test_an_input_without_a_batch_axis_is_refused_at_validate_with_the_reason(tmp_path: Path) -> None:
+    """An image input of [3, 32, 32] (one image, no batch axis): refused before anything runs, saying what is missing
+    and how to export it; before, the reason said only "has 3 dims; classification needs 4"."""
+    model, desc = colour_classifier("1.0.0", 32)
+    model = without_batch_axis(model, 32)
+    onnx_path = tmp_path / "unbatched.onnx"
+    onnx.save(model, onnx_path)
+    onnx.checker.check_model(model, full_check=True)  # a sound model: only the missing batch axis is refused
+    with pytest.raises(SignatureMismatch) as e:
+        validate(onnx_path, desc)
+    assert "input 'image' has 3 dims; classification needs 4" in str(e.value)
+    assert "[3, 32, 32] looks like one image without a batch axis, which is not served" in str(e.value)
+    assert "dynamic_axes={'image': {0: 'batch'}}" in str(e.value)

@@ -111,3 +111,40 @@ def colour_photos() -> tuple[list[bytes], list[bool]]:
         photos.append(buf.getvalue())
     agrees = [not (g > r and g - r < 0.1 * 255 and g > b) for r, g, b in colours]
     return photos, agrees
+
+
+def with_outputs_that_are_not_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` (a colour classifier) with what skl2onnx-style exports add beside `logits`: a ZipMap of the
+    probabilities (`seq(map(int64,tensor(float)))`), the label as a string tensor, and a sequence of tensors."""
+    ml = "ai.onnx.ml"
+    g = model.graph
+    g.node.extend([
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("ZipMap", ["probs"], ["probabilities"], domain=ml, classlabels_int64s=[0, 1, 2]),
+        helper.make_node("ArgMax", ["logits"], ["label_id"], axis=1, keepdims=0),
+        helper.make_node("LabelEncoder", ["label_id"], ["label"], domain=ml, keys_int64s=[0, 1, 2],
+                         values_strings=list(COLOURS)),
+        helper.make_node("SequenceConstruct", ["logits"], ["logit_seq"]),
+    ])  # fmt: skip
+    scalar = helper.make_tensor_type_proto(TensorProto.FLOAT, None)
+    g.output.extend([
+        helper.make_value_info("probabilities", helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, scalar))),
+        helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
+        helper.make_value_info("logit_seq", helper.make_sequence_type_proto(
+            helper.make_tensor_type_proto(TensorProto.FLOAT, ["N", 3]))),
+    ])  # fmt: skip
+    model.opset_import.append(helper.make_opsetid(ml, 3))
+    return model
+
+
+def without_batch_axis(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """`model` (a float colour classifier of `size`) taking one image of [3, size, size], no batch axis: the graph
+    adds one itself (Unsqueeze) and answers [1, 3]."""
+    g = model.graph
+    g.input[0].CopyFrom(helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, size, size]))
+    g.node.insert(0, helper.make_node("Unsqueeze", ["image", "axis0"], ["batched"]))
+    g.node[1].input[0] = "batched"
+    g.initializer.append(numpy_helper.from_array(np.asarray([0], np.int64), "axis0"))
+    g.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    return model
