@@ -9,8 +9,9 @@ uint64) that numpy views and casts once (docs/bench/serve.md has the figures).
 numeric `data` array already a 1-D numpy array, or None whenever anything is unusual (not an object,
 nested or non-numeric data, a parser error), and the caller then parses with orjson, whose errors name
 the problem. So every request gets the same answer as before; only the common large case gets faster.
-One error it answers itself (`BadRequest`): a flat `data` array whose length is not its shape's, which orjson
-would first build as a Python list as long as the body allows.
+Two errors it answers itself (`BadRequest`), from counts on simdjson's tape, where orjson would first build
+the whole list as Python objects: a flat `data` array whose length is not its shape's, and more `inputs` or
+`outputs` than a request may have.
 """
 
 from __future__ import annotations
@@ -42,24 +43,34 @@ _kept = simdjson.Parser()
 _kept_lock = threading.Lock()
 
 
-def parse_json(body: bytes | memoryview, datatypes: dict[str, np.dtype[Any]]) -> dict[str, Any] | None:
+def parse_json(
+    body: bytes | memoryview, datatypes: dict[str, np.dtype[Any]], max_tensors: int
+) -> dict[str, Any] | None:
     """The request document with flat numeric `data` arrays as 1-D numpy arrays (int64, uint64 or float64:
-    the caller casts to the declared datatype), or None: parse with orjson instead."""
+    the caller casts to the declared datatype), or None: parse with orjson instead.
+
+    Raises:
+        BadRequest: more than `max_tensors` inputs or outputs, or a flat `data` of another length than its shape's.
+    """
     if len(body) <= REUSE_BYTES and _kept_lock.acquire(blocking=False):
         try:  # no proxy of the document outlives this call (numbers are copied out), so the parser is reusable
-            return _parse(_kept, body, datatypes)
+            return _parse(_kept, body, datatypes, max_tensors)
         finally:
             _kept_lock.release()
-    return _parse(simdjson.Parser(), body, datatypes)
+    return _parse(simdjson.Parser(), body, datatypes, max_tensors)
 
 
 def _parse(
-    parser: simdjson.Parser, body: bytes | memoryview, datatypes: dict[str, np.dtype[Any]]
+    parser: simdjson.Parser, body: bytes | memoryview, datatypes: dict[str, np.dtype[Any]], max_tensors: int
 ) -> dict[str, Any] | None:
     try:
         doc = parser.parse(body)
         if not isinstance(doc, simdjson.Object):
             return None
+        for key in ("inputs", "outputs"):  # counted on the tape: millions of `{}` would each become a dict
+            listed = doc.get(key)
+            if isinstance(listed, simdjson.Array) and len(listed) > max_tensors:
+                raise BadRequest(f"'{key}' must be a list of at most {max_tensors} tensors, not {len(listed)}")
         out: dict[str, Any] = {k: _plain(doc[k]) for k in doc.keys() if k != "inputs"}  # noqa: SIM118 (lazy)
         inputs = doc.get("inputs")
         if not isinstance(inputs, simdjson.Array):

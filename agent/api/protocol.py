@@ -472,9 +472,9 @@ class InferenceProtocol(HttpToolsProtocol):
         kind, name, version = found
         try:
             if kind == "infer":
-                reply = await self.handlers.infer_reply(name, version, d.read, headers)
+                reply = await self.handlers.infer_reply(name, version, d.read, headers, d.hold)
             else:
-                reply = await self.handlers.predict_reply(name, None, None, query, d.read, headers)
+                reply = await self.handlers.predict_reply(name, None, None, query, d.read, headers, d.hold)
         except BaseException:  # cancelled (graceful shutdown ran out of time): no answer, close
             d.response_complete = True
             _settle(d.body)

@@ -125,7 +125,7 @@ def parse_infer(
         plan = _plans.get(key)
         if plan is not None:
             return plan.request(view)
-    doc = parse_json(head, DATATYPES) if n is None and len(head) >= FAST_JSON_BYTES else None
+    doc = parse_json(head, DATATYPES, MAX_TENSORS) if n is None and len(head) >= FAST_JSON_BYTES else None
     if doc is None:
         try:
             doc = orjson.loads(head)

@@ -244,19 +244,31 @@ def test_nested_data_of_another_shape_is_a_bad_request(shape: list[int], data: o
         np.testing.assert_array_equal(parse_infer(body, None).inputs["x"], x)
 
 
-def test_a_flat_list_longer_than_its_shape_is_refused_before_it_is_built() -> None:
-    """A body within the JSON limit of zeros declared as one value: orjson built all of them as a Python list
-    (8 bytes a value, four times the text) and numpy an array of them, only to refuse the count. The typed
-    parser's tape counts them; no Python value is made (tracemalloc sees Python's allocations)."""
-    body = b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[' + b"0," * 2_000_000 + b"0]}]}"
+_ONE = b'{"name":"x","shape":[1],"datatype":"FP32","data":[0]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[' + b"0," * 2_000_000 + b"0]}]}",
+         "'data' has 2000001 values, shape \\[1\\] needs 1"),
+        (b'{"inputs":[' + b"{}," * 1_000_000 + b"{}]}", "'inputs' must be a list of at most 64 tensors, not 1000001"),
+        (b'{"inputs":[' + _ONE + b'],"outputs":[' + b"{}," * 1_000_000 + b"{}]}", "'outputs' must be a list"),
+    ],
+)  # fmt: skip
+def test_lists_longer_than_a_request_can_hold_are_refused_before_they_are_built(body: bytes, reason: str) -> None:
+    """Bodies within the JSON limit whose lists no request can use: zeros declared as one value, a million
+    inputs or outputs. orjson built each as Python objects (a list of 8-byte pointers, 4x the text; a dict per
+    `{}`, ~20x), numpy an array of the zeros, only to refuse the count. simdjson's tape counts them; no Python
+    value is made (tracemalloc sees Python's allocations, not simdjson's tape)."""
     tracemalloc.start()
     try:
-        with pytest.raises(BadRequest, match="'data' has 2000001 values, shape \\[1\\] needs 1"):
+        with pytest.raises(BadRequest, match=reason):
             parse_infer(body, None)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < len(body) // 4, peak  # old code: about 4x the body
+    assert peak < len(body) // 4, peak  # old code: 4x the body (zeros) to 20x ({})
 
 
 def _json_body(arrays: dict[str, np.ndarray], nested: bool = False, **extra: object) -> bytes:

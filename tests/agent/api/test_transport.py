@@ -7,6 +7,7 @@ clients that go away must behave as uvicorn's own handling does.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import shutil
 import socket
@@ -598,3 +599,39 @@ def test_curl_with_a_large_body_gets_its_answer_and_a_refusal_closes(
     got = np.frombuffer((tmp_path / "answer").read_bytes()[n:], dtype=np.float32).reshape(8, 100)
     np.testing.assert_allclose(got, clf_engine.infer({"image": x})["logits"].astype(np.float32), rtol=1e-4, atol=1e-5)
     assert orjson.loads((tmp_path / "classes").read_bytes())["classes"]
+
+
+def test_a_compressed_body_counts_what_it_inflates_to_in_the_budget(
+    make_server: object, samples: dict[str, Sample], clf_engine: Engine
+) -> None:
+    """The budget counted a gzip body's bytes as sent: a few KiB each, so many concurrent requests inflating to
+    `max_body_bytes` each grew the device far past `max_body_bytes_in_flight`. The inflated bytes are held too:
+    one that does not fit beside the others is 503 (413 if larger than the whole budget), and fits once they end."""
+    x = _x()
+    doc = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    text = orjson.dumps(doc) + b" " * 400_000  # ~0.7 MB of valid JSON that gzip makes a few hundred KiB
+    packed = gzip.compress(text)
+    assert len(packed) < len(text) // 2
+    budget = len(text) + len(text) // 2
+    server, repo = make_server(max_body_bytes=len(text) + 1024, max_body_bytes_in_flight=budget)  # type: ignore[operator]
+    repo.activate(clf_engine, samples["clf"].applied(), samples["clf"].descriptor)
+    holder = Conn(server.url)  # holds len(text) bytes of the budget while its body is coming
+    raw = raw_post(INFER, text, {})
+    holder.send(raw[:-100])
+    c = Conn(server.url)
+    c.send(raw_post(INFER, packed, {"Content-Encoding": "gzip"}))  # its own bytes fit; inflated, they do not
+    status, h, content = c.response()
+    assert status == 503 and h["retry-after"] == "1", content  # old code: 200
+    assert "bodies in flight" in orjson.loads(content)["error"]
+    holder.send(raw[-100:])
+    assert holder.response()[0] == 200
+    c.send(raw_post(INFER, packed, {"Content-Encoding": "gzip"}))  # the budget is free again: served
+    status, _, content = c.response()
+    assert status == 200, content
+    bomb = gzip.compress(b" " * (2 * budget))  # inflates past max_body_bytes: 413, as before
+    c.send(raw_post(INFER, bomb, {"Content-Encoding": "gzip"}))
+    status, _, content = c.response()
+    assert status == 413 and "inflates past" in orjson.loads(content)["error"], content
+    for conn in (c, holder):
+        conn.close()
+    _wait_released(server.url)
