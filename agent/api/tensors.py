@@ -147,6 +147,7 @@ def parse_infer(
     if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
         raise BadRequest(f"'inputs' must be a non-empty list of at most {MAX_TENSORS} tensors")
     offset = n or 0
+    literals: bool | None = None
     inputs: dict[str, Array] = {}
     binary: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = []
     for raw in raw_inputs:
@@ -182,7 +183,10 @@ def parse_infer(
         else:
             if "data" not in raw:
                 raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
-            arr = _from_json(raw["data"], dtype, shape, name)
+            if literals is None and isinstance(raw["data"], list):  # once per document: a value may be a boolean
+                text = bytes(head)  # a copy (the direct path's buffer), but `in` searches bytes at memory speed
+                literals = b"true" in text or b"false" in text
+            arr = _from_json(raw["data"], dtype, shape, name, bool(literals))
         inputs[name] = arr
     if offset != len(body) and n is not None:
         raise BadRequest(f"{len(body) - offset} bytes of binary data are not claimed by any input")
@@ -223,8 +227,9 @@ def _tensor(view: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], offs
     return arr if arr.flags.aligned else arr.copy()
 
 
-def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
-    """A JSON `data` list (flat, or nested exactly as `shape`) as an array of `dtype`, refusing what Triton refuses.
+def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str, literals: bool) -> Array:
+    """A JSON `data` list (flat, or nested exactly as `shape`) as an array of `dtype`, refusing what Triton refuses;
+    `literals`: the document has `true` or `false` somewhere (else no value can be a boolean).
 
     Its structure is checked against the declared shape before any array is built (a list of 8 million values
     for a shape of 1 built 100 MB of arrays to be refused), and its values' own types before they are converted:
@@ -234,28 +239,13 @@ def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: st
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
     count = math.prod(shape)
     kind = _NAMES[dtype]
-    mixed = False
     if isinstance(data, np.ndarray):
         found = data
     else:
         values = _values(data, shape, name)
-        types = set(map(type, values))
-        if not types <= _NUMBER_TYPES:
-            odd = next(v for v in values if type(v) not in _NUMBER_TYPES)
-            what = "not lists nested deeper than its shape" if isinstance(odd, list) else "not null or strings"
-            raise BadRequest(
-                f"input {name!r}: 'data' of {kind} must hold only numbers (true/false for BOOL), {what}: {odd!r:.40}"
-            )
-        if bool in types and dtype.kind != "b":
-            raise BadRequest(
-                f"input {name!r}: 'data' of {kind} holds true/false: booleans are values of BOOL inputs only "
-                "(send 1 and 0 for numbers)"
-            )
-        mixed = int in types and float in types  # numpy reads them all as floats: exact only up to 2**53
-        try:
-            found = np.asarray(values)
-        except (ValueError, TypeError, OverflowError) as e:  # not expected of numbers; never a 500 all the same
-            raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
+        if len(values) != count:  # before numpy builds anything
+            raise BadRequest(f"input {name!r}: 'data' has {len(values)} values, shape {list(shape)} needs {count}")
+        found = _numbers(values, dtype, name, literals)
     if found.size != count:
         raise BadRequest(f"input {name!r}: 'data' has {found.size} values, shape {list(shape)} needs {count}")
     if dtype.kind == "b":
@@ -263,6 +253,8 @@ def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: st
             raise BadRequest(f"input {name!r}: 'data' of BOOL takes true/false (or 1/0), not {_not_01(found)!r}")
         return found.astype(dtype).reshape(shape)
     if dtype.kind in "iu" and found.dtype.kind == "f":
+        # numpy reads integers beside a number written with a point as floats: exact only up to 2**53
+        mixed = not isinstance(data, np.ndarray) and int in set(map(type, values))
         if not np.array_equal(found, np.trunc(found)):
             raise BadRequest(
                 f"input {name!r}: 'data' of {kind} holds a number with a fraction (it would be "
@@ -278,6 +270,34 @@ def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: st
     except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
     return arr.reshape(shape)
+
+
+def _numbers(values: list[Any], dtype: np.dtype[Any], name: str, literals: bool) -> Array:
+    """`values` (flat) as a 1-D array of numbers or booleans, refused when one is neither, or is a boolean for a
+    numeric datatype. The values' types are looked at only when numpy's array says something is odd, or when the
+    document has a `true`/`false` (numpy reads a boolean among numbers as 1 or 0 and says nothing)."""
+    try:
+        found: Array | None = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # lists of several lengths among the values
+        found = None
+    if found is not None and found.ndim == 1 and found.dtype.kind in "iuf" and not literals:
+        return found
+    kind = _NAMES[dtype]
+    types = set(map(type, values))
+    if not types <= _NUMBER_TYPES:
+        odd = next(v for v in values if type(v) not in _NUMBER_TYPES)
+        what = "not lists nested deeper than its shape" if isinstance(odd, list) else "not null or strings"
+        raise BadRequest(
+            f"input {name!r}: 'data' of {kind} must hold only numbers (true/false for BOOL), {what}: {odd!r:.40}"
+        )
+    if bool in types and dtype.kind != "b":
+        raise BadRequest(
+            f"input {name!r}: 'data' of {kind} holds true/false: booleans are values of BOOL inputs only "
+            "(send 1 and 0 for numbers)"
+        )
+    if found is None or found.ndim != 1 or found.dtype.kind not in "biuf":  # numbers only: not expected
+        raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values")
+    return found
 
 
 _NUMBER_TYPES = frozenset({int, float, bool})
