@@ -31,7 +31,9 @@ Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests 
 while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400, answered as
 JSON here like every other error). Requests
 it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
-go through ASGI, so every answer is the same either way; only the cost differs.
+go through ASGI, so every answer is the same either way; only the cost differs. One thing differs from uvicorn
+there: a request with `Expect: 100-continue` answered before it asked for its body closes its connection
+(`_uncontinued_closes`), where uvicorn read the client's next request as that body.
 """
 
 from __future__ import annotations

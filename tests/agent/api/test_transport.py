@@ -67,8 +67,12 @@ class Conn:
         return int(lines[0].split()[1]), headers, body
 
     def closed(self) -> bool:
-        """True once the server has closed the connection (EOF)."""
-        return self.sock.recv(1) == b""
+        """True once the server has closed the connection (EOF; or a reset, should the server's lingering close end
+        while a loaded test is still to read the EOF)."""
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
 
     def _more(self) -> None:
         chunk = self.sock.recv(1 << 20)
