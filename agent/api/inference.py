@@ -125,11 +125,18 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def decompress(body: Body, encoding: str | None, limit: int) -> Body:
-    """The body after its Content-Encoding (gzip, deflate or none), refusing more than `limit` bytes.
+INFLATE_PIECE_BYTES = 1024 * 1024
+"""A compressed body is inflated this much at a time: each piece is held in the budget before it is kept, and the
+event loop serves others between pieces (a 64 MiB inflate held it for ~100 ms at once)."""
+
+
+async def decompress(body: Body, encoding: str | None, limit: int, hold: BodyHold | None = None) -> Body:
+    """The body after its Content-Encoding (gzip, deflate or none), refusing more than `limit` bytes; the inflated
+    bytes are held in the device's budget of bodies in flight too (`hold`, the request's), as they are inflated.
 
     Raises:
-        BadRequest: an unknown encoding or data that does not decompress. TooLarge: it inflates past `limit`.
+        BadRequest: an unknown encoding or data that does not decompress. TooLarge: it inflates past `limit`, or
+            past the whole budget. Overloaded: the inflated bytes do not fit beside other requests' (503).
     """
     if not encoding or encoding == "identity":
         return body
@@ -139,12 +146,23 @@ def decompress(body: Body, encoding: str | None, limit: int) -> Body:
         d = zlib.decompressobj()
     else:
         raise BadRequest(f"Content-Encoding {encoding[:20]!r} is not supported: send gzip, deflate or none")
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise BadRequest(f"the body does not decompress as {encoding}: {e}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise TooLarge(f"the body inflates past the limit of {limit} bytes")
+    out = bytearray()
+    data: Body = body
+    while True:
+        try:
+            piece = d.decompress(data, INFLATE_PIECE_BYTES)
+        except zlib.error as e:
+            raise BadRequest(f"the body does not decompress as {encoding}: {e}") from None
+        if len(out) + len(piece) > limit:
+            raise TooLarge(f"the body inflates past the limit of {limit} bytes")
+        if hold is not None and not hold.grow(len(piece)):
+            assert hold.refusal is not None  # grow set it
+            raise hold.refusal
+        out += piece
+        data = d.unconsumed_tail
+        if d.eof or (not data and len(piece) < INFLATE_PIECE_BYTES):  # a full piece may leave output in zlib
+            break
+        await asyncio.sleep(0)
     if not d.eof:
         raise BadRequest(f"the {encoding} body is truncated")
     return out
@@ -202,11 +220,14 @@ class Inference:
         """POST /v2/models/{name}[/versions/{version}]/infer (JSON or binary tensor data) through ASGI."""
         limit = self.settings.max_body_bytes
         read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
-        reply = await self.infer_reply(name, version, read, request.headers)
+        reply = await self.infer_reply(name, version, read, request.headers, request.scope.get(HOLD))
         return reply.response()
 
-    async def infer_reply(self, name: str, version: str | None, read: Reader, headers: Mapping[str, str]) -> Reply:
-        """The infer answer; `read` gives the body (within the body limit), `headers` the request's (lowercase)."""
+    async def infer_reply(
+        self, name: str, version: str | None, read: Reader, headers: Mapping[str, str], hold: BodyHold | None = None
+    ) -> Reply:
+        """The infer answer; `read` gives the body (within the body limit), `headers` the request's (lowercase),
+        `hold` its bytes in the device's budget of bodies in flight (what a compressed body inflates to joins)."""
         t0 = time.perf_counter()
         slot = served = None
         submitted = False
@@ -216,7 +237,7 @@ class Inference:
             served = slot.acquire(name, version)
             body = await read()
             t1 = time.perf_counter_ns()
-            body = decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes)
+            body = await decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes, hold)
             json_head = headers.get(HEADER)
             parse = functools.partial(parse_infer, body, json_head, max_json_bytes=self.settings.max_json_body_bytes)
             # a large JSON part parses in a worker thread: the event loop (health checks, other requests) goes
@@ -250,7 +271,7 @@ class Inference:
         """POST /v1/models/{name}:predict with an image (multipart or raw body) through ASGI."""
         limit = self.settings.max_body_bytes
         read = functools.partial(read_body, request, limit, self.settings.read_timeout_s)
-        reply = await self.predict_reply(name, k, threshold, query, read, request.headers)
+        reply = await self.predict_reply(name, k, threshold, query, read, request.headers, request.scope.get(HOLD))
         return reply.response()
 
     async def predict_reply(  # noqa: PLR0917 (the route's parameters, then the transport's)
@@ -261,10 +282,12 @@ class Inference:
         query: bytes | None,
         read: Reader,
         headers: Mapping[str, str],
+        hold: BodyHold | None = None,
     ) -> Reply:
         """The image endpoint's answer.
 
-        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast paths).
+        `k` and `threshold` come validated (FastAPI route), or unparsed in `query` (the fast paths); `hold` as for
+        `infer_reply`.
         """
         t0 = time.perf_counter()
         slot = served = None
@@ -276,7 +299,7 @@ class Inference:
             if query:
                 k, threshold = query_parameters(query)
             body = bytes(await read())
-            body = bytes(decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes))
+            body = bytes(await decompress(body, headers.get("content-encoding"), self.settings.max_body_bytes, hold))
             ctype = headers.get("content-type", "")
             data = await _multipart_image(headers, body) if ctype.startswith("multipart/") else body
             if not data:

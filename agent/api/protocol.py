@@ -31,7 +31,9 @@ Everything else stays uvicorn's: keep-alive and its timeout, pipelined requests 
 while a direct one is answered waits in uvicorn's queue), graceful shutdown, malformed HTTP (400, answered as
 JSON here like every other error). Requests
 it does not take (chunked bodies, `Expect: 100-continue`, a declared body over the limit, escaped paths)
-go through ASGI, so every answer is the same either way; only the cost differs.
+go through ASGI, so every answer is the same either way; only the cost differs. One thing differs from uvicorn
+there: a request with `Expect: 100-continue` answered before it asked for its body closes its connection
+(`_uncontinued_closes`), where uvicorn read the client's next request as that body.
 """
 
 from __future__ import annotations
@@ -143,6 +145,26 @@ class _BodyReader(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """As the HTTP protocol."""
         self.http.resume_writing()
+
+
+class _Lingering:
+    """The transport as uvicorn's cycle of one answer sees it when the client may still be sending after it (see
+    `InferenceProtocol._uncontinued_closes`): its close() is the protocol's lingering close."""
+
+    def __init__(self, http: InferenceProtocol) -> None:
+        self.http = http
+
+    def write(self, data: bytes) -> None:
+        """As the transport."""
+        self.http.transport.write(data)
+
+    def is_closing(self) -> bool:
+        """As the transport."""
+        return self.http.transport.is_closing()
+
+    def close(self) -> None:
+        """Half-close now, drop what still comes, close soon after (`InferenceProtocol._linger`)."""
+        self.http._linger()
 
 
 class InferenceProtocol(HttpToolsProtocol):
@@ -276,9 +298,29 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """As uvicorn (now, or once the request it was pipelined behind is answered); a request that holds body
-        bytes gives them back when its task ends, however it ends."""
+        bytes gives them back when its task ends, however it ends; one that waits for `100 Continue` closes its
+        connection if it is answered before it was asked for its body (`_uncontinued_closes`)."""
+        if cycle.waiting_for_100_continue:
+            app = self._uncontinued_closes(cycle, app)
         hold: BodyHold | None = cycle.scope.get(HOLD)
         super()._start_asgi_task(cycle, app if hold is None else _releasing(app, hold))
+
+    def _uncontinued_closes(self, cycle: Any, app: Any) -> Any:
+        """`app` for a request sent with `Expect: 100-continue`: answered (404, 413, 503) before it asked for the
+        body (uvicorn sends `100 Continue` then) and before the body has ended, its answer says `connection:
+        close` and the connection closes, lingering. Its client may send the body after all or, as curl does,
+        not (RFC 9110 allows either): kept open, the next request would be parsed as the announced body."""
+
+        async def run(scope: Any, receive: Any, send: Any) -> None:
+            async def guarded(message: Any) -> None:
+                if message["type"] == "http.response.start" and cycle.waiting_for_100_continue and cycle.more_body:
+                    cycle.transport = _Lingering(self)  # uvicorn closes after this answer: a lingering close
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+                await send(message)
+
+            await app(scope, receive, guarded)
+
+        return run
 
     def on_body(self, body: bytes) -> None:
         d = self._reading
@@ -375,8 +417,15 @@ class InferenceProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.transport.write(answer)
-        # a lingering close: closed with the client's bytes unread, the socket would send a reset that can
-        # destroy the answer before the client reads it; so send FIN, drop what still comes, close soon after
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer just written, while the client may still be sending (a lingering close): closed
+        with the client's bytes unread, the socket would send a reset that can destroy the answer before the client
+        reads it; so send FIN, drop what still comes, close soon after (at once under TLS, which has no FIN)."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
         self.transport.write_eof()
         self._refused = True
         self.flow.resume_reading()
@@ -425,9 +474,9 @@ class InferenceProtocol(HttpToolsProtocol):
         kind, name, version = found
         try:
             if kind == "infer":
-                reply = await self.handlers.infer_reply(name, version, d.read, headers)
+                reply = await self.handlers.infer_reply(name, version, d.read, headers, d.hold)
             else:
-                reply = await self.handlers.predict_reply(name, None, None, query, d.read, headers)
+                reply = await self.handlers.predict_reply(name, None, None, query, d.read, headers, d.hold)
         except BaseException:  # cancelled (graceful shutdown ran out of time): no answer, close
             d.response_complete = True
             _settle(d.body)

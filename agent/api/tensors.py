@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -124,13 +125,16 @@ def parse_infer(
         plan = _plans.get(key)
         if plan is not None:
             return plan.request(view)
-    doc = parse_json(head, DATATYPES) if n is None and len(head) >= FAST_JSON_BYTES else None
+    doc = parse_json(head, DATATYPES, MAX_TENSORS) if n is None and len(head) >= FAST_JSON_BYTES else None
     if doc is None:
         try:
             doc = orjson.loads(head)
         except orjson.JSONDecodeError as e:
             hint = ""
-            if n is None and b'"binary_data_size"' in bytes(head[:PLAN_HEAD_BYTES]):
+            near = bytes(head[max(e.pos - 1, 0) : e.pos + 8])
+            if b"NaN" in near or b"Infinity" in near:
+                hint = " (NaN and Infinity are not JSON numbers, and no input takes them: Triton refuses them too)"
+            elif n is None and b'"binary_data_size"' in bytes(head[:PLAN_HEAD_BYTES]):
                 hint = " (binary tensor data needs an Inference-Header-Content-Length header: the JSON part's length)"
             raise BadRequest(f"request body is not valid JSON: {e}{hint}") from None
     if not isinstance(doc, dict):
@@ -143,6 +147,7 @@ def parse_infer(
     if not isinstance(raw_inputs, list) or not raw_inputs or len(raw_inputs) > MAX_TENSORS:
         raise BadRequest(f"'inputs' must be a non-empty list of at most {MAX_TENSORS} tensors")
     offset = n or 0
+    literals: bool | None = None
     inputs: dict[str, Array] = {}
     binary: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = []
     for raw in raw_inputs:
@@ -178,7 +183,10 @@ def parse_infer(
         else:
             if "data" not in raw:
                 raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
-            arr = _from_json(raw["data"], dtype, shape, name)
+            if literals is None and isinstance(raw["data"], list):  # once per document: a value may be a boolean
+                text = bytes(head)  # a copy (the direct path's buffer), but `in` searches bytes at memory speed
+                literals = b"true" in text or b"false" in text
+            arr = _from_json(raw["data"], dtype, shape, name, bool(literals))
         inputs[name] = arr
     if offset != len(body) and n is not None:
         raise BadRequest(f"{len(body) - offset} bytes of binary data are not claimed by any input")
@@ -219,46 +227,117 @@ def _tensor(view: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], offs
     return arr if arr.flags.aligned else arr.copy()
 
 
-def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> Array:
+def _from_json(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], name: str, literals: bool) -> Array:
+    """A JSON `data` list (flat, or nested exactly as `shape`) as an array of `dtype`, refusing what Triton refuses;
+    `literals`: the document has `true` or `false` somewhere (else no value can be a boolean).
+
+    Its structure is checked against the declared shape before any array is built (a list of 8 million values
+    for a shape of 1 built 100 MB of arrays to be refused), and its values' own types before they are converted:
+    numpy took null for NaN, parsed "1.5", cut 1.5 to 1, wrapped 300 into an INT8, and took true as 1.
+    """
     if not isinstance(data, list | np.ndarray):  # an ndarray: parsed by `jsontensors` straight into a buffer
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
-    try:  # the values' own types first: null or a string is no datatype's number (np.asarray(..., dtype) took
-        # null for NaN and parsed "1.5"), and a fraction is no integer's (it cut 1.5 to 1)
-        found = data if isinstance(data, np.ndarray) else np.asarray(data)
-    except (ValueError, TypeError, OverflowError) as e:  # ragged nesting
-        raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
-    if found.dtype.kind not in "biuf":
-        raise BadRequest(
-            f"input {name!r}: 'data' of {_NAMES[dtype]} must hold only numbers (or true/false), "
-            f"not null or strings: {_first_odd(data)!r:.40}"
-        )
-    if dtype.kind in "iu" and found.dtype.kind == "f" and not np.array_equal(found, np.trunc(found)):
-        raise BadRequest(
-            f"input {name!r}: 'data' of {_NAMES[dtype]} holds a number with a fraction (it would be "
-            f"cut to an integer): {found[found != np.trunc(found)].flat[0].item()!r}"
-        )
-    try:  # a value the datatype cannot hold (1e39 as FP32) is an error here, never a warning or an infinity
-        arr = found.astype(dtype) if dtype.kind == "b" else cast(found, dtype)
+    count = math.prod(shape)
+    kind = _NAMES[dtype]
+    if isinstance(data, np.ndarray):
+        found = data
+    else:
+        values = _values(data, shape, name)
+        if len(values) != count:  # before numpy builds anything
+            raise BadRequest(f"input {name!r}: 'data' has {len(values)} values, shape {list(shape)} needs {count}")
+        found = _numbers(values, dtype, name, literals)
+    if found.size != count:
+        raise BadRequest(f"input {name!r}: 'data' has {found.size} values, shape {list(shape)} needs {count}")
+    if dtype.kind == "b":
+        if found.dtype.kind != "b" and not np.isin(found, (0, 1)).all():
+            raise BadRequest(f"input {name!r}: 'data' of BOOL takes true/false (or 1/0), not {_not_01(found)!r}")
+        return found.astype(dtype).reshape(shape)
+    if dtype.kind in "iu" and found.dtype.kind == "f":
+        # numpy reads integers beside a number written with a point as floats: exact only up to 2**53
+        mixed = not isinstance(data, np.ndarray) and int in set(map(type, values))
+        if not np.array_equal(found, np.trunc(found)):
+            raise BadRequest(
+                f"input {name!r}: 'data' of {kind} holds a number with a fraction (it would be "
+                f"cut to an integer): {found[found != np.trunc(found)].flat[0].item()!r}"
+            )
+        if mixed and np.abs(found).max() >= _EXACT_IN_FLOAT:  # 2**53 + 1 beside a 1.0 became 2**53
+            raise BadRequest(
+                f"input {name!r}: 'data' of {kind} mixes numbers written with a point or exponent and integers "
+                f"beyond 2**53, which cannot all be read exactly: write every value as an integer"
+            )
+    try:  # a value the datatype cannot hold (1e39 as FP32, 300 as INT8) is an error, never a warning or a wrap
+        arr = cast(found, dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values: {e}") from None
-    if arr.size != math.prod(shape):
-        raise BadRequest(f"input {name!r}: 'data' has {arr.size} values, shape {list(shape)} needs {math.prod(shape)}")
     return arr.reshape(shape)
 
 
-def _first_odd(data: Any) -> Any:
-    """The first value of a (nested) `data` list that is not a number or a boolean (for the error message)."""
-    stack = [iter(data)]
-    while stack:
-        for v in stack[-1]:
-            if isinstance(v, list):
-                stack.append(iter(v))
-                break
-            if not isinstance(v, bool | int | float | np.bool_ | np.number):
-                return v
-        else:
-            stack.pop()
-    return None
+def _numbers(values: list[Any], dtype: np.dtype[Any], name: str, literals: bool) -> Array:
+    """`values` (flat) as a 1-D array of numbers or booleans, refused when one is neither, or is a boolean for a
+    numeric datatype. The values' types are looked at only when numpy's array says something is odd, or when the
+    document has a `true`/`false` (numpy reads a boolean among numbers as 1 or 0 and says nothing)."""
+    try:
+        found: Array | None = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # lists of several lengths among the values
+        found = None
+    if found is not None and found.ndim == 1 and found.dtype.kind in "iuf" and not literals:
+        return found
+    kind = _NAMES[dtype]
+    types = set(map(type, values))
+    if not types <= _NUMBER_TYPES:
+        odd = next(v for v in values if type(v) not in _NUMBER_TYPES)
+        what = "not lists nested deeper than its shape" if isinstance(odd, list) else "not null or strings"
+        raise BadRequest(
+            f"input {name!r}: 'data' of {kind} must hold only numbers (true/false for BOOL), {what}: {odd!r:.40}"
+        )
+    if bool in types and dtype.kind != "b":
+        raise BadRequest(
+            f"input {name!r}: 'data' of {kind} holds true/false: booleans are values of BOOL inputs only "
+            "(send 1 and 0 for numbers)"
+        )
+    if found is None or found.ndim != 1 or found.dtype.kind not in "biuf":  # numbers only: not expected
+        raise BadRequest(f"input {name!r}: 'data' is not a list of {dtype.name} values")
+    return found
+
+
+_NUMBER_TYPES = frozenset({int, float, bool})
+_EXACT_IN_FLOAT = 2**53
+
+
+def _values(data: list[Any], shape: tuple[int, ...], name: str) -> list[Any]:
+    """The values of `data` in row-major order: `data` itself when flat, else its lists taken apart level by
+    level, each level checked against `shape` first (a list of the wrong length, or nested less deep than the
+    shape, is refused before the next level is looked at; deeper nesting shows as a list among the values)."""
+    if not data or type(data[0]) is not list:  # flat (or empty): the count is checked by the caller
+        return data
+    rows: list[Any] = [data]
+    for depth, dim in enumerate(shape):
+        bad = next((r for r in rows if type(r) is not list or len(r) != dim), _FITS)
+        if bad is not _FITS:
+            found = f"a list of {len(bad)}" if type(bad) is list else f"{bad!r:.20}"
+            raise BadRequest(
+                f"input {name!r}: 'data' is nested as {_nesting(data)}: at depth {depth} it has {found} where shape "
+                f"{list(shape)} needs a list of {dim}; send {math.prod(shape)} values flat or nested as the shape"
+            )
+        rows = list(chain.from_iterable(rows))
+    return rows
+
+
+_FITS = object()
+
+
+def _nesting(data: Any) -> list[int]:
+    """The dims a nested list shows along its first elements ([[1, 2], [3, 4], [5, 6]]: [3, 2])."""
+    dims: list[int] = []
+    while isinstance(data, list) and len(dims) < 20:
+        dims.append(len(data))
+        data = data[0] if data else None
+    return dims
+
+
+def _not_01(found: Array) -> Any:
+    """The first value of a BOOL input's data that is neither 0 nor 1 (for the error message)."""
+    return found.reshape(-1)[~np.isin(found.reshape(-1), (0, 1))][0].item()
 
 
 def _requested(raw: Any) -> tuple[tuple[str, bool], ...] | None:

@@ -28,7 +28,7 @@ def _nested(depth: int) -> Any:
     return data
 
 
-HOSTILE: list[tuple[dict[str, Any], str]] = [  # (the input tensor, what the 400 says)
+HOSTILE: list[tuple[dict[str, Any] | bytes, str]] = [  # (the input tensor or the whole body, what the 400 says)
     ({"shape": [0, 2**61], "datatype": "FP32", "data": []}, "up to"),
     ({"shape": [0, 2**30, 2**30], "datatype": "FP32", "data": []}, "more than"),
     ({"shape": [2**63], "datatype": "FP32", "data": [1.0]}, "up to"),
@@ -37,6 +37,13 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [  # (the input tensor, what the 400
     ({"shape": [1], "datatype": "INT32", "data": [2**40]}, "int32"),
     ({"shape": [1], "datatype": "UINT8", "data": [-1]}, "uint8"),
     ({"shape": [1] * 100, "datatype": "FP32", "data": _nested(100)}, "shape"),
+    # issue 19 item 2: each was answered 200 as if it were data
+    ({"shape": [1, 3, 16, 16], "datatype": "FP32", "data": [True] * 768}, "booleans are values of BOOL inputs"),
+    ({"shape": [1, 3, 16, 16], "datatype": "FP32", "data": np.zeros((1, 16, 16, 3)).tolist()}, "nested as [1, 16"),
+    ({"shape": [1], "datatype": "INT8", "data": [300]}, "int8"),
+    (b'{"inputs":[{"name":"image","shape":[1],"datatype":"FP32","data":[NaN]}]}', "NaN and Infinity are not"),
+    (b'{"inputs":[{"name":"image","shape":[1],"datatype":"FP32","data":[-Infinity]}]}', "NaN and Infinity"),
+    (b'{"inputs":[{"name":"image","shape":[1],"datatype":"FP32","data":[1e400]}]}', "infinity"),
 ]
 
 
@@ -50,8 +57,9 @@ def test_tensors_no_input_can_hold_are_400s_and_the_connection_goes_on(
     answered = []
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for tensor, reason in HOSTILE:
-            r = c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps({"inputs": [{"name": "image", **tensor}]}))
-            assert r.status_code == 400 and reason in r.json()["error"], (tensor["shape"][:4], r.status_code, r.text)
+            body = tensor if isinstance(tensor, bytes) else orjson.dumps({"inputs": [{"name": "image", **tensor}]})
+            r = c.post(f"/v2/models/{NAME}/infer", content=body)
+            assert r.status_code == 400 and reason in r.json()["error"], (body[:80], r.status_code, r.text)
             assert r.headers.get("connection", "").lower() != "close", r.headers
             answered.append(r)
         r = c.post(f"/v2/models/{NAME}/infer", content=orjson.dumps(genuine))

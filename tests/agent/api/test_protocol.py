@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import socket
@@ -21,6 +22,9 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from agent.api import ApiServer, ApiSettings, ModelRepository, ModelSlot
+from agent.api.budget import BodyBudget
+from agent.api.errors import TooLarge
+from agent.api.inference import INFLATE_PIECE_BYTES, decompress
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.cli import write_model
 from models.descriptor import GoldenCheck, ModelDescriptor
@@ -345,6 +349,20 @@ def test_bad_and_oversized_compressed_bodies(http: httpx.Client) -> None:
     r = _post(http, bomb, {"Content-Encoding": "gzip"})
     assert r.status_code == 413
     assert _post(http, zlib.compress(body), {"Content-Encoding": "deflate"}).status_code == 200
+
+
+@pytest.mark.parametrize("size", [0, 1, INFLATE_PIECE_BYTES, 2 * INFLATE_PIECE_BYTES, 2 * INFLATE_PIECE_BYTES + 7])
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_bodies_inflate_whole_across_pieces(size: int, algorithm: str) -> None:
+    """Inflating in pieces (each held in the budget) gives back every byte, at and across the pieces' edges."""
+    data = np.random.default_rng(size).integers(0, 4, size, dtype=np.uint8).tobytes()  # compresses, not to nothing
+    packed = gzip.compress(data) if algorithm == "gzip" else zlib.compress(data)
+    budget = BodyBudget(4 * INFLATE_PIECE_BYTES, 1)
+    hold = budget.hold(len(packed))
+    assert bytes(asyncio.run(decompress(packed, algorithm, 3 * INFLATE_PIECE_BYTES, hold))) == data
+    assert hold.held == len(packed) + size
+    with pytest.raises(TooLarge, match="inflates past"):
+        asyncio.run(decompress(packed, algorithm, size - 1, None))
 
 
 def test_full_queue_is_503_with_retry_after_and_the_rest_succeed(

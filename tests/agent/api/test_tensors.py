@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import orjson
 import pytest
@@ -183,6 +185,12 @@ def test_values_and_shapes_a_tensor_cannot_hold_are_bad_requests(tensor: dict[st
         ("INT32", 1.5, "fraction .*: 1.5"),  # was cut to 1
         ("UINT8", 2.25, "fraction"),
         ("BOOL", "true", "only numbers"),
+        ("FP32", True, "FP32 holds true/false: booleans are values of BOOL inputs only"),  # was taken as 1.0
+        ("INT8", False, "INT8 holds true/false"),  # was taken as 0
+        ("UINT8", True, "true/false"),
+        ("BOOL", 2, r"BOOL takes true/false \(or 1/0\), not 2"),  # was taken as true
+        ("BOOL", 0.5, r"not 0.5"),
+        ("INT64", 2**53 + 1, "beyond 2\\*\\*53"),  # beside the 1.0 below it became 2**53
     ],
 )
 def test_json_data_that_is_not_a_number_of_its_datatype_is_a_bad_request(
@@ -190,26 +198,77 @@ def test_json_data_that_is_not_a_number_of_its_datatype_is_a_bad_request(
 ) -> None:
     """Triton refuses these; numpy's conversion took them silently, so a client's bug became a wrong answer."""
     n = FAST_JSON_BYTES // 2 if large else 3  # past FAST_JSON_BYTES: simdjson first, then orjson
-    body = orjson.dumps(
-        {"inputs": [{"name": "x", "shape": [n], "datatype": datatype, "data": [1] * (n - 1) + [value]}]}
-    )
+    data = [1.0 if datatype == "INT64" else 1] * (n - 1) + [value]
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [n], "datatype": datatype, "data": data}]})
     assert (len(body) > FAST_JSON_BYTES) == large
     with pytest.raises(BadRequest, match=reason):
         parse_infer(body, None)
 
 
-def test_json_data_of_whole_numbers_and_booleans_still_converts() -> None:
+def test_json_data_of_whole_numbers_converts_and_booleans_only_as_bool() -> None:
     doc = {
         "inputs": [
             {"name": "i", "shape": [3], "datatype": "INT64", "data": [1.0, -2, 3]},
-            {"name": "f", "shape": [3], "datatype": "FP32", "data": [1, True, 0.5]},
+            {"name": "f", "shape": [3], "datatype": "FP32", "data": [1, 2, 0.5]},
             {"name": "b", "shape": [2, 1], "datatype": "BOOL", "data": [[0], [1]]},
+            {"name": "t", "shape": [2], "datatype": "BOOL", "data": [True, False]},
         ]
     }
     req = parse_infer(orjson.dumps(doc), None)
     np.testing.assert_array_equal(req.inputs["i"], np.array([1, -2, 3], dtype=np.int64))
-    np.testing.assert_array_equal(req.inputs["f"], np.array([1, 1, 0.5], dtype=np.float32))
+    np.testing.assert_array_equal(req.inputs["f"], np.array([1, 2, 0.5], dtype=np.float32))
     np.testing.assert_array_equal(req.inputs["b"], np.array([[False], [True]]))
+    np.testing.assert_array_equal(req.inputs["t"], np.array([True, False]))
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "reason"),
+    [
+        ([2, 3], [[1, 2], [3, 4], [5, 6]], r"nested as \[3, 2\]: at depth 0 it has a list of 3 .* needs a list of 2"),
+        ([2, 2], [[1, 2], [3]], "at depth 1 it has a list of 1"),  # ragged
+        ([2], [[1, 2]], "nested as \\[1, 2\\]"),  # was flattened and taken
+        ([1], [[[[1.0]]]], "nested deeper than its shape"),  # was flattened and taken
+        ([2], [1, [2]], "nested deeper than its shape: \\[2\\]"),
+        ([], [[1]], "nested deeper than its shape"),
+        ([2, 2], [[1, 2], 3], "at depth 1 it has 3 where"),
+    ],
+)
+def test_nested_data_of_another_shape_is_a_bad_request(shape: list[int], data: object, reason: str) -> None:
+    """Nested data was flattened and only its count checked: a transposed [3, 2] list was read as [2, 3]."""
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]})
+    with pytest.raises(BadRequest, match=reason):
+        parse_infer(body, None)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)  # nested exactly as the shape, or flat: the same tensor
+    for data in (x.tolist(), x.ravel().tolist()):
+        body = orjson.dumps({"inputs": [{"name": "x", "shape": [2, 3, 4], "datatype": "FP32", "data": data}]})
+        np.testing.assert_array_equal(parse_infer(body, None).inputs["x"], x)
+
+
+_ONE = b'{"name":"x","shape":[1],"datatype":"FP32","data":[0]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[' + b"0," * 2_000_000 + b"0]}]}",
+         "'data' has 2000001 values, shape \\[1\\] needs 1"),
+        (b'{"inputs":[' + b"{}," * 1_000_000 + b"{}]}", "'inputs' must be a list of at most 64 tensors, not 1000001"),
+        (b'{"inputs":[' + _ONE + b'],"outputs":[' + b"{}," * 1_000_000 + b"{}]}", "'outputs' must be a list"),
+    ],
+)  # fmt: skip
+def test_lists_longer_than_a_request_can_hold_are_refused_before_they_are_built(body: bytes, reason: str) -> None:
+    """Bodies within the JSON limit whose lists no request can use: zeros declared as one value, a million
+    inputs or outputs. orjson built each as Python objects (a list of 8-byte pointers, 4x the text; a dict per
+    `{}`, ~20x), numpy an array of the zeros, only to refuse the count. simdjson's tape counts them; no Python
+    value is made (tracemalloc sees Python's allocations, not simdjson's tape)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRequest, match=reason):
+            parse_infer(body, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(body) // 4, peak  # old code: 4x the body (zeros) to 20x ({})
 
 
 def _json_body(arrays: dict[str, np.ndarray], nested: bool = False, **extra: object) -> bytes:
@@ -265,7 +324,7 @@ def test_large_json_values_the_datatype_cannot_hold_are_refused(datatype: str, v
     ("mutate", "reason"),
     [(lambda b: b[:-10], "not valid JSON"), (lambda b: b.replace(b'"shape":[30000]', b'"shape":[3,10000]', 1), ""),
      (lambda b: b.replace(b'"shape":[30000]', b'"shape":[29999]', 1), "has 30000 values"),
-     (lambda b: b.replace(b"[0.0,0.0,0.0", b"[[0.0,0.0],0.0", 1), "not a list of float32"),
+     (lambda b: b.replace(b"[0.0,0.0,0.0", b"[[0.0,0.0],0.0", 1), "nested as \\[29999, 2\\]"),
      (lambda b: b.replace(b"0.0,0.0,0.0,", b'0.0,"a",0.0,', 1), "only numbers .*: 'a'")],
 )  # fmt: skip
 def test_large_malformed_json_gets_orjsons_reason(mutate: object, reason: str) -> None:
