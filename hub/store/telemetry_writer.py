@@ -99,6 +99,7 @@ class _Writer:
         self.stopping = threading.Event() if stopping is None else stopping  # set: stop waiting for the database
         self.conn: Conn | None = None
         self.c = counters
+        self.gave_up = False  # a batch was left unwritten as the hub stopped (`write`)
 
     def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
         rows = []
@@ -167,6 +168,7 @@ class _Writer:
                     log.error("store: the database is away and the hub stops: %d telemetry rows are not written "
                               "(not acknowledged: over MQTT 5 the broker sends them again)", len(rows))  # fmt: skip
                     self.c[WRITE_ERRORS] += 1
+                    self.gave_up = True
                     return
                 self.c[DATABASE_WAITS] += 1
                 if log_sampled(self.c[DATABASE_WAITS]):
@@ -174,7 +176,8 @@ class _Writer:
                                 str(e)[:400], len(rows), self.c[DATABASE_WAITS])  # fmt: skip
                 waits += 1
                 self.stopping.wait(away_wait_s(waits, self.away_retry_s))
-        self.c[COMMITTED_UPTO] = upto
+        if not self.gave_up:  # after a batch given up nothing is accounted for: acknowledgements go in order
+            self.c[COMMITTED_UPTO] = upto
 
     def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
         """One transaction over `rows`: as one batch, or with `per_row` in parts that refuse the rows that fail
