@@ -11,7 +11,8 @@ acknowledged nothing it had not stored, so the broker sends those messages again
 reconnects (the store drops the copies it had stored after all). Acknowledgements go out in the order the
 messages came, as MQTT asks. The CONNECT's Receive Maximum (the protocol's largest) lets the broker keep that
 many unacknowledged messages in flight, so waiting for commits costs no throughput. MQTT 3.1.1 has no
-Receive Maximum (Mosquitto would hold the hub to 20 in flight), so there the link acknowledges on receipt.
+Receive Maximum (Mosquitto would hold the hub to 20 in flight), so there the link acknowledges on receipt and
+the telemetry writer journals each window to disk before the handler returns (`hub.store.journal`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from hub.rollouts.engine import RolloutEngine
 from hub.security import HubSecurity
 from hub.sessions import AdoptionStats, SessionAdoption
 from hub.settings import HubSettings
-from hub.store import SqlStore, open_store
+from hub.store import SqlStore, TelemetryJournal, open_store
 from hub.telemetry import TelemetryQueries
 from hub.transfer import ChunkServer
 from hub.views import FleetViews
@@ -92,7 +92,8 @@ class Hub:
             raise NotInitialised(f"{s.data_dir} holds no hub: run `edgefleet hub init` first")
         lock = DataDirLock(s.data_dir)  # one hub (per replica name) on a data dir: see hub.lock
         replica = s.broker.replica
-        lock.acquire(f"hub-{replica}" if replica else "hub", f"as replica {replica}" if replica else "")
+        name = f"hub-{replica}" if replica else "hub"
+        lock.acquire(name, f"as replica {replica}" if replica else "")
         self._running.callback(lock.release)  # released when everything else has stopped
         try:
             if s.broker.url is None:
@@ -101,6 +102,9 @@ class Hub:
             self.store: SqlStore = open_store(
                 s.database, max_batch=s.ingest.max_batch, max_queue=s.ingest.max_queue,
                 max_delay_s=s.ingest.max_delay_s, telemetry_process=s.ingest.telemetry_process,
+                # 3.1.1 acknowledges windows on receipt: they wait on disk (5 acknowledges once stored: the
+                # journal only gives back what a 3.1.1 process left); the lock keeps it this process's own
+                journal=TelemetryJournal(s.journal_dir / name, enabled=s.broker.mqtt_version == "3.1.1"),
             )  # fmt: skip
             self._running.callback(self.store.close)  # then the store: queued writes are flushed
             self._start_services()

@@ -34,8 +34,9 @@ class BrokerSettings(SettingsGroup):
     )
     mqtt_version: Literal["3.1.1", "5"] = Field(
         default="3.1.1",
-        description="protocol version to speak (3.1.1: every broker has it, fastest at QoS 0; 5: QoS 1 telemetry is "
-        "acknowledged to the broker only once stored, so a killed hub loses none)",
+        description="protocol version to speak (3.1.1: every broker has it, fastest at QoS 0; QoS 1 telemetry is "
+        "acknowledged on receipt and journaled in data_dir until stored; 5: acknowledged to the broker only once "
+        "stored). Either way a killed hub loses no telemetry it acknowledged",
     )
     username: str | None = Field(default=None, description="the hub's broker account (None: anonymous)")
     password: str | None = Field(default=None, description="password of the hub's broker account")
@@ -420,6 +421,11 @@ class HubSettings(EnvSettings):
     def database(self) -> Database:
         """The store's database: `database_url`, or the SQLite file in the data directory."""
         return Database.from_url(self.database_url) if self.database_url else Database.sqlite(self.db_path)
+
+    @property
+    def journal_dir(self) -> Path:
+        """Telemetry acknowledged to the broker and not yet stored, one folder per hub replica (hub.store.journal)."""
+        return self.data_dir / "telemetry-journal"
 
     @property
     def key_path(self) -> Path:

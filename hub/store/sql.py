@@ -41,6 +41,7 @@ from hub.store.base import (
 from hub.store.connection import Conn, Database, away_wait_s, to_json, write_in_parts
 from hub.store.coordination import Coordination
 from hub.store.devices import DeviceTables, wanting_sql
+from hub.store.journal import TelemetryJournal
 from hub.store.telemetry_writer import TelemetryWriter
 from hub.store.totals import TotalsQueries
 from infra.files import private_file
@@ -67,6 +68,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         max_delay_s: float = 0.05,
         telemetry_process: bool = True,
         away_retry_s: float = 5.0,
+        journal: TelemetryJournal | None = None,
     ) -> None:
         self.database = database
         self.dialect = database.dialect
@@ -93,7 +95,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
         self._lease_lock = threading.Lock()
         self.telemetry = TelemetryWriter(
             database, process=telemetry_process, max_batch=max_batch, max_queue=max_queue, max_delay_s=max_delay_s,
-            away_retry_s=away_retry_s,
+            away_retry_s=away_retry_s, journal=journal,
         )  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="hub-store-writer", daemon=True)
         self._closed = False

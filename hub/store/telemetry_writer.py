@@ -24,6 +24,9 @@ Failure handling:
   (`DATABASE_WAITS`); the batch's windows stay unacknowledged meanwhile (over MQTT 5 the broker keeps what
   follows), the buffer fills up to `max_queue`. A stop during the outage leaves the batch unwritten and
   unacknowledged, for the broker to send again to the hub's next session.
+- With a journal (`hub.store.journal`, what `hub serve` gives it over MQTT 3.1.1, where windows are acknowledged
+  on receipt) `submit` appends each window to disk first; segments go once their batches are accounted for, and
+  what a dead or stopped hub process left is written first by the next one (the store drops duplicates).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from fleet.messages import TelemetryWindow
 from hub.errors import RefusedWindow, WriterUnavailable
 from hub.store import telemetry as tsql
 from hub.store.connection import Conn, Database, away_wait_s, write_in_parts
+from hub.store.journal import TelemetryJournal
 from infra.logthrottle import log_sampled
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,7 @@ class _Writer:
         self.stopping = threading.Event() if stopping is None else stopping  # set: stop waiting for the database
         self.conn: Conn | None = None
         self.c = counters
+        self.gave_up = False  # a batch was left unwritten as the hub stopped (`write`)
 
     def decode(self, batch: list[tuple[str, float, bytes]]) -> list[tuple[Any, ...]]:
         rows = []
@@ -171,8 +176,10 @@ class _Writer:
                 # the database is away: no connection opened, or the server ended it (on either pass)
                 if not wait or self.stopping.is_set():
                     log.error("store: the database is away and the hub stops: %d telemetry rows are not written "
-                              "(not acknowledged: over MQTT 5 the broker sends them again)", len(rows))  # fmt: skip
+                              "(not acknowledged: the broker (MQTT 5) or the journal (3.1.1) gives them to the "
+                              "next hub process)", len(rows))  # fmt: skip
                     self.c[WRITE_ERRORS] += 1
+                    self.gave_up = True
                     return
                 self.c[DATABASE_WAITS] += 1
                 if log_sampled(self.c[DATABASE_WAITS]):
@@ -180,7 +187,8 @@ class _Writer:
                                 str(e)[:400], len(rows), self.c[DATABASE_WAITS])  # fmt: skip
                 waits += 1
                 self.stopping.wait(away_wait_s(waits, self.away_retry_s))
-        self.c[COMMITTED_UPTO] = upto
+        if not self.gave_up:  # after a batch given up nothing is accounted for: acknowledgements go in order
+            self.c[COMMITTED_UPTO] = upto
 
     def _write(self, conn: Conn, rows: list[tuple[Any, ...]], *, per_row: bool) -> None:
         """One transaction over `rows`: as one batch, or with `per_row` in parts that refuse the rows that fail
@@ -275,6 +283,8 @@ class TelemetryWriter:
         max_queue: most windows buffered; beyond it `submit` refuses (counted in `dropped`).
         max_delay_s: how long the writer waits for more windows before committing (group commit).
         away_retry_s: longest wait between tries of a batch while the database is away.
+        journal: where windows wait on disk until committed (`hub.store.journal`; None: in memory only). What an
+            earlier process left there is written first.
     """
 
     def __init__(
@@ -286,6 +296,7 @@ class TelemetryWriter:
         max_queue: int = 200_000,
         max_delay_s: float = 0.05,
         away_retry_s: float = 5.0,
+        journal: TelemetryJournal | None = None,
     ) -> None:
         self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
         self._stopping = self._ctx.Event()  # set by close(): a writer stops waiting for an absent database
@@ -307,6 +318,9 @@ class TelemetryWriter:
         self.lost = 0
         self.restarts = 0
         self._closed = False
+        self.journal = journal
+        if journal is not None:
+            self._buf.extend(journal.recover(self._seq + 1))  # the first batch carries them
         self._worker: BaseProcess | threading.Thread | None = None
         self._inbox: Connection | None = None
         self._acks: Connection | None = None
@@ -380,6 +394,8 @@ class TelemetryWriter:
             if self._closed or len(self._buf) >= self.max_queue:
                 self.dropped += 1
                 return None
+            if self.journal is not None:
+                self.journal.append(device_id, received_at, payload)  # before paho acknowledges it (3.1.1)
             self._buf.append((device_id, received_at, payload))
             return self._seq + 1
 
@@ -393,9 +409,12 @@ class TelemetryWriter:
             self._restart("exited")
         with self._buf_lock:  # the batch number changes with the buffer: `submit`'s ticket names this batch
             buf, self._buf = self._buf, []
+            if buf:
+                self._seq += 1
+            if self.journal is not None:
+                self.journal.seal(self._seq)  # every window journaled so far rides in a batch up to this one
             if not buf:
                 return
-            self._seq += 1
         self._sizes[self._seq] = len(buf)
         done = int(self.counters[COMMITTED_UPTO])
         for seq in [s for s in self._sizes if s <= done]:
@@ -420,6 +439,8 @@ class TelemetryWriter:
                     upto = int(self.counters[COMMITTED_UPTO])
                     if upto != reported and self.on_committed is not None:
                         self.on_committed(upto)
+                    if self.journal is not None:  # also a segment sealed after its batch was stored
+                        self.journal.release(upto)
                     reported = upto
                 except Exception:  # never let the forwarder die: telemetry would pile up unseen
                     log.exception("store: forwarding telemetry to the writer failed")
@@ -470,6 +491,9 @@ class TelemetryWriter:
             self._closed = True
         self._wake.set()
         self._thread.join(5)
+        if self.journal is not None:  # what the writer did not store stays journaled for the next hub process
+            with self._send_lock:
+                self.journal.close(self._seq + (1 if self._buf else 0), int(self.counters[COMMITTED_UPTO]))
         worker = self._worker
         if worker is not None:
             worker.join(5)

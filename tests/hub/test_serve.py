@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+import pytest
 
 from fleet.codec import encode
 from fleet.topics import Topics
@@ -200,3 +201,57 @@ def test_a_replica_killed_before_it_stored_telemetry_gets_it_again_from_the_brok
     finally:
         dev.close()
         hub.kill()
+
+
+@pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"])
+def test_a_hub_killed_while_its_database_is_away_loses_no_telemetry_it_received(
+    tmp_path: Path, postgres: PostgresServer, broker: Broker, topic_prefix: str, mqtt_version: str
+) -> None:
+    """PostgreSQL refuses connections, so the telemetry writer holds the windows that arrive; the hub and its
+    writer process are SIGKILLed meanwhile (a container stopped, the host losing power: a writer that outlived
+    its hub would write what it holds once the database is back). Restarted once the database is back, the hub
+    stores every window the device sent, each once: none was acknowledged to the broker and then forgotten
+    (over 3.1.1 the hub's journal holds them, over 5 the broker does)."""
+    url = postgres.create_database()
+    env = {"EDGEFLEET_HUB_DATABASE_URL": url, "EDGEFLEET_HUB_BROKER_MQTT_VERSION": mqtt_version}
+    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix, env=env)
+    hub.init()
+    dev = TestClient(broker.host, broker.port)
+    topic = Topics(topic_prefix).telemetry("cam-1")
+    start = time.time() - 60
+
+    def send(seqs: range) -> None:
+        for seq in seqs:
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(topic, encode(w))  # QoS 1: the broker has it when this returns
+
+    def count() -> int:
+        return int(hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"])
+
+    try:
+        hub.start()
+        hub.enrol("cam-1")
+        send(range(5))
+        wait_for(lambda: count() == 5, timeout=30)
+        postgres.block(url)
+        send(range(5, 12))
+        waits = "edgefleet_hub_store_database_waits_total"
+        wait_for(lambda: scrape(hub.url, waits) >= 1, timeout=30)  # the writer holds a batch
+        assert hub.proc is not None
+        (writer,) = [c for c in psutil.Process(hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        hub.kill()
+        writer.kill()
+        writer.wait(10)
+        postgres.block(url, blocked=False)
+        hub.start()
+        try:
+            wait_for(lambda: count() == 12, timeout=30)
+        except TimeoutError:
+            pytest.fail(f"{count()} of 12 windows stored")
+        body = hub.get("/api/v1/telemetry/devices/cam-1")
+        assert body["summary"]["requests"] == 12 * 5  # each window counted once in the rollups
+        assert hub.stop() == 0, hub.output()
+    finally:
+        dev.close()
+        hub.kill()
+        postgres.block(url, blocked=False)
