@@ -2,6 +2,7 @@
 
 What lives here is infrastructure with I/O that `fleet` must stay free of: settings read from the
 environment (`infra.settings`, on pydantic-settings), uvicorn serving an ASGI app on a background
-thread (`infra.server`) and the socket options both sides' MQTT links set (`infra.sockets`). It imports no
-project package except `fleet`, and no MQTT, SQL or Kubernetes client.
+thread (`infra.server`), the socket options both sides' MQTT links set (`infra.sockets`) and the byte
+sizes their messages print (`infra.sizes`). It imports no project package except `fleet`, and no MQTT,
+SQL or Kubernetes client.
 """
