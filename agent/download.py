@@ -19,6 +19,7 @@ from agent.store import StorePort
 from fleet.chunks import Accepted, decode_frame
 from fleet.errors import ChunkDigestMismatch, ChunkError, MessageError
 from fleet.messages import BlobManifest, DownloadProgress, Range, Want
+from infra.sizes import mib
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ def _open(path: Path) -> BinaryIO | None:
 
 
 SendWant = Callable[[Want], bool]
-
-
-def mib(n: int) -> str:
-    """Bytes as MiB, for messages an operator reads."""
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _failed(e: OSError, what: str) -> AgentError:

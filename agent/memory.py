@@ -21,13 +21,9 @@ import psutil
 
 from agent.errors import MemoryBudgetExceeded
 from agent.settings import ActivationSettings
+from infra.sizes import mib
 
-_MIB = 1 << 20
 DEFAULT_SHARE = 0.75  # of the device's RAM, when no budget is set
-
-
-def _mib(n: int | float) -> str:
-    return f"{n / _MIB:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -62,11 +58,11 @@ class MemoryBudget:
         peak = need + sum(parts.values())
         if peak <= self.budget_bytes:
             return peak
-        others = ", ".join(f"{k} {_mib(v)}" for k, v in sorted(parts.items())) or "none"
+        others = ", ".join(f"{k} {mib(v)}" for k, v in sorted(parts.items())) or "none"
         raise MemoryBudgetExceeded(
-            f"{what} needs about {_mib(need)} "
-            f"(a {_mib(file_bytes)} file x {self.per_byte:g} + {_mib(self.per_model)}); "
-            f"with the models loaded at the swap ({others}) the peak is about {_mib(peak)}, over the memory "
-            f"budget of {_mib(self.budget_bytes)} (EDGEFLEET_AGENT_ACTIVATION_MEMORY_BUDGET_BYTES); "
+            f"{what} needs about {mib(need)} "
+            f"(a {mib(file_bytes)} file x {self.per_byte:g} + {mib(self.per_model)}); "
+            f"with the models loaded at the swap ({others}) the peak is about {mib(peak)}, over the memory "
+            f"budget of {mib(self.budget_bytes)} (EDGEFLEET_AGENT_ACTIVATION_MEMORY_BUDGET_BYTES); "
             "nothing was loaded and every model keeps serving"
         )

@@ -21,6 +21,7 @@ from rich.markup import escape
 from hub.errors import HubError
 from hubclient.cli import JsonOpt, _print_json, err, out
 from infra.errors import SettingsError
+from infra.sizes import mib
 
 if TYPE_CHECKING:
     from hub.settings import HubSettings
@@ -164,7 +165,7 @@ def hub_backup(
         return
     size = sum(report.blobs.values())
     out.print(f"backup of {settings.data_dir} written to {escape(str(out_dir))} ({MANIFEST_FILE} lists every file)")
-    out.print(f"  {len(report.blobs)} model blob(s), {size / (1 << 20):.1f} MiB, each checked against its sha256")
+    out.print(f"  {len(report.blobs)} model blob(s), {mib(size)}, each checked against its sha256")
     if report.database == "postgresql":
         out.print("  database: PostgreSQL is not included: back it up with pg_dump or your database's HA tooling")
     for sha in report.missing_blobs:

@@ -29,7 +29,7 @@ from fleet.labels import parse_labels
 from hubclient.enrolment import MAX_BATCH, CsvDevices, InvalidInput, from_pattern, read_csv
 from hubclient.errors import ClientError, HubApiError
 from hubclient.http import HubClient
-from hubclient.tables import Col, fit
+from hubclient.tables import Col, fit, plural
 from infra.timefmt import ago
 
 T = TypeVar("T")
@@ -332,7 +332,7 @@ def device_add(
     if as_json:
         _print_json({"devices": res["devices"], "bundle_dir": str(folder)})
         return
-    enrolled = _count(len(res["devices"]), "device")
+    enrolled = plural(len(res["devices"]), "device")
     out.print(f"{enrolled} enrolled; bootstrap bundles written to {folder}/ (mode 0600 each)")
 
 
@@ -345,7 +345,7 @@ def _enrol_batch(c: HubClient, body: dict[str, Any], listed: CsvDevices | None) 
         if listed is None or not e.devices:
             raise
         if e.status == 409:
-            message = f"{_count(len(e.devices), 'device')} already enrolled: {listed.locate(e.devices)}"
+            message = f"{plural(len(e.devices), 'device')} already enrolled: {listed.locate(e.devices)}"
         else:
             message = f"{e.message} ({listed.locate(e.devices)})"
         message += f"; nothing of {listed.path} was enrolled"
@@ -381,7 +381,7 @@ def _save_bundles(pairs: list[tuple[DeviceBundle, Path]], done: str = "enrolled"
             rescue = Path(tempfile.mkdtemp(prefix="edgefleet-bundles-"))  # mode 0700
             for b, _ in pairs[i:]:
                 b.save(rescue / f"{b.device_id}.bundle.json")
-            left = _count(len(pairs) - i, "bundle")
+            left = plural(len(pairs) - i, "bundle")
             raise ClientError(
                 f"{done}, but {path} could not be written ({e.strerror or e}): the {left} not written "
                 f"are in {rescue}/ (mode 0600): move them to their devices",
@@ -588,7 +588,7 @@ def deploy(
         _print_json(res)
         return
     ids = sorted(res["devices"])
-    out.print(f"{res['model']}:{res['version']} is now the desired model of {_count(len(ids), 'device')}; "
+    out.print(f"{res['model']}:{res['version']} is now the desired model of {plural(len(ids), 'device')}; "
               "each updates when it next hears from the hub")  # fmt: skip
     shown = ", ".join(ids if len(ids) <= _LISTED else ids[: _LISTED - 1])
     more = "" if len(ids) <= _LISTED else f", ... ({len(ids) - _LISTED + 1} more: --json lists them all)"
@@ -596,16 +596,12 @@ def deploy(
     out.print(f"follow them with: edgefleet device list --selector '{selector}'")
     for rid, n in sorted(res.get("in_rollouts", {}).items()):
         err.print(
-            f"[yellow]warning[/yellow]: {_count(n, 'device')} of them in active rollout {rid}: it signs its own "
+            f"[yellow]warning[/yellow]: {plural(n, 'device')} of them in active rollout {rid}: it signs its own "
             f"target for them again at its next step unless you abort it (edgefleet rollout abort {rid})"
         )
 
 
 _LISTED = 8
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def undeploy(
@@ -627,7 +623,7 @@ def undeploy(
         _print_json(res)
         return
     ids = sorted(res["devices"])
-    out.print(f"{model} removed from the desired state of {_count(len(ids), 'device')}")
+    out.print(f"{model} removed from the desired state of {plural(len(ids), 'device')}")
     shown = ", ".join(ids if len(ids) <= _LISTED else ids[: _LISTED - 1])
     more = "" if len(ids) <= _LISTED else f", ... ({len(ids) - _LISTED + 1} more: --json lists them all)"
     out.print(f"devices: {shown}{more}")

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from hubclient.errors import ClientError
-from hubclient.tables import Col, fit
+from hubclient.tables import Col, fit, plural
 
 COMPLETED, FAILED, PAUSED, LOST = 0, 1, 2, 3
 OUTCOMES = {"completed": COMPLETED, "rolled_back": FAILED, "aborted": FAILED, "paused": PAUSED}
@@ -32,10 +32,6 @@ def _num(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def wave_label(res: dict[str, Any]) -> str:
@@ -107,12 +103,12 @@ def confirmation(action: str, res: dict[str, Any]) -> str:
     totals = res.get("totals") or {}
     if action == "abort":
         return (f"Abort {res['id']}? It stops where it stands and signs nothing: "
-                f"{_count(totals.get('active', 0), 'device')} keep {ref}, "
-                f"{_count(totals.get('updating', 0), 'device')} finish what they were sent, "
-                f"{_count(totals.get('pending', 0), 'device')} in later waves never get it.")  # fmt: skip
-    back = ", ".join(f"{r} to {_count(n, 'device')}" for r, n in (res.get("rollback_to") or {}).items())
+                f"{plural(totals.get('active', 0), 'device')} keep {ref}, "
+                f"{plural(totals.get('updating', 0), 'device')} finish what they were sent, "
+                f"{plural(totals.get('pending', 0), 'device')} in later waves never get it.")  # fmt: skip
+    back = ", ".join(f"{r} to {plural(n, 'device')}" for r, n in (res.get("rollback_to") or {}).items())
     return (f"Roll back {res['id']}? The version each device ran before is signed again for "
-            f"{_count(int(res.get('changed_devices', 0)), 'device')} ({back or 'nothing to re-sign'}).")  # fmt: skip
+            f"{plural(int(res.get('changed_devices', 0)), 'device')} ({back or 'nothing to re-sign'}).")  # fmt: skip
 
 
 def follow(fetch: Callable[[], dict[str, Any]], console: Console, interval: float) -> tuple[int, dict[str, Any]]:

@@ -63,3 +63,8 @@ def fit(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int | None = 
     for r in rows:
         out.add_row(*(r[i] for i in keep))
     return out
+
+
+def plural(n: int, what: str) -> str:
+    """`1 device`, `3 devices`: a number and its noun (plural with an s)."""
+    return f"{n} {what}{'' if n == 1 else 's'}"

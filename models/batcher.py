@@ -1,6 +1,6 @@
-"""Dynamic batcher: asyncio callers in, batched engine runs in worker threads, results split back.
+"""Dynamic batcher: asyncio callers in, batched engine runs in a worker thread, results split back.
 
-Each worker thread takes the oldest request, then gathers requests of the same input signature (per-input
+The worker thread takes the oldest request, then gathers requests of the same input signature (per-input
 shape without the batch axis, and dtype) until `max_batch` rows or until `max_delay_ms` after the oldest
 request arrived. Requests of another signature wait for the next batch; they are never mixed. A graph
 exported with a fixed batch of N runs exactly N rows: its runs are filled with the rows of several queued
@@ -13,6 +13,10 @@ onnxruntime handed back: the event loop is not needed between two batches (it on
 once per batch, receives the results). With the loop forming batches, every batch waited for the loop to
 take its turn and then for the worker to get the GIL back: a quarter of the engine's time under 16 clients
 on 2 cores (docs/bench/serve.md).
+
+One worker per batcher, one engine run at a time: onnxruntime already uses every core for one run, and two
+workers (Triton's instance count) were measured twice and were slower through the API, the workers and the
+event loop contending for the GIL (docs/bench/serve.md, sessions 8 and 9).
 """
 
 from __future__ import annotations
@@ -71,12 +75,6 @@ class BatcherOptions(BaseModel):
     max_queue: int = Field(
         default=256, ge=1, description="Requests waiting beyond this are refused with QueueFull (HTTP 503)."
     )
-    workers: int = Field(
-        default=1,
-        ge=1,
-        le=16,
-        description="Concurrent engine runs; 1 suits CPU (onnxruntime uses all cores).",
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +125,10 @@ class Batcher:
         self._fixed = engine.max_batch  # a fixed batch runs exactly that many rows, whatever `max_batch` asks
         self.max_batch = self._fixed or self.options.max_batch
         self._pending: deque[_Request] = deque()  # queued, not yet taken by a worker
-        self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; workers wait on it
+        self._cond = threading.Condition(threading.Lock())  # guards _pending and _closing; the worker waits on it
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[threading.Thread] = []
+        self._worker: threading.Thread | None = None
         self._sizes: Counter[int] = Counter()
         self._size_ns: Counter[int] = Counter()
         self._requests = self._batches = self._rejected = self._failed = 0
@@ -138,26 +136,23 @@ class Batcher:
     # --- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker threads; results come back on the running event loop."""
-        if self._workers:
+        """Start the worker thread; results come back on the running event loop."""
+        if self._worker is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        self._workers = [
-            threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(self.options.workers)
-        ]
-        for t in self._workers:
-            t.start()
+        self._worker = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._worker.start()
 
     async def close(self) -> None:
         """Stop taking requests, finish running batches, fail queued ones with EngineNotReady."""
-        workers, self._workers = self._workers, []
+        worker, self._worker = self._worker, None
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         loop = asyncio.get_running_loop()
-        for t in workers:  # a worker finishes its run; its results are delivered before the join is seen here
-            await loop.run_in_executor(None, t.join)
+        if worker is not None:  # the worker finishes its run; its results are delivered before the join is seen here
+            await loop.run_in_executor(None, worker.join)
         with self._cond:
             pending = list(self._pending)
             self._pending.clear()
@@ -187,7 +182,7 @@ class Batcher:
             EngineNotReady: the batcher is not running.
             InferenceFailed: onnxruntime failed on this request.
         """
-        if not self._workers or self._closing:
+        if self._worker is None or self._closing:
             raise EngineNotReady("batcher is not running; call start() or use `async with`")
         feed = self.engine.check_inputs(inputs, partial_batch=self._fixed is not None)
         rows = {int(a.shape[0]) for a in feed.values() if a.ndim}
@@ -219,10 +214,10 @@ class Batcher:
             dict(sorted(self._size_ns.items())),
         )
 
-    # --- worker threads ------------------------------------------------------------------------------
+    # --- the worker thread ---------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """A worker: take a batch, run it, hand the results to the loop, repeat until closing."""
+        """The worker: take a batch, run it, hand the results to the loop, repeat until closing."""
         loop = self._loop
         assert loop is not None
         buffers: dict[tuple[str, tuple[int, ...], str], Array] = {}  # this worker's batch inputs, reused

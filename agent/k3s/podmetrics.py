@@ -94,12 +94,18 @@ class PodCounters:
 
     def _reset_since(self, before: PodCounters) -> bool:
         return (
-            (self.started is not None and before.started is not None and self.started != before.started)
-            or self.requests < before.requests
-            or self.errors < before.errors
-            or self.sum_ms < before.sum_ms
-            or any(a < b for a, b in zip(self.buckets, before.buckets, strict=True))
-        )
+            self.started is not None and before.started is not None and self.started != before.started
+        ) or _started_again(self._totals(), before._totals())
+
+    def _totals(self) -> tuple[float, ...]:
+        return self.requests, self.errors, self.sum_ms, *self.buckets
+
+
+def _started_again(now: Iterable[float], before: Iterable[float]) -> bool:
+    """Whether totals read now count from zero again since `before`: any one of them is lower (the process or
+    the candidate started again; its increase is then all of `now`, as Prometheus' `rate()` counts). The one
+    rule `PodCounters` and `ShadowCounts` both turn totals into increases by."""
+    return any(a < b for a, b in zip(now, before, strict=True))
 
 
 def _number(value: float, what: str) -> float:
@@ -132,7 +138,7 @@ class ShadowCounts:
 
     def increase_since(self, before: ShadowCounts | None) -> ShadowCounts:
         """What was counted since `before` (None, or any total lower: the candidate started again, so all)."""
-        if before is None or any(a < b for a, b in zip(self._values(), before._values(), strict=True)):
+        if before is None or _started_again(self._values(), before._values()):
             return self
         return ShadowCounts(*(a - b for a, b in zip(self._values(), before._values(), strict=True)))
 

@@ -23,7 +23,7 @@ from typing import Any
 from agent.ports import ServingWindow
 from agent.serving.errors import ModelNotFound, NotReady
 from agent.serving.served import Served
-from agent.serving.slot import ModelSlot
+from agent.serving.slot import DEFAULT_BATCHING, ModelSlot
 from fleet.messages import AppliedModel, RuntimeOptions
 from models.batcher import BatcherOptions
 from models.descriptor import ModelDescriptor
@@ -46,7 +46,7 @@ class ModelRepository:
     ) -> None:
         self.slots: dict[str, ModelSlot] = {}
         self._config: dict[str, Any] = {
-            "defaults": defaults or BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64),
+            "defaults": defaults or DEFAULT_BATCHING,
             "max_concurrency": max_concurrency,
             "request_timeout_s": request_timeout_s,
             "activate_timeout_s": 30.0,

@@ -34,6 +34,9 @@ from models.descriptor import ModelDescriptor
 from models.engine import Engine
 from models.preprocess import Transform
 
+DEFAULT_BATCHING = BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64)
+"""Batching of a model without runtime options, when the transport configured none: `ApiSettings`' defaults."""
+
 Array = npt.NDArray[Any]
 
 
@@ -49,7 +52,7 @@ class ModelSlot:
         seed: int | None = None,
         run_lock: threading.Lock | None = None,
     ) -> None:
-        self.defaults = defaults or BatcherOptions(max_batch=8, max_delay_ms=2.0, max_queue=64)
+        self.defaults = defaults or DEFAULT_BATCHING
         self.max_concurrency = max_concurrency
         self.request_timeout_s = request_timeout_s
         self.activate_timeout_s = 30.0

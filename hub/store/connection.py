@@ -196,6 +196,16 @@ class Outage:
     connects are not tried for as long as it took: they fail at once (DatabaseUnavailable, "not tried", with a
     Retry-After). A statement on an open connection that waited out `tcp_user_timeout` counts the same way.
     One per database URL in a process (`outage`); any connect that succeeds ends it.
+
+    Per process, not per hub: the telemetry writer's process (`ingest.telemetry_process`, the default) keeps
+    its own, learning of a slow failure and of the database's return by its own tries. So the two may disagree
+    for a while, each way: after the database came back, the hub may answer and scrape it
+    (`edgefleet_hub_database_up` 1) while the writer still does not try (for up to `NETWORK_TIMEOUT_S`) and
+    then waits out its backoff (`away_wait_s`, at most the store's `away_retry_s`, 5 s), its batch unwritten and
+    `edgefleet_hub_store_database_waits` still rising; or the writer, having tried, writes while the hub's API
+    still answers 503 "not tried". Either lasts at most `NETWORK_TIMEOUT_S` plus one backoff, and loses nothing
+    (the batch waits; the API's caller is told to retry). Sharing it would take shared memory across the
+    processes for a window this short; a writer thread (`ingest.telemetry_process` off) shares the hub's.
     """
 
     SLOW_S = 1.0  # a failure that took this long waited out a timeout

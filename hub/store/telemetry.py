@@ -174,18 +174,25 @@ def _write_postgres(conn: Conn, rows: list[tuple[Any, ...]]) -> int:
     return int(conn.execute(_PG_WRITE).fetchone()[0])
 
 
-def query_windows(
-    conn: Conn, device_id: str, *, since: float | None, until: float | None, limit: int
-) -> list[StoredWindow]:
-    """Raw windows of one device, newest first."""
-    sql = _WINDOWS
-    args: list[Any] = [device_id]
+def _overlapping(args: list[Any], since: float | None, until: float | None) -> str:
+    """The conditions (` AND ...`) that keep the raw windows overlapping [since, until), their arguments
+    appended to `args`: a window that ends at or after `since` and starts before `until` (None: no bound)."""
+    sql = ""
     if since is not None:
         sql += ' AND "end" >= ?'
         args.append(since)
     if until is not None:
         sql += " AND start < ?"
         args.append(until)
+    return sql
+
+
+def query_windows(
+    conn: Conn, device_id: str, *, since: float | None, until: float | None, limit: int
+) -> list[StoredWindow]:
+    """Raw windows of one device, newest first."""
+    args: list[Any] = [device_id]
+    sql = _WINDOWS + _overlapping(args, since, until)
     sql += " ORDER BY start DESC, seq DESC LIMIT ?"
     args.append(limit)
     out = []
@@ -268,12 +275,7 @@ def seq_stats(conn: Conn, device_id: str, *, since: float | None, until: float |
         "FROM telemetry WHERE device_id = ?"
     )
     args: list[Any] = [device_id]
-    if since is not None:
-        sql += ' AND "end" >= ?'
-        args.append(since)
-    if until is not None:
-        sql += " AND start < ?"
-        args.append(until)
+    sql += _overlapping(args, since, until)
     first, last, count, dropped = conn.execute(sql, args).fetchone()
     missing = 0 if first is None else int(last) - int(first) + 1 - int(count)
     return SeqStats(first, last, int(count), missing, int(dropped))

@@ -127,6 +127,12 @@ def test_telemetry_dedupe_rollup_and_queries(store: SqlStore) -> None:
     assert store.telemetry_seq("nobody", since=None, until=None).first is None
     windows = store.telemetry_windows("d1", since=None, until=None, limit=10)
     assert [w.seq for w in windows] == [7, 2, 1, 0]
+    # raw windows and their seq figures pick the same windows: those overlapping [since, until)
+    assert [w.seq for w in store.telemetry_windows("d1", since=6060.0, until=6090.0, limit=10)] == [2, 1]
+    stats = store.telemetry_seq("d1", since=6060.0, until=6090.0)
+    assert (stats.first, stats.last, stats.count) == (1, 2, 2)
+    assert [w.seq for w in store.telemetry_windows("d1", since=6061.0, until=None, limit=10)] == [7, 2]
+    assert store.telemetry_seq("d1", since=None, until=6030.0).count == 1
     d = store.get_device("d1")
     assert d is not None and d.last_requests == 4 and d.telemetry_at is not None
 

@@ -115,6 +115,29 @@ def test_a_new_process_is_counted_from_zero_and_nothing_twice() -> None:
     assert book.window(M, "1", {pod: read_counters(fewer, M)}).total.requests == 2
 
 
+_BEFORE = PodCounters(requests=10, errors=2, buckets=(4, 8, *(10,) * (N_BUCKETS - 2)), sum_ms=50.0)
+
+
+@pytest.mark.parametrize(
+    "lower",
+    [
+        {"requests": 9},
+        {"errors": 1},
+        {"sum_ms": 49.0},
+        {"buckets": (3, 8, *(10,) * (N_BUCKETS - 2))},
+        {"buckets": (4, 8, *(10,) * (N_BUCKETS - 3), 9)},
+    ],
+)
+def test_any_one_total_lower_counts_the_pod_from_zero_as_for_the_shadow_counts(lower: dict[str, object]) -> None:
+    """One rule for both: a single total lower than before (no creation times to tell) is a new process."""
+    higher = PodCounters(requests=11, errors=3, buckets=(5, 9, *(11,) * (N_BUCKETS - 2)), sum_ms=51.0)
+    restarted = PodCounters(**{**higher.__dict__, **lower})
+    assert restarted.increase_since(_BEFORE) == restarted
+    assert higher.increase_since(_BEFORE) == PodCounters(1, 1, (1,) * N_BUCKETS, 1.0)
+    assert ShadowCounts(5, 4, 0).increase_since(ShadowCounts(5, 5, 0)) == ShadowCounts(5, 4, 0)
+    assert ShadowCounts(6, 5, 1).increase_since(ShadowCounts(5, 5, 0)) == ShadowCounts(1, 0, 1)
+
+
 def test_pods_older_than_the_agent_are_a_baseline_gone_pods_are_forgotten_silent_pods_catch_up() -> None:
     book = WindowBook()
     old = Pod("p-old", "uid-old", "127.0.0.2", created=book.started - 3600)
