@@ -7,13 +7,17 @@ from pathlib import Path
 
 import onnx
 
+from agent.runtime import Agent
+from agent.download import Download
 from fleet.codec import encode
-from fleet.messages import Command, CommandName
+from fleet.messages import BlobManifest, Command, CommandName
 from models.samples import classifier_descriptor, retrain_head
 from models.validate import validate
 from tests.agent.conftest import AgentFactory, Sample
 from tests.support.broker import Broker
+from tests.support.disks import small_disk
 from tests.support.hubside import HubSide, one
+from tests.support.models import classifier_versions
 
 
 def test_corrupted_chunk_is_refused_and_wanted_again(
@@ -176,3 +180,58 @@ def test_a_corrupt_local_copy_of_a_shared_chunk_is_fetched_instead(
     wanted = {i for w in hub.wants[start:] if w.sha256 == ref.blob.sha256 for i in w.indexes(ref.blob.count)}
     assert 0 in wanted and ref.blob.chunks[0] == v1.blob.chunks[0]
     assert agent.store.blob_path(ref.blob.sha256).read_bytes() == v2.path.read_bytes()
+
+
+def _half_fetched(agent: Agent, blob: BlobManifest) -> Download | None:
+    """The transfer of `blob` once half of its chunks are in (the hub withholds the others)."""
+    dl = agent.reconciler.download
+    return dl if dl is not None and dl.sha256 == blob.sha256 and dl.receiver.have_count == blob.count // 2 else None
+
+
+def test_a_disk_filled_mid_download_frees_spare_blobs_and_goes_on(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Another program fills the disk after the free-space check passed: the chunk writes fail with ENOSPC, and
+    the download frees spare blobs as a refused check does, then goes on (it stalled with insufficient_disk while
+    the spare blob held the space)."""
+    (tmp_path / "models").mkdir()
+    made = classifier_versions(tmp_path / "models", ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))
+    refs = {v: hub.model_ref(path, desc) for v, (path, desc) in made.items()}
+    with small_disk(tmp_path) as disk:
+        agent, _ = make_agent(hub, device_id, broker.url, data_dir=disk.path / "agent", store={"min_free_bytes": 0})
+        for n, version in enumerate(("1.0.0", "2.0.0", "3.0.0"), start=1):  # 1.0.0 is then spare (kept for reuse)
+            hub.publish_desired(device_id, hub.desired(device_id, n, refs[version]))
+            hub.wait_active(version)
+        store, spare = agent.store, refs["1.0.0"].blob.sha256
+        assert store.has_blob(spare)
+        new = refs["4.0.0"].blob
+        hub.withhold = set(range(new.count // 2, new.count))  # the check passes, half of the chunks come
+        hub.publish_desired(device_id, hub.desired(device_id, 4, refs["4.0.0"]))
+        hub.wait(lambda: _half_fetched(agent, new), what="half of 4.0.0 fetched")
+        disk.fill()  # then another program takes every free byte
+        hub.withhold = set()
+        r = hub.wait_active("4.0.0")
+        assert not store.has_blob(spare), "the spare blob made room for the rest of the download"
+        assert one(r).error is None and store.blob_path(new.sha256).read_bytes() == made["4.0.0"][0].read_bytes()
+
+
+def test_a_disk_filled_mid_download_with_nothing_spare_stalls_and_resumes_when_freed(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, samples: dict[str, Sample], tmp_path: Path
+) -> None:
+    """Nothing spare to delete: the download stalls, reports insufficient_disk, and resumes once space is back."""
+    v1, v2 = (hub.model_ref(samples[v].path, samples[v].descriptor) for v in ("v1", "v2"))
+    with small_disk(tmp_path) as disk:
+        agent, _ = make_agent(hub, device_id, broker.url, data_dir=disk.path / "agent", store={"min_free_bytes": 0})
+        hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+        hub.wait_active("1.0.0")
+        hub.withhold = set(range(v2.blob.count // 2, v2.blob.count))
+        hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+        hub.wait(lambda: _half_fetched(agent, v2.blob), what="half of 2.0.0 fetched")
+        disk.fill()
+        start = len(hub.reported)
+        hub.withhold = set()
+        r = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == "insufficient_disk", since=start)
+        assert one(r).phase == "downloading" and (e := one(r).error) is not None and "could not be written" in e.message
+        assert agent.store.has_blob(v1.blob.sha256)
+        disk.free()
+        hub.wait_active("2.0.0")
