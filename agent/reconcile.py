@@ -353,7 +353,7 @@ class Reconciler:
         if d is None or self._settled == d.version:
             return
         self._remove_unwanted(d)
-        waiting = False
+        waiting = locked = False
         for slot in d.models:
             st = self._model(slot.name)
             if st.settled == d.version:
@@ -361,12 +361,15 @@ class Reconciler:
             if not self._blobs_ready(slot, st):
                 waiting = waiting or st.settled != d.version
                 continue
-            if self._update_locked(st):
-                return
+            if self._update_locked(st):  # this model waits; the others' blobs are still fetched
+                locked = True
+                continue
             self._apply_slot(slot, st, d.version)
-        self._collect()  # what the removals, activations and rollbacks above left spare, also while a transfer waits
-        if waiting:
-            self.report()
+        # what the removals, activations and rollbacks above left spare, also while a transfer or the lock waits
+        self._collect()
+        if waiting or locked:
+            if not locked:  # a locked pass runs every second: _update_locked reports when a model starts waiting
+                self.report()
             return
         self._apply_cluster(d)
         self._settled = d.version
