@@ -91,8 +91,8 @@ def _desired(path: Path, done: str) -> tuple[DesiredState, int]:
     except ValueError as e:  # model names repeated across slots
         err.print(f"[red]error:[/red] {path} is not a valid desired state: {escape(str(e)[:300])}")
         raise typer.Exit(2) from e
-    for problem in unread:  # as the agent refuses such a slot: that model only (reported unsupported_model)
-        err.print(f"[yellow]warning:[/yellow] model {problem.model!r} not {done}: {escape(problem.reason)}",
+    for slot in unread:  # as the agent refuses such a slot: that model only (reported unsupported_model)
+        err.print(f"[yellow]warning:[/yellow] model {slot.model!r} not {done}: {escape(slot.reason)}",
                   soft_wrap=True)  # fmt: skip
     return state, len(unread)
 

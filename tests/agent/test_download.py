@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnx
 
-from agent.runtime import Agent
 from agent.download import Download
+from agent.runtime import Agent
 from fleet.codec import encode
 from fleet.messages import BlobManifest, Command, CommandName
 from models.samples import classifier_descriptor, retrain_head

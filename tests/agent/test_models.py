@@ -203,7 +203,8 @@ def test_spare_blobs_are_collected_while_activation_waits_for_the_update_lock(
     other = samples["bad"].descriptor.model_copy(update={"name": "other"})
     third = DesiredModel(model=hub.model_ref(samples["bad"].path, other))
     hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[det, third]))
-    hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == "activating")
+    waits = "activating"  # the detector waits for the lock
+    hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == waits)
     hub.wait(lambda: not store.has_blob(v1.model.blob.sha256) or None, what="1.0.0's blob collected")
     assert store.has_blob(v2.model.blob.sha256), "2.0.0 stays: the idle classifier's last-known-good"
     hub.wait(lambda: store.has_blob(third.model.blob.sha256) or None, what="the other model's blob fetched")

@@ -78,9 +78,7 @@ def _with_a_newer_hubs_slot(tmp_path: Path) -> Path:
     return path
 
 
-def test_render_and_apply_read_the_desired_state_slot_by_slot_as_the_agent_does(
-    api: ApiServer, tmp_path: Path
-) -> None:
+def test_render_and_apply_read_the_desired_state_slot_by_slot_as_the_agent_does(api: ApiServer, tmp_path: Path) -> None:
     """A slot this build cannot read is named with the reason, and the models it reads are rendered and applied,
     as the agent applies them; the whole file was refused before."""
     path = _with_a_newer_hubs_slot(tmp_path)
