@@ -70,6 +70,7 @@ class Download:
         self.device_id = device_id
         self.settings = settings
         self._send_want = send_want
+        self.min_free_bytes = min_free_bytes
         self.receiver = store.receiver(
             manifest, sync_every=settings.sync_every, sync_interval_s=settings.sync_interval_s
         )
@@ -192,7 +193,8 @@ class Download:
             what = f"chunk {frame.index} of blob {self.sha256[:12]} could not be written"
             then = (f" ({mib(left)} of the blob still to write, {mib(self.store.free_bytes())} free); the download "
                     "resumes from its last durable chunk once the disk takes writes again")  # fmt: skip
-            raise (disk_error(e, what, then) or DiskError(f"{what}: {e}{then}")) from e
+            needed = left + self.min_free_bytes  # as the free-space check counts it
+            raise (disk_error(e, what, then, needed=needed) or DiskError(f"{what}: {e}{then}")) from e
         self._last_chunk = time.monotonic()
         if result is Accepted.DUPLICATE:
             self.duplicates += 1

@@ -58,7 +58,7 @@ class InsufficientDisk(DiskError):
 
     def __init__(self, message: str, *, needed: int | None = None) -> None:
         super().__init__(message)
-        self.needed = needed  # free bytes the refused blob needs (None: unknown, a write failed with ENOSPC)
+        self.needed = needed  # free bytes the refused blob (still) needs (None: unknown)
 
 
 class DiskReadOnly(DiskError):
@@ -68,12 +68,13 @@ class DiskReadOnly(DiskError):
     code = "disk_read_only"
 
 
-def disk_error(e: OSError, what: str, then: str = "") -> DiskError | None:
+def disk_error(e: OSError, what: str, then: str = "", *, needed: int | None = None) -> DiskError | None:
     """The typed error for an OSError that is the disk refusing a write, saying `what: <reason><then>`; None
-    for any other OSError. A file-size limit (EFBIG) counts as a full disk."""
+    for any other OSError. A file-size limit (EFBIG) counts as a full disk; `needed` is the free space the
+    write's blob still needs (`InsufficientDisk.needed`)."""
     message = f"{what}: {e.strerror or e}{then}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InsufficientDisk(message)
+        return InsufficientDisk(message, needed=needed)
     if e.errno == errno.EROFS:
         return DiskReadOnly(message)
     return None

@@ -259,6 +259,10 @@ class Reconciler:
             result = self.fetcher.on_chunk(sha256, payload)
         except DiskError as e:  # the chunk could not be stored (disk full, read-only): say so once, keep what's durable
             if st is not None and (st.error is None or st.error.code != e.code):
+                dl = self.fetcher.current
+                if isinstance(e, InsufficientDisk) and dl is not None and self._make_room(dl.manifest, e):
+                    dl.want()  # the disk filled after the free-space check: spare blobs went, the rest comes now
+                    return
                 log.warning("download of %s stalled: %s", sha256[:12], e)
                 self._fail(st, e)
                 self.report()
@@ -349,7 +353,7 @@ class Reconciler:
         if d is None or self._settled == d.version:
             return
         self._remove_unwanted(d)
-        waiting = False
+        waiting = locked = False
         for slot in d.models:
             st = self._model(slot.name)
             if st.settled == d.version:
@@ -357,12 +361,15 @@ class Reconciler:
             if not self._blobs_ready(slot, st):
                 waiting = waiting or st.settled != d.version
                 continue
-            if self._update_locked(st):
-                return
+            if self._update_locked(st):  # this model waits; the others' blobs are still fetched
+                locked = True
+                continue
             self._apply_slot(slot, st, d.version)
-        self._collect()  # what the removals, activations and rollbacks above left spare, also while a transfer waits
-        if waiting:
-            self.report()
+        # what the removals, activations and rollbacks above left spare, also while a transfer or the lock waits
+        self._collect()
+        if waiting or locked:
+            if not locked:  # a locked pass runs every second: _update_locked reports when a model starts waiting
+                self.report()
             return
         self._apply_cluster(d)
         self._settled = d.version
@@ -386,14 +393,8 @@ class Reconciler:
             if self.fetcher.ensure(ref.blob):
                 return True
         except InsufficientDisk as e:
-            # spare blobs are kept for their chunks (up to STORE_GC_KEEP_BYTES), not at the price of a version
-            room = e.needed if e.needed is not None else ref.blob.size + self.settings.store.min_free_bytes
-            removed = self._collect(room_for=ref.blob, room=room)
-            if removed:
-                log.warning("blob %s did not fit: deleted %d spare blob(s) to make room", ref.blob.sha256[:12],
-                            len(removed))  # fmt: skip
-            if removed or (e.needed is not None and self.store.free_bytes() >= e.needed):  # or stale partials went
-                return self._fetch(ref, st)  # once more: each try deletes something or fails
+            if self._make_room(ref.blob, e) or (e.needed is not None and self.store.free_bytes() >= e.needed):
+                return self._fetch(ref, st)  # once more: each try deletes something (or stale partials went) or fails
             self._download_failed(st, e)
             return False
         except AgentError as e:
@@ -402,6 +403,16 @@ class Reconciler:
         st.phase = Phase.DOWNLOADING
         self.report()
         return False
+
+    def _make_room(self, blob: BlobManifest, e: InsufficientDisk) -> bool:
+        """`blob` does not fit (refused by the free-space check, or a chunk write failed for space: the disk filled
+        during the transfer): delete as many spare blobs as it needs. Spare blobs are kept for their chunks (up to
+        STORE_GC_KEEP_BYTES), not at the price of a version. True when one or more were deleted."""
+        room = e.needed if e.needed is not None else blob.size + self.settings.store.min_free_bytes
+        removed = self._collect(room_for=blob, room=room)
+        if removed:
+            log.warning("blob %s did not fit: deleted %d spare blob(s) to make room", blob.sha256[:12], len(removed))
+        return bool(removed)
 
     def _download_failed(self, st: ModelState, e: AgentError) -> None:
         """Temporary: report and retry after `rewant_after_s`. Permanent: give up on this model's slot."""

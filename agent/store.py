@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
@@ -57,6 +58,23 @@ class ChunkSource(NamedTuple):
     path: Path
     offset: int
     length: int
+
+
+class Spare(NamedTuple):
+    """A blob `collect` may delete: what the collection order looks at."""
+
+    sha256: str
+    size: int
+    last_used: float  # when it last became active or shadow, or was stored (the agent: its file's mtime)
+    chunks: Sequence[str]  # its chunk digests (empty: unknown)
+
+
+def collection_order(spare: Iterable[Spare], reuse: BlobManifest | None) -> list[Spare]:
+    """The order in which spare blobs are deleted, the agent's and the simulator's store alike: those sharing the
+    fewest chunks with `reuse` (the blob about to be fetched, which takes the chunks the store holds) first, then
+    the least recently used."""
+    wanted = frozenset(reuse.chunks) if reuse is not None else frozenset()
+    return sorted(spare, key=lambda b: (len(wanted.intersection(b.chunks)), b.last_used, b.sha256))
 
 
 class StoredModel(BaseModel):
@@ -298,26 +316,24 @@ class ModelStore:
         Returns the deleted digests.
         """
         protected = self.referenced() | set(keep)
-        wanted = set(reuse.chunks) if reuse is not None else set()
         spare = []
         for path in self.blobs.iterdir():
             if path.name in protected or len(path.name) != 64:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = path.stat()
-                manifest = self._load_manifest(self.manifests / path.name) if wanted else None
-                shared = len(wanted.intersection(manifest.chunks)) if manifest is not None else 0
-                spare.append((shared, st.st_mtime, path, st.st_size))
-        spare.sort()
-        total = sum(size for *_, size in spare)
+                manifest = self._load_manifest(self.manifests / path.name) if reuse is not None else None
+                chunks = manifest.chunks if manifest is not None else ()
+                spare.append(Spare(path.name, st.st_size, st.st_mtime, chunks))
+        total = sum(b.size for b in spare)
         removed = []
-        for *_, path, size in spare:
+        for b in collection_order(spare, reuse):
             if total <= keep_bytes and (room <= 0 or self.free_bytes() >= room):
                 break
-            path.unlink(missing_ok=True)
-            (self.manifests / path.name).unlink(missing_ok=True)
-            total -= size
-            removed.append(path.name)
+            self.blob_path(b.sha256).unlink(missing_ok=True)
+            (self.manifests / b.sha256).unlink(missing_ok=True)
+            total -= b.size
+            removed.append(b.sha256)
         if removed:
             fsync_dir(self.blobs)
             self._chunks = None  # rebuilt from the manifests left on the next lookup

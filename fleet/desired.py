@@ -69,10 +69,11 @@ def read_desired(body: Mapping[str, Any]) -> tuple[DesiredState, tuple[Unsupport
             name = _slot_name(item)
             if name is None:  # no model to refuse it for: the document is refused, with the strict reasons
                 return DesiredState.model_validate(body), ()
+            reason = f"this agent cannot read its slot (models.{i}) of the desired state: {summarise(e)}"
             unread.append(UnsupportedModel(name, (
-                f"model {name!r} not applied: this agent cannot read its slot (models.{i}) of the desired state: "
-                f"{summarise(e)} (a hub newer than this agent? upgrade the agent; the version serving stays)"
-            )))  # fmt: skip
+                f"model {name!r} not applied: {reason} (a hub newer than this agent? upgrade the agent; the version "
+                "serving stays)"
+            ), reason=reason))  # fmt: skip
     names = [s.name for s in slots] + [u.model for u in unread]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})

@@ -42,9 +42,10 @@ class UnsupportedModel(MessageError):
     """One model slot of a verified desired state is not readable by this build (a field or value it does not
     know, as a newer hub sends): that model is refused, the other slots apply (`fleet.desired`)."""
 
-    def __init__(self, model: str, message: str) -> None:
+    def __init__(self, model: str, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.model = model
+        self.reason = reason or message  # why the slot is not readable, without what the agent does about it
 
 
 class SignatureError(FleetError):

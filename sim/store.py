@@ -21,13 +21,14 @@ does not survive a restart of the simulator), and free space is that of the shar
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import StoreError
-from agent.store import ChunkSource, ShadowPointer, StoredModel
+from agent.store import ChunkSource, ShadowPointer, Spare, StoredModel, collection_order
 from fleet.bitmap import ChunkBitmap
 from fleet.chunks import Accepted, ChunkProgress, ChunkReceiver, verify_chunk
 from fleet.errors import ChunkOutOfRange
@@ -174,6 +175,8 @@ class SimStore:
         self.root = shared.root
         self.device_id = device_id
         self.held: dict[str, BlobManifest] = {}  # blobs this device fetched, by sha256
+        self._used: dict[str, int] = {}  # of each held blob, when it was last stored, activated or shadowed (a count)
+        self._uses = itertools.count()
         self._active: dict[str, StoredModel] = {}  # by model name
         self._previous: dict[str, StoredModel] = {}
         self._shadow: dict[str, ShadowPointer] = {}
@@ -202,6 +205,7 @@ class SimStore:
         else:
             self._previous[name] = previous
         self._active[name] = record
+        self._mark_used(record.sha256)
         return previous
 
     def clear_active(self, name: str) -> None:
@@ -217,6 +221,7 @@ class SimStore:
         if not self.has_blob(record.sha256):
             raise StoreError(f"cannot shadow {record.model.name} {record.model.version}: blob missing")
         self._shadow[record.model.name] = pointer
+        self._mark_used(record.sha256)
 
     def clear_shadow(self, name: str) -> None:
         self._shadow.pop(name, None)
@@ -246,23 +251,21 @@ class SimStore:
         reuse: BlobManifest | None = None,
     ) -> list[str]:
         """Forget unreferenced blobs while they take more than `keep_bytes` or `room` asks for more free space than
-        the disk has (counting each forgotten blob as freed, though the shared file stays); in
-        `agent.store.ModelStore.collect`'s order (fewest chunks shared with `reuse`, then oldest, first)."""
+        the disk has (counting each forgotten blob as freed, though the shared file stays); in the agent's order
+        (`agent.store.collection_order`: fewest chunks shared with `reuse`, then least recently used, first)."""
         protected = {r.sha256 for r in (*self._active.values(), *self._previous.values())} | set(keep)
         protected |= {p.candidate.sha256 for p in self._shadow.values()}
-        wanted = set(reuse.chunks) if reuse is not None else set()
-        spare = [m for sha, m in self.held.items() if sha not in protected]  # held in the order fetched
-        spare.sort(key=lambda m: len(wanted.intersection(m.chunks)))  # stable: oldest first among equals
-        total = sum(m.size for m in spare)
+        spare = [Spare(sha, m.size, self._used[sha], m.chunks) for sha, m in self.held.items() if sha not in protected]
+        total = sum(b.size for b in spare)
         short = room - self.free_bytes() if room > 0 else 0
         removed = []
-        for m in spare:
+        for b in collection_order(spare, reuse):
             if total <= keep_bytes and short <= 0:
                 break
-            short -= m.size
-            del self.held[m.sha256]
-            total -= m.size
-            removed.append(m.sha256)
+            short -= b.size
+            del self.held[b.sha256], self._used[b.sha256]
+            total -= b.size
+            removed.append(b.sha256)
         if removed:
             self._chunks = None
         return removed
@@ -270,7 +273,12 @@ class SimStore:
     def record_manifest(self, manifest: BlobManifest) -> None:
         """The blob entered this device's store."""
         self.held[manifest.sha256] = manifest
+        self._mark_used(manifest.sha256)
         self._chunks = None
+
+    def _mark_used(self, sha256: str) -> None:
+        """As the agent's store touches a blob's mtime: `collect` deletes the least recently used first."""
+        self._used[sha256] = next(self._uses)
 
     def find_chunk(self, sha256: str) -> ChunkSource | None:
         if self._chunks is None:

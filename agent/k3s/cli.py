@@ -10,6 +10,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.k3s.errors import ClusterError
@@ -58,8 +59,10 @@ def _settings(**overrides: Any) -> ClusterSettings:
         raise typer.Exit(2) from e
 
 
-def _desired(path: Path) -> DesiredState:
-    from fleet.messages import DesiredState  # noqa: PLC0415
+def _desired(path: Path, done: str) -> tuple[DesiredState, int]:
+    """The desired state in file `path`, read slot by slot as the agent reads it (`fleet.desired.read_desired`):
+    the slots this build reads, and how many it does not, each named on stderr ("model 'x' not `done`: why")."""
+    from fleet.desired import read_desired  # noqa: PLC0415
 
     try:
         raw = path.read_bytes()
@@ -70,13 +73,28 @@ def _desired(path: Path) -> DesiredState:
         err.print(f"[red]error:[/red] {path} is larger than 4 MiB; not a desired state")
         raise typer.Exit(2)
     try:
-        return DesiredState.model_validate_json(raw)
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        err.print(f"[red]error:[/red] {path} is not a valid desired state: not JSON: {escape(str(e)[:300])}")
+        raise typer.Exit(2) from e
+    if not isinstance(body, dict):
+        err.print(f"[red]error:[/red] {path} is not a valid desired state: a JSON {type(body).__name__}, not an object")
+        raise typer.Exit(2)
+    try:
+        state, unread = read_desired(body)
     except ValidationError as e:
         err.print(f"[red]error:[/red] {path} is not a valid desired state: {e.error_count()} problems")
         for problem in e.errors()[:10]:
             loc = ".".join(str(p) for p in problem["loc"])
             err.print(f"  {loc}: {problem['msg']}")
         raise typer.Exit(2) from e
+    except ValueError as e:  # model names repeated across slots
+        err.print(f"[red]error:[/red] {path} is not a valid desired state: {escape(str(e)[:300])}")
+        raise typer.Exit(2) from e
+    for slot in unread:  # as the agent refuses such a slot: that model only (reported unsupported_model)
+        err.print(f"[yellow]warning:[/yellow] model {slot.model!r} not {done}: {escape(slot.reason)}",
+                  soft_wrap=True)  # fmt: skip
+    return state, len(unread)
 
 
 @app.command("inventory")
@@ -120,7 +138,7 @@ def render(
     from agent.k3s.render import render_workload  # noqa: PLC0415
 
     settings = _settings(namespace=namespace, image=image)
-    state = _desired(desired)
+    state, _unread = _desired(desired, "rendered")  # named on stderr: the output is what the agent would apply
     try:
         workloads = {slot.name: render_workload(state, slot.name, settings) for slot in state.models}
     except ClusterError as e:
@@ -151,7 +169,7 @@ def apply(
     settings = _settings(kubeconfig=kubeconfig, namespace=namespace, image=image, rollout_deadline_s=deadline)
     from agent.k3s.bridge import ClusterBridge  # noqa: PLC0415  (lightkube only when talking to a cluster)
 
-    state = _desired(desired)
+    state, unread = _desired(desired, "applied")
     try:
         with ClusterBridge(settings) as bridge:
             results = {slot.name: bridge.apply(state, slot.name) for slot in state.models}
@@ -168,5 +186,5 @@ def apply(
                 f"{result.ready_replicas}/{result.replicas} ready, generation {result.generation}"
                 + (f" — {result.message}" if result.message else "")
             )
-    if any(r.state != "ready" for r in results.values()):
+    if unread or any(r.state != "ready" for r in results.values()):
         raise typer.Exit(1)

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import pytest
 
+from agent.download import Download
+from agent.runtime import Agent
 from fleet.codec import encode
-from fleet.messages import Command, CommandName
+from fleet.messages import BlobManifest, Command, CommandName
 from models.samples import classifier_descriptor, retrain_head
 from models.validate import validate
 from tests.agent.conftest import AgentFactory, Sample
+from tests.support import disks
 from tests.support.broker import Broker
+from tests.support.disks import SmallDisk
 from tests.support.hubside import HubSide, one
+from tests.support.models import classifier_versions
 
 
 def test_corrupted_chunk_is_refused_and_wanted_again(
@@ -176,3 +183,69 @@ def test_a_corrupt_local_copy_of_a_shared_chunk_is_fetched_instead(
     wanted = {i for w in hub.wants[start:] if w.sha256 == ref.blob.sha256 for i in w.indexes(ref.blob.count)}
     assert 0 in wanted and ref.blob.chunks[0] == v1.blob.chunks[0]
     assert agent.store.blob_path(ref.blob.sha256).read_bytes() == v2.path.read_bytes()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A small ext4 filesystem (`tests.support.disks`). Request it before `make_agent`, so its agents are stopped
+    (their files closed) before it is unmounted."""
+    with disks.small_disk(tmp_path) as disk:
+        yield disk
+
+
+def _half_fetched(agent: Agent, blob: BlobManifest) -> Download | None:
+    """The transfer of `blob` once half of its chunks are in (the hub withholds the others)."""
+    dl = agent.reconciler.download
+    return dl if dl is not None and dl.sha256 == blob.sha256 and dl.receiver.have_count == blob.count // 2 else None
+
+
+def test_a_disk_filled_mid_download_frees_spare_blobs_and_goes_on(
+    small_disk: SmallDisk, broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Another program fills the disk after the free-space check passed: the chunk writes fail with ENOSPC, and
+    the download frees spare blobs as a refused check does, then goes on (it stalled with insufficient_disk while
+    the spare blob held the space)."""
+    (tmp_path / "models").mkdir()
+    made = classifier_versions(tmp_path / "models", ("1.0.0", "2.0.0", "3.0.0", "4.0.0"))
+    refs = {v: hub.model_ref(path, desc) for v, (path, desc) in made.items()}
+    agent, _ = make_agent(hub, device_id, broker.url, data_dir=small_disk.path / "agent", store={"min_free_bytes": 0})
+    for n, version in enumerate(("1.0.0", "2.0.0", "3.0.0"), start=1):  # 1.0.0 is then spare (kept for reuse)
+        hub.publish_desired(device_id, hub.desired(device_id, n, refs[version]))
+        hub.wait_active(version)
+    store, spare = agent.store, refs["1.0.0"].blob.sha256
+    assert store.has_blob(spare)
+    new = refs["4.0.0"].blob
+    hub.withhold = set(range(new.count // 2, new.count))  # the check passes, half of the chunks come
+    hub.publish_desired(device_id, hub.desired(device_id, 4, refs["4.0.0"]))
+    hub.wait(lambda: _half_fetched(agent, new), what="half of 4.0.0 fetched")
+    small_disk.fill()  # then another program takes every free byte
+    hub.withhold = set()
+    r = hub.wait_active("4.0.0")
+    assert not store.has_blob(spare), "the spare blob made room for the rest of the download"
+    assert one(r).error is None and store.blob_path(new.sha256).read_bytes() == made["4.0.0"][0].read_bytes()
+
+
+def test_a_disk_filled_mid_download_with_nothing_spare_stalls_and_resumes_when_freed(
+    small_disk: SmallDisk,
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+) -> None:
+    """Nothing spare to delete: the download stalls, reports insufficient_disk, and resumes once space is back."""
+    v1, v2 = (hub.model_ref(samples[v].path, samples[v].descriptor) for v in ("v1", "v2"))
+    agent, _ = make_agent(hub, device_id, broker.url, data_dir=small_disk.path / "agent", store={"min_free_bytes": 0})
+    hub.publish_desired(device_id, hub.desired(device_id, 1, v1))
+    hub.wait_active("1.0.0")
+    hub.withhold = set(range(v2.blob.count // 2, v2.blob.count))
+    hub.publish_desired(device_id, hub.desired(device_id, 2, v2))
+    hub.wait(lambda: _half_fetched(agent, v2.blob), what="half of 2.0.0 fetched")
+    small_disk.fill()
+    start = len(hub.reported)
+    hub.withhold = set()
+    r = hub.wait_reported(lambda r: (e := one(r).error) is not None and e.code == "insufficient_disk", since=start)
+    assert one(r).phase == "downloading" and (e := one(r).error) is not None and "could not be written" in e.message
+    assert agent.store.has_blob(v1.blob.sha256)
+    small_disk.free()
+    hub.wait_active("2.0.0")

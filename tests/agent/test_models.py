@@ -173,3 +173,40 @@ def test_blobs_a_removed_model_leaves_spare_are_collected_while_another_model_do
     hub.serving = True
     hub.wait_active("1.0.0", model="det")
     assert store.has_blob(v2.model.blob.sha256) and store.has_blob(det.model.blob.sha256)
+
+
+def test_spare_blobs_are_collected_while_activation_waits_for_the_update_lock(
+    broker: Broker,
+    hub: HubSide,
+    device_id: str,
+    make_agent: AgentFactory,
+    samples: dict[str, Sample],
+    detector: Sample,
+    tmp_path: Path,
+) -> None:
+    """A maintenance window (the update lock) holds activation, perhaps for hours: what the desired state's
+    removals left spare is collected at once, not once the lock goes (that pass returned before collecting), and
+    the other models' blobs are still fetched (that pass stopped at the first model waiting for the lock)."""
+    lock = tmp_path / "update.lock"
+    agent, _ = make_agent(hub, device_id, broker.url, store={"gc_keep_bytes": 0},
+                          activation={"update_lock_file": str(lock)})  # fmt: skip
+    det, v1, v2 = _slot(hub, detector), _slot(hub, samples["v1"]), _slot(hub, samples["v2"])
+    hub.publish_desired(device_id, hub.desired(device_id, 1, None, others=[det, v1]))
+    hub.wait_reported(lambda r: r.desired_version == 1 and r.phase == "active" and len(r.models) == 2)
+    hub.publish_desired(device_id, hub.desired(device_id, 2, None, others=[det, v2]))
+    hub.wait_active("2.0.0", model="cls")
+    store = agent.store
+    assert store.has_blob(v1.model.blob.sha256), "1.0.0 is the classifier's last-known-good"
+    lock.touch()
+    # the classifier is removed (2.0.0 becomes its last-known-good, 1.0.0 spare); the detector, unchanged, waits for
+    # the lock with the new desired state; a model named after it is fetched meanwhile
+    other = samples["bad"].descriptor.model_copy(update={"name": "other"})
+    third = DesiredModel(model=hub.model_ref(samples["bad"].path, other))
+    hub.publish_desired(device_id, hub.desired(device_id, 3, None, others=[det, third]))
+    waits = "activating"  # the detector waits for the lock
+    hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == waits)
+    hub.wait(lambda: not store.has_blob(v1.model.blob.sha256) or None, what="1.0.0's blob collected")
+    assert store.has_blob(v2.model.blob.sha256), "2.0.0 stays: the idle classifier's last-known-good"
+    hub.wait(lambda: store.has_blob(third.model.blob.sha256) or None, what="the other model's blob fetched")
+    lock.unlink()
+    hub.wait_reported(lambda r: r.desired_version == 3 and (m := r.model("det")) is not None and m.phase == "active")

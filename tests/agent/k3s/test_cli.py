@@ -66,6 +66,34 @@ def test_render_refuses_bad_files(tmp_path: Path, content: bytes | None, message
     assert message in result.output
 
 
+def _with_a_newer_hubs_slot(tmp_path: Path) -> Path:
+    """A desired state naming MODEL and a model `seg` whose slot has a field this build does not know."""
+    doc = desired(1, replicas=2).model_dump(mode="json")
+    seg = json.loads(json.dumps(doc["models"][0]))
+    seg["model"]["name"] = "seg"
+    seg["runtime"]["tiling"] = {"tile": 512}  # a newer hub's runtime option
+    doc["models"].append(seg)
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_render_and_apply_read_the_desired_state_slot_by_slot_as_the_agent_does(api: ApiServer, tmp_path: Path) -> None:
+    """A slot this build cannot read is named with the reason, and the models it reads are rendered and applied,
+    as the agent applies them; the whole file was refused before."""
+    path = _with_a_newer_hubs_slot(tmp_path)
+    result = runner.invoke(app, ["render", "--desired", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)) == [MODEL]
+    assert "model 'seg' not rendered" in result.stderr and "runtime.tiling" in result.stderr, result.stderr
+    result = runner.invoke(app, ["render", "--desired", str(path)])
+    assert [o["kind"] for o in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "Deployment", "Service"]
+    result = runner.invoke(app, ["apply", "--desired", str(path), "--kubeconfig", str(api.kubeconfig), "--json"])
+    assert result.exit_code == 1, result.output  # not everything the file names was applied
+    assert json.loads(result.stdout)[MODEL]["state"] == "ready"
+    assert "model 'seg' not applied" in result.stderr, result.stderr
+
+
 def test_render_refuses_oversized_file(tmp_path: Path) -> None:
     path = tmp_path / "big.json"
     path.write_bytes(b" " * (5 << 20))
