@@ -1,4 +1,8 @@
-"""A Kubernetes API test server reached by the real lightkube client over TLS on loopback.
+"""A Kubernetes API test server reached by the real lightkube client and the real kubectl over TLS on loopback.
+
+kubectl finds what it needs here: the version, API discovery (/api, /apis, /api/v1, /apis/<group>/<version>) and
+enough OpenAPI v3 for it to leave validation to this server, so `kubectl apply -k deploy/overlays/<name>
+--server-side`, `kubectl get` and `kubectl delete` work (server-side apply only: no client-side apply, no create).
 
 It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
@@ -35,7 +39,7 @@ from tests.k8s.certs import make_pki, write_kubeconfig
 from tests.k8s.controller import Controller, deployment_status
 from tests.k8s.schemas import NEWEST, check_apply
 from tests.k8s.selectors import SelectorError, field_selector, label_selector
-from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
+from tests.k8s.store import BY_PATH, KINDS, Key, Kind, Store, StoreError
 
 APPLY = "application/apply-patch+yaml"
 
@@ -251,6 +255,47 @@ class ApiServer:
             return None
         return _Route(kind, namespace, rest[1] if len(rest) == 2 else "")
 
+    def _discovery(self, path: str) -> dict[str, Any] | None:
+        """What kubectl reads before it sends a request: the version, API discovery (the legacy, unaggregated form:
+        kubectl falls back to it) and OpenAPI v3, whose PATCH operations declare `fieldValidation`, so kubectl
+        leaves validation to this server (which validates strictly) instead of downloading OpenAPI v2 schemas."""
+        path = path.rstrip("/")
+        served = sorted({(k.group, k.version) for k in KINDS})
+        if path == "/version":
+            major, minor = (self.kubernetes_version or NEWEST).split(".")[:2]
+            return {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0+k3s1", "platform": "linux/amd64"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            groups = [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}}
+                for g, v in served if g
+            ]  # fmt: skip
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        if path == "/openapi/v3":
+            return {
+                "paths": {_api_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_api_path(g, v)}"} for g, v in served}
+            }
+        for group, version in served:
+            kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+            if path == f"/{_api_path(group, version)}":
+                resources = [
+                    {"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced, "kind": k.kind,
+                     "verbs": list(SERVED_VERBS)}
+                    for k in kinds
+                ]  # fmt: skip
+                api_version = f"{group}/{version}" if group else version
+                return {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": api_version,
+                    "resources": resources,
+                }
+            if path == f"/openapi/v3/{_api_path(group, version)}":
+                return _openapi(group, version, kinds)
+        return None
+
     def _allowed(self, verb: str, route: _Route) -> bool:
         if self.rules is None:
             return True
@@ -274,6 +319,8 @@ class ApiServer:
         self._loop = asyncio.get_running_loop()
         if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "Unauthorized")
+        if request.method == "GET" and (found := self._discovery(request.url.path)) is not None:
+            return _json(found)  # (non-resource URLs: every authenticated user may read them, none is recorded)
         route = self._route(request.url.path)
         if route is None:
             return _error(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")
@@ -494,6 +541,31 @@ class ApiServer:
         while str(address) in used:
             address += 1
         return str(address)
+
+
+SERVED_VERBS = ("get", "list", "watch", "patch", "delete")  # patch: server-side apply only
+
+
+def _api_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def _openapi(group: str, version: str, kinds: list[Kind]) -> dict[str, Any]:
+    """The OpenAPI v3 document of one group/version, as much as kubectl reads: each kind's PATCH operation, tagged
+    with its group/version/kind and taking the `fieldValidation` query parameter (no schemas: not needed)."""
+    paths = {}
+    for kind in kinds:
+        scope = "/namespaces/{namespace}" if kind.namespaced else ""
+        operation = {
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind.kind},
+            "parameters": [
+                {"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+                for name in ("dryRun", "fieldManager", "fieldValidation", "force")
+            ],
+            "responses": {"200": {"description": "OK"}},
+        }
+        paths[f"/{_api_path(group, version)}{scope}/{kind.plural}/{{name}}"] = {"patch": operation}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1"}, "paths": paths}
 
 
 def _json(obj: Any, code: int = 200) -> Response:

