@@ -1,5 +1,6 @@
-"""The Role grants what the code calls: the test API server enforces the rendered Role while the real code runs,
-and every request it saw is in agent/k3s/calls.py (test_manifests compares the Role with that table)."""
+"""The Role grants what the code calls: deploy/ is installed with the real `kubectl apply -k --server-side`, the
+test API server then enforces the RBAC objects kubectl stored there while the real code runs, and every request
+it saw is in agent/k3s/calls.py (test_manifests compares the Role with that table)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ from agent.k3s import API_CALLS, ClusterBridge
 from agent.ports import ServedVersions
 from fleet.messages import Autoscaling, NodeInfo
 from tests.agent.k3s.conftest import MODEL, NAMESPACE, desired, fast_settings
-from tests.agent.k3s.manifests import AGENT, find, granted_rules, render
+from tests.agent.k3s.manifests import AGENT, granted_rules, install
 from tests.k8s.server import ApiServer, Rule
 
 
-def manifest_rules() -> set[Rule]:
-    """What `kubectl kustomize deploy/overlays/cpu` grants the agent's ServiceAccount (the same in every overlay)."""
-    objects = render("cpu")
-    deployment = find(objects, "Deployment", AGENT)
+def installed_rules(api: ApiServer) -> set[Rule]:
+    """What `kubectl apply -k deploy/overlays/cpu --server-side` grants the agent's ServiceAccount on `api` (the
+    same in every overlay), read back from the objects the server stored."""
+    install(api.kubeconfig, "cpu")
+    deployment = api.get("apps", "deployments", NAMESPACE, AGENT)
+    assert deployment is not None
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    assert deployment["metadata"]["namespace"] == NAMESPACE
+    rbac = ("roles", "rolebindings", "clusterroles", "clusterrolebindings")
+    objects = [o for plural in rbac for o in api.store.list(api.store_kind(plural), None)[0]]
     return granted_rules(objects, account, NAMESPACE)
 
 
 def test_code_calls_nothing_outside_the_declaration_and_works_with_the_role(api: ApiServer) -> None:
-    api.allow(manifest_rules())  # the server enforces the manifests' RBAC
+    api.allow(installed_rules(api))  # the server enforces the RBAC that kubectl installed
+    api.requests.clear()  # (kubectl's own requests: not the agent's)
     api.put_node("gpu-1", allocatable={"nvidia.com/mig-1g.10gb": "7"})
     api.controller_delay_s = 0.1
     with ClusterBridge(fast_settings(api.kubeconfig)) as bridge:
