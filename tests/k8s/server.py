@@ -7,8 +7,9 @@ enough OpenAPI v3 for it to leave validation to this server, so `kubectl apply -
 It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
 honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
-errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, hold
-requests (a hanging server) and act as a Deployment controller; deleting an object deletes its dependents
+errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules (a set given, or for a
+service account's token what the Roles and bindings it stores grant), inject faults, hold requests (a hanging
+server) and act as a Deployment controller; deleting an object deletes its dependents
 (ownerReferences), as Kubernetes' garbage collector does. In the "ready" mode that controller also creates the
 Deployment's pods, running and ready, with loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8
 to lo), so a test can serve each "pod" on its IP (cluster mode scrapes the pods' /metrics there).
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import secrets
 import socket
 import ssl
 import threading
@@ -79,6 +81,14 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class Account:
+    """A service account, as a request's bearer token names it."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Rule:
     verb: str
     resource: str
@@ -131,6 +141,9 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.holds: list[Hold] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
+        # bearer tokens of service accounts: a request with one is that account's, allowed what the Roles and
+        # ClusterRoles stored here grant it through their bindings at that moment (as kube-apiserver's RBAC)
+        self.accounts: dict[str, Account] = {}
         self.max_watch_s = 30.0
         # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
         self.kubernetes_version: str | None = NEWEST
@@ -237,6 +250,18 @@ class ApiServer:
     def allow(self, rules: set[Rule]) -> None:
         self.rules = rules
 
+    def kubeconfig_as(self, namespace: str, name: str) -> Path:
+        """A kubeconfig whose requests are the service account `namespace`/`name`'s (a bearer token, beside the
+        client certificate this server asks every client for)."""
+        token = secrets.token_hex(16)
+        self.accounts[token] = Account(namespace, name)
+        path = self.directory / f"as-{namespace}-{name}.yaml"
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        doc["users"][0]["user"]["token"] = token
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+        return path
+
     # --- request handling --------------------------------------------------------------------------
 
     def _route(self, path: str) -> _Route | None:
@@ -296,7 +321,9 @@ class ApiServer:
                 return _openapi(group, version, kinds)
         return None
 
-    def _allowed(self, verb: str, route: _Route) -> bool:
+    def _allowed(self, verb: str, route: _Route, account: Account | None) -> bool:
+        if account is not None:
+            return self._rbac_allows(account, verb, route)
         if self.rules is None:
             return True
         for rule in self.rules:
@@ -306,9 +333,37 @@ class ApiServer:
                 return True
         return False
 
-    def _forbidden(self, verb: str, route: _Route) -> Response:
+    def _rbac_allows(self, account: Account, verb: str, route: _Route) -> bool:
+        """RBAC as kube-apiserver evaluates it: a RoleBinding of `account` grants its Role's (or ClusterRole's)
+        rules in the binding's namespace, a ClusterRoleBinding grants its ClusterRole's everywhere."""
+        subject = {"kind": "ServiceAccount", "name": account.name, "namespace": account.namespace}
+        group = "rbac.authorization.k8s.io"
+        bindings, _ = self.store.list(self.store_kind("rolebindings"), None)
+        cluster_bindings, _ = self.store.list(self.store_kind("clusterrolebindings"), None)
+        for binding in bindings + cluster_bindings:
+            if subject not in (binding.get("subjects") or []):
+                continue
+            ref, scope = binding["roleRef"], binding["metadata"].get("namespace", "")
+            if scope and scope != route.namespace:
+                continue
+            role_scope = scope if ref["kind"] == "Role" else ""
+            role = self.store.get(
+                (group, "roles" if ref["kind"] == "Role" else "clusterroles", role_scope, ref["name"])
+            )
+            for rule in (role or {}).get("rules") or []:
+                if (
+                    _matches(rule.get("verbs"), verb)
+                    and _matches(rule.get("apiGroups"), route.kind.group)
+                    and _matches(rule.get("resources"), route.kind.plural)
+                    and (not rule.get("resourceNames") or route.name in rule["resourceNames"])
+                ):
+                    return True
+        return False
+
+    def _forbidden(self, verb: str, route: _Route, account: Account | None) -> Response:
         scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
-        user = "system:serviceaccount:edgefleet:edgefleet-agent"
+        account = account or Account("edgefleet", "edgefleet-agent")  # (rules set by `allow`: the agent's)
+        user = f"system:serviceaccount:{account.namespace}:{account.name}"
         message = (
             f'{route.kind.plural}{"." + route.kind.group if route.kind.group else ""} "{route.name}" is forbidden: '
             f'User "{user}" cannot {verb} resource "{route.kind.plural}" in API group "{route.kind.group}" {scope}'
@@ -333,7 +388,8 @@ class ApiServer:
             "PUT": "update",
             "DELETE": "delete",
         }[request.method]
-        response = await self._answer(request, route, verb)
+        account = self.accounts.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        response = await self._answer(request, route, verb, account)
         self.requests.append(
             Recorded(verb, route.kind.plural, route.kind.group, route.namespace, route.name, response.status_code)
         )
@@ -343,7 +399,7 @@ class ApiServer:
             )
         return response
 
-    async def _answer(self, request: Request, route: _Route, verb: str) -> Response:
+    async def _answer(self, request: Request, route: _Route, verb: str, account: Account | None) -> Response:
         for held in self.holds:
             if held.times > 0 and held.verb in (None, verb) and held.resource in (None, route.kind.plural):
                 held.times -= 1
@@ -362,8 +418,8 @@ class ApiServer:
                     response.headers["Retry-After"] = str(fault.retry_after)
                     return response
                 return _error(fault.code, fault.reason, fault.message)
-        if not self._allowed(verb, route):
-            return self._forbidden(verb, route)
+        if not self._allowed(verb, route, account):
+            return self._forbidden(verb, route, account)
         try:
             if verb == "get":
                 obj = self.store.get((route.kind.group, route.kind.plural, route.namespace, route.name))
@@ -377,7 +433,7 @@ class ApiServer:
                     return self._watch(request, route, labels, fields)
                 return self._list(route, labels, fields)
             if verb == "patch":
-                return await self._patch(request, route)
+                return await self._patch(request, route, account)
             if verb == "delete":
                 self.store.delete((route.kind.group, route.kind.plural, route.namespace, route.name))
                 return _json(status_body(200, "", "deleted") | {"status": "Success"})
@@ -439,7 +495,7 @@ class ApiServer:
 
         return StreamingResponse(stream(), media_type="application/json")
 
-    async def _patch(self, request: Request, route: _Route) -> Response:
+    async def _patch(self, request: Request, route: _Route, account: Account | None) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != APPLY:
             return _error(415, "UnsupportedMediaType", f"only server-side apply is served here, not {content_type}")
@@ -462,8 +518,8 @@ class ApiServer:
         key = (route.kind.group, route.kind.plural, route.namespace, route.name)
         force = request.query_params.get("force") == "true"
         existed = self.store.get(key) is not None
-        if not existed and not self._allowed("create", route):
-            return self._forbidden("create", route)
+        if not existed and not self._allowed("create", route, account):
+            return self._forbidden("create", route, account)
 
         def check(merged: dict[str, Any]) -> None:
             if self.kubernetes_version is None:
@@ -543,6 +599,10 @@ class ApiServer:
         return str(address)
 
 
+def _matches(allowed: list[str] | None, value: str) -> bool:
+    return allowed is not None and ("*" in allowed or value in allowed)
+
+
 SERVED_VERBS = ("get", "list", "watch", "patch", "delete")  # patch: server-side apply only
 
 
@@ -572,4 +632,4 @@ def _json(obj: Any, code: int = 200) -> Response:
     return Response(json.dumps(obj), status_code=code, media_type="application/json")
 
 
-__all__ = ["ApiServer", "Fault", "Hold", "Recorded", "Rule"]
+__all__ = ["Account", "ApiServer", "Fault", "Hold", "Recorded", "Rule"]

@@ -71,3 +71,26 @@ def test_kubectl_shows_the_servers_refusal(bare: ApiServer, tmp_path: Path) -> N
     assert result.returncode == 1
     assert 'The Role "broken" is invalid: rules[0].verbs: Required value' in result.stderr
     assert bare.get("rbac.authorization.k8s.io", "roles", "default", "broken") is None
+
+
+def test_the_server_enforces_the_installed_rbac_on_the_agents_service_account(bare: ApiServer) -> None:
+    """kubectl as the agent's ServiceAccount may do what deploy/'s Roles grant it, where they grant it, and no
+    more; a binding deleted (by kubectl as the admin) takes its grants with it at once."""
+    install(bare.kubeconfig, "cpu")
+    agent = bare.kubeconfig_as("edgefleet", "edgefleet-agent")
+    stranger = bare.kubeconfig_as("edgefleet", "someone-else")
+
+    def can(kubeconfig: Path, *args: str) -> bool:
+        result = kubectl_on(kubeconfig, *args)
+        assert result.returncode == 0 or "Forbidden" in result.stderr, result.stderr
+        return result.returncode == 0
+
+    assert can(agent, "get", "nodes")  # ClusterRole through the ClusterRoleBinding
+    assert can(agent, "get", "-n", "edgefleet", "pods")  # Role: list pods
+    assert not can(agent, "get", "-n", "default", "pods")  # the Role is bound in edgefleet only
+    assert not can(agent, "get", "-n", "edgefleet", "deployments")  # get and watch, not list
+    assert not can(agent, "get", "-n", "edgefleet", "serviceaccounts", "edgefleet-agent")
+    assert not can(stranger, "get", "nodes")  # bound to no one else
+    assert can(bare.kubeconfig, "delete", "clusterrolebinding", "edgefleet-agent-nodes")
+    assert not can(agent, "get", "nodes")
+    assert can(agent, "get", "-n", "edgefleet", "pods")
