@@ -1,8 +1,9 @@
 """A Kubernetes API test server reached by the real lightkube client and the real kubectl over TLS on loopback.
 
 kubectl finds what it needs here: the version, API discovery (/api, /apis, /api/v1, /apis/<group>/<version>) and
-enough OpenAPI v3 for it to leave validation to this server, so `kubectl apply -k deploy/overlays/<name>
---server-side`, `kubectl get` and `kubectl delete` work (server-side apply only: no client-side apply, no create).
+enough OpenAPI v3 for it to leave validation to this server, so `kubectl apply -k deploy/overlays/<name>`
+(server-side, or client-side: a create, POST), `kubectl get` and `kubectl delete` work. Not served: updates by
+PUT or by a JSON, merge or strategic-merge patch (a client-side apply that changes an existing object).
 
 It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
@@ -434,6 +435,8 @@ class ApiServer:
                 return self._list(route, labels, fields)
             if verb == "patch":
                 return await self._patch(request, route, account)
+            if verb == "create" and not route.name:
+                return await self._create(request, route)
             if verb == "delete":
                 self.store.delete((route.kind.group, route.kind.plural, route.namespace, route.name))
                 return _json(status_body(200, "", "deleted") | {"status": "Success"})
@@ -520,7 +523,33 @@ class ApiServer:
         existed = self.store.get(key) is not None
         if not existed and not self._allowed("create", route, account):
             return self._forbidden("create", route, account)
+        return self._store(route, key, body, manager, force)
 
+    async def _create(self, request: Request, route: _Route) -> Response:
+        """POST to a collection (what `kubectl apply` without --server-side sends for an object that is not there):
+        stored as if applied by its field manager (kubectl-client-side-apply), 409 when the name is taken."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            return _error(400, "BadRequest", f"error decoding JSON: {e}")
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            return _error(400, "BadRequest", "the body must be an object with metadata")
+        if body.get("apiVersion") != route.kind.api_version or body.get("kind") != route.kind.kind:
+            return _error(400, "BadRequest", f"apiVersion/kind must be {route.kind.api_version}/{route.kind.kind}")
+        name, namespace = body["metadata"].get("name"), body["metadata"].get("namespace", route.namespace)
+        if not isinstance(name, str) or not name:
+            return _error(422, "Invalid", f"{route.kind.kind} is invalid: metadata.name: Required value")
+        if namespace != route.namespace:
+            return _error(400, "BadRequest", "the namespace of the object does not match the URL")
+        key = (route.kind.group, route.kind.plural, route.namespace, name)
+        if self.store.get(key) is not None:
+            qualified = f"{route.kind.plural}.{route.kind.group}" if route.kind.group else route.kind.plural
+            details = {"name": name, "group": route.kind.group, "kind": route.kind.plural}
+            return _error(409, "AlreadyExists", f'{qualified} "{name}" already exists', details)
+        manager = request.query_params.get("fieldManager") or "unknown"
+        return self._store(_Route(route.kind, route.namespace, name), key, body, manager, False)
+
+    def _store(self, route: _Route, key: Key, body: dict[str, Any], manager: str, force: bool) -> Response:
         def check(merged: dict[str, Any]) -> None:
             if self.kubernetes_version is None:
                 return
@@ -603,7 +632,7 @@ def _matches(allowed: list[str] | None, value: str) -> bool:
     return allowed is not None and ("*" in allowed or value in allowed)
 
 
-SERVED_VERBS = ("get", "list", "watch", "patch", "delete")  # patch: server-side apply only
+SERVED_VERBS = ("create", "get", "list", "watch", "patch", "delete")  # patch: server-side apply only
 
 
 def _api_path(group: str, version: str) -> str:

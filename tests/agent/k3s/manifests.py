@@ -51,10 +51,11 @@ def kubectl_on(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def install(kubeconfig: Path, overlay: str) -> None:
-    """`kubectl apply -k deploy/overlays/<overlay> --server-side`, as docs/k3s.md installs the agent."""
-    result = kubectl_on(kubeconfig, "apply", "-k", str(DEPLOY / "overlays" / overlay), "--server-side")
-    assert result.returncode == 0, f"kubectl apply -k {overlay} --server-side: {result.stderr}"
+def install(kubeconfig: Path, overlay: str, *flags: str) -> str:
+    """`kubectl apply -k deploy/overlays/<overlay> [flags]`, as docs/k3s.md installs the agent: what it printed."""
+    result = kubectl_on(kubeconfig, "apply", "-k", str(DEPLOY / "overlays" / overlay), *flags)
+    assert result.returncode == 0, f"kubectl apply -k {overlay} {' '.join(flags)}: {result.stderr}"
+    return result.stdout
 
 
 @functools.cache

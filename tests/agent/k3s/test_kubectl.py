@@ -1,6 +1,7 @@
 """deploy/ installed and removed with the real kubectl against the test API server: what an operator runs
-(`kubectl apply -k deploy/overlays/<name> --server-side`, `kubectl get`, `kubectl delete -k`), with the
-discovery, OpenAPI and kinds (Namespace, ServiceAccount, RBAC, PersistentVolumeClaim) kubectl needs."""
+(`kubectl apply -k deploy/overlays/<name>`, client-side as docs/k3s.md says or `--server-side`, `kubectl get`,
+`kubectl delete -k`), with the discovery, OpenAPI and kinds (Namespace, ServiceAccount, RBAC,
+PersistentVolumeClaim) kubectl needs."""
 
 from __future__ import annotations
 
@@ -30,10 +31,15 @@ def _stored(api: ApiServer, obj: dict[str, object]) -> dict[str, object] | None:
     return api.get(group, plural, meta.get("namespace", ""), meta["name"])
 
 
+APPLY_MODES = {"client-side": (), "server-side": ("--server-side",)}
+
+
+@pytest.mark.parametrize("mode", APPLY_MODES)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_kubectl_installs_gets_and_removes_every_object(bare: ApiServer, overlay: str) -> None:
+def test_kubectl_installs_gets_and_removes_every_object(bare: ApiServer, overlay: str, mode: str) -> None:
     objects = render(overlay)
-    install(bare.kubeconfig, overlay)
+    printed = install(bare.kubeconfig, overlay, *APPLY_MODES[mode])
+    assert len(printed.splitlines()) == len(objects), printed
     for obj in objects:
         stored = _stored(bare, obj)
         assert stored is not None, f"{obj['kind']} {obj['metadata']['name']} was not applied"
@@ -48,7 +54,9 @@ def test_kubectl_installs_gets_and_removes_every_object(bare: ApiServer, overlay
         "rolebinding.rbac.authorization.k8s.io/edgefleet-agent",
         "serviceaccount/edgefleet-agent",
     }, rbac.stderr
-    install(bare.kubeconfig, overlay)  # applying again (an upgrade with nothing changed) changes nothing
+    before = {str(o["metadata"]["name"]): _stored(bare, o) for o in objects}
+    again = install(bare.kubeconfig, overlay, *APPLY_MODES[mode])  # an upgrade with nothing changed
+    assert {str(o["metadata"]["name"]): _stored(bare, o) for o in objects} == before, again
 
     removed = kubectl_on(bare.kubeconfig, "delete", "-k", overlay_dir)
     assert removed.returncode == 0, removed.stderr
@@ -73,10 +81,19 @@ def test_kubectl_shows_the_servers_refusal(bare: ApiServer, tmp_path: Path) -> N
     assert bare.get("rbac.authorization.k8s.io", "roles", "default", "broken") is None
 
 
+def test_kubectl_create_refuses_a_name_taken(bare: ApiServer, tmp_path: Path) -> None:
+    account = tmp_path / "account.yaml"
+    account.write_text("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot, namespace: default}\n")
+    assert kubectl_on(bare.kubeconfig, "create", "-f", str(account)).returncode == 0
+    again = kubectl_on(bare.kubeconfig, "create", "-f", str(account))
+    assert again.returncode == 1
+    assert 'serviceaccounts "robot" already exists' in again.stderr, again.stderr
+
+
 def test_the_server_enforces_the_installed_rbac_on_the_agents_service_account(bare: ApiServer) -> None:
     """kubectl as the agent's ServiceAccount may do what deploy/'s Roles grant it, where they grant it, and no
     more; a binding deleted (by kubectl as the admin) takes its grants with it at once."""
-    install(bare.kubeconfig, "cpu")
+    install(bare.kubeconfig, "cpu", "--server-side")
     agent = bare.kubeconfig_as("edgefleet", "edgefleet-agent")
     stranger = bare.kubeconfig_as("edgefleet", "someone-else")
 

@@ -16,9 +16,10 @@ from tests.k8s.server import ApiServer
 
 
 def as_the_agent(api: ApiServer) -> Path:
-    """Install deploy/overlays/cpu with kubectl (the RBAC is the same in every overlay): a kubeconfig that is the
-    ServiceAccount the agent's Deployment runs as."""
-    install(api.kubeconfig, "cpu")
+    """Install deploy/overlays/cpu with kubectl --server-side (the RBAC is the same in every overlay): a kubeconfig
+    that is the ServiceAccount the agent's Deployment runs as."""
+    # (server-side: the fixture made the namespace, and a client-side apply would patch it, not served here)
+    install(api.kubeconfig, "cpu", "--server-side")
     deployment = api.get("apps", "deployments", NAMESPACE, AGENT)
     assert deployment is not None
     api.requests.clear()  # (kubectl's own requests: not the agent's)
