@@ -1,10 +1,16 @@
-"""A Kubernetes API test server reached by the real lightkube client over TLS on loopback.
+"""A Kubernetes API test server reached by the real lightkube client and the real kubectl over TLS on loopback.
+
+kubectl finds what it needs here: the version, API discovery (/api, /apis, /api/v1, /apis/<group>/<version>) and
+enough OpenAPI v3 for it to leave validation to this server, so `kubectl apply -k deploy/overlays/<name>`
+(server-side, or client-side: a create, POST), `kubectl get` and `kubectl delete` work. Not served: updates by
+PUT or by a JSON, merge or strategic-merge patch (a client-side apply that changes an existing object).
 
 It validates what it is asked to apply against a real Kubernetes' OpenAPI schemas and refuses it as a real
 apiserver does (tests/k8s/schemas.py), creates on server-side apply, keeps uid/resourceVersion/generation,
 honours label and field selectors, streams watches from a resourceVersion (410 Gone after `compact()`), answers
-errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules, inject faults, hold
-requests (a hanging server) and act as a Deployment controller; deleting an object deletes its dependents
+errors as Status objects, records every request as an RBAC verb, can enforce RBAC rules (a set given, or for a
+service account's token what the Roles and bindings it stores grant), inject faults, hold requests (a hanging
+server) and act as a Deployment controller; deleting an object deletes its dependents
 (ownerReferences), as Kubernetes' garbage collector does. In the "ready" mode that controller also creates the
 Deployment's pods, running and ready, with loopback pod IPs 127.0.0.2, 127.0.0.3, ... (Linux routes all of 127/8
 to lo), so a test can serve each "pod" on its IP (cluster mode scrapes the pods' /metrics there).
@@ -16,6 +22,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import secrets
 import socket
 import ssl
 import threading
@@ -35,7 +42,7 @@ from tests.k8s.certs import make_pki, write_kubeconfig
 from tests.k8s.controller import Controller, deployment_status
 from tests.k8s.schemas import NEWEST, check_apply
 from tests.k8s.selectors import SelectorError, field_selector, label_selector
-from tests.k8s.store import BY_PATH, Key, Kind, Store, StoreError
+from tests.k8s.store import BY_PATH, KINDS, Key, Kind, Store, StoreError
 
 APPLY = "application/apply-patch+yaml"
 
@@ -72,6 +79,14 @@ class Hold:
     times: int
     entered: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Account:
+    """A service account, as a request's bearer token names it."""
+
+    namespace: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,9 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.holds: list[Hold] = []
         self.rules: set[Rule] | None = None  # None: everything allowed (like system:masters)
+        # bearer tokens of service accounts: a request with one is that account's, allowed what the Roles and
+        # ClusterRoles stored here grant it through their bindings at that moment (as kube-apiserver's RBAC)
+        self.accounts: dict[str, Account] = {}
         self.max_watch_s = 30.0
         # objects are checked against this Kubernetes version's OpenAPI schemas (None: not checked)
         self.kubernetes_version: str | None = NEWEST
@@ -233,6 +251,18 @@ class ApiServer:
     def allow(self, rules: set[Rule]) -> None:
         self.rules = rules
 
+    def kubeconfig_as(self, namespace: str, name: str) -> Path:
+        """A kubeconfig whose requests are the service account `namespace`/`name`'s (a bearer token, beside the
+        client certificate this server asks every client for)."""
+        token = secrets.token_hex(16)
+        self.accounts[token] = Account(namespace, name)
+        path = self.directory / f"as-{namespace}-{name}.yaml"
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        doc["users"][0]["user"]["token"] = token
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+        return path
+
     # --- request handling --------------------------------------------------------------------------
 
     def _route(self, path: str) -> _Route | None:
@@ -251,7 +281,50 @@ class ApiServer:
             return None
         return _Route(kind, namespace, rest[1] if len(rest) == 2 else "")
 
-    def _allowed(self, verb: str, route: _Route) -> bool:
+    def _discovery(self, path: str) -> dict[str, Any] | None:
+        """What kubectl reads before it sends a request: the version, API discovery (the legacy, unaggregated form:
+        kubectl falls back to it) and OpenAPI v3, whose PATCH operations declare `fieldValidation`, so kubectl
+        leaves validation to this server (which validates strictly) instead of downloading OpenAPI v2 schemas."""
+        path = path.rstrip("/")
+        served = sorted({(k.group, k.version) for k in KINDS})
+        if path == "/version":
+            major, minor = (self.kubernetes_version or NEWEST).split(".")[:2]
+            return {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0+k3s1", "platform": "linux/amd64"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            groups = [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}}
+                for g, v in served if g
+            ]  # fmt: skip
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        if path == "/openapi/v3":
+            return {
+                "paths": {_api_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_api_path(g, v)}"} for g, v in served}
+            }
+        for group, version in served:
+            kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+            if path == f"/{_api_path(group, version)}":
+                resources = [
+                    {"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced, "kind": k.kind,
+                     "verbs": list(SERVED_VERBS)}
+                    for k in kinds
+                ]  # fmt: skip
+                api_version = f"{group}/{version}" if group else version
+                return {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": api_version,
+                    "resources": resources,
+                }
+            if path == f"/openapi/v3/{_api_path(group, version)}":
+                return _openapi(group, version, kinds)
+        return None
+
+    def _allowed(self, verb: str, route: _Route, account: Account | None) -> bool:
+        if account is not None:
+            return self._rbac_allows(account, verb, route)
         if self.rules is None:
             return True
         for rule in self.rules:
@@ -261,9 +334,37 @@ class ApiServer:
                 return True
         return False
 
-    def _forbidden(self, verb: str, route: _Route) -> Response:
+    def _rbac_allows(self, account: Account, verb: str, route: _Route) -> bool:
+        """RBAC as kube-apiserver evaluates it: a RoleBinding of `account` grants its Role's (or ClusterRole's)
+        rules in the binding's namespace, a ClusterRoleBinding grants its ClusterRole's everywhere."""
+        subject = {"kind": "ServiceAccount", "name": account.name, "namespace": account.namespace}
+        group = "rbac.authorization.k8s.io"
+        bindings, _ = self.store.list(self.store_kind("rolebindings"), None)
+        cluster_bindings, _ = self.store.list(self.store_kind("clusterrolebindings"), None)
+        for binding in bindings + cluster_bindings:
+            if subject not in (binding.get("subjects") or []):
+                continue
+            ref, scope = binding["roleRef"], binding["metadata"].get("namespace", "")
+            if scope and scope != route.namespace:
+                continue
+            role_scope = scope if ref["kind"] == "Role" else ""
+            role = self.store.get(
+                (group, "roles" if ref["kind"] == "Role" else "clusterroles", role_scope, ref["name"])
+            )
+            for rule in (role or {}).get("rules") or []:
+                if (
+                    _matches(rule.get("verbs"), verb)
+                    and _matches(rule.get("apiGroups"), route.kind.group)
+                    and _matches(rule.get("resources"), route.kind.plural)
+                    and (not rule.get("resourceNames") or route.name in rule["resourceNames"])
+                ):
+                    return True
+        return False
+
+    def _forbidden(self, verb: str, route: _Route, account: Account | None) -> Response:
         scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
-        user = "system:serviceaccount:edgefleet:edgefleet-agent"
+        account = account or Account("edgefleet", "edgefleet-agent")  # (rules set by `allow`: the agent's)
+        user = f"system:serviceaccount:{account.namespace}:{account.name}"
         message = (
             f'{route.kind.plural}{"." + route.kind.group if route.kind.group else ""} "{route.name}" is forbidden: '
             f'User "{user}" cannot {verb} resource "{route.kind.plural}" in API group "{route.kind.group}" {scope}'
@@ -274,6 +375,8 @@ class ApiServer:
         self._loop = asyncio.get_running_loop()
         if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "Unauthorized")
+        if request.method == "GET" and (found := self._discovery(request.url.path)) is not None:
+            return _json(found)  # (non-resource URLs: every authenticated user may read them, none is recorded)
         route = self._route(request.url.path)
         if route is None:
             return _error(404, "NotFound", f"the server could not find the requested resource ({request.url.path})")
@@ -286,7 +389,8 @@ class ApiServer:
             "PUT": "update",
             "DELETE": "delete",
         }[request.method]
-        response = await self._answer(request, route, verb)
+        account = self.accounts.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        response = await self._answer(request, route, verb, account)
         self.requests.append(
             Recorded(verb, route.kind.plural, route.kind.group, route.namespace, route.name, response.status_code)
         )
@@ -296,7 +400,7 @@ class ApiServer:
             )
         return response
 
-    async def _answer(self, request: Request, route: _Route, verb: str) -> Response:
+    async def _answer(self, request: Request, route: _Route, verb: str, account: Account | None) -> Response:
         for held in self.holds:
             if held.times > 0 and held.verb in (None, verb) and held.resource in (None, route.kind.plural):
                 held.times -= 1
@@ -315,8 +419,8 @@ class ApiServer:
                     response.headers["Retry-After"] = str(fault.retry_after)
                     return response
                 return _error(fault.code, fault.reason, fault.message)
-        if not self._allowed(verb, route):
-            return self._forbidden(verb, route)
+        if not self._allowed(verb, route, account):
+            return self._forbidden(verb, route, account)
         try:
             if verb == "get":
                 obj = self.store.get((route.kind.group, route.kind.plural, route.namespace, route.name))
@@ -330,7 +434,9 @@ class ApiServer:
                     return self._watch(request, route, labels, fields)
                 return self._list(route, labels, fields)
             if verb == "patch":
-                return await self._patch(request, route)
+                return await self._patch(request, route, account)
+            if verb == "create" and not route.name:
+                return await self._create(request, route)
             if verb == "delete":
                 self.store.delete((route.kind.group, route.kind.plural, route.namespace, route.name))
                 return _json(status_body(200, "", "deleted") | {"status": "Success"})
@@ -392,7 +498,7 @@ class ApiServer:
 
         return StreamingResponse(stream(), media_type="application/json")
 
-    async def _patch(self, request: Request, route: _Route) -> Response:
+    async def _patch(self, request: Request, route: _Route, account: Account | None) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != APPLY:
             return _error(415, "UnsupportedMediaType", f"only server-side apply is served here, not {content_type}")
@@ -415,9 +521,35 @@ class ApiServer:
         key = (route.kind.group, route.kind.plural, route.namespace, route.name)
         force = request.query_params.get("force") == "true"
         existed = self.store.get(key) is not None
-        if not existed and not self._allowed("create", route):
-            return self._forbidden("create", route)
+        if not existed and not self._allowed("create", route, account):
+            return self._forbidden("create", route, account)
+        return self._store(route, key, body, manager, force)
 
+    async def _create(self, request: Request, route: _Route) -> Response:
+        """POST to a collection (what `kubectl apply` without --server-side sends for an object that is not there):
+        stored as if applied by its field manager (kubectl-client-side-apply), 409 when the name is taken."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            return _error(400, "BadRequest", f"error decoding JSON: {e}")
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict):
+            return _error(400, "BadRequest", "the body must be an object with metadata")
+        if body.get("apiVersion") != route.kind.api_version or body.get("kind") != route.kind.kind:
+            return _error(400, "BadRequest", f"apiVersion/kind must be {route.kind.api_version}/{route.kind.kind}")
+        name, namespace = body["metadata"].get("name"), body["metadata"].get("namespace", route.namespace)
+        if not isinstance(name, str) or not name:
+            return _error(422, "Invalid", f"{route.kind.kind} is invalid: metadata.name: Required value")
+        if namespace != route.namespace:
+            return _error(400, "BadRequest", "the namespace of the object does not match the URL")
+        key = (route.kind.group, route.kind.plural, route.namespace, name)
+        if self.store.get(key) is not None:
+            qualified = f"{route.kind.plural}.{route.kind.group}" if route.kind.group else route.kind.plural
+            details = {"name": name, "group": route.kind.group, "kind": route.kind.plural}
+            return _error(409, "AlreadyExists", f'{qualified} "{name}" already exists', details)
+        manager = request.query_params.get("fieldManager") or "unknown"
+        return self._store(_Route(route.kind, route.namespace, name), key, body, manager, False)
+
+    def _store(self, route: _Route, key: Key, body: dict[str, Any], manager: str, force: bool) -> Response:
         def check(merged: dict[str, Any]) -> None:
             if self.kubernetes_version is None:
                 return
@@ -496,8 +628,37 @@ class ApiServer:
         return str(address)
 
 
+def _matches(allowed: list[str] | None, value: str) -> bool:
+    return allowed is not None and ("*" in allowed or value in allowed)
+
+
+SERVED_VERBS = ("create", "get", "list", "watch", "patch", "delete")  # patch: server-side apply only
+
+
+def _api_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def _openapi(group: str, version: str, kinds: list[Kind]) -> dict[str, Any]:
+    """The OpenAPI v3 document of one group/version, as much as kubectl reads: each kind's PATCH operation, tagged
+    with its group/version/kind and taking the `fieldValidation` query parameter (no schemas: not needed)."""
+    paths = {}
+    for kind in kinds:
+        scope = "/namespaces/{namespace}" if kind.namespaced else ""
+        operation = {
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind.kind},
+            "parameters": [
+                {"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+                for name in ("dryRun", "fieldManager", "fieldValidation", "force")
+            ],
+            "responses": {"200": {"description": "OK"}},
+        }
+        paths[f"/{_api_path(group, version)}{scope}/{kind.plural}/{{name}}"] = {"patch": operation}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1"}, "paths": paths}
+
+
 def _json(obj: Any, code: int = 200) -> Response:
     return Response(json.dumps(obj), status_code=code, media_type="application/json")
 
 
-__all__ = ["ApiServer", "Fault", "Hold", "Recorded", "Rule"]
+__all__ = ["Account", "ApiServer", "Fault", "Hold", "Recorded", "Rule"]

@@ -36,6 +36,13 @@ KINDS = [
     Kind("", "v1", "pods", "Pod", True),
     Kind("apps", "v1", "deployments", "Deployment", True),
     Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
+    # what deploy/ installs besides (`kubectl apply -k deploy/overlays/<name> --server-side`)
+    Kind("", "v1", "serviceaccounts", "ServiceAccount", True),
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True),
+    Kind("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    Kind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    Kind("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
 ]
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 
@@ -102,6 +109,7 @@ class Store:
         self.events: list[Event] = []
         self.compacted = 0  # watches from a resourceVersion at or below this get 410 Gone
         self.namespaces: set[str] = {"default", "kube-system"}
+        self.terminating: set[str] = set()  # namespaces deleted while they hold objects
 
     def _bump(self, etype: str, key: Key, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -140,11 +148,17 @@ class Store:
         """Delete one object, then its dependents as Kubernetes' garbage collector does (background propagation):
         every object of its namespace whose `metadata.ownerReferences` name its uid, and theirs in turn."""
         with self.lock:
-            obj = self.objects.pop(key, None)
+            obj = self.objects.get(key)
             if obj is None:
                 raise StoreError(404, "NotFound", f'{key[1]} "{key[3]}" not found')
+            if key[:2] == ("", "namespaces") and any(k[2] == key[3] for k in self.objects):
+                self._terminate(key, obj)
+                return
+            self.objects.pop(key)
             self.owners.pop(key, None)
             self._bump("DELETED", key, obj)
+            if key[:2] == ("", "namespaces"):
+                self.namespaces.discard(key[3])
             uid = obj["metadata"].get("uid")
             dependents = [
                 k
@@ -154,6 +168,25 @@ class Store:
             for dependent in dependents:
                 if dependent in self.objects:
                     self.delete(dependent)
+            namespace = ("", "namespaces", "", key[2])
+            if (
+                key[2] in self.terminating
+                and namespace in self.objects
+                and not any(k[2] == key[2] for k in self.objects)
+            ):
+                self.terminating.discard(key[2])
+                self.delete(namespace)  # its last object is gone: so is the namespace
+
+    def _terminate(self, key: Key, obj: dict[str, Any]) -> None:
+        """A namespace that holds objects is Terminating until they are deleted: a real namespace controller deletes
+        them itself; this store leaves that to the client (`kubectl delete -k` deletes every object it applied).
+        Nothing new can be created in it meanwhile."""
+        if key[3] in self.terminating:
+            return
+        self.terminating.add(key[3])
+        obj["metadata"]["deletionTimestamp"] = _now()
+        obj["status"] = {"phase": "Terminating"}
+        self._bump("MODIFIED", key, obj)
 
     def set_status(self, key: Key, status: dict[str, Any]) -> dict[str, Any] | None:
         """Replace an object's status (what a controller does); None when the object is gone."""
@@ -208,6 +241,14 @@ class Store:
         if kind.namespaced and key[2] not in self.namespaces:
             raise StoreError(
                 404, "NotFound", f'namespaces "{key[2]}" not found', {"name": key[2], "kind": "namespaces"}
+            )
+        if kind.namespaced and key[2] in self.terminating and key not in self.objects:
+            raise StoreError(
+                403,
+                "Forbidden",
+                f'{kind.plural} "{key[3]}" is forbidden: unable to create new content in namespace {key[2]} '
+                "because it is being terminated",
+                {"name": key[3], "kind": kind.plural},
             )
         applied = copy.deepcopy(body)
         applied.pop("status", None)
@@ -276,6 +317,8 @@ class Store:
         if old is not None and _without_rv(old) == _without_rv(obj):
             return copy.deepcopy(old), False, False  # a no-op apply changes nothing, not even resourceVersion
         self.objects[key] = obj
+        if created and key[:2] == ("", "namespaces"):
+            self.namespaces.add(key[3])
         self._bump("ADDED" if created else "MODIFIED", key, obj)
         return copy.deepcopy(obj), created, spec_changed
 

