@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -301,3 +302,28 @@ def test_a_writer_waiting_for_the_database_does_not_outlive_its_killed_hub(
     finally:
         o.close()
 
+
+def test_a_journal_that_cannot_be_written_is_counted_in_the_metrics(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """The journal's folder cannot take files (a full disk, here a file in its place): the hub goes on storing
+    telemetry, and /metrics counts each window it could not journal (it used to be a log line only)."""
+    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix)
+    hub.init()
+    dev = TestClient(broker.host, broker.port)
+    topic = Topics(topic_prefix).telemetry("cam-1")
+    start = time.time() - 60
+    try:
+        hub.start()
+        hub.enrol("cam-1")
+        journal = hub.data_dir / "telemetry-journal" / "hub"
+        shutil.rmtree(journal)
+        journal.write_bytes(b"")  # opening a segment in it now fails (ENOTDIR)
+        for seq in range(3):
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(topic, encode(w))
+        wait_for(lambda: hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"] == 3, timeout=30)
+        assert scrape(hub.url, "edgefleet_hub_telemetry_journal_errors_total") == 3
+    finally:
+        dev.close()
+        hub.kill()
