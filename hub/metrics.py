@@ -51,6 +51,10 @@ class HubCollector(Collector):
             "edgefleet_hub_store_database_waits", "tries of an ingest batch that found the database away (it waits)",
             st.database_waits,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "edgefleet_hub_telemetry_journal_errors", "windows acknowledged on receipt (MQTT 3.1.1) that could not be "
+            "journaled (disk full): lost if the hub process dies before they are stored", st.journal_errors,
+        )  # fmt: skip
         yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.views.queue_depth())
         t = hub.chunks.stats
         yield CounterMetricFamily("edgefleet_hub_chunks_published", "chunks published", t.chunks_published)

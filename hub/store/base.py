@@ -230,6 +230,7 @@ class IngestStats:
     telemetry_lost: int = 0  # sent to a telemetry writer that died before committing them
     database_waits: int = 0  # tries of an ingest batch (telemetry, status, reported) that found the database away
     writer_restarts: int = 0
+    journal_errors: int = 0  # telemetry windows the journal could not take (disk full): in memory only until stored
 
 
 EMPTY_COUNTS = (0,) * N_BUCKETS

@@ -6,7 +6,8 @@ would cap ingestion near one window per group commit). The broker then forgets t
 it from its spool, so until the writer has committed it the hub is its only holder. The journal makes that hold
 survive the hub process: `append` writes each window with one `os.write` to an append-only segment file before
 paho sends the PUBACK, a killed process's bytes stay in the kernel, and the next hub on the same data directory
-reads them back (`recover`) and writes them again (the store drops the copies it had committed).
+reads them back (`recover`) and writes them again (the store drops the copies it had committed); so does the
+hub when its writer process dies and is restarted.
 
 Segments are sealed with the last writer batch (ticket) that can carry their windows, and deleted once the
 writer has accounted for that batch (`release`). Nothing is fsynced: the journal survives the death of the hub
@@ -64,15 +65,21 @@ class TelemetryJournal:
         return sorted((p for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit()), key=lambda p: int(p.stem))
 
     def recover(self, ticket: int) -> list[Window]:
-        """The windows an earlier process journaled; their segments go once `release` reaches `ticket` (the batch
-        the caller will send them in)."""
+        """Every window still journaled, oldest first: what an earlier process left (at start), or what a writer
+        that died had not stored (at its restart, with the windows stored since the segments were sealed: the
+        store drops those copies). The open segment is closed; the segments go once `release` reaches `ticket`
+        (the batch the caller will send the windows in)."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._path = None
         windows: list[Window] = []
+        self._sealed = []
         for path in self._segments():
             windows.extend(_read(path))
             self._sealed.append((path, ticket))
         if windows:
-            log.warning("store: %d telemetry windows an earlier hub process received and had not stored are "
-                        "written again from its journal (%s)", len(windows), self.directory)  # fmt: skip
+            log.warning("store: %d telemetry windows journaled and not yet stored are written again from the "
+                        "journal (%s)", len(windows), self.directory)  # fmt: skip
         return windows
 
     def append(self, device_id: str, received_at: float, payload: bytes) -> None:

@@ -385,6 +385,7 @@ class SqlStore(DeviceTables, TotalsQueries, Coordination):
             telemetry_lost=w.lost,
             database_waits=s.database_waits + c[tw.DATABASE_WAITS],
             writer_restarts=w.restarts,
+            journal_errors=0 if w.journal is None else w.journal.errors,
         )
 
     @property

@@ -16,9 +16,12 @@ the hub process (`ingest.telemetry_process` off: one process less). Both run the
 Failure handling:
 - The buffer is bounded (`max_queue`); beyond it windows are refused and counted (`dropped`). A slow disk
   therefore back-pressures into counted drops, never into memory.
-- The writer is supervised: if it dies it is started again and the windows it had not committed are counted
-  as `lost` (at most one group-commit interval plus what was in the pipe).
-- When the hub process dies, the pipe closes and a writer process commits what it has and exits.
+- The writer is supervised: if it dies it is started again and the windows it had not committed are written
+  again from the journal (below), or without one counted as `lost` (at most one group-commit interval plus
+  what was in the pipe).
+- When the hub process dies, the pipe closes and a writer process commits what it has and exits. On Linux the
+  kernel also tells it at once (`PR_SET_PDEATHSIG`), so a writer waiting for an absent database leaves too
+  instead of outliving its hub: what it held stays in the journal (or at the broker) for the next hub.
 - While the database is away (no connection can be opened, or the one in use broke) the writer holds its batch
   and tries again (at most every `away_retry_s`) until the database is back, counting the tries
   (`DATABASE_WAITS`); the batch's windows stay unacknowledged meanwhile (over MQTT 5 the broker keeps what
@@ -32,10 +35,13 @@ Failure handling:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -91,13 +97,34 @@ def decode_window(device_id: str, payload: bytes, received_at: float) -> list[tu
     return rows
 
 
+class _Stop:
+    """The hub's "stop waiting for the database" to its writers (an Event's `set`, `is_set`, `wait`): a pipe that
+    turns readable once set. Not a multiprocessing Event: a writer process killed while waiting on one leaves
+    its condition counting a sleeper that never wakes, and `set()` then waits for it forever (the hub's stop
+    hung after a writer crashed during a database outage)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._r, self._w = ctx.Pipe(duplex=False)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):
+            self._w.send_bytes(b"stop")  # never read: the pipe stays readable
+
+    def is_set(self) -> bool:
+        return bool(self._r.poll(0))
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self._r.poll(timeout))
+
+
 @dataclass(frozen=True)
 class _Config:
     database: Database
     max_batch: int
     max_delay_s: float
     away_retry_s: float
-    stopping: Any  # an Event, set when the hub stops: the writer stops waiting for an absent database
+    stopping: Any  # a _Stop (or Event), set when the hub stops: the writer stops waiting for an absent database
+    hub_pid: int  # the hub process: a writer process leaves when it dies (`_leave_with_the_hub`)
 
 
 class _Writer:
@@ -252,9 +279,34 @@ def run_writer(cfg: _Config, inbox: Connection, acks: Connection, counters: Any)
                 end.close()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _leave_with_the_hub(hub_pid: int) -> None:
+    """Make this writer process end as soon as the hub process `hub_pid` dies (SIGKILL, OOM killer, a crash).
+
+    The pipe closing tells a writer reading it, not one waiting for an absent database: that one would outlive
+    its hub and run beside the next. On Linux the kernel sends the writer SIGTERM (default action: the process
+    ends wherever it is, in a sleep or a connect) when its parent goes (PR_SET_PDEATHSIG). What it held is not
+    lost: the hub had it in its journal (MQTT 3.1.1) or never acknowledged it (5). The kernel sends it when the
+    *thread* that started the writer ends: `hub serve` starts it from its main thread and restarts it from the
+    forwarder thread, both as long-lived as the writer (a writer ended early would be restarted, its windows
+    written again from the journal).
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("store: the telemetry writer cannot ask to end with its hub: %s",
+                        os.strerror(ctypes.get_errno()))  # fmt: skip
+    if os.getppid() != hub_pid:  # the hub died before the kernel was asked
+        log.error("store: the hub process %d is gone; the telemetry writer ends", hub_pid)
+        sys.exit(1)
+
+
 def _process_main(cfg: _Config, log_level: int, inbox: Connection, acks: Connection, counters: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the hub's terminal: the hub stops us in order
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[telemetry-writer] %(message)s")
+    _leave_with_the_hub(cfg.hub_pid)
     run_writer(cfg, inbox, acks, counters)
 
 
@@ -299,8 +351,8 @@ class TelemetryWriter:
         journal: TelemetryJournal | None = None,
     ) -> None:
         self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
-        self._stopping = self._ctx.Event()  # set by close(): a writer stops waiting for an absent database
-        self.cfg = _Config(database, max_batch, max_delay_s, away_retry_s, self._stopping)
+        self._stopping = _Stop(self._ctx)  # set by close(): a writer stops waiting for an absent database
+        self.cfg = _Config(database, max_batch, max_delay_s, away_retry_s, self._stopping, os.getpid())
         self.process = process
         self.max_queue = max_queue
         self.counters: Any = self._ctx.Array("q", _N_COUNTERS, lock=False)
@@ -360,7 +412,8 @@ class TelemetryWriter:
         return self._worker is not None and self._worker.is_alive()
 
     def _restart(self, why: str) -> None:
-        """Start a new writer; windows sent but not committed by the old one are counted as lost."""
+        """Start a new writer; windows sent but not committed by the old one go to it again from the journal
+        (before the buffer: the next batch), or without one are counted as lost."""
         old = self._worker
         if isinstance(old, BaseProcess):
             with contextlib.suppress(Exception):
@@ -372,7 +425,16 @@ class TelemetryWriter:
                     c.close()
         if isinstance(old, threading.Thread):
             old.join(5)
-        self.lost += self._unsent_estimate
+        unsent = self._unsent_estimate
+        if self.journal is not None:
+            with self._buf_lock:  # appends and seals wait: the open segment is closed and read with the rest
+                journaled = self.journal.recover(self._seq + 1)
+                n = len(self._buf)
+                # the buffer's windows were the last appended: unless one could not be, they are the tail
+                self._buf = journaled if journaled[len(journaled) - n :] == self._buf else journaled + self._buf
+            if self.journal.enabled:
+                unsent = 0  # written again (a window the journal failed to take is counted in its errors)
+        self.lost += unsent
         self._sizes.clear()
         code = old.exitcode if isinstance(old, BaseProcess) else None
         log.error("store: telemetry writer %s (%s); starting a new one (restart #%d)", why, code, self.restarts + 1)

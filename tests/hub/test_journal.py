@@ -6,6 +6,8 @@ The whole path, a hub process SIGKILLed during an outage, is in tests/hub/test_s
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -100,3 +102,36 @@ def test_a_running_hub_keeps_only_what_it_has_not_stored(tmp_path: Path, databas
     finally:
         store.close()
     assert not list(journal.iterdir())
+
+
+def test_windows_a_crashed_writer_held_are_written_by_its_successor_once(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """The writer process dies (a crash) while it holds windows the database was away for: the hub restarts it
+    and the new one writes them from the journal (they used to be counted lost and their segments deleted),
+    together with copies of windows stored before, which the store drops."""
+    url = postgres.create_database()
+    journal = tmp_path / "journal"
+    store = open_store(Database.from_url(url), away_retry_s=0.05, journal=TelemetryJournal(journal))
+    try:
+        store.add_device(Device(id="d1", labels={}, password_hash="$7$x", enrolled_at=1.0, enrolled_by="t"))
+        for seq in range(5):
+            store.submit_telemetry("d1", _payload(seq), time.time())
+        store.flush()
+        postgres.block(url)
+        for seq in range(5, 12):
+            store.submit_telemetry("d1", _payload(seq), time.time())
+        wait_for(lambda: store.ingest_stats().database_waits >= 3, timeout=60)
+        pid = store.telemetry.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: store.ingest_stats().writer_restarts == 1, timeout=30)
+        postgres.block(url, blocked=False)
+        store.flush(timeout=60)
+        assert store.telemetry_seq("d1", since=None, until=None).count == 12
+        assert sum(p.requests for p in store.telemetry_series(device_id="d1")) == 12 * 4  # each window once
+        assert store.ingest_stats().telemetry_lost == 0
+        wait_for(lambda: not list(journal.iterdir()), timeout=30)  # stored: the journal lets them go
+    finally:
+        postgres.block(url, blocked=False)
+        store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,10 @@ def _mosquitto_children(hub: HubProcess) -> list[psutil.Process]:
 
 
 def _gone(p: psutil.Process) -> bool:
-    return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_serve_runs_a_local_broker_and_stops_it_on_sigterm(tmp_path: Path, mosquitto_binary: str) -> None:
@@ -203,6 +207,60 @@ def test_a_replica_killed_before_it_stored_telemetry_gets_it_again_from_the_brok
         hub.kill()
 
 
+class _Outage:
+    """A hub serving over PostgreSQL with device cam-1 enrolled: 5 windows stored, then the database refusing
+    connections while 7 more arrive (the telemetry writer holds them)."""
+
+    def __init__(self, tmp_path: Path, postgres: PostgresServer, broker: Broker, topic_prefix: str, mqtt_version: str):
+        self.postgres = postgres
+        self.url = postgres.create_database()
+        env = {"EDGEFLEET_HUB_DATABASE_URL": self.url, "EDGEFLEET_HUB_BROKER_MQTT_VERSION": mqtt_version}
+        self.hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix, env=env)
+        self.hub.init()
+        self.dev = TestClient(broker.host, broker.port)
+        self.topic = Topics(topic_prefix).telemetry("cam-1")
+        self.start = time.time() - 60
+
+    def send(self, seqs: range) -> None:
+        for seq in seqs:
+            w = one_model_window(device_id="cam-1", seq=seq, start=self.start + seq, end=self.start + seq + 1,
+                                 requests=5)  # fmt: skip
+            self.dev.publish(self.topic, encode(w))  # QoS 1: the broker has it when this returns
+
+    def count(self) -> int:
+        return int(self.hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"])
+
+    def held(self) -> psutil.Process:
+        """Start the hub, store 5 windows, take the database away, send 7 more; the writer process (holding)."""
+        self.hub.start()
+        self.hub.enrol("cam-1")
+        self.send(range(5))
+        wait_for(lambda: self.count() == 5, timeout=30)
+        self.postgres.block(self.url)
+        self.send(range(5, 12))
+        waits = "edgefleet_hub_store_database_waits_total"
+        wait_for(lambda: scrape(self.hub.url, waits) >= 1, timeout=30)  # the writer holds a batch
+        assert self.hub.proc is not None
+        (writer,) = [c for c in psutil.Process(self.hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        return writer
+
+    def restarted_stores_all_once(self) -> None:
+        """Bring the database back and start the hub again: every window is stored, each once."""
+        self.postgres.block(self.url, blocked=False)
+        self.hub.start()
+        try:
+            wait_for(lambda: self.count() == 12, timeout=30)
+        except TimeoutError:
+            pytest.fail(f"{self.count()} of 12 windows stored")
+        body = self.hub.get("/api/v1/telemetry/devices/cam-1")
+        assert body["summary"]["requests"] == 12 * 5  # each window counted once in the rollups
+
+    def close(self) -> None:
+        self.dev.close()
+        self.hub.kill()
+        self.postgres.block(self.url, blocked=False)
+
+
 @pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"])
 def test_a_hub_killed_while_its_database_is_away_loses_no_telemetry_it_received(
     tmp_path: Path, postgres: PostgresServer, broker: Broker, topic_prefix: str, mqtt_version: str
@@ -212,46 +270,60 @@ def test_a_hub_killed_while_its_database_is_away_loses_no_telemetry_it_received(
     its hub would write what it holds once the database is back). Restarted once the database is back, the hub
     stores every window the device sent, each once: none was acknowledged to the broker and then forgotten
     (over 3.1.1 the hub's journal holds them, over 5 the broker does)."""
-    url = postgres.create_database()
-    env = {"EDGEFLEET_HUB_DATABASE_URL": url, "EDGEFLEET_HUB_BROKER_MQTT_VERSION": mqtt_version}
-    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix, env=env)
+    o = _Outage(tmp_path, postgres, broker, topic_prefix, mqtt_version)
+    try:
+        writer = o.held()
+        o.hub.kill()
+        writer.kill()
+        writer.wait(10)
+        o.restarted_stores_all_once()
+    finally:
+        o.close()
+
+
+@pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"])
+def test_a_writer_waiting_for_the_database_does_not_outlive_its_killed_hub(
+    tmp_path: Path, postgres: PostgresServer, broker: Broker, topic_prefix: str, mqtt_version: str
+) -> None:
+    """Only the hub's main process is SIGKILLed (the OOM killer, a crash) while its writer process waits for an
+    absent database: the writer, which sees no closed pipe while it waits, used to go on waiting (an orphan that
+    would write beside the next hub). It now leaves with its hub, and what it held reaches the restarted hub
+    (journal on 3.1.1, broker on 5): every window stored once."""
+    o = _Outage(tmp_path, postgres, broker, topic_prefix, mqtt_version)
+    try:
+        writer = o.held()
+        o.hub.kill()
+        try:
+            wait_for(lambda: _gone(writer), timeout=30)
+        except TimeoutError:
+            writer.kill()
+            pytest.fail("the telemetry writer outlived its hub process")
+        o.restarted_stores_all_once()
+    finally:
+        o.close()
+
+
+def test_a_journal_that_cannot_be_written_is_counted_in_the_metrics(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """The journal's folder cannot take files (a full disk, here a file in its place): the hub goes on storing
+    telemetry, and /metrics counts each window it could not journal (it used to be a log line only)."""
+    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix)
     hub.init()
     dev = TestClient(broker.host, broker.port)
     topic = Topics(topic_prefix).telemetry("cam-1")
     start = time.time() - 60
-
-    def send(seqs: range) -> None:
-        for seq in seqs:
-            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
-            dev.publish(topic, encode(w))  # QoS 1: the broker has it when this returns
-
-    def count() -> int:
-        return int(hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"])
-
     try:
         hub.start()
         hub.enrol("cam-1")
-        send(range(5))
-        wait_for(lambda: count() == 5, timeout=30)
-        postgres.block(url)
-        send(range(5, 12))
-        waits = "edgefleet_hub_store_database_waits_total"
-        wait_for(lambda: scrape(hub.url, waits) >= 1, timeout=30)  # the writer holds a batch
-        assert hub.proc is not None
-        (writer,) = [c for c in psutil.Process(hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-        hub.kill()
-        writer.kill()
-        writer.wait(10)
-        postgres.block(url, blocked=False)
-        hub.start()
-        try:
-            wait_for(lambda: count() == 12, timeout=30)
-        except TimeoutError:
-            pytest.fail(f"{count()} of 12 windows stored")
-        body = hub.get("/api/v1/telemetry/devices/cam-1")
-        assert body["summary"]["requests"] == 12 * 5  # each window counted once in the rollups
-        assert hub.stop() == 0, hub.output()
+        journal = hub.data_dir / "telemetry-journal" / "hub"
+        shutil.rmtree(journal)
+        journal.write_bytes(b"")  # opening a segment in it now fails (ENOTDIR)
+        for seq in range(3):
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(topic, encode(w))
+        wait_for(lambda: hub.get("/api/v1/telemetry/devices/cam-1")["seq"]["count"] == 3, timeout=30)
+        assert scrape(hub.url, "edgefleet_hub_telemetry_journal_errors_total") == 3
     finally:
         dev.close()
         hub.kill()
-        postgres.block(url, blocked=False)
