@@ -55,6 +55,14 @@ class HubCollector(Collector):
             "edgefleet_hub_telemetry_journal_errors", "windows acknowledged on receipt (MQTT 3.1.1) that could not be "
             "journaled (disk full): lost if the hub process dies before they are stored", st.journal_errors,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "edgefleet_hub_telemetry_writer_restarts", "telemetry writers found dead (killed, crashed) and replaced",
+            st.writer_restarts,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "edgefleet_hub_telemetry_lost", "windows sent to a telemetry writer that died before committing "
+            "them, with no journal to send them again (MQTT 5): not stored", st.telemetry_lost,
+        )  # fmt: skip
         yield GaugeMetricFamily("edgefleet_hub_store_queue", "messages waiting for the writer", hub.views.queue_depth())
         t = hub.chunks.stats
         yield CounterMetricFamily("edgefleet_hub_chunks_published", "chunks published", t.chunks_published)

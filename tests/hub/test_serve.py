@@ -327,3 +327,35 @@ def test_a_journal_that_cannot_be_written_is_counted_in_the_metrics(
     finally:
         dev.close()
         hub.kill()
+
+
+def test_a_telemetry_writer_killed_is_counted_in_the_metrics(tmp_path: Path, broker: Broker, topic_prefix: str) -> None:
+    """The telemetry writer process is killed while it holds 3 windows it has not committed (MQTT 5: no journal
+    to send them again): the hub starts a new one, and /metrics counts the restart and the 3 windows lost (both
+    used to be in the store's counters only)."""
+    hub = HubProcess(tmp_path / "hub", broker.url, topic_prefix, env={"EDGEFLEET_HUB_BROKER_MQTT_VERSION": "5"})
+    hub.init()
+    dev = TestClient(broker.host, broker.port)
+    topic = Topics(topic_prefix).telemetry("cam-1")
+    start = time.time() - 60
+    try:
+        hub.start()
+        hub.enrol("cam-1")
+        assert hub.proc is not None
+        (writer,) = [c for c in psutil.Process(hub.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        writer.suspend()  # SIGSTOP: what arrives now is sent to it and waits uncommitted
+        for seq in range(3):
+            w = one_model_window(device_id="cam-1", seq=seq, start=start + seq, end=start + seq + 1, requests=5)
+            dev.publish(topic, encode(w))
+
+        def handed_over() -> bool:  # all 3 received, none waiting in the hub: sent to the stopped writer
+            unacked = scrape(hub.url, "edgefleet_hub_mqtt_unacknowledged")
+            return unacked == 3 and scrape(hub.url, "edgefleet_hub_store_queue") == 0
+
+        wait_for(handed_over, timeout=30)
+        writer.kill()
+        wait_for(lambda: scrape(hub.url, "edgefleet_hub_telemetry_writer_restarts_total") == 1, timeout=30)
+        assert scrape(hub.url, "edgefleet_hub_telemetry_lost_total") == 3
+    finally:
+        dev.close()
+        hub.kill()
