@@ -40,7 +40,7 @@ from fleet.signing import HubSigningKey
 from hub.acl import HUB_ACCOUNT_FILE
 from hub.errors import BackupFailed, BackupRefused, NotInitialised
 from hub.registry import blob_relpath
-from hub.settings import HubSettings
+from hub.settings import BLOB_DIR, HubSettings
 from hub.store import Database
 from hub.store.backup import backup_sqlite, read_meta
 
@@ -197,7 +197,7 @@ def _copy_all(s: HubSettings, dest: Path, public_key: str, say: Callable[[str], 
         sha256, size = _copy(path, dest / relative, mode)
         report.files[str(relative)] = {"sha256": sha256, "size": size}
     say("model blobs")
-    blob_dest = dest / s.blob_dir.name
+    blob_dest = dest / BLOB_DIR
     for sha256, path in _blob_files(s.blob_dir):
         target = blob_dest / blob_relpath(sha256)
         got, size = _copy(path, target, 0o644)
@@ -251,8 +251,10 @@ def check_backup(directory: Path) -> list[str]:
         manifest = read_manifest(directory)
     except ValueError as e:
         return [str(e)]
-    expected = {**manifest["files"], **{f"blobs/{blob_relpath(sha)}": {"sha256": sha, "size": size}
-                                          for sha, size in manifest["blobs"].items()}}  # fmt: skip
+    blobs = {
+        str(BLOB_DIR / blob_relpath(sha)): {"sha256": sha, "size": size} for sha, size in manifest["blobs"].items()
+    }
+    expected = {**manifest["files"], **blobs}
     problems = []
     for relative, want in sorted(expected.items()):
         path = directory / relative

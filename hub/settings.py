@@ -22,6 +22,7 @@ from hub.store.connection import Database
 from infra.settings import EnvSettings, SettingsGroup, env_config
 
 ENV_PREFIX = "EDGEFLEET_HUB_"
+BLOB_DIR = "blobs"  # model blobs' folder in a data directory (and in a backup, which is one)
 BrokerUrl = Annotated[str, AfterValidator(check_broker_url)]
 
 
@@ -433,7 +434,7 @@ class HubSettings(EnvSettings):
 
     @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        return self.data_dir / BLOB_DIR
 
     @property
     def tmp_dir(self) -> Path:
