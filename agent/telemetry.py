@@ -77,12 +77,17 @@ class Telemetry:
         self._thread = threading.Thread(target=self._run, name="agent-telemetry", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (windows still in the spool are sent on the next start)."""
+    def stop(self, drain_s: float = 2.0) -> None:
+        """Stop the thread, then send what the spool still holds while the link is up, for at most `drain_s`
+        (a window made as the stop came would otherwise wait for the next start; what is left then does)."""
         self._stop.set()
         self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        try:
+            self.drain(until=time.monotonic() + drain_s)
+        except SpoolError as e:
+            self.spool_log.error(log, "telemetry spool failed: %s", e)
 
     def kick(self) -> None:
         """Drain the spool now (the link came back)."""
@@ -180,15 +185,21 @@ class Telemetry:
             log.warning("telemetry spool full (%s windows): dropped the %s oldest", self.spool.capacity, dropped)
         return window
 
-    def drain(self) -> int:
-        """Send spooled windows in order while the link is up; returns how many were acknowledged."""
+    def drain(self, until: float | None = None) -> int:
+        """Send spooled windows in order while the link is up (and, with `until`, a monotonic deadline, until then;
+        without it until the stop); returns how many were acknowledged."""
         sent = 0
-        while self._connected() and not self._stop.is_set():
+
+        def going() -> bool:
+            return self._connected() and (not self._stop.is_set() if until is None else time.monotonic() < until)
+
+        while going():
             batch = self.spool.peek(self.settings.send_batch)
             if not batch:
                 break
             for seq, payload in batch:
-                if not self._publish(payload):
+                if not going() or not self._publish(payload):
+                    self.sent += sent
                     return sent
                 self.spool.ack(seq)
                 sent += 1

@@ -93,3 +93,18 @@ def test_full_spool_drops_oldest_and_reports_it(
         assert windows[-1].spool_capacity == 3 and windows[-1].spool_dropped >= 5
     finally:
         hub.close()
+
+
+def test_a_clean_stop_sends_the_window_made_as_it_came(
+    broker: Broker, hub: HubSide, device_id: str, make_agent: AgentFactory
+) -> None:
+    """A window spooled just before the stop (the telemetry thread made it, the stop came before its drain) is
+    sent by the stop while the link is up, not left for a next start that may never come."""
+    agent, _ = make_agent(hub, device_id, broker.url, telemetry={"interval_s": 3600.0})
+    hub.wait(lambda: agent.link.connected, what="agent connected")
+    agent.telemetry._stop.set()  # the stop has come, its thread not yet joined: the thread drains no more
+    window = agent.telemetry.make_window()
+    assert agent.telemetry.drain() == 0 and agent.spool.pending == 1
+    agent.telemetry.stop()
+    assert agent.spool.pending == 0
+    hub.wait(lambda: window.seq in _seqs(hub.telemetry), what="the last window received")
